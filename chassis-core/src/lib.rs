@@ -1,0 +1,24 @@
+//! # chassis-core
+//!
+//! The foundation of the chassis SDK: resilience primitives as tower layers, the one error type
+//! they share, the health model the probes serve, graceful shutdown and the service identity.
+//!
+//! ## Layout
+//! - [`resilience`]: circuit breaker, retry, timeout, bulkhead, rate limiter and the
+//!   [`ResiliencePolicy`](resilience::policy::ResiliencePolicy) that stacks them.
+//! - [`error`]: [`Error`] and [`ErrorKind`], what every layer fails with.
+//! - [`health`]: health checks, the registry that runs them, readiness/liveness/startup reports.
+//! - [`shutdown`]: the shutdown signal and the drain tracker.
+//! - [`service`]: [`ServiceInfo`], who this service is.
+//!
+//! Every layer is a plain tower `Layer`, so it works the same under hyper, axum, tonic or a
+//! hand-written client.
+
+pub mod error;
+pub mod health;
+pub mod resilience;
+pub mod service;
+pub mod shutdown;
+
+pub use error::{BoxError, Error, ErrorKind};
+pub use service::ServiceInfo;

@@ -1,0 +1,17 @@
+//! Resilience primitives as tower layers.
+//!
+//! | module | what it does |
+//! |---|---|
+//! | [`circuit_breaker`] | stops calling a failing downstream, probes it, closes again when it recovers |
+//! | [`retry`] | retries failed attempts with jittered backoff, under a budget and a deadline |
+//! | [`timeout`] | bounds one call (or one attempt) in time |
+//! | [`bulkhead`] | bounds concurrent calls, waiting a bounded time for a permit |
+//! | [`rate_limit`] | bounds calls per time window |
+//! | [`policy`] | stacks all of them in the documented order from one config |
+
+pub mod bulkhead;
+pub mod circuit_breaker;
+pub mod policy;
+pub mod rate_limit;
+pub mod retry;
+pub mod timeout;

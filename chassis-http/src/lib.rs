@@ -1,0 +1,1 @@
+//! chassis-http (being written).

@@ -1,0 +1,1 @@
+//! chassis-messaging (being written).
