@@ -1,1 +1,7 @@
-//! chassis-messaging (being written).
+//! # chassis-messaging
+//!
+//! The RabbitMQ side of the chassis SDK.
+//!
+//! ## Layout
+//! - [`message`]: [`OutgoingMessage`](message::OutgoingMessage), a message in its wire form.
+pub mod message;
