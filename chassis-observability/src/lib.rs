@@ -1,1 +1,3 @@
 //! chassis-observability (being written).
+
+pub mod propagation;

@@ -1,1 +1,476 @@
-//! (being written)
+//! One configuration stacking every resilience layer in a fixed, documented order.
+//!
+//! A [`ResiliencePolicy`] says which layers to use and how; each part is optional. It is plain
+//! data (builder methods and [`serde::Deserialize`], so it loads from TOML, JSON or environment
+//! variables through any serde source). [`ResiliencePolicy::build`] validates it and creates the
+//! shared state (the breaker, the retry budget, the bulkhead's permits, the rate limiter) once,
+//! returning a [`ResilienceLayer`]; every service that layer wraps, and every clone of those,
+//! shares that state, so one layer stands for one downstream dependency.
+//!
+//! # The order, outermost first
+//!
+//! ```text
+//! rate limit → bulkhead → retry (overall deadline, budget) → circuit breaker → attempt timeout → service
+//! ```
+//!
+//! - **Rate limit outermost**: it meters *calls* as the caller makes them; a call is admitted
+//!   (or rejected with `RateLimited { retry_after }`) before it takes any other resource, and its
+//!   retries do not consume more rate permits (the retry budget bounds those).
+//! - **Bulkhead outside retry**: a call holds *one* concurrency permit for its whole life,
+//!   backoff waits included, so retries cannot make a call take several slots, and a full
+//!   bulkhead rejects before any attempt starts.
+//! - **Retry outside the breaker**: the breaker sees and records *every attempt*, so a failing
+//!   downstream trips it as fast as it fails, and once it is open the next retry's `poll_ready`
+//!   is rejected at once with `CircuitOpen` (never sent downstream) and the default retry
+//!   classifier does not retry that rejection: an open breaker ends retrying.
+//! - **Attempt timeout inside the breaker**: a timed-out attempt is an error the breaker records
+//!   as a failure (and a slow call), and, being inside retry, it is retried like any failure:
+//!   a hung first attempt times out and the second gets its own full timeout.
+//! - **The overall deadline** belongs to the retry layer and bounds the whole call, waits and
+//!   attempts included; a backoff that would end past it is not started.
+//!
+//! Every layer fails with a [`chassis_core::Error`](crate::Error) boxed as [`BoxError`]; inner
+//! errors pass through boxed.
+//!
+//! # Example
+//!
+//! ```
+//! use chassis_core::resilience::policy::ResiliencePolicy;
+//! use chassis_core::BoxError;
+//! use tower::{Layer, ServiceExt, service_fn};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), BoxError> {
+//! let policy: ResiliencePolicy = toml::from_str(r#"
+//!     name = "inventory"
+//!     timeout = "250ms"            # per attempt
+//!
+//!     [retry]
+//!     max_attempts = 3
+//!     deadline = "2s"
+//!     backoff = { base = "50ms", max = "1s", jitter = "full" }
+//!
+//!     [circuit_breaker]
+//!     minimum_number_of_calls = 20
+//!     wait_duration_in_open_state = "10s"
+//!
+//!     [bulkhead]
+//!     max_concurrent = 32
+//!     max_wait = "20ms"
+//! "#)?;
+//! let layer = policy.build()?;
+//! let svc = layer.layer(service_fn(|id: u32| async move { Ok::<_, BoxError>(id * 2) }));
+//! assert_eq!(svc.oneshot(21).await?, 42);
+//! assert_eq!(layer.circuit_breaker().unwrap().name(), "inventory");
+//! # Ok(())
+//! # }
+//! ```
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use pin_project_lite::pin_project;
+use serde::Deserialize;
+use tower::util::Either;
+use tower_layer::Layer;
+use tower_service::Service;
+
+use super::bulkhead::{Bulkhead, BulkheadConfig, BulkheadLayer};
+use super::circuit_breaker::{
+    CircuitBreaker, CircuitBreakerConfig, CircuitBreakerHandle, CircuitBreakerLayer, Classify,
+    Clock, DefaultClassifier,
+};
+use super::rate_limit::{RateLimit, RateLimitConfig, RateLimitLayer};
+use super::retry::{
+    CloneRequest, CloneWithClone, DefaultRetryClassifier, NoRetryAfter, Retry, RetryAfter,
+    RetryClassifier, RetryConfig, RetryLayer,
+};
+use super::timeout::{Timeout, TimeoutLayer};
+use crate::{BoxError, Error};
+
+/// Which resilience layers to stack, and how each is configured. Every part is optional;
+/// the default policy has none (calls only get their errors boxed).
+///
+/// Deserializes from a table such as
+///
+/// ```toml
+/// name = "payments"
+/// timeout = "300ms"
+/// rate_limit      = { rate = 200, period = "1s", burst = 50 }
+/// bulkhead        = { max_concurrent = 16, max_wait = "50ms" }
+/// retry           = { max_attempts = 3, deadline = "1s" }
+/// circuit_breaker = { failure_rate_threshold = 50.0, wait_duration_in_open_state = "5s" }
+/// ```
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ResiliencePolicy {
+    /// Name given to every part still named `"default"`. Defaults to `"default"`.
+    pub name: Option<String>,
+    /// Timeout of each attempt (of the call, without retry), inside the breaker. May instead
+    /// be given as `retry.attempt_timeout`; not both. Defaults to none.
+    #[serde(with = "humantime_serde")]
+    pub timeout: Option<Duration>,
+    /// Rate limiter, outermost. Defaults to none.
+    pub rate_limit: Option<RateLimitConfig>,
+    /// Bulkhead, outside retry. Defaults to none.
+    pub bulkhead: Option<BulkheadConfig>,
+    /// Retry with overall deadline and budget, outside the breaker. Defaults to none.
+    pub retry: Option<RetryConfig>,
+    /// Circuit breaker, seeing each attempt. Defaults to none.
+    pub circuit_breaker: Option<CircuitBreakerConfig>,
+}
+
+impl ResiliencePolicy {
+    /// A policy with no layers, to be filled with the builder methods.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Names every part still called `"default"`.
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.name = Some(name.into());
+        self
+    }
+
+    /// Sets the per-attempt timeout.
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = Some(timeout);
+        self
+    }
+
+    /// Adds a rate limiter.
+    pub fn rate_limit(mut self, config: RateLimitConfig) -> Self {
+        self.rate_limit = Some(config);
+        self
+    }
+
+    /// Adds a bulkhead.
+    pub fn bulkhead(mut self, config: BulkheadConfig) -> Self {
+        self.bulkhead = Some(config);
+        self
+    }
+
+    /// Adds retries.
+    pub fn retry(mut self, config: RetryConfig) -> Self {
+        self.retry = Some(config);
+        self
+    }
+
+    /// Adds a circuit breaker.
+    pub fn circuit_breaker(mut self, config: CircuitBreakerConfig) -> Self {
+        self.circuit_breaker = Some(config);
+        self
+    }
+
+    /// Validates the policy and creates its shared state. Fails with
+    /// [`ErrorKind::InvalidConfig`](crate::ErrorKind::InvalidConfig) if any part is invalid.
+    pub fn build(&self) -> Result<ResilienceLayer, Error> {
+        let named = |n: &str| -> Option<String> {
+            match &self.name {
+                Some(name) if n == "default" => Some(name.clone()),
+                _ => None,
+            }
+        };
+        let mut attempt_timeout = self.timeout;
+        let retry = match &self.retry {
+            Some(config) => {
+                let mut config = config.clone();
+                if let Some(name) = named(&config.name) {
+                    config.name = name;
+                }
+                let mut layer = RetryLayer::new(config)?;
+                if let Some(t) = layer.take_attempt_timeout() {
+                    if attempt_timeout.is_some_and(|own| own != t) {
+                        return Err(Error::invalid_config(
+                            "policy: set either `timeout` or `retry.attempt_timeout`, not both",
+                        ));
+                    }
+                    attempt_timeout = Some(t);
+                }
+                Some(layer)
+            }
+            None => None,
+        };
+        if attempt_timeout == Some(Duration::ZERO) {
+            return Err(Error::invalid_config("policy: timeout must be positive"));
+        }
+        let circuit_breaker = match &self.circuit_breaker {
+            Some(config) => {
+                let mut config = config.clone();
+                if let Some(name) = named(config.get_name()) {
+                    config = config.name(name);
+                }
+                Some(CircuitBreakerLayer::new(config)?)
+            }
+            None => None,
+        };
+        let bulkhead = match &self.bulkhead {
+            Some(config) => {
+                let mut config = config.clone();
+                if let Some(name) = named(&config.name) {
+                    config.name = name;
+                }
+                Some(BulkheadLayer::new(config)?)
+            }
+            None => None,
+        };
+        let rate_limit = match &self.rate_limit {
+            Some(config) => {
+                let mut config = config.clone();
+                if let Some(name) = named(&config.name) {
+                    config.name = name;
+                }
+                Some(RateLimitLayer::new(config)?)
+            }
+            None => None,
+        };
+        Ok(ResilienceLayer {
+            timeout: TimeoutLayer::optional(attempt_timeout),
+            circuit_breaker,
+            retry,
+            bulkhead,
+            rate_limit,
+        })
+    }
+}
+
+/// The service stack a [`ResilienceLayer`] builds around `S`, innermost first.
+type Attempt<S> = Timeout<S>;
+type Guarded<S, BC> = Either<CircuitBreaker<Attempt<S>, BC>, Attempt<S>>;
+type Retried<S, RC, H, K, BC> = Either<Retry<Timeout<Guarded<S, BC>>, RC, H, K>, Guarded<S, BC>>;
+type Bulkheaded<S, RC, H, K, BC> =
+    Either<Bulkhead<Retried<S, RC, H, K, BC>>, Retried<S, RC, H, K, BC>>;
+type Stack<S, RC, H, K, BC> =
+    Either<RateLimit<Bulkheaded<S, RC, H, K, BC>>, Bulkheaded<S, RC, H, K, BC>>;
+
+/// The layer a [`ResiliencePolicy`] builds: wraps a service in
+/// `rate limit → bulkhead → retry → circuit breaker → attempt timeout` (the parts configured).
+///
+/// Type parameters, all with defaults: the retry's [`RetryClassifier`] `RC`, its
+/// [`RetryAfter`] hook `H` and [`CloneRequest`] `K`, and the breaker's [`Classify`] `BC`.
+/// Protocol crates set them with the `with_*` methods (e.g. `chassis-http` retries 5xx and 429,
+/// honours `Retry-After`, counts 5xx as breaker failures and copies buffered bodies).
+#[derive(Clone)]
+pub struct ResilienceLayer<
+    RC = DefaultRetryClassifier,
+    H = NoRetryAfter,
+    K = CloneWithClone,
+    BC = DefaultClassifier,
+> {
+    timeout: TimeoutLayer,
+    circuit_breaker: Option<CircuitBreakerLayer<BC>>,
+    retry: Option<RetryLayer<RC, H, K>>,
+    bulkhead: Option<BulkheadLayer>,
+    rate_limit: Option<RateLimitLayer>,
+}
+
+impl<RC, H, K, BC> fmt::Debug for ResilienceLayer<RC, H, K, BC> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ResilienceLayer")
+            .field("rate_limit", &self.rate_limit)
+            .field("bulkhead", &self.bulkhead)
+            .field("retry", &self.retry)
+            .field(
+                "circuit_breaker",
+                &self
+                    .circuit_breaker
+                    .as_ref()
+                    .map(|b| b.handle().name().to_owned()),
+            )
+            .field("timeout", &self.timeout.after())
+            .finish()
+    }
+}
+
+impl<RC, H, K, BC> ResilienceLayer<RC, H, K, BC> {
+    /// Replaces the retry classifier (what outcomes are retried).
+    pub fn with_retry_classifier<RC2>(self, classifier: RC2) -> ResilienceLayer<RC2, H, K, BC> {
+        ResilienceLayer {
+            timeout: self.timeout,
+            circuit_breaker: self.circuit_breaker,
+            retry: self.retry.map(|r| r.with_classifier(classifier)),
+            bulkhead: self.bulkhead,
+            rate_limit: self.rate_limit,
+        }
+    }
+
+    /// Sets the hook reading server-given retry delays (e.g. HTTP `Retry-After`).
+    pub fn with_retry_after<H2>(self, hook: H2) -> ResilienceLayer<RC, H2, K, BC> {
+        ResilienceLayer {
+            timeout: self.timeout,
+            circuit_breaker: self.circuit_breaker,
+            retry: self.retry.map(|r| r.with_retry_after(hook)),
+            bulkhead: self.bulkhead,
+            rate_limit: self.rate_limit,
+        }
+    }
+
+    /// Replaces how requests are copied for retries.
+    pub fn with_request_cloner<K2>(self, cloner: K2) -> ResilienceLayer<RC, H, K2, BC> {
+        ResilienceLayer {
+            timeout: self.timeout,
+            circuit_breaker: self.circuit_breaker,
+            retry: self.retry.map(|r| r.with_cloner(cloner)),
+            bulkhead: self.bulkhead,
+            rate_limit: self.rate_limit,
+        }
+    }
+
+    /// Replaces the breaker's classifier (what outcomes count as failures).
+    pub fn with_breaker_classifier<BC2>(self, classifier: BC2) -> ResilienceLayer<RC, H, K, BC2> {
+        ResilienceLayer {
+            timeout: self.timeout,
+            circuit_breaker: self.circuit_breaker.map(|b| b.with_classifier(classifier)),
+            retry: self.retry,
+            bulkhead: self.bulkhead,
+            rate_limit: self.rate_limit,
+        }
+    }
+
+    /// Rebuilds the breaker (fresh state) reading time from `clock`, e.g.
+    /// [`TokioClock`](super::circuit_breaker::TokioClock) for simulations in tokio's paused
+    /// time. Call it before taking [`circuit_breaker`](Self::circuit_breaker) handles.
+    pub fn with_breaker_clock(self, clock: impl Clock) -> Self {
+        Self {
+            circuit_breaker: self.circuit_breaker.map(|b| b.with_clock(clock)),
+            ..self
+        }
+    }
+
+    /// The circuit breaker, if the policy has one (state, counters, manual control).
+    pub fn circuit_breaker(&self) -> Option<CircuitBreakerHandle> {
+        self.circuit_breaker
+            .as_ref()
+            .map(CircuitBreakerLayer::handle)
+    }
+
+    /// The bulkhead layer, if the policy has one (e.g. for its free permits).
+    pub fn bulkhead(&self) -> Option<&BulkheadLayer> {
+        self.bulkhead.as_ref()
+    }
+
+    /// The rate limiter layer, if the policy has one.
+    pub fn rate_limit(&self) -> Option<&RateLimitLayer> {
+        self.rate_limit.as_ref()
+    }
+
+    /// The retry layer, if the policy has one.
+    pub fn retry(&self) -> Option<&RetryLayer<RC, H, K>> {
+        self.retry.as_ref()
+    }
+
+    /// The per-attempt timeout, if any.
+    pub fn attempt_timeout(&self) -> Option<Duration> {
+        self.timeout.after()
+    }
+}
+
+fn optional<L: Layer<S>, S>(layer: Option<&L>, inner: S) -> Either<L::Service, S> {
+    match layer {
+        Some(layer) => Either::Left(layer.layer(inner)),
+        None => Either::Right(inner),
+    }
+}
+
+impl<S, RC, H, K, BC> Layer<S> for ResilienceLayer<RC, H, K, BC>
+where
+    RC: Clone,
+    H: Clone,
+    K: Clone,
+    BC: Clone,
+{
+    type Service = Resilient<S, RC, H, K, BC>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        let attempt = self.timeout.layer(inner);
+        let guarded = optional(self.circuit_breaker.as_ref(), attempt);
+        let retried = optional(self.retry.as_ref(), guarded);
+        let bulkheaded = optional(self.bulkhead.as_ref(), retried);
+        Resilient {
+            inner: optional(self.rate_limit.as_ref(), bulkheaded),
+        }
+    }
+}
+
+/// A service wrapped in a [`ResilienceLayer`]'s stack. Its error type is [`BoxError`]; the
+/// layers' own errors are [`chassis_core::Error`](crate::Error)s inside it.
+pub struct Resilient<
+    S,
+    RC = DefaultRetryClassifier,
+    H = NoRetryAfter,
+    K = CloneWithClone,
+    BC = DefaultClassifier,
+> {
+    inner: Stack<S, RC, H, K, BC>,
+}
+
+impl<S: Clone, RC, H: Clone, K, BC: Clone> Clone for Resilient<S, RC, H, K, BC> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: self.inner.clone(),
+        }
+    }
+}
+
+impl<S: fmt::Debug, RC, H, K, BC: fmt::Debug> fmt::Debug for Resilient<S, RC, H, K, BC> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Resilient")
+            .field("inner", &self.inner)
+            .finish()
+    }
+}
+
+impl<S, Req, RC, H, K, BC> Service<Req> for Resilient<S, RC, H, K, BC>
+where
+    S: Service<Req> + Clone,
+    S::Error: Into<BoxError>,
+    RC: RetryClassifier<S::Response>,
+    H: RetryAfter<S::Response>,
+    K: CloneRequest<Req>,
+    BC: Classify<S::Response, BoxError> + Clone,
+{
+    type Response = S::Response;
+    type Error = BoxError;
+    type Future = ResponseFuture<<Stack<S, RC, H, K, BC> as Service<Req>>::Future>;
+
+    #[inline]
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    #[inline]
+    fn call(&mut self, req: Req) -> Self::Future {
+        ResponseFuture {
+            inner: self.inner.call(req),
+        }
+    }
+}
+
+pin_project! {
+    /// Response future of [`Resilient`].
+    pub struct ResponseFuture<F> {
+        #[pin]
+        inner: F,
+    }
+}
+
+impl<F> fmt::Debug for ResponseFuture<F> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ResponseFuture").finish_non_exhaustive()
+    }
+}
+
+impl<F, T> Future for ResponseFuture<F>
+where
+    F: Future<Output = Result<T, BoxError>>,
+{
+    type Output = Result<T, BoxError>;
+
+    #[inline]
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        self.project().inner.poll(cx)
+    }
+}

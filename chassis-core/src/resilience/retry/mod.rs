@@ -1,0 +1,594 @@
+//! Retries failed attempts with jittered exponential backoff, under a retry budget and an
+//! overall deadline.
+//!
+//! [`RetryLayer`] is a ready-made policy on top of [`tower::retry`]: tower's `Retry` service and
+//! its response future run the attempt loop, and this module supplies the
+//! [`Policy`](tower::retry::Policy) and a thin service around tower's. Per call it:
+//!
+//! - makes at most [`max_attempts`](RetryConfig::max_attempts) attempts (the first call included);
+//! - waits between attempts as the [`Backoff`] says (exponential, full or decorrelated jitter,
+//!   capped at `max`), or as long as the server asked when a [`RetryAfter`] hook finds a
+//!   server-given delay (e.g. HTTP `Retry-After`, which `chassis-http` plugs in);
+//! - bounds each attempt with [`attempt_timeout`](RetryConfig::attempt_timeout) (a timed-out
+//!   attempt is retried like any failure) and the whole call, attempts and waits included, with
+//!   [`deadline`](RetryConfig::deadline); a wait that would end past the deadline is not started;
+//! - withdraws every retry from a shared [retry budget](RetryBudgetConfig)
+//!   ([`tower::retry::budget::TpsBudget`]: every call deposits, each retry withdraws, so retries
+//!   stay a bounded fraction of traffic) so that in an outage retries cannot multiply the load
+//!   on the struggling downstream;
+//! - asks a [`RetryClassifier`] whether an outcome is worth retrying (default:
+//!   [`DefaultRetryClassifier`]: every error except rejections by local resilience layers such as
+//!   an open circuit, see there why);
+//! - copies the request for the next attempt with a [`CloneRequest`] (default: `Req: Clone`).
+//!
+//! # Outcomes
+//!
+//! Errors are [`chassis_core::Error`](crate::Error)s, boxed as [`BoxError`]:
+//!
+//! | what happened | the caller gets |
+//! |---|---|
+//! | an attempt succeeded, or failed with an error the classifier does not retry | that outcome, unchanged |
+//! | the last allowed attempt failed | [`ErrorKind::RetriesExhausted { attempts }`](crate::ErrorKind::RetriesExhausted), source = last error |
+//! | a retry was wanted but the budget was spent | [`ErrorKind::RetryBudgetExhausted { attempts }`](crate::ErrorKind::RetryBudgetExhausted), source = last error |
+//! | the deadline elapsed during an attempt or a wait, or the next wait would pass it | [`ErrorKind::DeadlineExceeded { after, attempts }`](crate::ErrorKind::DeadlineExceeded) (source = last error when one is known) |
+//! | a retryable failure of a request that cannot be copied | [`ErrorKind::RequestNotCloneable`](crate::ErrorKind::RequestNotCloneable), source = the failure |
+//! | the inner service's `poll_ready` fails between attempts (e.g. an open breaker) | that error, unchanged |
+//!
+//! A request that cannot be copied is never silently sent once: its failure is the typed
+//! `RequestNotCloneable`, so the caller knows a retry was wanted and impossible. A *response*
+//! the classifier calls retryable (say HTTP 503) is returned as the response when retries run
+//! out (or the budget or deadline stop them, or the request cannot be copied), because turning it
+//! into an error would lose it; the `retry.attempts` counter still records why.
+//!
+//! # Why a service around tower's `Retry`
+//!
+//! tower's `Retry` returns whatever the last attempt returned, and there are three things it
+//! cannot do from inside a [`Policy`](tower::retry::Policy): its future skips the policy
+//! altogether when `clone_request` returns `None` (so a non-cloneable request's failure would
+//! pass through untyped), it cannot bound an attempt *in flight* by an overall deadline, and it
+//! cannot report how many attempts a deadline cut short. So [`Retry`] copies the request itself
+//! first (handing the copy to the policy, so nothing is cloned twice), races tower's future
+//! against the deadline, and maps those cases to typed errors. Exhaustion and budget errors are
+//! produced inside the policy, which may rewrite the attempt's result before tower returns it.
+//!
+//! # Observability
+//!
+//! Every finished attempt increments the counter `retry.attempts` with labels `name` and
+//! `outcome` (`success`, `not_retryable`, `retried`, `exhausted`, `budget_exhausted`, `deadline`,
+//! `not_cloneable`); the handles are registered when the layer is built, so install the metrics
+//! recorder first. Each retry emits a `DEBUG` tracing event (attempt, delay, error), giving up
+//! a `WARN` one.
+//!
+//! # Example
+//!
+//! ```
+//! use chassis_core::resilience::retry::{Backoff, RetryConfig, RetryLayer};
+//! use chassis_core::{BoxError, Error, ErrorKind};
+//! use std::sync::Arc;
+//! use std::sync::atomic::{AtomicU32, Ordering};
+//! use std::time::Duration;
+//! use tower::{Layer, ServiceExt, service_fn};
+//!
+//! # #[tokio::main(flavor = "current_thread", start_paused = true)]
+//! # async fn main() {
+//! let calls = Arc::new(AtomicU32::new(0));
+//! let flaky = {
+//!     let calls = calls.clone();
+//!     service_fn(move |_: &'static str| {
+//!         let n = calls.fetch_add(1, Ordering::SeqCst);
+//!         async move {
+//!             if n < 2 { Err::<u32, BoxError>("flaky".into()) } else { Ok(n) }
+//!         }
+//!     })
+//! };
+//! let layer = RetryLayer::new(
+//!     RetryConfig::new("inventory")
+//!         .max_attempts(3)
+//!         .backoff(Backoff::exponential(Duration::from_millis(10), Duration::from_secs(1)))
+//!         .attempt_timeout(Duration::from_millis(200))
+//!         .deadline(Duration::from_secs(2)),
+//! )
+//! .unwrap();
+//! assert_eq!(layer.layer(flaky.clone()).oneshot("get").await.unwrap(), 2);
+//!
+//! // Two more failures in a row exhaust a 2-attempt policy.
+//! calls.store(0, Ordering::SeqCst);
+//! let layer = RetryLayer::new(RetryConfig::new("inventory").max_attempts(2)).unwrap();
+//! let err = Error::from_boxed(layer.layer(flaky).oneshot("get").await.unwrap_err()).unwrap();
+//! assert_eq!(err.kind(), &ErrorKind::RetriesExhausted { attempts: 2 });
+//! assert_eq!(err.last_error().unwrap().to_string(), "flaky");
+//! # }
+//! ```
+
+mod backoff;
+mod classify;
+mod future;
+mod policy;
+
+pub use backoff::{Backoff, Jitter};
+pub use classify::{
+    CloneRequest, CloneWithClone, DefaultRetryClassifier, NoRetryAfter, RetryAfter, RetryClassifier,
+};
+pub use future::ResponseFuture;
+
+use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::AtomicU32;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use serde::Deserialize;
+use tokio::time::Instant;
+use tower::retry::budget::{Budget, TpsBudget};
+use tower_layer::Layer;
+use tower_service::Service;
+
+use self::future::Kind;
+use self::policy::{AttemptPolicy, Outcome};
+use super::timeout::{Timeout, TimeoutLayer};
+use crate::{BoxError, Error};
+
+/// The retry budget: retries may add at most `retry_ratio` of the calls seen in the last `ttl`,
+/// plus `min_retries_per_sec` always (so a quiet client can still retry). Backed by
+/// [`tower::retry::budget::TpsBudget`].
+#[derive(Clone, Copy, Debug, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RetryBudgetConfig {
+    /// Whether retries are budgeted at all. Defaults to `true`.
+    pub enabled: bool,
+    /// How long a call's deposit counts. Defaults to 10 s; between 1 s and 60 s.
+    #[serde(with = "humantime_serde")]
+    pub ttl: Duration,
+    /// Retries per second allowed regardless of traffic. Defaults to 10.
+    pub min_retries_per_sec: u32,
+    /// Retries allowed per call, on top of the minimum (0.2 = 20 % extra load at most).
+    /// Defaults to 0.2; between 0 and 1000.
+    pub retry_ratio: f32,
+}
+
+impl Default for RetryBudgetConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            ttl: Duration::from_secs(10),
+            min_retries_per_sec: 10,
+            retry_ratio: 0.2,
+        }
+    }
+}
+
+impl RetryBudgetConfig {
+    /// No budget: every retry the other limits allow happens, even in an outage.
+    pub fn disabled() -> Self {
+        Self {
+            enabled: false,
+            ..Self::default()
+        }
+    }
+
+    /// A budget of `min_retries_per_sec` plus `retry_ratio` retries per call over `ttl`.
+    pub fn new(ttl: Duration, min_retries_per_sec: u32, retry_ratio: f32) -> Self {
+        Self {
+            enabled: true,
+            ttl,
+            min_retries_per_sec,
+            retry_ratio,
+        }
+    }
+
+    /// Checks the ranges `TpsBudget` accepts (it panics outside them).
+    pub fn validate(&self) -> Result<(), Error> {
+        if !self.enabled {
+            return Ok(());
+        }
+        if self.ttl < Duration::from_secs(1) || self.ttl > Duration::from_secs(60) {
+            return Err(Error::invalid_config(
+                "retry budget ttl must be between 1s and 60s",
+            ));
+        }
+        if !(0.0..=1000.0).contains(&self.retry_ratio) {
+            return Err(Error::invalid_config(
+                "retry budget retry_ratio must be between 0 and 1000",
+            ));
+        }
+        if self.min_retries_per_sec >= i32::MAX as u32 {
+            return Err(Error::invalid_config(
+                "retry budget min_retries_per_sec too large",
+            ));
+        }
+        Ok(())
+    }
+
+    fn build(&self) -> Option<Arc<TpsBudget>> {
+        self.enabled.then(|| {
+            Arc::new(TpsBudget::new(
+                self.ttl,
+                self.min_retries_per_sec,
+                self.retry_ratio,
+            ))
+        })
+    }
+}
+
+/// Configuration of a [`RetryLayer`]. Deserializes from e.g.
+///
+/// ```toml
+/// name = "inventory"
+/// max_attempts = 4
+/// attempt_timeout = "300ms"
+/// deadline = "2s"
+/// backoff = { base = "50ms", max = "1s", jitter = "decorrelated" }
+/// budget = { ttl = "10s", min_retries_per_sec = 5, retry_ratio = 0.1 }
+/// ```
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RetryConfig {
+    /// Name used in metrics and traces. Defaults to `"default"`.
+    pub name: String,
+    /// Attempts per call, the first one included; 1 disables retries. Defaults to 3.
+    pub max_attempts: u32,
+    /// Waits between attempts. Defaults to [`Backoff::default`] (100 ms base, 10 s max, full
+    /// jitter).
+    pub backoff: Backoff,
+    /// Bound on each attempt. Defaults to none.
+    #[serde(with = "humantime_serde")]
+    pub attempt_timeout: Option<Duration>,
+    /// Bound on the whole call, attempts and waits included. Defaults to none.
+    #[serde(with = "humantime_serde")]
+    pub deadline: Option<Duration>,
+    /// The retry budget. Defaults to [`RetryBudgetConfig::default`] (enabled).
+    pub budget: RetryBudgetConfig,
+}
+
+impl Default for RetryConfig {
+    fn default() -> Self {
+        Self {
+            name: "default".to_owned(),
+            max_attempts: 3,
+            backoff: Backoff::default(),
+            attempt_timeout: None,
+            deadline: None,
+            budget: RetryBudgetConfig::default(),
+        }
+    }
+}
+
+impl RetryConfig {
+    /// A default configuration named `name`.
+    pub fn new(name: impl Into<String>) -> Self {
+        Self {
+            name: name.into(),
+            ..Self::default()
+        }
+    }
+
+    /// Sets the attempts per call (first call included). Defaults to 3.
+    pub fn max_attempts(mut self, max_attempts: u32) -> Self {
+        self.max_attempts = max_attempts;
+        self
+    }
+
+    /// Sets the backoff. Defaults to [`Backoff::default`].
+    pub fn backoff(mut self, backoff: Backoff) -> Self {
+        self.backoff = backoff;
+        self
+    }
+
+    /// Bounds each attempt. Defaults to no bound.
+    pub fn attempt_timeout(mut self, timeout: Duration) -> Self {
+        self.attempt_timeout = Some(timeout);
+        self
+    }
+
+    /// Bounds the whole call. Defaults to no bound.
+    pub fn deadline(mut self, deadline: Duration) -> Self {
+        self.deadline = Some(deadline);
+        self
+    }
+
+    /// Sets the retry budget. Defaults to [`RetryBudgetConfig::default`].
+    pub fn budget(mut self, budget: RetryBudgetConfig) -> Self {
+        self.budget = budget;
+        self
+    }
+
+    /// Checks the configuration.
+    pub fn validate(&self) -> Result<(), Error> {
+        if self.max_attempts == 0 {
+            return Err(Error::invalid_config(format!(
+                "retry '{}': max_attempts must be at least 1",
+                self.name
+            )));
+        }
+        if self.attempt_timeout == Some(Duration::ZERO) || self.deadline == Some(Duration::ZERO) {
+            return Err(Error::invalid_config(format!(
+                "retry '{}': timeouts must be positive",
+                self.name
+            )));
+        }
+        self.backoff.validate()?;
+        self.budget.validate()
+    }
+}
+
+/// What every service of one [`RetryLayer`] shares.
+pub(crate) struct Shared<C, H, K> {
+    pub(crate) name: Arc<str>,
+    pub(crate) max_attempts: u32,
+    pub(crate) backoff: Backoff,
+    pub(crate) deadline: Option<Duration>,
+    pub(crate) budget: Option<Arc<TpsBudget>>,
+    pub(crate) classifier: C,
+    pub(crate) retry_after: H,
+    pub(crate) cloner: K,
+    counters: [metrics::Counter; Outcome::ALL.len()],
+}
+
+impl<C, H, K> Shared<C, H, K> {
+    #[inline]
+    pub(crate) fn record(&self, outcome: Outcome) {
+        self.counters[outcome as usize].increment(1);
+    }
+}
+
+/// Builds [`Retry`] services; every service built from one layer (and its clones) shares one
+/// retry budget.
+///
+/// Type parameters: the [`RetryClassifier`] `C`, the [`RetryAfter`] hook `H` and the
+/// [`CloneRequest`] `K`, set with [`with_classifier`](Self::with_classifier),
+/// [`with_retry_after`](Self::with_retry_after) and [`with_cloner`](Self::with_cloner).
+#[derive(Clone)]
+pub struct RetryLayer<C = DefaultRetryClassifier, H = NoRetryAfter, K = CloneWithClone> {
+    name: Arc<str>,
+    max_attempts: u32,
+    backoff: Backoff,
+    attempt_timeout: Option<Duration>,
+    deadline: Option<Duration>,
+    budget: Option<Arc<TpsBudget>>,
+    classifier: C,
+    retry_after: H,
+    cloner: K,
+    counters: [metrics::Counter; Outcome::ALL.len()],
+}
+
+impl<C, H, K> fmt::Debug for RetryLayer<C, H, K> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RetryLayer")
+            .field("name", &self.name)
+            .field("max_attempts", &self.max_attempts)
+            .field("backoff", &self.backoff)
+            .field("attempt_timeout", &self.attempt_timeout)
+            .field("deadline", &self.deadline)
+            .field("budget", &self.budget)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RetryLayer {
+    /// Validates `config` and creates the retry budget, with the default classifier, no
+    /// server-delay hook and `Clone` for copying requests.
+    ///
+    /// The metric handles (`retry.attempts` by `name` and `outcome`) are registered here.
+    pub fn new(config: RetryConfig) -> Result<Self, Error> {
+        config.validate()?;
+        let name: Arc<str> = config.name.into();
+        let counters = Outcome::ALL.map(|o| {
+            metrics::counter!("retry.attempts", "name" => name.to_string(), "outcome" => o.as_str())
+        });
+        Ok(Self {
+            max_attempts: config.max_attempts,
+            backoff: config.backoff,
+            attempt_timeout: config.attempt_timeout,
+            deadline: config.deadline,
+            budget: config.budget.build(),
+            name,
+            classifier: DefaultRetryClassifier,
+            retry_after: NoRetryAfter,
+            cloner: CloneWithClone,
+            counters,
+        })
+    }
+}
+
+impl<C, H, K> RetryLayer<C, H, K> {
+    /// Replaces the classifier deciding which outcomes are retried.
+    pub fn with_classifier<C2>(self, classifier: C2) -> RetryLayer<C2, H, K> {
+        RetryLayer {
+            name: self.name,
+            max_attempts: self.max_attempts,
+            backoff: self.backoff,
+            attempt_timeout: self.attempt_timeout,
+            deadline: self.deadline,
+            budget: self.budget,
+            classifier,
+            retry_after: self.retry_after,
+            cloner: self.cloner,
+            counters: self.counters,
+        }
+    }
+
+    /// Sets the hook extracting server-given delays (e.g. HTTP `Retry-After`).
+    pub fn with_retry_after<H2>(self, retry_after: H2) -> RetryLayer<C, H2, K> {
+        RetryLayer {
+            name: self.name,
+            max_attempts: self.max_attempts,
+            backoff: self.backoff,
+            attempt_timeout: self.attempt_timeout,
+            deadline: self.deadline,
+            budget: self.budget,
+            classifier: self.classifier,
+            retry_after,
+            cloner: self.cloner,
+            counters: self.counters,
+        }
+    }
+
+    /// Replaces how requests are copied for the next attempt.
+    pub fn with_cloner<K2>(self, cloner: K2) -> RetryLayer<C, H, K2> {
+        RetryLayer {
+            name: self.name,
+            max_attempts: self.max_attempts,
+            backoff: self.backoff,
+            attempt_timeout: self.attempt_timeout,
+            deadline: self.deadline,
+            budget: self.budget,
+            classifier: self.classifier,
+            retry_after: self.retry_after,
+            cloner,
+            counters: self.counters,
+        }
+    }
+
+    /// Removes the per-attempt timeout from the layer (the [`policy`](super::policy) places it
+    /// further in, inside the circuit breaker) and returns it.
+    pub(crate) fn take_attempt_timeout(&mut self) -> Option<Duration> {
+        self.attempt_timeout.take()
+    }
+
+    /// The name of this retry policy.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+}
+
+impl<S, C: Clone, H: Clone, K: Clone> Layer<S> for RetryLayer<C, H, K> {
+    type Service = Retry<Timeout<S>, C, H, K>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        Retry {
+            inner: TimeoutLayer::optional(self.attempt_timeout).layer(inner),
+            shared: Arc::new(Shared {
+                name: self.name.clone(),
+                max_attempts: self.max_attempts,
+                backoff: self.backoff,
+                deadline: self.deadline,
+                budget: self.budget.clone(),
+                classifier: self.classifier.clone(),
+                retry_after: self.retry_after.clone(),
+                cloner: self.cloner.clone(),
+                counters: self.counters.clone(),
+            }),
+        }
+    }
+}
+
+/// A service retrying failed calls of `S` (see the [module docs](self)).
+pub struct Retry<S, C = DefaultRetryClassifier, H = NoRetryAfter, K = CloneWithClone> {
+    inner: S,
+    shared: Arc<Shared<C, H, K>>,
+}
+
+impl<S: Clone, C, H, K> Clone for Retry<S, C, H, K> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: self.inner.clone(),
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+impl<S: fmt::Debug, C, H, K> fmt::Debug for Retry<S, C, H, K> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Retry")
+            .field("inner", &self.inner)
+            .field("name", &self.shared.name)
+            .field("max_attempts", &self.shared.max_attempts)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S, C, H, K> Retry<S, C, H, K> {
+    /// The wrapped service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// The wrapped service, mutably.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
+    /// Unwraps the inner service.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+}
+
+fn box_error<E: Into<BoxError>>(err: E) -> BoxError {
+    err.into()
+}
+
+impl<S, Req, C, H, K> Service<Req> for Retry<S, C, H, K>
+where
+    S: Service<Req> + Clone,
+    S::Error: Into<BoxError>,
+    C: RetryClassifier<S::Response>,
+    H: RetryAfter<S::Response>,
+    K: CloneRequest<Req>,
+{
+    type Response = S::Response;
+    type Error = BoxError;
+    type Future = ResponseFuture<S, Req, C, H, K>;
+
+    #[inline]
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, req: Req) -> Self::Future {
+        let shared = &self.shared;
+        if let Some(budget) = &shared.budget {
+            // Every call earns retries for others; only retries spend them.
+            budget.deposit();
+        }
+        let (deadline, attempts_seen) = match shared.deadline {
+            Some(after) => (
+                Some(Instant::now() + after),
+                Some(Arc::new(AtomicU32::new(1))),
+            ),
+            None => (None, None),
+        };
+        let copy = if shared.max_attempts > 1 {
+            shared.cloner.clone_request(&req)
+        } else {
+            None
+        };
+        let kind = match copy {
+            Some(copy) => {
+                // tower's `Retry::call` calls its service at once, so it must get the service
+                // that `poll_ready` readied; `self` keeps a fresh clone.
+                let fresh = self.inner.clone();
+                let ready = std::mem::replace(&mut self.inner, fresh);
+                let policy = AttemptPolicy {
+                    shared: shared.clone(),
+                    attempt: 1,
+                    previous: shared.backoff.base,
+                    deadline,
+                    attempts_seen: attempts_seen.clone(),
+                    precloned: Some(copy),
+                };
+                let mut retry = tower::retry::Retry::new(
+                    policy,
+                    tower::util::MapErr::new(
+                        ready,
+                        box_error::<S::Error> as fn(S::Error) -> BoxError,
+                    ),
+                );
+                Kind::Retrying {
+                    inner: retry.call(req),
+                }
+            }
+            None => Kind::Once {
+                inner: self.inner.call(req),
+                not_cloneable: shared.max_attempts > 1,
+            },
+        };
+        ResponseFuture::new(
+            kind,
+            deadline,
+            shared.deadline.unwrap_or_default(),
+            attempts_seen,
+            shared.clone(),
+        )
+    }
+}

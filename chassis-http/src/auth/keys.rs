@@ -1,0 +1,639 @@
+//! Signing keys (private, with a key id), verification keys (public, pinned to one algorithm)
+//! and the [`KeySet`] a verifier looks key ids up in.
+//!
+//! Keys are asymmetric by default: Ed25519 (`EdDSA`) or P-256 (`ES256`), loaded from PKCS#8 PEM
+//! (a file, an environment variable, bytes) or generated in process. HS256 exists only behind
+//! the explicitly named [`SigningKey::hs256_shared_secret`] / [`VerificationKey::hs256_shared_secret`].
+//!
+//! Every key carries a key id (`kid`). Unless one is given, the kid of an asymmetric key is its
+//! RFC 7638 JWK thumbprint (SHA-256), so it is stable across restarts and identical on issuer and
+//! verifier.
+//!
+//! The algorithm belongs to the key, never to the token: a verifier looks the token's `kid` up
+//! and accepts only the algorithm that key was loaded with.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::path::Path;
+use std::sync::Arc;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use jsonwebtoken::jwk::{
+    AlgorithmParameters, EllipticCurve, Jwk, JwkSet, KeyAlgorithm, PublicKeyUse, ThumbprintHash,
+};
+use jsonwebtoken::{Algorithm, AlgorithmFamily, DecodingKey, EncodingKey};
+
+use super::error::{AuthError, AuthErrorKind};
+
+/// Shortest HS256 secret accepted: 256 bits, the size of the HMAC-SHA-256 output (RFC 7518 §3.2).
+pub const MIN_HS256_SECRET_LEN: usize = 32;
+
+// DER prefixes of the fixed-shape structures we build by hand (RFC 8410 for Ed25519, RFC 5915 +
+// RFC 5480 for P-256). Building them is simpler than pulling in a DER encoder for two shapes.
+const ED25519_PKCS8_PREFIX: [u8; 16] = [
+    0x30, 0x2e, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22, 0x04, 0x20,
+];
+const ED25519_SPKI_PREFIX: [u8; 12] = [
+    0x30, 0x2a, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x03, 0x21, 0x00,
+];
+const P256_ALGORITHM_ID: [u8; 21] = [
+    0x30, 0x13, 0x06, 0x07, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01, 0x06, 0x08, 0x2a, 0x86, 0x48,
+    0xce, 0x3d, 0x03, 0x01, 0x07,
+];
+
+/// A private key that signs service tokens, with its key id and pinned algorithm.
+///
+/// Cheap to clone (shared). `Debug` never prints key material.
+#[derive(Clone)]
+pub struct SigningKey {
+    inner: Arc<SigningKeyInner>,
+}
+
+struct SigningKeyInner {
+    kid: String,
+    alg: Algorithm,
+    encoding: EncodingKey,
+    /// The public half as a JWK (with `kid`, `alg`, `use`); `None` for HS256 secrets, which are
+    /// never published.
+    public: Option<Jwk>,
+    verification: VerificationKey,
+}
+
+impl SigningKey {
+    /// Generates a fresh Ed25519 key (from the thread-local CSPRNG). Its kid is its thumbprint.
+    pub fn generate_ed25519() -> Result<Self, AuthError> {
+        let mut seed = [0u8; 32];
+        rand::fill(&mut seed);
+        let mut der = Vec::with_capacity(48);
+        der.extend_from_slice(&ED25519_PKCS8_PREFIX);
+        der.extend_from_slice(&seed);
+        Self::from_der(Algorithm::EdDSA, &der, None)
+    }
+
+    /// Generates a fresh P-256 (ES256) key (from the thread-local CSPRNG). Its kid is its
+    /// thumbprint.
+    pub fn generate_es256() -> Result<Self, AuthError> {
+        // A random 256-bit string is a valid scalar unless it is 0 or >= the group order, which
+        // happens with probability ~2^-32; the curve library rejects those and we draw again.
+        for _ in 0..8 {
+            let mut scalar = [0u8; 32];
+            rand::fill(&mut scalar);
+            let mut der = Vec::with_capacity(67);
+            der.extend_from_slice(&[0x30, 0x41, 0x02, 0x01, 0x00]);
+            der.extend_from_slice(&P256_ALGORITHM_ID);
+            der.extend_from_slice(&[0x04, 0x27, 0x30, 0x25, 0x02, 0x01, 0x01, 0x04, 0x20]);
+            der.extend_from_slice(&scalar);
+            if let Ok(key) = Self::from_der(Algorithm::ES256, &der, None) {
+                return Ok(key);
+            }
+        }
+        Err(AuthError::invalid_key("could not generate a P-256 key"))
+    }
+
+    /// Loads an Ed25519 or P-256 private key from PKCS#8 PEM (`-----BEGIN PRIVATE KEY-----`,
+    /// as written by `openssl genpkey -algorithm ed25519` or
+    /// `openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256`).
+    /// The algorithm follows from the key type (EdDSA or ES256); the kid is the thumbprint.
+    pub fn from_pem(pem: impl AsRef<[u8]>) -> Result<Self, AuthError> {
+        let pem = pem.as_ref();
+        if let Ok(key) = EncodingKey::from_ed_pem(pem) {
+            return Self::from_der(Algorithm::EdDSA, key.as_bytes(), None);
+        }
+        match EncodingKey::from_ec_pem(pem) {
+            Ok(key) => Self::from_der(Algorithm::ES256, key.as_bytes(), None),
+            Err(e) => Err(AuthError::with_source(
+                AuthErrorKind::InvalidKey {
+                    reason: "not a PKCS#8 Ed25519 or P-256 private key".into(),
+                },
+                e,
+            )),
+        }
+    }
+
+    /// Loads a private key from a PEM file (see [`from_pem`](Self::from_pem)).
+    pub fn from_pem_file(path: impl AsRef<Path>) -> Result<Self, AuthError> {
+        let path = path.as_ref();
+        let pem = std::fs::read(path).map_err(|e| {
+            AuthError::with_source(
+                AuthErrorKind::InvalidKey {
+                    reason: format!("cannot read {}", path.display()),
+                },
+                e,
+            )
+        })?;
+        Self::from_pem(pem)
+    }
+
+    /// Loads a private key from the environment variable `var`, which holds the PEM text
+    /// (see [`from_pem`](Self::from_pem)). When `{var}_KID` is set, it is the key id.
+    pub fn from_env(var: &str) -> Result<Self, AuthError> {
+        let pem = std::env::var(var).map_err(|e| {
+            AuthError::with_source(
+                AuthErrorKind::InvalidKey {
+                    reason: format!("environment variable {var} is not set"),
+                },
+                e,
+            )
+        })?;
+        let key = Self::from_pem(pem)?;
+        match std::env::var(format!("{var}_KID")) {
+            Ok(kid) if !kid.is_empty() => key.with_kid(kid),
+            _ => Ok(key),
+        }
+    }
+
+    /// An HS256 shared-secret key. Only for setups where every party shares one secret: any
+    /// verifier holding it can also mint tokens. The secret must be at least
+    /// [`MIN_HS256_SECRET_LEN`] bytes and the kid is required (a thumbprint would reveal nothing
+    /// but is not standard for secrets).
+    pub fn hs256_shared_secret(kid: impl Into<String>, secret: &[u8]) -> Result<Self, AuthError> {
+        let kid = kid.into();
+        check_kid(&kid)?;
+        let verification = VerificationKey::hs256_shared_secret(kid.clone(), secret)?;
+        Ok(Self {
+            inner: Arc::new(SigningKeyInner {
+                kid,
+                alg: Algorithm::HS256,
+                encoding: EncodingKey::from_secret(secret),
+                public: None,
+                verification,
+            }),
+        })
+    }
+
+    fn from_der(alg: Algorithm, der: &[u8], kid: Option<String>) -> Result<Self, AuthError> {
+        let encoding = match alg {
+            Algorithm::EdDSA => EncodingKey::from_ed_der(der),
+            _ => EncodingKey::from_ec_der(der),
+        };
+        // Deriving the public JWK parses the private key, so this also validates it.
+        let mut public = Jwk::from_encoding_key(&encoding, alg).map_err(|e| {
+            AuthError::with_source(
+                AuthErrorKind::InvalidKey {
+                    reason: format!("not a usable {alg:?} private key"),
+                },
+                e,
+            )
+        })?;
+        let kid = match kid {
+            Some(kid) => kid,
+            None => public.thumbprint(ThumbprintHash::SHA256).map_err(|e| {
+                AuthError::with_source(
+                    AuthErrorKind::InvalidKey {
+                        reason: "cannot compute the key thumbprint".into(),
+                    },
+                    e,
+                )
+            })?,
+        };
+        check_kid(&kid)?;
+        public.common.key_id = Some(kid.clone());
+        public.common.public_key_use = Some(PublicKeyUse::Signature);
+        public.common.key_algorithm = Some(KeyAlgorithm::from(alg));
+        let verification = VerificationKey::from_jwk(&public)?;
+        Ok(Self {
+            inner: Arc::new(SigningKeyInner {
+                kid,
+                alg,
+                encoding,
+                public: Some(public),
+                verification,
+            }),
+        })
+    }
+
+    /// The same key under another key id.
+    pub fn with_kid(self, kid: impl Into<String>) -> Result<Self, AuthError> {
+        let kid = kid.into();
+        check_kid(&kid)?;
+        if self.inner.alg == Algorithm::HS256 {
+            // The secret is only reachable through the encoding key's bytes.
+            return Self::hs256_shared_secret(kid, self.inner.encoding.as_bytes());
+        }
+        Self::from_der(self.inner.alg, self.inner.encoding.as_bytes(), Some(kid))
+    }
+
+    /// The key id (`kid`) tokens signed with this key carry.
+    pub fn kid(&self) -> &str {
+        &self.inner.kid
+    }
+
+    /// The algorithm this key signs with.
+    pub fn algorithm(&self) -> Algorithm {
+        self.inner.alg
+    }
+
+    /// The public key as a JWK (with `kid`, `alg` and `use: sig`); `None` for HS256.
+    pub fn public_jwk(&self) -> Option<&Jwk> {
+        self.inner.public.as_ref()
+    }
+
+    /// The key that verifies this key's signatures (the public key; for HS256 the secret).
+    pub fn verification_key(&self) -> VerificationKey {
+        self.inner.verification.clone()
+    }
+
+    /// The private key as PKCS#8 PEM, to store it for the next start. **Secret.** `None` for
+    /// HS256.
+    pub fn to_pkcs8_pem(&self) -> Option<String> {
+        self.inner.public.as_ref()?;
+        Some(pem_encode("PRIVATE KEY", self.inner.encoding.as_bytes()))
+    }
+
+    /// The public key as SPKI PEM (`-----BEGIN PUBLIC KEY-----`), for verifiers configured with
+    /// static keys. `None` for HS256.
+    pub fn public_key_pem(&self) -> Option<String> {
+        let jwk = self.inner.public.as_ref()?;
+        let der = match &jwk.algorithm {
+            AlgorithmParameters::OctetKeyPair(p) => {
+                let x = URL_SAFE_NO_PAD.decode(&p.x).ok()?;
+                let mut der = ED25519_SPKI_PREFIX.to_vec();
+                der.extend_from_slice(&x);
+                der
+            }
+            AlgorithmParameters::EllipticCurve(p) => {
+                let x = URL_SAFE_NO_PAD.decode(&p.x).ok()?;
+                let y = URL_SAFE_NO_PAD.decode(&p.y).ok()?;
+                let mut der = vec![0x30, 0x59];
+                der.extend_from_slice(&P256_ALGORITHM_ID);
+                der.extend_from_slice(&[0x03, 0x42, 0x00, 0x04]);
+                der.extend_from_slice(&x);
+                der.extend_from_slice(&y);
+                der
+            }
+            _ => return None,
+        };
+        Some(pem_encode("PUBLIC KEY", &der))
+    }
+
+    pub(crate) fn encoding_key(&self) -> &EncodingKey {
+        &self.inner.encoding
+    }
+}
+
+impl fmt::Debug for SigningKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SigningKey")
+            .field("kid", &self.inner.kid)
+            .field("alg", &self.inner.alg)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A key that verifies service tokens: a key id, the one algorithm it accepts, and the key.
+///
+/// Cheap to clone. `Debug` never prints key material.
+#[derive(Clone)]
+pub struct VerificationKey {
+    kid: Arc<str>,
+    alg: Algorithm,
+    key: DecodingKey,
+}
+
+impl VerificationKey {
+    /// Builds a verification key from a public JWK (as found in a JWKS document).
+    ///
+    /// The JWK must have a `kid`. The algorithm is the JWK's `alg` when present, otherwise it
+    /// follows from the key type (`OKP`/Ed25519 -> EdDSA, `EC`/P-256 -> ES256); RSA keys need an
+    /// explicit `alg`. Symmetric (`oct`) keys and encryption keys (`use: enc`) are rejected: a
+    /// published secret would let anyone mint tokens.
+    pub fn from_jwk(jwk: &Jwk) -> Result<Self, AuthError> {
+        let kid = match jwk.common.key_id.as_deref() {
+            Some(kid) => kid,
+            None => return Err(AuthError::invalid_key("JWK without a key id (kid)")),
+        };
+        check_kid(kid)?;
+        if matches!(jwk.common.public_key_use, Some(PublicKeyUse::Encryption)) {
+            return Err(AuthError::invalid_key(format!(
+                "JWK '{kid}' is an encryption key"
+            )));
+        }
+        let declared = match jwk.common.key_algorithm {
+            Some(alg) => Some(Algorithm::try_from(alg).map_err(|_| {
+                AuthError::invalid_key(format!("JWK '{kid}' has unsupported alg {alg}"))
+            })?),
+            None => None,
+        };
+        let alg = match (&jwk.algorithm, declared) {
+            (AlgorithmParameters::OctetKey(_), _) => {
+                return Err(AuthError::invalid_key(format!(
+                    "JWK '{kid}' is a symmetric key; secrets are never accepted from a key set"
+                )));
+            }
+            (AlgorithmParameters::OctetKeyPair(p), alg) => {
+                // Checked here because the verifier slices the first 32 bytes of `x`.
+                let x_len = URL_SAFE_NO_PAD.decode(&p.x).map(|x| x.len()).unwrap_or(0);
+                if p.curve != EllipticCurve::Ed25519 || x_len != 32 {
+                    return Err(AuthError::invalid_key(format!(
+                        "JWK '{kid}' is not an Ed25519 key"
+                    )));
+                }
+                alg.unwrap_or(Algorithm::EdDSA)
+            }
+            (AlgorithmParameters::EllipticCurve(p), alg) => {
+                let implied = match p.curve {
+                    EllipticCurve::P256 => Algorithm::ES256,
+                    EllipticCurve::P384 => Algorithm::ES384,
+                    _ => {
+                        return Err(AuthError::invalid_key(format!(
+                            "JWK '{kid}' uses an unsupported curve"
+                        )));
+                    }
+                };
+                if alg.is_some_and(|a| a != implied) {
+                    return Err(AuthError::invalid_key(format!(
+                        "JWK '{kid}': alg does not match its curve"
+                    )));
+                }
+                implied
+            }
+            (AlgorithmParameters::RSA(_), Some(alg)) => alg,
+            (AlgorithmParameters::RSA(_), None) => {
+                return Err(AuthError::invalid_key(format!(
+                    "RSA JWK '{kid}' needs an explicit alg"
+                )));
+            }
+            (AlgorithmParameters::Other(_), _) => {
+                return Err(AuthError::invalid_key(format!(
+                    "JWK '{kid}' has an unsupported key type"
+                )));
+            }
+        };
+        let key = DecodingKey::from_jwk(jwk).map_err(|e| {
+            AuthError::with_source(
+                AuthErrorKind::InvalidKey {
+                    reason: format!("JWK '{kid}' is not a valid key"),
+                },
+                e,
+            )
+        })?;
+        if key.family() != alg.family() || alg.family() == AlgorithmFamily::Hmac {
+            return Err(AuthError::invalid_key(format!(
+                "JWK '{kid}': alg does not match its key type"
+            )));
+        }
+        Ok(Self {
+            kid: kid.into(),
+            alg,
+            key,
+        })
+    }
+
+    /// Loads an Ed25519 or P-256 public key from SPKI PEM (`-----BEGIN PUBLIC KEY-----`) under
+    /// the given key id; the algorithm follows from the key type.
+    pub fn from_public_pem(kid: impl Into<String>, pem: impl AsRef<[u8]>) -> Result<Self, AuthError> {
+        let kid = kid.into();
+        check_kid(&kid)?;
+        let pem = pem.as_ref();
+        let (alg, key) = if let Ok(key) = DecodingKey::from_ed_pem(pem) {
+            (Algorithm::EdDSA, key)
+        } else {
+            let key = DecodingKey::from_ec_pem(pem).map_err(|e| {
+                AuthError::with_source(
+                    AuthErrorKind::InvalidKey {
+                        reason: "not an Ed25519 or P-256 public key".into(),
+                    },
+                    e,
+                )
+            })?;
+            (Algorithm::ES256, key)
+        };
+        // Validate the bytes now rather than at the first request: derive the JWK back.
+        let mut jwk = Jwk::from_decoding_key(&key, Some(alg))
+            .map_err(|e| AuthError::with_source(AuthErrorKind::InvalidKey { reason: "unusable public key".into() }, e))?;
+        jwk.common.key_id = Some(kid);
+        Self::from_jwk(&jwk)
+    }
+
+    /// Loads a public key from a PEM file (see [`from_public_pem`](Self::from_public_pem)).
+    pub fn from_public_pem_file(
+        kid: impl Into<String>,
+        path: impl AsRef<Path>,
+    ) -> Result<Self, AuthError> {
+        let path = path.as_ref();
+        let pem = std::fs::read(path).map_err(|e| {
+            AuthError::with_source(
+                AuthErrorKind::InvalidKey {
+                    reason: format!("cannot read {}", path.display()),
+                },
+                e,
+            )
+        })?;
+        Self::from_public_pem(kid, pem)
+    }
+
+    /// An HS256 shared secret (at least [`MIN_HS256_SECRET_LEN`] bytes). Only accepted when
+    /// configured explicitly like this; never from a JWKS document.
+    pub fn hs256_shared_secret(kid: impl Into<String>, secret: &[u8]) -> Result<Self, AuthError> {
+        let kid = kid.into();
+        check_kid(&kid)?;
+        if secret.len() < MIN_HS256_SECRET_LEN {
+            return Err(AuthError::invalid_key(format!(
+                "HS256 secret must be at least {MIN_HS256_SECRET_LEN} bytes"
+            )));
+        }
+        Ok(Self {
+            kid: kid.into(),
+            alg: Algorithm::HS256,
+            key: DecodingKey::from_secret(secret),
+        })
+    }
+
+    /// The key id.
+    pub fn kid(&self) -> &str {
+        &self.kid
+    }
+
+    /// The one algorithm this key accepts.
+    pub fn algorithm(&self) -> Algorithm {
+        self.alg
+    }
+
+    pub(crate) fn decoding_key(&self) -> &DecodingKey {
+        &self.key
+    }
+}
+
+impl fmt::Debug for VerificationKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("VerificationKey")
+            .field("kid", &self.kid)
+            .field("alg", &self.alg)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Verification keys by key id.
+#[derive(Clone, Default)]
+pub struct KeySet {
+    keys: HashMap<Arc<str>, VerificationKey>,
+}
+
+impl KeySet {
+    /// An empty key set.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds (or replaces) a key under its kid.
+    pub fn insert(&mut self, key: VerificationKey) {
+        self.keys.insert(key.kid.clone(), key);
+    }
+
+    /// Adds a key, builder style.
+    pub fn with(mut self, key: VerificationKey) -> Self {
+        self.insert(key);
+        self
+    }
+
+    /// Builds a key set from a JWKS document. Keys this verifier cannot use (encryption keys,
+    /// symmetric keys, unsupported types, no kid) are skipped with a log line; the result may be
+    /// empty.
+    pub fn from_jwks(jwks: &JwkSet) -> Self {
+        let mut set = Self::new();
+        for jwk in &jwks.keys {
+            match VerificationKey::from_jwk(jwk) {
+                Ok(key) => set.insert(key),
+                Err(err) => tracing::warn!(
+                    kid = jwk.common.key_id.as_deref().unwrap_or("-"),
+                    reason = %err,
+                    "skipping unusable key in key set"
+                ),
+            }
+        }
+        set
+    }
+
+    /// Parses a JWKS JSON document (see [`from_jwks`](Self::from_jwks)).
+    pub fn from_jwks_json(json: &[u8]) -> Result<Self, AuthError> {
+        let jwks: JwkSet = serde_json::from_slice(json).map_err(|e| {
+            AuthError::with_source(
+                AuthErrorKind::InvalidKey {
+                    reason: "not a JWKS document".into(),
+                },
+                e,
+            )
+        })?;
+        Ok(Self::from_jwks(&jwks))
+    }
+
+    /// The key with this kid.
+    pub fn get(&self, kid: &str) -> Option<&VerificationKey> {
+        self.keys.get(kid)
+    }
+
+    /// How many keys the set holds.
+    pub fn len(&self) -> usize {
+        self.keys.len()
+    }
+
+    /// Whether the set is empty.
+    pub fn is_empty(&self) -> bool {
+        self.keys.is_empty()
+    }
+
+    /// The key ids, in no particular order.
+    pub fn kids(&self) -> impl Iterator<Item = &str> {
+        self.keys.keys().map(|k| &**k)
+    }
+}
+
+impl fmt::Debug for KeySet {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_set().entries(self.keys.values()).finish()
+    }
+}
+
+impl FromIterator<VerificationKey> for KeySet {
+    fn from_iter<T: IntoIterator<Item = VerificationKey>>(iter: T) -> Self {
+        let mut set = Self::new();
+        for key in iter {
+            set.insert(key);
+        }
+        set
+    }
+}
+
+fn check_kid(kid: &str) -> Result<(), AuthError> {
+    if kid.is_empty() || kid.len() > 128 || kid.chars().any(|c| c.is_control()) {
+        return Err(AuthError::invalid_key(
+            "a key id must be 1 to 128 printable characters",
+        ));
+    }
+    Ok(())
+}
+
+fn pem_encode(label: &str, der: &[u8]) -> String {
+    let b64 = STANDARD.encode(der);
+    let mut out = format!("-----BEGIN {label}-----\n");
+    for line in b64.as_bytes().chunks(64) {
+        // base64 output is ASCII, so every chunk is valid UTF-8.
+        out.push_str(std::str::from_utf8(line).unwrap_or_default());
+        out.push('\n');
+    }
+    out.push_str(&format!("-----END {label}-----\n"));
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generated_keys_round_trip_through_pem() {
+        for key in [
+            SigningKey::generate_ed25519().unwrap(),
+            SigningKey::generate_es256().unwrap(),
+        ] {
+            let pem = key.to_pkcs8_pem().unwrap();
+            let again = SigningKey::from_pem(&pem).unwrap();
+            assert_eq!(again.kid(), key.kid(), "thumbprint kid is stable");
+            assert_eq!(again.algorithm(), key.algorithm());
+            let public = VerificationKey::from_public_pem("k", key.public_key_pem().unwrap()).unwrap();
+            assert_eq!(public.algorithm(), key.algorithm());
+            let jwk = key.public_jwk().unwrap();
+            assert_eq!(jwk.common.key_id.as_deref(), Some(key.kid()));
+            let from_jwk = VerificationKey::from_jwk(jwk).unwrap();
+            assert_eq!(from_jwk.algorithm(), key.algorithm());
+        }
+    }
+
+    #[test]
+    fn debug_never_prints_key_material() {
+        let key = SigningKey::hs256_shared_secret("s1", &[7u8; 32]).unwrap();
+        let shown = format!("{key:?} {:?}", key.verification_key());
+        assert!(shown.contains("s1"));
+        assert!(!shown.contains("7, 7"));
+    }
+
+    #[test]
+    fn short_hs256_secret_and_symmetric_jwk_are_rejected() {
+        assert!(SigningKey::hs256_shared_secret("s", b"short").is_err());
+        let jwk: Jwk = serde_json::from_value(serde_json::json!({
+            "kty": "oct", "kid": "x", "k": URL_SAFE_NO_PAD.encode([1u8; 32])
+        }))
+        .unwrap();
+        assert!(VerificationKey::from_jwk(&jwk).is_err());
+        let set = KeySet::from_jwks(&JwkSet { keys: vec![jwk] });
+        assert!(set.is_empty());
+    }
+
+    #[test]
+    fn jwk_alg_must_match_key_type() {
+        let key = SigningKey::generate_ed25519().unwrap();
+        let mut jwk = key.public_jwk().unwrap().clone();
+        jwk.common.key_algorithm = Some(KeyAlgorithm::HS256);
+        assert!(VerificationKey::from_jwk(&jwk).is_err());
+        jwk.common.key_algorithm = Some(KeyAlgorithm::ES256);
+        assert!(VerificationKey::from_jwk(&jwk).is_err());
+    }
+
+    #[test]
+    fn with_kid_renames() {
+        let key = SigningKey::generate_ed25519().unwrap().with_kid("2026-11").unwrap();
+        assert_eq!(key.kid(), "2026-11");
+        assert_eq!(key.verification_key().kid(), "2026-11");
+        assert!(key.clone().with_kid("").is_err());
+    }
+}

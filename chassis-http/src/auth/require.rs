@@ -1,0 +1,449 @@
+//! The server side: [`RequireServiceTokenLayer`] verifies the bearer token of every request,
+//! checks the scopes the route requires and hands the verified [`ServiceIdentity`] to the
+//! handler as a request extension.
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, ready};
+
+use bytes::Bytes;
+use http::header::{AUTHORIZATION, HeaderValue, WWW_AUTHENTICATE};
+use http::{Method, Request, Response};
+use pin_project_lite::pin_project;
+use tower_layer::Layer;
+use tower_service::Service;
+
+use super::claims::{ServiceIdentity, check_scope};
+use super::error::{AuthError, AuthErrorKind};
+use super::verifier::{Checked, TokenVerifier};
+use crate::body::{Body, boxed};
+use crate::error::ApiError;
+use chassis_core::BoxError;
+
+/// Scopes required for matching requests.
+#[derive(Debug, Default, Clone)]
+struct ScopeRules {
+    always: Vec<String>,
+    rules: Vec<ScopeRule>,
+}
+
+#[derive(Debug, Clone)]
+struct ScopeRule {
+    method: Option<Method>,
+    prefix: String,
+    scopes: Vec<String>,
+}
+
+impl ScopeRule {
+    fn matches(&self, method: &Method, path: &str) -> bool {
+        if self.method.as_ref().is_some_and(|m| m != method) {
+            return false;
+        }
+        let prefix = self.prefix.trim_end_matches('/');
+        // Prefixes match whole path segments: `/orders` covers `/orders` and `/orders/7`, not
+        // `/orders-archive`.
+        prefix.is_empty()
+            || path == prefix
+            || (path.starts_with(prefix) && path.as_bytes().get(prefix.len()) == Some(&b'/'))
+    }
+}
+
+impl ScopeRules {
+    fn required<'a>(&'a self, method: &Method, path: &str) -> Vec<&'a str> {
+        let mut required: Vec<&str> = self.always.iter().map(String::as_str).collect();
+        for rule in self.rules.iter().filter(|r| r.matches(method, path)) {
+            required.extend(rule.scopes.iter().map(String::as_str));
+        }
+        required
+    }
+}
+
+/// Requires a valid service token on every request; see the [module docs](crate::auth).
+///
+/// Scopes: [`require_scopes`](Self::require_scopes) applies to every request through this layer
+/// (use it on a sub-router, e.g. with axum's `route_layer`), and
+/// [`require_scopes_for`](Self::require_scopes_for) /
+/// [`require_scopes_for_method`](Self::require_scopes_for_method) add requirements by path prefix.
+/// All matching requirements apply. A scope string that is not a valid RFC 6749 scope token
+/// (e.g. contains a space) can never be granted, so a route requiring it always answers 403:
+/// misconfiguration fails closed; a warning is logged when the layer is configured.
+///
+/// Answers:
+/// - no token (no `Authorization` header, or another scheme): `401`, `WWW-Authenticate: Bearer realm="<audience>"`;
+/// - malformed header: `401` with `error="invalid_request"`;
+/// - bad token (shape, unknown key, algorithm, signature, claims, expired, not yet valid,
+///   untrusted issuer): `401` with `error="invalid_token"`;
+/// - token for another audience: `403` with `error="invalid_token"` — the caller is
+///   authenticated (a trusted issuer signed its identity) but the token was minted for another
+///   service, so this is an authorization failure, as issue #4 asks; RFC 6750 would also allow 401;
+/// - missing scope: `403` with `error="insufficient_scope", scope="<required scopes>"`;
+/// - JWKS source down while a refetch was needed: `401` unknown key (the refetch failure is logged).
+///
+/// Bodies are the chassis JSON error ([`ApiError`]). Logs carry only the `kid`, `sub` and a
+/// reason — never the token.
+#[derive(Clone)]
+pub struct RequireServiceTokenLayer {
+    verifier: TokenVerifier,
+    scopes: Arc<ScopeRules>,
+    realm: HeaderValue,
+}
+
+impl RequireServiceTokenLayer {
+    /// Requires tokens `verifier` accepts (and no particular scope).
+    pub fn new(verifier: TokenVerifier) -> Self {
+        let realm = sanitize(verifier.audience());
+        Self {
+            realm: HeaderValue::try_from(format!("Bearer realm=\"{realm}\""))
+                .unwrap_or_else(|_| HeaderValue::from_static("Bearer")),
+            verifier,
+            scopes: Arc::new(ScopeRules::default()),
+        }
+    }
+
+    /// Also requires `scopes` on every request through this layer.
+    pub fn require_scopes(mut self, scopes: &[&str]) -> Self {
+        let rules = Arc::make_mut(&mut self.scopes);
+        rules.always.extend(validated(scopes));
+        self
+    }
+
+    /// Also requires `scopes` on requests whose path is `prefix` or below it (any method).
+    pub fn require_scopes_for(self, prefix: &str, scopes: &[&str]) -> Self {
+        self.add_rule(None, prefix, scopes)
+    }
+
+    /// Also requires `scopes` on `method` requests whose path is `prefix` or below it.
+    pub fn require_scopes_for_method(self, method: Method, prefix: &str, scopes: &[&str]) -> Self {
+        self.add_rule(Some(method), prefix, scopes)
+    }
+
+    fn add_rule(mut self, method: Option<Method>, prefix: &str, scopes: &[&str]) -> Self {
+        let rules = Arc::make_mut(&mut self.scopes);
+        rules.rules.push(ScopeRule {
+            method,
+            prefix: prefix.to_owned(),
+            scopes: validated(scopes).collect(),
+        });
+        self
+    }
+
+    /// The verifier.
+    pub fn verifier(&self) -> &TokenVerifier {
+        &self.verifier
+    }
+}
+
+fn validated<'a>(scopes: &'a [&'a str]) -> impl Iterator<Item = String> + 'a {
+    scopes.iter().map(|s| {
+        if let Err(err) = check_scope(s) {
+            tracing::warn!(reason = %err, "required scope can never be granted; requests will get 403");
+        }
+        (*s).to_owned()
+    })
+}
+
+impl fmt::Debug for RequireServiceTokenLayer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RequireServiceTokenLayer")
+            .field("verifier", &self.verifier)
+            .field("scopes", &self.scopes)
+            .finish()
+    }
+}
+
+impl<S> Layer<S> for RequireServiceTokenLayer {
+    type Service = RequireServiceToken<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        RequireServiceToken {
+            inner,
+            layer: self.clone(),
+        }
+    }
+}
+
+/// The service of [`RequireServiceTokenLayer`].
+#[derive(Clone, Debug)]
+pub struct RequireServiceToken<S> {
+    inner: S,
+    layer: RequireServiceTokenLayer,
+}
+
+impl<S> RequireServiceToken<S> {
+    /// The wrapped service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// The wrapped service, mutably.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
+    /// Unwraps the inner service.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+}
+
+impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for RequireServiceToken<S>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    ReqBody: Send + 'static,
+    ResBody: http_body::Body<Data = Bytes> + Send + 'static,
+    ResBody::Error: Into<BoxError>,
+{
+    type Response = Response<Body>;
+    type Error = S::Error;
+    type Future = ResponseFuture<S::Future, S::Error>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: Request<ReqBody>) -> Self::Future {
+        let token = match bearer_token(&req) {
+            Ok(token) => token,
+            Err(err) => return ResponseFuture::rejected(self.reject(&err, None)),
+        };
+        match self.layer.verifier.check(&token) {
+            Checked::Done(Ok(identity)) => match self.authorize(&req, identity) {
+                Ok(identity) => {
+                    req.extensions_mut().insert(identity);
+                    ResponseFuture::inner(self.inner.call(req))
+                }
+                Err(response) => ResponseFuture::rejected(response),
+            },
+            Checked::Done(Err(err)) => ResponseFuture::rejected(self.reject(&err, None)),
+            Checked::NeedsRefetch => {
+                // NOTE: `poll_ready` readied `self.inner`; the call happens later, after the
+                // refetch, so the ready service moves into the future and a fresh clone stays.
+                let clone = self.inner.clone();
+                let mut inner = std::mem::replace(&mut self.inner, clone);
+                let this = self.clone();
+                ResponseFuture::boxed(Box::pin(async move {
+                    let identity = this.layer.verifier.verify_after_refetch(&token).await;
+                    let identity = match identity {
+                        Ok(identity) => this.authorize(&req, identity),
+                        Err(err) => Err(this.reject(&err, None)),
+                    };
+                    match identity {
+                        Ok(identity) => {
+                            req.extensions_mut().insert(identity);
+                            inner.call(req).await.map(|r| r.map(boxed))
+                        }
+                        Err(response) => Ok(response),
+                    }
+                }))
+            }
+        }
+    }
+}
+
+impl<S> RequireServiceToken<S> {
+    fn authorize<B>(
+        &self,
+        req: &Request<B>,
+        identity: ServiceIdentity,
+    ) -> Result<ServiceIdentity, Response<Body>> {
+        let required = self.layer.scopes.required(req.method(), req.uri().path());
+        let missing = identity.missing_scopes(required.iter().copied());
+        if missing.is_empty() {
+            tracing::trace!(sub = %identity.subject, "service token accepted");
+            return Ok(identity);
+        }
+        let err = AuthError::new(AuthErrorKind::InsufficientScope { missing });
+        Err(self.reject(&err, Some((&identity, &required))))
+    }
+
+    fn reject(
+        &self,
+        err: &AuthError,
+        scope: Option<(&ServiceIdentity, &[&str])>,
+    ) -> Response<Body> {
+        let sub = scope.map(|(identity, _)| identity.subject.as_str());
+        let kid = match err.kind() {
+            AuthErrorKind::UnknownKey { kid } => kid.as_deref(),
+            _ => None,
+        };
+        match err.kind() {
+            AuthErrorKind::MissingToken => {
+                tracing::debug!(reason = err.reason(), "service token missing");
+            }
+            _ if err.is_rejection() => tracing::warn!(
+                kid = kid.unwrap_or("-"),
+                sub = sub.unwrap_or("-"),
+                reason = err.reason(),
+                "service token rejected"
+            ),
+            _ => tracing::error!(reason = %err, "service token could not be checked"),
+        }
+        let realm = self.layer.realm.to_str().unwrap_or("Bearer");
+        let challenge = match err.kind() {
+            AuthErrorKind::MissingToken => Some(realm.to_owned()),
+            AuthErrorKind::MalformedHeader => Some(format!(
+                "{realm}, error=\"invalid_request\", error_description=\"{}\"",
+                err.reason()
+            )),
+            AuthErrorKind::InsufficientScope { .. } => Some(format!(
+                "{realm}, error=\"insufficient_scope\", scope=\"{}\"",
+                sanitize(&scope.map(|(_, s)| s.join(" ")).unwrap_or_default())
+            )),
+            _ if err.is_rejection() => Some(format!(
+                "{realm}, error=\"invalid_token\", error_description=\"{}\"",
+                err.reason()
+            )),
+            _ => None,
+        };
+        let mut api = ApiError::new(err.status(), err.code(), err.reason());
+        if let AuthErrorKind::InsufficientScope { missing } = err.kind() {
+            api = api.with_details(serde_json::json!({ "missingScopes": missing }));
+        }
+        if let Some(value) = challenge.and_then(|c| HeaderValue::try_from(c).ok()) {
+            api = api.with_header(WWW_AUTHENTICATE, value);
+        }
+        api.into_response()
+    }
+}
+
+/// The token of the request's `Authorization: Bearer` header.
+fn bearer_token<B>(req: &Request<B>) -> Result<String, AuthError> {
+    let mut values = req.headers().get_all(AUTHORIZATION).iter();
+    let Some(value) = values.next() else {
+        return Err(AuthError::new(AuthErrorKind::MissingToken));
+    };
+    if values.next().is_some() {
+        return Err(AuthError::new(AuthErrorKind::MalformedHeader));
+    }
+    let value = value
+        .to_str()
+        .map_err(|_| AuthError::new(AuthErrorKind::MalformedHeader))?;
+    let (scheme, token) = value.split_once(' ').unwrap_or((value, ""));
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        // Another scheme (Basic, ...) carries no service token.
+        return Err(AuthError::new(AuthErrorKind::MissingToken));
+    }
+    let token = token.trim();
+    if token.is_empty() || token.contains(' ') {
+        return Err(AuthError::new(AuthErrorKind::MalformedHeader));
+    }
+    Ok(token.to_owned())
+}
+
+/// Keeps a value safe inside a quoted-string of a `WWW-Authenticate` header.
+fn sanitize(value: &str) -> String {
+    value
+        .chars()
+        .filter(|c| *c != '"' && *c != '\\' && !c.is_control())
+        .collect()
+}
+
+type BoxedFuture<E> = Pin<Box<dyn Future<Output = Result<Response<Body>, E>> + Send>>;
+
+pin_project! {
+    /// Response future of [`RequireServiceToken`].
+    pub struct ResponseFuture<F, E> {
+        #[pin]
+        state: State<F, E>,
+    }
+}
+
+pin_project! {
+    #[project = StateProj]
+    enum State<F, E> {
+        Inner { #[pin] future: F },
+        // Only when a JWKS refetch is needed: rare, so boxing is fine.
+        Boxed { future: BoxedFuture<E> },
+        Rejected { response: Option<Response<Body>> },
+    }
+}
+
+impl<F, E> ResponseFuture<F, E> {
+    fn inner(future: F) -> Self {
+        Self {
+            state: State::Inner { future },
+        }
+    }
+
+    fn boxed(future: BoxedFuture<E>) -> Self {
+        Self {
+            state: State::Boxed { future },
+        }
+    }
+
+    fn rejected(response: Response<Body>) -> Self {
+        Self {
+            state: State::Rejected {
+                response: Some(response),
+            },
+        }
+    }
+}
+
+impl<F, E> fmt::Debug for ResponseFuture<F, E> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ResponseFuture").finish_non_exhaustive()
+    }
+}
+
+impl<F, E, B> Future for ResponseFuture<F, E>
+where
+    F: Future<Output = Result<Response<B>, E>>,
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    type Output = Result<Response<Body>, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project().state.project() {
+            StateProj::Inner { future } => {
+                let response = ready!(future.poll(cx))?;
+                Poll::Ready(Ok(response.map(boxed)))
+            }
+            StateProj::Boxed { future } => future.as_mut().poll(cx),
+            StateProj::Rejected { response } => Poll::Ready(Ok(response
+                .take()
+                .expect("ResponseFuture polled after completion"))),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(value: Option<&str>) -> Request<()> {
+        let mut builder = Request::get("/");
+        if let Some(value) = value {
+            builder = builder.header(AUTHORIZATION, value);
+        }
+        builder.body(()).unwrap()
+    }
+
+    #[test]
+    fn bearer_header_parsing() {
+        assert_eq!(bearer_token(&request(Some("Bearer abc"))).unwrap(), "abc");
+        assert_eq!(bearer_token(&request(Some("bearer abc"))).unwrap(), "abc");
+        let kind = |v| bearer_token(&request(v)).unwrap_err().kind().clone();
+        assert_eq!(kind(None), AuthErrorKind::MissingToken);
+        assert_eq!(kind(Some("Basic dXNlcjpwYXNz")), AuthErrorKind::MissingToken);
+        assert_eq!(kind(Some("Bearer")), AuthErrorKind::MalformedHeader);
+        assert_eq!(kind(Some("Bearer a b")), AuthErrorKind::MalformedHeader);
+    }
+
+    #[test]
+    fn scope_rules_match_whole_segments() {
+        let rule = ScopeRule {
+            method: Some(Method::POST),
+            prefix: "/orders/".into(),
+            scopes: vec!["orders:write".into()],
+        };
+        assert!(rule.matches(&Method::POST, "/orders"));
+        assert!(rule.matches(&Method::POST, "/orders/7"));
+        assert!(!rule.matches(&Method::POST, "/orders-archive"));
+        assert!(!rule.matches(&Method::GET, "/orders/7"));
+    }
+}

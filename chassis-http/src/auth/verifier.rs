@@ -1,0 +1,424 @@
+//! [`TokenVerifier`]: checks a service token and returns the caller's [`ServiceIdentity`].
+//!
+//! Checks, in order (the first failure wins):
+//! 1. shape: three base64url segments, a readable header with a known algorithm (so `alg: none`
+//!    is rejected here), no `crit` header, a `kid`;
+//! 2. key: the `kid` is known (refetching a JWKS source once, rate-limited, if not);
+//! 3. algorithm: the header's `alg` equals the algorithm the key is pinned to;
+//! 4. signature;
+//! 5. claims `iss`, `sub`, `aud`, `exp`, `iat`, `jti` present; `exp`/`nbf`/`iat` within the leeway;
+//!    `exp - iat` not longer than the maximum lifetime;
+//! 6. `iss` on the allow-list;
+//! 7. `aud` names this service.
+//!
+//! Failures 1–6 mean "unauthenticated" (401); 7 means "authenticated, but not for us" (403).
+//! Scopes are checked per route by [`RequireServiceTokenLayer`](super::RequireServiceTokenLayer).
+
+use std::collections::HashSet;
+use std::fmt;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use jsonwebtoken::errors::ErrorKind as JwtErrorKind;
+use jsonwebtoken::{Validation, decode, decode_header};
+use serde_json::{Map, Value};
+
+use super::claims::{ServiceIdentity, from_unix_seconds, unix_seconds};
+use super::error::{AuthError, AuthErrorKind};
+use super::jwks::JwksKeySource;
+use super::keys::{KeySet, VerificationKey};
+
+/// Default clock-skew allowance for `exp`/`nbf`/`iat`: 30 seconds.
+pub const DEFAULT_LEEWAY: Duration = Duration::from_secs(30);
+/// Default longest accepted token lifetime (`exp - iat`): 1 hour.
+pub const DEFAULT_MAX_TOKEN_LIFETIME: Duration = Duration::from_secs(3600);
+/// Longest token accepted, in bytes; longer ones are rejected before any parsing.
+const MAX_TOKEN_LEN: usize = 8 * 1024;
+
+/// Where a verifier finds keys.
+#[derive(Clone, Debug)]
+enum KeySource {
+    Static(Arc<KeySet>),
+    Jwks(JwksKeySource),
+}
+
+/// Verifies service tokens for one audience (this service). Cheap to clone (shared).
+#[derive(Clone)]
+pub struct TokenVerifier {
+    inner: Arc<VerifierInner>,
+}
+
+struct VerifierInner {
+    audience: String,
+    issuers: HashSet<String>,
+    leeway: Duration,
+    max_lifetime: Duration,
+    keys: KeySource,
+}
+
+/// Builds a [`TokenVerifier`]; see [`TokenVerifier::builder`].
+#[derive(Debug)]
+pub struct TokenVerifierBuilder {
+    audience: String,
+    issuers: HashSet<String>,
+    leeway: Duration,
+    max_lifetime: Duration,
+    keys: Option<KeySource>,
+}
+
+impl TokenVerifierBuilder {
+    /// Accepts tokens issued by `issuer`. At least one issuer is required.
+    pub fn trust_issuer(mut self, issuer: impl Into<String>) -> Self {
+        self.issuers.insert(issuer.into());
+        self
+    }
+
+    /// Accepts tokens issued by any of `issuers`.
+    pub fn trust_issuers<I, S>(mut self, issuers: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.issuers.extend(issuers.into_iter().map(Into::into));
+        self
+    }
+
+    /// Clock-skew allowance for `exp`, `nbf` and `iat`. Defaults to 30 seconds
+    /// ([`DEFAULT_LEEWAY`]).
+    pub fn leeway(mut self, leeway: Duration) -> Self {
+        self.leeway = leeway;
+        self
+    }
+
+    /// Longest accepted token lifetime (`exp - iat`): service tokens are meant to be short-lived.
+    /// Defaults to 1 hour ([`DEFAULT_MAX_TOKEN_LIFETIME`]).
+    pub fn max_token_lifetime(mut self, lifetime: Duration) -> Self {
+        self.max_lifetime = lifetime;
+        self
+    }
+
+    /// Verify with a fixed set of keys (static public keys, or an HS256 shared secret).
+    pub fn keys(mut self, keys: KeySet) -> Self {
+        self.keys = Some(KeySource::Static(Arc::new(keys)));
+        self
+    }
+
+    /// Verify with keys from a JWKS document, refreshed and refetched on unknown key ids.
+    pub fn jwks(mut self, source: JwksKeySource) -> Self {
+        self.keys = Some(KeySource::Jwks(source));
+        self
+    }
+
+    /// Validates the configuration and builds the verifier.
+    pub fn build(self) -> Result<TokenVerifier, AuthError> {
+        if self.audience.is_empty() {
+            return Err(AuthError::invalid_config("the audience must not be empty"));
+        }
+        if self.issuers.is_empty() || self.issuers.iter().any(String::is_empty) {
+            return Err(AuthError::invalid_config(
+                "a verifier needs at least one trusted issuer",
+            ));
+        }
+        let Some(keys) = self.keys else {
+            return Err(AuthError::invalid_config("a verifier needs keys"));
+        };
+        Ok(TokenVerifier {
+            inner: Arc::new(VerifierInner {
+                audience: self.audience,
+                issuers: self.issuers,
+                leeway: self.leeway,
+                max_lifetime: self.max_lifetime,
+                keys,
+            }),
+        })
+    }
+}
+
+/// The outcome of a verification that needs no I/O.
+pub(crate) enum Checked {
+    Done(Result<ServiceIdentity, AuthError>),
+    /// The key id is unknown to a JWKS source; a refetch may find it.
+    NeedsRefetch,
+}
+
+impl TokenVerifier {
+    /// Starts building a verifier for tokens addressed to `audience` (this service's name).
+    pub fn builder(audience: impl Into<String>) -> TokenVerifierBuilder {
+        TokenVerifierBuilder {
+            audience: audience.into(),
+            issuers: HashSet::new(),
+            leeway: DEFAULT_LEEWAY,
+            max_lifetime: DEFAULT_MAX_TOKEN_LIFETIME,
+            keys: None,
+        }
+    }
+
+    /// Verifies `token` (the compact JWS, without `Bearer `).
+    pub async fn verify(&self, token: &str) -> Result<ServiceIdentity, AuthError> {
+        match self.check(token) {
+            Checked::Done(result) => result,
+            Checked::NeedsRefetch => self.verify_after_refetch(token).await,
+        }
+    }
+
+    /// The audience this verifier accepts.
+    pub fn audience(&self) -> &str {
+        &self.inner.audience
+    }
+
+    /// Verification without I/O: everything unless the key id is unknown to a JWKS source.
+    pub(crate) fn check(&self, token: &str) -> Checked {
+        let header = match parse_header(token) {
+            Ok(header) => header,
+            Err(err) => return Checked::Done(Err(err)),
+        };
+        let kid = header.kid.as_deref().unwrap_or_default();
+        let key = match &self.inner.keys {
+            KeySource::Static(set) => set.get(kid).cloned(),
+            KeySource::Jwks(source) => source.lookup(kid),
+        };
+        match key {
+            Some(key) => Checked::Done(self.check_with_key(token, &header, &key)),
+            None if matches!(self.inner.keys, KeySource::Jwks(_)) && header.kid.is_some() => {
+                Checked::NeedsRefetch
+            }
+            None => Checked::Done(Err(AuthError::new(AuthErrorKind::UnknownKey {
+                kid: header.kid.map(truncate_kid),
+            }))),
+        }
+    }
+
+    pub(crate) async fn verify_after_refetch(
+        &self,
+        token: &str,
+    ) -> Result<ServiceIdentity, AuthError> {
+        let header = parse_header(token)?;
+        let kid = header.kid.as_deref().unwrap_or_default();
+        let key = match &self.inner.keys {
+            KeySource::Jwks(source) => source.lookup_after_refetch(kid).await,
+            KeySource::Static(set) => set.get(kid).cloned(),
+        };
+        match key {
+            Some(key) => self.check_with_key(token, &header, &key),
+            None => Err(AuthError::new(AuthErrorKind::UnknownKey {
+                kid: header.kid.map(truncate_kid),
+            })),
+        }
+    }
+
+    fn check_with_key(
+        &self,
+        token: &str,
+        header: &jsonwebtoken::Header,
+        key: &VerificationKey,
+    ) -> Result<ServiceIdentity, AuthError> {
+        // The algorithm is the key's, never the token's: a token claiming another one is refused
+        // before any cryptography runs (this stops HS256-signed-with-the-public-key forgeries).
+        if header.alg != key.algorithm() {
+            return Err(AuthError::new(AuthErrorKind::AlgorithmMismatch {
+                expected: key.algorithm(),
+                found: header.alg,
+            }));
+        }
+        let mut validation = Validation::new(key.algorithm());
+        // jsonwebtoken checks only the signature here; the claims are checked below, against our
+        // own clock, so each failure gets its own kind.
+        validation.required_spec_claims.clear();
+        validation.validate_exp = false;
+        validation.validate_nbf = false;
+        validation.validate_aud = false;
+        let data = decode::<Map<String, Value>>(token, key.decoding_key(), &validation).map_err(
+            |e| {
+                let kind = match e.kind() {
+                    JwtErrorKind::InvalidSignature => AuthErrorKind::InvalidSignature,
+                    JwtErrorKind::InvalidAlgorithm => AuthErrorKind::AlgorithmMismatch {
+                        expected: key.algorithm(),
+                        found: header.alg,
+                    },
+                    JwtErrorKind::InvalidEcdsaKey
+                    | JwtErrorKind::InvalidEddsaKey
+                    | JwtErrorKind::InvalidRsaKey(_)
+                    | JwtErrorKind::InvalidKeyFormat => AuthErrorKind::InvalidKey {
+                        reason: format!("key '{}' cannot verify", key.kid()),
+                    },
+                    _ => AuthErrorKind::MalformedToken,
+                };
+                AuthError::with_source(kind, e)
+            },
+        )?;
+        self.check_claims(&data.claims, SystemTime::now())
+    }
+
+    fn check_claims(
+        &self,
+        claims: &Map<String, Value>,
+        now: SystemTime,
+    ) -> Result<ServiceIdentity, AuthError> {
+        let missing = |claim: &'static str| AuthError::new(AuthErrorKind::MissingClaim { claim });
+        let string = |claim: &'static str| {
+            claims
+                .get(claim)
+                .and_then(Value::as_str)
+                .filter(|s| !s.is_empty())
+                .ok_or_else(|| missing(claim))
+        };
+        let numeric = |claim: &'static str| -> Result<Option<u64>, AuthError> {
+            match claims.get(claim) {
+                None => Ok(None),
+                Some(v) => v
+                    .as_u64()
+                    .or_else(|| v.as_f64().filter(|f| *f >= 0.0).map(|f| f as u64))
+                    .map(Some)
+                    .ok_or_else(|| missing(claim)),
+            }
+        };
+        let iss = string("iss")?;
+        let sub = string("sub")?;
+        let jti = string("jti")?;
+        let exp = numeric("exp")?.ok_or_else(|| missing("exp"))?;
+        let iat = numeric("iat")?.ok_or_else(|| missing("iat"))?;
+        let nbf = numeric("nbf")?;
+        let audiences: Vec<&str> = match claims.get("aud") {
+            Some(Value::String(aud)) => vec![aud.as_str()],
+            Some(Value::Array(auds)) => auds.iter().filter_map(Value::as_str).collect(),
+            _ => return Err(missing("aud")),
+        };
+        let scopes = match claims.get("scope") {
+            None => Vec::new(),
+            Some(Value::String(scope)) => scope.split_ascii_whitespace().map(str::to_owned).collect(),
+            Some(_) => return Err(missing("scope")),
+        };
+
+        let now = unix_seconds(now);
+        let leeway = self.inner.leeway.as_secs();
+        if now >= exp.saturating_add(leeway) {
+            return Err(AuthError::new(AuthErrorKind::Expired));
+        }
+        if nbf.is_some_and(|nbf| nbf > now.saturating_add(leeway))
+            || iat > now.saturating_add(leeway)
+        {
+            return Err(AuthError::new(AuthErrorKind::NotYetValid));
+        }
+        if exp.saturating_sub(iat) > self.inner.max_lifetime.as_secs() {
+            return Err(AuthError::new(AuthErrorKind::LifetimeTooLong));
+        }
+        if !self.inner.issuers.contains(iss) {
+            return Err(AuthError::new(AuthErrorKind::UntrustedIssuer {
+                issuer: truncate_kid(iss.to_owned()),
+            }));
+        }
+        if !audiences.contains(&self.inner.audience.as_str()) {
+            return Err(AuthError::new(AuthErrorKind::WrongAudience));
+        }
+        Ok(ServiceIdentity {
+            subject: sub.to_owned(),
+            issuer: iss.to_owned(),
+            scopes,
+            jti: jti.to_owned(),
+            expires_at: from_unix_seconds(exp),
+        })
+    }
+}
+
+impl fmt::Debug for TokenVerifier {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TokenVerifier")
+            .field("audience", &self.inner.audience)
+            .field("issuers", &self.inner.issuers)
+            .field("leeway", &self.inner.leeway)
+            .field("max_lifetime", &self.inner.max_lifetime)
+            .field("keys", &self.inner.keys)
+            .finish()
+    }
+}
+
+fn parse_header(token: &str) -> Result<jsonwebtoken::Header, AuthError> {
+    let malformed = || AuthError::new(AuthErrorKind::MalformedToken);
+    if token.len() > MAX_TOKEN_LEN
+        || token.split('.').count() != 3
+        || token.split('.').any(str::is_empty)
+    {
+        return Err(malformed());
+    }
+    let header = decode_header(token).map_err(|e| AuthError::with_source(AuthErrorKind::MalformedToken, e))?;
+    if header.crit.is_some() {
+        // RFC 7515 §4.1.11: we understand no extensions, so a token marking any as critical
+        // must be rejected.
+        return Err(malformed());
+    }
+    Ok(header)
+}
+
+/// Values from an unverified token end up in logs and errors: keep them short.
+fn truncate_kid(mut kid: String) -> String {
+    if kid.len() > 64 {
+        let mut cut = 64;
+        while !kid.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        kid.truncate(cut);
+    }
+    kid
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::auth::{SigningKey, TokenIssuer};
+
+    fn setup() -> (TokenIssuer, TokenVerifier) {
+        let key = SigningKey::generate_ed25519().unwrap();
+        let issuer = TokenIssuer::builder("orders")
+            .signing_key(key)
+            .build()
+            .unwrap();
+        let verifier = TokenVerifier::builder("billing")
+            .trust_issuer("orders")
+            .keys(issuer.key_set())
+            .build()
+            .unwrap();
+        (issuer, verifier)
+    }
+
+    #[tokio::test]
+    async fn leeway_applies_to_exp_and_nbf() {
+        let (issuer, verifier) = setup();
+        let ttl = issuer.ttl();
+        // Expired 10 s ago: inside the 30 s leeway.
+        let t = issuer
+            .issue_at("billing", &[], SystemTime::now() - ttl - Duration::from_secs(10))
+            .unwrap();
+        assert!(verifier.verify(t.as_str()).await.is_ok());
+        // Expired 60 s ago: outside.
+        let t = issuer
+            .issue_at("billing", &[], SystemTime::now() - ttl - Duration::from_secs(60))
+            .unwrap();
+        assert_eq!(
+            verifier.verify(t.as_str()).await.unwrap_err().kind(),
+            &AuthErrorKind::Expired
+        );
+        // Issued 10 s in the future: inside the leeway; 120 s: outside.
+        let t = issuer
+            .issue_at("billing", &[], SystemTime::now() + Duration::from_secs(10))
+            .unwrap();
+        assert!(verifier.verify(t.as_str()).await.is_ok());
+        let t = issuer
+            .issue_at("billing", &[], SystemTime::now() + Duration::from_secs(120))
+            .unwrap();
+        assert_eq!(
+            verifier.verify(t.as_str()).await.unwrap_err().kind(),
+            &AuthErrorKind::NotYetValid
+        );
+    }
+
+    #[test]
+    fn builder_requires_issuer_and_keys() {
+        assert!(TokenVerifier::builder("a").keys(KeySet::new()).build().is_err());
+        assert!(TokenVerifier::builder("a").trust_issuer("b").build().is_err());
+    }
+
+    #[test]
+    fn long_kids_are_truncated_for_logs() {
+        assert_eq!(truncate_kid("é".repeat(40)).len(), 64);
+    }
+}

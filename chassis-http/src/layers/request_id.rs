@@ -1,0 +1,251 @@
+//! Request ids: `x-request-id` propagated when valid, generated (UUID v7) otherwise, stored as a
+//! [`RequestId`] request extension and echoed on the response.
+//!
+//! An incoming id is kept when it is 1 to 128 visible ASCII characters (so it cannot inject
+//! anything into logs); otherwise a fresh UUID v7 (time-ordered, so ids sort by arrival) replaces
+//! it. Handlers read it with `req.extensions().get::<RequestId>()` (or axum's
+//! `Extension<RequestId>`).
+//!
+//! # Example
+//! ```
+//! use chassis_http::layers::request_id::{RequestId, RequestIdLayer};
+//! use tower::{ServiceBuilder, ServiceExt, service_fn};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() {
+//! let svc = ServiceBuilder::new().layer(RequestIdLayer::new()).service(service_fn(
+//!     |req: http::Request<()>| async move {
+//!         let id = req.extensions().get::<RequestId>().unwrap().as_str().to_owned();
+//!         Ok::<_, std::convert::Infallible>(http::Response::new(id))
+//!     },
+//! ));
+//! let req = http::Request::builder().header("x-request-id", "abc-123").body(()).unwrap();
+//! let res = svc.oneshot(req).await.unwrap();
+//! assert_eq!(res.headers()["x-request-id"], "abc-123");
+//! assert_eq!(res.body(), "abc-123");
+//! # }
+//! ```
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+
+use http::{HeaderName, HeaderValue, Request, Response};
+use pin_project_lite::pin_project;
+use tower_layer::Layer;
+use tower_service::Service;
+
+/// The `x-request-id` header.
+pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// Longest incoming id that is propagated rather than replaced.
+pub const MAX_REQUEST_ID_LEN: usize = 128;
+
+/// The id of one request, as a request extension.
+#[derive(Clone, PartialEq, Eq)]
+pub struct RequestId(HeaderValue);
+
+impl RequestId {
+    /// A fresh UUID v7 id.
+    pub fn generate() -> Self {
+        let mut buf = uuid::Uuid::encode_buffer();
+        let s = uuid::Uuid::now_v7().hyphenated().encode_lower(&mut buf);
+        Self(HeaderValue::from_str(s).expect("a UUID is a valid header value"))
+    }
+
+    /// `value` as a request id if it is acceptable: 1 to [`MAX_REQUEST_ID_LEN`] visible ASCII
+    /// characters.
+    pub fn parse(value: &HeaderValue) -> Option<Self> {
+        let bytes = value.as_bytes();
+        let ok = !bytes.is_empty()
+            && bytes.len() <= MAX_REQUEST_ID_LEN
+            && bytes.iter().all(|b| (0x21..=0x7e).contains(b));
+        ok.then(|| Self(value.clone()))
+    }
+
+    /// The id as text.
+    pub fn as_str(&self) -> &str {
+        // `parse` and `generate` only admit visible ASCII.
+        self.0.to_str().unwrap_or_default()
+    }
+
+    /// The id as a header value.
+    pub fn header_value(&self) -> &HeaderValue {
+        &self.0
+    }
+}
+
+impl fmt::Debug for RequestId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("RequestId").field(&self.as_str()).finish()
+    }
+}
+
+impl fmt::Display for RequestId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Layer adding [`RequestIdService`]. Uses the `x-request-id` header unless told otherwise.
+#[derive(Debug, Clone)]
+pub struct RequestIdLayer {
+    header: HeaderName,
+}
+
+impl Default for RequestIdLayer {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl RequestIdLayer {
+    /// Propagates/generates `x-request-id`.
+    pub fn new() -> Self {
+        Self {
+            header: X_REQUEST_ID,
+        }
+    }
+
+    /// Uses another header name. Defaults to `x-request-id`.
+    pub fn header(mut self, header: HeaderName) -> Self {
+        self.header = header;
+        self
+    }
+}
+
+impl<S> Layer<S> for RequestIdLayer {
+    type Service = RequestIdService<S>;
+    fn layer(&self, inner: S) -> Self::Service {
+        RequestIdService {
+            inner,
+            header: self.header.clone(),
+        }
+    }
+}
+
+/// Sets, stores and echoes the request id; see the [module docs](self).
+#[derive(Debug, Clone)]
+pub struct RequestIdService<S> {
+    inner: S,
+    header: HeaderName,
+}
+
+impl<S> RequestIdService<S> {
+    /// The wrapped service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+    /// The wrapped service, mutably.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+    /// Unwraps the service.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+}
+
+impl<S, ReqB, ResB> Service<Request<ReqB>> for RequestIdService<S>
+where
+    S: Service<Request<ReqB>, Response = Response<ResB>>,
+{
+    type Response = Response<ResB>;
+    type Error = S::Error;
+    type Future = ResponseFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: Request<ReqB>) -> Self::Future {
+        let id = req
+            .headers()
+            .get(&self.header)
+            .and_then(RequestId::parse)
+            .unwrap_or_else(RequestId::generate);
+        req.headers_mut()
+            .insert(self.header.clone(), id.0.clone());
+        let value = id.0.clone();
+        req.extensions_mut().insert(id);
+        ResponseFuture {
+            inner: self.inner.call(req),
+            header: Some((self.header.clone(), value)),
+        }
+    }
+}
+
+pin_project! {
+    /// Response future of [`RequestIdService`].
+    pub struct ResponseFuture<F> {
+        #[pin]
+        inner: F,
+        header: Option<(HeaderName, HeaderValue)>,
+    }
+}
+
+impl<F> fmt::Debug for ResponseFuture<F> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ResponseFuture").finish_non_exhaustive()
+    }
+}
+
+impl<F, ResB, E> Future for ResponseFuture<F>
+where
+    F: Future<Output = Result<Response<ResB>, E>>,
+{
+    type Output = Result<Response<ResB>, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let mut res = ready!(this.inner.poll(cx))?;
+        if let Some((name, value)) = this.header.take() {
+            res.headers_mut().entry(name).or_insert(value);
+        }
+        Poll::Ready(Ok(res))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::convert::Infallible;
+    use tower::{ServiceExt, service_fn};
+
+    async fn echo(req: Request<()>) -> Result<Response<String>, Infallible> {
+        let id = req.extensions().get::<RequestId>().unwrap();
+        assert_eq!(req.headers()[X_REQUEST_ID], *id.header_value());
+        Ok(Response::new(id.to_string()))
+    }
+
+    #[tokio::test]
+    async fn generates_uuid_v7_when_missing_or_invalid() {
+        for incoming in [None, Some(""), Some("has space"), Some(&*"x".repeat(129))] {
+            let mut req = Request::builder();
+            if let Some(v) = incoming {
+                req = req.header(X_REQUEST_ID, v);
+            }
+            let svc = RequestIdLayer::new().layer(service_fn(echo));
+            let res = svc.oneshot(req.body(()).unwrap()).await.unwrap();
+            let id = res.headers()[X_REQUEST_ID].to_str().unwrap().to_owned();
+            let uuid = uuid::Uuid::parse_str(&id).expect("a uuid");
+            assert_eq!(uuid.get_version_num(), 7);
+            assert_eq!(res.body(), &id);
+        }
+    }
+
+    #[tokio::test]
+    async fn keeps_a_handler_set_header() {
+        let svc = RequestIdLayer::new().layer(service_fn(|_req: Request<()>| async {
+            Ok::<_, Infallible>(
+                Response::builder()
+                    .header(X_REQUEST_ID, "from-handler")
+                    .body(())
+                    .unwrap(),
+            )
+        }));
+        let res = svc.oneshot(Request::new(())).await.unwrap();
+        assert_eq!(res.headers()[X_REQUEST_ID], "from-handler");
+    }
+}

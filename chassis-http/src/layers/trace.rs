@@ -1,0 +1,259 @@
+//! Trace context extraction and the server span, following the OpenTelemetry HTTP semantic
+//! conventions.
+//!
+//! For every request [`TraceService`] reads the W3C `traceparent`/`tracestate`/`baggage`
+//! headers (with [`chassis_observability::propagation::extract_context`]), opens an INFO span
+//! with target `chassis_http::server` whose OpenTelemetry parent is the remote context, and runs
+//! the inner service inside it. Span fields:
+//!
+//! | field | value |
+//! |---|---|
+//! | `otel.name` | `"{method} {route}"`, or `"{method}"` when no route is known |
+//! | `otel.kind` | `"server"` |
+//! | `http.request.method` | `GET`, `POST`, ... |
+//! | `url.path` | the request path (no query string) |
+//! | `http.route` | the matched route template, when known (see [`Route`](super::Route)) |
+//! | `server.address` | host from the URI authority or the `Host` header |
+//! | `user_agent.original` | the `User-Agent` header |
+//! | `request_id` | the [`RequestId`](super::request_id::RequestId), when the request id layer ran |
+//! | `http.response.status_code` | recorded when the response head is ready |
+//! | `otel.status_code`, `error.type` | `"ERROR"` and the status code on 5xx (or an error) |
+//!
+//! With a `tracing-opentelemetry` layer installed (chassis-observability's subscriber) this span
+//! becomes an OpenTelemetry server span in the caller's trace. Without one, the trace id of the
+//! incoming `traceparent` is still made available to the code serving the request, so error
+//! bodies ([`ApiError`](crate::error::ApiError)) and the access log carry it
+//! (see [`current_trace_id`](crate::error::current_trace_id)).
+//!
+//! The route is only known when it is set before this layer runs: under axum, add the chassis
+//! layers with `Router::layer` (which runs them after routing, so axum's `MatchedPath` is
+//! present; needs the `axum` feature) or insert a [`Route`](super::Route) extension yourself.
+//!
+//! # Example
+//! ```
+//! use chassis_http::layers::trace::TraceLayer;
+//! use tower::{ServiceBuilder, ServiceExt, service_fn};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() {
+//! let svc = ServiceBuilder::new().layer(TraceLayer::new()).service(service_fn(
+//!     |_req: http::Request<()>| async {
+//!         // Errors built here carry the caller's trace id.
+//!         let trace_id = chassis_http::error::current_trace_id();
+//!         Ok::<_, std::convert::Infallible>(http::Response::new(trace_id.unwrap_or_default()))
+//!     },
+//! ));
+//! let req = http::Request::builder()
+//!     .header("traceparent", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01")
+//!     .body(())
+//!     .unwrap();
+//! let res = svc.oneshot(req).await.unwrap();
+//! assert_eq!(res.body(), "4bf92f3577b34da6a3ce929d0e0e4736");
+//! # }
+//! ```
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+
+use chassis_observability::propagation::{HeaderExtractor, extract_context};
+use http::{Request, Response, header};
+use opentelemetry::trace::{TraceContextExt, TraceId};
+use pin_project_lite::pin_project;
+use tokio::task::futures::TaskLocalFuture;
+use tower_layer::Layer;
+use tower_service::Service;
+use tracing::Span;
+use tracing::field::Empty;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
+
+use super::request_id::RequestId;
+use super::{http_route, status_str};
+use crate::error::REQUEST_TRACE_ID;
+
+/// Target of the server span.
+pub const SPAN_TARGET: &str = "chassis_http::server";
+
+/// Layer adding [`TraceService`].
+#[derive(Debug, Clone, Default)]
+pub struct TraceLayer {
+    _priv: (),
+}
+
+impl TraceLayer {
+    /// The layer.
+    pub fn new() -> Self {
+        Self::default()
+    }
+}
+
+impl<S> Layer<S> for TraceLayer {
+    type Service = TraceService<S>;
+    fn layer(&self, inner: S) -> Self::Service {
+        TraceService { inner }
+    }
+}
+
+/// Extracts the trace context and runs the request in a server span; see the
+/// [module docs](self).
+#[derive(Debug, Clone)]
+pub struct TraceService<S> {
+    inner: S,
+}
+
+impl<S> TraceService<S> {
+    /// The wrapped service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+    /// The wrapped service, mutably.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+    /// Unwraps the service.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+}
+
+fn server_address<B>(req: &Request<B>) -> Option<&str> {
+    if let Some(host) = req.uri().host() {
+        return Some(host);
+    }
+    let host = req.headers().get(header::HOST)?.to_str().ok()?;
+    // Strip a port, keeping bracketed IPv6 literals whole.
+    Some(match host.rfind(':') {
+        Some(i) if !host[i..].contains(']') => &host[..i],
+        _ => host,
+    })
+}
+
+/// Builds the server span for `req` (disabled, and free, when no subscriber wants it).
+pub(crate) fn server_span<B>(req: &Request<B>) -> Span {
+    let method = req.method().as_str();
+    let route = http_route(req.extensions());
+    let span = tracing::info_span!(
+        target: SPAN_TARGET,
+        "HTTP request",
+        otel.name = %match route {
+            Some(route) => format!("{method} {route}"),
+            None => method.to_owned(),
+        },
+        otel.kind = "server",
+        otel.status_code = Empty,
+        http.request.method = method,
+        url.path = req.uri().path(),
+        http.route = route,
+        server.address = server_address(req),
+        user_agent.original = req
+            .headers()
+            .get(header::USER_AGENT)
+            .and_then(|v| v.to_str().ok()),
+        request_id = req.extensions().get::<RequestId>().map(RequestId::as_str),
+        http.response.status_code = Empty,
+        error.type = Empty,
+    );
+    span
+}
+
+impl<S, ReqB, ResB> Service<Request<ReqB>> for TraceService<S>
+where
+    S: Service<Request<ReqB>, Response = Response<ResB>>,
+{
+    type Response = Response<ResB>;
+    type Error = S::Error;
+    type Future = ResponseFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<ReqB>) -> Self::Future {
+        let span = server_span(&req);
+        let mut trace_id = None;
+        if req.headers().contains_key("traceparent") {
+            let parent = extract_context(&HeaderExtractor(req.headers()));
+            let remote = parent.span().span_context().clone();
+            if remote.is_valid() {
+                trace_id = Some(remote.trace_id());
+                if !span.is_disabled() {
+                    // Fails only when no OpenTelemetry layer is installed; the trace id still
+                    // reaches errors and logs through the task-local.
+                    let _ = span.set_parent(parent);
+                }
+            }
+        }
+        let inner = {
+            let _guard = span.enter();
+            self.inner.call(req)
+        };
+        ResponseFuture {
+            inner: REQUEST_TRACE_ID.scope(trace_id, inner),
+            span,
+        }
+    }
+}
+
+pin_project! {
+    /// Response future of [`TraceService`].
+    pub struct ResponseFuture<F> {
+        #[pin]
+        inner: TaskLocalFuture<Option<TraceId>, F>,
+        span: Span,
+    }
+}
+
+impl<F> fmt::Debug for ResponseFuture<F> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ResponseFuture")
+            .field("span", &self.span)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<F, ResB, E> Future for ResponseFuture<F>
+where
+    F: Future<Output = Result<Response<ResB>, E>>,
+{
+    type Output = Result<Response<ResB>, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let _guard = this.span.enter();
+        let result = ready!(this.inner.poll(cx));
+        if !this.span.is_disabled() {
+            let status = match &result {
+                Ok(res) => res.status().as_u16(),
+                Err(_) => 500,
+            };
+            this.span.record("http.response.status_code", status);
+            if status >= 500 {
+                this.span.record("otel.status_code", "ERROR");
+                this.span.record("error.type", status_str(status).as_ref());
+            }
+        }
+        Poll::Ready(result)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn server_address_from_host_header() {
+        let req = Request::builder()
+            .header("host", "orders.local:8080")
+            .body(())
+            .unwrap();
+        assert_eq!(server_address(&req), Some("orders.local"));
+        let req = Request::builder().header("host", "[::1]").body(()).unwrap();
+        assert_eq!(server_address(&req), Some("[::1]"));
+        let req = Request::builder()
+            .uri("http://api.example.com/x")
+            .body(())
+            .unwrap();
+        assert_eq!(server_address(&req), Some("api.example.com"));
+    }
+}

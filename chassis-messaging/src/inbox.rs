@@ -1,0 +1,329 @@
+//! The idempotent inbox: a consumer applies each message once, even when the broker delivers
+//! it twice.
+//!
+//! RabbitMQ delivers at least once (a redelivery after a lost ack, the outbox relay
+//! republishing after a crash between confirm and mark). The [`Inbox`] records every processed
+//! message id in the `chassis_inbox` table **inside the handler's own transaction**:
+//!
+//! 1. begin a transaction, `INSERT INTO chassis_inbox (consumer, message_id, …) … ON CONFLICT
+//!    DO NOTHING`;
+//! 2. no row inserted: the message was processed before (or is being processed right now by
+//!    another consumer, whose transaction the insert waits for): skip it, ack it;
+//! 3. otherwise run the handler's writes in the same transaction and commit; the id and the
+//!    effect become durable together. If the handler fails the transaction rolls back, the id
+//!    is forgotten and a redelivery is processed again.
+//!
+//! Ids are kept per consumer name, so two handlers of the same event in one database each
+//! process it once. Old ids are deleted by [`Inbox::purge`] / [`Inbox::spawn_retention`];
+//! keep them longer than any redelivery can take (the default retention is 7 days).
+//!
+//! Works with any handler through [`Inbox::process`] (a closure given the transaction) or
+//! [`Inbox::begin`] (a transaction to use and commit yourself). Tables come from the same
+//! migrations as the outbox ([`Inbox::migrate`]).
+//!
+//! # Example
+//! ```
+//! use chassis_messaging::inbox::{Inbox, Processed};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+//! let pool = sqlx::sqlite::SqlitePoolOptions::new()
+//!     .max_connections(1)
+//!     .connect("sqlite::memory:")
+//!     .await?;
+//! let inbox = Inbox::new(pool.clone(), "inventory.reserve");
+//! inbox.migrate().await?;
+//! sqlx::query("CREATE TABLE reservations (order_id TEXT)").execute(&pool).await?;
+//!
+//! for _delivery in 0..2 {
+//!     // The same message delivered twice.
+//!     let outcome = inbox
+//!         .process("0192f6c4-msg-1", |tx| {
+//!             Box::pin(async move {
+//!                 sqlx::query("INSERT INTO reservations (order_id) VALUES ('42')")
+//!                     .execute(&mut **tx)
+//!                     .await?;
+//!                 Ok::<_, Box<dyn std::error::Error + Send + Sync>>(())
+//!             })
+//!         })
+//!         .await?;
+//!     println!("{outcome:?}");
+//! }
+//! let (n,): (i64,) = sqlx::query_as("SELECT count(*) FROM reservations").fetch_one(&pool).await?;
+//! assert_eq!(n, 1, "the effect happened once");
+//! # Ok(())
+//! # }
+//! ```
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::future::BoxFuture;
+use sqlx::{Pool, Transaction};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::error::{Error, Result};
+use crate::outbox::metrics as names;
+
+/// A database the inbox works on: implemented for SQLite and PostgreSQL (per enabled feature).
+pub trait InboxDatabase: sqlx::Database {
+    /// Begins the handler's transaction (SQLite: `BEGIN IMMEDIATE`, so the write lock is taken
+    /// up front and concurrent consumers queue instead of failing with `SQLITE_BUSY`).
+    fn begin(pool: &Pool<Self>) -> impl Future<Output = Result<Transaction<'static, Self>>> + Send;
+
+    /// Records `message_id` for `consumer` in `tx`; `false` when it was already recorded.
+    fn record<'c>(
+        tx: &'c mut Transaction<'static, Self>,
+        consumer: &'c str,
+        message_id: &'c str,
+        now_ms: i64,
+    ) -> impl Future<Output = Result<bool>> + Send + 'c;
+
+    /// Deletes ids processed before `before_ms`; returns how many.
+    fn purge(pool: &Pool<Self>, before_ms: i64) -> impl Future<Output = Result<u64>> + Send;
+
+    /// Applies the chassis-messaging migrations.
+    fn migrate(pool: &Pool<Self>) -> impl Future<Output = Result<()>> + Send;
+}
+
+#[cfg(feature = "sqlite")]
+impl InboxDatabase for sqlx::Sqlite {
+    async fn begin(pool: &Pool<Self>) -> Result<Transaction<'static, Self>> {
+        pool.begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(crate::outbox::db_err)
+    }
+
+    fn record<'c>(
+        tx: &'c mut Transaction<'static, Self>,
+        consumer: &'c str,
+        message_id: &'c str,
+        now_ms: i64,
+    ) -> impl Future<Output = Result<bool>> + Send + 'c {
+        async move {
+            let done = sqlx::query(
+                "INSERT INTO chassis_inbox (consumer, message_id, processed_at) VALUES (?1, ?2, ?3) \
+                 ON CONFLICT DO NOTHING",
+            )
+            .bind(consumer)
+            .bind(message_id)
+            .bind(now_ms)
+            .execute(&mut **tx)
+            .await
+            .map_err(crate::outbox::db_err)?;
+            Ok(done.rows_affected() == 1)
+        }
+    }
+
+    async fn purge(pool: &Pool<Self>, before_ms: i64) -> Result<u64> {
+        let done = sqlx::query("DELETE FROM chassis_inbox WHERE processed_at < ?1")
+            .bind(before_ms)
+            .execute(pool)
+            .await
+            .map_err(crate::outbox::db_err)?;
+        Ok(done.rows_affected())
+    }
+
+    async fn migrate(pool: &Pool<Self>) -> Result<()> {
+        crate::outbox::sqlite::migrate(pool).await
+    }
+}
+
+#[cfg(feature = "postgres")]
+impl InboxDatabase for sqlx::Postgres {
+    async fn begin(pool: &Pool<Self>) -> Result<Transaction<'static, Self>> {
+        pool.begin().await.map_err(crate::outbox::db_err)
+    }
+
+    fn record<'c>(
+        tx: &'c mut Transaction<'static, Self>,
+        consumer: &'c str,
+        message_id: &'c str,
+        now_ms: i64,
+    ) -> impl Future<Output = Result<bool>> + Send + 'c {
+        async move {
+            let done = sqlx::query(
+                "INSERT INTO chassis_inbox (consumer, message_id, processed_at) VALUES ($1, $2, $3) \
+                 ON CONFLICT DO NOTHING",
+            )
+            .bind(consumer)
+            .bind(message_id)
+            .bind(now_ms)
+            .execute(&mut **tx)
+            .await
+            .map_err(crate::outbox::db_err)?;
+            Ok(done.rows_affected() == 1)
+        }
+    }
+
+    async fn purge(pool: &Pool<Self>, before_ms: i64) -> Result<u64> {
+        let done = sqlx::query("DELETE FROM chassis_inbox WHERE processed_at < $1")
+            .bind(before_ms)
+            .execute(pool)
+            .await
+            .map_err(crate::outbox::db_err)?;
+        Ok(done.rows_affected())
+    }
+
+    async fn migrate(pool: &Pool<Self>) -> Result<()> {
+        crate::outbox::postgres::migrate(pool).await
+    }
+}
+
+/// What [`Inbox::begin`] found.
+#[derive(Debug)]
+pub enum Claim<DB: sqlx::Database> {
+    /// First delivery: the id is recorded in this transaction. Do the handler's writes in it
+    /// and commit; dropping it (or an error) forgets the id again.
+    New(Transaction<'static, DB>),
+    /// Processed before: skip the message and ack it.
+    Duplicate,
+}
+
+/// What [`Inbox::process`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Processed<T> {
+    /// The handler ran and its transaction committed; its result.
+    Done(T),
+    /// The message was processed before; the handler did not run.
+    Duplicate,
+}
+
+impl<T> Processed<T> {
+    /// Whether the message was a duplicate.
+    pub fn is_duplicate(&self) -> bool {
+        matches!(self, Self::Duplicate)
+    }
+}
+
+/// The idempotent-consumer guard of one consumer (handler) on one database. Cheap to clone.
+pub struct Inbox<DB: sqlx::Database> {
+    pool: Pool<DB>,
+    consumer: Arc<str>,
+}
+
+/// An inbox on SQLite.
+#[cfg(feature = "sqlite")]
+pub type SqliteInbox = Inbox<sqlx::Sqlite>;
+/// An inbox on PostgreSQL.
+#[cfg(feature = "postgres")]
+pub type PgInbox = Inbox<sqlx::Postgres>;
+
+impl<DB: sqlx::Database> Clone for Inbox<DB> {
+    fn clone(&self) -> Self {
+        Self {
+            pool: self.pool.clone(),
+            consumer: self.consumer.clone(),
+        }
+    }
+}
+
+impl<DB: sqlx::Database> std::fmt::Debug for Inbox<DB> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Inbox")
+            .field("consumer", &self.consumer)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<DB: InboxDatabase> Inbox<DB> {
+    /// The default retention of processed ids: 7 days.
+    pub const DEFAULT_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
+
+    /// An inbox for the consumer named `consumer` (e.g. the queue or handler name) on `pool`.
+    pub fn new(pool: Pool<DB>, consumer: impl Into<String>) -> Self {
+        Self {
+            pool,
+            consumer: consumer.into().into(),
+        }
+    }
+
+    /// The pool.
+    pub fn pool(&self) -> &Pool<DB> {
+        &self.pool
+    }
+
+    /// The consumer name ids are recorded under.
+    pub fn consumer(&self) -> &str {
+        &self.consumer
+    }
+
+    /// Creates the inbox (and outbox) tables if needed.
+    pub async fn migrate(&self) -> Result<()> {
+        DB::migrate(&self.pool).await
+    }
+
+    /// Begins the handler's transaction and records `message_id` in it.
+    ///
+    /// # Errors
+    /// [`ErrorKind::Database`](crate::error::ErrorKind::Database) when the database failed
+    /// (do not ack: let the message be redelivered).
+    pub async fn begin(&self, message_id: &str) -> Result<Claim<DB>> {
+        let mut tx = DB::begin(&self.pool).await?;
+        if DB::record(&mut tx, &self.consumer, message_id, crate::outbox::now_ms()).await? {
+            Ok(Claim::New(tx))
+        } else {
+            // Nothing was written; rolling back just releases the connection.
+            drop(tx);
+            metrics::counter!(names::INBOX_DUPLICATES, "consumer" => self.consumer.to_string())
+                .increment(1);
+            tracing::debug!(consumer = %self.consumer, message_id, "duplicate delivery skipped");
+            Ok(Claim::Duplicate)
+        }
+    }
+
+    /// Runs `handler` once per `message_id`: inside a transaction that records the id, which
+    /// commits with the handler's writes when it returns `Ok`. A duplicate skips the handler.
+    ///
+    /// The handler receives the transaction: `|tx| Box::pin(async move { …(&mut **tx)… })`.
+    ///
+    /// # Errors
+    /// The handler's error (the transaction rolled back, the id is not recorded), or a database
+    /// error converted into `E`.
+    pub async fn process<T, E, F>(&self, message_id: &str, handler: F) -> Result<Processed<T>, E>
+    where
+        F: for<'c> FnOnce(&'c mut Transaction<'static, DB>) -> BoxFuture<'c, Result<T, E>>,
+        E: From<Error>,
+    {
+        let mut tx = match self.begin(message_id).await? {
+            Claim::New(tx) => tx,
+            Claim::Duplicate => return Ok(Processed::Duplicate),
+        };
+        let value = handler(&mut tx).await?;
+        tx.commit().await.map_err(crate::outbox::db_err)?;
+        metrics::counter!(names::INBOX_PROCESSED, "consumer" => self.consumer.to_string()).increment(1);
+        Ok(Processed::Done(value))
+    }
+
+    /// Deletes ids (of every consumer) processed more than `older_than` ago; returns how many.
+    pub async fn purge(&self, older_than: Duration) -> Result<u64> {
+        let cutoff = crate::outbox::now_ms()
+            .saturating_sub(i64::try_from(older_than.as_millis()).unwrap_or(i64::MAX));
+        DB::purge(&self.pool, cutoff).await
+    }
+
+    /// Runs [`purge`](Self::purge) every `interval` until `token` is cancelled.
+    pub fn spawn_retention(
+        &self,
+        retention: Duration,
+        interval: Duration,
+        token: CancellationToken,
+    ) -> JoinHandle<()> {
+        let inbox = self.clone();
+        tokio::spawn(async move {
+            loop {
+                match inbox.purge(retention).await {
+                    Ok(n) if n > 0 => tracing::debug!(deleted = n, "inbox retention"),
+                    Ok(_) => {}
+                    Err(err) => tracing::warn!(error = %err, "inbox retention failed"),
+                }
+                tokio::select! {
+                    () = token.cancelled() => return,
+                    () = tokio::time::sleep(interval) => {}
+                }
+            }
+        })
+    }
+}

@@ -1,0 +1,207 @@
+//! [`IncomingMessage`]: a received message, as consumer handlers see it.
+//!
+//! Both the RabbitMQ consumer and the in-memory transport hand handlers an `IncomingMessage`
+//! (cheap to clone: the content is shared). Decode a chassis event with
+//! [`IncomingMessage::decode`]; get at anything else through the accessors.
+//!
+//! ```
+//! use chassis_messaging::incoming::IncomingMessage;
+//! use chassis_messaging::message::OutgoingMessage;
+//!
+//! let msg = IncomingMessage::from_outgoing(OutgoingMessage::new("x", "k", b"{}".to_vec()).header("h", 1_i64));
+//! assert_eq!(msg.routing_key(), "k");
+//! assert_eq!(msg.attempt(), 1);
+//! ```
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use lapin::BasicProperties;
+use serde::de::DeserializeOwned;
+
+use crate::envelope::Envelope;
+use crate::error::Error;
+use crate::headers::{HeaderMapExtractor, from_field_table};
+use crate::message::{HeaderValue, OutgoingMessage};
+
+/// Header carrying how many times the chassis has tried to handle a message (1 on first
+/// delivery; incremented each time it goes through a retry tier).
+pub const ATTEMPT_HEADER: &str = "x-chassis-attempt";
+/// Header carrying why a message was retried or dead-lettered.
+pub const FAILURE_REASON_HEADER: &str = "x-chassis-failure-reason";
+/// Header carrying the exchange a dead-lettered message was originally published to.
+pub const ORIGINAL_EXCHANGE_HEADER: &str = "x-chassis-original-exchange";
+/// Header carrying the routing key a dead-lettered message was originally published with.
+pub const ORIGINAL_ROUTING_KEY_HEADER: &str = "x-chassis-original-routing-key";
+
+/// A received message.
+#[derive(Debug, Clone)]
+pub struct IncomingMessage {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    exchange: String,
+    routing_key: String,
+    redelivered: bool,
+    message_id: Option<String>,
+    kind: Option<String>,
+    content_type: Option<String>,
+    correlation_id: Option<String>,
+    timestamp: Option<u64>,
+    headers: BTreeMap<String, HeaderValue>,
+    body: Vec<u8>,
+    attempt: u32,
+    raw: Option<BasicProperties>,
+}
+
+fn attempt_of(headers: &BTreeMap<String, HeaderValue>) -> u32 {
+    match headers.get(ATTEMPT_HEADER) {
+        Some(HeaderValue::Int(n)) if *n >= 1 => u32::try_from(*n).unwrap_or(u32::MAX),
+        Some(HeaderValue::String(s)) => s.parse().ok().filter(|n| *n >= 1).unwrap_or(1),
+        _ => 1,
+    }
+}
+
+impl IncomingMessage {
+    /// What a consumer would receive for `msg` (used by the in-memory transport and in tests).
+    /// The attempt number is read from the `x-chassis-attempt` header (1 when absent).
+    pub fn from_outgoing(msg: OutgoingMessage) -> Self {
+        let attempt = attempt_of(&msg.headers);
+        Self {
+            inner: Arc::new(Inner {
+                exchange: msg.exchange,
+                routing_key: msg.routing_key,
+                redelivered: false,
+                message_id: msg.message_id,
+                kind: msg.kind,
+                content_type: msg.content_type,
+                correlation_id: msg.correlation_id,
+                timestamp: msg.timestamp,
+                headers: msg.headers,
+                body: msg.body,
+                attempt,
+                raw: None,
+            }),
+        }
+    }
+
+    pub(crate) fn from_lapin(
+        exchange: &str,
+        routing_key: &str,
+        redelivered: bool,
+        props: BasicProperties,
+        body: Vec<u8>,
+    ) -> Self {
+        let headers = props
+            .headers()
+            .as_ref()
+            .map(from_field_table)
+            .unwrap_or_default();
+        let attempt = attempt_of(&headers);
+        let s = |v: &Option<lapin::types::ShortString>| v.as_ref().map(|s| s.as_str().to_owned());
+        Self {
+            inner: Arc::new(Inner {
+                exchange: exchange.to_owned(),
+                routing_key: routing_key.to_owned(),
+                redelivered,
+                message_id: s(props.message_id()),
+                kind: s(props.kind()),
+                content_type: s(props.content_type()),
+                correlation_id: s(props.correlation_id()),
+                timestamp: *props.timestamp(),
+                headers,
+                body,
+                attempt,
+                raw: Some(props),
+            }),
+        }
+    }
+
+    /// The wire form of this message again, with its headers (for the in-memory transport's
+    /// retries and dead letters).
+    pub fn to_outgoing(&self) -> OutgoingMessage {
+        let i = &self.inner;
+        OutgoingMessage {
+            exchange: i.exchange.clone(),
+            routing_key: i.routing_key.clone(),
+            message_id: i.message_id.clone(),
+            kind: i.kind.clone(),
+            content_type: i.content_type.clone(),
+            correlation_id: i.correlation_id.clone(),
+            timestamp: i.timestamp,
+            headers: i.headers.clone(),
+            body: i.body.clone(),
+        }
+    }
+
+    pub(crate) fn raw_properties(&self) -> Option<&BasicProperties> {
+        self.inner.raw.as_ref()
+    }
+
+    /// The exchange it was published to. For a message coming back from a retry tier this is
+    /// the exchange the broker dead-lettered it through, see [`ORIGINAL_EXCHANGE_HEADER`].
+    pub fn exchange(&self) -> &str {
+        &self.inner.exchange
+    }
+    /// Its routing key.
+    pub fn routing_key(&self) -> &str {
+        &self.inner.routing_key
+    }
+    /// Whether the broker flagged it as redelivered (an earlier delivery was not acked).
+    pub fn redelivered(&self) -> bool {
+        self.inner.redelivered
+    }
+    /// The AMQP `message_id` property.
+    pub fn message_id(&self) -> Option<&str> {
+        self.inner.message_id.as_deref()
+    }
+    /// The AMQP `type` property.
+    pub fn kind(&self) -> Option<&str> {
+        self.inner.kind.as_deref()
+    }
+    /// The AMQP `content_type` property.
+    pub fn content_type(&self) -> Option<&str> {
+        self.inner.content_type.as_deref()
+    }
+    /// The AMQP `correlation_id` property.
+    pub fn correlation_id(&self) -> Option<&str> {
+        self.inner.correlation_id.as_deref()
+    }
+    /// The AMQP `timestamp` property (seconds since the epoch).
+    pub fn timestamp(&self) -> Option<u64> {
+        self.inner.timestamp
+    }
+    /// Application headers (values of types the chassis does not model, such as `x-death`
+    /// tables, are left out here but kept on the wire when the message is retried).
+    pub fn headers(&self) -> &BTreeMap<String, HeaderValue> {
+        &self.inner.headers
+    }
+    /// One application header.
+    pub fn header(&self, name: &str) -> Option<&HeaderValue> {
+        self.inner.headers.get(name)
+    }
+    /// The body.
+    pub fn body(&self) -> &[u8] {
+        &self.inner.body
+    }
+    /// Which attempt this is: 1 on the first delivery, incremented by each retry tier.
+    pub fn attempt(&self) -> u32 {
+        self.inner.attempt
+    }
+    /// Decodes and validates a chassis event (CloudEvents binary mode).
+    ///
+    /// # Errors
+    /// See [`Envelope::from_incoming`].
+    pub fn decode<T: DeserializeOwned>(&self) -> Result<Envelope<T>, Error> {
+        Envelope::from_incoming(self)
+    }
+    /// The remote trace context (`traceparent`/`tracestate`/`baggage` headers); an empty
+    /// context when there is none.
+    pub fn trace_context(&self) -> opentelemetry::Context {
+        chassis_observability::propagation::extract_context(&HeaderMapExtractor(
+            &self.inner.headers,
+        ))
+    }
+}

@@ -1,0 +1,144 @@
+//! The transactional outbox: an event is published if and only if the transaction that
+//! produced it committed.
+//!
+//! A handler writes its business rows and the event in **one** database transaction:
+//! [`SqliteOutbox::enqueue`] / [`PgOutbox::enqueue`] insert the message (its wire form, an
+//! [`OutgoingMessage`](crate::message::OutgoingMessage)) into the `chassis_outbox` table through
+//! the caller's own transaction. A [`Relay`] (one background task per service replica) then
+//! publishes committed rows through any [`Publish`](crate::publisher::Publish) implementation
+//! (the confirming RabbitMQ publisher) and marks them sent only after the broker confirmed.
+//! Delivery is therefore at least once: a crash between confirm and mark republishes the
+//! message with the same `message_id`, and the consumer's [`Inbox`](crate::inbox::Inbox)
+//! turns that into an exactly-once effect.
+//!
+//! # Tables and migrations
+//! [`SqliteOutbox::migrate`] / [`PgOutbox::migrate`] (or [`sqlite::migrate`] /
+//! [`postgres::migrate`] on a pool) create `chassis_outbox`, `chassis_inbox` (and on PostgreSQL
+//! `chassis_outbox_subjects` plus a notify trigger). The SQL ships in the crate
+//! (`migrations/sqlite`, `migrations/postgres`), is embedded with `sqlx::migrate!` and is
+//! tracked in its own table [`MIGRATIONS_TABLE`], so it never collides with the application's
+//! `_sqlx_migrations`. Running it again, or from several replicas at once, is harmless.
+//!
+//! # Guarantees and how they are kept
+//! - **Only committed events**: the row is invisible to relays until the transaction commits;
+//!   a rollback removes it.
+//! - **Wake-up on commit, polling as fallback**: PostgreSQL relays `LISTEN` to a trigger's
+//!   `NOTIFY` (delivered at commit only); SQLite has no cross-connection notification, so call
+//!   [`SqliteOutbox::commit`] (commit + wake) or [`notify_committed`](SqliteOutbox::notify_committed)
+//!   after committing. Without a signal the relay still finds rows within
+//!   [`RelayConfig::poll_interval`] (500 ms).
+//! - **Per-aggregate order**: the ordering key is the message's `cloudEvents:subject` header
+//!   (the envelope's aggregate id) or the explicit subject of `enqueue_with_subject`. Rows of
+//!   one subject are published strictly one after the other in id order, each after the
+//!   previous one's confirm; a row is published only when every earlier pending row of its
+//!   subject is in the same batch. Ids follow commit order per subject: on SQLite because
+//!   there is a single writer, on PostgreSQL because `enqueue` locks a per-subject row
+//!   (`chassis_outbox_subjects`) so concurrent writers of one subject serialize (see
+//!   [`postgres`]). Events without a subject have no ordering constraint.
+//! - **Late commits are never skipped**: relays keep no "last id seen" cursor. Every batch
+//!   reads the pending rows in id order; sent rows leave the pending set, so a row whose
+//!   transaction committed late is simply pending at the next batch.
+//! - **Several relays on one database**: PostgreSQL relays lock their batch with
+//!   `SELECT … FOR UPDATE SKIP LOCKED` inside a transaction that also records the outcome
+//!   (a crash rolls back: the rows are pending again); SQLite relays take a lease
+//!   ([`RelayConfig::lease`]). A row held by another relay blocks the rest of its subject, so
+//!   order holds across relays.
+//! - **Broker down**: a transient failure (connection lost, nack, confirm timeout) leaves the
+//!   rows pending and untouched; the relay backs off with jittered exponential delays
+//!   ([`RelayConfig::backoff_initial`] to [`RelayConfig::backoff_max`]) and resumes. Nothing is
+//!   lost and attempts are not counted.
+//! - **Poison rows**: a non-transient failure (unroutable, undecodable row) counts an attempt
+//!   and retries the row after a growing delay; after [`RelayConfig::max_attempts`] (5) the row
+//!   is *parked* (`status = 'parked'`, with `last_error`), logged at error level and counted in
+//!   [`metrics::OUTBOX_PARKED`]. Later rows of its subject then proceed. Inspect with
+//!   `parked()`, fix the cause, and `requeue_parked()`.
+//! - **Retention**: confirmed rows are kept as `sent` for [`RelayConfig::sent_retention`]
+//!   (1 h; zero deletes them at once) and removed every [`RelayConfig::cleanup_interval`].
+//!
+//! Metric names are in [`metrics`]; each store implements
+//! [`HealthCheck`](chassis_core::health::HealthCheck) as a database ping.
+//!
+//! # Example
+//! ```
+//! use std::sync::Arc;
+//! use chassis_messaging::message::OutgoingMessage;
+//! use chassis_messaging::outbox::{Relay, RelayConfig, SqliteOutbox};
+//! # use chassis_messaging::{error::Error, publisher::Publish};
+//! # use futures_util::future::BoxFuture;
+//! # #[derive(Default)]
+//! # struct Recorder(std::sync::Mutex<Vec<OutgoingMessage>>);
+//! # impl Publish for Recorder {
+//! #     fn publish(&self, msg: OutgoingMessage) -> BoxFuture<'_, Result<(), Error>> {
+//! #         self.0.lock().unwrap().push(msg);
+//! #         Box::pin(async { Ok(()) })
+//! #     }
+//! # }
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let pool = sqlx::sqlite::SqlitePoolOptions::new()
+//!     .max_connections(1)
+//!     .connect("sqlite::memory:")
+//!     .await?;
+//! let outbox = SqliteOutbox::new(pool.clone());
+//! outbox.migrate().await?;
+//! sqlx::query("CREATE TABLE orders (id TEXT PRIMARY KEY)").execute(&pool).await?;
+//!
+//! // In a handler: the business write and the event in one transaction.
+//! let mut tx = pool.begin().await?;
+//! sqlx::query("INSERT INTO orders (id) VALUES ('42')").execute(&mut *tx).await?;
+//! let event = OutgoingMessage::new("shop.events", "order.placed", br#"{"id":"42"}"#.to_vec())
+//!     .header("cloudEvents:subject", "order-42");
+//! let message_id = outbox.enqueue(&mut tx, &event).await?;
+//! outbox.commit(tx).await?; // commit + wake the relay
+//!
+//! // Once per service: the relay, publishing through the confirming publisher (here a stand-in).
+//! let publisher = Arc::new(Recorder::default());
+//! let relay = Relay::new(outbox.clone(), publisher.clone(), RelayConfig::default())?;
+//! // In a service: `relay.spawn(shutdown.token())`; here, one batch by hand.
+//! let report = relay.run_once().await?;
+//! assert_eq!(report.sent, 1);
+//! let sent = publisher.0.lock().unwrap();
+//! assert_eq!(sent[0].message_id.as_deref(), Some(message_id.as_str()));
+//! # Ok(())
+//! # }
+//! ```
+
+pub mod metrics;
+#[cfg(feature = "postgres")]
+#[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
+pub mod postgres;
+mod relay;
+#[cfg(feature = "sqlite")]
+#[cfg_attr(docsrs, doc(cfg(feature = "sqlite")))]
+pub mod sqlite;
+mod store;
+
+#[cfg(feature = "postgres")]
+pub use postgres::{PgClaim, PgOutbox};
+pub use relay::{BatchReport, Relay, RelayConfig};
+#[cfg(feature = "sqlite")]
+pub use sqlite::SqliteOutbox;
+pub(crate) use store::{db_err, now_ms};
+pub use store::{OutboxStats, OutboxStore, PendingRow, RowOutcome, SUBJECT_HEADER, SentPolicy};
+
+/// The table the chassis-messaging migrations are tracked in (not sqlx's default
+/// `_sqlx_migrations`, which belongs to the application).
+pub const MIGRATIONS_TABLE: &str = "_chassis_messaging_migrations";
+
+/// A parked outbox row, as listed by `parked()`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ParkedRow {
+    /// Row id.
+    pub id: i64,
+    /// Ordering key.
+    pub subject: Option<String>,
+    /// The message id.
+    pub message_id: String,
+    /// Failed attempts.
+    pub attempts: i32,
+    /// The error of the last attempt.
+    pub last_error: Option<String>,
+    /// When the row was written (Unix epoch milliseconds).
+    pub created_at_ms: i64,
+}

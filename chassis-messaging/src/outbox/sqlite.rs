@@ -1,0 +1,399 @@
+//! The SQLite outbox store: [`SqliteOutbox`].
+//!
+//! SQLite has a single writer, so transactions commit in the order they took the write lock
+//! and row ids (`AUTOINCREMENT`) follow commit order; no extra ordering bookkeeping is needed.
+//! Relays reserve rows with a *lease* (`locked_until`, `lock_owner`) in a short
+//! `BEGIN IMMEDIATE` transaction and publish outside it, so writers are never blocked while a
+//! batch travels to the broker. A relay that dies leaves its lease to expire (default 30 s);
+//! the rows are then published again by whichever relay claims them (a duplicate the inbox
+//! absorbs). Use WAL mode (`SqliteConnectOptions::journal_mode(Wal)`) for concurrent readers.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chassis_core::BoxError;
+use chassis_core::health::{BoxFuture, HealthCheck};
+use sqlx::sqlite::{Sqlite, SqliteConnection, SqlitePool, SqliteRow};
+use sqlx::{Row, Transaction};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use super::store::{
+    OutboxStats, OutboxStore, PendingRow, RowOutcome, STATUS_PARKED, STATUS_PENDING, SentPolicy,
+    db_err, heads_only, message_from_parts, message_id_of, now_ms, subject_of,
+};
+use super::{MIGRATIONS_TABLE, ParkedRow};
+use crate::error::{Error, ErrorKind, Result};
+use crate::message::OutgoingMessage;
+
+macro_rules! row_columns {
+    () => {
+        "id, subject, exchange, routing_key, message_id, amqp_type, content_type, \
+         correlation_id, amqp_timestamp, headers, body, created_at, attempts"
+    };
+}
+
+/// Applies the chassis-messaging migrations (outbox and inbox tables) to a SQLite database.
+///
+/// Idempotent; tracked in its own table `_chassis_messaging_migrations`, so it never
+/// interferes with the application's `sqlx::migrate!()` history.
+pub async fn migrate(pool: &SqlitePool) -> Result<()> {
+    let mut migrator = sqlx::migrate!("./migrations/sqlite");
+    migrator.dangerous_set_table_name(MIGRATIONS_TABLE);
+    migrator
+        .run(pool)
+        .await
+        .map_err(|e| Error::with_source(ErrorKind::Database, e))
+}
+
+/// The outbox on a SQLite database. Cheap to clone: clones share the pool and the commit
+/// signal.
+#[derive(Debug, Clone)]
+pub struct SqliteOutbox {
+    pool: SqlitePool,
+    notify: Arc<Notify>,
+    owner: Arc<str>,
+}
+
+impl SqliteOutbox {
+    /// An outbox on `pool`. Call [`migrate`](Self::migrate) once at startup.
+    pub fn new(pool: SqlitePool) -> Self {
+        Self {
+            pool,
+            notify: Arc::new(Notify::new()),
+            owner: uuid::Uuid::now_v7().to_string().into(),
+        }
+    }
+
+    /// The pool this outbox uses.
+    pub fn pool(&self) -> &SqlitePool {
+        &self.pool
+    }
+
+    /// Creates the outbox and inbox tables if needed (see [`migrate`]).
+    pub async fn migrate(&self) -> Result<()> {
+        migrate(&self.pool).await
+    }
+
+    /// Writes `msg` into the outbox inside the caller's transaction (pass `&mut tx`).
+    ///
+    /// The ordering key is the message's `cloudEvents:subject` header, if any. Returns the
+    /// message id stored with the row (the message's own, or a fresh UUID v7), which is also
+    /// the AMQP `message_id` the consumer's inbox deduplicates on. Nothing is published unless
+    /// the transaction commits; after committing, call
+    /// [`notify_committed`](Self::notify_committed) (or commit with [`commit`](Self::commit))
+    /// so the relay wakes at once instead of at its next poll.
+    pub async fn enqueue(&self, conn: &mut SqliteConnection, msg: &OutgoingMessage) -> Result<String> {
+        self.enqueue_with_subject(conn, subject_of(msg), msg).await
+    }
+
+    /// Like [`enqueue`](Self::enqueue) with an explicit ordering key: messages of one
+    /// `subject` are published in commit order; `None` means no ordering constraint.
+    pub async fn enqueue_with_subject(
+        &self,
+        conn: &mut SqliteConnection,
+        subject: Option<&str>,
+        msg: &OutgoingMessage,
+    ) -> Result<String> {
+        let message_id = message_id_of(msg);
+        let headers = serde_json::to_string(&msg.headers)?;
+        let timestamp = timestamp_column(msg.timestamp)?;
+        let now = now_ms();
+        sqlx::query(
+            "INSERT INTO chassis_outbox (subject, exchange, routing_key, message_id, amqp_type, \
+             content_type, correlation_id, amqp_timestamp, headers, body, created_at, available_at) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?11)",
+        )
+        .bind(subject)
+        .bind(&msg.exchange)
+        .bind(&msg.routing_key)
+        .bind(&message_id)
+        .bind(msg.kind.as_deref())
+        .bind(msg.content_type.as_deref())
+        .bind(msg.correlation_id.as_deref())
+        .bind(timestamp)
+        .bind(headers)
+        .bind(&msg.body)
+        .bind(now)
+        .execute(&mut *conn)
+        .await
+        .map_err(db_err)?;
+        Ok(message_id)
+    }
+
+    /// Commits `tx` and wakes the relay.
+    pub async fn commit(&self, tx: Transaction<'_, Sqlite>) -> Result<()> {
+        tx.commit().await.map_err(db_err)?;
+        self.notify_committed();
+        Ok(())
+    }
+
+    /// Wakes the relays of this process: call after committing a transaction that enqueued.
+    /// Harmless when nothing was enqueued.
+    pub fn notify_committed(&self) {
+        self.notify.notify_one();
+    }
+
+    /// Parked rows (oldest first, at most `limit`), with the error that parked them.
+    pub async fn parked(&self, limit: i64) -> Result<Vec<ParkedRow>> {
+        let rows = sqlx::query(
+            "SELECT id, subject, message_id, attempts, last_error, created_at FROM chassis_outbox \
+             WHERE status = 'parked' ORDER BY id LIMIT ?1",
+        )
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db_err)?;
+        rows.iter().map(parked_row).collect::<std::result::Result<_, _>>().map_err(db_err)
+    }
+
+    /// Puts every parked row back to pending with a fresh attempt count (after the cause was
+    /// fixed, e.g. the missing binding declared). Returns how many rows were requeued.
+    pub async fn requeue_parked(&self) -> Result<u64> {
+        let done = sqlx::query(
+            "UPDATE chassis_outbox SET status = 'pending', attempts = 0, available_at = ?1, \
+             locked_until = NULL, lock_owner = NULL WHERE status = 'parked'",
+        )
+        .bind(now_ms())
+        .execute(&self.pool)
+        .await
+        .map_err(db_err)?;
+        self.notify_committed();
+        Ok(done.rows_affected())
+    }
+}
+
+fn timestamp_column(timestamp: Option<u64>) -> Result<Option<i64>> {
+    timestamp
+        .map(i64::try_from)
+        .transpose()
+        .map_err(|e| Error::with_source(ErrorKind::Serialization, e))
+}
+
+fn parked_row(row: &SqliteRow) -> std::result::Result<ParkedRow, sqlx::Error> {
+    Ok(ParkedRow {
+        id: row.try_get("id")?,
+        subject: row.try_get("subject")?,
+        message_id: row.try_get("message_id")?,
+        attempts: row.try_get("attempts")?,
+        last_error: row.try_get("last_error")?,
+        created_at_ms: row.try_get("created_at")?,
+    })
+}
+
+fn pending_row(row: &SqliteRow) -> std::result::Result<PendingRow, sqlx::Error> {
+    let headers: String = row.try_get("headers")?;
+    Ok(PendingRow {
+        id: row.try_get("id")?,
+        subject: row.try_get("subject")?,
+        message: message_from_parts(
+            row.try_get("exchange")?,
+            row.try_get("routing_key")?,
+            row.try_get("message_id")?,
+            row.try_get("amqp_type")?,
+            row.try_get("content_type")?,
+            row.try_get("correlation_id")?,
+            row.try_get("amqp_timestamp")?,
+            &headers,
+            row.try_get("body")?,
+        ),
+        created_at_ms: row.try_get("created_at")?,
+        attempts: row.try_get("attempts")?,
+    })
+}
+
+fn json_ids(ids: impl Iterator<Item = i64>) -> String {
+    serde_json::to_string(&ids.collect::<Vec<_>>()).unwrap_or_else(|_| "[]".to_owned())
+}
+
+impl OutboxStore for SqliteOutbox {
+    type Claim = ();
+
+    async fn claim(&self, limit: usize, lease: Duration) -> Result<((), Vec<PendingRow>)> {
+        let now = now_ms();
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        // IMMEDIATE takes the write lock up front: a deferred transaction upgrading from read
+        // to write could fail with SQLITE_BUSY instead of waiting.
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await.map_err(db_err)?;
+        let rows = sqlx::query(concat!(
+            "SELECT ",
+            row_columns!(),
+            " FROM chassis_outbox o WHERE status = 'pending' AND available_at <= ?1 \
+             AND (locked_until IS NULL OR locked_until <= ?1) \
+             AND NOT EXISTS (SELECT 1 FROM chassis_outbox p WHERE p.status = 'pending' \
+                AND p.subject = o.subject AND p.id < o.id AND p.available_at > ?1) \
+             ORDER BY id LIMIT ?2"
+        ))
+        .bind(now)
+        .bind(limit)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(db_err)?;
+        let candidates = rows
+            .iter()
+            .map(pending_row)
+            .collect::<std::result::Result<Vec<_>, _>>()
+            .map_err(db_err)?;
+        if candidates.is_empty() {
+            tx.commit().await.map_err(db_err)?;
+            return Ok(((), candidates));
+        }
+        let subjects: Vec<&str> = candidates.iter().filter_map(|r| r.subject.as_deref()).collect();
+        let max_id = candidates.last().map(|r| r.id).unwrap_or_default();
+        let pending: Vec<(String, i64)> = if subjects.is_empty() {
+            Vec::new()
+        } else {
+            sqlx::query(
+                "SELECT subject, id FROM chassis_outbox WHERE status = 'pending' \
+                 AND subject IN (SELECT value FROM json_each(?1)) AND id <= ?2 ORDER BY id",
+            )
+            .bind(serde_json::to_string(&subjects)?)
+            .bind(max_id)
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(db_err)?
+            .iter()
+            .map(|r| Ok((r.try_get("subject")?, r.try_get("id")?)))
+            .collect::<std::result::Result<_, sqlx::Error>>()
+            .map_err(db_err)?
+        };
+        let kept = heads_only(candidates, &pending);
+        if !kept.is_empty() {
+            let until = now.saturating_add(i64::try_from(lease.as_millis()).unwrap_or(i64::MAX));
+            sqlx::query(
+                "UPDATE chassis_outbox SET locked_until = ?1, lock_owner = ?2 \
+                 WHERE id IN (SELECT value FROM json_each(?3))",
+            )
+            .bind(until)
+            .bind(&*self.owner)
+            .bind(json_ids(kept.iter().map(|r| r.id)))
+            .execute(&mut *tx)
+            .await
+            .map_err(db_err)?;
+        }
+        tx.commit().await.map_err(db_err)?;
+        Ok(((), kept))
+    }
+
+    async fn finish(&self, _claim: (), outcomes: Vec<(i64, RowOutcome)>, sent: SentPolicy) -> Result<()> {
+        if outcomes.is_empty() {
+            return Ok(());
+        }
+        let now = now_ms();
+        let sent_ids = json_ids(
+            outcomes
+                .iter()
+                .filter(|(_, o)| *o == RowOutcome::Sent)
+                .map(|(id, _)| *id),
+        );
+        let released_ids = json_ids(
+            outcomes
+                .iter()
+                .filter(|(_, o)| *o == RowOutcome::Released)
+                .map(|(id, _)| *id),
+        );
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await.map_err(db_err)?;
+        match sent {
+            SentPolicy::Delete => {
+                sqlx::query("DELETE FROM chassis_outbox WHERE id IN (SELECT value FROM json_each(?1))")
+                    .bind(sent_ids)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(db_err)?;
+            }
+            SentPolicy::Mark => {
+                sqlx::query(
+                    "UPDATE chassis_outbox SET status = 'sent', sent_at = ?1, locked_until = NULL, \
+                     lock_owner = NULL WHERE id IN (SELECT value FROM json_each(?2))",
+                )
+                .bind(now)
+                .bind(sent_ids)
+                .execute(&mut *tx)
+                .await
+                .map_err(db_err)?;
+            }
+        }
+        sqlx::query(
+            "UPDATE chassis_outbox SET locked_until = NULL, lock_owner = NULL \
+             WHERE id IN (SELECT value FROM json_each(?1)) AND lock_owner = ?2",
+        )
+        .bind(released_ids)
+        .bind(&*self.owner)
+        .execute(&mut *tx)
+        .await
+        .map_err(db_err)?;
+        for (id, outcome) in &outcomes {
+            if let RowOutcome::Failed {
+                attempts,
+                error,
+                park,
+                retry_at_ms,
+            } = outcome
+            {
+                sqlx::query(
+                    "UPDATE chassis_outbox SET attempts = ?1, last_error = ?2, status = ?3, \
+                     available_at = ?4, locked_until = NULL, lock_owner = NULL WHERE id = ?5",
+                )
+                .bind(attempts)
+                .bind(error)
+                .bind(if *park { STATUS_PARKED } else { STATUS_PENDING })
+                .bind(retry_at_ms)
+                .bind(id)
+                .execute(&mut *tx)
+                .await
+                .map_err(db_err)?;
+            }
+        }
+        tx.commit().await.map_err(db_err)
+    }
+
+    async fn stats(&self) -> Result<OutboxStats> {
+        let rows = sqlx::query(
+            "SELECT status, count(*) AS n, min(created_at) AS oldest FROM chassis_outbox \
+             WHERE status IN ('pending', 'parked') GROUP BY status",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db_err)?;
+        let mut stats = OutboxStats::default();
+        for row in rows {
+            let status: String = row.try_get("status").map_err(db_err)?;
+            let n: i64 = row.try_get("n").map_err(db_err)?;
+            if status == STATUS_PENDING {
+                stats.pending = n;
+                stats.oldest_pending_ms = row.try_get("oldest").map_err(db_err)?;
+            } else {
+                stats.parked = n;
+            }
+        }
+        Ok(stats)
+    }
+
+    async fn purge_sent(&self, sent_before_ms: i64) -> Result<u64> {
+        let done = sqlx::query("DELETE FROM chassis_outbox WHERE status = 'sent' AND sent_at < ?1")
+            .bind(sent_before_ms)
+            .execute(&self.pool)
+            .await
+            .map_err(db_err)?;
+        Ok(done.rows_affected())
+    }
+
+    fn notifier(&self) -> Arc<Notify> {
+        self.notify.clone()
+    }
+
+    async fn watch(&self, _notify: Arc<Notify>, _token: CancellationToken) {}
+}
+
+impl HealthCheck for SqliteOutbox {
+    fn name(&self) -> &str {
+        "outbox-sqlite"
+    }
+
+    fn check(&self) -> BoxFuture<'_, std::result::Result<(), BoxError>> {
+        Box::pin(async move {
+            sqlx::query("SELECT 1").execute(&self.pool).await?;
+            Ok(())
+        })
+    }
+}

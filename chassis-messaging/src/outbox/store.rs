@@ -1,0 +1,318 @@
+//! The storage side of the outbox, shared by the SQLite and PostgreSQL stores: the
+//! [`OutboxStore`] trait the [`Relay`](super::Relay) drives, the rows it hands out and the
+//! per-aggregate ordering rule.
+
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use crate::error::{Error, ErrorKind, Result};
+use crate::message::{HeaderValue, OutgoingMessage};
+
+/// The header an [`Envelope`](crate::message) carries its CloudEvents `subject` (the aggregate
+/// id) in. [`enqueue`](super::SqliteOutbox::enqueue) reads the ordering key from it.
+pub const SUBJECT_HEADER: &str = "cloudEvents:subject";
+
+/// Status of a row that waits to be published.
+pub(crate) const STATUS_PENDING: &str = "pending";
+/// Status of a row the broker confirmed (kept until retention removes it).
+pub(crate) const STATUS_SENT: &str = "sent";
+/// Status of a row that failed `max_attempts` times with a non-transient error.
+pub(crate) const STATUS_PARKED: &str = "parked";
+
+/// One outbox row claimed by a relay, ready to publish.
+#[derive(Debug, Clone)]
+pub struct PendingRow {
+    /// Row id; ids grow in commit order within a subject.
+    pub id: i64,
+    /// Ordering key (aggregate id); rows of one subject are published one after the other.
+    pub subject: Option<String>,
+    /// The message, or why the stored row could not be turned back into one (such a row is
+    /// parked: it can never be published).
+    pub message: std::result::Result<OutgoingMessage, String>,
+    /// When the row was written (Unix epoch milliseconds, the application's clock).
+    pub created_at_ms: i64,
+    /// Failed publish attempts so far (transient broker outages do not count).
+    pub attempts: i32,
+}
+
+/// What the relay did with one claimed row.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RowOutcome {
+    /// The broker confirmed it.
+    Sent,
+    /// Publishing failed with an error that will fail the same way again (unroutable,
+    /// undecodable): count the attempt, retry later or park.
+    Failed {
+        /// Attempts after this one.
+        attempts: i32,
+        /// The error, as text.
+        error: String,
+        /// Park the row (attempts reached the maximum).
+        park: bool,
+        /// When to try again if not parked (Unix epoch milliseconds).
+        retry_at_ms: i64,
+    },
+    /// Not published this round (broker outage, an earlier row of its subject failed, the
+    /// relay is stopping): leave it pending and release it at once.
+    Released,
+}
+
+/// What happens to a row the broker confirmed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SentPolicy {
+    /// Delete it in the same statement that acknowledges the batch.
+    Delete,
+    /// Mark it `sent` (with `sent_at`); retention deletes it later.
+    Mark,
+}
+
+/// Counts the relay exports as metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct OutboxStats {
+    /// Rows waiting to be published.
+    pub pending: i64,
+    /// Rows parked after too many failures.
+    pub parked: i64,
+    /// `created_at` of the oldest pending row (Unix epoch milliseconds), if any.
+    pub oldest_pending_ms: Option<i64>,
+}
+
+/// A database the [`Relay`](super::Relay) can drain: implemented by
+/// [`SqliteOutbox`](super::SqliteOutbox) and [`PgOutbox`](super::PgOutbox).
+///
+/// The methods are the relay's plumbing; applications call `enqueue` on the concrete store and
+/// hand the store to a relay. A claim is an opaque handle: the rows it returned are reserved
+/// for this relay (PostgreSQL: row locks of an open transaction; SQLite: a lease) until
+/// [`finish`](Self::finish) records their outcomes.
+pub trait OutboxStore: Clone + Send + Sync + 'static {
+    /// The reservation of one batch.
+    type Claim: Send + 'static;
+
+    /// Reserves up to `limit` publishable rows: pending, due, and each the head of its subject
+    /// (no earlier pending row of the same subject that this claim does not hold). Rows come
+    /// back in id order.
+    fn claim(
+        &self,
+        limit: usize,
+        lease: Duration,
+    ) -> impl Future<Output = Result<(Self::Claim, Vec<PendingRow>)>> + Send;
+
+    /// Records what happened to the claimed rows and releases the claim.
+    fn finish(
+        &self,
+        claim: Self::Claim,
+        outcomes: Vec<(i64, RowOutcome)>,
+        sent: SentPolicy,
+    ) -> impl Future<Output = Result<()>> + Send;
+
+    /// Pending and parked counts and the age of the oldest pending row.
+    fn stats(&self) -> impl Future<Output = Result<OutboxStats>> + Send;
+
+    /// Deletes `sent` rows confirmed before `sent_before_ms` (and, where the store keeps any,
+    /// ordering bookkeeping idle since then). Returns the number of rows deleted.
+    fn purge_sent(&self, sent_before_ms: i64) -> impl Future<Output = Result<u64>> + Send;
+
+    /// The in-process signal [`notify_committed`](super::SqliteOutbox::notify_committed)
+    /// fires; the relay waits on it between batches.
+    fn notifier(&self) -> Arc<Notify>;
+
+    /// Forwards database-side commit notifications (PostgreSQL `LISTEN`) to `notify` until
+    /// `token` is cancelled. Stores without any return at once.
+    fn watch(
+        &self,
+        notify: Arc<Notify>,
+        token: CancellationToken,
+    ) -> impl Future<Output = ()> + Send;
+}
+
+/// Now, as Unix epoch milliseconds.
+pub(crate) fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or_default()
+}
+
+/// Wraps a database error.
+pub(crate) fn db_err(err: sqlx::Error) -> Error {
+    Error::with_source(ErrorKind::Database, err)
+}
+
+/// The ordering key of `msg`: its `cloudEvents:subject` header, if it is a string.
+pub(crate) fn subject_of(msg: &OutgoingMessage) -> Option<&str> {
+    match msg.headers.get(SUBJECT_HEADER) {
+        Some(HeaderValue::String(s)) => Some(s.as_str()),
+        _ => None,
+    }
+}
+
+/// The message id stored with a row: the message's own, or a fresh UUID v7.
+pub(crate) fn message_id_of(msg: &OutgoingMessage) -> String {
+    msg.message_id
+        .clone()
+        .unwrap_or_else(|| uuid::Uuid::now_v7().to_string())
+}
+
+/// Rebuilds a message from the columns of a row.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn message_from_parts(
+    exchange: String,
+    routing_key: String,
+    message_id: String,
+    kind: Option<String>,
+    content_type: Option<String>,
+    correlation_id: Option<String>,
+    timestamp: Option<i64>,
+    headers: &str,
+    body: Vec<u8>,
+) -> std::result::Result<OutgoingMessage, String> {
+    let headers: BTreeMap<String, HeaderValue> =
+        serde_json::from_str(headers).map_err(|e| format!("stored headers are invalid: {e}"))?;
+    let timestamp = match timestamp {
+        Some(t) => Some(u64::try_from(t).map_err(|_| format!("stored timestamp {t} is negative"))?),
+        None => None,
+    };
+    Ok(OutgoingMessage {
+        exchange,
+        routing_key,
+        message_id: Some(message_id),
+        kind,
+        content_type,
+        correlation_id,
+        timestamp,
+        headers,
+        body,
+    })
+}
+
+/// Keeps only the candidates that are heads of their subject.
+///
+/// `candidates` are the rows a store reserved, in id order. `pending` lists, in id order, every
+/// pending row id (with its subject) of the candidates' subjects up to the largest candidate id,
+/// whoever holds it. A candidate is kept when every earlier pending row of its subject is itself
+/// a kept candidate: the kept rows of a subject are then exactly the oldest pending rows of that
+/// subject, and publishing them in order keeps the subject's commit order. A row held by
+/// another relay, or waiting for its retry time, blocks every later row of its subject.
+pub(crate) fn heads_only(
+    candidates: Vec<PendingRow>,
+    pending: &[(String, i64)],
+) -> Vec<PendingRow> {
+    let mut queues: HashMap<&str, VecDeque<i64>> = HashMap::new();
+    for (subject, id) in pending {
+        queues.entry(subject.as_str()).or_default().push_back(*id);
+    }
+    let mut blocked: HashSet<String> = HashSet::new();
+    let mut kept = Vec::with_capacity(candidates.len());
+    for row in candidates {
+        let Some(subject) = row.subject.as_deref() else {
+            kept.push(row);
+            continue;
+        };
+        if blocked.contains(subject) {
+            continue;
+        }
+        match queues.get_mut(subject) {
+            Some(queue) if queue.front() == Some(&row.id) => {
+                queue.pop_front();
+                kept.push(row);
+            }
+            _ => {
+                blocked.insert(subject.to_owned());
+            }
+        }
+    }
+    kept
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(id: i64, subject: Option<&str>) -> PendingRow {
+        PendingRow {
+            id,
+            subject: subject.map(str::to_owned),
+            message: Ok(OutgoingMessage::new("x", "y", vec![])),
+            created_at_ms: 0,
+            attempts: 0,
+        }
+    }
+
+    fn ids(rows: &[PendingRow]) -> Vec<i64> {
+        rows.iter().map(|r| r.id).collect()
+    }
+
+    #[test]
+    fn heads_keep_contiguous_prefixes_per_subject() {
+        // a: 1, 3, 4 pending and all claimed; b: 2 pending but held elsewhere, 5 claimed.
+        let candidates = vec![
+            row(1, Some("a")),
+            row(3, Some("a")),
+            row(4, Some("a")),
+            row(5, Some("b")),
+            row(6, None),
+        ];
+        let pending = vec![
+            ("a".to_owned(), 1),
+            ("b".to_owned(), 2),
+            ("a".to_owned(), 3),
+            ("a".to_owned(), 4),
+            ("b".to_owned(), 5),
+        ];
+        assert_eq!(ids(&heads_only(candidates, &pending)), vec![1, 3, 4, 6]);
+    }
+
+    #[test]
+    fn a_gap_blocks_the_rest_of_the_subject() {
+        // a: 1 claimed, 2 pending but not claimed (backing off), 3 claimed -> only 1.
+        let candidates = vec![row(1, Some("a")), row(3, Some("a"))];
+        let pending = vec![
+            ("a".to_owned(), 1),
+            ("a".to_owned(), 2),
+            ("a".to_owned(), 3),
+        ];
+        assert_eq!(ids(&heads_only(candidates, &pending)), vec![1]);
+    }
+
+    #[test]
+    fn a_candidate_missing_from_pending_is_dropped() {
+        let candidates = vec![row(7, Some("a"))];
+        assert!(heads_only(candidates, &[]).is_empty());
+    }
+
+    #[test]
+    fn subject_and_id_come_from_the_message() {
+        let msg = OutgoingMessage::new("x", "y", vec![]).header(SUBJECT_HEADER, "order-1");
+        assert_eq!(subject_of(&msg), Some("order-1"));
+        assert_eq!(message_id_of(&msg.clone().message_id("m1")), "m1");
+        let generated = message_id_of(&msg);
+        assert_eq!(uuid::Uuid::parse_str(&generated).unwrap().get_version_num(), 7);
+    }
+
+    #[test]
+    fn stored_parts_round_trip() {
+        let msg = message_from_parts(
+            "ex".into(),
+            "rk".into(),
+            "id".into(),
+            Some("t".into()),
+            None,
+            None,
+            Some(5),
+            r#"{"a":"b","n":1,"f":true}"#,
+            b"body".to_vec(),
+        )
+        .unwrap();
+        assert_eq!(msg.headers["n"], HeaderValue::Int(1));
+        assert_eq!(msg.timestamp, Some(5));
+        assert!(
+            message_from_parts("e".into(), "r".into(), "i".into(), None, None, None, None, "{", vec![])
+                .is_err()
+        );
+    }
+}

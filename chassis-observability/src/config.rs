@@ -1,0 +1,621 @@
+//! Telemetry configuration: what a file or the environment can tune.
+//!
+//! [`TelemetryConfig`] is `Deserialize` (every field has a default), and
+//! [`TelemetryConfig::apply_env`] overlays the standard variables:
+//!
+//! | variable | effect |
+//! |---|---|
+//! | `LOG_FORMAT` | `json`, `pretty` or `compact` ([`LogConfig::format`]) |
+//! | `RUST_LOG` | the [`EnvFilter`](tracing_subscriber::EnvFilter) directives ([`LogConfig::filter`]) |
+//! | `OTEL_SERVICE_NAME` | `service.name` (wins over `OTEL_RESOURCE_ATTRIBUTES`) |
+//! | `OTEL_RESOURCE_ATTRIBUTES` | `k=v,k2=v2` (percent-encoded values) merged into the resource |
+//! | `OTEL_EXPORTER_OTLP_ENDPOINT` | collector base URL; `/v1/traces` is appended for HTTP |
+//! | `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` | full traces URL, used as is |
+//! | `OTEL_EXPORTER_OTLP_PROTOCOL` / `OTEL_EXPORTER_OTLP_TRACES_PROTOCOL` | `http/protobuf` or `grpc` |
+//! | `OTEL_TRACES_SAMPLER` / `OTEL_TRACES_SAMPLER_ARG` | `always_on`, `always_off`, `traceidratio`, `parentbased_always_on`, `parentbased_always_off`, `parentbased_traceidratio` with the ratio |
+//! | `OTEL_TRACES_EXPORTER` | `none` disables export (`otlp` is the only other value) |
+//! | `OTEL_SDK_DISABLED` | `true` disables export |
+//! | `OTEL_BSP_MAX_QUEUE_SIZE`, `OTEL_BSP_MAX_EXPORT_BATCH_SIZE`, `OTEL_BSP_SCHEDULE_DELAY`, `OTEL_BSP_EXPORT_TIMEOUT` | batch processor settings (delays in ms) |
+//!
+//! Environment values win over the file. As the OpenTelemetry specification asks, an invalid
+//! variable is not fatal: it is ignored and reported once as a warning after the subscriber is up
+//! ([`TelemetryConfig::apply_env`] returns the warnings).
+//!
+//! ```
+//! use chassis_observability::config::{LogFormat, TelemetryConfig};
+//! let mut config: TelemetryConfig = serde_json::from_str(r#"{
+//!     "log": { "format": "pretty", "filter": "info,sqlx=warn" },
+//!     "tracing": { "endpoint": "http://otel-collector:4318", "sampling": { "ratio": 0.25 } }
+//! }"#).unwrap();
+//! assert_eq!(config.log.format, LogFormat::Pretty);
+//!
+//! let env = [("OTEL_TRACES_SAMPLER", "traceidratio"), ("OTEL_TRACES_SAMPLER_ARG", "0.5")];
+//! let warnings = config.apply_env(|k| env.iter().find(|(n, _)| *n == k).map(|(_, v)| v.to_string()));
+//! assert!(warnings.is_empty());
+//! assert_eq!(config.tracing.sampling.ratio, 0.5);
+//! assert!(!config.tracing.sampling.parent_based);
+//! ```
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::str::FromStr;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::Error;
+
+/// Everything telemetry can be configured with.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TelemetryConfig {
+    /// Logging.
+    pub log: LogConfig,
+    /// Tracing and OTLP export.
+    pub tracing: TracingConfig,
+    /// Prometheus metrics.
+    pub metrics: MetricsConfig,
+}
+
+/// How log lines look.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// One JSON object per line, for production. The default.
+    #[default]
+    Json,
+    /// Multi-line, human-readable, for development.
+    Pretty,
+    /// One human-readable line per event.
+    Compact,
+}
+
+impl FromStr for LogFormat {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "json" => Ok(Self::Json),
+            "pretty" => Ok(Self::Pretty),
+            "compact" | "text" => Ok(Self::Compact),
+            other => Err(Error::invalid_config(format!(
+                "log format {other:?}: expected json, pretty or compact"
+            ))),
+        }
+    }
+}
+
+impl fmt::Display for LogFormat {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Json => "json",
+            Self::Pretty => "pretty",
+            Self::Compact => "compact",
+        })
+    }
+}
+
+/// Logging settings.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    /// Output format. Defaults to [`LogFormat::Json`].
+    pub format: LogFormat,
+    /// `RUST_LOG`-style directives. Defaults to `info`.
+    pub filter: String,
+    /// Whether pretty/compact output uses ANSI colours. Defaults to `false`.
+    pub ansi: bool,
+    /// Capacity, in lines, of the non-blocking writer's buffer; lines beyond it are dropped rather
+    /// than blocking the service. Defaults to 128 000 (tracing-appender's default).
+    pub buffered_lines_limit: usize,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            format: LogFormat::Json,
+            filter: "info".to_owned(),
+            ansi: false,
+            buffered_lines_limit: 128_000,
+        }
+    }
+}
+
+/// OTLP wire protocol.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+pub enum OtlpProtocol {
+    /// Protobuf over HTTP (port 4318, path `/v1/traces`). The default.
+    #[default]
+    #[serde(rename = "http/protobuf")]
+    HttpProtobuf,
+    /// gRPC (port 4317). Needs the crate feature `grpc`.
+    #[serde(rename = "grpc")]
+    Grpc,
+}
+
+impl FromStr for OtlpProtocol {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim() {
+            "http/protobuf" => Ok(Self::HttpProtobuf),
+            "grpc" => Ok(Self::Grpc),
+            other => Err(Error::invalid_config(format!(
+                "OTLP protocol {other:?}: expected http/protobuf or grpc"
+            ))),
+        }
+    }
+}
+
+/// The head sampler: `ratio` of new traces are sampled; with `parent_based`, a span with a parent
+/// follows the parent's decision (`sampled` flag) instead.
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Sampling {
+    /// Follow the parent's sampling decision. Defaults to `true`.
+    pub parent_based: bool,
+    /// Fraction of root traces sampled, `0.0..=1.0`. Defaults to `1.0`.
+    pub ratio: f64,
+}
+
+impl Default for Sampling {
+    fn default() -> Self {
+        Self {
+            parent_based: true,
+            ratio: 1.0,
+        }
+    }
+}
+
+impl Sampling {
+    /// Parses `OTEL_TRACES_SAMPLER` and `OTEL_TRACES_SAMPLER_ARG` as the OpenTelemetry
+    /// specification defines them. For the ratio samplers a missing or invalid argument means
+    /// `1.0`, as the specification says; the returned warning says so.
+    pub fn from_otel_env(
+        sampler: &str,
+        arg: Option<&str>,
+    ) -> Result<(Self, Option<String>), Error> {
+        let ratio = || -> (f64, Option<String>) {
+            match arg.map(|a| a.trim().parse::<f64>()) {
+                Some(Ok(r)) if (0.0..=1.0).contains(&r) => (r, None),
+                Some(_) => (
+                    1.0,
+                    Some(format!(
+                        "OTEL_TRACES_SAMPLER_ARG={:?} is not a ratio in [0, 1]; using 1.0",
+                        arg.unwrap_or_default()
+                    )),
+                ),
+                None => (1.0, None),
+            }
+        };
+        let (parent_based, (ratio, warning)) = match sampler.trim() {
+            "always_on" => (false, (1.0, None)),
+            "always_off" => (false, (0.0, None)),
+            "traceidratio" => (false, ratio()),
+            "parentbased_always_on" => (true, (1.0, None)),
+            "parentbased_always_off" => (true, (0.0, None)),
+            "parentbased_traceidratio" => (true, ratio()),
+            other => {
+                return Err(Error::invalid_config(format!(
+                    "OTEL_TRACES_SAMPLER={other:?} is not supported"
+                )));
+            }
+        };
+        Ok((
+            Self {
+                parent_based,
+                ratio,
+            },
+            warning,
+        ))
+    }
+
+    pub(crate) fn validate(&self) -> Result<(), Error> {
+        if (0.0..=1.0).contains(&self.ratio) {
+            Ok(())
+        } else {
+            Err(Error::invalid_config(format!(
+                "tracing.sampling.ratio {} is not within 0..=1",
+                self.ratio
+            )))
+        }
+    }
+}
+
+/// Tracing and OTLP export settings.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TracingConfig {
+    /// Collector base URL (`http://otel-collector:4318`). `None` (the default) disables export;
+    /// spans still get ids so logs correlate and contexts propagate.
+    pub endpoint: Option<String>,
+    /// Full traces URL, used as is; wins over [`endpoint`](Self::endpoint).
+    pub traces_endpoint: Option<String>,
+    /// Wire protocol. Defaults to [`OtlpProtocol::HttpProtobuf`].
+    pub protocol: OtlpProtocol,
+    /// Head sampling. Defaults to parent-based, ratio 1.0.
+    pub sampling: Sampling,
+    /// Extra resource attributes (`k8s.namespace.name`, `cloud.region`, ...).
+    pub resource_attributes: BTreeMap<String, String>,
+    /// Spans buffered for export at most; beyond it spans are dropped and counted in
+    /// `otel.spans.dropped`. Defaults to 2048.
+    pub max_queue_size: usize,
+    /// Spans per export request. Defaults to 512.
+    pub max_export_batch_size: usize,
+    /// Delay between two exports. Defaults to 5 s.
+    #[serde(with = "humantime_serde")]
+    pub scheduled_delay: Duration,
+    /// Timeout of one export request. Defaults to 10 s.
+    #[serde(with = "humantime_serde")]
+    pub export_timeout: Duration,
+}
+
+impl Default for TracingConfig {
+    fn default() -> Self {
+        Self {
+            endpoint: None,
+            traces_endpoint: None,
+            protocol: OtlpProtocol::HttpProtobuf,
+            sampling: Sampling::default(),
+            resource_attributes: BTreeMap::new(),
+            max_queue_size: 2048,
+            max_export_batch_size: 512,
+            scheduled_delay: Duration::from_secs(5),
+            export_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+impl TracingConfig {
+    /// The URL spans are sent to, or `None` when export is disabled.
+    pub fn resolved_traces_endpoint(&self) -> Option<String> {
+        if let Some(full) = self.traces_endpoint.as_deref().filter(|s| !s.is_empty()) {
+            return Some(full.to_owned());
+        }
+        let base = self.endpoint.as_deref().filter(|s| !s.is_empty())?;
+        Some(match self.protocol {
+            OtlpProtocol::HttpProtobuf => format!("{}/v1/traces", base.trim_end_matches('/')),
+            OtlpProtocol::Grpc => base.to_owned(),
+        })
+    }
+
+    pub(crate) fn validate(&self) -> Result<(), Error> {
+        self.sampling.validate()?;
+        if self.max_queue_size == 0 || self.max_export_batch_size == 0 {
+            return Err(Error::invalid_config(
+                "tracing.max_queue_size and tracing.max_export_batch_size must be > 0",
+            ));
+        }
+        if let Some(url) = self.resolved_traces_endpoint() {
+            url.parse::<http::Uri>()
+                .ok()
+                .filter(|u| u.scheme().is_some() && u.host().is_some())
+                .ok_or_else(|| Error::invalid_config(format!("OTLP endpoint {url:?} is not a URL")))?;
+        }
+        Ok(())
+    }
+}
+
+/// Prometheus metrics settings.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// Build the Prometheus recorder. Defaults to `true`.
+    pub enabled: bool,
+    /// Histogram bucket upper bounds, in the metric's unit (seconds for durations). Defaults to
+    /// the OpenTelemetry semantic-convention buckets for `http.server.request.duration`:
+    /// `[0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1, 2.5, 5, 7.5, 10]`.
+    pub buckets: Vec<f64>,
+    /// Per-metric bucket overrides, keyed by the metric name (dotted or Prometheus form).
+    pub buckets_for_metric: BTreeMap<String, Vec<f64>>,
+}
+
+/// The OpenTelemetry semantic-convention duration buckets, in seconds.
+pub const DEFAULT_DURATION_BUCKETS: [f64; 14] = [
+    0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
+];
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            buckets: DEFAULT_DURATION_BUCKETS.to_vec(),
+            buckets_for_metric: BTreeMap::new(),
+        }
+    }
+}
+
+impl MetricsConfig {
+    pub(crate) fn validate(&self) -> Result<(), Error> {
+        let check = |name: &str, b: &[f64]| {
+            if b.is_empty() || b.iter().any(|v| !v.is_finite()) || b.windows(2).any(|w| w[0] >= w[1])
+            {
+                Err(Error::invalid_config(format!(
+                    "histogram buckets for {name} must be finite, non-empty and strictly increasing"
+                )))
+            } else {
+                Ok(())
+            }
+        };
+        check("all metrics", &self.buckets)?;
+        for (name, b) in &self.buckets_for_metric {
+            check(name, b)?;
+        }
+        Ok(())
+    }
+}
+
+impl TelemetryConfig {
+    /// Overlays the environment (see the [module docs](self)) read through `var`, returning
+    /// warnings about variables that were ignored because they were invalid.
+    pub fn apply_env(&mut self, var: impl Fn(&str) -> Option<String>) -> Vec<String> {
+        let var = |k: &str| var(k).filter(|v| !v.trim().is_empty());
+        let mut warnings = Vec::new();
+        let mut warn = |r: Result<(), Error>| {
+            if let Err(e) = r {
+                warnings.push(e.to_string());
+            }
+        };
+
+        if let Some(v) = var("LOG_FORMAT") {
+            warn(v.parse().map(|f| self.log.format = f));
+        }
+        if let Some(v) = var("RUST_LOG") {
+            self.log.filter = v;
+        }
+
+        let t = &mut self.tracing;
+        if let Some(v) = var("OTEL_EXPORTER_OTLP_ENDPOINT") {
+            t.endpoint = Some(v);
+        }
+        if let Some(v) = var("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") {
+            t.traces_endpoint = Some(v);
+        }
+        if let Some(v) = var("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL")
+            .or_else(|| var("OTEL_EXPORTER_OTLP_PROTOCOL"))
+        {
+            warn(v.parse().map(|p| t.protocol = p));
+        }
+        if let Some(v) = var("OTEL_TRACES_SAMPLER") {
+            let arg = var("OTEL_TRACES_SAMPLER_ARG");
+            match Sampling::from_otel_env(&v, arg.as_deref()) {
+                Ok((s, w)) => {
+                    t.sampling = s;
+                    warnings.extend(w);
+                }
+                Err(e) => warnings.push(format!("{e}; keeping the configured sampler")),
+            }
+        }
+        let disabled = var("OTEL_SDK_DISABLED").is_some_and(|v| v.trim().eq_ignore_ascii_case("true"))
+            || var("OTEL_TRACES_EXPORTER").is_some_and(|v| v.trim() == "none");
+        if disabled {
+            t.endpoint = None;
+            t.traces_endpoint = None;
+        }
+        if let Some(v) = var("OTEL_RESOURCE_ATTRIBUTES") {
+            match parse_resource_attributes(&v) {
+                Ok(attrs) => t.resource_attributes.extend(attrs),
+                Err(e) => warnings.push(format!("{e}; OTEL_RESOURCE_ATTRIBUTES ignored")),
+            }
+        }
+        if let Some(v) = var("OTEL_SERVICE_NAME") {
+            t.resource_attributes.insert("service.name".to_owned(), v);
+        }
+        let mut size = |name: &str, slot: &mut usize| {
+            if let Some(v) = var(name) {
+                match v.trim().parse::<usize>() {
+                    Ok(n) if n > 0 => *slot = n,
+                    _ => warnings.push(format!("{name}={v:?} is not a positive integer; ignored")),
+                }
+            }
+        };
+        size("OTEL_BSP_MAX_QUEUE_SIZE", &mut t.max_queue_size);
+        size("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", &mut t.max_export_batch_size);
+        let mut millis = |name: &str, slot: &mut Duration| {
+            if let Some(v) = var(name) {
+                match v.trim().parse::<u64>() {
+                    Ok(n) => *slot = Duration::from_millis(n),
+                    Err(_) => warnings.push(format!("{name}={v:?} is not milliseconds; ignored")),
+                }
+            }
+        };
+        millis("OTEL_BSP_SCHEDULE_DELAY", &mut t.scheduled_delay);
+        millis("OTEL_BSP_EXPORT_TIMEOUT", &mut t.export_timeout);
+        warnings
+    }
+}
+
+/// Parses `OTEL_RESOURCE_ATTRIBUTES`: `key1=value1,key2=value2`, values percent-encoded (the W3C
+/// Baggage octet rules). Per the OpenTelemetry specification, any error discards the whole value.
+pub fn parse_resource_attributes(value: &str) -> Result<BTreeMap<String, String>, Error> {
+    let mut out = BTreeMap::new();
+    for pair in value.split(',') {
+        let pair = pair.trim();
+        if pair.is_empty() {
+            continue;
+        }
+        let (k, v) = pair.split_once('=').ok_or_else(|| {
+            Error::invalid_config(format!("resource attribute {pair:?} has no '='"))
+        })?;
+        let k = k.trim();
+        if k.is_empty() {
+            return Err(Error::invalid_config(format!(
+                "resource attribute {pair:?} has an empty key"
+            )));
+        }
+        let v = percent_decode(v.trim()).ok_or_else(|| {
+            Error::invalid_config(format!("resource attribute {k:?} is badly percent-encoded"))
+        })?;
+        out.insert(k.to_owned(), v);
+    }
+    Ok(out)
+}
+
+fn percent_decode(s: &str) -> Option<String> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' {
+            let hex = b.get(i + 1..i + 3)?;
+            let hex = std::str::from_utf8(hex).ok()?;
+            out.push(u8::from_str_radix(hex, 16).ok().filter(|_| {
+                hex.bytes().all(|c| c.is_ascii_hexdigit())
+            })?);
+            i += 3;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &'static [(&'static str, &'static str)]) -> impl Fn(&str) -> Option<String> {
+        move |k| pairs.iter().find(|(n, _)| *n == k).map(|(_, v)| (*v).to_owned())
+    }
+
+    #[test]
+    fn samplers_from_the_otel_spec() {
+        let s = |name, arg| Sampling::from_otel_env(name, arg).unwrap();
+        assert_eq!(s("always_on", None).0, Sampling { parent_based: false, ratio: 1.0 });
+        assert_eq!(s("always_off", None).0, Sampling { parent_based: false, ratio: 0.0 });
+        assert_eq!(s("traceidratio", Some("0.25")).0, Sampling { parent_based: false, ratio: 0.25 });
+        assert_eq!(s("parentbased_always_on", None).0, Sampling { parent_based: true, ratio: 1.0 });
+        assert_eq!(s("parentbased_always_off", None).0, Sampling { parent_based: true, ratio: 0.0 });
+        assert_eq!(
+            s("parentbased_traceidratio", Some(" 0.1 ")).0,
+            Sampling { parent_based: true, ratio: 0.1 }
+        );
+        // Spec: invalid or missing argument for a ratio sampler means 1.0.
+        let (bad, warning) = s("traceidratio", Some("1.5"));
+        assert_eq!(bad.ratio, 1.0);
+        assert!(warning.unwrap().contains("1.5"));
+        assert_eq!(s("parentbased_traceidratio", Some("x")).0.ratio, 1.0);
+        assert_eq!(s("traceidratio", None), (Sampling { parent_based: false, ratio: 1.0 }, None));
+        assert!(Sampling::from_otel_env("jaeger_remote", None).is_err());
+    }
+
+    #[test]
+    fn resource_attributes_parse_and_decode() {
+        let a = parse_resource_attributes("service.name=orders, k8s.namespace.name=shop,team=a%20b%2Cc")
+            .unwrap();
+        assert_eq!(a["service.name"], "orders");
+        assert_eq!(a["k8s.namespace.name"], "shop");
+        assert_eq!(a["team"], "a b,c");
+        assert!(parse_resource_attributes("").unwrap().is_empty());
+        assert!(parse_resource_attributes("novalue").is_err());
+        assert!(parse_resource_attributes("=v").is_err());
+        assert!(parse_resource_attributes("k=%zz").is_err());
+        assert!(parse_resource_attributes("k=%4").is_err());
+        assert!(parse_resource_attributes("k=%+1").is_err());
+    }
+
+    #[test]
+    fn env_overlays_the_config() {
+        let mut c = TelemetryConfig::default();
+        let warnings = c.apply_env(env(&[
+            ("LOG_FORMAT", "pretty"),
+            ("RUST_LOG", "debug,hyper=warn"),
+            ("OTEL_SERVICE_NAME", "orders"),
+            ("OTEL_RESOURCE_ATTRIBUTES", "service.name=ignored,cloud.region=eu-west-1"),
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4318/"),
+            ("OTEL_TRACES_SAMPLER", "parentbased_traceidratio"),
+            ("OTEL_TRACES_SAMPLER_ARG", "0.5"),
+            ("OTEL_BSP_MAX_QUEUE_SIZE", "100"),
+            ("OTEL_BSP_SCHEDULE_DELAY", "250"),
+        ]));
+        assert!(warnings.is_empty(), "{warnings:?}");
+        assert_eq!(c.log.format, LogFormat::Pretty);
+        assert_eq!(c.log.filter, "debug,hyper=warn");
+        // OTEL_SERVICE_NAME wins over service.name in OTEL_RESOURCE_ATTRIBUTES.
+        assert_eq!(c.tracing.resource_attributes["service.name"], "orders");
+        assert_eq!(c.tracing.resource_attributes["cloud.region"], "eu-west-1");
+        assert_eq!(
+            c.tracing.resolved_traces_endpoint().as_deref(),
+            Some("http://collector:4318/v1/traces")
+        );
+        assert_eq!(c.tracing.sampling, Sampling { parent_based: true, ratio: 0.5 });
+        assert_eq!(c.tracing.max_queue_size, 100);
+        assert_eq!(c.tracing.scheduled_delay, Duration::from_millis(250));
+    }
+
+    #[test]
+    fn signal_endpoint_wins_and_grpc_uses_the_base() {
+        let mut c = TelemetryConfig::default();
+        c.apply_env(env(&[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4318"),
+            ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "http://other:9999/custom"),
+        ]));
+        assert_eq!(
+            c.tracing.resolved_traces_endpoint().as_deref(),
+            Some("http://other:9999/custom")
+        );
+        let mut c = TelemetryConfig::default();
+        c.apply_env(env(&[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4317"),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
+        ]));
+        assert_eq!(c.tracing.protocol, OtlpProtocol::Grpc);
+        assert_eq!(c.tracing.resolved_traces_endpoint().as_deref(), Some("http://collector:4317"));
+    }
+
+    #[test]
+    fn disabled_sdk_or_exporter_none_turns_export_off() {
+        for pairs in [
+            &[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4318"), ("OTEL_SDK_DISABLED", "true")][..],
+            &[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4318"), ("OTEL_TRACES_EXPORTER", "none")][..],
+        ] {
+            let mut c = TelemetryConfig::default();
+            let pairs: &'static [(&str, &str)] = Box::leak(pairs.to_vec().into_boxed_slice());
+            c.apply_env(env(pairs));
+            assert_eq!(c.tracing.resolved_traces_endpoint(), None);
+        }
+    }
+
+    #[test]
+    fn invalid_env_values_are_ignored_with_a_warning() {
+        let mut c = TelemetryConfig::default();
+        let w = c.apply_env(env(&[
+            ("LOG_FORMAT", "xml"),
+            ("OTEL_TRACES_SAMPLER", "nope"),
+            ("OTEL_RESOURCE_ATTRIBUTES", "a=%zz,b=1"),
+            ("OTEL_BSP_MAX_QUEUE_SIZE", "0"),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json"),
+        ]));
+        assert_eq!(w.len(), 5, "{w:?}");
+        assert_eq!(c, TelemetryConfig::default());
+    }
+
+    #[test]
+    fn validation_rejects_bad_programmatic_values() {
+        let mut c = TelemetryConfig::default();
+        c.tracing.sampling.ratio = 2.0;
+        assert!(c.tracing.validate().is_err());
+        let mut c = TelemetryConfig::default();
+        c.tracing.endpoint = Some("not a url".into());
+        assert!(c.tracing.validate().is_err());
+        let mut c = TelemetryConfig::default();
+        c.metrics.buckets = vec![1.0, 0.5];
+        assert!(c.metrics.validate().is_err());
+        c.metrics.buckets = vec![];
+        assert!(c.metrics.validate().is_err());
+        assert!(TelemetryConfig::default().metrics.validate().is_ok());
+    }
+
+    #[test]
+    fn config_deserializes_with_defaults() {
+        let c: TelemetryConfig = serde_json::from_str(
+            r#"{"tracing":{"scheduled_delay":"200ms","protocol":"grpc"},"metrics":{"buckets_for_metric":{"outbox.pending":[1,10,100]}}}"#,
+        )
+        .unwrap();
+        assert_eq!(c.tracing.scheduled_delay, Duration::from_millis(200));
+        assert_eq!(c.tracing.protocol, OtlpProtocol::Grpc);
+        assert_eq!(c.log, LogConfig::default());
+        assert_eq!(c.metrics.buckets_for_metric["outbox.pending"], vec![1.0, 10.0, 100.0]);
+    }
+}

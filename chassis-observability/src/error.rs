@@ -1,0 +1,110 @@
+//! The crate's error type: [`Error`] with an [`ErrorKind`] saying what went wrong.
+//!
+//! ```
+//! use chassis_observability::{Error, ErrorKind};
+//! let err = Error::invalid_config("sample ratio must be within 0..=1");
+//! assert!(matches!(err.kind(), ErrorKind::InvalidConfig { .. }));
+//! ```
+
+use std::fmt;
+use std::time::Duration;
+
+use chassis_core::BoxError;
+
+/// What went wrong while setting up or shutting down telemetry.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub enum ErrorKind {
+    /// A global `tracing` subscriber is already installed (for example by another test in the
+    /// same process). Nothing was changed.
+    GlobalSubscriberExists,
+    /// A global `metrics` recorder is already installed. Nothing was changed.
+    GlobalRecorderExists,
+    /// The configuration (or an `OTEL_*` / `LOG_FORMAT` / `RUST_LOG` variable) is invalid.
+    InvalidConfig {
+        /// What is wrong, naming the setting.
+        reason: String,
+    },
+    /// The OTLP exporter could not be built.
+    Exporter {
+        /// What the exporter reported.
+        reason: String,
+    },
+    /// An OTLP export needs a tokio runtime, and none was running when `init`/`build` was called.
+    NoRuntime,
+    /// Flushing telemetry did not finish within the shutdown deadline.
+    ShutdownTimedOut {
+        /// The deadline that passed.
+        after: Duration,
+    },
+    /// Flushing telemetry failed (the spans still queued are lost).
+    Shutdown {
+        /// What the SDK reported.
+        reason: String,
+    },
+}
+
+/// The error of chassis-observability: an [`ErrorKind`] plus, where there is one, the underlying
+/// error as [`source`](std::error::Error::source).
+#[derive(Debug)]
+pub struct Error {
+    kind: ErrorKind,
+    source: Option<BoxError>,
+}
+
+impl Error {
+    /// An error of `kind` without a source.
+    pub fn new(kind: ErrorKind) -> Self {
+        Self { kind, source: None }
+    }
+
+    /// An error of `kind` caused by `source`.
+    pub fn with_source(kind: ErrorKind, source: impl Into<BoxError>) -> Self {
+        Self {
+            kind,
+            source: Some(source.into()),
+        }
+    }
+
+    /// An [`ErrorKind::InvalidConfig`] error.
+    pub fn invalid_config(reason: impl Into<String>) -> Self {
+        Self::new(ErrorKind::InvalidConfig {
+            reason: reason.into(),
+        })
+    }
+
+    /// What went wrong.
+    pub fn kind(&self) -> &ErrorKind {
+        &self.kind
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.kind {
+            ErrorKind::GlobalSubscriberExists => {
+                f.write_str("a global tracing subscriber is already installed")
+            }
+            ErrorKind::GlobalRecorderExists => {
+                f.write_str("a global metrics recorder is already installed")
+            }
+            ErrorKind::InvalidConfig { reason } => write!(f, "invalid telemetry config: {reason}"),
+            ErrorKind::Exporter { reason } => write!(f, "cannot build the OTLP exporter: {reason}"),
+            ErrorKind::NoRuntime => f.write_str(
+                "OTLP export needs a tokio runtime: call init() from within one",
+            ),
+            ErrorKind::ShutdownTimedOut { after } => {
+                write!(f, "telemetry flush did not finish within {after:?}")
+            }
+            ErrorKind::Shutdown { reason } => write!(f, "telemetry shutdown failed: {reason}"),
+        }
+    }
+}
+
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.source
+            .as_deref()
+            .map(|e| e as &(dyn std::error::Error + 'static))
+    }
+}

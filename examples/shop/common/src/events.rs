@@ -1,0 +1,209 @@
+//! Event and command payloads of the shop, and where they travel.
+//!
+//! Events go to the topic exchange [`EVENTS_EXCHANGE`] (`shop.events`) with the event type as the
+//! routing key; commands (the orchestrator telling a service to act) go to [`COMMANDS_EXCHANGE`]
+//! (`shop.commands`), also keyed by type. Every payload carries the `order_id`, which is also the
+//! envelope's `subject` (the outbox's per-aggregate ordering key).
+//!
+//! The saga (run by `orders`):
+//! ```text
+//! order.placed ──► inventory ──► inventory.reserved ──► orders ──► payment.charge ──► payments
+//!                          └──► inventory.rejected ──► orders: FAILED(out_of_stock)
+//! payment.succeeded ──► orders: CONFIRMED ──► order.confirmed ──► notifications
+//! payment.failed    ──► orders: inventory.release (compensation) + FAILED ──► order.failed
+//! step timeout      ──► orders: payment.refund / inventory.release + FAILED(<step>_timeout)
+//! ```
+//!
+//! # Example
+//! ```
+//! use shop_common::events::{Item, OrderPlaced, ORDER_PLACED};
+//!
+//! let e = OrderPlaced {
+//!     order_id: "o-1".into(),
+//!     customer_id: "c-1".into(),
+//!     items: vec![Item { sku: "tea".into(), quantity: 2 }],
+//!     payment_method: "card_ok".into(),
+//! };
+//! let json = serde_json::to_value(&e).unwrap();
+//! assert_eq!(json["items"][0]["quantity"], 2);
+//! assert_eq!(ORDER_PLACED, "order.placed");
+//! ```
+
+use serde::{Deserialize, Serialize};
+
+/// The topic exchange for events.
+pub const EVENTS_EXCHANGE: &str = "shop.events";
+/// The topic exchange for commands.
+pub const COMMANDS_EXCHANGE: &str = "shop.commands";
+
+/// Event: an order was accepted (`orders`); starts the saga.
+pub const ORDER_PLACED: &str = "order.placed";
+/// Event: stock was reserved for an order (`inventory`).
+pub const INVENTORY_RESERVED: &str = "inventory.reserved";
+/// Event: stock could not be reserved (`inventory`).
+pub const INVENTORY_REJECTED: &str = "inventory.rejected";
+/// Event: a reservation was released (`inventory`).
+pub const INVENTORY_RELEASED: &str = "inventory.released";
+/// Event: the payment went through (`payments`).
+pub const PAYMENT_SUCCEEDED: &str = "payment.succeeded";
+/// Event: the payment failed (`payments`).
+pub const PAYMENT_FAILED: &str = "payment.failed";
+/// Event: a payment was refunded (`payments`).
+pub const PAYMENT_REFUNDED: &str = "payment.refunded";
+/// Event: the order is confirmed (`orders`).
+pub const ORDER_CONFIRMED: &str = "order.confirmed";
+/// Event: the order failed (`orders`).
+pub const ORDER_FAILED: &str = "order.failed";
+
+/// Command: charge the customer (`orders` -> `payments`).
+pub const CMD_PAYMENT_CHARGE: &str = "payment.charge";
+/// Command: refund the order's charge, if any (`orders` -> `payments`).
+pub const CMD_PAYMENT_REFUND: &str = "payment.refund";
+/// Command: release the order's reservation, if any (`orders` -> `inventory`).
+pub const CMD_INVENTORY_RELEASE: &str = "inventory.release";
+
+/// Source attribute (`cloudEvents:source`) of each service's messages.
+pub fn source(service: &str) -> String {
+    format!("/shop/{service}")
+}
+
+/// A line of an order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Item {
+    /// Product SKU.
+    pub sku: String,
+    /// Units, > 0.
+    pub quantity: i64,
+}
+
+/// `order.placed`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OrderPlaced {
+    /// The order.
+    pub order_id: String,
+    /// The customer.
+    pub customer_id: String,
+    /// What to reserve.
+    pub items: Vec<Item>,
+    /// How the customer pays.
+    pub payment_method: String,
+}
+
+/// `inventory.reserved`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InventoryReserved {
+    /// The order.
+    pub order_id: String,
+    /// Total price of the reserved items, in cents (the amount to charge).
+    pub amount_cents: i64,
+}
+
+/// `inventory.rejected`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InventoryRejected {
+    /// The order.
+    pub order_id: String,
+    /// `out_of_stock` or `unknown_product`.
+    pub reason: String,
+    /// The SKU that could not be reserved.
+    pub sku: String,
+}
+
+/// `inventory.released`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InventoryReleased {
+    /// The order.
+    pub order_id: String,
+}
+
+/// `payment.charge` (command).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChargePayment {
+    /// The order (also the provider idempotency key's stem).
+    pub order_id: String,
+    /// Amount in cents.
+    pub amount_cents: i64,
+    /// Payment method token.
+    pub payment_method: String,
+}
+
+/// `payment.refund` / `inventory.release` (commands): undo the step for this order, if it happened.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Compensate {
+    /// The order.
+    pub order_id: String,
+    /// Why (the order's failure reason).
+    pub reason: String,
+}
+
+/// `payment.succeeded`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PaymentSucceeded {
+    /// The order.
+    pub order_id: String,
+    /// The provider's charge id.
+    pub charge_id: String,
+    /// Amount charged, in cents.
+    pub amount_cents: i64,
+}
+
+/// `payment.failed`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PaymentFailed {
+    /// The order.
+    pub order_id: String,
+    /// `card_declined`, `payment_provider_unavailable`, or `cancelled`.
+    pub reason: String,
+}
+
+/// `payment.refunded`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PaymentRefunded {
+    /// The order.
+    pub order_id: String,
+    /// The refunded charge.
+    pub charge_id: String,
+}
+
+/// `order.confirmed` / `order.failed`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OrderFinished {
+    /// The order.
+    pub order_id: String,
+    /// The customer.
+    pub customer_id: String,
+    /// `CONFIRMED` or `FAILED`.
+    pub status: String,
+    /// Failure reason, for `FAILED`.
+    pub reason: Option<String>,
+}
+
+/// An event or command a domain function wants published, in the same transaction as its writes.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Emit {
+    /// [`EVENTS_EXCHANGE`] or [`COMMANDS_EXCHANGE`].
+    pub exchange: &'static str,
+    /// The type, also the routing key.
+    pub kind: &'static str,
+    /// The aggregate (order id).
+    pub subject: String,
+    /// The JSON payload.
+    pub payload: serde_json::Value,
+}
+
+impl Emit {
+    /// An event on `shop.events`.
+    pub fn event(kind: &'static str, subject: &str, payload: &impl Serialize) -> Self {
+        Self {
+            exchange: EVENTS_EXCHANGE,
+            kind,
+            subject: subject.to_owned(),
+            payload: serde_json::to_value(payload).expect("payloads serialise"),
+        }
+    }
+
+    /// A command on `shop.commands`.
+    pub fn command(kind: &'static str, subject: &str, payload: &impl Serialize) -> Self {
+        Self { exchange: COMMANDS_EXCHANGE, ..Self::event(kind, subject, payload) }
+    }
+}

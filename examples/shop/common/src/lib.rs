@@ -1,0 +1,12 @@
+//! # shop-common
+//!
+//! What the shop's services share, kept small on purpose (each service stays its own crate):
+//!
+//! - [`db`]: [`Db`](db::Db) and [`Tx`](db::Tx), one handle over SQLite (the default: a file per
+//!   service) or PostgreSQL (`DATABASE_URL=postgres://…`), so each service's SQL is written once
+//!   and runs on both;
+//! - [`events`]: the event and command payloads travelling on `shop.events` / `shop.commands`,
+//!   with their routing keys.
+
+pub mod db;
+pub mod events;

@@ -1,0 +1,445 @@
+//! # shop-payment-provider
+//!
+//! A stand-in for an external card processor, so the shop's `payments` service has something real
+//! (a separate process over HTTP) to be resilient against. It is deliberately *not* built on the
+//! chassis: it plays a third party. Its behaviour is configurable at start (flags / environment) and
+//! at run time (admin endpoints):
+//!
+//! - **failure rate**: a fraction of charge requests fail with `500` before anything is recorded;
+//! - **ambiguous failure rate**: a fraction of charges *are* recorded but answer `500` anyway (the
+//!   "did it go through?" case an idempotency key exists for);
+//! - **latency**: every charge waits this long before answering;
+//! - **outages**: windows relative to process start (`--outages 10s+5s,60s+10s`) or toggled with
+//!   `POST /admin/outage`; during an outage every API call answers `503` with `Retry-After`;
+//! - the payment method [`DECLINED_METHOD`] (`"card_declined"`) is always declined with `402`.
+//!
+//! ## API
+//! - `POST /v1/charges` with a required `Idempotency-Key` header and
+//!   `{"amount_cents":1200,"currency":"EUR","payment_method":"card_ok","reference":"order-1"}`:
+//!   `201` with the charge, `402` when declined. The same key with the same body replays the first
+//!   answer (header `idempotent-replayed: true`) and never charges twice; the same key with another
+//!   body is `422`; a key whose first request is still running is `409`.
+//! - `POST /v1/charges/{id}/refund`: refunds once; repeating it returns the same refund.
+//! - `GET /v1/charges?reference=…`: charges for a reference (tests use it to prove "one charge").
+//! - `GET /v1/stats`: counters (charges, declines, refunds, injected failures, outage rejections).
+//! - `GET|PUT /admin/config` (`{"failure_rate":0.1,"ambiguous_failure_rate":0.0,"latency_ms":20}`),
+//!   `POST /admin/outage` (`{"active":true}` or `{"active":true,"for_ms":5000}`, `{"active":false}`).
+//! - `GET /health/live`, `GET /health/ready`.
+//!
+//! ## Example
+//! ```
+//! use shop_payment_provider::{app, Behaviour, ProviderState};
+//!
+//! let state = ProviderState::new(Behaviour::default(), Vec::new());
+//! let router: axum::Router = app(state);
+//! # let _ = router;
+//! ```
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+/// The payment method that is always declined.
+pub const DECLINED_METHOD: &str = "card_declined";
+
+/// Tunable behaviour of the provider.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Behaviour {
+    /// Fraction (0..=1) of charges failing with 500 before anything is recorded. Defaults to 0.
+    pub failure_rate: f64,
+    /// Fraction (0..=1) of charges recorded but answered with 500. Defaults to 0.
+    pub ambiguous_failure_rate: f64,
+    /// Added latency per charge, in milliseconds. Defaults to 0.
+    pub latency_ms: u64,
+}
+
+impl Default for Behaviour {
+    fn default() -> Self {
+        Self { failure_rate: 0.0, ambiguous_failure_rate: 0.0, latency_ms: 0 }
+    }
+}
+
+/// An outage window relative to process start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OutageWindow {
+    /// When the outage starts, after process start.
+    pub start: Duration,
+    /// How long it lasts.
+    pub duration: Duration,
+}
+
+/// Parses `"10s+5s,1m+500ms"` into outage windows (`start+duration`, comma separated).
+pub fn parse_outages(s: &str) -> Result<Vec<OutageWindow>, String> {
+    s.split(',')
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+        .map(|part| {
+            let (start, duration) = part
+                .split_once('+')
+                .ok_or_else(|| format!("outage window `{part}` is not `start+duration`"))?;
+            Ok(OutageWindow { start: parse_duration(start)?, duration: parse_duration(duration)? })
+        })
+        .collect()
+}
+
+/// Parses `"250ms"`, `"5s"`, `"2m"` or a bare number of milliseconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let (num, unit) = s
+        .find(|c: char| !c.is_ascii_digit())
+        .map_or((s, ""), |i| (&s[..i], &s[i..]));
+    let n: u64 = num.parse().map_err(|_| format!("invalid duration `{s}`"))?;
+    match unit {
+        "" | "ms" => Ok(Duration::from_millis(n)),
+        "s" => Ok(Duration::from_secs(n)),
+        "m" => Ok(Duration::from_secs(n * 60)),
+        _ => Err(format!("invalid duration unit in `{s}` (use ms, s or m)")),
+    }
+}
+
+/// A recorded charge.
+#[derive(Debug, Clone, Serialize)]
+pub struct Charge {
+    /// Provider charge id (`ch_…`).
+    pub id: String,
+    /// `succeeded` or `refunded`.
+    pub status: String,
+    /// Amount in cents.
+    pub amount_cents: u64,
+    /// Currency code.
+    pub currency: String,
+    /// The caller's reference (the shop uses the order id).
+    pub reference: String,
+    /// Refund id once refunded.
+    pub refund_id: Option<String>,
+}
+
+/// Counters served at `GET /v1/stats`.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Stats {
+    /// Charges created (each one real money moved).
+    pub charges: u64,
+    /// Declined charge attempts (first answers only, not replays).
+    pub declines: u64,
+    /// Refunds made.
+    pub refunds: u64,
+    /// Idempotent replays served.
+    pub replays: u64,
+    /// Injected failures (both kinds).
+    pub failures_injected: u64,
+    /// Requests rejected because of an outage.
+    pub outage_rejections: u64,
+}
+
+#[derive(Debug)]
+enum KeyEntry {
+    InFlight { fingerprint: String },
+    Done { fingerprint: String, status: StatusCode, body: Value },
+}
+
+#[derive(Debug, Default)]
+struct Store {
+    keys: HashMap<String, KeyEntry>,
+    charges: HashMap<String, Charge>,
+    stats: Stats,
+}
+
+#[derive(Debug)]
+struct Inner {
+    behaviour: Mutex<Behaviour>,
+    started: Instant,
+    windows: Vec<OutageWindow>,
+    /// `Some(None)`: outage until turned off; `Some(Some(t))`: until `t`.
+    manual_outage: Mutex<Option<Option<Instant>>>,
+    store: Mutex<Store>,
+}
+
+/// Shared state of the provider (cheap to clone).
+#[derive(Debug, Clone)]
+pub struct ProviderState {
+    inner: Arc<Inner>,
+}
+
+impl ProviderState {
+    /// Creates the state with a behaviour and scheduled outage windows.
+    pub fn new(behaviour: Behaviour, windows: Vec<OutageWindow>) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                behaviour: Mutex::new(behaviour),
+                started: Instant::now(),
+                windows,
+                manual_outage: Mutex::new(None),
+                store: Mutex::new(Store::default()),
+            }),
+        }
+    }
+
+    /// The current counters.
+    pub fn stats(&self) -> Stats {
+        self.inner.store.lock().expect("store lock").stats
+    }
+
+    /// Remaining outage time, if an outage is active now (`Duration::MAX`-free: unknown end = 1 s).
+    fn outage_remaining(&self) -> Option<Duration> {
+        let now = Instant::now();
+        {
+            let mut manual = self.inner.manual_outage.lock().expect("outage lock");
+            match *manual {
+                Some(None) => return Some(Duration::from_secs(1)),
+                Some(Some(until)) if until > now => return Some(until - now),
+                Some(Some(_)) => *manual = None,
+                None => {}
+            }
+        }
+        let elapsed = now - self.inner.started;
+        self.inner
+            .windows
+            .iter()
+            .find(|w| elapsed >= w.start && elapsed < w.start + w.duration)
+            .map(|w| w.start + w.duration - elapsed)
+    }
+
+    fn reject_if_outage(&self) -> Option<Response> {
+        let remaining = self.outage_remaining()?;
+        self.inner.store.lock().expect("store lock").stats.outage_rejections += 1;
+        let secs = remaining.as_secs().max(1);
+        let mut resp = error(StatusCode::SERVICE_UNAVAILABLE, "outage", "provider is down");
+        resp.headers_mut().insert("retry-after", HeaderValue::from(secs));
+        Some(resp)
+    }
+}
+
+/// Builds the provider's router.
+pub fn app(state: ProviderState) -> Router {
+    Router::new()
+        .route("/v1/charges", post(create_charge).get(list_charges))
+        .route("/v1/charges/{id}/refund", post(refund_charge))
+        .route("/v1/stats", get(stats))
+        .route("/admin/config", get(get_config).put(put_config))
+        .route("/admin/outage", post(set_outage))
+        .route("/health/live", get(health))
+        .route("/health/ready", get(health))
+        .with_state(state)
+}
+
+fn error(status: StatusCode, code: &str, message: &str) -> Response {
+    (status, Json(json!({"error": {"code": code, "message": message}}))).into_response()
+}
+
+/// Body of `POST /v1/charges`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ChargeRequest {
+    /// Amount in cents, > 0.
+    pub amount_cents: u64,
+    /// Currency code, e.g. `EUR`.
+    pub currency: String,
+    /// Payment method token; [`DECLINED_METHOD`] is always declined.
+    pub payment_method: String,
+    /// The caller's reference.
+    pub reference: String,
+}
+
+async fn create_charge(
+    State(state): State<ProviderState>,
+    headers: HeaderMap,
+    Json(req): Json<ChargeRequest>,
+) -> Response {
+    if let Some(resp) = state.reject_if_outage() {
+        return resp;
+    }
+    let Some(key) = headers.get("idempotency-key").and_then(|v| v.to_str().ok()) else {
+        return error(StatusCode::BAD_REQUEST, "missing_idempotency_key", "Idempotency-Key header is required");
+    };
+    let key = key.to_owned();
+    if req.amount_cents == 0 {
+        return error(StatusCode::UNPROCESSABLE_ENTITY, "invalid_amount", "amount_cents must be > 0");
+    }
+    let fingerprint = serde_json::to_string(&req).expect("serialisable request");
+    {
+        let mut store = state.inner.store.lock().expect("store lock");
+        match store.keys.get(&key) {
+            Some(KeyEntry::Done { fingerprint: f, status, body }) if *f == fingerprint => {
+                let (status, body) = (*status, body.clone());
+                store.stats.replays += 1;
+                let mut resp = (status, Json(body)).into_response();
+                resp.headers_mut().insert("idempotent-replayed", HeaderValue::from_static("true"));
+                return resp;
+            }
+            Some(KeyEntry::InFlight { fingerprint: f } | KeyEntry::Done { fingerprint: f, .. })
+                if *f != fingerprint =>
+            {
+                return error(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "idempotency_key_reused",
+                    "this Idempotency-Key was used with a different request",
+                );
+            }
+            Some(KeyEntry::InFlight { .. }) => {
+                return error(StatusCode::CONFLICT, "request_in_progress", "a request with this key is in progress");
+            }
+            _ => {
+                store.keys.insert(key.clone(), KeyEntry::InFlight { fingerprint: fingerprint.clone() });
+            }
+        }
+    }
+    let behaviour = *state.inner.behaviour.lock().expect("behaviour lock");
+    if behaviour.latency_ms > 0 {
+        tokio::time::sleep(Duration::from_millis(behaviour.latency_ms)).await;
+    }
+    let mut store = state.inner.store.lock().expect("store lock");
+    if rand::random::<f64>() < behaviour.failure_rate {
+        store.keys.remove(&key);
+        store.stats.failures_injected += 1;
+        return error(StatusCode::INTERNAL_SERVER_ERROR, "internal", "injected failure");
+    }
+    let (status, body) = if req.payment_method == DECLINED_METHOD {
+        store.stats.declines += 1;
+        (
+            StatusCode::PAYMENT_REQUIRED,
+            json!({"error": {"code": "card_declined", "message": "the card was declined"}}),
+        )
+    } else {
+        let charge = Charge {
+            id: format!("ch_{}", uuid::Uuid::now_v7().simple()),
+            status: "succeeded".into(),
+            amount_cents: req.amount_cents,
+            currency: req.currency.clone(),
+            reference: req.reference.clone(),
+            refund_id: None,
+        };
+        store.stats.charges += 1;
+        let body = serde_json::to_value(&charge).expect("serialisable charge");
+        store.charges.insert(charge.id.clone(), charge);
+        (StatusCode::CREATED, body)
+    };
+    store.keys.insert(key, KeyEntry::Done { fingerprint, status, body: body.clone() });
+    if rand::random::<f64>() < behaviour.ambiguous_failure_rate {
+        store.stats.failures_injected += 1;
+        return error(StatusCode::INTERNAL_SERVER_ERROR, "internal", "injected failure after processing");
+    }
+    (status, Json(body)).into_response()
+}
+
+async fn refund_charge(State(state): State<ProviderState>, Path(id): Path<String>) -> Response {
+    if let Some(resp) = state.reject_if_outage() {
+        return resp;
+    }
+    let mut store = state.inner.store.lock().expect("store lock");
+    let Some(charge) = store.charges.get_mut(&id) else {
+        return error(StatusCode::NOT_FOUND, "no_such_charge", "no such charge");
+    };
+    let first = charge.refund_id.is_none();
+    if first {
+        charge.refund_id = Some(format!("re_{}", uuid::Uuid::now_v7().simple()));
+        charge.status = "refunded".into();
+    }
+    let body = serde_json::to_value(&*charge).expect("serialisable charge");
+    if first {
+        store.stats.refunds += 1;
+    }
+    (StatusCode::OK, Json(body)).into_response()
+}
+
+#[derive(Debug, Deserialize)]
+struct ListQuery {
+    reference: Option<String>,
+}
+
+async fn list_charges(State(state): State<ProviderState>, Query(q): Query<ListQuery>) -> Response {
+    let store = state.inner.store.lock().expect("store lock");
+    let mut charges: Vec<&Charge> = store
+        .charges
+        .values()
+        .filter(|c| q.reference.as_ref().is_none_or(|r| *r == c.reference))
+        .collect();
+    charges.sort_by(|a, b| a.id.cmp(&b.id));
+    Json(json!({ "charges": charges })).into_response()
+}
+
+async fn stats(State(state): State<ProviderState>) -> Json<Stats> {
+    Json(state.stats())
+}
+
+async fn get_config(State(state): State<ProviderState>) -> Json<Value> {
+    let behaviour = *state.inner.behaviour.lock().expect("behaviour lock");
+    let outage = state.outage_remaining().is_some();
+    Json(json!({ "behaviour": behaviour, "outage_active": outage }))
+}
+
+async fn put_config(State(state): State<ProviderState>, Json(b): Json<Behaviour>) -> Response {
+    let valid = |r: f64| (0.0..=1.0).contains(&r);
+    if !valid(b.failure_rate) || !valid(b.ambiguous_failure_rate) {
+        return error(StatusCode::UNPROCESSABLE_ENTITY, "invalid_rate", "rates must be within 0..=1");
+    }
+    *state.inner.behaviour.lock().expect("behaviour lock") = b;
+    Json(json!({ "behaviour": b })).into_response()
+}
+
+/// Body of `POST /admin/outage`.
+#[derive(Debug, Deserialize)]
+struct OutageRequest {
+    active: bool,
+    for_ms: Option<u64>,
+}
+
+async fn set_outage(State(state): State<ProviderState>, Json(req): Json<OutageRequest>) -> Json<Value> {
+    let mut manual = state.inner.manual_outage.lock().expect("outage lock");
+    *manual = match (req.active, req.for_ms) {
+        (false, _) => None,
+        (true, None) => Some(None),
+        (true, Some(ms)) => Some(Some(Instant::now() + Duration::from_millis(ms))),
+    };
+    Json(json!({ "outage_active": req.active }))
+}
+
+async fn health() -> Json<Value> {
+    Json(json!({ "status": "UP" }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_durations_and_windows() {
+        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
+        assert_eq!(parse_duration("5s").unwrap(), Duration::from_secs(5));
+        assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
+        assert_eq!(parse_duration("40").unwrap(), Duration::from_millis(40));
+        assert!(parse_duration("5h").is_err());
+        assert!(parse_duration("x").is_err());
+        let w = parse_outages("10s+5s, 1m+500ms").unwrap();
+        assert_eq!(
+            w,
+            vec![
+                OutageWindow { start: Duration::from_secs(10), duration: Duration::from_secs(5) },
+                OutageWindow { start: Duration::from_secs(60), duration: Duration::from_millis(500) },
+            ]
+        );
+        assert!(parse_outages("10s").is_err());
+        assert!(parse_outages("").unwrap().is_empty());
+    }
+
+    #[test]
+    fn scheduled_window_is_an_outage_only_inside_it() {
+        let state = ProviderState::new(
+            Behaviour::default(),
+            vec![OutageWindow { start: Duration::ZERO, duration: Duration::from_secs(3600) }],
+        );
+        assert!(state.outage_remaining().is_some());
+        let later = ProviderState::new(
+            Behaviour::default(),
+            vec![OutageWindow { start: Duration::from_secs(3600), duration: Duration::from_secs(1) }],
+        );
+        assert!(later.outage_remaining().is_none());
+    }
+}

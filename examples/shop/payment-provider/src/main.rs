@@ -1,0 +1,60 @@
+//! The payment-provider binary: `shop-payment-provider --port 8090 --failure-rate 0.1`.
+
+use std::net::SocketAddr;
+
+use clap::Parser;
+use shop_payment_provider::{Behaviour, ProviderState, app, parse_duration, parse_outages};
+
+/// A simulated external payment provider.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Args {
+    /// Address to listen on.
+    #[arg(long, env = "PROVIDER_ADDR", default_value = "127.0.0.1:8090")]
+    addr: SocketAddr,
+    /// Fraction of charges failing with 500 before anything is recorded.
+    #[arg(long, env = "PROVIDER_FAILURE_RATE", default_value_t = 0.0)]
+    failure_rate: f64,
+    /// Fraction of charges recorded but answered with 500.
+    #[arg(long, env = "PROVIDER_AMBIGUOUS_FAILURE_RATE", default_value_t = 0.0)]
+    ambiguous_failure_rate: f64,
+    /// Latency added to every charge (e.g. `20ms`).
+    #[arg(long, env = "PROVIDER_LATENCY", default_value = "0ms")]
+    latency: String,
+    /// Outage windows after start, `start+duration` comma separated (e.g. `30s+10s`).
+    #[arg(long, env = "PROVIDER_OUTAGES", default_value = "")]
+    outages: String,
+}
+
+#[tokio::main]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    tracing_subscriber::fmt().json().with_env_filter(
+        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+    ).init();
+    let args = Args::parse();
+    let latency = parse_duration(&args.latency)?;
+    let windows = parse_outages(&args.outages)?;
+    for rate in [args.failure_rate, args.ambiguous_failure_rate] {
+        if !(0.0..=1.0).contains(&rate) {
+            return Err(format!("rates must be within 0..=1, got {rate}").into());
+        }
+    }
+    let behaviour = Behaviour {
+        failure_rate: args.failure_rate,
+        ambiguous_failure_rate: args.ambiguous_failure_rate,
+        latency_ms: u64::try_from(latency.as_millis()).unwrap_or(u64::MAX),
+    };
+    let listener = tokio::net::TcpListener::bind(args.addr).await?;
+    tracing::info!(addr = %listener.local_addr()?, ?behaviour, "payment provider listening");
+    axum::serve(listener, app(ProviderState::new(behaviour, windows)))
+        .with_graceful_shutdown(async {
+            let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                .expect("SIGTERM handler");
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+        })
+        .await?;
+    Ok(())
+}
