@@ -43,7 +43,7 @@ use std::fmt;
 use std::time::Duration;
 
 use bytes::Bytes;
-use chassis_core::{BoxError, ErrorKind};
+use chassis_core::{BoxError, ErrorKind as CoreErrorKind};
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use serde::{Deserialize, Serialize};
 
@@ -166,28 +166,28 @@ impl ApiError {
     /// `RetryBudgetExhausted` -> 502, anything else -> 500.
     pub fn from_core(err: &chassis_core::Error) -> Self {
         match err.kind() {
-            ErrorKind::Timeout { .. } | ErrorKind::DeadlineExceeded { .. } => {
+            CoreErrorKind::Timeout { .. } | CoreErrorKind::DeadlineExceeded { .. } => {
                 Self::new(StatusCode::GATEWAY_TIMEOUT, codes::TIMEOUT, err.to_string())
             }
-            ErrorKind::CircuitOpen { retry_after, .. } => Self::new(
+            CoreErrorKind::CircuitOpen { retry_after, .. } => Self::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 codes::CIRCUIT_OPEN,
                 err.to_string(),
             )
             .with_retry_after(*retry_after),
-            ErrorKind::BulkheadFull { max_wait, .. } => Self::new(
+            CoreErrorKind::BulkheadFull { max_wait, .. } => Self::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 codes::BULKHEAD_FULL,
                 err.to_string(),
             )
             .with_retry_after((*max_wait).max(Duration::from_secs(1))),
-            ErrorKind::RateLimited { retry_after, .. } => Self::new(
+            CoreErrorKind::RateLimited { retry_after, .. } => Self::new(
                 StatusCode::TOO_MANY_REQUESTS,
                 codes::RATE_LIMITED,
                 err.to_string(),
             )
             .with_retry_after(*retry_after),
-            ErrorKind::RetriesExhausted { .. } | ErrorKind::RetryBudgetExhausted { .. } => {
+            CoreErrorKind::RetriesExhausted { .. } | CoreErrorKind::RetryBudgetExhausted { .. } => {
                 Self::new(
                     StatusCode::BAD_GATEWAY,
                     codes::UPSTREAM_FAILED,
@@ -368,6 +368,75 @@ pub struct ErrorDetail {
     pub details: Option<serde_json::Value>,
 }
 
+/// The error of the chassis-http server runner (binding, configuration).
+///
+/// Request-level failures are not errors of this kind: they are answered with [`ApiError`].
+#[derive(Debug)]
+pub struct Error {
+    kind: ErrorKind,
+    source: Option<BoxError>,
+}
+
+/// What went wrong in the server runner.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ErrorKind {
+    /// The listener could not be bound to `addr`.
+    Bind {
+        /// The address that was asked for.
+        addr: std::net::SocketAddr,
+    },
+    /// An I/O operation on the listener failed.
+    Io,
+    /// A configuration value was rejected.
+    InvalidConfig {
+        /// What is wrong with it.
+        reason: String,
+    },
+}
+
+impl Error {
+    /// An error of `kind` caused by `source`.
+    pub fn with_source(kind: ErrorKind, source: impl Into<BoxError>) -> Self {
+        Self {
+            kind,
+            source: Some(source.into()),
+        }
+    }
+
+    /// An error of `kind` without a source.
+    pub fn new(kind: ErrorKind) -> Self {
+        Self { kind, source: None }
+    }
+
+    /// What happened.
+    pub fn kind(&self) -> &ErrorKind {
+        &self.kind
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.kind {
+            ErrorKind::Bind { addr } => write!(f, "cannot bind {addr}")?,
+            ErrorKind::Io => write!(f, "listener I/O error")?,
+            ErrorKind::InvalidConfig { reason } => write!(f, "invalid configuration: {reason}")?,
+        }
+        if let Some(source) = &self.source {
+            write!(f, ": {source}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.source
+            .as_deref()
+            .map(|e| e as &(dyn std::error::Error + 'static))
+    }
+}
+
 tokio::task_local! {
     /// The trace id of the request being served, set by the chassis trace layer so that
     /// errors can carry it even without an OpenTelemetry tracing layer installed.
@@ -450,7 +519,7 @@ mod tests {
                 Some("2"),
             ),
             (
-                chassis_core::Error::new(ErrorKind::BulkheadFull {
+                chassis_core::Error::new(CoreErrorKind::BulkheadFull {
                     name: name.clone(),
                     max_concurrent: 4,
                     max_wait: Duration::ZERO,
@@ -459,7 +528,7 @@ mod tests {
                 Some("1"),
             ),
             (
-                chassis_core::Error::new(ErrorKind::RateLimited {
+                chassis_core::Error::new(CoreErrorKind::RateLimited {
                     name,
                     retry_after: Duration::from_secs(3),
                 }),
@@ -467,7 +536,7 @@ mod tests {
                 Some("3"),
             ),
             (
-                chassis_core::Error::new(ErrorKind::RetriesExhausted { attempts: 3 }),
+                chassis_core::Error::new(CoreErrorKind::RetriesExhausted { attempts: 3 }),
                 StatusCode::BAD_GATEWAY,
                 None,
             ),
@@ -493,7 +562,7 @@ mod tests {
     #[test]
     fn maps_boxed_errors_without_leaking() {
         let wrapped: BoxError = Box::new(chassis_core::Error::with_source(
-            ErrorKind::RetriesExhausted { attempts: 2 },
+            CoreErrorKind::RetriesExhausted { attempts: 2 },
             chassis_core::Error::timeout(Duration::from_secs(1)),
         ));
         assert_eq!(

@@ -1,8 +1,62 @@
-//! chassis-http (being written).
+//! # chassis-http
+//!
+//! The HTTP side of the chassis SDK, on hyper 1 and tower: a server runner with graceful
+//! shutdown, the standard server layers, health and metrics endpoints, service-token auth and a
+//! resilient client. Every piece is a plain tower `Layer`/`Service`, so it works the same under
+//! hyper, axum or any tower stack; chassis-http itself does not depend on axum (the optional
+//! `axum` feature only reads axum's `MatchedPath` as the route of spans and metrics).
+//!
+//! ## Layout
+//! - [`server`]: [`Server`](server::Server) serves any tower service (an axum `Router` as is)
+//!   over HTTP/1.1 and h2c, with a connection limit and graceful shutdown (readiness fails
+//!   first, pre-stop delay, listener closes, in-flight requests drain, on-shutdown hook).
+//! - [`layers`]: request id, trace context + server span, RED metrics, access log, catch panic,
+//!   timeout, load shedding, body limit, error mapping, and
+//!   [`StandardLayers`](layers::StandardLayers) stacking them with good defaults.
+//! - [`health`]: `/health/live`, `/health/ready`, `/health/startup` and `/metrics` as a layer in
+//!   front of the application.
+//! - [`error`]: [`ApiError`], the one JSON error body
+//!   `{"success":false,"error":{"code","message","details"},"traceId"}`, and the runner's
+//!   [`Error`](error::Error).
+//! - [`body`]: [`Body`], the boxed response body of the chassis layers.
+//! - [`auth`]: service-to-service JWTs (issuer, key sets/JWKS, verify and attach layers).
+//! - [`client`]: the resilient HTTP client for calling other services.
+//!
+//! ## Quick start
+//! ```no_run
+//! use chassis_core::{health::HealthRegistry, shutdown::Shutdown};
+//! use chassis_http::{health::HealthLayer, layers::StandardLayers, server::{Server, ServerConfig}};
+//! use tower::{ServiceBuilder, service_fn};
+//!
+//! # #[tokio::main]
+//! # async fn main() -> Result<(), chassis_http::error::Error> {
+//! let registry = HealthRegistry::new();
+//! let app = service_fn(|_req: http::Request<_>| async {
+//!     Ok::<_, std::convert::Infallible>(http::Response::new(String::from("hello")))
+//! });
+//! let service = ServiceBuilder::new()
+//!     .layer(HealthLayer::new(registry.clone())) // probes bypass the stack below
+//!     .layer(StandardLayers::new())               // request id, tracing, metrics, limits...
+//!     .service(app);
+//! let server = Server::bind(ServerConfig::default()).await?
+//!     .shutdown(Shutdown::new())
+//!     .health(registry.clone());
+//! registry.mark_started();
+//! server.serve(service).await?; // returns after SIGTERM/SIGINT and the drain
+//! # Ok(())
+//! # }
+//! ```
 
 pub mod auth;
 pub mod body;
+pub mod client;
 pub mod error;
+pub mod health;
+pub mod layers;
+pub mod server;
 
 pub use body::Body;
 pub use error::ApiError;
+pub use health::HealthLayer;
+pub use layers::StandardLayers;
+pub use server::{Server, ServerConfig};

@@ -96,13 +96,13 @@ impl InboxDatabase for sqlx::Sqlite {
             .map_err(crate::outbox::db_err)
     }
 
-    fn record<'c>(
+    async fn record<'c>(
         tx: &'c mut Transaction<'static, Self>,
         consumer: &'c str,
         message_id: &'c str,
         now_ms: i64,
-    ) -> impl Future<Output = Result<bool>> + Send + 'c {
-        async move {
+    ) -> Result<bool> {
+        {
             let done = sqlx::query(
                 "INSERT INTO chassis_inbox (consumer, message_id, processed_at) VALUES (?1, ?2, ?3) \
                  ON CONFLICT DO NOTHING",
@@ -137,13 +137,13 @@ impl InboxDatabase for sqlx::Postgres {
         pool.begin().await.map_err(crate::outbox::db_err)
     }
 
-    fn record<'c>(
+    async fn record<'c>(
         tx: &'c mut Transaction<'static, Self>,
         consumer: &'c str,
         message_id: &'c str,
         now_ms: i64,
-    ) -> impl Future<Output = Result<bool>> + Send + 'c {
-        async move {
+    ) -> Result<bool> {
+        {
             let done = sqlx::query(
                 "INSERT INTO chassis_inbox (consumer, message_id, processed_at) VALUES ($1, $2, $3) \
                  ON CONFLICT DO NOTHING",
@@ -293,7 +293,8 @@ impl<DB: InboxDatabase> Inbox<DB> {
         };
         let value = handler(&mut tx).await?;
         tx.commit().await.map_err(crate::outbox::db_err)?;
-        metrics::counter!(names::INBOX_PROCESSED, "consumer" => self.consumer.to_string()).increment(1);
+        metrics::counter!(names::INBOX_PROCESSED, "consumer" => self.consumer.to_string())
+            .increment(1);
         Ok(Processed::Done(value))
     }
 
@@ -323,6 +324,115 @@ impl<DB: InboxDatabase> Inbox<DB> {
                     () = token.cancelled() => return,
                     () = tokio::time::sleep(interval) => {}
                 }
+            }
+        })
+    }
+}
+
+/// A consumer [`Handler`](crate::consumer::Handler) that runs a transactional handler at most
+/// once per message id; see [`idempotent`].
+pub struct IdempotentHandler<DB: sqlx::Database, F> {
+    inbox: Inbox<DB>,
+    f: Arc<F>,
+}
+
+impl<DB: sqlx::Database, F> std::fmt::Debug for IdempotentHandler<DB, F> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IdempotentHandler")
+            .field("inbox", &self.inbox)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Wraps `f` into a consumer [`Handler`](crate::consumer::Handler) guarded by `inbox`.
+///
+/// For each delivery: the message id (AMQP `message_id`) is recorded in a new transaction and
+/// `f(message, &mut tx)` runs in it. [`Outcome::Ack`](crate::consumer::Outcome::Ack) commits
+/// (the id and the handler's writes together) and acks; `Retry`/`Reject` roll back (the id is
+/// forgotten, so a retried delivery runs again) and are passed on. A duplicate is acked without
+/// calling `f`. A database failure is a retry; a message without a `message_id` is rejected (it
+/// could never be deduplicated).
+///
+/// ```no_run
+/// use chassis_messaging::consumer::{Consumer, ConsumerConfig, Outcome};
+/// use chassis_messaging::inbox::{idempotent, Inbox};
+/// # async fn run(conn: chassis_messaging::connection::Connection,
+/// #     queue: chassis_messaging::topology::QueueConfig,
+/// #     pool: sqlx::SqlitePool) -> Result<(), chassis_messaging::error::Error> {
+/// let inbox = Inbox::new(pool, "inventory.reserve");
+/// let handler = idempotent(inbox, |msg, tx| {
+///     Box::pin(async move {
+///         let inserted = sqlx::query("INSERT INTO reservations (message_id) VALUES (?1)")
+///             .bind(msg.message_id())
+///             .execute(&mut **tx)
+///             .await;
+///         match inserted {
+///             Ok(_) => Outcome::Ack,
+///             Err(e) => Outcome::retry(e.to_string()),
+///         }
+///     })
+/// });
+/// let consumer = Consumer::start(&conn, queue, ConsumerConfig::default(), handler).await?;
+/// # Ok(()) }
+/// ```
+pub fn idempotent<DB, F>(inbox: Inbox<DB>, f: F) -> IdempotentHandler<DB, F>
+where
+    DB: InboxDatabase,
+    F: for<'c> Fn(
+            crate::incoming::IncomingMessage,
+            &'c mut Transaction<'static, DB>,
+        ) -> BoxFuture<'c, crate::consumer::Outcome>
+        + Send
+        + Sync
+        + 'static,
+{
+    IdempotentHandler {
+        inbox,
+        f: Arc::new(f),
+    }
+}
+
+impl<DB, F> crate::consumer::Handler for IdempotentHandler<DB, F>
+where
+    DB: InboxDatabase,
+    F: for<'c> Fn(
+            crate::incoming::IncomingMessage,
+            &'c mut Transaction<'static, DB>,
+        ) -> BoxFuture<'c, crate::consumer::Outcome>
+        + Send
+        + Sync
+        + 'static,
+{
+    fn handle(
+        &self,
+        msg: crate::incoming::IncomingMessage,
+    ) -> BoxFuture<'static, crate::consumer::Outcome> {
+        use crate::consumer::Outcome;
+        let inbox = self.inbox.clone();
+        let f = self.f.clone();
+        Box::pin(async move {
+            let Some(message_id) = msg.message_id().map(str::to_owned) else {
+                return Outcome::reject(
+                    "message has no message_id; the inbox cannot deduplicate it",
+                );
+            };
+            let mut tx = match inbox.begin(&message_id).await {
+                Ok(Claim::New(tx)) => tx,
+                Ok(Claim::Duplicate) => return Outcome::Ack,
+                Err(err) => return Outcome::retry(format!("inbox: {err}")),
+            };
+            let outcome = f(msg, &mut tx).await;
+            if outcome != Outcome::Ack {
+                // Dropping the transaction rolls back the handler's writes and the id.
+                return outcome;
+            }
+            match tx.commit().await {
+                Ok(()) => {
+                    metrics::counter!(names::INBOX_PROCESSED, "consumer" => inbox.consumer.to_string())
+                        .increment(1);
+                    Outcome::Ack
+                }
+                Err(err) => Outcome::retry(format!("inbox commit failed: {err}")),
             }
         })
     }

@@ -64,15 +64,33 @@ fn attempt_of(headers: &BTreeMap<String, HeaderValue>) -> u32 {
     }
 }
 
+/// A message coming back from a retry tier arrives through the default exchange with the
+/// queue name as routing key; handlers should see where it was first published.
+fn original_route(
+    headers: &BTreeMap<String, HeaderValue>,
+    exchange: &str,
+    routing_key: &str,
+) -> (String, String) {
+    let get = |name: &str, fallback: &str| match headers.get(name) {
+        Some(HeaderValue::String(s)) => s.clone(),
+        _ => fallback.to_owned(),
+    };
+    (
+        get(ORIGINAL_EXCHANGE_HEADER, exchange),
+        get(ORIGINAL_ROUTING_KEY_HEADER, routing_key),
+    )
+}
+
 impl IncomingMessage {
     /// What a consumer would receive for `msg` (used by the in-memory transport and in tests).
     /// The attempt number is read from the `x-chassis-attempt` header (1 when absent).
     pub fn from_outgoing(msg: OutgoingMessage) -> Self {
         let attempt = attempt_of(&msg.headers);
+        let (exchange, routing_key) = original_route(&msg.headers, &msg.exchange, &msg.routing_key);
         Self {
             inner: Arc::new(Inner {
-                exchange: msg.exchange,
-                routing_key: msg.routing_key,
+                exchange,
+                routing_key,
                 redelivered: false,
                 message_id: msg.message_id,
                 kind: msg.kind,
@@ -100,11 +118,12 @@ impl IncomingMessage {
             .map(from_field_table)
             .unwrap_or_default();
         let attempt = attempt_of(&headers);
+        let (exchange, routing_key) = original_route(&headers, exchange, routing_key);
         let s = |v: &Option<lapin::types::ShortString>| v.as_ref().map(|s| s.as_str().to_owned());
         Self {
             inner: Arc::new(Inner {
-                exchange: exchange.to_owned(),
-                routing_key: routing_key.to_owned(),
+                exchange,
+                routing_key,
                 redelivered,
                 message_id: s(props.message_id()),
                 kind: s(props.kind()),
@@ -140,12 +159,13 @@ impl IncomingMessage {
         self.inner.raw.as_ref()
     }
 
-    /// The exchange it was published to. For a message coming back from a retry tier this is
-    /// the exchange the broker dead-lettered it through, see [`ORIGINAL_EXCHANGE_HEADER`].
+    /// The exchange it was first published to (for a message coming back from a retry tier:
+    /// taken from [`ORIGINAL_EXCHANGE_HEADER`]).
     pub fn exchange(&self) -> &str {
         &self.inner.exchange
     }
-    /// Its routing key.
+    /// The routing key it was first published with (for a retried message: taken from
+    /// [`ORIGINAL_ROUTING_KEY_HEADER`]).
     pub fn routing_key(&self) -> &str {
         &self.inner.routing_key
     }

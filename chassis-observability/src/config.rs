@@ -64,7 +64,7 @@ pub enum LogFormat {
     /// One JSON object per line, for production. The default.
     #[default]
     Json,
-    /// Multi-line, human-readable, for development.
+    /// Human-readable with source locations, thread names and the span stack, for development.
     Pretty,
     /// One human-readable line per event.
     Compact,

@@ -1,3 +1,92 @@
-//! chassis-observability (being written).
+//! # chassis-observability
+//!
+//! Everything a chassis service needs to be seen in production, initialised with one call:
+//! structured logs correlated with traces, OpenTelemetry tracing exported over OTLP, W3C context
+//! propagation, and Prometheus metrics.
+//!
+//! ## Layout
+//! - [`telemetry`]: [`Telemetry::builder`] → [`TelemetryGuard`]; `init()` installs everything
+//!   globally, `build()` returns a subscriber for tests.
+//! - [`config`]: [`TelemetryConfig`] (serde) and the `LOG_FORMAT` / `RUST_LOG` / `OTEL_*`
+//!   environment variables.
+//! - [`logging`]: the JSON line format (service identity + `trace_id`/`span_id` on every line),
+//!   redacting field formatters, an in-memory [`CaptureWriter`](logging::CaptureWriter).
+//! - [`redact`]: [`Secret`] and field-name redaction.
+//! - [`trace`]: the tracer provider, sampler, resource and the bounded, counting OTLP pipeline.
+//! - [`propagation`]: W3C Trace Context + Baggage inject/extract for `http::HeaderMap` and any
+//!   OpenTelemetry `Injector`/`Extractor` (no global init needed).
+//! - [`metrics`]: the Prometheus recorder and [`metrics::names`], the catalogue of every metric
+//!   the chassis emits.
+//! - [`error`]: [`Error`] / [`ErrorKind`].
+//!
+//! ## Quick start
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use chassis_core::ServiceInfo;
+//! use chassis_observability::{metrics::names, Telemetry};
+//!
+//! # #[tokio::main]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! // LOG_FORMAT=json RUST_LOG=info OTEL_EXPORTER_OTLP_ENDPOINT=http://otel-collector:4318
+//! let telemetry = Telemetry::builder(ServiceInfo::from_env("orders", env!("CARGO_PKG_VERSION")))
+//!     .histogram_buckets_for(names::OUTBOX_PUBLISH_LATENCY, [0.01, 0.1, 1.0, 10.0])
+//!     .init()?;
+//!
+//! let span = tracing::info_span!("place_order", order.id = 42);
+//! let _entered = span.enter();
+//! tracing::info!(customer.id = 7, "order placed"); // JSON line with trace_id/span_id
+//! metrics::counter!(names::MESSAGING_CLIENT_SENT_MESSAGES).increment(1);
+//! let exposition = telemetry.prometheus_handle().unwrap().render(); // for GET /metrics
+//! # drop(_entered); let _ = exposition;
+//! telemetry.shutdown(Duration::from_secs(5)).await?;
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! ## Metric catalogue
+//!
+//! Every metric the chassis emits is a constant in [`metrics::names`]; the table there gives
+//! type, unit, labels and the Prometheus exposition name (dots become underscores:
+//! `http.server.request.duration` → `http_server_request_duration`).
+//!
+//! | metric | type | labels |
+//! |---|---|---|
+//! | `http.server.request.duration` | histogram (s) | `http.request.method`, `http.route`, `http.response.status_code` |
+//! | `http.client.request.duration` | histogram (s) | `http.request.method`, `server.address`, `http.response.status_code` |
+//! | `messaging.publish.duration` | histogram (s) | `messaging.destination.name`, `outcome` |
+//! | `messaging.process.duration` | histogram (s) | `messaging.destination.name`, `outcome` |
+//! | `messaging.client.sent.messages` | counter | `messaging.destination.name` |
+//! | `messaging.client.consumed.messages` | counter | `messaging.destination.name` |
+//! | `messaging.client.acked.messages` | counter | `messaging.destination.name` |
+//! | `messaging.client.retried.messages` | counter | `messaging.destination.name` |
+//! | `messaging.client.dead_lettered.messages` | counter | `messaging.destination.name`, `error.type` |
+//! | `circuit_breaker.state` | gauge (0 closed, 1 open, 2 half-open) | `name` |
+//! | `circuit_breaker.calls` | counter | `name`, `outcome` |
+//! | `retry.attempts` | counter | `name`, `outcome` |
+//! | `outbox.pending` | gauge | — |
+//! | `outbox.oldest_pending_age` | gauge (s) | — |
+//! | `outbox.publish_latency` | histogram (s) | — |
+//! | `outbox.relay_errors` | counter | `error.type` |
+//! | `inbox.duplicates` | counter | `messaging.destination.name` |
+//! | `otel.spans.dropped` | counter | `reason` (`queue_full`, `export_failed`) |
+//!
+//! ## Features
+//! - `grpc`: OTLP over gRPC (tonic) in addition to the default HTTP/protobuf.
 
+#![forbid(unsafe_code)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
+pub mod config;
+pub mod error;
+pub mod logging;
+pub mod metrics;
 pub mod propagation;
+pub mod redact;
+pub mod telemetry;
+pub mod trace;
+
+pub use config::{LogFormat, TelemetryConfig};
+pub use error::{Error, ErrorKind};
+pub use redact::{Redacted, Secret};
+pub use telemetry::{Telemetry, TelemetryBuilder, TelemetryGuard};

@@ -8,8 +8,8 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
-use http::header::{AUTHORIZATION, HeaderValue};
 use http::Request;
+use http::header::{AUTHORIZATION, HeaderValue};
 use pin_project_lite::pin_project;
 use tokio::time::Instant;
 use tower_layer::Layer;
@@ -138,7 +138,9 @@ impl AddServiceTokenLayer {
         audience: &str,
         scopes: &[&str],
     ) -> Result<Self, AuthError> {
-        Ok(Self::new(ServiceTokenSource::new(issuer, audience, scopes)?))
+        Ok(Self::new(ServiceTokenSource::new(
+            issuer, audience, scopes,
+        )?))
     }
 
     /// The token source.

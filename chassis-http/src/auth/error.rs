@@ -186,7 +186,10 @@ impl AuthError {
     /// Whether this is a verification failure of the caller's token (as opposed to a problem
     /// with our own keys or configuration).
     pub fn is_rejection(&self) -> bool {
-        matches!(self.status(), StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN)
+        matches!(
+            self.status(),
+            StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN
+        )
     }
 }
 

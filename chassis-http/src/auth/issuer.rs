@@ -123,7 +123,9 @@ impl TokenIssuerBuilder {
     /// Validates the configuration and builds the issuer.
     pub fn build(self) -> Result<TokenIssuer, AuthError> {
         let Some(active) = self.key else {
-            return Err(AuthError::invalid_config("a token issuer needs a signing key"));
+            return Err(AuthError::invalid_config(
+                "a token issuer needs a signing key",
+            ));
         };
         let issuer = self.issuer.unwrap_or_else(|| self.subject.clone());
         if self.subject.is_empty() || issuer.is_empty() {
@@ -219,7 +221,13 @@ impl TokenIssuer {
             .write()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         let mut published = vec![key.clone()];
-        published.extend(guard.published.iter().filter(|k| k.kid() != key.kid()).cloned());
+        published.extend(
+            guard
+                .published
+                .iter()
+                .filter(|k| k.kid() != key.kid())
+                .cloned(),
+        );
         *guard = Arc::new(KeyRing {
             active: key,
             published,
@@ -370,7 +378,10 @@ mod tests {
         issuer.rotate(new.clone());
         assert_eq!(issuer.active_kid(), new.kid());
         assert_eq!(issuer.jwks().keys.len(), 2);
-        assert!(!issuer.retire(new.kid()), "the active key cannot be retired");
+        assert!(
+            !issuer.retire(new.kid()),
+            "the active key cannot be retired"
+        );
         assert!(issuer.retire(old.kid()));
         assert_eq!(issuer.jwks().keys.len(), 1);
         assert_eq!(issuer.key_set().len(), 1);

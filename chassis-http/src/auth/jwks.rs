@@ -1,12 +1,4 @@
-//! [`JwksKeySource`]: verification keys from a JWKS document (a file or an HTTP URL), refreshed
-//! periodically and refetched once, rate-limited, when a token names an unknown key id.
-//!
-//! Refreshing is lazy: the first verification after the refresh interval starts a background
-//! refetch (on the current tokio runtime) and keeps using the keys it has, so no request waits
-//! for it. Only a token with an unknown `kid` waits, for at most one fetch, and at most one such
-//! fetch starts per [`min_refetch_interval`](JwksKeySourceBuilder::min_refetch_interval) however
-//! many bogus kids arrive: an attacker cannot turn unknown kids into a flood of fetches.
-//! A failed fetch keeps the previous keys.
+//! [`JwksKeySource`]: verification keys from a JWKS document.
 
 use std::fmt;
 use std::future::Future;
@@ -34,7 +26,15 @@ const MAX_JWKS_BYTES: usize = 1 << 20;
 type FetchFuture = Pin<Box<dyn Future<Output = Result<Bytes, BoxError>> + Send>>;
 type Fetcher = Arc<dyn Fn() -> FetchFuture + Send + Sync>;
 
-/// Verification keys loaded from a JWKS document; see the [module docs](self).
+/// Verification keys loaded from a JWKS document (a file or an HTTP URL), refreshed
+/// periodically and refetched once, rate-limited, when a token names an unknown key id.
+///
+/// Refreshing is lazy: the first verification after the refresh interval starts a background
+/// refetch (on the current tokio runtime) and keeps using the keys it has, so no request waits
+/// for it. Only a token with an unknown `kid` waits, for at most one fetch, and at most one such
+/// fetch starts per [`min_refetch_interval`](JwksKeySourceBuilder::min_refetch_interval) however
+/// many bogus kids arrive: an attacker cannot turn unknown kids into a flood of fetches.
+/// A failed fetch keeps the previous keys.
 ///
 /// Cheap to clone (shared).
 #[derive(Clone)]
@@ -47,6 +47,7 @@ struct JwksInner {
     fetch: Fetcher,
     refresh_interval: Duration,
     min_refetch_interval: Duration,
+    fetch_timeout: Duration,
     state: RwLock<JwksState>,
     /// Serialises fetches: concurrent unknown-kid lookups share one fetch.
     fetch_lock: tokio::sync::Mutex<()>,
@@ -65,6 +66,7 @@ pub struct JwksKeySourceBuilder {
     fetch: Fetcher,
     refresh_interval: Duration,
     min_refetch_interval: Duration,
+    fetch_timeout: Duration,
 }
 
 impl fmt::Debug for JwksKeySourceBuilder {
@@ -201,7 +203,9 @@ impl JwksKeySource {
             return;
         }
         let Ok(handle) = tokio::runtime::Handle::try_current() else {
-            self.inner.background_refresh.store(false, Ordering::Release);
+            self.inner
+                .background_refresh
+                .store(false, Ordering::Release);
             return;
         };
         let this = self.clone();
@@ -220,7 +224,12 @@ impl JwksKeySource {
     /// Fetches and stores; the caller holds `fetch_lock`.
     async fn fetch_and_store(&self) -> Result<(), AuthError> {
         self.write().last_attempt = Instant::now();
-        let keys = fetch_keys(&self.inner.location, &self.inner.fetch).await?;
+        let keys = fetch_keys(
+            &self.inner.location,
+            &self.inner.fetch,
+            self.inner.fetch_timeout,
+        )
+        .await?;
         tracing::debug!(location = %self.inner.location, keys = keys.len(), "key set loaded");
         let mut state = self.write();
         state.keys = Arc::new(keys);
@@ -261,7 +270,14 @@ impl JwksKeySourceBuilder {
             fetch,
             refresh_interval: Duration::from_secs(300),
             min_refetch_interval: Duration::from_secs(30),
+            fetch_timeout: Duration::from_secs(5),
         }
+    }
+
+    /// Bound on one fetch of the document. Defaults to 5 seconds.
+    pub fn fetch_timeout(mut self, timeout: Duration) -> Self {
+        self.fetch_timeout = timeout;
+        self
     }
 
     /// How old the keys may get before a background refresh. Defaults to 5 minutes.
@@ -280,7 +296,7 @@ impl JwksKeySourceBuilder {
     /// Loads the document once and returns the source; fails when it cannot be loaded, so a
     /// misconfigured service does not start.
     pub async fn load(self) -> Result<JwksKeySource, AuthError> {
-        let keys = fetch_keys(&self.location, &self.fetch).await?;
+        let keys = fetch_keys(&self.location, &self.fetch, self.fetch_timeout).await?;
         if keys.is_empty() {
             tracing::warn!(location = %self.location, "key set has no usable keys");
         }
@@ -291,6 +307,7 @@ impl JwksKeySourceBuilder {
                 fetch: self.fetch,
                 refresh_interval: self.refresh_interval,
                 min_refetch_interval: self.min_refetch_interval,
+                fetch_timeout: self.fetch_timeout,
                 state: RwLock::new(JwksState {
                     keys: Arc::new(keys),
                     loaded_at: now,
@@ -303,7 +320,11 @@ impl JwksKeySourceBuilder {
     }
 }
 
-async fn fetch_keys(location: &str, fetch: &Fetcher) -> Result<KeySet, AuthError> {
+async fn fetch_keys(
+    location: &str,
+    fetch: &Fetcher,
+    timeout: Duration,
+) -> Result<KeySet, AuthError> {
     let unavailable = |e: BoxError| {
         AuthError::with_source(
             AuthErrorKind::KeySetUnavailable {
@@ -312,7 +333,7 @@ async fn fetch_keys(location: &str, fetch: &Fetcher) -> Result<KeySet, AuthError
             e,
         )
     };
-    let bytes = tokio::time::timeout(Duration::from_secs(10), fetch())
+    let bytes = tokio::time::timeout(timeout, fetch())
         .await
         .map_err(|e| unavailable(e.into()))?
         .map_err(unavailable)?;

@@ -44,6 +44,12 @@ const P256_ALGORITHM_ID: [u8; 21] = [
 
 /// A private key that signs service tokens, with its key id and pinned algorithm.
 ///
+/// Asymmetric by default: Ed25519 (`EdDSA`) or P-256 (`ES256`) from PKCS#8 PEM (a file, an
+/// environment variable, bytes) or generated in process; HS256 only through
+/// [`hs256_shared_secret`](Self::hs256_shared_secret). Unless one is given, the key id of an
+/// asymmetric key is its RFC 7638 JWK thumbprint (SHA-256), so it is stable across restarts and
+/// identical on issuer and verifier.
+///
 /// Cheap to clone (shared). `Debug` never prints key material.
 #[derive(Clone)]
 pub struct SigningKey {
@@ -128,17 +134,18 @@ impl SigningKey {
     /// Loads a private key from the environment variable `var`, which holds the PEM text
     /// (see [`from_pem`](Self::from_pem)). When `{var}_KID` is set, it is the key id.
     pub fn from_env(var: &str) -> Result<Self, AuthError> {
-        let pem = std::env::var(var).map_err(|e| {
-            AuthError::with_source(
-                AuthErrorKind::InvalidKey {
-                    reason: format!("environment variable {var} is not set"),
-                },
-                e,
-            )
-        })?;
+        Self::from_vars(var, |name| std::env::var(name).ok())
+    }
+
+    fn from_vars(var: &str, get: impl Fn(&str) -> Option<String>) -> Result<Self, AuthError> {
+        let Some(pem) = get(var) else {
+            return Err(AuthError::invalid_key(format!(
+                "environment variable {var} is not set"
+            )));
+        };
         let key = Self::from_pem(pem)?;
-        match std::env::var(format!("{var}_KID")) {
-            Ok(kid) if !kid.is_empty() => key.with_kid(kid),
+        match get(&format!("{var}_KID")) {
+            Some(kid) if !kid.is_empty() => key.with_kid(kid),
             _ => Ok(key),
         }
     }
@@ -354,7 +361,7 @@ impl VerificationKey {
                     "RSA JWK '{kid}' needs an explicit alg"
                 )));
             }
-            (AlgorithmParameters::Other(_), _) => {
+            _ => {
                 return Err(AuthError::invalid_key(format!(
                     "JWK '{kid}' has an unsupported key type"
                 )));
@@ -382,7 +389,10 @@ impl VerificationKey {
 
     /// Loads an Ed25519 or P-256 public key from SPKI PEM (`-----BEGIN PUBLIC KEY-----`) under
     /// the given key id; the algorithm follows from the key type.
-    pub fn from_public_pem(kid: impl Into<String>, pem: impl AsRef<[u8]>) -> Result<Self, AuthError> {
+    pub fn from_public_pem(
+        kid: impl Into<String>,
+        pem: impl AsRef<[u8]>,
+    ) -> Result<Self, AuthError> {
         let kid = kid.into();
         check_kid(&kid)?;
         let pem = pem.as_ref();
@@ -400,8 +410,14 @@ impl VerificationKey {
             (Algorithm::ES256, key)
         };
         // Validate the bytes now rather than at the first request: derive the JWK back.
-        let mut jwk = Jwk::from_decoding_key(&key, Some(alg))
-            .map_err(|e| AuthError::with_source(AuthErrorKind::InvalidKey { reason: "unusable public key".into() }, e))?;
+        let mut jwk = Jwk::from_decoding_key(&key, Some(alg)).map_err(|e| {
+            AuthError::with_source(
+                AuthErrorKind::InvalidKey {
+                    reason: "unusable public key".into(),
+                },
+                e,
+            )
+        })?;
         jwk.common.key_id = Some(kid);
         Self::from_jwk(&jwk)
     }
@@ -416,6 +432,20 @@ impl VerificationKey {
             AuthError::with_source(
                 AuthErrorKind::InvalidKey {
                     reason: format!("cannot read {}", path.display()),
+                },
+                e,
+            )
+        })?;
+        Self::from_public_pem(kid, pem)
+    }
+
+    /// Loads a public key from the environment variable `var`, which holds SPKI PEM text (see
+    /// [`from_public_pem`](Self::from_public_pem)).
+    pub fn from_public_pem_env(kid: impl Into<String>, var: &str) -> Result<Self, AuthError> {
+        let pem = std::env::var(var).map_err(|e| {
+            AuthError::with_source(
+                AuthErrorKind::InvalidKey {
+                    reason: format!("environment variable {var} is not set"),
                 },
                 e,
             )
@@ -590,7 +620,8 @@ mod tests {
             let again = SigningKey::from_pem(&pem).unwrap();
             assert_eq!(again.kid(), key.kid(), "thumbprint kid is stable");
             assert_eq!(again.algorithm(), key.algorithm());
-            let public = VerificationKey::from_public_pem("k", key.public_key_pem().unwrap()).unwrap();
+            let public =
+                VerificationKey::from_public_pem("k", key.public_key_pem().unwrap()).unwrap();
             assert_eq!(public.algorithm(), key.algorithm());
             let jwk = key.public_jwk().unwrap();
             assert_eq!(jwk.common.key_id.as_deref(), Some(key.kid()));
@@ -630,8 +661,29 @@ mod tests {
     }
 
     #[test]
+    fn loads_from_environment_variables() {
+        let key = SigningKey::generate_es256().unwrap();
+        let pem = key.to_pkcs8_pem().unwrap();
+        let vars = |name: &str| match name {
+            "SVC_KEY" => Some(pem.clone()),
+            "SVC_KEY_KID" => Some("2026-11".to_owned()),
+            _ => None,
+        };
+        let loaded = SigningKey::from_vars("SVC_KEY", vars).unwrap();
+        assert_eq!(loaded.kid(), "2026-11");
+        assert_eq!(loaded.algorithm(), Algorithm::ES256);
+        let no_kid =
+            SigningKey::from_vars("SVC_KEY", |n| (n == "SVC_KEY").then(|| pem.clone())).unwrap();
+        assert_eq!(no_kid.kid(), key.kid());
+        assert!(SigningKey::from_env("CHASSIS_SURELY_UNSET_VARIABLE").is_err());
+    }
+
+    #[test]
     fn with_kid_renames() {
-        let key = SigningKey::generate_ed25519().unwrap().with_kid("2026-11").unwrap();
+        let key = SigningKey::generate_ed25519()
+            .unwrap()
+            .with_kid("2026-11")
+            .unwrap();
         assert_eq!(key.kid(), "2026-11");
         assert_eq!(key.verification_key().kid(), "2026-11");
         assert!(key.clone().with_kid("").is_err());

@@ -62,7 +62,9 @@
 //!
 //! Under axum, both layers apply unchanged: `Router::layer(RequireServiceTokenLayer::new(v))`
 //! for a whole router, `route_layer(layer.require_scopes(&["orders:write"]))` on a sub-router
-//! for per-route scopes, and handlers take `Extension<ServiceIdentity>`.
+//! for per-route scopes, and handlers take `Extension<ServiceIdentity>`. Mount the JWKS
+//! endpoint ([`TokenIssuer::jwks_service`]) outside the protected routes: verifiers fetch it
+//! without a token.
 
 mod attach;
 mod claims;
@@ -74,8 +76,8 @@ mod require;
 mod verifier;
 
 pub use attach::{
-    AddServiceToken, AddServiceTokenLayer, DEFAULT_RENEW_FRACTION, ResponseFuture as AddServiceTokenFuture,
-    ServiceTokenSource,
+    AddServiceToken, AddServiceTokenLayer, DEFAULT_RENEW_FRACTION,
+    ResponseFuture as AddServiceTokenFuture, ServiceTokenSource,
 };
 pub use claims::{ServiceClaims, ServiceIdentity};
 pub use error::{AuthError, AuthErrorKind};

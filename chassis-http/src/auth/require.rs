@@ -207,35 +207,35 @@ where
     fn call(&mut self, mut req: Request<ReqBody>) -> Self::Future {
         let token = match bearer_token(&req) {
             Ok(token) => token,
-            Err(err) => return ResponseFuture::rejected(self.reject(&err, None)),
+            Err(err) => return ResponseFuture::rejected(self.layer.reject(&err, None)),
         };
         match self.layer.verifier.check(&token) {
-            Checked::Done(Ok(identity)) => match self.authorize(&req, identity) {
+            Checked::Done(Ok(identity)) => match self.layer.authorize(&req, identity) {
                 Ok(identity) => {
                     req.extensions_mut().insert(identity);
                     ResponseFuture::inner(self.inner.call(req))
                 }
-                Err(response) => ResponseFuture::rejected(response),
+                Err(response) => ResponseFuture::rejected(*response),
             },
-            Checked::Done(Err(err)) => ResponseFuture::rejected(self.reject(&err, None)),
+            Checked::Done(Err(err)) => ResponseFuture::rejected(self.layer.reject(&err, None)),
             Checked::NeedsRefetch => {
                 // NOTE: `poll_ready` readied `self.inner`; the call happens later, after the
                 // refetch, so the ready service moves into the future and a fresh clone stays.
                 let clone = self.inner.clone();
                 let mut inner = std::mem::replace(&mut self.inner, clone);
-                let this = self.clone();
+                let layer = self.layer.clone();
                 ResponseFuture::boxed(Box::pin(async move {
-                    let identity = this.layer.verifier.verify_after_refetch(&token).await;
+                    let identity = layer.verifier.verify_after_refetch(&token).await;
                     let identity = match identity {
-                        Ok(identity) => this.authorize(&req, identity),
-                        Err(err) => Err(this.reject(&err, None)),
+                        Ok(identity) => layer.authorize(&req, identity),
+                        Err(err) => Err(Box::new(layer.reject(&err, None))),
                     };
                     match identity {
                         Ok(identity) => {
                             req.extensions_mut().insert(identity);
                             inner.call(req).await.map(|r| r.map(boxed))
                         }
-                        Err(response) => Ok(response),
+                        Err(response) => Ok(*response),
                     }
                 }))
             }
@@ -243,20 +243,20 @@ where
     }
 }
 
-impl<S> RequireServiceToken<S> {
+impl RequireServiceTokenLayer {
     fn authorize<B>(
         &self,
         req: &Request<B>,
         identity: ServiceIdentity,
-    ) -> Result<ServiceIdentity, Response<Body>> {
-        let required = self.layer.scopes.required(req.method(), req.uri().path());
+    ) -> Result<ServiceIdentity, Box<Response<Body>>> {
+        let required = self.scopes.required(req.method(), req.uri().path());
         let missing = identity.missing_scopes(required.iter().copied());
         if missing.is_empty() {
             tracing::trace!(sub = %identity.subject, "service token accepted");
             return Ok(identity);
         }
         let err = AuthError::new(AuthErrorKind::InsufficientScope { missing });
-        Err(self.reject(&err, Some((&identity, &required))))
+        Err(Box::new(self.reject(&err, Some((&identity, &required)))))
     }
 
     fn reject(
@@ -281,7 +281,7 @@ impl<S> RequireServiceToken<S> {
             ),
             _ => tracing::error!(reason = %err, "service token could not be checked"),
         }
-        let realm = self.layer.realm.to_str().unwrap_or("Bearer");
+        let realm = self.realm.to_str().unwrap_or("Bearer");
         let challenge = match err.kind() {
             AuthErrorKind::MissingToken => Some(realm.to_owned()),
             AuthErrorKind::MalformedHeader => Some(format!(
@@ -429,7 +429,10 @@ mod tests {
         assert_eq!(bearer_token(&request(Some("bearer abc"))).unwrap(), "abc");
         let kind = |v| bearer_token(&request(v)).unwrap_err().kind().clone();
         assert_eq!(kind(None), AuthErrorKind::MissingToken);
-        assert_eq!(kind(Some("Basic dXNlcjpwYXNz")), AuthErrorKind::MissingToken);
+        assert_eq!(
+            kind(Some("Basic dXNlcjpwYXNz")),
+            AuthErrorKind::MissingToken
+        );
         assert_eq!(kind(Some("Bearer")), AuthErrorKind::MalformedHeader);
         assert_eq!(kind(Some("Bearer a b")), AuthErrorKind::MalformedHeader);
     }

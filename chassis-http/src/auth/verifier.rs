@@ -1,18 +1,4 @@
 //! [`TokenVerifier`]: checks a service token and returns the caller's [`ServiceIdentity`].
-//!
-//! Checks, in order (the first failure wins):
-//! 1. shape: three base64url segments, a readable header with a known algorithm (so `alg: none`
-//!    is rejected here), no `crit` header, a `kid`;
-//! 2. key: the `kid` is known (refetching a JWKS source once, rate-limited, if not);
-//! 3. algorithm: the header's `alg` equals the algorithm the key is pinned to;
-//! 4. signature;
-//! 5. claims `iss`, `sub`, `aud`, `exp`, `iat`, `jti` present; `exp`/`nbf`/`iat` within the leeway;
-//!    `exp - iat` not longer than the maximum lifetime;
-//! 6. `iss` on the allow-list;
-//! 7. `aud` names this service.
-//!
-//! Failures 1–6 mean "unauthenticated" (401); 7 means "authenticated, but not for us" (403).
-//! Scopes are checked per route by [`RequireServiceTokenLayer`](super::RequireServiceTokenLayer).
 
 use std::collections::HashSet;
 use std::fmt;
@@ -43,6 +29,20 @@ enum KeySource {
 }
 
 /// Verifies service tokens for one audience (this service). Cheap to clone (shared).
+///
+/// [`verify`](Self::verify) checks, in order (the first failure wins):
+/// 1. shape: three base64url segments, a readable header with a known algorithm (so `alg: none`
+///    is rejected here), no `crit` header, a `kid`;
+/// 2. key: the `kid` is known (refetching a JWKS source once, rate-limited, if not);
+/// 3. algorithm: the header's `alg` equals the algorithm the key is pinned to;
+/// 4. signature;
+/// 5. claims `iss`, `sub`, `aud`, `exp`, `iat`, `jti` present; `exp`/`nbf`/`iat` within the leeway;
+///    `exp - iat` not longer than the maximum lifetime;
+/// 6. `iss` on the allow-list;
+/// 7. `aud` names this service.
+///
+/// Failures 1–6 mean "unauthenticated" (401); 7 means "authenticated, but not for us" (403).
+/// Scopes are checked per route by [`RequireServiceTokenLayer`](super::RequireServiceTokenLayer).
 #[derive(Clone)]
 pub struct TokenVerifier {
     inner: Arc<VerifierInner>,
@@ -227,8 +227,8 @@ impl TokenVerifier {
         validation.validate_exp = false;
         validation.validate_nbf = false;
         validation.validate_aud = false;
-        let data = decode::<Map<String, Value>>(token, key.decoding_key(), &validation).map_err(
-            |e| {
+        let data =
+            decode::<Map<String, Value>>(token, key.decoding_key(), &validation).map_err(|e| {
                 let kind = match e.kind() {
                     JwtErrorKind::InvalidSignature => AuthErrorKind::InvalidSignature,
                     JwtErrorKind::InvalidAlgorithm => AuthErrorKind::AlgorithmMismatch {
@@ -244,8 +244,7 @@ impl TokenVerifier {
                     _ => AuthErrorKind::MalformedToken,
                 };
                 AuthError::with_source(kind, e)
-            },
-        )?;
+            })?;
         self.check_claims(&data.claims, SystemTime::now())
     }
 
@@ -285,7 +284,9 @@ impl TokenVerifier {
         };
         let scopes = match claims.get("scope") {
             None => Vec::new(),
-            Some(Value::String(scope)) => scope.split_ascii_whitespace().map(str::to_owned).collect(),
+            Some(Value::String(scope)) => {
+                scope.split_ascii_whitespace().map(str::to_owned).collect()
+            }
             Some(_) => return Err(missing("scope")),
         };
 
@@ -340,7 +341,8 @@ fn parse_header(token: &str) -> Result<jsonwebtoken::Header, AuthError> {
     {
         return Err(malformed());
     }
-    let header = decode_header(token).map_err(|e| AuthError::with_source(AuthErrorKind::MalformedToken, e))?;
+    let header = decode_header(token)
+        .map_err(|e| AuthError::with_source(AuthErrorKind::MalformedToken, e))?;
     if header.crit.is_some() {
         // RFC 7515 §4.1.11: we understand no extensions, so a token marking any as critical
         // must be rejected.
@@ -386,12 +388,20 @@ mod tests {
         let ttl = issuer.ttl();
         // Expired 10 s ago: inside the 30 s leeway.
         let t = issuer
-            .issue_at("billing", &[], SystemTime::now() - ttl - Duration::from_secs(10))
+            .issue_at(
+                "billing",
+                &[],
+                SystemTime::now() - ttl - Duration::from_secs(10),
+            )
             .unwrap();
         assert!(verifier.verify(t.as_str()).await.is_ok());
         // Expired 60 s ago: outside.
         let t = issuer
-            .issue_at("billing", &[], SystemTime::now() - ttl - Duration::from_secs(60))
+            .issue_at(
+                "billing",
+                &[],
+                SystemTime::now() - ttl - Duration::from_secs(60),
+            )
             .unwrap();
         assert_eq!(
             verifier.verify(t.as_str()).await.unwrap_err().kind(),
@@ -413,8 +423,18 @@ mod tests {
 
     #[test]
     fn builder_requires_issuer_and_keys() {
-        assert!(TokenVerifier::builder("a").keys(KeySet::new()).build().is_err());
-        assert!(TokenVerifier::builder("a").trust_issuer("b").build().is_err());
+        assert!(
+            TokenVerifier::builder("a")
+                .keys(KeySet::new())
+                .build()
+                .is_err()
+        );
+        assert!(
+            TokenVerifier::builder("a")
+                .trust_issuer("b")
+                .build()
+                .is_err()
+        );
     }
 
     #[test]

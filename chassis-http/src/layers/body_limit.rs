@@ -306,9 +306,10 @@ mod tests {
     use std::convert::Infallible;
     use tower::ServiceExt;
 
-    async fn read_all(
-        req: Request<LimitedBody<StreamBody<futures_util::stream::Iter<std::vec::IntoIter<Result<Frame<Bytes>, Infallible>>>>>>,
-    ) -> Result<Response<String>, Infallible> {
+    type Chunks =
+        StreamBody<futures_util::stream::Iter<std::vec::IntoIter<Result<Frame<Bytes>, Infallible>>>>;
+
+    async fn read_all(req: Request<LimitedBody<Chunks>>) -> Result<Response<String>, Infallible> {
         match req.into_body().collect().await {
             Ok(b) => Ok(Response::new(format!("{}", b.to_bytes().len()))),
             // What a framework does when reading fails: a plain 400/413 of its own.
@@ -316,7 +317,7 @@ mod tests {
         }
     }
 
-    fn chunked(chunks: &[&'static [u8]]) -> Request<StreamBody<futures_util::stream::Iter<std::vec::IntoIter<Result<Frame<Bytes>, Infallible>>>>> {
+    fn chunked(chunks: &[&'static [u8]]) -> Request<Chunks> {
         let frames: Vec<Result<Frame<Bytes>, Infallible>> = chunks
             .iter()
             .map(|c| Ok(Frame::data(Bytes::from_static(c))))

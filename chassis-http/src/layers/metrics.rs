@@ -33,7 +33,7 @@ use std::task::{Context, Poll, ready};
 use std::time::Instant;
 
 use http::{Method, Request, Response};
-use metrics::{Gauge, SharedString};
+use ::metrics::{Gauge, SharedString};
 use pin_project_lite::pin_project;
 use tower_layer::Layer;
 use tower_service::Service;

@@ -119,8 +119,8 @@ pub use postgres::{PgClaim, PgOutbox};
 pub use relay::{BatchReport, Relay, RelayConfig};
 #[cfg(feature = "sqlite")]
 pub use sqlite::SqliteOutbox;
-pub(crate) use store::{db_err, now_ms};
 pub use store::{OutboxStats, OutboxStore, PendingRow, RowOutcome, SUBJECT_HEADER, SentPolicy};
+pub(crate) use store::{db_err, now_ms};
 
 /// The table the chassis-messaging migrations are tracked in (not sqlx's default
 /// `_sqlx_migrations`, which belongs to the application).

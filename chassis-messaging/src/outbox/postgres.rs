@@ -266,7 +266,10 @@ impl OutboxStore for PgOutbox {
             .map(pending_row)
             .collect::<std::result::Result<Vec<_>, _>>()
             .map_err(db_err)?;
-        let subjects: Vec<String> = candidates.iter().filter_map(|r| r.subject.clone()).collect();
+        let subjects: Vec<String> = candidates
+            .iter()
+            .filter_map(|r| r.subject.clone())
+            .collect();
         let pending: Vec<(String, i64)> = if subjects.is_empty() {
             Vec::new()
         } else {
@@ -418,7 +421,11 @@ impl OutboxStore for PgOutbox {
 
 impl PgOutbox {
     /// Listens until cancelled (`Ok`) or the listener fails (`Err`).
-    async fn listen(&self, notify: &Notify, token: &CancellationToken) -> std::result::Result<(), sqlx::Error> {
+    async fn listen(
+        &self,
+        notify: &Notify,
+        token: &CancellationToken,
+    ) -> std::result::Result<(), sqlx::Error> {
         let schema: Option<String> = sqlx::query_scalar("SELECT current_schema()::text")
             .fetch_one(&self.pool)
             .await?;

@@ -226,7 +226,9 @@ impl Backoff {
 
 /// The delay before a non-transiently failed row is tried again (`attempts` >= 1).
 fn retry_delay(config: &RelayConfig, attempts: i32) -> Duration {
-    let exp = u32::try_from(attempts.saturating_sub(1)).unwrap_or(0).min(31);
+    let exp = u32::try_from(attempts.saturating_sub(1))
+        .unwrap_or(0)
+        .min(31);
     config
         .retry_delay
         .saturating_mul(2u32.saturating_pow(exp))
@@ -338,7 +340,8 @@ impl<S: OutboxStore, P: Publish + ?Sized + 'static> Relay<S, P> {
                     None
                 }
                 Err(err) => {
-                    metrics::counter!(names::OUTBOX_RELAY_ERRORS, "kind" => "database").increment(1);
+                    metrics::counter!(names::OUTBOX_RELAY_ERRORS, "kind" => "database")
+                        .increment(1);
                     let delay = backoff.next_delay();
                     tracing::warn!(error = %err, retry_in_ms = delay.as_millis() as u64, "outbox relay: database error, backing off");
                     Some(delay)
@@ -426,7 +429,10 @@ impl<S: OutboxStore, P: Publish + ?Sized + 'static> Relay<S, P> {
         outcomes
     }
 
-    async fn publish_chain(&self, chain: Vec<PendingRow>) -> (Vec<(i64, RowOutcome)>, Option<String>) {
+    async fn publish_chain(
+        &self,
+        chain: Vec<PendingRow>,
+    ) -> (Vec<(i64, RowOutcome)>, Option<String>) {
         let mut outcomes = Vec::with_capacity(chain.len());
         let mut transient = None;
         let mut stopped = false;
@@ -439,7 +445,10 @@ impl<S: OutboxStore, P: Publish + ?Sized + 'static> Relay<S, P> {
                 Ok(message) => message,
                 Err(reason) => {
                     // A row that cannot be decoded will never publish: park it now.
-                    outcomes.push((row.id, self.failure(&row.subject, row.id, row.attempts, reason, true)));
+                    outcomes.push((
+                        row.id,
+                        self.failure(&row.subject, row.id, row.attempts, reason, true),
+                    ));
                     stopped = true;
                     continue;
                 }
@@ -447,21 +456,31 @@ impl<S: OutboxStore, P: Publish + ?Sized + 'static> Relay<S, P> {
             let published =
                 tokio::time::timeout(self.config.publish_timeout, self.publisher.publish(message))
                     .await
-                    .unwrap_or_else(|_| Err(Error::timeout("outbox publish", self.config.publish_timeout)));
+                    .unwrap_or_else(|_| {
+                        Err(Error::timeout(
+                            "outbox publish",
+                            self.config.publish_timeout,
+                        ))
+                    });
             match published {
                 Ok(()) => {
                     let latency_ms = now_ms().saturating_sub(row.created_at_ms).max(0);
-                    metrics::histogram!(names::OUTBOX_PUBLISH_LATENCY).record(latency_ms as f64 / 1000.0);
+                    metrics::histogram!(names::OUTBOX_PUBLISH_LATENCY)
+                        .record(latency_ms as f64 / 1000.0);
                     outcomes.push((row.id, RowOutcome::Sent));
                 }
                 Err(err) if err.is_transient() || matches!(err.kind(), ErrorKind::Shutdown) => {
-                    metrics::counter!(names::OUTBOX_RELAY_ERRORS, "kind" => "transient").increment(1);
+                    metrics::counter!(names::OUTBOX_RELAY_ERRORS, "kind" => "transient")
+                        .increment(1);
                     transient = Some(err.to_string());
                     outcomes.push((row.id, RowOutcome::Released));
                     stopped = true;
                 }
                 Err(err) => {
-                    outcomes.push((row.id, self.failure(&row.subject, row.id, row.attempts, err.to_string(), false)));
+                    outcomes.push((
+                        row.id,
+                        self.failure(&row.subject, row.id, row.attempts, err.to_string(), false),
+                    ));
                     stopped = true;
                 }
             }
@@ -469,9 +488,17 @@ impl<S: OutboxStore, P: Publish + ?Sized + 'static> Relay<S, P> {
         (outcomes, transient)
     }
 
-    fn failure(&self, subject: &Option<String>, id: i64, attempts: i32, error: String, force_park: bool) -> RowOutcome {
+    fn failure(
+        &self,
+        subject: &Option<String>,
+        id: i64,
+        attempts: i32,
+        error: String,
+        force_park: bool,
+    ) -> RowOutcome {
         let attempts = attempts.saturating_add(1);
-        let park = force_park || attempts >= i32::try_from(self.config.max_attempts).unwrap_or(i32::MAX);
+        let park =
+            force_park || attempts >= i32::try_from(self.config.max_attempts).unwrap_or(i32::MAX);
         metrics::counter!(names::OUTBOX_RELAY_ERRORS, "kind" => "message").increment(1);
         if park {
             metrics::counter!(names::OUTBOX_PARKED_TOTAL).increment(1);
@@ -484,7 +511,8 @@ impl<S: OutboxStore, P: Publish + ?Sized + 'static> Relay<S, P> {
             attempts,
             error,
             park,
-            retry_at_ms: now_ms().saturating_add(i64::try_from(delay.as_millis()).unwrap_or(i64::MAX)),
+            retry_at_ms: now_ms()
+                .saturating_add(i64::try_from(delay.as_millis()).unwrap_or(i64::MAX)),
         }
     }
 
@@ -500,7 +528,10 @@ impl<S: OutboxStore, P: Publish + ?Sized + 'static> Relay<S, P> {
                     .unwrap_or(0.0);
                 metrics::gauge!(names::OUTBOX_OLDEST_PENDING_AGE).set(age);
                 if stats.parked > 0 {
-                    tracing::warn!(parked = stats.parked, "outbox has parked rows that need attention");
+                    tracing::warn!(
+                        parked = stats.parked,
+                        "outbox has parked rows that need attention"
+                    );
                 }
             }
             Err(err) => tracing::warn!(error = %err, "outbox relay: reading stats failed"),
@@ -512,8 +543,9 @@ impl<S: OutboxStore, P: Publish + ?Sized + 'static> Relay<S, P> {
         if self.config.sent_retention.is_zero() {
             return;
         }
-        let cutoff = now_ms()
-            .saturating_sub(i64::try_from(self.config.sent_retention.as_millis()).unwrap_or(i64::MAX));
+        let cutoff = now_ms().saturating_sub(
+            i64::try_from(self.config.sent_retention.as_millis()).unwrap_or(i64::MAX),
+        );
         match self.store.purge_sent(cutoff).await {
             Ok(n) if n > 0 => tracing::debug!(deleted = n, "outbox retention"),
             Ok(_) => {}
@@ -533,7 +565,11 @@ mod tests {
         for ceiling in expected_ceilings {
             let d = b.next_delay();
             let ceiling = Duration::from_millis(ceiling);
-            assert!(d >= ceiling / 2 && d <= ceiling, "{d:?} not in [{:?}, {ceiling:?}]", ceiling / 2);
+            assert!(
+                d >= ceiling / 2 && d <= ceiling,
+                "{d:?} not in [{:?}, {ceiling:?}]",
+                ceiling / 2
+            );
         }
         b.reset();
         assert_eq!(b.ceiling(), Duration::from_millis(100));
@@ -552,9 +588,16 @@ mod tests {
     fn config_validates_and_deserializes() {
         assert!(RelayConfig::default().validate().is_ok());
         assert!(RelayConfig::default().batch_size(0).validate().is_err());
-        assert!(RelayConfig::default().lease(Duration::from_secs(1)).validate().is_err());
-        let config: RelayConfig =
-            serde_json::from_str(r#"{"batch_size": 50, "poll_interval": "250ms", "sent_retention": "0s"}"#).unwrap();
+        assert!(
+            RelayConfig::default()
+                .lease(Duration::from_secs(1))
+                .validate()
+                .is_err()
+        );
+        let config: RelayConfig = serde_json::from_str(
+            r#"{"batch_size": 50, "poll_interval": "250ms", "sent_retention": "0s"}"#,
+        )
+        .unwrap();
         assert_eq!(config.batch_size, 50);
         assert_eq!(config.poll_interval, Duration::from_millis(250));
         assert_eq!(config.sent_policy(), SentPolicy::Delete);

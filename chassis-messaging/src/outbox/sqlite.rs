@@ -83,7 +83,11 @@ impl SqliteOutbox {
     /// the transaction commits; after committing, call
     /// [`notify_committed`](Self::notify_committed) (or commit with [`commit`](Self::commit))
     /// so the relay wakes at once instead of at its next poll.
-    pub async fn enqueue(&self, conn: &mut SqliteConnection, msg: &OutgoingMessage) -> Result<String> {
+    pub async fn enqueue(
+        &self,
+        conn: &mut SqliteConnection,
+        msg: &OutgoingMessage,
+    ) -> Result<String> {
         self.enqueue_with_subject(conn, subject_of(msg), msg).await
     }
 
@@ -144,7 +148,10 @@ impl SqliteOutbox {
         .fetch_all(&self.pool)
         .await
         .map_err(db_err)?;
-        rows.iter().map(parked_row).collect::<std::result::Result<_, _>>().map_err(db_err)
+        rows.iter()
+            .map(parked_row)
+            .collect::<std::result::Result<_, _>>()
+            .map_err(db_err)
     }
 
     /// Puts every parked row back to pending with a fresh attempt count (after the cause was
@@ -214,7 +221,11 @@ impl OutboxStore for SqliteOutbox {
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         // IMMEDIATE takes the write lock up front: a deferred transaction upgrading from read
         // to write could fail with SQLITE_BUSY instead of waiting.
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await.map_err(db_err)?;
+        let mut tx = self
+            .pool
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(db_err)?;
         let rows = sqlx::query(concat!(
             "SELECT ",
             row_columns!(),
@@ -238,7 +249,10 @@ impl OutboxStore for SqliteOutbox {
             tx.commit().await.map_err(db_err)?;
             return Ok(((), candidates));
         }
-        let subjects: Vec<&str> = candidates.iter().filter_map(|r| r.subject.as_deref()).collect();
+        let subjects: Vec<&str> = candidates
+            .iter()
+            .filter_map(|r| r.subject.as_deref())
+            .collect();
         let max_id = candidates.last().map(|r| r.id).unwrap_or_default();
         let pending: Vec<(String, i64)> = if subjects.is_empty() {
             Vec::new()
@@ -275,7 +289,12 @@ impl OutboxStore for SqliteOutbox {
         Ok(((), kept))
     }
 
-    async fn finish(&self, _claim: (), outcomes: Vec<(i64, RowOutcome)>, sent: SentPolicy) -> Result<()> {
+    async fn finish(
+        &self,
+        _claim: (),
+        outcomes: Vec<(i64, RowOutcome)>,
+        sent: SentPolicy,
+    ) -> Result<()> {
         if outcomes.is_empty() {
             return Ok(());
         }
@@ -292,14 +311,20 @@ impl OutboxStore for SqliteOutbox {
                 .filter(|(_, o)| *o == RowOutcome::Released)
                 .map(|(id, _)| *id),
         );
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await.map_err(db_err)?;
+        let mut tx = self
+            .pool
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(db_err)?;
         match sent {
             SentPolicy::Delete => {
-                sqlx::query("DELETE FROM chassis_outbox WHERE id IN (SELECT value FROM json_each(?1))")
-                    .bind(sent_ids)
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(db_err)?;
+                sqlx::query(
+                    "DELETE FROM chassis_outbox WHERE id IN (SELECT value FROM json_each(?1))",
+                )
+                .bind(sent_ids)
+                .execute(&mut *tx)
+                .await
+                .map_err(db_err)?;
             }
             SentPolicy::Mark => {
                 sqlx::query(

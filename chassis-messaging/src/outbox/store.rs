@@ -19,8 +19,6 @@ pub const SUBJECT_HEADER: &str = "cloudEvents:subject";
 
 /// Status of a row that waits to be published.
 pub(crate) const STATUS_PENDING: &str = "pending";
-/// Status of a row the broker confirmed (kept until retention removes it).
-pub(crate) const STATUS_SENT: &str = "sent";
 /// Status of a row that failed `max_attempts` times with a non-transient error.
 pub(crate) const STATUS_PARKED: &str = "parked";
 
@@ -291,7 +289,10 @@ mod tests {
         assert_eq!(subject_of(&msg), Some("order-1"));
         assert_eq!(message_id_of(&msg.clone().message_id("m1")), "m1");
         let generated = message_id_of(&msg);
-        assert_eq!(uuid::Uuid::parse_str(&generated).unwrap().get_version_num(), 7);
+        assert_eq!(
+            uuid::Uuid::parse_str(&generated).unwrap().get_version_num(),
+            7
+        );
     }
 
     #[test]
@@ -311,8 +312,18 @@ mod tests {
         assert_eq!(msg.headers["n"], HeaderValue::Int(1));
         assert_eq!(msg.timestamp, Some(5));
         assert!(
-            message_from_parts("e".into(), "r".into(), "i".into(), None, None, None, None, "{", vec![])
-                .is_err()
+            message_from_parts(
+                "e".into(),
+                "r".into(),
+                "i".into(),
+                None,
+                None,
+                None,
+                None,
+                "{",
+                vec![]
+            )
+            .is_err()
         );
     }
 }

@@ -217,7 +217,6 @@ impl Metrics {
 }
 
 /// Everything every clone of the breaker shares.
-#[derive(Debug)]
 pub(crate) struct Shared {
     /// State in the low bits, a generation counter above: a permit remembers the word it was
     /// issued under, so outcomes of calls started before a transition are not mixed into the
@@ -238,6 +237,18 @@ pub(crate) struct Shared {
     transitions: Mutex<Transitions>,
     events: broadcast::Sender<StateTransition>,
     metrics: Metrics,
+}
+
+impl fmt::Debug for Shared {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // The windows are large arrays of counters: show what they mean instead.
+        f.debug_struct("CircuitBreaker")
+            .field("name", &self.name)
+            .field("state", &self.state())
+            .field("config", &self.settings.config)
+            .field("clock", &self.clock)
+            .finish_non_exhaustive()
+    }
 }
 
 /// What a call holds between being let through and being recorded.

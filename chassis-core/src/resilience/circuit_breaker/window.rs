@@ -9,8 +9,9 @@
 //!   differs from the one it replaces, so a stream of successes reads the ring but never writes
 //!   it.
 //! - [`TimeWindow`] keeps one-second buckets. Call counts are striped per thread (each thread
-//!   adds to its own cache line), failure and slow counts are shared but only written by
-//!   failures and slow calls. Each bucket counter carries the second it counts in its top
+//!   adds to its own cache line, one atomic add per call, summed only when rates are
+//!   evaluated), failure and slow counts are shared but only written by failures and slow
+//!   calls, with running totals. Each bucket counter carries the second it counts in its top
 //!   bits, so resetting it for a new second is one CAS that also returns exactly what it held;
 //!   that amount is subtracted from the running totals. The first thread to see a new second
 //!   expires the buckets that left the window, so an idle window empties too.
@@ -21,6 +22,7 @@
 //! neighbouring second.
 
 use std::cell::Cell;
+use std::sync::OnceLock;
 use std::sync::atomic::{AtomicI64, AtomicU8, AtomicU64, AtomicUsize, Ordering::*};
 
 /// Bit set of one recorded call.
@@ -143,22 +145,31 @@ impl CountWindow {
     }
 }
 
-/// Number of call-count stripes of a time window (a power of two).
-const STRIPES: usize = 8;
+/// Number of call-count stripes of a time window: twice the CPUs (so that busy threads rarely
+/// share one), a power of two, at most 32.
+fn stripe_count() -> usize {
+    static COUNT: OnceLock<usize> = OnceLock::new();
+    *COUNT.get_or_init(|| {
+        let cpus = std::thread::available_parallelism().map_or(4, |n| n.get());
+        (2 * cpus).next_power_of_two().clamp(2, 32)
+    })
+}
 
-fn stripe_index() -> usize {
+/// This thread's stripe (threads are numbered round-robin on first use).
+fn stripe_index(stripes: usize) -> usize {
     static NEXT: AtomicUsize = AtomicUsize::new(0);
     thread_local! {
-        static STRIPE: Cell<usize> = const { Cell::new(usize::MAX) };
+        static THREAD: Cell<usize> = const { Cell::new(usize::MAX) };
     }
-    STRIPE.with(|s| {
+    let id = THREAD.with(|s| {
         let mut v = s.get();
         if v == usize::MAX {
-            v = NEXT.fetch_add(1, Relaxed) % STRIPES;
+            v = NEXT.fetch_add(1, Relaxed);
             s.set(v);
         }
         v
-    })
+    });
+    id & (stripes - 1)
 }
 
 /// A bucket counter tagged with the second it counts: the top 24 bits hold the second
@@ -196,16 +207,18 @@ fn tagged(sec: u64) -> u64 {
 
 impl TaggedCounter {
     /// Counts one call of second `sec`, first resetting a bucket that still holds an older
-    /// second (subtracting it from `total`). Returns false if the bucket already moved on to a
-    /// newer second (the call is outside the window).
+    /// second (subtracting what it held from `total`, if it has one). Returns false if the
+    /// bucket already moved on to a newer second (the call is outside the window).
     #[inline]
-    fn add(&self, sec: u64, total: &AtomicI64) -> bool {
+    fn add(&self, sec: u64, total: Option<&AtomicI64>) -> bool {
         loop {
             let v = self.0.load(Relaxed);
             match age(v, sec) {
                 Age::Same => {
                     self.0.fetch_add(1, Relaxed);
-                    total.fetch_add(1, Relaxed);
+                    if let Some(total) = total {
+                        total.fetch_add(1, Relaxed);
+                    }
                     return true;
                 }
                 Age::Older => self.roll(v, sec, total),
@@ -215,7 +228,7 @@ impl TaggedCounter {
     }
 
     /// Resets the bucket to second `sec` if it holds an older one.
-    fn expire(&self, sec: u64, total: &AtomicI64) {
+    fn expire(&self, sec: u64, total: Option<&AtomicI64>) {
         let mut v = self.0.load(Relaxed);
         while age(v, sec) == Age::Older {
             self.roll(v, sec, total);
@@ -224,23 +237,34 @@ impl TaggedCounter {
     }
 
     #[cold]
-    fn roll(&self, v: u64, sec: u64, total: &AtomicI64) {
+    fn roll(&self, v: u64, sec: u64, total: Option<&AtomicI64>) {
         if self
             .0
             .compare_exchange(v, tagged(sec), AcqRel, Relaxed)
             .is_ok()
         {
             let count = (v & COUNT_MASK) as i64;
-            if count != 0 {
+            if let Some(total) = total.filter(|_| count != 0) {
                 total.fetch_sub(count, Relaxed);
             }
         }
+    }
+
+    /// The count if the bucket holds one of the `size` seconds ending at `sec`.
+    fn count_within(&self, sec: u64, size: u64) -> u64 {
+        let v = self.0.load(Relaxed);
+        let d = (sec & TAG_MASK).wrapping_sub(v >> COUNT_BITS) & TAG_MASK;
+        if d < size { v & COUNT_MASK } else { 0 }
+    }
+
+    /// Zeroes the count, keeping the second; returns what it held.
+    fn take(&self) -> u64 {
+        self.0.fetch_and(!COUNT_MASK, AcqRel) & COUNT_MASK
     }
 }
 
 #[derive(Debug)]
 struct Stripe {
-    total: AtomicI64,
     buckets: Box<[TaggedCounter]>,
 }
 
@@ -276,10 +300,9 @@ impl TimeWindow {
         Self {
             size: u64::from(size_secs),
             current: Padded(AtomicU64::new(sec)),
-            stripes: (0..STRIPES)
+            stripes: (0..stripe_count())
                 .map(|_| {
                     Padded(Stripe {
-                        total: AtomicI64::new(0),
                         buckets: buckets(n, sec),
                     })
                 })
@@ -307,22 +330,27 @@ impl TimeWindow {
             return false;
         }
         let b = (sec % self.size) as usize;
-        let stripe = &self.stripes[stripe_index()];
-        if !stripe.buckets[b].add(sec, &stripe.total) {
+        let stripe = &self.stripes[stripe_index(self.stripes.len())];
+        if !stripe.buckets[b].add(sec, None) {
             return advanced;
         }
         if code & (FAILED | SLOW) != 0 {
-            if code & FAILED != 0 {
-                self.bad.failed[b].add(sec, &self.bad_totals.failed);
-            }
-            if code & SLOW != 0 {
-                self.bad.slow[b].add(sec, &self.bad_totals.slow);
-            }
-            if code & (FAILED | SLOW) == FAILED | SLOW {
-                self.bad.slow_failed[b].add(sec, &self.bad_totals.slow_failed);
-            }
+            self.record_bad(code, sec, b);
         }
         advanced
+    }
+
+    #[cold]
+    fn record_bad(&self, code: u8, sec: u64, b: usize) {
+        if code & FAILED != 0 {
+            self.bad.failed[b].add(sec, Some(&self.bad_totals.failed));
+        }
+        if code & SLOW != 0 {
+            self.bad.slow[b].add(sec, Some(&self.bad_totals.slow));
+        }
+        if code & (FAILED | SLOW) == FAILED | SLOW {
+            self.bad.slow_failed[b].add(sec, Some(&self.bad_totals.slow_failed));
+        }
     }
 
     /// Moves the window to second `sec`, expiring the buckets of seconds that left it. Returns
@@ -347,27 +375,31 @@ impl TimeWindow {
         false
     }
 
-    /// Expires whatever bucket `s` maps to if it holds a second older than `s`.
+    /// Expires the failure buckets `s` maps to if they hold a second older than `s` (call
+    /// buckets have no running total: stale ones are skipped when counting).
     fn expire(&self, s: u64) {
         let b = (s % self.size) as usize;
-        for stripe in self.stripes.iter() {
-            stripe.buckets[b].expire(s, &stripe.total);
-        }
-        self.bad.failed[b].expire(s, &self.bad_totals.failed);
-        self.bad.slow[b].expire(s, &self.bad_totals.slow);
-        self.bad.slow_failed[b].expire(s, &self.bad_totals.slow_failed);
+        self.bad.failed[b].expire(s, Some(&self.bad_totals.failed));
+        self.bad.slow[b].expire(s, Some(&self.bad_totals.slow));
+        self.bad.slow_failed[b].expire(s, Some(&self.bad_totals.slow_failed));
     }
 
     /// The counts of the window ending at `now_nanos` (expiring what left it).
     pub(crate) fn counts(&self, now_nanos: u64) -> WindowCounts {
         let sec = now_nanos / NANOS_PER_SEC;
-        let current = self.current.load(Acquire);
+        let mut current = self.current.load(Acquire);
         if sec > current {
             self.advance(current, sec);
+            current = sec;
         }
-        let calls: i64 = self.stripes.iter().map(|s| s.total.load(Relaxed)).sum();
+        let calls: u64 = self
+            .stripes
+            .iter()
+            .flat_map(|s| s.buckets.iter())
+            .map(|b| b.count_within(current, self.size))
+            .sum();
         WindowCounts {
-            calls: clamp(calls),
+            calls,
             failed: clamp(self.bad_totals.failed.load(Relaxed)),
             slow: clamp(self.bad_totals.slow.load(Relaxed)),
             slow_failed: clamp(self.bad_totals.slow_failed.load(Relaxed)),
@@ -376,34 +408,23 @@ impl TimeWindow {
 
     /// Empties the window (on closing after recovery).
     pub(crate) fn reset(&self) {
-        // Tagging every bucket with a second in the future of its own, far beyond any second
-        // still in the window, would break ordering; instead swap each bucket to "same second,
-        // zero calls" and subtract what it held.
-        let reset = |counter: &TaggedCounter, total: &AtomicI64| {
-            let mut v = counter.0.load(Relaxed);
-            loop {
-                match counter
-                    .0
-                    .compare_exchange_weak(v, v & !COUNT_MASK, AcqRel, Relaxed)
-                {
-                    Ok(_) => {
-                        let count = (v & COUNT_MASK) as i64;
-                        if count != 0 {
-                            total.fetch_sub(count, Relaxed);
-                        }
-                        return;
-                    }
-                    Err(actual) => v = actual,
+        for stripe in self.stripes.iter() {
+            for bucket in stripe.buckets.iter() {
+                bucket.take();
+            }
+        }
+        let pairs = [
+            (&self.bad.failed, &self.bad_totals.failed),
+            (&self.bad.slow, &self.bad_totals.slow),
+            (&self.bad.slow_failed, &self.bad_totals.slow_failed),
+        ];
+        for (buckets, total) in pairs {
+            for bucket in buckets.iter() {
+                let count = bucket.take() as i64;
+                if count != 0 {
+                    total.fetch_sub(count, Relaxed);
                 }
             }
-        };
-        for b in 0..self.size as usize {
-            for stripe in self.stripes.iter() {
-                reset(&stripe.buckets[b], &stripe.total);
-            }
-            reset(&self.bad.failed[b], &self.bad_totals.failed);
-            reset(&self.bad.slow[b], &self.bad_totals.slow);
-            reset(&self.bad.slow_failed[b], &self.bad_totals.slow_failed);
         }
     }
 }

@@ -195,8 +195,8 @@ impl Db {
     pub async fn execute_script(&self, script: &str) -> Result<(), sqlx::Error> {
         for stmt in script.split(';').map(str::trim).filter(|s| !s.is_empty()) {
             match self {
-                Db::Sqlite(p) => sqlx::query(stmt).execute(p).await.map(|_| ())?,
-                Db::Postgres(p) => sqlx::query(stmt).execute(p).await.map(|_| ())?,
+                Db::Sqlite(p) => sqlx::query(sqlx::AssertSqlSafe(stmt.to_owned())).execute(p).await.map(|_| ())?,
+                Db::Postgres(p) => sqlx::query(sqlx::AssertSqlSafe(stmt.to_owned())).execute(p).await.map(|_| ())?,
             }
         }
         Ok(())
@@ -216,7 +216,7 @@ impl Db {
     }
 
     /// Runs a statement outside a transaction; returns the rows affected.
-    pub async fn execute(&self, sql: &str, args: &[Arg]) -> Result<u64, sqlx::Error> {
+    pub async fn execute(&self, sql: &'static str, args: &[Arg]) -> Result<u64, sqlx::Error> {
         Ok(match self {
             Db::Sqlite(p) => bind_all!(sqlx::query(sql), args).execute(p).await?.rows_affected(),
             Db::Postgres(p) => bind_all!(sqlx::query(sql), args).execute(p).await?.rows_affected(),
@@ -224,7 +224,7 @@ impl Db {
     }
 
     /// Fetches every row.
-    pub async fn fetch_all(&self, sql: &str, args: &[Arg]) -> Result<Vec<Row>, sqlx::Error> {
+    pub async fn fetch_all(&self, sql: &'static str, args: &[Arg]) -> Result<Vec<Row>, sqlx::Error> {
         Ok(match self {
             Db::Sqlite(p) => {
                 bind_all!(sqlx::query(sql), args).fetch_all(p).await?.into_iter().map(Row::Sqlite).collect()
@@ -239,7 +239,7 @@ impl Db {
     }
 
     /// Fetches at most one row.
-    pub async fn fetch_optional(&self, sql: &str, args: &[Arg]) -> Result<Option<Row>, sqlx::Error> {
+    pub async fn fetch_optional(&self, sql: &'static str, args: &[Arg]) -> Result<Option<Row>, sqlx::Error> {
         Ok(match self {
             Db::Sqlite(p) => bind_all!(sqlx::query(sql), args).fetch_optional(p).await?.map(Row::Sqlite),
             Db::Postgres(p) => bind_all!(sqlx::query(sql), args).fetch_optional(p).await?.map(Row::Postgres),
@@ -247,7 +247,7 @@ impl Db {
     }
 
     /// Fetches exactly one row.
-    pub async fn fetch_one(&self, sql: &str, args: &[Arg]) -> Result<Row, sqlx::Error> {
+    pub async fn fetch_one(&self, sql: &'static str, args: &[Arg]) -> Result<Row, sqlx::Error> {
         self.fetch_optional(sql, args).await?.ok_or(sqlx::Error::RowNotFound)
     }
 
@@ -271,7 +271,7 @@ pub enum Tx {
 
 impl Tx {
     /// Runs a statement; returns the rows affected.
-    pub async fn execute(&mut self, sql: &str, args: &[Arg]) -> Result<u64, sqlx::Error> {
+    pub async fn execute(&mut self, sql: &'static str, args: &[Arg]) -> Result<u64, sqlx::Error> {
         Ok(match self {
             Tx::Sqlite(t) => bind_all!(sqlx::query(sql), args).execute(&mut **t).await?.rows_affected(),
             Tx::Postgres(t) => bind_all!(sqlx::query(sql), args).execute(&mut **t).await?.rows_affected(),
@@ -279,7 +279,7 @@ impl Tx {
     }
 
     /// Fetches every row.
-    pub async fn fetch_all(&mut self, sql: &str, args: &[Arg]) -> Result<Vec<Row>, sqlx::Error> {
+    pub async fn fetch_all(&mut self, sql: &'static str, args: &[Arg]) -> Result<Vec<Row>, sqlx::Error> {
         Ok(match self {
             Tx::Sqlite(t) => bind_all!(sqlx::query(sql), args)
                 .fetch_all(&mut **t)
@@ -297,7 +297,7 @@ impl Tx {
     }
 
     /// Fetches at most one row.
-    pub async fn fetch_optional(&mut self, sql: &str, args: &[Arg]) -> Result<Option<Row>, sqlx::Error> {
+    pub async fn fetch_optional(&mut self, sql: &'static str, args: &[Arg]) -> Result<Option<Row>, sqlx::Error> {
         Ok(match self {
             Tx::Sqlite(t) => bind_all!(sqlx::query(sql), args).fetch_optional(&mut **t).await?.map(Row::Sqlite),
             Tx::Postgres(t) => {

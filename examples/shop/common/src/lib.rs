@@ -6,7 +6,12 @@
 //!   service) or PostgreSQL (`DATABASE_URL=postgres://…`), so each service's SQL is written once
 //!   and runs on both;
 //! - [`events`]: the event and command payloads travelling on `shop.events` / `shop.commands`,
-//!   with their routing keys.
+//!   with their routing keys;
+//! - [`runtime`]: [`App`](runtime::App), the bootstrap wiring every chassis piece (telemetry,
+//!   database + outbox/inbox, RabbitMQ, HTTP server, health, metrics, graceful shutdown);
+//! - [`web`]: the JSON success envelope and the chassis error body for axum handlers.
 
 pub mod db;
 pub mod events;
+pub mod runtime;
+pub mod web;

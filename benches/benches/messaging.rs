@@ -1,0 +1,167 @@
+//! Messaging throughput against the local RabbitMQ: confirmed publishes of the chassis
+//! `Publisher` vs raw lapin with pipelined confirms (same window, same run), on a durable quorum
+//! queue and a durable classic queue; then consume-and-ack throughput with prefetch 100.
+//!
+//! Run: `cargo bench -p chassis-benches --bench messaging` (env: `AMQP_URL`, `MSG_BENCH_N`
+//! messages per run (default 20000), `MSG_BENCH_WINDOW` (default 1000), `MSG_BENCH_ROUNDS`
+//! (default 2)). Prints msg/s; see benches/README.md for recorded figures.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use chassis_messaging::connection::{Connection, ConnectionConfig};
+use chassis_messaging::consumer::{Consumer, ConsumerConfig, Outcome};
+use chassis_messaging::incoming::IncomingMessage;
+use chassis_messaging::message::OutgoingMessage;
+use chassis_messaging::publisher::{Publish, Publisher, PublisherConfig};
+use chassis_messaging::topology::{ExchangeConfig, QueueConfig, QueueType, RetryPolicy, TopologyConfig};
+use futures_util::StreamExt;
+use futures_util::stream::FuturesUnordered;
+use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions, ExchangeDeleteOptions, QueueDeleteOptions, QueuePurgeOptions};
+use lapin::types::FieldTable;
+use lapin::{BasicProperties, Confirmation};
+
+fn env_usize(name: &str, default: usize) -> usize {
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+async fn raw_publish(url: &str, exchange: &str, n: usize, window: usize, body: &[u8]) -> f64 {
+    let conn = lapin::Connection::connect(url, lapin::ConnectionProperties::default().with_connection_name("bench-raw".into()))
+        .await
+        .expect("raw connect");
+    let ch = conn.create_channel().await.unwrap();
+    ch.confirm_select(ConfirmSelectOptions::default()).await.unwrap();
+    let start = Instant::now();
+    let mut inflight = FuturesUnordered::new();
+    for _ in 0..n {
+        if inflight.len() >= window {
+            let c: Confirmation = inflight.next().await.unwrap().expect("confirm");
+            assert!(matches!(c, Confirmation::Ack(None)));
+        }
+        let confirm = ch
+            .basic_publish(
+                exchange.into(),
+                "bench".into(),
+                BasicPublishOptions { mandatory: true, ..Default::default() },
+                body,
+                BasicProperties::default().with_delivery_mode(2),
+            )
+            .await
+            .expect("publish");
+        inflight.push(confirm);
+    }
+    while let Some(c) = inflight.next().await {
+        assert!(matches!(c.expect("confirm"), Confirmation::Ack(None)));
+    }
+    let rate = n as f64 / start.elapsed().as_secs_f64();
+    let _ = conn.close(200, "bye".into()).await;
+    rate
+}
+
+async fn chassis_publish(publisher: &Publisher, exchange: &str, n: usize, window: usize, body: &[u8]) -> f64 {
+    let start = Instant::now();
+    let mut inflight = FuturesUnordered::new();
+    for _ in 0..n {
+        if inflight.len() >= window {
+            inflight.next().await.unwrap().expect("confirmed");
+        }
+        inflight.push(publisher.publish(OutgoingMessage::new(exchange, "bench", body.to_vec())));
+    }
+    while let Some(r) = inflight.next().await {
+        r.expect("confirmed");
+    }
+    n as f64 / start.elapsed().as_secs_f64()
+}
+
+async fn chassis_consume(conn: &Connection, queue: &QueueConfig, n: usize) -> f64 {
+    let count = Arc::new(AtomicUsize::new(0));
+    let done = Arc::new(tokio::sync::Notify::new());
+    let (c, d) = (Arc::clone(&count), Arc::clone(&done));
+    let start = Instant::now();
+    let consumer = Consumer::start(conn, queue.clone(), ConsumerConfig::default().prefetch(100), move |_m: IncomingMessage| {
+        let (c, d) = (Arc::clone(&c), Arc::clone(&d));
+        async move {
+            if c.fetch_add(1, Ordering::SeqCst) + 1 == n {
+                d.notify_one();
+            }
+            Outcome::Ack
+        }
+    })
+    .await
+    .expect("consumer");
+    tokio::time::timeout(Duration::from_secs(300), done.notified()).await.expect("consumed all");
+    let rate = n as f64 / start.elapsed().as_secs_f64();
+    consumer.shutdown().await;
+    rate
+}
+
+async fn raw_consume(url: &str, queue: &str, n: usize) -> f64 {
+    let conn = lapin::Connection::connect(url, lapin::ConnectionProperties::default()).await.unwrap();
+    let ch = conn.create_channel().await.unwrap();
+    ch.basic_qos(100, BasicQosOptions::default()).await.unwrap();
+    let start = Instant::now();
+    let mut consumer = ch
+        .basic_consume(queue.into(), "".into(), BasicConsumeOptions::default(), FieldTable::default())
+        .await
+        .unwrap();
+    let mut got = 0;
+    while got < n {
+        let d = consumer.next().await.unwrap().unwrap();
+        d.acker.ack(BasicAckOptions::default()).await.unwrap();
+        got += 1;
+    }
+    let rate = n as f64 / start.elapsed().as_secs_f64();
+    let _ = conn.close(200, "bye".into()).await;
+    rate
+}
+
+#[tokio::main]
+async fn main() {
+    let url = std::env::var("AMQP_URL").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".to_owned());
+    let n = env_usize("MSG_BENCH_N", 20_000);
+    let window = env_usize("MSG_BENCH_WINDOW", 1000);
+    let rounds = env_usize("MSG_BENCH_ROUNDS", 2);
+    let body = vec![b'x'; 256];
+    let conn = Connection::connect(ConnectionConfig::new(url.clone(), "bench-chassis")).await.expect("connect");
+    let publisher = Publisher::new(&conn, PublisherConfig::default().max_in_flight(window)).unwrap();
+    println!("messages per run: {n}, window: {window}, body: 256 B, persistent, mandatory, rounds: {rounds}");
+    for qt in [QueueType::Quorum, QueueType::Classic] {
+        let id = uuid::Uuid::new_v4().simple().to_string();
+        let exchange = format!("bench.{id}.ex");
+        let queue = QueueConfig::new(format!("bench.{id}.q"))
+            .queue_type(qt)
+            .bind(exchange.clone(), "#")
+            .retry(RetryPolicy::with_delays([Duration::from_secs(1)]));
+        conn.declare(TopologyConfig::new().exchange(ExchangeConfig::topic(exchange.clone())).queue(queue.clone()))
+            .await
+            .expect("declare");
+        let admin = conn.create_channel().await.unwrap();
+        let (mut raw, mut ours) = (Vec::new(), Vec::new());
+        for _ in 0..rounds {
+            raw.push(raw_publish(&url, &exchange, n, window, &body).await);
+            admin.queue_purge(queue.name.as_str().into(), QueuePurgeOptions::default()).await.unwrap();
+            ours.push(chassis_publish(&publisher, &exchange, n, window, &body).await);
+            admin.queue_purge(queue.name.as_str().into(), QueuePurgeOptions::default()).await.unwrap();
+        }
+        let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
+        let (r, o) = (mean(&raw), mean(&ours));
+        println!(
+            "{qt:?} publish confirmed: raw lapin {r:.0} msg/s {raw:.0?}, chassis Publisher {o:.0} msg/s {ours:.0?}, ratio {:.1}%",
+            100.0 * o / r
+        );
+        // Consume-and-ack, prefetch 100.
+        chassis_publish(&publisher, &exchange, n, window, &body).await;
+        let oc = chassis_consume(&conn, &queue, n).await;
+        chassis_publish(&publisher, &exchange, n, window, &body).await;
+        let rc = raw_consume(&url, &queue.name, n).await;
+        println!("{qt:?} consume+ack prefetch 100: raw lapin {rc:.0} msg/s, chassis Consumer {oc:.0} msg/s, ratio {:.1}%", 100.0 * oc / rc);
+        for q in queue.all_queues() {
+            let _ = admin.queue_delete(q.as_str().into(), QueueDeleteOptions::default()).await;
+        }
+        for e in [exchange.clone(), queue.dead_letter_exchange()] {
+            let _ = admin.exchange_delete(e.as_str().into(), ExchangeDeleteOptions::default()).await;
+        }
+    }
+    conn.close().await;
+}

@@ -1,0 +1,143 @@
+//! Cost of observability on the hot path, each beside a bare baseline measured in the same run:
+//!
+//! - `disabled_event`: a `debug!` below the `info` filter of the chassis subscriber, vs the same
+//!   macro with no subscriber at all, vs an empty closure.
+//! - `json_line`: one enabled `info!` with four fields inside a span, written by the chassis JSON
+//!   formatter (service identity + trace/span ids + redaction) to `io::sink`, vs
+//!   tracing-subscriber's stock JSON formatter (no OTel layer, no correlation) to `io::sink`, vs a
+//!   bare `writeln!` of a comparable line to `io::sink`.
+//! - `propagation`: inject + extract of a span context through an `http::HeaderMap` with the
+//!   chassis (strict W3C) propagator, vs the SDK's `TraceContextPropagator`, vs inserting and
+//!   reading back a constant header.
+//!
+//! Run: `cargo bench -p chassis-benches --bench observability`
+
+use std::hint::black_box;
+use std::io::{self, Write as _};
+use std::time::Duration;
+
+use chassis_core::ServiceInfo;
+use chassis_observability::Telemetry;
+use chassis_observability::propagation::{HeaderExtractor, HeaderInjector, extract_context, inject_context};
+use criterion::{Criterion, criterion_group, criterion_main};
+use opentelemetry::Context;
+use opentelemetry::propagation::TextMapPropagator as _;
+use opentelemetry::trace::{SpanContext, SpanId, TraceContextExt as _, TraceFlags, TraceId, TraceState};
+
+fn chassis_dispatch() -> (tracing::Dispatch, chassis_observability::TelemetryGuard) {
+    Telemetry::builder(ServiceInfo::new("bench", "1.0.0"))
+        .ignore_env()
+        .log_filter("info")
+        .make_writer(io::sink)
+        .build()
+        .expect("telemetry builds")
+}
+
+fn disabled_event(c: &mut Criterion) {
+    let mut g = c.benchmark_group("observability/disabled_event");
+    g.bench_function("baseline_empty", |b| b.iter(|| black_box(1_u64)));
+    g.bench_function("baseline_no_subscriber", |b| {
+        tracing::dispatcher::with_default(&tracing::Dispatch::none(), || {
+            b.iter(|| tracing::debug!(order.id = black_box(42_u64), "not recorded"))
+        })
+    });
+    let (dispatch, _guard) = chassis_dispatch();
+    g.bench_function("chassis_below_filter", |b| {
+        tracing::dispatcher::with_default(&dispatch, || {
+            b.iter(|| tracing::debug!(order.id = black_box(42_u64), "not recorded"))
+        })
+    });
+    g.finish();
+}
+
+fn json_line(c: &mut Criterion) {
+    let mut g = c.benchmark_group("observability/json_line");
+    g.bench_function("baseline_writeln_sink", |b| {
+        let mut sink = io::sink();
+        b.iter(|| {
+            writeln!(
+                sink,
+                r#"{{"timestamp":"2026-11-22T02:40:00.123456Z","severity_text":"INFO","body":"order placed","order.id":{},"amount":{},"customer":"{}","express":{}}}"#,
+                black_box(42_u64),
+                black_box(19.99_f64),
+                black_box("ann"),
+                black_box(true)
+            )
+            .unwrap()
+        })
+    });
+    let stock = tracing_subscriber::fmt()
+        .json()
+        .with_writer(io::sink)
+        .with_max_level(tracing::Level::INFO)
+        .finish();
+    let stock = tracing::Dispatch::new(stock);
+    g.bench_function("stock_tracing_subscriber_json", |b| {
+        tracing::dispatcher::with_default(&stock, || {
+            let span = tracing::info_span!("request");
+            let _e = span.enter();
+            b.iter(|| {
+                tracing::info!(order.id = black_box(42_u64), amount = black_box(19.99_f64), customer = black_box("ann"), express = true, "order placed")
+            })
+        })
+    });
+    let (dispatch, _guard) = chassis_dispatch();
+    g.bench_function("chassis_json_with_trace_ids", |b| {
+        tracing::dispatcher::with_default(&dispatch, || {
+            let span = tracing::info_span!("request");
+            let _e = span.enter();
+            b.iter(|| {
+                tracing::info!(order.id = black_box(42_u64), amount = black_box(19.99_f64), customer = black_box("ann"), express = true, "order placed")
+            })
+        })
+    });
+    g.finish();
+}
+
+fn propagation(c: &mut Criterion) {
+    let mut g = c.benchmark_group("observability/propagation");
+    let cx = Context::new().with_remote_span_context(SpanContext::new(
+        TraceId::from_hex("4bf92f3577b34da6a3ce929d0e0e4736").unwrap(),
+        SpanId::from_hex("00f067aa0ba902b7").unwrap(),
+        TraceFlags::SAMPLED,
+        false,
+        TraceState::default(),
+    ));
+    g.bench_function("baseline_header_insert_get", |b| {
+        b.iter(|| {
+            let mut h = http::HeaderMap::new();
+            h.insert("traceparent", http::HeaderValue::from_static("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"));
+            black_box(h.get("traceparent").map(|v| v.len()))
+        })
+    });
+    let sdk = opentelemetry_sdk::propagation::TraceContextPropagator::new();
+    g.bench_function("sdk_trace_context_inject_extract", |b| {
+        b.iter(|| {
+            let mut h = http::HeaderMap::new();
+            sdk.inject_context(black_box(&cx), &mut HeaderInjector(&mut h));
+            black_box(sdk.extract(&HeaderExtractor(&h)))
+        })
+    });
+    g.bench_function("chassis_w3c_trace_context_and_baggage_inject_extract", |b| {
+        b.iter(|| {
+            let mut h = http::HeaderMap::new();
+            inject_context(black_box(&cx), &mut HeaderInjector(&mut h));
+            black_box(extract_context(&HeaderExtractor(&h)))
+        })
+    });
+    g.finish();
+}
+
+fn config() -> Criterion {
+    Criterion::default()
+        .warm_up_time(Duration::from_millis(500))
+        .measurement_time(Duration::from_secs(2))
+        .sample_size(30)
+}
+
+criterion_group! {
+    name = benches;
+    config = config();
+    targets = disabled_event, json_line, propagation
+}
+criterion_main!(benches);

@@ -1,2 +1,0 @@
-//! Benchmarks (being written).
-fn main() {}

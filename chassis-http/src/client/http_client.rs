@@ -1,0 +1,466 @@
+//! [`HttpClient`]: one downstream service, its resilience policy, its token, its metrics.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use chassis_core::BoxError;
+use chassis_core::resilience::circuit_breaker::{CircuitBreakerConfig, CircuitBreakerHandle};
+use chassis_core::resilience::policy::ResiliencePolicy;
+use chassis_core::resilience::retry::RetryConfig;
+use http::header::{ACCEPT, CONTENT_TYPE, HeaderName, HeaderValue};
+use http::uri::{PathAndQuery, Scheme};
+use http::{HeaderMap, Method, Request, Response, Uri};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tower::ServiceExt as _;
+use tower::util::BoxCloneSyncService;
+use tower_layer::Layer;
+
+use super::error::{BODY_EXCERPT_LEN, ClientError, ClientErrorKind};
+use super::instrument::{AttemptCounter, InstrumentLayer};
+use super::policy::{
+    HttpBreakerClassifier, HttpRetryAfter, HttpRetryClassifier, IDEMPOTENCY_KEY, IdempotentRequests,
+};
+use crate::auth::ServiceTokenSource;
+
+/// The request body type of the client: a buffered body, so requests can be retried.
+pub type ClientBody = Full<Bytes>;
+
+/// Largest response body the buffering helpers read: 16 MiB.
+pub const DEFAULT_MAX_RESPONSE_BYTES: usize = 16 << 20;
+
+type Stack = BoxCloneSyncService<Request<ClientBody>, Response<Incoming>, BoxError>;
+
+/// A resilient HTTP client for one downstream service; see the [module docs](super).
+///
+/// Cheap to clone: clones share the connection pool, the breaker, the retry budget, the
+/// bulkhead and the token cache.
+#[derive(Clone)]
+pub struct HttpClient {
+    inner: Arc<ClientInner>,
+    stack: Stack,
+}
+
+struct ClientInner {
+    name: Arc<str>,
+    base: Option<Uri>,
+    default_headers: HeaderMap,
+    breaker: Option<CircuitBreakerHandle>,
+    max_response_bytes: usize,
+}
+
+/// Builds an [`HttpClient`]; see [`HttpClient::builder`].
+pub struct HttpClientBuilder {
+    name: String,
+    base: Option<String>,
+    policy: Option<ResiliencePolicy>,
+    token: Option<ServiceTokenSource>,
+    retry_non_idempotent: bool,
+    max_retry_after: Duration,
+    max_response_bytes: usize,
+    default_headers: HeaderMap,
+    connect_timeout: Duration,
+    hyper: Option<Client<HttpConnector, ClientBody>>,
+}
+
+impl fmt::Debug for HttpClientBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("HttpClientBuilder")
+            .field("name", &self.name)
+            .field("base", &self.base)
+            .field("policy", &self.policy)
+            .field("token", &self.token)
+            .field("retry_non_idempotent", &self.retry_non_idempotent)
+            .field("max_retry_after", &self.max_retry_after)
+            .finish_non_exhaustive()
+    }
+}
+
+impl HttpClient {
+    /// Starts building a client for the downstream `name` (used in metrics, spans, errors and as
+    /// the default name of the policy's breaker, retry and bulkhead).
+    pub fn builder(name: impl Into<String>) -> HttpClientBuilder {
+        HttpClientBuilder {
+            name: name.into(),
+            base: None,
+            policy: None,
+            token: None,
+            retry_non_idempotent: false,
+            max_retry_after: Duration::from_secs(30),
+            max_response_bytes: DEFAULT_MAX_RESPONSE_BYTES,
+            default_headers: HeaderMap::new(),
+            connect_timeout: Duration::from_secs(5),
+            hyper: None,
+        }
+    }
+
+    /// The downstream's name.
+    pub fn name(&self) -> &str {
+        &self.inner.name
+    }
+
+    /// The circuit breaker guarding this downstream, if the policy has one.
+    pub fn circuit_breaker(&self) -> Option<&CircuitBreakerHandle> {
+        self.inner.breaker.as_ref()
+    }
+
+    /// Sends `req` through the policy and returns the response whatever its status; only
+    /// failures to get a response are errors. A relative URI (`/orders/7`) is resolved against
+    /// the base URL.
+    pub async fn send(&self, req: Request<ClientBody>) -> Result<Response<Incoming>, ClientError> {
+        let name = &*self.inner.name;
+        let mut req = self.prepare(req)?;
+        let counter = AttemptCounter::default();
+        req.extensions_mut().insert(counter.clone());
+        self.stack
+            .clone()
+            .oneshot(req)
+            .await
+            .map_err(|e| ClientError::from_stack(e, name).with_attempts(counter.get()))
+    }
+
+    /// Sends `req` and reads the whole body; a non-2xx answer is an error
+    /// ([`Status4xx`](ClientErrorKind::Status4xx) with a body excerpt,
+    /// [`Status5xx`](ClientErrorKind::Status5xx)).
+    pub async fn execute(&self, req: Request<ClientBody>) -> Result<Response<Bytes>, ClientError> {
+        let name = &*self.inner.name;
+        let mut req = self.prepare(req)?;
+        let counter = AttemptCounter::default();
+        req.extensions_mut().insert(counter.clone());
+        let response = self
+            .stack
+            .clone()
+            .oneshot(req)
+            .await
+            .map_err(|e| ClientError::from_stack(e, name).with_attempts(counter.get()))?;
+        let attempts = counter.get();
+        let (parts, body) = response.into_parts();
+        let status = parts.status;
+        let bytes = Limited::new(body, self.inner.max_response_bytes)
+            .collect()
+            .await
+            .map_err(|e| {
+                let kind = if e.is::<http_body_util::LengthLimitError>() {
+                    ClientErrorKind::InvalidResponse {
+                        reason: format!("body exceeds {} bytes", self.inner.max_response_bytes),
+                    }
+                } else {
+                    ClientErrorKind::Transport
+                };
+                ClientError::new(kind, name)
+                    .with_source(e)
+                    .with_attempts(attempts)
+            })?
+            .to_bytes();
+        if status.is_success() {
+            return Ok(Response::from_parts(parts, bytes));
+        }
+        let kind = if status.is_client_error() {
+            let cut = bytes.len().min(BODY_EXCERPT_LEN);
+            ClientErrorKind::Status4xx {
+                status,
+                body: String::from_utf8_lossy(&bytes[..cut]).into_owned(),
+            }
+        } else {
+            ClientErrorKind::Status5xx {
+                status,
+                retry_after: super::policy::parse_retry_after(
+                    &parts.headers,
+                    std::time::SystemTime::now(),
+                ),
+            }
+        };
+        let mut err = ClientError::new(kind, name).with_attempts(attempts);
+        if attempts > 1 && super::policy::is_retryable_status(status) {
+            err = err.mark_exhausted();
+        }
+        Err(err)
+    }
+
+    /// `GET path` and decode the JSON body as `T`.
+    pub async fn get_json<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
+        let req = self.json_request(Method::GET, path, None::<&()>, None)?;
+        self.decode(self.execute(req).await?)
+    }
+
+    /// `POST path` with `body` as JSON, decoding the JSON answer as `T`. Not retried (POST is not
+    /// idempotent) unless the client allows it; see [`post_json_idempotent`](Self::post_json_idempotent).
+    pub async fn post_json<B: Serialize + ?Sized, T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &B,
+    ) -> Result<T, ClientError> {
+        let req = self.json_request(Method::POST, path, Some(body), None)?;
+        self.decode(self.execute(req).await?)
+    }
+
+    /// `POST path` with an `Idempotency-Key: key` header, which makes it retryable: the
+    /// downstream promises to apply a key once.
+    pub async fn post_json_idempotent<B: Serialize + ?Sized, T: DeserializeOwned>(
+        &self,
+        path: &str,
+        key: &str,
+        body: &B,
+    ) -> Result<T, ClientError> {
+        let req = self.json_request(Method::POST, path, Some(body), Some(key))?;
+        self.decode(self.execute(req).await?)
+    }
+
+    /// `PUT path` with `body` as JSON, decoding the JSON answer as `T`.
+    pub async fn put_json<B: Serialize + ?Sized, T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &B,
+    ) -> Result<T, ClientError> {
+        let req = self.json_request(Method::PUT, path, Some(body), None)?;
+        self.decode(self.execute(req).await?)
+    }
+
+    /// `DELETE path`, ignoring the body of a 2xx answer.
+    pub async fn delete(&self, path: &str) -> Result<(), ClientError> {
+        let req = self.json_request(Method::DELETE, path, None::<&()>, None)?;
+        self.execute(req).await.map(drop)
+    }
+
+    fn json_request<B: Serialize + ?Sized>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&B>,
+        idempotency_key: Option<&str>,
+    ) -> Result<Request<ClientBody>, ClientError> {
+        let name = &*self.inner.name;
+        let mut builder = Request::builder()
+            .method(method)
+            .uri(path)
+            .header(ACCEPT, "application/json");
+        if let Some(key) = idempotency_key {
+            builder = builder.header(IDEMPOTENCY_KEY, key);
+        }
+        let body = match body {
+            Some(body) => {
+                builder = builder.header(CONTENT_TYPE, "application/json");
+                Full::new(Bytes::from(serde_json::to_vec(body).map_err(|e| {
+                    ClientError::invalid_request(name, "body is not serialisable").with_source(e)
+                })?))
+            }
+            None => Full::default(),
+        };
+        builder
+            .body(body)
+            .map_err(|e| ClientError::invalid_request(name, "invalid request").with_source(e))
+    }
+
+    fn decode<T: DeserializeOwned>(&self, response: Response<Bytes>) -> Result<T, ClientError> {
+        serde_json::from_slice(response.body()).map_err(|e| {
+            ClientError::invalid_response(&self.inner.name, "body does not decode as expected")
+                .with_source(e)
+        })
+    }
+
+    fn prepare(&self, mut req: Request<ClientBody>) -> Result<Request<ClientBody>, ClientError> {
+        let name = &*self.inner.name;
+        let uri = req.uri().clone();
+        let resolved = match (uri.scheme(), &self.inner.base) {
+            (Some(_), _) => uri,
+            (None, Some(base)) => {
+                let path = uri.path_and_query().map_or("/", PathAndQuery::as_str);
+                let base_path = base.path().trim_end_matches('/');
+                let joined = format!("{base_path}{path}");
+                let mut parts = base.clone().into_parts();
+                parts.path_and_query = Some(joined.parse().map_err(|e| {
+                    ClientError::invalid_request(name, "invalid path").with_source(e)
+                })?);
+                Uri::from_parts(parts)
+                    .map_err(|e| ClientError::invalid_request(name, "invalid url").with_source(e))?
+            }
+            (None, None) => {
+                return Err(ClientError::invalid_request(
+                    name,
+                    "relative url without a base url",
+                ));
+            }
+        };
+        if resolved.scheme() != Some(&Scheme::HTTP) || resolved.host().is_none() {
+            return Err(ClientError::invalid_request(
+                name,
+                "only absolute http:// urls are supported",
+            ));
+        }
+        *req.uri_mut() = resolved;
+        for (header, value) in &self.inner.default_headers {
+            if !req.headers().contains_key(header) {
+                req.headers_mut().insert(header, value.clone());
+            }
+        }
+        Ok(req)
+    }
+}
+
+impl ClientError {
+    fn mark_exhausted(mut self) -> Self {
+        self.set_exhausted();
+        self
+    }
+}
+
+impl fmt::Debug for HttpClient {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("HttpClient")
+            .field("name", &self.inner.name)
+            .field("base", &self.inner.base)
+            .field(
+                "circuit_breaker",
+                &self.inner.breaker.as_ref().map(CircuitBreakerHandle::state),
+            )
+            .finish_non_exhaustive()
+    }
+}
+
+impl HttpClientBuilder {
+    /// The base URL relative request paths are resolved against, e.g.
+    /// `http://inventory:8080` or `http://gateway/inventory`. Defaults to none (absolute URLs
+    /// only). Only `http://` is supported by the built-in connector.
+    pub fn base_url(mut self, url: impl Into<String>) -> Self {
+        self.base = Some(url.into());
+        self
+    }
+
+    /// The resilience policy (timeout per attempt, retry with backoff and budget, breaker,
+    /// bulkhead, rate limit). Defaults to [`HttpClientBuilder::default_policy`]: 10 s per
+    /// attempt, 3 attempts with the default backoff and budget, and a default breaker.
+    pub fn policy(mut self, policy: ResiliencePolicy) -> Self {
+        self.policy = Some(policy);
+        self
+    }
+
+    /// Attaches a service token from `source` to every attempt.
+    pub fn service_token(mut self, source: ServiceTokenSource) -> Self {
+        self.token = Some(source);
+        self
+    }
+
+    /// Retry non-idempotent methods (POST, PATCH) too, even without an `Idempotency-Key`.
+    /// Defaults to false.
+    pub fn retry_non_idempotent(mut self, yes: bool) -> Self {
+        self.retry_non_idempotent = yes;
+        self
+    }
+
+    /// The longest `Retry-After` (on 429/503) still honoured by waiting and retrying; a longer
+    /// one ends the call with the response. Defaults to 30 seconds.
+    pub fn max_retry_after(mut self, max: Duration) -> Self {
+        self.max_retry_after = max;
+        self
+    }
+
+    /// Largest response body the buffering helpers read. Defaults to 16 MiB.
+    pub fn max_response_bytes(mut self, max: usize) -> Self {
+        self.max_response_bytes = max;
+        self
+    }
+
+    /// A header sent with every request (unless the request sets it).
+    pub fn default_header(mut self, name: HeaderName, value: HeaderValue) -> Self {
+        self.default_headers.insert(name, value);
+        self
+    }
+
+    /// TCP connect timeout of the built-in connector. Defaults to 5 seconds.
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
+        self
+    }
+
+    /// Uses this hyper-util client (and its connection pool) instead of a new one.
+    pub fn hyper_client(mut self, client: Client<HttpConnector, ClientBody>) -> Self {
+        self.hyper = Some(client);
+        self
+    }
+
+    /// The policy used when none is set: 10 s per attempt, 3 attempts with the default backoff
+    /// (100 ms base, full jitter) and retry budget, and a breaker with the default configuration
+    /// (50% failures over the last 100 calls, 60 s open).
+    pub fn default_policy(name: &str) -> ResiliencePolicy {
+        ResiliencePolicy::new()
+            .name(name)
+            .timeout(Duration::from_secs(10))
+            .retry(RetryConfig::new(name))
+            .circuit_breaker(CircuitBreakerConfig::new(name))
+    }
+
+    /// Validates the configuration and builds the client.
+    pub fn build(self) -> Result<HttpClient, ClientError> {
+        let name = self.name.as_str();
+        if name.is_empty() {
+            return Err(ClientError::invalid_request(
+                name,
+                "the downstream name must not be empty",
+            ));
+        }
+        let base = match &self.base {
+            Some(url) => {
+                let uri: Uri = url.parse().map_err(|e| {
+                    ClientError::invalid_request(name, format!("invalid base url {url:?}"))
+                        .with_source(e)
+                })?;
+                if uri.scheme() != Some(&Scheme::HTTP) || uri.host().is_none() {
+                    return Err(ClientError::invalid_request(
+                        name,
+                        format!("base url {url:?} must be an absolute http:// url"),
+                    ));
+                }
+                Some(uri)
+            }
+            None => None,
+        };
+        let mut policy = self.policy.unwrap_or_else(|| Self::default_policy(name));
+        if policy.name.is_none() {
+            policy.name = Some(name.to_owned());
+        }
+        let layer = policy
+            .build()
+            .map_err(|e| {
+                ClientError::invalid_request(name, "invalid resilience policy").with_source(e)
+            })?
+            .with_retry_classifier(HttpRetryClassifier {
+                max_retry_after: self.max_retry_after,
+            })
+            .with_retry_after(HttpRetryAfter)
+            .with_request_cloner(IdempotentRequests {
+                retry_non_idempotent: self.retry_non_idempotent,
+            })
+            .with_breaker_classifier(HttpBreakerClassifier);
+        let breaker = layer.circuit_breaker();
+        let hyper = self.hyper.unwrap_or_else(|| {
+            let mut connector = HttpConnector::new();
+            connector.set_connect_timeout(Some(self.connect_timeout));
+            connector.set_nodelay(true);
+            Client::builder(TokioExecutor::new()).build(connector)
+        });
+        let downstream: Arc<str> = name.into();
+        let instrumented = InstrumentLayer {
+            downstream: downstream.clone(),
+            token: self.token,
+        }
+        .layer(hyper);
+        let stack = BoxCloneSyncService::new(layer.layer(instrumented));
+        Ok(HttpClient {
+            inner: Arc::new(ClientInner {
+                name: downstream,
+                base,
+                default_headers: self.default_headers,
+                breaker,
+                max_response_bytes: self.max_response_bytes,
+            }),
+            stack,
+        })
+    }
+}

@@ -1,0 +1,297 @@
+//! The standard server layers, each a tower `Layer` + `Service` + response future that works
+//! under hyper, axum or any tower stack, and [`StandardLayers`], which stacks them in the
+//! chassis order with good defaults.
+//!
+//! Order, outermost first:
+//!
+//! 1. [`request_id`]: `x-request-id` propagated or generated, echoed on the response;
+//! 2. [`trace`]: trace context extraction and the server span;
+//! 3. [`metrics`]: `http.server.request.duration` and `http.server.active_requests`;
+//! 4. [`access_log`]: one structured line per request;
+//! 5. [`catch_panic`]: a panicking handler becomes a 500;
+//! 6. [`timeout`]: 504 after the request timeout (default 30 s);
+//! 7. [`load_shed`]: 503 + `Retry-After` above `max_in_flight` concurrent requests (default 1024);
+//! 8. [`body_limit`]: 413 for bodies over the limit (default 2 MiB);
+//! 9. [`error_response`]: errors of the inner service become error responses;
+//!
+//! then whatever the application adds (service-token auth, its handlers).
+//!
+//! Panics are caught *inside* the observability layers rather than outermost, so a panicked
+//! request is traced, counted and logged as the 500 it became, with its trace id. Every
+//! response a chassis layer produces uses the [`ApiError`](crate::error::ApiError) JSON body.
+//!
+//! The health endpoints ([`crate::health`]) sit *outside* this stack so probes are not
+//! traced, logged, timed out or shed.
+//!
+//! # Example
+//! ```
+//! use chassis_http::layers::StandardLayers;
+//! use std::time::Duration;
+//! use tower::{Layer, ServiceExt, service_fn};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() {
+//! let layers = StandardLayers::new()
+//!     .timeout(Duration::from_secs(10))
+//!     .body_limit(1 << 20)
+//!     .max_in_flight(512);
+//! let app = service_fn(|_req: http::Request<_>| async {
+//!     Ok::<_, std::convert::Infallible>(http::Response::new(String::from("hi")))
+//! });
+//! let svc = layers.layer(app);
+//! let res = svc.oneshot(http::Request::new(http_body_util::Empty::<bytes::Bytes>::new())).await.unwrap();
+//! assert_eq!(res.status(), 200);
+//! assert!(res.headers().contains_key("x-request-id"));
+//! # }
+//! ```
+//!
+//! Under axum, `Router::layer(StandardLayers::new())` applies the stack after routing (so spans
+//! and metrics get the route template, with the `axum` feature); convert chassis bodies with
+//! `axum::body::Body::new`, e.g. `router.layer(StandardLayers::new()).map_response(|r|
+//! r.map(axum::body::Body::new))` is not needed when serving with [`crate::server::Server`],
+//! which accepts any body.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{Extensions, HeaderName};
+use ::metrics::SharedString;
+use serde::Deserialize;
+use tower_layer::Layer;
+
+pub mod access_log;
+pub mod body_limit;
+pub mod catch_panic;
+pub mod error_response;
+pub mod load_shed;
+pub mod metrics;
+pub mod request_id;
+pub mod timeout;
+pub mod trace;
+
+use access_log::{AccessLogLayer, AccessLogService};
+use body_limit::{RequestBodyLimitLayer, RequestBodyLimitService};
+use catch_panic::{CatchPanicLayer, CatchPanicService};
+use error_response::{ErrorResponseLayer, ErrorResponseService};
+use load_shed::{LoadShedLayer, LoadShedService};
+use metrics::{MetricsLayer, MetricsService};
+use request_id::{RequestIdLayer, RequestIdService};
+use timeout::{TimeoutLayer, TimeoutService};
+use trace::{TraceLayer, TraceService};
+
+/// The route template that matched a request (`/orders/{id}`), as a request extension.
+///
+/// The trace and metrics layers label requests with it. A router that runs before the chassis
+/// layers can insert it; with the `axum` feature, axum's `MatchedPath` is read as well.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Route(Arc<str>);
+
+impl Route {
+    /// A route template.
+    pub fn new(template: impl Into<Arc<str>>) -> Self {
+        Self(template.into())
+    }
+
+    /// The template.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// The route template of a request, if a router recorded one.
+pub(crate) fn http_route(extensions: &Extensions) -> Option<&str> {
+    if let Some(route) = extensions.get::<Route>() {
+        return Some(route.as_str());
+    }
+    #[cfg(feature = "axum")]
+    if let Some(path) = extensions.get::<axum::extract::MatchedPath>() {
+        return Some(path.as_str());
+    }
+    None
+}
+
+/// A status code as a label value, without allocating for the common ones.
+pub(crate) fn status_str(status: u16) -> SharedString {
+    let s: &'static str = match status {
+        200 => "200",
+        201 => "201",
+        202 => "202",
+        204 => "204",
+        301 => "301",
+        302 => "302",
+        304 => "304",
+        400 => "400",
+        401 => "401",
+        403 => "403",
+        404 => "404",
+        405 => "405",
+        409 => "409",
+        413 => "413",
+        415 => "415",
+        422 => "422",
+        429 => "429",
+        500 => "500",
+        502 => "502",
+        503 => "503",
+        504 => "504",
+        other => return SharedString::from(other.to_string()),
+    };
+    SharedString::const_str(s)
+}
+
+/// Operator-tunable settings of the [`StandardLayers`], deserialisable from config files
+/// (durations in humantime form: `"30s"`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StandardLayersConfig {
+    /// Request timeout (response head ready). Defaults to 30 s.
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    /// Maximum request body size in bytes. Defaults to 2 MiB.
+    pub body_limit: usize,
+    /// Maximum concurrent requests before shedding. Defaults to 1024.
+    pub max_in_flight: usize,
+    /// `Retry-After` of shed requests. Defaults to 1 s.
+    #[serde(with = "humantime_serde")]
+    pub retry_after: Duration,
+}
+
+impl Default for StandardLayersConfig {
+    fn default() -> Self {
+        Self {
+            timeout: Duration::from_secs(30),
+            body_limit: 2 * 1024 * 1024,
+            max_in_flight: 1024,
+            retry_after: Duration::from_secs(1),
+        }
+    }
+}
+
+/// The whole chassis server stack as one layer; see the [module docs](self).
+///
+/// The concurrency limit is shared by every service this layer produces (including each route
+/// when used with axum's `Router::layer`), so it bounds the application as a whole.
+#[derive(Debug, Clone)]
+pub struct StandardLayers {
+    request_id: RequestIdLayer,
+    timeout: TimeoutLayer,
+    load_shed: LoadShedLayer,
+    body_limit: RequestBodyLimitLayer,
+    config: StandardLayersConfig,
+}
+
+impl Default for StandardLayers {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl StandardLayers {
+    /// The stack with the defaults of [`StandardLayersConfig`].
+    pub fn new() -> Self {
+        Self::from_config(StandardLayersConfig::default())
+    }
+
+    /// The stack configured by `config`.
+    pub fn from_config(config: StandardLayersConfig) -> Self {
+        Self {
+            request_id: RequestIdLayer::new(),
+            timeout: TimeoutLayer::new(config.timeout),
+            load_shed: LoadShedLayer::new(config.max_in_flight).retry_after(config.retry_after),
+            body_limit: RequestBodyLimitLayer::new(config.body_limit),
+            config,
+        }
+    }
+
+    /// Request timeout. Defaults to 30 s.
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.config.timeout = timeout;
+        self.timeout = TimeoutLayer::new(timeout);
+        self
+    }
+
+    /// Maximum request body size in bytes. Defaults to 2 MiB.
+    pub fn body_limit(mut self, limit: usize) -> Self {
+        self.config.body_limit = limit;
+        self.body_limit = RequestBodyLimitLayer::new(limit);
+        self
+    }
+
+    /// Maximum concurrent requests; more are shed with 503. Defaults to 1024.
+    pub fn max_in_flight(mut self, max: usize) -> Self {
+        self.config.max_in_flight = max;
+        self.load_shed = LoadShedLayer::new(max).retry_after(self.config.retry_after);
+        self
+    }
+
+    /// `Retry-After` of shed requests. Defaults to 1 s.
+    pub fn retry_after(mut self, retry_after: Duration) -> Self {
+        self.config.retry_after = retry_after;
+        self.load_shed = self.load_shed.retry_after(retry_after);
+        self
+    }
+
+    /// Header carrying the request id. Defaults to `x-request-id`.
+    pub fn request_id_header(mut self, header: HeaderName) -> Self {
+        self.request_id = self.request_id.header(header);
+        self
+    }
+
+    /// The settings in effect.
+    pub fn config(&self) -> &StandardLayersConfig {
+        &self.config
+    }
+}
+
+/// The service [`StandardLayers`] wraps an application in.
+pub type StandardService<S> = RequestIdService<
+    TraceService<
+        MetricsService<
+            AccessLogService<
+                CatchPanicService<
+                    TimeoutService<
+                        LoadShedService<RequestBodyLimitService<ErrorResponseService<S>>>,
+                    >,
+                >,
+            >,
+        >,
+    >,
+>;
+
+impl<S> Layer<S> for StandardLayers {
+    type Service = StandardService<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        let inner = ErrorResponseLayer::new().layer(inner);
+        let inner = self.body_limit.layer(inner);
+        let inner = self.load_shed.layer(inner);
+        let inner = self.timeout.layer(inner);
+        let inner = CatchPanicLayer::new().layer(inner);
+        let inner = AccessLogLayer::new().layer(inner);
+        let inner = MetricsLayer::new().layer(inner);
+        let inner = TraceLayer::new().layer(inner);
+        self.request_id.layer(inner)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_from_toml_like_json() {
+        let config: StandardLayersConfig =
+            serde_json::from_str(r#"{"timeout":"5s","max_in_flight":8}"#).unwrap();
+        assert_eq!(config.timeout, Duration::from_secs(5));
+        assert_eq!(config.max_in_flight, 8);
+        assert_eq!(config.body_limit, 2 * 1024 * 1024);
+        let layers = StandardLayers::from_config(config.clone());
+        assert_eq!(layers.config(), &config);
+    }
+
+    #[test]
+    fn status_labels() {
+        assert_eq!(&*status_str(200), "200");
+        assert_eq!(&*status_str(418), "418");
+    }
+}

@@ -1,0 +1,415 @@
+//! The server runner: serves any tower service on hyper 1 (HTTP/1.1 and h2c on the same port)
+//! and shuts down gracefully.
+//!
+//! [`Server`] accepts any `tower::Service<http::Request<hyper::body::Incoming>>` whose
+//! response body is an [`http_body::Body`] of [`Bytes`]: an axum `Router` as is, an
+//! application wrapped in the [standard layers](crate::layers::StandardLayers) and the
+//! [health endpoints](crate::health), or a plain `service_fn`.
+//!
+//! # Shutdown
+//! Shutdown begins on SIGTERM/SIGINT (unless [`Server::handle_signals`] is `false`) or when the
+//! [`Shutdown`] given to [`Server::shutdown`] is triggered, and follows the order Kubernetes
+//! expects:
+//!
+//! 1. readiness fails: [`HealthRegistry::mark_shutting_down`] on the registry given to
+//!    [`Server::health`], so `/health/ready` answers 503;
+//! 2. the server keeps serving for the pre-stop delay ([`ServerConfig::pre_stop_delay`],
+//!    default 0), so load balancers notice and stop routing here;
+//! 3. the listener is closed: new connections are refused;
+//! 4. in-flight requests drain: HTTP/1 connections close after their current response, HTTP/2
+//!    connections get a GOAWAY; after [`ServerConfig::drain_timeout`] (default 30 s) the
+//!    remaining connections are closed;
+//! 5. the on-shutdown hook runs ([`Server::on_shutdown`], e.g. flushing telemetry);
+//! 6. [`Server::serve`] returns.
+//!
+//! At most [`ServerConfig::max_connections`] connections are open at once (default 10 000);
+//! further connections wait in the listen backlog.
+//!
+//! # Example
+//! ```no_run
+//! use chassis_core::{health::HealthRegistry, shutdown::Shutdown};
+//! use chassis_http::{health::HealthLayer, layers::StandardLayers, server::{Server, ServerConfig}};
+//! use tower::{ServiceBuilder, service_fn};
+//!
+//! # #[tokio::main]
+//! # async fn main() -> Result<(), chassis_http::error::Error> {
+//! let registry = HealthRegistry::new();
+//! let shutdown = Shutdown::new();
+//! let app = service_fn(|_req: http::Request<_>| async {
+//!     Ok::<_, std::convert::Infallible>(http::Response::new(String::from("hello")))
+//! });
+//! let service = ServiceBuilder::new()
+//!     .layer(HealthLayer::new(registry.clone()))
+//!     .layer(StandardLayers::new())
+//!     .service(app);
+//!
+//! let server = Server::bind(ServerConfig::default()).await?
+//!     .shutdown(shutdown.clone())
+//!     .health(registry.clone())
+//!     .on_shutdown(|| async { /* telemetry.shutdown(deadline).await */ });
+//! registry.mark_started();
+//! server.serve(service).await?;
+//! # Ok(())
+//! # }
+//! ```
+
+use std::fmt;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use chassis_core::health::HealthRegistry;
+use chassis_core::shutdown::Shutdown;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
+use serde::Deserialize;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tower_service::Service;
+
+use crate::body::BoxError;
+use crate::error::{Error, ErrorKind};
+
+/// Settings of a [`Server`], deserialisable from config files (durations as `"30s"`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Address to listen on. Defaults to `0.0.0.0:8080`.
+    pub bind: SocketAddr,
+    /// How long in-flight requests may take to finish once shutdown began. Defaults to 30 s.
+    #[serde(with = "humantime_serde")]
+    pub drain_timeout: Duration,
+    /// How long to keep serving after readiness turned red, before closing the listener, so
+    /// load balancers stop routing here first. Defaults to 0 (set it to a few seconds on
+    /// Kubernetes).
+    #[serde(with = "humantime_serde")]
+    pub pre_stop_delay: Duration,
+    /// Maximum open connections. Defaults to 10 000.
+    pub max_connections: usize,
+    /// Time a client has to send a complete HTTP/1 request head. Defaults to 30 s.
+    #[serde(with = "humantime_serde")]
+    pub header_read_timeout: Duration,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            bind: SocketAddr::from(([0, 0, 0, 0], 8080)),
+            drain_timeout: Duration::from_secs(30),
+            pre_stop_delay: Duration::ZERO,
+            max_connections: 10_000,
+            header_read_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+impl ServerConfig {
+    /// Address to listen on. Defaults to `0.0.0.0:8080`.
+    pub fn bind(mut self, addr: SocketAddr) -> Self {
+        self.bind = addr;
+        self
+    }
+
+    /// Drain deadline. Defaults to 30 s.
+    pub fn drain_timeout(mut self, timeout: Duration) -> Self {
+        self.drain_timeout = timeout;
+        self
+    }
+
+    /// Pre-stop delay. Defaults to 0.
+    pub fn pre_stop_delay(mut self, delay: Duration) -> Self {
+        self.pre_stop_delay = delay;
+        self
+    }
+
+    /// Maximum open connections. Defaults to 10 000.
+    pub fn max_connections(mut self, max: usize) -> Self {
+        self.max_connections = max;
+        self
+    }
+
+    /// HTTP/1 request head timeout. Defaults to 30 s.
+    pub fn header_read_timeout(mut self, timeout: Duration) -> Self {
+        self.header_read_timeout = timeout;
+        self
+    }
+
+    fn validate(&self) -> Result<(), Error> {
+        if self.max_connections == 0 || self.max_connections > Semaphore::MAX_PERMITS {
+            return Err(Error::new(ErrorKind::InvalidConfig {
+                reason: format!(
+                    "max_connections must be between 1 and {}",
+                    Semaphore::MAX_PERMITS
+                ),
+            }));
+        }
+        if self.header_read_timeout.is_zero() {
+            return Err(Error::new(ErrorKind::InvalidConfig {
+                reason: "header_read_timeout must be positive".into(),
+            }));
+        }
+        Ok(())
+    }
+}
+
+type Hook = Box<dyn FnOnce() -> Pin<Box<dyn Future<Output = ()> + Send>> + Send>;
+
+/// What happened during a [`Server::serve`] run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ServeOutcome {
+    /// Whether every connection finished within the drain timeout (otherwise the rest were
+    /// closed).
+    pub drained: bool,
+    /// Connections accepted over the server's life.
+    pub connections: u64,
+}
+
+/// A bound server, ready to [`serve`](Server::serve); see the [module docs](self).
+pub struct Server {
+    listener: TcpListener,
+    local_addr: SocketAddr,
+    config: ServerConfig,
+    shutdown: Shutdown,
+    health: Option<HealthRegistry>,
+    on_shutdown: Option<Hook>,
+    handle_signals: bool,
+}
+
+impl fmt::Debug for Server {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Server")
+            .field("local_addr", &self.local_addr)
+            .field("config", &self.config)
+            .field("health", &self.health)
+            .field("on_shutdown", &self.on_shutdown.is_some())
+            .field("handle_signals", &self.handle_signals)
+            .finish()
+    }
+}
+
+impl Server {
+    /// Binds `config.bind` (port 0 picks a free port; see [`local_addr`](Self::local_addr)).
+    pub async fn bind(config: ServerConfig) -> Result<Self, Error> {
+        config.validate()?;
+        let listener = TcpListener::bind(config.bind)
+            .await
+            .map_err(|e| Error::with_source(ErrorKind::Bind { addr: config.bind }, e))?;
+        Self::from_listener(listener, config)
+    }
+
+    /// Serves on an already bound listener (`config.bind` is ignored).
+    pub fn from_listener(listener: TcpListener, config: ServerConfig) -> Result<Self, Error> {
+        config.validate()?;
+        let local_addr = listener
+            .local_addr()
+            .map_err(|e| Error::with_source(ErrorKind::Io, e))?;
+        Ok(Self {
+            listener,
+            local_addr,
+            config,
+            shutdown: Shutdown::new(),
+            health: None,
+            on_shutdown: None,
+            handle_signals: true,
+        })
+    }
+
+    /// The address the server listens on.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Shuts down when `shutdown` is triggered. Defaults to a fresh [`Shutdown`] (see
+    /// [`shutdown_handle`](Self::shutdown_handle)).
+    pub fn shutdown(mut self, shutdown: Shutdown) -> Self {
+        self.shutdown = shutdown;
+        self
+    }
+
+    /// The [`Shutdown`] that stops this server; trigger it to shut down from code.
+    pub fn shutdown_handle(&self) -> Shutdown {
+        self.shutdown.clone()
+    }
+
+    /// Marks `registry` as shutting down first thing on shutdown, so readiness fails before
+    /// the listener closes. Defaults to none.
+    pub fn health(mut self, registry: HealthRegistry) -> Self {
+        self.health = Some(registry);
+        self
+    }
+
+    /// Runs `hook` after the connections drained, before [`serve`](Self::serve) returns
+    /// (flush telemetry here). Defaults to none.
+    pub fn on_shutdown<F, Fut>(mut self, hook: F) -> Self
+    where
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        self.on_shutdown = Some(Box::new(move || Box::pin(hook())));
+        self
+    }
+
+    /// Whether SIGTERM/SIGINT trigger the shutdown. Defaults to `true`.
+    pub fn handle_signals(mut self, enabled: bool) -> Self {
+        self.handle_signals = enabled;
+        self
+    }
+
+    /// Serves `service` until shutdown, then drains; see the [module docs](self).
+    pub async fn serve<S, B>(self, service: S) -> Result<ServeOutcome, Error>
+    where
+        S: Service<http::Request<Incoming>, Response = http::Response<B>>
+            + Clone
+            + Send
+            + 'static,
+        S::Future: Send + 'static,
+        S::Error: Into<BoxError>,
+        B: http_body::Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<BoxError>,
+    {
+        let Self {
+            listener,
+            local_addr,
+            config,
+            shutdown,
+            health,
+            on_shutdown,
+            handle_signals,
+        } = self;
+        let signals = handle_signals.then(|| shutdown.listen_for_signals());
+
+        let mut builder = auto::Builder::new(TokioExecutor::new());
+        builder
+            .http1()
+            .timer(TokioTimer::new())
+            .header_read_timeout(config.header_read_timeout);
+        builder.http2().timer(TokioTimer::new());
+        let builder = Arc::new(builder);
+
+        let connection_limit = Arc::new(Semaphore::new(config.max_connections));
+        let graceful = GracefulShutdown::new();
+        let force_close = CancellationToken::new();
+        let mut connections: u64 = 0;
+
+        tracing::info!(target: "chassis_http::server", addr = %local_addr, "HTTP server listening");
+
+        let stop_accepting = async {
+            shutdown.triggered().await;
+            if let Some(health) = &health {
+                health.mark_shutting_down();
+            }
+            tracing::info!(
+                target: "chassis_http::server",
+                pre_stop_delay_ms = config.pre_stop_delay.as_millis() as u64,
+                "shutdown began: readiness failing, listener closes after the pre-stop delay"
+            );
+            tokio::time::sleep(config.pre_stop_delay).await;
+        };
+        tokio::pin!(stop_accepting);
+
+        loop {
+            let permit = tokio::select! {
+                biased;
+                () = &mut stop_accepting => break,
+                permit = connection_limit.clone().acquire_owned() => {
+                    permit.expect("the connection semaphore is never closed")
+                }
+            };
+            let stream = tokio::select! {
+                biased;
+                () = &mut stop_accepting => break,
+                accepted = listener.accept() => match accepted {
+                    Ok((stream, _peer)) => stream,
+                    Err(e) if is_connection_error(&e) => continue,
+                    Err(e) => {
+                        // Out of file descriptors and the like: back off instead of spinning.
+                        tracing::warn!(target: "chassis_http::server", error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    }
+                },
+            };
+            connections += 1;
+            let _ = stream.set_nodelay(true);
+            let watcher = graceful.watcher();
+            let force_close = force_close.clone();
+            let builder = builder.clone();
+            let service = TowerToHyperService::new(service.clone());
+            tokio::spawn(async move {
+                let connection = builder.serve_connection(TokioIo::new(stream), service);
+                let connection = watcher.watch(connection);
+                tokio::select! {
+                    result = connection => {
+                        if let Err(e) = result {
+                            tracing::debug!(target: "chassis_http::server", error = %e, "connection error");
+                        }
+                    }
+                    () = force_close.cancelled() => {}
+                }
+                drop(permit);
+            });
+        }
+
+        drop(listener);
+        let open = graceful.count();
+        tracing::info!(
+            target: "chassis_http::server",
+            open_connections = open,
+            drain_timeout_ms = config.drain_timeout.as_millis() as u64,
+            "listener closed; draining in-flight requests"
+        );
+        let drained = tokio::time::timeout(config.drain_timeout, graceful.shutdown())
+            .await
+            .is_ok();
+        if !drained {
+            tracing::warn!(
+                target: "chassis_http::server",
+                "drain timeout reached; closing the remaining connections"
+            );
+            force_close.cancel();
+        }
+        if let Some(hook) = on_shutdown {
+            hook().await;
+        }
+        if let Some(signals) = signals {
+            signals.abort();
+        }
+        tracing::info!(target: "chassis_http::server", drained, "HTTP server stopped");
+        Ok(ServeOutcome {
+            drained,
+            connections,
+        })
+    }
+}
+
+fn is_connection_error(e: &std::io::Error) -> bool {
+    matches!(
+        e.kind(),
+        std::io::ErrorKind::ConnectionRefused
+            | std::io::ErrorKind::ConnectionAborted
+            | std::io::ErrorKind::ConnectionReset
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_defaults_and_validation() {
+        let config: ServerConfig =
+            serde_json::from_str(r#"{"bind":"127.0.0.1:0","drain_timeout":"5s"}"#).unwrap();
+        assert_eq!(config.drain_timeout, Duration::from_secs(5));
+        assert_eq!(config.max_connections, 10_000);
+        assert!(config.validate().is_ok());
+        assert!(config.clone().max_connections(0).validate().is_err());
+    }
+}

@@ -1,0 +1,135 @@
+//! Observability of the chassis HTTP server (server span, access log), in a test binary of its
+//! own: every test here installs a subscriber, so no test without one races the callsite
+//! interest cache of `tracing`.
+
+#[path = "../server/support.rs"]
+mod support;
+
+use std::time::Duration;
+
+use chassis_core::health::HealthRegistry;
+use chassis_http::layers::StandardLayers;
+use chassis_http::server::Server;
+use http::{Request, StatusCode};
+use http_body_util::Full;
+use opentelemetry::trace::{SpanKind, Status as OtelStatus, TracerProvider as _};
+use support::*;
+use tracing_subscriber::layer::SubscriberExt;
+
+const TRACE_ID: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
+const PARENT_SPAN_ID: &str = "00f067aa0ba902b7";
+const TRACEPARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+
+fn started_registry() -> HealthRegistry {
+    let registry = HealthRegistry::with_cache_ttl(Duration::ZERO);
+    registry.mark_started();
+    registry
+}
+
+#[tokio::test]
+async fn traceparent_trace_id_reaches_error_body_and_server_span() {
+    let exporter = opentelemetry_sdk::trace::InMemorySpanExporter::default();
+    let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder()
+        .with_simple_exporter(exporter.clone())
+        .build();
+    let subscriber = tracing_subscriber::registry()
+        .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("test")));
+    let _guard = tracing::subscriber::set_default(subscriber);
+
+    // Layers applied with `Router::layer` run after routing: the route is known.
+    let router = app(AppState::default()).layer(
+        StandardLayers::new().timeout(Duration::from_millis(100)),
+    );
+    let server = start(Server::bind(test_config()).await.unwrap(), router).await;
+    let client = client();
+
+    let req = Request::get(format!("http://{}/sleep/2000", server.addr))
+        .header("traceparent", TRACEPARENT)
+        .header("user-agent", "chassis-test/1")
+        .body(Full::default())
+        .unwrap();
+    let reply = send(&client, req).await;
+    let body = reply.error_body(StatusCode::GATEWAY_TIMEOUT, "timeout");
+    assert_eq!(body["traceId"], TRACE_ID);
+
+    // A handler-made error (the helper) carries it too.
+    let req = Request::get(format!("http://{}/orders/7", server.addr))
+        .header("traceparent", TRACEPARENT)
+        .body(Full::default())
+        .unwrap();
+    let body = send(&client, req).await.error_body(StatusCode::NOT_FOUND, "not_found");
+    assert_eq!(body["traceId"], TRACE_ID);
+    assert_eq!(body["error"]["details"]["orderId"], 7);
+    server.stop().await;
+
+    provider.force_flush().unwrap();
+    let spans = exporter.get_finished_spans().unwrap();
+    let span = spans
+        .iter()
+        .find(|s| s.attributes.iter().any(|kv| kv.key.as_str() == "http.response.status_code" && kv.value.as_str() == "504"))
+        .unwrap_or_else(|| panic!("no 504 server span in {spans:#?}"));
+    let attr = |key: &str| {
+        span.attributes
+            .iter()
+            .find(|kv| kv.key.as_str() == key)
+            .map(|kv| kv.value.as_str().into_owned())
+    };
+    assert_eq!(span.span_context.trace_id().to_string(), TRACE_ID);
+    assert_eq!(span.parent_span_id.to_string(), PARENT_SPAN_ID);
+    assert_eq!(span.span_kind, SpanKind::Server);
+    assert!(matches!(span.status, OtelStatus::Error { .. }), "{:?}", span.status);
+    assert_eq!(attr("http.request.method").as_deref(), Some("GET"));
+    assert_eq!(attr("url.path").as_deref(), Some("/sleep/2000"));
+    assert_eq!(attr("user_agent.original").as_deref(), Some("chassis-test/1"));
+    assert_eq!(attr("server.address").as_deref(), Some("127.0.0.1"));
+    assert_eq!(attr("error.type").as_deref(), Some("504"));
+    #[cfg(feature = "axum")]
+    {
+        assert_eq!(span.name, "GET /sleep/{ms}");
+        assert_eq!(attr("http.route").as_deref(), Some("/sleep/{ms}"));
+    }
+    #[cfg(not(feature = "axum"))]
+    assert_eq!(span.name, "GET");
+}
+
+#[tokio::test]
+async fn access_log_line_per_request() {
+    let logs = LogBuffer::default();
+    let subscriber = tracing_subscriber::fmt()
+        .json()
+        .with_writer(logs.clone())
+        .with_max_level(tracing::Level::INFO)
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+
+    let server = start_app(StandardLayers::new(), started_registry(), AppState::default()).await;
+    let req = Request::get(format!("http://{}/hello?x=1", server.addr))
+        .header("x-request-id", "log-me-1")
+        .header("traceparent", TRACEPARENT)
+        .body(Full::default())
+        .unwrap();
+    assert_eq!(send(&client(), req).await.status, StatusCode::OK);
+    get(&client(), server.addr, "/panic").await;
+    // Probes are not logged.
+    get(&client(), server.addr, "/health/live").await;
+    server.stop().await;
+
+    let access: Vec<_> = logs
+        .lines()
+        .into_iter()
+        .filter(|l| l["target"] == "chassis_http::access")
+        .collect();
+    assert_eq!(access.len(), 2, "{:#?}", logs.lines());
+    let line = &access[0]["fields"];
+    assert_eq!(line["message"], "request completed");
+    assert_eq!(line["method"], "GET");
+    assert_eq!(line["path"], "/hello");
+    assert_eq!(line["status"], 200);
+    assert_eq!(line["request_id"], "log-me-1");
+    assert_eq!(line["trace_id"], TRACE_ID);
+    assert!(line["duration_ms"].as_f64().unwrap() >= 0.0);
+    // Emitted inside the server span.
+    assert_eq!(access[0]["span"]["name"], "HTTP request");
+    assert_eq!(access[1]["fields"]["status"], 500);
+}
+

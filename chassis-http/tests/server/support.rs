@@ -1,0 +1,250 @@
+//! Shared helpers: a real server on 127.0.0.1:0, a real hyper-util client, a test app.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::extract::{Extension, Path};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{self, post};
+use axum::Router;
+use bytes::Bytes;
+use chassis_core::health::HealthRegistry;
+use chassis_core::shutdown::Shutdown;
+use chassis_http::error::{ApiError, Error};
+use chassis_http::health::HealthLayer;
+use chassis_http::layers::StandardLayers;
+use chassis_http::layers::request_id::RequestId;
+use chassis_http::server::{ServeOutcome, Server, ServerConfig};
+use http::{HeaderMap, Request, StatusCode, Version};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use tokio::sync::Notify;
+use tokio::task::JoinHandle;
+use tower::ServiceBuilder;
+
+pub(crate) type TestClient = Client<HttpConnector, Full<Bytes>>;
+
+/// An HTTP/1.1 client with keep-alive.
+pub(crate) fn client() -> TestClient {
+    Client::builder(TokioExecutor::new()).build_http()
+}
+
+/// An h2c client (HTTP/2 with prior knowledge).
+pub(crate) fn h2_client() -> TestClient {
+    Client::builder(TokioExecutor::new())
+        .http2_only(true)
+        .build_http()
+}
+
+#[derive(Debug)]
+pub(crate) struct Reply {
+    pub(crate) status: StatusCode,
+    pub(crate) version: Version,
+    pub(crate) headers: HeaderMap,
+    pub(crate) body: Bytes,
+}
+
+impl Reply {
+    pub(crate) fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", self.body))
+    }
+
+    pub(crate) fn text(&self) -> &str {
+        std::str::from_utf8(&self.body).unwrap()
+    }
+
+    /// Asserts the chassis error body shape and returns it.
+    pub(crate) fn error_body(&self, status: StatusCode, code: &str) -> serde_json::Value {
+        assert_eq!(self.status, status, "body: {}", self.text());
+        assert_eq!(self.headers["content-type"], "application/json");
+        let json = self.json();
+        assert_eq!(json["success"], false);
+        assert_eq!(json["error"]["code"], code);
+        assert!(json["error"]["message"].is_string());
+        assert!(json.get("traceId").is_some());
+        json
+    }
+}
+
+pub(crate) async fn send(client: &TestClient, req: Request<Full<Bytes>>) -> Reply {
+    let res = client.request(req).await.expect("request failed");
+    let status = res.status();
+    let version = res.version();
+    let headers = res.headers().clone();
+    let body = res.into_body().collect().await.unwrap().to_bytes();
+    Reply {
+        status,
+        version,
+        headers,
+        body,
+    }
+}
+
+pub(crate) async fn get(client: &TestClient, addr: SocketAddr, path: &str) -> Reply {
+    send(
+        client,
+        Request::get(format!("http://{addr}{path}"))
+            .body(Full::default())
+            .unwrap(),
+    )
+    .await
+}
+
+/// State shared with the test app's handlers.
+#[derive(Clone, Default)]
+pub(crate) struct AppState {
+    /// `/hold` waits for this before answering.
+    pub(crate) release: Arc<Notify>,
+    /// `/hold` notifies this when it started.
+    pub(crate) entered: Arc<Notify>,
+}
+
+/// An `ApiError` as an axum response (how a service uses the helper under axum).
+pub(crate) struct AxumApiError(pub(crate) ApiError);
+
+impl IntoResponse for AxumApiError {
+    fn into_response(self) -> Response {
+        self.0.into_response().map(axum::body::Body::new)
+    }
+}
+
+/// The test application: an axum Router.
+pub(crate) fn app(state: AppState) -> Router {
+    Router::new()
+        .route("/hello", routing::get(|| async { "hello" }))
+        .route(
+            "/request-id",
+            routing::get(|Extension(id): Extension<RequestId>| async move { id.to_string() }),
+        )
+        .route(
+            "/sleep/{ms}",
+            routing::get(|Path(ms): Path<u64>| async move {
+                tokio::time::sleep(Duration::from_millis(ms)).await;
+                "slept"
+            }),
+        )
+        .route(
+            "/hold",
+            routing::get(move || {
+                let state = state.clone();
+                async move {
+                    state.entered.notify_one();
+                    state.release.notified().await;
+                    "released"
+                }
+            }),
+        )
+        .route("/echo", post(|body: Bytes| async move { body.len().to_string() }))
+        .route(
+            "/panic",
+            routing::get(|| async {
+                if true {
+                    panic!("handler bug");
+                }
+                "unreachable"
+            }),
+        )
+        .route(
+            "/orders/{id}",
+            routing::get(|Path(id): Path<u64>| async move {
+                Err::<String, _>(AxumApiError(
+                    ApiError::not_found(format!("no order {id}"))
+                        .with_details(serde_json::json!({ "orderId": id })),
+                ))
+            }),
+        )
+}
+
+pub(crate) struct TestServer {
+    pub(crate) addr: SocketAddr,
+    pub(crate) shutdown: Shutdown,
+    pub(crate) handle: JoinHandle<Result<ServeOutcome, Error>>,
+}
+
+impl TestServer {
+    pub(crate) async fn stop(self) -> ServeOutcome {
+        self.shutdown.trigger();
+        self.handle.await.unwrap().unwrap()
+    }
+}
+
+pub(crate) fn test_config() -> ServerConfig {
+    ServerConfig::default()
+        .bind(SocketAddr::from(([127, 0, 0, 1], 0)))
+        .drain_timeout(Duration::from_secs(5))
+}
+
+/// Binds 127.0.0.1:0 and serves `service` in a task.
+pub(crate) async fn start<S, B>(server: Server, service: S) -> TestServer
+where
+    S: tower::Service<Request<Incoming>, Response = http::Response<B>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<chassis_core::BoxError>,
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<chassis_core::BoxError>,
+{
+    let server = server.handle_signals(false);
+    let addr = server.local_addr();
+    let shutdown = server.shutdown_handle();
+    let handle = tokio::spawn(server.serve(service));
+    TestServer {
+        addr,
+        shutdown,
+        handle,
+    }
+}
+
+/// The full chassis stack around the test app: health outside, standard layers, the router.
+pub(crate) async fn start_app(
+    layers: StandardLayers,
+    registry: HealthRegistry,
+    state: AppState,
+) -> TestServer {
+    let service = ServiceBuilder::new()
+        .layer(HealthLayer::new(registry.clone()))
+        .layer(layers)
+        .service(app(state));
+    let server = Server::bind(test_config())
+        .await
+        .unwrap()
+        .health(registry);
+    start(server, service).await
+}
+
+/// A `MakeWriter` collecting log output in memory.
+#[derive(Clone, Default)]
+pub(crate) struct LogBuffer(pub(crate) Arc<Mutex<Vec<u8>>>);
+
+impl LogBuffer {
+    pub(crate) fn lines(&self) -> Vec<serde_json::Value> {
+        let bytes = self.0.lock().unwrap().clone();
+        String::from_utf8(bytes)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+}
+
+impl std::io::Write for LogBuffer {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for LogBuffer {
+    type Writer = LogBuffer;
+    fn make_writer(&'a self) -> Self::Writer {
+        self.clone()
+    }
+}

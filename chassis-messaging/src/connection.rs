@@ -1,0 +1,553 @@
+//! The connection manager: one supervised AMQP connection that reconnects by itself.
+//!
+//! [`Connection`] owns a supervisor task that connects with jittered exponential backoff,
+//! watches the live connection (lapin's error events, plus a status poll as a backstop),
+//! and on loss reconnects and re-declares every topology registered with
+//! [`Connection::declare`]. Publishers and consumers built on it open fresh channels on the
+//! new connection by themselves (consumers re-subscribe). Every broker operation has a
+//! deadline ([`ConnectionConfig::operation_timeout`]): nothing waits forever on a dead
+//! connection.
+//!
+//! The state is observable ([`Connection::state`], [`Connection::subscribe`]) and
+//! [`Connection::health_check`] turns it into a readiness check. Each connection carries the
+//! `connection_name` client property, so operators (and tests) can find it with
+//! `rabbitmqctl list_connections name client_properties`.
+//!
+//! lapin's own auto-recovery (`enable_auto_recover`) is deliberately not used: the chassis
+//! reconnect loop replaces the whole connection, so every channel and every outstanding
+//! [`lapin::Acker`] of the old one is dead (acks on it are refused), which is exactly the
+//! "never ack on a recovered channel" guarantee the consumer needs.
+//!
+//! # Example
+//! ```no_run
+//! use chassis_messaging::connection::{Connection, ConnectionConfig, ConnectionState};
+//! use chassis_messaging::topology::{ExchangeConfig, QueueConfig, TopologyConfig};
+//!
+//! # async fn run() -> Result<(), chassis_messaging::error::Error> {
+//! let conn = Connection::connect(ConnectionConfig::new("amqp://guest:guest@127.0.0.1:5672/%2f", "orders-service")).await?;
+//! assert_eq!(conn.state(), ConnectionState::Connected);
+//! conn.declare(
+//!     TopologyConfig::new()
+//!         .exchange(ExchangeConfig::topic("shop.events"))
+//!         .queue(QueueConfig::new("orders.payments").bind("shop.events", "shop.payment.*")),
+//! )
+//! .await?;
+//! // ... publishers and consumers ...
+//! conn.close().await;
+//! # Ok(()) }
+//! ```
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chassis_core::BoxError;
+use chassis_core::health::{BoxFuture, HealthCheck};
+use futures_util::StreamExt;
+use lapin::{ConnectionProperties, Event};
+use rand::Rng;
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::error::{Error, ErrorKind};
+use crate::topology::TopologyConfig;
+
+/// Connection settings.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConnectionConfig {
+    /// AMQP URI, e.g. `amqp://guest:guest@127.0.0.1:5672/%2f` (add `?heartbeat=10` to detect
+    /// dead TCP connections faster).
+    pub url: String,
+    /// The `connection_name` client property shown by the broker.
+    pub connection_name: String,
+    /// Deadline of one connection attempt. Defaults to 10 s.
+    #[serde(with = "humantime_serde", default = "d10")]
+    pub connect_timeout: Duration,
+    /// How long [`Connection::connect`] keeps trying before it gives up. Defaults to 30 s.
+    #[serde(with = "humantime_serde", default = "d30")]
+    pub initial_connect_timeout: Duration,
+    /// Deadline of every other broker operation (opening a channel, declaring, cancelling,
+    /// acking, waiting for a live connection). Defaults to 10 s.
+    #[serde(with = "humantime_serde", default = "d10")]
+    pub operation_timeout: Duration,
+    /// First reconnect delay (jittered, doubling). Defaults to 100 ms.
+    #[serde(with = "humantime_serde", default = "d100ms")]
+    pub min_backoff: Duration,
+    /// Longest reconnect delay. Defaults to 10 s.
+    #[serde(with = "humantime_serde", default = "d10")]
+    pub max_backoff: Duration,
+}
+
+fn d10() -> Duration {
+    Duration::from_secs(10)
+}
+fn d30() -> Duration {
+    Duration::from_secs(30)
+}
+fn d100ms() -> Duration {
+    Duration::from_millis(100)
+}
+
+impl ConnectionConfig {
+    /// Settings for `url` with connection name `name` and default timeouts.
+    pub fn new(url: impl Into<String>, name: impl Into<String>) -> Self {
+        Self {
+            url: url.into(),
+            connection_name: name.into(),
+            connect_timeout: d10(),
+            initial_connect_timeout: d30(),
+            operation_timeout: d10(),
+            min_backoff: d100ms(),
+            max_backoff: d10(),
+        }
+    }
+
+    /// Sets [`operation_timeout`](Self::operation_timeout).
+    pub fn operation_timeout(mut self, d: Duration) -> Self {
+        self.operation_timeout = d;
+        self
+    }
+
+    /// Sets [`initial_connect_timeout`](Self::initial_connect_timeout).
+    pub fn initial_connect_timeout(mut self, d: Duration) -> Self {
+        self.initial_connect_timeout = d;
+        self
+    }
+
+    /// Sets the reconnect backoff bounds.
+    pub fn backoff(mut self, min: Duration, max: Duration) -> Self {
+        self.min_backoff = min;
+        self.max_backoff = max;
+        self
+    }
+
+    fn validate(&self) -> Result<(), Error> {
+        if self.min_backoff.is_zero() || self.max_backoff < self.min_backoff {
+            return Err(Error::invalid_config(
+                "backoff: min must be positive and not above max",
+            ));
+        }
+        if self.operation_timeout.is_zero() || self.connect_timeout.is_zero() {
+            return Err(Error::invalid_config("timeouts must be positive"));
+        }
+        self.url
+            .parse::<lapin::uri::AMQPUri>()
+            .map_err(|e| Error::invalid_config(format!("bad AMQP url: {e}")))?;
+        Ok(())
+    }
+}
+
+/// Where the connection is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum ConnectionState {
+    /// Connecting for the first time.
+    Connecting,
+    /// Connected; topology declared.
+    Connected,
+    /// The connection was lost; reconnecting.
+    Reconnecting,
+    /// Closed by [`Connection::close`] (or never connected and given up).
+    Closed,
+}
+
+#[derive(Clone)]
+pub(crate) struct Live {
+    pub(crate) conn: Arc<lapin::Connection>,
+    pub(crate) generation: u64,
+}
+
+struct Shared {
+    config: ConnectionConfig,
+    state: watch::Sender<ConnectionState>,
+    live: watch::Sender<Option<Live>>,
+    topologies: Mutex<Vec<TopologyConfig>>,
+    shutdown: CancellationToken,
+    supervisor: Mutex<Option<JoinHandle<()>>>,
+    channel_ids: AtomicU64,
+}
+
+/// A supervised, self-healing AMQP connection. Cheap to clone (clones share it).
+#[derive(Clone)]
+pub struct Connection {
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for Connection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Connection")
+            .field("name", &self.shared.config.connection_name)
+            .field("state", &self.state())
+            .finish()
+    }
+}
+
+/// A channel opened by the manager, tagged with what it came from.
+#[derive(Debug, Clone)]
+pub(crate) struct ManagedChannel {
+    pub(crate) channel: lapin::Channel,
+    /// Connection generation (1 for the first connection, +1 per reconnect).
+    pub(crate) generation: u64,
+    /// Unique per channel ever opened by this manager.
+    pub(crate) id: u64,
+}
+
+impl Connection {
+    /// Starts the supervisor and waits until the first connection is up and every topology is
+    /// declared, for at most [`ConnectionConfig::initial_connect_timeout`].
+    ///
+    /// # Errors
+    /// [`ErrorKind::InvalidConfig`] for a bad URL or settings, [`ErrorKind::Timeout`] (with
+    /// operation `"connect"`) when no connection could be made in time; the supervisor is
+    /// stopped then.
+    pub async fn connect(config: ConnectionConfig) -> Result<Self, Error> {
+        let limit = config.initial_connect_timeout;
+        let conn = Self::start(config)?;
+        let mut rx = conn.shared.live.subscribe();
+        match tokio::time::timeout(limit, rx.wait_for(Option::is_some)).await {
+            Ok(Ok(_)) => Ok(conn),
+            _ => {
+                conn.close().await;
+                Err(Error::timeout("connect", limit))
+            }
+        }
+    }
+
+    /// Starts the supervisor without waiting: the connection comes up in the background
+    /// (watch [`state`](Self::state)). Must be called inside a tokio runtime.
+    ///
+    /// # Errors
+    /// [`ErrorKind::InvalidConfig`] for a bad URL or settings.
+    pub fn start(config: ConnectionConfig) -> Result<Self, Error> {
+        config.validate()?;
+        let (state, _) = watch::channel(ConnectionState::Connecting);
+        let (live, _) = watch::channel(None);
+        let shared = Arc::new(Shared {
+            config,
+            state,
+            live,
+            topologies: Mutex::new(Vec::new()),
+            shutdown: CancellationToken::new(),
+            supervisor: Mutex::new(None),
+            channel_ids: AtomicU64::new(0),
+        });
+        let handle = tokio::spawn(supervise(Arc::clone(&shared)));
+        *lock(&shared.supervisor) = Some(handle);
+        Ok(Self { shared })
+    }
+
+    /// The current state.
+    pub fn state(&self) -> ConnectionState {
+        *self.shared.state.borrow()
+    }
+
+    /// A receiver of state changes.
+    pub fn subscribe(&self) -> watch::Receiver<ConnectionState> {
+        self.shared.state.subscribe()
+    }
+
+    /// The settings.
+    pub fn config(&self) -> &ConnectionConfig {
+        &self.shared.config
+    }
+
+    /// The connection generation: 1 for the first connection, incremented on each reconnect;
+    /// 0 while disconnected.
+    pub fn generation(&self) -> u64 {
+        self.shared.live.borrow().as_ref().map_or(0, |l| l.generation)
+    }
+
+    /// Declares `topology` now and again after every reconnect.
+    ///
+    /// # Errors
+    /// [`ErrorKind::Topology`] or [`ErrorKind::Timeout`] from the declaration,
+    /// [`ErrorKind::InvalidConfig`] when the topology is invalid, [`ErrorKind::Connection`]
+    /// when no connection came up within the operation timeout. A topology that failed to
+    /// declare is not registered.
+    pub async fn declare(&self, topology: TopologyConfig) -> Result<(), Error> {
+        topology.validate()?;
+        let ch = self.open_channel().await?;
+        let res = topology
+            .declare(&ch.channel, self.shared.config.operation_timeout)
+            .await;
+        self.close_channel(&ch.channel).await;
+        res?;
+        lock(&self.shared.topologies).push(topology);
+        Ok(())
+    }
+
+    /// Opens a raw lapin channel on the current connection, waiting (up to the operation
+    /// timeout) for one to be up. The chassis does not supervise it.
+    ///
+    /// # Errors
+    /// [`ErrorKind::Connection`], [`ErrorKind::Timeout`] or [`ErrorKind::Shutdown`].
+    pub async fn create_channel(&self) -> Result<lapin::Channel, Error> {
+        Ok(self.open_channel().await?.channel)
+    }
+
+    pub(crate) async fn wait_live(&self) -> Result<Live, Error> {
+        let timeout = self.shared.config.operation_timeout;
+        let mut rx = self.shared.live.subscribe();
+        let shutdown = self.shared.shutdown.clone();
+        tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => Err(Error::shutdown()),
+            r = tokio::time::timeout(timeout, rx.wait_for(Option::is_some)) => match r {
+                Ok(Ok(live)) => Ok(live.clone().expect("wait_for guarantees Some")),
+                Ok(Err(_)) => Err(Error::shutdown()),
+                Err(_) => Err(Error::with_source(
+                    ErrorKind::Connection,
+                    format!("no broker connection within {}ms", timeout.as_millis()),
+                )),
+            },
+        }
+    }
+
+    pub(crate) async fn open_channel(&self) -> Result<ManagedChannel, Error> {
+        let timeout = self.shared.config.operation_timeout;
+        let mut attempt = 0;
+        let (channel, live) = loop {
+            let live = self.wait_live().await?;
+            match tokio::time::timeout(timeout, live.conn.create_channel()).await {
+                Ok(Ok(ch)) => break (ch, live),
+                // A channel the broker just closed (e.g. after a 404) can still be closing
+                // under the number lapin hands out next: try again shortly.
+                Ok(Err(e)) if attempt < 3 => {
+                    tracing::debug!(error = %e, "opening a channel failed; retrying");
+                    attempt += 1;
+                    tokio::time::sleep(Duration::from_millis(20 * attempt)).await;
+                }
+                Ok(Err(e)) => return Err(Error::connection(e)),
+                Err(_) => return Err(Error::timeout("channel.open", timeout)),
+            }
+        };
+        Ok(ManagedChannel {
+            channel,
+            generation: live.generation,
+            id: self.shared.channel_ids.fetch_add(1, Ordering::Relaxed) + 1,
+        })
+    }
+
+    pub(crate) async fn close_channel(&self, channel: &lapin::Channel) {
+        if channel.status().connected() {
+            let _ = tokio::time::timeout(
+                self.shared.config.operation_timeout,
+                channel.close(200, "bye".into()),
+            )
+            .await;
+        }
+    }
+
+    pub(crate) fn shutdown_token(&self) -> CancellationToken {
+        self.shared.shutdown.clone()
+    }
+
+    /// A readiness check (named `"rabbitmq"`) that passes while the connection is up.
+    pub fn health_check(&self) -> ConnectionHealth {
+        ConnectionHealth { conn: self.clone() }
+    }
+
+    /// Closes the connection (after consumers were shut down, see
+    /// `ConsumerHandle::shutdown`) and stops
+    /// reconnecting. Idempotent.
+    pub async fn close(&self) {
+        self.shared.shutdown.cancel();
+        let handle = lock(&self.shared.supervisor).take();
+        if let Some(handle) = handle {
+            let limit = self.shared.config.operation_timeout + Duration::from_secs(1);
+            let abort = handle.abort_handle();
+            if tokio::time::timeout(limit, handle).await.is_err() {
+                abort.abort();
+            }
+        }
+        self.shared.live.send_replace(None);
+        self.shared.state.send_replace(ConnectionState::Closed);
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+fn backoff_delay(config: &ConnectionConfig, failures: u32) -> Duration {
+    let exp = config
+        .min_backoff
+        .saturating_mul(2u32.saturating_pow(failures.min(20)))
+        .min(config.max_backoff);
+    // Equal jitter: half fixed, half random, so reconnect storms spread out.
+    let half = exp / 2;
+    let jitter_ms = u64::try_from(half.as_millis()).unwrap_or(u64::MAX);
+    half + Duration::from_millis(rand::rng().random_range(0..=jitter_ms))
+}
+
+async fn supervise(shared: Arc<Shared>) {
+    let config = &shared.config;
+    let mut failures: u32 = 0;
+    let mut generation: u64 = 0;
+    let name = config.connection_name.clone();
+    loop {
+        if shared.shutdown.is_cancelled() {
+            break;
+        }
+        let props = ConnectionProperties::default().with_connection_name(name.clone().into());
+        let attempt = tokio::select! {
+            _ = shared.shutdown.cancelled() => break,
+            r = tokio::time::timeout(config.connect_timeout, lapin::Connection::connect(&config.url, props)) => r,
+        };
+        let conn = match attempt {
+            Ok(Ok(conn)) => Arc::new(conn),
+            Ok(Err(e)) => {
+                tracing::warn!(connection = %name, error = %e, "RabbitMQ connection attempt failed");
+                failures += 1;
+                sleep_or_shutdown(&shared, backoff_delay(config, failures)).await;
+                continue;
+            }
+            Err(_) => {
+                tracing::warn!(connection = %name, "RabbitMQ connection attempt timed out");
+                failures += 1;
+                sleep_or_shutdown(&shared, backoff_delay(config, failures)).await;
+                continue;
+            }
+        };
+        // Subscribe before anything can go wrong so no error event is missed.
+        let mut events = conn.events_listener();
+        if let Err(e) = redeclare(&shared, &conn).await {
+            tracing::warn!(connection = %name, error = %e, "re-declaring topology failed; reconnecting");
+            let _ = tokio::time::timeout(config.operation_timeout, conn.close(320, "topology failed".into())).await;
+            failures += 1;
+            sleep_or_shutdown(&shared, backoff_delay(config, failures)).await;
+            continue;
+        }
+        generation += 1;
+        failures = 0;
+        shared.live.send_replace(Some(Live {
+            conn: Arc::clone(&conn),
+            generation,
+        }));
+        shared.state.send_replace(ConnectionState::Connected);
+        tracing::info!(connection = %name, generation, "RabbitMQ connected");
+
+        let mut poll = tokio::time::interval(Duration::from_millis(250));
+        let lost_reason = loop {
+            tokio::select! {
+                _ = shared.shutdown.cancelled() => break None,
+                ev = events.next() => match ev {
+                    Some(Event::Error(e)) => break Some(e.to_string()),
+                    Some(_) => {}
+                    None => break Some("event stream ended".to_owned()),
+                },
+                _ = poll.tick() => if !conn.status().connected() {
+                    break Some("connection no longer connected".to_owned());
+                },
+            }
+        };
+        shared.live.send_replace(None);
+        match lost_reason {
+            None => {
+                let _ = tokio::time::timeout(
+                    config.operation_timeout,
+                    conn.close(200, "shutdown".into()),
+                )
+                .await;
+                break;
+            }
+            Some(reason) => {
+                tracing::warn!(connection = %name, generation, %reason, "RabbitMQ connection lost; reconnecting");
+                shared.state.send_replace(ConnectionState::Reconnecting);
+                if conn.status().connected() {
+                    let _ = tokio::time::timeout(config.operation_timeout, conn.close(320, "lost".into())).await;
+                }
+                failures += 1;
+                sleep_or_shutdown(&shared, backoff_delay(config, failures.min(1))).await;
+            }
+        }
+    }
+    shared.live.send_replace(None);
+    shared.state.send_replace(ConnectionState::Closed);
+}
+
+async fn sleep_or_shutdown(shared: &Shared, d: Duration) {
+    tokio::select! {
+        _ = shared.shutdown.cancelled() => {}
+        _ = tokio::time::sleep(d) => {}
+    }
+}
+
+async fn redeclare(shared: &Shared, conn: &lapin::Connection) -> Result<(), Error> {
+    let topologies = lock(&shared.topologies).clone();
+    if topologies.is_empty() {
+        return Ok(());
+    }
+    let timeout = shared.config.operation_timeout;
+    let channel = match tokio::time::timeout(timeout, conn.create_channel()).await {
+        Ok(Ok(ch)) => ch,
+        Ok(Err(e)) => return Err(Error::connection(e)),
+        Err(_) => return Err(Error::timeout("channel.open", timeout)),
+    };
+    for t in &topologies {
+        t.declare(&channel, timeout).await?;
+    }
+    let _ = tokio::time::timeout(timeout, channel.close(200, "declared".into())).await;
+    Ok(())
+}
+
+/// Readiness check of a [`Connection`]: up while [`ConnectionState::Connected`].
+#[derive(Debug, Clone)]
+pub struct ConnectionHealth {
+    conn: Connection,
+}
+
+impl HealthCheck for ConnectionHealth {
+    fn name(&self) -> &str {
+        "rabbitmq"
+    }
+
+    fn check(&self) -> BoxFuture<'_, Result<(), BoxError>> {
+        let state = self.conn.state();
+        let live = self.conn.shared.live.borrow().clone();
+        Box::pin(async move {
+            match (state, live) {
+                (ConnectionState::Connected, Some(live)) if live.conn.status().connected() => Ok(()),
+                (state, _) => Err(format!("RabbitMQ connection is {state:?}").into()),
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_is_bounded_and_jittered() {
+        let c = ConnectionConfig::new("amqp://127.0.0.1", "t")
+            .backoff(Duration::from_millis(100), Duration::from_secs(2));
+        for f in 0..30 {
+            let d = backoff_delay(&c, f);
+            let cap = Duration::from_millis(100)
+                .saturating_mul(2u32.saturating_pow(f.min(20)))
+                .min(Duration::from_secs(2));
+            assert!(d >= cap / 2 && d <= cap, "{f}: {d:?} vs {cap:?}");
+        }
+    }
+
+    #[test]
+    fn invalid_config_is_rejected() {
+        assert!(ConnectionConfig::new("not a url::", "t").validate().is_err());
+        assert!(ConnectionConfig::new("amqp://127.0.0.1", "t")
+            .backoff(Duration::from_secs(2), Duration::from_secs(1))
+            .validate()
+            .is_err());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn gives_up_on_unreachable_broker_within_initial_timeout() {
+        // Port 1 on loopback refuses connections immediately.
+        let cfg = ConnectionConfig::new("amqp://guest:guest@127.0.0.1:1/%2f", "unreachable")
+            .initial_connect_timeout(Duration::from_secs(3));
+        let err = Connection::connect(cfg).await.unwrap_err();
+        assert!(matches!(err.kind(), ErrorKind::Timeout { operation: "connect", .. }));
+    }
+}

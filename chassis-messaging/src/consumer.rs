@@ -1,0 +1,721 @@
+//! Consuming with manual acks, bounded concurrency, retry tiers and dead-lettering.
+//!
+//! A [`Consumer`] subscribes to one queue declared from a [`QueueConfig`] and runs a
+//! [`Handler`] for every delivery, at most [`ConsumerConfig::concurrency`] at a time with a
+//! prefetch of [`ConsumerConfig::prefetch`]. The handler decides with an [`Outcome`]:
+//!
+//! - [`Outcome::Ack`]: done, the delivery is acked;
+//! - [`Outcome::Retry`]: failed, try again later: the message is republished (confirmed) to the
+//!   queue's retry tier for this attempt (or the shortest tier at least as long as the delay
+//!   asked for) with `x-chassis-attempt` incremented and the reason in
+//!   `x-chassis-failure-reason`, then the original is acked; the tier's TTL sends it back to
+//!   the queue. Once the attempt limit is reached it is dead-lettered instead;
+//! - [`Outcome::Reject`]: it can never succeed: the message is republished (confirmed) to the
+//!   dead-letter exchange `Q.dlx` (landing in `Q.dlq`) with the reason in
+//!   `x-chassis-failure-reason`, then acked.
+//!
+//! A handler that panics counts as a retryable failure; the consumer keeps going. Messages that
+//! are not valid chassis events are dead-lettered by [`typed`] handlers with the decode or
+//! validation error as reason.
+//!
+//! **No loss, no wrong acks**: the republish is confirmed by the broker *before* the original
+//! is acked (a crash in between gives a duplicate, never a loss). Each delivery remembers the
+//! channel it came from; after a reconnect that channel is gone, so the ack is skipped (and
+//! logged) and the broker redelivers the message: an ack is never sent on a channel that was
+//! replaced. When the channel or connection is lost the consumer re-subscribes on a new
+//! channel as soon as the [`Connection`] is back.
+//!
+//! Each delivery runs in a consumer span `"{queue} process"` (`otel.kind = consumer`) whose
+//! parent is the producer's context extracted from the headers, so the trace crosses the
+//! broker. Metrics: `messaging.client.consumed.messages`, `messaging.process.duration`,
+//! `messaging.client.acked.messages`, `messaging.client.retried.messages`,
+//! `messaging.client.dead_lettered.messages`.
+//!
+//! # Example
+//! ```no_run
+//! use chassis_messaging::connection::{Connection, ConnectionConfig};
+//! use chassis_messaging::consumer::{typed, Consumer, ConsumerConfig, Outcome};
+//! use chassis_messaging::envelope::Envelope;
+//! use chassis_messaging::topology::{QueueConfig, TopologyConfig};
+//!
+//! #[derive(serde::Deserialize)]
+//! struct OrderPlaced { order_id: String }
+//!
+//! # async fn run() -> Result<(), chassis_messaging::error::Error> {
+//! let conn = Connection::connect(ConnectionConfig::new("amqp://127.0.0.1:5672/%2f", "billing")).await?;
+//! let queue = QueueConfig::new("billing.orders").bind("shop.events", "shop.order.placed");
+//! conn.declare(TopologyConfig::new().queue(queue.clone())).await?;
+//!
+//! let consumer = Consumer::start(&conn, queue, ConsumerConfig::default(), typed(|event: Envelope<OrderPlaced>| async move {
+//!     println!("charging order {}", event.data.order_id);
+//!     Outcome::Ack
+//! }))
+//! .await?;
+//! // ... on shutdown:
+//! consumer.shutdown().await; // stop consuming, let in-flight handlers finish
+//! conn.close().await;
+//! # Ok(()) }
+//! ```
+
+use std::future::Future;
+use std::marker::PhantomData;
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use chassis_observability::metrics::names;
+use futures_util::future::BoxFuture;
+use futures_util::{FutureExt, StreamExt};
+use lapin::options::{BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions};
+use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
+use lapin::{Acker, BasicProperties};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use tokio::sync::{Semaphore, oneshot};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::Instrument;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
+
+use crate::connection::Connection;
+use crate::envelope::Envelope;
+use crate::error::Error;
+use crate::incoming::{
+    ATTEMPT_HEADER, FAILURE_REASON_HEADER, IncomingMessage, ORIGINAL_EXCHANGE_HEADER,
+    ORIGINAL_ROUTING_KEY_HEADER,
+};
+use crate::publisher::{Publisher, PublisherConfig};
+use crate::topology::QueueConfig;
+
+/// What a handler decided about a message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Processed; acknowledge it.
+    Ack,
+    /// Failed in a way that may pass later: send it through the retry tiers.
+    Retry {
+        /// Wait at least this long (the shortest tier that long is picked); `None` uses the
+        /// tier for the attempt number.
+        after: Option<Duration>,
+        /// Why; goes into `x-chassis-failure-reason`.
+        reason: String,
+    },
+    /// Can never succeed: dead-letter it now.
+    Reject {
+        /// Why; goes into `x-chassis-failure-reason`.
+        reason: String,
+    },
+}
+
+impl Outcome {
+    /// [`Outcome::Retry`] with the attempt's tier.
+    pub fn retry(reason: impl Into<String>) -> Self {
+        Self::Retry {
+            after: None,
+            reason: reason.into(),
+        }
+    }
+    /// [`Outcome::Retry`] after at least `after`.
+    pub fn retry_after(after: Duration, reason: impl Into<String>) -> Self {
+        Self::Retry {
+            after: Some(after),
+            reason: reason.into(),
+        }
+    }
+    /// [`Outcome::Reject`].
+    pub fn reject(reason: impl Into<String>) -> Self {
+        Self::Reject {
+            reason: reason.into(),
+        }
+    }
+    fn label(&self) -> &'static str {
+        match self {
+            Self::Ack => "ack",
+            Self::Retry { .. } => "retry",
+            Self::Reject { .. } => "reject",
+        }
+    }
+}
+
+/// Handles one message. Implemented for every `Fn(IncomingMessage) -> impl Future<Output =
+/// Outcome>` closure; see [`typed`] for handlers of decoded events.
+pub trait Handler: Send + Sync + 'static {
+    /// Handles `msg` and says what to do with it.
+    fn handle(&self, msg: IncomingMessage) -> BoxFuture<'static, Outcome>;
+}
+
+impl<F, Fut> Handler for F
+where
+    F: Fn(IncomingMessage) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Outcome> + Send + 'static,
+{
+    fn handle(&self, msg: IncomingMessage) -> BoxFuture<'static, Outcome> {
+        Box::pin(self(msg))
+    }
+}
+
+/// A handler of decoded chassis events; see [`typed`].
+pub struct TypedHandler<T, F> {
+    f: F,
+    _payload: PhantomData<fn() -> T>,
+}
+
+impl<T, F> std::fmt::Debug for TypedHandler<T, F> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TypedHandler")
+            .field("payload", &std::any::type_name::<T>())
+            .finish()
+    }
+}
+
+/// Wraps `f` into a [`Handler`] that first decodes the message as an [`Envelope<T>`]; a
+/// message that fails decoding or CloudEvents validation is rejected (dead-lettered) with the
+/// error as reason and `f` is not called.
+pub fn typed<T, F, Fut>(f: F) -> TypedHandler<T, F>
+where
+    T: DeserializeOwned + Send + 'static,
+    F: Fn(Envelope<T>) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Outcome> + Send + 'static,
+{
+    TypedHandler {
+        f,
+        _payload: PhantomData,
+    }
+}
+
+impl<T, F, Fut> Handler for TypedHandler<T, F>
+where
+    T: DeserializeOwned + Send + 'static,
+    F: Fn(Envelope<T>) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Outcome> + Send + 'static,
+{
+    fn handle(&self, msg: IncomingMessage) -> BoxFuture<'static, Outcome> {
+        match msg.decode::<T>() {
+            Ok(event) => Box::pin((self.f)(event)),
+            Err(e) => {
+                let reason = e.to_string();
+                Box::pin(async move { Outcome::Reject { reason } })
+            }
+        }
+    }
+}
+
+/// Runs `handler` on `msg`, turning a panic (while building or polling the future) into a
+/// retryable failure.
+pub(crate) async fn run_handler(handler: &dyn Handler, msg: IncomingMessage) -> Outcome {
+    let fut = match std::panic::catch_unwind(AssertUnwindSafe(|| handler.handle(msg))) {
+        Ok(fut) => fut,
+        Err(panic) => return panicked(&*panic),
+    };
+    match AssertUnwindSafe(fut).catch_unwind().await {
+        Ok(outcome) => outcome,
+        Err(panic) => panicked(&*panic),
+    }
+}
+
+fn panicked(panic: &(dyn std::any::Any + Send)) -> Outcome {
+    let text = panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "non-string panic payload".to_owned());
+    tracing::error!(panic = %text, "message handler panicked");
+    Outcome::retry(format!("handler panicked: {text}"))
+}
+
+/// Consumer settings.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConsumerConfig {
+    /// Unacked deliveries the broker may push ahead (`basic.qos`). Defaults to 100.
+    #[serde(default = "default_prefetch")]
+    pub prefetch: u16,
+    /// Handlers running at once. Defaults to 16.
+    #[serde(default = "default_concurrency")]
+    pub concurrency: usize,
+    /// How long [`ConsumerHandle::shutdown`] lets in-flight handlers finish. Defaults to 30 s.
+    #[serde(with = "humantime_serde", default = "default_shutdown_timeout")]
+    pub shutdown_timeout: Duration,
+    /// Publisher settings for retry and dead-letter republishing.
+    #[serde(default)]
+    pub publisher: PublisherConfig,
+}
+
+fn default_prefetch() -> u16 {
+    100
+}
+fn default_concurrency() -> usize {
+    16
+}
+fn default_shutdown_timeout() -> Duration {
+    Duration::from_secs(30)
+}
+
+impl Default for ConsumerConfig {
+    fn default() -> Self {
+        Self {
+            prefetch: default_prefetch(),
+            concurrency: default_concurrency(),
+            shutdown_timeout: default_shutdown_timeout(),
+            publisher: PublisherConfig::default(),
+        }
+    }
+}
+
+impl ConsumerConfig {
+    /// Sets [`prefetch`](Self::prefetch).
+    pub fn prefetch(mut self, n: u16) -> Self {
+        self.prefetch = n;
+        self
+    }
+    /// Sets [`concurrency`](Self::concurrency).
+    pub fn concurrency(mut self, n: usize) -> Self {
+        self.concurrency = n;
+        self
+    }
+    /// Sets [`shutdown_timeout`](Self::shutdown_timeout).
+    pub fn shutdown_timeout(mut self, d: Duration) -> Self {
+        self.shutdown_timeout = d;
+        self
+    }
+}
+
+/// Starts consumers; see the module docs.
+#[derive(Debug)]
+pub struct Consumer;
+
+/// A running consumer. Dropping it does not stop it; call [`shutdown`](Self::shutdown).
+#[derive(Debug)]
+pub struct ConsumerHandle {
+    queue: String,
+    cancel: CancellationToken,
+    task: JoinHandle<()>,
+}
+
+impl ConsumerHandle {
+    /// The queue consumed.
+    pub fn queue(&self) -> &str {
+        &self.queue
+    }
+
+    /// Whether the consumer stopped (shut down, or its connection was closed).
+    pub fn is_finished(&self) -> bool {
+        self.task.is_finished()
+    }
+
+    /// Stops consuming (`basic.cancel`), lets in-flight handlers finish (bounded by
+    /// [`ConsumerConfig::shutdown_timeout`]; their acks still go out), then closes the channel:
+    /// deliveries prefetched but not started return to the queue.
+    pub async fn shutdown(self) {
+        self.cancel.cancel();
+        let _ = self.task.await;
+    }
+}
+
+struct Ctx {
+    queue: QueueConfig,
+    handler: Box<dyn Handler>,
+    publisher: Publisher,
+    current_channel: AtomicU64,
+    op_timeout: Duration,
+}
+
+impl Consumer {
+    /// Subscribes `handler` to `queue` (which must have been declared, see
+    /// [`Connection::declare`]) and returns once the first subscription is active.
+    ///
+    /// # Errors
+    /// [`ErrorKind::InvalidConfig`](crate::error::ErrorKind::InvalidConfig) for a zero
+    /// concurrency or prefetch; a connection, timeout or broker error if the first
+    /// subscription fails (for example the queue does not exist).
+    pub async fn start(
+        conn: &Connection,
+        queue: QueueConfig,
+        config: ConsumerConfig,
+        handler: impl Handler,
+    ) -> Result<ConsumerHandle, Error> {
+        if config.concurrency == 0 || config.prefetch == 0 {
+            return Err(Error::invalid_config(
+                "consumer: concurrency and prefetch must be positive",
+            ));
+        }
+        let ctx = Arc::new(Ctx {
+            publisher: Publisher::new(conn, config.publisher.clone())?,
+            queue,
+            handler: Box::new(handler),
+            current_channel: AtomicU64::new(0),
+            op_timeout: conn.config().operation_timeout,
+        });
+        let cancel = CancellationToken::new();
+        let (tx, rx) = oneshot::channel();
+        let task = tokio::spawn(run(conn.clone(), Arc::clone(&ctx), config, cancel.clone(), tx));
+        let handle = ConsumerHandle {
+            queue: ctx.queue.name.clone(),
+            cancel,
+            task,
+        };
+        match rx.await {
+            Ok(Ok(())) => Ok(handle),
+            Ok(Err(e)) => {
+                handle.shutdown().await;
+                Err(e)
+            }
+            Err(_) => Err(Error::shutdown()),
+        }
+    }
+}
+
+async fn subscribe(
+    conn: &Connection,
+    ctx: &Ctx,
+    config: &ConsumerConfig,
+) -> Result<(crate::connection::ManagedChannel, lapin::Consumer), Error> {
+    let ch = conn.open_channel().await?;
+    let t = ctx.op_timeout;
+    match tokio::time::timeout(t, ch.channel.basic_qos(config.prefetch, BasicQosOptions::default())).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => return Err(Error::connection(e)),
+        Err(_) => return Err(Error::timeout("basic.qos", t)),
+    }
+    let consume = ch.channel.basic_consume(
+        ShortString::from(ctx.queue.name.as_str()),
+        ShortString::from(""),
+        BasicConsumeOptions::default(),
+        FieldTable::default(),
+    );
+    match tokio::time::timeout(t, consume).await {
+        Ok(Ok(c)) => Ok((ch, c)),
+        Ok(Err(e)) => Err(Error::connection(e)),
+        Err(_) => Err(Error::timeout("basic.consume", t)),
+    }
+}
+
+async fn run(
+    conn: Connection,
+    ctx: Arc<Ctx>,
+    config: ConsumerConfig,
+    cancel: CancellationToken,
+    first: oneshot::Sender<Result<(), Error>>,
+) {
+    let tracker = TaskTracker::new();
+    let permits = Arc::new(Semaphore::new(config.concurrency));
+    let mut first = Some(first);
+    let mut failures: u32 = 0;
+    let conn_closed = conn.shutdown_token();
+    let mut last_channel = None;
+    'outer: loop {
+        if cancel.is_cancelled() || conn_closed.is_cancelled() {
+            break;
+        }
+        let (ch, mut stream) = match subscribe(&conn, &ctx, &config).await {
+            Ok(v) => v,
+            Err(e) => {
+                if let Some(tx) = first.take() {
+                    let _ = tx.send(Err(e));
+                    return;
+                }
+                tracing::warn!(queue = %ctx.queue.name, error = %e, "subscribing failed; retrying");
+                failures = failures.saturating_add(1);
+                let d = Duration::from_millis(100u64.saturating_mul(1 << failures.min(6)));
+                tokio::select! {
+                    _ = cancel.cancelled() => break,
+                    _ = tokio::time::sleep(d) => continue,
+                }
+            }
+        };
+        failures = 0;
+        ctx.current_channel.store(ch.id, Ordering::SeqCst);
+        if let Some(tx) = first.take() {
+            let _ = tx.send(Ok(()));
+        }
+        tracing::debug!(queue = %ctx.queue.name, channel = ch.id, generation = ch.generation, "consuming");
+        let tag = stream.tag();
+        loop {
+            let permit = tokio::select! {
+                biased;
+                _ = cancel.cancelled() => {
+                    let _ = tokio::time::timeout(ctx.op_timeout, ch.channel.basic_cancel(tag.clone(), BasicCancelOptions::default())).await;
+                    last_channel = Some(ch);
+                    break 'outer;
+                }
+                p = Arc::clone(&permits).acquire_owned() => match p {
+                    Ok(p) => p,
+                    Err(_) => break 'outer,
+                },
+            };
+            let next = tokio::select! {
+                biased;
+                _ = cancel.cancelled() => {
+                    let _ = tokio::time::timeout(ctx.op_timeout, ch.channel.basic_cancel(tag.clone(), BasicCancelOptions::default())).await;
+                    last_channel = Some(ch);
+                    break 'outer;
+                }
+                n = stream.next() => n,
+            };
+            match next {
+                Some(Ok(delivery)) => {
+                    let ctx = Arc::clone(&ctx);
+                    let channel_id = ch.id;
+                    tracker.spawn(async move {
+                        process(&ctx, channel_id, delivery).await;
+                        drop(permit);
+                    });
+                }
+                Some(Err(e)) => {
+                    tracing::warn!(queue = %ctx.queue.name, error = %e, "consumer stream failed; re-subscribing");
+                    break;
+                }
+                None => {
+                    tracing::warn!(queue = %ctx.queue.name, "consumer cancelled by the broker; re-subscribing");
+                    break;
+                }
+            }
+        }
+        // The old channel is dead (or its consumer was cancelled): acks for its deliveries
+        // must not go out on a new one.
+        ctx.current_channel.store(0, Ordering::SeqCst);
+        conn.close_channel(&ch.channel).await;
+        tokio::select! {
+            _ = cancel.cancelled() => break,
+            _ = tokio::time::sleep(Duration::from_millis(50)) => {}
+        }
+    }
+    if let Some(tx) = first.take() {
+        let _ = tx.send(Err(Error::shutdown()));
+    }
+    tracker.close();
+    if tokio::time::timeout(config.shutdown_timeout, tracker.wait()).await.is_err() {
+        tracing::warn!(queue = %ctx.queue.name, "in-flight handlers did not finish within the shutdown timeout");
+    }
+    ctx.current_channel.store(0, Ordering::SeqCst);
+    if let Some(ch) = last_channel {
+        conn.close_channel(&ch.channel).await;
+    }
+}
+
+async fn process(ctx: &Ctx, channel_id: u64, delivery: lapin::message::Delivery) {
+    let lapin::message::Delivery {
+        delivery_tag,
+        exchange,
+        routing_key,
+        redelivered,
+        properties,
+        data,
+        acker,
+    } = delivery;
+    let msg = IncomingMessage::from_lapin(
+        exchange.as_str(),
+        routing_key.as_str(),
+        redelivered,
+        properties,
+        data,
+    );
+    let queue = ctx.queue.name.as_str();
+    let span = tracing::info_span!(
+        "process",
+        otel.name = %format_args!("{queue} process"),
+        otel.kind = "consumer",
+        otel.status_code = tracing::field::Empty,
+        messaging.system = "rabbitmq",
+        messaging.operation.type = "process",
+        messaging.operation.name = "process",
+        messaging.destination.name = %queue,
+        messaging.rabbitmq.destination.routing_key = %msg.routing_key(),
+        messaging.rabbitmq.message.delivery_tag = delivery_tag,
+        messaging.message.id = msg.message_id().unwrap_or_default(),
+        messaging.message.body.size = msg.body().len(),
+        chassis.attempt = msg.attempt(),
+        chassis.outcome = tracing::field::Empty,
+    );
+    let _ = span.set_parent(msg.trace_context());
+    metrics::counter!(names::MESSAGING_CLIENT_CONSUMED_MESSAGES,
+        names::labels::MESSAGING_DESTINATION_NAME => queue.to_owned())
+    .increment(1);
+    let start = Instant::now();
+    let outcome = run_handler(&*ctx.handler, msg.clone())
+        .instrument(span.clone())
+        .await;
+    span.record("chassis.outcome", outcome.label());
+    if outcome != Outcome::Ack {
+        span.record("otel.status_code", "ERROR");
+    }
+    metrics::histogram!(names::MESSAGING_PROCESS_DURATION,
+        names::labels::MESSAGING_DESTINATION_NAME => queue.to_owned(),
+        names::labels::OUTCOME => outcome.label())
+    .record(start.elapsed().as_secs_f64());
+    settle(ctx, channel_id, &acker, &msg, outcome)
+        .instrument(span)
+        .await;
+}
+
+async fn settle(ctx: &Ctx, channel_id: u64, acker: &Acker, msg: &IncomingMessage, outcome: Outcome) {
+    let queue = ctx.queue.name.as_str();
+    let label = |name: &'static str| {
+        metrics::counter!(name, names::labels::MESSAGING_DESTINATION_NAME => queue.to_owned())
+    };
+    match outcome {
+        Outcome::Ack => {
+            if ack(ctx, channel_id, acker).await {
+                label(names::MESSAGING_CLIENT_ACKED_MESSAGES).increment(1);
+            }
+        }
+        Outcome::Retry { after, reason } => {
+            let max = ctx.queue.retry.effective_max_attempts();
+            let delay = ctx.queue.retry.delay_for(msg.attempt(), after);
+            match delay {
+                Some(d) if msg.attempt() < max => {
+                    let tier = ctx.queue.retry_queue(d);
+                    let props = republish_props(msg, msg.attempt() + 1, &reason);
+                    match ctx.publisher.publish_raw("", &tier, msg.body(), props).await {
+                        Ok(()) => {
+                            tracing::debug!(queue, attempt = msg.attempt(), delay_ms = d.as_millis() as u64, %reason, "message scheduled for retry");
+                            label(names::MESSAGING_CLIENT_RETRIED_MESSAGES).increment(1);
+                            ack(ctx, channel_id, acker).await;
+                        }
+                        Err(e) => {
+                            tracing::warn!(queue, error = %e, "republishing for retry failed; requeueing");
+                            nack_requeue(ctx, channel_id, acker).await;
+                        }
+                    }
+                }
+                _ => {
+                    let reason = format!("gave up after {} attempt(s): {reason}", msg.attempt());
+                    dead_letter(ctx, channel_id, acker, msg, &reason).await;
+                }
+            }
+        }
+        Outcome::Reject { reason } => dead_letter(ctx, channel_id, acker, msg, &reason).await,
+    }
+}
+
+async fn dead_letter(ctx: &Ctx, channel_id: u64, acker: &Acker, msg: &IncomingMessage, reason: &str) {
+    let queue = ctx.queue.name.as_str();
+    let props = republish_props(msg, msg.attempt(), reason);
+    match ctx
+        .publisher
+        .publish_raw(&ctx.queue.dead_letter_exchange(), queue, msg.body(), props)
+        .await
+    {
+        Ok(()) => {
+            tracing::warn!(queue, message_id = msg.message_id().unwrap_or_default(), %reason, "message dead-lettered");
+            let error_type = reason.split(':').next().unwrap_or_default().chars().take(64).collect::<String>();
+            metrics::counter!(names::MESSAGING_CLIENT_DEAD_LETTERED_MESSAGES,
+                names::labels::MESSAGING_DESTINATION_NAME => queue.to_owned(),
+                names::labels::ERROR_TYPE => error_type)
+            .increment(1);
+            ack(ctx, channel_id, acker).await;
+        }
+        Err(e) => {
+            tracing::warn!(queue, error = %e, "dead-lettering failed; requeueing");
+            nack_requeue(ctx, channel_id, acker).await;
+        }
+    }
+}
+
+/// Headers for a retry/dead-letter copy: the original ones minus the broker's dead-lettering
+/// bookkeeping, plus attempt, reason and where the message first came from.
+fn republish_props(msg: &IncomingMessage, attempt: u32, reason: &str) -> BasicProperties {
+    let props = msg.raw_properties().cloned().unwrap_or_default();
+    let mut headers = FieldTable::default();
+    if let Some(old) = props.headers() {
+        for (k, v) in old.inner() {
+            let k_str = k.as_str();
+            if k_str == "x-death"
+                || k_str.starts_with("x-first-death")
+                || k_str.starts_with("x-last-death")
+                || k_str == "x-delivery-count"
+            {
+                continue;
+            }
+            headers.insert(k.clone(), v.clone());
+        }
+    }
+    let long = |s: &str| AMQPValue::LongString(LongString::from(s.as_bytes()));
+    headers.insert(ATTEMPT_HEADER.into(), AMQPValue::LongLongInt(i64::from(attempt)));
+    headers.insert(FAILURE_REASON_HEADER.into(), long(reason));
+    if !headers.contains_key(ORIGINAL_EXCHANGE_HEADER) {
+        headers.insert(ORIGINAL_EXCHANGE_HEADER.into(), long(msg.exchange()));
+    }
+    if !headers.contains_key(ORIGINAL_ROUTING_KEY_HEADER) {
+        headers.insert(ORIGINAL_ROUTING_KEY_HEADER.into(), long(msg.routing_key()));
+    }
+    props.with_headers(headers)
+}
+
+fn same_channel(ctx: &Ctx, channel_id: u64, acker: &Acker) -> bool {
+    if ctx.current_channel.load(Ordering::SeqCst) != channel_id || !acker.usable() {
+        tracing::info!(queue = %ctx.queue.name, "channel was replaced since this delivery; not acking (the broker redelivers it)");
+        return false;
+    }
+    true
+}
+
+async fn ack(ctx: &Ctx, channel_id: u64, acker: &Acker) -> bool {
+    if !same_channel(ctx, channel_id, acker) {
+        return false;
+    }
+    match tokio::time::timeout(ctx.op_timeout, acker.ack(BasicAckOptions::default())).await {
+        Ok(Ok(done)) => done,
+        Ok(Err(e)) => {
+            tracing::warn!(queue = %ctx.queue.name, error = %e, "ack failed (the broker redelivers the message)");
+            false
+        }
+        Err(_) => {
+            tracing::warn!(queue = %ctx.queue.name, "ack timed out");
+            false
+        }
+    }
+}
+
+async fn nack_requeue(ctx: &Ctx, channel_id: u64, acker: &Acker) {
+    if !same_channel(ctx, channel_id, acker) {
+        return;
+    }
+    let opts = BasicNackOptions {
+        requeue: true,
+        ..Default::default()
+    };
+    if let Ok(Err(e)) | Err(e) = tokio::time::timeout(ctx.op_timeout, acker.nack(opts))
+        .await
+        .map_err(|_| lapin::Error::from(lapin::ErrorKind::FutureCompleted))
+    {
+        tracing::warn!(queue = %ctx.queue.name, error = %e, "nack failed");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::message::OutgoingMessage;
+
+    fn msg() -> IncomingMessage {
+        IncomingMessage::from_outgoing(OutgoingMessage::new("x", "k", b"{}".to_vec()))
+    }
+
+    #[tokio::test]
+    async fn panics_become_retryable_failures() {
+        let h = |_m: IncomingMessage| async move {
+            if true {
+                panic!("boom");
+            }
+            Outcome::Ack
+        };
+        match run_handler(&h, msg()).await {
+            Outcome::Retry { reason, after: None } => assert!(reason.contains("boom")),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn typed_handler_rejects_undecodable_messages() {
+        let h = typed(|_e: Envelope<serde_json::Value>| async { Outcome::Ack });
+        match run_handler(&h, msg()).await {
+            Outcome::Reject { reason } => assert!(reason.contains("specversion"), "{reason}"),
+            other => panic!("{other:?}"),
+        }
+        let ok = Envelope::new("s", "t", serde_json::json!({"a": 1})).to_message("x").unwrap();
+        assert_eq!(run_handler(&h, IncomingMessage::from_outgoing(ok)).await, Outcome::Ack);
+    }
+}

@@ -1,0 +1,391 @@
+//! An in-memory transport for unit tests: no broker needed.
+//!
+//! [`MemoryBroker`] implements [`Publish`] and runs the same [`Handler`]s as the RabbitMQ
+//! [`Consumer`](crate::consumer::Consumer), with the same semantics, minus time:
+//!
+//! - routing: topic, direct and fanout exchanges with the bindings of a [`TopologyConfig`];
+//!   the default exchange `""` routes by queue name; a message no queue is bound for fails
+//!   with [`ErrorKind::Unroutable`], an undeclared exchange with [`ErrorKind::Topology`];
+//! - [`Outcome::Ack`] removes the message; [`Outcome::Retry`] puts it back at the end of the
+//!   queue with `x-chassis-attempt` incremented (retry tiers collapse to no delay) until the
+//!   queue's attempt limit, then dead-letters it; [`Outcome::Reject`] and a panicking handler
+//!   behave as on the broker (a panic is a retryable failure);
+//! - dead letters are inspectable with [`MemoryBroker::dead_letters`], with the reason.
+//!
+//! # Example
+//! ```
+//! use chassis_messaging::consumer::{typed, Outcome};
+//! use chassis_messaging::envelope::Envelope;
+//! use chassis_messaging::memory::MemoryBroker;
+//! use chassis_messaging::publisher::Publish;
+//! use chassis_messaging::topology::{ExchangeConfig, QueueConfig, RetryPolicy, TopologyConfig};
+//! use std::time::Duration;
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() {
+//! let broker = MemoryBroker::new();
+//! broker.declare(&TopologyConfig::new()
+//!     .exchange(ExchangeConfig::topic("shop.events"))
+//!     .queue(QueueConfig::new("billing").bind("shop.events", "shop.order.*")
+//!         .retry(RetryPolicy::with_delays([Duration::from_secs(1)]).max_attempts(3)))).unwrap();
+//!
+//! let event = Envelope::new("shop/orders", "shop.order.placed", serde_json::json!({"order_id": "42"}));
+//! broker.publish(event.to_message("shop.events").unwrap()).await.unwrap();
+//!
+//! // A handler that always fails: retried until the attempt limit, then dead-lettered.
+//! let report = broker.drain("billing", &typed(|_e: Envelope<serde_json::Value>| async { Outcome::retry("payment service down") })).await;
+//! assert_eq!((report.retried, report.dead_lettered), (2, 1));
+//! assert!(broker.dead_letters("billing")[0].reason.contains("payment service down"));
+//! # }
+//! ```
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::{Arc, Mutex};
+
+use futures_util::future::BoxFuture;
+
+use crate::consumer::{Handler, Outcome, run_handler};
+use crate::error::{Error, ErrorKind};
+use crate::incoming::{
+    ATTEMPT_HEADER, FAILURE_REASON_HEADER, IncomingMessage, ORIGINAL_EXCHANGE_HEADER,
+    ORIGINAL_ROUTING_KEY_HEADER,
+};
+use crate::message::{HeaderValue, OutgoingMessage};
+use crate::publisher::Publish;
+use crate::topology::{ExchangeType, QueueConfig, TopologyConfig};
+
+/// A message in a dead-letter queue.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeadLetter {
+    /// The message, with the chassis failure headers.
+    pub message: OutgoingMessage,
+    /// Why it was dead-lettered (also its `x-chassis-failure-reason` header).
+    pub reason: String,
+}
+
+/// What one [`MemoryBroker::drain`] did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DrainReport {
+    /// Handler invocations.
+    pub handled: usize,
+    /// Messages acked.
+    pub acked: usize,
+    /// Retries scheduled.
+    pub retried: usize,
+    /// Messages dead-lettered.
+    pub dead_lettered: usize,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    exchanges: BTreeMap<String, ExchangeType>,
+    queues: BTreeMap<String, MemQueue>,
+    published: Vec<OutgoingMessage>,
+}
+
+#[derive(Debug)]
+struct MemQueue {
+    config: QueueConfig,
+    ready: VecDeque<OutgoingMessage>,
+    dead: Vec<DeadLetter>,
+}
+
+/// The in-memory broker. Cheap to clone (clones share state).
+#[derive(Debug, Clone, Default)]
+pub struct MemoryBroker {
+    state: Arc<Mutex<State>>,
+}
+
+impl MemoryBroker {
+    /// An empty broker.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Declares exchanges, queues and bindings (idempotent; re-declaring a queue keeps its
+    /// messages and replaces its config).
+    ///
+    /// # Errors
+    /// [`ErrorKind::InvalidConfig`] as [`TopologyConfig::validate`]; [`ErrorKind::Topology`]
+    /// when a binding names an undeclared exchange.
+    pub fn declare(&self, topology: &TopologyConfig) -> Result<(), Error> {
+        topology.validate()?;
+        let mut st = self.lock();
+        for e in &topology.exchanges {
+            st.exchanges.insert(e.name.clone(), e.kind);
+        }
+        for q in &topology.queues {
+            for b in &q.bindings {
+                if !st.exchanges.contains_key(&b.exchange) {
+                    return Err(Error::with_source(
+                        ErrorKind::Topology,
+                        format!("no exchange {:?}", b.exchange),
+                    ));
+                }
+            }
+            match st.queues.get_mut(&q.name) {
+                Some(existing) => existing.config = q.clone(),
+                None => {
+                    st.queues.insert(
+                        q.name.clone(),
+                        MemQueue {
+                            config: q.clone(),
+                            ready: VecDeque::new(),
+                            dead: Vec::new(),
+                        },
+                    );
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Every message published so far (successfully routed or not), in order.
+    pub fn published(&self) -> Vec<OutgoingMessage> {
+        self.lock().published.clone()
+    }
+
+    /// Messages waiting in `queue`.
+    pub fn pending(&self, queue: &str) -> usize {
+        self.lock().queues.get(queue).map_or(0, |q| q.ready.len())
+    }
+
+    /// The dead letters of `queue`.
+    pub fn dead_letters(&self, queue: &str) -> Vec<DeadLetter> {
+        self.lock()
+            .queues
+            .get(queue)
+            .map(|q| q.dead.clone())
+            .unwrap_or_default()
+    }
+
+    fn route(&self, msg: OutgoingMessage) -> Result<(), Error> {
+        let mut st = self.lock();
+        st.published.push(msg.clone());
+        let targets: Vec<String> = if msg.exchange.is_empty() {
+            st.queues
+                .contains_key(&msg.routing_key)
+                .then(|| msg.routing_key.clone())
+                .into_iter()
+                .collect()
+        } else {
+            let kind = *st.exchanges.get(&msg.exchange).ok_or_else(|| {
+                Error::with_source(
+                    ErrorKind::Topology,
+                    format!("no exchange {:?}", msg.exchange),
+                )
+            })?;
+            st.queues
+                .values()
+                .filter(|q| {
+                    q.config.bindings.iter().any(|b| {
+                        b.exchange == msg.exchange
+                            && match kind {
+                                ExchangeType::Topic => topic_matches(&b.routing_key, &msg.routing_key),
+                                ExchangeType::Direct => b.routing_key == msg.routing_key,
+                                ExchangeType::Fanout => true,
+                            }
+                    })
+                })
+                .map(|q| q.config.name.clone())
+                .collect()
+        };
+        if targets.is_empty() {
+            return Err(Error::unroutable(msg.exchange, msg.routing_key));
+        }
+        for t in targets {
+            if let Some(q) = st.queues.get_mut(&t) {
+                q.ready.push_back(msg.clone());
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs `handler` on the messages of `queue` until it is empty (retried messages included),
+    /// applying each [`Outcome`] as the RabbitMQ consumer would.
+    pub async fn drain(&self, queue: &str, handler: &dyn Handler) -> DrainReport {
+        let mut report = DrainReport::default();
+        loop {
+            let (next, config) = {
+                let mut st = self.lock();
+                let Some(q) = st.queues.get_mut(queue) else {
+                    return report;
+                };
+                match q.ready.pop_front() {
+                    Some(m) => (m, q.config.clone()),
+                    None => return report,
+                }
+            };
+            let msg = IncomingMessage::from_outgoing(next.clone());
+            report.handled += 1;
+            let outcome = run_handler(handler, msg.clone()).await;
+            let mut st = self.lock();
+            let Some(q) = st.queues.get_mut(queue) else {
+                return report;
+            };
+            match outcome {
+                Outcome::Ack => report.acked += 1,
+                Outcome::Retry { reason, .. } => {
+                    let max = config.retry.effective_max_attempts();
+                    if msg.attempt() < max && !config.retry.delays.is_empty() {
+                        q.ready
+                            .push_back(with_failure(next, &msg, msg.attempt() + 1, &reason));
+                        report.retried += 1;
+                    } else {
+                        let reason = format!("gave up after {} attempt(s): {reason}", msg.attempt());
+                        q.dead.push(DeadLetter {
+                            message: with_failure(next, &msg, msg.attempt(), &reason),
+                            reason,
+                        });
+                        report.dead_lettered += 1;
+                    }
+                }
+                Outcome::Reject { reason } => {
+                    q.dead.push(DeadLetter {
+                        message: with_failure(next, &msg, msg.attempt(), &reason),
+                        reason,
+                    });
+                    report.dead_lettered += 1;
+                }
+            }
+        }
+    }
+}
+
+fn with_failure(
+    mut wire: OutgoingMessage,
+    msg: &IncomingMessage,
+    attempt: u32,
+    reason: &str,
+) -> OutgoingMessage {
+    wire.headers
+        .insert(ATTEMPT_HEADER.into(), HeaderValue::Int(i64::from(attempt)));
+    wire.headers
+        .insert(FAILURE_REASON_HEADER.into(), reason.into());
+    wire.headers
+        .entry(ORIGINAL_EXCHANGE_HEADER.into())
+        .or_insert_with(|| msg.exchange().into());
+    wire.headers
+        .entry(ORIGINAL_ROUTING_KEY_HEADER.into())
+        .or_insert_with(|| msg.routing_key().into());
+    wire
+}
+
+impl Publish for MemoryBroker {
+    fn publish(&self, msg: OutgoingMessage) -> BoxFuture<'_, Result<(), Error>> {
+        let res = self.route(msg);
+        Box::pin(async move { res })
+    }
+}
+
+/// AMQP topic matching: words separated by `.`, `*` matches exactly one word, `#` zero or more.
+pub fn topic_matches(pattern: &str, key: &str) -> bool {
+    fn go(p: &[&str], k: &[&str]) -> bool {
+        match p.split_first() {
+            None => k.is_empty(),
+            Some((&"#", rest)) => (0..=k.len()).any(|i| go(rest, &k[i..])),
+            Some((&w, rest)) => match k.split_first() {
+                Some((&kw, krest)) => (w == "*" || w == kw) && go(rest, krest),
+                None => false,
+            },
+        }
+    }
+    let p: Vec<&str> = pattern.split('.').collect();
+    let k: Vec<&str> = if key.is_empty() { Vec::new() } else { key.split('.').collect() };
+    go(&p, &k)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::consumer::typed;
+    use crate::envelope::Envelope;
+    use crate::topology::{ExchangeConfig, RetryPolicy};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::Duration;
+
+    fn broker() -> MemoryBroker {
+        let b = MemoryBroker::new();
+        b.declare(
+            &TopologyConfig::new()
+                .exchange(ExchangeConfig::topic("ev"))
+                .queue(
+                    QueueConfig::new("q")
+                        .bind("ev", "order.*")
+                        .retry(RetryPolicy::with_delays([Duration::from_millis(10), Duration::from_millis(20)])),
+                )
+                .queue(QueueConfig::new("all").bind("ev", "#")),
+        )
+        .unwrap();
+        b
+    }
+
+    #[test]
+    fn topic_matching() {
+        assert!(topic_matches("order.*", "order.placed"));
+        assert!(!topic_matches("order.*", "order.placed.v2"));
+        assert!(topic_matches("order.#", "order.placed.v2"));
+        assert!(topic_matches("order.#", "order"));
+        assert!(topic_matches("#", "anything.at.all"));
+        assert!(topic_matches("*.placed", "order.placed"));
+        assert!(!topic_matches("*.placed", "placed"));
+        assert!(topic_matches("a.#.z", "a.b.c.z"));
+        assert!(!topic_matches("a.#.z", "a.b.c"));
+    }
+
+    #[tokio::test]
+    async fn routes_and_reports_unroutable_and_unknown_exchange() {
+        let b = broker();
+        b.publish(OutgoingMessage::new("ev", "order.placed", b"1".to_vec())).await.unwrap();
+        b.publish(OutgoingMessage::new("ev", "user.created", b"2".to_vec())).await.unwrap();
+        assert_eq!((b.pending("q"), b.pending("all")), (1, 2));
+        let e = b.publish(OutgoingMessage::new("", "nope", vec![])).await.unwrap_err();
+        assert!(matches!(e.kind(), ErrorKind::Unroutable { .. }));
+        let e = b.publish(OutgoingMessage::new("missing", "k", vec![])).await.unwrap_err();
+        assert!(matches!(e.kind(), ErrorKind::Topology));
+        b.publish(OutgoingMessage::new("", "q", b"3".to_vec())).await.unwrap();
+        assert_eq!(b.pending("q"), 2);
+        assert_eq!(b.published().len(), 5);
+    }
+
+    #[tokio::test]
+    async fn retry_then_succeed_then_reject_and_panic() {
+        let b = broker();
+        let ev = Envelope::new("s", "order.placed", serde_json::json!({"n": 1}));
+        b.publish(ev.to_message("ev").unwrap()).await.unwrap();
+        let calls = Arc::new(AtomicUsize::new(0));
+        let c = Arc::clone(&calls);
+        let handler = typed(move |e: Envelope<serde_json::Value>| {
+            let n = c.fetch_add(1, Ordering::SeqCst);
+            async move {
+                assert_eq!(e.kind, "order.placed");
+                if n == 0 { Outcome::retry("flaky") } else { Outcome::Ack }
+            }
+        });
+        let r = b.drain("q", &handler).await;
+        assert_eq!(r, DrainReport { handled: 2, acked: 1, retried: 1, dead_lettered: 0 });
+
+        // Not an event at all: dead-lettered with the validation error.
+        b.publish(OutgoingMessage::new("ev", "order.junk", b"nope".to_vec())).await.unwrap();
+        let r = b.drain("q", &handler).await;
+        assert_eq!(r.dead_lettered, 1);
+        let dl = &b.dead_letters("q")[0];
+        assert!(dl.reason.contains("specversion"), "{}", dl.reason);
+        assert_eq!(dl.message.headers[FAILURE_REASON_HEADER], HeaderValue::String(dl.reason.clone()));
+
+        // A panicking handler: retried through both tiers (3 attempts), then dead-lettered.
+        b.publish(OutgoingMessage::new("ev", "order.boom", b"{}".to_vec())).await.unwrap();
+        let r = b.drain("q", &|_m: IncomingMessage| async { panic!("kaboom") }).await;
+        assert_eq!(r, DrainReport { handled: 3, acked: 0, retried: 2, dead_lettered: 1 });
+        let dl = &b.dead_letters("q")[1];
+        assert!(dl.reason.contains("kaboom") && dl.reason.contains("3 attempt"), "{}", dl.reason);
+        assert_eq!(dl.message.headers[ORIGINAL_ROUTING_KEY_HEADER], HeaderValue::from("order.boom"));
+        assert_eq!(b.pending("q"), 0);
+    }
+}

@@ -1,0 +1,569 @@
+//! Broker topology declared from typed configuration.
+//!
+//! A [`TopologyConfig`] lists exchanges and consumer queues. For each queue `Q` the chassis
+//! declares, besides `Q` itself and its bindings:
+//!
+//! | Name                | What                                                                 |
+//! |---------------------|----------------------------------------------------------------------|
+//! | `Q.dlx`             | direct exchange receiving `Q`'s dead letters                         |
+//! | `Q.dlq`             | durable classic queue bound to `Q.dlx` with key `Q`: the dead-letter queue |
+//! | `Q.retry.<delay>`   | one durable classic queue per retry tier, `x-message-ttl = delay`, dead-lettering back to `Q` through the default exchange (routing key `Q`) |
+//!
+//! Retry tiers are TTL queues, so they work on any RabbitMQ 3.8+ without the delayed-message
+//! plugin; one queue per delay because per-message expiry suffers head-of-line blocking.
+//! The consumer publishes a retried message to the tier queue directly (default exchange), so a
+//! retry reaches only `Q` and not the other queues bound to the original exchange.
+//!
+//! `Q` is a quorum queue by default (`x-queue-type = quorum`) and always gets
+//! `x-dead-letter-exchange = Q.dlx`, `x-dead-letter-routing-key = Q` and an
+//! `x-delivery-limit`, so a message the broker gives up on (delivery limit reached, or a
+//! `basic.reject` without requeue) is dead-lettered, never silently dropped. Classic queues
+//! get the same dead-letter arguments (classic queues have no delivery limit).
+//!
+//! # Example
+//! ```
+//! use chassis_messaging::topology::{TopologyConfig, QueueType};
+//! use std::time::Duration;
+//!
+//! let config: TopologyConfig = toml::from_str(r#"
+//!     [[exchanges]]
+//!     name = "shop.events"
+//!
+//!     [[queues]]
+//!     name = "billing.orders"
+//!     bindings = [{ exchange = "shop.events", routing_key = "shop.order.*" }]
+//!     retry = { delays = ["1s", "10s", "60s"] }
+//! "#).unwrap();
+//! let q = &config.queues[0];
+//! assert_eq!(q.queue_type, QueueType::Quorum);
+//! assert_eq!(q.retry.delays, [Duration::from_secs(1), Duration::from_secs(10), Duration::from_secs(60)]);
+//! assert_eq!(q.dead_letter_queue(), "billing.orders.dlq");
+//! assert_eq!(q.retry_queue(Duration::from_secs(10)), "billing.orders.retry.10000ms");
+//! config.validate().unwrap();
+//! ```
+
+use std::time::Duration;
+
+use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
+use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
+use lapin::{Channel, ExchangeKind};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, ErrorKind};
+
+/// The whole topology of a service.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TopologyConfig {
+    /// Exchanges to declare.
+    pub exchanges: Vec<ExchangeConfig>,
+    /// Consumer queues (each with its dead-letter queue and retry tiers).
+    pub queues: Vec<QueueConfig>,
+}
+
+/// One exchange.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExchangeConfig {
+    /// Its name.
+    pub name: String,
+    /// Its type. Defaults to `topic`.
+    #[serde(default)]
+    pub kind: ExchangeType,
+    /// Whether it survives a broker restart. Defaults to `true`.
+    #[serde(default = "yes")]
+    pub durable: bool,
+}
+
+impl ExchangeConfig {
+    /// A durable topic exchange.
+    pub fn topic(name: impl Into<String>) -> Self {
+        Self {
+            name: name.into(),
+            kind: ExchangeType::Topic,
+            durable: true,
+        }
+    }
+}
+
+/// Exchange types.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ExchangeType {
+    /// Routes on dotted routing-key patterns (`*` one word, `#` zero or more).
+    #[default]
+    Topic,
+    /// Routes on exact routing keys.
+    Direct,
+    /// Routes to every bound queue.
+    Fanout,
+}
+
+/// Queue types.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum QueueType {
+    /// Replicated Raft queue (`x-queue-type = quorum`), the default.
+    #[default]
+    Quorum,
+    /// Classic queue.
+    Classic,
+}
+
+/// A binding of a queue to an exchange.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Binding {
+    /// The exchange.
+    pub exchange: String,
+    /// The routing key or pattern.
+    pub routing_key: String,
+}
+
+/// One consumer queue with its dead-lettering and retry setup.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QueueConfig {
+    /// Its name.
+    pub name: String,
+    /// Quorum (default) or classic.
+    #[serde(default)]
+    pub queue_type: QueueType,
+    /// Bindings to exchanges.
+    #[serde(default)]
+    pub bindings: Vec<Binding>,
+    /// Retry tiers and attempt limit.
+    #[serde(default)]
+    pub retry: RetryPolicy,
+    /// Quorum queues only: deliveries (without an ack) after which the broker dead-letters a
+    /// message, the backstop against a message that crashes every consumer before it can
+    /// decide. Defaults to 20.
+    #[serde(default = "default_delivery_limit")]
+    pub delivery_limit: u32,
+}
+
+/// Retry tiers of a queue.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetryPolicy {
+    /// Delay of each tier, in order (humantime strings in config: `"1s"`, `"500ms"`).
+    /// Attempt `n` (1-based) that fails is retried after `delays[min(n-1, len-1)]`.
+    /// Defaults to 1 s, 10 s, 60 s.
+    #[serde(with = "duration_list", default = "default_delays")]
+    pub delays: Vec<Duration>,
+    /// Total attempts (the first delivery included) before the message is dead-lettered.
+    /// Defaults to one more than the number of tiers (every tier used once).
+    #[serde(default)]
+    pub max_attempts: Option<u32>,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        Self {
+            delays: default_delays(),
+            max_attempts: None,
+        }
+    }
+}
+
+impl RetryPolicy {
+    /// Tiers with these delays and the default attempt limit.
+    pub fn with_delays(delays: impl IntoIterator<Item = Duration>) -> Self {
+        Self {
+            delays: delays.into_iter().collect(),
+            max_attempts: None,
+        }
+    }
+
+    /// Sets the total attempt limit.
+    pub fn max_attempts(mut self, n: u32) -> Self {
+        self.max_attempts = Some(n);
+        self
+    }
+
+    /// The effective total attempt limit.
+    pub fn effective_max_attempts(&self) -> u32 {
+        self.max_attempts
+            .unwrap_or_else(|| u32::try_from(self.delays.len()).unwrap_or(u32::MAX).saturating_add(1))
+    }
+
+    /// The delay for retrying after failed attempt `attempt` (1-based), honouring a requested
+    /// minimum delay by picking the shortest tier at least that long (or the longest tier).
+    /// `None` when there are no tiers.
+    pub fn delay_for(&self, attempt: u32, requested: Option<Duration>) -> Option<Duration> {
+        if self.delays.is_empty() {
+            return None;
+        }
+        if let Some(min) = requested {
+            let mut sorted = self.delays.clone();
+            sorted.sort();
+            return Some(
+                sorted
+                    .iter()
+                    .copied()
+                    .find(|d| *d >= min)
+                    .unwrap_or(sorted[sorted.len() - 1]),
+            );
+        }
+        let idx = usize::try_from(attempt.saturating_sub(1))
+            .unwrap_or(usize::MAX)
+            .min(self.delays.len() - 1);
+        Some(self.delays[idx])
+    }
+}
+
+fn yes() -> bool {
+    true
+}
+fn default_delivery_limit() -> u32 {
+    20
+}
+fn default_delays() -> Vec<Duration> {
+    vec![
+        Duration::from_secs(1),
+        Duration::from_secs(10),
+        Duration::from_secs(60),
+    ]
+}
+
+mod duration_list {
+    use std::time::Duration;
+
+    use humantime_serde::Serde;
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    pub(super) fn serialize<S: Serializer>(v: &[Duration], s: S) -> Result<S::Ok, S::Error> {
+        v.iter().map(|d| Serde::from(*d)).collect::<Vec<_>>().serialize(s)
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Duration>, D::Error> {
+        Ok(Vec::<Serde<Duration>>::deserialize(d)?
+            .into_iter()
+            .map(|d| *d)
+            .collect())
+    }
+}
+
+impl QueueConfig {
+    /// A quorum queue with default retry tiers and no bindings.
+    pub fn new(name: impl Into<String>) -> Self {
+        Self {
+            name: name.into(),
+            queue_type: QueueType::Quorum,
+            bindings: Vec::new(),
+            retry: RetryPolicy::default(),
+            delivery_limit: default_delivery_limit(),
+        }
+    }
+
+    /// Adds a binding.
+    pub fn bind(mut self, exchange: impl Into<String>, routing_key: impl Into<String>) -> Self {
+        self.bindings.push(Binding {
+            exchange: exchange.into(),
+            routing_key: routing_key.into(),
+        });
+        self
+    }
+
+    /// Sets the queue type.
+    pub fn queue_type(mut self, t: QueueType) -> Self {
+        self.queue_type = t;
+        self
+    }
+
+    /// Sets the retry policy.
+    pub fn retry(mut self, retry: RetryPolicy) -> Self {
+        self.retry = retry;
+        self
+    }
+
+    /// Sets the quorum delivery limit.
+    pub fn delivery_limit(mut self, n: u32) -> Self {
+        self.delivery_limit = n;
+        self
+    }
+
+    /// Name of the dead-letter exchange: `<name>.dlx`.
+    pub fn dead_letter_exchange(&self) -> String {
+        format!("{}.dlx", self.name)
+    }
+
+    /// Name of the dead-letter queue: `<name>.dlq`.
+    pub fn dead_letter_queue(&self) -> String {
+        format!("{}.dlq", self.name)
+    }
+
+    /// Name of the retry tier queue for `delay`: `<name>.retry.<millis>ms`.
+    pub fn retry_queue(&self, delay: Duration) -> String {
+        format!("{}.retry.{}ms", self.name, delay.as_millis())
+    }
+
+    /// Every queue this config declares (work queue, dead-letter queue, retry tiers).
+    pub fn all_queues(&self) -> Vec<String> {
+        let mut v = vec![self.name.clone(), self.dead_letter_queue()];
+        let mut delays = self.retry.delays.clone();
+        delays.sort();
+        delays.dedup();
+        v.extend(delays.into_iter().map(|d| self.retry_queue(d)));
+        v
+    }
+
+    fn validate(&self) -> Result<(), Error> {
+        if self.name.is_empty() {
+            return Err(Error::invalid_config("queue name is empty"));
+        }
+        if self.retry.delays.iter().any(Duration::is_zero) {
+            return Err(Error::invalid_config(format!(
+                "queue {}: retry delays must be positive",
+                self.name
+            )));
+        }
+        if self.retry.delays.iter().any(|d| d.as_millis() > u128::from(u32::MAX)) {
+            return Err(Error::invalid_config(format!(
+                "queue {}: retry delay too long",
+                self.name
+            )));
+        }
+        if self.retry.max_attempts == Some(0) {
+            return Err(Error::invalid_config(format!(
+                "queue {}: max_attempts must be at least 1",
+                self.name
+            )));
+        }
+        if self.queue_type == QueueType::Quorum && self.delivery_limit == 0 {
+            return Err(Error::invalid_config(format!(
+                "queue {}: delivery_limit must be at least 1",
+                self.name
+            )));
+        }
+        Ok(())
+    }
+}
+
+fn long(s: &str) -> AMQPValue {
+    AMQPValue::LongString(LongString::from(s.as_bytes()))
+}
+
+impl TopologyConfig {
+    /// An empty topology.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds an exchange.
+    pub fn exchange(mut self, exchange: ExchangeConfig) -> Self {
+        self.exchanges.push(exchange);
+        self
+    }
+
+    /// Adds a queue.
+    pub fn queue(mut self, queue: QueueConfig) -> Self {
+        self.queues.push(queue);
+        self
+    }
+
+    /// Checks names and limits.
+    ///
+    /// # Errors
+    /// [`ErrorKind::InvalidConfig`] saying what is wrong.
+    pub fn validate(&self) -> Result<(), Error> {
+        for e in &self.exchanges {
+            if e.name.is_empty() {
+                return Err(Error::invalid_config("exchange name is empty"));
+            }
+        }
+        for q in &self.queues {
+            q.validate()?;
+        }
+        Ok(())
+    }
+
+    /// Declares everything on `channel`, each broker operation bounded by `timeout`.
+    /// Declarations are idempotent; re-running them after a reconnect is safe.
+    ///
+    /// # Errors
+    /// [`ErrorKind::Topology`] with the broker's error as source (for example a queue that
+    /// exists with different arguments), or [`ErrorKind::Timeout`].
+    pub async fn declare(&self, channel: &Channel, timeout: Duration) -> Result<(), Error> {
+        self.validate()?;
+        for e in &self.exchanges {
+            let kind = match e.kind {
+                ExchangeType::Topic => ExchangeKind::Topic,
+                ExchangeType::Direct => ExchangeKind::Direct,
+                ExchangeType::Fanout => ExchangeKind::Fanout,
+            };
+            bounded(
+                "exchange.declare",
+                timeout,
+                Box::pin(channel.exchange_declare(
+                    ShortString::from(e.name.as_str()),
+                    kind,
+                    ExchangeDeclareOptions {
+                        durable: e.durable,
+                        ..Default::default()
+                    },
+                    FieldTable::default(),
+                )),
+            )
+            .await?;
+        }
+        for q in &self.queues {
+            let dlx = q.dead_letter_exchange();
+            let dlq = q.dead_letter_queue();
+            let durable = QueueDeclareOptions {
+                durable: true,
+                ..Default::default()
+            };
+            bounded(
+                "exchange.declare",
+                timeout,
+                Box::pin(channel.exchange_declare(
+                    ShortString::from(dlx.as_str()),
+                    ExchangeKind::Direct,
+                    ExchangeDeclareOptions {
+                        durable: true,
+                        ..Default::default()
+                    },
+                    FieldTable::default(),
+                )),
+            )
+            .await?;
+            let mut dlq_args = FieldTable::default();
+            dlq_args.insert("x-queue-type".into(), long("classic"));
+            bounded(
+                "queue.declare",
+                timeout,
+                Box::pin(async {
+                    channel
+                        .queue_declare(ShortString::from(dlq.as_str()), durable, dlq_args)
+                        .await
+                        .map(drop)
+                }),
+            )
+            .await?;
+            bounded(
+                "queue.bind",
+                timeout,
+                Box::pin(channel.queue_bind(
+                    ShortString::from(dlq.as_str()),
+                    ShortString::from(dlx.as_str()),
+                    ShortString::from(q.name.as_str()),
+                    QueueBindOptions::default(),
+                    FieldTable::default(),
+                )),
+            )
+            .await?;
+
+            let mut args = FieldTable::default();
+            args.insert("x-dead-letter-exchange".into(), long(&dlx));
+            args.insert("x-dead-letter-routing-key".into(), long(&q.name));
+            match q.queue_type {
+                QueueType::Quorum => {
+                    args.insert("x-queue-type".into(), long("quorum"));
+                    args.insert(
+                        "x-delivery-limit".into(),
+                        AMQPValue::LongLongInt(i64::from(q.delivery_limit)),
+                    );
+                }
+                QueueType::Classic => {
+                    args.insert("x-queue-type".into(), long("classic"));
+                }
+            }
+            bounded(
+                "queue.declare",
+                timeout,
+                Box::pin(async {
+                    channel
+                        .queue_declare(ShortString::from(q.name.as_str()), durable, args)
+                        .await
+                        .map(drop)
+                }),
+            )
+            .await?;
+            for b in &q.bindings {
+                bounded(
+                    "queue.bind",
+                    timeout,
+                    Box::pin(channel.queue_bind(
+                        ShortString::from(q.name.as_str()),
+                        ShortString::from(b.exchange.as_str()),
+                        ShortString::from(b.routing_key.as_str()),
+                        QueueBindOptions::default(),
+                        FieldTable::default(),
+                    )),
+                )
+                .await?;
+            }
+            let mut delays = q.retry.delays.clone();
+            delays.sort();
+            delays.dedup();
+            for d in delays {
+                let mut targs = FieldTable::default();
+                targs.insert("x-queue-type".into(), long("classic"));
+                targs.insert(
+                    "x-message-ttl".into(),
+                    AMQPValue::LongLongInt(i64::try_from(d.as_millis()).unwrap_or(i64::MAX)),
+                );
+                // Back to the work queue only: the default exchange routes by queue name.
+                targs.insert("x-dead-letter-exchange".into(), long(""));
+                targs.insert("x-dead-letter-routing-key".into(), long(&q.name));
+                let name = q.retry_queue(d);
+                bounded(
+                    "queue.declare",
+                    timeout,
+                    Box::pin(async {
+                        channel
+                            .queue_declare(ShortString::from(name.as_str()), durable, targs)
+                            .await
+                            .map(drop)
+                    }),
+                )
+                .await?;
+            }
+        }
+        Ok(())
+    }
+}
+
+type LapinFuture<'a> = std::pin::Pin<Box<dyn std::future::Future<Output = lapin::Result<()>> + Send + 'a>>;
+
+async fn bounded(op: &'static str, timeout: Duration, fut: LapinFuture<'_>) -> Result<(), Error> {
+    match tokio::time::timeout(timeout, fut).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(Error::with_source(ErrorKind::Topology, e)),
+        Err(_) => Err(Error::timeout(op, timeout)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tier_selection() {
+        let p = RetryPolicy::with_delays([
+            Duration::from_secs(1),
+            Duration::from_secs(10),
+            Duration::from_secs(60),
+        ]);
+        assert_eq!(p.effective_max_attempts(), 4);
+        assert_eq!(p.delay_for(1, None), Some(Duration::from_secs(1)));
+        assert_eq!(p.delay_for(2, None), Some(Duration::from_secs(10)));
+        assert_eq!(p.delay_for(9, None), Some(Duration::from_secs(60)));
+        assert_eq!(p.delay_for(1, Some(Duration::from_secs(5))), Some(Duration::from_secs(10)));
+        assert_eq!(p.delay_for(1, Some(Duration::from_secs(500))), Some(Duration::from_secs(60)));
+        assert_eq!(RetryPolicy::with_delays([]).delay_for(1, None), None);
+        assert_eq!(p.clone().max_attempts(2).effective_max_attempts(), 2);
+    }
+
+    #[test]
+    fn validation_rejects_bad_values() {
+        let t = TopologyConfig::new().queue(QueueConfig::new("q").retry(RetryPolicy::with_delays([Duration::ZERO])));
+        assert!(matches!(t.validate().unwrap_err().kind(), ErrorKind::InvalidConfig { .. }));
+        let t = TopologyConfig::new().queue(QueueConfig::new("q").retry(RetryPolicy::default().max_attempts(0)));
+        assert!(t.validate().is_err());
+        assert!(TopologyConfig::new().queue(QueueConfig::new("")).validate().is_err());
+        let q = QueueConfig::new("q");
+        assert_eq!(q.all_queues(), ["q", "q.dlq", "q.retry.1000ms", "q.retry.10000ms", "q.retry.60000ms"]);
+    }
+}

@@ -1,0 +1,362 @@
+//! Outbox and inbox on the real PostgreSQL (one schema per test), relayed to the real RabbitMQ.
+#![cfg(feature = "postgres")]
+
+mod outbox_support;
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use chassis_messaging::error::Error;
+use chassis_messaging::inbox::{Inbox, Processed};
+use chassis_messaging::message::OutgoingMessage;
+use chassis_messaging::outbox::{OutboxStore, PgOutbox, Relay, RelayConfig};
+use chassis_messaging::publisher::{Publish, Publisher, PublisherConfig};
+use futures_util::future::BoxFuture;
+use outbox_support::*;
+use tokio_util::sync::CancellationToken;
+
+async fn setup(test: &str, connections: u32) -> (PgSchema, PgOutbox, Broker) {
+    let db = PgSchema::new(connections).await;
+    let outbox = PgOutbox::new(db.pool.clone());
+    outbox.migrate().await.unwrap();
+    outbox.migrate().await.expect("migrations are idempotent");
+    (db, outbox, Broker::new(test).await)
+}
+
+async fn enqueue_committed(outbox: &PgOutbox, msg: &OutgoingMessage) -> String {
+    let mut tx = outbox.pool().begin().await.unwrap();
+    let id = outbox.enqueue(&mut tx, msg).await.unwrap();
+    tx.commit().await.unwrap(); // no in-process signal: relays wake through LISTEN/NOTIFY
+    id
+}
+
+async fn row_id(conn: &mut sqlx::PgConnection, message_id: &str) -> i64 {
+    sqlx::query_scalar("SELECT id FROM chassis_outbox WHERE message_id = $1")
+        .bind(message_id)
+        .fetch_one(conn)
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn commit_arrives_rollback_never_and_notify_wakes_the_relay() {
+    let (db, outbox, broker) = setup("pg-commit", 4).await;
+    let config = RelayConfig::default().poll_interval(Duration::from_secs(60));
+    let token = CancellationToken::new();
+    let relay = Relay::new(outbox.clone(), broker.publisher.clone(), config)
+        .unwrap()
+        .spawn(token.clone());
+    tokio::time::sleep(Duration::from_millis(500)).await; // the relay is idle, LISTENing
+
+    let committed = enqueue_committed(&outbox, &broker.event("order-1", 1)).await;
+    let mut tx = outbox.pool().begin().await.unwrap();
+    let rolled_back = outbox
+        .enqueue(&mut tx, &broker.event("order-2", 1))
+        .await
+        .unwrap();
+    tx.rollback().await.unwrap();
+    let barrier = enqueue_committed(&outbox, &broker.event("order-3", 1)).await;
+
+    let received = broker.drain(2, Duration::from_secs(10)).await;
+    let ids: Vec<&str> = received.iter().map(|r| r.message_id.as_str()).collect();
+    assert_eq!(ids, vec![committed.as_str(), barrier.as_str()]);
+    assert!(!ids.contains(&rolled_back.as_str()));
+    assert!(
+        broker.drain(1, Duration::from_millis(300)).await.is_empty(),
+        "nothing else arrives"
+    );
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            outbox.stats().await.unwrap().pending == 0
+        })
+        .await
+    );
+    assert_eq!(outbox.purge_sent(i64::MAX).await.unwrap(), 2);
+
+    token.cancel();
+    relay.await.unwrap();
+    broker.cleanup().await;
+    db.drop().await;
+}
+
+#[tokio::test]
+async fn two_relays_concurrent_writers_every_event_arrives_in_subject_order() {
+    let (db, outbox, broker) = setup("pg-two-relays", 12).await;
+    sqlx::query("CREATE TABLE counters (subject TEXT PRIMARY KEY, n BIGINT NOT NULL)")
+        .execute(outbox.pool())
+        .await
+        .unwrap();
+    let subjects: Vec<String> = (0..5).map(|i| format!("agg-{i}")).collect();
+    for s in &subjects {
+        sqlx::query("INSERT INTO counters VALUES ($1, 0)")
+            .bind(s)
+            .execute(outbox.pool())
+            .await
+            .unwrap();
+    }
+    let token = CancellationToken::new();
+    let config = RelayConfig::default()
+        .batch_size(8)
+        .poll_interval(Duration::from_millis(100));
+    // Two replicas: separate stores and publishers on the same database and broker.
+    let second_publisher =
+        Arc::new(Publisher::new(&broker.conn, PublisherConfig::default()).unwrap());
+    let relays = [
+        Relay::new(
+            PgOutbox::new(db.pool.clone()),
+            broker.publisher.clone(),
+            config.clone(),
+        )
+        .unwrap()
+        .spawn(token.clone()),
+        Relay::new(PgOutbox::new(db.pool.clone()), second_publisher, config)
+            .unwrap()
+            .spawn(token.clone()),
+    ];
+
+    let writers: Vec<_> = (0..4)
+        .map(|w| {
+            let outbox = outbox.clone();
+            let subjects = subjects.clone();
+            let exchange = broker.exchange.clone();
+            tokio::spawn(async move {
+                for i in 0..50usize {
+                    let subject = &subjects[(i + w) % subjects.len()];
+                    let mut tx = outbox.pool().begin().await.unwrap();
+                    // The business write locks the aggregate's row: seq is commit order.
+                    let seq: i64 = sqlx::query_scalar(
+                        "UPDATE counters SET n = n + 1 WHERE subject = $1 RETURNING n",
+                    )
+                    .bind(subject)
+                    .fetch_one(&mut *tx)
+                    .await
+                    .unwrap();
+                    let msg = OutgoingMessage::new(
+                        exchange.clone(),
+                        "event.happened",
+                        serde_json::to_vec(&serde_json::json!({"subject": subject, "seq": seq}))
+                            .unwrap(),
+                    )
+                    .header("cloudEvents:subject", subject.as_str());
+                    outbox.enqueue(&mut tx, &msg).await.unwrap();
+                    tx.commit().await.unwrap();
+                }
+            })
+        })
+        .collect();
+    for w in writers {
+        w.await.unwrap();
+    }
+    let received = broker.drain(200, Duration::from_secs(25)).await;
+    assert_eq!(received.len(), 200);
+    let unique: HashSet<_> = received.iter().map(|r| r.message_id.clone()).collect();
+    assert_eq!(unique.len(), 200);
+    assert_per_subject_order(&received);
+    assert!(
+        broker.drain(1, Duration::from_millis(300)).await.is_empty(),
+        "no duplicates"
+    );
+    token.cancel();
+    for r in relays {
+        r.await.unwrap();
+    }
+    broker.cleanup().await;
+    db.drop().await;
+}
+
+#[tokio::test]
+async fn late_committing_transaction_is_not_skipped() {
+    let (db, outbox, broker) = setup("pg-late", 6).await;
+    let token = CancellationToken::new();
+    let relay = Relay::new(
+        outbox.clone(),
+        broker.publisher.clone(),
+        RelayConfig::default(),
+    )
+    .unwrap()
+    .spawn(token.clone());
+
+    // T1 writes first (smaller id) but commits last.
+    let mut late = outbox.pool().begin().await.unwrap();
+    let late_id = outbox
+        .enqueue(&mut late, &broker.event("agg-late", 1))
+        .await
+        .unwrap();
+    let late_row = row_id(&mut late, &late_id).await;
+    let early_id = enqueue_committed(&outbox, &broker.event("agg-early", 1)).await;
+    let early_row = row_id(&mut outbox.pool().acquire().await.unwrap(), &early_id).await;
+    assert!(late_row < early_row);
+
+    let first = broker.drain(1, Duration::from_secs(10)).await;
+    assert_eq!(
+        first[0].message_id, early_id,
+        "the committed row is published"
+    );
+    late.commit().await.unwrap();
+    let second = broker.drain(1, Duration::from_secs(10)).await;
+    assert_eq!(second.len(), 1, "the late row is published too");
+    assert_eq!(second[0].message_id, late_id);
+
+    token.cancel();
+    relay.await.unwrap();
+    broker.cleanup().await;
+    db.drop().await;
+}
+
+#[tokio::test]
+async fn writers_of_one_subject_serialize_so_ids_follow_commit_order() {
+    let (db, outbox, broker) = setup("pg-same-subject", 6).await;
+    let mut first = outbox.pool().begin().await.unwrap();
+    let first_id = outbox
+        .enqueue(&mut first, &broker.event("agg-1", 1))
+        .await
+        .unwrap();
+
+    let second = tokio::spawn({
+        let outbox = outbox.clone();
+        let msg = broker.event("agg-1", 2);
+        async move {
+            let mut tx = outbox.pool().begin().await.unwrap();
+            let id = outbox.enqueue(&mut tx, &msg).await.unwrap();
+            tx.commit().await.unwrap();
+            id
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !second.is_finished(),
+        "the second writer of agg-1 waits for the first"
+    );
+    first.commit().await.unwrap();
+    let second_id = second.await.unwrap();
+    let mut conn = outbox.pool().acquire().await.unwrap();
+    assert!(row_id(&mut conn, &first_id).await < row_id(&mut conn, &second_id).await);
+    drop(conn);
+
+    let token = CancellationToken::new();
+    let relay = Relay::new(
+        outbox.clone(),
+        broker.publisher.clone(),
+        RelayConfig::default(),
+    )
+    .unwrap()
+    .spawn(token.clone());
+    let received = broker.drain(2, Duration::from_secs(10)).await;
+    assert_eq!(
+        received
+            .iter()
+            .map(|r| r.message_id.clone())
+            .collect::<Vec<_>>(),
+        vec![first_id, second_id]
+    );
+    token.cancel();
+    relay.await.unwrap();
+    broker.cleanup().await;
+    db.drop().await;
+}
+
+struct CrashAfterConfirm {
+    inner: Arc<Publisher>,
+    confirmed_then_hung: AtomicUsize,
+}
+
+impl Publish for CrashAfterConfirm {
+    fn publish(&self, msg: OutgoingMessage) -> BoxFuture<'_, Result<(), Error>> {
+        Box::pin(async move {
+            self.inner.publish(msg).await?;
+            self.confirmed_then_hung.fetch_add(1, Ordering::SeqCst);
+            std::future::pending().await
+        })
+    }
+}
+
+#[tokio::test]
+async fn relay_killed_between_confirm_and_mark_rolls_back_and_the_inbox_absorbs_the_duplicate() {
+    let (db, outbox, broker) = setup("pg-crash", 8).await;
+    let inbox = Inbox::new(db.pool.clone(), "effects");
+    inbox.migrate().await.unwrap();
+    sqlx::query("CREATE TABLE effects (message_id TEXT NOT NULL)")
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    for i in 1..=10u64 {
+        enqueue_committed(&outbox, &broker.event(&format!("agg-{i}"), i)).await;
+    }
+    let crashing = Arc::new(CrashAfterConfirm {
+        inner: broker.publisher.clone(),
+        confirmed_then_hung: AtomicUsize::new(0),
+    });
+    let token = CancellationToken::new();
+    let doomed = Relay::new(outbox.clone(), crashing.clone(), RelayConfig::default())
+        .unwrap()
+        .spawn(token.clone());
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            crashing.confirmed_then_hung.load(Ordering::SeqCst) == 10
+        })
+        .await
+    );
+    doomed.abort();
+    let _ = doomed.await;
+
+    // The dead relay's transaction rolls back: a new relay republishes at once.
+    let relay = Relay::new(
+        outbox.clone(),
+        broker.publisher.clone(),
+        RelayConfig::default(),
+    )
+    .unwrap()
+    .spawn(token.clone());
+    let received = broker.drain(20, Duration::from_secs(15)).await;
+    assert_eq!(
+        received.len(),
+        20,
+        "every event twice: once before the crash, once after"
+    );
+
+    let mut applied = 0;
+    for r in &received {
+        let outcome = inbox
+            .process(&r.message_id, |tx| {
+                let id = r.message_id.clone();
+                Box::pin(async move {
+                    sqlx::query("INSERT INTO effects (message_id) VALUES ($1)")
+                        .bind(id)
+                        .execute(&mut **tx)
+                        .await
+                        .map_err(|e| {
+                            Error::with_source(chassis_messaging::error::ErrorKind::Database, e)
+                        })?;
+                    Ok::<_, Error>(())
+                })
+            })
+            .await
+            .unwrap();
+        if let Processed::Done(()) = outcome {
+            applied += 1;
+        }
+    }
+    let (n, distinct): (i64, i64) =
+        sqlx::query_as("SELECT count(*), count(DISTINCT message_id) FROM effects")
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        (applied, n, distinct),
+        (10, 10, 10),
+        "the business effect happened once per event"
+    );
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            outbox.stats().await.unwrap().pending == 0
+        })
+        .await
+    );
+
+    token.cancel();
+    relay.await.unwrap();
+    broker.cleanup().await;
+    db.drop().await;
+}

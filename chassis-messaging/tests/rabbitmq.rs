@@ -1,0 +1,553 @@
+//! Behaviour of the RabbitMQ transport against the real broker, in the spirit of Watermill's
+//! universal pub/sub test suite. Every test uses its own exchange, queues and named connection
+//! and deletes them at the end, so the tests run in parallel.
+
+mod support;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use chassis_core::health::HealthCheck;
+use chassis_messaging::connection::ConnectionState;
+use chassis_messaging::consumer::{Consumer, ConsumerConfig, Outcome, typed};
+use chassis_messaging::envelope::Envelope;
+use chassis_messaging::error::ErrorKind;
+use chassis_messaging::incoming::{ATTEMPT_HEADER, FAILURE_REASON_HEADER, IncomingMessage};
+use chassis_messaging::message::{HeaderValue, OutgoingMessage};
+use chassis_messaging::publisher::{Publish, Publisher, PublisherConfig};
+use chassis_messaging::topology::RetryPolicy;
+use serde::{Deserialize, Serialize};
+use support::{Fixture, header_str, kill_connection};
+use tokio::sync::mpsc;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct Payload {
+    seq: u64,
+    key: String,
+    blob: String,
+}
+
+fn event(seq: u64, key: &str) -> Envelope<Payload> {
+    Envelope::new("chassis/tests", format!("test.{key}"), Payload {
+        seq,
+        key: key.to_owned(),
+        blob: "x".repeat((seq % 64) as usize),
+    })
+    .subject(format!("agg-{key}"))
+}
+
+fn short_tiers() -> RetryPolicy {
+    RetryPolicy::with_delays([Duration::from_millis(200)])
+}
+
+/// Starts a consumer forwarding every decoded event to a channel and acking it.
+async fn forwarding_consumer(
+    fx: &Fixture,
+    config: ConsumerConfig,
+) -> (chassis_messaging::consumer::ConsumerHandle, mpsc::UnboundedReceiver<Envelope<Payload>>) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let handle = Consumer::start(&fx.conn, fx.queue.clone(), config, typed(move |e: Envelope<Payload>| {
+        let tx = tx.clone();
+        async move {
+            let _ = tx.send(e);
+            Outcome::Ack
+        }
+    }))
+    .await
+    .expect("start consumer");
+    (handle, rx)
+}
+
+async fn recv_n<T>(rx: &mut mpsc::UnboundedReceiver<T>, n: usize, within: Duration) -> Vec<T> {
+    let mut out = Vec::with_capacity(n);
+    let deadline = tokio::time::Instant::now() + within;
+    while out.len() < n {
+        match tokio::time::timeout_at(deadline, rx.recv()).await {
+            Ok(Some(v)) => out.push(v),
+            _ => break,
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publish_subscribe_many_with_payloads_and_headers_intact() {
+    let fx = Fixture::new("pubsub", short_tiers()).await;
+    assert_eq!(fx.conn.state(), ConnectionState::Connected);
+    assert!(fx.conn.health_check().check().await.is_ok());
+    let publisher = Publisher::new(&fx.conn, PublisherConfig::default()).unwrap();
+    let (consumer, mut rx) = forwarding_consumer(&fx, ConsumerConfig::default()).await;
+
+    let sent: Vec<Envelope<Payload>> = (0..300)
+        .map(|i| event(i, ["a", "b", "c"][(i % 3) as usize]).correlation_id(format!("corr-{i}")))
+        .collect();
+    let publishes = sent.iter().map(|e| {
+        let msg = e.to_message(fx.exchange.clone()).unwrap().header("x-custom", e.data.seq as i64);
+        publisher.publish(msg)
+    });
+    for r in futures_util::future::join_all(publishes).await {
+        r.expect("confirmed");
+    }
+    let got = recv_n(&mut rx, sent.len(), Duration::from_secs(20)).await;
+    assert_eq!(got.len(), sent.len());
+    let by_id: HashMap<_, _> = got.into_iter().map(|e| (e.id, e)).collect();
+    for e in &sent {
+        let r = by_id.get(&e.id).expect("every event arrives");
+        assert_eq!(r, e, "attributes and payload survive the broker");
+    }
+    consumer.shutdown().await;
+    fx.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn raw_headers_and_properties_survive() {
+    let fx = Fixture::new("headers", short_tiers()).await;
+    let publisher = Publisher::new(&fx.conn, PublisherConfig::default()).unwrap();
+    let (tx, mut rx) = mpsc::unbounded_channel::<IncomingMessage>();
+    let consumer = Consumer::start(&fx.conn, fx.queue.clone(), ConsumerConfig::default(), move |m: IncomingMessage| {
+        let tx = tx.clone();
+        async move {
+            let _ = tx.send(m);
+            Outcome::Ack
+        }
+    })
+    .await
+    .unwrap();
+    let mut msg = OutgoingMessage::new(fx.exchange.clone(), "k.1", b"\x00\x01binary".to_vec())
+        .content_type("application/octet-stream")
+        .message_id("m-1")
+        .header("s", "v")
+        .header("i", -5_i64)
+        .header("b", true);
+    msg.correlation_id = Some("c-1".into());
+    msg.timestamp = Some(1_700_000_000);
+    msg.kind = Some("raw".into());
+    publisher.publish(msg.clone()).await.unwrap();
+    let got = recv_n(&mut rx, 1, Duration::from_secs(10)).await.pop().expect("delivered");
+    assert_eq!(got.body(), msg.body.as_slice());
+    assert_eq!(got.message_id(), Some("m-1"));
+    assert_eq!(got.correlation_id(), Some("c-1"));
+    assert_eq!(got.timestamp(), Some(1_700_000_000));
+    assert_eq!(got.kind(), Some("raw"));
+    assert_eq!(got.content_type(), Some("application/octet-stream"));
+    assert_eq!(got.routing_key(), "k.1");
+    assert_eq!(got.exchange(), fx.exchange);
+    assert_eq!(got.attempt(), 1);
+    for k in ["s", "i", "b"] {
+        assert_eq!(got.header(k), msg.headers.get(k), "header {k}");
+    }
+    consumer.shutdown().await;
+    fx.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_publishers_and_consumers_lose_nothing() {
+    let fx = Fixture::new("concurrent", short_tiers()).await;
+    let (c1, mut rx1) = forwarding_consumer(&fx, ConsumerConfig::default().concurrency(4)).await;
+    let (c2, mut rx2) = forwarding_consumer(&fx, ConsumerConfig::default().concurrency(4)).await;
+    let mut tasks = Vec::new();
+    for p in 0..4u64 {
+        let publisher = Publisher::new(&fx.conn, PublisherConfig::default().max_in_flight(64)).unwrap();
+        let exchange = fx.exchange.clone();
+        tasks.push(tokio::spawn(async move {
+            let futs = (0..250u64).map(|i| {
+                let msg = event(p * 1000 + i, "k").to_message(exchange.clone()).unwrap();
+                let publisher = publisher.clone();
+                async move { publisher.publish(msg).await }
+            });
+            for r in futures_util::future::join_all(futs).await {
+                r.expect("confirmed");
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let mut seen = BTreeSet::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while seen.len() < 1000 && tokio::time::Instant::now() < deadline {
+        tokio::select! {
+            Some(e) = rx1.recv() => { seen.insert(e.data.seq); }
+            Some(e) = rx2.recv() => { seen.insert(e.data.seq); }
+            _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+        }
+    }
+    let expected: BTreeSet<u64> = (0..4u64).flat_map(|p| (0..250).map(move |i| p * 1000 + i)).collect();
+    assert_eq!(seen, expected);
+    c1.shutdown().await;
+    c2.shutdown().await;
+    fx.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retry_leads_to_redelivery_through_the_delay_tier() {
+    let fx = Fixture::new("retry", short_tiers()).await;
+    let publisher = Publisher::new(&fx.conn, PublisherConfig::default()).unwrap();
+    let (tx, mut rx) = mpsc::unbounded_channel::<(u32, Instant, String)>();
+    let consumer = Consumer::start(&fx.conn, fx.queue.clone(), ConsumerConfig::default(), move |m: IncomingMessage| {
+        let tx = tx.clone();
+        async move {
+            let _ = tx.send((m.attempt(), Instant::now(), m.routing_key().to_owned()));
+            if m.attempt() == 1 { Outcome::retry("not yet") } else { Outcome::Ack }
+        }
+    })
+    .await
+    .unwrap();
+    publisher.publish(event(1, "retry").to_message(fx.exchange.clone()).unwrap()).await.unwrap();
+    let got = recv_n(&mut rx, 2, Duration::from_secs(10)).await;
+    assert_eq!(got.len(), 2, "delivered twice");
+    assert_eq!((got[0].0, got[1].0), (1, 2));
+    assert!(got[1].1 - got[0].1 >= Duration::from_millis(190), "waited for the tier: {:?}", got[1].1 - got[0].1);
+    assert_eq!(got[1].2, "test.retry", "the retried copy keeps its original routing key");
+    // Nothing more: acked on the second attempt, nothing dead-lettered.
+    assert!(recv_n(&mut rx, 1, Duration::from_millis(500)).await.is_empty());
+    assert!(fx.drain_queue(&fx.queue.dead_letter_queue(), 1, Duration::from_millis(300)).await.is_empty());
+    consumer.shutdown().await;
+    fx.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consumer_closed_and_reopened_resumes_with_nothing_lost() {
+    let fx = Fixture::new("reopen", short_tiers()).await;
+    let publisher = Publisher::new(&fx.conn, PublisherConfig::default()).unwrap();
+    let publish_range = |range: std::ops::Range<u64>| {
+        let publisher = publisher.clone();
+        let exchange = fx.exchange.clone();
+        async move {
+            for r in futures_util::future::join_all(range.map(|i| publisher.publish(event(i, "r").to_message(exchange.clone()).unwrap()))).await {
+                r.unwrap();
+            }
+        }
+    };
+    publish_range(0..100).await;
+    let (consumer, mut rx) = forwarding_consumer(&fx, ConsumerConfig::default().prefetch(10).concurrency(2)).await;
+    let first = recv_n(&mut rx, 40, Duration::from_secs(10)).await;
+    assert_eq!(first.len(), 40);
+    consumer.shutdown().await;
+    let mut seen: BTreeSet<u64> = first.iter().map(|e| e.data.seq).collect();
+    // Whatever was handled before shutdown completed still counts.
+    while let Ok(e) = rx.try_recv() {
+        seen.insert(e.data.seq);
+    }
+    publish_range(100..200).await;
+    let (consumer, mut rx) = forwarding_consumer(&fx, ConsumerConfig::default()).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while seen.len() < 200 {
+        match tokio::time::timeout_at(deadline, rx.recv()).await {
+            Ok(Some(e)) => {
+                seen.insert(e.data.seq);
+            }
+            _ => break,
+        }
+    }
+    assert_eq!(seen, (0..200).collect::<BTreeSet<_>>());
+    consumer.shutdown().await;
+    fx.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn per_routing_key_order_under_a_single_consumer() {
+    let fx = Fixture::new("order", short_tiers()).await;
+    let publisher = Publisher::new(&fx.conn, PublisherConfig::default()).unwrap();
+    // Published in order (each awaited), interleaving three keys.
+    for i in 0..150u64 {
+        let key = ["x", "y", "z"][(i % 3) as usize];
+        publisher.publish(event(i, key).to_message(fx.exchange.clone()).unwrap()).await.unwrap();
+    }
+    let (consumer, mut rx) = forwarding_consumer(&fx, ConsumerConfig::default().prefetch(1).concurrency(1)).await;
+    let got = recv_n(&mut rx, 150, Duration::from_secs(20)).await;
+    assert_eq!(got.len(), 150);
+    let mut per_key: BTreeMap<String, Vec<u64>> = BTreeMap::new();
+    for e in got {
+        per_key.entry(e.data.key).or_default().push(e.data.seq);
+    }
+    for (key, seqs) in per_key {
+        let mut sorted = seqs.clone();
+        sorted.sort();
+        assert_eq!(seqs, sorted, "order of key {key}");
+    }
+    consumer.shutdown().await;
+    fx.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unroutable_and_missing_exchange_are_typed_errors() {
+    let fx = Fixture::with_queue("unroutable", |q| {
+        // Only one binding key, so other keys are unroutable.
+        let mut q = q;
+        q.bindings[0].routing_key = "only.this".into();
+        q
+    })
+    .await;
+    let publisher = Publisher::new(&fx.conn, PublisherConfig::default()).unwrap();
+    let err = publisher
+        .publish(OutgoingMessage::new(fx.exchange.clone(), "something.else", b"{}".to_vec()))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err.kind(), ErrorKind::Unroutable { exchange, routing_key } if *exchange == fx.exchange && routing_key == "something.else"),
+        "{err:?}"
+    );
+    // The publisher keeps working after the return.
+    publisher
+        .publish(OutgoingMessage::new(fx.exchange.clone(), "only.this", b"{}".to_vec()))
+        .await
+        .unwrap();
+    let err = publisher
+        .publish(OutgoingMessage::new(format!("{}.missing", fx.name), "k", b"{}".to_vec()))
+        .await
+        .unwrap_err();
+    assert!(matches!(err.kind(), ErrorKind::Topology), "{err:?}");
+    // ... and after the broker closed its channel for the missing exchange.
+    publisher
+        .publish(OutgoingMessage::new(fx.exchange.clone(), "only.this", b"{}".to_vec()))
+        .await
+        .unwrap();
+    fx.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn poison_message_goes_to_dlq_after_configured_attempts_while_others_flow() {
+    let fx = Fixture::new(
+        "poison",
+        RetryPolicy::with_delays([Duration::from_millis(100), Duration::from_millis(200)]).max_attempts(3),
+    )
+    .await;
+    let publisher = Publisher::new(&fx.conn, PublisherConfig::default()).unwrap();
+    let attempts = Arc::new(Mutex::new(Vec::new()));
+    let (tx, mut rx) = mpsc::unbounded_channel::<u64>();
+    let a = Arc::clone(&attempts);
+    let consumer = Consumer::start(&fx.conn, fx.queue.clone(), ConsumerConfig::default().concurrency(4), typed(move |e: Envelope<Payload>| {
+        let tx = tx.clone();
+        let a = Arc::clone(&a);
+        async move {
+            if e.data.key == "poison" {
+                a.lock().unwrap().push(Instant::now());
+                Outcome::retry("cannot process poison")
+            } else {
+                let _ = tx.send(e.data.seq);
+                Outcome::Ack
+            }
+        }
+    }))
+    .await
+    .unwrap();
+    let poison = event(999, "poison");
+    publisher.publish(poison.to_message(fx.exchange.clone()).unwrap()).await.unwrap();
+    for i in 0..50 {
+        publisher.publish(event(i, "good").to_message(fx.exchange.clone()).unwrap()).await.unwrap();
+    }
+    let good = recv_n(&mut rx, 50, Duration::from_secs(10)).await;
+    assert_eq!(good.len(), 50, "other messages keep flowing");
+    let dead = fx.drain_queue(&fx.queue.dead_letter_queue(), 1, Duration::from_secs(10)).await;
+    assert_eq!(dead.len(), 1);
+    let d = &dead[0];
+    assert_eq!(header_str(d, "cloudEvents:id").as_deref(), Some(poison.id.to_string().as_str()));
+    assert_eq!(header_str(d, ATTEMPT_HEADER).as_deref(), Some("3"));
+    let reason = header_str(d, FAILURE_REASON_HEADER).unwrap();
+    assert!(reason.contains("cannot process poison") && reason.contains("3 attempt"), "{reason}");
+    let times = attempts.lock().unwrap().clone();
+    assert_eq!(times.len(), 3, "exactly the configured attempts");
+    assert!(times[1] - times[0] >= Duration::from_millis(90));
+    assert!(times[2] - times[1] >= Duration::from_millis(190), "second tier is longer");
+    consumer.shutdown().await;
+    fx.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn undecodable_message_is_dead_lettered_with_reason_and_consumer_continues() {
+    let fx = Fixture::new("undecodable", short_tiers()).await;
+    let publisher = Publisher::new(&fx.conn, PublisherConfig::default()).unwrap();
+    let (consumer, mut rx) = forwarding_consumer(&fx, ConsumerConfig::default()).await;
+    // Not an event: no CloudEvents headers.
+    publisher.publish(OutgoingMessage::new(fx.exchange.clone(), "junk", b"not json".to_vec())).await.unwrap();
+    // An event whose payload has the wrong shape.
+    let mut wrong = event(1, "bad").to_message(fx.exchange.clone()).unwrap();
+    wrong.body = br#"{"seq":"NaN"}"#.to_vec();
+    publisher.publish(wrong).await.unwrap();
+    let ok = event(2, "fine");
+    publisher.publish(ok.to_message(fx.exchange.clone()).unwrap()).await.unwrap();
+    let got = recv_n(&mut rx, 1, Duration::from_secs(10)).await;
+    assert_eq!(got[0].id, ok.id, "the consumer keeps going");
+    let dead = fx.drain_queue(&fx.queue.dead_letter_queue(), 2, Duration::from_secs(10)).await;
+    assert_eq!(dead.len(), 2);
+    let reasons: Vec<String> = dead.iter().map(|d| header_str(d, FAILURE_REASON_HEADER).unwrap()).collect();
+    assert!(reasons.iter().any(|r| r.contains("specversion")), "{reasons:?}");
+    assert!(reasons.iter().any(|r| r.contains("cannot decode")), "{reasons:?}");
+    consumer.shutdown().await;
+    fx.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn panicking_handler_does_not_kill_the_consumer() {
+    let fx = Fixture::new("panic", RetryPolicy::with_delays([Duration::from_millis(100)]).max_attempts(2)).await;
+    let publisher = Publisher::new(&fx.conn, PublisherConfig::default()).unwrap();
+    let (tx, mut rx) = mpsc::unbounded_channel::<u64>();
+    let consumer = Consumer::start(&fx.conn, fx.queue.clone(), ConsumerConfig::default(), typed(move |e: Envelope<Payload>| {
+        let tx = tx.clone();
+        async move {
+            assert_ne!(e.data.key, "boom", "handler bug");
+            let _ = tx.send(e.data.seq);
+            Outcome::Ack
+        }
+    }))
+    .await
+    .unwrap();
+    publisher.publish(event(0, "boom").to_message(fx.exchange.clone()).unwrap()).await.unwrap();
+    for i in 1..=20 {
+        publisher.publish(event(i, "ok").to_message(fx.exchange.clone()).unwrap()).await.unwrap();
+    }
+    assert_eq!(recv_n(&mut rx, 20, Duration::from_secs(10)).await.len(), 20);
+    let dead = fx.drain_queue(&fx.queue.dead_letter_queue(), 1, Duration::from_secs(10)).await;
+    assert_eq!(dead.len(), 1);
+    assert!(header_str(&dead[0], FAILURE_REASON_HEADER).unwrap().contains("handler panicked"));
+    assert!(!consumer.is_finished());
+    consumer.shutdown().await;
+    fx.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trace_id_crosses_the_broker() {
+    use opentelemetry::trace::{SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState};
+    let fx = Fixture::new("trace", short_tiers()).await;
+    let publisher = Publisher::new(&fx.conn, PublisherConfig::default()).unwrap();
+    let (tx, mut rx) = mpsc::unbounded_channel::<(TraceId, Option<HeaderValue>)>();
+    let consumer = Consumer::start(&fx.conn, fx.queue.clone(), ConsumerConfig::default(), move |m: IncomingMessage| {
+        let tx = tx.clone();
+        async move {
+            let _ = tx.send((m.trace_context().span().span_context().trace_id(), m.header("traceparent").cloned()));
+            Outcome::Ack
+        }
+    })
+    .await
+    .unwrap();
+    let trace_id = TraceId::from_hex("0af7651916cd43dd8448eb211c80319c").unwrap();
+    let sc = SpanContext::new(trace_id, SpanId::from_hex("b7ad6b7169203331").unwrap(), TraceFlags::SAMPLED, true, TraceState::default());
+    let cx = opentelemetry::Context::new().with_remote_span_context(sc);
+    {
+        // The publisher injects the current context (here an attached remote parent; in a
+        // service, the current tracing span's) when the publish starts.
+        let msg = event(1, "t").to_message(fx.exchange.clone()).unwrap();
+        let _guard = cx.attach();
+        publisher.publish(msg).await.unwrap();
+    }
+    let (got, header) = recv_n(&mut rx, 1, Duration::from_secs(10)).await.pop().expect("delivered");
+    assert_eq!(got, trace_id);
+    match header {
+        Some(HeaderValue::String(tp)) => assert!(tp.contains("0af7651916cd43dd8448eb211c80319c"), "{tp}"),
+        other => panic!("no traceparent header: {other:?}"),
+    }
+    consumer.shutdown().await;
+    fx.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connection_force_closed_mid_stream_loses_no_confirmed_message() {
+    let fx = Fixture::new("killconn", short_tiers()).await;
+    let publisher = Publisher::new(&fx.conn, PublisherConfig::default().confirm_timeout(Duration::from_secs(5))).unwrap();
+    let (consumer, mut rx) = forwarding_consumer(&fx, ConsumerConfig::default().prefetch(50).concurrency(8)).await;
+    let mut state = fx.conn.subscribe();
+
+    let confirmed = Arc::new(Mutex::new(BTreeSet::new()));
+    let failed = Arc::new(Mutex::new(0usize));
+    let total = 1500u64;
+    let producer = {
+        let publisher = publisher.clone();
+        let exchange = fx.exchange.clone();
+        let confirmed = Arc::clone(&confirmed);
+        let failed = Arc::clone(&failed);
+        tokio::spawn(async move {
+            for chunk in (0..total).collect::<Vec<_>>().chunks(25) {
+                let futs = chunk.iter().map(|&i| {
+                    let publisher = publisher.clone();
+                    let msg = event(i, "k").to_message(exchange.clone()).unwrap();
+                    async move { (i, publisher.publish(msg).await) }
+                });
+                for (i, r) in futures_util::future::join_all(futs).await {
+                    match r {
+                        Ok(()) => {
+                            confirmed.lock().unwrap().insert(i);
+                        }
+                        Err(e) => {
+                            assert!(e.is_transient(), "only transient failures during the outage: {e}");
+                            *failed.lock().unwrap() += 1;
+                        }
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+    };
+    // Let the stream get going, then kill our (and only our) connection.
+    let mut seen = BTreeSet::new();
+    for e in recv_n(&mut rx, 200, Duration::from_secs(10)).await {
+        seen.insert(e.data.seq);
+    }
+    assert_eq!(kill_connection(&fx.name).await, 1, "found our connection by its name");
+    tokio::time::timeout(Duration::from_secs(10), state.wait_for(|s| *s == ConnectionState::Reconnecting))
+        .await
+        .expect("loss noticed")
+        .unwrap();
+    tokio::time::timeout(Duration::from_secs(10), state.wait_for(|s| *s == ConnectionState::Connected))
+        .await
+        .expect("reconnected")
+        .unwrap();
+    assert!(fx.conn.generation() >= 2);
+    producer.await.unwrap();
+    let confirmed = confirmed.lock().unwrap().clone();
+    assert!(confirmed.len() as u64 > total / 2, "most publishes succeed: {}", confirmed.len());
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while !confirmed.is_subset(&seen) {
+        match tokio::time::timeout_at(deadline, rx.recv()).await {
+            Ok(Some(e)) => {
+                seen.insert(e.data.seq);
+            }
+            _ => break,
+        }
+    }
+    let missing: Vec<_> = confirmed.difference(&seen).take(10).collect();
+    assert!(missing.is_empty(), "confirmed but never consumed: {missing:?} (failed publishes: {})", failed.lock().unwrap());
+    // The publisher works again after the outage.
+    publisher.publish(event(total, "k").to_message(fx.exchange.clone()).unwrap()).await.unwrap();
+    consumer.shutdown().await;
+    fx.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_lets_in_flight_handlers_finish_and_state_is_closed() {
+    let fx = Fixture::new("shutdown", short_tiers()).await;
+    let publisher = Publisher::new(&fx.conn, PublisherConfig::default()).unwrap();
+    let (started_tx, mut started_rx) = mpsc::unbounded_channel::<()>();
+    let finished = Arc::new(Mutex::new(0));
+    let f = Arc::clone(&finished);
+    let consumer = Consumer::start(&fx.conn, fx.queue.clone(), ConsumerConfig::default().concurrency(2), move |_m: IncomingMessage| {
+        let started_tx = started_tx.clone();
+        let f = Arc::clone(&f);
+        async move {
+            let _ = started_tx.send(());
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            *f.lock().unwrap() += 1;
+            Outcome::Ack
+        }
+    })
+    .await
+    .unwrap();
+    for i in 0..2 {
+        publisher.publish(event(i, "s").to_message(fx.exchange.clone()).unwrap()).await.unwrap();
+    }
+    assert_eq!(recv_n(&mut started_rx, 2, Duration::from_secs(10)).await.len(), 2);
+    consumer.shutdown().await;
+    assert_eq!(*finished.lock().unwrap(), 2, "in-flight handlers completed before shutdown returned");
+    // Acked: nothing comes back for a new consumer.
+    let (c2, mut rx) = forwarding_consumer(&fx, ConsumerConfig::default()).await;
+    assert!(recv_n(&mut rx, 1, Duration::from_millis(500)).await.is_empty());
+    c2.shutdown().await;
+    let conn = fx.conn.clone();
+    let health = conn.health_check();
+    fx.cleanup().await;
+    assert_eq!(conn.state(), ConnectionState::Closed);
+    assert!(health.check().await.is_err());
+    let err = publisher.publish(event(9, "s").to_message("x").unwrap()).await.unwrap_err();
+    assert!(matches!(err.kind(), ErrorKind::Shutdown), "{err:?}");
+}

@@ -1,0 +1,130 @@
+//! Shared helpers of the RabbitMQ integration tests: unique names, fixtures, cleanup and
+//! closing one test's own connection with rabbitmqctl.
+#![allow(dead_code, unreachable_pub)]
+
+use std::time::Duration;
+
+use chassis_messaging::connection::{Connection, ConnectionConfig};
+use chassis_messaging::topology::{ExchangeConfig, QueueConfig, RetryPolicy, TopologyConfig};
+use lapin::options::{BasicAckOptions, BasicGetOptions, ExchangeDeleteOptions, QueueDeleteOptions};
+
+pub fn amqp_url() -> String {
+    std::env::var("AMQP_URL").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".to_owned())
+}
+
+pub fn unique(prefix: &str) -> String {
+    format!("chassis-test.{prefix}.{}", uuid::Uuid::new_v4().simple())
+}
+
+pub async fn connect(name: &str) -> Connection {
+    let cfg = ConnectionConfig::new(amqp_url(), name)
+        .operation_timeout(Duration::from_secs(5))
+        .backoff(Duration::from_millis(50), Duration::from_millis(500));
+    Connection::connect(cfg).await.expect("connect to RabbitMQ")
+}
+
+/// One test's exchange + queue (bound with `#`), declared on a fresh named connection.
+pub struct Fixture {
+    pub conn: Connection,
+    pub name: String,
+    pub exchange: String,
+    pub queue: QueueConfig,
+}
+
+impl Fixture {
+    pub async fn new(test: &str, retry: RetryPolicy) -> Self {
+        Self::with_queue(test, |q| q.retry(retry)).await
+    }
+
+    pub async fn with_queue(test: &str, f: impl FnOnce(QueueConfig) -> QueueConfig) -> Self {
+        let name = unique(test);
+        let conn = connect(&name).await;
+        let exchange = format!("{name}.ex");
+        let queue = f(QueueConfig::new(format!("{name}.q")).bind(exchange.clone(), "#"));
+        conn.declare(
+            TopologyConfig::new()
+                .exchange(ExchangeConfig::topic(exchange.clone()))
+                .queue(queue.clone()),
+        )
+        .await
+        .expect("declare topology");
+        Self {
+            conn,
+            name,
+            exchange,
+            queue,
+        }
+    }
+
+    /// Deletes every queue and exchange of the fixture and closes the connection.
+    pub async fn cleanup(self) {
+        let ch = self.conn.create_channel().await.expect("channel for cleanup");
+        for q in self.queue.all_queues() {
+            let _ = ch.queue_delete(q.as_str().into(), QueueDeleteOptions::default()).await;
+        }
+        for e in [self.exchange.clone(), self.queue.dead_letter_exchange()] {
+            let _ = ch.exchange_delete(e.as_str().into(), ExchangeDeleteOptions::default()).await;
+        }
+        let _ = ch.close(200, "cleanup".into()).await;
+        self.conn.close().await;
+    }
+
+    /// Takes every message currently in `queue` (acking them), waiting until `expected` arrived
+    /// or `within` elapsed.
+    pub async fn drain_queue(&self, queue: &str, expected: usize, within: Duration) -> Vec<lapin::message::BasicGetMessage> {
+        let ch = self.conn.create_channel().await.expect("channel");
+        let deadline = tokio::time::Instant::now() + within;
+        let mut out = Vec::new();
+        while out.len() < expected && tokio::time::Instant::now() < deadline {
+            match ch.basic_get(queue.into(), BasicGetOptions::default()).await.expect("basic.get") {
+                Some(m) => {
+                    m.delivery.acker.ack(BasicAckOptions::default()).await.expect("ack");
+                    out.push(m);
+                }
+                None => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+        }
+        let _ = ch.close(200, "done".into()).await;
+        out
+    }
+}
+
+/// Closes only the connection(s) whose `connection_name` is `name`; returns how many.
+pub async fn kill_connection(name: &str) -> usize {
+    let name = name.to_owned();
+    tokio::task::spawn_blocking(move || {
+        let out = std::process::Command::new("rabbitmqctl")
+            .args(["-q", "list_connections", "pid", "client_properties"])
+            .output()
+            .expect("rabbitmqctl list_connections");
+        let text = String::from_utf8_lossy(&out.stdout);
+        let mut killed = 0;
+        for line in text.lines().filter(|l| l.contains(&name)) {
+            let Some(pid) = line.split_whitespace().next() else { continue };
+            if !pid.starts_with('<') {
+                continue;
+            }
+            let status = std::process::Command::new("rabbitmqctl")
+                .args(["close_connection", pid, "chassis test: forced close"])
+                .status()
+                .expect("rabbitmqctl close_connection");
+            if status.success() {
+                killed += 1;
+            }
+        }
+        killed
+    })
+    .await
+    .expect("rabbitmqctl task")
+}
+
+pub fn header_str(m: &lapin::message::BasicGetMessage, key: &str) -> Option<String> {
+    let headers = m.delivery.properties.headers().as_ref()?;
+    match headers.inner().get(key)? {
+        lapin::types::AMQPValue::LongString(s) => Some(String::from_utf8_lossy(s.as_bytes()).into_owned()),
+        lapin::types::AMQPValue::ShortString(s) => Some(s.as_str().to_owned()),
+        lapin::types::AMQPValue::LongLongInt(i) => Some(i.to_string()),
+        lapin::types::AMQPValue::LongInt(i) => Some(i.to_string()),
+        _ => None,
+    }
+}

@@ -1,0 +1,560 @@
+//! [`Telemetry::builder`]: logs, traces and metrics set up in one call.
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use chassis_core::ServiceInfo;
+//! use chassis_observability::Telemetry;
+//!
+//! # #[tokio::main]
+//! # async fn main() -> Result<(), chassis_observability::Error> {
+//! let telemetry = Telemetry::builder(ServiceInfo::from_env("orders", "1.2.0")).init()?;
+//! tracing::info!("ready");
+//! let metrics_text = telemetry.prometheus_handle().map(|h| h.render());
+//! # let _ = metrics_text;
+//! // ... serve; on SIGTERM, after draining:
+//! telemetry.shutdown(Duration::from_secs(5)).await?;
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! For tests, [`TelemetryBuilder::build`] returns the subscriber as a [`Dispatch`] without
+//! installing anything globally: use it with [`tracing::dispatcher::with_default`].
+
+use std::io;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chassis_core::ServiceInfo;
+use opentelemetry::trace::TracerProvider as _;
+use opentelemetry_sdk::trace::SdkTracerProvider;
+use tracing::Dispatch;
+use tracing::level_filters::LevelFilter;
+use tracing_subscriber::filter::Targets;
+use tracing_subscriber::fmt::MakeWriter;
+use tracing_subscriber::fmt::writer::BoxMakeWriter;
+use tracing_subscriber::layer::SubscriberExt as _;
+use tracing_subscriber::{EnvFilter, Layer, Registry};
+
+use crate::config::{LogFormat, OtlpProtocol, Sampling, TelemetryConfig};
+use crate::logging::{JsonFormat, redacting_fields};
+use crate::metrics::{PrometheusHandle, PrometheusRecorder};
+use crate::trace::{ExportStats, build_tracer_provider};
+use crate::{Error, ErrorKind};
+
+/// Entry point: `Telemetry::builder(service_info)`.
+#[derive(Debug, Clone, Copy)]
+pub struct Telemetry;
+
+impl Telemetry {
+    /// A builder for the given service, with [`TelemetryConfig::default`] and the environment
+    /// read at build time.
+    pub fn builder(service: ServiceInfo) -> TelemetryBuilder {
+        TelemetryBuilder {
+            service,
+            config: TelemetryConfig::default(),
+            use_env: true,
+            output: Output::Stdout,
+            install_recorder: true,
+        }
+    }
+}
+
+enum Output {
+    Stdout,
+    NonBlocking(Box<dyn io::Write + Send + 'static>),
+    Direct(BoxMakeWriter),
+}
+
+/// Configures and starts telemetry. Setters are consuming; each says its default.
+pub struct TelemetryBuilder {
+    service: ServiceInfo,
+    config: TelemetryConfig,
+    use_env: bool,
+    output: Output,
+    install_recorder: bool,
+}
+
+impl std::fmt::Debug for TelemetryBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TelemetryBuilder")
+            .field("service", &self.service)
+            .field("config", &self.config)
+            .field("use_env", &self.use_env)
+            .finish_non_exhaustive()
+    }
+}
+
+impl TelemetryBuilder {
+    /// Replaces the whole configuration. Defaults to [`TelemetryConfig::default`].
+    pub fn config(mut self, config: TelemetryConfig) -> Self {
+        self.config = config;
+        self
+    }
+
+    /// Log format. Defaults to JSON.
+    pub fn log_format(mut self, format: LogFormat) -> Self {
+        self.config.log.format = format;
+        self
+    }
+
+    /// `RUST_LOG`-style filter directives. Defaults to `info`.
+    pub fn log_filter(mut self, directives: impl Into<String>) -> Self {
+        self.config.log.filter = directives.into();
+        self
+    }
+
+    /// OTLP collector base URL (`/v1/traces` is appended for HTTP). Defaults to none: no export.
+    pub fn otlp_endpoint(mut self, endpoint: impl Into<String>) -> Self {
+        self.config.tracing.endpoint = Some(endpoint.into());
+        self
+    }
+
+    /// OTLP protocol. Defaults to HTTP/protobuf.
+    pub fn otlp_protocol(mut self, protocol: OtlpProtocol) -> Self {
+        self.config.tracing.protocol = protocol;
+        self
+    }
+
+    /// Head sampling. Defaults to parent-based with ratio 1.0.
+    pub fn sampling(mut self, sampling: Sampling) -> Self {
+        self.config.tracing.sampling = sampling;
+        self
+    }
+
+    /// Adds a resource attribute. Defaults to none beyond the service identity.
+    pub fn resource_attribute(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.config
+            .tracing
+            .resource_attributes
+            .insert(key.into(), value.into());
+        self
+    }
+
+    /// Histogram buckets for every histogram. Defaults to the OTel duration buckets (seconds).
+    pub fn histogram_buckets(mut self, buckets: impl Into<Vec<f64>>) -> Self {
+        self.config.metrics.buckets = buckets.into();
+        self
+    }
+
+    /// Histogram buckets for one metric. Defaults to none.
+    pub fn histogram_buckets_for(
+        mut self,
+        metric: impl Into<String>,
+        buckets: impl Into<Vec<f64>>,
+    ) -> Self {
+        self.config
+            .metrics
+            .buckets_for_metric
+            .insert(metric.into(), buckets.into());
+        self
+    }
+
+    /// Whether [`init`](Self::init) installs the Prometheus recorder as the global `metrics`
+    /// recorder. Defaults to `true` (when metrics are enabled).
+    pub fn install_metrics_recorder(mut self, install: bool) -> Self {
+        self.install_recorder = install;
+        self
+    }
+
+    /// Do not read `LOG_FORMAT`, `RUST_LOG` and the `OTEL_*` variables. Defaults to reading them
+    /// (they win over the configuration).
+    pub fn ignore_env(mut self) -> Self {
+        self.use_env = false;
+        self
+    }
+
+    /// Log lines go to `writer` through a non-blocking, lossy buffer (a full buffer drops lines
+    /// instead of blocking the service). Defaults to stdout, non-blocking.
+    pub fn writer(mut self, writer: impl io::Write + Send + 'static) -> Self {
+        self.output = Output::NonBlocking(Box::new(writer));
+        self
+    }
+
+    /// Log lines are written synchronously through `make_writer` (tests, benchmarks, or a writer
+    /// that is already non-blocking). Defaults to stdout, non-blocking.
+    pub fn make_writer<M>(mut self, make_writer: M) -> Self
+    where
+        M: for<'a> MakeWriter<'a> + Send + Sync + 'static,
+    {
+        self.output = Output::Direct(BoxMakeWriter::new(make_writer));
+        self
+    }
+
+    /// Builds everything without touching global state: the subscriber as a [`Dispatch`] (use it
+    /// with [`tracing::dispatcher::with_default`] or [`tracing::dispatcher::set_global_default`])
+    /// and the guard. The Prometheus recorder stays in the guard
+    /// ([`TelemetryGuard::metrics_recorder`]). With an OTLP endpoint, call it inside a tokio
+    /// runtime.
+    pub fn build(self) -> Result<(Dispatch, TelemetryGuard), Error> {
+        let TelemetryBuilder {
+            mut service,
+            mut config,
+            use_env,
+            output,
+            install_recorder: _,
+        } = self;
+        let warnings = if use_env {
+            config.apply_env(|k| std::env::var(k).ok())
+        } else {
+            Vec::new()
+        };
+        config.tracing.validate()?;
+        resolve_identity(&mut service, &config);
+
+        let filter = build_filter(&config.log.filter)?;
+        let recorder = if config.metrics.enabled {
+            Some(crate::metrics::build_recorder(&config.metrics)?)
+        } else {
+            None
+        };
+        let (provider, stats) = build_tracer_provider(&service, &config.tracing)?;
+        let exporting = config.tracing.resolved_traces_endpoint().is_some();
+
+        let (make_writer, log_guard) = match output {
+            Output::Direct(w) => (w, None),
+            Output::Stdout => non_blocking(io::stdout(), config.log.buffered_lines_limit),
+            Output::NonBlocking(w) => non_blocking(w, config.log.buffered_lines_limit),
+        };
+
+        let json = JsonFormat::new(&service);
+        let dispatch_slot = json.dispatch_slot();
+        let fmt_layer: Box<dyn Layer<Inner> + Send + Sync> = match config.log.format {
+            LogFormat::Json => tracing_subscriber::fmt::layer()
+                .event_format(json)
+                .with_writer(make_writer)
+                .boxed(),
+            // Not `fmt::format::Pretty`: it records event fields with its own visitor, bypassing
+            // `fmt_fields`, so field-name redaction would not apply. The full format with source
+            // locations is the readable development format that honours it.
+            LogFormat::Pretty => tracing_subscriber::fmt::layer()
+                .with_file(true)
+                .with_line_number(true)
+                .with_thread_names(true)
+                .fmt_fields(redacting_fields())
+                .with_ansi(config.log.ansi)
+                .with_writer(make_writer)
+                .boxed(),
+            LogFormat::Compact => tracing_subscriber::fmt::layer()
+                .compact()
+                .fmt_fields(redacting_fields())
+                .with_ansi(config.log.ansi)
+                .with_writer(make_writer)
+                .boxed(),
+        };
+        let otel_layer = tracing_opentelemetry::layer()
+            .with_tracer(provider.tracer("chassis"))
+            // The exporter's own HTTP stack must not produce spans: they would be exported in
+            // turn, a feedback loop.
+            .with_filter(
+                Targets::new()
+                    .with_default(LevelFilter::TRACE)
+                    .with_target("hyper", LevelFilter::OFF)
+                    .with_target("hyper_util", LevelFilter::OFF)
+                    .with_target("h2", LevelFilter::OFF)
+                    .with_target("reqwest", LevelFilter::OFF)
+                    .with_target("tonic", LevelFilter::OFF)
+                    .with_target("opentelemetry", LevelFilter::OFF)
+                    .with_target("opentelemetry_sdk", LevelFilter::OFF)
+                    .with_target("opentelemetry-otlp", LevelFilter::OFF)
+                    .with_target("opentelemetry_otlp", LevelFilter::OFF),
+            )
+            .boxed();
+
+        let subscriber = Registry::default()
+            .with(filter)
+            .with(vec![otel_layer, fmt_layer]);
+        let dispatch = Dispatch::new(subscriber);
+        let _ = dispatch_slot.set(dispatch.downgrade());
+
+        let prometheus = recorder.as_ref().map(PrometheusRecorder::handle);
+        let upkeep = prometheus.clone().and_then(|handle| {
+            let rt = tokio::runtime::Handle::try_current().ok()?;
+            Some(rt.spawn(async move {
+                let mut tick = tokio::time::interval(Duration::from_secs(5));
+                loop {
+                    tick.tick().await;
+                    handle.run_upkeep();
+                }
+            }))
+        });
+
+        Ok((
+            dispatch,
+            TelemetryGuard {
+                service,
+                provider,
+                stats,
+                exporting,
+                prometheus,
+                recorder,
+                upkeep,
+                log_guard,
+                warnings,
+                done: false,
+            },
+        ))
+    }
+
+    /// Builds everything and installs it process-wide: the global `tracing` subscriber (plus the
+    /// `log` bridge), the global OpenTelemetry tracer provider and propagator (W3C Trace Context +
+    /// Baggage), and, unless disabled, the global `metrics` recorder. Keep the returned guard
+    /// alive; call [`TelemetryGuard::shutdown`] at the end.
+    ///
+    /// Fails with [`ErrorKind::GlobalSubscriberExists`] / [`ErrorKind::GlobalRecorderExists`]
+    /// (changing nothing) when another subscriber/recorder is installed, so it is safe in tests.
+    pub fn init(self) -> Result<TelemetryGuard, Error> {
+        use tracing_subscriber::util::SubscriberInitExt as _;
+        if tracing::dispatcher::has_been_set() {
+            return Err(Error::new(ErrorKind::GlobalSubscriberExists));
+        }
+        let install_recorder = self.install_recorder;
+        let (dispatch, mut guard) = self.build()?;
+        if install_recorder && let Some(recorder) = guard.recorder.take() {
+            ::metrics::set_global_recorder(recorder)
+                .map_err(|e| Error::with_source(ErrorKind::GlobalRecorderExists, e))?;
+            crate::metrics::describe_all();
+        }
+        if let Err(e) = dispatch.try_init() {
+            // `try_init` sets the subscriber first, then the `log` bridge: if the subscriber is
+            // ours now, only the bridge failed (another `log` logger exists), which is harmless.
+            if !tracing::dispatcher::has_been_set() {
+                return Err(Error::with_source(ErrorKind::GlobalSubscriberExists, e));
+            }
+        }
+        opentelemetry::global::set_tracer_provider(guard.provider.clone());
+        opentelemetry::global::set_text_map_propagator(crate::propagation::text_map_propagator());
+        for warning in std::mem::take(&mut guard.warnings) {
+            tracing::warn!(target: "chassis_observability", "{warning}");
+        }
+        tracing::debug!(
+            target: "chassis_observability",
+            exporting = guard.exporting,
+            "telemetry initialised"
+        );
+        Ok(guard)
+    }
+}
+
+type Inner = tracing_subscriber::layer::Layered<EnvFilter, Registry>;
+
+fn non_blocking<W: io::Write + Send + 'static>(
+    writer: W,
+    limit: usize,
+) -> (BoxMakeWriter, Option<tracing_appender::non_blocking::WorkerGuard>) {
+    let (nb, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .lossy(true)
+        .buffered_lines_limit(limit.max(1))
+        .finish(writer);
+    (BoxMakeWriter::new(nb), Some(guard))
+}
+
+/// The filter: the configured directives plus `opentelemetry=off` (unless the directives mention
+/// opentelemetry), because the SDK logs an error per failed batch, which would flood the log while
+/// a collector is down; the chassis logs one warning instead.
+fn build_filter(directives: &str) -> Result<EnvFilter, Error> {
+    let mut directives = directives.trim().to_owned();
+    if !directives.contains("opentelemetry") {
+        if !directives.is_empty() {
+            directives.push(',');
+        }
+        directives.push_str("opentelemetry=off");
+    }
+    EnvFilter::builder()
+        .with_default_directive(LevelFilter::INFO.into())
+        .parse(&directives)
+        .map_err(|e| {
+            Error::with_source(
+                ErrorKind::InvalidConfig {
+                    reason: format!("log filter {directives:?}: {e}"),
+                },
+                e,
+            )
+        })
+}
+
+/// Resource attributes (including `OTEL_SERVICE_NAME` / `OTEL_RESOURCE_ATTRIBUTES`) override the
+/// identity given in code, so logs and traces agree on who is speaking.
+fn resolve_identity(service: &mut ServiceInfo, config: &TelemetryConfig) {
+    let attrs = &config.tracing.resource_attributes;
+    if let Some(v) = attrs.get("service.name") {
+        service.name.clone_from(v);
+    }
+    if let Some(v) = attrs.get("service.version") {
+        service.version.clone_from(v);
+    }
+    if let Some(v) = attrs
+        .get("deployment.environment.name")
+        .or_else(|| attrs.get("deployment.environment"))
+    {
+        service.environment.clone_from(v);
+    }
+    if let Some(v) = attrs.get("service.instance.id") {
+        service.instance_id.clone_from(v);
+    }
+}
+
+/// Keeps telemetry running; flushes it on [`shutdown`](Self::shutdown) or, best effort, on drop.
+///
+/// Dropping the guard flushes buffered log lines and tries to flush spans for at most 2 s on a
+/// helper thread (not at all when dropped on a current-thread runtime, where waiting would
+/// deadlock the exporter task). Prefer `shutdown(deadline).await`.
+pub struct TelemetryGuard {
+    service: ServiceInfo,
+    provider: SdkTracerProvider,
+    stats: Arc<ExportStats>,
+    exporting: bool,
+    prometheus: Option<PrometheusHandle>,
+    recorder: Option<PrometheusRecorder>,
+    upkeep: Option<tokio::task::JoinHandle<()>>,
+    log_guard: Option<tracing_appender::non_blocking::WorkerGuard>,
+    warnings: Vec<String>,
+    done: bool,
+}
+
+impl std::fmt::Debug for TelemetryGuard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TelemetryGuard")
+            .field("service", &self.service)
+            .field("exporting", &self.exporting)
+            .field("stats", &self.stats)
+            .finish_non_exhaustive()
+    }
+}
+
+impl TelemetryGuard {
+    /// The service identity in effect (after `OTEL_SERVICE_NAME` / `OTEL_RESOURCE_ATTRIBUTES`).
+    pub fn service(&self) -> &ServiceInfo {
+        &self.service
+    }
+
+    /// Renders the Prometheus text exposition (`handle.render()`); `None` when metrics are
+    /// disabled.
+    pub fn prometheus_handle(&self) -> Option<PrometheusHandle> {
+        self.prometheus.clone()
+    }
+
+    /// The Prometheus recorder when it was not installed globally (after
+    /// [`TelemetryBuilder::build`], or `init` with `install_metrics_recorder(false)`): record into
+    /// it with [`metrics::with_local_recorder`](::metrics::with_local_recorder) or install it
+    /// yourself.
+    pub fn metrics_recorder(&self) -> Option<&PrometheusRecorder> {
+        self.recorder.as_ref()
+    }
+
+    /// Takes the not-installed recorder out of the guard (see [`metrics_recorder`](Self::metrics_recorder)).
+    pub fn take_metrics_recorder(&mut self) -> Option<PrometheusRecorder> {
+        self.recorder.take()
+    }
+
+    /// The OpenTelemetry tracer provider.
+    pub fn tracer_provider(&self) -> &SdkTracerProvider {
+        &self.provider
+    }
+
+    /// Whether spans are exported (an OTLP endpoint is configured).
+    pub fn is_exporting(&self) -> bool {
+        self.exporting
+    }
+
+    /// Spans lost so far (queue full or failed export); also in `otel.spans.dropped`.
+    pub fn dropped_spans(&self) -> u64 {
+        self.stats.dropped()
+    }
+
+    /// The export counters, shared: they stay readable after [`shutdown`](Self::shutdown).
+    pub fn export_stats(&self) -> Arc<ExportStats> {
+        Arc::clone(&self.stats)
+    }
+
+    /// Spans the collector accepted so far.
+    pub fn exported_spans(&self) -> u64 {
+        self.stats.exported()
+    }
+
+    /// Warnings about ignored environment variables (already logged by `init`).
+    pub fn config_warnings(&self) -> &[String] {
+        &self.warnings
+    }
+
+    /// Exports the queued spans now, waiting at most `deadline`.
+    pub async fn force_flush(&self, deadline: Duration) -> Result<(), Error> {
+        let provider = self.provider.clone();
+        run_blocking(deadline, move || provider.force_flush()).await
+    }
+
+    /// Flushes and stops: queued spans are exported (within `deadline`), the exporter is shut
+    /// down, buffered log lines are written. Returns [`ErrorKind::ShutdownTimedOut`] when the
+    /// deadline passed first (spans still queued are lost; the service can exit anyway).
+    pub async fn shutdown(mut self, deadline: Duration) -> Result<(), Error> {
+        self.done = true;
+        if let Some(task) = self.upkeep.take() {
+            task.abort();
+        }
+        let provider = self.provider.clone();
+        let result = run_blocking(deadline, move || provider.shutdown()).await;
+        let dropped = self.stats.dropped();
+        if dropped > 0 {
+            tracing::warn!(
+                target: "chassis_observability",
+                dropped_spans = dropped,
+                "spans were dropped during this run (see otel.spans.dropped)"
+            );
+        }
+        if let Some(log_guard) = self.log_guard.take() {
+            // Dropping the worker guard waits (bounded) for the writer thread to drain.
+            let _ = tokio::task::spawn_blocking(move || drop(log_guard)).await;
+        }
+        result
+    }
+}
+
+/// Runs a blocking SDK call (they `block_on` a reply from the exporter task) off the runtime's
+/// threads, bounded by `deadline`.
+async fn run_blocking(
+    deadline: Duration,
+    f: impl FnOnce() -> opentelemetry_sdk::error::OTelSdkResult + Send + 'static,
+) -> Result<(), Error> {
+    match tokio::time::timeout(deadline, tokio::task::spawn_blocking(f)).await {
+        Err(_) => Err(Error::new(ErrorKind::ShutdownTimedOut { after: deadline })),
+        Ok(Err(join)) => Err(Error::with_source(
+            ErrorKind::Shutdown {
+                reason: join.to_string(),
+            },
+            join,
+        )),
+        Ok(Ok(Err(sdk))) => Err(Error::with_source(
+            ErrorKind::Shutdown {
+                reason: sdk.to_string(),
+            },
+            sdk,
+        )),
+        Ok(Ok(Ok(()))) => Ok(()),
+    }
+}
+
+impl Drop for TelemetryGuard {
+    fn drop(&mut self) {
+        if self.done {
+            return;
+        }
+        if let Some(task) = self.upkeep.take() {
+            task.abort();
+        }
+        if self.exporting {
+            let provider = self.provider.clone();
+            let (tx, rx) = std::sync::mpsc::channel();
+            let spawned = std::thread::Builder::new()
+                .name("chassis-otel-flush".into())
+                .spawn(move || {
+                    let _ = tx.send(provider.shutdown());
+                });
+            let current_thread = tokio::runtime::Handle::try_current().is_ok_and(|h| {
+                h.runtime_flavor() == tokio::runtime::RuntimeFlavor::CurrentThread
+            });
+            if spawned.is_ok() && !current_thread {
+                let _ = rx.recv_timeout(Duration::from_secs(2));
+            }
+        }
+        // `log_guard` drops after this, flushing buffered lines.
+    }
+}

@@ -1,0 +1,488 @@
+//! The OpenTelemetry tracer provider behind the `tracing` spans.
+//!
+//! [`build_tracer_provider`] builds an `SdkTracerProvider` with
+//! - a parent-based (or plain) trace-id-ratio sampler from [`Sampling`],
+//! - the resource: `service.name`, `service.version`, `deployment.environment` (and the newer
+//!   `deployment.environment.name`), `service.instance.id`, the `telemetry.sdk.*` attributes and
+//!   [`TracingConfig::resource_attributes`],
+//! - when an endpoint is configured, an OTLP exporter (HTTP/protobuf over the *async* reqwest
+//!   client, so no blocking client ever runs inside the runtime) behind the SDK's tokio batch
+//!   processor (`span_processor_with_async_runtime::BatchSpanProcessor`; the default processor
+//!   runs on its own thread, where the async client panics for lack of a reactor).
+//!
+//! Without an endpoint the provider has no processor: spans still get ids, so logs correlate and
+//! contexts propagate, but nothing leaves the process.
+//!
+//! # A missing or slow collector
+//!
+//! Ending a span never waits: a span goes into a bounded queue ([`TracingConfig::max_queue_size`])
+//! or, when it is full, is dropped. Drops are counted ([`ExportStats::dropped`] and the
+//! `otel.spans.dropped{reason="queue_full"}` counter); failed exports too
+//! (`reason="export_failed"`). The SDK does not expose its drop count, so the queue bound is
+//! enforced by a thin counting processor in front of the SDK's, whose own channel is made larger
+//! so it never drops first. One warning is logged when dropping starts, one when exports start
+//! failing and one (info) when they recover: no flood. The SDK's own internal logs, which would
+//! repeat an error every batch, are silenced by the default filter (`opentelemetry=off`).
+//!
+//! ```
+//! use chassis_core::ServiceInfo;
+//! use chassis_observability::config::TracingConfig;
+//! use chassis_observability::trace::build_tracer_provider;
+//! use opentelemetry::trace::{Span as _, Tracer, TracerProvider};
+//!
+//! let (provider, _stats) = build_tracer_provider(&ServiceInfo::new("orders", "1.0.0"), &TracingConfig::default()).unwrap();
+//! let tracer = provider.tracer("example");
+//! let span = tracer.start("work");
+//! assert!(span.span_context().is_valid()); // ids without any exporter
+//! ```
+
+use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use chassis_core::ServiceInfo;
+use opentelemetry::{Context, KeyValue};
+use opentelemetry_sdk::Resource;
+use opentelemetry_sdk::error::OTelSdkResult;
+use opentelemetry_sdk::trace::span_processor_with_async_runtime::BatchSpanProcessor;
+use opentelemetry_sdk::trace::{
+    BatchConfigBuilder, Sampler, SdkTracerProvider, Span, SpanData, SpanExporter, SpanProcessor,
+};
+
+use crate::config::{OtlpProtocol, Sampling, TracingConfig};
+use crate::metrics::names;
+use crate::{Error, ErrorKind};
+
+/// Counters of the export pipeline, shared by the processor, the exporter and the guard.
+#[derive(Debug, Default)]
+pub struct ExportStats {
+    dropped: AtomicU64,
+    exported: AtomicU64,
+    queue_full_warned: AtomicBool,
+    failing: AtomicBool,
+}
+
+impl ExportStats {
+    /// Spans lost so far (queue full or export failed).
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
+
+    /// Spans the collector accepted so far.
+    pub fn exported(&self) -> u64 {
+        self.exported.load(Ordering::Relaxed)
+    }
+
+    fn record_dropped(&self, n: u64, reason: &'static str) {
+        self.dropped.fetch_add(n, Ordering::Relaxed);
+        ::metrics::counter!(names::OTEL_SPANS_DROPPED, names::labels::REASON => reason).increment(n);
+    }
+}
+
+/// The sampler for `sampling`.
+pub fn sampler(sampling: &Sampling) -> Sampler {
+    let root = if sampling.ratio >= 1.0 {
+        Sampler::AlwaysOn
+    } else if sampling.ratio <= 0.0 {
+        Sampler::AlwaysOff
+    } else {
+        Sampler::TraceIdRatioBased(sampling.ratio)
+    };
+    if sampling.parent_based {
+        Sampler::ParentBased(Box::new(root))
+    } else {
+        root
+    }
+}
+
+/// The resource describing this service.
+pub fn resource(service: &ServiceInfo, config: &TracingConfig) -> Resource {
+    let mut attrs = vec![
+        KeyValue::new("service.name", service.name.clone()),
+        KeyValue::new("service.version", service.version.clone()),
+        KeyValue::new("deployment.environment", service.environment.clone()),
+        KeyValue::new("deployment.environment.name", service.environment.clone()),
+        KeyValue::new("service.instance.id", service.instance_id.clone()),
+    ];
+    let identity = [
+        "service.name",
+        "service.version",
+        "deployment.environment",
+        "deployment.environment.name",
+        "service.instance.id",
+    ];
+    attrs.extend(
+        config
+            .resource_attributes
+            .iter()
+            .filter(|(k, _)| !identity.contains(&k.as_str()))
+            .map(|(k, v)| KeyValue::new(k.clone(), v.clone())),
+    );
+    Resource::builder_empty()
+        .with_detector(Box::new(
+            opentelemetry_sdk::resource::TelemetryResourceDetector,
+        ))
+        .with_attributes(attrs)
+        .build()
+}
+
+/// Builds the tracer provider (see the [module docs](self)). With an endpoint configured this
+/// must run inside a tokio runtime ([`ErrorKind::NoRuntime`] otherwise).
+pub fn build_tracer_provider(
+    service: &ServiceInfo,
+    config: &TracingConfig,
+) -> Result<(SdkTracerProvider, Arc<ExportStats>), Error> {
+    config.validate()?;
+    let stats = Arc::new(ExportStats::default());
+    let mut builder = SdkTracerProvider::builder()
+        .with_sampler(sampler(&config.sampling))
+        .with_resource(resource(service, config));
+    if let Some(endpoint) = config.resolved_traces_endpoint() {
+        if tokio::runtime::Handle::try_current().is_err() {
+            return Err(Error::new(ErrorKind::NoRuntime));
+        }
+        let exporter = build_exporter(config, &endpoint)?;
+        let pending = Arc::new(AtomicUsize::new(0));
+        let batch = config.max_export_batch_size.min(config.max_queue_size);
+        let inner = BatchSpanProcessor::builder(
+            CountingExporter {
+                inner: exporter,
+                pending: Arc::clone(&pending),
+                stats: Arc::clone(&stats),
+                endpoint,
+            },
+            opentelemetry_sdk::runtime::Tokio,
+        )
+        .with_batch_config(
+            BatchConfigBuilder::default()
+                // Room for our queue plus the batch the SDK task holds, so the SDK never drops
+                // (it would not tell us): the bound is enforced by `CountingProcessor`.
+                .with_max_queue_size(config.max_queue_size + batch)
+                .with_max_export_batch_size(batch)
+                .with_scheduled_delay(config.scheduled_delay)
+                .with_max_export_timeout(config.export_timeout)
+                .build(),
+        )
+        .build();
+        builder = builder.with_span_processor(CountingProcessor {
+            inner,
+            pending,
+            limit: config.max_queue_size,
+            stats: Arc::clone(&stats),
+        });
+    }
+    Ok((builder.build(), stats))
+}
+
+fn build_exporter(
+    config: &TracingConfig,
+    endpoint: &str,
+) -> Result<opentelemetry_otlp::SpanExporter, Error> {
+    use opentelemetry_otlp::WithExportConfig as _;
+    let err = |e: opentelemetry_otlp::ExporterBuildError| {
+        Error::with_source(
+            ErrorKind::Exporter {
+                reason: e.to_string(),
+            },
+            e,
+        )
+    };
+    match config.protocol {
+        OtlpProtocol::HttpProtobuf => opentelemetry_otlp::SpanExporter::builder()
+            .with_http()
+            .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
+            .with_endpoint(endpoint)
+            .with_timeout(config.export_timeout)
+            .build()
+            .map_err(err),
+        #[cfg(feature = "grpc")]
+        OtlpProtocol::Grpc => opentelemetry_otlp::SpanExporter::builder()
+            .with_tonic()
+            .with_endpoint(endpoint)
+            .with_timeout(config.export_timeout)
+            .build()
+            .map_err(err),
+        #[cfg(not(feature = "grpc"))]
+        OtlpProtocol::Grpc => Err(Error::invalid_config(
+            "OTLP protocol grpc needs chassis-observability's `grpc` feature",
+        )),
+    }
+}
+
+/// Bounds the export queue and counts what it drops (see the module docs).
+struct CountingProcessor<P> {
+    inner: P,
+    pending: Arc<AtomicUsize>,
+    limit: usize,
+    stats: Arc<ExportStats>,
+}
+
+impl<P> fmt::Debug for CountingProcessor<P> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CountingProcessor")
+            .field("pending", &self.pending.load(Ordering::Relaxed))
+            .field("limit", &self.limit)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<P: SpanProcessor> SpanProcessor for CountingProcessor<P> {
+    fn on_start(&self, span: &mut Span, cx: &Context) {
+        self.inner.on_start(span, cx);
+    }
+
+    fn on_end(&self, span: SpanData) {
+        if !span.span_context.is_sampled() {
+            return;
+        }
+        if self.pending.fetch_add(1, Ordering::AcqRel) >= self.limit {
+            self.pending.fetch_sub(1, Ordering::AcqRel);
+            self.stats.record_dropped(1, "queue_full");
+            if !self.stats.queue_full_warned.swap(true, Ordering::Relaxed) {
+                tracing::warn!(
+                    target: "chassis_observability::trace",
+                    max_queue_size = self.limit,
+                    "span export queue is full: dropping spans from now on, counted in otel.spans.dropped (no further warning)"
+                );
+            }
+            return;
+        }
+        self.inner.on_end(span);
+    }
+
+    fn force_flush(&self) -> OTelSdkResult {
+        self.inner.force_flush()
+    }
+
+    fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {
+        self.inner.shutdown_with_timeout(timeout)
+    }
+
+    fn set_resource(&mut self, resource: &Resource) {
+        self.inner.set_resource(resource);
+    }
+}
+
+/// Counts spans leaving the queue and failed exports; logs export failure once per outage.
+struct CountingExporter<E> {
+    inner: E,
+    pending: Arc<AtomicUsize>,
+    stats: Arc<ExportStats>,
+    endpoint: String,
+}
+
+impl<E> fmt::Debug for CountingExporter<E> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CountingExporter")
+            .field("endpoint", &self.endpoint)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Counts a batch as failed unless told otherwise; also covers the SDK cancelling the export
+/// future on its timeout (the future is dropped, never completes).
+struct ExportOutcome<'a> {
+    stats: &'a ExportStats,
+    endpoint: &'a str,
+    spans: u64,
+    settled: bool,
+}
+
+impl ExportOutcome<'_> {
+    fn settle(&mut self, result: &OTelSdkResult) {
+        self.settled = true;
+        match result {
+            Ok(()) => {
+                self.stats.exported.fetch_add(self.spans, Ordering::Relaxed);
+                if self.stats.failing.swap(false, Ordering::Relaxed) {
+                    tracing::info!(
+                        target: "chassis_observability::trace",
+                        endpoint = self.endpoint,
+                        "span export recovered"
+                    );
+                }
+            }
+            Err(e) => self.failed(Some(e)),
+        }
+    }
+
+    fn failed(&self, error: Option<&opentelemetry_sdk::error::OTelSdkError>) {
+        self.stats.record_dropped(self.spans, "export_failed");
+        if !self.stats.failing.swap(true, Ordering::Relaxed) {
+            let reason = error.map_or_else(|| "timed out".to_owned(), ToString::to_string);
+            tracing::warn!(
+                target: "chassis_observability::trace",
+                endpoint = self.endpoint,
+                error = %reason,
+                "span export failing: spans are dropped and counted in otel.spans.dropped until the collector is back (no further warning)"
+            );
+        }
+    }
+}
+
+impl Drop for ExportOutcome<'_> {
+    fn drop(&mut self) {
+        if !self.settled {
+            self.failed(None);
+        }
+    }
+}
+
+impl<E: SpanExporter> SpanExporter for CountingExporter<E> {
+    fn export(&self, batch: Vec<SpanData>) -> impl Future<Output = OTelSdkResult> + Send {
+        let spans = batch.len();
+        // These spans have left the queue: make room for new ones.
+        self.pending.fetch_sub(spans, Ordering::AcqRel);
+        let export = self.inner.export(batch);
+        async move {
+            let mut outcome = ExportOutcome {
+                stats: &self.stats,
+                endpoint: &self.endpoint,
+                spans: spans as u64,
+                settled: false,
+            };
+            let result = export.await;
+            outcome.settle(&result);
+            result
+        }
+    }
+
+    fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {
+        self.inner.shutdown_with_timeout(timeout)
+    }
+
+    fn force_flush(&self) -> OTelSdkResult {
+        self.inner.force_flush()
+    }
+
+    fn set_resource(&mut self, resource: &Resource) {
+        self.inner.set_resource(resource);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use opentelemetry::trace::{SpanContext, SpanId, SpanKind, TraceFlags, TraceId, TraceState};
+    use opentelemetry_sdk::trace::{SamplingDecision, ShouldSample};
+
+    fn decide(s: &Sampler, parent: Option<bool>, trace_id: u128) -> SamplingDecision {
+        let cx = match parent {
+            Some(sampled) => Context::new().with_remote_span_context(SpanContext::new(
+                TraceId::from(trace_id),
+                SpanId::from(1u64),
+                if sampled {
+                    TraceFlags::SAMPLED
+                } else {
+                    TraceFlags::default()
+                },
+                true,
+                TraceState::default(),
+            )),
+            None => Context::new(),
+        };
+        use opentelemetry::trace::TraceContextExt as _;
+        s.should_sample(
+            Some(&cx),
+            TraceId::from(trace_id),
+            "s",
+            &SpanKind::Internal,
+            &[],
+            &[],
+        )
+        .decision
+    }
+
+    #[test]
+    fn parent_based_ratio_follows_the_parent() {
+        let s = sampler(&Sampling {
+            parent_based: true,
+            ratio: 0.0,
+        });
+        assert_eq!(decide(&s, None, 7), SamplingDecision::Drop);
+        assert_eq!(decide(&s, Some(true), 7), SamplingDecision::RecordAndSample);
+        let s = sampler(&Sampling {
+            parent_based: false,
+            ratio: 0.0,
+        });
+        assert_eq!(decide(&s, Some(true), 7), SamplingDecision::Drop);
+        let s = sampler(&Sampling {
+            parent_based: true,
+            ratio: 1.0,
+        });
+        assert_eq!(decide(&s, Some(false), 7), SamplingDecision::Drop);
+        assert_eq!(decide(&s, None, 7), SamplingDecision::RecordAndSample);
+    }
+
+    #[test]
+    fn ratio_sampler_samples_about_the_ratio() {
+        let s = sampler(&Sampling {
+            parent_based: false,
+            ratio: 0.25,
+        });
+        // Trace ids spread over the whole space: the ratio sampler compares the low 63 bits.
+        let sampled = (0..4000u128)
+            .map(|i| i.wrapping_mul(0x9e37_79b9_7f4a_7c15_f39c_c060_5ced_c835))
+            .filter(|id| decide(&s, None, *id) == SamplingDecision::RecordAndSample)
+            .count();
+        assert!((800..1200).contains(&sampled), "{sampled}");
+    }
+
+    #[test]
+    fn resource_carries_identity_and_extra_attributes() {
+        let mut config = TracingConfig::default();
+        config
+            .resource_attributes
+            .insert("cloud.region".into(), "eu-west-1".into());
+        config
+            .resource_attributes
+            .insert("service.name".into(), "not-this".into());
+        let r = resource(
+            &ServiceInfo::new("orders", "1.2.0").environment("staging"),
+            &config,
+        );
+        let get = |k: &'static str| r.get(&opentelemetry::Key::from_static_str(k)).map(|v| v.to_string());
+        assert_eq!(get("service.name").as_deref(), Some("orders"));
+        assert_eq!(get("service.version").as_deref(), Some("1.2.0"));
+        assert_eq!(get("deployment.environment").as_deref(), Some("staging"));
+        assert_eq!(get("cloud.region").as_deref(), Some("eu-west-1"));
+        assert_eq!(get("telemetry.sdk.language").as_deref(), Some("rust"));
+    }
+
+    #[cfg(feature = "grpc")]
+    // Multi-thread: dropping the last provider reference shuts it down, which waits for the
+    // exporter task; that task needs a free worker.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+    async fn grpc_exporter_builds_with_the_feature() {
+        let config = TracingConfig {
+            endpoint: Some("http://127.0.0.1:4317".into()),
+            protocol: OtlpProtocol::Grpc,
+            ..TracingConfig::default()
+        };
+        let (provider, _) = build_tracer_provider(&ServiceInfo::new("a", "1"), &config).unwrap();
+        drop(provider);
+    }
+
+    #[cfg(not(feature = "grpc"))]
+    #[tokio::test]
+    async fn grpc_without_the_feature_is_a_config_error() {
+        let config = TracingConfig {
+            endpoint: Some("http://127.0.0.1:4317".into()),
+            protocol: OtlpProtocol::Grpc,
+            ..TracingConfig::default()
+        };
+        let err = build_tracer_provider(&ServiceInfo::new("a", "1"), &config).unwrap_err();
+        assert!(matches!(err.kind(), ErrorKind::InvalidConfig { .. }), "{err}");
+    }
+
+    #[test]
+    fn export_needs_a_runtime() {
+        let config = TracingConfig {
+            endpoint: Some("http://127.0.0.1:1".into()),
+            ..TracingConfig::default()
+        };
+        let err = build_tracer_provider(&ServiceInfo::new("a", "1"), &config).unwrap_err();
+        assert_eq!(err.kind(), &ErrorKind::NoRuntime);
+    }
+}

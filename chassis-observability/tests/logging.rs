@@ -1,0 +1,219 @@
+//! Log capture: JSON line shape, trace correlation, redaction, formats and filtering.
+
+use chassis_core::ServiceInfo;
+use chassis_observability::logging::CaptureWriter;
+use chassis_observability::{LogFormat, Secret, Telemetry};
+use opentelemetry::trace::TraceContextExt as _;
+use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+
+fn service() -> ServiceInfo {
+    let mut s = ServiceInfo::new("orders", "1.2.0").environment("production");
+    s.instance_id = "orders-1".into();
+    s
+}
+
+fn capture(format: LogFormat, filter: &str) -> (tracing::Dispatch, chassis_observability::TelemetryGuard, CaptureWriter) {
+    let logs = CaptureWriter::new();
+    let (dispatch, guard) = Telemetry::builder(service())
+        .ignore_env()
+        .log_format(format)
+        .log_filter(filter)
+        .make_writer(logs.clone())
+        .build()
+        .unwrap();
+    (dispatch, guard, logs)
+}
+
+fn json_lines(logs: &CaptureWriter) -> Vec<serde_json::Value> {
+    logs.lines()
+        .iter()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect()
+}
+
+#[test]
+fn json_line_shape_with_trace_correlation() {
+    let (dispatch, _guard, logs) = capture(LogFormat::Json, "info");
+    let (trace_id, span_id) = tracing::dispatcher::with_default(&dispatch, || {
+        let span = tracing::info_span!("place_order", order.id = 42);
+        let _e = span.enter();
+        tracing::info!(
+            order.id = 42_u64,
+            amount = 19.99,
+            express = true,
+            customer = "ann \"the\" buyer",
+            items = ?vec![1, 2],
+            "order placed"
+        );
+        let sc = span.context().span().span_context().clone();
+        (sc.trace_id().to_string(), sc.span_id().to_string())
+    });
+    let lines = json_lines(&logs);
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    let l = &lines[0];
+    let ts = l["timestamp"].as_str().unwrap();
+    assert!(ts.len() >= 20 && ts.ends_with('Z') && ts.as_bytes()[10] == b'T', "{ts}");
+    assert_eq!(l["severity_text"], "INFO");
+    assert_eq!(l["severity_number"], 9);
+    assert_eq!(l["body"], "order placed");
+    assert_eq!(l["target"], "logging");
+    assert_eq!(l["service.name"], "orders");
+    assert_eq!(l["service.version"], "1.2.0");
+    assert_eq!(l["deployment.environment"], "production");
+    assert_eq!(l["service.instance.id"], "orders-1");
+    assert_eq!(l["trace_id"], trace_id);
+    assert_eq!(l["span_id"], span_id);
+    assert_eq!(l["trace_flags"], "01");
+    assert_eq!(l["span.name"], "place_order");
+    assert_eq!(l["order.id"], 42);
+    assert_eq!(l["amount"], 19.99);
+    assert_eq!(l["express"], true);
+    assert_eq!(l["customer"], "ann \"the\" buyer");
+    assert_eq!(l["items"], "[1, 2]");
+    assert_eq!(trace_id.len(), 32);
+    assert_eq!(span_id.len(), 16);
+    assert!(logs.contents().ends_with("}\n"));
+}
+
+#[test]
+fn nested_spans_and_explicit_parents_correlate_to_the_right_span() {
+    let (dispatch, _guard, logs) = capture(LogFormat::Json, "info");
+    let (outer_id, inner_id, trace) = tracing::dispatcher::with_default(&dispatch, || {
+        let outer = tracing::info_span!("outer");
+        let inner = outer.in_scope(|| tracing::info_span!("inner"));
+        inner.in_scope(|| tracing::info!("in inner"));
+        // Explicit parent, no span entered.
+        tracing::info!(parent: &outer, "explicit outer");
+        tracing::info!("no span");
+        let id = |s: &tracing::Span| s.context().span().span_context().span_id().to_string();
+        (id(&outer), id(&inner), outer.context().span().span_context().trace_id().to_string())
+    });
+    let lines = json_lines(&logs);
+    assert_eq!(lines[0]["span_id"], inner_id);
+    assert_eq!(lines[0]["trace_id"], trace);
+    assert_eq!(lines[1]["span_id"], outer_id);
+    assert_eq!(lines[1]["trace_id"], trace);
+    assert_eq!(lines[1]["span.name"], "outer");
+    assert!(lines[2].get("trace_id").is_none(), "{}", lines[2]);
+    assert!(lines[2].get("span.name").is_none());
+}
+
+#[test]
+fn sensitive_values_never_reach_the_json_output() {
+    let (dispatch, _guard, logs) = capture(LogFormat::Json, "info");
+    tracing::dispatcher::with_default(&dispatch, || {
+        let api_key = Secret::new("sk-live-123".to_owned());
+        tracing::info!(
+            password = "hunter2",
+            access_token = %"tok-abc",
+            authorization = "Bearer eyJhbGci",
+            http.request.header.cookie = "sid=xyz",
+            client_secret = 5_u64,
+            user = %"ann",
+            key = %api_key,
+            key_debug = ?api_key,
+            "login"
+        );
+    });
+    let text = logs.contents();
+    for secret in ["hunter2", "tok-abc", "eyJhbGci", "sid=xyz", "sk-live-123"] {
+        assert!(!text.contains(secret), "{secret} leaked: {text}");
+    }
+    let l = &json_lines(&logs)[0];
+    for field in ["password", "access_token", "authorization", "http.request.header.cookie", "client_secret", "key", "key_debug"] {
+        assert_eq!(l[field], "[REDACTED]", "{field}");
+    }
+    assert_eq!(l["user"], "ann");
+}
+
+#[test]
+fn sensitive_values_never_reach_the_pretty_or_compact_output() {
+    for format in [LogFormat::Pretty, LogFormat::Compact] {
+        let (dispatch, _guard, logs) = capture(format, "info");
+        tracing::dispatcher::with_default(&dispatch, || {
+            let span = tracing::info_span!("login", api_key = "span-secret-1");
+            let _e = span.enter();
+            tracing::info!(password = "hunter2", token = ?Secret::new("t0k"), user = "ann", "login attempt");
+        });
+        let text = logs.contents();
+        assert!(text.contains("login attempt"), "{text}");
+        assert!(text.contains("ann"), "{text}");
+        assert!(text.contains("[REDACTED]"), "{text}");
+        for secret in ["hunter2", "t0k", "span-secret-1"] {
+            assert!(!text.contains(secret), "{format}: {secret} leaked: {text}");
+        }
+        assert!(serde_json::from_str::<serde_json::Value>(text.lines().next().unwrap()).is_err());
+    }
+}
+
+#[test]
+fn reserved_names_do_not_duplicate_keys() {
+    let (dispatch, _guard, logs) = capture(LogFormat::Json, "info");
+    tracing::dispatcher::with_default(&dispatch, || {
+        tracing::warn!(target: "custom::target", body = "field body", trace_id = "fake", "real body");
+    });
+    let l = &json_lines(&logs)[0];
+    assert_eq!(l["body"], "real body");
+    assert_eq!(l["field.body"], "field body");
+    assert_eq!(l["field.trace_id"], "fake");
+    assert_eq!(l["target"], "custom::target");
+    assert_eq!(l["severity_text"], "WARN");
+    assert_eq!(l["severity_number"], 13);
+}
+
+#[test]
+fn env_filter_directives_apply() {
+    let (dispatch, _guard, logs) = capture(LogFormat::Json, "warn,logging::chatty=debug");
+    tracing::dispatcher::with_default(&dispatch, || {
+        tracing::info!("dropped");
+        tracing::debug!(target: "logging::chatty", "kept debug");
+        tracing::error!("kept error");
+        tracing::warn!(target: "opentelemetry_sdk", "sdk noise is off by default");
+    });
+    let bodies: Vec<_> = json_lines(&logs).iter().map(|l| l["body"].as_str().unwrap().to_owned()).collect();
+    assert_eq!(bodies, ["kept debug", "kept error"]);
+}
+
+#[test]
+fn invalid_filter_is_a_typed_error() {
+    let err = Telemetry::builder(service())
+        .ignore_env()
+        .log_filter("info,[[[")
+        .make_writer(CaptureWriter::new())
+        .build()
+        .unwrap_err();
+    assert!(matches!(err.kind(), chassis_observability::ErrorKind::InvalidConfig { .. }), "{err}");
+}
+
+#[tokio::test]
+async fn non_blocking_writer_flushes_on_shutdown() {
+    let logs = CaptureWriter::new();
+    let (dispatch, guard) = Telemetry::builder(service())
+        .ignore_env()
+        .writer(logs.clone())
+        .build()
+        .unwrap();
+    tracing::dispatcher::with_default(&dispatch, || {
+        for i in 0..100 {
+            tracing::info!(i, "line");
+        }
+    });
+    guard.shutdown(std::time::Duration::from_secs(5)).await.unwrap();
+    let lines = json_lines(&logs);
+    assert_eq!(lines.len(), 100);
+    assert_eq!(lines[99]["i"], 99);
+}
+
+#[test]
+fn non_blocking_writer_flushes_on_drop() {
+    let logs = CaptureWriter::new();
+    let (dispatch, guard) = Telemetry::builder(service())
+        .ignore_env()
+        .writer(logs.clone())
+        .build()
+        .unwrap();
+    tracing::dispatcher::with_default(&dispatch, || tracing::info!("before drop"));
+    drop(dispatch);
+    drop(guard);
+    assert_eq!(json_lines(&logs)[0]["body"], "before drop");
+}

@@ -1,0 +1,11 @@
+//! # shop-orders
+//!
+//! Owns orders and orchestrates the order saga as a persisted state machine:
+//! reserve inventory -> charge payment -> confirm, compensating (release the reservation, refund
+//! the charge) and ending `FAILED` with a reason when a step fails or times out. Every
+//! transition is one database transaction that also writes the next message into the outbox, so
+//! the saga resumes from the database after a restart.
+//!
+//! - [`saga`]: the state machine and its SQL.
+
+pub mod saga;
