@@ -142,16 +142,14 @@ fn candidates() -> Vec<(&'static str, Make)> {
             "failsafe_default",
             Box::new(move || {
                 let cb = fs_default.clone();
-                Box::new(move |i| cb.call(|| Ok::<u64, BoxError>(black_box(i))).is_ok())
-                    as CallOnce
+                Box::new(move |i| cb.call(|| Ok::<u64, BoxError>(black_box(i))).is_ok()) as CallOnce
             }),
         ),
         (
             "failsafe_consecutive_failures",
             Box::new(move || {
                 let cb = fs_consecutive.clone();
-                Box::new(move |i| cb.call(|| Ok::<u64, BoxError>(black_box(i))).is_ok())
-                    as CallOnce
+                Box::new(move |i| cb.call(|| Ok::<u64, BoxError>(black_box(i))).is_ok()) as CallOnce
             }),
         ),
     ]
@@ -176,7 +174,6 @@ fn one_thread(c: &mut Criterion) {
 fn two_threads(c: &mut Criterion) {
     let mut group = c.benchmark_group("breaker_closed_2_threads_shared");
     for (name, make) in candidates() {
-        let make = Arc::new(make);
         group.bench_function(name, |b| {
             b.iter_custom(|iters| {
                 let barrier = Arc::new(Barrier::new(2));

@@ -55,6 +55,9 @@ struct Args {
     logs: Logs,
     /// Whether the Prometheus recorder is installed.
     metrics: bool,
+    /// Serve the chassis layers with the bare accept loop instead of `Server` (isolates the
+    /// cost of the layers from the cost of the runner).
+    layers_only: bool,
 }
 
 impl Args {
@@ -66,6 +69,7 @@ impl Args {
             server_threads: 1,
             logs: Logs::Off,
             metrics: true,
+            layers_only: false,
         };
         let mut it = std::env::args().skip(1);
         while let Some(arg) = it.next() {
@@ -85,6 +89,7 @@ impl Args {
                     }
                 }
                 "--no-metrics" => args.metrics = false,
+                "--layers-only" => args.layers_only = true,
                 // `cargo bench` passes `--bench` to harness-less targets.
                 _ => {}
             }
@@ -93,11 +98,15 @@ impl Args {
     }
 }
 
-async fn hello(_req: http::Request<hyper::body::Incoming>) -> Result<http::Response<Full<Bytes>>, Infallible> {
+async fn hello(
+    _req: http::Request<hyper::body::Incoming>,
+) -> Result<http::Response<Full<Bytes>>, Infallible> {
     Ok(http::Response::new(Full::new(Bytes::from_static(b"hello"))))
 }
 
-async fn hello_limited<B>(_req: http::Request<B>) -> Result<http::Response<Full<Bytes>>, Infallible> {
+async fn hello_limited<B>(
+    _req: http::Request<B>,
+) -> Result<http::Response<Full<Bytes>>, Infallible> {
     Ok(http::Response::new(Full::new(Bytes::from_static(b"hello"))))
 }
 
@@ -111,7 +120,32 @@ async fn serve_bare(listener: TcpListener) {
         let builder = builder.clone();
         tokio::spawn(async move {
             let service = TowerToHyperService::new(tower::service_fn(hello));
-            let _ = builder.serve_connection(TokioIo::new(stream), service).await;
+            let _ = builder
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}
+
+async fn serve_layers_on_bare_runner(listener: TcpListener) {
+    let registry = HealthRegistry::new();
+    registry.mark_started();
+    let service = ServiceBuilder::new()
+        .layer(HealthLayer::new(registry))
+        .layer(StandardLayers::new())
+        .service(tower::service_fn(hello_limited));
+    let builder = Arc::new(auto::Builder::new(TokioExecutor::new()));
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let builder = builder.clone();
+        let service = TowerToHyperService::new(service.clone());
+        tokio::spawn(async move {
+            let _ = builder
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
         });
     }
 }
@@ -164,7 +198,8 @@ fn complete_response(buf: &[u8]) -> Option<usize> {
         .split("\r\n")
         .find_map(|l| {
             let (k, v) = l.split_once(':')?;
-            k.eq_ignore_ascii_case("content-length").then(|| v.trim().parse::<usize>().ok())?
+            k.eq_ignore_ascii_case("content-length")
+                .then(|| v.trim().parse::<usize>().ok())?
         })
         .unwrap_or(0);
     (buf.len() >= head_end + len).then_some(head_end + len)
@@ -189,7 +224,10 @@ async fn measure(addr: SocketAddr, connections: usize, duration: Duration) -> (f
     for task in tasks {
         task.await.expect("driver task");
     }
-    (count as f64 / elapsed.as_secs_f64(), bad.load(Ordering::Relaxed))
+    (
+        count as f64 / elapsed.as_secs_f64(),
+        bad.load(Ordering::Relaxed),
+    )
 }
 
 fn main() {
@@ -217,7 +255,11 @@ fn main() {
         let chassis = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addrs = (bare.local_addr().unwrap(), chassis.local_addr().unwrap());
         tokio::spawn(serve_bare(bare));
-        tokio::spawn(serve_chassis(chassis));
+        if args.layers_only {
+            tokio::spawn(serve_layers_on_bare_runner(chassis));
+        } else {
+            tokio::spawn(serve_chassis(chassis));
+        }
         addrs
     });
 
@@ -226,8 +268,14 @@ fn main() {
         .build()
         .expect("client runtime");
     println!(
-        "connections={} duration={:?} rounds={} server_threads={} logs={:?} metrics={}",
-        args.connections, args.duration, args.rounds, args.server_threads, args.logs, args.metrics
+        "connections={} duration={:?} rounds={} server_threads={} logs={:?} metrics={} layers_only={}",
+        args.connections,
+        args.duration,
+        args.rounds,
+        args.server_threads,
+        args.logs,
+        args.metrics,
+        args.layers_only
     );
     let (mut bare_total, mut chassis_total) = (0.0, 0.0);
     let mut ratios = Vec::new();

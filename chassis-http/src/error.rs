@@ -326,7 +326,13 @@ impl fmt::Debug for ApiError {
 
 impl fmt::Display for ApiError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} {}: {}", self.status.as_u16(), self.code, self.message)
+        write!(
+            f,
+            "{} {}: {}",
+            self.status.as_u16(),
+            self.code,
+            self.message
+        )
     }
 }
 
@@ -497,9 +503,12 @@ mod tests {
         let body = json(ApiError::internal("x").into_response()).await;
         assert_eq!(body["traceId"], serde_json::Value::Null);
         assert_eq!(body["error"]["details"], serde_json::Value::Null);
-        let id = opentelemetry::trace::TraceId::from_hex("4bf92f3577b34da6a3ce929d0e0e4736").unwrap();
+        let id =
+            opentelemetry::trace::TraceId::from_hex("4bf92f3577b34da6a3ce929d0e0e4736").unwrap();
         let body = REQUEST_TRACE_ID
-            .scope(Some(id), async { json(ApiError::internal("x").into_response()).await })
+            .scope(Some(id), async {
+                json(ApiError::internal("x").into_response()).await
+            })
             .await;
         assert_eq!(body["traceId"], "4bf92f3577b34da6a3ce929d0e0e4736");
     }

@@ -266,10 +266,7 @@ impl Server {
     /// Serves `service` until shutdown, then drains; see the [module docs](self).
     pub async fn serve<S, B>(self, service: S) -> Result<ServeOutcome, Error>
     where
-        S: Service<http::Request<Incoming>, Response = http::Response<B>>
-            + Clone
-            + Send
-            + 'static,
+        S: Service<http::Request<Incoming>, Response = http::Response<B>> + Clone + Send + 'static,
         S::Future: Send + 'static,
         S::Error: Into<BoxError>,
         B: http_body::Body<Data = Bytes> + Send + 'static,

@@ -13,10 +13,14 @@
 //! `connection_name` client property, so operators (and tests) can find it with
 //! `rabbitmqctl list_connections name client_properties`.
 //!
-//! lapin's own auto-recovery (`enable_auto_recover`) is deliberately not used: the chassis
-//! reconnect loop replaces the whole connection, so every channel and every outstanding
-//! [`lapin::Acker`] of the old one is dead (acks on it are refused), which is exactly the
-//! "never ack on a recovered channel" guarantee the consumer needs.
+//! lapin 4.12.3's own auto-recovery (`enable_auto_recover`) works against the broker here
+//! for a forced close (`tests/lapin_recovery.rs` pins that down: publishing resumes, the
+//! consumer is re-registered, acks of pre-loss deliveries are refused). The chassis still uses
+//! its own reconnect loop, which lapin's recovery would otherwise need as a backstop anyway
+//! (its reconnect backoff gives up after 16 attempts by default): the loop
+//! replaces the whole connection, so every channel and every outstanding [`lapin::Acker`] of
+//! the old one is dead (acks on it are refused), topology comes from our typed config, and
+//! there is exactly one state to watch.
 //!
 //! # Example
 //! ```no_run

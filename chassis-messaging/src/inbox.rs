@@ -267,7 +267,7 @@ impl<DB: InboxDatabase> Inbox<DB> {
         } else {
             // Nothing was written; rolling back just releases the connection.
             drop(tx);
-            metrics::counter!(names::INBOX_DUPLICATES, "consumer" => self.consumer.to_string())
+            metrics::counter!(names::INBOX_DUPLICATES, names::DESTINATION => self.consumer.to_string())
                 .increment(1);
             tracing::debug!(consumer = %self.consumer, message_id, "duplicate delivery skipped");
             Ok(Claim::Duplicate)
@@ -293,7 +293,7 @@ impl<DB: InboxDatabase> Inbox<DB> {
         };
         let value = handler(&mut tx).await?;
         tx.commit().await.map_err(crate::outbox::db_err)?;
-        metrics::counter!(names::INBOX_PROCESSED, "consumer" => self.consumer.to_string())
+        metrics::counter!(names::INBOX_PROCESSED, names::DESTINATION => self.consumer.to_string())
             .increment(1);
         Ok(Processed::Done(value))
     }
@@ -428,7 +428,7 @@ where
             }
             match tx.commit().await {
                 Ok(()) => {
-                    metrics::counter!(names::INBOX_PROCESSED, "consumer" => inbox.consumer.to_string())
+                    metrics::counter!(names::INBOX_PROCESSED, names::DESTINATION => inbox.consumer.to_string())
                         .increment(1);
                     Outcome::Ack
                 }

@@ -42,7 +42,8 @@ async fn lapin_auto_recover_after_forced_close() {
     // The acker of a delivery from before the loss is poisoned: acking it is refused.
     tokio::time::sleep(Duration::from_millis(300)).await;
     let acked = d.acker.ack(BasicAckOptions::default()).await;
-    println!("ack of pre-loss delivery: {acked:?}, usable: {}", d.acker.usable());
+    assert!(matches!(acked, Ok(false)), "pre-loss ack refused: {acked:?}");
+    assert!(!d.acker.usable());
 
     let mut recovered = false;
     for _ in 0..50 {
@@ -59,9 +60,20 @@ async fn lapin_auto_recover_after_forced_close() {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    println!("recovered publish: {recovered}; connection connected: {}", conn.status().connected());
-    let next = tokio::time::timeout(Duration::from_secs(5), consumer.next()).await;
-    println!("consumer after loss: {:?}", next.as_ref().map(|n| n.as_ref().map(|r| r.as_ref().map(|d| String::from_utf8_lossy(&d.data).into_owned()))));
+    assert!(recovered, "lapin recovered the channel for publishing");
+    assert!(conn.status().connected());
+    // The recovered consumer gets the unacked message again, then the new one.
+    let mut bodies = Vec::new();
+    while bodies.len() < 2 {
+        let d = tokio::time::timeout(Duration::from_secs(5), consumer.next())
+            .await
+            .expect("consumer recovered")
+            .expect("stream open")
+            .expect("delivery");
+        d.acker.ack(BasicAckOptions::default()).await.unwrap();
+        bodies.push(d.data);
+    }
+    assert_eq!(bodies, [b"before".to_vec(), b"after".to_vec()]);
     let _ = ch.queue_delete(queue.as_str().into(), QueueDeleteOptions::default()).await;
     let _ = conn.close(200, "bye".into()).await;
 }

@@ -22,6 +22,9 @@ async fn setup(test: &str, connections: u32) -> (PgSchema, PgOutbox, Broker) {
     let outbox = PgOutbox::new(db.pool.clone());
     outbox.migrate().await.unwrap();
     outbox.migrate().await.expect("migrations are idempotent");
+    chassis_core::health::HealthCheck::check(&outbox)
+        .await
+        .expect("the database health check passes");
     (db, outbox, Broker::new(test).await)
 }
 

@@ -23,6 +23,9 @@ async fn setup(test: &str) -> (tempfile::TempDir, SqliteOutbox, Broker) {
     let outbox = SqliteOutbox::new(pool);
     outbox.migrate().await.unwrap();
     outbox.migrate().await.expect("migrations are idempotent");
+    chassis_core::health::HealthCheck::check(&outbox)
+        .await
+        .expect("the database health check passes");
     (dir, outbox, Broker::new(test).await)
 }
 
@@ -70,7 +73,20 @@ async fn commit_arrives_rollback_never_and_commit_wakes_the_relay() {
         .unwrap();
     tx.rollback().await.unwrap();
 
-    let barrier = enqueue_committed(&outbox, &broker.event("order-3", 1)).await;
+    // An envelope goes in the same way (its subject orders it, its id is the message id).
+    let envelope = chassis_messaging::envelope::Envelope::new(
+        "tests/outbox",
+        "event.order.placed",
+        serde_json::json!({"subject": "order-3", "seq": 1}),
+    )
+    .subject("order-3");
+    let mut tx = outbox.pool().begin().await.unwrap();
+    let barrier = outbox
+        .enqueue_event(&mut tx, &broker.exchange, &envelope)
+        .await
+        .unwrap();
+    outbox.commit(tx).await.unwrap();
+    assert_eq!(barrier, envelope.id.to_string());
     let received = broker.drain(2, Duration::from_secs(10)).await;
     let ids: Vec<&str> = received.iter().map(|r| r.message_id.as_str()).collect();
     assert_eq!(ids, vec![committed.as_str(), barrier.as_str()]);
@@ -114,14 +130,15 @@ async fn concurrent_writers_every_event_arrives_in_subject_order() {
             .await
             .unwrap();
     }
-    let token = CancellationToken::new();
-    let relay = Relay::new(
+    // Run as a service would: tracked by the shutdown controller.
+    let shutdown = chassis_core::shutdown::Shutdown::new();
+    Relay::new(
         outbox.clone(),
         broker.publisher.clone(),
         RelayConfig::default().batch_size(16),
     )
     .unwrap()
-    .spawn(token.clone());
+    .spawn_with(&shutdown);
 
     let writers = (0..4).map(|w| {
         let outbox = outbox.clone();
@@ -158,8 +175,11 @@ async fn concurrent_writers_every_event_arrives_in_subject_order() {
         received.iter().map(|r| r.message_id.clone()).collect();
     assert_eq!(unique.len(), 200);
     assert_per_subject_order(&received);
-    token.cancel();
-    relay.await.unwrap();
+    shutdown.trigger();
+    assert!(
+        shutdown.drain(Duration::from_secs(5)).await,
+        "the relay stopped on shutdown"
+    );
     broker.cleanup().await;
 }
 
@@ -299,8 +319,10 @@ async fn relay_killed_between_confirm_and_mark_duplicates_are_absorbed_by_the_in
     });
     let config = RelayConfig::default()
         .batch_size(10)
-        .publish_timeout(Duration::from_millis(800))
-        .lease(Duration::from_secs(1));
+        // Long enough that the doomed relay cannot time out its hung publishes (and release
+        // its lease itself) before the test kills it; the next relay takes over after the lease.
+        .publish_timeout(Duration::from_secs(3))
+        .lease(Duration::from_secs(4));
     let token = CancellationToken::new();
     let doomed = Relay::new(outbox.clone(), crashing.clone(), config.clone())
         .unwrap()
@@ -523,4 +545,18 @@ async fn broker_down_rows_stay_pending_relay_backs_off_then_resumes() {
     token.cancel();
     relay.await.unwrap();
     broker.cleanup().await;
+}
+
+#[tokio::test]
+async fn health_check_pings_the_database() {
+    let dir = tempfile::tempdir().unwrap();
+    let outbox = SqliteOutbox::new(sqlite_pool(&dir).await);
+    let check: &dyn chassis_core::health::HealthCheck = &outbox;
+    assert_eq!(check.name(), "outbox-sqlite");
+    assert!(check.check().await.is_ok());
+    outbox.pool().close().await;
+    assert!(
+        check.check().await.is_err(),
+        "a closed pool fails the check"
+    );
 }

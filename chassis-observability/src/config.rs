@@ -290,7 +290,9 @@ impl TracingConfig {
             url.parse::<http::Uri>()
                 .ok()
                 .filter(|u| u.scheme().is_some() && u.host().is_some())
-                .ok_or_else(|| Error::invalid_config(format!("OTLP endpoint {url:?} is not a URL")))?;
+                .ok_or_else(|| {
+                    Error::invalid_config(format!("OTLP endpoint {url:?} is not a URL"))
+                })?;
         }
         Ok(())
     }
@@ -328,7 +330,9 @@ impl Default for MetricsConfig {
 impl MetricsConfig {
     pub(crate) fn validate(&self) -> Result<(), Error> {
         let check = |name: &str, b: &[f64]| {
-            if b.is_empty() || b.iter().any(|v| !v.is_finite()) || b.windows(2).any(|w| w[0] >= w[1])
+            if b.is_empty()
+                || b.iter().any(|v| !v.is_finite())
+                || b.windows(2).any(|w| w[0] >= w[1])
             {
                 Err(Error::invalid_config(format!(
                     "histogram buckets for {name} must be finite, non-empty and strictly increasing"
@@ -371,8 +375,8 @@ impl TelemetryConfig {
         if let Some(v) = var("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") {
             t.traces_endpoint = Some(v);
         }
-        if let Some(v) = var("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL")
-            .or_else(|| var("OTEL_EXPORTER_OTLP_PROTOCOL"))
+        if let Some(v) =
+            var("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL").or_else(|| var("OTEL_EXPORTER_OTLP_PROTOCOL"))
         {
             warn(v.parse().map(|p| t.protocol = p));
         }
@@ -386,7 +390,8 @@ impl TelemetryConfig {
                 Err(e) => warnings.push(format!("{e}; keeping the configured sampler")),
             }
         }
-        let disabled = var("OTEL_SDK_DISABLED").is_some_and(|v| v.trim().eq_ignore_ascii_case("true"))
+        let disabled = var("OTEL_SDK_DISABLED")
+            .is_some_and(|v| v.trim().eq_ignore_ascii_case("true"))
             || var("OTEL_TRACES_EXPORTER").is_some_and(|v| v.trim() == "none");
         if disabled {
             t.endpoint = None;
@@ -410,7 +415,10 @@ impl TelemetryConfig {
             }
         };
         size("OTEL_BSP_MAX_QUEUE_SIZE", &mut t.max_queue_size);
-        size("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", &mut t.max_export_batch_size);
+        size(
+            "OTEL_BSP_MAX_EXPORT_BATCH_SIZE",
+            &mut t.max_export_batch_size,
+        );
         let mut millis = |name: &str, slot: &mut Duration| {
             if let Some(v) = var(name) {
                 match v.trim().parse::<u64>() {
@@ -459,9 +467,11 @@ fn percent_decode(s: &str) -> Option<String> {
         if b[i] == b'%' {
             let hex = b.get(i + 1..i + 3)?;
             let hex = std::str::from_utf8(hex).ok()?;
-            out.push(u8::from_str_radix(hex, 16).ok().filter(|_| {
-                hex.bytes().all(|c| c.is_ascii_hexdigit())
-            })?);
+            out.push(
+                u8::from_str_radix(hex, 16)
+                    .ok()
+                    .filter(|_| hex.bytes().all(|c| c.is_ascii_hexdigit()))?,
+            );
             i += 3;
         } else {
             out.push(b[i]);
@@ -476,34 +486,83 @@ mod tests {
     use super::*;
 
     fn env(pairs: &'static [(&'static str, &'static str)]) -> impl Fn(&str) -> Option<String> {
-        move |k| pairs.iter().find(|(n, _)| *n == k).map(|(_, v)| (*v).to_owned())
+        move |k| {
+            pairs
+                .iter()
+                .find(|(n, _)| *n == k)
+                .map(|(_, v)| (*v).to_owned())
+        }
     }
 
     #[test]
     fn samplers_from_the_otel_spec() {
         let s = |name, arg| Sampling::from_otel_env(name, arg).unwrap();
-        assert_eq!(s("always_on", None).0, Sampling { parent_based: false, ratio: 1.0 });
-        assert_eq!(s("always_off", None).0, Sampling { parent_based: false, ratio: 0.0 });
-        assert_eq!(s("traceidratio", Some("0.25")).0, Sampling { parent_based: false, ratio: 0.25 });
-        assert_eq!(s("parentbased_always_on", None).0, Sampling { parent_based: true, ratio: 1.0 });
-        assert_eq!(s("parentbased_always_off", None).0, Sampling { parent_based: true, ratio: 0.0 });
+        assert_eq!(
+            s("always_on", None).0,
+            Sampling {
+                parent_based: false,
+                ratio: 1.0
+            }
+        );
+        assert_eq!(
+            s("always_off", None).0,
+            Sampling {
+                parent_based: false,
+                ratio: 0.0
+            }
+        );
+        assert_eq!(
+            s("traceidratio", Some("0.25")).0,
+            Sampling {
+                parent_based: false,
+                ratio: 0.25
+            }
+        );
+        assert_eq!(
+            s("parentbased_always_on", None).0,
+            Sampling {
+                parent_based: true,
+                ratio: 1.0
+            }
+        );
+        assert_eq!(
+            s("parentbased_always_off", None).0,
+            Sampling {
+                parent_based: true,
+                ratio: 0.0
+            }
+        );
         assert_eq!(
             s("parentbased_traceidratio", Some(" 0.1 ")).0,
-            Sampling { parent_based: true, ratio: 0.1 }
+            Sampling {
+                parent_based: true,
+                ratio: 0.1
+            }
         );
         // Spec: invalid or missing argument for a ratio sampler means 1.0.
         let (bad, warning) = s("traceidratio", Some("1.5"));
         assert_eq!(bad.ratio, 1.0);
         assert!(warning.unwrap().contains("1.5"));
         assert_eq!(s("parentbased_traceidratio", Some("x")).0.ratio, 1.0);
-        assert_eq!(s("traceidratio", None), (Sampling { parent_based: false, ratio: 1.0 }, None));
+        assert_eq!(
+            s("traceidratio", None),
+            (
+                Sampling {
+                    parent_based: false,
+                    ratio: 1.0
+                },
+                None
+            )
+        );
         assert!(Sampling::from_otel_env("jaeger_remote", None).is_err());
     }
 
     #[test]
     fn resource_attributes_parse_and_decode() {
-        let a = parse_resource_attributes("service.name=orders, k8s.namespace.name=shop,team=a%20b%2Cc")
-            .unwrap();
+        let a = parse_resource_attributes(
+            "service.name=orders, k8s.namespace.name=shop,team=a%20b%2Cc",
+        )
+        .unwrap();
         assert_eq!(a["service.name"], "orders");
         assert_eq!(a["k8s.namespace.name"], "shop");
         assert_eq!(a["team"], "a b,c");
@@ -522,7 +581,10 @@ mod tests {
             ("LOG_FORMAT", "pretty"),
             ("RUST_LOG", "debug,hyper=warn"),
             ("OTEL_SERVICE_NAME", "orders"),
-            ("OTEL_RESOURCE_ATTRIBUTES", "service.name=ignored,cloud.region=eu-west-1"),
+            (
+                "OTEL_RESOURCE_ATTRIBUTES",
+                "service.name=ignored,cloud.region=eu-west-1",
+            ),
             ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4318/"),
             ("OTEL_TRACES_SAMPLER", "parentbased_traceidratio"),
             ("OTEL_TRACES_SAMPLER_ARG", "0.5"),
@@ -539,7 +601,13 @@ mod tests {
             c.tracing.resolved_traces_endpoint().as_deref(),
             Some("http://collector:4318/v1/traces")
         );
-        assert_eq!(c.tracing.sampling, Sampling { parent_based: true, ratio: 0.5 });
+        assert_eq!(
+            c.tracing.sampling,
+            Sampling {
+                parent_based: true,
+                ratio: 0.5
+            }
+        );
         assert_eq!(c.tracing.max_queue_size, 100);
         assert_eq!(c.tracing.scheduled_delay, Duration::from_millis(250));
     }
@@ -549,7 +617,10 @@ mod tests {
         let mut c = TelemetryConfig::default();
         c.apply_env(env(&[
             ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4318"),
-            ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "http://other:9999/custom"),
+            (
+                "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+                "http://other:9999/custom",
+            ),
         ]));
         assert_eq!(
             c.tracing.resolved_traces_endpoint().as_deref(),
@@ -561,14 +632,23 @@ mod tests {
             ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
         ]));
         assert_eq!(c.tracing.protocol, OtlpProtocol::Grpc);
-        assert_eq!(c.tracing.resolved_traces_endpoint().as_deref(), Some("http://collector:4317"));
+        assert_eq!(
+            c.tracing.resolved_traces_endpoint().as_deref(),
+            Some("http://collector:4317")
+        );
     }
 
     #[test]
     fn disabled_sdk_or_exporter_none_turns_export_off() {
         for pairs in [
-            &[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4318"), ("OTEL_SDK_DISABLED", "true")][..],
-            &[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4318"), ("OTEL_TRACES_EXPORTER", "none")][..],
+            &[
+                ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4318"),
+                ("OTEL_SDK_DISABLED", "true"),
+            ][..],
+            &[
+                ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4318"),
+                ("OTEL_TRACES_EXPORTER", "none"),
+            ][..],
         ] {
             let mut c = TelemetryConfig::default();
             let pairs: &'static [(&str, &str)] = Box::leak(pairs.to_vec().into_boxed_slice());
@@ -616,6 +696,9 @@ mod tests {
         assert_eq!(c.tracing.scheduled_delay, Duration::from_millis(200));
         assert_eq!(c.tracing.protocol, OtlpProtocol::Grpc);
         assert_eq!(c.log, LogConfig::default());
-        assert_eq!(c.metrics.buckets_for_metric["outbox.pending"], vec![1.0, 10.0, 100.0]);
+        assert_eq!(
+            c.metrics.buckets_for_metric["outbox.pending"],
+            vec![1.0, 10.0, 100.0]
+        );
     }
 }

@@ -90,9 +90,9 @@ impl fmt::Display for Error {
             }
             ErrorKind::InvalidConfig { reason } => write!(f, "invalid telemetry config: {reason}"),
             ErrorKind::Exporter { reason } => write!(f, "cannot build the OTLP exporter: {reason}"),
-            ErrorKind::NoRuntime => f.write_str(
-                "OTLP export needs a tokio runtime: call init() from within one",
-            ),
+            ErrorKind::NoRuntime => {
+                f.write_str("OTLP export needs a tokio runtime: call init() from within one")
+            }
             ErrorKind::ShutdownTimedOut { after } => {
                 write!(f, "telemetry flush did not finish within {after:?}")
             }

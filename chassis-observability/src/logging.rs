@@ -159,7 +159,10 @@ where
         )?;
         push_json_str(&mut out, visitor.message.as_deref().unwrap_or(""));
         out.push_str(",\"target\":");
-        push_json_str(&mut out, visitor.log_target.as_deref().unwrap_or(meta.target()));
+        push_json_str(
+            &mut out,
+            visitor.log_target.as_deref().unwrap_or(meta.target()),
+        );
         out.push(',');
         out.push_str(&self.resource);
 
@@ -334,16 +337,18 @@ fn push_json_str(out: &mut String, s: &str) {
 /// redacted.
 pub fn redacting_fields() -> impl for<'w> FormatFields<'w> + Send + Sync + 'static {
     use tracing_subscriber::field::MakeExt as _;
-    tracing_subscriber::fmt::format::debug_fn(|w: &mut Writer<'_>, field: &Field, value: &dyn fmt::Debug| {
-        let name = field.name();
-        if name == "message" {
-            write!(w, "{value:?}")
-        } else if is_sensitive_field(name) {
-            write!(w, "{name}={REDACTED}")
-        } else {
-            write!(w, "{name}={value:?}")
-        }
-    })
+    tracing_subscriber::fmt::format::debug_fn(
+        |w: &mut Writer<'_>, field: &Field, value: &dyn fmt::Debug| {
+            let name = field.name();
+            if name == "message" {
+                write!(w, "{value:?}")
+            } else if is_sensitive_field(name) {
+                write!(w, "{name}={REDACTED}")
+            } else {
+                write!(w, "{name}={value:?}")
+            }
+        },
+    )
     .delimited(" ")
 }
 

@@ -46,7 +46,9 @@ use crate::config::MetricsConfig;
 pub fn build_recorder(config: &MetricsConfig) -> Result<PrometheusRecorder, Error> {
     config.validate()?;
     let bad = |e: metrics_exporter_prometheus::BuildError| Error::invalid_config(e.to_string());
-    let mut builder = PrometheusBuilder::new().set_buckets(&config.buckets).map_err(bad)?;
+    let mut builder = PrometheusBuilder::new()
+        .set_buckets(&config.buckets)
+        .map_err(bad)?;
     for (name, buckets) in &config.buckets_for_metric {
         builder = builder
             .set_buckets_for_metric(Matcher::Full(name.clone()), buckets)
@@ -60,24 +62,78 @@ pub fn build_recorder(config: &MetricsConfig) -> Result<PrometheusRecorder, Erro
 pub fn describe_all() {
     use ::metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
     use names::*;
-    describe_histogram!(HTTP_SERVER_REQUEST_DURATION, Unit::Seconds, "Duration of HTTP server requests.");
-    describe_histogram!(HTTP_CLIENT_REQUEST_DURATION, Unit::Seconds, "Duration of HTTP client requests.");
-    describe_histogram!(MESSAGING_PUBLISH_DURATION, Unit::Seconds, "Time from publish to broker confirm.");
-    describe_histogram!(MESSAGING_PROCESS_DURATION, Unit::Seconds, "Time a consumer handler spent on a message.");
-    describe_counter!(MESSAGING_CLIENT_SENT_MESSAGES, "Messages published and confirmed by the broker.");
-    describe_counter!(MESSAGING_CLIENT_CONSUMED_MESSAGES, "Messages delivered to a consumer.");
-    describe_counter!(MESSAGING_CLIENT_ACKED_MESSAGES, "Messages acknowledged after successful processing.");
-    describe_counter!(MESSAGING_CLIENT_RETRIED_MESSAGES, "Messages scheduled for another delivery attempt.");
-    describe_counter!(MESSAGING_CLIENT_DEAD_LETTERED_MESSAGES, "Messages sent to the dead-letter queue.");
-    describe_gauge!(CIRCUIT_BREAKER_STATE, "Circuit breaker state: 0 closed, 1 open, 2 half-open.");
-    describe_counter!(CIRCUIT_BREAKER_CALLS, "Calls seen by a circuit breaker, by outcome.");
-    describe_counter!(RETRY_ATTEMPTS, "Retry attempts made (the first attempt is not counted).");
+    describe_histogram!(
+        HTTP_SERVER_REQUEST_DURATION,
+        Unit::Seconds,
+        "Duration of HTTP server requests."
+    );
+    describe_histogram!(
+        HTTP_CLIENT_REQUEST_DURATION,
+        Unit::Seconds,
+        "Duration of HTTP client requests."
+    );
+    describe_histogram!(
+        MESSAGING_PUBLISH_DURATION,
+        Unit::Seconds,
+        "Time from publish to broker confirm."
+    );
+    describe_histogram!(
+        MESSAGING_PROCESS_DURATION,
+        Unit::Seconds,
+        "Time a consumer handler spent on a message."
+    );
+    describe_counter!(
+        MESSAGING_CLIENT_SENT_MESSAGES,
+        "Messages published and confirmed by the broker."
+    );
+    describe_counter!(
+        MESSAGING_CLIENT_CONSUMED_MESSAGES,
+        "Messages delivered to a consumer."
+    );
+    describe_counter!(
+        MESSAGING_CLIENT_ACKED_MESSAGES,
+        "Messages acknowledged after successful processing."
+    );
+    describe_counter!(
+        MESSAGING_CLIENT_RETRIED_MESSAGES,
+        "Messages scheduled for another delivery attempt."
+    );
+    describe_counter!(
+        MESSAGING_CLIENT_DEAD_LETTERED_MESSAGES,
+        "Messages sent to the dead-letter queue."
+    );
+    describe_gauge!(
+        CIRCUIT_BREAKER_STATE,
+        "Circuit breaker state: 0 closed, 1 open, 2 half-open."
+    );
+    describe_counter!(
+        CIRCUIT_BREAKER_CALLS,
+        "Calls seen by a circuit breaker, by outcome."
+    );
+    describe_counter!(
+        RETRY_ATTEMPTS,
+        "Retry attempts made (the first attempt is not counted)."
+    );
     describe_gauge!(OUTBOX_PENDING, "Outbox messages not yet published.");
-    describe_gauge!(OUTBOX_OLDEST_PENDING_AGE, Unit::Seconds, "Age of the oldest unpublished outbox message.");
-    describe_histogram!(OUTBOX_PUBLISH_LATENCY, Unit::Seconds, "Time from outbox insert to broker confirm.");
+    describe_gauge!(
+        OUTBOX_OLDEST_PENDING_AGE,
+        Unit::Seconds,
+        "Age of the oldest unpublished outbox message."
+    );
+    describe_histogram!(
+        OUTBOX_PUBLISH_LATENCY,
+        Unit::Seconds,
+        "Time from outbox insert to broker confirm."
+    );
     describe_counter!(OUTBOX_RELAY_ERRORS, "Errors of the outbox relay loop.");
-    describe_counter!(INBOX_DUPLICATES, "Incoming messages skipped because the inbox had seen them.");
-    describe_counter!(OTEL_SPANS_DROPPED, "Spans dropped before export (queue full or export failed).");
+    describe_counter!(
+        INBOX_DUPLICATES,
+        "Incoming messages skipped because the inbox had seen them."
+    );
+    describe_counter!(
+        OTEL_SPANS_DROPPED,
+        "Spans dropped before export (queue full or export failed)."
+    );
 }
 
 /// The catalogue: every metric the chassis emits, one constant each.
@@ -127,7 +183,8 @@ pub mod names {
     /// Messages scheduled for redelivery (retry).
     pub const MESSAGING_CLIENT_RETRIED_MESSAGES: &str = "messaging.client.retried.messages";
     /// Messages dead-lettered.
-    pub const MESSAGING_CLIENT_DEAD_LETTERED_MESSAGES: &str = "messaging.client.dead_lettered.messages";
+    pub const MESSAGING_CLIENT_DEAD_LETTERED_MESSAGES: &str =
+        "messaging.client.dead_lettered.messages";
     /// Circuit breaker state gauge: 0 closed, 1 open, 2 half-open.
     pub const CIRCUIT_BREAKER_STATE: &str = "circuit_breaker.state";
     /// Calls through a circuit breaker, by `outcome`.
@@ -221,11 +278,26 @@ mod tests {
                 .increment(2);
         });
         let text = recorder.handle().render();
-        assert!(text.contains(r#"outbox_publish_latency_bucket{le="0.5"} 0"#), "{text}");
-        assert!(text.contains(r#"outbox_publish_latency_bucket{le="5"} 1"#), "{text}");
-        assert!(!text.contains(r#"outbox_publish_latency_bucket{le="0.025"}"#), "{text}");
-        assert!(text.contains(r#"messaging_process_duration_bucket{le="0.025"} 1"#), "{text}");
-        assert!(text.contains(r#"otel_spans_dropped{reason="queue_full"} 2"#), "{text}");
+        assert!(
+            text.contains(r#"outbox_publish_latency_bucket{le="0.5"} 0"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"outbox_publish_latency_bucket{le="5"} 1"#),
+            "{text}"
+        );
+        assert!(
+            !text.contains(r#"outbox_publish_latency_bucket{le="0.025"}"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"messaging_process_duration_bucket{le="0.025"} 1"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"otel_spans_dropped{reason="queue_full"} 2"#),
+            "{text}"
+        );
     }
 
     #[test]

@@ -57,9 +57,7 @@ use opentelemetry::propagation::text_map_propagator::FieldIter;
 pub use opentelemetry::propagation::{
     Extractor, Injector, TextMapCompositePropagator, TextMapPropagator,
 };
-use opentelemetry::trace::{
-    SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState,
-};
+use opentelemetry::trace::{SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState};
 use opentelemetry_sdk::propagation::BaggagePropagator;
 
 /// The `traceparent` header name.
@@ -479,7 +477,9 @@ mod tests {
             parse_traceparent("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00").unwrap();
         assert!(!unsampled.trace_flags.is_sampled());
         // §3.2: the intro example.
-        assert!(parse_traceparent("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01").is_some());
+        assert!(
+            parse_traceparent("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01").is_some()
+        );
     }
 
     #[test]
@@ -519,7 +519,9 @@ mod tests {
         )
         .unwrap();
         assert_eq!(future, parse_traceparent(VALID).unwrap());
-        assert!(parse_traceparent("01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-09").is_some());
+        assert!(
+            parse_traceparent("01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-09").is_some()
+        );
         // ... "followed by a dash": anything else after the flags is invalid.
         assert_eq!(
             parse_traceparent("cc-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01.what"),
@@ -602,9 +604,11 @@ mod tests {
         }
         // §3.2.2.5: "a flag 00000001 could be encoded as 01 in hex, or 09 in hex if present with
         // the flag 00001000"; §3.2.2.5.2: other flags "Vendors MUST set those to zero".
-        let p = parse_traceparent("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-09").unwrap();
+        let p =
+            parse_traceparent("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-09").unwrap();
         assert_eq!(p.trace_flags, TraceFlags::SAMPLED);
-        let p = parse_traceparent("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-fe").unwrap();
+        let p =
+            parse_traceparent("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-fe").unwrap();
         assert_eq!(p.trace_flags, TraceFlags::default());
     }
 
@@ -625,7 +629,10 @@ mod tests {
     fn invalid_traceparent_restarts_and_ignores_tracestate() {
         // §3.3: "If the vendor failed to parse traceparent, it MUST NOT attempt to parse tracestate."
         let sc = extract(&[
-            ("traceparent", "00-00000000000000000000000000000000-00f067aa0ba902b7-01"),
+            (
+                "traceparent",
+                "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+            ),
             ("tracestate", "rojo=00f067aa0ba902b7"),
         ]);
         assert!(!sc.is_valid());
@@ -643,7 +650,10 @@ mod tests {
         // §3.2.1: "Vendors MUST expect the header name in any case (upper, lower, mixed)".
         let mut map = HeaderMap::new();
         map.insert("TraceParent", VALID.parse().unwrap());
-        let sc = extract_context(&HeaderExtractor(&map)).span().span_context().clone();
+        let sc = extract_context(&HeaderExtractor(&map))
+            .span()
+            .span_context()
+            .clone();
         assert!(sc.is_valid());
         assert!(sc.is_remote());
     }
@@ -671,7 +681,12 @@ mod tests {
     #[test]
     fn tracestate_32_members_kept_33_dropped() {
         // §3.3.1.1: "There can be a maximum of 32 list-members in a list."
-        let list = |n: usize| (0..n).map(|i| format!("k{i}=v{i}")).collect::<Vec<_>>().join(",");
+        let list = |n: usize| {
+            (0..n)
+                .map(|i| format!("k{i}=v{i}"))
+                .collect::<Vec<_>>()
+                .join(",")
+        };
         let s = parse_tracestate(&list(32)).unwrap();
         assert_eq!(s.header(), list(32));
         assert_eq!(parse_tracestate(&list(33)), None);
@@ -683,17 +698,17 @@ mod tests {
     fn tracestate_bad_keys_drop_the_header() {
         // §3.3.1.3.1 key ABNF (Level 1).
         for bad in [
-            "Rojo=1",        // upper case
-            "1rojo=1",       // simple-key starts with lcalpha
-            "ro jo=1",       // space inside
-            "rojo.x=1",      // '.' not a keychar
-            "=1",            // empty key
-            "rojo",          // no '='
-            "t@=1",          // empty system-id
-            "@sys=1",        // empty tenant-id
-            "t@1sys=1",      // system-id starts with lcalpha
+            "Rojo=1",              // upper case
+            "1rojo=1",             // simple-key starts with lcalpha
+            "ro jo=1",             // space inside
+            "rojo.x=1",            // '.' not a keychar
+            "=1",                  // empty key
+            "rojo",                // no '='
+            "t@=1",                // empty system-id
+            "@sys=1",              // empty tenant-id
+            "t@1sys=1",            // system-id starts with lcalpha
             "t@abcdefghijklmno=1", // system-id longer than 14
-            "a@b@c=1",       // two '@'
+            "a@b@c=1",             // two '@'
         ] {
             assert_eq!(parse_tracestate(&format!("ok=1,{bad}")), None, "{bad:?}");
         }
@@ -802,8 +817,9 @@ mod tests {
     #[test]
     fn garbage_baggage_never_panics() {
         for bad in ["", ",,,", "=", "k", "k=%zz", "k=v;;;=", "\u{7f}=\u{7f}"] {
-            let map: HashMap<String, String> =
-                [("baggage".to_owned(), bad.to_owned())].into_iter().collect();
+            let map: HashMap<String, String> = [("baggage".to_owned(), bad.to_owned())]
+                .into_iter()
+                .collect();
             let _ = extract_context(&map);
         }
     }

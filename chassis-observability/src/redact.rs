@@ -43,7 +43,13 @@ pub const SENSITIVE_FIELD_PATTERNS: &[&str] = &[
 pub fn is_sensitive_field(name: &str) -> bool {
     // Called for every field of every log line: compare in place instead of allocating a
     // lower-cased copy.
-    let norm = |c: u8| if c == b'-' { b'_' } else { c.to_ascii_lowercase() };
+    let norm = |c: u8| {
+        if c == b'-' {
+            b'_'
+        } else {
+            c.to_ascii_lowercase()
+        }
+    };
     let name = name.as_bytes();
     SENSITIVE_FIELD_PATTERNS.iter().any(|p| {
         let p = p.as_bytes();

@@ -340,7 +340,10 @@ type Inner = tracing_subscriber::layer::Layered<EnvFilter, Registry>;
 fn non_blocking<W: io::Write + Send + 'static>(
     writer: W,
     limit: usize,
-) -> (BoxMakeWriter, Option<tracing_appender::non_blocking::WorkerGuard>) {
+) -> (
+    BoxMakeWriter,
+    Option<tracing_appender::non_blocking::WorkerGuard>,
+) {
     let (nb, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
         .lossy(true)
         .buffered_lines_limit(limit.max(1))
@@ -548,9 +551,8 @@ impl Drop for TelemetryGuard {
                 .spawn(move || {
                     let _ = tx.send(provider.shutdown());
                 });
-            let current_thread = tokio::runtime::Handle::try_current().is_ok_and(|h| {
-                h.runtime_flavor() == tokio::runtime::RuntimeFlavor::CurrentThread
-            });
+            let current_thread = tokio::runtime::Handle::try_current()
+                .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::CurrentThread);
             if spawned.is_ok() && !current_thread {
                 let _ = rx.recv_timeout(Duration::from_secs(2));
             }

@@ -76,7 +76,8 @@ impl ExportStats {
 
     fn record_dropped(&self, n: u64, reason: &'static str) {
         self.dropped.fetch_add(n, Ordering::Relaxed);
-        ::metrics::counter!(names::OTEL_SPANS_DROPPED, names::labels::REASON => reason).increment(n);
+        ::metrics::counter!(names::OTEL_SPANS_DROPPED, names::labels::REASON => reason)
+            .increment(n);
     }
 }
 
@@ -442,7 +443,10 @@ mod tests {
             &ServiceInfo::new("orders", "1.2.0").environment("staging"),
             &config,
         );
-        let get = |k: &'static str| r.get(&opentelemetry::Key::from_static_str(k)).map(|v| v.to_string());
+        let get = |k: &'static str| {
+            r.get(&opentelemetry::Key::from_static_str(k))
+                .map(|v| v.to_string())
+        };
         assert_eq!(get("service.name").as_deref(), Some("orders"));
         assert_eq!(get("service.version").as_deref(), Some("1.2.0"));
         assert_eq!(get("deployment.environment").as_deref(), Some("staging"));
@@ -473,7 +477,10 @@ mod tests {
             ..TracingConfig::default()
         };
         let err = build_tracer_provider(&ServiceInfo::new("a", "1"), &config).unwrap_err();
-        assert!(matches!(err.kind(), ErrorKind::InvalidConfig { .. }), "{err}");
+        assert!(
+            matches!(err.kind(), ErrorKind::InvalidConfig { .. }),
+            "{err}"
+        );
     }
 
     #[test]

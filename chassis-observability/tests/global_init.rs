@@ -40,7 +40,10 @@ async fn init_installs_subscriber_recorder_and_propagator_once() {
     .record(0.5);
     let text = guard.prometheus_handle().unwrap().render();
     assert!(text.contains(r#"http_server_request_duration_bucket{http_request_method="GET",http_route="/orders",http_response_status_code="200",le="1"} 1"#), "{text}");
-    assert!(text.contains("# HELP http_server_request_duration"), "{text}");
+    assert!(
+        text.contains("# HELP http_server_request_duration"),
+        "{text}"
+    );
 
     // The global OpenTelemetry propagator is the W3C one.
     let mut map = std::collections::HashMap::new();

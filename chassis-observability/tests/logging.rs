@@ -12,7 +12,14 @@ fn service() -> ServiceInfo {
     s
 }
 
-fn capture(format: LogFormat, filter: &str) -> (tracing::Dispatch, chassis_observability::TelemetryGuard, CaptureWriter) {
+fn capture(
+    format: LogFormat,
+    filter: &str,
+) -> (
+    tracing::Dispatch,
+    chassis_observability::TelemetryGuard,
+    CaptureWriter,
+) {
     let logs = CaptureWriter::new();
     let (dispatch, guard) = Telemetry::builder(service())
         .ignore_env()
@@ -52,7 +59,10 @@ fn json_line_shape_with_trace_correlation() {
     assert_eq!(lines.len(), 1, "{lines:?}");
     let l = &lines[0];
     let ts = l["timestamp"].as_str().unwrap();
-    assert!(ts.len() >= 20 && ts.ends_with('Z') && ts.as_bytes()[10] == b'T', "{ts}");
+    assert!(
+        ts.len() >= 20 && ts.ends_with('Z') && ts.as_bytes()[10] == b'T',
+        "{ts}"
+    );
     assert_eq!(l["severity_text"], "INFO");
     assert_eq!(l["severity_number"], 9);
     assert_eq!(l["body"], "order placed");
@@ -86,7 +96,11 @@ fn nested_spans_and_explicit_parents_correlate_to_the_right_span() {
         tracing::info!(parent: &outer, "explicit outer");
         tracing::info!("no span");
         let id = |s: &tracing::Span| s.context().span().span_context().span_id().to_string();
-        (id(&outer), id(&inner), outer.context().span().span_context().trace_id().to_string())
+        (
+            id(&outer),
+            id(&inner),
+            outer.context().span().span_context().trace_id().to_string(),
+        )
     });
     let lines = json_lines(&logs);
     assert_eq!(lines[0]["span_id"], inner_id);
@@ -120,7 +134,15 @@ fn sensitive_values_never_reach_the_json_output() {
         assert!(!text.contains(secret), "{secret} leaked: {text}");
     }
     let l = &json_lines(&logs)[0];
-    for field in ["password", "access_token", "authorization", "http.request.header.cookie", "client_secret", "key", "key_debug"] {
+    for field in [
+        "password",
+        "access_token",
+        "authorization",
+        "http.request.header.cookie",
+        "client_secret",
+        "key",
+        "key_debug",
+    ] {
         assert_eq!(l[field], "[REDACTED]", "{field}");
     }
     assert_eq!(l["user"], "ann");
@@ -170,7 +192,10 @@ fn env_filter_directives_apply() {
         tracing::error!("kept error");
         tracing::warn!(target: "opentelemetry_sdk", "sdk noise is off by default");
     });
-    let bodies: Vec<_> = json_lines(&logs).iter().map(|l| l["body"].as_str().unwrap().to_owned()).collect();
+    let bodies: Vec<_> = json_lines(&logs)
+        .iter()
+        .map(|l| l["body"].as_str().unwrap().to_owned())
+        .collect();
     assert_eq!(bodies, ["kept debug", "kept error"]);
 }
 
@@ -182,7 +207,13 @@ fn invalid_filter_is_a_typed_error() {
         .make_writer(CaptureWriter::new())
         .build()
         .unwrap_err();
-    assert!(matches!(err.kind(), chassis_observability::ErrorKind::InvalidConfig { .. }), "{err}");
+    assert!(
+        matches!(
+            err.kind(),
+            chassis_observability::ErrorKind::InvalidConfig { .. }
+        ),
+        "{err}"
+    );
 }
 
 #[tokio::test]
@@ -198,7 +229,10 @@ async fn non_blocking_writer_flushes_on_shutdown() {
             tracing::info!(i, "line");
         }
     });
-    guard.shutdown(std::time::Duration::from_secs(5)).await.unwrap();
+    guard
+        .shutdown(std::time::Duration::from_secs(5))
+        .await
+        .unwrap();
     let lines = json_lines(&logs);
     assert_eq!(lines.len(), 100);
     assert_eq!(lines[99]["i"], 99);

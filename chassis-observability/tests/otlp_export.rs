@@ -7,7 +7,9 @@ use std::time::Duration;
 use chassis_core::ServiceInfo;
 use chassis_observability::config::TelemetryConfig;
 use chassis_observability::logging::CaptureWriter;
-use chassis_observability::propagation::{HeaderExtractor, HeaderInjector, extract_context, inject_current};
+use chassis_observability::propagation::{
+    HeaderExtractor, HeaderInjector, extract_context, inject_current,
+};
 use chassis_observability::{ErrorKind, Telemetry};
 use opentelemetry::trace::TraceContextExt as _;
 use support::{Receiver, attr, hex, spans};
@@ -26,32 +28,42 @@ async fn spans_attributes_resource_and_parent_links_reach_the_collector() {
     let orders_logs = CaptureWriter::new();
     let payments_logs = CaptureWriter::new();
 
-    let (orders, orders_guard) = Telemetry::builder(ServiceInfo::new("orders", "1.2.0").environment("test"))
-        .ignore_env()
-        .config(config(&receiver.endpoint()))
-        .resource_attribute("cloud.region", "eu-west-1")
-        .make_writer(orders_logs.clone())
-        .build()
-        .unwrap();
-    let (payments, payments_guard) = Telemetry::builder(ServiceInfo::new("payments", "0.9.1").environment("test"))
-        .ignore_env()
-        .config(config(&receiver.endpoint()))
-        .make_writer(payments_logs.clone())
-        .build()
-        .unwrap();
+    let (orders, orders_guard) =
+        Telemetry::builder(ServiceInfo::new("orders", "1.2.0").environment("test"))
+            .ignore_env()
+            .config(config(&receiver.endpoint()))
+            .resource_attribute("cloud.region", "eu-west-1")
+            .make_writer(orders_logs.clone())
+            .build()
+            .unwrap();
+    let (payments, payments_guard) =
+        Telemetry::builder(ServiceInfo::new("payments", "0.9.1").environment("test"))
+            .ignore_env()
+            .config(config(&receiver.endpoint()))
+            .make_writer(payments_logs.clone())
+            .build()
+            .unwrap();
     assert!(orders_guard.is_exporting());
 
     // Service "orders": a request span, a child, and an outgoing call carrying the context.
     let mut headers = http::HeaderMap::new();
     let (orders_trace, call_span_id) = tracing::dispatcher::with_default(&orders, || {
-        let request = tracing::info_span!("POST /orders", otel.kind = "server", order.id = 42_i64, http.request.method = "POST");
+        let request = tracing::info_span!(
+            "POST /orders",
+            otel.kind = "server",
+            order.id = 42_i64,
+            http.request.method = "POST"
+        );
         let _r = request.enter();
         tracing::info_span!("reserve_stock", items = 3_i64).in_scope(|| tracing::info!("reserved"));
         let call = tracing::info_span!("call payments", otel.kind = "client");
         let _c = call.enter();
         inject_current(&mut HeaderInjector(&mut headers));
         let cx = call.context();
-        (cx.span().span_context().trace_id(), cx.span().span_context().span_id())
+        (
+            cx.span().span_context().trace_id(),
+            cx.span().span_context().span_id(),
+        )
     });
     assert!(headers.contains_key("traceparent"));
 
@@ -67,13 +79,21 @@ async fn spans_attributes_resource_and_parent_links_reach_the_collector() {
     assert_eq!(payments_trace, orders_trace);
 
     orders_guard.shutdown(Duration::from_secs(5)).await.unwrap();
-    payments_guard.shutdown(Duration::from_secs(5)).await.unwrap();
+    payments_guard
+        .shutdown(Duration::from_secs(5))
+        .await
+        .unwrap();
 
     let all = spans(&receiver.drain());
     let find = |name: &str| {
         all.iter()
             .find(|(_, s)| s.name == name)
-            .unwrap_or_else(|| panic!("span {name} not exported; got {:?}", all.iter().map(|(_, s)| &s.name).collect::<Vec<_>>()))
+            .unwrap_or_else(|| {
+                panic!(
+                    "span {name} not exported; got {:?}",
+                    all.iter().map(|(_, s)| &s.name).collect::<Vec<_>>()
+                )
+            })
             .clone()
     };
     let (orders_res, request) = find("POST /orders");
@@ -83,17 +103,35 @@ async fn spans_attributes_resource_and_parent_links_reach_the_collector() {
 
     // Resource attributes.
     assert_eq!(attr(&orders_res, "service.name").as_deref(), Some("orders"));
-    assert_eq!(attr(&orders_res, "service.version").as_deref(), Some("1.2.0"));
-    assert_eq!(attr(&orders_res, "deployment.environment").as_deref(), Some("test"));
-    assert_eq!(attr(&orders_res, "cloud.region").as_deref(), Some("eu-west-1"));
+    assert_eq!(
+        attr(&orders_res, "service.version").as_deref(),
+        Some("1.2.0")
+    );
+    assert_eq!(
+        attr(&orders_res, "deployment.environment").as_deref(),
+        Some("test")
+    );
+    assert_eq!(
+        attr(&orders_res, "cloud.region").as_deref(),
+        Some("eu-west-1")
+    );
     assert!(attr(&orders_res, "service.instance.id").is_some());
-    assert_eq!(attr(&payments_res, "service.name").as_deref(), Some("payments"));
+    assert_eq!(
+        attr(&payments_res, "service.name").as_deref(),
+        Some("payments")
+    );
 
     // Span attributes and kinds.
     assert_eq!(attr(&request.attributes, "order.id").as_deref(), Some("42"));
-    assert_eq!(attr(&request.attributes, "http.request.method").as_deref(), Some("POST"));
+    assert_eq!(
+        attr(&request.attributes, "http.request.method").as_deref(),
+        Some("POST")
+    );
     assert_eq!(attr(&reserve.attributes, "items").as_deref(), Some("3"));
-    assert_eq!(attr(&charge.attributes, "payment.amount").as_deref(), Some("1999"));
+    assert_eq!(
+        attr(&charge.attributes, "payment.amount").as_deref(),
+        Some("1999")
+    );
     assert_eq!(request.kind, 2, "SPAN_KIND_SERVER");
     assert_eq!(call.kind, 3, "SPAN_KIND_CLIENT");
 
@@ -106,7 +144,10 @@ async fn spans_attributes_resource_and_parent_links_reach_the_collector() {
     assert_eq!(reserve.parent_span_id, request.span_id);
     assert_eq!(call.parent_span_id, request.span_id);
     assert_eq!(hex(&call.span_id), call_span_id.to_string());
-    assert_eq!(charge.parent_span_id, call.span_id, "remote parent = the caller's client span");
+    assert_eq!(
+        charge.parent_span_id, call.span_id,
+        "remote parent = the caller's client span"
+    );
 
     // Log lines of both services carry the shared trace id.
     let line: serde_json::Value = serde_json::from_str(&payments_logs.lines()[0]).unwrap();
@@ -151,7 +192,10 @@ async fn missing_collector_drops_and_counts_with_one_warning() {
     });
     assert_eq!(guard.dropped_spans(), 6, "queue of 4, 10 spans");
     let exposition = guard.prometheus_handle().unwrap().render();
-    assert!(exposition.contains(r#"otel_spans_dropped{reason="queue_full"} 6"#), "{exposition}");
+    assert!(
+        exposition.contains(r#"otel_spans_dropped{reason="queue_full"} 6"#),
+        "{exposition}"
+    );
     let warnings = logs
         .lines()
         .into_iter()
@@ -161,9 +205,12 @@ async fn missing_collector_drops_and_counts_with_one_warning() {
 
     // Shutdown tries to export the 4 queued spans: connection refused, counted, not fatal.
     let stats = guard.export_stats();
-    let result = tokio::time::timeout(Duration::from_secs(10), guard.shutdown(Duration::from_secs(5)))
-        .await
-        .expect("shutdown must honour its deadline");
+    let result = tokio::time::timeout(
+        Duration::from_secs(10),
+        guard.shutdown(Duration::from_secs(5)),
+    )
+    .await
+    .expect("shutdown must honour its deadline");
     assert!(result.is_ok() || matches!(result.unwrap_err().kind(), ErrorKind::Shutdown { .. }));
     assert_eq!(stats.dropped(), 10, "4 more lost to the failed export");
     assert_eq!(stats.exported(), 0);
@@ -194,10 +241,20 @@ async fn slow_collector_never_blocks_and_shutdown_meets_its_deadline() {
             tracing::info_span!("work", i).in_scope(|| {});
         }
     });
-    assert!(guard.dropped_spans() >= 1000 - 16 - 16, "{}", guard.dropped_spans());
+    assert!(
+        guard.dropped_spans() >= 1000 - 16 - 16,
+        "{}",
+        guard.dropped_spans()
+    );
     let started = tokio::time::Instant::now();
-    let err = guard.shutdown(Duration::from_millis(500)).await.unwrap_err();
-    assert!(matches!(err.kind(), ErrorKind::ShutdownTimedOut { .. }), "{err}");
+    let err = guard
+        .shutdown(Duration::from_millis(500))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err.kind(), ErrorKind::ShutdownTimedOut { .. }),
+        "{err}"
+    );
     assert!(started.elapsed() < Duration::from_secs(5));
     hold.abort();
 }

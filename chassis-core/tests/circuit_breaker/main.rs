@@ -734,5 +734,9 @@ fn services_and_futures_are_send_and_debug_is_short() {
     drop(fut);
     let debug = format!("{handle:?}");
     assert!(debug.contains("\"test\""), "{debug}");
-    assert!(debug.len() < 2_000, "no counter arrays in Debug: {} bytes", debug.len());
+    assert!(
+        debug.len() < 2_000,
+        "no counter arrays in Debug: {} bytes",
+        debug.len()
+    );
 }

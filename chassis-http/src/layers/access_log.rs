@@ -96,14 +96,13 @@ where
     }
 
     fn call(&mut self, req: Request<ReqB>) -> Self::Future {
-        let entry = tracing::enabled!(target: ACCESS_LOG_TARGET, tracing::Level::INFO).then(|| {
-            Entry {
+        let entry =
+            tracing::enabled!(target: ACCESS_LOG_TARGET, tracing::Level::INFO).then(|| Entry {
                 start: Instant::now(),
                 method: req.method().clone(),
                 uri: req.uri().clone(),
                 request_id: req.extensions().get::<RequestId>().cloned(),
-            }
-        });
+            });
         ResponseFuture {
             inner: self.inner.call(req),
             entry,

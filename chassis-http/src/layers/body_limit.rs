@@ -118,9 +118,7 @@ where
         let (body, tripped) = match content_length(&parts.headers) {
             Some(len) if len > self.limit as u64 => {
                 return ResponseFuture {
-                    state: State::Rejected {
-                        limit: self.limit,
-                    },
+                    state: State::Rejected { limit: self.limit },
                 };
             }
             Some(_) => (LimitedBody::unlimited(body), None),
@@ -180,10 +178,7 @@ where
                 limit,
             } => {
                 let result = ready!(future.poll(cx));
-                if tripped
-                    .as_ref()
-                    .is_some_and(|t| t.load(Ordering::Acquire))
-                {
+                if tripped.as_ref().is_some_and(|t| t.load(Ordering::Acquire)) {
                     return Poll::Ready(Ok(ApiError::payload_too_large(*limit).into_response()));
                 }
                 Poll::Ready(result.map(|res| res.map(boxed)))
@@ -280,9 +275,7 @@ where
             if len > limit.remaining {
                 limit.remaining = 0;
                 limit.tripped.store(true, Ordering::Release);
-                return Poll::Ready(Some(Err(Box::new(LengthLimitError {
-                    limit: limit.limit,
-                }))));
+                return Poll::Ready(Some(Err(Box::new(LengthLimitError { limit: limit.limit }))));
             }
             limit.remaining -= len;
         }
@@ -306,8 +299,9 @@ mod tests {
     use std::convert::Infallible;
     use tower::ServiceExt;
 
-    type Chunks =
-        StreamBody<futures_util::stream::Iter<std::vec::IntoIter<Result<Frame<Bytes>, Infallible>>>>;
+    type Chunks = StreamBody<
+        futures_util::stream::Iter<std::vec::IntoIter<Result<Frame<Bytes>, Infallible>>>,
+    >;
 
     async fn read_all(req: Request<LimitedBody<Chunks>>) -> Result<Response<String>, Infallible> {
         match req.into_body().collect().await {
@@ -328,7 +322,11 @@ mod tests {
     #[tokio::test]
     async fn streamed_body_over_limit_becomes_json_413() {
         let svc = RequestBodyLimitLayer::new(5).layer(tower::service_fn(read_all));
-        let res = svc.clone().oneshot(chunked(&[b"123", b"456"])).await.unwrap();
+        let res = svc
+            .clone()
+            .oneshot(chunked(&[b"123", b"456"]))
+            .await
+            .unwrap();
         assert_eq!(res.status(), 413);
         assert_eq!(res.headers()["content-type"], "application/json");
         let res = svc.oneshot(chunked(&[b"12", b"345"])).await.unwrap();

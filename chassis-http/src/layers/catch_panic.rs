@@ -103,9 +103,7 @@ where
                 state: State::Running { future },
             },
             Err(panic) => ResponseFuture {
-                state: State::Panicked {
-                    panic: Some(panic),
-                },
+                state: State::Panicked { panic: Some(panic) },
             },
         }
     }

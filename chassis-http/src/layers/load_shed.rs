@@ -213,9 +213,9 @@ where
                 }
                 Poll::Pending => Poll::Pending,
             },
-            StateProj::Rejected { response } => Poll::Ready(Ok(response
-                .take()
-                .expect("polled after completion"))),
+            StateProj::Rejected { response } => {
+                Poll::Ready(Ok(response.take().expect("polled after completion")))
+            }
         }
     }
 }

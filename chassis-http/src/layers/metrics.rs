@@ -32,8 +32,8 @@ use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 use std::time::Instant;
 
-use http::{Method, Request, Response};
 use ::metrics::{Gauge, SharedString};
+use http::{Method, Request, Response};
 use pin_project_lite::pin_project;
 use tower_layer::Layer;
 use tower_service::Service;
@@ -120,7 +120,8 @@ where
     fn call(&mut self, req: Request<ReqB>) -> Self::Future {
         let method = method_label(req.method());
         let route = http_route(req.extensions()).map(|r| SharedString::from(r.to_owned()));
-        let active = metrics::gauge!(HTTP_SERVER_ACTIVE_REQUESTS, "http.request.method" => method.clone());
+        let active =
+            metrics::gauge!(HTTP_SERVER_ACTIVE_REQUESTS, "http.request.method" => method.clone());
         active.increment(1.0);
         ResponseFuture {
             inner: self.inner.call(req),

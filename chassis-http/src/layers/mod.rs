@@ -45,17 +45,17 @@
 //! # }
 //! ```
 //!
-//! Under axum, `Router::layer(StandardLayers::new())` applies the stack after routing (so spans
-//! and metrics get the route template, with the `axum` feature); convert chassis bodies with
-//! `axum::body::Body::new`, e.g. `router.layer(StandardLayers::new()).map_response(|r|
-//! r.map(axum::body::Body::new))` is not needed when serving with [`crate::server::Server`],
-//! which accepts any body.
+//! Under axum, `router.layer(StandardLayers::new())` applies the stack after routing, so spans
+//! and metrics get the route template (with the `axum` feature). Serving such a router with
+//! [`crate::server::Server`] needs no conversion (it accepts any body); to nest the stacked
+//! service inside another axum router, map the chassis body with
+//! `response.map(axum::body::Body::new)`.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::{Extensions, HeaderName};
 use ::metrics::SharedString;
+use http::{Extensions, HeaderName};
 use serde::Deserialize;
 use tower_layer::Layer;
 

@@ -165,8 +165,7 @@ where
             .get(&self.header)
             .and_then(RequestId::parse)
             .unwrap_or_else(RequestId::generate);
-        req.headers_mut()
-            .insert(self.header.clone(), id.0.clone());
+        req.headers_mut().insert(self.header.clone(), id.0.clone());
         let value = id.0.clone();
         req.extensions_mut().insert(id);
         ResponseFuture {

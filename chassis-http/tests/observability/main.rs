@@ -37,9 +37,8 @@ async fn traceparent_trace_id_reaches_error_body_and_server_span() {
     let _guard = tracing::subscriber::set_default(subscriber);
 
     // Layers applied with `Router::layer` run after routing: the route is known.
-    let router = app(AppState::default()).layer(
-        StandardLayers::new().timeout(Duration::from_millis(100)),
-    );
+    let router =
+        app(AppState::default()).layer(StandardLayers::new().timeout(Duration::from_millis(100)));
     let server = start(Server::bind(test_config()).await.unwrap(), router).await;
     let client = client();
 
@@ -57,7 +56,9 @@ async fn traceparent_trace_id_reaches_error_body_and_server_span() {
         .header("traceparent", TRACEPARENT)
         .body(Full::default())
         .unwrap();
-    let body = send(&client, req).await.error_body(StatusCode::NOT_FOUND, "not_found");
+    let body = send(&client, req)
+        .await
+        .error_body(StatusCode::NOT_FOUND, "not_found");
     assert_eq!(body["traceId"], TRACE_ID);
     assert_eq!(body["error"]["details"]["orderId"], 7);
     server.stop().await;
@@ -66,7 +67,11 @@ async fn traceparent_trace_id_reaches_error_body_and_server_span() {
     let spans = exporter.get_finished_spans().unwrap();
     let span = spans
         .iter()
-        .find(|s| s.attributes.iter().any(|kv| kv.key.as_str() == "http.response.status_code" && kv.value.as_str() == "504"))
+        .find(|s| {
+            s.attributes.iter().any(|kv| {
+                kv.key.as_str() == "http.response.status_code" && kv.value.as_str() == "504"
+            })
+        })
         .unwrap_or_else(|| panic!("no 504 server span in {spans:#?}"));
     let attr = |key: &str| {
         span.attributes
@@ -77,10 +82,17 @@ async fn traceparent_trace_id_reaches_error_body_and_server_span() {
     assert_eq!(span.span_context.trace_id().to_string(), TRACE_ID);
     assert_eq!(span.parent_span_id.to_string(), PARENT_SPAN_ID);
     assert_eq!(span.span_kind, SpanKind::Server);
-    assert!(matches!(span.status, OtelStatus::Error { .. }), "{:?}", span.status);
+    assert!(
+        matches!(span.status, OtelStatus::Error { .. }),
+        "{:?}",
+        span.status
+    );
     assert_eq!(attr("http.request.method").as_deref(), Some("GET"));
     assert_eq!(attr("url.path").as_deref(), Some("/sleep/2000"));
-    assert_eq!(attr("user_agent.original").as_deref(), Some("chassis-test/1"));
+    assert_eq!(
+        attr("user_agent.original").as_deref(),
+        Some("chassis-test/1")
+    );
     assert_eq!(attr("server.address").as_deref(), Some("127.0.0.1"));
     assert_eq!(attr("error.type").as_deref(), Some("504"));
     #[cfg(feature = "axum")]
@@ -102,7 +114,12 @@ async fn access_log_line_per_request() {
         .finish();
     let _guard = tracing::subscriber::set_default(subscriber);
 
-    let server = start_app(StandardLayers::new(), started_registry(), AppState::default()).await;
+    let server = start_app(
+        StandardLayers::new(),
+        started_registry(),
+        AppState::default(),
+    )
+    .await;
     let req = Request::get(format!("http://{}/hello?x=1", server.addr))
         .header("x-request-id", "log-me-1")
         .header("traceparent", TRACEPARENT)
@@ -132,4 +149,3 @@ async fn access_log_line_per_request() {
     assert_eq!(access[0]["span"]["name"], "HTTP request");
     assert_eq!(access[1]["fields"]["status"], 500);
 }
-

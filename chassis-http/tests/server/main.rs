@@ -27,13 +27,21 @@ fn started_registry() -> HealthRegistry {
 
 #[tokio::test]
 async fn request_id_is_generated_propagated_and_echoed() {
-    let server = start_app(StandardLayers::new(), started_registry(), AppState::default()).await;
+    let server = start_app(
+        StandardLayers::new(),
+        started_registry(),
+        AppState::default(),
+    )
+    .await;
     let client = client();
 
     let reply = get(&client, server.addr, "/request-id").await;
     assert_eq!(reply.status, StatusCode::OK);
     let generated = reply.headers["x-request-id"].to_str().unwrap().to_owned();
-    assert_eq!(uuid::Uuid::parse_str(&generated).unwrap().get_version_num(), 7);
+    assert_eq!(
+        uuid::Uuid::parse_str(&generated).unwrap().get_version_num(),
+        7
+    );
     assert_eq!(reply.text(), generated, "handler sees the same id");
 
     let req = Request::get(format!("http://{}/request-id", server.addr))
@@ -71,7 +79,9 @@ async fn trace_id_without_opentelemetry_layer_comes_from_the_request() {
         .header("traceparent", TRACEPARENT)
         .body(Full::default())
         .unwrap();
-    let body = send(&client(), req).await.error_body(StatusCode::GATEWAY_TIMEOUT, "timeout");
+    let body = send(&client(), req)
+        .await
+        .error_body(StatusCode::GATEWAY_TIMEOUT, "timeout");
     assert_eq!(body["traceId"], TRACE_ID);
     // Without any trace context there is no trace id to report.
     let body = get(&client(), server.addr, "/sleep/1000")
@@ -99,7 +109,9 @@ async fn body_limit_answers_413_json_for_declared_and_streamed_bodies() {
     assert_eq!(reply.status, StatusCode::OK);
     assert_eq!(reply.text(), "5");
 
-    let body = send(&client, post(&[b'x'; 17])).await.error_body(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large");
+    let body = send(&client, post(&[b'x'; 17]))
+        .await
+        .error_body(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large");
     assert_eq!(body["error"]["details"]["limitBytes"], 16);
 
     // Chunked (no content-length): the limit trips while the handler reads.
@@ -138,7 +150,10 @@ async fn concurrency_limit_sheds_with_503_and_retry_after() {
     assert_eq!(reply.headers["retry-after"], "3");
 
     // Probes are not shed: they sit outside the standard layers.
-    assert_eq!(get(&client(), addr, "/health/live").await.status, StatusCode::OK);
+    assert_eq!(
+        get(&client(), addr, "/health/live").await.status,
+        StatusCode::OK
+    );
 
     state.release.notify_one();
     assert_eq!(held.await.unwrap().text(), "released");
@@ -148,11 +163,19 @@ async fn concurrency_limit_sheds_with_503_and_retry_after() {
 
 #[tokio::test]
 async fn panic_becomes_500_and_the_server_keeps_serving() {
-    let server = start_app(StandardLayers::new(), started_registry(), AppState::default()).await;
+    let server = start_app(
+        StandardLayers::new(),
+        started_registry(),
+        AppState::default(),
+    )
+    .await;
     let client = client();
     let reply = get(&client, server.addr, "/panic").await;
     let body = reply.error_body(StatusCode::INTERNAL_SERVER_ERROR, "internal_error");
-    assert!(!body.to_string().contains("handler bug"), "panic message leaked: {body}");
+    assert!(
+        !body.to_string().contains("handler bug"),
+        "panic message leaked: {body}"
+    );
     // Same client, same keep-alive connection: still serving.
     let reply = get(&client, server.addr, "/hello").await;
     assert_eq!(reply.status, StatusCode::OK);
@@ -173,7 +196,13 @@ async fn health_states_and_metrics() {
     registry.register(
         fn_check("database", move || {
             let ok = d.load(Ordering::SeqCst);
-            async move { if ok { Ok(()) } else { Err("connection refused".into()) } }
+            async move {
+                if ok {
+                    Ok(())
+                } else {
+                    Err("connection refused".into())
+                }
+            }
         }),
         CheckOptions::required(),
     );
@@ -189,11 +218,18 @@ async fn health_states_and_metrics() {
         ..HealthPaths::default()
     };
     let service = ServiceBuilder::new()
-        .layer(HealthLayer::new(registry.clone()).paths(paths).prometheus(handle))
+        .layer(
+            HealthLayer::new(registry.clone())
+                .paths(paths)
+                .prometheus(handle),
+        )
         .layer(StandardLayers::new())
         .service(app(AppState::default()));
     let server = start(
-        Server::bind(test_config()).await.unwrap().health(registry.clone()),
+        Server::bind(test_config())
+            .await
+            .unwrap()
+            .health(registry.clone()),
         service,
     )
     .await;
@@ -205,7 +241,10 @@ async fn health_states_and_metrics() {
     assert_eq!(ready.status, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(ready.json()["status"], "DOWN");
     assert_eq!(ready.json()["reason"], "starting");
-    assert_eq!(get(&client, addr, "/health/startup").await.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(
+        get(&client, addr, "/health/startup").await.status,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
     let live = get(&client, addr, "/livez").await;
     assert_eq!(live.status, StatusCode::OK);
     assert_eq!(live.json()["status"], "UP");
@@ -213,7 +252,10 @@ async fn health_states_and_metrics() {
 
     // Ready.
     registry.mark_started();
-    assert_eq!(get(&client, addr, "/health/startup").await.status, StatusCode::OK);
+    assert_eq!(
+        get(&client, addr, "/health/startup").await.status,
+        StatusCode::OK
+    );
     let ready = get(&client, addr, "/health/ready").await;
     assert_eq!(ready.status, StatusCode::OK);
     let json = ready.json();
@@ -237,10 +279,15 @@ async fn health_states_and_metrics() {
     assert_eq!(get(&client, addr, "/livez").await.status, StatusCode::OK);
     db_ok.store(true, Ordering::SeqCst);
     cache_ok.store(true, Ordering::SeqCst);
-    assert_eq!(get(&client, addr, "/health/ready").await.status, StatusCode::OK);
+    assert_eq!(
+        get(&client, addr, "/health/ready").await.status,
+        StatusCode::OK
+    );
 
     // Other methods on a probe path.
-    let req = Request::post(format!("http://{addr}/health/ready")).body(Full::default()).unwrap();
+    let req = Request::post(format!("http://{addr}/health/ready"))
+        .body(Full::default())
+        .unwrap();
     let reply = send(&client, req).await;
     reply.error_body(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed");
 
@@ -252,7 +299,10 @@ async fn health_states_and_metrics() {
     let text = metrics.text();
     let line = text
         .lines()
-        .find(|l| l.starts_with("http_server_request_duration") && l.contains("http_response_status_code=\"200\""))
+        .find(|l| {
+            l.starts_with("http_server_request_duration")
+                && l.contains("http_response_status_code=\"200\"")
+        })
         .unwrap_or_else(|| panic!("no duration series in:\n{text}"));
     assert!(line.contains("http_request_method=\"GET\""), "{line}");
     assert!(text.contains("http_server_active_requests"), "{text}");
@@ -307,14 +357,23 @@ async fn shutdown_drains_in_flight_then_refuses_connections() {
         }
     };
     assert!(
-        matches!(refused.kind(), std::io::ErrorKind::ConnectionRefused | std::io::ErrorKind::ConnectionReset),
+        matches!(
+            refused.kind(),
+            std::io::ErrorKind::ConnectionRefused | std::io::ErrorKind::ConnectionReset
+        ),
         "{refused:?}"
     );
     let again = tokio::net::TcpStream::connect(addr).await.unwrap_err();
     assert_eq!(again.kind(), std::io::ErrorKind::ConnectionRefused);
-    assert!(started.elapsed() >= Duration::from_millis(300), "closed before the pre-stop delay");
+    assert!(
+        started.elapsed() >= Duration::from_millis(300),
+        "closed before the pre-stop delay"
+    );
     assert!(!in_flight.is_finished());
-    assert!(!server.handle.is_finished(), "serve waits for the in-flight request");
+    assert!(
+        !server.handle.is_finished(),
+        "serve waits for the in-flight request"
+    );
 
     // The in-flight request completes normally.
     state.release.notify_one();
@@ -358,7 +417,12 @@ async fn shutdown_returns_within_the_drain_deadline() {
 
 #[tokio::test]
 async fn h2c_prior_knowledge() {
-    let server = start_app(StandardLayers::new(), started_registry(), AppState::default()).await;
+    let server = start_app(
+        StandardLayers::new(),
+        started_registry(),
+        AppState::default(),
+    )
+    .await;
     let client = h2_client();
     let reply = get(&client, server.addr, "/hello").await;
     assert_eq!(reply.version, Version::HTTP_2);
@@ -375,7 +439,9 @@ async fn h2c_prior_knowledge() {
 #[tokio::test]
 async fn connection_limit_holds_extra_connections_in_the_backlog() {
     let state = AppState::default();
-    let server = Server::bind(test_config().max_connections(1)).await.unwrap();
+    let server = Server::bind(test_config().max_connections(1))
+        .await
+        .unwrap();
     let server = start(server, app(state.clone()).layer(StandardLayers::new())).await;
     let addr = server.addr;
     let first = tokio::spawn(async move { get(&client(), addr, "/hold").await });
@@ -383,12 +449,17 @@ async fn connection_limit_holds_extra_connections_in_the_backlog() {
     // A second connection is not served while the first one is open.
     let second = tokio::spawn(async move { get(&client(), addr, "/hello").await });
     tokio::time::sleep(Duration::from_millis(100)).await;
-    assert!(!second.is_finished(), "second connection served beyond the limit");
+    assert!(
+        !second.is_finished(),
+        "second connection served beyond the limit"
+    );
     state.release.notify_one();
     assert_eq!(first.await.unwrap().status, StatusCode::OK);
     // The first client's pool drops its idle connection when the client is dropped (inside the
     // task), freeing the slot.
-    let second = tokio::time::timeout(Duration::from_secs(5), second).await.expect("served after the slot freed");
+    let second = tokio::time::timeout(Duration::from_secs(5), second)
+        .await
+        .expect("served after the slot freed");
     assert_eq!(second.unwrap().status, StatusCode::OK);
     server.stop().await;
 }

@@ -5,10 +5,10 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use axum::Router;
 use axum::extract::{Extension, Path};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{self, post};
-use axum::Router;
 use bytes::Bytes;
 use chassis_core::health::HealthRegistry;
 use chassis_core::shutdown::Shutdown;
@@ -140,7 +140,10 @@ pub(crate) fn app(state: AppState) -> Router {
                 }
             }),
         )
-        .route("/echo", post(|body: Bytes| async move { body.len().to_string() }))
+        .route(
+            "/echo",
+            post(|body: Bytes| async move { body.len().to_string() }),
+        )
         .route(
             "/panic",
             routing::get(|| async {
@@ -210,10 +213,7 @@ pub(crate) async fn start_app(
         .layer(HealthLayer::new(registry.clone()))
         .layer(layers)
         .service(app(state));
-    let server = Server::bind(test_config())
-        .await
-        .unwrap()
-        .health(registry);
+    let server = Server::bind(test_config()).await.unwrap().health(registry);
     start(server, service).await
 }
 

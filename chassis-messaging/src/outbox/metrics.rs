@@ -1,25 +1,38 @@
 //! Names of the metrics the outbox relay and the inbox record (through the `metrics` facade;
-//! the service's exporter, e.g. chassis-observability's Prometheus handle, publishes them).
+//! the service's exporter, e.g. chassis-observability's Prometheus handle, publishes them;
+//! Prometheus renders the dots as underscores).
 //!
-//! Defined here because the observability crate's catalogue did not list outbox metrics when
-//! this module was written; Prometheus renders the dots as underscores.
+//! The four outbox metrics of the issue and the inbox duplicate counter come from the
+//! observability catalogue (`chassis_observability::metrics::names`) and are re-exported here;
+//! the others are specific to this module.
+//!
+//! | Name | Kind | Labels |
+//! |------|------|--------|
+//! | [`OUTBOX_PENDING`] | gauge, rows | — |
+//! | [`OUTBOX_OLDEST_PENDING_AGE`] | gauge, seconds | — |
+//! | [`OUTBOX_PUBLISH_LATENCY`] | histogram, seconds, write (≈ commit) to broker confirm | — |
+//! | [`OUTBOX_RELAY_ERRORS`] | counter | `error.type` = `transient` (broker unavailable, publish timeout), `message` (a row failed non-transiently) or `database` |
+//! | [`OUTBOX_PARKED`] | gauge, rows parked and waiting for an operator | — |
+//! | [`OUTBOX_PARKED_TOTAL`] | counter, rows parked | — |
+//! | [`OUTBOX_PUBLISHED`] | counter, rows confirmed | — |
+//! | [`INBOX_DUPLICATES`] | counter, duplicate deliveries skipped | `messaging.destination.name` = the inbox's consumer name |
+//! | [`INBOX_PROCESSED`] | counter, first deliveries processed and committed | `messaging.destination.name` = the inbox's consumer name |
 
-/// Gauge: rows waiting to be published.
-pub const OUTBOX_PENDING: &str = "outbox.pending";
+pub use chassis_observability::metrics::names::{
+    INBOX_DUPLICATES, OUTBOX_OLDEST_PENDING_AGE, OUTBOX_PENDING, OUTBOX_PUBLISH_LATENCY,
+    OUTBOX_RELAY_ERRORS,
+};
+
 /// Gauge: rows parked after `max_attempts` non-transient failures (need an operator).
 pub const OUTBOX_PARKED: &str = "outbox.parked";
-/// Gauge, seconds: age of the oldest pending row (grows while the broker is down).
-pub const OUTBOX_OLDEST_PENDING_AGE: &str = "outbox.oldest_pending_age";
-/// Histogram, seconds: from the row's write (≈ commit) to the broker's confirm.
-pub const OUTBOX_PUBLISH_LATENCY: &str = "outbox.publish_latency";
 /// Counter: rows the broker confirmed.
 pub const OUTBOX_PUBLISHED: &str = "outbox.published";
-/// Counter: rows parked (label-free; see the log for the row and its error).
+/// Counter: rows parked (see the error log for the row and its error).
 pub const OUTBOX_PARKED_TOTAL: &str = "outbox.parked_total";
-/// Counter: relay errors, label `kind` = `transient` (broker unavailable, publish timeout),
-/// `message` (a row failed non-transiently) or `database`.
-pub const OUTBOX_RELAY_ERRORS: &str = "outbox.relay_errors";
-/// Counter: messages an inbox processed (first delivery), label `consumer`.
+/// Counter: messages an inbox processed (first delivery, committed).
 pub const INBOX_PROCESSED: &str = "inbox.processed";
-/// Counter: duplicate deliveries an inbox skipped, label `consumer`.
-pub const INBOX_DUPLICATES: &str = "inbox.duplicates";
+
+/// The label of [`OUTBOX_RELAY_ERRORS`].
+pub(crate) const ERROR_TYPE: &str = "error.type";
+/// The label of the inbox counters.
+pub(crate) const DESTINATION: &str = "messaging.destination.name";

@@ -290,6 +290,16 @@ impl<S: OutboxStore, P: Publish + ?Sized + 'static> Relay<S, P> {
         tokio::spawn(self.run(token))
     }
 
+    /// Runs the relay on a task tracked by `shutdown`: it stops (after its current batch) when
+    /// shutdown is triggered, and [`Shutdown::drain`](chassis_core::shutdown::Shutdown::drain)
+    /// waits for it.
+    pub fn spawn_with(self, shutdown: &chassis_core::shutdown::Shutdown) -> JoinHandle<()>
+    where
+        S: 'static,
+    {
+        shutdown.tracker().spawn(self.run(shutdown.token()))
+    }
+
     /// Runs the relay until `token` is cancelled: claims and publishes batches while there is
     /// work, otherwise waits for a commit notification or the poll interval; backs off
     /// (jittered, exponential) while the broker or the database fails; refreshes the metrics
@@ -340,7 +350,7 @@ impl<S: OutboxStore, P: Publish + ?Sized + 'static> Relay<S, P> {
                     None
                 }
                 Err(err) => {
-                    metrics::counter!(names::OUTBOX_RELAY_ERRORS, "kind" => "database")
+                    metrics::counter!(names::OUTBOX_RELAY_ERRORS, names::ERROR_TYPE => "database")
                         .increment(1);
                     let delay = backoff.next_delay();
                     tracing::warn!(error = %err, retry_in_ms = delay.as_millis() as u64, "outbox relay: database error, backing off");
@@ -470,7 +480,7 @@ impl<S: OutboxStore, P: Publish + ?Sized + 'static> Relay<S, P> {
                     outcomes.push((row.id, RowOutcome::Sent));
                 }
                 Err(err) if err.is_transient() || matches!(err.kind(), ErrorKind::Shutdown) => {
-                    metrics::counter!(names::OUTBOX_RELAY_ERRORS, "kind" => "transient")
+                    metrics::counter!(names::OUTBOX_RELAY_ERRORS, names::ERROR_TYPE => "transient")
                         .increment(1);
                     transient = Some(err.to_string());
                     outcomes.push((row.id, RowOutcome::Released));
@@ -499,7 +509,7 @@ impl<S: OutboxStore, P: Publish + ?Sized + 'static> Relay<S, P> {
         let attempts = attempts.saturating_add(1);
         let park =
             force_park || attempts >= i32::try_from(self.config.max_attempts).unwrap_or(i32::MAX);
-        metrics::counter!(names::OUTBOX_RELAY_ERRORS, "kind" => "message").increment(1);
+        metrics::counter!(names::OUTBOX_RELAY_ERRORS, names::ERROR_TYPE => "message").increment(1);
         if park {
             metrics::counter!(names::OUTBOX_PARKED_TOTAL).increment(1);
             tracing::error!(id, subject = subject.as_deref(), attempts, error = %error, "outbox row parked: it cannot be published");

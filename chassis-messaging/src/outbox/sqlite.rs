@@ -23,6 +23,7 @@ use super::store::{
     db_err, heads_only, message_from_parts, message_id_of, now_ms, subject_of,
 };
 use super::{MIGRATIONS_TABLE, ParkedRow};
+use crate::envelope::Envelope;
 use crate::error::{Error, ErrorKind, Result};
 use crate::message::OutgoingMessage;
 
@@ -89,6 +90,18 @@ impl SqliteOutbox {
         msg: &OutgoingMessage,
     ) -> Result<String> {
         self.enqueue_with_subject(conn, subject_of(msg), msg).await
+    }
+
+    /// Encodes `event` for `exchange` ([`Envelope::to_message`]: binary-mode CloudEvents, the
+    /// event type as routing key, the envelope id as `message_id`) and enqueues it; the
+    /// envelope's `subject` is the ordering key.
+    pub async fn enqueue_event<T: serde::Serialize>(
+        &self,
+        conn: &mut SqliteConnection,
+        exchange: &str,
+        event: &Envelope<T>,
+    ) -> Result<String> {
+        self.enqueue(conn, &event.to_message(exchange)?).await
     }
 
     /// Like [`enqueue`](Self::enqueue) with an explicit ordering key: messages of one

@@ -38,7 +38,9 @@ impl Receiver {
         let (tx, requests) = mpsc::unbounded_channel();
         let task = tokio::spawn(async move {
             loop {
-                let Ok((stream, _)) = listener.accept().await else { return };
+                let Ok((stream, _)) = listener.accept().await else {
+                    return;
+                };
                 let tx = tx.clone();
                 tokio::spawn(async move {
                     let svc = service_fn(move |req: Request<Incoming>| {
@@ -60,15 +62,22 @@ impl Receiver {
                             };
                             let mut resp = Response::new(Full::new(Bytes::new()));
                             *resp.status_mut() = status;
-                            resp.headers_mut().insert("content-type", "application/x-protobuf".parse().unwrap());
+                            resp.headers_mut()
+                                .insert("content-type", "application/x-protobuf".parse().unwrap());
                             Ok::<_, Infallible>(resp)
                         }
                     });
-                    let _ = http1::Builder::new().serve_connection(TokioIo::new(stream), svc).await;
+                    let _ = http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), svc)
+                        .await;
                 });
             }
         });
-        Self { addr, requests, task }
+        Self {
+            addr,
+            requests,
+            task,
+        }
     }
 
     pub fn endpoint(&self) -> String {
@@ -90,7 +99,11 @@ pub fn spans(requests: &[ExportTraceServiceRequest]) -> Vec<(Vec<KeyValue>, Span
     let mut out = Vec::new();
     for req in requests {
         for rs in &req.resource_spans {
-            let resource = rs.resource.clone().map(|r| r.attributes).unwrap_or_default();
+            let resource = rs
+                .resource
+                .clone()
+                .map(|r| r.attributes)
+                .unwrap_or_default();
             for ss in &rs.scope_spans {
                 for span in &ss.spans {
                     out.push((resource.clone(), span.clone()));
@@ -109,7 +122,12 @@ pub fn attr(attrs: &[KeyValue], key: &str) -> Option<String> {
         any_value::Value::IntValue(i) => Some(i.to_string()),
         any_value::Value::BoolValue(b) => Some(b.to_string()),
         any_value::Value::DoubleValue(d) => Some(d.to_string()),
-        other => Some(format!("{:?}", AnyValue { value: Some(other.clone()) })),
+        other => Some(format!(
+            "{:?}",
+            AnyValue {
+                value: Some(other.clone())
+            }
+        )),
     }
 }
 

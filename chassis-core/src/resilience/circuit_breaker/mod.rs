@@ -15,6 +15,9 @@
 //!   further call is rejected; once every probe has completed, their rates decide between closed
 //!   and open again. A probe whose future is dropped (an outer timeout) is recorded as the
 //!   classifier says (a failure by default), so the breaker cannot get stuck half-open.
+//! - The rejection's `retry_after` is the open-state wait left; while half-open with every probe
+//!   permit taken it is zero (a permit frees as soon as the probes decide), and while forced open
+//!   it is the configured `wait_duration_in_open_state` (a hint: forced states last until reset).
 //! - **Forced** states ([`CircuitBreakerHandle::force_open`], [`force_closed`](CircuitBreakerHandle::force_closed))
 //!   hold until [`reset`](CircuitBreakerHandle::reset).
 //!

@@ -46,11 +46,15 @@ use chassis_messaging::headers::HeaderMapCarrier;
 use chassis_messaging::inbox::{Claim, Inbox};
 use chassis_messaging::incoming::IncomingMessage;
 use chassis_messaging::outbox::{PgOutbox, Relay, RelayConfig, SqliteOutbox};
-use chassis_messaging::publisher::{Publisher, PublisherConfig};
+use chassis_messaging::headers::HeaderMapExtractor;
+use chassis_messaging::message::OutgoingMessage;
+use chassis_messaging::publisher::{Publish, Publisher, PublisherConfig};
 use chassis_messaging::topology::{ExchangeConfig, QueueConfig, TopologyConfig};
 use chassis_observability::{Telemetry, TelemetryGuard};
 use serde::de::DeserializeOwned;
 use tokio::task::JoinHandle;
+use tracing::Instrument;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
 use tokio_util::sync::CancellationToken;
 
 use crate::db::{Db, Tx};
@@ -178,7 +182,7 @@ impl App {
             CheckOptions::required().timeout(Duration::from_secs(2)),
         );
 
-        let publisher = Arc::new(Publisher::new(&conn, PublisherConfig::default())?);
+        let publisher = Arc::new(TracedPublisher(Publisher::new(&conn, PublisherConfig::default())?));
         let token = CancellationToken::new();
         let relay_config = RelayConfig::default();
         let relay = match &outbox {
@@ -407,4 +411,19 @@ where
     app.emit(&mut tx, &emits, Some(msg)).await?;
     app.commit(tx).await?;
     Ok(())
+}
+
+/// The relay's publisher: publishes each outbox row inside a span whose parent is the trace
+/// context stored with the row (written by [`App::emit`] when the business transaction ran), so
+/// the producer span, and the `traceparent` the publisher injects, continue the trace of the
+/// request or message that caused the event instead of starting one per relay batch.
+struct TracedPublisher(Publisher);
+
+impl Publish for TracedPublisher {
+    fn publish(&self, msg: OutgoingMessage) -> futures_util::future::BoxFuture<'_, Result<(), chassis_messaging::error::Error>> {
+        let parent = chassis_observability::propagation::extract_context(&HeaderMapExtractor(&msg.headers));
+        let span = tracing::info_span!("outbox relay", messaging.destination.name = %msg.exchange);
+        let _ = span.set_parent(parent);
+        Box::pin(async move { self.0.publish(msg).await }.instrument(span))
+    }
 }

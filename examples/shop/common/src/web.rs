@@ -27,27 +27,27 @@ pub fn ok(status: StatusCode, data: impl Serialize) -> Response {
 
 /// A chassis [`ApiError`] usable as an axum error.
 #[derive(Debug)]
-pub struct ApiErr(pub ApiError);
+pub struct ApiErr(pub Box<ApiError>);
 
 impl ApiErr {
     /// 400 `bad_request`.
     pub fn bad_request(msg: impl Into<String>) -> Self {
-        ApiErr(ApiError::bad_request(msg.into()))
+        ApiErr::from(ApiError::bad_request(msg.into()))
     }
     /// 404 `not_found`.
     pub fn not_found(msg: impl Into<String>) -> Self {
-        ApiErr(ApiError::not_found(msg.into()))
+        ApiErr::from(ApiError::not_found(msg.into()))
     }
     /// 500 `internal_error` (the detail is logged, not sent).
     pub fn internal(detail: impl std::fmt::Display) -> Self {
         tracing::error!(error = %detail, "internal error");
-        ApiErr(ApiError::internal("internal error"))
+        ApiErr::from(ApiError::internal("internal error"))
     }
 }
 
 impl From<ApiError> for ApiErr {
     fn from(e: ApiError) -> Self {
-        ApiErr(e)
+        ApiErr(Box::new(e))
     }
 }
 
@@ -59,6 +59,6 @@ impl From<sqlx::Error> for ApiErr {
 
 impl IntoResponse for ApiErr {
     fn into_response(self) -> Response {
-        self.0.into_response().map(axum::body::Body::new)
+        (*self.0).into_response().map(axum::body::Body::new)
     }
 }

@@ -4,7 +4,7 @@
 //! ```
 //! use shop_gateway::keys::ApiKeys;
 //!
-//! let keys = ApiKeys::parse("demo-key:demo, k2:acme").unwrap();
+//! let keys = ApiKeys::parse("demo-key:demo, acme-key-2:acme").unwrap();
 //! assert_eq!(keys.client_for("Bearer demo-key"), Some("demo"));
 //! assert_eq!(keys.client_for("Bearer nope"), None);
 //! assert_eq!(keys.client_for("demo-key"), None, "the Bearer scheme is required");

@@ -12,6 +12,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use chassis_core::BoxError;
 use chassis_core::resilience::policy::ResiliencePolicy;
+use chassis_http::auth::TokenIssuer;
 use chassis_http::error::ApiError;
 use serde_json::{Value, json};
 use shop_common::runtime::{App, Spec};
@@ -28,6 +29,7 @@ struct Call {
     url: String,
     body: Option<Bytes>,
     idempotency_key: Option<String>,
+    authorization: Option<HeaderValue>,
 }
 
 type Downstream = BoxCloneSyncService<Call, (StatusCode, Bytes), BoxError>;
@@ -47,6 +49,9 @@ fn downstream(name: &str, retries: bool) -> Result<Downstream, BoxError> {
             chassis_observability::propagation::inject_current(&mut chassis_observability::propagation::HeaderInjector(
                 &mut headers,
             ));
+            if let Some(token) = call.authorization {
+                headers.insert(http::header::AUTHORIZATION, token);
+            }
             let mut req = http.request(call.method, &call.url).headers(headers);
             if let Some(key) = call.idempotency_key {
                 req = req.header("idempotency-key", key);
@@ -68,6 +73,7 @@ fn downstream(name: &str, retries: bool) -> Result<Downstream, BoxError> {
 
 #[derive(Clone)]
 struct Ctx {
+    tokens: Arc<TokenIssuer>,
     keys: ApiKeys,
     limiter: Arc<KeyedRateLimiter>,
     reads: Downstream,
@@ -84,10 +90,10 @@ impl Ctx {
         let Some(client) = self.keys.client_for(auth) else {
             let mut e = ApiError::unauthorized("a valid API key is required (Authorization: Bearer <key>)");
             e = e.with_header(http::header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer realm=\"shop\""));
-            return Err(ApiErr(e));
+            return Err(ApiErr::from(e));
         };
         if let Err(retry_after) = self.limiter.check(client) {
-            return Err(ApiErr(
+            return Err(ApiErr::from(
                 ApiError::new(StatusCode::TOO_MANY_REQUESTS, chassis_http::error::codes::RATE_LIMITED, "rate limit exceeded")
                     .with_retry_after(retry_after),
             ));
@@ -95,12 +101,15 @@ impl Ctx {
         Ok(client.to_owned())
     }
 
-    async fn call(&self, svc: &Downstream, call: Call) -> Result<Response, ApiErr> {
+    /// Calls a service with a service token for `audience`.
+    async fn call(&self, svc: &Downstream, audience: &str, mut call: Call) -> Result<Response, ApiErr> {
+        let token = self.tokens.issue(audience, &[]).map_err(ApiErr::internal)?;
+        call.authorization = Some(token.bearer_header().map_err(ApiErr::internal)?);
         match svc.clone().oneshot(call).await {
             Ok((status, body)) => Ok((status, [(http::header::CONTENT_TYPE, "application/json")], body).into_response()),
             Err(e) => {
                 tracing::warn!(error = %e, "downstream call failed");
-                Err(ApiErr(ApiError::from_box_error(&e)))
+                Err(ApiErr::from(ApiError::from_box_error(&e)))
             }
         }
     }
@@ -115,6 +124,7 @@ async fn main() -> Result<(), BoxError> {
     let app = App::start(Spec { name: "gateway", default_port: 8080, schema: "" }).await?;
     let rate: f64 = env("GATEWAY_RATE_LIMIT", "500").parse()?;
     let ctx = Ctx {
+        tokens: Arc::new(shop_common::auth::issuer_from_env()?),
         keys: ApiKeys::parse(&env("GATEWAY_API_KEYS", "demo-key-0001:demo"))?,
         limiter: Arc::new(KeyedRateLimiter::new(rate, u32::try_from(rate as i64).unwrap_or(u32::MAX).max(1))),
         reads: downstream("gateway-reads", true)?,
@@ -150,8 +160,9 @@ async fn place_order(State(ctx): State<Ctx>, headers: HeaderMap, body: Bytes) ->
         url: format!("{}/internal/orders", ctx.orders),
         body: Some(Bytes::from(serde_json::to_vec(&order).map_err(ApiErr::internal)?)),
         idempotency_key: key,
+        authorization: None,
     };
-    let resp = ctx.call(&ctx.writes, call).await?;
+    let resp = ctx.call(&ctx.writes, "orders", call).await?;
     if resp.status() != StatusCode::ACCEPTED {
         return Ok(resp);
     }
@@ -166,14 +177,14 @@ async fn get_order(State(ctx): State<Ctx>, headers: HeaderMap, Path(id): Path<St
     if id.is_empty() || id.len() > 64 || !id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') {
         return Err(ApiErr::bad_request("invalid order id"));
     }
-    let call = Call { method: reqwest::Method::GET, url: format!("{}/internal/orders/{id}", ctx.orders), body: None, idempotency_key: None };
-    ctx.call(&ctx.reads, call).await
+    let call = Call { method: reqwest::Method::GET, url: format!("{}/internal/orders/{id}", ctx.orders), body: None, idempotency_key: None, authorization: None };
+    ctx.call(&ctx.reads, "orders", call).await
 }
 
 async fn products(State(ctx): State<Ctx>, headers: HeaderMap) -> Result<Response, ApiErr> {
     ctx.admit(&headers)?;
-    let call = Call { method: reqwest::Method::GET, url: format!("{}/internal/products", ctx.inventory), body: None, idempotency_key: None };
-    ctx.call(&ctx.reads, call).await
+    let call = Call { method: reqwest::Method::GET, url: format!("{}/internal/products", ctx.inventory), body: None, idempotency_key: None, authorization: None };
+    ctx.call(&ctx.reads, "inventory", call).await
 }
 
 async fn notifications(State(ctx): State<Ctx>, headers: HeaderMap, RawQuery(q): RawQuery) -> Result<Response, ApiErr> {
@@ -184,6 +195,7 @@ async fn notifications(State(ctx): State<Ctx>, headers: HeaderMap, RawQuery(q): 
         url: format!("{}/api/v1/notifications{query}", ctx.notifications),
         body: None,
         idempotency_key: None,
+        authorization: None,
     };
-    ctx.call(&ctx.reads, call).await
+    ctx.call(&ctx.reads, "notifications", call).await
 }

@@ -24,7 +24,13 @@ async fn main() -> Result<(), BoxError> {
     app.consume(app.queue("order-placed", &[(EVENTS_EXCHANGE, ORDER_PLACED)]), |app, msg| async move {
         let event: OrderPlaced = decode(&msg)?;
         handle_once(&app, "inventory.reserve", &msg, move |tx| {
-            Box::pin(async move { Ok(domain::reserve(tx, &event).await?) })
+            Box::pin(async move {
+                let emits = domain::reserve(tx, &event).await?;
+                for e in &emits {
+                    tracing::info!(order_id = %event.order_id, outcome = e.kind, "reservation decided");
+                }
+                Ok(emits)
+            })
         })
         .await
     })
@@ -42,6 +48,7 @@ async fn main() -> Result<(), BoxError> {
     let router = Router::new()
         .route("/internal/products", get(products))
         .route("/internal/reservations/{order_id}", get(reservation))
+        .layer(shop_common::auth::require_from_env("inventory")?)
         .with_state(app.clone());
     app.serve(router).await
 }

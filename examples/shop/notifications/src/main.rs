@@ -34,7 +34,10 @@ async fn main() -> Result<(), BoxError> {
         .await
     })
     .await?;
-    let router = Router::new().route("/api/v1/notifications", get(list)).with_state(app.clone());
+    let router = Router::new()
+        .route("/api/v1/notifications", get(list))
+        .layer(shop_common::auth::require_from_env("notifications")?)
+        .with_state(app.clone());
     app.serve(router).await
 }
 

@@ -106,6 +106,7 @@ async fn main() -> Result<(), BoxError> {
         .route("/internal/orders", post(place))
         .route("/internal/orders/{id}", get(get_order))
         .route("/internal/stats", get(stats))
+        .layer(shop_common::auth::require_from_env("orders")?)
         .with_state(ctx);
     app.serve(router).await
 }

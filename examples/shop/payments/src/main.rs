@@ -54,6 +54,7 @@ async fn charge(ctx: Ctx, msg: chassis_messaging::incoming::IncomingMessage) -> 
         return Ok(());
     };
     let rec = domain::record_charge(&mut tx, &cmd, &outcome).await?;
+    tracing::info!(order_id = %cmd.order_id, ?outcome, "payment recorded");
     ctx.app.emit(&mut tx, &rec.emits, Some(&msg)).await?;
     ctx.app.commit(tx).await?;
     let refund_now = rec.refund_now.map(|c| (cmd.order_id.clone(), c));

@@ -1,0 +1,277 @@
+//! End-to-end tests: the real binaries as separate processes, the real RabbitMQ (`AMQP_URL`),
+//! SQLite files in a temporary run directory. Each test starts its own system in its own
+//! namespace (exchanges and queues are prefixed), one system at a time.
+
+use std::sync::{Mutex, OnceLock};
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use shop_launcher::workload::{place, wait_final};
+use shop_launcher::{System, SystemConfig, build_services};
+
+const KEY: &str = "demo-key-0001";
+const SEED: &str = "tea:Green tea:450:1000,scarce:Scarce teapot:9900:2,last:Last units:500:3";
+
+static BUILD: OnceLock<std::path::PathBuf> = OnceLock::new();
+static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+
+async fn start(tweak: impl FnOnce(&mut SystemConfig)) -> (System, tempfile::TempDir) {
+    let bin = BUILD.get_or_init(|| build_services(false).expect("cargo build of the services")).clone();
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = SystemConfig::new(bin, dir.path().to_path_buf());
+    config.inventory_seed = Some(SEED.into());
+    tweak(&mut config);
+    (System::start(config).await.expect("system starts"), dir)
+}
+
+fn order(sku: &str, qty: i64, method: &str) -> Value {
+    json!({"customer_id": "c-e2e", "items": [{"sku": sku, "quantity": qty}], "payment_method": method})
+}
+
+async fn place_ok(http: &reqwest::Client, sys: &System, body: &Value, key: Option<&str>) -> String {
+    let (status, resp) = place(http, sys.url("gateway"), KEY, body, key).await.unwrap();
+    assert_eq!(status, 202, "{resp}");
+    assert_eq!(resp["success"], true);
+    assert_eq!(resp["data"]["status"], "PENDING");
+    resp["data"]["order_id"].as_str().unwrap().to_owned()
+}
+
+async fn final_state(http: &reqwest::Client, sys: &System, id: &str) -> Value {
+    let o = wait_final(http, sys.url("gateway"), KEY, id, Duration::from_secs(30)).await.unwrap();
+    assert_ne!(o["status"], "PENDING", "order {id} did not finish: {o}");
+    o
+}
+
+async fn stock(http: &reqwest::Client, sys: &System, sku: &str) -> i64 {
+    let r: Value = http
+        .get(format!("{}/api/v1/products", sys.url("gateway")))
+        .bearer_auth(KEY)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    r["data"].as_array().unwrap().iter().find(|p| p["sku"] == sku).unwrap()["stock"].as_i64().unwrap()
+}
+
+async fn provider_stats(http: &reqwest::Client, sys: &System) -> Value {
+    http.get(format!("{}/v1/stats", sys.url("payment-provider"))).send().await.unwrap().json().await.unwrap()
+}
+
+async fn notifications(http: &reqwest::Client, sys: &System, id: &str) -> Vec<Value> {
+    // Notifications arrive asynchronously after the final status: wait for them briefly.
+    for _ in 0..50 {
+        let r: Value = http
+            .get(format!("{}/api/v1/notifications?order_id={id}", sys.url("gateway")))
+            .bearer_auth(KEY)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let list = r["data"].as_array().cloned().unwrap_or_default();
+        if !list.is_empty() {
+            return list;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Vec::new()
+}
+
+/// Trace ids of the log lines of `service` containing every needle.
+fn trace_ids(sys: &System, service: &str, needles: &[&str]) -> Vec<String> {
+    let text = std::fs::read_to_string(sys.run_dir().join(format!("{service}.log"))).unwrap_or_default();
+    text.lines()
+        .filter(|l| needles.iter().all(|n| l.contains(n)))
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter_map(|v| v["trace_id"].as_str().map(str::to_owned))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[allow(clippy::await_holding_lock)] // serialises whole systems on purpose
+async fn the_shop_end_to_end() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let (sys, _dir) = start(|_| {}).await;
+    let http = reqwest::Client::new();
+
+    // Happy path: CONFIRMED, one charge, one notification.
+    let id = place_ok(&http, &sys, &order("tea", 2, "card_ok"), None).await;
+    let o = final_state(&http, &sys, &id).await;
+    assert_eq!(o["status"], "CONFIRMED", "{o}");
+    assert_eq!(o["amount_cents"], 900);
+    assert_eq!(o["items"][0]["quantity"], 2);
+    let n = notifications(&http, &sys, &id).await;
+    assert_eq!(n.len(), 1, "{n:?}");
+    assert_eq!(n[0]["kind"], "order_confirmed");
+    assert_eq!(stock(&http, &sys, "tea").await, 998);
+    let charges: Value = http
+        .get(format!("{}/v1/charges?reference={id}", sys.url("payment-provider")))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(charges["charges"].as_array().unwrap().len(), 1);
+
+    // One trace from the gateway through the broker to every service (JSON logs carry trace_id).
+    let placed = trace_ids(&sys, "orders", &[&id, "order placed"]);
+    assert_eq!(placed.len(), 1, "{placed:?}");
+    let trace = &placed[0];
+    assert!(!trace_ids(&sys, "gateway", &[trace.as_str(), "/api/v1/orders"]).is_empty(), "gateway not in trace {trace}");
+    for (service, needle) in [("inventory", "reservation decided"), ("payments", "payment recorded"), ("notifications", "customer notified")] {
+        let found = trace_ids(&sys, service, &[&id, needle]);
+        assert_eq!(found, vec![trace.clone()], "{service} is not in the trace of the order");
+    }
+
+    // Declined payment: FAILED(card_declined), the reservation released (compensation).
+    let id = place_ok(&http, &sys, &order("tea", 1, "card_declined"), None).await;
+    let o = final_state(&http, &sys, &id).await;
+    assert_eq!((o["status"].as_str(), o["reason"].as_str()), (Some("FAILED"), Some("card_declined")), "{o}");
+    assert_eq!(o["compensations"], 1);
+    let mut released = false;
+    for _ in 0..50 {
+        if stock(&http, &sys, "tea").await == 998 {
+            released = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(released, "stock was not released");
+    assert_eq!(notifications(&http, &sys, &id).await[0]["kind"], "order_failed");
+
+    // Out of stock: FAILED(out_of_stock), nothing charged.
+    let charges_before = provider_stats(&http, &sys).await["charges"].as_u64().unwrap();
+    let id = place_ok(&http, &sys, &order("scarce", 3, "card_ok"), None).await;
+    let o = final_state(&http, &sys, &id).await;
+    assert_eq!((o["status"].as_str(), o["reason"].as_str()), (Some("FAILED"), Some("out_of_stock")), "{o}");
+    assert_eq!(stock(&http, &sys, "scarce").await, 2);
+    assert_eq!(provider_stats(&http, &sys).await["charges"].as_u64().unwrap(), charges_before);
+
+    // The same Idempotency-Key twice: one order.
+    let body = order("tea", 1, "card_ok");
+    let a = place_ok(&http, &sys, &body, Some("idem-1")).await;
+    let b = place_ok(&http, &sys, &body, Some("idem-1")).await;
+    assert_eq!(a, b);
+    let c = place_ok(&http, &sys, &body, Some("idem-2")).await;
+    assert_ne!(a, c);
+    assert_eq!(final_state(&http, &sys, &a).await["status"], "CONFIRMED");
+    final_state(&http, &sys, &c).await;
+
+    // Concurrent orders for the last units never oversell.
+    let mut tasks = Vec::new();
+    for _ in 0..12 {
+        let (http, gw) = (http.clone(), sys.url("gateway").to_owned());
+        tasks.push(tokio::spawn(async move {
+            let (status, resp) = place(&http, &gw, KEY, &order("last", 1, "card_ok"), None).await.unwrap();
+            assert_eq!(status, 202);
+            let id = resp["data"]["order_id"].as_str().unwrap().to_owned();
+            wait_final(&http, &gw, KEY, &id, Duration::from_secs(30)).await.unwrap()
+        }));
+    }
+    let mut confirmed = 0;
+    for t in tasks {
+        let o = t.await.unwrap();
+        match o["status"].as_str() {
+            Some("CONFIRMED") => confirmed += 1,
+            Some("FAILED") => assert_eq!(o["reason"], "out_of_stock"),
+            other => panic!("not final: {other:?}"),
+        }
+    }
+    assert_eq!(confirmed, 3);
+    assert_eq!(stock(&http, &sys, "last").await, 0);
+
+    // Errors use the chassis body: no key, bad body.
+    let r = http.post(format!("{}/api/v1/orders", sys.url("gateway"))).json(&body).send().await.unwrap();
+    assert_eq!(r.status(), 401);
+    let e: Value = r.json().await.unwrap();
+    assert_eq!((e["success"].as_bool(), e["error"]["code"].as_str()), (Some(false), Some("unauthorized")));
+    let r = http.post(format!("{}/api/v1/orders", sys.url("gateway"))).bearer_auth(KEY).json(&json!({"items": []})).send().await.unwrap();
+    assert_eq!(r.status(), 400);
+    // Internal APIs refuse calls without a service token.
+    let r = http.get(format!("{}/internal/orders/{id}", sys.url("orders"))).send().await.unwrap();
+    assert_eq!(r.status(), 401);
+
+    let unclean = sys.stop().await;
+    assert!(unclean.is_empty(), "did not shut down gracefully: {unclean:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[allow(clippy::await_holding_lock)]
+async fn provider_outage_opens_the_breaker_and_the_system_recovers() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let (sys, _dir) = start(|_| {}).await;
+    let http = reqwest::Client::new();
+    let provider = sys.url("payment-provider").to_owned();
+    http.post(format!("{provider}/admin/outage")).json(&json!({"active": true})).send().await.unwrap();
+
+    // Orders fail fast with a provider reason while it is down.
+    let mut reasons = Vec::new();
+    for _ in 0..8 {
+        let id = place_ok(&http, &sys, &order("tea", 1, "card_ok"), None).await;
+        let o = final_state(&http, &sys, &id).await;
+        assert_eq!(o["status"], "FAILED", "{o}");
+        reasons.push(o["reason"].as_str().unwrap().to_owned());
+    }
+    assert!(reasons.iter().all(|r| r.starts_with("payment_provider_")), "{reasons:?}");
+    assert!(reasons.iter().any(|r| r == "payment_provider_circuit_open"), "the breaker never opened: {reasons:?}");
+    let metrics = http.get(format!("{}/metrics", sys.url("payments"))).send().await.unwrap().text().await.unwrap();
+    assert!(
+        metrics.lines().any(|l| l.starts_with("circuit_breaker_state{") && l.contains("payment-provider") && l.ends_with(" 1")),
+        "breaker not open in /metrics:\n{}",
+        metrics.lines().filter(|l| l.contains("circuit_breaker")).collect::<Vec<_>>().join("\n")
+    );
+    assert_eq!(provider_stats(&http, &sys).await["charges"], 0);
+
+    // The provider returns: after the open wait the breaker lets calls through again.
+    http.post(format!("{provider}/admin/outage")).json(&json!({"active": false})).send().await.unwrap();
+    let mut recovered = false;
+    for _ in 0..15 {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let id = place_ok(&http, &sys, &order("tea", 1, "card_ok"), None).await;
+        if final_state(&http, &sys, &id).await["status"] == "CONFIRMED" {
+            recovered = true;
+            break;
+        }
+    }
+    assert!(recovered, "the system did not recover after the outage");
+    sys.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[allow(clippy::await_holding_lock)]
+async fn orders_killed_mid_saga_every_order_finishes_and_nothing_is_charged_twice() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let (mut sys, _dir) = start(|c| c.extra_env.push(("PROVIDER_LATENCY".into(), "100ms".into()))).await;
+    let http = reqwest::Client::new();
+    let mut ids = Vec::new();
+    for i in 0..15 {
+        ids.push(place_ok(&http, &sys, &order("tea", 1, "card_ok"), Some(&format!("crash-{i}"))).await);
+    }
+    // Crash orders while sagas are in flight, then bring it back.
+    sys.kill("orders").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    sys.restart("orders").await.unwrap();
+    let mut confirmed = 0;
+    for id in &ids {
+        let o = final_state(&http, &sys, id).await;
+        if o["status"] == "CONFIRMED" {
+            confirmed += 1;
+        }
+        let charges: Value = http
+            .get(format!("{}/v1/charges?reference={id}", sys.url("payment-provider")))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert!(charges["charges"].as_array().unwrap().len() <= 1, "order {id} charged twice");
+    }
+    assert_eq!(confirmed, ids.len(), "every order should still be confirmed");
+    assert_eq!(provider_stats(&http, &sys).await["charges"].as_u64().unwrap(), ids.len() as u64);
+    sys.stop().await;
+}
