@@ -22,11 +22,16 @@ use chassis_messaging::error::Error;
 use chassis_messaging::message::OutgoingMessage;
 use chassis_messaging::outbox::{OutboxStore, PgOutbox, Relay, RelayConfig, SqliteOutbox};
 use chassis_messaging::publisher::{Publish, Publisher, PublisherConfig};
-use chassis_messaging::topology::{ExchangeConfig, QueueConfig, QueueType, RetryPolicy, TopologyConfig};
+use chassis_messaging::topology::{
+    ExchangeConfig, QueueConfig, QueueType, RetryPolicy, TopologyConfig,
+};
 use futures_util::StreamExt;
 use futures_util::future::BoxFuture;
 use futures_util::stream::FuturesUnordered;
-use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, ExchangeDeleteOptions, QueueDeleteOptions, QueuePurgeOptions};
+use lapin::options::{
+    BasicPublishOptions, ConfirmSelectOptions, ExchangeDeleteOptions, QueueDeleteOptions,
+    QueuePurgeOptions,
+};
 use lapin::{BasicProperties, Confirmation};
 use sqlx::ConnectOptions;
 use tokio_util::sync::CancellationToken;
@@ -35,7 +40,10 @@ const WINDOW: usize = 1000;
 const SUBJECTS: usize = 1000;
 
 fn env_usize(name: &str, default: usize) -> usize {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }
 
 fn event(exchange: &str, i: usize, body: &[u8]) -> OutgoingMessage {
@@ -45,11 +53,16 @@ fn event(exchange: &str, i: usize, body: &[u8]) -> OutgoingMessage {
 }
 
 async fn raw_publish(url: &str, exchange: &str, n: usize, body: &[u8]) -> f64 {
-    let conn = lapin::Connection::connect(url, lapin::ConnectionProperties::default().with_connection_name("bench-outbox-raw".into()))
-        .await
-        .expect("raw connect");
+    let conn = lapin::Connection::connect(
+        url,
+        lapin::ConnectionProperties::default().with_connection_name("bench-outbox-raw".into()),
+    )
+    .await
+    .expect("raw connect");
     let ch = conn.create_channel().await.unwrap();
-    ch.confirm_select(ConfirmSelectOptions::default()).await.unwrap();
+    ch.confirm_select(ConfirmSelectOptions::default())
+        .await
+        .unwrap();
     let start = Instant::now();
     let mut inflight = FuturesUnordered::new();
     for _ in 0..n {
@@ -62,7 +75,10 @@ async fn raw_publish(url: &str, exchange: &str, n: usize, body: &[u8]) -> f64 {
             .basic_publish(
                 exchange.into(),
                 "bench.event".into(),
-                BasicPublishOptions { mandatory: true, ..Default::default() },
+                BasicPublishOptions {
+                    mandatory: true,
+                    ..Default::default()
+                },
                 body,
                 BasicProperties::default().with_delivery_mode(2),
             )
@@ -81,13 +97,17 @@ async fn raw_publish(url: &str, exchange: &str, n: usize, body: &[u8]) -> f64 {
 
 /// Drains `n` prefilled rows with one relay; returns rows/s.
 async fn relay_throughput<S: OutboxStore>(store: S, publisher: Arc<Publisher>, n: usize) -> f64 {
-    let config = RelayConfig::default().batch_size(500);
+    let config = RelayConfig::default().batch_size(env_usize("OUTBOX_BENCH_BATCH", 500));
     let relay = Relay::new(store.clone(), publisher, config).unwrap();
     let start = Instant::now();
     let mut sent = 0;
     while sent < n {
         let report = relay.run_once().await.expect("batch");
-        assert!(report.transient_error.is_none(), "{:?}", report.transient_error);
+        assert!(
+            report.transient_error.is_none(),
+            "{:?}",
+            report.transient_error
+        );
         sent += report.sent;
     }
     n as f64 / start.elapsed().as_secs_f64()
@@ -126,7 +146,10 @@ macro_rules! steady_writer {
             tick.tick().await;
             for _ in 0..per_tick {
                 let mut tx = $outbox.pool().begin().await.unwrap();
-                let id = $outbox.enqueue(&mut tx, &event($exchange, i, $body)).await.unwrap();
+                let id = $outbox
+                    .enqueue(&mut tx, &event($exchange, i, $body))
+                    .await
+                    .unwrap();
                 $outbox.commit(tx).await.unwrap();
                 committed.push((id, Instant::now()));
                 i += 1;
@@ -148,7 +171,11 @@ async fn latencies(timed: &Timed, committed: &[(String, Instant)]) -> (f64, f64,
     let confirmed = timed.confirmed.lock().unwrap();
     let mut ms: Vec<f64> = committed
         .iter()
-        .filter_map(|(id, at)| confirmed.get(id).map(|c| c.saturating_duration_since(*at).as_secs_f64() * 1000.0))
+        .filter_map(|(id, at)| {
+            confirmed
+                .get(id)
+                .map(|c| c.saturating_duration_since(*at).as_secs_f64() * 1000.0)
+        })
         .collect();
     ms.sort_by(|a, b| a.partial_cmp(b).unwrap());
     (percentile(&ms, 0.5), percentile(&ms, 0.99), ms.len())
@@ -157,7 +184,10 @@ async fn latencies(timed: &Timed, committed: &[(String, Instant)]) -> (f64, f64,
 async fn pg_pool(url: &str, schema: &str) -> sqlx::PgPool {
     let options = sqlx::postgres::PgConnectOptions::from_str(url).expect("DATABASE_URL");
     let mut admin = options.connect().await.expect("connect to PostgreSQL");
-    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE SCHEMA {schema}"))).execute(&mut admin).await.unwrap();
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE SCHEMA {schema}")))
+        .execute(&mut admin)
+        .await
+        .unwrap();
     sqlx::postgres::PgPoolOptions::new()
         .max_connections(8)
         .connect_with(options.options([("search_path", schema)]))
@@ -168,7 +198,9 @@ async fn pg_pool(url: &str, schema: &str) -> sqlx::PgPool {
 async fn drop_schema(url: &str, schema: &str) {
     let options = sqlx::postgres::PgConnectOptions::from_str(url).expect("DATABASE_URL");
     let mut admin = options.connect().await.expect("connect to PostgreSQL");
-    let _ = sqlx::query(sqlx::AssertSqlSafe(format!("DROP SCHEMA {schema} CASCADE"))).execute(&mut admin).await;
+    let _ = sqlx::query(sqlx::AssertSqlSafe(format!("DROP SCHEMA {schema} CASCADE")))
+        .execute(&mut admin)
+        .await;
 }
 
 async fn sqlite_outbox(dir: &tempfile::TempDir) -> SqliteOutbox {
@@ -178,7 +210,11 @@ async fn sqlite_outbox(dir: &tempfile::TempDir) -> SqliteOutbox {
         .journal_mode(sqlx::sqlite::SqliteJournalMode::Wal)
         .synchronous(sqlx::sqlite::SqliteSynchronous::Normal)
         .busy_timeout(Duration::from_secs(5));
-    let pool = sqlx::sqlite::SqlitePoolOptions::new().max_connections(4).connect_with(options).await.unwrap();
+    let pool = sqlx::sqlite::SqlitePoolOptions::new()
+        .max_connections(4)
+        .connect_with(options)
+        .await
+        .unwrap();
     let outbox = SqliteOutbox::new(pool);
     outbox.migrate().await.unwrap();
     outbox
@@ -190,7 +226,10 @@ macro_rules! prefill {
         while i < $n {
             let mut tx = $outbox.pool().begin().await.unwrap();
             for _ in 0..1000.min($n - i) {
-                $outbox.enqueue(&mut tx, &event($exchange, i, $body)).await.unwrap();
+                $outbox
+                    .enqueue(&mut tx, &event($exchange, i, $body))
+                    .await
+                    .unwrap();
                 i += 1;
             }
             tx.commit().await.unwrap();
@@ -200,29 +239,44 @@ macro_rules! prefill {
 
 #[tokio::main]
 async fn main() {
-    let url = std::env::var("AMQP_URL").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".to_owned());
-    let db_url = std::env::var("DATABASE_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned());
+    let url = std::env::var("AMQP_URL")
+        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".to_owned());
+    let db_url = std::env::var("DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned());
     let n = env_usize("OUTBOX_BENCH_N", 20_000);
     let rate = env_usize("OUTBOX_BENCH_RATE", 1000);
     let secs = env_usize("OUTBOX_BENCH_SECS", 10);
     let rounds = env_usize("OUTBOX_BENCH_ROUNDS", 2);
     let body = vec![b'x'; 256];
-    let conn = Connection::connect(ConnectionConfig::new(url.clone(), "bench-outbox")).await.expect("connect");
-    let publisher = Arc::new(Publisher::new(&conn, PublisherConfig::default().max_in_flight(WINDOW)).unwrap());
+    let conn = Connection::connect(ConnectionConfig::new(url.clone(), "bench-outbox"))
+        .await
+        .expect("connect");
+    let publisher =
+        Arc::new(Publisher::new(&conn, PublisherConfig::default().max_in_flight(WINDOW)).unwrap());
     let id = uuid::Uuid::new_v4().simple().to_string();
     let exchange = format!("bench.{id}.ex");
     let queue = QueueConfig::new(format!("bench.{id}.q"))
         .queue_type(QueueType::Classic)
         .bind(exchange.clone(), "#")
         .retry(RetryPolicy::with_delays([Duration::from_secs(1)]));
-    conn.declare(TopologyConfig::new().exchange(ExchangeConfig::topic(exchange.clone())).queue(queue.clone()))
-        .await
-        .expect("declare");
+    conn.declare(
+        TopologyConfig::new()
+            .exchange(ExchangeConfig::topic(exchange.clone()))
+            .queue(queue.clone()),
+    )
+    .await
+    .expect("declare");
     let admin = conn.create_channel().await.unwrap();
     let purge = || async {
-        admin.queue_purge(queue.name.as_str().into(), QueuePurgeOptions::default()).await.unwrap();
+        admin
+            .queue_purge(queue.name.as_str().into(), QueuePurgeOptions::default())
+            .await
+            .unwrap();
     };
-    println!("rows per run: {n}, body: 256 B, persistent, mandatory, durable classic queue, window {WINDOW}, relay batch 500, {SUBJECTS} subjects, rounds: {rounds}");
+    println!(
+        "rows per run: {n}, body: 256 B, persistent, mandatory, durable classic queue, window {WINDOW}, relay batch {}, {SUBJECTS} subjects, rounds: {rounds}",
+        env_usize("OUTBOX_BENCH_BATCH", 500)
+    );
 
     let (mut raw, mut lite, mut pg) = (Vec::new(), Vec::new(), Vec::new());
     for round in 0..rounds {
@@ -248,20 +302,36 @@ async fn main() {
     let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
     let r = mean(&raw);
     println!("raw lapin confirmed publish: {r:.0} msg/s {raw:.0?}");
-    println!("relay SQLite:     {:.0} rows/s {lite:.0?} = {:.1}% of raw", mean(&lite), 100.0 * mean(&lite) / r);
-    println!("relay PostgreSQL: {:.0} rows/s {pg:.0?} = {:.1}% of raw", mean(&pg), 100.0 * mean(&pg) / r);
+    println!(
+        "relay SQLite:     {:.0} rows/s {lite:.0?} = {:.1}% of raw",
+        mean(&lite),
+        100.0 * mean(&lite) / r
+    );
+    println!(
+        "relay PostgreSQL: {:.0} rows/s {pg:.0?} = {:.1}% of raw",
+        mean(&pg),
+        100.0 * mean(&pg) / r
+    );
 
     // Latency at a steady rate, relay running as in a service.
     println!("steady {rate} events/s for {secs} s, commit-to-confirm latency:");
     {
         let dir = tempfile::tempdir().unwrap();
         let outbox = sqlite_outbox(&dir).await;
-        let timed = Arc::new(Timed { inner: publisher.clone(), confirmed: Mutex::new(HashMap::new()) });
+        let timed = Arc::new(Timed {
+            inner: publisher.clone(),
+            confirmed: Mutex::new(HashMap::new()),
+        });
         let token = CancellationToken::new();
-        let relay = Relay::new(outbox.clone(), timed.clone(), RelayConfig::default()).unwrap().spawn(token.clone());
+        let relay = Relay::new(outbox.clone(), timed.clone(), RelayConfig::default())
+            .unwrap()
+            .spawn(token.clone());
         let committed = steady_writer!(outbox, &exchange, rate, secs, &body);
         let (p50, p99, got) = latencies(&timed, &committed).await;
-        println!("  SQLite:     p50 {p50:.2} ms, p99 {p99:.2} ms ({got}/{} confirmed)", committed.len());
+        println!(
+            "  SQLite:     p50 {p50:.2} ms, p99 {p99:.2} ms ({got}/{} confirmed)",
+            committed.len()
+        );
         token.cancel();
         relay.await.unwrap();
         purge().await;
@@ -271,12 +341,20 @@ async fn main() {
         let pool = pg_pool(&db_url, &schema).await;
         let outbox = PgOutbox::new(pool.clone());
         outbox.migrate().await.unwrap();
-        let timed = Arc::new(Timed { inner: publisher.clone(), confirmed: Mutex::new(HashMap::new()) });
+        let timed = Arc::new(Timed {
+            inner: publisher.clone(),
+            confirmed: Mutex::new(HashMap::new()),
+        });
         let token = CancellationToken::new();
-        let relay = Relay::new(outbox.clone(), timed.clone(), RelayConfig::default()).unwrap().spawn(token.clone());
+        let relay = Relay::new(outbox.clone(), timed.clone(), RelayConfig::default())
+            .unwrap()
+            .spawn(token.clone());
         let committed = steady_writer!(outbox, &exchange, rate, secs, &body);
         let (p50, p99, got) = latencies(&timed, &committed).await;
-        println!("  PostgreSQL: p50 {p50:.2} ms, p99 {p99:.2} ms ({got}/{} confirmed)", committed.len());
+        println!(
+            "  PostgreSQL: p50 {p50:.2} ms, p99 {p99:.2} ms ({got}/{} confirmed)",
+            committed.len()
+        );
         token.cancel();
         relay.await.unwrap();
         purge().await;
@@ -285,9 +363,18 @@ async fn main() {
     }
 
     for q in queue.all_queues() {
-        let _ = admin.queue_delete(q.as_str().into(), QueueDeleteOptions::default()).await;
+        let _ = admin
+            .queue_delete(q.as_str().into(), QueueDeleteOptions::default())
+            .await;
     }
-    let _ = admin.exchange_delete(exchange.as_str().into(), ExchangeDeleteOptions::default()).await;
-    let _ = admin.exchange_delete(queue.dead_letter_exchange().as_str().into(), ExchangeDeleteOptions::default()).await;
+    let _ = admin
+        .exchange_delete(exchange.as_str().into(), ExchangeDeleteOptions::default())
+        .await;
+    let _ = admin
+        .exchange_delete(
+            queue.dead_letter_exchange().as_str().into(),
+            ExchangeDeleteOptions::default(),
+        )
+        .await;
     conn.close().await;
 }

@@ -40,6 +40,7 @@ pub mod run;
 
 use std::time::Duration;
 
+use chassis_core::resilience::circuit_breaker::TokioClock;
 use chassis_core::resilience::policy::ResiliencePolicy;
 use serde::Deserialize;
 use tower::Layer;
@@ -67,7 +68,9 @@ pub struct Scenario {
     /// Caller requests per second. Defaults to 100.
     #[serde(default = "default_rate")]
     pub rate: f64,
-    /// Random seed, so a run is reproducible. Defaults to 42.
+    /// Seed of the downstream's randomness (failures, latencies), so every policy meets the
+    /// same downstream and a run is reproducible. Jittered backoff inside a policy draws from
+    /// the thread's RNG, so those figures vary slightly between runs. Defaults to 42.
     #[serde(default = "default_seed")]
     pub seed: u64,
     /// The downstream's behaviour.
@@ -105,7 +108,9 @@ impl Scenario {
             let policy = named.policy.clone();
             let result = run::run_paused(async {
                 // Built inside the paused runtime so the policy's clocks are the virtual ones.
-                let layer = policy.build()?;
+                // The breaker's default clock is a real coarse clock; in virtual time it must
+                // read tokio's paused clock, or its windows and waits would never move.
+                let layer = policy.build()?.with_breaker_clock(TokioClock::new());
                 Ok::<_, chassis_core::Error>(
                     run::drive(
                         self.downstream.clone(),

@@ -65,13 +65,20 @@ struct AppState {
 }
 
 fn env(key: &str, default: &str) -> String {
-    std::env::var(key).ok().filter(|v| !v.is_empty()).unwrap_or_else(|| default.to_owned())
+    std::env::var(key)
+        .ok()
+        .filter(|v| !v.is_empty())
+        .unwrap_or_else(|| default.to_owned())
 }
 
 #[tokio::main]
 async fn main() -> Result<(), BoxError> {
     // 1. Identity and telemetry (logs, traces, metrics).
-    let telemetry = Telemetry::builder(ServiceInfo::from_env("minimal-service", env!("CARGO_PKG_VERSION"))).init()?;
+    let telemetry = Telemetry::builder(ServiceInfo::from_env(
+        "minimal-service",
+        env!("CARGO_PKG_VERSION"),
+    ))
+    .init()?;
     let prefix = env("MINIMAL_PREFIX", "");
     let exchange: Arc<str> = format!("{prefix}minimal.events").into();
 
@@ -80,7 +87,10 @@ async fn main() -> Result<(), BoxError> {
         .create_if_missing(true)
         .journal_mode(SqliteJournalMode::Wal)
         .busy_timeout(Duration::from_secs(10));
-    let pool = SqlitePoolOptions::new().max_connections(4).connect_with(opts).await?;
+    let pool = SqlitePoolOptions::new()
+        .max_connections(4)
+        .connect_with(opts)
+        .await?;
     let outbox = SqliteOutbox::new(pool.clone());
     outbox.migrate().await?;
     sqlx::query("CREATE TABLE IF NOT EXISTS greetings (name TEXT NOT NULL, processed INTEGER NOT NULL DEFAULT 0)")
@@ -90,56 +100,94 @@ async fn main() -> Result<(), BoxError> {
     // 3. RabbitMQ: connection, topology, the outbox relay, an inbox consumer.
     let amqp = env("AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2f");
     let conn = Connection::connect(ConnectionConfig::new(amqp, "minimal-service")).await?;
-    let queue = QueueConfig::new(format!("{prefix}minimal.greetings")).bind(exchange.to_string(), "greeting.created");
-    conn.declare(TopologyConfig::new().exchange(ExchangeConfig::topic(exchange.to_string())).queue(queue.clone())).await?;
+    let queue = QueueConfig::new(format!("{prefix}minimal.greetings"))
+        .bind(exchange.to_string(), "greeting.created");
+    conn.declare(
+        TopologyConfig::new()
+            .exchange(ExchangeConfig::topic(exchange.to_string()))
+            .queue(queue.clone()),
+    )
+    .await?;
     let relay_token = tokio_util::sync::CancellationToken::new();
     let publisher = Arc::new(Publisher::new(&conn, PublisherConfig::default())?);
-    let relay = Relay::new(outbox.clone(), publisher, RelayConfig::default())?.spawn(relay_token.clone());
+    let relay =
+        Relay::new(outbox.clone(), publisher, RelayConfig::default())?.spawn(relay_token.clone());
     let inbox = Inbox::new(pool.clone(), "minimal.greetings");
-    let consumer = Consumer::start(&conn, queue, ConsumerConfig::default(), move |msg: IncomingMessage| {
-        let inbox = inbox.clone();
-        async move {
-            let Ok(event) = msg.decode::<GreetingCreated>() else { return Outcome::reject("undecodable") };
-            let Some(id) = msg.message_id() else { return Outcome::reject("no message id") };
-            let mut tx = match inbox.begin(id).await {
-                Ok(Claim::New(tx)) => tx,
-                Ok(Claim::Duplicate) => return Outcome::Ack,
-                Err(e) => return Outcome::retry(e.to_string()),
-            };
-            let done = sqlx::query("UPDATE greetings SET processed = processed + 1 WHERE name = $1")
-                .bind(&event.data.name)
-                .execute(&mut *tx)
-                .await;
-            match (done, tx.commit().await) {
-                (Ok(_), Ok(())) => Outcome::Ack,
-                (Err(e), _) | (_, Err(e)) => Outcome::retry(e.to_string()),
+    let consumer = Consumer::start(
+        &conn,
+        queue,
+        ConsumerConfig::default(),
+        move |msg: IncomingMessage| {
+            let inbox = inbox.clone();
+            async move {
+                let Ok(event) = msg.decode::<GreetingCreated>() else {
+                    return Outcome::reject("undecodable");
+                };
+                let Some(id) = msg.message_id() else {
+                    return Outcome::reject("no message id");
+                };
+                let mut tx = match inbox.begin(id).await {
+                    Ok(Claim::New(tx)) => tx,
+                    Ok(Claim::Duplicate) => return Outcome::Ack,
+                    Err(e) => return Outcome::retry(e.to_string()),
+                };
+                let done =
+                    sqlx::query("UPDATE greetings SET processed = processed + 1 WHERE name = $1")
+                        .bind(&event.data.name)
+                        .execute(&mut *tx)
+                        .await;
+                match (done, tx.commit().await) {
+                    (Ok(_), Ok(())) => Outcome::Ack,
+                    (Err(e), _) | (_, Err(e)) => Outcome::retry(e.to_string()),
+                }
             }
-        }
-    })
+        },
+    )
     .await?;
 
     // 4. Health: required checks for the database and the broker.
     let health = HealthRegistry::new();
-    health.register(conn.health_check(), CheckOptions::required().timeout(Duration::from_secs(2)));
+    health.register(
+        conn.health_check(),
+        CheckOptions::required().timeout(Duration::from_secs(2)),
+    );
     let ping = pool.clone();
     health.register(
         fn_check("database", move || {
             let pool = ping.clone();
-            async move { sqlx::query("SELECT 1").execute(&pool).await.map(|_| ()).map_err(BoxError::from) }
+            async move {
+                sqlx::query("SELECT 1")
+                    .execute(&pool)
+                    .await
+                    .map(|_| ())
+                    .map_err(BoxError::from)
+            }
         }),
         CheckOptions::required(),
     );
 
     // 5. HTTP: the app router inside the standard layers, probes and /metrics outside them.
-    let state = AppState { pool: pool.clone(), outbox, exchange };
-    let router = Router::new().route("/greetings", get(count).post(create)).with_state(state);
+    let state = AppState {
+        pool: pool.clone(),
+        outbox,
+        exchange,
+    };
+    let router = Router::new()
+        .route("/greetings", get(count).post(create))
+        .with_state(state);
     let mut probes = HealthLayer::new(health.clone());
     if let Some(handle) = telemetry.prometheus_handle() {
         probes = probes.prometheus(handle);
     }
-    let service = tower::ServiceBuilder::new().layer(probes).layer(StandardLayers::new()).service(router);
+    let service = tower::ServiceBuilder::new()
+        .layer(probes)
+        .layer(StandardLayers::new())
+        .service(router);
     let addr = env("HTTP_ADDR", "127.0.0.1:8095").parse()?;
-    let server = Server::bind(ServerConfig::default().bind(addr)).await?.shutdown(Shutdown::new()).health(health.clone());
+    let server = Server::bind(ServerConfig::default().bind(addr))
+        .await?
+        .shutdown(Shutdown::new())
+        .health(health.clone());
     health.mark_started();
     tracing::info!(%addr, "minimal-service ready");
     server.serve(service).await?;
@@ -154,26 +202,46 @@ async fn main() -> Result<(), BoxError> {
     Ok(())
 }
 
-async fn create(State(s): State<AppState>, Json(g): Json<GreetingCreated>) -> Result<Response, ApiErr> {
+async fn create(
+    State(s): State<AppState>,
+    Json(g): Json<GreetingCreated>,
+) -> Result<Response, ApiErr> {
     if g.name.trim().is_empty() {
-        return Err(ApiErr(Box::new(ApiError::bad_request("name must not be empty"))));
+        return Err(ApiErr(Box::new(ApiError::bad_request(
+            "name must not be empty",
+        ))));
     }
     // The business write and its event commit together, or not at all.
     let mut tx = s.pool.begin().await?;
-    sqlx::query("INSERT INTO greetings (name) VALUES ($1)").bind(&g.name).execute(&mut *tx).await?;
+    sqlx::query("INSERT INTO greetings (name) VALUES ($1)")
+        .bind(&g.name)
+        .execute(&mut *tx)
+        .await?;
     let msg = Envelope::new("/minimal-service", "greeting.created", &g)
         .subject(g.name.clone())
         .to_message(s.exchange.to_string())
         .map_err(ApiErr::internal)?;
-    s.outbox.enqueue(&mut tx, &msg).await.map_err(ApiErr::internal)?;
+    s.outbox
+        .enqueue(&mut tx, &msg)
+        .await
+        .map_err(ApiErr::internal)?;
     s.outbox.commit(tx).await.map_err(ApiErr::internal)?;
-    Ok((StatusCode::CREATED, Json(serde_json::json!({"success": true, "data": g}))).into_response())
+    Ok((
+        StatusCode::CREATED,
+        Json(serde_json::json!({"success": true, "data": g})),
+    )
+        .into_response())
 }
 
 async fn count(State(s): State<AppState>) -> Result<Response, ApiErr> {
-    let row = sqlx::query("SELECT COUNT(*) AS n, COALESCE(SUM(processed), 0) AS p FROM greetings").fetch_one(&s.pool).await?;
+    let row = sqlx::query("SELECT COUNT(*) AS n, COALESCE(SUM(processed), 0) AS p FROM greetings")
+        .fetch_one(&s.pool)
+        .await?;
     let (created, processed): (i64, i64) = (row.try_get("n")?, row.try_get("p")?);
-    Ok(Json(serde_json::json!({"success": true, "data": {"created": created, "processed": processed}})).into_response())
+    Ok(Json(
+        serde_json::json!({"success": true, "data": {"created": created, "processed": processed}}),
+    )
+    .into_response())
 }
 
 /// A chassis error as an axum response (the one JSON error body).

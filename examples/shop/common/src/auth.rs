@@ -22,13 +22,18 @@
 //! ```
 
 use chassis_core::BoxError;
-use chassis_http::auth::{RequireServiceTokenLayer, SigningKey, TokenIssuer, TokenVerifier, VerificationKey, KeySet};
+use chassis_http::auth::{
+    KeySet, RequireServiceTokenLayer, SigningKey, TokenIssuer, TokenVerifier, VerificationKey,
+};
 
 /// The only caller of the internal APIs.
 pub const ISSUER: &str = "gateway";
 
 fn kid() -> String {
-    std::env::var("SERVICE_TOKEN_KID").ok().filter(|k| !k.is_empty()).unwrap_or_else(|| "shop-1".into())
+    std::env::var("SERVICE_TOKEN_KID")
+        .ok()
+        .filter(|k| !k.is_empty())
+        .unwrap_or_else(|| "shop-1".into())
 }
 
 /// An issuer (`iss` = `sub` = `gateway`) from a private key PEM.
@@ -40,20 +45,29 @@ pub fn issuer_from_pem(pem: &str, kid: &str) -> Result<TokenIssuer, BoxError> {
 /// A verifier for `audience` trusting the gateway's public key.
 pub fn verifier_from_pem(audience: &str, pem: &str, kid: &str) -> Result<TokenVerifier, BoxError> {
     let key = VerificationKey::from_public_pem(kid, pem)?;
-    Ok(TokenVerifier::builder(audience).trust_issuer(ISSUER).keys(KeySet::new().with(key)).build()?)
+    Ok(TokenVerifier::builder(audience)
+        .trust_issuer(ISSUER)
+        .keys(KeySet::new().with(key))
+        .build()?)
 }
 
 /// The gateway's issuer from `SERVICE_TOKEN_PRIVATE_KEY`.
 pub fn issuer_from_env() -> Result<TokenIssuer, BoxError> {
-    let pem = std::env::var("SERVICE_TOKEN_PRIVATE_KEY")
-        .map_err(|_| "SERVICE_TOKEN_PRIVATE_KEY (PKCS#8 PEM) is required; the launcher generates one")?;
+    let pem = std::env::var("SERVICE_TOKEN_PRIVATE_KEY").map_err(
+        |_| "SERVICE_TOKEN_PRIVATE_KEY (PKCS#8 PEM) is required; the launcher generates one",
+    )?;
     issuer_from_pem(&pem, &kid())
 }
 
 /// The server layer for `audience` from `SERVICE_TOKEN_PUBLIC_KEY`: 401 without a valid token,
 /// 403 with one for another audience.
 pub fn require_from_env(audience: &str) -> Result<RequireServiceTokenLayer, BoxError> {
-    let pem = std::env::var("SERVICE_TOKEN_PUBLIC_KEY")
-        .map_err(|_| "SERVICE_TOKEN_PUBLIC_KEY (SPKI PEM) is required; the launcher generates one")?;
-    Ok(RequireServiceTokenLayer::new(verifier_from_pem(audience, &pem, &kid())?))
+    let pem = std::env::var("SERVICE_TOKEN_PUBLIC_KEY").map_err(
+        |_| "SERVICE_TOKEN_PUBLIC_KEY (SPKI PEM) is required; the launcher generates one",
+    )?;
+    Ok(RequireServiceTokenLayer::new(verifier_from_pem(
+        audience,
+        &pem,
+        &kid(),
+    )?))
 }

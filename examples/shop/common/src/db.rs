@@ -30,8 +30,8 @@ use std::time::Duration;
 
 use sqlx::postgres::{PgConnection, PgPool, PgPoolOptions, PgRow};
 use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
-    SqliteSynchronous,
+    SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
+    SqliteRow, SqliteSynchronous,
 };
 use sqlx::{Postgres, Row as _, Sqlite, Transaction};
 
@@ -195,8 +195,14 @@ impl Db {
     pub async fn execute_script(&self, script: &str) -> Result<(), sqlx::Error> {
         for stmt in script.split(';').map(str::trim).filter(|s| !s.is_empty()) {
             match self {
-                Db::Sqlite(p) => sqlx::query(sqlx::AssertSqlSafe(stmt.to_owned())).execute(p).await.map(|_| ())?,
-                Db::Postgres(p) => sqlx::query(sqlx::AssertSqlSafe(stmt.to_owned())).execute(p).await.map(|_| ())?,
+                Db::Sqlite(p) => sqlx::query(sqlx::AssertSqlSafe(stmt.to_owned()))
+                    .execute(p)
+                    .await
+                    .map(|_| ())?,
+                Db::Postgres(p) => sqlx::query(sqlx::AssertSqlSafe(stmt.to_owned()))
+                    .execute(p)
+                    .await
+                    .map(|_| ())?,
             }
         }
         Ok(())
@@ -218,17 +224,30 @@ impl Db {
     /// Runs a statement outside a transaction; returns the rows affected.
     pub async fn execute(&self, sql: &'static str, args: &[Arg]) -> Result<u64, sqlx::Error> {
         Ok(match self {
-            Db::Sqlite(p) => bind_all!(sqlx::query(sql), args).execute(p).await?.rows_affected(),
-            Db::Postgres(p) => bind_all!(sqlx::query(sql), args).execute(p).await?.rows_affected(),
+            Db::Sqlite(p) => bind_all!(sqlx::query(sql), args)
+                .execute(p)
+                .await?
+                .rows_affected(),
+            Db::Postgres(p) => bind_all!(sqlx::query(sql), args)
+                .execute(p)
+                .await?
+                .rows_affected(),
         })
     }
 
     /// Fetches every row.
-    pub async fn fetch_all(&self, sql: &'static str, args: &[Arg]) -> Result<Vec<Row>, sqlx::Error> {
+    pub async fn fetch_all(
+        &self,
+        sql: &'static str,
+        args: &[Arg],
+    ) -> Result<Vec<Row>, sqlx::Error> {
         Ok(match self {
-            Db::Sqlite(p) => {
-                bind_all!(sqlx::query(sql), args).fetch_all(p).await?.into_iter().map(Row::Sqlite).collect()
-            }
+            Db::Sqlite(p) => bind_all!(sqlx::query(sql), args)
+                .fetch_all(p)
+                .await?
+                .into_iter()
+                .map(Row::Sqlite)
+                .collect(),
             Db::Postgres(p) => bind_all!(sqlx::query(sql), args)
                 .fetch_all(p)
                 .await?
@@ -239,16 +258,28 @@ impl Db {
     }
 
     /// Fetches at most one row.
-    pub async fn fetch_optional(&self, sql: &'static str, args: &[Arg]) -> Result<Option<Row>, sqlx::Error> {
+    pub async fn fetch_optional(
+        &self,
+        sql: &'static str,
+        args: &[Arg],
+    ) -> Result<Option<Row>, sqlx::Error> {
         Ok(match self {
-            Db::Sqlite(p) => bind_all!(sqlx::query(sql), args).fetch_optional(p).await?.map(Row::Sqlite),
-            Db::Postgres(p) => bind_all!(sqlx::query(sql), args).fetch_optional(p).await?.map(Row::Postgres),
+            Db::Sqlite(p) => bind_all!(sqlx::query(sql), args)
+                .fetch_optional(p)
+                .await?
+                .map(Row::Sqlite),
+            Db::Postgres(p) => bind_all!(sqlx::query(sql), args)
+                .fetch_optional(p)
+                .await?
+                .map(Row::Postgres),
         })
     }
 
     /// Fetches exactly one row.
     pub async fn fetch_one(&self, sql: &'static str, args: &[Arg]) -> Result<Row, sqlx::Error> {
-        self.fetch_optional(sql, args).await?.ok_or(sqlx::Error::RowNotFound)
+        self.fetch_optional(sql, args)
+            .await?
+            .ok_or(sqlx::Error::RowNotFound)
     }
 
     /// Closes the pool.
@@ -273,13 +304,23 @@ impl Tx {
     /// Runs a statement; returns the rows affected.
     pub async fn execute(&mut self, sql: &'static str, args: &[Arg]) -> Result<u64, sqlx::Error> {
         Ok(match self {
-            Tx::Sqlite(t) => bind_all!(sqlx::query(sql), args).execute(&mut **t).await?.rows_affected(),
-            Tx::Postgres(t) => bind_all!(sqlx::query(sql), args).execute(&mut **t).await?.rows_affected(),
+            Tx::Sqlite(t) => bind_all!(sqlx::query(sql), args)
+                .execute(&mut **t)
+                .await?
+                .rows_affected(),
+            Tx::Postgres(t) => bind_all!(sqlx::query(sql), args)
+                .execute(&mut **t)
+                .await?
+                .rows_affected(),
         })
     }
 
     /// Fetches every row.
-    pub async fn fetch_all(&mut self, sql: &'static str, args: &[Arg]) -> Result<Vec<Row>, sqlx::Error> {
+    pub async fn fetch_all(
+        &mut self,
+        sql: &'static str,
+        args: &[Arg],
+    ) -> Result<Vec<Row>, sqlx::Error> {
         Ok(match self {
             Tx::Sqlite(t) => bind_all!(sqlx::query(sql), args)
                 .fetch_all(&mut **t)
@@ -297,12 +338,20 @@ impl Tx {
     }
 
     /// Fetches at most one row.
-    pub async fn fetch_optional(&mut self, sql: &'static str, args: &[Arg]) -> Result<Option<Row>, sqlx::Error> {
+    pub async fn fetch_optional(
+        &mut self,
+        sql: &'static str,
+        args: &[Arg],
+    ) -> Result<Option<Row>, sqlx::Error> {
         Ok(match self {
-            Tx::Sqlite(t) => bind_all!(sqlx::query(sql), args).fetch_optional(&mut **t).await?.map(Row::Sqlite),
-            Tx::Postgres(t) => {
-                bind_all!(sqlx::query(sql), args).fetch_optional(&mut **t).await?.map(Row::Postgres)
-            }
+            Tx::Sqlite(t) => bind_all!(sqlx::query(sql), args)
+                .fetch_optional(&mut **t)
+                .await?
+                .map(Row::Sqlite),
+            Tx::Postgres(t) => bind_all!(sqlx::query(sql), args)
+                .fetch_optional(&mut **t)
+                .await?
+                .map(Row::Postgres),
         })
     }
 
@@ -339,9 +388,30 @@ impl Tx {
     }
 }
 
+/// A fresh, empty PostgreSQL schema for one test: connects to `DATABASE_URL` (default
+/// `postgres://postgres@127.0.0.1:5432/test`), creates a uniquely named schema and returns a
+/// [`Db`] whose connections use it as `search_path`. Tests use it to run the same SQL on
+/// PostgreSQL in parallel without interfering.
+pub async fn postgres_test_db() -> Result<Db, sqlx::Error> {
+    let base = std::env::var("DATABASE_URL")
+        .ok()
+        .filter(|u| u.starts_with("postgres"))
+        .unwrap_or_else(|| "postgres://postgres@127.0.0.1:5432/test".into());
+    let schema = format!("shop_test_{}", uuid::Uuid::new_v4().simple());
+    let admin = Db::connect(&base).await?;
+    admin
+        .execute_script(&format!("CREATE SCHEMA {schema}"))
+        .await?;
+    admin.close().await;
+    let sep = if base.contains('?') { '&' } else { '?' };
+    Db::connect(&format!("{base}{sep}options=-c%20search_path%3D{schema}")).await
+}
+
 /// Milliseconds since the Unix epoch (the shop stores times as `BIGINT` milliseconds).
 pub fn now_ms() -> i64 {
-    let d = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    let d = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }
 
@@ -352,17 +422,29 @@ mod tests {
     #[tokio::test]
     async fn same_sql_runs_on_sqlite_file_and_rolls_back() {
         let dir = tempfile::tempdir().unwrap();
-        let db = Db::connect(&Db::sqlite_url(&dir.path().join("t.db"))).await.unwrap();
+        let db = Db::connect(&Db::sqlite_url(&dir.path().join("t.db")))
+            .await
+            .unwrap();
         assert_eq!(db.backend(), "sqlite");
-        db.execute_script("CREATE TABLE IF NOT EXISTS t (id TEXT PRIMARY KEY, n BIGINT, note TEXT);")
-            .await
-            .unwrap();
+        db.execute_script(
+            "CREATE TABLE IF NOT EXISTS t (id TEXT PRIMARY KEY, n BIGINT, note TEXT);",
+        )
+        .await
+        .unwrap();
         let mut tx = db.begin().await.unwrap();
-        tx.execute("INSERT INTO t (id, n, note) VALUES ($1, $2, $3)", &["a".into(), 1_i64.into(), None::<String>.into()])
-            .await
-            .unwrap();
+        tx.execute(
+            "INSERT INTO t (id, n, note) VALUES ($1, $2, $3)",
+            &["a".into(), 1_i64.into(), None::<String>.into()],
+        )
+        .await
+        .unwrap();
         tx.rollback().await.unwrap();
-        assert!(db.fetch_optional("SELECT id FROM t WHERE id = $1", &["a".into()]).await.unwrap().is_none());
+        assert!(
+            db.fetch_optional("SELECT id FROM t WHERE id = $1", &["a".into()])
+                .await
+                .unwrap()
+                .is_none()
+        );
         let mut tx = db.begin().await.unwrap();
         let n = tx
             .execute(
@@ -374,7 +456,10 @@ mod tests {
         assert_eq!(n, 1);
         assert!(tx.sqlite().is_some());
         tx.commit().await.unwrap();
-        let row = db.fetch_one("SELECT n, note FROM t WHERE id = $1", &["a".into()]).await.unwrap();
+        let row = db
+            .fetch_one("SELECT n, note FROM t WHERE id = $1", &["a".into()])
+            .await
+            .unwrap();
         assert_eq!(row.i64("n").unwrap(), 1);
         assert_eq!(row.opt_text("note").unwrap().as_deref(), Some("x"));
         db.ping().await.unwrap();

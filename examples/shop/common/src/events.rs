@@ -204,6 +204,9 @@ impl Emit {
 
     /// A command on `shop.commands`.
     pub fn command(kind: &'static str, subject: &str, payload: &impl Serialize) -> Self {
-        Self { exchange: COMMANDS_EXCHANGE, ..Self::event(kind, subject, payload) }
+        Self {
+            exchange: COMMANDS_EXCHANGE,
+            ..Self::event(kind, subject, payload)
+        }
     }
 }

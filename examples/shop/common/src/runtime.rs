@@ -43,19 +43,19 @@ use chassis_messaging::connection::{Connection, ConnectionConfig};
 use chassis_messaging::consumer::{Consumer, ConsumerConfig, ConsumerHandle, Handler, Outcome};
 use chassis_messaging::envelope::Envelope;
 use chassis_messaging::headers::HeaderMapCarrier;
+use chassis_messaging::headers::HeaderMapExtractor;
 use chassis_messaging::inbox::{Claim, Inbox};
 use chassis_messaging::incoming::IncomingMessage;
-use chassis_messaging::outbox::{PgOutbox, Relay, RelayConfig, SqliteOutbox};
-use chassis_messaging::headers::HeaderMapExtractor;
 use chassis_messaging::message::OutgoingMessage;
+use chassis_messaging::outbox::{PgOutbox, Relay, RelayConfig, SqliteOutbox};
 use chassis_messaging::publisher::{Publish, Publisher, PublisherConfig};
 use chassis_messaging::topology::{ExchangeConfig, QueueConfig, TopologyConfig};
 use chassis_observability::{Telemetry, TelemetryGuard};
 use serde::de::DeserializeOwned;
 use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
-use tokio_util::sync::CancellationToken;
 
 use crate::db::{Db, Tx};
 use crate::events::{COMMANDS_EXCHANGE, EVENTS_EXCHANGE, Emit, source};
@@ -121,7 +121,10 @@ pub struct App {
 
 impl std::fmt::Debug for App {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("App").field("service", &self.inner.spec.name).field("addr", &self.inner.addr).finish()
+        f.debug_struct("App")
+            .field("service", &self.inner.spec.name)
+            .field("addr", &self.inner.addr)
+            .finish()
     }
 }
 
@@ -166,13 +169,20 @@ impl App {
         let conn = Connection::connect(ConnectionConfig::new(amqp_url(), conn_name)).await?;
         conn.declare(
             TopologyConfig::new()
-                .exchange(ExchangeConfig::topic(format!("{namespace}{EVENTS_EXCHANGE}")))
-                .exchange(ExchangeConfig::topic(format!("{namespace}{COMMANDS_EXCHANGE}"))),
+                .exchange(ExchangeConfig::topic(format!(
+                    "{namespace}{EVENTS_EXCHANGE}"
+                )))
+                .exchange(ExchangeConfig::topic(format!(
+                    "{namespace}{COMMANDS_EXCHANGE}"
+                ))),
         )
         .await?;
 
         let health = HealthRegistry::new();
-        health.register(conn.health_check(), CheckOptions::required().timeout(Duration::from_secs(2)));
+        health.register(
+            conn.health_check(),
+            CheckOptions::required().timeout(Duration::from_secs(2)),
+        );
         let ping_db = db.clone();
         health.register(
             fn_check("database", move || {
@@ -182,12 +192,19 @@ impl App {
             CheckOptions::required().timeout(Duration::from_secs(2)),
         );
 
-        let publisher = Arc::new(TracedPublisher(Publisher::new(&conn, PublisherConfig::default())?));
+        let publisher = Arc::new(TracedPublisher(Publisher::new(
+            &conn,
+            PublisherConfig::default(),
+        )?));
         let token = CancellationToken::new();
         let relay_config = RelayConfig::default();
         let relay = match &outbox {
-            Outbox::Sqlite(o) => Relay::new(o.clone(), publisher, relay_config)?.spawn(token.clone()),
-            Outbox::Postgres(o) => Relay::new(o.clone(), publisher, relay_config)?.spawn(token.clone()),
+            Outbox::Sqlite(o) => {
+                Relay::new(o.clone(), publisher, relay_config)?.spawn(token.clone())
+            }
+            Outbox::Postgres(o) => {
+                Relay::new(o.clone(), publisher, relay_config)?.spawn(token.clone())
+            }
         };
         tracing::info!(service = spec.name, %addr, database = db.backend(), "service started");
         Ok(App {
@@ -250,7 +267,12 @@ impl App {
     /// Writes `emits` into the outbox inside `tx`, as chassis envelopes (CloudEvents) with the
     /// order id as subject and correlation id, caused by `cause` if given, carrying the current
     /// trace context.
-    pub async fn emit(&self, tx: &mut Tx, emits: &[Emit], cause: Option<&IncomingMessage>) -> Result<(), HandlerError> {
+    pub async fn emit(
+        &self,
+        tx: &mut Tx,
+        emits: &[Emit],
+        cause: Option<&IncomingMessage>,
+    ) -> Result<(), HandlerError> {
         for e in emits {
             let mut env = Envelope::new(source(self.inner.spec.name), e.kind, e.payload.clone())
                 .subject(e.subject.clone())
@@ -259,7 +281,9 @@ impl App {
                 env = env.causation_id(id.to_owned());
             }
             let mut msg = env.to_message(self.name(e.exchange))?;
-            chassis_observability::propagation::inject_current(&mut HeaderMapCarrier(&mut msg.headers));
+            chassis_observability::propagation::inject_current(&mut HeaderMapCarrier(
+                &mut msg.headers,
+            ));
             match (&self.inner.outbox, &mut *tx) {
                 (Outbox::Sqlite(o), Tx::Sqlite(t)) => {
                     o.enqueue(t, &msg).await?;
@@ -267,7 +291,11 @@ impl App {
                 (Outbox::Postgres(o), Tx::Postgres(t)) => {
                     o.enqueue(t, &msg).await?;
                 }
-                _ => return Err(HandlerError::Retry("transaction and outbox on different databases".into())),
+                _ => {
+                    return Err(HandlerError::Retry(
+                        "transaction and outbox on different databases".into(),
+                    ));
+                }
             }
         }
         Ok(())
@@ -285,7 +313,11 @@ impl App {
 
     /// Begins the inbox transaction of `consumer` for `msg`: `None` when the message was
     /// processed before (ack it), otherwise a transaction in which the message id is recorded.
-    pub async fn claim(&self, consumer: &str, msg: &IncomingMessage) -> Result<Option<Tx>, HandlerError> {
+    pub async fn claim(
+        &self,
+        consumer: &str,
+        msg: &IncomingMessage,
+    ) -> Result<Option<Tx>, HandlerError> {
         let Some(id) = msg.message_id() else {
             return Err(HandlerError::Reject("message has no message_id".into()));
         };
@@ -307,8 +339,13 @@ impl App {
         F: Fn(App, IncomingMessage) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Result<(), HandlerError>> + Send + 'static,
     {
-        self.inner.conn.declare(TopologyConfig::new().queue(queue.clone())).await?;
-        let concurrency = env("CONSUMER_CONCURRENCY").and_then(|v| v.parse().ok()).unwrap_or(8);
+        self.inner
+            .conn
+            .declare(TopologyConfig::new().queue(queue.clone()))
+            .await?;
+        let concurrency = env("CONSUMER_CONCURRENCY")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(8);
         let config = ConsumerConfig::default().concurrency(concurrency);
         let app = self.clone();
         let handler = move |msg: IncomingMessage| {
@@ -328,7 +365,11 @@ impl App {
             }
         };
         let handle = Consumer::start(&self.inner.conn, queue, config, as_handler(handler)).await?;
-        self.inner.consumers.lock().expect("consumers lock").push(handle);
+        self.inner
+            .consumers
+            .lock()
+            .expect("consumers lock")
+            .push(handle);
         Ok(())
     }
 
@@ -343,16 +384,29 @@ impl App {
     /// Serves `router` (plus the chassis standard layers, health probes and `/metrics`) until
     /// SIGTERM/SIGINT or [`Shutdown::trigger`], then shuts everything down in order.
     pub async fn serve(self, router: axum::Router) -> Result<(), BoxError> {
-        let prometheus = self.inner.telemetry.lock().expect("telemetry lock").as_ref().and_then(TelemetryGuard::prometheus_handle);
+        let prometheus = self
+            .inner
+            .telemetry
+            .lock()
+            .expect("telemetry lock")
+            .as_ref()
+            .and_then(TelemetryGuard::prometheus_handle);
         let mut health_layer = HealthLayer::new(self.inner.health.clone());
         if let Some(handle) = prometheus {
             health_layer = health_layer.prometheus(handle);
         }
-        let service = tower::ServiceBuilder::new().layer(health_layer).layer(StandardLayers::new()).service(router);
-        let server = Server::bind(ServerConfig::default().bind(self.inner.addr).drain_timeout(Duration::from_secs(10)))
-            .await?
-            .shutdown(self.inner.shutdown.clone())
-            .health(self.inner.health.clone());
+        let service = tower::ServiceBuilder::new()
+            .layer(health_layer)
+            .layer(StandardLayers::new())
+            .service(router);
+        let server = Server::bind(
+            ServerConfig::default()
+                .bind(self.inner.addr)
+                .drain_timeout(Duration::from_secs(10)),
+        )
+        .await?
+        .shutdown(self.inner.shutdown.clone())
+        .health(self.inner.health.clone());
         self.inner.health.mark_started();
         tracing::info!(addr = %server.local_addr(), "serving HTTP");
         let result = server.serve(service).await;
@@ -363,12 +417,14 @@ impl App {
     async fn stop(&self) {
         tracing::info!("shutting down: consumers, relay, connection, database, telemetry");
         self.inner.shutdown.trigger();
-        let consumers: Vec<ConsumerHandle> = std::mem::take(&mut *self.inner.consumers.lock().expect("consumers lock"));
+        let consumers: Vec<ConsumerHandle> =
+            std::mem::take(&mut *self.inner.consumers.lock().expect("consumers lock"));
         for c in consumers {
             c.shutdown().await;
         }
         self.inner.shutdown.tracker().close();
-        let _ = tokio::time::timeout(Duration::from_secs(5), self.inner.shutdown.tracker().wait()).await;
+        let _ = tokio::time::timeout(Duration::from_secs(5), self.inner.shutdown.tracker().wait())
+            .await;
         let relay = self.inner.relay.lock().expect("relay lock").take();
         if let Some((token, handle)) = relay {
             token.cancel();
@@ -393,15 +449,24 @@ where
 
 /// Decodes a message's chassis envelope; an undecodable message is rejected (dead-lettered).
 pub fn decode<T: DeserializeOwned>(msg: &IncomingMessage) -> Result<T, HandlerError> {
-    msg.decode::<T>().map(|e| e.data).map_err(|e| HandlerError::Reject(format!("undecodable: {e}")))
+    msg.decode::<T>()
+        .map(|e| e.data)
+        .map_err(|e| HandlerError::Reject(format!("undecodable: {e}")))
 }
 
 /// Runs `msg` through `consumer`'s inbox: `f` gets the transaction (with the message id already
 /// recorded) and returns what to emit; the emits go into the outbox and everything commits
 /// together. A duplicate delivery is skipped.
-pub async fn handle_once<F>(app: &App, consumer: &str, msg: &IncomingMessage, f: F) -> Result<(), HandlerError>
+pub async fn handle_once<F>(
+    app: &App,
+    consumer: &str,
+    msg: &IncomingMessage,
+    f: F,
+) -> Result<(), HandlerError>
 where
-    F: for<'t> FnOnce(&'t mut Tx) -> futures_util::future::BoxFuture<'t, Result<Vec<Emit>, HandlerError>>,
+    F: for<'t> FnOnce(
+        &'t mut Tx,
+    ) -> futures_util::future::BoxFuture<'t, Result<Vec<Emit>, HandlerError>>,
 {
     let Some(mut tx) = app.claim(consumer, msg).await? else {
         tracing::debug!(consumer, "duplicate delivery skipped");
@@ -420,8 +485,12 @@ where
 struct TracedPublisher(Publisher);
 
 impl Publish for TracedPublisher {
-    fn publish(&self, msg: OutgoingMessage) -> futures_util::future::BoxFuture<'_, Result<(), chassis_messaging::error::Error>> {
-        let parent = chassis_observability::propagation::extract_context(&HeaderMapExtractor(&msg.headers));
+    fn publish(
+        &self,
+        msg: OutgoingMessage,
+    ) -> futures_util::future::BoxFuture<'_, Result<(), chassis_messaging::error::Error>> {
+        let parent =
+            chassis_observability::propagation::extract_context(&HeaderMapExtractor(&msg.headers));
         let span = tracing::info_span!("outbox relay", messaging.destination.name = %msg.exchange);
         let _ = span.set_parent(parent);
         Box::pin(async move { self.0.publish(msg).await }.instrument(span))

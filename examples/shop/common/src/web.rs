@@ -22,7 +22,11 @@ use serde::Serialize;
 
 /// `{"success":true,"data":data}` with `status`.
 pub fn ok(status: StatusCode, data: impl Serialize) -> Response {
-    (status, axum::Json(serde_json::json!({"success": true, "data": data}))).into_response()
+    (
+        status,
+        axum::Json(serde_json::json!({"success": true, "data": data})),
+    )
+        .into_response()
 }
 
 /// A chassis [`ApiError`] usable as an axum error.

@@ -21,7 +21,9 @@ pub struct ApiKeys {
 impl std::fmt::Debug for ApiKeys {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         // Never print the keys themselves.
-        f.debug_struct("ApiKeys").field("clients", &self.by_key.values().collect::<Vec<_>>()).finish()
+        f.debug_struct("ApiKeys")
+            .field("clients", &self.by_key.values().collect::<Vec<_>>())
+            .finish()
     }
 }
 
@@ -30,7 +32,9 @@ impl ApiKeys {
     pub fn parse(s: &str) -> Result<Self, String> {
         let mut by_key = HashMap::new();
         for pair in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-            let (key, client) = pair.split_once(':').ok_or_else(|| "API keys must be `key:client` pairs".to_owned())?;
+            let (key, client) = pair
+                .split_once(':')
+                .ok_or_else(|| "API keys must be `key:client` pairs".to_owned())?;
             if key.len() < 8 || client.is_empty() {
                 return Err("each API key needs at least 8 characters and a client name".into());
             }

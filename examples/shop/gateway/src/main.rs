@@ -35,7 +35,9 @@ struct Call {
 type Downstream = BoxCloneSyncService<Call, (StatusCode, Bytes), BoxError>;
 
 fn downstream(name: &str, retries: bool) -> Result<Downstream, BoxError> {
-    let http = reqwest::Client::builder().pool_max_idle_per_host(64).build()?;
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(64)
+        .build()?;
     let policy: ResiliencePolicy = serde_json::from_value(json!({
         "name": name,
         "timeout": "5s",
@@ -46,9 +48,9 @@ fn downstream(name: &str, retries: bool) -> Result<Downstream, BoxError> {
         let http = http.clone();
         async move {
             let mut headers = http::HeaderMap::new();
-            chassis_observability::propagation::inject_current(&mut chassis_observability::propagation::HeaderInjector(
-                &mut headers,
-            ));
+            chassis_observability::propagation::inject_current(
+                &mut chassis_observability::propagation::HeaderInjector(&mut headers),
+            );
             if let Some(token) = call.authorization {
                 headers.insert(http::header::AUTHORIZATION, token);
             }
@@ -86,27 +88,48 @@ struct Ctx {
 impl Ctx {
     /// Authenticates and rate limits; returns the client name.
     fn admit(&self, headers: &HeaderMap) -> Result<String, ApiErr> {
-        let auth = headers.get("authorization").and_then(|v| v.to_str().ok()).unwrap_or_default();
+        let auth = headers
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default();
         let Some(client) = self.keys.client_for(auth) else {
-            let mut e = ApiError::unauthorized("a valid API key is required (Authorization: Bearer <key>)");
-            e = e.with_header(http::header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer realm=\"shop\""));
+            let mut e =
+                ApiError::unauthorized("a valid API key is required (Authorization: Bearer <key>)");
+            e = e.with_header(
+                http::header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"shop\""),
+            );
             return Err(ApiErr::from(e));
         };
         if let Err(retry_after) = self.limiter.check(client) {
             return Err(ApiErr::from(
-                ApiError::new(StatusCode::TOO_MANY_REQUESTS, chassis_http::error::codes::RATE_LIMITED, "rate limit exceeded")
-                    .with_retry_after(retry_after),
+                ApiError::new(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    chassis_http::error::codes::RATE_LIMITED,
+                    "rate limit exceeded",
+                )
+                .with_retry_after(retry_after),
             ));
         }
         Ok(client.to_owned())
     }
 
     /// Calls a service with a service token for `audience`.
-    async fn call(&self, svc: &Downstream, audience: &str, mut call: Call) -> Result<Response, ApiErr> {
+    async fn call(
+        &self,
+        svc: &Downstream,
+        audience: &str,
+        mut call: Call,
+    ) -> Result<Response, ApiErr> {
         let token = self.tokens.issue(audience, &[]).map_err(ApiErr::internal)?;
         call.authorization = Some(token.bearer_header().map_err(ApiErr::internal)?);
         match svc.clone().oneshot(call).await {
-            Ok((status, body)) => Ok((status, [(http::header::CONTENT_TYPE, "application/json")], body).into_response()),
+            Ok((status, body)) => Ok((
+                status,
+                [(http::header::CONTENT_TYPE, "application/json")],
+                body,
+            )
+                .into_response()),
             Err(e) => {
                 tracing::warn!(error = %e, "downstream call failed");
                 Err(ApiErr::from(ApiError::from_box_error(&e)))
@@ -116,17 +139,28 @@ impl Ctx {
 }
 
 fn env(key: &str, default: &str) -> String {
-    std::env::var(key).ok().filter(|v| !v.is_empty()).unwrap_or_else(|| default.to_owned())
+    std::env::var(key)
+        .ok()
+        .filter(|v| !v.is_empty())
+        .unwrap_or_else(|| default.to_owned())
 }
 
 #[tokio::main]
 async fn main() -> Result<(), BoxError> {
-    let app = App::start(Spec { name: "gateway", default_port: 8080, schema: "" }).await?;
+    let app = App::start(Spec {
+        name: "gateway",
+        default_port: 8080,
+        schema: "",
+    })
+    .await?;
     let rate: f64 = env("GATEWAY_RATE_LIMIT", "500").parse()?;
     let ctx = Ctx {
         tokens: Arc::new(shop_common::auth::issuer_from_env()?),
         keys: ApiKeys::parse(&env("GATEWAY_API_KEYS", "demo-key-0001:demo"))?,
-        limiter: Arc::new(KeyedRateLimiter::new(rate, u32::try_from(rate as i64).unwrap_or(u32::MAX).max(1))),
+        limiter: Arc::new(KeyedRateLimiter::new(
+            rate,
+            u32::try_from(rate as i64).unwrap_or(u32::MAX).max(1),
+        )),
         reads: downstream("gateway-reads", true)?,
         writes: downstream("gateway-writes", false)?,
         orders: env("ORDERS_URL", "http://127.0.0.1:8081"),
@@ -142,23 +176,34 @@ async fn main() -> Result<(), BoxError> {
     app.serve(router).await
 }
 
-async fn place_order(State(ctx): State<Ctx>, headers: HeaderMap, body: Bytes) -> Result<Response, ApiErr> {
+async fn place_order(
+    State(ctx): State<Ctx>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiErr> {
     let client = ctx.admit(&headers)?;
-    let mut order: Value = serde_json::from_slice(&body).map_err(|e| ApiErr::bad_request(format!("invalid JSON: {e}")))?;
+    let mut order: Value = serde_json::from_slice(&body)
+        .map_err(|e| ApiErr::bad_request(format!("invalid JSON: {e}")))?;
     if !order.is_object() {
         return Err(ApiErr::bad_request("the body must be a JSON object"));
     }
     // A key is scoped to its client: two clients may use the same key string.
     let key = match headers.get("idempotency-key").map(|v| v.to_str()) {
         Some(Ok(k)) if !k.is_empty() && k.len() <= 200 => Some(format!("{client}:{k}")),
-        Some(_) => return Err(ApiErr::bad_request("Idempotency-Key must be 1..=200 visible ASCII characters")),
+        Some(_) => {
+            return Err(ApiErr::bad_request(
+                "Idempotency-Key must be 1..=200 visible ASCII characters",
+            ));
+        }
         None => None,
     };
     order["client_id"] = client.into();
     let call = Call {
         method: reqwest::Method::POST,
         url: format!("{}/internal/orders", ctx.orders),
-        body: Some(Bytes::from(serde_json::to_vec(&order).map_err(ApiErr::internal)?)),
+        body: Some(Bytes::from(
+            serde_json::to_vec(&order).map_err(ApiErr::internal)?,
+        )),
         idempotency_key: key,
         authorization: None,
     };
@@ -166,28 +211,54 @@ async fn place_order(State(ctx): State<Ctx>, headers: HeaderMap, body: Bytes) ->
     if resp.status() != StatusCode::ACCEPTED {
         return Ok(resp);
     }
-    let bytes = axum::body::to_bytes(resp.into_body(), 1 << 20).await.map_err(ApiErr::internal)?;
+    let bytes = axum::body::to_bytes(resp.into_body(), 1 << 20)
+        .await
+        .map_err(ApiErr::internal)?;
     let upstream: Value = serde_json::from_slice(&bytes).map_err(ApiErr::internal)?;
     let data = &upstream["data"];
-    Ok(ok(StatusCode::ACCEPTED, json!({"order_id": data["id"], "status": data["status"]})))
+    Ok(ok(
+        StatusCode::ACCEPTED,
+        json!({"order_id": data["id"], "status": data["status"]}),
+    ))
 }
 
-async fn get_order(State(ctx): State<Ctx>, headers: HeaderMap, Path(id): Path<String>) -> Result<Response, ApiErr> {
+async fn get_order(
+    State(ctx): State<Ctx>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Response, ApiErr> {
     ctx.admit(&headers)?;
-    if id.is_empty() || id.len() > 64 || !id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') {
+    if id.is_empty() || id.len() > 64 || !id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+    {
         return Err(ApiErr::bad_request("invalid order id"));
     }
-    let call = Call { method: reqwest::Method::GET, url: format!("{}/internal/orders/{id}", ctx.orders), body: None, idempotency_key: None, authorization: None };
+    let call = Call {
+        method: reqwest::Method::GET,
+        url: format!("{}/internal/orders/{id}", ctx.orders),
+        body: None,
+        idempotency_key: None,
+        authorization: None,
+    };
     ctx.call(&ctx.reads, "orders", call).await
 }
 
 async fn products(State(ctx): State<Ctx>, headers: HeaderMap) -> Result<Response, ApiErr> {
     ctx.admit(&headers)?;
-    let call = Call { method: reqwest::Method::GET, url: format!("{}/internal/products", ctx.inventory), body: None, idempotency_key: None, authorization: None };
+    let call = Call {
+        method: reqwest::Method::GET,
+        url: format!("{}/internal/products", ctx.inventory),
+        body: None,
+        idempotency_key: None,
+        authorization: None,
+    };
     ctx.call(&ctx.reads, "inventory", call).await
 }
 
-async fn notifications(State(ctx): State<Ctx>, headers: HeaderMap, RawQuery(q): RawQuery) -> Result<Response, ApiErr> {
+async fn notifications(
+    State(ctx): State<Ctx>,
+    headers: HeaderMap,
+    RawQuery(q): RawQuery,
+) -> Result<Response, ApiErr> {
     ctx.admit(&headers)?;
     let query = q.map(|q| format!("?{q}")).unwrap_or_default();
     let call = Call {

@@ -38,14 +38,21 @@ pub struct KeyedRateLimiter {
 impl KeyedRateLimiter {
     /// `rate` tokens per second, at most `burst` stored.
     pub fn new(rate: f64, burst: u32) -> Self {
-        Self { rate: rate.max(0.001), burst: f64::from(burst.max(1)), buckets: Mutex::new(HashMap::new()) }
+        Self {
+            rate: rate.max(0.001),
+            burst: f64::from(burst.max(1)),
+            buckets: Mutex::new(HashMap::new()),
+        }
     }
 
     /// Takes a token for `key`; `Err(retry_after)` when the bucket is empty.
     pub fn check(&self, key: &str) -> Result<(), Duration> {
         let now = Instant::now();
         let mut buckets = self.buckets.lock().expect("rate limiter lock");
-        let b = buckets.entry(key.to_owned()).or_insert(Bucket { tokens: self.burst, updated: now });
+        let b = buckets.entry(key.to_owned()).or_insert(Bucket {
+            tokens: self.burst,
+            updated: now,
+        });
         let elapsed = now.duration_since(b.updated).as_secs_f64();
         b.tokens = (b.tokens + elapsed * self.rate).min(self.burst);
         b.updated = now;
@@ -69,7 +76,10 @@ mod tests {
             l.check("k").unwrap();
         }
         let wait = l.check("k").unwrap_err();
-        assert!(wait > Duration::from_millis(90) && wait <= Duration::from_millis(100), "{wait:?}");
+        assert!(
+            wait > Duration::from_millis(90) && wait <= Duration::from_millis(100),
+            "{wait:?}"
+        );
         tokio::time::advance(Duration::from_millis(100)).await;
         l.check("k").unwrap();
         assert!(l.check("k").is_err());

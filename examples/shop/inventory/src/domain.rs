@@ -42,8 +42,8 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use shop_common::db::{Db, Tx, now_ms};
 use shop_common::events::{
-    Emit, INVENTORY_REJECTED, INVENTORY_RELEASED, INVENTORY_RESERVED, InventoryRejected, InventoryReleased,
-    InventoryReserved, OrderPlaced,
+    Emit, INVENTORY_REJECTED, INVENTORY_RELEASED, INVENTORY_RESERVED, InventoryRejected,
+    InventoryReleased, InventoryReserved, OrderPlaced,
 };
 
 /// The inventory schema (portable SQL).
@@ -101,7 +101,9 @@ pub fn parse_seed(s: &str) -> Result<Vec<Product>, String> {
         .map(|entry| {
             let parts: Vec<&str> = entry.split(':').collect();
             let [sku, name, price, stock] = parts[..] else {
-                return Err(format!("seed entry `{entry}` is not `sku:name:price_cents:stock`"));
+                return Err(format!(
+                    "seed entry `{entry}` is not `sku:name:price_cents:stock`"
+                ));
             };
             let num = |v: &str| v.trim().parse::<i64>().ok().filter(|n| *n >= 0);
             Ok(Product {
@@ -124,7 +126,12 @@ pub async fn seed(db: &Db, products: &[Product]) -> Result<(), sqlx::Error> {
         db.execute(
             "INSERT INTO products (sku, name, price_cents, stock) VALUES ($1, $2, $3, $4) \
              ON CONFLICT (sku) DO NOTHING",
-            &[(&p.sku).into(), (&p.name).into(), p.price_cents.into(), p.stock.into()],
+            &[
+                (&p.sku).into(),
+                (&p.name).into(),
+                p.price_cents.into(),
+                p.stock.into(),
+            ],
         )
         .await?;
     }
@@ -133,28 +140,51 @@ pub async fn seed(db: &Db, products: &[Product]) -> Result<(), sqlx::Error> {
 
 /// The catalogue with stock, by SKU.
 pub async fn list_products(db: &Db) -> Result<Vec<Product>, sqlx::Error> {
-    db.fetch_all("SELECT sku, name, price_cents, stock FROM products ORDER BY sku", &[])
-        .await?
-        .iter()
-        .map(|r| {
-            Ok(Product { sku: r.text("sku")?, name: r.text("name")?, price_cents: r.i64("price_cents")?, stock: r.i64("stock")? })
+    db.fetch_all(
+        "SELECT sku, name, price_cents, stock FROM products ORDER BY sku",
+        &[],
+    )
+    .await?
+    .iter()
+    .map(|r| {
+        Ok(Product {
+            sku: r.text("sku")?,
+            name: r.text("name")?,
+            price_cents: r.i64("price_cents")?,
+            stock: r.i64("stock")?,
         })
-        .collect()
+    })
+    .collect()
 }
 
 /// The status of an order's reservation, if any.
 pub async fn reservation_status(db: &Db, order_id: &str) -> Result<Option<String>, sqlx::Error> {
-    Ok(match db.fetch_optional("SELECT status FROM reservations WHERE order_id = $1", &[order_id.into()]).await? {
-        Some(r) => Some(r.text("status")?),
-        None => None,
-    })
+    Ok(
+        match db
+            .fetch_optional(
+                "SELECT status FROM reservations WHERE order_id = $1",
+                &[order_id.into()],
+            )
+            .await?
+        {
+            Some(r) => Some(r.text("status")?),
+            None => None,
+        },
+    )
 }
 
 /// Reserves every line of `order` or none, in `tx`. Returns the event to publish
 /// (`inventory.reserved` or `inventory.rejected`), or nothing if the order was decided before.
 pub async fn reserve(tx: &mut Tx, order: &OrderPlaced) -> Result<Vec<Emit>, sqlx::Error> {
     let id = order.order_id.as_str();
-    if tx.fetch_optional("SELECT status FROM reservations WHERE order_id = $1", &[id.into()]).await?.is_some() {
+    if tx
+        .fetch_optional(
+            "SELECT status FROM reservations WHERE order_id = $1",
+            &[id.into()],
+        )
+        .await?
+        .is_some()
+    {
         return Ok(Vec::new());
     }
     // Merge duplicate SKUs; BTreeMap also fixes the lock order.
@@ -185,8 +215,17 @@ pub async fn reserve(tx: &mut Tx, order: &OrderPlaced) -> Result<Vec<Emit>, sqlx
                 taken.push((sku, qty));
             }
             None => {
-                let exists = tx.fetch_optional("SELECT sku FROM products WHERE sku = $1", &[sku.into()]).await?;
-                rejection = Some((sku, if exists.is_some() { "out_of_stock" } else { "unknown_product" }));
+                let exists = tx
+                    .fetch_optional("SELECT sku FROM products WHERE sku = $1", &[sku.into()])
+                    .await?;
+                rejection = Some((
+                    sku,
+                    if exists.is_some() {
+                        "out_of_stock"
+                    } else {
+                        "unknown_product"
+                    },
+                ));
                 break;
             }
         }
@@ -195,14 +234,22 @@ pub async fn reserve(tx: &mut Tx, order: &OrderPlaced) -> Result<Vec<Emit>, sqlx
     if let Some((sku, reason)) = rejection {
         // Give back what this transaction took: all or nothing.
         for (sku, qty) in taken {
-            tx.execute("UPDATE products SET stock = stock + $1 WHERE sku = $2", &[qty.into(), sku.into()]).await?;
+            tx.execute(
+                "UPDATE products SET stock = stock + $1 WHERE sku = $2",
+                &[qty.into(), sku.into()],
+            )
+            .await?;
         }
         tx.execute(
             "INSERT INTO reservations (order_id, status, amount_cents, reason, updated_ms) VALUES ($1, $2, 0, $3, $4)",
             &[id.into(), REJECTED.into(), reason.into(), now.into()],
         )
         .await?;
-        let event = InventoryRejected { order_id: id.to_owned(), reason: reason.to_owned(), sku: sku.to_owned() };
+        let event = InventoryRejected {
+            order_id: id.to_owned(),
+            reason: reason.to_owned(),
+            sku: sku.to_owned(),
+        };
         return Ok(vec![Emit::event(INVENTORY_REJECTED, id, &event)]);
     }
     for (sku, qty) in &taken {
@@ -217,7 +264,10 @@ pub async fn reserve(tx: &mut Tx, order: &OrderPlaced) -> Result<Vec<Emit>, sqlx
         &[id.into(), RESERVED.into(), amount.into(), now.into()],
     )
     .await?;
-    let event = InventoryReserved { order_id: id.to_owned(), amount_cents: amount };
+    let event = InventoryReserved {
+        order_id: id.to_owned(),
+        amount_cents: amount,
+    };
     Ok(vec![Emit::event(INVENTORY_RESERVED, id, &event)])
 }
 
@@ -226,7 +276,13 @@ pub async fn reserve(tx: &mut Tx, order: &OrderPlaced) -> Result<Vec<Emit>, sqlx
 /// a tombstone so a late reservation is refused.
 pub async fn release(tx: &mut Tx, order_id: &str, reason: &str) -> Result<Vec<Emit>, sqlx::Error> {
     let now = now_ms();
-    let status = match tx.fetch_optional("SELECT status FROM reservations WHERE order_id = $1", &[order_id.into()]).await? {
+    let status = match tx
+        .fetch_optional(
+            "SELECT status FROM reservations WHERE order_id = $1",
+            &[order_id.into()],
+        )
+        .await?
+    {
         Some(r) => r.text("status")?,
         None => {
             tx.execute(
@@ -250,7 +306,12 @@ pub async fn release(tx: &mut Tx, order_id: &str, reason: &str) -> Result<Vec<Em
     if flipped == 0 {
         return Ok(Vec::new());
     }
-    let items = tx.fetch_all("SELECT sku, quantity FROM reservation_items WHERE order_id = $1", &[order_id.into()]).await?;
+    let items = tx
+        .fetch_all(
+            "SELECT sku, quantity FROM reservation_items WHERE order_id = $1",
+            &[order_id.into()],
+        )
+        .await?;
     for item in items {
         tx.execute(
             "UPDATE products SET stock = stock + $1 WHERE sku = $2",
@@ -258,7 +319,13 @@ pub async fn release(tx: &mut Tx, order_id: &str, reason: &str) -> Result<Vec<Em
         )
         .await?;
     }
-    Ok(vec![Emit::event(INVENTORY_RELEASED, order_id, &InventoryReleased { order_id: order_id.to_owned() })])
+    Ok(vec![Emit::event(
+        INVENTORY_RELEASED,
+        order_id,
+        &InventoryReleased {
+            order_id: order_id.to_owned(),
+        },
+    )])
 }
 
 #[cfg(test)]
@@ -270,14 +337,22 @@ mod tests {
         OrderPlaced {
             order_id: id.into(),
             customer_id: "c".into(),
-            items: items.iter().map(|(s, q)| Item { sku: (*s).into(), quantity: *q }).collect(),
+            items: items
+                .iter()
+                .map(|(s, q)| Item {
+                    sku: (*s).into(),
+                    quantity: *q,
+                })
+                .collect(),
             payment_method: "card_ok".into(),
         }
     }
 
     async fn db_with(products: &str) -> (tempfile::TempDir, Db) {
         let dir = tempfile::tempdir().unwrap();
-        let db = Db::connect(&Db::sqlite_url(&dir.path().join("inv.db"))).await.unwrap();
+        let db = Db::connect(&Db::sqlite_url(&dir.path().join("inv.db")))
+            .await
+            .unwrap();
         migrate(&db).await.unwrap();
         seed(&db, &parse_seed(products).unwrap()).await.unwrap();
         (dir, db)
@@ -291,14 +366,28 @@ mod tests {
     }
 
     async fn stock(db: &Db, sku: &str) -> i64 {
-        list_products(db).await.unwrap().into_iter().find(|p| p.sku == sku).unwrap().stock
+        list_products(db)
+            .await
+            .unwrap()
+            .into_iter()
+            .find(|p| p.sku == sku)
+            .unwrap()
+            .stock
     }
 
     #[test]
     fn seed_parsing() {
         let p = parse_seed(DEFAULT_SEED).unwrap();
         assert_eq!(p.len(), 4);
-        assert_eq!(p[3], Product { sku: "scarce".into(), name: "Last edition teapot".into(), price_cents: 9900, stock: 5 });
+        assert_eq!(
+            p[3],
+            Product {
+                sku: "scarce".into(),
+                name: "Last edition teapot".into(),
+                price_cents: 9900,
+                stock: 5
+            }
+        );
         assert!(parse_seed("a:b:c").is_err());
         assert!(parse_seed("a:b:-1:3").is_err());
     }
@@ -321,9 +410,16 @@ mod tests {
         let e = reserve_committed(&db, &order("o4", &[("a", 0)])).await;
         assert_eq!(e[0].payload["reason"], "invalid_quantity");
         // Redelivery of a decided order: no effect, no event.
-        assert!(reserve_committed(&db, &order("o1", &[("a", 2)])).await.is_empty());
+        assert!(
+            reserve_committed(&db, &order("o1", &[("a", 2)]))
+                .await
+                .is_empty()
+        );
         assert_eq!(stock(&db, "a").await, 2);
-        assert_eq!(reservation_status(&db, "o2").await.unwrap().as_deref(), Some(REJECTED));
+        assert_eq!(
+            reservation_status(&db, "o2").await.unwrap().as_deref(),
+            Some(REJECTED)
+        );
     }
 
     #[tokio::test]
@@ -339,21 +435,46 @@ mod tests {
         assert_eq!(stock(&db, "a").await, 5);
         // Compensation before the reservation: the late reservation is refused.
         let mut tx = db.begin().await.unwrap();
-        assert!(release(&mut tx, "o2", "inventory_timeout").await.unwrap().is_empty());
+        assert!(
+            release(&mut tx, "o2", "inventory_timeout")
+                .await
+                .unwrap()
+                .is_empty()
+        );
         tx.commit().await.unwrap();
-        assert!(reserve_committed(&db, &order("o2", &[("a", 1)])).await.is_empty());
+        assert!(
+            reserve_committed(&db, &order("o2", &[("a", 1)]))
+                .await
+                .is_empty()
+        );
         assert_eq!(stock(&db, "a").await, 5);
     }
 
     #[tokio::test]
     async fn concurrent_orders_for_the_last_units_never_oversell() {
         let (_d, db) = db_with("last:Last:100:7").await;
+        assert_no_oversell(db).await;
+    }
+
+    #[tokio::test]
+    async fn concurrent_orders_never_oversell_on_postgres() {
+        let db = shop_common::db::postgres_test_db().await.unwrap();
+        migrate(&db).await.unwrap();
+        seed(&db, &parse_seed("last:Last:100:7").unwrap())
+            .await
+            .unwrap();
+        assert_no_oversell(db).await;
+    }
+
+    async fn assert_no_oversell(db: Db) {
         let mut tasks = Vec::new();
         for i in 0..40 {
             let db = db.clone();
             tasks.push(tokio::spawn(async move {
                 let mut tx = db.begin().await.unwrap();
-                let e = reserve(&mut tx, &order(&format!("o{i}"), &[("last", 1)])).await.unwrap();
+                let e = reserve(&mut tx, &order(&format!("o{i}"), &[("last", 1)]))
+                    .await
+                    .unwrap();
                 tx.commit().await.unwrap();
                 e[0].kind
             }));

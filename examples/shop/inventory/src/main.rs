@@ -1,14 +1,15 @@
 //! The inventory service: `shop-inventory` (env: `HTTP_ADDR`, `DATABASE_URL`, `AMQP_URL`,
 //! `INVENTORY_SEED=sku:name:price_cents:stock,…`; see `shop_common::runtime`).
 
+use axum::Router;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::Response;
 use axum::routing::get;
-use axum::Router;
 use chassis_core::BoxError;
 use shop_common::events::{
-    CMD_INVENTORY_RELEASE, COMMANDS_EXCHANGE, Compensate, EVENTS_EXCHANGE, ORDER_PLACED, OrderPlaced,
+    CMD_INVENTORY_RELEASE, COMMANDS_EXCHANGE, Compensate, EVENTS_EXCHANGE, ORDER_PLACED,
+    OrderPlaced,
 };
 use shop_common::runtime::{App, Spec, decode, handle_once};
 use shop_common::web::{ApiErr, ok};
@@ -16,7 +17,12 @@ use shop_inventory::domain;
 
 #[tokio::main]
 async fn main() -> Result<(), BoxError> {
-    let app = App::start(Spec { name: "inventory", default_port: 8082, schema: domain::SCHEMA }).await?;
+    let app = App::start(Spec {
+        name: "inventory",
+        default_port: 8082,
+        schema: domain::SCHEMA,
+    })
+    .await?;
     let seed = std::env::var("INVENTORY_SEED").unwrap_or_else(|_| domain::DEFAULT_SEED.to_owned());
     domain::seed(app.db(), &domain::parse_seed(&seed)?).await?;
 
@@ -36,13 +42,16 @@ async fn main() -> Result<(), BoxError> {
     })
     .await?;
     // Compensation: release on the `inventory.release` command.
-    app.consume(app.queue("release", &[(COMMANDS_EXCHANGE, CMD_INVENTORY_RELEASE)]), |app, msg| async move {
-        let cmd: Compensate = decode(&msg)?;
-        handle_once(&app, "inventory.release", &msg, move |tx| {
-            Box::pin(async move { Ok(domain::release(tx, &cmd.order_id, &cmd.reason).await?) })
-        })
-        .await
-    })
+    app.consume(
+        app.queue("release", &[(COMMANDS_EXCHANGE, CMD_INVENTORY_RELEASE)]),
+        |app, msg| async move {
+            let cmd: Compensate = decode(&msg)?;
+            handle_once(&app, "inventory.release", &msg, move |tx| {
+                Box::pin(async move { Ok(domain::release(tx, &cmd.order_id, &cmd.reason).await?) })
+            })
+            .await
+        },
+    )
     .await?;
 
     let router = Router::new()
@@ -62,7 +71,10 @@ async fn reservation(
     axum::extract::Path(order_id): axum::extract::Path<String>,
 ) -> Result<Response, ApiErr> {
     match domain::reservation_status(app.db(), &order_id).await? {
-        Some(status) => Ok(ok(StatusCode::OK, serde_json::json!({"order_id": order_id, "status": status}))),
+        Some(status) => Ok(ok(
+            StatusCode::OK,
+            serde_json::json!({"order_id": order_id, "status": status}),
+        )),
         None => Err(ApiErr::not_found("no reservation for this order")),
     }
 }

@@ -36,7 +36,14 @@ pub mod workload;
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// The services, in start order (the provider first, the gateway last).
-pub const SERVICES: [&str; 6] = ["payment-provider", "inventory", "payments", "orders", "notifications", "gateway"];
+pub const SERVICES: [&str; 6] = [
+    "payment-provider",
+    "inventory",
+    "payments",
+    "orders",
+    "notifications",
+    "gateway",
+];
 
 /// The binary of a service.
 pub fn binary_name(service: &str) -> String {
@@ -69,12 +76,16 @@ pub fn workspace_root() -> PathBuf {
 }
 
 fn target_dir() -> PathBuf {
-    std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| workspace_root().join("target"), PathBuf::from)
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map_or_else(|| workspace_root().join("target"), PathBuf::from)
 }
 
 /// A free TCP port on loopback.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).unwrap_or(0)
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap_or(0)
 }
 
 /// How to start the system.
@@ -112,7 +123,8 @@ impl SystemConfig {
             run_dir,
             ports: None,
             namespace: format!("shop-{}.", &uuid::Uuid::new_v4().simple().to_string()[..8]),
-            amqp_url: std::env::var("AMQP_URL").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into()),
+            amqp_url: std::env::var("AMQP_URL")
+                .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into()),
             provider_failure_rate: 0.0,
             step_timeout: Duration::from_secs(30),
             inventory_seed: None,
@@ -160,9 +172,12 @@ impl System {
             None => SERVICES.iter().map(|s| (*s, free_port())).collect(),
         };
         let url = |s: &str| format!("http://127.0.0.1:{}", ports[s]);
-        let key = chassis_http::auth::SigningKey::generate_ed25519()?.with_kid("shop-launcher-1")?;
+        let key =
+            chassis_http::auth::SigningKey::generate_ed25519()?.with_kid("shop-launcher-1")?;
         let private_pem = key.to_pkcs8_pem().ok_or("no PEM for the generated key")?;
-        let public_pem = key.public_key_pem().ok_or("no public PEM for the generated key")?;
+        let public_pem = key
+            .public_key_pem()
+            .ok_or("no public PEM for the generated key")?;
         let mut procs = BTreeMap::new();
         for service in SERVICES {
             let mut env: Vec<(String, String)> = vec![
@@ -176,8 +191,14 @@ impl System {
             ];
             match service {
                 "payment-provider" => {
-                    env.push(("PROVIDER_ADDR".into(), format!("127.0.0.1:{}", ports[service])));
-                    env.push(("PROVIDER_FAILURE_RATE".into(), config.provider_failure_rate.to_string()));
+                    env.push((
+                        "PROVIDER_ADDR".into(),
+                        format!("127.0.0.1:{}", ports[service]),
+                    ));
+                    env.push((
+                        "PROVIDER_FAILURE_RATE".into(),
+                        config.provider_failure_rate.to_string(),
+                    ));
                 }
                 "gateway" => {
                     env.push(("GATEWAY_API_KEYS".into(), config.api_keys.clone()));
@@ -188,7 +209,10 @@ impl System {
                     env.push(("NOTIFICATIONS_URL".into(), url("notifications")));
                 }
                 "payments" => env.push(("PROVIDER_URL".into(), url("payment-provider"))),
-                "orders" => env.push(("SAGA_STEP_TIMEOUT_MS".into(), config.step_timeout.as_millis().to_string())),
+                "orders" => env.push((
+                    "SAGA_STEP_TIMEOUT_MS".into(),
+                    config.step_timeout.as_millis().to_string(),
+                )),
                 "inventory" => {
                     if let Some(seed) = &config.inventory_seed {
                         env.push(("INVENTORY_SEED".into(), seed.clone()));
@@ -197,7 +221,14 @@ impl System {
                 _ => {}
             }
             env.extend(config.extra_env.iter().cloned());
-            procs.insert(service, Proc { child: None, env, url: url(service) });
+            procs.insert(
+                service,
+                Proc {
+                    child: None,
+                    env,
+                    url: url(service),
+                },
+            );
         }
         let mut system = System { config, procs };
         for service in SERVICES {
@@ -250,7 +281,9 @@ impl System {
                     break;
                 }
                 if Instant::now() > deadline {
-                    return Err(format!("{name} not ready after {:?}", self.config.ready_timeout).into());
+                    return Err(
+                        format!("{name} not ready after {:?}", self.config.ready_timeout).into(),
+                    );
                 }
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
@@ -293,9 +326,15 @@ impl System {
     /// exited successfully by itself.
     pub async fn terminate(&mut self, service: &str) -> Result<bool, BoxError> {
         let proc = self.procs.get_mut(service).ok_or("unknown service")?;
-        let Some(mut child) = proc.child.take() else { return Ok(false) };
+        let Some(mut child) = proc.child.take() else {
+            return Ok(false);
+        };
         if let Some(pid) = child.id() {
-            let _ = Command::new("kill").arg("-TERM").arg(pid.to_string()).status().await;
+            let _ = Command::new("kill")
+                .arg("-TERM")
+                .arg(pid.to_string())
+                .status()
+                .await;
         }
         match tokio::time::timeout(Duration::from_secs(15), child.wait()).await {
             Ok(status) => Ok(status?.success()),

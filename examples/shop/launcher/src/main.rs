@@ -48,9 +48,15 @@ async fn main() -> Result<(), BoxError> {
     }
     let release = !cfg!(debug_assertions);
     let bin_dir = if args.no_build {
-        std::env::current_exe()?.parent().ok_or("no binary directory")?.to_path_buf()
+        std::env::current_exe()?
+            .parent()
+            .ok_or("no binary directory")?
+            .to_path_buf()
     } else {
-        eprintln!("building the services ({})…", if release { "release" } else { "debug" });
+        eprintln!(
+            "building the services ({})…",
+            if release { "release" } else { "debug" }
+        );
         build_services(release)?
     };
     let run_dir = args.run_dir.clone().unwrap_or_else(|| {
@@ -61,14 +67,19 @@ async fn main() -> Result<(), BoxError> {
     if args.standard_ports {
         config = config.standard_ports();
     }
-    eprintln!("starting 6 processes (logs and databases in {})…", run_dir.display());
+    eprintln!(
+        "starting 6 processes (logs and databases in {})…",
+        run_dir.display()
+    );
     let system = System::start(config).await?;
     eprintln!("all services ready; gateway at {}", system.url("gateway"));
 
     let bar = ProgressBar::new(args.orders as u64);
     bar.set_style(
-        ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:40} {pos}/{len} orders final ({per_sec})")
-            .map_err(|e| e.to_string())?,
+        ProgressStyle::with_template(
+            "{spinner} [{elapsed_precise}] {bar:40} {pos}/{len} orders final ({per_sec})",
+        )
+        .map_err(|e| e.to_string())?,
     );
     let workload_config = WorkloadConfig {
         orders: args.orders,
@@ -82,11 +93,16 @@ async fn main() -> Result<(), BoxError> {
         Err(e) => eprintln!("workload failed: {e}"),
     }
     if args.keep_running {
-        eprintln!("system running (gateway {}, API key demo-key-0001); Ctrl-C stops it", system.url("gateway"));
+        eprintln!(
+            "system running (gateway {}, API key demo-key-0001); Ctrl-C stops it",
+            system.url("gateway")
+        );
         tokio::signal::ctrl_c().await?;
     }
     eprintln!("stopping every service (SIGTERM)…");
-    let unclean = tokio::time::timeout(Duration::from_secs(120), system.stop()).await.unwrap_or_default();
+    let unclean = tokio::time::timeout(Duration::from_secs(120), system.stop())
+        .await
+        .unwrap_or_default();
     if !unclean.is_empty() {
         eprintln!("did not exit cleanly: {unclean:?}");
     }

@@ -93,7 +93,11 @@ impl Summary {
     /// Finished orders per second of wall time.
     pub fn orders_per_sec(&self) -> f64 {
         let finished = self.confirmed + self.failed.values().sum::<usize>();
-        if self.elapsed.is_zero() { 0.0 } else { finished as f64 / self.elapsed.as_secs_f64() }
+        if self.elapsed.is_zero() {
+            0.0
+        } else {
+            finished as f64 / self.elapsed.as_secs_f64()
+        }
     }
 }
 
@@ -105,7 +109,11 @@ impl fmt::Display for Summary {
             writeln!(f, "  refused by gateway {:?}", self.rejected)?;
         }
         writeln!(f, "  confirmed        {}", self.confirmed)?;
-        writeln!(f, "  failed           {}", self.failed.values().sum::<usize>())?;
+        writeln!(
+            f,
+            "  failed           {}",
+            self.failed.values().sum::<usize>()
+        )?;
         for (reason, n) in &self.failed {
             writeln!(f, "    {reason:<26} {n}")?;
         }
@@ -113,8 +121,19 @@ impl fmt::Display for Summary {
             writeln!(f, "  still pending    {}", self.unfinished)?;
         }
         writeln!(f, "compensations      {}", self.compensations)?;
-        writeln!(f, "placement -> final p50 {}  p95 {}  p99 {}", p(50.0), p(95.0), p(99.0))?;
-        write!(f, "throughput         {:.1} orders/s over {:.1} s", self.orders_per_sec(), self.elapsed.as_secs_f64())
+        writeln!(
+            f,
+            "placement -> final p50 {}  p95 {}  p99 {}",
+            p(50.0),
+            p(95.0),
+            p(99.0)
+        )?;
+        write!(
+            f,
+            "throughput         {:.1} orders/s over {:.1} s",
+            self.orders_per_sec(),
+            self.elapsed.as_secs_f64()
+        )
     }
 }
 
@@ -134,7 +153,10 @@ pub async fn place(
     order: &Value,
     idempotency_key: Option<&str>,
 ) -> Result<(u16, Value), BoxError> {
-    let mut req = http.post(format!("{gateway}/api/v1/orders")).bearer_auth(api_key).json(order);
+    let mut req = http
+        .post(format!("{gateway}/api/v1/orders"))
+        .bearer_auth(api_key)
+        .json(order);
     if let Some(k) = idempotency_key {
         req = req.header("idempotency-key", k);
     }
@@ -153,7 +175,11 @@ pub async fn wait_final(
 ) -> Result<Value, BoxError> {
     let deadline = Instant::now() + timeout;
     loop {
-        let resp = http.get(format!("{gateway}/api/v1/orders/{order_id}")).bearer_auth(api_key).send().await;
+        let resp = http
+            .get(format!("{gateway}/api/v1/orders/{order_id}"))
+            .bearer_auth(api_key)
+            .send()
+            .await;
         if let Ok(resp) = resp
             && resp.status().is_success()
         {
@@ -170,18 +196,33 @@ pub async fn wait_final(
 }
 
 /// Runs the workload against the gateway at `gateway`.
-pub async fn run(gateway: &str, config: &WorkloadConfig, progress: Option<ProgressBar>) -> Result<Summary, BoxError> {
-    let http = reqwest::Client::builder().pool_max_idle_per_host(config.concurrency * 2).build()?;
+pub async fn run(
+    gateway: &str,
+    config: &WorkloadConfig,
+    progress: Option<ProgressBar>,
+) -> Result<Summary, BoxError> {
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(config.concurrency * 2)
+        .build()?;
     let permits = Arc::new(Semaphore::new(config.concurrency.max(1)));
     let start = Instant::now();
     let mut tasks = Vec::with_capacity(config.orders);
     for i in 0..config.orders {
         let permit = permits.clone().acquire_owned().await?;
-        let (http, gateway, config, progress) = (http.clone(), gateway.to_owned(), config.clone(), progress.clone());
+        let (http, gateway, config, progress) = (
+            http.clone(),
+            gateway.to_owned(),
+            config.clone(),
+            progress.clone(),
+        );
         tasks.push(tokio::spawn(async move {
             let _permit = permit;
             let roll: f64 = rand::random();
-            let method = if roll < config.declined_ratio { "card_declined" } else { "card_ok" };
+            let method = if roll < config.declined_ratio {
+                "card_declined"
+            } else {
+                "card_ok"
+            };
             let sku = if rand::random::<f64>() < config.scarce_ratio {
                 "scarce"
             } else {
@@ -194,13 +235,22 @@ pub async fn run(gateway: &str, config: &WorkloadConfig, progress: Option<Progre
             });
             let key = uuid::Uuid::now_v7().to_string();
             let result = async {
-                let (status, body) = place(&http, &gateway, &config.api_key, &order, Some(&key)).await?;
+                let (status, body) =
+                    place(&http, &gateway, &config.api_key, &order, Some(&key)).await?;
                 if status != 202 {
                     return Ok::<_, BoxError>(Outcome::Refused(status));
                 }
-                let id = body["data"]["order_id"].as_str().ok_or("no order_id in the answer")?.to_owned();
-                let last = wait_final(&http, &gateway, &config.api_key, &id, config.order_timeout).await?;
-                Ok(if last["status"] == "PENDING" { Outcome::Pending } else { Outcome::Final(last) })
+                let id = body["data"]["order_id"]
+                    .as_str()
+                    .ok_or("no order_id in the answer")?
+                    .to_owned();
+                let last =
+                    wait_final(&http, &gateway, &config.api_key, &id, config.order_timeout).await?;
+                Ok(if last["status"] == "PENDING" {
+                    Outcome::Pending
+                } else {
+                    Outcome::Final(last)
+                })
             }
             .await;
             if let Some(p) = &progress {
@@ -226,7 +276,9 @@ pub async fn run(gateway: &str, config: &WorkloadConfig, progress: Option<Progre
                     *summary.failed.entry(reason).or_default() += 1;
                 }
                 summary.compensations += order["compensations"].as_i64().unwrap_or(0);
-                if let (Some(c), Some(f)) = (order["created_ms"].as_i64(), order["finished_ms"].as_i64()) {
+                if let (Some(c), Some(f)) =
+                    (order["created_ms"].as_i64(), order["finished_ms"].as_i64())
+                {
                     summary.latencies_ms.push(f - c);
                 }
             }
@@ -256,7 +308,11 @@ mod tests {
 
     #[test]
     fn summary_counts_finished_orders_per_second() {
-        let mut s = Summary { confirmed: 8, elapsed: Duration::from_secs(2), ..Summary::default() };
+        let mut s = Summary {
+            confirmed: 8,
+            elapsed: Duration::from_secs(2),
+            ..Summary::default()
+        };
         s.failed.insert("card_declined".into(), 2);
         assert!((s.orders_per_sec() - 5.0).abs() < 1e-9);
         let text = s.to_string();

@@ -16,7 +16,9 @@ static BUILD: OnceLock<std::path::PathBuf> = OnceLock::new();
 static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 
 async fn start(tweak: impl FnOnce(&mut SystemConfig)) -> (System, tempfile::TempDir) {
-    let bin = BUILD.get_or_init(|| build_services(false).expect("cargo build of the services")).clone();
+    let bin = BUILD
+        .get_or_init(|| build_services(false).expect("cargo build of the services"))
+        .clone();
     let dir = tempfile::tempdir().unwrap();
     let mut config = SystemConfig::new(bin, dir.path().to_path_buf());
     config.inventory_seed = Some(SEED.into());
@@ -29,7 +31,9 @@ fn order(sku: &str, qty: i64, method: &str) -> Value {
 }
 
 async fn place_ok(http: &reqwest::Client, sys: &System, body: &Value, key: Option<&str>) -> String {
-    let (status, resp) = place(http, sys.url("gateway"), KEY, body, key).await.unwrap();
+    let (status, resp) = place(http, sys.url("gateway"), KEY, body, key)
+        .await
+        .unwrap();
     assert_eq!(status, 202, "{resp}");
     assert_eq!(resp["success"], true);
     assert_eq!(resp["data"]["status"], "PENDING");
@@ -37,7 +41,9 @@ async fn place_ok(http: &reqwest::Client, sys: &System, body: &Value, key: Optio
 }
 
 async fn final_state(http: &reqwest::Client, sys: &System, id: &str) -> Value {
-    let o = wait_final(http, sys.url("gateway"), KEY, id, Duration::from_secs(30)).await.unwrap();
+    let o = wait_final(http, sys.url("gateway"), KEY, id, Duration::from_secs(30))
+        .await
+        .unwrap();
     assert_ne!(o["status"], "PENDING", "order {id} did not finish: {o}");
     o
 }
@@ -52,18 +58,34 @@ async fn stock(http: &reqwest::Client, sys: &System, sku: &str) -> i64 {
         .json()
         .await
         .unwrap();
-    r["data"].as_array().unwrap().iter().find(|p| p["sku"] == sku).unwrap()["stock"].as_i64().unwrap()
+    r["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["sku"] == sku)
+        .unwrap()["stock"]
+        .as_i64()
+        .unwrap()
 }
 
 async fn provider_stats(http: &reqwest::Client, sys: &System) -> Value {
-    http.get(format!("{}/v1/stats", sys.url("payment-provider"))).send().await.unwrap().json().await.unwrap()
+    http.get(format!("{}/v1/stats", sys.url("payment-provider")))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
 }
 
 async fn notifications(http: &reqwest::Client, sys: &System, id: &str) -> Vec<Value> {
     // Notifications arrive asynchronously after the final status: wait for them briefly.
     for _ in 0..50 {
         let r: Value = http
-            .get(format!("{}/api/v1/notifications?order_id={id}", sys.url("gateway")))
+            .get(format!(
+                "{}/api/v1/notifications?order_id={id}",
+                sys.url("gateway")
+            ))
             .bearer_auth(KEY)
             .send()
             .await
@@ -82,7 +104,8 @@ async fn notifications(http: &reqwest::Client, sys: &System, id: &str) -> Vec<Va
 
 /// Trace ids of the log lines of `service` containing every needle.
 fn trace_ids(sys: &System, service: &str, needles: &[&str]) -> Vec<String> {
-    let text = std::fs::read_to_string(sys.run_dir().join(format!("{service}.log"))).unwrap_or_default();
+    let text =
+        std::fs::read_to_string(sys.run_dir().join(format!("{service}.log"))).unwrap_or_default();
     text.lines()
         .filter(|l| needles.iter().all(|n| l.contains(n)))
         .filter_map(|l| serde_json::from_str::<Value>(l).ok())
@@ -108,7 +131,10 @@ async fn the_shop_end_to_end() {
     assert_eq!(n[0]["kind"], "order_confirmed");
     assert_eq!(stock(&http, &sys, "tea").await, 998);
     let charges: Value = http
-        .get(format!("{}/v1/charges?reference={id}", sys.url("payment-provider")))
+        .get(format!(
+            "{}/v1/charges?reference={id}",
+            sys.url("payment-provider")
+        ))
         .send()
         .await
         .unwrap()
@@ -121,16 +147,31 @@ async fn the_shop_end_to_end() {
     let placed = trace_ids(&sys, "orders", &[&id, "order placed"]);
     assert_eq!(placed.len(), 1, "{placed:?}");
     let trace = &placed[0];
-    assert!(!trace_ids(&sys, "gateway", &[trace.as_str(), "/api/v1/orders"]).is_empty(), "gateway not in trace {trace}");
-    for (service, needle) in [("inventory", "reservation decided"), ("payments", "payment recorded"), ("notifications", "customer notified")] {
+    assert!(
+        !trace_ids(&sys, "gateway", &[trace.as_str(), "/api/v1/orders"]).is_empty(),
+        "gateway not in trace {trace}"
+    );
+    for (service, needle) in [
+        ("inventory", "reservation decided"),
+        ("payments", "payment recorded"),
+        ("notifications", "customer notified"),
+    ] {
         let found = trace_ids(&sys, service, &[&id, needle]);
-        assert_eq!(found, vec![trace.clone()], "{service} is not in the trace of the order");
+        assert_eq!(
+            found,
+            vec![trace.clone()],
+            "{service} is not in the trace of the order"
+        );
     }
 
     // Declined payment: FAILED(card_declined), the reservation released (compensation).
     let id = place_ok(&http, &sys, &order("tea", 1, "card_declined"), None).await;
     let o = final_state(&http, &sys, &id).await;
-    assert_eq!((o["status"].as_str(), o["reason"].as_str()), (Some("FAILED"), Some("card_declined")), "{o}");
+    assert_eq!(
+        (o["status"].as_str(), o["reason"].as_str()),
+        (Some("FAILED"), Some("card_declined")),
+        "{o}"
+    );
     assert_eq!(o["compensations"], 1);
     let mut released = false;
     for _ in 0..50 {
@@ -141,15 +182,29 @@ async fn the_shop_end_to_end() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(released, "stock was not released");
-    assert_eq!(notifications(&http, &sys, &id).await[0]["kind"], "order_failed");
+    assert_eq!(
+        notifications(&http, &sys, &id).await[0]["kind"],
+        "order_failed"
+    );
 
     // Out of stock: FAILED(out_of_stock), nothing charged.
-    let charges_before = provider_stats(&http, &sys).await["charges"].as_u64().unwrap();
+    let charges_before = provider_stats(&http, &sys).await["charges"]
+        .as_u64()
+        .unwrap();
     let id = place_ok(&http, &sys, &order("scarce", 3, "card_ok"), None).await;
     let o = final_state(&http, &sys, &id).await;
-    assert_eq!((o["status"].as_str(), o["reason"].as_str()), (Some("FAILED"), Some("out_of_stock")), "{o}");
+    assert_eq!(
+        (o["status"].as_str(), o["reason"].as_str()),
+        (Some("FAILED"), Some("out_of_stock")),
+        "{o}"
+    );
     assert_eq!(stock(&http, &sys, "scarce").await, 2);
-    assert_eq!(provider_stats(&http, &sys).await["charges"].as_u64().unwrap(), charges_before);
+    assert_eq!(
+        provider_stats(&http, &sys).await["charges"]
+            .as_u64()
+            .unwrap(),
+        charges_before
+    );
 
     // The same Idempotency-Key twice: one order.
     let body = order("tea", 1, "card_ok");
@@ -166,10 +221,14 @@ async fn the_shop_end_to_end() {
     for _ in 0..12 {
         let (http, gw) = (http.clone(), sys.url("gateway").to_owned());
         tasks.push(tokio::spawn(async move {
-            let (status, resp) = place(&http, &gw, KEY, &order("last", 1, "card_ok"), None).await.unwrap();
+            let (status, resp) = place(&http, &gw, KEY, &order("last", 1, "card_ok"), None)
+                .await
+                .unwrap();
             assert_eq!(status, 202);
             let id = resp["data"]["order_id"].as_str().unwrap().to_owned();
-            wait_final(&http, &gw, KEY, &id, Duration::from_secs(30)).await.unwrap()
+            wait_final(&http, &gw, KEY, &id, Duration::from_secs(30))
+                .await
+                .unwrap()
         }));
     }
     let mut confirmed = 0;
@@ -185,18 +244,39 @@ async fn the_shop_end_to_end() {
     assert_eq!(stock(&http, &sys, "last").await, 0);
 
     // Errors use the chassis body: no key, bad body.
-    let r = http.post(format!("{}/api/v1/orders", sys.url("gateway"))).json(&body).send().await.unwrap();
+    let r = http
+        .post(format!("{}/api/v1/orders", sys.url("gateway")))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 401);
     let e: Value = r.json().await.unwrap();
-    assert_eq!((e["success"].as_bool(), e["error"]["code"].as_str()), (Some(false), Some("unauthorized")));
-    let r = http.post(format!("{}/api/v1/orders", sys.url("gateway"))).bearer_auth(KEY).json(&json!({"items": []})).send().await.unwrap();
+    assert_eq!(
+        (e["success"].as_bool(), e["error"]["code"].as_str()),
+        (Some(false), Some("unauthorized"))
+    );
+    let r = http
+        .post(format!("{}/api/v1/orders", sys.url("gateway")))
+        .bearer_auth(KEY)
+        .json(&json!({"items": []}))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 400);
     // Internal APIs refuse calls without a service token.
-    let r = http.get(format!("{}/internal/orders/{id}", sys.url("orders"))).send().await.unwrap();
+    let r = http
+        .get(format!("{}/internal/orders/{id}", sys.url("orders")))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 401);
 
     let unclean = sys.stop().await;
-    assert!(unclean.is_empty(), "did not shut down gracefully: {unclean:?}");
+    assert!(
+        unclean.is_empty(),
+        "did not shut down gracefully: {unclean:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -206,7 +286,11 @@ async fn provider_outage_opens_the_breaker_and_the_system_recovers() {
     let (sys, _dir) = start(|_| {}).await;
     let http = reqwest::Client::new();
     let provider = sys.url("payment-provider").to_owned();
-    http.post(format!("{provider}/admin/outage")).json(&json!({"active": true})).send().await.unwrap();
+    http.post(format!("{provider}/admin/outage"))
+        .json(&json!({"active": true}))
+        .send()
+        .await
+        .unwrap();
 
     // Orders fail fast with a provider reason while it is down.
     let mut reasons = Vec::new();
@@ -216,18 +300,43 @@ async fn provider_outage_opens_the_breaker_and_the_system_recovers() {
         assert_eq!(o["status"], "FAILED", "{o}");
         reasons.push(o["reason"].as_str().unwrap().to_owned());
     }
-    assert!(reasons.iter().all(|r| r.starts_with("payment_provider_")), "{reasons:?}");
-    assert!(reasons.iter().any(|r| r == "payment_provider_circuit_open"), "the breaker never opened: {reasons:?}");
-    let metrics = http.get(format!("{}/metrics", sys.url("payments"))).send().await.unwrap().text().await.unwrap();
     assert!(
-        metrics.lines().any(|l| l.starts_with("circuit_breaker_state{") && l.contains("payment-provider") && l.ends_with(" 1")),
+        reasons.iter().all(|r| r.starts_with("payment_provider_")),
+        "{reasons:?}"
+    );
+    assert!(
+        reasons.iter().any(|r| r == "payment_provider_circuit_open"),
+        "the breaker never opened: {reasons:?}"
+    );
+    let metrics = http
+        .get(format!("{}/metrics", sys.url("payments")))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("circuit_breaker_state{")
+                && l.contains("payment-provider")
+                && l.ends_with(" 1")),
         "breaker not open in /metrics:\n{}",
-        metrics.lines().filter(|l| l.contains("circuit_breaker")).collect::<Vec<_>>().join("\n")
+        metrics
+            .lines()
+            .filter(|l| l.contains("circuit_breaker"))
+            .collect::<Vec<_>>()
+            .join("\n")
     );
     assert_eq!(provider_stats(&http, &sys).await["charges"], 0);
 
     // The provider returns: after the open wait the breaker lets calls through again.
-    http.post(format!("{provider}/admin/outage")).json(&json!({"active": false})).send().await.unwrap();
+    http.post(format!("{provider}/admin/outage"))
+        .json(&json!({"active": false}))
+        .send()
+        .await
+        .unwrap();
     let mut recovered = false;
     for _ in 0..15 {
         tokio::time::sleep(Duration::from_secs(1)).await;
@@ -245,11 +354,23 @@ async fn provider_outage_opens_the_breaker_and_the_system_recovers() {
 #[allow(clippy::await_holding_lock)]
 async fn orders_killed_mid_saga_every_order_finishes_and_nothing_is_charged_twice() {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-    let (mut sys, _dir) = start(|c| c.extra_env.push(("PROVIDER_LATENCY".into(), "100ms".into()))).await;
+    let (mut sys, _dir) = start(|c| {
+        c.extra_env
+            .push(("PROVIDER_LATENCY".into(), "100ms".into()))
+    })
+    .await;
     let http = reqwest::Client::new();
     let mut ids = Vec::new();
     for i in 0..15 {
-        ids.push(place_ok(&http, &sys, &order("tea", 1, "card_ok"), Some(&format!("crash-{i}"))).await);
+        ids.push(
+            place_ok(
+                &http,
+                &sys,
+                &order("tea", 1, "card_ok"),
+                Some(&format!("crash-{i}")),
+            )
+            .await,
+        );
     }
     // Crash orders while sagas are in flight, then bring it back.
     sys.kill("orders").await.unwrap();
@@ -262,16 +383,31 @@ async fn orders_killed_mid_saga_every_order_finishes_and_nothing_is_charged_twic
             confirmed += 1;
         }
         let charges: Value = http
-            .get(format!("{}/v1/charges?reference={id}", sys.url("payment-provider")))
+            .get(format!(
+                "{}/v1/charges?reference={id}",
+                sys.url("payment-provider")
+            ))
             .send()
             .await
             .unwrap()
             .json()
             .await
             .unwrap();
-        assert!(charges["charges"].as_array().unwrap().len() <= 1, "order {id} charged twice");
+        assert!(
+            charges["charges"].as_array().unwrap().len() <= 1,
+            "order {id} charged twice"
+        );
     }
-    assert_eq!(confirmed, ids.len(), "every order should still be confirmed");
-    assert_eq!(provider_stats(&http, &sys).await["charges"].as_u64().unwrap(), ids.len() as u64);
+    assert_eq!(
+        confirmed,
+        ids.len(),
+        "every order should still be confirmed"
+    );
+    assert_eq!(
+        provider_stats(&http, &sys).await["charges"]
+            .as_u64()
+            .unwrap(),
+        ids.len() as u64
+    );
     sys.stop().await;
 }

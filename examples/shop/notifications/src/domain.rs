@@ -59,8 +59,17 @@ pub struct Notification {
 /// The text for a finished order.
 pub fn message_for(e: &OrderFinished) -> (&'static str, String) {
     match e.reason.as_deref() {
-        None => ("order_confirmed", format!("Your order {} is confirmed.", e.order_id)),
-        Some(reason) => ("order_failed", format!("Your order {} could not be completed ({reason}).", e.order_id)),
+        None => (
+            "order_confirmed",
+            format!("Your order {} is confirmed.", e.order_id),
+        ),
+        Some(reason) => (
+            "order_failed",
+            format!(
+                "Your order {} could not be completed ({reason}).",
+                e.order_id
+            ),
+        ),
     }
 }
 
@@ -124,10 +133,22 @@ mod tests {
     #[tokio::test]
     async fn one_notification_per_order() {
         let dir = tempfile::tempdir().unwrap();
-        let db = Db::connect(&Db::sqlite_url(&dir.path().join("n.db"))).await.unwrap();
+        let db = Db::connect(&Db::sqlite_url(&dir.path().join("n.db")))
+            .await
+            .unwrap();
         migrate(&db).await.unwrap();
-        let ok = OrderFinished { order_id: "a".into(), customer_id: "c".into(), status: "CONFIRMED".into(), reason: None };
-        let bad = OrderFinished { order_id: "b".into(), customer_id: "c".into(), status: "FAILED".into(), reason: Some("out_of_stock".into()) };
+        let ok = OrderFinished {
+            order_id: "a".into(),
+            customer_id: "c".into(),
+            status: "CONFIRMED".into(),
+            reason: None,
+        };
+        let bad = OrderFinished {
+            order_id: "b".into(),
+            customer_id: "c".into(),
+            status: "FAILED".into(),
+            reason: Some("out_of_stock".into()),
+        };
         for _ in 0..3 {
             let mut tx = db.begin().await.unwrap();
             record(&mut tx, &ok).await.unwrap();

@@ -19,8 +19,19 @@ struct ListQuery {
 
 #[tokio::main]
 async fn main() -> Result<(), BoxError> {
-    let app = App::start(Spec { name: "notifications", default_port: 8084, schema: domain::SCHEMA }).await?;
-    let queue = app.queue("orders", &[(EVENTS_EXCHANGE, ORDER_CONFIRMED), (EVENTS_EXCHANGE, ORDER_FAILED)]);
+    let app = App::start(Spec {
+        name: "notifications",
+        default_port: 8084,
+        schema: domain::SCHEMA,
+    })
+    .await?;
+    let queue = app.queue(
+        "orders",
+        &[
+            (EVENTS_EXCHANGE, ORDER_CONFIRMED),
+            (EVENTS_EXCHANGE, ORDER_FAILED),
+        ],
+    );
     app.consume(queue, |app, msg| async move {
         let event: OrderFinished = decode(&msg)?;
         handle_once(&app, "notifications.orders", &msg, move |tx| {
@@ -42,5 +53,8 @@ async fn main() -> Result<(), BoxError> {
 }
 
 async fn list(State(app): State<App>, Query(q): Query<ListQuery>) -> Result<Response, ApiErr> {
-    Ok(ok(StatusCode::OK, domain::list(app.db(), q.order_id.as_deref()).await?))
+    Ok(ok(
+        StatusCode::OK,
+        domain::list(app.db(), q.order_id.as_deref()).await?,
+    ))
 }

@@ -55,7 +55,9 @@ async fn on_reply(ctx: Ctx, msg: IncomingMessage) -> Result<(), HandlerError> {
             })
             .await
         }
-        other => Err(HandlerError::Reject(format!("unexpected routing key `{other}`"))),
+        other => Err(HandlerError::Reject(format!(
+            "unexpected routing key `{other}`"
+        ))),
     }
 }
 
@@ -72,7 +74,9 @@ async fn sweep(ctx: Ctx) {
         }
         .await;
         match result {
-            Ok(ids) if !ids.is_empty() => tracing::warn!(count = ids.len(), ?ids, "saga steps timed out"),
+            Ok(ids) if !ids.is_empty() => {
+                tracing::warn!(count = ids.len(), ?ids, "saga steps timed out")
+            }
             Ok(_) => {}
             Err(e) => tracing::warn!(error = ?e, "timeout sweep failed"),
         }
@@ -85,9 +89,20 @@ async fn sweep(ctx: Ctx) {
 
 #[tokio::main]
 async fn main() -> Result<(), BoxError> {
-    let app = App::start(Spec { name: "orders", default_port: 8081, schema: saga::SCHEMA }).await?;
-    let step_timeout_ms = std::env::var("SAGA_STEP_TIMEOUT_MS").ok().and_then(|v| v.parse().ok()).unwrap_or(30_000);
-    let ctx = Ctx { app: app.clone(), step_timeout_ms };
+    let app = App::start(Spec {
+        name: "orders",
+        default_port: 8081,
+        schema: saga::SCHEMA,
+    })
+    .await?;
+    let step_timeout_ms = std::env::var("SAGA_STEP_TIMEOUT_MS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(30_000);
+    let ctx = Ctx {
+        app: app.clone(),
+        step_timeout_ms,
+    };
 
     let queue = app.queue(
         "saga",
@@ -99,7 +114,8 @@ async fn main() -> Result<(), BoxError> {
         ],
     );
     let c = ctx.clone();
-    app.consume(queue, move |_app, msg| on_reply(c.clone(), msg)).await?;
+    app.consume(queue, move |_app, msg| on_reply(c.clone(), msg))
+        .await?;
     app.spawn(sweep(ctx.clone()));
 
     let router = Router::new()
@@ -111,13 +127,24 @@ async fn main() -> Result<(), BoxError> {
     app.serve(router).await
 }
 
-async fn place(State(ctx): State<Ctx>, headers: HeaderMap, body: axum::body::Bytes) -> Result<Response, ApiErr> {
-    let new: NewOrder = serde_json::from_slice(&body).map_err(|e| ApiErr::bad_request(format!("invalid order: {e}")))?;
+async fn place(
+    State(ctx): State<Ctx>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Result<Response, ApiErr> {
+    let new: NewOrder = serde_json::from_slice(&body)
+        .map_err(|e| ApiErr::bad_request(format!("invalid order: {e}")))?;
     new.validate().map_err(ApiErr::bad_request)?;
-    let key = headers.get("idempotency-key").and_then(|v| v.to_str().ok()).map(str::to_owned);
+    let key = headers
+        .get("idempotency-key")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
     let mut tx = ctx.app.db().begin().await?;
     let placed = saga::place(&mut tx, &new, key.as_deref(), ctx.step_timeout_ms).await?;
-    ctx.app.emit(&mut tx, &placed.emits, None).await.map_err(|e| ApiErr::internal(format!("{e:?}")))?;
+    ctx.app
+        .emit(&mut tx, &placed.emits, None)
+        .await
+        .map_err(|e| ApiErr::internal(format!("{e:?}")))?;
     ctx.app.commit(tx).await?;
     if placed.created {
         tracing::info!(order_id = %placed.order.id, "order placed");
@@ -136,7 +163,10 @@ async fn get_order(State(ctx): State<Ctx>, Path(id): Path<String>) -> Result<Res
 }
 
 async fn stats(State(ctx): State<Ctx>) -> Result<Response, ApiErr> {
-    let counts: serde_json::Map<String, serde_json::Value> =
-        saga::count_by_status(ctx.app.db()).await?.into_iter().map(|(k, v)| (k, v.into())).collect();
+    let counts: serde_json::Map<String, serde_json::Value> = saga::count_by_status(ctx.app.db())
+        .await?
+        .into_iter()
+        .map(|(k, v)| (k, v.into()))
+        .collect();
     Ok(ok(StatusCode::OK, counts))
 }

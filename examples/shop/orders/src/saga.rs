@@ -51,9 +51,9 @@
 use serde::{Deserialize, Serialize};
 use shop_common::db::{Db, Row, Tx, now_ms};
 use shop_common::events::{
-    CMD_INVENTORY_RELEASE, CMD_PAYMENT_CHARGE, CMD_PAYMENT_REFUND, ChargePayment, Compensate, Emit, InventoryRejected,
-    InventoryReserved, Item, ORDER_CONFIRMED, ORDER_FAILED, ORDER_PLACED, OrderFinished, OrderPlaced, PaymentFailed,
-    PaymentSucceeded,
+    CMD_INVENTORY_RELEASE, CMD_PAYMENT_CHARGE, CMD_PAYMENT_REFUND, ChargePayment, Compensate, Emit,
+    InventoryRejected, InventoryReserved, Item, ORDER_CONFIRMED, ORDER_FAILED, ORDER_PLACED,
+    OrderFinished, OrderPlaced, PaymentFailed, PaymentSucceeded,
 };
 
 /// The orders schema (portable SQL).
@@ -125,7 +125,10 @@ impl NewOrder {
         }
         for item in &self.items {
             if item.sku.trim().is_empty() || !(1..=1000).contains(&item.quantity) {
-                return Err(format!("item `{}`: sku must be set and quantity within 1..=1000", item.sku));
+                return Err(format!(
+                    "item `{}`: sku must be set and quantity within 1..=1000",
+                    item.sku
+                ));
             }
         }
         Ok(())
@@ -137,7 +140,12 @@ impl NewOrder {
         for i in &self.items {
             *map.entry(i.sku.as_str()).or_default() += i.quantity;
         }
-        map.into_iter().map(|(sku, quantity)| Item { sku: sku.to_owned(), quantity }).collect()
+        map.into_iter()
+            .map(|(sku, quantity)| Item {
+                sku: sku.to_owned(),
+                quantity,
+            })
+            .collect()
     }
 }
 
@@ -170,7 +178,6 @@ pub struct Order {
     pub items: Vec<Item>,
 }
 
-
 fn order_from(row: &Row, items: Vec<Item>) -> Result<Order, sqlx::Error> {
     Ok(Order {
         id: row.text("id")?,
@@ -189,7 +196,14 @@ fn order_from(row: &Row, items: Vec<Item>) -> Result<Order, sqlx::Error> {
 }
 
 fn items_from(rows: &[Row]) -> Result<Vec<Item>, sqlx::Error> {
-    rows.iter().map(|r| Ok(Item { sku: r.text("sku")?, quantity: r.i64("quantity")? })).collect()
+    rows.iter()
+        .map(|r| {
+            Ok(Item {
+                sku: r.text("sku")?,
+                quantity: r.i64("quantity")?,
+            })
+        })
+        .collect()
 }
 
 /// Reads an order with its items.
@@ -205,7 +219,12 @@ pub async fn get(db: &Db, id: &str) -> Result<Option<Order>, sqlx::Error> {
     else {
         return Ok(None);
     };
-    let items = db.fetch_all("SELECT sku, quantity FROM order_items WHERE order_id = $1 ORDER BY sku", &[id.into()]).await?;
+    let items = db
+        .fetch_all(
+            "SELECT sku, quantity FROM order_items WHERE order_id = $1 ORDER BY sku",
+            &[id.into()],
+        )
+        .await?;
     Ok(Some(order_from(&row, items_from(&items)?)?))
 }
 
@@ -220,7 +239,12 @@ async fn get_in(tx: &mut Tx, id: &str) -> Result<Option<Order>, sqlx::Error> {
     else {
         return Ok(None);
     };
-    let items = tx.fetch_all("SELECT sku, quantity FROM order_items WHERE order_id = $1 ORDER BY sku", &[id.into()]).await?;
+    let items = tx
+        .fetch_all(
+            "SELECT sku, quantity FROM order_items WHERE order_id = $1 ORDER BY sku",
+            &[id.into()],
+        )
+        .await?;
     Ok(Some(order_from(&row, items_from(&items)?)?))
 }
 
@@ -265,10 +289,21 @@ pub async fn place(
         .await?;
     if inserted == 0 {
         let key = idempotency_key.unwrap_or_default();
-        let row = tx.fetch_optional("SELECT id FROM orders WHERE idempotency_key = $1", &[key.into()]).await?;
+        let row = tx
+            .fetch_optional(
+                "SELECT id FROM orders WHERE idempotency_key = $1",
+                &[key.into()],
+            )
+            .await?;
         let existing_id = row.ok_or(sqlx::Error::RowNotFound)?.text("id")?;
-        let order = get_in(tx, &existing_id).await?.ok_or(sqlx::Error::RowNotFound)?;
-        return Ok(Placed { order, created: false, emits: Vec::new() });
+        let order = get_in(tx, &existing_id)
+            .await?
+            .ok_or(sqlx::Error::RowNotFound)?;
+        return Ok(Placed {
+            order,
+            created: false,
+            emits: Vec::new(),
+        });
     }
     let items = new.merged_items();
     for item in &items {
@@ -298,7 +333,11 @@ pub async fn place(
         finished_ms: None,
         items,
     };
-    Ok(Placed { order, created: true, emits: vec![Emit::event(ORDER_PLACED, &id, &event)] })
+    Ok(Placed {
+        order,
+        created: true,
+        emits: vec![Emit::event(ORDER_PLACED, &id, &event)],
+    })
 }
 
 /// Moves `id` from `PENDING`/`from_step` to a final status; `false` if another transition won.
@@ -333,7 +372,12 @@ async fn finish(
     Ok(n == 1)
 }
 
-async fn finished_event(tx: &mut Tx, id: &str, status: &str, reason: Option<&str>) -> Result<Emit, sqlx::Error> {
+async fn finished_event(
+    tx: &mut Tx,
+    id: &str,
+    status: &str,
+    reason: Option<&str>,
+) -> Result<Emit, sqlx::Error> {
     let customer_id = tx
         .fetch_optional("SELECT customer_id FROM orders WHERE id = $1", &[id.into()])
         .await?
@@ -345,7 +389,15 @@ async fn finished_event(tx: &mut Tx, id: &str, status: &str, reason: Option<&str
         status: status.to_owned(),
         reason: reason.map(str::to_owned),
     };
-    Ok(Emit::event(if status == CONFIRMED { ORDER_CONFIRMED } else { ORDER_FAILED }, id, &e))
+    Ok(Emit::event(
+        if status == CONFIRMED {
+            ORDER_CONFIRMED
+        } else {
+            ORDER_FAILED
+        },
+        id,
+        &e,
+    ))
 }
 
 /// `inventory.reserved`: RESERVING -> CHARGING, sends `payment.charge`.
@@ -376,37 +428,87 @@ pub async fn on_inventory_reserved(
         return Ok(Vec::new());
     }
     let method = tx
-        .fetch_optional("SELECT payment_method FROM orders WHERE id = $1", &[(&e.order_id).into()])
+        .fetch_optional(
+            "SELECT payment_method FROM orders WHERE id = $1",
+            &[(&e.order_id).into()],
+        )
         .await?
         .ok_or(sqlx::Error::RowNotFound)?
         .text("payment_method")?;
-    let cmd = ChargePayment { order_id: e.order_id.clone(), amount_cents: e.amount_cents, payment_method: method };
+    let cmd = ChargePayment {
+        order_id: e.order_id.clone(),
+        amount_cents: e.amount_cents,
+        payment_method: method,
+    };
     Ok(vec![Emit::command(CMD_PAYMENT_CHARGE, &e.order_id, &cmd)])
 }
 
 /// `inventory.rejected`: RESERVING -> FAILED(reason), announces `order.failed`.
-pub async fn on_inventory_rejected(tx: &mut Tx, e: &InventoryRejected) -> Result<Vec<Emit>, sqlx::Error> {
-    if !finish(tx, &e.order_id, STEP_RESERVING, FAILED, Some(&e.reason), 0, None).await? {
+pub async fn on_inventory_rejected(
+    tx: &mut Tx,
+    e: &InventoryRejected,
+) -> Result<Vec<Emit>, sqlx::Error> {
+    if !finish(
+        tx,
+        &e.order_id,
+        STEP_RESERVING,
+        FAILED,
+        Some(&e.reason),
+        0,
+        None,
+    )
+    .await?
+    {
         return Ok(Vec::new());
     }
-    Ok(vec![finished_event(tx, &e.order_id, FAILED, Some(&e.reason)).await?])
+    Ok(vec![
+        finished_event(tx, &e.order_id, FAILED, Some(&e.reason)).await?,
+    ])
 }
 
 /// `payment.succeeded`: CHARGING -> CONFIRMED, announces `order.confirmed`.
-pub async fn on_payment_succeeded(tx: &mut Tx, e: &PaymentSucceeded) -> Result<Vec<Emit>, sqlx::Error> {
-    if !finish(tx, &e.order_id, STEP_CHARGING, CONFIRMED, None, 0, Some(&e.charge_id)).await? {
+pub async fn on_payment_succeeded(
+    tx: &mut Tx,
+    e: &PaymentSucceeded,
+) -> Result<Vec<Emit>, sqlx::Error> {
+    if !finish(
+        tx,
+        &e.order_id,
+        STEP_CHARGING,
+        CONFIRMED,
+        None,
+        0,
+        Some(&e.charge_id),
+    )
+    .await?
+    {
         // Late: the charge timed out and a refund was already commanded.
         return Ok(Vec::new());
     }
-    Ok(vec![finished_event(tx, &e.order_id, CONFIRMED, None).await?])
+    Ok(vec![
+        finished_event(tx, &e.order_id, CONFIRMED, None).await?,
+    ])
 }
 
 /// `payment.failed`: CHARGING -> FAILED(reason), compensates with `inventory.release`.
 pub async fn on_payment_failed(tx: &mut Tx, e: &PaymentFailed) -> Result<Vec<Emit>, sqlx::Error> {
-    if !finish(tx, &e.order_id, STEP_CHARGING, FAILED, Some(&e.reason), 1, None).await? {
+    if !finish(
+        tx,
+        &e.order_id,
+        STEP_CHARGING,
+        FAILED,
+        Some(&e.reason),
+        1,
+        None,
+    )
+    .await?
+    {
         return Ok(Vec::new());
     }
-    let release = Compensate { order_id: e.order_id.clone(), reason: e.reason.clone() };
+    let release = Compensate {
+        order_id: e.order_id.clone(),
+        reason: e.reason.clone(),
+    };
     Ok(vec![
         Emit::command(CMD_INVENTORY_RELEASE, &e.order_id, &release),
         finished_event(tx, &e.order_id, FAILED, Some(&e.reason)).await?,
@@ -415,7 +517,11 @@ pub async fn on_payment_failed(tx: &mut Tx, e: &PaymentFailed) -> Result<Vec<Emi
 
 /// Fails every `PENDING` order whose step deadline is before `now_ms` (at most `limit`),
 /// compensating what its step may have done. Returns the ids failed and what to emit.
-pub async fn expire_overdue(tx: &mut Tx, now_ms: i64, limit: i64) -> Result<(Vec<String>, Vec<Emit>), sqlx::Error> {
+pub async fn expire_overdue(
+    tx: &mut Tx,
+    now_ms: i64,
+    limit: i64,
+) -> Result<(Vec<String>, Vec<Emit>), sqlx::Error> {
     let rows = tx
         .fetch_all(
             "SELECT id, step FROM orders WHERE status = $1 AND step_deadline_ms < $2 ORDER BY step_deadline_ms LIMIT $3",
@@ -427,12 +533,25 @@ pub async fn expire_overdue(tx: &mut Tx, now_ms: i64, limit: i64) -> Result<(Vec
     for row in rows {
         let (id, step) = (row.text("id")?, row.text("step")?);
         let (reason, mut comp) = if step == STEP_CHARGING {
-            let refund = Compensate { order_id: id.clone(), reason: "payment_timeout".into() };
-            ("payment_timeout", vec![Emit::command(CMD_PAYMENT_REFUND, &id, &refund)])
+            let refund = Compensate {
+                order_id: id.clone(),
+                reason: "payment_timeout".into(),
+            };
+            (
+                "payment_timeout",
+                vec![Emit::command(CMD_PAYMENT_REFUND, &id, &refund)],
+            )
         } else {
             ("inventory_timeout", Vec::new())
         };
-        comp.push(Emit::command(CMD_INVENTORY_RELEASE, &id, &Compensate { order_id: id.clone(), reason: reason.into() }));
+        comp.push(Emit::command(
+            CMD_INVENTORY_RELEASE,
+            &id,
+            &Compensate {
+                order_id: id.clone(),
+                reason: reason.into(),
+            },
+        ));
         let count = i64::try_from(comp.len()).unwrap_or(i64::MAX);
         if finish(tx, &id, &step, FAILED, Some(reason), count, None).await? {
             emits.extend(comp);
@@ -445,11 +564,14 @@ pub async fn expire_overdue(tx: &mut Tx, now_ms: i64, limit: i64) -> Result<(Vec
 
 /// Counts orders by status (for the service's gauges and the launcher's summary).
 pub async fn count_by_status(db: &Db) -> Result<Vec<(String, i64)>, sqlx::Error> {
-    db.fetch_all("SELECT status, COUNT(*) AS n FROM orders GROUP BY status ORDER BY status", &[])
-        .await?
-        .iter()
-        .map(|r| Ok((r.text("status")?, r.i64("n")?)))
-        .collect()
+    db.fetch_all(
+        "SELECT status, COUNT(*) AS n FROM orders GROUP BY status ORDER BY status",
+        &[],
+    )
+    .await?
+    .iter()
+    .map(|r| Ok((r.text("status")?, r.i64("n")?)))
+    .collect()
 }
 
 #[cfg(test)]
@@ -459,7 +581,9 @@ mod tests {
 
     async fn db() -> (tempfile::TempDir, Db) {
         let dir = tempfile::tempdir().unwrap();
-        let db = Db::connect(&Db::sqlite_url(&dir.path().join("orders.db"))).await.unwrap();
+        let db = Db::connect(&Db::sqlite_url(&dir.path().join("orders.db")))
+            .await
+            .unwrap();
         migrate(&db).await.unwrap();
         (dir, db)
     }
@@ -467,7 +591,20 @@ mod tests {
     fn new_order() -> NewOrder {
         NewOrder {
             customer_id: "c1".into(),
-            items: vec![Item { sku: "b".into(), quantity: 1 }, Item { sku: "a".into(), quantity: 2 }, Item { sku: "b".into(), quantity: 1 }],
+            items: vec![
+                Item {
+                    sku: "b".into(),
+                    quantity: 1,
+                },
+                Item {
+                    sku: "a".into(),
+                    quantity: 2,
+                },
+                Item {
+                    sku: "b".into(),
+                    quantity: 1,
+                },
+            ],
             payment_method: "card_ok".into(),
         }
     }
@@ -511,38 +648,119 @@ mod tests {
         let p = place_one(&db, None, 30_000).await;
         assert!(p.created);
         assert_eq!(p.emits[0].kind, ORDER_PLACED);
-        assert_eq!(p.order.items, vec![Item { sku: "a".into(), quantity: 2 }, Item { sku: "b".into(), quantity: 2 }]);
+        assert_eq!(
+            p.order.items,
+            vec![
+                Item {
+                    sku: "a".into(),
+                    quantity: 2
+                },
+                Item {
+                    sku: "b".into(),
+                    quantity: 2
+                }
+            ]
+        );
         let id = p.order.id.clone();
-        let reserved = InventoryReserved { order_id: id.clone(), amount_cents: 900 };
+        let reserved = InventoryReserved {
+            order_id: id.clone(),
+            amount_cents: 900,
+        };
         let e = step!(db, |tx| on_inventory_reserved(tx, &reserved, 30_000));
-        assert_eq!((e[0].exchange, e[0].kind), (COMMANDS_EXCHANGE, CMD_PAYMENT_CHARGE));
+        assert_eq!(
+            (e[0].exchange, e[0].kind),
+            (COMMANDS_EXCHANGE, CMD_PAYMENT_CHARGE)
+        );
         assert_eq!(e[0].payload["amount_cents"], 900);
         assert_eq!(e[0].payload["payment_method"], "card_ok");
         // A duplicate reply is a no-op.
         assert!(step!(db, |tx| on_inventory_reserved(tx, &reserved, 30_000)).is_empty());
-        let paid = PaymentSucceeded { order_id: id.clone(), charge_id: "ch_1".into(), amount_cents: 900 };
+        let paid = PaymentSucceeded {
+            order_id: id.clone(),
+            charge_id: "ch_1".into(),
+            amount_cents: 900,
+        };
         let e = step!(db, |tx| on_payment_succeeded(tx, &paid));
         assert_eq!(e[0].kind, ORDER_CONFIRMED);
         assert_eq!(e[0].payload["customer_id"], "c1");
         let o = get(&db, &id).await.unwrap().unwrap();
-        assert_eq!((o.status.as_str(), o.charge_id.as_deref(), o.amount_cents), (CONFIRMED, Some("ch_1"), Some(900)));
+        assert_eq!(
+            (o.status.as_str(), o.charge_id.as_deref(), o.amount_cents),
+            (CONFIRMED, Some("ch_1"), Some(900))
+        );
         assert!(o.finished_ms.is_some());
-        assert_eq!(count_by_status(&db).await.unwrap(), vec![(CONFIRMED.to_owned(), 1)]);
+        assert_eq!(
+            count_by_status(&db).await.unwrap(),
+            vec![(CONFIRMED.to_owned(), 1)]
+        );
+    }
+
+    #[tokio::test]
+    async fn the_saga_runs_on_postgres_too() {
+        let db = shop_common::db::postgres_test_db().await.unwrap();
+        migrate(&db).await.unwrap();
+        let a = place_one(&db, Some("pg-key"), 30_000).await;
+        let b = place_one(&db, Some("pg-key"), 30_000).await;
+        assert_eq!(a.order.id, b.order.id);
+        let id = a.order.id;
+        let reserved = InventoryReserved {
+            order_id: id.clone(),
+            amount_cents: 900,
+        };
+        assert_eq!(
+            step!(db, |tx| on_inventory_reserved(tx, &reserved, 30_000)).len(),
+            1
+        );
+        let failed = PaymentFailed {
+            order_id: id.clone(),
+            reason: "card_declined".into(),
+        };
+        assert_eq!(step!(db, |tx| on_payment_failed(tx, &failed)).len(), 2);
+        let o = get(&db, &id).await.unwrap().unwrap();
+        assert_eq!(
+            (o.status.as_str(), o.compensations, o.items.len()),
+            (FAILED, 1, 2)
+        );
+        let mut tx = db.begin().await.unwrap();
+        assert!(
+            expire_overdue(&mut tx, now_ms() + 60_000, 10)
+                .await
+                .unwrap()
+                .0
+                .is_empty()
+        );
+        tx.commit().await.unwrap();
     }
 
     #[tokio::test]
     async fn declined_payment_fails_and_releases_the_reservation() {
         let (_d, db) = db().await;
         let id = place_one(&db, None, 30_000).await.order.id;
-        let reserved = InventoryReserved { order_id: id.clone(), amount_cents: 900 };
+        let reserved = InventoryReserved {
+            order_id: id.clone(),
+            amount_cents: 900,
+        };
         step!(db, |tx| on_inventory_reserved(tx, &reserved, 30_000));
-        let failed = PaymentFailed { order_id: id.clone(), reason: "card_declined".into() };
+        let failed = PaymentFailed {
+            order_id: id.clone(),
+            reason: "card_declined".into(),
+        };
         let e = step!(db, |tx| on_payment_failed(tx, &failed));
-        assert_eq!(e.iter().map(|e| e.kind).collect::<Vec<_>>(), vec![CMD_INVENTORY_RELEASE, ORDER_FAILED]);
+        assert_eq!(
+            e.iter().map(|e| e.kind).collect::<Vec<_>>(),
+            vec![CMD_INVENTORY_RELEASE, ORDER_FAILED]
+        );
         let o = get(&db, &id).await.unwrap().unwrap();
-        assert_eq!((o.status.as_str(), o.reason.as_deref(), o.compensations), (FAILED, Some("card_declined"), 1));
+        assert_eq!(
+            (o.status.as_str(), o.reason.as_deref(), o.compensations),
+            (FAILED, Some("card_declined"), 1)
+        );
         // A late success after failure changes nothing.
-        let paid = PaymentSucceeded { order_id: id.clone(), charge_id: "ch".into(), amount_cents: 900 };
+        let paid = PaymentSucceeded {
+            order_id: id.clone(),
+            charge_id: "ch".into(),
+            amount_cents: 900,
+        };
         assert!(step!(db, |tx| on_payment_succeeded(tx, &paid)).is_empty());
         assert_eq!(get(&db, &id).await.unwrap().unwrap().status, FAILED);
         assert_ne!(INVENTORY_RELEASED, CMD_INVENTORY_RELEASE);
@@ -552,12 +770,19 @@ mod tests {
     async fn out_of_stock_fails_without_compensation() {
         let (_d, db) = db().await;
         let id = place_one(&db, None, 30_000).await.order.id;
-        let rejected = InventoryRejected { order_id: id.clone(), reason: "out_of_stock".into(), sku: "a".into() };
+        let rejected = InventoryRejected {
+            order_id: id.clone(),
+            reason: "out_of_stock".into(),
+            sku: "a".into(),
+        };
         let e = step!(db, |tx| on_inventory_rejected(tx, &rejected));
         assert_eq!(e[0].kind, ORDER_FAILED);
         assert_eq!(e[0].payload["reason"], "out_of_stock");
         let o = get(&db, &id).await.unwrap().unwrap();
-        assert_eq!((o.reason.as_deref(), o.compensations), (Some("out_of_stock"), 0));
+        assert_eq!(
+            (o.reason.as_deref(), o.compensations),
+            (Some("out_of_stock"), 0)
+        );
     }
 
     #[tokio::test]
@@ -570,7 +795,12 @@ mod tests {
         assert_eq!(a.order.id, b.order.id);
         let c = place_one(&db, Some("client-1:key-2"), 30_000).await;
         assert_ne!(a.order.id, c.order.id);
-        let total: i64 = count_by_status(&db).await.unwrap().iter().map(|(_, n)| n).sum();
+        let total: i64 = count_by_status(&db)
+            .await
+            .unwrap()
+            .iter()
+            .map(|(_, n)| n)
+            .sum();
         assert_eq!(total, 2);
     }
 
@@ -579,12 +809,17 @@ mod tests {
         let (_d, db) = db().await;
         let reserving = place_one(&db, None, 1_000).await.order.id;
         let charging = place_one(&db, None, 1_000).await.order.id;
-        let reserved = InventoryReserved { order_id: charging.clone(), amount_cents: 100 };
+        let reserved = InventoryReserved {
+            order_id: charging.clone(),
+            amount_cents: 100,
+        };
         step!(db, |tx| on_inventory_reserved(tx, &reserved, 1_000));
         let fresh = place_one(&db, None, 3_600_000).await.order.id;
 
         let mut tx = db.begin().await.unwrap();
-        let (ids, emits) = expire_overdue(&mut tx, now_ms() + 2_000, 100).await.unwrap();
+        let (ids, emits) = expire_overdue(&mut tx, now_ms() + 2_000, 100)
+            .await
+            .unwrap();
         tx.commit().await.unwrap();
         assert_eq!(ids.len(), 2);
         assert!(!ids.contains(&fresh));
@@ -594,15 +829,36 @@ mod tests {
         assert!(kinds.contains(&(reserving.as_str(), CMD_INVENTORY_RELEASE)));
         assert!(!kinds.contains(&(reserving.as_str(), CMD_PAYMENT_REFUND)));
         let o = get(&db, &charging).await.unwrap().unwrap();
-        assert_eq!((o.reason.as_deref(), o.compensations), (Some("payment_timeout"), 2));
-        assert_eq!(get(&db, &reserving).await.unwrap().unwrap().reason.as_deref(), Some("inventory_timeout"));
+        assert_eq!(
+            (o.reason.as_deref(), o.compensations),
+            (Some("payment_timeout"), 2)
+        );
+        assert_eq!(
+            get(&db, &reserving)
+                .await
+                .unwrap()
+                .unwrap()
+                .reason
+                .as_deref(),
+            Some("inventory_timeout")
+        );
         // The late payment does not resurrect the order.
-        let paid = PaymentSucceeded { order_id: charging.clone(), charge_id: "ch".into(), amount_cents: 100 };
+        let paid = PaymentSucceeded {
+            order_id: charging.clone(),
+            charge_id: "ch".into(),
+            amount_cents: 100,
+        };
         assert!(step!(db, |tx| on_payment_succeeded(tx, &paid)).is_empty());
         assert_eq!(get(&db, &fresh).await.unwrap().unwrap().status, PENDING);
         // A second sweep finds nothing.
         let mut tx = db.begin().await.unwrap();
-        assert!(expire_overdue(&mut tx, now_ms() + 2_000, 100).await.unwrap().0.is_empty());
+        assert!(
+            expire_overdue(&mut tx, now_ms() + 2_000, 100)
+                .await
+                .unwrap()
+                .0
+                .is_empty()
+        );
         tx.commit().await.unwrap();
     }
 }

@@ -64,7 +64,11 @@ pub struct Behaviour {
 
 impl Default for Behaviour {
     fn default() -> Self {
-        Self { failure_rate: 0.0, ambiguous_failure_rate: 0.0, latency_ms: 0 }
+        Self {
+            failure_rate: 0.0,
+            ambiguous_failure_rate: 0.0,
+            latency_ms: 0,
+        }
     }
 }
 
@@ -86,7 +90,10 @@ pub fn parse_outages(s: &str) -> Result<Vec<OutageWindow>, String> {
             let (start, duration) = part
                 .split_once('+')
                 .ok_or_else(|| format!("outage window `{part}` is not `start+duration`"))?;
-            Ok(OutageWindow { start: parse_duration(start)?, duration: parse_duration(duration)? })
+            Ok(OutageWindow {
+                start: parse_duration(start)?,
+                duration: parse_duration(duration)?,
+            })
         })
         .collect()
 }
@@ -142,8 +149,14 @@ pub struct Stats {
 
 #[derive(Debug)]
 enum KeyEntry {
-    InFlight { fingerprint: String },
-    Done { fingerprint: String, status: StatusCode, body: Value },
+    InFlight {
+        fingerprint: String,
+    },
+    Done {
+        fingerprint: String,
+        status: StatusCode,
+        body: Value,
+    },
 }
 
 #[derive(Debug, Default)]
@@ -210,10 +223,20 @@ impl ProviderState {
 
     fn reject_if_outage(&self) -> Option<Response> {
         let remaining = self.outage_remaining()?;
-        self.inner.store.lock().expect("store lock").stats.outage_rejections += 1;
+        self.inner
+            .store
+            .lock()
+            .expect("store lock")
+            .stats
+            .outage_rejections += 1;
         let secs = remaining.as_secs().max(1);
-        let mut resp = error(StatusCode::SERVICE_UNAVAILABLE, "outage", "provider is down");
-        resp.headers_mut().insert("retry-after", HeaderValue::from(secs));
+        let mut resp = error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "outage",
+            "provider is down",
+        );
+        resp.headers_mut()
+            .insert("retry-after", HeaderValue::from(secs));
         Some(resp)
     }
 }
@@ -232,7 +255,11 @@ pub fn app(state: ProviderState) -> Router {
 }
 
 fn error(status: StatusCode, code: &str, message: &str) -> Response {
-    (status, Json(json!({"error": {"code": code, "message": message}}))).into_response()
+    (
+        status,
+        Json(json!({"error": {"code": code, "message": message}})),
+    )
+        .into_response()
 }
 
 /// Body of `POST /v1/charges`.
@@ -257,21 +284,34 @@ async fn create_charge(
         return resp;
     }
     let Some(key) = headers.get("idempotency-key").and_then(|v| v.to_str().ok()) else {
-        return error(StatusCode::BAD_REQUEST, "missing_idempotency_key", "Idempotency-Key header is required");
+        return error(
+            StatusCode::BAD_REQUEST,
+            "missing_idempotency_key",
+            "Idempotency-Key header is required",
+        );
     };
     let key = key.to_owned();
     if req.amount_cents == 0 {
-        return error(StatusCode::UNPROCESSABLE_ENTITY, "invalid_amount", "amount_cents must be > 0");
+        return error(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_amount",
+            "amount_cents must be > 0",
+        );
     }
     let fingerprint = serde_json::to_string(&req).expect("serialisable request");
     {
         let mut store = state.inner.store.lock().expect("store lock");
         match store.keys.get(&key) {
-            Some(KeyEntry::Done { fingerprint: f, status, body }) if *f == fingerprint => {
+            Some(KeyEntry::Done {
+                fingerprint: f,
+                status,
+                body,
+            }) if *f == fingerprint => {
                 let (status, body) = (*status, body.clone());
                 store.stats.replays += 1;
                 let mut resp = (status, Json(body)).into_response();
-                resp.headers_mut().insert("idempotent-replayed", HeaderValue::from_static("true"));
+                resp.headers_mut()
+                    .insert("idempotent-replayed", HeaderValue::from_static("true"));
                 return resp;
             }
             Some(KeyEntry::InFlight { fingerprint: f } | KeyEntry::Done { fingerprint: f, .. })
@@ -284,10 +324,19 @@ async fn create_charge(
                 );
             }
             Some(KeyEntry::InFlight { .. }) => {
-                return error(StatusCode::CONFLICT, "request_in_progress", "a request with this key is in progress");
+                return error(
+                    StatusCode::CONFLICT,
+                    "request_in_progress",
+                    "a request with this key is in progress",
+                );
             }
             _ => {
-                store.keys.insert(key.clone(), KeyEntry::InFlight { fingerprint: fingerprint.clone() });
+                store.keys.insert(
+                    key.clone(),
+                    KeyEntry::InFlight {
+                        fingerprint: fingerprint.clone(),
+                    },
+                );
             }
         }
     }
@@ -299,7 +348,11 @@ async fn create_charge(
     if rand::random::<f64>() < behaviour.failure_rate {
         store.keys.remove(&key);
         store.stats.failures_injected += 1;
-        return error(StatusCode::INTERNAL_SERVER_ERROR, "internal", "injected failure");
+        return error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "injected failure",
+        );
     }
     let (status, body) = if req.payment_method == DECLINED_METHOD {
         store.stats.declines += 1;
@@ -321,10 +374,21 @@ async fn create_charge(
         store.charges.insert(charge.id.clone(), charge);
         (StatusCode::CREATED, body)
     };
-    store.keys.insert(key, KeyEntry::Done { fingerprint, status, body: body.clone() });
+    store.keys.insert(
+        key,
+        KeyEntry::Done {
+            fingerprint,
+            status,
+            body: body.clone(),
+        },
+    );
     if rand::random::<f64>() < behaviour.ambiguous_failure_rate {
         store.stats.failures_injected += 1;
-        return error(StatusCode::INTERNAL_SERVER_ERROR, "internal", "injected failure after processing");
+        return error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "injected failure after processing",
+        );
     }
     (status, Json(body)).into_response()
 }
@@ -378,7 +442,11 @@ async fn get_config(State(state): State<ProviderState>) -> Json<Value> {
 async fn put_config(State(state): State<ProviderState>, Json(b): Json<Behaviour>) -> Response {
     let valid = |r: f64| (0.0..=1.0).contains(&r);
     if !valid(b.failure_rate) || !valid(b.ambiguous_failure_rate) {
-        return error(StatusCode::UNPROCESSABLE_ENTITY, "invalid_rate", "rates must be within 0..=1");
+        return error(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_rate",
+            "rates must be within 0..=1",
+        );
     }
     *state.inner.behaviour.lock().expect("behaviour lock") = b;
     Json(json!({ "behaviour": b })).into_response()
@@ -391,7 +459,10 @@ struct OutageRequest {
     for_ms: Option<u64>,
 }
 
-async fn set_outage(State(state): State<ProviderState>, Json(req): Json<OutageRequest>) -> Json<Value> {
+async fn set_outage(
+    State(state): State<ProviderState>,
+    Json(req): Json<OutageRequest>,
+) -> Json<Value> {
     let mut manual = state.inner.manual_outage.lock().expect("outage lock");
     *manual = match (req.active, req.for_ms) {
         (false, _) => None,
@@ -421,8 +492,14 @@ mod tests {
         assert_eq!(
             w,
             vec![
-                OutageWindow { start: Duration::from_secs(10), duration: Duration::from_secs(5) },
-                OutageWindow { start: Duration::from_secs(60), duration: Duration::from_millis(500) },
+                OutageWindow {
+                    start: Duration::from_secs(10),
+                    duration: Duration::from_secs(5)
+                },
+                OutageWindow {
+                    start: Duration::from_secs(60),
+                    duration: Duration::from_millis(500)
+                },
             ]
         );
         assert!(parse_outages("10s").is_err());
@@ -433,12 +510,18 @@ mod tests {
     fn scheduled_window_is_an_outage_only_inside_it() {
         let state = ProviderState::new(
             Behaviour::default(),
-            vec![OutageWindow { start: Duration::ZERO, duration: Duration::from_secs(3600) }],
+            vec![OutageWindow {
+                start: Duration::ZERO,
+                duration: Duration::from_secs(3600),
+            }],
         );
         assert!(state.outage_remaining().is_some());
         let later = ProviderState::new(
             Behaviour::default(),
-            vec![OutageWindow { start: Duration::from_secs(3600), duration: Duration::from_secs(1) }],
+            vec![OutageWindow {
+                start: Duration::from_secs(3600),
+                duration: Duration::from_secs(1),
+            }],
         );
         assert!(later.outage_remaining().is_none());
     }

@@ -20,25 +20,52 @@ fn charge(reference: &str, method: &str) -> Value {
 async fn same_idempotency_key_charges_once() {
     let (base, state) = start(Behaviour::default()).await;
     let c = reqwest::Client::new();
-    let first = c.post(format!("{base}/v1/charges")).header("idempotency-key", "k1")
-        .json(&charge("o1", "card_ok")).send().await.unwrap();
+    let first = c
+        .post(format!("{base}/v1/charges"))
+        .header("idempotency-key", "k1")
+        .json(&charge("o1", "card_ok"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(first.status(), 201);
     let first: Value = first.json().await.unwrap();
-    let second = c.post(format!("{base}/v1/charges")).header("idempotency-key", "k1")
-        .json(&charge("o1", "card_ok")).send().await.unwrap();
+    let second = c
+        .post(format!("{base}/v1/charges"))
+        .header("idempotency-key", "k1")
+        .json(&charge("o1", "card_ok"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(second.status(), 201);
     assert_eq!(second.headers()["idempotent-replayed"], "true");
     let second: Value = second.json().await.unwrap();
     assert_eq!(first["id"], second["id"]);
     assert_eq!(state.stats().charges, 1);
     // Same key, different body: refused.
-    let other = c.post(format!("{base}/v1/charges")).header("idempotency-key", "k1")
-        .json(&charge("o2", "card_ok")).send().await.unwrap();
+    let other = c
+        .post(format!("{base}/v1/charges"))
+        .header("idempotency-key", "k1")
+        .json(&charge("o2", "card_ok"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(other.status(), 422);
     // Missing key: refused.
-    let none = c.post(format!("{base}/v1/charges")).json(&charge("o3", "card_ok")).send().await.unwrap();
+    let none = c
+        .post(format!("{base}/v1/charges"))
+        .json(&charge("o3", "card_ok"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(none.status(), 400);
-    let listed: Value = c.get(format!("{base}/v1/charges?reference=o1")).send().await.unwrap().json().await.unwrap();
+    let listed: Value = c
+        .get(format!("{base}/v1/charges?reference=o1"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(listed["charges"].as_array().unwrap().len(), 1);
 }
 
@@ -47,57 +74,143 @@ async fn declined_method_is_declined_and_replayed() {
     let (base, state) = start(Behaviour::default()).await;
     let c = reqwest::Client::new();
     for _ in 0..2 {
-        let r = c.post(format!("{base}/v1/charges")).header("idempotency-key", "d1")
-            .json(&charge("o1", "card_declined")).send().await.unwrap();
+        let r = c
+            .post(format!("{base}/v1/charges"))
+            .header("idempotency-key", "d1")
+            .json(&charge("o1", "card_declined"))
+            .send()
+            .await
+            .unwrap();
         assert_eq!(r.status(), 402);
         let body: Value = r.json().await.unwrap();
         assert_eq!(body["error"]["code"], "card_declined");
     }
-    assert_eq!(state.stats(), Stats { declines: 1, replays: 1, ..Stats::default() });
+    assert_eq!(
+        state.stats(),
+        Stats {
+            declines: 1,
+            replays: 1,
+            ..Stats::default()
+        }
+    );
 }
 
 #[tokio::test]
 async fn outage_toggles_at_runtime_and_refund_is_idempotent() {
     let (base, _state) = start(Behaviour::default()).await;
     let c = reqwest::Client::new();
-    let r = c.post(format!("{base}/admin/outage")).json(&json!({"active": true})).send().await.unwrap();
+    let r = c
+        .post(format!("{base}/admin/outage"))
+        .json(&json!({"active": true}))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
-    let r = c.post(format!("{base}/v1/charges")).header("idempotency-key", "x")
-        .json(&charge("o1", "card_ok")).send().await.unwrap();
+    let r = c
+        .post(format!("{base}/v1/charges"))
+        .header("idempotency-key", "x")
+        .json(&charge("o1", "card_ok"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 503);
     assert!(r.headers().contains_key("retry-after"));
-    c.post(format!("{base}/admin/outage")).json(&json!({"active": false})).send().await.unwrap();
-    let r = c.post(format!("{base}/v1/charges")).header("idempotency-key", "x")
-        .json(&charge("o1", "card_ok")).send().await.unwrap();
+    c.post(format!("{base}/admin/outage"))
+        .json(&json!({"active": false}))
+        .send()
+        .await
+        .unwrap();
+    let r = c
+        .post(format!("{base}/v1/charges"))
+        .header("idempotency-key", "x")
+        .json(&charge("o1", "card_ok"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 201);
-    let id = r.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_owned();
-    let r1: Value = c.post(format!("{base}/v1/charges/{id}/refund")).send().await.unwrap().json().await.unwrap();
-    let r2: Value = c.post(format!("{base}/v1/charges/{id}/refund")).send().await.unwrap().json().await.unwrap();
+    let id = r.json::<Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let r1: Value = c
+        .post(format!("{base}/v1/charges/{id}/refund"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let r2: Value = c
+        .post(format!("{base}/v1/charges/{id}/refund"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(r1["refund_id"], r2["refund_id"]);
     assert_eq!(r1["status"], "refunded");
-    let stats: Stats = c.get(format!("{base}/v1/stats")).send().await.unwrap().json().await.unwrap();
-    assert_eq!((stats.charges, stats.refunds, stats.outage_rejections), (1, 1, 1));
+    let stats: Stats = c
+        .get(format!("{base}/v1/stats"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        (stats.charges, stats.refunds, stats.outage_rejections),
+        (1, 1, 1)
+    );
 }
 
 #[tokio::test]
 async fn injected_failures_record_nothing_and_ambiguous_ones_replay() {
-    let (base, state) = start(Behaviour { failure_rate: 1.0, ..Behaviour::default() }).await;
+    let (base, state) = start(Behaviour {
+        failure_rate: 1.0,
+        ..Behaviour::default()
+    })
+    .await;
     let c = reqwest::Client::new();
-    let r = c.post(format!("{base}/v1/charges")).header("idempotency-key", "f")
-        .json(&charge("o1", "card_ok")).send().await.unwrap();
+    let r = c
+        .post(format!("{base}/v1/charges"))
+        .header("idempotency-key", "f")
+        .json(&charge("o1", "card_ok"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 500);
     assert_eq!(state.stats().charges, 0);
     // Switch to "charged but answered 500": the retry with the same key replays the success.
-    let r = c.put(format!("{base}/admin/config"))
-        .json(&json!({"failure_rate": 0.0, "ambiguous_failure_rate": 1.0})).send().await.unwrap();
+    let r = c
+        .put(format!("{base}/admin/config"))
+        .json(&json!({"failure_rate": 0.0, "ambiguous_failure_rate": 1.0}))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
-    let r = c.post(format!("{base}/v1/charges")).header("idempotency-key", "f")
-        .json(&charge("o1", "card_ok")).send().await.unwrap();
+    let r = c
+        .post(format!("{base}/v1/charges"))
+        .header("idempotency-key", "f")
+        .json(&charge("o1", "card_ok"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 500);
-    let r = c.post(format!("{base}/v1/charges")).header("idempotency-key", "f")
-        .json(&charge("o1", "card_ok")).send().await.unwrap();
+    let r = c
+        .post(format!("{base}/v1/charges"))
+        .header("idempotency-key", "f")
+        .json(&charge("o1", "card_ok"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 201);
     assert_eq!(state.stats().charges, 1);
-    let bad = c.put(format!("{base}/admin/config")).json(&json!({"failure_rate": 2.0})).send().await.unwrap();
+    let bad = c
+        .put(format!("{base}/admin/config"))
+        .json(&json!({"failure_rate": 2.0}))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(bad.status(), 422);
 }

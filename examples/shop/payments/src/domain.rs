@@ -32,8 +32,8 @@
 
 use shop_common::db::{Db, Tx, now_ms};
 use shop_common::events::{
-    ChargePayment, Emit, PAYMENT_FAILED, PAYMENT_REFUNDED, PAYMENT_SUCCEEDED, PaymentFailed, PaymentRefunded,
-    PaymentSucceeded,
+    ChargePayment, Emit, PAYMENT_FAILED, PAYMENT_REFUNDED, PAYMENT_SUCCEEDED, PaymentFailed,
+    PaymentRefunded, PaymentSucceeded,
 };
 
 /// The payments schema (portable SQL).
@@ -70,7 +70,13 @@ pub fn idempotency_key(order_id: &str) -> String {
 
 /// The status of an order's payment record, if any.
 pub async fn existing(db: &Db, order_id: &str) -> Result<Option<String>, sqlx::Error> {
-    match db.fetch_optional("SELECT status FROM payments WHERE order_id = $1", &[order_id.into()]).await? {
+    match db
+        .fetch_optional(
+            "SELECT status FROM payments WHERE order_id = $1",
+            &[order_id.into()],
+        )
+        .await?
+    {
         Some(r) => Ok(Some(r.text("status")?)),
         None => Ok(None),
     }
@@ -106,7 +112,11 @@ pub struct Recorded {
 }
 
 /// Records the outcome of a charge (in the inbox transaction) and returns the event.
-pub async fn record_charge(tx: &mut Tx, cmd: &ChargePayment, outcome: &ChargeOutcome) -> Result<Recorded, sqlx::Error> {
+pub async fn record_charge(
+    tx: &mut Tx,
+    cmd: &ChargePayment,
+    outcome: &ChargeOutcome,
+) -> Result<Recorded, sqlx::Error> {
     let (status, charge_id, reason) = match outcome {
         ChargeOutcome::Charged { charge_id } => (CHARGED, Some(charge_id.as_str()), None),
         ChargeOutcome::Declined { reason } => (DECLINED, None, Some(reason.as_str())),
@@ -116,37 +126,75 @@ pub async fn record_charge(tx: &mut Tx, cmd: &ChargePayment, outcome: &ChargeOut
         .execute(
             "INSERT INTO payments (order_id, status, charge_id, amount_cents, reason, updated_ms) \
              VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (order_id) DO NOTHING",
-            &[(&cmd.order_id).into(), status.into(), charge_id.into(), cmd.amount_cents.into(), reason.into(), now_ms().into()],
+            &[
+                (&cmd.order_id).into(),
+                status.into(),
+                charge_id.into(),
+                cmd.amount_cents.into(),
+                reason.into(),
+                now_ms().into(),
+            ],
         )
         .await?;
     if inserted == 0 {
         // Decided before: a cancellation raced us. Undo a charge we just made.
         let refund_now = charge_id.map(str::to_owned);
-        return Ok(Recorded { emits: Vec::new(), refund_now });
+        return Ok(Recorded {
+            emits: Vec::new(),
+            refund_now,
+        });
     }
     let id = cmd.order_id.as_str();
     let emit = match outcome {
         ChargeOutcome::Charged { charge_id } => Emit::event(
             PAYMENT_SUCCEEDED,
             id,
-            &PaymentSucceeded { order_id: id.to_owned(), charge_id: charge_id.clone(), amount_cents: cmd.amount_cents },
+            &PaymentSucceeded {
+                order_id: id.to_owned(),
+                charge_id: charge_id.clone(),
+                amount_cents: cmd.amount_cents,
+            },
         ),
-        ChargeOutcome::Declined { reason } | ChargeOutcome::Unavailable { reason } => {
-            Emit::event(PAYMENT_FAILED, id, &PaymentFailed { order_id: id.to_owned(), reason: reason.clone() })
-        }
+        ChargeOutcome::Declined { reason } | ChargeOutcome::Unavailable { reason } => Emit::event(
+            PAYMENT_FAILED,
+            id,
+            &PaymentFailed {
+                order_id: id.to_owned(),
+                reason: reason.clone(),
+            },
+        ),
     };
-    Ok(Recorded { emits: vec![emit], refund_now: None })
+    Ok(Recorded {
+        emits: vec![emit],
+        refund_now: None,
+    })
 }
 
 /// Records that a charge was refused because the order was cancelled first.
 pub fn cancelled_event(order_id: &str) -> Emit {
-    Emit::event(PAYMENT_FAILED, order_id, &PaymentFailed { order_id: order_id.to_owned(), reason: "cancelled".into() })
+    Emit::event(
+        PAYMENT_FAILED,
+        order_id,
+        &PaymentFailed {
+            order_id: order_id.to_owned(),
+            reason: "cancelled".into(),
+        },
+    )
 }
 
 /// Prepares a refund (in the inbox transaction): returns the charge to refund, if the order was
 /// charged. An order never charged gets a `CANCELLED` tombstone so its charge is never made.
-pub async fn begin_refund(tx: &mut Tx, order_id: &str, reason: &str) -> Result<Option<String>, sqlx::Error> {
-    let row = tx.fetch_optional("SELECT status, charge_id FROM payments WHERE order_id = $1", &[order_id.into()]).await?;
+pub async fn begin_refund(
+    tx: &mut Tx,
+    order_id: &str,
+    reason: &str,
+) -> Result<Option<String>, sqlx::Error> {
+    let row = tx
+        .fetch_optional(
+            "SELECT status, charge_id FROM payments WHERE order_id = $1",
+            &[order_id.into()],
+        )
+        .await?;
     match row {
         None => {
             tx.execute(
@@ -163,11 +211,20 @@ pub async fn begin_refund(tx: &mut Tx, order_id: &str, reason: &str) -> Result<O
 }
 
 /// Records a refund made at the provider; returns `payment.refunded` the first time.
-pub async fn record_refund(tx: &mut Tx, order_id: &str, charge_id: &str) -> Result<Vec<Emit>, sqlx::Error> {
+pub async fn record_refund(
+    tx: &mut Tx,
+    order_id: &str,
+    charge_id: &str,
+) -> Result<Vec<Emit>, sqlx::Error> {
     let n = tx
         .execute(
             "UPDATE payments SET status = $1, updated_ms = $2 WHERE order_id = $3 AND status = $4",
-            &[REFUNDED.into(), now_ms().into(), order_id.into(), CHARGED.into()],
+            &[
+                REFUNDED.into(),
+                now_ms().into(),
+                order_id.into(),
+                CHARGED.into(),
+            ],
         )
         .await?;
     if n == 0 {
@@ -181,7 +238,10 @@ pub async fn record_refund(tx: &mut Tx, order_id: &str, charge_id: &str) -> Resu
     Ok(vec![Emit::event(
         PAYMENT_REFUNDED,
         order_id,
-        &PaymentRefunded { order_id: order_id.to_owned(), charge_id: charge_id.to_owned() },
+        &PaymentRefunded {
+            order_id: order_id.to_owned(),
+            charge_id: charge_id.to_owned(),
+        },
     )])
 }
 
@@ -191,13 +251,19 @@ mod tests {
 
     async fn db() -> (tempfile::TempDir, Db) {
         let dir = tempfile::tempdir().unwrap();
-        let db = Db::connect(&Db::sqlite_url(&dir.path().join("p.db"))).await.unwrap();
+        let db = Db::connect(&Db::sqlite_url(&dir.path().join("p.db")))
+            .await
+            .unwrap();
         migrate(&db).await.unwrap();
         (dir, db)
     }
 
     fn cmd(id: &str) -> ChargePayment {
-        ChargePayment { order_id: id.into(), amount_cents: 700, payment_method: "card_ok".into() }
+        ChargePayment {
+            order_id: id.into(),
+            amount_cents: 700,
+            payment_method: "card_ok".into(),
+        }
     }
 
     #[test]
@@ -210,23 +276,57 @@ mod tests {
     async fn outcomes_map_to_events_and_are_recorded_once() {
         let (_d, db) = db().await;
         let mut tx = db.begin().await.unwrap();
-        let ok = record_charge(&mut tx, &cmd("a"), &ChargeOutcome::Charged { charge_id: "ch".into() }).await.unwrap();
-        let declined = record_charge(&mut tx, &cmd("b"), &ChargeOutcome::Declined { reason: "card_declined".into() })
-            .await
-            .unwrap();
-        let down = record_charge(&mut tx, &cmd("c"), &ChargeOutcome::Unavailable { reason: "payment_provider_unavailable".into() })
-            .await
-            .unwrap();
+        let ok = record_charge(
+            &mut tx,
+            &cmd("a"),
+            &ChargeOutcome::Charged {
+                charge_id: "ch".into(),
+            },
+        )
+        .await
+        .unwrap();
+        let declined = record_charge(
+            &mut tx,
+            &cmd("b"),
+            &ChargeOutcome::Declined {
+                reason: "card_declined".into(),
+            },
+        )
+        .await
+        .unwrap();
+        let down = record_charge(
+            &mut tx,
+            &cmd("c"),
+            &ChargeOutcome::Unavailable {
+                reason: "payment_provider_unavailable".into(),
+            },
+        )
+        .await
+        .unwrap();
         tx.commit().await.unwrap();
         assert_eq!(ok.emits[0].kind, PAYMENT_SUCCEEDED);
         assert_eq!(ok.emits[0].payload["charge_id"], "ch");
-        assert_eq!((declined.emits[0].kind, &declined.emits[0].payload["reason"]), (PAYMENT_FAILED, &"card_declined".into()));
-        assert_eq!(down.emits[0].payload["reason"], "payment_provider_unavailable");
+        assert_eq!(
+            (declined.emits[0].kind, &declined.emits[0].payload["reason"]),
+            (PAYMENT_FAILED, &"card_declined".into())
+        );
+        assert_eq!(
+            down.emits[0].payload["reason"],
+            "payment_provider_unavailable"
+        );
         assert_eq!(existing(&db, "a").await.unwrap().as_deref(), Some(CHARGED));
         assert_eq!(existing(&db, "b").await.unwrap().as_deref(), Some(DECLINED));
         // Recording again (a redelivery that slipped past the inbox) changes nothing.
         let mut tx = db.begin().await.unwrap();
-        let again = record_charge(&mut tx, &cmd("b"), &ChargeOutcome::Declined { reason: "card_declined".into() }).await.unwrap();
+        let again = record_charge(
+            &mut tx,
+            &cmd("b"),
+            &ChargeOutcome::Declined {
+                reason: "card_declined".into(),
+            },
+        )
+        .await
+        .unwrap();
         tx.commit().await.unwrap();
         assert!(again.emits.is_empty() && again.refund_now.is_none());
     }
@@ -235,17 +335,51 @@ mod tests {
     async fn refund_refunds_a_charge_once_and_cancels_an_uncharged_order() {
         let (_d, db) = db().await;
         let mut tx = db.begin().await.unwrap();
-        record_charge(&mut tx, &cmd("a"), &ChargeOutcome::Charged { charge_id: "ch_a".into() }).await.unwrap();
-        assert_eq!(begin_refund(&mut tx, "a", "payment_timeout").await.unwrap().as_deref(), Some("ch_a"));
-        assert_eq!(record_refund(&mut tx, "a", "ch_a").await.unwrap()[0].kind, PAYMENT_REFUNDED);
-        assert_eq!(begin_refund(&mut tx, "a", "payment_timeout").await.unwrap(), None);
+        record_charge(
+            &mut tx,
+            &cmd("a"),
+            &ChargeOutcome::Charged {
+                charge_id: "ch_a".into(),
+            },
+        )
+        .await
+        .unwrap();
+        assert_eq!(
+            begin_refund(&mut tx, "a", "payment_timeout")
+                .await
+                .unwrap()
+                .as_deref(),
+            Some("ch_a")
+        );
+        assert_eq!(
+            record_refund(&mut tx, "a", "ch_a").await.unwrap()[0].kind,
+            PAYMENT_REFUNDED
+        );
+        assert_eq!(
+            begin_refund(&mut tx, "a", "payment_timeout").await.unwrap(),
+            None
+        );
         // Refund first: tombstone; the charge in flight at that moment must be refunded.
-        assert_eq!(begin_refund(&mut tx, "z", "payment_timeout").await.unwrap(), None);
+        assert_eq!(
+            begin_refund(&mut tx, "z", "payment_timeout").await.unwrap(),
+            None
+        );
         tx.commit().await.unwrap();
         assert_eq!(existing(&db, "a").await.unwrap().as_deref(), Some(REFUNDED));
-        assert_eq!(existing(&db, "z").await.unwrap().as_deref(), Some(CANCELLED));
+        assert_eq!(
+            existing(&db, "z").await.unwrap().as_deref(),
+            Some(CANCELLED)
+        );
         let mut tx = db.begin().await.unwrap();
-        let late = record_charge(&mut tx, &cmd("z"), &ChargeOutcome::Charged { charge_id: "ch_z".into() }).await.unwrap();
+        let late = record_charge(
+            &mut tx,
+            &cmd("z"),
+            &ChargeOutcome::Charged {
+                charge_id: "ch_z".into(),
+            },
+        )
+        .await
+        .unwrap();
         tx.commit().await.unwrap();
         assert_eq!(late.refund_now.as_deref(), Some("ch_z"));
         assert!(late.emits.is_empty());

@@ -8,7 +8,9 @@ use axum::http::StatusCode;
 use axum::response::Response;
 use axum::routing::get;
 use chassis_core::{BoxError, ErrorKind};
-use shop_common::events::{CMD_PAYMENT_CHARGE, CMD_PAYMENT_REFUND, COMMANDS_EXCHANGE, ChargePayment, Compensate};
+use shop_common::events::{
+    CMD_PAYMENT_CHARGE, CMD_PAYMENT_REFUND, COMMANDS_EXCHANGE, ChargePayment, Compensate,
+};
 use shop_common::runtime::{App, HandlerError, Spec, decode, handle_once};
 use shop_common::web::{ApiErr, ok};
 use shop_payments::domain::{self, ChargeOutcome};
@@ -27,7 +29,10 @@ fn unavailable_reason(err: &BoxError) -> String {
     }
 }
 
-async fn charge(ctx: Ctx, msg: chassis_messaging::incoming::IncomingMessage) -> Result<(), HandlerError> {
+async fn charge(
+    ctx: Ctx,
+    msg: chassis_messaging::incoming::IncomingMessage,
+) -> Result<(), HandlerError> {
     let cmd: ChargePayment = decode(&msg)?;
     if let Some(status) = domain::existing(ctx.app.db(), &cmd.order_id).await? {
         if status == domain::CANCELLED {
@@ -41,13 +46,21 @@ async fn charge(ctx: Ctx, msg: chassis_messaging::incoming::IncomingMessage) -> 
         return Ok(());
     }
     let key = domain::idempotency_key(&cmd.order_id);
-    let outcome = match ctx.provider.charge(&key, cmd.amount_cents, &cmd.payment_method, &cmd.order_id).await {
+    let outcome = match ctx
+        .provider
+        .charge(&key, cmd.amount_cents, &cmd.payment_method, &cmd.order_id)
+        .await
+    {
         Ok(ProviderReply::Charged { charge_id }) => ChargeOutcome::Charged { charge_id },
         Ok(ProviderReply::Declined { reason }) => ChargeOutcome::Declined { reason },
-        Ok(ProviderReply::Refunded) => ChargeOutcome::Declined { reason: "already_refunded".into() },
+        Ok(ProviderReply::Refunded) => ChargeOutcome::Declined {
+            reason: "already_refunded".into(),
+        },
         Err(err) => {
             tracing::warn!(order_id = %cmd.order_id, error = %err, "payment provider unavailable");
-            ChargeOutcome::Unavailable { reason: unavailable_reason(&err) }
+            ChargeOutcome::Unavailable {
+                reason: unavailable_reason(&err),
+            }
         }
     };
     let Some(mut tx) = ctx.app.claim("payments.charge", &msg).await? else {
@@ -60,7 +73,10 @@ async fn charge(ctx: Ctx, msg: chassis_messaging::incoming::IncomingMessage) -> 
     let refund_now = rec.refund_now.map(|c| (cmd.order_id.clone(), c));
     if let Some((order_id, charge_id)) = refund_now {
         // The order was cancelled while we were charging: give the money back now.
-        ctx.provider.refund(&charge_id).await.map_err(|e| HandlerError::Retry(format!("refund: {e}")))?;
+        ctx.provider
+            .refund(&charge_id)
+            .await
+            .map_err(|e| HandlerError::Retry(format!("refund: {e}")))?;
         let mut tx = ctx.app.db().begin().await?;
         let emits = domain::record_refund(&mut tx, &order_id, &charge_id).await?;
         ctx.app.emit(&mut tx, &emits, Some(&msg)).await?;
@@ -69,7 +85,10 @@ async fn charge(ctx: Ctx, msg: chassis_messaging::incoming::IncomingMessage) -> 
     Ok(())
 }
 
-async fn refund(ctx: Ctx, msg: chassis_messaging::incoming::IncomingMessage) -> Result<(), HandlerError> {
+async fn refund(
+    ctx: Ctx,
+    msg: chassis_messaging::incoming::IncomingMessage,
+) -> Result<(), HandlerError> {
     let cmd: Compensate = decode(&msg)?;
     let Some(mut tx) = ctx.app.claim("payments.refund", &msg).await? else {
         return Ok(());
@@ -90,28 +109,48 @@ async fn refund(ctx: Ctx, msg: chassis_messaging::incoming::IncomingMessage) -> 
 
 #[tokio::main]
 async fn main() -> Result<(), BoxError> {
-    let app = App::start(Spec { name: "payments", default_port: 8083, schema: domain::SCHEMA }).await?;
-    let provider_url = std::env::var("PROVIDER_URL").unwrap_or_else(|_| "http://127.0.0.1:8090".into());
+    let app = App::start(Spec {
+        name: "payments",
+        default_port: 8083,
+        schema: domain::SCHEMA,
+    })
+    .await?;
+    let provider_url =
+        std::env::var("PROVIDER_URL").unwrap_or_else(|_| "http://127.0.0.1:8090".into());
     let policy = match std::env::var("PROVIDER_POLICY") {
         Ok(json) if !json.is_empty() => serde_json::from_str(&json)?,
         _ => ProviderClient::default_policy(),
     };
-    let ctx = Ctx { app: app.clone(), provider: ProviderClient::new(&provider_url, &policy)? };
+    let ctx = Ctx {
+        app: app.clone(),
+        provider: ProviderClient::new(&provider_url, &policy)?,
+    };
 
     let c = ctx.clone();
-    app.consume(app.queue("charge", &[(COMMANDS_EXCHANGE, CMD_PAYMENT_CHARGE)]), move |_app, msg| charge(c.clone(), msg))
-        .await?;
+    app.consume(
+        app.queue("charge", &[(COMMANDS_EXCHANGE, CMD_PAYMENT_CHARGE)]),
+        move |_app, msg| charge(c.clone(), msg),
+    )
+    .await?;
     let c = ctx.clone();
-    app.consume(app.queue("refund", &[(COMMANDS_EXCHANGE, CMD_PAYMENT_REFUND)]), move |_app, msg| refund(c.clone(), msg))
-        .await?;
+    app.consume(
+        app.queue("refund", &[(COMMANDS_EXCHANGE, CMD_PAYMENT_REFUND)]),
+        move |_app, msg| refund(c.clone(), msg),
+    )
+    .await?;
 
-    let router = Router::new().route("/internal/payments/{order_id}", get(payment)).with_state(ctx);
+    let router = Router::new()
+        .route("/internal/payments/{order_id}", get(payment))
+        .with_state(ctx);
     app.serve(router).await
 }
 
 async fn payment(State(ctx): State<Ctx>, Path(order_id): Path<String>) -> Result<Response, ApiErr> {
     match domain::existing(ctx.app.db(), &order_id).await? {
-        Some(status) => Ok(ok(StatusCode::OK, serde_json::json!({"order_id": order_id, "status": status}))),
+        Some(status) => Ok(ok(
+            StatusCode::OK,
+            serde_json::json!({"order_id": order_id, "status": status}),
+        )),
         None => Err(ApiErr::not_found("no payment for this order")),
     }
 }

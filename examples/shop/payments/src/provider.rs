@@ -75,7 +75,9 @@ pub struct ProviderClient {
 
 impl std::fmt::Debug for ProviderClient {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ProviderClient").field("breaker", &self.breaker.as_ref().map(|b| b.state())).finish()
+        f.debug_struct("ProviderClient")
+            .field("breaker", &self.breaker.as_ref().map(|b| b.state()))
+            .finish()
     }
 }
 
@@ -100,7 +102,9 @@ impl ProviderClient {
 
     /// A client for the provider at `base_url` with `policy`.
     pub fn new(base_url: &str, policy: &ResiliencePolicy) -> Result<Self, BoxError> {
-        let http = reqwest::Client::builder().pool_max_idle_per_host(32).build()?;
+        let http = reqwest::Client::builder()
+            .pool_max_idle_per_host(32)
+            .build()?;
         let base = base_url.trim_end_matches('/').to_owned();
         let inner = service_fn(move |call: ProviderCall| {
             let http = http.clone();
@@ -126,14 +130,20 @@ impl ProviderClient {
                         charge_id: body["id"].as_str().unwrap_or_default().to_owned(),
                     },
                     _ => ProviderReply::Declined {
-                        reason: body["error"]["code"].as_str().unwrap_or("provider_rejected").to_owned(),
+                        reason: body["error"]["code"]
+                            .as_str()
+                            .unwrap_or("provider_rejected")
+                            .to_owned(),
                     },
                 })
             }
         });
         let layer = policy.build()?;
         let breaker = layer.circuit_breaker();
-        Ok(Self { svc: BoxCloneSyncService::new(layer.layer(inner)), breaker })
+        Ok(Self {
+            svc: BoxCloneSyncService::new(layer.layer(inner)),
+            breaker,
+        })
     }
 
     /// The breaker's handle (state, force open/closed).
@@ -159,7 +169,11 @@ impl ProviderClient {
 
     /// Refunds `charge_id` (idempotent at the provider).
     pub async fn refund(&self, charge_id: &str) -> Result<ProviderReply, BoxError> {
-        let call = ProviderCall { path: format!("/v1/charges/{charge_id}/refund"), body: json!({}), idempotency_key: None };
+        let call = ProviderCall {
+            path: format!("/v1/charges/{charge_id}/refund"),
+            body: json!({}),
+            idempotency_key: None,
+        };
         self.svc.clone().oneshot(call).await
     }
 }
