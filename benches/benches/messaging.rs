@@ -15,25 +15,38 @@ use chassis_messaging::consumer::{Consumer, ConsumerConfig, Outcome};
 use chassis_messaging::incoming::IncomingMessage;
 use chassis_messaging::message::OutgoingMessage;
 use chassis_messaging::publisher::{Publish, Publisher, PublisherConfig};
-use chassis_messaging::topology::{ExchangeConfig, QueueConfig, QueueType, RetryPolicy, TopologyConfig};
+use chassis_messaging::topology::{
+    ExchangeConfig, QueueConfig, QueueType, RetryPolicy, TopologyConfig,
+};
 use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
-use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions, ExchangeDeleteOptions, QueueDeleteOptions, QueuePurgeOptions};
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
+    ConfirmSelectOptions, ExchangeDeleteOptions, QueueDeleteOptions, QueuePurgeOptions,
+};
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Confirmation};
 
 fn env_usize(name: &str, default: usize) -> usize {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }
 
 async fn raw_publish(url: &str, exchange: &str, n: usize, window: usize, body: &[u8]) -> f64 {
-    let conn = lapin::Connection::connect(url, lapin::ConnectionProperties::default().with_connection_name("bench-raw".into()))
-        .await
-        .expect("raw connect");
+    let conn = lapin::Connection::connect(
+        url,
+        lapin::ConnectionProperties::default().with_connection_name("bench-raw".into()),
+    )
+    .await
+    .expect("raw connect");
     let ch = conn.create_channel().await.unwrap();
-    ch.confirm_select(ConfirmSelectOptions::default()).await.unwrap();
+    ch.confirm_select(ConfirmSelectOptions::default())
+        .await
+        .unwrap();
     let start = Instant::now();
-    let mut inflight = FuturesUnordered::new();
+    let mut inflight: FuturesUnordered<lapin::PublisherConfirm> = FuturesUnordered::new();
     for _ in 0..n {
         if inflight.len() >= window {
             let c: Confirmation = inflight.next().await.unwrap().expect("confirm");
@@ -43,7 +56,10 @@ async fn raw_publish(url: &str, exchange: &str, n: usize, window: usize, body: &
             .basic_publish(
                 exchange.into(),
                 "bench".into(),
-                BasicPublishOptions { mandatory: true, ..Default::default() },
+                BasicPublishOptions {
+                    mandatory: true,
+                    ..Default::default()
+                },
                 body,
                 BasicProperties::default().with_delivery_mode(2),
             )
@@ -59,9 +75,17 @@ async fn raw_publish(url: &str, exchange: &str, n: usize, window: usize, body: &
     rate
 }
 
-async fn chassis_publish(publisher: &Publisher, exchange: &str, n: usize, window: usize, body: &[u8]) -> f64 {
+async fn chassis_publish(
+    publisher: &Publisher,
+    exchange: &str,
+    n: usize,
+    window: usize,
+    body: &[u8],
+) -> f64 {
     let start = Instant::now();
-    let mut inflight = FuturesUnordered::new();
+    let mut inflight: FuturesUnordered<
+        futures_util::future::BoxFuture<'_, Result<(), chassis_messaging::error::Error>>,
+    > = FuturesUnordered::new();
     for _ in 0..n {
         if inflight.len() >= window {
             inflight.next().await.unwrap().expect("confirmed");
@@ -79,30 +103,44 @@ async fn chassis_consume(conn: &Connection, queue: &QueueConfig, n: usize) -> f6
     let done = Arc::new(tokio::sync::Notify::new());
     let (c, d) = (Arc::clone(&count), Arc::clone(&done));
     let start = Instant::now();
-    let consumer = Consumer::start(conn, queue.clone(), ConsumerConfig::default().prefetch(100), move |_m: IncomingMessage| {
-        let (c, d) = (Arc::clone(&c), Arc::clone(&d));
-        async move {
-            if c.fetch_add(1, Ordering::SeqCst) + 1 == n {
-                d.notify_one();
+    let consumer = Consumer::start(
+        conn,
+        queue.clone(),
+        ConsumerConfig::default().prefetch(100),
+        move |_m: IncomingMessage| {
+            let (c, d) = (Arc::clone(&c), Arc::clone(&d));
+            async move {
+                if c.fetch_add(1, Ordering::SeqCst) + 1 == n {
+                    d.notify_one();
+                }
+                Outcome::Ack
             }
-            Outcome::Ack
-        }
-    })
+        },
+    )
     .await
     .expect("consumer");
-    tokio::time::timeout(Duration::from_secs(300), done.notified()).await.expect("consumed all");
+    tokio::time::timeout(Duration::from_secs(300), done.notified())
+        .await
+        .expect("consumed all");
     let rate = n as f64 / start.elapsed().as_secs_f64();
     consumer.shutdown().await;
     rate
 }
 
 async fn raw_consume(url: &str, queue: &str, n: usize) -> f64 {
-    let conn = lapin::Connection::connect(url, lapin::ConnectionProperties::default()).await.unwrap();
+    let conn = lapin::Connection::connect(url, lapin::ConnectionProperties::default())
+        .await
+        .unwrap();
     let ch = conn.create_channel().await.unwrap();
     ch.basic_qos(100, BasicQosOptions::default()).await.unwrap();
     let start = Instant::now();
     let mut consumer = ch
-        .basic_consume(queue.into(), "".into(), BasicConsumeOptions::default(), FieldTable::default())
+        .basic_consume(
+            queue.into(),
+            "".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
         .await
         .unwrap();
     let mut got = 0;
@@ -118,14 +156,20 @@ async fn raw_consume(url: &str, queue: &str, n: usize) -> f64 {
 
 #[tokio::main]
 async fn main() {
-    let url = std::env::var("AMQP_URL").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".to_owned());
+    let url = std::env::var("AMQP_URL")
+        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".to_owned());
     let n = env_usize("MSG_BENCH_N", 20_000);
     let window = env_usize("MSG_BENCH_WINDOW", 1000);
     let rounds = env_usize("MSG_BENCH_ROUNDS", 2);
     let body = vec![b'x'; 256];
-    let conn = Connection::connect(ConnectionConfig::new(url.clone(), "bench-chassis")).await.expect("connect");
-    let publisher = Publisher::new(&conn, PublisherConfig::default().max_in_flight(window)).unwrap();
-    println!("messages per run: {n}, window: {window}, body: 256 B, persistent, mandatory, rounds: {rounds}");
+    let conn = Connection::connect(ConnectionConfig::new(url.clone(), "bench-chassis"))
+        .await
+        .expect("connect");
+    let publisher =
+        Publisher::new(&conn, PublisherConfig::default().max_in_flight(window)).unwrap();
+    println!(
+        "messages per run: {n}, window: {window}, body: 256 B, persistent, mandatory, rounds: {rounds}"
+    );
     for qt in [QueueType::Quorum, QueueType::Classic] {
         let id = uuid::Uuid::new_v4().simple().to_string();
         let exchange = format!("bench.{id}.ex");
@@ -133,16 +177,26 @@ async fn main() {
             .queue_type(qt)
             .bind(exchange.clone(), "#")
             .retry(RetryPolicy::with_delays([Duration::from_secs(1)]));
-        conn.declare(TopologyConfig::new().exchange(ExchangeConfig::topic(exchange.clone())).queue(queue.clone()))
-            .await
-            .expect("declare");
+        conn.declare(
+            TopologyConfig::new()
+                .exchange(ExchangeConfig::topic(exchange.clone()))
+                .queue(queue.clone()),
+        )
+        .await
+        .expect("declare");
         let admin = conn.create_channel().await.unwrap();
         let (mut raw, mut ours) = (Vec::new(), Vec::new());
         for _ in 0..rounds {
             raw.push(raw_publish(&url, &exchange, n, window, &body).await);
-            admin.queue_purge(queue.name.as_str().into(), QueuePurgeOptions::default()).await.unwrap();
+            admin
+                .queue_purge(queue.name.as_str().into(), QueuePurgeOptions::default())
+                .await
+                .unwrap();
             ours.push(chassis_publish(&publisher, &exchange, n, window, &body).await);
-            admin.queue_purge(queue.name.as_str().into(), QueuePurgeOptions::default()).await.unwrap();
+            admin
+                .queue_purge(queue.name.as_str().into(), QueuePurgeOptions::default())
+                .await
+                .unwrap();
         }
         let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
         let (r, o) = (mean(&raw), mean(&ours));
@@ -155,12 +209,19 @@ async fn main() {
         let oc = chassis_consume(&conn, &queue, n).await;
         chassis_publish(&publisher, &exchange, n, window, &body).await;
         let rc = raw_consume(&url, &queue.name, n).await;
-        println!("{qt:?} consume+ack prefetch 100: raw lapin {rc:.0} msg/s, chassis Consumer {oc:.0} msg/s, ratio {:.1}%", 100.0 * oc / rc);
+        println!(
+            "{qt:?} consume+ack prefetch 100: raw lapin {rc:.0} msg/s, chassis Consumer {oc:.0} msg/s, ratio {:.1}%",
+            100.0 * oc / rc
+        );
         for q in queue.all_queues() {
-            let _ = admin.queue_delete(q.as_str().into(), QueueDeleteOptions::default()).await;
+            let _ = admin
+                .queue_delete(q.as_str().into(), QueueDeleteOptions::default())
+                .await;
         }
         for e in [exchange.clone(), queue.dead_letter_exchange()] {
-            let _ = admin.exchange_delete(e.as_str().into(), ExchangeDeleteOptions::default()).await;
+            let _ = admin
+                .exchange_delete(e.as_str().into(), ExchangeDeleteOptions::default())
+                .await;
         }
     }
     conn.close().await;

@@ -67,7 +67,10 @@ fn the_downstream_is_reproducible_from_the_seed() {
     assert_eq!(a.summaries[0], b.summaries[0]);
     assert_eq!(a.timelines[0], b.timelines[0]);
     for (x, y) in a.summaries.iter().zip(&b.summaries) {
-        assert!((x.success_rate - y.success_rate).abs() < 0.01, "{x:?} vs {y:?}");
+        assert!(
+            (x.success_rate - y.success_rate).abs() < 0.01,
+            "{x:?} vs {y:?}"
+        );
     }
 }
 
@@ -82,5 +85,8 @@ fn invalid_policy_is_a_typed_error() {
     )
     .expect("parses");
     let err = scenario.run().expect_err("threshold over 100% is rejected");
-    assert!(matches!(err.kind(), chassis_core::ErrorKind::InvalidConfig { .. }), "{err}");
+    assert!(
+        matches!(err.kind(), chassis_core::ErrorKind::InvalidConfig { .. }),
+        "{err}"
+    );
 }

@@ -260,7 +260,11 @@ impl Connection {
     /// The connection generation: 1 for the first connection, incremented on each reconnect;
     /// 0 while disconnected.
     pub fn generation(&self) -> u64 {
-        self.shared.live.borrow().as_ref().map_or(0, |l| l.generation)
+        self.shared
+            .live
+            .borrow()
+            .as_ref()
+            .map_or(0, |l| l.generation)
     }
 
     /// Declares `topology` now and again after every reconnect.
@@ -419,7 +423,11 @@ async fn supervise(shared: Arc<Shared>) {
         let mut events = conn.events_listener();
         if let Err(e) = redeclare(&shared, &conn).await {
             tracing::warn!(connection = %name, error = %e, "re-declaring topology failed; reconnecting");
-            let _ = tokio::time::timeout(config.operation_timeout, conn.close(320, "topology failed".into())).await;
+            let _ = tokio::time::timeout(
+                config.operation_timeout,
+                conn.close(320, "topology failed".into()),
+            )
+            .await;
             failures += 1;
             sleep_or_shutdown(&shared, backoff_delay(config, failures)).await;
             continue;
@@ -461,7 +469,11 @@ async fn supervise(shared: Arc<Shared>) {
                 tracing::warn!(connection = %name, generation, %reason, "RabbitMQ connection lost; reconnecting");
                 shared.state.send_replace(ConnectionState::Reconnecting);
                 if conn.status().connected() {
-                    let _ = tokio::time::timeout(config.operation_timeout, conn.close(320, "lost".into())).await;
+                    let _ = tokio::time::timeout(
+                        config.operation_timeout,
+                        conn.close(320, "lost".into()),
+                    )
+                    .await;
                 }
                 failures += 1;
                 sleep_or_shutdown(&shared, backoff_delay(config, failures.min(1))).await;
@@ -513,7 +525,9 @@ impl HealthCheck for ConnectionHealth {
         let live = self.conn.shared.live.borrow().clone();
         Box::pin(async move {
             match (state, live) {
-                (ConnectionState::Connected, Some(live)) if live.conn.status().connected() => Ok(()),
+                (ConnectionState::Connected, Some(live)) if live.conn.status().connected() => {
+                    Ok(())
+                }
                 (state, _) => Err(format!("RabbitMQ connection is {state:?}").into()),
             }
         })
@@ -539,11 +553,17 @@ mod tests {
 
     #[test]
     fn invalid_config_is_rejected() {
-        assert!(ConnectionConfig::new("not a url::", "t").validate().is_err());
-        assert!(ConnectionConfig::new("amqp://127.0.0.1", "t")
-            .backoff(Duration::from_secs(2), Duration::from_secs(1))
-            .validate()
-            .is_err());
+        assert!(
+            ConnectionConfig::new("not a url::", "t")
+                .validate()
+                .is_err()
+        );
+        assert!(
+            ConnectionConfig::new("amqp://127.0.0.1", "t")
+                .backoff(Duration::from_secs(2), Duration::from_secs(1))
+                .validate()
+                .is_err()
+        );
     }
 
     #[tokio::test(start_paused = true)]
@@ -552,6 +572,12 @@ mod tests {
         let cfg = ConnectionConfig::new("amqp://guest:guest@127.0.0.1:1/%2f", "unreachable")
             .initial_connect_timeout(Duration::from_secs(3));
         let err = Connection::connect(cfg).await.unwrap_err();
-        assert!(matches!(err.kind(), ErrorKind::Timeout { operation: "connect", .. }));
+        assert!(matches!(
+            err.kind(),
+            ErrorKind::Timeout {
+                operation: "connect",
+                ..
+            }
+        ));
     }
 }

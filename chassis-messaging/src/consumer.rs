@@ -67,7 +67,9 @@ use std::time::{Duration, Instant};
 use chassis_observability::metrics::names;
 use futures_util::future::BoxFuture;
 use futures_util::{FutureExt, StreamExt};
-use lapin::options::{BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions};
+use lapin::options::{
+    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions,
+};
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{Acker, BasicProperties};
 use serde::de::DeserializeOwned;
@@ -350,7 +352,13 @@ impl Consumer {
         });
         let cancel = CancellationToken::new();
         let (tx, rx) = oneshot::channel();
-        let task = tokio::spawn(run(conn.clone(), Arc::clone(&ctx), config, cancel.clone(), tx));
+        let task = tokio::spawn(run(
+            conn.clone(),
+            Arc::clone(&ctx),
+            config,
+            cancel.clone(),
+            tx,
+        ));
         let handle = ConsumerHandle {
             queue: ctx.queue.name.clone(),
             cancel,
@@ -374,7 +382,13 @@ async fn subscribe(
 ) -> Result<(crate::connection::ManagedChannel, lapin::Consumer), Error> {
     let ch = conn.open_channel().await?;
     let t = ctx.op_timeout;
-    match tokio::time::timeout(t, ch.channel.basic_qos(config.prefetch, BasicQosOptions::default())).await {
+    match tokio::time::timeout(
+        t,
+        ch.channel
+            .basic_qos(config.prefetch, BasicQosOptions::default()),
+    )
+    .await
+    {
         Ok(Ok(())) => {}
         Ok(Err(e)) => return Err(Error::connection(e)),
         Err(_) => return Err(Error::timeout("basic.qos", t)),
@@ -486,7 +500,10 @@ async fn run(
         let _ = tx.send(Err(Error::shutdown()));
     }
     tracker.close();
-    if tokio::time::timeout(config.shutdown_timeout, tracker.wait()).await.is_err() {
+    if tokio::time::timeout(config.shutdown_timeout, tracker.wait())
+        .await
+        .is_err()
+    {
         tracing::warn!(queue = %ctx.queue.name, "in-flight handlers did not finish within the shutdown timeout");
     }
     ctx.current_channel.store(0, Ordering::SeqCst);
@@ -550,11 +567,15 @@ async fn process(ctx: &Ctx, channel_id: u64, delivery: lapin::message::Delivery)
         .await;
 }
 
-async fn settle(ctx: &Ctx, channel_id: u64, acker: &Acker, msg: &IncomingMessage, outcome: Outcome) {
+async fn settle(
+    ctx: &Ctx,
+    channel_id: u64,
+    acker: &Acker,
+    msg: &IncomingMessage,
+    outcome: Outcome,
+) {
     let queue = ctx.queue.name.as_str();
-    let label = |name: &'static str| {
-        metrics::counter!(name, names::labels::MESSAGING_DESTINATION_NAME => queue.to_owned())
-    };
+    let label = |name: &'static str| metrics::counter!(name, names::labels::MESSAGING_DESTINATION_NAME => queue.to_owned());
     match outcome {
         Outcome::Ack => {
             if ack(ctx, channel_id, acker).await {
@@ -568,7 +589,11 @@ async fn settle(ctx: &Ctx, channel_id: u64, acker: &Acker, msg: &IncomingMessage
                 Some(d) if msg.attempt() < max => {
                     let tier = ctx.queue.retry_queue(d);
                     let props = republish_props(msg, msg.attempt() + 1, &reason);
-                    match ctx.publisher.publish_raw("", &tier, msg.body(), props).await {
+                    match ctx
+                        .publisher
+                        .publish_raw("", &tier, msg.body(), props)
+                        .await
+                    {
                         Ok(()) => {
                             tracing::debug!(queue, attempt = msg.attempt(), delay_ms = d.as_millis() as u64, %reason, "message scheduled for retry");
                             label(names::MESSAGING_CLIENT_RETRIED_MESSAGES).increment(1);
@@ -590,7 +615,13 @@ async fn settle(ctx: &Ctx, channel_id: u64, acker: &Acker, msg: &IncomingMessage
     }
 }
 
-async fn dead_letter(ctx: &Ctx, channel_id: u64, acker: &Acker, msg: &IncomingMessage, reason: &str) {
+async fn dead_letter(
+    ctx: &Ctx,
+    channel_id: u64,
+    acker: &Acker,
+    msg: &IncomingMessage,
+    reason: &str,
+) {
     let queue = ctx.queue.name.as_str();
     let props = republish_props(msg, msg.attempt(), reason);
     match ctx
@@ -600,7 +631,13 @@ async fn dead_letter(ctx: &Ctx, channel_id: u64, acker: &Acker, msg: &IncomingMe
     {
         Ok(()) => {
             tracing::warn!(queue, message_id = msg.message_id().unwrap_or_default(), %reason, "message dead-lettered");
-            let error_type = reason.split(':').next().unwrap_or_default().chars().take(64).collect::<String>();
+            let error_type = reason
+                .split(':')
+                .next()
+                .unwrap_or_default()
+                .chars()
+                .take(64)
+                .collect::<String>();
             metrics::counter!(names::MESSAGING_CLIENT_DEAD_LETTERED_MESSAGES,
                 names::labels::MESSAGING_DESTINATION_NAME => queue.to_owned(),
                 names::labels::ERROR_TYPE => error_type)
@@ -633,7 +670,10 @@ fn republish_props(msg: &IncomingMessage, attempt: u32, reason: &str) -> BasicPr
         }
     }
     let long = |s: &str| AMQPValue::LongString(LongString::from(s.as_bytes()));
-    headers.insert(ATTEMPT_HEADER.into(), AMQPValue::LongLongInt(i64::from(attempt)));
+    headers.insert(
+        ATTEMPT_HEADER.into(),
+        AMQPValue::LongLongInt(i64::from(attempt)),
+    );
     headers.insert(FAILURE_REASON_HEADER.into(), long(reason));
     if !headers.contains_key(ORIGINAL_EXCHANGE_HEADER) {
         headers.insert(ORIGINAL_EXCHANGE_HEADER.into(), long(msg.exchange()));
@@ -703,7 +743,10 @@ mod tests {
             Outcome::Ack
         };
         match run_handler(&h, msg()).await {
-            Outcome::Retry { reason, after: None } => assert!(reason.contains("boom")),
+            Outcome::Retry {
+                reason,
+                after: None,
+            } => assert!(reason.contains("boom")),
             other => panic!("{other:?}"),
         }
     }
@@ -715,7 +758,12 @@ mod tests {
             Outcome::Reject { reason } => assert!(reason.contains("specversion"), "{reason}"),
             other => panic!("{other:?}"),
         }
-        let ok = Envelope::new("s", "t", serde_json::json!({"a": 1})).to_message("x").unwrap();
-        assert_eq!(run_handler(&h, IncomingMessage::from_outgoing(ok)).await, Outcome::Ack);
+        let ok = Envelope::new("s", "t", serde_json::json!({"a": 1}))
+            .to_message("x")
+            .unwrap();
+        assert_eq!(
+            run_handler(&h, IncomingMessage::from_outgoing(ok)).await,
+            Outcome::Ack
+        );
     }
 }

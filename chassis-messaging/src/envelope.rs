@@ -194,10 +194,7 @@ impl<T: Serialize> Envelope<T> {
             .header(ID, self.id.to_string())
             .header(TYPE, self.kind.clone())
             .header(SOURCE, self.source.clone())
-            .header(
-                TIME,
-                self.time.to_rfc3339_opts(SecondsFormat::AutoSi, true),
-            );
+            .header(TIME, self.time.to_rfc3339_opts(SecondsFormat::AutoSi, true));
         msg.kind = Some(self.kind.clone());
         msg.timestamp = u64::try_from(self.time.timestamp()).ok();
         msg.correlation_id = self.correlation_id.clone();
@@ -265,11 +262,7 @@ impl<T: DeserializeOwned> Envelope<T> {
                 .unwrap_or_else(Utc::now),
         };
         let datacontenttype = msg.content_type().unwrap_or(JSON).to_owned();
-        let media = datacontenttype
-            .split(';')
-            .next()
-            .unwrap_or_default()
-            .trim();
+        let media = datacontenttype.split(';').next().unwrap_or_default().trim();
         if media != JSON && !media.ends_with("+json") {
             return Err(Error::validation(format!(
                 "unsupported datacontenttype {datacontenttype:?} (expected JSON)"
@@ -344,7 +337,9 @@ mod tests {
     }
 
     fn valid() -> OutgoingMessage {
-        Envelope::new("s", "t", Payload { n: 1 }).to_message("x").unwrap()
+        Envelope::new("s", "t", Payload { n: 1 })
+            .to_message("x")
+            .unwrap()
     }
 
     fn decode(msg: OutgoingMessage) -> Result<Envelope<Payload>, Error> {
@@ -355,26 +350,45 @@ mod tests {
     fn validation_errors_are_typed() {
         let mut m = valid();
         m.headers.remove(SPECVERSION);
-        assert!(matches!(decode(m).unwrap_err().kind(), ErrorKind::Validation { reason } if reason.contains("specversion")));
+        assert!(
+            matches!(decode(m).unwrap_err().kind(), ErrorKind::Validation { reason } if reason.contains("specversion"))
+        );
 
         let m = valid().header(SPECVERSION, "0.3");
-        assert!(matches!(decode(m).unwrap_err().kind(), ErrorKind::Validation { .. }));
+        assert!(matches!(
+            decode(m).unwrap_err().kind(),
+            ErrorKind::Validation { .. }
+        ));
 
         let mut m = valid();
         m.headers.remove(SOURCE);
-        assert!(matches!(decode(m).unwrap_err().kind(), ErrorKind::Validation { reason } if reason.contains("source")));
+        assert!(
+            matches!(decode(m).unwrap_err().kind(), ErrorKind::Validation { reason } if reason.contains("source"))
+        );
 
         let m = valid().header(ID, "not-a-uuid");
-        assert!(matches!(decode(m).unwrap_err().kind(), ErrorKind::Validation { .. }));
+        assert!(matches!(
+            decode(m).unwrap_err().kind(),
+            ErrorKind::Validation { .. }
+        ));
 
         let m = valid().header(TIME, 12_i64);
-        assert!(matches!(decode(m).unwrap_err().kind(), ErrorKind::Validation { .. }));
+        assert!(matches!(
+            decode(m).unwrap_err().kind(),
+            ErrorKind::Validation { .. }
+        ));
 
         let m = valid().content_type("text/plain");
-        assert!(matches!(decode(m).unwrap_err().kind(), ErrorKind::Validation { .. }));
+        assert!(matches!(
+            decode(m).unwrap_err().kind(),
+            ErrorKind::Validation { .. }
+        ));
 
         let mut m = valid();
         m.body = b"{\"n\":\"x\"}".to_vec();
-        assert!(matches!(decode(m).unwrap_err().kind(), ErrorKind::Decode { .. }));
+        assert!(matches!(
+            decode(m).unwrap_err().kind(),
+            ErrorKind::Decode { .. }
+        ));
     }
 }

@@ -42,7 +42,9 @@ pub fn to_amqp(v: &HeaderValue) -> AMQPValue {
 /// model (arrays, tables, floats, byte arrays, non-UTF-8 strings).
 pub fn from_amqp(v: &AMQPValue) -> Option<HeaderValue> {
     Some(match v {
-        AMQPValue::LongString(s) => HeaderValue::String(String::from_utf8(s.as_bytes().to_vec()).ok()?),
+        AMQPValue::LongString(s) => {
+            HeaderValue::String(String::from_utf8(s.as_bytes().to_vec()).ok()?)
+        }
         AMQPValue::ShortString(s) => HeaderValue::String(s.as_str().to_owned()),
         AMQPValue::Boolean(b) => HeaderValue::Bool(*b),
         AMQPValue::ShortShortInt(i) => HeaderValue::Int(i64::from(*i)),
@@ -131,9 +133,13 @@ mod tests {
         );
         let cx = Context::new().with_remote_span_context(sc.clone());
         let mut table = FieldTable::default();
-        chassis_observability::propagation::inject_context(&cx, &mut FieldTableInjector(&mut table));
+        chassis_observability::propagation::inject_context(
+            &cx,
+            &mut FieldTableInjector(&mut table),
+        );
         let headers = from_field_table(&table);
-        let back = chassis_observability::propagation::extract_context(&HeaderMapExtractor(&headers));
+        let back =
+            chassis_observability::propagation::extract_context(&HeaderMapExtractor(&headers));
         assert_eq!(back.span().span_context().trace_id(), sc.trace_id());
     }
 }

@@ -187,7 +187,9 @@ impl MemoryBroker {
                     q.config.bindings.iter().any(|b| {
                         b.exchange == msg.exchange
                             && match kind {
-                                ExchangeType::Topic => topic_matches(&b.routing_key, &msg.routing_key),
+                                ExchangeType::Topic => {
+                                    topic_matches(&b.routing_key, &msg.routing_key)
+                                }
                                 ExchangeType::Direct => b.routing_key == msg.routing_key,
                                 ExchangeType::Fanout => true,
                             }
@@ -238,7 +240,8 @@ impl MemoryBroker {
                             .push_back(with_failure(next, &msg, msg.attempt() + 1, &reason));
                         report.retried += 1;
                     } else {
-                        let reason = format!("gave up after {} attempt(s): {reason}", msg.attempt());
+                        let reason =
+                            format!("gave up after {} attempt(s): {reason}", msg.attempt());
                         q.dead.push(DeadLetter {
                             message: with_failure(next, &msg, msg.attempt(), &reason),
                             reason,
@@ -297,7 +300,11 @@ pub fn topic_matches(pattern: &str, key: &str) -> bool {
         }
     }
     let p: Vec<&str> = pattern.split('.').collect();
-    let k: Vec<&str> = if key.is_empty() { Vec::new() } else { key.split('.').collect() };
+    let k: Vec<&str> = if key.is_empty() {
+        Vec::new()
+    } else {
+        key.split('.').collect()
+    };
     go(&p, &k)
 }
 
@@ -318,7 +325,10 @@ mod tests {
                 .queue(
                     QueueConfig::new("q")
                         .bind("ev", "order.*")
-                        .retry(RetryPolicy::with_delays([Duration::from_millis(10), Duration::from_millis(20)])),
+                        .retry(RetryPolicy::with_delays([
+                            Duration::from_millis(10),
+                            Duration::from_millis(20),
+                        ])),
                 )
                 .queue(QueueConfig::new("all").bind("ev", "#")),
         )
@@ -342,14 +352,26 @@ mod tests {
     #[tokio::test]
     async fn routes_and_reports_unroutable_and_unknown_exchange() {
         let b = broker();
-        b.publish(OutgoingMessage::new("ev", "order.placed", b"1".to_vec())).await.unwrap();
-        b.publish(OutgoingMessage::new("ev", "user.created", b"2".to_vec())).await.unwrap();
+        b.publish(OutgoingMessage::new("ev", "order.placed", b"1".to_vec()))
+            .await
+            .unwrap();
+        b.publish(OutgoingMessage::new("ev", "user.created", b"2".to_vec()))
+            .await
+            .unwrap();
         assert_eq!((b.pending("q"), b.pending("all")), (1, 2));
-        let e = b.publish(OutgoingMessage::new("", "nope", vec![])).await.unwrap_err();
+        let e = b
+            .publish(OutgoingMessage::new("", "nope", vec![]))
+            .await
+            .unwrap_err();
         assert!(matches!(e.kind(), ErrorKind::Unroutable { .. }));
-        let e = b.publish(OutgoingMessage::new("missing", "k", vec![])).await.unwrap_err();
+        let e = b
+            .publish(OutgoingMessage::new("missing", "k", vec![]))
+            .await
+            .unwrap_err();
         assert!(matches!(e.kind(), ErrorKind::Topology));
-        b.publish(OutgoingMessage::new("", "q", b"3".to_vec())).await.unwrap();
+        b.publish(OutgoingMessage::new("", "q", b"3".to_vec()))
+            .await
+            .unwrap();
         assert_eq!(b.pending("q"), 2);
         assert_eq!(b.published().len(), 5);
     }
@@ -365,27 +387,63 @@ mod tests {
             let n = c.fetch_add(1, Ordering::SeqCst);
             async move {
                 assert_eq!(e.kind, "order.placed");
-                if n == 0 { Outcome::retry("flaky") } else { Outcome::Ack }
+                if n == 0 {
+                    Outcome::retry("flaky")
+                } else {
+                    Outcome::Ack
+                }
             }
         });
         let r = b.drain("q", &handler).await;
-        assert_eq!(r, DrainReport { handled: 2, acked: 1, retried: 1, dead_lettered: 0 });
+        assert_eq!(
+            r,
+            DrainReport {
+                handled: 2,
+                acked: 1,
+                retried: 1,
+                dead_lettered: 0
+            }
+        );
 
         // Not an event at all: dead-lettered with the validation error.
-        b.publish(OutgoingMessage::new("ev", "order.junk", b"nope".to_vec())).await.unwrap();
+        b.publish(OutgoingMessage::new("ev", "order.junk", b"nope".to_vec()))
+            .await
+            .unwrap();
         let r = b.drain("q", &handler).await;
         assert_eq!(r.dead_lettered, 1);
         let dl = &b.dead_letters("q")[0];
         assert!(dl.reason.contains("specversion"), "{}", dl.reason);
-        assert_eq!(dl.message.headers[FAILURE_REASON_HEADER], HeaderValue::String(dl.reason.clone()));
+        assert_eq!(
+            dl.message.headers[FAILURE_REASON_HEADER],
+            HeaderValue::String(dl.reason.clone())
+        );
 
         // A panicking handler: retried through both tiers (3 attempts), then dead-lettered.
-        b.publish(OutgoingMessage::new("ev", "order.boom", b"{}".to_vec())).await.unwrap();
-        let r = b.drain("q", &|_m: IncomingMessage| async { panic!("kaboom") }).await;
-        assert_eq!(r, DrainReport { handled: 3, acked: 0, retried: 2, dead_lettered: 1 });
+        b.publish(OutgoingMessage::new("ev", "order.boom", b"{}".to_vec()))
+            .await
+            .unwrap();
+        let r = b
+            .drain("q", &|_m: IncomingMessage| async { panic!("kaboom") })
+            .await;
+        assert_eq!(
+            r,
+            DrainReport {
+                handled: 3,
+                acked: 0,
+                retried: 2,
+                dead_lettered: 1
+            }
+        );
         let dl = &b.dead_letters("q")[1];
-        assert!(dl.reason.contains("kaboom") && dl.reason.contains("3 attempt"), "{}", dl.reason);
-        assert_eq!(dl.message.headers[ORIGINAL_ROUTING_KEY_HEADER], HeaderValue::from("order.boom"));
+        assert!(
+            dl.reason.contains("kaboom") && dl.reason.contains("3 attempt"),
+            "{}",
+            dl.reason
+        );
+        assert_eq!(
+            dl.message.headers[ORIGINAL_ROUTING_KEY_HEADER],
+            HeaderValue::from("order.boom")
+        );
         assert_eq!(b.pending("q"), 0);
     }
 }

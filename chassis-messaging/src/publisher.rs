@@ -132,7 +132,10 @@ impl std::fmt::Debug for Publisher {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Publisher")
             .field("config", &self.inner.config)
-            .field("in_flight", &(self.inner.config.max_in_flight - self.inner.window.available_permits()))
+            .field(
+                "in_flight",
+                &(self.inner.config.max_in_flight - self.inner.window.available_permits()),
+            )
             .finish()
     }
 }
@@ -198,7 +201,9 @@ impl Publisher {
             error.type = tracing::field::Empty,
         );
         span.in_scope(|| {
-            chassis_observability::propagation::inject_current(&mut FieldTableInjector(&mut headers));
+            chassis_observability::propagation::inject_current(&mut FieldTableInjector(
+                &mut headers,
+            ));
         });
         let props = properties(&msg, headers);
         let start = Instant::now();
@@ -247,17 +252,30 @@ impl Publisher {
         }
         let ch = self.inner.conn.open_channel().await?;
         let timeout = self.inner.conn.config().operation_timeout;
-        match tokio::time::timeout(timeout, ch.channel.confirm_select(ConfirmSelectOptions::default())).await {
+        match tokio::time::timeout(
+            timeout,
+            ch.channel.confirm_select(ConfirmSelectOptions::default()),
+        )
+        .await
+        {
             Ok(Ok(())) => {}
             Ok(Err(e)) => return Err(Error::connection(e)),
             Err(_) => return Err(Error::timeout("confirm.select", timeout)),
         }
-        *self.inner.current.write().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(ch.clone());
+        *self
+            .inner
+            .current
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(ch.clone());
         Ok(ch)
     }
 
     fn live_channel(&self) -> Option<ManagedChannel> {
-        let guard = self.inner.current.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let guard = self
+            .inner
+            .current
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         guard
             .as_ref()
             .filter(|ch| ch.channel.status().connected())
@@ -276,7 +294,8 @@ impl Publisher {
         if shutdown.is_cancelled() {
             return Err(Error::shutdown());
         }
-        let _permit = match tokio::time::timeout(confirm_timeout, self.inner.window.acquire()).await {
+        let _permit = match tokio::time::timeout(confirm_timeout, self.inner.window.acquire()).await
+        {
             Ok(Ok(p)) => p,
             Ok(Err(_)) => return Err(Error::shutdown()),
             Err(_) => return Err(Error::timeout("publish window", confirm_timeout)),
@@ -300,8 +319,12 @@ impl Publisher {
         };
         match tokio::time::timeout(confirm_timeout, confirm).await {
             Ok(Ok(Confirmation::Ack(None))) => Ok(()),
-            Ok(Ok(Confirmation::Ack(Some(_returned)))) => Err(Error::unroutable(exchange, routing_key)),
-            Ok(Ok(Confirmation::Nack(Some(_returned)))) => Err(Error::unroutable(exchange, routing_key)),
+            Ok(Ok(Confirmation::Ack(Some(_returned)))) => {
+                Err(Error::unroutable(exchange, routing_key))
+            }
+            Ok(Ok(Confirmation::Nack(Some(_returned)))) => {
+                Err(Error::unroutable(exchange, routing_key))
+            }
             Ok(Ok(Confirmation::Nack(None))) => Err(Error::new(ErrorKind::Nacked)),
             Ok(Ok(Confirmation::NotRequested)) => Err(Error::connection(
                 "publisher confirms are not enabled on the channel",

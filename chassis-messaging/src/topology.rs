@@ -183,8 +183,11 @@ impl RetryPolicy {
 
     /// The effective total attempt limit.
     pub fn effective_max_attempts(&self) -> u32 {
-        self.max_attempts
-            .unwrap_or_else(|| u32::try_from(self.delays.len()).unwrap_or(u32::MAX).saturating_add(1))
+        self.max_attempts.unwrap_or_else(|| {
+            u32::try_from(self.delays.len())
+                .unwrap_or(u32::MAX)
+                .saturating_add(1)
+        })
     }
 
     /// The delay for retrying after failed attempt `attempt` (1-based), honouring a requested
@@ -233,7 +236,10 @@ mod duration_list {
     use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
     pub(super) fn serialize<S: Serializer>(v: &[Duration], s: S) -> Result<S::Ok, S::Error> {
-        v.iter().map(|d| Serde::from(*d)).collect::<Vec<_>>().serialize(s)
+        v.iter()
+            .map(|d| Serde::from(*d))
+            .collect::<Vec<_>>()
+            .serialize(s)
     }
 
     pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Duration>, D::Error> {
@@ -318,7 +324,12 @@ impl QueueConfig {
                 self.name
             )));
         }
-        if self.retry.delays.iter().any(|d| d.as_millis() > u128::from(u32::MAX)) {
+        if self
+            .retry
+            .delays
+            .iter()
+            .any(|d| d.as_millis() > u128::from(u32::MAX))
+        {
             return Err(Error::invalid_config(format!(
                 "queue {}: retry delay too long",
                 self.name
@@ -525,7 +536,8 @@ impl TopologyConfig {
     }
 }
 
-type LapinFuture<'a> = std::pin::Pin<Box<dyn std::future::Future<Output = lapin::Result<()>> + Send + 'a>>;
+type LapinFuture<'a> =
+    std::pin::Pin<Box<dyn std::future::Future<Output = lapin::Result<()>> + Send + 'a>>;
 
 async fn bounded(op: &'static str, timeout: Duration, fut: LapinFuture<'_>) -> Result<(), Error> {
     match tokio::time::timeout(timeout, fut).await {
@@ -550,20 +562,45 @@ mod tests {
         assert_eq!(p.delay_for(1, None), Some(Duration::from_secs(1)));
         assert_eq!(p.delay_for(2, None), Some(Duration::from_secs(10)));
         assert_eq!(p.delay_for(9, None), Some(Duration::from_secs(60)));
-        assert_eq!(p.delay_for(1, Some(Duration::from_secs(5))), Some(Duration::from_secs(10)));
-        assert_eq!(p.delay_for(1, Some(Duration::from_secs(500))), Some(Duration::from_secs(60)));
+        assert_eq!(
+            p.delay_for(1, Some(Duration::from_secs(5))),
+            Some(Duration::from_secs(10))
+        );
+        assert_eq!(
+            p.delay_for(1, Some(Duration::from_secs(500))),
+            Some(Duration::from_secs(60))
+        );
         assert_eq!(RetryPolicy::with_delays([]).delay_for(1, None), None);
         assert_eq!(p.clone().max_attempts(2).effective_max_attempts(), 2);
     }
 
     #[test]
     fn validation_rejects_bad_values() {
-        let t = TopologyConfig::new().queue(QueueConfig::new("q").retry(RetryPolicy::with_delays([Duration::ZERO])));
-        assert!(matches!(t.validate().unwrap_err().kind(), ErrorKind::InvalidConfig { .. }));
-        let t = TopologyConfig::new().queue(QueueConfig::new("q").retry(RetryPolicy::default().max_attempts(0)));
+        let t = TopologyConfig::new()
+            .queue(QueueConfig::new("q").retry(RetryPolicy::with_delays([Duration::ZERO])));
+        assert!(matches!(
+            t.validate().unwrap_err().kind(),
+            ErrorKind::InvalidConfig { .. }
+        ));
+        let t = TopologyConfig::new()
+            .queue(QueueConfig::new("q").retry(RetryPolicy::default().max_attempts(0)));
         assert!(t.validate().is_err());
-        assert!(TopologyConfig::new().queue(QueueConfig::new("")).validate().is_err());
+        assert!(
+            TopologyConfig::new()
+                .queue(QueueConfig::new(""))
+                .validate()
+                .is_err()
+        );
         let q = QueueConfig::new("q");
-        assert_eq!(q.all_queues(), ["q", "q.dlq", "q.retry.1000ms", "q.retry.10000ms", "q.retry.60000ms"]);
+        assert_eq!(
+            q.all_queues(),
+            [
+                "q",
+                "q.dlq",
+                "q.retry.1000ms",
+                "q.retry.10000ms",
+                "q.retry.60000ms"
+            ]
+        );
     }
 }

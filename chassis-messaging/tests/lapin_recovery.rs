@@ -7,7 +7,10 @@ mod support;
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions, QueueDeleteOptions};
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, ConfirmSelectOptions,
+    QueueDeclareOptions, QueueDeleteOptions,
+};
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, ConnectionProperties};
 
@@ -16,22 +19,49 @@ async fn lapin_auto_recover_after_forced_close() {
     let name = support::unique("lapin-recovery");
     let conn = lapin::Connection::connect(
         &support::amqp_url(),
-        ConnectionProperties::default().with_connection_name(name.clone().into()).enable_auto_recover(),
+        ConnectionProperties::default()
+            .with_connection_name(name.clone().into())
+            .enable_auto_recover(),
     )
     .await
     .unwrap();
     let ch = conn.create_channel().await.unwrap();
-    ch.confirm_select(ConfirmSelectOptions::default()).await.unwrap();
+    ch.confirm_select(ConfirmSelectOptions::default())
+        .await
+        .unwrap();
     let queue = format!("{name}.q");
-    ch.queue_declare(queue.as_str().into(), QueueDeclareOptions { durable: true, ..Default::default() }, FieldTable::default()).await.unwrap();
-    let mut consumer = ch.basic_consume(queue.as_str().into(), "".into(), BasicConsumeOptions::default(), FieldTable::default()).await.unwrap();
+    ch.queue_declare(
+        queue.as_str().into(),
+        QueueDeclareOptions {
+            durable: true,
+            ..Default::default()
+        },
+        FieldTable::default(),
+    )
+    .await
+    .unwrap();
+    let mut consumer = ch
+        .basic_consume(
+            queue.as_str().into(),
+            "".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
     let publish = |body: &'static [u8]| {
         let ch = ch.clone();
         let queue = queue.clone();
         async move {
-            ch.basic_publish("".into(), queue.as_str().into(), BasicPublishOptions::default(), body, BasicProperties::default().with_delivery_mode(2))
-                .await?
-                .await
+            ch.basic_publish(
+                "".into(),
+                queue.as_str().into(),
+                BasicPublishOptions::default(),
+                body,
+                BasicProperties::default().with_delivery_mode(2),
+            )
+            .await?
+            .await
         }
     };
     publish(b"before").await.unwrap();
@@ -42,7 +72,10 @@ async fn lapin_auto_recover_after_forced_close() {
     // The acker of a delivery from before the loss is poisoned: acking it is refused.
     tokio::time::sleep(Duration::from_millis(300)).await;
     let acked = d.acker.ack(BasicAckOptions::default()).await;
-    assert!(matches!(acked, Ok(false)), "pre-loss ack refused: {acked:?}");
+    assert!(
+        matches!(acked, Ok(false)),
+        "pre-loss ack refused: {acked:?}"
+    );
     assert!(!d.acker.usable());
 
     let mut recovered = false;
@@ -74,6 +107,8 @@ async fn lapin_auto_recover_after_forced_close() {
         bodies.push(d.data);
     }
     assert_eq!(bodies, [b"before".to_vec(), b"after".to_vec()]);
-    let _ = ch.queue_delete(queue.as_str().into(), QueueDeleteOptions::default()).await;
+    let _ = ch
+        .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
+        .await;
     let _ = conn.close(200, "bye".into()).await;
 }

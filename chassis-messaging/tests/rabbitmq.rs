@@ -29,11 +29,15 @@ struct Payload {
 }
 
 fn event(seq: u64, key: &str) -> Envelope<Payload> {
-    Envelope::new("chassis/tests", format!("test.{key}"), Payload {
-        seq,
-        key: key.to_owned(),
-        blob: "x".repeat((seq % 64) as usize),
-    })
+    Envelope::new(
+        "chassis/tests",
+        format!("test.{key}"),
+        Payload {
+            seq,
+            key: key.to_owned(),
+            blob: "x".repeat((seq % 64) as usize),
+        },
+    )
     .subject(format!("agg-{key}"))
 }
 
@@ -45,15 +49,23 @@ fn short_tiers() -> RetryPolicy {
 async fn forwarding_consumer(
     fx: &Fixture,
     config: ConsumerConfig,
-) -> (chassis_messaging::consumer::ConsumerHandle, mpsc::UnboundedReceiver<Envelope<Payload>>) {
+) -> (
+    chassis_messaging::consumer::ConsumerHandle,
+    mpsc::UnboundedReceiver<Envelope<Payload>>,
+) {
     let (tx, rx) = mpsc::unbounded_channel();
-    let handle = Consumer::start(&fx.conn, fx.queue.clone(), config, typed(move |e: Envelope<Payload>| {
-        let tx = tx.clone();
-        async move {
-            let _ = tx.send(e);
-            Outcome::Ack
-        }
-    }))
+    let handle = Consumer::start(
+        &fx.conn,
+        fx.queue.clone(),
+        config,
+        typed(move |e: Envelope<Payload>| {
+            let tx = tx.clone();
+            async move {
+                let _ = tx.send(e);
+                Outcome::Ack
+            }
+        }),
+    )
     .await
     .expect("start consumer");
     (handle, rx)
@@ -83,7 +95,10 @@ async fn publish_subscribe_many_with_payloads_and_headers_intact() {
         .map(|i| event(i, ["a", "b", "c"][(i % 3) as usize]).correlation_id(format!("corr-{i}")))
         .collect();
     let publishes = sent.iter().map(|e| {
-        let msg = e.to_message(fx.exchange.clone()).unwrap().header("x-custom", e.data.seq as i64);
+        let msg = e
+            .to_message(fx.exchange.clone())
+            .unwrap()
+            .header("x-custom", e.data.seq as i64);
         publisher.publish(msg)
     });
     for r in futures_util::future::join_all(publishes).await {
@@ -105,13 +120,18 @@ async fn raw_headers_and_properties_survive() {
     let fx = Fixture::new("headers", short_tiers()).await;
     let publisher = Publisher::new(&fx.conn, PublisherConfig::default()).unwrap();
     let (tx, mut rx) = mpsc::unbounded_channel::<IncomingMessage>();
-    let consumer = Consumer::start(&fx.conn, fx.queue.clone(), ConsumerConfig::default(), move |m: IncomingMessage| {
-        let tx = tx.clone();
-        async move {
-            let _ = tx.send(m);
-            Outcome::Ack
-        }
-    })
+    let consumer = Consumer::start(
+        &fx.conn,
+        fx.queue.clone(),
+        ConsumerConfig::default(),
+        move |m: IncomingMessage| {
+            let tx = tx.clone();
+            async move {
+                let _ = tx.send(m);
+                Outcome::Ack
+            }
+        },
+    )
     .await
     .unwrap();
     let mut msg = OutgoingMessage::new(fx.exchange.clone(), "k.1", b"\x00\x01binary".to_vec())
@@ -124,7 +144,10 @@ async fn raw_headers_and_properties_survive() {
     msg.timestamp = Some(1_700_000_000);
     msg.kind = Some("raw".into());
     publisher.publish(msg.clone()).await.unwrap();
-    let got = recv_n(&mut rx, 1, Duration::from_secs(10)).await.pop().expect("delivered");
+    let got = recv_n(&mut rx, 1, Duration::from_secs(10))
+        .await
+        .pop()
+        .expect("delivered");
     assert_eq!(got.body(), msg.body.as_slice());
     assert_eq!(got.message_id(), Some("m-1"));
     assert_eq!(got.correlation_id(), Some("c-1"));
@@ -148,11 +171,14 @@ async fn concurrent_publishers_and_consumers_lose_nothing() {
     let (c2, mut rx2) = forwarding_consumer(&fx, ConsumerConfig::default().concurrency(4)).await;
     let mut tasks = Vec::new();
     for p in 0..4u64 {
-        let publisher = Publisher::new(&fx.conn, PublisherConfig::default().max_in_flight(64)).unwrap();
+        let publisher =
+            Publisher::new(&fx.conn, PublisherConfig::default().max_in_flight(64)).unwrap();
         let exchange = fx.exchange.clone();
         tasks.push(tokio::spawn(async move {
             let futs = (0..250u64).map(|i| {
-                let msg = event(p * 1000 + i, "k").to_message(exchange.clone()).unwrap();
+                let msg = event(p * 1000 + i, "k")
+                    .to_message(exchange.clone())
+                    .unwrap();
                 let publisher = publisher.clone();
                 async move { publisher.publish(msg).await }
             });
@@ -173,7 +199,9 @@ async fn concurrent_publishers_and_consumers_lose_nothing() {
             _ = tokio::time::sleep(Duration::from_millis(200)) => {}
         }
     }
-    let expected: BTreeSet<u64> = (0..4u64).flat_map(|p| (0..250).map(move |i| p * 1000 + i)).collect();
+    let expected: BTreeSet<u64> = (0..4u64)
+        .flat_map(|p| (0..250).map(move |i| p * 1000 + i))
+        .collect();
     assert_eq!(seen, expected);
     c1.shutdown().await;
     c2.shutdown().await;
@@ -185,24 +213,51 @@ async fn retry_leads_to_redelivery_through_the_delay_tier() {
     let fx = Fixture::new("retry", short_tiers()).await;
     let publisher = Publisher::new(&fx.conn, PublisherConfig::default()).unwrap();
     let (tx, mut rx) = mpsc::unbounded_channel::<(u32, Instant, String)>();
-    let consumer = Consumer::start(&fx.conn, fx.queue.clone(), ConsumerConfig::default(), move |m: IncomingMessage| {
-        let tx = tx.clone();
-        async move {
-            let _ = tx.send((m.attempt(), Instant::now(), m.routing_key().to_owned()));
-            if m.attempt() == 1 { Outcome::retry("not yet") } else { Outcome::Ack }
-        }
-    })
+    let consumer = Consumer::start(
+        &fx.conn,
+        fx.queue.clone(),
+        ConsumerConfig::default(),
+        move |m: IncomingMessage| {
+            let tx = tx.clone();
+            async move {
+                let _ = tx.send((m.attempt(), Instant::now(), m.routing_key().to_owned()));
+                if m.attempt() == 1 {
+                    Outcome::retry("not yet")
+                } else {
+                    Outcome::Ack
+                }
+            }
+        },
+    )
     .await
     .unwrap();
-    publisher.publish(event(1, "retry").to_message(fx.exchange.clone()).unwrap()).await.unwrap();
+    publisher
+        .publish(event(1, "retry").to_message(fx.exchange.clone()).unwrap())
+        .await
+        .unwrap();
     let got = recv_n(&mut rx, 2, Duration::from_secs(10)).await;
     assert_eq!(got.len(), 2, "delivered twice");
     assert_eq!((got[0].0, got[1].0), (1, 2));
-    assert!(got[1].1 - got[0].1 >= Duration::from_millis(190), "waited for the tier: {:?}", got[1].1 - got[0].1);
-    assert_eq!(got[1].2, "test.retry", "the retried copy keeps its original routing key");
+    assert!(
+        got[1].1 - got[0].1 >= Duration::from_millis(190),
+        "waited for the tier: {:?}",
+        got[1].1 - got[0].1
+    );
+    assert_eq!(
+        got[1].2, "test.retry",
+        "the retried copy keeps its original routing key"
+    );
     // Nothing more: acked on the second attempt, nothing dead-lettered.
-    assert!(recv_n(&mut rx, 1, Duration::from_millis(500)).await.is_empty());
-    assert!(fx.drain_queue(&fx.queue.dead_letter_queue(), 1, Duration::from_millis(300)).await.is_empty());
+    assert!(
+        recv_n(&mut rx, 1, Duration::from_millis(500))
+            .await
+            .is_empty()
+    );
+    assert!(
+        fx.drain_queue(&fx.queue.dead_letter_queue(), 1, Duration::from_millis(300))
+            .await
+            .is_empty()
+    );
     consumer.shutdown().await;
     fx.cleanup().await;
 }
@@ -215,13 +270,19 @@ async fn consumer_closed_and_reopened_resumes_with_nothing_lost() {
         let publisher = publisher.clone();
         let exchange = fx.exchange.clone();
         async move {
-            for r in futures_util::future::join_all(range.map(|i| publisher.publish(event(i, "r").to_message(exchange.clone()).unwrap()))).await {
+            for r in
+                futures_util::future::join_all(range.map(|i| {
+                    publisher.publish(event(i, "r").to_message(exchange.clone()).unwrap())
+                }))
+                .await
+            {
                 r.unwrap();
             }
         }
     };
     publish_range(0..100).await;
-    let (consumer, mut rx) = forwarding_consumer(&fx, ConsumerConfig::default().prefetch(10).concurrency(2)).await;
+    let (consumer, mut rx) =
+        forwarding_consumer(&fx, ConsumerConfig::default().prefetch(10).concurrency(2)).await;
     let first = recv_n(&mut rx, 40, Duration::from_secs(10)).await;
     assert_eq!(first.len(), 40);
     consumer.shutdown().await;
@@ -253,9 +314,13 @@ async fn per_routing_key_order_under_a_single_consumer() {
     // Published in order (each awaited), interleaving three keys.
     for i in 0..150u64 {
         let key = ["x", "y", "z"][(i % 3) as usize];
-        publisher.publish(event(i, key).to_message(fx.exchange.clone()).unwrap()).await.unwrap();
+        publisher
+            .publish(event(i, key).to_message(fx.exchange.clone()).unwrap())
+            .await
+            .unwrap();
     }
-    let (consumer, mut rx) = forwarding_consumer(&fx, ConsumerConfig::default().prefetch(1).concurrency(1)).await;
+    let (consumer, mut rx) =
+        forwarding_consumer(&fx, ConsumerConfig::default().prefetch(1).concurrency(1)).await;
     let got = recv_n(&mut rx, 150, Duration::from_secs(20)).await;
     assert_eq!(got.len(), 150);
     let mut per_key: BTreeMap<String, Vec<u64>> = BTreeMap::new();
@@ -282,7 +347,11 @@ async fn unroutable_and_missing_exchange_are_typed_errors() {
     .await;
     let publisher = Publisher::new(&fx.conn, PublisherConfig::default()).unwrap();
     let err = publisher
-        .publish(OutgoingMessage::new(fx.exchange.clone(), "something.else", b"{}".to_vec()))
+        .publish(OutgoingMessage::new(
+            fx.exchange.clone(),
+            "something.else",
+            b"{}".to_vec(),
+        ))
         .await
         .unwrap_err();
     assert!(
@@ -291,17 +360,29 @@ async fn unroutable_and_missing_exchange_are_typed_errors() {
     );
     // The publisher keeps working after the return.
     publisher
-        .publish(OutgoingMessage::new(fx.exchange.clone(), "only.this", b"{}".to_vec()))
+        .publish(OutgoingMessage::new(
+            fx.exchange.clone(),
+            "only.this",
+            b"{}".to_vec(),
+        ))
         .await
         .unwrap();
     let err = publisher
-        .publish(OutgoingMessage::new(format!("{}.missing", fx.name), "k", b"{}".to_vec()))
+        .publish(OutgoingMessage::new(
+            format!("{}.missing", fx.name),
+            "k",
+            b"{}".to_vec(),
+        ))
         .await
         .unwrap_err();
     assert!(matches!(err.kind(), ErrorKind::Topology), "{err:?}");
     // ... and after the broker closed its channel for the missing exchange.
     publisher
-        .publish(OutgoingMessage::new(fx.exchange.clone(), "only.this", b"{}".to_vec()))
+        .publish(OutgoingMessage::new(
+            fx.exchange.clone(),
+            "only.this",
+            b"{}".to_vec(),
+        ))
         .await
         .unwrap();
     fx.cleanup().await;
@@ -311,46 +392,69 @@ async fn unroutable_and_missing_exchange_are_typed_errors() {
 async fn poison_message_goes_to_dlq_after_configured_attempts_while_others_flow() {
     let fx = Fixture::new(
         "poison",
-        RetryPolicy::with_delays([Duration::from_millis(100), Duration::from_millis(200)]).max_attempts(3),
+        RetryPolicy::with_delays([Duration::from_millis(100), Duration::from_millis(200)])
+            .max_attempts(3),
     )
     .await;
     let publisher = Publisher::new(&fx.conn, PublisherConfig::default()).unwrap();
     let attempts = Arc::new(Mutex::new(Vec::new()));
     let (tx, mut rx) = mpsc::unbounded_channel::<u64>();
     let a = Arc::clone(&attempts);
-    let consumer = Consumer::start(&fx.conn, fx.queue.clone(), ConsumerConfig::default().concurrency(4), typed(move |e: Envelope<Payload>| {
-        let tx = tx.clone();
-        let a = Arc::clone(&a);
-        async move {
-            if e.data.key == "poison" {
-                a.lock().unwrap().push(Instant::now());
-                Outcome::retry("cannot process poison")
-            } else {
-                let _ = tx.send(e.data.seq);
-                Outcome::Ack
+    let consumer = Consumer::start(
+        &fx.conn,
+        fx.queue.clone(),
+        ConsumerConfig::default().concurrency(4),
+        typed(move |e: Envelope<Payload>| {
+            let tx = tx.clone();
+            let a = Arc::clone(&a);
+            async move {
+                if e.data.key == "poison" {
+                    a.lock().unwrap().push(Instant::now());
+                    Outcome::retry("cannot process poison")
+                } else {
+                    let _ = tx.send(e.data.seq);
+                    Outcome::Ack
+                }
             }
-        }
-    }))
+        }),
+    )
     .await
     .unwrap();
     let poison = event(999, "poison");
-    publisher.publish(poison.to_message(fx.exchange.clone()).unwrap()).await.unwrap();
+    publisher
+        .publish(poison.to_message(fx.exchange.clone()).unwrap())
+        .await
+        .unwrap();
     for i in 0..50 {
-        publisher.publish(event(i, "good").to_message(fx.exchange.clone()).unwrap()).await.unwrap();
+        publisher
+            .publish(event(i, "good").to_message(fx.exchange.clone()).unwrap())
+            .await
+            .unwrap();
     }
     let good = recv_n(&mut rx, 50, Duration::from_secs(10)).await;
     assert_eq!(good.len(), 50, "other messages keep flowing");
-    let dead = fx.drain_queue(&fx.queue.dead_letter_queue(), 1, Duration::from_secs(10)).await;
+    let dead = fx
+        .drain_queue(&fx.queue.dead_letter_queue(), 1, Duration::from_secs(10))
+        .await;
     assert_eq!(dead.len(), 1);
     let d = &dead[0];
-    assert_eq!(header_str(d, "cloudEvents:id").as_deref(), Some(poison.id.to_string().as_str()));
+    assert_eq!(
+        header_str(d, "cloudEvents:id").as_deref(),
+        Some(poison.id.to_string().as_str())
+    );
     assert_eq!(header_str(d, ATTEMPT_HEADER).as_deref(), Some("3"));
     let reason = header_str(d, FAILURE_REASON_HEADER).unwrap();
-    assert!(reason.contains("cannot process poison") && reason.contains("3 attempt"), "{reason}");
+    assert!(
+        reason.contains("cannot process poison") && reason.contains("3 attempt"),
+        "{reason}"
+    );
     let times = attempts.lock().unwrap().clone();
     assert_eq!(times.len(), 3, "exactly the configured attempts");
     assert!(times[1] - times[0] >= Duration::from_millis(90));
-    assert!(times[2] - times[1] >= Duration::from_millis(190), "second tier is longer");
+    assert!(
+        times[2] - times[1] >= Duration::from_millis(190),
+        "second tier is longer"
+    );
     consumer.shutdown().await;
     fx.cleanup().await;
 }
@@ -361,47 +465,89 @@ async fn undecodable_message_is_dead_lettered_with_reason_and_consumer_continues
     let publisher = Publisher::new(&fx.conn, PublisherConfig::default()).unwrap();
     let (consumer, mut rx) = forwarding_consumer(&fx, ConsumerConfig::default()).await;
     // Not an event: no CloudEvents headers.
-    publisher.publish(OutgoingMessage::new(fx.exchange.clone(), "junk", b"not json".to_vec())).await.unwrap();
+    publisher
+        .publish(OutgoingMessage::new(
+            fx.exchange.clone(),
+            "junk",
+            b"not json".to_vec(),
+        ))
+        .await
+        .unwrap();
     // An event whose payload has the wrong shape.
     let mut wrong = event(1, "bad").to_message(fx.exchange.clone()).unwrap();
     wrong.body = br#"{"seq":"NaN"}"#.to_vec();
     publisher.publish(wrong).await.unwrap();
     let ok = event(2, "fine");
-    publisher.publish(ok.to_message(fx.exchange.clone()).unwrap()).await.unwrap();
+    publisher
+        .publish(ok.to_message(fx.exchange.clone()).unwrap())
+        .await
+        .unwrap();
     let got = recv_n(&mut rx, 1, Duration::from_secs(10)).await;
     assert_eq!(got[0].id, ok.id, "the consumer keeps going");
-    let dead = fx.drain_queue(&fx.queue.dead_letter_queue(), 2, Duration::from_secs(10)).await;
+    let dead = fx
+        .drain_queue(&fx.queue.dead_letter_queue(), 2, Duration::from_secs(10))
+        .await;
     assert_eq!(dead.len(), 2);
-    let reasons: Vec<String> = dead.iter().map(|d| header_str(d, FAILURE_REASON_HEADER).unwrap()).collect();
-    assert!(reasons.iter().any(|r| r.contains("specversion")), "{reasons:?}");
-    assert!(reasons.iter().any(|r| r.contains("cannot decode")), "{reasons:?}");
+    let reasons: Vec<String> = dead
+        .iter()
+        .map(|d| header_str(d, FAILURE_REASON_HEADER).unwrap())
+        .collect();
+    assert!(
+        reasons.iter().any(|r| r.contains("specversion")),
+        "{reasons:?}"
+    );
+    assert!(
+        reasons.iter().any(|r| r.contains("cannot decode")),
+        "{reasons:?}"
+    );
     consumer.shutdown().await;
     fx.cleanup().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn panicking_handler_does_not_kill_the_consumer() {
-    let fx = Fixture::new("panic", RetryPolicy::with_delays([Duration::from_millis(100)]).max_attempts(2)).await;
+    let fx = Fixture::new(
+        "panic",
+        RetryPolicy::with_delays([Duration::from_millis(100)]).max_attempts(2),
+    )
+    .await;
     let publisher = Publisher::new(&fx.conn, PublisherConfig::default()).unwrap();
     let (tx, mut rx) = mpsc::unbounded_channel::<u64>();
-    let consumer = Consumer::start(&fx.conn, fx.queue.clone(), ConsumerConfig::default(), typed(move |e: Envelope<Payload>| {
-        let tx = tx.clone();
-        async move {
-            assert_ne!(e.data.key, "boom", "handler bug");
-            let _ = tx.send(e.data.seq);
-            Outcome::Ack
-        }
-    }))
+    let consumer = Consumer::start(
+        &fx.conn,
+        fx.queue.clone(),
+        ConsumerConfig::default(),
+        typed(move |e: Envelope<Payload>| {
+            let tx = tx.clone();
+            async move {
+                assert_ne!(e.data.key, "boom", "handler bug");
+                let _ = tx.send(e.data.seq);
+                Outcome::Ack
+            }
+        }),
+    )
     .await
     .unwrap();
-    publisher.publish(event(0, "boom").to_message(fx.exchange.clone()).unwrap()).await.unwrap();
+    publisher
+        .publish(event(0, "boom").to_message(fx.exchange.clone()).unwrap())
+        .await
+        .unwrap();
     for i in 1..=20 {
-        publisher.publish(event(i, "ok").to_message(fx.exchange.clone()).unwrap()).await.unwrap();
+        publisher
+            .publish(event(i, "ok").to_message(fx.exchange.clone()).unwrap())
+            .await
+            .unwrap();
     }
     assert_eq!(recv_n(&mut rx, 20, Duration::from_secs(10)).await.len(), 20);
-    let dead = fx.drain_queue(&fx.queue.dead_letter_queue(), 1, Duration::from_secs(10)).await;
+    let dead = fx
+        .drain_queue(&fx.queue.dead_letter_queue(), 1, Duration::from_secs(10))
+        .await;
     assert_eq!(dead.len(), 1);
-    assert!(header_str(&dead[0], FAILURE_REASON_HEADER).unwrap().contains("handler panicked"));
+    assert!(
+        header_str(&dead[0], FAILURE_REASON_HEADER)
+            .unwrap()
+            .contains("handler panicked")
+    );
     assert!(!consumer.is_finished());
     consumer.shutdown().await;
     fx.cleanup().await;
@@ -409,21 +555,37 @@ async fn panicking_handler_does_not_kill_the_consumer() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn trace_id_crosses_the_broker() {
-    use opentelemetry::trace::{SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState};
+    use opentelemetry::trace::{
+        SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState,
+    };
     let fx = Fixture::new("trace", short_tiers()).await;
     let publisher = Publisher::new(&fx.conn, PublisherConfig::default()).unwrap();
     let (tx, mut rx) = mpsc::unbounded_channel::<(TraceId, Option<HeaderValue>)>();
-    let consumer = Consumer::start(&fx.conn, fx.queue.clone(), ConsumerConfig::default(), move |m: IncomingMessage| {
-        let tx = tx.clone();
-        async move {
-            let _ = tx.send((m.trace_context().span().span_context().trace_id(), m.header("traceparent").cloned()));
-            Outcome::Ack
-        }
-    })
+    let consumer = Consumer::start(
+        &fx.conn,
+        fx.queue.clone(),
+        ConsumerConfig::default(),
+        move |m: IncomingMessage| {
+            let tx = tx.clone();
+            async move {
+                let _ = tx.send((
+                    m.trace_context().span().span_context().trace_id(),
+                    m.header("traceparent").cloned(),
+                ));
+                Outcome::Ack
+            }
+        },
+    )
     .await
     .unwrap();
     let trace_id = TraceId::from_hex("0af7651916cd43dd8448eb211c80319c").unwrap();
-    let sc = SpanContext::new(trace_id, SpanId::from_hex("b7ad6b7169203331").unwrap(), TraceFlags::SAMPLED, true, TraceState::default());
+    let sc = SpanContext::new(
+        trace_id,
+        SpanId::from_hex("b7ad6b7169203331").unwrap(),
+        TraceFlags::SAMPLED,
+        true,
+        TraceState::default(),
+    );
     let cx = opentelemetry::Context::new().with_remote_span_context(sc);
     {
         // The publisher injects the current context (here an attached remote parent; in a
@@ -432,10 +594,15 @@ async fn trace_id_crosses_the_broker() {
         let _guard = cx.attach();
         publisher.publish(msg).await.unwrap();
     }
-    let (got, header) = recv_n(&mut rx, 1, Duration::from_secs(10)).await.pop().expect("delivered");
+    let (got, header) = recv_n(&mut rx, 1, Duration::from_secs(10))
+        .await
+        .pop()
+        .expect("delivered");
     assert_eq!(got, trace_id);
     match header {
-        Some(HeaderValue::String(tp)) => assert!(tp.contains("0af7651916cd43dd8448eb211c80319c"), "{tp}"),
+        Some(HeaderValue::String(tp)) => {
+            assert!(tp.contains("0af7651916cd43dd8448eb211c80319c"), "{tp}")
+        }
         other => panic!("no traceparent header: {other:?}"),
     }
     consumer.shutdown().await;
@@ -445,8 +612,13 @@ async fn trace_id_crosses_the_broker() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connection_force_closed_mid_stream_loses_no_confirmed_message() {
     let fx = Fixture::new("killconn", short_tiers()).await;
-    let publisher = Publisher::new(&fx.conn, PublisherConfig::default().confirm_timeout(Duration::from_secs(5))).unwrap();
-    let (consumer, mut rx) = forwarding_consumer(&fx, ConsumerConfig::default().prefetch(50).concurrency(8)).await;
+    let publisher = Publisher::new(
+        &fx.conn,
+        PublisherConfig::default().confirm_timeout(Duration::from_secs(5)),
+    )
+    .unwrap();
+    let (consumer, mut rx) =
+        forwarding_consumer(&fx, ConsumerConfig::default().prefetch(50).concurrency(8)).await;
     let mut state = fx.conn.subscribe();
 
     let confirmed = Arc::new(Mutex::new(BTreeSet::new()));
@@ -470,7 +642,10 @@ async fn connection_force_closed_mid_stream_loses_no_confirmed_message() {
                             confirmed.lock().unwrap().insert(i);
                         }
                         Err(e) => {
-                            assert!(e.is_transient(), "only transient failures during the outage: {e}");
+                            assert!(
+                                e.is_transient(),
+                                "only transient failures during the outage: {e}"
+                            );
                             *failed.lock().unwrap() += 1;
                         }
                     }
@@ -484,19 +659,33 @@ async fn connection_force_closed_mid_stream_loses_no_confirmed_message() {
     for e in recv_n(&mut rx, 200, Duration::from_secs(10)).await {
         seen.insert(e.data.seq);
     }
-    assert_eq!(kill_connection(&fx.name).await, 1, "found our connection by its name");
-    tokio::time::timeout(Duration::from_secs(10), state.wait_for(|s| *s == ConnectionState::Reconnecting))
-        .await
-        .expect("loss noticed")
-        .unwrap();
-    tokio::time::timeout(Duration::from_secs(10), state.wait_for(|s| *s == ConnectionState::Connected))
-        .await
-        .expect("reconnected")
-        .unwrap();
+    assert_eq!(
+        kill_connection(&fx.name).await,
+        1,
+        "found our connection by its name"
+    );
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        state.wait_for(|s| *s == ConnectionState::Reconnecting),
+    )
+    .await
+    .expect("loss noticed")
+    .unwrap();
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        state.wait_for(|s| *s == ConnectionState::Connected),
+    )
+    .await
+    .expect("reconnected")
+    .unwrap();
     assert!(fx.conn.generation() >= 2);
     producer.await.unwrap();
     let confirmed = confirmed.lock().unwrap().clone();
-    assert!(confirmed.len() as u64 > total / 2, "most publishes succeed: {}", confirmed.len());
+    assert!(
+        confirmed.len() as u64 > total / 2,
+        "most publishes succeed: {}",
+        confirmed.len()
+    );
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     while !confirmed.is_subset(&seen) {
         match tokio::time::timeout_at(deadline, rx.recv()).await {
@@ -507,9 +696,16 @@ async fn connection_force_closed_mid_stream_loses_no_confirmed_message() {
         }
     }
     let missing: Vec<_> = confirmed.difference(&seen).take(10).collect();
-    assert!(missing.is_empty(), "confirmed but never consumed: {missing:?} (failed publishes: {})", failed.lock().unwrap());
+    assert!(
+        missing.is_empty(),
+        "confirmed but never consumed: {missing:?} (failed publishes: {})",
+        failed.lock().unwrap()
+    );
     // The publisher works again after the outage.
-    publisher.publish(event(total, "k").to_message(fx.exchange.clone()).unwrap()).await.unwrap();
+    publisher
+        .publish(event(total, "k").to_message(fx.exchange.clone()).unwrap())
+        .await
+        .unwrap();
     consumer.shutdown().await;
     fx.cleanup().await;
 }
@@ -521,33 +717,57 @@ async fn shutdown_lets_in_flight_handlers_finish_and_state_is_closed() {
     let (started_tx, mut started_rx) = mpsc::unbounded_channel::<()>();
     let finished = Arc::new(Mutex::new(0));
     let f = Arc::clone(&finished);
-    let consumer = Consumer::start(&fx.conn, fx.queue.clone(), ConsumerConfig::default().concurrency(2), move |_m: IncomingMessage| {
-        let started_tx = started_tx.clone();
-        let f = Arc::clone(&f);
-        async move {
-            let _ = started_tx.send(());
-            tokio::time::sleep(Duration::from_millis(300)).await;
-            *f.lock().unwrap() += 1;
-            Outcome::Ack
-        }
-    })
+    let consumer = Consumer::start(
+        &fx.conn,
+        fx.queue.clone(),
+        ConsumerConfig::default().concurrency(2),
+        move |_m: IncomingMessage| {
+            let started_tx = started_tx.clone();
+            let f = Arc::clone(&f);
+            async move {
+                let _ = started_tx.send(());
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                *f.lock().unwrap() += 1;
+                Outcome::Ack
+            }
+        },
+    )
     .await
     .unwrap();
     for i in 0..2 {
-        publisher.publish(event(i, "s").to_message(fx.exchange.clone()).unwrap()).await.unwrap();
+        publisher
+            .publish(event(i, "s").to_message(fx.exchange.clone()).unwrap())
+            .await
+            .unwrap();
     }
-    assert_eq!(recv_n(&mut started_rx, 2, Duration::from_secs(10)).await.len(), 2);
+    assert_eq!(
+        recv_n(&mut started_rx, 2, Duration::from_secs(10))
+            .await
+            .len(),
+        2
+    );
     consumer.shutdown().await;
-    assert_eq!(*finished.lock().unwrap(), 2, "in-flight handlers completed before shutdown returned");
+    assert_eq!(
+        *finished.lock().unwrap(),
+        2,
+        "in-flight handlers completed before shutdown returned"
+    );
     // Acked: nothing comes back for a new consumer.
     let (c2, mut rx) = forwarding_consumer(&fx, ConsumerConfig::default()).await;
-    assert!(recv_n(&mut rx, 1, Duration::from_millis(500)).await.is_empty());
+    assert!(
+        recv_n(&mut rx, 1, Duration::from_millis(500))
+            .await
+            .is_empty()
+    );
     c2.shutdown().await;
     let conn = fx.conn.clone();
     let health = conn.health_check();
     fx.cleanup().await;
     assert_eq!(conn.state(), ConnectionState::Closed);
     assert!(health.check().await.is_err());
-    let err = publisher.publish(event(9, "s").to_message("x").unwrap()).await.unwrap_err();
+    let err = publisher
+        .publish(event(9, "s").to_message("x").unwrap())
+        .await
+        .unwrap_err();
     assert!(matches!(err.kind(), ErrorKind::Shutdown), "{err:?}");
 }

@@ -13,7 +13,9 @@ use clap::Parser;
 
 /// Command-line flags; the scenario file holds everything else.
 #[derive(Debug, Parser)]
-#[command(about = "Resilience-tuning simulator: compare client policies against a misbehaving downstream")]
+#[command(
+    about = "Resilience-tuning simulator: compare client policies against a misbehaving downstream"
+)]
 struct Args {
     /// Scenario file (TOML): duration, rate, downstream behaviour and the policies to compare.
     scenario: PathBuf,
@@ -58,10 +60,21 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     }
     let results = scenario.run()?;
     std::fs::create_dir_all(&args.out)?;
-    std::fs::write(args.out.join("summary.csv"), report::summary_csv(&results.summaries))?;
-    std::fs::write(args.out.join("timeline.csv"), report::timeline_csv(&results.timelines))?;
+    std::fs::write(
+        args.out.join("summary.csv"),
+        report::summary_csv(&results.summaries),
+    )?;
+    std::fs::write(
+        args.out.join("timeline.csv"),
+        report::timeline_csv(&results.timelines),
+    )?;
     let chart = args.out.join("chart.svg");
-    report::chart_svg(&chart, &results.timelines, scenario.rate, &scenario.downstream.outages)?;
+    report::chart_svg(
+        &chart,
+        &results.timelines,
+        scenario.rate,
+        &scenario.downstream.outages,
+    )?;
     print!("{}", report::summary_table(&results.summaries));
     println!(
         "\nwrote {}, {} and {}",

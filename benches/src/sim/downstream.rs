@@ -185,7 +185,11 @@ impl tower::Service<SimRequest> for Downstream {
             // is optimistic: a real server often keeps working on it.
             let _leave = InFlight(state);
             tokio::time::sleep(latency).await;
-            if fails { Err(DownstreamFailure.into()) } else { Ok(()) }
+            if fails {
+                Err(DownstreamFailure.into())
+            } else {
+                Ok(())
+            }
         })
     }
 }

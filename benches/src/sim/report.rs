@@ -97,12 +97,13 @@ pub fn summarize(policy: &str, run: &RunResult, rate: f64, outages: &[Outage]) -
         .count();
     let mut latencies: Vec<Duration> = run.requests.iter().map(|r| r.latency).collect();
     latencies.sort_unstable();
-    let seconds = run
-        .requests
-        .last()
-        .map_or(0, |r| r.sent_at.as_secs() + 1);
+    let seconds = run.requests.last().map_or(0, |r| r.sent_at.as_secs() + 1);
     let buckets = timeline(run, seconds);
-    let peak = buckets.iter().map(|b| b.downstream_calls).max().unwrap_or(0);
+    let peak = buckets
+        .iter()
+        .map(|b| b.downstream_calls)
+        .max()
+        .unwrap_or(0);
     let first = outages.first();
     let time_to_open = first.and_then(|o| {
         run.requests
@@ -245,7 +246,10 @@ pub fn chart_svg(
     load.configure_mesh().x_desc("second").draw()?;
     for o in outages {
         load.draw_series(std::iter::once(Rectangle::new(
-            [(o.start.as_secs(), 0), (o.end.as_secs(), max_calls + max_calls / 10 + 1)],
+            [
+                (o.start.as_secs(), 0),
+                (o.end.as_secs(), max_calls + max_calls / 10 + 1),
+            ],
             RGBColor(255, 200, 200).mix(0.4).filled(),
         )))?;
     }
@@ -286,9 +290,10 @@ pub fn chart_svg(
         let color = palette[i % palette.len()];
         success
             .draw_series(LineSeries::new(
-                buckets.iter().filter(|b| b.sent > 0).map(|b| {
-                    (b.second, b.succeeded as f64 * 100.0 / b.sent as f64)
-                }),
+                buckets
+                    .iter()
+                    .filter(|b| b.sent > 0)
+                    .map(|b| (b.second, b.succeeded as f64 * 100.0 / b.sent as f64)),
                 color.stroke_width(2),
             ))?
             .label(name.as_str())

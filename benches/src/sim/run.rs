@@ -8,8 +8,8 @@ use std::error::Error as StdError;
 
 use chassis_core::{BoxError, Error, ErrorKind};
 use tokio::time::Instant;
-use tower::util::BoxCloneSyncService;
 use tower::ServiceExt;
+use tower::util::BoxCloneSyncService;
 
 use super::downstream::{Downstream, DownstreamConfig, SimRequest};
 

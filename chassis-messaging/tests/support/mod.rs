@@ -58,12 +58,20 @@ impl Fixture {
 
     /// Deletes every queue and exchange of the fixture and closes the connection.
     pub async fn cleanup(self) {
-        let ch = self.conn.create_channel().await.expect("channel for cleanup");
+        let ch = self
+            .conn
+            .create_channel()
+            .await
+            .expect("channel for cleanup");
         for q in self.queue.all_queues() {
-            let _ = ch.queue_delete(q.as_str().into(), QueueDeleteOptions::default()).await;
+            let _ = ch
+                .queue_delete(q.as_str().into(), QueueDeleteOptions::default())
+                .await;
         }
         for e in [self.exchange.clone(), self.queue.dead_letter_exchange()] {
-            let _ = ch.exchange_delete(e.as_str().into(), ExchangeDeleteOptions::default()).await;
+            let _ = ch
+                .exchange_delete(e.as_str().into(), ExchangeDeleteOptions::default())
+                .await;
         }
         let _ = ch.close(200, "cleanup".into()).await;
         self.conn.close().await;
@@ -71,14 +79,27 @@ impl Fixture {
 
     /// Takes every message currently in `queue` (acking them), waiting until `expected` arrived
     /// or `within` elapsed.
-    pub async fn drain_queue(&self, queue: &str, expected: usize, within: Duration) -> Vec<lapin::message::BasicGetMessage> {
+    pub async fn drain_queue(
+        &self,
+        queue: &str,
+        expected: usize,
+        within: Duration,
+    ) -> Vec<lapin::message::BasicGetMessage> {
         let ch = self.conn.create_channel().await.expect("channel");
         let deadline = tokio::time::Instant::now() + within;
         let mut out = Vec::new();
         while out.len() < expected && tokio::time::Instant::now() < deadline {
-            match ch.basic_get(queue.into(), BasicGetOptions::default()).await.expect("basic.get") {
+            match ch
+                .basic_get(queue.into(), BasicGetOptions::default())
+                .await
+                .expect("basic.get")
+            {
                 Some(m) => {
-                    m.delivery.acker.ack(BasicAckOptions::default()).await.expect("ack");
+                    m.delivery
+                        .acker
+                        .ack(BasicAckOptions::default())
+                        .await
+                        .expect("ack");
                     out.push(m);
                 }
                 None => tokio::time::sleep(Duration::from_millis(50)).await,
@@ -100,7 +121,9 @@ pub async fn kill_connection(name: &str) -> usize {
         let text = String::from_utf8_lossy(&out.stdout);
         let mut killed = 0;
         for line in text.lines().filter(|l| l.contains(&name)) {
-            let Some(pid) = line.split_whitespace().next() else { continue };
+            let Some(pid) = line.split_whitespace().next() else {
+                continue;
+            };
             if !pid.starts_with('<') {
                 continue;
             }
@@ -121,7 +144,9 @@ pub async fn kill_connection(name: &str) -> usize {
 pub fn header_str(m: &lapin::message::BasicGetMessage, key: &str) -> Option<String> {
     let headers = m.delivery.properties.headers().as_ref()?;
     match headers.inner().get(key)? {
-        lapin::types::AMQPValue::LongString(s) => Some(String::from_utf8_lossy(s.as_bytes()).into_owned()),
+        lapin::types::AMQPValue::LongString(s) => {
+            Some(String::from_utf8_lossy(s.as_bytes()).into_owned())
+        }
         lapin::types::AMQPValue::ShortString(s) => Some(s.as_str().to_owned()),
         lapin::types::AMQPValue::LongLongInt(i) => Some(i.to_string()),
         lapin::types::AMQPValue::LongInt(i) => Some(i.to_string()),
