@@ -246,6 +246,10 @@ impl System {
             .open(self.config.run_dir.join(format!("{service}.log")))?;
         let proc = self.procs.get_mut(service).ok_or("unknown service")?;
         let child = Command::new(&bin)
+            // Each service of a launched system gets its own SQLite file in the run directory.
+            // An inherited DATABASE_URL (CI exports one for the crates' PostgreSQL tests) would
+            // point every service of every system at one shared database and mix their data.
+            .env_remove("DATABASE_URL")
             .envs(proc.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
