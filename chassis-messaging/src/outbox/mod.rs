@@ -52,6 +52,11 @@
 //!   is *parked* (`status = 'parked'`, with `last_error`), logged at error level and counted in
 //!   [`metrics::OUTBOX_PARKED`]. Later rows of its subject then proceed. Inspect with
 //!   `parked()`, fix the cause, and `requeue_parked()`.
+//! - **Trace continuity**: `enqueue` stores the current span's W3C trace context
+//!   (`traceparent`, `tracestate`, `baggage`) in the row's headers unless the message already
+//!   carries a `traceparent`. The relay publishes each row inside an `"outbox relay"` span
+//!   whose parent is that stored context, so the publisher's producer span and the
+//!   `traceparent` it injects continue the enqueuer's trace across the relay and the broker.
 //! - **Retention**: confirmed rows are kept as `sent` for [`RelayConfig::sent_retention`]
 //!   (1 h; zero deletes them at once) and removed every [`RelayConfig::cleanup_interval`].
 //!

@@ -33,7 +33,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::store::{
     OutboxStats, OutboxStore, PendingRow, RowOutcome, STATUS_PARKED, STATUS_PENDING, SentPolicy,
-    db_err, heads_only, message_from_parts, message_id_of, now_ms, subject_of,
+    db_err, heads_only, message_from_parts, message_id_of, now_ms, stored_headers, subject_of,
 };
 use super::{MIGRATIONS_TABLE, ParkedRow};
 use crate::envelope::Envelope;
@@ -106,6 +106,11 @@ impl PgOutbox {
     /// The ordering key is the message's `cloudEvents:subject` header, if any. Returns the
     /// message id stored with the row (the message's own, or a fresh UUID v7). Relays wake
     /// when the transaction commits (`NOTIFY`); nothing is published if it rolls back.
+    ///
+    /// Unless `msg` already carries a `traceparent` header, the trace context of the current
+    /// span (`traceparent`, `tracestate`, `baggage`) is stored with the row, and the relay
+    /// publishes the row as part of that trace: the consumer continues the trace of the
+    /// transaction that enqueued it.
     pub async fn enqueue(&self, conn: &mut PgConnection, msg: &OutgoingMessage) -> Result<String> {
         self.enqueue_with_subject(conn, subject_of(msg), msg).await
     }
@@ -165,7 +170,7 @@ impl PgOutbox {
         .bind(msg.content_type.as_deref())
         .bind(msg.correlation_id.as_deref())
         .bind(timestamp)
-        .bind(Json(&msg.headers))
+        .bind(Json(&*stored_headers(msg)))
         .bind(&msg.body)
         .bind(now)
         .execute(&mut *conn)

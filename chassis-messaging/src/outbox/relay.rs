@@ -11,9 +11,15 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use chassis_observability::propagation::extract_with_context;
+use tracing::Instrument as _;
+use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+
 use super::metrics as names;
 use super::store::{OutboxStore, PendingRow, RowOutcome, SentPolicy, now_ms};
 use crate::error::{Error, ErrorKind, Result};
+use crate::headers::HeaderMapExtractor;
+use crate::message::OutgoingMessage;
 use crate::publisher::Publish;
 
 /// How a [`Relay`] batches, waits, retries and cleans up. Every field has a default; it is
@@ -233,6 +239,38 @@ fn retry_delay(config: &RelayConfig, attempts: i32) -> Duration {
         .retry_delay
         .saturating_mul(2u32.saturating_pow(exp))
         .min(config.backoff_max)
+}
+
+/// The span one row is published in: a child of the trace context `enqueue` stored with the
+/// row (the span that was current in the writing transaction), so the publisher's producer
+/// span, and the `traceparent` it injects, continue the enqueuer's trace rather than start a
+/// new one on the relay's task. A row stored without a context gets a root span.
+fn relay_span(row_id: i64, message: &OutgoingMessage) -> tracing::Span {
+    let dest = if message.exchange.is_empty() {
+        "amq.default"
+    } else {
+        message.exchange.as_str()
+    };
+    let span = tracing::info_span!(
+        parent: None,
+        "outbox relay",
+        otel.name = %format_args!("{dest} outbox relay"),
+        otel.kind = "internal",
+        messaging.system = "rabbitmq",
+        messaging.destination.name = %dest,
+        messaging.message.id = message.message_id.as_deref().unwrap_or_default(),
+        outbox.row_id = row_id,
+    );
+    // Extracted over an empty context, not the current one (`extract_context`): a row stored
+    // without a context starts a new trace instead of joining whatever span the relay's task
+    // is in. `set_parent` fails only without an OpenTelemetry layer, where there is no trace to
+    // continue: the stored `traceparent` header then travels unchanged.
+    let stored = extract_with_context(
+        &opentelemetry::Context::new(),
+        &HeaderMapExtractor(&message.headers),
+    );
+    let _ = span.set_parent(stored);
+    span
 }
 
 /// Publishes committed outbox rows through a [`Publish`] implementation.
@@ -463,15 +501,18 @@ impl<S: OutboxStore, P: Publish + ?Sized + 'static> Relay<S, P> {
                     continue;
                 }
             };
-            let published =
-                tokio::time::timeout(self.config.publish_timeout, self.publisher.publish(message))
-                    .await
-                    .unwrap_or_else(|_| {
-                        Err(Error::timeout(
-                            "outbox publish",
-                            self.config.publish_timeout,
-                        ))
-                    });
+            let span = relay_span(row.id, &message);
+            let published = tokio::time::timeout(
+                self.config.publish_timeout,
+                self.publisher.publish(message).instrument(span),
+            )
+            .await
+            .unwrap_or_else(|_| {
+                Err(Error::timeout(
+                    "outbox publish",
+                    self.config.publish_timeout,
+                ))
+            });
             match published {
                 Ok(()) => {
                     let latency_ms = now_ms().saturating_sub(row.created_at_ms).max(0);

@@ -20,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::store::{
     OutboxStats, OutboxStore, PendingRow, RowOutcome, STATUS_PARKED, STATUS_PENDING, SentPolicy,
-    db_err, heads_only, message_from_parts, message_id_of, now_ms, subject_of,
+    db_err, heads_only, message_from_parts, message_id_of, now_ms, stored_headers, subject_of,
 };
 use super::{MIGRATIONS_TABLE, ParkedRow};
 use crate::envelope::Envelope;
@@ -84,6 +84,11 @@ impl SqliteOutbox {
     /// the transaction commits; after committing, call
     /// [`notify_committed`](Self::notify_committed) (or commit with [`commit`](Self::commit))
     /// so the relay wakes at once instead of at its next poll.
+    ///
+    /// Unless `msg` already carries a `traceparent` header, the trace context of the current
+    /// span (`traceparent`, `tracestate`, `baggage`) is stored with the row, and the relay
+    /// publishes the row as part of that trace: the consumer continues the trace of the
+    /// transaction that enqueued it.
     pub async fn enqueue(
         &self,
         conn: &mut SqliteConnection,
@@ -113,7 +118,7 @@ impl SqliteOutbox {
         msg: &OutgoingMessage,
     ) -> Result<String> {
         let message_id = message_id_of(msg);
-        let headers = serde_json::to_string(&msg.headers)?;
+        let headers = serde_json::to_string(&*stored_headers(msg))?;
         let timestamp = timestamp_column(msg.timestamp)?;
         let now = now_ms();
         sqlx::query(

@@ -4,6 +4,7 @@
 // Without a database feature there is no store to use the helpers.
 #![cfg_attr(not(any(feature = "sqlite", feature = "postgres")), allow(dead_code))]
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::future::Future;
 use std::sync::Arc;
@@ -12,7 +13,11 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
+use chassis_observability::propagation::TRACEPARENT;
+use opentelemetry::trace::TraceContextExt as _;
+
 use crate::error::{Error, ErrorKind, Result};
+use crate::headers::HeaderMapCarrier;
 use crate::message::{HeaderValue, OutgoingMessage};
 
 /// The header an [`Envelope`](crate::message) carries its CloudEvents `subject` (the aggregate
@@ -149,6 +154,25 @@ pub(crate) fn subject_of(msg: &OutgoingMessage) -> Option<&str> {
         Some(HeaderValue::String(s)) => Some(s.as_str()),
         _ => None,
     }
+}
+
+/// The headers stored with a row: the message's own, plus the trace context of the current
+/// span (`traceparent`, `tracestate`, `baggage`) when the caller did not set a `traceparent`.
+///
+/// The relay publishes later, on its own task, where the enqueuing span is long gone; the
+/// stored context is what lets it publish as a continuation of the enqueuer's trace (see
+/// [`Relay`](super::Relay)). A caller that already propagated a context keeps its own.
+pub(crate) fn stored_headers(msg: &OutgoingMessage) -> Cow<'_, BTreeMap<String, HeaderValue>> {
+    if msg.headers.contains_key(TRACEPARENT) {
+        return Cow::Borrowed(&msg.headers);
+    }
+    let cx = chassis_observability::propagation::current_context();
+    if !cx.span().span_context().is_valid() {
+        return Cow::Borrowed(&msg.headers);
+    }
+    let mut headers = msg.headers.clone();
+    chassis_observability::propagation::inject_context(&cx, &mut HeaderMapCarrier(&mut headers));
+    Cow::Owned(headers)
 }
 
 /// The message id stored with a row: the message's own, or a fresh UUID v7.
@@ -294,6 +318,43 @@ mod tests {
         assert_eq!(
             uuid::Uuid::parse_str(&generated).unwrap().get_version_num(),
             7
+        );
+    }
+
+    #[test]
+    fn stored_headers_capture_the_current_trace_unless_one_is_set() {
+        use opentelemetry::trace::{SpanContext, SpanId, TraceFlags, TraceId, TraceState};
+        let msg = OutgoingMessage::new("x", "y", vec![]).header("a", "b");
+        assert!(
+            matches!(stored_headers(&msg), Cow::Borrowed(_)),
+            "no context, no change"
+        );
+
+        let sc = SpanContext::new(
+            TraceId::from_hex("4bf92f3577b34da6a3ce929d0e0e4736").unwrap(),
+            SpanId::from_hex("00f067aa0ba902b7").unwrap(),
+            TraceFlags::SAMPLED,
+            true,
+            TraceState::default(),
+        );
+        let _guard = opentelemetry::Context::new()
+            .with_remote_span_context(sc)
+            .attach();
+        let stored = stored_headers(&msg);
+        assert_eq!(
+            stored[TRACEPARENT],
+            HeaderValue::from("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01")
+        );
+        assert_eq!(stored["a"], HeaderValue::from("b"));
+
+        let own = msg.clone().header(
+            TRACEPARENT,
+            "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+        );
+        assert_eq!(
+            *stored_headers(&own),
+            own.headers,
+            "the caller's context is kept"
         );
     }
 
