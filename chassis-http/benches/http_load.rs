@@ -58,6 +58,10 @@ struct Args {
     /// Serve the chassis layers with the bare accept loop instead of `Server` (isolates the
     /// cost of the layers from the cost of the runner).
     layers_only: bool,
+    /// Drive only this server (`bare` or `chassis`) and report the request count: for
+    /// profiling one server at a time (`valgrind --tool=callgrind`, `perf record`), not for
+    /// the ratio.
+    only: Option<String>,
 }
 
 impl Args {
@@ -70,6 +74,7 @@ impl Args {
             logs: Logs::Off,
             metrics: true,
             layers_only: false,
+            only: None,
         };
         let mut it = std::env::args().skip(1);
         while let Some(arg) = it.next() {
@@ -90,6 +95,14 @@ impl Args {
                 }
                 "--no-metrics" => args.metrics = false,
                 "--layers-only" => args.layers_only = true,
+                "--only" => {
+                    let server = value();
+                    assert!(
+                        server == "bare" || server == "chassis",
+                        "--only bare|chassis, not {server}"
+                    );
+                    args.only = Some(server);
+                }
                 // `cargo bench` passes `--bench` to harness-less targets.
                 _ => {}
             }
@@ -190,6 +203,31 @@ async fn drive(addr: SocketAddr, stop: Arc<AtomicBool>, done: Arc<AtomicU64>, ba
     }
 }
 
+/// CPU time the server runtime's worker thread has used so far (Linux schedstat), read on that
+/// thread. Both servers run on that one worker, so its CPU time per request compares their
+/// costs even when other processes make the wall-clock rates noisy.
+fn server_cpu(server_rt: &tokio::runtime::Runtime) -> Option<Duration> {
+    server_rt.block_on(async {
+        tokio::spawn(async {
+            let stat = std::fs::read_to_string("/proc/thread-self/schedstat").ok()?;
+            let ns = stat.split_whitespace().next()?.parse().ok()?;
+            Some(Duration::from_nanos(ns))
+        })
+        .await
+        .expect("schedstat task")
+    })
+}
+
+/// Server CPU time per request over one measurement (warm-up included, like `total`).
+fn cpu_per_request(before: Option<Duration>, after: Option<Duration>, total: u64) -> Option<f64> {
+    let spent = after?.checked_sub(before?)?;
+    (total > 0).then(|| spent.as_secs_f64() * 1e6 / total as f64)
+}
+
+fn fmt_cpu(us: Option<f64>) -> String {
+    us.map_or("n/a".into(), |us| format!("{us:.2} us"))
+}
+
 /// Length of the response in `buf` if it is complete (head + content-length body).
 fn complete_response(buf: &[u8]) -> Option<usize> {
     let head_end = buf.windows(4).position(|w| w == b"\r\n\r\n")? + 4;
@@ -205,8 +243,9 @@ fn complete_response(buf: &[u8]) -> Option<usize> {
     (buf.len() >= head_end + len).then_some(head_end + len)
 }
 
-/// Drives `connections` connections against `addr` for `duration`; returns requests/s.
-async fn measure(addr: SocketAddr, connections: usize, duration: Duration) -> (f64, u64) {
+/// Drives `connections` connections against `addr` for `duration`; returns requests/s during
+/// the measured window, non-200 responses, and all requests sent (warm-up included).
+async fn measure(addr: SocketAddr, connections: usize, duration: Duration) -> (f64, u64, u64) {
     let stop = Arc::new(AtomicBool::new(false));
     let done = Arc::new(AtomicU64::new(0));
     let bad = Arc::new(AtomicU64::new(0));
@@ -227,6 +266,7 @@ async fn measure(addr: SocketAddr, connections: usize, duration: Duration) -> (f
     (
         count as f64 / elapsed.as_secs_f64(),
         bad.load(Ordering::Relaxed),
+        done.load(Ordering::Relaxed),
     )
 }
 
@@ -277,31 +317,63 @@ fn main() {
         args.metrics,
         args.layers_only
     );
+    if let Some(only) = &args.only {
+        let addr = if only == "bare" {
+            bare_addr
+        } else {
+            chassis_addr
+        };
+        for round in 0..args.rounds {
+            let cpu_before = server_cpu(&server_rt);
+            let (rps, bad, total) =
+                client_rt.block_on(measure(addr, args.connections, args.duration));
+            let cpu = cpu_per_request(cpu_before, server_cpu(&server_rt), total);
+            assert_eq!(bad, 0, "{only}: non-200 responses");
+            println!(
+                "round {round}: {only} {rps:>9.0} req/s, {total} requests in all, server CPU {}",
+                fmt_cpu(cpu)
+            );
+        }
+        drop(server_rt);
+        return;
+    }
     let (mut bare_total, mut chassis_total) = (0.0, 0.0);
     let mut ratios = Vec::new();
+    let mut cpu_ratios = Vec::new();
     for round in 0..args.rounds {
         let order = if round % 2 == 0 {
             [("bare", bare_addr), ("chassis", chassis_addr)]
         } else {
             [("chassis", chassis_addr), ("bare", bare_addr)]
         };
-        let mut bare = 0.0;
-        let mut chassis = 0.0;
+        let (mut bare, mut chassis) = (0.0, 0.0);
+        let (mut bare_cpu, mut chassis_cpu) = (None, None);
         for (name, addr) in order {
-            let (rps, bad) = client_rt.block_on(measure(addr, args.connections, args.duration));
+            let cpu_before = server_cpu(&server_rt);
+            let (rps, bad, total) =
+                client_rt.block_on(measure(addr, args.connections, args.duration));
+            let cpu = cpu_per_request(cpu_before, server_cpu(&server_rt), total);
             assert_eq!(bad, 0, "{name}: non-200 responses");
             if name == "bare" {
-                bare = rps;
+                (bare, bare_cpu) = (rps, cpu);
             } else {
-                chassis = rps;
+                (chassis, chassis_cpu) = (rps, cpu);
             }
         }
         bare_total += bare;
         chassis_total += chassis;
         ratios.push(chassis / bare);
+        let cpu_ratio = bare_cpu.zip(chassis_cpu).map(|(b, c)| b / c);
+        if let Some(r) = cpu_ratio {
+            cpu_ratios.push(r);
+        }
         println!(
-            "round {round}: bare {bare:>9.0} req/s   chassis {chassis:>9.0} req/s   ratio {:.3}",
-            chassis / bare
+            "round {round}: bare {bare:>9.0} req/s   chassis {chassis:>9.0} req/s   ratio {:.3}   \
+             server CPU/req: bare {} chassis {} (bare/chassis {})",
+            chassis / bare,
+            fmt_cpu(bare_cpu),
+            fmt_cpu(chassis_cpu),
+            cpu_ratio.map_or("n/a".into(), |r| format!("{r:.3}")),
         );
     }
     let n = args.rounds as f64;
@@ -313,5 +385,12 @@ fn main() {
         chassis_total / bare_total,
         ratios[ratios.len() / 2]
     );
+    if !cpu_ratios.is_empty() {
+        cpu_ratios.sort_by(f64::total_cmp);
+        println!(
+            "server CPU per request, bare/chassis: median round {:.3}",
+            cpu_ratios[cpu_ratios.len() / 2]
+        );
+    }
     drop(server_rt);
 }

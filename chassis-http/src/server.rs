@@ -66,13 +66,15 @@ use chassis_core::shutdown::Shutdown;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use serde::Deserialize;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
-use tokio_util::sync::CancellationToken;
 use tower_service::Service;
+
+mod connections;
+
+use connections::Connections;
 
 use crate::body::BoxError;
 use crate::error::{Error, ErrorKind};
@@ -292,8 +294,7 @@ impl Server {
         let builder = Arc::new(builder);
 
         let connection_limit = Arc::new(Semaphore::new(config.max_connections));
-        let graceful = GracefulShutdown::new();
-        let force_close = CancellationToken::new();
+        let open = Connections::new();
         let mut connections: u64 = 0;
 
         tracing::info!(target: "chassis_http::server", addr = %local_addr, "HTTP server listening");
@@ -336,34 +337,29 @@ impl Server {
             };
             connections += 1;
             let _ = stream.set_nodelay(true);
-            let watcher = graceful.watcher();
-            let force_close = force_close.clone();
             let builder = builder.clone();
             let service = TowerToHyperService::new(service.clone());
+            // Registered here, not in the task, so the drain below counts it.
+            let tracked = open.register();
             tokio::spawn(async move {
                 let connection = builder.serve_connection(TokioIo::new(stream), service);
-                let connection = watcher.watch(connection);
-                tokio::select! {
-                    result = connection => {
-                        if let Err(e) = result {
-                            tracing::debug!(target: "chassis_http::server", error = %e, "connection error");
-                        }
-                    }
-                    () = force_close.cancelled() => {}
+                // `None`: closed at the drain deadline.
+                if let Some(Err(e)) = tracked.watch(connection).await {
+                    tracing::debug!(target: "chassis_http::server", error = %e, "connection error");
                 }
                 drop(permit);
             });
         }
 
         drop(listener);
-        let open = graceful.count();
+        open.drain();
         tracing::info!(
             target: "chassis_http::server",
-            open_connections = open,
+            open_connections = open.count(),
             drain_timeout_ms = config.drain_timeout.as_millis() as u64,
             "listener closed; draining in-flight requests"
         );
-        let drained = tokio::time::timeout(config.drain_timeout, graceful.shutdown())
+        let drained = tokio::time::timeout(config.drain_timeout, open.all_closed())
             .await
             .is_ok();
         if !drained {
@@ -371,7 +367,7 @@ impl Server {
                 target: "chassis_http::server",
                 "drain timeout reached; closing the remaining connections"
             );
-            force_close.cancel();
+            open.close_all();
         }
         if let Some(hook) = on_shutdown {
             hook().await;

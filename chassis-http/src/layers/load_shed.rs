@@ -26,23 +26,52 @@ use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
 use pin_project_lite::pin_project;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tower_layer::Layer;
 use tower_service::Service;
 
 use crate::body::{Body, BoxError, boxed};
 use crate::error::{ApiError, codes};
 
+/// Requests in flight, shared by the services of one [`LoadShedLayer`].
+///
+/// A plain counter rather than a semaphore: nothing ever waits for a permit, and releasing a
+/// tokio semaphore permit takes its waiter-list lock on every request.
+#[derive(Debug, Default)]
+struct InFlight(AtomicUsize);
+
+impl InFlight {
+    /// Takes a permit if fewer than `max` are taken.
+    fn try_acquire(self: &Arc<Self>, max: usize) -> Option<Permit> {
+        self.0
+            .fetch_update(Ordering::Acquire, Ordering::Relaxed, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| Permit(self.clone()))
+    }
+}
+
+/// One request's share of the limit, given back on drop.
+#[derive(Debug)]
+struct Permit(Arc<InFlight>);
+
+impl Drop for Permit {
+    fn drop(&mut self) {
+        self.0.0.fetch_sub(1, Ordering::Release);
+    }
+}
+
 /// Layer adding [`LoadShedService`].
 #[derive(Debug, Clone)]
 pub struct LoadShedLayer {
-    semaphore: Arc<Semaphore>,
+    in_flight: Arc<InFlight>,
     max_in_flight: usize,
     retry_after: Duration,
 }
@@ -51,10 +80,9 @@ impl LoadShedLayer {
     /// At most `max_in_flight` concurrent requests (clamped to at least 1). `Retry-After`
     /// defaults to 1 s.
     pub fn new(max_in_flight: usize) -> Self {
-        let max_in_flight = max_in_flight.clamp(1, Semaphore::MAX_PERMITS);
         Self {
-            semaphore: Arc::new(Semaphore::new(max_in_flight)),
-            max_in_flight,
+            in_flight: Arc::default(),
+            max_in_flight: max_in_flight.max(1),
             retry_after: Duration::from_secs(1),
         }
     }
@@ -67,7 +95,7 @@ impl LoadShedLayer {
 
     /// Requests currently holding a permit.
     pub fn in_flight(&self) -> usize {
-        self.max_in_flight - self.semaphore.available_permits()
+        self.in_flight.0.load(Ordering::Relaxed)
     }
 }
 
@@ -76,7 +104,7 @@ impl<S> Layer<S> for LoadShedLayer {
     fn layer(&self, inner: S) -> Self::Service {
         LoadShedService {
             inner,
-            semaphore: self.semaphore.clone(),
+            in_flight: self.in_flight.clone(),
             max_in_flight: self.max_in_flight,
             retry_after: self.retry_after,
             permit: None,
@@ -88,10 +116,10 @@ impl<S> Layer<S> for LoadShedLayer {
 #[derive(Debug)]
 pub struct LoadShedService<S> {
     inner: S,
-    semaphore: Arc<Semaphore>,
+    in_flight: Arc<InFlight>,
     max_in_flight: usize,
     retry_after: Duration,
-    permit: Option<OwnedSemaphorePermit>,
+    permit: Option<Permit>,
 }
 
 impl<S: Clone> Clone for LoadShedService<S> {
@@ -99,7 +127,7 @@ impl<S: Clone> Clone for LoadShedService<S> {
         // A clone must win its own permit: permits are per request, not per service.
         Self {
             inner: self.inner.clone(),
-            semaphore: self.semaphore.clone(),
+            in_flight: self.in_flight.clone(),
             max_in_flight: self.max_in_flight,
             retry_after: self.retry_after,
             permit: None,
@@ -135,7 +163,7 @@ where
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         if self.permit.is_none() {
             // Never wait for a permit: without one, `call` answers 503 straight away.
-            self.permit = self.semaphore.clone().try_acquire_owned().ok();
+            self.permit = self.in_flight.try_acquire(self.max_in_flight);
         }
         self.inner.poll_ready(cx)
     }
@@ -185,7 +213,7 @@ pin_project! {
 pin_project! {
     #[project = StateProj]
     enum State<F> {
-        Running { #[pin] future: F, permit: Option<OwnedSemaphorePermit> },
+        Running { #[pin] future: F, permit: Option<Permit> },
         Rejected { response: Option<Response<Body>> },
     }
 }

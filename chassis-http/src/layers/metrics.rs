@@ -11,6 +11,14 @@
 //!
 //! Duration is measured until the response head is ready (streamed bodies are not included).
 //!
+//! The metric handles are resolved once per (method, route, status) and recorder, then reused
+//! by every clone of the service made from one [`MetricsLayer`]: a request costs two atomic
+//! updates and a read-locked map lookup instead of building label keys and looking them up
+//! in the recorder's registry twice. If the recorder in effect changes (a thread-local
+//! recorder in a test), the cache starts over. Like any stored `metrics` handle, a cached one
+//! keeps recording into a series that a recorder's idle timeout has removed; the chassis
+//! recorder sets no idle timeout.
+//!
 //! # Example
 //! ```
 //! use chassis_http::layers::metrics::MetricsLayer;
@@ -26,48 +34,182 @@
 //! # }
 //! ```
 
+use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::{Arc, PoisonError, RwLock};
 use std::task::{Context, Poll, ready};
 use std::time::Instant;
 
-use ::metrics::{Gauge, SharedString};
+use ::metrics::{Gauge, Histogram, Recorder, SharedString};
 use http::{Method, Request, Response};
 use pin_project_lite::pin_project;
 use tower_layer::Layer;
 use tower_service::Service;
 
-use super::{http_route, status_str};
+use super::{RouteTemplate, status_str};
 
 /// Histogram of server request durations, in seconds.
 pub const HTTP_SERVER_REQUEST_DURATION: &str = "http.server.request.duration";
 /// Gauge of requests in flight.
 pub const HTTP_SERVER_ACTIVE_REQUESTS: &str = "http.server.active_requests";
 
-/// The `http.request.method` label value, without allocating for the standard methods.
-pub(crate) fn method_label(method: &Method) -> SharedString {
-    let s: &'static str = match *method {
-        Method::GET => "GET",
-        Method::POST => "POST",
-        Method::PUT => "PUT",
-        Method::DELETE => "DELETE",
-        Method::PATCH => "PATCH",
-        Method::HEAD => "HEAD",
-        Method::OPTIONS => "OPTIONS",
-        Method::TRACE => "TRACE",
-        Method::CONNECT => "CONNECT",
+/// The `http.request.method` label values, indexed by [`method_index`].
+const METHOD_LABELS: [&str; 10] = [
+    "GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS", "TRACE", "CONNECT", "_OTHER",
+];
+
+/// Index of the `http.request.method` label value of `method` in [`METHOD_LABELS`].
+fn method_index(method: &Method) -> usize {
+    match *method {
+        Method::GET => 0,
+        Method::POST => 1,
+        Method::PUT => 2,
+        Method::DELETE => 3,
+        Method::PATCH => 4,
+        Method::HEAD => 5,
+        Method::OPTIONS => 6,
+        Method::TRACE => 7,
+        Method::CONNECT => 8,
         // Unknown methods are one label value, as the conventions ask, so a client cannot
         // blow up the cardinality.
-        _ => "_OTHER",
-    };
-    SharedString::const_str(s)
+        _ => 9,
+    }
 }
 
-/// Layer adding [`MetricsService`].
-#[derive(Debug, Clone, Default)]
+/// Identity of the recorder the `metrics` macros use on this thread right now.
+fn current_recorder() -> usize {
+    ::metrics::with_recorder(|recorder| {
+        std::ptr::from_ref::<dyn Recorder>(recorder).cast::<()>() as usize
+    })
+}
+
+/// Duration histograms of one route (or of requests without a known route), by method index
+/// and status code. A list: a route sees a handful of (method, status) pairs, and scanning
+/// them is cheaper than hashing the key.
+type Durations = Vec<((usize, u16), Histogram)>;
+
+/// Handles resolved so far, valid for the recorder `recorder`.
+#[derive(Default)]
+struct Resolved {
+    recorder: usize,
+    active: [Option<Gauge>; METHOD_LABELS.len()],
+    no_route: Durations,
+    by_route: HashMap<Box<str>, Durations>,
+}
+
+impl Resolved {
+    fn durations(&self, route: Option<&str>) -> Option<&Durations> {
+        match route {
+            None => Some(&self.no_route),
+            Some(route) => self.by_route.get(route),
+        }
+    }
+}
+
+/// The handle cache shared by the services of one [`MetricsLayer`]; see the
+/// [module docs](self).
+#[derive(Default)]
+struct Handles {
+    resolved: RwLock<Resolved>,
+}
+
+impl Handles {
+    /// Runs `lookup` on the cache if it is valid for `recorder`, else returns `None`.
+    fn read<T>(&self, recorder: usize, lookup: impl FnOnce(&Resolved) -> Option<T>) -> Option<T> {
+        let resolved = self.resolved.read().unwrap_or_else(PoisonError::into_inner);
+        if resolved.recorder != recorder {
+            return None;
+        }
+        lookup(&resolved)
+    }
+
+    /// Runs `insert` on the cache, emptied first if it was made for another recorder.
+    fn write<T>(&self, recorder: usize, insert: impl FnOnce(&mut Resolved) -> T) -> T {
+        let mut resolved = self
+            .resolved
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        if resolved.recorder != recorder {
+            *resolved = Resolved {
+                recorder,
+                ..Resolved::default()
+            };
+        }
+        insert(&mut resolved)
+    }
+
+    fn active_requests(&self, method: usize) -> Gauge {
+        let recorder = current_recorder();
+        if let Some(gauge) = self.read(recorder, |r| r.active[method].clone()) {
+            return gauge;
+        }
+        self.write(recorder, |r| {
+            r.active[method]
+                .get_or_insert_with(|| {
+                    ::metrics::gauge!(
+                        HTTP_SERVER_ACTIVE_REQUESTS,
+                        "http.request.method" => SharedString::const_str(METHOD_LABELS[method]),
+                    )
+                })
+                .clone()
+        })
+    }
+
+    fn request_duration(&self, method: usize, route: Option<&str>, status: u16) -> Histogram {
+        let recorder = current_recorder();
+        let key = (method, status);
+        if let Some(histogram) = self.read(recorder, |r| {
+            let durations = r.durations(route)?;
+            durations
+                .iter()
+                .find(|(k, _)| *k == key)
+                .map(|(_, h)| h.clone())
+        }) {
+            return histogram;
+        }
+        self.write(recorder, |r| {
+            let durations = match route {
+                None => &mut r.no_route,
+                Some(route) => r.by_route.entry(route.into()).or_default(),
+            };
+            if let Some((_, histogram)) = durations.iter().find(|(k, _)| *k == key) {
+                return histogram.clone();
+            }
+            let histogram = {
+                let method = SharedString::const_str(METHOD_LABELS[method]);
+                let status = status_str(status);
+                match route {
+                    Some(route) => ::metrics::histogram!(
+                        HTTP_SERVER_REQUEST_DURATION,
+                        "http.request.method" => method,
+                        "http.route" => SharedString::from(route.to_owned()),
+                        "http.response.status_code" => status,
+                    ),
+                    None => ::metrics::histogram!(
+                        HTTP_SERVER_REQUEST_DURATION,
+                        "http.request.method" => method,
+                        "http.response.status_code" => status,
+                    ),
+                }
+            };
+            durations.push((key, histogram.clone()));
+            histogram
+        })
+    }
+}
+
+/// Layer adding [`MetricsService`]. The services it makes share one cache of metric handles.
+#[derive(Clone, Default)]
 pub struct MetricsLayer {
-    _priv: (),
+    handles: Arc<Handles>,
+}
+
+impl fmt::Debug for MetricsLayer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MetricsLayer").finish_non_exhaustive()
+    }
 }
 
 impl MetricsLayer {
@@ -80,14 +222,26 @@ impl MetricsLayer {
 impl<S> Layer<S> for MetricsLayer {
     type Service = MetricsService<S>;
     fn layer(&self, inner: S) -> Self::Service {
-        MetricsService { inner }
+        MetricsService {
+            inner,
+            handles: self.handles.clone(),
+        }
     }
 }
 
 /// Records the RED metrics of each request; see the [module docs](self).
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct MetricsService<S> {
     inner: S,
+    handles: Arc<Handles>,
+}
+
+impl<S: fmt::Debug> fmt::Debug for MetricsService<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MetricsService")
+            .field("inner", &self.inner)
+            .finish_non_exhaustive()
+    }
 }
 
 impl<S> MetricsService<S> {
@@ -118,10 +272,9 @@ where
     }
 
     fn call(&mut self, req: Request<ReqB>) -> Self::Future {
-        let method = method_label(req.method());
-        let route = http_route(req.extensions()).map(|r| SharedString::from(r.to_owned()));
-        let active =
-            metrics::gauge!(HTTP_SERVER_ACTIVE_REQUESTS, "http.request.method" => method.clone());
+        let method = method_index(req.method());
+        let route = RouteTemplate::of(req.extensions());
+        let active = self.handles.active_requests(method);
         active.increment(1.0);
         ResponseFuture {
             inner: self.inner.call(req),
@@ -129,6 +282,7 @@ where
                 start: Instant::now(),
                 method,
                 route,
+                handles: self.handles.clone(),
                 active: ActiveGuard(active),
             }),
         }
@@ -145,8 +299,9 @@ impl Drop for ActiveGuard {
 
 struct Pending {
     start: Instant,
-    method: SharedString,
-    route: Option<SharedString>,
+    method: usize,
+    route: Option<RouteTemplate>,
+    handles: Arc<Handles>,
     // Decrements the gauge when the request completes or is dropped (client went away).
     #[allow(dead_code)]
     active: ActiveGuard,
@@ -182,21 +337,14 @@ where
                 Err(_) => 500,
             };
             let elapsed = pending.start.elapsed().as_secs_f64();
-            let status = status_str(status);
-            let histogram = match pending.route {
-                Some(route) => metrics::histogram!(
-                    HTTP_SERVER_REQUEST_DURATION,
-                    "http.request.method" => pending.method,
-                    "http.route" => route,
-                    "http.response.status_code" => status,
-                ),
-                None => metrics::histogram!(
-                    HTTP_SERVER_REQUEST_DURATION,
-                    "http.request.method" => pending.method,
-                    "http.response.status_code" => status,
-                ),
-            };
-            histogram.record(elapsed);
+            pending
+                .handles
+                .request_duration(
+                    pending.method,
+                    pending.route.as_ref().map(RouteTemplate::as_str),
+                    status,
+                )
+                .record(elapsed);
         }
         Poll::Ready(result)
     }
@@ -208,8 +356,9 @@ mod tests {
 
     #[test]
     fn method_labels_are_bounded() {
-        assert_eq!(&*method_label(&Method::GET), "GET");
+        assert_eq!(METHOD_LABELS[method_index(&Method::GET)], "GET");
+        assert_eq!(METHOD_LABELS[method_index(&Method::CONNECT)], "CONNECT");
         let odd = Method::from_bytes(b"BREW").unwrap();
-        assert_eq!(&*method_label(&odd), "_OTHER");
+        assert_eq!(METHOD_LABELS[method_index(&odd)], "_OTHER");
     }
 }

@@ -110,6 +110,36 @@ pub(crate) fn http_route(extensions: &Extensions) -> Option<&str> {
     None
 }
 
+/// An owned handle on the route template of a request, cheap to take (no copy of the text).
+#[derive(Debug, Clone)]
+pub(crate) enum RouteTemplate {
+    Route(Route),
+    #[cfg(feature = "axum")]
+    Matched(axum::extract::MatchedPath),
+}
+
+impl RouteTemplate {
+    /// The route template of a request, if a router recorded one (see [`http_route`]).
+    pub(crate) fn of(extensions: &Extensions) -> Option<Self> {
+        if let Some(route) = extensions.get::<Route>() {
+            return Some(Self::Route(route.clone()));
+        }
+        #[cfg(feature = "axum")]
+        if let Some(path) = extensions.get::<axum::extract::MatchedPath>() {
+            return Some(Self::Matched(path.clone()));
+        }
+        None
+    }
+
+    pub(crate) fn as_str(&self) -> &str {
+        match self {
+            Self::Route(route) => route.as_str(),
+            #[cfg(feature = "axum")]
+            Self::Matched(path) => path.as_str(),
+        }
+    }
+}
+
 /// A status code as a label value, without allocating for the common ones.
 pub(crate) fn status_str(status: u16) -> SharedString {
     let s: &'static str = match status {

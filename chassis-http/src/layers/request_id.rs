@@ -2,8 +2,8 @@
 //! [`RequestId`] request extension and echoed on the response.
 //!
 //! An incoming id is kept when it is 1 to 128 visible ASCII characters (so it cannot inject
-//! anything into logs); otherwise a fresh UUID v7 (time-ordered, so ids sort by arrival) replaces
-//! it. Handlers read it with `req.extensions().get::<RequestId>()` (or axum's
+//! anything into logs); otherwise a fresh UUID v7 (time-ordered to the millisecond, so ids sort
+//! by arrival; 74 random bits from a per-thread generator seeded from the OS) replaces it. Handlers read it with `req.extensions().get::<RequestId>()` (or axum's
 //! `Extension<RequestId>`).
 //!
 //! # Example
@@ -26,10 +26,12 @@
 //! # }
 //! ```
 
+use std::cell::Cell;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use http::{HeaderName, HeaderValue, Request, Response};
 use pin_project_lite::pin_project;
@@ -49,8 +51,15 @@ pub struct RequestId(HeaderValue);
 impl RequestId {
     /// A fresh UUID v7 id.
     pub fn generate() -> Self {
+        // Not `Uuid::now_v7`: it takes the OS random source (a system call per id) and a shared
+        // counter; request ids need uniqueness and millisecond order, not that.
+        let millis = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        let random = random_bits();
+        let uuid = uuid::Builder::from_unix_timestamp_millis(millis, &random).into_uuid();
         let mut buf = uuid::Uuid::encode_buffer();
-        let s = uuid::Uuid::now_v7().hyphenated().encode_lower(&mut buf);
+        let s = uuid.hyphenated().encode_lower(&mut buf);
         Self(HeaderValue::from_str(s).expect("a UUID is a valid header value"))
     }
 
@@ -74,6 +83,29 @@ impl RequestId {
     pub fn header_value(&self) -> &HeaderValue {
         &self.0
     }
+}
+
+thread_local! {
+    /// State of this thread's request-id generator, seeded from the OS random source.
+    static ID_RNG: Cell<u64> = Cell::new(rand::random());
+}
+
+/// 80 random bits for a request id (the UUID keeps 74 of them), from wyrand: ids must not
+/// collide, they need not be unpredictable (they are echoed to clients anyway).
+fn random_bits() -> [u8; 10] {
+    fn wyrand(state: &Cell<u64>) -> u64 {
+        let s = state.get().wrapping_add(0xa076_1d64_78bd_642f);
+        state.set(s);
+        let t = u128::from(s) * u128::from(s ^ 0xe703_7ed1_a0b4_28db);
+        ((t >> 64) as u64) ^ (t as u64)
+    }
+    ID_RNG.with(|state| {
+        let (a, b) = (wyrand(state), wyrand(state));
+        let mut out = [0; 10];
+        out[..8].copy_from_slice(&a.to_le_bytes());
+        out[8..].copy_from_slice(&b.to_le_bytes()[..2]);
+        out
+    })
 }
 
 impl fmt::Debug for RequestId {
@@ -160,12 +192,14 @@ where
     }
 
     fn call(&mut self, mut req: Request<ReqB>) -> Self::Future {
-        let id = req
-            .headers()
-            .get(&self.header)
-            .and_then(RequestId::parse)
-            .unwrap_or_else(RequestId::generate);
-        req.headers_mut().insert(self.header.clone(), id.0.clone());
+        let id = match req.headers().get(&self.header).and_then(RequestId::parse) {
+            Some(id) => id,
+            None => {
+                let id = RequestId::generate();
+                req.headers_mut().insert(self.header.clone(), id.0.clone());
+                id
+            }
+        };
         let value = id.0.clone();
         req.extensions_mut().insert(id);
         ResponseFuture {
@@ -230,8 +264,49 @@ mod tests {
             let id = res.headers()[X_REQUEST_ID].to_str().unwrap().to_owned();
             let uuid = uuid::Uuid::parse_str(&id).expect("a uuid");
             assert_eq!(uuid.get_version_num(), 7);
+            assert_eq!(uuid.get_variant(), uuid::Variant::RFC4122);
             assert_eq!(res.body(), &id);
         }
+    }
+
+    #[test]
+    fn generated_ids_are_unique_and_carry_the_time() {
+        let before = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as u64;
+        let ids: std::collections::HashSet<String> = (0..1000)
+            .map(|_| RequestId::generate().to_string())
+            .collect();
+        assert_eq!(ids.len(), 1000);
+        let after = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as u64;
+        for id in &ids {
+            let (secs, nanos) = uuid::Uuid::parse_str(id)
+                .unwrap()
+                .get_timestamp()
+                .expect("a v7 timestamp")
+                .to_unix();
+            let millis = secs * 1000 + u64::from(nanos) / 1_000_000;
+            assert!(
+                (before..=after).contains(&millis),
+                "{millis} not in {before}..={after}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn propagates_a_valid_incoming_id() {
+        let svc = RequestIdLayer::new().layer(service_fn(echo));
+        let req = Request::builder()
+            .header(X_REQUEST_ID, "req-42")
+            .body(())
+            .unwrap();
+        let res = svc.oneshot(req).await.unwrap();
+        assert_eq!(res.headers()[X_REQUEST_ID], "req-42");
+        assert_eq!(res.body(), "req-42");
     }
 
     #[tokio::test]

@@ -2,6 +2,9 @@
 //! is dropped (cancelling the handler) and the client gets `504 timeout` with the chassis error
 //! body.
 //!
+//! The deadline counts from the call. The timer itself is only armed when the response is not
+//! ready on the first poll, so requests answered at once never touch the runtime's timer.
+//!
 //! # Example
 //! ```
 //! use chassis_http::layers::timeout::TimeoutLayer;
@@ -30,7 +33,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{Request, Response};
 use pin_project_lite::pin_project;
-use tokio::time::Sleep;
+use tokio::time::{Instant, Sleep};
 use tower_layer::Layer;
 use tower_service::Service;
 
@@ -99,7 +102,8 @@ where
     fn call(&mut self, req: Request<ReqB>) -> Self::Future {
         ResponseFuture {
             inner: self.inner.call(req),
-            sleep: tokio::time::sleep(self.timeout),
+            start: Instant::now(),
+            sleep: None,
             timeout: self.timeout,
         }
     }
@@ -110,8 +114,9 @@ pin_project! {
     pub struct ResponseFuture<F> {
         #[pin]
         inner: F,
-        #[pin]
-        sleep: Sleep,
+        start: Instant,
+        // Armed on the first `Pending` (boxed to keep this future small for the common case).
+        sleep: Option<Pin<Box<Sleep>>>,
         timeout: Duration,
     }
 }
@@ -137,7 +142,11 @@ where
         if let Poll::Ready(result) = this.inner.poll(cx) {
             return Poll::Ready(result.map(|res| res.map(boxed)));
         }
-        match this.sleep.poll(cx) {
+        let deadline = *this.start + *this.timeout;
+        let sleep = this
+            .sleep
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+        match sleep.as_mut().poll(cx) {
             Poll::Ready(()) => Poll::Ready(Ok(ApiError::timeout(*this.timeout).into_response())),
             Poll::Pending => Poll::Pending,
         }

@@ -58,7 +58,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
 use chassis_observability::propagation::{HeaderExtractor, extract_context};
-use http::{Request, Response, header};
+use http::{HeaderName, Request, Response, header};
 use opentelemetry::trace::{TraceContextExt, TraceId};
 use pin_project_lite::pin_project;
 use tokio::task::futures::TaskLocalFuture;
@@ -129,8 +129,17 @@ fn server_address<B>(req: &Request<B>) -> Option<&str> {
     })
 }
 
+/// The W3C trace context header.
+const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+
 /// Builds the server span for `req` (disabled, and free, when no subscriber wants it).
 pub(crate) fn server_span<B>(req: &Request<B>) -> Span {
+    // Checked first because, with no tracing subscriber installed at all, `tracing`'s `log`
+    // compatibility (a feature some dependencies turn on) evaluates and records every field
+    // of a disabled span.
+    if !tracing::enabled!(target: SPAN_TARGET, tracing::Level::INFO) {
+        return Span::none();
+    }
     let method = req.method().as_str();
     let route = http_route(req.extensions());
     let span = tracing::info_span!(
@@ -172,7 +181,7 @@ where
     fn call(&mut self, req: Request<ReqB>) -> Self::Future {
         let span = server_span(&req);
         let mut trace_id = None;
-        if req.headers().contains_key("traceparent") {
+        if req.headers().contains_key(TRACEPARENT) {
             let parent = extract_context(&HeaderExtractor(req.headers()));
             let remote = parent.span().span_context().clone();
             if remote.is_valid() {
@@ -188,10 +197,16 @@ where
             let _guard = span.enter();
             self.inner.call(req)
         };
-        ResponseFuture {
-            inner: REQUEST_TRACE_ID.scope(trace_id, inner),
-            span,
-        }
+        // The task-local costs a swap on every poll: only set it when there is a trace id to
+        // carry, or an outer request's id to hide.
+        let inner = if trace_id.is_some() || REQUEST_TRACE_ID.try_with(|_| ()).is_ok() {
+            Inner::Scoped {
+                future: REQUEST_TRACE_ID.scope(trace_id, inner),
+            }
+        } else {
+            Inner::Plain { future: inner }
+        };
+        ResponseFuture { inner, span }
     }
 }
 
@@ -199,8 +214,16 @@ pin_project! {
     /// Response future of [`TraceService`].
     pub struct ResponseFuture<F> {
         #[pin]
-        inner: TaskLocalFuture<Option<TraceId>, F>,
+        inner: Inner<F>,
         span: Span,
+    }
+}
+
+pin_project! {
+    #[project = InnerProj]
+    enum Inner<F> {
+        Scoped { #[pin] future: TaskLocalFuture<Option<TraceId>, F> },
+        Plain { #[pin] future: F },
     }
 }
 
@@ -221,7 +244,10 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
         let _guard = this.span.enter();
-        let result = ready!(this.inner.poll(cx));
+        let result = ready!(match this.inner.project() {
+            InnerProj::Scoped { future } => future.poll(cx),
+            InnerProj::Plain { future } => future.poll(cx),
+        });
         if !this.span.is_disabled() {
             let status = match &result {
                 Ok(res) => res.status().as_u16(),
