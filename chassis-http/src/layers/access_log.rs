@@ -96,13 +96,16 @@ where
     }
 
     fn call(&mut self, req: Request<ReqB>) -> Self::Future {
-        let entry =
-            tracing::enabled!(target: ACCESS_LOG_TARGET, tracing::Level::INFO).then(|| Entry {
+        // Boxed: only allocated when the line will be written, and it keeps the response
+        // future (moved through every outer layer) one pointer wide when it will not.
+        let entry = tracing::enabled!(target: ACCESS_LOG_TARGET, tracing::Level::INFO).then(|| {
+            Box::new(Entry {
                 start: Instant::now(),
                 method: req.method().clone(),
                 uri: req.uri().clone(),
                 request_id: req.extensions().get::<RequestId>().cloned(),
-            });
+            })
+        });
         ResponseFuture {
             inner: self.inner.call(req),
             entry,
@@ -138,7 +141,7 @@ pin_project! {
     pub struct ResponseFuture<F> {
         #[pin]
         inner: F,
-        entry: Option<Entry>,
+        entry: Option<Box<Entry>>,
     }
 
     impl<F> PinnedDrop for ResponseFuture<F> {

@@ -15,7 +15,9 @@
 //! by every clone of the service made from one [`MetricsLayer`]: a request costs two atomic
 //! updates and a read-locked map lookup instead of building label keys and looking them up
 //! in the recorder's registry twice. If the recorder in effect changes (a thread-local
-//! recorder in a test), the cache starts over. Like any stored `metrics` handle, a cached one
+//! recorder in a test), the cache starts over; recorders are told apart by address, so a
+//! recorder dropped and replaced by another at the same address is not noticed (use a fresh
+//! layer per recorder). Like any stored `metrics` handle, a cached one
 //! keeps recording into a series that a recorder's idle timeout has removed; the chassis
 //! recorder sets no idle timeout.
 //!
@@ -353,6 +355,44 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::convert::Infallible;
+    use tower::{ServiceExt, service_fn};
+
+    #[tokio::test]
+    async fn cached_handles_follow_the_recorder_in_effect() {
+        let svc = MetricsLayer::new().layer(service_fn(|req: Request<()>| async move {
+            let status = if req.uri().path() == "/missing" {
+                404
+            } else {
+                200
+            };
+            let mut res = Response::new(());
+            *res.status_mut() = http::StatusCode::from_u16(status).unwrap();
+            Ok::<_, Infallible>(res)
+        }));
+        // Both alive at once, so they cannot share an address.
+        let recorders: Vec<_> = (0..2)
+            .map(|_| metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder())
+            .collect();
+        for recorder in &recorders {
+            let _local = ::metrics::set_default_local_recorder(recorder);
+            for path in ["/", "/", "/missing"] {
+                let req = Request::get(path).body(()).unwrap();
+                svc.clone().oneshot(req).await.unwrap();
+            }
+            let text = recorder.handle().render();
+            for (status, count) in [(200, 2), (404, 1)] {
+                let line = format!(
+                    "http_server_request_duration_count{{http_request_method=\"GET\",http_response_status_code=\"{status}\"}} {count}"
+                );
+                assert!(text.contains(&line), "missing {line} in:\n{text}");
+            }
+            assert!(
+                text.contains(r#"http_server_active_requests{http_request_method="GET"} 0"#),
+                "{text}"
+            );
+        }
+    }
 
     #[test]
     fn method_labels_are_bounded() {

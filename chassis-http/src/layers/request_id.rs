@@ -58,9 +58,12 @@ impl RequestId {
             .map_or(0, |d| d.as_millis() as u64);
         let random = random_bits();
         let uuid = uuid::Builder::from_unix_timestamp_millis(millis, &random).into_uuid();
-        let mut buf = uuid::Uuid::encode_buffer();
-        let s = uuid.hyphenated().encode_lower(&mut buf);
-        Self(HeaderValue::from_str(s).expect("a UUID is a valid header value"))
+        let mut buf = [0; uuid::fmt::Hyphenated::LENGTH];
+        uuid.hyphenated().encode_lower(&mut buf);
+        // Owned by a refcounted buffer from the start: the id is cloned into the request and
+        // the response, and cloning a copied `Bytes` would allocate again to share it.
+        let bytes = bytes::Bytes::from_owner(buf);
+        Self(HeaderValue::from_maybe_shared(bytes).expect("a UUID is a valid header value"))
     }
 
     /// `value` as a request id if it is acceptable: 1 to [`MAX_REQUEST_ID_LEN`] visible ASCII

@@ -387,6 +387,53 @@ async fn shutdown_drains_in_flight_then_refuses_connections() {
 }
 
 #[tokio::test]
+async fn shutdown_closes_idle_keep_alive_connections_at_once() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let server = Server::bind(test_config().drain_timeout(Duration::from_secs(10)))
+        .await
+        .unwrap();
+    let server = start(
+        server,
+        app(AppState::default()).layer(StandardLayers::new()),
+    )
+    .await;
+    let addr = server.addr;
+
+    // An HTTP/1.1 keep-alive connection, idle after one request.
+    let mut h1 = tokio::net::TcpStream::connect(addr).await.unwrap();
+    h1.write_all(b"GET /hello HTTP/1.1\r\nhost: test\r\n\r\n")
+        .await
+        .unwrap();
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !seen.ends_with(b"hello") {
+        let n = h1.read(&mut buf).await.unwrap();
+        assert!(n > 0, "closed early: {}", String::from_utf8_lossy(&seen));
+        seen.extend_from_slice(&buf[..n]);
+    }
+    // An h2c connection, idle after one request.
+    let h2 = h2_client();
+    assert_eq!(get(&h2, addr, "/hello").await.status, StatusCode::OK);
+
+    let started = Instant::now();
+    server.shutdown.trigger();
+    let outcome = tokio::time::timeout(Duration::from_secs(5), server.handle)
+        .await
+        .expect("idle connections kept the server from draining")
+        .unwrap()
+        .unwrap();
+    assert!(outcome.drained);
+    assert!(started.elapsed() < Duration::from_secs(5));
+    // The server closed the idle HTTP/1.1 connection.
+    let n = tokio::time::timeout(Duration::from_secs(1), h1.read(&mut buf))
+        .await
+        .expect("connection still open")
+        .unwrap_or(0);
+    assert_eq!(n, 0);
+}
+
+#[tokio::test]
 async fn shutdown_returns_within_the_drain_deadline() {
     let state = AppState::default();
     let server = Server::bind(test_config().drain_timeout(Duration::from_millis(200)))
