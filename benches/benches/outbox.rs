@@ -1,6 +1,7 @@
 //! Outbox relay against the local RabbitMQ, SQLite and PostgreSQL.
 //!
-//! 1. Throughput: N committed outbox rows drained by one relay (chassis `Publisher`, confirms)
+//! 1. Throughput: N committed outbox rows drained by one relay (chassis `Publisher`, confirms;
+//!    `Relay::run_until_idle`, the pipelined loop `Relay::run` uses)
 //!    on SQLite and on PostgreSQL, beside raw lapin confirmed publishing with a pipelined
 //!    window of 1000 in the same run (same exchange, same durable queue, 256-byte bodies,
 //!    persistent, mandatory). Events carry 1000 distinct subjects (aggregates).
@@ -10,7 +11,9 @@
 //! Run: `cargo bench -p chassis-benches --bench outbox` (env: `AMQP_URL`, `DATABASE_URL`,
 //! `OUTBOX_BENCH_N` rows per throughput run (default 20000), `OUTBOX_BENCH_RATE` events/s
 //! (default 1000), `OUTBOX_BENCH_SECS` latency run length (default 10), `OUTBOX_BENCH_ROUNDS`
-//! (default 2)). See benches/README.md "Outbox" for recorded figures.
+//! (default 2), `OUTBOX_BENCH_BATCH` relay batch size (default 500), `OUTBOX_BENCH_IN_FLIGHT`
+//! batches in flight (default 2, the relay's default)). See benches/README.md "Outbox" for
+//! recorded figures.
 
 use std::collections::HashMap;
 use std::str::FromStr;
@@ -97,12 +100,16 @@ async fn raw_publish(url: &str, exchange: &str, n: usize, body: &[u8]) -> f64 {
 
 /// Drains `n` prefilled rows with one relay; returns rows/s.
 async fn relay_throughput<S: OutboxStore>(store: S, publisher: Arc<Publisher>, n: usize) -> f64 {
-    let config = RelayConfig::default().batch_size(env_usize("OUTBOX_BENCH_BATCH", 500));
+    let config = RelayConfig::default()
+        .batch_size(env_usize("OUTBOX_BENCH_BATCH", 500))
+        .batches_in_flight(env_usize("OUTBOX_BENCH_IN_FLIGHT", 2));
     let relay = Relay::new(store.clone(), publisher, config).unwrap();
     let start = Instant::now();
     let mut sent = 0;
     while sent < n {
-        let report = relay.run_once().await.expect("batch");
+        // What `Relay::run` does while rows are due: batches pipelined, up to
+        // `batches_in_flight` at once.
+        let report = relay.run_until_idle().await.expect("drain");
         assert!(
             report.transient_error.is_none(),
             "{:?}",
@@ -274,8 +281,9 @@ async fn main() {
             .unwrap();
     };
     println!(
-        "rows per run: {n}, body: 256 B, persistent, mandatory, durable classic queue, window {WINDOW}, relay batch {}, {SUBJECTS} subjects, rounds: {rounds}",
-        env_usize("OUTBOX_BENCH_BATCH", 500)
+        "rows per run: {n}, body: 256 B, persistent, mandatory, durable classic queue, window {WINDOW}, relay batch {} x {} in flight, {SUBJECTS} subjects, rounds: {rounds}",
+        env_usize("OUTBOX_BENCH_BATCH", 500),
+        env_usize("OUTBOX_BENCH_IN_FLIGHT", 2)
     );
 
     let (mut raw, mut lite, mut pg) = (Vec::new(), Vec::new(), Vec::new());

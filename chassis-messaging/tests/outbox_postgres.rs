@@ -363,3 +363,32 @@ async fn relay_killed_between_confirm_and_mark_rolls_back_and_the_inbox_absorbs_
     broker.cleanup().await;
     db.drop().await;
 }
+
+/// Two batches in flight on PostgreSQL: the second claim runs while the first batch's rows are
+/// locked by its open transaction; it must skip them and every later row of their subjects.
+#[tokio::test]
+async fn overlapping_batches_never_publish_a_subject_ahead_of_its_unconfirmed_rows() {
+    let (db, outbox, broker) = setup("pg-overlap", 6).await;
+    let events = mixed_events(&broker, 300, 3, 2);
+    let mut tx = outbox.pool().begin().await.unwrap();
+    let mut ids = Vec::new();
+    for msg in &events {
+        ids.push(outbox.enqueue(&mut tx, msg).await.unwrap());
+    }
+    tx.commit().await.unwrap();
+    let (ids, unordered) = split_unordered(ids, &events);
+
+    let probe = Probe::new(broker.publisher.clone(), Duration::from_millis(10));
+    let batch = 25;
+    let config = RelayConfig::default()
+        .batch_size(batch)
+        .batches_in_flight(2);
+    let relay = Relay::new(outbox.clone(), probe.clone(), config).unwrap();
+    let report = relay.run_until_idle().await.unwrap();
+    assert_eq!(report.sent, 300, "{report:?}");
+    probe.assert_overlapped_in_order(batch);
+    assert_all_arrive_in_subject_order(&broker, &ids, &unordered).await;
+    assert_eq!(outbox.stats().await.unwrap().pending, 0);
+    broker.cleanup().await;
+    db.drop().await;
+}

@@ -2,6 +2,7 @@
 
 mod outbox_support;
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -34,6 +35,20 @@ async fn enqueue_committed(outbox: &SqliteOutbox, msg: &OutgoingMessage) -> Stri
     let id = outbox.enqueue(&mut tx, msg).await.unwrap();
     outbox.commit(tx).await.unwrap();
     id
+}
+
+/// Enqueues `events` in one transaction; returns their ids, and those without a subject.
+async fn enqueue_all(
+    outbox: &SqliteOutbox,
+    events: &[OutgoingMessage],
+) -> (HashSet<String>, HashSet<String>) {
+    let mut tx = outbox.pool().begin().await.unwrap();
+    let mut ids = Vec::new();
+    for msg in events {
+        ids.push(outbox.enqueue(&mut tx, msg).await.unwrap());
+    }
+    tx.commit().await.unwrap();
+    split_unordered(ids, events)
 }
 
 #[tokio::test]
@@ -317,8 +332,11 @@ async fn relay_killed_between_confirm_and_mark_duplicates_are_absorbed_by_the_in
         inner: broker.publisher.clone(),
         confirmed_then_hung: AtomicUsize::new(0),
     });
+    // Two batches of 10 in flight (the default `batches_in_flight`): all 20 rows are confirmed
+    // and none is marked when the relay dies.
     let config = RelayConfig::default()
         .batch_size(10)
+        .batches_in_flight(2)
         // Long enough that the doomed relay cannot time out its hung publishes (and release
         // its lease itself) before the test kills it; the next relay takes over after the lease.
         .publish_timeout(Duration::from_secs(3))
@@ -329,10 +347,10 @@ async fn relay_killed_between_confirm_and_mark_duplicates_are_absorbed_by_the_in
         .spawn(token.clone());
     assert!(
         eventually(Duration::from_secs(10), || async {
-            crashing.confirmed_then_hung.load(Ordering::SeqCst) == 10
+            crashing.confirmed_then_hung.load(Ordering::SeqCst) == 20
         })
         .await,
-        "the first batch was confirmed by the broker"
+        "both batches in flight (2 x 10 rows) were confirmed by the broker"
     );
     doomed.abort(); // killed before marking
     let _ = doomed.await;
@@ -350,7 +368,7 @@ async fn relay_killed_between_confirm_and_mark_duplicates_are_absorbed_by_the_in
             .fetch_one(outbox.pool())
             .await
             .unwrap();
-        n == 20 && seen.load(Ordering::SeqCst) >= 30
+        n == 20 && seen.load(Ordering::SeqCst) >= 40
     })
     .await;
     let (n, distinct): (i64, i64) =
@@ -370,8 +388,8 @@ async fn relay_killed_between_confirm_and_mark_duplicates_are_absorbed_by_the_in
     );
     assert_eq!(
         seen.load(Ordering::SeqCst),
-        30,
-        "the 10 confirmed-but-unmarked events were delivered twice"
+        40,
+        "the 20 confirmed-but-unmarked events were delivered twice"
     );
     assert_eq!(
         deliveries.load(Ordering::SeqCst),
@@ -559,4 +577,69 @@ async fn health_check_pings_the_database() {
         check.check().await.is_err(),
         "a closed pool fails the check"
     );
+}
+
+/// The relay keeps two batches in flight: the next batch is claimed and published while the
+/// previous one still waits for confirms. It must never contain a row whose subject has an
+/// earlier row still in flight.
+#[tokio::test]
+async fn overlapping_batches_never_publish_a_subject_ahead_of_its_unconfirmed_rows() {
+    let (_dir, outbox, broker) = setup("sqlite-overlap").await;
+    let events = mixed_events(&broker, 400, 3, 2);
+    let (ids, unordered) = enqueue_all(&outbox, &events).await;
+
+    let probe = Probe::new(broker.publisher.clone(), Duration::from_millis(10));
+    let batch = 25;
+    let config = RelayConfig::default()
+        .batch_size(batch)
+        .batches_in_flight(2);
+    let relay = Relay::new(outbox.clone(), probe.clone(), config).unwrap();
+    let report = relay.run_until_idle().await.unwrap();
+    assert_eq!(report.sent, 400, "{report:?}");
+    assert_eq!(report.transient_error, None);
+    probe.assert_overlapped_in_order(batch);
+    assert_eq!(outbox.stats().await.unwrap().pending, 0);
+    assert_all_arrive_in_subject_order(&broker, &ids, &unordered).await;
+    broker.cleanup().await;
+}
+
+#[tokio::test]
+async fn broker_fails_with_two_batches_in_flight_nothing_lost_order_kept() {
+    let (_dir, outbox, broker) = setup("sqlite-overlap-kill").await;
+    let events = mixed_events(&broker, 600, 7, 3);
+    let (ids, unordered) = enqueue_all(&outbox, &events).await;
+
+    let probe = Probe::new(broker.publisher.clone(), Duration::from_millis(5));
+    let batch = 40;
+    let config = RelayConfig::default()
+        .batch_size(batch)
+        .batches_in_flight(2)
+        .backoff(Duration::from_millis(50), Duration::from_millis(500));
+    let token = CancellationToken::new();
+    let relay = Relay::new(outbox.clone(), probe.clone(), config)
+        .unwrap()
+        .spawn(token.clone());
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            probe.snapshot(|s| s.in_flight > batch && s.confirmed > 0)
+        })
+        .await,
+        "two batches in flight, the first confirms arriving"
+    );
+    assert!(
+        kill_connection(&broker.name).await >= 1,
+        "the test's connection was closed"
+    );
+
+    assert_all_arrive_in_subject_order(&broker, &ids, &unordered).await;
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            outbox.stats().await.unwrap().pending == 0
+        })
+        .await
+    );
+    probe.snapshot(|s| assert!(s.violations.is_empty(), "{:?}", s.violations));
+    token.cancel();
+    relay.await.unwrap();
+    broker.cleanup().await;
 }

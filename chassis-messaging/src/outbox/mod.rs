@@ -35,6 +35,13 @@
 //!   there is a single writer, on PostgreSQL because `enqueue` locks a per-subject row
 //!   (`chassis_outbox_subjects`) so concurrent writers of one subject serialize (see
 //!   [`postgres`]). Events without a subject have no ordering constraint.
+//! - **Pipelined batches**: a relay keeps up to [`RelayConfig::batches_in_flight`] (2) batches
+//!   in flight: it claims and publishes the next batch while the previous one still waits for
+//!   its confirms and bookkeeping, so the broker's confirm pipeline stays full. Order and
+//!   multi-relay safety are unaffected: a batch in flight holds its rows exactly as another
+//!   relay would (lease or row locks, rows still `pending`), so the head rule keeps every later
+//!   row of those subjects out of the next claim until the earlier rows are confirmed and
+//!   recorded. Each batch records its own outcomes; a failure in one does not affect the other.
 //! - **Late commits are never skipped**: relays keep no "last id seen" cursor. Every batch
 //!   reads the pending rows in id order; sent rows leave the pending set, so a row whose
 //!   transaction committed late is simply pending at the next batch.

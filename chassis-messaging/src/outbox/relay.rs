@@ -4,7 +4,9 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::StreamExt as _;
 use futures_util::future::join_all;
+use futures_util::stream::FuturesUnordered;
 use rand::Rng;
 use serde::Deserialize;
 use tokio::task::JoinHandle;
@@ -29,6 +31,12 @@ use crate::publisher::Publish;
 pub struct RelayConfig {
     /// Rows claimed and published per batch. Defaults to 200.
     pub batch_size: usize,
+    /// Batches in flight at once (claimed and not yet recorded). With 2, the next batch is
+    /// claimed and published while the previous one's confirms and bookkeeping are still under
+    /// way, so the broker's confirm pipeline never drains at a batch boundary. 1 processes one
+    /// batch at a time. On PostgreSQL each batch in flight holds one pool connection (its
+    /// open transaction) until it is recorded. Defaults to 2.
+    pub batches_in_flight: usize,
     /// Polling interval when no commit notification arrives. Defaults to 500 ms.
     #[serde(with = "humantime_serde")]
     pub poll_interval: Duration,
@@ -70,6 +78,7 @@ impl Default for RelayConfig {
     fn default() -> Self {
         Self {
             batch_size: 200,
+            batches_in_flight: 2,
             poll_interval: Duration::from_millis(500),
             publish_timeout: Duration::from_secs(10),
             max_attempts: 5,
@@ -88,6 +97,11 @@ impl RelayConfig {
     /// Sets [`batch_size`](Self::batch_size).
     pub fn batch_size(mut self, n: usize) -> Self {
         self.batch_size = n;
+        self
+    }
+    /// Sets [`batches_in_flight`](Self::batches_in_flight).
+    pub fn batches_in_flight(mut self, n: usize) -> Self {
+        self.batches_in_flight = n;
         self
     }
     /// Sets [`poll_interval`](Self::poll_interval).
@@ -146,6 +160,9 @@ impl RelayConfig {
         if self.batch_size == 0 {
             return bad("batch_size must be at least 1");
         }
+        if self.batches_in_flight == 0 {
+            return bad("batches_in_flight must be at least 1");
+        }
         if self.max_attempts == 0 {
             return bad("max_attempts must be at least 1");
         }
@@ -193,6 +210,41 @@ pub struct BatchReport {
     pub released: usize,
     /// The first transient error, if the broker (or the publish deadline) failed.
     pub transient_error: Option<String>,
+}
+
+impl BatchReport {
+    /// Adds the counts of `other` (the first transient error is kept).
+    fn absorb(&mut self, other: BatchReport) {
+        self.claimed += other.claimed;
+        self.sent += other.sent;
+        self.failed += other.failed;
+        self.parked += other.parked;
+        self.released += other.released;
+        if self.transient_error.is_none() {
+            self.transient_error = other.transient_error;
+        }
+    }
+}
+
+/// Why [`Relay::pump`] returned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum PumpEnd {
+    /// Nothing was due: every claim came back empty and no batch is in flight.
+    Idle,
+    /// A transient broker failure: back off before claiming again.
+    Transient,
+    /// Cancelled, or the deadline for the periodic chores passed.
+    Interrupted,
+}
+
+/// Adds one finished batch to the pump's running totals.
+fn absorb(total: &mut BatchReport, error: &mut Option<Error>, done: Result<BatchReport>) {
+    match done {
+        Ok(report) => total.absorb(report),
+        Err(err) => {
+            error.get_or_insert(err);
+        }
+    }
 }
 
 /// Jittered exponential backoff: the `n`-th consecutive delay is uniformly drawn from
@@ -265,11 +317,13 @@ fn relay_span(row_id: i64, message: &OutgoingMessage) -> tracing::Span {
     // without a context starts a new trace instead of joining whatever span the relay's task
     // is in. `set_parent` fails only without an OpenTelemetry layer, where there is no trace to
     // continue: the stored `traceparent` header then travels unchanged.
-    let stored = extract_with_context(
-        &opentelemetry::Context::new(),
-        &HeaderMapExtractor(&message.headers),
-    );
-    let _ = span.set_parent(stored);
+    if !span.is_disabled() {
+        let stored = extract_with_context(
+            &opentelemetry::Context::new(),
+            &HeaderMapExtractor(&message.headers),
+        );
+        let _ = span.set_parent(stored);
+    }
     span
 }
 
@@ -319,8 +373,8 @@ impl<S: OutboxStore, P: Publish + ?Sized + 'static> Relay<S, P> {
         &self.config
     }
 
-    /// Runs the relay on a new task until `token` is cancelled (it finishes the batch in hand,
-    /// then returns). Register the handle with the service's shutdown tracker.
+    /// Runs the relay on a new task until `token` is cancelled (it finishes the batches in
+    /// flight, then returns). Register the handle with the service's shutdown tracker.
     pub fn spawn(self, token: CancellationToken) -> JoinHandle<()>
     where
         S: 'static,
@@ -328,7 +382,7 @@ impl<S: OutboxStore, P: Publish + ?Sized + 'static> Relay<S, P> {
         tokio::spawn(self.run(token))
     }
 
-    /// Runs the relay on a task tracked by `shutdown`: it stops (after its current batch) when
+    /// Runs the relay on a task tracked by `shutdown`: it stops (after its batches in flight) when
     /// shutdown is triggered, and [`Shutdown::drain`](chassis_core::shutdown::Shutdown::drain)
     /// waits for it.
     pub fn spawn_with(self, shutdown: &chassis_core::shutdown::Shutdown) -> JoinHandle<()>
@@ -339,9 +393,9 @@ impl<S: OutboxStore, P: Publish + ?Sized + 'static> Relay<S, P> {
     }
 
     /// Runs the relay until `token` is cancelled: claims and publishes batches while there is
-    /// work, otherwise waits for a commit notification or the poll interval; backs off
-    /// (jittered, exponential) while the broker or the database fails; refreshes the metrics
-    /// and applies retention on their schedules.
+    /// work (up to [`RelayConfig::batches_in_flight`] at once), otherwise waits for a commit
+    /// notification or the poll interval; backs off (jittered, exponential) while the broker or
+    /// the database fails; refreshes the metrics and applies retention on their schedules.
     pub async fn run(self, token: CancellationToken) {
         let notify = self.store.notifier();
         let watch_token = token.child_token();
@@ -364,8 +418,13 @@ impl<S: OutboxStore, P: Publish + ?Sized + 'static> Relay<S, P> {
                 self.cleanup().await;
                 next_cleanup = now + self.config.cleanup_interval;
             }
-            let wait = match self.run_once().await {
-                Ok(report) if report.transient_error.is_some() => {
+            // Pump until idle, a failure, or the next chore is due (a steady stream of commits
+            // must not starve the gauges and retention).
+            let wait = match self
+                .pump(Some(&token), Some(next_stats.min(next_cleanup)))
+                .await
+            {
+                (report, PumpEnd::Transient, None) => {
                     let delay = backoff.next_delay();
                     tracing::warn!(
                         error = report.transient_error.as_deref().unwrap_or_default(),
@@ -375,9 +434,9 @@ impl<S: OutboxStore, P: Publish + ?Sized + 'static> Relay<S, P> {
                     );
                     Some(delay)
                 }
-                Ok(report) => {
+                (_, end, None) => {
                     backoff.reset();
-                    if report.claimed == 0 {
+                    if end == PumpEnd::Idle {
                         // Nothing due: sleep until a commit is signalled or the poll interval.
                         tokio::select! {
                             () = token.cancelled() => {}
@@ -387,7 +446,7 @@ impl<S: OutboxStore, P: Publish + ?Sized + 'static> Relay<S, P> {
                     }
                     None
                 }
-                Err(err) => {
+                (_, _, Some(err)) => {
                     metrics::counter!(names::OUTBOX_RELAY_ERRORS, names::ERROR_TYPE => "database")
                         .increment(1);
                     let delay = backoff.next_delay();
@@ -407,8 +466,8 @@ impl<S: OutboxStore, P: Publish + ?Sized + 'static> Relay<S, P> {
         tracing::debug!("outbox relay stopped");
     }
 
-    /// Claims, publishes and records one batch. [`run`](Self::run) calls it in a loop; tests
-    /// and tools may call it directly.
+    /// Claims, publishes and records one batch. [`run`](Self::run) pipelines batches instead
+    /// (see [`run_until_idle`](Self::run_until_idle)); tests and tools may call this directly.
     ///
     /// # Errors
     /// [`ErrorKind::Database`] when the store failed (nothing was marked; rows stay pending).
@@ -417,6 +476,131 @@ impl<S: OutboxStore, P: Publish + ?Sized + 'static> Relay<S, P> {
             .store
             .claim(self.config.batch_size, self.config.lease)
             .await?;
+        self.publish_and_finish(claim, rows).await
+    }
+
+    /// Publishes every due row, batch after batch with up to
+    /// [`RelayConfig::batches_in_flight`] batches in flight, until nothing is due or a
+    /// transient broker failure stops it (reported in
+    /// [`transient_error`](BatchReport::transient_error); the batches in flight are finished
+    /// first). Returns the sum of the batches' reports. This is what [`run`](Self::run) does
+    /// between its waits; tools and benchmarks may call it directly.
+    ///
+    /// # Errors
+    /// [`ErrorKind::Database`] when the store failed (after the other batches in flight were
+    /// recorded); the failed batch's rows stay pending.
+    pub async fn run_until_idle(&self) -> Result<BatchReport> {
+        match self.pump(None, None).await {
+            (_, _, Some(err)) => Err(err),
+            (report, _, None) => Ok(report),
+        }
+    }
+
+    /// The pipeline: claims a batch whenever fewer than `batches_in_flight` are in flight,
+    /// while the earlier ones wait for their confirms and are recorded.
+    ///
+    /// Why overlapping batches keep every guarantee: a batch in flight holds its rows exactly
+    /// like another relay would (SQLite: a lease; PostgreSQL: the row locks of its open
+    /// transaction), and those rows stay `pending` until the batch is recorded. A claim only
+    /// takes a row when every earlier pending row of its subject is in the same claim (the
+    /// head rule of [`OutboxStore::claim`]), so the next batch never contains a row whose
+    /// subject still has a row in flight: it is claimed only after the earlier row was
+    /// confirmed and recorded. A failure leaves rows pending and is handled per batch as with
+    /// one batch at a time. Claims happen one after the other, each while the batches in
+    /// flight keep being driven (they may need the pool's connections to finish).
+    ///
+    /// Stops claiming on a transient failure, a database error, cancellation of `token` or at
+    /// `deadline`, and returns once the batches in flight are done.
+    async fn pump(
+        &self,
+        token: Option<&CancellationToken>,
+        deadline: Option<Instant>,
+    ) -> (BatchReport, PumpEnd, Option<Error>) {
+        let mut total = BatchReport::default();
+        let mut error: Option<Error> = None;
+        let mut in_flight = FuturesUnordered::new();
+        // After an empty or short claim with batches in flight, the next claim waits for one
+        // of them: their rows may be what blocked it (the head rule), and polling in a loop
+        // would spin.
+        let mut wait_for_batch = false;
+        let mut idle = false;
+        loop {
+            let stopping = total.transient_error.is_some()
+                || error.is_some()
+                || token.is_some_and(CancellationToken::is_cancelled)
+                || deadline.is_some_and(|d| Instant::now() >= d);
+            if !stopping
+                && !idle
+                && !wait_for_batch
+                && in_flight.len() < self.config.batches_in_flight
+            {
+                let claim = self.store.claim(self.config.batch_size, self.config.lease);
+                tokio::pin!(claim);
+                let mut finished_meanwhile = false;
+                let claimed = loop {
+                    tokio::select! {
+                        biased;
+                        claimed = &mut claim => break claimed,
+                        Some(done) = in_flight.next() => {
+                            absorb(&mut total, &mut error, done);
+                            finished_meanwhile = true;
+                        }
+                    }
+                };
+                match claimed {
+                    Ok((claim, rows)) if rows.is_empty() => {
+                        if let Err(err) = self
+                            .store
+                            .finish(claim, Vec::new(), self.config.sent_policy())
+                            .await
+                        {
+                            error.get_or_insert(err);
+                        }
+                        if !in_flight.is_empty() {
+                            wait_for_batch = true;
+                        } else if !finished_meanwhile {
+                            idle = true;
+                        }
+                        // Else a batch was recorded while this claim read the table: its rows
+                        // may have blocked the claim, so claim again before calling it idle.
+                    }
+                    Ok((claim, rows)) => {
+                        // A short batch took everything that was due: another claim right
+                        // away would come back empty (and on SQLite take the write lock for
+                        // nothing). Pipelining pays off under a backlog, where batches are full.
+                        wait_for_batch = rows.len() < self.config.batch_size;
+                        in_flight.push(self.publish_and_finish(claim, rows));
+                    }
+                    Err(err) => {
+                        error.get_or_insert(err);
+                    }
+                }
+                continue;
+            }
+            match in_flight.next().await {
+                Some(done) => {
+                    absorb(&mut total, &mut error, done);
+                    wait_for_batch = false;
+                }
+                None => break,
+            }
+        }
+        let end = if total.transient_error.is_some() {
+            PumpEnd::Transient
+        } else if idle {
+            PumpEnd::Idle
+        } else {
+            PumpEnd::Interrupted
+        };
+        (total, end, error)
+    }
+
+    /// Publishes claimed rows and records their outcomes (the claim is released either way).
+    async fn publish_and_finish(
+        &self,
+        claim: S::Claim,
+        rows: Vec<PendingRow>,
+    ) -> Result<BatchReport> {
         let mut report = BatchReport {
             claimed: rows.len(),
             ..BatchReport::default()
@@ -641,6 +825,12 @@ mod tests {
         assert!(RelayConfig::default().batch_size(0).validate().is_err());
         assert!(
             RelayConfig::default()
+                .batches_in_flight(0)
+                .validate()
+                .is_err()
+        );
+        assert!(
+            RelayConfig::default()
                 .lease(Duration::from_secs(1))
                 .validate()
                 .is_err()
@@ -653,5 +843,6 @@ mod tests {
         assert_eq!(config.poll_interval, Duration::from_millis(250));
         assert_eq!(config.sent_policy(), SentPolicy::Delete);
         assert_eq!(config.max_attempts, 5);
+        assert_eq!(config.batches_in_flight, 2);
     }
 }

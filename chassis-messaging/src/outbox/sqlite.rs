@@ -237,6 +237,10 @@ impl OutboxStore for SqliteOutbox {
     async fn claim(&self, limit: usize, lease: Duration) -> Result<((), Vec<PendingRow>)> {
         let now = now_ms();
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        // Rows behind an earlier pending row of their subject that waits for its retry time or
+        // is leased (in flight in another batch of this relay, or held by another relay) could
+        // not be published anyway (see `heads_only`): leaving them out here fills the batch
+        // with rows that can.
         // IMMEDIATE takes the write lock up front: a deferred transaction upgrading from read
         // to write could fail with SQLITE_BUSY instead of waiting.
         let mut tx = self
@@ -250,7 +254,8 @@ impl OutboxStore for SqliteOutbox {
             " FROM chassis_outbox o WHERE status = 'pending' AND available_at <= ?1 \
              AND (locked_until IS NULL OR locked_until <= ?1) \
              AND NOT EXISTS (SELECT 1 FROM chassis_outbox p WHERE p.status = 'pending' \
-                AND p.subject = o.subject AND p.id < o.id AND p.available_at > ?1) \
+                AND p.subject = o.subject AND p.id < o.id \
+                AND (p.available_at > ?1 OR p.locked_until > ?1)) \
              ORDER BY id LIMIT ?2"
         ))
         .bind(now)

@@ -1,29 +1,28 @@
 //! Shared helpers of the outbox/inbox integration tests: a broker fixture (one exchange and one
 //! queue per test, on a named connection), SQLite files in temp dirs, one PostgreSQL schema per
-//! test, and closing one test's own broker connection with rabbitmqctl.
+//! test, and (from `tests/support`) closing one test's own broker connection with rabbitmqctl.
 #![allow(dead_code, unreachable_pub)]
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use chassis_messaging::connection::{Connection, ConnectionConfig};
+// The broker helpers (URL, unique names, closing one test's connection) are the RabbitMQ
+// tests' own.
+#[path = "../support/mod.rs"]
+mod broker_support;
+#[allow(unused_imports)] // not every test binary uses every helper
+pub use broker_support::{Fixture, amqp_url, kill_connection, unique};
+
 use chassis_messaging::message::OutgoingMessage;
 use chassis_messaging::publisher::{Publisher, PublisherConfig};
-use chassis_messaging::topology::{ExchangeConfig, QueueConfig, QueueType, TopologyConfig};
-use lapin::options::{BasicAckOptions, BasicGetOptions, ExchangeDeleteOptions, QueueDeleteOptions};
+use chassis_messaging::topology::QueueType;
+use lapin::options::{BasicAckOptions, BasicGetOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions};
-
-pub fn amqp_url() -> String {
-    std::env::var("AMQP_URL").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".to_owned())
-}
 
 pub fn database_url() -> String {
     std::env::var("DATABASE_URL")
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned())
-}
-
-pub fn unique(prefix: &str) -> String {
-    format!("chassis-test.{prefix}.{}", uuid::Uuid::new_v4().simple())
 }
 
 /// One received message, as the tests look at it.
@@ -35,51 +34,31 @@ pub struct Received {
     pub routing_key: String,
 }
 
-/// A test's exchange and queue (bound with `#`), its named connection and a confirming
-/// publisher on it.
+/// A test's exchange and classic queue (bound with `event.#`), its named connection (the
+/// RabbitMQ tests' [`Fixture`], which `Broker` derefs to) and a confirming publisher on it.
 pub struct Broker {
-    pub conn: Connection,
-    pub name: String,
-    pub exchange: String,
-    pub queue: QueueConfig,
+    fx: Fixture,
     pub publisher: Arc<Publisher>,
+}
+
+impl std::ops::Deref for Broker {
+    type Target = Fixture;
+    fn deref(&self) -> &Fixture {
+        &self.fx
+    }
 }
 
 impl Broker {
     pub async fn new(test: &str) -> Self {
-        let name = unique(test);
-        let conn = Connection::connect(
-            ConnectionConfig::new(amqp_url(), name.clone())
-                .operation_timeout(Duration::from_secs(5))
-                .backoff(Duration::from_millis(50), Duration::from_millis(500)),
-        )
-        .await
-        .expect("connect to RabbitMQ");
-        let exchange = format!("{name}.ex");
-        let queue = QueueConfig::new(format!("{name}.q"))
-            .queue_type(QueueType::Classic)
-            .bind(exchange.clone(), "event.#");
-        conn.declare(
-            TopologyConfig::new()
-                .exchange(ExchangeConfig::topic(exchange.clone()))
-                .queue(queue.clone()),
-        )
-        .await
-        .expect("declare topology");
+        let fx = Fixture::with_binding(test, "event.#", |q| q.queue_type(QueueType::Classic)).await;
         let publisher = Arc::new(
             Publisher::new(
-                &conn,
+                &fx.conn,
                 PublisherConfig::default().confirm_timeout(Duration::from_secs(3)),
             )
             .expect("publisher"),
         );
-        Self {
-            conn,
-            name,
-            exchange,
-            queue,
-            publisher,
-        }
+        Self { fx, publisher }
     }
 
     /// An event of `subject` with sequence number `seq` (in the body), routed to the queue.
@@ -134,23 +113,7 @@ impl Broker {
 
     /// Deletes the queues and exchanges and closes the connection.
     pub async fn cleanup(self) {
-        let ch = self
-            .conn
-            .create_channel()
-            .await
-            .expect("channel for cleanup");
-        for q in self.queue.all_queues() {
-            let _ = ch
-                .queue_delete(q.as_str().into(), QueueDeleteOptions::default())
-                .await;
-        }
-        for e in [self.exchange.clone(), self.queue.dead_letter_exchange()] {
-            let _ = ch
-                .exchange_delete(e.as_str().into(), ExchangeDeleteOptions::default())
-                .await;
-        }
-        let _ = ch.close(200, "cleanup".into()).await;
-        self.conn.close().await;
+        self.fx.cleanup().await;
     }
 }
 
@@ -173,37 +136,6 @@ pub fn assert_per_subject_order(received: &[Received]) {
         }
         last.insert(subject, r.seq);
     }
-}
-
-/// Closes only the broker connection(s) named `name`; returns how many.
-pub async fn kill_connection(name: &str) -> usize {
-    let name = name.to_owned();
-    tokio::task::spawn_blocking(move || {
-        let out = std::process::Command::new("rabbitmqctl")
-            .args(["-q", "list_connections", "pid", "client_properties"])
-            .output()
-            .expect("rabbitmqctl list_connections");
-        let text = String::from_utf8_lossy(&out.stdout);
-        let mut killed = 0;
-        for line in text.lines().filter(|l| l.contains(&name)) {
-            let Some(pid) = line.split_whitespace().next() else {
-                continue;
-            };
-            if !pid.starts_with('<') {
-                continue;
-            }
-            let status = std::process::Command::new("rabbitmqctl")
-                .args(["close_connection", pid, "chassis outbox test: forced close"])
-                .status()
-                .expect("rabbitmqctl close_connection");
-            if status.success() {
-                killed += 1;
-            }
-        }
-        killed
-    })
-    .await
-    .expect("rabbitmqctl task")
 }
 
 /// A SQLite database file in `dir` (WAL, 5 s busy timeout).
@@ -281,5 +213,170 @@ impl PgSchema {
         )))
         .execute(&mut admin)
         .await;
+    }
+}
+
+/// Rows `1..=n`: every `every`-th one has no subject (no ordering constraint), the others
+/// belong to one of `subjects` aggregates.
+pub fn mixed_events(broker: &Broker, n: u64, subjects: u64, every: u64) -> Vec<OutgoingMessage> {
+    (1..=n)
+        .map(|i| {
+            let mut msg = broker.event(&format!("agg-{}", i % subjects), i);
+            if i % every == 0 {
+                msg.headers.remove("cloudEvents:subject");
+            }
+            msg
+        })
+        .collect()
+}
+
+/// Drains until every id in `expected` arrived (or 30 s); asserts none is missing and that the
+/// rows with a subject arrived in commit order.
+pub async fn assert_all_arrive_in_subject_order(
+    broker: &Broker,
+    expected: &HashSet<String>,
+    unordered: &HashSet<String>,
+) {
+    let mut received = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let got = |received: &Vec<Received>| -> HashSet<String> {
+        received.iter().map(|r| r.message_id.clone()).collect()
+    };
+    while tokio::time::Instant::now() < deadline && !expected.is_subset(&got(&received)) {
+        received.extend(
+            broker
+                .drain(expected.len(), Duration::from_millis(500))
+                .await,
+        );
+    }
+    let got = got(&received);
+    assert!(
+        expected.is_subset(&got),
+        "{} of {} committed events arrived",
+        expected.intersection(&got).count(),
+        expected.len()
+    );
+    received.retain(|r| !unordered.contains(&r.message_id));
+    assert_per_subject_order(&received);
+}
+
+/// Splits enqueued ids into all of them and those without a subject (no order to check).
+pub fn split_unordered(
+    ids: Vec<String>,
+    events: &[OutgoingMessage],
+) -> (HashSet<String>, HashSet<String>) {
+    let unordered = ids
+        .iter()
+        .zip(events)
+        .filter(|(_, m)| !m.headers.contains_key("cloudEvents:subject"))
+        .map(|(id, _)| id.clone())
+        .collect();
+    (ids.into_iter().collect(), unordered)
+}
+
+/// What a [`Probe`] saw.
+#[derive(Debug, Default)]
+pub struct ProbeState {
+    /// Publishes started and not yet returned.
+    pub in_flight: usize,
+    /// The most publishes in flight at once.
+    pub max_in_flight: usize,
+    /// Publishes in flight per subject.
+    pub subjects: std::collections::HashMap<String, usize>,
+    /// Publishes that started while an earlier one of the same subject was still unconfirmed.
+    pub violations: Vec<String>,
+    /// Publishes the broker confirmed.
+    pub confirmed: usize,
+}
+
+/// Publishes through the real publisher after `delay` (so batches visibly overlap) and watches
+/// the relay: how many publishes are in flight, and whether a subject ever had two at once
+/// (which would break per-subject order).
+pub struct Probe {
+    pub inner: Arc<Publisher>,
+    pub delay: Duration,
+    pub state: std::sync::Mutex<ProbeState>,
+}
+
+impl Probe {
+    pub fn new(inner: Arc<Publisher>, delay: Duration) -> Arc<Self> {
+        Arc::new(Self {
+            inner,
+            delay,
+            state: std::sync::Mutex::new(ProbeState::default()),
+        })
+    }
+
+    pub fn snapshot<T>(&self, f: impl FnOnce(&ProbeState) -> T) -> T {
+        f(&self.state.lock().unwrap())
+    }
+
+    /// Asserts that more than one batch of `batch` rows was in flight at some point, and that
+    /// no subject ever had two publishes in flight.
+    pub fn assert_overlapped_in_order(&self, batch: usize) {
+        self.snapshot(|s| {
+            assert!(s.violations.is_empty(), "{:?}", s.violations);
+            assert!(
+                s.max_in_flight > batch,
+                "two batches were in flight at once (max {} publishes)",
+                s.max_in_flight
+            );
+        });
+    }
+}
+
+/// Counts one publish out of the probe, even when the relay drops it (publish timeout).
+struct InFlight<'a> {
+    probe: &'a Probe,
+    subject: Option<String>,
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        let mut s = self.probe.state.lock().unwrap();
+        s.in_flight -= 1;
+        if let Some(subject) = &self.subject {
+            *s.subjects.get_mut(subject).unwrap() -= 1;
+        }
+    }
+}
+
+impl chassis_messaging::publisher::Publish for Probe {
+    fn publish(
+        &self,
+        msg: OutgoingMessage,
+    ) -> futures_util::future::BoxFuture<'_, Result<(), chassis_messaging::error::Error>> {
+        Box::pin(async move {
+            let subject = match msg.headers.get("cloudEvents:subject") {
+                Some(chassis_messaging::message::HeaderValue::String(s)) => Some(s.clone()),
+                _ => None,
+            };
+            let _in_flight = {
+                let mut s = self.state.lock().unwrap();
+                s.in_flight += 1;
+                s.max_in_flight = s.max_in_flight.max(s.in_flight);
+                if let Some(subject) = &subject {
+                    let n = {
+                        let n = s.subjects.entry(subject.clone()).or_default();
+                        *n += 1;
+                        *n
+                    };
+                    if n > 1 {
+                        s.violations
+                            .push(format!("{subject}: {n} publishes in flight at once"));
+                    }
+                }
+                InFlight {
+                    probe: self,
+                    subject,
+                }
+            };
+            tokio::time::sleep(self.delay).await;
+            let res = self.inner.publish(msg).await;
+            if res.is_ok() {
+                self.state.lock().unwrap().confirmed += 1;
+            }
+            res
+        })
     }
 }

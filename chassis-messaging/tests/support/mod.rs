@@ -23,7 +23,8 @@ pub async fn connect(name: &str) -> Connection {
     Connection::connect(cfg).await.expect("connect to RabbitMQ")
 }
 
-/// One test's exchange + queue (bound with `#`), declared on a fresh named connection.
+/// One test's exchange + queue (bound with `#` unless told otherwise), declared on a fresh
+/// named connection.
 pub struct Fixture {
     pub conn: Connection,
     pub name: String,
@@ -37,10 +38,19 @@ impl Fixture {
     }
 
     pub async fn with_queue(test: &str, f: impl FnOnce(QueueConfig) -> QueueConfig) -> Self {
+        Self::with_binding(test, "#", f).await
+    }
+
+    /// Like [`with_queue`](Self::with_queue), the queue bound with `binding_key`.
+    pub async fn with_binding(
+        test: &str,
+        binding_key: &str,
+        f: impl FnOnce(QueueConfig) -> QueueConfig,
+    ) -> Self {
         let name = unique(test);
         let conn = connect(&name).await;
         let exchange = format!("{name}.ex");
-        let queue = f(QueueConfig::new(format!("{name}.q")).bind(exchange.clone(), "#"));
+        let queue = f(QueueConfig::new(format!("{name}.q")).bind(exchange.clone(), binding_key));
         conn.declare(
             TopologyConfig::new()
                 .exchange(ExchangeConfig::topic(exchange.clone()))
