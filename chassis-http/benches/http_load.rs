@@ -6,12 +6,17 @@
 //! `StandardLayers::new()` (request id, trace, metrics, access log, catch panic, timeout, load
 //! shed, body limit, error mapping). A lean load generator on its own runtime thread drives N
 //! keep-alive HTTP/1.1 connections (one request in flight per connection) against one server for
-//! a fixed time, then the other, alternating, for several rounds.
+//! a fixed time, then the other, alternating, for several rounds. Each round also reports the
+//! server worker's CPU time per request (Linux schedstat), which compares the two servers' costs
+//! even when other processes make the wall-clock rates noisy.
 //!
 //! ```text
 //! CARGO_TARGET_DIR=... cargo bench -p chassis-http --bench http_load -- \
-//!     --connections 32 --duration-ms 3000 --rounds 5 [--logs json-sink] [--no-metrics]
+//!     --connections 32 --duration-ms 2000 --rounds 6 [--logs json-sink] [--no-metrics] [--layers-only]
 //! ```
+//!
+//! `--only bare|chassis` drives one server and prints the request count, for profiling one
+//! server at a time (e.g. instructions per request under `valgrind --tool=callgrind`).
 
 use std::convert::Infallible;
 use std::net::SocketAddr;

@@ -5,8 +5,8 @@
 //! body without a length (chunked, or HTTP/2 without `content-length`) is wrapped in a
 //! [`LimitedBody`] that fails with [`LengthLimitError`] once the limit is crossed; whatever the
 //! handler then answers (axum's extractors answer a plain-text 413) is replaced by the JSON 413.
-//! Bodies with a declared length within the limit pass through unchanged (hyper enforces the
-//! declared length).
+//! Bodies with a declared length within the limit, and bodies whose size hint has an upper
+//! bound within the limit (no body at all), pass through unchanged (hyper enforces both).
 //!
 //! # Example
 //! ```
@@ -102,6 +102,7 @@ fn content_length(headers: &http::HeaderMap) -> Option<u64> {
 impl<S, ReqB, ResB> Service<Request<ReqB>> for RequestBodyLimitService<S>
 where
     S: Service<Request<LimitedBody<ReqB>>, Response = Response<ResB>>,
+    ReqB: http_body::Body,
     ResB: http_body::Body<Data = Bytes> + Send + 'static,
     ResB::Error: Into<BoxError>,
 {
@@ -122,6 +123,14 @@ where
                 };
             }
             Some(_) => (LimitedBody::unlimited(body), None),
+            // A body that says it fits (no body at all, most GETs) needs no watching.
+            None if body
+                .size_hint()
+                .upper()
+                .is_some_and(|n| n <= self.limit as u64) =>
+            {
+                (LimitedBody::unlimited(body), None)
+            }
             None => {
                 let tripped = Arc::new(AtomicBool::new(false));
                 (
