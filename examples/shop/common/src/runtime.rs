@@ -42,20 +42,15 @@ use chassis_http::server::{Server, ServerConfig};
 use chassis_messaging::connection::{Connection, ConnectionConfig};
 use chassis_messaging::consumer::{Consumer, ConsumerConfig, ConsumerHandle, Handler, Outcome};
 use chassis_messaging::envelope::Envelope;
-use chassis_messaging::headers::HeaderMapCarrier;
-use chassis_messaging::headers::HeaderMapExtractor;
 use chassis_messaging::inbox::{Claim, Inbox};
 use chassis_messaging::incoming::IncomingMessage;
-use chassis_messaging::message::OutgoingMessage;
 use chassis_messaging::outbox::{PgOutbox, Relay, RelayConfig, SqliteOutbox};
-use chassis_messaging::publisher::{Publish, Publisher, PublisherConfig};
+use chassis_messaging::publisher::{Publisher, PublisherConfig};
 use chassis_messaging::topology::{ExchangeConfig, QueueConfig, TopologyConfig};
 use chassis_observability::{Telemetry, TelemetryGuard};
 use serde::de::DeserializeOwned;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use tracing::Instrument;
-use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use crate::db::{Db, Tx};
 use crate::events::{COMMANDS_EXCHANGE, EVENTS_EXCHANGE, Emit, source};
@@ -192,10 +187,10 @@ impl App {
             CheckOptions::required().timeout(Duration::from_secs(2)),
         );
 
-        let publisher = Arc::new(TracedPublisher(Publisher::new(
-            &conn,
-            PublisherConfig::default(),
-        )?));
+        // The relay publishes each row in a span whose parent is the trace context the outbox
+        // stored with the row, so an event continues the trace of the request or message that
+        // caused it (chassis-messaging does this; no wrapper needed).
+        let publisher = Arc::new(Publisher::new(&conn, PublisherConfig::default())?);
         let token = CancellationToken::new();
         let relay_config = RelayConfig::default();
         let relay = match &outbox {
@@ -265,8 +260,8 @@ impl App {
     }
 
     /// Writes `emits` into the outbox inside `tx`, as chassis envelopes (CloudEvents) with the
-    /// order id as subject and correlation id, caused by `cause` if given, carrying the current
-    /// trace context.
+    /// order id as subject and correlation id, caused by `cause` if given. The outbox stores the
+    /// current trace context with each row.
     pub async fn emit(
         &self,
         tx: &mut Tx,
@@ -280,10 +275,7 @@ impl App {
             if let Some(id) = cause.and_then(IncomingMessage::message_id) {
                 env = env.causation_id(id.to_owned());
             }
-            let mut msg = env.to_message(self.name(e.exchange))?;
-            chassis_observability::propagation::inject_current(&mut HeaderMapCarrier(
-                &mut msg.headers,
-            ));
+            let msg = env.to_message(self.name(e.exchange))?;
             match (&self.inner.outbox, &mut *tx) {
                 (Outbox::Sqlite(o), Tx::Sqlite(t)) => {
                     o.enqueue(t, &msg).await?;
@@ -476,23 +468,4 @@ where
     app.emit(&mut tx, &emits, Some(msg)).await?;
     app.commit(tx).await?;
     Ok(())
-}
-
-/// The relay's publisher: publishes each outbox row inside a span whose parent is the trace
-/// context stored with the row (written by [`App::emit`] when the business transaction ran), so
-/// the producer span, and the `traceparent` the publisher injects, continue the trace of the
-/// request or message that caused the event instead of starting one per relay batch.
-struct TracedPublisher(Publisher);
-
-impl Publish for TracedPublisher {
-    fn publish(
-        &self,
-        msg: OutgoingMessage,
-    ) -> futures_util::future::BoxFuture<'_, Result<(), chassis_messaging::error::Error>> {
-        let parent =
-            chassis_observability::propagation::extract_context(&HeaderMapExtractor(&msg.headers));
-        let span = tracing::info_span!("outbox relay", messaging.destination.name = %msg.exchange);
-        let _ = span.set_parent(parent);
-        Box::pin(async move { self.0.publish(msg).await }.instrument(span))
-    }
 }

@@ -1,6 +1,8 @@
 //! The gateway: `shop-gateway` (env: `HTTP_ADDR` (default `127.0.0.1:8080`), `GATEWAY_API_KEYS`
 //! (`key:client,…`, default `demo-key-0001:demo`), `GATEWAY_RATE_LIMIT` (requests/s per key,
-//! default 500), `ORDERS_URL`, `INVENTORY_URL`, `NOTIFICATIONS_URL`; see `shop_common::runtime`).
+//! default 500), `ORDERS_URL`, `INVENTORY_URL`, `NOTIFICATIONS_URL`, and optionally
+//! `ORDERS_POLICY`, `INVENTORY_POLICY`, `NOTIFICATIONS_POLICY` (JSON `ResiliencePolicy` per
+//! downstream, default `shop_gateway::downstream::default_policy`); see `shop_common::runtime`).
 
 use std::sync::Arc;
 
@@ -12,77 +14,22 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use chassis_core::BoxError;
 use chassis_core::resilience::policy::ResiliencePolicy;
-use chassis_http::auth::TokenIssuer;
+use chassis_http::client::{ClientBody, HttpClient, IDEMPOTENCY_KEY};
 use chassis_http::error::ApiError;
 use serde_json::{Value, json};
 use shop_common::runtime::{App, Spec};
 use shop_common::web::{ApiErr, ok};
+use shop_gateway::downstream;
 use shop_gateway::keys::ApiKeys;
 use shop_gateway::rate_limit::KeyedRateLimiter;
-use tower::util::BoxCloneSyncService;
-use tower::{Layer, ServiceExt, service_fn};
-
-/// One downstream request (cloned per retry attempt).
-#[derive(Debug, Clone)]
-struct Call {
-    method: reqwest::Method,
-    url: String,
-    body: Option<Bytes>,
-    idempotency_key: Option<String>,
-    authorization: Option<HeaderValue>,
-}
-
-type Downstream = BoxCloneSyncService<Call, (StatusCode, Bytes), BoxError>;
-
-fn downstream(name: &str, retries: bool) -> Result<Downstream, BoxError> {
-    let http = reqwest::Client::builder()
-        .pool_max_idle_per_host(64)
-        .build()?;
-    let policy: ResiliencePolicy = serde_json::from_value(json!({
-        "name": name,
-        "timeout": "5s",
-        "retry": {"max_attempts": if retries { 3 } else { 1 }, "deadline": "10s", "backoff": {"base": "20ms", "max": "200ms", "jitter": "full"}},
-        "circuit_breaker": {"minimum_number_of_calls": 20, "sliding_window_size": 50, "wait_duration_in_open_state": "5s"}
-    }))?;
-    let inner = service_fn(move |call: Call| {
-        let http = http.clone();
-        async move {
-            let mut headers = http::HeaderMap::new();
-            chassis_observability::propagation::inject_current(
-                &mut chassis_observability::propagation::HeaderInjector(&mut headers),
-            );
-            if let Some(token) = call.authorization {
-                headers.insert(http::header::AUTHORIZATION, token);
-            }
-            let mut req = http.request(call.method, &call.url).headers(headers);
-            if let Some(key) = call.idempotency_key {
-                req = req.header("idempotency-key", key);
-            }
-            if let Some(body) = call.body {
-                req = req.header("content-type", "application/json").body(body);
-            }
-            let resp = req.send().await?;
-            let status = StatusCode::from_u16(resp.status().as_u16())?;
-            let body = resp.bytes().await?;
-            if status.is_server_error() {
-                return Err(BoxError::from(format!("{} answered {status}", call.url)));
-            }
-            Ok::<_, BoxError>((status, body))
-        }
-    });
-    Ok(BoxCloneSyncService::new(policy.build()?.layer(inner)))
-}
 
 #[derive(Clone)]
 struct Ctx {
-    tokens: Arc<TokenIssuer>,
     keys: ApiKeys,
     limiter: Arc<KeyedRateLimiter>,
-    reads: Downstream,
-    writes: Downstream,
-    orders: String,
-    inventory: String,
-    notifications: String,
+    orders: HttpClient,
+    inventory: HttpClient,
+    notifications: HttpClient,
 }
 
 impl Ctx {
@@ -114,28 +61,48 @@ impl Ctx {
         Ok(client.to_owned())
     }
 
-    /// Calls a service with a service token for `audience`.
+    /// Sends `req` to `svc` (the client adds the service token, the trace context and the
+    /// policy) and answers with the downstream's JSON body and status, or the chassis error for
+    /// the failure (see `shop_gateway::downstream`).
     async fn call(
         &self,
-        svc: &Downstream,
-        audience: &str,
-        mut call: Call,
+        svc: &HttpClient,
+        req: http::Request<ClientBody>,
     ) -> Result<Response, ApiErr> {
-        let token = self.tokens.issue(audience, &[]).map_err(ApiErr::internal)?;
-        call.authorization = Some(token.bearer_header().map_err(ApiErr::internal)?);
-        match svc.clone().oneshot(call).await {
-            Ok((status, body)) => Ok((
-                status,
-                [(http::header::CONTENT_TYPE, "application/json")],
-                body,
-            )
-                .into_response()),
+        match svc.execute(req).await {
+            Ok(resp) => {
+                let (parts, body) = resp.into_parts();
+                Ok((
+                    parts.status,
+                    [(http::header::CONTENT_TYPE, "application/json")],
+                    body,
+                )
+                    .into_response())
+            }
             Err(e) => {
-                tracing::warn!(error = %e, "downstream call failed");
-                Err(ApiErr::from(ApiError::from_box_error(&e)))
+                tracing::warn!(error = %e, attempts = e.attempts(), "downstream call failed");
+                Err(ApiErr::from(downstream::to_api_error(&e)))
             }
         }
     }
+}
+
+fn get_request(path: String) -> Result<http::Request<ClientBody>, ApiErr> {
+    http::Request::get(path)
+        .header(http::header::ACCEPT, "application/json")
+        .body(ClientBody::default())
+        .map_err(ApiErr::internal)
+}
+
+/// The policy of downstream `name`: `<NAME>_POLICY` (a JSON `ResiliencePolicy`) or the default.
+fn policy(name: &str) -> Result<Option<ResiliencePolicy>, BoxError> {
+    let key = format!("{}_POLICY", name.to_ascii_uppercase());
+    Ok(match std::env::var(&key) {
+        Ok(json) if !json.is_empty() => {
+            Some(serde_json::from_str(&json).map_err(|e| format!("{key}: {e}"))?)
+        }
+        _ => None,
+    })
 }
 
 fn env(key: &str, default: &str) -> String {
@@ -154,18 +121,31 @@ async fn main() -> Result<(), BoxError> {
     })
     .await?;
     let rate: f64 = env("GATEWAY_RATE_LIMIT", "500").parse()?;
+    let tokens = shop_common::auth::issuer_from_env()?;
     let ctx = Ctx {
-        tokens: Arc::new(shop_common::auth::issuer_from_env()?),
         keys: ApiKeys::parse(&env("GATEWAY_API_KEYS", "demo-key-0001:demo"))?,
         limiter: Arc::new(KeyedRateLimiter::new(
             rate,
             u32::try_from(rate as i64).unwrap_or(u32::MAX).max(1),
         )),
-        reads: downstream("gateway-reads", true)?,
-        writes: downstream("gateway-writes", false)?,
-        orders: env("ORDERS_URL", "http://127.0.0.1:8081"),
-        inventory: env("INVENTORY_URL", "http://127.0.0.1:8082"),
-        notifications: env("NOTIFICATIONS_URL", "http://127.0.0.1:8084"),
+        orders: downstream::client(
+            "orders",
+            &env("ORDERS_URL", "http://127.0.0.1:8081"),
+            &tokens,
+            policy("orders")?,
+        )?,
+        inventory: downstream::client(
+            "inventory",
+            &env("INVENTORY_URL", "http://127.0.0.1:8082"),
+            &tokens,
+            policy("inventory")?,
+        )?,
+        notifications: downstream::client(
+            "notifications",
+            &env("NOTIFICATIONS_URL", "http://127.0.0.1:8084"),
+            &tokens,
+            policy("notifications")?,
+        )?,
     };
     let router = Router::new()
         .route("/api/v1/orders", post(place_order))
@@ -198,16 +178,20 @@ async fn place_order(
         None => None,
     };
     order["client_id"] = client.into();
-    let call = Call {
-        method: reqwest::Method::POST,
-        url: format!("{}/internal/orders", ctx.orders),
-        body: Some(Bytes::from(
+    let mut req = http::Request::post("/internal/orders")
+        .header(http::header::CONTENT_TYPE, "application/json")
+        .header(http::header::ACCEPT, "application/json");
+    if let Some(key) = &key {
+        // With the key the orders service applies the placement once, so the client may retry
+        // it; without one the client sends it exactly once.
+        req = req.header(IDEMPOTENCY_KEY, key);
+    }
+    let req = req
+        .body(ClientBody::from(
             serde_json::to_vec(&order).map_err(ApiErr::internal)?,
-        )),
-        idempotency_key: key,
-        authorization: None,
-    };
-    let resp = ctx.call(&ctx.writes, "orders", call).await?;
+        ))
+        .map_err(ApiErr::internal)?;
+    let resp = ctx.call(&ctx.orders, req).await?;
     if resp.status() != StatusCode::ACCEPTED {
         return Ok(resp);
     }
@@ -232,26 +216,14 @@ async fn get_order(
     {
         return Err(ApiErr::bad_request("invalid order id"));
     }
-    let call = Call {
-        method: reqwest::Method::GET,
-        url: format!("{}/internal/orders/{id}", ctx.orders),
-        body: None,
-        idempotency_key: None,
-        authorization: None,
-    };
-    ctx.call(&ctx.reads, "orders", call).await
+    ctx.call(&ctx.orders, get_request(format!("/internal/orders/{id}"))?)
+        .await
 }
 
 async fn products(State(ctx): State<Ctx>, headers: HeaderMap) -> Result<Response, ApiErr> {
     ctx.admit(&headers)?;
-    let call = Call {
-        method: reqwest::Method::GET,
-        url: format!("{}/internal/products", ctx.inventory),
-        body: None,
-        idempotency_key: None,
-        authorization: None,
-    };
-    ctx.call(&ctx.reads, "inventory", call).await
+    ctx.call(&ctx.inventory, get_request("/internal/products".into())?)
+        .await
 }
 
 async fn notifications(
@@ -261,12 +233,9 @@ async fn notifications(
 ) -> Result<Response, ApiErr> {
     ctx.admit(&headers)?;
     let query = q.map(|q| format!("?{q}")).unwrap_or_default();
-    let call = Call {
-        method: reqwest::Method::GET,
-        url: format!("{}/api/v1/notifications{query}", ctx.notifications),
-        body: None,
-        idempotency_key: None,
-        authorization: None,
-    };
-    ctx.call(&ctx.reads, "notifications", call).await
+    ctx.call(
+        &ctx.notifications,
+        get_request(format!("/api/v1/notifications{query}"))?,
+    )
+    .await
 }

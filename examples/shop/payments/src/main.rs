@@ -7,7 +7,8 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::Response;
 use axum::routing::get;
-use chassis_core::{BoxError, ErrorKind};
+use chassis_core::BoxError;
+use chassis_http::client::{ClientError, ClientErrorKind};
 use shop_common::events::{
     CMD_PAYMENT_CHARGE, CMD_PAYMENT_REFUND, COMMANDS_EXCHANGE, ChargePayment, Compensate,
 };
@@ -22,9 +23,9 @@ struct Ctx {
     provider: ProviderClient,
 }
 
-fn unavailable_reason(err: &BoxError) -> String {
-    match chassis_core::Error::find_in(err.as_ref()).map(chassis_core::Error::kind) {
-        Some(ErrorKind::CircuitOpen { .. }) => "payment_provider_circuit_open".into(),
+fn unavailable_reason(err: &ClientError) -> String {
+    match err.kind() {
+        ClientErrorKind::CircuitOpen { .. } => "payment_provider_circuit_open".into(),
         _ => "payment_provider_unavailable".into(),
     }
 }
@@ -57,7 +58,7 @@ async fn charge(
             reason: "already_refunded".into(),
         },
         Err(err) => {
-            tracing::warn!(order_id = %cmd.order_id, error = %err, "payment provider unavailable");
+            tracing::warn!(order_id = %cmd.order_id, error = %err, attempts = err.attempts(), "payment provider unavailable");
             ChargeOutcome::Unavailable {
                 reason: unavailable_reason(&err),
             }

@@ -1,14 +1,21 @@
-//! The payment provider client: HTTP calls wrapped in the chassis [`ResiliencePolicy`]
-//! (per-attempt timeout, retry with backoff and an overall deadline, circuit breaker).
+//! The payment provider client: the chassis resilient [`HttpClient`] (per-attempt timeout, retry
+//! with backoff and an overall deadline, circuit breaker, client spans and metrics, trace
+//! propagation) with the provider's API on top.
 //!
-//! The request is a cloneable [`ProviderCall`], so every retry resends the same call with the same
-//! `Idempotency-Key` (a POST is safe to retry only because of that key). What counts as failure
-//! for retry and breaker: transport errors, timeouts, `5xx`, `409` (the provider is still
-//! processing the same key) and `429`. A decline (`402`) and other `4xx` are answers, not
-//! failures. An open breaker fails the call at once with `CircuitOpen`.
+//! A charge is a POST, which the client retries only because it carries an `Idempotency-Key`
+//! (`charge-<order id>`): the provider applies a key once and replays its first answer, so a
+//! retried charge never charges twice. A refund carries [`AllowRetry`]: the provider documents
+//! refunds as idempotent. Retried and counted as breaker failures: transport errors, timeouts and
+//! `5xx`; a `503` with `Retry-After` (an outage) waits that long first, up to 2 s. A decline
+//! (`402`) and other `4xx` are answers, not failures. A `409` means the first request with the
+//! same key is still running at the provider (an earlier attempt timed out here): the charge asks
+//! again with the same key until the provider has the answer. An open breaker fails the call at
+//! once with [`ClientErrorKind::CircuitOpen`].
 //!
 //! The breaker's state is exported by the chassis as the `circuit_breaker_state{name="payment-provider"}`
-//! gauge at `/metrics` (0 closed, 1 open, 2 half-open).
+//! gauge at `/metrics` (0 closed, 1 open, 2 half-open), every attempt as a sample of the
+//! `http_client_request_duration` histogram (with `server_address`/`server_port` of the
+//! provider and the status or `error_type`).
 //!
 //! # Example
 //! ```no_run
@@ -23,23 +30,21 @@
 //! # Ok(()) }
 //! ```
 
+use std::time::{Duration, Instant};
+
 use chassis_core::BoxError;
 use chassis_core::resilience::circuit_breaker::CircuitBreakerHandle;
 use chassis_core::resilience::policy::ResiliencePolicy;
+use chassis_http::client::{
+    AllowRetry, ClientBody, ClientError, ClientErrorKind, HttpClient, IDEMPOTENCY_KEY,
+};
+use http::StatusCode;
 use serde_json::{Value, json};
-use tower::util::BoxCloneSyncService;
-use tower::{Layer, ServiceExt, service_fn};
 
-/// One call to the provider (cloned for each attempt).
-#[derive(Debug, Clone)]
-pub struct ProviderCall {
-    /// Path below the base URL, e.g. `/v1/charges`.
-    pub path: String,
-    /// JSON body.
-    pub body: Value,
-    /// The `Idempotency-Key` header, if any.
-    pub idempotency_key: Option<String>,
-}
+/// How long a charge keeps asking while the provider answers `409` (same key still running).
+const IN_PROGRESS_PATIENCE: Duration = Duration::from_secs(10);
+/// The pause between two such questions.
+const IN_PROGRESS_POLL: Duration = Duration::from_millis(100);
 
 /// What the provider answered.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -58,27 +63,10 @@ pub enum ProviderReply {
     },
 }
 
-/// A retryable provider failure (feeds retry and breaker).
-#[derive(Debug, thiserror::Error)]
-#[error("payment provider answered {status}")]
-pub struct ProviderStatusError {
-    /// The HTTP status.
-    pub status: u16,
-}
-
 /// The resilient provider client. Cheap to clone.
-#[derive(Clone)]
+#[derive(Debug, Clone)]
 pub struct ProviderClient {
-    svc: BoxCloneSyncService<ProviderCall, ProviderReply, BoxError>,
-    breaker: Option<CircuitBreakerHandle>,
-}
-
-impl std::fmt::Debug for ProviderClient {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ProviderClient")
-            .field("breaker", &self.breaker.as_ref().map(|b| b.state()))
-            .finish()
-    }
+    http: HttpClient,
 }
 
 impl ProviderClient {
@@ -102,53 +90,18 @@ impl ProviderClient {
 
     /// A client for the provider at `base_url` with `policy`.
     pub fn new(base_url: &str, policy: &ResiliencePolicy) -> Result<Self, BoxError> {
-        let http = reqwest::Client::builder()
-            .pool_max_idle_per_host(32)
+        let http = HttpClient::builder("payment-provider")
+            .base_url(base_url.trim_end_matches('/'))
+            .policy(policy.clone())
+            .max_retry_after(Duration::from_secs(2))
+            .connect_timeout(Duration::from_secs(2))
             .build()?;
-        let base = base_url.trim_end_matches('/').to_owned();
-        let inner = service_fn(move |call: ProviderCall| {
-            let http = http.clone();
-            let url = format!("{base}{}", call.path);
-            async move {
-                let mut headers = http::HeaderMap::new();
-                chassis_observability::propagation::inject_current(
-                    &mut chassis_observability::propagation::HeaderInjector(&mut headers),
-                );
-                let mut req = http.post(url).headers(headers).json(&call.body);
-                if let Some(key) = &call.idempotency_key {
-                    req = req.header("idempotency-key", key);
-                }
-                let resp = req.send().await?;
-                let status = resp.status().as_u16();
-                if status >= 500 || status == 409 || status == 429 {
-                    return Err(BoxError::from(ProviderStatusError { status }));
-                }
-                let body: Value = resp.json().await.unwrap_or(Value::Null);
-                Ok::<_, BoxError>(match status {
-                    200 | 201 if body["status"] == "refunded" => ProviderReply::Refunded,
-                    200 | 201 => ProviderReply::Charged {
-                        charge_id: body["id"].as_str().unwrap_or_default().to_owned(),
-                    },
-                    _ => ProviderReply::Declined {
-                        reason: body["error"]["code"]
-                            .as_str()
-                            .unwrap_or("provider_rejected")
-                            .to_owned(),
-                    },
-                })
-            }
-        });
-        let layer = policy.build()?;
-        let breaker = layer.circuit_breaker();
-        Ok(Self {
-            svc: BoxCloneSyncService::new(layer.layer(inner)),
-            breaker,
-        })
+        Ok(Self { http })
     }
 
     /// The breaker's handle (state, force open/closed).
     pub fn breaker(&self) -> Option<&CircuitBreakerHandle> {
-        self.breaker.as_ref()
+        self.http.circuit_breaker()
     }
 
     /// Charges `amount_cents` with `idempotency_key`.
@@ -158,22 +111,77 @@ impl ProviderClient {
         amount_cents: i64,
         payment_method: &str,
         reference: &str,
-    ) -> Result<ProviderReply, BoxError> {
-        let call = ProviderCall {
-            path: "/v1/charges".into(),
-            body: json!({"amount_cents": amount_cents, "currency": "EUR", "payment_method": payment_method, "reference": reference}),
-            idempotency_key: Some(idempotency_key.to_owned()),
-        };
-        self.svc.clone().oneshot(call).await
+    ) -> Result<ProviderReply, ClientError> {
+        let body = json!({"amount_cents": amount_cents, "currency": "EUR", "payment_method": payment_method, "reference": reference});
+        let started = Instant::now();
+        loop {
+            let req = request("/v1/charges")
+                .header(IDEMPOTENCY_KEY, idempotency_key)
+                .body(ClientBody::from(body.to_string()))
+                .expect("a valid request");
+            match self.http.execute(req).await {
+                Err(e)
+                    if e.status() == Some(StatusCode::CONFLICT)
+                        && started.elapsed() < IN_PROGRESS_PATIENCE =>
+                {
+                    tracing::debug!(
+                        idempotency_key,
+                        "charge with this key still running at the provider"
+                    );
+                    tokio::time::sleep(IN_PROGRESS_POLL).await;
+                }
+                // Still running after all this time: we do not know the outcome, so it is not a
+                // refusal; the caller treats it as the provider being unavailable.
+                Err(e) if e.status() == Some(StatusCode::CONFLICT) => return Err(e),
+                outcome => return reply(outcome),
+            }
+        }
     }
 
     /// Refunds `charge_id` (idempotent at the provider).
-    pub async fn refund(&self, charge_id: &str) -> Result<ProviderReply, BoxError> {
-        let call = ProviderCall {
-            path: format!("/v1/charges/{charge_id}/refund"),
-            body: json!({}),
-            idempotency_key: None,
-        };
-        self.svc.clone().oneshot(call).await
+    pub async fn refund(&self, charge_id: &str) -> Result<ProviderReply, ClientError> {
+        let body = json!({});
+        let mut req = request(&format!("/v1/charges/{charge_id}/refund"))
+            .body(ClientBody::from(body.to_string()))
+            .expect("a valid request");
+        req.extensions_mut().insert(AllowRetry);
+        reply(self.http.execute(req).await)
+    }
+}
+
+fn request(path: &str) -> http::request::Builder {
+    http::Request::post(path)
+        .header(http::header::CONTENT_TYPE, "application/json")
+        .header(http::header::ACCEPT, "application/json")
+}
+
+/// Reads the provider's answer: 2xx is a charge or refund, 4xx a refusal with the provider's
+/// error code; everything else stays an error.
+fn reply(
+    outcome: Result<http::Response<axum::body::Bytes>, ClientError>,
+) -> Result<ProviderReply, ClientError> {
+    match outcome {
+        Ok(resp) => {
+            let body: Value = serde_json::from_slice(resp.body()).unwrap_or(Value::Null);
+            Ok(if body["status"] == "refunded" {
+                ProviderReply::Refunded
+            } else {
+                ProviderReply::Charged {
+                    charge_id: body["id"].as_str().unwrap_or_default().to_owned(),
+                }
+            })
+        }
+        Err(e) => match e.kind() {
+            ClientErrorKind::Status4xx { body, .. } => {
+                let body: Value = serde_json::from_str(body).unwrap_or(Value::Null);
+                Ok(ProviderReply::Declined {
+                    reason: body["error"]["code"]
+                        .as_str()
+                        .unwrap_or("provider_rejected")
+                        .to_owned(),
+                })
+            }
+            _ => Err(e),
+        },
     }
 }
