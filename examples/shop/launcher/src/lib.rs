@@ -1,9 +1,10 @@
 //! # shop-launcher
 //!
 //! Runs the whole shop on one machine: builds the service binaries (`cargo build`), starts each
-//! service as its own process with its environment (ports, a SQLite file per service in a run
-//! directory, `AMQP_URL`, service-token keys), waits until every `/health/ready` is green, and
-//! drives a demo workload through the gateway.
+//! service as its own process with its environment (ports, its own database — a SQLite file per
+//! service in a run directory, or a PostgreSQL database per service on one server, see
+//! [`Database`] —, `AMQP_URL`, service-token keys), waits until every `/health/ready` is green,
+//! and drives a demo workload through the gateway.
 //!
 //! The library is what the binary and the end-to-end tests share:
 //! - [`System`]: start, inspect, kill/restart and stop the processes;
@@ -44,6 +45,166 @@ pub const SERVICES: [&str; 6] = [
     "notifications",
     "gateway",
 ];
+
+/// The services with a database of their own (all but the payment provider, which plays a third
+/// party and keeps its state in memory).
+pub const SERVICES_WITH_DATABASE: [&str; 5] = [
+    "inventory",
+    "payments",
+    "orders",
+    "notifications",
+    "gateway",
+];
+
+/// The PostgreSQL server the launcher uses when `--database postgres` names none.
+pub const DEFAULT_POSTGRES_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
+
+/// Where the services keep their data.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Database {
+    /// A SQLite file per service (`<service>.db`) in the run directory. The default.
+    Sqlite,
+    /// A PostgreSQL database per service on one server, named `<prefix>_<service>`, created if
+    /// missing (the connecting role needs `CREATEDB`).
+    Postgres {
+        /// Any database URL on the server (`postgres://user@host:port/db`); the launcher connects
+        /// to it to create the services' databases and points each service at its own one.
+        server_url: String,
+        /// Prefix of the databases' names (`[a-z0-9_]`).
+        prefix: String,
+        /// Drop the databases when the system stops (or is dropped, e.g. by a failing test).
+        drop_on_stop: bool,
+    },
+}
+
+impl Database {
+    /// PostgreSQL databases `<prefix>_<service>` on `server_url`, kept after the run.
+    pub fn postgres(server_url: impl Into<String>, prefix: impl Into<String>) -> Self {
+        Database::Postgres {
+            server_url: server_url.into(),
+            prefix: prefix.into(),
+            drop_on_stop: false,
+        }
+    }
+
+    /// The name of `service`'s PostgreSQL database, if on PostgreSQL.
+    pub fn database_name(&self, service: &str) -> Option<String> {
+        match self {
+            Database::Sqlite => None,
+            Database::Postgres { prefix, .. } => {
+                Some(format!("{prefix}_{}", service.replace('-', "_")))
+            }
+        }
+    }
+
+    /// The `DATABASE_URL` of `service`, if on PostgreSQL: the server URL with the service's
+    /// database as path (user, host, port and query parameters kept).
+    pub fn service_url(&self, service: &str) -> Option<String> {
+        match self {
+            Database::Sqlite => None,
+            Database::Postgres { server_url, .. } => {
+                Some(with_database(server_url, &self.database_name(service)?))
+            }
+        }
+    }
+}
+
+/// `url` with its database (path) replaced by `name`.
+pub fn with_database(url: &str, name: &str) -> String {
+    let (base, query) = match url.split_once('?') {
+        Some((b, q)) => (b, Some(q)),
+        None => (url, None),
+    };
+    let (scheme, rest) = base.split_once("://").unwrap_or(("postgres", base));
+    let authority = rest.split('/').next().unwrap_or(rest);
+    let mut out = format!("{scheme}://{authority}/{name}");
+    if let Some(q) = query {
+        out.push('?');
+        out.push_str(q);
+    }
+    out
+}
+
+fn check_prefix(prefix: &str) -> Result<(), BoxError> {
+    let ok = !prefix.is_empty()
+        && prefix.len() <= 40
+        && prefix
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+        && !prefix.starts_with(|c: char| c.is_ascii_digit());
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "database prefix {prefix:?} must be 1..=40 of [a-z0-9_], not starting with a digit"
+        )
+        .into())
+    }
+}
+
+/// Creates the services' PostgreSQL databases that do not exist yet.
+async fn create_databases(db: &Database) -> Result<(), BoxError> {
+    let Database::Postgres {
+        server_url, prefix, ..
+    } = db
+    else {
+        return Ok(());
+    };
+    check_prefix(prefix)?;
+    let mut conn = connect_server(server_url).await?;
+    for service in SERVICES_WITH_DATABASE {
+        let name = db.database_name(service).ok_or("no database name")?;
+        let exists = sqlx::query("SELECT 1 FROM pg_database WHERE datname = $1")
+            .bind(&name)
+            .fetch_optional(&mut conn)
+            .await?
+            .is_some();
+        if exists {
+            continue;
+        }
+        // The name is checked above ([a-z0-9_]), so quoting it is enough.
+        let create = format!("CREATE DATABASE \"{name}\"");
+        match sqlx::query(sqlx::AssertSqlSafe(create))
+            .execute(&mut conn)
+            .await
+        {
+            Ok(_) => {}
+            // Created concurrently by another launcher: fine.
+            Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("42P04") => {}
+            Err(e) => return Err(format!("creating database {name}: {e}").into()),
+        }
+    }
+    sqlx::Connection::close(conn).await?;
+    Ok(())
+}
+
+/// Drops the services' PostgreSQL databases (closing their remaining connections).
+pub async fn drop_databases(db: &Database) -> Result<(), BoxError> {
+    let Database::Postgres {
+        server_url, prefix, ..
+    } = db
+    else {
+        return Ok(());
+    };
+    check_prefix(prefix)?;
+    let mut conn = connect_server(server_url).await?;
+    for service in SERVICES_WITH_DATABASE {
+        let name = db.database_name(service).ok_or("no database name")?;
+        let drop = format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)");
+        sqlx::query(sqlx::AssertSqlSafe(drop))
+            .execute(&mut conn)
+            .await
+            .map_err(|e| format!("dropping database {name}: {e}"))?;
+    }
+    sqlx::Connection::close(conn).await?;
+    Ok(())
+}
+
+async fn connect_server(url: &str) -> Result<sqlx::PgConnection, BoxError> {
+    <sqlx::PgConnection as sqlx::Connection>::connect(url)
+        .await
+        .map_err(|e| format!("connecting to PostgreSQL at {url}: {e}").into())
+}
 
 /// The binary of a service.
 pub fn binary_name(service: &str) -> String {
@@ -93,8 +254,10 @@ pub fn free_port() -> u16 {
 pub struct SystemConfig {
     /// Where the service binaries are.
     pub bin_dir: PathBuf,
-    /// Where the databases and logs go.
+    /// Where the logs (and the SQLite databases) go.
     pub run_dir: PathBuf,
+    /// SQLite files (default) or PostgreSQL databases.
+    pub database: Database,
     /// Ports by service; `None` picks free ports.
     pub ports: Option<BTreeMap<&'static str, u16>>,
     /// Prefix of every exchange and queue (isolates systems sharing a broker).
@@ -121,6 +284,7 @@ impl SystemConfig {
         Self {
             bin_dir,
             run_dir,
+            database: Database::Sqlite,
             ports: None,
             namespace: format!("shop-{}.", &uuid::Uuid::new_v4().simple().to_string()[..8]),
             amqp_url: std::env::var("AMQP_URL")
@@ -161,12 +325,22 @@ struct Proc {
 pub struct System {
     config: SystemConfig,
     procs: BTreeMap<&'static str, Proc>,
+    /// Whether the PostgreSQL databases still need dropping (`drop_on_stop`).
+    databases_to_drop: bool,
 }
 
 impl System {
     /// Starts every service and waits until each `/health/ready` answers 200.
     pub async fn start(config: SystemConfig) -> Result<System, BoxError> {
         std::fs::create_dir_all(&config.run_dir)?;
+        create_databases(&config.database).await?;
+        let databases_to_drop = matches!(
+            config.database,
+            Database::Postgres {
+                drop_on_stop: true,
+                ..
+            }
+        );
         let ports: BTreeMap<&'static str, u16> = match &config.ports {
             Some(p) => p.clone(),
             None => SERVICES.iter().map(|s| (*s, free_port())).collect(),
@@ -220,6 +394,9 @@ impl System {
                 }
                 _ => {}
             }
+            if let Some(url) = config.database.service_url(service) {
+                env.push(("DATABASE_URL".into(), url));
+            }
             env.extend(config.extra_env.iter().cloned());
             procs.insert(
                 service,
@@ -230,7 +407,11 @@ impl System {
                 },
             );
         }
-        let mut system = System { config, procs };
+        let mut system = System {
+            config,
+            procs,
+            databases_to_drop,
+        };
         for service in SERVICES {
             system.spawn(service)?;
         }
@@ -246,9 +427,10 @@ impl System {
             .open(self.config.run_dir.join(format!("{service}.log")))?;
         let proc = self.procs.get_mut(service).ok_or("unknown service")?;
         let child = Command::new(&bin)
-            // Each service of a launched system gets its own SQLite file in the run directory.
-            // An inherited DATABASE_URL (CI exports one for the crates' PostgreSQL tests) would
-            // point every service of every system at one shared database and mix their data.
+            // Each service of a launched system gets its own database: a SQLite file in the run
+            // directory, or its own PostgreSQL database (DATABASE_URL in its env). An inherited
+            // DATABASE_URL (CI exports one for the crates' PostgreSQL tests) would point every
+            // service of every system at one shared database and mix their data.
             .env_remove("DATABASE_URL")
             .envs(proc.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdin(Stdio::null())
@@ -349,8 +531,13 @@ impl System {
         }
     }
 
+    /// Where the services keep their data.
+    pub fn database(&self) -> &Database {
+        &self.config.database
+    }
+
     /// Stops every service gracefully, the gateway first; returns the services that did not
-    /// exit cleanly.
+    /// exit cleanly. Drops the PostgreSQL databases if configured to.
     pub async fn stop(mut self) -> Vec<String> {
         let mut unclean = Vec::new();
         for service in SERVICES.iter().rev() {
@@ -358,6 +545,81 @@ impl System {
                 unclean.push((*service).to_owned());
             }
         }
+        if self.databases_to_drop {
+            self.databases_to_drop = false;
+            if let Err(e) = drop_databases(&self.config.database).await {
+                eprintln!("could not drop the databases: {e}");
+            }
+        }
         unclean
+    }
+}
+
+impl Drop for System {
+    /// A system dropped without [`System::stop`] (a failing test, an error in the launcher):
+    /// the children die with it (`kill_on_drop`), and its PostgreSQL databases are dropped if
+    /// configured to, so reruns start clean.
+    fn drop(&mut self) {
+        if !self.databases_to_drop {
+            return;
+        }
+        for proc in self.procs.values_mut() {
+            if let Some(child) = proc.child.as_mut() {
+                let _ = child.start_kill();
+            }
+        }
+        let database = self.config.database.clone();
+        // Drop may run inside a runtime (which cannot block on another): use a thread of its own.
+        let done = std::thread::spawn(move || -> Result<(), BoxError> {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            rt.block_on(drop_databases(&database))
+        })
+        .join();
+        if let Ok(Err(e)) = done {
+            eprintln!("could not drop the databases: {e}");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_service_gets_its_own_database_on_the_server() {
+        let db = Database::postgres(
+            "postgres://postgres@127.0.0.1:5432/test?sslmode=disable",
+            "shop_x",
+        );
+        assert_eq!(
+            db.service_url("orders").as_deref(),
+            Some("postgres://postgres@127.0.0.1:5432/shop_x_orders?sslmode=disable")
+        );
+        assert_eq!(
+            with_database("postgresql://u:p@h", "d"),
+            "postgresql://u:p@h/d"
+        );
+        assert_eq!(
+            db.database_name("payment-provider").as_deref(),
+            Some("shop_x_payment_provider")
+        );
+        assert_eq!(Database::Sqlite.service_url("orders"), None);
+    }
+
+    #[test]
+    fn database_prefixes_are_safe_identifiers() {
+        assert!(check_prefix("shop_e2e_1a2b").is_ok());
+        for bad in [
+            "",
+            "Shop",
+            "shop-x",
+            "1shop",
+            "shop\"; DROP",
+            &"x".repeat(41),
+        ] {
+            assert!(check_prefix(bad).is_err(), "{bad:?}");
+        }
     }
 }

@@ -1,6 +1,7 @@
 //! `cargo run --release -p shop-launcher -- --orders 200 --concurrency 16`: builds and starts the
 //! whole shop, drives the demo workload, prints the summary, and stops everything (or keeps it
-//! running with `--keep-running` until Ctrl-C).
+//! running with `--keep-running` until Ctrl-C). `--database postgres[=URL]` runs every service
+//! on its own PostgreSQL database instead of a SQLite file.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -8,7 +9,29 @@ use std::time::Duration;
 use clap::Parser;
 use indicatif::{ProgressBar, ProgressStyle};
 use shop_launcher::workload::{self, WorkloadConfig};
-use shop_launcher::{BoxError, System, SystemConfig, build_services};
+use shop_launcher::{
+    BoxError, DEFAULT_POSTGRES_URL, Database, System, SystemConfig, build_services,
+};
+
+/// `sqlite`, `postgres` or `postgres=<url>`.
+fn parse_database(s: &str) -> Result<DatabaseArg, String> {
+    match s.split_once('=') {
+        None if s == "sqlite" => Ok(DatabaseArg::Sqlite),
+        None if s == "postgres" => Ok(DatabaseArg::Postgres(DEFAULT_POSTGRES_URL.into())),
+        Some(("postgres", url))
+            if url.starts_with("postgres://") || url.starts_with("postgresql://") =>
+        {
+            Ok(DatabaseArg::Postgres(url.into()))
+        }
+        _ => Err("expected `sqlite`, `postgres` or `postgres=postgres://user@host:port/db`".into()),
+    }
+}
+
+#[derive(Debug, Clone)]
+enum DatabaseArg {
+    Sqlite,
+    Postgres(String),
+}
 
 /// Runs the shop example system and a demo workload.
 #[derive(Debug, Parser)]
@@ -35,9 +58,17 @@ struct Args {
     /// Use the standard ports (gateway 8080 … provider 8090) instead of free ones.
     #[arg(long)]
     standard_ports: bool,
-    /// Where databases and logs go (default: a fresh temporary directory).
+    /// Where logs and SQLite databases go (default: a fresh temporary directory).
     #[arg(long)]
     run_dir: Option<PathBuf>,
+    /// `sqlite` (a file per service in the run directory), `postgres` (a database per service on
+    /// the local server, postgres://postgres@127.0.0.1:5432) or `postgres=<url>` (any database
+    /// URL on the server to use). PostgreSQL databases are created if missing and kept.
+    #[arg(long, default_value = "sqlite", value_parser = parse_database)]
+    database: DatabaseArg,
+    /// Names of the PostgreSQL databases: `<prefix>_<service>`.
+    #[arg(long, default_value = "shop")]
+    database_prefix: String,
 }
 
 #[tokio::main]
@@ -64,6 +95,17 @@ async fn main() -> Result<(), BoxError> {
     });
     let mut config = SystemConfig::new(bin_dir, run_dir.clone());
     config.provider_failure_rate = args.provider_failure_rate;
+    if let DatabaseArg::Postgres(url) = &args.database {
+        config.database = Database::postgres(url.clone(), args.database_prefix.clone());
+        eprintln!(
+            "databases: {} on PostgreSQL",
+            shop_launcher::SERVICES_WITH_DATABASE
+                .iter()
+                .filter_map(|s| config.database.database_name(s))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
     if args.standard_ports {
         config = config.standard_ports();
     }

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 use shop_launcher::workload::{place, wait_final};
-use shop_launcher::{System, SystemConfig, build_services};
+use shop_launcher::{Database, System, SystemConfig, build_services};
 
 const KEY: &str = "demo-key-0001";
 const SEED: &str = "tea:Green tea:450:1000,scarce:Scarce teapot:9900:2,last:Last units:500:3";
@@ -410,4 +410,124 @@ async fn orders_killed_mid_saga_every_order_finishes_and_nothing_is_charged_twic
         ids.len() as u64
     );
     sys.stop().await;
+}
+
+/// The PostgreSQL server for the PostgreSQL run: `DATABASE_URL` (CI exports the test database's
+/// URL) or the local default.
+fn postgres_server() -> String {
+    std::env::var("DATABASE_URL")
+        .ok()
+        .filter(|u| u.starts_with("postgres"))
+        .unwrap_or_else(|| "postgres://postgres@127.0.0.1:5432/test".into())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[allow(clippy::await_holding_lock)]
+async fn the_shop_on_postgresql() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let server = postgres_server();
+    // Fresh databases per run, dropped when the system stops (or is dropped by a failed
+    // assertion), so reruns never see old data.
+    let prefix = format!(
+        "shop_e2e_{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..8]
+    );
+    let (sys, _dir) = start(|c| {
+        c.database = Database::Postgres {
+            server_url: server.clone(),
+            prefix: prefix.clone(),
+            drop_on_stop: true,
+        }
+    })
+    .await;
+    let http = reqwest::Client::new();
+
+    // Happy path: CONFIRMED, one charge, one notification, stock taken.
+    let id = place_ok(&http, &sys, &order("tea", 2, "card_ok"), Some("pg-1")).await;
+    let o = final_state(&http, &sys, &id).await;
+    assert_eq!(o["status"], "CONFIRMED", "{o}");
+    let n = notifications(&http, &sys, &id).await;
+    assert_eq!(n.len(), 1, "{n:?}");
+    assert_eq!(n[0]["kind"], "order_confirmed");
+    assert_eq!(stock(&http, &sys, "tea").await, 998);
+    // The same key again: the same order (now confirmed), not a second one.
+    let (status, again) = place(
+        &http,
+        sys.url("gateway"),
+        KEY,
+        &order("tea", 2, "card_ok"),
+        Some("pg-1"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(status, 202, "{again}");
+    assert_eq!(again["data"]["order_id"].as_str(), Some(id.as_str()));
+
+    // Declined: FAILED(card_declined), the reservation released.
+    let declined = place_ok(&http, &sys, &order("tea", 1, "card_declined"), None).await;
+    let o = final_state(&http, &sys, &declined).await;
+    assert_eq!(
+        (o["status"].as_str(), o["reason"].as_str()),
+        (Some("FAILED"), Some("card_declined")),
+        "{o}"
+    );
+    let mut released = false;
+    for _ in 0..50 {
+        if stock(&http, &sys, "tea").await == 998 {
+            released = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(released, "stock was not released");
+
+    // Out of stock: FAILED(out_of_stock).
+    let o = final_state(
+        &http,
+        &sys,
+        &place_ok(&http, &sys, &order("scarce", 3, "card_ok"), None).await,
+    )
+    .await;
+    assert_eq!(o["reason"], "out_of_stock", "{o}");
+
+    // The data is in each service's own PostgreSQL database, not in SQLite files.
+    let orders_db = sys.database().service_url("orders").unwrap();
+    let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(&orders_db)
+        .await
+        .unwrap();
+    let rows: Vec<(String, String)> = sqlx::query_as("SELECT id, status FROM orders ORDER BY id")
+        .fetch_all(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), 3, "{rows:?}");
+    assert!(rows.contains(&(id.clone(), "CONFIRMED".into())), "{rows:?}");
+    let relayed: i64 = sqlx::query_scalar("SELECT count(*) FROM chassis_outbox")
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+    assert!(relayed > 0, "the orders outbox on PostgreSQL is empty");
+    sqlx::Connection::close(conn).await.unwrap();
+    let sqlite_files: Vec<_> = std::fs::read_dir(sys.run_dir())
+        .unwrap()
+        .filter_map(Result::ok)
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".db"))
+        .collect();
+    assert!(sqlite_files.is_empty(), "{sqlite_files:?}");
+
+    let database = sys.database().clone();
+    let unclean = sys.stop().await;
+    assert!(
+        unclean.is_empty(),
+        "did not shut down gracefully: {unclean:?}"
+    );
+    // stop() dropped the databases.
+    let mut admin = <sqlx::PgConnection as sqlx::Connection>::connect(&server)
+        .await
+        .unwrap();
+    let left: i64 = sqlx::query_scalar("SELECT count(*) FROM pg_database WHERE datname LIKE $1")
+        .bind(format!("{prefix}\\_%"))
+        .fetch_one(&mut admin)
+        .await
+        .unwrap();
+    assert_eq!(left, 0, "databases of {database:?} left behind");
 }
