@@ -1,4 +1,6 @@
-//! Validates the deployment files in `examples/deploy` by parsing them (no cluster here).
+//! Validates the deployment files in `examples/deploy` by parsing them (no cluster and no Docker
+//! engine here): the Compose file, the Kubernetes manifests, and that the Dockerfile builds and
+//! installs every binary they run.
 
 use std::path::{Path, PathBuf};
 
@@ -99,6 +101,25 @@ fn every_deployment_has_probes_on_the_chassis_paths_an_image_and_resources() {
         }
     }
     assert!(kinds.contains(&"ConfigMap".to_owned()) && kinds.contains(&"Secret".to_owned()));
+    let image = dockerfile();
+    for (name, d) in &deployments {
+        for c in d["spec"]["template"]["spec"]["containers"]
+            .as_sequence()
+            .unwrap()
+        {
+            assert!(
+                c["image"]
+                    .as_str()
+                    .is_some_and(|i| i.starts_with("ghcr.io/chassis-rs/shop:")),
+                "{name}: not the shop image"
+            );
+            let bin = entry_binary(c).unwrap_or_else(|| panic!("{name}: no command"));
+            assert!(
+                image.installed.contains(&bin),
+                "{name} runs {bin}, which the Dockerfile does not install"
+            );
+        }
+    }
     for name in SERVICES {
         assert!(services.contains(&name.to_owned()), "no Service for {name}");
         let (_, d) = deployments
@@ -106,9 +127,10 @@ fn every_deployment_has_probes_on_the_chassis_paths_an_image_and_resources() {
             .find(|(n, _)| n == name)
             .unwrap_or_else(|| panic!("no Deployment {name}"));
         let c = &d["spec"]["template"]["spec"]["containers"][0];
-        assert!(
-            c["image"].as_str().is_some_and(|i| i.contains(name)),
-            "{name}: image"
+        assert_eq!(
+            entry_binary(c).as_deref(),
+            Some(format!("shop-{name}").as_str()),
+            "{name}: command"
         );
         assert!(
             c["resources"]["requests"]["cpu"].is_string(),
@@ -142,4 +164,256 @@ fn every_deployment_has_probes_on_the_chassis_paths_an_image_and_resources() {
             "{name} should run several replicas"
         );
     }
+}
+
+/// What the Dockerfile produces, by parsing it: the packages its `cargo build` builds, the
+/// binaries those packages have, and the binaries copied into a directory on the final stage's
+/// `PATH`.
+#[derive(Debug)]
+struct Image {
+    built_packages: Vec<String>,
+    installed: Vec<String>,
+    apt_packages: Vec<String>,
+}
+
+/// The Dockerfile's instructions: continuation lines joined, comments dropped.
+fn instructions(text: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut current = String::new();
+    for line in text.lines() {
+        let trimmed = line.trim();
+        if trimmed.starts_with('#') || (trimmed.is_empty() && current.is_empty()) {
+            continue;
+        }
+        match trimmed.strip_suffix('\\') {
+            Some(head) => {
+                current.push_str(head);
+                current.push(' ');
+            }
+            None => {
+                current.push_str(trimmed);
+                out.push(std::mem::take(&mut current));
+            }
+        }
+    }
+    out
+}
+
+/// The binaries of a workspace package: `[[bin]]` names, or the package name.
+fn package_binaries(package: &str) -> Vec<String> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let manifest = entry.unwrap().path().join("Cargo.toml");
+        let Ok(text) = std::fs::read_to_string(&manifest) else {
+            continue;
+        };
+        let toml: toml::Table = toml::from_str(&text).unwrap();
+        if toml["package"]["name"].as_str() != Some(package) {
+            continue;
+        }
+        return match toml.get("bin").and_then(|b| b.as_array()) {
+            Some(bins) => bins
+                .iter()
+                .map(|b| b["name"].as_str().unwrap().to_owned())
+                .collect(),
+            None => vec![package.to_owned()],
+        };
+    }
+    panic!("the Dockerfile builds {package}, which is not a package under examples/shop");
+}
+
+fn dockerfile() -> Image {
+    let text = std::fs::read_to_string(deploy_dir().join("Dockerfile")).unwrap();
+    let mut stages: Vec<(String, Vec<String>)> = Vec::new();
+    for ins in instructions(&text) {
+        let mut words = ins.split_whitespace();
+        let op = words.next().unwrap().to_ascii_uppercase();
+        if op == "FROM" {
+            let words: Vec<&str> = words.collect();
+            let name = match words.iter().position(|w| w.eq_ignore_ascii_case("as")) {
+                Some(i) => words[i + 1].to_owned(),
+                None => format!("stage{}", stages.len()),
+            };
+            stages.push((name, Vec::new()));
+        } else if let Some((_, stage)) = stages.last_mut() {
+            stage.push(ins.clone());
+        } else {
+            // Only ARGs (for the FROM lines) may come before the first FROM.
+            assert_eq!(op, "ARG", "{ins}: an instruction before FROM");
+        }
+    }
+    assert!(stages.len() >= 2, "the Dockerfile should be multi-stage");
+    let (final_name, final_stage) = stages.last().unwrap();
+
+    // The build stage the final stage copies binaries from.
+    let mut installed = Vec::new();
+    let mut build_stage = None;
+    for ins in final_stage {
+        let words: Vec<&str> = ins.split_whitespace().collect();
+        if !words[0].eq_ignore_ascii_case("COPY") {
+            continue;
+        }
+        let Some(from) = words.iter().find_map(|w| w.strip_prefix("--from=")) else {
+            continue;
+        };
+        let dest = *words.last().unwrap();
+        assert!(
+            dest.trim_end_matches('/') == "/usr/local/bin",
+            "{final_name}: binaries go to {dest}, not on PATH"
+        );
+        build_stage = Some(from.to_owned());
+        let (_, build) = stages
+            .iter()
+            .find(|(n, _)| n == from)
+            .unwrap_or_else(|| panic!("COPY --from={from}: no such stage"));
+        let sources = &words[1..words.len() - 1];
+        let sources: Vec<&str> = sources
+            .iter()
+            .filter(|w| !w.starts_with("--"))
+            .copied()
+            .collect();
+        for src in sources {
+            // A directory the build stage filled with `cp target/release/<bin> … <dir>/`.
+            let dir = src.trim_end_matches('/');
+            for run in build {
+                let Some(cp) = run.split("&&").find(|c| {
+                    let c = c.trim();
+                    c.starts_with("cp ") && c.trim_end().trim_end_matches('/').ends_with(dir)
+                }) else {
+                    continue;
+                };
+                for arg in cp.split_whitespace().skip(1) {
+                    if let Some(bin) = arg.strip_prefix("target/release/") {
+                        installed.push(bin.to_owned());
+                    }
+                }
+            }
+        }
+    }
+    let build_stage = build_stage.expect("the final stage copies nothing from a build stage");
+    let (_, build) = stages.iter().find(|(n, _)| *n == build_stage).unwrap();
+    let cargo = build
+        .iter()
+        .flat_map(|run| run.split("&&"))
+        .find(|c| c.contains("cargo build"))
+        .expect("the build stage runs no cargo build");
+    assert!(
+        cargo.contains("--release"),
+        "cargo build should be --release"
+    );
+    assert!(
+        cargo.contains("--locked"),
+        "cargo build should use the lock file"
+    );
+    let words: Vec<&str> = cargo.split_whitespace().collect();
+    let built_packages: Vec<String> = words
+        .windows(2)
+        .filter(|w| w[0] == "-p" || w[0] == "--package")
+        .map(|w| w[1].to_owned())
+        .collect();
+    let built_binaries: Vec<String> = built_packages
+        .iter()
+        .flat_map(|p| package_binaries(p))
+        .collect();
+    for bin in &installed {
+        assert!(
+            built_binaries.contains(bin),
+            "the Dockerfile installs {bin}, which its cargo build does not build ({built_packages:?})"
+        );
+    }
+    let apt_packages = final_stage
+        .iter()
+        .filter(|r| r.contains("apt-get install"))
+        .flat_map(|r| r.split_whitespace().map(str::to_owned).collect::<Vec<_>>())
+        .collect();
+    Image {
+        built_packages,
+        installed,
+        apt_packages,
+    }
+}
+
+/// The binary a container or compose service runs: the first word of its command (or
+/// entrypoint), without a directory.
+fn entry_binary(svc: &Value) -> Option<String> {
+    let first = |v: &Value| -> Option<String> {
+        match v {
+            Value::Sequence(s) => s.first()?.as_str().map(str::to_owned),
+            Value::String(s) => s.split_whitespace().next().map(str::to_owned),
+            _ => None,
+        }
+    };
+    let cmd = first(&svc["entrypoint"]).or_else(|| first(&svc["command"]))?;
+    Some(cmd.rsplit('/').next().unwrap_or(&cmd).to_owned())
+}
+
+#[test]
+fn the_dockerfile_builds_every_binary_compose_runs() {
+    let image = dockerfile();
+    assert!(!image.built_packages.is_empty());
+    let compose = &docs(&deploy_dir().join("compose.yaml"))[0];
+    let services = compose["services"].as_mapping().unwrap();
+    let mut checked = 0;
+    for (name, svc) in services {
+        let name = name.as_str().unwrap();
+        if svc["build"].is_null() {
+            // A third-party image (RabbitMQ, PostgreSQL).
+            assert!(
+                ["rabbitmq", "postgres"].contains(&name),
+                "{name} is neither built nor a known third-party image"
+            );
+            continue;
+        }
+        let build = &svc["build"];
+        let context = deploy_dir().join(build["context"].as_str().unwrap());
+        let dockerfile = context.join(build["dockerfile"].as_str().unwrap());
+        assert_eq!(
+            dockerfile.canonicalize().unwrap(),
+            deploy_dir().join("Dockerfile").canonicalize().unwrap(),
+            "{name} is built from another Dockerfile"
+        );
+        assert!(
+            context.join("Cargo.lock").is_file(),
+            "{name}: the build context is not the workspace root"
+        );
+        let bin = entry_binary(svc).unwrap_or_else(|| panic!("{name}: no command"));
+        assert!(
+            image.installed.contains(&bin),
+            "{name} runs {bin}, which the Dockerfile does not build and install ({:?})",
+            image.installed
+        );
+        let uses_curl = svc["healthcheck"]["test"]
+            .as_sequence()
+            .is_some_and(|t| t.iter().any(|w| w.as_str() == Some("curl")));
+        if uses_curl {
+            assert!(
+                image.apt_packages.iter().any(|p| p == "curl"),
+                "{name}'s health check needs curl in the image"
+            );
+        }
+        checked += 1;
+    }
+    assert_eq!(
+        checked,
+        SERVICES.len() + 1,
+        "every service and the provider"
+    );
+}
+
+#[test]
+fn dockerfile_parsing_follows_continuations_and_stages() {
+    let ins =
+        instructions("FROM a AS b\n# c\nRUN x \\\n  && y\n\nCOPY --from=b /out/ /usr/local/bin/\n");
+    assert_eq!(
+        ins,
+        vec![
+            "FROM a AS b",
+            "RUN x  && y",
+            "COPY --from=b /out/ /usr/local/bin/"
+        ]
+    );
+    let bin = entry_binary(
+        &serde_yaml::from_str("command: [\"/usr/local/bin/shop-orders\", \"-v\"]").unwrap(),
+    );
+    assert_eq!(bin.as_deref(), Some("shop-orders"));
 }
