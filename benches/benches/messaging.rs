@@ -4,7 +4,8 @@
 //!
 //! Run: `cargo bench -p chassis-benches --bench messaging` (env: `AMQP_URL`, `MSG_BENCH_N`
 //! messages per run (default 20000), `MSG_BENCH_WINDOW` (default 1000), `MSG_BENCH_ROUNDS`
-//! (default 2)). Prints msg/s; see benches/README.md for recorded figures.
+//! (default 2), `MSG_BENCH_DEADLINE_SECS` per measured round (default 300)). Prints msg/s; see
+//! benches/README.md for recorded figures.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -32,6 +33,20 @@ fn env_usize(name: &str, default: usize) -> usize {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
+}
+
+/// Runs one measured round with a deadline (`MSG_BENCH_DEADLINE_SECS`, default 300): a broker
+/// that stops confirming (a disk or memory alarm blocks every publisher without an error) must
+/// fail the benchmark loudly, not hang it.
+async fn bounded<T>(what: &str, fut: impl std::future::Future<Output = T>) -> T {
+    let secs = env_usize("MSG_BENCH_DEADLINE_SECS", 300) as u64;
+    match tokio::time::timeout(Duration::from_secs(secs), fut).await {
+        Ok(v) => v,
+        Err(_) => panic!(
+            "{what} did not finish within {secs} s: is the broker blocking publishers \
+             (`rabbitmqctl status`, look for alarms: disk or memory)?"
+        ),
+    }
 }
 
 async fn raw_publish(url: &str, exchange: &str, n: usize, window: usize, body: &[u8]) -> f64 {
@@ -185,14 +200,37 @@ async fn main() {
         .await
         .expect("declare");
         let admin = conn.create_channel().await.unwrap();
+        // Unmeasured warm-up, so the first measured round (raw lapin's) does not pay for a
+        // cold queue (a fresh quorum queue's first thousands of messages are slower).
+        bounded(
+            "warm-up",
+            raw_publish(&url, &exchange, n.min(5000), window, &body),
+        )
+        .await;
+        admin
+            .queue_purge(queue.name.as_str().into(), QueuePurgeOptions::default())
+            .await
+            .unwrap();
         let (mut raw, mut ours) = (Vec::new(), Vec::new());
         for _ in 0..rounds {
-            raw.push(raw_publish(&url, &exchange, n, window, &body).await);
+            raw.push(
+                bounded(
+                    "raw lapin publish",
+                    raw_publish(&url, &exchange, n, window, &body),
+                )
+                .await,
+            );
             admin
                 .queue_purge(queue.name.as_str().into(), QueuePurgeOptions::default())
                 .await
                 .unwrap();
-            ours.push(chassis_publish(&publisher, &exchange, n, window, &body).await);
+            ours.push(
+                bounded(
+                    "chassis publish",
+                    chassis_publish(&publisher, &exchange, n, window, &body),
+                )
+                .await,
+            );
             admin
                 .queue_purge(queue.name.as_str().into(), QueuePurgeOptions::default())
                 .await
@@ -205,10 +243,18 @@ async fn main() {
             100.0 * o / r
         );
         // Consume-and-ack, prefetch 100.
-        chassis_publish(&publisher, &exchange, n, window, &body).await;
-        let oc = chassis_consume(&conn, &queue, n).await;
-        chassis_publish(&publisher, &exchange, n, window, &body).await;
-        let rc = raw_consume(&url, &queue.name, n).await;
+        bounded(
+            "fill",
+            chassis_publish(&publisher, &exchange, n, window, &body),
+        )
+        .await;
+        let oc = bounded("chassis consume", chassis_consume(&conn, &queue, n)).await;
+        bounded(
+            "fill",
+            chassis_publish(&publisher, &exchange, n, window, &body),
+        )
+        .await;
+        let rc = bounded("raw lapin consume", raw_consume(&url, &queue.name, n)).await;
         println!(
             "{qt:?} consume+ack prefetch 100: raw lapin {rc:.0} msg/s, chassis Consumer {oc:.0} msg/s, ratio {:.1}%",
             100.0 * oc / rc

@@ -18,7 +18,9 @@
 //!   OpenTelemetry messaging attributes (`messaging.system = rabbitmq`,
 //!   `messaging.destination.name`, `messaging.rabbitmq.destination.routing_key`,
 //!   `messaging.message.id`) and injects `traceparent`/`tracestate`/`baggage` into the
-//!   headers; metrics `messaging.publish.duration` and `messaging.client.sent.messages`.
+//!   headers; metrics `messaging.publish.duration` and `messaging.client.sent.messages`
+//!   (the handles of successful publishes are cached per destination, so install the metrics
+//!   recorder — `chassis_observability::Telemetry` does — before the first publish).
 //!
 //! # Example
 //! ```no_run
@@ -34,6 +36,7 @@
 //! # Ok(()) }
 //! ```
 
+use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
@@ -126,6 +129,48 @@ struct Inner {
     window: Semaphore,
     current: RwLock<Option<ManagedChannel>>,
     reopen: tokio::sync::Mutex<()>,
+    /// Metric handles per destination, so the hot path does not rebuild label sets and look
+    /// them up in the recorder's registry for every message.
+    metrics: RwLock<HashMap<String, DestinationMetrics>>,
+}
+
+/// The handles a successful publish to one destination records into.
+#[derive(Clone)]
+struct DestinationMetrics {
+    duration_ok: metrics::Histogram,
+    sent: metrics::Counter,
+}
+
+/// Most destinations whose handles are cached; beyond that (destination names built per
+/// message, which is unusual) handles are looked up per publish instead of growing the map.
+const METRICS_CACHE_LIMIT: usize = 256;
+
+impl Inner {
+    fn destination_metrics(&self, dest: &str) -> DestinationMetrics {
+        if let Some(m) = self
+            .metrics
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(dest)
+        {
+            return m.clone();
+        }
+        let m = DestinationMetrics {
+            duration_ok: metrics::histogram!(names::MESSAGING_PUBLISH_DURATION,
+                names::labels::MESSAGING_DESTINATION_NAME => dest.to_owned(),
+                names::labels::OUTCOME => "ok"),
+            sent: metrics::counter!(names::MESSAGING_CLIENT_SENT_MESSAGES,
+                names::labels::MESSAGING_DESTINATION_NAME => dest.to_owned()),
+        };
+        let mut cache = self
+            .metrics
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if cache.len() < METRICS_CACHE_LIMIT {
+            cache.insert(dest.to_owned(), m.clone());
+        }
+        m
+    }
 }
 
 impl std::fmt::Debug for Publisher {
@@ -158,6 +203,7 @@ impl Publisher {
                 config,
                 current: RwLock::new(None),
                 reopen: tokio::sync::Mutex::new(()),
+                metrics: RwLock::new(HashMap::new()),
             }),
         })
     }
@@ -211,20 +257,23 @@ impl Publisher {
             .send(&msg.exchange, &msg.routing_key, &msg.body, props)
             .instrument(span.clone())
             .await;
-        let outcome = outcome_label(&res);
-        if let Err(e) = &res {
-            span.record("otel.status_code", "ERROR");
-            span.record("error.type", outcome);
-            tracing::debug!(parent: &span, error = %e, "publish failed");
-        }
-        metrics::histogram!(names::MESSAGING_PUBLISH_DURATION,
-            names::labels::MESSAGING_DESTINATION_NAME => dest.to_owned(),
-            names::labels::OUTCOME => outcome)
-        .record(start.elapsed().as_secs_f64());
-        if res.is_ok() {
-            metrics::counter!(names::MESSAGING_CLIENT_SENT_MESSAGES,
-                names::labels::MESSAGING_DESTINATION_NAME => dest.to_owned())
-            .increment(1);
+        let elapsed = start.elapsed().as_secs_f64();
+        match &res {
+            Ok(()) => {
+                let m = self.inner.destination_metrics(dest);
+                m.duration_ok.record(elapsed);
+                m.sent.increment(1);
+            }
+            Err(e) => {
+                let outcome = outcome_label(&res);
+                span.record("otel.status_code", "ERROR");
+                span.record("error.type", outcome);
+                tracing::debug!(parent: &span, error = %e, "publish failed");
+                metrics::histogram!(names::MESSAGING_PUBLISH_DURATION,
+                    names::labels::MESSAGING_DESTINATION_NAME => dest.to_owned(),
+                    names::labels::OUTCOME => outcome)
+                .record(elapsed);
+            }
         }
         res
     }
@@ -294,11 +343,17 @@ impl Publisher {
         if shutdown.is_cancelled() {
             return Err(Error::shutdown());
         }
-        let _permit = match tokio::time::timeout(confirm_timeout, self.inner.window.acquire()).await
-        {
-            Ok(Ok(p)) => p,
-            Ok(Err(_)) => return Err(Error::shutdown()),
-            Err(_) => return Err(Error::timeout("publish window", confirm_timeout)),
+        // A free slot is the common case: take it without arming a timer.
+        let _permit = match self.inner.window.try_acquire() {
+            Ok(p) => p,
+            Err(tokio::sync::TryAcquireError::Closed) => return Err(Error::shutdown()),
+            Err(tokio::sync::TryAcquireError::NoPermits) => {
+                match tokio::time::timeout(confirm_timeout, self.inner.window.acquire()).await {
+                    Ok(Ok(p)) => p,
+                    Ok(Err(_)) => return Err(Error::shutdown()),
+                    Err(_) => return Err(Error::timeout("publish window", confirm_timeout)),
+                }
+            }
         };
         let ch = self.channel().await?;
         let op_timeout = self.inner.conn.config().operation_timeout;

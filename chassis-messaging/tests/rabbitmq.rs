@@ -771,3 +771,61 @@ async fn shutdown_lets_in_flight_handlers_finish_and_state_is_closed() {
         .unwrap_err();
     assert!(matches!(err.kind(), ErrorKind::Shutdown), "{err:?}");
 }
+
+/// The publisher's metrics (handles cached per destination on the success path, looked up per
+/// outcome on failures) land on the recorder with the right labels and counts.
+#[tokio::test(flavor = "current_thread")]
+async fn publisher_metrics_per_destination_and_outcome() {
+    use chassis_observability::metrics::names;
+    use metrics_util::debugging::{DebugValue, DebuggingRecorder};
+
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    let _local = metrics::set_default_local_recorder(&recorder);
+    let fx = Fixture::new("pub-metrics", short_tiers()).await;
+    let publisher = Publisher::new(&fx.conn, PublisherConfig::default()).unwrap();
+    for seq in 0..3 {
+        let msg = event(seq, "k").to_message(fx.exchange.clone()).unwrap();
+        publisher.publish(msg).await.unwrap();
+    }
+    let unroutable = OutgoingMessage::new("amq.direct", format!("{}.nobody", fx.name), vec![1]);
+    let err = publisher.publish(unroutable).await.unwrap_err();
+    assert!(matches!(err.kind(), ErrorKind::Unroutable { .. }), "{err}");
+
+    let mut sent = HashMap::new();
+    let mut durations = HashMap::new();
+    for (key, _, _, value) in snapshotter.snapshot().into_vec() {
+        let labels: BTreeMap<String, String> = key
+            .key()
+            .labels()
+            .map(|l| (l.key().to_owned(), l.value().to_owned()))
+            .collect();
+        let dest = labels
+            .get(names::labels::MESSAGING_DESTINATION_NAME)
+            .cloned()
+            .unwrap_or_default();
+        match (key.key().name(), value) {
+            (n, DebugValue::Counter(c)) if n == names::MESSAGING_CLIENT_SENT_MESSAGES => {
+                sent.insert(dest, c);
+            }
+            (n, DebugValue::Histogram(h)) if n == names::MESSAGING_PUBLISH_DURATION => {
+                let outcome = labels[names::labels::OUTCOME].clone();
+                durations.insert((dest, outcome), h.len());
+            }
+            _ => {}
+        }
+    }
+    assert_eq!(sent.get(&fx.exchange), Some(&3), "{sent:?}");
+    assert_eq!(sent.get("amq.direct"), None, "a failed publish is not counted as sent");
+    assert_eq!(
+        durations.get(&(fx.exchange.clone(), "ok".to_owned())),
+        Some(&3),
+        "{durations:?}"
+    );
+    assert_eq!(
+        durations.get(&("amq.direct".to_owned(), "unroutable".to_owned())),
+        Some(&1),
+        "{durations:?}"
+    );
+    fx.cleanup().await;
+}
