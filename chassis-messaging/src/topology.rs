@@ -20,6 +20,26 @@
 //! `basic.reject` without requeue) is dead-lettered, never silently dropped. Classic queues
 //! get the same dead-letter arguments (classic queues have no delivery limit).
 //!
+//! # Why the dead-letter and retry-tier queues are classic
+//! Only the consumer queue `Q` follows [`QueueConfig::queue_type`] (quorum by default); `Q.dlq`
+//! and the `Q.retry.<delay>` tiers are always durable classic queues, on purpose:
+//! - **Retry tiers** rely on `x-message-ttl` plus dead-lettering on expiry. On classic queues
+//!   that works on every RabbitMQ from 3.8 on, which the retry design promises (no plugin, any
+//!   3.8+ broker); quorum queues only support message TTL from 3.10, and dead-letter expired
+//!   messages at most once unless `dead-letter-strategy = at-least-once` (3.10+, which also
+//!   requires `x-overflow = reject-publish`). On the 3.10.8 broker the chassis is tested
+//!   against, classic TTL queues are the verified path (a message comes back after the delay
+//!   with `x-death` reason `expired`). A tier queue has no consumer and holds a message only
+//!   for its delay, so it needs neither replication nor a delivery limit.
+//! - **The dead-letter queue** is a parking lot read by operators: it has no consumer, so the
+//!   quorum features that matter for `Q` (delivery limit, poison-message protection) do not
+//!   apply, and declaring it classic keeps the topology identical on every supported broker
+//!   version. It is durable and its messages persistent, so it survives broker restarts; in a
+//!   multi-node cluster it lives on one node (not replicated), which is the trade-off.
+//!
+//! Changing either to quorum later would need new queue names: RabbitMQ refuses to redeclare an
+//! existing queue with a different `x-queue-type`.
+//!
 //! # Example
 //! ```
 //! use chassis_messaging::topology::{TopologyConfig, QueueType};

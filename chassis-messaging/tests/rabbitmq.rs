@@ -772,6 +772,126 @@ async fn shutdown_lets_in_flight_handlers_finish_and_state_is_closed() {
     assert!(matches!(err.kind(), ErrorKind::Shutdown), "{err:?}");
 }
 
+/// Issue #5: an acknowledgement is never sent on a channel that has since been recovered. A
+/// handler still running when the connection is replaced finishes with `Ack` afterwards: that
+/// ack must not go out on the new channel, where the delivery tag means something else (an
+/// unknown or already-acked tag makes the broker close the channel with PRECONDITION_FAILED,
+/// which would requeue everything unacked on it). The broker redelivers the message instead.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ack_of_a_delivery_from_before_a_reconnect_never_goes_out_on_the_new_channel() {
+    async fn next(rx: &mut mpsc::UnboundedReceiver<(u64, bool)>) -> (u64, bool) {
+        tokio::time::timeout(Duration::from_secs(15), rx.recv())
+            .await
+            .expect("a delivery")
+            .expect("consumer alive")
+    }
+    let fx = Fixture::new("stale-ack", short_tiers()).await;
+    let publisher = Publisher::new(&fx.conn, PublisherConfig::default()).unwrap();
+    let (release_stale, stale_gate) = tokio::sync::watch::channel(false);
+    let (release_second, second_gate) = tokio::sync::watch::channel(false);
+    let (tx, mut rx) = mpsc::unbounded_channel::<(u64, bool)>();
+    let consumer = Consumer::start(
+        &fx.conn,
+        fx.queue.clone(),
+        ConsumerConfig::default().concurrency(4),
+        move |m: IncomingMessage| {
+            let tx = tx.clone();
+            let (mut stale_gate, mut second_gate) = (stale_gate.clone(), second_gate.clone());
+            async move {
+                let seq = m.decode::<Payload>().unwrap().data.seq;
+                let _ = tx.send((seq, m.redelivered()));
+                if seq == 1 && !m.redelivered() {
+                    // Held across the reconnect: this delivery's channel dies meanwhile.
+                    let _ = stale_gate.wait_for(|open| *open).await;
+                }
+                if seq == 2 {
+                    // Unacked on the new channel while the stale ack is attempted: a channel
+                    // closed by the broker would requeue and redeliver it.
+                    let _ = second_gate.wait_for(|open| *open).await;
+                }
+                Outcome::Ack
+            }
+        },
+    )
+    .await
+    .unwrap();
+    let publish = |seq: u64| {
+        let msg = event(seq, "k").to_message(fx.exchange.clone()).unwrap();
+        let publisher = publisher.clone();
+        async move {
+            // Retried: the first publish after the reconnect may still meet the dead channel.
+            for _ in 0..50 {
+                match publisher.publish(msg.clone()).await {
+                    Ok(()) => return,
+                    Err(e) if e.is_transient() => {
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                    Err(e) => panic!("publish {seq}: {e}"),
+                }
+            }
+            panic!("publish {seq}: the broker never confirmed");
+        }
+    };
+
+    publish(1).await;
+    assert_eq!(next(&mut rx).await, (1, false));
+    let mut state = fx.conn.subscribe();
+    assert_eq!(
+        kill_connection(&fx.name).await,
+        1,
+        "found our connection by its name"
+    );
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        state.wait_for(|s| *s == ConnectionState::Reconnecting),
+    )
+    .await
+    .expect("loss noticed")
+    .unwrap();
+    // The broker requeued the unacked message; the re-subscribed consumer gets it again on the
+    // new channel and acks it there.
+    assert_eq!(
+        next(&mut rx).await,
+        (1, true),
+        "redelivered after the reconnect"
+    );
+    assert!(fx.conn.generation() >= 2);
+
+    publish(2).await;
+    assert_eq!(next(&mut rx).await, (2, false));
+    // Now the handler of the pre-reconnect delivery returns `Ack`.
+    release_stale.send(true).unwrap();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(
+        rx.try_recv().is_err(),
+        "nothing redelivered: the new channel was not closed by a stale ack"
+    );
+    release_second.send(true).unwrap();
+
+    publish(3).await;
+    assert_eq!(
+        next(&mut rx).await,
+        (3, false),
+        "the consumer keeps consuming"
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        rx.try_recv().is_err(),
+        "every message handled exactly as expected"
+    );
+    assert!(!consumer.is_finished());
+    consumer.shutdown().await;
+    let left = fx
+        .drain_queue(&fx.queue.name, 1, Duration::from_millis(500))
+        .await;
+    assert!(
+        left.is_empty(),
+        "every message was acked once: {} left",
+        left.len()
+    );
+    fx.cleanup().await;
+}
+
 /// The publisher's metrics (handles cached per destination on the success path, looked up per
 /// outcome on failures) land on the recorder with the right labels and counts.
 #[tokio::test(flavor = "current_thread")]
