@@ -329,6 +329,29 @@ async fn provider_outage_opens_the_breaker_and_the_system_recovers() {
             .collect::<Vec<_>>()
             .join("\n")
     );
+    // The resilient client's own metrics: attempts that got the provider's 503, and calls the
+    // open breaker rejected without touching the network.
+    let value = |prefix: &str, needle: &str| -> f64 {
+        metrics
+            .lines()
+            .filter(|l| l.starts_with(prefix) && l.contains(needle))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    };
+    assert!(
+        value(
+            "http_client_request_duration_count{",
+            "http_response_status_code=\"503\""
+        ) >= 1.0,
+        "no 503 attempt in http_client_request_duration"
+    );
+    assert!(
+        value(
+            "circuit_breaker_calls{",
+            "outcome=\"not_permitted\""
+        ) >= 1.0,
+        "the open breaker rejected no call"
+    );
     assert_eq!(provider_stats(&http, &sys).await["charges"], 0);
 
     // The provider returns: after the open wait the breaker lets calls through again.
