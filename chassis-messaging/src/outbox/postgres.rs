@@ -25,15 +25,16 @@ use std::time::Duration;
 
 use chassis_core::BoxError;
 use chassis_core::health::{BoxFuture, HealthCheck};
-use sqlx::postgres::{PgConnection, PgListener, PgPool, PgRow, Postgres};
+use sqlx::postgres::{PgConnection, PgListener, PgPool, Postgres};
 use sqlx::types::Json;
 use sqlx::{Row, Transaction};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use super::store::{
-    OutboxStats, OutboxStore, PendingRow, RowOutcome, STATUS_PARKED, STATUS_PENDING, SentPolicy,
-    db_err, heads_only, message_from_parts, message_id_of, now_ms, stored_headers, subject_of,
+    OutboxStats, OutboxStore, PendingRow, RowOutcome, STATS_SQL, STATUS_PARKED, STATUS_PENDING,
+    SentPolicy, db_err, heads_only, message_id_of, now_ms, parked_row, pending_row,
+    stats_from_rows, stored_headers, subject_of,
 };
 use super::{MIGRATIONS_TABLE, ParkedRow};
 use crate::envelope::Envelope;
@@ -224,38 +225,6 @@ impl PgOutbox {
     }
 }
 
-fn parked_row(row: &PgRow) -> std::result::Result<ParkedRow, sqlx::Error> {
-    Ok(ParkedRow {
-        id: row.try_get("id")?,
-        subject: row.try_get("subject")?,
-        message_id: row.try_get("message_id")?,
-        attempts: row.try_get("attempts")?,
-        last_error: row.try_get("last_error")?,
-        created_at_ms: row.try_get("created_at")?,
-    })
-}
-
-fn pending_row(row: &PgRow) -> std::result::Result<PendingRow, sqlx::Error> {
-    let headers: String = row.try_get("headers")?;
-    Ok(PendingRow {
-        id: row.try_get("id")?,
-        subject: row.try_get("subject")?,
-        message: message_from_parts(
-            row.try_get("exchange")?,
-            row.try_get("routing_key")?,
-            row.try_get("message_id")?,
-            row.try_get("amqp_type")?,
-            row.try_get("content_type")?,
-            row.try_get("correlation_id")?,
-            row.try_get("amqp_timestamp")?,
-            &headers,
-            row.try_get("body")?,
-        ),
-        created_at_ms: row.try_get("created_at")?,
-        attempts: row.try_get("attempts")?,
-    })
-}
-
 impl OutboxStore for PgOutbox {
     type Claim = PgClaim;
 
@@ -374,25 +343,11 @@ impl OutboxStore for PgOutbox {
     }
 
     async fn stats(&self) -> Result<OutboxStats> {
-        let rows = sqlx::query(
-            "SELECT status, count(*) AS n, min(created_at) AS oldest FROM chassis_outbox \
-             WHERE status IN ('pending', 'parked') GROUP BY status",
-        )
-        .fetch_all(&self.pool)
-        .await
-        .map_err(db_err)?;
-        let mut stats = OutboxStats::default();
-        for row in rows {
-            let status: String = row.try_get("status").map_err(db_err)?;
-            let n: i64 = row.try_get("n").map_err(db_err)?;
-            if status == STATUS_PENDING {
-                stats.pending = n;
-                stats.oldest_pending_ms = row.try_get("oldest").map_err(db_err)?;
-            } else {
-                stats.parked = n;
-            }
-        }
-        Ok(stats)
+        let rows = sqlx::query(STATS_SQL)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db_err)?;
+        stats_from_rows(&rows).map_err(db_err)
     }
 
     async fn purge_sent(&self, sent_before_ms: i64) -> Result<u64> {

@@ -15,7 +15,9 @@ use tokio_util::sync::CancellationToken;
 
 use chassis_observability::propagation::TRACEPARENT;
 use opentelemetry::trace::TraceContextExt as _;
+use sqlx::{ColumnIndex, Decode, Row, Type};
 
+use super::ParkedRow;
 use crate::error::{Error, ErrorKind, Result};
 use crate::headers::HeaderMapCarrier;
 use crate::message::{HeaderValue, OutgoingMessage};
@@ -180,6 +182,80 @@ pub(crate) fn message_id_of(msg: &OutgoingMessage) -> String {
     msg.message_id
         .clone()
         .unwrap_or_else(|| uuid::Uuid::now_v7().to_string())
+}
+
+/// The statistics query, the same SQL on both databases; read with [`stats_from_rows`].
+pub(crate) const STATS_SQL: &str = "SELECT status, count(*) AS n, min(created_at) AS oldest \
+     FROM chassis_outbox WHERE status IN ('pending', 'parked') GROUP BY status";
+
+/// Folds the rows of [`STATS_SQL`] into the counts.
+pub(crate) fn stats_from_rows<R: Row>(rows: &[R]) -> std::result::Result<OutboxStats, sqlx::Error>
+where
+    for<'c> &'c str: ColumnIndex<R>,
+    for<'r> i64: Decode<'r, R::Database> + Type<R::Database>,
+    for<'r> String: Decode<'r, R::Database> + Type<R::Database>,
+{
+    let mut stats = OutboxStats::default();
+    for row in rows {
+        let status: String = row.try_get("status")?;
+        let n: i64 = row.try_get("n")?;
+        if status == STATUS_PENDING {
+            stats.pending = n;
+            stats.oldest_pending_ms = row.try_get("oldest")?;
+        } else {
+            stats.parked = n;
+        }
+    }
+    Ok(stats)
+}
+
+/// Reads a [`ParkedRow`] (columns `id, subject, message_id, attempts, last_error,
+/// created_at`) from a row of either database.
+pub(crate) fn parked_row<R: Row>(row: &R) -> std::result::Result<ParkedRow, sqlx::Error>
+where
+    for<'c> &'c str: ColumnIndex<R>,
+    for<'r> i32: Decode<'r, R::Database> + Type<R::Database>,
+    for<'r> i64: Decode<'r, R::Database> + Type<R::Database>,
+    for<'r> String: Decode<'r, R::Database> + Type<R::Database>,
+{
+    Ok(ParkedRow {
+        id: row.try_get("id")?,
+        subject: row.try_get("subject")?,
+        message_id: row.try_get("message_id")?,
+        attempts: row.try_get("attempts")?,
+        last_error: row.try_get("last_error")?,
+        created_at_ms: row.try_get("created_at")?,
+    })
+}
+
+/// Reads a claimed [`PendingRow`] (the stores' `row_columns!`, headers as JSON text) from a
+/// row of either database.
+pub(crate) fn pending_row<R: Row>(row: &R) -> std::result::Result<PendingRow, sqlx::Error>
+where
+    for<'c> &'c str: ColumnIndex<R>,
+    for<'r> i32: Decode<'r, R::Database> + Type<R::Database>,
+    for<'r> i64: Decode<'r, R::Database> + Type<R::Database>,
+    for<'r> String: Decode<'r, R::Database> + Type<R::Database>,
+    for<'r> Vec<u8>: Decode<'r, R::Database> + Type<R::Database>,
+{
+    let headers: String = row.try_get("headers")?;
+    Ok(PendingRow {
+        id: row.try_get("id")?,
+        subject: row.try_get("subject")?,
+        message: message_from_parts(
+            row.try_get("exchange")?,
+            row.try_get("routing_key")?,
+            row.try_get("message_id")?,
+            row.try_get("amqp_type")?,
+            row.try_get("content_type")?,
+            row.try_get("correlation_id")?,
+            row.try_get("amqp_timestamp")?,
+            &headers,
+            row.try_get("body")?,
+        ),
+        created_at_ms: row.try_get("created_at")?,
+        attempts: row.try_get("attempts")?,
+    })
 }
 
 /// Rebuilds a message from the columns of a row.
