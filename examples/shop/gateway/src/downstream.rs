@@ -12,7 +12,7 @@
 //!
 //! | the call | the end user gets |
 //! |---|---|
-//! | downstream answered 4xx | the same status, code, message and details |
+//! | downstream answered 4xx | the same status, code, message and details (from the first KiB of its body, which the client keeps; a longer or non-chassis body keeps the status with a generic code) |
 //! | downstream answered 503 | 503 `unavailable`, with its `Retry-After` if it sent one |
 //! | downstream answered another 5xx, the connection broke, the answer was unreadable | 502 `upstream_failed` |
 //! | downstream unreachable (connection refused) | 503 `unavailable`, `Retry-After: 1` |
