@@ -12,8 +12,7 @@ use chassis_messaging::error::Error;
 use chassis_messaging::inbox::{Inbox, Processed};
 use chassis_messaging::message::OutgoingMessage;
 use chassis_messaging::outbox::{OutboxStore, PgOutbox, Relay, RelayConfig};
-use chassis_messaging::publisher::{Publish, Publisher, PublisherConfig};
-use futures_util::future::BoxFuture;
+use chassis_messaging::publisher::{Publisher, PublisherConfig};
 use outbox_support::*;
 use tokio_util::sync::CancellationToken;
 
@@ -258,21 +257,6 @@ async fn writers_of_one_subject_serialize_so_ids_follow_commit_order() {
     relay.await.unwrap();
     broker.cleanup().await;
     db.drop().await;
-}
-
-struct CrashAfterConfirm {
-    inner: Arc<Publisher>,
-    confirmed_then_hung: AtomicUsize,
-}
-
-impl Publish for CrashAfterConfirm {
-    fn publish(&self, msg: OutgoingMessage) -> BoxFuture<'_, Result<(), Error>> {
-        Box::pin(async move {
-            self.inner.publish(msg).await?;
-            self.confirmed_then_hung.fetch_add(1, Ordering::SeqCst);
-            std::future::pending().await
-        })
-    }
 }
 
 #[tokio::test]

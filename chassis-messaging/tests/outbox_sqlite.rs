@@ -259,23 +259,6 @@ async fn broker_connection_closed_during_relay_everything_committed_arrives() {
     broker.cleanup().await;
 }
 
-/// Publishes through the real publisher, then — once `armed` — never returns: the relay is
-/// "killed" after the broker confirmed and before it could mark the rows.
-struct CrashAfterConfirm {
-    inner: Arc<Publisher>,
-    confirmed_then_hung: AtomicUsize,
-}
-
-impl Publish for CrashAfterConfirm {
-    fn publish(&self, msg: OutgoingMessage) -> BoxFuture<'_, Result<(), Error>> {
-        Box::pin(async move {
-            self.inner.publish(msg).await?;
-            self.confirmed_then_hung.fetch_add(1, Ordering::SeqCst);
-            std::future::pending().await
-        })
-    }
-}
-
 #[tokio::test]
 async fn relay_killed_between_confirm_and_mark_duplicates_are_absorbed_by_the_inbox() {
     let (_dir, outbox, broker) = setup("sqlite-crash").await;

@@ -380,3 +380,24 @@ impl chassis_messaging::publisher::Publish for Probe {
         })
     }
 }
+
+/// Publishes through the real publisher, then never returns: the relay is "killed" after the
+/// broker confirmed and before it could mark the rows.
+pub struct CrashAfterConfirm {
+    pub inner: Arc<Publisher>,
+    pub confirmed_then_hung: std::sync::atomic::AtomicUsize,
+}
+
+impl chassis_messaging::publisher::Publish for CrashAfterConfirm {
+    fn publish(
+        &self,
+        msg: OutgoingMessage,
+    ) -> futures_util::future::BoxFuture<'_, Result<(), chassis_messaging::error::Error>> {
+        Box::pin(async move {
+            self.inner.publish(msg).await?;
+            self.confirmed_then_hung
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            std::future::pending().await
+        })
+    }
+}

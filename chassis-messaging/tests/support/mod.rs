@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use chassis_messaging::connection::{Connection, ConnectionConfig};
+use chassis_messaging::connection::{Connection, ConnectionConfig, ConnectionState};
 use chassis_messaging::topology::{ExchangeConfig, QueueConfig, RetryPolicy, TopologyConfig};
 use lapin::options::{BasicAckOptions, BasicGetOptions, ExchangeDeleteOptions, QueueDeleteOptions};
 
@@ -118,6 +118,27 @@ impl Fixture {
         let _ = ch.close(200, "done".into()).await;
         out
     }
+}
+
+/// Closes the fixture's connection (only this test's) and waits until the connection manager
+/// noticed and reconnected.
+pub async fn force_reconnect(fx: &Fixture) {
+    let mut state = fx.conn.subscribe();
+    assert_eq!(
+        kill_connection(&fx.name).await,
+        1,
+        "found our connection by its name"
+    );
+    for (wanted, what) in [
+        (ConnectionState::Reconnecting, "loss noticed"),
+        (ConnectionState::Connected, "reconnected"),
+    ] {
+        tokio::time::timeout(Duration::from_secs(10), state.wait_for(|s| *s == wanted))
+            .await
+            .expect(what)
+            .unwrap();
+    }
+    assert!(fx.conn.generation() >= 2);
 }
 
 /// Closes only the connection(s) whose `connection_name` is `name`; returns how many.
