@@ -220,8 +220,48 @@ impl IncomingMessage {
     /// The remote trace context (`traceparent`/`tracestate`/`baggage` headers); an empty
     /// context when there is none.
     pub fn trace_context(&self) -> opentelemetry::Context {
-        chassis_observability::propagation::extract_context(&HeaderMapExtractor(
-            &self.inner.headers,
-        ))
+        // Over an empty context: `extract_context` would layer the headers over the caller's
+        // current context, so a message without headers would look like a child of whatever
+        // span the handler is in.
+        chassis_observability::propagation::extract_with_context(
+            &opentelemetry::Context::new(),
+            &HeaderMapExtractor(&self.inner.headers),
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use opentelemetry::trace::{
+        SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState,
+    };
+
+    #[test]
+    fn trace_context_comes_from_the_headers_only() {
+        let current = SpanContext::new(
+            TraceId::from_hex("4bf92f3577b34da6a3ce929d0e0e4736").unwrap(),
+            SpanId::from_hex("00f067aa0ba902b7").unwrap(),
+            TraceFlags::SAMPLED,
+            false,
+            TraceState::default(),
+        );
+        // The handler runs inside some context: a message without headers must not inherit it.
+        let _guard = opentelemetry::Context::new()
+            .with_remote_span_context(current)
+            .attach();
+        let bare = IncomingMessage::from_outgoing(OutgoingMessage::new("x", "y", vec![]));
+        assert!(!bare.trace_context().span().span_context().is_valid());
+
+        let traced = IncomingMessage::from_outgoing(OutgoingMessage::new("x", "y", vec![]).header(
+            "traceparent",
+            "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+        ));
+        let sc = traced.trace_context().span().span_context().clone();
+        assert_eq!(
+            sc.trace_id(),
+            TraceId::from_hex("0af7651916cd43dd8448eb211c80319c").unwrap()
+        );
+        assert!(sc.is_remote());
     }
 }
