@@ -234,13 +234,17 @@ impl OutboxStore for PgOutbox {
         let mut tx = self.pool.begin().await.map_err(db_err)?;
         // Rows behind a row that waits for its retry time are left out here (they could not be
         // published anyway), so a backing-off head does not fill every batch with rows that
-        // are dropped and starve other subjects.
+        // are dropped and starve other subjects. Only a failed row (`attempts > 0`) has a
+        // future `available_at`; saying so lets the planner use the small partial index
+        // `chassis_outbox_retrying` instead of scanning the table. (A row from a writer whose
+        // clock runs ahead is not covered here, but `heads_only` still drops what it blocks.)
         let rows = sqlx::query(concat!(
             "SELECT ",
             row_columns!(),
             " FROM chassis_outbox o WHERE status = 'pending' AND available_at <= $1 \
              AND NOT EXISTS (SELECT 1 FROM chassis_outbox p WHERE p.status = 'pending' \
-                AND p.subject = o.subject AND p.id < o.id AND p.available_at > $1) \
+                AND p.attempts > 0 AND p.subject = o.subject AND p.id < o.id \
+                AND p.available_at > $1) \
              ORDER BY id LIMIT $2 FOR UPDATE SKIP LOCKED"
         ))
         .bind(now)
