@@ -346,10 +346,7 @@ async fn provider_outage_opens_the_breaker_and_the_system_recovers() {
         "no 503 attempt in http_client_request_duration"
     );
     assert!(
-        value(
-            "circuit_breaker_calls{",
-            "outcome=\"not_permitted\""
-        ) >= 1.0,
+        value("circuit_breaker_calls{", "outcome=\"not_permitted\"") >= 1.0,
         "the open breaker rejected no call"
     );
     assert_eq!(provider_stats(&http, &sys).await["charges"], 0);
