@@ -4,6 +4,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
+use chassis_core::resilience::clock::TokioClock;
 use chassis_core::resilience::retry::{
     Backoff, Jitter, RetryBudgetConfig, RetryConfig, RetryLayer,
 };
@@ -179,6 +180,22 @@ async fn deadline_cuts_an_attempt_in_flight() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn the_deadline_counts_from_the_first_poll_that_waits() {
+    // A first attempt that hangs 900 ms, under a 1 s deadline, in a future left unpolled for
+    // 5 s after `call`: the deadline's clock starts when the call first waits, not at `call`.
+    let down = Scripted::new(&[Step::Sleep(ms(900)), Step::Ok(7)]);
+    let mut svc = RetryLayer::new(config(3).deadline(Duration::from_secs(1)))
+        .unwrap()
+        .layer(down.clone());
+    let call = ServiceExt::<()>::ready(&mut svc).await.unwrap().call(());
+    tokio::time::advance(Duration::from_secs(5)).await;
+    let start = Instant::now();
+    assert_eq!(call.await.unwrap(), 200);
+    assert_eq!(start.elapsed(), ms(900));
+    assert_eq!(down.calls(), 1);
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_wait_past_the_deadline_is_not_started() {
     // Attempts start at 0, 100, 300 and 700 ms; the next wait (800 ms) would end past 1 s.
     let down = Scripted::new(&[Step::Fail]);
@@ -201,10 +218,12 @@ async fn a_wait_past_the_deadline_is_not_started() {
 
 #[tokio::test(start_paused = true)]
 async fn budget_stops_retries_when_spent_and_they_resume_after_it_refills() {
-    // No deposits count (ratio 0): only the reserve of 2 retries per 1 s window.
+    // No deposits count (ratio 0): only the reserve of 2 retries per 1 s window. The budget
+    // reads tokio's (paused) clock, so `advance` moves its window.
     let layer =
         RetryLayer::new(config(2).budget(RetryBudgetConfig::new(Duration::from_secs(1), 2, 0.0)))
-            .unwrap();
+            .unwrap()
+            .with_clock(TokioClock::new());
     let down = Scripted::new(&[Step::Fail]);
     let svc = layer.layer(down.clone());
 

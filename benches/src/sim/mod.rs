@@ -40,7 +40,7 @@ pub mod run;
 
 use std::time::Duration;
 
-use chassis_core::resilience::circuit_breaker::TokioClock;
+use chassis_core::resilience::clock::TokioClock;
 use chassis_core::resilience::policy::ResiliencePolicy;
 use serde::Deserialize;
 use tower::Layer;
@@ -108,9 +108,10 @@ impl Scenario {
             let policy = named.policy.clone();
             let result = run::run_paused(async {
                 // Built inside the paused runtime so the policy's clocks are the virtual ones.
-                // The breaker's default clock is a real coarse clock; in virtual time it must
-                // read tokio's paused clock, or its windows and waits would never move.
-                let layer = policy.build()?.with_breaker_clock(TokioClock::new());
+                // The breaker's and the retry budget's default clock is a real coarse clock; in
+                // virtual time they must read tokio's paused clock, or their windows and waits
+                // would never move.
+                let layer = policy.build()?.with_clock(TokioClock::new());
                 Ok::<_, chassis_core::Error>(
                     run::drive(
                         self.downstream.clone(),

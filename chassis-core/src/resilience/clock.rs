@@ -1,4 +1,4 @@
-//! Clocks: where the breaker reads time.
+//! Clocks: where the circuit breaker and the retry budget read time.
 //!
 //! The breaker reads the clock twice per call (start and end, for slow-call accounting and the
 //! time window). `Instant::now()` costs about 25 ns on a typical VM, which would be most of the
@@ -13,7 +13,7 @@ use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-/// A monotonic time source for a circuit breaker.
+/// A monotonic time source for a circuit breaker or a retry budget.
 pub trait Clock: Send + Sync + fmt::Debug + 'static {
     /// Nanoseconds since an origin fixed for this clock. Must never go backwards.
     fn now_nanos(&self) -> u64;
@@ -141,7 +141,8 @@ impl Clock for TokioClock {
     }
 }
 
-/// The breaker's clock: the stock clocks are matched (inlined), others go through a vtable.
+/// A clock as the breaker and the budget hold it: the stock clocks are matched (inlined),
+/// others go through a vtable.
 #[derive(Debug, Clone)]
 pub(crate) enum ClockSource {
     Coarse,

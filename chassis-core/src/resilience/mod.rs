@@ -7,11 +7,15 @@
 //! | [`timeout`] | bounds one call (or one attempt) in time |
 //! | [`bulkhead`] | bounds concurrent calls, waiting a bounded time for a permit |
 //! | [`rate_limit`] | bounds calls per time window |
+//! | [`clock`] | the time sources the breaker and the retry budget read (a coarse clock by default) |
 //! | [`policy`] | stacks all of them in the documented order from one config |
 
 pub mod bulkhead;
 pub mod circuit_breaker;
+pub mod clock;
 pub mod policy;
 pub mod rate_limit;
 pub mod retry;
 pub mod timeout;
+
+mod striped;

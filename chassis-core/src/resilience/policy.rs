@@ -340,6 +340,18 @@ impl<RC, H, K, BC> ResilienceLayer<RC, H, K, BC> {
         }
     }
 
+    /// Rebuilds the time-keeping parts (the breaker and the retry budget, with fresh state)
+    /// reading time from `clock`, e.g. [`TokioClock`](super::clock::TokioClock) for tests and
+    /// simulations in tokio's paused time. Call it before taking
+    /// [`circuit_breaker`](Self::circuit_breaker) handles.
+    pub fn with_clock(self, clock: impl Clock + Clone) -> Self {
+        Self {
+            circuit_breaker: self.circuit_breaker.map(|b| b.with_clock(clock.clone())),
+            retry: self.retry.map(|r| r.with_clock(clock)),
+            ..self
+        }
+    }
+
     /// The circuit breaker, if the policy has one (state, counters, manual control).
     pub fn circuit_breaker(&self) -> Option<CircuitBreakerHandle> {
         self.circuit_breaker

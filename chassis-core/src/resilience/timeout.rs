@@ -16,6 +16,17 @@
 //! that composed stacks (the retry layer, the [`policy`](super::policy)) keep one concrete type
 //! whether or not a timeout is configured.
 //!
+//! # The timer is armed lazily
+//!
+//! tower's timeout reads the clock and creates a timer in `call`, for every call. Here the
+//! timer is created the first time the call is polled and is not finished: a call that
+//! completes on its first poll (a cache hit, an error returned at once, a rejection by an inner
+//! layer) costs no clock read and no timer, and the future stays small (the timer is boxed, 8
+//! bytes instead of tokio's 112-byte `Sleep` inline, which every enclosing future would carry
+//! and copy). The duration therefore counts from the call's first poll that had to wait; a
+//! poll runs to its end in any case (no timer can interrupt it), so only the futures created
+//! and left unpolled for a while see a difference, and for them this is the honest count.
+//!
 //! # Example
 //!
 //! ```
@@ -137,11 +148,10 @@ where
 
     #[inline]
     fn call(&mut self, req: Req) -> Self::Future {
-        let sleep = self.after.map(tokio::time::sleep);
         ResponseFuture {
             inner: self.inner.call(req),
-            sleep,
-            after: self.after.unwrap_or_default(),
+            timer: None,
+            after: self.after,
         }
     }
 }
@@ -151,9 +161,9 @@ pin_project! {
     pub struct ResponseFuture<F> {
         #[pin]
         inner: F,
-        #[pin]
-        sleep: Option<Sleep>,
-        after: Duration,
+        // Created on the first poll that finds the call unfinished.
+        timer: Option<Pin<Box<Sleep>>>,
+        after: Option<Duration>,
     }
 }
 
@@ -161,7 +171,7 @@ impl<F> fmt::Debug for ResponseFuture<F> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ResponseFuture")
             .field("after", &self.after)
-            .field("armed", &self.sleep.is_some())
+            .field("armed", &self.timer.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -180,12 +190,15 @@ where
         if let Poll::Ready(result) = this.inner.poll(cx) {
             return Poll::Ready(result.map_err(Into::into));
         }
-        match this.sleep.as_pin_mut() {
-            Some(sleep) => match sleep.poll(cx) {
-                Poll::Ready(()) => Poll::Ready(Err(Error::timeout(*this.after).into())),
-                Poll::Pending => Poll::Pending,
-            },
-            None => Poll::Pending,
+        let Some(after) = *this.after else {
+            return Poll::Pending;
+        };
+        let timer = this
+            .timer
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(after)));
+        match timer.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(Err(Error::timeout(after).into())),
+            Poll::Pending => Poll::Pending,
         }
     }
 }
@@ -222,6 +235,16 @@ mod tests {
             }
         );
         assert_eq!(start.elapsed(), Duration::from_secs(1));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_duration_counts_from_the_first_poll_that_waits() {
+        let mut svc =
+            TimeoutLayer::new(Duration::from_secs(1)).layer(sleeper(Duration::from_millis(900)));
+        let call = svc.ready().await.unwrap().call(());
+        // Created, then left unpolled for longer than the timeout: the clock has not started.
+        tokio::time::advance(Duration::from_secs(2)).await;
+        assert_eq!(call.await.unwrap(), "ok");
     }
 
     #[tokio::test(start_paused = true)]

@@ -8,10 +8,10 @@ use std::time::Duration;
 use tokio::sync::broadcast;
 
 use super::classifier::Outcome;
-use super::clock::{Clock, ClockSource, CoarseClock};
 use super::config::{CircuitBreakerConfig, Jitter, SlidingWindowType};
 use super::window::{CountWindow, FAILED, PRESENT, Padded, SLOW, TimeWindow, Window, WindowCounts};
 use crate::Error;
+use crate::resilience::clock::{Clock, ClockSource, CoarseClock};
 
 /// The state of a breaker.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

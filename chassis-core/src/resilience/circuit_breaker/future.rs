@@ -9,6 +9,7 @@ use pin_project_lite::pin_project;
 
 use super::classifier::{Classify, Outcome};
 use super::core::{RawPermit, Shared};
+use super::service::BreakerRef;
 use crate::{BoxError, Error};
 
 pin_project! {
@@ -33,19 +34,37 @@ pin_project! {
     }
 }
 
+/// A running call's reference to its breaker: the shared one, or its service clone's own
+/// (see [`CircuitBreaker`](super::CircuitBreaker), "One reference count per clone").
+#[derive(Debug)]
+pub(crate) enum CallRef {
+    Shared(Arc<Shared>),
+    Own(Arc<BreakerRef>),
+}
+
+impl CallRef {
+    #[inline]
+    fn get(&self) -> &Shared {
+        match self {
+            Self::Shared(shared) => shared,
+            Self::Own(own) => &own.0,
+        }
+    }
+}
+
 /// Holds the permit of a running call; records the cancellation outcome if dropped while
 /// still holding it.
 #[derive(Debug)]
 struct CallGuard<C> {
-    running: Option<(Arc<Shared>, RawPermit)>,
+    running: Option<(CallRef, RawPermit)>,
     classifier: Option<C>,
     cancelled: Outcome,
 }
 
 impl<C> Drop for CallGuard<C> {
     fn drop(&mut self) {
-        if let Some((shared, permit)) = self.running.take() {
-            shared.record(permit, self.cancelled);
+        if let Some((breaker, permit)) = self.running.take() {
+            breaker.get().record(permit, self.cancelled);
         }
     }
 }
@@ -53,7 +72,7 @@ impl<C> Drop for CallGuard<C> {
 impl<F, C> ResponseFuture<F, C> {
     pub(crate) fn new(
         fut: F,
-        shared: Arc<Shared>,
+        breaker: CallRef,
         permit: RawPermit,
         classifier: C,
         cancelled: Outcome,
@@ -61,7 +80,7 @@ impl<F, C> ResponseFuture<F, C> {
         Self {
             kind: Kind::Called { fut },
             guard: CallGuard {
-                running: Some((shared, permit)),
+                running: Some((breaker, permit)),
                 classifier: Some(classifier),
                 cancelled,
             },
@@ -93,12 +112,12 @@ where
         match this.kind.project() {
             KindProj::Called { fut } => {
                 let result = ready!(fut.poll(cx));
-                if let Some((shared, permit)) = this.guard.running.take() {
+                if let Some((breaker, permit)) = this.guard.running.take() {
                     let outcome = match &this.guard.classifier {
                         Some(c) => c.classify(result.as_ref()),
                         None => Outcome::Ignored,
                     };
-                    shared.record(permit, outcome);
+                    breaker.get().record(permit, outcome);
                 }
                 Poll::Ready(result.map_err(Into::into))
             }

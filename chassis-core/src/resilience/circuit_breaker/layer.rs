@@ -3,11 +3,11 @@
 use tower_layer::Layer;
 
 use super::classifier::DefaultClassifier;
-use super::clock::Clock;
 use super::config::CircuitBreakerConfig;
 use super::core::CircuitBreakerHandle;
 use super::service::CircuitBreaker;
 use crate::Error;
+use crate::resilience::clock::Clock;
 
 /// Wraps services in one shared circuit breaker.
 ///

@@ -110,7 +110,6 @@
 //!   `breaker` benchmark in `benches/`, which runs both side by side).
 
 mod classifier;
-mod clock;
 mod config;
 mod core;
 mod future;
@@ -119,7 +118,6 @@ mod service;
 mod window;
 
 pub use self::classifier::{Classify, DefaultClassifier, HttpStatusClassifier, Outcome};
-pub use self::clock::{Clock, CoarseClock, MonotonicClock, TokioClock};
 pub use self::config::{CircuitBreakerConfig, Jitter, OpenStateBackoff, SlidingWindowType};
 pub use self::core::{
     CallPermit, CircuitBreakerHandle, CircuitBreakerSnapshot, State, StateTransition,
@@ -128,3 +126,4 @@ pub use self::core::{
 pub use self::future::ResponseFuture;
 pub use self::layer::CircuitBreakerLayer;
 pub use self::service::CircuitBreaker;
+pub use crate::resilience::clock::{Clock, CoarseClock, MonotonicClock, TokioClock};

@@ -7,7 +7,7 @@ use tower_service::Service;
 
 use super::classifier::Classify;
 use super::core::{CircuitBreakerHandle, RawPermit, Shared};
-use super::future::ResponseFuture;
+use super::future::{CallRef, ResponseFuture};
 use crate::BoxError;
 
 /// A service guarded by a circuit breaker. Built by
@@ -17,12 +17,40 @@ use crate::BoxError;
 /// [`ErrorKind::CircuitOpen`](crate::ErrorKind::CircuitOpen) while it is open, before polling
 /// the inner service. The permit it obtains is kept until `call` uses it; a clone starts
 /// without one, and dropping the service hands an unused permit back.
+///
+/// # One reference count per clone
+///
+/// A response future must own a reference to the breaker (tower futures are `'static`) to
+/// record the call's outcome. Cloning one shared `Arc` for every call would make every call
+/// of every thread write the same cache line twice (count up, count down), which costs more
+/// than the breaker's own accounting once two threads call through one breaker. So a clone
+/// that makes a second call gets its own small `Arc` pointing at the breaker, and its futures
+/// count on that one: threads that each own a clone of the service (the usual tower shape:
+/// one clone per connection, per worker, per task) never share a written cache line. The
+/// first call of a clone still uses the shared reference, so services cloned for one call
+/// (axum's per-request clone, the retry layer's clone for later attempts) never allocate.
 #[derive(Debug)]
 pub struct CircuitBreaker<S, C> {
     inner: S,
     classifier: C,
     slot: PermitSlot,
+    own: OwnRef,
 }
+
+/// This clone's own reference to the breaker (see "One reference count per clone").
+#[derive(Debug)]
+enum OwnRef {
+    /// No call made yet: the next one uses the shared reference.
+    Unused,
+    /// One call made with the shared reference.
+    CalledOnce,
+    /// Allocated on the second call; every later call's future clones it.
+    Own(Arc<BreakerRef>),
+}
+
+/// A reference to the breaker with a reference count of its own.
+#[derive(Debug)]
+pub(crate) struct BreakerRef(pub(crate) Arc<Shared>);
 
 /// A permit taken in `poll_ready`, waiting for `call`.
 #[derive(Debug)]
@@ -49,6 +77,7 @@ impl<S, C> CircuitBreaker<S, C> {
                 shared: handle.shared,
                 permit: None,
             },
+            own: OwnRef::Unused,
         }
     }
 
@@ -86,6 +115,7 @@ impl<S: Clone, C: Clone> Clone for CircuitBreaker<S, C> {
                 shared: self.slot.shared.clone(),
                 permit: None,
             },
+            own: OwnRef::Unused,
         }
     }
 }
@@ -133,12 +163,52 @@ where
             },
         };
         let cancelled = self.classifier.classify_cancelled();
+        let breaker = match &self.own {
+            OwnRef::Own(own) => CallRef::Own(own.clone()),
+            OwnRef::Unused => {
+                self.own = OwnRef::CalledOnce;
+                CallRef::Shared(self.slot.shared.clone())
+            }
+            OwnRef::CalledOnce => {
+                let own = Arc::new(BreakerRef(self.slot.shared.clone()));
+                self.own = OwnRef::Own(own.clone());
+                CallRef::Own(own)
+            }
+        };
         ResponseFuture::new(
             self.inner.call(req),
-            self.slot.shared.clone(),
+            breaker,
             permit,
             self.classifier.clone(),
             cancelled,
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::resilience::circuit_breaker::{CircuitBreakerConfig, CircuitBreakerLayer};
+    use tower::service_fn;
+    use tower_layer::Layer;
+
+    #[test]
+    fn futures_of_a_busy_clone_count_on_its_own_reference() {
+        let layer = CircuitBreakerLayer::new(CircuitBreakerConfig::new("refs")).unwrap();
+        let mut svc = layer.layer(service_fn(|()| async { Ok::<_, BoxError>(()) }));
+        let shared = svc.slot.shared.clone();
+        let before = Arc::strong_count(&shared);
+        let futures: Vec<_> = (0..4).map(|_| svc.call(())).collect();
+        // The first call's future holds the shared reference; the clone's own reference
+        // (allocated on the second call) holds one more; calls 2-4 count on the own one.
+        assert_eq!(Arc::strong_count(&shared), before + 2);
+        drop(futures);
+        let mut clone = svc.clone();
+        let once = clone.call(());
+        assert!(
+            matches!(clone.own, OwnRef::CalledOnce),
+            "one call allocates nothing"
+        );
+        drop(once);
     }
 }

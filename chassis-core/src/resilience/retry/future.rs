@@ -1,16 +1,14 @@
-//! The response future of [`Retry`](super::Retry).
+//! The response future of [`Retry`](super::Retry): the attempt loop.
 
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, Ordering};
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use pin_project_lite::pin_project;
 use tokio::time::{Instant, Sleep};
-use tower::util::MapErr;
 use tower_service::Service;
 
 use super::Shared;
@@ -18,72 +16,76 @@ use super::classify::{CloneRequest, RetryAfter, RetryClassifier};
 use super::policy::{AttemptPolicy, Outcome};
 use crate::{BoxError, Error, ErrorKind};
 
-type TowerFuture<S, Req, C, H, K> = tower::retry::future::ResponseFuture<
-    AttemptPolicy<Req, C, H, K>,
-    MapErr<S, fn(<S as Service<Req>>::Error) -> BoxError>,
-    Req,
->;
-
 pin_project! {
-    /// Response future of [`Retry`](super::Retry): tower's retry loop, raced against the
-    /// overall deadline.
+    /// Response future of [`Retry`](super::Retry): runs the attempts of one call, asking the
+    /// call's policy after each, and races them against the overall deadline.
     pub struct ResponseFuture<S, Req, C, H, K>
     where
         S: Service<Req>,
-        C: RetryClassifier<S::Response>,
-        H: RetryAfter<S::Response>,
-        K: CloneRequest<Req>,
     {
         #[pin]
-        kind: Kind<S, Req, C, H, K>,
-        #[pin]
-        deadline: Option<Sleep>,
-        after: Duration,
-        attempts_seen: Option<Arc<AtomicU32>>,
+        state: State<S::Future>,
+        // `None` when only one attempt can be made (retries off, or the request could not
+        // be copied).
+        retry: Option<Retrying<S, Req, C, H, K>>,
+        // Retries were wanted but the request could not be copied.
+        not_cloneable: bool,
         shared: Arc<Shared<C, H, K>>,
+        // The overall deadline: its clock starts the first time the call has to wait (or a
+        // retry is decided, if that comes first), and its timer is created then.
+        deadline_at: Option<Instant>,
+        timer: Option<Pin<Box<Sleep>>>,
+    }
+}
+
+/// What a call needs for the attempts after the first.
+pub(crate) struct Retrying<S, Req, C, H, K> {
+    /// A clone of the service, polled ready before each further attempt.
+    service: S,
+    policy: AttemptPolicy<Req, C, H, K>,
+    /// The copy of the request the next attempt sends.
+    request: Option<Req>,
+}
+
+impl<S, Req, C, H, K> Retrying<S, Req, C, H, K> {
+    pub(crate) fn new(service: S, policy: AttemptPolicy<Req, C, H, K>, request: Req) -> Self {
+        Self {
+            service,
+            policy,
+            request: Some(request),
+        }
     }
 }
 
 pin_project! {
-    #[project = KindProj]
-    pub(crate) enum Kind<S, Req, C, H, K>
-    where
-        S: Service<Req>,
-        C: RetryClassifier<S::Response>,
-        H: RetryAfter<S::Response>,
-        K: CloneRequest<Req>,
-    {
-        // The request could be copied: tower's `Retry` runs the attempts.
-        Retrying { #[pin] inner: TowerFuture<S, Req, C, H, K> },
-        // A single attempt: retries are off, or the request could not be copied.
-        Once {
-            #[pin]
-            inner: S::Future,
-            not_cloneable: bool,
-        },
+    #[project = StateProj]
+    enum State<F> {
+        // An attempt is running.
+        Called { #[pin] fut: F },
+        // Backing off before the next attempt (boxed: only retries pay for the timer).
+        Waiting { sleep: Pin<Box<Sleep>> },
+        // Waiting for the service to be ready for the next attempt.
+        Readying,
     }
 }
 
 impl<S, Req, C, H, K> ResponseFuture<S, Req, C, H, K>
 where
     S: Service<Req>,
-    C: RetryClassifier<S::Response>,
-    H: RetryAfter<S::Response>,
-    K: CloneRequest<Req>,
 {
     pub(crate) fn new(
-        kind: Kind<S, Req, C, H, K>,
-        deadline: Option<Instant>,
-        after: Duration,
-        attempts_seen: Option<Arc<AtomicU32>>,
+        fut: S::Future,
+        retry: Option<Retrying<S, Req, C, H, K>>,
+        not_cloneable: bool,
         shared: Arc<Shared<C, H, K>>,
     ) -> Self {
         Self {
-            kind,
-            deadline: deadline.map(tokio::time::sleep_until),
-            after,
-            attempts_seen,
+            state: State::Called { fut },
+            retry,
+            not_cloneable,
             shared,
+            deadline_at: None,
+            timer: None,
         }
     }
 }
@@ -91,25 +93,65 @@ where
 impl<S, Req, C, H, K> fmt::Debug for ResponseFuture<S, Req, C, H, K>
 where
     S: Service<Req>,
-    C: RetryClassifier<S::Response>,
-    H: RetryAfter<S::Response>,
-    K: CloneRequest<Req>,
 {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let kind = match self.kind {
-            Kind::Retrying { .. } => "retrying",
-            Kind::Once { .. } => "once",
+        let state = match self.state {
+            State::Called { .. } => "called",
+            State::Waiting { .. } => "waiting",
+            State::Readying => "readying",
         };
         f.debug_struct("ResponseFuture")
-            .field("kind", &kind)
-            .field("deadline", &self.deadline.as_ref().map(|_| self.after))
+            .field("state", &state)
+            .field(
+                "attempt",
+                &self.retry.as_ref().map_or(1, |r| r.policy.attempt),
+            )
+            .field("deadline", &self.deadline_at)
             .finish_non_exhaustive()
+    }
+}
+
+/// The single-attempt outcome: what a call that cannot retry returns, and what it records.
+fn finish_once<C, H, K, T>(
+    shared: &Shared<C, H, K>,
+    not_cloneable: bool,
+    result: Result<T, BoxError>,
+) -> Result<T, BoxError>
+where
+    C: RetryClassifier<T>,
+{
+    let retry_wanted = not_cloneable && shared.classifier.should_retry(result.as_ref());
+    match result {
+        Err(err) if retry_wanted => {
+            shared.record(Outcome::NotCloneable);
+            tracing::warn!(
+                retry = %shared.name, error = %err,
+                "call failed and cannot be retried: the request is not cloneable"
+            );
+            Err(Error::with_source(ErrorKind::RequestNotCloneable, err).into())
+        }
+        Ok(response) if retry_wanted => {
+            shared.record(Outcome::NotCloneable);
+            tracing::warn!(
+                retry = %shared.name,
+                "retryable response returned as is: the request is not cloneable"
+            );
+            Ok(response)
+        }
+        Ok(response) => {
+            shared.record(Outcome::Success);
+            Ok(response)
+        }
+        Err(err) => {
+            shared.record(Outcome::NotRetryable);
+            Err(err)
+        }
     }
 }
 
 impl<S, Req, C, H, K> Future for ResponseFuture<S, Req, C, H, K>
 where
-    S: Service<Req> + Clone,
+    S: Service<Req>,
     S::Error: Into<BoxError>,
     C: RetryClassifier<S::Response>,
     H: RetryAfter<S::Response>,
@@ -118,66 +160,79 @@ where
     type Output = Result<S::Response, BoxError>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let this = self.project();
+        let mut this = self.project();
         let shared = &**this.shared;
-        let polled = match this.kind.project() {
-            KindProj::Retrying { inner } => inner.poll(cx),
-            KindProj::Once {
-                inner,
-                not_cloneable,
-            } => match inner.poll(cx) {
-                Poll::Pending => Poll::Pending,
-                Poll::Ready(result) => {
-                    let result = result.map_err(Into::into);
-                    let retry_wanted =
-                        *not_cloneable && shared.classifier.should_retry(result.as_ref());
-                    Poll::Ready(match result {
-                        Err(err) if retry_wanted => {
-                            shared.record(Outcome::NotCloneable);
-                            tracing::warn!(
-                                retry = %shared.name, error = %err,
-                                "call failed and cannot be retried: the request is not cloneable"
-                            );
-                            Err(Error::with_source(ErrorKind::RequestNotCloneable, err).into())
-                        }
-                        Ok(response) if retry_wanted => {
-                            shared.record(Outcome::NotCloneable);
-                            tracing::warn!(
-                                retry = %shared.name,
-                                "retryable response returned as is: the request is not cloneable"
-                            );
-                            Ok(response)
-                        }
-                        Ok(response) => {
-                            shared.record(Outcome::Success);
-                            Ok(response)
-                        }
-                        Err(err) => {
-                            shared.record(Outcome::NotRetryable);
-                            Err(err)
-                        }
-                    })
+        loop {
+            match this.state.as_mut().project() {
+                StateProj::Called { fut } => {
+                    let Poll::Ready(result) = fut.poll(cx) else {
+                        break;
+                    };
+                    let mut result = result.map_err(Into::into);
+                    let Some(retry) = this.retry.as_mut() else {
+                        return Poll::Ready(finish_once(shared, *this.not_cloneable, result));
+                    };
+                    if retry.request.is_none() && retry.policy.may_retry() {
+                        // Another attempt is allowed but the request could not be copied.
+                        return Poll::Ready(finish_once(shared, true, result));
+                    }
+                    // The policy starts the deadline's clock if it must check a backoff
+                    // against it before the call ever waited.
+                    retry.policy.deadline = *this.deadline_at;
+                    let decision = retry.policy.decide(&mut result);
+                    *this.deadline_at = retry.policy.deadline;
+                    match decision {
+                        Some(sleep) => this.state.set(State::Waiting {
+                            sleep: Box::pin(sleep),
+                        }),
+                        None => return Poll::Ready(result),
+                    }
                 }
-            },
+                StateProj::Waiting { sleep } => {
+                    if sleep.as_mut().poll(cx).is_pending() {
+                        break;
+                    }
+                    this.state.set(State::Readying);
+                }
+                StateProj::Readying => {
+                    let Some(retry) = this.retry.as_mut() else {
+                        unreachable!("only a retrying call waits for readiness");
+                    };
+                    match retry.service.poll_ready(cx) {
+                        Poll::Pending => break,
+                        Poll::Ready(Err(err)) => return Poll::Ready(Err(err.into())),
+                        Poll::Ready(Ok(())) => {}
+                    }
+                    let Some(request) = retry.request.take() else {
+                        unreachable!("a retry is only decided with a copy of the request");
+                    };
+                    // Copy the request for the attempt after this one, if there can be one.
+                    if retry.policy.may_retry() {
+                        retry.request = retry.policy.copy_request(&request);
+                    }
+                    let fut = retry.service.call(request);
+                    this.state.set(State::Called { fut });
+                }
+            }
+        }
+        // The call has to wait: start the deadline's clock and timer if not yet done.
+        let Some(after) = shared.deadline else {
+            return Poll::Pending;
         };
-        if polled.is_ready() {
-            return polled;
-        }
-        if let Some(deadline) = this.deadline.as_pin_mut()
-            && deadline.poll(cx).is_ready()
-        {
-            let attempts = this
-                .attempts_seen
-                .as_ref()
-                .map_or(1, |a| a.load(Ordering::Relaxed));
-            shared.record(Outcome::Deadline);
-            tracing::warn!(retry = %shared.name, after = ?this.after, attempts, "retry deadline exceeded");
-            return Poll::Ready(Err(Error::new(ErrorKind::DeadlineExceeded {
-                after: *this.after,
-                attempts,
-            })
-            .into()));
-        }
-        Poll::Pending
+        let at = *this
+            .deadline_at
+            .get_or_insert_with(|| Instant::now() + after);
+        let timer = this
+            .timer
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(at)));
+        ready!(timer.as_mut().poll(cx));
+        let attempts = this.retry.as_ref().map_or(1, |r| r.policy.attempt);
+        shared.record(Outcome::Deadline);
+        tracing::warn!(retry = %shared.name, ?after, attempts, "retry deadline exceeded");
+        Poll::Ready(Err(deadline_error(after, attempts)))
     }
+}
+
+fn deadline_error(after: Duration, attempts: u32) -> BoxError {
+    Error::new(ErrorKind::DeadlineExceeded { after, attempts }).into()
 }

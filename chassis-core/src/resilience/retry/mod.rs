@@ -1,9 +1,9 @@
 //! Retries failed attempts with jittered exponential backoff, under a retry budget and an
 //! overall deadline.
 //!
-//! [`RetryLayer`] is a ready-made policy on top of [`tower::retry`]: tower's `Retry` service and
-//! its response future run the attempt loop, and this module supplies the
-//! [`Policy`](tower::retry::Policy) and a thin service around tower's. Per call it:
+//! [`RetryLayer`] is a ready-made retry policy for tower services, on [`tower::retry`]'s model
+//! (a per-call policy consulted after every attempt, a shared
+//! [`Budget`](tower::retry::budget::Budget)). Per call it:
 //!
 //! - makes at most [`max_attempts`](RetryConfig::max_attempts) attempts (the first call included);
 //! - waits between attempts as the [`Backoff`] says (exponential, full or decorrelated jitter,
@@ -12,10 +12,10 @@
 //! - bounds each attempt with [`attempt_timeout`](RetryConfig::attempt_timeout) (a timed-out
 //!   attempt is retried like any failure) and the whole call, attempts and waits included, with
 //!   [`deadline`](RetryConfig::deadline); a wait that would end past the deadline is not started;
-//! - withdraws every retry from a shared [retry budget](RetryBudgetConfig)
-//!   ([`tower::retry::budget::TpsBudget`]: every call deposits, each retry withdraws, so retries
-//!   stay a bounded fraction of traffic) so that in an outage retries cannot multiply the load
-//!   on the struggling downstream;
+//! - withdraws every retry from a shared [retry budget](RetryBudgetConfig) (tower's
+//!   [`TpsBudget`](tower::retry::budget::TpsBudget) semantics, lock-free: every call deposits,
+//!   each retry withdraws, so retries stay a bounded fraction of traffic) so that in an outage
+//!   retries cannot multiply the load on the struggling downstream;
 //! - asks a [`RetryClassifier`] whether an outcome is worth retrying (default:
 //!   [`DefaultRetryClassifier`]: every error except rejections by local resilience layers such as
 //!   an open circuit, see there why);
@@ -40,16 +40,24 @@
 //! out (or the budget or deadline stop them, or the request cannot be copied), because turning it
 //! into an error would lose it; the `retry.attempts` counter still records why.
 //!
-//! # Why a service around tower's `Retry`
+//! # Why not tower's `Retry` service
 //!
-//! tower's `Retry` returns whatever the last attempt returned, and there are three things it
-//! cannot do from inside a [`Policy`](tower::retry::Policy): its future skips the policy
-//! altogether when `clone_request` returns `None` (so a non-cloneable request's failure would
-//! pass through untyped), it cannot bound an attempt *in flight* by an overall deadline, and it
-//! cannot report how many attempts a deadline cut short. So [`Retry`] copies the request itself
-//! first (handing the copy to the policy, so nothing is cloned twice), races tower's future
-//! against the deadline, and maps those cases to typed errors. Exhaustion and budget errors are
-//! produced inside the policy, which may rewrite the attempt's result before tower returns it.
+//! This layer first ran tower's `Retry` with a custom [`Policy`](tower::retry::Policy). Four
+//! things made it write the attempt loop itself (about a hundred lines, in `future.rs`):
+//!
+//! - tower's future skips the policy altogether when the request cannot be cloned, so a
+//!   non-cloneable request's failure would pass through untyped;
+//! - it cannot bound an attempt *in flight* by an overall deadline, nor say how many attempts
+//!   a deadline cut short: the attempt count lives in its private policy copy;
+//! - every call clones the service and the policy twice (tower's `Retry::call` clones itself
+//!   into the future, and the readied service has to be swapped out first);
+//! - the backoff `Sleep` (112 bytes) sits inline in every call's future, retried or not.
+//!
+//! The loop here keeps the attempt count and the deadline in the future itself, clones the
+//! service once per call, boxes the backoff timer (only retries pay for it), and starts the
+//! deadline's clock lazily: on the first poll that has to wait, or at the first retry
+//! decision, so a call that completes at once reads no clock and arms no timer. The budget is
+//! tower's [`Budget`](tower::retry::budget::Budget) trait, implemented by [`RetryBudget`].
 //!
 //! # Observability
 //!
@@ -101,36 +109,38 @@
 //! ```
 
 mod backoff;
+mod budget;
 mod classify;
 mod future;
 mod policy;
 
 pub use backoff::{Backoff, Jitter};
+pub use budget::RetryBudget;
 pub use classify::{
     CloneRequest, CloneWithClone, DefaultRetryClassifier, NoRetryAfter, RetryAfter, RetryClassifier,
 };
 pub use future::ResponseFuture;
 
+use self::future::Retrying;
+
 use std::fmt;
 use std::sync::Arc;
-use std::sync::atomic::AtomicU32;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use serde::Deserialize;
-use tokio::time::Instant;
-use tower::retry::budget::{Budget, TpsBudget};
+use tower::retry::budget::Budget;
 use tower_layer::Layer;
 use tower_service::Service;
 
-use self::future::Kind;
 use self::policy::{AttemptPolicy, Outcome};
+use super::clock::{Clock, ClockSource};
 use super::timeout::{Timeout, TimeoutLayer};
 use crate::{BoxError, Error};
 
 /// The retry budget: retries may add at most `retry_ratio` of the calls seen in the last `ttl`,
-/// plus `min_retries_per_sec` always (so a quiet client can still retry). Backed by
-/// [`tower::retry::budget::TpsBudget`].
+/// plus `min_retries_per_sec` always (so a quiet client can still retry): the semantics of
+/// [`tower::retry::budget::TpsBudget`], implemented lock-free by [`RetryBudget`].
 #[derive(Clone, Copy, Debug, PartialEq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RetryBudgetConfig {
@@ -199,12 +209,13 @@ impl RetryBudgetConfig {
         Ok(())
     }
 
-    fn build(&self) -> Option<Arc<TpsBudget>> {
+    fn build(&self, clock: ClockSource) -> Option<Arc<RetryBudget>> {
         self.enabled.then(|| {
-            Arc::new(TpsBudget::new(
+            Arc::new(RetryBudget::new(
                 self.ttl,
                 self.min_retries_per_sec,
                 self.retry_ratio,
+                clock,
             ))
         })
     }
@@ -317,7 +328,7 @@ pub(crate) struct Shared<C, H, K> {
     pub(crate) max_attempts: u32,
     pub(crate) backoff: Backoff,
     pub(crate) deadline: Option<Duration>,
-    pub(crate) budget: Option<Arc<TpsBudget>>,
+    pub(crate) budget: Option<Arc<RetryBudget>>,
     pub(crate) classifier: C,
     pub(crate) retry_after: H,
     pub(crate) cloner: K,
@@ -344,7 +355,8 @@ pub struct RetryLayer<C = DefaultRetryClassifier, H = NoRetryAfter, K = CloneWit
     backoff: Backoff,
     attempt_timeout: Option<Duration>,
     deadline: Option<Duration>,
-    budget: Option<Arc<TpsBudget>>,
+    budget_config: RetryBudgetConfig,
+    budget: Option<Arc<RetryBudget>>,
     classifier: C,
     retry_after: H,
     cloner: K,
@@ -380,7 +392,8 @@ impl RetryLayer {
             backoff: config.backoff,
             attempt_timeout: config.attempt_timeout,
             deadline: config.deadline,
-            budget: config.budget.build(),
+            budget: config.budget.build(ClockSource::Coarse),
+            budget_config: config.budget,
             name,
             classifier: DefaultRetryClassifier,
             retry_after: NoRetryAfter,
@@ -391,6 +404,20 @@ impl RetryLayer {
 }
 
 impl<C, H, K> RetryLayer<C, H, K> {
+    /// Gives the layer a fresh retry budget that reads time from `clock` instead of the default
+    /// [`CoarseClock`](super::clock::CoarseClock): pass a
+    /// [`TokioClock`](super::clock::TokioClock) in tests that advance tokio's paused clock and
+    /// expect the budget's window to follow it.
+    pub fn with_clock(mut self, clock: impl Clock) -> Self {
+        self.budget = self.budget_config.build(ClockSource::from_clock(clock));
+        self
+    }
+
+    /// The retry budget every service of this layer shares, if budgets are enabled.
+    pub fn budget(&self) -> Option<&RetryBudget> {
+        self.budget.as_deref()
+    }
+
     /// Replaces the classifier deciding which outcomes are retried.
     pub fn with_classifier<C2>(self, classifier: C2) -> RetryLayer<C2, H, K> {
         RetryLayer {
@@ -399,6 +426,7 @@ impl<C, H, K> RetryLayer<C, H, K> {
             backoff: self.backoff,
             attempt_timeout: self.attempt_timeout,
             deadline: self.deadline,
+            budget_config: self.budget_config,
             budget: self.budget,
             classifier,
             retry_after: self.retry_after,
@@ -415,6 +443,7 @@ impl<C, H, K> RetryLayer<C, H, K> {
             backoff: self.backoff,
             attempt_timeout: self.attempt_timeout,
             deadline: self.deadline,
+            budget_config: self.budget_config,
             budget: self.budget,
             classifier: self.classifier,
             retry_after,
@@ -431,6 +460,7 @@ impl<C, H, K> RetryLayer<C, H, K> {
             backoff: self.backoff,
             attempt_timeout: self.attempt_timeout,
             deadline: self.deadline,
+            budget_config: self.budget_config,
             budget: self.budget,
             classifier: self.classifier,
             retry_after: self.retry_after,
@@ -514,10 +544,6 @@ impl<S, C, H, K> Retry<S, C, H, K> {
     }
 }
 
-fn box_error<E: Into<BoxError>>(err: E) -> BoxError {
-    err.into()
-}
-
 impl<S, Req, C, H, K> Service<Req> for Retry<S, C, H, K>
 where
     S: Service<Req> + Clone,
@@ -541,54 +567,16 @@ where
             // Every call earns retries for others; only retries spend them.
             budget.deposit();
         }
-        let (deadline, attempts_seen) = match shared.deadline {
-            Some(after) => (
-                Some(Instant::now() + after),
-                Some(Arc::new(AtomicU32::new(1))),
-            ),
-            None => (None, None),
-        };
         let copy = if shared.max_attempts > 1 {
             shared.cloner.clone_request(&req)
         } else {
             None
         };
-        let kind = match copy {
-            Some(copy) => {
-                // tower's `Retry::call` calls its service at once, so it must get the service
-                // that `poll_ready` readied; `self` keeps a fresh clone.
-                let fresh = self.inner.clone();
-                let ready = std::mem::replace(&mut self.inner, fresh);
-                let policy = AttemptPolicy {
-                    shared: shared.clone(),
-                    attempt: 1,
-                    previous: shared.backoff.base,
-                    deadline,
-                    attempts_seen: attempts_seen.clone(),
-                    precloned: Some(copy),
-                };
-                let mut retry = tower::retry::Retry::new(
-                    policy,
-                    tower::util::MapErr::new(
-                        ready,
-                        box_error::<S::Error> as fn(S::Error) -> BoxError,
-                    ),
-                );
-                Kind::Retrying {
-                    inner: retry.call(req),
-                }
-            }
-            None => Kind::Once {
-                inner: self.inner.call(req),
-                not_cloneable: shared.max_attempts > 1,
-            },
-        };
-        ResponseFuture::new(
-            kind,
-            deadline,
-            shared.deadline.unwrap_or_default(),
-            attempts_seen,
-            shared.clone(),
-        )
+        let not_cloneable = shared.max_attempts > 1 && copy.is_none();
+        let retry = copy.map(|copy| {
+            // The future keeps a clone of the service for the attempts after the first.
+            Retrying::new(self.inner.clone(), AttemptPolicy::new(shared.clone()), copy)
+        });
+        ResponseFuture::new(self.inner.call(req), retry, not_cloneable, shared.clone())
     }
 }

@@ -1,7 +1,7 @@
-//! The `tower::retry::Policy` that drives one call's attempts.
+//! The per-call policy deciding, after each attempt, whether and when to make another.
 
+use std::marker::PhantomData;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use tokio::time::{Instant, Sleep};
@@ -11,21 +11,37 @@ use super::Shared;
 use super::classify::{CloneRequest, RetryAfter, RetryClassifier};
 use crate::{BoxError, Error, ErrorKind};
 
-/// Per-call state of a retried call; tower's `Retry` clones it into each call's future.
+/// Per-call state of a retried call, owned by the call's
+/// [`ResponseFuture`](super::ResponseFuture).
 pub(crate) struct AttemptPolicy<Req, C, H, K> {
     pub(crate) shared: Arc<Shared<C, H, K>>,
     /// Attempts started so far (1 = the first call).
     pub(crate) attempt: u32,
     /// The previous backoff wait (decorrelated jitter grows from it).
     pub(crate) previous: Duration,
-    /// When the overall deadline elapses, if there is one.
+    /// When the overall deadline elapses, once the call's clock has started (set by the future
+    /// on its first wait, or here at the first retry decision); `None` until then, and always
+    /// without a deadline.
     pub(crate) deadline: Option<Instant>,
-    /// Mirrors `attempt` for the outer future, which reports it when the deadline fires in the
-    /// middle of an attempt. Only allocated when there is a deadline.
-    pub(crate) attempts_seen: Option<Arc<AtomicU32>>,
-    /// The copy of the request the service made in `call` (to learn whether the request can be
-    /// copied at all); handed to tower's `Retry::call`, which asks for a copy first thing.
-    pub(crate) precloned: Option<Req>,
+    pub(crate) _request: PhantomData<fn(Req)>,
+}
+
+impl<Req, C, H, K> AttemptPolicy<Req, C, H, K> {
+    pub(crate) fn new(shared: Arc<Shared<C, H, K>>) -> Self {
+        let previous = shared.backoff.base;
+        Self {
+            shared,
+            attempt: 1,
+            previous,
+            deadline: None,
+            _request: PhantomData,
+        }
+    }
+
+    /// Whether another attempt could follow this one (so the request is worth copying).
+    pub(crate) fn may_retry(&self) -> bool {
+        self.attempt < self.shared.max_attempts
+    }
 }
 
 impl<Req, C, H, K> Clone for AttemptPolicy<Req, C, H, K> {
@@ -35,9 +51,7 @@ impl<Req, C, H, K> Clone for AttemptPolicy<Req, C, H, K> {
             attempt: self.attempt,
             previous: self.previous,
             deadline: self.deadline,
-            attempts_seen: self.attempts_seen.clone(),
-            // Taken by the first `clone_request`, which tower calls before cloning the policy.
-            precloned: None,
+            _request: PhantomData,
         }
     }
 }
@@ -58,15 +72,14 @@ impl<Req, C, H, K> AttemptPolicy<Req, C, H, K> {
     }
 }
 
-impl<Req, Res, C, H, K> tower::retry::Policy<Req, Res, BoxError> for AttemptPolicy<Req, C, H, K>
-where
-    C: RetryClassifier<Res>,
-    H: RetryAfter<Res>,
-    K: CloneRequest<Req>,
-{
-    type Future = Sleep;
-
-    fn retry(&mut self, _req: &mut Req, result: &mut Result<Res, BoxError>) -> Option<Sleep> {
+impl<Req, C, H, K> AttemptPolicy<Req, C, H, K> {
+    /// Decides after an attempt: `None` to return `result` (which may have been rewritten to a
+    /// typed give-up error), or the backoff to wait before the next attempt.
+    pub(crate) fn decide<Res>(&mut self, result: &mut Result<Res, BoxError>) -> Option<Sleep>
+    where
+        C: RetryClassifier<Res>,
+        H: RetryAfter<Res>,
+    {
         let shared = &*self.shared;
         if !shared.classifier.should_retry(result.as_ref()) {
             shared.record(if result.is_ok() {
@@ -95,8 +108,10 @@ where
                 d
             }
         };
-        if let (Some(deadline), Some(after)) = (self.deadline, shared.deadline)
-            && Instant::now() + delay >= deadline
+        if let Some(after) = shared.deadline
+            && let now = Instant::now()
+            // The call's clock starts here if it has not waited yet (see the future).
+            && now + delay >= *self.deadline.get_or_insert(now + after)
         {
             self.give_up(
                 result,
@@ -127,17 +142,15 @@ where
             ),
         }
         self.attempt += 1;
-        if let Some(seen) = &self.attempts_seen {
-            seen.store(self.attempt, Ordering::Relaxed);
-        }
         Some(tokio::time::sleep(delay))
     }
 
-    fn clone_request(&mut self, req: &Req) -> Option<Req> {
-        match self.precloned.take() {
-            Some(copy) => Some(copy),
-            None => self.shared.cloner.clone_request(req),
-        }
+    /// A copy of `req` for the next attempt, if it can be copied.
+    pub(crate) fn copy_request(&self, req: &Req) -> Option<Req>
+    where
+        K: CloneRequest<Req>,
+    {
+        self.shared.cloner.clone_request(req)
     }
 }
 

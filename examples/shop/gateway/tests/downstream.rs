@@ -83,8 +83,30 @@ fn get_req(path: &str) -> http::Request<ClientBody> {
         .unwrap()
 }
 
+/// The chassis telemetry (no exporter), so spans carry OpenTelemetry contexts as in the
+/// services, installed once for the whole process. Every test calls this first: tracing caches
+/// each callsite's interest process-wide, and a thread-local dispatcher set while another
+/// test's thread registers the client span's callsite can leave that callsite disabled for
+/// good (a race in tracing-core), so a per-test `set_default` made the trace test flaky.
+fn telemetry() {
+    static INSTALLED: std::sync::Once = std::sync::Once::new();
+    INSTALLED.call_once(|| {
+        let guard = chassis_observability::Telemetry::builder(chassis_core::ServiceInfo::new(
+            "gateway", "0",
+        ))
+        .ignore_env()
+        .install_metrics_recorder(false)
+        .writer(std::io::sink())
+        .init()
+        .unwrap();
+        // Kept for the life of the test process.
+        std::mem::forget(guard);
+    });
+}
+
 #[tokio::test]
 async fn attaches_a_service_token_for_the_audience_and_a_trace_context() {
+    telemetry();
     let (issuer, public) = issuer();
     let seen = Arc::new(std::sync::Mutex::new(None::<HeaderMap>));
     let s = seen.clone();
@@ -97,16 +119,6 @@ async fn attaches_a_service_token_for_the_audience_and_a_trace_context() {
     ))
     .await;
     let inventory = downstream::client("inventory", &d.url, &issuer, None).unwrap();
-    // The chassis telemetry (no exporter) so spans carry OpenTelemetry contexts, as in the
-    // services; this test runs on one thread, so a thread-local default is enough.
-    let (dispatch, _guard) =
-        chassis_observability::Telemetry::builder(chassis_core::ServiceInfo::new("gateway", "0"))
-            .ignore_env()
-            .install_metrics_recorder(false)
-            .writer(std::io::sink())
-            .build()
-            .unwrap();
-    let _default = tracing::dispatcher::set_default(&dispatch);
     let span = tracing::info_span!("request");
     let mut parent = http::HeaderMap::new();
     span.in_scope(|| {
@@ -157,6 +169,7 @@ async fn attaches_a_service_token_for_the_audience_and_a_trace_context() {
 
 #[tokio::test]
 async fn a_chassis_4xx_passes_through_with_its_code() {
+    telemetry();
     let d = serve(Router::new().route(
         "/internal/orders/{id}",
         get(|| async {
@@ -184,6 +197,7 @@ async fn a_chassis_4xx_passes_through_with_its_code() {
 
 #[tokio::test]
 async fn a_5xx_is_retried_for_reads_and_keyed_posts_only_and_becomes_502() {
+    telemetry();
     let d = serve(
         Router::new()
             .route("/r", get(|| async { StatusCode::INTERNAL_SERVER_ERROR }))
@@ -209,6 +223,7 @@ async fn a_5xx_is_retried_for_reads_and_keyed_posts_only_and_becomes_502() {
 
 #[tokio::test]
 async fn a_503_keeps_its_retry_after() {
+    telemetry();
     let d = serve(Router::new().route(
         "/w",
         post(|| async {
@@ -234,6 +249,7 @@ async fn a_503_keeps_its_retry_after() {
 
 #[tokio::test]
 async fn unreachable_is_503_and_a_timeout_is_504() {
+    telemetry();
     // A port that was free a moment ago: nothing listens there.
     let port = {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -276,6 +292,7 @@ async fn unreachable_is_503_and_a_timeout_is_504() {
 
 #[tokio::test]
 async fn an_open_circuit_answers_503_with_retry_after_without_calling() {
+    telemetry();
     let d = serve(Router::new().route("/r", get(|| async { "ok" }))).await;
     let c = client("notifications", &d.url);
     c.circuit_breaker().unwrap().force_open();
