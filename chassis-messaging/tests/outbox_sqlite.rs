@@ -592,7 +592,10 @@ async fn broker_fails_with_two_batches_in_flight_nothing_lost_order_kept() {
     let events = mixed_events(&broker, 600, 7, 3);
     let (ids, unordered) = enqueue_all(&outbox, &events).await;
 
-    let probe = Probe::new(broker.publisher.clone(), Duration::from_millis(5));
+    // 50 ms per publish keeps the relay busy for about half a second (15 batches, two at a
+    // time), so the 20 ms polling below reliably sees two batches in flight before the
+    // connection is killed; with a few ms the relay could finish between two polls.
+    let probe = Probe::new(broker.publisher.clone(), Duration::from_millis(50));
     let batch = 40;
     let config = RelayConfig::default()
         .batch_size(batch)
