@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use chassis_benches::raw_lapin::{self, RawMode};
 use chassis_messaging::connection::{Connection, ConnectionConfig};
 use chassis_messaging::consumer::{Consumer, ConsumerConfig, Outcome};
 use chassis_messaging::incoming::IncomingMessage;
@@ -23,11 +24,10 @@ use chassis_messaging::topology::{
 use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
 use lapin::options::{
-    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
-    ConfirmSelectOptions, ExchangeDeleteOptions, QueueDeleteOptions, QueuePurgeOptions,
+    BasicAckOptions, BasicConsumeOptions, BasicQosOptions, ExchangeDeleteOptions,
+    QueueDeleteOptions, QueuePurgeOptions,
 };
 use lapin::types::FieldTable;
-use lapin::{BasicProperties, Confirmation};
 
 fn env_usize(name: &str, default: usize) -> usize {
     std::env::var(name)
@@ -74,83 +74,6 @@ async fn with_cpu(n: usize, fut: impl std::future::Future<Output = f64>) -> (f64
     let before = process_cpu_secs();
     let rate = fut.await;
     (rate, (process_cpu_secs() - before) * 1e6 / n as f64)
-}
-
-/// How the raw-lapin baseline submits its publishes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum RawMode {
-    /// lapin's documented pattern: await each `basic_publish` (the frame handed to the
-    /// connection), collect its `PublisherConfirm` in a window.
-    Sequential,
-    /// Up to `window` publishes in flight at once, each awaiting its own send and confirm:
-    /// the same shape the chassis run has, and the faster of the two on this broker.
-    Concurrent,
-}
-
-async fn raw_publish(
-    url: &str,
-    exchange: &str,
-    n: usize,
-    window: usize,
-    body: &[u8],
-    mode: RawMode,
-) -> f64 {
-    let conn = lapin::Connection::connect(
-        url,
-        lapin::ConnectionProperties::default().with_connection_name("bench-raw".into()),
-    )
-    .await
-    .expect("raw connect");
-    let ch = conn.create_channel().await.unwrap();
-    ch.confirm_select(ConfirmSelectOptions::default())
-        .await
-        .unwrap();
-    let publish = || {
-        ch.basic_publish(
-            exchange.into(),
-            "bench".into(),
-            BasicPublishOptions {
-                mandatory: true,
-                ..Default::default()
-            },
-            body,
-            BasicProperties::default().with_delivery_mode(2),
-        )
-    };
-    let start = Instant::now();
-    match mode {
-        RawMode::Sequential => {
-            let mut inflight: FuturesUnordered<lapin::PublisherConfirm> = FuturesUnordered::new();
-            for _ in 0..n {
-                if inflight.len() >= window {
-                    let c: Confirmation = inflight.next().await.unwrap().expect("confirm");
-                    assert!(matches!(c, Confirmation::Ack(None)));
-                }
-                inflight.push(publish().await.expect("publish"));
-            }
-            while let Some(c) = inflight.next().await {
-                assert!(matches!(c.expect("confirm"), Confirmation::Ack(None)));
-            }
-        }
-        RawMode::Concurrent => {
-            let mut inflight = FuturesUnordered::new();
-            for _ in 0..n {
-                if inflight.len() >= window {
-                    inflight.next().await.unwrap();
-                }
-                let sent = publish();
-                inflight.push(async move {
-                    let confirm = sent.await.expect("publish");
-                    let c = confirm.await.expect("confirm");
-                    assert!(matches!(c, Confirmation::Ack(None)));
-                });
-            }
-            while inflight.next().await.is_some() {}
-        }
-    }
-    let rate = n as f64 / start.elapsed().as_secs_f64();
-    let _ = conn.close(200, "bye".into()).await;
-    rate
 }
 
 async fn chassis_publish(
@@ -285,9 +208,10 @@ async fn main() {
         // cold queue (a fresh quorum queue's first thousands of messages are slower).
         bounded(
             "warm-up",
-            raw_publish(
+            raw_lapin::publish(
                 &url,
                 &exchange,
+                "bench",
                 n.min(5000),
                 window,
                 &body,
@@ -311,7 +235,10 @@ async fn main() {
                 rates.push(
                     bounded(
                         "raw lapin publish",
-                        with_cpu(n, raw_publish(&url, &exchange, n, window, &body, mode)),
+                        with_cpu(
+                            n,
+                            raw_lapin::publish(&url, &exchange, "bench", n, window, &body, mode),
+                        ),
                     )
                     .await,
                 );

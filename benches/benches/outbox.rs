@@ -2,7 +2,8 @@
 //!
 //! 1. Throughput: N committed outbox rows drained by one relay (chassis `Publisher`, confirms;
 //!    `Relay::run_until_idle`, the pipelined loop `Relay::run` uses)
-//!    on SQLite and on PostgreSQL, beside raw lapin confirmed publishing with a pipelined
+//!    on SQLite and on PostgreSQL, beside raw lapin confirmed publishing (`RawMode::Concurrent`,
+//!    the faster raw mode of the `messaging` bench) with a pipelined
 //!    window of 1000 in the same run (same exchange, same durable queue, 256-byte bodies,
 //!    persistent, mandatory). Events carry 1000 distinct subjects (aggregates).
 //! 2. Latency: a writer commits events at a steady rate (default 1000/s) while the relay runs;
@@ -20,6 +21,7 @@ use std::str::FromStr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use chassis_benches::raw_lapin::{self, RawMode};
 use chassis_messaging::connection::{Connection, ConnectionConfig};
 use chassis_messaging::error::Error;
 use chassis_messaging::message::OutgoingMessage;
@@ -28,14 +30,8 @@ use chassis_messaging::publisher::{Publish, Publisher, PublisherConfig};
 use chassis_messaging::topology::{
     ExchangeConfig, QueueConfig, QueueType, RetryPolicy, TopologyConfig,
 };
-use futures_util::StreamExt;
 use futures_util::future::BoxFuture;
-use futures_util::stream::FuturesUnordered;
-use lapin::options::{
-    BasicPublishOptions, ConfirmSelectOptions, ExchangeDeleteOptions, QueueDeleteOptions,
-    QueuePurgeOptions,
-};
-use lapin::{BasicProperties, Confirmation};
+use lapin::options::{ExchangeDeleteOptions, QueueDeleteOptions, QueuePurgeOptions};
 use sqlx::ConnectOptions;
 use tokio_util::sync::CancellationToken;
 
@@ -53,49 +49,6 @@ fn event(exchange: &str, i: usize, body: &[u8]) -> OutgoingMessage {
     OutgoingMessage::new(exchange, "bench.event", body.to_vec())
         .content_type("application/json")
         .header("cloudEvents:subject", format!("agg-{}", i % SUBJECTS))
-}
-
-async fn raw_publish(url: &str, exchange: &str, n: usize, body: &[u8]) -> f64 {
-    let conn = lapin::Connection::connect(
-        url,
-        lapin::ConnectionProperties::default().with_connection_name("bench-outbox-raw".into()),
-    )
-    .await
-    .expect("raw connect");
-    let ch = conn.create_channel().await.unwrap();
-    ch.confirm_select(ConfirmSelectOptions::default())
-        .await
-        .unwrap();
-    let start = Instant::now();
-    let mut inflight = FuturesUnordered::new();
-    for _ in 0..n {
-        if inflight.len() >= WINDOW {
-            let c: lapin::Result<Confirmation> = inflight.next().await.unwrap();
-            let c = c.expect("confirm");
-            assert!(matches!(c, Confirmation::Ack(None)));
-        }
-        let confirm = ch
-            .basic_publish(
-                exchange.into(),
-                "bench.event".into(),
-                BasicPublishOptions {
-                    mandatory: true,
-                    ..Default::default()
-                },
-                body,
-                BasicProperties::default().with_delivery_mode(2),
-            )
-            .await
-            .expect("publish");
-        inflight.push(confirm);
-    }
-    while let Some(c) = inflight.next().await {
-        let c: lapin::Result<Confirmation> = c;
-        assert!(matches!(c.expect("confirm"), Confirmation::Ack(None)));
-    }
-    let rate = n as f64 / start.elapsed().as_secs_f64();
-    let _ = conn.close(200, "bye".into()).await;
-    rate
 }
 
 /// Drains `n` prefilled rows with one relay; returns rows/s.
@@ -288,7 +241,18 @@ async fn main() {
 
     let (mut raw, mut lite, mut pg) = (Vec::new(), Vec::new(), Vec::new());
     for round in 0..rounds {
-        raw.push(raw_publish(&url, &exchange, n, &body).await);
+        raw.push(
+            raw_lapin::publish(
+                &url,
+                &exchange,
+                "bench.event",
+                n,
+                WINDOW,
+                &body,
+                RawMode::Concurrent,
+            )
+            .await,
+        );
         purge().await;
 
         let dir = tempfile::tempdir().unwrap();
