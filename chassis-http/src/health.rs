@@ -263,10 +263,12 @@ where
     type Error = S::Error;
     type Future = ResponseFuture<S::Future>;
 
+    #[inline]
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
     }
 
+    #[inline]
     fn call(&mut self, req: Request<ReqB>) -> Self::Future {
         match self.shared.endpoint(req.uri().path()) {
             Some(endpoint) => ResponseFuture {
@@ -315,6 +317,7 @@ where
 {
     type Output = Result<Response<Body>, E>;
 
+    #[inline]
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match self.project().state.project() {
             StateProj::Inner { future } => {
@@ -343,10 +346,12 @@ impl<B> Service<Request<B>> for NotFound {
     type Error = Infallible;
     type Future = std::future::Ready<Result<Response<Body>, Infallible>>;
 
+    #[inline]
     fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
         Poll::Ready(Ok(()))
     }
 
+    #[inline]
     fn call(&mut self, req: Request<B>) -> Self::Future {
         std::future::ready(Ok(ApiError::not_found(format!(
             "no route for {}",

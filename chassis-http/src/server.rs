@@ -66,14 +66,15 @@ use chassis_core::shutdown::Shutdown;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::service::TowerToHyperService;
 use serde::Deserialize;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tower_service::Service;
 
+mod connection_service;
 mod connections;
 
+use connection_service::ConnectionService;
 use connections::Connections;
 
 use crate::body::BoxError;
@@ -338,7 +339,7 @@ impl Server {
             connections += 1;
             let _ = stream.set_nodelay(true);
             let builder = builder.clone();
-            let service = TowerToHyperService::new(service.clone());
+            let service = ConnectionService::new(service.clone());
             // Registered here, not in the task, so the drain below counts it.
             let tracked = open.register();
             tokio::spawn(async move {

@@ -128,6 +128,7 @@ where
     type Error = Infallible;
     type Future = ResponseFuture<S::Future>;
 
+    #[inline]
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         match ready!(self.inner.poll_ready(cx)) {
             Ok(()) => Poll::Ready(Ok(())),
@@ -139,6 +140,7 @@ where
         }
     }
 
+    #[inline]
     fn call(&mut self, req: Request<ReqB>) -> Self::Future {
         // NOTE: relies on `poll_ready` having stored its error, if it failed.
         match self.not_ready.take() {
@@ -185,6 +187,7 @@ where
 {
     type Output = Result<Response<Body>, Infallible>;
 
+    #[inline]
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         Poll::Ready(Ok(match self.project().state.project() {
             StateProj::Running { inner } => match ready!(inner.poll(cx)) {

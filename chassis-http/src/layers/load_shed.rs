@@ -160,6 +160,7 @@ where
     type Error = S::Error;
     type Future = ResponseFuture<S::Future>;
 
+    #[inline]
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         if self.permit.is_none() {
             // Never wait for a permit: without one, `call` answers 503 straight away.
@@ -168,6 +169,7 @@ where
         self.inner.poll_ready(cx)
     }
 
+    #[inline]
     fn call(&mut self, req: Request<ReqB>) -> Self::Future {
         // NOTE: relies on `poll_ready` having tried to take a permit for this request.
         match self.permit.take() {
@@ -232,6 +234,7 @@ where
 {
     type Output = Result<Response<Body>, E>;
 
+    #[inline]
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match self.project().state.project() {
             StateProj::Running { future, permit } => match future.poll(cx) {
