@@ -144,16 +144,10 @@ fn check_prefix(prefix: &str) -> Result<(), BoxError> {
 
 /// Creates the services' PostgreSQL databases that do not exist yet.
 async fn create_databases(db: &Database) -> Result<(), BoxError> {
-    let Database::Postgres {
-        server_url, prefix, ..
-    } = db
-    else {
+    let Some((mut conn, names)) = server_and_databases(db).await? else {
         return Ok(());
     };
-    check_prefix(prefix)?;
-    let mut conn = connect_server(server_url).await?;
-    for service in SERVICES_WITH_DATABASE {
-        let name = db.database_name(service).ok_or("no database name")?;
+    for name in names {
         let exists = sqlx::query("SELECT 1 FROM pg_database WHERE datname = $1")
             .bind(&name)
             .fetch_optional(&mut conn)
@@ -162,7 +156,7 @@ async fn create_databases(db: &Database) -> Result<(), BoxError> {
         if exists {
             continue;
         }
-        // The name is checked above ([a-z0-9_]), so quoting it is enough.
+        // The name is checked ([a-z0-9_]), so quoting it is enough.
         let create = format!("CREATE DATABASE \"{name}\"");
         match sqlx::query(sqlx::AssertSqlSafe(create))
             .execute(&mut conn)
@@ -180,16 +174,10 @@ async fn create_databases(db: &Database) -> Result<(), BoxError> {
 
 /// Drops the services' PostgreSQL databases (closing their remaining connections).
 pub async fn drop_databases(db: &Database) -> Result<(), BoxError> {
-    let Database::Postgres {
-        server_url, prefix, ..
-    } = db
-    else {
+    let Some((mut conn, names)) = server_and_databases(db).await? else {
         return Ok(());
     };
-    check_prefix(prefix)?;
-    let mut conn = connect_server(server_url).await?;
-    for service in SERVICES_WITH_DATABASE {
-        let name = db.database_name(service).ok_or("no database name")?;
+    for name in names {
         let drop = format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)");
         sqlx::query(sqlx::AssertSqlSafe(drop))
             .execute(&mut conn)
@@ -198,6 +186,25 @@ pub async fn drop_databases(db: &Database) -> Result<(), BoxError> {
     }
     sqlx::Connection::close(conn).await?;
     Ok(())
+}
+
+/// For a PostgreSQL launch: a connection to the server and the services' database names (the
+/// prefix checked, so the names are safe to quote); `None` for SQLite.
+async fn server_and_databases(
+    db: &Database,
+) -> Result<Option<(sqlx::PgConnection, Vec<String>)>, BoxError> {
+    let Database::Postgres {
+        server_url, prefix, ..
+    } = db
+    else {
+        return Ok(None);
+    };
+    check_prefix(prefix)?;
+    let names = SERVICES_WITH_DATABASE
+        .iter()
+        .map(|service| db.database_name(service).ok_or("no database name"))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(Some((connect_server(server_url).await?, names)))
 }
 
 async fn connect_server(url: &str) -> Result<sqlx::PgConnection, BoxError> {
