@@ -652,6 +652,9 @@ async fn real_server_with_axum_and_real_client() {
         .with_writer(move || writer.clone())
         .finish();
     let _guard = tracing::subscriber::set_default(subscriber);
+    // Callsites another test thread registered while this subscriber was being set can keep a
+    // stale "disabled" interest (tracing caches it process-wide): recompute it now.
+    tracing::callsite::rebuild_interest_cache();
 
     let issuer = issuer_with(SigningKey::generate_ed25519().unwrap());
     let verifier = verifier_for(issuer.key_set());

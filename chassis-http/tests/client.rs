@@ -446,6 +446,9 @@ async fn traceparent_and_service_token_reach_the_server_and_metrics_are_recorded
         .with_writer(move || writer.clone())
         .finish();
     let _tracing = tracing::subscriber::set_default(subscriber);
+    // Callsites another test thread registered while this subscriber was being set can keep a
+    // stale "disabled" interest (tracing caches it process-wide): recompute it now.
+    tracing::callsite::rebuild_interest_cache();
 
     let seen = Seen::default();
     let base = misbehaving_server(seen.clone()).await;

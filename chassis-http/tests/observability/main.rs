@@ -35,6 +35,9 @@ async fn traceparent_trace_id_reaches_error_body_and_server_span() {
     let subscriber = tracing_subscriber::registry()
         .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("test")));
     let _guard = tracing::subscriber::set_default(subscriber);
+    // Callsites another test thread registered while this subscriber was being set can keep a
+    // stale "disabled" interest (tracing caches it process-wide): recompute it now.
+    tracing::callsite::rebuild_interest_cache();
 
     // Layers applied with `Router::layer` run after routing: the route is known.
     let router =
@@ -113,6 +116,9 @@ async fn access_log_line_per_request() {
         .with_max_level(tracing::Level::INFO)
         .finish();
     let _guard = tracing::subscriber::set_default(subscriber);
+    // Callsites another test thread registered while this subscriber was being set can keep a
+    // stale "disabled" interest (tracing caches it process-wide): recompute it now.
+    tracing::callsite::rebuild_interest_cache();
 
     let server = start_app(
         StandardLayers::new(),
