@@ -73,9 +73,11 @@ use tower_service::Service;
 
 mod connection_service;
 mod connections;
+mod header_timer;
 
 use connection_service::ConnectionService;
 use connections::Connections;
+use header_timer::HeaderReadTimer;
 
 use crate::body::BoxError;
 use crate::error::{Error, ErrorKind};
@@ -286,10 +288,19 @@ impl Server {
         } = self;
         let signals = handle_signals.then(|| shutdown.listen_for_signals());
 
+        // HTTP/1 head reads get the coarse timer (one per request head, almost never firing);
+        // HTTP/2 keeps tokio's.
+        let header_timer = HeaderReadTimer::new();
+        // Stops with `serve`, whichever way it returns.
+        let _header_sweeper = tokio_util::task::AbortOnDropHandle::new(tokio::spawn(
+            header_timer
+                .clone()
+                .sweep(HeaderReadTimer::tick_for(config.header_read_timeout)),
+        ));
         let mut builder = auto::Builder::new(TokioExecutor::new());
         builder
             .http1()
-            .timer(TokioTimer::new())
+            .timer(header_timer)
             .header_read_timeout(config.header_read_timeout);
         builder.http2().timer(TokioTimer::new());
         let builder = Arc::new(builder);
