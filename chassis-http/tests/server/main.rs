@@ -390,14 +390,7 @@ async fn shutdown_drains_in_flight_then_refuses_connections() {
 async fn shutdown_closes_idle_keep_alive_connections_at_once() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-    let server = Server::bind(test_config().drain_timeout(Duration::from_secs(10)))
-        .await
-        .unwrap();
-    let server = start(
-        server,
-        app(AppState::default()).layer(StandardLayers::new()),
-    )
-    .await;
+    let server = start_standard(test_config().drain_timeout(Duration::from_secs(10))).await;
     let addr = server.addr;
 
     // An HTTP/1.1 keep-alive connection, idle after one request.
@@ -540,14 +533,7 @@ async fn a_request_head_that_never_completes_is_cut_off_after_the_header_read_ti
     use tokio::io::AsyncWriteExt;
 
     let timeout = Duration::from_millis(400);
-    let server = Server::bind(test_config().header_read_timeout(timeout))
-        .await
-        .unwrap();
-    let server = start(
-        server,
-        app(AppState::default()).layer(StandardLayers::new()),
-    )
-    .await;
+    let server = start_standard(test_config().header_read_timeout(timeout)).await;
 
     // Slowloris: half a request head, then nothing.
     let mut slow = tokio::net::TcpStream::connect(server.addr).await.unwrap();

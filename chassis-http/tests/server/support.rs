@@ -203,6 +203,17 @@ where
     }
 }
 
+/// The test app behind `StandardLayers::new()` (no health endpoints) on a server built from
+/// `config`.
+pub(crate) async fn start_standard(config: ServerConfig) -> TestServer {
+    let server = Server::bind(config).await.unwrap();
+    start(
+        server,
+        app(AppState::default()).layer(StandardLayers::new()),
+    )
+    .await
+}
+
 /// The full chassis stack around the test app: health outside, standard layers, the router.
 pub(crate) async fn start_app(
     layers: StandardLayers,
