@@ -90,7 +90,7 @@ impl<S> RequestBodyLimitService<S> {
     }
 }
 
-fn content_length(headers: &http::HeaderMap) -> Option<u64> {
+pub(crate) fn content_length(headers: &http::HeaderMap) -> Option<u64> {
     headers
         .get(header::CONTENT_LENGTH)?
         .to_str()
@@ -240,11 +240,11 @@ struct Limit {
 }
 
 impl<B> LimitedBody<B> {
-    fn unlimited(inner: B) -> Self {
+    pub(crate) fn unlimited(inner: B) -> Self {
         Self { inner, limit: None }
     }
 
-    fn limited(inner: B, limit: usize, tripped: Arc<AtomicBool>) -> Self {
+    pub(crate) fn limited(inner: B, limit: usize, tripped: Arc<AtomicBool>) -> Self {
         Self {
             inner,
             limit: Some(Limit {

@@ -134,7 +134,7 @@ impl<F> fmt::Debug for ResponseFuture<F> {
     }
 }
 
-fn panic_response(panic: Box<dyn Any + Send + 'static>) -> Response<Body> {
+pub(crate) fn panic_response(panic: Box<dyn Any + Send + 'static>) -> Response<Body> {
     let message = panic
         .downcast_ref::<&str>()
         .copied()

@@ -109,7 +109,7 @@ impl<S> ErrorResponseService<S> {
     }
 }
 
-fn error_response(err: BoxError) -> Response<Body> {
+pub(crate) fn error_response(err: BoxError) -> Response<Body> {
     let api = ApiError::from_box_error(&err);
     if api.status().is_server_error() {
         tracing::error!(target: "chassis_http::server", error = %err, status = api.status().as_u16(), "service failed");

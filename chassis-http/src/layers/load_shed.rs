@@ -44,11 +44,16 @@ use crate::error::{ApiError, codes};
 /// A plain counter rather than a semaphore: nothing ever waits for a permit, and releasing a
 /// tokio semaphore permit takes its waiter-list lock on every request.
 #[derive(Debug, Default)]
-struct InFlight(AtomicUsize);
+pub(crate) struct InFlight(AtomicUsize);
 
 impl InFlight {
+    /// Permits taken right now.
+    pub(crate) fn count(&self) -> usize {
+        self.0.load(Ordering::Relaxed)
+    }
+
     /// Takes a permit if fewer than `max` are taken.
-    fn try_acquire(self: &Arc<Self>, max: usize) -> Option<Permit> {
+    pub(crate) fn try_acquire(self: &Arc<Self>, max: usize) -> Option<Permit> {
         self.0
             .fetch_update(Ordering::Acquire, Ordering::Relaxed, |n| {
                 (n < max).then_some(n + 1)
@@ -58,9 +63,21 @@ impl InFlight {
     }
 }
 
+/// The 503 a shed request gets (logged at debug: shedding is the limit working, not a fault).
+pub(crate) fn shed_response(max_in_flight: usize, retry_after: Duration) -> Response<Body> {
+    tracing::debug!(max_in_flight, "concurrency limit reached; shedding request");
+    ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        codes::OVERLOADED,
+        format!("server is at its limit of {max_in_flight} concurrent requests"),
+    )
+    .with_retry_after(retry_after)
+    .into_response()
+}
+
 /// One request's share of the limit, given back on drop.
 #[derive(Debug)]
-struct Permit(Arc<InFlight>);
+pub(crate) struct Permit(Arc<InFlight>);
 
 impl Drop for Permit {
     fn drop(&mut self) {
@@ -93,9 +110,14 @@ impl LoadShedLayer {
         self
     }
 
+    /// The shared counter, the limit and the `Retry-After` (for the fused standard stack).
+    pub(crate) fn parts(&self) -> (Arc<InFlight>, usize, Duration) {
+        (self.in_flight.clone(), self.max_in_flight, self.retry_after)
+    }
+
     /// Requests currently holding a permit.
     pub fn in_flight(&self) -> usize {
-        self.in_flight.0.load(Ordering::Relaxed)
+        self.in_flight.count()
     }
 }
 
@@ -180,20 +202,7 @@ where
                 },
             },
             None => {
-                tracing::debug!(
-                    max_in_flight = self.max_in_flight,
-                    "concurrency limit reached; shedding request"
-                );
-                let response = ApiError::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    codes::OVERLOADED,
-                    format!(
-                        "server is at its limit of {} concurrent requests",
-                        self.max_in_flight
-                    ),
-                )
-                .with_retry_after(self.retry_after)
-                .into_response();
+                let response = shed_response(self.max_in_flight, self.retry_after);
                 ResponseFuture {
                     state: State::Rejected {
                         response: Some(response),
