@@ -301,18 +301,32 @@ impl Publisher {
         if let Some(ch) = self.live_channel() {
             return Ok(ch);
         }
-        let ch = Arc::new(self.inner.conn.open_channel().await?);
         let timeout = self.inner.conn.config().operation_timeout;
-        match tokio::time::timeout(
-            timeout,
-            ch.channel.confirm_select(ConfirmSelectOptions::default()),
-        )
-        .await
-        {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => return Err(Error::connection(e)),
-            Err(_) => return Err(Error::timeout("confirm.select", timeout)),
-        }
+        let mut attempt = 0;
+        let ch = loop {
+            let ch = Arc::new(self.inner.conn.open_channel().await?);
+            match tokio::time::timeout(
+                timeout,
+                ch.channel.confirm_select(ConfirmSelectOptions::default()),
+            )
+            .await
+            {
+                Ok(Ok(())) => break ch,
+                // Right after the broker closed the previous channel (a publish to a missing
+                // exchange), lapin can hand out a channel that is still closing under the
+                // reused number: open another one shortly.
+                Ok(Err(e))
+                    if attempt < 3
+                        && matches!(e.kind(), lapin::ErrorKind::InvalidChannelState(..)) =>
+                {
+                    tracing::debug!(error = %e, "confirm.select on a closing channel; reopening");
+                    attempt += 1;
+                    tokio::time::sleep(Duration::from_millis(20 * attempt)).await;
+                }
+                Ok(Err(e)) => return Err(Error::connection(e)),
+                Err(_) => return Err(Error::timeout("confirm.select", timeout)),
+            }
+        };
         *self
             .inner
             .current
