@@ -61,7 +61,7 @@ use tower_service::Service;
 use super::body_limit::{LimitedBody, content_length};
 use super::catch_panic::panic_response;
 use super::error_response::error_response;
-use super::load_shed::{InFlight, LoadShedLayer, Permit, shed_response};
+use super::load_shed::{InFlight, Permit, shed_response};
 use crate::body::{Body, BoxError, boxed};
 use crate::error::ApiError;
 
@@ -86,27 +86,26 @@ impl GuardLayer {
         retry_after: Duration,
         body_limit: usize,
     ) -> Self {
-        Self::from_parts(
-            timeout,
-            &LoadShedLayer::new(max_in_flight).retry_after(retry_after),
-            body_limit,
-        )
-    }
-
-    /// Shares `load_shed`'s counter (so a [`LoadShedLayer`] and this layer limit together).
-    pub(crate) fn from_parts(
-        timeout: Duration,
-        load_shed: &LoadShedLayer,
-        body_limit: usize,
-    ) -> Self {
-        let (in_flight, max_in_flight, retry_after) = load_shed.parts();
         Self {
             timeout,
-            in_flight,
-            max_in_flight,
+            in_flight: Arc::default(),
+            // As `LoadShedLayer`: at least one request may run.
+            max_in_flight: max_in_flight.max(1),
             retry_after,
             body_limit,
         }
+    }
+
+    pub(crate) fn set_timeout(&mut self, timeout: Duration) {
+        self.timeout = timeout;
+    }
+
+    pub(crate) fn set_body_limit(&mut self, limit: usize) {
+        self.body_limit = limit;
+    }
+
+    pub(crate) fn set_retry_after(&mut self, retry_after: Duration) {
+        self.retry_after = retry_after;
     }
 }
 

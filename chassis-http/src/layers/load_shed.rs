@@ -110,11 +110,6 @@ impl LoadShedLayer {
         self
     }
 
-    /// The shared counter, the limit and the `Retry-After` (for the fused standard stack).
-    pub(crate) fn parts(&self) -> (Arc<InFlight>, usize, Duration) {
-        (self.in_flight.clone(), self.max_in_flight, self.retry_after)
-    }
-
     /// Requests currently holding a permit.
     pub fn in_flight(&self) -> usize {
         self.in_flight.count()

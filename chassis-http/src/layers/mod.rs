@@ -76,7 +76,6 @@ pub mod trace;
 
 use access_log::{AccessLogLayer, AccessLogService};
 use guard::{GuardLayer, GuardService};
-use load_shed::LoadShedLayer;
 use metrics::{MetricsLayer, MetricsService};
 use request_id::{RequestIdLayer, RequestIdService};
 use trace::{TraceLayer, TraceService};
@@ -206,8 +205,8 @@ impl Default for StandardLayersConfig {
 #[derive(Debug, Clone)]
 pub struct StandardLayers {
     request_id: RequestIdLayer,
-    /// Holds the concurrency counter every produced service shares.
-    load_shed: LoadShedLayer,
+    /// Layers 5 to 9, fused; holds the concurrency counter every produced service shares.
+    guard: GuardLayer,
     config: StandardLayersConfig,
 }
 
@@ -227,7 +226,12 @@ impl StandardLayers {
     pub fn from_config(config: StandardLayersConfig) -> Self {
         Self {
             request_id: RequestIdLayer::new(),
-            load_shed: LoadShedLayer::new(config.max_in_flight).retry_after(config.retry_after),
+            guard: GuardLayer::new(
+                config.timeout,
+                config.max_in_flight,
+                config.retry_after,
+                config.body_limit,
+            ),
             config,
         }
     }
@@ -235,26 +239,29 @@ impl StandardLayers {
     /// Request timeout. Defaults to 30 s.
     pub fn timeout(mut self, timeout: Duration) -> Self {
         self.config.timeout = timeout;
+        self.guard.set_timeout(timeout);
         self
     }
 
     /// Maximum request body size in bytes. Defaults to 2 MiB.
     pub fn body_limit(mut self, limit: usize) -> Self {
         self.config.body_limit = limit;
+        self.guard.set_body_limit(limit);
         self
     }
 
     /// Maximum concurrent requests; more are shed with 503. Defaults to 1024.
     pub fn max_in_flight(mut self, max: usize) -> Self {
         self.config.max_in_flight = max;
-        self.load_shed = LoadShedLayer::new(max).retry_after(self.config.retry_after);
+        let c = &self.config;
+        self.guard = GuardLayer::new(c.timeout, max, c.retry_after, c.body_limit);
         self
     }
 
     /// `Retry-After` of shed requests. Defaults to 1 s.
     pub fn retry_after(mut self, retry_after: Duration) -> Self {
         self.config.retry_after = retry_after;
-        self.load_shed = self.load_shed.retry_after(retry_after);
+        self.guard.set_retry_after(retry_after);
         self
     }
 
@@ -279,9 +286,7 @@ impl<S> Layer<S> for StandardLayers {
     type Service = StandardService<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        let inner =
-            GuardLayer::from_parts(self.config.timeout, &self.load_shed, self.config.body_limit)
-                .layer(inner);
+        let inner = self.guard.layer(inner);
         let inner = AccessLogLayer::new().layer(inner);
         let inner = MetricsLayer::new().layer(inner);
         let inner = TraceLayer::new().layer(inner);
