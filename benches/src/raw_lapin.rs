@@ -21,6 +21,7 @@ pub enum RawMode {
 
 /// Publishes `n` persistent, mandatory messages with `body` on a fresh connection with
 /// confirms, at most `window` unconfirmed; returns msg/s (connection setup not counted).
+/// The messages carry no other property.
 pub async fn publish(
     url: &str,
     exchange: &str,
@@ -29,6 +30,27 @@ pub async fn publish(
     window: usize,
     body: &[u8],
     mode: RawMode,
+) -> f64 {
+    publish_with(url, exchange, routing_key, n, window, body, mode, |_| {
+        BasicProperties::default()
+    })
+    .await
+}
+
+/// Like [`publish`], the `i`-th message with the properties `properties(i)` (persistent is
+/// forced): for a baseline that sends the same messages as the chassis run it is compared
+/// with (message id, content type, headers), built while publishing as a hand-written
+/// publisher would.
+#[allow(clippy::too_many_arguments)]
+pub async fn publish_with(
+    url: &str,
+    exchange: &str,
+    routing_key: &str,
+    n: usize,
+    window: usize,
+    body: &[u8],
+    mode: RawMode,
+    properties: impl Fn(usize) -> BasicProperties,
 ) -> f64 {
     let conn = lapin::Connection::connect(
         url,
@@ -40,7 +62,7 @@ pub async fn publish(
     ch.confirm_select(ConfirmSelectOptions::default())
         .await
         .unwrap();
-    let publish = || {
+    let publish = |i: usize| {
         ch.basic_publish(
             exchange.into(),
             routing_key.into(),
@@ -49,19 +71,19 @@ pub async fn publish(
                 ..Default::default()
             },
             body,
-            BasicProperties::default().with_delivery_mode(2),
+            properties(i).with_delivery_mode(2),
         )
     };
     let start = Instant::now();
     match mode {
         RawMode::Sequential => {
             let mut inflight: FuturesUnordered<lapin::PublisherConfirm> = FuturesUnordered::new();
-            for _ in 0..n {
+            for i in 0..n {
                 if inflight.len() >= window {
                     let c: Confirmation = inflight.next().await.unwrap().expect("confirm");
                     assert!(matches!(c, Confirmation::Ack(None)));
                 }
-                inflight.push(publish().await.expect("publish"));
+                inflight.push(publish(i).await.expect("publish"));
             }
             while let Some(c) = inflight.next().await {
                 assert!(matches!(c.expect("confirm"), Confirmation::Ack(None)));
@@ -69,11 +91,11 @@ pub async fn publish(
         }
         RawMode::Concurrent => {
             let mut inflight = FuturesUnordered::new();
-            for _ in 0..n {
+            for i in 0..n {
                 if inflight.len() >= window {
                     inflight.next().await.unwrap();
                 }
-                let sent = publish();
+                let sent = publish(i);
                 inflight.push(async move {
                     let confirm = sent.await.expect("publish");
                     let c = confirm.await.expect("confirm");

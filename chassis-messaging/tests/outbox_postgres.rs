@@ -376,3 +376,17 @@ async fn overlapping_batches_never_publish_a_subject_ahead_of_its_unconfirmed_ro
     broker.cleanup().await;
     db.drop().await;
 }
+
+/// A later row of a subject claimed while the subject's earlier rows are still in flight (in
+/// another open transaction of the same relay) is linked behind them; when one of them fails,
+/// the linked rows are left pending and the subject's order holds.
+#[tokio::test]
+async fn rows_linked_behind_a_failing_row_wait_until_it_is_parked() {
+    let (schema, outbox, broker) = setup("pg-linked", 8).await;
+    for event in linked_events(&broker) {
+        enqueue_committed(&outbox, &event).await;
+    }
+    assert_linked_rows_wait_for_a_failing_predecessor(outbox, &broker).await;
+    broker.cleanup().await;
+    schema.drop().await;
+}

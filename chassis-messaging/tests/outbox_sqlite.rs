@@ -605,12 +605,15 @@ async fn broker_fails_with_two_batches_in_flight_nothing_lost_order_kept() {
     let relay = Relay::new(outbox.clone(), probe.clone(), config)
         .unwrap()
         .spawn(token.clone());
+    // The relay claims its second batch right after the first, so once the first confirms
+    // arrive both are in flight: the second's subjectless rows publishing, its other rows
+    // linked behind the first batch's rows of their subjects.
     assert!(
         eventually(Duration::from_secs(10), || async {
-            probe.snapshot(|s| s.in_flight > batch && s.confirmed > 0)
+            probe.snapshot(|s| s.in_flight > 0 && s.confirmed > 0)
         })
         .await,
-        "two batches in flight, the first confirms arriving"
+        "batches in flight, the first confirms arriving"
     );
     assert!(
         kill_connection(&broker.name).await >= 1,
@@ -627,5 +630,18 @@ async fn broker_fails_with_two_batches_in_flight_nothing_lost_order_kept() {
     probe.snapshot(|s| assert!(s.violations.is_empty(), "{:?}", s.violations));
     token.cancel();
     relay.await.unwrap();
+    broker.cleanup().await;
+}
+
+/// A later row of a subject claimed while the subject's earlier rows are still in flight is
+/// linked behind them; when one of them fails, the linked rows are left pending and the
+/// subject's order holds.
+#[tokio::test]
+async fn rows_linked_behind_a_failing_row_wait_until_it_is_parked() {
+    let (_dir, outbox, broker) = setup("sqlite-linked").await;
+    for event in linked_events(&broker) {
+        enqueue_committed(&outbox, &event).await;
+    }
+    assert_linked_rows_wait_for_a_failing_predecessor(outbox, &broker).await;
     broker.cleanup().await;
 }

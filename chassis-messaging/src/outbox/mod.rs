@@ -31,17 +31,20 @@
 //!   (the envelope's aggregate id) or the explicit subject of `enqueue_with_subject`. Rows of
 //!   one subject are published strictly one after the other in id order, each after the
 //!   previous one's confirm; a row is published only when every earlier pending row of its
-//!   subject is in the same batch. Ids follow commit order per subject: on SQLite because
+//!   subject is in the same batch or in one of the relay's own batches still in flight. Ids
+//!   follow commit order per subject: on SQLite because
 //!   there is a single writer, on PostgreSQL because `enqueue` locks a per-subject row
 //!   (`chassis_outbox_subjects`) so concurrent writers of one subject serialize (see
 //!   [`postgres`]). Events without a subject have no ordering constraint.
-//! - **Pipelined batches**: a relay keeps up to [`RelayConfig::batches_in_flight`] (2) batches
-//!   in flight: it claims and publishes the next batch while the previous one still waits for
-//!   its confirms and bookkeeping, so the broker's confirm pipeline stays full. Order and
+//! - **Pipelined batches**: a relay keeps up to [`RelayConfig::batches_in_flight`] (4) batches
+//!   in flight: it claims and publishes the next batches while earlier ones still wait for
+//!   their confirms and bookkeeping, so the broker's confirm pipeline stays full. Order and
 //!   multi-relay safety are unaffected: a batch in flight holds its rows exactly as another
-//!   relay would (lease or row locks, rows still `pending`), so the head rule keeps every later
-//!   row of those subjects out of the next claim until the earlier rows are confirmed and
-//!   recorded. Each batch records its own outcomes; a failure in one does not affect the other.
+//!   relay would (lease or row locks, rows still `pending`). A later row of a subject with
+//!   rows in flight may be claimed by the same relay, which links it behind them: it is
+//!   published only after they were all confirmed, and left pending if one of them failed
+//!   (see [`Relay`]). Any other relay sees those subjects blocked until the rows are
+//!   recorded. Each batch records its own outcomes.
 //! - **Late commits are never skipped**: relays keep no "last id seen" cursor. Every batch
 //!   reads the pending rows in id order; sent rows leave the pending set, so a row whose
 //!   transaction committed late is simply pending at the next batch.

@@ -13,13 +13,15 @@
 //!   transactions enqueueing events of one subject therefore serialize, and the later one draws
 //!   its id only after the earlier one committed: within a subject, id order is commit order,
 //!   without assuming anything about the application's own locking. A relay publishes a row
-//!   only if every earlier pending row of its subject is in its own batch (published before it,
-//!   in order); a row held by another relay or waiting for a retry blocks the rest of its
-//!   subject, so two relays never publish one subject's events out of order.
+//!   only if every earlier pending row of its subject is in its own batch or in one of its own
+//!   batches still in flight (published before it, in order: see
+//!   [`Relay`](super::Relay)); a row locked by another relay or waiting for a retry blocks the
+//!   rest of its subject, so two relays never publish one subject's events out of order.
 //! - **Wake-up**: an `AFTER INSERT` statement trigger calls `pg_notify('chassis_outbox',
 //!   current_schema())`, which PostgreSQL delivers only when the transaction commits; the relay
 //!   `LISTEN`s on a dedicated pool connection and polls as a fallback.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -228,10 +230,25 @@ impl PgOutbox {
 impl OutboxStore for PgOutbox {
     type Claim = PgClaim;
 
-    async fn claim(&self, limit: usize, _lease: Duration) -> Result<(PgClaim, Vec<PendingRow>)> {
+    async fn claim(
+        &self,
+        limit: usize,
+        _lease: Duration,
+        held: &HashSet<i64>,
+    ) -> Result<(PgClaim, Vec<PendingRow>)> {
         let now = now_ms();
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        let mut tx = self.pool.begin().await.map_err(db_err)?;
+        // The claim must walk `chassis_outbox_pending` in id order and stop after `limit` rows.
+        // Without fresh statistics (a table that just filled up, before autovacuum analyzed
+        // it) the planner guesses a handful of pending rows and instead anti-joins and sorts
+        // every pending row, spilling to disk: 50 ms instead of 2 for a 20 000-row backlog.
+        // No plan of these queries needs a sort, so forbid it for this transaction (sent with
+        // the BEGIN, in the same round trip).
+        let mut tx = self
+            .pool
+            .begin_with("BEGIN; SET LOCAL enable_sort = off")
+            .await
+            .map_err(db_err)?;
         // Rows behind a row that waits for its retry time are left out here (they could not be
         // published anyway), so a backing-off head does not fill every batch with rows that
         // are dropped and starve other subjects. Only a failed row (`attempts > 0`) has a
@@ -261,7 +278,7 @@ impl OutboxStore for PgOutbox {
             .iter()
             .filter_map(|r| r.subject.clone())
             .collect();
-        let pending: Vec<(String, i64)> = if subjects.is_empty() {
+        let mut pending: Vec<(String, i64)> = if subjects.is_empty() {
             Vec::new()
         } else {
             // Read after locking: a row seen pending here is either ours or unpublished (a
@@ -269,7 +286,7 @@ impl OutboxStore for PgOutbox {
             let max_id = candidates.last().map(|r| r.id).unwrap_or_default();
             sqlx::query(
                 "SELECT subject, id FROM chassis_outbox WHERE status = 'pending' \
-                 AND subject = ANY($1) AND id <= $2 ORDER BY id",
+                 AND subject = ANY($1) AND id <= $2",
             )
             .bind(&subjects)
             .bind(max_id)
@@ -281,7 +298,10 @@ impl OutboxStore for PgOutbox {
             .collect::<std::result::Result<_, sqlx::Error>>()
             .map_err(db_err)?
         };
-        let kept = heads_only(candidates, &pending);
+        // Sorted here rather than in SQL, where the sort would rule out the index-only scan
+        // of `chassis_outbox_subject_pending`.
+        pending.sort_unstable_by_key(|(_, id)| *id);
+        let kept = heads_only(candidates, &pending, held);
         Ok((PgClaim { tx: Some(tx) }, kept))
     }
 

@@ -1,14 +1,15 @@
 //! The relay: the background task that moves committed outbox rows to the broker.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures_util::StreamExt as _;
 use futures_util::future::join_all;
 use futures_util::stream::FuturesUnordered;
+use futures_util::{FutureExt as _, StreamExt as _};
 use rand::Rng;
 use serde::Deserialize;
+use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -31,11 +32,14 @@ use crate::publisher::Publish;
 pub struct RelayConfig {
     /// Rows claimed and published per batch. Defaults to 200.
     pub batch_size: usize,
-    /// Batches in flight at once (claimed and not yet recorded). With 2, the next batch is
-    /// claimed and published while the previous one's confirms and bookkeeping are still under
-    /// way, so the broker's confirm pipeline never drains at a batch boundary. 1 processes one
-    /// batch at a time. On PostgreSQL each batch in flight holds one pool connection (its
-    /// open transaction) until it is recorded. Defaults to 2.
+    /// Batches in flight at once (claimed and not yet recorded). With more than one, the
+    /// next batches are claimed and published while earlier ones wait for their confirms and
+    /// are recorded, so the broker's confirm pipeline does not drain at a batch boundary; a
+    /// subject's rows in a later batch are published only after its rows in the earlier ones
+    /// were confirmed (see [`Relay`]). 1 processes one batch at a time. On PostgreSQL each
+    /// batch in flight holds one pool connection (its open transaction) until it is recorded:
+    /// size the pool for `batches_in_flight` + 1 (the `LISTEN` connection) besides the
+    /// application's own use. Defaults to 4.
     pub batches_in_flight: usize,
     /// Polling interval when no commit notification arrives. Defaults to 500 ms.
     #[serde(with = "humantime_serde")]
@@ -78,7 +82,7 @@ impl Default for RelayConfig {
     fn default() -> Self {
         Self {
             batch_size: 200,
-            batches_in_flight: 2,
+            batches_in_flight: 4,
             poll_interval: Duration::from_millis(500),
             publish_timeout: Duration::from_secs(10),
             max_attempts: 5,
@@ -243,6 +247,117 @@ fn absorb(total: &mut BatchReport, error: &mut Option<Error>, done: Result<Batch
         Ok(report) => total.absorb(report),
         Err(err) => {
             error.get_or_insert(err);
+        }
+    }
+}
+
+/// The rows of one subject in one batch (or one row without a subject), published one after
+/// the other.
+struct Chain {
+    rows: Vec<PendingRow>,
+    /// Resolves once the subject's rows in an earlier batch still in flight are done: `true`
+    /// when all of them were confirmed. Without it the chain starts at once.
+    after: Option<oneshot::Receiver<bool>>,
+    /// Told whether every row of this chain was confirmed (the next batch's chain of the
+    /// subject waits for it).
+    done: Option<oneshot::Sender<bool>>,
+}
+
+/// What the pump holds in flight across its batches: the rows (passed to
+/// [`OutboxStore::claim`] as `held`) and, per subject, the outcome signal of its last chain.
+#[derive(Default)]
+struct Held {
+    rows: HashSet<i64>,
+    tails: HashMap<String, Tail>,
+}
+
+/// The last chain of a subject in flight.
+struct Tail {
+    /// Resolves with whether it (and so every chain of the subject before it) was confirmed.
+    done: oneshot::Receiver<bool>,
+    /// Batches in flight with rows of the subject. The tail is kept until the last of them
+    /// is forgotten, whatever order they finish in: a batch is recorded (and forgotten) after
+    /// its chains are done, but a later batch may be recorded before an earlier one, and a
+    /// row claimed behind the earlier one's rows must still be linked (to the latest chain,
+    /// which resolves only after every earlier one).
+    batches: usize,
+}
+
+/// What a batch holds, to forget once it finished.
+struct BatchKeys {
+    rows: Vec<i64>,
+    subjects: Vec<String>,
+}
+
+impl Held {
+    /// Splits a claimed batch (in id order) into chains, each subject's chain linked after the
+    /// subject's chain of an earlier batch still in flight, and holds the batch's rows.
+    fn link(&mut self, rows: Vec<PendingRow>) -> (Vec<Chain>, BatchKeys) {
+        let mut keys = BatchKeys {
+            rows: rows.iter().map(|r| r.id).collect(),
+            subjects: Vec::new(),
+        };
+        self.rows.extend(keys.rows.iter().copied());
+        let mut chains: Vec<Chain> = Vec::new();
+        let mut by_subject: HashMap<String, usize> = HashMap::new();
+        for row in rows {
+            let Some(subject) = row.subject.clone() else {
+                chains.push(Chain {
+                    rows: vec![row],
+                    after: None,
+                    done: None,
+                });
+                continue;
+            };
+            match by_subject.get(&subject) {
+                Some(&i) => chains[i].rows.push(row),
+                None => {
+                    by_subject.insert(subject, chains.len());
+                    chains.push(Chain {
+                        rows: vec![row],
+                        after: None,
+                        done: None,
+                    });
+                }
+            }
+        }
+        for (subject, i) in by_subject {
+            let chain = &mut chains[i];
+            let (done, signal) = oneshot::channel();
+            chain.done = Some(done);
+            match self.tails.get_mut(&subject) {
+                Some(tail) => {
+                    chain.after = Some(std::mem::replace(&mut tail.done, signal));
+                    tail.batches += 1;
+                }
+                None => {
+                    self.tails.insert(
+                        subject.clone(),
+                        Tail {
+                            done: signal,
+                            batches: 1,
+                        },
+                    );
+                }
+            }
+            keys.subjects.push(subject);
+        }
+        (chains, keys)
+    }
+
+    /// Forgets a finished batch: its rows, and the tails of subjects it was the last batch in
+    /// flight of.
+    fn forget(&mut self, keys: BatchKeys) {
+        for id in &keys.rows {
+            self.rows.remove(id);
+        }
+        for subject in keys.subjects {
+            if let Some(tail) = self.tails.get_mut(&subject) {
+                tail.batches -= 1;
+                if tail.batches == 0 {
+                    self.tails.remove(&subject);
+                }
+            }
         }
     }
 }
@@ -474,9 +589,10 @@ impl<S: OutboxStore, P: Publish + ?Sized + 'static> Relay<S, P> {
     pub async fn run_once(&self) -> Result<BatchReport> {
         let (claim, rows) = self
             .store
-            .claim(self.config.batch_size, self.config.lease)
+            .claim(self.config.batch_size, self.config.lease, &HashSet::new())
             .await?;
-        self.publish_and_finish(claim, rows).await
+        let (chains, _) = Held::default().link(rows);
+        self.publish_and_finish(claim, chains).await
     }
 
     /// Publishes every due row, batch after batch with up to
@@ -501,13 +617,22 @@ impl<S: OutboxStore, P: Publish + ?Sized + 'static> Relay<S, P> {
     ///
     /// Why overlapping batches keep every guarantee: a batch in flight holds its rows exactly
     /// like another relay would (SQLite: a lease; PostgreSQL: the row locks of its open
-    /// transaction), and those rows stay `pending` until the batch is recorded. A claim only
-    /// takes a row when every earlier pending row of its subject is in the same claim (the
-    /// head rule of [`OutboxStore::claim`]), so the next batch never contains a row whose
-    /// subject still has a row in flight: it is claimed only after the earlier row was
-    /// confirmed and recorded. A failure leaves rows pending and is handled per batch as with
-    /// one batch at a time. Claims happen one after the other, each while the batches in
-    /// flight keep being driven (they may need the pool's connections to finish).
+    /// transaction), and those rows stay `pending` until the batch is recorded. A claim takes
+    /// a row only when every earlier pending row of its subject is in the same claim or in
+    /// one of this relay's batches still in flight (the head rule of [`OutboxStore::claim`],
+    /// which is told the rows in flight as `held`). Such a row is *linked* behind its subject's
+    /// rows in flight: its chain starts only once they were all confirmed by the broker, and
+    /// is released untouched (left pending) if any of them failed or was released. So one
+    /// subject's rows reach the broker in id order even across batches, and the next batch
+    /// never has to wait for the previous one's bookkeeping: with a backlog, the broker always
+    /// has the next rows to confirm while earlier batches are recorded and new ones claimed.
+    /// A failure leaves rows pending and is handled per batch as with one batch at a time.
+    /// (If recording a batch fails after its rows were confirmed, those rows stay pending and
+    /// are published again after their linked successors: a duplicate the consumer's inbox
+    /// absorbs, as after a crash between confirm and record.) Claims happen one after the
+    /// other, each while the batches in flight keep being driven (they may need the pool's
+    /// connections to finish); a batch finishing meanwhile is forgotten only after the claim's
+    /// rows were linked, since the claim may have counted on its rows.
     ///
     /// Stops claiming on a transient failure, a database error, cancellation of `token` or at
     /// `deadline`, and returns once the batches in flight are done.
@@ -519,6 +644,7 @@ impl<S: OutboxStore, P: Publish + ?Sized + 'static> Relay<S, P> {
         let mut total = BatchReport::default();
         let mut error: Option<Error> = None;
         let mut in_flight = FuturesUnordered::new();
+        let mut held = Held::default();
         // After an empty or short claim with batches in flight, the next claim waits for one
         // of them: their rows may be what blocked it (the head rule), and polling in a loop
         // would spin.
@@ -534,19 +660,27 @@ impl<S: OutboxStore, P: Publish + ?Sized + 'static> Relay<S, P> {
                 && !wait_for_batch
                 && in_flight.len() < self.config.batches_in_flight
             {
-                let claim = self.store.claim(self.config.batch_size, self.config.lease);
-                tokio::pin!(claim);
-                let mut finished_meanwhile = false;
-                let claimed = loop {
-                    tokio::select! {
-                        biased;
-                        claimed = &mut claim => break claimed,
-                        Some(done) = in_flight.next() => {
-                            absorb(&mut total, &mut error, done);
-                            finished_meanwhile = true;
+                // Batches that finish while the claim runs are forgotten only once its rows
+                // are linked: the claim was told their rows are held, so a claimed row may
+                // have to wait for (or be released because of) one of their outcomes.
+                let mut finished = Vec::new();
+                let claimed = {
+                    let claim =
+                        self.store
+                            .claim(self.config.batch_size, self.config.lease, &held.rows);
+                    tokio::pin!(claim);
+                    loop {
+                        tokio::select! {
+                            biased;
+                            claimed = &mut claim => break claimed,
+                            Some((keys, done)) = in_flight.next() => {
+                                absorb(&mut total, &mut error, done);
+                                finished.push(keys);
+                            }
                         }
                     }
                 };
+                let finished_meanwhile = !finished.is_empty();
                 match claimed {
                     Ok((claim, rows)) if rows.is_empty() => {
                         if let Err(err) = self
@@ -569,17 +703,25 @@ impl<S: OutboxStore, P: Publish + ?Sized + 'static> Relay<S, P> {
                         // away would come back empty (and on SQLite take the write lock for
                         // nothing). Pipelining pays off under a backlog, where batches are full.
                         wait_for_batch = rows.len() < self.config.batch_size;
-                        in_flight.push(self.publish_and_finish(claim, rows));
+                        let (chains, keys) = held.link(rows);
+                        in_flight.push(
+                            self.publish_and_finish(claim, chains)
+                                .map(move |done| (keys, done)),
+                        );
                     }
                     Err(err) => {
                         error.get_or_insert(err);
                     }
                 }
+                for keys in finished {
+                    held.forget(keys);
+                }
                 continue;
             }
             match in_flight.next().await {
-                Some(done) => {
+                Some((keys, done)) => {
                     absorb(&mut total, &mut error, done);
+                    held.forget(keys);
                     wait_for_batch = false;
                 }
                 None => break,
@@ -596,22 +738,18 @@ impl<S: OutboxStore, P: Publish + ?Sized + 'static> Relay<S, P> {
     }
 
     /// Publishes claimed rows and records their outcomes (the claim is released either way).
-    async fn publish_and_finish(
-        &self,
-        claim: S::Claim,
-        rows: Vec<PendingRow>,
-    ) -> Result<BatchReport> {
+    async fn publish_and_finish(&self, claim: S::Claim, chains: Vec<Chain>) -> Result<BatchReport> {
         let mut report = BatchReport {
-            claimed: rows.len(),
+            claimed: chains.iter().map(|c| c.rows.len()).sum(),
             ..BatchReport::default()
         };
-        if rows.is_empty() {
+        if chains.is_empty() {
             self.store
                 .finish(claim, Vec::new(), self.config.sent_policy())
                 .await?;
             return Ok(report);
         }
-        let outcomes = self.publish_rows(rows, &mut report).await;
+        let outcomes = self.publish_chains(chains, &mut report).await;
         self.store
             .finish(claim, outcomes, self.config.sent_policy())
             .await?;
@@ -621,29 +759,14 @@ impl<S: OutboxStore, P: Publish + ?Sized + 'static> Relay<S, P> {
         Ok(report)
     }
 
-    /// Publishes the rows: subjects concurrently, the rows of one subject one after the other
-    /// (each waits for the previous one's confirm, so a failure stops the subject's chain).
-    async fn publish_rows(
+    /// Publishes the chains concurrently, the rows of one chain one after the other.
+    async fn publish_chains(
         &self,
-        rows: Vec<PendingRow>,
+        chains: Vec<Chain>,
         report: &mut BatchReport,
     ) -> Vec<(i64, RowOutcome)> {
-        let mut chains: Vec<Vec<PendingRow>> = Vec::new();
-        let mut by_subject: HashMap<String, usize> = HashMap::new();
-        for row in rows {
-            match row.subject.clone() {
-                Some(subject) => match by_subject.get(&subject) {
-                    Some(&i) => chains[i].push(row),
-                    None => {
-                        by_subject.insert(subject, chains.len());
-                        chains.push(vec![row]);
-                    }
-                },
-                None => chains.push(vec![row]),
-            }
-        }
         let results = join_all(chains.into_iter().map(|chain| self.publish_chain(chain))).await;
-        let mut outcomes = Vec::new();
+        let mut outcomes = Vec::with_capacity(report.claimed);
         for (chain_outcomes, transient) in results {
             if report.transient_error.is_none() {
                 report.transient_error = transient;
@@ -661,14 +784,20 @@ impl<S: OutboxStore, P: Publish + ?Sized + 'static> Relay<S, P> {
         outcomes
     }
 
-    async fn publish_chain(
-        &self,
-        chain: Vec<PendingRow>,
-    ) -> (Vec<(i64, RowOutcome)>, Option<String>) {
-        let mut outcomes = Vec::with_capacity(chain.len());
+    /// Publishes one chain: first waits for the subject's rows of earlier batches (if any are
+    /// still in flight), then each row after the previous one's confirm, so a failure stops
+    /// the subject's chain; finally tells the next batch's chain of the subject whether
+    /// everything was confirmed.
+    async fn publish_chain(&self, chain: Chain) -> (Vec<(i64, RowOutcome)>, Option<String>) {
+        let Chain { rows, after, done } = chain;
+        let mut outcomes = Vec::with_capacity(rows.len());
         let mut transient = None;
-        let mut stopped = false;
-        for row in chain {
+        // A dropped sender (its batch never ran to the end) counts as not confirmed.
+        let mut stopped = match after {
+            Some(after) => !after.await.unwrap_or(false),
+            None => false,
+        };
+        for row in rows {
             if stopped {
                 outcomes.push((row.id, RowOutcome::Released));
                 continue;
@@ -719,6 +848,10 @@ impl<S: OutboxStore, P: Publish + ?Sized + 'static> Relay<S, P> {
                     stopped = true;
                 }
             }
+        }
+        if let Some(done) = done {
+            // The next chain of the subject may already be gone (its batch ended): fine.
+            let _ = done.send(!stopped);
         }
         (outcomes, transient)
     }
@@ -793,6 +926,83 @@ impl<S: OutboxStore, P: Publish + ?Sized + 'static> Relay<S, P> {
 mod tests {
     use super::*;
 
+    fn row(id: i64, subject: Option<&str>) -> PendingRow {
+        PendingRow {
+            id,
+            subject: subject.map(str::to_owned),
+            message: Ok(OutgoingMessage::new("x", "y", vec![])),
+            created_at_ms: 0,
+            attempts: 0,
+        }
+    }
+
+    fn chain_ids(chains: &[Chain]) -> Vec<Vec<i64>> {
+        chains
+            .iter()
+            .map(|c| c.rows.iter().map(|r| r.id).collect())
+            .collect()
+    }
+
+    #[test]
+    fn link_chains_subjects_across_batches_and_forget_releases_them() {
+        let mut held = Held::default();
+        let (mut first, first_keys) = held.link(vec![
+            row(1, Some("a")),
+            row(2, Some("b")),
+            row(3, Some("a")),
+            row(4, None),
+        ]);
+        assert_eq!(chain_ids(&first), vec![vec![1, 3], vec![2], vec![4]]);
+        assert!(
+            first.iter().all(|c| c.after.is_none()),
+            "nothing in flight before"
+        );
+        assert!(first[2].done.is_none(), "no subject, nobody waits for it");
+        assert_eq!(held.rows, HashSet::from([1, 2, 3, 4]));
+
+        let (mut second, second_keys) = held.link(vec![row(5, Some("a")), row(6, Some("c"))]);
+        assert_eq!(chain_ids(&second), vec![vec![5], vec![6]]);
+        assert!(second[1].after.is_none(), "c has nothing in flight");
+        // a's second chain waits for the first one's outcome.
+        let mut after = second[0]
+            .after
+            .take()
+            .expect("linked behind a's first chain");
+        assert!(after.try_recv().is_err(), "not resolved yet");
+        first[0].done.take().unwrap().send(true).unwrap();
+        assert_eq!(after.try_recv(), Ok(true));
+        // A chain whose batch is dropped counts as not confirmed.
+        let (mut third, third_keys) = held.link(vec![row(7, Some("c"))]);
+        drop(second.remove(1));
+        assert!(third[0].after.take().unwrap().try_recv().is_err());
+
+        // Batches may be forgotten in any order: a subject's tail stays while any batch
+        // with its rows is in flight.
+        held.forget(second_keys);
+        assert_eq!(held.rows, HashSet::from([1, 2, 3, 4, 7]));
+        assert!(
+            held.tails.contains_key("a"),
+            "a's first batch is still in flight"
+        );
+        assert!(
+            held.tails.contains_key("c"),
+            "c's third batch is still in flight"
+        );
+        let (fourth, fourth_keys) = held.link(vec![row(8, Some("a"))]);
+        assert!(
+            fourth[0].after.is_some(),
+            "linked behind a's chains although the batch a was last linked in is gone"
+        );
+        held.forget(first_keys);
+        assert!(
+            !held.tails.contains_key("b"),
+            "b's only batch was the first"
+        );
+        held.forget(third_keys);
+        held.forget(fourth_keys);
+        assert!(held.rows.is_empty() && held.tails.is_empty());
+    }
+
     #[test]
     fn backoff_doubles_with_jitter_and_caps() {
         let mut b = Backoff::new(Duration::from_millis(100), Duration::from_millis(1000));
@@ -843,6 +1053,6 @@ mod tests {
         assert_eq!(config.poll_interval, Duration::from_millis(250));
         assert_eq!(config.sent_policy(), SentPolicy::Delete);
         assert_eq!(config.max_attempts, 5);
-        assert_eq!(config.batches_in_flight, 2);
+        assert_eq!(config.batches_in_flight, 4);
     }
 }

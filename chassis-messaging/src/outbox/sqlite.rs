@@ -8,6 +8,7 @@
 //! the rows are then published again by whichever relay claims them (a duplicate the inbox
 //! absorbs). Use WAL mode (`SqliteConnectOptions::journal_mode(Wal)`) for concurrent readers.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -203,13 +204,19 @@ fn json_ids(ids: impl Iterator<Item = i64>) -> String {
 impl OutboxStore for SqliteOutbox {
     type Claim = ();
 
-    async fn claim(&self, limit: usize, lease: Duration) -> Result<((), Vec<PendingRow>)> {
+    async fn claim(
+        &self,
+        limit: usize,
+        lease: Duration,
+        held: &HashSet<i64>,
+    ) -> Result<((), Vec<PendingRow>)> {
         let now = now_ms();
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         // Rows behind an earlier pending row of their subject that waits for its retry time or
-        // is leased (in flight in another batch of this relay, or held by another relay) could
-        // not be published anyway (see `heads_only`): leaving them out here fills the batch
-        // with rows that can.
+        // is leased by someone else (another relay, or a batch of this one not in `held`)
+        // could not be published anyway (see `heads_only`): leaving them out here fills the
+        // batch with rows that can. (`json_each` of the held ids is uncorrelated: SQLite
+        // builds it once per statement.)
         // IMMEDIATE takes the write lock up front: a deferred transaction upgrading from read
         // to write could fail with SQLITE_BUSY instead of waiting.
         let mut tx = self
@@ -224,11 +231,13 @@ impl OutboxStore for SqliteOutbox {
              AND (locked_until IS NULL OR locked_until <= ?1) \
              AND NOT EXISTS (SELECT 1 FROM chassis_outbox p WHERE p.status = 'pending' \
                 AND p.subject = o.subject AND p.id < o.id \
-                AND (p.available_at > ?1 OR p.locked_until > ?1)) \
+                AND (p.available_at > ?1 OR (p.locked_until > ?1 \
+                     AND p.id NOT IN (SELECT value FROM json_each(?3))))) \
              ORDER BY id LIMIT ?2"
         ))
         .bind(now)
         .bind(limit)
+        .bind(json_ids(held.iter().copied()))
         .fetch_all(&mut *tx)
         .await
         .map_err(db_err)?;
@@ -263,7 +272,7 @@ impl OutboxStore for SqliteOutbox {
             .collect::<std::result::Result<_, sqlx::Error>>()
             .map_err(db_err)?
         };
-        let kept = heads_only(candidates, &pending);
+        let kept = heads_only(candidates, &pending, held);
         if !kept.is_empty() {
             let until = now.saturating_add(i64::try_from(lease.as_millis()).unwrap_or(i64::MAX));
             sqlx::query(

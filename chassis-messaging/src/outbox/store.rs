@@ -100,13 +100,21 @@ pub trait OutboxStore: Clone + Send + Sync + 'static {
     /// The reservation of one batch.
     type Claim: Send + 'static;
 
-    /// Reserves up to `limit` publishable rows: pending, due, and each the head of its subject
-    /// (no earlier pending row of the same subject that this claim does not hold). Rows come
-    /// back in id order.
+    /// Reserves up to `limit` publishable rows: pending, due, not already reserved, and each
+    /// the head of its subject: every earlier pending row of the same subject is either in
+    /// this claim or in `held`. Rows come back in id order.
+    ///
+    /// `held` lists the rows the calling relay already holds in batches still in flight; it
+    /// publishes a claimed row of such a subject only after the held rows before it were
+    /// confirmed (see [`Relay`](super::Relay)), which is what lets a relay claim the next
+    /// rows of a subject while the earlier ones are still travelling. A row reserved by anyone
+    /// else (another relay, or another batch not listed in `held`) blocks the rest of its
+    /// subject.
     fn claim(
         &self,
         limit: usize,
         lease: Duration,
+        held: &HashSet<i64>,
     ) -> impl Future<Output = Result<(Self::Claim, Vec<PendingRow>)>> + Send;
 
     /// Records what happened to the claimed rows and releases the claim.
@@ -294,17 +302,22 @@ pub(crate) fn message_from_parts(
 ///
 /// `candidates` are the rows a store reserved, in id order. `pending` lists, in id order, every
 /// pending row id (with its subject) of the candidates' subjects up to the largest candidate id,
-/// whoever holds it. A candidate is kept when every earlier pending row of its subject is itself
-/// a kept candidate: the kept rows of a subject are then exactly the oldest pending rows of that
-/// subject, and publishing them in order keeps the subject's commit order. A row held by
-/// another relay, or waiting for its retry time, blocks every later row of its subject.
+/// whoever holds it. `held` are the rows the claiming relay already has in flight. A candidate
+/// is kept when every earlier pending row of its subject is held or itself a kept candidate:
+/// the kept rows of a subject are then exactly the oldest pending rows of that subject after
+/// the held ones, and publishing them in order, after the held ones, keeps the subject's commit
+/// order. A row reserved by anyone else, or waiting for its retry time, blocks every later row
+/// of its subject.
 pub(crate) fn heads_only(
     candidates: Vec<PendingRow>,
     pending: &[(String, i64)],
+    held: &HashSet<i64>,
 ) -> Vec<PendingRow> {
     let mut queues: HashMap<&str, VecDeque<i64>> = HashMap::new();
     for (subject, id) in pending {
-        queues.entry(subject.as_str()).or_default().push_back(*id);
+        if !held.contains(id) {
+            queues.entry(subject.as_str()).or_default().push_back(*id);
+        }
     }
     let mut blocked: HashSet<String> = HashSet::new();
     let mut kept = Vec::with_capacity(candidates.len());
@@ -364,7 +377,10 @@ mod tests {
             ("a".to_owned(), 4),
             ("b".to_owned(), 5),
         ];
-        assert_eq!(ids(&heads_only(candidates, &pending)), vec![1, 3, 4, 6]);
+        assert_eq!(
+            ids(&heads_only(candidates, &pending, &HashSet::new())),
+            vec![1, 3, 4, 6]
+        );
     }
 
     #[test]
@@ -376,13 +392,38 @@ mod tests {
             ("a".to_owned(), 2),
             ("a".to_owned(), 3),
         ];
-        assert_eq!(ids(&heads_only(candidates, &pending)), vec![1]);
+        assert_eq!(
+            ids(&heads_only(candidates, &pending, &HashSet::new())),
+            vec![1]
+        );
+    }
+
+    #[test]
+    fn rows_held_in_flight_do_not_block_their_successors() {
+        // a: 1 and 2 in flight in this relay's earlier batches, 3 and 4 claimed now;
+        // b: 5 reserved elsewhere (not held), 6 claimed -> blocked.
+        let candidates = vec![row(3, Some("a")), row(4, Some("a")), row(6, Some("b"))];
+        let pending = vec![
+            ("a".to_owned(), 1),
+            ("a".to_owned(), 2),
+            ("a".to_owned(), 3),
+            ("a".to_owned(), 4),
+            ("b".to_owned(), 5),
+            ("b".to_owned(), 6),
+        ];
+        let held: HashSet<i64> = [1, 2].into();
+        assert_eq!(
+            ids(&heads_only(candidates.clone(), &pending, &held)),
+            vec![3, 4]
+        );
+        // Without the held rows, nothing of `a` is a head either.
+        assert!(heads_only(candidates, &pending, &HashSet::new()).is_empty());
     }
 
     #[test]
     fn a_candidate_missing_from_pending_is_dropped() {
         let candidates = vec![row(7, Some("a"))];
-        assert!(heads_only(candidates, &[]).is_empty());
+        assert!(heads_only(candidates, &[], &HashSet::new()).is_empty());
     }
 
     #[test]

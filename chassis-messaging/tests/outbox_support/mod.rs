@@ -15,6 +15,7 @@ mod broker_support;
 pub use broker_support::{Fixture, amqp_url, kill_connection, unique};
 
 use chassis_messaging::message::OutgoingMessage;
+use chassis_messaging::outbox::OutboxStore;
 use chassis_messaging::publisher::{Publisher, PublisherConfig};
 use chassis_messaging::topology::QueueType;
 use lapin::options::{BasicAckOptions, BasicGetOptions};
@@ -287,6 +288,8 @@ pub struct ProbeState {
     pub violations: Vec<String>,
     /// Publishes the broker confirmed.
     pub confirmed: usize,
+    /// Every publish as it returned: subject, the `seq` of the event's body, confirmed.
+    pub log: Vec<(Option<String>, u64, bool)>,
 }
 
 /// Publishes through the real publisher after `delay` (so batches visibly overlap) and watches
@@ -372,10 +375,17 @@ impl chassis_messaging::publisher::Publish for Probe {
                 }
             };
             tokio::time::sleep(self.delay).await;
+            let seq = serde_json::from_slice::<serde_json::Value>(&msg.body)
+                .ok()
+                .and_then(|v| v["seq"].as_u64())
+                .unwrap_or_default();
+            let subject = _in_flight.subject.clone();
             let res = self.inner.publish(msg).await;
+            let mut s = self.state.lock().unwrap();
             if res.is_ok() {
-                self.state.lock().unwrap().confirmed += 1;
+                s.confirmed += 1;
             }
+            s.log.push((subject, seq, res.is_ok()));
             res
         })
     }
@@ -400,4 +410,89 @@ impl chassis_messaging::publisher::Publish for CrashAfterConfirm {
             std::future::pending().await
         })
     }
+}
+
+/// Two subjects interleaved, 12 events each (`seq` 1..=24, odd ones `agg-a`), where `agg-a`'s
+/// 4th event (seq 7) is unroutable: with batches of 2 and 4 in flight, most rows are claimed
+/// while their subject's earlier rows are still in flight, so they are linked behind them.
+pub fn linked_events(broker: &Broker) -> Vec<OutgoingMessage> {
+    (1..=24u64)
+        .map(|seq| {
+            let subject = if seq % 2 == 1 { "agg-a" } else { "agg-b" };
+            let mut event = broker.event(subject, seq);
+            if seq == LINKED_POISON {
+                event.routing_key = "nobody.listens".into();
+            }
+            event
+        })
+        .collect()
+}
+
+/// The unroutable event of [`linked_events`].
+pub const LINKED_POISON: u64 = 7;
+
+/// Runs a relay (batches of 2, 4 in flight, 2 attempts) over the enqueued [`linked_events`]
+/// and checks that rows linked behind a failing row wait for it: nothing of `agg-a` after the
+/// poison is published until the poison was parked (its second failure), every other event
+/// arrives, in subject order, and no subject ever has two publishes in flight.
+pub async fn assert_linked_rows_wait_for_a_failing_predecessor<S: OutboxStore>(
+    store: S,
+    broker: &Broker,
+) {
+    let probe = Probe::new(broker.publisher.clone(), Duration::from_millis(5));
+    let config = chassis_messaging::outbox::RelayConfig::default()
+        .batch_size(2)
+        .batches_in_flight(4)
+        .max_attempts(2)
+        .retry_delay(Duration::from_millis(200))
+        .poll_interval(Duration::from_millis(20));
+    let token = tokio_util::sync::CancellationToken::new();
+    let relay = chassis_messaging::outbox::Relay::new(store.clone(), probe.clone(), config)
+        .unwrap()
+        .spawn(token.clone());
+    let received = broker.drain(23, Duration::from_secs(20)).await;
+    let mut seqs: Vec<u64> = received.iter().map(|r| r.seq).collect();
+    seqs.sort_unstable();
+    let expected: Vec<u64> = (1..=24).filter(|s| *s != LINKED_POISON).collect();
+    assert_eq!(seqs, expected);
+    assert_per_subject_order(&received);
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            store.stats().await.unwrap().parked == 1
+        })
+        .await,
+        "the poison is parked"
+    );
+    token.cancel();
+    relay.await.unwrap();
+
+    probe.snapshot(|s| {
+        assert!(s.violations.is_empty(), "{:?}", s.violations);
+        let poison_tries: Vec<usize> = s
+            .log
+            .iter()
+            .enumerate()
+            .filter(|(_, (_, seq, _))| *seq == LINKED_POISON)
+            .map(|(i, _)| i)
+            .collect();
+        assert_eq!(
+            poison_tries.len(),
+            2,
+            "two attempts, then parked: {:?}",
+            s.log
+        );
+        let parked_at = poison_tries[1];
+        for (i, (subject, seq, ok)) in s.log.iter().enumerate() {
+            if subject.as_deref() == Some("agg-a") && *seq > LINKED_POISON {
+                assert!(
+                    i > parked_at,
+                    "agg-a #{seq} was published before #{LINKED_POISON} was parked: {:?}",
+                    s.log
+                );
+                assert!(*ok, "{:?}", s.log);
+            }
+        }
+    });
+    let stats = store.stats().await.unwrap();
+    assert_eq!((stats.pending, stats.parked), (0, 1));
 }
