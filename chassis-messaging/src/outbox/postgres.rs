@@ -242,11 +242,16 @@ impl OutboxStore for PgOutbox {
         // Without fresh statistics (a table that just filled up, before autovacuum analyzed
         // it) the planner guesses a handful of pending rows and instead anti-joins and sorts
         // every pending row, spilling to disk: 50 ms instead of 2 for a 20 000-row backlog.
-        // No plan of these queries needs a sort, so forbid it for this transaction (sent with
-        // the BEGIN, in the same round trip).
+        // No plan of these queries needs a sort, so forbid it for this transaction.
+        // `synchronous_commit = off`: the relay's commit (the batch's outcomes) does not wait
+        // for its WAL to reach the disk. A database crash may then lose the last few hundred
+        // milliseconds of outcomes: those rows are pending again and published once more (a
+        // duplicate the inbox absorbs), or tried again; nothing is lost, and the writers'
+        // own transactions keep the server's setting. Both are sent with the BEGIN, in the
+        // same round trip.
         let mut tx = self
             .pool
-            .begin_with("BEGIN; SET LOCAL enable_sort = off")
+            .begin_with("BEGIN; SET LOCAL enable_sort = off; SET LOCAL synchronous_commit = off")
             .await
             .map_err(db_err)?;
         // Rows behind a row that waits for its retry time are left out here (they could not be

@@ -14,15 +14,15 @@ use std::time::Duration;
 
 use chassis_core::BoxError;
 use chassis_core::health::{BoxFuture, HealthCheck};
+use sqlx::Transaction;
 use sqlx::sqlite::{Sqlite, SqliteConnection, SqlitePool};
-use sqlx::{Row, Transaction};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use super::store::{
     OutboxStats, OutboxStore, PendingRow, RowOutcome, STATS_SQL, STATUS_PARKED, STATUS_PENDING,
-    SentPolicy, db_err, heads_only, message_id_of, now_ms, parked_row, pending_row,
-    stats_from_rows, stored_headers, subject_of,
+    SentPolicy, db_err, message_id_of, now_ms, parked_row, pending_row, stats_from_rows,
+    stored_headers, subject_of,
 };
 use super::{MIGRATIONS_TABLE, ParkedRow};
 use crate::envelope::Envelope;
@@ -212,11 +212,16 @@ impl OutboxStore for SqliteOutbox {
     ) -> Result<((), Vec<PendingRow>)> {
         let now = now_ms();
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        // Rows behind an earlier pending row of their subject that waits for its retry time or
-        // is leased by someone else (another relay, or a batch of this one not in `held`)
-        // could not be published anyway (see `heads_only`): leaving them out here fills the
-        // batch with rows that can. (`json_each` of the held ids is uncorrelated: SQLite
-        // builds it once per statement.)
+        // One statement applies the head rule exactly (see `OutboxStore::claim`), inside the
+        // write lock, so nothing changes between reading and leasing. A candidate is pending,
+        // due, unleased, not held already (a held row whose batch released it is still this
+        // relay's until the batch is forgotten), and has no earlier pending row of its subject
+        // that waits for its retry time or is leased by someone else (another relay, or a
+        // batch of this one not in `held`). Then every earlier pending row of its subject is
+        // either held, or itself a candidate: it passes the same tests (whatever blocked it
+        // would block the later row too) and, having a smaller id, comes first in the result,
+        // within the LIMIT. (The `json_each` lists are uncorrelated: SQLite builds each once
+        // per statement.)
         // IMMEDIATE takes the write lock up front: a deferred transaction upgrading from read
         // to write could fail with SQLITE_BUSY instead of waiting.
         let mut tx = self
@@ -229,6 +234,7 @@ impl OutboxStore for SqliteOutbox {
             row_columns!(),
             " FROM chassis_outbox o WHERE status = 'pending' AND available_at <= ?1 \
              AND (locked_until IS NULL OR locked_until <= ?1) \
+             AND id NOT IN (SELECT value FROM json_each(?3)) \
              AND NOT EXISTS (SELECT 1 FROM chassis_outbox p WHERE p.status = 'pending' \
                 AND p.subject = o.subject AND p.id < o.id \
                 AND (p.available_at > ?1 OR (p.locked_until > ?1 \
@@ -241,38 +247,11 @@ impl OutboxStore for SqliteOutbox {
         .fetch_all(&mut *tx)
         .await
         .map_err(db_err)?;
-        let candidates = rows
+        let kept = rows
             .iter()
             .map(pending_row)
             .collect::<std::result::Result<Vec<_>, _>>()
             .map_err(db_err)?;
-        if candidates.is_empty() {
-            tx.commit().await.map_err(db_err)?;
-            return Ok(((), candidates));
-        }
-        let subjects: Vec<&str> = candidates
-            .iter()
-            .filter_map(|r| r.subject.as_deref())
-            .collect();
-        let max_id = candidates.last().map(|r| r.id).unwrap_or_default();
-        let pending: Vec<(String, i64)> = if subjects.is_empty() {
-            Vec::new()
-        } else {
-            sqlx::query(
-                "SELECT subject, id FROM chassis_outbox WHERE status = 'pending' \
-                 AND subject IN (SELECT value FROM json_each(?1)) AND id <= ?2 ORDER BY id",
-            )
-            .bind(serde_json::to_string(&subjects)?)
-            .bind(max_id)
-            .fetch_all(&mut *tx)
-            .await
-            .map_err(db_err)?
-            .iter()
-            .map(|r| Ok((r.try_get("subject")?, r.try_get("id")?)))
-            .collect::<std::result::Result<_, sqlx::Error>>()
-            .map_err(db_err)?
-        };
-        let kept = heads_only(candidates, &pending, held);
         if !kept.is_empty() {
             let until = now.saturating_add(i64::try_from(lease.as_millis()).unwrap_or(i64::MAX));
             sqlx::query(
