@@ -216,6 +216,7 @@ async fn main() {
                 window,
                 &body,
                 RawMode::Concurrent,
+                raw_lapin::bare,
             ),
         )
         .await;
@@ -237,7 +238,16 @@ async fn main() {
                         "raw lapin publish",
                         with_cpu(
                             n,
-                            raw_lapin::publish(&url, &exchange, "bench", n, window, &body, mode),
+                            raw_lapin::publish(
+                                &url,
+                                &exchange,
+                                "bench",
+                                n,
+                                window,
+                                &body,
+                                mode,
+                                raw_lapin::bare,
+                            ),
                         ),
                     )
                     .await,

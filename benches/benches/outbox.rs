@@ -54,6 +54,9 @@ fn event(exchange: &str, i: usize, body: &[u8]) -> OutgoingMessage {
         .header("cloudEvents:subject", format!("agg-{}", i % SUBJECTS))
 }
 
+/// The properties of the `i`-th message of a raw baseline run.
+type Properties = fn(usize) -> lapin::BasicProperties;
+
 /// The AMQP properties the relay publishes an [`event`] with (message id, content type, the
 /// subject header), for the raw baseline that sends the same messages.
 fn raw_event_properties(i: usize) -> lapin::BasicProperties {
@@ -259,33 +262,27 @@ async fn main() {
     let (mut raw, mut raw_events, mut lite, mut pg) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for round in 0..rounds {
-        raw.push(
-            raw_lapin::publish(
-                &url,
-                &exchange,
-                "bench.event",
-                n,
-                WINDOW,
-                &body,
-                RawMode::Concurrent,
-            )
-            .await,
-        );
-        purge().await;
-        raw_events.push(
-            raw_lapin::publish_with(
-                &url,
-                &exchange,
-                "bench.event",
-                n,
-                WINDOW,
-                &body,
-                RawMode::Concurrent,
-                raw_event_properties,
-            )
-            .await,
-        );
-        purge().await;
+        // Bare messages, then the same events the relay publishes.
+        let runs: [(&mut Vec<f64>, Properties); 2] = [
+            (&mut raw, raw_lapin::bare),
+            (&mut raw_events, raw_event_properties),
+        ];
+        for (rates, properties) in runs {
+            rates.push(
+                raw_lapin::publish(
+                    &url,
+                    &exchange,
+                    "bench.event",
+                    n,
+                    WINDOW,
+                    &body,
+                    RawMode::Concurrent,
+                    properties,
+                )
+                .await,
+            );
+            purge().await;
+        }
 
         let dir = tempfile::tempdir().unwrap();
         let outbox = sqlite_outbox(&dir).await;

@@ -8,6 +8,11 @@ use futures_util::stream::FuturesUnordered;
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::{BasicProperties, Confirmation};
 
+/// No properties (but persistence, which [`publish`] forces).
+pub fn bare(_: usize) -> BasicProperties {
+    BasicProperties::default()
+}
+
 /// How the raw-lapin baseline submits its publishes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RawMode {
@@ -21,28 +26,12 @@ pub enum RawMode {
 
 /// Publishes `n` persistent, mandatory messages with `body` on a fresh connection with
 /// confirms, at most `window` unconfirmed; returns msg/s (connection setup not counted).
-/// The messages carry no other property.
-pub async fn publish(
-    url: &str,
-    exchange: &str,
-    routing_key: &str,
-    n: usize,
-    window: usize,
-    body: &[u8],
-    mode: RawMode,
-) -> f64 {
-    publish_with(url, exchange, routing_key, n, window, body, mode, |_| {
-        BasicProperties::default()
-    })
-    .await
-}
-
-/// Like [`publish`], the `i`-th message with the properties `properties(i)` (persistent is
-/// forced): for a baseline that sends the same messages as the chassis run it is compared
-/// with (message id, content type, headers), built while publishing as a hand-written
-/// publisher would.
+/// The `i`-th message has the properties `properties(i)` (persistent is forced):
+/// [`bare`] for none, or, for a baseline that sends the same messages as the chassis run it
+/// is compared with, their message id, content type and headers, built while publishing as a
+/// hand-written publisher would.
 #[allow(clippy::too_many_arguments)]
-pub async fn publish_with(
+pub async fn publish(
     url: &str,
     exchange: &str,
     routing_key: &str,

@@ -925,16 +925,7 @@ impl<S: OutboxStore, P: Publish + ?Sized + 'static> Relay<S, P> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn row(id: i64, subject: Option<&str>) -> PendingRow {
-        PendingRow {
-            id,
-            subject: subject.map(str::to_owned),
-            message: Ok(OutgoingMessage::new("x", "y", vec![])),
-            created_at_ms: 0,
-            attempts: 0,
-        }
-    }
+    use crate::outbox::store::tests::row;
 
     fn chain_ids(chains: &[Chain]) -> Vec<Vec<i64>> {
         chains

@@ -343,10 +343,11 @@ pub(crate) fn heads_only(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn row(id: i64, subject: Option<&str>) -> PendingRow {
+    /// A claimed row with an empty message (the relay's tests use it too).
+    pub(crate) fn row(id: i64, subject: Option<&str>) -> PendingRow {
         PendingRow {
             id,
             subject: subject.map(str::to_owned),
