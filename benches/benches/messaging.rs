@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use chassis_benches::process_cpu_secs;
 use chassis_benches::raw_lapin::{self, RawMode};
 use chassis_messaging::connection::{Connection, ConnectionConfig};
 use chassis_messaging::consumer::{Consumer, ConsumerConfig, Outcome};
@@ -48,25 +49,6 @@ async fn bounded<T>(what: &str, fut: impl std::future::Future<Output = T>) -> T 
              (`rabbitmqctl status`, look for alarms: disk or memory)?"
         ),
     }
-}
-
-/// CPU time this process has used so far (user + system, all threads: lapin's I/O threads
-/// included), from `/proc/self/stat`, in seconds (10 ms resolution). The broker shares the
-/// machine's cores with the client, so the client's CPU per message is what a heavier
-/// publisher takes away from the broker; it is also steadier than the wall-clock rates.
-fn process_cpu_secs() -> f64 {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    // Fields after the command name (which is in parentheses and may contain spaces).
-    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = |i: usize| {
-        fields
-            .get(i)
-            .and_then(|v| v.parse::<f64>().ok())
-            .unwrap_or(0.0)
-    };
-    // utime and stime are fields 14 and 15 of the line, 12 and 13 after the name.
-    (ticks(11) + ticks(12)) / 100.0
 }
 
 /// Runs a measured publish round and returns (msg/s, client CPU µs per message).

@@ -16,14 +16,16 @@
 //! `OUTBOX_BENCH_N` rows per throughput run (default 20000), `OUTBOX_BENCH_RATE` events/s
 //! (default 1000), `OUTBOX_BENCH_SECS` latency run length (default 10), `OUTBOX_BENCH_ROUNDS`
 //! (default 2), `OUTBOX_BENCH_BATCH` relay batch size (default 500), `OUTBOX_BENCH_IN_FLIGHT`
-//! batches in flight (default 4, the relay's default)). See benches/README.md "Outbox" for
-//! recorded figures.
+//! batches in flight (default 4, the relay's default), `OUTBOX_BENCH_ONLY`
+//! `raw`|`sqlite`|`postgres` to run (and profile) one side's throughput run only, no latency
+//! runs). See benches/README.md "Outbox" for recorded figures.
 
 use std::collections::HashMap;
 use std::str::FromStr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use chassis_benches::process_cpu_secs;
 use chassis_benches::raw_lapin::{self, RawMode};
 use chassis_messaging::connection::{Connection, ConnectionConfig};
 use chassis_messaging::error::Error;
@@ -54,6 +56,9 @@ fn event(exchange: &str, i: usize, body: &[u8]) -> OutgoingMessage {
         .header("cloudEvents:subject", format!("agg-{}", i % SUBJECTS))
 }
 
+/// Each round's (rate, CPU µs per message) of one side.
+type Runs = Vec<(f64, f64)>;
+
 /// The properties of the `i`-th message of a raw baseline run.
 type Properties = fn(usize) -> lapin::BasicProperties;
 
@@ -71,12 +76,17 @@ fn raw_event_properties(i: usize) -> lapin::BasicProperties {
         .with_headers(headers)
 }
 
-/// Drains `n` prefilled rows with one relay; returns rows/s.
-async fn relay_throughput<S: OutboxStore>(store: S, publisher: Arc<Publisher>, n: usize) -> f64 {
+/// Drains `n` prefilled rows with one relay; returns rows/s and this process's CPU µs per row.
+async fn relay_throughput<S: OutboxStore>(
+    store: S,
+    publisher: Arc<Publisher>,
+    n: usize,
+) -> (f64, f64) {
     let config = RelayConfig::default()
         .batch_size(env_usize("OUTBOX_BENCH_BATCH", 500))
         .batches_in_flight(env_usize("OUTBOX_BENCH_IN_FLIGHT", 4));
     let relay = Relay::new(store.clone(), publisher, config).unwrap();
+    let cpu = process_cpu_secs();
     let start = Instant::now();
     let mut sent = 0;
     while sent < n {
@@ -90,7 +100,10 @@ async fn relay_throughput<S: OutboxStore>(store: S, publisher: Arc<Publisher>, n
         );
         sent += report.sent;
     }
-    n as f64 / start.elapsed().as_secs_f64()
+    (
+        n as f64 / start.elapsed().as_secs_f64(),
+        (process_cpu_secs() - cpu) * 1e6 / n as f64,
+    )
 }
 
 /// Records when the broker confirmed each message id.
@@ -227,6 +240,8 @@ async fn main() {
     let rate = env_usize("OUTBOX_BENCH_RATE", 1000);
     let secs = env_usize("OUTBOX_BENCH_SECS", 10);
     let rounds = env_usize("OUTBOX_BENCH_ROUNDS", 2);
+    let only = std::env::var("OUTBOX_BENCH_ONLY").ok();
+    let runs_side = |side: &str| only.as_deref().is_none_or(|o| o == side);
     let body = vec![b'x'; 256];
     let conn = Connection::connect(ConnectionConfig::new(url.clone(), "bench-outbox"))
         .await
@@ -259,37 +274,41 @@ async fn main() {
         env_usize("OUTBOX_BENCH_IN_FLIGHT", 4)
     );
 
-    let (mut raw, mut raw_events, mut lite, mut pg) =
-        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    // Per side: (rate, CPU µs per message) of each round.
+    let (mut raw, mut raw_events, mut lite, mut pg): (Runs, Runs, Runs, Runs) = Default::default();
     for round in 0..rounds {
         // Bare messages, then the same events the relay publishes.
-        let runs: [(&mut Vec<f64>, Properties); 2] = [
+        let runs: [(&mut Runs, Properties); 2] = [
             (&mut raw, raw_lapin::bare),
             (&mut raw_events, raw_event_properties),
         ];
-        for (rates, properties) in runs {
-            rates.push(
-                raw_lapin::publish(
-                    &url,
-                    &exchange,
-                    "bench.event",
-                    n,
-                    WINDOW,
-                    &body,
-                    RawMode::Concurrent,
-                    properties,
-                )
-                .await,
-            );
+        for (rates, properties) in runs.into_iter().filter(|_| runs_side("raw")) {
+            let cpu = process_cpu_secs();
+            let rate = raw_lapin::publish(
+                &url,
+                &exchange,
+                "bench.event",
+                n,
+                WINDOW,
+                &body,
+                RawMode::Concurrent,
+                properties,
+            )
+            .await;
+            rates.push((rate, (process_cpu_secs() - cpu) * 1e6 / n as f64));
             purge().await;
         }
 
-        let dir = tempfile::tempdir().unwrap();
-        let outbox = sqlite_outbox(&dir).await;
-        prefill!(outbox, &exchange, n, &body);
-        lite.push(relay_throughput(outbox, publisher.clone(), n).await);
-        purge().await;
-
+        if runs_side("sqlite") {
+            let dir = tempfile::tempdir().unwrap();
+            let outbox = sqlite_outbox(&dir).await;
+            prefill!(outbox, &exchange, n, &body);
+            lite.push(relay_throughput(outbox, publisher.clone(), n).await);
+            purge().await;
+        }
+        if !runs_side("postgres") {
+            continue;
+        }
         let schema = format!("bench_outbox_{round}_{id}");
         let pool = pg_pool(&db_url, &schema).await;
         let outbox = PgOutbox::new(pool.clone());
@@ -300,67 +319,79 @@ async fn main() {
         pool.close().await;
         drop_schema(&db_url, &schema).await;
     }
-    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
-    let r = mean(&raw);
-    let re = mean(&raw_events);
-    println!("raw lapin confirmed publish, bare messages: {r:.0} msg/s {raw:.0?}");
-    println!("raw lapin confirmed publish, the same events: {re:.0} msg/s {raw_events:.0?}");
+    let mean = |v: &Runs, f: fn(&(f64, f64)) -> f64| v.iter().map(f).sum::<f64>() / v.len() as f64;
+    let rate_of = |v: &Runs| mean(v, |r| r.0);
+    let cpu_of = |v: &Runs| mean(v, |r| r.1);
+    let rates = |v: &Runs| v.iter().map(|r| r.0.round()).collect::<Vec<_>>();
+    let (r, re) = (rate_of(&raw), rate_of(&raw_events));
+    for (name, v) in [("bare messages:", &raw), ("the same events:", &raw_events)] {
+        println!(
+            "raw lapin confirmed publish, {name} {:.0} msg/s {:?}, {:.1} µs CPU/msg",
+            rate_of(v),
+            rates(v),
+            cpu_of(v)
+        );
+    }
     for (name, v) in [("SQLite:    ", &lite), ("PostgreSQL:", &pg)] {
         println!(
-            "relay {name} {:.0} rows/s {v:.0?} = {:.1}% of raw bare, {:.1}% of raw same events",
-            mean(v),
-            100.0 * mean(v) / r,
-            100.0 * mean(v) / re
+            "relay {name} {:.0} rows/s {:?} = {:.1}% of raw bare, {:.1}% of raw same events; {:.1} µs CPU/row",
+            rate_of(v),
+            rates(v),
+            100.0 * rate_of(v) / r,
+            100.0 * rate_of(v) / re,
+            cpu_of(v)
         );
     }
 
     // Latency at a steady rate, relay running as in a service.
-    println!("steady {rate} events/s for {secs} s, commit-to-confirm latency:");
-    {
-        let dir = tempfile::tempdir().unwrap();
-        let outbox = sqlite_outbox(&dir).await;
-        let timed = Arc::new(Timed {
-            inner: publisher.clone(),
-            confirmed: Mutex::new(HashMap::new()),
-        });
-        let token = CancellationToken::new();
-        let relay = Relay::new(outbox.clone(), timed.clone(), RelayConfig::default())
-            .unwrap()
-            .spawn(token.clone());
-        let committed = steady_writer!(outbox, &exchange, rate, secs, &body);
-        let (p50, p99, got) = latencies(&timed, &committed).await;
-        println!(
-            "  SQLite:     p50 {p50:.2} ms, p99 {p99:.2} ms ({got}/{} confirmed)",
-            committed.len()
-        );
-        token.cancel();
-        relay.await.unwrap();
-        purge().await;
-    }
-    {
-        let schema = format!("bench_outbox_lat_{id}");
-        let pool = pg_pool(&db_url, &schema).await;
-        let outbox = PgOutbox::new(pool.clone());
-        outbox.migrate().await.unwrap();
-        let timed = Arc::new(Timed {
-            inner: publisher.clone(),
-            confirmed: Mutex::new(HashMap::new()),
-        });
-        let token = CancellationToken::new();
-        let relay = Relay::new(outbox.clone(), timed.clone(), RelayConfig::default())
-            .unwrap()
-            .spawn(token.clone());
-        let committed = steady_writer!(outbox, &exchange, rate, secs, &body);
-        let (p50, p99, got) = latencies(&timed, &committed).await;
-        println!(
-            "  PostgreSQL: p50 {p50:.2} ms, p99 {p99:.2} ms ({got}/{} confirmed)",
-            committed.len()
-        );
-        token.cancel();
-        relay.await.unwrap();
-        purge().await;
-        pool.close().await;
-        drop_schema(&db_url, &schema).await;
+    if only.is_none() {
+        println!("steady {rate} events/s for {secs} s, commit-to-confirm latency:");
+        {
+            let dir = tempfile::tempdir().unwrap();
+            let outbox = sqlite_outbox(&dir).await;
+            let timed = Arc::new(Timed {
+                inner: publisher.clone(),
+                confirmed: Mutex::new(HashMap::new()),
+            });
+            let token = CancellationToken::new();
+            let relay = Relay::new(outbox.clone(), timed.clone(), RelayConfig::default())
+                .unwrap()
+                .spawn(token.clone());
+            let committed = steady_writer!(outbox, &exchange, rate, secs, &body);
+            let (p50, p99, got) = latencies(&timed, &committed).await;
+            println!(
+                "  SQLite:     p50 {p50:.2} ms, p99 {p99:.2} ms ({got}/{} confirmed)",
+                committed.len()
+            );
+            token.cancel();
+            relay.await.unwrap();
+            purge().await;
+        }
+        {
+            let schema = format!("bench_outbox_lat_{id}");
+            let pool = pg_pool(&db_url, &schema).await;
+            let outbox = PgOutbox::new(pool.clone());
+            outbox.migrate().await.unwrap();
+            let timed = Arc::new(Timed {
+                inner: publisher.clone(),
+                confirmed: Mutex::new(HashMap::new()),
+            });
+            let token = CancellationToken::new();
+            let relay = Relay::new(outbox.clone(), timed.clone(), RelayConfig::default())
+                .unwrap()
+                .spawn(token.clone());
+            let committed = steady_writer!(outbox, &exchange, rate, secs, &body);
+            let (p50, p99, got) = latencies(&timed, &committed).await;
+            println!(
+                "  PostgreSQL: p50 {p50:.2} ms, p99 {p99:.2} ms ({got}/{} confirmed)",
+                committed.len()
+            );
+            token.cancel();
+            relay.await.unwrap();
+            purge().await;
+            pool.close().await;
+            drop_schema(&db_url, &schema).await;
+        }
     }
 
     for q in queue.all_queues() {

@@ -645,3 +645,59 @@ async fn rows_linked_behind_a_failing_row_wait_until_it_is_parked() {
     assert_linked_rows_wait_for_a_failing_predecessor(outbox, &broker).await;
     broker.cleanup().await;
 }
+
+#[tokio::test]
+async fn undecodable_row_is_parked_at_once_and_the_rest_of_the_batch_is_published() {
+    let (_dir, outbox, broker) = setup("sqlite-undecodable").await;
+    let broken_headers = enqueue_committed(&outbox, &broker.event("agg-1", 1)).await;
+    enqueue_committed(&outbox, &broker.event("agg-1", 2)).await;
+    let broken_body = enqueue_committed(&outbox, &broker.event("agg-2", 3)).await;
+    enqueue_committed(&outbox, &broker.event("agg-3", 4)).await;
+    // Damage two stored rows the way a hand-edited or foreign row could be: headers that are
+    // not JSON, a timestamp no AMQP message can carry.
+    sqlx::query("UPDATE chassis_outbox SET headers = '{not json' WHERE message_id = ?1")
+        .bind(&broken_headers)
+        .execute(outbox.pool())
+        .await
+        .unwrap();
+    sqlx::query("UPDATE chassis_outbox SET amqp_timestamp = -1 WHERE message_id = ?1")
+        .bind(&broken_body)
+        .execute(outbox.pool())
+        .await
+        .unwrap();
+
+    let relay = Relay::new(
+        outbox.clone(),
+        broker.publisher.clone(),
+        RelayConfig::default(),
+    )
+    .unwrap();
+    let report = relay
+        .run_until_idle()
+        .await
+        .expect("a damaged row is no database error");
+    assert_eq!((report.sent, report.parked), (2, 2), "{report:?}");
+
+    let received = broker.drain(2, Duration::from_secs(10)).await;
+    let mut seqs: Vec<u64> = received.iter().map(|r| r.seq).collect();
+    seqs.sort();
+    assert_eq!(
+        seqs,
+        vec![2, 4],
+        "agg-1 #2 follows its parked head; agg-3 is untouched"
+    );
+    let parked = outbox.parked(10).await.unwrap();
+    let parked_ids: HashSet<&str> = parked.iter().map(|p| p.message_id.as_str()).collect();
+    assert_eq!(
+        parked_ids,
+        HashSet::from([broken_headers.as_str(), broken_body.as_str()])
+    );
+    for row in &parked {
+        let error = row.last_error.as_deref().unwrap_or_default();
+        assert!(
+            error.contains("headers") || error.contains("timestamp"),
+            "the error says what is wrong: {error}"
+        );
+    }
+    broker.cleanup().await;
+}

@@ -236,8 +236,9 @@ where
     })
 }
 
-/// Reads a claimed [`PendingRow`] (the stores' `row_columns!`, headers as JSON text) from a
-/// row of either database.
+/// Reads a claimed [`PendingRow`] (the PostgreSQL store's `row_columns!`, headers as JSON
+/// text) from a row. (The SQLite store reads its batch as one JSON array instead.)
+#[cfg(feature = "postgres")]
 pub(crate) fn pending_row<R: Row>(row: &R) -> std::result::Result<PendingRow, sqlx::Error>
 where
     for<'c> &'c str: ColumnIndex<R>,
