@@ -9,6 +9,10 @@
 //!    events the relay publishes (message id, content type, the subject header: the broker
 //!    parses and stores them, which costs it 15-24 % of its rate here). Events carry 1000 distinct
 //!    subjects (aggregates).
+//!    A third relay run drains the same events from an in-memory store (no database: claims
+//!    hand out prebuilt rows, records are dropped): the relay's own ceiling on this broker,
+//!    which separates what the database costs from what ordered, confirmed publishing of
+//!    these events costs.
 //! 2. Latency: a writer commits events at a steady rate (default 1000/s) while the relay runs;
 //!    commit-to-confirm latency p50/p99 per database.
 //!
@@ -17,10 +21,13 @@
 //! (default 1000), `OUTBOX_BENCH_SECS` latency run length (default 10), `OUTBOX_BENCH_ROUNDS`
 //! (default 2), `OUTBOX_BENCH_BATCH` relay batch size (default 500), `OUTBOX_BENCH_IN_FLIGHT`
 //! batches in flight (default 4, the relay's default), `OUTBOX_BENCH_ONLY`
-//! `raw`|`sqlite`|`postgres` to run (and profile) one side's throughput run only, no latency
-//! runs). See benches/README.md "Outbox" for recorded figures.
+//! `raw`|`memory`|`sqlite`|`postgres` to run (and profile) that side's throughput runs only,
+//! without the latency runs). Besides the rates it prints each side's CPU per message in this
+//! process (`/proc/self/stat`: the relay's task, lapin's and sqlx's threads; not the PostgreSQL
+//! server's): what the relay takes away from the broker on a shared machine, and steadier than
+//! the rates. See benches/README.md "Outbox" for recorded figures.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::str::FromStr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -30,7 +37,10 @@ use chassis_benches::raw_lapin::{self, RawMode};
 use chassis_messaging::connection::{Connection, ConnectionConfig};
 use chassis_messaging::error::Error;
 use chassis_messaging::message::OutgoingMessage;
-use chassis_messaging::outbox::{OutboxStore, PgOutbox, Relay, RelayConfig, SqliteOutbox};
+use chassis_messaging::outbox::{
+    OutboxStats, OutboxStore, PendingRow, PgOutbox, Relay, RelayConfig, RowOutcome, SentPolicy,
+    SqliteOutbox,
+};
 use chassis_messaging::publisher::{Publish, Publisher, PublisherConfig};
 use chassis_messaging::topology::{
     ExchangeConfig, QueueConfig, QueueType, RetryPolicy, TopologyConfig,
@@ -38,6 +48,7 @@ use chassis_messaging::topology::{
 use futures_util::future::BoxFuture;
 use lapin::options::{ExchangeDeleteOptions, QueueDeleteOptions, QueuePurgeOptions};
 use sqlx::ConnectOptions;
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 const WINDOW: usize = 1000;
@@ -74,6 +85,71 @@ fn raw_event_properties(i: usize) -> lapin::BasicProperties {
         .with_message_id(uuid::Uuid::now_v7().to_string().as_str().into())
         .with_content_type("application/json".into())
         .with_headers(headers)
+}
+
+/// A store with no database behind it: claims hand out prebuilt rows in id order, records
+/// are dropped. Draining it measures the relay and the publisher alone.
+#[derive(Debug, Clone)]
+struct InMemoryStore {
+    rows: Arc<Mutex<VecDeque<PendingRow>>>,
+    notify: Arc<Notify>,
+}
+
+impl InMemoryStore {
+    /// The rows `prefill!` would write: the same events, with their message ids assigned.
+    fn with_events(exchange: &str, n: usize, body: &[u8]) -> Self {
+        let rows = (0..n)
+            .map(|i| PendingRow {
+                id: i as i64 + 1,
+                subject: Some(format!("agg-{}", i % SUBJECTS)),
+                message: Ok(event(exchange, i, body).message_id(uuid::Uuid::now_v7().to_string())),
+                created_at_ms: 0,
+                attempts: 0,
+            })
+            .collect();
+        Self {
+            rows: Arc::new(Mutex::new(rows)),
+            notify: Arc::default(),
+        }
+    }
+}
+
+impl OutboxStore for InMemoryStore {
+    type Claim = ();
+
+    async fn claim(
+        &self,
+        limit: usize,
+        _lease: Duration,
+        _held: &HashSet<i64>,
+    ) -> Result<((), Vec<PendingRow>), Error> {
+        let mut rows = self.rows.lock().unwrap();
+        let n = limit.min(rows.len());
+        Ok(((), rows.drain(..n).collect()))
+    }
+
+    async fn finish(
+        &self,
+        _claim: (),
+        _outcomes: Vec<(i64, RowOutcome)>,
+        _sent: SentPolicy,
+    ) -> Result<(), Error> {
+        Ok(())
+    }
+
+    async fn stats(&self) -> Result<OutboxStats, Error> {
+        Ok(OutboxStats::default())
+    }
+
+    async fn purge_sent(&self, _sent_before_ms: i64) -> Result<u64, Error> {
+        Ok(0)
+    }
+
+    fn notifier(&self) -> Arc<Notify> {
+        self.notify.clone()
+    }
+
+    async fn watch(&self, _notify: Arc<Notify>, _token: CancellationToken) {}
 }
 
 /// Drains `n` prefilled rows with one relay; returns rows/s and this process's CPU µs per row.
@@ -275,7 +351,8 @@ async fn main() {
     );
 
     // Per side: (rate, CPU µs per message) of each round.
-    let (mut raw, mut raw_events, mut lite, mut pg): (Runs, Runs, Runs, Runs) = Default::default();
+    let (mut raw, mut raw_events, mut memory, mut lite, mut pg): (Runs, Runs, Runs, Runs, Runs) =
+        Default::default();
     for round in 0..rounds {
         // Bare messages, then the same events the relay publishes.
         let runs: [(&mut Runs, Properties); 2] = [
@@ -299,6 +376,11 @@ async fn main() {
             purge().await;
         }
 
+        if runs_side("memory") {
+            let store = InMemoryStore::with_events(&exchange, n, &body);
+            memory.push(relay_throughput(store, publisher.clone(), n).await);
+            purge().await;
+        }
         if runs_side("sqlite") {
             let dir = tempfile::tempdir().unwrap();
             let outbox = sqlite_outbox(&dir).await;
@@ -332,7 +414,11 @@ async fn main() {
             cpu_of(v)
         );
     }
-    for (name, v) in [("SQLite:    ", &lite), ("PostgreSQL:", &pg)] {
+    for (name, v) in [
+        ("in memory: ", &memory),
+        ("SQLite:    ", &lite),
+        ("PostgreSQL:", &pg),
+    ] {
         println!(
             "relay {name} {:.0} rows/s {:?} = {:.1}% of raw bare, {:.1}% of raw same events; {:.1} µs CPU/row",
             rate_of(v),

@@ -4,9 +4,12 @@
 //! and row ids (`AUTOINCREMENT`) follow commit order; no extra ordering bookkeeping is needed.
 //! Relays reserve rows with a *lease* (`locked_until`, `lock_owner`) in a short
 //! `BEGIN IMMEDIATE` transaction and publish outside it, so writers are never blocked while a
-//! batch travels to the broker. A relay that dies leaves its lease to expire (default 30 s);
-//! the rows are then published again by whichever relay claims them (a duplicate the inbox
-//! absorbs). Use WAL mode (`SqliteConnectOptions::journal_mode(Wal)`) for concurrent readers.
+//! batch travels to the broker. The claim reads its whole batch as one row (a JSON array), and
+//! the outcomes are recorded by a statement or two that each commit on their own; one relay's
+//! claims and records queue in-process for SQLite's single write lock instead of polling for
+//! it. A relay that dies leaves its lease to expire (default 30 s); the rows are then published
+//! again by whichever relay claims them (a duplicate the inbox absorbs). Use WAL mode
+//! (`SqliteConnectOptions::journal_mode(Wal)`) for concurrent readers.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -446,10 +449,12 @@ impl OutboxStore for SqliteOutbox {
         }
         if !failed.is_empty() {
             sqlx::query(
-                "UPDATE chassis_outbox SET attempts = f.value ->> 'attempts', \
-                 last_error = f.value ->> 'error', status = f.value ->> 'status', \
-                 available_at = f.value ->> 'retry_at', locked_until = NULL, lock_owner = NULL \
-                 FROM json_each(?1) AS f WHERE chassis_outbox.id = f.value ->> 'id'",
+                "UPDATE chassis_outbox SET attempts = json_extract(f.value, '$.attempts'), \
+                 last_error = json_extract(f.value, '$.error'), \
+                 status = json_extract(f.value, '$.status'), \
+                 available_at = json_extract(f.value, '$.retry_at'), \
+                 locked_until = NULL, lock_owner = NULL \
+                 FROM json_each(?1) AS f WHERE chassis_outbox.id = json_extract(f.value, '$.id')",
             )
             .bind(serde_json::Value::Array(failed).to_string())
             .execute(&mut *conn)
