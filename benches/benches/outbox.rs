@@ -13,6 +13,8 @@
 //!    hand out prebuilt rows, records are dropped): the relay's own ceiling on this broker,
 //!    which separates what the database costs from what ordered, confirmed publishing of
 //!    these events costs.
+//!    A round runs raw, in memory, SQLite, PostgreSQL; every other round the other way round,
+//!    so the broker's drift over a run favours no side (use an even `OUTBOX_BENCH_ROUNDS`).
 //! 2. Latency: a writer commits events at a steady rate (default 1000/s) while the relay runs;
 //!    commit-to-confirm latency p50/p99 per database.
 //!
@@ -65,6 +67,27 @@ fn event(exchange: &str, i: usize, body: &[u8]) -> OutgoingMessage {
     OutgoingMessage::new(exchange, "bench.event", body.to_vec())
         .content_type("application/json")
         .header("cloudEvents:subject", format!("agg-{}", i % SUBJECTS))
+}
+
+/// The runs of one round.
+#[derive(Debug, Clone, Copy)]
+enum Side {
+    Raw,
+    Memory,
+    Sqlite,
+    Postgres,
+}
+
+impl Side {
+    /// Its name for `OUTBOX_BENCH_ONLY`.
+    fn name(self) -> &'static str {
+        match self {
+            Side::Raw => "raw",
+            Side::Memory => "memory",
+            Side::Sqlite => "sqlite",
+            Side::Postgres => "postgres",
+        }
+    }
 }
 
 /// Each round's (rate, CPU µs per message) of one side.
@@ -353,53 +376,61 @@ async fn main() {
     // Per side: (rate, CPU µs per message) of each round.
     let (mut raw, mut raw_events, mut memory, mut lite, mut pg): (Runs, Runs, Runs, Runs, Runs) =
         Default::default();
+    let mut order = [Side::Raw, Side::Memory, Side::Sqlite, Side::Postgres];
     for round in 0..rounds {
-        // Bare messages, then the same events the relay publishes.
-        let runs: [(&mut Runs, Properties); 2] = [
-            (&mut raw, raw_lapin::bare),
-            (&mut raw_events, raw_event_properties),
-        ];
-        for (rates, properties) in runs.into_iter().filter(|_| runs_side("raw")) {
-            let cpu = process_cpu_secs();
-            let rate = raw_lapin::publish(
-                &url,
-                &exchange,
-                "bench.event",
-                n,
-                WINDOW,
-                &body,
-                RawMode::Concurrent,
-                properties,
-            )
-            .await;
-            rates.push((rate, (process_cpu_secs() - cpu) * 1e6 / n as f64));
-            purge().await;
+        for side in order.into_iter().filter(|s| runs_side(s.name())) {
+            match side {
+                Side::Raw => {
+                    // Bare messages, then the same events the relay publishes.
+                    let runs: [(&mut Runs, Properties); 2] = [
+                        (&mut raw, raw_lapin::bare),
+                        (&mut raw_events, raw_event_properties),
+                    ];
+                    for (rates, properties) in runs {
+                        let cpu = process_cpu_secs();
+                        let rate = raw_lapin::publish(
+                            &url,
+                            &exchange,
+                            "bench.event",
+                            n,
+                            WINDOW,
+                            &body,
+                            RawMode::Concurrent,
+                            properties,
+                        )
+                        .await;
+                        rates.push((rate, (process_cpu_secs() - cpu) * 1e6 / n as f64));
+                        purge().await;
+                    }
+                }
+                Side::Memory => {
+                    let store = InMemoryStore::with_events(&exchange, n, &body);
+                    memory.push(relay_throughput(store, publisher.clone(), n).await);
+                    purge().await;
+                }
+                Side::Sqlite => {
+                    let dir = tempfile::tempdir().unwrap();
+                    let outbox = sqlite_outbox(&dir).await;
+                    prefill!(outbox, &exchange, n, &body);
+                    lite.push(relay_throughput(outbox, publisher.clone(), n).await);
+                    purge().await;
+                }
+                Side::Postgres => {
+                    let schema = format!("bench_outbox_{round}_{id}");
+                    let pool = pg_pool(&db_url, &schema).await;
+                    let outbox = PgOutbox::new(pool.clone());
+                    outbox.migrate().await.unwrap();
+                    prefill!(outbox, &exchange, n, &body);
+                    pg.push(relay_throughput(outbox, publisher.clone(), n).await);
+                    purge().await;
+                    pool.close().await;
+                    drop_schema(&db_url, &schema).await;
+                }
+            }
         }
-
-        if runs_side("memory") {
-            let store = InMemoryStore::with_events(&exchange, n, &body);
-            memory.push(relay_throughput(store, publisher.clone(), n).await);
-            purge().await;
-        }
-        if runs_side("sqlite") {
-            let dir = tempfile::tempdir().unwrap();
-            let outbox = sqlite_outbox(&dir).await;
-            prefill!(outbox, &exchange, n, &body);
-            lite.push(relay_throughput(outbox, publisher.clone(), n).await);
-            purge().await;
-        }
-        if !runs_side("postgres") {
-            continue;
-        }
-        let schema = format!("bench_outbox_{round}_{id}");
-        let pool = pg_pool(&db_url, &schema).await;
-        let outbox = PgOutbox::new(pool.clone());
-        outbox.migrate().await.unwrap();
-        prefill!(outbox, &exchange, n, &body);
-        pg.push(relay_throughput(outbox, publisher.clone(), n).await);
-        purge().await;
-        pool.close().await;
-        drop_schema(&db_url, &schema).await;
+        // Every other round runs the sides in the opposite order, so the broker's drift
+        // during a run (its rate moves by 10-20 % between runs here) favours none of them.
+        order.reverse();
     }
     let mean = |v: &Runs, f: fn(&(f64, f64)) -> f64| v.iter().map(f).sum::<f64>() / v.len() as f64;
     let rate_of = |v: &Runs| mean(v, |r| r.0);
