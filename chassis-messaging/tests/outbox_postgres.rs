@@ -76,6 +76,14 @@ async fn commit_arrives_rollback_never_and_notify_wakes_the_relay() {
         .await
     );
     assert_eq!(outbox.purge_sent(i64::MAX).await.unwrap(), 2);
+    let messages: i64 = sqlx::query_scalar("SELECT count(*) FROM chassis_outbox_messages")
+        .fetch_one(outbox.pool())
+        .await
+        .unwrap();
+    assert_eq!(
+        messages, 0,
+        "retention deletes the rows' messages with them"
+    );
 
     token.cancel();
     relay.await.unwrap();
@@ -389,4 +397,47 @@ async fn rows_linked_behind_a_failing_row_wait_until_it_is_parked() {
     assert_linked_rows_wait_for_a_failing_predecessor(outbox, &broker).await;
     broker.cleanup().await;
     schema.drop().await;
+}
+
+#[tokio::test]
+async fn rows_written_before_the_message_table_split_are_migrated_and_published() {
+    let db = PgSchema::new(4).await;
+    // A schema as the first migration left it, with a pending row in the old layout.
+    sqlx::raw_sql(include_str!(
+        "../migrations/postgres/20261122000001_chassis_outbox_inbox.sql"
+    ))
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    let broker = Broker::new("pg-migrate").await;
+    let event = broker.event("agg-1", 1);
+    sqlx::query(
+        "INSERT INTO chassis_outbox (subject, exchange, routing_key, message_id, content_type, \
+         headers, body, created_at, available_at) \
+         VALUES ($1, $2, $3, 'old-row', $4, $5::jsonb, $6, 1, 1)",
+    )
+    .bind("agg-1")
+    .bind(&event.exchange)
+    .bind(&event.routing_key)
+    .bind(event.content_type.as_deref())
+    .bind(serde_json::to_string(&event.headers).unwrap())
+    .bind(&event.body)
+    .execute(&db.pool)
+    .await
+    .unwrap();
+
+    let outbox = PgOutbox::new(db.pool.clone());
+    outbox.migrate().await.expect("the old layout migrates");
+    let relay = Relay::new(
+        outbox.clone(),
+        broker.publisher.clone(),
+        RelayConfig::default(),
+    )
+    .unwrap();
+    assert_eq!(relay.run_until_idle().await.unwrap().sent, 1);
+    let received = broker.drain(1, Duration::from_secs(10)).await;
+    assert_eq!(received[0].message_id, "old-row");
+    assert_eq!(received[0].seq, 1, "the body survived the move");
+    broker.cleanup().await;
+    db.drop().await;
 }

@@ -124,6 +124,11 @@ async fn commit_arrives_rollback_never_and_commit_wakes_the_relay() {
         2,
         "retention deletes them"
     );
+    let (messages,): (i64,) = sqlx::query_as("SELECT count(*) FROM chassis_outbox_messages")
+        .fetch_one(outbox.pool())
+        .await
+        .unwrap();
+    assert_eq!(messages, 0, "and their messages with them");
 
     token.cancel();
     relay.await.unwrap();
@@ -655,16 +660,22 @@ async fn undecodable_row_is_parked_at_once_and_the_rest_of_the_batch_is_publishe
     enqueue_committed(&outbox, &broker.event("agg-3", 4)).await;
     // Damage two stored rows the way a hand-edited or foreign row could be: headers that are
     // not JSON, a timestamp no AMQP message can carry.
-    sqlx::query("UPDATE chassis_outbox SET headers = '{not json' WHERE message_id = ?1")
-        .bind(&broken_headers)
-        .execute(outbox.pool())
-        .await
-        .unwrap();
-    sqlx::query("UPDATE chassis_outbox SET amqp_timestamp = -1 WHERE message_id = ?1")
-        .bind(&broken_body)
-        .execute(outbox.pool())
-        .await
-        .unwrap();
+    sqlx::query(
+        "UPDATE chassis_outbox_messages SET headers = '{not json' \
+         WHERE id = (SELECT id FROM chassis_outbox WHERE message_id = ?1)",
+    )
+    .bind(&broken_headers)
+    .execute(outbox.pool())
+    .await
+    .unwrap();
+    sqlx::query(
+        "UPDATE chassis_outbox_messages SET amqp_timestamp = -1 \
+         WHERE id = (SELECT id FROM chassis_outbox WHERE message_id = ?1)",
+    )
+    .bind(&broken_body)
+    .execute(outbox.pool())
+    .await
+    .unwrap();
 
     let relay = Relay::new(
         outbox.clone(),
@@ -699,5 +710,47 @@ async fn undecodable_row_is_parked_at_once_and_the_rest_of_the_batch_is_publishe
             "the error says what is wrong: {error}"
         );
     }
+    broker.cleanup().await;
+}
+
+#[tokio::test]
+async fn rows_written_before_the_message_table_split_are_migrated_and_published() {
+    let dir = tempfile::tempdir().unwrap();
+    let pool = sqlite_pool(&dir).await;
+    // A database as the first migration left it, with a pending row in the old layout.
+    sqlx::raw_sql(include_str!(
+        "../migrations/sqlite/20261122000001_chassis_outbox_inbox.sql"
+    ))
+    .execute(&pool)
+    .await
+    .unwrap();
+    let broker = Broker::new("sqlite-migrate").await;
+    let event = broker.event("agg-1", 1);
+    sqlx::query(
+        "INSERT INTO chassis_outbox (subject, exchange, routing_key, message_id, content_type, \
+         headers, body, created_at, available_at) VALUES (?1, ?2, ?3, 'old-row', ?4, ?5, ?6, 1, 1)",
+    )
+    .bind("agg-1")
+    .bind(&event.exchange)
+    .bind(&event.routing_key)
+    .bind(event.content_type.as_deref())
+    .bind(serde_json::to_string(&event.headers).unwrap())
+    .bind(&event.body)
+    .execute(&pool)
+    .await
+    .unwrap();
+
+    let outbox = SqliteOutbox::new(pool);
+    outbox.migrate().await.expect("the old layout migrates");
+    let relay = Relay::new(
+        outbox.clone(),
+        broker.publisher.clone(),
+        RelayConfig::default(),
+    )
+    .unwrap();
+    assert_eq!(relay.run_until_idle().await.unwrap().sent, 1);
+    let received = broker.drain(1, Duration::from_secs(10)).await;
+    assert_eq!(received[0].message_id, "old-row");
+    assert_eq!(received[0].seq, 1, "the body survived the move");
     broker.cleanup().await;
 }

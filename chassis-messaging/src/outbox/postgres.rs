@@ -48,8 +48,9 @@ pub const NOTIFY_CHANNEL: &str = "chassis_outbox";
 
 macro_rules! row_columns {
     () => {
-        "id, subject, exchange, routing_key, message_id, amqp_type, content_type, \
-         correlation_id, amqp_timestamp, headers::text AS headers, body, created_at, attempts"
+        "o.id, o.subject, m.exchange, m.routing_key, o.message_id, m.amqp_type, m.content_type, \
+         m.correlation_id, m.amqp_timestamp, m.headers::text AS headers, m.body, o.created_at, \
+         o.attempts"
     };
 }
 
@@ -161,9 +162,11 @@ impl PgOutbox {
             .map_err(db_err)?;
         }
         sqlx::query(
-            "INSERT INTO chassis_outbox (subject, exchange, routing_key, message_id, amqp_type, \
-             content_type, correlation_id, amqp_timestamp, headers, body, created_at, available_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $11)",
+            "WITH row AS (INSERT INTO chassis_outbox (subject, message_id, created_at, \
+             available_at) VALUES ($1, $4, $11, $11) RETURNING id) \
+             INSERT INTO chassis_outbox_messages (id, exchange, routing_key, amqp_type, \
+             content_type, correlation_id, amqp_timestamp, headers, body) \
+             SELECT id, $2, $3, $5, $6, $7, $8, $9, $10 FROM row",
         )
         .bind(subject)
         .bind(&msg.exchange)
@@ -263,11 +266,12 @@ impl OutboxStore for PgOutbox {
         let rows = sqlx::query(concat!(
             "SELECT ",
             row_columns!(),
-            " FROM chassis_outbox o WHERE status = 'pending' AND available_at <= $1 \
+            " FROM chassis_outbox o JOIN chassis_outbox_messages m ON m.id = o.id \
+             WHERE o.status = 'pending' AND o.available_at <= $1 \
              AND NOT EXISTS (SELECT 1 FROM chassis_outbox p WHERE p.status = 'pending' \
                 AND p.attempts > 0 AND p.subject = o.subject AND p.id < o.id \
                 AND p.available_at > $1) \
-             ORDER BY id LIMIT $2 FOR UPDATE SKIP LOCKED"
+             ORDER BY o.id LIMIT $2 FOR UPDATE OF o SKIP LOCKED"
         ))
         .bind(now)
         .bind(limit)

@@ -130,10 +130,13 @@ impl SqliteOutbox {
         let headers = serde_json::to_string(&*stored_headers(msg))?;
         let timestamp = timestamp_column(msg.timestamp)?;
         let now = now_ms();
+        // The bookkeeping row, then its message under the same id (one round trip).
         sqlx::query(
-            "INSERT INTO chassis_outbox (subject, exchange, routing_key, message_id, amqp_type, \
-             content_type, correlation_id, amqp_timestamp, headers, body, created_at, available_at) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?11)",
+            "INSERT INTO chassis_outbox (subject, message_id, created_at, available_at) \
+             VALUES (?1, ?4, ?11, ?11); \
+             INSERT INTO chassis_outbox_messages (id, exchange, routing_key, amqp_type, \
+             content_type, correlation_id, amqp_timestamp, headers, body) \
+             VALUES (last_insert_rowid(), ?2, ?3, ?5, ?6, ?7, ?8, ?9, ?10)",
         )
         .bind(subject)
         .bind(&msg.exchange)
@@ -338,15 +341,18 @@ impl OutboxStore for SqliteOutbox {
         let batch: Option<String> = sqlx::query_scalar(
             "SELECT json_group_array(json_array(id, subject, created_at, attempts, exchange, \
              routing_key, message_id, amqp_type, content_type, correlation_id, amqp_timestamp, \
-             headers, hex(body))) FROM (SELECT * FROM chassis_outbox o \
+             headers, hex(body))) FROM (SELECT o.id, o.subject, o.created_at, o.attempts, \
+             o.message_id, m.exchange, m.routing_key, m.amqp_type, m.content_type, \
+             m.correlation_id, m.amqp_timestamp, m.headers, m.body FROM chassis_outbox o \
+             JOIN chassis_outbox_messages m ON m.id = o.id \
              WHERE status = 'pending' AND available_at <= ?1 \
              AND (locked_until IS NULL OR locked_until <= ?1) \
-             AND id NOT IN (SELECT value FROM json_each(?3)) \
+             AND o.id NOT IN (SELECT value FROM json_each(?3)) \
              AND NOT EXISTS (SELECT 1 FROM chassis_outbox p WHERE p.status = 'pending' \
                 AND p.subject = o.subject AND p.id < o.id \
                 AND (p.available_at > ?1 OR (p.locked_until > ?1 \
                      AND p.id NOT IN (SELECT value FROM json_each(?3))))) \
-             ORDER BY id LIMIT ?2)",
+             ORDER BY o.id LIMIT ?2)",
         )
         .bind(now)
         .bind(limit)
