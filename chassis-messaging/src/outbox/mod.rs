@@ -3,8 +3,8 @@
 //!
 //! A handler writes its business rows and the event in **one** database transaction:
 //! [`SqliteOutbox::enqueue`] / [`PgOutbox::enqueue`] insert the message (its wire form, an
-//! [`OutgoingMessage`](crate::message::OutgoingMessage)) into the `chassis_outbox` table through
-//! the caller's own transaction. A [`Relay`] (one background task per service replica) then
+//! [`OutgoingMessage`](crate::message::OutgoingMessage)) into the outbox tables through the
+//! caller's own transaction. A [`Relay`] (one background task per service replica) then
 //! publishes committed rows through any [`Publish`](crate::publisher::Publish) implementation
 //! (the confirming RabbitMQ publisher) and marks them sent only after the broker confirmed.
 //! Delivery is therefore at least once: a crash between confirm and mark republishes the
@@ -13,8 +13,14 @@
 //!
 //! # Tables and migrations
 //! [`SqliteOutbox::migrate`] / [`PgOutbox::migrate`] (or [`sqlite::migrate`] /
-//! [`postgres::migrate`] on a pool) create `chassis_outbox`, `chassis_inbox` (and on PostgreSQL
-//! `chassis_outbox_subjects` plus a notify trigger). The SQL ships in the crate
+//! [`postgres::migrate`] on a pool) create `chassis_outbox` (one small bookkeeping row per
+//! event: subject, message id, status, attempts, lease), `chassis_outbox_messages` (the event
+//! itself under the same id: exchange, routing key, properties, headers, body; deleted with its
+//! row), `chassis_inbox` (and on PostgreSQL `chassis_outbox_subjects` plus a notify trigger).
+//! The message has a table of its own because the relay writes every row again after the
+//! insert (SQLite: the lease and the record; PostgreSQL: the record, a new version of the whole
+//! row): those writes touch the small row only, never the event's headers and body. The SQL
+//! ships in the crate
 //! (`migrations/sqlite`, `migrations/postgres`), is embedded with `sqlx::migrate!` and is
 //! tracked in its own table [`MIGRATIONS_TABLE`], so it never collides with the application's
 //! `_sqlx_migrations`. Running it again, or from several replicas at once, is harmless.
