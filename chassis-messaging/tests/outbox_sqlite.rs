@@ -12,7 +12,9 @@ use chassis_messaging::consumer::{Consumer, ConsumerConfig, Outcome};
 use chassis_messaging::error::Error;
 use chassis_messaging::inbox::{Inbox, idempotent};
 use chassis_messaging::message::OutgoingMessage;
-use chassis_messaging::outbox::{OutboxStore, Relay, RelayConfig, SqliteOutbox};
+use chassis_messaging::outbox::{
+    OutboxStore, Relay, RelayConfig, RowOutcome, SentPolicy, SqliteOutbox,
+};
 use chassis_messaging::publisher::{Publish, Publisher};
 use futures_util::future::BoxFuture;
 use outbox_support::*;
@@ -753,4 +755,60 @@ async fn rows_written_before_the_message_table_split_are_migrated_and_published(
     assert_eq!(received[0].message_id, "old-row");
     assert_eq!(received[0].seq, 1, "the body survived the move");
     broker.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relays_concurrent_claims_and_records_queue_for_the_write_lock() {
+    // With no busy timeout, a write that finds SQLite's lock taken fails at once instead of
+    // sleeping and retrying: any two of the store's own writes meeting there would show.
+    let dir = tempfile::tempdir().unwrap();
+    let options = sqlx::sqlite::SqliteConnectOptions::new()
+        .filename(dir.path().join("outbox.db"))
+        .create_if_missing(true)
+        .journal_mode(sqlx::sqlite::SqliteJournalMode::Wal)
+        .busy_timeout(Duration::ZERO);
+    let pool = sqlx::sqlite::SqlitePoolOptions::new()
+        .max_connections(8)
+        .connect_with(options)
+        .await
+        .unwrap();
+    let outbox = SqliteOutbox::new(pool);
+    outbox.migrate().await.unwrap();
+    let events: Vec<OutgoingMessage> = (0..400)
+        .map(|i| {
+            OutgoingMessage::new("ex", "rk", vec![1]).header("cloudEvents:subject", format!("s{i}"))
+        })
+        .collect();
+    let mut tx = outbox.pool().begin().await.unwrap();
+    for event in &events {
+        outbox.enqueue(&mut tx, event).await.unwrap();
+    }
+    tx.commit().await.unwrap();
+
+    // Batches claimed and recorded concurrently, as a relay's pipelined batches are.
+    let workers = (0..8).map(|_| {
+        let outbox = outbox.clone();
+        tokio::spawn(async move {
+            let mut recorded = 0;
+            loop {
+                let (claim, rows) = outbox
+                    .claim(10, Duration::from_secs(30), &HashSet::new())
+                    .await?;
+                if rows.is_empty() {
+                    return Ok::<_, Error>(recorded);
+                }
+                recorded += rows.len();
+                let outcomes = rows.iter().map(|r| (r.id, RowOutcome::Sent)).collect();
+                outbox.finish(claim, outcomes, SentPolicy::Mark).await?;
+            }
+        })
+    });
+    let mut recorded = 0;
+    for worker in futures_util::future::join_all(workers).await {
+        recorded += worker
+            .unwrap()
+            .expect("no write met another at SQLite's lock");
+    }
+    assert_eq!(recorded, 400);
+    assert_eq!(outbox.stats().await.unwrap().pending, 0);
 }
