@@ -251,6 +251,30 @@ macro_rules! steady_writer {
     }};
 }
 
+/// Runs a relay on `$outbox` as a service does while `steady_writer!` commits events, and
+/// prints the commit-to-confirm percentiles.
+macro_rules! steady_latency {
+    ($name:expr, $outbox:expr, $publisher:expr, $exchange:expr, $rate:expr, $secs:expr, $body:expr) => {{
+        let timed = Arc::new(Timed {
+            inner: $publisher.clone(),
+            confirmed: Mutex::new(HashMap::new()),
+        });
+        let token = CancellationToken::new();
+        let relay = Relay::new($outbox.clone(), timed.clone(), RelayConfig::default())
+            .unwrap()
+            .spawn(token.clone());
+        let committed = steady_writer!($outbox, $exchange, $rate, $secs, $body);
+        let (p50, p99, got) = latencies(&timed, &committed).await;
+        println!(
+            "  {} p50 {p50:.2} ms, p99 {p99:.2} ms ({got}/{} confirmed)",
+            $name,
+            committed.len()
+        );
+        token.cancel();
+        relay.await.unwrap();
+    }};
+}
+
 async fn latencies(timed: &Timed, committed: &[(String, Instant)]) -> (f64, f64, usize) {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
@@ -466,22 +490,15 @@ async fn main() {
         {
             let dir = tempfile::tempdir().unwrap();
             let outbox = sqlite_outbox(&dir).await;
-            let timed = Arc::new(Timed {
-                inner: publisher.clone(),
-                confirmed: Mutex::new(HashMap::new()),
-            });
-            let token = CancellationToken::new();
-            let relay = Relay::new(outbox.clone(), timed.clone(), RelayConfig::default())
-                .unwrap()
-                .spawn(token.clone());
-            let committed = steady_writer!(outbox, &exchange, rate, secs, &body);
-            let (p50, p99, got) = latencies(&timed, &committed).await;
-            println!(
-                "  SQLite:     p50 {p50:.2} ms, p99 {p99:.2} ms ({got}/{} confirmed)",
-                committed.len()
+            steady_latency!(
+                "SQLite:    ",
+                outbox,
+                publisher,
+                &exchange,
+                rate,
+                secs,
+                &body
             );
-            token.cancel();
-            relay.await.unwrap();
             purge().await;
         }
         {
@@ -489,22 +506,15 @@ async fn main() {
             let pool = pg_pool(&db_url, &schema).await;
             let outbox = PgOutbox::new(pool.clone());
             outbox.migrate().await.unwrap();
-            let timed = Arc::new(Timed {
-                inner: publisher.clone(),
-                confirmed: Mutex::new(HashMap::new()),
-            });
-            let token = CancellationToken::new();
-            let relay = Relay::new(outbox.clone(), timed.clone(), RelayConfig::default())
-                .unwrap()
-                .spawn(token.clone());
-            let committed = steady_writer!(outbox, &exchange, rate, secs, &body);
-            let (p50, p99, got) = latencies(&timed, &committed).await;
-            println!(
-                "  PostgreSQL: p50 {p50:.2} ms, p99 {p99:.2} ms ({got}/{} confirmed)",
-                committed.len()
+            steady_latency!(
+                "PostgreSQL:",
+                outbox,
+                publisher,
+                &exchange,
+                rate,
+                secs,
+                &body
             );
-            token.cancel();
-            relay.await.unwrap();
             purge().await;
             pool.close().await;
             drop_schema(&db_url, &schema).await;

@@ -496,3 +496,18 @@ pub async fn assert_linked_rows_wait_for_a_failing_predecessor<S: OutboxStore>(
     let stats = store.stats().await.unwrap();
     assert_eq!((stats.pending, stats.parked), (0, 1));
 }
+
+/// After a migration: the one row written in the old layout (message id `old-row`, the body of
+/// `broker.event(_, 1)`) is relayed whole.
+pub async fn the_old_row_is_published<S: OutboxStore>(outbox: S, broker: &Broker) {
+    let relay = chassis_messaging::outbox::Relay::new(
+        outbox,
+        broker.publisher.clone(),
+        chassis_messaging::outbox::RelayConfig::default(),
+    )
+    .unwrap();
+    assert_eq!(relay.run_until_idle().await.unwrap().sent, 1);
+    let received = broker.drain(1, Duration::from_secs(10)).await;
+    assert_eq!(received[0].message_id, "old-row");
+    assert_eq!(received[0].seq, 1, "the body survived the move");
+}
