@@ -803,3 +803,45 @@ async fn a_relays_concurrent_claims_and_records_queue_for_the_write_lock() {
     assert_eq!(recorded, 400);
     assert_eq!(outbox.stats().await.unwrap().pending, 0);
 }
+
+#[tokio::test]
+async fn a_claim_stops_at_claim_bytes_but_always_takes_one_row() {
+    let dir = tempfile::tempdir().unwrap();
+    let outbox = SqliteOutbox::new(sqlite_pool(&dir).await).claim_bytes(1000);
+    outbox.migrate().await.unwrap();
+    // Messages of 402 bytes (a 400-byte body, headers `{}`), then one larger than the cap.
+    let mut tx = outbox.pool().begin().await.unwrap();
+    for _ in 0..5 {
+        outbox
+            .enqueue(&mut tx, &OutgoingMessage::new("ex", "rk", vec![7; 400]))
+            .await
+            .unwrap();
+    }
+    outbox
+        .enqueue(&mut tx, &OutgoingMessage::new("ex", "rk", vec![8; 5000]))
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+
+    let lease = Duration::from_secs(30);
+    let mut held = HashSet::new();
+    let mut batches = Vec::new();
+    loop {
+        let ((), rows) = outbox.claim(100, lease, &held).await.unwrap();
+        if rows.is_empty() {
+            break;
+        }
+        batches.push(
+            rows.iter()
+                .map(|r| r.message.as_ref().unwrap().body.len())
+                .collect::<Vec<_>>(),
+        );
+        held.extend(rows.iter().map(|r| r.id));
+    }
+    // A batch takes rows while the ones before them add up to less than 1000 bytes.
+    assert_eq!(
+        batches,
+        vec![vec![400, 400, 400], vec![400, 400, 5000]],
+        "rows in id order, capped by bytes, none lost"
+    );
+}

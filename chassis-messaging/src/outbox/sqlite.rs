@@ -62,7 +62,12 @@ pub struct SqliteOutbox {
     /// moment the previous one commits. (The application's own writers still meet the
     /// relay at SQLite's lock, as before.)
     writer: Arc<tokio::sync::Mutex<()>>,
+    /// See [`claim_bytes`](Self::claim_bytes).
+    claim_bytes: i64,
 }
+
+/// Default of [`SqliteOutbox::claim_bytes`]: 64 MiB.
+pub const DEFAULT_CLAIM_BYTES: usize = 64 * 1024 * 1024;
 
 impl SqliteOutbox {
     /// An outbox on `pool`. Call [`migrate`](Self::migrate) once at startup.
@@ -72,7 +77,18 @@ impl SqliteOutbox {
             notify: Arc::new(Notify::new()),
             owner: uuid::Uuid::now_v7().to_string().into(),
             writer: Arc::new(tokio::sync::Mutex::new(())),
+            claim_bytes: i64::try_from(DEFAULT_CLAIM_BYTES).unwrap_or(i64::MAX),
         }
+    }
+
+    /// Caps the messages (headers and bodies) one relay batch reads at once, besides its row
+    /// count ([`RelayConfig::batch_size`](super::RelayConfig::batch_size)): a batch stops at
+    /// the row that reaches `bytes`, and always has at least one row. The claim reads its
+    /// batch as one string, which SQLite limits to 1 GB, bodies in hex; the default,
+    /// [`DEFAULT_CLAIM_BYTES`] (64 MiB), stays far below it with any batch size.
+    pub fn claim_bytes(mut self, bytes: usize) -> Self {
+        self.claim_bytes = i64::try_from(bytes).unwrap_or(i64::MAX);
+        self
     }
 
     /// The pool this outbox uses.
@@ -280,6 +296,28 @@ fn decode_batch(json: &str) -> Result<Vec<PendingRow>> {
     Ok(rows)
 }
 
+/// The ids of the claim's first query (`[id, size]` pairs) a batch keeps: in id order, while
+/// the sizes before a row add up to less than `max_bytes` (so at least the first).
+fn within_bytes(json: &str, max_bytes: i64) -> Result<Vec<i64>> {
+    let mut rows: Vec<(i64, i64)> = serde_json::from_str(json).map_err(|e| {
+        Error::with_source(
+            ErrorKind::Database,
+            format!("outbox claim: unexpected row shape: {e}"),
+        )
+    })?;
+    rows.sort_unstable_by_key(|(id, _)| *id);
+    let mut before = 0i64;
+    Ok(rows
+        .into_iter()
+        .take_while(|(_, size)| {
+            let keep = before < max_bytes;
+            before = before.saturating_add(*size);
+            keep
+        })
+        .map(|(id, _)| id)
+        .collect())
+}
+
 /// Decodes SQLite's `hex()` (upper-case digits).
 fn from_hex(hex: &str) -> std::result::Result<Vec<u8>, String> {
     fn digit(c: u8) -> Option<u8> {
@@ -338,12 +376,13 @@ impl OutboxStore for SqliteOutbox {
         // SQLite driver hands rows over one at a time from its worker thread, and a 500-row
         // batch cost 500 cross-thread wake-ups and 6 500 owned column values, about as much
         // CPU as the query itself. (See `decode_batch` for how each row is read back.)
-        let batch: Option<String> = sqlx::query_scalar(
-            "SELECT json_group_array(json_array(id, subject, created_at, attempts, exchange, \
-             routing_key, message_id, amqp_type, content_type, correlation_id, amqp_timestamp, \
-             headers, hex(body))) FROM (SELECT o.id, o.subject, o.created_at, o.attempts, \
-             o.message_id, m.exchange, m.routing_key, m.amqp_type, m.content_type, \
-             m.correlation_id, m.amqp_timestamp, m.headers, m.body FROM chassis_outbox o \
+        // First the batch's rows and the sizes of their messages (the head rule, no message
+        // read yet), then the messages of the rows kept, as one string. SQLite refuses strings
+        // over 1 GB (and the bodies travel in hex): a batch also stops at `claim_bytes` of
+        // messages, counted in id order; its first row always goes, whatever its size.
+        let sizes: Option<String> = sqlx::query_scalar(
+            "SELECT json_group_array(json_array(id, size)) FROM (SELECT o.id, \
+             length(m.body) + length(m.headers) AS size FROM chassis_outbox o \
              JOIN chassis_outbox_messages m ON m.id = o.id \
              WHERE status = 'pending' AND available_at <= ?1 \
              AND (locked_until IS NULL OR locked_until <= ?1) \
@@ -360,20 +399,35 @@ impl OutboxStore for SqliteOutbox {
         .fetch_one(&mut *tx)
         .await
         .map_err(db_err)?;
-        let kept = decode_batch(batch.as_deref().unwrap_or("[]"))?;
-        if !kept.is_empty() {
-            let until = now.saturating_add(i64::try_from(lease.as_millis()).unwrap_or(i64::MAX));
-            sqlx::query(
-                "UPDATE chassis_outbox SET locked_until = ?1, lock_owner = ?2 \
-                 WHERE id IN (SELECT value FROM json_each(?3))",
-            )
-            .bind(until)
-            .bind(&*self.owner)
-            .bind(json_ids(kept.iter().map(|r| r.id)))
-            .execute(&mut *tx)
-            .await
-            .map_err(db_err)?;
+        let ids = within_bytes(sizes.as_deref().unwrap_or("[]"), self.claim_bytes)?;
+        if ids.is_empty() {
+            tx.commit().await.map_err(db_err)?;
+            return Ok(((), Vec::new()));
         }
+        let ids = json_ids(ids.into_iter());
+        let batch: Option<String> = sqlx::query_scalar(
+            "SELECT json_group_array(json_array(o.id, o.subject, o.created_at, o.attempts, \
+             m.exchange, m.routing_key, o.message_id, m.amqp_type, m.content_type, \
+             m.correlation_id, m.amqp_timestamp, m.headers, hex(m.body))) \
+             FROM chassis_outbox o JOIN chassis_outbox_messages m ON m.id = o.id \
+             WHERE o.id IN (SELECT value FROM json_each(?1))",
+        )
+        .bind(&ids)
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(db_err)?;
+        let kept = decode_batch(batch.as_deref().unwrap_or("[]"))?;
+        let until = now.saturating_add(i64::try_from(lease.as_millis()).unwrap_or(i64::MAX));
+        sqlx::query(
+            "UPDATE chassis_outbox SET locked_until = ?1, lock_owner = ?2 \
+             WHERE id IN (SELECT value FROM json_each(?3))",
+        )
+        .bind(until)
+        .bind(&*self.owner)
+        .bind(ids)
+        .execute(&mut *tx)
+        .await
+        .map_err(db_err)?;
         tx.commit().await.map_err(db_err)?;
         Ok(((), kept))
     }
@@ -510,6 +564,25 @@ impl HealthCheck for SqliteOutbox {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_batch_keeps_rows_while_the_bytes_before_them_stay_under_the_cap() {
+        let json = "[[3, 600], [1, 400], [2, 500], [4, 1]]";
+        assert_eq!(
+            within_bytes(json, 1000).unwrap(),
+            [1, 2, 3],
+            "400 + 500 < 1000"
+        );
+        assert_eq!(within_bytes(json, 900).unwrap(), [1, 2]);
+        assert_eq!(
+            within_bytes(json, 1).unwrap(),
+            [1],
+            "the first row always goes"
+        );
+        assert_eq!(within_bytes(json, i64::MAX).unwrap(), [1, 2, 3, 4]);
+        assert!(within_bytes("[]", 10).unwrap().is_empty());
+        assert!(within_bytes("[[1]]", 10).is_err());
+    }
 
     #[test]
     fn hex_decodes_sqlite_output_and_rejects_anything_else() {
