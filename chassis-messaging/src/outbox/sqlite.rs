@@ -241,18 +241,24 @@ type BatchRow = (
     String,
 );
 
+/// Parses one of the claim's JSON arrays; the shape is the claim's own SQL, so a mismatch is a
+/// database error (not one row's).
+fn claim_json<T: serde::de::DeserializeOwned>(json: &str) -> Result<T> {
+    serde_json::from_str(json).map_err(|e| {
+        Error::with_source(
+            ErrorKind::Database,
+            format!("outbox claim: unexpected row shape: {e}"),
+        )
+    })
+}
+
 /// Reads the claim's JSON array back into rows, in id order.
 ///
 /// The columns' types are the table's (an `INTEGER PRIMARY KEY`, `NOT NULL` columns written
 /// by `enqueue` only), so the array always has this shape; what can be wrong with a stored
 /// message (its headers, its body) is reported on that row alone, which the relay parks.
 fn decode_batch(json: &str) -> Result<Vec<PendingRow>> {
-    let rows: Vec<BatchRow> = serde_json::from_str(json).map_err(|e| {
-        Error::with_source(
-            ErrorKind::Database,
-            format!("outbox claim: unexpected row shape: {e}"),
-        )
-    })?;
+    let rows: Vec<BatchRow> = claim_json(json)?;
     let mut rows: Vec<PendingRow> = rows
         .into_iter()
         .map(
@@ -299,12 +305,7 @@ fn decode_batch(json: &str) -> Result<Vec<PendingRow>> {
 /// The ids of the claim's first query (`[id, size]` pairs) a batch keeps: in id order, while
 /// the sizes before a row add up to less than `max_bytes` (so at least the first).
 fn within_bytes(json: &str, max_bytes: i64) -> Result<Vec<i64>> {
-    let mut rows: Vec<(i64, i64)> = serde_json::from_str(json).map_err(|e| {
-        Error::with_source(
-            ErrorKind::Database,
-            format!("outbox claim: unexpected row shape: {e}"),
-        )
-    })?;
+    let mut rows: Vec<(i64, i64)> = claim_json(json)?;
     rows.sort_unstable_by_key(|(id, _)| *id);
     let mut before = 0i64;
     Ok(rows
