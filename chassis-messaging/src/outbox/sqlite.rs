@@ -373,14 +373,13 @@ impl OutboxStore for SqliteOutbox {
             .begin_with("BEGIN IMMEDIATE")
             .await
             .map_err(db_err)?;
-        // The batch comes back as one row (a JSON array of the rows, bodies in hex): sqlx's
-        // SQLite driver hands rows over one at a time from its worker thread, and a 500-row
-        // batch cost 500 cross-thread wake-ups and 6 500 owned column values, about as much
-        // CPU as the query itself. (See `decode_batch` for how each row is read back.)
-        // First the batch's rows and the sizes of their messages (the head rule, no message
-        // read yet), then the messages of the rows kept, as one string. SQLite refuses strings
-        // over 1 GB (and the bodies travel in hex): a batch also stops at `claim_bytes` of
-        // messages, counted in id order; its first row always goes, whatever its size.
+        // Each query returns one row (a JSON array): sqlx's SQLite driver hands rows over one
+        // at a time from its worker thread, and a 500-row batch cost 500 cross-thread wake-ups
+        // and 6 500 owned column values, about as much CPU as the query itself. First the
+        // batch's ids and message sizes (the head rule, no message read yet), then the
+        // messages of the rows kept, bodies in hex (see `decode_batch`). SQLite refuses
+        // strings over 1 GB, so a batch also stops at `claim_bytes` of messages, counted in id
+        // order; its first row always goes, whatever its size.
         let sizes: Option<String> = sqlx::query_scalar(
             "SELECT json_group_array(json_array(id, size)) FROM (SELECT o.id, \
              length(m.body) + length(m.headers) AS size FROM chassis_outbox o \
@@ -443,18 +442,14 @@ impl OutboxStore for SqliteOutbox {
             return Ok(());
         }
         let now = now_ms();
-        let sent_ids = json_ids(
+        let ids_with = |wanted: RowOutcome| -> Vec<i64> {
             outcomes
                 .iter()
-                .filter(|(_, o)| *o == RowOutcome::Sent)
-                .map(|(id, _)| *id),
-        );
-        let released_ids = json_ids(
-            outcomes
-                .iter()
-                .filter(|(_, o)| *o == RowOutcome::Released)
-                .map(|(id, _)| *id),
-        );
+                .filter(|(_, o)| *o == wanted)
+                .map(|(id, _)| *id)
+                .collect()
+        };
+        let (sent_ids, released_ids) = (ids_with(RowOutcome::Sent), ids_with(RowOutcome::Released));
         let failed: Vec<serde_json::Value> = outcomes
             .iter()
             .filter_map(|(id, outcome)| match outcome {
@@ -489,20 +484,20 @@ impl OutboxStore for SqliteOutbox {
                  lock_owner = NULL WHERE id IN (SELECT value FROM json_each(?2))"
             }
         };
-        if sent_ids != "[]" {
+        if !sent_ids.is_empty() {
             sqlx::query(record_sent)
                 .bind(now)
-                .bind(sent_ids)
+                .bind(json_ids(sent_ids.into_iter()))
                 .execute(&mut *conn)
                 .await
                 .map_err(db_err)?;
         }
-        if released_ids != "[]" {
+        if !released_ids.is_empty() {
             sqlx::query(
                 "UPDATE chassis_outbox SET locked_until = NULL, lock_owner = NULL \
                  WHERE id IN (SELECT value FROM json_each(?1)) AND lock_owner = ?2",
             )
-            .bind(released_ids)
+            .bind(json_ids(released_ids.into_iter()))
             .bind(&*self.owner)
             .execute(&mut *conn)
             .await
