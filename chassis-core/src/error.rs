@@ -85,6 +85,30 @@ pub enum ErrorKind {
         /// What is wrong with it.
         reason: String,
     },
+    /// A [lifecycle](crate::lifecycle) component failed to start; the cause is the source.
+    ComponentStart {
+        /// The component's name.
+        component: String,
+    },
+    /// A running component failed and stopped the service; the cause is the source.
+    ComponentFailed {
+        /// The component's name.
+        component: String,
+    },
+    /// A component's stop returned an error; the cause is the source.
+    ComponentStop {
+        /// The component's name.
+        component: String,
+    },
+    /// A component did not stop within its phase's deadline and was abandoned.
+    StopTimeout {
+        /// The component's name.
+        component: String,
+        /// The deadline of its phase.
+        after: Duration,
+    },
+    /// A second stop signal cut the graceful shutdown short.
+    ShutdownForced,
 }
 
 /// The error of every `chassis-core` layer: an [`ErrorKind`] plus, where there is one, the
@@ -242,6 +266,36 @@ impl fmt::Display for Error {
                 )
             }
             ErrorKind::InvalidConfig { reason } => write!(f, "invalid configuration: {reason}"),
+            ErrorKind::ComponentStart { component } => {
+                write!(f, "component '{component}' failed to start")?;
+                self.write_cause(f)
+            }
+            ErrorKind::ComponentFailed { component } => {
+                write!(f, "component '{component}' failed while running")?;
+                self.write_cause(f)
+            }
+            ErrorKind::ComponentStop { component } => {
+                write!(f, "component '{component}' failed to stop")?;
+                self.write_cause(f)
+            }
+            ErrorKind::StopTimeout { component, after } => write!(
+                f,
+                "component '{component}' did not stop within {}ms",
+                after.as_millis()
+            ),
+            ErrorKind::ShutdownForced => {
+                write!(f, "shutdown forced by a second stop signal")
+            }
+        }
+    }
+}
+
+impl Error {
+    /// `: cause` for the lifecycle kinds, whose message is nothing without it.
+    fn write_cause(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.source {
+            Some(source) => write!(f, ": {source}"),
+            None => Ok(()),
         }
     }
 }

@@ -9,6 +9,8 @@
 //! - [`error`]: [`Error`] and [`ErrorKind`], what every layer fails with.
 //! - [`health`]: health checks, the registry that runs them, readiness/liveness/startup reports.
 //! - [`shutdown`]: the shutdown signal and the drain tracker.
+//! - [`lifecycle`]: [`App`](lifecycle::App), the runner that starts a service's components,
+//!   marks it ready and stops it in the order that loses nothing.
 //! - [`service`]: [`ServiceInfo`], who this service is.
 //!
 //! Every layer is a plain tower `Layer`, so it works the same under hyper, axum, tonic or a
@@ -16,6 +18,7 @@
 
 pub mod error;
 pub mod health;
+pub mod lifecycle;
 pub mod resilience;
 pub mod service;
 pub mod shutdown;

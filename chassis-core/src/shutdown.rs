@@ -4,8 +4,10 @@
 //! [`Shutdown`] is triggered by SIGTERM/SIGINT ([`Shutdown::listen_for_signals`]) or by code
 //! ([`Shutdown::trigger`]). Servers, consumers and relays hold a [`ShutdownToken`] and stop
 //! taking new work when it fires; work that must finish registers with [`Shutdown::tracker`],
-//! and [`Shutdown::drain`] waits for it up to a deadline. The order a service follows is in the
-//! crate docs: readiness fails first, then accepting stops, then in-flight work drains, then
+//! and [`Shutdown::drain`] waits for it up to a deadline. A service run by the
+//! [`App`](crate::lifecycle::App) uses its shutdown as the stop signal; the app then stops the
+//! components in the order of [`lifecycle`](crate::lifecycle): readiness fails first, then
+//! intake stops, in-flight work drains, workers finish, connections and pools close, and
 //! telemetry flushes.
 //!
 //! # Example
@@ -108,21 +110,55 @@ impl Shutdown {
     }
 }
 
-#[cfg(unix)]
 async fn wait_for_signal() -> &'static str {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate()).expect("install SIGTERM handler");
-    let mut int = signal(SignalKind::interrupt()).expect("install SIGINT handler");
-    tokio::select! {
-        _ = term.recv() => "SIGTERM",
-        _ = int.recv() => "SIGINT",
+    match Signals::install() {
+        Ok(mut signals) => signals.next().await,
+        Err(e) => {
+            tracing::warn!(error = %e, "could not install signal handlers");
+            std::future::pending().await
+        }
     }
 }
 
-#[cfg(not(unix))]
-async fn wait_for_signal() -> &'static str {
-    let _ = tokio::signal::ctrl_c().await;
-    "ctrl-c"
+/// SIGTERM and SIGINT handlers, installed together; each [`next`](Self::next) waits for one
+/// more signal (the lifecycle runner counts them: the second one forces the stop).
+pub(crate) struct Signals {
+    #[cfg(unix)]
+    term: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    int: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    pub(crate) fn install() -> std::io::Result<Self> {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            Ok(Self {
+                term: signal(SignalKind::terminate())?,
+                int: signal(SignalKind::interrupt())?,
+            })
+        }
+        #[cfg(not(unix))]
+        {
+            Ok(Self {})
+        }
+    }
+
+    pub(crate) async fn next(&mut self) -> &'static str {
+        #[cfg(unix)]
+        {
+            tokio::select! {
+                _ = self.term.recv() => "SIGTERM",
+                _ = self.int.recv() => "SIGINT",
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
+            "ctrl-c"
+        }
+    }
 }
 
 #[cfg(test)]
