@@ -33,7 +33,10 @@ impl Probe {
         }
     }
     fn record(&self, what: &str) {
-        self.log.lock().unwrap().push(format!("{what} {}", self.name));
+        self.log
+            .lock()
+            .unwrap()
+            .push(format!("{what} {}", self.name));
     }
 }
 
@@ -56,7 +59,10 @@ impl Component for Probe {
         })
     }
     fn stop_intake(&mut self) {
-        let ready = self.ctx.as_ref().is_some_and(|c| !c.health().is_shutting_down());
+        let ready = self
+            .ctx
+            .as_ref()
+            .is_some_and(|c| !c.health().is_shutting_down());
         self.record(if ready { "intake(ready!)" } else { "intake" });
     }
     fn stop(&mut self, _deadline: Duration) -> BoxFuture<'_, Result<(), BoxError>> {
@@ -97,18 +103,36 @@ async fn starts_in_order_and_stops_in_stages() {
     stop.trigger();
     run.await.unwrap().expect("clean stop");
     let got = entries(&log);
-    let starts: Vec<_> = got.iter().filter(|e| e.starts_with("start")).cloned().collect();
+    let starts: Vec<_> = got
+        .iter()
+        .filter(|e| e.starts_with("start"))
+        .cloned()
+        .collect();
     assert_eq!(
         starts,
-        ["start telemetry", "start db", "start amqp", "start relay", "start consumer", "start http"]
+        [
+            "start telemetry",
+            "start db",
+            "start amqp",
+            "start relay",
+            "start consumer",
+            "start http"
+        ]
     );
-    let stops: Vec<_> = got.iter().filter(|e| !e.starts_with("start")).cloned().collect();
+    let stops: Vec<_> = got
+        .iter()
+        .filter(|e| !e.starts_with("start"))
+        .cloned()
+        .collect();
     // Both intakes stop taking work, after readiness failed, before either drains.
     assert_eq!(&stops[..2], ["intake consumer", "intake http"]);
     let mut drains = stops[2..4].to_vec();
     drains.sort();
     assert_eq!(drains, ["stop consumer", "stop http"]);
-    assert_eq!(&stops[4..], ["stop relay", "stop amqp", "stop db", "stop telemetry"]);
+    assert_eq!(
+        &stops[4..],
+        ["stop relay", "stop amqp", "stop db", "stop telemetry"]
+    );
     assert!(health.is_shutting_down());
 }
 
@@ -137,7 +161,13 @@ async fn a_failed_start_stops_the_started_in_reverse_and_names_the_component() {
     );
     assert_eq!(
         entries(&log),
-        ["start db", "start relay", "failed http", "stop relay", "stop db"]
+        [
+            "start db",
+            "start relay",
+            "failed http",
+            "stop relay",
+            "stop db"
+        ]
     );
     assert!(!health.is_started(), "never reported started");
 }
@@ -152,7 +182,9 @@ async fn a_failed_before_start_hook_starts_nothing() {
         .run()
         .await
         .expect_err("hook error");
-    assert!(matches!(err.kind(), ErrorKind::ComponentStart { component } if component == "before_start hook"));
+    assert!(
+        matches!(err.kind(), ErrorKind::ComponentStart { component } if component == "before_start hook")
+    );
     assert!(entries(&log).is_empty());
 }
 
@@ -174,7 +206,11 @@ async fn a_component_failing_while_running_stops_the_service_with_its_error() {
         }
     );
     assert!(err.to_string().contains("lost the lease table"), "{err}");
-    assert_eq!(entries(&log), ["start db", "stop db"], "still stopped in order");
+    assert_eq!(
+        entries(&log),
+        ["start db", "stop db"],
+        "still stopped in order"
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -218,7 +254,11 @@ async fn pre_stop_delay_keeps_intake_open_after_readiness_fails() {
     stop.trigger();
     tokio::time::sleep(Duration::from_secs(4)).await;
     assert!(health.is_shutting_down(), "readiness red at once");
-    assert_eq!(entries(&log), ["start http"], "still serving during the delay");
+    assert_eq!(
+        entries(&log),
+        ["start http"],
+        "still serving during the delay"
+    );
     run.await.unwrap().unwrap();
     assert_eq!(entries(&log), ["start http", "intake http", "stop http"]);
 }
@@ -248,7 +288,8 @@ async fn a_start_past_its_timeout_fails() {
         .await
         .expect_err("start timeout");
     assert!(
-        err.to_string().starts_with("component 'postgres' failed to start: did not start within 3000ms"),
+        err.to_string()
+            .starts_with("component 'postgres' failed to start: did not start within 3000ms"),
         "{err}"
     );
 }

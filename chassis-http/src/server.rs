@@ -25,6 +25,11 @@
 //! At most [`ServerConfig::max_connections`] connections are open at once (default 10 000);
 //! further connections wait in the listen backlog.
 //!
+//! In a service run by [`chassis_core::lifecycle::App`], register the server as an
+//! [`HttpServer`] component instead: the app then owns signals, readiness and the pre-stop
+//! delay, and stops the server before the consumers' handlers, the relay and the connections
+//! it depends on.
+//!
 //! # Example
 //! ```no_run
 //! use chassis_core::{health::HealthRegistry, shutdown::Shutdown};
@@ -71,9 +76,12 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tower_service::Service;
 
+mod component;
 mod connection_service;
 mod connections;
 mod header_timer;
+
+pub use component::HttpServer;
 
 use connection_service::ConnectionService;
 use connections::Connections;

@@ -489,6 +489,15 @@ impl TelemetryGuard {
     /// down, buffered log lines are written. Returns [`ErrorKind::ShutdownTimedOut`] when the
     /// deadline passed first (spans still queued are lost; the service can exit anyway).
     pub async fn shutdown(mut self, deadline: Duration) -> Result<(), Error> {
+        self.close(deadline).await
+    }
+
+    /// [`shutdown`](Self::shutdown) in place, for the lifecycle component; a second call does
+    /// nothing.
+    async fn close(&mut self, deadline: Duration) -> Result<(), Error> {
+        if self.done {
+            return Ok(());
+        }
         self.done = true;
         if let Some(task) = self.upkeep.take() {
             task.abort();
@@ -508,6 +517,34 @@ impl TelemetryGuard {
             let _ = tokio::task::spawn_blocking(move || drop(log_guard)).await;
         }
         result
+    }
+}
+
+/// The telemetry pipeline as a lifecycle component: nothing to start (it runs from
+/// [`Telemetry::init`](crate::Telemetry)), flushed and stopped in
+/// [`Stage::Telemetry`](chassis_core::lifecycle::Stage::Telemetry), the last stage, so the
+/// shutdown's own logs and spans are exported.
+impl chassis_core::lifecycle::Component for TelemetryGuard {
+    fn name(&self) -> &str {
+        "telemetry"
+    }
+
+    fn stage(&self) -> chassis_core::lifecycle::Stage {
+        chassis_core::lifecycle::Stage::Telemetry
+    }
+
+    fn start(
+        &mut self,
+        _ctx: chassis_core::lifecycle::Context,
+    ) -> chassis_core::health::BoxFuture<'_, Result<(), chassis_core::BoxError>> {
+        Box::pin(async { Ok(()) })
+    }
+
+    fn stop(
+        &mut self,
+        deadline: Duration,
+    ) -> chassis_core::health::BoxFuture<'_, Result<(), chassis_core::BoxError>> {
+        Box::pin(async move { self.close(deadline).await.map_err(Into::into) })
     }
 }
 

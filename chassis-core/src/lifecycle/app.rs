@@ -8,10 +8,10 @@ use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
 
 use super::component::{Component, Context, Stage};
+use crate::BoxError;
 use crate::error::{Error, ErrorKind};
 use crate::health::{BoxFuture, HealthRegistry};
 use crate::shutdown::Shutdown;
-use crate::BoxError;
 
 /// Deadlines of an [`App`]'s start and of each shutdown phase, deserialisable from config
 /// files (durations as `"30s"`).
@@ -262,9 +262,12 @@ impl App {
         let mut start_error = None;
         for hook in hooks.before_start.drain(..) {
             if let Err(e) = hook().await {
-                start_error = Some(component_error(ErrorKind::ComponentStart {
-                    component: "before_start hook".into(),
-                }, e));
+                start_error = Some(component_error(
+                    ErrorKind::ComponentStart {
+                        component: "before_start hook".into(),
+                    },
+                    e,
+                ));
                 break;
             }
         }
@@ -290,7 +293,9 @@ impl App {
                     }
                     Some(Ok(Err(e))) => {
                         start_error = Some(component_error(
-                            ErrorKind::ComponentStart { component: component_name },
+                            ErrorKind::ComponentStart {
+                                component: component_name,
+                            },
                             e,
                         ));
                         break;
@@ -298,7 +303,9 @@ impl App {
                     Some(Err(_elapsed)) => {
                         started.push(component);
                         start_error = Some(component_error(
-                            ErrorKind::ComponentStart { component: component_name },
+                            ErrorKind::ComponentStart {
+                                component: component_name,
+                            },
                             format!("did not start within {}ms", limit.as_millis()),
                         ));
                         break;
@@ -433,7 +440,10 @@ async fn stop_one(component: &mut dyn Component, deadline: Duration) -> Result<(
         }
         Ok(Err(e)) => {
             tracing::error!(component = %name, error = %e, "component failed to stop cleanly");
-            Err(component_error(ErrorKind::ComponentStop { component: name }, e))
+            Err(component_error(
+                ErrorKind::ComponentStop { component: name },
+                e,
+            ))
         }
         Err(_) => {
             tracing::error!(

@@ -127,11 +127,7 @@ impl Context {
         let error = error.into();
         tracing::error!(component, error = %error, "component failed; shutting down");
         {
-            let mut slot = self
-                .inner
-                .failure
-                .lock()
-                .unwrap_or_else(|e| e.into_inner());
+            let mut slot = self.inner.failure.lock().unwrap_or_else(|e| e.into_inner());
             if slot.is_none() {
                 *slot = Some((component.to_owned(), error));
             }
