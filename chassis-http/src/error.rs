@@ -29,9 +29,15 @@
 //! assert_eq!(response.headers()["content-type"], "application/json");
 //! ```
 //!
-//! In an axum handler, return it through a small wrapper or convert it in place:
-//! `let (parts, body) = err.into_response().into_parts();
-//! axum::response::Response::from_parts(parts, axum::body::Body::new(body))`.
+//! With the `axum` feature, [`ApiError`] is an axum `IntoResponse`: a handler returns
+//! `Result<_, ApiError>`, or [`ApiResult`](crate::response::ApiResult) with the success
+//! envelope of [`crate::response`], and answers with `?`. axum's own rejections convert with
+//! `From` (`JsonRejection`, `PathRejection`, `QueryRejection`, `FormRejection`); behind the
+//! [standard layers](crate::layers::StandardLayers) a rejection the handler does not handle gets
+//! the JSON body anyway (see [`error_response`](crate::layers::error_response)).
+//!
+//! An error answer without a code of its own (a status and a text) maps with
+//! [`ApiError::from_status`], whose code comes from [`code_for_status`].
 //!
 //! Errors of the resilience layers convert too: [`ApiError::from_core`] maps a
 //! [`chassis_core::Error`] (`Timeout` -> 504, `CircuitOpen`/`BulkheadFull` -> 503 with
@@ -59,8 +65,16 @@ pub mod codes {
     pub const FORBIDDEN: &str = "forbidden";
     /// 404: nothing here.
     pub const NOT_FOUND: &str = "not_found";
+    /// 405: the route exists, not for this method.
+    pub const METHOD_NOT_ALLOWED: &str = "method_not_allowed";
+    /// 409: the request conflicts with the current state.
+    pub const CONFLICT: &str = "conflict";
     /// 413: the request body exceeds the configured limit.
     pub const PAYLOAD_TOO_LARGE: &str = "payload_too_large";
+    /// 415: the request body's content type is missing or not accepted.
+    pub const UNSUPPORTED_MEDIA_TYPE: &str = "unsupported_media_type";
+    /// 422: the request body is well-formed but its content is not valid.
+    pub const UNPROCESSABLE_ENTITY: &str = "unprocessable_entity";
     /// 429: a rate limiter rejected the call.
     pub const RATE_LIMITED: &str = "rate_limited";
     /// 500: an unexpected failure (including a panic in a handler).
@@ -79,10 +93,76 @@ pub mod codes {
     pub const TIMEOUT: &str = "timeout";
 }
 
+/// The code the chassis uses for an error answer with `status` and no code of its own (an
+/// axum rejection, a router's 404 or 405, a plain-text error of a handler).
+///
+/// A status the chassis produces itself maps to that code (500 `internal_error`, 502
+/// `upstream_failed`, 503 `unavailable`, 504 `timeout`, 429 `rate_limited`); any other status
+/// maps to its reason phrase in `snake_case` (405 `method_not_allowed`, 415
+/// `unsupported_media_type`, 422 `unprocessable_entity`, 408 `request_timeout`); a status
+/// without a reason phrase maps to `client_error` or `server_error`.
+///
+/// ```
+/// use chassis_http::error::code_for_status;
+/// use http::StatusCode;
+///
+/// assert_eq!(code_for_status(StatusCode::METHOD_NOT_ALLOWED), "method_not_allowed");
+/// assert_eq!(code_for_status(StatusCode::INTERNAL_SERVER_ERROR), "internal_error");
+/// ```
+pub fn code_for_status(status: StatusCode) -> Cow<'static, str> {
+    let code = match status {
+        StatusCode::BAD_REQUEST => codes::BAD_REQUEST,
+        StatusCode::UNAUTHORIZED => codes::UNAUTHORIZED,
+        StatusCode::FORBIDDEN => codes::FORBIDDEN,
+        StatusCode::NOT_FOUND => codes::NOT_FOUND,
+        StatusCode::METHOD_NOT_ALLOWED => codes::METHOD_NOT_ALLOWED,
+        StatusCode::CONFLICT => codes::CONFLICT,
+        StatusCode::PAYLOAD_TOO_LARGE => codes::PAYLOAD_TOO_LARGE,
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => codes::UNSUPPORTED_MEDIA_TYPE,
+        StatusCode::UNPROCESSABLE_ENTITY => codes::UNPROCESSABLE_ENTITY,
+        StatusCode::TOO_MANY_REQUESTS => codes::RATE_LIMITED,
+        StatusCode::INTERNAL_SERVER_ERROR => codes::INTERNAL,
+        StatusCode::BAD_GATEWAY => codes::UPSTREAM_FAILED,
+        StatusCode::SERVICE_UNAVAILABLE => codes::UNAVAILABLE,
+        StatusCode::GATEWAY_TIMEOUT => codes::TIMEOUT,
+        _ => {
+            return match status.canonical_reason() {
+                Some(reason) => Cow::Owned(snake_case(reason)),
+                None if status.is_server_error() => Cow::Borrowed("server_error"),
+                None => Cow::Borrowed("client_error"),
+            };
+        }
+    };
+    Cow::Borrowed(code)
+}
+
+/// `"I'm a Teapot"` -> `"i_m_a_teapot"`: lowercase ASCII words joined by one underscore.
+fn snake_case(reason: &str) -> String {
+    let mut out = String::with_capacity(reason.len());
+    for word in reason.split(|c: char| !c.is_ascii_alphanumeric()) {
+        if word.is_empty() {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push('_');
+        }
+        out.extend(word.chars().map(|c| c.to_ascii_lowercase()));
+    }
+    out
+}
+
 /// An error answer: status, stable code, message, optional details, and the headers that go
 /// with it (`Retry-After`, `WWW-Authenticate`, ...).
 #[derive(Clone)]
 pub struct ApiError {
+    // Boxed so that `Result<T, ApiError>`, which handlers return on every path, is not as large
+    // as the error: unboxed, the fields (a header map among them) would make every `Ok` that
+    // large too, and trip clippy's `result_large_err` in every handler.
+    inner: Box<Inner>,
+}
+
+#[derive(Clone)]
+struct Inner {
     status: StatusCode,
     code: Cow<'static, str>,
     message: Cow<'static, str>,
@@ -100,13 +180,48 @@ impl ApiError {
         message: impl Into<Cow<'static, str>>,
     ) -> Self {
         Self {
-            status,
-            code: code.into(),
-            message: message.into(),
-            details: None,
-            retry_after: None,
-            trace_id: None,
-            headers: HeaderMap::new(),
+            inner: Box::new(Inner {
+                status,
+                code: code.into(),
+                message: message.into(),
+                details: None,
+                retry_after: None,
+                trace_id: None,
+                headers: HeaderMap::new(),
+            }),
+        }
+    }
+
+    /// An error with `status`, the code [`code_for_status`] gives it, and `message`: for error
+    /// answers that come with a status and a text but no code (a framework's rejection, another
+    /// service's plain-text error).
+    pub fn from_status(status: StatusCode, message: impl Into<Cow<'static, str>>) -> Self {
+        Self::new(status, code_for_status(status), message)
+    }
+
+    /// An error for an answer that came as a status and a text written for clients (an axum
+    /// rejection, a plain-text error response): the code [`code_for_status`] gives the status,
+    /// and the text as the message for a 4xx. The text of a 5xx is logged at ERROR instead and
+    /// the message is the status's reason phrase: such texts describe internals (axum's name
+    /// Rust types and extensions), which an error body never shows.
+    pub fn from_status_text(status: StatusCode, text: &str) -> Self {
+        let text = text.trim();
+        let reason = status.canonical_reason().unwrap_or("error");
+        if status.is_server_error() {
+            if !text.is_empty() {
+                tracing::error!(
+                    target: "chassis_http::server",
+                    status = status.as_u16(),
+                    error = text,
+                    "server error text withheld from the error body"
+                );
+            }
+            return Self::from_status(status, reason);
+        }
+        if text.is_empty() {
+            Self::from_status(status, reason)
+        } else {
+            Self::from_status(status, text.to_owned())
         }
     }
 
@@ -213,56 +328,56 @@ impl ApiError {
 
     /// Adds structured details (serialised as `error.details`).
     pub fn with_details(mut self, details: serde_json::Value) -> Self {
-        self.details = Some(details);
+        self.inner.details = Some(details);
         self
     }
 
     /// Adds a `Retry-After` header (whole seconds, rounded up, at least 1).
     pub fn with_retry_after(mut self, retry_after: Duration) -> Self {
-        self.retry_after = Some(retry_after);
+        self.inner.retry_after = Some(retry_after);
         self
     }
 
     /// Sets the trace id explicitly instead of reading it from the current context.
     pub fn with_trace_id(mut self, trace_id: impl Into<String>) -> Self {
-        self.trace_id = Some(trace_id.into());
+        self.inner.trace_id = Some(trace_id.into());
         self
     }
 
     /// Adds a response header (e.g. `WWW-Authenticate`).
     pub fn with_header(mut self, name: HeaderName, value: HeaderValue) -> Self {
-        self.headers.append(name, value);
+        self.inner.headers.append(name, value);
         self
     }
 
     /// The HTTP status.
     pub fn status(&self) -> StatusCode {
-        self.status
+        self.inner.status
     }
 
     /// The machine-readable code.
     pub fn code(&self) -> &str {
-        &self.code
+        &self.inner.code
     }
 
     /// The human-readable message.
     pub fn message(&self) -> &str {
-        &self.message
+        &self.inner.message
     }
 
     /// The structured details, if any.
     pub fn details(&self) -> Option<&serde_json::Value> {
-        self.details.as_ref()
+        self.inner.details.as_ref()
     }
 
     /// The `Retry-After` hint, if any.
     pub fn retry_after(&self) -> Option<Duration> {
-        self.retry_after
+        self.inner.retry_after
     }
 
     /// The extra headers.
     pub fn headers(&self) -> &HeaderMap {
-        &self.headers
+        &self.inner.headers
     }
 
     /// The serialisable body, with the trace id resolved now (explicit, else
@@ -271,11 +386,11 @@ impl ApiError {
         ErrorBody {
             success: false,
             error: ErrorDetail {
-                code: self.code.to_string(),
-                message: self.message.to_string(),
-                details: self.details.clone(),
+                code: self.inner.code.to_string(),
+                message: self.inner.message.to_string(),
+                details: self.inner.details.clone(),
             },
-            trace_id: self.trace_id.clone().or_else(current_trace_id),
+            trace_id: self.inner.trace_id.clone().or_else(current_trace_id),
         }
     }
 
@@ -290,16 +405,16 @@ impl ApiError {
     pub fn into_response(self) -> http::Response<Body> {
         let json = self.to_json();
         let mut response = http::Response::new(full(json));
-        *response.status_mut() = self.status;
+        *response.status_mut() = self.inner.status;
         let headers = response.headers_mut();
         headers.insert(
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/json"),
         );
-        if let Some(retry_after) = self.retry_after {
+        if let Some(retry_after) = self.inner.retry_after {
             headers.insert(header::RETRY_AFTER, retry_after_value(retry_after));
         }
-        for (name, value) in &self.headers {
+        for (name, value) in &self.inner.headers {
             headers.append(name, value.clone());
         }
         response
@@ -315,11 +430,11 @@ pub(crate) fn retry_after_value(d: Duration) -> HeaderValue {
 impl fmt::Debug for ApiError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ApiError")
-            .field("status", &self.status)
-            .field("code", &self.code)
-            .field("message", &self.message)
-            .field("details", &self.details)
-            .field("retry_after", &self.retry_after)
+            .field("status", &self.inner.status)
+            .field("code", &self.inner.code)
+            .field("message", &self.inner.message)
+            .field("details", &self.inner.details)
+            .field("retry_after", &self.inner.retry_after)
             .finish()
     }
 }
@@ -329,9 +444,9 @@ impl fmt::Display for ApiError {
         write!(
             f,
             "{} {}: {}",
-            self.status.as_u16(),
-            self.code,
-            self.message
+            self.inner.status.as_u16(),
+            self.inner.code,
+            self.inner.message
         )
     }
 }
@@ -349,6 +464,38 @@ impl From<ApiError> for http::Response<Body> {
         err.into_response()
     }
 }
+
+/// The chassis JSON error response, as an axum response: handlers return `Result<_, ApiError>`
+/// (or [`ApiResult`](crate::response::ApiResult)) and need no wrapper type.
+///
+/// The inherent [`ApiError::into_response`] (an `http::Response` with the chassis
+/// [`Body`]) stays what a method call resolves to; axum calls this one.
+#[cfg(feature = "axum")]
+#[cfg_attr(docsrs, doc(cfg(feature = "axum")))]
+impl axum::response::IntoResponse for ApiError {
+    fn into_response(self) -> axum::response::Response {
+        ApiError::into_response(self).map(axum::body::Body::new)
+    }
+}
+
+/// Turns axum rejections into an [`ApiError`] with the rejection's status, the code
+/// [`code_for_status`] gives it and axum's text as the message (as
+/// [`from_status_text`](ApiError::from_status_text)), so a handler that takes
+/// `Result<Json<T>, JsonRejection>` can answer with `?`.
+#[cfg(feature = "axum")]
+macro_rules! from_axum_rejections {
+    ($($rejection:ident),+ $(,)?) => {$(
+        #[cfg_attr(docsrs, doc(cfg(feature = "axum")))]
+        impl From<axum::extract::rejection::$rejection> for ApiError {
+            fn from(rejection: axum::extract::rejection::$rejection) -> Self {
+                Self::from_status_text(rejection.status(), &rejection.body_text())
+            }
+        }
+    )+};
+}
+
+#[cfg(feature = "axum")]
+from_axum_rejections!(JsonRejection, PathRejection, QueryRejection, FormRejection);
 
 /// The JSON error body: `{"success":false,"error":{...},"traceId":...}`. Also what clients
 /// deserialise an error answer into.
@@ -511,6 +658,52 @@ mod tests {
             })
             .await;
         assert_eq!(body["traceId"], "4bf92f3577b34da6a3ce929d0e0e4736");
+    }
+
+    #[test]
+    fn one_pointer_wide() {
+        assert_eq!(
+            std::mem::size_of::<ApiError>(),
+            std::mem::size_of::<usize>()
+        );
+    }
+
+    #[test]
+    fn codes_derived_from_the_status() {
+        for (status, code) in [
+            (400, "bad_request"),
+            (404, "not_found"),
+            (405, "method_not_allowed"),
+            (408, "request_timeout"),
+            (413, "payload_too_large"),
+            (415, "unsupported_media_type"),
+            (418, "i_m_a_teapot"),
+            (422, "unprocessable_entity"),
+            (429, "rate_limited"),
+            (499, "client_error"),
+            (500, "internal_error"),
+            (501, "not_implemented"),
+            (503, "unavailable"),
+            (599, "server_error"),
+        ] {
+            let status = StatusCode::from_u16(status).unwrap();
+            assert_eq!(code_for_status(status), code, "{status}");
+        }
+    }
+
+    #[test]
+    fn status_text_is_the_message_of_client_errors_only() {
+        let err = ApiError::from_status_text(StatusCode::BAD_REQUEST, " missing field `name`\n");
+        assert_eq!(err.code(), "bad_request");
+        assert_eq!(err.message(), "missing field `name`");
+        let err = ApiError::from_status_text(StatusCode::NOT_FOUND, "");
+        assert_eq!(err.message(), "Not Found");
+        let err = ApiError::from_status_text(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "Missing request extension: Extension of type `app::Db` was not found",
+        );
+        assert_eq!(err.code(), "internal_error");
+        assert_eq!(err.message(), "Internal Server Error");
     }
 
     #[test]

@@ -3,21 +3,26 @@
 //! The HTTP side of the chassis SDK, on hyper 1 and tower: a server runner with graceful
 //! shutdown, the standard server layers, health and metrics endpoints, service-token auth and a
 //! resilient client. Every piece is a plain tower `Layer`/`Service`, so it works the same under
-//! hyper, axum or any tower stack; chassis-http itself does not depend on axum (the optional
-//! `axum` feature only reads axum's `MatchedPath` as the route of spans and metrics).
+//! hyper, axum or any tower stack; chassis-http itself does not depend on axum. The optional
+//! `axum` feature reads axum's `MatchedPath` as the route of spans and metrics, and makes
+//! [`ApiResponse`] and [`ApiError`] axum responses, so handlers return [`ApiResult`].
 //!
 //! ## Layout
 //! - [`server`]: [`Server`](server::Server) serves any tower service (an axum `Router` as is)
 //!   over HTTP/1.1 and h2c, with a connection limit and graceful shutdown (readiness fails
 //!   first, pre-stop delay, listener closes, in-flight requests drain, on-shutdown hook).
 //! - [`layers`]: request id, trace context + server span, RED metrics, access log, catch panic,
-//!   timeout, load shedding, body limit, error mapping, and
+//!   timeout, load shedding, body limit, error mapping (an error response without a JSON body,
+//!   such as an axum rejection or a router's 404/405, gets the JSON error body), and
 //!   [`StandardLayers`](layers::StandardLayers) stacking them with good defaults.
 //! - [`health`]: `/health/live`, `/health/ready`, `/health/startup` and `/metrics` as a layer in
 //!   front of the application.
 //! - [`error`]: [`ApiError`], the one JSON error body
 //!   `{"success":false,"error":{"code","message","details"},"traceId"}`, and the runner's
 //!   [`Error`](error::Error).
+//! - [`response`]: [`ApiResponse`], the success envelope
+//!   `{"success":true,"data","traceId"}`; [`ApiResult`], what a handler returns; and
+//!   [`ResultExt::or_internal`], which turns any error into a logged 500 at a `?`.
 //! - [`body`]: [`Body`], the boxed response body of the chassis layers.
 //! - [`auth`]: service-to-service JWTs (issuer, key sets/JWKS, verify and attach layers).
 //! - [`client`]: the resilient HTTP client for calling other services.
@@ -46,6 +51,23 @@
 //! # Ok(())
 //! # }
 //! ```
+//!
+//! ## Handlers (with the `axum` feature)
+//! ```
+//! use axum::extract::Path;
+//! use chassis_http::{ApiError, ApiResponse, ApiResult, ResultExt as _};
+//!
+//! async fn get_price(Path(item): Path<String>) -> ApiResult<u64> {
+//!     let price = std::env::var(format!("PRICE_{item}"))
+//!         .map_err(|_| ApiError::not_found(format!("no price for {item}")))?;
+//!     // A stored price that does not parse is our fault: a 500, its cause logged once.
+//!     Ok(ApiResponse::ok(price.parse().or_internal()?))
+//! }
+//! # #[cfg(feature = "axum")]
+//! # let _: axum::Router = axum::Router::new().route("/prices/{item}", axum::routing::get(get_price));
+//! ```
+
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 pub mod auth;
 pub mod body;
@@ -53,10 +75,12 @@ pub mod client;
 pub mod error;
 pub mod health;
 pub mod layers;
+pub mod response;
 pub mod server;
 
 pub use body::Body;
 pub use error::ApiError;
 pub use health::HealthLayer;
 pub use layers::StandardLayers;
+pub use response::{ApiResponse, ApiResult, ResultExt};
 pub use server::{Server, ServerConfig};

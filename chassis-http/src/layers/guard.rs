@@ -19,7 +19,8 @@
 //!    while the handler reads the body, and a body that crosses the limit makes the response a
 //!    413;
 //! 3. an inner service that failed `poll_ready`, or a call that ends in an error: the error's
-//!    JSON response;
+//!    JSON response; an error response (status 400 or above) without a JSON body, such as an
+//!    axum rejection or a router's 404/405: the same status with the JSON error body;
 //! 4. a panic in the handler's `call` or in its future: 500, and the server keeps serving;
 //! 5. a response head not ready within the timeout (counted from `call`): 504.
 //!
@@ -60,9 +61,9 @@ use tower_service::Service;
 
 use super::body_limit::{LimitedBody, content_length};
 use super::catch_panic::panic_response;
-use super::error_response::error_response;
+use super::error_response::{error_response, finish};
 use super::load_shed::{InFlight, Permit, shed_response};
-use crate::body::{Body, BoxError, boxed};
+use crate::body::{Body, BoxError};
 use crate::error::ApiError;
 
 /// Layer adding [`GuardService`]; see the [module docs](self).
@@ -298,7 +299,7 @@ where
             } => match catch_unwind(AssertUnwindSafe(|| future.poll(cx))) {
                 Ok(Poll::Ready(result)) => {
                     let response = match result {
-                        Ok(response) => response.map(boxed),
+                        Ok(response) => finish(response),
                         Err(err) => error_response(err.into()),
                     };
                     if tripped.as_ref().is_some_and(|t| t.load(Ordering::Acquire)) {
