@@ -13,8 +13,10 @@
 //!
 //! `trace_id`, `span_id` and `trace_flags` are present when the event happens inside a span that
 //! has an OpenTelemetry span context (always the case under the chassis subscriber, exporting or
-//! not), so a log line leads straight to its trace. Fields whose name looks sensitive
-//! ([`is_sensitive_field`]) are written as `"[REDACTED]"`.
+//! not), so a log line leads straight to its trace. An event that records the current trace id
+//! itself (`trace_id = %id`, as the chassis access log does for formatters that do not read the
+//! OpenTelemetry context) still gets one `trace_id`: a field repeating the written id is dropped.
+//! Fields whose name looks sensitive ([`is_sensitive_field`]) are written as `"[REDACTED]"`.
 //!
 //! Why a custom `FormatEvent` and not tracing-subscriber's `fmt::format::Json`: that formatter can
 //! neither add constant resource fields (`service.name`, ...) nor the OpenTelemetry ids (they live
@@ -52,7 +54,7 @@ use std::fmt::{self, Write as _};
 use std::io;
 use std::sync::{Arc, Mutex, OnceLock};
 
-use opentelemetry::trace::{TraceContextExt, TraceFlags};
+use opentelemetry::trace::{SpanId, TraceContextExt, TraceFlags, TraceId};
 use tracing::dispatcher::WeakDispatch;
 use tracing::field::{Field, Visit};
 use tracing::{Event, Level, Subscriber};
@@ -64,7 +66,8 @@ use tracing_subscriber::registry::LookupSpan;
 use crate::redact::{REDACTED, is_sensitive_field};
 
 /// Top-level keys the formatter writes itself; an event field with one of these names is written
-/// as `field.<name>` so the line stays valid, duplicate-free JSON.
+/// as `field.<name>` so the line stays valid, duplicate-free JSON. A `trace_id` or `span_id` field
+/// whose value is the id the formatter writes is dropped instead: it says nothing new.
 const RESERVED: &[&str] = &[
     "timestamp",
     "severity_text",
@@ -146,7 +149,30 @@ where
         event: &Event<'_>,
     ) -> fmt::Result {
         let meta = event.metadata();
-        let mut visitor = JsonVisitor::default();
+
+        // The OpenTelemetry context: for a contextual event it is the context tracing-opentelemetry
+        // attached when the current span was entered; for an event with an explicit parent, that
+        // parent's context, looked up through the dispatcher (we hold no span extensions here, as
+        // `get_otel_context` requires).
+        let parent = ctx.parent_span();
+        let cx = if event.is_contextual() {
+            Some(opentelemetry::Context::current())
+        } else {
+            parent.as_ref().and_then(|span| {
+                let dispatch = self.dispatch.get()?.upgrade()?;
+                tracing_opentelemetry::get_otel_context(&span.id(), &dispatch)
+            })
+        };
+        let span = cx.as_ref().map(|cx| cx.span());
+        let span_context = span
+            .as_ref()
+            .map(|span| span.span_context())
+            .filter(|sc| sc.is_valid());
+
+        let mut visitor = JsonVisitor {
+            written_ids: span_context.map(|sc| (sc.trace_id(), sc.span_id())),
+            ..JsonVisitor::default()
+        };
         event.record(&mut visitor);
 
         let mut out = String::with_capacity(320);
@@ -166,35 +192,18 @@ where
         out.push(',');
         out.push_str(&self.resource);
 
-        // The OpenTelemetry context: for a contextual event it is the context tracing-opentelemetry
-        // attached when the current span was entered; for an event with an explicit parent, that
-        // parent's context, looked up through the dispatcher (we hold no span extensions here, as
-        // `get_otel_context` requires).
-        let parent = ctx.parent_span();
-        let cx = if event.is_contextual() {
-            Some(opentelemetry::Context::current())
-        } else {
-            parent.as_ref().and_then(|span| {
-                let dispatch = self.dispatch.get()?.upgrade()?;
-                tracing_opentelemetry::get_otel_context(&span.id(), &dispatch)
-            })
-        };
-        if let Some(cx) = cx {
-            let span = cx.span();
-            let sc = span.span_context();
-            if sc.is_valid() {
-                let flags = if sc.trace_flags() & TraceFlags::SAMPLED == TraceFlags::SAMPLED {
-                    "01"
-                } else {
-                    "00"
-                };
-                write!(
-                    out,
-                    ",\"trace_id\":\"{}\",\"span_id\":\"{}\",\"trace_flags\":\"{flags}\"",
-                    sc.trace_id(),
-                    sc.span_id()
-                )?;
-            }
+        if let Some(sc) = span_context {
+            let flags = if sc.trace_flags() & TraceFlags::SAMPLED == TraceFlags::SAMPLED {
+                "01"
+            } else {
+                "00"
+            };
+            write!(
+                out,
+                ",\"trace_id\":\"{}\",\"span_id\":\"{}\",\"trace_flags\":\"{flags}\"",
+                sc.trace_id(),
+                sc.span_id()
+            )?;
         }
         if let Some(span) = &parent {
             out.push_str(",\"span.name\":");
@@ -212,9 +221,24 @@ struct JsonVisitor {
     message: Option<String>,
     log_target: Option<String>,
     fields: String,
+    /// The trace and span id the formatter writes at the top level, if any.
+    written_ids: Option<(TraceId, SpanId)>,
 }
 
 impl JsonVisitor {
+    /// Whether a `trace_id` or `span_id` field repeats the id the formatter already writes under
+    /// that name: then it is dropped, so the line has one `trace_id`, not a second copy as
+    /// `field.trace_id`. Code that logs the current trace id itself (an access log that also has
+    /// to work under formatters that do not read the OpenTelemetry context) records the very id
+    /// of the span it runs in. A different value is kept, as `field.<name>`.
+    fn repeats_written_id(&self, name: &str, value: &str) -> bool {
+        match (name, self.written_ids) {
+            ("trace_id", Some((trace_id, _))) => TraceId::from_hex(value) == Ok(trace_id),
+            ("span_id", Some((_, span_id))) => SpanId::from_hex(value) == Ok(span_id),
+            _ => false,
+        }
+    }
+
     /// Writes the key; returns false when the value must be replaced by `[REDACTED]` (already
     /// written) or skipped.
     fn key(&mut self, field: &Field) -> bool {
@@ -243,6 +267,7 @@ impl Visit for JsonVisitor {
         match field.name() {
             "message" => self.message = Some(value.to_owned()),
             "log.target" => self.log_target = Some(value.to_owned()),
+            name if self.repeats_written_id(name, value) => {}
             _ => {
                 if self.key(field) {
                     push_json_str(&mut self.fields, value);
@@ -252,10 +277,20 @@ impl Visit for JsonVisitor {
     }
 
     fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
-        if field.name() == "message" {
-            self.message = Some(format!("{value:?}"));
-        } else if self.key(field) {
-            push_json_str(&mut self.fields, &format!("{value:?}"));
+        match field.name() {
+            "message" => self.message = Some(format!("{value:?}")),
+            // `trace_id = %id`: compared as the text it would be written as.
+            name @ ("trace_id" | "span_id") if self.written_ids.is_some() => {
+                let text = format!("{value:?}");
+                if !self.repeats_written_id(name, &text) && self.key(field) {
+                    push_json_str(&mut self.fields, &text);
+                }
+            }
+            _ => {
+                if self.key(field) {
+                    push_json_str(&mut self.fields, &format!("{value:?}"));
+                }
+            }
         }
     }
 
@@ -410,6 +445,43 @@ mod tests {
         assert_eq!(s, r#""a\"b\\c\nd\u0001é""#);
         let v: serde_json::Value = serde_json::from_str(&s).unwrap();
         assert_eq!(v, "a\"b\\c\nd\u{1}é");
+    }
+
+    #[test]
+    fn an_event_repeating_the_span_trace_id_has_one_trace_id() {
+        use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+
+        let capture = CaptureWriter::new();
+        let (dispatch, _guard) =
+            crate::Telemetry::builder(chassis_core::ServiceInfo::new("orders", "1.0.0"))
+                .ignore_env()
+                .make_writer(capture.clone())
+                .build()
+                .unwrap();
+        let trace_id = tracing::dispatcher::with_default(&dispatch, || {
+            let span = tracing::info_span!("request");
+            let _entered = span.enter();
+            let cx = span.context();
+            let sc = cx.span().span_context().clone();
+            let (trace_id, span_id) = (sc.trace_id().to_string(), sc.span_id().to_string());
+            // As an access log records it: the current trace id, as a string and as Display.
+            tracing::info!(trace_id = trace_id.as_str(), "as str");
+            tracing::info!(trace_id = %sc.trace_id(), span_id = %span_id, "as display");
+            // Another trace's id is information of its own: kept, renamed.
+            tracing::info!(trace_id = "0af7651916cd43dd8448eb211c80319c", "other trace");
+            trace_id
+        });
+        let lines = capture.lines();
+        assert_eq!(lines.len(), 3, "{lines:#?}");
+        for line in &lines[..2] {
+            assert_eq!(line.matches("trace_id").count(), 1, "{line}");
+            assert_eq!(line.matches("span_id").count(), 1, "{line}");
+            let json: serde_json::Value = serde_json::from_str(line).unwrap();
+            assert_eq!(json["trace_id"], trace_id.as_str());
+        }
+        let other: serde_json::Value = serde_json::from_str(&lines[2]).unwrap();
+        assert_eq!(other["trace_id"], trace_id.as_str());
+        assert_eq!(other["field.trace_id"], "0af7651916cd43dd8448eb211c80319c");
     }
 
     #[test]

@@ -155,3 +155,93 @@ async fn access_log_line_per_request() {
     assert_eq!(access[0]["span"]["name"], "HTTP request");
     assert_eq!(access[1]["fields"]["status"], 500);
 }
+
+#[tokio::test]
+async fn access_log_line_has_one_trace_id_under_the_chassis_json_format() {
+    let capture = chassis_observability::logging::CaptureWriter::new();
+    let (dispatch, _telemetry) =
+        chassis_observability::Telemetry::builder(chassis_core::ServiceInfo::new("shop", "1.0.0"))
+            .ignore_env()
+            .log_filter("info")
+            .make_writer(capture.clone())
+            .build()
+            .unwrap();
+    let _guard = tracing::dispatcher::set_default(&dispatch);
+    tracing::callsite::rebuild_interest_cache();
+
+    let server = start_app(
+        StandardLayers::new(),
+        started_registry(),
+        AppState::default(),
+    )
+    .await;
+    let req = Request::get(format!("http://{}/hello", server.addr))
+        .header("traceparent", TRACEPARENT)
+        .body(Full::default())
+        .unwrap();
+    assert_eq!(send(&client(), req).await.status, StatusCode::OK);
+    server.stop().await;
+
+    let lines: Vec<String> = capture
+        .lines()
+        .into_iter()
+        .filter(|l| l.contains(r#""target":"chassis_http::access""#))
+        .collect();
+    assert_eq!(lines.len(), 1, "{:#?}", capture.lines());
+    // Counted in the text: a JSON parser would keep one of two equal keys silently.
+    assert_eq!(lines[0].matches("trace_id").count(), 1, "{}", lines[0]);
+    let line: serde_json::Value = serde_json::from_str(&lines[0]).unwrap();
+    assert_eq!(line["trace_id"], TRACE_ID);
+    assert_eq!(line["body"], "request completed");
+    assert_eq!(line["status"], 200);
+}
+
+#[cfg(feature = "axum")]
+#[tokio::test]
+async fn an_error_through_or_internal_is_logged_once() {
+    use chassis_http::{ApiResult, ResultExt as _};
+
+    async fn broken() -> ApiResult<u64> {
+        let n = "seven"
+            .parse::<u64>()
+            .or_internal_context("decoding the stored count")?;
+        Ok(n.into())
+    }
+
+    let logs = LogBuffer::default();
+    let subscriber = tracing_subscriber::fmt()
+        .json()
+        .with_writer(logs.clone())
+        .with_max_level(tracing::Level::INFO)
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+    tracing::callsite::rebuild_interest_cache();
+
+    let router = axum::Router::new()
+        .route("/broken", axum::routing::get(broken))
+        .layer(StandardLayers::new());
+    let server = start(Server::bind(test_config()).await.unwrap(), router).await;
+    let req = Request::get(format!("http://{}/broken", server.addr))
+        .header("traceparent", TRACEPARENT)
+        .body(Full::default())
+        .unwrap();
+    let reply = send(&client(), req).await;
+    let body = reply.error_body(StatusCode::INTERNAL_SERVER_ERROR, "internal_error");
+    assert_eq!(body["traceId"], TRACE_ID);
+    assert!(!reply.text().contains("invalid digit"), "{}", reply.text());
+    server.stop().await;
+
+    let errors: Vec<_> = logs
+        .lines()
+        .into_iter()
+        .filter(|l| l["level"] == "ERROR")
+        .collect();
+    assert_eq!(errors.len(), 1, "{:#?}", logs.lines());
+    assert_eq!(errors[0]["fields"]["message"], "decoding the stored count");
+    assert_eq!(
+        errors[0]["fields"]["error"],
+        "invalid digit found in string"
+    );
+    // Inside the request's span, so it correlates with the access log and the trace.
+    assert_eq!(errors[0]["span"]["name"], "HTTP request");
+}
