@@ -14,14 +14,14 @@ use std::time::{Duration, Instant};
 
 use chassis_benches::process_cpu_secs;
 use chassis_benches::raw_lapin::{self, RawMode};
-use chassis_messaging::connection::{Connection, ConnectionConfig};
-use chassis_messaging::consumer::{Consumer, ConsumerConfig, Outcome};
-use chassis_messaging::incoming::IncomingMessage;
-use chassis_messaging::message::OutgoingMessage;
-use chassis_messaging::publisher::{Publish, Publisher, PublisherConfig};
-use chassis_messaging::topology::{
+use chassis_messaging::amqp::connection::{Connection, ConnectionConfig};
+use chassis_messaging::amqp::consumer::{Consumer, ConsumerConfig, Outcome};
+use chassis_messaging::amqp::incoming::IncomingMessage;
+use chassis_messaging::amqp::publisher::{Publish, Publisher, PublisherConfig};
+use chassis_messaging::amqp::topology::{
     ExchangeConfig, QueueConfig, QueueType, RetryPolicy, TopologyConfig,
 };
+use chassis_messaging::message::OutgoingMessage;
 use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
 use lapin::options::{

@@ -36,16 +36,16 @@ use std::time::{Duration, Instant};
 
 use chassis_benches::process_cpu_secs;
 use chassis_benches::raw_lapin::{self, RawMode};
-use chassis_messaging::connection::{Connection, ConnectionConfig};
+use chassis_messaging::amqp::connection::{Connection, ConnectionConfig};
+use chassis_messaging::amqp::publisher::{Publish, Publisher, PublisherConfig};
+use chassis_messaging::amqp::topology::{
+    ExchangeConfig, QueueConfig, QueueType, RetryPolicy, TopologyConfig,
+};
 use chassis_messaging::error::Error;
 use chassis_messaging::message::OutgoingMessage;
-use chassis_messaging::outbox::{
+use chassis_messaging::sql::outbox::{
     OutboxStats, OutboxStore, PendingRow, PgOutbox, Relay, RelayConfig, RowOutcome, SentPolicy,
     SqliteOutbox,
-};
-use chassis_messaging::publisher::{Publish, Publisher, PublisherConfig};
-use chassis_messaging::topology::{
-    ExchangeConfig, QueueConfig, QueueType, RetryPolicy, TopologyConfig,
 };
 use futures_util::future::BoxFuture;
 use lapin::options::{ExchangeDeleteOptions, QueueDeleteOptions, QueuePurgeOptions};

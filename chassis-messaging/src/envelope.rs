@@ -20,7 +20,8 @@
 //! | `causation_id`   | extension `causationid`   | header `cloudEvents:causationid`                       |
 //! | `data`           | `data`                | the body (JSON)                                             |
 //!
-//! Decoding ([`Envelope::from_incoming`]) validates: `specversion` must be `1.0`; `id`,
+//! Decoding ([`IncomingMessage::decode`](crate::amqp::incoming::IncomingMessage::decode))
+//! validates: `specversion` must be `1.0`; `id`,
 //! `type`, `source` must be present and non-empty; `time` must be RFC 3339 when present; the
 //! content type must be JSON. Failures are typed ([`ErrorKind::Validation`] for attributes,
 //! [`ErrorKind::Decode`] for the body) and the consumer dead-letters such a message with the
@@ -30,8 +31,7 @@
 //!
 //! # Example
 //! ```
-//! use chassis_messaging::envelope::Envelope;
-//! use chassis_messaging::incoming::IncomingMessage;
+//! use chassis_messaging::{Envelope, IncomingMessage};
 //! use serde::{Deserialize, Serialize};
 //!
 //! #[derive(Debug, PartialEq, Serialize, Deserialize)]
@@ -54,8 +54,9 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use uuid::Uuid;
 
+use std::collections::BTreeMap;
+
 use crate::error::{Error, ErrorKind};
-use crate::incoming::IncomingMessage;
 use crate::message::{HeaderValue, OutgoingMessage};
 
 /// Prefix of CloudEvents attributes in AMQP application headers.
@@ -214,8 +215,18 @@ impl<T: Serialize> Envelope<T> {
     }
 }
 
-fn string_header(msg: &IncomingMessage, name: &str) -> Result<Option<String>, Error> {
-    match msg.header(name) {
+/// A received message's parts an event is decoded from (a transport's message lends them).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Received<'a> {
+    pub(crate) headers: &'a BTreeMap<String, HeaderValue>,
+    pub(crate) content_type: Option<&'a str>,
+    pub(crate) correlation_id: Option<&'a str>,
+    pub(crate) timestamp: Option<u64>,
+    pub(crate) body: &'a [u8],
+}
+
+fn string_header(msg: Received<'_>, name: &str) -> Result<Option<String>, Error> {
+    match msg.headers.get(name) {
         None => Ok(None),
         Some(HeaderValue::String(s)) => Ok(Some(s.clone())),
         Some(other) => Err(Error::validation(format!(
@@ -224,7 +235,7 @@ fn string_header(msg: &IncomingMessage, name: &str) -> Result<Option<String>, Er
     }
 }
 
-fn required(msg: &IncomingMessage, name: &str) -> Result<String, Error> {
+fn required(msg: Received<'_>, name: &str) -> Result<String, Error> {
     match string_header(msg, name)? {
         Some(s) if !s.is_empty() => Ok(s),
         _ => Err(Error::validation(format!(
@@ -234,13 +245,14 @@ fn required(msg: &IncomingMessage, name: &str) -> Result<String, Error> {
 }
 
 impl<T: DeserializeOwned> Envelope<T> {
-    /// Decodes and validates a received message.
+    /// Decodes and validates a received message (see
+    /// [`IncomingMessage::decode`](crate::amqp::incoming::IncomingMessage::decode)).
     ///
     /// # Errors
     /// [`ErrorKind::Validation`] when a CloudEvents attribute is missing or malformed (wrong
     /// `specversion`, no `id`/`type`/`source`, bad `time`, non-JSON content type),
     /// [`ErrorKind::Decode`] when the body is not the expected JSON payload.
-    pub fn from_incoming(msg: &IncomingMessage) -> Result<Self, Error> {
+    pub(crate) fn decode(msg: Received<'_>) -> Result<Self, Error> {
         let specversion = required(msg, SPECVERSION)?;
         if specversion != SPEC_VERSION {
             return Err(Error::validation(format!(
@@ -257,18 +269,18 @@ impl<T: DeserializeOwned> Envelope<T> {
                 .map_err(|e| Error::validation(format!("{TIME} is not RFC 3339: {e}")))?
                 .with_timezone(&Utc),
             None => msg
-                .timestamp()
+                .timestamp
                 .and_then(|s| DateTime::from_timestamp(i64::try_from(s).ok()?, 0))
                 .unwrap_or_else(Utc::now),
         };
-        let datacontenttype = msg.content_type().unwrap_or(JSON).to_owned();
+        let datacontenttype = msg.content_type.unwrap_or(JSON).to_owned();
         let media = datacontenttype.split(';').next().unwrap_or_default().trim();
         if media != JSON && !media.ends_with("+json") {
             return Err(Error::validation(format!(
                 "unsupported datacontenttype {datacontenttype:?} (expected JSON)"
             )));
         }
-        let data = serde_json::from_slice(msg.body()).map_err(|e| {
+        let data = serde_json::from_slice(msg.body).map_err(|e| {
             Error::with_source(
                 ErrorKind::Decode {
                     reason: format!("body is not a valid {}: {e}", std::any::type_name::<T>()),
@@ -285,7 +297,7 @@ impl<T: DeserializeOwned> Envelope<T> {
             datacontenttype,
             dataschema: string_header(msg, DATASCHEMA)?,
             correlation_id: string_header(msg, CORRELATIONID)?
-                .or_else(|| msg.correlation_id().map(str::to_owned)),
+                .or_else(|| msg.correlation_id.map(str::to_owned)),
             causation_id: string_header(msg, CAUSATIONID)?,
             data,
         })
@@ -332,7 +344,7 @@ mod tests {
         assert!(!msg.headers.contains_key("cloudEvents:datacontenttype"));
         assert_eq!(ev.id.get_version_num(), 7);
 
-        let back: Envelope<Payload> = IncomingMessage::from_outgoing(msg).decode().unwrap();
+        let back = decode(msg).unwrap();
         assert_eq!(back, ev);
     }
 
@@ -342,8 +354,15 @@ mod tests {
             .unwrap()
     }
 
+    /// Decodes `msg` as a consumer that received it would.
     fn decode(msg: OutgoingMessage) -> Result<Envelope<Payload>, Error> {
-        IncomingMessage::from_outgoing(msg).decode()
+        Envelope::decode(Received {
+            headers: &msg.headers,
+            content_type: msg.content_type.as_deref(),
+            correlation_id: msg.correlation_id.as_deref(),
+            timestamp: msg.timestamp,
+            body: &msg.body,
+        })
     }
 
     #[test]

@@ -1,30 +1,42 @@
 //! # chassis-messaging
 //!
-//! The RabbitMQ side of the chassis SDK.
+//! The messaging side of the chassis SDK: RabbitMQ with confirms, retry tiers and dead
+//! letters, and a transactional outbox and idempotent inbox on SQLite or PostgreSQL.
 //!
 //! ## Layout
-//! - [`message`]: [`OutgoingMessage`](message::OutgoingMessage), a message in its wire form.
-//! - [`error`]: [`Error`](error::Error) and [`ErrorKind`](error::ErrorKind).
-//! - [`publisher`]: the [`Publish`](publisher::Publish) trait and the confirming RabbitMQ publisher.
-//! - [`connection`]: the self-healing connection manager, its state and readiness check.
-//! - [`topology`]: exchanges, queues, bindings, dead-letter queues and retry tiers from config.
-//! - [`envelope`]: [`Envelope`](envelope::Envelope), a typed CloudEvents 1.0 event and its AMQP mapping.
-//! - [`consumer`]: consumers with manual acks, retry tiers, dead-lettering and handler traits.
-//! - [`incoming`]: [`IncomingMessage`](incoming::IncomingMessage), what handlers receive.
-//! - [`headers`]: AMQP header conversions and trace-context carriers.
-//! - [`memory`]: an in-memory transport for users' unit tests.
-//! - [`outbox`]: the transactional outbox (SQLite, PostgreSQL) and its relay.
-//! - [`inbox`]: the idempotent consumer guard.
+//! Two parts, and what both speak:
+//!
+//! - [`amqp`], the transport (RabbitMQ through lapin):
+//!   - [`amqp::connection`]: the self-healing connection manager, its state and readiness check.
+//!   - [`amqp::topology`]: exchanges, queues, bindings, dead-letter queues and retry tiers from
+//!     config.
+//!   - [`amqp::publisher`]: the [`Publish`] trait and the confirming RabbitMQ publisher.
+//!   - [`amqp::consumer`]: consumers with manual acks, retry tiers, dead-lettering and handler
+//!     traits.
+//!   - [`amqp::incoming`]: [`IncomingMessage`], what handlers receive.
+//!   - [`amqp::headers`]: AMQP header conversions and trace-context carriers.
+//! - [`sql`], the database side (SQLite, PostgreSQL):
+//!   - [`sql::outbox`]: the transactional outbox, [`Outbox<DB>`](Outbox), and its [`Relay`].
+//!   - [`sql::inbox`]: the idempotent consumer guard, [`Inbox<DB>`](Inbox).
+//!   - [`sql::schema`]: the migrations the outbox and the inbox share.
+//!   - [`sql::metrics`]: the names of the metrics they record.
+//! - Shared by both:
+//!   - [`message`]: [`OutgoingMessage`], a message in its wire form.
+//!   - [`envelope`]: [`Envelope`], a typed CloudEvents 1.0 event and its AMQP mapping.
+//!   - [`error`]: [`Error`] and [`ErrorKind`](error::ErrorKind).
+//!   - [`memory`]: an in-memory transport for users' unit tests.
+//!
+//! The types a service uses most are re-exported here, so one `use chassis_messaging::{…}`
+//! line brings them in.
 //!
 //! ## Quick start
 //! ```no_run
-//! use chassis_messaging::connection::{Connection, ConnectionConfig};
-//! use chassis_messaging::consumer::{typed, Consumer, ConsumerConfig, Outcome};
-//! use chassis_messaging::envelope::Envelope;
-//! use chassis_messaging::publisher::{Publish, Publisher, PublisherConfig};
-//! use chassis_messaging::topology::{ExchangeConfig, QueueConfig, TopologyConfig};
+//! use chassis_messaging::{
+//!     Connection, ConnectionConfig, Consumer, ConsumerConfig, Envelope, ExchangeConfig, Outcome,
+//!     Publish, Publisher, PublisherConfig, QueueConfig, TopologyConfig, typed,
+//! };
 //!
-//! # async fn run() -> Result<(), chassis_messaging::error::Error> {
+//! # async fn run() -> Result<(), chassis_messaging::Error> {
 //! let conn = Connection::connect(ConnectionConfig::new("amqp://guest:guest@127.0.0.1:5672/%2f", "shop")).await?;
 //! let queue = QueueConfig::new("shipping.orders").bind("shop.events", "shop.order.#");
 //! conn.declare(TopologyConfig::new().exchange(ExchangeConfig::topic("shop.events")).queue(queue.clone())).await?;
@@ -40,15 +52,23 @@
 //! conn.close().await;
 //! # Ok(()) }
 //! ```
-pub mod connection;
-pub mod consumer;
+//!
+//! With a database, events leave through the outbox and arrive through the inbox: see
+//! [`sql::outbox`] and [`sql::inbox`].
+pub mod amqp;
 pub mod envelope;
 pub mod error;
-pub mod headers;
-pub mod inbox;
-pub mod incoming;
 pub mod memory;
 pub mod message;
-pub mod outbox;
-pub mod publisher;
-pub mod topology;
+pub mod sql;
+
+pub use amqp::connection::{Connection, ConnectionConfig};
+pub use amqp::consumer::{Consumer, ConsumerConfig, Outcome, typed};
+pub use amqp::incoming::IncomingMessage;
+pub use amqp::publisher::{Publish, Publisher, PublisherConfig};
+pub use amqp::topology::{ExchangeConfig, QueueConfig, TopologyConfig};
+pub use envelope::Envelope;
+pub use error::Error;
+pub use message::OutgoingMessage;
+pub use sql::inbox::{Inbox, idempotent};
+pub use sql::outbox::{Outbox, Relay, RelayConfig};

@@ -1,7 +1,7 @@
 //! An in-memory transport for unit tests: no broker needed.
 //!
 //! [`MemoryBroker`] implements [`Publish`] and runs the same [`Handler`]s as the RabbitMQ
-//! [`Consumer`](crate::consumer::Consumer), with the same semantics, minus time:
+//! [`Consumer`](crate::amqp::consumer::Consumer), with the same semantics, minus time:
 //!
 //! - routing: topic, direct and fanout exchanges with the bindings of a [`TopologyConfig`];
 //!   the default exchange `""` routes by queue name; a message no queue is bound for fails
@@ -14,11 +14,11 @@
 //!
 //! # Example
 //! ```
-//! use chassis_messaging::consumer::{typed, Outcome};
+//! use chassis_messaging::amqp::consumer::{typed, Outcome};
 //! use chassis_messaging::envelope::Envelope;
 //! use chassis_messaging::memory::MemoryBroker;
-//! use chassis_messaging::publisher::Publish;
-//! use chassis_messaging::topology::{ExchangeConfig, QueueConfig, RetryPolicy, TopologyConfig};
+//! use chassis_messaging::amqp::publisher::Publish;
+//! use chassis_messaging::amqp::topology::{ExchangeConfig, QueueConfig, RetryPolicy, TopologyConfig};
 //! use std::time::Duration;
 //!
 //! # #[tokio::main(flavor = "current_thread")]
@@ -44,15 +44,15 @@ use std::sync::{Arc, Mutex};
 
 use futures_util::future::BoxFuture;
 
-use crate::consumer::{Handler, Outcome, run_handler};
-use crate::error::{Error, ErrorKind};
-use crate::incoming::{
+use crate::amqp::consumer::{Handler, Outcome, run_handler};
+use crate::amqp::incoming::{
     ATTEMPT_HEADER, FAILURE_REASON_HEADER, IncomingMessage, ORIGINAL_EXCHANGE_HEADER,
     ORIGINAL_ROUTING_KEY_HEADER,
 };
+use crate::amqp::publisher::Publish;
+use crate::amqp::topology::{ExchangeType, QueueConfig, TopologyConfig};
+use crate::error::{Error, ErrorKind};
 use crate::message::{HeaderValue, OutgoingMessage};
-use crate::publisher::Publish;
-use crate::topology::{ExchangeType, QueueConfig, TopologyConfig};
 
 /// A message in a dead-letter queue.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -311,9 +311,9 @@ pub fn topic_matches(pattern: &str, key: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::consumer::typed;
+    use crate::amqp::consumer::typed;
+    use crate::amqp::topology::{ExchangeConfig, RetryPolicy};
     use crate::envelope::Envelope;
-    use crate::topology::{ExchangeConfig, RetryPolicy};
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::time::Duration;
 

@@ -6,10 +6,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use chassis_messaging::consumer::{Handler, Outcome};
-use chassis_messaging::inbox::{Claim, Inbox, InboxDatabase, Processed, idempotent};
-use chassis_messaging::incoming::IncomingMessage;
+use chassis_messaging::amqp::consumer::{Handler, Outcome};
+use chassis_messaging::amqp::incoming::IncomingMessage;
 use chassis_messaging::message::OutgoingMessage;
+use chassis_messaging::sql::inbox::{Claim, Inbox, InboxDatabase, Processed, idempotent};
 use outbox_support::*;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;

@@ -1,6 +1,6 @@
 //! Pins down how lapin 4.12.3's own auto-recovery behaves against this broker when the
 //! connection is force-closed, the evidence behind the connection manager's design (see
-//! `chassis_messaging::connection`).
+//! `chassis_messaging::amqp::connection`).
 
 mod support;
 

@@ -8,11 +8,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use chassis_messaging::amqp::publisher::{Publisher, PublisherConfig};
 use chassis_messaging::error::Error;
-use chassis_messaging::inbox::{Inbox, Processed};
 use chassis_messaging::message::OutgoingMessage;
-use chassis_messaging::outbox::{OutboxStore, PgOutbox, Relay, RelayConfig};
-use chassis_messaging::publisher::{Publisher, PublisherConfig};
+use chassis_messaging::sql::inbox::{Inbox, Processed};
+use chassis_messaging::sql::outbox::{OutboxStore, PgOutbox, Relay, RelayConfig};
 use outbox_support::*;
 use tokio_util::sync::CancellationToken;
 

@@ -8,14 +8,14 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use chassis_messaging::consumer::{Consumer, ConsumerConfig, Outcome};
+use chassis_messaging::amqp::consumer::{Consumer, ConsumerConfig, Outcome};
+use chassis_messaging::amqp::publisher::{Publish, Publisher};
 use chassis_messaging::error::Error;
-use chassis_messaging::inbox::{Inbox, idempotent};
 use chassis_messaging::message::OutgoingMessage;
-use chassis_messaging::outbox::{
+use chassis_messaging::sql::inbox::{Inbox, idempotent};
+use chassis_messaging::sql::outbox::{
     OutboxStore, Relay, RelayConfig, RowOutcome, SentPolicy, SqliteOutbox,
 };
-use chassis_messaging::publisher::{Publish, Publisher};
 use futures_util::future::BoxFuture;
 use outbox_support::*;
 use tokio_util::sync::CancellationToken;
@@ -300,10 +300,10 @@ async fn relay_killed_between_confirm_and_mark_duplicates_are_absorbed_by_the_in
     let counting = {
         let seen = seen.clone();
         let handler = Arc::new(handler);
-        move |msg: chassis_messaging::incoming::IncomingMessage| {
+        move |msg: chassis_messaging::amqp::incoming::IncomingMessage| {
             seen.fetch_add(1, Ordering::SeqCst);
             let handler = handler.clone();
-            async move { chassis_messaging::consumer::Handler::handle(&*handler, msg).await }
+            async move { chassis_messaging::amqp::consumer::Handler::handle(&*handler, msg).await }
         }
     };
     let consumer = Consumer::start(

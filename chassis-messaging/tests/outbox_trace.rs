@@ -5,9 +5,9 @@ mod outbox_support;
 
 use std::time::Duration;
 
-use chassis_messaging::consumer::{Consumer, ConsumerConfig, Outcome};
+use chassis_messaging::amqp::consumer::{Consumer, ConsumerConfig, Outcome};
 use chassis_messaging::message::OutgoingMessage;
-use chassis_messaging::outbox::{Relay, RelayConfig, SqliteOutbox};
+use chassis_messaging::sql::outbox::{Relay, RelayConfig, SqliteOutbox};
 use outbox_support::*;
 
 async fn enqueue_committed(outbox: &SqliteOutbox, msg: &OutgoingMessage) -> String {
@@ -21,7 +21,7 @@ async fn enqueue_committed(outbox: &SqliteOutbox, msg: &OutgoingMessage) -> Stri
 /// that span's trace context, and the consumer sees the same trace.
 #[tokio::test(flavor = "current_thread")]
 async fn relay_continues_the_trace_of_the_span_that_enqueued() {
-    use chassis_messaging::incoming::IncomingMessage;
+    use chassis_messaging::amqp::incoming::IncomingMessage;
     use opentelemetry::trace::{SpanId, TraceContextExt as _, TraceId};
     use tracing::Instrument as _;
     use tracing_opentelemetry::OpenTelemetrySpanExt as _;

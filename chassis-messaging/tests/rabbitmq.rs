@@ -9,14 +9,14 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use chassis_core::health::HealthCheck;
-use chassis_messaging::connection::ConnectionState;
-use chassis_messaging::consumer::{Consumer, ConsumerConfig, Outcome, typed};
+use chassis_messaging::amqp::connection::ConnectionState;
+use chassis_messaging::amqp::consumer::{Consumer, ConsumerConfig, Outcome, typed};
+use chassis_messaging::amqp::incoming::{ATTEMPT_HEADER, FAILURE_REASON_HEADER, IncomingMessage};
+use chassis_messaging::amqp::publisher::{Publish, Publisher, PublisherConfig};
+use chassis_messaging::amqp::topology::RetryPolicy;
 use chassis_messaging::envelope::Envelope;
 use chassis_messaging::error::ErrorKind;
-use chassis_messaging::incoming::{ATTEMPT_HEADER, FAILURE_REASON_HEADER, IncomingMessage};
 use chassis_messaging::message::{HeaderValue, OutgoingMessage};
-use chassis_messaging::publisher::{Publish, Publisher, PublisherConfig};
-use chassis_messaging::topology::RetryPolicy;
 use serde::{Deserialize, Serialize};
 use support::{Fixture, force_reconnect, header_str};
 use tokio::sync::mpsc;
@@ -50,7 +50,7 @@ async fn forwarding_consumer(
     fx: &Fixture,
     config: ConsumerConfig,
 ) -> (
-    chassis_messaging::consumer::ConsumerHandle,
+    chassis_messaging::amqp::consumer::ConsumerHandle,
     mpsc::UnboundedReceiver<Envelope<Payload>>,
 ) {
     let (tx, rx) = mpsc::unbounded_channel();

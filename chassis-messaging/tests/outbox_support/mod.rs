@@ -14,10 +14,10 @@ mod broker_support;
 #[allow(unused_imports)] // not every test binary uses every helper
 pub use broker_support::{Fixture, amqp_url, kill_connection, unique};
 
+use chassis_messaging::amqp::publisher::{Publisher, PublisherConfig};
+use chassis_messaging::amqp::topology::QueueType;
 use chassis_messaging::message::OutgoingMessage;
-use chassis_messaging::outbox::OutboxStore;
-use chassis_messaging::publisher::{Publisher, PublisherConfig};
-use chassis_messaging::topology::QueueType;
+use chassis_messaging::sql::outbox::OutboxStore;
 use lapin::options::{BasicAckOptions, BasicGetOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions};
 
@@ -344,7 +344,7 @@ impl Drop for InFlight<'_> {
     }
 }
 
-impl chassis_messaging::publisher::Publish for Probe {
+impl chassis_messaging::amqp::publisher::Publish for Probe {
     fn publish(
         &self,
         msg: OutgoingMessage,
@@ -398,7 +398,7 @@ pub struct CrashAfterConfirm {
     pub confirmed_then_hung: std::sync::atomic::AtomicUsize,
 }
 
-impl chassis_messaging::publisher::Publish for CrashAfterConfirm {
+impl chassis_messaging::amqp::publisher::Publish for CrashAfterConfirm {
     fn publish(
         &self,
         msg: OutgoingMessage,
@@ -440,14 +440,14 @@ pub async fn assert_linked_rows_wait_for_a_failing_predecessor<S: OutboxStore>(
     broker: &Broker,
 ) {
     let probe = Probe::new(broker.publisher.clone(), Duration::from_millis(5));
-    let config = chassis_messaging::outbox::RelayConfig::default()
+    let config = chassis_messaging::sql::outbox::RelayConfig::default()
         .batch_size(2)
         .batches_in_flight(4)
         .max_attempts(2)
         .retry_delay(Duration::from_millis(200))
         .poll_interval(Duration::from_millis(20));
     let token = tokio_util::sync::CancellationToken::new();
-    let relay = chassis_messaging::outbox::Relay::new(store.clone(), probe.clone(), config)
+    let relay = chassis_messaging::sql::outbox::Relay::new(store.clone(), probe.clone(), config)
         .unwrap()
         .spawn(token.clone());
     let received = broker.drain(23, Duration::from_secs(20)).await;
@@ -500,10 +500,10 @@ pub async fn assert_linked_rows_wait_for_a_failing_predecessor<S: OutboxStore>(
 /// After a migration: the one row written in the old layout (message id `old-row`, the body of
 /// `broker.event(_, 1)`) is relayed whole.
 pub async fn the_old_row_is_published<S: OutboxStore>(outbox: S, broker: &Broker) {
-    let relay = chassis_messaging::outbox::Relay::new(
+    let relay = chassis_messaging::sql::outbox::Relay::new(
         outbox,
         broker.publisher.clone(),
-        chassis_messaging::outbox::RelayConfig::default(),
+        chassis_messaging::sql::outbox::RelayConfig::default(),
     )
     .unwrap();
     assert_eq!(relay.run_until_idle().await.unwrap().sent, 1);

@@ -4,8 +4,8 @@
 
 use std::time::Duration;
 
-use chassis_messaging::connection::{Connection, ConnectionConfig, ConnectionState};
-use chassis_messaging::topology::{ExchangeConfig, QueueConfig, RetryPolicy, TopologyConfig};
+use chassis_messaging::amqp::connection::{Connection, ConnectionConfig, ConnectionState};
+use chassis_messaging::amqp::topology::{ExchangeConfig, QueueConfig, RetryPolicy, TopologyConfig};
 use lapin::options::{BasicAckOptions, BasicGetOptions, ExchangeDeleteOptions, QueueDeleteOptions};
 
 pub fn amqp_url() -> String {

@@ -39,14 +39,16 @@ use chassis_core::{BoxError, ServiceInfo};
 use chassis_http::health::HealthLayer;
 use chassis_http::layers::StandardLayers;
 use chassis_http::server::{Server, ServerConfig};
-use chassis_messaging::connection::{Connection, ConnectionConfig};
-use chassis_messaging::consumer::{Consumer, ConsumerConfig, ConsumerHandle, Handler, Outcome};
+use chassis_messaging::amqp::connection::{Connection, ConnectionConfig};
+use chassis_messaging::amqp::consumer::{
+    Consumer, ConsumerConfig, ConsumerHandle, Handler, Outcome,
+};
+use chassis_messaging::amqp::incoming::IncomingMessage;
+use chassis_messaging::amqp::publisher::{Publisher, PublisherConfig};
+use chassis_messaging::amqp::topology::{ExchangeConfig, QueueConfig, TopologyConfig};
 use chassis_messaging::envelope::Envelope;
-use chassis_messaging::inbox::{Claim, Inbox};
-use chassis_messaging::incoming::IncomingMessage;
-use chassis_messaging::outbox::{PgOutbox, Relay, RelayConfig, SqliteOutbox};
-use chassis_messaging::publisher::{Publisher, PublisherConfig};
-use chassis_messaging::topology::{ExchangeConfig, QueueConfig, TopologyConfig};
+use chassis_messaging::sql::inbox::{Claim, Inbox};
+use chassis_messaging::sql::outbox::{PgOutbox, Relay, RelayConfig, SqliteOutbox};
 use chassis_observability::{Telemetry, TelemetryGuard};
 use serde::de::DeserializeOwned;
 use tokio::task::JoinHandle;

@@ -9,7 +9,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use axum::routing::{get, post};
 use chassis_core::BoxError;
-use chassis_messaging::incoming::IncomingMessage;
+use chassis_messaging::amqp::incoming::IncomingMessage;
 use shop_common::db::now_ms;
 use shop_common::events::{
     EVENTS_EXCHANGE, INVENTORY_REJECTED, INVENTORY_RESERVED, PAYMENT_FAILED, PAYMENT_SUCCEEDED,

@@ -32,7 +32,7 @@ fn unavailable_reason(err: &ClientError) -> String {
 
 async fn charge(
     ctx: Ctx,
-    msg: chassis_messaging::incoming::IncomingMessage,
+    msg: chassis_messaging::amqp::incoming::IncomingMessage,
 ) -> Result<(), HandlerError> {
     let cmd: ChargePayment = decode(&msg)?;
     if let Some(status) = domain::existing(ctx.app.db(), &cmd.order_id).await? {
@@ -88,7 +88,7 @@ async fn charge(
 
 async fn refund(
     ctx: Ctx,
-    msg: chassis_messaging::incoming::IncomingMessage,
+    msg: chassis_messaging::amqp::incoming::IncomingMessage,
 ) -> Result<(), HandlerError> {
     let cmd: Compensate = decode(&msg)?;
     let Some(mut tx) = ctx.app.claim("payments.refund", &msg).await? else {

@@ -18,12 +18,12 @@
 //! keep them longer than any redelivery can take (the default retention is 7 days).
 //!
 //! Works with any handler through [`Inbox::process`] (a closure given the transaction) or
-//! [`Inbox::begin`] (a transaction to use and commit yourself). Tables come from the same
-//! migrations as the outbox ([`Inbox::migrate`]).
+//! [`Inbox::begin`] (a transaction to use and commit yourself). Its table comes from the
+//! migrations it shares with the outbox ([`Inbox::migrate`]; see [`schema`](super::schema)).
 //!
 //! # Example
 //! ```
-//! use chassis_messaging::inbox::{Inbox, Processed};
+//! use chassis_messaging::sql::inbox::{Inbox, Processed};
 //!
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
@@ -64,11 +64,14 @@ use sqlx::{Pool, Transaction};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use super::metrics as names;
+use super::schema::{SchemaDatabase, db_err, now_ms};
+use crate::amqp::consumer::{Handler, Outcome};
+use crate::amqp::incoming::IncomingMessage;
 use crate::error::{Error, Result};
-use crate::outbox::metrics as names;
 
 /// A database the inbox works on: implemented for SQLite and PostgreSQL (per enabled feature).
-pub trait InboxDatabase: sqlx::Database {
+pub trait InboxDatabase: SchemaDatabase {
     /// Begins the handler's transaction (SQLite: `BEGIN IMMEDIATE`, so the write lock is taken
     /// up front and concurrent consumers queue instead of failing with `SQLITE_BUSY`).
     fn begin(pool: &Pool<Self>) -> impl Future<Output = Result<Transaction<'static, Self>>> + Send;
@@ -83,17 +86,12 @@ pub trait InboxDatabase: sqlx::Database {
 
     /// Deletes ids processed before `before_ms`; returns how many.
     fn purge(pool: &Pool<Self>, before_ms: i64) -> impl Future<Output = Result<u64>> + Send;
-
-    /// Applies the chassis-messaging migrations.
-    fn migrate(pool: &Pool<Self>) -> impl Future<Output = Result<()>> + Send;
 }
 
 #[cfg(feature = "sqlite")]
 impl InboxDatabase for sqlx::Sqlite {
     async fn begin(pool: &Pool<Self>) -> Result<Transaction<'static, Self>> {
-        pool.begin_with("BEGIN IMMEDIATE")
-            .await
-            .map_err(crate::outbox::db_err)
+        pool.begin_with("BEGIN IMMEDIATE").await.map_err(db_err)
     }
 
     async fn record<'c>(
@@ -112,7 +110,7 @@ impl InboxDatabase for sqlx::Sqlite {
             .bind(now_ms)
             .execute(&mut **tx)
             .await
-            .map_err(crate::outbox::db_err)?;
+            .map_err(db_err)?;
             Ok(done.rows_affected() == 1)
         }
     }
@@ -122,19 +120,15 @@ impl InboxDatabase for sqlx::Sqlite {
             .bind(before_ms)
             .execute(pool)
             .await
-            .map_err(crate::outbox::db_err)?;
+            .map_err(db_err)?;
         Ok(done.rows_affected())
-    }
-
-    async fn migrate(pool: &Pool<Self>) -> Result<()> {
-        crate::outbox::sqlite::migrate(pool).await
     }
 }
 
 #[cfg(feature = "postgres")]
 impl InboxDatabase for sqlx::Postgres {
     async fn begin(pool: &Pool<Self>) -> Result<Transaction<'static, Self>> {
-        pool.begin().await.map_err(crate::outbox::db_err)
+        pool.begin().await.map_err(db_err)
     }
 
     async fn record<'c>(
@@ -153,7 +147,7 @@ impl InboxDatabase for sqlx::Postgres {
             .bind(now_ms)
             .execute(&mut **tx)
             .await
-            .map_err(crate::outbox::db_err)?;
+            .map_err(db_err)?;
             Ok(done.rows_affected() == 1)
         }
     }
@@ -163,12 +157,8 @@ impl InboxDatabase for sqlx::Postgres {
             .bind(before_ms)
             .execute(pool)
             .await
-            .map_err(crate::outbox::db_err)?;
+            .map_err(db_err)?;
         Ok(done.rows_affected())
-    }
-
-    async fn migrate(pool: &Pool<Self>) -> Result<()> {
-        crate::outbox::postgres::migrate(pool).await
     }
 }
 
@@ -262,7 +252,7 @@ impl<DB: InboxDatabase> Inbox<DB> {
     /// (do not ack: let the message be redelivered).
     pub async fn begin(&self, message_id: &str) -> Result<Claim<DB>> {
         let mut tx = DB::begin(&self.pool).await?;
-        if DB::record(&mut tx, &self.consumer, message_id, crate::outbox::now_ms()).await? {
+        if DB::record(&mut tx, &self.consumer, message_id, now_ms()).await? {
             Ok(Claim::New(tx))
         } else {
             // Nothing was written; rolling back just releases the connection.
@@ -292,7 +282,7 @@ impl<DB: InboxDatabase> Inbox<DB> {
             Claim::Duplicate => return Ok(Processed::Duplicate),
         };
         let value = handler(&mut tx).await?;
-        tx.commit().await.map_err(crate::outbox::db_err)?;
+        tx.commit().await.map_err(db_err)?;
         metrics::counter!(names::INBOX_PROCESSED, names::DESTINATION => self.consumer.to_string())
             .increment(1);
         Ok(Processed::Done(value))
@@ -300,8 +290,8 @@ impl<DB: InboxDatabase> Inbox<DB> {
 
     /// Deletes ids (of every consumer) processed more than `older_than` ago; returns how many.
     pub async fn purge(&self, older_than: Duration) -> Result<u64> {
-        let cutoff = crate::outbox::now_ms()
-            .saturating_sub(i64::try_from(older_than.as_millis()).unwrap_or(i64::MAX));
+        let cutoff =
+            now_ms().saturating_sub(i64::try_from(older_than.as_millis()).unwrap_or(i64::MAX));
         DB::purge(&self.pool, cutoff).await
     }
 
@@ -329,8 +319,8 @@ impl<DB: InboxDatabase> Inbox<DB> {
     }
 }
 
-/// A consumer [`Handler`](crate::consumer::Handler) that runs a transactional handler at most
-/// once per message id; see [`idempotent`].
+/// A consumer [`Handler`] that runs a transactional handler at most once per message id; see
+/// [`idempotent`].
 pub struct IdempotentHandler<DB: sqlx::Database, F> {
     inbox: Inbox<DB>,
     f: Arc<F>,
@@ -344,20 +334,19 @@ impl<DB: sqlx::Database, F> std::fmt::Debug for IdempotentHandler<DB, F> {
     }
 }
 
-/// Wraps `f` into a consumer [`Handler`](crate::consumer::Handler) guarded by `inbox`.
+/// Wraps `f` into a consumer [`Handler`] guarded by `inbox`.
 ///
 /// For each delivery: the message id (AMQP `message_id`) is recorded in a new transaction and
-/// `f(message, &mut tx)` runs in it. [`Outcome::Ack`](crate::consumer::Outcome::Ack) commits
-/// (the id and the handler's writes together) and acks; `Retry`/`Reject` roll back (the id is
-/// forgotten, so a retried delivery runs again) and are passed on. A duplicate is acked without
-/// calling `f`. A database failure is a retry; a message without a `message_id` is rejected (it
-/// could never be deduplicated).
+/// `f(message, &mut tx)` runs in it. [`Outcome::Ack`] commits (the id and the handler's writes
+/// together) and acks; `Retry`/`Reject` roll back (the id is forgotten, so a retried delivery
+/// runs again) and are passed on. A duplicate is acked without calling `f`. A database failure
+/// is a retry; a message without a `message_id` is rejected (it could never be deduplicated).
 ///
 /// ```no_run
-/// use chassis_messaging::consumer::{Consumer, ConsumerConfig, Outcome};
-/// use chassis_messaging::inbox::{idempotent, Inbox};
-/// # async fn run(conn: chassis_messaging::connection::Connection,
-/// #     queue: chassis_messaging::topology::QueueConfig,
+/// use chassis_messaging::amqp::consumer::{Consumer, ConsumerConfig, Outcome};
+/// use chassis_messaging::sql::inbox::{idempotent, Inbox};
+/// # async fn run(conn: chassis_messaging::amqp::connection::Connection,
+/// #     queue: chassis_messaging::amqp::topology::QueueConfig,
 /// #     pool: sqlx::SqlitePool) -> Result<(), chassis_messaging::error::Error> {
 /// let inbox = Inbox::new(pool, "inventory.reserve");
 /// let handler = idempotent(inbox, |msg, tx| {
@@ -378,10 +367,7 @@ impl<DB: sqlx::Database, F> std::fmt::Debug for IdempotentHandler<DB, F> {
 pub fn idempotent<DB, F>(inbox: Inbox<DB>, f: F) -> IdempotentHandler<DB, F>
 where
     DB: InboxDatabase,
-    F: for<'c> Fn(
-            crate::incoming::IncomingMessage,
-            &'c mut Transaction<'static, DB>,
-        ) -> BoxFuture<'c, crate::consumer::Outcome>
+    F: for<'c> Fn(IncomingMessage, &'c mut Transaction<'static, DB>) -> BoxFuture<'c, Outcome>
         + Send
         + Sync
         + 'static,
@@ -392,22 +378,15 @@ where
     }
 }
 
-impl<DB, F> crate::consumer::Handler for IdempotentHandler<DB, F>
+impl<DB, F> Handler for IdempotentHandler<DB, F>
 where
     DB: InboxDatabase,
-    F: for<'c> Fn(
-            crate::incoming::IncomingMessage,
-            &'c mut Transaction<'static, DB>,
-        ) -> BoxFuture<'c, crate::consumer::Outcome>
+    F: for<'c> Fn(IncomingMessage, &'c mut Transaction<'static, DB>) -> BoxFuture<'c, Outcome>
         + Send
         + Sync
         + 'static,
 {
-    fn handle(
-        &self,
-        msg: crate::incoming::IncomingMessage,
-    ) -> BoxFuture<'static, crate::consumer::Outcome> {
-        use crate::consumer::Outcome;
+    fn handle(&self, msg: IncomingMessage) -> BoxFuture<'static, Outcome> {
         let inbox = self.inbox.clone();
         let f = self.f.clone();
         Box::pin(async move {

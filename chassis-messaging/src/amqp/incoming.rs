@@ -5,8 +5,7 @@
 //! [`IncomingMessage::decode`]; get at anything else through the accessors.
 //!
 //! ```
-//! use chassis_messaging::incoming::IncomingMessage;
-//! use chassis_messaging::message::OutgoingMessage;
+//! use chassis_messaging::{IncomingMessage, OutgoingMessage};
 //!
 //! let msg = IncomingMessage::from_outgoing(OutgoingMessage::new("x", "k", b"{}".to_vec()).header("h", 1_i64));
 //! assert_eq!(msg.routing_key(), "k");
@@ -19,9 +18,9 @@ use std::sync::Arc;
 use lapin::BasicProperties;
 use serde::de::DeserializeOwned;
 
-use crate::envelope::Envelope;
+use super::headers::{HeaderMapExtractor, from_field_table};
+use crate::envelope::{Envelope, Received};
 use crate::error::Error;
-use crate::headers::{HeaderMapExtractor, from_field_table};
 use crate::message::{HeaderValue, OutgoingMessage};
 
 /// Header carrying how many times the chassis has tried to handle a message (1 on first
@@ -210,12 +209,23 @@ impl IncomingMessage {
     pub fn attempt(&self) -> u32 {
         self.inner.attempt
     }
-    /// Decodes and validates a chassis event (CloudEvents binary mode).
+    /// Decodes and validates a chassis event (CloudEvents binary mode; the
+    /// [`envelope`](crate::envelope) module has the mapping).
     ///
     /// # Errors
-    /// See [`Envelope::from_incoming`].
+    /// [`ErrorKind::Validation`](crate::error::ErrorKind::Validation) when a CloudEvents
+    /// attribute is missing or malformed (wrong `specversion`, no `id`/`type`/`source`, bad
+    /// `time`, non-JSON content type), [`ErrorKind::Decode`](crate::error::ErrorKind::Decode)
+    /// when the body is not the expected JSON payload.
     pub fn decode<T: DeserializeOwned>(&self) -> Result<Envelope<T>, Error> {
-        Envelope::from_incoming(self)
+        let i = &self.inner;
+        Envelope::decode(Received {
+            headers: &i.headers,
+            content_type: i.content_type.as_deref(),
+            correlation_id: i.correlation_id.as_deref(),
+            timestamp: i.timestamp,
+            body: &i.body,
+        })
     }
     /// The remote trace context (`traceparent`/`tracestate`/`baggage` headers); an empty
     /// context when there is none.

@@ -42,7 +42,7 @@
 //!
 //! # Example
 //! ```
-//! use chassis_messaging::topology::{TopologyConfig, QueueType};
+//! use chassis_messaging::amqp::topology::{TopologyConfig, QueueType};
 //! use std::time::Duration;
 //!
 //! let config: TopologyConfig = toml::from_str(r#"

@@ -2,9 +2,9 @@
 //! the service's exporter, e.g. chassis-observability's Prometheus handle, publishes them;
 //! Prometheus renders the dots as underscores).
 //!
-//! The four outbox metrics of the issue and the inbox duplicate counter come from the
-//! observability catalogue (`chassis_observability::metrics::names`) and are re-exported here;
-//! the others are specific to this module.
+//! Four outbox metrics and the inbox duplicate counter come from the observability catalogue
+//! (`chassis_observability::metrics::names`) and are re-exported here; the others belong to
+//! chassis-messaging alone.
 //!
 //! | Name | Kind | Labels |
 //! |------|------|--------|
@@ -17,6 +17,15 @@
 //! | [`OUTBOX_PUBLISHED`] | counter, rows confirmed | — |
 //! | [`INBOX_DUPLICATES`] | counter, duplicate deliveries skipped | `messaging.destination.name` = the inbox's consumer name |
 //! | [`INBOX_PROCESSED`] | counter, first deliveries processed and committed | `messaging.destination.name` = the inbox's consumer name |
+//!
+//! # Example
+//! ```
+//! use chassis_messaging::sql::metrics;
+//!
+//! // What a dashboard or an alert queries (Prometheus renders the dots as underscores).
+//! assert_eq!(metrics::OUTBOX_PARKED, "outbox.parked");
+//! assert_eq!(metrics::INBOX_PROCESSED, "inbox.processed");
+//! ```
 
 pub use chassis_observability::metrics::names::{
     INBOX_DUPLICATES, OUTBOX_OLDEST_PENDING_AGE, OUTBOX_PENDING, OUTBOX_PUBLISH_LATENCY,

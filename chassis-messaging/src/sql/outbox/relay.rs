@@ -18,12 +18,13 @@ use chassis_observability::propagation::extract_with_context;
 use tracing::Instrument as _;
 use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 
-use super::metrics as names;
-use super::store::{OutboxStore, PendingRow, RowOutcome, SentPolicy, now_ms};
+use super::store::{OutboxStore, PendingRow, RowOutcome, SentPolicy};
+use crate::amqp::headers::HeaderMapExtractor;
+use crate::amqp::publisher::Publish;
 use crate::error::{Error, ErrorKind, Result};
-use crate::headers::HeaderMapExtractor;
 use crate::message::OutgoingMessage;
-use crate::publisher::Publish;
+use crate::sql::metrics as names;
+use crate::sql::schema::now_ms;
 
 /// How a [`Relay`] batches, waits, retries and cleans up. Every field has a default; it is
 /// `Deserialize` (durations in humantime form, `"500ms"`), so it can come from a config file.
@@ -447,8 +448,8 @@ fn relay_span(row_id: i64, message: &OutgoingMessage) -> tracing::Span {
 /// One relay drains one store; several relays (replicas) may drain the same database. Rows are
 /// marked sent (or deleted) only after the publisher returned `Ok`, i.e. after the broker
 /// confirmed them: delivery is at least once, and a crash between confirm and mark produces a
-/// duplicate with the same `message_id`, which the consumer's [`Inbox`](crate::inbox::Inbox)
-/// absorbs.
+/// duplicate with the same `message_id`, which the consumer's
+/// [`Inbox`](crate::sql::inbox::Inbox) absorbs.
 pub struct Relay<S, P: ?Sized> {
     store: S,
     publisher: Arc<P>,
@@ -925,7 +926,7 @@ impl<S: OutboxStore, P: Publish + ?Sized + 'static> Relay<S, P> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::outbox::store::tests::row;
+    use crate::sql::outbox::store::tests::row;
 
     fn chain_ids(chains: &[Chain]) -> Vec<Vec<i64>> {
         chains

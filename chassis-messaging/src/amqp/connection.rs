@@ -24,8 +24,8 @@
 //!
 //! # Example
 //! ```no_run
-//! use chassis_messaging::connection::{Connection, ConnectionConfig, ConnectionState};
-//! use chassis_messaging::topology::{ExchangeConfig, QueueConfig, TopologyConfig};
+//! use chassis_messaging::amqp::connection::{Connection, ConnectionConfig, ConnectionState};
+//! use chassis_messaging::amqp::topology::{ExchangeConfig, QueueConfig, TopologyConfig};
 //!
 //! # async fn run() -> Result<(), chassis_messaging::error::Error> {
 //! let conn = Connection::connect(ConnectionConfig::new("amqp://guest:guest@127.0.0.1:5672/%2f", "orders-service")).await?;
@@ -55,8 +55,8 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use crate::amqp::topology::TopologyConfig;
 use crate::error::{Error, ErrorKind};
-use crate::topology::TopologyConfig;
 
 /// Connection settings.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

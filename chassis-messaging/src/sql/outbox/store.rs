@@ -1,6 +1,5 @@
-//! The storage side of the outbox, shared by the SQLite and PostgreSQL stores: the
-//! [`OutboxStore`] trait the [`Relay`](super::Relay) drives, the rows it hands out and the
-//! per-aggregate ordering rule.
+//! The storage side of the outbox, shared by every database: the [`OutboxStore`] trait the
+//! [`Relay`](super::Relay) drives, the rows it hands out and the per-aggregate ordering rule.
 // Without a database feature there is no store to use the helpers.
 #![cfg_attr(not(any(feature = "sqlite", feature = "postgres")), allow(dead_code))]
 
@@ -8,7 +7,7 @@ use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::future::Future;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -17,13 +16,12 @@ use chassis_observability::propagation::TRACEPARENT;
 use opentelemetry::trace::TraceContextExt as _;
 use sqlx::{ColumnIndex, Decode, Row, Type};
 
-use super::ParkedRow;
-use crate::error::{Error, ErrorKind, Result};
-use crate::headers::HeaderMapCarrier;
+use crate::amqp::headers::HeaderMapCarrier;
+use crate::error::Result;
 use crate::message::{HeaderValue, OutgoingMessage};
 
-/// The header an [`Envelope`](crate::message) carries its CloudEvents `subject` (the aggregate
-/// id) in. [`enqueue`](super::SqliteOutbox::enqueue) reads the ordering key from it.
+/// The header an [`Envelope`](crate::envelope::Envelope) carries its CloudEvents `subject` (the
+/// aggregate id) in. [`enqueue`](super::Outbox::enqueue) reads the ordering key from it.
 pub const SUBJECT_HEADER: &str = "cloudEvents:subject";
 
 /// Status of a row that waits to be published.
@@ -45,6 +43,23 @@ pub struct PendingRow {
     pub created_at_ms: i64,
     /// Failed publish attempts so far (transient broker outages do not count).
     pub attempts: i32,
+}
+
+/// A parked outbox row, as listed by [`parked`](super::Outbox::parked).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ParkedRow {
+    /// Row id.
+    pub id: i64,
+    /// Ordering key.
+    pub subject: Option<String>,
+    /// The message id.
+    pub message_id: String,
+    /// Failed attempts.
+    pub attempts: i32,
+    /// The error of the last attempt.
+    pub last_error: Option<String>,
+    /// When the row was written (Unix epoch milliseconds).
+    pub created_at_ms: i64,
 }
 
 /// What the relay did with one claimed row.
@@ -90,10 +105,10 @@ pub struct OutboxStats {
 }
 
 /// A database the [`Relay`](super::Relay) can drain: implemented by
-/// [`SqliteOutbox`](super::SqliteOutbox) and [`PgOutbox`](super::PgOutbox).
+/// [`Outbox`](super::Outbox) on every [`OutboxDatabase`](super::OutboxDatabase).
 ///
-/// The methods are the relay's plumbing; applications call `enqueue` on the concrete store and
-/// hand the store to a relay. A claim is an opaque handle: the rows it returned are reserved
+/// The methods are the relay's plumbing; applications call `enqueue` on the outbox and hand
+/// the outbox to a relay. A claim is an opaque handle: the rows it returned are reserved
 /// for this relay (PostgreSQL: row locks of an open transaction; SQLite: a lease) until
 /// [`finish`](Self::finish) records their outcomes.
 pub trait OutboxStore: Clone + Send + Sync + 'static {
@@ -132,7 +147,7 @@ pub trait OutboxStore: Clone + Send + Sync + 'static {
     /// ordering bookkeeping idle since then). Returns the number of rows deleted.
     fn purge_sent(&self, sent_before_ms: i64) -> impl Future<Output = Result<u64>> + Send;
 
-    /// The in-process signal [`notify_committed`](super::SqliteOutbox::notify_committed)
+    /// The in-process signal [`notify_committed`](super::Outbox::notify_committed)
     /// fires; the relay waits on it between batches.
     fn notifier(&self) -> Arc<Notify>;
 
@@ -143,19 +158,6 @@ pub trait OutboxStore: Clone + Send + Sync + 'static {
         notify: Arc<Notify>,
         token: CancellationToken,
     ) -> impl Future<Output = ()> + Send;
-}
-
-/// Now, as Unix epoch milliseconds.
-pub(crate) fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or_default()
-}
-
-/// Wraps a database error.
-pub(crate) fn db_err(err: sqlx::Error) -> Error {
-    Error::with_source(ErrorKind::Database, err)
 }
 
 /// The ordering key of `msg`: its `cloudEvents:subject` header, if it is a string.
@@ -309,6 +311,8 @@ pub(crate) fn message_from_parts(
 /// the held ones, and publishing them in order, after the held ones, keeps the subject's commit
 /// order. A row reserved by anyone else, or waiting for its retry time, blocks every later row
 /// of its subject.
+// The PostgreSQL claim applies the rule here; SQLite's applies it in its SQL.
+#[cfg_attr(not(feature = "postgres"), allow(dead_code))]
 pub(crate) fn heads_only(
     candidates: Vec<PendingRow>,
     pending: &[(String, i64)],

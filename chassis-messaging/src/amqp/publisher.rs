@@ -24,9 +24,9 @@
 //!
 //! # Example
 //! ```no_run
-//! use chassis_messaging::connection::{Connection, ConnectionConfig};
+//! use chassis_messaging::amqp::connection::{Connection, ConnectionConfig};
 //! use chassis_messaging::envelope::Envelope;
-//! use chassis_messaging::publisher::{Publish, Publisher, PublisherConfig};
+//! use chassis_messaging::amqp::publisher::{Publish, Publisher, PublisherConfig};
 //!
 //! # async fn run() -> Result<(), chassis_messaging::error::Error> {
 //! let conn = Connection::connect(ConnectionConfig::new("amqp://127.0.0.1:5672/%2f", "orders")).await?;
@@ -49,10 +49,10 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::Semaphore;
 use tracing::Instrument;
 
-use crate::connection::{Connection, ManagedChannel};
+use crate::amqp::connection::{Connection, ManagedChannel};
+use crate::amqp::headers::{FieldTableInjector, to_field_table};
 use crate::envelope::Envelope;
 use crate::error::{Error, ErrorKind};
-use crate::headers::{FieldTableInjector, to_field_table};
 use crate::message::OutgoingMessage;
 
 /// Something that publishes messages and reports success only once they are safe.

@@ -2,35 +2,40 @@
 //! produced it committed.
 //!
 //! A handler writes its business rows and the event in **one** database transaction:
-//! [`SqliteOutbox::enqueue`] / [`PgOutbox::enqueue`] insert the message (its wire form, an
+//! [`Outbox::enqueue`] inserts the message (its wire form, an
 //! [`OutgoingMessage`](crate::message::OutgoingMessage)) into the outbox tables through the
 //! caller's own transaction. A [`Relay`] (one background task per service replica) then
-//! publishes committed rows through any [`Publish`](crate::publisher::Publish) implementation
-//! (the confirming RabbitMQ publisher) and marks them sent only after the broker confirmed.
+//! publishes committed rows through any [`Publish`](crate::amqp::publisher::Publish)
+//! implementation (the confirming RabbitMQ publisher) and marks them sent only after the broker
+//! confirmed.
 //! Delivery is therefore at least once: a crash between confirm and mark republishes the
-//! message with the same `message_id`, and the consumer's [`Inbox`](crate::inbox::Inbox)
+//! message with the same `message_id`, and the consumer's [`Inbox`](crate::sql::inbox::Inbox)
 //! turns that into an exactly-once effect.
 //!
+//! [`Outbox<DB>`](Outbox) is one type for every database: [`SqliteOutbox`] (`Outbox<Sqlite>`,
+//! feature `sqlite`) and [`PgOutbox`] (`Outbox<Postgres>`, feature `postgres`). What differs
+//! between them, the SQL and how rows are reserved, sits behind [`OutboxDatabase`]; [`sqlite`]
+//! and [`postgres`] describe each.
+//!
 //! # Tables and migrations
-//! [`SqliteOutbox::migrate`] / [`PgOutbox::migrate`] (or [`sqlite::migrate`] /
-//! [`postgres::migrate`] on a pool) create `chassis_outbox` (one small bookkeeping row per
+//! [`Outbox::migrate`] (or [`schema::migrate`](crate::sql::schema::migrate) on a pool) creates
+//! `chassis_outbox` (one small bookkeeping row per
 //! event: subject, message id, status, attempts, lease), `chassis_outbox_messages` (the event
 //! itself under the same id: exchange, routing key, properties, headers, body; deleted with its
 //! row), `chassis_inbox` (and on PostgreSQL `chassis_outbox_subjects` plus a notify trigger).
 //! The message has a table of its own because the relay writes every row again after the
 //! insert (SQLite: the lease and the record; PostgreSQL: the record, a new version of the whole
-//! row): those writes touch the small row only, never the event's headers and body. The SQL
-//! ships in the crate
-//! (`migrations/sqlite`, `migrations/postgres`), is embedded with `sqlx::migrate!` and is
-//! tracked in its own table [`MIGRATIONS_TABLE`], so it never collides with the application's
-//! `_sqlx_migrations`. Running it again, or from several replicas at once, is harmless.
+//! row): those writes touch the small row only, never the event's headers and body. The
+//! migrations are the ones the inbox shares ([`schema`](crate::sql::schema)): tracked in their
+//! own table, never colliding with the application's `_sqlx_migrations`, harmless to run again
+//! or from several replicas at once.
 //!
 //! # Guarantees and how they are kept
 //! - **Only committed events**: the row is invisible to relays until the transaction commits;
 //!   a rollback removes it.
 //! - **Wake-up on commit, polling as fallback**: PostgreSQL relays `LISTEN` to a trigger's
 //!   `NOTIFY` (delivered at commit only); SQLite has no cross-connection notification, so call
-//!   [`SqliteOutbox::commit`] (commit + wake) or [`notify_committed`](SqliteOutbox::notify_committed)
+//!   [`Outbox::commit`] (commit + wake) or [`notify_committed`](Outbox::notify_committed)
 //!   after committing. Without a signal the relay still finds rows within
 //!   [`RelayConfig::poll_interval`] (500 ms).
 //! - **Per-aggregate order**: the ordering key is the message's `cloudEvents:subject` header
@@ -66,7 +71,8 @@
 //! - **Poison rows**: a non-transient failure (unroutable, undecodable row) counts an attempt
 //!   and retries the row after a growing delay; after [`RelayConfig::max_attempts`] (5) the row
 //!   is *parked* (`status = 'parked'`, with `last_error`), logged at error level and counted in
-//!   [`metrics::OUTBOX_PARKED`]. Later rows of its subject then proceed. Inspect with
+//!   [`OUTBOX_PARKED`](crate::sql::metrics::OUTBOX_PARKED). Later rows of its subject then
+//!   proceed. Inspect with
 //!   `parked()`, fix the cause, and `requeue_parked()`.
 //! - **Trace continuity**: `enqueue` stores the current span's W3C trace context
 //!   (`traceparent`, `tracestate`, `baggage`) in the row's headers unless the message already
@@ -76,15 +82,14 @@
 //! - **Retention**: confirmed rows are kept as `sent` for [`RelayConfig::sent_retention`]
 //!   (1 h; zero deletes them at once) and removed every [`RelayConfig::cleanup_interval`].
 //!
-//! Metric names are in [`metrics`]; each store implements
+//! Metric names are in [`sql::metrics`](crate::sql::metrics); an outbox implements
 //! [`HealthCheck`](chassis_core::health::HealthCheck) as a database ping.
 //!
 //! # Example
 //! ```
 //! use std::sync::Arc;
-//! use chassis_messaging::message::OutgoingMessage;
-//! use chassis_messaging::outbox::{Relay, RelayConfig, SqliteOutbox};
-//! # use chassis_messaging::{error::Error, publisher::Publish};
+//! use chassis_messaging::{OutgoingMessage, Outbox, Relay, RelayConfig};
+//! # use chassis_messaging::{Error, Publish};
 //! # use futures_util::future::BoxFuture;
 //! # #[derive(Default)]
 //! # struct Recorder(std::sync::Mutex<Vec<OutgoingMessage>>);
@@ -101,7 +106,7 @@
 //!     .max_connections(1)
 //!     .connect("sqlite::memory:")
 //!     .await?;
-//! let outbox = SqliteOutbox::new(pool.clone());
+//! let outbox = Outbox::new(pool.clone()); // an `Outbox<Sqlite>`, alias `SqliteOutbox`
 //! outbox.migrate().await?;
 //! sqlx::query("CREATE TABLE orders (id TEXT PRIMARY KEY)").execute(&pool).await?;
 //!
@@ -125,7 +130,7 @@
 //! # }
 //! ```
 
-pub mod metrics;
+mod database;
 #[cfg(feature = "postgres")]
 #[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
 pub mod postgres;
@@ -135,31 +140,12 @@ mod relay;
 pub mod sqlite;
 mod store;
 
+pub use database::{NewRow, Outbox, OutboxDatabase};
 #[cfg(feature = "postgres")]
 pub use postgres::{PgClaim, PgOutbox};
 pub use relay::{BatchReport, Relay, RelayConfig};
 #[cfg(feature = "sqlite")]
 pub use sqlite::SqliteOutbox;
-pub use store::{OutboxStats, OutboxStore, PendingRow, RowOutcome, SUBJECT_HEADER, SentPolicy};
-pub(crate) use store::{db_err, now_ms};
-
-/// The table the chassis-messaging migrations are tracked in (not sqlx's default
-/// `_sqlx_migrations`, which belongs to the application).
-pub const MIGRATIONS_TABLE: &str = "_chassis_messaging_migrations";
-
-/// A parked outbox row, as listed by `parked()`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ParkedRow {
-    /// Row id.
-    pub id: i64,
-    /// Ordering key.
-    pub subject: Option<String>,
-    /// The message id.
-    pub message_id: String,
-    /// Failed attempts.
-    pub attempts: i32,
-    /// The error of the last attempt.
-    pub last_error: Option<String>,
-    /// When the row was written (Unix epoch milliseconds).
-    pub created_at_ms: i64,
-}
+pub use store::{
+    OutboxStats, OutboxStore, ParkedRow, PendingRow, RowOutcome, SUBJECT_HEADER, SentPolicy,
+};

@@ -1,4 +1,4 @@
-//! The PostgreSQL outbox store: [`PgOutbox`].
+//! The outbox on PostgreSQL: [`PgOutbox`], `Outbox<Postgres>`.
 //!
 //! - **Reserving rows**: a relay opens a transaction, selects due pending rows with
 //!   `FOR UPDATE SKIP LOCKED` (other relays skip them instead of waiting), keeps the ones that
@@ -20,28 +20,48 @@
 //! - **Wake-up**: an `AFTER INSERT` statement trigger calls `pg_notify('chassis_outbox',
 //!   current_schema())`, which PostgreSQL delivers only when the transaction commits; the relay
 //!   `LISTEN`s on a dedicated pool connection and polls as a fallback.
+//!
+//! A running relay holds one pool connection for `LISTEN` and one per batch in flight: size
+//! the pool for it.
+//!
+//! # Example
+//! ```no_run
+//! use chassis_messaging::sql::outbox::PgOutbox;
+//! use chassis_messaging::OutgoingMessage;
+//!
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! let pool = sqlx::PgPool::connect("postgres://postgres@127.0.0.1:5432/shop").await?;
+//! let outbox = PgOutbox::new(pool.clone());
+//! outbox.migrate().await?;
+//!
+//! let mut tx = pool.begin().await?;
+//! let event = OutgoingMessage::new("shop.events", "order.placed", br#"{"id":"42"}"#.to_vec())
+//!     .header("cloudEvents:subject", "order-42");
+//! outbox.enqueue(&mut tx, &event).await?;
+//! tx.commit().await?; // the trigger's NOTIFY wakes every relay on this database
+//! # Ok(()) }
+//! ```
 
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use chassis_core::BoxError;
-use chassis_core::health::{BoxFuture, HealthCheck};
 use sqlx::postgres::{PgConnection, PgListener, PgPool, Postgres};
 use sqlx::types::Json;
 use sqlx::{Row, Transaction};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
+use super::database::{NewRow, Outbox, OutboxDatabase};
 use super::store::{
-    OutboxStats, OutboxStore, PendingRow, RowOutcome, STATS_SQL, STATUS_PARKED, STATUS_PENDING,
-    SentPolicy, db_err, heads_only, message_id_of, now_ms, parked_row, pending_row,
-    stats_from_rows, stored_headers, subject_of,
+    OutboxStats, ParkedRow, PendingRow, RowOutcome, STATS_SQL, STATUS_PARKED, STATUS_PENDING,
+    SentPolicy, heads_only, parked_row, pending_row, stats_from_rows,
 };
-use super::{MIGRATIONS_TABLE, ParkedRow};
-use crate::envelope::Envelope;
-use crate::error::{Error, ErrorKind, Result};
-use crate::message::OutgoingMessage;
+use crate::error::Result;
+use crate::sql::schema::{db_err, now_ms};
+
+/// The outbox on a PostgreSQL database.
+pub type PgOutbox = Outbox<Postgres>;
 
 /// The channel the outbox trigger notifies on.
 pub const NOTIFY_CHANNEL: &str = "chassis_outbox";
@@ -54,109 +74,29 @@ macro_rules! row_columns {
     };
 }
 
-/// Applies the chassis-messaging migrations (outbox and inbox tables, the notify trigger) to a
-/// PostgreSQL database, in the first schema of the connection's `search_path`.
-///
-/// Idempotent and safe to run from several replicas at once (sqlx takes an advisory lock);
-/// tracked in its own table `_chassis_messaging_migrations`, so it never interferes with the
-/// application's `sqlx::migrate!()` history.
-pub async fn migrate(pool: &PgPool) -> Result<()> {
-    let mut migrator = sqlx::migrate!("./migrations/postgres");
-    migrator.dangerous_set_table_name(MIGRATIONS_TABLE);
-    migrator
-        .run(pool)
-        .await
-        .map_err(|e| Error::with_source(ErrorKind::Database, e))
-}
-
-/// The outbox on a PostgreSQL database. Cheap to clone: clones share the pool and the
-/// in-process commit signal.
-///
-/// A running relay holds one pool connection for `LISTEN` and one per batch in flight: size
-/// the pool for it.
-#[derive(Debug, Clone)]
-pub struct PgOutbox {
-    pool: PgPool,
-    notify: Arc<Notify>,
-}
-
 /// The reservation of one PostgreSQL batch: the transaction holding the row locks.
 #[derive(Debug)]
 pub struct PgClaim {
     tx: Option<Transaction<'static, Postgres>>,
 }
 
-impl PgOutbox {
-    /// An outbox on `pool`. Call [`migrate`](Self::migrate) once at startup.
-    pub fn new(pool: PgPool) -> Self {
-        Self {
-            pool,
-            notify: Arc::new(Notify::new()),
-        }
-    }
+impl OutboxDatabase for Postgres {
+    type State = ();
+    type Claim = PgClaim;
 
-    /// The pool this outbox uses.
-    pub fn pool(&self) -> &PgPool {
-        &self.pool
-    }
+    const CHECK_NAME: &'static str = "outbox-postgres";
 
-    /// Creates the outbox and inbox tables if needed (see [`migrate`]).
-    pub async fn migrate(&self) -> Result<()> {
-        migrate(&self.pool).await
-    }
+    fn new_state() {}
 
-    /// Writes `msg` into the outbox inside the caller's transaction (pass `&mut tx`).
-    ///
-    /// The ordering key is the message's `cloudEvents:subject` header, if any. Returns the
-    /// message id stored with the row (the message's own, or a fresh UUID v7). Relays wake
-    /// when the transaction commits (`NOTIFY`); nothing is published if it rolls back.
-    ///
-    /// Unless `msg` already carries a `traceparent` header, the trace context of the current
-    /// span (`traceparent`, `tracestate`, `baggage`) is stored with the row, and the relay
-    /// publishes the row as part of that trace: the consumer continues the trace of the
-    /// transaction that enqueued it.
-    pub async fn enqueue(&self, conn: &mut PgConnection, msg: &OutgoingMessage) -> Result<String> {
-        self.enqueue_with_subject(conn, subject_of(msg), msg).await
-    }
-
-    /// Encodes `event` for `exchange` ([`Envelope::to_message`]: binary-mode CloudEvents, the
-    /// event type as routing key, the envelope id as `message_id`) and enqueues it; the
-    /// envelope's `subject` is the ordering key.
-    pub async fn enqueue_event<T: serde::Serialize>(
-        &self,
-        conn: &mut PgConnection,
-        exchange: &str,
-        event: &Envelope<T>,
-    ) -> Result<String> {
-        self.enqueue(conn, &event.to_message(exchange)?).await
-    }
-
-    /// Like [`enqueue`](Self::enqueue) with an explicit ordering key: messages of one
-    /// `subject` are published in commit order; `None` means no ordering constraint.
-    ///
-    /// With a subject, this locks the subject's bookkeeping row until the transaction ends:
-    /// concurrent transactions enqueueing for the same subject wait for each other (they
-    /// usually already do, on the aggregate's own row).
-    pub async fn enqueue_with_subject(
-        &self,
-        conn: &mut PgConnection,
-        subject: Option<&str>,
-        msg: &OutgoingMessage,
-    ) -> Result<String> {
-        let message_id = message_id_of(msg);
-        let timestamp = msg
-            .timestamp
-            .map(i64::try_from)
-            .transpose()
-            .map_err(|e| Error::with_source(ErrorKind::Serialization, e))?;
-        let now = now_ms();
-        if let Some(subject) = subject {
+    async fn insert(conn: &mut PgConnection, row: &NewRow<'_>) -> Result<()> {
+        let msg = row.message;
+        if let Some(subject) = row.subject {
             sqlx::query(
                 "INSERT INTO chassis_outbox_subjects (subject, last_enqueued_at) VALUES ($1, $2) \
                  ON CONFLICT (subject) DO UPDATE SET last_enqueued_at = EXCLUDED.last_enqueued_at",
             )
             .bind(subject)
-            .bind(now)
+            .bind(row.created_at_ms)
             .execute(&mut *conn)
             .await
             .map_err(db_err)?;
@@ -168,44 +108,30 @@ impl PgOutbox {
              content_type, correlation_id, amqp_timestamp, headers, body) \
              SELECT id, $2, $3, $5, $6, $7, $8, $9, $10 FROM row",
         )
-        .bind(subject)
+        .bind(row.subject)
         .bind(&msg.exchange)
         .bind(&msg.routing_key)
-        .bind(&message_id)
+        .bind(row.message_id)
         .bind(msg.kind.as_deref())
         .bind(msg.content_type.as_deref())
         .bind(msg.correlation_id.as_deref())
-        .bind(timestamp)
-        .bind(Json(&*stored_headers(msg)))
+        .bind(row.timestamp)
+        .bind(Json(row.headers))
         .bind(&msg.body)
-        .bind(now)
+        .bind(row.created_at_ms)
         .execute(&mut *conn)
         .await
         .map_err(db_err)?;
-        Ok(message_id)
-    }
-
-    /// Commits `tx` and wakes this process's relays directly (the trigger's `NOTIFY` wakes
-    /// every relay anyway; this only saves the round trip through the listener).
-    pub async fn commit(&self, tx: Transaction<'_, Postgres>) -> Result<()> {
-        tx.commit().await.map_err(db_err)?;
-        self.notify_committed();
         Ok(())
     }
 
-    /// Wakes the relays of this process.
-    pub fn notify_committed(&self) {
-        self.notify.notify_one();
-    }
-
-    /// Parked rows (oldest first, at most `limit`), with the error that parked them.
-    pub async fn parked(&self, limit: i64) -> Result<Vec<ParkedRow>> {
+    async fn parked(pool: &PgPool, limit: i64) -> Result<Vec<ParkedRow>> {
         let rows = sqlx::query(
             "SELECT id, subject, message_id, attempts, last_error, created_at FROM chassis_outbox \
              WHERE status = 'parked' ORDER BY id LIMIT $1",
         )
         .bind(limit)
-        .fetch_all(&self.pool)
+        .fetch_all(pool)
         .await
         .map_err(db_err)?;
         rows.iter()
@@ -214,27 +140,21 @@ impl PgOutbox {
             .map_err(db_err)
     }
 
-    /// Puts every parked row back to pending with a fresh attempt count (after the cause was
-    /// fixed). Returns how many rows were requeued.
-    pub async fn requeue_parked(&self) -> Result<u64> {
+    async fn requeue_parked(pool: &PgPool, now: i64) -> Result<u64> {
         let done = sqlx::query(
             "UPDATE chassis_outbox SET status = 'pending', attempts = 0, available_at = $1 \
              WHERE status = 'parked'",
         )
-        .bind(now_ms())
-        .execute(&self.pool)
+        .bind(now)
+        .execute(pool)
         .await
         .map_err(db_err)?;
-        self.notify_committed();
         Ok(done.rows_affected())
     }
-}
-
-impl OutboxStore for PgOutbox {
-    type Claim = PgClaim;
 
     async fn claim(
-        &self,
+        pool: &PgPool,
+        _state: &(),
         limit: usize,
         _lease: Duration,
         held: &HashSet<i64>,
@@ -252,8 +172,7 @@ impl OutboxStore for PgOutbox {
         // duplicate the inbox absorbs), or tried again; nothing is lost, and the writers'
         // own transactions keep the server's setting. Both are sent with the BEGIN, in the
         // same round trip.
-        let mut tx = self
-            .pool
+        let mut tx = pool
             .begin_with("BEGIN; SET LOCAL enable_sort = off; SET LOCAL synchronous_commit = off")
             .await
             .map_err(db_err)?;
@@ -315,7 +234,8 @@ impl OutboxStore for PgOutbox {
     }
 
     async fn finish(
-        &self,
+        _pool: &PgPool,
+        _state: &(),
         mut claim: PgClaim,
         outcomes: Vec<(i64, RowOutcome)>,
         sent: SentPolicy,
@@ -375,41 +295,37 @@ impl OutboxStore for PgOutbox {
         tx.commit().await.map_err(db_err)
     }
 
-    async fn stats(&self) -> Result<OutboxStats> {
+    async fn stats(pool: &PgPool) -> Result<OutboxStats> {
         let rows = sqlx::query(STATS_SQL)
-            .fetch_all(&self.pool)
+            .fetch_all(pool)
             .await
             .map_err(db_err)?;
         stats_from_rows(&rows).map_err(db_err)
     }
 
-    async fn purge_sent(&self, sent_before_ms: i64) -> Result<u64> {
+    async fn purge_sent(pool: &PgPool, sent_before_ms: i64) -> Result<u64> {
         let done = sqlx::query("DELETE FROM chassis_outbox WHERE status = 'sent' AND sent_at < $1")
             .bind(sent_before_ms)
-            .execute(&self.pool)
+            .execute(pool)
             .await
             .map_err(db_err)?;
         // A subject row being upserted right now is locked; the DELETE waits and then re-checks
         // `last_enqueued_at`, which the upsert just refreshed, so a live subject is never lost.
         sqlx::query("DELETE FROM chassis_outbox_subjects WHERE last_enqueued_at < $1")
             .bind(sent_before_ms)
-            .execute(&self.pool)
+            .execute(pool)
             .await
             .map_err(db_err)?;
         Ok(done.rows_affected())
     }
 
-    fn notifier(&self) -> Arc<Notify> {
-        self.notify.clone()
-    }
-
-    async fn watch(&self, notify: Arc<Notify>, token: CancellationToken) {
+    async fn watch(pool: &PgPool, notify: Arc<Notify>, token: CancellationToken) {
         let retry = Duration::from_secs(1);
         loop {
             if token.is_cancelled() {
                 return;
             }
-            match self.listen(&notify, &token).await {
+            match listen(pool, &notify, &token).await {
                 Ok(()) => return,
                 Err(err) => {
                     tracing::warn!(error = %err, "outbox LISTEN failed; polling until it is back");
@@ -423,46 +339,36 @@ impl OutboxStore for PgOutbox {
             }
         }
     }
+
+    async fn ping(pool: &PgPool) -> std::result::Result<(), sqlx::Error> {
+        sqlx::query("SELECT 1").execute(pool).await?;
+        Ok(())
+    }
 }
 
-impl PgOutbox {
-    /// Listens until cancelled (`Ok`) or the listener fails (`Err`).
-    async fn listen(
-        &self,
-        notify: &Notify,
-        token: &CancellationToken,
-    ) -> std::result::Result<(), sqlx::Error> {
-        let schema: Option<String> = sqlx::query_scalar("SELECT current_schema()::text")
-            .fetch_one(&self.pool)
-            .await?;
-        let mut listener = PgListener::connect_with(&self.pool).await?;
-        listener.listen(NOTIFY_CHANNEL).await?;
-        // Anything committed before LISTEN took effect is found by this first poll.
-        notify.notify_one();
-        loop {
-            tokio::select! {
-                () = token.cancelled() => return Ok(()),
-                received = listener.try_recv() => match received? {
-                    Some(n) if schema.as_deref().is_none_or(|s| s == n.payload()) => notify.notify_one(),
-                    Some(_) => {}
-                    // The connection dropped; try_recv reconnects (and re-LISTENs) on the next
-                    // call. Notifications sent meanwhile are lost: poll now.
-                    None => notify.notify_one(),
-                },
-            }
+/// Listens until cancelled (`Ok`) or the listener fails (`Err`).
+async fn listen(
+    pool: &PgPool,
+    notify: &Notify,
+    token: &CancellationToken,
+) -> std::result::Result<(), sqlx::Error> {
+    let schema: Option<String> = sqlx::query_scalar("SELECT current_schema()::text")
+        .fetch_one(pool)
+        .await?;
+    let mut listener = PgListener::connect_with(pool).await?;
+    listener.listen(NOTIFY_CHANNEL).await?;
+    // Anything committed before LISTEN took effect is found by this first poll.
+    notify.notify_one();
+    loop {
+        tokio::select! {
+            () = token.cancelled() => return Ok(()),
+            received = listener.try_recv() => match received? {
+                Some(n) if schema.as_deref().is_none_or(|s| s == n.payload()) => notify.notify_one(),
+                Some(_) => {}
+                // The connection dropped; try_recv reconnects (and re-LISTENs) on the next
+                // call. Notifications sent meanwhile are lost: poll now.
+                None => notify.notify_one(),
+            },
         }
-    }
-}
-
-impl HealthCheck for PgOutbox {
-    fn name(&self) -> &str {
-        "outbox-postgres"
-    }
-
-    fn check(&self) -> BoxFuture<'_, std::result::Result<(), BoxError>> {
-        Box::pin(async move {
-            sqlx::query("SELECT 1").execute(&self.pool).await?;
-            Ok(())
-        })
     }
 }

@@ -33,10 +33,10 @@
 //!
 //! # Example
 //! ```no_run
-//! use chassis_messaging::connection::{Connection, ConnectionConfig};
-//! use chassis_messaging::consumer::{typed, Consumer, ConsumerConfig, Outcome};
+//! use chassis_messaging::amqp::connection::{Connection, ConnectionConfig};
+//! use chassis_messaging::amqp::consumer::{typed, Consumer, ConsumerConfig, Outcome};
 //! use chassis_messaging::envelope::Envelope;
-//! use chassis_messaging::topology::{QueueConfig, TopologyConfig};
+//! use chassis_messaging::amqp::topology::{QueueConfig, TopologyConfig};
 //!
 //! #[derive(serde::Deserialize)]
 //! struct OrderPlaced { order_id: String }
@@ -81,15 +81,15 @@ use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
-use crate::connection::Connection;
-use crate::envelope::Envelope;
-use crate::error::Error;
-use crate::incoming::{
+use crate::amqp::connection::Connection;
+use crate::amqp::incoming::{
     ATTEMPT_HEADER, FAILURE_REASON_HEADER, IncomingMessage, ORIGINAL_EXCHANGE_HEADER,
     ORIGINAL_ROUTING_KEY_HEADER,
 };
-use crate::publisher::{Publisher, PublisherConfig};
-use crate::topology::QueueConfig;
+use crate::amqp::publisher::{Publisher, PublisherConfig};
+use crate::amqp::topology::QueueConfig;
+use crate::envelope::Envelope;
+use crate::error::Error;
 
 /// What a handler decided about a message.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -379,7 +379,7 @@ async fn subscribe(
     conn: &Connection,
     ctx: &Ctx,
     config: &ConsumerConfig,
-) -> Result<(crate::connection::ManagedChannel, lapin::Consumer), Error> {
+) -> Result<(crate::amqp::connection::ManagedChannel, lapin::Consumer), Error> {
     let ch = conn.open_channel().await?;
     let t = ctx.op_timeout;
     match tokio::time::timeout(

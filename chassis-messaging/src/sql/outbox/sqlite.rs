@@ -1,4 +1,4 @@
-//! The SQLite outbox store: [`SqliteOutbox`].
+//! The outbox on SQLite: [`SqliteOutbox`], `Outbox<Sqlite>`.
 //!
 //! SQLite has a single writer, so transactions commit in the order they took the write lock
 //! and row ids (`AUTOINCREMENT`) follow commit order; no extra ordering bookkeeping is needed.
@@ -10,47 +10,56 @@
 //! it. A relay that dies leaves its lease to expire (default 30 s); the rows are then published
 //! again by whichever relay claims them (a duplicate the inbox absorbs). Use WAL mode
 //! (`SqliteConnectOptions::journal_mode(Wal)`) for concurrent readers.
+//!
+//! SQLite has no cross-connection notification: after committing, call
+//! [`Outbox::notify_committed`] (or commit with [`Outbox::commit`]) so this process's relay
+//! wakes at once.
+//!
+//! # Example
+//! ```
+//! use chassis_messaging::sql::outbox::SqliteOutbox;
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let pool = sqlx::sqlite::SqlitePoolOptions::new()
+//!     .max_connections(1)
+//!     .connect("sqlite::memory:")
+//!     .await?;
+//! // A relay batch reads at most 8 MiB of messages at once.
+//! let outbox = SqliteOutbox::new(pool).claim_bytes(8 * 1024 * 1024);
+//! outbox.migrate().await?;
+//! assert_eq!(outbox.parked(10).await?, []);
+//! # Ok(())
+//! # }
+//! ```
 
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use chassis_core::BoxError;
-use chassis_core::health::{BoxFuture, HealthCheck};
-use sqlx::Transaction;
 use sqlx::sqlite::{Sqlite, SqliteConnection, SqlitePool};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
+use super::database::{NewRow, Outbox, OutboxDatabase};
 use super::store::{
-    OutboxStats, OutboxStore, PendingRow, RowOutcome, STATS_SQL, STATUS_PARKED, STATUS_PENDING,
-    SentPolicy, db_err, message_from_parts, message_id_of, now_ms, parked_row, stats_from_rows,
-    stored_headers, subject_of,
+    OutboxStats, ParkedRow, PendingRow, RowOutcome, STATS_SQL, STATUS_PARKED, STATUS_PENDING,
+    SentPolicy, message_from_parts, parked_row, stats_from_rows,
 };
-use super::{MIGRATIONS_TABLE, ParkedRow};
-use crate::envelope::Envelope;
 use crate::error::{Error, ErrorKind, Result};
-use crate::message::OutgoingMessage;
+use crate::sql::schema::{db_err, now_ms};
 
-/// Applies the chassis-messaging migrations (outbox and inbox tables) to a SQLite database.
-///
-/// Idempotent; tracked in its own table `_chassis_messaging_migrations`, so it never
-/// interferes with the application's `sqlx::migrate!()` history.
-pub async fn migrate(pool: &SqlitePool) -> Result<()> {
-    let mut migrator = sqlx::migrate!("./migrations/sqlite");
-    migrator.dangerous_set_table_name(MIGRATIONS_TABLE);
-    migrator
-        .run(pool)
-        .await
-        .map_err(|e| Error::with_source(ErrorKind::Database, e))
-}
+/// The outbox on a SQLite database.
+pub type SqliteOutbox = Outbox<Sqlite>;
 
-/// The outbox on a SQLite database. Cheap to clone: clones share the pool and the commit
-/// signal.
+/// Default of [`SqliteOutbox::claim_bytes`]: 64 MiB.
+pub const DEFAULT_CLAIM_BYTES: usize = 64 * 1024 * 1024;
+
+/// What a SQLite outbox keeps besides its pool, shared by its clones
+/// ([`OutboxDatabase::State`]).
 #[derive(Debug, Clone)]
-pub struct SqliteOutbox {
-    pool: SqlitePool,
-    notify: Arc<Notify>,
+pub struct SqliteState {
+    /// This outbox's name in the rows it leases.
     owner: Arc<str>,
     /// Taken around the relay's own write transactions (claim, record), shared by clones.
     ///
@@ -62,165 +71,20 @@ pub struct SqliteOutbox {
     /// moment the previous one commits. (The application's own writers still meet the
     /// relay at SQLite's lock, as before.)
     writer: Arc<tokio::sync::Mutex<()>>,
-    /// See [`claim_bytes`](Self::claim_bytes).
+    /// See [`claim_bytes`](SqliteOutbox::claim_bytes).
     claim_bytes: i64,
 }
 
-/// Default of [`SqliteOutbox::claim_bytes`]: 64 MiB.
-pub const DEFAULT_CLAIM_BYTES: usize = 64 * 1024 * 1024;
-
 impl SqliteOutbox {
-    /// An outbox on `pool`. Call [`migrate`](Self::migrate) once at startup.
-    pub fn new(pool: SqlitePool) -> Self {
-        Self {
-            pool,
-            notify: Arc::new(Notify::new()),
-            owner: uuid::Uuid::now_v7().to_string().into(),
-            writer: Arc::new(tokio::sync::Mutex::new(())),
-            claim_bytes: i64::try_from(DEFAULT_CLAIM_BYTES).unwrap_or(i64::MAX),
-        }
-    }
-
     /// Caps the messages (headers and bodies) one relay batch reads at once, besides its row
     /// count ([`RelayConfig::batch_size`](super::RelayConfig::batch_size)): a batch stops at
     /// the row that reaches `bytes`, and always has at least one row. The claim reads its
     /// batch as one string, which SQLite limits to 1 GB, bodies in hex; the default,
     /// [`DEFAULT_CLAIM_BYTES`] (64 MiB), stays far below it with any batch size.
     pub fn claim_bytes(mut self, bytes: usize) -> Self {
-        self.claim_bytes = i64::try_from(bytes).unwrap_or(i64::MAX);
+        self.state.claim_bytes = i64::try_from(bytes).unwrap_or(i64::MAX);
         self
     }
-
-    /// The pool this outbox uses.
-    pub fn pool(&self) -> &SqlitePool {
-        &self.pool
-    }
-
-    /// Creates the outbox and inbox tables if needed (see [`migrate`]).
-    pub async fn migrate(&self) -> Result<()> {
-        migrate(&self.pool).await
-    }
-
-    /// Writes `msg` into the outbox inside the caller's transaction (pass `&mut tx`).
-    ///
-    /// The ordering key is the message's `cloudEvents:subject` header, if any. Returns the
-    /// message id stored with the row (the message's own, or a fresh UUID v7), which is also
-    /// the AMQP `message_id` the consumer's inbox deduplicates on. Nothing is published unless
-    /// the transaction commits; after committing, call
-    /// [`notify_committed`](Self::notify_committed) (or commit with [`commit`](Self::commit))
-    /// so the relay wakes at once instead of at its next poll.
-    ///
-    /// Unless `msg` already carries a `traceparent` header, the trace context of the current
-    /// span (`traceparent`, `tracestate`, `baggage`) is stored with the row, and the relay
-    /// publishes the row as part of that trace: the consumer continues the trace of the
-    /// transaction that enqueued it.
-    pub async fn enqueue(
-        &self,
-        conn: &mut SqliteConnection,
-        msg: &OutgoingMessage,
-    ) -> Result<String> {
-        self.enqueue_with_subject(conn, subject_of(msg), msg).await
-    }
-
-    /// Encodes `event` for `exchange` ([`Envelope::to_message`]: binary-mode CloudEvents, the
-    /// event type as routing key, the envelope id as `message_id`) and enqueues it; the
-    /// envelope's `subject` is the ordering key.
-    pub async fn enqueue_event<T: serde::Serialize>(
-        &self,
-        conn: &mut SqliteConnection,
-        exchange: &str,
-        event: &Envelope<T>,
-    ) -> Result<String> {
-        self.enqueue(conn, &event.to_message(exchange)?).await
-    }
-
-    /// Like [`enqueue`](Self::enqueue) with an explicit ordering key: messages of one
-    /// `subject` are published in commit order; `None` means no ordering constraint.
-    pub async fn enqueue_with_subject(
-        &self,
-        conn: &mut SqliteConnection,
-        subject: Option<&str>,
-        msg: &OutgoingMessage,
-    ) -> Result<String> {
-        let message_id = message_id_of(msg);
-        let headers = serde_json::to_string(&*stored_headers(msg))?;
-        let timestamp = timestamp_column(msg.timestamp)?;
-        let now = now_ms();
-        // The bookkeeping row, then its message under the same id (one round trip).
-        sqlx::query(
-            "INSERT INTO chassis_outbox (subject, message_id, created_at, available_at) \
-             VALUES (?1, ?4, ?11, ?11); \
-             INSERT INTO chassis_outbox_messages (id, exchange, routing_key, amqp_type, \
-             content_type, correlation_id, amqp_timestamp, headers, body) \
-             VALUES (last_insert_rowid(), ?2, ?3, ?5, ?6, ?7, ?8, ?9, ?10)",
-        )
-        .bind(subject)
-        .bind(&msg.exchange)
-        .bind(&msg.routing_key)
-        .bind(&message_id)
-        .bind(msg.kind.as_deref())
-        .bind(msg.content_type.as_deref())
-        .bind(msg.correlation_id.as_deref())
-        .bind(timestamp)
-        .bind(headers)
-        .bind(&msg.body)
-        .bind(now)
-        .execute(&mut *conn)
-        .await
-        .map_err(db_err)?;
-        Ok(message_id)
-    }
-
-    /// Commits `tx` and wakes the relay.
-    pub async fn commit(&self, tx: Transaction<'_, Sqlite>) -> Result<()> {
-        tx.commit().await.map_err(db_err)?;
-        self.notify_committed();
-        Ok(())
-    }
-
-    /// Wakes the relays of this process: call after committing a transaction that enqueued.
-    /// Harmless when nothing was enqueued.
-    pub fn notify_committed(&self) {
-        self.notify.notify_one();
-    }
-
-    /// Parked rows (oldest first, at most `limit`), with the error that parked them.
-    pub async fn parked(&self, limit: i64) -> Result<Vec<ParkedRow>> {
-        let rows = sqlx::query(
-            "SELECT id, subject, message_id, attempts, last_error, created_at FROM chassis_outbox \
-             WHERE status = 'parked' ORDER BY id LIMIT ?1",
-        )
-        .bind(limit)
-        .fetch_all(&self.pool)
-        .await
-        .map_err(db_err)?;
-        rows.iter()
-            .map(parked_row)
-            .collect::<std::result::Result<_, _>>()
-            .map_err(db_err)
-    }
-
-    /// Puts every parked row back to pending with a fresh attempt count (after the cause was
-    /// fixed, e.g. the missing binding declared). Returns how many rows were requeued.
-    pub async fn requeue_parked(&self) -> Result<u64> {
-        let done = sqlx::query(
-            "UPDATE chassis_outbox SET status = 'pending', attempts = 0, available_at = ?1, \
-             locked_until = NULL, lock_owner = NULL WHERE status = 'parked'",
-        )
-        .bind(now_ms())
-        .execute(&self.pool)
-        .await
-        .map_err(db_err)?;
-        self.notify_committed();
-        Ok(done.rows_affected())
-    }
-}
-
-fn timestamp_column(timestamp: Option<u64>) -> Result<Option<i64>> {
-    timestamp
-        .map(i64::try_from)
-        .transpose()
-        .map_err(|e| Error::with_source(ErrorKind::Serialization, e))
 }
 
 /// One claimed row as the claim's `json_array` lists it: the bookkeeping columns, then the
@@ -344,11 +208,78 @@ fn json_ids(ids: impl Iterator<Item = i64>) -> String {
     serde_json::to_string(&ids.collect::<Vec<_>>()).unwrap_or_else(|_| "[]".to_owned())
 }
 
-impl OutboxStore for SqliteOutbox {
+impl OutboxDatabase for Sqlite {
+    type State = SqliteState;
     type Claim = ();
 
+    const CHECK_NAME: &'static str = "outbox-sqlite";
+
+    fn new_state() -> SqliteState {
+        SqliteState {
+            owner: uuid::Uuid::now_v7().to_string().into(),
+            writer: Arc::new(tokio::sync::Mutex::new(())),
+            claim_bytes: i64::try_from(DEFAULT_CLAIM_BYTES).unwrap_or(i64::MAX),
+        }
+    }
+
+    async fn insert(conn: &mut SqliteConnection, row: &NewRow<'_>) -> Result<()> {
+        let msg = row.message;
+        let headers = serde_json::to_string(row.headers)?;
+        // The bookkeeping row, then its message under the same id (one round trip).
+        sqlx::query(
+            "INSERT INTO chassis_outbox (subject, message_id, created_at, available_at) \
+             VALUES (?1, ?4, ?11, ?11); \
+             INSERT INTO chassis_outbox_messages (id, exchange, routing_key, amqp_type, \
+             content_type, correlation_id, amqp_timestamp, headers, body) \
+             VALUES (last_insert_rowid(), ?2, ?3, ?5, ?6, ?7, ?8, ?9, ?10)",
+        )
+        .bind(row.subject)
+        .bind(&msg.exchange)
+        .bind(&msg.routing_key)
+        .bind(row.message_id)
+        .bind(msg.kind.as_deref())
+        .bind(msg.content_type.as_deref())
+        .bind(msg.correlation_id.as_deref())
+        .bind(row.timestamp)
+        .bind(headers)
+        .bind(&msg.body)
+        .bind(row.created_at_ms)
+        .execute(&mut *conn)
+        .await
+        .map_err(db_err)?;
+        Ok(())
+    }
+
+    async fn parked(pool: &SqlitePool, limit: i64) -> Result<Vec<ParkedRow>> {
+        let rows = sqlx::query(
+            "SELECT id, subject, message_id, attempts, last_error, created_at FROM chassis_outbox \
+             WHERE status = 'parked' ORDER BY id LIMIT ?1",
+        )
+        .bind(limit)
+        .fetch_all(pool)
+        .await
+        .map_err(db_err)?;
+        rows.iter()
+            .map(parked_row)
+            .collect::<std::result::Result<_, _>>()
+            .map_err(db_err)
+    }
+
+    async fn requeue_parked(pool: &SqlitePool, now: i64) -> Result<u64> {
+        let done = sqlx::query(
+            "UPDATE chassis_outbox SET status = 'pending', attempts = 0, available_at = ?1, \
+             locked_until = NULL, lock_owner = NULL WHERE status = 'parked'",
+        )
+        .bind(now)
+        .execute(pool)
+        .await
+        .map_err(db_err)?;
+        Ok(done.rows_affected())
+    }
+
     async fn claim(
-        &self,
+        pool: &SqlitePool,
+        state: &SqliteState,
         limit: usize,
         lease: Duration,
         held: &HashSet<i64>,
@@ -367,12 +298,8 @@ impl OutboxStore for SqliteOutbox {
         // per statement.)
         // IMMEDIATE takes the write lock up front: a deferred transaction upgrading from read
         // to write could fail with SQLITE_BUSY instead of waiting.
-        let _writer = self.writer.lock().await;
-        let mut tx = self
-            .pool
-            .begin_with("BEGIN IMMEDIATE")
-            .await
-            .map_err(db_err)?;
+        let _writer = state.writer.lock().await;
+        let mut tx = pool.begin_with("BEGIN IMMEDIATE").await.map_err(db_err)?;
         // Each query returns one row (a JSON array): sqlx's SQLite driver hands rows over one
         // at a time from its worker thread, and a 500-row batch cost 500 cross-thread wake-ups
         // and 6 500 owned column values, about as much CPU as the query itself. First the
@@ -399,7 +326,7 @@ impl OutboxStore for SqliteOutbox {
         .fetch_one(&mut *tx)
         .await
         .map_err(db_err)?;
-        let ids = within_bytes(sizes.as_deref().unwrap_or("[]"), self.claim_bytes)?;
+        let ids = within_bytes(sizes.as_deref().unwrap_or("[]"), state.claim_bytes)?;
         if ids.is_empty() {
             tx.commit().await.map_err(db_err)?;
             return Ok(((), Vec::new()));
@@ -423,7 +350,7 @@ impl OutboxStore for SqliteOutbox {
              WHERE id IN (SELECT value FROM json_each(?3))",
         )
         .bind(until)
-        .bind(&*self.owner)
+        .bind(&*state.owner)
         .bind(ids)
         .execute(&mut *tx)
         .await
@@ -433,7 +360,8 @@ impl OutboxStore for SqliteOutbox {
     }
 
     async fn finish(
-        &self,
+        pool: &SqlitePool,
+        state: &SqliteState,
         _claim: (),
         outcomes: Vec<(i64, RowOutcome)>,
         sent: SentPolicy,
@@ -473,8 +401,8 @@ impl OutboxStore for SqliteOutbox {
         // runs out, as a crash before the record does. A multi-row statement inside an
         // explicit transaction also makes SQLite keep a statement journal to undo it alone;
         // autocommit needs none. Together: a third less SQLite time per recorded batch.
-        let _writer = self.writer.lock().await;
-        let mut conn = self.pool.acquire().await.map_err(db_err)?;
+        let _writer = state.writer.lock().await;
+        let mut conn = pool.acquire().await.map_err(db_err)?;
         let record_sent = match sent {
             SentPolicy::Delete => {
                 "DELETE FROM chassis_outbox WHERE id IN (SELECT value FROM json_each(?2))"
@@ -498,7 +426,7 @@ impl OutboxStore for SqliteOutbox {
                  WHERE id IN (SELECT value FROM json_each(?1)) AND lock_owner = ?2",
             )
             .bind(json_ids(released_ids.into_iter()))
-            .bind(&*self.owner)
+            .bind(&*state.owner)
             .execute(&mut *conn)
             .await
             .map_err(db_err)?;
@@ -520,40 +448,29 @@ impl OutboxStore for SqliteOutbox {
         Ok(())
     }
 
-    async fn stats(&self) -> Result<OutboxStats> {
+    async fn stats(pool: &SqlitePool) -> Result<OutboxStats> {
         let rows = sqlx::query(STATS_SQL)
-            .fetch_all(&self.pool)
+            .fetch_all(pool)
             .await
             .map_err(db_err)?;
         stats_from_rows(&rows).map_err(db_err)
     }
 
-    async fn purge_sent(&self, sent_before_ms: i64) -> Result<u64> {
+    async fn purge_sent(pool: &SqlitePool, sent_before_ms: i64) -> Result<u64> {
         let done = sqlx::query("DELETE FROM chassis_outbox WHERE status = 'sent' AND sent_at < ?1")
             .bind(sent_before_ms)
-            .execute(&self.pool)
+            .execute(pool)
             .await
             .map_err(db_err)?;
         Ok(done.rows_affected())
     }
 
-    fn notifier(&self) -> Arc<Notify> {
-        self.notify.clone()
-    }
+    // No cross-connection notification: the relay wakes on `notify_committed` and polls.
+    async fn watch(_pool: &SqlitePool, _notify: Arc<Notify>, _token: CancellationToken) {}
 
-    async fn watch(&self, _notify: Arc<Notify>, _token: CancellationToken) {}
-}
-
-impl HealthCheck for SqliteOutbox {
-    fn name(&self) -> &str {
-        "outbox-sqlite"
-    }
-
-    fn check(&self) -> BoxFuture<'_, std::result::Result<(), BoxError>> {
-        Box::pin(async move {
-            sqlx::query("SELECT 1").execute(&self.pool).await?;
-            Ok(())
-        })
+    async fn ping(pool: &SqlitePool) -> std::result::Result<(), sqlx::Error> {
+        sqlx::query("SELECT 1").execute(pool).await?;
+        Ok(())
     }
 }
 

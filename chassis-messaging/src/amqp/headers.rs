@@ -3,7 +3,7 @@
 //! context (`traceparent`, `tracestate`, `baggage`) travels in AMQP application headers.
 //!
 //! ```
-//! use chassis_messaging::headers::{HeaderMapCarrier};
+//! use chassis_messaging::amqp::headers::{HeaderMapCarrier};
 //! use chassis_messaging::message::HeaderValue;
 //! use opentelemetry::propagation::{Extractor, Injector};
 //! use std::collections::BTreeMap;

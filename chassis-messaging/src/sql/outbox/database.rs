@@ -1,0 +1,317 @@
+//! [`Outbox`]: the outbox on one database, and [`OutboxDatabase`], what each database supplies.
+//!
+//! Everything a service calls (`enqueue`, `commit`, `parked`, ...) is written once here, over
+//! any database; the SQL, and how a relay reserves rows, is each database's own (see
+//! [`sqlite`](super::sqlite) and [`postgres`](super::postgres)).
+
+use std::collections::{BTreeMap, HashSet};
+use std::fmt;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chassis_core::BoxError;
+use chassis_core::health::{BoxFuture, HealthCheck};
+use sqlx::{Pool, Transaction};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use super::store::{
+    OutboxStats, OutboxStore, ParkedRow, PendingRow, RowOutcome, SentPolicy, message_id_of,
+    stored_headers, subject_of,
+};
+use crate::envelope::Envelope;
+use crate::error::{Error, ErrorKind, Result};
+use crate::message::{HeaderValue, OutgoingMessage};
+use crate::sql::schema::{SchemaDatabase, db_err, now_ms};
+
+/// A database the outbox works on: implemented for SQLite and PostgreSQL (per enabled
+/// feature).
+///
+/// The methods are the outbox's plumbing, each database's own SQL; services use them through
+/// [`Outbox`], and the [`Relay`](super::Relay) through [`OutboxStore`].
+pub trait OutboxDatabase: SchemaDatabase {
+    /// What an outbox keeps for this database besides its pool and its wake-up signal, shared
+    /// by clones (SQLite: the relay's write queue, its lease owner and its claim cap).
+    type State: Clone + fmt::Debug + Send + Sync + 'static;
+
+    /// The reservation of one claimed batch (see [`OutboxStore::Claim`]).
+    type Claim: Send + 'static;
+
+    /// The name the outbox's [`HealthCheck`] reports.
+    const CHECK_NAME: &'static str;
+
+    /// The state of a new outbox.
+    fn new_state() -> Self::State;
+
+    /// Inserts `row` (its bookkeeping row and its message) through `conn`, the caller's
+    /// transaction.
+    fn insert(
+        conn: &mut Self::Connection,
+        row: &NewRow<'_>,
+    ) -> impl Future<Output = Result<()>> + Send;
+
+    /// Parked rows, oldest first, at most `limit`.
+    fn parked(pool: &Pool<Self>, limit: i64)
+    -> impl Future<Output = Result<Vec<ParkedRow>>> + Send;
+
+    /// Puts every parked row back to pending, due at `now_ms`, with no attempts; returns how
+    /// many.
+    fn requeue_parked(pool: &Pool<Self>, now_ms: i64) -> impl Future<Output = Result<u64>> + Send;
+
+    /// [`OutboxStore::claim`] on this database.
+    fn claim(
+        pool: &Pool<Self>,
+        state: &Self::State,
+        limit: usize,
+        lease: Duration,
+        held: &HashSet<i64>,
+    ) -> impl Future<Output = Result<(Self::Claim, Vec<PendingRow>)>> + Send;
+
+    /// [`OutboxStore::finish`] on this database.
+    fn finish(
+        pool: &Pool<Self>,
+        state: &Self::State,
+        claim: Self::Claim,
+        outcomes: Vec<(i64, RowOutcome)>,
+        sent: SentPolicy,
+    ) -> impl Future<Output = Result<()>> + Send;
+
+    /// [`OutboxStore::stats`] on this database.
+    fn stats(pool: &Pool<Self>) -> impl Future<Output = Result<OutboxStats>> + Send;
+
+    /// [`OutboxStore::purge_sent`] on this database.
+    fn purge_sent(
+        pool: &Pool<Self>,
+        sent_before_ms: i64,
+    ) -> impl Future<Output = Result<u64>> + Send;
+
+    /// [`OutboxStore::watch`] on this database.
+    fn watch(
+        pool: &Pool<Self>,
+        notify: Arc<Notify>,
+        token: CancellationToken,
+    ) -> impl Future<Output = ()> + Send;
+
+    /// One round trip to the database, for the health check.
+    fn ping(pool: &Pool<Self>)
+    -> impl Future<Output = std::result::Result<(), sqlx::Error>> + Send;
+}
+
+/// One event to write, as [`OutboxDatabase::insert`] receives it: the message and what
+/// [`Outbox::enqueue`] derived from it.
+#[derive(Debug)]
+#[non_exhaustive]
+pub struct NewRow<'a> {
+    /// The ordering key.
+    pub subject: Option<&'a str>,
+    /// The message id stored with the row (the message's own, or a fresh one).
+    pub message_id: &'a str,
+    /// The message: exchange, routing key, properties and body are stored as they are.
+    pub message: &'a OutgoingMessage,
+    /// The headers to store: the message's own, plus the enqueuer's trace context.
+    pub headers: &'a BTreeMap<String, HeaderValue>,
+    /// The message's AMQP timestamp, in the column's type.
+    pub timestamp: Option<i64>,
+    /// Now (Unix epoch milliseconds): when the row was written, and when it is first due.
+    pub created_at_ms: i64,
+}
+
+/// The outbox on one database. Cheap to clone: clones share the pool and the commit signal.
+///
+/// `Outbox<Sqlite>` is also [`SqliteOutbox`](super::SqliteOutbox), `Outbox<Postgres>`
+/// [`PgOutbox`](super::PgOutbox); what only one database has is an inherent method there
+/// (`SqliteOutbox::claim_bytes`). A running PostgreSQL relay holds one pool connection for
+/// `LISTEN` and one per batch in flight: size the pool for it.
+pub struct Outbox<DB: OutboxDatabase> {
+    pool: Pool<DB>,
+    notify: Arc<Notify>,
+    pub(super) state: DB::State,
+}
+
+impl<DB: OutboxDatabase> Clone for Outbox<DB> {
+    fn clone(&self) -> Self {
+        Self {
+            pool: self.pool.clone(),
+            notify: self.notify.clone(),
+            state: self.state.clone(),
+        }
+    }
+}
+
+impl<DB: OutboxDatabase> fmt::Debug for Outbox<DB> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Outbox")
+            .field("pool", &self.pool)
+            .field("state", &self.state)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<DB: OutboxDatabase> Outbox<DB> {
+    /// An outbox on `pool`. Call [`migrate`](Self::migrate) once at startup.
+    pub fn new(pool: Pool<DB>) -> Self {
+        Self {
+            pool,
+            notify: Arc::new(Notify::new()),
+            state: DB::new_state(),
+        }
+    }
+
+    /// The pool this outbox uses.
+    pub fn pool(&self) -> &Pool<DB> {
+        &self.pool
+    }
+
+    /// Creates the outbox and inbox tables if needed (see [`schema`](crate::sql::schema)).
+    pub async fn migrate(&self) -> Result<()> {
+        DB::migrate(&self.pool).await
+    }
+
+    /// Writes `msg` into the outbox inside the caller's transaction (pass `&mut tx`).
+    ///
+    /// The ordering key is the message's `cloudEvents:subject` header, if any. Returns the
+    /// message id stored with the row (the message's own, or a fresh UUID v7), which is also
+    /// the AMQP `message_id` the consumer's inbox deduplicates on. Nothing is published unless
+    /// the transaction commits. On PostgreSQL relays wake when it commits (`NOTIFY`); SQLite
+    /// has no such signal, so commit with [`commit`](Self::commit), or call
+    /// [`notify_committed`](Self::notify_committed) after committing, and the relay wakes at
+    /// once instead of at its next poll.
+    ///
+    /// Unless `msg` already carries a `traceparent` header, the trace context of the current
+    /// span (`traceparent`, `tracestate`, `baggage`) is stored with the row, and the relay
+    /// publishes the row as part of that trace: the consumer continues the trace of the
+    /// transaction that enqueued it.
+    pub async fn enqueue(
+        &self,
+        conn: &mut DB::Connection,
+        msg: &OutgoingMessage,
+    ) -> Result<String> {
+        self.enqueue_with_subject(conn, subject_of(msg), msg).await
+    }
+
+    /// Encodes `event` for `exchange` ([`Envelope::to_message`]: binary-mode CloudEvents, the
+    /// event type as routing key, the envelope id as `message_id`) and enqueues it; the
+    /// envelope's `subject` is the ordering key.
+    pub async fn enqueue_event<T: serde::Serialize>(
+        &self,
+        conn: &mut DB::Connection,
+        exchange: &str,
+        event: &Envelope<T>,
+    ) -> Result<String> {
+        self.enqueue(conn, &event.to_message(exchange)?).await
+    }
+
+    /// Like [`enqueue`](Self::enqueue) with an explicit ordering key: messages of one
+    /// `subject` are published in commit order; `None` means no ordering constraint.
+    ///
+    /// On PostgreSQL a subject's bookkeeping row stays locked until the transaction ends:
+    /// concurrent transactions enqueueing for the same subject wait for each other (they
+    /// usually already do, on the aggregate's own row).
+    pub async fn enqueue_with_subject(
+        &self,
+        conn: &mut DB::Connection,
+        subject: Option<&str>,
+        msg: &OutgoingMessage,
+    ) -> Result<String> {
+        let message_id = message_id_of(msg);
+        let headers = stored_headers(msg);
+        let timestamp = msg
+            .timestamp
+            .map(i64::try_from)
+            .transpose()
+            .map_err(|e| Error::with_source(ErrorKind::Serialization, e))?;
+        let row = NewRow {
+            subject,
+            message_id: &message_id,
+            message: msg,
+            headers: &headers,
+            timestamp,
+            created_at_ms: now_ms(),
+        };
+        DB::insert(conn, &row).await?;
+        Ok(message_id)
+    }
+
+    /// Commits `tx` and wakes this process's relays (on PostgreSQL the trigger's `NOTIFY`
+    /// wakes every relay anyway; this only saves the round trip through the listener).
+    pub async fn commit(&self, tx: Transaction<'_, DB>) -> Result<()> {
+        tx.commit().await.map_err(db_err)?;
+        self.notify_committed();
+        Ok(())
+    }
+
+    /// Wakes the relays of this process: call after committing a transaction that enqueued.
+    /// Harmless when nothing was enqueued.
+    pub fn notify_committed(&self) {
+        self.notify.notify_one();
+    }
+
+    /// Parked rows (oldest first, at most `limit`), with the error that parked them.
+    pub async fn parked(&self, limit: i64) -> Result<Vec<ParkedRow>> {
+        DB::parked(&self.pool, limit).await
+    }
+
+    /// Puts every parked row back to pending with a fresh attempt count (after the cause was
+    /// fixed, e.g. the missing binding declared). Returns how many rows were requeued.
+    pub async fn requeue_parked(&self) -> Result<u64> {
+        let requeued = DB::requeue_parked(&self.pool, now_ms()).await?;
+        self.notify_committed();
+        Ok(requeued)
+    }
+}
+
+impl<DB: OutboxDatabase> OutboxStore for Outbox<DB> {
+    type Claim = DB::Claim;
+
+    fn claim(
+        &self,
+        limit: usize,
+        lease: Duration,
+        held: &HashSet<i64>,
+    ) -> impl Future<Output = Result<(DB::Claim, Vec<PendingRow>)>> + Send {
+        DB::claim(&self.pool, &self.state, limit, lease, held)
+    }
+
+    fn finish(
+        &self,
+        claim: DB::Claim,
+        outcomes: Vec<(i64, RowOutcome)>,
+        sent: SentPolicy,
+    ) -> impl Future<Output = Result<()>> + Send {
+        DB::finish(&self.pool, &self.state, claim, outcomes, sent)
+    }
+
+    fn stats(&self) -> impl Future<Output = Result<OutboxStats>> + Send {
+        DB::stats(&self.pool)
+    }
+
+    fn purge_sent(&self, sent_before_ms: i64) -> impl Future<Output = Result<u64>> + Send {
+        DB::purge_sent(&self.pool, sent_before_ms)
+    }
+
+    fn notifier(&self) -> Arc<Notify> {
+        self.notify.clone()
+    }
+
+    fn watch(
+        &self,
+        notify: Arc<Notify>,
+        token: CancellationToken,
+    ) -> impl Future<Output = ()> + Send {
+        DB::watch(&self.pool, notify, token)
+    }
+}
+
+impl<DB: OutboxDatabase> HealthCheck for Outbox<DB> {
+    fn name(&self) -> &str {
+        DB::CHECK_NAME
+    }
+
+    fn check(&self) -> BoxFuture<'_, std::result::Result<(), BoxError>> {
+        Box::pin(async move {
+            DB::ping(&self.pool).await?;
+            Ok(())
+        })
+    }
+}
