@@ -12,7 +12,8 @@
 //! 6. [`timeout`]: 504 after the request timeout (default 30 s);
 //! 7. [`load_shed`]: 503 + `Retry-After` above `max_in_flight` concurrent requests (default 1024);
 //! 8. [`body_limit`]: 413 for bodies over the limit (default 2 MiB);
-//! 9. [`error_response`]: errors of the inner service become error responses;
+//! 9. [`error_response`]: errors of the inner service become error responses, and its error
+//!    responses without a JSON body (axum's rejections, a router's 404/405) get the JSON body;
 //!
 //! [`StandardLayers`] runs layers 5 to 9 fused into one service, [`guard`] (same behaviour, one
 //! `call` and one response future instead of five); each stays a layer of its own for stacks
@@ -22,7 +23,8 @@
 //!
 //! Panics are caught *inside* the observability layers rather than outermost, so a panicked
 //! request is traced, counted and logged as the 500 it became, with its trace id. Every
-//! response a chassis layer produces uses the [`ApiError`](crate::error::ApiError) JSON body.
+//! error response, whether a chassis layer or the application produced it, uses the
+//! [`ApiError`](crate::error::ApiError) JSON body.
 //!
 //! The health endpoints ([`crate::health`]) sit *outside* this stack so probes are not
 //! traced, logged, timed out or shed.
