@@ -15,10 +15,10 @@
 //! # Example
 //! ```
 //! use chassis_messaging::amqp::consumer::{typed, Outcome};
-//! use chassis_messaging::envelope::Envelope;
-//! use chassis_messaging::memory::MemoryBroker;
 //! use chassis_messaging::amqp::publisher::Publish;
 //! use chassis_messaging::amqp::topology::{ExchangeConfig, QueueConfig, RetryPolicy, TopologyConfig};
+//! use chassis_messaging::envelope::Envelope;
+//! use chassis_messaging::memory::MemoryBroker;
 //! use std::time::Duration;
 //!
 //! # #[tokio::main(flavor = "current_thread")]

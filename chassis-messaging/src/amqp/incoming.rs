@@ -18,7 +18,7 @@ use std::sync::Arc;
 use lapin::BasicProperties;
 use serde::de::DeserializeOwned;
 
-use super::headers::{HeaderMapExtractor, from_field_table};
+use crate::amqp::headers::{HeaderMapExtractor, from_field_table};
 use crate::envelope::{Envelope, Received};
 use crate::error::Error;
 use crate::message::{HeaderValue, OutgoingMessage};

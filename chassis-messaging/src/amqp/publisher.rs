@@ -25,8 +25,8 @@
 //! # Example
 //! ```no_run
 //! use chassis_messaging::amqp::connection::{Connection, ConnectionConfig};
-//! use chassis_messaging::envelope::Envelope;
 //! use chassis_messaging::amqp::publisher::{Publish, Publisher, PublisherConfig};
+//! use chassis_messaging::envelope::Envelope;
 //!
 //! # async fn run() -> Result<(), chassis_messaging::error::Error> {
 //! let conn = Connection::connect(ConnectionConfig::new("amqp://127.0.0.1:5672/%2f", "orders")).await?;

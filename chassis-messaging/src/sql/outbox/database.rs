@@ -1,8 +1,8 @@
 //! [`Outbox`]: the outbox on one database, and [`OutboxDatabase`], what each database supplies.
 //!
 //! Everything a service calls (`enqueue`, `commit`, `parked`, ...) is written once here, over
-//! any database; the SQL, and how a relay reserves rows, is each database's own (see
-//! [`sqlite`](super::sqlite) and [`postgres`](super::postgres)).
+//! any database; the SQL, and how a relay reserves rows, is each database's own (see the
+//! modules `sqlite` and `postgres`).
 
 use std::collections::{BTreeMap, HashSet};
 use std::fmt;
@@ -119,10 +119,10 @@ pub struct NewRow<'a> {
 
 /// The outbox on one database. Cheap to clone: clones share the pool and the commit signal.
 ///
-/// `Outbox<Sqlite>` is also [`SqliteOutbox`](super::SqliteOutbox), `Outbox<Postgres>`
-/// [`PgOutbox`](super::PgOutbox); what only one database has is an inherent method there
-/// (`SqliteOutbox::claim_bytes`). A running PostgreSQL relay holds one pool connection for
-/// `LISTEN` and one per batch in flight: size the pool for it.
+/// `Outbox<Sqlite>` is also `SqliteOutbox`, `Outbox<Postgres>` `PgOutbox`; what only one
+/// database has is an inherent method there (`SqliteOutbox::claim_bytes`). A running
+/// PostgreSQL relay holds one pool connection for `LISTEN` and one per batch in flight: size
+/// the pool for it.
 pub struct Outbox<DB: OutboxDatabase> {
     pool: Pool<DB>,
     notify: Arc<Notify>,

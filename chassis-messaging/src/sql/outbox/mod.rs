@@ -12,10 +12,10 @@
 //! message with the same `message_id`, and the consumer's [`Inbox`](crate::sql::inbox::Inbox)
 //! turns that into an exactly-once effect.
 //!
-//! [`Outbox<DB>`](Outbox) is one type for every database: [`SqliteOutbox`] (`Outbox<Sqlite>`,
-//! feature `sqlite`) and [`PgOutbox`] (`Outbox<Postgres>`, feature `postgres`). What differs
-//! between them, the SQL and how rows are reserved, sits behind [`OutboxDatabase`]; [`sqlite`]
-//! and [`postgres`] describe each.
+//! [`Outbox<DB>`](Outbox) is one type for every database: `SqliteOutbox` (`Outbox<Sqlite>`,
+//! feature `sqlite`) and `PgOutbox` (`Outbox<Postgres>`, feature `postgres`). What differs
+//! between them, the SQL and how rows are reserved, sits behind [`OutboxDatabase`]; the
+//! modules `sqlite` and `postgres` describe each.
 //!
 //! # Tables and migrations
 //! [`Outbox::migrate`] (or [`schema::migrate`](crate::sql::schema::migrate) on a pool) creates
@@ -45,8 +45,8 @@
 //!   subject is in the same batch or in one of the relay's own batches still in flight. Ids
 //!   follow commit order per subject: on SQLite because
 //!   there is a single writer, on PostgreSQL because `enqueue` locks a per-subject row
-//!   (`chassis_outbox_subjects`) so concurrent writers of one subject serialize (see
-//!   [`postgres`]). Events without a subject have no ordering constraint.
+//!   (`chassis_outbox_subjects`) so concurrent writers of one subject serialize (see the
+//!   `postgres` module). Events without a subject have no ordering constraint.
 //! - **Pipelined batches**: a relay keeps up to [`RelayConfig::batches_in_flight`] (4) batches
 //!   in flight: it claims and publishes the next batches while earlier ones still wait for
 //!   their confirms and bookkeeping, so the broker's confirm pipeline stays full. Order and
