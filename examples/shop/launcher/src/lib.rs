@@ -1,14 +1,18 @@
 //! # shop-launcher
 //!
-//! Runs the whole shop on one machine: builds the service binaries (`cargo build`), starts each
-//! service as its own process with its environment (ports, its own database — a SQLite file per
-//! service in a run directory, or a PostgreSQL database per service on one server, see
-//! [`Database`] —, `AMQP_URL`, service-token keys), waits until every `/health/ready` is green,
-//! and drives a demo workload through the gateway.
+//! Runs the whole shop on one machine: checks that RabbitMQ (and PostgreSQL) answer, builds the
+//! service binaries (`cargo build`), starts each service as its own process with its environment
+//! (ports, its own database — a SQLite file per service in a run directory, or a PostgreSQL
+//! database per service on one server, see [`Database`] —, `AMQP_URL`, service-token keys),
+//! waits until every `/health/ready` is green, drives a demo workload through the gateway, stops
+//! the services gracefully and deletes the run's exchanges and queues.
 //!
 //! The library is what the binary and the end-to-end tests share:
+//! - [`preflight`]: the broker and the database server answer before anything starts (a local
+//!   one that is installed but stopped is started);
 //! - [`System`]: start, inspect, kill/restart and stop the processes;
-//! - [`workload`]: place orders concurrently, poll them to a final status, summarise.
+//! - [`workload`]: place orders concurrently, poll them to a final status, summarise;
+//! - [`cleanup`]: delete every exchange and queue of a run's namespace once its services stopped.
 //!
 //! # Example
 //! ```no_run
@@ -30,7 +34,10 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use tokio::process::{Child, Command};
+use tokio::task::JoinSet;
 
+pub mod cleanup;
+pub mod preflight;
 pub mod workload;
 
 /// A boxed error.
@@ -218,24 +225,43 @@ pub fn binary_name(service: &str) -> String {
     format!("shop-{service}")
 }
 
-/// Builds every service binary with `cargo build` (release or debug) and returns the directory
-/// holding them. Uses the `CARGO` the launcher runs under and honours `CARGO_TARGET_DIR`.
-pub fn build_services(release: bool) -> Result<PathBuf, BoxError> {
+/// The `cargo build` of every service binary (release or debug), run from the workspace root
+/// with the `CARGO` the launcher runs under.
+///
+/// It selects `shop-launcher` together with the six services. The launcher depends on the
+/// service crates (see its `Cargo.toml`), so `cargo run -p shop-launcher` has already resolved
+/// and compiled every crate the services need with exactly this invocation's features: the
+/// build only links the service binaries. (Cargo resolves features per invocation for the
+/// packages it selects; a `cargo build -p shop-gateway -p …` without the launcher, as this was
+/// before, resolved ~100 shared crates, tokio and sqlx among them, to other feature sets and
+/// compiled them a second time.)
+pub fn build_command(release: bool) -> std::process::Command {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let mut cmd = std::process::Command::new(cargo);
     cmd.arg("build").arg("--quiet");
     if release {
         cmd.arg("--release");
     }
+    cmd.arg("-p").arg("shop-launcher");
     for s in SERVICES {
         cmd.arg("-p").arg(binary_name(s));
     }
     cmd.current_dir(workspace_root());
-    let status = cmd.status()?;
+    cmd
+}
+
+/// The directory [`build_command`] puts the binaries in (honours `CARGO_TARGET_DIR`).
+pub fn bin_dir(release: bool) -> PathBuf {
+    target_dir().join(if release { "release" } else { "debug" })
+}
+
+/// Builds every service binary ([`build_command`]) and returns the directory holding them.
+pub fn build_services(release: bool) -> Result<PathBuf, BoxError> {
+    let status = build_command(release).status()?;
     if !status.success() {
         return Err(format!("cargo build failed: {status}").into());
     }
-    Ok(target_dir().join(if release { "release" } else { "debug" }))
+    Ok(bin_dir(release))
 }
 
 /// The workspace root (two levels above this crate).
@@ -246,6 +272,14 @@ pub fn workspace_root() -> PathBuf {
 fn target_dir() -> PathBuf {
     std::env::var_os("CARGO_TARGET_DIR")
         .map_or_else(|| workspace_root().join("target"), PathBuf::from)
+}
+
+/// The broker: `AMQP_URL`, or the local RabbitMQ with the default guest account.
+pub fn default_amqp_url() -> String {
+    std::env::var("AMQP_URL")
+        .ok()
+        .filter(|u| !u.is_empty())
+        .unwrap_or_else(|| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
 }
 
 /// A free TCP port on loopback.
@@ -267,7 +301,7 @@ pub struct SystemConfig {
     pub database: Database,
     /// Ports by service; `None` picks free ports.
     pub ports: Option<BTreeMap<&'static str, u16>>,
-    /// Prefix of every exchange and queue (isolates systems sharing a broker).
+    /// Prefix of every exchange and queue (isolates systems sharing a broker); ends with `.`.
     pub namespace: String,
     /// The broker.
     pub amqp_url: String,
@@ -294,8 +328,7 @@ impl SystemConfig {
             database: Database::Sqlite,
             ports: None,
             namespace: format!("shop-{}.", &uuid::Uuid::new_v4().simple().to_string()[..8]),
-            amqp_url: std::env::var("AMQP_URL")
-                .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into()),
+            amqp_url: default_amqp_url(),
             provider_failure_rate: 0.0,
             step_timeout: Duration::from_secs(30),
             inventory_seed: None,
@@ -327,6 +360,9 @@ struct Proc {
     url: String,
 }
 
+/// How long [`System::stop`] lets the services drain before it kills what is left.
+pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// The running system.
 #[derive(Debug)]
 pub struct System {
@@ -337,8 +373,17 @@ pub struct System {
 }
 
 impl System {
-    /// Starts every service and waits until each `/health/ready` answers 200.
+    /// Starts every service and waits until each `/health/ready` answers 200. If one does not
+    /// get ready, the returned error drops the system, which kills every process it started.
     pub async fn start(config: SystemConfig) -> Result<System, BoxError> {
+        let mut system = System::launch(config).await?;
+        system.wait_ready(None).await?;
+        Ok(system)
+    }
+
+    /// Starts every service without waiting for it to get ready (see [`System::wait_ready`]):
+    /// the caller keeps the system, so it can stop it gracefully however the wait ends.
+    pub async fn launch(config: SystemConfig) -> Result<System, BoxError> {
         std::fs::create_dir_all(&config.run_dir)?;
         create_databases(&config.database).await?;
         let databases_to_drop = matches!(
@@ -422,7 +467,6 @@ impl System {
         for service in SERVICES {
             system.spawn(service)?;
         }
-        system.wait_ready(None).await?;
         Ok(system)
     }
 
@@ -443,6 +487,10 @@ impl System {
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
+            // A process group of its own: Ctrl-C in a terminal signals the whole foreground
+            // group, and the services must get exactly one SIGTERM, the launcher's (the chassis
+            // takes a second signal as "stop now, skip the drain").
+            .process_group(0)
             .kill_on_drop(true)
             .spawn()
             .map_err(|e| format!("starting {}: {e}", bin.display()))?;
@@ -499,6 +547,19 @@ impl System {
         &self.config.namespace
     }
 
+    /// The broker the services use.
+    pub fn amqp_url(&self) -> &str {
+        &self.config.amqp_url
+    }
+
+    /// The process id of every running service.
+    pub fn pids(&self) -> BTreeMap<&'static str, u32> {
+        self.procs
+            .iter()
+            .filter_map(|(name, p)| Some((*name, p.child.as_ref()?.id()?)))
+            .collect()
+    }
+
     /// Kills a service at once (SIGKILL): a crash.
     pub async fn kill(&mut self, service: &str) -> Result<(), BoxError> {
         let proc = self.procs.get_mut(service).ok_or("unknown service")?;
@@ -519,23 +580,12 @@ impl System {
     /// exited successfully by itself.
     pub async fn terminate(&mut self, service: &str) -> Result<bool, BoxError> {
         let proc = self.procs.get_mut(service).ok_or("unknown service")?;
-        let Some(mut child) = proc.child.take() else {
+        let Some(child) = proc.child.take() else {
             return Ok(false);
         };
-        if let Some(pid) = child.id() {
-            let _ = Command::new("kill")
-                .arg("-TERM")
-                .arg(pid.to_string())
-                .status()
-                .await;
-        }
-        match tokio::time::timeout(Duration::from_secs(15), child.wait()).await {
-            Ok(status) => Ok(status?.success()),
-            Err(_) => {
-                child.kill().await?;
-                Ok(false)
-            }
-        }
+        sigterm(&[&child]).await;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+        Ok(wait_or_kill(child, deadline).await)
     }
 
     /// Where the services keep their data.
@@ -543,13 +593,42 @@ impl System {
         &self.config.database
     }
 
-    /// Stops every service gracefully, the gateway first; returns the services that did not
-    /// exit cleanly. Drops the PostgreSQL databases if configured to.
-    pub async fn stop(mut self) -> Vec<String> {
+    /// Stops every service gracefully within [`DRAIN_TIMEOUT`] ([`System::stop_within`]);
+    /// returns the services that did not exit cleanly.
+    pub async fn stop(self) -> Vec<String> {
+        self.stop_within(DRAIN_TIMEOUT).await
+    }
+
+    /// Stops every service gracefully: SIGTERM to the gateway first, so no new order gets in,
+    /// and once it has drained its in-flight requests (which still reach the services behind
+    /// it), SIGTERM to all the others at once, which drain in parallel. Whatever still runs
+    /// when `drain` has passed since the call is killed (SIGKILL). Returns the services (of those
+    /// still running) that did not exit by themselves with success. Drops the PostgreSQL databases if configured to.
+    pub async fn stop_within(mut self, drain: Duration) -> Vec<String> {
+        let deadline = tokio::time::Instant::now() + drain;
         let mut unclean = Vec::new();
-        for service in SERVICES.iter().rev() {
-            if !self.terminate(service).await.unwrap_or(false) {
-                unclean.push((*service).to_owned());
+        let mut children: Vec<(&'static str, Child)> = SERVICES
+            .iter()
+            .rev()
+            .filter_map(|s| Some((*s, self.procs.get_mut(s)?.child.take()?)))
+            .collect();
+        let mut waves = Vec::new();
+        if let Some(i) = children.iter().position(|(s, _)| *s == "gateway") {
+            waves.push(vec![children.remove(i)]);
+        }
+        waves.push(children);
+        for wave in waves {
+            sigterm(&wave.iter().map(|(_, c)| c).collect::<Vec<_>>()).await;
+            let mut waiting = JoinSet::new();
+            for (service, child) in wave {
+                waiting.spawn(async move { (service, wait_or_kill(child, deadline).await) });
+            }
+            while let Some(done) = waiting.join_next().await {
+                match done {
+                    Ok((_, true)) => {}
+                    Ok((service, false)) => unclean.push(service.to_owned()),
+                    Err(e) => unclean.push(format!("(a stop task failed: {e})")),
+                }
             }
         }
         if self.databases_to_drop {
@@ -559,6 +638,29 @@ impl System {
             }
         }
         unclean
+    }
+}
+
+/// Sends SIGTERM to every child still running (one `kill` for all).
+async fn sigterm(children: &[&Child]) {
+    let pids: Vec<String> = children
+        .iter()
+        .filter_map(|c| c.id())
+        .map(|p| p.to_string())
+        .collect();
+    if !pids.is_empty() {
+        let _ = Command::new("kill").arg("-TERM").args(&pids).status().await;
+    }
+}
+
+/// Waits for `child` until `deadline`, then kills it; whether it exited by itself with success.
+async fn wait_or_kill(mut child: Child, deadline: tokio::time::Instant) -> bool {
+    match tokio::time::timeout_at(deadline, child.wait()).await {
+        Ok(status) => status.is_ok_and(|s| s.success()),
+        Err(_) => {
+            let _ = child.kill().await;
+            false
+        }
     }
 }
 

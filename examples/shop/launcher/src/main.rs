@@ -1,17 +1,24 @@
-//! `cargo run --release -p shop-launcher -- --orders 200 --concurrency 16`: builds and starts the
-//! whole shop, drives the demo workload, prints the summary, and stops everything (or keeps it
-//! running with `--keep-running` until Ctrl-C). `--database postgres[=URL]` runs every service
-//! on its own PostgreSQL database instead of a SQLite file.
+//! `cargo run --release -p shop-launcher -- --orders 200 --concurrency 16`: checks that the
+//! broker (and PostgreSQL) answer, builds and starts the whole shop, drives the demo workload,
+//! prints the summary, stops everything and deletes the run's exchanges and queues (or keeps
+//! the system running with `--keep-running` until SIGINT/SIGTERM). `--database
+//! postgres[=URL]` runs every service on its own PostgreSQL database instead of a SQLite file.
+//!
+//! SIGINT (Ctrl-C) and SIGTERM stop it at any point: the build is abandoned, or every service
+//! gets SIGTERM and drains (at most 30 s, then SIGKILL), and the topology is deleted. A second
+//! signal during the drain kills the services at once.
 
 use std::path::PathBuf;
-use std::time::Duration;
+use std::process::ExitCode;
 
 use clap::Parser;
 use indicatif::{ProgressBar, ProgressStyle};
 use shop_launcher::workload::{self, WorkloadConfig};
 use shop_launcher::{
-    BoxError, DEFAULT_POSTGRES_URL, Database, System, SystemConfig, build_services,
+    BoxError, DEFAULT_POSTGRES_URL, DRAIN_TIMEOUT, Database, System, SystemConfig, bin_dir,
+    build_command, cleanup, default_amqp_url, preflight,
 };
+use tokio::signal::unix::{Signal, SignalKind, signal};
 
 /// `sqlite`, `postgres` or `postgres=<url>`.
 fn parse_database(s: &str) -> Result<DatabaseArg, String> {
@@ -25,6 +32,14 @@ fn parse_database(s: &str) -> Result<DatabaseArg, String> {
         }
         _ => Err("expected `sqlite`, `postgres` or `postgres=postgres://user@host:port/db`".into()),
     }
+}
+
+/// A namespace name; the prefix is the name and a `.`.
+fn parse_namespace(s: &str) -> Result<String, String> {
+    let prefix = format!("{s}.");
+    cleanup::check_namespace(&prefix)
+        .map(|()| prefix)
+        .map_err(|_| "expected 1..=63 of [A-Za-z0-9_.-], not starting with `amq.`".into())
 }
 
 #[derive(Debug, Clone)]
@@ -49,9 +64,18 @@ struct Args {
     /// Fraction of orders paying with the always-declined method.
     #[arg(long, default_value_t = 0.05)]
     declined_ratio: f64,
-    /// Keep the system running after the workload until Ctrl-C.
+    /// Keep the system running after the workload until SIGINT (Ctrl-C) or SIGTERM.
     #[arg(long)]
     keep_running: bool,
+    /// Keep the namespace's exchanges and queues after the services stopped (by default they
+    /// are deleted, dead-letter queues and retry tiers included).
+    #[arg(long)]
+    keep_topology: bool,
+    /// Name of the exchange/queue namespace: every name starts with `<NAMESPACE>.` (default:
+    /// a fresh `shop-<8 hex digits>`). An existing one is reused, and deleted at the end
+    /// unless --keep-topology.
+    #[arg(long, value_parser = parse_namespace)]
+    namespace: Option<String>,
     /// Do not run `cargo build` first (use binaries next to this one).
     #[arg(long)]
     no_build: bool,
@@ -71,12 +95,69 @@ struct Args {
     database_prefix: String,
 }
 
+/// SIGINT and SIGTERM, installed at the start so that neither kills the launcher before it
+/// has stopped the services.
+#[derive(Debug)]
+struct Signals {
+    int: Signal,
+    term: Signal,
+}
+
+impl Signals {
+    fn install() -> std::io::Result<Self> {
+        Ok(Self {
+            int: signal(SignalKind::interrupt())?,
+            term: signal(SignalKind::terminate())?,
+        })
+    }
+
+    /// Waits for the next one; its name.
+    async fn recv(&mut self) -> &'static str {
+        tokio::select! {
+            _ = self.int.recv() => "SIGINT",
+            _ = self.term.recv() => "SIGTERM",
+        }
+    }
+}
+
+/// The exit status for a run a signal cut short: 128 + the signal's number, as shells report a
+/// program the signal ended (130 for SIGINT, 143 for SIGTERM).
+fn interrupted(signal: &str) -> ExitCode {
+    ExitCode::from(if signal == "SIGINT" { 130 } else { 143 })
+}
+
 #[tokio::main]
-async fn main() -> Result<(), BoxError> {
+async fn main() -> ExitCode {
     let args = Args::parse();
+    match run(args).await {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("{e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(args: Args) -> Result<ExitCode, BoxError> {
     if !(0.0..=1.0).contains(&args.provider_failure_rate) {
         return Err("--provider-failure-rate must be within 0..=1".into());
     }
+    let mut signals = Signals::install()?;
+
+    // The servers first: nothing is built or started while they do not answer.
+    let amqp_url = default_amqp_url();
+    let checks = async {
+        preflight::ensure_rabbitmq(&amqp_url).await?;
+        if let DatabaseArg::Postgres(url) = &args.database {
+            preflight::ensure_postgres(url).await?;
+        }
+        Ok::<_, preflight::PreflightError>(())
+    };
+    tokio::select! {
+        checked = checks => checked?,
+        signal = signals.recv() => return Ok(interrupted(signal)),
+    }
+
     let release = !cfg!(debug_assertions);
     let bin_dir = if args.no_build {
         std::env::current_exe()?
@@ -88,13 +169,31 @@ async fn main() -> Result<(), BoxError> {
             "building the services ({})…",
             if release { "release" } else { "debug" }
         );
-        build_services(release)?
+        let mut build = tokio::process::Command::from(build_command(release));
+        let mut cargo = build.kill_on_drop(true).spawn()?;
+        tokio::select! {
+            status = cargo.wait() => {
+                let status = status?;
+                if !status.success() {
+                    return Err(format!("cargo build failed: {status}").into());
+                }
+            }
+            signal = signals.recv() => {
+                eprintln!("{signal}: build abandoned");
+                return Ok(interrupted(signal));
+            }
+        }
+        bin_dir(release)
     };
     let run_dir = args.run_dir.clone().unwrap_or_else(|| {
         std::env::temp_dir().join(format!("shop-run-{}", uuid::Uuid::now_v7().simple()))
     });
     let mut config = SystemConfig::new(bin_dir, run_dir.clone());
+    config.amqp_url = amqp_url;
     config.provider_failure_rate = args.provider_failure_rate;
+    if let Some(namespace) = &args.namespace {
+        config.namespace = namespace.clone();
+    }
     if let DatabaseArg::Postgres(url) = &args.database {
         config.database = Database::postgres(url.clone(), args.database_prefix.clone());
         eprintln!(
@@ -110,43 +209,122 @@ async fn main() -> Result<(), BoxError> {
         config = config.standard_ports();
     }
     eprintln!(
-        "starting 6 processes (logs and databases in {})…",
-        run_dir.display()
+        "starting 6 processes (logs and databases in {}, exchanges and queues {}*)…",
+        run_dir.display(),
+        config.namespace
     );
-    let system = System::start(config).await?;
-    eprintln!("all services ready; gateway at {}", system.url("gateway"));
+    let mut system = System::launch(config).await?;
 
+    let mut outcome = Outcome::Done(Ok(()));
+    tokio::select! {
+        ready = system.wait_ready(None) => {
+            if let Err(e) = ready {
+                outcome = Outcome::Done(Err(e));
+            }
+        }
+        signal = signals.recv() => outcome = Outcome::Interrupted(signal),
+    }
+    if matches!(outcome, Outcome::Done(Ok(()))) {
+        eprintln!("all services ready; gateway at {}", system.url("gateway"));
+        outcome = drive(&system, &args, &mut signals).await;
+    }
+    if let Outcome::Interrupted(signal) = outcome {
+        eprintln!("{signal} received");
+    }
+    let stopped = stop(system, &args, &mut signals).await;
+    Ok(match (outcome, stopped) {
+        (Outcome::Done(Err(e)), _) => return Err(e),
+        (Outcome::Interrupted(signal), _) => interrupted(signal),
+        (Outcome::Done(Ok(())), true) => ExitCode::SUCCESS,
+        (Outcome::Done(Ok(())), false) => ExitCode::FAILURE,
+    })
+}
+
+/// How the part between start and stop ended.
+#[derive(Debug)]
+enum Outcome {
+    /// It ran to its end (with `--keep-running`, a signal is that end): the workload's result.
+    Done(Result<(), BoxError>),
+    /// A signal cut it short.
+    Interrupted(&'static str),
+}
+
+/// The workload, then with `--keep-running` the wait for a signal.
+async fn drive(system: &System, args: &Args, signals: &mut Signals) -> Outcome {
     let bar = ProgressBar::new(args.orders as u64);
-    bar.set_style(
-        ProgressStyle::with_template(
-            "{spinner} [{elapsed_precise}] {bar:40} {pos}/{len} orders final ({per_sec})",
-        )
-        .map_err(|e| e.to_string())?,
-    );
+    if let Ok(style) = ProgressStyle::with_template(
+        "{spinner} [{elapsed_precise}] {bar:40} {pos}/{len} orders final ({per_sec})",
+    ) {
+        bar.set_style(style);
+    }
     let workload_config = WorkloadConfig {
         orders: args.orders,
         concurrency: args.concurrency,
         declined_ratio: args.declined_ratio,
         ..WorkloadConfig::default()
     };
-    let result = workload::run(system.url("gateway"), &workload_config, Some(bar)).await;
-    match &result {
-        Ok(summary) => println!("\n{summary}"),
-        Err(e) => eprintln!("workload failed: {e}"),
-    }
+    let result = tokio::select! {
+        result = workload::run(system.url("gateway"), &workload_config, Some(bar.clone())) => result,
+        signal = signals.recv() => {
+            bar.abandon();
+            return Outcome::Interrupted(signal);
+        }
+    };
+    let result = match result {
+        Ok(summary) => {
+            println!("\n{summary}");
+            Ok(())
+        }
+        Err(e) => {
+            eprintln!("workload failed: {e}");
+            Err(e)
+        }
+    };
     if args.keep_running {
         eprintln!(
-            "system running (gateway {}, API key demo-key-0001); Ctrl-C stops it",
+            "system running (gateway {}, API key demo-key-0001); Ctrl-C or SIGTERM stops it",
             system.url("gateway")
         );
-        tokio::signal::ctrl_c().await?;
+        let signal = signals.recv().await;
+        eprintln!("{signal} received");
     }
-    eprintln!("stopping every service (SIGTERM)…");
-    let unclean = tokio::time::timeout(Duration::from_secs(120), system.stop())
-        .await
-        .unwrap_or_default();
-    if !unclean.is_empty() {
-        eprintln!("did not exit cleanly: {unclean:?}");
+    Outcome::Done(result)
+}
+
+/// Stops every service (a second signal kills them at once), then deletes the namespace's
+/// exchanges and queues unless `--keep-topology`; whether every service exited cleanly. A
+/// topology that could not be deleted (a remote broker: see `cleanup`) is reported in one line
+/// but does not fail the run, which did what it was asked.
+async fn stop(system: System, args: &Args, signals: &mut Signals) -> bool {
+    let (amqp_url, namespace) = (system.amqp_url().to_owned(), system.namespace().to_owned());
+    eprintln!(
+        "stopping every service (SIGTERM, at most {} s to drain; a second signal kills them)…",
+        DRAIN_TIMEOUT.as_secs()
+    );
+    let clean = tokio::select! {
+        unclean = system.stop_within(DRAIN_TIMEOUT) => {
+            if !unclean.is_empty() {
+                eprintln!("did not exit cleanly: {unclean:?}");
+            }
+            unclean.is_empty()
+        }
+        // Dropping the stop drops the system, whose children are killed on drop.
+        signal = signals.recv() => {
+            eprintln!("{signal} again: killed every service");
+            false
+        }
+    };
+    if args.keep_topology {
+        eprintln!("exchanges and queues {namespace}* kept (--keep-topology)");
+        return clean;
     }
-    result.map(|_| ())
+    match cleanup::delete_namespace(&amqp_url, &namespace).await {
+        Ok(deleted) => eprintln!(
+            "deleted {} queues and {} exchanges of {namespace}*",
+            deleted.queues.len(),
+            deleted.exchanges.len()
+        ),
+        Err(e) => eprintln!("{e}"),
+    }
+    clean
 }

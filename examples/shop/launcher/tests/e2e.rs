@@ -1,13 +1,14 @@
 //! End-to-end tests: the real binaries as separate processes, the real RabbitMQ (`AMQP_URL`),
 //! SQLite files in a temporary run directory. Each test starts its own system in its own
-//! namespace (exchanges and queues are prefixed), one system at a time.
+//! namespace (exchanges and queues are prefixed), one system at a time, and deletes the
+//! namespace's exchanges and queues once the system stopped.
 
 use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
 use serde_json::{Value, json};
 use shop_launcher::workload::{place, wait_final};
-use shop_launcher::{Database, System, SystemConfig, build_services};
+use shop_launcher::{Database, System, SystemConfig, build_services, cleanup};
 
 const KEY: &str = "demo-key-0001";
 const SEED: &str = "tea:Green tea:450:1000,scarce:Scarce teapot:9900:2,last:Last units:500:3";
@@ -24,6 +25,16 @@ async fn start(tweak: impl FnOnce(&mut SystemConfig)) -> (System, tempfile::Temp
     config.inventory_seed = Some(SEED.into());
     tweak(&mut config);
     (System::start(config).await.expect("system starts"), dir)
+}
+
+/// Stops the system, then deletes its namespace; the services that did not exit cleanly.
+async fn stop(sys: System) -> Vec<String> {
+    let (amqp_url, namespace) = (sys.amqp_url().to_owned(), sys.namespace().to_owned());
+    let unclean = sys.stop().await;
+    cleanup::delete_namespace(&amqp_url, &namespace)
+        .await
+        .expect("the namespace is deleted");
+    unclean
 }
 
 fn order(sku: &str, qty: i64, method: &str) -> Value {
@@ -272,7 +283,7 @@ async fn the_shop_end_to_end() {
         .unwrap();
     assert_eq!(r.status(), 401);
 
-    let unclean = sys.stop().await;
+    let unclean = stop(sys).await;
     assert!(
         unclean.is_empty(),
         "did not shut down gracefully: {unclean:?}"
@@ -367,7 +378,7 @@ async fn provider_outage_opens_the_breaker_and_the_system_recovers() {
         }
     }
     assert!(recovered, "the system did not recover after the outage");
-    sys.stop().await;
+    stop(sys).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -429,7 +440,7 @@ async fn orders_killed_mid_saga_every_order_finishes_and_nothing_is_charged_twic
             .unwrap(),
         ids.len() as u64
     );
-    sys.stop().await;
+    stop(sys).await;
 }
 
 /// The PostgreSQL server for the PostgreSQL run: `DATABASE_URL` (CI exports the test database's
@@ -535,7 +546,7 @@ async fn the_shop_on_postgresql() {
     assert!(sqlite_files.is_empty(), "{sqlite_files:?}");
 
     let database = sys.database().clone();
-    let unclean = sys.stop().await;
+    let unclean = stop(sys).await;
     assert!(
         unclean.is_empty(),
         "did not shut down gracefully: {unclean:?}"
