@@ -315,3 +315,75 @@ impl<DB: OutboxDatabase> HealthCheck for Outbox<DB> {
         })
     }
 }
+
+#[cfg(all(test, feature = "sqlite"))]
+mod tests {
+    use sqlx::Sqlite;
+    use sqlx::sqlite::SqlitePoolOptions;
+
+    use super::*;
+    use crate::sql::outbox::SUBJECT_HEADER;
+
+    async fn outbox() -> Outbox<Sqlite> {
+        // One connection: every connection to `sqlite::memory:` is a database of its own.
+        let pool = SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect("sqlite::memory:")
+            .await
+            .unwrap();
+        let outbox = Outbox::new(pool);
+        outbox.migrate().await.unwrap();
+        outbox
+    }
+
+    async fn rows(outbox: &Outbox<Sqlite>) -> Vec<(String, Option<String>)> {
+        sqlx::query_as("SELECT message_id, subject FROM chassis_outbox ORDER BY id")
+            .fetch_all(outbox.pool())
+            .await
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn enqueue_keys_the_row_by_the_subject_header_or_the_explicit_subject() {
+        let outbox = outbox().await;
+        let msg = OutgoingMessage::new("ex", "rk", b"{}".to_vec()).header(SUBJECT_HEADER, "o-1");
+        let mut tx = outbox.pool().begin().await.unwrap();
+        let generated = outbox.enqueue(&mut tx, &msg).await.unwrap();
+        let own = msg.clone().message_id("m-2");
+        let kept = outbox
+            .enqueue_with_subject(&mut tx, None, &own)
+            .await
+            .unwrap();
+        outbox.commit(tx).await.unwrap();
+
+        assert_eq!(kept, "m-2", "the message's own id is kept");
+        assert_eq!(
+            rows(&outbox).await,
+            [(generated, Some("o-1".to_owned())), (kept, None)]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_timestamp_beyond_the_column_fails_before_anything_is_written() {
+        let outbox = outbox().await;
+        let mut msg = OutgoingMessage::new("ex", "rk", vec![]);
+        msg.timestamp = Some(u64::MAX);
+        let mut conn = outbox.pool().acquire().await.unwrap();
+        let err = outbox.enqueue(&mut conn, &msg).await.unwrap_err();
+        drop(conn);
+
+        assert_eq!(err.kind(), &ErrorKind::Serialization);
+        assert!(rows(&outbox).await.is_empty());
+    }
+
+    #[tokio::test]
+    async fn requeue_wakes_the_relay_and_the_health_check_names_the_database() {
+        let outbox = outbox().await;
+        let woken = outbox.notifier();
+        assert_eq!(outbox.requeue_parked().await.unwrap(), 0);
+        // `notify_one` stored a permit: the relay's next wait returns at once.
+        woken.notified().await;
+        assert_eq!(outbox.name(), "outbox-sqlite");
+        outbox.check().await.unwrap();
+    }
+}
