@@ -158,10 +158,12 @@ impl HealthLayer {
         self.update(|s| s.paths = paths)
     }
 
-    /// Serves `/metrics` from `handle` (e.g. `TelemetryGuard::prometheus_handle()`). Without it
-    /// the metrics path goes to the inner service.
-    pub fn prometheus(self, handle: PrometheusHandle) -> Self {
-        self.update(|s| s.prometheus = Some(handle))
+    /// Serves `/metrics` from `handle` (e.g. `TelemetryGuard::prometheus_handle()`, an
+    /// `Option`: `None` when metrics are off). Without it the metrics path goes to the inner
+    /// service.
+    pub fn prometheus(self, handle: impl Into<Option<PrometheusHandle>>) -> Self {
+        let handle = handle.into();
+        self.update(|s| s.prometheus = handle)
     }
 }
 

@@ -25,6 +25,8 @@
 //!   - [`envelope`]: [`Envelope`], a typed CloudEvents 1.0 event and its AMQP mapping.
 //!   - [`error`]: [`Error`] and [`ErrorKind`](error::ErrorKind).
 //!   - [`memory`]: an in-memory transport for users' unit tests.
+//! - [`lifecycle`]: the connection, consumers and relay as components of a service's
+//!   [`App`](chassis_core::lifecycle::App), which starts and stops them in order.
 //!
 //! The types a service uses most are re-exported here, so one `use chassis_messaging::{…}`
 //! line brings them in.
@@ -58,6 +60,7 @@
 pub mod amqp;
 pub mod envelope;
 pub mod error;
+pub mod lifecycle;
 pub mod memory;
 pub mod message;
 pub mod sql;

@@ -88,6 +88,31 @@ impl LifecycleConfig {
         self
     }
 
+    /// The defaults, with what the environment sets: `PRE_STOP_DELAY`, `DRAIN_TIMEOUT` and
+    /// `START_TIMEOUT` as durations (`"5s"`, `"500ms"`), so an operator tunes them per
+    /// deployment (a pre-stop delay on Kubernetes) without a rebuild.
+    ///
+    /// # Errors
+    /// [`ErrorKind::InvalidConfig`] naming the variable whose value is not a duration.
+    pub fn from_env() -> Result<Self, Error> {
+        Self::default().with_env(|key| std::env::var(key).ok())
+    }
+
+    fn with_env(mut self, var: impl Fn(&str) -> Option<String>) -> Result<Self, Error> {
+        let slots: [(&str, &mut Duration); 3] = [
+            ("PRE_STOP_DELAY", &mut self.pre_stop_delay),
+            ("DRAIN_TIMEOUT", &mut self.drain_timeout),
+            ("START_TIMEOUT", &mut self.start_timeout),
+        ];
+        for (key, slot) in slots {
+            if let Some(value) = var(key).filter(|v| !v.trim().is_empty()) {
+                *slot = humantime_serde::re::humantime::parse_duration(value.trim())
+                    .map_err(|e| Error::invalid_config(format!("{key}={value:?}: {e}")))?;
+            }
+        }
+        Ok(self)
+    }
+
     /// The deadline of `stage`'s phase.
     pub fn deadline(&self, stage: Stage) -> Duration {
         match stage {
@@ -402,6 +427,33 @@ impl App {
             Err(e) => eprintln!("{name}: stopped with error: {e}"),
         }
         outcome
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn env_sets_the_deadlines_and_names_a_bad_value() {
+        let env = |pairs: &'static [(&'static str, &'static str)]| {
+            move |key: &str| {
+                pairs
+                    .iter()
+                    .find(|(k, _)| *k == key)
+                    .map(|(_, v)| (*v).to_owned())
+            }
+        };
+        let config = LifecycleConfig::default()
+            .with_env(env(&[("PRE_STOP_DELAY", "5s"), ("DRAIN_TIMEOUT", "1m")]))
+            .unwrap();
+        assert_eq!(config.pre_stop_delay, Duration::from_secs(5));
+        assert_eq!(config.drain_timeout, Duration::from_secs(60));
+        assert_eq!(config.start_timeout, Duration::from_secs(30));
+        let err = LifecycleConfig::default()
+            .with_env(env(&[("DRAIN_TIMEOUT", "soon")]))
+            .unwrap_err();
+        assert!(err.to_string().contains("DRAIN_TIMEOUT"), "{err}");
     }
 }
 

@@ -286,6 +286,42 @@ impl Connection {
         Ok(())
     }
 
+    /// Declares `topology` whenever a connection is up: now in the background if one is, and
+    /// again after every reconnect, without waiting for the broker. A service that must start
+    /// while the broker is away declares its topology this way; its consumers (see
+    /// [`Consumer::spawn`](crate::amqp::consumer::Consumer::spawn)) subscribe once the queues
+    /// exist. A failed background declaration is logged and tried again at the next reconnect.
+    ///
+    /// # Errors
+    /// [`ErrorKind::InvalidConfig`] when the topology is invalid.
+    pub fn declare_on_connect(&self, topology: TopologyConfig) -> Result<(), Error> {
+        topology.validate()?;
+        lock(&self.shared.topologies).push(topology.clone());
+        // The supervisor declares the registered topologies before a connection goes live; a
+        // connection that went live while this one was being added may have missed it, so
+        // declare it once on the first live connection too (declarations are idempotent).
+        let conn = self.clone();
+        tokio::spawn(async move {
+            let mut live = conn.shared.live.subscribe();
+            let shutdown = conn.shared.shutdown.clone();
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                r = live.wait_for(Option::is_some) => if r.is_err() { return },
+            }
+            let Ok(ch) = conn.open_channel().await else {
+                return;
+            };
+            let res = topology
+                .declare(&ch.channel, conn.shared.config.operation_timeout)
+                .await;
+            conn.close_channel(&ch.channel).await;
+            if let Err(e) = res {
+                tracing::warn!(error = %e, "declaring topology failed; retried at the next reconnect");
+            }
+        });
+        Ok(())
+    }
+
     /// Opens a raw lapin channel on the current connection, waiting (up to the operation
     /// timeout) for one to be up. The chassis does not supervise it.
     ///

@@ -307,6 +307,13 @@ impl ConsumerHandle {
         self.task.is_finished()
     }
 
+    /// Stops consuming (`basic.cancel`) without waiting: no new delivery starts, in-flight
+    /// handlers go on, and [`shutdown`](Self::shutdown) then waits for them (deliveries
+    /// prefetched but not started return to the queue when the channel closes). A lifecycle runner calls this on every intake before draining any.
+    pub fn stop_consuming(&self) {
+        self.cancel.cancel();
+    }
+
     /// Stops consuming (`basic.cancel`), lets in-flight handlers finish (bounded by
     /// [`ConsumerConfig::shutdown_timeout`]; their acks still go out), then closes the channel:
     /// deliveries prefetched but not started return to the queue.
@@ -338,6 +345,41 @@ impl Consumer {
         config: ConsumerConfig,
         handler: impl Handler,
     ) -> Result<ConsumerHandle, Error> {
+        let (tx, rx) = oneshot::channel();
+        let handle = Self::launch(conn, queue, config, handler, Some(tx))?;
+        match rx.await {
+            Ok(Ok(())) => Ok(handle),
+            Ok(Err(e)) => {
+                handle.shutdown().await;
+                Err(e)
+            }
+            Err(_) => Err(Error::shutdown()),
+        }
+    }
+
+    /// Like [`start`](Self::start), without waiting: the consumer subscribes as soon as the
+    /// broker is reachable and the queue exists, and keeps trying (with backoff) until then,
+    /// so a service can start while the broker is away.
+    ///
+    /// # Errors
+    /// [`ErrorKind::InvalidConfig`](crate::error::ErrorKind::InvalidConfig) for a zero
+    /// concurrency or prefetch.
+    pub fn spawn(
+        conn: &Connection,
+        queue: QueueConfig,
+        config: ConsumerConfig,
+        handler: impl Handler,
+    ) -> Result<ConsumerHandle, Error> {
+        Self::launch(conn, queue, config, handler, None)
+    }
+
+    fn launch(
+        conn: &Connection,
+        queue: QueueConfig,
+        config: ConsumerConfig,
+        handler: impl Handler,
+        first: Option<oneshot::Sender<Result<(), Error>>>,
+    ) -> Result<ConsumerHandle, Error> {
         if config.concurrency == 0 || config.prefetch == 0 {
             return Err(Error::invalid_config(
                 "consumer: concurrency and prefetch must be positive",
@@ -351,27 +393,18 @@ impl Consumer {
             op_timeout: conn.config().operation_timeout,
         });
         let cancel = CancellationToken::new();
-        let (tx, rx) = oneshot::channel();
         let task = tokio::spawn(run(
             conn.clone(),
             Arc::clone(&ctx),
             config,
             cancel.clone(),
-            tx,
+            first,
         ));
-        let handle = ConsumerHandle {
+        Ok(ConsumerHandle {
             queue: ctx.queue.name.clone(),
             cancel,
             task,
-        };
-        match rx.await {
-            Ok(Ok(())) => Ok(handle),
-            Ok(Err(e)) => {
-                handle.shutdown().await;
-                Err(e)
-            }
-            Err(_) => Err(Error::shutdown()),
-        }
+        })
     }
 }
 
@@ -411,11 +444,10 @@ async fn run(
     ctx: Arc<Ctx>,
     config: ConsumerConfig,
     cancel: CancellationToken,
-    first: oneshot::Sender<Result<(), Error>>,
+    mut first: Option<oneshot::Sender<Result<(), Error>>>,
 ) {
     let tracker = TaskTracker::new();
     let permits = Arc::new(Semaphore::new(config.concurrency));
-    let mut first = Some(first);
     let mut failures: u32 = 0;
     let conn_closed = conn.shutdown_token();
     let mut last_channel = None;

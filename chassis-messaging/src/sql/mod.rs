@@ -6,6 +6,7 @@
 //!   has its effect once).
 //! - [`schema`]: the migrations both share, on either database.
 //! - [`metrics`]: the names of the metrics both record.
+//! - [`sqlite_pool`]: a SQLite pool set up for them (WAL, busy timeout, a few connections).
 //!
 //! Each is generic over the database (`Outbox<DB>`, `Inbox<DB>`), implemented for
 //! [`sqlx::Sqlite`] (feature `sqlite`, the default) and [`sqlx::Postgres`] (feature
@@ -34,4 +35,10 @@
 pub mod inbox;
 pub mod metrics;
 pub mod outbox;
+#[cfg(feature = "sqlite")]
+mod pool;
 pub mod schema;
+
+#[cfg(feature = "sqlite")]
+#[cfg_attr(docsrs, doc(cfg(feature = "sqlite")))]
+pub use pool::sqlite_pool;

@@ -1,0 +1,228 @@
+//! The crate's moving parts as lifecycle [`Component`]s, so a service's
+//! [`App`](chassis_core::lifecycle::App) starts and stops them in the right order:
+//!
+//! | component | made by | stage | start | stop |
+//! |---|---|---|---|---|
+//! | the AMQP connection | [`Connection::component`] | Transport | registers its topologies and its health check; waits for the broker only when [`required`](ConnectionComponent::required) | closes the connection |
+//! | a consumer | [`ConsumerComponent::new`] | Intake | subscribes in the background (retrying until the broker and the queue are there) | `basic.cancel` with the other intakes, then waits for its in-flight handlers |
+//! | the outbox relay | [`Relay::into_component`] | Worker | runs the relay | finishes the batches in flight (their confirms recorded), then returns |
+//!
+//! # The broker is not a start-up dependency of an outbox service
+//! A service whose writes go through the outbox keeps serving while RabbitMQ is away: the
+//! connection attaches in the background and reconnects, the topology is declared on every
+//! connect, consumers subscribe once they can, and the relay publishes what was committed
+//! meanwhile. Its health check is then *optional*: readiness shows the broker as `DOWN` and the
+//! service as `DEGRADED`, still ready, because intake (HTTP writes into the outbox) only needs
+//! the database. A service without an outbox, which can do nothing useful without the broker,
+//! makes it [`required`](ConnectionComponent::required): start waits for it (failing under the
+//! name `rabbitmq` after [`ConnectionConfig::initial_connect_timeout`](crate::ConnectionConfig::initial_connect_timeout)) and readiness
+//! requires it.
+//!
+//! # Example
+//! ```no_run
+//! use std::sync::Arc;
+//! use chassis_core::lifecycle::App;
+//! use chassis_messaging::{
+//!     Connection, ConnectionConfig, ConsumerConfig, ExchangeConfig, Outcome, Outbox, Publisher,
+//!     PublisherConfig, QueueConfig, Relay, RelayConfig, TopologyConfig,
+//! };
+//! use chassis_messaging::lifecycle::ConsumerComponent;
+//!
+//! # async fn run(pool: sqlx::SqlitePool) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+//! let conn = Connection::start(ConnectionConfig::new("amqp://guest:guest@127.0.0.1:5672/%2f", "orders"))?;
+//! let queue = QueueConfig::new("orders.payments").bind("shop.events", "shop.payment.*");
+//! let topology = TopologyConfig::new().exchange(ExchangeConfig::topic("shop.events")).queue(queue.clone());
+//! let publisher = Arc::new(Publisher::new(&conn, PublisherConfig::default())?);
+//! let relay = Relay::new(Outbox::new(pool), publisher, RelayConfig::default())?;
+//!
+//! App::new("orders")
+//!     .component(conn.component().declare(topology))
+//!     .component(relay.into_component())
+//!     .component(ConsumerComponent::new(&conn, queue, ConsumerConfig::default(),
+//!         |_msg: chassis_messaging::IncomingMessage| async { Outcome::Ack }))
+//!     .run()
+//!     .await?;
+//! # Ok(()) }
+//! ```
+
+use std::time::Duration;
+
+use chassis_core::BoxError;
+use chassis_core::health::{BoxFuture, CheckOptions};
+use chassis_core::lifecycle::{Component, Context, Stage, task};
+
+use crate::amqp::connection::{Connection, ConnectionState};
+use crate::amqp::consumer::{Consumer, ConsumerConfig, ConsumerHandle, Handler};
+use crate::amqp::publisher::Publish;
+use crate::amqp::topology::{QueueConfig, TopologyConfig};
+use crate::error::Error;
+use crate::sql::outbox::{OutboxStore, Relay};
+
+/// The AMQP [`Connection`] as a component, named `"rabbitmq"`; see the
+/// [module docs](self).
+#[derive(Debug)]
+pub struct ConnectionComponent {
+    conn: Connection,
+    topologies: Vec<TopologyConfig>,
+    required: bool,
+}
+
+impl Connection {
+    /// This connection as a lifecycle component (see [`ConnectionComponent`]): not required
+    /// by default, so the service starts and serves while the broker is away.
+    pub fn component(&self) -> ConnectionComponent {
+        ConnectionComponent {
+            conn: self.clone(),
+            topologies: Vec::new(),
+            required: false,
+        }
+    }
+}
+
+impl ConnectionComponent {
+    /// Declares `topology` on every connect ([`Connection::declare_on_connect`]), from start
+    /// on.
+    pub fn declare(mut self, topology: TopologyConfig) -> Self {
+        self.topologies.push(topology);
+        self
+    }
+
+    /// Makes the broker a hard dependency: start waits for the first connection (at most
+    /// [`ConnectionConfig::initial_connect_timeout`](crate::ConnectionConfig::initial_connect_timeout)) and readiness requires it. For services
+    /// without an outbox. Defaults to not required.
+    pub fn required(mut self) -> Self {
+        self.required = true;
+        self
+    }
+}
+
+impl Component for ConnectionComponent {
+    fn name(&self) -> &str {
+        "rabbitmq"
+    }
+
+    fn stage(&self) -> Stage {
+        Stage::Transport
+    }
+
+    fn start(&mut self, ctx: Context) -> BoxFuture<'_, Result<(), BoxError>> {
+        Box::pin(async move {
+            for topology in self.topologies.drain(..) {
+                self.conn.declare_on_connect(topology)?;
+            }
+            let options = if self.required {
+                CheckOptions::required()
+            } else {
+                CheckOptions::optional()
+            };
+            ctx.health().register(self.conn.health_check(), options);
+            if self.required {
+                let limit = self.conn.config().initial_connect_timeout;
+                let mut state = self.conn.subscribe();
+                let up = state.wait_for(|s| *s == ConnectionState::Connected);
+                if tokio::time::timeout(limit, up).await.is_err() {
+                    return Err(Error::timeout("connect", limit).into());
+                }
+            }
+            Ok(())
+        })
+    }
+
+    fn stop(&mut self, _deadline: Duration) -> BoxFuture<'_, Result<(), BoxError>> {
+        Box::pin(async move {
+            self.conn.close().await;
+            Ok(())
+        })
+    }
+}
+
+/// A consumer as a component, named `consumer <queue>`; see the [module docs](self).
+pub struct ConsumerComponent<H> {
+    name: String,
+    conn: Connection,
+    queue: Option<QueueConfig>,
+    config: ConsumerConfig,
+    handler: Option<H>,
+    handle: Option<ConsumerHandle>,
+}
+
+impl<H> std::fmt::Debug for ConsumerComponent<H> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConsumerComponent")
+            .field("name", &self.name)
+            .field("running", &self.handle.is_some())
+            .finish()
+    }
+}
+
+impl<H: Handler> ConsumerComponent<H> {
+    /// A component that consumes `queue` on `conn` with `handler` once started (see
+    /// [`Consumer::spawn`]). The queue is declared by the connection's topology
+    /// ([`ConnectionComponent::declare`]).
+    pub fn new(conn: &Connection, queue: QueueConfig, config: ConsumerConfig, handler: H) -> Self {
+        Self {
+            name: format!("consumer {}", queue.name),
+            conn: conn.clone(),
+            queue: Some(queue),
+            config,
+            handler: Some(handler),
+            handle: None,
+        }
+    }
+}
+
+impl<H: Handler> Component for ConsumerComponent<H> {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn stage(&self) -> Stage {
+        Stage::Intake
+    }
+
+    fn start(&mut self, _ctx: Context) -> BoxFuture<'_, Result<(), BoxError>> {
+        Box::pin(async move {
+            let (Some(queue), Some(handler)) = (self.queue.take(), self.handler.take()) else {
+                return Err("consumer started twice".into());
+            };
+            self.handle = Some(Consumer::spawn(
+                &self.conn,
+                queue,
+                self.config.clone(),
+                handler,
+            )?);
+            Ok(())
+        })
+    }
+
+    fn stop_intake(&mut self) {
+        if let Some(handle) = &self.handle {
+            handle.stop_consuming();
+        }
+    }
+
+    fn stop(&mut self, _deadline: Duration) -> BoxFuture<'_, Result<(), BoxError>> {
+        Box::pin(async move {
+            if let Some(handle) = self.handle.take() {
+                handle.shutdown().await;
+            }
+            Ok(())
+        })
+    }
+}
+
+impl<S, P> Relay<S, P>
+where
+    S: OutboxStore + 'static,
+    P: Publish + ?Sized + 'static,
+{
+    /// The relay as a lifecycle component named `"outbox-relay"`, in
+    /// [`Stage::Worker`]: it runs from start until its stage stops, then finishes the batches
+    /// in flight (their confirms recorded) and returns; see the [module docs](crate::lifecycle).
+    pub fn into_component(self) -> impl Component {
+        task("outbox-relay", Stage::Worker, move |stop| async move {
+            self.run(stop).await;
+            Ok(())
+        })
+    }
+}

@@ -1,0 +1,47 @@
+//! A SQLite pool set up the way the outbox and the inbox need it.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::SqlitePool;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+
+use crate::error::{Error, Result};
+use crate::sql::schema::db_err;
+
+/// Opens (creating it if missing) the SQLite database at `url` (`sqlite://path/to/file.db`)
+/// with what a service with an outbox needs: WAL journal (readers never wait for the writer,
+/// and the relay reads while handlers write), `synchronous = NORMAL` (durable at every WAL
+/// checkpoint, the usual WAL setting), a 10 s busy timeout (writers queue instead of failing
+/// with `SQLITE_BUSY`) and at most 4 connections (SQLite has one writer at a time; an
+/// in-memory database, which exists per connection, gets exactly one).
+///
+/// # Errors
+/// [`ErrorKind::InvalidConfig`](crate::error::ErrorKind::InvalidConfig) for a malformed URL,
+/// [`ErrorKind::Database`](crate::error::ErrorKind::Database) when the file cannot be opened.
+///
+/// # Example
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), chassis_messaging::Error> {
+/// let dir = tempfile::tempdir().unwrap();
+/// let url = format!("sqlite://{}", dir.path().join("orders.db").display());
+/// let pool = chassis_messaging::sql::sqlite_pool(&url).await?;
+/// let outbox = chassis_messaging::Outbox::new(pool);
+/// outbox.migrate().await?;
+/// # Ok(()) }
+/// ```
+pub async fn sqlite_pool(url: &str) -> Result<SqlitePool> {
+    let options = SqliteConnectOptions::from_str(url)
+        .map_err(|e| Error::invalid_config(format!("DATABASE_URL {url:?}: {e}")))?
+        .create_if_missing(true)
+        .journal_mode(SqliteJournalMode::Wal)
+        .synchronous(SqliteSynchronous::Normal)
+        .busy_timeout(Duration::from_secs(10));
+    let max = if url.contains(":memory:") { 1 } else { 4 };
+    SqlitePoolOptions::new()
+        .max_connections(max)
+        .connect_with(options)
+        .await
+        .map_err(db_err)
+}
