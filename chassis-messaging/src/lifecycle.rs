@@ -6,6 +6,7 @@
 //! | the AMQP connection | [`Connection::component`] | Transport | registers its topologies and its health check; waits for the broker only when [`required`](ConnectionComponent::required) | closes the connection |
 //! | a consumer | [`ConsumerComponent::new`] | Intake | subscribes in the background (retrying until the broker and the queue are there) | `basic.cancel` with the other intakes, then waits for its in-flight handlers |
 //! | the outbox relay | [`Relay::into_component`] | Worker | runs the relay | finishes the batches in flight (their confirms recorded), then returns |
+//! | the database | [`Outbox::component`] | Resource | migrates the outbox/inbox tables and the service's schema, registers the database as a required readiness check | closes the pool |
 //!
 //! # The broker is not a start-up dependency of an outbox service
 //! A service whose writes go through the outbox keeps serving while RabbitMQ is away: the
@@ -56,7 +57,7 @@ use crate::amqp::consumer::{Consumer, ConsumerConfig, ConsumerHandle, Handler};
 use crate::amqp::publisher::Publish;
 use crate::amqp::topology::{QueueConfig, TopologyConfig};
 use crate::error::Error;
-use crate::sql::outbox::{OutboxStore, Relay};
+use crate::sql::outbox::{Outbox, OutboxDatabase, OutboxStore, Relay};
 
 /// The AMQP [`Connection`] as a component, named `"rabbitmq"`; see the
 /// [module docs](self).
@@ -222,6 +223,75 @@ where
     pub fn into_component(self) -> impl Component {
         task("outbox-relay", Stage::Worker, move |stop| async move {
             self.run(stop).await;
+            Ok(())
+        })
+    }
+}
+
+/// The service's database, reached through its [`Outbox`], as a component named
+/// `"database"`; see the [module docs](self).
+///
+/// Start is where an unreachable or unwritable database shows: the migrations run there, so
+/// the app stops before it is ready and names `database` in the error. Give the pool lazily
+/// (e.g. [`sqlite_pool`](crate::sql::sqlite_pool), or sqlx's `connect_lazy`) and everything
+/// that holds it can be built before the app starts.
+#[derive(Debug)]
+pub struct DatabaseComponent<DB: OutboxDatabase> {
+    outbox: Outbox<DB>,
+    schema: Vec<&'static str>,
+}
+
+impl<DB: OutboxDatabase> Outbox<DB> {
+    /// The database behind this outbox as a lifecycle component (see
+    /// [`DatabaseComponent`]).
+    pub fn component(&self) -> DatabaseComponent<DB> {
+        DatabaseComponent {
+            outbox: self.clone(),
+            schema: Vec::new(),
+        }
+    }
+}
+
+impl<DB: OutboxDatabase> DatabaseComponent<DB> {
+    /// Runs `sql` (one or more statements, e.g. `CREATE TABLE IF NOT EXISTS …`) at start,
+    /// after the chassis migrations, in the order given. For a versioned history use sqlx's
+    /// `migrate!` in a [`before_start`](chassis_core::lifecycle::App::before_start) hook.
+    pub fn schema(mut self, sql: &'static str) -> Self {
+        self.schema.push(sql);
+        self
+    }
+}
+
+impl<DB> Component for DatabaseComponent<DB>
+where
+    DB: OutboxDatabase,
+    for<'c> &'c mut DB::Connection: sqlx::Executor<'c, Database = DB>,
+{
+    fn name(&self) -> &str {
+        "database"
+    }
+
+    fn stage(&self) -> Stage {
+        Stage::Resource
+    }
+
+    fn start(&mut self, ctx: Context) -> BoxFuture<'_, Result<(), BoxError>> {
+        Box::pin(async move {
+            self.outbox.migrate().await?;
+            let mut conn = self.outbox.pool().acquire().await?;
+            for sql in &self.schema {
+                sqlx::raw_sql(*sql).execute(&mut *conn).await?;
+            }
+            drop(conn);
+            ctx.health()
+                .register(self.outbox.clone(), CheckOptions::required());
+            Ok(())
+        })
+    }
+
+    fn stop(&mut self, _deadline: Duration) -> BoxFuture<'_, Result<(), BoxError>> {
+        Box::pin(async move {
+            self.outbox.pool().close().await;
             Ok(())
         })
     }

@@ -351,7 +351,7 @@ impl App {
                 let deadline = config.deadline(component.stage());
                 let _ = stop_one(component.as_mut(), deadline).await;
             }
-            return Err(error);
+            return report(&name, Err(error));
         }
 
         if !shutdown.is_triggered() {
@@ -421,13 +421,17 @@ impl App {
         } else {
             Ok(())
         };
-        // Printed, not traced: telemetry is flushed by now.
-        match &outcome {
-            Ok(()) => eprintln!("{name}: stopped"),
-            Err(e) => eprintln!("{name}: stopped with error: {e}"),
-        }
-        outcome
+        report(&name, outcome)
     }
+}
+
+/// The last line of a run, printed rather than traced: telemetry is flushed by now.
+fn report(name: &str, outcome: Result<(), Error>) -> Result<(), Error> {
+    match &outcome {
+        Ok(()) => eprintln!("{name}: stopped"),
+        Err(e) => eprintln!("{name}: stopped with error: {e}"),
+    }
+    outcome
 }
 
 #[cfg(test)]

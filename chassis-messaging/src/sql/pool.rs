@@ -7,18 +7,19 @@ use sqlx::SqlitePool;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 
 use crate::error::{Error, Result};
-use crate::sql::schema::db_err;
 
-/// Opens (creating it if missing) the SQLite database at `url` (`sqlite://path/to/file.db`)
-/// with what a service with an outbox needs: WAL journal (readers never wait for the writer,
+/// A pool on the SQLite database at `url` (`sqlite://path/to/file.db`, created if missing),
+/// connecting lazily: nothing is opened until the first use (for a service, the
+/// [database component](crate::lifecycle::DatabaseComponent)'s start), so a service builds
+/// everything that holds the pool before it starts. It is set up the way an outbox needs it: WAL journal (readers never wait for the writer,
 /// and the relay reads while handlers write), `synchronous = NORMAL` (durable at every WAL
 /// checkpoint, the usual WAL setting), a 10 s busy timeout (writers queue instead of failing
 /// with `SQLITE_BUSY`) and at most 4 connections (SQLite has one writer at a time; an
 /// in-memory database, which exists per connection, gets exactly one).
 ///
 /// # Errors
-/// [`ErrorKind::InvalidConfig`](crate::error::ErrorKind::InvalidConfig) for a malformed URL,
-/// [`ErrorKind::Database`](crate::error::ErrorKind::Database) when the file cannot be opened.
+/// [`ErrorKind::InvalidConfig`](crate::error::ErrorKind::InvalidConfig) for a malformed URL.
+/// A file that cannot be opened fails at the first use.
 ///
 /// # Example
 /// ```
@@ -26,12 +27,12 @@ use crate::sql::schema::db_err;
 /// # async fn main() -> Result<(), chassis_messaging::Error> {
 /// let dir = tempfile::tempdir().unwrap();
 /// let url = format!("sqlite://{}", dir.path().join("orders.db").display());
-/// let pool = chassis_messaging::sql::sqlite_pool(&url).await?;
+/// let pool = chassis_messaging::sql::sqlite_pool(&url)?;
 /// let outbox = chassis_messaging::Outbox::new(pool);
 /// outbox.migrate().await?;
 /// # Ok(()) }
 /// ```
-pub async fn sqlite_pool(url: &str) -> Result<SqlitePool> {
+pub fn sqlite_pool(url: &str) -> Result<SqlitePool> {
     let options = SqliteConnectOptions::from_str(url)
         .map_err(|e| Error::invalid_config(format!("DATABASE_URL {url:?}: {e}")))?
         .create_if_missing(true)
@@ -39,9 +40,7 @@ pub async fn sqlite_pool(url: &str) -> Result<SqlitePool> {
         .synchronous(SqliteSynchronous::Normal)
         .busy_timeout(Duration::from_secs(10));
     let max = if url.contains(":memory:") { 1 } else { 4 };
-    SqlitePoolOptions::new()
+    Ok(SqlitePoolOptions::new()
         .max_connections(max)
-        .connect_with(options)
-        .await
-        .map_err(db_err)
+        .connect_lazy_with(options))
 }

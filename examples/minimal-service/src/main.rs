@@ -30,8 +30,7 @@
 use std::sync::Arc;
 
 use axum::{Json, Router, extract::State, routing::get};
-use chassis_core::health::CheckOptions;
-use chassis_core::lifecycle::{App, LifecycleConfig, Stage, closer};
+use chassis_core::lifecycle::{App, LifecycleConfig};
 use chassis_core::{BoxError, ServiceInfo};
 use chassis_http::layers::StandardLayers;
 use chassis_http::server::{HttpServer, ServerConfig};
@@ -81,13 +80,9 @@ async fn main() -> Result<(), BoxError> {
     let prefix = env("MINIMAL_PREFIX", "");
     let exchange: Arc<str> = format!("{prefix}minimal.events").into();
 
-    // 2. Database: the service's table plus the chassis outbox/inbox tables.
-    let pool = sqlite_pool(&env("DATABASE_URL", "sqlite://minimal.db")).await?;
+    // 2. Database (opened at start): the service's table plus the chassis outbox/inbox tables.
+    let pool = sqlite_pool(&env("DATABASE_URL", "sqlite://minimal.db"))?;
     let outbox = Outbox::new(pool.clone());
-    outbox.migrate().await?;
-    sqlx::query(SCHEMA).execute(&pool).await?;
-    app.health()
-        .register(outbox.clone(), CheckOptions::required());
 
     // 3. RabbitMQ, attached in the background: topology, outbox relay, an inbox consumer.
     let conn = Connection::start(ConnectionConfig::new(
@@ -99,6 +94,7 @@ async fn main() -> Result<(), BoxError> {
     let topology = TopologyConfig::new().exchange(ExchangeConfig::topic(&*exchange));
     let publisher = Arc::new(Publisher::new(&conn, PublisherConfig::default())?);
     let relay = Relay::new(outbox.clone(), publisher, RelayConfig::default())?;
+    let outbox_db = outbox.component();
     let inbox = Inbox::new(pool.clone(), "minimal.greetings");
     let handler = idempotent(inbox, |msg, tx| Box::pin(apply(msg, tx)));
     let consumer = ConsumerComponent::new(&conn, queue.clone(), ConsumerConfig::default(), handler);
@@ -118,9 +114,7 @@ async fn main() -> Result<(), BoxError> {
 
     // 5. Run: start in this order; on SIGTERM stop in stages (intake, relay, broker, pool, telemetry).
     app.component(telemetry)
-        .component(closer("database", Stage::Resource, || async move {
-            pool.close().await
-        }))
+        .component(outbox_db.schema(SCHEMA))
         .component(conn.component().declare(topology.queue(queue)))
         .component(relay.into_component())
         .component(consumer)

@@ -85,7 +85,10 @@ impl RabbitNode {
             .env("RABBITMQ_MNESIA_BASE", self.path("mnesia"))
             .env("RABBITMQ_LOG_BASE", self.path("log"))
             .env("RABBITMQ_PID_FILE", self.path("pid"))
-            .env("RABBITMQ_ENABLED_PLUGINS_FILE", self.path("enabled_plugins"))
+            .env(
+                "RABBITMQ_ENABLED_PLUGINS_FILE",
+                self.path("enabled_plugins"),
+            )
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .status()
@@ -93,7 +96,11 @@ impl RabbitNode {
         assert!(status.success(), "rabbitmq-server -detached failed");
         let deadline = Instant::now() + Duration::from_secs(60);
         while !port_open(self.port) {
-            assert!(Instant::now() < deadline, "node {} did not open its port", self.name);
+            assert!(
+                Instant::now() < deadline,
+                "node {} did not open its port",
+                self.name
+            );
             std::thread::sleep(Duration::from_millis(200));
         }
         let _ = Command::new("rabbitmqctl")
@@ -143,6 +150,7 @@ impl Service {
         Self::start_with(amqp_url, prefix, port, &db, dir)
     }
 
+    /// Starts the binary on `port` with `database_url`; `dir` lives as long as the service.
     pub fn start_with(
         amqp_url: &str,
         prefix: &str,
@@ -150,7 +158,20 @@ impl Service {
         database_url: &str,
         dir: tempfile::TempDir,
     ) -> Self {
+        Self::start_env(amqp_url, prefix, port, database_url, dir, &[])
+    }
+
+    /// [`start_with`](Self::start_with) plus environment variables.
+    pub fn start_env(
+        amqp_url: &str,
+        prefix: &str,
+        port: u16,
+        database_url: &str,
+        dir: tempfile::TempDir,
+        vars: &[(&str, &str)],
+    ) -> Self {
         let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_minimal-service"))
+            .envs(vars.iter().copied())
             .env("HTTP_ADDR", format!("127.0.0.1:{port}"))
             .env("DATABASE_URL", database_url)
             .env("AMQP_URL", amqp_url)
@@ -173,7 +194,12 @@ impl Service {
     pub async fn ready(&self, within: Duration) -> Value {
         let deadline = Instant::now() + within;
         loop {
-            if let Ok(r) = self.http.get(format!("{}/health/ready", self.base)).send().await {
+            if let Ok(r) = self
+                .http
+                .get(format!("{}/health/ready", self.base))
+                .send()
+                .await
+            {
                 if r.status() == 200 {
                     return r.json().await.unwrap();
                 }
@@ -221,7 +247,10 @@ impl Service {
                 assert_eq!(processed, n, "applied more often than created");
                 return;
             }
-            assert!(Instant::now() < deadline, "processed {processed} of {n} within {within:?}");
+            assert!(
+                Instant::now() < deadline,
+                "processed {processed} of {n} within {within:?}"
+            );
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
