@@ -752,7 +752,7 @@ async fn shutdown_lets_in_flight_handlers_finish_and_state_is_closed() {
     assert!(matches!(err.kind(), ErrorKind::Shutdown), "{err:?}");
 }
 
-/// Issue #5: an acknowledgement is never sent on a channel that has since been recovered. A
+/// An acknowledgement is never sent on a channel that has since been recovered. A
 /// handler still running when the connection is replaced finishes with `Ack` afterwards: that
 /// ack must not go out on the new channel, where the delivery tag means something else (an
 /// unknown or already-acked tag makes the broker close the channel with PRECONDITION_FAILED,
