@@ -434,33 +434,6 @@ fn report(name: &str, outcome: Result<(), Error>) -> Result<(), Error> {
     outcome
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn env_sets_the_deadlines_and_names_a_bad_value() {
-        let env = |pairs: &'static [(&'static str, &'static str)]| {
-            move |key: &str| {
-                pairs
-                    .iter()
-                    .find(|(k, _)| *k == key)
-                    .map(|(_, v)| (*v).to_owned())
-            }
-        };
-        let config = LifecycleConfig::default()
-            .with_env(env(&[("PRE_STOP_DELAY", "5s"), ("DRAIN_TIMEOUT", "1m")]))
-            .unwrap();
-        assert_eq!(config.pre_stop_delay, Duration::from_secs(5));
-        assert_eq!(config.drain_timeout, Duration::from_secs(60));
-        assert_eq!(config.start_timeout, Duration::from_secs(30));
-        let err = LifecycleConfig::default()
-            .with_env(env(&[("DRAIN_TIMEOUT", "soon")]))
-            .unwrap_err();
-        assert!(err.to_string().contains("DRAIN_TIMEOUT"), "{err}");
-    }
-}
-
 fn boxed<F, Fut>(hook: F) -> Hook
 where
     F: FnOnce() -> Fut + Send + 'static,
@@ -538,4 +511,31 @@ fn listen_for_signals(
         tracing::warn!(signal = second, "second stop signal: forcing the shutdown");
         forced.cancel();
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn env_sets_the_deadlines_and_names_a_bad_value() {
+        let env = |pairs: &'static [(&'static str, &'static str)]| {
+            move |key: &str| {
+                pairs
+                    .iter()
+                    .find(|(k, _)| *k == key)
+                    .map(|(_, v)| (*v).to_owned())
+            }
+        };
+        let config = LifecycleConfig::default()
+            .with_env(env(&[("PRE_STOP_DELAY", "5s"), ("DRAIN_TIMEOUT", "1m")]))
+            .unwrap();
+        assert_eq!(config.pre_stop_delay, Duration::from_secs(5));
+        assert_eq!(config.drain_timeout, Duration::from_secs(60));
+        assert_eq!(config.start_timeout, Duration::from_secs(30));
+        let err = LifecycleConfig::default()
+            .with_env(env(&[("DRAIN_TIMEOUT", "soon")]))
+            .unwrap_err();
+        assert!(err.to_string().contains("DRAIN_TIMEOUT"), "{err}");
+    }
 }

@@ -194,15 +194,15 @@ impl Service {
     pub async fn ready(&self, within: Duration) -> Value {
         let deadline = Instant::now() + within;
         loop {
-            if let Ok(r) = self
+            let answer = self
                 .http
                 .get(format!("{}/health/ready", self.base))
                 .send()
-                .await
+                .await;
+            if let Ok(r) = answer
+                && r.status() == 200
             {
-                if r.status() == 200 {
-                    return r.json().await.unwrap();
-                }
+                return r.json().await.unwrap();
             }
             assert!(Instant::now() < deadline, "not ready within {within:?}");
             tokio::time::sleep(Duration::from_millis(100)).await;
