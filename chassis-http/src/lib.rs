@@ -28,29 +28,31 @@
 //! - [`client`]: the resilient HTTP client for calling other services.
 //!
 //! ## Quick start
+//! A service's [`App`](chassis_core::lifecycle::App) runs the server as a component
+//! ([`HttpServer`](server::HttpServer)): it binds at start, and on SIGTERM readiness fails,
+//! the listener closes, in-flight requests drain, and the rest of the service stops after it.
 //! ```no_run
-//! use chassis_core::{health::HealthRegistry, shutdown::Shutdown};
-//! use chassis_http::{health::HealthLayer, layers::StandardLayers, server::{Server, ServerConfig}};
+//! use chassis_core::lifecycle::App;
+//! use chassis_http::{health::HealthLayer, layers::StandardLayers, server::{HttpServer, ServerConfig}};
 //! use tower::{ServiceBuilder, service_fn};
 //!
 //! # #[tokio::main]
-//! # async fn main() -> Result<(), chassis_http::error::Error> {
-//! let registry = HealthRegistry::new();
-//! let app = service_fn(|_req: http::Request<_>| async {
+//! # async fn main() -> Result<(), chassis_core::Error> {
+//! let app = App::new("hello");
+//! let handler = service_fn(|_req: http::Request<_>| async {
 //!     Ok::<_, std::convert::Infallible>(http::Response::new(String::from("hello")))
 //! });
 //! let service = ServiceBuilder::new()
-//!     .layer(HealthLayer::new(registry.clone())) // probes bypass the stack below
-//!     .layer(StandardLayers::new())               // request id, tracing, metrics, limits...
-//!     .service(app);
-//! let server = Server::bind(ServerConfig::default()).await?
-//!     .shutdown(Shutdown::new())
-//!     .health(registry.clone());
-//! registry.mark_started();
-//! server.serve(service).await?; // returns after SIGTERM/SIGINT and the drain
-//! # Ok(())
+//!     .layer(HealthLayer::new(app.health().clone())) // probes bypass the stack below
+//!     .layer(StandardLayers::new())                   // request id, tracing, metrics, limits...
+//!     .service(handler);
+//! app.component(HttpServer::new(ServerConfig::default(), service))
+//!     .run() // returns after SIGTERM/SIGINT and the drain
+//!     .await
 //! # }
 //! ```
+//!
+//! Without an app, [`Server`](server::Server) serves on its own and handles the signals itself.
 //!
 //! ## Handlers (with the `axum` feature)
 //! ```

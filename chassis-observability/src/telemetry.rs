@@ -487,7 +487,9 @@ impl TelemetryGuard {
 
     /// Flushes and stops: queued spans are exported (within `deadline`), the exporter is shut
     /// down, buffered log lines are written. Returns [`ErrorKind::ShutdownTimedOut`] when the
-    /// deadline passed first (spans still queued are lost; the service can exit anyway).
+    /// deadline passed first (spans still queued are lost; the service can exit anyway). In a
+    /// service run by [`App`](chassis_core::lifecycle::App), register the guard as a component
+    /// instead: the app flushes it last.
     pub async fn shutdown(mut self, deadline: Duration) -> Result<(), Error> {
         self.close(deadline).await
     }

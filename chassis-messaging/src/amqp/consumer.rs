@@ -288,7 +288,10 @@ impl ConsumerConfig {
 #[derive(Debug)]
 pub struct Consumer;
 
-/// A running consumer. Dropping it does not stop it; call [`shutdown`](Self::shutdown).
+/// A running consumer. Dropping it does not stop it; call [`shutdown`](Self::shutdown). In a
+/// service run by [`App`](chassis_core::lifecycle::App), use
+/// [`ConsumerComponent`](crate::lifecycle::ConsumerComponent), which the app stops with the
+/// other intakes.
 #[derive(Debug)]
 pub struct ConsumerHandle {
     queue: String,

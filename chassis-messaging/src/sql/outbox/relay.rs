@@ -490,7 +490,9 @@ impl<S: OutboxStore, P: Publish + ?Sized + 'static> Relay<S, P> {
     }
 
     /// Runs the relay on a new task until `token` is cancelled (it finishes the batches in
-    /// flight, then returns). Register the handle with the service's shutdown tracker.
+    /// flight, then returns). In a service run by [`App`](chassis_core::lifecycle::App), register
+    /// [`into_component`](Self::into_component) instead: the app then stops the relay after
+    /// intake drained and before the connection closes.
     pub fn spawn(self, token: CancellationToken) -> JoinHandle<()>
     where
         S: 'static,
