@@ -98,6 +98,23 @@ async fn greeting_goes_through_outbox_broker_and_inbox_then_shuts_down_gracefull
         metrics.contains("http_server_request_duration"),
         "no RED metrics"
     );
+    // The standard layers sit inside the router, so each sample carries its route.
+    assert!(
+        metrics.contains(r#"http_route="/greetings""#),
+        "RED metrics without the route:\n{metrics}"
+    );
+    // An axum rejection (invalid JSON) gets the chassis JSON error body too.
+    let r = http
+        .post(format!("{base}/greetings"))
+        .header("content-type", "application/json")
+        .body("{not json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["success"], false, "{body}");
+    assert!(body["traceId"].is_string(), "{body}");
     let pid = child.id().unwrap();
     let status = tokio::process::Command::new("kill")
         .arg("-TERM")
