@@ -1,105 +1,104 @@
-//! One database handle over SQLite (default) or PostgreSQL.
+//! The shop's database: SQLite (the default, a file per service) or PostgreSQL, chosen by
+//! `DATABASE_URL` at run time, with the chassis outbox and inbox on it.
 //!
 //! The shop's SQL is plain and portable (`$1` placeholders, `INSERT … ON CONFLICT`, `RETURNING`,
-//! `BIGINT` and `TEXT` columns only), so each statement is written once and runs on both. The
-//! chassis outbox and inbox are typed per backend; [`Tx::sqlite`] / [`Tx::postgres`] hand them the
-//! connection of the same transaction, so business writes and the outbox row commit together.
-//!
-//! SQLite transactions start with `BEGIN IMMEDIATE` (the write lock is taken up front, with a busy
-//! timeout), so concurrent writers queue instead of failing with `SQLITE_BUSY` on lock upgrade.
+//! `BIGINT` and `TEXT` columns only), so each statement is written once and runs on both.
+//! [`Db`] holds the chassis [`Outbox<DB>`](Outbox) of its database (which holds the pool); this
+//! module is the one place that matches on the database, and each match runs the same code on
+//! either (the `either!` macro). The lifecycle pieces come from the chassis as they are:
+//! [`Db::component`] is the outbox's database component, [`Db::relay`] its relay, and
+//! [`Db::consumer`] an [`idempotent`] inbox consumer whose handler gets a [`Tx`] and returns the
+//! [`Emit`]s to enqueue in the same transaction.
 //!
 //! # Example
 //! ```
 //! # #[tokio::main(flavor = "current_thread")]
-//! # async fn main() -> Result<(), sqlx::Error> {
+//! # async fn main() -> Result<(), chassis_core::BoxError> {
 //! use shop_common::db::Db;
 //!
-//! let db = Db::connect("sqlite::memory:").await?;
-//! db.execute_script("CREATE TABLE t (id TEXT PRIMARY KEY, n BIGINT NOT NULL);").await?;
-//! let mut tx = db.begin().await?;
+//! let db = Db::open("sqlite::memory:")?;
+//! db.execute_script("CREATE TABLE t (id TEXT PRIMARY KEY, n BIGINT NOT NULL)").await?;
+//! let mut txn = db.begin().await?;
+//! let mut tx = txn.tx();
 //! tx.execute("INSERT INTO t (id, n) VALUES ($1, $2)", &["a".into(), 41_i64.into()]).await?;
 //! tx.execute("UPDATE t SET n = n + 1 WHERE id = $1", &["a".into()]).await?;
-//! tx.commit().await?;
-//! let row = db.fetch_one("SELECT n FROM t WHERE id = $1", &["a".into()]).await?;
-//! assert_eq!(row.i64("n")?, 42);
+//! txn.commit().await?;
+//! let row = db.fetch_optional("SELECT n FROM t WHERE id = $1", &["a".into()]).await?;
+//! assert_eq!(row.unwrap().get::<i64>("n")?, 42);
 //! # Ok(()) }
 //! ```
 
-use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
-use sqlx::postgres::{PgConnection, PgPool, PgPoolOptions, PgRow};
-use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
-    SqliteRow, SqliteSynchronous,
+use chassis_core::BoxError;
+use chassis_core::lifecycle::Component;
+use chassis_messaging::amqp::consumer::Handler as _;
+use chassis_messaging::lifecycle::ConsumerComponent;
+use chassis_messaging::sql::inbox::{Claim, InboxDatabase};
+use chassis_messaging::sql::outbox::OutboxDatabase;
+use chassis_messaging::{
+    Connection, Error, Inbox, IncomingMessage, Outbox, Outcome, Publisher, PublisherConfig,
+    QueueConfig, Relay, RelayConfig, idempotent,
 };
+use futures_util::future::BoxFuture;
+use sqlx::postgres::{PgConnection, PgPoolOptions, PgRow};
+use sqlx::sqlite::{SqliteConnection, SqliteRow};
 use sqlx::{Postgres, Row as _, Sqlite, Transaction};
+
+use crate::Shop;
+use crate::events::Emit;
+
+/// The same code in the arm of each database (each arm compiles for its own types).
+macro_rules! either {
+    ($value:expr, $ty:ident, |$($x:pat_param),+| $body:expr) => {
+        match $value {
+            $ty::Sqlite($($x),+) => $body,
+            $ty::Postgres($($x),+) => $body,
+        }
+    };
+}
+
+/// `sqlx::query(sql)` with `args` bound.
+macro_rules! query {
+    ($sql:expr, $args:expr) => {
+        $args.iter().fold(sqlx::query($sql), |q, arg| match arg {
+            Arg::Int(v) => q.bind(*v),
+            Arg::Text(v) => q.bind(v.clone()),
+        })
+    };
+}
 
 /// A bind argument.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Arg {
-    /// A `BIGINT`.
-    Int(i64),
-    /// A `TEXT`.
-    Text(String),
-    /// A nullable `BIGINT`.
-    OptInt(Option<i64>),
-    /// A nullable `TEXT`.
-    OptText(Option<String>),
+    /// A `BIGINT` (`None` is `NULL`).
+    Int(Option<i64>),
+    /// A `TEXT` (`None` is `NULL`).
+    Text(Option<String>),
 }
 
-impl From<i64> for Arg {
-    fn from(v: i64) -> Self {
-        Arg::Int(v)
-    }
-}
-impl From<&str> for Arg {
-    fn from(v: &str) -> Self {
-        Arg::Text(v.to_owned())
-    }
-}
-impl From<String> for Arg {
-    fn from(v: String) -> Self {
-        Arg::Text(v)
-    }
-}
-impl From<&String> for Arg {
-    fn from(v: &String) -> Self {
-        Arg::Text(v.clone())
-    }
-}
-impl From<Option<i64>> for Arg {
-    fn from(v: Option<i64>) -> Self {
-        Arg::OptInt(v)
-    }
-}
-impl From<Option<String>> for Arg {
-    fn from(v: Option<String>) -> Self {
-        Arg::OptText(v)
-    }
-}
-impl From<Option<&str>> for Arg {
-    fn from(v: Option<&str>) -> Self {
-        Arg::OptText(v.map(str::to_owned))
-    }
+macro_rules! arg_from {
+    ($($t:ty => |$v:ident| $e:expr),* $(,)?) => {
+        $(impl From<$t> for Arg {
+            fn from($v: $t) -> Self {
+                $e
+            }
+        })*
+    };
 }
 
-macro_rules! bind_all {
-    ($query:expr, $args:expr) => {{
-        let mut q = $query;
-        for a in $args {
-            q = match a {
-                Arg::Int(v) => q.bind(*v),
-                Arg::Text(v) => q.bind(v.clone()),
-                Arg::OptInt(v) => q.bind(*v),
-                Arg::OptText(v) => q.bind(v.clone()),
-            };
-        }
-        q
-    }};
+arg_from! {
+    i64 => |v| Arg::Int(Some(v)),
+    Option<i64> => |v| Arg::Int(v),
+    &str => |v| Arg::Text(Some(v.to_owned())),
+    &String => |v| Arg::Text(Some(v.clone())),
+    String => |v| Arg::Text(Some(v)),
+    Option<&str> => |v| Arg::Text(v.map(str::to_owned)),
+    Option<String> => |v| Arg::Text(v),
 }
 
-/// A row from either backend.
+/// A row from either database.
 #[derive(Debug)]
 pub enum Row {
     /// A SQLite row.
@@ -109,210 +108,202 @@ pub enum Row {
 }
 
 impl Row {
-    /// A `BIGINT` column.
-    pub fn i64(&self, col: &str) -> Result<i64, sqlx::Error> {
-        match self {
-            Row::Sqlite(r) => r.try_get(col),
-            Row::Postgres(r) => r.try_get(col),
-        }
-    }
-
-    /// A nullable `BIGINT` column.
-    pub fn opt_i64(&self, col: &str) -> Result<Option<i64>, sqlx::Error> {
-        match self {
-            Row::Sqlite(r) => r.try_get(col),
-            Row::Postgres(r) => r.try_get(col),
-        }
-    }
-
-    /// A `TEXT` column.
-    pub fn text(&self, col: &str) -> Result<String, sqlx::Error> {
-        match self {
-            Row::Sqlite(r) => r.try_get(col),
-            Row::Postgres(r) => r.try_get(col),
-        }
-    }
-
-    /// A nullable `TEXT` column.
-    pub fn opt_text(&self, col: &str) -> Result<Option<String>, sqlx::Error> {
-        match self {
-            Row::Sqlite(r) => r.try_get(col),
-            Row::Postgres(r) => r.try_get(col),
-        }
+    /// Column `col` as `T`: `i64`, `String`, or an `Option` of either for a nullable column.
+    pub fn get<T>(&self, col: &str) -> Result<T, sqlx::Error>
+    where
+        T: for<'r> sqlx::Decode<'r, Sqlite> + sqlx::Type<Sqlite>,
+        T: for<'r> sqlx::Decode<'r, Postgres> + sqlx::Type<Postgres>,
+    {
+        either!(self, Row, |r| r.try_get(col))
     }
 }
 
-/// A connection pool on SQLite or PostgreSQL. Cheap to clone.
+/// The service's database with its outbox. Cheap to clone.
 #[derive(Debug, Clone)]
 pub enum Db {
-    /// SQLite (a file per service by default).
-    Sqlite(SqlitePool),
+    /// SQLite.
+    Sqlite(Outbox<Sqlite>),
     /// PostgreSQL.
-    Postgres(PgPool),
+    Postgres(Outbox<Postgres>),
 }
 
 impl Db {
-    /// Connects to `url`: `postgres://…` / `postgresql://…` selects PostgreSQL, anything else is a
-    /// SQLite URL (`sqlite://path/to/file.db`, created if missing, WAL mode).
-    pub async fn connect(url: &str) -> Result<Db, sqlx::Error> {
+    /// A pool on `url`, connecting lazily (the [`component`](Self::component) opens it at
+    /// start): `postgres://…` / `postgresql://…` is PostgreSQL, anything else a SQLite URL
+    /// (`sqlite://path/to/file.db`, created if missing; see the chassis `sqlite_pool`).
+    pub fn open(url: &str) -> Result<Db, BoxError> {
         if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            // The relay holds one connection for LISTEN and one per batch in flight.
             let pool = PgPoolOptions::new()
                 .max_connections(10)
                 .acquire_timeout(Duration::from_secs(10))
-                .connect(url)
-                .await?;
-            return Ok(Db::Postgres(pool));
+                .connect_lazy(url)?;
+            return Ok(Db::Postgres(Outbox::new(pool)));
         }
-        let opts = SqliteConnectOptions::from_str(url)?
-            .create_if_missing(true)
-            .journal_mode(SqliteJournalMode::Wal)
-            .synchronous(SqliteSynchronous::Normal)
-            .busy_timeout(Duration::from_secs(30));
-        // An in-memory database exists per connection: keep exactly one.
-        let max = if url.contains(":memory:") { 1 } else { 4 };
-        let pool = SqlitePoolOptions::new()
-            .max_connections(max)
-            .acquire_timeout(Duration::from_secs(30))
-            .connect_with(opts)
-            .await?;
-        Ok(Db::Sqlite(pool))
+        Ok(Db::Sqlite(Outbox::new(
+            chassis_messaging::sql::sqlite_pool(url)?,
+        )))
     }
 
-    /// The SQLite URL of a database file.
-    pub fn sqlite_url(path: &std::path::Path) -> String {
-        format!("sqlite://{}", path.display())
+    /// The database as a lifecycle component: migrates the chassis tables, runs `schema`,
+    /// registers the readiness check, closes the pool at stop.
+    pub fn component(&self, schema: &'static str) -> Box<dyn Component> {
+        either!(self, Db, |o| Box::new(o.component().schema(schema)))
     }
 
-    /// `"sqlite"` or `"postgres"`.
-    pub fn backend(&self) -> &'static str {
-        match self {
-            Db::Sqlite(_) => "sqlite",
-            Db::Postgres(_) => "postgres",
-        }
-    }
-
-    /// Runs a script of `;`-separated statements (the service's schema; use `IF NOT EXISTS`).
-    pub async fn execute_script(&self, script: &str) -> Result<(), sqlx::Error> {
-        for stmt in script.split(';').map(str::trim).filter(|s| !s.is_empty()) {
-            match self {
-                Db::Sqlite(p) => sqlx::query(sqlx::AssertSqlSafe(stmt.to_owned()))
-                    .execute(p)
-                    .await
-                    .map(|_| ())?,
-                Db::Postgres(p) => sqlx::query(sqlx::AssertSqlSafe(stmt.to_owned()))
-                    .execute(p)
-                    .await
-                    .map(|_| ())?,
-            }
-        }
-        Ok(())
-    }
-
-    /// Starts a transaction (`BEGIN IMMEDIATE` on SQLite).
-    pub async fn begin(&self) -> Result<Tx, sqlx::Error> {
-        Ok(match self {
-            Db::Sqlite(p) => Tx::Sqlite(p.begin_with("BEGIN IMMEDIATE").await?),
-            Db::Postgres(p) => Tx::Postgres(p.begin().await?),
+    /// The outbox relay, publishing on `conn`, as a lifecycle component.
+    pub fn relay(&self, conn: &Connection) -> Result<Box<dyn Component>, Error> {
+        let publisher = Arc::new(Publisher::new(conn, PublisherConfig::default())?);
+        either!(self, Db, |o| {
+            let relay = Relay::new(o.clone(), publisher, RelayConfig::default())?;
+            Ok(Box::new(relay.into_component()))
         })
     }
 
-    /// `SELECT 1`: the readiness check.
-    pub async fn ping(&self) -> Result<(), sqlx::Error> {
-        self.fetch_one("SELECT 1 AS one", &[]).await.map(|_| ())
+    /// A consumer of `queue` through the inbox named `inbox`: `handler` runs once per message,
+    /// in the transaction that records its id, and the [`Emit`]s it returns are enqueued in the
+    /// same transaction (caused by the message); `Err(outcome)` rolls back and retries or
+    /// rejects.
+    pub fn consumer<F>(
+        &self,
+        shop: &Shop,
+        conn: &Connection,
+        queue: QueueConfig,
+        inbox: &str,
+        handler: F,
+    ) -> Box<dyn Component>
+    where
+        F: for<'c> Fn(IncomingMessage, Tx<'c>) -> BoxFuture<'c, Result<Vec<Emit>, Outcome>>
+            + Send
+            + Sync
+            + 'static,
+    {
+        either!(self, Db, |o| consumer(o, shop, conn, queue, inbox, handler))
+    }
+
+    /// Begins a transaction (SQLite: `BEGIN IMMEDIATE`, so writers queue for the lock).
+    pub async fn begin(&self) -> Result<Txn, Error> {
+        either!(self, Db, |o| Ok(Backend::txn(
+            InboxDatabase::begin(o.pool()).await?,
+            o
+        )))
+    }
+
+    /// Begins the inbox transaction of `inbox` for `message_id`, for a handler that must do
+    /// something outside the transaction first (call a remote service); `None` when the message
+    /// was processed before. Otherwise use [`consumer`](Self::consumer).
+    pub async fn claim(&self, inbox: &str, message_id: &str) -> Result<Option<Txn>, Error> {
+        either!(self, Db, |o| Ok(
+            match Inbox::new(o.pool().clone(), inbox)
+                .begin(message_id)
+                .await?
+            {
+                Claim::New(tx) => Some(Backend::txn(tx, o)),
+                Claim::Duplicate => None,
+            }
+        ))
     }
 
     /// Runs a statement outside a transaction; returns the rows affected.
     pub async fn execute(&self, sql: &'static str, args: &[Arg]) -> Result<u64, sqlx::Error> {
-        Ok(match self {
-            Db::Sqlite(p) => bind_all!(sqlx::query(sql), args)
-                .execute(p)
-                .await?
-                .rows_affected(),
-            Db::Postgres(p) => bind_all!(sqlx::query(sql), args)
-                .execute(p)
-                .await?
-                .rows_affected(),
-        })
+        either!(self, Db, |o| Tx::from(&mut *o.pool().acquire().await?)
+            .execute(sql, args)
+            .await)
     }
 
-    /// Fetches every row.
+    /// Fetches every row, outside a transaction.
     pub async fn fetch_all(
         &self,
         sql: &'static str,
         args: &[Arg],
     ) -> Result<Vec<Row>, sqlx::Error> {
-        Ok(match self {
-            Db::Sqlite(p) => bind_all!(sqlx::query(sql), args)
-                .fetch_all(p)
-                .await?
-                .into_iter()
-                .map(Row::Sqlite)
-                .collect(),
-            Db::Postgres(p) => bind_all!(sqlx::query(sql), args)
-                .fetch_all(p)
-                .await?
-                .into_iter()
-                .map(Row::Postgres)
-                .collect(),
-        })
+        either!(self, Db, |o| Tx::from(&mut *o.pool().acquire().await?)
+            .fetch_all(sql, args)
+            .await)
     }
 
-    /// Fetches at most one row.
+    /// Fetches at most one row, outside a transaction.
     pub async fn fetch_optional(
         &self,
         sql: &'static str,
         args: &[Arg],
     ) -> Result<Option<Row>, sqlx::Error> {
-        Ok(match self {
-            Db::Sqlite(p) => bind_all!(sqlx::query(sql), args)
-                .fetch_optional(p)
-                .await?
-                .map(Row::Sqlite),
-            Db::Postgres(p) => bind_all!(sqlx::query(sql), args)
-                .fetch_optional(p)
-                .await?
-                .map(Row::Postgres),
-        })
+        either!(self, Db, |o| Tx::from(&mut *o.pool().acquire().await?)
+            .fetch_optional(sql, args)
+            .await)
     }
 
-    /// Fetches exactly one row.
-    pub async fn fetch_one(&self, sql: &'static str, args: &[Arg]) -> Result<Row, sqlx::Error> {
-        self.fetch_optional(sql, args)
-            .await?
-            .ok_or(sqlx::Error::RowNotFound)
-    }
-
-    /// Closes the pool.
-    pub async fn close(&self) {
-        match self {
-            Db::Sqlite(p) => p.close().await,
-            Db::Postgres(p) => p.close().await,
-        }
+    /// Runs a script of statements (tests apply a service's schema with it; a service does in
+    /// [`component`](Self::component)).
+    pub async fn execute_script(&self, sql: &str) -> Result<(), sqlx::Error> {
+        let sql = sqlx::AssertSqlSafe(sql.to_owned());
+        either!(self, Db, |o| sqlx::raw_sql(sql)
+            .execute(o.pool())
+            .await
+            .map(|_| ()))
     }
 }
 
-/// A transaction on either backend.
+/// A transaction owned by the caller ([`Db::begin`], [`Db::claim`]), with its outbox.
 #[derive(Debug)]
-pub enum Tx {
+pub enum Txn {
     /// SQLite.
-    Sqlite(Transaction<'static, Sqlite>),
+    Sqlite(Transaction<'static, Sqlite>, Outbox<Sqlite>),
     /// PostgreSQL.
-    Postgres(Transaction<'static, Postgres>),
+    Postgres(Transaction<'static, Postgres>, Outbox<Postgres>),
 }
 
-impl Tx {
+impl Txn {
+    /// The transaction's connection, for the shop's SQL.
+    pub fn tx(&mut self) -> Tx<'_> {
+        either!(self, Txn, |t, _| Tx::from(&mut **t))
+    }
+
+    /// Enqueues `emits` into the outbox in this transaction, caused by the message `cause`.
+    pub async fn emit(
+        &mut self,
+        shop: &Shop,
+        emits: &[Emit],
+        cause: Option<&str>,
+    ) -> Result<(), Error> {
+        either!(self, Txn, |t, o| enqueue(o, &mut **t, shop, emits, cause)
+            .await)
+    }
+
+    /// Commits and wakes the relay.
+    pub async fn commit(self) -> Result<(), Error> {
+        either!(self, Txn, |t, o| o.commit(t).await)
+    }
+}
+
+/// A connection inside a transaction (or borrowed from the pool): what the shop's SQL runs on.
+#[derive(Debug)]
+pub enum Tx<'c> {
+    /// SQLite.
+    Sqlite(&'c mut SqliteConnection),
+    /// PostgreSQL.
+    Postgres(&'c mut PgConnection),
+}
+
+impl<'c> From<&'c mut SqliteConnection> for Tx<'c> {
+    fn from(c: &'c mut SqliteConnection) -> Self {
+        Tx::Sqlite(c)
+    }
+}
+
+impl<'c> From<&'c mut PgConnection> for Tx<'c> {
+    fn from(c: &'c mut PgConnection) -> Self {
+        Tx::Postgres(c)
+    }
+}
+
+impl Tx<'_> {
     /// Runs a statement; returns the rows affected.
     pub async fn execute(&mut self, sql: &'static str, args: &[Arg]) -> Result<u64, sqlx::Error> {
-        Ok(match self {
-            Tx::Sqlite(t) => bind_all!(sqlx::query(sql), args)
-                .execute(&mut **t)
-                .await?
-                .rows_affected(),
-            Tx::Postgres(t) => bind_all!(sqlx::query(sql), args)
-                .execute(&mut **t)
-                .await?
-                .rows_affected(),
-        })
+        either!(self, Tx, |c| Ok(query!(sql, args)
+            .execute(&mut **c)
+            .await?
+            .rows_affected()))
     }
 
     /// Fetches every row.
@@ -321,20 +312,12 @@ impl Tx {
         sql: &'static str,
         args: &[Arg],
     ) -> Result<Vec<Row>, sqlx::Error> {
-        Ok(match self {
-            Tx::Sqlite(t) => bind_all!(sqlx::query(sql), args)
-                .fetch_all(&mut **t)
-                .await?
-                .into_iter()
-                .map(Row::Sqlite)
-                .collect(),
-            Tx::Postgres(t) => bind_all!(sqlx::query(sql), args)
-                .fetch_all(&mut **t)
-                .await?
-                .into_iter()
-                .map(Row::Postgres)
-                .collect(),
-        })
+        either!(self, Tx, |c| Ok(query!(sql, args)
+            .fetch_all(&mut **c)
+            .await?
+            .into_iter()
+            .map(Row::from)
+            .collect()))
     }
 
     /// Fetches at most one row.
@@ -343,68 +326,122 @@ impl Tx {
         sql: &'static str,
         args: &[Arg],
     ) -> Result<Option<Row>, sqlx::Error> {
-        Ok(match self {
-            Tx::Sqlite(t) => bind_all!(sqlx::query(sql), args)
-                .fetch_optional(&mut **t)
-                .await?
-                .map(Row::Sqlite),
-            Tx::Postgres(t) => bind_all!(sqlx::query(sql), args)
-                .fetch_optional(&mut **t)
-                .await?
-                .map(Row::Postgres),
-        })
-    }
-
-    /// The SQLite connection of this transaction, if on SQLite (for the chassis outbox/inbox).
-    pub fn sqlite(&mut self) -> Option<&mut SqliteConnection> {
-        match self {
-            Tx::Sqlite(t) => Some(&mut **t),
-            Tx::Postgres(_) => None,
-        }
-    }
-
-    /// The PostgreSQL connection of this transaction, if on PostgreSQL.
-    pub fn postgres(&mut self) -> Option<&mut PgConnection> {
-        match self {
-            Tx::Postgres(t) => Some(&mut **t),
-            Tx::Sqlite(_) => None,
-        }
-    }
-
-    /// Commits.
-    pub async fn commit(self) -> Result<(), sqlx::Error> {
-        match self {
-            Tx::Sqlite(t) => t.commit().await,
-            Tx::Postgres(t) => t.commit().await,
-        }
-    }
-
-    /// Rolls back.
-    pub async fn rollback(self) -> Result<(), sqlx::Error> {
-        match self {
-            Tx::Sqlite(t) => t.rollback().await,
-            Tx::Postgres(t) => t.rollback().await,
-        }
+        either!(self, Tx, |c| Ok(query!(sql, args)
+            .fetch_optional(&mut **c)
+            .await?
+            .map(Row::from)))
     }
 }
 
-/// A fresh, empty PostgreSQL schema for one test: connects to `DATABASE_URL` (default
-/// `postgres://postgres@127.0.0.1:5432/test`), creates a uniquely named schema and returns a
-/// [`Db`] whose connections use it as `search_path`. Tests use it to run the same SQL on
-/// PostgreSQL in parallel without interfering.
-pub async fn postgres_test_db() -> Result<Db, sqlx::Error> {
+impl From<SqliteRow> for Row {
+    fn from(row: SqliteRow) -> Self {
+        Row::Sqlite(row)
+    }
+}
+
+impl From<PgRow> for Row {
+    fn from(row: PgRow) -> Self {
+        Row::Postgres(row)
+    }
+}
+
+/// A [`Txn`] of either database, built in code generic over it.
+trait Backend: OutboxDatabase + InboxDatabase {
+    fn txn(tx: Transaction<'static, Self>, outbox: &Outbox<Self>) -> Txn;
+}
+
+impl Backend for Sqlite {
+    fn txn(tx: Transaction<'static, Self>, outbox: &Outbox<Self>) -> Txn {
+        Txn::Sqlite(tx, outbox.clone())
+    }
+}
+
+impl Backend for Postgres {
+    fn txn(tx: Transaction<'static, Self>, outbox: &Outbox<Self>) -> Txn {
+        Txn::Postgres(tx, outbox.clone())
+    }
+}
+
+/// Writes `emits` into `outbox` through `conn`, as chassis envelopes named for `shop`.
+async fn enqueue<DB: OutboxDatabase>(
+    outbox: &Outbox<DB>,
+    conn: &mut DB::Connection,
+    shop: &Shop,
+    emits: &[Emit],
+    cause: Option<&str>,
+) -> Result<(), Error> {
+    for e in emits {
+        let exchange = shop.name(e.exchange);
+        outbox
+            .enqueue_event(&mut *conn, &exchange, &e.envelope(shop.service(), cause))
+            .await?;
+    }
+    Ok(())
+}
+
+fn consumer<DB, F>(
+    outbox: &Outbox<DB>,
+    shop: &Shop,
+    conn: &Connection,
+    queue: QueueConfig,
+    inbox: &str,
+    handler: F,
+) -> Box<dyn Component>
+where
+    DB: OutboxDatabase + InboxDatabase,
+    for<'c> Tx<'c>: From<&'c mut DB::Connection>,
+    F: for<'c> Fn(IncomingMessage, Tx<'c>) -> BoxFuture<'c, Result<Vec<Emit>, Outcome>>
+        + Send
+        + Sync
+        + 'static,
+{
+    let (handler, out, names) = (Arc::new(handler), outbox.clone(), shop.clone());
+    let inbox = Inbox::new(outbox.pool().clone(), inbox);
+    let once = idempotent(inbox, move |msg, tx| {
+        let (handler, out, names) = (handler.clone(), out.clone(), names.clone());
+        Box::pin(async move {
+            let cause = msg.message_id().map(str::to_owned);
+            let emits = match handler(msg, Tx::from(&mut **tx)).await {
+                Ok(emits) => emits,
+                Err(outcome) => return outcome,
+            };
+            match enqueue(&out, &mut **tx, &names, &emits, cause.as_deref()).await {
+                Ok(()) => Outcome::Ack,
+                Err(e) => Outcome::retry(format!("outbox: {e}")),
+            }
+        })
+    });
+    let out = outbox.clone();
+    let config = shop.consumer_config();
+    Box::new(ConsumerComponent::new(conn, queue, config, move |msg| {
+        let (done, out) = (once.handle(msg), out.clone());
+        async move {
+            let outcome = done.await;
+            if outcome == Outcome::Ack {
+                // The inbox committed: wake the relay now (SQLite has no commit signal).
+                out.notify_committed();
+            }
+            outcome
+        }
+    }))
+}
+
+/// A fresh, empty PostgreSQL schema for one test: on `DATABASE_URL` (default
+/// `postgres://postgres@127.0.0.1:5432/test`), a uniquely named schema as the `search_path` of
+/// every connection, so tests run the same SQL on PostgreSQL in parallel.
+pub async fn postgres_test_db() -> Result<Db, BoxError> {
     let base = std::env::var("DATABASE_URL")
         .ok()
         .filter(|u| u.starts_with("postgres"))
         .unwrap_or_else(|| "postgres://postgres@127.0.0.1:5432/test".into());
     let schema = format!("shop_test_{}", uuid::Uuid::new_v4().simple());
-    let admin = Db::connect(&base).await?;
+    let admin = Db::open(&base)?;
     admin
         .execute_script(&format!("CREATE SCHEMA {schema}"))
         .await?;
-    admin.close().await;
+    either!(admin, Db, |o| o.pool().close().await);
     let sep = if base.contains('?') { '&' } else { '?' };
-    Db::connect(&format!("{base}{sep}options=-c%20search_path%3D{schema}")).await
+    Db::open(&format!("{base}{sep}options=-c%20search_path%3D{schema}"))
 }
 
 /// Milliseconds since the Unix epoch (the shop stores times as `BIGINT` milliseconds).
@@ -419,49 +456,44 @@ pub fn now_ms() -> i64 {
 mod tests {
     use super::*;
 
-    #[tokio::test]
-    async fn same_sql_runs_on_sqlite_file_and_rolls_back() {
-        let dir = tempfile::tempdir().unwrap();
-        let db = Db::connect(&Db::sqlite_url(&dir.path().join("t.db")))
+    async fn same_sql(db: Db) {
+        db.execute_script("CREATE TABLE t (id TEXT PRIMARY KEY, n BIGINT, note TEXT)")
             .await
             .unwrap();
-        assert_eq!(db.backend(), "sqlite");
-        db.execute_script(
-            "CREATE TABLE IF NOT EXISTS t (id TEXT PRIMARY KEY, n BIGINT, note TEXT);",
-        )
-        .await
-        .unwrap();
-        let mut tx = db.begin().await.unwrap();
-        tx.execute(
-            "INSERT INTO t (id, n, note) VALUES ($1, $2, $3)",
-            &["a".into(), 1_i64.into(), None::<String>.into()],
-        )
-        .await
-        .unwrap();
-        tx.rollback().await.unwrap();
+        let insert = "INSERT INTO t (id, n, note) VALUES ($1, $2, $3) ON CONFLICT (id) DO NOTHING";
+        let mut txn = db.begin().await.unwrap();
+        let args = ["a".into(), 1_i64.into(), None::<String>.into()];
+        assert_eq!(txn.tx().execute(insert, &args).await.unwrap(), 1);
+        drop(txn); // rolls back
+        let select = "SELECT n, note FROM t WHERE id = $1";
         assert!(
-            db.fetch_optional("SELECT id FROM t WHERE id = $1", &["a".into()])
+            db.fetch_optional(select, &["a".into()])
                 .await
                 .unwrap()
                 .is_none()
         );
-        let mut tx = db.begin().await.unwrap();
-        let n = tx
-            .execute(
-                "INSERT INTO t (id, n, note) VALUES ($1, $2, $3) ON CONFLICT (id) DO NOTHING",
-                &["a".into(), 1_i64.into(), Some("x").into()],
-            )
-            .await
-            .unwrap();
-        assert_eq!(n, 1);
-        assert!(tx.sqlite().is_some());
-        tx.commit().await.unwrap();
+        let mut txn = db.begin().await.unwrap();
+        let args = ["a".into(), 1_i64.into(), Some("x").into()];
+        assert_eq!(txn.tx().execute(insert, &args).await.unwrap(), 1);
+        assert_eq!(txn.tx().execute(insert, &args).await.unwrap(), 0);
+        txn.commit().await.unwrap();
         let row = db
-            .fetch_one("SELECT n, note FROM t WHERE id = $1", &["a".into()])
+            .fetch_optional(select, &["a".into()])
             .await
+            .unwrap()
             .unwrap();
-        assert_eq!(row.i64("n").unwrap(), 1);
-        assert_eq!(row.opt_text("note").unwrap().as_deref(), Some("x"));
-        db.ping().await.unwrap();
+        assert_eq!(row.get::<i64>("n").unwrap(), 1);
+        assert_eq!(
+            row.get::<Option<String>>("note").unwrap().as_deref(),
+            Some("x")
+        );
+    }
+
+    #[tokio::test]
+    async fn the_same_sql_commits_and_rolls_back_on_both_databases() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("t.db").display());
+        same_sql(Db::open(&url).unwrap()).await;
+        same_sql(postgres_test_db().await.unwrap()).await;
     }
 }

@@ -29,6 +29,8 @@
 //! assert_eq!(ORDER_PLACED, "order.placed");
 //! ```
 
+use chassis_messaging::{Envelope, IncomingMessage, Outcome};
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 /// The topic exchange for events.
@@ -62,9 +64,16 @@ pub const CMD_PAYMENT_REFUND: &str = "payment.refund";
 /// Command: release the order's reservation, if any (`orders` -> `inventory`).
 pub const CMD_INVENTORY_RELEASE: &str = "inventory.release";
 
-/// Source attribute (`cloudEvents:source`) of each service's messages.
-pub fn source(service: &str) -> String {
-    format!("/shop/{service}")
+/// Decodes a message's chassis envelope; an undecodable message is rejected (dead-lettered).
+pub fn decode<T: DeserializeOwned>(msg: &IncomingMessage) -> Result<T, Outcome> {
+    msg.decode::<T>()
+        .map(|e| e.data)
+        .map_err(|e| Outcome::reject(format!("undecodable: {e}")))
+}
+
+/// A handler's transient failure (the database is busy or away): retry through the delay tiers.
+pub fn retry(error: impl std::fmt::Display) -> Outcome {
+    Outcome::retry(error.to_string())
 }
 
 /// A line of an order.
@@ -207,6 +216,18 @@ impl Emit {
         Self {
             exchange: COMMANDS_EXCHANGE,
             ..Self::event(kind, subject, payload)
+        }
+    }
+
+    /// The chassis envelope (CloudEvents) `service` sends: source `/shop/<service>`, the order id
+    /// as subject (the outbox's ordering key) and correlation id, caused by the message `cause`.
+    pub fn envelope(&self, service: &str, cause: Option<&str>) -> Envelope<&serde_json::Value> {
+        let envelope = Envelope::new(format!("/shop/{service}"), self.kind, &self.payload)
+            .subject(self.subject.clone())
+            .correlation_id(self.subject.clone());
+        match cause {
+            Some(id) => envelope.causation_id(id),
+            None => envelope,
         }
     }
 }

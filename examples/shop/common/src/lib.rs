@@ -1,19 +1,21 @@
 //! # shop-common
 //!
-//! What the shop's services share, kept small on purpose (each service stays its own crate):
+//! What only the shop's services share; everything else comes from the chassis as it is
+//! (each service's `main` wires telemetry, the database, RabbitMQ, HTTP and the lifecycle the
+//! way `examples/minimal-service` does):
 //!
-//! - [`auth`]: service tokens (the gateway signs, the internal APIs verify);
-//! - [`db`]: [`Db`](db::Db) and [`Tx`](db::Tx), one handle over SQLite (the default: a file per
-//!   service) or PostgreSQL (`DATABASE_URL=postgres://…`), so each service's SQL is written once
-//!   and runs on both;
+//! - [`service`]: [`Shop`], a service's name and namespace (prefixed exchange and queue names,
+//!   the shop's topology, its database and broker from the environment), and the HTTP address;
+//! - [`db`]: [`Db`](db::Db), the shop's SQL over SQLite (the default: a file per service) or
+//!   PostgreSQL (`DATABASE_URL=postgres://…`) chosen at run time, with the chassis outbox,
+//!   relay and inbox consumers on it;
 //! - [`events`]: the event and command payloads travelling on `shop.events` / `shop.commands`,
 //!   with their routing keys;
-//! - [`runtime`]: [`App`](runtime::App), the bootstrap wiring every chassis piece (telemetry,
-//!   database + outbox/inbox, RabbitMQ, HTTP server, health, metrics, graceful shutdown);
-//! - [`web`]: the JSON success envelope and the chassis error body for axum handlers.
+//! - [`auth`]: service tokens (the gateway signs, the internal APIs verify).
 
 pub mod auth;
 pub mod db;
 pub mod events;
-pub mod runtime;
-pub mod web;
+pub mod service;
+
+pub use service::Shop;

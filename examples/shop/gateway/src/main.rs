@@ -1,8 +1,16 @@
-//! The gateway: `shop-gateway` (env: `HTTP_ADDR` (default `127.0.0.1:8080`), `GATEWAY_API_KEYS`
-//! (`key:client,…`, default `demo-key-0001:demo`), `GATEWAY_RATE_LIMIT` (requests/s per key,
-//! default 500), `ORDERS_URL`, `INVENTORY_URL`, `NOTIFICATIONS_URL`, and optionally
-//! `ORDERS_POLICY`, `INVENTORY_POLICY`, `NOTIFICATIONS_POLICY` (JSON `ResiliencePolicy` per
-//! downstream, default `shop_gateway::downstream::default_policy`); see `shop_common::runtime`).
+//! The gateway, `shop-gateway`: the shop's only public API.
+//!
+//! It runs telemetry and HTTP, nothing else: it keeps no data and publishes nothing, so it has
+//! no database, no outbox relay and no RabbitMQ connection. Each request is authenticated with
+//! an API key, rate limited per key, and routed to orders, inventory or notifications with the
+//! resilient client and a service token (see `shop_gateway::downstream`).
+//!
+//! Environment: `HTTP_ADDR` (default `127.0.0.1:8080`), `GATEWAY_API_KEYS` (`key:client,…`,
+//! default `demo-key-0001:demo`), `GATEWAY_RATE_LIMIT` (requests/s per key, default 500),
+//! `ORDERS_URL`, `INVENTORY_URL`, `NOTIFICATIONS_URL`, optionally `ORDERS_POLICY`,
+//! `INVENTORY_POLICY`, `NOTIFICATIONS_POLICY` (a JSON `ResiliencePolicy` per downstream,
+//! default `shop_gateway::downstream::default_policy`), `SERVICE_TOKEN_PRIVATE_KEY`, and the
+//! chassis' `LOG_FORMAT`, `RUST_LOG`, `OTEL_EXPORTER_OTLP_ENDPOINT`, `PRE_STOP_DELAY`, ….
 
 use std::sync::Arc;
 
@@ -12,16 +20,22 @@ use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use chassis_core::BoxError;
+use chassis_core::lifecycle::{App, LifecycleConfig};
 use chassis_core::resilience::policy::ResiliencePolicy;
+use chassis_core::{BoxError, ServiceInfo};
 use chassis_http::client::{ClientBody, HttpClient, IDEMPOTENCY_KEY};
-use chassis_http::error::ApiError;
+use chassis_http::health::HealthLayer;
+use chassis_http::layers::StandardLayers;
+use chassis_http::server::HttpServer;
+use chassis_http::{ApiError, ApiResponse, ResultExt};
+use chassis_observability::Telemetry;
 use serde_json::{Value, json};
-use shop_common::runtime::{App, Spec};
-use shop_common::web::{ApiErr, ok};
+use shop_common::auth;
+use shop_common::service::{env, server_config};
 use shop_gateway::downstream;
 use shop_gateway::keys::ApiKeys;
 use shop_gateway::rate_limit::KeyedRateLimiter;
+use tower::ServiceBuilder;
 
 #[derive(Clone)]
 struct Ctx {
@@ -34,7 +48,7 @@ struct Ctx {
 
 impl Ctx {
     /// Authenticates and rate limits; returns the client name.
-    fn admit(&self, headers: &HeaderMap) -> Result<String, ApiErr> {
+    fn admit(&self, headers: &HeaderMap) -> Result<String, ApiError> {
         let auth = headers
             .get("authorization")
             .and_then(|v| v.to_str().ok())
@@ -46,17 +60,15 @@ impl Ctx {
                 http::header::WWW_AUTHENTICATE,
                 HeaderValue::from_static("Bearer realm=\"shop\""),
             );
-            return Err(ApiErr::from(e));
+            return Err(e);
         };
         if let Err(retry_after) = self.limiter.check(client) {
-            return Err(ApiErr::from(
-                ApiError::new(
-                    StatusCode::TOO_MANY_REQUESTS,
-                    chassis_http::error::codes::RATE_LIMITED,
-                    "rate limit exceeded",
-                )
-                .with_retry_after(retry_after),
-            ));
+            return Err(ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                chassis_http::error::codes::RATE_LIMITED,
+                "rate limit exceeded",
+            )
+            .with_retry_after(retry_after));
         }
         Ok(client.to_owned())
     }
@@ -68,7 +80,7 @@ impl Ctx {
         &self,
         svc: &HttpClient,
         req: http::Request<ClientBody>,
-    ) -> Result<Response, ApiErr> {
+    ) -> Result<Response, ApiError> {
         match svc.execute(req).await {
             Ok(resp) => {
                 let (parts, body) = resp.into_parts();
@@ -81,17 +93,17 @@ impl Ctx {
             }
             Err(e) => {
                 tracing::warn!(error = %e, attempts = e.attempts(), "downstream call failed");
-                Err(ApiErr::from(downstream::to_api_error(&e)))
+                Err(downstream::to_api_error(&e))
             }
         }
     }
 }
 
-fn get_request(path: String) -> Result<http::Request<ClientBody>, ApiErr> {
+fn get_request(path: String) -> Result<http::Request<ClientBody>, ApiError> {
     http::Request::get(path)
         .header(http::header::ACCEPT, "application/json")
         .body(ClientBody::default())
-        .map_err(ApiErr::internal)
+        .or_internal()
 }
 
 /// The policy of downstream `name`: `<NAME>_POLICY` (a JSON `ResiliencePolicy`) or the default.
@@ -105,73 +117,67 @@ fn policy(name: &str) -> Result<Option<ResiliencePolicy>, BoxError> {
     })
 }
 
-fn env(key: &str, default: &str) -> String {
-    std::env::var(key)
-        .ok()
-        .filter(|v| !v.is_empty())
-        .unwrap_or_else(|| default.to_owned())
-}
-
 #[tokio::main]
 async fn main() -> Result<(), BoxError> {
-    let app = App::start(Spec {
-        name: "gateway",
-        default_port: 8080,
-        schema: "",
-    })
-    .await?;
+    // 1. Identity and telemetry.
+    let info = ServiceInfo::from_env("gateway", env!("CARGO_PKG_VERSION"));
+    let telemetry = Telemetry::builder(info).init()?;
+    let app = App::new("gateway").config(LifecycleConfig::from_env()?);
+
+    // 2. The API keys, the rate limiter and a resilient client per downstream service.
     let rate: f64 = env("GATEWAY_RATE_LIMIT", "500").parse()?;
-    let tokens = shop_common::auth::issuer_from_env()?;
+    let tokens = auth::issuer_from_env()?;
+    let client = |name: &str, default_url: &str| {
+        let url = env(&format!("{}_URL", name.to_ascii_uppercase()), default_url);
+        downstream::client(name, &url, &tokens, policy(name)?)
+    };
     let ctx = Ctx {
         keys: ApiKeys::parse(&env("GATEWAY_API_KEYS", "demo-key-0001:demo"))?,
         limiter: Arc::new(KeyedRateLimiter::new(
             rate,
             u32::try_from(rate as i64).unwrap_or(u32::MAX).max(1),
         )),
-        orders: downstream::client(
-            "orders",
-            &env("ORDERS_URL", "http://127.0.0.1:8081"),
-            &tokens,
-            policy("orders")?,
-        )?,
-        inventory: downstream::client(
-            "inventory",
-            &env("INVENTORY_URL", "http://127.0.0.1:8082"),
-            &tokens,
-            policy("inventory")?,
-        )?,
-        notifications: downstream::client(
-            "notifications",
-            &env("NOTIFICATIONS_URL", "http://127.0.0.1:8084"),
-            &tokens,
-            policy("notifications")?,
-        )?,
+        orders: client("orders", "http://127.0.0.1:8081")?,
+        inventory: client("inventory", "http://127.0.0.1:8082")?,
+        notifications: client("notifications", "http://127.0.0.1:8084")?,
     };
-    let router = Router::new()
+
+    // 3. HTTP: the public API in the standard layers; probes and /metrics in front of them.
+    let routes = Router::new()
         .route("/api/v1/orders", post(place_order))
         .route("/api/v1/orders/{id}", get(get_order))
         .route("/api/v1/products", get(products))
         .route("/api/v1/notifications", get(notifications))
         .with_state(ctx);
-    app.serve(router).await
+    let probes = HealthLayer::new(app.health().clone()).prometheus(telemetry.prometheus_handle());
+    let service = ServiceBuilder::new()
+        .layer(probes)
+        .service(routes.layer(StandardLayers::new()));
+
+    // 4. Run: on SIGTERM readiness fails, the listener closes, requests drain, telemetry flushes.
+    app.component(telemetry)
+        .component(HttpServer::new(server_config(8080)?, service))
+        .run()
+        .await?;
+    Ok(())
 }
 
 async fn place_order(
     State(ctx): State<Ctx>,
     headers: HeaderMap,
     body: Bytes,
-) -> Result<Response, ApiErr> {
+) -> Result<Response, ApiError> {
     let client = ctx.admit(&headers)?;
     let mut order: Value = serde_json::from_slice(&body)
-        .map_err(|e| ApiErr::bad_request(format!("invalid JSON: {e}")))?;
+        .map_err(|e| ApiError::bad_request(format!("invalid JSON: {e}")))?;
     if !order.is_object() {
-        return Err(ApiErr::bad_request("the body must be a JSON object"));
+        return Err(ApiError::bad_request("the body must be a JSON object"));
     }
     // A key is scoped to its client: two clients may use the same key string.
     let key = match headers.get("idempotency-key").map(|v| v.to_str()) {
         Some(Ok(k)) if !k.is_empty() && k.len() <= 200 => Some(format!("{client}:{k}")),
         Some(_) => {
-            return Err(ApiErr::bad_request(
+            return Err(ApiError::bad_request(
                 "Idempotency-Key must be 1..=200 visible ASCII characters",
             ));
         }
@@ -187,40 +193,36 @@ async fn place_order(
         req = req.header(IDEMPOTENCY_KEY, key);
     }
     let req = req
-        .body(ClientBody::from(
-            serde_json::to_vec(&order).map_err(ApiErr::internal)?,
-        ))
-        .map_err(ApiErr::internal)?;
+        .body(ClientBody::from(serde_json::to_vec(&order).or_internal()?))
+        .or_internal()?;
     let resp = ctx.call(&ctx.orders, req).await?;
     if resp.status() != StatusCode::ACCEPTED {
         return Ok(resp);
     }
     let bytes = axum::body::to_bytes(resp.into_body(), 1 << 20)
         .await
-        .map_err(ApiErr::internal)?;
-    let upstream: Value = serde_json::from_slice(&bytes).map_err(ApiErr::internal)?;
+        .or_internal()?;
+    let upstream: Value = serde_json::from_slice(&bytes).or_internal()?;
     let data = &upstream["data"];
-    Ok(ok(
-        StatusCode::ACCEPTED,
-        json!({"order_id": data["id"], "status": data["status"]}),
-    ))
+    let placed = json!({"order_id": data["id"], "status": data["status"]});
+    Ok(IntoResponse::into_response(ApiResponse::accepted(placed)))
 }
 
 async fn get_order(
     State(ctx): State<Ctx>,
     headers: HeaderMap,
     Path(id): Path<String>,
-) -> Result<Response, ApiErr> {
+) -> Result<Response, ApiError> {
     ctx.admit(&headers)?;
     if id.is_empty() || id.len() > 64 || !id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
     {
-        return Err(ApiErr::bad_request("invalid order id"));
+        return Err(ApiError::bad_request("invalid order id"));
     }
     ctx.call(&ctx.orders, get_request(format!("/internal/orders/{id}"))?)
         .await
 }
 
-async fn products(State(ctx): State<Ctx>, headers: HeaderMap) -> Result<Response, ApiErr> {
+async fn products(State(ctx): State<Ctx>, headers: HeaderMap) -> Result<Response, ApiError> {
     ctx.admit(&headers)?;
     ctx.call(&ctx.inventory, get_request("/internal/products".into())?)
         .await
@@ -230,7 +232,7 @@ async fn notifications(
     State(ctx): State<Ctx>,
     headers: HeaderMap,
     RawQuery(q): RawQuery,
-) -> Result<Response, ApiErr> {
+) -> Result<Response, ApiError> {
     ctx.admit(&headers)?;
     let query = q.map(|q| format!("?{q}")).unwrap_or_default();
     ctx.call(

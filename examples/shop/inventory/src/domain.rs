@@ -15,12 +15,12 @@
 //! # Example
 //! ```
 //! # #[tokio::main(flavor = "current_thread")]
-//! # async fn main() -> Result<(), sqlx::Error> {
+//! # async fn main() -> Result<(), chassis_core::BoxError> {
 //! use shop_common::db::Db;
 //! use shop_common::events::{Item, OrderPlaced, INVENTORY_RESERVED};
 //! use shop_inventory::domain::{self, Product};
 //!
-//! let db = Db::connect("sqlite::memory:").await?;
+//! let db = Db::open("sqlite::memory:")?;
 //! domain::migrate(&db).await?;
 //! domain::seed(&db, &[Product { sku: "tea".into(), name: "Tea".into(), price_cents: 450, stock: 1 }]).await?;
 //! let order = OrderPlaced {
@@ -29,9 +29,9 @@
 //!     items: vec![Item { sku: "tea".into(), quantity: 1 }],
 //!     payment_method: "card_ok".into(),
 //! };
-//! let mut tx = db.begin().await?;
-//! let emitted = domain::reserve(&mut tx, &order).await?;
-//! tx.commit().await?;
+//! let mut txn = db.begin().await?;
+//! let emitted = domain::reserve(&mut txn.tx(), &order).await?;
+//! txn.commit().await?;
 //! assert_eq!(emitted[0].kind, INVENTORY_RESERVED);
 //! assert_eq!(domain::list_products(&db).await?[0].stock, 0);
 //! # Ok(()) }
@@ -148,10 +148,10 @@ pub async fn list_products(db: &Db) -> Result<Vec<Product>, sqlx::Error> {
     .iter()
     .map(|r| {
         Ok(Product {
-            sku: r.text("sku")?,
-            name: r.text("name")?,
-            price_cents: r.i64("price_cents")?,
-            stock: r.i64("stock")?,
+            sku: r.get("sku")?,
+            name: r.get("name")?,
+            price_cents: r.get("price_cents")?,
+            stock: r.get("stock")?,
         })
     })
     .collect()
@@ -167,7 +167,7 @@ pub async fn reservation_status(db: &Db, order_id: &str) -> Result<Option<String
             )
             .await?
         {
-            Some(r) => Some(r.text("status")?),
+            Some(r) => Some(r.get::<String>("status")?),
             None => None,
         },
     )
@@ -175,7 +175,7 @@ pub async fn reservation_status(db: &Db, order_id: &str) -> Result<Option<String
 
 /// Reserves every line of `order` or none, in `tx`. Returns the event to publish
 /// (`inventory.reserved` or `inventory.rejected`), or nothing if the order was decided before.
-pub async fn reserve(tx: &mut Tx, order: &OrderPlaced) -> Result<Vec<Emit>, sqlx::Error> {
+pub async fn reserve(tx: &mut Tx<'_>, order: &OrderPlaced) -> Result<Vec<Emit>, sqlx::Error> {
     let id = order.order_id.as_str();
     if tx
         .fetch_optional(
@@ -211,7 +211,7 @@ pub async fn reserve(tx: &mut Tx, order: &OrderPlaced) -> Result<Vec<Emit>, sqlx
             .await?;
         match row {
             Some(r) => {
-                amount += r.i64("price_cents")? * qty;
+                amount += r.get::<i64>("price_cents")? * qty;
                 taken.push((sku, qty));
             }
             None => {
@@ -274,7 +274,11 @@ pub async fn reserve(tx: &mut Tx, order: &OrderPlaced) -> Result<Vec<Emit>, sqlx
 /// Releases the reservation of `order_id` (compensation), in `tx`. Returns `inventory.released`
 /// when stock went back; nothing when there was nothing to release. An order never reserved gets
 /// a tombstone so a late reservation is refused.
-pub async fn release(tx: &mut Tx, order_id: &str, reason: &str) -> Result<Vec<Emit>, sqlx::Error> {
+pub async fn release(
+    tx: &mut Tx<'_>,
+    order_id: &str,
+    reason: &str,
+) -> Result<Vec<Emit>, sqlx::Error> {
     let now = now_ms();
     let status = match tx
         .fetch_optional(
@@ -283,7 +287,7 @@ pub async fn release(tx: &mut Tx, order_id: &str, reason: &str) -> Result<Vec<Em
         )
         .await?
     {
-        Some(r) => r.text("status")?,
+        Some(r) => r.get::<String>("status")?,
         None => {
             tx.execute(
                 "INSERT INTO reservations (order_id, status, amount_cents, reason, updated_ms) VALUES ($1, $2, 0, $3, $4)",
@@ -315,7 +319,10 @@ pub async fn release(tx: &mut Tx, order_id: &str, reason: &str) -> Result<Vec<Em
     for item in items {
         tx.execute(
             "UPDATE products SET stock = stock + $1 WHERE sku = $2",
-            &[item.i64("quantity")?.into(), item.text("sku")?.into()],
+            &[
+                item.get::<i64>("quantity")?.into(),
+                item.get::<String>("sku")?.into(),
+            ],
         )
         .await?;
     }
@@ -350,18 +357,16 @@ mod tests {
 
     async fn db_with(products: &str) -> (tempfile::TempDir, Db) {
         let dir = tempfile::tempdir().unwrap();
-        let db = Db::connect(&Db::sqlite_url(&dir.path().join("inv.db")))
-            .await
-            .unwrap();
+        let db = Db::open(&format!("sqlite://{}", dir.path().join("inv.db").display())).unwrap();
         migrate(&db).await.unwrap();
         seed(&db, &parse_seed(products).unwrap()).await.unwrap();
         (dir, db)
     }
 
     async fn reserve_committed(db: &Db, o: &OrderPlaced) -> Vec<Emit> {
-        let mut tx = db.begin().await.unwrap();
-        let e = reserve(&mut tx, o).await.unwrap();
-        tx.commit().await.unwrap();
+        let mut txn = db.begin().await.unwrap();
+        let e = reserve(&mut txn.tx(), o).await.unwrap();
+        txn.commit().await.unwrap();
         e
     }
 
@@ -427,21 +432,21 @@ mod tests {
         let (_d, db) = db_with("a:A:100:5").await;
         reserve_committed(&db, &order("o1", &[("a", 3)])).await;
         for expected in [1, 0] {
-            let mut tx = db.begin().await.unwrap();
-            let e = release(&mut tx, "o1", "card_declined").await.unwrap();
-            tx.commit().await.unwrap();
+            let mut txn = db.begin().await.unwrap();
+            let e = release(&mut txn.tx(), "o1", "card_declined").await.unwrap();
+            txn.commit().await.unwrap();
             assert_eq!(e.len(), expected);
         }
         assert_eq!(stock(&db, "a").await, 5);
         // Compensation before the reservation: the late reservation is refused.
-        let mut tx = db.begin().await.unwrap();
+        let mut txn = db.begin().await.unwrap();
         assert!(
-            release(&mut tx, "o2", "inventory_timeout")
+            release(&mut txn.tx(), "o2", "inventory_timeout")
                 .await
                 .unwrap()
                 .is_empty()
         );
-        tx.commit().await.unwrap();
+        txn.commit().await.unwrap();
         assert!(
             reserve_committed(&db, &order("o2", &[("a", 1)]))
                 .await
@@ -471,11 +476,11 @@ mod tests {
         for i in 0..40 {
             let db = db.clone();
             tasks.push(tokio::spawn(async move {
-                let mut tx = db.begin().await.unwrap();
-                let e = reserve(&mut tx, &order(&format!("o{i}"), &[("last", 1)]))
+                let mut txn = db.begin().await.unwrap();
+                let e = reserve(&mut txn.tx(), &order(&format!("o{i}"), &[("last", 1)]))
                     .await
                     .unwrap();
-                tx.commit().await.unwrap();
+                txn.commit().await.unwrap();
                 e[0].kind
             }));
         }

@@ -1,80 +1,153 @@
-//! The inventory service: `shop-inventory` (env: `HTTP_ADDR`, `DATABASE_URL`, `AMQP_URL`,
-//! `INVENTORY_SEED=sku:name:price_cents:stock,…`; see `shop_common::runtime`).
+//! The inventory service, `shop-inventory`: stock and reservations.
+//!
+//! It runs, in start order: telemetry; the database (the inventory schema and the chassis
+//! outbox/inbox tables); the catalogue seed (products missing from the database); RabbitMQ,
+//! attached in the background (the shop's exchanges, the `inventory.order-placed` and
+//! `inventory.release` queues); the outbox relay; the two inbox consumers (reserve on
+//! `order.placed`, release on the `inventory.release` command); HTTP
+//! (`GET /internal/products`, `GET /internal/reservations/{order_id}`, behind service tokens).
+//!
+//! Environment: `HTTP_ADDR` (default `127.0.0.1:8082`), `DATABASE_URL`, `DATA_DIR`, `AMQP_URL`,
+//! `SHOP_NAMESPACE`, `CONSUMER_CONCURRENCY` (see `shop_common::service`),
+//! `INVENTORY_SEED=sku:name:price_cents:stock,…`, `SERVICE_TOKEN_PUBLIC_KEY`, and the
+//! chassis' `LOG_FORMAT`, `RUST_LOG`, `OTEL_EXPORTER_OTLP_ENDPOINT`, `PRE_STOP_DELAY`, ….
+
+use std::time::Duration;
 
 use axum::Router;
-use axum::extract::State;
-use axum::http::StatusCode;
-use axum::response::Response;
+use axum::extract::{Path, State};
 use axum::routing::get;
-use chassis_core::BoxError;
+use chassis_core::health::BoxFuture;
+use chassis_core::lifecycle::{App, Component, Context, LifecycleConfig, Stage};
+use chassis_core::{BoxError, ServiceInfo};
+use chassis_http::health::HealthLayer;
+use chassis_http::layers::StandardLayers;
+use chassis_http::server::HttpServer;
+use chassis_http::{ApiError, ApiResponse, ApiResult, ResultExt};
+use chassis_messaging::{IncomingMessage, Outcome};
+use chassis_observability::Telemetry;
+use serde_json::{Value, json};
+use shop_common::db::{Db, Tx};
 use shop_common::events::{
-    CMD_INVENTORY_RELEASE, COMMANDS_EXCHANGE, Compensate, EVENTS_EXCHANGE, ORDER_PLACED,
-    OrderPlaced,
+    CMD_INVENTORY_RELEASE, COMMANDS_EXCHANGE, Compensate, EVENTS_EXCHANGE, Emit, ORDER_PLACED,
+    OrderPlaced, decode, retry,
 };
-use shop_common::runtime::{App, Spec, decode, handle_once};
-use shop_common::web::{ApiErr, ok};
-use shop_inventory::domain;
+use shop_common::service::{env, server_config};
+use shop_common::{Shop, auth};
+use shop_inventory::domain::{self, Product};
+use tower::ServiceBuilder;
 
 #[tokio::main]
 async fn main() -> Result<(), BoxError> {
-    let app = App::start(Spec {
-        name: "inventory",
-        default_port: 8082,
-        schema: domain::SCHEMA,
-    })
-    .await?;
-    let seed = std::env::var("INVENTORY_SEED").unwrap_or_else(|_| domain::DEFAULT_SEED.to_owned());
-    domain::seed(app.db(), &domain::parse_seed(&seed)?).await?;
+    // 1. Identity and telemetry.
+    let info = ServiceInfo::from_env("inventory", env!("CARGO_PKG_VERSION"));
+    let telemetry = Telemetry::builder(info.clone()).init()?;
+    let app = App::new("inventory").config(LifecycleConfig::from_env()?);
+    let shop = Shop::from_env("inventory");
 
+    // 2. The database (opened at start) with its outbox, and the catalogue to seed it with.
+    let db = shop.database()?;
+    let seed = Seed {
+        db: db.clone(),
+        products: domain::parse_seed(&env("INVENTORY_SEED", domain::DEFAULT_SEED))?,
+    };
+
+    // 3. RabbitMQ, attached in the background: topology, relay, the two inbox consumers.
+    let conn = shop.connect(&info)?;
+    let placed = shop.queue("order-placed", &[(EVENTS_EXCHANGE, ORDER_PLACED)]);
+    let release = shop.queue("release", &[(COMMANDS_EXCHANGE, CMD_INVENTORY_RELEASE)]);
+    let topology = shop.topology().queue(placed.clone()).queue(release.clone());
+    let relay = db.relay(&conn)?;
     // Saga step 1: reserve on `order.placed`.
-    app.consume(app.queue("order-placed", &[(EVENTS_EXCHANGE, ORDER_PLACED)]), |app, msg| async move {
-        let event: OrderPlaced = decode(&msg)?;
-        handle_once(&app, "inventory.reserve", &msg, move |tx| {
-            Box::pin(async move {
-                let emits = domain::reserve(tx, &event).await?;
-                for e in &emits {
-                    tracing::info!(order_id = %event.order_id, outcome = e.kind, "reservation decided");
-                }
-                Ok(emits)
-            })
-        })
-        .await
-    })
-    .await?;
+    let reserver = db.consumer(&shop, &conn, placed, "inventory.reserve", |msg, tx| {
+        Box::pin(reserve(msg, tx))
+    });
     // Compensation: release on the `inventory.release` command.
-    app.consume(
-        app.queue("release", &[(COMMANDS_EXCHANGE, CMD_INVENTORY_RELEASE)]),
-        |app, msg| async move {
-            let cmd: Compensate = decode(&msg)?;
-            handle_once(&app, "inventory.release", &msg, move |tx| {
-                Box::pin(async move { Ok(domain::release(tx, &cmd.order_id, &cmd.reason).await?) })
-            })
-            .await
-        },
-    )
-    .await?;
+    let releaser = db.consumer(&shop, &conn, release, "inventory.release", |msg, tx| {
+        Box::pin(release_reservation(msg, tx))
+    });
 
-    let router = Router::new()
+    // 4. HTTP: the internal API behind service tokens, in the standard layers.
+    let routes = Router::new()
         .route("/internal/products", get(products))
         .route("/internal/reservations/{order_id}", get(reservation))
-        .layer(shop_common::auth::require_from_env("inventory")?)
-        .with_state(app.clone());
-    app.serve(router).await
+        .layer(auth::require_from_env("inventory")?)
+        .with_state(db.clone());
+    let probes = HealthLayer::new(app.health().clone()).prometheus(telemetry.prometheus_handle());
+    let service = ServiceBuilder::new()
+        .layer(probes)
+        .service(routes.layer(StandardLayers::new()));
+
+    // 5. Run: start in this order; on SIGTERM stop in stages.
+    app.component(telemetry)
+        .component(db.component(domain::SCHEMA))
+        .component(seed)
+        .component(conn.component().declare(topology))
+        .component(relay)
+        .component(reserver)
+        .component(releaser)
+        .component(HttpServer::new(server_config(8082)?, service))
+        .run()
+        .await?;
+    Ok(())
 }
 
-async fn products(State(app): State<App>) -> Result<Response, ApiErr> {
-    Ok(ok(StatusCode::OK, domain::list_products(app.db()).await?))
+async fn reserve(msg: IncomingMessage, mut tx: Tx<'_>) -> Result<Vec<Emit>, Outcome> {
+    let event: OrderPlaced = decode(&msg)?;
+    let emits = domain::reserve(&mut tx, &event).await.map_err(retry)?;
+    for e in &emits {
+        tracing::info!(order_id = %event.order_id, outcome = e.kind, "reservation decided");
+    }
+    Ok(emits)
 }
 
-async fn reservation(
-    State(app): State<App>,
-    axum::extract::Path(order_id): axum::extract::Path<String>,
-) -> Result<Response, ApiErr> {
-    match domain::reservation_status(app.db(), &order_id).await? {
-        Some(status) => Ok(ok(
-            StatusCode::OK,
-            serde_json::json!({"order_id": order_id, "status": status}),
+async fn release_reservation(msg: IncomingMessage, mut tx: Tx<'_>) -> Result<Vec<Emit>, Outcome> {
+    let cmd: Compensate = decode(&msg)?;
+    domain::release(&mut tx, &cmd.order_id, &cmd.reason)
+        .await
+        .map_err(retry)
+}
+
+/// Inserts the catalogue's missing products once the schema exists, before anything reads or
+/// reserves stock (existing stock is kept across restarts).
+#[derive(Debug)]
+struct Seed {
+    db: Db,
+    products: Vec<Product>,
+}
+
+impl Component for Seed {
+    fn name(&self) -> &str {
+        "catalogue seed"
+    }
+
+    fn stage(&self) -> Stage {
+        Stage::Resource
+    }
+
+    fn start(&mut self, _ctx: Context) -> BoxFuture<'_, Result<(), BoxError>> {
+        Box::pin(async move { Ok(domain::seed(&self.db, &self.products).await?) })
+    }
+
+    fn stop(&mut self, _deadline: Duration) -> BoxFuture<'_, Result<(), BoxError>> {
+        Box::pin(async { Ok(()) })
+    }
+}
+
+async fn products(State(db): State<Db>) -> ApiResult<Vec<Product>> {
+    Ok(ApiResponse::ok(
+        domain::list_products(&db).await.or_internal()?,
+    ))
+}
+
+async fn reservation(State(db): State<Db>, Path(order_id): Path<String>) -> ApiResult<Value> {
+    match domain::reservation_status(&db, &order_id)
+        .await
+        .or_internal()?
+    {
+        Some(status) => Ok(ApiResponse::ok(
+            json!({"order_id": order_id, "status": status}),
         )),
-        None => Err(ApiErr::not_found("no reservation for this order")),
+        None => Err(ApiError::not_found("no reservation for this order")),
     }
 }

@@ -3,18 +3,18 @@
 //! # Example
 //! ```
 //! # #[tokio::main(flavor = "current_thread")]
-//! # async fn main() -> Result<(), sqlx::Error> {
+//! # async fn main() -> Result<(), chassis_core::BoxError> {
 //! use shop_common::db::Db;
 //! use shop_common::events::OrderFinished;
 //! use shop_notifications::domain;
 //!
-//! let db = Db::connect("sqlite::memory:").await?;
+//! let db = Db::open("sqlite::memory:")?;
 //! domain::migrate(&db).await?;
 //! let e = OrderFinished { order_id: "o-1".into(), customer_id: "c".into(), status: "CONFIRMED".into(), reason: None };
-//! let mut tx = db.begin().await?;
-//! assert!(domain::record(&mut tx, &e).await?);
-//! assert!(!domain::record(&mut tx, &e).await?, "a second time is absorbed");
-//! tx.commit().await?;
+//! let mut txn = db.begin().await?;
+//! assert!(domain::record(&mut txn.tx(), &e).await?);
+//! assert!(!domain::record(&mut txn.tx(), &e).await?, "a second time is absorbed");
+//! txn.commit().await?;
 //! assert_eq!(domain::list(&db, Some("o-1")).await?.len(), 1);
 //! # Ok(()) }
 //! ```
@@ -74,7 +74,7 @@ pub fn message_for(e: &OrderFinished) -> (&'static str, String) {
 }
 
 /// Records the notification for `e`; `false` when the order already has one.
-pub async fn record(tx: &mut Tx, e: &OrderFinished) -> Result<bool, sqlx::Error> {
+pub async fn record(tx: &mut Tx<'_>, e: &OrderFinished) -> Result<bool, sqlx::Error> {
     let (kind, message) = message_for(e);
     let n = tx
         .execute(
@@ -95,12 +95,12 @@ pub async fn record(tx: &mut Tx, e: &OrderFinished) -> Result<bool, sqlx::Error>
 
 fn from_row(r: &Row) -> Result<Notification, sqlx::Error> {
     Ok(Notification {
-        id: r.text("id")?,
-        order_id: r.text("order_id")?,
-        customer_id: r.text("customer_id")?,
-        kind: r.text("kind")?,
-        message: r.text("message")?,
-        created_ms: r.i64("created_ms")?,
+        id: r.get("id")?,
+        order_id: r.get("order_id")?,
+        customer_id: r.get("customer_id")?,
+        kind: r.get("kind")?,
+        message: r.get("message")?,
+        created_ms: r.get("created_ms")?,
     })
 }
 
@@ -133,9 +133,7 @@ mod tests {
     #[tokio::test]
     async fn one_notification_per_order() {
         let dir = tempfile::tempdir().unwrap();
-        let db = Db::connect(&Db::sqlite_url(&dir.path().join("n.db")))
-            .await
-            .unwrap();
+        let db = Db::open(&format!("sqlite://{}", dir.path().join("n.db").display())).unwrap();
         migrate(&db).await.unwrap();
         let ok = OrderFinished {
             order_id: "a".into(),
@@ -150,10 +148,10 @@ mod tests {
             reason: Some("out_of_stock".into()),
         };
         for _ in 0..3 {
-            let mut tx = db.begin().await.unwrap();
-            record(&mut tx, &ok).await.unwrap();
-            record(&mut tx, &bad).await.unwrap();
-            tx.commit().await.unwrap();
+            let mut txn = db.begin().await.unwrap();
+            record(&mut txn.tx(), &ok).await.unwrap();
+            record(&mut txn.tx(), &bad).await.unwrap();
+            txn.commit().await.unwrap();
         }
         let all = list(&db, None).await.unwrap();
         assert_eq!(all.len(), 2);

@@ -1,16 +1,35 @@
-//! The notifications service: `shop-notifications` (env: `HTTP_ADDR`, `DATABASE_URL`,
-//! `AMQP_URL`; see `shop_common::runtime`).
+//! The notifications service, `shop-notifications`: one notification per finished order.
+//!
+//! It runs, in start order: telemetry; the database (the notifications schema and the chassis
+//! inbox table); RabbitMQ, attached in the background (the shop's exchanges and the
+//! `notifications.orders` queue); the inbox consumer of `order.confirmed` / `order.failed`;
+//! HTTP (`GET /api/v1/notifications?order_id=…`, behind service tokens). It publishes nothing,
+//! so it runs no outbox relay.
+//!
+//! Environment: `HTTP_ADDR` (default `127.0.0.1:8084`), `DATABASE_URL`, `DATA_DIR`, `AMQP_URL`,
+//! `SHOP_NAMESPACE`, `CONSUMER_CONCURRENCY` (see `shop_common::service`),
+//! `SERVICE_TOKEN_PUBLIC_KEY`, and the chassis' `LOG_FORMAT`, `RUST_LOG`,
+//! `OTEL_EXPORTER_OTLP_ENDPOINT`, `PRE_STOP_DELAY`, ….
 
 use axum::Router;
 use axum::extract::{Query, State};
-use axum::http::StatusCode;
-use axum::response::Response;
 use axum::routing::get;
-use chassis_core::BoxError;
-use shop_common::events::{EVENTS_EXCHANGE, ORDER_CONFIRMED, ORDER_FAILED, OrderFinished};
-use shop_common::runtime::{App, Spec, decode, handle_once};
-use shop_common::web::{ApiErr, ok};
-use shop_notifications::domain;
+use chassis_core::lifecycle::{App, LifecycleConfig};
+use chassis_core::{BoxError, ServiceInfo};
+use chassis_http::health::HealthLayer;
+use chassis_http::layers::StandardLayers;
+use chassis_http::server::HttpServer;
+use chassis_http::{ApiResponse, ApiResult, ResultExt};
+use chassis_messaging::{IncomingMessage, Outcome};
+use chassis_observability::Telemetry;
+use shop_common::db::{Db, Tx};
+use shop_common::events::{
+    EVENTS_EXCHANGE, Emit, ORDER_CONFIRMED, ORDER_FAILED, OrderFinished, decode, retry,
+};
+use shop_common::service::server_config;
+use shop_common::{Shop, auth};
+use shop_notifications::domain::{self, Notification};
+use tower::ServiceBuilder;
 
 #[derive(Debug, serde::Deserialize)]
 struct ListQuery {
@@ -19,42 +38,61 @@ struct ListQuery {
 
 #[tokio::main]
 async fn main() -> Result<(), BoxError> {
-    let app = App::start(Spec {
-        name: "notifications",
-        default_port: 8084,
-        schema: domain::SCHEMA,
-    })
-    .await?;
-    let queue = app.queue(
+    // 1. Identity and telemetry.
+    let info = ServiceInfo::from_env("notifications", env!("CARGO_PKG_VERSION"));
+    let telemetry = Telemetry::builder(info.clone()).init()?;
+    let app = App::new("notifications").config(LifecycleConfig::from_env()?);
+    let shop = Shop::from_env("notifications");
+
+    // 2. The database (opened at start).
+    let db = shop.database()?;
+
+    // 3. RabbitMQ, attached in the background: topology and the inbox consumer.
+    let conn = shop.connect(&info)?;
+    let finished = shop.queue(
         "orders",
         &[
             (EVENTS_EXCHANGE, ORDER_CONFIRMED),
             (EVENTS_EXCHANGE, ORDER_FAILED),
         ],
     );
-    app.consume(queue, |app, msg| async move {
-        let event: OrderFinished = decode(&msg)?;
-        handle_once(&app, "notifications.orders", &msg, move |tx| {
-            Box::pin(async move {
-                if domain::record(tx, &event).await? {
-                    tracing::info!(order_id = %event.order_id, status = %event.status, "customer notified");
-                }
-                Ok(Vec::new())
-            })
-        })
-        .await
-    })
-    .await?;
-    let router = Router::new()
+    let topology = shop.topology().queue(finished.clone());
+    let notifier = db.consumer(&shop, &conn, finished, "notifications.orders", |msg, tx| {
+        Box::pin(notify(msg, tx))
+    });
+
+    // 4. HTTP: the API behind service tokens (the gateway's), in the standard layers.
+    let routes = Router::new()
         .route("/api/v1/notifications", get(list))
-        .layer(shop_common::auth::require_from_env("notifications")?)
-        .with_state(app.clone());
-    app.serve(router).await
+        .layer(auth::require_from_env("notifications")?)
+        .with_state(db.clone());
+    let probes = HealthLayer::new(app.health().clone()).prometheus(telemetry.prometheus_handle());
+    let service = ServiceBuilder::new()
+        .layer(probes)
+        .service(routes.layer(StandardLayers::new()));
+
+    // 5. Run: start in this order; on SIGTERM stop in stages.
+    app.component(telemetry)
+        .component(db.component(domain::SCHEMA))
+        .component(conn.component().declare(topology))
+        .component(notifier)
+        .component(HttpServer::new(server_config(8084)?, service))
+        .run()
+        .await?;
+    Ok(())
 }
 
-async fn list(State(app): State<App>, Query(q): Query<ListQuery>) -> Result<Response, ApiErr> {
-    Ok(ok(
-        StatusCode::OK,
-        domain::list(app.db(), q.order_id.as_deref()).await?,
-    ))
+async fn notify(msg: IncomingMessage, mut tx: Tx<'_>) -> Result<Vec<Emit>, Outcome> {
+    let event: OrderFinished = decode(&msg)?;
+    if domain::record(&mut tx, &event).await.map_err(retry)? {
+        tracing::info!(order_id = %event.order_id, status = %event.status, "customer notified");
+    }
+    Ok(Vec::new())
+}
+
+async fn list(State(db): State<Db>, Query(q): Query<ListQuery>) -> ApiResult<Vec<Notification>> {
+    let found = domain::list(&db, q.order_id.as_deref())
+        .await
+        .or_internal()?;
+    Ok(ApiResponse::ok(found))
 }

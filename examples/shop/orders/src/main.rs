@@ -1,110 +1,72 @@
-//! The orders service: `shop-orders` (env: `HTTP_ADDR`, `DATABASE_URL`, `AMQP_URL`,
-//! `SAGA_STEP_TIMEOUT_MS` (default 30000); see `shop_common::runtime`).
+//! The orders service, `shop-orders`: places orders and runs the saga.
+//!
+//! It runs, in start order: telemetry; the database (the orders schema and the chassis
+//! outbox/inbox tables); RabbitMQ, attached in the background (the shop's exchanges and the
+//! `orders.saga` queue); the outbox relay; the saga consumer (inventory and payment replies,
+//! through the inbox); the timeout sweeper; HTTP (`POST /internal/orders`,
+//! `GET /internal/orders/{id}`, `GET /internal/stats`, behind service tokens). Orders are
+//! accepted while RabbitMQ is away: they wait in the outbox.
+//!
+//! Environment: `HTTP_ADDR` (default `127.0.0.1:8081`), `DATABASE_URL`, `DATA_DIR`, `AMQP_URL`,
+//! `SHOP_NAMESPACE`, `CONSUMER_CONCURRENCY` (see `shop_common::service`),
+//! `SAGA_STEP_TIMEOUT_MS` (default 30000), `SERVICE_TOKEN_PUBLIC_KEY`, and the chassis'
+//! `LOG_FORMAT`, `RUST_LOG`, `OTEL_EXPORTER_OTLP_ENDPOINT`, `PRE_STOP_DELAY`, `DRAIN_TIMEOUT`, ….
 
 use std::time::Duration;
 
 use axum::Router;
+use axum::body::Bytes;
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, StatusCode};
-use axum::response::Response;
+use axum::http::HeaderMap;
 use axum::routing::{get, post};
-use chassis_core::BoxError;
-use chassis_messaging::amqp::incoming::IncomingMessage;
-use shop_common::db::now_ms;
+use chassis_core::lifecycle::{App, LifecycleConfig, Stage, task};
+use chassis_core::{BoxError, ServiceInfo};
+use chassis_http::health::HealthLayer;
+use chassis_http::layers::StandardLayers;
+use chassis_http::server::HttpServer;
+use chassis_http::{ApiError, ApiResponse, ApiResult, ResultExt};
+use chassis_messaging::{IncomingMessage, Outcome};
+use chassis_observability::Telemetry;
+use serde_json::{Map, Value};
+use shop_common::db::{Db, Tx, now_ms};
 use shop_common::events::{
-    EVENTS_EXCHANGE, INVENTORY_REJECTED, INVENTORY_RESERVED, PAYMENT_FAILED, PAYMENT_SUCCEEDED,
+    EVENTS_EXCHANGE, Emit, INVENTORY_REJECTED, INVENTORY_RESERVED, PAYMENT_FAILED,
+    PAYMENT_SUCCEEDED, decode, retry,
 };
-use shop_common::runtime::{App, HandlerError, Spec, decode, handle_once};
-use shop_common::web::{ApiErr, ok};
+use shop_common::service::{env, server_config};
+use shop_common::{Shop, auth};
 use shop_orders::saga::{self, NewOrder};
+use tower::ServiceBuilder;
 
 #[derive(Clone)]
 struct Ctx {
-    app: App,
+    shop: Shop,
+    db: Db,
     step_timeout_ms: i64,
-}
-
-async fn on_reply(ctx: Ctx, msg: IncomingMessage) -> Result<(), HandlerError> {
-    let timeout = ctx.step_timeout_ms;
-    match msg.routing_key() {
-        INVENTORY_RESERVED => {
-            let e = decode(&msg)?;
-            handle_once(&ctx.app, "orders.saga", &msg, move |tx| {
-                Box::pin(async move { Ok(saga::on_inventory_reserved(tx, &e, timeout).await?) })
-            })
-            .await
-        }
-        INVENTORY_REJECTED => {
-            let e = decode(&msg)?;
-            handle_once(&ctx.app, "orders.saga", &msg, move |tx| {
-                Box::pin(async move { Ok(saga::on_inventory_rejected(tx, &e).await?) })
-            })
-            .await
-        }
-        PAYMENT_SUCCEEDED => {
-            let e = decode(&msg)?;
-            handle_once(&ctx.app, "orders.saga", &msg, move |tx| {
-                Box::pin(async move { Ok(saga::on_payment_succeeded(tx, &e).await?) })
-            })
-            .await
-        }
-        PAYMENT_FAILED => {
-            let e = decode(&msg)?;
-            handle_once(&ctx.app, "orders.saga", &msg, move |tx| {
-                Box::pin(async move { Ok(saga::on_payment_failed(tx, &e).await?) })
-            })
-            .await
-        }
-        other => Err(HandlerError::Reject(format!(
-            "unexpected routing key `{other}`"
-        ))),
-    }
-}
-
-/// Fails overdue saga steps once a second (and right after a restart).
-async fn sweep(ctx: Ctx) {
-    let token = ctx.app.shutdown().token();
-    loop {
-        let result = async {
-            let mut tx = ctx.app.db().begin().await?;
-            let (ids, emits) = saga::expire_overdue(&mut tx, now_ms(), 100).await?;
-            ctx.app.emit(&mut tx, &emits, None).await?;
-            ctx.app.commit(tx).await?;
-            Ok::<_, HandlerError>(ids)
-        }
-        .await;
-        match result {
-            Ok(ids) if !ids.is_empty() => {
-                tracing::warn!(count = ids.len(), ?ids, "saga steps timed out")
-            }
-            Ok(_) => {}
-            Err(e) => tracing::warn!(error = ?e, "timeout sweep failed"),
-        }
-        tokio::select! {
-            () = token.cancelled() => return,
-            () = tokio::time::sleep(Duration::from_secs(1)) => {}
-        }
-    }
 }
 
 #[tokio::main]
 async fn main() -> Result<(), BoxError> {
-    let app = App::start(Spec {
-        name: "orders",
-        default_port: 8081,
-        schema: saga::SCHEMA,
-    })
-    .await?;
-    let step_timeout_ms = std::env::var("SAGA_STEP_TIMEOUT_MS")
-        .ok()
-        .and_then(|v| v.parse().ok())
+    // 1. Identity and telemetry.
+    let info = ServiceInfo::from_env("orders", env!("CARGO_PKG_VERSION"));
+    let telemetry = Telemetry::builder(info.clone()).init()?;
+    let app = App::new("orders").config(LifecycleConfig::from_env()?);
+    let shop = Shop::from_env("orders");
+    let step_timeout_ms = env("SAGA_STEP_TIMEOUT_MS", "30000")
+        .parse()
         .unwrap_or(30_000);
+
+    // 2. The database (opened at start) with its outbox.
+    let db = shop.database()?;
     let ctx = Ctx {
-        app: app.clone(),
+        shop: shop.clone(),
+        db: db.clone(),
         step_timeout_ms,
     };
 
-    let queue = app.queue(
+    // 3. RabbitMQ, attached in the background: topology, relay, the saga's replies.
+    let conn = shop.connect(&info)?;
+    let replies = shop.queue(
         "saga",
         &[
             (EVENTS_EXCHANGE, INVENTORY_RESERVED),
@@ -113,60 +75,113 @@ async fn main() -> Result<(), BoxError> {
             (EVENTS_EXCHANGE, PAYMENT_FAILED),
         ],
     );
-    let c = ctx.clone();
-    app.consume(queue, move |_app, msg| on_reply(c.clone(), msg))
-        .await?;
-    app.spawn(sweep(ctx.clone()));
+    let topology = shop.topology().queue(replies.clone());
+    let relay = db.relay(&conn)?;
+    let saga = db.consumer(&shop, &conn, replies, "orders.saga", move |msg, tx| {
+        Box::pin(on_reply(msg, tx, step_timeout_ms))
+    });
+    let sweeper = ctx.clone();
+    let timeouts = task("saga-timeouts", Stage::Worker, |stop| async move {
+        // Fails overdue steps once a second, and right after a restart.
+        while !stop.is_cancelled() {
+            expire_overdue(&sweeper).await;
+            let _ = tokio::time::timeout(Duration::from_secs(1), stop.cancelled()).await;
+        }
+        Ok(())
+    });
 
-    let router = Router::new()
+    // 4. HTTP: the internal API behind service tokens, in the standard layers.
+    let routes = Router::new()
         .route("/internal/orders", post(place))
         .route("/internal/orders/{id}", get(get_order))
         .route("/internal/stats", get(stats))
-        .layer(shop_common::auth::require_from_env("orders")?)
+        .layer(auth::require_from_env("orders")?)
         .with_state(ctx);
-    app.serve(router).await
+    let probes = HealthLayer::new(app.health().clone()).prometheus(telemetry.prometheus_handle());
+    let service = ServiceBuilder::new()
+        .layer(probes)
+        .service(routes.layer(StandardLayers::new()));
+
+    // 5. Run: start in this order; on SIGTERM stop in stages.
+    app.component(telemetry)
+        .component(db.component(saga::SCHEMA))
+        .component(conn.component().declare(topology))
+        .component(relay)
+        .component(saga)
+        .component(timeouts)
+        .component(HttpServer::new(server_config(8081)?, service))
+        .run()
+        .await?;
+    Ok(())
 }
 
-async fn place(
-    State(ctx): State<Ctx>,
-    headers: HeaderMap,
-    body: axum::body::Bytes,
-) -> Result<Response, ApiErr> {
+/// A reply to the saga (inventory, payments), applied once through the inbox.
+async fn on_reply(
+    msg: IncomingMessage,
+    mut tx: Tx<'_>,
+    timeout: i64,
+) -> Result<Vec<Emit>, Outcome> {
+    let tx = &mut tx;
+    let emits = match msg.routing_key() {
+        INVENTORY_RESERVED => saga::on_inventory_reserved(tx, &decode(&msg)?, timeout).await,
+        INVENTORY_REJECTED => saga::on_inventory_rejected(tx, &decode(&msg)?).await,
+        PAYMENT_SUCCEEDED => saga::on_payment_succeeded(tx, &decode(&msg)?).await,
+        PAYMENT_FAILED => saga::on_payment_failed(tx, &decode(&msg)?).await,
+        other => return Err(Outcome::reject(format!("unexpected routing key `{other}`"))),
+    };
+    emits.map_err(retry)
+}
+
+/// One sweep: fails the overdue saga steps (at most 100) with their compensations.
+async fn expire_overdue(ctx: &Ctx) {
+    let swept = async {
+        let mut txn = ctx.db.begin().await?;
+        let (ids, emits) = saga::expire_overdue(&mut txn.tx(), now_ms(), 100).await?;
+        txn.emit(&ctx.shop, &emits, None).await?;
+        txn.commit().await?;
+        Ok::<_, BoxError>(ids)
+    };
+    match swept.await {
+        Ok(ids) if !ids.is_empty() => {
+            tracing::warn!(count = ids.len(), ?ids, "saga steps timed out")
+        }
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e, "timeout sweep failed"),
+    }
+}
+
+async fn place(State(ctx): State<Ctx>, headers: HeaderMap, body: Bytes) -> ApiResult<Value> {
     let new: NewOrder = serde_json::from_slice(&body)
-        .map_err(|e| ApiErr::bad_request(format!("invalid order: {e}")))?;
-    new.validate().map_err(ApiErr::bad_request)?;
-    let key = headers
-        .get("idempotency-key")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned);
-    let mut tx = ctx.app.db().begin().await?;
-    let placed = saga::place(&mut tx, &new, key.as_deref(), ctx.step_timeout_ms).await?;
-    ctx.app
-        .emit(&mut tx, &placed.emits, None)
+        .map_err(|e| ApiError::bad_request(format!("invalid order: {e}")))?;
+    new.validate().map_err(ApiError::bad_request)?;
+    let key = headers.get("idempotency-key").and_then(|v| v.to_str().ok());
+    let mut txn = ctx.db.begin().await.or_internal()?;
+    let placed = saga::place(&mut txn.tx(), &new, key, ctx.step_timeout_ms)
         .await
-        .map_err(|e| ApiErr::internal(format!("{e:?}")))?;
-    ctx.app.commit(tx).await?;
+        .or_internal()?;
+    txn.emit(&ctx.shop, &placed.emits, None)
+        .await
+        .or_internal()?;
+    txn.commit().await.or_internal()?;
     if placed.created {
         tracing::info!(order_id = %placed.order.id, "order placed");
     }
-    let mut data = serde_json::to_value(&placed.order).map_err(ApiErr::internal)?;
+    let mut data = serde_json::to_value(&placed.order).or_internal()?;
     data["order_id"] = data["id"].clone();
     data["replayed"] = (!placed.created).into();
-    Ok(ok(StatusCode::ACCEPTED, data))
+    Ok(ApiResponse::accepted(data))
 }
 
-async fn get_order(State(ctx): State<Ctx>, Path(id): Path<String>) -> Result<Response, ApiErr> {
-    match saga::get(ctx.app.db(), &id).await? {
-        Some(order) => Ok(ok(StatusCode::OK, order)),
-        None => Err(ApiErr::not_found("no such order")),
+async fn get_order(State(ctx): State<Ctx>, Path(id): Path<String>) -> ApiResult<saga::Order> {
+    match saga::get(&ctx.db, &id).await.or_internal()? {
+        Some(order) => Ok(ApiResponse::ok(order)),
+        None => Err(ApiError::not_found("no such order")),
     }
 }
 
-async fn stats(State(ctx): State<Ctx>) -> Result<Response, ApiErr> {
-    let counts: serde_json::Map<String, serde_json::Value> = saga::count_by_status(ctx.app.db())
-        .await?
-        .into_iter()
-        .map(|(k, v)| (k, v.into()))
-        .collect();
-    Ok(ok(StatusCode::OK, counts))
+async fn stats(State(ctx): State<Ctx>) -> ApiResult<Map<String, Value>> {
+    let counts = saga::count_by_status(&ctx.db).await.or_internal()?;
+    Ok(ApiResponse::ok(
+        counts.into_iter().map(|(k, v)| (k, v.into())).collect(),
+    ))
 }

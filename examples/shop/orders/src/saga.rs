@@ -23,27 +23,27 @@
 //! # Example
 //! ```
 //! # #[tokio::main(flavor = "current_thread")]
-//! # async fn main() -> Result<(), sqlx::Error> {
+//! # async fn main() -> Result<(), chassis_core::BoxError> {
 //! use shop_common::db::Db;
 //! use shop_common::events::{Item, InventoryReserved, PaymentSucceeded};
 //! use shop_orders::saga::{self, NewOrder};
 //!
-//! let db = Db::connect("sqlite::memory:").await?;
+//! let db = Db::open("sqlite::memory:")?;
 //! saga::migrate(&db).await?;
 //! let new = NewOrder {
 //!     customer_id: "c-1".into(),
 //!     items: vec![Item { sku: "tea".into(), quantity: 1 }],
 //!     payment_method: "card_ok".into(),
 //! };
-//! let mut tx = db.begin().await?;
-//! let placed = saga::place(&mut tx, &new, None, 30_000).await?;
-//! tx.commit().await?;
+//! let mut txn = db.begin().await?;
+//! let placed = saga::place(&mut txn.tx(), &new, None, 30_000).await?;
+//! txn.commit().await?;
 //! let id = placed.order.id.clone();
 //!
-//! let mut tx = db.begin().await?;
-//! saga::on_inventory_reserved(&mut tx, &InventoryReserved { order_id: id.clone(), amount_cents: 450 }, 30_000).await?;
-//! saga::on_payment_succeeded(&mut tx, &PaymentSucceeded { order_id: id.clone(), charge_id: "ch_1".into(), amount_cents: 450 }).await?;
-//! tx.commit().await?;
+//! let mut txn = db.begin().await?;
+//! saga::on_inventory_reserved(&mut txn.tx(), &InventoryReserved { order_id: id.clone(), amount_cents: 450 }, 30_000).await?;
+//! saga::on_payment_succeeded(&mut txn.tx(), &PaymentSucceeded { order_id: id.clone(), charge_id: "ch_1".into(), amount_cents: 450 }).await?;
+//! txn.commit().await?;
 //! assert_eq!(saga::get(&db, &id).await?.unwrap().status, "CONFIRMED");
 //! # Ok(()) }
 //! ```
@@ -180,17 +180,17 @@ pub struct Order {
 
 fn order_from(row: &Row, items: Vec<Item>) -> Result<Order, sqlx::Error> {
     Ok(Order {
-        id: row.text("id")?,
-        customer_id: row.text("customer_id")?,
-        status: row.text("status")?,
-        step: row.text("step")?,
-        reason: row.opt_text("reason")?,
-        payment_method: row.text("payment_method")?,
-        amount_cents: row.opt_i64("amount_cents")?,
-        charge_id: row.opt_text("charge_id")?,
-        compensations: row.i64("compensations")?,
-        created_ms: row.i64("created_ms")?,
-        finished_ms: row.opt_i64("finished_ms")?,
+        id: row.get("id")?,
+        customer_id: row.get("customer_id")?,
+        status: row.get("status")?,
+        step: row.get("step")?,
+        reason: row.get("reason")?,
+        payment_method: row.get("payment_method")?,
+        amount_cents: row.get("amount_cents")?,
+        charge_id: row.get("charge_id")?,
+        compensations: row.get("compensations")?,
+        created_ms: row.get("created_ms")?,
+        finished_ms: row.get("finished_ms")?,
         items,
     })
 }
@@ -199,8 +199,8 @@ fn items_from(rows: &[Row]) -> Result<Vec<Item>, sqlx::Error> {
     rows.iter()
         .map(|r| {
             Ok(Item {
-                sku: r.text("sku")?,
-                quantity: r.i64("quantity")?,
+                sku: r.get("sku")?,
+                quantity: r.get("quantity")?,
             })
         })
         .collect()
@@ -228,7 +228,7 @@ pub async fn get(db: &Db, id: &str) -> Result<Option<Order>, sqlx::Error> {
     Ok(Some(order_from(&row, items_from(&items)?)?))
 }
 
-async fn get_in(tx: &mut Tx, id: &str) -> Result<Option<Order>, sqlx::Error> {
+async fn get_in(tx: &mut Tx<'_>, id: &str) -> Result<Option<Order>, sqlx::Error> {
     let Some(row) = tx
         .fetch_optional(
             "SELECT id, customer_id, status, step, reason, payment_method, amount_cents, charge_id, \
@@ -263,7 +263,7 @@ pub struct Placed {
 /// `order.placed` (which inventory reserves on). With an `idempotency_key` seen before, returns
 /// the existing order and emits nothing — even when two requests race (the key is `UNIQUE`).
 pub async fn place(
-    tx: &mut Tx,
+    tx: &mut Tx<'_>,
     new: &NewOrder,
     idempotency_key: Option<&str>,
     step_timeout_ms: i64,
@@ -295,7 +295,7 @@ pub async fn place(
                 &[key.into()],
             )
             .await?;
-        let existing_id = row.ok_or(sqlx::Error::RowNotFound)?.text("id")?;
+        let existing_id = row.ok_or(sqlx::Error::RowNotFound)?.get::<String>("id")?;
         let order = get_in(tx, &existing_id)
             .await?
             .ok_or(sqlx::Error::RowNotFound)?;
@@ -342,7 +342,7 @@ pub async fn place(
 
 /// Moves `id` from `PENDING`/`from_step` to a final status; `false` if another transition won.
 async fn finish(
-    tx: &mut Tx,
+    tx: &mut Tx<'_>,
     id: &str,
     from_step: &str,
     status: &str,
@@ -373,7 +373,7 @@ async fn finish(
 }
 
 async fn finished_event(
-    tx: &mut Tx,
+    tx: &mut Tx<'_>,
     id: &str,
     status: &str,
     reason: Option<&str>,
@@ -382,7 +382,7 @@ async fn finished_event(
         .fetch_optional("SELECT customer_id FROM orders WHERE id = $1", &[id.into()])
         .await?
         .ok_or(sqlx::Error::RowNotFound)?
-        .text("customer_id")?;
+        .get::<String>("customer_id")?;
     let e = OrderFinished {
         order_id: id.to_owned(),
         customer_id,
@@ -402,7 +402,7 @@ async fn finished_event(
 
 /// `inventory.reserved`: RESERVING -> CHARGING, sends `payment.charge`.
 pub async fn on_inventory_reserved(
-    tx: &mut Tx,
+    tx: &mut Tx<'_>,
     e: &InventoryReserved,
     step_timeout_ms: i64,
 ) -> Result<Vec<Emit>, sqlx::Error> {
@@ -434,7 +434,7 @@ pub async fn on_inventory_reserved(
         )
         .await?
         .ok_or(sqlx::Error::RowNotFound)?
-        .text("payment_method")?;
+        .get::<String>("payment_method")?;
     let cmd = ChargePayment {
         order_id: e.order_id.clone(),
         amount_cents: e.amount_cents,
@@ -445,7 +445,7 @@ pub async fn on_inventory_reserved(
 
 /// `inventory.rejected`: RESERVING -> FAILED(reason), announces `order.failed`.
 pub async fn on_inventory_rejected(
-    tx: &mut Tx,
+    tx: &mut Tx<'_>,
     e: &InventoryRejected,
 ) -> Result<Vec<Emit>, sqlx::Error> {
     if !finish(
@@ -468,7 +468,7 @@ pub async fn on_inventory_rejected(
 
 /// `payment.succeeded`: CHARGING -> CONFIRMED, announces `order.confirmed`.
 pub async fn on_payment_succeeded(
-    tx: &mut Tx,
+    tx: &mut Tx<'_>,
     e: &PaymentSucceeded,
 ) -> Result<Vec<Emit>, sqlx::Error> {
     if !finish(
@@ -491,7 +491,10 @@ pub async fn on_payment_succeeded(
 }
 
 /// `payment.failed`: CHARGING -> FAILED(reason), compensates with `inventory.release`.
-pub async fn on_payment_failed(tx: &mut Tx, e: &PaymentFailed) -> Result<Vec<Emit>, sqlx::Error> {
+pub async fn on_payment_failed(
+    tx: &mut Tx<'_>,
+    e: &PaymentFailed,
+) -> Result<Vec<Emit>, sqlx::Error> {
     if !finish(
         tx,
         &e.order_id,
@@ -518,7 +521,7 @@ pub async fn on_payment_failed(tx: &mut Tx, e: &PaymentFailed) -> Result<Vec<Emi
 /// Fails every `PENDING` order whose step deadline is before `now_ms` (at most `limit`),
 /// compensating what its step may have done. Returns the ids failed and what to emit.
 pub async fn expire_overdue(
-    tx: &mut Tx,
+    tx: &mut Tx<'_>,
     now_ms: i64,
     limit: i64,
 ) -> Result<(Vec<String>, Vec<Emit>), sqlx::Error> {
@@ -531,7 +534,7 @@ pub async fn expire_overdue(
     let mut ids = Vec::new();
     let mut emits = Vec::new();
     for row in rows {
-        let (id, step) = (row.text("id")?, row.text("step")?);
+        let (id, step) = (row.get::<String>("id")?, row.get::<String>("step")?);
         let (reason, mut comp) = if step == STEP_CHARGING {
             let refund = Compensate {
                 order_id: id.clone(),
@@ -570,7 +573,7 @@ pub async fn count_by_status(db: &Db) -> Result<Vec<(String, i64)>, sqlx::Error>
     )
     .await?
     .iter()
-    .map(|r| Ok((r.text("status")?, r.i64("n")?)))
+    .map(|r| Ok((r.get::<String>("status")?, r.get::<i64>("n")?)))
     .collect()
 }
 
@@ -581,9 +584,11 @@ mod tests {
 
     async fn db() -> (tempfile::TempDir, Db) {
         let dir = tempfile::tempdir().unwrap();
-        let db = Db::connect(&Db::sqlite_url(&dir.path().join("orders.db")))
-            .await
-            .unwrap();
+        let db = Db::open(&format!(
+            "sqlite://{}",
+            dir.path().join("orders.db").display()
+        ))
+        .unwrap();
         migrate(&db).await.unwrap();
         (dir, db)
     }
@@ -610,9 +615,11 @@ mod tests {
     }
 
     async fn place_one(db: &Db, key: Option<&str>, timeout: i64) -> Placed {
-        let mut tx = db.begin().await.unwrap();
-        let p = place(&mut tx, &new_order(), key, timeout).await.unwrap();
-        tx.commit().await.unwrap();
+        let mut txn = db.begin().await.unwrap();
+        let p = place(&mut txn.tx(), &new_order(), key, timeout)
+            .await
+            .unwrap();
+        txn.commit().await.unwrap();
         p
     }
 
@@ -620,7 +627,7 @@ mod tests {
         ($db:expr, |$tx:ident| $call:expr) => {{
             let mut t = $db.begin().await.unwrap();
             let e = {
-                let $tx = &mut t;
+                let $tx = &mut t.tx();
                 $call.await.unwrap()
             };
             t.commit().await.unwrap();
@@ -721,15 +728,15 @@ mod tests {
             (o.status.as_str(), o.compensations, o.items.len()),
             (FAILED, 1, 2)
         );
-        let mut tx = db.begin().await.unwrap();
+        let mut txn = db.begin().await.unwrap();
         assert!(
-            expire_overdue(&mut tx, now_ms() + 60_000, 10)
+            expire_overdue(&mut txn.tx(), now_ms() + 60_000, 10)
                 .await
                 .unwrap()
                 .0
                 .is_empty()
         );
-        tx.commit().await.unwrap();
+        txn.commit().await.unwrap();
     }
 
     #[tokio::test]
@@ -816,11 +823,11 @@ mod tests {
         step!(db, |tx| on_inventory_reserved(tx, &reserved, 1_000));
         let fresh = place_one(&db, None, 3_600_000).await.order.id;
 
-        let mut tx = db.begin().await.unwrap();
-        let (ids, emits) = expire_overdue(&mut tx, now_ms() + 2_000, 100)
+        let mut txn = db.begin().await.unwrap();
+        let (ids, emits) = expire_overdue(&mut txn.tx(), now_ms() + 2_000, 100)
             .await
             .unwrap();
-        tx.commit().await.unwrap();
+        txn.commit().await.unwrap();
         assert_eq!(ids.len(), 2);
         assert!(!ids.contains(&fresh));
         let kinds: Vec<(&str, &str)> = emits.iter().map(|e| (e.subject.as_str(), e.kind)).collect();
@@ -851,14 +858,14 @@ mod tests {
         assert!(step!(db, |tx| on_payment_succeeded(tx, &paid)).is_empty());
         assert_eq!(get(&db, &fresh).await.unwrap().unwrap().status, PENDING);
         // A second sweep finds nothing.
-        let mut tx = db.begin().await.unwrap();
+        let mut txn = db.begin().await.unwrap();
         assert!(
-            expire_overdue(&mut tx, now_ms() + 2_000, 100)
+            expire_overdue(&mut txn.tx(), now_ms() + 2_000, 100)
                 .await
                 .unwrap()
                 .0
                 .is_empty()
         );
-        tx.commit().await.unwrap();
+        txn.commit().await.unwrap();
     }
 }

@@ -14,18 +14,18 @@
 //! # Example
 //! ```
 //! # #[tokio::main(flavor = "current_thread")]
-//! # async fn main() -> Result<(), sqlx::Error> {
+//! # async fn main() -> Result<(), chassis_core::BoxError> {
 //! use shop_common::db::Db;
 //! use shop_common::events::{ChargePayment, PAYMENT_SUCCEEDED};
 //! use shop_payments::domain::{self, ChargeOutcome};
 //!
-//! let db = Db::connect("sqlite::memory:").await?;
+//! let db = Db::open("sqlite::memory:")?;
 //! domain::migrate(&db).await?;
 //! let cmd = ChargePayment { order_id: "o-1".into(), amount_cents: 450, payment_method: "card_ok".into() };
 //! assert!(domain::existing(&db, "o-1").await?.is_none());
-//! let mut tx = db.begin().await?;
-//! let rec = domain::record_charge(&mut tx, &cmd, &ChargeOutcome::Charged { charge_id: "ch_1".into() }).await?;
-//! tx.commit().await?;
+//! let mut txn = db.begin().await?;
+//! let rec = domain::record_charge(&mut txn.tx(), &cmd, &ChargeOutcome::Charged { charge_id: "ch_1".into() }).await?;
+//! txn.commit().await?;
 //! assert_eq!(rec.emits[0].kind, PAYMENT_SUCCEEDED);
 //! # Ok(()) }
 //! ```
@@ -77,7 +77,7 @@ pub async fn existing(db: &Db, order_id: &str) -> Result<Option<String>, sqlx::E
         )
         .await?
     {
-        Some(r) => Ok(Some(r.text("status")?)),
+        Some(r) => Ok(Some(r.get::<String>("status")?)),
         None => Ok(None),
     }
 }
@@ -113,7 +113,7 @@ pub struct Recorded {
 
 /// Records the outcome of a charge (in the inbox transaction) and returns the event.
 pub async fn record_charge(
-    tx: &mut Tx,
+    tx: &mut Tx<'_>,
     cmd: &ChargePayment,
     outcome: &ChargeOutcome,
 ) -> Result<Recorded, sqlx::Error> {
@@ -185,7 +185,7 @@ pub fn cancelled_event(order_id: &str) -> Emit {
 /// Prepares a refund (in the inbox transaction): returns the charge to refund, if the order was
 /// charged. An order never charged gets a `CANCELLED` tombstone so its charge is never made.
 pub async fn begin_refund(
-    tx: &mut Tx,
+    tx: &mut Tx<'_>,
     order_id: &str,
     reason: &str,
 ) -> Result<Option<String>, sqlx::Error> {
@@ -205,14 +205,16 @@ pub async fn begin_refund(
             .await?;
             Ok(None)
         }
-        Some(r) if r.text("status")? == CHARGED => Ok(r.opt_text("charge_id")?),
+        Some(r) if r.get::<String>("status")? == CHARGED => {
+            Ok(r.get::<Option<String>>("charge_id")?)
+        }
         Some(_) => Ok(None),
     }
 }
 
 /// Records a refund made at the provider; returns `payment.refunded` the first time.
 pub async fn record_refund(
-    tx: &mut Tx,
+    tx: &mut Tx<'_>,
     order_id: &str,
     charge_id: &str,
 ) -> Result<Vec<Emit>, sqlx::Error> {
@@ -251,9 +253,7 @@ mod tests {
 
     async fn db() -> (tempfile::TempDir, Db) {
         let dir = tempfile::tempdir().unwrap();
-        let db = Db::connect(&Db::sqlite_url(&dir.path().join("p.db")))
-            .await
-            .unwrap();
+        let db = Db::open(&format!("sqlite://{}", dir.path().join("p.db").display())).unwrap();
         migrate(&db).await.unwrap();
         (dir, db)
     }
@@ -275,9 +275,9 @@ mod tests {
     #[tokio::test]
     async fn outcomes_map_to_events_and_are_recorded_once() {
         let (_d, db) = db().await;
-        let mut tx = db.begin().await.unwrap();
+        let mut txn = db.begin().await.unwrap();
         let ok = record_charge(
-            &mut tx,
+            &mut txn.tx(),
             &cmd("a"),
             &ChargeOutcome::Charged {
                 charge_id: "ch".into(),
@@ -286,7 +286,7 @@ mod tests {
         .await
         .unwrap();
         let declined = record_charge(
-            &mut tx,
+            &mut txn.tx(),
             &cmd("b"),
             &ChargeOutcome::Declined {
                 reason: "card_declined".into(),
@@ -295,7 +295,7 @@ mod tests {
         .await
         .unwrap();
         let down = record_charge(
-            &mut tx,
+            &mut txn.tx(),
             &cmd("c"),
             &ChargeOutcome::Unavailable {
                 reason: "payment_provider_unavailable".into(),
@@ -303,7 +303,7 @@ mod tests {
         )
         .await
         .unwrap();
-        tx.commit().await.unwrap();
+        txn.commit().await.unwrap();
         assert_eq!(ok.emits[0].kind, PAYMENT_SUCCEEDED);
         assert_eq!(ok.emits[0].payload["charge_id"], "ch");
         assert_eq!(
@@ -317,9 +317,9 @@ mod tests {
         assert_eq!(existing(&db, "a").await.unwrap().as_deref(), Some(CHARGED));
         assert_eq!(existing(&db, "b").await.unwrap().as_deref(), Some(DECLINED));
         // Recording again (a redelivery that slipped past the inbox) changes nothing.
-        let mut tx = db.begin().await.unwrap();
+        let mut txn = db.begin().await.unwrap();
         let again = record_charge(
-            &mut tx,
+            &mut txn.tx(),
             &cmd("b"),
             &ChargeOutcome::Declined {
                 reason: "card_declined".into(),
@@ -327,16 +327,16 @@ mod tests {
         )
         .await
         .unwrap();
-        tx.commit().await.unwrap();
+        txn.commit().await.unwrap();
         assert!(again.emits.is_empty() && again.refund_now.is_none());
     }
 
     #[tokio::test]
     async fn refund_refunds_a_charge_once_and_cancels_an_uncharged_order() {
         let (_d, db) = db().await;
-        let mut tx = db.begin().await.unwrap();
+        let mut txn = db.begin().await.unwrap();
         record_charge(
-            &mut tx,
+            &mut txn.tx(),
             &cmd("a"),
             &ChargeOutcome::Charged {
                 charge_id: "ch_a".into(),
@@ -345,34 +345,38 @@ mod tests {
         .await
         .unwrap();
         assert_eq!(
-            begin_refund(&mut tx, "a", "payment_timeout")
+            begin_refund(&mut txn.tx(), "a", "payment_timeout")
                 .await
                 .unwrap()
                 .as_deref(),
             Some("ch_a")
         );
         assert_eq!(
-            record_refund(&mut tx, "a", "ch_a").await.unwrap()[0].kind,
+            record_refund(&mut txn.tx(), "a", "ch_a").await.unwrap()[0].kind,
             PAYMENT_REFUNDED
         );
         assert_eq!(
-            begin_refund(&mut tx, "a", "payment_timeout").await.unwrap(),
+            begin_refund(&mut txn.tx(), "a", "payment_timeout")
+                .await
+                .unwrap(),
             None
         );
         // Refund first: tombstone; the charge in flight at that moment must be refunded.
         assert_eq!(
-            begin_refund(&mut tx, "z", "payment_timeout").await.unwrap(),
+            begin_refund(&mut txn.tx(), "z", "payment_timeout")
+                .await
+                .unwrap(),
             None
         );
-        tx.commit().await.unwrap();
+        txn.commit().await.unwrap();
         assert_eq!(existing(&db, "a").await.unwrap().as_deref(), Some(REFUNDED));
         assert_eq!(
             existing(&db, "z").await.unwrap().as_deref(),
             Some(CANCELLED)
         );
-        let mut tx = db.begin().await.unwrap();
+        let mut txn = db.begin().await.unwrap();
         let late = record_charge(
-            &mut tx,
+            &mut txn.tx(),
             &cmd("z"),
             &ChargeOutcome::Charged {
                 charge_id: "ch_z".into(),
@@ -380,7 +384,7 @@ mod tests {
         )
         .await
         .unwrap();
-        tx.commit().await.unwrap();
+        txn.commit().await.unwrap();
         assert_eq!(late.refund_now.as_deref(), Some("ch_z"));
         assert!(late.emits.is_empty());
         assert_eq!(cancelled_event("z").payload["reason"], "cancelled");

@@ -1,47 +1,133 @@
-//! The payments service: `shop-payments` (env: `HTTP_ADDR`, `DATABASE_URL`, `AMQP_URL`,
-//! `PROVIDER_URL` (default `http://127.0.0.1:8090`), `PROVIDER_POLICY` (a JSON
-//! `ResiliencePolicy`); see `shop_common::runtime`).
+//! The payments service, `shop-payments`: charges and refunds through the payment provider.
+//!
+//! It runs, in start order: telemetry; the database (the payments schema and the chassis
+//! outbox/inbox tables); RabbitMQ, attached in the background (the shop's exchanges, the
+//! `payments.charge` and `payments.refund` queues); the outbox relay; the charge consumer
+//! (which calls the provider before its inbox transaction, see [`charge`]); the refund
+//! consumer (through the inbox); HTTP (`GET /internal/payments/{order_id}`).
+//!
+//! Environment: `HTTP_ADDR` (default `127.0.0.1:8083`), `DATABASE_URL`, `DATA_DIR`, `AMQP_URL`,
+//! `SHOP_NAMESPACE`, `CONSUMER_CONCURRENCY` (see `shop_common::service`), `PROVIDER_URL`
+//! (default `http://127.0.0.1:8090`), `PROVIDER_POLICY` (a JSON `ResiliencePolicy`), and the
+//! chassis' `LOG_FORMAT`, `RUST_LOG`, `OTEL_EXPORTER_OTLP_ENDPOINT`, `PRE_STOP_DELAY`, ….
 
 use axum::Router;
 use axum::extract::{Path, State};
-use axum::http::StatusCode;
-use axum::response::Response;
 use axum::routing::get;
-use chassis_core::BoxError;
+use chassis_core::lifecycle::{App, LifecycleConfig};
+use chassis_core::{BoxError, ServiceInfo};
 use chassis_http::client::{ClientError, ClientErrorKind};
+use chassis_http::health::HealthLayer;
+use chassis_http::layers::StandardLayers;
+use chassis_http::server::HttpServer;
+use chassis_http::{ApiError, ApiResponse, ApiResult, ResultExt};
+use chassis_messaging::lifecycle::ConsumerComponent;
+use chassis_messaging::{IncomingMessage, Outcome};
+use chassis_observability::Telemetry;
+use serde_json::{Value, json};
+use shop_common::Shop;
+use shop_common::db::{Db, Tx};
 use shop_common::events::{
-    CMD_PAYMENT_CHARGE, CMD_PAYMENT_REFUND, COMMANDS_EXCHANGE, ChargePayment, Compensate,
+    CMD_PAYMENT_CHARGE, CMD_PAYMENT_REFUND, COMMANDS_EXCHANGE, ChargePayment, Compensate, Emit,
+    decode, retry,
 };
-use shop_common::runtime::{App, HandlerError, Spec, decode, handle_once};
-use shop_common::web::{ApiErr, ok};
+use shop_common::service::{env, server_config};
 use shop_payments::domain::{self, ChargeOutcome};
 use shop_payments::provider::{ProviderClient, ProviderReply};
+use tower::ServiceBuilder;
 
 #[derive(Clone)]
 struct Ctx {
-    app: App,
+    shop: Shop,
+    db: Db,
     provider: ProviderClient,
 }
 
-fn unavailable_reason(err: &ClientError) -> String {
-    match err.kind() {
-        ClientErrorKind::CircuitOpen { .. } => "payment_provider_circuit_open".into(),
-        _ => "payment_provider_unavailable".into(),
-    }
+#[tokio::main]
+async fn main() -> Result<(), BoxError> {
+    // 1. Identity and telemetry.
+    let info = ServiceInfo::from_env("payments", env!("CARGO_PKG_VERSION"));
+    let telemetry = Telemetry::builder(info.clone()).init()?;
+    let app = App::new("payments").config(LifecycleConfig::from_env()?);
+    let shop = Shop::from_env("payments");
+
+    // 2. The database (opened at start) with its outbox, and the provider's resilient client.
+    let db = shop.database()?;
+    let policy = match env("PROVIDER_POLICY", "").as_str() {
+        "" => ProviderClient::default_policy(),
+        json => serde_json::from_str(json)?,
+    };
+    let provider = ProviderClient::new(&env("PROVIDER_URL", "http://127.0.0.1:8090"), &policy)?;
+    let ctx = Ctx {
+        shop: shop.clone(),
+        db: db.clone(),
+        provider: provider.clone(),
+    };
+
+    // 3. RabbitMQ, attached in the background: topology, relay, the two command consumers.
+    let conn = shop.connect(&info)?;
+    let charges = shop.queue("charge", &[(COMMANDS_EXCHANGE, CMD_PAYMENT_CHARGE)]);
+    let refunds = shop.queue("refund", &[(COMMANDS_EXCHANGE, CMD_PAYMENT_REFUND)]);
+    let topology = shop
+        .topology()
+        .queue(charges.clone())
+        .queue(refunds.clone());
+    let relay = db.relay(&conn)?;
+    let charger = ConsumerComponent::new(&conn, charges, shop.consumer_config(), move |msg| {
+        charge(ctx.clone(), msg)
+    });
+    let refunder = db.consumer(&shop, &conn, refunds, "payments.refund", move |msg, tx| {
+        Box::pin(refund(provider.clone(), msg, tx))
+    });
+
+    // 4. HTTP, in the standard layers.
+    let routes = Router::new()
+        .route("/internal/payments/{order_id}", get(payment))
+        .with_state(db.clone());
+    let probes = HealthLayer::new(app.health().clone()).prometheus(telemetry.prometheus_handle());
+    let service = ServiceBuilder::new()
+        .layer(probes)
+        .service(routes.layer(StandardLayers::new()));
+
+    // 5. Run: start in this order; on SIGTERM stop in stages.
+    app.component(telemetry)
+        .component(db.component(domain::SCHEMA))
+        .component(conn.component().declare(topology))
+        .component(relay)
+        .component(charger)
+        .component(refunder)
+        .component(HttpServer::new(server_config(8083)?, service))
+        .run()
+        .await?;
+    Ok(())
 }
 
-async fn charge(
-    ctx: Ctx,
-    msg: chassis_messaging::amqp::incoming::IncomingMessage,
-) -> Result<(), HandlerError> {
-    let cmd: ChargePayment = decode(&msg)?;
-    if let Some(status) = domain::existing(ctx.app.db(), &cmd.order_id).await? {
+/// `payment.charge`. The provider call cannot sit inside a database transaction (it is slow
+/// and remote, and on SQLite the transaction holds the write lock), so this handler claims the
+/// message in the inbox itself, after the call ([`Db::claim`]); a redelivery calls the provider
+/// again with the same idempotency key, which replays the first answer.
+async fn charge(ctx: Ctx, msg: IncomingMessage) -> Outcome {
+    charge_once(&ctx, &msg).await.err().unwrap_or(Outcome::Ack)
+}
+
+async fn charge_once(ctx: &Ctx, msg: &IncomingMessage) -> Result<(), Outcome> {
+    let cmd: ChargePayment = decode(msg)?;
+    let Some(id) = msg.message_id() else {
+        return Err(Outcome::reject("message has no message_id"));
+    };
+    if let Some(status) = domain::existing(&ctx.db, &cmd.order_id)
+        .await
+        .map_err(retry)?
+    {
         if status == domain::CANCELLED {
             // Refund came first: never charge; tell the saga (which already moved on).
-            return handle_once(&ctx.app, "payments.charge", &msg, move |_tx| {
-                Box::pin(async move { Ok(vec![domain::cancelled_event(&cmd.order_id)]) })
-            })
-            .await;
+            if let Some(mut txn) = ctx.db.claim("payments.charge", id).await.map_err(retry)? {
+                let cancelled = [domain::cancelled_event(&cmd.order_id)];
+                txn.emit(&ctx.shop, &cancelled, Some(id))
+                    .await
+                    .map_err(retry)?;
+                txn.commit().await.map_err(retry)?;
+            }
         }
         // Decided before (a redelivery that reached us after the record): nothing to do.
         return Ok(());
@@ -64,94 +150,68 @@ async fn charge(
             }
         }
     };
-    let Some(mut tx) = ctx.app.claim("payments.charge", &msg).await? else {
+    let Some(mut txn) = ctx.db.claim("payments.charge", id).await.map_err(retry)? else {
         return Ok(());
     };
-    let rec = domain::record_charge(&mut tx, &cmd, &outcome).await?;
+    let recorded = domain::record_charge(&mut txn.tx(), &cmd, &outcome)
+        .await
+        .map_err(retry)?;
     tracing::info!(order_id = %cmd.order_id, ?outcome, "payment recorded");
-    ctx.app.emit(&mut tx, &rec.emits, Some(&msg)).await?;
-    ctx.app.commit(tx).await?;
-    let refund_now = rec.refund_now.map(|c| (cmd.order_id.clone(), c));
-    if let Some((order_id, charge_id)) = refund_now {
+    txn.emit(&ctx.shop, &recorded.emits, Some(id))
+        .await
+        .map_err(retry)?;
+    txn.commit().await.map_err(retry)?;
+    if let Some(charge_id) = recorded.refund_now {
         // The order was cancelled while we were charging: give the money back now.
         ctx.provider
             .refund(&charge_id)
             .await
-            .map_err(|e| HandlerError::Retry(format!("refund: {e}")))?;
-        let mut tx = ctx.app.db().begin().await?;
-        let emits = domain::record_refund(&mut tx, &order_id, &charge_id).await?;
-        ctx.app.emit(&mut tx, &emits, Some(&msg)).await?;
-        ctx.app.commit(tx).await?;
+            .map_err(|e| Outcome::retry(format!("refund: {e}")))?;
+        let mut txn = ctx.db.begin().await.map_err(retry)?;
+        let emits = domain::record_refund(&mut txn.tx(), &cmd.order_id, &charge_id)
+            .await
+            .map_err(retry)?;
+        txn.emit(&ctx.shop, &emits, Some(id)).await.map_err(retry)?;
+        txn.commit().await.map_err(retry)?;
     }
     Ok(())
 }
 
+fn unavailable_reason(err: &ClientError) -> String {
+    match err.kind() {
+        ClientErrorKind::CircuitOpen { .. } => "payment_provider_circuit_open".into(),
+        _ => "payment_provider_unavailable".into(),
+    }
+}
+
+/// `payment.refund`, once through the inbox. The provider's refund is idempotent: if the
+/// transaction does not commit, the redelivery refunds again harmlessly and records it.
 async fn refund(
-    ctx: Ctx,
-    msg: chassis_messaging::amqp::incoming::IncomingMessage,
-) -> Result<(), HandlerError> {
+    provider: ProviderClient,
+    msg: IncomingMessage,
+    mut tx: Tx<'_>,
+) -> Result<Vec<Emit>, Outcome> {
     let cmd: Compensate = decode(&msg)?;
-    let Some(mut tx) = ctx.app.claim("payments.refund", &msg).await? else {
-        return Ok(());
+    let charged = domain::begin_refund(&mut tx, &cmd.order_id, &cmd.reason)
+        .await
+        .map_err(retry)?;
+    let Some(charge_id) = charged else {
+        return Ok(Vec::new());
     };
-    let emits = match domain::begin_refund(&mut tx, &cmd.order_id, &cmd.reason).await? {
-        // The provider refund is idempotent: if we crash before commit, the retry refunds again
-        // harmlessly and records it.
-        Some(charge_id) => match ctx.provider.refund(&charge_id).await {
-            Ok(_) => domain::record_refund(&mut tx, &cmd.order_id, &charge_id).await?,
-            Err(e) => return Err(HandlerError::Retry(format!("refund: {e}"))),
-        },
-        None => Vec::new(),
-    };
-    ctx.app.emit(&mut tx, &emits, Some(&msg)).await?;
-    ctx.app.commit(tx).await?;
-    Ok(())
+    provider
+        .refund(&charge_id)
+        .await
+        .map_err(|e| Outcome::retry(format!("refund: {e}")))?;
+    domain::record_refund(&mut tx, &cmd.order_id, &charge_id)
+        .await
+        .map_err(retry)
 }
 
-#[tokio::main]
-async fn main() -> Result<(), BoxError> {
-    let app = App::start(Spec {
-        name: "payments",
-        default_port: 8083,
-        schema: domain::SCHEMA,
-    })
-    .await?;
-    let provider_url =
-        std::env::var("PROVIDER_URL").unwrap_or_else(|_| "http://127.0.0.1:8090".into());
-    let policy = match std::env::var("PROVIDER_POLICY") {
-        Ok(json) if !json.is_empty() => serde_json::from_str(&json)?,
-        _ => ProviderClient::default_policy(),
-    };
-    let ctx = Ctx {
-        app: app.clone(),
-        provider: ProviderClient::new(&provider_url, &policy)?,
-    };
-
-    let c = ctx.clone();
-    app.consume(
-        app.queue("charge", &[(COMMANDS_EXCHANGE, CMD_PAYMENT_CHARGE)]),
-        move |_app, msg| charge(c.clone(), msg),
-    )
-    .await?;
-    let c = ctx.clone();
-    app.consume(
-        app.queue("refund", &[(COMMANDS_EXCHANGE, CMD_PAYMENT_REFUND)]),
-        move |_app, msg| refund(c.clone(), msg),
-    )
-    .await?;
-
-    let router = Router::new()
-        .route("/internal/payments/{order_id}", get(payment))
-        .with_state(ctx);
-    app.serve(router).await
-}
-
-async fn payment(State(ctx): State<Ctx>, Path(order_id): Path<String>) -> Result<Response, ApiErr> {
-    match domain::existing(ctx.app.db(), &order_id).await? {
-        Some(status) => Ok(ok(
-            StatusCode::OK,
-            serde_json::json!({"order_id": order_id, "status": status}),
+async fn payment(State(db): State<Db>, Path(order_id): Path<String>) -> ApiResult<Value> {
+    match domain::existing(&db, &order_id).await.or_internal()? {
+        Some(status) => Ok(ApiResponse::ok(
+            json!({"order_id": order_id, "status": status}),
         )),
-        None => Err(ApiErr::not_found("no payment for this order")),
+        None => Err(ApiError::not_found("no payment for this order")),
     }
 }
