@@ -488,8 +488,8 @@ impl System {
             .stdout(log.try_clone()?)
             .stderr(log)
             // A process group of its own: Ctrl-C in a terminal signals the whole foreground
-            // group, and the services must get exactly one SIGTERM, the launcher's (the chassis
-            // takes a second signal as "stop now, skip the drain").
+            // group, and each service must get exactly one signal, the launcher's SIGTERM (the
+            // chassis' lifecycle runner takes a second signal as "stop now, skip the drain").
             .process_group(0)
             .kill_on_drop(true)
             .spawn()
@@ -552,14 +552,6 @@ impl System {
         &self.config.amqp_url
     }
 
-    /// The process id of every running service.
-    pub fn pids(&self) -> BTreeMap<&'static str, u32> {
-        self.procs
-            .iter()
-            .filter_map(|(name, p)| Some((*name, p.child.as_ref()?.id()?)))
-            .collect()
-    }
-
     /// Kills a service at once (SIGKILL): a crash.
     pub async fn kill(&mut self, service: &str) -> Result<(), BoxError> {
         let proc = self.procs.get_mut(service).ok_or("unknown service")?;
@@ -603,7 +595,8 @@ impl System {
     /// and once it has drained its in-flight requests (which still reach the services behind
     /// it), SIGTERM to all the others at once, which drain in parallel. Whatever still runs
     /// when `drain` has passed since the call is killed (SIGKILL). Returns the services (of those
-    /// still running) that did not exit by themselves with success. Drops the PostgreSQL databases if configured to.
+    /// still running) that did not exit by themselves with success. Drops the PostgreSQL
+    /// databases if configured to.
     pub async fn stop_within(mut self, drain: Duration) -> Vec<String> {
         let deadline = tokio::time::Instant::now() + drain;
         let mut unclean = Vec::new();

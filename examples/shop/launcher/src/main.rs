@@ -39,7 +39,7 @@ fn parse_namespace(s: &str) -> Result<String, String> {
     let prefix = format!("{s}.");
     cleanup::check_namespace(&prefix)
         .map(|()| prefix)
-        .map_err(|_| "expected 1..=63 of [A-Za-z0-9_.-], not starting with `amq.`".into())
+        .map_err(|_| "expected 1..=63 of [A-Za-z0-9_.-], not `amq` nor starting with `amq.`".into())
 }
 
 #[derive(Debug, Clone)]
