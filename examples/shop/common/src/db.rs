@@ -204,13 +204,6 @@ impl Db {
         ))
     }
 
-    /// Runs a statement outside a transaction; returns the rows affected.
-    pub async fn execute(&self, sql: &'static str, args: &[Arg]) -> Result<u64, sqlx::Error> {
-        either!(self, Db, |o| Tx::from(&mut *o.pool().acquire().await?)
-            .execute(sql, args)
-            .await)
-    }
-
     /// Fetches every row, outside a transaction.
     pub async fn fetch_all(
         &self,
@@ -222,15 +215,13 @@ impl Db {
             .await)
     }
 
-    /// Fetches at most one row, outside a transaction.
+    /// Fetches the first row, if any, outside a transaction.
     pub async fn fetch_optional(
         &self,
         sql: &'static str,
         args: &[Arg],
     ) -> Result<Option<Row>, sqlx::Error> {
-        either!(self, Db, |o| Tx::from(&mut *o.pool().acquire().await?)
-            .fetch_optional(sql, args)
-            .await)
+        Ok(self.fetch_all(sql, args).await?.into_iter().next())
     }
 
     /// Runs a script of statements (tests apply a service's schema with it; a service does in

@@ -39,6 +39,7 @@
 
 use std::collections::BTreeMap;
 
+use chassis_core::BoxError;
 use serde::{Deserialize, Serialize};
 use shop_common::db::{Db, Tx, now_ms};
 use shop_common::events::{
@@ -120,22 +121,25 @@ pub fn parse_seed(s: &str) -> Result<Vec<Product>, String> {
 pub const DEFAULT_SEED: &str = "tea:Green tea:450:100000,mug:Mug:1200:100000,\
 kettle:Kettle:3900:100000,scarce:Last edition teapot:9900:5";
 
-/// Inserts products that do not exist yet (existing stock is kept across restarts).
-pub async fn seed(db: &Db, products: &[Product]) -> Result<(), sqlx::Error> {
+/// Inserts products that do not exist yet, in one transaction (existing stock is kept across
+/// restarts).
+pub async fn seed(db: &Db, products: &[Product]) -> Result<(), BoxError> {
+    let mut txn = db.begin().await?;
     for p in products {
-        db.execute(
-            "INSERT INTO products (sku, name, price_cents, stock) VALUES ($1, $2, $3, $4) \
-             ON CONFLICT (sku) DO NOTHING",
-            &[
-                (&p.sku).into(),
-                (&p.name).into(),
-                p.price_cents.into(),
-                p.stock.into(),
-            ],
-        )
-        .await?;
+        txn.tx()
+            .execute(
+                "INSERT INTO products (sku, name, price_cents, stock) VALUES ($1, $2, $3, $4) \
+                 ON CONFLICT (sku) DO NOTHING",
+                &[
+                    (&p.sku).into(),
+                    (&p.name).into(),
+                    p.price_cents.into(),
+                    p.stock.into(),
+                ],
+            )
+            .await?;
     }
-    Ok(())
+    Ok(txn.commit().await?)
 }
 
 /// The catalogue with stock, by SKU.

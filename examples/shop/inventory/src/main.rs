@@ -126,7 +126,7 @@ impl Component for Seed {
     }
 
     fn start(&mut self, _ctx: Context) -> BoxFuture<'_, Result<(), BoxError>> {
-        Box::pin(async move { Ok(domain::seed(&self.db, &self.products).await?) })
+        Box::pin(domain::seed(&self.db, &self.products))
     }
 
     fn stop(&mut self, _deadline: Duration) -> BoxFuture<'_, Result<(), BoxError>> {
