@@ -298,6 +298,10 @@ impl App {
         }
         if start_error.is_none() {
             for mut component in components {
+                if shutdown.is_triggered() {
+                    // Stopped before this one began: it has nothing to stop.
+                    break;
+                }
                 let limit = config.start_timeout;
                 let result = tokio::select! {
                     biased;
