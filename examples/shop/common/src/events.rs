@@ -3,7 +3,9 @@
 //! Events go to the topic exchange [`EVENTS_EXCHANGE`] (`shop.events`) with the event type as the
 //! routing key; commands (the orchestrator telling a service to act) go to [`COMMANDS_EXCHANGE`]
 //! (`shop.commands`), also keyed by type. Every payload carries the `order_id`, which is also the
-//! envelope's `subject` (the outbox's per-aggregate ordering key).
+//! envelope's `subject` (the outbox's per-aggregate ordering key). Domain code returns what it
+//! wants published as [`Emit`]s; consumers read payloads with [`decode`] and answer a transient
+//! failure with [`retry`] (both give the chassis `Outcome` directly).
 //!
 //! The saga (run by `orders`):
 //! ```text

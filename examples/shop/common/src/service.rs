@@ -104,3 +104,23 @@ impl Shop {
         ))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_carry_the_namespace() {
+        let shop = Shop {
+            service: "orders",
+            namespace: "ns.".into(),
+        };
+        let queue = shop.queue("saga", &[(EVENTS_EXCHANGE, "payment.failed")]);
+        assert_eq!(queue.name, "ns.orders.saga");
+        assert_eq!(queue.bindings[0].exchange, "ns.shop.events");
+        assert_eq!(queue.bindings[0].routing_key, "payment.failed");
+        let exchanges = shop.topology().exchanges;
+        let names: Vec<_> = exchanges.iter().map(|e| e.name.as_str()).collect();
+        assert_eq!(names, ["ns.shop.events", "ns.shop.commands"]);
+    }
+}
