@@ -362,10 +362,15 @@ pub async fn ensure_postgres(url: &str) -> Result<Readiness, PreflightError> {
         .status()
         .await
         .map_err(|e| PreflightError::new(format!("`{start}` failed: {e}")))?;
+    if !status.success() {
+        return Err(PreflightError::new(format!(
+            "PostgreSQL is not answering on {address} and `{start}` failed ({status}); see \
+             /var/log/postgresql"
+        )));
+    }
     if !server.wait_answering(POSTGRES_START_TIMEOUT).await {
         return Err(PreflightError::new(format!(
-            "`{start}` ({status}) ran, but {address} did not answer within {} s; see \
-             /var/log/postgresql",
+            "`{start}` ran, but {address} did not answer within {} s; see /var/log/postgresql",
             POSTGRES_START_TIMEOUT.as_secs()
         )));
     }
