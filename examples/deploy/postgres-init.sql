@@ -3,4 +3,3 @@ CREATE DATABASE orders;
 CREATE DATABASE inventory;
 CREATE DATABASE payments;
 CREATE DATABASE notifications;
-CREATE DATABASE gateway;

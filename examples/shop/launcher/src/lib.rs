@@ -53,15 +53,10 @@ pub const SERVICES: [&str; 6] = [
     "gateway",
 ];
 
-/// The services with a database of their own (all but the payment provider, which plays a third
-/// party and keeps its state in memory).
-pub const SERVICES_WITH_DATABASE: [&str; 5] = [
-    "inventory",
-    "payments",
-    "orders",
-    "notifications",
-    "gateway",
-];
+/// The services with a database of their own, which are also the ones on the broker: all but
+/// the gateway (it only calls the others over HTTP and stores nothing) and the payment provider
+/// (it plays a third party and keeps its state in memory).
+pub const SERVICES_WITH_DATABASE: [&str; 4] = ["inventory", "payments", "orders", "notifications"];
 
 /// The PostgreSQL server the launcher uses when `--database postgres` names none.
 pub const DEFAULT_POSTGRES_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
@@ -408,9 +403,6 @@ impl System {
         for service in SERVICES {
             let mut env: Vec<(String, String)> = vec![
                 ("HTTP_ADDR".into(), format!("127.0.0.1:{}", ports[service])),
-                ("DATA_DIR".into(), config.run_dir.display().to_string()),
-                ("AMQP_URL".into(), config.amqp_url.clone()),
-                ("SHOP_NAMESPACE".into(), config.namespace.clone()),
                 ("LOG_FORMAT".into(), "json".into()),
                 ("SERVICE_TOKEN_KID".into(), "shop-launcher-1".into()),
                 ("SERVICE_TOKEN_PUBLIC_KEY".into(), public_pem.clone()),
@@ -446,8 +438,14 @@ impl System {
                 }
                 _ => {}
             }
-            if let Some(url) = config.database.service_url(service) {
-                env.push(("DATABASE_URL".into(), url));
+            // Only the services that use them get a database and the broker.
+            if SERVICES_WITH_DATABASE.contains(&service) {
+                env.push(("DATA_DIR".into(), config.run_dir.display().to_string()));
+                env.push(("AMQP_URL".into(), config.amqp_url.clone()));
+                env.push(("SHOP_NAMESPACE".into(), config.namespace.clone()));
+                if let Some(url) = config.database.service_url(service) {
+                    env.push(("DATABASE_URL".into(), url));
+                }
             }
             env.extend(config.extra_env.iter().cloned());
             procs.insert(
