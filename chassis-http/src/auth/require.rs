@@ -77,7 +77,7 @@ impl ScopeRules {
 ///   untrusted issuer): `401` with `error="invalid_token"`;
 /// - token for another audience: `403` with `error="invalid_token"` — the caller is
 ///   authenticated (a trusted issuer signed its identity) but the token was minted for another
-///   service, so this is an authorization failure, as issue #4 asks; RFC 6750 would also allow 401;
+///   service, so this is an authorization failure (RFC 6750 would also allow 401);
 /// - missing scope: `403` with `error="insufficient_scope", scope="<required scopes>"`;
 /// - JWKS source down while a refetch was needed: `401` unknown key (the refetch failure is logged).
 ///
