@@ -1,111 +1,30 @@
-//! Runs the binary against the real broker: a greeting travels through the outbox, RabbitMQ and
-//! the inbox consumer; SIGTERM shuts it down cleanly.
+//! The template from outside: a greeting travels through the outbox, RabbitMQ (a node of the
+//! test's own) and the inbox consumer; errors and metrics look as the chassis promises; SIGTERM
+//! shuts it down cleanly.
 
-use std::time::{Duration, Instant};
+mod support;
+
+use std::time::Duration;
 
 use serde_json::Value;
+use support::{RabbitNode, Service};
 
 #[tokio::test]
 async fn greeting_goes_through_outbox_broker_and_inbox_then_shuts_down_gracefully() {
-    let dir = tempfile::tempdir().unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let prefix = format!("test-{}.", std::process::id());
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_minimal-service"))
-        .env("HTTP_ADDR", format!("127.0.0.1:{port}"))
-        .env(
-            "DATABASE_URL",
-            format!("sqlite://{}", dir.path().join("m.db").display()),
-        )
-        .env("MINIMAL_PREFIX", &prefix)
-        .env("LOG_FORMAT", "json")
-        .kill_on_drop(true)
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let base = format!("http://127.0.0.1:{port}");
-    let http = reqwest::Client::new();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let ready = http
-            .get(format!("{base}/health/ready"))
-            .send()
-            .await
-            .is_ok_and(|r| r.status() == 200);
-        if ready {
-            break;
-        }
-        assert!(Instant::now() < deadline, "not ready");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let live: Value = http
-        .get(format!("{base}/health/live"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let node = RabbitNode::new("smoke");
+    node.start();
+    let svc = Service::start(&node.url(), "smoke.");
+    svc.up(Duration::from_secs(30)).await;
+    let get = |path: &str| svc.http.get(format!("{}{path}", svc.base)).send();
+    let live: Value = get("/health/live").await.unwrap().json().await.unwrap();
     assert_eq!(live["status"], "UP");
-    let r = http
-        .post(format!("{base}/greetings"))
-        .json(&serde_json::json!({"name": ""}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 400);
-    let body: Value = r.json().await.unwrap();
-    assert_eq!(body["success"], false);
-    let r = http
-        .post(format!("{base}/greetings"))
-        .json(&serde_json::json!({"name": "ada"}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 201);
-    let mut processed = 0;
-    while Instant::now() < deadline {
-        let c: Value = http
-            .get(format!("{base}/greetings"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        processed = c["data"]["processed"].as_i64().unwrap();
-        if processed == 1 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert_eq!(
-        processed, 1,
-        "the event did not come back through the broker"
-    );
-    let metrics = http
-        .get(format!("{base}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    assert!(
-        metrics.contains("http_server_request_duration"),
-        "no RED metrics"
-    );
-    // The standard layers sit inside the router, so each sample carries its route.
-    assert!(
-        metrics.contains(r#"http_route="/greetings""#),
-        "RED metrics without the route:\n{metrics}"
-    );
-    // An axum rejection (invalid JSON) gets the chassis JSON error body too.
-    let r = http
-        .post(format!("{base}/greetings"))
+
+    // A validation error is the chassis JSON error body.
+    assert_eq!(svc.greet("").await, 400);
+    // An axum rejection (invalid JSON) gets the same body, with the trace id.
+    let r = svc
+        .http
+        .post(format!("{}/greetings", svc.base))
         .header("content-type", "application/json")
         .body("{not json")
         .send()
@@ -115,17 +34,19 @@ async fn greeting_goes_through_outbox_broker_and_inbox_then_shuts_down_gracefull
     let body: Value = r.json().await.unwrap();
     assert_eq!(body["success"], false, "{body}");
     assert!(body["traceId"].is_string(), "{body}");
-    let pid = child.id().unwrap();
-    let status = tokio::process::Command::new("kill")
-        .arg("-TERM")
-        .arg(pid.to_string())
-        .status()
-        .await
-        .unwrap();
-    assert!(status.success());
-    let exit = tokio::time::timeout(Duration::from_secs(20), child.wait())
-        .await
-        .unwrap()
-        .unwrap();
-    assert!(exit.success(), "unclean exit: {exit}");
+
+    // Outbox -> broker -> inbox, applied once.
+    assert_eq!(svc.greet("ada").await, 201);
+    svc.processed(1, Duration::from_secs(20)).await;
+
+    // The standard layers sit inside the router, so each sample carries its route.
+    let metrics = get("/metrics").await.unwrap().text().await.unwrap();
+    assert!(
+        metrics.contains(r#"http_route="/greetings""#),
+        "RED metrics without the route:\n{metrics}"
+    );
+
+    svc.signal("TERM");
+    let (code, stderr) = svc.exit(Duration::from_secs(20)).await;
+    assert_eq!(code, Some(0), "unclean exit: {stderr}");
 }

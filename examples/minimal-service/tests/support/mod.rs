@@ -209,6 +209,19 @@ impl Service {
         }
     }
 
+    /// Waits until readiness is `UP`: every check passing, the broker included.
+    pub async fn up(&self, within: Duration) -> Value {
+        let deadline = Instant::now() + within;
+        loop {
+            let ready = self.ready(within).await;
+            if ready["status"] == "UP" {
+                return ready;
+            }
+            assert!(Instant::now() < deadline, "not UP within {within:?}: {ready}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     /// POSTs a greeting; returns the status.
     pub async fn greet(&self, name: &str) -> u16 {
         self.http
