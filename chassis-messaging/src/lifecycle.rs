@@ -3,14 +3,15 @@
 //!
 //! | component | made by | stage | start | stop |
 //! |---|---|---|---|---|
-//! | the AMQP connection | [`Connection::component`] | Transport | registers its topologies and its health check; waits for the broker only when [`required`](ConnectionComponent::required) | closes the connection |
+//! | the AMQP connection | [`Connection::component`] | Transport | registers its health check; waits for the broker (up to [`attach_timeout`](ConnectionComponent::attach_timeout), 3 s, or [`initial_connect_timeout`](crate::ConnectionConfig::initial_connect_timeout) when [`required`](ConnectionComponent::required)) and declares the topology, else leaves both to the background | closes the connection |
 //! | a consumer | [`ConsumerComponent::new`] | Intake | subscribes in the background (retrying until the broker and the queue are there) | `basic.cancel` with the other intakes, then waits for its in-flight handlers |
 //! | the outbox relay | [`Relay::into_component`] | Worker | runs the relay | finishes the batches in flight (their confirms recorded), then returns |
 //! | the database | [`Outbox::component`] | Resource | migrates the outbox/inbox tables and the service's schema, registers the database as a required readiness check | closes the pool |
 //!
 //! # The broker is not a start-up dependency of an outbox service
-//! A service whose writes go through the outbox keeps serving while RabbitMQ is away: the
-//! connection attaches in the background and reconnects, the topology is declared on every
+//! A service whose writes go through the outbox keeps serving while RabbitMQ is away: when the
+//! broker does not answer within the attach timeout, start goes on, the connection attaches in
+//! the background and reconnects, the topology is declared on every
 //! connect, consumers subscribe once they can, and the relay publishes what was committed
 //! meanwhile. Its health check is then *optional*: readiness shows the broker as `DOWN` and the
 //! service as `DEGRADED`, still ready, because intake (HTTP writes into the outbox) only needs
@@ -66,7 +67,11 @@ pub struct ConnectionComponent {
     conn: Connection,
     topologies: Vec<TopologyConfig>,
     required: bool,
+    attach_timeout: Duration,
 }
+
+/// Default of [`ConnectionComponent::attach_timeout`].
+pub const DEFAULT_ATTACH_TIMEOUT: Duration = Duration::from_secs(3);
 
 impl Connection {
     /// This connection as a lifecycle component (see [`ConnectionComponent`]): not required
@@ -76,6 +81,7 @@ impl Connection {
             conn: self.clone(),
             topologies: Vec::new(),
             required: false,
+            attach_timeout: DEFAULT_ATTACH_TIMEOUT,
         }
     }
 }
@@ -85,6 +91,17 @@ impl ConnectionComponent {
     /// on.
     pub fn declare(mut self, topology: TopologyConfig) -> Self {
         self.topologies.push(topology);
+        self
+    }
+
+    /// How long start waits for the broker when it is not required. Within it, start returns
+    /// once the connection is up and the topology declared, so consumers started next find
+    /// their queues and the service's first events are routable when it reports ready (other
+    /// services waiting for it see a complete system). Past it, start returns anyway and the
+    /// connection and topology attach in the background. Defaults to
+    /// [`DEFAULT_ATTACH_TIMEOUT`] (3 s).
+    pub fn attach_timeout(mut self, timeout: Duration) -> Self {
+        self.attach_timeout = timeout;
         self
     }
 
@@ -108,8 +125,8 @@ impl Component for ConnectionComponent {
 
     fn start(&mut self, ctx: Context) -> BoxFuture<'_, Result<(), BoxError>> {
         Box::pin(async move {
-            for topology in self.topologies.drain(..) {
-                self.conn.declare_on_connect(topology)?;
+            for topology in &self.topologies {
+                topology.validate()?;
             }
             let options = if self.required {
                 CheckOptions::required()
@@ -117,13 +134,38 @@ impl Component for ConnectionComponent {
                 CheckOptions::optional()
             };
             ctx.health().register(self.conn.health_check(), options);
-            if self.required {
-                let limit = self.conn.config().initial_connect_timeout;
-                let mut state = self.conn.subscribe();
-                let up = state.wait_for(|s| *s == ConnectionState::Connected);
-                if tokio::time::timeout(limit, up).await.is_err() {
-                    return Err(Error::timeout("connect", limit).into());
+            let wait = if self.required {
+                self.conn.config().initial_connect_timeout
+            } else {
+                self.attach_timeout
+            };
+            let mut state = self.conn.subscribe();
+            let up = state.wait_for(|s| *s == ConnectionState::Connected);
+            let connected = tokio::time::timeout(wait, up)
+                .await
+                .is_ok_and(|r| r.is_ok());
+            if self.required && !connected {
+                return Err(Error::timeout("connect", wait).into());
+            }
+            for topology in self.topologies.drain(..) {
+                if connected {
+                    // Declared now (and again after every reconnect), so what starts next
+                    // finds it.
+                    match self.conn.declare(topology.clone()).await {
+                        Ok(()) => continue,
+                        Err(e) if self.required => return Err(e.into()),
+                        Err(e) => {
+                            tracing::warn!(error = %e, "declaring topology failed; retrying in the background");
+                        }
+                    }
                 }
+                self.conn.declare_on_connect(topology)?;
+            }
+            if !connected {
+                tracing::warn!(
+                    waited_ms = wait.as_millis() as u64,
+                    "RabbitMQ not reachable yet; starting without it (it attaches in the background)"
+                );
             }
             Ok(())
         })
