@@ -217,7 +217,10 @@ impl Service {
             if ready["status"] == "UP" {
                 return ready;
             }
-            assert!(Instant::now() < deadline, "not UP within {within:?}: {ready}");
+            assert!(
+                Instant::now() < deadline,
+                "not UP within {within:?}: {ready}"
+            );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
