@@ -120,7 +120,14 @@ async fn sigterm_under_load_answers_in_flight_requests_and_loses_nothing() {
                         created.lock().unwrap().insert(name);
                     }
                     Err(e) => {
-                        assert!(e.is_connect(), "only new connections are refused: {e}");
+                        // Refused, or reset: a connection still in the kernel's accept backlog
+                        // when the listener closed was never the server's. Whether an accepted
+                        // request went unanswered is checked below: its row would be in the
+                        // database without a 201 here.
+                        assert!(
+                            e.is_connect() || e.is_request(),
+                            "only connections the server never took may fail: {e:?}"
+                        );
                         return;
                     }
                 }
