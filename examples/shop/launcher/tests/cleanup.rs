@@ -4,26 +4,14 @@
 //! topic exchange with bindings), and nothing of a neighbour whose names share all but the
 //! namespace's final `.`.
 
+mod support;
+
 use lapin::options::{BasicPublishOptions, ExchangeDeclareOptions, QueueBindOptions};
 use lapin::options::{ExchangeDeleteOptions, QueueDeclareOptions, QueueDeleteOptions};
 use lapin::types::{AMQPValue, FieldTable, LongString};
 use lapin::{BasicProperties, ExchangeKind};
 use shop_launcher::{cleanup, default_amqp_url};
-
-fn listed(what: &str, prefix: &str) -> Vec<String> {
-    let out = std::process::Command::new("rabbitmqctl")
-        .args([&format!("list_{what}"), "-q", "--no-table-headers", "name"])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "rabbitmqctl list_{what} failed");
-    let mut names: Vec<String> = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter(|n| n.starts_with(prefix))
-        .map(str::to_owned)
-        .collect();
-    names.sort();
-    names
-}
+use support::listed;
 
 fn args(pairs: &[(&str, AMQPValue)]) -> FieldTable {
     let mut t = FieldTable::default();

@@ -3,12 +3,15 @@
 //! built or started. The real binaries, the real RabbitMQ (`AMQP_URL`); each system in its own
 //! namespace, one system at a time.
 
+mod support;
+
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use shop_launcher::{build_services, cleanup, default_amqp_url};
+use support::listed;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 use tokio::sync::mpsc;
@@ -144,23 +147,6 @@ fn alive(pid: u32) -> bool {
     Path::new(&format!("/proc/{pid}")).exists()
 }
 
-/// The names of `what` (`queues` or `exchanges`) on the broker's `/` vhost starting with
-/// `prefix`, sorted, listed by `rabbitmqctl` independently of the launcher's own code.
-fn listed(what: &str, prefix: &str) -> Vec<String> {
-    let out = std::process::Command::new("rabbitmqctl")
-        .args([&format!("list_{what}"), "-q", "--no-table-headers", "name"])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "rabbitmqctl list_{what} failed");
-    let mut names: Vec<String> = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter(|n| n.starts_with(prefix))
-        .map(str::to_owned)
-        .collect();
-    names.sort();
-    names
-}
-
 /// The namespace has its topology: queues with retry tiers and dead-letter queues, exchanges.
 fn assert_full_topology(prefix: &str) -> (Vec<String>, Vec<String>) {
     let (queues, exchanges) = (listed("queues", prefix), listed("exchanges", prefix));
@@ -175,6 +161,26 @@ fn assert_full_topology(prefix: &str) -> (Vec<String>, Vec<String>) {
     (queues, exchanges)
 }
 
+/// The built launcher on the whole system in `namespace`, with `flag`, placing `orders` orders
+/// two at a time.
+fn spawn_system(namespace: &str, run_dir: &Path, flag: &str, orders: &str) -> Launcher {
+    Launcher::spawn(
+        &[
+            "--no-build",
+            flag,
+            "--orders",
+            orders,
+            "--concurrency",
+            "2",
+            "--namespace",
+            namespace,
+            "--run-dir",
+            run_dir.to_str().unwrap(),
+        ],
+        &[],
+    )
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[allow(clippy::await_holding_lock)] // serialises whole systems on purpose
 async fn sigterm_with_keep_running_stops_every_service_and_deletes_the_topology() {
@@ -183,21 +189,7 @@ async fn sigterm_with_keep_running_stops_every_service_and_deletes_the_topology(
     let run_dir = dir.path().join("run");
     let namespace = unique_namespace();
     let prefix = format!("{namespace}.");
-    let mut l = Launcher::spawn(
-        &[
-            "--no-build",
-            "--keep-running",
-            "--orders",
-            "3",
-            "--concurrency",
-            "2",
-            "--namespace",
-            &namespace,
-            "--run-dir",
-            run_dir.to_str().unwrap(),
-        ],
-        &[],
-    );
+    let mut l = spawn_system(&namespace, &run_dir, "--keep-running", "3");
     l.wait_for("system running", Duration::from_secs(120)).await;
     let services = children_of(l.pid());
     assert_eq!(services.len(), 6, "service processes: {services:?}");
@@ -228,22 +220,8 @@ async fn sigint_during_the_workload_stops_every_service_and_keep_topology_keeps_
     let run_dir = dir.path().join("run");
     let namespace = unique_namespace();
     let prefix = format!("{namespace}.");
-    let mut l = Launcher::spawn(
-        &[
-            "--no-build",
-            "--keep-topology",
-            // More than it can place before the signal: the workload is running when it comes.
-            "--orders",
-            "100000",
-            "--concurrency",
-            "2",
-            "--namespace",
-            &namespace,
-            "--run-dir",
-            run_dir.to_str().unwrap(),
-        ],
-        &[],
-    );
+    // More orders than it can place before the signal: the workload is running when it comes.
+    let mut l = spawn_system(&namespace, &run_dir, "--keep-topology", "100000");
     l.wait_for("all services ready", Duration::from_secs(120))
         .await;
     let services = children_of(l.pid());
