@@ -52,7 +52,7 @@
 //! # }
 //! ```
 //!
-//! Without an app, [`Server`](server::Server) serves on its own and handles the signals itself.
+//! Without an app, [`server::Server`] serves on its own and handles the signals itself.
 //!
 //! ## Handlers (with the `axum` feature)
 //! ```
