@@ -107,18 +107,24 @@ async fn traceparent_trace_id_reaches_error_body_and_server_span() {
     assert_eq!(span.name, "GET");
 }
 
-#[tokio::test]
-async fn access_log_line_per_request() {
-    let logs = LogBuffer::default();
+/// Sends this thread's events, as JSON lines, into `logs` until the guard drops.
+fn json_logs_into(logs: &LogBuffer) -> tracing::subscriber::DefaultGuard {
     let subscriber = tracing_subscriber::fmt()
         .json()
         .with_writer(logs.clone())
         .with_max_level(tracing::Level::INFO)
         .finish();
-    let _guard = tracing::subscriber::set_default(subscriber);
+    let guard = tracing::subscriber::set_default(subscriber);
     // Callsites another test thread registered while this subscriber was being set can keep a
     // stale "disabled" interest (tracing caches it process-wide): recompute it now.
     tracing::callsite::rebuild_interest_cache();
+    guard
+}
+
+#[tokio::test]
+async fn access_log_line_per_request() {
+    let logs = LogBuffer::default();
+    let _guard = json_logs_into(&logs);
 
     let server = start_app(
         StandardLayers::new(),
@@ -209,13 +215,7 @@ async fn an_error_through_or_internal_is_logged_once() {
     }
 
     let logs = LogBuffer::default();
-    let subscriber = tracing_subscriber::fmt()
-        .json()
-        .with_writer(logs.clone())
-        .with_max_level(tracing::Level::INFO)
-        .finish();
-    let _guard = tracing::subscriber::set_default(subscriber);
-    tracing::callsite::rebuild_interest_cache();
+    let _guard = json_logs_into(&logs);
 
     let router = axum::Router::new()
         .route("/broken", axum::routing::get(broken))
