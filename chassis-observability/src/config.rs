@@ -105,9 +105,17 @@ pub struct LogConfig {
     pub filter: String,
     /// Whether pretty/compact output uses ANSI colours. Defaults to `false`.
     pub ansi: bool,
-    /// Capacity, in lines, of the non-blocking writer's buffer; lines beyond it are dropped rather
-    /// than blocking the service. Defaults to 128 000 (tracing-appender's default).
+    /// Capacity, in lines, of the log writer's buffer (the lines written but not yet handed to
+    /// the output); lines beyond it are dropped and counted (`log.lines.dropped`) rather than
+    /// blocking the service. Defaults to 128 000.
     pub buffered_lines_limit: usize,
+    /// Capacity, in bytes, of the same buffer; whichever limit is reached first drops lines.
+    /// Defaults to 16 MiB.
+    pub buffered_bytes_limit: usize,
+    /// How long the log writer gathers lines into one batch (one write to the output) before
+    /// writing them: the most a line waits when the output keeps up. Defaults to 5 ms.
+    #[serde(with = "humantime_serde")]
+    pub flush_interval: Duration,
 }
 
 impl Default for LogConfig {
@@ -117,6 +125,8 @@ impl Default for LogConfig {
             filter: "info".to_owned(),
             ansi: false,
             buffered_lines_limit: 128_000,
+            buffered_bytes_limit: 16 << 20,
+            flush_interval: Duration::from_millis(5),
         }
     }
 }
@@ -696,6 +706,13 @@ mod tests {
         assert_eq!(c.tracing.scheduled_delay, Duration::from_millis(200));
         assert_eq!(c.tracing.protocol, OtlpProtocol::Grpc);
         assert_eq!(c.log, LogConfig::default());
+        let log: LogConfig = serde_json::from_str(
+            r#"{"buffered_lines_limit":1000,"buffered_bytes_limit":65536,"flush_interval":"20ms"}"#,
+        )
+        .unwrap();
+        assert_eq!(log.buffered_lines_limit, 1000);
+        assert_eq!(log.buffered_bytes_limit, 65536);
+        assert_eq!(log.flush_interval, Duration::from_millis(20));
         assert_eq!(
             c.metrics.buckets_for_metric["outbox.pending"],
             vec![1.0, 10.0, 100.0]

@@ -9,7 +9,8 @@
 //!   globally, `build()` returns a subscriber for tests.
 //! - [`config`]: [`TelemetryConfig`] (serde) and the `LOG_FORMAT` / `RUST_LOG` / `OTEL_*`
 //!   environment variables.
-//! - [`logging`]: the JSON line format (service identity + `trace_id`/`span_id` on every line),
+//! - [`logging`]: the JSON line layer (service identity + `trace_id`/`span_id` on every line,
+//!   no allocation per line), the non-blocking batching [`BatchWriter`](logging::BatchWriter),
 //!   redacting field formatters, an in-memory [`CaptureWriter`](logging::CaptureWriter).
 //! - [`redact`]: [`Secret`] and field-name redaction.
 //! - [`trace`]: the tracer provider, sampler, resource and the bounded, counting OTLP pipeline.
@@ -70,6 +71,7 @@
 //! | `outbox.relay_errors` | counter | `error.type` |
 //! | `inbox.duplicates` | counter | `messaging.destination.name` |
 //! | `otel.spans.dropped` | counter | `reason` (`queue_full`, `export_failed`) |
+//! | `log.lines.dropped` | counter | — |
 //!
 //! ## Features
 //! - `grpc`: OTLP over gRPC (tonic) in addition to the default HTTP/protobuf.

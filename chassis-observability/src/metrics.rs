@@ -134,6 +134,10 @@ pub fn describe_all() {
         OTEL_SPANS_DROPPED,
         "Spans dropped before export (queue full or export failed)."
     );
+    describe_counter!(
+        LOG_LINES_DROPPED,
+        "Log lines dropped because the log writer's buffer was full or the output failed."
+    );
 }
 
 /// The catalogue: every metric the chassis emits, one constant each.
@@ -165,6 +169,7 @@ pub fn describe_all() {
 /// | [`OUTBOX_RELAY_ERRORS`] | `outbox.relay_errors` (`outbox_relay_errors`) | counter | {error} | `error.type` |
 /// | [`INBOX_DUPLICATES`] | `inbox.duplicates` (`inbox_duplicates`) | counter | {message} | `messaging.destination.name` |
 /// | [`OTEL_SPANS_DROPPED`] | `otel.spans.dropped` (`otel_spans_dropped`) | counter | {span} | `reason` (`queue_full`, `export_failed`) |
+/// | [`LOG_LINES_DROPPED`] | `log.lines.dropped` (`log_lines_dropped`) | counter | {line} | — |
 pub mod names {
     /// Duration of HTTP server requests (semconv `http.server.request.duration`), seconds.
     pub const HTTP_SERVER_REQUEST_DURATION: &str = "http.server.request.duration";
@@ -203,6 +208,8 @@ pub mod names {
     pub const INBOX_DUPLICATES: &str = "inbox.duplicates";
     /// Spans lost before export, by `reason` (counter).
     pub const OTEL_SPANS_DROPPED: &str = "otel.spans.dropped";
+    /// Log lines lost because the log writer's buffer was full or its output failed (counter).
+    pub const LOG_LINES_DROPPED: &str = "log.lines.dropped";
 
     /// Every metric name of the catalogue.
     pub const ALL: &[&str] = &[
@@ -224,6 +231,7 @@ pub mod names {
         OUTBOX_RELAY_ERRORS,
         INBOX_DUPLICATES,
         OTEL_SPANS_DROPPED,
+        LOG_LINES_DROPPED,
     ];
 
     /// Label (attribute) names used with the catalogue metrics.
@@ -261,7 +269,7 @@ mod tests {
             assert!(seen.insert(sanitize_metric_name(name)), "{name} collides");
             assert_eq!(sanitize_metric_name(name), name.replace('.', "_"));
         }
-        assert_eq!(names::ALL.len(), 18);
+        assert_eq!(names::ALL.len(), 19);
     }
 
     #[test]

@@ -27,16 +27,16 @@ use std::time::Duration;
 use chassis_core::ServiceInfo;
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_sdk::trace::SdkTracerProvider;
-use tracing::Dispatch;
 use tracing::level_filters::LevelFilter;
-use tracing_subscriber::filter::Targets;
+use tracing::{Dispatch, Level};
+use tracing_subscriber::filter::{FilterExt as _, Targets, filter_fn};
 use tracing_subscriber::fmt::MakeWriter;
 use tracing_subscriber::fmt::writer::BoxMakeWriter;
 use tracing_subscriber::layer::SubscriberExt as _;
 use tracing_subscriber::{EnvFilter, Layer, Registry};
 
-use crate::config::{LogFormat, OtlpProtocol, Sampling, TelemetryConfig};
-use crate::logging::{JsonFormat, redacting_fields};
+use crate::config::{LogConfig, LogFormat, OtlpProtocol, Sampling, TelemetryConfig};
+use crate::logging::{BatchWriter, BatchWriterGuard, JsonLayer, redacting_fields};
 use crate::metrics::{PrometheusHandle, PrometheusRecorder};
 use crate::trace::{ExportStats, build_tracer_provider};
 use crate::{Error, ErrorKind};
@@ -163,15 +163,18 @@ impl TelemetryBuilder {
         self
     }
 
-    /// Log lines go to `writer` through a non-blocking, lossy buffer (a full buffer drops lines
-    /// instead of blocking the service). Defaults to stdout, non-blocking.
+    /// Log lines go to `writer` through the chassis [`BatchWriter`]: a bounded buffer written in
+    /// batches by a background thread; a full buffer drops lines (counted in
+    /// [`TelemetryGuard::dropped_log_lines`] and `log.lines.dropped`) instead of blocking the
+    /// service. Defaults to stdout, the same way.
     pub fn writer(mut self, writer: impl io::Write + Send + 'static) -> Self {
         self.output = Output::NonBlocking(Box::new(writer));
         self
     }
 
-    /// Log lines are written synchronously through `make_writer` (tests, benchmarks, or a writer
-    /// that is already non-blocking). Defaults to stdout, non-blocking.
+    /// Log lines are written synchronously through `make_writer`, one `write_all` per line
+    /// (tests, benchmarks, or a writer that is already non-blocking). Defaults to stdout through
+    /// the [`BatchWriter`].
     pub fn make_writer<M>(mut self, make_writer: M) -> Self
     where
         M: for<'a> MakeWriter<'a> + Send + Sync + 'static,
@@ -210,19 +213,26 @@ impl TelemetryBuilder {
         let (provider, stats) = build_tracer_provider(&service, &config.tracing)?;
         let exporting = config.tracing.resolved_traces_endpoint().is_some();
 
-        let (make_writer, log_guard) = match output {
-            Output::Direct(w) => (w, None),
-            Output::Stdout => non_blocking(io::stdout(), config.log.buffered_lines_limit),
-            Output::NonBlocking(w) => non_blocking(w, config.log.buffered_lines_limit),
+        let (sink, log_writer) = match output {
+            Output::Direct(w) => (LogSink::Direct(w), None),
+            Output::Stdout => batch_writer(io::stdout(), &config.log)?,
+            Output::NonBlocking(w) => batch_writer(w, &config.log)?,
+        };
+        let log_stats = match &sink {
+            LogSink::Batch(w) => Some(w.clone()),
+            LogSink::Direct(_) => None,
         };
 
-        let json = JsonFormat::new(&service);
-        let dispatch_slot = json.dispatch_slot();
+        let mut dispatch_slot = None;
         let fmt_layer: Box<dyn Layer<Inner> + Send + Sync> = match config.log.format {
-            LogFormat::Json => tracing_subscriber::fmt::layer()
-                .event_format(json)
-                .with_writer(make_writer)
-                .boxed(),
+            LogFormat::Json => {
+                let layer = match sink {
+                    LogSink::Batch(w) => JsonLayer::batched(&service, w),
+                    LogSink::Direct(w) => JsonLayer::new(&service, w),
+                };
+                dispatch_slot = Some(layer.dispatch_slot());
+                layer.boxed()
+            }
             // Not `fmt::format::Pretty`: it records event fields with its own visitor, bypassing
             // `fmt_fields`, so field-name redaction would not apply. The full format with source
             // locations is the readable development format that honours it.
@@ -232,13 +242,13 @@ impl TelemetryBuilder {
                 .with_thread_names(true)
                 .fmt_fields(redacting_fields())
                 .with_ansi(config.log.ansi)
-                .with_writer(make_writer)
+                .with_writer(sink)
                 .boxed(),
             LogFormat::Compact => tracing_subscriber::fmt::layer()
                 .compact()
                 .fmt_fields(redacting_fields())
                 .with_ansi(config.log.ansi)
-                .with_writer(make_writer)
+                .with_writer(sink)
                 .boxed(),
         };
         let otel_layer = tracing_opentelemetry::layer()
@@ -256,7 +266,17 @@ impl TelemetryBuilder {
                     .with_target("opentelemetry", LevelFilter::OFF)
                     .with_target("opentelemetry_sdk", LevelFilter::OFF)
                     .with_target("opentelemetry-otlp", LevelFilter::OFF)
-                    .with_target("opentelemetry_otlp", LevelFilter::OFF),
+                    .with_target("opentelemetry_otlp", LevelFilter::OFF)
+                    // Events below WARN do not reach the OpenTelemetry layer. It turns every
+                    // event inside a span into a span event (a name, attributes, a timestamp:
+                    // several allocations, plus a lock on the span's data), which at one
+                    // access-log line per request cost as much as the line itself, and the
+                    // info-level lines are in the log anyway, correlated by trace id. Warnings
+                    // and errors still become span events, and an ERROR event still marks its
+                    // span as failed. Spans themselves pass at every level.
+                    .and(filter_fn(|meta| {
+                        meta.is_span() || *meta.level() <= Level::WARN
+                    })),
             )
             .boxed();
 
@@ -264,7 +284,9 @@ impl TelemetryBuilder {
             .with(filter)
             .with(vec![otel_layer, fmt_layer]);
         let dispatch = Dispatch::new(subscriber);
-        let _ = dispatch_slot.set(dispatch.downgrade());
+        if let Some(slot) = dispatch_slot {
+            let _ = slot.set(dispatch.downgrade());
+        }
 
         let prometheus = recorder.as_ref().map(PrometheusRecorder::handle);
         let upkeep = prometheus.clone().and_then(|handle| {
@@ -288,7 +310,8 @@ impl TelemetryBuilder {
                 prometheus,
                 recorder,
                 upkeep,
-                log_guard,
+                log_writer,
+                log_stats,
                 warnings,
                 done: false,
             },
@@ -313,6 +336,10 @@ impl TelemetryBuilder {
             ::metrics::set_global_recorder(recorder)
                 .map_err(|e| Error::with_source(ErrorKind::GlobalRecorderExists, e))?;
             crate::metrics::describe_all();
+            // Registered now, so the series exists (at 0) before a line is ever dropped; the
+            // writer thread keeps it up to date.
+            ::metrics::counter!(crate::metrics::names::LOG_LINES_DROPPED)
+                .absolute(guard.dropped_log_lines());
         }
         if let Err(e) = dispatch.try_init() {
             // `try_init` sets the subscriber first, then the `log` bridge: if the subscriber is
@@ -337,18 +364,48 @@ impl TelemetryBuilder {
 
 type Inner = tracing_subscriber::layer::Layered<EnvFilter, Registry>;
 
-fn non_blocking<W: io::Write + Send + 'static>(
-    writer: W,
-    limit: usize,
-) -> (
-    BoxMakeWriter,
-    Option<tracing_appender::non_blocking::WorkerGuard>,
-) {
-    let (nb, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
-        .lossy(true)
-        .buffered_lines_limit(limit.max(1))
-        .finish(writer);
-    (BoxMakeWriter::new(nb), Some(guard))
+/// Where log lines go: the batching writer, or a caller's `MakeWriter` called synchronously.
+enum LogSink {
+    Batch(BatchWriter),
+    Direct(BoxMakeWriter),
+}
+
+impl<'a> MakeWriter<'a> for LogSink {
+    type Writer = Box<dyn io::Write + 'a>;
+
+    fn make_writer(&'a self) -> Self::Writer {
+        match self {
+            Self::Batch(w) => Box::new(w.make_writer()),
+            Self::Direct(w) => Box::new(w.make_writer()),
+        }
+    }
+
+    fn make_writer_for(&'a self, meta: &tracing::Metadata<'_>) -> Self::Writer {
+        match self {
+            Self::Batch(w) => Box::new(w.make_writer()),
+            Self::Direct(w) => Box::new(w.make_writer_for(meta)),
+        }
+    }
+}
+
+fn batch_writer<W: io::Write + Send + 'static>(
+    output: W,
+    config: &LogConfig,
+) -> Result<(LogSink, Option<BatchWriterGuard>), Error> {
+    let (writer, guard) = BatchWriter::builder()
+        .lines_limit(config.buffered_lines_limit)
+        .bytes_limit(config.buffered_bytes_limit)
+        .interval(config.flush_interval)
+        .spawn(output)
+        .map_err(|e| {
+            Error::with_source(
+                ErrorKind::InvalidConfig {
+                    reason: format!("cannot start the log writer thread: {e}"),
+                },
+                e,
+            )
+        })?;
+    Ok((LogSink::Batch(writer), Some(guard)))
 }
 
 /// The filter: the configured directives plus `opentelemetry=off` (unless the directives mention
@@ -398,7 +455,7 @@ fn resolve_identity(service: &mut ServiceInfo, config: &TelemetryConfig) {
 
 /// Keeps telemetry running; flushes it on [`shutdown`](Self::shutdown) or, best effort, on drop.
 ///
-/// Dropping the guard flushes buffered log lines and tries to flush spans for at most 2 s on a
+/// Dropping the guard writes the buffered log lines (waiting at most 2 s) and tries to flush spans for at most 2 s on a
 /// helper thread (not at all when dropped on a current-thread runtime, where waiting would
 /// deadlock the exporter task). Prefer `shutdown(deadline).await`.
 pub struct TelemetryGuard {
@@ -409,7 +466,8 @@ pub struct TelemetryGuard {
     prometheus: Option<PrometheusHandle>,
     recorder: Option<PrometheusRecorder>,
     upkeep: Option<tokio::task::JoinHandle<()>>,
-    log_guard: Option<tracing_appender::non_blocking::WorkerGuard>,
+    log_writer: Option<BatchWriterGuard>,
+    log_stats: Option<BatchWriter>,
     warnings: Vec<String>,
     done: bool,
 }
@@ -474,6 +532,23 @@ impl TelemetryGuard {
         self.stats.exported()
     }
 
+    /// Log lines dropped so far because the log writer's buffer was full (or the output failed);
+    /// also in `log.lines.dropped`. Always 0 with [`TelemetryBuilder::make_writer`], which writes
+    /// synchronously.
+    pub fn dropped_log_lines(&self) -> u64 {
+        self.log_stats
+            .as_ref()
+            .map_or(0, BatchWriter::dropped_lines)
+    }
+
+    /// Waits until every log line logged before the call has been written, at most `timeout`;
+    /// returns whether it got there (always `true` with a synchronous writer).
+    pub fn flush_logs(&self, timeout: Duration) -> bool {
+        self.log_stats
+            .as_ref()
+            .is_none_or(|w| w.flush_timeout(timeout))
+    }
+
     /// Warnings about ignored environment variables (already logged by `init`).
     pub fn config_warnings(&self) -> &[String] {
         &self.warnings
@@ -504,6 +579,7 @@ impl TelemetryGuard {
         if let Some(task) = self.upkeep.take() {
             task.abort();
         }
+        let started = std::time::Instant::now();
         let provider = self.provider.clone();
         let result = run_blocking(deadline, move || provider.shutdown()).await;
         let dropped = self.stats.dropped();
@@ -514,9 +590,22 @@ impl TelemetryGuard {
                 "spans were dropped during this run (see otel.spans.dropped)"
             );
         }
-        if let Some(log_guard) = self.log_guard.take() {
-            // Dropping the worker guard waits (bounded) for the writer thread to drain.
-            let _ = tokio::task::spawn_blocking(move || drop(log_guard)).await;
+        let dropped_lines = self.dropped_log_lines();
+        if dropped_lines > 0 {
+            tracing::warn!(
+                target: "chassis_observability",
+                dropped_lines,
+                "log lines were dropped during this run (see log.lines.dropped)"
+            );
+        }
+        if let Some(log_writer) = self.log_writer.take() {
+            // The log lines go last, so the shutdown's own lines are in. Writing what is
+            // buffered normally takes microseconds; a stuck output gets what is left of the
+            // deadline, and at least half a second, as the spans may have used it all.
+            let left = deadline
+                .saturating_sub(started.elapsed())
+                .max(Duration::from_millis(500));
+            let _ = tokio::task::spawn_blocking(move || log_writer.shutdown(left)).await;
         }
         result
     }
@@ -596,6 +685,6 @@ impl Drop for TelemetryGuard {
                 let _ = rx.recv_timeout(Duration::from_secs(2));
             }
         }
-        // `log_guard` drops after this, flushing buffered lines.
+        // `log_writer` drops after this, writing the buffered lines (waiting at most 2 s).
     }
 }

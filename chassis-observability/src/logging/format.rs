@@ -1,0 +1,167 @@
+//! JSON text primitives writing straight into a byte buffer: escaped strings (also through
+//! `fmt::Write`, so `Debug`/`Display` values are escaped as they are formatted, without an
+//! intermediate `String`), integers and hex ids.
+
+use std::fmt;
+
+/// `ESCAPE[b]` is 0 when byte `b` is copied as is, otherwise the character after the backslash
+/// (`u` for the `\u00XX` form).
+const ESCAPE: [u8; 256] = {
+    let mut t = [0_u8; 256];
+    let mut i = 0;
+    while i < 0x20 {
+        t[i] = b'u';
+        i += 1;
+    }
+    t[b'\n' as usize] = b'n';
+    t[b'\r' as usize] = b'r';
+    t[b'\t' as usize] = b't';
+    t[b'"' as usize] = b'"';
+    t[b'\\' as usize] = b'\\';
+    t
+};
+
+const HEX: &[u8; 16] = b"0123456789abcdef";
+
+/// Appends `s` escaped for the inside of a JSON string literal (no quotes). Bytes needing no
+/// escape, which is nearly all of them, are copied in runs. Non-ASCII UTF-8 passes through.
+pub(crate) fn escape_into(out: &mut Vec<u8>, s: &str) {
+    let bytes = s.as_bytes();
+    let mut start = 0;
+    for (i, &b) in bytes.iter().enumerate() {
+        let esc = ESCAPE[b as usize];
+        if esc == 0 {
+            continue;
+        }
+        out.extend_from_slice(&bytes[start..i]);
+        if esc == b'u' {
+            out.extend_from_slice(&[
+                b'\\',
+                b'u',
+                b'0',
+                b'0',
+                HEX[(b >> 4) as usize],
+                HEX[(b & 0xf) as usize],
+            ]);
+        } else {
+            out.extend_from_slice(&[b'\\', esc]);
+        }
+        start = i + 1;
+    }
+    out.extend_from_slice(&bytes[start..]);
+}
+
+/// Appends `s` as a JSON string literal, quotes included.
+pub(crate) fn push_str(out: &mut Vec<u8>, s: &str) {
+    out.push(b'"');
+    escape_into(out, s);
+    out.push(b'"');
+}
+
+/// A `fmt::Write` that escapes everything written to it into a JSON string body: `Debug` and
+/// `Display` values go through it straight into the line.
+pub(crate) struct Escaped<'a>(pub(crate) &'a mut Vec<u8>);
+
+impl fmt::Write for Escaped<'_> {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        escape_into(self.0, s);
+        Ok(())
+    }
+}
+
+/// A `fmt::Write` appending as is (numbers formatted by `core::fmt`).
+pub(crate) struct Raw<'a>(pub(crate) &'a mut Vec<u8>);
+
+impl fmt::Write for Raw<'_> {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        self.0.extend_from_slice(s.as_bytes());
+        Ok(())
+    }
+}
+
+/// Appends `v` in decimal.
+pub(crate) fn push_u64(out: &mut Vec<u8>, mut v: u64) {
+    let mut digits = [0_u8; 20];
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (v % 10) as u8;
+        v /= 10;
+        if v == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[i..]);
+}
+
+/// Appends `v` in decimal.
+pub(crate) fn push_i64(out: &mut Vec<u8>, v: i64) {
+    if v < 0 {
+        out.push(b'-');
+    }
+    push_u64(out, v.unsigned_abs());
+}
+
+/// Appends `n` zero-padded to `width` digits (`width` at most 6, `n` below `10^width`).
+pub(crate) fn push_padded(out: &mut Vec<u8>, n: u32, width: usize) {
+    let mut digits = [b'0'; 6];
+    let mut n = n;
+    for d in digits[..width].iter_mut().rev() {
+        *d = b'0' + (n % 10) as u8;
+        n /= 10;
+    }
+    out.extend_from_slice(&digits[..width]);
+}
+
+/// Appends `bytes` as lower-case hex (the W3C form of trace and span ids).
+pub(crate) fn push_hex(out: &mut Vec<u8>, bytes: &[u8]) {
+    for &b in bytes {
+        out.extend_from_slice(&[HEX[(b >> 4) as usize], HEX[(b & 0xf) as usize]]);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::fmt::Write as _;
+
+    fn text(f: impl FnOnce(&mut Vec<u8>)) -> String {
+        let mut v = Vec::new();
+        f(&mut v);
+        String::from_utf8(v).unwrap()
+    }
+
+    #[test]
+    fn strings_are_escaped_as_json() {
+        let s = text(|v| push_str(v, "a\"b\\c\nd\u{1}é\t\r\u{1f}"));
+        assert_eq!(s, r#""a\"b\\c\nd\u0001é\t\r\u001f""#);
+        let back: String = serde_json::from_str(&s).unwrap();
+        assert_eq!(back, "a\"b\\c\nd\u{1}é\t\r\u{1f}");
+        assert_eq!(text(|v| push_str(v, "")), "\"\"");
+        assert_eq!(text(|v| push_str(v, "plain")), "\"plain\"");
+    }
+
+    #[test]
+    fn debug_values_are_escaped_while_formatted() {
+        let s = text(|v| {
+            v.push(b'"');
+            write!(Escaped(v), "{:?}", "q\"uote\n").unwrap();
+            v.push(b'"');
+        });
+        let back: String = serde_json::from_str(&s).unwrap();
+        assert_eq!(back, "\"q\\\"uote\\n\"");
+    }
+
+    #[test]
+    fn numbers_and_hex() {
+        for n in [0_u64, 7, 10, 42, 999, 1_000_000, u64::MAX] {
+            assert_eq!(text(|v| push_u64(v, n)), n.to_string());
+        }
+        for n in [0_i64, -1, -42, i64::MIN, i64::MAX] {
+            assert_eq!(text(|v| push_i64(v, n)), n.to_string());
+        }
+        assert_eq!(text(|v| push_padded(v, 7, 2)), "07");
+        assert_eq!(text(|v| push_padded(v, 123, 6)), "000123");
+        assert_eq!(text(|v| push_hex(v, &[0x00, 0xf0, 0x67, 0xaa])), "00f067aa");
+    }
+}

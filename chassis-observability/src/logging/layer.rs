@@ -1,0 +1,589 @@
+//! [`JsonLayer`]: the JSON-lines output as a `tracing_subscriber` layer (see the
+//! [module docs](super) for the line format and why it is hand-written).
+
+use std::cell::RefCell;
+use std::fmt::{self, Write as _};
+use std::io::Write as _;
+use std::sync::{Arc, OnceLock};
+
+use opentelemetry::trace::{SpanId, TraceContextExt, TraceFlags, TraceId};
+use tracing::dispatcher::WeakDispatch;
+use tracing::field::{Field, Visit};
+use tracing::{Event, Level, Subscriber};
+use tracing_subscriber::fmt::MakeWriter;
+use tracing_subscriber::fmt::writer::BoxMakeWriter;
+use tracing_subscriber::layer::Context;
+use tracing_subscriber::registry::LookupSpan;
+
+use super::format::{Escaped, Raw, escape_into, push_hex, push_i64, push_str, push_u64};
+use super::timestamp::TimestampCache;
+use super::writer::BatchWriter;
+use crate::redact::{REDACTED, is_sensitive_field};
+
+/// Top-level keys the layer writes itself; an event field with one of these names is written
+/// as `field.<name>` so the line stays valid, duplicate-free JSON. A `trace_id` or `span_id` field
+/// whose value is the id the layer writes is dropped instead: it says nothing new.
+const RESERVED: &[&str] = &[
+    "timestamp",
+    "severity_text",
+    "severity_number",
+    "body",
+    "target",
+    "service.name",
+    "service.version",
+    "deployment.environment",
+    "service.instance.id",
+    "trace_id",
+    "span_id",
+    "trace_flags",
+    "span.name",
+];
+
+/// Per-thread scratch buffers above this size are released after the line that grew them.
+const KEEP_SCRATCH: usize = 64 << 10;
+
+/// Where finished lines go.
+enum Sink {
+    /// The chassis batching writer: the line is copied into its buffer.
+    Batch(BatchWriter),
+    /// Any `MakeWriter`, called synchronously with the whole line (tests, benchmarks, writers
+    /// that are already non-blocking).
+    Direct(BoxMakeWriter),
+}
+
+/// The JSON-lines layer (see the [module docs](super)).
+pub struct JsonLayer {
+    /// `,"service.name":"…","service.version":"…",…` pre-serialised once.
+    resource: Box<[u8]>,
+    sink: Sink,
+    /// The dispatcher this layer runs in, to look up the OpenTelemetry context of an event's
+    /// explicit parent span (see `otel_ids`).
+    dispatch: Arc<OnceLock<WeakDispatch>>,
+}
+
+impl fmt::Debug for JsonLayer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("JsonLayer")
+            .field("resource", &String::from_utf8_lossy(&self.resource))
+            .field(
+                "sink",
+                &match self.sink {
+                    Sink::Batch(_) => "batch writer",
+                    Sink::Direct(_) => "direct",
+                },
+            )
+            .finish_non_exhaustive()
+    }
+}
+
+impl JsonLayer {
+    /// A layer stamping every line with the given service identity and handing it to
+    /// `make_writer`, synchronously, one `write_all` per line.
+    pub fn new<M>(service: &chassis_core::ServiceInfo, make_writer: M) -> Self
+    where
+        M: for<'a> MakeWriter<'a> + Send + Sync + 'static,
+    {
+        Self::with_sink(service, Sink::Direct(BoxMakeWriter::new(make_writer)))
+    }
+
+    /// A layer writing through the chassis [`BatchWriter`] (no per-line system call, no
+    /// blocking on the output).
+    pub fn batched(service: &chassis_core::ServiceInfo, writer: BatchWriter) -> Self {
+        Self::with_sink(service, Sink::Batch(writer))
+    }
+
+    fn with_sink(service: &chassis_core::ServiceInfo, sink: Sink) -> Self {
+        let mut resource = Vec::new();
+        for (k, v) in [
+            ("service.name", &service.name),
+            ("service.version", &service.version),
+            ("deployment.environment", &service.environment),
+            ("service.instance.id", &service.instance_id),
+        ] {
+            resource.push(b',');
+            push_str(&mut resource, k);
+            resource.push(b':');
+            push_str(&mut resource, v);
+        }
+        Self {
+            resource: resource.into_boxed_slice(),
+            sink,
+            dispatch: Arc::new(OnceLock::new()),
+        }
+    }
+
+    /// Tells the layer which dispatcher it is part of. Called by the telemetry builder once the
+    /// subscriber exists; without it, events with an explicit `parent:` carry no trace ids.
+    pub(crate) fn dispatch_slot(&self) -> Arc<OnceLock<WeakDispatch>> {
+        Arc::clone(&self.dispatch)
+    }
+
+    fn emit(&self, line: &[u8], meta: &tracing::Metadata<'_>) {
+        match &self.sink {
+            Sink::Batch(w) => {
+                w.write_line(line);
+            }
+            Sink::Direct(m) => {
+                // Nowhere to report a failed write from inside the subscriber.
+                let _ = m.make_writer_for(meta).write_all(line);
+            }
+        }
+    }
+}
+
+pub(crate) fn severity(level: &Level) -> (&'static str, u8) {
+    // OpenTelemetry log data model: SeverityNumber ranges TRACE=1, DEBUG=5, INFO=9, WARN=13,
+    // ERROR=17.
+    match *level {
+        Level::TRACE => ("TRACE", 1),
+        Level::DEBUG => ("DEBUG", 5),
+        Level::INFO => ("INFO", 9),
+        Level::WARN => ("WARN", 13),
+        Level::ERROR => ("ERROR", 17),
+    }
+}
+
+/// The trace id, span id and sampled flag of a valid span context.
+type Ids = (TraceId, SpanId, bool);
+
+fn ids_of(cx: &opentelemetry::Context) -> Option<Ids> {
+    let span = cx.span();
+    let sc = span.span_context();
+    sc.is_valid().then(|| {
+        (
+            sc.trace_id(),
+            sc.span_id(),
+            sc.trace_flags() & TraceFlags::SAMPLED == TraceFlags::SAMPLED,
+        )
+    })
+}
+
+/// A thread's reusable buffers: after warm-up a line is formatted without a heap allocation.
+#[derive(Default)]
+struct Scratch {
+    /// The line, up to and including the body while fields are visited.
+    line: Vec<u8>,
+    /// The event's fields as `,"name":value`, appended to the line after the fixed keys.
+    fields: Vec<u8>,
+    /// A `log.target` field (events from the `log` bridge), as a JSON string.
+    log_target: Vec<u8>,
+    time: TimestampCache,
+    names: NameCache,
+}
+
+thread_local! {
+    static SCRATCH: RefCell<Scratch> = RefCell::new(Scratch::default());
+}
+
+impl<S> tracing_subscriber::Layer<S> for JsonLayer
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+{
+    fn on_event(&self, event: &Event<'_>, ctx: Context<'_, S>) {
+        let format = |scratch: &mut Scratch| {
+            self.format(event, &ctx, scratch);
+            self.emit(&scratch.line, event.metadata());
+            for buf in [
+                &mut scratch.line,
+                &mut scratch.fields,
+                &mut scratch.log_target,
+            ] {
+                buf.clear();
+                if buf.capacity() > KEEP_SCRATCH {
+                    buf.shrink_to(KEEP_SCRATCH / 16);
+                }
+            }
+        };
+        // The thread's buffers, unless they are in use (an event logged while formatting one,
+        // from a `Debug` impl) or gone (an event from a thread-local destructor): then fresh
+        // ones.
+        let done = SCRATCH
+            .try_with(|cell| match cell.try_borrow_mut() {
+                Ok(mut scratch) => {
+                    format(&mut scratch);
+                    true
+                }
+                Err(_) => false,
+            })
+            .unwrap_or(false);
+        if !done {
+            format(&mut Scratch::default());
+        }
+    }
+}
+
+impl JsonLayer {
+    fn format<S>(&self, event: &Event<'_>, ctx: &Context<'_, S>, scratch: &mut Scratch)
+    where
+        S: Subscriber + for<'a> LookupSpan<'a>,
+    {
+        let meta = event.metadata();
+        let parent = ctx.event_span(event);
+        // The OpenTelemetry context: for a contextual event it is the context
+        // tracing-opentelemetry attached when the current span was entered (read in place, not
+        // cloned); for an event with an explicit parent, that parent's context, looked up
+        // through the dispatcher (we hold no span extensions here, as `get_otel_context`
+        // requires).
+        let ids = if event.is_contextual() {
+            opentelemetry::Context::map_current(ids_of)
+        } else {
+            parent.as_ref().and_then(|span| {
+                let dispatch = self.dispatch.get()?.upgrade()?;
+                ids_of(&tracing_opentelemetry::get_otel_context(
+                    &span.id(),
+                    &dispatch,
+                )?)
+            })
+        };
+
+        let Scratch {
+            line,
+            fields,
+            log_target,
+            time,
+            names,
+        } = scratch;
+        line.extend_from_slice(b"{\"timestamp\":\"");
+        time.push_now(line);
+        let (text, number) = severity(meta.level());
+        line.extend_from_slice(b"\",\"severity_text\":\"");
+        line.extend_from_slice(text.as_bytes());
+        line.extend_from_slice(b"\",\"severity_number\":");
+        push_u64(line, u64::from(number));
+        line.extend_from_slice(b",\"body\":");
+        let body_start = line.len();
+
+        let mut visitor = JsonVisitor {
+            body: line,
+            fields,
+            log_target,
+            names,
+            written_ids: ids.map(|(t, s, _)| (t, s)),
+        };
+        event.record(&mut visitor);
+        if line.len() == body_start {
+            line.extend_from_slice(b"\"\"");
+        }
+
+        line.extend_from_slice(b",\"target\":");
+        if log_target.is_empty() {
+            push_str(line, meta.target());
+        } else {
+            line.extend_from_slice(log_target);
+        }
+        line.extend_from_slice(&self.resource);
+        if let Some((trace_id, span_id, sampled)) = ids {
+            line.extend_from_slice(b",\"trace_id\":\"");
+            push_hex(line, &trace_id.to_bytes());
+            line.extend_from_slice(b"\",\"span_id\":\"");
+            push_hex(line, &span_id.to_bytes());
+            line.extend_from_slice(if sampled {
+                b"\",\"trace_flags\":\"01\""
+            } else {
+                b"\",\"trace_flags\":\"00\""
+            });
+        }
+        if let Some(span) = &parent {
+            line.extend_from_slice(b",\"span.name\":");
+            push_str(line, span.name());
+        }
+        line.extend_from_slice(fields);
+        line.extend_from_slice(b"}\n");
+    }
+}
+
+/// What the layer does with a field, by name; decided once per name and thread (see
+/// [`NameCache`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum NameKind {
+    /// Written under its own name.
+    Plain,
+    /// Written as `field.<name>`: the name is one of the layer's own keys.
+    Reserved,
+    /// Written as `"[REDACTED]"` ([`is_sensitive_field`]).
+    Sensitive,
+    /// Reserved and sensitive.
+    ReservedSensitive,
+    /// Not written: `log.*` metadata of the tracing-log bridge.
+    Skipped,
+}
+
+impl NameKind {
+    fn of(name: &str) -> Self {
+        if name.starts_with("log.") {
+            return Self::Skipped;
+        }
+        match (RESERVED.contains(&name), is_sensitive_field(name)) {
+            (false, false) => Self::Plain,
+            (true, false) => Self::Reserved,
+            (false, true) => Self::Sensitive,
+            (true, true) => Self::ReservedSensitive,
+        }
+    }
+}
+
+/// A small direct-mapped cache of [`NameKind`] by field name. Field names are `&'static str`s of
+/// callsite metadata, so a name is identified by its address and length; a line's fields are
+/// classified with a lookup each instead of the redaction pattern scan (a dozen substring
+/// searches per field). A collision only evicts: the kind is computed again.
+struct NameCache {
+    slots: [(usize, usize, NameKind); 64],
+}
+
+impl Default for NameCache {
+    fn default() -> Self {
+        Self {
+            slots: [(0, 0, NameKind::Plain); 64],
+        }
+    }
+}
+
+impl NameCache {
+    fn kind(&mut self, name: &'static str) -> NameKind {
+        let addr = name.as_ptr() as usize;
+        let slot = &mut self.slots[(addr >> 3 ^ addr >> 9) % 64];
+        if slot.0 == addr && slot.1 == name.len() && addr != 0 {
+            return slot.2;
+        }
+        let kind = NameKind::of(name);
+        *slot = (addr, name.len(), kind);
+        kind
+    }
+}
+
+/// Writes an event's fields: the message straight into the line (it is the body), the rest as
+/// `,"name":value` into `fields`, sensitive names redacted.
+struct JsonVisitor<'a> {
+    body: &'a mut Vec<u8>,
+    fields: &'a mut Vec<u8>,
+    log_target: &'a mut Vec<u8>,
+    names: &'a mut NameCache,
+    /// The trace and span id the layer writes at the top level, if any.
+    written_ids: Option<(TraceId, SpanId)>,
+}
+
+/// Whether the key was written and the value should follow.
+enum Key {
+    /// Write the value; the field started at this offset of `fields`.
+    Value(usize),
+    /// Nothing more to write (redacted, or skipped).
+    Done,
+}
+
+impl JsonVisitor<'_> {
+    /// Whether a `trace_id` or `span_id` value repeats the id the layer already writes under
+    /// that name: then it is dropped, so the line has one `trace_id`, not a second copy as
+    /// `field.trace_id`. Code that logs the current trace id itself (an access log that also has
+    /// to work under formatters that do not read the OpenTelemetry context) records the very id
+    /// of the span it runs in. A different value is kept, as `field.<name>`.
+    fn repeats_written_id(&self, name: &str, value: &str) -> bool {
+        match (name, self.written_ids) {
+            ("trace_id", Some((trace_id, _))) => TraceId::from_hex(value) == Ok(trace_id),
+            ("span_id", Some((_, span_id))) => SpanId::from_hex(value) == Ok(span_id),
+            _ => false,
+        }
+    }
+
+    /// Writes `,"name":`, or `,"name":"[REDACTED]"` for a sensitive name.
+    fn key(&mut self, field: &Field) -> Key {
+        let name = field.name();
+        let kind = self.names.kind(name);
+        if kind == NameKind::Skipped {
+            return Key::Done;
+        }
+        let start = self.fields.len();
+        self.fields.extend_from_slice(b",\"");
+        if matches!(kind, NameKind::Reserved | NameKind::ReservedSensitive) {
+            self.fields.extend_from_slice(b"field.");
+        }
+        escape_into(self.fields, name);
+        self.fields.extend_from_slice(b"\":");
+        if matches!(kind, NameKind::Sensitive | NameKind::ReservedSensitive) {
+            push_str(self.fields, REDACTED);
+            return Key::Done;
+        }
+        Key::Value(start)
+    }
+
+    /// Writes `value`'s `Debug` text as a JSON string into `out`.
+    fn debug_str(out: &mut Vec<u8>, value: &dyn fmt::Debug) {
+        out.push(b'"');
+        let _ = write!(Escaped(out), "{value:?}");
+        out.push(b'"');
+    }
+}
+
+impl Visit for JsonVisitor<'_> {
+    fn record_str(&mut self, field: &Field, value: &str) {
+        match field.name() {
+            "message" => push_str(self.body, value),
+            "log.target" => push_str(self.log_target, value),
+            name if self.repeats_written_id(name, value) => {}
+            _ => {
+                if let Key::Value(_) = self.key(field) {
+                    push_str(self.fields, value);
+                }
+            }
+        }
+    }
+
+    fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
+        match field.name() {
+            "message" => Self::debug_str(self.body, value),
+            "log.target" => Self::debug_str(self.log_target, value),
+            // `trace_id = %id`: written, then compared as the text it was written as; a repeat
+            // of the line's own id is taken back out.
+            name @ ("trace_id" | "span_id") if self.written_ids.is_some() => {
+                if let Key::Value(start) = self.key(field) {
+                    let value_start = self.fields.len();
+                    Self::debug_str(self.fields, value);
+                    let written = &self.fields[value_start + 1..self.fields.len() - 1];
+                    let repeats = std::str::from_utf8(written)
+                        .is_ok_and(|text| self.repeats_written_id(name, text));
+                    if repeats {
+                        self.fields.truncate(start);
+                    }
+                }
+            }
+            _ => {
+                if let Key::Value(_) = self.key(field) {
+                    Self::debug_str(self.fields, value);
+                }
+            }
+        }
+    }
+
+    fn record_i64(&mut self, field: &Field, value: i64) {
+        if let Key::Value(_) = self.key(field) {
+            push_i64(self.fields, value);
+        }
+    }
+
+    fn record_u64(&mut self, field: &Field, value: u64) {
+        if let Key::Value(_) = self.key(field) {
+            push_u64(self.fields, value);
+        }
+    }
+
+    fn record_i128(&mut self, field: &Field, value: i128) {
+        if let Key::Value(_) = self.key(field) {
+            let _ = write!(Raw(self.fields), "{value}");
+        }
+    }
+
+    fn record_u128(&mut self, field: &Field, value: u128) {
+        if let Key::Value(_) = self.key(field) {
+            let _ = write!(Raw(self.fields), "{value}");
+        }
+    }
+
+    fn record_f64(&mut self, field: &Field, value: f64) {
+        if let Key::Value(_) = self.key(field) {
+            if value.is_finite() {
+                let _ = write!(Raw(self.fields), "{value}");
+            } else {
+                // NaN / inf are not JSON numbers.
+                let _ = write!(Raw(self.fields), "\"{value}\"");
+            }
+        }
+    }
+
+    fn record_bool(&mut self, field: &Field, value: bool) {
+        if let Key::Value(_) = self.key(field) {
+            self.fields
+                .extend_from_slice(if value { b"true" } else { b"false" });
+        }
+    }
+
+    fn record_error(&mut self, field: &Field, value: &(dyn std::error::Error + 'static)) {
+        if let Key::Value(_) = self.key(field) {
+            // The error and its chain, the way operators want to read it.
+            self.fields.push(b'"');
+            let _ = write!(Escaped(self.fields), "{value}");
+            let mut source = value.source();
+            while let Some(s) = source {
+                let _ = write!(Escaped(self.fields), ": {s}");
+                source = s.source();
+            }
+            self.fields.push(b'"');
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn severities_follow_the_otel_log_model() {
+        assert_eq!(severity(&Level::ERROR), ("ERROR", 17));
+        assert_eq!(severity(&Level::WARN), ("WARN", 13));
+        assert_eq!(severity(&Level::TRACE), ("TRACE", 1));
+    }
+
+    #[test]
+    fn an_event_repeating_the_span_trace_id_has_one_trace_id() {
+        use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+
+        let capture = crate::logging::CaptureWriter::new();
+        let (dispatch, _guard) =
+            crate::Telemetry::builder(chassis_core::ServiceInfo::new("orders", "1.0.0"))
+                .ignore_env()
+                .make_writer(capture.clone())
+                .build()
+                .unwrap();
+        let trace_id = tracing::dispatcher::with_default(&dispatch, || {
+            let span = tracing::info_span!("request");
+            let _entered = span.enter();
+            let cx = span.context();
+            let sc = cx.span().span_context().clone();
+            let (trace_id, span_id) = (sc.trace_id().to_string(), sc.span_id().to_string());
+            // As an access log records it: the current trace id, as a string and as Display.
+            tracing::info!(trace_id = trace_id.as_str(), "as str");
+            tracing::info!(trace_id = %sc.trace_id(), span_id = %span_id, "as display");
+            // Another trace's id is information of its own: kept, renamed.
+            tracing::info!(trace_id = "0af7651916cd43dd8448eb211c80319c", "other trace");
+            trace_id
+        });
+        let lines = capture.lines();
+        assert_eq!(lines.len(), 3, "{lines:#?}");
+        for line in &lines[..2] {
+            assert_eq!(line.matches("trace_id").count(), 1, "{line}");
+            assert_eq!(line.matches("span_id").count(), 1, "{line}");
+            let json: serde_json::Value = serde_json::from_str(line).unwrap();
+            assert_eq!(json["trace_id"], trace_id.as_str());
+        }
+        let other: serde_json::Value = serde_json::from_str(&lines[2]).unwrap();
+        assert_eq!(other["trace_id"], trace_id.as_str());
+        assert_eq!(other["field.trace_id"], "0af7651916cd43dd8448eb211c80319c");
+    }
+
+    #[test]
+    fn names_are_classified_once_and_correctly() {
+        let mut cache = NameCache::default();
+        for _ in 0..2 {
+            assert_eq!(cache.kind("order.id"), NameKind::Plain);
+            assert_eq!(cache.kind("body"), NameKind::Reserved);
+            assert_eq!(cache.kind("api-key"), NameKind::Sensitive);
+            assert_eq!(
+                cache.kind("http.request.header.authorization"),
+                NameKind::Sensitive
+            );
+            assert_eq!(cache.kind("log.file"), NameKind::Skipped);
+        }
+        // Many names through 64 slots: collisions evict, never mix up.
+        let names: Vec<&'static str> = (0..500)
+            .map(|i| {
+                &*Box::leak(
+                    format!("f{i}_token{}", if i % 2 == 0 { "" } else { "x" }).into_boxed_str(),
+                )
+            })
+            .chain((0..500).map(|i| &*Box::leak(format!("plain{i}").into_boxed_str())))
+            .collect();
+        for _ in 0..2 {
+            for name in &names {
+                assert_eq!(cache.kind(name), NameKind::of(name), "{name}");
+            }
+        }
+    }
+}
