@@ -258,3 +258,59 @@ async fn slow_collector_never_blocks_and_shutdown_meets_its_deadline() {
     assert!(started.elapsed() < Duration::from_secs(5));
     hold.abort();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn warnings_and_errors_become_span_events_info_lines_stay_in_the_log() {
+    let mut receiver = Receiver::start().await;
+    let logs = CaptureWriter::new();
+    let (dispatch, guard) = Telemetry::builder(ServiceInfo::new("orders", "1"))
+        .ignore_env()
+        .config(config(&receiver.endpoint()))
+        .make_writer(logs.clone())
+        .build()
+        .unwrap();
+    tracing::dispatcher::with_default(&dispatch, || {
+        tracing::info_span!("checkout").in_scope(|| {
+            tracing::info!("informed");
+            tracing::warn!("warned");
+            tracing::error!(order.id = 42_i64, "failed");
+        });
+        tracing::info_span!("quiet").in_scope(|| tracing::info!("all good"));
+    });
+    guard.shutdown(Duration::from_secs(5)).await.unwrap();
+
+    let all = spans(&receiver.drain());
+    let span = |name: &str| {
+        all.iter()
+            .map(|(_, s)| s)
+            .find(|s| s.name == name)
+            .unwrap_or_else(|| panic!("span {name} not exported"))
+            .clone()
+    };
+    let checkout = span("checkout");
+    let events: Vec<_> = checkout.events.iter().map(|e| e.name.as_str()).collect();
+    assert_eq!(events, ["warned", "failed"]);
+    assert_eq!(
+        checkout.status.as_ref().map(|s| s.code),
+        Some(2),
+        "STATUS_CODE_ERROR from the error event"
+    );
+    let quiet = span("quiet");
+    assert!(quiet.events.is_empty());
+    assert_ne!(quiet.status.as_ref().map_or(0, |s| s.code), 2);
+    // Every line is in the log.
+    let bodies: Vec<String> = logs
+        .lines()
+        .iter()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["body"].to_string())
+        .collect();
+    assert_eq!(
+        bodies,
+        [
+            r#""informed""#,
+            r#""warned""#,
+            r#""failed""#,
+            r#""all good""#
+        ]
+    );
+}
