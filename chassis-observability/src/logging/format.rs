@@ -27,8 +27,18 @@ const HEX: &[u8; 16] = b"0123456789abcdef";
 /// escape, which is nearly all of them, are copied in runs. Non-ASCII UTF-8 passes through.
 pub(crate) fn escape_into(out: &mut Vec<u8>, s: &str) {
     let bytes = s.as_bytes();
+    // Fast path: skip eight bytes at a time while none of them needs escaping.
+    let mut clean = 0;
+    while let Some(chunk) = bytes.get(clean..clean + 8) {
+        let mut word = [0_u8; 8];
+        word.copy_from_slice(chunk);
+        if needs_escape(u64::from_le_bytes(word)) {
+            break;
+        }
+        clean += 8;
+    }
     let mut start = 0;
-    for (i, &b) in bytes.iter().enumerate() {
+    for (i, &b) in bytes.iter().enumerate().skip(clean) {
         let esc = ESCAPE[b as usize];
         if esc == 0 {
             continue;
@@ -49,6 +59,19 @@ pub(crate) fn escape_into(out: &mut Vec<u8>, s: &str) {
         start = i + 1;
     }
     out.extend_from_slice(&bytes[start..]);
+}
+
+/// Whether any of the eight bytes is a control character, `"` or `\\` (SWAR: a byte's high bit
+/// is set in `has_zero(x)` when that byte of `x` is zero, in `less_than_0x20` when it is below
+/// 0x20; bytes of 0x80 and above, UTF-8 continuation, never match).
+fn needs_escape(word: u64) -> bool {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    let has_zero = |x: u64| x.wrapping_sub(ONES) & !x & HIGH;
+    let less_than_0x20 = word.wrapping_sub(ONES * 0x20) & !word & HIGH;
+    let quote = has_zero(word ^ (ONES * u64::from(b'"')));
+    let backslash = has_zero(word ^ (ONES * u64::from(b'\\')));
+    less_than_0x20 | quote | backslash != 0
 }
 
 /// Appends `s` as a JSON string literal, quotes included.
@@ -139,6 +162,38 @@ mod tests {
         assert_eq!(back, "a\"b\\c\nd\u{1}é\t\r\u{1f}");
         assert_eq!(text(|v| push_str(v, "")), "\"\"");
         assert_eq!(text(|v| push_str(v, "plain")), "\"plain\"");
+    }
+
+    #[test]
+    fn every_byte_at_every_position_of_a_word_is_escaped_right() {
+        // Each ASCII byte in each position of a long clean string, against serde_json.
+        for b in 0_u8..0x80 {
+            for pos in 0..20 {
+                let mut s = "abcdefghijklmnopqrst".to_owned().into_bytes();
+                s[pos] = b;
+                let s = String::from_utf8(s).unwrap();
+                let ours = text(|v| push_str(v, &s));
+                let back: String = serde_json::from_str(&ours)
+                    .unwrap_or_else(|e| panic!("byte {b:#x} at {pos}: {e}: {ours}"));
+                assert_eq!(back, s, "byte {b:#x} at {pos}");
+                let escaped = b < 0x20 || b == b'"' || b == b'\\';
+                assert_eq!(
+                    ours.len(),
+                    s.len()
+                        + 2
+                        + usize::from(escaped)
+                            * if b < 0x20 && !matches!(b, b'\n' | b'\r' | b'\t') {
+                                5
+                            } else {
+                                1
+                            },
+                    "{ours}"
+                );
+            }
+        }
+        let s = "ééééé\u{1}ü€𝄞 \"q\" ok";
+        let back: String = serde_json::from_str(&text(|v| push_str(v, s))).unwrap();
+        assert_eq!(back, s);
     }
 
     #[test]

@@ -131,7 +131,9 @@ impl JsonLayer {
     }
 }
 
-pub(crate) fn severity(level: &Level) -> (&'static str, u8) {
+/// The OpenTelemetry severity of a level, which `severity_keys` spells out.
+#[cfg(test)]
+fn severity(level: &Level) -> (&'static str, u8) {
     // OpenTelemetry log data model: SeverityNumber ranges TRACE=1, DEBUG=5, INFO=9, WARN=13,
     // ERROR=17.
     match *level {
@@ -140,6 +142,17 @@ pub(crate) fn severity(level: &Level) -> (&'static str, u8) {
         Level::INFO => ("INFO", 9),
         Level::WARN => ("WARN", 13),
         Level::ERROR => ("ERROR", 17),
+    }
+}
+
+/// The keys from the end of the timestamp to the start of the body, one copy per line.
+fn severity_keys(level: &Level) -> &'static [u8] {
+    match *level {
+        Level::TRACE => b"\",\"severity_text\":\"TRACE\",\"severity_number\":1,\"body\":",
+        Level::DEBUG => b"\",\"severity_text\":\"DEBUG\",\"severity_number\":5,\"body\":",
+        Level::INFO => b"\",\"severity_text\":\"INFO\",\"severity_number\":9,\"body\":",
+        Level::WARN => b"\",\"severity_text\":\"WARN\",\"severity_number\":13,\"body\":",
+        Level::ERROR => b"\",\"severity_text\":\"ERROR\",\"severity_number\":17,\"body\":",
     }
 }
 
@@ -218,7 +231,14 @@ impl JsonLayer {
         S: Subscriber + for<'a> LookupSpan<'a>,
     {
         let meta = event.metadata();
-        let parent = ctx.event_span(event);
+        // Only the name of the event's span is written. For a contextual event it comes from
+        // the registry's current span without looking up the span's data (`event_span` would).
+        let (span_name, explicit_parent) = if event.is_contextual() {
+            (ctx.current_span().metadata().map(|m| m.name()), None)
+        } else {
+            let parent = event.parent().and_then(|id| ctx.span(id));
+            (parent.as_ref().map(|s| s.name()), parent)
+        };
         // The OpenTelemetry context: for a contextual event it is the context
         // tracing-opentelemetry attached when the current span was entered (read in place, not
         // cloned); for an event with an explicit parent, that parent's context, looked up
@@ -227,7 +247,7 @@ impl JsonLayer {
         let ids = if event.is_contextual() {
             opentelemetry::Context::map_current(ids_of)
         } else {
-            parent.as_ref().and_then(|span| {
+            explicit_parent.as_ref().and_then(|span| {
                 let dispatch = self.dispatch.get()?.upgrade()?;
                 ids_of(&tracing_opentelemetry::get_otel_context(
                     &span.id(),
@@ -245,12 +265,7 @@ impl JsonLayer {
         } = scratch;
         line.extend_from_slice(b"{\"timestamp\":\"");
         time.push_now(line);
-        let (text, number) = severity(meta.level());
-        line.extend_from_slice(b"\",\"severity_text\":\"");
-        line.extend_from_slice(text.as_bytes());
-        line.extend_from_slice(b"\",\"severity_number\":");
-        push_u64(line, u64::from(number));
-        line.extend_from_slice(b",\"body\":");
+        line.extend_from_slice(severity_keys(meta.level()));
         let body_start = line.len();
 
         let mut visitor = JsonVisitor {
@@ -283,9 +298,9 @@ impl JsonLayer {
                 b"\",\"trace_flags\":\"00\""
             });
         }
-        if let Some(span) = &parent {
+        if let Some(name) = span_name {
             line.extend_from_slice(b",\"span.name\":");
-            push_str(line, span.name());
+            push_str(line, name);
         }
         line.extend_from_slice(fields);
         line.extend_from_slice(b"}\n");
@@ -296,58 +311,108 @@ impl JsonLayer {
 /// [`NameCache`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum NameKind {
-    /// Written under its own name.
+    /// `message`: the body.
+    Message,
+    /// `log.target` of the tracing-log bridge: the target.
+    LogTarget,
+    /// Other `log.*` metadata of the tracing-log bridge: not written.
+    Skipped,
+    /// `trace_id`: dropped when it repeats the line's own, else written as `field.trace_id`.
+    TraceId,
+    /// `span_id`: as `trace_id`.
+    SpanId,
+    /// Written with its key (`field.<name>` for a reserved name).
     Plain,
-    /// Written as `field.<name>`: the name is one of the layer's own keys.
-    Reserved,
     /// Written as `"[REDACTED]"` ([`is_sensitive_field`]).
     Sensitive,
-    /// Reserved and sensitive.
-    ReservedSensitive,
-    /// Not written: `log.*` metadata of the tracing-log bridge.
-    Skipped,
 }
 
 impl NameKind {
     fn of(name: &str) -> Self {
-        if name.starts_with("log.") {
-            return Self::Skipped;
+        match name {
+            "message" => Self::Message,
+            "log.target" => Self::LogTarget,
+            "trace_id" => Self::TraceId,
+            "span_id" => Self::SpanId,
+            _ if name.starts_with("log.") => Self::Skipped,
+            _ if is_sensitive_field(name) => Self::Sensitive,
+            _ => Self::Plain,
         }
-        match (RESERVED.contains(&name), is_sensitive_field(name)) {
-            (false, false) => Self::Plain,
-            (true, false) => Self::Reserved,
-            (false, true) => Self::Sensitive,
-            (true, true) => Self::ReservedSensitive,
+    }
+
+    /// The bytes written before the value: `,"name":`, `,"field.name":` for a reserved name, and
+    /// the whole `,"name":"[REDACTED]"` for a sensitive one.
+    fn key(self, name: &str) -> Box<[u8]> {
+        let mut key = b",\"".to_vec();
+        if RESERVED.contains(&name) {
+            key.extend_from_slice(b"field.");
         }
+        escape_into(&mut key, name);
+        key.extend_from_slice(b"\":");
+        if self == Self::Sensitive {
+            push_str(&mut key, REDACTED);
+        }
+        key.into_boxed_slice()
     }
 }
 
-/// A small direct-mapped cache of [`NameKind`] by field name. Field names are `&'static str`s of
-/// callsite metadata, so a name is identified by its address and length; a line's fields are
-/// classified with a lookup each instead of the redaction pattern scan (a dozen substring
-/// searches per field). A collision only evicts: the kind is computed again.
+/// A cached classification: the name's address and length, its kind and its key bytes.
+struct Slot {
+    addr: usize,
+    len: usize,
+    kind: NameKind,
+    key: Box<[u8]>,
+}
+
+/// A small direct-mapped cache of [`NameKind`]s and key bytes by field name. Field names are
+/// `&'static str`s of callsite metadata, so a name is identified by its address and length; a
+/// line's fields are classified with a lookup each instead of the redaction pattern scan (a dozen
+/// substring searches per field), and each key is one copy of bytes escaped once. A collision
+/// only evicts: the entry is computed again.
 struct NameCache {
-    slots: [(usize, usize, NameKind); 64],
+    slots: [Slot; 64],
 }
 
 impl Default for NameCache {
     fn default() -> Self {
         Self {
-            slots: [(0, 0, NameKind::Plain); 64],
+            slots: std::array::from_fn(|_| Slot {
+                addr: 0,
+                len: 0,
+                kind: NameKind::Plain,
+                key: Box::default(),
+            }),
         }
     }
 }
 
 impl NameCache {
-    fn kind(&mut self, name: &'static str) -> NameKind {
+    fn get(&mut self, name: &'static str) -> (NameKind, &[u8]) {
         let addr = name.as_ptr() as usize;
-        let slot = &mut self.slots[(addr >> 3 ^ addr >> 9) % 64];
-        if slot.0 == addr && slot.1 == name.len() && addr != 0 {
-            return slot.2;
+        let slot = &mut self.slots[((addr >> 3) ^ (addr >> 9)) % 64];
+        if slot.addr != addr || slot.len != name.len() || slot.key.is_empty() {
+            let kind = NameKind::of(name);
+            *slot = Slot {
+                addr,
+                len: name.len(),
+                kind,
+                key: kind.key(name),
+            };
         }
-        let kind = NameKind::of(name);
-        *slot = (addr, name.len(), kind);
-        kind
+        (slot.kind, &slot.key)
+    }
+}
+
+/// Whether a `trace_id` or `span_id` value repeats the id the layer already writes under that
+/// name: then it is dropped, so the line has one `trace_id`, not a second copy as
+/// `field.trace_id`. Code that logs the current trace id itself (an access log that also has to
+/// work under formatters that do not read the OpenTelemetry context) records the very id of the
+/// span it runs in. A different value is kept, as `field.<name>`.
+fn repeats_written_id(kind: NameKind, value: &str, written: Option<(TraceId, SpanId)>) -> bool {
+    match (kind, written) {
+        (NameKind::TraceId, Some((trace_id, _))) => TraceId::from_hex(value) == Ok(trace_id),
+        (NameKind::SpanId, Some((_, span_id))) => SpanId::from_hex(value) == Ok(span_id),
+        _ => false,
     }
 }
 
@@ -362,47 +427,21 @@ struct JsonVisitor<'a> {
     written_ids: Option<(TraceId, SpanId)>,
 }
 
-/// Whether the key was written and the value should follow.
-enum Key {
-    /// Write the value; the field started at this offset of `fields`.
-    Value(usize),
-    /// Nothing more to write (redacted, or skipped).
-    Done,
-}
-
 impl JsonVisitor<'_> {
-    /// Whether a `trace_id` or `span_id` value repeats the id the layer already writes under
-    /// that name: then it is dropped, so the line has one `trace_id`, not a second copy as
-    /// `field.trace_id`. Code that logs the current trace id itself (an access log that also has
-    /// to work under formatters that do not read the OpenTelemetry context) records the very id
-    /// of the span it runs in. A different value is kept, as `field.<name>`.
-    fn repeats_written_id(&self, name: &str, value: &str) -> bool {
-        match (name, self.written_ids) {
-            ("trace_id", Some((trace_id, _))) => TraceId::from_hex(value) == Ok(trace_id),
-            ("span_id", Some((_, span_id))) => SpanId::from_hex(value) == Ok(span_id),
-            _ => false,
+    /// Writes the key of a field whose value is not text; returns whether the value follows.
+    fn key(&mut self, field: &Field) -> bool {
+        let (kind, key) = self.names.get(field.name());
+        match kind {
+            NameKind::LogTarget | NameKind::Skipped => false,
+            NameKind::Sensitive => {
+                self.fields.extend_from_slice(key);
+                false
+            }
+            _ => {
+                self.fields.extend_from_slice(key);
+                true
+            }
         }
-    }
-
-    /// Writes `,"name":`, or `,"name":"[REDACTED]"` for a sensitive name.
-    fn key(&mut self, field: &Field) -> Key {
-        let name = field.name();
-        let kind = self.names.kind(name);
-        if kind == NameKind::Skipped {
-            return Key::Done;
-        }
-        let start = self.fields.len();
-        self.fields.extend_from_slice(b",\"");
-        if matches!(kind, NameKind::Reserved | NameKind::ReservedSensitive) {
-            self.fields.extend_from_slice(b"field.");
-        }
-        escape_into(self.fields, name);
-        self.fields.extend_from_slice(b"\":");
-        if matches!(kind, NameKind::Sensitive | NameKind::ReservedSensitive) {
-            push_str(self.fields, REDACTED);
-            return Key::Done;
-        }
-        Key::Value(start)
     }
 
     /// Writes `value`'s `Debug` text as a JSON string into `out`.
@@ -415,72 +454,78 @@ impl JsonVisitor<'_> {
 
 impl Visit for JsonVisitor<'_> {
     fn record_str(&mut self, field: &Field, value: &str) {
-        match field.name() {
-            "message" => push_str(self.body, value),
-            "log.target" => push_str(self.log_target, value),
-            name if self.repeats_written_id(name, value) => {}
+        let (kind, key) = self.names.get(field.name());
+        match kind {
+            NameKind::Message => push_str(self.body, value),
+            NameKind::LogTarget => push_str(self.log_target, value),
+            NameKind::Skipped => {}
+            NameKind::Sensitive => self.fields.extend_from_slice(key),
+            _ if repeats_written_id(kind, value, self.written_ids) => {}
             _ => {
-                if let Key::Value(_) = self.key(field) {
-                    push_str(self.fields, value);
-                }
+                self.fields.extend_from_slice(key);
+                push_str(self.fields, value);
             }
         }
     }
 
     fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
-        match field.name() {
-            "message" => Self::debug_str(self.body, value),
-            "log.target" => Self::debug_str(self.log_target, value),
+        let (kind, key) = self.names.get(field.name());
+        match kind {
+            NameKind::Message => Self::debug_str(self.body, value),
+            NameKind::LogTarget => Self::debug_str(self.log_target, value),
+            NameKind::Skipped => {}
+            NameKind::Sensitive => self.fields.extend_from_slice(key),
             // `trace_id = %id`: written, then compared as the text it was written as; a repeat
             // of the line's own id is taken back out.
-            name @ ("trace_id" | "span_id") if self.written_ids.is_some() => {
-                if let Key::Value(start) = self.key(field) {
-                    let value_start = self.fields.len();
-                    Self::debug_str(self.fields, value);
-                    let written = &self.fields[value_start + 1..self.fields.len() - 1];
-                    let repeats = std::str::from_utf8(written)
-                        .is_ok_and(|text| self.repeats_written_id(name, text));
-                    if repeats {
-                        self.fields.truncate(start);
-                    }
+            NameKind::TraceId | NameKind::SpanId if self.written_ids.is_some() => {
+                let start = self.fields.len();
+                self.fields.extend_from_slice(key);
+                let value_start = self.fields.len();
+                Self::debug_str(self.fields, value);
+                let written = &self.fields[value_start + 1..self.fields.len() - 1];
+                let repeats = std::str::from_utf8(written)
+                    .is_ok_and(|text| repeats_written_id(kind, text, self.written_ids));
+                if repeats {
+                    self.fields.truncate(start);
                 }
             }
             _ => {
-                if let Key::Value(_) = self.key(field) {
-                    Self::debug_str(self.fields, value);
-                }
+                self.fields.extend_from_slice(key);
+                Self::debug_str(self.fields, value);
             }
         }
     }
 
     fn record_i64(&mut self, field: &Field, value: i64) {
-        if let Key::Value(_) = self.key(field) {
+        if self.key(field) {
             push_i64(self.fields, value);
         }
     }
 
     fn record_u64(&mut self, field: &Field, value: u64) {
-        if let Key::Value(_) = self.key(field) {
+        if self.key(field) {
             push_u64(self.fields, value);
         }
     }
 
     fn record_i128(&mut self, field: &Field, value: i128) {
-        if let Key::Value(_) = self.key(field) {
+        if self.key(field) {
             let _ = write!(Raw(self.fields), "{value}");
         }
     }
 
     fn record_u128(&mut self, field: &Field, value: u128) {
-        if let Key::Value(_) = self.key(field) {
+        if self.key(field) {
             let _ = write!(Raw(self.fields), "{value}");
         }
     }
 
     fn record_f64(&mut self, field: &Field, value: f64) {
-        if let Key::Value(_) = self.key(field) {
+        if self.key(field) {
             if value.is_finite() {
-                let _ = write!(Raw(self.fields), "{value}");
+                // serde_json's shortest round-trip float formatting, several times faster than
+                // `core::fmt`'s.
+                let _ = serde_json::to_writer(&mut *self.fields, &value);
             } else {
                 // NaN / inf are not JSON numbers.
                 let _ = write!(Raw(self.fields), "\"{value}\"");
@@ -489,14 +534,14 @@ impl Visit for JsonVisitor<'_> {
     }
 
     fn record_bool(&mut self, field: &Field, value: bool) {
-        if let Key::Value(_) = self.key(field) {
+        if self.key(field) {
             self.fields
                 .extend_from_slice(if value { b"true" } else { b"false" });
         }
     }
 
     fn record_error(&mut self, field: &Field, value: &(dyn std::error::Error + 'static)) {
-        if let Key::Value(_) = self.key(field) {
+        if self.key(field) {
             // The error and its chain, the way operators want to read it.
             self.fields.push(b'"');
             let _ = write!(Escaped(self.fields), "{value}");
@@ -519,6 +564,17 @@ mod tests {
         assert_eq!(severity(&Level::ERROR), ("ERROR", 17));
         assert_eq!(severity(&Level::WARN), ("WARN", 13));
         assert_eq!(severity(&Level::TRACE), ("TRACE", 1));
+        for level in [
+            Level::TRACE,
+            Level::DEBUG,
+            Level::INFO,
+            Level::WARN,
+            Level::ERROR,
+        ] {
+            let (text, number) = severity(&level);
+            let keys = format!(r#"","severity_text":"{text}","severity_number":{number},"body":"#);
+            assert_eq!(severity_keys(&level), keys.as_bytes());
+        }
     }
 
     #[test]
@@ -561,28 +617,48 @@ mod tests {
     #[test]
     fn names_are_classified_once_and_correctly() {
         let mut cache = NameCache::default();
+        let key = |cache: &mut NameCache, name| {
+            let (kind, key) = cache.get(name);
+            (kind, String::from_utf8(key.to_vec()).unwrap())
+        };
         for _ in 0..2 {
-            assert_eq!(cache.kind("order.id"), NameKind::Plain);
-            assert_eq!(cache.kind("body"), NameKind::Reserved);
-            assert_eq!(cache.kind("api-key"), NameKind::Sensitive);
             assert_eq!(
-                cache.kind("http.request.header.authorization"),
+                key(&mut cache, "order.id"),
+                (NameKind::Plain, r#","order.id":"#.to_owned())
+            );
+            assert_eq!(
+                key(&mut cache, "body"),
+                (NameKind::Plain, r#","field.body":"#.to_owned())
+            );
+            assert_eq!(
+                key(&mut cache, "api-key"),
+                (NameKind::Sensitive, r#","api-key":"[REDACTED]""#.to_owned())
+            );
+            assert_eq!(
+                key(&mut cache, "trace_id"),
+                (NameKind::TraceId, r#","field.trace_id":"#.to_owned())
+            );
+            assert_eq!(cache.get("message").0, NameKind::Message);
+            assert_eq!(cache.get("log.target").0, NameKind::LogTarget);
+            assert_eq!(cache.get("log.file").0, NameKind::Skipped);
+            assert_eq!(
+                cache.get("http.request.header.authorization").0,
                 NameKind::Sensitive
             );
-            assert_eq!(cache.kind("log.file"), NameKind::Skipped);
         }
         // Many names through 64 slots: collisions evict, never mix up.
         let names: Vec<&'static str> = (0..500)
             .map(|i| {
-                &*Box::leak(
-                    format!("f{i}_token{}", if i % 2 == 0 { "" } else { "x" }).into_boxed_str(),
-                )
+                let suffix = if i % 2 == 0 { "" } else { "x" };
+                &*Box::leak(format!("f{i}_token{suffix}").into_boxed_str())
             })
             .chain((0..500).map(|i| &*Box::leak(format!("plain{i}").into_boxed_str())))
             .collect();
         for _ in 0..2 {
-            for name in &names {
-                assert_eq!(cache.kind(name), NameKind::of(name), "{name}");
+            for &name in &names {
+                let (kind, key) = cache.get(name);
+                assert_eq!(kind, NameKind::of(name), "{name}");
+                assert_eq!(key, &*NameKind::of(name).key(name), "{name}");
             }
         }
     }
