@@ -1,22 +1,41 @@
-//! HTTP server throughput (run with `cargo bench`, see benches/README.md "HTTP server"): the full default chassis stack vs bare hyper, same handler, same run.
+//! HTTP server throughput (see benches/README.md "HTTP server"): the chassis stack as shipped vs
+//! bare hyper, same handler, same process, alternated round by round.
 //!
 //! Two servers run in-process on one server runtime (one worker thread by default): "bare" is
 //! hyper-util's auto connection builder serving a `service_fn` that answers `hello`; "chassis" is
 //! `chassis_http::server::Server` serving the same handler behind the health endpoints and
-//! `StandardLayers::new()` (request id, trace, metrics, access log, catch panic, timeout, load
-//! shed, body limit, error mapping). A lean load generator on its own runtime thread drives N
-//! keep-alive HTTP/1.1 connections (one request in flight per connection) against one server for
-//! a fixed time, then the other, alternating, for several rounds. Each round also reports the
-//! server worker's CPU time per request (Linux schedstat), which compares the two servers' costs
-//! even when other processes make the wall-clock rates noisy.
+//! `StandardLayers` (request id, trace, metrics, access log, catch panic, timeout, load shed, body
+//! limit, error mapping). A lean load generator on its own runtime thread drives N keep-alive
+//! HTTP/1.1 connections (one request in flight per connection) against one server for a fixed
+//! time, then the other, alternating the order every round. Each round also reports the server's
+//! CPU time per request (Linux schedstat): of the server worker thread, and of the whole process
+//! but the load generator (which adds the log writer's and the span processor's threads). These
+//! compare the two servers' costs even when other processes make the wall-clock rates noisy.
+//!
+//! Rows (each in a process of its own, since the tracing subscriber and the metrics recorder are
+//! process-wide):
+//!
+//! - `telemetry` (the headline): `Telemetry::builder(..).init()` with its defaults (JSON logs at
+//!   `info` through the chassis non-blocking writer into `io::sink()`, the OpenTelemetry layer
+//!   with the default sampler, no export endpoint, the Prometheus recorder) and
+//!   `StandardLayers::new()`: one access-log line per request, formatted and written.
+//! - `telemetry-sampled`: the same telemetry, `StandardLayers::new().access_log_sample(0)`:
+//!   successful requests get no access-log line (errors and slow requests still would).
+//! - `no-subscriber`: no tracing subscriber at all, the Prometheus recorder only (spans and
+//!   access-log lines are disabled callsites): the chassis layers' own cost.
 //!
 //! ```text
-//! CARGO_TARGET_DIR=... cargo bench -p chassis-http --bench http_load -- \
-//!     --connections 32 --duration-ms 2000 --rounds 6 [--logs json-sink] [--no-metrics] [--layers-only]
+//! CARGO_TARGET_DIR=target/http-bench cargo bench -p chassis-http --bench http_load -- \
+//!     --connections 32 --duration-ms 2000 --rounds 6 [--rows telemetry,telemetry-sampled,no-subscriber]
 //! ```
 //!
-//! `--only bare|chassis` drives one server and prints the request count, for profiling one
-//! server at a time (e.g. instructions per request under `valgrind --tool=callgrind`).
+//! Without `--row`, the bench runs every row of `--rows` (default: all three) as a child process
+//! and prints a summary table at the end. `--row NAME` runs one row in this process.
+//! `--only bare|chassis` (with `--row`, default `telemetry`) drives one server and prints the
+//! request count, for profiling one server at a time (instructions per request under
+//! `valgrind --tool=callgrind`). `--layers-only` serves the chassis layers with the bare accept
+//! loop instead of `Server`; `--no-metrics` leaves the Prometheus recorder out of the
+//! `no-subscriber` row.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -25,10 +44,12 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use chassis_core::ServiceInfo;
 use chassis_core::health::HealthRegistry;
 use chassis_http::health::HealthLayer;
 use chassis_http::layers::StandardLayers;
 use chassis_http::server::{Server, ServerConfig};
+use chassis_observability::Telemetry;
 use http_body_util::Full;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
@@ -37,13 +58,43 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tower::ServiceBuilder;
 
+/// What is installed around the chassis server in one row; see the module docs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Logs {
-    /// No tracing subscriber: spans and access logs are disabled callsites.
-    Off,
-    /// A JSON subscriber at INFO writing to a sink: spans and access-log lines are built and
-    /// formatted, not written.
-    JsonSink,
+enum Row {
+    /// Telemetry as shipped, one access-log line per request.
+    Telemetry,
+    /// Telemetry as shipped, successful requests' access-log lines sampled away.
+    TelemetrySampled,
+    /// No tracing subscriber; the Prometheus recorder unless `--no-metrics`.
+    NoSubscriber,
+}
+
+const ALL_ROWS: [Row; 3] = [Row::Telemetry, Row::TelemetrySampled, Row::NoSubscriber];
+
+impl Row {
+    fn parse(name: &str) -> Row {
+        match name {
+            "telemetry" => Row::Telemetry,
+            "telemetry-sampled" => Row::TelemetrySampled,
+            "no-subscriber" => Row::NoSubscriber,
+            other => panic!("rows: telemetry, telemetry-sampled, no-subscriber; not {other}"),
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Row::Telemetry => "telemetry",
+            Row::TelemetrySampled => "telemetry-sampled",
+            Row::NoSubscriber => "no-subscriber",
+        }
+    }
+
+    fn layers(self) -> StandardLayers {
+        match self {
+            Row::TelemetrySampled => StandardLayers::new().access_log_sample(0),
+            Row::Telemetry | Row::NoSubscriber => StandardLayers::new(),
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -56,9 +107,11 @@ struct Args {
     rounds: usize,
     /// Worker threads of the server runtime.
     server_threads: usize,
-    /// Tracing subscriber installed during the run.
-    logs: Logs,
-    /// Whether the Prometheus recorder is installed.
+    /// The row to run in this process; `None` runs `rows` as child processes.
+    row: Option<Row>,
+    /// The rows to run when no `row` is given.
+    rows: Vec<Row>,
+    /// Whether the Prometheus recorder is installed in the `no-subscriber` row.
     metrics: bool,
     /// Serve the chassis layers with the bare accept loop instead of `Server` (isolates the
     /// cost of the layers from the cost of the runner).
@@ -67,6 +120,8 @@ struct Args {
     /// profiling one server at a time (`valgrind --tool=callgrind`, `perf record`), not for
     /// the ratio.
     only: Option<String>,
+    /// The arguments, to hand to the child processes.
+    raw: Vec<String>,
 }
 
 impl Args {
@@ -76,12 +131,14 @@ impl Args {
             duration: Duration::from_secs(3),
             rounds: 5,
             server_threads: 1,
-            logs: Logs::Off,
+            row: None,
+            rows: ALL_ROWS.to_vec(),
             metrics: true,
             layers_only: false,
             only: None,
+            raw: std::env::args().skip(1).collect(),
         };
-        let mut it = std::env::args().skip(1);
+        let mut it = args.raw.clone().into_iter();
         while let Some(arg) = it.next() {
             let mut value = || it.next().unwrap_or_else(|| panic!("{arg} needs a value"));
             match arg.as_str() {
@@ -91,13 +148,8 @@ impl Args {
                 }
                 "--rounds" => args.rounds = value().parse().expect("a number"),
                 "--server-threads" => args.server_threads = value().parse().expect("a number"),
-                "--logs" => {
-                    args.logs = match value().as_str() {
-                        "off" => Logs::Off,
-                        "json-sink" => Logs::JsonSink,
-                        other => panic!("--logs off|json-sink, not {other}"),
-                    }
-                }
+                "--row" => args.row = Some(Row::parse(&value())),
+                "--rows" => args.rows = value().split(',').map(Row::parse).collect(),
                 "--no-metrics" => args.metrics = false,
                 "--layers-only" => args.layers_only = true,
                 "--only" => {
@@ -111,6 +163,9 @@ impl Args {
                 // `cargo bench` passes `--bench` to harness-less targets.
                 _ => {}
             }
+        }
+        if args.only.is_some() && args.row.is_none() {
+            args.row = Some(Row::Telemetry);
         }
         args
     }
@@ -145,12 +200,12 @@ async fn serve_bare(listener: TcpListener) {
     }
 }
 
-async fn serve_layers_on_bare_runner(listener: TcpListener) {
+async fn serve_layers_on_bare_runner(listener: TcpListener, layers: StandardLayers) {
     let registry = HealthRegistry::new();
     registry.mark_started();
     let service = ServiceBuilder::new()
         .layer(HealthLayer::new(registry))
-        .layer(StandardLayers::new())
+        .layer(layers)
         .service(tower::service_fn(hello_limited));
     let builder = Arc::new(auto::Builder::new(TokioExecutor::new()));
     loop {
@@ -168,12 +223,12 @@ async fn serve_layers_on_bare_runner(listener: TcpListener) {
     }
 }
 
-async fn serve_chassis(listener: TcpListener) {
+async fn serve_chassis(listener: TcpListener, layers: StandardLayers) {
     let registry = HealthRegistry::new();
     registry.mark_started();
     let service = ServiceBuilder::new()
         .layer(HealthLayer::new(registry.clone()))
-        .layer(StandardLayers::new())
+        .layer(layers)
         .service(tower::service_fn(hello_limited));
     let server = Server::from_listener(listener, ServerConfig::default())
         .expect("valid config")
@@ -221,6 +276,27 @@ fn server_cpu(server_rt: &tokio::runtime::Runtime) -> Option<Duration> {
         .await
         .expect("schedstat task")
     })
+}
+
+/// CPU time used so far by every thread of this process but the calling one (the load
+/// generator runs on the main thread): the server worker plus the log writer's and the span
+/// processor's threads, whose work a request causes off its own path.
+fn process_cpu_but_this_thread() -> Option<Duration> {
+    let own: u64 = std::fs::read_to_string("/proc/thread-self/schedstat")
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()?;
+    let mut all = 0u64;
+    for task in std::fs::read_dir("/proc/self/task").ok()? {
+        let path = task.ok()?.path().join("schedstat");
+        // A thread that ended meanwhile has no file any more: its time is lost either way.
+        if let Ok(stat) = std::fs::read_to_string(path) {
+            all += stat.split_whitespace().next()?.parse::<u64>().ok()?;
+        }
+    }
+    Some(Duration::from_nanos(all.checked_sub(own)?))
 }
 
 /// Server CPU time per request over one measurement (warm-up included, like `total`).
@@ -275,35 +351,118 @@ async fn measure(addr: SocketAddr, connections: usize, duration: Duration) -> (f
     )
 }
 
-fn main() {
-    let args = Args::parse();
-    if args.metrics {
-        metrics_exporter_prometheus::PrometheusBuilder::new()
-            .install_recorder()
-            .expect("install the Prometheus recorder");
-    }
-    if args.logs == Logs::JsonSink {
-        tracing_subscriber::fmt()
-            .json()
-            .with_max_level(tracing::Level::INFO)
-            .with_writer(std::io::sink)
-            .init();
+/// Server CPU before a measurement: (worker thread, process but the load generator).
+struct CpuMark(Option<Duration>, Option<Duration>);
+
+impl CpuMark {
+    fn now(server_rt: &tokio::runtime::Runtime) -> Self {
+        CpuMark(server_cpu(server_rt), process_cpu_but_this_thread())
     }
 
+    /// CPU per request since `self` (worker, process), in microseconds.
+    fn per_request(
+        &self,
+        server_rt: &tokio::runtime::Runtime,
+        total: u64,
+    ) -> (Option<f64>, Option<f64>) {
+        let after = CpuMark::now(server_rt);
+        (
+            cpu_per_request(self.0, after.0, total),
+            cpu_per_request(self.1, after.1, total),
+        )
+    }
+}
+
+/// The median; of an even count, the mean of the two middle values.
+fn median(mut values: Vec<f64>) -> Option<f64> {
+    values.sort_by(f64::total_cmp);
+    let n = values.len();
+    match n {
+        0 => None,
+        _ if n % 2 == 1 => Some(values[n / 2]),
+        _ => Some((values[n / 2 - 1] + values[n / 2]) / 2.0),
+    }
+}
+
+fn fmt_opt(v: Option<f64>, digits: usize) -> String {
+    v.map_or("n/a".into(), |v| format!("{v:.digits$}"))
+}
+
+/// Runs every row of `args.rows` as a child process and prints their summaries as a table.
+fn run_rows(args: &Args) {
+    let exe = std::env::current_exe().expect("the bench binary");
+    let mut summaries = Vec::new();
+    for row in &args.rows {
+        let output = std::process::Command::new(&exe)
+            .args(&args.raw)
+            .args(["--row", row.name()])
+            .stderr(std::process::Stdio::inherit())
+            .output()
+            .expect("run a row");
+        let text = String::from_utf8_lossy(&output.stdout);
+        print!("{text}");
+        assert!(output.status.success(), "row {} failed", row.name());
+        summaries.extend(
+            text.lines()
+                .filter_map(|l| l.strip_prefix("SUMMARY "))
+                .map(str::to_owned),
+        );
+    }
+    println!(
+        "\n| row | bare req/s | chassis req/s | ratio of means | median round ratio | \
+         worker CPU/req bare | chassis | bare/chassis | process CPU/req bare | chassis | bare/chassis |"
+    );
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    for summary in summaries {
+        println!("{summary}");
+    }
+}
+
+fn main() {
+    let args = Args::parse();
+    let Some(row) = args.row else {
+        run_rows(&args);
+        return;
+    };
     let server_rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(args.server_threads)
         .enable_all()
         .build()
         .expect("server runtime");
+    // Kept alive for the whole run: dropping it flushes and stops the log writer.
+    let _telemetry = match row {
+        Row::Telemetry | Row::TelemetrySampled => {
+            // Inside the runtime, as in a service's `main`: the recorder's upkeep task runs there.
+            // The environment is ignored so that `RUST_LOG` or `OTEL_*` in the shell cannot
+            // change what is measured.
+            let guard = server_rt.block_on(async {
+                Telemetry::builder(ServiceInfo::new("http-load", "1.0.0"))
+                    .ignore_env()
+                    .writer(std::io::sink())
+                    .init()
+                    .expect("telemetry")
+            });
+            Some(guard)
+        }
+        Row::NoSubscriber => {
+            if args.metrics {
+                metrics_exporter_prometheus::PrometheusBuilder::new()
+                    .install_recorder()
+                    .expect("install the Prometheus recorder");
+            }
+            None
+        }
+    };
+
     let (bare_addr, chassis_addr) = server_rt.block_on(async {
         let bare = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let chassis = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addrs = (bare.local_addr().unwrap(), chassis.local_addr().unwrap());
         tokio::spawn(serve_bare(bare));
         if args.layers_only {
-            tokio::spawn(serve_layers_on_bare_runner(chassis));
+            tokio::spawn(serve_layers_on_bare_runner(chassis, row.layers()));
         } else {
-            tokio::spawn(serve_chassis(chassis));
+            tokio::spawn(serve_chassis(chassis, row.layers()));
         }
         addrs
     });
@@ -313,13 +472,13 @@ fn main() {
         .build()
         .expect("client runtime");
     println!(
-        "connections={} duration={:?} rounds={} server_threads={} logs={:?} metrics={} layers_only={}",
+        "row={} connections={} duration={:?} rounds={} server_threads={} metrics={} layers_only={}",
+        row.name(),
         args.connections,
         args.duration,
         args.rounds,
         args.server_threads,
-        args.logs,
-        args.metrics,
+        args.metrics || row != Row::NoSubscriber,
         args.layers_only
     );
     if let Some(only) = &args.only {
@@ -329,14 +488,16 @@ fn main() {
             chassis_addr
         };
         for round in 0..args.rounds {
-            let cpu_before = server_cpu(&server_rt);
+            let mark = CpuMark::now(&server_rt);
             let (rps, bad, total) =
                 client_rt.block_on(measure(addr, args.connections, args.duration));
-            let cpu = cpu_per_request(cpu_before, server_cpu(&server_rt), total);
+            let (worker, process) = mark.per_request(&server_rt, total);
             assert_eq!(bad, 0, "{only}: non-200 responses");
             println!(
-                "round {round}: {only} {rps:>9.0} req/s, {total} requests in all, server CPU {}",
-                fmt_cpu(cpu)
+                "round {round}: {only} {rps:>9.0} req/s, {total} requests in all, server CPU/req: \
+                 worker {}, process {}",
+                fmt_cpu(worker),
+                fmt_cpu(process)
             );
         }
         drop(server_rt);
@@ -344,7 +505,8 @@ fn main() {
     }
     let (mut bare_total, mut chassis_total) = (0.0, 0.0);
     let mut ratios = Vec::new();
-    let mut cpu_ratios = Vec::new();
+    let (mut worker_bare, mut worker_chassis) = (Vec::new(), Vec::new());
+    let (mut process_bare, mut process_chassis) = (Vec::new(), Vec::new());
     for round in 0..args.rounds {
         let order = if round % 2 == 0 {
             [("bare", bare_addr), ("chassis", chassis_addr)]
@@ -352,12 +514,12 @@ fn main() {
             [("chassis", chassis_addr), ("bare", bare_addr)]
         };
         let (mut bare, mut chassis) = (0.0, 0.0);
-        let (mut bare_cpu, mut chassis_cpu) = (None, None);
+        let (mut bare_cpu, mut chassis_cpu) = ((None, None), (None, None));
         for (name, addr) in order {
-            let cpu_before = server_cpu(&server_rt);
+            let mark = CpuMark::now(&server_rt);
             let (rps, bad, total) =
                 client_rt.block_on(measure(addr, args.connections, args.duration));
-            let cpu = cpu_per_request(cpu_before, server_cpu(&server_rt), total);
+            let cpu = mark.per_request(&server_rt, total);
             assert_eq!(bad, 0, "{name}: non-200 responses");
             if name == "bare" {
                 (bare, bare_cpu) = (rps, cpu);
@@ -368,34 +530,54 @@ fn main() {
         bare_total += bare;
         chassis_total += chassis;
         ratios.push(chassis / bare);
-        let cpu_ratio = bare_cpu.zip(chassis_cpu).map(|(b, c)| b / c);
-        if let Some(r) = cpu_ratio {
-            cpu_ratios.push(r);
-        }
+        worker_bare.extend(bare_cpu.0);
+        worker_chassis.extend(chassis_cpu.0);
+        process_bare.extend(bare_cpu.1);
+        process_chassis.extend(chassis_cpu.1);
         println!(
             "round {round}: bare {bare:>9.0} req/s   chassis {chassis:>9.0} req/s   ratio {:.3}   \
-             server CPU/req: bare {} chassis {} (bare/chassis {})",
+             server CPU/req: worker bare {} chassis {}, process bare {} chassis {}",
             chassis / bare,
-            fmt_cpu(bare_cpu),
-            fmt_cpu(chassis_cpu),
-            cpu_ratio.map_or("n/a".into(), |r| format!("{r:.3}")),
+            fmt_cpu(bare_cpu.0),
+            fmt_cpu(chassis_cpu.0),
+            fmt_cpu(bare_cpu.1),
+            fmt_cpu(chassis_cpu.1),
         );
     }
     let n = args.rounds as f64;
-    ratios.sort_by(f64::total_cmp);
+    let median_ratio = median(ratios).unwrap_or(f64::NAN);
+    let (wb, wc) = (median(worker_bare), median(worker_chassis));
+    let (pb, pc) = (median(process_bare), median(process_chassis));
     println!(
         "mean: bare {:.0} req/s, chassis {:.0} req/s, ratio of means {:.3}, median round ratio {:.3}",
         bare_total / n,
         chassis_total / n,
         chassis_total / bare_total,
-        ratios[ratios.len() / 2]
+        median_ratio,
     );
-    if !cpu_ratios.is_empty() {
-        cpu_ratios.sort_by(f64::total_cmp);
-        println!(
-            "server CPU per request, bare/chassis: median round {:.3}",
-            cpu_ratios[cpu_ratios.len() / 2]
-        );
-    }
+    println!(
+        "server CPU per request (median of rounds, us): worker bare {} chassis {} (bare/chassis {}), \
+         process bare {} chassis {} (bare/chassis {})",
+        fmt_opt(wb, 2),
+        fmt_opt(wc, 2),
+        fmt_opt(wb.zip(wc).map(|(b, c)| b / c), 3),
+        fmt_opt(pb, 2),
+        fmt_opt(pc, 2),
+        fmt_opt(pb.zip(pc).map(|(b, c)| b / c), 3),
+    );
+    println!(
+        "SUMMARY | {} | {:.0} | {:.0} | {:.3} | {:.3} | {} | {} | {} | {} | {} | {} |",
+        row.name(),
+        bare_total / n,
+        chassis_total / n,
+        chassis_total / bare_total,
+        median_ratio,
+        fmt_opt(wb, 2),
+        fmt_opt(wc, 2),
+        fmt_opt(wb.zip(wc).map(|(b, c)| b / c), 3),
+        fmt_opt(pb, 2),
+        fmt_opt(pc, 2),
+        fmt_opt(pb.zip(pc).map(|(b, c)| b / c), 3),
+    );
     drop(server_rt);
 }

@@ -7,7 +7,8 @@
 //! 1. [`request_id`]: `x-request-id` propagated or generated, echoed on the response;
 //! 2. [`trace`]: trace context extraction and the server span;
 //! 3. [`metrics`]: `http.server.request.duration` and `http.server.active_requests`;
-//! 4. [`access_log`]: one structured line per request;
+//! 4. [`access_log`]: one structured line per request (by default; every error and slow
+//!    request and 1 in N of the others when sampled);
 //! 5. [`catch_panic`]: a panicking handler becomes a 500;
 //! 6. [`timeout`]: 504 after the request timeout (default 30 s);
 //! 7. [`load_shed`]: 503 + `Retry-After` above `max_in_flight` concurrent requests (default 1024);
@@ -76,7 +77,7 @@ pub mod request_id;
 pub mod timeout;
 pub mod trace;
 
-use access_log::{AccessLogLayer, AccessLogService};
+use access_log::{AccessLogConfig, AccessLogLayer, AccessLogService};
 use guard::{GuardLayer, GuardService};
 use metrics::{MetricsLayer, MetricsService};
 use request_id::{RequestIdLayer, RequestIdService};
@@ -187,6 +188,26 @@ pub struct StandardLayersConfig {
     /// `Retry-After` of shed requests. Defaults to 1 s.
     #[serde(with = "humantime_serde")]
     pub retry_after: Duration,
+    /// Which requests get an access-log line. Defaults to every one
+    /// ([`AccessLogConfig::default`]).
+    pub access_log: AccessLogConfig,
+}
+
+impl StandardLayersConfig {
+    /// `self` with what the environment variables `var` returns set: the access log's
+    /// `ACCESS_LOG_SAMPLE`, `ACCESS_LOG_SLOW_MS` and `ACCESS_LOG_CLIENT_ERRORS`
+    /// ([`AccessLogConfig::with_env`]).
+    ///
+    /// # Errors
+    /// [`ErrorKind::InvalidConfig`](crate::error::ErrorKind::InvalidConfig) naming the variable
+    /// whose value does not parse.
+    pub fn with_env(
+        mut self,
+        var: impl Fn(&str) -> Option<String>,
+    ) -> Result<Self, crate::error::Error> {
+        self.access_log = self.access_log.with_env(var)?;
+        Ok(self)
+    }
 }
 
 impl Default for StandardLayersConfig {
@@ -196,6 +217,7 @@ impl Default for StandardLayersConfig {
             body_limit: 2 * 1024 * 1024,
             max_in_flight: 1024,
             retry_after: Duration::from_secs(1),
+            access_log: AccessLogConfig::default(),
         }
     }
 }
@@ -207,6 +229,7 @@ impl Default for StandardLayersConfig {
 #[derive(Debug, Clone)]
 pub struct StandardLayers {
     request_id: RequestIdLayer,
+    access_log: AccessLogLayer,
     /// Layers 5 to 9, fused; holds the concurrency counter every produced service shares.
     guard: GuardLayer,
     config: StandardLayersConfig,
@@ -224,10 +247,23 @@ impl StandardLayers {
         Self::from_config(StandardLayersConfig::default())
     }
 
+    /// The stack with the defaults and what the environment sets (today the access log's
+    /// variables: `ACCESS_LOG_SAMPLE`, `ACCESS_LOG_SLOW_MS`, `ACCESS_LOG_CLIENT_ERRORS`; see
+    /// [`access_log`]), so an operator tunes them per deployment without a rebuild.
+    ///
+    /// # Errors
+    /// [`ErrorKind::InvalidConfig`](crate::error::ErrorKind::InvalidConfig) naming the variable
+    /// whose value does not parse.
+    pub fn from_env() -> Result<Self, crate::error::Error> {
+        let config = StandardLayersConfig::default().with_env(|key| std::env::var(key).ok())?;
+        Ok(Self::from_config(config))
+    }
+
     /// The stack configured by `config`.
     pub fn from_config(config: StandardLayersConfig) -> Self {
         Self {
             request_id: RequestIdLayer::new(),
+            access_log: AccessLogLayer::from_config(config.access_log),
             guard: GuardLayer::new(
                 config.timeout,
                 config.max_in_flight,
@@ -267,6 +303,24 @@ impl StandardLayers {
         self
     }
 
+    /// Which requests get an access-log line. Defaults to every one
+    /// ([`AccessLogConfig::default`]).
+    pub fn access_log(mut self, config: AccessLogConfig) -> Self {
+        self.config.access_log = config;
+        self.access_log = AccessLogLayer::from_config(config);
+        self
+    }
+
+    /// Logs 1 in `n` of the requests that are neither errors nor slow (`1` all, `0` none);
+    /// errors and slow requests are always logged (see [`access_log`]). Defaults to 1.
+    pub fn access_log_sample(self, n: u32) -> Self {
+        let config = AccessLogConfig {
+            sample: n,
+            ..self.config.access_log
+        };
+        self.access_log(config)
+    }
+
     /// Header carrying the request id. Defaults to `x-request-id`.
     pub fn request_id_header(mut self, header: HeaderName) -> Self {
         self.request_id = self.request_id.header(header);
@@ -289,7 +343,7 @@ impl<S> Layer<S> for StandardLayers {
 
     fn layer(&self, inner: S) -> Self::Service {
         let inner = self.guard.layer(inner);
-        let inner = AccessLogLayer::new().layer(inner);
+        let inner = self.access_log.layer(inner);
         let inner = MetricsLayer::new().layer(inner);
         let inner = TraceLayer::new().layer(inner);
         self.request_id.layer(inner)
@@ -309,6 +363,25 @@ mod tests {
         assert_eq!(config.body_limit, 2 * 1024 * 1024);
         let layers = StandardLayers::from_config(config.clone());
         assert_eq!(layers.config(), &config);
+
+        let config: StandardLayersConfig =
+            serde_json::from_str(r#"{"access_log":{"sample":50,"slow":"200ms"}}"#).unwrap();
+        assert_eq!(config.access_log.sample, 50);
+        assert_eq!(config.access_log.slow, Some(Duration::from_millis(200)));
+    }
+
+    #[test]
+    fn access_log_settings_from_builder_and_environment() {
+        let layers = StandardLayers::new().access_log_sample(10);
+        assert_eq!(layers.config().access_log.sample, 10);
+        assert_eq!(layers.access_log.config().sample, 10);
+
+        let env = |key: &str| (key == "ACCESS_LOG_SAMPLE").then(|| "25".to_owned());
+        let config = StandardLayersConfig::default().with_env(env).unwrap();
+        assert_eq!(config.access_log.sample, 25);
+        let bad = |key: &str| (key == "ACCESS_LOG_SLOW_MS").then(|| "soon".to_owned());
+        let err = StandardLayersConfig::default().with_env(bad).unwrap_err();
+        assert!(err.to_string().contains("ACCESS_LOG_SLOW_MS"), "{err}");
     }
 
     #[test]

@@ -78,8 +78,10 @@ impl RequestId {
 
     /// The id as text.
     pub fn as_str(&self) -> &str {
-        // `parse` and `generate` only admit visible ASCII.
-        self.0.to_str().unwrap_or_default()
+        // `parse` and `generate` only admit visible ASCII, so UTF-8 validation (fast on ASCII)
+        // suffices; `HeaderValue::to_str` would check every byte for visibility again, and the
+        // id is read for the span and the access line of every request.
+        std::str::from_utf8(self.0.as_bytes()).unwrap_or_default()
     }
 
     /// The id as a header value.

@@ -136,19 +136,30 @@ const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
 pub(crate) fn server_span<B>(req: &Request<B>) -> Span {
     // Checked first because, with no tracing subscriber installed at all, `tracing`'s `log`
     // compatibility (a feature some dependencies turn on) evaluates and records every field
-    // of a disabled span.
-    if !tracing::enabled!(target: SPAN_TARGET, tracing::Level::INFO) {
+    // of a disabled span. Not with `tracing::enabled!`: that asks the subscriber a second
+    // time per request (the span macro asks again), and under per-layer filters the answer to
+    // such a hint can leave a layer's "disabled" mark behind for the span that follows (a span
+    // whose callsite is always enabled is not asked again), so the OpenTelemetry layer of the
+    // chassis subscriber missed every server span.
+    if !tracing::dispatcher::has_been_set() {
         return Span::none();
     }
     let method = req.method().as_str();
     let route = http_route(req.extensions());
+    // Without a route the name is the method itself, recorded as a `&str`: no text is built
+    // for it (a `format!` and a `Display` pass per request).
+    let named_with_route;
+    let name = match route {
+        Some(route) => {
+            named_with_route = format!("{method} {route}");
+            named_with_route.as_str()
+        }
+        None => method,
+    };
     let span = tracing::info_span!(
         target: SPAN_TARGET,
         "HTTP request",
-        otel.name = %match route {
-            Some(route) => format!("{method} {route}"),
-            None => method.to_owned(),
-        },
+        otel.name = name,
         otel.kind = "server",
         otel.status_code = Empty,
         http.request.method = method,

@@ -202,6 +202,67 @@ async fn access_log_line_has_one_trace_id_under_the_chassis_json_format() {
     assert_eq!(line["status"], 200);
 }
 
+/// Under the chassis subscriber, whose OpenTelemetry layer has a filter of its own (info events
+/// stay out of it), the server span and every span a handler opens are OpenTelemetry spans: the
+/// lines of a request without a `traceparent` carry a fresh trace id, and a handler's event
+/// carries its own span's id under the request's trace.
+#[tokio::test]
+async fn spans_reach_opentelemetry_under_the_chassis_subscriber() {
+    let capture = chassis_observability::logging::CaptureWriter::new();
+    let (dispatch, _telemetry) =
+        chassis_observability::Telemetry::builder(chassis_core::ServiceInfo::new("shop", "1.0.0"))
+            .ignore_env()
+            .log_filter("info")
+            .make_writer(capture.clone())
+            .build()
+            .unwrap();
+    let _guard = tracing::dispatcher::set_default(&dispatch);
+    tracing::callsite::rebuild_interest_cache();
+
+    let server = start_app(
+        StandardLayers::new(),
+        started_registry(),
+        AppState::default(),
+    )
+    .await;
+    for _ in 0..2 {
+        assert_eq!(
+            get(&client(), server.addr, "/traced").await.status,
+            StatusCode::OK
+        );
+    }
+    server.stop().await;
+
+    let lines: Vec<serde_json::Value> = capture
+        .lines()
+        .iter()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let access: Vec<_> = lines
+        .iter()
+        .filter(|l| l["target"] == "chassis_http::access")
+        .collect();
+    let handler: Vec<_> = lines
+        .iter()
+        .filter(|l| l["body"] == "handler event")
+        .collect();
+    assert_eq!((access.len(), handler.len()), (2, 2), "{lines:#?}");
+    for (access, handler) in access.iter().zip(&handler) {
+        let trace_id = access["trace_id"].as_str().unwrap_or_else(|| {
+            panic!("no trace id: the server span is no OpenTelemetry span: {access}")
+        });
+        assert_eq!(trace_id.len(), 32, "{access}");
+        assert_eq!(access["span.name"], "HTTP request");
+        assert_eq!(handler["trace_id"], access["trace_id"], "{handler}");
+        assert_eq!(handler["span.name"], "handler work");
+        assert_ne!(
+            handler["span_id"], access["span_id"],
+            "the handler's span is no OpenTelemetry span: {handler}"
+        );
+    }
+    assert_ne!(access[0]["trace_id"], access[1]["trace_id"]);
+}
+
 #[cfg(feature = "axum")]
 #[tokio::test]
 async fn an_error_through_or_internal_is_logged_once() {

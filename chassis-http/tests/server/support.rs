@@ -119,6 +119,16 @@ pub(crate) fn app(state: AppState) -> Router {
     Router::new()
         .route("/hello", routing::get(|| async { "hello" }))
         .route(
+            "/traced",
+            routing::get(|| async {
+                // A span of the handler's own, with an event in it.
+                let span = tracing::info_span!("handler work");
+                let _entered = span.enter();
+                tracing::info!("handler event");
+                "traced"
+            }),
+        )
+        .route(
             "/request-id",
             routing::get(|Extension(id): Extension<RequestId>| async move { id.to_string() }),
         )
