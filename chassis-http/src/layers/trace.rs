@@ -267,7 +267,10 @@ where
                 Ok(res) => res.status().as_u16(),
                 Err(_) => 500,
             };
-            this.span.record("http.response.status_code", status);
+            // As an `i64`: the conventions make it an int attribute, and tracing-opentelemetry
+            // turns an unsigned field into a string through `Debug` (a `format!` per request).
+            this.span
+                .record("http.response.status_code", i64::from(status));
             if status >= 500 {
                 this.span.record("otel.status_code", "ERROR");
                 this.span.record("error.type", status_str(status).as_ref());

@@ -72,7 +72,9 @@ async fn traceparent_trace_id_reaches_error_body_and_server_span() {
         .iter()
         .find(|s| {
             s.attributes.iter().any(|kv| {
-                kv.key.as_str() == "http.response.status_code" && kv.value.as_str() == "504"
+                // An int attribute, as the HTTP semantic conventions have it.
+                kv.key.as_str() == "http.response.status_code"
+                    && kv.value == opentelemetry::Value::I64(504)
             })
         })
         .unwrap_or_else(|| panic!("no 504 server span in {spans:#?}"));
