@@ -10,10 +10,12 @@
 //! the [flush interval](BatchWriterBuilder::interval) to gather a batch, writes it, and sleeps
 //! without a timeout only when the buffer is empty. A producer signals it in two cases only,
 //! each at most once per batch: the buffer goes from empty to non-empty while the writer sleeps
-//! (so a quiet service's line is written promptly), and the buffer passes half its capacity while
-//! the writer lingers (so a burst is written before the buffer fills). The signal matters: on a
-//! small machine a wake-up per line (a futex call for the producer, a context switch for the
-//! writer) costs more than formatting the line.
+//! (so a quiet service's line is written promptly), and the buffer reaches a full batch (64 KiB,
+//! a pipe's capacity) while the writer lingers. The signal matters: on a small machine a wake-up
+//! per line (a futex call for the producer, a context switch for the writer) costs more than
+//! formatting the line. The batch size matters too: the two buffers the producers and the writer
+//! swap stay small enough to stay in the CPU cache, where copying a line into them is cheap; a
+//! busy service's batches of megabytes made each copy a cache miss.
 //!
 //! # When the buffer is full
 //!
@@ -57,9 +59,17 @@ use tracing_subscriber::fmt::MakeWriter;
 /// How long [`BatchWriterGuard`]'s `Drop` waits for the buffered lines to be written.
 const DROP_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// A batch buffer that grew beyond this during a burst is shrunk back after it was written, so
-/// one burst does not pin megabytes for the life of the process.
+/// The batch size at which a lingering writer is woken (unless the byte limit is smaller).
+const BATCH_BYTES: usize = 64 << 10;
+
+/// A batch buffer that grew beyond this during a burst is shrunk back once the burst is over (a
+/// run of [`SHRINK_AFTER`] batches that each used under a quarter of it), so one burst does not
+/// pin megabytes for the life of the process, and a busy service's buffers are not shrunk and
+/// grown again batch after batch (each growth is page faults on fresh memory).
 const KEEP_CAPACITY: usize = 1 << 20;
+
+/// See [`KEEP_CAPACITY`].
+const SHRINK_AFTER: u32 = 256;
 
 /// Settings of a [`BatchWriter`]; [`spawn`](Self::spawn) starts it.
 #[derive(Debug, Clone)]
@@ -132,7 +142,7 @@ impl BatchWriterBuilder {
             lines_limit: self.lines_limit,
             bytes_limit: self.bytes_limit,
             high_water_lines: self.lines_limit.div_ceil(2),
-            high_water_bytes: self.bytes_limit.div_ceil(2),
+            high_water_bytes: self.bytes_limit.div_ceil(2).min(BATCH_BYTES),
         });
         let worker = Arc::clone(&shared);
         let interval = self.interval;
@@ -177,7 +187,9 @@ struct Shared {
     dropped: AtomicU64,
     lines_limit: usize,
     bytes_limit: usize,
+    /// Half the line limit: a lingering writer is woken at this many lines.
     high_water_lines: usize,
+    /// A full batch: a lingering writer is woken at this many bytes.
     high_water_bytes: usize,
 }
 
@@ -228,6 +240,7 @@ impl Shared {
     fn run(&self, mut output: Box<dyn io::Write + Send>, interval: Duration) {
         let mut batch: Vec<u8> = Vec::new();
         let mut reported_dropped = 0;
+        let mut small_batches = 0;
         let mut state = lock(&self.state);
         loop {
             while state.buf.is_empty() && !state.shutdown {
@@ -273,8 +286,14 @@ impl Shared {
             }
             let written_bytes = batch.len();
             batch.clear();
-            if batch.capacity() > KEEP_CAPACITY && written_bytes < KEEP_CAPACITY / 4 {
-                batch.shrink_to(KEEP_CAPACITY / 4);
+            if batch.capacity() > KEEP_CAPACITY && written_bytes < batch.capacity() / 4 {
+                small_batches += 1;
+                if small_batches >= SHRINK_AFTER {
+                    batch.shrink_to(KEEP_CAPACITY / 4);
+                    small_batches = 0;
+                }
+            } else {
+                small_batches = 0;
             }
             reported_dropped = self.report_dropped(reported_dropped);
 
