@@ -10,22 +10,12 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use super::format::push_padded;
 
 /// The formatted prefix of one second.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub(crate) struct TimestampCache {
     second: u64,
     /// `YYYY-MM-DDTHH:MM:SS.`
     prefix: [u8; 20],
     valid: bool,
-}
-
-impl Default for TimestampCache {
-    fn default() -> Self {
-        Self {
-            second: 0,
-            prefix: [0; 20],
-            valid: false,
-        }
-    }
 }
 
 impl TimestampCache {
