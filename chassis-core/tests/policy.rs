@@ -5,7 +5,9 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use chassis_core::resilience::bulkhead::BulkheadConfig;
-use chassis_core::resilience::circuit_breaker::{CircuitBreakerConfig, SlidingWindowType, State};
+use chassis_core::resilience::circuit_breaker::{
+    CircuitBreakerConfig, SlidingWindowType, State, TokioClock,
+};
 use chassis_core::resilience::policy::ResiliencePolicy;
 use chassis_core::resilience::rate_limit::RateLimitConfig;
 use chassis_core::resilience::retry::{Backoff, Jitter, RetryBudgetConfig, RetryConfig};
@@ -209,6 +211,84 @@ async fn an_empty_policy_only_boxes_errors() {
     let err = layer.layer(down.clone()).oneshot(1).await.unwrap_err();
     assert_eq!(err.to_string(), "downstream failed");
     assert!(layer.circuit_breaker().is_none() && layer.retry().is_none());
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_deadline_cuts_an_attempt_and_the_breaker_counts_it_as_cancelled() {
+    let layer = ResiliencePolicy::new()
+        .retry(retry(3).deadline(Duration::from_millis(250)))
+        .circuit_breaker(breaker(100))
+        .build()
+        .unwrap();
+    let down = Scripted::new(&[Step::Hang]);
+    let start = Instant::now();
+    let err = layer.layer(down.clone()).oneshot(1).await.unwrap_err();
+    assert_eq!(
+        kind(err),
+        ErrorKind::DeadlineExceeded {
+            after: Duration::from_millis(250),
+            attempts: 1
+        }
+    );
+    assert_eq!(start.elapsed(), Duration::from_millis(250));
+    // The attempt cut short is recorded when the call's future is dropped: a failure by
+    // default (`classify_cancelled`).
+    let snapshot = layer.circuit_breaker().unwrap().snapshot();
+    assert_eq!((snapshot.buffered_calls, snapshot.failed_calls), (1, 1));
+}
+
+#[tokio::test(start_paused = true)]
+async fn permits_taken_by_poll_ready_come_back_when_the_service_is_dropped() {
+    let layer = ResiliencePolicy::new()
+        .bulkhead(BulkheadConfig::new("default").max_concurrent(1))
+        .circuit_breaker(breaker(2).permitted_number_of_calls_in_half_open_state(1))
+        .build()
+        .unwrap()
+        .with_clock(TokioClock::new());
+    let handle = layer.circuit_breaker().unwrap();
+    let bulkhead = layer.bulkhead().unwrap().clone();
+    let mut svc = layer.layer(Scripted::new(&[Step::Ok]));
+    svc.ready().await.unwrap();
+    assert_eq!(bulkhead.available_permits(), 0);
+    drop(svc);
+    assert_eq!(bulkhead.available_permits(), 1);
+
+    // The half-open probe permit of a readied, unused service is not lost either.
+    let down = Scripted::new(&[Step::Fail, Step::Fail, Step::Ok]);
+    let svc = layer.layer(down.clone());
+    for _ in 0..2 {
+        svc.clone().oneshot(1).await.unwrap_err();
+    }
+    assert_eq!(handle.state(), State::Open);
+    tokio::time::advance(Duration::from_secs(61)).await;
+    let mut probe = svc.clone();
+    probe.ready().await.unwrap(); // takes the one half-open permit
+    assert_eq!(handle.state(), State::HalfOpen);
+    drop(probe);
+    assert_eq!(svc.oneshot(3).await.unwrap(), 3);
+    assert_eq!(handle.state(), State::Closed);
+    assert_eq!(bulkhead.available_permits(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_dropped_call_gives_its_permits_back() {
+    let layer = ResiliencePolicy::new()
+        .bulkhead(BulkheadConfig::new("default").max_concurrent(1))
+        .retry(retry(3))
+        .circuit_breaker(breaker(100))
+        .build()
+        .unwrap();
+    let bulkhead = layer.bulkhead().unwrap().clone();
+    let mut svc = layer.layer(Scripted::new(&[Step::Hang]));
+    let call = svc.ready().await.unwrap().call(1);
+    let call = tokio::spawn(call);
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    assert_eq!(bulkhead.available_permits(), 0);
+    call.abort();
+    let _ = call.await;
+    assert_eq!(bulkhead.available_permits(), 1);
+    let snapshot = layer.circuit_breaker().unwrap().snapshot();
+    assert_eq!((snapshot.buffered_calls, snapshot.failed_calls), (1, 1));
 }
 
 #[test]

@@ -1,6 +1,6 @@
 //! Bounds concurrent calls, waiting a bounded time for a free slot.
 //!
-//! A [`BulkheadLayer`] shares one semaphore of `max_concurrent` permits among every service it
+//! A [`BulkheadLayer`] shares one pool of `max_concurrent` permits among every service it
 //! builds (and every clone of them). A call takes a permit in `poll_ready` and holds it until its
 //! response future completes or is dropped. When no permit is free the call waits up to
 //! `max_wait` for one; if none frees up, the call fails with a [`chassis_core::Error`](crate::Error)
@@ -12,8 +12,15 @@
 //! `tower::limit::ConcurrencyLimit` waits for a permit *forever* (an overloaded downstream turns
 //! into an unbounded queue of callers), and `tower::load_shed::LoadShed` over it rejects
 //! *immediately* with an untyped `Overloaded`. Neither is a bounded wait with a typed rejection,
-//! so this layer adds just that: a `try_acquire` fast path (one atomic operation, no allocation)
-//! and, only when the bulkhead is full, one boxed `timeout(max_wait, acquire)` future.
+//! so this layer adds just that: a fast path of one atomic operation to take a permit and one
+//! to give it back, with no allocation and no lock, and, only when the bulkhead is full, one
+//! boxed future waiting at most `max_wait` for a permit to be given back.
+//!
+//! The permits are a counter in front of a `tokio::sync::Semaphore`: the semaphore takes its
+//! waiter list's mutex on every release, waiters or not, which made the bulkhead the most
+//! expensive resilience layer per call. The counter serves calls while nobody waits; once
+//! calls wait, freed permits go through the semaphore, so waiters are served in arrival order
+//! and a new call queues behind them, as with the semaphore alone.
 //!
 //! Like `LoadShed`, a rejection is reported from the response future, not from `poll_ready`, so
 //! `poll_ready` only fails when the inner service does, and the service stays usable under
@@ -50,12 +57,13 @@ use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering::*};
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use pin_project_lite::pin_project;
 use serde::Deserialize;
-use tokio::sync::{AcquireError, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::Semaphore;
 use tokio_util::sync::ReusableBoxFuture;
 use tower_layer::Layer;
 use tower_service::Service;
@@ -127,18 +135,165 @@ impl BulkheadConfig {
     }
 }
 
-struct Shared {
-    name: Arc<str>,
+pub(crate) struct Shared {
+    pub(crate) name: Arc<str>,
     max_concurrent: usize,
-    max_wait: Duration,
-    semaphore: Arc<Semaphore>,
-    rejected: metrics::Counter,
+    pub(crate) max_wait: Duration,
+    pub(crate) pool: Pool,
+    pub(crate) rejected: metrics::Counter,
+}
+
+impl Shared {
+    pub(crate) fn rejection(&self) -> Error {
+        Error::new(ErrorKind::BulkheadFull {
+            name: self.name.clone(),
+            max_concurrent: self.max_concurrent,
+            max_wait: self.max_wait,
+        })
+    }
+}
+
+/// The permits: a counter taken with one compare-and-swap and given back with one add while
+/// nobody waits; a FIFO queue (a `tokio::sync::Semaphore` holding no permits of its own) once
+/// calls wait.
+///
+/// A permit given back while calls wait goes to the queue, where the longest-waiting call gets
+/// it; a call that finds others waiting queues behind them. The two counters are read and
+/// written sequentially consistent, so a call starting to wait and a permit coming back always
+/// see each other: the waiter finds the permit in `available`, or the permit is handed to the
+/// queue. A permit left in the queue by a waiter that gave up (timed out or was dropped) is
+/// moved back to `available` by the last waiter to leave, or by the one who gave the permit
+/// back if it finds nobody waiting any more.
+#[derive(Debug)]
+pub(crate) struct Pool {
+    available: AtomicUsize,
+    /// Calls waiting for a permit (their futures are alive).
+    waiting: AtomicUsize,
+    queue: Semaphore,
+}
+
+impl Pool {
+    fn new(permits: usize) -> Self {
+        Self {
+            available: AtomicUsize::new(permits),
+            waiting: AtomicUsize::new(0),
+            queue: Semaphore::new(0),
+        }
+    }
+
+    #[inline]
+    fn try_take(&self) -> bool {
+        let mut n = self.available.load(Relaxed);
+        loop {
+            if n == 0 {
+                return false;
+            }
+            match self
+                .available
+                .compare_exchange_weak(n, n - 1, SeqCst, Relaxed)
+            {
+                Ok(_) => return true,
+                Err(actual) => n = actual,
+            }
+        }
+    }
+
+    /// Takes a permit unless calls are already waiting for one (they come first).
+    #[inline]
+    pub(crate) fn try_take_first(&self) -> bool {
+        self.waiting.load(SeqCst) == 0 && self.try_take()
+    }
+
+    #[inline]
+    pub(crate) fn give_back(&self) {
+        if self.waiting.load(SeqCst) == 0 {
+            self.available.fetch_add(1, SeqCst);
+            // A call may have started waiting meanwhile, after finding no permit.
+            if self.waiting.load(SeqCst) != 0 && self.try_take() {
+                self.hand_to_queue();
+            }
+        } else {
+            self.hand_to_queue();
+        }
+    }
+
+    #[cold]
+    fn hand_to_queue(&self) {
+        self.queue.add_permits(1);
+        // The waiters may all have left meanwhile.
+        if self.waiting.load(SeqCst) == 0 {
+            self.drain_queue();
+        }
+    }
+
+    /// Moves permits nobody waits for from the queue back to `available`.
+    #[cold]
+    fn drain_queue(&self) {
+        // Bounded: a permit handed back to the queue (a waiter arrived) is not taken again.
+        for _ in 0..self.queue.available_permits() {
+            match self.queue.try_acquire() {
+                Ok(permit) => {
+                    permit.forget();
+                    self.give_back();
+                }
+                Err(_) => return,
+            }
+        }
+    }
+}
+
+/// Counts a waiting call for as long as its future lives (dropped on completion, timeout or
+/// cancellation alike); the last one to leave drains the queue.
+struct Waiting<'a>(&'a Pool);
+
+impl<'a> Waiting<'a> {
+    fn enter(pool: &'a Pool) -> Self {
+        pool.waiting.fetch_add(1, SeqCst);
+        Self(pool)
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        if self.0.waiting.fetch_sub(1, SeqCst) == 1 {
+            self.0.drain_queue();
+        }
+    }
+}
+
+/// Waits up to `max_wait` for a permit; `true` when one was taken.
+pub(crate) async fn wait_for_permit(shared: Arc<Shared>) -> bool {
+    let pool = &shared.pool;
+    let _waiting = Waiting::enter(pool);
+    // A permit given back before we were counted is in `available`.
+    if pool.try_take() {
+        return true;
+    }
+    match tokio::time::timeout(shared.max_wait, pool.queue.acquire()).await {
+        Ok(Ok(permit)) => {
+            // Ours now; `Permit` gives it back to the pool.
+            permit.forget();
+            true
+        }
+        // The queue is never closed; treat it like a timeout anyway.
+        Ok(Err(_)) | Err(_) => false,
+    }
+}
+
+/// A permit held by a call; given back when dropped.
+struct Permit(Arc<Shared>);
+
+impl Drop for Permit {
+    #[inline]
+    fn drop(&mut self) {
+        self.0.pool.give_back();
+    }
 }
 
 /// Builds [`Bulkhead`] services that all share one pool of permits.
 #[derive(Clone)]
 pub struct BulkheadLayer {
-    shared: Arc<Shared>,
+    pub(crate) shared: Arc<Shared>,
 }
 
 impl fmt::Debug for BulkheadLayer {
@@ -166,14 +321,14 @@ impl BulkheadLayer {
                 name,
                 max_concurrent: config.max_concurrent,
                 max_wait: config.max_wait,
-                semaphore: Arc::new(Semaphore::new(config.max_concurrent)),
+                pool: Pool::new(config.max_concurrent),
             }),
         })
     }
 
     /// Permits free right now.
     pub fn available_permits(&self) -> usize {
-        self.shared.semaphore.available_permits()
+        self.shared.pool.available.load(Relaxed)
     }
 
     /// The name of this bulkhead.
@@ -196,15 +351,12 @@ impl<S> Layer<S> for BulkheadLayer {
 
 // `ReusableBoxFuture` rather than `Pin<Box<dyn Future + Send>>`: it is `Sync`, which axum
 // requires of services, and it is only allocated when the bulkhead is full.
-type Acquire = ReusableBoxFuture<
-    'static,
-    Result<Result<OwnedSemaphorePermit, AcquireError>, tokio::time::error::Elapsed>,
->;
+type Acquire = ReusableBoxFuture<'static, bool>;
 
 enum State {
     Idle,
     Waiting(Acquire),
-    Acquired(OwnedSemaphorePermit),
+    Acquired(Permit),
     Rejected,
 }
 
@@ -258,14 +410,6 @@ impl<S> Bulkhead<S> {
         self.inner
     }
 
-    fn rejection(&self) -> Error {
-        Error::new(ErrorKind::BulkheadFull {
-            name: self.shared.name.clone(),
-            max_concurrent: self.shared.max_concurrent,
-            max_wait: self.shared.max_wait,
-        })
-    }
-
     /// Drives the permit acquisition; `Ready(true)` once a permit is held, `Ready(false)` once
     /// the call is rejected.
     fn poll_permit(&mut self, cx: &mut Context<'_>) -> Poll<bool> {
@@ -273,22 +417,20 @@ impl<S> Bulkhead<S> {
             match &mut self.state {
                 State::Acquired(_) => return Poll::Ready(true),
                 State::Rejected => return Poll::Ready(false),
-                State::Idle => match self.shared.semaphore.clone().try_acquire_owned() {
-                    Ok(permit) => self.state = State::Acquired(permit),
-                    Err(_) if self.shared.max_wait.is_zero() => self.state = State::Rejected,
-                    Err(_) => {
-                        let acquire = self.shared.semaphore.clone().acquire_owned();
-                        self.state = State::Waiting(ReusableBoxFuture::new(tokio::time::timeout(
-                            self.shared.max_wait,
-                            acquire,
-                        )));
-                    }
-                },
+                State::Idle => {
+                    self.state = if self.shared.pool.try_take_first() {
+                        State::Acquired(Permit(self.shared.clone()))
+                    } else if self.shared.max_wait.is_zero() {
+                        State::Rejected
+                    } else {
+                        State::Waiting(ReusableBoxFuture::new(wait_for_permit(self.shared.clone())))
+                    };
+                }
                 State::Waiting(acquire) => {
-                    self.state = match ready!(acquire.poll(cx)) {
-                        Ok(Ok(permit)) => State::Acquired(permit),
-                        // The semaphore is never closed; treat it like a timeout anyway.
-                        Ok(Err(_)) | Err(_) => State::Rejected,
+                    self.state = if ready!(acquire.poll(cx)) {
+                        State::Acquired(Permit(self.shared.clone()))
+                    } else {
+                        State::Rejected
                     };
                 }
             }
@@ -328,7 +470,7 @@ where
                 tracing::debug!(bulkhead = %self.shared.name, "bulkhead full: call rejected");
                 ResponseFuture {
                     kind: Kind::Rejected {
-                        error: Some(self.rejection()),
+                        error: Some(self.shared.rejection()),
                     },
                 }
             }
@@ -350,7 +492,7 @@ pin_project! {
 pin_project! {
     #[project = KindProj]
     enum Kind<F> {
-        Called { #[pin] inner: F, _permit: OwnedSemaphorePermit },
+        Called { #[pin] inner: F, _permit: Permit },
         Rejected { error: Option<Error> },
     }
 }
@@ -383,5 +525,117 @@ where
                 .expect("bulkhead ResponseFuture polled after completion")
                 .into())),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicUsize;
+    use tower::{ServiceExt, service_fn};
+
+    fn layer(max: usize, wait: Duration) -> BulkheadLayer {
+        BulkheadLayer::new(BulkheadConfig::new("t").max_concurrent(max).max_wait(wait)).unwrap()
+    }
+
+    /// Counts the calls running at once (and the most seen).
+    #[derive(Clone)]
+    struct Counting {
+        running: Arc<AtomicUsize>,
+        peak: Arc<AtomicUsize>,
+    }
+
+    impl Service<()> for Counting {
+        type Response = ();
+        type Error = BoxError;
+        type Future = Pin<Box<dyn Future<Output = Result<(), BoxError>> + Send>>;
+
+        fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn call(&mut self, (): ()) -> Self::Future {
+            let (running, peak) = (self.running.clone(), self.peak.clone());
+            Box::pin(async move {
+                let now = running.fetch_add(1, SeqCst) + 1;
+                peak.fetch_max(now, SeqCst);
+                tokio::task::yield_now().await;
+                running.fetch_sub(1, SeqCst);
+                Ok(())
+            })
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn permits_bound_concurrency_and_all_come_back() {
+        let layer = layer(3, Duration::from_secs(30));
+        let running = Arc::new(AtomicUsize::new(0));
+        let peak = Arc::new(AtomicUsize::new(0));
+        let svc = layer.layer(Counting {
+            running: running.clone(),
+            peak: peak.clone(),
+        });
+        let tasks: Vec<_> = (0..16)
+            .map(|_| {
+                let svc = svc.clone();
+                tokio::spawn(async move {
+                    for _ in 0..200 {
+                        svc.clone().oneshot(()).await.unwrap();
+                    }
+                })
+            })
+            .collect();
+        for t in tasks {
+            t.await.unwrap();
+        }
+        assert!(peak.load(SeqCst) <= 3, "peak {}", peak.load(SeqCst));
+        assert_eq!(layer.available_permits(), 3);
+        assert_eq!(layer.shared.pool.waiting.load(SeqCst), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_waiter_that_gave_up_leaves_nothing_behind() {
+        let layer = layer(1, Duration::from_millis(100));
+        let svc = layer.layer(service_fn(|()| async { Ok::<_, BoxError>(()) }));
+        let mut holder = svc.clone();
+        std::future::poll_fn(|cx| holder.poll_ready(cx))
+            .await
+            .unwrap();
+        // The holder's permit is never used: the next call waits 100 ms, then is rejected.
+        assert!(svc.clone().oneshot(()).await.is_err());
+        assert_eq!(layer.shared.pool.waiting.load(SeqCst), 0);
+        drop(holder);
+        assert_eq!(layer.available_permits(), 1);
+        assert!(matches!(
+            layer
+                .layer(service_fn(|()| async { Ok::<_, BoxError>(()) }))
+                .oneshot(())
+                .await,
+            Ok(())
+        ));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_new_call_queues_behind_a_waiting_one() {
+        let layer = layer(1, Duration::from_secs(1));
+        let svc = layer.layer(service_fn(|()| async { Ok::<_, BoxError>(()) }));
+        let mut holder = svc.clone();
+        std::future::poll_fn(|cx| holder.poll_ready(cx))
+            .await
+            .unwrap();
+        let waiter = tokio::spawn(svc.clone().oneshot(()));
+        tokio::task::yield_now().await;
+        assert_eq!(layer.shared.pool.waiting.load(SeqCst), 1);
+        // The permit comes back while a call waits: a newcomer does not take it first.
+        drop(holder);
+        let mut newcomer = svc.clone();
+        let ready = std::future::poll_fn(|cx| Poll::Ready(newcomer.poll_ready(cx))).await;
+        assert!(ready.is_pending());
+        waiter.await.unwrap().unwrap();
+        std::future::poll_fn(|cx| newcomer.poll_ready(cx))
+            .await
+            .unwrap();
+        newcomer.call(()).await.unwrap();
+        assert_eq!(layer.available_permits(), 1);
     }
 }

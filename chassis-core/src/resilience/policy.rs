@@ -67,29 +67,28 @@
 //! ```
 
 use std::fmt;
-use std::future::Future;
-use std::pin::Pin;
-use std::task::{Context, Poll};
+use std::sync::Arc;
 use std::time::Duration;
 
-use pin_project_lite::pin_project;
 use serde::Deserialize;
-use tower::util::Either;
 use tower_layer::Layer;
-use tower_service::Service;
 
-use super::bulkhead::{Bulkhead, BulkheadConfig, BulkheadLayer};
+use super::bulkhead::{BulkheadConfig, BulkheadLayer};
 use super::circuit_breaker::{
-    CircuitBreaker, CircuitBreakerConfig, CircuitBreakerHandle, CircuitBreakerLayer, Classify,
-    Clock, DefaultClassifier,
+    CircuitBreakerConfig, CircuitBreakerHandle, CircuitBreakerLayer, Clock, DefaultClassifier,
 };
-use super::rate_limit::{RateLimit, RateLimitConfig, RateLimitLayer};
-use super::retry::{
-    CloneRequest, CloneWithClone, DefaultRetryClassifier, NoRetryAfter, Retry, RetryAfter,
-    RetryClassifier, RetryConfig, RetryLayer,
-};
-use super::timeout::{Timeout, TimeoutLayer};
-use crate::{BoxError, Error};
+use super::rate_limit::{RateLimitConfig, RateLimitLayer};
+use super::retry::{CloneWithClone, DefaultRetryClassifier, NoRetryAfter, RetryConfig, RetryLayer};
+use super::timeout::TimeoutLayer;
+use crate::Error;
+
+mod future;
+mod service;
+
+pub use future::ResponseFuture;
+pub use service::Resilient;
+
+use service::Parts;
 
 /// Which resilience layers to stack, and how each is configured. Every part is optional;
 /// the default policy has none (calls only get their errors boxed).
@@ -237,20 +236,14 @@ impl ResiliencePolicy {
     }
 }
 
-/// The service stack a [`ResilienceLayer`] builds around `S`, innermost first.
-type Attempt<S> = Timeout<S>;
-type Guarded<S, BC> = Either<CircuitBreaker<Attempt<S>, BC>, Attempt<S>>;
-type Retried<S, RC, H, K, BC> = Either<Retry<Timeout<Guarded<S, BC>>, RC, H, K>, Guarded<S, BC>>;
-type Bulkheaded<S, RC, H, K, BC> =
-    Either<Bulkhead<Retried<S, RC, H, K, BC>>, Retried<S, RC, H, K, BC>>;
-type Stack<S, RC, H, K, BC> =
-    Either<RateLimit<Bulkheaded<S, RC, H, K, BC>>, Bulkheaded<S, RC, H, K, BC>>;
-
 /// The layer a [`ResiliencePolicy`] builds: wraps a service in
 /// `rate limit → bulkhead → retry → circuit breaker → attempt timeout` (the parts configured).
 ///
-/// Type parameters, all with defaults: the retry's [`RetryClassifier`] `RC`, its
-/// [`RetryAfter`] hook `H` and [`CloneRequest`] `K`, and the breaker's [`Classify`] `BC`.
+/// Type parameters, all with defaults: the retry's
+/// [`RetryClassifier`](super::retry::RetryClassifier) `RC`, its
+/// [`RetryAfter`](super::retry::RetryAfter) hook `H` and
+/// [`CloneRequest`](super::retry::CloneRequest) `K`, and the breaker's
+/// [`Classify`](super::circuit_breaker::Classify) `BC`.
 /// Protocol crates set them with the `with_*` methods (e.g. `chassis-http` retries 5xx and 429,
 /// honours `Retry-After`, counts 5xx as breaker failures and copies buffered bodies).
 #[derive(Clone)]
@@ -380,13 +373,6 @@ impl<RC, H, K, BC> ResilienceLayer<RC, H, K, BC> {
     }
 }
 
-fn optional<L: Layer<S>, S>(layer: Option<&L>, inner: S) -> Either<L::Service, S> {
-    match layer {
-        Some(layer) => Either::Left(layer.layer(inner)),
-        None => Either::Right(inner),
-    }
-}
-
 impl<S, RC, H, K, BC> Layer<S> for ResilienceLayer<RC, H, K, BC>
 where
     RC: Clone,
@@ -397,92 +383,16 @@ where
     type Service = Resilient<S, RC, H, K, BC>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        let attempt = self.timeout.layer(inner);
-        let guarded = optional(self.circuit_breaker.as_ref(), attempt);
-        let retried = optional(self.retry.as_ref(), guarded);
-        let bulkheaded = optional(self.bulkhead.as_ref(), retried);
-        Resilient {
-            inner: optional(self.rate_limit.as_ref(), bulkheaded),
-        }
-    }
-}
-
-/// A service wrapped in a [`ResilienceLayer`]'s stack. Its error type is [`BoxError`]; the
-/// layers' own errors are [`chassis_core::Error`](crate::Error)s inside it.
-pub struct Resilient<
-    S,
-    RC = DefaultRetryClassifier,
-    H = NoRetryAfter,
-    K = CloneWithClone,
-    BC = DefaultClassifier,
-> {
-    inner: Stack<S, RC, H, K, BC>,
-}
-
-impl<S: Clone, RC, H: Clone, K, BC: Clone> Clone for Resilient<S, RC, H, K, BC> {
-    fn clone(&self) -> Self {
-        Self {
-            inner: self.inner.clone(),
-        }
-    }
-}
-
-impl<S: fmt::Debug, RC, H, K, BC: fmt::Debug> fmt::Debug for Resilient<S, RC, H, K, BC> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Resilient")
-            .field("inner", &self.inner)
-            .finish()
-    }
-}
-
-impl<S, Req, RC, H, K, BC> Service<Req> for Resilient<S, RC, H, K, BC>
-where
-    S: Service<Req> + Clone,
-    S::Error: Into<BoxError>,
-    RC: RetryClassifier<S::Response>,
-    H: RetryAfter<S::Response>,
-    K: CloneRequest<Req>,
-    BC: Classify<S::Response, BoxError> + Clone,
-{
-    type Response = S::Response;
-    type Error = BoxError;
-    type Future = ResponseFuture<<Stack<S, RC, H, K, BC> as Service<Req>>::Future>;
-
-    #[inline]
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    #[inline]
-    fn call(&mut self, req: Req) -> Self::Future {
-        ResponseFuture {
-            inner: self.inner.call(req),
-        }
-    }
-}
-
-pin_project! {
-    /// Response future of [`Resilient`].
-    pub struct ResponseFuture<F> {
-        #[pin]
-        inner: F,
-    }
-}
-
-impl<F> fmt::Debug for ResponseFuture<F> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ResponseFuture").finish_non_exhaustive()
-    }
-}
-
-impl<F, T> Future for ResponseFuture<F>
-where
-    F: Future<Output = Result<T, BoxError>>,
-{
-    type Output = Result<T, BoxError>;
-
-    #[inline]
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        self.project().inner.poll(cx)
+        let parts = Parts {
+            rate_limit: self.rate_limit.as_ref().map(|l| l.limiter.clone()),
+            bulkhead: self.bulkhead.as_ref().map(|b| b.shared.clone()),
+            retry: self.retry.as_ref().map(RetryLayer::shared),
+            breaker: self
+                .circuit_breaker
+                .as_ref()
+                .map(|b| (b.handle().shared, b.classifier().clone())),
+            attempt_timeout: self.timeout.after(),
+        };
+        Resilient::new(inner, Arc::new(parts))
     }
 }

@@ -154,24 +154,24 @@ impl RateLimitConfig {
     }
 }
 
-struct Limiter {
-    name: Arc<str>,
+pub(crate) struct Limiter {
+    pub(crate) name: Arc<str>,
     /// Nanoseconds between two permits at the steady rate.
     interval: u64,
     /// How far ahead of `now` the theoretical arrival time may run: `interval * (burst - 1)`.
     tolerance: u64,
-    max_wait: u64,
+    pub(crate) max_wait: u64,
     epoch: Instant,
     /// Theoretical arrival time of the next call, in nanoseconds since `epoch`.
     tat: AtomicU64,
-    rejected: metrics::Counter,
+    pub(crate) rejected: metrics::Counter,
 }
 
 impl Limiter {
     /// Takes a permit if one is due within `max_wait` nanoseconds: `Ok(wait)` says how long the
     /// caller must wait for it (zero: go now); `Err(retry_after)` means no permit is reserved.
     #[inline]
-    fn acquire(&self, max_wait: u64) -> Result<u64, u64> {
+    pub(crate) fn acquire(&self, max_wait: u64) -> Result<u64, u64> {
         let now = u64::try_from(self.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX);
         let mut tat = self.tat.load(Ordering::Relaxed);
         loop {
@@ -193,7 +193,7 @@ impl Limiter {
         }
     }
 
-    fn rejection(&self, retry_after: u64) -> Error {
+    pub(crate) fn rejection(&self, retry_after: u64) -> Error {
         Error::new(ErrorKind::RateLimited {
             name: self.name.clone(),
             retry_after: Duration::from_nanos(retry_after),
@@ -204,7 +204,7 @@ impl Limiter {
 /// Builds [`RateLimit`] services that all share one limiter.
 #[derive(Clone)]
 pub struct RateLimitLayer {
-    limiter: Arc<Limiter>,
+    pub(crate) limiter: Arc<Limiter>,
 }
 
 impl fmt::Debug for RateLimitLayer {

@@ -61,6 +61,11 @@ impl<C> CircuitBreakerLayer<C> {
     pub fn handle(&self) -> CircuitBreakerHandle {
         self.handle.clone()
     }
+
+    /// The classifier (for stacks that run the breaker's accounting themselves).
+    pub(crate) fn classifier(&self) -> &C {
+        &self.classifier
+    }
 }
 
 impl<S, C: Clone> Layer<S> for CircuitBreakerLayer<C> {

@@ -123,6 +123,7 @@ pub use self::core::{
     CallPermit, CircuitBreakerHandle, CircuitBreakerSnapshot, State, StateTransition,
     TransitionReason,
 };
+pub(crate) use self::core::{RawPermit, Shared as BreakerShared};
 pub use self::future::ResponseFuture;
 pub use self::layer::CircuitBreakerLayer;
 pub use self::service::CircuitBreaker;

@@ -112,7 +112,7 @@ where
 }
 
 /// The single-attempt outcome: what a call that cannot retry returns, and what it records.
-fn finish_once<C, H, K, T>(
+pub(crate) fn finish_once<C, H, K, T>(
     shared: &Shared<C, H, K>,
     not_cloneable: bool,
     result: Result<T, BoxError>,
@@ -172,14 +172,14 @@ where
                     let Some(retry) = this.retry.as_mut() else {
                         return Poll::Ready(finish_once(shared, *this.not_cloneable, result));
                     };
-                    if retry.request.is_none() && retry.policy.may_retry() {
+                    if retry.request.is_none() && retry.policy.may_retry(shared) {
                         // Another attempt is allowed but the request could not be copied.
                         return Poll::Ready(finish_once(shared, true, result));
                     }
                     // The policy starts the deadline's clock if it must check a backoff
                     // against it before the call ever waited.
                     retry.policy.deadline = *this.deadline_at;
-                    let decision = retry.policy.decide(&mut result);
+                    let decision = retry.policy.decide(shared, &mut result);
                     *this.deadline_at = retry.policy.deadline;
                     match decision {
                         Some(sleep) => this.state.set(State::Waiting {
@@ -207,8 +207,8 @@ where
                         unreachable!("a retry is only decided with a copy of the request");
                     };
                     // Copy the request for the attempt after this one, if there can be one.
-                    if retry.policy.may_retry() {
-                        retry.request = retry.policy.copy_request(&request);
+                    if retry.policy.may_retry(shared) {
+                        retry.request = retry.policy.copy_request(shared, &request);
                     }
                     let fut = retry.service.call(request);
                     this.state.set(State::Called { fut });
@@ -233,6 +233,6 @@ where
     }
 }
 
-fn deadline_error(after: Duration, attempts: u32) -> BoxError {
+pub(crate) fn deadline_error(after: Duration, attempts: u32) -> BoxError {
     Error::new(ErrorKind::DeadlineExceeded { after, attempts }).into()
 }

@@ -120,6 +120,8 @@ pub use classify::{
     CloneRequest, CloneWithClone, DefaultRetryClassifier, NoRetryAfter, RetryAfter, RetryClassifier,
 };
 pub use future::ResponseFuture;
+pub(crate) use future::{deadline_error, finish_once};
+pub(crate) use policy::{AttemptPolicy, Outcome};
 
 use self::future::Retrying;
 
@@ -133,7 +135,6 @@ use tower::retry::budget::Budget;
 use tower_layer::Layer;
 use tower_service::Service;
 
-use self::policy::{AttemptPolicy, Outcome};
 use super::clock::{Clock, ClockSource};
 use super::timeout::{Timeout, TimeoutLayer};
 use crate::{BoxError, Error};
@@ -481,23 +482,30 @@ impl<C, H, K> RetryLayer<C, H, K> {
     }
 }
 
+impl<C: Clone, H: Clone, K: Clone> RetryLayer<C, H, K> {
+    /// What the services this layer builds share (the budget among them).
+    pub(crate) fn shared(&self) -> Shared<C, H, K> {
+        Shared {
+            name: self.name.clone(),
+            max_attempts: self.max_attempts,
+            backoff: self.backoff,
+            deadline: self.deadline,
+            budget: self.budget.clone(),
+            classifier: self.classifier.clone(),
+            retry_after: self.retry_after.clone(),
+            cloner: self.cloner.clone(),
+            counters: self.counters.clone(),
+        }
+    }
+}
+
 impl<S, C: Clone, H: Clone, K: Clone> Layer<S> for RetryLayer<C, H, K> {
     type Service = Retry<Timeout<S>, C, H, K>;
 
     fn layer(&self, inner: S) -> Self::Service {
         Retry {
             inner: TimeoutLayer::optional(self.attempt_timeout).layer(inner),
-            shared: Arc::new(Shared {
-                name: self.name.clone(),
-                max_attempts: self.max_attempts,
-                backoff: self.backoff,
-                deadline: self.deadline,
-                budget: self.budget.clone(),
-                classifier: self.classifier.clone(),
-                retry_after: self.retry_after.clone(),
-                cloner: self.cloner.clone(),
-                counters: self.counters.clone(),
-            }),
+            shared: Arc::new(self.shared()),
         }
     }
 }
@@ -575,7 +583,7 @@ where
         let not_cloneable = shared.max_attempts > 1 && copy.is_none();
         let retry = copy.map(|copy| {
             // The future keeps a clone of the service for the attempts after the first.
-            Retrying::new(self.inner.clone(), AttemptPolicy::new(shared.clone()), copy)
+            Retrying::new(self.inner.clone(), AttemptPolicy::new(shared), copy)
         });
         ResponseFuture::new(self.inner.call(req), retry, not_cloneable, shared.clone())
     }

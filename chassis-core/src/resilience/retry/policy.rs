@@ -1,7 +1,6 @@
 //! The per-call policy deciding, after each attempt, whether and when to make another.
 
 use std::marker::PhantomData;
-use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::time::{Instant, Sleep};
@@ -12,9 +11,10 @@ use super::classify::{CloneRequest, RetryAfter, RetryClassifier};
 use crate::{BoxError, Error, ErrorKind};
 
 /// Per-call state of a retried call, owned by the call's
-/// [`ResponseFuture`](super::ResponseFuture).
+/// [`ResponseFuture`](super::ResponseFuture). The layer's shared settings are passed in by the
+/// future, which holds the one reference to them a call takes (a second `Arc` here would cost
+/// every call a reference-count increment and decrement on a cache line all calls share).
 pub(crate) struct AttemptPolicy<Req, C, H, K> {
-    pub(crate) shared: Arc<Shared<C, H, K>>,
     /// Attempts started so far (1 = the first call).
     pub(crate) attempt: u32,
     /// The previous backoff wait (decorrelated jitter grows from it).
@@ -23,31 +23,28 @@ pub(crate) struct AttemptPolicy<Req, C, H, K> {
     /// on its first wait, or here at the first retry decision); `None` until then, and always
     /// without a deadline.
     pub(crate) deadline: Option<Instant>,
-    pub(crate) _request: PhantomData<fn(Req)>,
+    pub(crate) _request: PhantomData<fn(Req, C, H, K)>,
 }
 
 impl<Req, C, H, K> AttemptPolicy<Req, C, H, K> {
-    pub(crate) fn new(shared: Arc<Shared<C, H, K>>) -> Self {
-        let previous = shared.backoff.base;
+    pub(crate) fn new(shared: &Shared<C, H, K>) -> Self {
         Self {
-            shared,
             attempt: 1,
-            previous,
+            previous: shared.backoff.base,
             deadline: None,
             _request: PhantomData,
         }
     }
 
     /// Whether another attempt could follow this one (so the request is worth copying).
-    pub(crate) fn may_retry(&self) -> bool {
-        self.attempt < self.shared.max_attempts
+    pub(crate) fn may_retry(&self, shared: &Shared<C, H, K>) -> bool {
+        self.attempt < shared.max_attempts
     }
 }
 
 impl<Req, C, H, K> Clone for AttemptPolicy<Req, C, H, K> {
     fn clone(&self) -> Self {
         Self {
-            shared: self.shared.clone(),
             attempt: self.attempt,
             previous: self.previous,
             deadline: self.deadline,
@@ -57,10 +54,16 @@ impl<Req, C, H, K> Clone for AttemptPolicy<Req, C, H, K> {
 }
 
 impl<Req, C, H, K> AttemptPolicy<Req, C, H, K> {
-    fn give_up<Res>(&self, result: &mut Result<Res, BoxError>, kind: ErrorKind, outcome: Outcome) {
-        self.shared.record(outcome);
+    fn give_up<Res>(
+        &self,
+        shared: &Shared<C, H, K>,
+        result: &mut Result<Res, BoxError>,
+        kind: ErrorKind,
+        outcome: Outcome,
+    ) {
+        shared.record(outcome);
         tracing::warn!(
-            retry = %self.shared.name,
+            retry = %shared.name,
             attempts = self.attempt,
             outcome = outcome.as_str(),
             "giving up retrying"
@@ -75,12 +78,15 @@ impl<Req, C, H, K> AttemptPolicy<Req, C, H, K> {
 impl<Req, C, H, K> AttemptPolicy<Req, C, H, K> {
     /// Decides after an attempt: `None` to return `result` (which may have been rewritten to a
     /// typed give-up error), or the backoff to wait before the next attempt.
-    pub(crate) fn decide<Res>(&mut self, result: &mut Result<Res, BoxError>) -> Option<Sleep>
+    pub(crate) fn decide<Res>(
+        &mut self,
+        shared: &Shared<C, H, K>,
+        result: &mut Result<Res, BoxError>,
+    ) -> Option<Sleep>
     where
         C: RetryClassifier<Res>,
         H: RetryAfter<Res>,
     {
-        let shared = &*self.shared;
         if !shared.classifier.should_retry(result.as_ref()) {
             shared.record(if result.is_ok() {
                 Outcome::Success
@@ -92,6 +98,7 @@ impl<Req, C, H, K> AttemptPolicy<Req, C, H, K> {
         let attempts = self.attempt;
         if attempts >= shared.max_attempts {
             self.give_up(
+                shared,
                 result,
                 ErrorKind::RetriesExhausted { attempts },
                 Outcome::Exhausted,
@@ -114,6 +121,7 @@ impl<Req, C, H, K> AttemptPolicy<Req, C, H, K> {
             && now + delay >= *self.deadline.get_or_insert(now + after)
         {
             self.give_up(
+                shared,
                 result,
                 ErrorKind::DeadlineExceeded { after, attempts },
                 Outcome::Deadline,
@@ -124,6 +132,7 @@ impl<Req, C, H, K> AttemptPolicy<Req, C, H, K> {
             && !budget.withdraw()
         {
             self.give_up(
+                shared,
                 result,
                 ErrorKind::RetryBudgetExhausted { attempts },
                 Outcome::BudgetExhausted,
@@ -146,11 +155,11 @@ impl<Req, C, H, K> AttemptPolicy<Req, C, H, K> {
     }
 
     /// A copy of `req` for the next attempt, if it can be copied.
-    pub(crate) fn copy_request(&self, req: &Req) -> Option<Req>
+    pub(crate) fn copy_request(&self, shared: &Shared<C, H, K>, req: &Req) -> Option<Req>
     where
         K: CloneRequest<Req>,
     {
-        self.shared.cloner.clone_request(req)
+        shared.cloner.clone_request(req)
     }
 }
 
