@@ -251,32 +251,32 @@ impl TelemetryBuilder {
                 .with_writer(sink)
                 .boxed(),
         };
+        // Events below WARN do not reach the OpenTelemetry layer. It turns every event inside a
+        // span into a span event (a name, attributes, a timestamp: several allocations, plus a
+        // lock on the span's data), which at one access-log line per request cost as much as
+        // the line itself, and the info-level lines are in the log anyway, correlated by trace
+        // id. Warnings and errors still become span events, and an ERROR event still marks its
+        // span as failed. Spans themselves pass at every level. The level test comes first: an
+        // info event is then turned away without matching its target against the list below.
+        let span_events = filter_fn(|meta| meta.is_span() || *meta.level() <= Level::WARN);
         let otel_layer = tracing_opentelemetry::layer()
             .with_tracer(provider.tracer("chassis"))
             // The exporter's own HTTP stack must not produce spans: they would be exported in
             // turn, a feedback loop.
             .with_filter(
-                Targets::new()
-                    .with_default(LevelFilter::TRACE)
-                    .with_target("hyper", LevelFilter::OFF)
-                    .with_target("hyper_util", LevelFilter::OFF)
-                    .with_target("h2", LevelFilter::OFF)
-                    .with_target("reqwest", LevelFilter::OFF)
-                    .with_target("tonic", LevelFilter::OFF)
-                    .with_target("opentelemetry", LevelFilter::OFF)
-                    .with_target("opentelemetry_sdk", LevelFilter::OFF)
-                    .with_target("opentelemetry-otlp", LevelFilter::OFF)
-                    .with_target("opentelemetry_otlp", LevelFilter::OFF)
-                    // Events below WARN do not reach the OpenTelemetry layer. It turns every
-                    // event inside a span into a span event (a name, attributes, a timestamp:
-                    // several allocations, plus a lock on the span's data), which at one
-                    // access-log line per request cost as much as the line itself, and the
-                    // info-level lines are in the log anyway, correlated by trace id. Warnings
-                    // and errors still become span events, and an ERROR event still marks its
-                    // span as failed. Spans themselves pass at every level.
-                    .and(filter_fn(|meta| {
-                        meta.is_span() || *meta.level() <= Level::WARN
-                    })),
+                span_events.and(
+                    Targets::new()
+                        .with_default(LevelFilter::TRACE)
+                        .with_target("hyper", LevelFilter::OFF)
+                        .with_target("hyper_util", LevelFilter::OFF)
+                        .with_target("h2", LevelFilter::OFF)
+                        .with_target("reqwest", LevelFilter::OFF)
+                        .with_target("tonic", LevelFilter::OFF)
+                        .with_target("opentelemetry", LevelFilter::OFF)
+                        .with_target("opentelemetry_sdk", LevelFilter::OFF)
+                        .with_target("opentelemetry-otlp", LevelFilter::OFF)
+                        .with_target("opentelemetry_otlp", LevelFilter::OFF),
+                ),
             )
             .boxed();
 

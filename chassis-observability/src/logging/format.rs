@@ -27,15 +27,21 @@ const HEX: &[u8; 16] = b"0123456789abcdef";
 /// escape, which is nearly all of them, are copied in runs. Non-ASCII UTF-8 passes through.
 pub(crate) fn escape_into(out: &mut Vec<u8>, s: &str) {
     let bytes = s.as_bytes();
-    // Fast path: skip eight bytes at a time while none of them needs escaping.
+    // Fast path: check eight bytes at a time (the last word padded with a byte that needs no
+    // escape); a string needing none, nearly every one, is then copied in one go.
     let mut clean = 0;
-    while let Some(chunk) = bytes.get(clean..clean + 8) {
-        let mut word = [0_u8; 8];
-        word.copy_from_slice(chunk);
+    while clean < bytes.len() {
+        let chunk = &bytes[clean..bytes.len().min(clean + 8)];
+        let mut word = [b'a'; 8];
+        word[..chunk.len()].copy_from_slice(chunk);
         if needs_escape(u64::from_le_bytes(word)) {
             break;
         }
-        clean += 8;
+        clean += chunk.len();
+    }
+    if clean == bytes.len() {
+        out.extend_from_slice(bytes);
+        return;
     }
     let mut start = 0;
     for (i, &b) in bytes.iter().enumerate().skip(clean) {
@@ -137,10 +143,13 @@ pub(crate) fn push_padded(out: &mut Vec<u8>, n: u32, width: usize) {
 }
 
 /// Appends `bytes` as lower-case hex (the W3C form of trace and span ids).
-pub(crate) fn push_hex(out: &mut Vec<u8>, bytes: &[u8]) {
-    for &b in bytes {
-        out.extend_from_slice(&[HEX[(b >> 4) as usize], HEX[(b & 0xf) as usize]]);
+pub(crate) fn push_hex<const N: usize>(out: &mut Vec<u8>, bytes: [u8; N]) {
+    // Into a stack buffer first: one copy into `out` instead of a capacity check per byte.
+    let mut text = [[0_u8; 2]; N];
+    for (pair, b) in text.iter_mut().zip(bytes) {
+        *pair = [HEX[(b >> 4) as usize], HEX[(b & 0xf) as usize]];
     }
+    out.extend_from_slice(text.as_flattened());
 }
 
 #[cfg(test)]
@@ -217,6 +226,6 @@ mod tests {
         }
         assert_eq!(text(|v| push_padded(v, 7, 2)), "07");
         assert_eq!(text(|v| push_padded(v, 123, 6)), "000123");
-        assert_eq!(text(|v| push_hex(v, &[0x00, 0xf0, 0x67, 0xaa])), "00f067aa");
+        assert_eq!(text(|v| push_hex(v, [0x00, 0xf0, 0x67, 0xaa])), "00f067aa");
     }
 }

@@ -289,9 +289,9 @@ impl JsonLayer {
         line.extend_from_slice(&self.resource);
         if let Some((trace_id, span_id, sampled)) = ids {
             line.extend_from_slice(b",\"trace_id\":\"");
-            push_hex(line, &trace_id.to_bytes());
+            push_hex(line, trace_id.to_bytes());
             line.extend_from_slice(b"\",\"span_id\":\"");
-            push_hex(line, &span_id.to_bytes());
+            push_hex(line, span_id.to_bytes());
             line.extend_from_slice(if sampled {
                 b"\",\"trace_flags\":\"01\""
             } else {
