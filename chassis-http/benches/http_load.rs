@@ -35,7 +35,8 @@
 //! request count, for profiling one server at a time (instructions per request under
 //! `valgrind --tool=callgrind`). `--layers-only` serves the chassis layers with the bare accept
 //! loop instead of `Server`; `--no-metrics` leaves the Prometheus recorder out of the
-//! `no-subscriber` row.
+//! `no-subscriber` row; `--telemetry-env` lets the telemetry rows read `RUST_LOG` and `OTEL_*`
+//! (e.g. `OTEL_TRACES_SAMPLER=always_off`) as a service would.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -113,6 +114,9 @@ struct Args {
     rows: Vec<Row>,
     /// Whether the Prometheus recorder is installed in the `no-subscriber` row.
     metrics: bool,
+    /// Let `Telemetry::builder` read `RUST_LOG`, `LOG_FORMAT` and `OTEL_*` as a service does
+    /// (ignored by default, so that the shell cannot change what the headline measures).
+    telemetry_env: bool,
     /// Serve the chassis layers with the bare accept loop instead of `Server` (isolates the
     /// cost of the layers from the cost of the runner).
     layers_only: bool,
@@ -134,6 +138,7 @@ impl Args {
             row: None,
             rows: ALL_ROWS.to_vec(),
             metrics: true,
+            telemetry_env: false,
             layers_only: false,
             only: None,
             raw: std::env::args().skip(1).collect(),
@@ -151,6 +156,7 @@ impl Args {
                 "--row" => args.row = Some(Row::parse(&value())),
                 "--rows" => args.rows = value().split(',').map(Row::parse).collect(),
                 "--no-metrics" => args.metrics = false,
+                "--telemetry-env" => args.telemetry_env = true,
                 "--layers-only" => args.layers_only = true,
                 "--only" => {
                     let server = value();
@@ -433,14 +439,16 @@ fn main() {
     let _telemetry = match row {
         Row::Telemetry | Row::TelemetrySampled => {
             // Inside the runtime, as in a service's `main`: the recorder's upkeep task runs there.
-            // The environment is ignored so that `RUST_LOG` or `OTEL_*` in the shell cannot
-            // change what is measured.
+            // The environment is ignored (unless `--telemetry-env`) so that `RUST_LOG` or
+            // `OTEL_*` in the shell cannot change what is measured.
             let guard = server_rt.block_on(async {
-                Telemetry::builder(ServiceInfo::new("http-load", "1.0.0"))
-                    .ignore_env()
-                    .writer(std::io::sink())
-                    .init()
-                    .expect("telemetry")
+                let builder = Telemetry::builder(ServiceInfo::new("http-load", "1.0.0"));
+                let builder = if args.telemetry_env {
+                    builder
+                } else {
+                    builder.ignore_env()
+                };
+                builder.writer(std::io::sink()).init().expect("telemetry")
             });
             Some(guard)
         }
@@ -472,14 +480,16 @@ fn main() {
         .build()
         .expect("client runtime");
     println!(
-        "row={} connections={} duration={:?} rounds={} server_threads={} metrics={} layers_only={}",
+        "row={} connections={} duration={:?} rounds={} server_threads={} metrics={} layers_only={} \
+         telemetry_env={}",
         row.name(),
         args.connections,
         args.duration,
         args.rounds,
         args.server_threads,
         args.metrics || row != Row::NoSubscriber,
-        args.layers_only
+        args.layers_only,
+        args.telemetry_env,
     );
     if let Some(only) = &args.only {
         let addr = if only == "bare" {

@@ -361,11 +361,20 @@ fn current_trace_id() -> Option<TraceId> {
     use opentelemetry::trace::TraceContextExt as _;
     use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 
-    let cx = tracing::Span::current().context();
-    let span = cx.span();
-    let span_context = span.span_context();
-    if span_context.is_valid() {
-        return Some(span_context.trace_id());
+    fn valid_trace_id(cx: &opentelemetry::Context) -> Option<TraceId> {
+        let span = cx.span();
+        let span_context = span.span_context();
+        span_context.is_valid().then(|| span_context.trace_id())
+    }
+
+    // First the context tracing-opentelemetry attached when the server span was entered (its
+    // default): a thread-local read, where `Span::current().context()` costs a span lookup,
+    // a clone and a close through every layer of the subscriber.
+    if let Some(id) = opentelemetry::Context::map_current(valid_trace_id) {
+        return Some(id);
+    }
+    if let Some(id) = valid_trace_id(&tracing::Span::current().context()) {
+        return Some(id);
     }
     REQUEST_TRACE_ID.try_with(|id| *id).ok().flatten()
 }
