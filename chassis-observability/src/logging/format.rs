@@ -23,21 +23,33 @@ const ESCAPE: [u8; 256] = {
 
 const HEX: &[u8; 16] = b"0123456789abcdef";
 
+/// The two hex digits of every byte value.
+const HEX_PAIRS: [[u8; 2]; 256] = {
+    let mut t = [[0_u8; 2]; 256];
+    let mut i = 0;
+    while i < 256 {
+        t[i] = [HEX[i >> 4], HEX[i & 0xf]];
+        i += 1;
+    }
+    t
+};
+
 /// Appends `s` escaped for the inside of a JSON string literal (no quotes). Bytes needing no
 /// escape, which is nearly all of them, are copied in runs. Non-ASCII UTF-8 passes through.
 pub(crate) fn escape_into(out: &mut Vec<u8>, s: &str) {
     let bytes = s.as_bytes();
-    // Fast path: check eight bytes at a time (the last word padded with a byte that needs no
-    // escape); a string needing none, nearly every one, is then copied in one go.
+    // Fast path: check eight bytes at a time, then the tail byte by byte; a string needing no
+    // escape, nearly every one, is then copied in one go.
     let mut clean = 0;
-    while clean < bytes.len() {
-        let chunk = &bytes[clean..bytes.len().min(clean + 8)];
-        let mut word = [b'a'; 8];
-        word[..chunk.len()].copy_from_slice(chunk);
+    while let Some(word) = bytes.get(clean..clean + 8) {
+        let word: [u8; 8] = word.try_into().unwrap_or_default();
         if needs_escape(u64::from_le_bytes(word)) {
             break;
         }
-        clean += chunk.len();
+        clean += 8;
+    }
+    while clean < bytes.len() && ESCAPE[bytes[clean] as usize] == 0 {
+        clean += 1;
     }
     if clean == bytes.len() {
         out.extend_from_slice(bytes);
@@ -147,7 +159,7 @@ pub(crate) fn push_hex<const N: usize>(out: &mut Vec<u8>, bytes: [u8; N]) {
     // Into a stack buffer first: one copy into `out` instead of a capacity check per byte.
     let mut text = [[0_u8; 2]; N];
     for (pair, b) in text.iter_mut().zip(bytes) {
-        *pair = [HEX[(b >> 4) as usize], HEX[(b & 0xf) as usize]];
+        *pair = HEX_PAIRS[b as usize];
     }
     out.extend_from_slice(text.as_flattened());
 }
@@ -227,5 +239,10 @@ mod tests {
         assert_eq!(text(|v| push_padded(v, 7, 2)), "07");
         assert_eq!(text(|v| push_padded(v, 123, 6)), "000123");
         assert_eq!(text(|v| push_hex(v, [0x00, 0xf0, 0x67, 0xaa])), "00f067aa");
+        let all: Vec<u8> = (0..=255).collect();
+        let mut bytes = [0_u8; 256];
+        bytes.copy_from_slice(&all);
+        let expected: String = all.iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(text(|v| push_hex(v, bytes)), expected);
     }
 }
