@@ -200,7 +200,10 @@ impl Policy {
         match c.sample {
             0 => false,
             1 => true,
-            n => self.sampled.fetch_add(1, Ordering::Relaxed) % u64::from(n) == 0,
+            n => self
+                .sampled
+                .fetch_add(1, Ordering::Relaxed)
+                .is_multiple_of(u64::from(n)),
         }
     }
 }
