@@ -165,6 +165,32 @@ async fn access_log_line_per_request() {
 }
 
 #[tokio::test]
+async fn sampled_access_log_keeps_every_error() {
+    let logs = LogBuffer::default();
+    let _guard = json_logs_into(&logs);
+
+    // No line for successful requests; errors are logged whatever the sample.
+    let server = start_app(
+        StandardLayers::new().access_log_sample(0),
+        started_registry(),
+        AppState::default(),
+    )
+    .await;
+    for path in ["/hello", "/orders/7", "/hello", "/panic", "/hello"] {
+        get(&client(), server.addr, path).await;
+    }
+    server.stop().await;
+
+    let statuses: Vec<_> = logs
+        .lines()
+        .into_iter()
+        .filter(|l| l["target"] == "chassis_http::access")
+        .map(|l| l["fields"]["status"].as_u64().unwrap())
+        .collect();
+    assert_eq!(statuses, [404, 500], "{:#?}", logs.lines());
+}
+
+#[tokio::test]
 async fn access_log_line_has_one_trace_id_under_the_chassis_json_format() {
     let capture = chassis_observability::logging::CaptureWriter::new();
     let (dispatch, _telemetry) =
