@@ -239,33 +239,35 @@ where
 }
 
 /// Reads a claimed [`PendingRow`] (the PostgreSQL store's `row_columns!`, headers as JSON
-/// text) from a row. (The SQLite store reads its batch as one JSON array instead.)
+/// text) from a row. (The SQLite store reads its batch as one JSON array instead.) Columns are
+/// read by position, in `row_columns!`'s order: by name, each of the 13 columns of every
+/// claimed row would be a hash lookup.
 #[cfg(feature = "postgres")]
 pub(crate) fn pending_row<R: Row>(row: &R) -> std::result::Result<PendingRow, sqlx::Error>
 where
-    for<'c> &'c str: ColumnIndex<R>,
+    usize: ColumnIndex<R>,
     for<'r> i32: Decode<'r, R::Database> + Type<R::Database>,
     for<'r> i64: Decode<'r, R::Database> + Type<R::Database>,
     for<'r> String: Decode<'r, R::Database> + Type<R::Database>,
     for<'r> Vec<u8>: Decode<'r, R::Database> + Type<R::Database>,
 {
-    let headers: String = row.try_get("headers")?;
+    let headers: String = row.try_get(9)?;
     Ok(PendingRow {
-        id: row.try_get("id")?,
-        subject: row.try_get("subject")?,
+        id: row.try_get(0)?,
+        subject: row.try_get(1)?,
         message: message_from_parts(
-            row.try_get("exchange")?,
-            row.try_get("routing_key")?,
-            row.try_get("message_id")?,
-            row.try_get("amqp_type")?,
-            row.try_get("content_type")?,
-            row.try_get("correlation_id")?,
-            row.try_get("amqp_timestamp")?,
+            row.try_get(2)?,
+            row.try_get(3)?,
+            row.try_get(4)?,
+            row.try_get(5)?,
+            row.try_get(6)?,
+            row.try_get(7)?,
+            row.try_get(8)?,
             &headers,
-            row.try_get("body")?,
+            row.try_get(10)?,
         ),
-        created_at_ms: row.try_get("created_at")?,
-        attempts: row.try_get("attempts")?,
+        created_at_ms: row.try_get(11)?,
+        attempts: row.try_get(12)?,
     })
 }
 
