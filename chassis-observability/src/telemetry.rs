@@ -31,12 +31,12 @@ use tracing::level_filters::LevelFilter;
 use tracing::{Dispatch, Level};
 use tracing_subscriber::filter::{FilterExt as _, Targets, filter_fn};
 use tracing_subscriber::fmt::MakeWriter;
-use tracing_subscriber::fmt::writer::BoxMakeWriter;
+use tracing_subscriber::fmt::writer::{BoxMakeWriter, EitherWriter};
 use tracing_subscriber::layer::SubscriberExt as _;
 use tracing_subscriber::{EnvFilter, Layer, Registry};
 
 use crate::config::{LogConfig, LogFormat, OtlpProtocol, Sampling, TelemetryConfig};
-use crate::logging::{BatchWriter, BatchWriterGuard, JsonLayer, redacting_fields};
+use crate::logging::{BatchLineWriter, BatchWriter, BatchWriterGuard, JsonLayer, redacting_fields};
 use crate::metrics::{PrometheusHandle, PrometheusRecorder};
 use crate::trace::{ExportStats, build_tracer_provider};
 use crate::{Error, ErrorKind};
@@ -371,19 +371,19 @@ enum LogSink {
 }
 
 impl<'a> MakeWriter<'a> for LogSink {
-    type Writer = Box<dyn io::Write + 'a>;
+    type Writer = EitherWriter<BatchLineWriter<'a>, <BoxMakeWriter as MakeWriter<'a>>::Writer>;
 
     fn make_writer(&'a self) -> Self::Writer {
         match self {
-            Self::Batch(w) => Box::new(w.make_writer()),
-            Self::Direct(w) => Box::new(w.make_writer()),
+            Self::Batch(w) => EitherWriter::A(w.make_writer()),
+            Self::Direct(w) => EitherWriter::B(w.make_writer()),
         }
     }
 
     fn make_writer_for(&'a self, meta: &tracing::Metadata<'_>) -> Self::Writer {
         match self {
-            Self::Batch(w) => Box::new(w.make_writer()),
-            Self::Direct(w) => Box::new(w.make_writer_for(meta)),
+            Self::Batch(w) => EitherWriter::A(w.make_writer()),
+            Self::Direct(w) => EitherWriter::B(w.make_writer_for(meta)),
         }
     }
 }

@@ -44,6 +44,9 @@ async fn init_installs_subscriber_recorder_and_propagator_once() {
         text.contains("# HELP http_server_request_duration"),
         "{text}"
     );
+    // The log writer's drop counter exists from the start, at 0.
+    assert!(text.contains("\nlog_lines_dropped 0\n"), "{text}");
+    assert!(text.contains("# HELP log_lines_dropped"), "{text}");
 
     // The global OpenTelemetry propagator is the W3C one.
     let mut map = std::collections::HashMap::new();

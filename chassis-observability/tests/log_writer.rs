@@ -325,3 +325,36 @@ async fn telemetry_counts_lines_dropped_by_a_stuck_output_and_flushes_at_shutdow
     assert_eq!(warning["severity_text"], "WARN");
     assert_eq!(warning["dropped_lines"], 15);
 }
+
+#[tokio::test]
+async fn the_human_readable_formats_go_through_the_batching_writer_too() {
+    for format in [
+        chassis_observability::LogFormat::Pretty,
+        chassis_observability::LogFormat::Compact,
+    ] {
+        let capture = CaptureWriter::new();
+        let (dispatch, guard) = Telemetry::builder(ServiceInfo::new("orders", "1.0.0"))
+            .ignore_env()
+            .log_format(format)
+            .writer(capture.clone())
+            .build()
+            .unwrap();
+        tracing::dispatcher::with_default(&dispatch, || {
+            tracing::info!(user = "ann", password = "hunter2", "first");
+            tracing::warn!("second");
+        });
+        guard.shutdown(Duration::from_secs(10)).await.unwrap();
+        let text = capture.contents();
+        let first = text
+            .find("first")
+            .unwrap_or_else(|| panic!("{format}: {text}"));
+        let second = text
+            .find("second")
+            .unwrap_or_else(|| panic!("{format}: {text}"));
+        assert!(first < second, "{format}: {text}");
+        assert!(
+            text.contains("ann") && !text.contains("hunter2"),
+            "{format}: {text}"
+        );
+    }
+}
