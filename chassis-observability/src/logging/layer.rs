@@ -79,6 +79,19 @@ impl fmt::Debug for JsonLayer {
 impl JsonLayer {
     /// A layer stamping every line with the given service identity and handing it to
     /// `make_writer`, synchronously, one `write_all` per line.
+    ///
+    /// ```
+    /// use chassis_core::ServiceInfo;
+    /// use chassis_observability::logging::{CaptureWriter, JsonLayer};
+    /// use tracing_subscriber::layer::SubscriberExt as _;
+    ///
+    /// let capture = CaptureWriter::new();
+    /// let subscriber = tracing_subscriber::registry()
+    ///     .with(JsonLayer::new(&ServiceInfo::new("orders", "1.2.0"), capture.clone()));
+    /// tracing::subscriber::with_default(subscriber, || tracing::info!(order.id = 42, "placed"));
+    /// let line: serde_json::Value = serde_json::from_str(&capture.lines()[0]).unwrap();
+    /// assert_eq!((line["body"].as_str(), line["order.id"].as_u64()), (Some("placed"), Some(42)));
+    /// ```
     pub fn new<M>(service: &chassis_core::ServiceInfo, make_writer: M) -> Self
     where
         M: for<'a> MakeWriter<'a> + Send + Sync + 'static,
@@ -192,6 +205,12 @@ impl<S> tracing_subscriber::Layer<S> for JsonLayer
 where
     S: Subscriber + for<'a> LookupSpan<'a>,
 {
+    fn on_register_dispatch(&self, subscriber: &tracing::Dispatch) {
+        // Composed by hand (not in a `Vec` of layers, which does not pass this on), the layer
+        // learns its dispatcher here; the telemetry builder sets it explicitly.
+        let _ = self.dispatch.set(subscriber.downgrade());
+    }
+
     fn on_event(&self, event: &Event<'_>, ctx: Context<'_, S>) {
         let format = |scratch: &mut Scratch| {
             self.format(event, &ctx, scratch);
