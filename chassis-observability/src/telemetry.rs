@@ -258,6 +258,10 @@ impl TelemetryBuilder {
         // id. Warnings and errors still become span events, and an ERROR event still marks its
         // span as failed. Spans themselves pass at every level. The level test comes first: an
         // info event is then turned away without matching its target against the list below.
+        // (The price of a per-layer filter that turns callsites away: every event of the
+        // subscriber goes through `enabled` on each filter. Keeping the callsite interest at
+        // "always" and deciding in `Filter::event_enabled` instead trips a debug assertion of
+        // tracing-subscriber 0.3.23's per-layer filter state.)
         let span_events = filter_fn(|meta| meta.is_span() || *meta.level() <= Level::WARN);
         let otel_layer = tracing_opentelemetry::layer()
             .with_tracer(provider.tracer("chassis"))
