@@ -258,6 +258,13 @@ pub struct TracingConfig {
     /// Timeout of one export request. Defaults to 10 s.
     #[serde(with = "humantime_serde")]
     pub export_timeout: Duration,
+    /// Whether every span also carries the source location (`code.file.path`,
+    /// `code.module.name`, `code.line.number`), the thread (`thread.id`, `thread.name`) and its
+    /// busy and idle time. Defaults to `false`: together they cost about 2 000 instructions per
+    /// span (the thread name is copied into a new string and the clock read on every enter and
+    /// exit), as much as a quarter of a small request's server time, and a trace viewer already
+    /// shows where a span sits and how long it took.
+    pub span_details: bool,
 }
 
 impl Default for TracingConfig {
@@ -272,6 +279,7 @@ impl Default for TracingConfig {
             max_export_batch_size: 512,
             scheduled_delay: Duration::from_secs(5),
             export_timeout: Duration::from_secs(10),
+            span_details: false,
         }
     }
 }

@@ -121,6 +121,14 @@ impl TelemetryBuilder {
         self
     }
 
+    /// Source location, thread and busy/idle time attributes on every span (see
+    /// [`TracingConfig::span_details`](crate::config::TracingConfig::span_details)). Defaults to
+    /// off.
+    pub fn span_details(mut self, on: bool) -> Self {
+        self.config.tracing.span_details = on;
+        self
+    }
+
     /// Adds a resource attribute. Defaults to none beyond the service identity.
     pub fn resource_attribute(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
         self.config
@@ -263,8 +271,12 @@ impl TelemetryBuilder {
         // "always" and deciding in `Filter::event_enabled` instead trips a debug assertion of
         // tracing-subscriber 0.3.23's per-layer filter state.)
         let span_events = filter_fn(|meta| meta.is_span() || *meta.level() <= Level::WARN);
+        let details = config.tracing.span_details;
         let otel_layer = tracing_opentelemetry::layer()
             .with_tracer(provider.tracer("chassis"))
+            .with_location(details)
+            .with_threads(details)
+            .with_tracked_inactivity(details)
             // The exporter's own HTTP stack must not produce spans: they would be exported in
             // turn, a feedback loop.
             .with_filter(

@@ -314,3 +314,37 @@ async fn warnings_and_errors_become_span_events_info_lines_stay_in_the_log() {
         ]
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn span_details_are_off_by_default_and_exported_when_asked_for() {
+    let mut receiver = Receiver::start().await;
+    for details in [false, true] {
+        let (dispatch, guard) = Telemetry::builder(ServiceInfo::new("orders", "1"))
+            .ignore_env()
+            .config(config(&receiver.endpoint()))
+            .span_details(details)
+            .make_writer(CaptureWriter::new())
+            .build()
+            .unwrap();
+        let name = format!("details {details}");
+        tracing::dispatcher::with_default(&dispatch, || {
+            tracing::info_span!("work", order.id = 7_i64).in_scope(|| {});
+        });
+        guard.shutdown(Duration::from_secs(5)).await.unwrap();
+        let all = spans(&receiver.drain());
+        let (_, work) = all
+            .iter()
+            .find(|(_, s)| s.name == "work")
+            .unwrap_or_else(|| panic!("{name}: span not exported"))
+            .clone();
+        assert_eq!(attr(&work.attributes, "order.id").as_deref(), Some("7"));
+        for key in ["code.file.path", "code.line.number", "thread.id", "busy_ns"] {
+            assert_eq!(
+                attr(&work.attributes, key).is_some(),
+                details,
+                "{name}: {key} in {:?}",
+                work.attributes.iter().map(|a| &a.key).collect::<Vec<_>>()
+            );
+        }
+    }
+}
