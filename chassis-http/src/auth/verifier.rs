@@ -1,8 +1,8 @@
 //! [`TokenVerifier`]: checks a service token and returns the caller's [`ServiceIdentity`].
 
-use std::collections::HashSet;
+use std::collections::{HashSet, VecDeque};
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use jsonwebtoken::errors::ErrorKind as JwtErrorKind;
@@ -20,6 +20,8 @@ pub const DEFAULT_LEEWAY: Duration = Duration::from_secs(30);
 pub const DEFAULT_MAX_TOKEN_LIFETIME: Duration = Duration::from_secs(3600);
 /// Longest token accepted, in bytes; longer ones are rejected before any parsing.
 const MAX_TOKEN_LEN: usize = 8 * 1024;
+/// Distinct tokens a verifier with static keys remembers as verified.
+const VERIFIED_CACHE_CAPACITY: usize = 32;
 
 /// Where a verifier finds keys.
 #[derive(Clone, Debug)]
@@ -43,6 +45,15 @@ enum KeySource {
 ///
 /// Failures 1–6 mean "unauthenticated" (401); 7 means "authenticated, but not for us" (403).
 /// Scopes are checked per route by [`RequireServiceTokenLayer`](super::RequireServiceTokenLayer).
+///
+/// With static keys ([`TokenVerifierBuilder::keys`]) the verifier remembers the last 32
+/// distinct tokens it accepted: a caller reuses its token for many requests
+/// ([`ServiceTokenSource`](super::ServiceTokenSource) renews it shortly before it expires), and
+/// the signature check (an Ed25519 verification, tens of microseconds) then runs once per
+/// token instead of once per request. A remembered token is the same bytes that passed every
+/// check, so only time can change the answer: its `exp` is checked again on every use. Keys
+/// from a JWKS are never remembered, so a key removed from the document stops being accepted
+/// at once; static keys cannot be removed without building a new verifier.
 #[derive(Clone)]
 pub struct TokenVerifier {
     inner: Arc<VerifierInner>,
@@ -54,6 +65,8 @@ struct VerifierInner {
     leeway: Duration,
     max_lifetime: Duration,
     keys: KeySource,
+    /// Accepted tokens with their identity and `exp` (static keys only), oldest first.
+    verified: Mutex<VecDeque<(Box<str>, ServiceIdentity, u64)>>,
 }
 
 /// Builds a [`TokenVerifier`]; see [`TokenVerifier::builder`].
@@ -129,6 +142,7 @@ impl TokenVerifierBuilder {
                 leeway: self.leeway,
                 max_lifetime: self.max_lifetime,
                 keys,
+                verified: Mutex::new(VecDeque::new()),
             }),
         })
     }
@@ -168,6 +182,9 @@ impl TokenVerifier {
 
     /// Verification without I/O: everything unless the key id is unknown to a JWKS source.
     pub(crate) fn check(&self, token: &str) -> Checked {
+        if let Some(result) = self.remembered(token, unix_seconds(SystemTime::now())) {
+            return Checked::Done(result);
+        }
         let header = match parse_header(token) {
             Ok(header) => header,
             Err(err) => return Checked::Done(Err(err)),
@@ -178,7 +195,13 @@ impl TokenVerifier {
             KeySource::Jwks(source) => source.lookup(kid),
         };
         match key {
-            Some(key) => Checked::Done(self.check_with_key(token, &header, &key)),
+            Some(key) => {
+                let result = self.check_with_key(token, &header, &key);
+                if let (Ok(identity), KeySource::Static(_)) = (&result, &self.inner.keys) {
+                    self.remember(token, identity);
+                }
+                Checked::Done(result)
+            }
             None if matches!(self.inner.keys, KeySource::Jwks(_)) && header.kid.is_some() => {
                 Checked::NeedsRefetch
             }
@@ -204,6 +227,38 @@ impl TokenVerifier {
                 kid: header.kid.map(truncate_kid),
             })),
         }
+    }
+
+    /// The answer for a token accepted before, at `now` (Unix seconds): its identity while its
+    /// `exp` (plus the leeway) has not passed, else `Expired` (and it is forgotten).
+    fn remembered(&self, token: &str, now: u64) -> Option<Result<ServiceIdentity, AuthError>> {
+        let mut verified = self
+            .inner
+            .verified
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let i = verified.iter().position(|(t, _, _)| &**t == token)?;
+        if now >= verified[i].2.saturating_add(self.inner.leeway.as_secs()) {
+            verified.remove(i);
+            return Some(Err(AuthError::new(AuthErrorKind::Expired)));
+        }
+        Some(Ok(verified[i].1.clone()))
+    }
+
+    fn remember(&self, token: &str, identity: &ServiceIdentity) {
+        let mut verified = self
+            .inner
+            .verified
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if verified.len() >= VERIFIED_CACHE_CAPACITY {
+            verified.pop_front();
+        }
+        verified.push_back((
+            token.into(),
+            identity.clone(),
+            unix_seconds(identity.expires_at),
+        ));
     }
 
     fn check_with_key(
@@ -418,6 +473,64 @@ mod tests {
         assert_eq!(
             verifier.verify(t.as_str()).await.unwrap_err().kind(),
             &AuthErrorKind::NotYetValid
+        );
+    }
+
+    #[tokio::test]
+    async fn an_accepted_token_is_remembered_until_it_expires() {
+        let (issuer, verifier) = setup();
+        let ttl = issuer.ttl();
+        // Expired 10 s ago, inside the 30 s leeway: accepted, and remembered.
+        let t = issuer
+            .issue_at(
+                "billing",
+                &[],
+                SystemTime::now() - ttl - Duration::from_secs(10),
+            )
+            .unwrap();
+        let first = verifier.verify(t.as_str()).await.unwrap();
+        assert_eq!(verifier.inner.verified.lock().unwrap().len(), 1);
+        let now = unix_seconds(SystemTime::now());
+        assert_eq!(
+            verifier.remembered(t.as_str(), now).unwrap().unwrap(),
+            first
+        );
+        assert_eq!(verifier.verify(t.as_str()).await.unwrap(), first);
+        // 25 s later it is past the leeway: refused, and forgotten.
+        assert_eq!(
+            verifier
+                .remembered(t.as_str(), now + 25)
+                .unwrap()
+                .unwrap_err()
+                .kind(),
+            &AuthErrorKind::Expired
+        );
+        assert!(verifier.remembered(t.as_str(), now).is_none());
+        // A token for another audience is refused and not remembered; neither is a forgery
+        // that differs from a remembered token.
+        let other = issuer.issue("shipping", &[]).unwrap();
+        assert!(verifier.verify(other.as_str()).await.is_err());
+        let good = issuer.issue("billing", &[]).unwrap();
+        verifier.verify(good.as_str()).await.unwrap();
+        // One signature character changed (well inside it: the last carries padding bits).
+        let mut forged = good.as_str().as_bytes().to_vec();
+        let i = forged.len() - 10;
+        forged[i] = if forged[i] == b'A' { b'B' } else { b'A' };
+        let forged = String::from_utf8(forged).unwrap();
+        assert!(verifier.verify(&forged).await.is_err());
+        assert_eq!(verifier.inner.verified.lock().unwrap().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn at_most_the_capacity_is_remembered() {
+        let (issuer, verifier) = setup();
+        for _ in 0..VERIFIED_CACHE_CAPACITY + 5 {
+            let t = issuer.issue("billing", &[]).unwrap();
+            verifier.verify(t.as_str()).await.unwrap();
+        }
+        assert_eq!(
+            verifier.inner.verified.lock().unwrap().len(),
+            VERIFIED_CACHE_CAPACITY
         );
     }
 

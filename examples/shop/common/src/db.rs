@@ -7,8 +7,12 @@
 //! module is the one place that matches on the database, and each match runs the same code on
 //! either (the `either!` macro). The lifecycle pieces come from the chassis as they are:
 //! [`Db::component`] is the outbox's database component, [`Db::relay`] its relay, and
-//! [`Db::consumer`] an [`idempotent`] inbox consumer whose handler gets a [`Tx`] and returns the
-//! [`Emit`]s to enqueue in the same transaction.
+//! [`Db::consumer`] an inbox consumer (the chassis [`Inbox`], as its `idempotent` handler uses
+//! it) whose handler gets a [`Tx`] and returns the [`Emit`]s to enqueue in the same transaction.
+//!
+//! Two histograms of the shop's own, for the launcher's per-hop breakdown: [`COMMIT_DURATION`]
+//! (every commit of a [`Txn`] and of a consumer's inbox transaction) and [`MESSAGE_WAIT`] (from
+//! the sender writing a message, its envelope's `time`, to its handler starting here).
 //!
 //! # Example
 //! ```
@@ -33,13 +37,12 @@ use std::time::Duration;
 
 use chassis_core::BoxError;
 use chassis_core::lifecycle::Component;
-use chassis_messaging::amqp::consumer::Handler as _;
 use chassis_messaging::lifecycle::ConsumerComponent;
 use chassis_messaging::sql::inbox::{Claim, InboxDatabase};
 use chassis_messaging::sql::outbox::OutboxDatabase;
 use chassis_messaging::{
     Connection, Error, Inbox, IncomingMessage, Outbox, Outcome, Publisher, PublisherConfig,
-    QueueConfig, Relay, RelayConfig, idempotent,
+    QueueConfig, Relay, RelayConfig,
 };
 use futures_util::future::BoxFuture;
 use sqlx::postgres::{PgConnection, PgPoolOptions, PgRow};
@@ -48,6 +51,42 @@ use sqlx::{Postgres, Row as _, Sqlite, Transaction};
 
 use crate::Shop;
 use crate::events::Emit;
+
+/// Histogram (seconds): one commit of a shop transaction ([`Txn::commit`], a consumer's inbox
+/// transaction).
+pub const COMMIT_DURATION: &str = "shop.db.commit.duration";
+/// Histogram (seconds), label `consumer` (the inbox name, e.g. `orders.saga`): from the moment
+/// the sender wrote the message into its outbox (the envelope's `time`, inside its transaction)
+/// to the moment the handler here starts: the sender's commit and relay, the publish, the
+/// broker, and the wait for a free handler. Both ends read the wall clock, so it is meaningful
+/// on one machine (or well-synchronised ones); a negative span (clock step) is not recorded.
+pub const MESSAGE_WAIT: &str = "shop.message.wait";
+
+/// Records [`MESSAGE_WAIT`] for `msg` arriving at `consumer` (nothing without a readable
+/// `cloudEvents:time` header).
+pub fn record_wait(consumer: &str, msg: &IncomingMessage) {
+    let Some(chassis_messaging::message::HeaderValue::String(time)) =
+        msg.header(chassis_messaging::envelope::TIME)
+    else {
+        return;
+    };
+    let Ok(written) = chrono::DateTime::parse_from_rfc3339(time) else {
+        return;
+    };
+    let waited = chrono::Utc::now().signed_duration_since(written);
+    if let Ok(waited) = waited.to_std() {
+        metrics::histogram!(MESSAGE_WAIT, "consumer" => consumer.to_owned())
+            .record(waited.as_secs_f64());
+    }
+}
+
+/// Commits `tx`, recording [`COMMIT_DURATION`].
+async fn timed_commit<DB: sqlx::Database>(tx: Transaction<'static, DB>) -> Result<(), sqlx::Error> {
+    let start = std::time::Instant::now();
+    tx.commit().await?;
+    metrics::histogram!(COMMIT_DURATION).record(start.elapsed().as_secs_f64());
+    Ok(())
+}
 
 /// The same code in the arm of each database (each arm compiles for its own types).
 macro_rules! either {
@@ -140,9 +179,7 @@ impl Db {
                 .connect_lazy(url)?;
             return Ok(Db::Postgres(Outbox::new(pool)));
         }
-        Ok(Db::Sqlite(Outbox::new(
-            chassis_messaging::sql::sqlite_pool(url)?,
-        )))
+        Ok(Db::Sqlite(Outbox::new(sqlite_pool(url)?)))
     }
 
     /// The database as a lifecycle component: migrates the chassis tables, runs `schema`,
@@ -178,7 +215,30 @@ impl Db {
             + Sync
             + 'static,
     {
-        either!(self, Db, |o| consumer(o, shop, conn, queue, inbox, handler))
+        self.consumer_then(shop, conn, queue, inbox, handler, |_: &[Emit]| {})
+    }
+
+    /// [`consumer`](Self::consumer), calling `after` with the [`Emit`]s of each message once
+    /// its transaction committed (to tell waiting requests about what just became durable).
+    pub fn consumer_then<F, A>(
+        &self,
+        shop: &Shop,
+        conn: &Connection,
+        queue: QueueConfig,
+        inbox: &str,
+        handler: F,
+        after: A,
+    ) -> Box<dyn Component>
+    where
+        F: for<'c> Fn(IncomingMessage, Tx<'c>) -> BoxFuture<'c, Result<Vec<Emit>, Outcome>>
+            + Send
+            + Sync
+            + 'static,
+        A: Fn(&[Emit]) + Send + Sync + 'static,
+    {
+        either!(self, Db, |o| consumer(
+            o, shop, conn, queue, inbox, handler, after
+        ))
     }
 
     /// Begins a transaction (SQLite: `BEGIN IMMEDIATE`, so writers queue for the lock).
@@ -235,6 +295,40 @@ impl Db {
     }
 }
 
+/// The shop's SQLite pool: the chassis settings (WAL, `synchronous = NORMAL`, a busy timeout;
+/// see `chassis_messaging::sql::sqlite_pool`) on **one** connection (`SQLITE_MAX_CONNECTIONS`
+/// sets another number, for comparisons).
+///
+/// SQLite has one writer at a time, and every shop transaction writes (`BEGIN IMMEDIATE`). With
+/// several connections, a transaction that finds the write lock taken waits in SQLite's busy
+/// handler, which sleeps 1, 2, 5, 10, 15, 20, 25… ms between attempts: under load most of an
+/// order's latency was spent asleep there. With one connection the transactions queue in the
+/// pool instead and each starts the moment the previous one commits. It also means one sqlx
+/// worker thread (each connection has its own) instead of four waking each other. Reads
+/// (`GET` of an order, the relay's claim) queue behind writes as well; each takes well under a
+/// millisecond. An in-memory database exists per connection, so it needs exactly one anyway.
+pub fn sqlite_pool(url: &str) -> Result<sqlx::SqlitePool, BoxError> {
+    use std::str::FromStr as _;
+    let options = sqlx::sqlite::SqliteConnectOptions::from_str(url)
+        .map_err(|e| format!("DATABASE_URL {url:?}: {e}"))?
+        .create_if_missing(true)
+        .journal_mode(sqlx::sqlite::SqliteJournalMode::Wal)
+        .synchronous(sqlx::sqlite::SqliteSynchronous::Normal)
+        .busy_timeout(Duration::from_secs(10));
+    // SQLITE_MAX_CONNECTIONS is for comparisons (and an in-memory database needs exactly 1).
+    let max = if url.contains(":memory:") {
+        1
+    } else {
+        crate::service::env("SQLITE_MAX_CONNECTIONS", "1")
+            .parse()
+            .unwrap_or(1)
+    };
+    Ok(sqlx::sqlite::SqlitePoolOptions::new()
+        .max_connections(max)
+        .acquire_timeout(Duration::from_secs(30))
+        .connect_lazy_with(options))
+}
+
 /// A transaction owned by the caller ([`Db::begin`], [`Db::claim`]), with its outbox.
 #[derive(Debug)]
 pub enum Txn {
@@ -263,7 +357,10 @@ impl Txn {
 
     /// Commits and wakes the relay.
     pub async fn commit(self) -> Result<(), Error> {
-        either!(self, Txn, |t, o| o.commit(t).await)
+        let start = std::time::Instant::now();
+        either!(self, Txn, |t, o| o.commit(t).await)?;
+        metrics::histogram!(COMMIT_DURATION).record(start.elapsed().as_secs_f64());
+        Ok(())
     }
 }
 
@@ -370,13 +467,14 @@ async fn enqueue<DB: OutboxDatabase>(
     Ok(())
 }
 
-fn consumer<DB, F>(
+fn consumer<DB, F, A>(
     outbox: &Outbox<DB>,
     shop: &Shop,
     conn: &Connection,
     queue: QueueConfig,
     inbox: &str,
     handler: F,
+    after: A,
 ) -> Box<dyn Component>
 where
     DB: OutboxDatabase + InboxDatabase,
@@ -385,36 +483,61 @@ where
         + Send
         + Sync
         + 'static,
+    A: Fn(&[Emit]) + Send + Sync + 'static,
 {
-    let (handler, out, names) = (Arc::new(handler), outbox.clone(), shop.clone());
+    let (handler, after) = (Arc::new(handler), Arc::new(after));
+    let (out, names) = (outbox.clone(), shop.clone());
     let inbox = Inbox::new(outbox.pool().clone(), inbox);
-    let once = idempotent(inbox, move |msg, tx| {
-        let (handler, out, names) = (handler.clone(), out.clone(), names.clone());
-        Box::pin(async move {
-            let cause = msg.message_id().map(str::to_owned);
-            let emits = match handler(msg, Tx::from(&mut **tx)).await {
-                Ok(emits) => emits,
-                Err(outcome) => return outcome,
-            };
-            match enqueue(&out, &mut **tx, &names, &emits, cause.as_deref()).await {
-                Ok(()) => Outcome::Ack,
-                Err(e) => Outcome::retry(format!("outbox: {e}")),
-            }
-        })
-    });
-    let out = outbox.clone();
     let config = shop.consumer_config();
-    Box::new(ConsumerComponent::new(conn, queue, config, move |msg| {
-        let (done, out) = (once.handle(msg), out.clone());
-        async move {
-            let outcome = done.await;
-            if outcome == Outcome::Ack {
-                // The inbox committed: wake the relay now (SQLite has no commit signal).
-                out.notify_committed();
+    // What the chassis `idempotent` handler does (claim the id, run the handler in the same
+    // transaction, commit, count it), written out so the commit is timed and the relay woken.
+    Box::new(ConsumerComponent::new(
+        conn,
+        queue,
+        config,
+        move |msg: IncomingMessage| {
+            let (handler, after, out, names, inbox) = (
+                handler.clone(),
+                after.clone(),
+                out.clone(),
+                names.clone(),
+                inbox.clone(),
+            );
+            async move {
+                record_wait(inbox.consumer(), &msg);
+                let Some(id) = msg.message_id().map(str::to_owned) else {
+                    return Outcome::reject(
+                        "message has no message_id; the inbox cannot deduplicate it",
+                    );
+                };
+                let mut tx = match inbox.begin(&id).await {
+                    Ok(Claim::New(tx)) => tx,
+                    Ok(Claim::Duplicate) => return Outcome::Ack,
+                    Err(e) => return Outcome::retry(format!("inbox: {e}")),
+                };
+                // An error drops the transaction: the writes and the inbox id roll back.
+                let emits = match handler(msg, Tx::from(&mut *tx)).await {
+                    Ok(emits) => emits,
+                    Err(outcome) => return outcome,
+                };
+                if let Err(e) = enqueue(&out, &mut *tx, &names, &emits, Some(&id)).await {
+                    return Outcome::retry(format!("outbox: {e}"));
+                }
+                if let Err(e) = timed_commit(tx).await {
+                    return Outcome::retry(format!("inbox commit failed: {e}"));
+                }
+                metrics::counter!(chassis_messaging::sql::metrics::INBOX_PROCESSED,
+                "messaging.destination.name" => inbox.consumer().to_owned())
+                .increment(1);
+                if !emits.is_empty() {
+                    // Something to publish: wake the relay now (SQLite has no commit signal).
+                    out.notify_committed();
+                }
+                after(&emits);
+                Outcome::Ack
             }
-            outcome
-        }
-    }))
+        },
+    ))
 }
 
 /// A fresh, empty PostgreSQL schema for one test: on `DATABASE_URL` (default

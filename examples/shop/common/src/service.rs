@@ -5,6 +5,10 @@
 //! `sqlite://<DATA_DIR or .>/<service>.db`), `AMQP_URL` (default the local broker),
 //! `SHOP_NAMESPACE` (a prefix of every exchange and queue name, so several systems share one
 //! broker), `CONSUMER_CONCURRENCY` (default 8).
+//!
+//! [`runtime`] is the tokio runtime every shop service runs on (`SHOP_RUNTIME_THREADS`, default
+//! 1). [`telemetry`] is the chassis telemetry with the shop's histogram buckets
+//! ([`LATENCY_BUCKETS`]), fine enough for the launcher's per-hop breakdown.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -15,6 +19,7 @@ use chassis_http::server::ServerConfig;
 use chassis_messaging::{
     Connection, ConnectionConfig, ConsumerConfig, ExchangeConfig, QueueConfig, TopologyConfig,
 };
+use chassis_observability::{Telemetry, TelemetryGuard};
 
 use crate::db::Db;
 use crate::events::{COMMANDS_EXCHANGE, EVENTS_EXCHANGE};
@@ -36,6 +41,46 @@ pub fn server_config(default_port: u16) -> Result<ServerConfig, BoxError> {
     Ok(ServerConfig::default()
         .bind(addr)
         .drain_timeout(Duration::from_secs(10)))
+}
+
+/// Histogram buckets (seconds) of every shop service: 0.1 ms to 30 s, about 25% apart below
+/// 0.1 s. The chassis default (the OpenTelemetry duration buckets, 5 ms and up) puts most of a
+/// fast hop into its first bucket; with these the launcher's per-hop quantiles
+/// (`shop_launcher::hops`) are within a quarter of the value. Recording costs the same either
+/// way (one sample into a lock-free buffer; buckets are counted when `/metrics` is scraped).
+pub const LATENCY_BUCKETS: &[f64] = &[
+    0.0001, 0.00025, 0.0005, 0.00075, 0.001, 0.00125, 0.0015, 0.00175, 0.002, 0.0025, 0.003, 0.004,
+    0.005, 0.006, 0.008, 0.01, 0.0125, 0.015, 0.02, 0.025, 0.03, 0.04, 0.05, 0.065, 0.08, 0.1,
+    0.125, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 30.0,
+];
+
+/// The service's tokio runtime: `SHOP_RUNTIME_THREADS` worker threads (default 1, a
+/// current-thread runtime; more gives a multi-thread one).
+///
+/// A shop service waits on its database, the broker and other services, and uses a fraction of a
+/// core. On one thread, a task woken by I/O runs where the reactor runs; with several workers a
+/// wake-up often lands on a parked worker and costs a futex wake and two context switches, which
+/// on a 2-core machine shared by six services and the broker was a large part of each
+/// service's CPU time (see `examples/README.md`, "Performance"). The database drivers' own
+/// threads (sqlx runs each SQLite connection on one) are unaffected.
+pub fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    let threads: usize = env("SHOP_RUNTIME_THREADS", "1").parse().unwrap_or(1);
+    let mut builder = if threads <= 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        b.worker_threads(threads);
+        b
+    };
+    builder.enable_all().build()
+}
+
+/// The chassis telemetry (logs, traces, the Prometheus recorder) of a shop service, with
+/// [`LATENCY_BUCKETS`] for every histogram.
+pub fn telemetry(info: ServiceInfo) -> Result<TelemetryGuard, BoxError> {
+    Ok(Telemetry::builder(info)
+        .histogram_buckets(LATENCY_BUCKETS)
+        .init()?)
 }
 
 /// A shop service: its name and the namespace prefixed to its exchange and queue names.
@@ -67,8 +112,14 @@ impl Shop {
 
     /// The queue `<namespace><service>.<suffix>` bound to `bindings` (exchange, routing key);
     /// the broker gives it its retry tiers and dead-letter queue.
+    /// `SHOP_QUEUE_TYPE=classic` declares classic queues instead of quorum ones (for
+    /// comparisons; a queue's type cannot change once declared, so use it with a fresh
+    /// namespace).
     pub fn queue(&self, suffix: &str, bindings: &[(&str, &str)]) -> QueueConfig {
-        let queue = QueueConfig::new(self.name(&format!("{}.{suffix}", self.service)));
+        let mut queue = QueueConfig::new(self.name(&format!("{}.{suffix}", self.service)));
+        if env("SHOP_QUEUE_TYPE", "quorum") == "classic" {
+            queue = queue.queue_type(chassis_messaging::amqp::topology::QueueType::Classic);
+        }
         bindings.iter().fold(queue, |q, (exchange, key)| {
             q.bind(self.name(exchange), *key)
         })
@@ -122,5 +173,19 @@ mod tests {
         let exchanges = shop.topology().exchanges;
         let names: Vec<_> = exchanges.iter().map(|e| e.name.as_str()).collect();
         assert_eq!(names, ["ns.shop.events", "ns.shop.commands"]);
+    }
+
+    #[test]
+    fn latency_buckets_are_increasing_and_span_a_tenth_of_a_millisecond_to_seconds() {
+        assert!(LATENCY_BUCKETS.windows(2).all(|w| w[0] < w[1]));
+        assert_eq!(LATENCY_BUCKETS.first(), Some(&0.0001));
+        assert!(LATENCY_BUCKETS.last().is_some_and(|b| *b >= 10.0));
+        // Below 0.1 s no bucket is more than 2.5 times the previous one (quantiles within a
+        // bucket's width stay close to the value).
+        let fine = LATENCY_BUCKETS
+            .iter()
+            .filter(|b| **b <= 0.1)
+            .collect::<Vec<_>>();
+        assert!(fine.windows(2).all(|w| w[1] / w[0] <= 2.5));
     }
 }

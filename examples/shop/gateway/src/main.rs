@@ -16,7 +16,7 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{Path, RawQuery, State};
+use axum::extract::{Path, Query, RawQuery, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -28,7 +28,6 @@ use chassis_http::health::HealthLayer;
 use chassis_http::layers::StandardLayers;
 use chassis_http::server::HttpServer;
 use chassis_http::{ApiError, ApiResponse, ResultExt};
-use chassis_observability::Telemetry;
 use serde_json::{Value, json};
 use shop_common::auth;
 use shop_common::service::{env, server_config};
@@ -117,11 +116,15 @@ fn policy(name: &str) -> Result<Option<ResiliencePolicy>, BoxError> {
     })
 }
 
-#[tokio::main]
-async fn main() -> Result<(), BoxError> {
+fn main() -> Result<(), BoxError> {
+    // One runtime thread unless SHOP_RUNTIME_THREADS says otherwise (see `shop_common::service::runtime`).
+    shop_common::service::runtime()?.block_on(run())
+}
+
+async fn run() -> Result<(), BoxError> {
     // 1. Identity and telemetry.
     let info = ServiceInfo::from_env("gateway", env!("CARGO_PKG_VERSION"));
-    let telemetry = Telemetry::builder(info).init()?;
+    let telemetry = shop_common::service::telemetry(info)?;
     let app = App::new("gateway").config(LifecycleConfig::from_env()?);
 
     // 2. The API keys, the rate limiter and a resilient client per downstream service.
@@ -208,18 +211,29 @@ async fn place_order(
     Ok(IntoResponse::into_response(ApiResponse::accepted(placed)))
 }
 
+/// `?wait_ms=N` of `GET /api/v1/orders/{id}`: answer once the order is final, or after N ms
+/// (the orders service caps it at 2 s).
+#[derive(Debug, serde::Deserialize)]
+struct WaitQuery {
+    wait_ms: Option<u64>,
+}
+
 async fn get_order(
     State(ctx): State<Ctx>,
     headers: HeaderMap,
     Path(id): Path<String>,
+    Query(q): Query<WaitQuery>,
 ) -> Result<Response, ApiError> {
     ctx.admit(&headers)?;
     if id.is_empty() || id.len() > 64 || !id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
     {
         return Err(ApiError::bad_request("invalid order id"));
     }
-    ctx.call(&ctx.orders, get_request(format!("/internal/orders/{id}"))?)
-        .await
+    let path = match q.wait_ms {
+        Some(ms) => format!("/internal/orders/{id}?wait_ms={ms}"),
+        None => format!("/internal/orders/{id}"),
+    };
+    ctx.call(&ctx.orders, get_request(path)?).await
 }
 
 async fn products(State(ctx): State<Ctx>, headers: HeaderMap) -> Result<Response, ApiError> {

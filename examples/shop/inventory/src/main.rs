@@ -25,7 +25,6 @@ use chassis_http::layers::StandardLayers;
 use chassis_http::server::HttpServer;
 use chassis_http::{ApiError, ApiResponse, ApiResult, ResultExt};
 use chassis_messaging::{IncomingMessage, Outcome};
-use chassis_observability::Telemetry;
 use serde_json::{Value, json};
 use shop_common::db::{Db, Tx};
 use shop_common::events::{
@@ -37,11 +36,15 @@ use shop_common::{Shop, auth};
 use shop_inventory::domain::{self, Product};
 use tower::ServiceBuilder;
 
-#[tokio::main]
-async fn main() -> Result<(), BoxError> {
+fn main() -> Result<(), BoxError> {
+    // One runtime thread unless SHOP_RUNTIME_THREADS says otherwise (see `shop_common::service::runtime`).
+    shop_common::service::runtime()?.block_on(run())
+}
+
+async fn run() -> Result<(), BoxError> {
     // 1. Identity and telemetry.
     let info = ServiceInfo::from_env("inventory", env!("CARGO_PKG_VERSION"));
-    let telemetry = Telemetry::builder(info.clone()).init()?;
+    let telemetry = shop_common::service::telemetry(info.clone())?;
     let app = App::new("inventory").config(LifecycleConfig::from_env()?);
     let shop = Shop::from_env("inventory");
 

@@ -12,6 +12,8 @@
 //!   one that is installed but stopped is started);
 //! - [`System`]: start, inspect, kill/restart and stop the processes;
 //! - [`workload`]: place orders concurrently, poll them to a final status, summarise;
+//! - [`measure`]: the workload with CPU time per order per process ([`cpu`], from `/proc`) and
+//!   p50/p99 per hop ([`hops`], from the services' `/metrics`);
 //! - [`cleanup`]: delete every exchange and queue of a run's namespace once its services stopped.
 //!
 //! # Example
@@ -37,6 +39,9 @@ use tokio::process::{Child, Command};
 use tokio::task::JoinSet;
 
 pub mod cleanup;
+pub mod cpu;
+pub mod hops;
+pub mod measure;
 pub mod preflight;
 pub mod workload;
 
@@ -528,6 +533,14 @@ impl System {
             }
         }
         Ok(())
+    }
+
+    /// The pid of every running service process.
+    pub fn pids(&self) -> Vec<(String, u32)> {
+        self.procs
+            .iter()
+            .filter_map(|(name, p)| Some(((*name).to_owned(), p.child.as_ref()?.id()?)))
+            .collect()
     }
 
     /// The base URL of a service.

@@ -1,6 +1,7 @@
 //! `cargo run --release -p shop-launcher -- --orders 200 --concurrency 16`: checks that the
 //! broker (and PostgreSQL) answer, builds and starts the whole shop, drives the demo workload,
-//! prints the summary, stops everything and deletes the run's exchanges and queues (or keeps
+//! prints the summary (outcomes, latency, CPU per order per process, p50/p99 per hop: see
+//! `shop_launcher::measure`), stops everything and deletes the run's exchanges and queues (or keeps
 //! the system running with `--keep-running` until SIGINT/SIGTERM). `--database
 //! postgres[=URL]` runs every service on its own PostgreSQL database instead of a SQLite file.
 //!
@@ -13,7 +14,8 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use indicatif::{ProgressBar, ProgressStyle};
-use shop_launcher::workload::{self, WorkloadConfig};
+use shop_launcher::measure;
+use shop_launcher::workload::WorkloadConfig;
 use shop_launcher::{
     BoxError, DEFAULT_POSTGRES_URL, DRAIN_TIMEOUT, Database, System, SystemConfig, bin_dir,
     build_command, cleanup, default_amqp_url, preflight,
@@ -264,7 +266,7 @@ async fn drive(system: &System, args: &Args, signals: &mut Signals) -> Outcome {
         ..WorkloadConfig::default()
     };
     let result = tokio::select! {
-        result = workload::run(system.url("gateway"), &workload_config, Some(bar.clone())) => result,
+        result = measure::run(system, &workload_config, Some(bar.clone())) => result,
         signal = signals.recv() => {
             bar.abandon();
             return Outcome::Interrupted(signal);

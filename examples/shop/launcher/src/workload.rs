@@ -1,5 +1,5 @@
-//! The demo workload: place orders through the gateway with bounded concurrency, poll each to a
-//! final status, and summarise.
+//! The demo workload: place orders through the gateway with bounded concurrency, wait for each
+//! to reach a final status (long polls, see [`wait_final`]), and summarise.
 //!
 //! Placement-to-final time is measured by the orders service itself (`finished_ms -
 //! created_ms` of each order), so polling granularity does not inflate it. Orders/s is finished
@@ -90,13 +90,17 @@ pub fn percentile(values: &[i64], p: f64) -> Option<i64> {
 }
 
 impl Summary {
+    /// Orders that reached a final status (confirmed or failed).
+    pub fn finished(&self) -> usize {
+        self.confirmed + self.failed.values().sum::<usize>()
+    }
+
     /// Finished orders per second of wall time.
     pub fn orders_per_sec(&self) -> f64 {
-        let finished = self.confirmed + self.failed.values().sum::<usize>();
         if self.elapsed.is_zero() {
             0.0
         } else {
-            finished as f64 / self.elapsed.as_secs_f64()
+            self.finished() as f64 / self.elapsed.as_secs_f64()
         }
     }
 }
@@ -165,7 +169,15 @@ pub async fn place(
     Ok((status, resp.json().await.unwrap_or(Value::Null)))
 }
 
-/// Polls an order until it is `CONFIRMED` or `FAILED` (or `timeout`); returns its last state.
+/// How long one `GET /api/v1/orders/{id}?wait_ms=…` may wait for the final status.
+pub const LONG_POLL: Duration = Duration::from_secs(1);
+
+/// Waits until an order is `CONFIRMED` or `FAILED` (or `timeout`); returns its last state.
+///
+/// Each read is a long poll (`?wait_ms=1000`): the orders service answers the moment the order
+/// is final, so one request usually suffices and the answer is not a poll interval late. A
+/// read that comes back still pending without having waited (a service that ignores
+/// `wait_ms`) is repeated after 100 ms.
 pub async fn wait_final(
     http: &reqwest::Client,
     gateway: &str,
@@ -175,8 +187,12 @@ pub async fn wait_final(
 ) -> Result<Value, BoxError> {
     let deadline = Instant::now() + timeout;
     loop {
+        let asked = Instant::now();
         let resp = http
-            .get(format!("{gateway}/api/v1/orders/{order_id}"))
+            .get(format!(
+                "{gateway}/api/v1/orders/{order_id}?wait_ms={}",
+                LONG_POLL.as_millis()
+            ))
             .bearer_auth(api_key)
             .send()
             .await;
@@ -191,7 +207,9 @@ pub async fn wait_final(
         } else if Instant::now() > deadline {
             return Err(format!("order {order_id} could not be read before the deadline").into());
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        if asked.elapsed() < LONG_POLL / 2 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 }
 

@@ -7,8 +7,8 @@ use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use shop_launcher::workload::{place, wait_final};
-use shop_launcher::{Database, System, SystemConfig, build_services, cleanup};
+use shop_launcher::workload::{WorkloadConfig, percentile, place, wait_final};
+use shop_launcher::{Database, System, SystemConfig, build_services, cleanup, measure};
 
 const KEY: &str = "demo-key-0001";
 const SEED: &str = "tea:Green tea:450:1000,scarce:Scarce teapot:9900:2,last:Last units:500:3";
@@ -440,6 +440,66 @@ async fn orders_killed_mid_saga_every_order_finishes_and_nothing_is_charged_twic
             .unwrap(),
         ids.len() as u64
     );
+    stop(sys).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[allow(clippy::await_holding_lock)]
+async fn the_summary_says_how_much_cpu_an_order_takes_and_where_its_time_goes() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let (sys, _dir) = start(|_| {}).await;
+    let config = WorkloadConfig {
+        orders: 60,
+        concurrency: 8,
+        ..WorkloadConfig::default()
+    };
+    let measured = measure::run(&sys, &config, None).await.unwrap();
+    let text = measured.to_string();
+    assert_eq!(measured.summary.finished(), 60, "{text}");
+
+    // CPU: every service process (the provider included) and, on this machine, the broker.
+    assert!(text.contains("CPU per order"), "{text}");
+    for process in shop_launcher::SERVICES
+        .iter()
+        .copied()
+        .chain([measure::BROKER])
+    {
+        let ms = measured.cpu.ms_per_order(process);
+        assert!(ms.is_some_and(|ms| ms > 0.0), "{process}: {ms:?}\n{text}");
+    }
+    assert!(measured.broker_measured, "{text}");
+    let total = measured.cpu.total_ms_per_order().unwrap();
+    let sum: f64 = shop_launcher::SERVICES
+        .iter()
+        .copied()
+        .chain([measure::BROKER])
+        .filter_map(|p| measured.cpu.ms_per_order(p))
+        .sum();
+    assert!((total - sum).abs() < 1e-9, "{text}");
+
+    // Hops: every one was seen, at least once per order where each order passes it once, and
+    // none is slower than the whole placement -> final time.
+    let e2e_p50 = percentile(&measured.summary.latencies_ms, 50.0).unwrap() as f64;
+    for hop in &measured.hops.hops {
+        assert!(hop.count > 0, "{} has no samples\n{text}", hop.label);
+        let (p50, p99) = (hop.p50_ms.unwrap(), hop.p99_ms.unwrap());
+        assert!(p50 <= p99, "{}: p50 {p50} > p99 {p99}\n{text}", hop.label);
+        assert!(
+            p50 <= e2e_p50,
+            "{}: p50 {p50} ms > end to end p50 {e2e_p50} ms\n{text}",
+            hop.label
+        );
+        assert!(text.contains(hop.label), "{text}");
+    }
+    for once_per_order in [
+        "gateway POST /api/v1/orders",
+        "orders POST /internal/orders",
+        "written -> handler inventory.reserve",
+        "written -> handler notifications",
+    ] {
+        let hop = measured.hops.hop(once_per_order).unwrap();
+        assert!(hop.count >= 60, "{once_per_order}: {}\n{text}", hop.count);
+    }
     stop(sys).await;
 }
 

@@ -21,7 +21,6 @@ use chassis_http::layers::StandardLayers;
 use chassis_http::server::HttpServer;
 use chassis_http::{ApiResponse, ApiResult, ResultExt};
 use chassis_messaging::{IncomingMessage, Outcome};
-use chassis_observability::Telemetry;
 use shop_common::db::{Db, Tx};
 use shop_common::events::{
     EVENTS_EXCHANGE, Emit, ORDER_CONFIRMED, ORDER_FAILED, OrderFinished, decode, retry,
@@ -36,11 +35,15 @@ struct ListQuery {
     order_id: Option<String>,
 }
 
-#[tokio::main]
-async fn main() -> Result<(), BoxError> {
+fn main() -> Result<(), BoxError> {
+    // One runtime thread unless SHOP_RUNTIME_THREADS says otherwise (see `shop_common::service::runtime`).
+    shop_common::service::runtime()?.block_on(run())
+}
+
+async fn run() -> Result<(), BoxError> {
     // 1. Identity and telemetry.
     let info = ServiceInfo::from_env("notifications", env!("CARGO_PKG_VERSION"));
-    let telemetry = Telemetry::builder(info.clone()).init()?;
+    let telemetry = shop_common::service::telemetry(info.clone())?;
     let app = App::new("notifications").config(LifecycleConfig::from_env()?);
     let shop = Shop::from_env("notifications");
 

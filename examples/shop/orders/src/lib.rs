@@ -6,6 +6,8 @@
 //! transition is one database transaction that also writes the next message into the outbox, so
 //! the saga resumes from the database after a restart.
 //!
-//! - [`saga`]: the state machine and its SQL.
+//! - [`saga`]: the state machine and its SQL;
+//! - [`waiters`]: requests waiting for an order's final status (long polling).
 
 pub mod saga;
+pub mod waiters;

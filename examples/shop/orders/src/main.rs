@@ -4,7 +4,8 @@
 //! outbox/inbox tables); RabbitMQ, attached in the background (the shop's exchanges and the
 //! `orders.saga` queue); the outbox relay; the saga consumer (inventory and payment replies,
 //! through the inbox); the timeout sweeper; HTTP (`POST /internal/orders`,
-//! `GET /internal/orders/{id}`, `GET /internal/stats`, behind service tokens). Orders are
+//! `GET /internal/orders/{id}` (with `?wait_ms=N`, answered once the order is final or after
+//! N ms: see `shop_orders::waiters`), `GET /internal/stats`, behind service tokens). Orders are
 //! accepted while RabbitMQ is away: they wait in the outbox.
 //!
 //! Environment: `HTTP_ADDR` (default `127.0.0.1:8081`), `DATABASE_URL`, `DATA_DIR`, `AMQP_URL`,
@@ -16,7 +17,7 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::http::HeaderMap;
 use axum::routing::{get, post};
 use chassis_core::lifecycle::{App, LifecycleConfig, Stage, task};
@@ -26,16 +27,16 @@ use chassis_http::layers::StandardLayers;
 use chassis_http::server::HttpServer;
 use chassis_http::{ApiError, ApiResponse, ApiResult, ResultExt};
 use chassis_messaging::{IncomingMessage, Outcome};
-use chassis_observability::Telemetry;
 use serde_json::{Map, Value};
 use shop_common::db::{Db, Tx, now_ms};
 use shop_common::events::{
-    EVENTS_EXCHANGE, Emit, INVENTORY_REJECTED, INVENTORY_RESERVED, PAYMENT_FAILED,
-    PAYMENT_SUCCEEDED, decode, retry,
+    EVENTS_EXCHANGE, Emit, INVENTORY_REJECTED, INVENTORY_RESERVED, ORDER_CONFIRMED, ORDER_FAILED,
+    PAYMENT_FAILED, PAYMENT_SUCCEEDED, decode, retry,
 };
 use shop_common::service::{env, server_config};
 use shop_common::{Shop, auth};
 use shop_orders::saga::{self, NewOrder};
+use shop_orders::waiters::{self, Waiters};
 use tower::ServiceBuilder;
 
 #[derive(Clone)]
@@ -43,13 +44,33 @@ struct Ctx {
     shop: Shop,
     db: Db,
     step_timeout_ms: i64,
+    waiters: Waiters,
 }
 
-#[tokio::main]
-async fn main() -> Result<(), BoxError> {
+/// Wakes the requests waiting for the orders that `emits` (just committed) announce as final.
+fn announce(waiters: &Waiters, emits: &[Emit]) {
+    for e in emits {
+        if e.kind == ORDER_CONFIRMED || e.kind == ORDER_FAILED {
+            waiters.finished(&e.subject);
+        }
+    }
+}
+
+/// `?wait_ms=N`: answer once the order is final, or after N ms (capped at `waiters::MAX_WAIT`).
+#[derive(Debug, serde::Deserialize)]
+struct WaitQuery {
+    wait_ms: Option<u64>,
+}
+
+fn main() -> Result<(), BoxError> {
+    // One runtime thread unless SHOP_RUNTIME_THREADS says otherwise (see `shop_common::service::runtime`).
+    shop_common::service::runtime()?.block_on(run())
+}
+
+async fn run() -> Result<(), BoxError> {
     // 1. Identity and telemetry.
     let info = ServiceInfo::from_env("orders", env!("CARGO_PKG_VERSION"));
-    let telemetry = Telemetry::builder(info.clone()).init()?;
+    let telemetry = shop_common::service::telemetry(info.clone())?;
     let app = App::new("orders").config(LifecycleConfig::from_env()?);
     let shop = Shop::from_env("orders");
     let step_timeout_ms = env("SAGA_STEP_TIMEOUT_MS", "30000")
@@ -58,10 +79,12 @@ async fn main() -> Result<(), BoxError> {
 
     // 2. The database (opened at start) with its outbox.
     let db = shop.database()?;
+    let waiters = Waiters::default();
     let ctx = Ctx {
         shop: shop.clone(),
         db: db.clone(),
         step_timeout_ms,
+        waiters: waiters.clone(),
     };
 
     // 3. RabbitMQ, attached in the background: topology, relay, the saga's replies.
@@ -77,9 +100,14 @@ async fn main() -> Result<(), BoxError> {
     );
     let topology = shop.topology().queue(replies.clone());
     let relay = db.relay(&conn)?;
-    let saga = db.consumer(&shop, &conn, replies, "orders.saga", move |msg, tx| {
-        Box::pin(on_reply(msg, tx, step_timeout_ms))
-    });
+    let saga = db.consumer_then(
+        &shop,
+        &conn,
+        replies,
+        "orders.saga",
+        move |msg, tx| Box::pin(on_reply(msg, tx, step_timeout_ms)),
+        move |emits| announce(&waiters, emits),
+    );
     let sweeper = ctx.clone();
     let timeouts = task("saga-timeouts", Stage::Worker, |stop| async move {
         // Fails overdue steps once a second, and right after a restart.
@@ -139,6 +167,7 @@ async fn expire_overdue(ctx: &Ctx) {
         let (ids, emits) = saga::expire_overdue(&mut txn.tx(), now_ms(), 100).await?;
         txn.emit(&ctx.shop, &emits, None).await?;
         txn.commit().await?;
+        announce(&ctx.waiters, &emits);
         Ok::<_, BoxError>(ids)
     };
     match swept.await {
@@ -172,7 +201,25 @@ async fn place(State(ctx): State<Ctx>, headers: HeaderMap, body: Bytes) -> ApiRe
     Ok(ApiResponse::accepted(data))
 }
 
-async fn get_order(State(ctx): State<Ctx>, Path(id): Path<String>) -> ApiResult<saga::Order> {
+async fn get_order(
+    State(ctx): State<Ctx>,
+    Path(id): Path<String>,
+    Query(q): Query<WaitQuery>,
+) -> ApiResult<saga::Order> {
+    // Registered before the read: a finish committed after the read still wakes it.
+    let waiter = q.wait_ms.filter(|ms| *ms > 0).map(|ms| {
+        let wait = Duration::from_millis(ms).min(waiters::MAX_WAIT);
+        (ctx.waiters.wait(&id), wait)
+    });
+    let Some(order) = saga::get(&ctx.db, &id).await.or_internal()? else {
+        return Err(ApiError::not_found("no such order"));
+    };
+    let Some((waiter, wait)) = waiter.filter(|_| order.status == saga::PENDING) else {
+        return Ok(ApiResponse::ok(order));
+    };
+    if !waiter.wait(wait).await {
+        return Ok(ApiResponse::ok(order));
+    }
     match saga::get(&ctx.db, &id).await.or_internal()? {
         Some(order) => Ok(ApiResponse::ok(order)),
         None => Err(ApiError::not_found("no such order")),

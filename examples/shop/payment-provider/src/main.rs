@@ -26,7 +26,9 @@ struct Args {
     outages: String,
 }
 
-#[tokio::main]
+// One runtime thread: it answers small requests from payments, and on a small machine shared
+// by the shop's processes and the broker a second worker mostly adds cross-thread wake-ups.
+#[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     tracing_subscriber::fmt()
         .json()

@@ -23,7 +23,6 @@ use chassis_http::server::HttpServer;
 use chassis_http::{ApiError, ApiResponse, ApiResult, ResultExt};
 use chassis_messaging::lifecycle::ConsumerComponent;
 use chassis_messaging::{IncomingMessage, Outcome};
-use chassis_observability::Telemetry;
 use serde_json::{Value, json};
 use shop_common::Shop;
 use shop_common::db::{Db, Tx};
@@ -43,11 +42,15 @@ struct Ctx {
     provider: ProviderClient,
 }
 
-#[tokio::main]
-async fn main() -> Result<(), BoxError> {
+fn main() -> Result<(), BoxError> {
+    // One runtime thread unless SHOP_RUNTIME_THREADS says otherwise (see `shop_common::service::runtime`).
+    shop_common::service::runtime()?.block_on(run())
+}
+
+async fn run() -> Result<(), BoxError> {
     // 1. Identity and telemetry.
     let info = ServiceInfo::from_env("payments", env!("CARGO_PKG_VERSION"));
-    let telemetry = Telemetry::builder(info.clone()).init()?;
+    let telemetry = shop_common::service::telemetry(info.clone())?;
     let app = App::new("payments").config(LifecycleConfig::from_env()?);
     let shop = Shop::from_env("payments");
 
@@ -111,6 +114,7 @@ async fn charge(ctx: Ctx, msg: IncomingMessage) -> Outcome {
 }
 
 async fn charge_once(ctx: &Ctx, msg: &IncomingMessage) -> Result<(), Outcome> {
+    shop_common::db::record_wait("payments.charge", msg);
     let cmd: ChargePayment = decode(msg)?;
     let Some(id) = msg.message_id() else {
         return Err(Outcome::reject("message has no message_id"));

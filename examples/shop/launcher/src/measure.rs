@@ -1,0 +1,91 @@
+//! The workload with its costs: [`run`] drives [`workload::run`] and, around it, samples every
+//! process's CPU time ([`cpu`]) and scrapes every service's histograms ([`hops`]), so the
+//! summary says how much CPU an order took in each process and where its time went.
+//!
+//! Order of the samples: scrape, then CPU, then the workload, then CPU, then scrape, so the
+//! scrapes' own cost (rendering `/metrics`) stays outside the CPU figures.
+//!
+//! # Example
+//! ```no_run
+//! # async fn run(system: &shop_launcher::System) -> Result<(), shop_launcher::BoxError> {
+//! use shop_launcher::measure;
+//! use shop_launcher::workload::WorkloadConfig;
+//!
+//! let measured = measure::run(system, &WorkloadConfig::default(), None).await?;
+//! println!("{measured}"); // the summary, CPU per order, the per-hop table
+//! # Ok(()) }
+//! ```
+
+use std::fmt;
+
+use indicatif::ProgressBar;
+
+use crate::cpu::{self, CpuReport};
+use crate::hops::{self, HopReport};
+use crate::preflight::Endpoint;
+use crate::workload::{self, Summary, WorkloadConfig};
+use crate::{BoxError, System};
+
+/// What a measured run found.
+#[derive(Debug, Clone)]
+pub struct Measured {
+    /// The workload's outcome and latencies.
+    pub summary: Summary,
+    /// CPU per order of each service process and the broker.
+    pub cpu: CpuReport,
+    /// Whether the broker's CPU is included (a local broker whose pid was found).
+    pub broker_measured: bool,
+    /// Per-hop latencies.
+    pub hops: HopReport,
+}
+
+impl fmt::Display for Measured {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "{}", self.summary)?;
+        write!(f, "{}", self.cpu)?;
+        if !self.broker_measured {
+            write!(
+                f,
+                " (RabbitMQ not measured: not local, or its pid not found)"
+            )?;
+        }
+        write!(f, "\n{}", self.hops)
+    }
+}
+
+/// The name the broker's CPU is reported under.
+pub const BROKER: &str = "rabbitmq";
+
+/// Runs the workload against `system` and measures it (see the [module docs](self)).
+pub async fn run(
+    system: &System,
+    config: &WorkloadConfig,
+    progress: Option<ProgressBar>,
+) -> Result<Measured, BoxError> {
+    let mut pids = system.pids();
+    let local_broker = Endpoint::parse(system.amqp_url(), 5672).is_ok_and(|e| e.is_loopback());
+    let broker = if local_broker {
+        cpu::broker_pid().await
+    } else {
+        None
+    };
+    if let Some(pid) = broker {
+        pids.push((BROKER.to_owned(), pid));
+    }
+    let endpoints: Vec<(String, String)> = crate::SERVICES
+        .iter()
+        .map(|s| ((*s).to_owned(), system.url(s).to_owned()))
+        .collect();
+    let ticks = cpu::ticks_per_second();
+    let scraped_before = hops::scrape(&endpoints).await;
+    let cpu_before = cpu::sample(&pids);
+    let summary = workload::run(system.url("gateway"), config, progress).await?;
+    let cpu_after = cpu::sample(&pids);
+    let scraped_after = hops::scrape(&endpoints).await;
+    Ok(Measured {
+        cpu: CpuReport::between(&cpu_before, &cpu_after, ticks, summary.finished()),
+        broker_measured: broker.is_some(),
+        hops: HopReport::between(&scraped_before, &scraped_after),
+        summary,
+    })
+}
