@@ -19,8 +19,9 @@
 //!
 //! Environment: `HTTP_ADDR` (default `127.0.0.1:8095`), `DATABASE_URL` (SQLite, default
 //! `sqlite://minimal.db`), `AMQP_URL`, `MINIMAL_PREFIX` (prefix of the exchange/queue names),
-//! `PRE_STOP_DELAY` (e.g. `5s` on Kubernetes) and `DRAIN_TIMEOUT`. For PostgreSQL use a `PgPool`: `Outbox` and
-//! `Inbox` are generic over the database.
+//! `PRE_STOP_DELAY` (e.g. `5s` on Kubernetes), `DRAIN_TIMEOUT`, and the access log's
+//! `ACCESS_LOG_SAMPLE`, `ACCESS_LOG_SLOW_MS` and `ACCESS_LOG_CLIENT_ERRORS`. For PostgreSQL use a
+//! `PgPool`: `Outbox` and `Inbox` are generic over the database.
 //!
 //! ```text
 //! curl -XPOST localhost:8095/greetings -d '{"name":"ada"}' -H 'content-type: application/json'
@@ -109,7 +110,7 @@ async fn main() -> Result<(), BoxError> {
     let probes = HealthLayer::new(app.health().clone()).prometheus(telemetry.prometheus_handle());
     let service = ServiceBuilder::new()
         .layer(probes)
-        .service(routes.layer(StandardLayers::new()));
+        .service(routes.layer(StandardLayers::from_env()?));
     let addr = env("HTTP_ADDR", "127.0.0.1:8095").parse()?;
 
     // 5. Run: start in this order; on SIGTERM stop in stages (intake, relay, broker, pool, telemetry).
