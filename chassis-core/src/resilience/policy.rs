@@ -29,7 +29,7 @@
 //! - **The overall deadline** belongs to the retry layer and bounds the whole call, waits and
 //!   attempts included; a backoff that would end past it is not started.
 //!
-//! Every layer fails with a [`chassis_core::Error`](crate::Error) boxed as [`BoxError`]; inner
+//! Every layer fails with a [`chassis_core::Error`](crate::Error) boxed as [`BoxError`](crate::BoxError); inner
 //! errors pass through boxed.
 //!
 //! # Example
