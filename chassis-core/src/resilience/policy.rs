@@ -29,8 +29,11 @@
 //! - **The overall deadline** belongs to the retry layer and bounds the whole call, waits and
 //!   attempts included; a backoff that would end past it is not started.
 //!
-//! Every layer fails with a [`chassis_core::Error`](crate::Error) boxed as [`BoxError`](crate::BoxError); inner
-//! errors pass through boxed.
+//! Every layer fails with a [`chassis_core::Error`](crate::Error) boxed as
+//! [`BoxError`](crate::BoxError); inner errors pass through boxed.
+//!
+//! The layers run fused in one service, [`Resilient`]: one `call` and one response future for
+//! the whole stack, with the behaviour of the layers stacked in this order (see there why).
 //!
 //! # Example
 //!
