@@ -119,7 +119,13 @@ fn parse_imf_fixdate(value: &str) -> Option<SystemTime> {
         "Dec" => 12,
         _ => return None,
     };
-    let year: i64 = parts.next()?.parse().ok()?;
+    // RFC 9110's date has a four-digit year; bounding it keeps the day arithmetic below far
+    // from overflow (a year near i64::MAX overflowed it, found by the retry_after fuzz target).
+    let year: i64 = parts
+        .next()?
+        .parse()
+        .ok()
+        .filter(|y| (1..=9999).contains(y))?;
     let mut hms = parts.next()?.split(':');
     let (h, m, s): (u64, u64, u64) = (
         hms.next()?.parse().ok()?,
@@ -138,7 +144,7 @@ fn parse_imf_fixdate(value: &str) -> Option<SystemTime> {
     let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
     let days = era * 146_097 + doe - 719_468;
     let secs = u64::try_from(days).ok()? * 86_400 + h * 3600 + m * 60 + s;
-    Some(SystemTime::UNIX_EPOCH + Duration::from_secs(secs))
+    SystemTime::UNIX_EPOCH.checked_add(Duration::from_secs(secs))
 }
 
 /// Copies requests for retries, but only those that may be sent twice: idempotent methods, or
@@ -216,6 +222,22 @@ mod tests {
         );
         assert_eq!(at("Sun, 06 Nov 1994 08:49:30 GMT"), Some(Duration::ZERO));
         assert_eq!(at("soon"), None);
+    }
+
+    #[test]
+    fn out_of_range_years_are_not_dates() {
+        // Found by the retry_after fuzz target: a huge year overflowed the day arithmetic (a
+        // panic with overflow checks, a wrong delay without).
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(784_111_777);
+        let at = |v: &str| parse_retry_after(response(503, Some(v)).headers(), now);
+        assert_eq!(at("Sun, 06 Nov 9223372036854775807 08:49:37 GMT"), None);
+        assert_eq!(at("Sun, 06 Nov -9223372036854775808 08:49:37 GMT"), None);
+        assert_eq!(at("Sun, 06 Nov 10000 08:49:37 GMT"), None);
+        assert_eq!(at("Sun, 06 Nov 0 08:49:37 GMT"), None);
+        assert_eq!(
+            at("Fri, 31 Dec 9999 23:59:59 GMT"),
+            Some(Duration::from_secs(253_402_300_799 - 784_111_777))
+        );
     }
 
     #[test]
