@@ -380,6 +380,17 @@ impl VerificationKey {
                 "JWK '{kid}': alg does not match its key type"
             )));
         }
+        // Load the key into the crypto provider once now: a JWK that parses but that the
+        // provider refuses (an EC point off its curve) would otherwise fail every token naming
+        // it with a server error, rather than being skipped here with a log line.
+        if let Err(e) = jsonwebtoken::crypto::verify("", b"", &key, alg) {
+            return Err(AuthError::with_source(
+                AuthErrorKind::InvalidKey {
+                    reason: format!("JWK '{kid}' is not a usable {alg:?} key"),
+                },
+                e,
+            ));
+        }
         Ok(Self {
             kid: kid.into(),
             alg,
@@ -648,6 +659,46 @@ mod tests {
         assert!(VerificationKey::from_jwk(&jwk).is_err());
         let set = KeySet::from_jwks(&JwkSet { keys: vec![jwk] });
         assert!(set.is_empty());
+    }
+
+    #[tokio::test]
+    async fn public_jwks_verify_their_own_tokens() {
+        for key in [
+            SigningKey::generate_ed25519().unwrap(),
+            SigningKey::generate_es256().unwrap(),
+        ] {
+            let jwk = key.public_jwk().unwrap().clone();
+            let issuer = crate::auth::TokenIssuer::builder("orders")
+                .signing_key(key)
+                .build()
+                .unwrap();
+            let token = issuer.issue("billing", &[]).unwrap();
+            let keys = KeySet::new().with(VerificationKey::from_jwk(&jwk).unwrap());
+            let verifier = crate::auth::TokenVerifier::builder("billing")
+                .trust_issuer("orders")
+                .keys(keys)
+                .build()
+                .unwrap();
+            let checked = verifier.verify(token.as_str()).await;
+            assert!(
+                checked.is_ok(),
+                "{:?}: {checked:?}",
+                jwk.common.key_algorithm
+            );
+        }
+    }
+
+    #[test]
+    fn jwks_keys_the_provider_cannot_load_are_skipped() {
+        // Found by the service_token fuzz target: this P-256 JWK parses, but the crypto provider
+        // refuses its point, so every token naming it failed verification with a server error
+        // (500, an error log line per request) instead of being refused as a bad token.
+        let bad = br#"{"keys":[{"kty":"EC","crv":"P-256","kid":"es","x":"f83OJ3D2xF1Bg8vub9tLe1gHMzV76e8Tus9uPHvRKEU","y":"x_FEzRjGw2wqgx0tvHJCcqJf8hlq-Rg8Ud-HxpapDOI"}]}"#;
+        assert!(KeySet::from_jwks_json(bad).unwrap().is_empty());
+        let good = SigningKey::generate_es256().unwrap();
+        let jwks = serde_json::json!({ "keys": [good.public_jwk().unwrap()] });
+        let set = KeySet::from_jwks_json(jwks.to_string().as_bytes()).unwrap();
+        assert_eq!(set.len(), 1);
     }
 
     #[test]
