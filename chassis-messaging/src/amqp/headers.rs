@@ -20,13 +20,30 @@ use opentelemetry::propagation::{Extractor, Injector};
 
 use crate::message::HeaderValue;
 
-/// Converts chassis headers to an AMQP field table.
+/// The longest AMQP field-table key (a short string), in bytes.
+pub const MAX_HEADER_NAME_LEN: usize = 255;
+
+/// Converts chassis headers to an AMQP field table. A header whose name is longer than an AMQP
+/// short string ([`MAX_HEADER_NAME_LEN`] bytes) cannot travel and is left out with a warning
+/// (lapin panics on such a key; a stored outbox row must not stop the relay).
 pub fn to_field_table(headers: &BTreeMap<String, HeaderValue>) -> FieldTable {
     let mut table = FieldTable::default();
     for (k, v) in headers {
-        table.insert(ShortString::from(k.as_str()), to_amqp(v));
+        match short_key(k) {
+            Some(key) => {
+                table.insert(key, to_amqp(v));
+            }
+            None => tracing::warn!(
+                name_len = k.len(),
+                "header name longer than {MAX_HEADER_NAME_LEN} bytes left out of the AMQP message"
+            ),
+        }
     }
     table
+}
+
+fn short_key(key: &str) -> Option<ShortString> {
+    (key.len() <= MAX_HEADER_NAME_LEN).then(|| ShortString::from(key))
 }
 
 /// Converts one chassis header value to an AMQP value.
@@ -100,10 +117,13 @@ pub struct FieldTableInjector<'a>(pub &'a mut FieldTable);
 
 impl Injector for FieldTableInjector<'_> {
     fn set(&mut self, key: &str, value: String) {
-        self.0.insert(
-            ShortString::from(key),
-            AMQPValue::LongString(LongString::from(value.into_bytes())),
-        );
+        // Propagators only set their own short field names; skip anything that cannot travel.
+        if let Some(key) = short_key(key) {
+            self.0.insert(
+                key,
+                AMQPValue::LongString(LongString::from(value.into_bytes())),
+            );
+        }
     }
 }
 
@@ -114,6 +134,26 @@ mod tests {
     use opentelemetry::trace::{
         SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState,
     };
+
+    #[test]
+    fn over_long_header_names_are_left_out() {
+        // Found by the message_json fuzz target: lapin's ShortString panics past 255 bytes.
+        let mut h = BTreeMap::new();
+        h.insert("k".repeat(MAX_HEADER_NAME_LEN), HeaderValue::from(1_i64));
+        h.insert(
+            "k".repeat(MAX_HEADER_NAME_LEN + 1),
+            HeaderValue::from(2_i64),
+        );
+        let back = from_field_table(&to_field_table(&h));
+        assert_eq!(back.len(), 1);
+        assert_eq!(
+            back["k".repeat(MAX_HEADER_NAME_LEN).as_str()],
+            HeaderValue::from(1_i64)
+        );
+        let mut table = FieldTable::default();
+        FieldTableInjector(&mut table).set(&"k".repeat(300), "v".into());
+        assert!(table.inner().is_empty());
+    }
 
     #[test]
     fn round_trip_and_trace_context() {
