@@ -49,7 +49,7 @@
 //! assert_eq!(back.subject.as_deref(), Some("42"));
 //! ```
 
-use chrono::{DateTime, SecondsFormat, Utc};
+use chrono::{DateTime, Datelike as _, SecondsFormat, Utc};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use uuid::Uuid;
@@ -273,6 +273,14 @@ impl<T: DeserializeOwned> Envelope<T> {
                 .and_then(|s| DateTime::from_timestamp(i64::try_from(s).ok()?, 0))
                 .unwrap_or_else(Utc::now),
         };
+        // The time is re-sent as an RFC 3339 UTC timestamp (a retry, a derived event), which
+        // has four-digit years: an offset that moves `0000-01-01T00:00:00+01:00` into year -1,
+        // or an AMQP timestamp past 9999, would make an event this very decoder refuses.
+        if !(0..=9999).contains(&time.year()) {
+            return Err(Error::validation(format!(
+                "event time {time:?} is outside the years 0000-9999 RFC 3339 can express"
+            )));
+        }
         let datacontenttype = msg.content_type.unwrap_or(JSON).to_owned();
         let media = datacontenttype.split(';').next().unwrap_or_default().trim();
         if media != JSON && !media.ends_with("+json") {
@@ -402,6 +410,27 @@ mod tests {
             decode(m).unwrap_err().kind(),
             ErrorKind::Validation { .. }
         ));
+
+        // Found by the amqp_delivery fuzz target: times outside RFC 3339's four-digit years
+        // decoded, then the re-encoded event no longer did.
+        let mut m = valid();
+        m.headers.remove(TIME);
+        m.timestamp = Some(1_058_345_284_128); // year 35505
+        assert!(
+            matches!(decode(m).unwrap_err().kind(), ErrorKind::Validation { reason } if reason.contains("9999"))
+        );
+        for (time, ok) in [
+            ("0000-01-01T00:00:00+01:00", false),
+            ("9999-12-31T23:59:59-00:01", false),
+            ("0000-01-01T00:00:00Z", true),
+            ("9999-12-31T23:59:59Z", true),
+        ] {
+            let decoded = decode(valid().header(TIME, time));
+            assert_eq!(decoded.is_ok(), ok, "{time}: {decoded:?}");
+            if let Ok(ev) = decoded {
+                assert_eq!(decode(ev.to_message("x").unwrap()).unwrap(), ev);
+            }
+        }
 
         let mut m = valid();
         m.body = b"{\"n\":\"x\"}".to_vec();
