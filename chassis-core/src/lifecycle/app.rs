@@ -98,6 +98,13 @@ impl LifecycleConfig {
         Self::default().with_env(|key| std::env::var(key).ok())
     }
 
+    /// [`from_env`](Self::from_env) reading variables through `var`, for the fuzz targets in
+    /// the repository's `fuzz/` crate; not part of the API.
+    #[doc(hidden)]
+    pub fn from_vars_for_fuzzing(var: impl Fn(&str) -> Option<String>) -> Result<Self, Error> {
+        Self::default().with_env(var)
+    }
+
     fn with_env(mut self, var: impl Fn(&str) -> Option<String>) -> Result<Self, Error> {
         let slots: [(&str, &mut Duration); 3] = [
             ("PRE_STOP_DELAY", &mut self.pre_stop_delay),

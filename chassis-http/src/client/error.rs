@@ -1,16 +1,16 @@
 //! [`ClientError`]: what went wrong calling another service, typed so callers can act.
 
 use std::fmt;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
-use http::StatusCode;
+use http::{HeaderMap, StatusCode};
 
 use crate::auth::AuthError;
 use crate::error::ErrorBody;
 use chassis_core::{BoxError, ErrorKind};
 
 /// Longest body excerpt kept in [`ClientErrorKind::Status4xx`], in bytes.
-pub(crate) const BODY_EXCERPT_LEN: usize = 1024;
+const BODY_EXCERPT_LEN: usize = 1024;
 
 /// What went wrong calling a downstream service.
 ///
@@ -92,6 +92,36 @@ impl ClientError {
             retries_exhausted: false,
             source: None,
         }
+    }
+
+    /// The error for a non-2xx answer that was read whole: `Status4xx` with the start of the
+    /// body, `Status5xx` with the `Retry-After` delay.
+    pub(crate) fn from_answer(
+        status: StatusCode,
+        headers: &HeaderMap,
+        body: &[u8],
+        downstream: &str,
+    ) -> Self {
+        let kind = if status.is_client_error() {
+            let cut = body.len().min(BODY_EXCERPT_LEN);
+            ClientErrorKind::Status4xx {
+                status,
+                body: String::from_utf8_lossy(&body[..cut]).into_owned(),
+            }
+        } else {
+            ClientErrorKind::Status5xx {
+                status,
+                retry_after: super::policy::parse_retry_after(headers, SystemTime::now()),
+            }
+        };
+        Self::new(kind, downstream)
+    }
+
+    /// [`from_answer`](Self::from_answer) for the fuzz targets in the repository's `fuzz/`
+    /// crate, which feed it arbitrary error answers; not part of the API.
+    #[doc(hidden)]
+    pub fn from_answer_for_fuzzing(status: StatusCode, headers: &HeaderMap, body: &[u8]) -> Self {
+        Self::from_answer(status, headers, body, "fuzz")
     }
 
     pub(crate) fn with_source(mut self, source: impl Into<BoxError>) -> Self {

@@ -23,7 +23,7 @@ use tower::ServiceExt as _;
 use tower::util::BoxCloneSyncService;
 use tower_layer::Layer;
 
-use super::error::{BODY_EXCERPT_LEN, ClientError, ClientErrorKind};
+use super::error::{ClientError, ClientErrorKind};
 use super::instrument::{AttemptCounter, InstrumentLayer};
 use super::policy::{
     HttpBreakerClassifier, HttpRetryAfter, HttpRetryClassifier, IDEMPOTENCY_KEY, IdempotentRequests,
@@ -162,22 +162,8 @@ impl HttpClient {
         if status.is_success() {
             return Ok(Response::from_parts(parts, bytes));
         }
-        let kind = if status.is_client_error() {
-            let cut = bytes.len().min(BODY_EXCERPT_LEN);
-            ClientErrorKind::Status4xx {
-                status,
-                body: String::from_utf8_lossy(&bytes[..cut]).into_owned(),
-            }
-        } else {
-            ClientErrorKind::Status5xx {
-                status,
-                retry_after: super::policy::parse_retry_after(
-                    &parts.headers,
-                    std::time::SystemTime::now(),
-                ),
-            }
-        };
-        let mut err = ClientError::new(kind, name).with_attempts(attempts);
+        let mut err =
+            ClientError::from_answer(status, &parts.headers, &bytes, name).with_attempts(attempts);
         if attempts > 1 && super::policy::is_retryable_status(status) {
             err = err.mark_exhausted();
         }

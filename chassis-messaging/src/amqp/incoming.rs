@@ -137,6 +137,19 @@ impl IncomingMessage {
         }
     }
 
+    /// What the consumer builds from a delivery, for the fuzz targets in the repository's
+    /// `fuzz/` crate (they decode AMQP properties from arbitrary bytes); not part of the API.
+    #[doc(hidden)]
+    pub fn from_delivery_for_fuzzing(
+        exchange: &str,
+        routing_key: &str,
+        redelivered: bool,
+        props: BasicProperties,
+        body: Vec<u8>,
+    ) -> Self {
+        Self::from_lapin(exchange, routing_key, redelivered, props, body)
+    }
+
     /// The wire form of this message again, with its headers (for the in-memory transport's
     /// retries and dead letters).
     pub fn to_outgoing(&self) -> OutgoingMessage {
