@@ -117,8 +117,8 @@ impl ClientError {
         Self::new(kind, downstream)
     }
 
-    /// [`from_answer`](Self::from_answer) for the fuzz targets in the repository's `fuzz/`
-    /// crate, which feed it arbitrary error answers; not part of the API.
+    /// `from_answer` (what `HttpClient::execute` makes of an error answer) for the fuzz targets in
+    /// the repository's `fuzz/` crate, which feed it arbitrary answers; not part of the API.
     #[doc(hidden)]
     pub fn from_answer_for_fuzzing(status: StatusCode, headers: &HeaderMap, body: &[u8]) -> Self {
         Self::from_answer(status, headers, body, "fuzz")
