@@ -69,7 +69,7 @@ pub use amqp::connection::{Connection, ConnectionConfig};
 pub use amqp::consumer::{Consumer, ConsumerConfig, Outcome, typed};
 pub use amqp::incoming::IncomingMessage;
 pub use amqp::publisher::{Publish, Publisher, PublisherConfig};
-pub use amqp::topology::{ExchangeConfig, QueueConfig, TopologyConfig};
+pub use amqp::topology::{ExchangeConfig, QueueConfig, TopologyConfig, Unroutable};
 pub use envelope::Envelope;
 pub use error::Error;
 pub use message::OutgoingMessage;

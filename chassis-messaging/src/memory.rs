@@ -5,7 +5,9 @@
 //!
 //! - routing: topic, direct and fanout exchanges with the bindings of a [`TopologyConfig`];
 //!   the default exchange `""` routes by queue name; a message no queue is bound for fails
-//!   with [`ErrorKind::Unroutable`], an undeclared exchange with [`ErrorKind::Topology`];
+//!   with [`ErrorKind::Unroutable`] (succeeds as [`Routing::Unrouted`] on an exchange declared
+//!   [`Unroutable::Accept`](crate::amqp::topology::Unroutable::Accept)), an undeclared
+//!   exchange with [`ErrorKind::Topology`];
 //! - [`Outcome::Ack`] removes the message; [`Outcome::Retry`] puts it back at the end of the
 //!   queue with `x-chassis-attempt` incremented (retry tiers collapse to no delay) until the
 //!   queue's attempt limit, then dead-letters it; [`Outcome::Reject`] and a panicking handler
@@ -49,8 +51,8 @@ use crate::amqp::incoming::{
     ATTEMPT_HEADER, FAILURE_REASON_HEADER, IncomingMessage, ORIGINAL_EXCHANGE_HEADER,
     ORIGINAL_ROUTING_KEY_HEADER,
 };
-use crate::amqp::publisher::Publish;
-use crate::amqp::topology::{ExchangeType, QueueConfig, TopologyConfig};
+use crate::amqp::publisher::{Publish, Routing};
+use crate::amqp::topology::{ExchangeType, QueueConfig, TopologyConfig, Unroutable};
 use crate::error::{Error, ErrorKind};
 use crate::message::{HeaderValue, OutgoingMessage};
 
@@ -78,7 +80,7 @@ pub struct DrainReport {
 
 #[derive(Debug, Default)]
 struct State {
-    exchanges: BTreeMap<String, ExchangeType>,
+    exchanges: BTreeMap<String, (ExchangeType, Unroutable)>,
     queues: BTreeMap<String, MemQueue>,
     published: Vec<OutgoingMessage>,
 }
@@ -118,7 +120,7 @@ impl MemoryBroker {
         topology.validate()?;
         let mut st = self.lock();
         for e in &topology.exchanges {
-            st.exchanges.insert(e.name.clone(), e.kind);
+            st.exchanges.insert(e.name.clone(), (e.kind, e.unroutable));
         }
         for q in &topology.queues {
             for b in &q.bindings {
@@ -165,9 +167,10 @@ impl MemoryBroker {
             .unwrap_or_default()
     }
 
-    fn route(&self, msg: OutgoingMessage) -> Result<(), Error> {
+    fn route(&self, msg: OutgoingMessage) -> Result<Routing, Error> {
         let mut st = self.lock();
         st.published.push(msg.clone());
+        let mut policy = Unroutable::Retry;
         let targets: Vec<String> = if msg.exchange.is_empty() {
             st.queues
                 .contains_key(&msg.routing_key)
@@ -175,12 +178,13 @@ impl MemoryBroker {
                 .into_iter()
                 .collect()
         } else {
-            let kind = *st.exchanges.get(&msg.exchange).ok_or_else(|| {
+            let (kind, unroutable) = *st.exchanges.get(&msg.exchange).ok_or_else(|| {
                 Error::with_source(
                     ErrorKind::Topology,
                     format!("no exchange {:?}", msg.exchange),
                 )
             })?;
+            policy = unroutable;
             st.queues
                 .values()
                 .filter(|q| {
@@ -199,14 +203,17 @@ impl MemoryBroker {
                 .collect()
         };
         if targets.is_empty() {
-            return Err(Error::unroutable(msg.exchange, msg.routing_key));
+            return match policy {
+                Unroutable::Accept => Ok(Routing::Unrouted),
+                Unroutable::Retry => Err(Error::unroutable(msg.exchange, msg.routing_key)),
+            };
         }
         for t in targets {
             if let Some(q) = st.queues.get_mut(&t) {
                 q.ready.push_back(msg.clone());
             }
         }
-        Ok(())
+        Ok(Routing::Queued)
     }
 
     /// Runs `handler` on the messages of `queue` until it is empty (retried messages included),
@@ -282,6 +289,10 @@ fn with_failure(
 
 impl Publish for MemoryBroker {
     fn publish(&self, msg: OutgoingMessage) -> BoxFuture<'_, Result<(), Error>> {
+        let res = self.route(msg).map(drop);
+        Box::pin(async move { res })
+    }
+    fn publish_routed(&self, msg: OutgoingMessage) -> BoxFuture<'_, Result<Routing, Error>> {
         let res = self.route(msg);
         Box::pin(async move { res })
     }
@@ -374,6 +385,34 @@ mod tests {
             .unwrap();
         assert_eq!(b.pending("q"), 2);
         assert_eq!(b.published().len(), 5);
+    }
+
+    #[tokio::test]
+    async fn an_accepting_exchange_reports_unrouted_instead_of_failing() {
+        let b = broker();
+        b.declare(&TopologyConfig::new().exchange(
+            ExchangeConfig::topic("audit").unroutable(crate::amqp::topology::Unroutable::Accept),
+        ))
+        .unwrap();
+        let routed = b
+            .publish_routed(OutgoingMessage::new("audit", "anything", vec![]))
+            .await
+            .unwrap();
+        assert_eq!(routed, Routing::Unrouted);
+        b.publish(OutgoingMessage::new("audit", "anything", vec![]))
+            .await
+            .unwrap();
+        // The retrying exchange still fails, and routed messages say so.
+        let e = b
+            .publish_routed(OutgoingMessage::new("ev", "nobody.listens", vec![]))
+            .await
+            .unwrap_err();
+        assert!(matches!(e.kind(), ErrorKind::Unroutable { .. }));
+        let routed = b
+            .publish_routed(OutgoingMessage::new("ev", "order.placed", vec![]))
+            .await
+            .unwrap();
+        assert_eq!(routed, Routing::Queued);
     }
 
     #[tokio::test]

@@ -336,6 +336,100 @@ async fn per_routing_key_order_under_a_single_consumer() {
     fx.cleanup().await;
 }
 
+/// On an exchange declared `Unroutable::Accept` the broker's return is an outcome: the publish
+/// succeeds as `Routing::Unrouted`, recorded with the `unrouted` outcome; a message that does
+/// reach a queue there is `Queued`, and the fixture's own (retrying) exchange still fails.
+#[tokio::test(flavor = "current_thread")]
+async fn accepting_exchange_turns_a_return_into_unrouted() {
+    use chassis_messaging::amqp::publisher::Routing;
+    use chassis_messaging::amqp::topology::{ExchangeConfig, TopologyConfig, Unroutable};
+    use chassis_observability::metrics::names;
+    use metrics_util::debugging::{DebugValue, DebuggingRecorder};
+
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    let _local = metrics::set_default_local_recorder(&recorder);
+    let fx = Fixture::with_queue("accept-unroutable", |q| {
+        let mut q = q;
+        q.bindings[0].routing_key = "only.this".into();
+        q
+    })
+    .await;
+    let audit = format!("{}.audit", fx.name);
+    fx.conn
+        .declare(
+            TopologyConfig::new()
+                .exchange(ExchangeConfig::topic(audit.clone()).unroutable(Unroutable::Accept)),
+        )
+        .await
+        .unwrap();
+    let publisher = Publisher::new(&fx.conn, PublisherConfig::default()).unwrap();
+    let routed = publisher
+        .publish_routed(OutgoingMessage::new(
+            audit.clone(),
+            "nobody.listens",
+            vec![1],
+        ))
+        .await
+        .unwrap();
+    assert_eq!(routed, Routing::Unrouted);
+    publisher
+        .publish(OutgoingMessage::new(
+            audit.clone(),
+            "nobody.listens",
+            vec![2],
+        ))
+        .await
+        .expect("publish succeeds too");
+    let err = publisher
+        .publish_routed(OutgoingMessage::new(
+            fx.exchange.clone(),
+            "something.else",
+            vec![3],
+        ))
+        .await
+        .unwrap_err();
+    assert!(matches!(err.kind(), ErrorKind::Unroutable { .. }), "{err}");
+    let routed = publisher
+        .publish_routed(OutgoingMessage::new(
+            fx.exchange.clone(),
+            "only.this",
+            vec![4],
+        ))
+        .await
+        .unwrap();
+    assert_eq!(routed, Routing::Queued);
+
+    let mut unrouted = 0;
+    for (key, _, _, value) in snapshotter.snapshot().into_vec() {
+        let outcome = key
+            .key()
+            .labels()
+            .find(|l| l.key() == names::labels::OUTCOME)
+            .map(|l| l.value().to_owned());
+        let dest = key
+            .key()
+            .labels()
+            .find(|l| l.key() == names::labels::MESSAGING_DESTINATION_NAME)
+            .map(|l| l.value().to_owned());
+        if let (true, Some("unrouted"), DebugValue::Histogram(h)) = (
+            key.key().name() == names::MESSAGING_PUBLISH_DURATION,
+            outcome.as_deref(),
+            value,
+        ) {
+            assert_eq!(dest.as_deref(), Some(audit.as_str()));
+            unrouted += h.len();
+        }
+    }
+    assert_eq!(unrouted, 2);
+    let ch = fx.conn.create_channel().await.unwrap();
+    let _ = ch
+        .exchange_delete(audit.as_str().into(), Default::default())
+        .await;
+    let _ = ch.close(200, "cleanup".into()).await;
+    fx.cleanup().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unroutable_and_missing_exchange_are_typed_errors() {
     let fx = Fixture::with_queue("unroutable", |q| {

@@ -55,7 +55,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::amqp::topology::TopologyConfig;
+use crate::amqp::topology::{TopologyConfig, Unroutable, strictest};
 use crate::error::{Error, ErrorKind};
 
 /// Connection settings.
@@ -284,6 +284,19 @@ impl Connection {
         res?;
         lock(&self.shared.topologies).push(topology);
         Ok(())
+    }
+
+    /// What a message returned as unroutable by `exchange` means, from the topologies
+    /// registered with [`declare`](Self::declare) and
+    /// [`declare_on_connect`](Self::declare_on_connect): [`Unroutable::Retry`] for an exchange
+    /// none of them declares, and when they disagree (the policy that loses nothing wins).
+    /// See [`topology`](crate::amqp::topology#unroutable-messages-unroutable-per-exchange).
+    pub fn unroutable_policy(&self, exchange: &str) -> Unroutable {
+        lock(&self.shared.topologies)
+            .iter()
+            .filter_map(|t| t.unroutable_policy(exchange))
+            .reduce(strictest)
+            .unwrap_or(Unroutable::Retry)
     }
 
     /// Declares `topology` whenever a connection is up: now in the background if one is, and

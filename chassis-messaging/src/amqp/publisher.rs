@@ -8,7 +8,11 @@
 //!   once (each caller awaits its own confirm), bounded by a window of
 //!   [`PublisherConfig::max_in_flight`] unconfirmed messages;
 //! - **persistent and mandatory**: `delivery_mode = 2`; a message no queue is bound for comes
-//!   back from the broker and fails with [`ErrorKind::Unroutable`]; a nack is
+//!   back from the broker and fails with [`ErrorKind::Unroutable`], unless its exchange was
+//!   declared [`Unroutable::Accept`] (publish/subscribe where nobody subscribing is normal):
+//!   then the publish succeeds as [`Routing::Unrouted`] (see
+//!   [`Publish::publish_routed`] and the
+//!   [topology docs](crate::amqp::topology#unroutable-messages-unroutable-per-exchange)); a nack is
 //!   [`ErrorKind::Nacked`]; a confirm that does not arrive within
 //!   [`PublisherConfig::confirm_timeout`] is [`ErrorKind::Timeout`] — never a hang;
 //! - **self-healing**: a lost channel or connection fails the publishes in flight (they may or
@@ -18,7 +22,8 @@
 //!   OpenTelemetry messaging attributes (`messaging.system = rabbitmq`,
 //!   `messaging.destination.name`, `messaging.rabbitmq.destination.routing_key`,
 //!   `messaging.message.id`) and injects `traceparent`/`tracestate`/`baggage` into the
-//!   headers; metrics `messaging.publish.duration` and `messaging.client.sent.messages`
+//!   headers; metrics `messaging.publish.duration` (its `outcome` is `unrouted` for an
+//!   accepted return) and `messaging.client.sent.messages`
 //!   (the handles of successful publishes are cached per destination, so install the metrics
 //!   recorder — `chassis_observability::Telemetry` does — before the first publish).
 //!
@@ -51,28 +56,55 @@ use tracing::Instrument;
 
 use crate::amqp::connection::{Connection, ManagedChannel};
 use crate::amqp::headers::{FieldTableInjector, to_field_table};
+use crate::amqp::topology::Unroutable;
 use crate::envelope::Envelope;
 use crate::error::{Error, ErrorKind};
 use crate::message::OutgoingMessage;
 
+/// Where a confirmed message went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Routing {
+    /// Routed to at least one queue (or, for a transport that cannot tell, accepted).
+    Queued,
+    /// Confirmed, but no queue was bound for it, and its exchange is declared
+    /// [`Unroutable::Accept`]: delivered to nobody, by design.
+    Unrouted,
+}
+
 /// Something that publishes messages and reports success only once they are safe.
 ///
 /// For the RabbitMQ [`Publisher`], `Ok(())` means the broker confirmed the message (publisher
-/// confirms) and routed it to at least one queue; for the in-memory transport it means the
-/// message was enqueued. The trait is object-safe: hold it as `Arc<dyn Publish>`.
+/// confirms) and routed it to at least one queue, or found no queue for it on an exchange
+/// declared [`Unroutable::Accept`]; for the in-memory transport it means the message was
+/// enqueued (or likewise accepted). The trait is object-safe: hold it as `Arc<dyn Publish>`.
 pub trait Publish: Send + Sync {
     /// Publishes `msg`; resolves once the broker confirmed it.
     ///
     /// # Errors
-    /// [`ErrorKind::Unroutable`] when no queue is bound for the routing key,
-    /// [`ErrorKind::Nacked`], [`ErrorKind::Timeout`], [`ErrorKind::Connection`] or
-    /// [`ErrorKind::Shutdown`].
+    /// [`ErrorKind::Unroutable`] when no queue is bound for the routing key (and the exchange
+    /// is not [`Unroutable::Accept`]), [`ErrorKind::Nacked`], [`ErrorKind::Timeout`],
+    /// [`ErrorKind::Connection`] or [`ErrorKind::Shutdown`].
     fn publish(&self, msg: OutgoingMessage) -> BoxFuture<'_, Result<(), Error>>;
+
+    /// Publishes `msg` like [`publish`](Self::publish) and says whether it reached a queue.
+    /// The outbox relay calls this to count events nobody received. The provided
+    /// implementation reports every success as [`Routing::Queued`]; transports that learn
+    /// about returns ([`Publisher`], the in-memory broker) override it.
+    ///
+    /// # Errors
+    /// As [`publish`](Self::publish).
+    fn publish_routed(&self, msg: OutgoingMessage) -> BoxFuture<'_, Result<Routing, Error>> {
+        let published = self.publish(msg);
+        Box::pin(async move { published.await.map(|()| Routing::Queued) })
+    }
 }
 
 impl<P: Publish + ?Sized> Publish for Arc<P> {
     fn publish(&self, msg: OutgoingMessage) -> BoxFuture<'_, Result<(), Error>> {
         (**self).publish(msg)
+    }
+    fn publish_routed(&self, msg: OutgoingMessage) -> BoxFuture<'_, Result<Routing, Error>> {
+        (**self).publish_routed(msg)
     }
 }
 
@@ -228,6 +260,15 @@ impl Publisher {
     /// # Errors
     /// See [`Publish::publish`].
     pub async fn publish_message(&self, msg: OutgoingMessage) -> Result<(), Error> {
+        self.publish_message_routed(msg).await.map(drop)
+    }
+
+    /// Publishes one message, waits for its confirm and says whether it reached a queue (the
+    /// inherent form of [`Publish::publish_routed`]).
+    ///
+    /// # Errors
+    /// See [`Publish::publish`].
+    pub async fn publish_message_routed(&self, msg: OutgoingMessage) -> Result<Routing, Error> {
         let mut headers = to_field_table(&msg.headers);
         let dest = if msg.exchange.is_empty() {
             "amq.default"
@@ -261,10 +302,22 @@ impl Publisher {
             .await;
         let elapsed = start.elapsed().as_secs_f64();
         match &res {
-            Ok(()) => {
+            Ok(Routing::Queued) => {
                 let m = self.inner.destination_metrics(dest);
                 m.duration_ok.record(elapsed);
                 m.sent.increment(1);
+            }
+            Ok(Routing::Unrouted) => {
+                // Rare by nature (and only on accepting exchanges): no cached handles.
+                tracing::debug!(parent: &span, routing_key = %msg.routing_key,
+                    "published to no queue; the exchange accepts unroutable messages");
+                metrics::histogram!(names::MESSAGING_PUBLISH_DURATION,
+                    names::labels::MESSAGING_DESTINATION_NAME => dest.to_owned(),
+                    names::labels::OUTCOME => "unrouted")
+                .record(elapsed);
+                metrics::counter!(names::MESSAGING_CLIENT_SENT_MESSAGES,
+                    names::labels::MESSAGING_DESTINATION_NAME => dest.to_owned())
+                .increment(1);
             }
             Err(e) => {
                 let outcome = outcome_label(&res);
@@ -291,6 +344,7 @@ impl Publisher {
     ) -> Result<(), Error> {
         self.send(exchange, routing_key, body, props.with_delivery_mode(2))
             .await
+            .map(drop)
     }
 
     async fn channel(&self) -> Result<Arc<ManagedChannel>, Error> {
@@ -365,7 +419,7 @@ impl Publisher {
         routing_key: &str,
         body: &[u8],
         props: BasicProperties,
-    ) -> Result<(), Error> {
+    ) -> Result<Routing, Error> {
         let confirm_timeout = self.inner.config.confirm_timeout;
         let shutdown = self.inner.conn.shutdown_token();
         if shutdown.is_cancelled() {
@@ -414,7 +468,15 @@ impl Publisher {
             () = &mut timer => return Err(Error::timeout("publish confirm", confirm_timeout)),
         };
         match confirmation {
-            Confirmation::Ack(None) => Ok(()),
+            Confirmation::Ack(None) => Ok(Routing::Queued),
+            // Still published `mandatory` on accepting exchanges: the return is what tells
+            // `Unrouted` from `Queued` (for the relay's count), and the policy is looked up
+            // only here, off the common path.
+            Confirmation::Ack(Some(_returned))
+                if self.inner.conn.unroutable_policy(exchange) == Unroutable::Accept =>
+            {
+                Ok(Routing::Unrouted)
+            }
             Confirmation::Ack(Some(_returned)) | Confirmation::Nack(Some(_returned)) => {
                 Err(Error::unroutable(exchange, routing_key))
             }
@@ -429,6 +491,9 @@ impl Publisher {
 impl Publish for Publisher {
     fn publish(&self, msg: OutgoingMessage) -> BoxFuture<'_, Result<(), Error>> {
         Box::pin(self.publish_message(msg))
+    }
+    fn publish_routed(&self, msg: OutgoingMessage) -> BoxFuture<'_, Result<Routing, Error>> {
+        Box::pin(self.publish_message_routed(msg))
     }
 }
 
@@ -445,9 +510,10 @@ fn map_lapin(e: lapin::Error) -> Error {
     Error::connection(e)
 }
 
-fn outcome_label(res: &Result<(), Error>) -> &'static str {
+fn outcome_label(res: &Result<Routing, Error>) -> &'static str {
     match res {
-        Ok(()) => "ok",
+        Ok(Routing::Queued) => "ok",
+        Ok(Routing::Unrouted) => "unrouted",
         Err(e) => match e.kind() {
             ErrorKind::Unroutable { .. } => "unroutable",
             ErrorKind::Nacked => "nacked",

@@ -40,6 +40,36 @@
 //! Changing either to quorum later would need new queue names: RabbitMQ refuses to redeclare an
 //! existing queue with a different `x-queue-type`.
 //!
+//! # Unroutable messages: [`Unroutable`] per exchange
+//! The [`Publisher`](crate::amqp::publisher::Publisher) publishes every message with the
+//! `mandatory` flag, so the broker returns one that no queue is bound for. What that return
+//! means is a property of the exchange, set with [`ExchangeConfig::unroutable`]:
+//!
+//! - [`Unroutable::Retry`] (the default): a message nobody receives is an error,
+//!   [`ErrorKind::Unroutable`]. The outbox relay retries the row with a growing delay and parks
+//!   it after `max_attempts`. This is what catches the startup race the flag exists for: an
+//!   event published before its consumers declared their queues is retried until they have,
+//!   instead of vanishing. Use it for exchanges whose messages someone must receive: commands,
+//!   and events a workflow (a saga step) waits for.
+//! - [`Unroutable::Accept`]: publish/subscribe where having no subscriber is normal (an
+//!   audit or notification event nobody listens to yet). The broker's return is an outcome,
+//!   not an error: the publish succeeds as
+//!   [`Routing::Unrouted`](crate::amqp::publisher::Routing::Unrouted), the relay marks the row
+//!   sent and counts it in
+//!   [`OUTBOX_UNROUTABLE`](crate::sql::metrics::OUTBOX_UNROUTABLE), logged at debug level;
+//!   nothing is parked.
+//!
+//! Why `Retry` is the default: an exchange declaration does not say whether anyone must
+//! receive its messages, and the two mistakes are not symmetric. A `Retry` exchange whose
+//! events nobody wants parks rows, visibly (the parked gauge and one warning per change), and
+//! nothing is lost; an `Accept` exchange hit by the startup race drops events silently. So
+//! accepting unroutable messages is an explicit choice per exchange. The publisher looks the
+//! policy up in the topologies registered on its
+//! [`Connection`](crate::amqp::connection::Connection) (by exchange name, only when the broker
+//! returned a message, so the common path costs nothing); an exchange declared nowhere on
+//! that connection is `Retry`, and when several registered topologies declare one exchange
+//! differently, `Retry` wins.
+//!
 //! # Example
 //! ```
 //! use chassis_messaging::amqp::topology::{TopologyConfig, QueueType};
@@ -60,6 +90,20 @@
 //! assert_eq!(q.dead_letter_queue(), "billing.orders.dlq");
 //! assert_eq!(q.retry_queue(Duration::from_secs(10)), "billing.orders.retry.10000ms");
 //! config.validate().unwrap();
+//!
+//! // Events nobody may subscribe to: a return from the broker is not an error.
+//! use chassis_messaging::amqp::topology::{ExchangeConfig, Unroutable};
+//! let audit = TopologyConfig::new()
+//!     .exchange(ExchangeConfig::topic("shop.audit").unroutable(Unroutable::Accept))
+//!     .exchange(ExchangeConfig::topic("shop.commands"));
+//! assert_eq!(audit.unroutable_policy("shop.audit"), Some(Unroutable::Accept));
+//! assert_eq!(audit.unroutable_policy("shop.commands"), Some(Unroutable::Retry));
+//! let parsed: TopologyConfig = toml::from_str(r#"
+//!     [[exchanges]]
+//!     name = "shop.audit"
+//!     unroutable = "accept"
+//! "#).unwrap();
+//! assert_eq!(parsed, TopologyConfig::new().exchange(ExchangeConfig::topic("shop.audit").unroutable(Unroutable::Accept)));
 //! ```
 
 use std::time::Duration;
@@ -93,17 +137,43 @@ pub struct ExchangeConfig {
     /// Whether it survives a broker restart. Defaults to `true`.
     #[serde(default = "yes")]
     pub durable: bool,
+    /// What a message that no queue is bound for means (see the [module docs](self)).
+    /// Defaults to [`Unroutable::Retry`].
+    #[serde(default)]
+    pub unroutable: Unroutable,
 }
 
 impl ExchangeConfig {
-    /// A durable topic exchange.
+    /// A durable topic exchange; unroutable messages are errors ([`Unroutable::Retry`]).
     pub fn topic(name: impl Into<String>) -> Self {
         Self {
             name: name.into(),
             kind: ExchangeType::Topic,
             durable: true,
+            unroutable: Unroutable::Retry,
         }
     }
+
+    /// Sets what a message that no queue is bound for means.
+    pub fn unroutable(mut self, policy: Unroutable) -> Self {
+        self.unroutable = policy;
+        self
+    }
+}
+
+/// What a message published to an exchange with no queue bound for its routing key means
+/// (the broker returns it, as it is published `mandatory`). See the [module docs](self).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Unroutable {
+    /// An error ([`ErrorKind::Unroutable`]): somebody must receive these messages. The outbox
+    /// relay retries the row with backoff and parks it after `max_attempts`. The default.
+    #[default]
+    Retry,
+    /// Normal publish/subscribe: nobody subscribing is fine. The publish succeeds as
+    /// [`Routing::Unrouted`](crate::amqp::publisher::Routing::Unrouted) and the outbox relay
+    /// marks the row sent (counted, logged at debug level), never parks it.
+    Accept,
 }
 
 /// Exchange types.
@@ -237,6 +307,15 @@ impl RetryPolicy {
 
 fn yes() -> bool {
     true
+}
+
+/// Of two policies for one exchange, the one that does not lose messages.
+pub(crate) fn strictest(a: Unroutable, b: Unroutable) -> Unroutable {
+    if a == Unroutable::Retry || b == Unroutable::Retry {
+        Unroutable::Retry
+    } else {
+        Unroutable::Accept
+    }
 }
 fn default_delivery_limit() -> u32 {
     20
@@ -393,14 +472,36 @@ impl TopologyConfig {
         self
     }
 
+    /// The [`Unroutable`] policy this topology declares for `exchange`, `None` when it does
+    /// not declare it. If it is listed more than once, [`Unroutable::Retry`] wins (the strict
+    /// reading; [`validate`](Self::validate) rejects such a topology anyway).
+    pub fn unroutable_policy(&self, exchange: &str) -> Option<Unroutable> {
+        self.exchanges
+            .iter()
+            .filter(|e| e.name == exchange)
+            .map(|e| e.unroutable)
+            .reduce(strictest)
+    }
+
     /// Checks names and limits.
     ///
     /// # Errors
     /// [`ErrorKind::InvalidConfig`] saying what is wrong.
     pub fn validate(&self) -> Result<(), Error> {
-        for e in &self.exchanges {
+        for (i, e) in self.exchanges.iter().enumerate() {
             if e.name.is_empty() {
                 return Err(Error::invalid_config("exchange name is empty"));
+            }
+            // The broker would declare the exchange once; two different policies for it
+            // would leave which one applies to chance.
+            if self.exchanges[..i]
+                .iter()
+                .any(|other| other.name == e.name && other.unroutable != e.unroutable)
+            {
+                return Err(Error::invalid_config(format!(
+                    "exchange {}: listed twice with different unroutable policies",
+                    e.name
+                )));
             }
         }
         for q in &self.queues {
@@ -592,6 +693,46 @@ mod tests {
         );
         assert_eq!(RetryPolicy::with_delays([]).delay_for(1, None), None);
         assert_eq!(p.clone().max_attempts(2).effective_max_attempts(), 2);
+    }
+
+    #[test]
+    fn unroutable_policy_defaults_to_retry_and_conflicts_are_rejected() {
+        let t = TopologyConfig::new()
+            .exchange(ExchangeConfig::topic("events").unroutable(Unroutable::Accept))
+            .exchange(ExchangeConfig::topic("commands"));
+        assert_eq!(t.unroutable_policy("events"), Some(Unroutable::Accept));
+        assert_eq!(t.unroutable_policy("commands"), Some(Unroutable::Retry));
+        assert_eq!(t.unroutable_policy("elsewhere"), None);
+        t.validate().unwrap();
+        let parsed: ExchangeConfig = serde_json::from_str(r#"{"name": "x"}"#).unwrap();
+        assert_eq!(parsed.unroutable, Unroutable::Retry);
+        assert!(
+            serde_json::from_str::<ExchangeConfig>(r#"{"name": "x", "unroutable": "drop"}"#)
+                .is_err()
+        );
+
+        let conflicting = t
+            .clone()
+            .exchange(ExchangeConfig::topic("events").unroutable(Unroutable::Retry));
+        assert_eq!(
+            conflicting.unroutable_policy("events"),
+            Some(Unroutable::Retry)
+        );
+        let err = conflicting.validate().unwrap_err();
+        assert!(err.to_string().contains("events"), "{err}");
+        // Listing an exchange twice the same way is fine.
+        t.clone()
+            .exchange(ExchangeConfig::topic("events").unroutable(Unroutable::Accept))
+            .validate()
+            .unwrap();
+        assert_eq!(
+            strictest(Unroutable::Accept, Unroutable::Accept),
+            Unroutable::Accept
+        );
+        assert_eq!(
+            strictest(Unroutable::Accept, Unroutable::Retry),
+            Unroutable::Retry
+        );
     }
 
     #[test]

@@ -15,6 +15,7 @@
 //! | [`OUTBOX_PARKED`] | gauge, rows parked and waiting for an operator | — |
 //! | [`OUTBOX_PARKED_TOTAL`] | counter, rows parked | — |
 //! | [`OUTBOX_PUBLISHED`] | counter, rows confirmed | — |
+//! | [`OUTBOX_UNROUTABLE`] | counter, rows confirmed but routed to no queue, on exchanges declared [`Unroutable::Accept`](crate::amqp::topology::Unroutable::Accept) (also counted in [`OUTBOX_PUBLISHED`]) | — |
 //! | [`INBOX_DUPLICATES`] | counter, duplicate deliveries skipped | `messaging.destination.name` = the inbox's consumer name |
 //! | [`INBOX_PROCESSED`] | counter, first deliveries processed and committed | `messaging.destination.name` = the inbox's consumer name |
 //!
@@ -36,6 +37,10 @@ pub use chassis_observability::metrics::names::{
 pub const OUTBOX_PARKED: &str = "outbox.parked";
 /// Counter: rows the broker confirmed.
 pub const OUTBOX_PUBLISHED: &str = "outbox.published";
+/// Counter: rows the broker confirmed but routed to no queue, on exchanges that accept that
+/// ([`Unroutable::Accept`](crate::amqp::topology::Unroutable::Accept)); they are marked sent,
+/// not parked, and are included in [`OUTBOX_PUBLISHED`].
+pub const OUTBOX_UNROUTABLE: &str = "outbox.unroutable";
 /// Counter: rows parked (see the error log for the row and its error).
 pub const OUTBOX_PARKED_TOTAL: &str = "outbox.parked_total";
 /// Counter: messages an inbox processed (first delivery, committed).

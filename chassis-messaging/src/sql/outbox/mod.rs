@@ -73,7 +73,15 @@
 //!   is *parked* (`status = 'parked'`, with `last_error`), logged at error level and counted in
 //!   [`OUTBOX_PARKED`](crate::sql::metrics::OUTBOX_PARKED). Later rows of its subject then
 //!   proceed. Inspect with
-//!   `parked()`, fix the cause, and `requeue_parked()`.
+//!   `parked()`, fix the cause, and `requeue_parked()`. The relay warns once each time the
+//!   parked count changes, not at every gauge refresh.
+//! - **Events nobody subscribes to**: "unroutable" above means an exchange declared
+//!   [`Unroutable::Retry`](crate::amqp::topology::Unroutable::Retry) (the default), where a
+//!   missing queue is a mistake or a startup race. On an exchange declared
+//!   [`Unroutable::Accept`](crate::amqp::topology::Unroutable::Accept) a confirmed event that
+//!   reached no queue is marked sent and counted in
+//!   [`OUTBOX_UNROUTABLE`](crate::sql::metrics::OUTBOX_UNROUTABLE), never parked (see the
+//!   [topology docs](crate::amqp::topology#unroutable-messages-unroutable-per-exchange)).
 //! - **Trace continuity**: `enqueue` stores the current span's W3C trace context
 //!   (`traceparent`, `tracestate`, `baggage`) in the row's headers unless the message already
 //!   carries a `traceparent`. The relay publishes each row inside an `"outbox relay"` span

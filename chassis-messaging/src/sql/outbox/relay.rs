@@ -1,4 +1,15 @@
 //! The relay: the background task that moves committed outbox rows to the broker.
+//!
+//! A row the broker confirmed but routed to no queue is handled by its exchange's
+//! [`Unroutable`](crate::amqp::topology::Unroutable) policy: on an `Accept` exchange it is
+//! marked sent and counted in [`OUTBOX_UNROUTABLE`](names::OUTBOX_UNROUTABLE) (logged at debug
+//! level), never parked; on a `Retry` exchange (the default) it is a non-transient failure,
+//! retried with a growing delay and parked after [`RelayConfig::max_attempts`].
+//!
+//! The parked rows are reported by the [`OUTBOX_PARKED`](names::OUTBOX_PARKED) gauge, refreshed
+//! every [`RelayConfig::stats_interval`], and by one warning each time their count changes (and
+//! one info line when it drops back to zero): a parked row stays until an operator acts, so
+//! repeating the warning every few seconds would only bury the rest of the log.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -20,7 +31,7 @@ use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 
 use super::store::{OutboxStore, PendingRow, RowOutcome, SentPolicy};
 use crate::amqp::headers::HeaderMapExtractor;
-use crate::amqp::publisher::Publish;
+use crate::amqp::publisher::{Publish, Routing};
 use crate::error::{Error, ErrorKind, Result};
 use crate::message::OutgoingMessage;
 use crate::sql::metrics as names;
@@ -207,6 +218,9 @@ pub struct BatchReport {
     pub claimed: usize,
     /// Rows the broker confirmed.
     pub sent: usize,
+    /// Rows among [`sent`](Self::sent) that reached no queue, accepted because their exchange
+    /// is declared [`Unroutable::Accept`](crate::amqp::topology::Unroutable::Accept).
+    pub unrouted: usize,
     /// Rows that failed non-transiently and will be retried later.
     pub failed: usize,
     /// Rows parked by this batch.
@@ -222,6 +236,7 @@ impl BatchReport {
     fn absorb(&mut self, other: BatchReport) {
         self.claimed += other.claimed;
         self.sent += other.sent;
+        self.unrouted += other.unrouted;
         self.failed += other.failed;
         self.parked += other.parked;
         self.released += other.released;
@@ -525,11 +540,12 @@ impl<S: OutboxStore, P: Publish + ?Sized + 'static> Relay<S, P> {
         });
         let mut backoff = Backoff::new(self.config.backoff_initial, self.config.backoff_max);
         let mut next_stats = Instant::now();
+        let mut parked_reported = 0;
         let mut next_cleanup = Instant::now() + self.config.cleanup_interval;
         while !token.is_cancelled() {
             let now = Instant::now();
             if now >= next_stats {
-                self.refresh_stats().await;
+                self.refresh_stats(&mut parked_reported).await;
                 next_stats = now + self.config.stats_interval;
             }
             if now >= next_cleanup {
@@ -759,6 +775,9 @@ impl<S: OutboxStore, P: Publish + ?Sized + 'static> Relay<S, P> {
         if report.sent > 0 {
             metrics::counter!(names::OUTBOX_PUBLISHED).increment(report.sent as u64);
         }
+        if report.unrouted > 0 {
+            metrics::counter!(names::OUTBOX_UNROUTABLE).increment(report.unrouted as u64);
+        }
         Ok(report)
     }
 
@@ -770,10 +789,11 @@ impl<S: OutboxStore, P: Publish + ?Sized + 'static> Relay<S, P> {
     ) -> Vec<(i64, RowOutcome)> {
         let results = join_all(chains.into_iter().map(|chain| self.publish_chain(chain))).await;
         let mut outcomes = Vec::with_capacity(report.claimed);
-        for (chain_outcomes, transient) in results {
+        for (chain_outcomes, transient, unrouted) in results {
             if report.transient_error.is_none() {
                 report.transient_error = transient;
             }
+            report.unrouted += unrouted;
             for (id, outcome) in chain_outcomes {
                 match &outcome {
                     RowOutcome::Sent => report.sent += 1,
@@ -790,11 +810,13 @@ impl<S: OutboxStore, P: Publish + ?Sized + 'static> Relay<S, P> {
     /// Publishes one chain: first waits for the subject's rows of earlier batches (if any are
     /// still in flight), then each row after the previous one's confirm, so a failure stops
     /// the subject's chain; finally tells the next batch's chain of the subject whether
-    /// everything was confirmed.
-    async fn publish_chain(&self, chain: Chain) -> (Vec<(i64, RowOutcome)>, Option<String>) {
+    /// everything was confirmed. Also returns the first transient error and how many rows
+    /// were confirmed as routed to no queue.
+    async fn publish_chain(&self, chain: Chain) -> (Vec<(i64, RowOutcome)>, Option<String>, usize) {
         let Chain { rows, after, done } = chain;
         let mut outcomes = Vec::with_capacity(rows.len());
         let mut transient = None;
+        let mut unrouted = 0;
         // A dropped sender (its batch never ran to the end) counts as not confirmed.
         let mut stopped = match after {
             Some(after) => !after.await.unwrap_or(false),
@@ -820,7 +842,9 @@ impl<S: OutboxStore, P: Publish + ?Sized + 'static> Relay<S, P> {
             let span = relay_span(row.id, &message);
             let published = tokio::time::timeout(
                 self.config.publish_timeout,
-                self.publisher.publish(message).instrument(span),
+                self.publisher
+                    .publish_routed(message)
+                    .instrument(span.clone()),
             )
             .await
             .unwrap_or_else(|_| {
@@ -830,7 +854,14 @@ impl<S: OutboxStore, P: Publish + ?Sized + 'static> Relay<S, P> {
                 ))
             });
             match published {
-                Ok(()) => {
+                Ok(routing) => {
+                    if routing == Routing::Unrouted {
+                        // Its exchange accepts unroutable messages: confirmed is done, even
+                        // though nobody subscribes (the span names the exchange and message).
+                        unrouted += 1;
+                        tracing::debug!(parent: &span, id = row.id,
+                            "outbox row published to no queue; its exchange accepts that");
+                    }
                     let latency_ms = now_ms().saturating_sub(row.created_at_ms).max(0);
                     metrics::histogram!(names::OUTBOX_PUBLISH_LATENCY)
                         .record(latency_ms as f64 / 1000.0);
@@ -856,7 +887,7 @@ impl<S: OutboxStore, P: Publish + ?Sized + 'static> Relay<S, P> {
             // The next chain of the subject may already be gone (its batch ended): fine.
             let _ = done.send(!stopped);
         }
-        (outcomes, transient)
+        (outcomes, transient, unrouted)
     }
 
     fn failure(
@@ -887,8 +918,9 @@ impl<S: OutboxStore, P: Publish + ?Sized + 'static> Relay<S, P> {
         }
     }
 
-    /// Refreshes the pending/parked/oldest-age gauges.
-    async fn refresh_stats(&self) {
+    /// Refreshes the pending/parked/oldest-age gauges, and warns when the parked count differs
+    /// from `reported` (the count last logged, updated here).
+    async fn refresh_stats(&self, reported: &mut i64) {
         match self.store.stats().await {
             Ok(stats) => {
                 metrics::gauge!(names::OUTBOX_PENDING).set(stats.pending as f64);
@@ -898,11 +930,17 @@ impl<S: OutboxStore, P: Publish + ?Sized + 'static> Relay<S, P> {
                     .map(|t| now_ms().saturating_sub(t).max(0) as f64 / 1000.0)
                     .unwrap_or(0.0);
                 metrics::gauge!(names::OUTBOX_OLDEST_PENDING_AGE).set(age);
-                if stats.parked > 0 {
-                    tracing::warn!(
-                        parked = stats.parked,
-                        "outbox has parked rows that need attention"
-                    );
+                if stats.parked != *reported {
+                    if stats.parked > 0 {
+                        tracing::warn!(
+                            parked = stats.parked,
+                            previously = *reported,
+                            "outbox has parked rows that need attention"
+                        );
+                    } else {
+                        tracing::info!(previously = *reported, "outbox has no parked rows left");
+                    }
+                    *reported = stats.parked;
                 }
             }
             Err(err) => tracing::warn!(error = %err, "outbox relay: reading stats failed"),
