@@ -6,7 +6,7 @@
 //! - routing: topic, direct and fanout exchanges with the bindings of a [`TopologyConfig`];
 //!   the default exchange `""` routes by queue name; a message no queue is bound for fails
 //!   with [`ErrorKind::Unroutable`] (succeeds as [`Routing::Unrouted`] on an exchange declared
-//!   [`Unroutable::Accept`](crate::amqp::topology::Unroutable::Accept)), an undeclared
+//!   [`Unroutable::Accept`]), an undeclared
 //!   exchange with [`ErrorKind::Topology`];
 //! - [`Outcome::Ack`] removes the message; [`Outcome::Retry`] puts it back at the end of the
 //!   queue with `x-chassis-attempt` incremented (retry tiers collapse to no delay) until the
@@ -390,9 +390,14 @@ mod tests {
     #[tokio::test]
     async fn an_accepting_exchange_reports_unrouted_instead_of_failing() {
         let b = broker();
-        b.declare(&TopologyConfig::new().exchange(
-            ExchangeConfig::topic("audit").unroutable(crate::amqp::topology::Unroutable::Accept),
-        ))
+        b.declare(
+            &TopologyConfig::new()
+                .exchange(
+                    ExchangeConfig::topic("audit")
+                        .unroutable(crate::amqp::topology::Unroutable::Accept),
+                )
+                .exchange(ExchangeConfig::topic("strict")),
+        )
         .unwrap();
         let routed = b
             .publish_routed(OutgoingMessage::new("audit", "anything", vec![]))
@@ -404,7 +409,7 @@ mod tests {
             .unwrap();
         // The retrying exchange still fails, and routed messages say so.
         let e = b
-            .publish_routed(OutgoingMessage::new("ev", "nobody.listens", vec![]))
+            .publish_routed(OutgoingMessage::new("strict", "nobody.listens", vec![]))
             .await
             .unwrap_err();
         assert!(matches!(e.kind(), ErrorKind::Unroutable { .. }));

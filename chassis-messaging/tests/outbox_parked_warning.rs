@@ -101,10 +101,10 @@ async fn parked_warning_is_logged_once_per_change_of_the_count() {
         capture
             .lines()
             .iter()
-            .filter(|l| l.contains(WARNING))
-            .last()
-            .is_some_and(|l| l.contains('2')),
-        "the warning carries the count"
+            .rfind(|l| l.contains(WARNING))
+            .is_some_and(|l| l.contains(r#""parked":2,"previously":1"#)),
+        "the warning carries the count: {:#?}",
+        capture.lines()
     );
 
     // Once an operator removed them, one line says so, and nothing more is repeated.
