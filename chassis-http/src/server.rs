@@ -25,6 +25,32 @@
 //! At most [`ServerConfig::max_connections`] connections are open at once (default 10 000);
 //! further connections wait in the listen backlog.
 //!
+//! # Limits and error answers
+//! - **Slow or silent clients.** An HTTP/1 request head must arrive within
+//!   [`ServerConfig::header_read_timeout`] (default 30 s) once the server starts reading it,
+//!   so an idle keep-alive connection closes after that long. A new connection, HTTP/1 or h2c,
+//!   must also deliver its *first request* within that time, or it is closed: one that
+//!   connects and sends nothing, stops inside the HTTP/2 preface, or sends the preface and no
+//!   request. (hyper-util reads a connection's first bytes to tell HTTP/1 from HTTP/2 before
+//!   hyper's head timeout applies, and HTTP/2 has none, so without this a silent connection
+//!   would hold a connection slot for ever.) Both run on one coarse timer: a connection is
+//!   cut off between the timeout and the timeout plus an eighth of it (at most 250 ms more).
+//!   An HTTP/2 connection that has served a request and then stays idle is not closed by the
+//!   server.
+//! - **Header size.** A request whose header fields take more than
+//!   [`ServerConfig::max_header_bytes`] (default 16 KiB) is answered 431 with the JSON error
+//!   body, on HTTP/1.1 and h2c alike, with the `traceparent`'s trace id if it has one.
+//! - **Every error answer has the JSON body** `{"success":false,"error":{...},"traceId":...}`.
+//!   [`StandardLayers`](crate::layers::StandardLayers) gives it to the application's errors,
+//!   with the trace id; the server gives it, with a `null` trace id, to whatever error
+//!   response reaches it without a JSON body (a router's 404/405 outside the layers), and to
+//!   the answers hyper writes itself before any service runs: 400 for a request head that does
+//!   not parse, 431 for more than 100 header fields or a head beyond hyper's own buffer limit
+//!   (408 KiB, or twice `max_header_bytes` if that is more), 414 for a URI over hyper's limit. Those never reach a layer, so they are not
+//!   traced, counted or logged (a DEBUG line from `chassis_http::server` only), and their body
+//!   has a `null` trace id and the status's reason phrase as its message. h2's own answer to a
+//!   header list beyond 4 times `max_header_bytes` (at least 64 KiB) stays a bare 431.
+//!
 //! In a service run by [`chassis_core::lifecycle::App`], register the server as an
 //! [`HttpServer`] component instead: the app then owns signals, readiness and the pre-stop
 //! delay, and stops the server before the consumers' handlers, the relay and the connections
@@ -63,12 +89,14 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 use bytes::Bytes;
 use chassis_core::health::HealthRegistry;
 use chassis_core::shutdown::Shutdown;
 use hyper::body::Incoming;
+use hyper::rt::Timer as _;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use serde::Deserialize;
@@ -79,12 +107,14 @@ use tower_service::Service;
 mod component;
 mod connection_service;
 mod connections;
+mod early_errors;
 mod header_timer;
 
 pub use component::HttpServer;
 
 use connection_service::ConnectionService;
 use connections::Connections;
+use early_errors::EarlyErrorIo;
 use header_timer::HeaderReadTimer;
 
 use crate::body::BoxError;
@@ -106,9 +136,15 @@ pub struct ServerConfig {
     pub pre_stop_delay: Duration,
     /// Maximum open connections. Defaults to 10 000.
     pub max_connections: usize,
-    /// Time a client has to send a complete HTTP/1 request head. Defaults to 30 s.
+    /// Time a client has to send a complete HTTP/1 request head, and time a new connection
+    /// (HTTP/1 or h2c) has to deliver its first request. Defaults to 30 s.
     #[serde(with = "humantime_serde")]
     pub header_read_timeout: Duration,
+    /// Most bytes of header fields a request may carry, counted as HTTP/1.1 writes them (name,
+    /// value and 4 bytes of `": "` and CRLF per field; HTTP/2 fields uncompressed, the same
+    /// way). Larger requests are answered 431 with the JSON error body. Defaults to 16 KiB
+    /// (16 384), as nginx's and h2's defaults allow; between 1 KiB and 16 MiB.
+    pub max_header_bytes: usize,
 }
 
 impl Default for ServerConfig {
@@ -119,8 +155,28 @@ impl Default for ServerConfig {
             pre_stop_delay: Duration::ZERO,
             max_connections: 10_000,
             header_read_timeout: Duration::from_secs(30),
+            max_header_bytes: DEFAULT_MAX_HEADER_BYTES,
         }
     }
+}
+
+/// [`ServerConfig::max_header_bytes`]'s default: 16 KiB.
+const DEFAULT_MAX_HEADER_BYTES: usize = 16 * 1024;
+
+/// hyper's own HTTP/1 read-buffer limit when none is set (8 KiB + 400 KiB): beyond it hyper
+/// answers 431 itself.
+const HYPER_DEFAULT_MAX_BUF_SIZE: usize = 8192 + 4096 * 100;
+
+/// The protocol libraries' own limits, set well above [`ServerConfig::max_header_bytes`] so
+/// that the chassis answers (with its JSON body and the trace id) the oversized requests a
+/// client plausibly sends; beyond them hyper (HTTP/1: rewritten with the JSON body, see
+/// [`early_errors`]) or h2 (a bare 431) answers. HTTP/1 keeps hyper's default buffer limit
+/// unless the configured one needs more; HTTP/2's header-list limit is 4 times the configured
+/// one (h2 adds 32 bytes per field), at least 64 KiB.
+fn protocol_limits(max_header_bytes: usize) -> (usize, u32) {
+    let h1 = HYPER_DEFAULT_MAX_BUF_SIZE.max(max_header_bytes.saturating_mul(2));
+    let h2 = max_header_bytes.saturating_mul(4).max(64 * 1024);
+    (h1, u32::try_from(h2).unwrap_or(u32::MAX))
 }
 
 impl ServerConfig {
@@ -148,9 +204,16 @@ impl ServerConfig {
         self
     }
 
-    /// HTTP/1 request head timeout. Defaults to 30 s.
+    /// HTTP/1 request head timeout, and the time a new connection has to deliver its first
+    /// request. Defaults to 30 s.
     pub fn header_read_timeout(mut self, timeout: Duration) -> Self {
         self.header_read_timeout = timeout;
+        self
+    }
+
+    /// Most bytes of header fields per request, answered 431 beyond. Defaults to 16 KiB.
+    pub fn max_header_bytes(mut self, max: usize) -> Self {
+        self.max_header_bytes = max;
         self
     }
 
@@ -166,6 +229,11 @@ impl ServerConfig {
         if self.header_read_timeout.is_zero() {
             return Err(Error::new(ErrorKind::InvalidConfig {
                 reason: "header_read_timeout must be positive".into(),
+            }));
+        }
+        if !(1024..=16 << 20).contains(&self.max_header_bytes) {
+            return Err(Error::new(ErrorKind::InvalidConfig {
+                reason: "max_header_bytes must be between 1 KiB and 16 MiB".into(),
             }));
         }
         Ok(())
@@ -305,12 +373,17 @@ impl Server {
                 .clone()
                 .sweep(HeaderReadTimer::tick_for(config.header_read_timeout)),
         ));
+        let (h1_max_buf, h2_max_header_list) = protocol_limits(config.max_header_bytes);
         let mut builder = auto::Builder::new(TokioExecutor::new());
         builder
             .http1()
-            .timer(header_timer)
-            .header_read_timeout(config.header_read_timeout);
-        builder.http2().timer(TokioTimer::new());
+            .timer(header_timer.clone())
+            .header_read_timeout(config.header_read_timeout)
+            .max_buf_size(h1_max_buf);
+        builder
+            .http2()
+            .timer(TokioTimer::new())
+            .max_header_list_size(h2_max_header_list);
         let builder = Arc::new(builder);
 
         let connection_limit = Arc::new(Semaphore::new(config.max_connections));
@@ -358,13 +431,18 @@ impl Server {
             connections += 1;
             let _ = stream.set_nodelay(true);
             let builder = builder.clone();
-            let service = ConnectionService::new(service.clone());
+            let served = Arc::new(AtomicBool::new(false));
+            let service =
+                ConnectionService::new(service.clone(), config.max_header_bytes, served.clone());
+            // Time to the first request, on the same coarse timer as HTTP/1 heads.
+            let first_request = header_timer.sleep(config.header_read_timeout);
             // Registered here, not in the task, so the drain below counts it.
             let tracked = open.register();
             tokio::spawn(async move {
-                let connection = builder.serve_connection(TokioIo::new(stream), service);
-                // `None`: closed at the drain deadline.
-                if let Some(Err(e)) = tracked.watch(connection).await {
+                let io = EarlyErrorIo::new(TokioIo::new(stream));
+                let connection = builder.serve_connection(io, service);
+                // `None`: closed at the drain deadline or for want of a first request.
+                if let Some(Err(e)) = tracked.watch(connection, first_request, served).await {
                     tracing::debug!(target: "chassis_http::server", error = %e, "connection error");
                 }
                 drop(permit);
@@ -424,5 +502,36 @@ mod tests {
         assert_eq!(config.max_connections, 10_000);
         assert!(config.validate().is_ok());
         assert!(config.clone().max_connections(0).validate().is_err());
+        assert_eq!(config.max_header_bytes, 16 * 1024);
+        assert!(config.clone().max_header_bytes(512).validate().is_err());
+        assert!(
+            config
+                .clone()
+                .max_header_bytes(32 << 20)
+                .validate()
+                .is_err()
+        );
+        assert!(
+            config
+                .clone()
+                .max_header_bytes(64 * 1024)
+                .validate()
+                .is_ok()
+        );
+        let config: ServerConfig = serde_json::from_str(r#"{"max_header_bytes":8192}"#).unwrap();
+        assert_eq!(config.max_header_bytes, 8192);
+    }
+
+    #[test]
+    fn protocol_limits_stay_above_the_configured_one() {
+        assert_eq!(
+            protocol_limits(16 * 1024),
+            (HYPER_DEFAULT_MAX_BUF_SIZE, 64 * 1024)
+        );
+        assert_eq!(
+            protocol_limits(1 << 20),
+            (2 << 20, 4 << 20),
+            "beyond hyper's default buffer"
+        );
     }
 }

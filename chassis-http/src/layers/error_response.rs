@@ -25,6 +25,13 @@
 //! It is the innermost chassis layer of the [standard stack](super::StandardLayers), so the
 //! outer layers trace, count and log the status it produced.
 //!
+//! The [server](crate::server::Server) applies the same rewrite to every response it sends,
+//! as a safety net for what bypasses this layer (an axum fallback added after
+//! `Router::layer`, a router nested outside the stack): the body then has no trace id, as
+//! there is no request span outside the stack. Errors hyper answers itself, before any
+//! service runs (a malformed request head, header fields over hyper's own limits), get the
+//! body too; see the server's docs.
+//!
 //! # Example
 //! ```
 //! use chassis_http::layers::error_response::ErrorResponseLayer;
@@ -152,7 +159,7 @@ const MAX_MESSAGE_BYTES: usize = 1024;
 
 #[cold]
 #[inline(never)]
-fn json_error_response<B>(response: Response<B>) -> Response<Body>
+pub(crate) fn json_error_response<B>(response: Response<B>) -> Response<Body>
 where
     B: http_body::Body<Data = Bytes>,
 {
@@ -183,7 +190,7 @@ where
 
 /// Whether the body is JSON (`application/json`, `application/problem+json`, ...): an error body
 /// the service chose, left as it is.
-fn is_json(headers: &HeaderMap) -> bool {
+pub(crate) fn is_json(headers: &HeaderMap) -> bool {
     media_type(headers).is_some_and(|media| {
         let media = media.to_ascii_lowercase();
         media == "application/json"

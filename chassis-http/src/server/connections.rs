@@ -7,11 +7,18 @@
 //! re-register its waker on every poll, and a connection is polled a few times per request.
 //! Here a poll costs an atomic load and an [`AtomicWaker`] update; the mutex is only taken when
 //! a connection opens or closes and when the phase changes.
+//!
+//! A connection also has a first-request deadline: if no request reached the service by then
+//! (a client that connects and sends nothing, stops inside the HTTP/2 preface, or sends the
+//! preface and no request), the connection is closed. hyper bounds an HTTP/1 request head once
+//! it starts reading one, but hyper-util's protocol detection reads the first bytes before
+//! that with no limit, and HTTP/2 has no head timeout at all; without this deadline a silent
+//! connection holds one of the server's connection slots for ever.
 
 use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 
@@ -118,12 +125,19 @@ pub(super) struct Registration {
 
 impl Registration {
     /// Serves `conn` under this registration. The future resolves to `None` when the
-    /// connection was closed by [`Connections::close_all`].
-    pub(super) fn watch<C: GracefulConnection>(self, conn: C) -> Watched<C> {
+    /// connection was closed by [`Connections::close_all`], or because `first_request`
+    /// elapsed before `served` was set.
+    pub(super) fn watch<C: GracefulConnection>(
+        self,
+        conn: C,
+        first_request: Pin<Box<dyn hyper::rt::Sleep>>,
+        served: Arc<AtomicBool>,
+    ) -> Watched<C> {
         Watched {
             conn,
             registration: self,
             shutdown_sent: false,
+            first_request: Some((first_request, served)),
         }
     }
 }
@@ -146,6 +160,8 @@ pin_project! {
         conn: C,
         registration: Registration,
         shutdown_sent: bool,
+        // Until the first request: its deadline, and the flag the connection's service sets.
+        first_request: Option<(Pin<Box<dyn hyper::rt::Sleep>>, Arc<AtomicBool>)>,
     }
 }
 
@@ -166,6 +182,21 @@ impl<C: GracefulConnection> Future for Watched<C> {
             }
             _ => return Poll::Ready(None),
         }
-        this.conn.poll(cx).map(Some)
+        let polled = this.conn.poll(cx);
+        if polled.is_pending()
+            && let Some((deadline, served)) = this.first_request
+        {
+            if served.load(Ordering::Relaxed) {
+                // Later requests are bounded by hyper (HTTP/1 heads) from here on.
+                *this.first_request = None;
+            } else if deadline.as_mut().poll(cx).is_ready() {
+                tracing::debug!(
+                    target: "chassis_http::server",
+                    "no request within the header read timeout; closing the connection"
+                );
+                return Poll::Ready(None);
+            }
+        }
+        polled.map(Some)
     }
 }
