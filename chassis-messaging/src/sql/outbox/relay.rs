@@ -59,8 +59,9 @@ pub struct RelayConfig {
     /// Deadline of one publish (until the broker confirms). Defaults to 10 s.
     #[serde(with = "humantime_serde")]
     pub publish_timeout: Duration,
-    /// Failed attempts (non-transient errors only: unroutable, undecodable) after which a row
-    /// is parked. Defaults to 5.
+    /// Failed attempts (non-transient errors only: unroutable on an
+    /// [`Unroutable::Retry`](crate::amqp::topology::Unroutable::Retry) exchange, undecodable)
+    /// after which a row is parked. Defaults to 5.
     pub max_attempts: u32,
     /// Delay before a row that failed non-transiently is tried again; doubles per attempt,
     /// capped by `backoff_max`. Defaults to 1 s.
