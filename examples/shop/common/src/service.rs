@@ -18,6 +18,7 @@ use chassis_core::{BoxError, ServiceInfo};
 use chassis_http::server::ServerConfig;
 use chassis_messaging::{
     Connection, ConnectionConfig, ConsumerConfig, ExchangeConfig, QueueConfig, TopologyConfig,
+    Unroutable,
 };
 use chassis_observability::{Telemetry, TelemetryGuard};
 
@@ -126,9 +127,19 @@ impl Shop {
     }
 
     /// The shop's topic exchanges, `shop.events` and `shop.commands`; add the service's queues.
+    ///
+    /// An event is a fact published for whoever cares: one nobody subscribes to
+    /// (`inventory.released`, `payment.refunded`) is normal publish/subscribe, so `shop.events`
+    /// accepts unroutable messages (the outbox marks them sent and counts them in
+    /// `outbox.unroutable`). A command must reach its handler: `shop.commands` keeps the default,
+    /// and an unroutable command is retried, then parked. The price on `shop.events`: an event
+    /// published before its consumer ever declared its queue (only possible on a fresh broker,
+    /// the queues are durable) is dropped, and the saga's step timeout fails that order.
     pub fn topology(&self) -> TopologyConfig {
         TopologyConfig::new()
-            .exchange(ExchangeConfig::topic(self.name(EVENTS_EXCHANGE)))
+            .exchange(
+                ExchangeConfig::topic(self.name(EVENTS_EXCHANGE)).unroutable(Unroutable::Accept),
+            )
             .exchange(ExchangeConfig::topic(self.name(COMMANDS_EXCHANGE)))
     }
 
