@@ -165,6 +165,34 @@ async fn raw_headers_and_properties_survive() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_long_short_strings_are_refused_and_the_publisher_lives_on() {
+    let fx = Fixture::new("shortstr", short_tiers()).await;
+    let publisher = Publisher::new(&fx.conn, PublisherConfig::default()).unwrap();
+    let long = "x".repeat(256);
+    let base = OutgoingMessage::new(fx.exchange.clone(), "k.1", b"{}".to_vec());
+    let mut cases = vec![
+        base.clone().message_id(long.as_str()),
+        OutgoingMessage::new(fx.exchange.clone(), long.as_str(), b"{}".to_vec()),
+    ];
+    let mut correlated = base.clone();
+    correlated.correlation_id = Some(long.clone());
+    cases.push(correlated);
+    let mut typed_msg = base.clone();
+    typed_msg.kind = Some(long.clone());
+    cases.push(typed_msg);
+    for msg in cases {
+        let err = publisher.publish(msg).await.unwrap_err();
+        assert!(matches!(err.kind(), ErrorKind::Validation { .. }), "{err}");
+        assert!(err.to_string().contains("256 bytes"), "{err}");
+    }
+    // 255 bytes is the limit, not over it; and the publisher still works.
+    let mut at_limit = base.clone();
+    at_limit.correlation_id = Some("y".repeat(255));
+    publisher.publish(at_limit).await.unwrap();
+    fx.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_publishers_and_consumers_lose_nothing() {
     let fx = Fixture::new("concurrent", short_tiers()).await;
     let (c1, mut rx1) = forwarding_consumer(&fx, ConsumerConfig::default().concurrency(4)).await;

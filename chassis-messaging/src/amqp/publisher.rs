@@ -269,6 +269,7 @@ impl Publisher {
     /// # Errors
     /// See [`Publish::publish`].
     pub async fn publish_message_routed(&self, msg: OutgoingMessage) -> Result<Routing, Error> {
+        check_short_strings(&msg)?;
         let mut headers = to_field_table(&msg.headers);
         let dest = if msg.exchange.is_empty() {
             "amq.default"
@@ -523,6 +524,33 @@ fn outcome_label(res: &Result<Routing, Error>) -> &'static str {
             _ => "connection",
         },
     }
+}
+
+/// AMQP 0-9-1 carries the exchange, the routing key and these properties as short strings of at
+/// most 255 bytes; lapin's frame writer panics on a longer one. A message that can never be sent
+/// is refused with a validation error instead (an outbox row with one is parked, not retried
+/// forever, and the publisher lives on).
+fn check_short_strings(msg: &OutgoingMessage) -> Result<(), Error> {
+    const MAX: usize = 255;
+    let fields = [
+        ("exchange", Some(msg.exchange.as_str())),
+        ("routing key", Some(msg.routing_key.as_str())),
+        ("message id", msg.message_id.as_deref()),
+        ("type", msg.kind.as_deref()),
+        ("content type", msg.content_type.as_deref()),
+        ("correlation id", msg.correlation_id.as_deref()),
+    ];
+    for (name, value) in fields {
+        if let Some(v) = value
+            && v.len() > MAX
+        {
+            return Err(Error::validation(format!(
+                "the {name} is {} bytes; AMQP allows at most {MAX}",
+                v.len()
+            )));
+        }
+    }
+    Ok(())
 }
 
 fn properties(msg: &OutgoingMessage, headers: FieldTable) -> BasicProperties {
