@@ -140,6 +140,16 @@ fn children_of(pid: u32) -> Vec<u32> {
                 })
                 == Some(pid)
         })
+        // The service binaries, not the short-lived tools the launcher also runs
+        // (`rabbitmqctl status` to find the broker's pid for the CPU figures).
+        .filter(|child| {
+            std::fs::read_link(format!("/proc/{child}/exe")).is_ok_and(|exe| {
+                shop_launcher::SERVICES.iter().any(|s| {
+                    exe.file_name()
+                        .is_some_and(|f| *f == *shop_launcher::binary_name(s))
+                })
+            })
+        })
         .collect()
 }
 
