@@ -18,7 +18,8 @@
 //!   `{"amount_cents":1200,"currency":"EUR","payment_method":"card_ok","reference":"order-1"}`:
 //!   `201` with the charge, `402` when declined. The same key with the same body replays the first
 //!   answer (header `idempotent-replayed: true`) and never charges twice; the same key with another
-//!   body is `422`; a key whose first request is still running is `409`.
+//!   body is `422`; a key whose first request is still running is `409`, one whose request was
+//!   dropped while it waited (the client gave up) is free again.
 //! - `POST /v1/charges/{id}/refund`: refunds once; repeating it returns the same refund.
 //! - `GET /v1/charges?reference=…`: charges for a reference (tests use it to prove "one charge").
 //! - `GET /v1/stats`: counters (charges, declines, refunds, injected failures, outage rejections).
@@ -340,10 +341,17 @@ async fn create_charge(
             }
         }
     }
+    let mut mark = InFlightMark {
+        state: &state,
+        key: Some(&key),
+    };
     let behaviour = *state.inner.behaviour.lock().expect("behaviour lock");
     if behaviour.latency_ms > 0 {
         tokio::time::sleep(Duration::from_millis(behaviour.latency_ms)).await;
     }
+    // No await from here on: the request can no longer be dropped half-way.
+    mark.key = None;
+    drop(mark);
     let mut store = state.inner.store.lock().expect("store lock");
     if rand::random::<f64>() < behaviour.failure_rate {
         store.keys.remove(&key);
@@ -391,6 +399,30 @@ async fn create_charge(
         );
     }
     (status, Json(body)).into_response()
+}
+
+/// The in-flight mark of a charge's key while its request waits. Dropped with the request (the
+/// client hung up or timed out mid-wait, and the server dropped the handler) while still armed,
+/// it removes the mark: nothing was recorded, so a retry with the key must be processed, not
+/// answered 409 "in progress" forever.
+struct InFlightMark<'a> {
+    state: &'a ProviderState,
+    key: Option<&'a str>,
+}
+
+impl Drop for InFlightMark<'_> {
+    fn drop(&mut self) {
+        let Some(key) = self.key else { return };
+        let mut store = self
+            .state
+            .inner
+            .store
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if matches!(store.keys.get(key), Some(KeyEntry::InFlight { .. })) {
+            store.keys.remove(key);
+        }
+    }
 }
 
 async fn refund_charge(State(state): State<ProviderState>, Path(id): Path<String>) -> Response {

@@ -214,3 +214,35 @@ async fn injected_failures_record_nothing_and_ambiguous_ones_replay() {
         .unwrap();
     assert_eq!(bad.status(), 422);
 }
+
+#[tokio::test]
+async fn a_request_dropped_mid_wait_leaves_its_key_free_for_the_retry() {
+    let (base, state) = start(Behaviour {
+        latency_ms: 600,
+        ..Behaviour::default()
+    })
+    .await;
+    let impatient = reqwest::Client::builder()
+        .timeout(std::time::Duration::from_millis(100))
+        .build()
+        .unwrap();
+    let err = impatient
+        .post(format!("{base}/v1/charges"))
+        .header("idempotency-key", "k-dropped")
+        .json(&charge("o-dropped", "card_ok"))
+        .send()
+        .await
+        .unwrap_err();
+    assert!(err.is_timeout(), "{err}");
+    // The server notices the closed connection and drops the waiting handler.
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    let retry = reqwest::Client::new()
+        .post(format!("{base}/v1/charges"))
+        .header("idempotency-key", "k-dropped")
+        .json(&charge("o-dropped", "card_ok"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(retry.status(), 201, "{:?}", retry.text().await);
+    assert_eq!(state.stats().charges, 1);
+}
