@@ -35,6 +35,11 @@ use chassis_messaging::{Envelope, IncomingMessage, Outcome};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
+use crate::limits::{
+    FieldError, MAX_CHARGE_ID_LEN, MAX_CUSTOMER_ID_LEN, MAX_PAYMENT_METHOD_LEN, MAX_REASON_LEN,
+    MAX_SKU_LEN, check_len, check_order, check_order_id, check_required,
+};
+
 /// The topic exchange for events.
 pub const EVENTS_EXCHANGE: &str = "shop.events";
 /// The topic exchange for commands.
@@ -66,11 +71,25 @@ pub const CMD_PAYMENT_REFUND: &str = "payment.refund";
 /// Command: release the order's reservation, if any (`orders` -> `inventory`).
 pub const CMD_INVENTORY_RELEASE: &str = "inventory.release";
 
-/// Decodes a message's chassis envelope; an undecodable message is rejected (dead-lettered).
-pub fn decode<T: DeserializeOwned>(msg: &IncomingMessage) -> Result<T, Outcome> {
-    msg.decode::<T>()
+/// Decodes a message's chassis envelope and checks its payload's limits ([`Validate`]). An
+/// undecodable message, or one with a field outside its limit, can never succeed: it is
+/// rejected, and the chassis consumer dead-letters it (`<queue>.dlq`, the reason in
+/// `x-chassis-failure-reason`) and logs it once, before the handler writes anything.
+pub fn decode<T: DeserializeOwned + Validate>(msg: &IncomingMessage) -> Result<T, Outcome> {
+    let data = msg
+        .decode::<T>()
         .map(|e| e.data)
-        .map_err(|e| Outcome::reject(format!("undecodable: {e}")))
+        .map_err(|e| Outcome::reject(format!("undecodable: {e}")))?;
+    data.validate()
+        .map_err(|e| Outcome::reject(format!("invalid {}: {e}", msg.routing_key())))?;
+    Ok(data)
+}
+
+/// A payload's own limits (see [`limits`](crate::limits)): every event and command the shop
+/// sends implements it, and [`decode`] applies it to each message consumed.
+pub trait Validate {
+    /// `Err` names the first field outside its limit.
+    fn validate(&self) -> Result<(), FieldError>;
 }
 
 /// A handler's transient failure (the database is busy or away): retry through the delay tiers.
@@ -231,5 +250,124 @@ impl Emit {
             Some(id) => envelope.causation_id(id),
             None => envelope,
         }
+    }
+}
+
+impl Validate for OrderPlaced {
+    fn validate(&self) -> Result<(), FieldError> {
+        check_order_id("order_id", &self.order_id)?;
+        check_order(&self.customer_id, &self.items, &self.payment_method)
+    }
+}
+
+impl Validate for InventoryReserved {
+    fn validate(&self) -> Result<(), FieldError> {
+        check_order_id("order_id", &self.order_id)
+    }
+}
+
+impl Validate for InventoryRejected {
+    fn validate(&self) -> Result<(), FieldError> {
+        check_order_id("order_id", &self.order_id)?;
+        check_required("reason", &self.reason, MAX_REASON_LEN)?;
+        // Empty for an order without lines.
+        check_len("sku", &self.sku, MAX_SKU_LEN)
+    }
+}
+
+impl Validate for InventoryReleased {
+    fn validate(&self) -> Result<(), FieldError> {
+        check_order_id("order_id", &self.order_id)
+    }
+}
+
+impl Validate for ChargePayment {
+    fn validate(&self) -> Result<(), FieldError> {
+        check_order_id("order_id", &self.order_id)?;
+        check_required(
+            "payment_method",
+            &self.payment_method,
+            MAX_PAYMENT_METHOD_LEN,
+        )
+    }
+}
+
+impl Validate for Compensate {
+    fn validate(&self) -> Result<(), FieldError> {
+        check_order_id("order_id", &self.order_id)?;
+        check_len("reason", &self.reason, MAX_REASON_LEN)
+    }
+}
+
+impl Validate for PaymentSucceeded {
+    fn validate(&self) -> Result<(), FieldError> {
+        check_order_id("order_id", &self.order_id)?;
+        check_required("charge_id", &self.charge_id, MAX_CHARGE_ID_LEN)
+    }
+}
+
+impl Validate for PaymentFailed {
+    fn validate(&self) -> Result<(), FieldError> {
+        check_order_id("order_id", &self.order_id)?;
+        check_required("reason", &self.reason, MAX_REASON_LEN)
+    }
+}
+
+impl Validate for PaymentRefunded {
+    fn validate(&self) -> Result<(), FieldError> {
+        check_order_id("order_id", &self.order_id)?;
+        check_len("charge_id", &self.charge_id, MAX_CHARGE_ID_LEN)
+    }
+}
+
+impl Validate for OrderFinished {
+    fn validate(&self) -> Result<(), FieldError> {
+        check_order_id("order_id", &self.order_id)?;
+        check_required("customer_id", &self.customer_id, MAX_CUSTOMER_ID_LEN)?;
+        check_len("status", &self.status, MAX_REASON_LEN)?;
+        check_len(
+            "reason",
+            self.reason.as_deref().unwrap_or_default(),
+            MAX_REASON_LEN,
+        )
+    }
+}
+
+/// Any JSON: for consumers that read a payload they do not interpret.
+impl Validate for serde_json::Value {
+    fn validate(&self) -> Result<(), FieldError> {
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn payloads_check_their_fields() {
+        let mut placed = OrderPlaced {
+            order_id: "o-1".into(),
+            customer_id: "c-1".into(),
+            items: vec![Item {
+                sku: "tea".into(),
+                quantity: 1,
+            }],
+            payment_method: "card_ok".into(),
+        };
+        assert_eq!(placed.validate(), Ok(()));
+        placed.customer_id = "c".repeat(1 << 20);
+        assert_eq!(placed.validate().unwrap_err().field(), "customer_id");
+        let charge = ChargePayment {
+            order_id: "o".repeat(65),
+            amount_cents: 1,
+            payment_method: "card_ok".into(),
+        };
+        assert_eq!(charge.validate().unwrap_err().field(), "order_id");
+        let failed = PaymentFailed {
+            order_id: "o-1".into(),
+            reason: "r".repeat(MAX_REASON_LEN + 1),
+        };
+        assert_eq!(failed.validate().unwrap_err().field(), "reason");
     }
 }

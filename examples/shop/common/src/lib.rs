@@ -11,11 +11,14 @@
 //!   relay and inbox consumers on it;
 //! - [`events`]: the event and command payloads travelling on `shop.events` / `shop.commands`,
 //!   with their routing keys;
-//! - [`auth`]: service tokens (the gateway signs, the internal APIs verify).
+//! - [`auth`]: service tokens (the gateway signs, the internal APIs verify);
+//! - [`limits`]: the size limits of everything a client controls, checked by every service,
+//!   and the typed error ([`FieldError`](limits::FieldError), a 422 on an API).
 
 pub mod auth;
 pub mod db;
 pub mod events;
+pub mod limits;
 pub mod service;
 
 pub use service::Shop;

@@ -21,6 +21,13 @@
 //! | local bulkhead / rate limit | 503 `overloaded` with `Retry-After` |
 //! | anything else (no token, bad request built here) | 500 `internal_error` |
 //!
+//! Writes go through [`write`] instead of `HttpClient::execute`: it takes the status first and
+//! reads the body afterwards (at most [`MAX_RELAYED_BODY_BYTES`], within
+//! [`WRITE_BODY_TIMEOUT`]), so a 2xx whose body is too large or breaks off is still a 2xx
+//! ([`WriteAnswer::body`] is `None`): the write happened and the gateway must say so
+//! (`execute` would make it an `InvalidResponse` or `Transport` error without the status, and
+//! the table above a 502). A non-2xx answer to a write maps as in the table.
+//!
 //! # Example
 //! ```
 //! use chassis_http::auth::{SigningKey, TokenIssuer};
@@ -33,14 +40,17 @@
 //! assert!(orders.circuit_breaker().is_some());
 //! ```
 
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
+use axum::body::Bytes;
 use chassis_core::BoxError;
 use chassis_core::resilience::policy::ResiliencePolicy;
 use chassis_http::auth::{ServiceTokenSource, TokenIssuer};
+use chassis_http::client::ClientBody;
+use chassis_http::client::policy::parse_retry_after;
 use chassis_http::client::{ClientError, ClientErrorKind, HttpClient};
-use chassis_http::error::{ApiError, codes};
-use http::StatusCode;
+use chassis_http::error::{ApiError, ErrorBody, codes};
+use http::{HeaderMap, StatusCode};
 use serde_json::json;
 
 /// The default policy of a downstream `name`: 5 s per attempt; 3 attempts within 10 s with
@@ -74,32 +84,122 @@ pub fn client(
         .build()?)
 }
 
+/// Largest body of a downstream's answer the gateway reads to relay it, in bytes (1 MiB): a
+/// larger answer to a read is a 502 (the client may read again); to a write, see [`write`].
+pub const MAX_RELAYED_BODY_BYTES: usize = 1 << 20;
+
+/// How long [`write`] waits for an answer's body once its status and headers arrived (the
+/// policy's timeout covers the wait for the head only).
+pub const WRITE_BODY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A downstream's 2xx answer to a write, from [`write`].
+#[derive(Debug)]
+pub struct WriteAnswer {
+    /// The downstream's status (2xx).
+    pub status: StatusCode,
+    /// The downstream's headers (`Location` names what was written).
+    pub headers: HeaderMap,
+    /// The body, or `None` when it was larger than [`MAX_RELAYED_BODY_BYTES`], broke off, or
+    /// did not arrive within [`WRITE_BODY_TIMEOUT`]: the write succeeded all the same.
+    pub body: Option<Bytes>,
+}
+
+/// Sends a write `req` (a POST; retried only with an `Idempotency-Key`, as every call) and
+/// returns the downstream's 2xx answer even when its body cannot be read; a non-2xx answer or a
+/// failure to get one is the chassis error of the [module docs](self) table.
+pub async fn write(
+    client: &HttpClient,
+    req: http::Request<ClientBody>,
+) -> Result<WriteAnswer, ApiError> {
+    let name = client.name();
+    let resp = client.send(req).await.map_err(|e| {
+        tracing::warn!(error = %e, attempts = e.attempts(), "downstream write failed");
+        to_api_error(&e)
+    })?;
+    let (parts, body) = resp.into_parts();
+    let read = tokio::time::timeout(
+        WRITE_BODY_TIMEOUT,
+        axum::body::to_bytes(axum::body::Body::new(body), MAX_RELAYED_BODY_BYTES),
+    )
+    .await;
+    let body = match read {
+        Ok(Ok(bytes)) => Some(bytes),
+        Ok(Err(e)) => {
+            tracing::warn!(downstream = name, status = parts.status.as_u16(), error = %e, "answer body too large or broken");
+            None
+        }
+        Err(_) => {
+            tracing::warn!(
+                downstream = name,
+                status = parts.status.as_u16(),
+                "answer body timed out"
+            );
+            None
+        }
+    };
+    if parts.status.is_success() {
+        return Ok(WriteAnswer {
+            status: parts.status,
+            headers: parts.headers,
+            body,
+        });
+    }
+    let status = parts.status;
+    let err = if status.is_client_error() {
+        let chassis = body
+            .as_deref()
+            .and_then(|b| serde_json::from_slice::<ErrorBody>(b).ok());
+        client_error(name, status, chassis)
+    } else if status == StatusCode::SERVICE_UNAVAILABLE {
+        ApiError::unavailable(
+            format!("{name} is unavailable"),
+            parse_retry_after(&parts.headers, SystemTime::now()).unwrap_or(Duration::from_secs(1)),
+        )
+    } else {
+        ApiError::new(
+            StatusCode::BAD_GATEWAY,
+            codes::UPSTREAM_FAILED,
+            format!("{name} answered {status}"),
+        )
+    };
+    tracing::warn!(
+        downstream = name,
+        status = status.as_u16(),
+        "downstream refused the write"
+    );
+    Err(err)
+}
+
+/// A downstream's 4xx: its own chassis error as is (our trace id is added when it is
+/// rendered), or the status with a generic code.
+fn client_error(name: &str, status: StatusCode, body: Option<ErrorBody>) -> ApiError {
+    match body {
+        Some(body) => {
+            let mut e = ApiError::new(status, body.error.code, body.error.message);
+            if let Some(details) = body.error.details {
+                e = e.with_details(details);
+            }
+            e
+        }
+        None => {
+            let code = match status.as_u16() {
+                401 => codes::UNAUTHORIZED,
+                403 => codes::FORBIDDEN,
+                404 => codes::NOT_FOUND,
+                413 => codes::PAYLOAD_TOO_LARGE,
+                429 => codes::RATE_LIMITED,
+                _ => codes::BAD_REQUEST,
+            };
+            ApiError::new(status, code, format!("{name} answered {status}"))
+        }
+    }
+}
+
 /// The chassis error answer for a failed call (see the [module docs](self) for the table).
 pub fn to_api_error(err: &ClientError) -> ApiError {
     let name = err.downstream();
     match err.kind() {
-        ClientErrorKind::Status4xx { status, .. } => match err.api_error() {
-            // The downstream's own chassis error: the user gets it as is (our trace id is added
-            // when it is rendered).
-            Some(body) => {
-                let mut e = ApiError::new(*status, body.error.code, body.error.message);
-                if let Some(details) = body.error.details {
-                    e = e.with_details(details);
-                }
-                e
-            }
-            None => {
-                let code = match status.as_u16() {
-                    401 => codes::UNAUTHORIZED,
-                    403 => codes::FORBIDDEN,
-                    404 => codes::NOT_FOUND,
-                    413 => codes::PAYLOAD_TOO_LARGE,
-                    429 => codes::RATE_LIMITED,
-                    _ => codes::BAD_REQUEST,
-                };
-                ApiError::new(*status, code, format!("{name} answered {status}"))
-            }
-        },
+        ClientErrorKind::Status4xx { status, .. } => client_error(name, *status, err.api_error()),
         ClientErrorKind::Status5xx {
             status: StatusCode::SERVICE_UNAVAILABLE,
             retry_after,

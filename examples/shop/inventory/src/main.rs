@@ -4,7 +4,9 @@
 //! outbox/inbox tables); the catalogue seed (products missing from the database); RabbitMQ,
 //! attached in the background (the shop's exchanges, the `inventory.order-placed` and
 //! `inventory.release` queues); the outbox relay; the two inbox consumers (reserve on
-//! `order.placed`, release on the `inventory.release` command); HTTP
+//! `order.placed`, release on the `inventory.release` command; a message with a field outside
+//! its limit, `shop_common::limits`, is dead-lettered by `shop_common::events::decode` before
+//! anything is written); HTTP
 //! (`GET /internal/products`, `GET /internal/reservations/{order_id}`, behind service tokens).
 //!
 //! Environment: `HTTP_ADDR` (default `127.0.0.1:8082`), `DATABASE_URL`, `DATA_DIR`, `AMQP_URL`,
@@ -31,6 +33,7 @@ use shop_common::events::{
     CMD_INVENTORY_RELEASE, COMMANDS_EXCHANGE, Compensate, EVENTS_EXCHANGE, Emit, ORDER_PLACED,
     OrderPlaced, decode, retry,
 };
+use shop_common::limits;
 use shop_common::service::{env, server_config};
 use shop_common::{Shop, auth};
 use shop_inventory::domain::{self, Product};
@@ -143,7 +146,9 @@ async fn products(State(db): State<Db>) -> ApiResult<Vec<Product>> {
     ))
 }
 
+/// `GET /internal/reservations/{order_id}`; an id longer than `MAX_ORDER_ID_LEN` is 422.
 async fn reservation(State(db): State<Db>, Path(order_id): Path<String>) -> ApiResult<Value> {
+    limits::check_order_id("order_id", &order_id)?;
     match domain::reservation_status(&db, &order_id)
         .await
         .or_internal()?

@@ -18,7 +18,8 @@ use std::time::Duration;
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
-use axum::http::HeaderMap;
+use axum::http::header::LOCATION;
+use axum::http::{HeaderMap, HeaderValue};
 use axum::routing::{get, post};
 use chassis_core::lifecycle::{App, LifecycleConfig, Stage, task};
 use chassis_core::{BoxError, ServiceInfo};
@@ -33,6 +34,7 @@ use shop_common::events::{
     EVENTS_EXCHANGE, Emit, INVENTORY_REJECTED, INVENTORY_RESERVED, ORDER_CONFIRMED, ORDER_FAILED,
     PAYMENT_FAILED, PAYMENT_SUCCEEDED, decode, retry,
 };
+use shop_common::limits;
 use shop_common::service::{env, server_config};
 use shop_common::{Shop, auth};
 use shop_orders::saga::{self, NewOrder};
@@ -179,11 +181,33 @@ async fn expire_overdue(ctx: &Ctx) {
     }
 }
 
+/// `POST /internal/orders`: 202 with the order and `Location: /internal/orders/{id}`. A body
+/// that is not an order is 400; a field outside its limit (`shop_common::limits`), or an
+/// `Idempotency-Key` longer than `MAX_SCOPED_IDEMPOTENCY_KEY_LEN`, is 422 naming the field, and
+/// nothing is written.
 async fn place(State(ctx): State<Ctx>, headers: HeaderMap, body: Bytes) -> ApiResult<Value> {
     let new: NewOrder = serde_json::from_slice(&body)
         .map_err(|e| ApiError::bad_request(format!("invalid order: {e}")))?;
-    new.validate().map_err(ApiError::bad_request)?;
-    let key = headers.get("idempotency-key").and_then(|v| v.to_str().ok());
+    new.validate().map_err(|e| {
+        tracing::info!(field = e.field(), error = %e, "order refused");
+        ApiError::from(e)
+    })?;
+    let key = match headers.get("idempotency-key").map(|v| v.to_str()) {
+        Some(Ok(key)) => {
+            limits::check_required(
+                "Idempotency-Key",
+                key,
+                limits::MAX_SCOPED_IDEMPOTENCY_KEY_LEN,
+            )?;
+            Some(key)
+        }
+        Some(Err(_)) => {
+            return Err(ApiError::bad_request(
+                "Idempotency-Key must be visible ASCII",
+            ));
+        }
+        None => None,
+    };
     let mut txn = ctx.db.begin().await.or_internal()?;
     let placed = saga::place(&mut txn.tx(), &new, key, ctx.step_timeout_ms)
         .await
@@ -195,10 +219,12 @@ async fn place(State(ctx): State<Ctx>, headers: HeaderMap, body: Bytes) -> ApiRe
     if placed.created {
         tracing::info!(order_id = %placed.order.id, "order placed");
     }
+    let location =
+        HeaderValue::from_str(&format!("/internal/orders/{}", placed.order.id)).or_internal()?;
     let mut data = serde_json::to_value(&placed.order).or_internal()?;
     data["order_id"] = data["id"].clone();
     data["replayed"] = (!placed.created).into();
-    Ok(ApiResponse::accepted(data))
+    Ok(ApiResponse::accepted(data).with_header(LOCATION, location))
 }
 
 async fn get_order(
@@ -206,6 +232,7 @@ async fn get_order(
     Path(id): Path<String>,
     Query(q): Query<WaitQuery>,
 ) -> ApiResult<saga::Order> {
+    limits::check_order_id("id", &id)?;
     // Registered before the read: a finish committed after the read still wakes it.
     let waiter = q.wait_ms.filter(|ms| *ms > 0).map(|ms| {
         let wait = Duration::from_millis(ms).min(waiters::MAX_WAIT);

@@ -55,6 +55,7 @@ use shop_common::events::{
     InventoryRejected, InventoryReserved, Item, ORDER_CONFIRMED, ORDER_FAILED, ORDER_PLACED,
     OrderFinished, OrderPlaced, PaymentFailed, PaymentSucceeded,
 };
+use shop_common::limits::{self, FieldError};
 
 /// The orders schema (portable SQL).
 pub const SCHEMA: &str = "
@@ -112,26 +113,11 @@ pub struct NewOrder {
 }
 
 impl NewOrder {
-    /// Checks the request; the message says what is wrong.
-    pub fn validate(&self) -> Result<(), String> {
-        if self.customer_id.trim().is_empty() {
-            return Err("customer_id must not be empty".into());
-        }
-        if self.payment_method.trim().is_empty() {
-            return Err("payment_method must not be empty".into());
-        }
-        if self.items.is_empty() || self.items.len() > 50 {
-            return Err("items must have 1 to 50 lines".into());
-        }
-        for item in &self.items {
-            if item.sku.trim().is_empty() || !(1..=1000).contains(&item.quantity) {
-                return Err(format!(
-                    "item `{}`: sku must be set and quantity within 1..=1000",
-                    item.sku
-                ));
-            }
-        }
-        Ok(())
+    /// Checks every field against its limit (`shop_common::limits`: present, at most 128 bytes
+    /// for the customer and the payment method, 1..=50 lines, SKUs of at most 64 bytes,
+    /// quantities within 1..=1000); the error names the field, never its value.
+    pub fn validate(&self) -> Result<(), FieldError> {
+        limits::check_order(&self.customer_id, &self.items, &self.payment_method)
     }
 
     /// Lines with duplicate SKUs merged, in SKU order.
@@ -640,13 +626,19 @@ mod tests {
         assert!(new_order().validate().is_ok());
         let mut o = new_order();
         o.items.clear();
-        assert!(o.validate().unwrap_err().contains("items"));
+        assert_eq!(o.validate().unwrap_err().field(), "items");
         let mut o = new_order();
         o.items[0].quantity = 0;
-        assert!(o.validate().unwrap_err().contains("quantity"));
+        assert_eq!(o.validate().unwrap_err().field(), "items[0].quantity");
         let mut o = new_order();
         o.customer_id = " ".into();
-        assert!(o.validate().unwrap_err().contains("customer_id"));
+        assert_eq!(o.validate().unwrap_err().field(), "customer_id");
+        let mut o = new_order();
+        o.customer_id = "c".repeat(limits::MAX_CUSTOMER_ID_LEN + 1);
+        assert_eq!(o.validate().unwrap_err().field(), "customer_id");
+        let mut o = new_order();
+        o.items[1].sku = "s".repeat(limits::MAX_SKU_LEN + 1);
+        assert_eq!(o.validate().unwrap_err().field(), "items[1].sku");
     }
 
     #[tokio::test]

@@ -4,7 +4,9 @@
 //! outbox/inbox tables); RabbitMQ, attached in the background (the shop's exchanges, the
 //! `payments.charge` and `payments.refund` queues); the outbox relay; the charge consumer
 //! (which calls the provider before its inbox transaction, see [`charge`]); the refund
-//! consumer (through the inbox); HTTP (`GET /internal/payments/{order_id}`).
+//! consumer (through the inbox); a command with a field outside its limit
+//! (`shop_common::limits`) is dead-lettered by `shop_common::events::decode` before the provider
+//! is called or anything is written; HTTP (`GET /internal/payments/{order_id}`).
 //!
 //! Environment: `HTTP_ADDR` (default `127.0.0.1:8083`), `DATABASE_URL`, `DATA_DIR`, `AMQP_URL`,
 //! `SHOP_NAMESPACE`, `CONSUMER_CONCURRENCY` (see `shop_common::service`), `PROVIDER_URL`
@@ -30,6 +32,7 @@ use shop_common::events::{
     CMD_PAYMENT_CHARGE, CMD_PAYMENT_REFUND, COMMANDS_EXCHANGE, ChargePayment, Compensate, Emit,
     decode, retry,
 };
+use shop_common::limits;
 use shop_common::service::{env, server_config};
 use shop_payments::domain::{self, ChargeOutcome};
 use shop_payments::provider::{ProviderClient, ProviderReply};
@@ -211,7 +214,9 @@ async fn refund(
         .map_err(retry)
 }
 
+/// `GET /internal/payments/{order_id}`; an id longer than `MAX_ORDER_ID_LEN` is 422.
 async fn payment(State(db): State<Db>, Path(order_id): Path<String>) -> ApiResult<Value> {
+    limits::check_order_id("order_id", &order_id)?;
     match domain::existing(&db, &order_id).await.or_internal()? {
         Some(status) => Ok(ApiResponse::ok(
             json!({"order_id": order_id, "status": status}),

@@ -1,0 +1,345 @@
+//! The public API: its routes, the end-user checks in front of them (API key, per-key rate
+//! limit, request size) and the calls to the services behind them.
+//!
+//! | route | behind it |
+//! |---|---|
+//! | `POST /api/v1/orders` | orders `POST /internal/orders` (a write, see below) |
+//! | `GET /api/v1/orders/{id}` (`?wait_ms=N`) | orders `GET /internal/orders/{id}` |
+//! | `GET /api/v1/products` | inventory `GET /internal/products` |
+//! | `GET /api/v1/notifications` | notifications `GET /api/v1/notifications` |
+//!
+//! # Sizes are checked here, before anything is forwarded
+//!
+//! - A request body over [`MAX_API_BODY_BYTES`] (64 KiB) is answered `413 payload_too_large`
+//!   by the chassis body limit ([`router`] sets it on `StandardLayers`), before the handler runs.
+//! - An order placement is read into its typed shape (`customer_id`, `items`,
+//!   `payment_method`; other fields are dropped, never forwarded) and each field is checked
+//!   against its limit (`shop_common::limits`): a field outside it is `422
+//!   unprocessable_entity` naming the field and the limit in `details`. A body that is not such
+//!   an object is `400 bad_request`. Both carry the chassis JSON error body with the trace id,
+//!   and orders is not called.
+//! - An `Idempotency-Key` must be 1..=200 (`MAX_IDEMPOTENCY_KEY_LEN`) visible ASCII
+//!   characters (400 otherwise).
+//!
+//! The services check the same limits themselves (defence in depth): the gateway is not the only
+//! way in.
+//!
+//! # A write that succeeded is never reported as a failure
+//!
+//! The placement is sent with [`downstream::write`], which looks at the status before reading
+//! the body. When orders answers 2xx, the order exists, whatever happens to the answer's body:
+//!
+//! - the body read whole (at most `downstream::MAX_RELAYED_BODY_BYTES`, 1 MiB) and an order
+//!   in it: the status orders gave (202), `{"order_id", "status"}` in the success envelope,
+//!   and `Location: /api/v1/orders/{id}`;
+//! - the body larger than that, cut off, or not the expected JSON: still orders' status (202),
+//!   never a 5xx; the order id comes from orders' `Location` header (orders always sends it,
+//!   before the body), answered as `Location: /api/v1/orders/{id}` and in
+//!   `{"order_id": id, "status": null, "detail": "…"}`; `order_id` is `null` only if orders
+//!   sent no usable `Location`. The client knows the order was placed and where to read it
+//!   (`GET /api/v1/orders/{id}`), so it does not place it again. The gateway logs the lost
+//!   answer once, as a warning.
+//!
+//! This is what a client of an API gateway expects: the status of a write is the service's
+//! decision and is relayed as it was taken; only the representation that could not be relayed
+//! is replaced (as proxies do with `Location` on a `201`/`202`). A `5xx` would tell the client
+//! the write failed, and a client retrying without an idempotency key would place a second
+//! order. A non-2xx answer is mapped as in [`downstream`] (its body is read up to the same
+//! limit; a longer or unreadable one keeps the status with a generic code).
+//!
+//! # Example
+//! ```
+//! use shop_gateway::api::MAX_API_BODY_BYTES;
+//!
+//! assert_eq!(MAX_API_BODY_BYTES, 64 * 1024);
+//! ```
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{Path, Query, RawQuery, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use chassis_http::client::{ClientBody, HttpClient, IDEMPOTENCY_KEY};
+use chassis_http::layers::StandardLayers;
+use chassis_http::{ApiError, ApiResponse, ResultExt};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use shop_common::events::Item;
+use shop_common::limits;
+
+use crate::downstream::{self, WriteAnswer};
+use crate::keys::ApiKeys;
+use crate::rate_limit::KeyedRateLimiter;
+
+pub use shop_common::limits::MAX_API_BODY_BYTES;
+
+/// What the handlers share: the API keys, the rate limiter and a client per service.
+#[derive(Clone, Debug)]
+pub struct Gateway {
+    keys: ApiKeys,
+    limiter: Arc<KeyedRateLimiter>,
+    orders: HttpClient,
+    inventory: HttpClient,
+    notifications: HttpClient,
+}
+
+impl Gateway {
+    /// The gateway over these keys, limiter and downstream clients.
+    pub fn new(
+        keys: ApiKeys,
+        limiter: KeyedRateLimiter,
+        orders: HttpClient,
+        inventory: HttpClient,
+        notifications: HttpClient,
+    ) -> Self {
+        Self {
+            keys,
+            limiter: Arc::new(limiter),
+            orders,
+            inventory,
+            notifications,
+        }
+    }
+
+    /// Authenticates and rate limits; returns the client name.
+    fn admit(&self, headers: &HeaderMap) -> Result<String, ApiError> {
+        let auth = headers
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default();
+        let Some(client) = self.keys.client_for(auth) else {
+            let mut e =
+                ApiError::unauthorized("a valid API key is required (Authorization: Bearer <key>)");
+            e = e.with_header(
+                http::header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"shop\""),
+            );
+            return Err(e);
+        };
+        if let Err(retry_after) = self.limiter.check(client) {
+            return Err(ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                chassis_http::error::codes::RATE_LIMITED,
+                "rate limit exceeded",
+            )
+            .with_retry_after(retry_after));
+        }
+        Ok(client.to_owned())
+    }
+
+    /// Sends a read `req` to `svc` (the client adds the service token, the trace context and
+    /// the policy) and answers with the downstream's JSON body and status, or the chassis error
+    /// for the failure (see [`downstream`]).
+    async fn call(
+        &self,
+        svc: &HttpClient,
+        req: http::Request<ClientBody>,
+    ) -> Result<Response, ApiError> {
+        match svc.execute(req).await {
+            Ok(resp) => {
+                let (parts, body) = resp.into_parts();
+                Ok((
+                    parts.status,
+                    [(http::header::CONTENT_TYPE, "application/json")],
+                    body,
+                )
+                    .into_response())
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, attempts = e.attempts(), "downstream call failed");
+                Err(downstream::to_api_error(&e))
+            }
+        }
+    }
+}
+
+/// The public API's routes in the chassis standard layers, with the request body limited to
+/// [`MAX_API_BODY_BYTES`]. Probes and `/metrics` go in front of it.
+pub fn router(gateway: Gateway) -> Router {
+    Router::new()
+        .route("/api/v1/orders", post(place_order))
+        .route("/api/v1/orders/{id}", get(get_order))
+        .route("/api/v1/products", get(products))
+        .route("/api/v1/notifications", get(notifications))
+        .with_state(gateway)
+        .layer(StandardLayers::new().body_limit(MAX_API_BODY_BYTES))
+}
+
+fn get_request(path: String) -> Result<http::Request<ClientBody>, ApiError> {
+    http::Request::get(path)
+        .header(http::header::ACCEPT, "application/json")
+        .body(ClientBody::default())
+        .or_internal()
+}
+
+/// An order placement as the public API takes it; only these fields are forwarded.
+#[derive(Debug, Deserialize)]
+struct PlaceOrder {
+    customer_id: String,
+    items: Vec<Item>,
+    payment_method: String,
+}
+
+/// What orders is sent: the placement and the client it came from.
+#[derive(Debug, Serialize)]
+struct ForwardedOrder<'a> {
+    customer_id: &'a str,
+    items: &'a [Item],
+    payment_method: &'a str,
+    client_id: &'a str,
+}
+
+async fn place_order(
+    State(gw): State<Gateway>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let client = gw.admit(&headers)?;
+    let order: PlaceOrder = serde_json::from_slice(&body).map_err(|e| {
+        ApiError::bad_request(format!(
+            "the body must be an order {{customer_id, items, payment_method}}: {e}"
+        ))
+    })?;
+    limits::check_order(&order.customer_id, &order.items, &order.payment_method).map_err(|e| {
+        tracing::info!(field = e.field(), error = %e, "order refused at the edge");
+        ApiError::from(e)
+    })?;
+    // A key is scoped to its client: two clients may use the same key string.
+    let key = match headers.get("idempotency-key").map(|v| v.to_str()) {
+        Some(Ok(k)) if !k.is_empty() && k.len() <= limits::MAX_IDEMPOTENCY_KEY_LEN => {
+            Some(format!("{client}:{k}"))
+        }
+        Some(_) => {
+            return Err(ApiError::bad_request(format!(
+                "Idempotency-Key must be 1..={} visible ASCII characters",
+                limits::MAX_IDEMPOTENCY_KEY_LEN
+            )));
+        }
+        None => None,
+    };
+    let forwarded = ForwardedOrder {
+        customer_id: &order.customer_id,
+        items: &order.items,
+        payment_method: &order.payment_method,
+        client_id: &client,
+    };
+    let mut req = http::Request::post("/internal/orders")
+        .header(http::header::CONTENT_TYPE, "application/json")
+        .header(http::header::ACCEPT, "application/json");
+    if let Some(key) = &key {
+        // With the key the orders service applies the placement once, so the client may retry
+        // it; without one the client sends it exactly once.
+        req = req.header(IDEMPOTENCY_KEY, key);
+    }
+    let req = req
+        .body(ClientBody::from(
+            serde_json::to_vec(&forwarded).or_internal()?,
+        ))
+        .or_internal()?;
+    let answer = downstream::write(&gw.orders, req).await?;
+    Ok(placed(&answer))
+}
+
+/// The order id in orders' `Location: /internal/orders/{id}`, if it is one.
+fn id_from_location(headers: &HeaderMap) -> Option<&str> {
+    let location = headers.get(http::header::LOCATION)?.to_str().ok()?;
+    let id = location.strip_prefix("/internal/orders/")?;
+    valid_order_id(id).then_some(id)
+}
+
+fn valid_order_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= limits::MAX_ORDER_ID_LEN
+        && id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+}
+
+/// The answer to a placement orders accepted (see the [module docs](self)): its status, the
+/// order id and status when its body could be read, the id from its `Location` otherwise.
+fn placed(answer: &WriteAnswer) -> Response {
+    let from_body = answer
+        .body
+        .as_deref()
+        .and_then(|b| serde_json::from_slice::<Value>(b).ok())
+        .and_then(|upstream| {
+            let data = upstream.get("data")?;
+            let id = data.get("id")?.as_str().filter(|id| valid_order_id(id))?;
+            Some((
+                id.to_owned(),
+                data.get("status").cloned().unwrap_or(Value::Null),
+            ))
+        });
+    let (id, data) = match from_body {
+        Some((id, status)) => (Some(id.clone()), json!({"order_id": id, "status": status})),
+        None => {
+            let id = id_from_location(&answer.headers).map(str::to_owned);
+            tracing::warn!(
+                status = answer.status.as_u16(),
+                order_id = id.as_deref().unwrap_or_default(),
+                "orders accepted the order but its answer could not be relayed"
+            );
+            let detail = format!(
+                "orders accepted the order (status {}); its answer was not relayed (larger than {} bytes or unreadable): read the order at its Location",
+                answer.status.as_u16(),
+                downstream::MAX_RELAYED_BODY_BYTES
+            );
+            (
+                id.clone(),
+                json!({"order_id": id, "status": null, "detail": detail}),
+            )
+        }
+    };
+    let mut resp = ApiResponse::ok(data).with_status(answer.status);
+    if let Some(location) =
+        id.and_then(|id| HeaderValue::from_str(&format!("/api/v1/orders/{id}")).ok())
+    {
+        resp = resp.with_header(http::header::LOCATION, location);
+    }
+    IntoResponse::into_response(resp)
+}
+
+/// `?wait_ms=N` of `GET /api/v1/orders/{id}`: answer once the order is final, or after N ms
+/// (the orders service caps it at 2 s).
+#[derive(Debug, Deserialize)]
+struct WaitQuery {
+    wait_ms: Option<u64>,
+}
+
+async fn get_order(
+    State(gw): State<Gateway>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    Query(q): Query<WaitQuery>,
+) -> Result<Response, ApiError> {
+    gw.admit(&headers)?;
+    if !valid_order_id(&id) {
+        return Err(ApiError::bad_request("invalid order id"));
+    }
+    let path = match q.wait_ms {
+        Some(ms) => format!("/internal/orders/{id}?wait_ms={ms}"),
+        None => format!("/internal/orders/{id}"),
+    };
+    gw.call(&gw.orders, get_request(path)?).await
+}
+
+async fn products(State(gw): State<Gateway>, headers: HeaderMap) -> Result<Response, ApiError> {
+    gw.admit(&headers)?;
+    gw.call(&gw.inventory, get_request("/internal/products".into())?)
+        .await
+}
+
+async fn notifications(
+    State(gw): State<Gateway>,
+    headers: HeaderMap,
+    RawQuery(q): RawQuery,
+) -> Result<Response, ApiError> {
+    gw.admit(&headers)?;
+    let query = q.map(|q| format!("?{q}")).unwrap_or_default();
+    gw.call(
+        &gw.notifications,
+        get_request(format!("/api/v1/notifications{query}"))?,
+    )
+    .await
+}
