@@ -15,6 +15,9 @@
 //!
 //! Every layer is a plain tower `Layer`, so it works the same under hyper, axum, tonic or a
 //! hand-written client.
+//!
+//! ## Features
+//! chassis-core has no optional features: every user of the chassis needs all of it.
 
 pub mod error;
 pub mod health;
@@ -25,3 +28,8 @@ pub mod shutdown;
 
 pub use error::{BoxError, Error, ErrorKind};
 pub use service::ServiceInfo;
+
+// The README's example is compiled and run as a doctest, so the crate's front page stays true.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;

@@ -68,6 +68,11 @@
 //! # #[cfg(feature = "axum")]
 //! # let _: axum::Router = axum::Router::new().route("/prices/{item}", axum::routing::get(get_price));
 //! ```
+//!
+//! ## Features
+//! | feature | default | what it adds |
+//! |---|---|---|
+//! | `axum` | no | axum's `MatchedPath` as the route of spans and metrics; [`ApiResponse`] and [`ApiError`] as axum responses (pulls in axum) |
 
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
@@ -86,3 +91,8 @@ pub use health::HealthLayer;
 pub use layers::StandardLayers;
 pub use response::{ApiResponse, ApiResult, ResultExt};
 pub use server::{Server, ServerConfig};
+
+// The README's example is compiled and run as a doctest, so the crate's front page stays true.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;

@@ -57,6 +57,15 @@
 //!
 //! With a database, events leave through the outbox and arrive through the inbox: see
 //! [`sql::outbox`] and [`sql::inbox`].
+//!
+//! ## Features
+//! | feature | default | what it adds |
+//! |---|---|---|
+//! | `sqlite` | yes | the SQLite outbox and inbox stores (`Outbox<Sqlite>`, `Inbox<Sqlite>`): an embedded database, the easiest start |
+//! | `postgres` | no | the PostgreSQL stores (`Outbox<Postgres>`, `Inbox<Postgres>`): `LISTEN/NOTIFY` wake-up, `SKIP LOCKED` batches for several relays |
+
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
 pub mod amqp;
 pub mod envelope;
 pub mod error;
@@ -75,3 +84,8 @@ pub use error::Error;
 pub use message::OutgoingMessage;
 pub use sql::inbox::{Inbox, idempotent};
 pub use sql::outbox::{Outbox, Relay, RelayConfig};
+
+// The README's example is compiled and run as a doctest, so the crate's front page stays true.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;

@@ -92,3 +92,8 @@ pub use config::{LogFormat, TelemetryConfig};
 pub use error::{Error, ErrorKind};
 pub use redact::{Redacted, Secret};
 pub use telemetry::{Telemetry, TelemetryBuilder, TelemetryGuard};
+
+// The README's example is compiled and run as a doctest, so the crate's front page stays true.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
