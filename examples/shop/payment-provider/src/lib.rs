@@ -13,6 +13,17 @@
 //!   `POST /admin/outage`; during an outage every API call answers `503` with `Retry-After`;
 //! - the payment method [`DECLINED_METHOD`] (`"card_declined"`) is always declined with `402`.
 //!
+//! ## Ledger
+//! By default the provider keeps its charges and idempotency keys in memory, which is enough for
+//! tests that never restart it. A real card processor never forgets a charge, though, and a
+//! crash test that kills the stand-in must not turn one charge into two because the restarted
+//! process no longer knows the key (the retried charge would be taken again, and the first one
+//! would be lost from the ledger the test checks). [`ProviderState::with_ledger`]
+//! (`--ledger <file>` / `PROVIDER_LEDGER_FILE`) appends every recorded answer and every refund
+//! to a JSON-lines file before answering and reloads it at start: keys, charges, refunds and the
+//! charge, decline and refund counters survive a restart (a `SIGKILL` included: each record is
+//! one `write` to the file, in the kernel's page cache once the call returns).
+//!
 //! ## API
 //! - `POST /v1/charges` with a required `Idempotency-Key` header and
 //!   `{"amount_cents":1200,"currency":"EUR","payment_method":"card_ok","reference":"order-1"}`:
@@ -37,6 +48,8 @@
 //! ```
 
 use std::collections::HashMap;
+use std::io::{BufRead as _, Write as _};
+
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -115,7 +128,7 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 }
 
 /// A recorded charge.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Charge {
     /// Provider charge id (`ch_…`).
     pub id: String,
@@ -165,6 +178,86 @@ struct Store {
     keys: HashMap<String, KeyEntry>,
     charges: HashMap<String, Charge>,
     stats: Stats,
+    /// The ledger file records are appended to, if the provider keeps one.
+    ledger: Option<std::fs::File>,
+}
+
+/// One line of the ledger file.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(tag = "record", rename_all = "snake_case")]
+enum LedgerRecord {
+    /// The first answer to an idempotency key (a charge or a decline), replayed for the key.
+    Answer {
+        key: String,
+        fingerprint: String,
+        status: u16,
+        body: Value,
+        /// The charge it created, if any.
+        charge: Option<Charge>,
+    },
+    /// A refund of a charge.
+    Refund {
+        charge_id: String,
+        refund_id: String,
+    },
+}
+
+impl Store {
+    /// Applies a ledger record (at load, or right after writing it).
+    fn apply(&mut self, record: LedgerRecord) {
+        match record {
+            LedgerRecord::Answer {
+                key,
+                fingerprint,
+                status,
+                body,
+                charge,
+            } => {
+                let status = StatusCode::from_u16(status).unwrap_or(StatusCode::OK);
+                if status == StatusCode::PAYMENT_REQUIRED {
+                    self.stats.declines += 1;
+                }
+                if let Some(charge) = charge {
+                    self.stats.charges += 1;
+                    self.charges.insert(charge.id.clone(), charge);
+                }
+                self.keys.insert(
+                    key,
+                    KeyEntry::Done {
+                        fingerprint,
+                        status,
+                        body,
+                    },
+                );
+            }
+            LedgerRecord::Refund {
+                charge_id,
+                refund_id,
+            } => {
+                if let Some(charge) = self.charges.get_mut(&charge_id)
+                    && charge.refund_id.is_none()
+                {
+                    charge.refund_id = Some(refund_id);
+                    charge.status = "refunded".into();
+                    self.stats.refunds += 1;
+                }
+            }
+        }
+    }
+
+    /// Writes `record` to the ledger (if any), then applies it. A record that cannot be written
+    /// is not applied: the caller answers 500 and nothing happened.
+    fn record(&mut self, record: LedgerRecord) -> std::io::Result<()> {
+        if let Some(file) = self.ledger.as_mut() {
+            let mut line = serde_json::to_vec(&record).map_err(std::io::Error::other)?;
+            line.push(b'\n');
+            // One write per record: a kill between two records loses at most the later one,
+            // whose answer was never sent.
+            file.write_all(&line)?;
+        }
+        self.apply(record);
+        Ok(())
+    }
 }
 
 #[derive(Debug)]
@@ -195,6 +288,62 @@ impl ProviderState {
                 store: Mutex::new(Store::default()),
             }),
         }
+    }
+
+    /// [`ProviderState::new`] with a ledger file at `path` (created if missing): what it holds is
+    /// loaded, and every answer and refund from now on is appended to it before the provider
+    /// answers, so a restarted provider replays keys and lists charges it recorded before (see
+    /// the [crate docs](crate#ledger)). A last line cut short (a crash mid-write, never answered)
+    /// is dropped from the file.
+    ///
+    /// # Errors
+    /// The file cannot be read or opened for appending, or a line before the last is not a
+    /// ledger record.
+    pub fn with_ledger(
+        behaviour: Behaviour,
+        windows: Vec<OutageWindow>,
+        path: &std::path::Path,
+    ) -> std::io::Result<Self> {
+        let mut store = Store::default();
+        if path.exists() {
+            let lines: Vec<String> = std::io::BufReader::new(std::fs::File::open(path)?)
+                .lines()
+                .collect::<Result<_, _>>()?;
+            let last = lines.len().saturating_sub(1);
+            for (i, line) in lines.iter().enumerate() {
+                if line.trim().is_empty() {
+                    continue;
+                }
+                match serde_json::from_str::<LedgerRecord>(line) {
+                    Ok(record) => store.apply(record),
+                    Err(_) if i == last => {}
+                    Err(e) => {
+                        return Err(std::io::Error::new(
+                            std::io::ErrorKind::InvalidData,
+                            format!("{}: line {}: {e}", path.display(), i + 1),
+                        ));
+                    }
+                }
+            }
+        }
+        // A line cut short by a crash (it was never answered) is cut off, so the next record
+        // starts on a line of its own.
+        let bytes = std::fs::read(path).unwrap_or_default();
+        if bytes.last().is_some_and(|b| *b != b'\n') {
+            let keep = bytes.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
+            std::fs::OpenOptions::new()
+                .write(true)
+                .open(path)?
+                .set_len(keep as u64)?;
+        }
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)?;
+        store.ledger = Some(file);
+        let state = Self::new(behaviour, windows);
+        *state.inner.store.lock().expect("store lock") = store;
+        Ok(state)
     }
 
     /// The current counters.
@@ -362,11 +511,11 @@ async fn create_charge(
             "injected failure",
         );
     }
-    let (status, body) = if req.payment_method == DECLINED_METHOD {
-        store.stats.declines += 1;
+    let (status, body, charge) = if req.payment_method == DECLINED_METHOD {
         (
             StatusCode::PAYMENT_REQUIRED,
             json!({"error": {"code": "card_declined", "message": "the card was declined"}}),
+            None,
         )
     } else {
         let charge = Charge {
@@ -377,19 +526,26 @@ async fn create_charge(
             reference: req.reference.clone(),
             refund_id: None,
         };
-        store.stats.charges += 1;
         let body = serde_json::to_value(&charge).expect("serialisable charge");
-        store.charges.insert(charge.id.clone(), charge);
-        (StatusCode::CREATED, body)
+        (StatusCode::CREATED, body, Some(charge))
     };
-    store.keys.insert(
-        key,
-        KeyEntry::Done {
-            fingerprint,
-            status,
-            body: body.clone(),
-        },
-    );
+    let recorded = store.record(LedgerRecord::Answer {
+        key: key.clone(),
+        fingerprint,
+        status: status.as_u16(),
+        body: body.clone(),
+        charge,
+    });
+    if let Err(e) = recorded {
+        // Nothing was recorded: the key is free for a retry.
+        store.keys.remove(&key);
+        tracing::error!(error = %e, "the ledger could not be written");
+        return error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "the ledger could not be written",
+        );
+    }
     if rand::random::<f64>() < behaviour.ambiguous_failure_rate {
         store.stats.failures_injected += 1;
         return error(
@@ -430,18 +586,24 @@ async fn refund_charge(State(state): State<ProviderState>, Path(id): Path<String
         return resp;
     }
     let mut store = state.inner.store.lock().expect("store lock");
-    let Some(charge) = store.charges.get_mut(&id) else {
+    let Some(charge) = store.charges.get(&id) else {
         return error(StatusCode::NOT_FOUND, "no_such_charge", "no such charge");
     };
-    let first = charge.refund_id.is_none();
-    if first {
-        charge.refund_id = Some(format!("re_{}", uuid::Uuid::now_v7().simple()));
-        charge.status = "refunded".into();
+    if charge.refund_id.is_none() {
+        let record = LedgerRecord::Refund {
+            charge_id: id.clone(),
+            refund_id: format!("re_{}", uuid::Uuid::now_v7().simple()),
+        };
+        if let Err(e) = store.record(record) {
+            tracing::error!(error = %e, "the ledger could not be written");
+            return error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "the ledger could not be written",
+            );
+        }
     }
-    let body = serde_json::to_value(&*charge).expect("serialisable charge");
-    if first {
-        store.stats.refunds += 1;
-    }
+    let body = serde_json::to_value(&store.charges[&id]).expect("serialisable charge");
     (StatusCode::OK, Json(body)).into_response()
 }
 

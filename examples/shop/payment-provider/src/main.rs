@@ -1,4 +1,5 @@
-//! The payment-provider binary: `shop-payment-provider --port 8090 --failure-rate 0.1`.
+//! The payment-provider binary: `shop-payment-provider --addr 127.0.0.1:8090 --failure-rate 0.1
+//! [--ledger provider-ledger.jsonl]`.
 
 use std::net::SocketAddr;
 
@@ -24,6 +25,10 @@ struct Args {
     /// Outage windows after start, `start+duration` comma separated (e.g. `30s+10s`).
     #[arg(long, env = "PROVIDER_OUTAGES", default_value = "")]
     outages: String,
+    /// A file keeping the ledger (charges, refunds, idempotency keys) across restarts; without
+    /// it the ledger lives in memory only.
+    #[arg(long, env = "PROVIDER_LEDGER_FILE")]
+    ledger: Option<std::path::PathBuf>,
 }
 
 // One runtime thread: it answers small requests from payments, and on a small machine shared
@@ -50,8 +55,13 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         latency_ms: u64::try_from(latency.as_millis()).unwrap_or(u64::MAX),
     };
     let listener = tokio::net::TcpListener::bind(args.addr).await?;
-    tracing::info!(addr = %listener.local_addr()?, ?behaviour, "payment provider listening");
-    axum::serve(listener, app(ProviderState::new(behaviour, windows)))
+    let state = match &args.ledger {
+        Some(path) => ProviderState::with_ledger(behaviour, windows, path)
+            .map_err(|e| format!("ledger {}: {e}", path.display()))?,
+        None => ProviderState::new(behaviour, windows),
+    };
+    tracing::info!(addr = %listener.local_addr()?, ?behaviour, ledger = ?args.ledger, "payment provider listening");
+    axum::serve(listener, app(state))
         .with_graceful_shutdown(async {
             let mut term =
                 tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())

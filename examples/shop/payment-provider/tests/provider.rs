@@ -246,3 +246,100 @@ async fn a_request_dropped_mid_wait_leaves_its_key_free_for_the_retry() {
     assert_eq!(retry.status(), 201, "{:?}", retry.text().await);
     assert_eq!(state.stats().charges, 1);
 }
+
+async fn serve(state: ProviderState) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let router = app(state);
+    tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
+    format!("http://{addr}")
+}
+
+/// A provider killed and started again with its ledger file still knows every key, charge and
+/// refund: the retried charge is replayed, not taken a second time (without the ledger the
+/// restarted stand-in charged again and forgot the first charge).
+#[tokio::test]
+async fn a_restarted_provider_replays_keys_and_lists_charges_from_its_ledger() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ledger.jsonl");
+    let c = reqwest::Client::new();
+    let post = |base: &str, key: &str, body: Value| {
+        c.post(format!("{base}/v1/charges"))
+            .header("idempotency-key", key)
+            .json(&body)
+            .send()
+    };
+
+    let first = ProviderState::with_ledger(Behaviour::default(), Vec::new(), &path).unwrap();
+    let base = serve(first.clone()).await;
+    let charged: Value = post(&base, "k-ledger", charge("o-ledger", "card_ok"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let declined = post(&base, "k-declined", charge("o-declined", "card_declined"))
+        .await
+        .unwrap();
+    assert_eq!(declined.status(), 402);
+    let id = charged["id"].as_str().unwrap().to_owned();
+    let refunded = c
+        .post(format!("{base}/v1/charges/{id}/refund"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refunded.status(), 200);
+    let other: Value = post(&base, "k-kept", charge("o-kept", "card_ok"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+
+    // "Restart": a new process state from the same file (a crash mid-write leaves a cut line).
+    std::fs::OpenOptions::new()
+        .append(true)
+        .open(&path)
+        .and_then(|mut f| std::io::Write::write_all(&mut f, b"{\"record\":\"ans"))
+        .unwrap();
+    let second = ProviderState::with_ledger(Behaviour::default(), Vec::new(), &path).unwrap();
+    assert_eq!(
+        second.stats(),
+        Stats {
+            charges: 2,
+            declines: 1,
+            refunds: 1,
+            ..Stats::default()
+        }
+    );
+    let base = serve(second.clone()).await;
+    let replay = post(&base, "k-kept", charge("o-kept", "card_ok"))
+        .await
+        .unwrap();
+    assert_eq!(replay.status(), 201);
+    assert_eq!(replay.headers()["idempotent-replayed"], "true");
+    assert_eq!(replay.json::<Value>().await.unwrap()["id"], other["id"]);
+    let declined_again = post(&base, "k-declined", charge("o-declined", "card_declined"))
+        .await
+        .unwrap();
+    assert_eq!(declined_again.status(), 402);
+    assert_eq!(declined_again.headers()["idempotent-replayed"], "true");
+    let listed: Value = c
+        .get(format!("{base}/v1/charges?reference=o-ledger"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(listed["charges"][0]["status"], "refunded", "{listed}");
+    // A new charge after the cut line is written on a line of its own and survives the next
+    // start too.
+    let third_key = post(&base, "k-after", charge("o-after", "card_ok"))
+        .await
+        .unwrap();
+    assert_eq!(third_key.status(), 201);
+    let third = ProviderState::with_ledger(Behaviour::default(), Vec::new(), &path).unwrap();
+    assert_eq!(third.stats().charges, 3);
+    assert_eq!(second.stats().charges, 3);
+}
