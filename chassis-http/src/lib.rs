@@ -8,13 +8,13 @@
 //! [`ApiResponse`] and [`ApiError`] axum responses, so handlers return [`ApiResult`].
 //!
 //! ## Layout
-//! - [`server`]: [`Server`](server::Server) serves any tower service (an axum `Router` as is)
+//! - [`server`]: [`Server`] serves any tower service (an axum `Router` as is)
 //!   over HTTP/1.1 and h2c, with a connection limit and graceful shutdown (readiness fails
 //!   first, pre-stop delay, listener closes, in-flight requests drain, on-shutdown hook).
 //! - [`layers`]: request id, trace context + server span, RED metrics, access log, catch panic,
 //!   timeout, load shedding, body limit, error mapping (an error response without a JSON body,
 //!   such as an axum rejection or a router's 404/405, gets the JSON error body), and
-//!   [`StandardLayers`](layers::StandardLayers) stacking them with good defaults.
+//!   [`StandardLayers`] stacking them with good defaults.
 //! - [`health`]: `/health/live`, `/health/ready`, `/health/startup` and `/metrics` as a layer in
 //!   front of the application.
 //! - [`error`]: [`ApiError`], the one JSON error body

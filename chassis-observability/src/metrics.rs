@@ -151,25 +151,25 @@ pub fn describe_all() {
 ///
 /// | constant | name (Prometheus) | type | unit | labels |
 /// |---|---|---|---|---|
-/// | [`HTTP_SERVER_REQUEST_DURATION`] | `http.server.request.duration` (`http_server_request_duration`) | histogram | s | `http.request.method`, `http.route`, `http.response.status_code` |
-/// | [`HTTP_CLIENT_REQUEST_DURATION`] | `http.client.request.duration` (`http_client_request_duration`) | histogram | s | `http.request.method`, `server.address`, `http.response.status_code` |
-/// | [`MESSAGING_PUBLISH_DURATION`] | `messaging.publish.duration` (`messaging_publish_duration`) | histogram | s | `messaging.destination.name`, `outcome` |
-/// | [`MESSAGING_PROCESS_DURATION`] | `messaging.process.duration` (`messaging_process_duration`) | histogram | s | `messaging.destination.name`, `outcome` |
-/// | [`MESSAGING_CLIENT_SENT_MESSAGES`] | `messaging.client.sent.messages` (`messaging_client_sent_messages`) | counter | {message} | `messaging.destination.name` |
-/// | [`MESSAGING_CLIENT_CONSUMED_MESSAGES`] | `messaging.client.consumed.messages` (`messaging_client_consumed_messages`) | counter | {message} | `messaging.destination.name` |
-/// | [`MESSAGING_CLIENT_ACKED_MESSAGES`] | `messaging.client.acked.messages` (`messaging_client_acked_messages`) | counter | {message} | `messaging.destination.name` |
-/// | [`MESSAGING_CLIENT_RETRIED_MESSAGES`] | `messaging.client.retried.messages` (`messaging_client_retried_messages`) | counter | {message} | `messaging.destination.name` |
-/// | [`MESSAGING_CLIENT_DEAD_LETTERED_MESSAGES`] | `messaging.client.dead_lettered.messages` (`messaging_client_dead_lettered_messages`) | counter | {message} | `messaging.destination.name`, `error.type` |
-/// | [`CIRCUIT_BREAKER_STATE`] | `circuit_breaker.state` (`circuit_breaker_state`) | gauge | 0 closed / 1 open / 2 half-open | `name` |
-/// | [`CIRCUIT_BREAKER_CALLS`] | `circuit_breaker.calls` (`circuit_breaker_calls`) | counter | {call} | `name`, `outcome` (`success`, `failure`, `rejected`) |
-/// | [`RETRY_ATTEMPTS`] | `retry.attempts` (`retry_attempts`) | counter | {attempt} | `name`, `outcome` |
-/// | [`OUTBOX_PENDING`] | `outbox.pending` (`outbox_pending`) | gauge | {message} | — |
-/// | [`OUTBOX_OLDEST_PENDING_AGE`] | `outbox.oldest_pending_age` (`outbox_oldest_pending_age`) | gauge | s | — |
-/// | [`OUTBOX_PUBLISH_LATENCY`] | `outbox.publish_latency` (`outbox_publish_latency`) | histogram | s | — |
-/// | [`OUTBOX_RELAY_ERRORS`] | `outbox.relay_errors` (`outbox_relay_errors`) | counter | {error} | `error.type` |
-/// | [`INBOX_DUPLICATES`] | `inbox.duplicates` (`inbox_duplicates`) | counter | {message} | `messaging.destination.name` |
-/// | [`OTEL_SPANS_DROPPED`] | `otel.spans.dropped` (`otel_spans_dropped`) | counter | {span} | `reason` (`queue_full`, `export_failed`) |
-/// | [`LOG_LINES_DROPPED`] | `log.lines.dropped` (`log_lines_dropped`) | counter | {line} | — |
+/// | [`HTTP_SERVER_REQUEST_DURATION`](names::HTTP_SERVER_REQUEST_DURATION) | `http.server.request.duration` (`http_server_request_duration`) | histogram | s | `http.request.method`, `http.route`, `http.response.status_code` |
+/// | [`HTTP_CLIENT_REQUEST_DURATION`](names::HTTP_CLIENT_REQUEST_DURATION) | `http.client.request.duration` (`http_client_request_duration`) | histogram | s | `http.request.method`, `server.address`, `http.response.status_code` |
+/// | [`MESSAGING_PUBLISH_DURATION`](names::MESSAGING_PUBLISH_DURATION) | `messaging.publish.duration` (`messaging_publish_duration`) | histogram | s | `messaging.destination.name`, `outcome` |
+/// | [`MESSAGING_PROCESS_DURATION`](names::MESSAGING_PROCESS_DURATION) | `messaging.process.duration` (`messaging_process_duration`) | histogram | s | `messaging.destination.name`, `outcome` |
+/// | [`MESSAGING_CLIENT_SENT_MESSAGES`](names::MESSAGING_CLIENT_SENT_MESSAGES) | `messaging.client.sent.messages` (`messaging_client_sent_messages`) | counter | {message} | `messaging.destination.name` |
+/// | [`MESSAGING_CLIENT_CONSUMED_MESSAGES`](names::MESSAGING_CLIENT_CONSUMED_MESSAGES) | `messaging.client.consumed.messages` (`messaging_client_consumed_messages`) | counter | {message} | `messaging.destination.name` |
+/// | [`MESSAGING_CLIENT_ACKED_MESSAGES`](names::MESSAGING_CLIENT_ACKED_MESSAGES) | `messaging.client.acked.messages` (`messaging_client_acked_messages`) | counter | {message} | `messaging.destination.name` |
+/// | [`MESSAGING_CLIENT_RETRIED_MESSAGES`](names::MESSAGING_CLIENT_RETRIED_MESSAGES) | `messaging.client.retried.messages` (`messaging_client_retried_messages`) | counter | {message} | `messaging.destination.name` |
+/// | [`MESSAGING_CLIENT_DEAD_LETTERED_MESSAGES`](names::MESSAGING_CLIENT_DEAD_LETTERED_MESSAGES) | `messaging.client.dead_lettered.messages` (`messaging_client_dead_lettered_messages`) | counter | {message} | `messaging.destination.name`, `error.type` |
+/// | [`CIRCUIT_BREAKER_STATE`](names::CIRCUIT_BREAKER_STATE) | `circuit_breaker.state` (`circuit_breaker_state`) | gauge | 0 closed / 1 open / 2 half-open | `name` |
+/// | [`CIRCUIT_BREAKER_CALLS`](names::CIRCUIT_BREAKER_CALLS) | `circuit_breaker.calls` (`circuit_breaker_calls`) | counter | {call} | `name`, `outcome` (`success`, `failure`, `rejected`) |
+/// | [`RETRY_ATTEMPTS`](names::RETRY_ATTEMPTS) | `retry.attempts` (`retry_attempts`) | counter | {attempt} | `name`, `outcome` |
+/// | [`OUTBOX_PENDING`](names::OUTBOX_PENDING) | `outbox.pending` (`outbox_pending`) | gauge | {message} | — |
+/// | [`OUTBOX_OLDEST_PENDING_AGE`](names::OUTBOX_OLDEST_PENDING_AGE) | `outbox.oldest_pending_age` (`outbox_oldest_pending_age`) | gauge | s | — |
+/// | [`OUTBOX_PUBLISH_LATENCY`](names::OUTBOX_PUBLISH_LATENCY) | `outbox.publish_latency` (`outbox_publish_latency`) | histogram | s | — |
+/// | [`OUTBOX_RELAY_ERRORS`](names::OUTBOX_RELAY_ERRORS) | `outbox.relay_errors` (`outbox_relay_errors`) | counter | {error} | `error.type` |
+/// | [`INBOX_DUPLICATES`](names::INBOX_DUPLICATES) | `inbox.duplicates` (`inbox_duplicates`) | counter | {message} | `messaging.destination.name` |
+/// | [`OTEL_SPANS_DROPPED`](names::OTEL_SPANS_DROPPED) | `otel.spans.dropped` (`otel_spans_dropped`) | counter | {span} | `reason` (`queue_full`, `export_failed`) |
+/// | [`LOG_LINES_DROPPED`](names::LOG_LINES_DROPPED) | `log.lines.dropped` (`log_lines_dropped`) | counter | {line} | — |
 pub mod names {
     /// Duration of HTTP server requests (semconv `http.server.request.duration`), seconds.
     pub const HTTP_SERVER_REQUEST_DURATION: &str = "http.server.request.duration";

@@ -512,7 +512,7 @@ impl TelemetryGuard {
 
     /// The Prometheus recorder when it was not installed globally (after
     /// [`TelemetryBuilder::build`], or `init` with `install_metrics_recorder(false)`): record into
-    /// it with [`metrics::with_local_recorder`](::metrics::with_local_recorder) or install it
+    /// it with [`metrics::with_local_recorder`] or install it
     /// yourself.
     pub fn metrics_recorder(&self) -> Option<&PrometheusRecorder> {
         self.recorder.as_ref()

@@ -4,7 +4,7 @@
 //! builds (and every clone of them). A call takes a permit in `poll_ready` and holds it until its
 //! response future completes or is dropped. When no permit is free the call waits up to
 //! `max_wait` for one; if none frees up, the call fails with a [`chassis_core::Error`](crate::Error)
-//! of kind [`ErrorKind::BulkheadFull`](crate::ErrorKind::BulkheadFull) instead of queueing
+//! of kind [`ErrorKind::BulkheadFull`] instead of queueing
 //! forever. With `max_wait` zero it rejects at once (load shedding).
 //!
 //! # Why not tower's limit layers

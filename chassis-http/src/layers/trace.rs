@@ -15,7 +15,7 @@
 //! | `http.route` | the matched route template, when known (see [`Route`](super::Route)) |
 //! | `server.address` | host from the URI authority or the `Host` header |
 //! | `user_agent.original` | the `User-Agent` header |
-//! | `request_id` | the [`RequestId`](super::request_id::RequestId), when the request id layer ran |
+//! | `request_id` | the [`RequestId`], when the request id layer ran |
 //! | `http.response.status_code` | recorded when the response head is ready |
 //! | `otel.status_code`, `error.type` | `"ERROR"` and the status code on 5xx (or an error) |
 //!

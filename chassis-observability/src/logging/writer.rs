@@ -163,7 +163,7 @@ impl BatchWriterBuilder {
 }
 
 /// The producer side: cheap to clone, shared by every thread that logs. Also a [`MakeWriter`]
-/// (each `write` call is one line) and an [`io::Write`](std::io::Write) for `&BatchWriter`.
+/// (each `write` call is one line) and an [`io::Write`] for `&BatchWriter`.
 #[derive(Clone)]
 pub struct BatchWriter {
     shared: Arc<Shared>,

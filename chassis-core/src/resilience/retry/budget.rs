@@ -40,7 +40,7 @@ impl Stripe {
     }
 }
 
-/// A retry budget; see the [module docs](self).
+/// A retry budget; see the [retry module](super).
 pub struct RetryBudget {
     clock: ClockSource,
     slot_nanos: u64,

@@ -3,7 +3,7 @@
 //!
 //! [`RetryLayer`] is a ready-made retry policy for tower services, on [`tower::retry`]'s model
 //! (a per-call policy consulted after every attempt, a shared
-//! [`Budget`](tower::retry::budget::Budget)). Per call it:
+//! [`Budget`]). Per call it:
 //!
 //! - makes at most [`max_attempts`](RetryConfig::max_attempts) attempts (the first call included);
 //! - waits between attempts as the [`Backoff`] says (exponential, full or decorrelated jitter,
@@ -57,7 +57,7 @@
 //! service once per call, boxes the backoff timer (only retries pay for it), and starts the
 //! deadline's clock lazily: on the first poll that has to wait, or at the first retry
 //! decision, so a call that completes at once reads no clock and arms no timer. The budget is
-//! tower's [`Budget`](tower::retry::budget::Budget) trait, implemented by [`RetryBudget`].
+//! tower's [`Budget`] trait, implemented by [`RetryBudget`].
 //!
 //! # Observability
 //!
