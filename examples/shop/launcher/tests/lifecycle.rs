@@ -124,6 +124,21 @@ impl Launcher {
     }
 }
 
+impl Drop for Launcher {
+    /// A test that failed before the launcher exited must not leave the shop running: the
+    /// launcher's `kill_on_drop` SIGKILL alone would orphan its six services. Kill them first
+    /// (the launcher cannot stop them any more once killed), then the launcher.
+    fn drop(&mut self) {
+        let Some(pid) = self.child.id() else { return };
+        for service in children_of(pid) {
+            let _ = std::process::Command::new("kill")
+                .args(["-KILL", &service.to_string()])
+                .status();
+        }
+        let _ = self.child.start_kill();
+    }
+}
+
 /// The processes whose parent is `pid` (from `/proc/<pid>/stat`).
 fn children_of(pid: u32) -> Vec<u32> {
     std::fs::read_dir("/proc")
