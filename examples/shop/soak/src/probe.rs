@@ -13,8 +13,8 @@
 //! use shop_soak::probe::{is_database_file, parse_vm_rss};
 //!
 //! assert_eq!(parse_vm_rss("Name:\tshop-orders\nVmRSS:\t   20480 kB\n"), Some(20480));
-//! assert!(is_database_file("/tmp/run/orders.db"));
-//! assert!(!is_database_file("/tmp/run/orders.db-wal"));
+//! assert!(is_database_file("run/orders.db"));
+//! assert!(!is_database_file("run/orders.db-wal"));
 //! ```
 
 use std::path::Path;
