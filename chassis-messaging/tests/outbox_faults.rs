@@ -51,21 +51,27 @@ mod outbox_support;
 use std::collections::{HashMap, HashSet};
 use std::io::{BufRead as _, BufReader, Read as _};
 use std::process::{Command, Stdio};
+#[cfg(feature = "postgres")]
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
 use chassis_messaging::amqp::connection::{Connection, ConnectionConfig};
-use chassis_messaging::amqp::consumer::Outcome;
-use chassis_messaging::amqp::consumer::{Consumer, ConsumerConfig, ConsumerHandle, Handler as _};
+use chassis_messaging::amqp::consumer::{
+    Consumer, ConsumerConfig, ConsumerHandle, Handler as _, Outcome,
+};
 use chassis_messaging::amqp::incoming::IncomingMessage;
-use chassis_messaging::amqp::publisher::{Publish, Publisher, PublisherConfig, Routing};
+#[cfg(feature = "postgres")]
+use chassis_messaging::amqp::publisher::{Publish, Routing};
+use chassis_messaging::amqp::publisher::{Publisher, PublisherConfig};
+#[cfg(feature = "postgres")]
 use chassis_messaging::error::Error;
 use chassis_messaging::message::OutgoingMessage;
 use chassis_messaging::sql::inbox::{Inbox, idempotent};
 use chassis_messaging::sql::outbox::{OutboxStore, Relay, RelayConfig, SqliteOutbox};
 use chassis_messaging::sql::sqlite_pool;
 use chassis_testkit::ChildGuard;
+#[cfg(feature = "postgres")]
 use futures_util::future::BoxFuture;
 use outbox_support::{Broker, amqp_url};
 use rand::rngs::StdRng;
@@ -300,11 +306,13 @@ impl Tally {
 }
 
 /// The real publisher, counting confirmed publishes (to inject faults at a point of the drain).
+#[cfg(feature = "postgres")]
 struct Counting {
     inner: Arc<Publisher>,
     confirmed: AtomicUsize,
 }
 
+#[cfg(feature = "postgres")]
 impl Publish for Counting {
     fn publish(&self, msg: OutgoingMessage) -> BoxFuture<'_, Result<(), Error>> {
         Box::pin(async move { self.publish_routed(msg).await.map(|_| ()) })
