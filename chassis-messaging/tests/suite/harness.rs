@@ -3,9 +3,9 @@
 //! confirming bulk publisher, the checks every case ends with and the summary line it prints.
 #![allow(dead_code, unreachable_pub)]
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use chassis_messaging::amqp::connection::{Connection, ConnectionConfig};
@@ -15,6 +15,7 @@ use chassis_messaging::amqp::publisher::Publisher;
 use chassis_messaging::amqp::topology::{ExchangeConfig, QueueConfig, TopologyConfig};
 use chassis_messaging::message::OutgoingMessage;
 use chassis_messaging::sql::inbox::{Inbox, idempotent};
+use chassis_observability::logging::CaptureWriter;
 use futures_util::StreamExt;
 use futures_util::future::BoxFuture;
 use lapin::options::{ExchangeDeleteOptions, QueueDeclareOptions, QueueDeleteOptions};
@@ -29,6 +30,43 @@ pub fn messages() -> u64 {
         .and_then(|v| v.parse().ok())
         .filter(|n| *n > 0)
         .unwrap_or(10_000)
+}
+
+/// The log of the whole test binary, captured (installed as the global subscriber on first
+/// use), so a case can show what the chassis warned about on its connections and queues.
+pub fn logs() -> &'static CaptureWriter {
+    static LOGS: OnceLock<CaptureWriter> = OnceLock::new();
+    LOGS.get_or_init(|| {
+        let capture = CaptureWriter::new();
+        let (dispatch, guard) = chassis_observability::Telemetry::builder(
+            chassis_core::ServiceInfo::new("chassis-messaging-suite", "0.1.0"),
+        )
+        .ignore_env()
+        .make_writer(capture.clone())
+        .build()
+        .expect("telemetry");
+        let _ = tracing::dispatcher::set_global_default(dispatch);
+        // The subscriber lives as long as the test binary.
+        std::mem::forget(guard);
+        capture
+    })
+}
+
+/// What the chassis logged at warning level or above, and the acks it skipped, about names
+/// containing `name` (a case's connections and queues), counted by message.
+pub fn warnings_about(name: &str) -> BTreeMap<String, usize> {
+    let mut out = BTreeMap::new();
+    for line in logs().lines().iter().filter(|l| l.contains(name)) {
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
+            continue;
+        };
+        let body = v["body"].as_str().unwrap_or_default();
+        let severe = matches!(v["severity_text"].as_str(), Some("WARN" | "ERROR"));
+        if severe || body.contains("not acking") {
+            *out.entry(body.to_owned()).or_default() += 1;
+        }
+    }
+    out
 }
 
 /// Settings of a test connection: short operation timeout and quick reconnects.
@@ -80,6 +118,7 @@ pub struct Topic {
 impl Topic {
     /// A topic named after `case` with one queue per `(suffix, configure)`, each bound with `#`.
     pub async fn new(url: &str, case: &str, queues: Vec<(&str, Configure)>) -> Self {
+        logs();
         let name = format!("chassis-suite.{case}.{}", uuid::Uuid::new_v4().simple());
         let conn = connect_to(url, &name).await;
         let exchange = format!("{name}.ex");
@@ -468,12 +507,23 @@ pub async fn publish_all(
     retry: bool,
     stats: &Published,
 ) -> HashSet<String> {
-    publish_paced(publisher, msgs, parallel, retry, stats, Duration::ZERO).await
+    publish_paced(
+        publisher,
+        msgs,
+        parallel,
+        retry,
+        stats,
+        Duration::ZERO,
+        None,
+    )
+    .await
 }
 
 /// Like [`publish_all`], one message started every `every` at most, so that a run lasts long
 /// enough for faults to land in the middle of it. The pace picks up where it was after a
-/// stall (no burst to catch up), as a steady stream of requests would.
+/// stall (no burst to catch up), as a steady stream of requests would. With `hold`, the
+/// messages from index `hold.0` on wait until `hold.1` is cancelled: the run cannot end
+/// before the faults planned for it were injected, however long they took.
 pub async fn publish_paced(
     publisher: &Publisher,
     msgs: Vec<OutgoingMessage>,
@@ -481,15 +531,21 @@ pub async fn publish_paced(
     retry: bool,
     stats: &Published,
     every: Duration,
+    hold: Option<(usize, CancellationToken)>,
 ) -> HashSet<String> {
     let ticker = (!every.is_zero()).then(|| {
         let mut t = tokio::time::interval(every);
         t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         tokio::sync::Mutex::new(t)
     });
-    let ticker = &ticker;
-    futures_util::stream::iter(msgs)
-        .map(|msg| async move {
+    let (ticker, hold) = (&ticker, &hold);
+    futures_util::stream::iter(msgs.into_iter().enumerate())
+        .map(|(i, msg)| async move {
+            if let Some((from, released)) = hold
+                && i >= *from
+            {
+                released.cancelled().await;
+            }
             if let Some(t) = ticker {
                 t.lock().await.tick().await;
             }
@@ -550,6 +606,15 @@ pub struct Summary {
 }
 
 impl Summary {
+    /// Prints the summary line, and below it what the chassis warned about on the case's
+    /// connections and queues (names containing `name`).
+    pub fn print_with_log(&self, name: &str) {
+        self.print();
+        for (body, n) in warnings_about(name) {
+            println!("SUITE case={} log: {n} x {body}", self.case);
+        }
+    }
+
     pub fn print(&self) {
         println!(
             "SUITE case={} messages={} faults={} publish_retries={} redeliveries={} retries={} \
