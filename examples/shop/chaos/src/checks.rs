@@ -671,3 +671,186 @@ pub fn violations_text(invariant: &Invariant, max: usize) -> String {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn order(id: &str, status: &str, reason: Option<&str>, charge: Option<&str>) -> OrderRow {
+        OrderRow {
+            id: id.into(),
+            idempotency_key: Some(format!("{API_CLIENT}:k-{id}")),
+            status: status.into(),
+            reason: reason.map(Into::into),
+            amount_cents: Some(450),
+            charge_id: charge.map(Into::into),
+            items: BTreeMap::from([("tea".to_owned(), 1)]),
+        }
+    }
+
+    fn charge(id: &str, reference: &str, status: &str) -> Charge {
+        Charge {
+            id: id.into(),
+            status: status.into(),
+            amount_cents: 450,
+            reference: reference.into(),
+        }
+    }
+
+    /// A consistent world: one confirmed order, one declined; everything drained.
+    fn consistent() -> (Evidence, Vec<OrderRecord>) {
+        let evidence = Evidence {
+            orders: vec![
+                order("o1", CONFIRMED, None, Some("ch_1")),
+                order("o2", FAILED, Some("card_declined"), None),
+            ],
+            payments: BTreeMap::from([
+                (
+                    "o1".to_owned(),
+                    PaymentRow {
+                        status: "CHARGED".into(),
+                        charge_id: Some("ch_1".into()),
+                        amount_cents: 450,
+                    },
+                ),
+                (
+                    "o2".to_owned(),
+                    PaymentRow {
+                        status: "DECLINED".into(),
+                        charge_id: None,
+                        amount_cents: 450,
+                    },
+                ),
+            ]),
+            stock: BTreeMap::from([("tea".to_owned(), 9)]),
+            initial_stock: BTreeMap::from([("tea".to_owned(), 10)]),
+            reservations: BTreeMap::from([
+                (
+                    "o1".to_owned(),
+                    ReservationRow {
+                        status: "RESERVED".into(),
+                        amount_cents: 450,
+                        items: BTreeMap::from([("tea".to_owned(), 1)]),
+                    },
+                ),
+                (
+                    "o2".to_owned(),
+                    ReservationRow {
+                        status: "RELEASED".into(),
+                        amount_cents: 450,
+                        items: BTreeMap::from([("tea".to_owned(), 1)]),
+                    },
+                ),
+            ]),
+            notifications: BTreeMap::from([
+                ("o1".to_owned(), vec!["order_confirmed".to_owned()]),
+                ("o2".to_owned(), vec!["order_failed".to_owned()]),
+            ]),
+            outboxes: BTreeMap::from([(
+                "orders".to_owned(),
+                BTreeMap::from([("sent".to_owned(), 5)]),
+            )]),
+            charges: vec![charge("ch_1", "o1", "succeeded")],
+            queues: vec![
+                ("ns.orders.saga".into(), 0),
+                ("ns.orders.saga.dlq".into(), 0),
+            ],
+            dlq: Vec::new(),
+        };
+        let clients = vec![
+            OrderRecord {
+                key: "k-o1".into(),
+                ids: vec!["o1".into()],
+                attempts: 2,
+                final_seen: Some("CONFIRMED".into()),
+                ..OrderRecord::default()
+            },
+            OrderRecord {
+                key: "k-o2".into(),
+                ids: vec!["o2".into()],
+                attempts: 1,
+                final_seen: Some("FAILED:card_declined".into()),
+                ..OrderRecord::default()
+            },
+        ];
+        (evidence, clients)
+    }
+
+    fn broken(evidence: &Evidence, clients: &[OrderRecord]) -> Vec<&'static str> {
+        evaluate(evidence, clients, "ns.")
+            .into_iter()
+            .filter(|i| !i.holds())
+            .map(|i| i.name)
+            .collect()
+    }
+
+    #[test]
+    fn a_consistent_shop_breaks_nothing() {
+        let (evidence, clients) = consistent();
+        assert_eq!(broken(&evidence, &clients), Vec::<&str>::new());
+    }
+
+    #[test]
+    fn each_kind_of_damage_breaks_its_invariant() {
+        let (base, clients) = consistent();
+        let name = |i: usize| evaluate(&base, &clients, "ns.")[i].name;
+
+        let mut e = base.clone();
+        e.orders[0].status = "PENDING".into();
+        assert!(broken(&e, &clients).contains(&name(0)));
+
+        let mut c = clients.clone();
+        c[0].ids.push("o9".into());
+        assert!(broken(&base, &c).contains(&name(1)));
+        let mut c = clients.clone();
+        c[1].final_seen = Some("CONFIRMED".into());
+        assert!(broken(&base, &c).contains(&name(1)));
+
+        let mut e = base.clone();
+        e.charges.push(charge("ch_2", "o1", "succeeded"));
+        assert!(broken(&e, &clients).contains(&name(2)));
+        let mut e = base.clone();
+        e.charges.push(charge("ch_3", "o2", "succeeded"));
+        assert_eq!(broken(&e, &clients), vec![name(2)]);
+        e.charges[1].status = "refunded".into();
+        assert!(broken(&e, &clients).is_empty(), "a refunded charge is fine");
+
+        let mut e = base.clone();
+        e.stock.insert("tea".into(), 8);
+        assert_eq!(broken(&e, &clients), vec![name(3)]);
+        let mut e = base.clone();
+        e.reservations.get_mut("o2").unwrap().status = "RESERVED".into();
+        assert!(broken(&e, &clients).contains(&name(3)));
+
+        let mut e = base.clone();
+        e.outboxes
+            .get_mut("orders")
+            .unwrap()
+            .insert("parked".into(), 1);
+        assert_eq!(broken(&e, &clients), vec![name(4)]);
+
+        let mut e = base.clone();
+        e.queues[0].1 = 3;
+        assert_eq!(broken(&e, &clients), vec![name(5)]);
+
+        let mut e = base.clone();
+        e.queues[1].1 = 1;
+        let mut letter = DlqMessage {
+            queue: "ns.orders.saga.dlq".into(),
+            message_id: "m-1".into(),
+            routing_key: "payment.failed".into(),
+            reason: Some("undecodable: missing field".into()),
+            x_death: None,
+            logged: Some("undecodable: missing field".into()),
+        };
+        e.dlq.push(letter.clone());
+        assert!(broken(&e, &clients).is_empty(), "a logged dead letter");
+        letter.logged = None;
+        e.dlq[0] = letter;
+        assert_eq!(broken(&e, &clients), vec![name(6)]);
+
+        let mut e = base.clone();
+        e.notifications.remove("o2");
+        assert_eq!(broken(&e, &clients), vec![name(7)]);
+    }
+}
