@@ -404,6 +404,9 @@ async fn oversized_response_is_invalid() {
         matches!(err.kind(), ClientErrorKind::InvalidResponse { .. }),
         "{err:?}"
     );
+    // The downstream did answer 200: a caller relaying a write must know it succeeded.
+    assert_eq!(err.status(), Some(StatusCode::OK), "{err:?}");
+    assert!(err.answered_success());
 }
 
 #[tokio::test]
@@ -416,6 +419,7 @@ async fn status_4xx_carries_the_body_and_is_not_retried() {
         matches!(err.kind(), ClientErrorKind::Status4xx { status, .. } if status.as_u16() == 404)
     );
     assert_eq!(err.attempts(), 1);
+    assert!(!err.answered_success());
     assert_eq!(err.api_error().unwrap().error.code, "order_not_found");
     // Wrong JSON shape: InvalidResponse.
     let err = client.get_json::<Vec<u32>>("/flaky").await.unwrap_err();
@@ -423,6 +427,7 @@ async fn status_4xx_carries_the_body_and_is_not_retried() {
         matches!(err.kind(), ClientErrorKind::InvalidResponse { .. }),
         "{err:?}"
     );
+    assert!(err.answered_success(), "{err:?}");
     // No base URL and a relative path: InvalidRequest, nothing sent.
     let bare = HttpClient::builder("x").build().unwrap();
     let err = bare.get_json::<Value>("/flaky").await.unwrap_err();

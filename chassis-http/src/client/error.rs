@@ -80,6 +80,8 @@ pub struct ClientError {
     downstream: String,
     attempts: u32,
     retries_exhausted: bool,
+    /// The status of an answer that arrived but whose body could not be read or decoded.
+    answered: Option<StatusCode>,
     source: Option<BoxError>,
 }
 
@@ -90,6 +92,7 @@ impl ClientError {
             downstream: downstream.to_owned(),
             attempts: 1,
             retries_exhausted: false,
+            answered: None,
             source: None,
         }
     }
@@ -126,6 +129,12 @@ impl ClientError {
 
     pub(crate) fn with_source(mut self, source: impl Into<BoxError>) -> Self {
         self.source = Some(source.into());
+        self
+    }
+
+    /// Records the status of the answer whose body failed (`InvalidResponse`, `Transport`).
+    pub(crate) fn with_answered(mut self, status: StatusCode) -> Self {
+        self.answered = Some(status);
         self
     }
 
@@ -249,13 +258,25 @@ impl ClientError {
         self.retries_exhausted
     }
 
-    /// The HTTP status, for `Status4xx`/`Status5xx`.
+    /// The HTTP status the downstream answered: for `Status4xx`/`Status5xx`, and for an
+    /// `InvalidResponse` or `Transport` error that arose while reading or decoding the body of
+    /// an answer that did arrive (too large, cut off, not the expected JSON).
+    ///
+    /// A 2xx here means the downstream **did act** on the request; only its answer was lost.
+    /// A caller relaying a write must not report it as failed (a client would retry it and
+    /// apply it twice): see [`ClientError::answered_success`].
     pub fn status(&self) -> Option<StatusCode> {
         match &self.kind {
             ClientErrorKind::Status4xx { status, .. }
             | ClientErrorKind::Status5xx { status, .. } => Some(*status),
-            _ => None,
+            _ => self.answered,
         }
+    }
+
+    /// Whether the downstream answered with a 2xx whose body could not be read or decoded:
+    /// the request succeeded, its answer did not arrive whole.
+    pub fn answered_success(&self) -> bool {
+        self.answered.is_some_and(|s| s.is_success())
     }
 
     /// When to try again, if the downstream or a local layer said.
@@ -293,6 +314,9 @@ impl fmt::Debug for ClientError {
             .field("downstream", &self.downstream)
             .field("attempts", &self.attempts)
             .field("retries_exhausted", &self.retries_exhausted);
+        if let Some(status) = self.answered {
+            d.field("answered", &status);
+        }
         if let Some(source) = &self.source {
             d.field("source", source);
         }

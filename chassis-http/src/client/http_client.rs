@@ -157,6 +157,7 @@ impl HttpClient {
                 ClientError::new(kind, name)
                     .with_source(e)
                     .with_attempts(attempts)
+                    .with_answered(status)
             })?
             .to_bytes();
         if status.is_success() {
@@ -248,6 +249,7 @@ impl HttpClient {
         serde_json::from_slice(response.body()).map_err(|e| {
             ClientError::invalid_response(&self.inner.name, "body does not decode as expected")
                 .with_source(e)
+                .with_answered(response.status())
         })
     }
 
