@@ -21,7 +21,7 @@
 //! | local bulkhead / rate limit | 503 `overloaded` with `Retry-After` |
 //! | anything else (no token, bad request built here) | 500 `internal_error` |
 //!
-//! Writes go through [`write`] instead of `HttpClient::execute`: it takes the status first and
+//! Writes go through [`fn@write`] instead of `HttpClient::execute`: it takes the status first and
 //! reads the body afterwards (at most [`MAX_RELAYED_BODY_BYTES`], within
 //! [`WRITE_BODY_TIMEOUT`]), so a 2xx whose body is too large or breaks off is still a 2xx
 //! ([`WriteAnswer::body`] is `None`): the write happened and the gateway must say so
@@ -85,14 +85,14 @@ pub fn client(
 }
 
 /// Largest body of a downstream's answer the gateway reads to relay it, in bytes (1 MiB): a
-/// larger answer to a read is a 502 (the client may read again); to a write, see [`write`].
+/// larger answer to a read is a 502 (the client may read again); to a write, see [`fn@write`].
 pub const MAX_RELAYED_BODY_BYTES: usize = 1 << 20;
 
-/// How long [`write`] waits for an answer's body once its status and headers arrived (the
+/// How long [`fn@write`] waits for an answer's body once its status and headers arrived (the
 /// policy's timeout covers the wait for the head only).
 pub const WRITE_BODY_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// A downstream's 2xx answer to a write, from [`write`].
+/// A downstream's 2xx answer to a write, from [`fn@write`].
 #[derive(Debug)]
 pub struct WriteAnswer {
     /// The downstream's status (2xx).
