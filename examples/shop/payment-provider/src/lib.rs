@@ -24,6 +24,13 @@
 //! charge, decline and refund counters survive a restart (a `SIGKILL` included: each record is
 //! one `write` to the file, in the kernel's page cache once the call returns).
 //!
+//! In memory, answers are kept for a retention window ([`ProviderState::with_retention`],
+//! `--retention` / `PROVIDER_RETENTION`, 24 hours by default, as card processors keep
+//! idempotency keys for about a day): an older key can be used again, and its charge is no
+//! longer listed or refundable. Without a window the stand-in's memory grows with every charge;
+//! the shop's soak runs it with a window shorter than its warm-up so that its memory reaches a
+//! steady state the soak can judge.
+//!
 //! ## API
 //! - `POST /v1/charges` with a required `Idempotency-Key` header and
 //!   `{"amount_cents":1200,"currency":"EUR","payment_method":"card_ok","reference":"order-1"}`:
@@ -47,7 +54,7 @@
 //! # let _ = router;
 //! ```
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::io::{BufRead as _, Write as _};
 
 use std::sync::{Arc, Mutex};
@@ -123,7 +130,10 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         "" | "ms" => Ok(Duration::from_millis(n)),
         "s" => Ok(Duration::from_secs(n)),
         "m" => Ok(Duration::from_secs(n * 60)),
-        _ => Err(format!("invalid duration unit in `{s}` (use ms, s or m)")),
+        "h" => Ok(Duration::from_secs(n * 3600)),
+        _ => Err(format!(
+            "invalid duration unit in `{s}` (use ms, s, m or h)"
+        )),
     }
 }
 
@@ -177,6 +187,11 @@ enum KeyEntry {
 struct Store {
     keys: HashMap<String, KeyEntry>,
     charges: HashMap<String, Charge>,
+    /// Answers in the order they were recorded, with when: what the retention window drops
+    /// first.
+    recorded: VecDeque<(Instant, String, Option<String>)>,
+    /// How long answers (keys and charges) are kept in memory; `None`: for ever.
+    retention: Option<Duration>,
     stats: Stats,
     /// The ledger file records are appended to, if the provider keeps one.
     ledger: Option<std::fs::File>,
@@ -217,18 +232,22 @@ impl Store {
                 if status == StatusCode::PAYMENT_REQUIRED {
                     self.stats.declines += 1;
                 }
+                let charge_id = charge.as_ref().map(|c| c.id.clone());
                 if let Some(charge) = charge {
                     self.stats.charges += 1;
                     self.charges.insert(charge.id.clone(), charge);
                 }
                 self.keys.insert(
-                    key,
+                    key.clone(),
                     KeyEntry::Done {
                         fingerprint,
                         status,
                         body,
                     },
                 );
+                let now = Instant::now();
+                self.recorded.push_back((now, key, charge_id));
+                self.expire(now);
             }
             LedgerRecord::Refund {
                 charge_id,
@@ -241,6 +260,26 @@ impl Store {
                     charge.status = "refunded".into();
                     self.stats.refunds += 1;
                 }
+            }
+        }
+    }
+
+    /// Forgets answers older than the retention window: their keys are free again and their
+    /// charges are no longer listed or refundable (a real processor keeps idempotency keys for
+    /// a day or so; a stand-in running for hours must not grow without bound).
+    fn expire(&mut self, now: Instant) {
+        let Some(retention) = self.retention else {
+            return;
+        };
+        while let Some((at, _, _)) = self.recorded.front()
+            && now.duration_since(*at) >= retention
+        {
+            let (_, key, charge_id) = self.recorded.pop_front().expect("front exists");
+            if matches!(self.keys.get(&key), Some(KeyEntry::Done { .. })) {
+                self.keys.remove(&key);
+            }
+            if let Some(id) = charge_id {
+                self.charges.remove(&id);
             }
         }
     }
@@ -344,6 +383,20 @@ impl ProviderState {
         let state = Self::new(behaviour, windows);
         *state.inner.store.lock().expect("store lock") = store;
         Ok(state)
+    }
+
+    /// Keeps answers (idempotency keys and the charges they created) for `retention` only:
+    /// after it a key can be used again and its charge is no longer listed or refundable.
+    /// Without it (the default of [`ProviderState::new`]) nothing is forgotten and memory grows
+    /// with every charge. Answers loaded from a ledger file count from the moment they were
+    /// loaded.
+    pub fn with_retention(self, retention: Duration) -> Self {
+        {
+            let mut store = self.inner.store.lock().expect("store lock");
+            store.retention = Some(retention);
+            store.expire(Instant::now());
+        }
+        self
     }
 
     /// The current counters.
@@ -680,7 +733,8 @@ mod tests {
         assert_eq!(parse_duration("5s").unwrap(), Duration::from_secs(5));
         assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
         assert_eq!(parse_duration("40").unwrap(), Duration::from_millis(40));
-        assert!(parse_duration("5h").is_err());
+        assert_eq!(parse_duration("24h").unwrap(), Duration::from_secs(86_400));
+        assert!(parse_duration("5d").is_err());
         assert!(parse_duration("x").is_err());
         let w = parse_outages("10s+5s, 1m+500ms").unwrap();
         assert_eq!(

@@ -29,6 +29,10 @@ struct Args {
     /// it the ledger lives in memory only.
     #[arg(long, env = "PROVIDER_LEDGER_FILE")]
     ledger: Option<std::path::PathBuf>,
+    /// How long answers (idempotency keys, charges) are kept in memory, like a processor's
+    /// idempotency window (e.g. `24h`, `10m`); `0` keeps them for ever.
+    #[arg(long, env = "PROVIDER_RETENTION", default_value = "24h")]
+    retention: String,
 }
 
 // One runtime thread: it answers small requests from payments, and on a small machine shared
@@ -44,6 +48,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args = Args::parse();
     let latency = parse_duration(&args.latency)?;
     let windows = parse_outages(&args.outages)?;
+    let retention = parse_duration(&args.retention)?;
     for rate in [args.failure_rate, args.ambiguous_failure_rate] {
         if !(0.0..=1.0).contains(&rate) {
             return Err(format!("rates must be within 0..=1, got {rate}").into());
@@ -59,6 +64,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         Some(path) => ProviderState::with_ledger(behaviour, windows, path)
             .map_err(|e| format!("ledger {}: {e}", path.display()))?,
         None => ProviderState::new(behaviour, windows),
+    };
+    let state = if retention.is_zero() {
+        state
+    } else {
+        state.with_retention(retention)
     };
     tracing::info!(addr = %listener.local_addr()?, ?behaviour, ledger = ?args.ledger, "payment provider listening");
     axum::serve(listener, app(state))

@@ -343,3 +343,66 @@ async fn a_restarted_provider_replays_keys_and_lists_charges_from_its_ledger() {
     assert_eq!(third.stats().charges, 3);
     assert_eq!(second.stats().charges, 3);
 }
+
+#[tokio::test]
+async fn answers_older_than_the_retention_window_are_forgotten() {
+    let state = ProviderState::new(Behaviour::default(), Vec::new())
+        .with_retention(std::time::Duration::from_millis(300));
+    let base = serve(state.clone()).await;
+    let c = reqwest::Client::new();
+    let post = |key: &'static str, reference: &'static str| {
+        c.post(format!("{base}/v1/charges"))
+            .header("idempotency-key", key)
+            .json(&charge(reference, "card_ok"))
+            .send()
+    };
+    let listed = |reference: &'static str| {
+        let url = format!("{base}/v1/charges?reference={reference}");
+        async move {
+            let v: Value = reqwest::get(url).await.unwrap().json().await.unwrap();
+            v["charges"].as_array().map_or(0, Vec::len)
+        }
+    };
+    let first: Value = post("old", "r-old").await.unwrap().json().await.unwrap();
+    // Within the window: replayed, one charge.
+    let replay = post("old", "r-old").await.unwrap();
+    assert_eq!(replay.headers()["idempotent-replayed"], "true");
+    assert_eq!(listed("r-old").await, 1);
+
+    // Past the window, the next recorded answer drops the old one: its charge is no longer
+    // listed or refundable, and its key is free again.
+    tokio::time::sleep(std::time::Duration::from_millis(400)).await;
+    assert_eq!(post("new", "r-new").await.unwrap().status(), 201);
+    assert_eq!(listed("r-old").await, 0);
+    assert_eq!(listed("r-new").await, 1);
+    let refund = c
+        .post(format!(
+            "{base}/v1/charges/{}/refund",
+            first["id"].as_str().unwrap()
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refund.status(), 404);
+    let again = post("old", "r-old").await.unwrap();
+    assert_eq!(again.status(), 201);
+    assert!(again.headers().get("idempotent-replayed").is_none());
+    // The counters are history, not the window.
+    assert_eq!(state.stats().charges, 3);
+
+    // Many charges in a short window: only the window's are kept.
+    let keys: Vec<String> = (0..200).map(|i| format!("bulk-{i}")).collect();
+    for key in &keys {
+        let resp = c
+            .post(format!("{base}/v1/charges"))
+            .header("idempotency-key", key)
+            .json(&charge("bulk", "card_ok"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 201);
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(400)).await;
+    assert_eq!(post("last", "r-last").await.unwrap().status(), 201);
+    assert_eq!(listed("bulk").await, 0);
+}
