@@ -48,6 +48,12 @@ struct Args {
     /// Orders in flight at most (a tick finding this many skips its order, counted).
     #[arg(long, default_value_t = 5000)]
     max_in_flight: usize,
+    /// How long the payment-provider stand-in keeps its answers (idempotency keys, charges)
+    /// in memory (default: half the warm-up). A processor's window is a day; a soak needs the
+    /// stand-in's memory to reach its steady state before the warm-up ends, or the criterion
+    /// would judge the window filling, not a leak.
+    #[arg(long, value_parser = parse_duration)]
+    provider_retention: Option<Duration>,
 }
 
 /// Plenty of stock for hours of orders, and the scarce product as in the demo (its sixth
@@ -99,6 +105,11 @@ async fn run(args: Args) -> Result<ExitCode, BoxError> {
     let mut config = SystemConfig::new(bin_dir, run_dir.clone());
     config.amqp_url = amqp_url.clone();
     config.inventory_seed = Some(SEED.into());
+    let retention = args.provider_retention.unwrap_or(warmup / 2);
+    config.extra_env.push((
+        "PROVIDER_RETENTION".into(),
+        format!("{}ms", retention.as_millis().max(1)),
+    ));
     eprintln!(
         "starting the shop (run directory {}, queues {}*)…",
         run_dir.display(),
