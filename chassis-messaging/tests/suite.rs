@@ -574,6 +574,11 @@ async fn continue_after_subscribe_close() {
             assert!(shutdowns >= 3, "consumers were closed mid-stream");
             topic.assert_depths(&[]).await;
             s.print_with_log(&topic.name);
+            // Each consumer acks its in-flight deliveries before its channel closes, so a
+            // message handed to a handler twice here is worth a look (the inbox absorbed it).
+            for (id, by) in tally.duplicates(10) {
+                println!("SUITE case={} duplicate: {id} delivered to {by:?}", s.case);
+            }
         },
     )
     .await;

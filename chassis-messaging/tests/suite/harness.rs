@@ -345,6 +345,8 @@ pub struct Seen {
     pub deliveries: u32,
     pub redelivered: u32,
     pub attempts: Vec<u32>,
+    /// `(worker, redelivered flag)` of each delivery, in order.
+    pub by: Vec<(String, bool)>,
 }
 
 impl Tally {
@@ -352,7 +354,7 @@ impl Tally {
         Arc::default()
     }
 
-    fn record(&self, msg: &IncomingMessage) {
+    fn record(&self, msg: &IncomingMessage, worker: &str) {
         self.deliveries.fetch_add(1, Ordering::Relaxed);
         if msg.redelivered() {
             self.redelivered.fetch_add(1, Ordering::Relaxed);
@@ -367,6 +369,7 @@ impl Tally {
         s.deliveries += 1;
         s.redelivered += u32::from(msg.redelivered());
         s.attempts.push(msg.attempt());
+        s.by.push((worker.to_owned(), msg.redelivered()));
     }
 
     pub fn unique(&self) -> u64 {
@@ -388,6 +391,20 @@ impl Tally {
             .filter(|(_, s)| s.redelivered > 0)
             .map(|(k, _)| k.clone())
             .collect()
+    }
+
+    /// The message ids delivered more than once, with who got each delivery and whether the
+    /// broker flagged it redelivered (at most `limit` of them, for a case's output).
+    pub fn duplicates(&self, limit: usize) -> Vec<(String, Vec<(String, bool)>)> {
+        let seen = self.seen.lock().unwrap();
+        let mut out: Vec<_> = seen
+            .iter()
+            .filter(|(_, s)| s.deliveries > 1)
+            .map(|(id, s)| (id.clone(), s.by.clone()))
+            .collect();
+        out.sort();
+        out.truncate(limit);
+        out
     }
 
     /// Deliveries beyond the first of each message id (broker redeliveries, republished
@@ -420,6 +437,7 @@ pub fn applying(
     decide: Decide,
 ) -> Counting<impl Handler> {
     let consumer_name = consumer.to_owned();
+    let worker_name = worker.to_owned();
     let worker = worker.to_owned();
     let inner = idempotent(effects.inbox(consumer), move |msg, tx| {
         let consumer = consumer_name.clone();
@@ -449,6 +467,7 @@ pub fn applying(
     Counting {
         tally,
         inner,
+        worker: worker_name,
         gate: None,
     }
 }
@@ -470,12 +489,13 @@ pub fn holding(
 pub struct Counting<H> {
     tally: Arc<Tally>,
     inner: H,
+    worker: String,
     gate: Option<CancellationToken>,
 }
 
 impl<H: Handler> Handler for Counting<H> {
     fn handle(&self, msg: IncomingMessage) -> BoxFuture<'static, Outcome> {
-        self.tally.record(&msg);
+        self.tally.record(&msg, &self.worker);
         let tally = self.tally.clone();
         let gate = self.gate.clone();
         let fut = self.inner.handle(msg);
