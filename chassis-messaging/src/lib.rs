@@ -63,6 +63,12 @@
 //! |---|---|---|
 //! | `sqlite` | yes | the SQLite outbox and inbox stores (`Outbox<Sqlite>`, `Inbox<Sqlite>`): an embedded database, the easiest start |
 //! | `postgres` | no | the PostgreSQL stores (`Outbox<Postgres>`, `Inbox<Postgres>`): `LISTEN/NOTIFY` wake-up, `SKIP LOCKED` batches for several relays |
+//!
+//! Each feature enables exactly its sqlx driver (`sqlx/sqlite`, `sqlx/postgres`), so a
+//! PostgreSQL-only service builds with `default-features = false, features = ["postgres"]` and
+//! compiles no SQLite (no `libsqlite3-sys`, no C build of the bundled library). `sqlite` is the
+//! default because it needs no database server: the outbox and inbox work out of the box, in a
+//! file next to the service. With neither feature the AMQP side and the in-memory stores remain.
 
 #![cfg_attr(docsrs, feature(doc_cfg))]
 

@@ -134,13 +134,24 @@ impl Default for LogConfig {
 /// OTLP wire protocol.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 pub enum OtlpProtocol {
-    /// Protobuf over HTTP (port 4318, path `/v1/traces`). The default.
+    /// Protobuf over HTTP (port 4318, path `/v1/traces`). The default. Needs the crate feature
+    /// `otlp-http` (on by default).
     #[default]
     #[serde(rename = "http/protobuf")]
     HttpProtobuf,
     /// gRPC (port 4317). Needs the crate feature `grpc`.
     #[serde(rename = "grpc")]
     Grpc,
+}
+
+impl OtlpProtocol {
+    /// The protocol's name as `OTEL_EXPORTER_OTLP_PROTOCOL` spells it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::HttpProtobuf => "http/protobuf",
+            Self::Grpc => "grpc",
+        }
+    }
 }
 
 impl FromStr for OtlpProtocol {

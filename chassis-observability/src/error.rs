@@ -11,6 +11,8 @@ use std::time::Duration;
 
 use chassis_core::BoxError;
 
+use crate::config::OtlpProtocol;
+
 /// What went wrong while setting up or shutting down telemetry.
 #[derive(Debug, Clone, PartialEq)]
 #[non_exhaustive]
@@ -24,6 +26,16 @@ pub enum ErrorKind {
     InvalidConfig {
         /// What is wrong, naming the setting.
         reason: String,
+    },
+    /// OTLP export was configured (an endpoint is set) over a transport this build leaves out:
+    /// the crate feature named here compiles it in (`otlp-http` for `http/protobuf`, `grpc` for
+    /// gRPC). Nothing was installed. Enable the feature, or leave the endpoint unset (or set
+    /// `OTEL_TRACES_EXPORTER=none`) to run without export.
+    TransportNotEnabled {
+        /// The protocol asked for.
+        protocol: OtlpProtocol,
+        /// The crate feature that compiles its transport in.
+        feature: &'static str,
     },
     /// The OTLP exporter could not be built.
     Exporter {
@@ -89,6 +101,12 @@ impl fmt::Display for Error {
                 f.write_str("a global metrics recorder is already installed")
             }
             ErrorKind::InvalidConfig { reason } => write!(f, "invalid telemetry config: {reason}"),
+            ErrorKind::TransportNotEnabled { protocol, feature } => write!(
+                f,
+                "OTLP export over {} is not compiled in: enable chassis-observability's `{feature}` \
+                 feature, or configure no OTLP endpoint to run without export",
+                protocol.as_str()
+            ),
             ErrorKind::Exporter { reason } => write!(f, "cannot build the OTLP exporter: {reason}"),
             ErrorKind::NoRuntime => {
                 f.write_str("OTLP export needs a tokio runtime: call init() from within one")

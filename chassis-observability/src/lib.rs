@@ -74,7 +74,16 @@
 //! | `log.lines.dropped` | counter | — |
 //!
 //! ## Features
-//! - `grpc`: OTLP over gRPC (tonic) in addition to the default HTTP/protobuf.
+//! | feature | default | what it adds |
+//! |---|---|---|
+//! | `otlp-http` | yes | OTLP span export over HTTP/protobuf (port 4318) with the async reqwest client |
+//! | `grpc` | no | OTLP span export over gRPC (tonic, port 4317) |
+//!
+//! With neither (`default-features = false`) no OTLP exporter is compiled in (no reqwest, no
+//! tonic, no protobuf code): logs, trace ids, propagation and metrics work as before and spans
+//! are not exported. A configured endpoint is then refused by `init` with
+//! [`ErrorKind::TransportNotEnabled`] naming the feature, rather than silently ignored; so is
+//! `OTEL_EXPORTER_OTLP_PROTOCOL=grpc` without `grpc`.
 
 #![forbid(unsafe_code)]
 #![cfg_attr(docsrs, feature(doc_cfg))]

@@ -10,6 +10,10 @@
 //!   processor (`span_processor_with_async_runtime::BatchSpanProcessor`; the default processor
 //!   runs on its own thread, where the async client panics for lack of a reactor).
 //!
+//! The exporter's transports are crate features: `otlp-http` (HTTP/protobuf, on by default) and
+//! `grpc` (tonic). With neither compiled in, export is off: an endpoint in the configuration is
+//! refused with [`ErrorKind::TransportNotEnabled`] rather than silently ignored.
+//!
 //! Without an endpoint the provider has no processor: spans still get ids, so logs correlate and
 //! contexts propagate, but nothing leaves the process.
 //!
@@ -36,6 +40,9 @@
 //! assert!(span.span_context().is_valid()); // ids without any exporter
 //! ```
 
+// Without a transport the counting processor and exporter are never built.
+#![cfg_attr(not(any(feature = "otlp-http", feature = "grpc")), allow(dead_code))]
+
 use std::fmt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -45,9 +52,8 @@ use chassis_core::ServiceInfo;
 use opentelemetry::{Context, KeyValue};
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::error::OTelSdkResult;
-use opentelemetry_sdk::trace::span_processor_with_async_runtime::BatchSpanProcessor;
 use opentelemetry_sdk::trace::{
-    BatchConfigBuilder, Sampler, SdkTracerProvider, Span, SpanData, SpanExporter, SpanProcessor,
+    Sampler, SdkTracerProvider, Span, SpanData, SpanExporter, SpanProcessor,
 };
 
 use crate::config::{OtlpProtocol, Sampling, TracingConfig};
@@ -129,7 +135,9 @@ pub fn resource(service: &ServiceInfo, config: &TracingConfig) -> Resource {
 }
 
 /// Builds the tracer provider (see the [module docs](self)). With an endpoint configured this
-/// must run inside a tokio runtime ([`ErrorKind::NoRuntime`] otherwise).
+/// must run inside a tokio runtime ([`ErrorKind::NoRuntime`] otherwise), and the transport of
+/// [`TracingConfig::protocol`] must be compiled in ([`ErrorKind::TransportNotEnabled`]
+/// otherwise: crate features `otlp-http`, on by default, and `grpc`).
 pub fn build_tracer_provider(
     service: &ServiceInfo,
     config: &TracingConfig,
@@ -140,42 +148,91 @@ pub fn build_tracer_provider(
         .with_sampler(sampler(&config.sampling))
         .with_resource(resource(service, config));
     if let Some(endpoint) = config.resolved_traces_endpoint() {
+        transport_enabled(config.protocol)?;
         if tokio::runtime::Handle::try_current().is_err() {
             return Err(Error::new(ErrorKind::NoRuntime));
         }
-        let exporter = build_exporter(config, &endpoint)?;
-        let pending = Arc::new(AtomicUsize::new(0));
-        let batch = config.max_export_batch_size.min(config.max_queue_size);
-        let inner = BatchSpanProcessor::builder(
-            CountingExporter {
-                inner: exporter,
-                pending: Arc::clone(&pending),
-                stats: Arc::clone(&stats),
-                endpoint,
-            },
-            opentelemetry_sdk::runtime::Tokio,
-        )
-        .with_batch_config(
-            BatchConfigBuilder::default()
-                // Room for our queue plus the batch the SDK task holds, so the SDK never drops
-                // (it would not tell us): the bound is enforced by `CountingProcessor`.
-                .with_max_queue_size(config.max_queue_size + batch)
-                .with_max_export_batch_size(batch)
-                .with_scheduled_delay(config.scheduled_delay)
-                .with_max_export_timeout(config.export_timeout)
-                .build(),
-        )
-        .build();
-        builder = builder.with_span_processor(CountingProcessor {
-            inner,
-            pending,
-            limit: config.max_queue_size,
-            stats: Arc::clone(&stats),
-        });
+        builder = with_otlp_pipeline(builder, config, endpoint, &stats)?;
     }
     Ok((builder.build(), stats))
 }
 
+/// The crate feature that compiles in the transport of `protocol`, and whether it is on.
+fn transport_feature(protocol: OtlpProtocol) -> (&'static str, bool) {
+    match protocol {
+        OtlpProtocol::HttpProtobuf => ("otlp-http", cfg!(feature = "otlp-http")),
+        OtlpProtocol::Grpc => ("grpc", cfg!(feature = "grpc")),
+    }
+}
+
+/// The error for OTLP export over `protocol` in a build without its transport.
+fn transport_not_enabled(protocol: OtlpProtocol) -> Error {
+    let (feature, _) = transport_feature(protocol);
+    Error::new(ErrorKind::TransportNotEnabled { protocol, feature })
+}
+
+/// `Ok` when this build includes the transport of `protocol`.
+fn transport_enabled(protocol: OtlpProtocol) -> Result<(), Error> {
+    match transport_feature(protocol) {
+        (_, true) => Ok(()),
+        (_, false) => Err(transport_not_enabled(protocol)),
+    }
+}
+
+/// The counting processor and the SDK's tokio batch processor around the OTLP exporter.
+#[cfg(any(feature = "otlp-http", feature = "grpc"))]
+fn with_otlp_pipeline(
+    builder: opentelemetry_sdk::trace::TracerProviderBuilder,
+    config: &TracingConfig,
+    endpoint: String,
+    stats: &Arc<ExportStats>,
+) -> Result<opentelemetry_sdk::trace::TracerProviderBuilder, Error> {
+    use opentelemetry_sdk::trace::BatchConfigBuilder;
+    use opentelemetry_sdk::trace::span_processor_with_async_runtime::BatchSpanProcessor;
+
+    let exporter = build_exporter(config, &endpoint)?;
+    let pending = Arc::new(AtomicUsize::new(0));
+    let batch = config.max_export_batch_size.min(config.max_queue_size);
+    let inner = BatchSpanProcessor::builder(
+        CountingExporter {
+            inner: exporter,
+            pending: Arc::clone(&pending),
+            stats: Arc::clone(stats),
+            endpoint,
+        },
+        opentelemetry_sdk::runtime::Tokio,
+    )
+    .with_batch_config(
+        BatchConfigBuilder::default()
+            // Room for our queue plus the batch the SDK task holds, so the SDK never drops
+            // (it would not tell us): the bound is enforced by `CountingProcessor`.
+            .with_max_queue_size(config.max_queue_size + batch)
+            .with_max_export_batch_size(batch)
+            .with_scheduled_delay(config.scheduled_delay)
+            .with_max_export_timeout(config.export_timeout)
+            .build(),
+    )
+    .build();
+    Ok(builder.with_span_processor(CountingProcessor {
+        inner,
+        pending,
+        limit: config.max_queue_size,
+        stats: Arc::clone(stats),
+    }))
+}
+
+/// No transport compiled in: there is no exporter to build, whatever the protocol.
+#[cfg(not(any(feature = "otlp-http", feature = "grpc")))]
+fn with_otlp_pipeline(
+    _builder: opentelemetry_sdk::trace::TracerProviderBuilder,
+    config: &TracingConfig,
+    _endpoint: String,
+    _stats: &Arc<ExportStats>,
+) -> Result<opentelemetry_sdk::trace::TracerProviderBuilder, Error> {
+    Err(transport_not_enabled(config.protocol))
+}
+
+#[cfg(any(feature = "otlp-http", feature = "grpc"))]
 fn build_exporter(
     config: &TracingConfig,
     endpoint: &str,
@@ -190,6 +247,7 @@ fn build_exporter(
         )
     };
     match config.protocol {
+        #[cfg(feature = "otlp-http")]
         OtlpProtocol::HttpProtobuf => opentelemetry_otlp::SpanExporter::builder()
             .with_http()
             .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
@@ -204,10 +262,9 @@ fn build_exporter(
             .with_timeout(config.export_timeout)
             .build()
             .map_err(err),
-        #[cfg(not(feature = "grpc"))]
-        OtlpProtocol::Grpc => Err(Error::invalid_config(
-            "OTLP protocol grpc needs chassis-observability's `grpc` feature",
-        )),
+        // The protocol whose transport is left out (none when both features are on).
+        #[allow(unreachable_patterns)]
+        protocol => Err(transport_not_enabled(protocol)),
     }
 }
 
@@ -470,19 +527,44 @@ mod tests {
 
     #[cfg(not(feature = "grpc"))]
     #[tokio::test]
-    async fn grpc_without_the_feature_is_a_config_error() {
+    async fn grpc_without_the_feature_is_a_typed_error() {
         let config = TracingConfig {
             endpoint: Some("http://127.0.0.1:4317".into()),
             protocol: OtlpProtocol::Grpc,
             ..TracingConfig::default()
         };
         let err = build_tracer_provider(&ServiceInfo::new("a", "1"), &config).unwrap_err();
-        assert!(
-            matches!(err.kind(), ErrorKind::InvalidConfig { .. }),
-            "{err}"
+        assert_eq!(
+            err.kind(),
+            &ErrorKind::TransportNotEnabled {
+                protocol: OtlpProtocol::Grpc,
+                feature: "grpc"
+            }
         );
+        assert!(err.to_string().contains("`grpc` feature"), "{err}");
     }
 
+    #[cfg(not(feature = "otlp-http"))]
+    #[tokio::test]
+    async fn http_without_the_feature_is_a_typed_error() {
+        let config = TracingConfig {
+            endpoint: Some("http://127.0.0.1:4318".into()),
+            ..TracingConfig::default()
+        };
+        let err = build_tracer_provider(&ServiceInfo::new("a", "1"), &config).unwrap_err();
+        assert_eq!(
+            err.kind(),
+            &ErrorKind::TransportNotEnabled {
+                protocol: OtlpProtocol::HttpProtobuf,
+                feature: "otlp-http"
+            }
+        );
+        // Without an endpoint nothing is exported and nothing is refused.
+        let config = TracingConfig::default();
+        assert!(build_tracer_provider(&ServiceInfo::new("a", "1"), &config).is_ok());
+    }
+
+    #[cfg(feature = "otlp-http")]
     #[test]
     fn export_needs_a_runtime() {
         let config = TracingConfig {
