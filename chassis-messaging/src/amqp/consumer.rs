@@ -732,7 +732,14 @@ async fn ack(ctx: &Ctx, channel_id: u64, acker: &Acker) -> bool {
         return false;
     }
     match tokio::time::timeout(ctx.op_timeout, acker.ack(BasicAckOptions::default())).await {
-        Ok(Ok(done)) => done,
+        Ok(Ok(true)) => true,
+        Ok(Ok(false)) => {
+            // lapin refused the ack: its channel closed or failed (the acker is poisoned), so
+            // the broker redelivers the message; the inbox makes that harmless, the log line
+            // makes it visible.
+            tracing::warn!(queue = %ctx.queue.name, "ack not sent: the delivery's channel is closed (the broker redelivers the message)");
+            false
+        }
         Ok(Err(e)) => {
             tracing::warn!(queue = %ctx.queue.name, error = %e, "ack failed (the broker redelivers the message)");
             false
