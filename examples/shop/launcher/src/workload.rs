@@ -149,6 +149,27 @@ enum Outcome {
     Pending,
 }
 
+/// The `i`-th order of a workload: one of `customers` customers, one of the three plentiful
+/// products (the scarce one with probability `scarce_ratio`), the always-declined payment
+/// method with probability `declined_ratio`.
+pub fn order_body(i: usize, customers: usize, declined_ratio: f64, scarce_ratio: f64) -> Value {
+    let method = if rand::random::<f64>() < declined_ratio {
+        "card_declined"
+    } else {
+        "card_ok"
+    };
+    let sku = if rand::random::<f64>() < scarce_ratio {
+        "scarce"
+    } else {
+        ["tea", "mug", "kettle"][i % 3]
+    };
+    json!({
+        "customer_id": format!("customer-{}", i % customers.max(1)),
+        "items": [{"sku": sku, "quantity": 1 + (i % 2)}],
+        "payment_method": method,
+    })
+}
+
 /// Places an order; returns the HTTP status and the body.
 pub async fn place(
     http: &reqwest::Client,
@@ -235,22 +256,7 @@ pub async fn run(
         );
         tasks.push(tokio::spawn(async move {
             let _permit = permit;
-            let roll: f64 = rand::random();
-            let method = if roll < config.declined_ratio {
-                "card_declined"
-            } else {
-                "card_ok"
-            };
-            let sku = if rand::random::<f64>() < config.scarce_ratio {
-                "scarce"
-            } else {
-                ["tea", "mug", "kettle"][i % 3]
-            };
-            let order = json!({
-                "customer_id": format!("customer-{}", i % 50),
-                "items": [{"sku": sku, "quantity": 1 + (i % 2)}],
-                "payment_method": method,
-            });
+            let order = order_body(i, 50, config.declined_ratio, config.scarce_ratio);
             let key = uuid::Uuid::now_v7().to_string();
             let result = async {
                 let (status, body) =

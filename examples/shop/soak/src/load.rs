@@ -12,7 +12,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use serde_json::json;
 use shop_launcher::workload::{self, percentile};
 
 /// How to drive.
@@ -145,21 +144,7 @@ async fn one_order(
     i: usize,
     stats: &Mutex<LoadStats>,
 ) {
-    let method = if rand::random::<f64>() < config.declined_ratio {
-        "card_declined"
-    } else {
-        "card_ok"
-    };
-    let sku = if rand::random::<f64>() < config.scarce_ratio {
-        "scarce"
-    } else {
-        ["tea", "mug", "kettle"][i % 3]
-    };
-    let order = json!({
-        "customer_id": format!("customer-{}", i % 500),
-        "items": [{"sku": sku, "quantity": 1 + (i % 2)}],
-        "payment_method": method,
-    });
+    let order = workload::order_body(i, 500, config.declined_ratio, config.scarce_ratio);
     let key = uuid::Uuid::now_v7().to_string();
     let sent = Instant::now();
     let placed = workload::place(http, gateway, &config.api_key, &order, Some(&key)).await;
