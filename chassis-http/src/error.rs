@@ -546,6 +546,11 @@ pub enum ErrorKind {
         /// What is wrong with it.
         reason: String,
     },
+    /// A TLS certificate, key or CA bundle could not be read or used.
+    Tls {
+        /// What could not be loaded or built, and from where.
+        reason: String,
+    },
 }
 
 impl Error {
@@ -574,6 +579,7 @@ impl fmt::Display for Error {
             ErrorKind::Bind { addr } => write!(f, "cannot bind {addr}")?,
             ErrorKind::Io => write!(f, "listener I/O error")?,
             ErrorKind::InvalidConfig { reason } => write!(f, "invalid configuration: {reason}")?,
+            ErrorKind::Tls { reason } => write!(f, "TLS setup failed: {reason}")?,
         }
         if let Some(source) = &self.source {
             write!(f, ": {source}")?;

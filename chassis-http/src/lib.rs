@@ -72,6 +72,7 @@
 //! ## Features
 //! | feature | default | what it adds |
 //! |---|---|---|
+//! | `tls` | yes | HTTPS for the server runner and the client, on rustls with the ring provider: [`tls`] (certificate rotation, client certificates, the peer's identity; webpki or native roots) |
 //! | `axum` | no | axum's `MatchedPath` as the route of spans and metrics; [`ApiResponse`] and [`ApiError`] as axum responses (pulls in axum) |
 
 #![cfg_attr(docsrs, feature(doc_cfg))]
@@ -84,6 +85,9 @@ pub mod health;
 pub mod layers;
 pub mod response;
 pub mod server;
+#[cfg(feature = "tls")]
+#[cfg_attr(docsrs, doc(cfg(feature = "tls")))]
+pub mod tls;
 
 pub use body::Body;
 pub use error::ApiError;
