@@ -11,6 +11,9 @@
 //! - [`PgCluster`]: a PostgreSQL cluster made with `initdb` and run with `pg_ctl` on its own port
 //!   (trust auth, database `test`); `restart`, `stop`, `start`, and `kill` for a crash.
 //!
+//! - [`TestCa`]: a throwaway certificate authority issuing leaf certificates for TLS and mTLS
+//!   tests (host names, IPs, SPIFFE-style URIs, expired or not-yet-valid ones).
+//!
 //! Both run the servers from Debian's packages (`rabbitmq-server`, `postgresql`), as root
 //! dropping to the servers' own users, as CI machines of this project run.
 //!
@@ -26,11 +29,13 @@
 //! The crate is not published: it is a dev-dependency of the workspace's own tests.
 
 mod net;
+mod pki;
 mod postgres;
 mod process;
 mod rabbit;
 
 pub use net::{free_port, port_open, wait_port};
+pub use pki::{Leaf, LeafBuilder, TestCa};
 pub use postgres::PgCluster;
 pub use process::ChildGuard;
 pub use rabbit::RabbitNode;
