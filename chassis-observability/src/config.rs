@@ -12,14 +12,34 @@
 //! | `OTEL_EXPORTER_OTLP_ENDPOINT` | collector base URL; `/v1/traces` is appended for HTTP |
 //! | `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` | full traces URL, used as is |
 //! | `OTEL_EXPORTER_OTLP_PROTOCOL` / `OTEL_EXPORTER_OTLP_TRACES_PROTOCOL` | `http/protobuf` or `grpc` |
+//! | `OTEL_EXPORTER_OTLP_HEADERS` / `OTEL_EXPORTER_OTLP_TRACES_HEADERS` | `k=v,k2=v2` (percent-encoded values) sent with every export ([`TracingConfig::headers`]) |
+//! | `OTEL_EXPORTER_OTLP_CERTIFICATE` / `OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE` | PEM file of the CA(s) trusted for the collector ([`OtlpTlsConfig::ca_file`]) |
+//! | `OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE` / `OTEL_EXPORTER_OTLP_TRACES_CLIENT_CERTIFICATE` | PEM client certificate chain for mTLS ([`OtlpTlsConfig::cert_file`]) |
+//! | `OTEL_EXPORTER_OTLP_CLIENT_KEY` / `OTEL_EXPORTER_OTLP_TRACES_CLIENT_KEY` | PEM private key of that certificate ([`OtlpTlsConfig::key_file`]) |
 //! | `OTEL_TRACES_SAMPLER` / `OTEL_TRACES_SAMPLER_ARG` | `always_on`, `always_off`, `traceidratio`, `parentbased_always_on`, `parentbased_always_off`, `parentbased_traceidratio` with the ratio |
 //! | `OTEL_TRACES_EXPORTER` | `none` disables export (`otlp` is the only other value) |
 //! | `OTEL_SDK_DISABLED` | `true` disables export |
 //! | `OTEL_BSP_MAX_QUEUE_SIZE`, `OTEL_BSP_MAX_EXPORT_BATCH_SIZE`, `OTEL_BSP_SCHEDULE_DELAY`, `OTEL_BSP_EXPORT_TIMEOUT` | batch processor settings (delays in ms) |
 //!
-//! Environment values win over the file. As the OpenTelemetry specification asks, an invalid
-//! variable is not fatal: it is ignored and reported once as a warning after the subscriber is up
-//! ([`TelemetryConfig::apply_env`] returns the warnings).
+//! Environment values win over the file; of a generic and a signal-specific variable
+//! (`OTEL_EXPORTER_OTLP_X` and `OTEL_EXPORTER_OTLP_TRACES_X`), the specific one wins. As the
+//! OpenTelemetry specification asks, an invalid variable is not fatal: it is ignored and reported
+//! once as a warning after the subscriber is up ([`TelemetryConfig::apply_env`] returns the
+//! warnings). The exceptions are the export headers and TLS files, which usually carry the
+//! collector's credentials: exporting without them would only collect rejections, so
+//! [`TelemetryConfig::try_apply_env`] (what [`init`](crate::TelemetryBuilder::init) uses) fails on
+//! a malformed `OTEL_EXPORTER_OTLP_HEADERS`, and a TLS file that cannot be read or holds no usable
+//! PEM fails `init` with [`ErrorKind::Tls`](crate::ErrorKind::Tls) naming the file and setting.
+//!
+//! # TLS
+//!
+//! An `https://` endpoint is reached over TLS (rustls with the ring provider) with either
+//! transport. The collector's certificate is verified against [`OtlpTlsConfig::ca_file`] when it
+//! is set (only those CAs are trusted), otherwise against the platform's trust store together
+//! with Mozilla's root programme (webpki-roots), so a public CA works in a minimal container image
+//! too. [`OtlpTlsConfig::cert_file`] and [`key_file`](OtlpTlsConfig::key_file) present a client
+//! certificate to a collector that asks for one (mTLS). For an `http://` endpoint the TLS
+//! settings are still checked at `init` but not used.
 //!
 //! ```
 //! use chassis_observability::config::{LogFormat, TelemetryConfig};
@@ -38,12 +58,14 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
 
 use serde::Deserialize;
 
 use crate::Error;
+use crate::redact::Secret;
 
 /// Everything telemetry can be configured with.
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
@@ -276,6 +298,46 @@ pub struct TracingConfig {
     /// exit), as much as a quarter of a small request's server time, and a trace viewer already
     /// shows where a span sits and how long it took.
     pub span_details: bool,
+    /// Headers sent with every export request (HTTP headers, or gRPC metadata), typically the
+    /// collector's credentials (`authorization`, `x-api-key`); their values never appear in
+    /// `Debug` output. `OTEL_EXPORTER_OTLP_HEADERS` is merged over them, a variable's value
+    /// winning for the same name. Names must be valid header names (they are sent lowercased)
+    /// and values valid header values. Defaults to none.
+    pub headers: BTreeMap<String, Secret<String>>,
+    /// TLS for an `https://` endpoint. Defaults to the platform's and Mozilla's roots, no client
+    /// certificate.
+    pub tls: OtlpTlsConfig,
+}
+
+/// TLS settings of the connection to the collector (see the [module docs](self#tls)). The files
+/// are read when telemetry is built; a file that cannot be read, a PEM without certificate or
+/// key, or a key that does not match the certificate is an
+/// [`ErrorKind::Tls`](crate::ErrorKind::Tls) error naming the file.
+///
+/// ```
+/// use chassis_observability::config::{OtlpTlsConfig, TracingConfig};
+/// let tracing: TracingConfig = serde_json::from_str(r#"{
+///     "endpoint": "https://otel-collector:4318",
+///     "headers": { "x-api-key": "s3cr3t" },
+///     "tls": { "ca_file": "/etc/otel/ca.pem", "cert_file": "/etc/otel/client.pem", "key_file": "/etc/otel/client.key" }
+/// }"#).unwrap();
+/// assert_eq!(tracing.tls.ca_file.as_deref(), Some(std::path::Path::new("/etc/otel/ca.pem")));
+/// assert!(!format!("{tracing:?}").contains("s3cr3t"));
+/// ```
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct OtlpTlsConfig {
+    /// PEM file with the CA certificate(s) trusted for the collector's certificate, instead of
+    /// the default roots (`OTEL_EXPORTER_OTLP_CERTIFICATE`). Defaults to none: the platform's
+    /// trust store plus Mozilla's roots.
+    pub ca_file: Option<PathBuf>,
+    /// PEM file with the client certificate (leaf first, then intermediates) presented to the
+    /// collector, for mTLS (`OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE`). Needs
+    /// [`key_file`](Self::key_file). Defaults to none.
+    pub cert_file: Option<PathBuf>,
+    /// PEM file with the private key of [`cert_file`](Self::cert_file) (PKCS#8, PKCS#1 or SEC1)
+    /// (`OTEL_EXPORTER_OTLP_CLIENT_KEY`). Defaults to none.
+    pub key_file: Option<PathBuf>,
 }
 
 impl Default for TracingConfig {
@@ -291,6 +353,8 @@ impl Default for TracingConfig {
             scheduled_delay: Duration::from_secs(5),
             export_timeout: Duration::from_secs(10),
             span_details: false,
+            headers: BTreeMap::new(),
+            tls: OtlpTlsConfig::default(),
         }
     }
 }
@@ -323,8 +387,38 @@ impl TracingConfig {
                     Error::invalid_config(format!("OTLP endpoint {url:?} is not a URL"))
                 })?;
         }
-        Ok(())
+        for (name, value) in &self.headers {
+            check_header(name, value.expose(), "tracing.headers")?;
+        }
+        match (&self.tls.cert_file, &self.tls.key_file) {
+            (Some(_), None) => Err(Error::invalid_config(
+                "tracing.tls.cert_file (OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE) is set without \
+                 tracing.tls.key_file (OTEL_EXPORTER_OTLP_CLIENT_KEY)",
+            )),
+            (None, Some(_)) => Err(Error::invalid_config(
+                "tracing.tls.key_file (OTEL_EXPORTER_OTLP_CLIENT_KEY) is set without \
+                 tracing.tls.cert_file (OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE)",
+            )),
+            _ => Ok(()),
+        }
     }
+}
+
+/// `Ok` when `name: value` can be sent as an HTTP header and as gRPC metadata (names are sent
+/// lowercased).
+fn check_header(name: &str, value: &str, setting: &str) -> Result<(), Error> {
+    if http::HeaderName::from_bytes(name.as_bytes()).is_err() {
+        return Err(Error::invalid_config(format!(
+            "{setting}: {name:?} is not a valid header name"
+        )));
+    }
+    if http::HeaderValue::from_str(value).is_err() {
+        // The value is a credential more often than not: name the header, not the value.
+        return Err(Error::invalid_config(format!(
+            "{setting}: the value of header {name:?} is not a valid header value"
+        )));
+    }
+    Ok(())
 }
 
 /// Prometheus metrics settings.
@@ -380,8 +474,61 @@ impl MetricsConfig {
 
 impl TelemetryConfig {
     /// Overlays the environment (see the [module docs](self)) read through `var`, returning
-    /// warnings about variables that were ignored because they were invalid.
+    /// warnings about variables that were ignored because they were invalid. Lenient throughout:
+    /// a malformed `OTEL_EXPORTER_OTLP_HEADERS` is a warning too (the configured headers stay);
+    /// [`try_apply_env`](Self::try_apply_env) refuses it instead.
     pub fn apply_env(&mut self, var: impl Fn(&str) -> Option<String>) -> Vec<String> {
+        let mut warnings = self.apply_env_lenient(&var);
+        if let Err(e) = self.apply_env_headers(&var) {
+            warnings.push(format!("{e}; ignored"));
+        }
+        warnings
+    }
+
+    /// [`apply_env`](Self::apply_env), except that a malformed `OTEL_EXPORTER_OTLP_HEADERS` /
+    /// `OTEL_EXPORTER_OTLP_TRACES_HEADERS` is an [`ErrorKind::InvalidConfig`](crate::ErrorKind)
+    /// error naming the variable: the headers usually carry the collector's credentials, and
+    /// exporting without them would only collect rejections. This is what
+    /// [`TelemetryBuilder::build`](crate::TelemetryBuilder::build) and `init` use.
+    ///
+    /// ```
+    /// use chassis_observability::TelemetryConfig;
+    /// let env = [("OTEL_EXPORTER_OTLP_HEADERS", "authorization=Bearer%20abc,x-tenant=shop")];
+    /// let var = |k: &str| env.iter().find(|(n, _)| *n == k).map(|(_, v)| v.to_string());
+    /// let mut config = TelemetryConfig::default();
+    /// config.try_apply_env(var).unwrap();
+    /// assert_eq!(config.tracing.headers["authorization"].expose(), "Bearer abc");
+    ///
+    /// let env = [("OTEL_EXPORTER_OTLP_HEADERS", "authorization")];
+    /// let var = |k: &str| env.iter().find(|(n, _)| *n == k).map(|(_, v)| v.to_string());
+    /// let err = TelemetryConfig::default().try_apply_env(var).unwrap_err();
+    /// assert!(err.to_string().contains("OTEL_EXPORTER_OTLP_HEADERS"), "{err}");
+    /// ```
+    pub fn try_apply_env(
+        &mut self,
+        var: impl Fn(&str) -> Option<String>,
+    ) -> Result<Vec<String>, Error> {
+        self.apply_env_headers(&var)?;
+        Ok(self.apply_env_lenient(&var))
+    }
+
+    /// `OTEL_EXPORTER_OTLP_TRACES_HEADERS`, else `OTEL_EXPORTER_OTLP_HEADERS`, merged over the
+    /// configured headers; nothing changes on error.
+    fn apply_env_headers(&mut self, var: &impl Fn(&str) -> Option<String>) -> Result<(), Error> {
+        let var = |k: &'static str| var(k).filter(|v| !v.trim().is_empty()).map(|v| (k, v));
+        if let Some((name, value)) =
+            var("OTEL_EXPORTER_OTLP_TRACES_HEADERS").or_else(|| var("OTEL_EXPORTER_OTLP_HEADERS"))
+        {
+            let headers = parse_otlp_headers(&value)
+                .map_err(|e| Error::invalid_config(format!("{name}: {}", reason(&e))))?;
+            self.tracing
+                .headers
+                .extend(headers.into_iter().map(|(k, v)| (k, Secret::new(v))));
+        }
+        Ok(())
+    }
+
+    fn apply_env_lenient(&mut self, var: &impl Fn(&str) -> Option<String>) -> Vec<String> {
         let var = |k: &str| var(k).filter(|v| !v.trim().is_empty());
         let mut warnings = Vec::new();
         let mut warn = |r: Result<(), Error>| {
@@ -458,8 +605,73 @@ impl TelemetryConfig {
         };
         millis("OTEL_BSP_SCHEDULE_DELAY", &mut t.scheduled_delay);
         millis("OTEL_BSP_EXPORT_TIMEOUT", &mut t.export_timeout);
+        let file = |name: &str| {
+            var(&format!("OTEL_EXPORTER_OTLP_TRACES_{name}"))
+                .or_else(|| var(&format!("OTEL_EXPORTER_OTLP_{name}")))
+                .map(|v| PathBuf::from(v.trim()))
+        };
+        if let Some(path) = file("CERTIFICATE") {
+            t.tls.ca_file = Some(path);
+        }
+        if let Some(path) = file("CLIENT_CERTIFICATE") {
+            t.tls.cert_file = Some(path);
+        }
+        if let Some(path) = file("CLIENT_KEY") {
+            t.tls.key_file = Some(path);
+        }
         warnings
     }
+}
+
+/// The reason of an [`ErrorKind::InvalidConfig`](crate::ErrorKind) error, without the prefix
+/// its `Display` adds.
+fn reason(e: &Error) -> String {
+    match e.kind() {
+        crate::ErrorKind::InvalidConfig { reason } => reason.clone(),
+        _ => e.to_string(),
+    }
+}
+
+/// Parses `OTEL_EXPORTER_OTLP_HEADERS`: `name1=value1,name2=value2`, values percent-encoded
+/// (`%20` for a space, `%2C` for a comma), as the OpenTelemetry specification defines it. Names
+/// and values are trimmed; every name must be a valid header name and every decoded value a valid
+/// header value. Any error rejects the whole value, and its message names the header but never
+/// shows a value (they are usually credentials).
+///
+/// ```
+/// use chassis_observability::config::parse_otlp_headers;
+/// let h = parse_otlp_headers("api-key=abc%3D%3D, X-Tenant = shop").unwrap();
+/// assert_eq!(h["api-key"], "abc==");
+/// assert_eq!(h["X-Tenant"], "shop");
+/// assert!(parse_otlp_headers("api-key").is_err());
+/// ```
+pub fn parse_otlp_headers(value: &str) -> Result<BTreeMap<String, String>, Error> {
+    let mut out = BTreeMap::new();
+    for (i, pair) in value.split(',').enumerate() {
+        let pair = pair.trim();
+        if pair.is_empty() {
+            continue;
+        }
+        let Some((name, encoded)) = pair.split_once('=') else {
+            return Err(Error::invalid_config(format!(
+                "OTLP header #{} has no '=' (expected name=value)",
+                i + 1
+            )));
+        };
+        let name = name.trim();
+        if name.is_empty() {
+            return Err(Error::invalid_config(format!(
+                "OTLP header #{} has an empty name",
+                i + 1
+            )));
+        }
+        let decoded = percent_decode(encoded.trim()).ok_or_else(|| {
+            Error::invalid_config(format!("OTLP header {name:?} is badly percent-encoded"))
+        })?;
+        check_header(name, &decoded, "OTLP header")?;
+        out.insert(name.to_owned(), decoded);
+    }
+    Ok(out)
 }
 
 /// Parses `OTEL_RESOURCE_ATTRIBUTES`: `key1=value1,key2=value2`, values percent-encoded (the W3C
@@ -698,6 +910,136 @@ mod tests {
         ]));
         assert_eq!(w.len(), 5, "{w:?}");
         assert_eq!(c, TelemetryConfig::default());
+    }
+
+    #[test]
+    fn otlp_headers_parse_and_decode() {
+        let h =
+            parse_otlp_headers("authorization=Bearer%20t0k%3D%3D, x-tenant = shop ,,Api-Key=a%2Cb")
+                .unwrap();
+        assert_eq!(h["authorization"], "Bearer t0k==");
+        assert_eq!(h["x-tenant"], "shop");
+        assert_eq!(h["Api-Key"], "a,b");
+        assert_eq!(h.len(), 3);
+        assert!(parse_otlp_headers("").unwrap().is_empty());
+        for bad in [
+            "novalue",
+            "=v",
+            "k=%zz",
+            "k=%4",
+            "bad name=v",
+            "k=line%0Abreak",
+            "x-ok=1,broken",
+        ] {
+            let err = parse_otlp_headers(bad).unwrap_err();
+            assert!(
+                matches!(err.kind(), crate::ErrorKind::InvalidConfig { .. }),
+                "{bad}: {err}"
+            );
+        }
+        // The message names the header, never the value (often a credential).
+        let err = parse_otlp_headers("authorization=s3cr3t%0A").unwrap_err();
+        assert!(err.to_string().contains("authorization"), "{err}");
+        assert!(!err.to_string().contains("s3cr3t"), "{err}");
+    }
+
+    #[test]
+    fn env_headers_and_tls_files_overlay_the_config_specific_first() {
+        let mut c = TelemetryConfig::default();
+        c.tracing
+            .headers
+            .insert("x-tenant".into(), Secret::new("from-file".into()));
+        c.tracing
+            .headers
+            .insert("x-kept".into(), Secret::new("kept".into()));
+        c.tracing.tls.ca_file = Some("/from/file/ca.pem".into());
+        let warnings = c
+            .try_apply_env(env(&[
+                ("OTEL_EXPORTER_OTLP_HEADERS", "x-generic=ignored"),
+                (
+                    "OTEL_EXPORTER_OTLP_TRACES_HEADERS",
+                    "x-tenant=from-env,authorization=Basic%20YTpi",
+                ),
+                ("OTEL_EXPORTER_OTLP_CERTIFICATE", "/generic/ca.pem"),
+                ("OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE", "/traces/ca.pem"),
+                (
+                    "OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE",
+                    "/generic/client.pem",
+                ),
+                ("OTEL_EXPORTER_OTLP_CLIENT_KEY", "/generic/client.key"),
+                ("OTEL_EXPORTER_OTLP_TRACES_CLIENT_KEY", "/traces/client.key"),
+            ]))
+            .unwrap();
+        assert!(warnings.is_empty(), "{warnings:?}");
+        let headers: BTreeMap<&str, &str> = c
+            .tracing
+            .headers
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.expose().as_str()))
+            .collect();
+        assert_eq!(
+            headers,
+            BTreeMap::from([
+                ("authorization", "Basic YTpi"),
+                ("x-kept", "kept"),
+                ("x-tenant", "from-env"),
+            ])
+        );
+        let tls = &c.tracing.tls;
+        assert_eq!(tls.ca_file.as_deref(), Some("/traces/ca.pem".as_ref()));
+        assert_eq!(
+            tls.cert_file.as_deref(),
+            Some("/generic/client.pem".as_ref())
+        );
+        assert_eq!(tls.key_file.as_deref(), Some("/traces/client.key".as_ref()));
+        assert!(c.tracing.validate().is_ok());
+        // Header values stay out of Debug output.
+        assert!(!format!("{c:?}").contains("YTpi"));
+    }
+
+    #[test]
+    fn malformed_env_headers_fail_strictly_and_warn_leniently() {
+        let vars = env(&[
+            ("OTEL_EXPORTER_OTLP_TRACES_HEADERS", "authorization"),
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "https://collector:4318"),
+        ]);
+        let mut c = TelemetryConfig::default();
+        let err = c.try_apply_env(&vars).unwrap_err();
+        assert!(
+            matches!(err.kind(), crate::ErrorKind::InvalidConfig { reason } if reason.starts_with("OTEL_EXPORTER_OTLP_TRACES_HEADERS:")),
+            "{err}"
+        );
+        assert_eq!(c, TelemetryConfig::default(), "nothing applied");
+
+        let mut c = TelemetryConfig::default();
+        let warnings = c.apply_env(&vars);
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
+        assert!(warnings[0].contains("OTEL_EXPORTER_OTLP_TRACES_HEADERS"));
+        assert!(c.tracing.headers.is_empty());
+        assert_eq!(
+            c.tracing.endpoint.as_deref(),
+            Some("https://collector:4318")
+        );
+    }
+
+    #[test]
+    fn client_certificate_and_key_go_together_and_headers_are_checked() {
+        let mut c = TracingConfig::default();
+        c.tls.cert_file = Some("client.pem".into());
+        let err = c.validate().unwrap_err();
+        assert!(err.to_string().contains("tracing.tls.key_file"), "{err}");
+        let mut c = TracingConfig::default();
+        c.tls.key_file = Some("client.key".into());
+        assert!(c.validate().is_err());
+        let mut c = TracingConfig::default();
+        c.headers
+            .insert("bad header".into(), Secret::new("v".into()));
+        assert!(c.validate().is_err());
+        let mut c = TracingConfig::default();
+        c.headers
+            .insert("x-api-key".into(), Secret::new("a\nb".into()));
+        let err = c.validate().unwrap_err();
+        assert!(err.to_string().contains("x-api-key"), "{err}");
     }
 
     #[test]

@@ -37,6 +37,12 @@ pub enum ErrorKind {
         /// The crate feature that compiles its transport in.
         feature: &'static str,
     },
+    /// TLS for OTLP export could not be set up: a CA bundle, client certificate or key file that
+    /// cannot be read or holds no usable PEM, or a key that does not match its certificate.
+    Tls {
+        /// What is wrong, naming the file and the setting (and variable) that points at it.
+        reason: String,
+    },
     /// The OTLP exporter could not be built.
     Exporter {
         /// What the exporter reported.
@@ -107,6 +113,7 @@ impl fmt::Display for Error {
                  feature, or configure no OTLP endpoint to run without export",
                 protocol.as_str()
             ),
+            ErrorKind::Tls { reason } => write!(f, "OTLP export over TLS: {reason}"),
             ErrorKind::Exporter { reason } => write!(f, "cannot build the OTLP exporter: {reason}"),
             ErrorKind::NoRuntime => {
                 f.write_str("OTLP export needs a tokio runtime: call init() from within one")

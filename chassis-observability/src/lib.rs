@@ -8,7 +8,7 @@
 //! - [`telemetry`]: [`Telemetry::builder`] → [`TelemetryGuard`]; `init()` installs everything
 //!   globally, `build()` returns a subscriber for tests.
 //! - [`config`]: [`TelemetryConfig`] (serde) and the `LOG_FORMAT` / `RUST_LOG` / `OTEL_*`
-//!   environment variables.
+//!   environment variables, including the OTLP headers and TLS files.
 //! - [`logging`]: the JSON line layer (service identity + `trace_id`/`span_id` on every line,
 //!   no allocation per line), the non-blocking batching [`BatchWriter`](logging::BatchWriter),
 //!   redacting field formatters, an in-memory [`CaptureWriter`](logging::CaptureWriter).
@@ -76,8 +76,19 @@
 //! ## Features
 //! | feature | default | what it adds |
 //! |---|---|---|
-//! | `otlp-http` | yes | OTLP span export over HTTP/protobuf (port 4318) with the async reqwest client |
-//! | `grpc` | no | OTLP span export over gRPC (tonic, port 4317) |
+//! | `otlp-http` | yes | OTLP span export over HTTP/protobuf (port 4318) with hyper, to `http://` and `https://` collectors (rustls, ring provider) |
+//! | `grpc` | no | OTLP span export over gRPC (tonic, port 4317), to `http://` and `https://` collectors (tonic's rustls, ring provider) |
+//!
+//! TLS comes with each transport: an `https://` endpoint just works, verified against the
+//! platform's trust store and Mozilla's roots, or only against the CA bundle of
+//! `OTEL_EXPORTER_OTLP_CERTIFICATE` ([`config::OtlpTlsConfig::ca_file`]); a client certificate
+//! for mTLS comes from `OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE` / `OTEL_EXPORTER_OTLP_CLIENT_KEY`,
+//! and `OTEL_EXPORTER_OTLP_HEADERS` (say, the collector's API key) is sent with every export
+//! (all also in [`config::TracingConfig`]; the [`config`] module lists every variable). A file
+//! that cannot be used, or malformed headers, fail `init` with [`ErrorKind::Tls`] /
+//! [`ErrorKind::InvalidConfig`] naming the file or variable. Only the ring provider is used, so
+//! no aws-lc-rs is compiled in for it, and reqwest is not involved: the feature leaves any reqwest
+//! client of the service as it was.
 //!
 //! With neither (`default-features = false`) no OTLP exporter is compiled in (no reqwest, no
 //! tonic, no protobuf code): logs, trace ids, propagation and metrics work as before and spans
@@ -95,6 +106,8 @@ pub mod metrics;
 pub mod propagation;
 pub mod redact;
 pub mod telemetry;
+#[cfg(any(feature = "otlp-http", feature = "grpc"))]
+mod tls;
 pub mod trace;
 
 pub use config::{LogFormat, TelemetryConfig};

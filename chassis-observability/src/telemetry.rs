@@ -35,9 +35,10 @@ use tracing_subscriber::fmt::writer::{BoxMakeWriter, EitherWriter};
 use tracing_subscriber::layer::SubscriberExt as _;
 use tracing_subscriber::{EnvFilter, Layer, Registry};
 
-use crate::config::{LogConfig, LogFormat, OtlpProtocol, Sampling, TelemetryConfig};
+use crate::config::{LogConfig, LogFormat, OtlpProtocol, OtlpTlsConfig, Sampling, TelemetryConfig};
 use crate::logging::{BatchLineWriter, BatchWriter, BatchWriterGuard, JsonLayer, redacting_fields};
 use crate::metrics::{PrometheusHandle, PrometheusRecorder};
+use crate::redact::Secret;
 use crate::trace::{ExportStats, build_tracer_provider};
 use crate::{Error, ErrorKind};
 
@@ -112,6 +113,26 @@ impl TelemetryBuilder {
     /// OTLP protocol. Defaults to HTTP/protobuf.
     pub fn otlp_protocol(mut self, protocol: OtlpProtocol) -> Self {
         self.config.tracing.protocol = protocol;
+        self
+    }
+
+    /// Adds a header sent with every export request (HTTP header or gRPC metadata), such as the
+    /// collector's `authorization`; `OTEL_EXPORTER_OTLP_HEADERS` wins for the same name. Defaults
+    /// to none.
+    pub fn otlp_header(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
+        self.config
+            .tracing
+            .headers
+            .insert(name.into(), Secret::new(value.into()));
+        self
+    }
+
+    /// TLS of an `https://` collector: a CA bundle to trust instead of the default roots, a
+    /// client certificate for mTLS (see [`OtlpTlsConfig`]). The `OTEL_EXPORTER_OTLP_*CERTIFICATE`
+    /// and `*CLIENT_KEY` variables win. Defaults to the platform's and Mozilla's roots, no client
+    /// certificate.
+    pub fn otlp_tls(mut self, tls: OtlpTlsConfig) -> Self {
+        self.config.tracing.tls = tls;
         self
     }
 
@@ -196,6 +217,11 @@ impl TelemetryBuilder {
     /// and the guard. The Prometheus recorder stays in the guard
     /// ([`TelemetryGuard::metrics_recorder`]). With an OTLP endpoint, call it inside a tokio
     /// runtime.
+    ///
+    /// Fails with [`ErrorKind::InvalidConfig`] for an invalid setting or a malformed
+    /// `OTEL_EXPORTER_OTLP_HEADERS`, and with [`ErrorKind::Tls`] for a TLS file (CA bundle, client
+    /// certificate or key) that cannot be used; export failures later (collector down, TLS
+    /// handshake refused) are not errors here: they are logged once and counted.
     pub fn build(self) -> Result<(Dispatch, TelemetryGuard), Error> {
         let TelemetryBuilder {
             mut service,
@@ -205,7 +231,7 @@ impl TelemetryBuilder {
             install_recorder: _,
         } = self;
         let warnings = if use_env {
-            config.apply_env(|k| std::env::var(k).ok())
+            config.try_apply_env(|k| std::env::var(k).ok())?
         } else {
             Vec::new()
         };

@@ -14,6 +14,15 @@
 //! `grpc` (tonic). With neither compiled in, export is off: an endpoint in the configuration is
 //! refused with [`ErrorKind::TransportNotEnabled`] rather than silently ignored.
 //!
+//! Both transports reach `https://` endpoints with rustls and the ring provider, trusting
+//! [`OtlpTlsConfig::ca_file`](crate::config::OtlpTlsConfig::ca_file) when set and otherwise the
+//! platform's and Mozilla's roots, presenting the configured client certificate (mTLS), and send
+//! [`TracingConfig::headers`] with every request (as gRPC metadata over gRPC). The TLS files are
+//! read when the provider is built: a file that cannot be used is an [`ErrorKind::Tls`] error
+//! then. The HTTP transport is the `opentelemetry-http` hyper client over a hyper-rustls
+//! connector, not reqwest: reqwest's rustls features either compile in aws-lc-rs or, without a
+//! provider, make every other reqwest client of the service panic unless one is installed.
+//!
 //! Without an endpoint the provider has no processor: spans still get ids, so logs correlate and
 //! contexts propagate, but nothing leaves the process.
 //!
@@ -135,9 +144,10 @@ pub fn resource(service: &ServiceInfo, config: &TracingConfig) -> Resource {
 }
 
 /// Builds the tracer provider (see the [module docs](self)). With an endpoint configured this
-/// must run inside a tokio runtime ([`ErrorKind::NoRuntime`] otherwise), and the transport of
+/// must run inside a tokio runtime ([`ErrorKind::NoRuntime`] otherwise), the transport of
 /// [`TracingConfig::protocol`] must be compiled in ([`ErrorKind::TransportNotEnabled`]
-/// otherwise: crate features `otlp-http`, on by default, and `grpc`).
+/// otherwise: crate features `otlp-http`, on by default, and `grpc`), and the TLS files of
+/// [`TracingConfig::tls`] must be usable ([`ErrorKind::Tls`] otherwise).
 pub fn build_tracer_provider(
     service: &ServiceInfo,
     config: &TracingConfig,
@@ -246,22 +256,79 @@ fn build_exporter(
             e,
         )
     };
+    let https = endpoint
+        .parse::<http::Uri>()
+        .ok()
+        .is_some_and(|u| u.scheme() == Some(&http::uri::Scheme::HTTPS));
+    // Read (and checked) for either scheme, so a wrong path fails at init, not at the first
+    // export after someone switches the endpoint to https.
+    let tls = crate::tls::TlsMaterial::load(&config.tls, https)?;
     match config.protocol {
         #[cfg(feature = "otlp-http")]
-        OtlpProtocol::HttpProtobuf => opentelemetry_otlp::SpanExporter::builder()
-            .with_http()
-            .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
-            .with_endpoint(endpoint)
-            .with_timeout(config.export_timeout)
-            .build()
-            .map_err(err),
+        OtlpProtocol::HttpProtobuf => {
+            use opentelemetry_otlp::WithHttpConfig as _;
+            // hyper with rustls (ring) rather than opentelemetry-otlp's reqwest client: reqwest's
+            // rustls features either force aws-lc-rs or leave every other reqwest client of the
+            // service without a crypto provider (a panic in `Client::new`).
+            let connector = hyper_rustls::HttpsConnectorBuilder::new()
+                .with_tls_config(tls.client_config()?)
+                .https_or_http()
+                .enable_http1()
+                .build();
+            let client =
+                opentelemetry_http::hyper::HyperClient::new(connector, config.export_timeout, None);
+            let headers = config
+                .headers
+                .iter()
+                .map(|(k, v)| (k.to_ascii_lowercase(), v.expose().clone()))
+                .collect();
+            opentelemetry_otlp::SpanExporter::builder()
+                .with_http()
+                .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
+                .with_endpoint(endpoint)
+                .with_timeout(config.export_timeout)
+                .with_http_client(client)
+                .with_headers(headers)
+                .build()
+                .map_err(err)
+        }
         #[cfg(feature = "grpc")]
-        OtlpProtocol::Grpc => opentelemetry_otlp::SpanExporter::builder()
-            .with_tonic()
-            .with_endpoint(endpoint)
-            .with_timeout(config.export_timeout)
-            .build()
-            .map_err(err),
+        OtlpProtocol::Grpc => {
+            use opentelemetry_otlp::WithTonicConfig as _;
+            use opentelemetry_otlp::tonic_types::metadata::MetadataMap;
+            let mut headers = http::HeaderMap::with_capacity(config.headers.len());
+            for (name, value) in &config.headers {
+                // Checked by `TracingConfig::validate`.
+                let name = http::HeaderName::from_bytes(name.as_bytes()).map_err(|e| {
+                    Error::with_source(
+                        ErrorKind::InvalidConfig {
+                            reason: format!("tracing.headers: {name:?} is not a valid header name"),
+                        },
+                        e,
+                    )
+                })?;
+                let value = http::HeaderValue::from_str(value.expose()).map_err(|e| {
+                    Error::with_source(
+                        ErrorKind::InvalidConfig {
+                            reason: format!(
+                                "tracing.headers: the value of {name:?} is not a valid header value"
+                            ),
+                        },
+                        e,
+                    )
+                })?;
+                headers.append(name, value);
+            }
+            let mut builder = opentelemetry_otlp::SpanExporter::builder()
+                .with_tonic()
+                .with_endpoint(endpoint)
+                .with_timeout(config.export_timeout)
+                .with_metadata(MetadataMap::from_headers(headers));
+            if https {
+                builder = builder.with_tls_config(tls.tonic_config());
+            }
+            builder.build().map_err(err)
+        }
         // The protocol whose transport is left out (none when both features are on).
         #[allow(unreachable_patterns)]
         protocol => Err(transport_not_enabled(protocol)),
