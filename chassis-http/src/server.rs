@@ -51,6 +51,16 @@
 //!   has a `null` trace id and the status's reason phrase as its message. h2's own answer to a
 //!   header list beyond 4 times `max_header_bytes` (at least 64 KiB) stays a bare 431.
 //!
+//! # HTTPS
+//! With [`ServerConfig::tls`] (feature `tls`, on by default) the port speaks HTTPS: each
+//! connection does its TLS handshake in its own task, within the header read timeout (which
+//! then bounds handshake and first request together), and serves HTTP/2 or HTTP/1.1 as
+//! negotiated by ALPN; the limits, error answers and drain above apply unchanged. The
+//! certificate is reloaded when its files change, clients can be required to present a
+//! certificate, and their verified identity reaches the handlers; a plain HTTP request to the
+//! port is answered 400 with the JSON error body. See [`crate::tls::server`] and
+//! [`crate::tls::peer`].
+//!
 //! In a service run by [`chassis_core::lifecycle::App`], register the server as an
 //! [`HttpServer`] component instead: the app then owns signals, readiness and the pre-stop
 //! delay, and stops the server before the consumers' handlers, the relay and the connections
@@ -109,6 +119,8 @@ mod connection_service;
 mod connections;
 mod early_errors;
 mod header_timer;
+#[cfg(feature = "tls")]
+mod tls_connection;
 
 pub use component::HttpServer;
 
@@ -119,6 +131,8 @@ use header_timer::HeaderReadTimer;
 
 use crate::body::BoxError;
 use crate::error::{Error, ErrorKind};
+#[cfg(feature = "tls")]
+use crate::tls::server::{ServerTls, ServerTlsConfig};
 
 /// Settings of a [`Server`], deserialisable from config files (durations as `"30s"`).
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -145,6 +159,11 @@ pub struct ServerConfig {
     /// way). Larger requests are answered 431 with the JSON error body. Defaults to 16 KiB
     /// (16 384), as nginx's and h2's defaults allow; between 1 KiB and 16 MiB.
     pub max_header_bytes: usize,
+    /// HTTPS: certificate, key, rotation, client certificates (see [`crate::tls::server`]).
+    /// Defaults to none: plain HTTP/1.1 and h2c.
+    #[cfg(feature = "tls")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "tls")))]
+    pub tls: Option<ServerTlsConfig>,
 }
 
 impl Default for ServerConfig {
@@ -156,6 +175,8 @@ impl Default for ServerConfig {
             max_connections: 10_000,
             header_read_timeout: Duration::from_secs(30),
             max_header_bytes: DEFAULT_MAX_HEADER_BYTES,
+            #[cfg(feature = "tls")]
+            tls: None,
         }
     }
 }
@@ -217,6 +238,15 @@ impl ServerConfig {
         self
     }
 
+    /// Serves HTTPS with `tls` (see [`crate::tls::server`]). Defaults to plain HTTP/1.1 and
+    /// h2c.
+    #[cfg(feature = "tls")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "tls")))]
+    pub fn tls(mut self, tls: ServerTlsConfig) -> Self {
+        self.tls = Some(tls);
+        self
+    }
+
     fn validate(&self) -> Result<(), Error> {
         if self.max_connections == 0 || self.max_connections > Semaphore::MAX_PERMITS {
             return Err(Error::new(ErrorKind::InvalidConfig {
@@ -262,6 +292,9 @@ pub struct Server {
     health: Option<HealthRegistry>,
     on_shutdown: Option<Hook>,
     handle_signals: bool,
+    /// The loaded certificate, key and client CA, with `config.tls`.
+    #[cfg(feature = "tls")]
+    tls: Option<Arc<ServerTls>>,
 }
 
 impl fmt::Debug for Server {
@@ -287,8 +320,13 @@ impl Server {
     }
 
     /// Serves on an already bound listener (`config.bind` is ignored).
+    ///
+    /// With [`ServerConfig::tls`], reads the certificate, key and client CA files now: one
+    /// that is missing or unusable is an [`ErrorKind::Tls`] error naming the file.
     pub fn from_listener(listener: TcpListener, config: ServerConfig) -> Result<Self, Error> {
         config.validate()?;
+        #[cfg(feature = "tls")]
+        let tls = config.tls.as_ref().map(ServerTls::load).transpose()?;
         let local_addr = listener
             .local_addr()
             .map_err(|e| Error::with_source(ErrorKind::Io, e))?;
@@ -300,6 +338,8 @@ impl Server {
             health: None,
             on_shutdown: None,
             handle_signals: true,
+            #[cfg(feature = "tls")]
+            tls,
         })
     }
 
@@ -361,8 +401,15 @@ impl Server {
             health,
             on_shutdown,
             handle_signals,
+            #[cfg(feature = "tls")]
+            tls,
         } = self;
         let signals = handle_signals.then(|| shutdown.listen_for_signals());
+        // Certificate rotation; stops with `serve`, whichever way it returns.
+        #[cfg(feature = "tls")]
+        let _tls_reloader = tls
+            .clone()
+            .map(|tls| tokio_util::task::AbortOnDropHandle::new(tokio::spawn(tls.watch())));
 
         // HTTP/1 head reads get the coarse timer (one per request head, almost never firing);
         // HTTP/2 keeps tokio's.
@@ -390,7 +437,11 @@ impl Server {
         let open = Connections::new();
         let mut connections: u64 = 0;
 
-        tracing::info!(target: "chassis_http::server", addr = %local_addr, "HTTP server listening");
+        #[cfg(feature = "tls")]
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        #[cfg(not(feature = "tls"))]
+        let scheme = "http";
+        tracing::info!(target: "chassis_http::server", addr = %local_addr, scheme, "HTTP server listening");
 
         let stop_accepting = async {
             shutdown.triggered().await;
@@ -434,17 +485,36 @@ impl Server {
             let served = Arc::new(AtomicBool::new(false));
             let service =
                 ConnectionService::new(service.clone(), config.max_header_bytes, served.clone());
-            // Time to the first request, on the same coarse timer as HTTP/1 heads.
-            let first_request = header_timer.sleep(config.header_read_timeout);
+            // Time to the first request (TLS handshake included), on the same coarse timer as
+            // HTTP/1 heads.
+            #[cfg_attr(not(feature = "tls"), allow(unused_mut))]
+            let mut first_request = header_timer.sleep(config.header_read_timeout);
             // Registered here, not in the task, so the drain below counts it.
             let tracked = open.register();
+            #[cfg(feature = "tls")]
+            if let Some(tls) = &tls {
+                let tls = tls.clone();
+                tokio::spawn(async move {
+                    if let Some(accepted) =
+                        tls_connection::accept(stream, &tls, &mut first_request).await
+                    {
+                        let service = service.with_peer(accepted.peer);
+                        serve_connection(
+                            &builder,
+                            accepted.stream,
+                            service,
+                            tracked,
+                            first_request,
+                            served,
+                        )
+                        .await;
+                    }
+                    drop(permit);
+                });
+                continue;
+            }
             tokio::spawn(async move {
-                let io = EarlyErrorIo::new(TokioIo::new(stream));
-                let connection = builder.serve_connection(io, service);
-                // `None`: closed at the drain deadline or for want of a first request.
-                if let Some(Err(e)) = tracked.watch(connection, first_request, served).await {
-                    tracing::debug!(target: "chassis_http::server", error = %e, "connection error");
-                }
+                serve_connection(&builder, stream, service, tracked, first_request, served).await;
                 drop(permit);
             });
         }
@@ -478,6 +548,30 @@ impl Server {
             drained,
             connections,
         })
+    }
+}
+
+/// Serves one connection's HTTP over `io` (TCP, or TLS after the handshake) until it closes.
+async fn serve_connection<S, B, I>(
+    builder: &auto::Builder<TokioExecutor>,
+    io: I,
+    service: ConnectionService<S>,
+    tracked: connections::Registration,
+    first_request: Pin<Box<dyn hyper::rt::Sleep>>,
+    served: Arc<AtomicBool>,
+) where
+    S: Service<http::Request<Incoming>, Response = http::Response<B>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<BoxError>,
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let io = EarlyErrorIo::new(TokioIo::new(io));
+    let connection = builder.serve_connection(io, service);
+    // `None`: closed at the drain deadline or for want of a first request.
+    if let Some(Err(e)) = tracked.watch(connection, first_request, served).await {
+        tracing::debug!(target: "chassis_http::server", error = %e, "connection error");
     }
 }
 

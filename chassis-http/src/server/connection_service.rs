@@ -25,8 +25,10 @@
 //!   is no request span, so its `traceId` is `null`; behind `StandardLayers` the error layer
 //!   has already answered with the trace id, and this check costs one comparison.
 //!
-//! It also records that the connection served a request, which ends the connection's
-//! first-request deadline (see [`super::connections`]).
+//! It gives every request of the connection what the server learnt about the connection:
+//! with TLS, the client's verified [`PeerIdentity`](crate::tls::peer::PeerIdentity), as a
+//! request extension. It also records that the connection served a request, which ends the
+//! connection's first-request deadline (see [`super::connections`]).
 
 use std::cell::RefCell;
 use std::future::Future;
@@ -52,6 +54,9 @@ pub(crate) struct ConnectionService<S> {
     max_header_bytes: usize,
     /// Set at the first request: the connection is past its first-request deadline.
     served: Arc<AtomicBool>,
+    /// The verified identity of the TLS client, given to every request.
+    #[cfg(feature = "tls")]
+    peer: Option<crate::tls::peer::PeerIdentity>,
 }
 
 impl<S> ConnectionService<S> {
@@ -60,7 +65,16 @@ impl<S> ConnectionService<S> {
             service: RefCell::new(service),
             max_header_bytes,
             served,
+            #[cfg(feature = "tls")]
+            peer: None,
         }
+    }
+
+    /// Gives every request of the connection `peer` as a request extension.
+    #[cfg(feature = "tls")]
+    pub(crate) fn with_peer(mut self, peer: Option<crate::tls::peer::PeerIdentity>) -> Self {
+        self.peer = peer;
+        self
     }
 }
 
@@ -123,7 +137,12 @@ where
     type Error = BoxError;
     type Future = ConnectionFuture<S, Request<ReqB>>;
 
-    fn call(&self, req: Request<ReqB>) -> Self::Future {
+    #[cfg_attr(not(feature = "tls"), allow(unused_mut))]
+    fn call(&self, mut req: Request<ReqB>) -> Self::Future {
+        #[cfg(feature = "tls")]
+        if let Some(peer) = &self.peer {
+            req.extensions_mut().insert(peer.clone());
+        }
         if !self.served.load(Ordering::Relaxed) {
             self.served.store(true, Ordering::Relaxed);
         }
