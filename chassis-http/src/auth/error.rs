@@ -1,18 +1,31 @@
-//! [`AuthError`]: what went wrong while loading keys, issuing or verifying a service token.
+//! [`AuthError`]: what went wrong while loading keys, issuing or verifying a bearer token, and
+//! the RFC 6750 answer each failure gets.
 
 use std::fmt;
 
 use http::StatusCode;
+use http::header::{HeaderValue, WWW_AUTHENTICATE};
 use jsonwebtoken::Algorithm;
 
+use crate::error::ApiError;
 use chassis_core::BoxError;
 
-/// What went wrong in service-token auth.
+/// What went wrong in bearer-token auth (service tokens and end-user tokens).
 ///
-/// The verification kinds map to an HTTP answer with [`AuthError::status`]: everything that
-/// means "we do not know who you are" is `401 Unauthorized`, everything that means "we know who
-/// you are, but this token does not let you in here" ([`WrongAudience`](Self::WrongAudience),
-/// [`InsufficientScope`](Self::InsufficientScope)) is `403 Forbidden`.
+/// The verification kinds map to an HTTP answer as RFC 6750 §3.1 pairs them; status, the
+/// `error` of the `WWW-Authenticate` challenge ([`AuthError::bearer_error`]) and the code of the
+/// JSON error body ([`AuthError::code`]) always agree:
+///
+/// | kinds | status | `error=` | body `code` |
+/// |---|---|---|---|
+/// | [`MissingToken`](Self::MissingToken) | 401 | none (a bare `Bearer` challenge) | `missing_token` |
+/// | [`MalformedHeader`](Self::MalformedHeader) | 400 | `invalid_request` | `invalid_request` |
+/// | every other problem with the token: shape, key, algorithm, signature, claims, expiry, issuer, audience | 401 | `invalid_token` | `invalid_token` |
+/// | [`InsufficientScope`](Self::InsufficientScope) (a scope or permission the route needs) | 403 | `insufficient_scope` | `insufficient_scope` |
+///
+/// The finer reason (`token_expired`, `wrong_audience`, …) is [`AuthError::reason_code`], sent
+/// as `details.reason` of the body. Failures on our side (keys, configuration) are 500 and an
+/// unreachable key set 503, without a challenge.
 ///
 /// No variant ever carries token or key material: only key ids, claim names and service names.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -59,11 +72,18 @@ pub enum AuthErrorKind {
         /// The issuer the token names.
         issuer: String,
     },
-    /// The token is valid but was minted for another service: `aud` does not name this one.
+    /// The token was minted for another service: `aud` does not name this one. An invalid
+    /// token for this service (RFC 6750 §3.1 `invalid_token`, 401), like an untrusted issuer.
     WrongAudience,
-    /// The token is valid but lacks scopes this route requires.
+    /// A claim the verifier reads beyond the registered ones (e.g. the roles claim of an
+    /// end-user token) has a type it cannot use.
+    InvalidClaim {
+        /// The claim's name (truncated for logs).
+        claim: String,
+    },
+    /// The token is valid but lacks scopes (for end users: permissions) this route requires.
     InsufficientScope {
-        /// The required scopes the token does not grant.
+        /// The required scopes or permissions the token does not grant.
         missing: Vec<String>,
     },
     /// A key could not be loaded or used (bad PEM, wrong curve, secret too short, JWK without a
@@ -71,6 +91,16 @@ pub enum AuthErrorKind {
     InvalidKey {
         /// What is wrong with it.
         reason: String,
+    },
+    /// An RSA key whose modulus is shorter than the minimum
+    /// ([`MIN_RSA_MODULUS_BITS`](super::MIN_RSA_MODULUS_BITS), 2048) or longer than the
+    /// maximum ([`MAX_RSA_MODULUS_BITS`](super::MAX_RSA_MODULUS_BITS), 4096) the chassis
+    /// accepts.
+    RsaKeySize {
+        /// The key id, or `-` for a key loaded without one.
+        kid: String,
+        /// The modulus length in bits.
+        bits: usize,
     },
     /// The JWKS document could not be fetched or read.
     KeySetUnavailable {
@@ -124,16 +154,17 @@ impl AuthError {
         &self.kind
     }
 
-    /// The HTTP status a server answers this verification failure with: `403 Forbidden` for
-    /// [`WrongAudience`](AuthErrorKind::WrongAudience) and
-    /// [`InsufficientScope`](AuthErrorKind::InsufficientScope), `500 Internal Server Error` for
-    /// configuration, key and signing failures on our side, and `401 Unauthorized` for the rest.
+    /// The HTTP status a server answers this failure with (see the table on [`AuthErrorKind`]):
+    /// `401 Unauthorized` for a missing or invalid token, `400 Bad Request` for a malformed
+    /// `Authorization` header, `403 Forbidden` for a missing scope or permission, `500 Internal
+    /// Server Error` for key, configuration and signing failures on our side and `503 Service
+    /// Unavailable` when the key set cannot be loaded.
     pub fn status(&self) -> StatusCode {
         match self.kind {
-            AuthErrorKind::WrongAudience | AuthErrorKind::InsufficientScope { .. } => {
-                StatusCode::FORBIDDEN
-            }
+            AuthErrorKind::InsufficientScope { .. } => StatusCode::FORBIDDEN,
+            AuthErrorKind::MalformedHeader => StatusCode::BAD_REQUEST,
             AuthErrorKind::InvalidKey { .. }
+            | AuthErrorKind::RsaKeySize { .. }
             | AuthErrorKind::Signing
             | AuthErrorKind::InvalidConfig { .. } => StatusCode::INTERNAL_SERVER_ERROR,
             AuthErrorKind::KeySetUnavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
@@ -141,22 +172,58 @@ impl AuthError {
         }
     }
 
-    /// The stable machine-readable code used in the JSON error body (`"unauthorized"`,
-    /// `"token_expired"`, `"forbidden"`, `"insufficient_scope"`, …).
+    /// The RFC 6750 §3.1 `error` of the `WWW-Authenticate: Bearer` challenge:
+    /// `invalid_request` (400), `invalid_token` (401) or `insufficient_scope` (403); `None` for
+    /// a missing token (RFC 6750 §3.1: no error code when the request had no credentials) and
+    /// for failures on our side.
+    pub fn bearer_error(&self) -> Option<&'static str> {
+        match self.status() {
+            StatusCode::BAD_REQUEST => Some("invalid_request"),
+            StatusCode::FORBIDDEN => Some("insufficient_scope"),
+            StatusCode::UNAUTHORIZED if self.kind != AuthErrorKind::MissingToken => {
+                Some("invalid_token")
+            }
+            _ => None,
+        }
+    }
+
+    /// The stable machine-readable code of the JSON error body: the RFC 6750 error code where
+    /// there is one ([`bearer_error`](Self::bearer_error)), `missing_token` without
+    /// credentials, `auth_misconfigured` or `key_set_unavailable` on our side. For why a token
+    /// was refused, see [`reason_code`](Self::reason_code).
     pub fn code(&self) -> &'static str {
+        match (&self.kind, self.bearer_error()) {
+            (_, Some(code)) => code,
+            (AuthErrorKind::MissingToken, None) => "missing_token",
+            (AuthErrorKind::KeySetUnavailable { .. }, None) => "key_set_unavailable",
+            _ => "auth_misconfigured",
+        }
+    }
+
+    /// A stable machine-readable code per kind, finer than [`code`](Self::code): `token_expired`,
+    /// `wrong_audience`, `untrusted_issuer`, `invalid_signature`, … Sent as `details.reason`
+    /// of the JSON error body, so a client can tell "refresh the token" from "wrong token".
+    pub fn reason_code(&self) -> &'static str {
         match self.kind {
             AuthErrorKind::MissingToken => "missing_token",
             AuthErrorKind::MalformedHeader => "malformed_authorization",
+            AuthErrorKind::MalformedToken => "malformed_token",
+            AuthErrorKind::UnknownKey { .. } => "unknown_key",
+            AuthErrorKind::AlgorithmMismatch { .. } => "algorithm_mismatch",
+            AuthErrorKind::InvalidSignature => "invalid_signature",
+            AuthErrorKind::MissingClaim { .. } => "missing_claim",
+            AuthErrorKind::InvalidClaim { .. } => "invalid_claim",
             AuthErrorKind::Expired => "token_expired",
             AuthErrorKind::NotYetValid => "token_not_yet_valid",
+            AuthErrorKind::LifetimeTooLong => "token_lifetime_too_long",
+            AuthErrorKind::UntrustedIssuer { .. } => "untrusted_issuer",
             AuthErrorKind::WrongAudience => "wrong_audience",
             AuthErrorKind::InsufficientScope { .. } => "insufficient_scope",
-            AuthErrorKind::UntrustedIssuer { .. } => "untrusted_issuer",
+            AuthErrorKind::InvalidKey { .. } => "invalid_key",
+            AuthErrorKind::RsaKeySize { .. } => "rsa_key_size",
             AuthErrorKind::KeySetUnavailable { .. } => "key_set_unavailable",
-            AuthErrorKind::InvalidKey { .. }
-            | AuthErrorKind::Signing
-            | AuthErrorKind::InvalidConfig { .. } => "auth_misconfigured",
-            _ => "invalid_token",
+            AuthErrorKind::Signing => "signing_failed",
+            AuthErrorKind::InvalidConfig { .. } => "invalid_config",
         }
     }
 
@@ -170,6 +237,7 @@ impl AuthError {
             AuthErrorKind::AlgorithmMismatch { .. } => "algorithm does not match the key",
             AuthErrorKind::InvalidSignature => "invalid signature",
             AuthErrorKind::MissingClaim { .. } => "missing or malformed claim",
+            AuthErrorKind::InvalidClaim { .. } => "malformed claim",
             AuthErrorKind::Expired => "token expired",
             AuthErrorKind::NotYetValid => "token not yet valid",
             AuthErrorKind::LifetimeTooLong => "token lifetime too long",
@@ -177,20 +245,81 @@ impl AuthError {
             AuthErrorKind::WrongAudience => "token not issued for this service",
             AuthErrorKind::InsufficientScope { .. } => "insufficient scope",
             AuthErrorKind::InvalidKey { .. } => "invalid key",
+            AuthErrorKind::RsaKeySize { .. } => "RSA key size outside 2048..=4096 bits",
             AuthErrorKind::KeySetUnavailable { .. } => "key set unavailable",
             AuthErrorKind::Signing => "signing failed",
             AuthErrorKind::InvalidConfig { .. } => "invalid configuration",
         }
     }
 
-    /// Whether this is a verification failure of the caller's token (as opposed to a problem
-    /// with our own keys or configuration).
+    /// Whether this is a verification failure of the caller's request or token (as opposed to a
+    /// problem with our own keys or configuration).
     pub fn is_rejection(&self) -> bool {
         matches!(
             self.status(),
-            StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN
+            StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN | StatusCode::BAD_REQUEST
         )
     }
+
+    /// The chassis JSON error answer for this failure, with the RFC 6750 challenge
+    /// `WWW-Authenticate: Bearer realm="<realm>"[, error="…"][, scope="…"]` (no challenge
+    /// for failures on our side). `details` holds `reason` ([`reason_code`](Self::reason_code))
+    /// and, for a missing scope or permission, what is missing under `missing_key` (e.g.
+    /// `missingScopes`); `required` goes into the challenge's `scope`.
+    pub(crate) fn to_api_error_with(
+        &self,
+        realm: Option<&str>,
+        required: &[&str],
+        missing_key: &str,
+    ) -> ApiError {
+        let mut challenge = match realm {
+            Some(realm) => format!("Bearer realm=\"{}\"", sanitize(realm)),
+            None => "Bearer".to_owned(),
+        };
+        if let Some(error) = self.bearer_error() {
+            let sep = if realm.is_some() { ", " } else { " " };
+            challenge.push_str(&format!("{sep}error=\"{error}\""));
+            match &self.kind {
+                AuthErrorKind::InsufficientScope { missing } => {
+                    let scope = if required.is_empty() {
+                        missing.join(" ")
+                    } else {
+                        required.join(" ")
+                    };
+                    challenge.push_str(&format!(", scope=\"{}\"", sanitize(&scope)));
+                }
+                _ => challenge.push_str(&format!(", error_description=\"{}\"", self.reason())),
+            }
+        }
+        let mut details = serde_json::json!({ "reason": self.reason_code() });
+        if let AuthErrorKind::InsufficientScope { missing } = &self.kind {
+            details[missing_key] = serde_json::json!(missing);
+        }
+        let mut api =
+            ApiError::new(self.status(), self.code(), self.reason()).with_details(details);
+        let challenged = self.bearer_error().is_some() || self.kind == AuthErrorKind::MissingToken;
+        if challenged && let Ok(value) = HeaderValue::try_from(challenge) {
+            api = api.with_header(WWW_AUTHENTICATE, value);
+        }
+        api
+    }
+}
+
+/// The chassis JSON error answer of an auth failure, with its RFC 6750 `WWW-Authenticate`
+/// challenge (without a realm), so a handler can write `principal.require("orders:write")?`
+/// and return `Result<_, ApiError>`.
+impl From<AuthError> for ApiError {
+    fn from(err: AuthError) -> Self {
+        err.to_api_error_with(None, &[], "missingPermissions")
+    }
+}
+
+/// Keeps a value safe inside a quoted-string of a `WWW-Authenticate` header.
+pub(crate) fn sanitize(value: &str) -> String {
+    value
+        .chars()
+        .filter(|c| *c != '"' && *c != '\\' && !c.is_control())
+        .collect()
 }
 
 impl fmt::Debug for AuthError {
@@ -222,6 +351,13 @@ impl fmt::Display for AuthError {
                 write!(f, "token lacks required scope(s): {}", missing.join(" "))
             }
             AuthErrorKind::InvalidKey { reason } => write!(f, "invalid key: {reason}"),
+            AuthErrorKind::InvalidClaim { claim } => write!(f, "claim '{claim}' is malformed"),
+            AuthErrorKind::RsaKeySize { kid, bits } => write!(
+                f,
+                "RSA key '{kid}' has a {bits}-bit modulus; accepted are {}..={} bits",
+                super::keys::MIN_RSA_MODULUS_BITS,
+                super::keys::MAX_RSA_MODULUS_BITS
+            ),
             AuthErrorKind::KeySetUnavailable { location } => {
                 write!(f, "key set unavailable from {location}")
             }
@@ -251,10 +387,12 @@ mod tests {
             AuthError::new(AuthErrorKind::Expired).status(),
             StatusCode::UNAUTHORIZED
         );
-        assert_eq!(
-            AuthError::new(AuthErrorKind::WrongAudience).status(),
-            StatusCode::FORBIDDEN
-        );
+        // A token for another audience is an invalid token here (RFC 6750 §3.1), not a 403.
+        let aud = AuthError::new(AuthErrorKind::WrongAudience);
+        assert_eq!(aud.status(), StatusCode::UNAUTHORIZED);
+        assert_eq!(aud.bearer_error(), Some("invalid_token"));
+        assert_eq!(aud.code(), "invalid_token");
+        assert_eq!(aud.reason_code(), "wrong_audience");
         let scope = AuthError::new(AuthErrorKind::InsufficientScope {
             missing: vec!["a".into(), "b".into()],
         });
@@ -262,5 +400,72 @@ mod tests {
         assert_eq!(scope.to_string(), "token lacks required scope(s): a b");
         assert!(scope.is_rejection());
         assert!(!AuthError::invalid_key("x").is_rejection());
+    }
+
+    /// Every kind: status, challenge error and body code agree as RFC 6750 §3.1 pairs them.
+    #[test]
+    fn status_and_codes_agree_for_every_kind() {
+        let kinds = [
+            AuthErrorKind::MissingToken,
+            AuthErrorKind::MalformedHeader,
+            AuthErrorKind::MalformedToken,
+            AuthErrorKind::UnknownKey { kid: None },
+            AuthErrorKind::AlgorithmMismatch {
+                expected: Algorithm::RS256,
+                found: Algorithm::ES256,
+            },
+            AuthErrorKind::InvalidSignature,
+            AuthErrorKind::MissingClaim { claim: "sub" },
+            AuthErrorKind::InvalidClaim {
+                claim: "roles".into(),
+            },
+            AuthErrorKind::Expired,
+            AuthErrorKind::NotYetValid,
+            AuthErrorKind::LifetimeTooLong,
+            AuthErrorKind::UntrustedIssuer { issuer: "x".into() },
+            AuthErrorKind::WrongAudience,
+            AuthErrorKind::InsufficientScope { missing: vec![] },
+            AuthErrorKind::InvalidKey { reason: "x".into() },
+            AuthErrorKind::RsaKeySize {
+                kid: "k".into(),
+                bits: 1024,
+            },
+            AuthErrorKind::KeySetUnavailable {
+                location: "x".into(),
+            },
+            AuthErrorKind::Signing,
+            AuthErrorKind::InvalidConfig { reason: "x".into() },
+        ];
+        for kind in kinds {
+            let err = AuthError::new(kind.clone());
+            let expected = match err.status() {
+                StatusCode::BAD_REQUEST => ("invalid_request", Some("invalid_request")),
+                StatusCode::FORBIDDEN => ("insufficient_scope", Some("insufficient_scope")),
+                StatusCode::UNAUTHORIZED if kind == AuthErrorKind::MissingToken => {
+                    ("missing_token", None)
+                }
+                StatusCode::UNAUTHORIZED => ("invalid_token", Some("invalid_token")),
+                StatusCode::SERVICE_UNAVAILABLE => ("key_set_unavailable", None),
+                StatusCode::INTERNAL_SERVER_ERROR => ("auth_misconfigured", None),
+                other => panic!("{kind:?}: unexpected status {other}"),
+            };
+            assert_eq!((err.code(), err.bearer_error()), expected, "{kind:?}");
+            let api = ApiError::from(err);
+            let challenge = api.headers().get(WWW_AUTHENTICATE);
+            match expected.1 {
+                Some(code) => assert!(
+                    challenge
+                        .unwrap()
+                        .to_str()
+                        .unwrap()
+                        .contains(&format!("error=\"{code}\"")),
+                    "{kind:?}"
+                ),
+                None if kind == AuthErrorKind::MissingToken => {
+                    assert_eq!(challenge.unwrap(), "Bearer");
+                }
+                None => assert!(challenge.is_none(), "{kind:?}"),
+            }
+        }
     }
 }

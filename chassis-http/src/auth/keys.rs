@@ -1,16 +1,19 @@
 //! Signing keys (private, with a key id), verification keys (public, pinned to one algorithm)
 //! and the [`KeySet`] a verifier looks key ids up in.
 //!
-//! Keys are asymmetric by default: Ed25519 (`EdDSA`) or P-256 (`ES256`), loaded from PKCS#8 PEM
-//! (a file, an environment variable, bytes) or generated in process. HS256 exists only behind
-//! the explicitly named [`SigningKey::hs256_shared_secret`] / [`VerificationKey::hs256_shared_secret`].
+//! Keys are asymmetric by default: Ed25519 (`EdDSA`), P-256 (`ES256`) or RSA (`RS256`, or
+//! `PS256` when asked for), loaded from PEM (a file, an environment variable, bytes), from JWKs,
+//! or (Ed25519, P-256) generated in process. HS256 exists only behind the explicitly named
+//! [`SigningKey::hs256_shared_secret`] / [`VerificationKey::hs256_shared_secret`].
 //!
 //! Every key carries a key id (`kid`). Unless one is given, the kid of an asymmetric key is its
-//! RFC 7638 JWK thumbprint (SHA-256), so it is stable across restarts and identical on issuer and
-//! verifier.
+//! RFC 7638 JWK thumbprint (SHA-256; for RSA over the members `e`, `kty`, `n`), so it is stable
+//! across restarts and identical on issuer and verifier.
 //!
 //! The algorithm belongs to the key, never to the token: a verifier looks the token's `kid` up
-//! and accepts only the algorithm that key was loaded with.
+//! and accepts only the algorithm that key was loaded with. An RSA key is pinned to `RS256` or
+//! to `PS256`, never both, and its modulus must be 2048 to 4096 bits
+//! ([`MIN_RSA_MODULUS_BITS`], [`MAX_RSA_MODULUS_BITS`]).
 
 use std::collections::HashMap;
 use std::fmt;
@@ -29,6 +32,22 @@ use super::error::{AuthError, AuthErrorKind};
 /// Shortest HS256 secret accepted: 256 bits, the size of the HMAC-SHA-256 output (RFC 7518 §3.2).
 pub const MIN_HS256_SECRET_LEN: usize = 32;
 
+/// Shortest RSA modulus accepted, in bits (RFC 7518 §3.3 and §3.5 require at least 2048).
+pub const MIN_RSA_MODULUS_BITS: usize = 2048;
+
+/// Longest RSA modulus accepted, in bits: the RSA implementation refuses longer public keys at
+/// verification, so they are refused when loaded instead.
+pub const MAX_RSA_MODULUS_BITS: usize = 4096;
+
+/// The RSA algorithms a key can be pinned to.
+const RSA_ALGORITHMS: [Algorithm; 2] = [Algorithm::RS256, Algorithm::PS256];
+
+// rsaEncryption (1.2.840.113549.1.1.1) with NULL parameters, the AlgorithmIdentifier of RSA keys
+// in PKCS#8 and SPKI (RFC 8017 appendix C).
+const RSA_ALGORITHM_ID: [u8; 15] = [
+    0x30, 0x0d, 0x06, 0x09, 0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x01, 0x05, 0x00,
+];
+
 // DER prefixes of the fixed-shape structures we build by hand (RFC 8410 for Ed25519, RFC 5915 +
 // RFC 5480 for P-256). Building them is simpler than pulling in a DER encoder for two shapes.
 const ED25519_PKCS8_PREFIX: [u8; 16] = [
@@ -42,11 +61,11 @@ const P256_ALGORITHM_ID: [u8; 21] = [
     0xce, 0x3d, 0x03, 0x01, 0x07,
 ];
 
-/// A private key that signs service tokens, with its key id and pinned algorithm.
+/// A private key that signs tokens, with its key id and pinned algorithm.
 ///
-/// Asymmetric by default: Ed25519 (`EdDSA`) or P-256 (`ES256`) from PKCS#8 PEM (a file, an
-/// environment variable, bytes) or generated in process; HS256 only through
-/// [`hs256_shared_secret`](Self::hs256_shared_secret). Unless one is given, the key id of an
+/// Asymmetric by default: Ed25519 (`EdDSA`), P-256 (`ES256`) or RSA (`RS256`/`PS256`, 2048 to
+/// 4096 bits) from PEM (a file, an environment variable, bytes), or Ed25519/P-256 generated in
+/// process; HS256 only through [`hs256_shared_secret`](Self::hs256_shared_secret). Unless one is given, the key id of an
 /// asymmetric key is its RFC 7638 JWK thumbprint (SHA-256), so it is stable across restarts and
 /// identical on issuer and verifier.
 ///
@@ -97,24 +116,64 @@ impl SigningKey {
         Err(AuthError::invalid_key("could not generate a P-256 key"))
     }
 
-    /// Loads an Ed25519 or P-256 private key from PKCS#8 PEM (`-----BEGIN PRIVATE KEY-----`,
-    /// as written by `openssl genpkey -algorithm ed25519` or
-    /// `openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256`).
-    /// The algorithm follows from the key type (EdDSA or ES256); the kid is the thumbprint.
+    /// Loads an Ed25519, P-256 or RSA private key from PEM: PKCS#8
+    /// (`-----BEGIN PRIVATE KEY-----`, as written by `openssl genpkey -algorithm ed25519`,
+    /// `openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256` or
+    /// `openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048`) or, for RSA, PKCS#1
+    /// (`-----BEGIN RSA PRIVATE KEY-----`).
+    ///
+    /// The algorithm follows from the key type: EdDSA, ES256, and **RS256** for RSA (for
+    /// PS256 use [`from_pem_with_algorithm`](Self::from_pem_with_algorithm)). An RSA modulus
+    /// outside 2048..=4096 bits is [`AuthErrorKind::RsaKeySize`]. The kid is the thumbprint.
     pub fn from_pem(pem: impl AsRef<[u8]>) -> Result<Self, AuthError> {
         let pem = pem.as_ref();
         if let Ok(key) = EncodingKey::from_ed_pem(pem) {
             return Self::from_der(Algorithm::EdDSA, key.as_bytes(), None);
         }
-        match EncodingKey::from_ec_pem(pem) {
-            Ok(key) => Self::from_der(Algorithm::ES256, key.as_bytes(), None),
+        if let Ok(key) = EncodingKey::from_ec_pem(pem) {
+            return Self::from_der(Algorithm::ES256, key.as_bytes(), None);
+        }
+        match EncodingKey::from_rsa_pem(pem) {
+            Ok(key) => Self::from_der(Algorithm::RS256, key.as_bytes(), None),
             Err(e) => Err(AuthError::with_source(
                 AuthErrorKind::InvalidKey {
-                    reason: "not a PKCS#8 Ed25519 or P-256 private key".into(),
+                    reason: "not a PKCS#8 Ed25519, P-256 or RSA (PKCS#8 or PKCS#1) private key"
+                        .into(),
                 },
                 e,
             )),
         }
+    }
+
+    /// Loads a private key from PEM (see [`from_pem`](Self::from_pem)) pinned to `alg`, which
+    /// must fit the key type: `RS256` or `PS256` for an RSA key, `EdDSA` for Ed25519, `ES256`
+    /// for P-256.
+    pub fn from_pem_with_algorithm(
+        pem: impl AsRef<[u8]>,
+        alg: Algorithm,
+    ) -> Result<Self, AuthError> {
+        let key = Self::from_pem(pem)?;
+        key.with_algorithm(alg)
+    }
+
+    /// The same key pinned to `alg`: only RSA keys have a choice (`RS256` or `PS256`); for
+    /// other keys `alg` must be the one they have.
+    pub fn with_algorithm(self, alg: Algorithm) -> Result<Self, AuthError> {
+        if alg == self.inner.alg {
+            return Ok(self);
+        }
+        if !(RSA_ALGORITHMS.contains(&alg) && RSA_ALGORITHMS.contains(&self.inner.alg)) {
+            return Err(AuthError::invalid_key(format!(
+                "a {:?} key cannot sign {alg:?}",
+                self.inner.alg
+            )));
+        }
+        // The thumbprint does not depend on the algorithm, so a thumbprint kid stays valid.
+        Self::from_der(
+            alg,
+            self.inner.encoding.as_bytes(),
+            Some(self.inner.kid.clone()),
+        )
     }
 
     /// Loads a private key from a PEM file (see [`from_pem`](Self::from_pem)).
@@ -132,7 +191,8 @@ impl SigningKey {
     }
 
     /// Loads a private key from the environment variable `var`, which holds the PEM text
-    /// (see [`from_pem`](Self::from_pem)). When `{var}_KID` is set, it is the key id.
+    /// (see [`from_pem`](Self::from_pem)). When `{var}_KID` is set, it is the key id; when
+    /// `{var}_ALG` is set (`RS256`, `PS256`, …), it is the algorithm.
     pub fn from_env(var: &str) -> Result<Self, AuthError> {
         Self::from_vars(var, |name| std::env::var(name).ok())
     }
@@ -143,7 +203,18 @@ impl SigningKey {
                 "environment variable {var} is not set"
             )));
         };
-        let key = Self::from_pem(pem)?;
+        let mut key = Self::from_pem(pem)?;
+        if let Some(alg) = get(&format!("{var}_ALG")).filter(|a| !a.is_empty()) {
+            let alg = alg.parse::<Algorithm>().map_err(|e| {
+                AuthError::with_source(
+                    AuthErrorKind::InvalidKey {
+                        reason: format!("{var}_ALG is not an algorithm"),
+                    },
+                    e,
+                )
+            })?;
+            key = key.with_algorithm(alg)?;
+        }
         match get(&format!("{var}_KID")) {
             Some(kid) if !kid.is_empty() => key.with_kid(kid),
             _ => Ok(key),
@@ -172,6 +243,7 @@ impl SigningKey {
     fn from_der(alg: Algorithm, der: &[u8], kid: Option<String>) -> Result<Self, AuthError> {
         let encoding = match alg {
             Algorithm::EdDSA => EncodingKey::from_ed_der(der),
+            Algorithm::RS256 | Algorithm::PS256 => EncodingKey::from_rsa_der(der),
             _ => EncodingKey::from_ec_der(der),
         };
         // Deriving the public JWK parses the private key, so this also validates it.
@@ -183,6 +255,9 @@ impl SigningKey {
                 e,
             )
         })?;
+        if let AlgorithmParameters::RSA(p) = &public.algorithm {
+            check_rsa_size(kid.as_deref().unwrap_or("-"), &p.n)?;
+        }
         let kid = match kid {
             Some(kid) => kid,
             None => public.thumbprint(ThumbprintHash::SHA256).map_err(|e| {
@@ -245,7 +320,26 @@ impl SigningKey {
     /// HS256.
     pub fn to_pkcs8_pem(&self) -> Option<String> {
         self.inner.public.as_ref()?;
-        Some(pem_encode("PRIVATE KEY", self.inner.encoding.as_bytes()))
+        let der = self.inner.encoding.as_bytes();
+        if RSA_ALGORITHMS.contains(&self.inner.alg) {
+            // The RSA encoding key holds the PKCS#1 structure; PKCS#8 wraps it (RFC 5208).
+            let mut body = vec![0x02, 0x01, 0x00];
+            body.extend_from_slice(&RSA_ALGORITHM_ID);
+            body.extend(der_tlv(0x04, der));
+            return Some(pem_encode("PRIVATE KEY", &der_tlv(0x30, &body)));
+        }
+        Some(pem_encode("PRIVATE KEY", der))
+    }
+
+    /// Signs `claims` as a compact JWS with this key: header `alg` (the key's), `kid` and
+    /// `typ: JWT`. For tokens other than service tokens (which [`TokenIssuer`](super::TokenIssuer)
+    /// builds), e.g. end-user tokens of a test identity provider: the claims are signed as
+    /// given, nothing is added or checked.
+    pub fn sign_claims<T: serde::Serialize>(&self, claims: &T) -> Result<String, AuthError> {
+        let mut header = jsonwebtoken::Header::new(self.inner.alg);
+        header.kid = Some(self.inner.kid.clone());
+        jsonwebtoken::encode(&header, claims, &self.inner.encoding)
+            .map_err(|e| AuthError::with_source(AuthErrorKind::Signing, e))
     }
 
     /// The public key as SPKI PEM (`-----BEGIN PUBLIC KEY-----`), for verifiers configured with
@@ -269,6 +363,10 @@ impl SigningKey {
                 der.extend_from_slice(&y);
                 der
             }
+            AlgorithmParameters::RSA(p) => rsa_spki(
+                &URL_SAFE_NO_PAD.decode(&p.n).ok()?,
+                &URL_SAFE_NO_PAD.decode(&p.e).ok()?,
+            ),
             _ => return None,
         };
         Some(pem_encode("PUBLIC KEY", &der))
@@ -288,7 +386,7 @@ impl fmt::Debug for SigningKey {
     }
 }
 
-/// A key that verifies service tokens: a key id, the one algorithm it accepts, and the key.
+/// A key that verifies tokens: a key id, the one algorithm it accepts, and the key.
 ///
 /// Cheap to clone. `Debug` never prints key material.
 #[derive(Clone)]
@@ -302,9 +400,16 @@ impl VerificationKey {
     /// Builds a verification key from a public JWK (as found in a JWKS document).
     ///
     /// The JWK must have a `kid`. The algorithm is the JWK's `alg` when present, otherwise it
-    /// follows from the key type (`OKP`/Ed25519 -> EdDSA, `EC`/P-256 -> ES256); RSA keys need an
-    /// explicit `alg`. Symmetric (`oct`) keys and encryption keys (`use: enc`) are rejected: a
-    /// published secret would let anyone mint tokens.
+    /// follows from the key type (`OKP`/Ed25519 -> EdDSA, `EC`/P-256 -> ES256, `RSA` -> RS256).
+    ///
+    /// An RSA JWK (`kty: RSA`, members `n` and `e`) is pinned to its `alg`, `RS256` or `PS256`
+    /// (other RSA algorithms are not accepted). Without `alg` it is pinned to **RS256**, the
+    /// algorithm identity providers publish RSA keys for (and the one OpenID Connect requires
+    /// them to support); a provider signing with PS256 must say so in the JWK. Its modulus must
+    /// be 2048 to 4096 bits ([`AuthErrorKind::RsaKeySize`] otherwise).
+    ///
+    /// Symmetric (`oct`) keys and encryption keys (`use: enc`) are rejected: a published secret
+    /// would let anyone mint tokens.
     pub fn from_jwk(jwk: &Jwk) -> Result<Self, AuthError> {
         let kid = match jwk.common.key_id.as_deref() {
             Some(kid) => kid,
@@ -355,11 +460,17 @@ impl VerificationKey {
                 }
                 implied
             }
-            (AlgorithmParameters::RSA(_), Some(alg)) => alg,
-            (AlgorithmParameters::RSA(_), None) => {
-                return Err(AuthError::invalid_key(format!(
-                    "RSA JWK '{kid}' needs an explicit alg"
-                )));
+            (AlgorithmParameters::RSA(p), alg) => {
+                // RS256 when the JWK names none: see the doc comment.
+                let alg = alg.unwrap_or(Algorithm::RS256);
+                if !RSA_ALGORITHMS.contains(&alg) {
+                    return Err(AuthError::invalid_key(format!(
+                        "RSA JWK '{kid}': alg {alg:?} is not RS256 or PS256"
+                    )));
+                }
+                check_rsa_size(kid, &p.n)?;
+                check_rsa_exponent(kid, &p.e)?;
+                alg
             }
             _ => {
                 return Err(AuthError::invalid_key(format!(
@@ -398,27 +509,65 @@ impl VerificationKey {
         })
     }
 
-    /// Loads an Ed25519 or P-256 public key from SPKI PEM (`-----BEGIN PUBLIC KEY-----`) under
-    /// the given key id; the algorithm follows from the key type.
+    /// Loads an Ed25519, P-256 or RSA public key from PEM under the given key id: SPKI
+    /// (`-----BEGIN PUBLIC KEY-----`) or, for RSA, PKCS#1 (`-----BEGIN RSA PUBLIC KEY-----`).
+    /// The algorithm follows from the key type: EdDSA, ES256, and **RS256** for RSA (for PS256
+    /// use [`from_public_pem_with_algorithm`](Self::from_public_pem_with_algorithm)).
     pub fn from_public_pem(
         kid: impl Into<String>,
         pem: impl AsRef<[u8]>,
     ) -> Result<Self, AuthError> {
-        let kid = kid.into();
+        Self::from_public_pem_inner(kid.into(), pem.as_ref(), None)
+    }
+
+    /// Loads a public key from PEM (see [`from_public_pem`](Self::from_public_pem)) pinned to
+    /// `alg`, which must fit the key type: `RS256` or `PS256` for an RSA key, `EdDSA` for
+    /// Ed25519, `ES256` for P-256.
+    pub fn from_public_pem_with_algorithm(
+        kid: impl Into<String>,
+        pem: impl AsRef<[u8]>,
+        alg: Algorithm,
+    ) -> Result<Self, AuthError> {
+        Self::from_public_pem_inner(kid.into(), pem.as_ref(), Some(alg))
+    }
+
+    fn from_public_pem_inner(
+        kid: String,
+        pem: &[u8],
+        pinned: Option<Algorithm>,
+    ) -> Result<Self, AuthError> {
         check_kid(&kid)?;
-        let pem = pem.as_ref();
         let (alg, key) = if let Ok(key) = DecodingKey::from_ed_pem(pem) {
             (Algorithm::EdDSA, key)
-        } else {
-            let key = DecodingKey::from_ec_pem(pem).map_err(|e| {
+        } else if let Ok(key) = DecodingKey::from_ec_pem(pem) {
+            (Algorithm::ES256, key)
+        } else if is_pem_labelled(pem, &["PUBLIC KEY", "RSA PUBLIC KEY"]) {
+            // (jsonwebtoken would also read a private key's PEM as RSA "public" bytes.)
+            let key = DecodingKey::from_rsa_pem(pem).map_err(|e| {
                 AuthError::with_source(
                     AuthErrorKind::InvalidKey {
-                        reason: "not an Ed25519 or P-256 public key".into(),
+                        reason: "not an Ed25519, P-256 or RSA public key".into(),
                     },
                     e,
                 )
             })?;
-            (Algorithm::ES256, key)
+            (Algorithm::RS256, key)
+        } else {
+            return Err(AuthError::invalid_key(
+                "not an Ed25519, P-256 or RSA public key (SPKI or PKCS#1 PEM)",
+            ));
+        };
+        let alg = match pinned {
+            None => alg,
+            Some(pinned) if pinned == alg => alg,
+            Some(pinned) if RSA_ALGORITHMS.contains(&pinned) && RSA_ALGORITHMS.contains(&alg) => {
+                pinned
+            }
+            Some(pinned) => {
+                return Err(AuthError::invalid_key(format!(
+                    "a {alg:?} key cannot verify {pinned:?}"
+                )));
+            }
         };
         // Validate the bytes now rather than at the first request: derive the JWK back.
         let mut jwk = Jwk::from_decoding_key(&key, Some(alg)).map_err(|e| {
@@ -506,6 +655,10 @@ impl fmt::Debug for VerificationKey {
 }
 
 /// Verification keys by key id.
+///
+/// [`from_jwks`](Self::from_jwks) is also how [`JwksKeySource`](super::JwksKeySource) reads the
+/// documents it fetches, so RSA keys published by an identity provider (`kty: RSA`) load the
+/// same way from a file, a URL or a literal document.
 #[derive(Clone, Default)]
 pub struct KeySet {
     keys: HashMap<Arc<str>, VerificationKey>,
@@ -603,6 +756,110 @@ fn check_kid(kid: &str) -> Result<(), AuthError> {
         ));
     }
     Ok(())
+}
+
+/// Refuses an RSA modulus (`n`, base64url) outside
+/// [`MIN_RSA_MODULUS_BITS`]..=[`MAX_RSA_MODULUS_BITS`].
+fn check_rsa_size(kid: &str, n: &str) -> Result<(), AuthError> {
+    let n = URL_SAFE_NO_PAD
+        .decode(n.trim_end_matches('='))
+        .map_err(|e| {
+            AuthError::with_source(
+                AuthErrorKind::InvalidKey {
+                    reason: format!("RSA key '{kid}': modulus is not base64url"),
+                },
+                e,
+            )
+        })?;
+    let bits = unsigned_bits(&n);
+    if !(MIN_RSA_MODULUS_BITS..=MAX_RSA_MODULUS_BITS).contains(&bits) {
+        return Err(AuthError::new(AuthErrorKind::RsaKeySize {
+            kid: kid.to_owned(),
+            bits,
+        }));
+    }
+    if n.last().is_none_or(|b| b & 1 == 0) {
+        return Err(AuthError::invalid_key(format!(
+            "RSA key '{kid}': an even modulus is not an RSA modulus"
+        )));
+    }
+    Ok(())
+}
+
+/// Refuses a public exponent the RSA implementation would refuse at every verification (so the
+/// key is skipped when loaded, not a server error per request): odd, at least 3, below 2^33.
+fn check_rsa_exponent(kid: &str, e: &str) -> Result<(), AuthError> {
+    let e = URL_SAFE_NO_PAD
+        .decode(e.trim_end_matches('='))
+        .unwrap_or_default();
+    let bits = unsigned_bits(&e);
+    let value = e.iter().fold(0u64, |acc, b| (acc << 8) | u64::from(*b));
+    if bits == 0 || bits > 33 || value < 3 || value % 2 == 0 {
+        return Err(AuthError::invalid_key(format!(
+            "RSA key '{kid}': unusable public exponent"
+        )));
+    }
+    Ok(())
+}
+
+/// The length in bits of a big-endian unsigned integer (leading zero bytes ignored).
+fn unsigned_bits(be: &[u8]) -> usize {
+    let digits = match be.iter().position(|b| *b != 0) {
+        Some(i) => &be[i..],
+        None => return 0,
+    };
+    digits.len() * 8 - digits[0].leading_zeros() as usize
+}
+
+/// Whether `pem` is one PEM block with one of `labels`.
+fn is_pem_labelled(pem: &[u8], labels: &[&str]) -> bool {
+    let text = String::from_utf8_lossy(pem);
+    let text = text.trim_start();
+    labels
+        .iter()
+        .any(|label| text.starts_with(&format!("-----BEGIN {label}-----")))
+}
+
+/// The SPKI DER of an RSA public key (RFC 8017 `RSAPublicKey` in a `SubjectPublicKeyInfo`).
+fn rsa_spki(n: &[u8], e: &[u8]) -> Vec<u8> {
+    let mut rsa_public_key = der_uint(n);
+    rsa_public_key.extend(der_uint(e));
+    let mut bits = vec![0x00]; // no unused bits
+    bits.extend(der_tlv(0x30, &rsa_public_key));
+    let mut spki = RSA_ALGORITHM_ID.to_vec();
+    spki.extend(der_tlv(0x03, &bits));
+    der_tlv(0x30, &spki)
+}
+
+/// A DER INTEGER holding the unsigned big-endian `be`.
+fn der_uint(be: &[u8]) -> Vec<u8> {
+    let start = be.iter().position(|b| *b != 0).unwrap_or(be.len());
+    let mut digits = Vec::with_capacity(be.len() - start + 1);
+    // A set high bit would make the integer negative: prefix a zero byte.
+    if be.get(start).is_none_or(|b| b & 0x80 != 0) {
+        digits.push(0);
+    }
+    digits.extend_from_slice(&be[start..]);
+    der_tlv(0x02, &digits)
+}
+
+/// A DER tag-length-value (definite length, short or long form).
+fn der_tlv(tag: u8, content: &[u8]) -> Vec<u8> {
+    let mut out = vec![tag];
+    let len = content.len();
+    if len < 0x80 {
+        out.push(len as u8);
+    } else {
+        let bytes = len.to_be_bytes();
+        let skip = bytes
+            .iter()
+            .position(|b| *b != 0)
+            .unwrap_or(bytes.len() - 1);
+        out.push(0x80 | (bytes.len() - skip) as u8);
+        out.extend_from_slice(&bytes[skip..]);
+    }
+    out.extend_from_slice(content);
+    out
 }
 
 fn pem_encode(label: &str, der: &[u8]) -> String {
@@ -727,6 +984,151 @@ mod tests {
             SigningKey::from_vars("SVC_KEY", |n| (n == "SVC_KEY").then(|| pem.clone())).unwrap();
         assert_eq!(no_kid.kid(), key.kid());
         assert!(SigningKey::from_env("CHASSIS_SURELY_UNSET_VARIABLE").is_err());
+    }
+
+    const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
+
+    fn fixture(name: &str) -> String {
+        std::fs::read_to_string(format!("{FIXTURES}/{name}")).unwrap()
+    }
+
+    #[test]
+    fn rsa_thumbprint_follows_rfc_7638() {
+        // The example of RFC 7638 §3.1.
+        let jwk: Jwk = serde_json::from_value(serde_json::json!({
+            "kty": "RSA",
+            "n": "0vx7agoebGcQSuuPiLJXZptN9nndrQmbXEps2aiAFbWhM78LhWx4cbbfAAtVT86zwu1RK7aPFFxuhDR1L6tSoc_BJECPebWKRXjBZCiFV4n3oknjhMstn64tZ_2W-5JsGY4Hc5n9yBXArwl93lqt7_RN5w6Cf0h4QyQ5v-65YGjQR0_FDW2QvzqY368QQMicAtaSqzs8KJZgnYb9c7d0zgdAZHzu6qMQvRL5hajrn1n91CbOpbISD08qNLyrdkt-bFTWhAI4vMQFh6WeZu0fM4lFd2NcRwr3XPksINHaQ-G_xBniIqbw0Ls1jF44-csFCur-kEgU8awapJzKnqDKgw",
+            "e": "AQAB",
+            "alg": "RS256",
+            "kid": "2011-04-29"
+        }))
+        .unwrap();
+        assert_eq!(
+            jwk.thumbprint(ThumbprintHash::SHA256).unwrap(),
+            "NzbLsXh8uDCcd-6MNwXF4W_7noWXFZAfHkxZsRGC9Xs"
+        );
+        assert_eq!(
+            VerificationKey::from_jwk(&jwk).unwrap().algorithm(),
+            Algorithm::RS256
+        );
+        // A signing key's kid is that thumbprint of its public JWK.
+        let key = SigningKey::from_pem(fixture("test-only-rsa2048.pem")).unwrap();
+        let mut public = key.public_jwk().unwrap().clone();
+        public.common = Default::default();
+        assert_eq!(
+            key.kid(),
+            public.thumbprint(ThumbprintHash::SHA256).unwrap()
+        );
+    }
+
+    #[test]
+    fn rsa_keys_round_trip_through_the_pem_openssl_writes() {
+        let pkcs8 = fixture("test-only-rsa2048.pem");
+        let key = SigningKey::from_pem(&pkcs8).unwrap();
+        assert_eq!(key.algorithm(), Algorithm::RS256);
+        // Our DER for PKCS#8 and SPKI is byte for byte what OpenSSL wrote.
+        assert_eq!(key.to_pkcs8_pem().unwrap(), pkcs8);
+        assert_eq!(
+            key.public_key_pem().unwrap(),
+            fixture("test-only-rsa2048.pub.pem")
+        );
+        // PKCS#1 loads as the same key.
+        let pkcs1 = SigningKey::from_pem(fixture("test-only-rsa2048.pkcs1.pem")).unwrap();
+        assert_eq!(pkcs1.kid(), key.kid());
+        for public in [
+            "test-only-rsa2048.pub.pem",
+            "test-only-rsa2048.pkcs1.pub.pem",
+        ] {
+            let v = VerificationKey::from_public_pem("k", fixture(public)).unwrap();
+            assert_eq!(v.algorithm(), Algorithm::RS256, "{public}");
+        }
+        // PS256 only when asked, on both sides; never for a key of another type.
+        let ps = key.clone().with_algorithm(Algorithm::PS256).unwrap();
+        assert_eq!(ps.kid(), key.kid());
+        assert_eq!(ps.verification_key().algorithm(), Algorithm::PS256);
+        assert_eq!(
+            ps.public_jwk().unwrap().common.key_algorithm,
+            Some(KeyAlgorithm::PS256)
+        );
+        assert!(key.clone().with_algorithm(Algorithm::ES256).is_err());
+        assert!(key.clone().with_algorithm(Algorithm::HS256).is_err());
+        assert!(key.clone().with_algorithm(Algorithm::RS512).is_err());
+        let es = SigningKey::generate_es256().unwrap();
+        assert!(es.with_algorithm(Algorithm::PS256).is_err());
+        let v = VerificationKey::from_public_pem_with_algorithm(
+            "k",
+            fixture("test-only-rsa2048.pub.pem"),
+            Algorithm::PS256,
+        )
+        .unwrap();
+        assert_eq!(v.algorithm(), Algorithm::PS256);
+        assert!(
+            VerificationKey::from_public_pem_with_algorithm(
+                "k",
+                fixture("test-only-rsa2048.pub.pem"),
+                Algorithm::HS256,
+            )
+            .is_err()
+        );
+        // A private key is not a public key.
+        assert!(VerificationKey::from_public_pem("k", &pkcs8).is_err());
+    }
+
+    #[test]
+    fn small_rsa_keys_are_refused_with_a_typed_error() {
+        let small = SigningKey::from_pem(fixture("test-only-rsa1024.pem")).unwrap_err();
+        assert!(
+            matches!(small.kind(), AuthErrorKind::RsaKeySize { bits: 1024, .. }),
+            "{small:?}"
+        );
+        let small = VerificationKey::from_public_pem("k", fixture("test-only-rsa1024.pub.pem"))
+            .unwrap_err();
+        assert!(
+            matches!(small.kind(), AuthErrorKind::RsaKeySize { bits: 1024, .. }),
+            "{small:?}"
+        );
+        assert!(small.to_string().contains("1024-bit"), "{small}");
+    }
+
+    #[test]
+    fn rsa_jwks_pin_their_alg_and_default_to_rs256() {
+        let key = SigningKey::from_pem(fixture("test-only-rsa2048.pem")).unwrap();
+        let mut jwk = key.public_jwk().unwrap().clone();
+        jwk.common.key_algorithm = None;
+        assert_eq!(
+            VerificationKey::from_jwk(&jwk).unwrap().algorithm(),
+            Algorithm::RS256
+        );
+        jwk.common.key_algorithm = Some(KeyAlgorithm::PS256);
+        assert_eq!(
+            VerificationKey::from_jwk(&jwk).unwrap().algorithm(),
+            Algorithm::PS256
+        );
+        for alg in [
+            KeyAlgorithm::ES256,
+            KeyAlgorithm::HS256,
+            KeyAlgorithm::RS512,
+            KeyAlgorithm::EdDSA,
+        ] {
+            jwk.common.key_algorithm = Some(alg);
+            assert!(VerificationKey::from_jwk(&jwk).is_err(), "{alg:?}");
+        }
+        // An exponent the RSA implementation would refuse at every verification.
+        jwk.common.key_algorithm = None;
+        if let AlgorithmParameters::RSA(p) = &mut jwk.algorithm {
+            p.e = URL_SAFE_NO_PAD.encode([1u8]);
+        }
+        assert!(VerificationKey::from_jwk(&jwk).is_err());
+    }
+
+    #[test]
+    fn der_lengths_in_long_form() {
+        assert_eq!(der_tlv(0x04, &[0; 3])[..2], [0x04, 3]);
+        assert_eq!(der_tlv(0x04, &[0; 200])[..3], [0x04, 0x81, 200]);
+        assert_eq!(der_tlv(0x04, &[0; 300])[..4], [0x04, 0x82, 0x01, 0x2c]);
+        assert_eq!(der_uint(&[0x80]), [0x02, 0x02, 0x00, 0x80]);
+        assert_eq!(der_uint(&[0x00, 0x01]), [0x02, 0x01, 0x01]);
+        assert_eq!(unsigned_bits(&[0x00, 0x01, 0xff]), 9);
     }
 
     #[test]

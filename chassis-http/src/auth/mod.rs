@@ -1,10 +1,13 @@
-//! Service-to-service token auth: short-lived signed JWTs, key rotation through JWKS, a client
-//! layer that attaches them and a server layer that verifies them.
+//! Bearer-token auth: service-to-service tokens (short-lived signed JWTs, key rotation through
+//! JWKS, a client layer that attaches them and a server layer that verifies them) and, in
+//! [`user`], end-user tokens from an identity provider with role-based access.
 //!
 //! ## Pieces
-//! - [`SigningKey`] / [`VerificationKey`] / [`KeySet`]: Ed25519 (`EdDSA`) or P-256 (`ES256`)
-//!   keys with key ids, from PEM files, environment variables, JWKs, or generated. HS256 only
-//!   through the explicitly named [`SigningKey::hs256_shared_secret`].
+//! - [`SigningKey`] / [`VerificationKey`] / [`KeySet`]: Ed25519 (`EdDSA`), P-256 (`ES256`) or
+//!   RSA (`RS256`/`PS256`, 2048 to 4096 bits) keys with key ids, from PEM files, environment
+//!   variables, JWKs (`kty` `OKP`, `EC`, `RSA`), or (Ed25519, P-256) generated. Each key is
+//!   pinned to one algorithm. HS256 only through the explicitly named
+//!   [`SigningKey::hs256_shared_secret`].
 //! - [`TokenIssuer`]: signs tokens with `iss`, `sub` (the caller), `aud` (the target), `iat`,
 //!   `nbf`, `exp` (default TTL 5 minutes), `jti` (a UUID) and `scope` (space-separated). It
 //!   rotates keys and publishes the public ones as JWKS ([`TokenIssuer::jwks_service`]).
@@ -16,9 +19,15 @@
 //! - [`AddServiceTokenLayer`] (client): attaches `Authorization: Bearer …` for one audience,
 //!   caching the token and renewing it at 80% of its lifetime.
 //! - [`RequireServiceTokenLayer`] (server): verifies, checks per-route scopes and inserts the
-//!   [`ServiceIdentity`] as a request extension. 401 for missing/invalid/expired tokens, 403 for
-//!   a wrong audience or missing scope, the chassis JSON error body and an RFC 6750
-//!   `WWW-Authenticate` header. Logs carry key ids, subjects and reasons, never tokens or keys.
+//!   [`ServiceIdentity`] as a request extension. RFC 6750 answers, status and codes always
+//!   agreeing ([`AuthErrorKind`]): 401 `invalid_token` for an invalid, expired or wrong-audience
+//!   token, 401 without an error code for a missing one, 400 `invalid_request` for a malformed
+//!   `Authorization` header, 403 `insufficient_scope` for a missing scope; the chassis JSON
+//!   error body and a `WWW-Authenticate` header. Logs carry key ids, subjects and reasons,
+//!   never tokens or keys.
+//! - [`user`]: [`RequireUserTokenLayer`](user::RequireUserTokenLayer) verifies end users'
+//!   JWTs and maps their roles to permissions ([`UserPrincipal`](user::UserPrincipal));
+//!   [`RequirePermissionLayer`](user::RequirePermissionLayer) guards routes.
 //!
 //! ## Example
 //! ```
@@ -69,10 +78,12 @@
 mod attach;
 mod claims;
 mod error;
+mod future;
 mod issuer;
 mod jwks;
 mod keys;
 mod require;
+pub mod user;
 mod verifier;
 
 pub use attach::{
@@ -81,12 +92,14 @@ pub use attach::{
 };
 pub use claims::{ServiceClaims, ServiceIdentity};
 pub use error::{AuthError, AuthErrorKind};
+pub use future::ResponseFuture as RequireServiceTokenFuture;
 pub use issuer::{DEFAULT_TOKEN_TTL, IssuedToken, JwksService, TokenIssuer, TokenIssuerBuilder};
 pub use jwks::{JwksKeySource, JwksKeySourceBuilder};
-pub use keys::{KeySet, MIN_HS256_SECRET_LEN, SigningKey, VerificationKey};
-pub use require::{
-    RequireServiceToken, RequireServiceTokenLayer, ResponseFuture as RequireServiceTokenFuture,
+pub use keys::{
+    KeySet, MAX_RSA_MODULUS_BITS, MIN_HS256_SECRET_LEN, MIN_RSA_MODULUS_BITS, SigningKey,
+    VerificationKey,
 };
+pub use require::{RequireServiceToken, RequireServiceTokenLayer};
 pub use verifier::{
     DEFAULT_LEEWAY, DEFAULT_MAX_TOKEN_LIFETIME, TokenVerifier, TokenVerifierBuilder,
 };

@@ -3,23 +3,20 @@
 //! handler as a request extension.
 
 use std::fmt;
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll, ready};
+use std::task::{Context, Poll};
 
 use bytes::Bytes;
-use http::header::{AUTHORIZATION, HeaderValue, WWW_AUTHENTICATE};
+use http::header::AUTHORIZATION;
 use http::{Method, Request, Response};
-use pin_project_lite::pin_project;
 use tower_layer::Layer;
 use tower_service::Service;
 
 use super::claims::{ServiceIdentity, check_scope};
 use super::error::{AuthError, AuthErrorKind};
+use super::future::ResponseFuture;
 use super::verifier::{Checked, TokenVerifier};
 use crate::body::{Body, boxed};
-use crate::error::ApiError;
 use chassis_core::BoxError;
 
 /// Scopes required for matching requests.
@@ -70,33 +67,32 @@ impl ScopeRules {
 /// (e.g. contains a space) can never be granted, so a route requiring it always answers 403:
 /// misconfiguration fails closed; a warning is logged when the layer is configured.
 ///
-/// Answers:
-/// - no token (no `Authorization` header, or another scheme): `401`, `WWW-Authenticate: Bearer realm="<audience>"`;
-/// - malformed header: `401` with `error="invalid_request"`;
+/// Answers (RFC 6750 §3.1; status, challenge and body code always agree, see
+/// [`AuthErrorKind`]):
+/// - no token (no `Authorization` header, or another scheme): `401`,
+///   `WWW-Authenticate: Bearer realm="<audience>"` without an error code, body code `missing_token`;
+/// - malformed header (two `Authorization` headers, `Bearer` with nothing or several words
+///   after it, not text): `400` with `error="invalid_request"`;
 /// - bad token (shape, unknown key, algorithm, signature, claims, expired, not yet valid,
-///   untrusted issuer): `401` with `error="invalid_token"`;
-/// - token for another audience: `403` with `error="invalid_token"` — the caller is
-///   authenticated (a trusted issuer signed its identity) but the token was minted for another
-///   service, so this is an authorization failure (RFC 6750 would also allow 401);
+///   untrusted issuer, another audience): `401` with `error="invalid_token"`;
 /// - missing scope: `403` with `error="insufficient_scope", scope="<required scopes>"`;
 /// - JWKS source down while a refetch was needed: `401` unknown key (the refetch failure is logged).
 ///
-/// Bodies are the chassis JSON error ([`ApiError`]). Logs carry only the `kid`, `sub` and a
-/// reason — never the token.
+/// Bodies are the chassis JSON error ([`ApiError`](crate::ApiError)) with the RFC 6750 code
+/// and the finer reason in `details.reason` (`token_expired`, `wrong_audience`, …). Logs carry
+/// only the `kid`, `sub` and a reason — never the token.
 #[derive(Clone)]
 pub struct RequireServiceTokenLayer {
     verifier: TokenVerifier,
     scopes: Arc<ScopeRules>,
-    realm: HeaderValue,
+    realm: String,
 }
 
 impl RequireServiceTokenLayer {
     /// Requires tokens `verifier` accepts (and no particular scope).
     pub fn new(verifier: TokenVerifier) -> Self {
-        let realm = sanitize(verifier.audience());
         Self {
-            realm: HeaderValue::try_from(format!("Bearer realm=\"{realm}\""))
-                .unwrap_or_else(|_| HeaderValue::from_static("Bearer")),
+            realm: verifier.audience().to_owned(),
             verifier,
             scopes: Arc::new(ScopeRules::default()),
         }
@@ -210,7 +206,7 @@ where
             Err(err) => return ResponseFuture::rejected(self.layer.reject(&err, None)),
         };
         match self.layer.verifier.check(&token) {
-            Checked::Done(Ok(identity)) => match self.layer.authorize(&req, identity) {
+            Checked::Done(Ok(verified)) => match self.layer.authorize(&req, verified.identity) {
                 Ok(identity) => {
                     req.extensions_mut().insert(identity);
                     ResponseFuture::inner(self.inner.call(req))
@@ -227,7 +223,7 @@ where
                 ResponseFuture::boxed(Box::pin(async move {
                     let identity = layer.verifier.verify_after_refetch(&token).await;
                     let identity = match identity {
-                        Ok(identity) => layer.authorize(&req, identity),
+                        Ok(verified) => layer.authorize(&req, verified.identity),
                         Err(err) => Err(Box::new(layer.reject(&err, None))),
                     };
                     match identity {
@@ -265,52 +261,41 @@ impl RequireServiceTokenLayer {
         scope: Option<(&ServiceIdentity, &[&str])>,
     ) -> Response<Body> {
         let sub = scope.map(|(identity, _)| identity.subject.as_str());
-        let kid = match err.kind() {
-            AuthErrorKind::UnknownKey { kid } => kid.as_deref(),
-            _ => None,
-        };
-        match err.kind() {
-            AuthErrorKind::MissingToken => {
-                tracing::debug!(reason = err.reason(), "service token missing");
-            }
-            _ if err.is_rejection() => tracing::warn!(
-                kid = kid.unwrap_or("-"),
-                sub = sub.unwrap_or("-"),
-                reason = err.reason(),
-                "service token rejected"
-            ),
-            _ => tracing::error!(reason = %err, "service token could not be checked"),
+        log_rejection("service token", err, sub);
+        let required = scope.map(|(_, s)| s).unwrap_or_default();
+        err.to_api_error_with(Some(&self.realm), required, "missingScopes")
+            .into_response()
+    }
+}
+
+/// Logs a refused bearer token: debug for a missing one, warning for a rejection (key id,
+/// subject and reason only, never the token), error for a failure on our side.
+pub(crate) fn log_rejection(what: &'static str, err: &AuthError, sub: Option<&str>) {
+    let kid = match err.kind() {
+        AuthErrorKind::UnknownKey { kid } => kid.as_deref(),
+        _ => None,
+    };
+    match err.kind() {
+        AuthErrorKind::MissingToken => {
+            tracing::debug!(what, reason = err.reason(), "bearer token missing");
         }
-        let realm = self.realm.to_str().unwrap_or("Bearer");
-        let challenge = match err.kind() {
-            AuthErrorKind::MissingToken => Some(realm.to_owned()),
-            AuthErrorKind::MalformedHeader => Some(format!(
-                "{realm}, error=\"invalid_request\", error_description=\"{}\"",
-                err.reason()
-            )),
-            AuthErrorKind::InsufficientScope { .. } => Some(format!(
-                "{realm}, error=\"insufficient_scope\", scope=\"{}\"",
-                sanitize(&scope.map(|(_, s)| s.join(" ")).unwrap_or_default())
-            )),
-            _ if err.is_rejection() => Some(format!(
-                "{realm}, error=\"invalid_token\", error_description=\"{}\"",
-                err.reason()
-            )),
-            _ => None,
-        };
-        let mut api = ApiError::new(err.status(), err.code(), err.reason());
-        if let AuthErrorKind::InsufficientScope { missing } = err.kind() {
-            api = api.with_details(serde_json::json!({ "missingScopes": missing }));
-        }
-        if let Some(value) = challenge.and_then(|c| HeaderValue::try_from(c).ok()) {
-            api = api.with_header(WWW_AUTHENTICATE, value);
-        }
-        api.into_response()
+        _ if err.is_rejection() => tracing::warn!(
+            what,
+            kid = kid.unwrap_or("-"),
+            sub = sub.unwrap_or("-"),
+            reason = err.reason(),
+            "{what} rejected"
+        ),
+        _ => tracing::error!(what, reason = %err, "{what} could not be checked"),
     }
 }
 
 /// The token of the request's `Authorization: Bearer` header.
-fn bearer_token<B>(req: &Request<B>) -> Result<String, AuthError> {
+///
+/// No header, or another scheme (`Basic …`): [`MissingToken`](AuthErrorKind::MissingToken).
+/// Two `Authorization` headers, a value that is not text, `Bearer` with nothing or more than
+/// one word after it: [`MalformedHeader`](AuthErrorKind::MalformedHeader).
+pub(crate) fn bearer_token<B>(req: &Request<B>) -> Result<String, AuthError> {
     let mut values = req.headers().get_all(AUTHORIZATION).iter();
     let Some(value) = values.next() else {
         return Err(AuthError::new(AuthErrorKind::MissingToken));
@@ -323,7 +308,7 @@ fn bearer_token<B>(req: &Request<B>) -> Result<String, AuthError> {
         .map_err(|_| AuthError::new(AuthErrorKind::MalformedHeader))?;
     let (scheme, token) = value.split_once(' ').unwrap_or((value, ""));
     if !scheme.eq_ignore_ascii_case("bearer") {
-        // Another scheme (Basic, ...) carries no service token.
+        // Another scheme (Basic, ...) carries no bearer token.
         return Err(AuthError::new(AuthErrorKind::MissingToken));
     }
     let token = token.trim();
@@ -331,84 +316,6 @@ fn bearer_token<B>(req: &Request<B>) -> Result<String, AuthError> {
         return Err(AuthError::new(AuthErrorKind::MalformedHeader));
     }
     Ok(token.to_owned())
-}
-
-/// Keeps a value safe inside a quoted-string of a `WWW-Authenticate` header.
-fn sanitize(value: &str) -> String {
-    value
-        .chars()
-        .filter(|c| *c != '"' && *c != '\\' && !c.is_control())
-        .collect()
-}
-
-type BoxedFuture<E> = Pin<Box<dyn Future<Output = Result<Response<Body>, E>> + Send>>;
-
-pin_project! {
-    /// Response future of [`RequireServiceToken`].
-    pub struct ResponseFuture<F, E> {
-        #[pin]
-        state: State<F, E>,
-    }
-}
-
-pin_project! {
-    #[project = StateProj]
-    enum State<F, E> {
-        Inner { #[pin] future: F },
-        // Only when a JWKS refetch is needed: rare, so boxing is fine.
-        Boxed { future: BoxedFuture<E> },
-        Rejected { response: Option<Response<Body>> },
-    }
-}
-
-impl<F, E> ResponseFuture<F, E> {
-    fn inner(future: F) -> Self {
-        Self {
-            state: State::Inner { future },
-        }
-    }
-
-    fn boxed(future: BoxedFuture<E>) -> Self {
-        Self {
-            state: State::Boxed { future },
-        }
-    }
-
-    fn rejected(response: Response<Body>) -> Self {
-        Self {
-            state: State::Rejected {
-                response: Some(response),
-            },
-        }
-    }
-}
-
-impl<F, E> fmt::Debug for ResponseFuture<F, E> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ResponseFuture").finish_non_exhaustive()
-    }
-}
-
-impl<F, E, B> Future for ResponseFuture<F, E>
-where
-    F: Future<Output = Result<Response<B>, E>>,
-    B: http_body::Body<Data = Bytes> + Send + 'static,
-    B::Error: Into<BoxError>,
-{
-    type Output = Result<Response<Body>, E>;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        match self.project().state.project() {
-            StateProj::Inner { future } => {
-                let response = ready!(future.poll(cx))?;
-                Poll::Ready(Ok(response.map(boxed)))
-            }
-            StateProj::Boxed { future } => future.as_mut().poll(cx),
-            StateProj::Rejected { response } => Poll::Ready(Ok(response
-                .take()
-                .expect("ResponseFuture polled after completion"))),
-        }
-    }
 }
 
 #[cfg(test)]

@@ -1,4 +1,5 @@
-//! [`TokenVerifier`]: checks a service token and returns the caller's [`ServiceIdentity`].
+//! [`TokenVerifier`]: checks a bearer token (a service token, or an end user's) and returns the
+//! caller's [`ServiceIdentity`] (and, for the end-user layer, the verified claims).
 
 use std::collections::{HashSet, VecDeque};
 use std::fmt;
@@ -64,9 +65,17 @@ struct VerifierInner {
     issuers: HashSet<String>,
     leeway: Duration,
     max_lifetime: Duration,
+    require_jti: bool,
     keys: KeySource,
     /// Accepted tokens with their identity and `exp` (static keys only), oldest first.
-    verified: Mutex<VecDeque<(Box<str>, ServiceIdentity, u64)>>,
+    verified: Mutex<VecDeque<(Box<str>, Verified, u64)>>,
+}
+
+/// A token that passed every check: the identity and all its claims.
+#[derive(Clone, Debug)]
+pub(crate) struct Verified {
+    pub(crate) identity: ServiceIdentity,
+    pub(crate) claims: Arc<Map<String, Value>>,
 }
 
 /// Builds a [`TokenVerifier`]; see [`TokenVerifier::builder`].
@@ -76,10 +85,19 @@ pub struct TokenVerifierBuilder {
     issuers: HashSet<String>,
     leeway: Duration,
     max_lifetime: Duration,
+    require_jti: bool,
     keys: Option<KeySource>,
 }
 
 impl TokenVerifierBuilder {
+    /// Whether a token without a `jti` claim is refused. Defaults to `true`: service tokens
+    /// always carry one. Set it to `false` for end-user tokens of identity providers that issue
+    /// none (the identity's `jti` is then empty).
+    pub fn require_jti(mut self, required: bool) -> Self {
+        self.require_jti = required;
+        self
+    }
+
     /// Accepts tokens issued by `issuer`. At least one issuer is required.
     pub fn trust_issuer(mut self, issuer: impl Into<String>) -> Self {
         self.issuers.insert(issuer.into());
@@ -141,6 +159,7 @@ impl TokenVerifierBuilder {
                 issuers: self.issuers,
                 leeway: self.leeway,
                 max_lifetime: self.max_lifetime,
+                require_jti: self.require_jti,
                 keys,
                 verified: Mutex::new(VecDeque::new()),
             }),
@@ -150,7 +169,7 @@ impl TokenVerifierBuilder {
 
 /// The outcome of a verification that needs no I/O.
 pub(crate) enum Checked {
-    Done(Result<ServiceIdentity, AuthError>),
+    Done(Result<Verified, AuthError>),
     /// The key id is unknown to a JWKS source; a refetch may find it.
     NeedsRefetch,
 }
@@ -163,12 +182,18 @@ impl TokenVerifier {
             issuers: HashSet::new(),
             leeway: DEFAULT_LEEWAY,
             max_lifetime: DEFAULT_MAX_TOKEN_LIFETIME,
+            require_jti: true,
             keys: None,
         }
     }
 
     /// Verifies `token` (the compact JWS, without `Bearer `).
     pub async fn verify(&self, token: &str) -> Result<ServiceIdentity, AuthError> {
+        self.verify_token(token).await.map(|v| v.identity)
+    }
+
+    /// Verifies `token` and returns the identity with every claim of the token.
+    pub(crate) async fn verify_token(&self, token: &str) -> Result<Verified, AuthError> {
         match self.check(token) {
             Checked::Done(result) => result,
             Checked::NeedsRefetch => self.verify_after_refetch(token).await,
@@ -197,8 +222,8 @@ impl TokenVerifier {
         match key {
             Some(key) => {
                 let result = self.check_with_key(token, &header, &key);
-                if let (Ok(identity), KeySource::Static(_)) = (&result, &self.inner.keys) {
-                    self.remember(token, identity);
+                if let (Ok(verified), KeySource::Static(_)) = (&result, &self.inner.keys) {
+                    self.remember(token, verified);
                 }
                 Checked::Done(result)
             }
@@ -211,10 +236,7 @@ impl TokenVerifier {
         }
     }
 
-    pub(crate) async fn verify_after_refetch(
-        &self,
-        token: &str,
-    ) -> Result<ServiceIdentity, AuthError> {
+    pub(crate) async fn verify_after_refetch(&self, token: &str) -> Result<Verified, AuthError> {
         let header = parse_header(token)?;
         let kid = header.kid.as_deref().unwrap_or_default();
         let key = match &self.inner.keys {
@@ -231,7 +253,7 @@ impl TokenVerifier {
 
     /// The answer for a token accepted before, at `now` (Unix seconds): its identity while its
     /// `exp` (plus the leeway) has not passed, else `Expired` (and it is forgotten).
-    fn remembered(&self, token: &str, now: u64) -> Option<Result<ServiceIdentity, AuthError>> {
+    fn remembered(&self, token: &str, now: u64) -> Option<Result<Verified, AuthError>> {
         let mut verified = self
             .inner
             .verified
@@ -245,7 +267,7 @@ impl TokenVerifier {
         Some(Ok(verified[i].1.clone()))
     }
 
-    fn remember(&self, token: &str, identity: &ServiceIdentity) {
+    fn remember(&self, token: &str, entry: &Verified) {
         let mut verified = self
             .inner
             .verified
@@ -256,8 +278,8 @@ impl TokenVerifier {
         }
         verified.push_back((
             token.into(),
-            identity.clone(),
-            unix_seconds(identity.expires_at),
+            entry.clone(),
+            unix_seconds(entry.identity.expires_at),
         ));
     }
 
@@ -266,7 +288,7 @@ impl TokenVerifier {
         token: &str,
         header: &jsonwebtoken::Header,
         key: &VerificationKey,
-    ) -> Result<ServiceIdentity, AuthError> {
+    ) -> Result<Verified, AuthError> {
         // The algorithm is the key's, never the token's: a token claiming another one is refused
         // before any cryptography runs (this stops HS256-signed-with-the-public-key forgeries).
         if header.alg != key.algorithm() {
@@ -300,7 +322,11 @@ impl TokenVerifier {
                 };
                 AuthError::with_source(kind, e)
             })?;
-        self.check_claims(&data.claims, SystemTime::now())
+        let identity = self.check_claims(&data.claims, SystemTime::now())?;
+        Ok(Verified {
+            identity,
+            claims: Arc::new(data.claims),
+        })
     }
 
     fn check_claims(
@@ -328,7 +354,11 @@ impl TokenVerifier {
         };
         let iss = string("iss")?;
         let sub = string("sub")?;
-        let jti = string("jti")?;
+        let jti = match string("jti") {
+            Ok(jti) => jti,
+            Err(_) if !self.inner.require_jti && !claims.contains_key("jti") => "",
+            Err(err) => return Err(err),
+        };
         let exp = numeric("exp")?.ok_or_else(|| missing("exp"))?;
         let iat = numeric("iat")?.ok_or_else(|| missing("iat"))?;
         let nbf = numeric("nbf")?;
@@ -383,6 +413,7 @@ impl fmt::Debug for TokenVerifier {
             .field("issuers", &self.inner.issuers)
             .field("leeway", &self.inner.leeway)
             .field("max_lifetime", &self.inner.max_lifetime)
+            .field("require_jti", &self.inner.require_jti)
             .field("keys", &self.inner.keys)
             .finish()
     }
@@ -492,7 +523,11 @@ mod tests {
         assert_eq!(verifier.inner.verified.lock().unwrap().len(), 1);
         let now = unix_seconds(SystemTime::now());
         assert_eq!(
-            verifier.remembered(t.as_str(), now).unwrap().unwrap(),
+            verifier
+                .remembered(t.as_str(), now)
+                .unwrap()
+                .unwrap()
+                .identity,
             first
         );
         assert_eq!(verifier.verify(t.as_str()).await.unwrap(), first);

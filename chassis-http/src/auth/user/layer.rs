@@ -1,0 +1,195 @@
+//! [`RequireUserTokenLayer`]: verifies an end user's bearer JWT and inserts the
+//! [`UserPrincipal`] with its roles and permissions.
+
+use std::fmt;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http::{Request, Response};
+use tower_layer::Layer;
+use tower_service::Service;
+
+use super::principal::UserPrincipal;
+use super::rbac::RbacConfig;
+use crate::auth::error::AuthError;
+use crate::auth::future::ResponseFuture;
+use crate::auth::require::{bearer_token, log_rejection};
+use crate::auth::verifier::{Checked, TokenVerifier, Verified};
+use crate::body::{Body, boxed};
+use chassis_core::BoxError;
+
+/// Requires a valid end-user token on every request and inserts its [`UserPrincipal`]; see the
+/// [module docs](super).
+///
+/// The token is checked by a [`TokenVerifier`] (keys from a [`KeySet`](crate::auth::KeySet) or
+/// the identity provider's JWKS through [`JwksKeySource`](crate::auth::JwksKeySource); its
+/// issuer and this API's audience), the roles are read from the claims the [`RbacConfig`]
+/// names and mapped to permissions. Answers (RFC 6750 §3.1):
+/// - no token: `401` with a bare `WWW-Authenticate: Bearer realm="…"`, body code `missing_token`;
+/// - malformed `Authorization` header: `400` `invalid_request`;
+/// - invalid token (signature — so also any edited claim, roles included —, key, algorithm,
+///   expired, issuer, audience, a roles claim that is not strings): `401` `invalid_token`.
+///
+/// It checks no permission itself: add [`RequirePermissionLayer`](super::RequirePermissionLayer)
+/// per route, or call [`UserPrincipal::require`] in the handler (403 `insufficient_scope`).
+#[derive(Clone)]
+pub struct RequireUserTokenLayer {
+    verifier: TokenVerifier,
+    rbac: Arc<RbacConfig>,
+    realm: Arc<str>,
+}
+
+impl RequireUserTokenLayer {
+    /// Requires tokens `verifier` accepts and maps their roles with `rbac`. Fails when `rbac`
+    /// does not [validate](RbacConfig::validate).
+    ///
+    /// Build the verifier for end-user tokens: the identity provider as trusted issuer, this
+    /// API as audience, usually `require_jti(false)` and a `max_token_lifetime` as long as the
+    /// provider's access tokens live.
+    pub fn new(verifier: TokenVerifier, rbac: RbacConfig) -> Result<Self, AuthError> {
+        rbac.validate()?;
+        Ok(Self {
+            realm: verifier.audience().into(),
+            verifier,
+            rbac: Arc::new(rbac),
+        })
+    }
+
+    /// The `realm` of the `WWW-Authenticate` challenge. Defaults to the verifier's audience.
+    pub fn realm(mut self, realm: impl Into<String>) -> Self {
+        self.realm = realm.into().into();
+        self
+    }
+
+    /// The verifier.
+    pub fn verifier(&self) -> &TokenVerifier {
+        &self.verifier
+    }
+
+    /// The role map.
+    pub fn rbac(&self) -> &RbacConfig {
+        &self.rbac
+    }
+
+    /// Verifies `token` (the compact JWS, without `Bearer `) and returns its principal, for
+    /// code that authenticates outside a layer.
+    pub async fn authenticate(&self, token: &str) -> Result<UserPrincipal, AuthError> {
+        let verified = self.verifier.verify_token(token).await?;
+        self.rbac.principal(&verified)
+    }
+
+    fn principal(
+        &self,
+        verified: Result<Verified, AuthError>,
+    ) -> Result<UserPrincipal, Box<Response<Body>>> {
+        match verified.and_then(|v| self.rbac.principal(&v)) {
+            Ok(principal) => {
+                tracing::trace!(sub = %principal.subject, "user token accepted");
+                Ok(principal)
+            }
+            Err(err) => Err(Box::new(self.reject(&err))),
+        }
+    }
+
+    fn reject(&self, err: &AuthError) -> Response<Body> {
+        log_rejection("user token", err, None);
+        err.to_api_error_with(Some(&self.realm), &[], "missingPermissions")
+            .into_response()
+    }
+}
+
+impl fmt::Debug for RequireUserTokenLayer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RequireUserTokenLayer")
+            .field("verifier", &self.verifier)
+            .field("rbac", &self.rbac)
+            .field("realm", &self.realm)
+            .finish()
+    }
+}
+
+impl<S> Layer<S> for RequireUserTokenLayer {
+    type Service = RequireUserToken<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        RequireUserToken {
+            inner,
+            layer: self.clone(),
+        }
+    }
+}
+
+/// The service of [`RequireUserTokenLayer`].
+#[derive(Clone, Debug)]
+pub struct RequireUserToken<S> {
+    inner: S,
+    layer: RequireUserTokenLayer,
+}
+
+impl<S> RequireUserToken<S> {
+    /// The wrapped service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// The wrapped service, mutably.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
+    /// Unwraps the inner service.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+}
+
+impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for RequireUserToken<S>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    ReqBody: Send + 'static,
+    ResBody: http_body::Body<Data = Bytes> + Send + 'static,
+    ResBody::Error: Into<BoxError>,
+{
+    type Response = Response<Body>;
+    type Error = S::Error;
+    type Future = ResponseFuture<S::Future, S::Error>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: Request<ReqBody>) -> Self::Future {
+        let token = match bearer_token(&req) {
+            Ok(token) => token,
+            Err(err) => return ResponseFuture::rejected(self.layer.reject(&err)),
+        };
+        match self.layer.verifier.check(&token) {
+            Checked::Done(verified) => match self.layer.principal(verified) {
+                Ok(principal) => {
+                    req.extensions_mut().insert(principal);
+                    ResponseFuture::inner(self.inner.call(req))
+                }
+                Err(response) => ResponseFuture::rejected(*response),
+            },
+            Checked::NeedsRefetch => {
+                // NOTE: `poll_ready` readied `self.inner`; the call happens after the refetch,
+                // so the ready service moves into the future and a fresh clone stays.
+                let clone = self.inner.clone();
+                let mut inner = std::mem::replace(&mut self.inner, clone);
+                let layer = self.layer.clone();
+                ResponseFuture::boxed(Box::pin(async move {
+                    let verified = layer.verifier.verify_after_refetch(&token).await;
+                    match layer.principal(verified) {
+                        Ok(principal) => {
+                            req.extensions_mut().insert(principal);
+                            inner.call(req).await.map(|r| r.map(boxed))
+                        }
+                        Err(response) => Ok(*response),
+                    }
+                }))
+            }
+        }
+    }
+}
