@@ -76,7 +76,8 @@ pub fn client(
     policy: Option<ResiliencePolicy>,
 ) -> Result<HttpClient, BoxError> {
     let token = ServiceTokenSource::new(issuer.clone(), name, &[])?;
-    Ok(HttpClient::builder(name)
+    // HTTPS with the shop's CA and the gateway's certificate when TLS_CA_FILE is set.
+    Ok(shop_common::tls::client_builder(name)?
         .base_url(base_url.trim_end_matches('/'))
         .policy(policy.unwrap_or_else(|| default_policy(name)))
         .service_token(token)
