@@ -94,11 +94,46 @@ impl JwksKeySource {
         JwksKeySourceBuilder::new(location, fetch)
     }
 
-    /// Keys fetched with `GET url` over plain HTTP (hyper-util's client; in-cluster endpoints such
-    /// as `http://orders:8080/.well-known/jwks.json`). For HTTPS, pass a TLS-capable client to
-    /// [`from_url_with_client`](Self::from_url_with_client).
+    /// Keys fetched with `GET url`: an in-cluster endpoint such as
+    /// `http://orders:8080/.well-known/jwks.json`, or an identity provider's
+    /// `https://login.example.com/.well-known/jwks.json` (with the `tls` feature, on by
+    /// default: the server's certificate must chain to a webpki root). For a server whose
+    /// certificate comes from a private CA, use [`from_url_with_tls`](Self::from_url_with_tls).
     pub fn from_url(url: &str) -> Result<JwksKeySourceBuilder, AuthError> {
-        let client = Client::builder(TokioExecutor::new()).build(HttpConnector::new());
+        #[cfg(feature = "tls")]
+        {
+            Self::from_url_with_tls(url, crate::tls::client::ClientTlsConfig::default())
+        }
+        #[cfg(not(feature = "tls"))]
+        {
+            let client = Client::builder(TokioExecutor::new()).build(HttpConnector::new());
+            Self::from_url_with_client(url, client)
+        }
+    }
+
+    /// Keys fetched with `GET url` through a client with these TLS settings: a private CA
+    /// ([`TrustRoots::None`](crate::tls::client::TrustRoots::None) and
+    /// [`add_ca_file`](crate::tls::client::ClientTlsConfig::add_ca_file)), the platform's
+    /// roots, a client certificate. `http://` URLs work too (in the clear).
+    ///
+    /// # Errors
+    /// [`AuthErrorKind::InvalidConfig`] when the URL is not absolute or the TLS settings cannot
+    /// be used (a CA file that cannot be read, a key that does not match its certificate).
+    #[cfg(feature = "tls")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "tls")))]
+    pub fn from_url_with_tls(
+        url: &str,
+        tls: crate::tls::client::ClientTlsConfig,
+    ) -> Result<JwksKeySourceBuilder, AuthError> {
+        let connector = tls.https_connector(HttpConnector::new()).map_err(|e| {
+            AuthError::with_source(
+                AuthErrorKind::InvalidConfig {
+                    reason: format!("invalid TLS settings for the JWKS url {url:?}"),
+                },
+                e,
+            )
+        })?;
+        let client = Client::builder(TokioExecutor::new()).build(connector);
         Self::from_url_with_client(url, client)
     }
 

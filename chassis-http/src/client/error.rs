@@ -72,6 +72,177 @@ pub enum ClientErrorKind {
     },
     /// The service token could not be produced.
     Auth,
+    /// The TLS handshake with the downstream failed, for the reason given: its certificate is
+    /// not trusted, not for this host or out of its validity period, or it refused our client
+    /// certificate. Not retried (another attempt meets the same certificate), but counted by
+    /// the circuit breaker like any failure to connect.
+    Tls(TlsFailure),
+}
+
+/// Why a TLS handshake failed; see [`ClientErrorKind::Tls`].
+///
+/// The rustls error with the details (the names the certificate is valid for, its expiry
+/// date) is the [`source`](std::error::Error::source) of the [`ClientError`] and part of its
+/// message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum TlsFailure {
+    /// The server's certificate does not chain to a trusted root: a self-signed certificate,
+    /// a private CA that was not added
+    /// ([`ClientTlsConfig::add_ca_file`](crate::tls::client::ClientTlsConfig::add_ca_file)),
+    /// or a missing intermediate.
+    UnknownIssuer,
+    /// The server's certificate is not valid for the host name of the URL.
+    NotValidForName,
+    /// The server's certificate (or one of its chain) has expired.
+    Expired,
+    /// The server's certificate (or one of its chain) is not valid yet (or a clock is wrong).
+    NotYetValid,
+    /// The server's certificate has been revoked.
+    Revoked,
+    /// The server's certificate is unusable for another reason (bad signature or encoding,
+    /// not meant for TLS servers, an unsupported algorithm).
+    BadCertificate,
+    /// The server requires a client certificate and none was configured.
+    ClientCertificateRequired,
+    /// The server rejected the client certificate (unknown CA, expired, revoked, not allowed).
+    ClientCertificateRejected,
+    /// No TLS version, cipher suite or ALPN protocol in common with the server.
+    Incompatible,
+    /// Any other TLS failure (a protocol error, a peer that misbehaved).
+    Other,
+}
+
+impl TlsFailure {
+    /// Maps a rustls error to the failure it says.
+    #[cfg(feature = "tls")]
+    pub(crate) fn from_rustls(err: &rustls::Error) -> Self {
+        use rustls::{AlertDescription as Alert, CertificateError as Cert, Error as E};
+        match err {
+            E::InvalidCertificate(cert) => match cert {
+                Cert::UnknownIssuer => Self::UnknownIssuer,
+                Cert::NotValidForName | Cert::NotValidForNameContext { .. } => {
+                    Self::NotValidForName
+                }
+                Cert::Expired | Cert::ExpiredContext { .. } => Self::Expired,
+                Cert::NotValidYet | Cert::NotValidYetContext { .. } => Self::NotYetValid,
+                Cert::Revoked => Self::Revoked,
+                _ => Self::BadCertificate,
+            },
+            E::AlertReceived(Alert::CertificateRequired) => Self::ClientCertificateRequired,
+            E::AlertReceived(
+                Alert::BadCertificate
+                | Alert::UnknownCA
+                | Alert::CertificateExpired
+                | Alert::CertificateRevoked
+                | Alert::CertificateUnknown
+                | Alert::UnsupportedCertificate
+                | Alert::AccessDenied,
+            ) => Self::ClientCertificateRejected,
+            E::AlertReceived(
+                Alert::HandshakeFailure
+                | Alert::ProtocolVersion
+                | Alert::InsufficientSecurity
+                | Alert::NoApplicationProtocol,
+            )
+            | E::PeerIncompatible(_)
+            | E::NoApplicationProtocol => Self::Incompatible,
+            _ => Self::Other,
+        }
+    }
+
+    /// The failure of the first rustls error in `err`'s source chain, if any.
+    pub(crate) fn find(err: &(dyn std::error::Error + 'static)) -> Option<Self> {
+        #[cfg(feature = "tls")]
+        {
+            find_rustls_error(err)
+                .map(Self::from_rustls)
+                .or_else(|| find_flattened_alert(err))
+        }
+        #[cfg(not(feature = "tls"))]
+        {
+            let _ = err;
+            None
+        }
+    }
+}
+
+/// `err` and its sources, opening each `io::Error`: its `source()` skips the error it wraps
+/// (it returns *that* error's source), so it is opened with `get_ref` instead.
+#[cfg(feature = "tls")]
+fn chain<'a>(
+    err: &'a (dyn std::error::Error + 'static),
+) -> impl Iterator<Item = &'a (dyn std::error::Error + 'static)> {
+    std::iter::successors(Some(err), |e| {
+        match e
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+        {
+            Some(inner) => Some(inner as &(dyn std::error::Error + 'static)),
+            None => e.source(),
+        }
+    })
+}
+
+/// The first [`rustls::Error`] in `err`'s source chain (hyper-rustls and tokio-rustls wrap it
+/// in `io::Error`s).
+#[cfg(feature = "tls")]
+pub(crate) fn find_rustls_error<'a>(
+    err: &'a (dyn std::error::Error + 'static),
+) -> Option<&'a rustls::Error> {
+    chain(err).find_map(|e| e.downcast_ref::<rustls::Error>())
+}
+
+/// A TLS alert that reached us through HTTP/2, which keeps only the kind and the text of an
+/// `io::Error`: the server's refusal of our client certificate arrives after our side of a
+/// TLS 1.3 handshake is over, on a connection hyper already drives as HTTP/2, and what is left
+/// of rustls's error is an `InvalidData` error with rustls's text. The text is compared with
+/// what this rustls version writes for each alert the mapping knows.
+#[cfg(feature = "tls")]
+fn find_flattened_alert(err: &(dyn std::error::Error + 'static)) -> Option<TlsFailure> {
+    use rustls::AlertDescription as Alert;
+    const ALERTS: [Alert; 12] = [
+        Alert::CertificateRequired,
+        Alert::BadCertificate,
+        Alert::UnknownCA,
+        Alert::CertificateExpired,
+        Alert::CertificateRevoked,
+        Alert::CertificateUnknown,
+        Alert::UnsupportedCertificate,
+        Alert::AccessDenied,
+        Alert::HandshakeFailure,
+        Alert::ProtocolVersion,
+        Alert::InsufficientSecurity,
+        Alert::NoApplicationProtocol,
+    ];
+    chain(err).find_map(|e| {
+        let io = e.downcast_ref::<std::io::Error>()?;
+        if io.kind() != std::io::ErrorKind::InvalidData {
+            return None;
+        }
+        let text = io.get_ref()?.to_string();
+        ALERTS.iter().find_map(|alert| {
+            let received = rustls::Error::AlertReceived(*alert);
+            (received.to_string() == text).then(|| TlsFailure::from_rustls(&received))
+        })
+    })
+}
+
+impl fmt::Display for TlsFailure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::UnknownIssuer => "the server's certificate is not issued by a trusted CA",
+            Self::NotValidForName => "the server's certificate is not valid for this host name",
+            Self::Expired => "the server's certificate has expired",
+            Self::NotYetValid => "the server's certificate is not valid yet",
+            Self::Revoked => "the server's certificate is revoked",
+            Self::BadCertificate => "the server's certificate is invalid",
+            Self::ClientCertificateRequired => "the server requires a client certificate",
+            Self::ClientCertificateRejected => "the server rejected our client certificate",
+            Self::Incompatible => "no TLS version, cipher suite or protocol in common",
+            Self::Other => "TLS protocol error",
+        })
+    }
 }
 
 /// The error of [`HttpClient`](super::HttpClient).
@@ -224,6 +395,9 @@ impl ClientError {
         if err.downcast_ref::<AuthError>().is_some() {
             return Self::new(ClientErrorKind::Auth, downstream).with_source(err);
         }
+        if let Some(failure) = TlsFailure::find(err.as_ref()) {
+            return Self::new(ClientErrorKind::Tls(failure), downstream).with_source(err);
+        }
         let mut current: Option<&(dyn std::error::Error + 'static)> = Some(err.as_ref());
         let mut kind = ClientErrorKind::Transport;
         while let Some(e) = current {
@@ -350,6 +524,13 @@ impl fmt::Display for ClientError {
                 write!(f, "invalid response from {name}: {reason}")?
             }
             ClientErrorKind::Auth => write!(f, "no service token for {name}")?,
+            ClientErrorKind::Tls(failure) => {
+                write!(f, "TLS handshake with {name} failed: {failure}")?;
+                #[cfg(feature = "tls")]
+                if let Some(tls) = self.source.as_deref().and_then(|e| find_rustls_error(e)) {
+                    write!(f, " ({tls})")?;
+                }
+            }
         }
         if self.attempts > 1 {
             write!(f, " ({} attempts)", self.attempts)?;
@@ -387,6 +568,82 @@ mod tests {
         assert_eq!(
             mapped.to_string(),
             "call to inventory timed out after 200ms (3 attempts)"
+        );
+    }
+
+    #[cfg(feature = "tls")]
+    #[test]
+    fn tls_failures_are_found_through_io_errors_and_say_which() {
+        use rustls::{AlertDescription, CertificateError};
+        use std::io;
+        // What hyper-util hands over: a connect error whose source is the io::Error of
+        // hyper-rustls around the io::Error of tokio-rustls around the rustls error.
+        let wrap = |e: rustls::Error| -> BoxError {
+            Box::new(io::Error::other(io::Error::new(
+                io::ErrorKind::InvalidData,
+                e,
+            )))
+        };
+        let cases = [
+            (
+                rustls::Error::InvalidCertificate(CertificateError::UnknownIssuer),
+                TlsFailure::UnknownIssuer,
+            ),
+            (
+                rustls::Error::InvalidCertificate(CertificateError::NotValidForName),
+                TlsFailure::NotValidForName,
+            ),
+            (
+                rustls::Error::InvalidCertificate(CertificateError::Expired),
+                TlsFailure::Expired,
+            ),
+            (
+                rustls::Error::InvalidCertificate(CertificateError::NotValidYet),
+                TlsFailure::NotYetValid,
+            ),
+            (
+                rustls::Error::InvalidCertificate(CertificateError::BadSignature),
+                TlsFailure::BadCertificate,
+            ),
+            (
+                rustls::Error::AlertReceived(AlertDescription::CertificateRequired),
+                TlsFailure::ClientCertificateRequired,
+            ),
+            (
+                rustls::Error::AlertReceived(AlertDescription::UnknownCA),
+                TlsFailure::ClientCertificateRejected,
+            ),
+            (
+                rustls::Error::AlertReceived(AlertDescription::ProtocolVersion),
+                TlsFailure::Incompatible,
+            ),
+            (rustls::Error::DecryptError, TlsFailure::Other),
+        ];
+        for (rustls_error, failure) in cases {
+            let text = rustls_error.to_string();
+            let mapped = ClientError::from_stack(wrap(rustls_error), "ledger");
+            assert_eq!(mapped.kind(), &ClientErrorKind::Tls(failure));
+            let display = mapped.to_string();
+            assert!(
+                display.starts_with("TLS handshake with ledger failed: ")
+                    && display.contains(&failure.to_string())
+                    && display.contains(&text),
+                "{display}"
+            );
+        }
+        // HTTP/2 keeps only the kind and text of an io::Error.
+        let flattened: BoxError = Box::new(io::Error::new(
+            io::ErrorKind::InvalidData,
+            rustls::Error::AlertReceived(AlertDescription::CertificateRequired).to_string(),
+        ));
+        assert_eq!(
+            ClientError::from_stack(flattened, "ledger").kind(),
+            &ClientErrorKind::Tls(TlsFailure::ClientCertificateRequired)
+        );
+        let other: BoxError = Box::new(io::Error::new(io::ErrorKind::InvalidData, "bad frame"));
+        assert_eq!(
+            ClientError::from_stack(other, "ledger").kind(),
+            &ClientErrorKind::Transport
         );
     }
 

@@ -15,7 +15,7 @@ use http::{HeaderMap, Method, Request, Response, Uri};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::connect::{Connect, HttpConnector};
 use hyper_util::rt::TokioExecutor;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -37,6 +37,10 @@ pub type ClientBody = Full<Bytes>;
 pub const DEFAULT_MAX_RESPONSE_BYTES: usize = 16 << 20;
 
 type Stack = BoxCloneSyncService<Request<ClientBody>, Response<Incoming>, BoxError>;
+
+/// The hyper-util client under the stack, whatever its connector.
+type Hyper =
+    BoxCloneSyncService<Request<ClientBody>, Response<Incoming>, hyper_util::client::legacy::Error>;
 
 /// A resilient HTTP client for one downstream service; see the [module docs](super).
 ///
@@ -67,19 +71,25 @@ pub struct HttpClientBuilder {
     max_response_bytes: usize,
     default_headers: HeaderMap,
     connect_timeout: Duration,
-    hyper: Option<Client<HttpConnector, ClientBody>>,
+    hyper: Option<Hyper>,
+    #[cfg(feature = "tls")]
+    tls: Option<crate::tls::client::ClientTlsConfig>,
 }
 
 impl fmt::Debug for HttpClientBuilder {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("HttpClientBuilder")
-            .field("name", &self.name)
+        let mut d = f.debug_struct("HttpClientBuilder");
+        d.field("name", &self.name)
             .field("base", &self.base)
             .field("policy", &self.policy)
             .field("token", &self.token)
             .field("retry_non_idempotent", &self.retry_non_idempotent)
             .field("max_retry_after", &self.max_retry_after)
-            .finish_non_exhaustive()
+            .field("connect_timeout", &self.connect_timeout)
+            .field("custom_hyper_client", &self.hyper.is_some());
+        #[cfg(feature = "tls")]
+        d.field("tls", &self.tls);
+        d.finish_non_exhaustive()
     }
 }
 
@@ -98,6 +108,8 @@ impl HttpClient {
             default_headers: HeaderMap::new(),
             connect_timeout: Duration::from_secs(5),
             hyper: None,
+            #[cfg(feature = "tls")]
+            tls: None,
         }
     }
 
@@ -276,12 +288,7 @@ impl HttpClient {
                 ));
             }
         };
-        if resolved.scheme() != Some(&Scheme::HTTP) || resolved.host().is_none() {
-            return Err(ClientError::invalid_request(
-                name,
-                "only absolute http:// urls are supported",
-            ));
-        }
+        check_url(&resolved).map_err(|reason| ClientError::invalid_request(name, reason))?;
         *req.uri_mut() = resolved;
         for (header, value) in &self.inner.default_headers {
             if !req.headers().contains_key(header) {
@@ -289,6 +296,25 @@ impl HttpClient {
             }
         }
         Ok(req)
+    }
+}
+
+/// Whether the client can call `uri`: absolute, with a host, `http://` or (with the `tls`
+/// feature) `https://`.
+fn check_url(uri: &Uri) -> Result<(), &'static str> {
+    if uri.host().is_none() {
+        return Err("only absolute http:// and https:// urls are supported");
+    }
+    match uri.scheme() {
+        Some(scheme) if *scheme == Scheme::HTTP => Ok(()),
+        Some(scheme) if *scheme == Scheme::HTTPS => {
+            if cfg!(feature = "tls") {
+                Ok(())
+            } else {
+                Err("https:// urls need chassis-http's `tls` feature")
+            }
+        }
+        _ => Err("only absolute http:// and https:// urls are supported"),
     }
 }
 
@@ -314,8 +340,9 @@ impl fmt::Debug for HttpClient {
 
 impl HttpClientBuilder {
     /// The base URL relative request paths are resolved against, e.g.
-    /// `http://inventory:8080` or `http://gateway/inventory`. Defaults to none (absolute URLs
-    /// only). Only `http://` is supported by the built-in connector.
+    /// `http://inventory:8080`, `http://gateway/inventory` or `https://ledger.internal:8443`.
+    /// Defaults to none (absolute URLs only). `https://` needs the `tls` feature (on by
+    /// default); see [`tls`](Self::tls) for whom the client trusts.
     pub fn base_url(mut self, url: impl Into<String>) -> Self {
         self.base = Some(url.into());
         self
@@ -361,15 +388,38 @@ impl HttpClientBuilder {
         self
     }
 
-    /// TCP connect timeout of the built-in connector. Defaults to 5 seconds.
+    /// TCP connect timeout of the built-in connector. Defaults to 5 seconds. (The TLS
+    /// handshake that follows is bounded by the policy's attempt timeout.)
     pub fn connect_timeout(mut self, timeout: Duration) -> Self {
         self.connect_timeout = timeout;
         self
     }
 
-    /// Uses this hyper-util client (and its connection pool) instead of a new one.
-    pub fn hyper_client(mut self, client: Client<HttpConnector, ClientBody>) -> Self {
-        self.hyper = Some(client);
+    /// The TLS settings of `https://` calls: trusted roots, extra CAs, a client certificate
+    /// (mTLS), HTTP/2 by ALPN. Defaults to [`ClientTlsConfig::default`]: webpki roots, no
+    /// client certificate, `h2` and `http/1.1` offered. `http://` URLs keep working.
+    ///
+    /// The files it names are read by [`build`](Self::build), which fails (with
+    /// [`ClientErrorKind::InvalidRequest`]) when they cannot be used. A handshake that fails
+    /// ends the call with [`ClientErrorKind::Tls`], without retries.
+    ///
+    /// [`ClientTlsConfig::default`]: crate::tls::client::ClientTlsConfig::default
+    #[cfg(feature = "tls")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "tls")))]
+    pub fn tls(mut self, config: crate::tls::client::ClientTlsConfig) -> Self {
+        self.tls = Some(config);
+        self
+    }
+
+    /// Uses this hyper-util client (and its connection pool) instead of a new one; its
+    /// connector decides which schemes are reachable. The [connect
+    /// timeout](Self::connect_timeout) and [TLS settings](Self::tls) are then not used (setting
+    /// TLS too is an error at [`build`](Self::build)).
+    pub fn hyper_client<C>(mut self, client: Client<C, ClientBody>) -> Self
+    where
+        C: Connect + Clone + Send + Sync + 'static,
+    {
+        self.hyper = Some(BoxCloneSyncService::new(client));
         self
     }
 
@@ -399,10 +449,10 @@ impl HttpClientBuilder {
                     ClientError::invalid_request(name, format!("invalid base url {url:?}"))
                         .with_source(e)
                 })?;
-                if uri.scheme() != Some(&Scheme::HTTP) || uri.host().is_none() {
+                if let Err(reason) = check_url(&uri) {
                     return Err(ClientError::invalid_request(
                         name,
-                        format!("base url {url:?} must be an absolute http:// url"),
+                        format!("base url {url:?}: {reason}"),
                     ));
                 }
                 Some(uri)
@@ -427,12 +477,35 @@ impl HttpClientBuilder {
             })
             .with_breaker_classifier(HttpBreakerClassifier);
         let breaker = layer.circuit_breaker();
-        let hyper = self.hyper.unwrap_or_else(|| {
-            let mut connector = HttpConnector::new();
-            connector.set_connect_timeout(Some(self.connect_timeout));
-            connector.set_nodelay(true);
-            Client::builder(TokioExecutor::new()).build(connector)
-        });
+        let hyper = match self.hyper {
+            Some(hyper) => {
+                #[cfg(feature = "tls")]
+                if self.tls.is_some() {
+                    return Err(ClientError::invalid_request(
+                        name,
+                        "TLS settings are not used with a custom hyper client: set one or the other",
+                    ));
+                }
+                hyper
+            }
+            None => {
+                let mut http = HttpConnector::new();
+                http.set_connect_timeout(Some(self.connect_timeout));
+                http.set_nodelay(true);
+                #[cfg(feature = "tls")]
+                let connector =
+                    self.tls
+                        .unwrap_or_default()
+                        .https_connector(http)
+                        .map_err(|e| {
+                            ClientError::invalid_request(name, format!("invalid TLS settings: {e}"))
+                                .with_source(e)
+                        })?;
+                #[cfg(not(feature = "tls"))]
+                let connector = http;
+                BoxCloneSyncService::new(Client::builder(TokioExecutor::new()).build(connector))
+            }
+        };
         let downstream: Arc<str> = name.into();
         let instrumented = InstrumentLayer {
             downstream: downstream.clone(),

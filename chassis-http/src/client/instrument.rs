@@ -255,6 +255,9 @@ fn url_full(uri: &http::Uri, host: &str, port: u16) -> String {
 
 /// A low-cardinality `error.type` for a transport error.
 fn error_type(err: &BoxError) -> &'static str {
+    if super::error::TlsFailure::find(err.as_ref()).is_some() {
+        return "tls_error";
+    }
     let mut current: Option<&(dyn std::error::Error + 'static)> = Some(err.as_ref());
     while let Some(e) = current {
         if let Some(legacy) = e.downcast_ref::<hyper_util::client::legacy::Error>() {

@@ -49,6 +49,9 @@ pub fn is_idempotent(method: &Method) -> bool {
 /// timeouts (as [`DefaultRetryClassifier`] does: never local rejections such as an open
 /// circuit); a 429/503 whose `Retry-After` asks for more than `max_retry_after` is not retried,
 /// but returned.
+///
+/// TLS failures (see [`is_tls_failure`]) are not retried either: an untrusted, expired or
+/// misnamed certificate, or a refused client certificate, is the same on the next attempt.
 #[derive(Clone, Copy, Debug)]
 pub struct HttpRetryClassifier {
     /// Longest server-requested wait still honoured by retrying.
@@ -62,11 +65,22 @@ impl<B> RetryClassifier<Response<B>> for HttpRetryClassifier {
                 is_retryable_status(response.status())
                     && server_delay(response).is_none_or(|d| d <= self.max_retry_after)
             }
-            Err(_) => {
-                RetryClassifier::<Response<B>>::should_retry(&DefaultRetryClassifier, outcome)
+            Err(err) => {
+                !is_tls_failure(err)
+                    && RetryClassifier::<Response<B>>::should_retry(
+                        &DefaultRetryClassifier,
+                        outcome,
+                    )
             }
         }
     }
+}
+
+/// Whether `err` is a failed TLS handshake (or a TLS alert from the server): a rustls error
+/// anywhere in its source chain, including inside the `io::Error`s the TLS connector wraps it
+/// in. Always `false` without the `tls` feature.
+pub fn is_tls_failure(err: &BoxError) -> bool {
+    super::error::TlsFailure::find(err.as_ref()).is_some()
 }
 
 /// Reads `Retry-After` (delta-seconds or an HTTP-date) from 429 and 503 responses.
@@ -185,6 +199,11 @@ impl CloneRequest<Request<Full<Bytes>>> for IdempotentRequests {
 
 /// What the breaker counts: 5xx responses and transport errors and timeouts are failures, 429 is
 /// ignored (the downstream is protecting itself, not broken), everything else is a success.
+///
+/// A failed TLS handshake is a failure, as a refused connection is: the downstream cannot be
+/// used through this client until its certificate (or ours) changes, and an open breaker spares
+/// every caller a handshake that will fail. Unlike a refused connection it is not retried
+/// first (see [`HttpRetryClassifier`]).
 #[derive(Clone, Copy, Debug, Default)]
 pub struct HttpBreakerClassifier;
 
@@ -261,6 +280,37 @@ mod tests {
         assert_eq!(
             HttpRetryAfter.retry_after(Ok(&response(500, Some("2")))),
             None
+        );
+    }
+
+    #[cfg(feature = "tls")]
+    #[test]
+    fn tls_failures_are_not_retried_but_trip_the_breaker() {
+        use std::io;
+        // As hyper-rustls hands it over: tokio-rustls's `InvalidData` error wrapped again.
+        let rustls_error =
+            rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer);
+        let tls: BoxError = Box::new(io::Error::other(io::Error::new(
+            io::ErrorKind::InvalidData,
+            rustls_error,
+        )));
+        let reset: BoxError = Box::new(io::Error::from(io::ErrorKind::ConnectionReset));
+        let c = HttpRetryClassifier {
+            max_retry_after: Duration::from_secs(5),
+        };
+        assert!(is_tls_failure(&tls));
+        assert!(!is_tls_failure(&reset));
+        assert!(!RetryClassifier::<Response<()>>::should_retry(
+            &c,
+            Err(&tls)
+        ));
+        assert!(RetryClassifier::<Response<()>>::should_retry(
+            &c,
+            Err(&reset)
+        ));
+        assert_eq!(
+            Classify::<Response<()>, BoxError>::classify(&HttpBreakerClassifier, Err(&tls)),
+            Outcome::Failure
         );
     }
 
