@@ -536,6 +536,50 @@ async fn a_bad_replacement_keeps_the_old_certificate() {
 }
 
 #[tokio::test]
+async fn a_new_client_ca_bundle_is_used_for_new_handshakes() {
+    let old_ca = Ca::new("old ca");
+    let new_ca = Ca::new("new ca");
+    let files = Files::new(&old_ca.server("server"), &old_ca);
+    let server = TestServer::start(files.config().require_client_cert(files.path("ca.crt"))).await;
+    let alpn: &[&[u8]] = &[b"http/1.1"];
+    let old_client = client_config(&old_ca, alpn, Some(&old_ca.client("spiffe://shop/orders")));
+    // Trusts the server's (old) CA, presents a certificate of the new one.
+    let new_client = client_config(&old_ca, alpn, Some(&new_ca.client("spiffe://shop/orders")));
+
+    let old = request(server.addr, old_client.clone(), "GET", "/who").await;
+    assert_eq!(old.unwrap().body, "spiffe://shop/orders");
+    assert!(
+        request(server.addr, new_client.clone(), "GET", "/who")
+            .await
+            .is_err()
+    );
+
+    // A bundle that does not parse is skipped; then the new CA replaces the old one.
+    replace(&files.path("ca.crt"), b"not a certificate");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let old = request(server.addr, old_client.clone(), "GET", "/who").await;
+    assert!(old.is_ok(), "the old bundle stays: {old:?}");
+    replace(&files.path("ca.crt"), new_ca.pem().as_bytes());
+    let start = Instant::now();
+    while request(server.addr, new_client.clone(), "GET", "/who")
+        .await
+        .is_err()
+    {
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "the new CA was not loaded"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        request(server.addr, old_client, "GET", "/who")
+            .await
+            .is_err()
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
 async fn plain_http_to_the_tls_port_gets_a_400_saying_so() {
     let ca = Ca::new("test ca");
     let files = Files::new(&ca.server("server"), &ca);
