@@ -728,16 +728,17 @@ mod grpc {
                             let (parts, body) = req.into_parts();
                             let body = body.collect().await.unwrap().to_bytes();
                             // One gRPC message: flag, 4-byte length, protobuf.
-                            if ok && body.len() >= 5 && body[0] == 0 {
-                                if let Ok(request) =
+                            if ok
+                                && body.len() >= 5
+                                && body[0] == 0
+                                && let Ok(request) =
                                     ExportTraceServiceRequest::decode(body.slice(5..))
-                                {
-                                    let _ = tx.send(Event::Export(Box::new(Received {
-                                        headers: parts.headers,
-                                        request,
-                                        client_certificate,
-                                    })));
-                                }
+                            {
+                                let _ = tx.send(Event::Export(Box::new(Received {
+                                    headers: parts.headers,
+                                    request,
+                                    client_certificate,
+                                })));
                             }
                             let mut resp = Response::new(GrpcOk(0));
                             resp.headers_mut().insert(
