@@ -496,7 +496,7 @@ impl Server {
                 let tls = tls.clone();
                 tokio::spawn(async move {
                     if let Some(accepted) =
-                        tls_connection::accept(stream, &tls, &mut first_request).await
+                        tls_connection::accept(stream, &tls, &mut first_request, &tracked).await
                     {
                         let service = service.with_peer(accepted.peer);
                         serve_connection(

@@ -654,8 +654,12 @@ async fn shutdown_drains_an_in_flight_tls_request() {
         .await
         .unwrap();
     let mut conn = Conn::open(stream).await.unwrap();
+    // A client still before its handshake (the header read timeout is 30 s): it has no request
+    // to finish and is closed at once.
+    let mut silent = TcpStream::connect(server.addr).await.unwrap();
     let in_flight = tokio::spawn(async move { conn.send("GET", "/slow").await });
     tokio::time::sleep(Duration::from_millis(100)).await;
+    let start = Instant::now();
     let outcome = server.stop().await;
     let reply = in_flight.await.unwrap().unwrap();
     assert_eq!(
@@ -663,6 +667,13 @@ async fn shutdown_drains_an_in_flight_tls_request() {
         (StatusCode::OK, "slow")
     );
     assert!(outcome.drained);
+    assert!(
+        start.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        start.elapsed()
+    );
+    let mut buf = [0u8; 1];
+    assert_eq!(silent.read(&mut buf).await.unwrap_or(0), 0, "closed");
 }
 
 #[tokio::test]

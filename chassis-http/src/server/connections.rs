@@ -142,6 +142,22 @@ impl Registration {
     }
 }
 
+impl Registration {
+    /// Resolves once shutdown began (drain or close): for a connection that has not reached
+    /// HTTP yet (a TLS handshake in progress), which has no request to finish and just closes.
+    #[cfg(feature = "tls")]
+    pub(super) fn shutting_down(&self) -> impl Future<Output = ()> + '_ {
+        std::future::poll_fn(|cx| {
+            self.waker.register(cx.waker());
+            if self.shared.phase.load(Ordering::SeqCst) == SERVING {
+                Poll::Pending
+            } else {
+                Poll::Ready(())
+            }
+        })
+    }
+}
+
 impl Drop for Registration {
     fn drop(&mut self) {
         let mut open = self.shared.open();

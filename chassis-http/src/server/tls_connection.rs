@@ -18,6 +18,7 @@ use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
 use tokio_rustls::server::TlsStream;
 
+use super::connections::Registration;
 use crate::error::ApiError;
 use crate::tls::peer::PeerIdentity;
 use crate::tls::server::ServerTls;
@@ -39,11 +40,13 @@ pub(super) struct Accepted {
 }
 
 /// Does the handshake of `stream`, or answers a plain HTTP request; `None` if the connection
-/// is done (plain HTTP answered, handshake failed, or `deadline` passed first).
+/// is done (plain HTTP answered, handshake failed, `deadline` passed first, or shutdown began
+/// before the handshake completed).
 pub(super) async fn accept(
     stream: TcpStream,
     tls: &Arc<ServerTls>,
     deadline: &mut Pin<Box<dyn hyper::rt::Sleep>>,
+    tracked: &Registration,
 ) -> Option<Accepted> {
     let handshake = async {
         let mut first = [0u8; 1];
@@ -87,6 +90,8 @@ pub(super) async fn accept(
             );
             None
         }
+        // No request in flight yet: nothing to drain.
+        () = tracked.shutting_down() => None,
     }
 }
 
