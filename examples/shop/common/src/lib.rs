@@ -13,12 +13,15 @@
 //!   with their routing keys;
 //! - [`auth`]: service tokens (the gateway signs, the internal APIs verify);
 //! - [`limits`]: the size limits of everything a client controls, checked by every service,
-//!   and the typed error ([`FieldError`](limits::FieldError), a 422 on an API).
+//!   and the typed error ([`FieldError`](limits::FieldError), a 422 on an API);
+//! - [`tls`]: HTTPS and mTLS between the services, from `TLS_CERT_FILE`, `TLS_KEY_FILE`,
+//!   `TLS_CA_FILE` and `TLS_CLIENT_AUTH`.
 
 pub mod auth;
 pub mod db;
 pub mod events;
 pub mod limits;
 pub mod service;
+pub mod tls;
 
 pub use service::Shop;

@@ -34,14 +34,19 @@ pub fn env(key: &str, default: &str) -> String {
 }
 
 /// The HTTP server's configuration: `HTTP_ADDR` or `127.0.0.1:<default_port>`; in-flight
-/// requests get 10 s to finish at shutdown.
+/// requests get 10 s to finish at shutdown; HTTPS when `TLS_CERT_FILE` is set (see
+/// [`crate::tls`]).
 pub fn server_config(default_port: u16) -> Result<ServerConfig, BoxError> {
     let addr: SocketAddr = env("HTTP_ADDR", &format!("127.0.0.1:{default_port}"))
         .parse()
         .map_err(|e| format!("HTTP_ADDR: {e}"))?;
-    Ok(ServerConfig::default()
+    let config = ServerConfig::default()
         .bind(addr)
-        .drain_timeout(Duration::from_secs(10)))
+        .drain_timeout(Duration::from_secs(10));
+    Ok(match crate::tls::server_tls()? {
+        Some(tls) => config.tls(tls),
+        None => config,
+    })
 }
 
 /// Histogram buckets (seconds) of every shop service: 0.1 ms to 30 s, about 25% apart below

@@ -363,10 +363,9 @@ pub const HOPS: &[HopSpec] = &[
 /// Every service's parsed `/metrics`, by service.
 pub type Scrape = BTreeMap<String, Vec<Series>>;
 
-/// Scrapes `/metrics` of each `(service, base url)`; a service that does not answer is left
-/// out (its hops then show no samples).
-pub async fn scrape(services: &[(String, String)]) -> Scrape {
-    let http = reqwest::Client::new();
+/// Scrapes `/metrics` of each `(service, base url)` with `http`; a service that does not
+/// answer is left out (its hops then show no samples).
+pub async fn scrape(http: &reqwest::Client, services: &[(String, String)]) -> Scrape {
     let mut out = Scrape::new();
     for (service, url) in services {
         let text = async {

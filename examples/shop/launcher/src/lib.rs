@@ -14,7 +14,9 @@
 //! - [`workload`]: place orders concurrently, poll them to a final status, summarise;
 //! - [`measure`]: the workload with CPU time per order per process ([`cpu`], from `/proc`) and
 //!   p50/p99 per hop ([`hops`], from the services' `/metrics`);
-//! - [`cleanup`]: delete every exchange and queue of a run's namespace once its services stopped.
+//! - [`cleanup`]: delete every exchange and queue of a run's namespace once its services stopped;
+//! - [`tls`]: `--tls`, a development CA and a certificate per service, and the launcher's own
+//!   HTTPS client.
 //!
 //! # Example
 //! ```no_run
@@ -43,6 +45,7 @@ pub mod cpu;
 pub mod hops;
 pub mod measure;
 pub mod preflight;
+pub mod tls;
 pub mod workload;
 
 /// A boxed error.
@@ -317,6 +320,9 @@ pub struct SystemConfig {
     pub extra_env: Vec<(String, String)>,
     /// How long to wait for every `/health/ready`.
     pub ready_timeout: Duration,
+    /// Every service on HTTPS with mTLS between them, with certificates generated into
+    /// `<run dir>/tls` (see [`tls`]).
+    pub tls: bool,
 }
 
 impl SystemConfig {
@@ -335,6 +341,7 @@ impl SystemConfig {
             api_keys: "demo-key-0001:demo".into(),
             extra_env: Vec::new(),
             ready_timeout: Duration::from_secs(60),
+            tls: false,
         }
     }
 
@@ -370,6 +377,8 @@ pub struct System {
     procs: BTreeMap<&'static str, Proc>,
     /// Whether the PostgreSQL databases still need dropping (`drop_on_stop`).
     databases_to_drop: bool,
+    /// The run's certificates, with [`SystemConfig::tls`].
+    pki: Option<tls::ShopPki>,
 }
 
 impl System {
@@ -397,7 +406,13 @@ impl System {
             Some(p) => p.clone(),
             None => SERVICES.iter().map(|s| (*s, free_port())).collect(),
         };
-        let url = |s: &str| format!("http://127.0.0.1:{}", ports[s]);
+        let pki = if config.tls {
+            Some(tls::ShopPki::generate(config.run_dir.join("tls"))?)
+        } else {
+            None
+        };
+        let scheme = if pki.is_some() { "https" } else { "http" };
+        let url = |s: &str| format!("{scheme}://127.0.0.1:{}", ports[s]);
         let key =
             chassis_http::auth::SigningKey::generate_ed25519()?.with_kid("shop-launcher-1")?;
         let private_pem = key.to_pkcs8_pem().ok_or("no PEM for the generated key")?;
@@ -452,6 +467,9 @@ impl System {
                     env.push(("DATABASE_URL".into(), url));
                 }
             }
+            if let Some(pki) = &pki {
+                env.extend(pki.env(service));
+            }
             env.extend(config.extra_env.iter().cloned());
             procs.insert(
                 service,
@@ -466,6 +484,7 @@ impl System {
             config,
             procs,
             databases_to_drop,
+            pki,
         };
         for service in SERVICES {
             system.spawn(service)?;
@@ -503,7 +522,7 @@ impl System {
 
     /// Waits until `/health/ready` of `only` (or of every service) answers 200.
     pub async fn wait_ready(&mut self, only: Option<&str>) -> Result<(), BoxError> {
-        let http = reqwest::Client::new();
+        let http = tls::http_client(self.pki.as_ref())?.build()?;
         let deadline = Instant::now() + self.config.ready_timeout;
         for (name, proc) in &mut self.procs {
             if only.is_some_and(|o| o != *name) {
@@ -533,6 +552,11 @@ impl System {
             }
         }
         Ok(())
+    }
+
+    /// The run's certificates when the services serve HTTPS ([`SystemConfig::tls`]).
+    pub fn pki(&self) -> Option<&tls::ShopPki> {
+        self.pki.as_ref()
     }
 
     /// The pid of every running service process.

@@ -84,6 +84,11 @@ struct Args {
     /// Use the standard ports (gateway 8080 … provider 8090) instead of free ones.
     #[arg(long)]
     standard_ports: bool,
+    /// Every service on HTTPS with mTLS between them: a development CA and a certificate per
+    /// service are generated into `<run dir>/tls` (internal services accept only callers with a
+    /// certificate from that CA; the gateway also serves clients without one).
+    #[arg(long)]
+    tls: bool,
     /// Where logs and SQLite databases go (default: a fresh temporary directory).
     #[arg(long)]
     run_dir: Option<PathBuf>,
@@ -210,6 +215,7 @@ async fn run(args: Args) -> Result<ExitCode, BoxError> {
     if args.standard_ports {
         config = config.standard_ports();
     }
+    config.tls = args.tls;
     eprintln!(
         "starting 6 processes (logs and databases in {}, exchanges and queues {}*)…",
         run_dir.display(),
@@ -263,6 +269,7 @@ async fn drive(system: &System, args: &Args, signals: &mut Signals) -> Outcome {
         orders: args.orders,
         concurrency: args.concurrency,
         declined_ratio: args.declined_ratio,
+        tls: system.pki().cloned(),
         ..WorkloadConfig::default()
     };
     let result = tokio::select! {

@@ -77,11 +77,12 @@ pub async fn run(
         .map(|s| ((*s).to_owned(), system.url(s).to_owned()))
         .collect();
     let ticks = cpu::ticks_per_second();
-    let scraped_before = hops::scrape(&endpoints).await;
+    let http = crate::tls::http_client(system.pki())?.build()?;
+    let scraped_before = hops::scrape(&http, &endpoints).await;
     let cpu_before = cpu::sample(&pids);
     let summary = workload::run(system.url("gateway"), config, progress).await?;
     let cpu_after = cpu::sample(&pids);
-    let scraped_after = hops::scrape(&endpoints).await;
+    let scraped_after = hops::scrape(&http, &endpoints).await;
     Ok(Measured {
         cpu: CpuReport::between(&cpu_before, &cpu_after, ticks, summary.finished()),
         broker_measured: broker.is_some(),

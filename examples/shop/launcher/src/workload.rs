@@ -42,6 +42,9 @@ pub struct WorkloadConfig {
     pub scarce_ratio: f64,
     /// Give up polling an order after this long.
     pub order_timeout: Duration,
+    /// The run's certificates when the gateway serves HTTPS (`--tls`): the client trusts only
+    /// the shop's CA.
+    pub tls: Option<crate::tls::ShopPki>,
 }
 
 impl Default for WorkloadConfig {
@@ -53,6 +56,7 @@ impl Default for WorkloadConfig {
             declined_ratio: 0.05,
             scarce_ratio: 0.05,
             order_timeout: Duration::from_secs(60),
+            tls: None,
         }
     }
 }
@@ -240,7 +244,7 @@ pub async fn run(
     config: &WorkloadConfig,
     progress: Option<ProgressBar>,
 ) -> Result<Summary, BoxError> {
-    let http = reqwest::Client::builder()
+    let http = crate::tls::http_client(config.tls.as_ref())?
         .pool_max_idle_per_host(config.concurrency * 2)
         .build()?;
     let permits = Arc::new(Semaphore::new(config.concurrency.max(1)));

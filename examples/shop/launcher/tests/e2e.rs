@@ -622,3 +622,81 @@ async fn the_shop_on_postgresql() {
         .unwrap();
     assert_eq!(left, 0, "databases of {database:?} left behind");
 }
+
+/// `--tls`: every service on HTTPS with mTLS between them. The workload completes through the
+/// gateway; the launcher's scrapes reach every service with its certificate; a caller without a
+/// certificate from the shop's CA is refused by an internal service at the handshake but served
+/// by the gateway; plain HTTP to a TLS port gets a clear 400.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[allow(clippy::await_holding_lock)]
+async fn the_shop_over_tls_with_mtls_between_its_services() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let (sys, _dir) = start(|c| c.tls = true).await;
+    for service in shop_launcher::SERVICES {
+        assert!(sys.url(service).starts_with("https://"), "{service}");
+    }
+    let pki = sys.pki().expect("certificates generated").clone();
+
+    // The workload, and every hop measured through mTLS scrapes of `/metrics`.
+    let config = WorkloadConfig {
+        orders: 40,
+        concurrency: 8,
+        tls: Some(pki.clone()),
+        ..WorkloadConfig::default()
+    };
+    let measured = measure::run(&sys, &config, None).await.unwrap();
+    let text = measured.to_string();
+    assert_eq!(measured.summary.finished(), 40, "{text}");
+    assert!(measured.summary.confirmed > 0, "{text}");
+    for over_https in [
+        "gateway POST /api/v1/orders",
+        "orders POST /internal/orders",
+    ] {
+        let hop = measured.hops.hop(over_https).unwrap();
+        assert!(hop.count >= 40, "{over_https}: {}\n{text}", hop.count);
+    }
+
+    // A client trusting the shop's CA but holding no certificate of its own.
+    let anonymous = {
+        let config = chassis_http::tls::client::ClientTlsConfig::new()
+            .roots(chassis_http::tls::client::TrustRoots::None)
+            .add_ca_file(pki.ca_file())
+            .http2(false)
+            .build()
+            .unwrap();
+        reqwest::Client::builder()
+            .tls_backend_preconfigured((*config).clone())
+            .build()
+            .unwrap()
+    };
+    let refused = anonymous
+        .get(format!("{}/health/live", sys.url("orders")))
+        .send()
+        .await;
+    assert!(
+        refused.is_err(),
+        "orders served a caller without a certificate: {refused:?}"
+    );
+    let served = anonymous
+        .get(format!("{}/health/live", sys.url("gateway")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(served.status(), 200);
+
+    // Plain HTTP to a TLS port: a 400 that says so, not a reset.
+    let plain = reqwest::Client::new()
+        .get(format!(
+            "{}/health/live",
+            sys.url("orders").replace("https://", "http://")
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(plain.status(), 400);
+    let body = plain.text().await.unwrap();
+    assert!(body.to_ascii_lowercase().contains("https"), "{body}");
+
+    let unclean = stop(sys).await;
+    assert!(unclean.is_empty(), "{unclean:?}");
+}

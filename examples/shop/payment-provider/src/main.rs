@@ -33,6 +33,13 @@ struct Args {
     /// idempotency window (e.g. `24h`, `10m`); `0` keeps them for ever.
     #[arg(long, env = "PROVIDER_RETENTION", default_value = "24h")]
     retention: String,
+    /// Serve HTTPS with this certificate chain (PEM), with `--tls-key`; reloaded when the file
+    /// changes. Plain HTTP without it.
+    #[arg(long, env = "TLS_CERT_FILE", requires = "tls_key")]
+    tls_cert: Option<std::path::PathBuf>,
+    /// The private key (PEM) of `--tls-cert`.
+    #[arg(long, env = "TLS_KEY_FILE")]
+    tls_key: Option<std::path::PathBuf>,
 }
 
 // One runtime thread: it answers small requests from payments, and on a small machine shared
@@ -70,7 +77,17 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     } else {
         state.with_retention(retention)
     };
-    tracing::info!(addr = %listener.local_addr()?, ?behaviour, ledger = ?args.ledger, "payment provider listening");
+    tracing::info!(addr = %listener.local_addr()?, ?behaviour, ledger = ?args.ledger, tls = args.tls_cert.is_some(), "payment provider listening");
+    if let (Some(cert), Some(key)) = (args.tls_cert, args.tls_key) {
+        // HTTPS through the chassis server runner, which handles SIGTERM/SIGINT itself. The
+        // provider plays a third party: it asks callers for no client certificate.
+        let config = chassis_http::server::ServerConfig::default()
+            .tls(chassis_http::tls::server::ServerTlsConfig::new(cert, key));
+        chassis_http::server::Server::from_listener(listener, config)?
+            .serve(app(state))
+            .await?;
+        return Ok(());
+    }
     axum::serve(listener, app(state))
         .with_graceful_shutdown(async {
             let mut term =

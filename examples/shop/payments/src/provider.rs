@@ -90,7 +90,7 @@ impl ProviderClient {
 
     /// A client for the provider at `base_url` with `policy`.
     pub fn new(base_url: &str, policy: &ResiliencePolicy) -> Result<Self, BoxError> {
-        let http = HttpClient::builder("payment-provider")
+        let http = shop_common::tls::client_builder("payment-provider")?
             .base_url(base_url.trim_end_matches('/'))
             .policy(policy.clone())
             .max_retry_after(Duration::from_secs(2))
