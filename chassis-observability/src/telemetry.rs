@@ -186,7 +186,10 @@ impl TelemetryBuilder {
     }
 
     /// Do not read `LOG_FORMAT`, `RUST_LOG` and the `OTEL_*` variables. Defaults to reading them
-    /// (they win over the configuration).
+    /// (they win over the configuration). One thing escapes this: opentelemetry-otlp's exporter
+    /// reads `OTEL_EXPORTER_OTLP_[TRACES_]HEADERS` (silently skipping malformed entries),
+    /// `OTEL_EXPORTER_OTLP_[TRACES_]TIMEOUT` and `OTEL_EXPORTER_OTLP_[TRACES_]COMPRESSION`
+    /// itself, whatever this builder says.
     pub fn ignore_env(mut self) -> Self {
         self.use_env = false;
         self

@@ -331,17 +331,20 @@ fn span_names(received: &[Received]) -> Vec<String> {
 async fn https_export_trusts_the_configured_ca_and_sends_the_headers() {
     let pki = Pki::new("ca");
     let mut receiver = TlsReceiver::start(pki.server_config(false)).await;
-    let mut c = config(&receiver.endpoint(), pki.tls(false));
-    c.tracing
-        .headers
-        .insert("Authorization".into(), "Bearer t0ken".to_owned().into());
-    c.tracing
-        .headers
-        .insert("x-tenant".into(), "shop".to_owned().into());
-
-    let stats = export_one_span(c, "checkout", &CaptureWriter::new()).await;
-    assert_eq!(stats.dropped, 0, "{stats:?}");
-    assert_eq!(stats.exported, 1, "{stats:?}");
+    let (dispatch, guard) = Telemetry::builder(ServiceInfo::new("orders", "1.0.0"))
+        .ignore_env()
+        .config(config(&receiver.endpoint(), OtlpTlsConfig::default()))
+        .otlp_tls(pki.tls(false))
+        .otlp_header("Authorization", "Bearer t0ken")
+        .otlp_header("x-tenant", "shop")
+        .make_writer(CaptureWriter::new())
+        .build()
+        .unwrap();
+    tracing::dispatcher::with_default(&dispatch, || {
+        tracing::info_span!("checkout").in_scope(|| {});
+    });
+    let stats = finish(guard).await;
+    assert_eq!((stats.exported, stats.dropped), (1, 0), "{stats:?}");
 
     let received = receiver.exports();
     assert!(!received.is_empty(), "nothing reached the collector");
