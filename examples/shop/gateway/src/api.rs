@@ -1,5 +1,18 @@
-//! The public API: its routes, the end-user checks in front of them (API key, per-key rate
-//! limit, request size) and the calls to the services behind them.
+//! The public API: its routes, the end-user checks in front of them (API key or user token,
+//! per-caller rate limit, request size) and the calls to the services behind them.
+//!
+//! # Who may call
+//!
+//! Every route needs `Authorization: Bearer <credential>`:
+//! - a configured API key: a trusted client with full access (today's behaviour; the workload,
+//!   soak and chaos tools use one);
+//! - otherwise, when user tokens are configured ([`crate::users`]), an end user's JWT: it must
+//!   verify (401 `invalid_token` if not), and its roles' permissions decide per route (403
+//!   `insufficient_scope`): a customer places orders for itself and reads only its own orders
+//!   (the order's `customer_id` is the token's `sub`), an admin reads every order.
+//!
+//! Neither: 401 with `WWW-Authenticate: Bearer realm="shop"`. The rate limit applies per API
+//! key's client or per user.
 //!
 //! | route | behind it |
 //! |---|---|
@@ -58,10 +71,13 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{Path, Query, RawQuery, State};
+use axum::extract::{FromRequestParts, Path, Query, RawQuery, Request, State};
+use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use chassis_http::auth::user::{RequireUserTokenLayer, UserPrincipal};
 use chassis_http::client::{ClientBody, HttpClient, IDEMPOTENCY_KEY};
 use chassis_http::layers::StandardLayers;
 use chassis_http::{ApiError, ApiResponse, ResultExt};
@@ -69,21 +85,79 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use shop_common::events::Item;
 use shop_common::limits;
+use tower::{Layer, ServiceExt};
 
 use crate::downstream::{self, WriteAnswer};
 use crate::keys::ApiKeys;
 use crate::rate_limit::KeyedRateLimiter;
+use crate::users::permissions;
 
 pub use shop_common::limits::MAX_API_BODY_BYTES;
 
-/// What the handlers share: the API keys, the rate limiter and a client per service.
+/// What the handlers share: the API keys, the user-token layer (if configured), the rate
+/// limiter and a client per service.
 #[derive(Clone, Debug)]
 pub struct Gateway {
     keys: ApiKeys,
+    users: Option<RequireUserTokenLayer>,
     limiter: Arc<KeyedRateLimiter>,
     orders: HttpClient,
     inventory: HttpClient,
     notifications: HttpClient,
+}
+
+/// Who a request comes from, once [`router`]'s authentication let it in.
+#[derive(Clone, Debug)]
+pub enum Caller {
+    /// A trusted client with an API key (its name): full access.
+    Client(String),
+    /// An end user with a verified token: what its permissions allow.
+    User(UserPrincipal),
+}
+
+/// The client of the request's API key, as the authentication step found it.
+#[derive(Clone, Debug)]
+struct ApiClient(String);
+
+impl<S: Send + Sync> FromRequestParts<S> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, ApiError> {
+        if let Some(ApiClient(client)) = parts.extensions.get::<ApiClient>() {
+            return Ok(Caller::Client(client.clone()));
+        }
+        if let Some(user) = parts.extensions.get::<UserPrincipal>() {
+            return Ok(Caller::User(user.clone()));
+        }
+        // Only reached if the authentication step is missing from the stack: fail closed.
+        Err(unauthorized())
+    }
+}
+
+impl Caller {
+    /// The rate-limit key and idempotency-key scope: the client's name, or `user:<sub>`.
+    fn scope(&self) -> String {
+        match self {
+            Caller::Client(client) => client.clone(),
+            Caller::User(user) => format!("user:{}", user.subject),
+        }
+    }
+
+    /// `Ok` for a client; for a user, `Ok` when its roles grant `permission`, else 403.
+    fn require(&self, permission: &str) -> Result<(), ApiError> {
+        match self {
+            Caller::Client(_) => Ok(()),
+            Caller::User(user) => Ok(user.require(permission)?),
+        }
+    }
+}
+
+/// 401 for a request with neither a known API key nor (when configured) a user token.
+fn unauthorized() -> ApiError {
+    ApiError::unauthorized("a valid API key is required (Authorization: Bearer <key>)").with_header(
+        http::header::WWW_AUTHENTICATE,
+        HeaderValue::from_static("Bearer realm=\"shop\""),
+    )
 }
 
 impl Gateway {
@@ -97,6 +171,7 @@ impl Gateway {
     ) -> Self {
         Self {
             keys,
+            users: None,
             limiter: Arc::new(limiter),
             orders,
             inventory,
@@ -104,22 +179,15 @@ impl Gateway {
         }
     }
 
-    /// Authenticates and rate limits; returns the client name.
-    fn admit(&self, headers: &HeaderMap) -> Result<String, ApiError> {
-        let auth = headers
-            .get("authorization")
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or_default();
-        let Some(client) = self.keys.client_for(auth) else {
-            let mut e =
-                ApiError::unauthorized("a valid API key is required (Authorization: Bearer <key>)");
-            e = e.with_header(
-                http::header::WWW_AUTHENTICATE,
-                HeaderValue::from_static("Bearer realm=\"shop\""),
-            );
-            return Err(e);
-        };
-        if let Err(retry_after) = self.limiter.check(client) {
+    /// Also accepts end users' bearer JWTs, checked by `users` (see [`crate::users`]).
+    pub fn with_users(mut self, users: RequireUserTokenLayer) -> Self {
+        self.users = Some(users);
+        self
+    }
+
+    /// Rate limits the caller (per API key client, per user).
+    fn admit(&self, caller: &Caller) -> Result<(), ApiError> {
+        if let Err(retry_after) = self.limiter.check(&caller.scope()) {
             return Err(ApiError::new(
                 StatusCode::TOO_MANY_REQUESTS,
                 chassis_http::error::codes::RATE_LIMITED,
@@ -127,7 +195,7 @@ impl Gateway {
             )
             .with_retry_after(retry_after));
         }
-        Ok(client.to_owned())
+        Ok(())
     }
 
     /// Sends a read `req` to `svc` (the client adds the service token, the trace context and
@@ -138,21 +206,52 @@ impl Gateway {
         svc: &HttpClient,
         req: http::Request<ClientBody>,
     ) -> Result<Response, ApiError> {
-        match svc.execute(req).await {
-            Ok(resp) => {
-                let (parts, body) = resp.into_parts();
-                Ok((
-                    parts.status,
-                    [(http::header::CONTENT_TYPE, "application/json")],
-                    body,
-                )
-                    .into_response())
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, attempts = e.attempts(), "downstream call failed");
-                Err(downstream::to_api_error(&e))
-            }
-        }
+        Ok(relay(Self::fetch(svc, req).await?))
+    }
+
+    /// Sends a read `req` to `svc` and returns its answer, or the chassis error for the failure.
+    async fn fetch(
+        svc: &HttpClient,
+        req: http::Request<ClientBody>,
+    ) -> Result<http::Response<Bytes>, ApiError> {
+        svc.execute(req).await.map_err(|e| {
+            tracing::warn!(error = %e, attempts = e.attempts(), "downstream call failed");
+            downstream::to_api_error(&e)
+        })
+    }
+}
+
+/// A downstream's JSON answer, relayed with its status.
+fn relay(resp: http::Response<Bytes>) -> Response {
+    let (parts, body) = resp.into_parts();
+    (
+        parts.status,
+        [(http::header::CONTENT_TYPE, "application/json")],
+        body,
+    )
+        .into_response()
+}
+
+/// Lets a request in with a known API key ([`Caller::Client`]) or, when configured, a valid
+/// user token ([`Caller::User`], verified by the chassis user-token layer, which answers 401
+/// itself); otherwise 401.
+async fn authenticate(State(gw): State<Gateway>, mut req: Request, next: Next) -> Response {
+    let client = req
+        .headers()
+        .get(http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|auth| gw.keys.client_for(auth))
+        .map(str::to_owned);
+    if let Some(client) = client {
+        req.extensions_mut().insert(ApiClient(client));
+        return next.run(req).await;
+    }
+    match &gw.users {
+        Some(users) => match users.layer(next).oneshot(req).await {
+            Ok(response) => response.map(axum::body::Body::new),
+            Err(never) => match never {},
+        },
+        None => IntoResponse::into_response(unauthorized()),
     }
 }
 
@@ -164,6 +263,11 @@ pub fn router(gateway: Gateway) -> Router {
         .route("/api/v1/orders/{id}", get(get_order))
         .route("/api/v1/products", get(products))
         .route("/api/v1/notifications", get(notifications))
+        // On the routes only, so an unknown path stays a 404.
+        .route_layer(middleware::from_fn_with_state(
+            gateway.clone(),
+            authenticate,
+        ))
         .with_state(gateway)
         .layer(StandardLayers::new().body_limit(MAX_API_BODY_BYTES))
 }
@@ -194,10 +298,13 @@ struct ForwardedOrder<'a> {
 
 async fn place_order(
     State(gw): State<Gateway>,
+    caller: Caller,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let client = gw.admit(&headers)?;
+    gw.admit(&caller)?;
+    caller.require(permissions::ORDERS_WRITE)?;
+    let client = caller.scope();
     let order: PlaceOrder = serde_json::from_slice(&body).map_err(|e| {
         ApiError::bad_request(format!(
             "the body must be an order {{customer_id, items, payment_method}}: {e}"
@@ -207,7 +314,13 @@ async fn place_order(
         tracing::info!(field = e.field(), error = %e, "order refused at the edge");
         ApiError::from(e)
     })?;
-    // A key is scoped to its client: two clients may use the same key string.
+    if let Caller::User(user) = &caller
+        && order.customer_id != user.subject
+    {
+        // Placing an order for someone else.
+        caller.require(permissions::ORDERS_WRITE_ANY)?;
+    }
+    // A key is scoped to its client (or user): two clients may use the same key string.
     let key = match headers.get("idempotency-key").map(|v| v.to_str()) {
         Some(Ok(k)) if !k.is_empty() && k.len() <= limits::MAX_IDEMPOTENCY_KEY_LEN => {
             Some(format!("{client}:{k}"))
@@ -224,7 +337,10 @@ async fn place_order(
         customer_id: &order.customer_id,
         items: &order.items,
         payment_method: &order.payment_method,
-        client_id: &client,
+        client_id: match &caller {
+            Caller::Client(client) => client,
+            Caller::User(_) => "user",
+        },
     };
     let mut req = http::Request::post("/internal/orders")
         .header(http::header::CONTENT_TYPE, "application/json")
@@ -307,13 +423,23 @@ struct WaitQuery {
     wait_ms: Option<u64>,
 }
 
+/// `GET /api/v1/orders/{id}`. A user with `orders:read:own` only gets the order if its
+/// `customer_id` is the user's `sub` (403 otherwise; answers other than 2xx are relayed as they
+/// are, so a missing order is 404 for everyone).
 async fn get_order(
     State(gw): State<Gateway>,
-    headers: HeaderMap,
+    caller: Caller,
     Path(id): Path<String>,
     Query(q): Query<WaitQuery>,
 ) -> Result<Response, ApiError> {
-    gw.admit(&headers)?;
+    gw.admit(&caller)?;
+    let own_only = match &caller {
+        Caller::Client(_) => false,
+        Caller::User(user) => {
+            user.require_any(&[permissions::ORDERS_READ_ANY, permissions::ORDERS_READ_OWN])?
+                == permissions::ORDERS_READ_OWN
+        }
+    };
     if !valid_order_id(&id) {
         return Err(ApiError::bad_request("invalid order id"));
     }
@@ -321,21 +447,34 @@ async fn get_order(
         Some(ms) => format!("/internal/orders/{id}?wait_ms={ms}"),
         None => format!("/internal/orders/{id}"),
     };
-    gw.call(&gw.orders, get_request(path)?).await
+    let answer = Gateway::fetch(&gw.orders, get_request(path)?).await?;
+    if let (true, Caller::User(user)) = (own_only && answer.status().is_success(), &caller) {
+        let owner = serde_json::from_slice::<Value>(answer.body())
+            .ok()
+            .and_then(|v| v["data"]["customer_id"].as_str().map(str::to_owned));
+        if owner.as_deref() != Some(user.subject.as_str()) {
+            tracing::info!(sub = %user.subject, order = %id, "order of another customer refused");
+            // The error names orders:read:any, the permission that would have let it through.
+            user.require(permissions::ORDERS_READ_ANY)?;
+        }
+    }
+    Ok(relay(answer))
 }
 
-async fn products(State(gw): State<Gateway>, headers: HeaderMap) -> Result<Response, ApiError> {
-    gw.admit(&headers)?;
+async fn products(State(gw): State<Gateway>, caller: Caller) -> Result<Response, ApiError> {
+    gw.admit(&caller)?;
+    caller.require(permissions::PRODUCTS_READ)?;
     gw.call(&gw.inventory, get_request("/internal/products".into())?)
         .await
 }
 
 async fn notifications(
     State(gw): State<Gateway>,
-    headers: HeaderMap,
+    caller: Caller,
     RawQuery(q): RawQuery,
 ) -> Result<Response, ApiError> {
-    gw.admit(&headers)?;
+    gw.admit(&caller)?;
+    caller.require(permissions::NOTIFICATIONS_READ)?;
     let query = q.map(|q| format!("?{q}")).unwrap_or_default();
     gw.call(
         &gw.notifications,

@@ -1,7 +1,9 @@
 //! # shop-gateway
 //!
-//! The only public entry of the shop. Authenticates end users with bearer API keys, rate limits
-//! per key, and routes to the services over HTTP through the resilient client.
+//! The only public entry of the shop. Authenticates trusted clients with bearer API keys and,
+//! when configured, end users with bearer JWTs from an identity provider (role-based access),
+//! rate limits per client or user, and routes to the services over HTTP through the resilient
+//! client.
 //!
 //! - [`api`]: the public routes, the size limits checked before anything is forwarded, and
 //!   what a write that succeeded is answered when its answer cannot be relayed.
@@ -9,8 +11,11 @@
 //!   the chassis JSON error body.
 //! - [`keys`]: API keys from configuration.
 //! - [`rate_limit`]: a token bucket per API key.
+//! - [`users`]: end-user tokens (the identity provider's JWKS, issuer, audience) and the role
+//!   map, from the environment.
 
 pub mod api;
 pub mod downstream;
 pub mod keys;
 pub mod rate_limit;
+pub mod users;

@@ -10,8 +10,10 @@
 //! default `demo-key-0001:demo`), `GATEWAY_RATE_LIMIT` (requests/s per key, default 500),
 //! `ORDERS_URL`, `INVENTORY_URL`, `NOTIFICATIONS_URL`, optionally `ORDERS_POLICY`,
 //! `INVENTORY_POLICY`, `NOTIFICATIONS_POLICY` (a JSON `ResiliencePolicy` per downstream,
-//! default `shop_gateway::downstream::default_policy`), `SERVICE_TOKEN_PRIVATE_KEY`, and the
-//! chassis' `LOG_FORMAT`, `RUST_LOG`, `OTEL_EXPORTER_OTLP_ENDPOINT`, `PRE_STOP_DELAY`, ….
+//! default `shop_gateway::downstream::default_policy`), `SERVICE_TOKEN_PRIVATE_KEY`, the
+//! end-user tokens' `GATEWAY_USER_JWKS`, `GATEWAY_USER_ISSUER`, `GATEWAY_USER_AUDIENCE`,
+//! `GATEWAY_RBAC_FILE` (see `shop_gateway::users`; `--help` lists them all), and the chassis'
+//! `LOG_FORMAT`, `RUST_LOG`, `OTEL_EXPORTER_OTLP_ENDPOINT`, `PRE_STOP_DELAY`, ….
 
 use chassis_core::lifecycle::{App, LifecycleConfig};
 use chassis_core::resilience::policy::ResiliencePolicy;
@@ -24,7 +26,30 @@ use shop_gateway::api::{self, Gateway};
 use shop_gateway::downstream;
 use shop_gateway::keys::ApiKeys;
 use shop_gateway::rate_limit::KeyedRateLimiter;
+use shop_gateway::users::UserAuthConfig;
 use tower::ServiceBuilder;
+
+const HELP: &str = "\
+shop-gateway: the shop's public API (configured from the environment)
+
+  HTTP_ADDR              listen address (default 127.0.0.1:8080)
+  GATEWAY_API_KEYS       trusted clients' API keys, `key:client,...` (default demo-key-0001:demo);
+                         a request with one has full access
+  GATEWAY_RATE_LIMIT     requests per second per client or user (default 500)
+  GATEWAY_USER_JWKS      the identity provider's JWKS (a file path, or an http:// or https:// URL);
+                         when set, end users' bearer JWTs are accepted too (default: unset, API keys only)
+  GATEWAY_USER_ISSUER    the `iss` user tokens must carry (required with GATEWAY_USER_JWKS)
+  GATEWAY_USER_AUDIENCE  the `aud` user tokens must name (default shop-api)
+  GATEWAY_RBAC_FILE      TOML file with an [rbac] table: role_claims (default [\"roles\"]; [\"groups\"]
+                         for MicroProfile JWT) and [rbac.roles] role = [permissions]; default:
+                         customer = orders:read:own, orders:write, products:read;
+                         admin = orders:read:any, orders:write, orders:write:any, products:read,
+                         notifications:read
+  ORDERS_URL, INVENTORY_URL, NOTIFICATIONS_URL   the services (default 127.0.0.1:8081, :8082, :8084)
+  ORDERS_POLICY, INVENTORY_POLICY, NOTIFICATIONS_POLICY   a JSON ResiliencePolicy per service
+  SERVICE_TOKEN_PRIVATE_KEY, SERVICE_TOKEN_KID  the key signing service tokens to the services
+  LOG_FORMAT, RUST_LOG, OTEL_EXPORTER_OTLP_ENDPOINT, PRE_STOP_DELAY, ...  the chassis' own
+";
 
 /// The policy of downstream `name`: `<NAME>_POLICY` (a JSON `ResiliencePolicy`) or the default.
 fn policy(name: &str) -> Result<Option<ResiliencePolicy>, BoxError> {
@@ -38,6 +63,10 @@ fn policy(name: &str) -> Result<Option<ResiliencePolicy>, BoxError> {
 }
 
 fn main() -> Result<(), BoxError> {
+    if std::env::args().skip(1).any(|a| a == "--help" || a == "-h") {
+        print!("{HELP}");
+        return Ok(());
+    }
     // One runtime thread unless SHOP_RUNTIME_THREADS says otherwise (see `shop_common::service::runtime`).
     shop_common::service::runtime()?.block_on(run())
 }
@@ -48,20 +77,25 @@ async fn run() -> Result<(), BoxError> {
     let telemetry = shop_common::service::telemetry(info)?;
     let app = App::new("gateway").config(LifecycleConfig::from_env()?);
 
-    // 2. The API keys, the rate limiter and a resilient client per downstream service.
+    // 2. The API keys, the user tokens, the rate limiter and a resilient client per downstream.
     let rate: f64 = env("GATEWAY_RATE_LIMIT", "500").parse()?;
     let tokens = auth::issuer_from_env()?;
     let client = |name: &str, default_url: &str| {
         let url = env(&format!("{}_URL", name.to_ascii_uppercase()), default_url);
         downstream::client(name, &url, &tokens, policy(name)?)
     };
-    let gateway = Gateway::new(
+    let mut gateway = Gateway::new(
         ApiKeys::parse(&env("GATEWAY_API_KEYS", "demo-key-0001:demo"))?,
         KeyedRateLimiter::new(rate, u32::try_from(rate as i64).unwrap_or(u32::MAX).max(1)),
         client("orders", "http://127.0.0.1:8081")?,
         client("inventory", "http://127.0.0.1:8082")?,
         client("notifications", "http://127.0.0.1:8084")?,
     );
+    // End users' tokens, when an identity provider is configured (its JWKS must load).
+    if let Some(users) = UserAuthConfig::from_env()? {
+        tracing::info!(jwks = %users.jwks, issuer = %users.issuer, audience = %users.audience, "accepting end-user tokens");
+        gateway = gateway.with_users(users.layer().await?);
+    }
 
     // 3. HTTP: the public API in the standard layers (request bodies limited, see
     //    `shop_gateway::api`); probes and /metrics in front of them.
