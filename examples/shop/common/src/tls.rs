@@ -14,9 +14,11 @@
 //! `--tls` generates a CA and a certificate per service into the run directory and sets these
 //! variables; Compose and Kubernetes mount them from a secret (`examples/deploy`).
 
+use axum::Router;
 use chassis_core::BoxError;
 use chassis_http::client::HttpClientBuilder;
 use chassis_http::tls::client::{ClientTlsConfig, TrustRoots};
+use chassis_http::tls::peer::RequirePeerLayer;
 use chassis_http::tls::server::ServerTlsConfig;
 
 use crate::service::env;
@@ -67,6 +69,31 @@ pub fn server_tls() -> Result<Option<ServerTlsConfig>, BoxError> {
         (ClientAuth::Required, false) => config.require_client_cert(ca),
         (ClientAuth::Optional, false) => config.optional_client_cert(ca),
     }))
+}
+
+/// The SPIFFE-style identity of a shop service in its certificate: `spiffe://shop/<service>`.
+pub fn identity(service: &str) -> String {
+    format!("spiffe://shop/{service}")
+}
+
+/// `routes` letting only the services `callers` through, by the identity of their
+/// certificate, when every caller must present one (TLS with `TLS_CLIENT_AUTH=required`);
+/// `routes` as they are otherwise. Others get a 403 with the JSON error body. This is on top of
+/// the service token: the token says what the gateway allows the request, the certificate
+/// proves which service sent it.
+pub fn only_callers<S>(routes: Router<S>, callers: &[&str]) -> Result<Router<S>, BoxError>
+where
+    S: Clone + Send + Sync + 'static,
+{
+    if server_tls()?.is_none() || ClientAuth::from_env()? != ClientAuth::Required {
+        return Ok(routes);
+    }
+    let layer = callers
+        .iter()
+        .fold(RequirePeerLayer::new(), |layer, caller| {
+            layer.allow_uri(identity(caller))
+        });
+    Ok(routes.layer(layer))
 }
 
 /// The TLS settings of calls to other services, or `None` when `TLS_CA_FILE` is unset: only

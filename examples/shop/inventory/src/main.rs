@@ -74,11 +74,15 @@ async fn run() -> Result<(), BoxError> {
     });
 
     // 4. HTTP: the internal API behind service tokens, in the standard layers.
-    let routes = Router::new()
-        .route("/internal/products", get(products))
-        .route("/internal/reservations/{order_id}", get(reservation))
-        .layer(auth::require_from_env("inventory")?)
-        .with_state(db.clone());
+    // With mTLS, only the gateway's certificate gets through as well.
+    let routes = shop_common::tls::only_callers(
+        Router::new()
+            .route("/internal/products", get(products))
+            .route("/internal/reservations/{order_id}", get(reservation))
+            .layer(auth::require_from_env("inventory")?),
+        &["gateway"],
+    )?
+    .with_state(db.clone());
     let probes = HealthLayer::new(app.health().clone()).prometheus(telemetry.prometheus_handle());
     let service = ServiceBuilder::new()
         .layer(probes)

@@ -684,6 +684,24 @@ async fn the_shop_over_tls_with_mtls_between_its_services() {
         .unwrap();
     assert_eq!(served.status(), 200);
 
+    // The launcher's certificate is from the shop's CA, so it gets a connection (probes
+    // answer), but it is not the gateway's: the internal API refuses it, whatever the token.
+    let launcher = pki.http_client().unwrap().build().unwrap();
+    let live = launcher
+        .get(format!("{}/health/live", sys.url("orders")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(live.status(), 200);
+    let internal = launcher
+        .get(format!("{}/internal/stats", sys.url("orders")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(internal.status(), 403);
+    let body: Value = internal.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "forbidden", "{body}");
+
     // Plain HTTP to a TLS port: a 400 that says so, not a reset.
     let plain = reqwest::Client::new()
         .get(format!(

@@ -65,10 +65,14 @@ async fn run() -> Result<(), BoxError> {
     });
 
     // 4. HTTP: the API behind service tokens (the gateway's), in the standard layers.
-    let routes = Router::new()
-        .route("/api/v1/notifications", get(list))
-        .layer(auth::require_from_env("notifications")?)
-        .with_state(db.clone());
+    // With mTLS, only the gateway's certificate gets through as well.
+    let routes = shop_common::tls::only_callers(
+        Router::new()
+            .route("/api/v1/notifications", get(list))
+            .layer(auth::require_from_env("notifications")?),
+        &["gateway"],
+    )?
+    .with_state(db.clone());
     let probes = HealthLayer::new(app.health().clone()).prometheus(telemetry.prometheus_handle());
     let service = ServiceBuilder::new()
         .layer(probes)

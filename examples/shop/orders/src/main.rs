@@ -121,12 +121,16 @@ async fn run() -> Result<(), BoxError> {
     });
 
     // 4. HTTP: the internal API behind service tokens, in the standard layers.
-    let routes = Router::new()
-        .route("/internal/orders", post(place))
-        .route("/internal/orders/{id}", get(get_order))
-        .route("/internal/stats", get(stats))
-        .layer(auth::require_from_env("orders")?)
-        .with_state(ctx);
+    // With mTLS, only the gateway's certificate gets through as well.
+    let routes = shop_common::tls::only_callers(
+        Router::new()
+            .route("/internal/orders", post(place))
+            .route("/internal/orders/{id}", get(get_order))
+            .route("/internal/stats", get(stats))
+            .layer(auth::require_from_env("orders")?),
+        &["gateway"],
+    )?
+    .with_state(ctx);
     let probes = HealthLayer::new(app.health().clone()).prometheus(telemetry.prometheus_handle());
     let service = ServiceBuilder::new()
         .layer(probes)
