@@ -520,3 +520,33 @@ impl std::io::Write for LogBuffer {
         Ok(())
     }
 }
+
+#[tokio::test]
+async fn a_custom_hyper_client_is_used_as_given() {
+    let seen = Seen::default();
+    let base = misbehaving_server(seen.clone()).await;
+    let hyper = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http();
+    let client = HttpClient::builder("downstream")
+        .base_url(&base)
+        .hyper_client(hyper)
+        .default_header(
+            http::HeaderName::from_static("x-caller"),
+            http::HeaderValue::from_static("billing"),
+        )
+        .build()
+        .unwrap();
+    let echoed: HashMap<String, String> = client.get_json("/echo").await.unwrap();
+    assert_eq!(echoed["x-caller"], "billing");
+    assert_eq!(seen.hits("/echo"), 1);
+
+    // Only http:// and https:// URLs are accepted, absolute or against the base URL.
+    let req = Request::get("ftp://files.internal/x")
+        .body(Full::default())
+        .unwrap();
+    let err = client.send(req).await.unwrap_err();
+    assert!(
+        matches!(err.kind(), ClientErrorKind::InvalidRequest { .. }),
+        "{err}"
+    );
+}

@@ -379,3 +379,53 @@ fn chain_mentions(err: &(dyn std::error::Error + 'static), needle: &str) -> bool
     }
     false
 }
+
+#[tokio::test]
+async fn failed_handshakes_are_measured_as_tls_errors() {
+    let recorder = chassis_observability::metrics::build_recorder(
+        &chassis_observability::config::MetricsConfig::default(),
+    )
+    .unwrap();
+    let handle = recorder.handle();
+    let _metrics = metrics::set_default_local_recorder(&recorder);
+
+    let ca = Ca::new("test CA");
+    let cert = ca.server_cert(&["other.example"]);
+    let server = tls_server(ServerSetup::new(&cert)).await;
+    let client = client(Some(trusting(&ca)));
+    let err = get(&client, &server.url("/")).await.unwrap_err();
+    assert_eq!(tls_failure(&err), TlsFailure::NotValidForName);
+
+    let text = handle.render();
+    let samples: Vec<&str> = text
+        .lines()
+        .filter(|l| l.starts_with("http_client_request_duration_count"))
+        .collect();
+    assert_eq!(samples.len(), 1, "{text}");
+    assert!(samples[0].contains("error_type=\"tls_error\""), "{text}");
+    assert!(
+        samples[0].contains(&format!("server_port=\"{}\"", server.addr.port())),
+        "{text}"
+    );
+    assert!(samples[0].ends_with(" 1"), "one attempt: {text}");
+}
+
+/// Reads the machine's certificate store (`ca-certificates` on Linux).
+#[tokio::test]
+async fn platform_roots_with_and_without_the_private_ca() {
+    let ca = Ca::new("private CA");
+    let cert = ca.server_cert(&["localhost"]);
+    let server = tls_server(ServerSetup::new(&cert)).await;
+
+    let native = client(Some(ClientTlsConfig::new().roots(TrustRoots::Native)));
+    let err = get(&native, &server.url("/")).await.unwrap_err();
+    assert_eq!(tls_failure(&err), TlsFailure::UnknownIssuer, "{err}");
+
+    let native_and_ca = client(Some(
+        ClientTlsConfig::new()
+            .roots(TrustRoots::Native)
+            .add_ca_pem(ca.cert.cert_pem.clone()),
+    ));
+    let response = get(&native_and_ca, &server.url("/")).await.unwrap();
+    assert_eq!(response.status(), 200);
+}
