@@ -1,8 +1,11 @@
-//! A token bucket per API key: `rate` requests per second with bursts up to `burst`.
+//! A token bucket per caller (API key client or end user): `rate` requests per second with
+//! bursts up to `burst`.
 //!
 //! The chassis rate limiter meters one downstream; a gateway needs one bucket per caller, so this
 //! keyed map sits in front of the handlers. Refill is computed lazily from elapsed (tokio) time,
-//! so it is tested with the paused clock.
+//! so it is tested with the paused clock. End users make the set of keys open-ended: once the
+//! map holds [`PRUNE_AT`] buckets, the full ones (idle long enough to refill, so no different
+//! from a new bucket) are dropped, and the next pruning waits until the map has doubled.
 //!
 //! # Example
 //! ```
@@ -32,7 +35,17 @@ struct Bucket {
 pub struct KeyedRateLimiter {
     rate: f64,
     burst: f64,
-    buckets: Mutex<HashMap<String, Bucket>>,
+    state: Mutex<State>,
+}
+
+/// Buckets held before idle ones are dropped.
+pub const PRUNE_AT: usize = 4096;
+
+#[derive(Debug)]
+struct State {
+    buckets: HashMap<String, Bucket>,
+    /// Prune when the map reaches this many buckets.
+    prune_at: usize,
 }
 
 impl KeyedRateLimiter {
@@ -41,15 +54,25 @@ impl KeyedRateLimiter {
         Self {
             rate: rate.max(0.001),
             burst: f64::from(burst.max(1)),
-            buckets: Mutex::new(HashMap::new()),
+            state: Mutex::new(State {
+                buckets: HashMap::new(),
+                prune_at: PRUNE_AT,
+            }),
         }
     }
 
     /// Takes a token for `key`; `Err(retry_after)` when the bucket is empty.
     pub fn check(&self, key: &str) -> Result<(), Duration> {
         let now = Instant::now();
-        let mut buckets = self.buckets.lock().expect("rate limiter lock");
-        let b = buckets.entry(key.to_owned()).or_insert(Bucket {
+        let mut state = self.state.lock().expect("rate limiter lock");
+        if state.buckets.len() >= state.prune_at && !state.buckets.contains_key(key) {
+            let (rate, burst) = (self.rate, self.burst);
+            state.buckets.retain(|_, b| {
+                b.tokens + now.duration_since(b.updated).as_secs_f64() * rate < burst
+            });
+            state.prune_at = (state.buckets.len() * 2).max(PRUNE_AT);
+        }
+        let b = state.buckets.entry(key.to_owned()).or_insert(Bucket {
             tokens: self.burst,
             updated: now,
         });
@@ -89,5 +112,29 @@ mod tests {
             l.check("k").unwrap();
         }
         assert!(l.check("k").is_err());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn idle_buckets_are_dropped_once_there_are_many() {
+        let l = KeyedRateLimiter::new(10.0, 2);
+        l.check("busy").unwrap();
+        l.check("busy").unwrap();
+        for i in 0..PRUNE_AT - 1 {
+            l.check(&format!("user:{i}")).unwrap();
+        }
+        assert_eq!(l.state.lock().unwrap().buckets.len(), PRUNE_AT);
+        // A second later every bucket has refilled but the busy one, which is drained again.
+        tokio::time::advance(Duration::from_millis(1000)).await;
+        l.check("busy").unwrap();
+        l.check("busy").unwrap();
+        l.check("newcomer").unwrap();
+        let state = l.state.lock().unwrap();
+        assert_eq!(
+            state.buckets.len(),
+            2,
+            "only the busy bucket and the new one stay"
+        );
+        assert!(state.buckets["busy"].tokens < 1.0, "its state is kept");
+        assert_eq!(state.prune_at, PRUNE_AT);
     }
 }
