@@ -984,6 +984,20 @@ mod tests {
             SigningKey::from_vars("SVC_KEY", |n| (n == "SVC_KEY").then(|| pem.clone())).unwrap();
         assert_eq!(no_kid.kid(), key.kid());
         assert!(SigningKey::from_env("CHASSIS_SURELY_UNSET_VARIABLE").is_err());
+        // An RSA key with `{var}_ALG`: PS256 instead of the RS256 default; nonsense refused.
+        let rsa = fixture("test-only-rsa2048.pem");
+        let with_alg = |alg: &'static str| {
+            let rsa = rsa.clone();
+            SigningKey::from_vars("SVC_KEY", move |n| match n {
+                "SVC_KEY" => Some(rsa.clone()),
+                "SVC_KEY_ALG" => Some(alg.to_owned()),
+                _ => None,
+            })
+        };
+        assert_eq!(with_alg("PS256").unwrap().algorithm(), Algorithm::PS256);
+        assert_eq!(with_alg("").unwrap().algorithm(), Algorithm::RS256);
+        assert!(with_alg("ES256").is_err());
+        assert!(with_alg("none").is_err());
     }
 
     const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
