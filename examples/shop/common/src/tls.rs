@@ -7,8 +7,10 @@
 //!   certificate from a public CA does not make a server one of the shop's services), and the
 //!   server verifies callers' certificates against it.
 //! - `TLS_CLIENT_AUTH`: `required` (the default when a CA is given: a caller without a
-//!   certificate from the shop's CA fails the handshake), `optional` (the gateway: end users'
-//!   clients have no certificate, a service's is verified when presented) or `none`.
+//!   certificate from the shop's CA fails the handshake), `optional` (a certificate is verified
+//!   when presented: the gateway, whose end users' clients have none, and services whose probes
+//!   come from a kubelet, which presents none; their internal APIs still admit only the
+//!   gateway's certificate, see [`only_callers`]) or `none`.
 //!
 //! Without `TLS_CERT_FILE` a service serves plain HTTP, as it does by default. The launcher's
 //! `--tls` generates a CA and a certificate per service into the run directory and sets these
@@ -77,15 +79,19 @@ pub fn identity(service: &str) -> String {
 }
 
 /// `routes` letting only the services `callers` through, by the identity of their
-/// certificate, when every caller must present one (TLS with `TLS_CLIENT_AUTH=required`);
-/// `routes` as they are otherwise. Others get a 403 with the JSON error body. This is on top of
-/// the service token: the token says what the gateway allows the request, the certificate
-/// proves which service sent it.
+/// certificate, when the server verifies client certificates (TLS with `TLS_CLIENT_AUTH`
+/// `required` or `optional`); `routes` as they are otherwise. Others get a 403 with the JSON
+/// error body. This is on top of the service token: the token says what the gateway allows
+/// the request, the certificate proves which service sent it.
+///
+/// With `optional`, callers without a certificate still get a connection, so the probes (in
+/// front of these routes) answer a kubelet's HTTPS probe, which presents no certificate, while
+/// the API stays closed to everyone but `callers`.
 pub fn only_callers<S>(routes: Router<S>, callers: &[&str]) -> Result<Router<S>, BoxError>
 where
     S: Clone + Send + Sync + 'static,
 {
-    if server_tls()?.is_none() || ClientAuth::from_env()? != ClientAuth::Required {
+    if server_tls()?.is_none() || ClientAuth::from_env()? == ClientAuth::None {
         return Ok(routes);
     }
     let layer = callers

@@ -89,6 +89,11 @@ struct Args {
     /// certificate from that CA; the gateway also serves clients without one).
     #[arg(long)]
     tls: bool,
+    /// Only write the `--tls` certificates (a development CA, a certificate and key per service)
+    /// into this directory and exit: for `examples/deploy` (Compose and Kubernetes names are
+    /// in the certificates too).
+    #[arg(long, value_name = "DIR")]
+    write_certs: Option<PathBuf>,
     /// Where logs and SQLite databases go (default: a fresh temporary directory).
     #[arg(long)]
     run_dir: Option<PathBuf>,
@@ -148,6 +153,14 @@ async fn main() -> ExitCode {
 async fn run(args: Args) -> Result<ExitCode, BoxError> {
     if !(0.0..=1.0).contains(&args.provider_failure_rate) {
         return Err("--provider-failure-rate must be within 0..=1".into());
+    }
+    if let Some(dir) = &args.write_certs {
+        let pki = shop_launcher::tls::ShopPki::generate(dir)?;
+        eprintln!(
+            "wrote ca.pem and a certificate and key per service into {}",
+            pki.dir().display()
+        );
+        return Ok(ExitCode::SUCCESS);
     }
     let mut signals = Signals::install()?;
 

@@ -1,9 +1,11 @@
 //! `--tls`: every service on HTTPS, with mTLS between them.
 //!
 //! [`ShopPki::generate`] makes a development CA and one certificate per service (and one for
-//! the launcher itself) in `<run dir>/tls`: each names `localhost` and `127.0.0.1`, carries the
-//! SPIFFE-style URI `spiffe://shop/<service>` (the identity a service's peers see) and is good
-//! for serving and for calling. [`ShopPki::env`] gives a service the `TLS_*` variables of
+//! the launcher itself) in `<run dir>/tls`: each names `localhost`, `127.0.0.1` and the
+//! service's host names under Compose (`orders`) and in the `shop` namespace of Kubernetes
+//! (`orders.shop.svc`, `orders.shop.svc.cluster.local`), so the same files serve
+//! `examples/deploy`; it carries the SPIFFE-style URI `spiffe://shop/<service>` (the identity a
+//! service's peers see) and is good for serving and for calling. [`ShopPki::env`] gives a service the `TLS_*` variables of
 //! `shop_common::tls`: internal services require a certificate from the shop's CA of every
 //! caller; the gateway, which end users' clients reach, verifies one only when presented; the
 //! payment provider, a third party, asks for none.
@@ -39,6 +41,9 @@ impl ShopPki {
         for name in SERVICES.iter().copied().chain([LAUNCHER]) {
             ca.leaf("localhost")
                 .ip(std::net::Ipv4Addr::LOCALHOST.into())
+                .dns(name)
+                .dns(&format!("{name}.shop.svc"))
+                .dns(&format!("{name}.shop.svc.cluster.local"))
                 .uri(&format!("spiffe://shop/{name}"))
                 .issue()
                 .write(&dir, name);

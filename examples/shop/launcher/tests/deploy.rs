@@ -419,3 +419,88 @@ fn dockerfile_parsing_follows_continuations_and_stages() {
     );
     assert_eq!(bin.as_deref(), Some("shop-orders"));
 }
+
+/// The TLS overlay: every service serves HTTPS with its own certificate and key from the
+/// mounted directory, calls the others over HTTPS, checks its health over HTTPS, and the files
+/// it names are the ones `shop-launcher --write-certs` writes, with the Compose host names in
+/// the certificates.
+#[test]
+fn the_compose_tls_overlay_names_the_files_the_launcher_writes() {
+    let mut overlay = docs(&deploy_dir().join("compose.tls.yaml")).remove(0);
+    overlay.apply_merge().expect("the `<<` merge keys resolve");
+    let services = overlay["services"].as_mapping().expect("services");
+    let dir = tempfile::tempdir().unwrap();
+    let pki = shop_launcher::tls::ShopPki::generate(dir.path()).unwrap();
+    for name in SERVICES.iter().chain(["payment-provider"].iter()) {
+        let svc = &services[&Value::from(*name)];
+        let env = &svc["environment"];
+        assert_eq!(
+            env["TLS_CERT_FILE"].as_str(),
+            Some(format!("/tls/{name}.pem").as_str()),
+            "{name}"
+        );
+        assert_eq!(
+            env["TLS_KEY_FILE"].as_str(),
+            Some(format!("/tls/{name}.key").as_str()),
+            "{name}"
+        );
+        assert!(
+            svc["volumes"][0]
+                .as_str()
+                .is_some_and(|v| v.ends_with(":/tls:ro")),
+            "{name}: the certificates are not mounted"
+        );
+        let check: Vec<&str> = svc["healthcheck"]["test"]
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .filter_map(Value::as_str)
+            .collect();
+        assert!(
+            check
+                .last()
+                .is_some_and(|url| url.starts_with(&format!("https://{name}:"))),
+            "{name}: {check:?}"
+        );
+        // Every file the overlay names exists in what the launcher writes.
+        for file in check.iter().chain([
+            &env["TLS_CERT_FILE"].as_str().unwrap(),
+            &env["TLS_KEY_FILE"].as_str().unwrap(),
+        ]) {
+            if let Some(rest) = file.strip_prefix("/tls/") {
+                assert!(pki.dir().join(rest).is_file(), "{name}: no {rest} written");
+            }
+        }
+        // The certificate names the service's Compose host.
+        let (cert, _) = pki.cert_files(name);
+        let certs = chassis_http::tls::certs_from_pem_file(cert).unwrap();
+        let identity =
+            chassis_http::tls::peer::PeerIdentity::from_certificate(certs[0].clone()).unwrap();
+        assert!(
+            identity.has_dns_name(name),
+            "{name}: {:?}",
+            identity.dns_names()
+        );
+        assert!(identity.has_uri(&format!("spiffe://shop/{name}")), "{name}");
+        // Service-to-service URLs are HTTPS.
+        if let Some(map) = env.as_mapping() {
+            for (key, value) in map {
+                let (Some(key), Some(value)) = (key.as_str(), value.as_str()) else {
+                    continue;
+                };
+                if key.ends_with("_URL") {
+                    assert!(value.starts_with("https://"), "{name}: {key}={value}");
+                }
+            }
+        }
+    }
+    // Internal services require a client certificate; the gateway only verifies one.
+    for name in ["orders", "inventory", "payments", "notifications"] {
+        let auth = &services[&Value::from(name)]["environment"]["TLS_CLIENT_AUTH"];
+        assert_eq!(auth.as_str(), Some("required"), "{name}");
+    }
+    assert_eq!(
+        services[&Value::from("gateway")]["environment"]["TLS_CLIENT_AUTH"].as_str(),
+        Some("optional")
+    );
+}
