@@ -6,11 +6,15 @@
 use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde_json::{Value, json};
 use shop_launcher::workload::{WorkloadConfig, percentile, place, wait_final};
 use shop_launcher::{Database, System, SystemConfig, build_services, cleanup, measure};
 
 const KEY: &str = "demo-key-0001";
+/// The issuer of the end users' tokens in the TLS test.
+const IDP: &str = "https://idp.test/realms/shop";
 const SEED: &str = "tea:Green tea:450:1000,scarce:Scarce teapot:9900:2,last:Last units:500:3";
 
 static BUILD: OnceLock<std::path::PathBuf> = OnceLock::new();
@@ -631,7 +635,23 @@ async fn the_shop_on_postgresql() {
 #[allow(clippy::await_holding_lock)]
 async fn the_shop_over_tls_with_mtls_between_its_services() {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-    let (sys, _dir) = start(|c| c.tls = true).await;
+    // End users sign in at an identity provider whose JWKS the gateway reads.
+    let idp = chassis_http::auth::SigningKey::generate_es256().unwrap();
+    let jwks_dir = tempfile::tempdir().unwrap();
+    let jwks = jwks_dir.path().join("jwks.json");
+    std::fs::write(
+        &jwks,
+        json!({"keys": [idp.public_jwk().unwrap()]}).to_string(),
+    )
+    .unwrap();
+    let (sys, _dir) = start(|c| {
+        c.tls = true;
+        c.extra_env.extend([
+            ("GATEWAY_USER_JWKS".into(), jwks.display().to_string()),
+            ("GATEWAY_USER_ISSUER".into(), IDP.into()),
+        ]);
+    })
+    .await;
     for service in shop_launcher::SERVICES {
         assert!(sys.url(service).starts_with("https://"), "{service}");
     }
@@ -656,19 +676,60 @@ async fn the_shop_over_tls_with_mtls_between_its_services() {
         assert!(hop.count >= 40, "{over_https}: {}\n{text}", hop.count);
     }
 
-    // A client trusting the shop's CA but holding no certificate of its own.
-    let anonymous = {
-        let config = chassis_http::tls::client::ClientTlsConfig::new()
-            .roots(chassis_http::tls::client::TrustRoots::None)
-            .add_ca_file(pki.ca_file())
-            .http2(false)
-            .build()
-            .unwrap();
-        reqwest::Client::builder()
-            .tls_backend_preconfigured((*config).clone())
-            .build()
+    // End users through the real system: a customer places and reads its own order only; an
+    // admin reads anyone's; an edited token is refused.
+    let user = |sub: &str, role: &str| {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
             .unwrap()
+            .as_secs();
+        idp.sign_claims(
+            &json!({"iss": IDP, "aud": "shop-api", "sub": sub, "iat": now,
+            "exp": now + 300, "jti": uuid::Uuid::new_v4().to_string(), "roles": [role]}),
+        )
+        .unwrap()
     };
+    let (alice, bob, admin) = (
+        user("c-alice", "customer"),
+        user("c-bob", "customer"),
+        user("ada", "admin"),
+    );
+    let shopper = tls_client(&pki, false);
+    let mut body = order("tea", 1, "card_ok");
+    body["customer_id"] = json!("c-alice");
+    let (status, placed) = place(&shopper, sys.url("gateway"), &alice, &body, None)
+        .await
+        .unwrap();
+    assert_eq!(status, 202, "{placed}");
+    let id = placed["data"]["order_id"].as_str().unwrap().to_owned();
+    let read = |token: String| {
+        let (shopper, url) = (
+            shopper.clone(),
+            format!("{}/api/v1/orders/{id}", sys.url("gateway")),
+        );
+        async move {
+            shopper
+                .get(url)
+                .bearer_auth(token)
+                .send()
+                .await
+                .unwrap()
+                .status()
+        }
+    };
+    assert_eq!(read(alice.clone()).await, 200);
+    assert_eq!(read(bob.clone()).await, 403);
+    assert_eq!(read(admin).await, 200);
+    let mut parts: Vec<&str> = alice.split('.').collect();
+    let edited = URL_SAFE_NO_PAD.encode(
+        json!({"iss": IDP, "aud": "shop-api", "sub": "c-bob", "exp": 4_102_444_800u64, "roles": ["admin"]})
+            .to_string(),
+    );
+    parts[1] = &edited;
+    assert_eq!(read(parts.join(".")).await, 401);
+
+    // A client trusting the shop's CA but holding no certificate of its own.
+    let anonymous = tls_client(&pki, false);
     let refused = anonymous
         .get(format!("{}/health/live", sys.url("orders")))
         .send()
@@ -686,7 +747,7 @@ async fn the_shop_over_tls_with_mtls_between_its_services() {
 
     // The launcher's certificate is from the shop's CA, so it gets a connection (probes
     // answer), but it is not the gateway's: the internal API refuses it, whatever the token.
-    let launcher = pki.http_client().unwrap().build().unwrap();
+    let launcher = tls_client(&pki, true);
     let live = launcher
         .get(format!("{}/health/live", sys.url("orders")))
         .send()
@@ -717,4 +778,22 @@ async fn the_shop_over_tls_with_mtls_between_its_services() {
 
     let unclean = stop(sys).await;
     assert!(unclean.is_empty(), "{unclean:?}");
+}
+
+/// A reqwest client trusting only the shop's CA, with the launcher's certificate when
+/// `with_cert`, without any otherwise (an end user's client).
+fn tls_client(pki: &shop_launcher::tls::ShopPki, with_cert: bool) -> reqwest::Client {
+    if with_cert {
+        return pki.http_client().unwrap().build().unwrap();
+    }
+    let config = chassis_http::tls::client::ClientTlsConfig::new()
+        .roots(chassis_http::tls::client::TrustRoots::None)
+        .add_ca_file(pki.ca_file())
+        .http2(false)
+        .build()
+        .unwrap();
+    reqwest::Client::builder()
+        .tls_backend_preconfigured((*config).clone())
+        .build()
+        .unwrap()
 }
