@@ -59,8 +59,8 @@ pub fn issuer_from_env() -> Result<TokenIssuer, BoxError> {
     issuer_from_pem(&pem, &kid())
 }
 
-/// The server layer for `audience` from `SERVICE_TOKEN_PUBLIC_KEY`: 401 without a valid token,
-/// 403 with one for another audience.
+/// The server layer for `audience` from `SERVICE_TOKEN_PUBLIC_KEY`: 401 without a valid token
+/// (one for another audience is not valid here, RFC 6750), 403 with one lacking a scope.
 pub fn require_from_env(audience: &str) -> Result<RequireServiceTokenLayer, BoxError> {
     let pem = std::env::var("SERVICE_TOKEN_PUBLIC_KEY").map_err(
         |_| "SERVICE_TOKEN_PUBLIC_KEY (SPKI PEM) is required; the launcher generates one",
