@@ -43,9 +43,10 @@ fn http_headers_carry_the_trace_to_another_service() {
         let sc = span.context().span().span_context().clone();
         (sc.trace_id(), sc.span_id())
     });
+    // Sampled (01) and, as the trace started here with a random trace-id, random-trace-id (02).
     assert_eq!(
         headers["traceparent"].to_str().unwrap(),
-        format!("00-{a_trace}-{a_span}-01")
+        format!("00-{a_trace}-{a_span}-03")
     );
 
     let (remote, b_trace, b_span) = tracing::dispatcher::with_default(&b, || {
