@@ -57,7 +57,7 @@ fn handle_and_call(dispatch: &tracing::Dispatch, incoming: &http::HeaderMap) -> 
     })
 }
 
-fn field<'a>(traceparent: &'a http::HeaderValue, n: usize) -> &'a str {
+fn field(traceparent: &http::HeaderValue, n: usize) -> &str {
     traceparent.to_str().unwrap().split('-').nth(n).unwrap()
 }
 

@@ -1,12 +1,16 @@
-//! W3C `tracestate` (chassis_observability::propagation): accepted states re-serialise to a
-//! header that parses to the same state, never more than 32 members, never longer than the
-//! input; split header fields are combined; a bad tracestate never affects the traceparent.
+//! W3C `tracestate` (chassis_observability::propagation): accepted lists re-serialise to a
+//! header that parses to the same list, never more than 32 members, never longer than the input
+//! or than `MAX_TRACESTATE_LEN`; OpenTelemetry's `TraceState` gets a subset of them, in order;
+//! split header fields are combined; a bad tracestate never affects the traceparent, and what is
+//! extracted is what is sent on.
 //! Input: the header fields, one per line.
 #![no_main]
 
+use std::collections::HashMap;
+
 use chassis_observability::propagation::{
-    HeaderExtractor, MAX_TRACESTATE_MEMBERS, TRACEPARENT, TRACESTATE, extract_context,
-    parse_tracestate,
+    HeaderExtractor, MAX_TRACESTATE_LEN, MAX_TRACESTATE_MEMBERS, TRACEPARENT, TRACESTATE,
+    extract_context, inject_context, parse_tracestate,
 };
 use libfuzzer_sys::fuzz_target;
 use opentelemetry::trace::TraceContextExt;
@@ -21,17 +25,28 @@ fuzz_target!(|data: &[u8]| {
     let combined = fields.join(",");
 
     let parsed = parse_tracestate(&combined);
-    if let Some(state) = &parsed {
-        let header = state.header();
+    if let Some(list) = &parsed {
+        let header = list.header();
         assert!(header.len() <= combined.len());
+        assert!(header.len() <= MAX_TRACESTATE_LEN);
+        assert!(list.len() <= MAX_TRACESTATE_MEMBERS);
         let members: Vec<&str> = header.split(',').filter(|m| !m.is_empty()).collect();
-        assert!(members.len() <= MAX_TRACESTATE_MEMBERS);
+        assert_eq!(members.len(), list.len());
         for member in &members {
             let (key, value) = member.split_once('=').expect("a member is key=value");
-            assert_eq!(state.get(key), Some(value));
+            assert_eq!(list.get(key), Some(value));
         }
         let again = parse_tracestate(&header).expect("a serialised tracestate parses");
-        assert_eq!(again.header(), header);
+        assert_eq!(&again, list);
+        // OpenTelemetry's TraceState: a subsequence of the list.
+        let otel = list.to_trace_state();
+        let mut rest = list.iter();
+        for (key, value) in &otel {
+            assert!(
+                rest.any(|m| m == (key, value)),
+                "{key}={value} out of order"
+            );
+        }
     }
 
     // Through the propagator, as separate header fields. The extractor treats a field that is
@@ -53,13 +68,21 @@ fuzz_target!(|data: &[u8]| {
     } else {
         parse_tracestate(&readable.join(","))
     };
-    let sc = extract_context(&HeaderExtractor(&map))
-        .span()
-        .span_context()
-        .clone();
+    let cx = extract_context(&HeaderExtractor(&map));
+    let sc = cx.span().span_context().clone();
     assert!(sc.is_valid(), "a bad tracestate dropped the traceparent");
     assert_eq!(
         sc.trace_state().header(),
-        expected.map(|s| s.header()).unwrap_or_default()
+        expected
+            .as_ref()
+            .map(|list| list.to_trace_state().header())
+            .unwrap_or_default()
+    );
+    let mut sent: HashMap<String, String> = HashMap::new();
+    inject_context(&cx, &mut sent);
+    assert_eq!(sent[TRACEPARENT], PARENT);
+    assert_eq!(
+        sent.get(TRACESTATE).cloned().unwrap_or_default(),
+        expected.map(|list| list.header()).unwrap_or_default()
     );
 });
