@@ -59,6 +59,10 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tower::ServiceBuilder;
 
+mod load_support;
+
+use load_support::{complete_response, cpu_per_request, fmt_opt, median, server_cpu};
+
 /// What is installed around the chassis server in one row; see the module docs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Row {
@@ -269,21 +273,6 @@ async fn drive(addr: SocketAddr, stop: Arc<AtomicBool>, done: Arc<AtomicU64>, ba
     }
 }
 
-/// CPU time the server runtime's worker thread has used so far (Linux schedstat), read on that
-/// thread. Both servers run on that one worker, so its CPU time per request compares their
-/// costs even when other processes make the wall-clock rates noisy.
-fn server_cpu(server_rt: &tokio::runtime::Runtime) -> Option<Duration> {
-    server_rt.block_on(async {
-        tokio::spawn(async {
-            let stat = std::fs::read_to_string("/proc/thread-self/schedstat").ok()?;
-            let ns = stat.split_whitespace().next()?.parse().ok()?;
-            Some(Duration::from_nanos(ns))
-        })
-        .await
-        .expect("schedstat task")
-    })
-}
-
 /// CPU time used so far by every thread of this process but the calling one (the load
 /// generator runs on the main thread): the server worker plus the log writer's and the span
 /// processor's threads, whose work a request causes off its own path.
@@ -305,29 +294,8 @@ fn process_cpu_but_this_thread() -> Option<Duration> {
     Some(Duration::from_nanos(all.checked_sub(own)?))
 }
 
-/// Server CPU time per request over one measurement (warm-up included, like `total`).
-fn cpu_per_request(before: Option<Duration>, after: Option<Duration>, total: u64) -> Option<f64> {
-    let spent = after?.checked_sub(before?)?;
-    (total > 0).then(|| spent.as_secs_f64() * 1e6 / total as f64)
-}
-
 fn fmt_cpu(us: Option<f64>) -> String {
     us.map_or("n/a".into(), |us| format!("{us:.2} us"))
-}
-
-/// Length of the response in `buf` if it is complete (head + content-length body).
-fn complete_response(buf: &[u8]) -> Option<usize> {
-    let head_end = buf.windows(4).position(|w| w == b"\r\n\r\n")? + 4;
-    let head = std::str::from_utf8(&buf[..head_end]).ok()?;
-    let len = head
-        .split("\r\n")
-        .find_map(|l| {
-            let (k, v) = l.split_once(':')?;
-            k.eq_ignore_ascii_case("content-length")
-                .then(|| v.trim().parse::<usize>().ok())?
-        })
-        .unwrap_or(0);
-    (buf.len() >= head_end + len).then_some(head_end + len)
 }
 
 /// Drives `connections` connections against `addr` for `duration`; returns requests/s during
@@ -379,49 +347,13 @@ impl CpuMark {
     }
 }
 
-/// The median; of an even count, the mean of the two middle values.
-fn median(mut values: Vec<f64>) -> Option<f64> {
-    values.sort_by(f64::total_cmp);
-    let n = values.len();
-    match n {
-        0 => None,
-        _ if n % 2 == 1 => Some(values[n / 2]),
-        _ => Some((values[n / 2 - 1] + values[n / 2]) / 2.0),
-    }
-}
-
-fn fmt_opt(v: Option<f64>, digits: usize) -> String {
-    v.map_or("n/a".into(), |v| format!("{v:.digits$}"))
-}
-
 /// Runs every row of `args.rows` as a child process and prints their summaries as a table.
 fn run_rows(args: &Args) {
-    let exe = std::env::current_exe().expect("the bench binary");
-    let mut summaries = Vec::new();
-    for row in &args.rows {
-        let output = std::process::Command::new(&exe)
-            .args(&args.raw)
-            .args(["--row", row.name()])
-            .stderr(std::process::Stdio::inherit())
-            .output()
-            .expect("run a row");
-        let text = String::from_utf8_lossy(&output.stdout);
-        print!("{text}");
-        assert!(output.status.success(), "row {} failed", row.name());
-        summaries.extend(
-            text.lines()
-                .filter_map(|l| l.strip_prefix("SUMMARY "))
-                .map(str::to_owned),
-        );
-    }
-    println!(
-        "\n| row | bare req/s | chassis req/s | ratio of means | median round ratio | \
-         worker CPU/req bare | chassis | bare/chassis | process CPU/req bare | chassis | bare/chassis |"
+    load_support::run_rows(
+        &args.raw,
+        args.rows.iter().map(|row| row.name()),
+        "| row | bare req/s | chassis req/s | ratio of means | median round ratio | worker CPU/req bare | chassis | bare/chassis | process CPU/req bare | chassis | bare/chassis |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     );
-    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
-    for summary in summaries {
-        println!("{summary}");
-    }
 }
 
 fn main() {

@@ -62,6 +62,10 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tower::ServiceBuilder;
 
+mod load_support;
+
+use load_support::{complete_response, cpu_per_request, fmt_opt, median, server_cpu};
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Row {
     Telemetry,
@@ -290,21 +294,6 @@ fn client_config() -> Arc<rustls::ClientConfig> {
 
 const REQUEST: &[u8] = b"GET /hello HTTP/1.1\r\nhost: localhost\r\nuser-agent: https-load\r\n\r\n";
 
-/// Length of the response in `buf` if it is complete (head + content-length body).
-fn complete_response(buf: &[u8]) -> Option<usize> {
-    let head_end = buf.windows(4).position(|w| w == b"\r\n\r\n")? + 4;
-    let head = std::str::from_utf8(&buf[..head_end]).ok()?;
-    let len = head
-        .split("\r\n")
-        .find_map(|l| {
-            let (k, v) = l.split_once(':')?;
-            k.eq_ignore_ascii_case("content-length")
-                .then(|| v.trim().parse::<usize>().ok())?
-        })
-        .unwrap_or(0);
-    (buf.len() >= head_end + len).then_some(head_end + len)
-}
-
 /// Sends one request on `stream` and reads its whole response; whether it was a 200.
 async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(stream: &mut S, buf: &mut [u8]) -> bool {
     stream.write_all(REQUEST).await.expect("write");
@@ -406,66 +395,13 @@ async fn measure(
     )
 }
 
-/// CPU time the server runtime's worker thread has used so far (Linux schedstat), read on that
-/// thread.
-fn server_cpu(server_rt: &tokio::runtime::Runtime) -> Option<Duration> {
-    server_rt.block_on(async {
-        tokio::spawn(async {
-            let stat = std::fs::read_to_string("/proc/thread-self/schedstat").ok()?;
-            let ns = stat.split_whitespace().next()?.parse().ok()?;
-            Some(Duration::from_nanos(ns))
-        })
-        .await
-        .expect("schedstat task")
-    })
-}
-
-fn cpu_per_request(before: Option<Duration>, after: Option<Duration>, total: u64) -> Option<f64> {
-    let spent = after?.checked_sub(before?)?;
-    (total > 0).then(|| spent.as_secs_f64() * 1e6 / total as f64)
-}
-
-fn median(mut values: Vec<f64>) -> Option<f64> {
-    values.sort_by(f64::total_cmp);
-    let n = values.len();
-    match n {
-        0 => None,
-        _ if n % 2 == 1 => Some(values[n / 2]),
-        _ => Some((values[n / 2 - 1] + values[n / 2]) / 2.0),
-    }
-}
-
-fn fmt_opt(v: Option<f64>, digits: usize) -> String {
-    v.map_or("n/a".into(), |v| format!("{v:.digits$}"))
-}
-
+/// Runs every row of `args.rows` as a child process and prints their summaries as a table.
 fn run_rows(args: &Args) {
-    let exe = std::env::current_exe().expect("the bench binary");
-    let mut summaries = Vec::new();
-    for row in &args.rows {
-        let output = std::process::Command::new(&exe)
-            .args(&args.raw)
-            .args(["--row", row.name()])
-            .stderr(std::process::Stdio::inherit())
-            .output()
-            .expect("run a row");
-        let text = String::from_utf8_lossy(&output.stdout);
-        print!("{text}");
-        assert!(output.status.success(), "row {} failed", row.name());
-        summaries.extend(
-            text.lines()
-                .filter_map(|l| l.strip_prefix("SUMMARY "))
-                .map(str::to_owned),
-        );
-    }
-    println!(
-        "\n| row | measurement | bare /s | chassis /s | ratio of means | median round ratio | \
-         worker CPU/req bare | chassis | bare/chassis |"
+    load_support::run_rows(
+        &args.raw,
+        args.rows.iter().map(|row| row.name()),
+        "| row | measurement | bare /s | chassis /s | ratio of means | median round ratio | worker CPU/req bare | chassis | bare/chassis |\n|---|---|---:|---:|---:|---:|---:|---:|---:|",
     );
-    println!("|---|---|---:|---:|---:|---:|---:|---:|---:|");
-    for summary in summaries {
-        println!("{summary}");
-    }
 }
 
 fn main() {
