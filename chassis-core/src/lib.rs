@@ -12,6 +12,8 @@
 //! - [`lifecycle`]: [`App`](lifecycle::App), the runner that starts a service's components,
 //!   marks it ready and stops it in the order that loses nothing.
 //! - [`service`]: [`ServiceInfo`], who this service is.
+//! - [`metric_catalogue`]: the name, type, unit and labels of every metric the chassis crates
+//!   emit.
 //!
 //! Every layer is a plain tower `Layer`, so it works the same under hyper, axum, tonic or a
 //! hand-written client.
@@ -22,6 +24,7 @@
 pub mod error;
 pub mod health;
 pub mod lifecycle;
+pub mod metric_catalogue;
 pub mod resilience;
 pub mod service;
 pub mod shutdown;

@@ -465,14 +465,20 @@ async fn attempts_are_counted_by_outcome() {
     let failing = layer.layer(Scripted::new(&[Step::Fail]));
     failing.oneshot(()).await.unwrap_err();
 
-    assert_eq!(counters.get("retry.attempts{name=test,outcome=retried}"), 3);
-    assert_eq!(counters.get("retry.attempts{name=test,outcome=success}"), 1);
     assert_eq!(
-        counters.get("retry.attempts{name=test,outcome=exhausted}"),
+        counters.get("retry_attempts_total{name=test,outcome=retried}"),
+        3
+    );
+    assert_eq!(
+        counters.get("retry_attempts_total{name=test,outcome=success}"),
         1
     );
     assert_eq!(
-        counters.get("retry.attempts{name=test,outcome=budget_exhausted}"),
+        counters.get("retry_attempts_total{name=test,outcome=exhausted}"),
+        1
+    );
+    assert_eq!(
+        counters.get("retry_attempts_total{name=test,outcome=budget_exhausted}"),
         0
     );
 }

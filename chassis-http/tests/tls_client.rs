@@ -399,7 +399,7 @@ async fn failed_handshakes_are_measured_as_tls_errors() {
     let text = handle.render();
     let samples: Vec<&str> = text
         .lines()
-        .filter(|l| l.starts_with("http_client_request_duration_count"))
+        .filter(|l| l.starts_with("http_client_request_duration_seconds_count"))
         .collect();
     assert_eq!(samples.len(), 1, "{text}");
     assert!(samples[0].contains("error_type=\"tls_error\""), "{text}");

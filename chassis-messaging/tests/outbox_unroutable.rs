@@ -169,7 +169,7 @@ async fn accepted_is_sent_and_counted_refused_is_parked<DB: OutboxDatabase>(
     let counted = counters(&snapshotter);
     let count = |name: &str| counted.get(name).copied().unwrap_or_default();
     assert_eq!(count(names::OUTBOX_UNROUTABLE), 1, "{counted:?}");
-    assert_eq!(count(names::OUTBOX_PARKED_TOTAL), 1, "{counted:?}");
+    assert_eq!(count(names::OUTBOX_PARKED_MESSAGES), 1, "{counted:?}");
     assert_eq!(count(names::OUTBOX_PUBLISHED), 3, "{counted:?}");
     delete_exchanges(broker, &exchanges).await;
 }

@@ -128,7 +128,7 @@ pub struct LogConfig {
     /// Whether pretty/compact output uses ANSI colours. Defaults to `false`.
     pub ansi: bool,
     /// Capacity, in lines, of the log writer's buffer (the lines written but not yet handed to
-    /// the output); lines beyond it are dropped and counted (`log.lines.dropped`) rather than
+    /// the output); lines beyond it are dropped and counted (`log_lines_dropped_total`) rather than
     /// blocking the service. Defaults to 128 000.
     pub buffered_lines_limit: usize,
     /// Capacity, in bytes, of the same buffer; whichever limit is reached first drops lines.
@@ -281,7 +281,7 @@ pub struct TracingConfig {
     /// Extra resource attributes (`k8s.namespace.name`, `cloud.region`, ...).
     pub resource_attributes: BTreeMap<String, String>,
     /// Spans buffered for export at most; beyond it spans are dropped and counted in
-    /// `otel.spans.dropped`. Defaults to 2048.
+    /// `otel_spans_dropped_total`. Defaults to 2048.
     pub max_queue_size: usize,
     /// Spans per export request. Defaults to 512.
     pub max_export_batch_size: usize,
@@ -428,7 +428,7 @@ pub struct MetricsConfig {
     /// Build the Prometheus recorder. Defaults to `true`.
     pub enabled: bool,
     /// Histogram bucket upper bounds, in the metric's unit (seconds for durations). Defaults to
-    /// the OpenTelemetry semantic-convention buckets for `http.server.request.duration`:
+    /// the OpenTelemetry semantic-convention buckets for `http_server_request_duration_seconds`:
     /// `[0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1, 2.5, 5, 7.5, 10]`.
     pub buckets: Vec<f64>,
     /// Per-metric bucket overrides, keyed by the metric name (dotted or Prometheus form).
@@ -1061,7 +1061,7 @@ mod tests {
     #[test]
     fn config_deserializes_with_defaults() {
         let c: TelemetryConfig = serde_json::from_str(
-            r#"{"tracing":{"scheduled_delay":"200ms","protocol":"grpc"},"metrics":{"buckets_for_metric":{"outbox.pending":[1,10,100]}}}"#,
+            r#"{"tracing":{"scheduled_delay":"200ms","protocol":"grpc"},"metrics":{"buckets_for_metric":{"outbox_pending":[1,10,100]}}}"#,
         )
         .unwrap();
         assert_eq!(c.tracing.scheduled_delay, Duration::from_millis(200));
@@ -1075,7 +1075,7 @@ mod tests {
         assert_eq!(log.buffered_bytes_limit, 65536);
         assert_eq!(log.flush_interval, Duration::from_millis(20));
         assert_eq!(
-            c.metrics.buckets_for_metric["outbox.pending"],
+            c.metrics.buckets_for_metric["outbox_pending"],
             vec![1.0, 10.0, 100.0]
         );
     }

@@ -47,31 +47,12 @@
 //!
 //! ## Metric catalogue
 //!
-//! Every metric the chassis emits is a constant in [`metrics::names`]; the table there gives
-//! type, unit, labels and the Prometheus exposition name (dots become underscores:
-//! `http.server.request.duration` → `http_server_request_duration`).
-//!
-//! | metric | type | labels |
-//! |---|---|---|
-//! | `http.server.request.duration` | histogram (s) | `http.request.method`, `http.route`, `http.response.status_code` |
-//! | `http.client.request.duration` | histogram (s) | `http.request.method`, `server.address`, `http.response.status_code` |
-//! | `messaging.publish.duration` | histogram (s) | `messaging.destination.name`, `outcome` |
-//! | `messaging.process.duration` | histogram (s) | `messaging.destination.name`, `outcome` |
-//! | `messaging.client.sent.messages` | counter | `messaging.destination.name` |
-//! | `messaging.client.consumed.messages` | counter | `messaging.destination.name` |
-//! | `messaging.client.acked.messages` | counter | `messaging.destination.name` |
-//! | `messaging.client.retried.messages` | counter | `messaging.destination.name` |
-//! | `messaging.client.dead_lettered.messages` | counter | `messaging.destination.name`, `error.type` |
-//! | `circuit_breaker.state` | gauge (0 closed, 1 open, 2 half-open) | `name` |
-//! | `circuit_breaker.calls` | counter | `name`, `outcome` |
-//! | `retry.attempts` | counter | `name`, `outcome` |
-//! | `outbox.pending` | gauge | — |
-//! | `outbox.oldest_pending_age` | gauge (s) | — |
-//! | `outbox.publish_latency` | histogram (s) | — |
-//! | `outbox.relay_errors` | counter | `error.type` |
-//! | `inbox.duplicates` | counter | `messaging.destination.name` |
-//! | `otel.spans.dropped` | counter | `reason` (`queue_full`, `export_failed`) |
-//! | `log.lines.dropped` | counter | — |
+//! Every metric the chassis crates emit (chassis-core's resilience layers, this crate,
+//! chassis-http, chassis-messaging) is a constant in [`metrics::names`], whose docs list each
+//! one's Prometheus name, type, unit, labels and closed label values, and say how the
+//! Prometheus name is derived from the OpenTelemetry name (`http.server.request.duration`, unit
+//! `s` -> `http_server_request_duration_seconds`; counters end in `_total`). `init()` registers
+//! every description, so `/metrics` has `# HELP` and `# TYPE` for each.
 //!
 //! ## Features
 //! | feature | default | what it adds |

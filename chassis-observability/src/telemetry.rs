@@ -197,7 +197,7 @@ impl TelemetryBuilder {
 
     /// Log lines go to `writer` through the chassis [`BatchWriter`]: a bounded buffer written in
     /// batches by a background thread; a full buffer drops lines (counted in
-    /// [`TelemetryGuard::dropped_log_lines`] and `log.lines.dropped`) instead of blocking the
+    /// [`TelemetryGuard::dropped_log_lines`] and `log_lines_dropped_total`) instead of blocking the
     /// service. Defaults to stdout, the same way.
     pub fn writer(mut self, writer: impl io::Write + Send + 'static) -> Self {
         self.output = Output::NonBlocking(Box::new(writer));
@@ -562,7 +562,7 @@ impl TelemetryGuard {
         self.exporting
     }
 
-    /// Spans lost so far (queue full or failed export); also in `otel.spans.dropped`.
+    /// Spans lost so far (queue full or failed export); also in `otel_spans_dropped_total`.
     pub fn dropped_spans(&self) -> u64 {
         self.stats.dropped()
     }
@@ -578,7 +578,7 @@ impl TelemetryGuard {
     }
 
     /// Log lines dropped so far because the log writer's buffer was full (or the output failed);
-    /// also in `log.lines.dropped`. Always 0 with [`TelemetryBuilder::make_writer`], which writes
+    /// also in `log_lines_dropped_total`. Always 0 with [`TelemetryBuilder::make_writer`], which writes
     /// synchronously.
     pub fn dropped_log_lines(&self) -> u64 {
         self.log_stats
@@ -632,7 +632,7 @@ impl TelemetryGuard {
             tracing::warn!(
                 target: "chassis_observability",
                 dropped_spans = dropped,
-                "spans were dropped during this run (see otel.spans.dropped)"
+                "spans were dropped during this run (see otel_spans_dropped_total)"
             );
         }
         let dropped_lines = self.dropped_log_lines();
@@ -640,7 +640,7 @@ impl TelemetryGuard {
             tracing::warn!(
                 target: "chassis_observability",
                 dropped_lines,
-                "log lines were dropped during this run (see log.lines.dropped)"
+                "log lines were dropped during this run (see log_lines_dropped_total)"
             );
         }
         if let Some(log_writer) = self.log_writer.take() {

@@ -30,7 +30,7 @@
 //!
 //! Ending a span never waits: a span goes into a bounded queue ([`TracingConfig::max_queue_size`])
 //! or, when it is full, is dropped. Drops are counted ([`ExportStats::dropped`] and the
-//! `otel.spans.dropped{reason="queue_full"}` counter); failed exports too
+//! `otel_spans_dropped_total{reason="queue_full"}` counter); failed exports too
 //! (`reason="export_failed"`). The SDK does not expose its drop count, so the queue bound is
 //! enforced by a thin counting processor in front of the SDK's, whose own channel is made larger
 //! so it never drops first. One warning is logged when dropping starts, one when exports start
@@ -368,7 +368,7 @@ impl<P: SpanProcessor> SpanProcessor for CountingProcessor<P> {
                 tracing::warn!(
                     target: "chassis_observability::trace",
                     max_queue_size = self.limit,
-                    "span export queue is full: dropping spans from now on, counted in otel.spans.dropped (no further warning)"
+                    "span export queue is full: dropping spans from now on, counted in otel_spans_dropped_total (no further warning)"
                 );
             }
             return;
@@ -440,7 +440,7 @@ impl ExportOutcome<'_> {
                 target: "chassis_observability::trace",
                 endpoint = self.endpoint,
                 error = %reason,
-                "span export failing: spans are dropped and counted in otel.spans.dropped until the collector is back (no further warning)"
+                "span export failing: spans are dropped and counted in otel_spans_dropped_total until the collector is back (no further warning)"
             );
         }
     }

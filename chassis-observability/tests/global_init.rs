@@ -39,14 +39,14 @@ async fn init_installs_subscriber_recorder_and_propagator_once() {
         names::labels::HTTP_RESPONSE_STATUS_CODE => "200")
     .record(0.5);
     let text = guard.prometheus_handle().unwrap().render();
-    assert!(text.contains(r#"http_server_request_duration_bucket{http_request_method="GET",http_route="/orders",http_response_status_code="200",le="1"} 1"#), "{text}");
+    assert!(text.contains(r#"http_server_request_duration_seconds_bucket{http_request_method="GET",http_route="/orders",http_response_status_code="200",le="1"} 1"#), "{text}");
     assert!(
-        text.contains("# HELP http_server_request_duration"),
+        text.contains("# HELP http_server_request_duration_seconds"),
         "{text}"
     );
     // The log writer's drop counter exists from the start, at 0.
-    assert!(text.contains("\nlog_lines_dropped 0\n"), "{text}");
-    assert!(text.contains("# HELP log_lines_dropped"), "{text}");
+    assert!(text.contains("\nlog_lines_dropped_total 0\n"), "{text}");
+    assert!(text.contains("# HELP log_lines_dropped_total"), "{text}");
 
     // The global OpenTelemetry propagator is the W3C one.
     let mut map = std::collections::HashMap::new();

@@ -55,6 +55,6 @@ fn dropped_lines_are_exported_as_log_lines_dropped() {
     guard.shutdown(Duration::from_secs(10)).unwrap();
 
     let text = handle.render();
-    assert!(text.contains("log_lines_dropped 3"), "{text}");
-    assert!(text.contains("# HELP log_lines_dropped"), "{text}");
+    assert!(text.contains("log_lines_dropped_total 3"), "{text}");
+    assert!(text.contains("# HELP log_lines_dropped_total"), "{text}");
 }

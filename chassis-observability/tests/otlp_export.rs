@@ -193,7 +193,7 @@ async fn missing_collector_drops_and_counts_with_one_warning() {
     assert_eq!(guard.dropped_spans(), 6, "queue of 4, 10 spans");
     let exposition = guard.prometheus_handle().unwrap().render();
     assert!(
-        exposition.contains(r#"otel_spans_dropped{reason="queue_full"} 6"#),
+        exposition.contains(r#"otel_spans_dropped_total{reason="queue_full"} 6"#),
         "{exposition}"
     );
     let warnings = logs

@@ -68,6 +68,7 @@ use tokio_util::sync::ReusableBoxFuture;
 use tower_layer::Layer;
 use tower_service::Service;
 
+use crate::metric_catalogue as names;
 use crate::{BoxError, Error, ErrorKind};
 
 /// Configuration of a bulkhead. Deserializes from e.g.
@@ -310,14 +311,14 @@ impl fmt::Debug for BulkheadLayer {
 impl BulkheadLayer {
     /// Validates `config` and creates the shared permit pool.
     ///
-    /// The metric handle (`bulkhead.rejected`, label `name`) is registered here: install the
+    /// The metric handle (`bulkhead_rejected_total`, label `name`) is registered here: install the
     /// metrics recorder before building layers.
     pub fn new(config: BulkheadConfig) -> Result<Self, Error> {
         config.validate()?;
         let name: Arc<str> = config.name.into();
         Ok(Self {
             shared: Arc::new(Shared {
-                rejected: metrics::counter!("bulkhead.rejected", "name" => name.to_string()),
+                rejected: metrics::counter!(names::BULKHEAD_REJECTED, names::labels::NAME => name.to_string()),
                 name,
                 max_concurrent: config.max_concurrent,
                 max_wait: config.max_wait,

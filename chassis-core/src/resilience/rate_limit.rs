@@ -56,6 +56,7 @@ use tokio::time::{Instant, Sleep};
 use tower_layer::Layer;
 use tower_service::Service;
 
+use crate::metric_catalogue as names;
 use crate::{BoxError, Error, ErrorKind};
 
 /// Configuration of a rate limiter. Deserializes from e.g.
@@ -221,7 +222,7 @@ impl fmt::Debug for RateLimitLayer {
 impl RateLimitLayer {
     /// Validates `config` and creates the shared limiter, with a full burst available.
     ///
-    /// The metric handle (`rate_limit.rejected`, label `name`) is registered here: install the
+    /// The metric handle (`rate_limit_rejected_total`, label `name`) is registered here: install the
     /// metrics recorder before building layers.
     pub fn new(config: RateLimitConfig) -> Result<Self, Error> {
         config.validate()?;
@@ -231,7 +232,7 @@ impl RateLimitLayer {
         let name: Arc<str> = config.name.into();
         Ok(Self {
             limiter: Arc::new(Limiter {
-                rejected: metrics::counter!("rate_limit.rejected", "name" => name.to_string()),
+                rejected: metrics::counter!(names::RATE_LIMIT_REJECTED, names::labels::NAME => name.to_string()),
                 name,
                 interval,
                 tolerance,

@@ -43,10 +43,10 @@ fn calls_by_outcome_and_state_gauge() {
             .collect();
         assert_eq!(labels["name"], "metered");
         match (key.kind(), key.key().name(), value) {
-            (MetricKind::Counter, "circuit_breaker.calls", DebugValue::Counter(n)) => {
+            (MetricKind::Counter, "circuit_breaker_calls_total", DebugValue::Counter(n)) => {
                 counters.insert(labels["outcome"].clone(), n);
             }
-            (MetricKind::Gauge, "circuit_breaker.state", DebugValue::Gauge(v)) => {
+            (MetricKind::Gauge, "circuit_breaker_state", DebugValue::Gauge(v)) => {
                 gauges.insert("state", v.into_inner());
             }
             other => panic!("unexpected metric {other:?}"),

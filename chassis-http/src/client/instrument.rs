@@ -1,6 +1,6 @@
 //! One attempt of a client call: a client span (OpenTelemetry HTTP client conventions), trace
 //! context and service token injected into the request, and the
-//! `http.client.request.duration` histogram.
+//! `http_client_request_duration_seconds` histogram.
 //!
 //! It sits inside the retry and breaker layers, so every attempt — each a real request on the
 //! wire — gets its own span (with `http.request.resend_count` on retries), its own
@@ -157,7 +157,7 @@ impl Record {
         let mut labels = vec![
             (names::labels::HTTP_REQUEST_METHOD, self.method),
             (names::labels::SERVER_ADDRESS, self.host),
-            ("server.port", self.port.to_string()),
+            (names::labels::SERVER_PORT, self.port.to_string()),
         ];
         if let Some(status) = status {
             labels.push((names::labels::HTTP_RESPONSE_STATUS_CODE, status.to_string()));

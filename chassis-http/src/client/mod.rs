@@ -28,7 +28,7 @@
 //!   failed handshake),
 //!   `http.request.resend_count`), the W3C `traceparent`/`tracestate` of that span injected, the
 //!   service token attached (see [`ServiceTokenSource`](crate::auth::ServiceTokenSource)), and
-//!   one `http.client.request.duration` histogram sample (seconds).
+//!   one `http_client_request_duration_seconds` histogram sample (seconds).
 //! - **Typed errors** ([`ClientError`], [`ClientErrorKind`]): `Status4xx { status, body }`,
 //!   `Status5xx { status, retry_after }`, `Unreachable` (never sent), `Transport` (maybe sent),
 //!   `TimedOut`, `CircuitOpen { retry_after }`, `Overloaded`, `InvalidRequest`,

@@ -2,12 +2,15 @@
 //! conventions, recorded through the [`metrics`] facade (chassis-observability installs the
 //! Prometheus recorder; without a recorder this layer costs next to nothing).
 //!
-//! - [`HTTP_SERVER_REQUEST_DURATION`] (`http.server.request.duration`, a histogram in seconds,
-//!   `http_server_request_duration_seconds` in Prometheus) with labels `http.request.method`,
+//! - [`HTTP_SERVER_REQUEST_DURATION`] (`http_server_request_duration_seconds`, semconv
+//!   `http_server_request_duration_seconds`, a histogram in seconds) with labels `http.request.method`,
 //!   `http.route` (when known; never the raw path, to bound cardinality) and
 //!   `http.response.status_code`. Its count is the request rate, its `5xx` share the error rate.
-//! - [`HTTP_SERVER_ACTIVE_REQUESTS`] (`http.server.active_requests`, a gauge) with label
+//! - [`HTTP_SERVER_ACTIVE_REQUESTS`] (`http_server_active_requests`, semconv
+//!   `http_server_active_requests`, a gauge) with label
 //!   `http.request.method`: requests whose response head is not ready yet.
+//!
+//! Both names come from the catalogue, `chassis_core::metric_catalogue`.
 //!
 //! Duration is measured until the response head is ready (streamed bodies are not included).
 //!
@@ -52,10 +55,12 @@ use tower_service::Service;
 
 use super::{RouteTemplate, status_str};
 
-/// Histogram of server request durations, in seconds.
-pub const HTTP_SERVER_REQUEST_DURATION: &str = "http.server.request.duration";
-/// Gauge of requests in flight.
-pub const HTTP_SERVER_ACTIVE_REQUESTS: &str = "http.server.active_requests";
+use chassis_core::metric_catalogue::labels::{
+    HTTP_REQUEST_METHOD, HTTP_RESPONSE_STATUS_CODE, HTTP_ROUTE,
+};
+pub use chassis_core::metric_catalogue::{
+    HTTP_SERVER_ACTIVE_REQUESTS, HTTP_SERVER_REQUEST_DURATION,
+};
 
 /// The `http.request.method` label values, indexed by [`method_index`].
 const METHOD_LABELS: [&str; 10] = [
@@ -152,7 +157,7 @@ impl Handles {
                 .get_or_insert_with(|| {
                     ::metrics::gauge!(
                         HTTP_SERVER_ACTIVE_REQUESTS,
-                        "http.request.method" => SharedString::const_str(METHOD_LABELS[method]),
+                        HTTP_REQUEST_METHOD => SharedString::const_str(METHOD_LABELS[method]),
                     )
                 })
                 .clone()
@@ -185,14 +190,14 @@ impl Handles {
                 match route {
                     Some(route) => ::metrics::histogram!(
                         HTTP_SERVER_REQUEST_DURATION,
-                        "http.request.method" => method,
-                        "http.route" => SharedString::from(route.to_owned()),
-                        "http.response.status_code" => status,
+                        HTTP_REQUEST_METHOD => method,
+                        HTTP_ROUTE => SharedString::from(route.to_owned()),
+                        HTTP_RESPONSE_STATUS_CODE => status,
                     ),
                     None => ::metrics::histogram!(
                         HTTP_SERVER_REQUEST_DURATION,
-                        "http.request.method" => method,
-                        "http.response.status_code" => status,
+                        HTTP_REQUEST_METHOD => method,
+                        HTTP_RESPONSE_STATUS_CODE => status,
                     ),
                 }
             };
@@ -386,7 +391,7 @@ mod tests {
             let text = recorder.handle().render();
             for (status, count) in [(200, 2), (404, 1)] {
                 let line = format!(
-                    "http_server_request_duration_count{{http_request_method=\"GET\",http_response_status_code=\"{status}\"}} {count}"
+                    "http_server_request_duration_seconds_count{{http_request_method=\"GET\",http_response_status_code=\"{status}\"}} {count}"
                 );
                 assert!(text.contains(&line), "missing {line} in:\n{text}");
             }

@@ -6,7 +6,7 @@
 //!
 //! 1. [`request_id`]: `x-request-id` propagated or generated, echoed on the response;
 //! 2. [`trace`]: trace context extraction and the server span;
-//! 3. [`metrics`]: `http.server.request.duration` and `http.server.active_requests`;
+//! 3. [`metrics`]: `http_server_request_duration_seconds` and `http_server_active_requests`;
 //! 4. [`access_log`]: one structured line per request (by default; every error and slow
 //!    request and 1 in N of the others when sampled);
 //! 5. [`catch_panic`]: a panicking handler becomes a 500;

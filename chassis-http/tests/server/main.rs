@@ -300,7 +300,7 @@ async fn health_states_and_metrics() {
     let line = text
         .lines()
         .find(|l| {
-            l.starts_with("http_server_request_duration")
+            l.starts_with("http_server_request_duration_seconds")
                 && l.contains("http_response_status_code=\"200\"")
         })
         .unwrap_or_else(|| panic!("no duration series in:\n{text}"));

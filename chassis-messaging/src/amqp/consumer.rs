@@ -27,9 +27,9 @@
 //!
 //! Each delivery runs in a consumer span `"{queue} process"` (`otel.kind = consumer`) whose
 //! parent is the producer's context extracted from the headers, so the trace crosses the
-//! broker. Metrics: `messaging.client.consumed.messages`, `messaging.process.duration`,
-//! `messaging.client.acked.messages`, `messaging.client.retried.messages`,
-//! `messaging.client.dead_lettered.messages`.
+//! broker. Metrics: `messaging_client_consumed_messages_total`, `messaging_process_duration_seconds`,
+//! `messaging_client_acked_messages_total`, `messaging_client_retried_messages_total`,
+//! `messaging_client_dead_lettered_messages_total`.
 //!
 //! # Example
 //! ```no_run

@@ -22,8 +22,8 @@
 //!   OpenTelemetry messaging attributes (`messaging.system = rabbitmq`,
 //!   `messaging.destination.name`, `messaging.rabbitmq.destination.routing_key`,
 //!   `messaging.message.id`) and injects `traceparent`/`tracestate`/`baggage` into the
-//!   headers; metrics `messaging.publish.duration` (its `outcome` is `unrouted` for an
-//!   accepted return) and `messaging.client.sent.messages`
+//!   headers; metrics `messaging_publish_duration_seconds` (its `outcome` is `unrouted` for an
+//!   accepted return) and `messaging_client_sent_messages_total`
 //!   (the handles of successful publishes are cached per destination, so install the metrics
 //!   recorder — `chassis_observability::Telemetry` does — before the first publish).
 //!

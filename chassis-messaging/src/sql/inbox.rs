@@ -64,11 +64,11 @@ use sqlx::{Pool, Transaction};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use super::metrics as names;
 use super::schema::{SchemaDatabase, db_err, now_ms};
 use crate::amqp::consumer::{Handler, Outcome};
 use crate::amqp::incoming::IncomingMessage;
 use crate::error::{Error, Result};
+use chassis_observability::metrics::names;
 
 /// A database the inbox works on: implemented for SQLite and PostgreSQL (per enabled feature).
 pub trait InboxDatabase: SchemaDatabase {
@@ -257,7 +257,7 @@ impl<DB: InboxDatabase> Inbox<DB> {
         } else {
             // Nothing was written; rolling back just releases the connection.
             drop(tx);
-            metrics::counter!(names::INBOX_DUPLICATES, names::DESTINATION => self.consumer.to_string())
+            metrics::counter!(names::INBOX_DUPLICATES, names::labels::MESSAGING_DESTINATION_NAME => self.consumer.to_string())
                 .increment(1);
             tracing::debug!(consumer = %self.consumer, message_id, "duplicate delivery skipped");
             Ok(Claim::Duplicate)
@@ -283,7 +283,7 @@ impl<DB: InboxDatabase> Inbox<DB> {
         };
         let value = handler(&mut tx).await?;
         tx.commit().await.map_err(db_err)?;
-        metrics::counter!(names::INBOX_PROCESSED, names::DESTINATION => self.consumer.to_string())
+        metrics::counter!(names::INBOX_PROCESSED, names::labels::MESSAGING_DESTINATION_NAME => self.consumer.to_string())
             .increment(1);
         Ok(Processed::Done(value))
     }
@@ -407,7 +407,7 @@ where
             }
             match tx.commit().await {
                 Ok(()) => {
-                    metrics::counter!(names::INBOX_PROCESSED, names::DESTINATION => inbox.consumer.to_string())
+                    metrics::counter!(names::INBOX_PROCESSED, names::labels::MESSAGING_DESTINATION_NAME => inbox.consumer.to_string())
                         .increment(1);
                     Outcome::Ack
                 }

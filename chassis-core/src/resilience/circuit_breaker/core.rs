@@ -11,6 +11,7 @@ use super::classifier::Outcome;
 use super::config::{CircuitBreakerConfig, Jitter, SlidingWindowType};
 use super::window::{CountWindow, FAILED, PRESENT, Padded, SLOW, TimeWindow, Window, WindowCounts};
 use crate::Error;
+use crate::metric_catalogue as names;
 use crate::resilience::clock::{Clock, ClockSource, CoarseClock};
 
 /// The state of a breaker.
@@ -60,7 +61,7 @@ impl State {
         }
     }
 
-    /// The value of the `circuit_breaker.state` gauge: closed 0, open 1, half-open 2,
+    /// The value of the `circuit_breaker_state` gauge: closed 0, open 1, half-open 2,
     /// forced-open 3, forced-closed 4.
     pub fn as_gauge(self) -> f64 {
         self.bits() as f64
@@ -204,9 +205,9 @@ struct Metrics {
 
 impl Metrics {
     fn new(name: &Arc<str>) -> Self {
-        let calls = |outcome: &'static str| metrics::counter!("circuit_breaker.calls", "name" => name.to_string(), "outcome" => outcome);
+        let calls = |outcome: &'static str| metrics::counter!(names::CIRCUIT_BREAKER_CALLS, names::labels::NAME => name.to_string(), names::labels::OUTCOME => outcome);
         Self {
-            state: metrics::gauge!("circuit_breaker.state", "name" => name.to_string()),
+            state: metrics::gauge!(names::CIRCUIT_BREAKER_STATE, names::labels::NAME => name.to_string()),
             success: calls("success"),
             failure: calls("failure"),
             slow_success: calls("slow_success"),

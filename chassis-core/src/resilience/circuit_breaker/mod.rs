@@ -26,11 +26,12 @@
 //! closure `Fn(Result<&T, &E>) -> Outcome`.
 //!
 //! Every transition is logged with `tracing` (warn when opening), sets the gauge
-//! `circuit_breaker.state{name}` (closed 0, open 1, half-open 2, forced-open 3,
+//! `circuit_breaker_state{name}` (closed 0, open 1, half-open 2, forced-open 3,
 //! forced-closed 4) and is broadcast to [`CircuitBreakerHandle::subscribe`]rs; every call
-//! increments `circuit_breaker.calls{name, outcome}` with outcome `success`, `failure`,
+//! increments `circuit_breaker_calls_total{name, outcome}` with outcome `success`, `failure`,
 //! `slow_success`, `slow_failure` or `not_permitted`. Metric handles are registered when the
-//! breaker is built, so install the metrics recorder first.
+//! breaker is built, so install the metrics recorder first. The names are those of
+//! [`metric_catalogue`](crate::metric_catalogue).
 //!
 //! # Example
 //!

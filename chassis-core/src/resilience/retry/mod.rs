@@ -38,7 +38,7 @@
 //! `RequestNotCloneable`, so the caller knows a retry was wanted and impossible. A *response*
 //! the classifier calls retryable (say HTTP 503) is returned as the response when retries run
 //! out (or the budget or deadline stop them, or the request cannot be copied), because turning it
-//! into an error would lose it; the `retry.attempts` counter still records why.
+//! into an error would lose it; the `retry_attempts_total` counter still records why.
 //!
 //! # Why not tower's `Retry` service
 //!
@@ -61,7 +61,7 @@
 //!
 //! # Observability
 //!
-//! Every finished attempt increments the counter `retry.attempts` with labels `name` and
+//! Every finished attempt increments the counter `retry_attempts_total` with labels `name` and
 //! `outcome` (`success`, `not_retryable`, `retried`, `exhausted`, `budget_exhausted`, `deadline`,
 //! `not_cloneable`); the handles are registered when the layer is built, so install the metrics
 //! recorder first. Each retry emits a `DEBUG` tracing event (attempt, delay, error), giving up
@@ -137,6 +137,7 @@ use tower_service::Service;
 
 use super::clock::{Clock, ClockSource};
 use super::timeout::{Timeout, TimeoutLayer};
+use crate::metric_catalogue as names;
 use crate::{BoxError, Error};
 
 /// The retry budget: retries may add at most `retry_ratio` of the calls seen in the last `ttl`,
@@ -381,12 +382,12 @@ impl RetryLayer {
     /// Validates `config` and creates the retry budget, with the default classifier, no
     /// server-delay hook and `Clone` for copying requests.
     ///
-    /// The metric handles (`retry.attempts` by `name` and `outcome`) are registered here.
+    /// The metric handles (`retry_attempts_total` by `name` and `outcome`) are registered here.
     pub fn new(config: RetryConfig) -> Result<Self, Error> {
         config.validate()?;
         let name: Arc<str> = config.name.into();
         let counters = Outcome::ALL.map(|o| {
-            metrics::counter!("retry.attempts", "name" => name.to_string(), "outcome" => o.as_str())
+            metrics::counter!(names::RETRY_ATTEMPTS, names::labels::NAME => name.to_string(), names::labels::OUTCOME => o.as_str())
         });
         Ok(Self {
             max_attempts: config.max_attempts,

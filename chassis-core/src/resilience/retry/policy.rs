@@ -163,7 +163,7 @@ impl<Req, C, H, K> AttemptPolicy<Req, C, H, K> {
     }
 }
 
-/// The `outcome` label of the `retry.attempts` counter: what became of one attempt.
+/// The `outcome` label of the `retry_attempts_total` counter: what became of one attempt.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Outcome {
     /// The attempt's outcome was final and good (not retryable, a response).

@@ -34,8 +34,8 @@ use crate::amqp::headers::HeaderMapExtractor;
 use crate::amqp::publisher::{Publish, Routing};
 use crate::error::{Error, ErrorKind, Result};
 use crate::message::OutgoingMessage;
-use crate::sql::metrics as names;
 use crate::sql::schema::now_ms;
+use chassis_observability::metrics::names;
 
 /// How a [`Relay`] batches, waits, retries and cleans up. Every field has a default; it is
 /// `Deserialize` (durations in humantime form, `"500ms"`), so it can come from a config file.
@@ -582,7 +582,7 @@ impl<S: OutboxStore, P: Publish + ?Sized + 'static> Relay<S, P> {
                     None
                 }
                 (_, _, Some(err)) => {
-                    metrics::counter!(names::OUTBOX_RELAY_ERRORS, names::ERROR_TYPE => "database")
+                    metrics::counter!(names::OUTBOX_RELAY_ERRORS, names::labels::ERROR_TYPE => "database")
                         .increment(1);
                     let delay = backoff.next_delay();
                     tracing::warn!(error = %err, retry_in_ms = delay.as_millis() as u64, "outbox relay: database error, backing off");
@@ -869,7 +869,7 @@ impl<S: OutboxStore, P: Publish + ?Sized + 'static> Relay<S, P> {
                     outcomes.push((row.id, RowOutcome::Sent));
                 }
                 Err(err) if err.is_transient() || matches!(err.kind(), ErrorKind::Shutdown) => {
-                    metrics::counter!(names::OUTBOX_RELAY_ERRORS, names::ERROR_TYPE => "transient")
+                    metrics::counter!(names::OUTBOX_RELAY_ERRORS, names::labels::ERROR_TYPE => "transient")
                         .increment(1);
                     transient = Some(err.to_string());
                     outcomes.push((row.id, RowOutcome::Released));
@@ -902,9 +902,10 @@ impl<S: OutboxStore, P: Publish + ?Sized + 'static> Relay<S, P> {
         let attempts = attempts.saturating_add(1);
         let park =
             force_park || attempts >= i32::try_from(self.config.max_attempts).unwrap_or(i32::MAX);
-        metrics::counter!(names::OUTBOX_RELAY_ERRORS, names::ERROR_TYPE => "message").increment(1);
+        metrics::counter!(names::OUTBOX_RELAY_ERRORS, names::labels::ERROR_TYPE => "message")
+            .increment(1);
         if park {
-            metrics::counter!(names::OUTBOX_PARKED_TOTAL).increment(1);
+            metrics::counter!(names::OUTBOX_PARKED_MESSAGES).increment(1);
             tracing::error!(id, subject = subject.as_deref(), attempts, error = %error, "outbox row parked: it cannot be published");
         } else {
             tracing::warn!(id, subject = subject.as_deref(), attempts, error = %error, "outbox row failed to publish; will retry");

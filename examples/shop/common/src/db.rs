@@ -54,13 +54,13 @@ use crate::events::Emit;
 
 /// Histogram (seconds): one commit of a shop transaction ([`Txn::commit`], a consumer's inbox
 /// transaction).
-pub const COMMIT_DURATION: &str = "shop.db.commit.duration";
+pub const COMMIT_DURATION: &str = "shop_db_commit_duration_seconds";
 /// Histogram (seconds), label `consumer` (the inbox name, e.g. `orders.saga`): from the moment
 /// the sender wrote the message into its outbox (the envelope's `time`, inside its transaction)
 /// to the moment the handler here starts: the sender's commit and relay, the publish, the
 /// broker, and the wait for a free handler. Both ends read the wall clock, so it is meaningful
 /// on one machine (or well-synchronised ones); a negative span (clock step) is not recorded.
-pub const MESSAGE_WAIT: &str = "shop.message.wait";
+pub const MESSAGE_WAIT: &str = "shop_message_wait_seconds";
 
 /// Records [`MESSAGE_WAIT`] for `msg` arriving at `consumer` (nothing without a readable
 /// `cloudEvents:time` header).

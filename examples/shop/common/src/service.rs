@@ -136,7 +136,7 @@ impl Shop {
     /// An event is a fact published for whoever cares: one nobody subscribes to
     /// (`inventory.released`, `payment.refunded`) is normal publish/subscribe, so `shop.events`
     /// accepts unroutable messages (the outbox marks them sent and counts them in
-    /// `outbox.unroutable`). A command must reach its handler: `shop.commands` keeps the default,
+    /// `outbox_unroutable_total`). A command must reach its handler: `shop.commands` keeps the default,
     /// and an unroutable command is retried, then parked. The price on `shop.events`: an event
     /// published before its consumer ever declared its queue (only possible on a fresh broker,
     /// the queues are durable) is dropped, and the saga's step timeout fails that order.

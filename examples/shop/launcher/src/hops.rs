@@ -1,8 +1,8 @@
 //! Where an order's time goes: p50/p99 per hop, from the services' own Prometheus histograms.
 //!
-//! Every service already measures its parts (the chassis's `http.server.request.duration`,
-//! `http.client.request.duration`, `outbox.publish_latency`, `messaging.process.duration`) and
-//! the shop adds two of its own (`shop.db.commit.duration`, and `shop.message.wait`: from the
+//! Every service already measures its parts (the chassis's `http_server_request_duration_seconds`,
+//! `http_client_request_duration_seconds`, `outbox_publish_latency_seconds`, `messaging_process_duration_seconds`) and
+//! the shop adds two of its own (`shop_db_commit_duration_seconds`, and `shop_message_wait_seconds`: from the
 //! moment the sender wrote a message into its outbox, the envelope's `time`, to the moment the
 //! receiving handler starts: relay pickup, publish, broker transit and the wait for a free
 //! handler, on one machine's clock). The launcher scrapes every `/metrics` right before and
@@ -18,20 +18,20 @@
 //! the same whatever the run's length. What it cannot give is one order's path; the trace
 //! (one trace id from the gateway to notifications) is for that.
 //!
-//! Hops (`outbox.publish_latency` starts at the write, inside the transaction, so it covers
-//! commit, relay wake-up, publish and the broker's confirm; `shop.message.wait` contains it,
+//! Hops (`outbox_publish_latency_seconds` starts at the write, inside the transaction, so it covers
+//! commit, relay wake-up, publish and the broker's confirm; `shop_message_wait_seconds` contains it,
 //! and the rest of the wait is broker transit and consumer queueing):
 //!
 //! | hop | service | histogram |
 //! |---|---|---|
-//! | gateway, `POST /api/v1/orders` | gateway | `http_server_request_duration` |
-//! | HTTP gateway -> orders | gateway | `http_client_request_duration`, POST |
-//! | orders, `POST /internal/orders` | orders | `http_server_request_duration` |
-//! | HTTP payments -> provider | payments | `http_client_request_duration` |
-//! | DB commit | each service with a database | `shop_db_commit_duration` |
-//! | outbox write -> broker confirm | orders, inventory, payments | `outbox_publish_latency` |
-//! | message written -> handler starts | each consumer | `shop_message_wait` |
-//! | handling (inbox, writes, commit) | each consumer | `messaging_process_duration` |
+//! | gateway, `POST /api/v1/orders` | gateway | `http_server_request_duration_seconds` |
+//! | HTTP gateway -> orders | gateway | `http_client_request_duration_seconds`, POST |
+//! | orders, `POST /internal/orders` | orders | `http_server_request_duration_seconds` |
+//! | HTTP payments -> provider | payments | `http_client_request_duration_seconds` |
+//! | DB commit | each service with a database | `shop_db_commit_duration_seconds` |
+//! | outbox write -> broker confirm | orders, inventory, payments | `outbox_publish_latency_seconds` |
+//! | message written -> handler starts | each consumer | `shop_message_wait_seconds` |
+//! | handling (inbox, writes, commit) | each consumer | `messaging_process_duration_seconds` |
 //!
 //! # Example
 //! ```
@@ -229,12 +229,12 @@ pub struct HopSpec {
     pub filter: &'static [(&'static str, &'static str)],
 }
 
-const SERVER: &str = "http_server_request_duration";
-const CLIENT: &str = "http_client_request_duration";
-const OUTBOX: &str = "outbox_publish_latency";
-const WAIT: &str = "shop_message_wait";
-const PROCESS: &str = "messaging_process_duration";
-const COMMIT: &str = "shop_db_commit_duration";
+const SERVER: &str = "http_server_request_duration_seconds";
+const CLIENT: &str = "http_client_request_duration_seconds";
+const OUTBOX: &str = "outbox_publish_latency_seconds";
+const WAIT: &str = "shop_message_wait_seconds";
+const PROCESS: &str = "messaging_process_duration_seconds";
+const COMMIT: &str = "shop_db_commit_duration_seconds";
 
 /// The hops, roughly in the order an order meets them.
 pub const HOPS: &[HopSpec] = &[
@@ -464,17 +464,17 @@ impl fmt::Display for HopReport {
 mod tests {
     use super::*;
 
-    const BEFORE: &str = r#"# TYPE http_server_request_duration histogram
-http_server_request_duration_bucket{http_request_method="POST",http_route="/api/v1/orders",http_response_status_code="202",le="0.001"} 1
-http_server_request_duration_bucket{http_request_method="POST",http_route="/api/v1/orders",http_response_status_code="202",le="0.002"} 2
-http_server_request_duration_bucket{http_request_method="POST",http_route="/api/v1/orders",http_response_status_code="202",le="0.004"} 2
-http_server_request_duration_bucket{http_request_method="POST",http_route="/api/v1/orders",http_response_status_code="202",le="+Inf"} 2
-http_server_request_duration_sum{http_request_method="POST",http_route="/api/v1/orders",http_response_status_code="202"} 0.003
-http_server_request_duration_count{http_request_method="POST",http_route="/api/v1/orders",http_response_status_code="202"} 2
-http_server_request_duration_bucket{http_request_method="GET",http_route="/api/v1/orders/{id}",http_response_status_code="200",le="0.001"} 5
-http_server_request_duration_bucket{http_request_method="GET",http_route="/api/v1/orders/{id}",http_response_status_code="200",le="0.002"} 5
-http_server_request_duration_bucket{http_request_method="GET",http_route="/api/v1/orders/{id}",http_response_status_code="200",le="0.004"} 5
-http_server_request_duration_bucket{http_request_method="GET",http_route="/api/v1/orders/{id}",http_response_status_code="200",le="+Inf"} 5
+    const BEFORE: &str = r#"# TYPE http_server_request_duration_seconds histogram
+http_server_request_duration_seconds_bucket{http_request_method="POST",http_route="/api/v1/orders",http_response_status_code="202",le="0.001"} 1
+http_server_request_duration_seconds_bucket{http_request_method="POST",http_route="/api/v1/orders",http_response_status_code="202",le="0.002"} 2
+http_server_request_duration_seconds_bucket{http_request_method="POST",http_route="/api/v1/orders",http_response_status_code="202",le="0.004"} 2
+http_server_request_duration_seconds_bucket{http_request_method="POST",http_route="/api/v1/orders",http_response_status_code="202",le="+Inf"} 2
+http_server_request_duration_seconds_sum{http_request_method="POST",http_route="/api/v1/orders",http_response_status_code="202"} 0.003
+http_server_request_duration_seconds_count{http_request_method="POST",http_route="/api/v1/orders",http_response_status_code="202"} 2
+http_server_request_duration_seconds_bucket{http_request_method="GET",http_route="/api/v1/orders/{id}",http_response_status_code="200",le="0.001"} 5
+http_server_request_duration_seconds_bucket{http_request_method="GET",http_route="/api/v1/orders/{id}",http_response_status_code="200",le="0.002"} 5
+http_server_request_duration_seconds_bucket{http_request_method="GET",http_route="/api/v1/orders/{id}",http_response_status_code="200",le="0.004"} 5
+http_server_request_duration_seconds_bucket{http_request_method="GET",http_route="/api/v1/orders/{id}",http_response_status_code="200",le="+Inf"} 5
 "#;
 
     #[test]

@@ -355,13 +355,13 @@ async fn provider_outage_opens_the_breaker_and_the_system_recovers() {
     };
     assert!(
         value(
-            "http_client_request_duration_count{",
+            "http_client_request_duration_seconds_count{",
             "http_response_status_code=\"503\""
         ) >= 1.0,
-        "no 503 attempt in http_client_request_duration"
+        "no 503 attempt in http_client_request_duration_seconds"
     );
     assert!(
-        value("circuit_breaker_calls{", "outcome=\"not_permitted\"") >= 1.0,
+        value("circuit_breaker_calls_total{", "outcome=\"not_permitted\"") >= 1.0,
         "the open breaker rejected no call"
     );
     assert_eq!(provider_stats(&http, &sys).await["charges"], 0);

@@ -14,7 +14,7 @@
 //!
 //! The breaker's state is exported by the chassis as the `circuit_breaker_state{name="payment-provider"}`
 //! gauge at `/metrics` (0 closed, 1 open, 2 half-open), every attempt as a sample of the
-//! `http_client_request_duration` histogram (with `server_address`/`server_port` of the
+//! `http_client_request_duration_seconds` histogram (with `server_address`/`server_port` of the
 //! provider and the status or `error_type`).
 //!
 //! # Example
