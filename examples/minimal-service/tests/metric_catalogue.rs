@@ -1,0 +1,550 @@
+//! The metric catalogue against what the chassis really emits: one process drives every
+//! component (HTTP server layers with an error and a shed request, the HTTP client with retry
+//! and circuit breaker, bulkhead and rate-limit rejections, the outbox relay on SQLite
+//! publishing and parking through the real RabbitMQ, a consumer that acks, retries and
+//! dead-letters, an inbox that sees a duplicate, span export to a dead collector), scrapes
+//! `/metrics`, and checks that
+//!
+//! - every scraped family is in the catalogue, with the catalogue's type, `# HELP` text, labels
+//!   and (where closed) label values;
+//! - every catalogue entry was emitted;
+//! - `promtool check metrics` finds nothing in the scrape.
+//!
+//! This test lives here because it needs chassis-http and chassis-messaging together, which
+//! never depend on each other. It needs RabbitMQ on 127.0.0.1:5672 (or `AMQP_URL`) and
+//! `promtool` (Debian: `apt-get install prometheus`; CI installs it).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::Write as _;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::http::StatusCode;
+use axum::routing::get;
+use chassis_core::ServiceInfo;
+use chassis_core::metric_catalogue as names;
+use chassis_core::resilience::bulkhead::BulkheadConfig;
+use chassis_core::resilience::circuit_breaker::{CircuitBreakerConfig, SlidingWindowType};
+use chassis_core::resilience::policy::ResiliencePolicy;
+use chassis_core::resilience::rate_limit::RateLimitConfig;
+use chassis_core::resilience::retry::{Backoff, Jitter, RetryBudgetConfig, RetryConfig};
+use chassis_core::shutdown::Shutdown;
+use chassis_http::client::HttpClient;
+use chassis_http::layers::StandardLayers;
+use chassis_messaging::amqp::topology::RetryPolicy;
+use chassis_messaging::sql::outbox::OutboxStore;
+use chassis_messaging::sql::sqlite_pool;
+use chassis_messaging::{
+    Connection, ConnectionConfig, Consumer, ConsumerConfig, ExchangeConfig, Inbox, IncomingMessage,
+    Outbox, Outcome, OutgoingMessage, Publish, Publisher, PublisherConfig, QueueConfig, Relay,
+    RelayConfig, TopologyConfig, Unroutable, idempotent,
+};
+use chassis_observability::Telemetry;
+use chassis_observability::config::TelemetryConfig;
+use serde_json::Value;
+use sqlx::{Sqlite, Transaction};
+
+/// One scraped metric family: its `# TYPE`, `# HELP` and the label sets of its samples (the
+/// `le` of histogram buckets left out).
+#[derive(Debug, Default)]
+struct Family {
+    kind: Option<String>,
+    help: Option<String>,
+    series: Vec<BTreeMap<String, String>>,
+}
+
+/// Parses the text exposition into families, folding `_bucket`/`_sum`/`_count` into their
+/// histogram.
+fn parse(text: &str) -> BTreeMap<String, Family> {
+    let mut families: BTreeMap<String, Family> = BTreeMap::new();
+    let mut histograms = BTreeSet::new();
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let (name, kind) = rest.split_once(' ').expect("TYPE line");
+            if kind == "histogram" {
+                histograms.insert(name.to_owned());
+            }
+            families.entry(name.to_owned()).or_default().kind = Some(kind.to_owned());
+        } else if let Some(rest) = line.strip_prefix("# HELP ") {
+            let (name, help) = rest.split_once(' ').unwrap_or((rest, ""));
+            families.entry(name.to_owned()).or_default().help = Some(help.to_owned());
+        } else if !line.is_empty() && !line.starts_with('#') {
+            let (series, _value) = line.rsplit_once(' ').expect("sample line");
+            let (name, labels) = match series.split_once('{') {
+                Some((name, labels)) => (name, labels.strip_suffix('}').expect("labels")),
+                None => (series, ""),
+            };
+            let family = ["_bucket", "_sum", "_count"]
+                .iter()
+                .find_map(|s| {
+                    name.strip_suffix(s)
+                        .filter(|base| histograms.contains(*base))
+                })
+                .unwrap_or(name);
+            let labels = parse_labels(labels)
+                .into_iter()
+                .filter(|(k, _)| k != "le")
+                .collect();
+            families
+                .entry(family.to_owned())
+                .or_default()
+                .series
+                .push(labels);
+        }
+    }
+    families
+}
+
+/// `a="x",b="y"` into pairs (values in the exposition's escaping: `\\`, `\"`, `\n`).
+fn parse_labels(text: &str) -> BTreeMap<String, String> {
+    let mut labels = BTreeMap::new();
+    let mut rest = text;
+    while !rest.is_empty() {
+        let (key, after) = rest.split_once("=\"").expect("label");
+        let mut value = String::new();
+        let mut chars = after.char_indices();
+        let end = loop {
+            match chars.next().expect("closing quote") {
+                (_, '\\') => match chars.next().expect("escape").1 {
+                    'n' => value.push('\n'),
+                    c => value.push(c),
+                },
+                (i, '"') => break i,
+                (_, c) => value.push(c),
+            }
+        };
+        labels.insert(key.to_owned(), value);
+        rest = after[end + 1..].trim_start_matches(',');
+    }
+    labels
+}
+
+/// The exposition's spelling of a label name: dots become underscores.
+fn exposed(label: &str) -> String {
+    label.replace('.', "_")
+}
+
+/// Compares the scrape with the catalogue; returns every disagreement.
+fn disagreements(families: &BTreeMap<String, Family>) -> Vec<String> {
+    let mut problems = Vec::new();
+    for (name, family) in families {
+        let Some(metric) = names::find(name) else {
+            problems.push(format!("{name}: emitted but not in the catalogue"));
+            continue;
+        };
+        if family.kind.as_deref() != Some(metric.kind.as_str()) {
+            problems.push(format!(
+                "{name}: emitted as {:?}, catalogued as {}",
+                family.kind,
+                metric.kind.as_str()
+            ));
+        }
+        if family.help.as_deref() != Some(metric.description) {
+            problems.push(format!("{name}: HELP {:?}", family.help));
+        }
+        let catalogued: BTreeMap<String, _> =
+            metric.labels.iter().map(|l| (exposed(l.name), l)).collect();
+        let mut seen_labels = BTreeSet::new();
+        for series in &family.series {
+            for (key, value) in series {
+                seen_labels.insert(key.clone());
+                match catalogued.get(key) {
+                    None => problems.push(format!("{name}: label {key} not in the catalogue")),
+                    Some(label) => {
+                        if let Some(values) = label.values
+                            && !values.contains(&value.as_str())
+                        {
+                            problems.push(format!(
+                                "{name}: {key}=\"{value}\" not among the catalogued {values:?}"
+                            ));
+                        }
+                    }
+                }
+            }
+        }
+        for key in catalogued.keys() {
+            if !seen_labels.contains(key) {
+                problems.push(format!(
+                    "{name}: catalogued label {key} on no emitted series"
+                ));
+            }
+        }
+    }
+    for metric in names::ALL {
+        match families.get(metric.name) {
+            Some(family) if !family.series.is_empty() => {}
+            _ => problems.push(format!("{}: catalogued but never emitted", metric.name)),
+        }
+    }
+    problems
+}
+
+/// `promtool check metrics` on `text`: its findings (empty when clean). Fails the test when
+/// promtool is missing, saying how to get it.
+fn promtool_findings(text: &str) -> String {
+    let child = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn();
+    let mut child = match child {
+        Ok(child) => child,
+        Err(e) => panic!(
+            "promtool is needed to check the exposition ({e}); install it with \
+             `apt-get install prometheus` (Debian's package ships promtool; .ci/run installs it)"
+        ),
+    };
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let findings = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    if out.status.success() {
+        findings.trim().to_owned()
+    } else {
+        format!("exit {}: {findings}", out.status)
+    }
+}
+
+fn amqp_url() -> String {
+    std::env::var("AMQP_URL")
+        .ok()
+        .filter(|v| !v.is_empty())
+        .unwrap_or_else(|| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
+}
+
+fn fast_retry(name: &str, attempts: u32) -> RetryConfig {
+    RetryConfig::new(name)
+        .max_attempts(attempts)
+        .backoff(
+            Backoff::exponential(Duration::from_millis(5), Duration::from_millis(20))
+                .jitter(Jitter::None),
+        )
+        .budget(RetryBudgetConfig::disabled())
+}
+
+/// A port nothing listens on.
+async fn dead_endpoint() -> String {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    drop(l);
+    format!("http://{addr}")
+}
+
+async fn wait_for(what: &str, within: Duration, mut done: impl AsyncFnMut() -> bool) {
+    let deadline = Instant::now() + within;
+    while !done().await {
+        assert!(Instant::now() < deadline, "{what} within {within:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The consumer's handler, under the inbox: the body says what to do.
+async fn on_message(msg: IncomingMessage, _tx: &mut Transaction<'static, Sqlite>) -> Outcome {
+    match msg.body() {
+        b"retry" => Outcome::retry("flaky: try again"),
+        b"reject" => Outcome::reject("invalid: cannot be handled"),
+        _ => Outcome::Ack,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_emitted_metric_is_catalogued_and_every_catalogued_one_is_emitted() {
+    // Telemetry as a service starts it, exporting spans to a collector that is not there with
+    // a queue of one span, so spans are dropped and counted.
+    let mut config = TelemetryConfig::default();
+    config.tracing.endpoint = Some(dead_endpoint().await);
+    config.tracing.max_queue_size = 1;
+    config.tracing.scheduled_delay = Duration::from_millis(20);
+    config.tracing.export_timeout = Duration::from_millis(200);
+    let telemetry = Telemetry::builder(ServiceInfo::new("catalogue-test", "0.0.0"))
+        .ignore_env()
+        .config(config)
+        .writer(std::io::sink())
+        .init()
+        .expect("telemetry");
+    let handle = telemetry.prometheus_handle().expect("recorder");
+    let tag = format!("catalogue-{}", std::process::id());
+
+    // HTTP server: the standard layers (at most one request in flight, so a second is shed)
+    // around routes that answer, fail, stall and are down; /metrics outside them, as the
+    // chassis's health layer serves it.
+    let scrape = handle.clone();
+    let app = Router::new()
+        .route(
+            "/ok",
+            get(|| async { axum::Json(serde_json::json!({ "ok": true })) }),
+        )
+        .route("/fail", get(|| async { StatusCode::INTERNAL_SERVER_ERROR }))
+        .route("/down", get(|| async { StatusCode::SERVICE_UNAVAILABLE }))
+        .route(
+            "/slow",
+            get(|| async {
+                tokio::time::sleep(Duration::from_millis(400)).await;
+                "late"
+            }),
+        )
+        .layer(StandardLayers::new().max_in_flight(1))
+        .route("/metrics", get(move || async move { scrape.render() }));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let server = tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+
+    // HTTP client: retries then a success, an error, a breaker that opens and rejects, a
+    // bulkhead and a rate limiter that turn calls away.
+    let client = |name: &str, policy| {
+        HttpClient::builder(name)
+            .base_url(&base)
+            .policy(policy)
+            .build()
+            .unwrap()
+    };
+    let plain = client("plain", ResiliencePolicy::new());
+    let _: Value = plain.get_json("/ok").await.unwrap();
+    assert!(plain.get_json::<Value>("/fail").await.is_err());
+    let retrying = client(
+        "retrying",
+        ResiliencePolicy::new().retry(fast_retry("retrying", 2)),
+    );
+    assert!(retrying.get_json::<Value>("/down").await.is_err());
+    let breaker = client(
+        "breaker",
+        ResiliencePolicy::new().circuit_breaker(
+            CircuitBreakerConfig::new("breaker")
+                .sliding_window(SlidingWindowType::CountBased, 2)
+                .minimum_number_of_calls(2)
+                .failure_rate_threshold(50.0)
+                .wait_duration_in_open_state(Duration::from_secs(60)),
+        ),
+    );
+    for _ in 0..3 {
+        assert!(breaker.get_json::<Value>("/down").await.is_err());
+    }
+    let limited = client(
+        "limited",
+        ResiliencePolicy::new().rate_limit(
+            RateLimitConfig::new("limited")
+                .rate(1)
+                .period(Duration::from_secs(60))
+                .max_wait(Duration::ZERO),
+        ),
+    );
+    let _ = limited.get_json::<Value>("/ok").await;
+    assert!(
+        limited
+            .get_json::<Value>("/ok")
+            .await
+            .unwrap_err()
+            .is_rejection()
+    );
+    let bulkhead = client(
+        "bulkhead",
+        ResiliencePolicy::new().bulkhead(
+            BulkheadConfig::new("bulkhead")
+                .max_concurrent(1)
+                .max_wait(Duration::ZERO),
+        ),
+    );
+    let slow = {
+        let bulkhead = bulkhead.clone();
+        tokio::spawn(async move { bulkhead.get_json::<Value>("/slow").await })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // Rejected by the bulkhead (the slow call holds its permit) ...
+    assert!(
+        bulkhead
+            .get_json::<Value>("/ok")
+            .await
+            .unwrap_err()
+            .is_rejection()
+    );
+    // ... and by the server, which has the slow request in flight: shed with a 503.
+    let shed = plain.get_json::<Value>("/ok").await.unwrap_err();
+    assert_eq!(shed.status().map(|s| s.as_u16()), Some(503), "{shed}");
+    let _ = slow.await.unwrap();
+
+    // Messaging: an exchange with a queue (retry tier and dead-letter queue), an exchange that
+    // accepts unroutable messages, and one without a queue that does not (its rows are parked).
+    let conn = Connection::start(ConnectionConfig::new(amqp_url(), "catalogue-test")).unwrap();
+    let exchange = format!("{tag}.events");
+    let accepting = format!("{tag}.audit");
+    let unbound = format!("{tag}.unbound");
+    let queue = QueueConfig::new(format!("{tag}.work"))
+        .bind(&exchange, "#")
+        .retry(RetryPolicy::with_delays([Duration::from_millis(50)]).max_attempts(2));
+    conn.declare(
+        TopologyConfig::new()
+            .exchange(ExchangeConfig::topic(&exchange))
+            .exchange(ExchangeConfig::topic(&accepting).unroutable(Unroutable::Accept))
+            .exchange(ExchangeConfig::topic(&unbound))
+            .queue(queue.clone()),
+    )
+    .await
+    .expect("declare");
+    let publisher = Arc::new(Publisher::new(&conn, PublisherConfig::default()).unwrap());
+
+    // Consumer under an inbox: acks, retries then dead-letters, rejects, skips a duplicate.
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("catalogue.db").display());
+    let pool = sqlite_pool(&url).unwrap();
+    let inbox = Inbox::new(pool.clone(), queue.name.clone());
+    inbox.migrate().await.unwrap();
+    let handler = idempotent(inbox, |msg, tx| Box::pin(on_message(msg, tx)));
+    let consumer = Consumer::start(&conn, queue.clone(), ConsumerConfig::default(), handler)
+        .await
+        .expect("consumer");
+    for (id, body) in [
+        ("m-ok", "ok"),
+        ("m-ok", "ok"),
+        ("m-retry", "retry"),
+        ("m-reject", "reject"),
+    ] {
+        publisher
+            .publish(
+                OutgoingMessage::new(&exchange, "work", body.as_bytes().to_vec()).message_id(id),
+            )
+            .await
+            .expect("publish");
+    }
+
+    // Outbox on SQLite, relayed: one row delivered, one accepted unrouted, one parked.
+    let outbox = Outbox::new(pool.clone());
+    outbox.migrate().await.unwrap();
+    let mut tx = outbox.pool().begin().await.unwrap();
+    for (exchange, key) in [
+        (&exchange, "from.outbox"),
+        (&accepting, "nobody.listens"),
+        (&unbound, "nowhere"),
+    ] {
+        outbox
+            .enqueue(
+                &mut *tx,
+                &OutgoingMessage::new(exchange, key, b"ok".to_vec()),
+            )
+            .await
+            .unwrap();
+    }
+    outbox.commit(tx).await.unwrap();
+    let relay = Relay::new(
+        outbox.clone(),
+        publisher.clone(),
+        RelayConfig::default()
+            .max_attempts(2)
+            .retry_delay(Duration::from_millis(20))
+            .backoff(Duration::from_millis(10), Duration::from_millis(50))
+            .poll_interval(Duration::from_millis(20))
+            .stats_interval(Duration::from_millis(50)),
+    )
+    .unwrap();
+    let stop_relay = Shutdown::new();
+    let relay = relay.spawn_with(&stop_relay);
+    wait_for("the outbox drained", Duration::from_secs(20), async || {
+        let stats = outbox.stats().await.unwrap();
+        stats.pending == 0 && stats.parked == 1
+    })
+    .await;
+    wait_for(
+        "the consumer's and relay's metrics",
+        Duration::from_secs(20),
+        async || {
+            let text = handle.render();
+            text.contains(&format!(
+                "{}{{",
+                names::MESSAGING_CLIENT_DEAD_LETTERED_MESSAGES
+            )) && text.contains(&format!("{}{{", names::INBOX_DUPLICATES))
+                && text.contains(&format!("\n{} 1\n", names::OUTBOX_PARKED))
+        },
+    )
+    .await;
+    stop_relay.trigger();
+    relay.await.unwrap();
+    consumer.shutdown().await;
+
+    // Scrape as Prometheus does.
+    let text = reqwest::get(format!("{base}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let families = parse(&text);
+    let problems = disagreements(&families);
+    assert!(
+        problems.is_empty(),
+        "the catalogue and the exposition disagree:\n{}\n\n{text}",
+        problems.join("\n")
+    );
+    let findings = promtool_findings(&text);
+    assert!(
+        findings.is_empty(),
+        "promtool check metrics: {findings}\n\n{text}"
+    );
+
+    // Leave nothing behind on the broker.
+    let ch = conn.create_channel().await.unwrap();
+    for q in queue.all_queues() {
+        let _ = ch.queue_delete(q.as_str().into(), Default::default()).await;
+    }
+    for e in [exchange, accepting, unbound, queue.dead_letter_exchange()] {
+        let _ = ch
+            .exchange_delete(e.as_str().into(), Default::default())
+            .await;
+    }
+    let _ = ch.close(200, "cleanup".into()).await;
+    conn.close().await;
+    server.abort();
+    drop(telemetry);
+}
+
+#[test]
+fn the_parser_and_the_comparison_catch_what_they_should() {
+    let text = "# HELP circuit_breaker_state wrong help\n\
+                # TYPE circuit_breaker_state gauge\n\
+                circuit_breaker_state{name=\"a\",extra=\"x\"} 0\n\
+                # TYPE http_server_request_duration_seconds histogram\n\
+                http_server_request_duration_seconds_bucket{http_request_method=\"BREW\",le=\"+Inf\"} 1\n\
+                http_server_request_duration_seconds_sum{http_request_method=\"BREW\"} 1\n\
+                http_server_request_duration_seconds_count{http_request_method=\"BREW\"} 1\n\
+                # TYPE made_up counter\n\
+                made_up 1\n";
+    let families = parse(text);
+    assert_eq!(
+        families["http_server_request_duration_seconds"]
+            .series
+            .len(),
+        3
+    );
+    let problems = disagreements(&families).join("\n");
+    for expected in [
+        "made_up: emitted but not in the catalogue",
+        "circuit_breaker_state: HELP Some(\"wrong help\")",
+        "circuit_breaker_state: label extra not in the catalogue",
+        "http_request_method=\"BREW\" not among the catalogued",
+        "http_server_request_duration_seconds: catalogued label http_route on no emitted series",
+        "outbox_parked: catalogued but never emitted",
+    ] {
+        assert!(problems.contains(expected), "{expected}\n{problems}");
+    }
+    assert_eq!(
+        parse_labels(r#"a="x\"y",b="1\\2""#),
+        BTreeMap::from([("a".into(), "x\"y".into()), ("b".into(), "1\\2".into())])
+    );
+}
+
+#[test]
+fn promtool_reports_what_prometheus_naming_forbids() {
+    let findings = promtool_findings(
+        "# HELP retry_attempts Attempts.\n# TYPE retry_attempts counter\nretry_attempts 1\n",
+    );
+    assert!(findings.contains("\"_total\" suffix"), "{findings}");
+}
