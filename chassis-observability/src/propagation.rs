@@ -20,13 +20,19 @@
 //!   span context, and every outgoing `traceparent` with the same trace-id carries it set or
 //!   unset exactly as received, even where the SDK reset the flags (it does for a span its
 //!   sampler drops). A trace started in this process gets the flag, because its trace-id comes
-//!   from the SDK's default, random id generator (the only one the chassis installs). The
-//!   other, undefined flags are zeroed in both directions.
+//!   from the SDK's default, random id generator (the only one the chassis installs). A span
+//!   context built by hand (`Context::with_remote_span_context`) and injected as it is keeps
+//!   its own flags, but a span started under it counts as a trace of this process: to continue
+//!   a trace-id that is not random, build the parent with [`extract_context`] from its headers.
+//!   The other, undefined flags are zeroed in both directions.
 //! - **`tracestate`, member by member.** A list-member that does not parse (no `=`, a key or a
 //!   value outside the grammar) is dropped and the other members survive; of a duplicated key
 //!   the left-most member is kept. One DEBUG event per extraction names the dropped members (by
 //!   position and key, never by value) and why. Empty members and spaces or tabs around members
-//!   are accepted. More than 32 list-members discard the whole header.
+//!   are accepted. More than 32 list-members discard the whole header. (The processing model
+//!   allows both: "the vendor MAY discard the entire header. Invalid tracestate entries MAY
+//!   also be discarded"; the W3C test suite's strict level expects the former, so its checks
+//!   that a valid member disappears next to an invalid one fail here, deliberately.)
 //! - **Level 2 keys**: `( lcalpha / DIGIT ) 0*255( keychar )` with `@` among the keychars. The
 //!   Level 1 multi-tenant limits (241 characters of tenant-id, 14 of system-id, one `@`) are
 //!   gone from Level 2.
@@ -501,8 +507,8 @@ impl DropReason {
     }
 }
 
-/// A dropped list-member: its position among the non-empty members (1-based) and, when it has
-/// one, the start of its key.
+/// A dropped list-member: its position (1-based) among the non-empty members, or among the kept
+/// ones for a member cut for length, and, when it has one, the start of its key.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Dropped {
     position: usize,
