@@ -18,6 +18,7 @@
 //! |---|---|
 //! | `POST /api/v1/orders` | orders `POST /internal/orders` (a write, see below) |
 //! | `GET /api/v1/orders/{id}` (`?wait_ms=N`) | orders `GET /internal/orders/{id}` |
+//! | `GET /api/v1/orders/{id}/details` | orders, payments and notifications at once (see below) |
 //! | `GET /api/v1/products` | inventory `GET /internal/products` |
 //! | `GET /api/v1/notifications` | notifications `GET /api/v1/notifications` |
 //!
@@ -60,6 +61,24 @@
 //! order. A non-2xx answer is mapped as in [`downstream`] (its body is read up to the same
 //! limit; a longer or unreadable one keeps the status with a generic code).
 //!
+//! # One call, three services: `GET /api/v1/orders/{id}/details`
+//!
+//! The order's details gather, concurrently and within [`DETAILS_DEADLINE`] for the whole
+//! call, the order (orders: required), its payment (payments) and its notifications
+//! (notifications), each through its resilient client:
+//!
+//! ```json
+//! {"success":true,"data":{"order":{..},"payment":{..}|null,"notifications":[..]|null,
+//!  "missing":[{"part":"payment","reason":"payments is unavailable: .."}]},"traceId":".."}
+//! ```
+//!
+//! The order decides the answer: if orders fails, times out or says 404, so does the call, and
+//! a customer gets the details of its own orders only (the same rule as `GET
+//! /api/v1/orders/{id}`). A payment or the notifications that fail or miss the deadline are left
+//! out (`null`) and named in `missing` with the reason, so the client shows what it has
+//! instead of an error; a payment orders never asked for (`404` from payments, e.g. an order
+//! refused for stock) is `null` and not missing.
+//!
 //! # Example
 //! ```
 //! use shop_gateway::api::MAX_API_BODY_BYTES;
@@ -68,6 +87,7 @@
 //! ```
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Router;
 use axum::body::Bytes;
@@ -104,7 +124,13 @@ pub struct Gateway {
     orders: HttpClient,
     inventory: HttpClient,
     notifications: HttpClient,
+    /// Only the order details read payments; without it their payment part is missing.
+    payments: Option<HttpClient>,
 }
+
+/// How long `GET /api/v1/orders/{id}/details` waits for its parts, all together (see the
+/// [module docs](self)).
+pub const DETAILS_DEADLINE: Duration = Duration::from_secs(3);
 
 /// Who a request comes from, once [`router`]'s authentication let it in.
 #[derive(Clone, Debug)]
@@ -176,7 +202,14 @@ impl Gateway {
             orders,
             inventory,
             notifications,
+            payments: None,
         }
+    }
+
+    /// Also reads payments, for the order details.
+    pub fn with_payments(mut self, payments: HttpClient) -> Self {
+        self.payments = Some(payments);
+        self
     }
 
     /// Also accepts end users' bearer JWTs, checked by `users` (see [`crate::users`]).
@@ -261,6 +294,7 @@ pub fn router(gateway: Gateway) -> Router {
     Router::new()
         .route("/api/v1/orders", post(place_order))
         .route("/api/v1/orders/{id}", get(get_order))
+        .route("/api/v1/orders/{id}/details", get(order_details))
         .route("/api/v1/products", get(products))
         .route("/api/v1/notifications", get(notifications))
         // On the routes only, so an unknown path stays a 404.
@@ -433,13 +467,7 @@ async fn get_order(
     Query(q): Query<WaitQuery>,
 ) -> Result<Response, ApiError> {
     gw.admit(&caller)?;
-    let own_only = match &caller {
-        Caller::Client(_) => false,
-        Caller::User(user) => {
-            user.require_any(&[permissions::ORDERS_READ_ANY, permissions::ORDERS_READ_OWN])?
-                == permissions::ORDERS_READ_OWN
-        }
-    };
+    let own_only = own_orders_only(&caller)?;
     if !valid_order_id(&id) {
         return Err(ApiError::bad_request("invalid order id"));
     }
@@ -448,17 +476,129 @@ async fn get_order(
         None => format!("/internal/orders/{id}"),
     };
     let answer = Gateway::fetch(&gw.orders, get_request(path)?).await?;
-    if let (true, Caller::User(user)) = (own_only && answer.status().is_success(), &caller) {
-        let owner = serde_json::from_slice::<Value>(answer.body())
-            .ok()
-            .and_then(|v| v["data"]["customer_id"].as_str().map(str::to_owned));
-        if owner.as_deref() != Some(user.subject.as_str()) {
-            tracing::info!(sub = %user.subject, order = %id, "order of another customer refused");
-            // The error names orders:read:any, the permission that would have let it through.
-            user.require(permissions::ORDERS_READ_ANY)?;
-        }
+    if own_only && answer.status().is_success() {
+        check_owner(&caller, &id, answer.body())?;
     }
     Ok(relay(answer))
+}
+
+/// Whether `caller` may read only its own orders (a user with `orders:read:own`); 403 for a
+/// user who may read none.
+fn own_orders_only(caller: &Caller) -> Result<bool, ApiError> {
+    Ok(match caller {
+        Caller::Client(_) => false,
+        Caller::User(user) => {
+            user.require_any(&[permissions::ORDERS_READ_ANY, permissions::ORDERS_READ_OWN])?
+                == permissions::ORDERS_READ_OWN
+        }
+    })
+}
+
+/// 403 unless the order in orders' answer `body` belongs to the user `caller`.
+fn check_owner(caller: &Caller, id: &str, body: &[u8]) -> Result<(), ApiError> {
+    let Caller::User(user) = caller else {
+        return Ok(());
+    };
+    let owner = serde_json::from_slice::<Value>(body)
+        .ok()
+        .and_then(|v| v["data"]["customer_id"].as_str().map(str::to_owned));
+    if owner.as_deref() != Some(user.subject.as_str()) {
+        tracing::info!(sub = %user.subject, order = %id, "order of another customer refused");
+        // The error names orders:read:any, the permission that would have let it through.
+        user.require(permissions::ORDERS_READ_ANY)?;
+    }
+    Ok(())
+}
+
+/// `GET /api/v1/orders/{id}/details`: see the [module docs](self).
+async fn order_details(
+    State(gw): State<Gateway>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    gw.admit(&caller)?;
+    let own_only = own_orders_only(&caller)?;
+    if !valid_order_id(&id) {
+        return Err(ApiError::bad_request("invalid order id"));
+    }
+    let deadline = tokio::time::Instant::now() + DETAILS_DEADLINE;
+    let part = |client: Option<&HttpClient>, path: String| {
+        let client = client.cloned();
+        async move {
+            let Some(client) = client else {
+                return Err(ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    chassis_http::error::codes::UNAVAILABLE,
+                    "not configured at the gateway",
+                ));
+            };
+            let answer = Gateway::fetch(&client, get_request(path)?);
+            match tokio::time::timeout_at(deadline, answer).await {
+                Ok(answer) => answer,
+                Err(_) => Err(ApiError::new(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    chassis_http::error::codes::TIMEOUT,
+                    format!(
+                        "no answer within the details deadline of {} ms",
+                        DETAILS_DEADLINE.as_millis()
+                    ),
+                )),
+            }
+        }
+    };
+    let (order, payment, notifications) = tokio::join!(
+        part(Some(&gw.orders), format!("/internal/orders/{id}")),
+        part(gw.payments.as_ref(), format!("/internal/payments/{id}")),
+        part(
+            Some(&gw.notifications),
+            format!("/api/v1/notifications?order_id={id}")
+        ),
+    );
+    // The order decides: its failure, timeout or 404 is the answer.
+    let order = order?;
+    if !order.status().is_success() {
+        return Ok(relay(order));
+    }
+    if own_only {
+        check_owner(&caller, &id, order.body())?;
+    }
+    let mut missing = Vec::new();
+    let mut optional = |name: &str, answer: Result<http::Response<Bytes>, ApiError>| {
+        match answer {
+            Ok(resp) if resp.status().is_success() => data_of(resp.body()).or_else(|| {
+                missing
+                    .push(json!({"part": name, "reason": "its answer is not the expected JSON"}));
+                None
+            }),
+            // Nothing to show rather than a failure: e.g. no payment for an order refused
+            // before payment.
+            Ok(resp) if resp.status() == StatusCode::NOT_FOUND => None,
+            Ok(resp) => {
+                missing
+                    .push(json!({"part": name, "reason": format!("answered {}", resp.status())}));
+                None
+            }
+            Err(e) => {
+                missing.push(json!({"part": name, "reason": e.message()}));
+                None
+            }
+        }
+    };
+    let payment = optional("payment", payment);
+    let notifications = optional("notifications", notifications);
+    Ok(IntoResponse::into_response(ApiResponse::ok(json!({
+        "order": data_of(order.body()),
+        "payment": payment,
+        "notifications": notifications,
+        "missing": missing,
+    }))))
+}
+
+/// The `data` of a success envelope.
+fn data_of(body: &[u8]) -> Option<Value> {
+    serde_json::from_slice::<Value>(body)
+        .ok()
+        .and_then(|mut v| v.get_mut("data").map(Value::take))
 }
 
 async fn products(State(gw): State<Gateway>, caller: Caller) -> Result<Response, ApiError> {

@@ -8,7 +8,7 @@
 //!
 //! Environment: `HTTP_ADDR` (default `127.0.0.1:8080`), `GATEWAY_API_KEYS` (`key:client,…`,
 //! default `demo-key-0001:demo`), `GATEWAY_RATE_LIMIT` (requests/s per key, default 500),
-//! `ORDERS_URL`, `INVENTORY_URL`, `NOTIFICATIONS_URL`, optionally `ORDERS_POLICY`,
+//! `ORDERS_URL`, `INVENTORY_URL`, `NOTIFICATIONS_URL`, `PAYMENTS_URL`, optionally `ORDERS_POLICY`,
 //! `INVENTORY_POLICY`, `NOTIFICATIONS_POLICY` (a JSON `ResiliencePolicy` per downstream,
 //! default `shop_gateway::downstream::default_policy`), `SERVICE_TOKEN_PRIVATE_KEY`, the
 //! end-user tokens' `GATEWAY_USER_JWKS`, `GATEWAY_USER_ISSUER`, `GATEWAY_USER_AUDIENCE`,
@@ -45,7 +45,8 @@ shop-gateway: the shop's public API (configured from the environment)
                          customer = orders:read:own, orders:write, products:read;
                          admin = orders:read:any, orders:write, orders:write:any, products:read,
                          notifications:read
-  ORDERS_URL, INVENTORY_URL, NOTIFICATIONS_URL   the services (default 127.0.0.1:8081, :8082, :8084)
+  ORDERS_URL, INVENTORY_URL, NOTIFICATIONS_URL, PAYMENTS_URL
+                                                 the services (default 127.0.0.1:8081, :8082, :8084, :8083)
   ORDERS_POLICY, INVENTORY_POLICY, NOTIFICATIONS_POLICY   a JSON ResiliencePolicy per service
   SERVICE_TOKEN_PRIVATE_KEY, SERVICE_TOKEN_KID  the key signing service tokens to the services
   LOG_FORMAT, RUST_LOG, OTEL_EXPORTER_OTLP_ENDPOINT, PRE_STOP_DELAY, ...  the chassis' own
@@ -90,7 +91,8 @@ async fn run() -> Result<(), BoxError> {
         client("orders", "http://127.0.0.1:8081")?,
         client("inventory", "http://127.0.0.1:8082")?,
         client("notifications", "http://127.0.0.1:8084")?,
-    );
+    )
+    .with_payments(client("payments", "http://127.0.0.1:8083")?);
     // End users' tokens, when an identity provider is configured (its JWKS must load).
     if let Some(users) = UserAuthConfig::from_env()? {
         tracing::info!(jwks = %users.jwks, issuer = %users.issuer, audience = %users.audience, "accepting end-user tokens");

@@ -445,6 +445,7 @@ impl System {
                     env.push(("ORDERS_URL".into(), url("orders")));
                     env.push(("INVENTORY_URL".into(), url("inventory")));
                     env.push(("NOTIFICATIONS_URL".into(), url("notifications")));
+                    env.push(("PAYMENTS_URL".into(), url("payments")));
                 }
                 "payments" => env.push(("PROVIDER_URL".into(), url("payment-provider"))),
                 "orders" => env.push((

@@ -132,7 +132,7 @@ fn trace_ids(sys: &System, service: &str, needles: &[&str]) -> Vec<String> {
 #[allow(clippy::await_holding_lock)] // serialises whole systems on purpose
 async fn the_shop_end_to_end() {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-    let (sys, _dir) = start(|_| {}).await;
+    let (mut sys, _dir) = start(|_| {}).await;
     let http = reqwest::Client::new();
 
     // Happy path: CONFIRMED, one charge, one notification.
@@ -145,6 +145,13 @@ async fn the_shop_end_to_end() {
     assert_eq!(n.len(), 1, "{n:?}");
     assert_eq!(n[0]["kind"], "order_confirmed");
     assert_eq!(stock(&http, &sys, "tea").await, 998);
+    // The same order, its payment and its notifications in one call to the gateway.
+    let d = details(&http, &sys, &id).await;
+    assert_eq!(d["order"]["status"], "CONFIRMED", "{d}");
+    assert_eq!(d["payment"]["order_id"], id.as_str(), "{d}");
+    assert_eq!(d["notifications"][0]["kind"], "order_confirmed", "{d}");
+    assert_eq!(d["missing"], json!([]), "{d}");
+    let confirmed_id = id.clone();
     let charges: Value = http
         .get(format!(
             "{}/v1/charges?reference={id}",
@@ -286,12 +293,51 @@ async fn the_shop_end_to_end() {
         .await
         .unwrap();
     assert_eq!(r.status(), 401);
+    let r = http
+        .get(format!("{}/internal/payments/{id}", sys.url("payments")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+
+    // Payments down: the details still answer, without the payment, and say why.
+    sys.kill("payments").await.unwrap();
+    let d = details(&http, &sys, &confirmed_id).await;
+    assert_eq!(d["order"]["status"], "CONFIRMED", "{d}");
+    assert_eq!(d["payment"], Value::Null, "{d}");
+    assert_eq!(d["notifications"][0]["kind"], "order_confirmed", "{d}");
+    assert_eq!(d["missing"][0]["part"], "payment", "{d}");
+    // Orders is the part the details cannot do without: an unknown order is a 404.
+    let r = http
+        .get(format!(
+            "{}/api/v1/orders/0190d5f2-7c1e-7a00-8000-000000000000/details",
+            sys.url("gateway")
+        ))
+        .bearer_auth(KEY)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    sys.restart("payments").await.unwrap();
 
     let unclean = stop(sys).await;
     assert!(
         unclean.is_empty(),
         "did not shut down gracefully: {unclean:?}"
     );
+}
+
+/// `GET /api/v1/orders/{id}/details` through the gateway: its `data`.
+async fn details(http: &reqwest::Client, sys: &System, id: &str) -> Value {
+    let r = http
+        .get(format!("{}/api/v1/orders/{id}/details", sys.url("gateway")))
+        .bearer_auth(KEY)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let body: Value = r.json().await.unwrap();
+    body["data"].clone()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -86,10 +86,16 @@ async fn run() -> Result<(), BoxError> {
         Box::pin(refund(provider.clone(), msg, tx))
     });
 
-    // 4. HTTP, in the standard layers.
-    let routes = Router::new()
-        .route("/internal/payments/{order_id}", get(payment))
-        .with_state(db.clone());
+    // 4. HTTP: the internal API behind the gateway's service tokens (it reads payments for the
+    //    order details), in the standard layers. With mTLS, only the gateway's certificate gets
+    //    through as well.
+    let routes = shop_common::tls::only_callers(
+        Router::new()
+            .route("/internal/payments/{order_id}", get(payment))
+            .layer(shop_common::auth::require_from_env("payments")?),
+        &["gateway"],
+    )?
+    .with_state(db.clone());
     let probes = HealthLayer::new(app.health().clone()).prometheus(telemetry.prometheus_handle());
     let service = ServiceBuilder::new()
         .layer(probes)

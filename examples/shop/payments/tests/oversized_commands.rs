@@ -58,7 +58,14 @@ async fn a_command_with_an_oversized_field_is_dead_lettered_before_the_provider_
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
     let base = format!("http://127.0.0.1:{port}");
+    // The internal API takes the gateway's service tokens: this test signs them.
+    let key = chassis_http::auth::SigningKey::generate_ed25519().unwrap();
+    let issuer =
+        shop_common::auth::issuer_from_pem(&key.to_pkcs8_pem().unwrap(), "shop-1").unwrap();
+    let token = issuer.issue("payments", &[]).unwrap();
     let mut payments = tokio::process::Command::new(env!("CARGO_BIN_EXE_shop-payments"))
+        .env("SERVICE_TOKEN_PUBLIC_KEY", key.public_key_pem().unwrap())
+        .env("SERVICE_TOKEN_KID", "shop-1")
         .env_remove("DATABASE_URL")
         .env("HTTP_ADDR", format!("127.0.0.1:{port}"))
         .env("DATA_DIR", dir.path())
@@ -74,6 +81,7 @@ async fn a_command_with_an_oversized_field_is_dead_lettered_before_the_provider_
     let http = reqwest::Client::new();
     let payment = async |id: &str| -> u16 {
         http.get(format!("{base}/internal/payments/{id}"))
+            .bearer_auth(token.as_str())
             .send()
             .await
             .map(|r| r.status().as_u16())
@@ -136,6 +144,7 @@ async fn a_command_with_an_oversized_field_is_dead_lettered_before_the_provider_
     let recorded: Value = until("the valid charge's record", async || {
         let r = http
             .get(format!("{base}/internal/payments/o-valid"))
+            .bearer_auth(token.as_str())
             .send()
             .await
             .ok()?;
