@@ -428,10 +428,11 @@ pub struct MetricsConfig {
     /// Build the Prometheus recorder. Defaults to `true`.
     pub enabled: bool,
     /// Histogram bucket upper bounds, in the metric's unit (seconds for durations). Defaults to
-    /// the OpenTelemetry semantic-convention buckets for `http_server_request_duration_seconds`:
+    /// the OpenTelemetry semantic-convention buckets for `http.server.request.duration`:
     /// `[0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1, 2.5, 5, 7.5, 10]`.
     pub buckets: Vec<f64>,
-    /// Per-metric bucket overrides, keyed by the metric name (dotted or Prometheus form).
+    /// Per-metric bucket overrides, keyed by the metric name as exposed (the catalogue's
+    /// constants, e.g. `outbox_publish_latency_seconds`).
     pub buckets_for_metric: BTreeMap<String, Vec<f64>>,
 }
 
