@@ -1,9 +1,15 @@
 //! Validates the deployment files in `examples/deploy` by parsing them (no cluster and no Docker
-//! engine here): the Compose file, the Kubernetes manifests, and that the Dockerfile builds and
-//! installs every binary they run.
+//! engine here): the Compose file, the Kubernetes manifests, that the Dockerfile builds and
+//! installs every binary they run, and the observability stack (Prometheus scrapes every
+//! service, the collector forwards spans to Jaeger, the Grafana dashboards parse, use
+//! provisioned datasources and query only metrics and labels of the chassis's catalogue).
 
+mod grafana;
+
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
+use chassis_core::metric_catalogue::{self as catalogue, Kind, Metric};
 use serde::Deserialize;
 use serde_yaml::Value;
 
@@ -29,6 +35,9 @@ const SERVICES: [&str; 5] = [
     "payments",
     "notifications",
 ];
+
+/// The observability services of the Compose file.
+const OBSERVABILITY: [&str; 4] = ["otel-collector", "jaeger", "prometheus", "grafana"];
 
 #[test]
 fn compose_has_the_broker_the_database_and_every_service() {
@@ -359,9 +368,12 @@ fn the_dockerfile_builds_every_binary_compose_runs() {
     for (name, svc) in services {
         let name = name.as_str().unwrap();
         if svc["build"].is_null() {
-            // A third-party image (RabbitMQ, PostgreSQL).
+            // A third-party image (RabbitMQ, PostgreSQL, the observability stack).
             assert!(
-                ["rabbitmq", "postgres"].contains(&name),
+                ["rabbitmq", "postgres"]
+                    .iter()
+                    .chain(OBSERVABILITY.iter())
+                    .any(|n| *n == name),
                 "{name} is neither built nor a known third-party image"
             );
             continue;
@@ -502,5 +514,354 @@ fn the_compose_tls_overlay_names_the_files_the_launcher_writes() {
     assert_eq!(
         services[&Value::from("gateway")]["environment"]["TLS_CLIENT_AUTH"].as_str(),
         Some("optional")
+    );
+}
+
+/// The Compose file with its `<<` merge keys resolved.
+fn compose() -> Value {
+    let mut compose = docs(&deploy_dir().join("compose.yaml")).remove(0);
+    compose.apply_merge().expect("the `<<` merge keys resolve");
+    compose
+}
+
+/// The host port of a service's `HTTP_ADDR` (`0.0.0.0:8081` -> `8081`).
+fn http_port(compose: &Value, service: &str) -> String {
+    let addr = compose["services"][service]["environment"]["HTTP_ADDR"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{service}: no HTTP_ADDR"));
+    addr.rsplit(':').next().unwrap().to_owned()
+}
+
+/// The file a `./path:/in/container` volume of `service` mounts at `container`, checked to
+/// exist in `examples/deploy`.
+fn mounted(compose: &Value, service: &str, container: &str) -> PathBuf {
+    let volumes = compose["services"][service]["volumes"]
+        .as_sequence()
+        .unwrap_or_else(|| panic!("{service}: no volumes"));
+    let volume = volumes
+        .iter()
+        .filter_map(Value::as_str)
+        .find(|v| v.split(':').nth(1) == Some(container))
+        .unwrap_or_else(|| panic!("{service} mounts nothing at {container}: {volumes:?}"));
+    let path = deploy_dir().join(volume.split(':').next().unwrap());
+    assert!(
+        path.exists(),
+        "{service}: {} does not exist",
+        path.display()
+    );
+    path
+}
+
+#[test]
+fn compose_runs_the_observability_stack_with_the_files_it_mounts() {
+    let compose = compose();
+    for name in OBSERVABILITY {
+        let image = compose["services"][name]["image"].as_str();
+        assert!(
+            image.is_some_and(|i| i.contains(':') && !i.ends_with(":latest")),
+            "{name}: a pinned image, not {image:?}"
+        );
+    }
+    mounted(&compose, "prometheus", "/etc/prometheus/prometheus.yml");
+    mounted(&compose, "grafana", "/etc/grafana/provisioning");
+    mounted(&compose, "grafana", "/var/lib/grafana/dashboards");
+    let collector = &compose["services"]["otel-collector"];
+    let config = collector["command"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .filter_map(Value::as_str)
+        .find_map(|a| a.strip_prefix("--config="))
+        .expect("the collector is given its configuration");
+    mounted(&compose, "otel-collector", config);
+    for (name, port) in [
+        ("jaeger", "16686"),
+        ("prometheus", "9090"),
+        ("grafana", "3000"),
+    ] {
+        let ports = compose["services"][name]["ports"].as_sequence().unwrap();
+        assert!(
+            ports
+                .iter()
+                .any(|p| p.as_str() == Some(&format!("{port}:{port}"))),
+            "{name}: port {port} is not published"
+        );
+    }
+}
+
+#[test]
+fn prometheus_scrapes_every_service_on_its_http_port() {
+    let compose = compose();
+    let prometheus = &docs(&deploy_dir().join("prometheus/prometheus.yml"))[0];
+    let jobs = prometheus["scrape_configs"].as_sequence().unwrap();
+    for name in SERVICES {
+        let job = jobs
+            .iter()
+            .find(|j| j["job_name"].as_str() == Some(name))
+            .unwrap_or_else(|| panic!("no scrape job {name} (the dashboards' service is the job)"));
+        // `/metrics` is the default path; a job that sets another one would miss it.
+        assert!(
+            job["metrics_path"].as_str().is_none_or(|p| p == "/metrics"),
+            "{name}: {:?}",
+            job["metrics_path"]
+        );
+        let targets: Vec<&str> = job["static_configs"]
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .flat_map(|c| c["targets"].as_sequence().unwrap())
+            .filter_map(Value::as_str)
+            .collect();
+        let expected = format!("{name}:{}", http_port(&compose, name));
+        assert_eq!(targets, vec![expected.as_str()], "{name}");
+    }
+}
+
+#[test]
+fn services_send_spans_to_the_collector_which_forwards_them_to_jaeger() {
+    let compose = compose();
+    let collector_config = &docs(&deploy_dir().join("otel-collector.yaml"))[0];
+    let http = collector_config["receivers"]["otlp"]["protocols"]["http"]["endpoint"]
+        .as_str()
+        .expect("an OTLP/HTTP receiver");
+    let http_port = http.rsplit(':').next().unwrap();
+    for name in SERVICES {
+        let endpoint = compose["services"][name]["environment"]["OTEL_EXPORTER_OTLP_ENDPOINT"]
+            .as_str()
+            .unwrap_or_default();
+        assert_eq!(
+            endpoint,
+            format!("http://otel-collector:{http_port}"),
+            "{name}: spans go nowhere"
+        );
+    }
+    let traces = &collector_config["service"]["pipelines"]["traces"];
+    let listed = |key: &str| -> Vec<String> {
+        traces[key]
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_str().unwrap().to_owned())
+            .collect()
+    };
+    assert_eq!(listed("receivers"), vec!["otlp"]);
+    for processor in listed("processors") {
+        assert!(
+            collector_config["processors"][processor.as_str()].is_mapping(),
+            "{processor} is not configured"
+        );
+    }
+    let exporters = listed("exporters");
+    assert!(!exporters.is_empty());
+    for exporter in exporters {
+        let endpoint = collector_config["exporters"][exporter.as_str()]["endpoint"]
+            .as_str()
+            .unwrap_or_else(|| panic!("exporter {exporter} is not configured"));
+        assert!(
+            endpoint.starts_with("jaeger:"),
+            "{exporter} sends to {endpoint}"
+        );
+    }
+    assert_eq!(
+        compose["services"]["jaeger"]["environment"]["COLLECTOR_OTLP_ENABLED"].as_str(),
+        Some("true")
+    );
+}
+
+/// The uids of the datasources Grafana is provisioned with.
+fn provisioned_datasources() -> BTreeSet<String> {
+    let path = grafana::grafana_dir().join("provisioning/datasources/datasources.yaml");
+    docs(&path)[0]["datasources"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .map(|d| {
+            d["uid"]
+                .as_str()
+                .expect("a datasource without uid")
+                .to_owned()
+        })
+        .collect()
+}
+
+#[test]
+fn every_dashboard_parses_and_every_panel_uses_a_provisioned_datasource() {
+    let datasources = provisioned_datasources();
+    assert!(
+        datasources.contains("prometheus") && datasources.contains("jaeger"),
+        "{datasources:?}"
+    );
+    // The provider loads the directory Compose mounts the dashboards at.
+    let provider = &docs(&grafana::grafana_dir().join("provisioning/dashboards/dashboards.yaml"))
+        [0]["providers"][0];
+    assert_eq!(
+        provider["options"]["path"].as_str(),
+        Some("/var/lib/grafana/dashboards")
+    );
+    let dashboards = grafana::dashboards();
+    assert!(!dashboards.is_empty());
+    let mut uids = BTreeSet::new();
+    for d in &dashboards {
+        let file = &d.file;
+        assert!(
+            uids.insert(d.json["uid"].as_str().unwrap().to_owned()),
+            "{file}: uid used twice"
+        );
+        assert!(
+            d.json["schemaVersion"].as_u64().is_some_and(|v| v >= 36),
+            "{file}: schemaVersion"
+        );
+        let variables = d.json["templating"]["list"].as_array().unwrap();
+        assert!(
+            variables.iter().any(|v| v["name"] == "service"),
+            "{file}: no service variable"
+        );
+        for v in variables {
+            let ds = v["datasource"]["uid"].as_str();
+            assert!(
+                ds.is_none_or(|ds| datasources.contains(ds)),
+                "{file}: variable {}: datasource {ds:?}",
+                v["name"]
+            );
+        }
+        let panels = d.panels();
+        assert!(!panels.is_empty(), "{file}: no panels");
+        let mut ids = BTreeSet::new();
+        for p in panels {
+            let title = p["title"].as_str().unwrap_or_default();
+            assert!(!title.is_empty(), "{file}: a panel without title");
+            assert!(
+                ids.insert(p["id"].as_u64().unwrap()),
+                "{file}: id of {title} used twice"
+            );
+            let ds = p["datasource"]["uid"].as_str().unwrap_or_default();
+            assert!(
+                datasources.contains(ds),
+                "{file}: {title}: datasource {ds:?}"
+            );
+            let targets = p["targets"]
+                .as_array()
+                .map(Vec::as_slice)
+                .unwrap_or_default();
+            assert!(!targets.is_empty(), "{file}: {title}: no query");
+        }
+        for q in d.queries() {
+            let ds = q.datasource.as_deref().unwrap_or_default();
+            assert!(
+                datasources.contains(ds),
+                "{file}: {} {}: datasource {ds:?}",
+                q.panel,
+                q.ref_id
+            );
+            assert!(
+                !q.expr.trim().is_empty(),
+                "{file}: {} {}: no expr",
+                q.panel,
+                q.ref_id
+            );
+        }
+    }
+}
+
+/// The Prometheus label name of a catalogue label (`http.route` -> `http_route`).
+fn prometheus_label(name: &str) -> String {
+    name.replace('.', "_")
+}
+
+/// The catalogue metric a series belongs to, with the labels its series carry.
+fn catalogue_series(series: &str) -> Option<(&'static Metric, BTreeSet<String>)> {
+    catalogue::ALL.iter().find_map(|m| {
+        let mut labels: BTreeSet<String> =
+            m.labels.iter().map(|l| prometheus_label(l.name)).collect();
+        // Prometheus adds the target's labels to every series.
+        labels.extend(["job".to_owned(), "instance".to_owned()]);
+        match m.kind {
+            Kind::Histogram => {
+                let suffix = series.strip_prefix(m.name)?;
+                match suffix {
+                    "_bucket" => {
+                        labels.insert("le".to_owned());
+                        Some((m, labels))
+                    }
+                    "_sum" | "_count" => Some((m, labels)),
+                    _ => None,
+                }
+            }
+            _ => (series == m.name).then_some((m, labels)),
+        }
+    })
+}
+
+#[test]
+fn dashboards_query_only_metrics_and_labels_of_the_catalogue() {
+    let mut used = BTreeSet::new();
+    for d in grafana::dashboards() {
+        for q in d.queries() {
+            let at = format!("{}: {} {}", q.dashboard, q.panel, q.ref_id);
+            let refs = grafana::refs(&q.expr);
+            assert!(!refs.metrics.is_empty(), "{at}: no metric in {}", q.expr);
+            let mut labels = BTreeSet::new();
+            for series in &refs.metrics {
+                let (metric, metric_labels) = catalogue_series(series)
+                    .unwrap_or_else(|| panic!("{at}: {series} is not in the catalogue"));
+                used.insert(metric.name);
+                for (s, label) in refs.matchers.iter().filter(|(s, _)| s == series) {
+                    assert!(
+                        metric_labels.contains(label),
+                        "{at}: {s} has no label {label} ({metric_labels:?})"
+                    );
+                }
+                labels.extend(metric_labels);
+            }
+            for label in &refs.read {
+                assert!(labels.contains(label), "{at}: label_replace reads {label}");
+            }
+            labels.extend(refs.created.iter().cloned());
+            for label in &refs.grouping {
+                assert!(
+                    labels.contains(label),
+                    "{at}: grouped by {label}, which no series has"
+                );
+            }
+        }
+    }
+    // And every metric of the catalogue is on a dashboard.
+    let missing: Vec<&str> = catalogue::ALL
+        .iter()
+        .map(|m| m.name)
+        .filter(|n| !used.contains(n))
+        .collect();
+    assert!(missing.is_empty(), "no dashboard charts {missing:?}");
+}
+
+#[test]
+fn the_promql_reader_finds_metrics_matchers_and_grouping() {
+    let r = grafana::refs(
+        r#"sum by (job, status_class) (label_replace(rate(http_server_request_duration_seconds_count{job=~"$service", http_response_status_code=~"[45].."}[$__rate_interval]), "status_class", "${1}xx", "http_response_status_code", "([0-9]).."))
+           / ignoring (status_class) group_left sum by (job) (rate(x_total{job=~"$service"}[5m])) > 0.5"#,
+    );
+    assert_eq!(
+        r.metrics,
+        BTreeSet::from([
+            "http_server_request_duration_seconds_count".to_owned(),
+            "x_total".to_owned()
+        ])
+    );
+    assert!(r.matchers.contains(&(
+        "http_server_request_duration_seconds_count".to_owned(),
+        "http_response_status_code".to_owned()
+    )));
+    assert!(
+        r.matchers
+            .contains(&("x_total".to_owned(), "job".to_owned()))
+    );
+    assert_eq!(
+        r.grouping,
+        BTreeSet::from(["job".to_owned(), "status_class".to_owned()])
+    );
+    assert_eq!(r.created, BTreeSet::from(["status_class".to_owned()]));
+    assert_eq!(
+        r.read,
+        BTreeSet::from(["http_response_status_code".to_owned()])
     );
 }
