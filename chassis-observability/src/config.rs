@@ -20,6 +20,10 @@
 //! | `OTEL_TRACES_EXPORTER` | `none` disables export (`otlp` is the only other value) |
 //! | `OTEL_SDK_DISABLED` | `true` disables export |
 //! | `OTEL_BSP_MAX_QUEUE_SIZE`, `OTEL_BSP_MAX_EXPORT_BATCH_SIZE`, `OTEL_BSP_SCHEDULE_DELAY`, `OTEL_BSP_EXPORT_TIMEOUT` | batch processor settings (delays in ms) |
+//! | `SENTRY_DSN` | the Sentry project's DSN ([`SentryConfig::dsn`]); unset, nothing goes to Sentry |
+//! | `SENTRY_ENVIRONMENT` | Sentry's `environment` ([`SentryConfig::environment`]; defaults to the service's `deployment.environment`) |
+//! | `SENTRY_RELEASE` | Sentry's `release` ([`SentryConfig::release`]; defaults to `name@version`) |
+//! | `SENTRY_SAMPLE_RATE` | fraction of error events sent, `0.0..=1.0` ([`SentryConfig::sample_rate`]) |
 //!
 //! Environment values win over the file; of a generic and a signal-specific variable
 //! (`OTEL_EXPORTER_OTLP_X` and `OTEL_EXPORTER_OTLP_TRACES_X`), the specific one wins. As the
@@ -77,6 +81,8 @@ pub struct TelemetryConfig {
     pub tracing: TracingConfig,
     /// Prometheus metrics.
     pub metrics: MetricsConfig,
+    /// Sentry error reporting (used with the crate feature `sentry`).
+    pub sentry: SentryConfig,
 }
 
 /// How log lines look.
@@ -473,6 +479,116 @@ impl MetricsConfig {
     }
 }
 
+/// Sentry error reporting: where events go and how they are labelled. Used with the crate
+/// feature `sentry` (see [`crate::sentry`]); without it a configured DSN only earns a warning.
+///
+/// ```
+/// use chassis_observability::config::{SentryBreadcrumbs, SentryConfig};
+/// let sentry: SentryConfig = serde_json::from_str(r#"{
+///     "dsn": "https://public@o1.ingest.sentry.io/2",
+///     "environment": "staging",
+///     "breadcrumbs": "info"
+/// }"#).unwrap();
+/// assert_eq!(sentry.breadcrumbs, SentryBreadcrumbs::Info);
+/// assert!(!format!("{sentry:?}").contains("public@"));
+/// ```
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SentryConfig {
+    /// The project's DSN (`SENTRY_DSN`); kept out of `Debug` output. Defaults to none: nothing is
+    /// sent and nothing is set up.
+    pub dsn: Option<Secret<String>>,
+    /// Sentry's `environment` (`SENTRY_ENVIRONMENT`). Defaults to none: the service's
+    /// `deployment.environment` (`DEPLOYMENT_ENVIRONMENT`).
+    pub environment: Option<String>,
+    /// Sentry's `release` (`SENTRY_RELEASE`). Defaults to none: `name@version` of the service.
+    pub release: Option<String>,
+    /// Fraction of error events sent, `0.0..=1.0` (`SENTRY_SAMPLE_RATE`). Defaults to `1.0`.
+    pub sample_rate: f32,
+    /// Which events below ERROR are kept as breadcrumbs of the next error event. Defaults to
+    /// [`SentryBreadcrumbs::Warn`].
+    pub breadcrumbs: SentryBreadcrumbs,
+    /// Envelopes waiting to be sent at most; beyond it new ones are dropped rather than held in
+    /// memory while Sentry is unreachable. Defaults to 64.
+    pub queue_size: usize,
+    /// Timeout of one request to Sentry. Defaults to 10 s.
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+}
+
+impl Default for SentryConfig {
+    fn default() -> Self {
+        Self {
+            dsn: None,
+            environment: None,
+            release: None,
+            sample_rate: 1.0,
+            breadcrumbs: SentryBreadcrumbs::Warn,
+            queue_size: 64,
+            timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Which log events below ERROR become breadcrumbs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SentryBreadcrumbs {
+    /// None.
+    Off,
+    /// WARN events. The default: a warning is rare and usually explains the error that follows.
+    #[default]
+    Warn,
+    /// WARN and INFO events. Each INFO line (an access log line, say) then also costs a
+    /// breadcrumb: a few allocations and a lock on the Sentry scope.
+    Info,
+}
+
+impl SentryConfig {
+    /// `SENTRY_DSN`, `SENTRY_ENVIRONMENT`, `SENTRY_RELEASE`, `SENTRY_SAMPLE_RATE` over the
+    /// configuration; an invalid sample rate is a warning.
+    fn apply_env(&mut self, var: &impl Fn(&str) -> Option<String>, warnings: &mut Vec<String>) {
+        if let Some(v) = var("SENTRY_DSN") {
+            self.dsn = Some(Secret::new(v.trim().to_owned()));
+        }
+        if let Some(v) = var("SENTRY_ENVIRONMENT") {
+            self.environment = Some(v.trim().to_owned());
+        }
+        if let Some(v) = var("SENTRY_RELEASE") {
+            self.release = Some(v.trim().to_owned());
+        }
+        if let Some(v) = var("SENTRY_SAMPLE_RATE") {
+            match v.trim().parse::<f32>() {
+                Ok(r) if (0.0..=1.0).contains(&r) => self.sample_rate = r,
+                _ => warnings.push(format!(
+                    "SENTRY_SAMPLE_RATE={v:?} is not a ratio in [0, 1]; ignored"
+                )),
+            }
+        }
+    }
+
+    /// Whether a DSN is configured (an empty string counts as none, as Sentry's SDKs do).
+    pub fn is_enabled(&self) -> bool {
+        self.dsn
+            .as_ref()
+            .is_some_and(|d| !d.expose().trim().is_empty())
+    }
+
+    #[cfg_attr(not(feature = "sentry"), allow(dead_code))]
+    pub(crate) fn validate(&self) -> Result<(), Error> {
+        if !(0.0..=1.0).contains(&self.sample_rate) {
+            return Err(Error::invalid_config(format!(
+                "sentry.sample_rate {} is not within 0..=1",
+                self.sample_rate
+            )));
+        }
+        if self.queue_size == 0 {
+            return Err(Error::invalid_config("sentry.queue_size must be > 0"));
+        }
+        Ok(())
+    }
+}
+
 impl TelemetryConfig {
     /// Overlays the environment (see the [module docs](self)) read through `var`, returning
     /// warnings about variables that were ignored because they were invalid. Lenient throughout:
@@ -620,6 +736,7 @@ impl TelemetryConfig {
         if let Some(path) = file("CLIENT_KEY") {
             t.tls.key_file = Some(path);
         }
+        self.sentry.apply_env(&var, &mut warnings);
         warnings
     }
 }

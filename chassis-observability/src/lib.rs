@@ -16,6 +16,8 @@
 //! - [`trace`]: the tracer provider, sampler, resource and the bounded, counting OTLP pipeline.
 //! - [`propagation`]: W3C Trace Context + Baggage inject/extract for `http::HeaderMap` and any
 //!   OpenTelemetry `Injector`/`Extractor` (no global init needed).
+//! - `sentry` (feature `sentry`): ERROR events to Sentry with the release, environment, service
+//!   tags and trace id; `sentry-trace` propagation.
 //! - [`metrics`]: the Prometheus recorder and [`metrics::names`], the catalogue of every metric
 //!   the chassis emits.
 //! - [`error`]: [`Error`] / [`ErrorKind`].
@@ -59,6 +61,7 @@
 //! |---|---|---|
 //! | `otlp-http` | yes | OTLP span export over HTTP/protobuf (port 4318) with hyper, to `http://` and `https://` collectors (rustls, ring provider) |
 //! | `grpc` | no | OTLP span export over gRPC (tonic, port 4317), to `http://` and `https://` collectors (tonic's rustls, ring provider) |
+//! | `sentry` | no | ERROR events to Sentry when `SENTRY_DSN` is set (release `name@version`, environment, service tags, trace id), breadcrumbs, `sentry-trace` propagation; sent over hyper + rustls (ring), no reqwest |
 //!
 //! TLS comes with each transport: an `https://` endpoint just works, verified against the
 //! platform's trust store and Mozilla's roots, or only against the CA bundle of
@@ -86,6 +89,9 @@ pub mod logging;
 pub mod metrics;
 pub mod propagation;
 pub mod redact;
+#[cfg(feature = "sentry")]
+#[cfg_attr(docsrs, doc(cfg(feature = "sentry")))]
+pub mod sentry;
 pub mod telemetry;
 #[cfg(any(feature = "otlp-http", feature = "grpc"))]
 mod tls;

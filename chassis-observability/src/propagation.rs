@@ -137,10 +137,15 @@ static PROPAGATOR: LazyLock<TextMapCompositePropagator> = LazyLock::new(text_map
 /// A fresh composite propagator: W3C Trace Context ([`W3CTraceContextPropagator`]) followed by
 /// W3C Baggage. `Telemetry::init` installs one as OpenTelemetry's global propagator so third-party
 /// instrumentation propagates the same way; this module's functions do not need that.
+///
+/// With the `sentry` feature a third one follows: `sentry::SentryTracePropagator` writes
+/// `sentry-trace` beside `traceparent` and reads it when no valid `traceparent` came.
 pub fn text_map_propagator() -> TextMapCompositePropagator {
     TextMapCompositePropagator::new(vec![
         Box::new(W3CTraceContextPropagator::new()),
         Box::new(BaggagePropagator::new()),
+        #[cfg(feature = "sentry")]
+        Box::new(crate::sentry::SentryTracePropagator::new()),
     ])
 }
 

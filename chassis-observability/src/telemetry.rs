@@ -325,9 +325,28 @@ impl TelemetryBuilder {
             )
             .boxed();
 
-        let subscriber = Registry::default()
-            .with(filter)
-            .with(vec![otel_layer, fmt_layer]);
+        let mut layers = vec![otel_layer, fmt_layer];
+        // Sentry (feature `sentry`): a layer of its own, and a handle the guard flushes last.
+        #[cfg(feature = "sentry")]
+        let sentry = crate::sentry::start(&service, &config.sentry)?.map(|(layer, handle)| {
+            layers.push(layer);
+            handle
+        });
+        #[cfg(not(feature = "sentry"))]
+        let warnings = {
+            let _ = &mut layers;
+            let mut warnings = warnings;
+            if config.sentry.is_enabled() {
+                warnings.push(
+                    "SENTRY_DSN / sentry.dsn is set, but chassis-observability was built without \
+                     its `sentry` feature: nothing is sent to Sentry"
+                        .to_owned(),
+                );
+            }
+            warnings
+        };
+
+        let subscriber = Registry::default().with(filter).with(layers);
         let dispatch = Dispatch::new(subscriber);
         if let Some(slot) = dispatch_slot {
             let _ = slot.set(dispatch.downgrade());
@@ -358,6 +377,8 @@ impl TelemetryBuilder {
                 log_writer,
                 log_stats,
                 warnings,
+                #[cfg(feature = "sentry")]
+                sentry,
                 done: false,
             },
         ))
@@ -514,6 +535,8 @@ pub struct TelemetryGuard {
     log_writer: Option<BatchWriterGuard>,
     log_stats: Option<BatchWriter>,
     warnings: Vec<String>,
+    #[cfg(feature = "sentry")]
+    sentry: Option<crate::sentry::SentryHandle>,
     done: bool,
 }
 
@@ -594,6 +617,13 @@ impl TelemetryGuard {
             .is_none_or(|w| w.flush_timeout(timeout))
     }
 
+    /// The Sentry hub and client, when a DSN is configured (see [`crate::sentry`]).
+    #[cfg(feature = "sentry")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "sentry")))]
+    pub fn sentry(&self) -> Option<&crate::sentry::SentryHandle> {
+        self.sentry.as_ref()
+    }
+
     /// Warnings about ignored environment variables (already logged by `init`).
     pub fn config_warnings(&self) -> &[String] {
         &self.warnings
@@ -642,6 +672,15 @@ impl TelemetryGuard {
                 dropped_lines,
                 "log lines were dropped during this run (see log_lines_dropped_total)"
             );
+        }
+        #[cfg(feature = "sentry")]
+        if let Some(sentry) = self.sentry.take() {
+            // Queued error events are sent with what is left of the deadline (at least half a
+            // second, as the spans may have used it all).
+            let left = deadline
+                .saturating_sub(started.elapsed())
+                .max(Duration::from_millis(500));
+            let _ = tokio::task::spawn_blocking(move || sentry.close(left)).await;
         }
         if let Some(log_writer) = self.log_writer.take() {
             // The log lines go last, so the shutdown's own lines are in. Writing what is
@@ -729,6 +768,11 @@ impl Drop for TelemetryGuard {
             if spawned.is_ok() && !current_thread {
                 let _ = rx.recv_timeout(Duration::from_secs(2));
             }
+        }
+        #[cfg(feature = "sentry")]
+        if let Some(sentry) = self.sentry.take() {
+            // Its transport runs on a thread of its own: waiting cannot deadlock a runtime.
+            sentry.close(Duration::from_secs(2));
         }
         // `log_writer` drops after this, writing the buffered lines (waiting at most 2 s).
     }
