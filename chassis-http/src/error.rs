@@ -41,7 +41,8 @@
 //!
 //! Errors of the resilience layers convert too: [`ApiError::from_core`] maps a
 //! [`chassis_core::Error`] (`Timeout` -> 504, `CircuitOpen`/`BulkheadFull` -> 503 with
-//! `Retry-After`, `RateLimited` -> 429 with `Retry-After`), and [`ApiError::from_box_error`]
+//! `Retry-After`, `RateLimited` -> 429 with `Retry-After`, plus the `RateLimit-Policy` and
+//! `RateLimit` fields when a keyed limiter rejected), and [`ApiError::from_box_error`]
 //! finds one anywhere in a [`BoxError`]'s source chain.
 
 use std::borrow::Cow;
@@ -49,6 +50,7 @@ use std::fmt;
 use std::time::Duration;
 
 use bytes::Bytes;
+use chassis_core::resilience::keyed_rate_limit::RateLimitInfo;
 use chassis_core::{BoxError, ErrorKind as CoreErrorKind};
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use serde::{Deserialize, Serialize};
@@ -296,12 +298,18 @@ impl ApiError {
                 err.to_string(),
             )
             .with_retry_after((*max_wait).max(Duration::from_secs(1))),
-            CoreErrorKind::RateLimited { retry_after, .. } => Self::new(
-                StatusCode::TOO_MANY_REQUESTS,
-                codes::RATE_LIMITED,
-                err.to_string(),
-            )
-            .with_retry_after(*retry_after),
+            CoreErrorKind::RateLimited { retry_after, .. } => {
+                let api = Self::new(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    codes::RATE_LIMITED,
+                    err.to_string(),
+                )
+                .with_retry_after(*retry_after);
+                match RateLimitInfo::of(err) {
+                    Some(info) => api.with_rate_limit_fields(info),
+                    None => api,
+                }
+            }
             CoreErrorKind::RetriesExhausted { .. } | CoreErrorKind::RetryBudgetExhausted { .. } => {
                 Self::new(
                     StatusCode::BAD_GATEWAY,
@@ -336,6 +344,32 @@ impl ApiError {
     pub fn with_retry_after(mut self, retry_after: Duration) -> Self {
         self.inner.retry_after = Some(retry_after);
         self
+    }
+
+    /// Adds the `RateLimit-Policy` (`"name";q=limit;w=window`) and `RateLimit`
+    /// (`"name";r=remaining;t=reset`) fields of draft-ietf-httpapi-ratelimit-headers-10, with
+    /// the window and the reset in whole seconds rounded up. [`from_core`](Self::from_core)
+    /// adds them to a keyed rate limiter's 429. A policy name that is not printable ASCII is
+    /// sent as `"default"`.
+    pub fn with_rate_limit_fields(self, info: &RateLimitInfo) -> Self {
+        let seconds = |d: Duration| d.as_secs() + u64::from(d.subsec_nanos() > 0);
+        let name = if info.policy.bytes().all(|b| (0x20..0x7f).contains(&b)) {
+            info.policy.replace('\\', "\\\\").replace('"', "\\\"")
+        } else {
+            "default".to_owned()
+        };
+        let policy = format!("\"{name}\";q={};w={}", info.limit, seconds(info.window).max(1));
+        let state = format!(
+            "\"{name}\";r={};t={}",
+            info.remaining,
+            seconds(info.reset_after)
+        );
+        match (HeaderValue::try_from(policy), HeaderValue::try_from(state)) {
+            (Ok(policy), Ok(state)) => self
+                .with_header(HeaderName::from_static("ratelimit-policy"), policy)
+                .with_header(HeaderName::from_static("ratelimit"), state),
+            _ => self,
+        }
     }
 
     /// Sets the trace id explicitly instead of reading it from the current context.

@@ -11,6 +11,9 @@
 //! - [`PgCluster`]: a PostgreSQL cluster made with `initdb` and run with `pg_ctl` on its own port
 //!   (trust auth, database `test`); `restart`, `stop`, `start`, and `kill` for a crash.
 //!
+//! - [`RedisServer`]: a `redis-server` without persistence on its own port; `kill`/`start`
+//!   for a crash and a restart on the same port, `pause`/`resume` for a server that hangs.
+//!
 //! - [`TestCa`]: a throwaway certificate authority issuing leaf certificates for TLS and mTLS
 //!   tests (host names, IPs, SPIFFE-style URIs, expired or not-yet-valid ones).
 //!
@@ -33,9 +36,11 @@ mod pki;
 mod postgres;
 mod process;
 mod rabbit;
+mod redis;
 
 pub use net::{free_port, port_open, wait_port};
 pub use pki::{Leaf, LeafBuilder, TestCa};
 pub use postgres::PgCluster;
 pub use process::ChildGuard;
 pub use rabbit::RabbitNode;
+pub use redis::RedisServer;

@@ -13,8 +13,8 @@
 pub mod bulkhead;
 pub mod circuit_breaker;
 pub mod clock;
-pub mod policy;
 pub mod keyed_rate_limit;
+pub mod policy;
 pub mod rate_limit;
 pub mod retry;
 pub mod timeout;

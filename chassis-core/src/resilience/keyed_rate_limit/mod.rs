@@ -58,6 +58,8 @@ mod future;
 mod gcra;
 mod layer;
 mod memory;
+#[cfg(feature = "redis")]
+mod redis;
 mod service;
 
 use std::fmt;
@@ -72,6 +74,8 @@ use crate::Error;
 pub use self::future::ResponseFuture;
 pub use self::layer::KeyedRateLimitLayer;
 pub use self::memory::{KeyedRateLimiter, KeyedRateLimiterStats};
+#[cfg(feature = "redis")]
+pub use self::redis::{RedisRateLimitConfig, RedisRateLimiter};
 pub use self::service::KeyedRateLimit;
 
 /// The limit every key gets. Deserializes from e.g.
