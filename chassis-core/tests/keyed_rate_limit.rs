@@ -104,6 +104,8 @@ async fn rejection_carries_retry_after_and_the_quota() {
         "rate limiter 'api' has no permit; retry after 1500ms"
     );
 
+    assert_eq!(l.check_retry_after(&"k"), Err(Duration::from_millis(1500)));
+
     // Waiting exactly retry_after admits the call.
     tokio::time::advance(Duration::from_millis(1500)).await;
     l.check(&"k").unwrap();

@@ -186,6 +186,16 @@ impl<K: Hash + Eq + Clone> KeyedRateLimiter<K> {
         }
     }
 
+    /// Like [`check`](Self::check), but a rejection is just the time until the key's next
+    /// permit: no error value, no metric, no log. For callers that answer rejections their own
+    /// way in a hot loop.
+    #[inline]
+    pub fn check_retry_after(&self, key: &K) -> Result<(), Duration> {
+        self.inner
+            .acquire(key)
+            .map_err(|(retry_after, _)| Duration::from_nanos(retry_after))
+    }
+
     /// Drops every idle key (one whose burst is full again) from every shard; returns how many.
     /// Checks do this lazily per shard; call it periodically to hand memory back sooner.
     pub fn sweep(&self) -> usize {

@@ -293,6 +293,13 @@ impl RedisRateLimiter {
         &self.inner.breaker
     }
 
+    /// The SHA-1 of the GCRA script, as `EVALSHA` names it (to preload it with `SCRIPT LOAD`
+    /// or to drive it from `redis-benchmark`). Its keys: the namespaced key; its arguments: the
+    /// emission interval and the tolerance, in microseconds.
+    pub fn script_sha1(&self) -> &str {
+        self.inner.script.get_hash()
+    }
+
     /// The Redis key holding `key`'s state: the prefix followed by the key.
     pub fn redis_key(&self, key: impl fmt::Display) -> String {
         format!("{}{key}", self.inner.prefix)
