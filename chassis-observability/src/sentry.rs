@@ -224,7 +224,7 @@ impl SentryLayer {
 }
 
 fn is_own_target(target: &str) -> bool {
-    const EXCLUDED: [&str; 6] = [TARGET, "hyper", "hyper_util", "h2", "rustls", "sentry"];
+    const EXCLUDED: [&str; 5] = [TARGET, "hyper", "hyper_util", "h2", "rustls"];
     EXCLUDED.iter().any(|prefix| {
         target
             .strip_prefix(prefix)
