@@ -11,9 +11,10 @@
 //!   context and as the tag `trace_id`, so an issue leads to its trace and the trace's logs;
 //! - WARN events (and INFO ones with [`SentryBreadcrumbs::Info`]) are kept as breadcrumbs of the
 //!   next error event;
-//! - a handler panic is an event too: chassis-http's catch-panic layer logs it at ERROR, the
-//!   panic message in the field `panic` (so in the event's "Rust Tracing Fields" context; the
-//!   event's message is "request handler panicked");
+//! - a handler panic is an event too: chassis-http's catch-panic layer logs it at ERROR with the
+//!   panic message in the field `panic`, which becomes the event's exception (type `panic`, the
+//!   message as its value), so each distinct panic is an issue of its own (no stack trace: the
+//!   panic was caught and unwound before it was logged);
 //! - [`TelemetryGuard::shutdown`](crate::TelemetryGuard::shutdown) (and, best effort, dropping the
 //!   guard) sends what is still queued before the service exits.
 //!
@@ -259,6 +260,7 @@ where
                     .contexts
                     .insert("trace".to_owned(), SentryContext::Trace(Box::new(trace)));
             }
+            add_panic_exception(&mut sentry_event);
             self.hub.capture_event(sentry_event);
         } else {
             self.hub
@@ -268,6 +270,34 @@ where
                 ));
         }
     }
+}
+
+/// An ERROR event with a `panic` field (chassis-http's catch-panic layer logs handler panics so)
+/// gets an exception of type `panic` whose value is the panic message: Sentry titles and groups
+/// an issue by its exception, so each panic has its own issue rather than all of them sharing
+/// the log message "request handler panicked".
+fn add_panic_exception(event: &mut sentry_core::protocol::Event<'static>) {
+    if !event.exception.values.is_empty() {
+        return;
+    }
+    let Some(SentryContext::Other(fields)) = event.contexts.get("Rust Tracing Fields") else {
+        return;
+    };
+    let Some(sentry_core::protocol::Value::String(message)) = fields.get("panic") else {
+        return;
+    };
+    let exception = sentry_core::protocol::Exception {
+        ty: "panic".to_owned(),
+        value: Some(message.clone()),
+        module: event.logger.clone(),
+        mechanism: Some(sentry_core::protocol::Mechanism {
+            ty: "panic".to_owned(),
+            handled: Some(true),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    event.exception.values.push(exception);
 }
 
 enum Task {
