@@ -14,6 +14,35 @@
 //!   dead-letter exchange `Q.dlx` (landing in `Q.dlq`) with the reason in
 //!   `x-chassis-failure-reason`, then acked.
 //!
+//! # Per-key order: partitioned consumers
+//!
+//! Handlers running concurrently finish in any order, so the order the outbox published a
+//! subject's events in is lost again on the consuming side. A consumer configured with
+//! [`ConsumerConfig::partition_by_subject`] (or [`ConsumerConfig::partition_by`] with a key of
+//! its own) keeps it: it runs [`concurrency`](ConsumerConfig::concurrency) *lanes*, each
+//! handling one message at a time in arrival order, and sends every message to the lane of
+//! its key ([`lane_of`]: a stable hash of the key modulo the number of lanes). Messages of one
+//! key are therefore handled one after the other, in the order the broker delivered them;
+//! keys sharing a lane wait for each other, other lanes go on. A message without a key (no
+//! subject) goes to the least busy lane and keeps no order with anything.
+//!
+//! - **Acks** are unchanged: each message is acked, retried or dead-lettered exactly as
+//!   without lanes, after its handler, from whatever lane ran it.
+//! - **Prefetch** bounds everything: the lanes together never hold more than
+//!   [`prefetch`](ConsumerConfig::prefetch) deliveries (each lane's queue is bounded by it as
+//!   well). Prefetch must exceed the number of lanes for all of them to be busy, and should be
+//!   several times larger: a slow handler's lane keeps a backlog, and the other lanes carry on
+//!   only until that backlog takes up the prefetch; then the broker sends nothing more until
+//!   the slow lane moves.
+//! - **Retries**: a message sent to a retry tier leaves its lane (it is acked once the retry
+//!   copy is confirmed), and later messages of its key go ahead of it; it comes back after the
+//!   tier's delay, behind them. Per-key order holds for messages handled on their first
+//!   attempt, not across retries (MassTransit's partitioner has the same limit); a handler
+//!   that must never see a key's events out of order returns [`Outcome::Retry`] only for
+//!   failures that reordering cannot hurt, or checks a version.
+//! - **Redeliveries**: after a reconnect, deliveries of the old channel still queued in a lane
+//!   are skipped (their ack could not go out); the broker redelivers them, in order.
+//!
 //! A handler that panics counts as a retryable failure; the consumer keeps going. Messages that
 //! are not valid chassis events are dead-lettered by [`typed`] handlers with the decode or
 //! validation error as reason.
@@ -90,6 +119,13 @@ use crate::amqp::publisher::{Publisher, PublisherConfig};
 use crate::amqp::topology::QueueConfig;
 use crate::envelope::Envelope;
 use crate::error::Error;
+
+// The lane dispatcher lives in `amqp/partition.rs`, beside this file, but is a part of the
+// consumer (it runs the consumer's `process` on the consumer's context).
+#[path = "partition.rs"]
+mod partition;
+
+pub use partition::{Partitioning, lane_of};
 
 /// What a handler decided about a message.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -243,6 +279,11 @@ pub struct ConsumerConfig {
     /// Publisher settings for retry and dead-letter republishing.
     #[serde(default)]
     pub publisher: PublisherConfig,
+    /// Per-key order: `"none"` or `"subject"` in configuration, or a key computed in code with
+    /// [`partition_by`](Self::partition_by); see the [module docs](self#per-key-order-partitioned-consumers).
+    /// Defaults to none: handlers run concurrently in any order.
+    #[serde(default)]
+    pub partition: Partitioning,
 }
 
 fn default_prefetch() -> u16 {
@@ -262,6 +303,7 @@ impl Default for ConsumerConfig {
             concurrency: default_concurrency(),
             shutdown_timeout: default_shutdown_timeout(),
             publisher: PublisherConfig::default(),
+            partition: Partitioning::none(),
         }
     }
 }
@@ -280,6 +322,37 @@ impl ConsumerConfig {
     /// Sets [`shutdown_timeout`](Self::shutdown_timeout).
     pub fn shutdown_timeout(mut self, d: Duration) -> Self {
         self.shutdown_timeout = d;
+        self
+    }
+    /// Handles the messages of one CloudEvents subject (the `cloudEvents:subject` header) one
+    /// at a time, in arrival order, with [`concurrency`](Self::concurrency) subjects at once;
+    /// see the [module docs](self#per-key-order-partitioned-consumers). Defaults to off.
+    pub fn partition_by_subject(mut self) -> Self {
+        self.partition = Partitioning::subject();
+        self
+    }
+    /// Like [`partition_by_subject`](Self::partition_by_subject) with the key `f` computes
+    /// from each message (`None`: no key, any lane). Defaults to off.
+    ///
+    /// ```
+    /// use chassis_messaging::{ConsumerConfig, IncomingMessage};
+    /// use chassis_messaging::message::HeaderValue;
+    ///
+    /// // Per tenant, from a header of the publisher's.
+    /// let config = ConsumerConfig::default().concurrency(8).prefetch(64).partition_by(|msg: &IncomingMessage| {
+    ///     match msg.header("tenant") {
+    ///         Some(HeaderValue::String(t)) => Some(t.clone()),
+    ///         _ => None,
+    ///     }
+    /// });
+    /// assert!(config.partition.is_enabled());
+    /// ```
+    pub fn partition_by<F, K>(mut self, f: F) -> Self
+    where
+        F: Fn(&IncomingMessage) -> Option<K> + Send + Sync + 'static,
+        K: std::hash::Hash,
+    {
+        self.partition = Partitioning::by(f);
         self
     }
 }
@@ -451,6 +524,18 @@ async fn run(
 ) {
     let tracker = TaskTracker::new();
     let permits = Arc::new(Semaphore::new(config.concurrency));
+    // Partitioned: the lanes bound concurrency instead of the permits. Each lane's queue is
+    // bounded by the prefetch, which the broker never exceeds (per channel).
+    let mut lanes = config.partition.is_enabled().then(|| {
+        partition::Lanes::start(
+            &ctx,
+            config.partition.clone(),
+            config.concurrency,
+            usize::from(config.prefetch),
+            &tracker,
+            CancellationToken::new(),
+        )
+    });
     let mut failures: u32 = 0;
     let conn_closed = conn.shutdown_token();
     let mut last_channel = None;
@@ -482,17 +567,21 @@ async fn run(
         tracing::debug!(queue = %ctx.queue.name, channel = ch.id, generation = ch.generation, "consuming");
         let tag = stream.tag();
         loop {
-            let permit = tokio::select! {
-                biased;
-                _ = cancel.cancelled() => {
-                    let _ = tokio::time::timeout(ctx.op_timeout, ch.channel.basic_cancel(tag.clone(), BasicCancelOptions::default())).await;
-                    last_channel = Some(ch);
-                    break 'outer;
+            let permit = if lanes.is_some() {
+                None
+            } else {
+                tokio::select! {
+                    biased;
+                    _ = cancel.cancelled() => {
+                        let _ = tokio::time::timeout(ctx.op_timeout, ch.channel.basic_cancel(tag.clone(), BasicCancelOptions::default())).await;
+                        last_channel = Some(ch);
+                        break 'outer;
+                    }
+                    p = Arc::clone(&permits).acquire_owned() => match p {
+                        Ok(p) => Some(p),
+                        Err(_) => break 'outer,
+                    },
                 }
-                p = Arc::clone(&permits).acquire_owned() => match p {
-                    Ok(p) => p,
-                    Err(_) => break 'outer,
-                },
             };
             let next = tokio::select! {
                 biased;
@@ -505,12 +594,26 @@ async fn run(
             };
             match next {
                 Some(Ok(delivery)) => {
-                    let ctx = Arc::clone(&ctx);
-                    let channel_id = ch.id;
-                    tracker.spawn(async move {
-                        process(&ctx, channel_id, delivery).await;
-                        drop(permit);
-                    });
+                    let delivered = Delivered::new(ch.id, delivery);
+                    if let Some(lanes) = lanes.as_mut() {
+                        // Waits only while the key's lane queue is full; shutdown still
+                        // interrupts (the delivery then returns with the channel).
+                        tokio::select! {
+                            biased;
+                            _ = cancel.cancelled() => {
+                                let _ = tokio::time::timeout(ctx.op_timeout, ch.channel.basic_cancel(tag.clone(), BasicCancelOptions::default())).await;
+                                last_channel = Some(ch);
+                                break 'outer;
+                            }
+                            () = lanes.dispatch(delivered) => {}
+                        }
+                    } else {
+                        let ctx = Arc::clone(&ctx);
+                        tracker.spawn(async move {
+                            process(&ctx, delivered).await;
+                            drop(permit);
+                        });
+                    }
                 }
                 Some(Err(e)) => {
                     tracing::warn!(queue = %ctx.queue.name, error = %e, "consumer stream failed; re-subscribing");
@@ -534,6 +637,9 @@ async fn run(
     if let Some(tx) = first.take() {
         let _ = tx.send(Err(Error::shutdown()));
     }
+    // Lanes finish the handler they are running; what they queued was not started and goes
+    // back to the broker with the channel.
+    drop(lanes);
     tracker.close();
     if tokio::time::timeout(config.shutdown_timeout, tracker.wait())
         .await
@@ -547,23 +653,48 @@ async fn run(
     }
 }
 
-async fn process(ctx: &Ctx, channel_id: u64, delivery: lapin::message::Delivery) {
-    let lapin::message::Delivery {
+/// A delivery, decoded, with what settling it needs.
+struct Delivered {
+    channel_id: u64,
+    delivery_tag: u64,
+    msg: IncomingMessage,
+    acker: Acker,
+}
+
+impl Delivered {
+    fn new(channel_id: u64, delivery: lapin::message::Delivery) -> Self {
+        let lapin::message::Delivery {
+            delivery_tag,
+            exchange,
+            routing_key,
+            redelivered,
+            properties,
+            data,
+            acker,
+        } = delivery;
+        let msg = IncomingMessage::from_lapin(
+            exchange.as_str(),
+            routing_key.as_str(),
+            redelivered,
+            properties,
+            data,
+        );
+        Self {
+            channel_id,
+            delivery_tag,
+            msg,
+            acker,
+        }
+    }
+}
+
+async fn process(ctx: &Ctx, delivered: Delivered) {
+    let Delivered {
+        channel_id,
         delivery_tag,
-        exchange,
-        routing_key,
-        redelivered,
-        properties,
-        data,
+        msg,
         acker,
-    } = delivery;
-    let msg = IncomingMessage::from_lapin(
-        exchange.as_str(),
-        routing_key.as_str(),
-        redelivered,
-        properties,
-        data,
-    );
+    } = delivered;
     let queue = ctx.queue.name.as_str();
     let span = tracing::info_span!(
         "process",
