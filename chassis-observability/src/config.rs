@@ -480,7 +480,7 @@ impl MetricsConfig {
 }
 
 /// Sentry error reporting: where events go and how they are labelled. Used with the crate
-/// feature `sentry` (see [`crate::sentry`]); without it a configured DSN only earns a warning.
+/// feature `sentry` (module `sentry`); without it a configured DSN only earns a warning.
 ///
 /// ```
 /// use chassis_observability::config::{SentryBreadcrumbs, SentryConfig};

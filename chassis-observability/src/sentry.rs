@@ -301,7 +301,8 @@ fn add_panic_exception(event: &mut sentry_core::protocol::Event<'static>) {
 }
 
 enum Task {
-    Send(Envelope),
+    /// Boxed: an envelope is some 450 bytes, and every slot of the queue is as large as a task.
+    Send(Box<Envelope>),
     /// Answered once every task queued before it is done.
     Flush(std::sync::mpsc::SyncSender<()>),
 }
@@ -395,7 +396,7 @@ fn tls_config() -> Result<rustls::ClientConfig, Error> {
 
 impl Transport for HyperTransport {
     fn send_envelope(&self, envelope: Envelope) {
-        if self.tx.try_send(Task::Send(envelope)).is_err() {
+        if self.tx.try_send(Task::Send(Box::new(envelope))).is_err() {
             tracing::debug!(target: TARGET, "Sentry queue full or closed: envelope dropped");
         }
     }
@@ -445,7 +446,7 @@ impl Sender {
         }
     }
 
-    async fn send(&mut self, client: &HttpsClient, envelope: Envelope) {
+    async fn send(&mut self, client: &HttpsClient, envelope: Box<Envelope>) {
         if self.paused_until.is_some_and(|t| Instant::now() < t) {
             tracing::debug!(target: TARGET, "Sentry asked to wait: envelope dropped");
             return;

@@ -159,6 +159,13 @@ impl TelemetryBuilder {
         self
     }
 
+    /// Sentry error reporting (see [`SentryConfig`](crate::config::SentryConfig); used with the
+    /// crate feature `sentry`). The `SENTRY_*` variables win. Defaults to no DSN: nothing is sent.
+    pub fn sentry(mut self, sentry: crate::config::SentryConfig) -> Self {
+        self.config.sentry = sentry;
+        self
+    }
+
     /// Histogram buckets for every histogram. Defaults to the OTel duration buckets (seconds).
     pub fn histogram_buckets(mut self, buckets: impl Into<Vec<f64>>) -> Self {
         self.config.metrics.buckets = buckets.into();
@@ -325,6 +332,7 @@ impl TelemetryBuilder {
             )
             .boxed();
 
+        #[cfg_attr(not(feature = "sentry"), allow(unused_mut))]
         let mut layers = vec![otel_layer, fmt_layer];
         // Sentry (feature `sentry`): a layer of its own, and a handle the guard flushes last.
         #[cfg(feature = "sentry")]
@@ -334,7 +342,6 @@ impl TelemetryBuilder {
         });
         #[cfg(not(feature = "sentry"))]
         let warnings = {
-            let _ = &mut layers;
             let mut warnings = warnings;
             if config.sentry.is_enabled() {
                 warnings.push(
