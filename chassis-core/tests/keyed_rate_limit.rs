@@ -94,7 +94,6 @@ async fn rejection_carries_retry_after_and_the_quota() {
     assert_eq!(err.retry_after(), Some(Duration::from_millis(1500)));
     assert!(err.is_rejection());
     let info = RateLimitInfo::of(&err).expect("quota as source");
-    assert_eq!(&*info.policy, "api");
     assert_eq!(info.limit, 4);
     assert_eq!(info.window, Duration::from_secs(8));
     assert_eq!(info.remaining, 0);

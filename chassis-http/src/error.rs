@@ -298,7 +298,7 @@ impl ApiError {
                 err.to_string(),
             )
             .with_retry_after((*max_wait).max(Duration::from_secs(1))),
-            CoreErrorKind::RateLimited { retry_after, .. } => {
+            CoreErrorKind::RateLimited { name, retry_after } => {
                 let api = Self::new(
                     StatusCode::TOO_MANY_REQUESTS,
                     codes::RATE_LIMITED,
@@ -306,7 +306,7 @@ impl ApiError {
                 )
                 .with_retry_after(*retry_after);
                 match RateLimitInfo::of(err) {
-                    Some(info) => api.with_rate_limit_fields(info),
+                    Some(info) => api.with_rate_limit_fields(name, info),
                     None => api,
                 }
             }
@@ -349,16 +349,20 @@ impl ApiError {
     /// Adds the `RateLimit-Policy` (`"name";q=limit;w=window`) and `RateLimit`
     /// (`"name";r=remaining;t=reset`) fields of draft-ietf-httpapi-ratelimit-headers-10, with
     /// the window and the reset in whole seconds rounded up. [`from_core`](Self::from_core)
-    /// adds them to a keyed rate limiter's 429. A policy name that is not printable ASCII is
-    /// sent as `"default"`.
-    pub fn with_rate_limit_fields(self, info: &RateLimitInfo) -> Self {
+    /// adds them to a keyed rate limiter's 429, `policy` being the limiter's name. A policy
+    /// name that is not printable ASCII is sent as `"default"`.
+    pub fn with_rate_limit_fields(self, policy: &str, info: &RateLimitInfo) -> Self {
         let seconds = |d: Duration| d.as_secs() + u64::from(d.subsec_nanos() > 0);
-        let name = if info.policy.bytes().all(|b| (0x20..0x7f).contains(&b)) {
-            info.policy.replace('\\', "\\\\").replace('"', "\\\"")
+        let name = if policy.bytes().all(|b| (0x20..0x7f).contains(&b)) {
+            policy.replace('\\', "\\\\").replace('"', "\\\"")
         } else {
             "default".to_owned()
         };
-        let policy = format!("\"{name}\";q={};w={}", info.limit, seconds(info.window).max(1));
+        let policy = format!(
+            "\"{name}\";q={};w={}",
+            info.limit,
+            seconds(info.window).max(1)
+        );
         let state = format!(
             "\"{name}\";r={};t={}",
             info.remaining,

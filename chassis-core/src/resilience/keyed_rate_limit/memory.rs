@@ -316,7 +316,6 @@ impl<K> Inner<K> {
                 retry_after,
             },
             RateLimitInfo {
-                policy: self.name.clone(),
                 limit: self.gcra.burst,
                 window: self.gcra.window(1),
                 remaining: self.gcra.remaining(reset_after),

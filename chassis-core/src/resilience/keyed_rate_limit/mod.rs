@@ -64,7 +64,6 @@ mod service;
 
 use std::fmt;
 use std::future::Future;
-use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -194,11 +193,11 @@ impl KeyedRateLimitConfig {
 /// header fields (draft-ietf-httpapi-ratelimit-headers).
 ///
 /// It is the [`source`](std::error::Error::source) of the [`ErrorKind::RateLimited`](crate::ErrorKind::RateLimited)
-/// error a keyed limiter rejects with; [`RateLimitInfo::of`] finds it.
+/// error a keyed limiter rejects with; [`RateLimitInfo::of`] finds it. The policy's name is the
+/// limiter's, in the error kind (not repeated here, so a rejection costs one reference count
+/// on the shared name, not two).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RateLimitInfo {
-    /// The limiter's name (the policy's identifier).
-    pub policy: Arc<str>,
     /// Quota units (calls) a key has at most: the burst.
     pub limit: u32,
     /// The time in which a drained key earns `limit` calls back (`burst / rate * period`).
@@ -220,8 +219,7 @@ impl fmt::Display for RateLimitInfo {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "quota '{}' of {} calls per {}ms spent; full again in {}ms",
-            self.policy,
+            "quota of {} calls per {}ms spent; full again in {}ms",
             self.limit,
             self.window.as_millis(),
             self.reset_after.as_millis()

@@ -371,7 +371,6 @@ impl Inner {
                 retry_after,
             },
             RateLimitInfo {
-                policy: self.name.clone(),
                 limit: self.gcra.burst,
                 window: self.gcra.window(1_000),
                 remaining: self
