@@ -27,6 +27,8 @@
 //! and writes `sentry-trace: {trace_id}-{span_id}-{sampled}` beside every `traceparent`; Sentry's
 //! `baggage` entries (`sentry-trace_id`, `sentry-public_key`, ...) travel with the W3C Baggage
 //! propagator like any other entry.
+//! This part depends on the feature only, not on a DSN: a service that reports nothing itself
+//! still passes the trace on from a caller on a Sentry SDK to its own callees.
 //!
 //! # Transport
 //!
