@@ -12,7 +12,7 @@
 //!     config.
 //!   - [`amqp::publisher`]: the [`Publish`] trait and the confirming RabbitMQ publisher.
 //!   - [`amqp::consumer`]: consumers with manual acks, retry tiers, dead-lettering and handler
-//!     traits.
+//!     traits; partitioned consumers keep per-key (per-subject) order with concurrency.
 //!   - [`amqp::incoming`]: [`IncomingMessage`], what handlers receive.
 //!   - [`amqp::headers`]: AMQP header conversions and trace-context carriers.
 //! - [`sql`], the database side (SQLite, PostgreSQL):
@@ -24,7 +24,9 @@
 //!   - [`message`]: [`OutgoingMessage`], a message in its wire form.
 //!   - [`envelope`]: [`Envelope`], a typed CloudEvents 1.0 event and its AMQP mapping.
 //!   - [`error`]: [`Error`] and [`ErrorKind`](error::ErrorKind).
-//!   - [`memory`]: an in-memory transport for users' unit tests.
+//!   - [`memory`]: an in-memory transport for users' unit tests, with a
+//!     [`TestHarness`](memory::TestHarness) to await what was published, consumed and
+//!     dead-lettered.
 //! - [`lifecycle`]: the connection, consumers and relay as components of a service's
 //!   [`App`](chassis_core::lifecycle::App), which starts and stops them in order.
 //!

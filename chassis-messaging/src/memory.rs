@@ -14,6 +14,13 @@
 //!   behave as on the broker (a panic is a retryable failure);
 //! - dead letters are inspectable with [`MemoryBroker::dead_letters`], with the reason.
 //!
+//! Two ways to run handlers: [`MemoryBroker::drain`] handles what is queued now and returns
+//! (the example below); [`MemoryBroker::consume`] keeps a consumer running, as a service
+//! would, handling each message as it is published. What happened (published, consumed with
+//! its outcome, dead-lettered) is recorded and can be awaited through the [`TestHarness`]
+//! ([`MemoryBroker::harness`]): the way to unit-test handlers and the code that publishes,
+//! without a broker and without sleeping. See the [`harness`] module.
+//!
 //! # Example
 //! ```
 //! use chassis_messaging::amqp::consumer::{typed, Outcome};
@@ -45,6 +52,13 @@ use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, Mutex};
 
 use futures_util::future::BoxFuture;
+use tokio::sync::Notify;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+pub mod harness;
+
+pub use harness::{Consumed, DeadLettered, Observed, TestHarness, WaitTimeout};
 
 use crate::amqp::consumer::{Handler, Outcome, run_handler};
 use crate::amqp::incoming::{
@@ -83,6 +97,17 @@ struct State {
     exchanges: BTreeMap<String, (ExchangeType, Unroutable)>,
     queues: BTreeMap<String, MemQueue>,
     published: Vec<OutgoingMessage>,
+    /// Every handler invocation, in order (for the harness).
+    consumed: Vec<Consumed>,
+    /// Every dead-lettering, over all queues, in order (for the harness).
+    dead_lettered: Vec<DeadLettered>,
+}
+
+/// How one message was settled.
+enum Settled {
+    Acked,
+    Retried,
+    DeadLettered,
 }
 
 #[derive(Debug)]
@@ -96,6 +121,9 @@ struct MemQueue {
 #[derive(Debug, Clone, Default)]
 pub struct MemoryBroker {
     state: Arc<Mutex<State>>,
+    /// Woken on every publish, handling and dead-lettering: running consumers and the
+    /// harness's waiters look again.
+    changed: Arc<Notify>,
 }
 
 impl MemoryBroker {
@@ -167,7 +195,19 @@ impl MemoryBroker {
             .unwrap_or_default()
     }
 
+    /// The [`TestHarness`] over this broker: awaitable lists of what was published, consumed
+    /// and dead-lettered.
+    pub fn harness(&self) -> TestHarness {
+        TestHarness::new(self)
+    }
+
     fn route(&self, msg: OutgoingMessage) -> Result<Routing, Error> {
+        let res = self.route_locked(msg);
+        self.changed.notify_waiters();
+        res
+    }
+
+    fn route_locked(&self, msg: OutgoingMessage) -> Result<Routing, Error> {
         let mut st = self.lock();
         st.published.push(msg.clone());
         let mut policy = Unroutable::Retry;
@@ -220,51 +260,122 @@ impl MemoryBroker {
     /// applying each [`Outcome`] as the RabbitMQ consumer would.
     pub async fn drain(&self, queue: &str, handler: &dyn Handler) -> DrainReport {
         let mut report = DrainReport::default();
-        loop {
-            let (next, config) = {
-                let mut st = self.lock();
-                let Some(q) = st.queues.get_mut(queue) else {
-                    return report;
-                };
-                match q.ready.pop_front() {
-                    Some(m) => (m, q.config.clone()),
-                    None => return report,
-                }
-            };
-            let msg = IncomingMessage::from_outgoing(next.clone());
+        while let Some(settled) = self.handle_next(queue, handler).await {
             report.handled += 1;
-            let outcome = run_handler(handler, msg.clone()).await;
+            match settled {
+                Settled::Acked => report.acked += 1,
+                Settled::Retried => report.retried += 1,
+                Settled::DeadLettered => report.dead_lettered += 1,
+            }
+        }
+        report
+    }
+
+    /// Starts a consumer of `queue` on the current tokio runtime: it runs `handler` on every
+    /// message as soon as one is queued (one at a time, in queue order), with the outcomes of
+    /// [`drain`](Self::drain), until [`MemoryConsumer::shutdown`] or until it is dropped.
+    /// Await its effects with the [`harness`](Self::harness).
+    ///
+    /// # Panics
+    /// Outside a tokio runtime.
+    pub fn consume(&self, queue: impl Into<String>, handler: impl Handler) -> MemoryConsumer {
+        let cancel = CancellationToken::new();
+        let (broker, queue, stop) = (self.clone(), queue.into(), cancel.clone());
+        let task = tokio::spawn(async move {
+            loop {
+                // Registered before looking, so a publish in between is not missed.
+                let changed = broker.changed.notified();
+                tokio::pin!(changed);
+                changed.as_mut().enable();
+                if stop.is_cancelled() {
+                    break;
+                }
+                if broker.handle_next(&queue, &handler).await.is_some() {
+                    continue;
+                }
+                tokio::select! {
+                    _ = stop.cancelled() => break,
+                    _ = &mut changed => {}
+                }
+            }
+        });
+        MemoryConsumer {
+            cancel: cancel.drop_guard(),
+            task,
+        }
+    }
+
+    /// Takes the next message of `queue`, runs `handler` on it and settles it; `None` when
+    /// the queue is empty or does not exist.
+    async fn handle_next(&self, queue: &str, handler: &dyn Handler) -> Option<Settled> {
+        let (next, config) = {
             let mut st = self.lock();
-            let Some(q) = st.queues.get_mut(queue) else {
-                return report;
-            };
-            match outcome {
-                Outcome::Ack => report.acked += 1,
+            let q = st.queues.get_mut(queue)?;
+            (q.ready.pop_front()?, q.config.clone())
+        };
+        let msg = IncomingMessage::from_outgoing(next.clone());
+        let outcome = run_handler(handler, msg.clone()).await;
+        let settled = {
+            let mut st = self.lock();
+            st.consumed.push(Consumed {
+                queue: queue.to_owned(),
+                message: msg.clone(),
+                outcome: outcome.clone(),
+            });
+            let (settled, dead) = match outcome {
+                Outcome::Ack => (Settled::Acked, None),
                 Outcome::Retry { reason, .. } => {
                     let max = config.retry.effective_max_attempts();
                     if msg.attempt() < max && !config.retry.delays.is_empty() {
-                        q.ready
-                            .push_back(with_failure(next, &msg, msg.attempt() + 1, &reason));
-                        report.retried += 1;
+                        if let Some(q) = st.queues.get_mut(queue) {
+                            q.ready.push_back(with_failure(
+                                next.clone(),
+                                &msg,
+                                msg.attempt() + 1,
+                                &reason,
+                            ));
+                        }
+                        (Settled::Retried, None)
                     } else {
                         let reason =
                             format!("gave up after {} attempt(s): {reason}", msg.attempt());
-                        q.dead.push(DeadLetter {
-                            message: with_failure(next, &msg, msg.attempt(), &reason),
-                            reason,
-                        });
-                        report.dead_lettered += 1;
+                        (Settled::DeadLettered, Some(reason))
                     }
                 }
-                Outcome::Reject { reason } => {
-                    q.dead.push(DeadLetter {
-                        message: with_failure(next, &msg, msg.attempt(), &reason),
-                        reason,
-                    });
-                    report.dead_lettered += 1;
+                Outcome::Reject { reason } => (Settled::DeadLettered, Some(reason)),
+            };
+            if let Some(reason) = dead {
+                let message = with_failure(next, &msg, msg.attempt(), &reason);
+                st.dead_lettered.push(DeadLettered {
+                    queue: queue.to_owned(),
+                    message: IncomingMessage::from_outgoing(message.clone()),
+                    reason: reason.clone(),
+                });
+                if let Some(q) = st.queues.get_mut(queue) {
+                    q.dead.push(DeadLetter { message, reason });
                 }
             }
-        }
+            settled
+        };
+        self.changed.notify_waiters();
+        Some(settled)
+    }
+}
+
+/// A consumer started by [`MemoryBroker::consume`]. Dropping it stops it once the handler it
+/// is running, if any, returned; [`shutdown`](Self::shutdown) also waits for that.
+#[derive(Debug)]
+pub struct MemoryConsumer {
+    cancel: tokio_util::sync::DropGuard,
+    task: JoinHandle<()>,
+}
+
+impl MemoryConsumer {
+    /// Stops the consumer and waits until the handler it is running, if any, returned (its
+    /// outcome is applied); queued messages stay queued.
+    pub async fn shutdown(self) {
+        drop(self.cancel);
+        let _ = self.task.await;
     }
 }
 
