@@ -82,11 +82,23 @@ pub fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
 }
 
 /// The chassis telemetry (logs, traces, the Prometheus recorder) of a shop service, with
-/// [`LATENCY_BUCKETS`] for every histogram.
+/// [`LATENCY_BUCKETS`] for every histogram, and the shop's own two histograms described (their
+/// `# HELP` and unit), as the chassis describes its own.
 pub fn telemetry(info: ServiceInfo) -> Result<TelemetryGuard, BoxError> {
-    Ok(Telemetry::builder(info)
+    let guard = Telemetry::builder(info)
         .histogram_buckets(LATENCY_BUCKETS)
-        .init()?)
+        .init()?;
+    metrics::describe_histogram!(
+        crate::db::COMMIT_DURATION,
+        metrics::Unit::Seconds,
+        "Duration of one commit of a shop transaction (a handler's or an inbox consumer's)."
+    );
+    metrics::describe_histogram!(
+        crate::db::MESSAGE_WAIT,
+        metrics::Unit::Seconds,
+        "From the sender's outbox write of a message to the start of its handler here, by consumer."
+    );
+    Ok(guard)
 }
 
 /// A shop service: its name and the namespace prefixed to its exchange and queue names.
