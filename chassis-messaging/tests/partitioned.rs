@@ -396,3 +396,58 @@ async fn a_retried_message_leaves_its_lane_and_later_ones_go_ahead() {
     }
     fx.cleanup().await;
 }
+
+/// Messages without a key go to the least busy lane: four of them, each handler waiting for
+/// all four to have started, only complete if they ran on four lanes at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_without_a_key_spread_over_idle_lanes() {
+    let fx = Fixture::new(
+        "partitioned-keyless",
+        RetryPolicy::with_delays([Duration::from_millis(200)]),
+    )
+    .await;
+    let publisher = Publisher::new(&fx.conn, PublisherConfig::default()).unwrap();
+    for i in 0..4u64 {
+        let event = Envelope::new(
+            "chassis/tests",
+            "test.keyless",
+            serde_json::json!({ "key": "", "seq": i }),
+        );
+        publisher
+            .publish(event.to_message(fx.exchange.clone()).unwrap())
+            .await
+            .unwrap();
+    }
+    let barrier = Arc::new(tokio::sync::Barrier::new(4));
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let consumer = Consumer::start(
+        &fx.conn,
+        fx.queue.clone(),
+        ConsumerConfig::default()
+            .concurrency(4)
+            .prefetch(16)
+            .partition_by_subject(),
+        move |msg: IncomingMessage| {
+            let (barrier, tx) = (Arc::clone(&barrier), tx.clone());
+            async move {
+                barrier.wait().await;
+                let _ = tx.send(body_of(&msg).1);
+                Outcome::Ack
+            }
+        },
+    )
+    .await
+    .expect("start consumer");
+    let mut got = BTreeSet::new();
+    while got.len() < 4 {
+        match tokio::time::timeout(Duration::from_secs(10), rx.recv()).await {
+            Ok(Some(seq)) => {
+                got.insert(seq);
+            }
+            _ => break,
+        }
+    }
+    consumer.shutdown().await;
+    assert_eq!(got, BTreeSet::from([0, 1, 2, 3]), "all four ran at once");
+    fx.cleanup().await;
+}
