@@ -12,7 +12,7 @@ use super::gcra::Gcra;
 use super::{KeyedRateLimitConfig, RateLimitBackend, RateLimitInfo};
 use crate::metric_catalogue as names;
 use crate::resilience::clock::{Clock, ClockSource, CoarseClock};
-use crate::resilience::striped::Padded;
+use crate::resilience::striped::{Padded, stripe_count, stripe_index};
 use crate::{Error, ErrorKind};
 
 /// A rate limit per key, kept in this process's memory.
@@ -80,6 +80,10 @@ type Shard<K> = Mutex<HashMap<K, u64>>;
 
 struct Inner<K> {
     name: Arc<str>,
+    /// Copies of `name` in allocations of their own, one per thread stripe: a rejection's error
+    /// holds the name, and cloning one shared `Arc` from every thread would make its reference
+    /// count a cache line all rejecting threads write.
+    names: Box<[Padded<Arc<str>>]>,
     gcra: Gcra,
     clock: ClockSource,
     shards: Box<[Padded<Shard<K>>]>,
@@ -161,6 +165,9 @@ impl<K: Hash + Eq + Clone> KeyedRateLimiter<K> {
         Ok(Self {
             inner: Arc::new(Inner {
                 rejected: metrics::counter!(names::RATE_LIMIT_REJECTED, names::labels::NAME => name.to_string()),
+                names: (0..stripe_count())
+                    .map(|_| Padded(Arc::from(&*name)))
+                    .collect(),
                 name,
                 gcra,
                 clock: ClockSource::from_clock(clock),
@@ -310,9 +317,10 @@ impl<K> Inner<K> {
         self.rejected.increment(1);
         let retry_after = Duration::from_nanos(retry_after);
         tracing::debug!(rate_limiter = %self.name, ?retry_after, "rate limited: call rejected");
+        let name = &self.names[stripe_index(self.names.len())];
         Error::with_source(
             ErrorKind::RateLimited {
-                name: self.name.clone(),
+                name: Arc::clone(name),
                 retry_after,
             },
             RateLimitInfo {
