@@ -167,10 +167,15 @@ impl Shop {
         Connection::start(ConnectionConfig::new(url, name))
     }
 
-    /// Consumers' settings: `CONSUMER_CONCURRENCY` handlers at a time (default 8).
+    /// Consumers' settings: `CONSUMER_CONCURRENCY` handlers at a time (default 8), partitioned
+    /// by the events' subject (the order id): one order's messages are handled one at a time,
+    /// in the order they arrive, while different orders run concurrently. The outbox publishes
+    /// an order's events in order; this keeps that order on the consuming side.
     pub fn consumer_config(&self) -> ConsumerConfig {
         let concurrency = env("CONSUMER_CONCURRENCY", "8").parse().unwrap_or(8);
-        ConsumerConfig::default().concurrency(concurrency)
+        ConsumerConfig::default()
+            .concurrency(concurrency)
+            .partition_by_subject()
     }
 
     /// The database `DATABASE_URL`, by default the SQLite file `<DATA_DIR>/<service>.db`.
