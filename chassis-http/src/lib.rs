@@ -77,6 +77,7 @@
 
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+pub mod admin;
 pub mod auth;
 pub mod body;
 pub mod client;

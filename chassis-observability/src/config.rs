@@ -11,14 +11,20 @@
 //! | `OTEL_RESOURCE_ATTRIBUTES` | `k=v,k2=v2` (percent-encoded values) merged into the resource |
 //! | `OTEL_EXPORTER_OTLP_ENDPOINT` | collector base URL; `/v1/traces` is appended for HTTP |
 //! | `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` | full traces URL, used as is |
-//! | `OTEL_EXPORTER_OTLP_PROTOCOL` / `OTEL_EXPORTER_OTLP_TRACES_PROTOCOL` | `http/protobuf` or `grpc` |
+//! | `OTEL_EXPORTER_OTLP_PROTOCOL` / `OTEL_EXPORTER_OTLP_TRACES_PROTOCOL` | `http/protobuf` or `grpc` (with the `grpc` feature); `http/json` is refused by `init` |
+//! | `OTEL_EXPORTER_OTLP_TIMEOUT` / `OTEL_EXPORTER_OTLP_TRACES_TIMEOUT` | timeout of one span export, ms ([`TracingConfig::export_timeout`]; wins over `OTEL_BSP_EXPORT_TIMEOUT`) |
+//! | `OTEL_METRICS_EXPORTER` | `otlp` also pushes the metrics over OTLP ([`OtlpMetricsConfig::enabled`]); `none` / `prometheus` (the default) serve Prometheus only |
+//! | `OTEL_EXPORTER_OTLP_METRICS_ENDPOINT` | full metrics URL ([`OtlpMetricsConfig::endpoint`]); else `OTEL_EXPORTER_OTLP_ENDPOINT` plus `/v1/metrics` |
+//! | `OTEL_EXPORTER_OTLP_METRICS_PROTOCOL` | `http/protobuf` (the only protocol implemented for metrics) |
+//! | `OTEL_EXPORTER_OTLP_METRICS_TIMEOUT` | timeout of one metrics push, ms, else `OTEL_EXPORTER_OTLP_TIMEOUT` ([`OtlpMetricsConfig::timeout`]) |
+//! | `OTEL_METRIC_EXPORT_INTERVAL` | time between two metrics pushes, ms ([`OtlpMetricsConfig::interval`], default 60000) |
 //! | `OTEL_EXPORTER_OTLP_HEADERS` / `OTEL_EXPORTER_OTLP_TRACES_HEADERS` | `k=v,k2=v2` (percent-encoded values) sent with every export ([`TracingConfig::headers`]) |
 //! | `OTEL_EXPORTER_OTLP_CERTIFICATE` / `OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE` | PEM file of the CA(s) trusted for the collector ([`OtlpTlsConfig::ca_file`]) |
 //! | `OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE` / `OTEL_EXPORTER_OTLP_TRACES_CLIENT_CERTIFICATE` | PEM client certificate chain for mTLS ([`OtlpTlsConfig::cert_file`]) |
 //! | `OTEL_EXPORTER_OTLP_CLIENT_KEY` / `OTEL_EXPORTER_OTLP_TRACES_CLIENT_KEY` | PEM private key of that certificate ([`OtlpTlsConfig::key_file`]) |
 //! | `OTEL_TRACES_SAMPLER` / `OTEL_TRACES_SAMPLER_ARG` | `always_on`, `always_off`, `traceidratio`, `parentbased_always_on`, `parentbased_always_off`, `parentbased_traceidratio` with the ratio |
 //! | `OTEL_TRACES_EXPORTER` | `none` disables export (`otlp` is the only other value) |
-//! | `OTEL_SDK_DISABLED` | `true` disables export |
+//! | `OTEL_SDK_DISABLED` | `true` disables export (spans and the metrics push) |
 //! | `OTEL_BSP_MAX_QUEUE_SIZE`, `OTEL_BSP_MAX_EXPORT_BATCH_SIZE`, `OTEL_BSP_SCHEDULE_DELAY`, `OTEL_BSP_EXPORT_TIMEOUT` | batch processor settings (delays in ms) |
 //! | `SENTRY_DSN` | the Sentry project's DSN ([`SentryConfig::dsn`]); unset, nothing goes to Sentry |
 //! | `SENTRY_ENVIRONMENT` | Sentry's `environment` ([`SentryConfig::environment`]; defaults to the service's `deployment.environment`) |
@@ -189,6 +195,9 @@ impl FromStr for OtlpProtocol {
         match s.trim() {
             "http/protobuf" => Ok(Self::HttpProtobuf),
             "grpc" => Ok(Self::Grpc),
+            "http/json" => Err(Error::invalid_config(
+                "OTLP protocol \"http/json\" is not supported: use http/protobuf or grpc",
+            )),
             other => Err(Error::invalid_config(format!(
                 "OTLP protocol {other:?}: expected http/protobuf or grpc"
             ))),
@@ -440,6 +449,59 @@ pub struct MetricsConfig {
     /// Per-metric bucket overrides, keyed by the metric name as exposed (the catalogue's
     /// constants, e.g. `outbox_publish_latency_seconds`).
     pub buckets_for_metric: BTreeMap<String, Vec<f64>>,
+    /// Pushing the same metrics over OTLP as well (see [`crate::otlp_metrics`]). Defaults to off.
+    pub otlp: OtlpMetricsConfig,
+}
+
+/// OTLP push of the metrics, beside the Prometheus endpoint (which stays as it is). The
+/// collector, its headers and its TLS are [`TracingConfig`]'s unless set here.
+///
+/// ```
+/// use chassis_observability::TelemetryConfig;
+/// let env = [
+///     ("OTEL_METRICS_EXPORTER", "otlp"),
+///     ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4318"),
+///     ("OTEL_METRIC_EXPORT_INTERVAL", "15000"),
+/// ];
+/// let mut config = TelemetryConfig::default();
+/// config.try_apply_env(|k| env.iter().find(|(n, _)| *n == k).map(|(_, v)| v.to_string())).unwrap();
+/// assert!(config.metrics.otlp.enabled);
+/// assert_eq!(
+///     config.resolved_metrics_endpoint().as_deref(),
+///     Some("http://collector:4318/v1/metrics")
+/// );
+/// assert_eq!(config.metrics.otlp.interval, std::time::Duration::from_secs(15));
+/// ```
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct OtlpMetricsConfig {
+    /// Push metrics over OTLP (`OTEL_METRICS_EXPORTER=otlp`). Defaults to `false`: Prometheus only.
+    pub enabled: bool,
+    /// Full metrics URL, used as is (`OTEL_EXPORTER_OTLP_METRICS_ENDPOINT`). Defaults to none:
+    /// [`TracingConfig::endpoint`] plus `/v1/metrics`.
+    pub endpoint: Option<String>,
+    /// Wire protocol (`OTEL_EXPORTER_OTLP_METRICS_PROTOCOL`). Defaults to none:
+    /// [`TracingConfig::protocol`]. Only [`OtlpProtocol::HttpProtobuf`] is implemented for
+    /// metrics.
+    pub protocol: Option<OtlpProtocol>,
+    /// Time between two pushes (`OTEL_METRIC_EXPORT_INTERVAL`, in ms). Defaults to 60 s.
+    #[serde(with = "humantime_serde")]
+    pub interval: Duration,
+    /// Timeout of one push (`OTEL_EXPORTER_OTLP_[METRICS_]TIMEOUT`, in ms). Defaults to 10 s.
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+}
+
+impl Default for OtlpMetricsConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            endpoint: None,
+            protocol: None,
+            interval: Duration::from_secs(60),
+            timeout: Duration::from_secs(10),
+        }
+    }
 }
 
 /// The OpenTelemetry semantic-convention duration buckets, in seconds.
@@ -453,6 +515,7 @@ impl Default for MetricsConfig {
             enabled: true,
             buckets: DEFAULT_DURATION_BUCKETS.to_vec(),
             buckets_for_metric: BTreeMap::new(),
+            otlp: OtlpMetricsConfig::default(),
         }
     }
 }
@@ -626,7 +689,32 @@ impl TelemetryConfig {
         var: impl Fn(&str) -> Option<String>,
     ) -> Result<Vec<String>, Error> {
         self.apply_env_headers(&var)?;
+        check_env_protocols(&var)?;
         Ok(self.apply_env_lenient(&var))
+    }
+
+    /// The URL metrics are pushed to over OTLP, or `None` when the push is off: the configured
+    /// [`OtlpMetricsConfig::endpoint`], else [`TracingConfig::endpoint`] plus `/v1/metrics`.
+    pub fn resolved_metrics_endpoint(&self) -> Option<String> {
+        if !self.metrics.otlp.enabled {
+            return None;
+        }
+        if let Some(full) = self
+            .metrics
+            .otlp
+            .endpoint
+            .as_deref()
+            .filter(|s| !s.is_empty())
+        {
+            return Some(full.to_owned());
+        }
+        let base = self.tracing.endpoint.as_deref().filter(|s| !s.is_empty())?;
+        Some(format!("{}/v1/metrics", base.trim_end_matches('/')))
+    }
+
+    /// The protocol of the metrics push: [`OtlpMetricsConfig::protocol`], else the traces'.
+    pub fn metrics_protocol(&self) -> OtlpProtocol {
+        self.metrics.otlp.protocol.unwrap_or(self.tracing.protocol)
     }
 
     /// `OTEL_EXPORTER_OTLP_TRACES_HEADERS`, else `OTEL_EXPORTER_OTLP_HEADERS`, merged over the
@@ -683,9 +771,10 @@ impl TelemetryConfig {
                 Err(e) => warnings.push(format!("{e}; keeping the configured sampler")),
             }
         }
-        let disabled = var("OTEL_SDK_DISABLED")
-            .is_some_and(|v| v.trim().eq_ignore_ascii_case("true"))
-            || var("OTEL_TRACES_EXPORTER").is_some_and(|v| v.trim() == "none");
+        let disabled_sdk =
+            var("OTEL_SDK_DISABLED").is_some_and(|v| v.trim().eq_ignore_ascii_case("true"));
+        let disabled =
+            disabled_sdk || var("OTEL_TRACES_EXPORTER").is_some_and(|v| v.trim() == "none");
         if disabled {
             t.endpoint = None;
             t.traces_endpoint = None;
@@ -722,6 +811,48 @@ impl TelemetryConfig {
         };
         millis("OTEL_BSP_SCHEDULE_DELAY", &mut t.scheduled_delay);
         millis("OTEL_BSP_EXPORT_TIMEOUT", &mut t.export_timeout);
+        // The exporter's request timeout; it bounds the same export, so it wins over the batch
+        // processor's.
+        if var("OTEL_EXPORTER_OTLP_TRACES_TIMEOUT").is_some() {
+            millis("OTEL_EXPORTER_OTLP_TRACES_TIMEOUT", &mut t.export_timeout);
+        } else {
+            millis("OTEL_EXPORTER_OTLP_TIMEOUT", &mut t.export_timeout);
+        }
+        let m = &mut self.metrics.otlp;
+        if var("OTEL_EXPORTER_OTLP_METRICS_TIMEOUT").is_some() {
+            millis("OTEL_EXPORTER_OTLP_METRICS_TIMEOUT", &mut m.timeout);
+        } else {
+            millis("OTEL_EXPORTER_OTLP_TIMEOUT", &mut m.timeout);
+        }
+        if let Some(v) = var("OTEL_METRIC_EXPORT_INTERVAL") {
+            match v.trim().parse::<u64>() {
+                Ok(n) if n > 0 => m.interval = Duration::from_millis(n),
+                _ => warnings.push(format!(
+                    "OTEL_METRIC_EXPORT_INTERVAL={v:?} is not a positive number of milliseconds; ignored"
+                )),
+            }
+        }
+        if let Some(v) = var("OTEL_METRICS_EXPORTER") {
+            match parse_metrics_exporter(&v) {
+                Ok(otlp) => m.enabled = otlp,
+                Err(e) => warnings.push(format!("{e}; ignored")),
+            }
+        }
+        if disabled_sdk {
+            m.enabled = false;
+        }
+        if let Some(v) = var("OTEL_EXPORTER_OTLP_METRICS_PROTOCOL") {
+            match v.parse() {
+                Ok(p) => m.protocol = Some(p),
+                Err(e) => warnings.push(e.to_string()),
+            }
+        }
+        if let Some(v) = var("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT") {
+            m.endpoint = Some(v);
+        } else if let Some(v) = var("OTEL_EXPORTER_OTLP_ENDPOINT") {
+            // Set here too: `OTEL_TRACES_EXPORTER=none` clears the traces' endpoint.
+            m.endpoint = Some(format!("{}/v1/metrics", v.trim().trim_end_matches('/')));
+        }
         let file = |name: &str| {
             var(&format!("OTEL_EXPORTER_OTLP_TRACES_{name}"))
                 .or_else(|| var(&format!("OTEL_EXPORTER_OTLP_{name}")))
@@ -739,6 +870,50 @@ impl TelemetryConfig {
         self.sentry.apply_env(&var, &mut warnings);
         warnings
     }
+}
+
+/// `OTEL_EXPORTER_OTLP_PROTOCOL` and its signal-specific variants, strictly: an unsupported
+/// protocol (`http/json`) or a misspelt one is an error naming the variable, since exporting in a
+/// protocol the collector does not expect would only collect rejections.
+fn check_env_protocols(var: &impl Fn(&str) -> Option<String>) -> Result<(), Error> {
+    for name in [
+        "OTEL_EXPORTER_OTLP_PROTOCOL",
+        "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
+        "OTEL_EXPORTER_OTLP_METRICS_PROTOCOL",
+    ] {
+        if let Some(v) = var(name).filter(|v| !v.trim().is_empty()) {
+            v.parse::<OtlpProtocol>()
+                .map_err(|e| Error::invalid_config(format!("{name}: {}", reason(&e))))?;
+        }
+    }
+    Ok(())
+}
+
+/// Parses `OTEL_METRICS_EXPORTER`, a comma-separated list: `Ok(true)` when it names `otlp`,
+/// `Ok(false)` for `none` and `prometheus` alone (the Prometheus endpoint is always served when
+/// metrics are enabled), an error for any other name.
+///
+/// ```
+/// use chassis_observability::config::parse_metrics_exporter;
+/// assert!(parse_metrics_exporter("otlp").unwrap());
+/// assert!(parse_metrics_exporter("prometheus, otlp").unwrap());
+/// assert!(!parse_metrics_exporter("none").unwrap());
+/// assert!(parse_metrics_exporter("console").is_err());
+/// ```
+pub fn parse_metrics_exporter(value: &str) -> Result<bool, Error> {
+    let mut otlp = false;
+    for name in value.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+        match name {
+            "otlp" => otlp = true,
+            "none" | "prometheus" => {}
+            other => {
+                return Err(Error::invalid_config(format!(
+                    "OTEL_METRICS_EXPORTER: {other:?} is not supported (otlp, prometheus or none)"
+                )));
+            }
+        }
+    }
+    Ok(otlp)
 }
 
 /// The reason of an [`ErrorKind::InvalidConfig`](crate::ErrorKind) error, without the prefix
@@ -1028,6 +1203,102 @@ mod tests {
         ]));
         assert_eq!(w.len(), 5, "{w:?}");
         assert_eq!(c, TelemetryConfig::default());
+    }
+
+    #[test]
+    fn metrics_push_variables() {
+        // Default: Prometheus only, even with an endpoint.
+        let mut c = TelemetryConfig::default();
+        c.apply_env(env(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4318/")]));
+        assert_eq!(c.resolved_metrics_endpoint(), None);
+
+        let mut c = TelemetryConfig::default();
+        let w = c.apply_env(env(&[
+            ("OTEL_METRICS_EXPORTER", "otlp"),
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4318/"),
+            ("OTEL_TRACES_EXPORTER", "none"),
+            ("OTEL_METRIC_EXPORT_INTERVAL", "1500"),
+            ("OTEL_EXPORTER_OTLP_TIMEOUT", "2500"),
+            ("OTEL_EXPORTER_OTLP_METRICS_TIMEOUT", "700"),
+            ("OTEL_BSP_EXPORT_TIMEOUT", "9000"),
+        ]));
+        assert!(w.is_empty(), "{w:?}");
+        // Spans off, metrics still pushed to the generic endpoint.
+        assert_eq!(c.tracing.resolved_traces_endpoint(), None);
+        assert_eq!(
+            c.resolved_metrics_endpoint().as_deref(),
+            Some("http://c:4318/v1/metrics")
+        );
+        assert_eq!(c.metrics.otlp.interval, Duration::from_millis(1500));
+        assert_eq!(c.metrics.otlp.timeout, Duration::from_millis(700));
+        // The exporter's timeout wins over the batch processor's.
+        assert_eq!(c.tracing.export_timeout, Duration::from_millis(2500));
+
+        let mut c = TelemetryConfig::default();
+        c.apply_env(env(&[
+            ("OTEL_METRICS_EXPORTER", "prometheus,otlp"),
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4318"),
+            (
+                "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT",
+                "http://m:4318/custom",
+            ),
+            ("OTEL_EXPORTER_OTLP_TRACES_TIMEOUT", "300"),
+            ("OTEL_EXPORTER_OTLP_TIMEOUT", "2500"),
+        ]));
+        assert_eq!(
+            c.resolved_metrics_endpoint().as_deref(),
+            Some("http://m:4318/custom")
+        );
+        assert_eq!(c.tracing.export_timeout, Duration::from_millis(300));
+        assert_eq!(c.metrics.otlp.timeout, Duration::from_millis(2500));
+
+        // A file's traces endpoint is the metrics' base too; OTEL_SDK_DISABLED turns it off.
+        let mut c = TelemetryConfig::default();
+        c.tracing.endpoint = Some("http://file:4318".into());
+        c.metrics.otlp.enabled = true;
+        assert_eq!(
+            c.resolved_metrics_endpoint().as_deref(),
+            Some("http://file:4318/v1/metrics")
+        );
+        c.apply_env(env(&[("OTEL_SDK_DISABLED", "true")]));
+        assert_eq!(c.resolved_metrics_endpoint(), None);
+
+        let mut c = TelemetryConfig::default();
+        let w = c.apply_env(env(&[
+            ("OTEL_METRICS_EXPORTER", "console"),
+            ("OTEL_METRIC_EXPORT_INTERVAL", "0"),
+            ("OTEL_EXPORTER_OTLP_METRICS_TIMEOUT", "soon"),
+        ]));
+        assert_eq!(w.len(), 3, "{w:?}");
+        assert_eq!(c.metrics, MetricsConfig::default());
+    }
+
+    #[test]
+    fn protocols_from_the_env_and_http_json_refused() {
+        let mut c = TelemetryConfig::default();
+        c.try_apply_env(env(&[
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
+            ("OTEL_EXPORTER_OTLP_METRICS_PROTOCOL", "http/protobuf"),
+        ]))
+        .unwrap();
+        assert_eq!(c.tracing.protocol, OtlpProtocol::Grpc);
+        assert_eq!(c.metrics_protocol(), OtlpProtocol::HttpProtobuf);
+        c.metrics.otlp.protocol = None;
+        assert_eq!(c.metrics_protocol(), OtlpProtocol::Grpc);
+
+        for name in [
+            "OTEL_EXPORTER_OTLP_PROTOCOL",
+            "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
+            "OTEL_EXPORTER_OTLP_METRICS_PROTOCOL",
+        ] {
+            let var = move |k: &str| (k == name).then(|| "http/json".to_owned());
+            let err = TelemetryConfig::default().try_apply_env(var).unwrap_err();
+            assert!(
+                matches!(err.kind(), crate::ErrorKind::InvalidConfig { reason }
+                    if reason.starts_with(name) && reason.contains("not supported")),
+                "{err}"
+            );
+        }
     }
 
     #[test]

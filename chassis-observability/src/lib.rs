@@ -85,8 +85,12 @@
 
 pub mod config;
 pub mod error;
+pub mod log_level;
 pub mod logging;
 pub mod metrics;
+#[cfg(feature = "otlp-http")]
+#[cfg_attr(docsrs, doc(cfg(feature = "otlp-http")))]
+pub mod otlp_metrics;
 pub mod propagation;
 pub mod redact;
 #[cfg(feature = "sentry")]

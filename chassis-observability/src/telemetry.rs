@@ -248,14 +248,41 @@ impl TelemetryBuilder {
         config.tracing.validate()?;
         resolve_identity(&mut service, &config);
 
-        let filter = build_filter(&config.log.filter)?;
+        let (filter, filter_handle) =
+            tracing_subscriber::reload::Layer::new(build_filter(&config.log.filter)?);
         let recorder = if config.metrics.enabled {
             Some(crate::metrics::build_recorder(&config.metrics)?)
         } else {
             None
         };
+        #[cfg(feature = "otlp-http")]
+        let metrics_exporter = match &recorder {
+            Some(recorder) => {
+                crate::trace::build_metrics_exporter(&service, &config, recorder.handle())?
+                    .map(Arc::new)
+            }
+            None => None,
+        };
+        #[cfg(not(feature = "otlp-http"))]
+        if config.metrics.enabled && config.resolved_metrics_endpoint().is_some() {
+            return Err(Error::new(ErrorKind::TransportNotEnabled {
+                protocol: OtlpProtocol::HttpProtobuf,
+                feature: "otlp-http",
+            }));
+        }
+        // After the metrics exporter: a provider with a batch processor dropped because of a
+        // later error would wait for its exporter task, which a current-thread runtime that is
+        // busy here cannot run.
         let (provider, stats) = build_tracer_provider(&service, &config.tracing)?;
         let exporting = config.tracing.resolved_traces_endpoint().is_some();
+        let mut warnings = warnings;
+        if !config.metrics.enabled && config.resolved_metrics_endpoint().is_some() {
+            warnings.push(
+                "metrics.otlp / OTEL_METRICS_EXPORTER=otlp is set, but metrics are disabled \
+                 (metrics.enabled = false): nothing is pushed"
+                    .to_owned(),
+            );
+        }
 
         let (sink, log_writer) = match output {
             Output::Direct(w) => (LogSink::Direct(w), None),
@@ -371,10 +398,19 @@ impl TelemetryBuilder {
             }))
         });
 
+        #[cfg(feature = "otlp-http")]
+        let metrics_export = metrics_exporter.map(|exporter| {
+            let task = Arc::clone(&exporter).spawn(config.metrics.otlp.interval);
+            (exporter, task)
+        });
+
         Ok((
             dispatch,
             TelemetryGuard {
                 service,
+                log_level: crate::log_level::LogLevelHandle::new(filter_handle),
+                #[cfg(feature = "otlp-http")]
+                metrics_export,
                 provider,
                 stats,
                 exporting,
@@ -435,7 +471,10 @@ impl TelemetryBuilder {
     }
 }
 
-type Inner = tracing_subscriber::layer::Layered<EnvFilter, Registry>;
+type Inner = tracing_subscriber::layer::Layered<
+    tracing_subscriber::reload::Layer<EnvFilter, Registry>,
+    Registry,
+>;
 
 /// Where log lines go: the batching writer, or a caller's `MakeWriter` called synchronously.
 enum LogSink {
@@ -484,7 +523,7 @@ fn batch_writer<W: io::Write + Send + 'static>(
 /// The filter: the configured directives plus `opentelemetry=off` (unless the directives mention
 /// opentelemetry), because the SDK logs an error per failed batch, which would flood the log while
 /// a collector is down; the chassis logs one warning instead.
-fn build_filter(directives: &str) -> Result<EnvFilter, Error> {
+pub(crate) fn build_filter(directives: &str) -> Result<EnvFilter, Error> {
     let mut directives = directives.trim().to_owned();
     if !directives.contains("opentelemetry") {
         if !directives.is_empty() {
@@ -533,6 +572,12 @@ fn resolve_identity(service: &mut ServiceInfo, config: &TelemetryConfig) {
 /// deadlock the exporter task). Prefer `shutdown(deadline).await`.
 pub struct TelemetryGuard {
     service: ServiceInfo,
+    log_level: crate::log_level::LogLevelHandle,
+    #[cfg(feature = "otlp-http")]
+    metrics_export: Option<(
+        Arc<crate::otlp_metrics::OtlpMetricsExporter>,
+        tokio::task::JoinHandle<()>,
+    )>,
     provider: SdkTracerProvider,
     stats: Arc<ExportStats>,
     exporting: bool,
@@ -580,6 +625,31 @@ impl TelemetryGuard {
     /// Takes the not-installed recorder out of the guard (see [`metrics_recorder`](Self::metrics_recorder)).
     pub fn take_metrics_recorder(&mut self) -> Option<PrometheusRecorder> {
         self.recorder.take()
+    }
+
+    /// The OTLP metrics push, when enabled (see [`crate::otlp_metrics`]): its
+    /// [`export`](crate::otlp_metrics::OtlpMetricsExporter::export) pushes a snapshot now.
+    #[cfg(feature = "otlp-http")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "otlp-http")))]
+    pub fn metrics_exporter(&self) -> Option<&crate::otlp_metrics::OtlpMetricsExporter> {
+        self.metrics_export.as_ref().map(|(e, _)| &**e)
+    }
+
+    /// The filter in effect (see [`crate::log_level`]).
+    pub fn log_level(&self) -> String {
+        self.log_level.log_level()
+    }
+
+    /// Replaces the log filter at run time; an invalid directive is an
+    /// [`ErrorKind::InvalidConfig`] error and the old filter stays (see [`crate::log_level`]).
+    pub fn set_log_level(&self, directives: &str) -> Result<(), Error> {
+        self.log_level.set_log_level(directives)
+    }
+
+    /// A cloneable handle reading and replacing the log filter, for an admin endpoint that
+    /// outlives borrows of the guard.
+    pub fn log_level_handle(&self) -> crate::log_level::LogLevelHandle {
+        self.log_level.clone()
     }
 
     /// The OpenTelemetry tracer provider.
@@ -662,6 +732,12 @@ impl TelemetryGuard {
             task.abort();
         }
         let started = std::time::Instant::now();
+        #[cfg(feature = "otlp-http")]
+        if let Some((exporter, task)) = self.metrics_export.take() {
+            // The last values, so a short-lived process still reports; bounded by the deadline.
+            task.abort();
+            let _ = tokio::time::timeout(deadline, exporter.export_logged()).await;
+        }
         let provider = self.provider.clone();
         let result = run_blocking(deadline, move || provider.shutdown()).await;
         let dropped = self.stats.dropped();
@@ -760,6 +836,10 @@ impl Drop for TelemetryGuard {
             return;
         }
         if let Some(task) = self.upkeep.take() {
+            task.abort();
+        }
+        #[cfg(feature = "otlp-http")]
+        if let Some((_, task)) = self.metrics_export.take() {
             task.abort();
         }
         if self.exporting {

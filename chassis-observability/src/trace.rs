@@ -270,13 +270,7 @@ fn build_exporter(
             // hyper with rustls (ring) rather than opentelemetry-otlp's reqwest client: reqwest's
             // rustls features either force aws-lc-rs or leave every other reqwest client of the
             // service without a crypto provider (a panic in `Client::new`).
-            let connector = hyper_rustls::HttpsConnectorBuilder::new()
-                .with_tls_config(tls.client_config()?)
-                .https_or_http()
-                .enable_http1()
-                .build();
-            let client =
-                opentelemetry_http::hyper::HyperClient::new(connector, config.export_timeout, None);
+            let client = hyper_client(&tls, config.export_timeout)?;
             let headers = config
                 .headers
                 .iter()
@@ -333,6 +327,84 @@ fn build_exporter(
         #[allow(unreachable_patterns)]
         protocol => Err(transport_not_enabled(protocol)),
     }
+}
+
+/// The HTTP client of the OTLP/HTTP exporters (spans and metrics): hyper over a hyper-rustls
+/// connector with the ring provider, for `http://` and `https://` endpoints.
+#[cfg(feature = "otlp-http")]
+pub(crate) fn hyper_client(
+    tls: &crate::tls::TlsMaterial,
+    timeout: Duration,
+) -> Result<
+    opentelemetry_http::hyper::HyperClient<
+        hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>,
+    >,
+    Error,
+> {
+    let connector = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls.client_config()?)
+        .https_or_http()
+        .enable_http1()
+        .build();
+    Ok(opentelemetry_http::hyper::HyperClient::new(
+        connector, timeout, None,
+    ))
+}
+
+/// The OTLP/HTTP metrics exporter of `config` (see [`crate::otlp_metrics`]), or `None` when the
+/// push is off. Fails when the protocol is not HTTP/protobuf, the URL is invalid or the TLS files
+/// cannot be used.
+#[cfg(feature = "otlp-http")]
+pub(crate) fn build_metrics_exporter(
+    service: &ServiceInfo,
+    config: &crate::TelemetryConfig,
+    handle: crate::metrics::PrometheusHandle,
+) -> Result<Option<crate::otlp_metrics::OtlpMetricsExporter>, Error> {
+    let Some(url) = config.resolved_metrics_endpoint() else {
+        return Ok(None);
+    };
+    let protocol = config.metrics_protocol();
+    if protocol != OtlpProtocol::HttpProtobuf {
+        return Err(Error::invalid_config(format!(
+            "metrics over OTLP: protocol {} is not implemented for metrics, use http/protobuf \
+             (metrics.otlp.protocol / OTEL_EXPORTER_OTLP_METRICS_PROTOCOL)",
+            protocol.as_str()
+        )));
+    }
+    let https = url
+        .parse::<http::Uri>()
+        .ok()
+        .filter(|u| u.host().is_some())
+        .ok_or_else(|| {
+            Error::invalid_config(format!("OTLP metrics endpoint {url:?} is not a URL"))
+        })?
+        .scheme()
+        == Some(&http::uri::Scheme::HTTPS);
+    if tokio::runtime::Handle::try_current().is_err() {
+        return Err(Error::new(ErrorKind::NoRuntime));
+    }
+    let tls = crate::tls::TlsMaterial::load(&config.tracing.tls, https)?;
+    let client = hyper_client(&tls, config.metrics.otlp.timeout)?;
+    let mut headers = Vec::with_capacity(config.tracing.headers.len());
+    for (name, value) in &config.tracing.headers {
+        // Checked by `TracingConfig::validate`.
+        let (Ok(name), Ok(value)) = (
+            http::HeaderName::from_bytes(name.to_ascii_lowercase().as_bytes()),
+            http::HeaderValue::from_str(value.expose()),
+        ) else {
+            return Err(Error::invalid_config(format!(
+                "tracing.headers: {name:?} is not a valid header"
+            )));
+        };
+        headers.push((name, value));
+    }
+    Ok(Some(crate::otlp_metrics::OtlpMetricsExporter::new(
+        handle,
+        Arc::new(client),
+        url,
+        headers,
+        &resource(service, &config.tracing),
+    )))
 }
 
 /// Bounds the export queue and counts what it drops (see the module docs).

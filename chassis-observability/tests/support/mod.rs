@@ -11,6 +11,7 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
+use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
 use opentelemetry_proto::tonic::trace::v1::Span;
@@ -18,10 +19,12 @@ use prost::Message;
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 
-/// A collector on 127.0.0.1:<ephemeral>: decodes every `POST /v1/traces` and forwards it.
+/// A collector on 127.0.0.1:<ephemeral>: decodes every `POST /v1/traces` and
+/// `POST /v1/metrics` and forwards it.
 pub struct Receiver {
     pub addr: SocketAddr,
     pub requests: mpsc::UnboundedReceiver<ExportTraceServiceRequest>,
+    pub metrics: mpsc::UnboundedReceiver<ExportMetricsServiceRequest>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -36,28 +39,42 @@ impl Receiver {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (tx, requests) = mpsc::unbounded_channel();
+        let (metrics_tx, metrics) = mpsc::unbounded_channel();
         let task = tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
                     return;
                 };
                 let tx = tx.clone();
+                let metrics_tx = metrics_tx.clone();
                 tokio::spawn(async move {
                     let svc = service_fn(move |req: Request<Incoming>| {
                         let tx = tx.clone();
+                        let metrics_tx = metrics_tx.clone();
                         async move {
                             let ok = req.method() == hyper::Method::POST
-                                && req.uri().path() == "/v1/traces"
                                 && req.headers()["content-type"] == "application/x-protobuf";
+                            let path = req.uri().path().to_owned();
                             let body = req.into_body().collect().await.map(|b| b.to_bytes());
                             let status = match body {
-                                Ok(bytes) if ok => match ExportTraceServiceRequest::decode(bytes) {
-                                    Ok(decoded) => {
-                                        let _ = tx.send(decoded);
-                                        StatusCode::OK
+                                Ok(bytes) if ok && path == "/v1/traces" => {
+                                    match ExportTraceServiceRequest::decode(bytes) {
+                                        Ok(decoded) => {
+                                            let _ = tx.send(decoded);
+                                            StatusCode::OK
+                                        }
+                                        Err(_) => StatusCode::BAD_REQUEST,
                                     }
-                                    Err(_) => StatusCode::BAD_REQUEST,
-                                },
+                                }
+                                Ok(bytes) if ok && path == "/v1/metrics" => {
+                                    match ExportMetricsServiceRequest::decode(bytes) {
+                                        Ok(decoded) => {
+                                            let _ = metrics_tx.send(decoded);
+                                            StatusCode::OK
+                                        }
+                                        Err(_) => StatusCode::BAD_REQUEST,
+                                    }
+                                }
                                 _ => StatusCode::NOT_FOUND,
                             };
                             let mut resp = Response::new(Full::new(Bytes::new()));
@@ -76,6 +93,7 @@ impl Receiver {
         Self {
             addr,
             requests,
+            metrics,
             task,
         }
     }

@@ -1,0 +1,136 @@
+//! `/admin/loggers`: reading and changing the log filter of a running service, behind a service
+//! token with the `admin` scope.
+
+use chassis_core::ServiceInfo;
+use chassis_http::admin::LogLevelService;
+use chassis_http::auth::{SigningKey, TokenIssuer, TokenVerifier};
+use chassis_observability::Telemetry;
+use chassis_observability::logging::CaptureWriter;
+use http::{Request, StatusCode};
+use http_body_util::BodyExt as _;
+use tower::ServiceExt as _;
+
+/// One callsite, so the test also shows its cached interest being rebuilt on a change.
+fn probe(n: u32) {
+    tracing::debug!(target: "orders::checkout", probe = n, "debug probe");
+}
+
+async fn call(
+    service: &chassis_http::auth::RequireServiceToken<LogLevelService>,
+    method: &str,
+    token: Option<&str>,
+    body: &str,
+) -> (StatusCode, serde_json::Value) {
+    let mut req = Request::builder().method(method).uri("/admin/loggers");
+    if let Some(token) = token {
+        req = req.header("authorization", format!("Bearer {token}"));
+    }
+    let response = service
+        .clone()
+        .oneshot(req.body(body.to_owned()).unwrap())
+        .await
+        .unwrap();
+    let status = response.status();
+    let bytes = response.into_body().collect().await.unwrap().to_bytes();
+    let json = serde_json::from_slice(&bytes)
+        .unwrap_or_else(|e| panic!("{status}: not JSON ({e}): {bytes:?}"));
+    (status, json)
+}
+
+#[tokio::test]
+async fn the_log_filter_changes_at_run_time_with_an_admin_token() {
+    let logs = CaptureWriter::new();
+    let (dispatch, telemetry) = Telemetry::builder(ServiceInfo::new("orders", "1"))
+        .ignore_env()
+        .log_filter("info")
+        .make_writer(logs.clone())
+        .build()
+        .unwrap();
+
+    let issuer = TokenIssuer::builder("ops")
+        .signing_key(SigningKey::generate_ed25519().unwrap())
+        .build()
+        .unwrap();
+    let verifier = TokenVerifier::builder("orders")
+        .trust_issuer("ops")
+        .keys(issuer.key_set())
+        .build()
+        .unwrap();
+    let admin = LogLevelService::protected(telemetry.log_level_handle(), verifier);
+    let with_admin = issuer.issue("orders", &["admin"]).unwrap();
+    let without_admin = issuer.issue("orders", &["orders:read"]).unwrap();
+
+    tracing::dispatcher::with_default(&dispatch, || probe(1));
+    assert!(
+        !logs.contents().contains("debug probe"),
+        "{}",
+        logs.contents()
+    );
+
+    // 401 without a token, 403 without the scope: the filter is untouched.
+    let set = r#"{"level":"info,orders=debug"}"#;
+    let (status, body) = call(&admin, "PUT", None, set).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
+    let (status, body) = call(&admin, "PUT", Some(without_admin.as_str()), set).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    assert!(!telemetry.log_level().contains("orders=debug"));
+
+    // GET shows the filter in effect.
+    let (status, body) = call(&admin, "GET", Some(with_admin.as_str()), "").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["level"].as_str(), Some(telemetry.log_level().as_str()));
+    assert!(body["level"].as_str().unwrap().contains("info"), "{body}");
+
+    // PUT with the scope: DEBUG events of `orders` are emitted from now on.
+    let (status, body) = call(&admin, "PUT", Some(with_admin.as_str()), set).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert!(
+        body["level"].as_str().unwrap().contains("orders=debug"),
+        "{body}"
+    );
+    tracing::dispatcher::with_default(&dispatch, || probe(2));
+    let lines = logs.lines();
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("debug probe") && l.contains("\"probe\":2")),
+        "{lines:?}"
+    );
+    assert!(
+        !lines.iter().any(|l| l.contains("\"probe\":1")),
+        "{lines:?}"
+    );
+
+    // An invalid directive is a 400 with a JSON error, and the filter stays.
+    let (status, body) = call(
+        &admin,
+        "POST",
+        Some(with_admin.as_str()),
+        r#"{"level":"orders=loud"}"#,
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert!(body.to_string().contains("orders=loud"), "{body}");
+    assert!(telemetry.log_level().contains("orders=debug"));
+    let (status, _) = call(&admin, "POST", Some(with_admin.as_str()), "not json").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+
+    // POST back to info: the same callsite is filtered again.
+    let (status, _) = call(
+        &admin,
+        "POST",
+        Some(with_admin.as_str()),
+        r#"{"level":"info"}"#,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    tracing::dispatcher::with_default(&dispatch, || probe(3));
+    assert!(
+        !logs.lines().iter().any(|l| l.contains("\"probe\":3")),
+        "{:?}",
+        logs.lines()
+    );
+
+    let (status, _) = call(&admin, "DELETE", Some(with_admin.as_str()), "").await;
+    assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
+}
