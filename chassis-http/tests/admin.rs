@@ -8,26 +8,45 @@ use chassis_observability::Telemetry;
 use chassis_observability::logging::CaptureWriter;
 use http::{Request, StatusCode};
 use http_body_util::BodyExt as _;
-use tower::ServiceExt as _;
 
 /// One callsite, so the test also shows its cached interest being rebuilt on a change.
 fn probe(n: u32) {
     tracing::debug!(target: "orders::checkout", probe = n, "debug probe");
 }
 
+/// Serves `service` on 127.0.0.1:<ephemeral> over HTTP/1.1; returns its base URL.
+async fn serve(service: chassis_http::auth::RequireServiceToken<LogLevelService>) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let service = hyper_util::service::TowerToHyperService::new(service.clone());
+            tokio::spawn(async move {
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    url
+}
+
 async fn call(
-    service: &chassis_http::auth::RequireServiceToken<LogLevelService>,
+    url: &str,
     method: &str,
     token: Option<&str>,
     body: &str,
 ) -> (StatusCode, serde_json::Value) {
-    let mut req = Request::builder().method(method).uri("/admin/loggers");
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<http_body_util::Full<bytes::Bytes>>();
+    let mut req = Request::builder()
+        .method(method)
+        .uri(format!("{url}/admin/loggers"));
     if let Some(token) = token {
         req = req.header("authorization", format!("Bearer {token}"));
     }
-    let response = service
-        .clone()
-        .oneshot(req.body(body.to_owned()).unwrap())
+    let response = client
+        .request(req.body(body.to_owned().into()).unwrap())
         .await
         .unwrap();
     let status = response.status();
@@ -37,7 +56,7 @@ async fn call(
     (status, json)
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_log_filter_changes_at_run_time_with_an_admin_token() {
     let logs = CaptureWriter::new();
     let (dispatch, telemetry) = Telemetry::builder(ServiceInfo::new("orders", "1"))
@@ -56,7 +75,11 @@ async fn the_log_filter_changes_at_run_time_with_an_admin_token() {
         .keys(issuer.key_set())
         .build()
         .unwrap();
-    let admin = LogLevelService::protected(telemetry.log_level_handle(), verifier);
+    let admin = serve(LogLevelService::protected(
+        telemetry.log_level_handle(),
+        verifier,
+    ))
+    .await;
     let with_admin = issuer.issue("orders", &["admin"]).unwrap();
     let without_admin = issuer.issue("orders", &["orders:read"]).unwrap();
 
