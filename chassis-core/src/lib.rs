@@ -19,7 +19,12 @@
 //! hand-written client.
 //!
 //! ## Features
-//! chassis-core has no optional features: every user of the chassis needs all of it.
+//! | feature | default | what it adds |
+//! |---|---|---|
+//! | `redis` | no | the keyed rate limiter's Redis backend (`resilience::keyed_rate_limit::RedisRateLimiter`): one limit per key shared by every replica |
+//! | `full` | no | every optional backend |
+
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 pub mod error;
 pub mod health;

@@ -7,6 +7,7 @@
 //! | [`timeout`] | bounds one call (or one attempt) in time |
 //! | [`bulkhead`] | bounds concurrent calls, waiting a bounded time for a permit |
 //! | [`rate_limit`] | bounds calls per time window |
+//! | [`keyed_rate_limit`] | bounds calls per time window per key (API key, user, route), GCRA in memory with idle keys evicted, or on Redis shared by replicas |
 //! | [`clock`] | the time sources the breaker and the retry budget read (a coarse clock by default) |
 //! | [`policy`] | stacks all of them in the documented order from one config |
 
