@@ -2,7 +2,7 @@
 //! real RabbitMQ), Debian's `prometheus` scrapes every service with the jobs of
 //! `examples/deploy/prometheus/prometheus.yml` (targets replaced by this run's ports, a 1 s
 //! interval), a workload with a declined payment and a few client errors goes through the
-//! gateway, and then every query of every dashboard panel must return data from Prometheus's
+//! gateway, a message no handler can decode goes to a queue, and then every query of every dashboard panel must return data from Prometheus's
 //! HTTP API: a metric or label the services do not emit, a misspelt matcher or a grouping that
 //! drops every series fails here, naming the panel and the query.
 //!
@@ -36,8 +36,8 @@ const NO_DATA_EXPECTED: &[(&str, &str, &str)] = &[
     ),
     (
         "shop-resilience-messaging.json",
-        "Retried and dead-lettered messages",
-        "every handler succeeds on the first delivery",
+        "Retried messages",
+        "a handler asks for a retry only when its database fails",
     ),
     (
         "shop-resilience-messaging.json",
@@ -178,6 +178,32 @@ impl Prometheus {
     }
 }
 
+/// Publishes a message that is not a chassis envelope straight to notifications' queue.
+async fn publish_poison(system: &System) {
+    use lapin::BasicProperties;
+    use lapin::options::BasicPublishOptions;
+
+    let conn =
+        lapin::Connection::connect(system.amqp_url(), lapin::ConnectionProperties::default())
+            .await
+            .expect("the broker answers");
+    let channel = conn.create_channel().await.unwrap();
+    let queue = format!("{}notifications.orders", system.namespace());
+    channel
+        .basic_publish(
+            "".into(),
+            queue.as_str().into(),
+            BasicPublishOptions::default(),
+            b"not an envelope",
+            BasicProperties::default().with_message_id("poison-1".into()),
+        )
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    conn.close(200, "done".into()).await.unwrap();
+}
+
 /// The value of an instant-vector sample (`"value": [time, "1.5"]`).
 fn value(sample: &Value) -> Option<f64> {
     sample["value"][1].as_str()?.parse().ok()
@@ -247,12 +273,21 @@ async fn every_dashboard_query_returns_data_from_the_real_prometheus() {
         .await
         .unwrap();
     assert_eq!(wrong_key.status(), 401);
+    // A message no handler can decode: notifications rejects it to its dead-letter queue.
+    publish_poison(&sys).await;
 
     // The last request of the run in Prometheus means every earlier one is too; two more
     // scrapes so every rate has samples after it.
     prometheus
         .wait_for(
             r#"http_server_request_duration_seconds_count{job="gateway", http_response_status_code="401"}"#,
+            1.0,
+            Duration::from_secs(20),
+        )
+        .await;
+    prometheus
+        .wait_for(
+            "sum(messaging_client_dead_lettered_messages_total)",
             1.0,
             Duration::from_secs(20),
         )
