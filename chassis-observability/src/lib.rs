@@ -20,6 +20,9 @@
 //!   tags and trace id; `sentry-trace` propagation.
 //! - [`metrics`]: the Prometheus recorder and [`metrics::names`], the catalogue of every metric
 //!   the chassis emits.
+//! - `otlp_metrics` (feature `otlp-http`): the same metrics pushed over OTLP/HTTP
+//!   (`OTEL_METRICS_EXPORTER=otlp`), converted from the Prometheus recorder's snapshot.
+//! - [`log_level`]: reading and changing the log filter at run time (an admin endpoint).
 //! - [`error`]: [`Error`] / [`ErrorKind`].
 //!
 //! ## Quick start
