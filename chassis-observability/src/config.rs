@@ -15,6 +15,7 @@
 //! | `OTEL_EXPORTER_OTLP_TIMEOUT` / `OTEL_EXPORTER_OTLP_TRACES_TIMEOUT` | timeout of one span export, ms ([`TracingConfig::export_timeout`]; wins over `OTEL_BSP_EXPORT_TIMEOUT`) |
 //! | `OTEL_METRICS_EXPORTER` | `otlp` also pushes the metrics over OTLP ([`OtlpMetricsConfig::enabled`]); `none` / `prometheus` (the default) serve Prometheus only |
 //! | `OTEL_EXPORTER_OTLP_METRICS_ENDPOINT` | full metrics URL ([`OtlpMetricsConfig::endpoint`]); else `OTEL_EXPORTER_OTLP_ENDPOINT` plus `/v1/metrics` |
+//! | `OTEL_EXPORTER_OTLP_METRICS_HEADERS` | headers of the metrics push, else `OTEL_EXPORTER_OTLP_HEADERS` ([`OtlpMetricsConfig::headers`], over [`TracingConfig::headers`]) |
 //! | `OTEL_EXPORTER_OTLP_METRICS_PROTOCOL` | `http/protobuf` (the only protocol implemented for metrics) |
 //! | `OTEL_EXPORTER_OTLP_METRICS_TIMEOUT` | timeout of one metrics push, ms, else `OTEL_EXPORTER_OTLP_TIMEOUT` ([`OtlpMetricsConfig::timeout`]) |
 //! | `OTEL_METRIC_EXPORT_INTERVAL` | time between two metrics pushes, ms ([`OtlpMetricsConfig::interval`], default 60000) |
@@ -490,6 +491,10 @@ pub struct OtlpMetricsConfig {
     /// Timeout of one push (`OTEL_EXPORTER_OTLP_[METRICS_]TIMEOUT`, in ms). Defaults to 10 s.
     #[serde(with = "humantime_serde")]
     pub timeout: Duration,
+    /// Headers sent with every push, over [`TracingConfig::headers`] (a name here wins).
+    /// `OTEL_EXPORTER_OTLP_METRICS_HEADERS`, else `OTEL_EXPORTER_OTLP_HEADERS`, is merged over
+    /// them. Values never appear in `Debug` output. Defaults to none.
+    pub headers: BTreeMap<String, Secret<String>>,
 }
 
 impl Default for OtlpMetricsConfig {
@@ -500,6 +505,7 @@ impl Default for OtlpMetricsConfig {
             protocol: None,
             interval: Duration::from_secs(60),
             timeout: Duration::from_secs(10),
+            headers: BTreeMap::new(),
         }
     }
 }
@@ -718,7 +724,7 @@ impl TelemetryConfig {
     }
 
     /// `OTEL_EXPORTER_OTLP_TRACES_HEADERS`, else `OTEL_EXPORTER_OTLP_HEADERS`, merged over the
-    /// configured headers; nothing changes on error.
+    /// configured headers, and the same with `_METRICS_` for the metrics push.
     fn apply_env_headers(&mut self, var: &impl Fn(&str) -> Option<String>) -> Result<(), Error> {
         let var = |k: &'static str| var(k).filter(|v| !v.trim().is_empty()).map(|v| (k, v));
         if let Some((name, value)) =
@@ -727,6 +733,16 @@ impl TelemetryConfig {
             let headers = parse_otlp_headers(&value)
                 .map_err(|e| Error::invalid_config(format!("{name}: {}", reason(&e))))?;
             self.tracing
+                .headers
+                .extend(headers.into_iter().map(|(k, v)| (k, Secret::new(v))));
+        }
+        if let Some((name, value)) =
+            var("OTEL_EXPORTER_OTLP_METRICS_HEADERS").or_else(|| var("OTEL_EXPORTER_OTLP_HEADERS"))
+        {
+            let headers = parse_otlp_headers(&value)
+                .map_err(|e| Error::invalid_config(format!("{name}: {}", reason(&e))))?;
+            self.metrics
+                .otlp
                 .headers
                 .extend(headers.into_iter().map(|(k, v)| (k, Secret::new(v))));
         }
@@ -1271,6 +1287,34 @@ mod tests {
         ]));
         assert_eq!(w.len(), 3, "{w:?}");
         assert_eq!(c.metrics, MetricsConfig::default());
+    }
+
+    #[test]
+    fn metrics_headers_come_from_their_own_variable_else_the_generic_one() {
+        let mut c = TelemetryConfig::default();
+        c.try_apply_env(env(&[
+            ("OTEL_EXPORTER_OTLP_HEADERS", "x-key=generic"),
+            ("OTEL_EXPORTER_OTLP_TRACES_HEADERS", "x-key=traces"),
+        ]))
+        .unwrap();
+        assert_eq!(c.tracing.headers["x-key"].expose(), "traces");
+        assert_eq!(c.metrics.otlp.headers["x-key"].expose(), "generic");
+        let mut c = TelemetryConfig::default();
+        c.try_apply_env(env(&[
+            ("OTEL_EXPORTER_OTLP_HEADERS", "x-key=generic"),
+            ("OTEL_EXPORTER_OTLP_METRICS_HEADERS", "x-key=metrics%20key"),
+        ]))
+        .unwrap();
+        assert_eq!(c.tracing.headers["x-key"].expose(), "generic");
+        assert_eq!(c.metrics.otlp.headers["x-key"].expose(), "metrics key");
+        let err = TelemetryConfig::default()
+            .try_apply_env(env(&[("OTEL_EXPORTER_OTLP_METRICS_HEADERS", "x-key")]))
+            .unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("OTEL_EXPORTER_OTLP_METRICS_HEADERS"),
+            "{err}"
+        );
     }
 
     #[test]

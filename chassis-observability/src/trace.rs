@@ -385,15 +385,29 @@ pub(crate) fn build_metrics_exporter(
     }
     let tls = crate::tls::TlsMaterial::load(&config.tracing.tls, https)?;
     let client = hyper_client(&tls, config.metrics.otlp.timeout)?;
-    let mut headers = Vec::with_capacity(config.tracing.headers.len());
-    for (name, value) in &config.tracing.headers {
-        // Checked by `TracingConfig::validate`.
+    let mut merged: std::collections::BTreeMap<String, &str> = config
+        .tracing
+        .headers
+        .iter()
+        .map(|(k, v)| (k.to_ascii_lowercase(), v.expose().as_str()))
+        .collect();
+    merged.extend(
+        config
+            .metrics
+            .otlp
+            .headers
+            .iter()
+            .map(|(k, v)| (k.to_ascii_lowercase(), v.expose().as_str())),
+    );
+    let mut headers = Vec::with_capacity(merged.len());
+    for (name, value) in merged {
         let (Ok(name), Ok(value)) = (
-            http::HeaderName::from_bytes(name.to_ascii_lowercase().as_bytes()),
-            http::HeaderValue::from_str(value.expose()),
+            http::HeaderName::from_bytes(name.as_bytes()),
+            http::HeaderValue::from_str(value),
         ) else {
+            // The value is usually a credential: name the header only.
             return Err(Error::invalid_config(format!(
-                "tracing.headers: {name:?} is not a valid header"
+                "metrics.otlp.headers / tracing.headers: header {name:?} is not a valid header"
             )));
         };
         headers.push((name, value));
