@@ -26,6 +26,10 @@
 //! - [`body`]: [`Body`], the boxed response body of the chassis layers.
 //! - [`auth`]: service-to-service JWTs (issuer, key sets/JWKS, verify and attach layers).
 //! - [`client`]: the resilient HTTP client for calling other services.
+//! - [`admin`]: `GET`/`PUT /admin/loggers`, reading and changing a running service's log
+//!   filter, behind a service token with the `admin` scope.
+//! - [`tls`] (feature `tls`): HTTPS for the server and the client, certificate reload, client
+//!   certificates and the peer's identity.
 //!
 //! ## Quick start
 //! A service's [`App`](chassis_core::lifecycle::App) runs the server as a component
