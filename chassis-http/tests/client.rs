@@ -495,7 +495,10 @@ async fn traceparent_and_service_token_reach_the_server_and_metrics_are_recorded
     assert!(identity.has_scope("echo:read"));
 
     let text = handle.render();
-    assert!(text.contains("http_client_request_duration_seconds"), "{text}");
+    assert!(
+        text.contains("http_client_request_duration_seconds"),
+        "{text}"
+    );
     assert!(text.contains("http_request_method=\"GET\""), "{text}");
     assert!(text.contains("http_response_status_code=\"200\""), "{text}");
 

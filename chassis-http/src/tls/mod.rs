@@ -139,7 +139,10 @@ mod tests {
         std::fs::write(&path, "not pem").unwrap();
         let err = certs_from_pem_file(&path).unwrap_err();
         let text = err.to_string();
-        assert!(text.contains("empty.pem") && text.contains("no CERTIFICATE"), "{text}");
+        assert!(
+            text.contains("empty.pem") && text.contains("no CERTIFICATE"),
+            "{text}"
+        );
         let err = private_key_from_pem_file(&path).unwrap_err();
         assert!(err.to_string().contains("no PRIVATE KEY"), "{err}");
         let err = certs_from_pem_file(dir.path().join("missing.pem")).unwrap_err();
