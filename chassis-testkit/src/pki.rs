@@ -40,7 +40,8 @@ fn offset(at: SystemTime) -> time::OffsetDateTime {
     time::OffsetDateTime::from(at)
 }
 
-/// A self-signed certificate authority with an ECDSA P-256 key; see the [module docs](self).
+/// A self-signed certificate authority with an ECDSA P-256 key: issues [`Leaf`] certificates
+/// through [`TestCa::leaf`].
 pub struct TestCa {
     issuer: Issuer<'static, KeyPair>,
     cert_pem: String,
