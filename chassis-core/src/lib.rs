@@ -26,6 +26,8 @@
 
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+mod macros;
+
 pub mod error;
 pub mod health;
 pub mod lifecycle;
