@@ -577,6 +577,12 @@ pub enum ErrorKind {
         /// The address that was asked for.
         addr: std::net::SocketAddr,
     },
+    /// The admin listener ([`ServerConfig::admin`](crate::server::ServerConfig::admin): probes
+    /// and metrics) could not be bound to `addr`.
+    AdminBind {
+        /// The admin address that was asked for.
+        addr: std::net::SocketAddr,
+    },
     /// An I/O operation on the listener failed.
     Io,
     /// A configuration value was rejected.
@@ -615,6 +621,9 @@ impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.kind {
             ErrorKind::Bind { addr } => write!(f, "cannot bind {addr}")?,
+            ErrorKind::AdminBind { addr } => {
+                write!(f, "cannot bind the admin listener (probes, metrics) to {addr}")?
+            }
             ErrorKind::Io => write!(f, "listener I/O error")?,
             ErrorKind::InvalidConfig { reason } => write!(f, "invalid configuration: {reason}")?,
             ErrorKind::Tls { reason } => write!(f, "TLS setup failed: {reason}")?,
