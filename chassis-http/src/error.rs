@@ -621,9 +621,10 @@ impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.kind {
             ErrorKind::Bind { addr } => write!(f, "cannot bind {addr}")?,
-            ErrorKind::AdminBind { addr } => {
-                write!(f, "cannot bind the admin listener (probes, metrics) to {addr}")?
-            }
+            ErrorKind::AdminBind { addr } => write!(
+                f,
+                "cannot bind the admin listener (probes, metrics) to {addr}"
+            )?,
             ErrorKind::Io => write!(f, "listener I/O error")?,
             ErrorKind::InvalidConfig { reason } => write!(f, "invalid configuration: {reason}")?,
             ErrorKind::Tls { reason } => write!(f, "TLS setup failed: {reason}")?,
