@@ -18,9 +18,9 @@ use std::time::{Duration, Instant};
 use chassis_core::resilience::bulkhead::{BulkheadConfig, BulkheadLayer};
 use chassis_core::resilience::circuit_breaker::{CircuitBreakerConfig, CircuitBreakerLayer};
 use chassis_core::resilience::policy::ResiliencePolicy;
-use chassis_core::resilience::rate_limit::{RateLimitConfig, RateLimitLayer};
-use chassis_core::resilience::retry::{RetryConfig, RetryLayer};
-use chassis_core::resilience::timeout::TimeoutLayer;
+use chassis_core::resilience::rate_limiter::{RateLimiterConfig, RateLimiterLayer};
+use chassis_core::resilience::retry::{BackoffRetryLayer, RetryConfig};
+use chassis_core::resilience::time_limiter::TimeLimiterLayer;
 use criterion::{Criterion, criterion_group, criterion_main};
 use tower::{Layer, Service, ServiceBuilder, ServiceExt};
 
@@ -97,7 +97,7 @@ fn full_policy() -> ResiliencePolicy {
     ResiliencePolicy::new()
         .name("bench")
         .timeout(Duration::from_secs(1))
-        .rate_limit(RateLimitConfig::new("bench").rate(1_000_000_000))
+        .rate_limit(RateLimiterConfig::new("bench").rate(1_000_000_000))
         .bulkhead(BulkheadConfig::new("bench").max_concurrent(1024))
         .retry(RetryConfig::new("bench").deadline(Duration::from_secs(5)))
         .circuit_breaker(CircuitBreakerConfig::new("bench"))
@@ -113,13 +113,13 @@ fn stack(c: &mut Criterion) {
         c,
         &rt,
         "stack/timeout",
-        TimeoutLayer::new(Duration::from_secs(1)).layer(Noop),
+        TimeLimiterLayer::new(Duration::from_secs(1)).layer(Noop),
     );
     bench(
         c,
         &rt,
         "stack/retry",
-        RetryLayer::new(RetryConfig::new("bench"))
+        BackoffRetryLayer::new(RetryConfig::new("bench"))
             .unwrap()
             .layer(Noop),
     );
@@ -127,7 +127,7 @@ fn stack(c: &mut Criterion) {
         c,
         &rt,
         "stack/retry+deadline",
-        RetryLayer::new(RetryConfig::new("bench").deadline(Duration::from_secs(5)))
+        BackoffRetryLayer::new(RetryConfig::new("bench").deadline(Duration::from_secs(5)))
             .unwrap()
             .layer(Noop),
     );
@@ -143,7 +143,7 @@ fn stack(c: &mut Criterion) {
         c,
         &rt,
         "stack/rate_limit",
-        RateLimitLayer::new(RateLimitConfig::new("bench").rate(1_000_000_000))
+        RateLimiterLayer::new(RateLimiterConfig::new("bench").rate(1_000_000_000))
             .unwrap()
             .layer(Noop),
     );

@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use chassis_core::resilience::bulkhead::{BulkheadConfig, BulkheadLayer};
-use chassis_core::resilience::rate_limit::{RateLimitConfig, RateLimitLayer};
+use chassis_core::resilience::rate_limiter::{RateLimiterConfig, RateLimiterLayer};
 use chassis_core::{BoxError, Error, ErrorKind};
 use tokio::time::Instant;
 use tower::{Layer, Service, ServiceExt, service_fn};
@@ -103,9 +103,9 @@ fn bulkhead_config_from_toml_and_validation() {
     assert!(BulkheadLayer::new(cfg.max_concurrent(0)).is_err());
 }
 
-fn limiter(rate: u32, burst: u32, wait_ms: u64) -> RateLimitLayer {
-    RateLimitLayer::new(
-        RateLimitConfig::new("rl")
+fn limiter(rate: u32, burst: u32, wait_ms: u64) -> RateLimiterLayer {
+    RateLimiterLayer::new(
+        RateLimiterConfig::new("rl")
             .rate(rate)
             .burst(burst)
             .max_wait(Duration::from_millis(wait_ms)),

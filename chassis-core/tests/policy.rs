@@ -9,7 +9,7 @@ use chassis_core::resilience::circuit_breaker::{
     CircuitBreakerConfig, SlidingWindowType, State, TokioClock,
 };
 use chassis_core::resilience::policy::ResiliencePolicy;
-use chassis_core::resilience::rate_limit::RateLimitConfig;
+use chassis_core::resilience::rate_limiter::RateLimiterConfig;
 use chassis_core::resilience::retry::{Backoff, Jitter, RetryBudgetConfig, RetryConfig};
 use chassis_core::{BoxError, Error, ErrorKind};
 use tokio::time::Instant;
@@ -185,7 +185,7 @@ async fn a_retried_call_holds_one_bulkhead_permit() {
 #[tokio::test(start_paused = true)]
 async fn the_rate_limiter_meters_calls_not_attempts() {
     let layer = ResiliencePolicy::new()
-        .rate_limit(RateLimitConfig::new("default").rate(1).burst(1))
+        .rate_limit(RateLimiterConfig::new("default").rate(1).burst(1))
         .retry(retry(3))
         .build()
         .unwrap();
@@ -316,7 +316,7 @@ fn policy_loads_from_toml() {
     let expected = ResiliencePolicy::new()
         .name("payments")
         .timeout(Duration::from_millis(300))
-        .rate_limit(RateLimitConfig::default().rate(200).burst(50))
+        .rate_limit(RateLimiterConfig::default().rate(200).burst(50))
         .bulkhead(
             BulkheadConfig::default()
                 .max_concurrent(16)
@@ -419,7 +419,7 @@ mod under_axum {
             .retry(retry(2))
             .circuit_breaker(breaker(100))
             .bulkhead(BulkheadConfig::new("default").max_concurrent(8))
-            .rate_limit(RateLimitConfig::new("default").rate(1000))
+            .rate_limit(RateLimiterConfig::new("default").rate(1000))
             .build()
             .unwrap()
             .with_request_cloner(copy_bodyless)

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use chassis_core::resilience::clock::TokioClock;
 use chassis_core::resilience::retry::{
-    Backoff, Jitter, RetryBudgetConfig, RetryConfig, RetryLayer,
+    Backoff, BackoffRetryLayer, Jitter, RetryBudgetConfig, RetryConfig,
 };
 use chassis_core::{BoxError, Error, ErrorKind};
 use tokio::time::Instant;
@@ -101,7 +101,9 @@ fn ms(v: u64) -> Duration {
 #[tokio::test(start_paused = true)]
 async fn retries_with_exponential_backoff_until_success() {
     let down = Scripted::new(&[Step::Fail, Step::Fail, Step::Ok(7)]);
-    let svc = RetryLayer::new(config(4)).unwrap().layer(down.clone());
+    let svc = BackoffRetryLayer::new(config(4))
+        .unwrap()
+        .layer(down.clone());
     assert_eq!(svc.oneshot(()).await.unwrap(), 7);
     assert_eq!(down.calls(), 3);
     // Waits of 100 ms then 200 ms between the attempts.
@@ -111,7 +113,9 @@ async fn retries_with_exponential_backoff_until_success() {
 #[tokio::test(start_paused = true)]
 async fn exhaustion_is_typed_and_keeps_the_last_error() {
     let down = Scripted::new(&[Step::Fail]);
-    let svc = RetryLayer::new(config(3)).unwrap().layer(down.clone());
+    let svc = BackoffRetryLayer::new(config(3))
+        .unwrap()
+        .layer(down.clone());
     let err = chassis(svc.oneshot(()).await.unwrap_err());
     assert_eq!(err.kind(), &ErrorKind::RetriesExhausted { attempts: 3 });
     assert_eq!(err.last_error().unwrap().to_string(), "attempt 3 failed");
@@ -130,7 +134,7 @@ async fn rejections_are_not_retried_by_default() {
             }
         })
     };
-    let svc = RetryLayer::new(config(5)).unwrap().layer(down);
+    let svc = BackoffRetryLayer::new(config(5)).unwrap().layer(down);
     let err = chassis(svc.oneshot(()).await.unwrap_err());
     assert!(matches!(err.kind(), ErrorKind::CircuitOpen { .. }));
     assert_eq!(calls.load(Ordering::SeqCst), 1);
@@ -139,7 +143,7 @@ async fn rejections_are_not_retried_by_default() {
 #[tokio::test(start_paused = true)]
 async fn a_slow_attempt_times_out_and_the_next_succeeds() {
     let down = Scripted::new(&[Step::Sleep(Duration::from_secs(30)), Step::Ok(1)]);
-    let svc = RetryLayer::new(config(3).attempt_timeout(ms(500)))
+    let svc = BackoffRetryLayer::new(config(3).attempt_timeout(ms(500)))
         .unwrap()
         .layer(down.clone());
     let start = Instant::now();
@@ -151,7 +155,7 @@ async fn a_slow_attempt_times_out_and_the_next_succeeds() {
 #[tokio::test(start_paused = true)]
 async fn every_attempt_timing_out_exhausts_with_the_timeout_as_source() {
     let down = Scripted::new(&[Step::Sleep(Duration::from_secs(30))]);
-    let svc = RetryLayer::new(config(2).attempt_timeout(ms(500)))
+    let svc = BackoffRetryLayer::new(config(2).attempt_timeout(ms(500)))
         .unwrap()
         .layer(down.clone());
     let err = chassis(svc.oneshot(()).await.unwrap_err());
@@ -164,7 +168,7 @@ async fn every_attempt_timing_out_exhausts_with_the_timeout_as_source() {
 async fn deadline_cuts_an_attempt_in_flight() {
     // Attempt 1 fails at once, attempt 2 (after 100 ms) hangs: the 1 s deadline ends it.
     let down = Scripted::new(&[Step::Fail, Step::Sleep(Duration::from_secs(60))]);
-    let svc = RetryLayer::new(config(5).deadline(Duration::from_secs(1)))
+    let svc = BackoffRetryLayer::new(config(5).deadline(Duration::from_secs(1)))
         .unwrap()
         .layer(down.clone());
     let start = Instant::now();
@@ -184,7 +188,7 @@ async fn the_deadline_counts_from_the_first_poll_that_waits() {
     // A first attempt that hangs 900 ms, under a 1 s deadline, in a future left unpolled for
     // 5 s after `call`: the deadline's clock starts when the call first waits, not at `call`.
     let down = Scripted::new(&[Step::Sleep(ms(900)), Step::Ok(7)]);
-    let mut svc = RetryLayer::new(config(3).deadline(Duration::from_secs(1)))
+    let mut svc = BackoffRetryLayer::new(config(3).deadline(Duration::from_secs(1)))
         .unwrap()
         .layer(down.clone());
     let call = ServiceExt::<()>::ready(&mut svc).await.unwrap().call(());
@@ -199,7 +203,7 @@ async fn the_deadline_counts_from_the_first_poll_that_waits() {
 async fn a_wait_past_the_deadline_is_not_started() {
     // Attempts start at 0, 100, 300 and 700 ms; the next wait (800 ms) would end past 1 s.
     let down = Scripted::new(&[Step::Fail]);
-    let svc = RetryLayer::new(config(10).deadline(Duration::from_secs(1)))
+    let svc = BackoffRetryLayer::new(config(10).deadline(Duration::from_secs(1)))
         .unwrap()
         .layer(down.clone());
     let start = Instant::now();
@@ -220,10 +224,13 @@ async fn a_wait_past_the_deadline_is_not_started() {
 async fn budget_stops_retries_when_spent_and_they_resume_after_it_refills() {
     // No deposits count (ratio 0): only the reserve of 2 retries per 1 s window. The budget
     // reads tokio's (paused) clock, so `advance` moves its window.
-    let layer =
-        RetryLayer::new(config(2).budget(RetryBudgetConfig::new(Duration::from_secs(1), 2, 0.0)))
-            .unwrap()
-            .with_clock(TokioClock::new());
+    let layer = BackoffRetryLayer::new(config(2).budget(RetryBudgetConfig::new(
+        Duration::from_secs(1),
+        2,
+        0.0,
+    )))
+    .unwrap()
+    .with_clock(TokioClock::new());
     let down = Scripted::new(&[Step::Fail]);
     let svc = layer.layer(down.clone());
 
@@ -247,9 +254,12 @@ async fn budget_stops_retries_when_spent_and_they_resume_after_it_refills() {
 #[tokio::test(start_paused = true)]
 async fn successful_calls_fund_retries() {
     // No reserve; every 2 calls fund 1 retry (ratio 0.5).
-    let layer =
-        RetryLayer::new(config(2).budget(RetryBudgetConfig::new(Duration::from_secs(10), 0, 0.5)))
-            .unwrap();
+    let layer = BackoffRetryLayer::new(config(2).budget(RetryBudgetConfig::new(
+        Duration::from_secs(10),
+        0,
+        0.5,
+    )))
+    .unwrap();
     let failing = layer.layer(Scripted::new(&[Step::Fail]));
     let err = chassis(failing.clone().oneshot(()).await.unwrap_err());
     assert_eq!(err.kind(), &ErrorKind::RetryBudgetExhausted { attempts: 1 });
@@ -272,7 +282,9 @@ struct Body {
 async fn a_request_that_cannot_be_copied_fails_typed_not_silently() {
     let down = Scripted::new(&[Step::Fail, Step::Ok(1)]);
     let cloner = |b: &Body| b.replayable.then_some(Body { replayable: true });
-    let layer = RetryLayer::new(config(3)).unwrap().with_cloner(cloner);
+    let layer = BackoffRetryLayer::new(config(3))
+        .unwrap()
+        .with_cloner(cloner);
 
     let err = chassis(
         layer
@@ -304,7 +316,7 @@ async fn a_request_that_cannot_be_copied_fails_typed_not_silently() {
 async fn retry_after_hook_overrides_backoff() {
     // 429-style responses carry a server delay of 3 s; the backoff would say 100 ms.
     let down = Scripted::new(&[Step::Ok(429), Step::Ok(200)]);
-    let layer = RetryLayer::new(config(3))
+    let layer = BackoffRetryLayer::new(config(3))
         .unwrap()
         .with_classifier(|r: Result<&u16, &BoxError>| matches!(r, Ok(429) | Err(_)))
         .with_retry_after(|r: Result<&u16, &BoxError>| {
@@ -317,7 +329,7 @@ async fn retry_after_hook_overrides_backoff() {
 #[tokio::test(start_paused = true)]
 async fn retry_after_beyond_the_deadline_gives_up_at_once() {
     let down = Scripted::new(&[Step::Fail]);
-    let layer = RetryLayer::new(config(3).deadline(Duration::from_secs(2)))
+    let layer = BackoffRetryLayer::new(config(3).deadline(Duration::from_secs(2)))
         .unwrap()
         .with_retry_after(|_: Result<&u16, &BoxError>| Some(Duration::from_secs(30)));
     let start = Instant::now();
@@ -333,7 +345,7 @@ async fn retry_after_beyond_the_deadline_gives_up_at_once() {
 #[tokio::test(start_paused = true)]
 async fn a_retryable_response_is_returned_when_attempts_run_out() {
     let down = Scripted::new(&[Step::Ok(503)]);
-    let layer = RetryLayer::new(config(3))
+    let layer = BackoffRetryLayer::new(config(3))
         .unwrap()
         .with_classifier(|r: Result<&u16, &BoxError>| matches!(r, Ok(503)));
     assert_eq!(layer.layer(down.clone()).oneshot(()).await.unwrap(), 503);
@@ -343,7 +355,9 @@ async fn a_retryable_response_is_returned_when_attempts_run_out() {
 #[tokio::test(start_paused = true)]
 async fn single_attempt_policy_passes_errors_through() {
     let down = Scripted::new(&[Step::Fail]);
-    let svc = RetryLayer::new(config(1)).unwrap().layer(down.clone());
+    let svc = BackoffRetryLayer::new(config(1))
+        .unwrap()
+        .layer(down.clone());
     let err = svc.oneshot(()).await.unwrap_err();
     assert_eq!(err.to_string(), "attempt 1 failed");
     assert!(Error::find_in(err.as_ref()).is_none());
@@ -354,7 +368,7 @@ async fn single_attempt_policy_passes_errors_through() {
 async fn full_jitter_waits_stay_within_the_exponential_ceiling() {
     let down = Scripted::new(&[Step::Fail]);
     let backoff = Backoff::exponential(ms(100), ms(250));
-    let svc = RetryLayer::new(config(5).backoff(backoff))
+    let svc = BackoffRetryLayer::new(config(5).backoff(backoff))
         .unwrap()
         .layer(down.clone());
     let _ = svc.oneshot(()).await.unwrap_err();
@@ -384,11 +398,11 @@ fn config_loads_from_toml_and_validates() {
     assert_eq!(config.deadline, Some(Duration::from_secs(2)));
     assert_eq!(config.backoff.jitter, Jitter::Decorrelated);
     assert!(config.budget.enabled);
-    assert!(RetryLayer::new(config.clone()).is_ok());
-    assert!(RetryLayer::new(config.clone().max_attempts(0)).is_err());
+    assert!(BackoffRetryLayer::new(config.clone()).is_ok());
+    assert!(BackoffRetryLayer::new(config.clone().max_attempts(0)).is_err());
     let bad_budget = config.budget(RetryBudgetConfig::new(Duration::from_millis(10), 1, 0.1));
     assert!(matches!(
-        RetryLayer::new(bad_budget).unwrap_err().kind(),
+        BackoffRetryLayer::new(bad_budget).unwrap_err().kind(),
         ErrorKind::InvalidConfig { .. }
     ));
     assert!(toml::from_str::<RetryConfig>("max_atempts = 3").is_err());
@@ -459,7 +473,8 @@ impl metrics::Recorder for Counters {
 #[tokio::test(start_paused = true)]
 async fn attempts_are_counted_by_outcome() {
     let counters = Counters::default();
-    let layer = metrics::with_local_recorder(&counters, || RetryLayer::new(config(3)).unwrap());
+    let layer =
+        metrics::with_local_recorder(&counters, || BackoffRetryLayer::new(config(3)).unwrap());
     let flaky = layer.layer(Scripted::new(&[Step::Fail, Step::Ok(1)]));
     flaky.oneshot(()).await.unwrap();
     let failing = layer.layer(Scripted::new(&[Step::Fail]));

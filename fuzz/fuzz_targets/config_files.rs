@@ -11,7 +11,7 @@ use chassis_core::lifecycle::LifecycleConfig;
 use chassis_core::resilience::bulkhead::BulkheadConfig;
 use chassis_core::resilience::circuit_breaker::CircuitBreakerConfig;
 use chassis_core::resilience::policy::ResiliencePolicy;
-use chassis_core::resilience::rate_limit::RateLimitConfig;
+use chassis_core::resilience::rate_limiter::RateLimiterConfig;
 use chassis_core::resilience::retry::RetryConfig;
 use chassis_http::ServerConfig;
 use chassis_http::health::HealthPaths;
@@ -71,7 +71,7 @@ fuzz_target!(|data: &[u8]| {
     for c in parse::<BulkheadConfig>(text) {
         let _ = c.validate();
     }
-    for c in parse::<RateLimitConfig>(text) {
+    for c in parse::<RateLimiterConfig>(text) {
         let _ = c.validate();
     }
     for c in parse::<LifecycleConfig>(text) {

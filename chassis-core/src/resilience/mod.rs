@@ -4,9 +4,9 @@
 //! |---|---|
 //! | [`circuit_breaker`] | stops calling a failing downstream, probes it, closes again when it recovers |
 //! | [`retry`] | retries failed attempts with jittered backoff, under a budget and a deadline |
-//! | [`timeout`] | bounds one call (or one attempt) in time |
+//! | [`time_limiter`] | bounds one call (or one attempt) in time |
 //! | [`bulkhead`] | bounds concurrent calls, waiting a bounded time for a permit |
-//! | [`rate_limit`] | bounds calls per time window |
+//! | [`rate_limiter`] | bounds calls per time window |
 //! | [`keyed_rate_limit`] | bounds calls per time window per key (API key, user, route), GCRA in memory with idle keys evicted, or on Redis shared by replicas |
 //! | [`clock`] | the time sources the breaker and the retry budget read (a coarse clock by default) |
 //! | [`policy`] | stacks all of them in the documented order from one config |
@@ -16,8 +16,8 @@ pub mod circuit_breaker;
 pub mod clock;
 pub mod keyed_rate_limit;
 pub mod policy;
-pub mod rate_limit;
+pub mod rate_limiter;
 pub mod retry;
-pub mod timeout;
+pub mod time_limiter;
 
 mod striped;

@@ -80,9 +80,11 @@ use super::bulkhead::{BulkheadConfig, BulkheadLayer};
 use super::circuit_breaker::{
     CircuitBreakerConfig, CircuitBreakerHandle, CircuitBreakerLayer, Clock, DefaultClassifier,
 };
-use super::rate_limit::{RateLimitConfig, RateLimitLayer};
-use super::retry::{CloneWithClone, DefaultRetryClassifier, NoRetryAfter, RetryConfig, RetryLayer};
-use super::timeout::TimeoutLayer;
+use super::rate_limiter::{RateLimiterConfig, RateLimiterLayer};
+use super::retry::{
+    BackoffRetryLayer, CloneWithClone, DefaultRetryClassifier, NoRetryAfter, RetryConfig,
+};
+use super::time_limiter::TimeLimiterLayer;
 use crate::Error;
 
 mod future;
@@ -116,7 +118,7 @@ pub struct ResiliencePolicy {
     #[serde(with = "humantime_serde")]
     pub timeout: Option<Duration>,
     /// Rate limiter, outermost. Defaults to none.
-    pub rate_limit: Option<RateLimitConfig>,
+    pub rate_limit: Option<RateLimiterConfig>,
     /// Bulkhead, outside retry. Defaults to none.
     pub bulkhead: Option<BulkheadConfig>,
     /// Retry with overall deadline and budget, outside the breaker. Defaults to none.
@@ -144,7 +146,7 @@ impl ResiliencePolicy {
     }
 
     /// Adds a rate limiter.
-    pub fn rate_limit(mut self, config: RateLimitConfig) -> Self {
+    pub fn rate_limit(mut self, config: RateLimiterConfig) -> Self {
         self.rate_limit = Some(config);
         self
     }
@@ -183,7 +185,7 @@ impl ResiliencePolicy {
                 if let Some(name) = named(&config.name) {
                     config.name = name;
                 }
-                let mut layer = RetryLayer::new(config)?;
+                let mut layer = BackoffRetryLayer::new(config)?;
                 if let Some(t) = layer.take_attempt_timeout() {
                     if attempt_timeout.is_some_and(|own| own != t) {
                         return Err(Error::invalid_config(
@@ -225,12 +227,12 @@ impl ResiliencePolicy {
                 if let Some(name) = named(&config.name) {
                     config.name = name;
                 }
-                Some(RateLimitLayer::new(config)?)
+                Some(RateLimiterLayer::new(config)?)
             }
             None => None,
         };
         Ok(ResilienceLayer {
-            timeout: TimeoutLayer::optional(attempt_timeout),
+            timeout: TimeLimiterLayer::optional(attempt_timeout),
             circuit_breaker,
             retry,
             bulkhead,
@@ -256,11 +258,11 @@ pub struct ResilienceLayer<
     K = CloneWithClone,
     BC = DefaultClassifier,
 > {
-    timeout: TimeoutLayer,
+    timeout: TimeLimiterLayer,
     circuit_breaker: Option<CircuitBreakerLayer<BC>>,
-    retry: Option<RetryLayer<RC, H, K>>,
+    retry: Option<BackoffRetryLayer<RC, H, K>>,
     bulkhead: Option<BulkheadLayer>,
-    rate_limit: Option<RateLimitLayer>,
+    rate_limit: Option<RateLimiterLayer>,
 }
 
 impl<RC, H, K, BC> fmt::Debug for ResilienceLayer<RC, H, K, BC> {
@@ -361,12 +363,12 @@ impl<RC, H, K, BC> ResilienceLayer<RC, H, K, BC> {
     }
 
     /// The rate limiter layer, if the policy has one.
-    pub fn rate_limit(&self) -> Option<&RateLimitLayer> {
+    pub fn rate_limit(&self) -> Option<&RateLimiterLayer> {
         self.rate_limit.as_ref()
     }
 
     /// The retry layer, if the policy has one.
-    pub fn retry(&self) -> Option<&RetryLayer<RC, H, K>> {
+    pub fn retry(&self) -> Option<&BackoffRetryLayer<RC, H, K>> {
         self.retry.as_ref()
     }
 
@@ -389,7 +391,7 @@ where
         let parts = Parts {
             rate_limit: self.rate_limit.as_ref().map(|l| l.limiter.clone()),
             bulkhead: self.bulkhead.as_ref().map(|b| b.shared.clone()),
-            retry: self.retry.as_ref().map(RetryLayer::shared),
+            retry: self.retry.as_ref().map(BackoffRetryLayer::shared),
             breaker: self
                 .circuit_breaker
                 .as_ref()

@@ -28,7 +28,7 @@ use chassis_core::metric_catalogue as names;
 use chassis_core::resilience::bulkhead::BulkheadConfig;
 use chassis_core::resilience::circuit_breaker::{CircuitBreakerConfig, SlidingWindowType};
 use chassis_core::resilience::policy::ResiliencePolicy;
-use chassis_core::resilience::rate_limit::RateLimitConfig;
+use chassis_core::resilience::rate_limiter::RateLimiterConfig;
 use chassis_core::resilience::retry::{Backoff, Jitter, RetryBudgetConfig, RetryConfig};
 use chassis_core::shutdown::Shutdown;
 use chassis_http::client::HttpClient;
@@ -339,7 +339,7 @@ async fn every_emitted_metric_is_catalogued_and_every_catalogued_one_is_emitted(
     let limited = client(
         "limited",
         ResiliencePolicy::new().rate_limit(
-            RateLimitConfig::new("limited")
+            RateLimiterConfig::new("limited")
                 .rate(1)
                 .period(Duration::from_secs(60))
                 .max_wait(Duration::ZERO),

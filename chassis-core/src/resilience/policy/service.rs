@@ -17,7 +17,7 @@ use crate::resilience::bulkhead::{self, wait_for_permit};
 use crate::resilience::circuit_breaker::{
     BreakerShared, Classify, DefaultClassifier, Outcome as BreakerOutcome, RawPermit,
 };
-use crate::resilience::rate_limit::Limiter;
+use crate::resilience::rate_limiter::Limiter;
 use crate::resilience::retry::{
     self, AttemptPolicy, CloneRequest, CloneWithClone, DefaultRetryClassifier, NoRetryAfter,
     RetryAfter, RetryClassifier,
@@ -306,7 +306,7 @@ where
                 }
                 RateState::Idle | RateState::Waiting(_) => {
                     panic!(
-                        "RateLimit::call without a successful poll_ready (tower Service contract)"
+                        "RateLimiter::call without a successful poll_ready (tower Service contract)"
                     )
                 }
             }

@@ -1,4 +1,4 @@
-//! The response future of [`Retry`](super::Retry): the attempt loop.
+//! The response future of [`BackoffRetry`](super::BackoffRetry): the attempt loop.
 
 use std::fmt;
 use std::future::Future;
@@ -17,7 +17,7 @@ use super::policy::{AttemptPolicy, Outcome};
 use crate::{BoxError, Error, ErrorKind};
 
 pin_project! {
-    /// Response future of [`Retry`](super::Retry): runs the attempts of one call, asking the
+    /// Response future of [`BackoffRetry`](super::BackoffRetry): runs the attempts of one call, asking the
     /// call's policy after each, and races them against the overall deadline.
     pub struct ResponseFuture<S, Req, C, H, K>
     where

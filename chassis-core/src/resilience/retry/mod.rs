@@ -1,7 +1,7 @@
 //! Retries failed attempts with jittered exponential backoff, under a retry budget and an
 //! overall deadline.
 //!
-//! [`RetryLayer`] is a ready-made retry policy for tower services, on [`tower::retry`]'s model
+//! [`BackoffRetryLayer`] is a ready-made retry policy for tower services, on [`tower::retry`]'s model
 //! (a per-call policy consulted after every attempt, a shared
 //! [`Budget`]). Per call it:
 //!
@@ -70,7 +70,7 @@
 //! # Example
 //!
 //! ```
-//! use chassis_core::resilience::retry::{Backoff, RetryConfig, RetryLayer};
+//! use chassis_core::resilience::retry::{Backoff, BackoffRetryLayer, RetryConfig};
 //! use chassis_core::{BoxError, Error, ErrorKind};
 //! use std::sync::Arc;
 //! use std::sync::atomic::{AtomicU32, Ordering};
@@ -89,7 +89,7 @@
 //!         }
 //!     })
 //! };
-//! let layer = RetryLayer::new(
+//! let layer = BackoffRetryLayer::new(
 //!     RetryConfig::new("inventory")
 //!         .max_attempts(3)
 //!         .backoff(Backoff::exponential(Duration::from_millis(10), Duration::from_secs(1)))
@@ -101,7 +101,7 @@
 //!
 //! // Two more failures in a row exhaust a 2-attempt policy.
 //! calls.store(0, Ordering::SeqCst);
-//! let layer = RetryLayer::new(RetryConfig::new("inventory").max_attempts(2)).unwrap();
+//! let layer = BackoffRetryLayer::new(RetryConfig::new("inventory").max_attempts(2)).unwrap();
 //! let err = Error::from_boxed(layer.layer(flaky).oneshot("get").await.unwrap_err()).unwrap();
 //! assert_eq!(err.kind(), &ErrorKind::RetriesExhausted { attempts: 2 });
 //! assert_eq!(err.last_error().unwrap().to_string(), "flaky");
@@ -136,7 +136,7 @@ use tower_layer::Layer;
 use tower_service::Service;
 
 use super::clock::{Clock, ClockSource};
-use super::timeout::{Timeout, TimeoutLayer};
+use super::time_limiter::{TimeLimiter, TimeLimiterLayer};
 use crate::metric_catalogue as names;
 use crate::{BoxError, Error};
 
@@ -223,7 +223,7 @@ impl RetryBudgetConfig {
     }
 }
 
-/// Configuration of a [`RetryLayer`]. Deserializes from e.g.
+/// Configuration of a [`BackoffRetryLayer`]. Deserializes from e.g.
 ///
 /// ```toml
 /// name = "inventory"
@@ -324,7 +324,7 @@ impl RetryConfig {
     }
 }
 
-/// What every service of one [`RetryLayer`] shares.
+/// What every service of one [`BackoffRetryLayer`] shares.
 pub(crate) struct Shared<C, H, K> {
     pub(crate) name: Arc<str>,
     pub(crate) max_attempts: u32,
@@ -344,14 +344,14 @@ impl<C, H, K> Shared<C, H, K> {
     }
 }
 
-/// Builds [`Retry`] services; every service built from one layer (and its clones) shares one
+/// Builds [`BackoffRetry`] services; every service built from one layer (and its clones) shares one
 /// retry budget.
 ///
 /// Type parameters: the [`RetryClassifier`] `C`, the [`RetryAfter`] hook `H` and the
 /// [`CloneRequest`] `K`, set with [`with_classifier`](Self::with_classifier),
 /// [`with_retry_after`](Self::with_retry_after) and [`with_cloner`](Self::with_cloner).
 #[derive(Clone)]
-pub struct RetryLayer<C = DefaultRetryClassifier, H = NoRetryAfter, K = CloneWithClone> {
+pub struct BackoffRetryLayer<C = DefaultRetryClassifier, H = NoRetryAfter, K = CloneWithClone> {
     name: Arc<str>,
     max_attempts: u32,
     backoff: Backoff,
@@ -365,9 +365,9 @@ pub struct RetryLayer<C = DefaultRetryClassifier, H = NoRetryAfter, K = CloneWit
     counters: [metrics::Counter; Outcome::ALL.len()],
 }
 
-impl<C, H, K> fmt::Debug for RetryLayer<C, H, K> {
+impl<C, H, K> fmt::Debug for BackoffRetryLayer<C, H, K> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("RetryLayer")
+        f.debug_struct("BackoffRetryLayer")
             .field("name", &self.name)
             .field("max_attempts", &self.max_attempts)
             .field("backoff", &self.backoff)
@@ -378,7 +378,7 @@ impl<C, H, K> fmt::Debug for RetryLayer<C, H, K> {
     }
 }
 
-impl RetryLayer {
+impl BackoffRetryLayer {
     /// Validates `config` and creates the retry budget, with the default classifier, no
     /// server-delay hook and `Clone` for copying requests.
     ///
@@ -405,7 +405,7 @@ impl RetryLayer {
     }
 }
 
-impl<C, H, K> RetryLayer<C, H, K> {
+impl<C, H, K> BackoffRetryLayer<C, H, K> {
     /// Gives the layer a fresh retry budget that reads time from `clock` instead of the default
     /// [`CoarseClock`](super::clock::CoarseClock): pass a
     /// [`TokioClock`](super::clock::TokioClock) in tests that advance tokio's paused clock and
@@ -421,8 +421,8 @@ impl<C, H, K> RetryLayer<C, H, K> {
     }
 
     /// Replaces the classifier deciding which outcomes are retried.
-    pub fn with_classifier<C2>(self, classifier: C2) -> RetryLayer<C2, H, K> {
-        RetryLayer {
+    pub fn with_classifier<C2>(self, classifier: C2) -> BackoffRetryLayer<C2, H, K> {
+        BackoffRetryLayer {
             name: self.name,
             max_attempts: self.max_attempts,
             backoff: self.backoff,
@@ -438,8 +438,8 @@ impl<C, H, K> RetryLayer<C, H, K> {
     }
 
     /// Sets the hook extracting server-given delays (e.g. HTTP `Retry-After`).
-    pub fn with_retry_after<H2>(self, retry_after: H2) -> RetryLayer<C, H2, K> {
-        RetryLayer {
+    pub fn with_retry_after<H2>(self, retry_after: H2) -> BackoffRetryLayer<C, H2, K> {
+        BackoffRetryLayer {
             name: self.name,
             max_attempts: self.max_attempts,
             backoff: self.backoff,
@@ -455,8 +455,8 @@ impl<C, H, K> RetryLayer<C, H, K> {
     }
 
     /// Replaces how requests are copied for the next attempt.
-    pub fn with_cloner<K2>(self, cloner: K2) -> RetryLayer<C, H, K2> {
-        RetryLayer {
+    pub fn with_cloner<K2>(self, cloner: K2) -> BackoffRetryLayer<C, H, K2> {
+        BackoffRetryLayer {
             name: self.name,
             max_attempts: self.max_attempts,
             backoff: self.backoff,
@@ -483,7 +483,7 @@ impl<C, H, K> RetryLayer<C, H, K> {
     }
 }
 
-impl<C: Clone, H: Clone, K: Clone> RetryLayer<C, H, K> {
+impl<C: Clone, H: Clone, K: Clone> BackoffRetryLayer<C, H, K> {
     /// What the services this layer builds share (the budget among them).
     pub(crate) fn shared(&self) -> Shared<C, H, K> {
         Shared {
@@ -500,24 +500,24 @@ impl<C: Clone, H: Clone, K: Clone> RetryLayer<C, H, K> {
     }
 }
 
-impl<S, C: Clone, H: Clone, K: Clone> Layer<S> for RetryLayer<C, H, K> {
-    type Service = Retry<Timeout<S>, C, H, K>;
+impl<S, C: Clone, H: Clone, K: Clone> Layer<S> for BackoffRetryLayer<C, H, K> {
+    type Service = BackoffRetry<TimeLimiter<S>, C, H, K>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        Retry {
-            inner: TimeoutLayer::optional(self.attempt_timeout).layer(inner),
+        BackoffRetry {
+            inner: TimeLimiterLayer::optional(self.attempt_timeout).layer(inner),
             shared: Arc::new(self.shared()),
         }
     }
 }
 
 /// A service retrying failed calls of `S` (see the [module docs](self)).
-pub struct Retry<S, C = DefaultRetryClassifier, H = NoRetryAfter, K = CloneWithClone> {
+pub struct BackoffRetry<S, C = DefaultRetryClassifier, H = NoRetryAfter, K = CloneWithClone> {
     inner: S,
     shared: Arc<Shared<C, H, K>>,
 }
 
-impl<S: Clone, C, H, K> Clone for Retry<S, C, H, K> {
+impl<S: Clone, C, H, K> Clone for BackoffRetry<S, C, H, K> {
     fn clone(&self) -> Self {
         Self {
             inner: self.inner.clone(),
@@ -526,9 +526,9 @@ impl<S: Clone, C, H, K> Clone for Retry<S, C, H, K> {
     }
 }
 
-impl<S: fmt::Debug, C, H, K> fmt::Debug for Retry<S, C, H, K> {
+impl<S: fmt::Debug, C, H, K> fmt::Debug for BackoffRetry<S, C, H, K> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Retry")
+        f.debug_struct("BackoffRetry")
             .field("inner", &self.inner)
             .field("name", &self.shared.name)
             .field("max_attempts", &self.shared.max_attempts)
@@ -536,7 +536,7 @@ impl<S: fmt::Debug, C, H, K> fmt::Debug for Retry<S, C, H, K> {
     }
 }
 
-impl<S, C, H, K> Retry<S, C, H, K> {
+impl<S, C, H, K> BackoffRetry<S, C, H, K> {
     /// The wrapped service.
     pub fn get_ref(&self) -> &S {
         &self.inner
@@ -553,7 +553,7 @@ impl<S, C, H, K> Retry<S, C, H, K> {
     }
 }
 
-impl<S, Req, C, H, K> Service<Req> for Retry<S, C, H, K>
+impl<S, Req, C, H, K> Service<Req> for BackoffRetry<S, C, H, K>
 where
     S: Service<Req> + Clone,
     S::Error: Into<BoxError>,

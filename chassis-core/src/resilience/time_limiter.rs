@@ -1,6 +1,6 @@
 //! Bounds a call (or, inside a retry, one attempt) in time.
 //!
-//! [`TimeoutLayer`] wraps a service so that a call not finished within the configured duration
+//! [`TimeLimiterLayer`] wraps a service so that a call not finished within the configured duration
 //! fails with a [`chassis_core::Error`](crate::Error) of kind
 //! [`ErrorKind::Timeout { after }`](crate::ErrorKind::Timeout), boxed as [`BoxError`]. Dropping
 //! the inner future on timeout cancels the call (so a circuit breaker around it records the
@@ -12,7 +12,7 @@
 //! long was waited nor fits the one error type every chassis layer shares; mapping it would need
 //! a second future wrapper and a downcast of every error. The future here is the same
 //! twenty-line race between the call and a [`tokio::time::Sleep`] that tower's is, but yields the
-//! typed error directly, and it can be *disabled* ([`TimeoutLayer::optional`] with `None`) so
+//! typed error directly, and it can be *disabled* ([`TimeLimiterLayer::optional`] with `None`) so
 //! that composed stacks (the retry layer, the [`policy`](super::policy)) keep one concrete type
 //! whether or not a timeout is configured.
 //!
@@ -30,7 +30,7 @@
 //! # Example
 //!
 //! ```
-//! use chassis_core::resilience::timeout::TimeoutLayer;
+//! use chassis_core::resilience::time_limiter::TimeLimiterLayer;
 //! use chassis_core::{BoxError, Error, ErrorKind};
 //! use std::time::Duration;
 //! use tower::{ServiceBuilder, ServiceExt, service_fn};
@@ -42,7 +42,7 @@
 //!     Ok::<_, BoxError>("done")
 //! });
 //! let svc = ServiceBuilder::new()
-//!     .layer(TimeoutLayer::new(Duration::from_millis(100)))
+//!     .layer(TimeLimiterLayer::new(Duration::from_millis(100)))
 //!     .service(slow);
 //! let err = svc.oneshot(()).await.unwrap_err();
 //! let err = Error::from_boxed(err).unwrap();
@@ -63,13 +63,13 @@ use tower_service::Service;
 
 use crate::{BoxError, Error};
 
-/// Applies a [`Timeout`] to every call of the wrapped service.
+/// Applies a [`TimeLimiter`] to every call of the wrapped service.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct TimeoutLayer {
+pub struct TimeLimiterLayer {
     after: Option<Duration>,
 }
 
-impl TimeoutLayer {
+impl TimeLimiterLayer {
     /// A layer failing calls that take longer than `after` with [`crate::ErrorKind::Timeout`].
     pub const fn new(after: Duration) -> Self {
         Self { after: Some(after) }
@@ -87,11 +87,11 @@ impl TimeoutLayer {
     }
 }
 
-impl<S> Layer<S> for TimeoutLayer {
-    type Service = Timeout<S>;
+impl<S> Layer<S> for TimeLimiterLayer {
+    type Service = TimeLimiter<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        Timeout {
+        TimeLimiter {
             inner,
             after: self.after,
         }
@@ -100,12 +100,12 @@ impl<S> Layer<S> for TimeoutLayer {
 
 /// A service whose calls fail with [`crate::ErrorKind::Timeout`] when they take too long.
 #[derive(Clone, Debug)]
-pub struct Timeout<S> {
+pub struct TimeLimiter<S> {
     inner: S,
     after: Option<Duration>,
 }
 
-impl<S> Timeout<S> {
+impl<S> TimeLimiter<S> {
     /// Wraps `inner` with a timeout of `after`.
     pub const fn new(inner: S, after: Duration) -> Self {
         Self {
@@ -130,7 +130,7 @@ impl<S> Timeout<S> {
     }
 }
 
-impl<S, Req> Service<Req> for Timeout<S>
+impl<S, Req> Service<Req> for TimeLimiter<S>
 where
     S: Service<Req>,
     S::Error: Into<BoxError>,
@@ -157,7 +157,7 @@ where
 }
 
 pin_project! {
-    /// Response future of [`Timeout`].
+    /// Response future of [`TimeLimiter`].
     pub struct ResponseFuture<F> {
         #[pin]
         inner: F,
@@ -218,15 +218,16 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn fast_call_passes() {
-        let svc =
-            TimeoutLayer::new(Duration::from_secs(1)).layer(sleeper(Duration::from_millis(999)));
+        let svc = TimeLimiterLayer::new(Duration::from_secs(1))
+            .layer(sleeper(Duration::from_millis(999)));
         assert_eq!(svc.oneshot(()).await.unwrap(), "ok");
     }
 
     #[tokio::test(start_paused = true)]
     async fn slow_call_times_out_at_the_configured_time() {
         let start = tokio::time::Instant::now();
-        let svc = TimeoutLayer::new(Duration::from_secs(1)).layer(sleeper(Duration::from_secs(5)));
+        let svc =
+            TimeLimiterLayer::new(Duration::from_secs(1)).layer(sleeper(Duration::from_secs(5)));
         let err = Error::from_boxed(svc.oneshot(()).await.unwrap_err()).unwrap();
         assert_eq!(
             err.kind(),
@@ -239,8 +240,8 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn the_duration_counts_from_the_first_poll_that_waits() {
-        let mut svc =
-            TimeoutLayer::new(Duration::from_secs(1)).layer(sleeper(Duration::from_millis(900)));
+        let mut svc = TimeLimiterLayer::new(Duration::from_secs(1))
+            .layer(sleeper(Duration::from_millis(900)));
         let call = svc.ready().await.unwrap().call(());
         // Created, then left unpolled for longer than the timeout: the clock has not started.
         tokio::time::advance(Duration::from_secs(2)).await;
@@ -249,13 +250,13 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn disabled_timeout_waits_for_the_call() {
-        let svc = TimeoutLayer::optional(None).layer(sleeper(Duration::from_secs(3600)));
+        let svc = TimeLimiterLayer::optional(None).layer(sleeper(Duration::from_secs(3600)));
         assert_eq!(svc.oneshot(()).await.unwrap(), "ok");
     }
 
     #[tokio::test]
     async fn inner_errors_pass_through() {
-        let svc = TimeoutLayer::new(Duration::from_secs(1)).layer(service_fn(|()| async {
+        let svc = TimeLimiterLayer::new(Duration::from_secs(1)).layer(service_fn(|()| async {
             Err::<(), _>(std::io::Error::other("boom"))
         }));
         let err = svc.oneshot(()).await.unwrap_err();

@@ -1,6 +1,6 @@
 //! Bounds the call rate, with permits shared by every clone of the service.
 //!
-//! [`RateLimitLayer`] admits `rate` calls per `period` with bursts of up to `burst` calls, using
+//! [`RateLimiterLayer`] admits `rate` calls per `period` with bursts of up to `burst` calls, using
 //! the generic cell rate algorithm (GCRA, a token bucket kept as one "theoretical arrival time")
 //! on a single `AtomicU64`: taking a permit is one clock read and one compare-and-swap, with no
 //! lock and no background task. A call that finds no permit either waits for one (if it comes
@@ -23,7 +23,7 @@
 //! # Example
 //!
 //! ```
-//! use chassis_core::resilience::rate_limit::{RateLimitConfig, RateLimitLayer};
+//! use chassis_core::resilience::rate_limiter::{RateLimiterConfig, RateLimiterLayer};
 //! use chassis_core::{BoxError, Error, ErrorKind};
 //! use std::time::Duration;
 //! use tower::{Layer, ServiceExt, service_fn};
@@ -31,7 +31,7 @@
 //! # #[tokio::main(flavor = "current_thread", start_paused = true)]
 //! # async fn main() {
 //! // 2 calls per second, no burst beyond that, no waiting.
-//! let layer = RateLimitLayer::new(RateLimitConfig::new("api").rate(2).burst(2)).unwrap();
+//! let layer = RateLimiterLayer::new(RateLimiterConfig::new("api").rate(2).burst(2)).unwrap();
 //! let svc = layer.layer(service_fn(|_: ()| async { Ok::<_, BoxError>(()) }));
 //! svc.clone().oneshot(()).await.unwrap();
 //! svc.clone().oneshot(()).await.unwrap();
@@ -63,7 +63,7 @@ use crate::{BoxError, Error, ErrorKind};
 /// `{ name = "api", rate = 100, period = "1s", burst = 20, max_wait = "50ms" }`.
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
-pub struct RateLimitConfig {
+pub struct RateLimiterConfig {
     /// Name used in errors, metrics and traces. Defaults to `"default"`.
     pub name: String,
     /// Calls admitted per `period` on average. Defaults to 100; must be at least 1.
@@ -78,7 +78,7 @@ pub struct RateLimitConfig {
     pub max_wait: Duration,
 }
 
-impl Default for RateLimitConfig {
+impl Default for RateLimiterConfig {
     fn default() -> Self {
         Self {
             name: "default".to_owned(),
@@ -90,7 +90,7 @@ impl Default for RateLimitConfig {
     }
 }
 
-impl RateLimitConfig {
+impl RateLimiterConfig {
     /// A default configuration named `name`.
     pub fn new(name: impl Into<String>) -> Self {
         Self {
@@ -202,15 +202,15 @@ impl Limiter {
     }
 }
 
-/// Builds [`RateLimit`] services that all share one limiter.
+/// Builds [`RateLimiter`] services that all share one limiter.
 #[derive(Clone)]
-pub struct RateLimitLayer {
+pub struct RateLimiterLayer {
     pub(crate) limiter: Arc<Limiter>,
 }
 
-impl fmt::Debug for RateLimitLayer {
+impl fmt::Debug for RateLimiterLayer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("RateLimitLayer")
+        f.debug_struct("RateLimiterLayer")
             .field("name", &self.limiter.name)
             .field("interval_ns", &self.limiter.interval)
             .field("tolerance_ns", &self.limiter.tolerance)
@@ -219,12 +219,12 @@ impl fmt::Debug for RateLimitLayer {
     }
 }
 
-impl RateLimitLayer {
+impl RateLimiterLayer {
     /// Validates `config` and creates the shared limiter, with a full burst available.
     ///
     /// The metric handle (`rate_limit_rejected_total`, label `name`) is registered here: install the
     /// metrics recorder before building layers.
-    pub fn new(config: RateLimitConfig) -> Result<Self, Error> {
+    pub fn new(config: RateLimiterConfig) -> Result<Self, Error> {
         config.validate()?;
         let interval = u64::try_from(config.period.as_nanos() / u128::from(config.rate))
             .map_err(|_| Error::invalid_config("rate limiter period too long"))?;
@@ -258,11 +258,11 @@ impl RateLimitLayer {
     }
 }
 
-impl<S> Layer<S> for RateLimitLayer {
-    type Service = RateLimit<S>;
+impl<S> Layer<S> for RateLimiterLayer {
+    type Service = RateLimiter<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        RateLimit {
+        RateLimiter {
             inner,
             limiter: self.limiter.clone(),
             state: State::Idle,
@@ -278,13 +278,13 @@ enum State {
 }
 
 /// A service admitting calls at the rate of its (shared) limiter.
-pub struct RateLimit<S> {
+pub struct RateLimiter<S> {
     inner: S,
     limiter: Arc<Limiter>,
     state: State,
 }
 
-impl<S: Clone> Clone for RateLimit<S> {
+impl<S: Clone> Clone for RateLimiter<S> {
     fn clone(&self) -> Self {
         // A clone has not been readied: it takes its own permit.
         Self {
@@ -295,7 +295,7 @@ impl<S: Clone> Clone for RateLimit<S> {
     }
 }
 
-impl<S: fmt::Debug> fmt::Debug for RateLimit<S> {
+impl<S: fmt::Debug> fmt::Debug for RateLimiter<S> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let state = match self.state {
             State::Idle => "idle",
@@ -303,7 +303,7 @@ impl<S: fmt::Debug> fmt::Debug for RateLimit<S> {
             State::Acquired => "acquired",
             State::Rejected(_) => "rejected",
         };
-        f.debug_struct("RateLimit")
+        f.debug_struct("RateLimiter")
             .field("inner", &self.inner)
             .field("name", &self.limiter.name)
             .field("state", &state)
@@ -311,7 +311,7 @@ impl<S: fmt::Debug> fmt::Debug for RateLimit<S> {
     }
 }
 
-impl<S> RateLimit<S> {
+impl<S> RateLimiter<S> {
     /// The wrapped service.
     pub fn get_ref(&self) -> &S {
         &self.inner
@@ -328,7 +328,7 @@ impl<S> RateLimit<S> {
     }
 }
 
-impl<S, Req> Service<Req> for RateLimit<S>
+impl<S, Req> Service<Req> for RateLimiter<S>
 where
     S: Service<Req>,
     S::Error: Into<BoxError>,
@@ -377,14 +377,14 @@ where
                 }
             }
             State::Idle | State::Waiting(_) => {
-                panic!("RateLimit::call without a successful poll_ready (tower Service contract)")
+                panic!("RateLimiter::call without a successful poll_ready (tower Service contract)")
             }
         }
     }
 }
 
 pin_project! {
-    /// Response future of [`RateLimit`].
+    /// Response future of [`RateLimiter`].
     pub struct ResponseFuture<F> {
         #[pin]
         kind: Kind<F>,
@@ -434,8 +434,8 @@ where
 mod tests {
     use super::*;
 
-    fn limiter(rate: u32, burst: u32) -> RateLimitLayer {
-        RateLimitLayer::new(RateLimitConfig::new("t").rate(rate).burst(burst)).unwrap()
+    fn limiter(rate: u32, burst: u32) -> RateLimiterLayer {
+        RateLimiterLayer::new(RateLimiterConfig::new("t").rate(rate).burst(burst)).unwrap()
     }
 
     #[tokio::test(start_paused = true)]
@@ -464,11 +464,11 @@ mod tests {
 
     #[test]
     fn invalid_configs_are_rejected() {
-        assert!(RateLimitLayer::new(RateLimitConfig::new("x").rate(0)).is_err());
-        assert!(RateLimitLayer::new(RateLimitConfig::new("x").period(Duration::ZERO)).is_err());
+        assert!(RateLimiterLayer::new(RateLimiterConfig::new("x").rate(0)).is_err());
+        assert!(RateLimiterLayer::new(RateLimiterConfig::new("x").period(Duration::ZERO)).is_err());
         assert!(
-            RateLimitLayer::new(
-                RateLimitConfig::new("x")
+            RateLimiterLayer::new(
+                RateLimiterConfig::new("x")
                     .rate(u32::MAX)
                     .period(Duration::from_nanos(10))
             )
