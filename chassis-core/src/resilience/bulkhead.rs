@@ -311,11 +311,12 @@ impl fmt::Debug for BulkheadLayer {
 impl BulkheadLayer {
     /// Validates `config` and creates the shared permit pool.
     ///
-    /// The metric handle (`bulkhead_rejected_total`, label `name`) is registered here: install the
-    /// metrics recorder before building layers.
+    /// The metric (`bulkhead_rejected_total`, label `name`) is registered here, at 0 until a
+    /// call is rejected: install the metrics recorder before building layers.
     pub fn new(config: BulkheadConfig) -> Result<Self, Error> {
         config.validate()?;
         let name: Arc<str> = config.name.into();
+        names::preregister(names::BULKHEAD_REJECTED, &[(names::labels::NAME, &name)]);
         Ok(Self {
             shared: Arc::new(Shared {
                 rejected: metrics::counter!(names::BULKHEAD_REJECTED, names::labels::NAME => name.to_string()),
@@ -396,20 +397,7 @@ impl<S: fmt::Debug> fmt::Debug for Bulkhead<S> {
 }
 
 impl<S> Bulkhead<S> {
-    /// The wrapped service.
-    pub fn get_ref(&self) -> &S {
-        &self.inner
-    }
-
-    /// The wrapped service, mutably.
-    pub fn get_mut(&mut self) -> &mut S {
-        &mut self.inner
-    }
-
-    /// Unwraps the inner service.
-    pub fn into_inner(self) -> S {
-        self.inner
-    }
+    crate::__define_inner_service_accessors!();
 
     /// Drives the permit acquisition; `Ready(true)` once a permit is held, `Ready(false)` once
     /// the call is rejected.

@@ -88,20 +88,7 @@ impl<S, C> CircuitBreaker<S, C> {
         }
     }
 
-    /// The inner service.
-    pub fn get_ref(&self) -> &S {
-        &self.inner
-    }
-
-    /// The inner service, mutably.
-    pub fn get_mut(&mut self) -> &mut S {
-        &mut self.inner
-    }
-
-    /// Unwraps the inner service (an unused permit is handed back).
-    pub fn into_inner(self) -> S {
-        self.inner
-    }
+    crate::__define_inner_service_accessors!();
 }
 
 impl<S: Clone, C: Clone> Clone for CircuitBreaker<S, C> {

@@ -32,20 +32,7 @@ impl<S, B, X> KeyedRateLimit<S, B, X> {
         }
     }
 
-    /// The wrapped service.
-    pub fn get_ref(&self) -> &S {
-        &self.inner
-    }
-
-    /// The wrapped service, mutably.
-    pub fn get_mut(&mut self) -> &mut S {
-        &mut self.inner
-    }
-
-    /// Unwraps the inner service.
-    pub fn into_inner(self) -> S {
-        self.inner
-    }
+    crate::__define_inner_service_accessors!();
 }
 
 impl<S: Clone, B: Clone, X: Clone> Clone for KeyedRateLimit<S, B, X> {
