@@ -65,6 +65,11 @@
 //! [`ALL`]; the circuit breaker's state gauge reads 0 closed, 1 open, 2 half-open, 3 forced
 //! open, 4 forced closed.
 //!
+//! Components register their series at zero when they are built ([`preregister`], one series
+//! per closed label value), so a breaker that never opened or a relay that never failed still
+//! shows its counters at 0 from the first scrape. Series with an open label only known per
+//! call (route, status code, publish destination, dead-letter reason) appear on first use.
+//!
 //! [OpenTelemetry semantic conventions]: https://opentelemetry.io/docs/specs/semconv/
 //! [OpenTelemetry-to-Prometheus compatibility specification]: https://opentelemetry.io/docs/specs/otel/compatibility/prometheus_and_openmetrics/
 //!
@@ -142,6 +147,107 @@ impl Metric {
 /// The catalogue entry of the metric called `name` (as recorded and scraped).
 pub fn find(name: &str) -> Option<&'static Metric> {
     ALL.iter().find(|m| m.name == name)
+}
+
+/// Registers, with the recorder in effect, every series of the metric `name` that is known
+/// before any traffic: `fixed` gives the value of each label with an open value set (a
+/// breaker's `name`, a queue's `messaging.destination.name`), and each closed label not in
+/// `fixed` is expanded over all of its catalogued values. Components call it when they are
+/// built, so that `rate()`, `increase()` and `absent()` see a series from the first scrape
+/// instead of from the first failure, rejection or transition.
+///
+/// - A counter is incremented by 0: a new series reads 0, an existing one keeps its count.
+/// - A gauge is incremented by 0.0: a new series reads 0, an existing one keeps its value (a
+///   component whose initial value is not 0 sets it itself, as the circuit breaker does with
+///   its state).
+/// - A histogram is registered without an observation. The Prometheus exporter renders a
+///   registered histogram with every bucket, `_sum` and `_count` at 0, so its rate is 0
+///   rather than absent; a quantile of it is NaN until the first observation, as it should
+///   be.
+///
+/// The label sets come from the catalogue alone, so what is pre-registered cannot drift from
+/// what the catalogue lists. Series with an open label the component does not know up front
+/// (a route, a status code, the exchange of each publish, a dead-letter reason) cannot be
+/// pre-registered and appear on first use. Like any `metrics` registration, this goes to the
+/// recorder installed at the time: install it (`Telemetry::init`) before building components.
+///
+/// A `name` missing from the catalogue, a label of `fixed` the metric does not have, a value
+/// outside a closed set, or an open label without a value is a bug at the call site: it
+/// panics in debug builds and registers nothing in release builds.
+///
+/// ```
+/// use chassis_core::metric_catalogue::{self as names, labels};
+/// use metrics_util::debugging::DebuggingRecorder;
+///
+/// let recorder = DebuggingRecorder::new();
+/// let snapshotter = recorder.snapshotter();
+/// metrics::with_local_recorder(&recorder, || {
+///     names::preregister(names::RETRY_ATTEMPTS, &[(labels::NAME, "payments")]);
+/// });
+/// // One series per catalogued outcome, each at 0.
+/// let series = snapshotter.snapshot().into_vec();
+/// assert_eq!(series.len(), names::find(names::RETRY_ATTEMPTS).unwrap()
+///     .label(labels::OUTCOME).unwrap().values.unwrap().len());
+/// ```
+pub fn preregister(name: &str, fixed: &[(&'static str, &str)]) {
+    let Some((metric, sets)) = label_sets(name, fixed) else {
+        return;
+    };
+    for labels in sets {
+        match metric.kind {
+            Kind::Counter => metrics::counter!(metric.name, labels).increment(0),
+            Kind::Gauge => metrics::gauge!(metric.name, labels).increment(0.0),
+            Kind::Histogram => drop(metrics::histogram!(metric.name, labels)),
+        }
+    }
+}
+
+/// The catalogue entry of `name` and the label sets [`preregister`] registers, in the
+/// catalogue's label order; `None` (after a debug assertion) when the call is wrong, see there.
+fn label_sets(
+    name: &str,
+    fixed: &[(&'static str, &str)],
+) -> Option<(&'static Metric, Vec<Vec<metrics::Label>>)> {
+    let Some(metric) = find(name) else {
+        debug_assert!(false, "{name} is not in the metric catalogue");
+        return None;
+    };
+    if let Some((key, _)) = fixed.iter().find(|(key, _)| metric.label(key).is_none()) {
+        debug_assert!(false, "{name} has no label {key}");
+        return None;
+    }
+    let mut sets = vec![Vec::new()];
+    for label in metric.labels {
+        let given = fixed.iter().find(|(key, _)| *key == label.name);
+        match (given, label.values) {
+            (Some((_, value)), values) => {
+                if values.is_some_and(|values| !values.contains(value)) {
+                    debug_assert!(false, "{name}: {}={value} is not catalogued", label.name);
+                    return None;
+                }
+                for set in &mut sets {
+                    set.push(metrics::Label::new(label.name, (*value).to_owned()));
+                }
+            }
+            (None, Some(values)) => {
+                sets = sets
+                    .into_iter()
+                    .flat_map(|set| {
+                        values.iter().map(move |value| {
+                            let mut set = set.clone();
+                            set.push(metrics::Label::new(label.name, *value));
+                            set
+                        })
+                    })
+                    .collect();
+            }
+            (None, None) => {
+                debug_assert!(false, "{name}: the open label {} needs a value", label.name);
+                return None;
+            }
+        }
+    }
+    Some((metric, sets))
 }
 
 /// Duration of HTTP server requests until the response head is ready.
@@ -570,6 +676,157 @@ mod tests {
             }
         }
         assert_eq!(ALL.len(), 27);
+    }
+
+    /// What a debugging recorder holds: (name, sorted labels) -> value as text.
+    fn recorded(
+        snapshotter: &metrics_util::debugging::Snapshotter,
+    ) -> std::collections::BTreeMap<(String, Vec<(String, String)>), String> {
+        use metrics_util::debugging::DebugValue;
+        snapshotter
+            .snapshot()
+            .into_vec()
+            .into_iter()
+            .map(|(key, _, _, value)| {
+                let (_, key) = key.into_parts();
+                let mut labels: Vec<_> = key
+                    .labels()
+                    .map(|l| (l.key().to_owned(), l.value().to_owned()))
+                    .collect();
+                labels.sort();
+                let value = match value {
+                    DebugValue::Counter(n) => n.to_string(),
+                    DebugValue::Gauge(g) => g.into_inner().to_string(),
+                    DebugValue::Histogram(h) => format!("{} observations", h.len()),
+                };
+                ((key.name().to_owned(), labels), value)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn preregister_expands_closed_labels_and_takes_open_ones_from_the_caller() {
+        let recorder = metrics_util::debugging::DebuggingRecorder::new();
+        let snapshotter = recorder.snapshotter();
+        metrics::with_local_recorder(&recorder, || {
+            preregister(CIRCUIT_BREAKER_CALLS, &[(labels::NAME, "db")]);
+            preregister(OUTBOX_RELAY_ERRORS, &[]);
+            preregister(OUTBOX_PUBLISHED, &[]);
+            preregister(HTTP_SERVER_ACTIVE_REQUESTS, &[]);
+            preregister(
+                MESSAGING_PROCESS_DURATION,
+                &[(labels::MESSAGING_DESTINATION_NAME, "orders")],
+            );
+            // A closed label may be fixed too: only that value is registered.
+            preregister(
+                RETRY_ATTEMPTS,
+                &[(labels::NAME, "r"), (labels::OUTCOME, "exhausted")],
+            );
+        });
+        let got = recorded(&snapshotter);
+        let pair = |k: &str, v: &str| (k.to_owned(), v.to_owned());
+        for outcome in [
+            "success",
+            "failure",
+            "slow_success",
+            "slow_failure",
+            "not_permitted",
+        ] {
+            let key = (
+                CIRCUIT_BREAKER_CALLS.to_owned(),
+                vec![pair("name", "db"), pair("outcome", outcome)],
+            );
+            assert_eq!(got.get(&key).map(String::as_str), Some("0"), "{outcome}");
+        }
+        for error in ["transient", "message", "database"] {
+            let key = (
+                OUTBOX_RELAY_ERRORS.to_owned(),
+                vec![pair("error.type", error)],
+            );
+            assert_eq!(got.get(&key).map(String::as_str), Some("0"), "{error}");
+        }
+        assert_eq!(got[&(OUTBOX_PUBLISHED.to_owned(), vec![])], "0");
+        for method in SERVER_METHODS {
+            let key = (
+                HTTP_SERVER_ACTIVE_REQUESTS.to_owned(),
+                vec![pair("http.request.method", method)],
+            );
+            assert_eq!(got.get(&key).map(String::as_str), Some("0"), "{method}");
+        }
+        for outcome in ["ack", "retry", "reject"] {
+            let key = (
+                MESSAGING_PROCESS_DURATION.to_owned(),
+                vec![
+                    pair("messaging.destination.name", "orders"),
+                    pair("outcome", outcome),
+                ],
+            );
+            assert_eq!(
+                got.get(&key).map(String::as_str),
+                Some("0 observations"),
+                "{outcome}"
+            );
+        }
+        assert_eq!(
+            got[&(
+                RETRY_ATTEMPTS.to_owned(),
+                vec![pair("name", "r"), pair("outcome", "exhausted")]
+            )],
+            "0"
+        );
+        assert_eq!(
+            got.len(),
+            5 + 3 + 1 + SERVER_METHODS.len() + 3 + 1,
+            "{got:?}"
+        );
+    }
+
+    #[test]
+    fn preregister_keeps_what_was_recorded() {
+        let recorder = metrics_util::debugging::DebuggingRecorder::new();
+        let snapshotter = recorder.snapshotter();
+        metrics::with_local_recorder(&recorder, || {
+            metrics::counter!(OUTBOX_PUBLISHED).increment(3);
+            metrics::gauge!(HTTP_SERVER_ACTIVE_REQUESTS, labels::HTTP_REQUEST_METHOD => "GET")
+                .set(2.0);
+            preregister(OUTBOX_PUBLISHED, &[]);
+            preregister(HTTP_SERVER_ACTIVE_REQUESTS, &[]);
+        });
+        let got = recorded(&snapshotter);
+        assert_eq!(got[&(OUTBOX_PUBLISHED.to_owned(), vec![])], "3");
+        let get = |method: &str| {
+            got[&(
+                HTTP_SERVER_ACTIVE_REQUESTS.to_owned(),
+                vec![("http.request.method".to_owned(), method.to_owned())],
+            )]
+                .clone()
+        };
+        assert_eq!(get("GET"), "2");
+        assert_eq!(get("POST"), "0");
+    }
+
+    #[test]
+    #[cfg(debug_assertions)]
+    #[should_panic(expected = "the open label name needs a value")]
+    fn preregister_wants_every_open_label() {
+        preregister(CIRCUIT_BREAKER_CALLS, &[]);
+    }
+
+    #[test]
+    #[cfg(debug_assertions)]
+    #[should_panic(expected = "has no label queue")]
+    fn preregister_refuses_labels_the_metric_does_not_have() {
+        preregister(OUTBOX_PUBLISHED, &[("queue", "q")]);
+    }
+
+    #[test]
+    #[cfg(debug_assertions)]
+    #[should_panic(expected = "outcome=maybe is not catalogued")]
+    fn preregister_refuses_values_outside_a_closed_set() {
+        preregister(
+            RETRY_ATTEMPTS,
+            &[(labels::NAME, "r"), (labels::OUTCOME, "maybe")],
+        );
     }
 
     #[test]

@@ -222,14 +222,15 @@ impl fmt::Debug for RateLimiterLayer {
 impl RateLimiterLayer {
     /// Validates `config` and creates the shared limiter, with a full burst available.
     ///
-    /// The metric handle (`rate_limit_rejected_total`, label `name`) is registered here: install the
-    /// metrics recorder before building layers.
+    /// The metric (`rate_limit_rejected_total`, label `name`) is registered here, at 0 until a
+    /// call is rejected: install the metrics recorder before building layers.
     pub fn new(config: RateLimiterConfig) -> Result<Self, Error> {
         config.validate()?;
         let interval = u64::try_from(config.period.as_nanos() / u128::from(config.rate))
             .map_err(|_| Error::invalid_config("rate limiter period too long"))?;
         let tolerance = interval.saturating_mul(u64::from(config.effective_burst() - 1));
         let name: Arc<str> = config.name.into();
+        names::preregister(names::RATE_LIMIT_REJECTED, &[(names::labels::NAME, &name)]);
         Ok(Self {
             limiter: Arc::new(Limiter {
                 rejected: metrics::counter!(names::RATE_LIMIT_REJECTED, names::labels::NAME => name.to_string()),

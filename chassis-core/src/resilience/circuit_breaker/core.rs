@@ -204,7 +204,10 @@ struct Metrics {
 }
 
 impl Metrics {
+    /// The handles, every catalogued outcome registered at 0 (the state gauge is set by the
+    /// caller).
     fn new(name: &Arc<str>) -> Self {
+        names::preregister(names::CIRCUIT_BREAKER_CALLS, &[(names::labels::NAME, name)]);
         let calls = |outcome: &'static str| metrics::counter!(names::CIRCUIT_BREAKER_CALLS, names::labels::NAME => name.to_string(), names::labels::OUTCOME => outcome);
         Self {
             state: metrics::gauge!(names::CIRCUIT_BREAKER_STATE, names::labels::NAME => name.to_string()),

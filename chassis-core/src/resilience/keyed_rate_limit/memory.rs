@@ -145,8 +145,8 @@ fn default_shards() -> usize {
 impl<K: Hash + Eq + Clone> KeyedRateLimiter<K> {
     /// Validates `config` and builds the limiter, reading time from the [`CoarseClock`].
     ///
-    /// The metric handle (`rate_limit_rejected_total`, label `name`) is registered here:
-    /// install the metrics recorder first.
+    /// The metric (`rate_limit_rejected_total`, label `name`) is registered here, at 0 until a
+    /// call is rejected: install the metrics recorder first.
     pub fn new(config: KeyedRateLimitConfig) -> Result<Self, Error> {
         Self::with_clock(config, CoarseClock)
     }
@@ -162,6 +162,7 @@ impl<K: Hash + Eq + Clone> KeyedRateLimiter<K> {
         };
         let shards = default_shards().min(max_shards).max(1);
         let name: Arc<str> = config.name.into();
+        names::preregister(names::RATE_LIMIT_REJECTED, &[(names::labels::NAME, &name)]);
         Ok(Self {
             inner: Arc::new(Inner {
                 rejected: metrics::counter!(names::RATE_LIMIT_REJECTED, names::labels::NAME => name.to_string()),

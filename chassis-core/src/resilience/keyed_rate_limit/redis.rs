@@ -268,6 +268,7 @@ impl RedisRateLimiter {
         let gcra = Gcra::from_config(&config.limit)?.to_micros();
         let breaker = CircuitBreakerHandle::new(config.breaker)?;
         let name: Arc<str> = config.limit.name.into();
+        names::preregister(names::RATE_LIMIT_REJECTED, &[(names::labels::NAME, &name)]);
         Ok(Self {
             inner: Arc::new(Inner {
                 rejected: metrics::counter!(names::RATE_LIMIT_REJECTED, names::labels::NAME => name.to_string()),

@@ -382,10 +382,12 @@ impl BackoffRetryLayer {
     /// Validates `config` and creates the retry budget, with the default classifier, no
     /// server-delay hook and `Clone` for copying requests.
     ///
-    /// The metric handles (`retry_attempts_total` by `name` and `outcome`) are registered here.
+    /// The metric (`retry_attempts_total` by `name` and `outcome`) is registered here, every
+    /// catalogued outcome at 0: install the metrics recorder before building layers.
     pub fn new(config: RetryConfig) -> Result<Self, Error> {
         config.validate()?;
         let name: Arc<str> = config.name.into();
+        names::preregister(names::RETRY_ATTEMPTS, &[(names::labels::NAME, &name)]);
         let counters = Outcome::ALL.map(|o| {
             metrics::counter!(names::RETRY_ATTEMPTS, names::labels::NAME => name.to_string(), names::labels::OUTCOME => o.as_str())
         });
