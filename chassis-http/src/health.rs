@@ -17,6 +17,12 @@
 //! Paths are configurable with [`HealthPaths`] (deserialisable). Probe answers carry
 //! `cache-control: no-store`; other methods on a probe path get `405`.
 //!
+//! To keep them off the application's port, give the layer to the server instead
+//! ([`Server::probes`](crate::server::Server::probes),
+//! [`HttpServer::probes`](crate::server::HttpServer::probes)) with
+//! [`ServerConfig::admin`](crate::server::ServerConfig::admin) set: the server then serves them
+//! on its admin listener, alone, as [`health_service`] does.
+//!
 //! # Example
 //! ```
 //! use chassis_core::health::HealthRegistry;
@@ -101,11 +107,16 @@ struct Shared {
     registry: HealthRegistry,
     paths: HealthPaths,
     prometheus: Option<PrometheusHandle>,
+    /// `false`: answers nothing, every request goes to the inner service (the main port of a
+    /// server whose probes are on its admin listener).
+    active: bool,
 }
 
 impl Shared {
     fn endpoint(&self, path: &str) -> Option<Endpoint> {
-        if path == self.paths.live {
+        if !self.active {
+            None
+        } else if path == self.paths.live {
             Some(Endpoint::Live)
         } else if path == self.paths.ready {
             Some(Endpoint::Ready)
@@ -125,6 +136,7 @@ impl fmt::Debug for Shared {
             .field("registry", &self.registry)
             .field("paths", &self.paths)
             .field("prometheus", &self.prometheus.is_some())
+            .field("active", &self.active)
             .finish()
     }
 }
@@ -143,8 +155,15 @@ impl HealthLayer {
                 registry,
                 paths: HealthPaths::default(),
                 prometheus: None,
+                active: true,
             }),
         }
+    }
+
+    /// A layer answering nothing: the server's main port when the probes are served on the
+    /// admin listener, or when it was given none.
+    pub(crate) fn inactive() -> Self {
+        Self::new(HealthRegistry::new()).update(|s| s.active = false)
     }
 
     fn update(mut self, f: impl FnOnce(&mut Shared)) -> Self {
@@ -158,7 +177,7 @@ impl HealthLayer {
         self.update(|s| s.paths = paths)
     }
 
-    /// Serves `/metrics` from `handle` (e.g. `TelemetryGuard::prometheus_handle()`, an
+    /// Serves `/metrics` from `handle` (e.g. `Telemetry::prometheus_handle()`, an
     /// `Option`: `None` when metrics are off). Without it the metrics path goes to the inner
     /// service.
     pub fn prometheus(self, handle: impl Into<Option<PrometheusHandle>>) -> Self {
@@ -332,7 +351,8 @@ where
 }
 
 /// A standalone service answering only the probes (404 for anything else), for serving them
-/// on a separate port.
+/// on a separate port. The server does this itself on its admin listener (see
+/// [`ServerConfig::admin`](crate::server::ServerConfig::admin)).
 pub fn health_service(layer: HealthLayer) -> HealthService<NotFound> {
     layer.layer(NotFound { _priv: () })
 }

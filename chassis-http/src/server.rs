@@ -61,6 +61,23 @@
 //! port is answered 400 with the JSON error body. See [`crate::tls::server`] and
 //! [`crate::tls::peer`].
 //!
+//! # The admin listener
+//! [`ServerConfig::admin`] gives the server a second listener, Spring Boot Actuator's
+//! "management port": it serves the [probes](Server::probes) (liveness, readiness, startup and
+//! `/metrics`) and the [admin routes](Server::admin_service) (e.g.
+//! [`LogLevelService`](crate::admin::LogLevelService)), and anything else there is a 404.
+//! The application's port then serves the application only: no probe, no `/metrics`, so a
+//! public port does not publish the service's metrics or its dependencies' health. Point
+//! Kubernetes probes, load-balancer health checks and Prometheus at the admin port, and keep
+//! that port off the public network. Without `admin` the probes are served on the
+//! application's port, in front of the application.
+//!
+//! The admin listener speaks plain HTTP (also when the main port is HTTPS), with the main
+//! port's limits and timeouts; it is bound with the main one (a failure is
+//! [`ErrorKind::AdminBind`]) and keeps serving through the shutdown, so readiness is seen
+//! failing and metrics can be scraped while requests drain; it closes once the main port has
+//! drained, before the on-shutdown hook runs.
+//!
 //! In a service run by [`chassis_core::lifecycle::App`], register the server as an
 //! [`HttpServer`] component instead: the app then owns signals, readiness and the pre-stop
 //! delay, and stops the server before the consumers' handlers, the relay and the connections
@@ -79,12 +96,12 @@
 //! let app = service_fn(|_req: http::Request<_>| async {
 //!     Ok::<_, std::convert::Infallible>(http::Response::new(String::from("hello")))
 //! });
-//! let service = ServiceBuilder::new()
-//!     .layer(HealthLayer::new(registry.clone()))
-//!     .layer(StandardLayers::new())
-//!     .service(app);
+//! let service = ServiceBuilder::new().layer(StandardLayers::new()).service(app);
 //!
-//! let server = Server::bind(ServerConfig::default()).await?
+//! // Probes and /metrics on their own port, 9090; the application alone on 8080.
+//! let config = ServerConfig::default().admin("0.0.0.0:9090".parse().unwrap());
+//! let server = Server::bind(config).await?
+//!     .probes(HealthLayer::new(registry.clone()))
 //!     .shutdown(shutdown.clone())
 //!     .health(registry.clone())
 //!     .on_shutdown(|| async { /* telemetry.shutdown(deadline).await */ });
@@ -112,6 +129,9 @@ use hyper_util::server::conn::auto;
 use serde::Deserialize;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
+use tower::ServiceExt;
+use tower::util::BoxCloneService;
+use tower_layer::Layer as _;
 use tower_service::Service;
 
 mod component;
@@ -129,8 +149,9 @@ use connections::Connections;
 use early_errors::EarlyErrorIo;
 use header_timer::HeaderReadTimer;
 
-use crate::body::BoxError;
+use crate::body::{Body, BoxError, boxed};
 use crate::error::{Error, ErrorKind};
+use crate::health::{HealthLayer, HealthService};
 #[cfg(feature = "tls")]
 use crate::tls::server::{ServerTls, ServerTlsConfig};
 
@@ -164,6 +185,11 @@ pub struct ServerConfig {
     #[cfg(feature = "tls")]
     #[cfg_attr(docsrs, doc(cfg(feature = "tls")))]
     pub tls: Option<ServerTlsConfig>,
+    /// Address of the admin listener, which serves the [probes](Server::probes) (with
+    /// `/metrics`) and the [admin routes](Server::admin_service) apart from the application
+    /// (see [the admin listener](self#the-admin-listener)). Defaults to none: the probes are
+    /// served on [`bind`](Self::bind) in front of the application.
+    pub admin: Option<SocketAddr>,
 }
 
 impl Default for ServerConfig {
@@ -177,6 +203,7 @@ impl Default for ServerConfig {
             max_header_bytes: DEFAULT_MAX_HEADER_BYTES,
             #[cfg(feature = "tls")]
             tls: None,
+            admin: None,
         }
     }
 }
@@ -247,6 +274,14 @@ impl ServerConfig {
         self
     }
 
+    /// Serves the probes, `/metrics` and the admin routes on a listener of their own at
+    /// `addr`, and not on [`bind`](Self::bind). Defaults to none (the probes are served on
+    /// `bind`).
+    pub fn admin(mut self, addr: SocketAddr) -> Self {
+        self.admin = Some(addr);
+        self
+    }
+
     fn validate(&self) -> Result<(), Error> {
         if self.max_connections == 0 || self.max_connections > Semaphore::MAX_PERMITS {
             return Err(Error::new(ErrorKind::InvalidConfig {
@@ -283,10 +318,105 @@ pub struct ServeOutcome {
     pub connections: u64,
 }
 
+/// The services of the admin listener's own routes ([`Server::admin_service`]), boxed: one
+/// per server, not on the application's path.
+type AdminRoutes = BoxCloneService<http::Request<Incoming>, http::Response<Body>, BoxError>;
+
+/// What the server serves besides the application: the probes and the admin routes, on the
+/// admin listener or (without one) the probes in front of the application.
+#[derive(Clone, Default)]
+pub(crate) struct Extras {
+    probes: Option<HealthLayer>,
+    admin_routes: Option<AdminRoutes>,
+}
+
+impl fmt::Debug for Extras {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Extras")
+            .field("probes", &self.probes)
+            .field("admin_routes", &self.admin_routes.is_some())
+            .finish()
+    }
+}
+
+impl Extras {
+    pub(crate) fn probes(&mut self, probes: HealthLayer) {
+        self.probes = Some(probes);
+    }
+
+    pub(crate) fn admin_service<A, B>(&mut self, service: A)
+    where
+        A: Service<http::Request<Incoming>, Response = http::Response<B>> + Clone + Send + 'static,
+        A::Future: Send + 'static,
+        A::Error: Into<BoxError>,
+        B: http_body::Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<BoxError>,
+    {
+        let service = ServiceExt::<http::Request<Incoming>>::map_err(
+            ServiceExt::<http::Request<Incoming>>::map_response(
+                service,
+                |res: http::Response<B>| res.map(boxed),
+            ),
+            Into::into,
+        );
+        self.admin_routes = Some(BoxCloneService::new(service));
+    }
+
+    /// Checks that what was given fits `admin` (the admin address, if any): admin routes need
+    /// an admin listener, and an admin listener needs something to serve.
+    pub(crate) fn check(&self, admin: Option<SocketAddr>) -> Result<(), Error> {
+        let reason = match admin {
+            None if self.admin_routes.is_some() => {
+                "admin routes are served on the admin listener: set ServerConfig::admin"
+            }
+            Some(_) if self.probes.is_none() && self.admin_routes.is_none() => {
+                "ServerConfig::admin is set but the server has no probes or admin routes to serve there"
+            }
+            _ => return Ok(()),
+        };
+        Err(Error::new(ErrorKind::InvalidConfig {
+            reason: reason.into(),
+        }))
+    }
+
+    /// The layer in front of the application: the probes when there is no admin listener,
+    /// nothing otherwise.
+    fn main_layer(&self, admin: bool) -> HealthLayer {
+        match &self.probes {
+            Some(probes) if !admin => probes.clone(),
+            _ => HealthLayer::inactive(),
+        }
+    }
+
+    /// The admin listener's service: the probes, then the admin routes, then 404.
+    fn admin_service_stack(self) -> HealthService<AdminRoutes> {
+        let routes = self.admin_routes.unwrap_or_else(|| {
+            BoxCloneService::new(ServiceExt::<http::Request<Incoming>>::map_err(
+                crate::health::health_service(HealthLayer::inactive()),
+                |never| match never {},
+            ))
+        });
+        self.probes
+            .unwrap_or_else(HealthLayer::inactive)
+            .layer(routes)
+    }
+}
+
+/// Binds the admin listener at `addr`, synchronously (for [`Server::from_listener`]).
+fn bind_admin(addr: SocketAddr) -> Result<TcpListener, Error> {
+    let bind_error = |e| Error::with_source(ErrorKind::AdminBind { addr }, e);
+    let std = std::net::TcpListener::bind(addr).map_err(bind_error)?;
+    std.set_nonblocking(true).map_err(bind_error)?;
+    TcpListener::from_std(std).map_err(bind_error)
+}
+
 /// A bound server, ready to [`serve`](Server::serve); see the [module docs](self).
 pub struct Server {
     listener: TcpListener,
     local_addr: SocketAddr,
+    /// The admin listener and its address, with `config.admin`.
+    admin: Option<(TcpListener, SocketAddr)>,
+    extras: Extras,
     config: ServerConfig,
     shutdown: Shutdown,
     health: Option<HealthRegistry>,
@@ -301,6 +431,8 @@ impl fmt::Debug for Server {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Server")
             .field("local_addr", &self.local_addr)
+            .field("admin_addr", &self.admin_addr())
+            .field("extras", &self.extras)
             .field("config", &self.config)
             .field("health", &self.health)
             .field("on_shutdown", &self.on_shutdown.is_some())
@@ -310,7 +442,9 @@ impl fmt::Debug for Server {
 }
 
 impl Server {
-    /// Binds `config.bind` (port 0 picks a free port; see [`local_addr`](Self::local_addr)).
+    /// Binds `config.bind` (port 0 picks a free port; see [`local_addr`](Self::local_addr)),
+    /// and `config.admin` if set: an admin address that cannot be bound is an
+    /// [`ErrorKind::AdminBind`] error.
     pub async fn bind(config: ServerConfig) -> Result<Self, Error> {
         config.validate()?;
         let listener = TcpListener::bind(config.bind)
@@ -319,7 +453,8 @@ impl Server {
         Self::from_listener(listener, config)
     }
 
-    /// Serves on an already bound listener (`config.bind` is ignored).
+    /// Serves on an already bound listener (`config.bind` is ignored); binds `config.admin`
+    /// if set (an [`ErrorKind::AdminBind`] error if it cannot be bound).
     ///
     /// With [`ServerConfig::tls`], reads the certificate, key and client CA files now: one
     /// that is missing or unusable is an [`ErrorKind::Tls`] error naming the file.
@@ -330,9 +465,21 @@ impl Server {
         let local_addr = listener
             .local_addr()
             .map_err(|e| Error::with_source(ErrorKind::Io, e))?;
+        let admin = match config.admin {
+            Some(addr) => {
+                let admin = bind_admin(addr)?;
+                let admin_addr = admin
+                    .local_addr()
+                    .map_err(|e| Error::with_source(ErrorKind::Io, e))?;
+                Some((admin, admin_addr))
+            }
+            None => None,
+        };
         Ok(Self {
             listener,
             local_addr,
+            admin,
+            extras: Extras::default(),
             config,
             shutdown: Shutdown::new(),
             health: None,
@@ -346,6 +493,40 @@ impl Server {
     /// The address the server listens on.
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// The address of the admin listener, with [`ServerConfig::admin`].
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin.as_ref().map(|(_, addr)| *addr)
+    }
+
+    /// Serves `probes` (liveness, readiness, startup, and `/metrics` with
+    /// [`HealthLayer::prometheus`]): on the admin listener with [`ServerConfig::admin`], in
+    /// front of the application otherwise. Defaults to none.
+    pub fn probes(mut self, probes: HealthLayer) -> Self {
+        self.extras.probes(probes);
+        self
+    }
+
+    /// Serves `service` on the admin listener, behind the probes: every request that is not
+    /// a probe (e.g. [`LogLevelService`](crate::admin::LogLevelService)'s
+    /// `/admin/loggers`). Needs [`ServerConfig::admin`]: without it
+    /// [`serve`](Self::serve) fails with [`ErrorKind::InvalidConfig`]. Defaults to none (404).
+    pub fn admin_service<A, B>(mut self, service: A) -> Self
+    where
+        A: Service<http::Request<Incoming>, Response = http::Response<B>> + Clone + Send + 'static,
+        A::Future: Send + 'static,
+        A::Error: Into<BoxError>,
+        B: http_body::Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<BoxError>,
+    {
+        self.extras.admin_service(service);
+        self
+    }
+
+    pub(crate) fn extras(mut self, extras: Extras) -> Self {
+        self.extras = extras;
+        self
     }
 
     /// Shuts down when `shutdown` is triggered. Defaults to a fresh [`Shutdown`] (see
@@ -385,7 +566,113 @@ impl Server {
     }
 
     /// Serves `service` until shutdown, then drains; see the [module docs](self).
+    ///
+    /// Fails with [`ErrorKind::InvalidConfig`] if [admin routes](Self::admin_service) were
+    /// given without [`ServerConfig::admin`], or an admin listener has nothing to serve.
     pub async fn serve<S, B>(self, service: S) -> Result<ServeOutcome, Error>
+    where
+        S: Service<http::Request<Incoming>, Response = http::Response<B>> + Clone + Send + 'static,
+        S::Future: Send + 'static,
+        S::Error: Into<BoxError>,
+        B: http_body::Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<BoxError>,
+    {
+        let Self {
+            listener,
+            local_addr,
+            admin,
+            extras,
+            config,
+            shutdown,
+            health,
+            on_shutdown,
+            handle_signals,
+            #[cfg(feature = "tls")]
+            tls,
+        } = self;
+        extras.check(admin.as_ref().map(|(_, addr)| *addr))?;
+        let signals = handle_signals.then(|| shutdown.listen_for_signals());
+        let service = extras.main_layer(admin.is_some()).layer(service);
+
+        // The admin listener serves plain HTTP until the application's listener has drained,
+        // so readiness (failing) and metrics stay visible through the whole shutdown.
+        let admin_stop = Shutdown::new();
+        let admin_task = admin.map(|(listener, local_addr)| {
+            let admin_config = ServerConfig {
+                pre_stop_delay: Duration::ZERO,
+                #[cfg(feature = "tls")]
+                tls: None,
+                ..config.clone()
+            };
+            let listening = Listening {
+                listener,
+                local_addr,
+                config: admin_config,
+                shutdown: admin_stop.clone(),
+                health: None,
+                role: Role::Admin,
+                #[cfg(feature = "tls")]
+                tls: None,
+            };
+            // Stops with `serve`, whichever way it returns.
+            tokio_util::task::AbortOnDropHandle::new(tokio::spawn(
+                listening.run(extras.admin_service_stack()),
+            ))
+        });
+
+        let main = Listening {
+            listener,
+            local_addr,
+            config,
+            shutdown,
+            health,
+            role: Role::Main,
+            #[cfg(feature = "tls")]
+            tls,
+        };
+        let mut outcome = main.run(service).await;
+        if let Some(admin_task) = admin_task {
+            admin_stop.trigger();
+            match admin_task.await {
+                Ok(admin) => outcome.drained &= admin.drained,
+                Err(e) => {
+                    tracing::warn!(target: "chassis_http::server", error = %e, "admin listener task failed");
+                }
+            }
+        }
+        if let Some(hook) = on_shutdown {
+            hook().await;
+        }
+        if let Some(signals) = signals {
+            signals.abort();
+        }
+        tracing::info!(target: "chassis_http::server", drained = outcome.drained, "HTTP server stopped");
+        Ok(outcome)
+    }
+}
+
+/// Which of a server's listeners a [`Listening`] is, for its log lines.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Role {
+    Main,
+    Admin,
+}
+
+/// One bound listener with what it needs to serve and drain.
+struct Listening {
+    listener: TcpListener,
+    local_addr: SocketAddr,
+    config: ServerConfig,
+    shutdown: Shutdown,
+    health: Option<HealthRegistry>,
+    role: Role,
+    #[cfg(feature = "tls")]
+    tls: Option<Arc<ServerTls>>,
+}
+
+impl Listening {
+    /// Accepts and serves connections until shutdown, then drains them.
+    async fn run<S, B>(self, service: S) -> ServeOutcome
     where
         S: Service<http::Request<Incoming>, Response = http::Response<B>> + Clone + Send + 'static,
         S::Future: Send + 'static,
@@ -399,12 +686,10 @@ impl Server {
             config,
             shutdown,
             health,
-            on_shutdown,
-            handle_signals,
+            role,
             #[cfg(feature = "tls")]
             tls,
         } = self;
-        let signals = handle_signals.then(|| shutdown.listen_for_signals());
         // Certificate rotation; stops with `serve`, whichever way it returns.
         #[cfg(feature = "tls")]
         let _tls_reloader = tls
@@ -441,18 +726,24 @@ impl Server {
         let scheme = if tls.is_some() { "https" } else { "http" };
         #[cfg(not(feature = "tls"))]
         let scheme = "http";
-        tracing::info!(target: "chassis_http::server", addr = %local_addr, scheme, "HTTP server listening");
+        let listener_name = match role {
+            Role::Main => "HTTP server",
+            Role::Admin => "admin listener (probes, metrics)",
+        };
+        tracing::info!(target: "chassis_http::server", addr = %local_addr, scheme, "{listener_name} listening");
 
         let stop_accepting = async {
             shutdown.triggered().await;
             if let Some(health) = &health {
                 health.mark_shutting_down();
             }
-            tracing::info!(
-                target: "chassis_http::server",
-                pre_stop_delay_ms = config.pre_stop_delay.as_millis() as u64,
-                "shutdown began: readiness failing, listener closes after the pre-stop delay"
-            );
+            if role == Role::Main {
+                tracing::info!(
+                    target: "chassis_http::server",
+                    pre_stop_delay_ms = config.pre_stop_delay.as_millis() as u64,
+                    "shutdown began: readiness failing, listener closes after the pre-stop delay"
+                );
+            }
             tokio::time::sleep(config.pre_stop_delay).await;
         };
         tokio::pin!(stop_accepting);
@@ -525,7 +816,7 @@ impl Server {
             target: "chassis_http::server",
             open_connections = open.count(),
             drain_timeout_ms = config.drain_timeout.as_millis() as u64,
-            "listener closed; draining in-flight requests"
+            "{listener_name} closed; draining in-flight requests"
         );
         let drained = tokio::time::timeout(config.drain_timeout, open.all_closed())
             .await
@@ -537,17 +828,10 @@ impl Server {
             );
             open.close_all();
         }
-        if let Some(hook) = on_shutdown {
-            hook().await;
-        }
-        if let Some(signals) = signals {
-            signals.abort();
-        }
-        tracing::info!(target: "chassis_http::server", drained, "HTTP server stopped");
-        Ok(ServeOutcome {
+        ServeOutcome {
             drained,
             connections,
-        })
+        }
     }
 }
 

@@ -15,17 +15,21 @@ use hyper::body::Incoming;
 use tokio::task::JoinHandle;
 use tower_service::Service;
 
-use super::{ServeOutcome, Server, ServerConfig};
+use super::{Extras, ServeOutcome, Server, ServerConfig};
 use crate::body::BoxError;
 use crate::error::Error;
+use crate::health::HealthLayer;
 
 /// An HTTP [`Server`] run by a [`chassis_core::lifecycle::App`], in [`Stage::Intake`].
 ///
-/// - **start** binds [`ServerConfig::bind`] and serves `service` in the background; a bind
-///   error (port in use, address not available) fails the start under the component's name;
+/// - **start** binds [`ServerConfig::bind`] (and [`ServerConfig::admin`], the
+///   [admin listener](super#the-admin-listener) serving the [probes](Self::probes)) and serves
+///   `service` in the background; a bind error (port in use, address not available) fails the
+///   start under the component's name;
 /// - **stop intake** closes the listener: new connections are refused;
 /// - **stop** waits for in-flight requests, up to [`ServerConfig::drain_timeout`] and the
-///   app's drain deadline, whichever is shorter, then closes what is left.
+///   app's drain deadline, whichever is shorter, then closes what is left; the admin listener
+///   closes after that.
 ///
 /// Readiness and the pre-stop delay belong to the app
 /// ([`LifecycleConfig::pre_stop_delay`](chassis_core::lifecycle::LifecycleConfig::pre_stop_delay)):
@@ -35,14 +39,16 @@ use crate::error::Error;
 /// # Example
 /// ```no_run
 /// use chassis_core::lifecycle::App;
+/// use chassis_http::health::HealthLayer;
 /// use chassis_http::server::{HttpServer, ServerConfig};
 ///
 /// # async fn run() -> Result<(), chassis_core::Error> {
+/// let app = App::new("hello");
 /// let router = axum::Router::new().route("/", axum::routing::get(|| async { "hello" }));
-/// App::new("hello")
-///     .component(HttpServer::new(ServerConfig::default(), router))
-///     .run()
-///     .await
+/// // The application on 8080; probes (and /metrics, with `.prometheus(handle)`) on 9090.
+/// let config = ServerConfig::default().admin("0.0.0.0:9090".parse().unwrap());
+/// let server = HttpServer::new(config, router).probes(HealthLayer::new(app.health().clone()));
+/// app.component(server).run().await
 /// # }
 /// ```
 pub struct HttpServer<S> {
@@ -50,8 +56,10 @@ pub struct HttpServer<S> {
     config: ServerConfig,
     service: Option<S>,
     listener: Option<std::net::TcpListener>,
+    extras: Extras,
     stop: Shutdown,
     local_addr: Arc<OnceLock<SocketAddr>>,
+    admin_addr: Arc<OnceLock<SocketAddr>>,
     task: Option<JoinHandle<Result<ServeOutcome, Error>>>,
 }
 
@@ -61,6 +69,8 @@ impl<S> std::fmt::Debug for HttpServer<S> {
             .field("name", &self.name)
             .field("config", &self.config)
             .field("local_addr", &self.local_addr.get())
+            .field("admin_addr", &self.admin_addr.get())
+            .field("extras", &self.extras)
             .field("running", &self.task.is_some())
             .finish()
     }
@@ -74,8 +84,10 @@ impl<S> HttpServer<S> {
             config,
             service: Some(service),
             listener: None,
+            extras: Extras::default(),
             stop: Shutdown::new(),
             local_addr: Arc::new(OnceLock::new()),
+            admin_addr: Arc::new(OnceLock::new()),
             task: None,
         }
     }
@@ -99,10 +111,39 @@ impl<S> HttpServer<S> {
         self
     }
 
+    /// Serves `probes` (with `/metrics` if given a Prometheus handle): on the admin listener
+    /// with [`ServerConfig::admin`], in front of `service` otherwise. Defaults to none. See
+    /// [`Server::probes`].
+    pub fn probes(mut self, probes: HealthLayer) -> Self {
+        self.extras.probes(probes);
+        self
+    }
+
+    /// Serves `service` on the admin listener behind the probes (e.g.
+    /// [`LogLevelService`](crate::admin::LogLevelService)); needs [`ServerConfig::admin`], or
+    /// the start fails. Defaults to none (404). See [`Server::admin_service`].
+    pub fn admin_service<A, B>(mut self, service: A) -> Self
+    where
+        A: Service<http::Request<Incoming>, Response = http::Response<B>> + Clone + Send + 'static,
+        A::Future: Send + 'static,
+        A::Error: Into<BoxError>,
+        B: http_body::Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<BoxError>,
+    {
+        self.extras.admin_service(service);
+        self
+    }
+
     /// The bound address, once started; shared, so it can be read after the component moved
     /// into the app.
     pub fn local_addr(&self) -> Arc<OnceLock<SocketAddr>> {
         self.local_addr.clone()
+    }
+
+    /// The admin listener's bound address, once started with [`ServerConfig::admin`]; shared
+    /// like [`local_addr`](Self::local_addr).
+    pub fn admin_addr(&self) -> Arc<OnceLock<SocketAddr>> {
+        self.admin_addr.clone()
     }
 }
 
@@ -125,6 +166,8 @@ where
     fn start(&mut self, ctx: Context) -> BoxFuture<'_, Result<(), CoreBoxError>> {
         Box::pin(async move {
             let service = self.service.take().ok_or("HTTP server started twice")?;
+            // Before binding: a misconfiguration fails the start, not the running server.
+            self.extras.check(self.config.admin)?;
             // The app owns readiness and the pre-stop delay.
             let config = self.config.clone().pre_stop_delay(Duration::ZERO);
             let server = match self.listener.take() {
@@ -135,7 +178,13 @@ where
                 None => Server::bind(config).await?,
             };
             let _ = self.local_addr.set(server.local_addr());
-            let server = server.shutdown(self.stop.clone()).handle_signals(false);
+            if let Some(admin) = server.admin_addr() {
+                let _ = self.admin_addr.set(admin);
+            }
+            let server = server
+                .extras(std::mem::take(&mut self.extras))
+                .shutdown(self.stop.clone())
+                .handle_signals(false);
             let name = self.name.clone();
             let stop = self.stop.clone();
             self.task = Some(tokio::spawn(async move {
