@@ -34,7 +34,7 @@
 //! envelope of [`crate::response`], and answers with `?`. axum's own rejections convert with
 //! `From` (`JsonRejection`, `PathRejection`, `QueryRejection`, `FormRejection`); behind the
 //! [standard layers](crate::layers::StandardLayers) a rejection the handler does not handle gets
-//! the JSON body anyway (see [`error_response`](crate::layers::error_response)).
+//! the JSON body anyway (see the [guard](crate::layers::guard)).
 //!
 //! An error answer without a code of its own (a status and a text) maps with
 //! [`ApiError::from_status`], whose code comes from [`code_for_status`].

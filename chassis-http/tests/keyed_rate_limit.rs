@@ -1,16 +1,21 @@
-//! A keyed rate limiter behind the error-response layer: 429 with `Retry-After` and the IETF
+//! A keyed rate limiter behind the guard layer's error responses: 429 with `Retry-After` and the IETF
 //! `RateLimit-Policy` / `RateLimit` fields, per key.
 
 use std::time::Duration;
 
+use bytes::Bytes;
 use chassis_core::resilience::keyed_rate_limit::{
     KeyedRateLimitConfig, KeyedRateLimitLayer, KeyedRateLimiter,
 };
-use chassis_http::layers::error_response::ErrorResponseLayer;
+use chassis_http::layers::guard::{GuardLayer, LimitedBody};
 use http::{Request, Response, StatusCode};
+use http_body_util::Empty;
 use tower::{ServiceBuilder, ServiceExt, service_fn};
 
-fn api_key(req: &Request<()>) -> String {
+/// What the rate-limited service is called with: the guard's body wrapper.
+type Req = Request<LimitedBody<Empty<Bytes>>>;
+
+fn api_key(req: &Req) -> String {
     req.headers()
         .get("x-api-key")
         .and_then(|v| v.to_str().ok())
@@ -18,10 +23,10 @@ fn api_key(req: &Request<()>) -> String {
         .to_owned()
 }
 
-fn request(key: &str) -> Request<()> {
+fn request(key: &str) -> Request<Empty<Bytes>> {
     Request::builder()
         .header("x-api-key", key)
-        .body(())
+        .body(Empty::new())
         .unwrap()
 }
 
@@ -36,9 +41,9 @@ async fn over_the_limit_is_a_429_with_retry_after_and_ratelimit_fields() {
     )
     .unwrap();
     let svc = ServiceBuilder::new()
-        .layer(ErrorResponseLayer::new())
+        .layer(GuardLayer::errors_only())
         .layer(KeyedRateLimitLayer::new(limiter, api_key))
-        .service(service_fn(|_req: Request<()>| async {
+        .service(service_fn(|_req: Req| async {
             Ok::<_, std::convert::Infallible>(Response::new("ok".to_owned()))
         }));
 

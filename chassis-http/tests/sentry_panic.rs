@@ -1,5 +1,5 @@
-//! A handler panic behind the catch-panic layer reaches Sentry (chassis-observability's `sentry`
-//! feature): the layer logs it at ERROR, the Sentry layer turns that into an event whose
+//! A handler panic caught by the guard layer reaches Sentry (chassis-observability's `sentry`
+//! feature): the guard logs it at ERROR, the Sentry layer turns that into an event whose
 //! exception is the panic message, in the request's trace. The event is sent to a Sentry
 //! endpoint on loopback and parsed with sentry-types.
 
@@ -8,11 +8,11 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use chassis_core::ServiceInfo;
-use chassis_http::layers::catch_panic::CatchPanicLayer;
-use chassis_http::layers::trace::TraceLayer;
+use chassis_http::layers::guard::{GuardLayer, LimitedBody};
+use chassis_http::layers::server_span::ServerSpanLayer;
 use chassis_observability::config::{SentryConfig, TelemetryConfig};
 use chassis_observability::{Secret, Telemetry};
-use http_body_util::{BodyExt, Full};
+use http_body_util::{BodyExt, Empty, Full};
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
@@ -76,20 +76,22 @@ async fn a_handler_panic_becomes_a_sentry_event_in_the_request_trace() {
         .unwrap();
 
     let svc = ServiceBuilder::new()
-        .layer(TraceLayer::new())
-        .layer(CatchPanicLayer::new())
-        .service(tower::service_fn(|_req: http::Request<()>| async {
-            if true {
-                panic!("order 42 has no lines");
-            }
-            Ok::<_, Infallible>(http::Response::new(String::new()))
-        }));
+        .layer(ServerSpanLayer::new())
+        .layer(GuardLayer::errors_only().catch_panic(true))
+        .service(tower::service_fn(
+            |_req: http::Request<LimitedBody<Empty<Bytes>>>| async {
+                if true {
+                    panic!("order 42 has no lines");
+                }
+                Ok::<_, Infallible>(http::Response::new(String::new()))
+            },
+        ));
     let request = http::Request::get("/orders/42")
         .header(
             "traceparent",
             "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
         )
-        .body(())
+        .body(Empty::<Bytes>::new())
         .unwrap();
     let response = svc
         .oneshot(request)

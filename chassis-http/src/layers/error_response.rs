@@ -1,136 +1,16 @@
-//! Turns the inner service's errors into chassis error responses.
-//!
-//! A tower service may fail with an error instead of answering (a chassis-core resilience
-//! layer rejecting a call, a handler returning `Err`). Hyper would close the connection; this
-//! layer answers instead, with [`ApiError::from_box_error`]: a [`chassis_core::Error`] anywhere
-//! in the chain maps to 504/503/429/502 (with `Retry-After` where it applies), an [`ApiError`]
-//! is sent as is, anything else is a 500 whose message does not leak the cause (the cause is
-//! logged at ERROR). Its error type is [`Infallible`].
-//!
-//! An error *response* of the inner service gets the JSON body too, so every error a client sees
-//! has one shape: a response with status 400 or above whose `Content-Type` is not JSON
-//! (`application/json` or `application/*+json`) is answered with the chassis body instead, with
-//! the same status and headers. That covers what a framework answers on its own: axum's
-//! rejections (invalid JSON 400, missing content type 415, unparsable path parameter 400,
-//! undeserialisable body 422), its router's empty 404 and 405 (the `Allow` header stays), and a
-//! handler's plain-text error. The code follows from the status
-//! ([`code_for_status`](crate::error::code_for_status): `bad_request`,
-//! `unsupported_media_type`, `not_found`, `method_not_allowed`, ...); the message is the
-//! response's `text/plain` body when it is a 4xx and the body is ready (axum's text, such as
-//! `Failed to parse the request body as JSON: ...`), else the status's reason phrase. The text
-//! of a 5xx is logged at ERROR rather than sent, as it may describe internals. A JSON error body
-//! the handler wrote itself (an [`ApiError`], its own JSON) is left alone. A success response
-//! costs one comparison of its status.
-//!
-//! It is the innermost chassis layer of the [standard stack](super::StandardLayers), so the
-//! outer layers trace, count and log the status it produced.
-//!
-//! The [server](crate::server::Server) applies the same rewrite to every response it sends,
-//! as a safety net for what bypasses this layer (an axum fallback added after
-//! `Router::layer`, a router nested outside the stack): the body then has no trace id, as
-//! there is no request span outside the stack. Errors hyper answers itself, before any
-//! service runs (a malformed request head, header fields over hyper's own limits), get the
-//! body too; see the server's docs.
-//!
-//! # Example
-//! ```
-//! use chassis_http::layers::error_response::ErrorResponseLayer;
-//! use std::time::Duration;
-//! use tower::{ServiceBuilder, ServiceExt, service_fn};
-//!
-//! # #[tokio::main(flavor = "current_thread")]
-//! # async fn main() {
-//! let svc = ServiceBuilder::new().layer(ErrorResponseLayer::new()).service(service_fn(
-//!     |_req: http::Request<()>| async {
-//!         Err::<http::Response<String>, _>(chassis_core::Error::circuit_open(
-//!             "payments".into(),
-//!             Duration::from_secs(5),
-//!         ))
-//!     },
-//! ));
-//! let res = svc.oneshot(http::Request::new(())).await.unwrap();
-//! assert_eq!(res.status(), 503);
-//! assert_eq!(res.headers()["retry-after"], "5");
-//! # }
-//! ```
+//! Errors and error responses as the chassis answers them (the JSON error body), for the
+//! [guard](super::guard)'s error-response part and the server's safety net.
 
-use std::convert::Infallible;
-use std::fmt;
-use std::future::Future;
-use std::pin::{Pin, pin};
-use std::task::{Context, Poll, Waker, ready};
+use std::pin::pin;
+use std::task::{Context, Poll, Waker};
 
 use bytes::Bytes;
-use http::{HeaderMap, Request, Response, header};
-use pin_project_lite::pin_project;
-use tower_layer::Layer;
-use tower_service::Service;
+use http::{HeaderMap, Response, header};
 
 use crate::body::{Body, BoxError, boxed};
 use crate::error::ApiError;
 
-/// Layer adding [`ErrorResponseService`].
-#[derive(Debug, Clone, Default)]
-pub struct ErrorResponseLayer {
-    _priv: (),
-}
-
-impl ErrorResponseLayer {
-    /// The layer.
-    pub fn new() -> Self {
-        Self::default()
-    }
-}
-
-impl<S> Layer<S> for ErrorResponseLayer {
-    type Service = ErrorResponseService<S>;
-    fn layer(&self, inner: S) -> Self::Service {
-        ErrorResponseService {
-            inner,
-            not_ready: None,
-        }
-    }
-}
-
-/// Answers errors with the chassis error body; see the [module docs](self).
-pub struct ErrorResponseService<S> {
-    inner: S,
-    // The error `poll_ready` returned: `call` answers with it instead of calling `inner`.
-    not_ready: Option<BoxError>,
-}
-
-impl<S: Clone> Clone for ErrorResponseService<S> {
-    fn clone(&self) -> Self {
-        Self {
-            inner: self.inner.clone(),
-            not_ready: None,
-        }
-    }
-}
-
-impl<S: fmt::Debug> fmt::Debug for ErrorResponseService<S> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ErrorResponseService")
-            .field("inner", &self.inner)
-            .finish_non_exhaustive()
-    }
-}
-
-impl<S> ErrorResponseService<S> {
-    /// The wrapped service.
-    pub fn get_ref(&self) -> &S {
-        &self.inner
-    }
-    /// The wrapped service, mutably.
-    pub fn get_mut(&mut self) -> &mut S {
-        &mut self.inner
-    }
-    /// Unwraps the service.
-    pub fn into_inner(self) -> S {
-        self.inner
-    }
-}
-
+/// The error response for an error of the inner service (logged at ERROR when a 5xx).
 pub(crate) fn error_response(err: BoxError) -> Response<Body> {
     let api = ApiError::from_box_error(&err);
     if api.status().is_server_error() {
@@ -140,7 +20,7 @@ pub(crate) fn error_response(err: BoxError) -> Response<Body> {
 }
 
 /// The inner service's response as the chassis answers it: boxed, and with the JSON error
-/// body if it is an error response without a JSON body (see the [module docs](self)).
+/// body if it is an error response without a JSON body (see the [guard](super::guard)).
 #[inline]
 pub(crate) fn finish<B>(response: Response<B>) -> Response<Body>
 where
@@ -242,90 +122,6 @@ fn ready_text<B: http_body::Body<Data = Bytes>>(body: B) -> Option<String> {
     };
     let text = text.trim();
     (!text.is_empty()).then(|| text.to_owned())
-}
-
-impl<S, ReqB, ResB> Service<Request<ReqB>> for ErrorResponseService<S>
-where
-    S: Service<Request<ReqB>, Response = Response<ResB>>,
-    S::Error: Into<BoxError>,
-    ResB: http_body::Body<Data = Bytes> + Send + 'static,
-    ResB::Error: Into<BoxError>,
-{
-    type Response = Response<Body>;
-    type Error = Infallible;
-    type Future = ResponseFuture<S::Future>;
-
-    #[inline]
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        match ready!(self.inner.poll_ready(cx)) {
-            Ok(()) => Poll::Ready(Ok(())),
-            Err(err) => {
-                // The service cannot take the request; `call` answers for it.
-                self.not_ready = Some(err.into());
-                Poll::Ready(Ok(()))
-            }
-        }
-    }
-
-    #[inline]
-    fn call(&mut self, req: Request<ReqB>) -> Self::Future {
-        // NOTE: relies on `poll_ready` having stored its error, if it failed.
-        match self.not_ready.take() {
-            None => ResponseFuture {
-                state: State::Running {
-                    inner: self.inner.call(req),
-                },
-            },
-            Some(err) => ResponseFuture {
-                state: State::NotReady { err: Some(err) },
-            },
-        }
-    }
-}
-
-pin_project! {
-    /// Response future of [`ErrorResponseService`].
-    pub struct ResponseFuture<F> {
-        #[pin]
-        state: State<F>,
-    }
-}
-
-pin_project! {
-    #[project = StateProj]
-    enum State<F> {
-        Running { #[pin] inner: F },
-        NotReady { err: Option<BoxError> },
-    }
-}
-
-impl<F> fmt::Debug for ResponseFuture<F> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ResponseFuture").finish_non_exhaustive()
-    }
-}
-
-impl<F, ResB, E> Future for ResponseFuture<F>
-where
-    F: Future<Output = Result<Response<ResB>, E>>,
-    E: Into<BoxError>,
-    ResB: http_body::Body<Data = Bytes> + Send + 'static,
-    ResB::Error: Into<BoxError>,
-{
-    type Output = Result<Response<Body>, Infallible>;
-
-    #[inline]
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        Poll::Ready(Ok(match self.project().state.project() {
-            StateProj::Running { inner } => match ready!(inner.poll(cx)) {
-                Ok(res) => finish(res),
-                Err(err) => error_response(err.into()),
-            },
-            StateProj::NotReady { err } => {
-                error_response(err.take().expect("polled after completion"))
-            }
-        }))
-    }
 }
 
 #[cfg(test)]

@@ -5,20 +5,15 @@
 //! Order, outermost first:
 //!
 //! 1. [`request_id`]: `x-request-id` propagated or generated, echoed on the response;
-//! 2. [`trace`]: trace context extraction and the server span;
-//! 3. [`metrics`]: `http_server_request_duration_seconds` and `http_server_active_requests`;
+//! 2. [`server_span`]: trace context extraction and the server span;
+//! 3. [`server_metrics`]: `http_server_request_duration_seconds` and `http_server_active_requests`;
 //! 4. [`access_log`]: one structured line per request (by default; every error and slow
 //!    request and 1 in N of the others when sampled);
-//! 5. [`catch_panic`]: a panicking handler becomes a 500;
-//! 6. [`timeout`]: 504 after the request timeout (default 30 s);
-//! 7. [`load_shed`]: 503 + `Retry-After` above `max_in_flight` concurrent requests (default 1024);
-//! 8. [`body_limit`]: 413 for bodies over the limit (default 2 MiB);
-//! 9. [`error_response`]: errors of the inner service become error responses, and its error
-//!    responses without a JSON body (axum's rejections, a router's 404/405) get the JSON body;
-//!
-//! [`StandardLayers`] runs layers 5 to 9 fused into one service, [`guard`] (same behaviour, one
-//! `call` and one response future instead of five); each stays a layer of its own for stacks
-//! built by hand.
+//! 5. [`guard`]: a panicking handler becomes a 500, a response head not ready after the request
+//!    timeout (default 30 s) a 504, a request above `max_in_flight` concurrent requests (default
+//!    1024) a 503 + `Retry-After`, a body over the limit (default 2 MiB) a 413; errors of the
+//!    inner service become error responses, and its error responses without a JSON body (axum's
+//!    rejections, a router's 404/405) get the JSON body;
 //!
 //! then whatever the application adds (service-token auth, its handlers).
 //!
@@ -67,21 +62,20 @@ use serde::Deserialize;
 use tower_layer::Layer;
 
 pub mod access_log;
-pub mod body_limit;
-pub mod catch_panic;
-pub mod error_response;
+mod body_limit;
+mod catch_panic;
+pub(crate) mod error_response;
 pub mod guard;
-pub mod load_shed;
-pub mod metrics;
+mod load_shed;
 pub mod request_id;
-pub mod timeout;
-pub mod trace;
+pub mod server_metrics;
+pub mod server_span;
 
 use access_log::{AccessLogConfig, AccessLogLayer, AccessLogService};
 use guard::{GuardLayer, GuardService};
-use metrics::{MetricsLayer, MetricsService};
 use request_id::{RequestIdLayer, RequestIdService};
-use trace::{TraceLayer, TraceService};
+use server_metrics::{ServerMetricsLayer, ServerMetricsService};
+use server_span::{ServerSpanLayer, ServerSpanService};
 
 /// The route template that matched a request (`/orders/{id}`), as a request extension.
 ///
@@ -230,7 +224,7 @@ impl Default for StandardLayersConfig {
 pub struct StandardLayers {
     request_id: RequestIdLayer,
     access_log: AccessLogLayer,
-    /// Layers 5 to 9, fused; holds the concurrency counter every produced service shares.
+    /// Holds the concurrency counter every produced service shares.
     guard: GuardLayer,
     config: StandardLayersConfig,
 }
@@ -264,12 +258,7 @@ impl StandardLayers {
         Self {
             request_id: RequestIdLayer::new(),
             access_log: AccessLogLayer::from_config(config.access_log),
-            guard: GuardLayer::new(
-                config.timeout,
-                config.max_in_flight,
-                config.retry_after,
-                config.body_limit,
-            ),
+            guard: GuardLayer::from_config(&config),
             config,
         }
     }
@@ -277,29 +266,28 @@ impl StandardLayers {
     /// Request timeout. Defaults to 30 s.
     pub fn timeout(mut self, timeout: Duration) -> Self {
         self.config.timeout = timeout;
-        self.guard.set_timeout(timeout);
+        self.guard = self.guard.timeout(timeout);
         self
     }
 
     /// Maximum request body size in bytes. Defaults to 2 MiB.
     pub fn body_limit(mut self, limit: usize) -> Self {
         self.config.body_limit = limit;
-        self.guard.set_body_limit(limit);
+        self.guard = self.guard.body_limit(limit);
         self
     }
 
     /// Maximum concurrent requests; more are shed with 503. Defaults to 1024.
     pub fn max_in_flight(mut self, max: usize) -> Self {
         self.config.max_in_flight = max;
-        let c = &self.config;
-        self.guard = GuardLayer::new(c.timeout, max, c.retry_after, c.body_limit);
+        self.guard = self.guard.max_in_flight(max);
         self
     }
 
     /// `Retry-After` of shed requests. Defaults to 1 s.
     pub fn retry_after(mut self, retry_after: Duration) -> Self {
         self.config.retry_after = retry_after;
-        self.guard.set_retry_after(retry_after);
+        self.guard = self.guard.retry_after(retry_after);
         self
     }
 
@@ -333,10 +321,9 @@ impl StandardLayers {
     }
 }
 
-/// The service [`StandardLayers`] wraps an application in: layers 5 to 9 run fused, as one
-/// [`GuardService`] (same behaviour, one `call` and one future instead of five; see [`guard`]).
+/// The service [`StandardLayers`] wraps an application in.
 pub type StandardService<S> =
-    RequestIdService<TraceService<MetricsService<AccessLogService<GuardService<S>>>>>;
+    RequestIdService<ServerSpanService<ServerMetricsService<AccessLogService<GuardService<S>>>>>;
 
 impl<S> Layer<S> for StandardLayers {
     type Service = StandardService<S>;
@@ -344,8 +331,8 @@ impl<S> Layer<S> for StandardLayers {
     fn layer(&self, inner: S) -> Self::Service {
         let inner = self.guard.layer(inner);
         let inner = self.access_log.layer(inner);
-        let inner = MetricsLayer::new().layer(inner);
-        let inner = TraceLayer::new().layer(inner);
+        let inner = ServerMetricsLayer::new().layer(inner);
+        let inner = ServerSpanLayer::new().layer(inner);
         self.request_id.layer(inner)
     }
 }

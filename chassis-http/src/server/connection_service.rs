@@ -21,7 +21,7 @@
 //! - **Error bodies.** A response of 400 or above without a JSON body (an axum fallback or
 //!   405 that bypassed [`StandardLayers`](crate::layers::StandardLayers), a router nested
 //!   outside them, a plain `service_fn`) gets the chassis JSON error body, exactly as
-//!   [`error_response`](crate::layers::error_response) would give it. Outside the stack there
+//!   the [guard](crate::layers::guard) would give it. Outside the stack there
 //!   is no request span, so its `traceId` is `null`; behind `StandardLayers` the error layer
 //!   has already answered with the trace id, and this check costs one comparison.
 //!

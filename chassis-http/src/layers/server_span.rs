@@ -1,7 +1,7 @@
 //! Trace context extraction and the server span, following the OpenTelemetry HTTP semantic
 //! conventions.
 //!
-//! For every request [`TraceService`] reads the W3C `traceparent`/`tracestate`/`baggage`
+//! For every request [`ServerSpanService`] reads the W3C `traceparent`/`tracestate`/`baggage`
 //! headers (with [`chassis_observability::propagation::extract_context`]), opens an INFO span
 //! with target `chassis_http::server` whose OpenTelemetry parent is the remote context, and runs
 //! the inner service inside it. Span fields:
@@ -31,12 +31,12 @@
 //!
 //! # Example
 //! ```
-//! use chassis_http::layers::trace::TraceLayer;
+//! use chassis_http::layers::server_span::ServerSpanLayer;
 //! use tower::{ServiceBuilder, ServiceExt, service_fn};
 //!
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() {
-//! let svc = ServiceBuilder::new().layer(TraceLayer::new()).service(service_fn(
+//! let svc = ServiceBuilder::new().layer(ServerSpanLayer::new()).service(service_fn(
 //!     |_req: http::Request<()>| async {
 //!         // Errors built here carry the caller's trace id.
 //!         let trace_id = chassis_http::error::current_trace_id();
@@ -75,46 +75,35 @@ use crate::error::REQUEST_TRACE_ID;
 /// Target of the server span.
 pub const SPAN_TARGET: &str = "chassis_http::server";
 
-/// Layer adding [`TraceService`].
+/// Layer adding [`ServerSpanService`].
 #[derive(Debug, Clone, Default)]
-pub struct TraceLayer {
+pub struct ServerSpanLayer {
     _priv: (),
 }
 
-impl TraceLayer {
+impl ServerSpanLayer {
     /// The layer.
     pub fn new() -> Self {
         Self::default()
     }
 }
 
-impl<S> Layer<S> for TraceLayer {
-    type Service = TraceService<S>;
+impl<S> Layer<S> for ServerSpanLayer {
+    type Service = ServerSpanService<S>;
     fn layer(&self, inner: S) -> Self::Service {
-        TraceService { inner }
+        ServerSpanService { inner }
     }
 }
 
 /// Extracts the trace context and runs the request in a server span; see the
 /// [module docs](self).
 #[derive(Debug, Clone)]
-pub struct TraceService<S> {
+pub struct ServerSpanService<S> {
     inner: S,
 }
 
-impl<S> TraceService<S> {
-    /// The wrapped service.
-    pub fn get_ref(&self) -> &S {
-        &self.inner
-    }
-    /// The wrapped service, mutably.
-    pub fn get_mut(&mut self) -> &mut S {
-        &mut self.inner
-    }
-    /// Unwraps the service.
-    pub fn into_inner(self) -> S {
-        self.inner
-    }
+impl<S> ServerSpanService<S> {
+    chassis_core::__define_inner_service_accessors!();
 }
 
 fn server_address<B>(req: &Request<B>) -> Option<&str> {
@@ -177,7 +166,7 @@ pub(crate) fn server_span<B>(req: &Request<B>) -> Span {
     span
 }
 
-impl<S, ReqB, ResB> Service<Request<ReqB>> for TraceService<S>
+impl<S, ReqB, ResB> Service<Request<ReqB>> for ServerSpanService<S>
 where
     S: Service<Request<ReqB>, Response = Response<ResB>>,
 {
@@ -224,7 +213,7 @@ where
 }
 
 pin_project! {
-    /// Response future of [`TraceService`].
+    /// Response future of [`ServerSpanService`].
     pub struct ResponseFuture<F> {
         #[pin]
         inner: Inner<F>,

@@ -15,7 +15,7 @@
 //! Duration is measured until the response head is ready (streamed bodies are not included).
 //!
 //! The metric handles are resolved once per (method, route, status) and recorder, then reused
-//! by every clone of the service made from one [`MetricsLayer`]: a request costs two atomic
+//! by every clone of the service made from one [`ServerMetricsLayer`]: a request costs two atomic
 //! updates and a read-locked map lookup instead of building label keys and looking them up
 //! in the recorder's registry twice. If the recorder in effect changes (a thread-local
 //! recorder in a test), the cache starts over; recorders are told apart by address, so a
@@ -26,12 +26,12 @@
 //!
 //! # Example
 //! ```
-//! use chassis_http::layers::metrics::MetricsLayer;
+//! use chassis_http::layers::server_metrics::ServerMetricsLayer;
 //! use tower::{ServiceBuilder, ServiceExt, service_fn};
 //!
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() {
-//! let svc = ServiceBuilder::new().layer(MetricsLayer::new()).service(service_fn(
+//! let svc = ServiceBuilder::new().layer(ServerMetricsLayer::new()).service(service_fn(
 //!     |_req: http::Request<()>| async { Ok::<_, std::convert::Infallible>(http::Response::new(())) },
 //! ));
 //! let res = svc.oneshot(http::Request::new(())).await.unwrap();
@@ -115,7 +115,7 @@ impl Resolved {
     }
 }
 
-/// The handle cache shared by the services of one [`MetricsLayer`]; see the
+/// The handle cache shared by the services of one [`ServerMetricsLayer`]; see the
 /// [module docs](self).
 #[derive(Default)]
 struct Handles {
@@ -207,29 +207,29 @@ impl Handles {
     }
 }
 
-/// Layer adding [`MetricsService`]. The services it makes share one cache of metric handles.
+/// Layer adding [`ServerMetricsService`]. The services it makes share one cache of metric handles.
 #[derive(Clone, Default)]
-pub struct MetricsLayer {
+pub struct ServerMetricsLayer {
     handles: Arc<Handles>,
 }
 
-impl fmt::Debug for MetricsLayer {
+impl fmt::Debug for ServerMetricsLayer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("MetricsLayer").finish_non_exhaustive()
+        f.debug_struct("ServerMetricsLayer").finish_non_exhaustive()
     }
 }
 
-impl MetricsLayer {
+impl ServerMetricsLayer {
     /// The layer.
     pub fn new() -> Self {
         Self::default()
     }
 }
 
-impl<S> Layer<S> for MetricsLayer {
-    type Service = MetricsService<S>;
+impl<S> Layer<S> for ServerMetricsLayer {
+    type Service = ServerMetricsService<S>;
     fn layer(&self, inner: S) -> Self::Service {
-        MetricsService {
+        ServerMetricsService {
             inner,
             handles: self.handles.clone(),
         }
@@ -238,35 +238,24 @@ impl<S> Layer<S> for MetricsLayer {
 
 /// Records the RED metrics of each request; see the [module docs](self).
 #[derive(Clone)]
-pub struct MetricsService<S> {
+pub struct ServerMetricsService<S> {
     inner: S,
     handles: Arc<Handles>,
 }
 
-impl<S: fmt::Debug> fmt::Debug for MetricsService<S> {
+impl<S: fmt::Debug> fmt::Debug for ServerMetricsService<S> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("MetricsService")
+        f.debug_struct("ServerMetricsService")
             .field("inner", &self.inner)
             .finish_non_exhaustive()
     }
 }
 
-impl<S> MetricsService<S> {
-    /// The wrapped service.
-    pub fn get_ref(&self) -> &S {
-        &self.inner
-    }
-    /// The wrapped service, mutably.
-    pub fn get_mut(&mut self) -> &mut S {
-        &mut self.inner
-    }
-    /// Unwraps the service.
-    pub fn into_inner(self) -> S {
-        self.inner
-    }
+impl<S> ServerMetricsService<S> {
+    chassis_core::__define_inner_service_accessors!();
 }
 
-impl<S, ReqB, ResB> Service<Request<ReqB>> for MetricsService<S>
+impl<S, ReqB, ResB> Service<Request<ReqB>> for ServerMetricsService<S>
 where
     S: Service<Request<ReqB>, Response = Response<ResB>>,
 {
@@ -317,7 +306,7 @@ struct Pending {
 }
 
 pin_project! {
-    /// Response future of [`MetricsService`].
+    /// Response future of [`ServerMetricsService`].
     pub struct ResponseFuture<F> {
         #[pin]
         inner: F,
@@ -368,7 +357,7 @@ mod tests {
 
     #[tokio::test]
     async fn cached_handles_follow_the_recorder_in_effect() {
-        let svc = MetricsLayer::new().layer(service_fn(|req: Request<()>| async move {
+        let svc = ServerMetricsLayer::new().layer(service_fn(|req: Request<()>| async move {
             let status = if req.uri().path() == "/missing" {
                 404
             } else {
