@@ -20,14 +20,10 @@
 //! 4. of the other requests, 1 in [`sample`](AccessLogConfig::sample) is logged: `1` (the
 //!    default) logs every one, `0` none.
 //!
-//! **The default is one line per request** (`sample = 1`). An access log that drops requests
-//! surprises whoever searches it for one (a 200 with the wrong data is a request too), and the
-//! line is not what makes a traced request expensive: measured on 2026-12-06 with the telemetry
-//! as shipped (`benches/README.md`, "HTTP server"), the line is about a quarter of the chassis
-//! stack's instructions per request (38 000 with it, 30 000 without, bare hyper 8 500), and the
-//! server span is most of the rest. A busy service whose successful requests are already
-//! counted by the RED metrics and kept in traces can sample them (`ACCESS_LOG_SAMPLE=100`) and
-//! still get every error and every slow request.
+//! **The default is one line per request** (`sample = 1`): an access log that drops requests
+//! surprises whoever searches it for one (a 200 with the wrong data is a request too). A busy
+//! service whose successful requests are already counted by the RED metrics and kept in traces
+//! can sample them (`ACCESS_LOG_SAMPLE=100`) and still get every error and every slow request.
 //!
 //! The same settings come from the environment with [`AccessLogConfig::from_env`] (or
 //! [`StandardLayers::from_env`](super::StandardLayers::from_env)), so an operator tunes them per

@@ -16,8 +16,7 @@
 //!
 //! The metric handles are resolved once per (method, route, status) and recorder, then reused
 //! by every clone of the service made from one [`ServerMetricsLayer`]: a request costs two atomic
-//! updates and a read-locked map lookup instead of building label keys and looking them up
-//! in the recorder's registry twice. If the recorder in effect changes (a thread-local
+//! updates and a read-locked map lookup. If the recorder in effect changes (a thread-local
 //! recorder in a test), the cache starts over; recorders are told apart by address, so a
 //! recorder dropped and replaced by another at the same address is not noticed (use a fresh
 //! layer per recorder). Like any stored `metrics` handle, a cached one
