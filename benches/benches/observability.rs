@@ -34,7 +34,7 @@ use opentelemetry::trace::{
     SpanContext, SpanId, TraceContextExt as _, TraceFlags, TraceId, TraceState,
 };
 
-fn chassis_dispatch() -> (tracing::Dispatch, chassis_observability::TelemetryGuard) {
+fn chassis_dispatch() -> (tracing::Dispatch, chassis_observability::Telemetry) {
     Telemetry::builder(ServiceInfo::new("bench", "1.0.0"))
         .ignore_env()
         .log_filter("info")
@@ -44,7 +44,7 @@ fn chassis_dispatch() -> (tracing::Dispatch, chassis_observability::TelemetryGua
 }
 
 /// The chassis default output path: the batching writer, here over `io::sink`.
-fn chassis_batched_dispatch() -> (tracing::Dispatch, chassis_observability::TelemetryGuard) {
+fn chassis_batched_dispatch() -> (tracing::Dispatch, chassis_observability::Telemetry) {
     Telemetry::builder(ServiceInfo::new("bench", "1.0.0"))
         .ignore_env()
         .log_filter("info")

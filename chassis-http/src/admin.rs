@@ -4,7 +4,7 @@
 //! (`{"level":"info,orders=debug"}`) and `PUT` or `POST /admin/loggers` with a body
 //! `{"level":"info,orders=debug"}` by replacing it through a
 //! [`LogLevelHandle`] (from
-//! [`TelemetryGuard::log_level_handle`](chassis_observability::TelemetryGuard::log_level_handle)).
+//! [`Telemetry::log_level_handle`](chassis_observability::Telemetry::log_level_handle)).
 //! An invalid directive is a 400 with the chassis JSON error body and the old filter stays; other
 //! paths are 404, other methods 405.
 //!

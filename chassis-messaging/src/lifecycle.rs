@@ -54,7 +54,7 @@ use chassis_core::health::{BoxFuture, CheckOptions};
 use chassis_core::lifecycle::{Component, Context, Stage, task};
 
 use crate::amqp::connection::{Connection, ConnectionState};
-use crate::amqp::consumer::{Consumer, ConsumerConfig, ConsumerHandle, Handler};
+use crate::amqp::consumer::{Consumer, ConsumerConfig, Handler};
 use crate::amqp::publisher::Publish;
 use crate::amqp::topology::{QueueConfig, TopologyConfig};
 use crate::error::Error;
@@ -186,14 +186,14 @@ pub struct ConsumerComponent<H> {
     queue: Option<QueueConfig>,
     config: ConsumerConfig,
     handler: Option<H>,
-    handle: Option<ConsumerHandle>,
+    consumer: Option<Consumer>,
 }
 
 impl<H> std::fmt::Debug for ConsumerComponent<H> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ConsumerComponent")
             .field("name", &self.name)
-            .field("running", &self.handle.is_some())
+            .field("running", &self.consumer.is_some())
             .finish()
     }
 }
@@ -209,7 +209,7 @@ impl<H: Handler> ConsumerComponent<H> {
             queue: Some(queue),
             config,
             handler: Some(handler),
-            handle: None,
+            consumer: None,
         }
     }
 }
@@ -228,7 +228,7 @@ impl<H: Handler> Component for ConsumerComponent<H> {
             let (Some(queue), Some(handler)) = (self.queue.take(), self.handler.take()) else {
                 return Err("consumer started twice".into());
             };
-            self.handle = Some(Consumer::spawn(
+            self.consumer = Some(Consumer::spawn(
                 &self.conn,
                 queue,
                 self.config.clone(),
@@ -239,15 +239,15 @@ impl<H: Handler> Component for ConsumerComponent<H> {
     }
 
     fn stop_intake(&mut self) {
-        if let Some(handle) = &self.handle {
-            handle.stop_consuming();
+        if let Some(consumer) = &self.consumer {
+            consumer.stop_consuming();
         }
     }
 
     fn stop(&mut self, _deadline: Duration) -> BoxFuture<'_, Result<(), BoxError>> {
         Box::pin(async move {
-            if let Some(handle) = self.handle.take() {
-                handle.shutdown().await;
+            if let Some(consumer) = self.consumer.take() {
+                consumer.shutdown().await;
             }
             Ok(())
         })

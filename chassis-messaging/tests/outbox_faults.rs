@@ -57,9 +57,7 @@ use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
 use chassis_messaging::amqp::connection::{Connection, ConnectionConfig};
-use chassis_messaging::amqp::consumer::{
-    Consumer, ConsumerConfig, ConsumerHandle, Handler as _, Outcome,
-};
+use chassis_messaging::amqp::consumer::{Consumer, ConsumerConfig, Handler as _, Outcome};
 use chassis_messaging::amqp::incoming::IncomingMessage;
 #[cfg(feature = "postgres")]
 use chassis_messaging::amqp::publisher::{Publish, Routing};
@@ -132,7 +130,7 @@ struct Applier {
     _dir: tempfile::TempDir,
     pool: SqlitePool,
     deliveries: Arc<Mutex<HashMap<String, u32>>>,
-    consumer: ConsumerHandle,
+    consumer: Consumer,
 }
 
 impl Applier {

@@ -49,10 +49,7 @@ fn short_tiers() -> RetryPolicy {
 async fn forwarding_consumer(
     fx: &Fixture,
     config: ConsumerConfig,
-) -> (
-    chassis_messaging::amqp::consumer::ConsumerHandle,
-    mpsc::UnboundedReceiver<Envelope<Payload>>,
-) {
+) -> (Consumer, mpsc::UnboundedReceiver<Envelope<Payload>>) {
     let (tx, rx) = mpsc::unbounded_channel();
     let handle = Consumer::start(
         &fx.conn,

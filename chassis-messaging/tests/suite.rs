@@ -55,7 +55,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use chassis_messaging::amqp::consumer::{Consumer, ConsumerConfig, ConsumerHandle, Outcome};
+use chassis_messaging::amqp::consumer::{Consumer, ConsumerConfig, Outcome};
 use chassis_messaging::amqp::incoming::{ATTEMPT_HEADER, FAILURE_REASON_HEADER};
 use chassis_messaging::amqp::publisher::{Publisher, PublisherConfig};
 use chassis_messaging::amqp::topology::{QueueConfig, RetryPolicy};
@@ -91,7 +91,7 @@ async fn start_consumer(
     queue: &QueueConfig,
     config: ConsumerConfig,
     handler: impl chassis_messaging::amqp::consumer::Handler,
-) -> ConsumerHandle {
+) -> Consumer {
     Consumer::start(conn, queue.clone(), config, handler)
         .await
         .expect("start consumer")

@@ -5,8 +5,9 @@
 //! propagation, and Prometheus metrics.
 //!
 //! ## Layout
-//! - [`telemetry`]: [`Telemetry::builder`] → [`TelemetryGuard`]; `init()` installs everything
-//!   globally, `build()` returns a subscriber for tests.
+//! - [`telemetry`]: [`Telemetry::builder`] gives a [`TelemetryBuilder`] whose `init()` installs
+//!   everything globally and returns the running [`Telemetry`]; `build()` returns a subscriber
+//!   for tests.
 //! - [`config`]: [`TelemetryConfig`] (serde) and the `LOG_FORMAT` / `RUST_LOG` / `OTEL_*`
 //!   environment variables, including the OTLP headers and TLS files.
 //! - [`logging`]: the JSON line layer (service identity + `trace_id`/`span_id` on every line,
@@ -107,7 +108,7 @@ pub mod trace;
 pub use config::{LogFormat, TelemetryConfig};
 pub use error::{Error, ErrorKind};
 pub use redact::{Redacted, Secret};
-pub use telemetry::{Telemetry, TelemetryBuilder, TelemetryGuard};
+pub use telemetry::{Telemetry, TelemetryBuilder};
 
 // The README's example is compiled and run as a doctest, so the crate's front page stays true.
 #[cfg(doctest)]

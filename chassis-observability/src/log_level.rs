@@ -1,7 +1,7 @@
 //! Changing the log filter at run time (an actuator-style `/loggers` endpoint).
 //!
 //! Telemetry keeps its [`EnvFilter`] behind a `tracing_subscriber::reload` layer;
-//! [`TelemetryGuard::log_level_handle`](crate::TelemetryGuard::log_level_handle) hands out a
+//! [`Telemetry::log_level_handle`](crate::Telemetry::log_level_handle) hands out a
 //! cloneable [`LogLevelHandle`] that reads the filter in effect and replaces it. An invalid
 //! directive is refused with [`ErrorKind::InvalidConfig`](crate::ErrorKind::InvalidConfig) and
 //! the old filter stays; a new filter applies to every callsite at once (the callsite interest

@@ -6,9 +6,9 @@
 //! `http_server_request_duration_seconds`: the catalogue holds each name as Prometheus exposes
 //! it, unit suffix and `_total` included, derived from the OpenTelemetry name as [`names`]
 //! describes);
-//! [`Telemetry::init`](crate::Telemetry) installs a [`PrometheusRecorder`] as the global recorder
-//! and the guard's [`prometheus_handle`](crate::TelemetryGuard::prometheus_handle) renders the
-//! text exposition that chassis-http serves at `/metrics`. No HTTP listener of the exporter is
+//! [`TelemetryBuilder::init`](crate::TelemetryBuilder::init) installs a [`PrometheusRecorder`]
+//! as the global recorder and [`Telemetry::prometheus_handle`](crate::Telemetry::prometheus_handle)
+//! renders the text exposition that chassis-http serves at `/metrics`. No HTTP listener of the exporter is
 //! used (metrics-exporter-prometheus is built without default features).
 //!
 //! Histograms are true Prometheus histograms with the configured buckets

@@ -7,7 +7,7 @@
 //! `/v1/metrics` of the collector (`OTEL_EXPORTER_OTLP_METRICS_ENDPOINT`, or
 //! `OTEL_EXPORTER_OTLP_ENDPOINT` plus `/v1/metrics`), with the same resource, headers and TLS as
 //! the span exporter. The Prometheus endpoint keeps working as before; a last export runs on
-//! [`TelemetryGuard::shutdown`](crate::TelemetryGuard::shutdown).
+//! [`Telemetry::shutdown`](crate::Telemetry::shutdown).
 //!
 //! # Why a snapshot of the Prometheus recorder
 //!

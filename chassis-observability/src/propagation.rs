@@ -135,8 +135,9 @@ const KNOWN_FLAGS: u8 = 0x03;
 static PROPAGATOR: LazyLock<TextMapCompositePropagator> = LazyLock::new(text_map_propagator);
 
 /// A fresh composite propagator: W3C Trace Context ([`W3CTraceContextPropagator`]) followed by
-/// W3C Baggage. `Telemetry::init` installs one as OpenTelemetry's global propagator so third-party
-/// instrumentation propagates the same way; this module's functions do not need that.
+/// W3C Baggage. [`TelemetryBuilder::init`](crate::TelemetryBuilder::init) installs one as
+/// OpenTelemetry's global propagator so third-party instrumentation propagates the same way;
+/// this module's functions do not need that.
 ///
 /// With the `sentry` feature a third one follows: `sentry::SentryTracePropagator` writes
 /// `sentry-trace` beside `traceparent` and reads it when no valid `traceparent` came.

@@ -15,7 +15,7 @@
 //!   panic message in the field `panic`, which becomes the event's exception (type `panic`, the
 //!   message as its value), so each distinct panic is an issue of its own (no stack trace: the
 //!   panic was caught and unwound before it was logged);
-//! - [`TelemetryGuard::shutdown`](crate::TelemetryGuard::shutdown) (and, best effort, dropping the
+//! - [`Telemetry::shutdown`](crate::Telemetry::shutdown) (and, best effort, dropping the
 //!   guard) sends what is still queued before the service exits.
 //!
 //! Without a DSN nothing is set up: no thread, no layer, no request.
@@ -103,7 +103,7 @@ const TARGET: &str = "chassis_observability::sentry";
 const USER_AGENT: &str = concat!("chassis-observability/", env!("CARGO_PKG_VERSION"));
 
 /// The Sentry side of a running telemetry pipeline: the hub the chassis layer reports to. Get it
-/// from [`TelemetryGuard::sentry`](crate::TelemetryGuard::sentry) to capture events by hand or
+/// from [`Telemetry::sentry`](crate::Telemetry::sentry) to capture events by hand or
 /// to configure the scope (a user, more tags).
 #[derive(Clone)]
 pub struct SentryHandle {

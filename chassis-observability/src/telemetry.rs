@@ -42,24 +42,6 @@ use crate::redact::Secret;
 use crate::trace::{ExportStats, build_tracer_provider};
 use crate::{Error, ErrorKind};
 
-/// Entry point: `Telemetry::builder(service_info)`.
-#[derive(Debug, Clone, Copy)]
-pub struct Telemetry;
-
-impl Telemetry {
-    /// A builder for the given service, with [`TelemetryConfig::default`] and the environment
-    /// read at build time.
-    pub fn builder(service: ServiceInfo) -> TelemetryBuilder {
-        TelemetryBuilder {
-            service,
-            config: TelemetryConfig::default(),
-            use_env: true,
-            output: Output::Stdout,
-            install_recorder: true,
-        }
-    }
-}
-
 enum Output {
     Stdout,
     NonBlocking(Box<dyn io::Write + Send + 'static>),
@@ -204,7 +186,7 @@ impl TelemetryBuilder {
 
     /// Log lines go to `writer` through the chassis [`BatchWriter`]: a bounded buffer written in
     /// batches by a background thread; a full buffer drops lines (counted in
-    /// [`TelemetryGuard::dropped_log_lines`] and `log_lines_dropped_total`) instead of blocking the
+    /// [`Telemetry::dropped_log_lines`] and `log_lines_dropped_total`) instead of blocking the
     /// service. Defaults to stdout, the same way.
     pub fn writer(mut self, writer: impl io::Write + Send + 'static) -> Self {
         self.output = Output::NonBlocking(Box::new(writer));
@@ -224,15 +206,15 @@ impl TelemetryBuilder {
 
     /// Builds everything without touching global state: the subscriber as a [`Dispatch`] (use it
     /// with [`tracing::dispatcher::with_default`] or [`tracing::dispatcher::set_global_default`])
-    /// and the guard. The Prometheus recorder stays in the guard
-    /// ([`TelemetryGuard::metrics_recorder`]). With an OTLP endpoint, call it inside a tokio
+    /// and the [`Telemetry`]. The Prometheus recorder stays in it
+    /// ([`Telemetry::metrics_recorder`]). With an OTLP endpoint, call it inside a tokio
     /// runtime.
     ///
     /// Fails with [`ErrorKind::InvalidConfig`] for an invalid setting or a malformed
     /// `OTEL_EXPORTER_OTLP_HEADERS`, and with [`ErrorKind::Tls`] for a TLS file (CA bundle, client
     /// certificate or key) that cannot be used; export failures later (collector down, TLS
     /// handshake refused) are not errors here: they are logged once and counted.
-    pub fn build(self) -> Result<(Dispatch, TelemetryGuard), Error> {
+    pub fn build(self) -> Result<(Dispatch, Telemetry), Error> {
         let TelemetryBuilder {
             mut service,
             mut config,
@@ -361,7 +343,7 @@ impl TelemetryBuilder {
 
         #[cfg_attr(not(feature = "sentry"), allow(unused_mut))]
         let mut layers = vec![otel_layer, fmt_layer];
-        // Sentry (feature `sentry`): a layer of its own, and a handle the guard flushes last.
+        // Sentry (feature `sentry`): a layer of its own, and a handle `Telemetry` flushes last.
         #[cfg(feature = "sentry")]
         let sentry = crate::sentry::start(&service, &config.sentry)?.map(|(layer, handle)| {
             layers.push(layer);
@@ -406,7 +388,7 @@ impl TelemetryBuilder {
 
         Ok((
             dispatch,
-            TelemetryGuard {
+            Telemetry {
                 service,
                 log_level: crate::log_level::LogLevelHandle::new(filter_handle),
                 #[cfg(feature = "otlp-http")]
@@ -429,12 +411,12 @@ impl TelemetryBuilder {
 
     /// Builds everything and installs it process-wide: the global `tracing` subscriber (plus the
     /// `log` bridge), the global OpenTelemetry tracer provider and propagator (W3C Trace Context +
-    /// Baggage), and, unless disabled, the global `metrics` recorder. Keep the returned guard
-    /// alive; call [`TelemetryGuard::shutdown`] at the end.
+    /// Baggage), and, unless disabled, the global `metrics` recorder. Keep the returned
+    /// [`Telemetry`] alive; call [`Telemetry::shutdown`] at the end.
     ///
     /// Fails with [`ErrorKind::GlobalSubscriberExists`] / [`ErrorKind::GlobalRecorderExists`]
     /// (changing nothing) when another subscriber/recorder is installed, so it is safe in tests.
-    pub fn init(self) -> Result<TelemetryGuard, Error> {
+    pub fn init(self) -> Result<Telemetry, Error> {
         use tracing_subscriber::util::SubscriberInitExt as _;
         if tracing::dispatcher::has_been_set() {
             return Err(Error::new(ErrorKind::GlobalSubscriberExists));
@@ -565,12 +547,13 @@ fn resolve_identity(service: &mut ServiceInfo, config: &TelemetryConfig) {
     }
 }
 
-/// Keeps telemetry running; flushes it on [`shutdown`](Self::shutdown) or, best effort, on drop.
+/// Running telemetry, started with [`Telemetry::builder`]`(..).init()`; flushes it on
+/// [`shutdown`](Self::shutdown) or, best effort, on drop.
 ///
-/// Dropping the guard writes the buffered log lines (waiting at most 2 s) and tries to flush spans for at most 2 s on a
-/// helper thread (not at all when dropped on a current-thread runtime, where waiting would
+/// Dropping it writes the buffered log lines (waiting at most 2 s) and tries to flush spans for
+/// at most 2 s on a helper thread (not at all when dropped on a current-thread runtime, where waiting would
 /// deadlock the exporter task). Prefer `shutdown(deadline).await`.
-pub struct TelemetryGuard {
+pub struct Telemetry {
     service: ServiceInfo,
     log_level: crate::log_level::LogLevelHandle,
     #[cfg(feature = "otlp-http")]
@@ -592,9 +575,9 @@ pub struct TelemetryGuard {
     done: bool,
 }
 
-impl std::fmt::Debug for TelemetryGuard {
+impl std::fmt::Debug for Telemetry {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TelemetryGuard")
+        f.debug_struct("Telemetry")
             .field("service", &self.service)
             .field("exporting", &self.exporting)
             .field("stats", &self.stats)
@@ -602,7 +585,20 @@ impl std::fmt::Debug for TelemetryGuard {
     }
 }
 
-impl TelemetryGuard {
+impl Telemetry {
+    /// A builder for the given service, with [`TelemetryConfig::default`] and the environment
+    /// read at build time; its [`init`](TelemetryBuilder::init) returns the running
+    /// [`Telemetry`].
+    pub fn builder(service: ServiceInfo) -> TelemetryBuilder {
+        TelemetryBuilder {
+            service,
+            config: TelemetryConfig::default(),
+            use_env: true,
+            output: Output::Stdout,
+            install_recorder: true,
+        }
+    }
+
     /// The service identity in effect (after `OTEL_SERVICE_NAME` / `OTEL_RESOURCE_ATTRIBUTES`).
     pub fn service(&self) -> &ServiceInfo {
         &self.service
@@ -622,7 +618,7 @@ impl TelemetryGuard {
         self.recorder.as_ref()
     }
 
-    /// Takes the not-installed recorder out of the guard (see [`metrics_recorder`](Self::metrics_recorder)).
+    /// Takes the not-installed recorder out of the telemetry (see [`metrics_recorder`](Self::metrics_recorder)).
     pub fn take_metrics_recorder(&mut self) -> Option<PrometheusRecorder> {
         self.recorder.take()
     }
@@ -647,7 +643,7 @@ impl TelemetryGuard {
     }
 
     /// A cloneable handle reading and replacing the log filter, for an admin endpoint that
-    /// outlives borrows of the guard.
+    /// outlives borrows of the [`Telemetry`].
     pub fn log_level_handle(&self) -> crate::log_level::LogLevelHandle {
         self.log_level.clone()
     }
@@ -715,7 +711,7 @@ impl TelemetryGuard {
     /// Flushes and stops: queued spans are exported (within `deadline`), the exporter is shut
     /// down, buffered log lines are written. Returns [`ErrorKind::ShutdownTimedOut`] when the
     /// deadline passed first (spans still queued are lost; the service can exit anyway). In a
-    /// service run by [`App`](chassis_core::lifecycle::App), register the guard as a component
+    /// service run by [`App`](chassis_core::lifecycle::App), register it as a component
     /// instead: the app flushes it last.
     pub async fn shutdown(mut self, deadline: Duration) -> Result<(), Error> {
         self.close(deadline).await
@@ -779,10 +775,10 @@ impl TelemetryGuard {
 }
 
 /// The telemetry pipeline as a lifecycle component: nothing to start (it runs from
-/// [`Telemetry::init`](crate::Telemetry)), flushed and stopped in
+/// [`TelemetryBuilder::init`]), flushed and stopped in
 /// [`Stage::Telemetry`](chassis_core::lifecycle::Stage::Telemetry), the last stage, so the
 /// shutdown's own logs and spans are exported.
-impl chassis_core::lifecycle::Component for TelemetryGuard {
+impl chassis_core::lifecycle::Component for Telemetry {
     fn name(&self) -> &str {
         "telemetry"
     }
@@ -830,7 +826,7 @@ async fn run_blocking(
     }
 }
 
-impl Drop for TelemetryGuard {
+impl Drop for Telemetry {
     fn drop(&mut self) {
         if self.done {
             return;

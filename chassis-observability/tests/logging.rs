@@ -17,7 +17,7 @@ fn capture(
     filter: &str,
 ) -> (
     tracing::Dispatch,
-    chassis_observability::TelemetryGuard,
+    chassis_observability::Telemetry,
     CaptureWriter,
 ) {
     let logs = CaptureWriter::new();

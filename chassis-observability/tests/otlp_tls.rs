@@ -15,7 +15,7 @@ use bytes::Bytes;
 use chassis_core::ServiceInfo;
 use chassis_observability::config::{OtlpTlsConfig, TelemetryConfig};
 use chassis_observability::logging::CaptureWriter;
-use chassis_observability::{ErrorKind, Telemetry, TelemetryGuard};
+use chassis_observability::{ErrorKind, Telemetry};
 use http_body_util::{BodyExt as _, Full};
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
@@ -301,7 +301,7 @@ struct TelemetryGuardStats {
     dropped: u64,
 }
 
-async fn finish(guard: TelemetryGuard) -> TelemetryGuardStats {
+async fn finish(guard: Telemetry) -> TelemetryGuardStats {
     let stats = guard.export_stats();
     let result = tokio::time::timeout(
         Duration::from_secs(15),

@@ -12,7 +12,7 @@ use chassis_observability::config::{SentryConfig, TelemetryConfig};
 use chassis_observability::propagation::{
     HeaderExtractor, HeaderInjector, extract_context, inject_current,
 };
-use chassis_observability::{Secret, Telemetry, TelemetryGuard};
+use chassis_observability::{Secret, Telemetry};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
@@ -125,7 +125,7 @@ fn config(dsn: Option<String>) -> TelemetryConfig {
     }
 }
 
-fn build(config: TelemetryConfig) -> (tracing::Dispatch, TelemetryGuard) {
+fn build(config: TelemetryConfig) -> (tracing::Dispatch, Telemetry) {
     Telemetry::builder(service())
         .ignore_env()
         .config(config)

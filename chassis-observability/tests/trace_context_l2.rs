@@ -18,7 +18,7 @@ fn service(
     filter: &str,
 ) -> (
     tracing::Dispatch,
-    chassis_observability::TelemetryGuard,
+    chassis_observability::Telemetry,
     CaptureWriter,
 ) {
     let logs = CaptureWriter::new();

@@ -407,7 +407,7 @@ impl Connection {
     }
 
     /// Closes the connection (after consumers were shut down, see
-    /// `ConsumerHandle::shutdown`) and stops
+    /// [`Consumer::shutdown`](crate::amqp::consumer::Consumer::shutdown)) and stops
     /// reconnecting. Idempotent.
     pub async fn close(&self) {
         self.shared.shutdown.cancel();

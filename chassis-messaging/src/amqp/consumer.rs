@@ -273,7 +273,7 @@ pub struct ConsumerConfig {
     /// Handlers running at once. Defaults to 16.
     #[serde(default = "default_concurrency")]
     pub concurrency: usize,
-    /// How long [`ConsumerHandle::shutdown`] lets in-flight handlers finish. Defaults to 30 s.
+    /// How long [`Consumer::shutdown`] lets in-flight handlers finish. Defaults to 30 s.
     #[serde(with = "humantime_serde", default = "default_shutdown_timeout")]
     pub shutdown_timeout: Duration,
     /// Publisher settings for retry and dead-letter republishing.
@@ -357,46 +357,16 @@ impl ConsumerConfig {
     }
 }
 
-/// Starts consumers; see the module docs.
-#[derive(Debug)]
-pub struct Consumer;
-
-/// A running consumer. Dropping it does not stop it; call [`shutdown`](Self::shutdown). In a
-/// service run by [`App`](chassis_core::lifecycle::App), use
+/// A running consumer of one queue, started with [`start`](Self::start) or
+/// [`spawn`](Self::spawn); see the module docs. Dropping it does not stop it; call
+/// [`shutdown`](Self::shutdown). In a service run by [`App`](chassis_core::lifecycle::App), use
 /// [`ConsumerComponent`](crate::lifecycle::ConsumerComponent), which the app stops with the
 /// other intakes.
 #[derive(Debug)]
-pub struct ConsumerHandle {
+pub struct Consumer {
     queue: String,
     cancel: CancellationToken,
     task: JoinHandle<()>,
-}
-
-impl ConsumerHandle {
-    /// The queue consumed.
-    pub fn queue(&self) -> &str {
-        &self.queue
-    }
-
-    /// Whether the consumer stopped (shut down, or its connection was closed).
-    pub fn is_finished(&self) -> bool {
-        self.task.is_finished()
-    }
-
-    /// Stops consuming (`basic.cancel`) without waiting: no new delivery starts, in-flight
-    /// handlers go on, and [`shutdown`](Self::shutdown) then waits for them (deliveries
-    /// prefetched but not started return to the queue when the channel closes). A lifecycle runner calls this on every intake before draining any.
-    pub fn stop_consuming(&self) {
-        self.cancel.cancel();
-    }
-
-    /// Stops consuming (`basic.cancel`), lets in-flight handlers finish (bounded by
-    /// [`ConsumerConfig::shutdown_timeout`]; their acks still go out), then closes the channel:
-    /// deliveries prefetched but not started return to the queue.
-    pub async fn shutdown(self) {
-        self.cancel.cancel();
-        let _ = self.task.await;
-    }
 }
 
 struct Ctx {
@@ -420,13 +390,13 @@ impl Consumer {
         queue: QueueConfig,
         config: ConsumerConfig,
         handler: impl Handler,
-    ) -> Result<ConsumerHandle, Error> {
+    ) -> Result<Self, Error> {
         let (tx, rx) = oneshot::channel();
-        let handle = Self::launch(conn, queue, config, handler, Some(tx))?;
+        let consumer = Self::launch(conn, queue, config, handler, Some(tx))?;
         match rx.await {
-            Ok(Ok(())) => Ok(handle),
+            Ok(Ok(())) => Ok(consumer),
             Ok(Err(e)) => {
-                handle.shutdown().await;
+                consumer.shutdown().await;
                 Err(e)
             }
             Err(_) => Err(Error::shutdown()),
@@ -445,7 +415,7 @@ impl Consumer {
         queue: QueueConfig,
         config: ConsumerConfig,
         handler: impl Handler,
-    ) -> Result<ConsumerHandle, Error> {
+    ) -> Result<Self, Error> {
         Self::launch(conn, queue, config, handler, None)
     }
 
@@ -455,7 +425,7 @@ impl Consumer {
         config: ConsumerConfig,
         handler: impl Handler,
         first: Option<oneshot::Sender<Result<(), Error>>>,
-    ) -> Result<ConsumerHandle, Error> {
+    ) -> Result<Self, Error> {
         if config.concurrency == 0 || config.prefetch == 0 {
             return Err(Error::invalid_config(
                 "consumer: concurrency and prefetch must be positive",
@@ -476,11 +446,37 @@ impl Consumer {
             cancel.clone(),
             first,
         ));
-        Ok(ConsumerHandle {
+        Ok(Self {
             queue: ctx.queue.name.clone(),
             cancel,
             task,
         })
+    }
+
+    /// The queue consumed.
+    pub fn queue(&self) -> &str {
+        &self.queue
+    }
+
+    /// Whether the consumer stopped (shut down, or its connection was closed).
+    pub fn is_finished(&self) -> bool {
+        self.task.is_finished()
+    }
+
+    /// Stops consuming (`basic.cancel`) without waiting: no new delivery starts, in-flight
+    /// handlers go on, and [`shutdown`](Self::shutdown) then waits for them (deliveries
+    /// prefetched but not started return to the queue when the channel closes). A lifecycle
+    /// runner calls this on every intake before draining any.
+    pub fn stop_consuming(&self) {
+        self.cancel.cancel();
+    }
+
+    /// Stops consuming (`basic.cancel`), lets in-flight handlers finish (bounded by
+    /// [`ConsumerConfig::shutdown_timeout`]; their acks still go out), then closes the channel:
+    /// deliveries prefetched but not started return to the queue.
+    pub async fn shutdown(self) {
+        self.cancel.cancel();
+        let _ = self.task.await;
     }
 }
 

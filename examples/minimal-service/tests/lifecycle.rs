@@ -9,7 +9,6 @@ use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use chassis_messaging::amqp::consumer::ConsumerHandle;
 use chassis_messaging::{
     Connection, ConnectionConfig, Consumer, ConsumerConfig, ExchangeConfig, IncomingMessage,
     Outcome, QueueConfig, TopologyConfig,
@@ -59,7 +58,7 @@ async fn serves_writes_while_the_broker_is_away_and_catches_up_when_it_returns()
 
 /// Records the message id of every `greeting.created` the broker routes, beside the
 /// service's own consumer: a message published twice would show here twice.
-async fn audit(conn: &Connection, prefix: &str) -> (Arc<Mutex<Vec<String>>>, ConsumerHandle) {
+async fn audit(conn: &Connection, prefix: &str) -> (Arc<Mutex<Vec<String>>>, Consumer) {
     let exchange = format!("{prefix}minimal.events");
     let queue = QueueConfig::new(format!("{prefix}audit")).bind(&exchange, "greeting.created");
     let topology = TopologyConfig::new()

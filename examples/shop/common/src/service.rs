@@ -20,7 +20,7 @@ use chassis_messaging::{
     Connection, ConnectionConfig, ConsumerConfig, ExchangeConfig, QueueConfig, TopologyConfig,
     Unroutable,
 };
-use chassis_observability::{Telemetry, TelemetryGuard};
+use chassis_observability::Telemetry;
 
 use crate::db::Db;
 use crate::events::{COMMANDS_EXCHANGE, EVENTS_EXCHANGE};
@@ -84,7 +84,7 @@ pub fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
 /// The chassis telemetry (logs, traces, the Prometheus recorder) of a shop service, with
 /// [`LATENCY_BUCKETS`] for every histogram, and the shop's own two histograms described (their
 /// `# HELP` and unit), as the chassis describes its own.
-pub fn telemetry(info: ServiceInfo) -> Result<TelemetryGuard, BoxError> {
+pub fn telemetry(info: ServiceInfo) -> Result<Telemetry, BoxError> {
     let guard = Telemetry::builder(info)
         .histogram_buckets(LATENCY_BUCKETS)
         .init()?;
