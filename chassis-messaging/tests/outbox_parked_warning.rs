@@ -31,20 +31,10 @@ fn warnings(capture: &CaptureWriter) -> usize {
 #[tokio::test(flavor = "current_thread")]
 async fn parked_warning_is_logged_once_per_change_of_the_count() {
     let capture = CaptureWriter::new();
-    let (dispatch, _telemetry) = chassis_observability::Telemetry::builder(
-        chassis_core::ServiceInfo::new("outbox-parked-warning-test", "1.0.0"),
-    )
-    .ignore_env()
-    .make_writer(capture.clone())
-    .build()
-    .unwrap();
-    // Global, in a test binary of its own: a thread-local default subscriber races with other
-    // tests' threads over tracing's per-callsite interest cache.
-    tracing::dispatcher::set_global_default(dispatch).expect("the only subscriber");
+    let _telemetry = global_telemetry("outbox-parked-warning-test", capture.clone());
 
     let dir = tempfile::tempdir().unwrap();
-    let outbox = SqliteOutbox::new(sqlite_pool(&dir).await);
-    outbox.migrate().await.unwrap();
+    let outbox = sqlite_outbox(&dir).await;
     let broker = Broker::new("sqlite-parked-warning").await;
     // Routed to no queue on a retrying exchange, and parked at the first failure.
     let poison = |seq| {

@@ -26,20 +26,11 @@ async fn relay_continues_the_trace_of_the_span_that_enqueued() {
     use tracing::Instrument as _;
     use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 
-    let (dispatch, _telemetry) = chassis_observability::Telemetry::builder(
-        chassis_core::ServiceInfo::new("outbox-trace-test", "1.0.0"),
-    )
-    .ignore_env()
-    .make_writer(chassis_observability::logging::CaptureWriter::new())
-    .build()
-    .unwrap();
-    // Global, in a test binary of its own: a thread-local default subscriber races with other
-    // tests' threads over tracing's per-callsite interest cache.
-    tracing::dispatcher::set_global_default(dispatch).expect("the only subscriber");
+    let logs = chassis_observability::logging::CaptureWriter::new();
+    let _telemetry = global_telemetry("outbox-trace-test", logs);
 
     let dir = tempfile::tempdir().unwrap();
-    let outbox = SqliteOutbox::new(sqlite_pool(&dir).await);
-    outbox.migrate().await.unwrap();
+    let outbox = sqlite_outbox(&dir).await;
     let broker = Broker::new("sqlite-trace").await;
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(u64, TraceId, SpanId)>();
     let consumer = Consumer::start(

@@ -55,7 +55,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use chassis_messaging::amqp::consumer::{Consumer, ConsumerConfig, Outcome};
+use chassis_messaging::amqp::consumer::{Consumer, ConsumerConfig, ConsumerHandle, Outcome};
 use chassis_messaging::amqp::incoming::{ATTEMPT_HEADER, FAILURE_REASON_HEADER};
 use chassis_messaging::amqp::publisher::{Publisher, PublisherConfig};
 use chassis_messaging::amqp::topology::{QueueConfig, RetryPolicy};
@@ -91,7 +91,7 @@ async fn start_consumer(
     queue: &QueueConfig,
     config: ConsumerConfig,
     handler: impl chassis_messaging::amqp::consumer::Handler,
-) -> Consumer {
+) -> ConsumerHandle {
     Consumer::start(conn, queue.clone(), config, handler)
         .await
         .expect("start consumer")
@@ -107,11 +107,105 @@ fn batch(topic: &Topic, case: &str, n: u64) -> Vec<chassis_messaging::OutgoingMe
         .collect()
 }
 
+/// Publishes `n` messages with ids prefixed `prefix` on the topic's exchange, 500 at a time,
+/// none retried; returns the ids the broker confirmed.
+async fn publish_confirmed(topic: &Topic, prefix: &str, n: u64) -> HashSet<String> {
+    let stats = Published::default();
+    publish_all(
+        &publisher(topic),
+        batch(topic, prefix, n),
+        500,
+        false,
+        &stats,
+    )
+    .await
+}
+
 fn fill(summary: &mut Summary, tally: &Tally, started: Instant) {
     summary.redeliveries = tally.count(&tally.redelivered);
     summary.retries = tally.count(&tally.retried);
     summary.duplicates_delivered = tally.duplicates_delivered();
     summary.seconds = started.elapsed().as_secs_f64();
+}
+
+/// One case on its topic with one consuming service (`svc`): the effect database and the
+/// tally its consumers share, and what the case's summary line needs.
+struct Run<'t> {
+    topic: &'t Topic,
+    case: &'static str,
+    n: u64,
+    started: Instant,
+    effects: Effects,
+    tally: Arc<Tally>,
+}
+
+impl<'t> Run<'t> {
+    async fn new(topic: &'t Topic, case: &'static str, n: u64, started: Instant) -> Self {
+        Self {
+            topic,
+            case,
+            n,
+            started,
+            effects: Effects::new().await,
+            tally: Tally::new(),
+        }
+    }
+
+    /// A consumer of the topic's first queue on `conn`, applying each message to `svc`'s
+    /// effects as `worker` unless `decide` says otherwise.
+    async fn consumer_on(
+        &self,
+        conn: &chassis_messaging::Connection,
+        worker: &str,
+        config: ConsumerConfig,
+        decide: Decide,
+    ) -> ConsumerHandle {
+        let handler = applying(&self.effects, "svc", worker, self.tally.clone(), decide);
+        start_consumer(conn, self.topic.queue(), config, handler).await
+    }
+
+    /// [`Run::consumer_on`] the topic's own connection.
+    async fn consumer(
+        &self,
+        worker: &str,
+        config: ConsumerConfig,
+        decide: Decide,
+    ) -> ConsumerHandle {
+        self.consumer_on(&self.topic.conn, worker, config, decide)
+            .await
+    }
+
+    /// The case's `n` messages, ids prefixed `prefix`, published and confirmed.
+    async fn publish(&self, prefix: &str) -> HashSet<String> {
+        publish_confirmed(self.topic, prefix, self.n).await
+    }
+
+    /// Waits until `count` effects of `svc` were applied, within the case's time limit.
+    async fn wait_applied(&self, count: u64) -> u64 {
+        self.effects
+            .wait_applied("svc", count, within(self.n))
+            .await
+    }
+
+    /// Checks that exactly `expected` were applied, once each, and returns the case's summary
+    /// with `faults` and the tally's delivery figures.
+    async fn applied_once(&self, faults: u64, expected: &HashSet<String>) -> Summary {
+        let mut s = Summary {
+            case: self.case,
+            messages: self.n,
+            faults,
+            ..Default::default()
+        };
+        fill(&mut s, &self.tally, self.started);
+        assert_applied_once(&mut s, &self.effects, "svc", expected).await;
+        s
+    }
+
+    /// How every case ends: no queue of the topic holds a message; the summary line printed.
+    async fn finish(&self, s: &Summary) {
+        self.topic.assert_depths(&[]).await;
+        s.print_with_log(&self.topic.name);
+    }
 }
 
 /// TestPublishSubscribe: every confirmed message is consumed and its effect applied once.
@@ -120,42 +214,19 @@ async fn publish_subscribe() {
     let n = messages();
     let started = Instant::now();
     on_topic("publish-subscribe", vec![("q", plain())], async |topic| {
-        let effects = Effects::new().await;
-        let tally = Tally::new();
-        let consumer = start_consumer(
-            &topic.conn,
-            topic.queue(),
-            ConsumerConfig::default(),
-            applying(&effects, "svc", "w1", tally.clone(), always_apply()),
-        )
-        .await;
-        let stats = Published::default();
-        let confirmed = publish_all(
-            &publisher(topic),
-            batch(topic, "pubsub", n),
-            500,
-            false,
-            &stats,
-        )
-        .await;
+        let run = Run::new(topic, "publish_subscribe", n, started).await;
+        let consumer = run
+            .consumer("w1", ConsumerConfig::default(), always_apply())
+            .await;
+        let confirmed = run.publish("pubsub").await;
         assert_eq!(confirmed.len() as u64, n);
-        effects.wait_applied("svc", n, within(n)).await;
+        run.wait_applied(n).await;
         consumer.shutdown().await;
 
-        let mut s = Summary {
-            case: "publish_subscribe",
-            messages: n,
-            ..Default::default()
-        };
-        fill(&mut s, &tally, started);
-        assert_applied_once(&mut s, &effects, "svc", &confirmed).await;
-        assert_eq!(
-            tally.unique_ids(),
-            confirmed,
-            "consumed-unique == confirmed"
-        );
-        topic.assert_depths(&[]).await;
-        s.print_with_log(&topic.name);
+        let s = run.applied_once(0, &confirmed).await;
+        let consumed = run.tally.unique_ids();
+        assert_eq!(consumed, confirmed, "consumed-unique == confirmed");
+        run.finish(&s).await;
     })
     .await;
 }
@@ -170,33 +241,17 @@ async fn concurrent_subscribe() {
         "concurrent-subscribe",
         vec![("q", plain())],
         async |topic| {
-            let effects = Effects::new().await;
-            let tally = Tally::new();
+            let run = Run::new(topic, "concurrent_subscribe", n, started).await;
             let mut consumers = Vec::new();
             let mut conns = Vec::new();
             for w in ["w1", "w2", "w3"] {
                 let conn = topic.connection(w).await;
-                consumers.push(
-                    start_consumer(
-                        &conn,
-                        topic.queue(),
-                        ConsumerConfig::default().prefetch(50).concurrency(8),
-                        applying(&effects, "svc", w, tally.clone(), always_apply()),
-                    )
-                    .await,
-                );
+                let config = ConsumerConfig::default().prefetch(50).concurrency(8);
+                consumers.push(run.consumer_on(&conn, w, config, always_apply()).await);
                 conns.push(conn);
             }
-            let stats = Published::default();
-            let confirmed = publish_all(
-                &publisher(topic),
-                batch(topic, "concurrent", n),
-                500,
-                false,
-                &stats,
-            )
-            .await;
-            effects.wait_applied("svc", n, within(n)).await;
+            let confirmed = run.publish("concurrent").await;
+            run.wait_applied(n).await;
             for c in consumers {
                 c.shutdown().await;
             }
@@ -204,23 +259,16 @@ async fn concurrent_subscribe() {
                 c.close().await;
             }
 
-            let mut s = Summary {
-                case: "concurrent_subscribe",
-                messages: n,
-                ..Default::default()
-            };
-            fill(&mut s, &tally, started);
-            assert_applied_once(&mut s, &effects, "svc", &confirmed).await;
-            assert_eq!(tally.unique_ids(), confirmed);
-            let by_worker = effects.by_worker("svc").await;
+            let s = run.applied_once(0, &confirmed).await;
+            assert_eq!(run.tally.unique_ids(), confirmed);
+            let by_worker = run.effects.by_worker("svc").await;
             for w in ["w1", "w2", "w3"] {
                 assert!(
                     by_worker.get(w).copied().unwrap_or(0) > 0,
                     "consumer {w} applied nothing: {by_worker:?}"
                 );
             }
-            topic.assert_depths(&[]).await;
-            s.print_with_log(&topic.name);
+            run.finish(&s).await;
         },
     )
     .await;
@@ -237,52 +285,58 @@ async fn resend_on_error() {
         q.retry(RetryPolicy::with_delays([Duration::from_millis(200)]).max_attempts(3))
     });
     on_topic("resend-on-error", vec![("q", tiers)], async |topic| {
-        let effects = Effects::new().await;
-        let tally = Tally::new();
+        let run = Run::new(topic, "resend_on_error", n, started).await;
         let fails = |seq: i64| seq % 3 == 0;
         let decide: Decide = Arc::new(move |msg| {
             let (_, seq) = body_of(msg);
             (fails(seq) && msg.attempt() == 1)
                 .then(|| Outcome::retry(format!("transient failure of seq {seq}")))
         });
-        let consumer = start_consumer(
-            &topic.conn,
-            topic.queue(),
-            ConsumerConfig::default(),
-            applying(&effects, "svc", "w1", tally.clone(), decide),
-        )
-        .await;
-        let stats = Published::default();
-        let confirmed = publish_all(
-            &publisher(topic),
-            batch(topic, "resend", n),
-            500,
-            false,
-            &stats,
-        )
-        .await;
-        effects.wait_applied("svc", n, within(n)).await;
+        let consumer = run.consumer("w1", ConsumerConfig::default(), decide).await;
+        let confirmed = run.publish("resend").await;
+        run.wait_applied(n).await;
         consumer.shutdown().await;
 
-        let mut s = Summary {
-            case: "resend_on_error",
-            messages: n,
-            faults: (0..n as i64).filter(|i| fails(*i)).count() as u64,
-            ..Default::default()
-        };
-        fill(&mut s, &tally, started);
-        assert_applied_once(&mut s, &effects, "svc", &confirmed).await;
+        let faults = (0..n as i64).filter(|i| fails(*i)).count() as u64;
+        let s = run.applied_once(faults, &confirmed).await;
         for seq in 0..n as i64 {
             let id = format!("resend-s-{seq}");
-            let seen = tally.seen(&id).expect("delivered");
+            let seen = run.tally.seen(&id).expect("delivered");
             let want: &[u32] = if fails(seq) { &[1, 2] } else { &[1] };
             assert_eq!(seen.attempts, want, "attempts of {id}");
         }
         assert_eq!(s.retries, s.faults, "one retry per failed first attempt");
-        topic.assert_depths(&[]).await;
-        s.print_with_log(&topic.name);
+        run.finish(&s).await;
     })
     .await;
+}
+
+/// The messages on `queue`, taken off it one by one (each acked), as `(message id, headers)`.
+async fn drain(topic: &Topic, queue: &str) -> Vec<(String, lapin::types::FieldTable)> {
+    let ch = topic.conn.create_channel().await.unwrap();
+    let mut out = Vec::new();
+    while let Some(m) = ch
+        .basic_get(queue.into(), BasicGetOptions::default())
+        .await
+        .unwrap()
+    {
+        let headers = m.delivery.properties.headers().clone().unwrap_or_default();
+        let id = m
+            .delivery
+            .properties
+            .message_id()
+            .as_ref()
+            .map(|s| s.as_str().to_owned())
+            .unwrap_or_default();
+        m.delivery
+            .acker
+            .ack(BasicAckOptions::default())
+            .await
+            .unwrap();
+        out.push((id, headers));
+    }
+    let _ = ch.close(200, "done".into()).await;
+    out
 }
 
 /// TestContinueAfterErrors, with a poison queue: one message in ten always fails (an error
@@ -302,8 +356,7 @@ async fn continue_after_errors() {
     });
     silence_panics("provoked: poison seq");
     on_topic("continue-after-errors", vec![("q", tiers)], async |topic| {
-        let effects = Effects::new().await;
-        let tally = Tally::new();
+        let run = Run::new(topic, "continue_after_errors", n, started).await;
         let poison = |seq: i64| seq % 10 == 0;
         let decide: Decide = Arc::new(move |msg| {
             let (_, seq) = body_of(msg);
@@ -312,31 +365,15 @@ async fn continue_after_errors() {
             }
             poison(seq).then(|| Outcome::retry(format!("poison seq {seq}")))
         });
-        let consumer = start_consumer(
-            &topic.conn,
-            topic.queue(),
-            ConsumerConfig::default(),
-            applying(&effects, "svc", "w1", tally.clone(), decide),
-        )
-        .await;
-        let stats = Published::default();
-        let confirmed = publish_all(
-            &publisher(topic),
-            batch(topic, "errors", n),
-            500,
-            false,
-            &stats,
-        )
-        .await;
+        let consumer = run.consumer("w1", ConsumerConfig::default(), decide).await;
+        let confirmed = run.publish("errors").await;
         let is_poison = |seq: i64| poison(seq) || seq % 100 == 50;
         let poisoned: HashSet<String> = (0..n as i64)
             .filter(|s| is_poison(*s))
             .map(|s| format!("errors-s-{s}"))
             .collect();
         let healthy: HashSet<String> = confirmed.difference(&poisoned).cloned().collect();
-        effects
-            .wait_applied("svc", healthy.len() as u64, within(n))
-            .await;
+        run.wait_applied(healthy.len() as u64).await;
         let dlq = topic.queue().dead_letter_queue();
         let deadline = Instant::now() + within(n);
         while topic.depth(&dlq).await < poisoned.len() as u32 && Instant::now() < deadline {
@@ -344,17 +381,14 @@ async fn continue_after_errors() {
         }
         consumer.shutdown().await;
 
-        let mut s = Summary {
-            case: "continue_after_errors",
-            messages: n,
-            faults: poisoned.len() as u64,
-            ..Default::default()
-        };
-        fill(&mut s, &tally, started);
-        assert_applied_once(&mut s, &effects, "svc", &healthy).await;
-        assert_eq!(tally.unique_ids(), confirmed, "every message was consumed");
+        let s = run.applied_once(poisoned.len() as u64, &healthy).await;
+        assert_eq!(
+            run.tally.unique_ids(),
+            confirmed,
+            "every message was consumed"
+        );
         for id in &poisoned {
-            let seen = tally.seen(id).expect("delivered");
+            let seen = run.tally.seen(id).expect("delivered");
             assert_eq!(seen.attempts, [1, 2, 3], "attempts of {id}");
         }
         topic
@@ -362,21 +396,8 @@ async fn continue_after_errors() {
             .await;
 
         // The dead-letter queue holds exactly the poison messages, each with its reason.
-        let ch = topic.conn.create_channel().await.unwrap();
         let mut dead = HashSet::new();
-        while let Some(m) = ch
-            .basic_get(dlq.as_str().into(), BasicGetOptions::default())
-            .await
-            .unwrap()
-        {
-            let headers = m.delivery.properties.headers().clone().unwrap_or_default();
-            let id = m
-                .delivery
-                .properties
-                .message_id()
-                .as_ref()
-                .map(|s| s.as_str().to_owned())
-                .unwrap_or_default();
+        for (id, headers) in drain(topic, &dlq).await {
             let reason = match headers.inner().get(FAILURE_REASON_HEADER) {
                 Some(AMQPValue::LongString(s)) => {
                     String::from_utf8_lossy(s.as_bytes()).into_owned()
@@ -393,19 +414,33 @@ async fn continue_after_errors() {
                 headers.inner().get(ATTEMPT_HEADER),
                 Some(&AMQPValue::LongLongInt(i64::from(MAX_ATTEMPTS)))
             );
-            m.delivery
-                .acker
-                .ack(BasicAckOptions::default())
-                .await
-                .unwrap();
             assert!(dead.insert(id), "dead-lettered twice");
         }
-        let _ = ch.close(200, "done".into()).await;
         assert_eq!(dead, poisoned, "the DLQ holds exactly the poison messages");
-        topic.assert_depths(&[]).await;
-        s.print_with_log(&topic.name);
+        run.finish(&s).await;
     })
     .await;
+}
+
+/// The broker's address as a socket address (`localhost` as `127.0.0.1`), for a proxy to it.
+fn broker_addr(url: &str) -> std::net::SocketAddr {
+    let uri: lapin::uri::AMQPUri = url.parse().expect("AMQP url");
+    let host = if uri.authority.host == "localhost" {
+        "127.0.0.1".to_owned()
+    } else {
+        uri.authority.host.clone()
+    };
+    format!("{host}:{}", uri.authority.port)
+        .parse()
+        .expect("socket address")
+}
+
+/// Polls every 20 ms until `count` reaches `at_least`, for at most 30 s.
+async fn wait_count(count: impl Fn() -> u64, at_least: u64) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while count() < at_least && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 /// TestNoAck, with the consumer dying: consumer A takes 50 deliveries and holds them without
@@ -419,20 +454,9 @@ async fn no_ack() {
     let started = Instant::now();
     const HELD: u64 = 50;
     on_topic("no-ack", vec![("q", plain())], async |topic| {
-        let effects = Effects::new().await;
-        let tally = Tally::new();
-        let upstream = {
-            let uri: lapin::uri::AMQPUri = topic.url.parse().expect("AMQP url");
-            let host = if uri.authority.host == "localhost" {
-                "127.0.0.1".to_owned()
-            } else {
-                uri.authority.host.clone()
-            };
-            format!("{host}:{}", uri.authority.port)
-                .parse()
-                .expect("socket address")
-        };
-        let proxy = proxy::Proxy::start(upstream).await;
+        let run = Run::new(topic, "no_ack", n, started).await;
+        let tally = &run.tally;
+        let proxy = proxy::Proxy::start(broker_addr(&topic.url)).await;
         let a_conn = connect_to(&proxy.url(), &format!("{}.a", topic.name)).await;
         let gate = CancellationToken::new();
         let a = start_consumer(
@@ -441,36 +465,21 @@ async fn no_ack() {
             ConsumerConfig::default()
                 .prefetch(HELD as u16)
                 .concurrency(HELD as usize),
-            holding(&effects, "svc", "a", tally.clone(), gate.clone()),
+            holding(&run.effects, "svc", "a", tally.clone(), gate.clone()),
         )
         .await;
-        let stats = Published::default();
-        let confirmed = publish_all(
-            &publisher(topic),
-            batch(topic, "noack", n),
-            500,
-            false,
-            &stats,
-        )
-        .await;
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while tally.count(&tally.deliveries) < HELD && Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        let confirmed = run.publish("noack").await;
+        wait_count(|| tally.count(&tally.deliveries), HELD).await;
         // The prefetch window is full: the broker sends A nothing more.
         tokio::time::sleep(Duration::from_millis(300)).await;
         assert_eq!(tally.count(&tally.deliveries), HELD, "A holds its prefetch");
         let held = tally.unique_ids();
 
         proxy.cut();
-        let b = start_consumer(
-            &topic.conn,
-            topic.queue(),
-            ConsumerConfig::default(),
-            applying(&effects, "svc", "b", tally.clone(), always_apply()),
-        )
-        .await;
-        effects.wait_applied("svc", n, within(n)).await;
+        let b = run
+            .consumer("b", ConsumerConfig::default(), always_apply())
+            .await;
+        run.wait_applied(n).await;
         let redelivered = tally.redelivered_ids();
         assert!(
             held.is_subset(&redelivered),
@@ -478,37 +487,19 @@ async fn no_ack() {
         );
         // A's handlers finish late: the inbox finds B's effects and A's acks are skipped.
         gate.cancel();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while tally.count(&tally.finished) < n + HELD && Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        wait_count(|| tally.count(&tally.finished), n + HELD).await;
         assert_eq!(tally.count(&tally.finished), n + HELD);
         b.shutdown().await;
         a.shutdown().await;
         a_conn.close().await;
 
-        let mut s = Summary {
-            case: "no_ack",
-            messages: n,
-            faults: 1,
-            ..Default::default()
-        };
-        fill(&mut s, &tally, started);
-        assert_applied_once(&mut s, &effects, "svc", &confirmed).await;
+        let s = run.applied_once(1, &confirmed).await;
         assert_eq!(tally.unique_ids(), confirmed);
-        assert_eq!(
-            effects
-                .by_worker("svc")
-                .await
-                .get("a")
-                .copied()
-                .unwrap_or(0),
-            0,
-            "A's late handlers applied nothing"
-        );
+        let by_worker = run.effects.by_worker("svc").await;
+        let by_a = by_worker.get("a").copied().unwrap_or(0);
+        assert_eq!(by_a, 0, "A's late handlers applied nothing");
         assert!(s.duplicates_delivered >= HELD);
-        topic.assert_depths(&[]).await;
-        s.print_with_log(&topic.name);
+        run.finish(&s).await;
     })
     .await;
 }
@@ -524,8 +515,7 @@ async fn continue_after_subscribe_close() {
         "continue-after-close",
         vec![("q", plain())],
         async |topic| {
-            let effects = Effects::new().await;
-            let tally = Tally::new();
+            let run = Run::new(topic, "continue_after_subscribe_close", n, started).await;
             let stats = Arc::new(Published::default());
             let publishing = {
                 let publisher = publisher(topic);
@@ -537,21 +527,13 @@ async fn continue_after_subscribe_close() {
             let step = (n / 6).max(1);
             let deadline = Instant::now() + within(n);
             loop {
-                let (_, before) = effects.applied("svc").await;
-                let consumer = start_consumer(
-                    &topic.conn,
-                    topic.queue(),
-                    ConsumerConfig::default(),
-                    applying(
-                        &effects,
-                        "svc",
-                        &format!("w{shutdowns}"),
-                        tally.clone(),
-                        always_apply(),
-                    ),
-                )
-                .await;
-                let reached = effects
+                let (_, before) = run.effects.applied("svc").await;
+                let worker = format!("w{shutdowns}");
+                let consumer = run
+                    .consumer(&worker, ConsumerConfig::default(), always_apply())
+                    .await;
+                let reached = run
+                    .effects
                     .wait_applied("svc", (before + step).min(n), deadline - Instant::now())
                     .await;
                 consumer.shutdown().await;
@@ -562,21 +544,13 @@ async fn continue_after_subscribe_close() {
             }
             let confirmed = publishing.await.expect("publishing task");
 
-            let mut s = Summary {
-                case: "continue_after_subscribe_close",
-                messages: n,
-                faults: shutdowns,
-                ..Default::default()
-            };
-            fill(&mut s, &tally, started);
-            assert_applied_once(&mut s, &effects, "svc", &confirmed).await;
-            assert_eq!(tally.unique_ids(), confirmed);
+            let s = run.applied_once(shutdowns, &confirmed).await;
+            assert_eq!(run.tally.unique_ids(), confirmed);
             assert!(shutdowns >= 3, "consumers were closed mid-stream");
-            topic.assert_depths(&[]).await;
-            s.print_with_log(&topic.name);
+            run.finish(&s).await;
             // Each consumer acks its in-flight deliveries before its channel closes, so a
             // message handed to a handler twice here is worth a look (the inbox absorbed it).
-            for (id, by) in tally.duplicates(10) {
+            for (id, by) in run.tally.duplicates(10) {
                 println!("SUITE case={} duplicate: {id} delivered to {by:?}", s.case);
             }
         },
@@ -597,17 +571,12 @@ async fn publish_subscribe_in_order() {
     let started = Instant::now();
     const SUBJECTS: u64 = 20;
     on_topic("in-order", vec![("q", plain())], async |topic| {
-        let effects = Effects::new().await;
-        let tally = Tally::new();
-        let consumer = start_consumer(
-            &topic.conn,
-            topic.queue(),
-            ConsumerConfig::default().prefetch(1).concurrency(1),
-            applying(&effects, "svc", "w1", tally.clone(), always_apply()),
-        )
-        .await;
-        let publisher = publisher(topic);
         let per_subject = n / SUBJECTS;
+        let total = per_subject * SUBJECTS;
+        let run = Run::new(topic, "publish_subscribe_in_order", total, started).await;
+        let config = ConsumerConfig::default().prefetch(1).concurrency(1);
+        let consumer = run.consumer("w1", config, always_apply()).await;
+        let publisher = publisher(topic);
         let subjects = (0..SUBJECTS).map(|k| {
             let publisher = publisher.clone();
             let exchange = topic.exchange.clone();
@@ -627,19 +596,12 @@ async fn publish_subscribe_in_order() {
             .into_iter()
             .flatten()
             .collect();
-        let total = per_subject * SUBJECTS;
-        effects.wait_applied("svc", total, within(total)).await;
+        run.wait_applied(total).await;
         consumer.shutdown().await;
 
-        let mut s = Summary {
-            case: "publish_subscribe_in_order",
-            messages: total,
-            ..Default::default()
-        };
-        fill(&mut s, &tally, started);
-        assert_applied_once(&mut s, &effects, "svc", &confirmed).await;
+        let s = run.applied_once(0, &confirmed).await;
         let mut by_subject: BTreeMap<String, Vec<i64>> = BTreeMap::new();
-        for (subject, seq) in effects.in_applied_order("svc").await {
+        for (subject, seq) in run.effects.in_applied_order("svc").await {
             by_subject.entry(subject).or_default().push(seq);
         }
         assert_eq!(by_subject.len() as u64, SUBJECTS);
@@ -647,10 +609,44 @@ async fn publish_subscribe_in_order() {
         for (subject, seqs) in &by_subject {
             assert_eq!(seqs, &want, "order of subject {subject}");
         }
-        topic.assert_depths(&[]).await;
-        s.print_with_log(&topic.name);
+        run.finish(&s).await;
     })
     .await;
+}
+
+/// One consuming group of [`consumer_groups`]: its own effect database and tally.
+struct Group {
+    name: &'static str,
+    effects: Effects,
+    tally: Arc<Tally>,
+}
+
+impl Group {
+    async fn new(name: &'static str) -> Self {
+        Self {
+            name,
+            effects: Effects::new().await,
+            tally: Tally::new(),
+        }
+    }
+
+    /// A consumer of `queue` on `conn`, applying to this group's effects as `worker`.
+    async fn consumer(
+        &self,
+        conn: &chassis_messaging::Connection,
+        queue: &QueueConfig,
+        worker: &str,
+        config: ConsumerConfig,
+    ) -> ConsumerHandle {
+        let handler = applying(
+            &self.effects,
+            self.name,
+            worker,
+            self.tally.clone(),
+            always_apply(),
+        );
+        start_consumer(conn, queue, config, handler).await
+    }
 }
 
 /// TestConsumerGroups: two services, each with its own queue bound to the one exchange and
@@ -664,55 +660,24 @@ async fn consumer_groups() {
         "consumer-groups",
         vec![("billing", plain()), ("shipping", plain())],
         async |topic| {
-            let billing_db = Effects::new().await;
-            let shipping_db = Effects::new().await;
-            let billing_tally = Tally::new();
-            let shipping_tally = Tally::new();
-            let (billing, shipping) = (&topic.queues[0], &topic.queues[1]);
-            let mut consumers = vec![
-                start_consumer(
-                    &topic.conn,
-                    billing,
-                    ConsumerConfig::default(),
-                    applying(
-                        &billing_db,
-                        "billing",
-                        "b1",
-                        billing_tally.clone(),
-                        always_apply(),
-                    ),
-                )
-                .await,
-            ];
+            let billing = Group::new("billing").await;
+            let shipping = Group::new("shipping").await;
+            let (billing_q, shipping_q) = (&topic.queues[0], &topic.queues[1]);
+            let b1 = ConsumerConfig::default();
+            let mut consumers = vec![billing.consumer(&topic.conn, billing_q, "b1", b1).await];
             let shipping_conn = topic.connection("shipping").await;
             for w in ["s1", "s2"] {
+                let config = ConsumerConfig::default().prefetch(50).concurrency(8);
                 consumers.push(
-                    start_consumer(
-                        &shipping_conn,
-                        shipping,
-                        ConsumerConfig::default().prefetch(50).concurrency(8),
-                        applying(
-                            &shipping_db,
-                            "shipping",
-                            w,
-                            shipping_tally.clone(),
-                            always_apply(),
-                        ),
-                    )
-                    .await,
+                    shipping
+                        .consumer(&shipping_conn, shipping_q, w, config)
+                        .await,
                 );
             }
-            let stats = Published::default();
-            let confirmed = publish_all(
-                &publisher(topic),
-                batch(topic, "groups", n),
-                500,
-                false,
-                &stats,
-            )
-            .await;
-            billing_db.wait_applied("billing", n, within(n)).await;
-            shipping_db.wait_applied("shipping", n, within(n)).await;
+            let confirmed = publish_confirmed(topic, "groups", n).await;
+            for g in [&billing, &shipping] {
+                g.effects.wait_applied(g.name, n, within(n)).await;
+            }
             for c in consumers {
                 c.shutdown().await;
             }
@@ -723,21 +688,25 @@ async fn consumer_groups() {
                 messages: n,
                 ..Default::default()
             };
-            for t in [&billing_tally, &shipping_tally] {
-                assert_eq!(t.unique_ids(), confirmed, "every group gets every event");
+            for g in [&billing, &shipping] {
+                assert_eq!(
+                    g.tally.unique_ids(),
+                    confirmed,
+                    "every group gets every event"
+                );
             }
-            let both = |f: &dyn Fn(&Tally) -> u64| f(&billing_tally) + f(&shipping_tally);
+            let both = |f: &dyn Fn(&Tally) -> u64| f(&billing.tally) + f(&shipping.tally);
             s.redeliveries = both(&|t| t.count(&t.redelivered));
             s.retries = both(&|t| t.count(&t.retried));
             s.duplicates_delivered = both(&|t| t.duplicates_delivered());
             s.seconds = started.elapsed().as_secs_f64();
             let mut b = Summary::default();
-            assert_applied_once(&mut b, &billing_db, "billing", &confirmed).await;
-            assert_applied_once(&mut s, &shipping_db, "shipping", &confirmed).await;
+            assert_applied_once(&mut b, &billing.effects, "billing", &confirmed).await;
+            assert_applied_once(&mut s, &shipping.effects, "shipping", &confirmed).await;
             s.applied += b.applied;
             s.duplicates_applied += b.duplicates_applied;
             s.lost += b.lost;
-            let by_worker = shipping_db.by_worker("shipping").await;
+            let by_worker = shipping.effects.by_worker("shipping").await;
             assert!(
                 by_worker.get("s1").copied().unwrap_or(0) > 0
                     && by_worker.get("s2").copied().unwrap_or(0) > 0,
@@ -757,39 +726,19 @@ async fn new_subscriber_receives_old_messages() {
     let n = messages();
     let started = Instant::now();
     on_topic("backlog", vec![("q", plain())], async |topic| {
-        let effects = Effects::new().await;
-        let tally = Tally::new();
-        let stats = Published::default();
-        let confirmed = publish_all(
-            &publisher(topic),
-            batch(topic, "backlog", n),
-            500,
-            false,
-            &stats,
-        )
-        .await;
+        let run = Run::new(topic, "new_subscriber_receives_old_messages", n, started).await;
+        let confirmed = run.publish("backlog").await;
         let q = topic.queue().name.clone();
         topic.assert_depths(&[(q.as_str(), n as u32)]).await;
-        let consumer = start_consumer(
-            &topic.conn,
-            topic.queue(),
-            ConsumerConfig::default(),
-            applying(&effects, "svc", "w1", tally.clone(), always_apply()),
-        )
-        .await;
-        effects.wait_applied("svc", n, within(n)).await;
+        let consumer = run
+            .consumer("w1", ConsumerConfig::default(), always_apply())
+            .await;
+        run.wait_applied(n).await;
         consumer.shutdown().await;
 
-        let mut s = Summary {
-            case: "new_subscriber_receives_old_messages",
-            messages: n,
-            ..Default::default()
-        };
-        fill(&mut s, &tally, started);
-        assert_applied_once(&mut s, &effects, "svc", &confirmed).await;
-        assert_eq!(tally.unique_ids(), confirmed);
-        topic.assert_depths(&[]).await;
-        s.print_with_log(&topic.name);
+        let s = run.applied_once(0, &confirmed).await;
+        assert_eq!(run.tally.unique_ids(), confirmed);
+        run.finish(&s).await;
     })
     .await;
 }
@@ -844,16 +793,16 @@ async fn reconnect_on(node: Arc<chassis_testkit::RabbitNode>, n: u64, started: I
         chassis_messaging::amqp::topology::QueueType::Quorum,
         "a durable quorum queue"
     );
-    let effects = Effects::new().await;
-    let tally = Tally::new();
+    let run = Run::new(&topic, "reconnect", n, started).await;
     let consumer_conn = topic.connection("consumer").await;
-    let consumer = start_consumer(
-        &consumer_conn,
-        topic.queue(),
-        ConsumerConfig::default(),
-        applying(&effects, "svc", "w1", tally.clone(), always_apply()),
-    )
-    .await;
+    let consumer = run
+        .consumer_on(
+            &consumer_conn,
+            "w1",
+            ConsumerConfig::default(),
+            always_apply(),
+        )
+        .await;
 
     let stats = Arc::new(Published::default());
     let done = CancellationToken::new();
@@ -922,15 +871,12 @@ async fn reconnect_on(node: Arc<chassis_testkit::RabbitNode>, n: u64, started: I
         n,
         "every message was confirmed in the end"
     );
-    effects.wait_applied("svc", n, within(n) * 2).await;
+    run.effects.wait_applied("svc", n, within(n) * 2).await;
     // Copies published twice (a publish that failed after reaching the broker, then retried)
     // may still be queued behind the last original: let the consumer take them too.
     let drained = Instant::now() + Duration::from_secs(60);
     while Instant::now() < drained {
-        let node = node.clone();
-        let depths = tokio::task::spawn_blocking(move || node.queue_depths())
-            .await
-            .unwrap();
+        let depths = queue_depths(&node).await;
         if !depths.is_empty() && depths.iter().all(|(_, d)| *d == 0) {
             break;
         }
@@ -939,24 +885,13 @@ async fn reconnect_on(node: Arc<chassis_testkit::RabbitNode>, n: u64, started: I
     consumer.shutdown().await;
     consumer_conn.close().await;
 
-    let mut s = Summary {
-        case: "reconnect",
-        messages: n,
-        faults: injected.len() as u64,
-        publish_retries: stats.failed_attempts.load(Ordering::Relaxed),
-        ..Default::default()
-    };
-    fill(&mut s, &tally, started);
-    assert!(s.publish_retries > 0, "the faults hit the publishers");
-    assert_applied_once(&mut s, &effects, "svc", &confirmed).await;
-    assert_eq!(tally.unique_ids(), confirmed);
+    let publish_retries = stats.failed_attempts.load(Ordering::Relaxed);
+    assert!(publish_retries > 0, "the faults hit the publishers");
+    let mut s = run.applied_once(injected.len() as u64, &confirmed).await;
+    s.publish_retries = publish_retries;
+    assert_eq!(run.tally.unique_ids(), confirmed);
     // Nothing anywhere on the node: the work queue, its dead-letter queue and retry tier.
-    let depths = {
-        let node = node.clone();
-        tokio::task::spawn_blocking(move || node.queue_depths())
-            .await
-            .unwrap()
-    };
+    let depths = queue_depths(&node).await;
     let ours: HashSet<String> = topic.queue().all_queues().into_iter().collect();
     for (queue, depth) in &depths {
         assert!(ours.contains(queue), "unexpected queue {queue} on the node");
@@ -965,5 +900,14 @@ async fn reconnect_on(node: Arc<chassis_testkit::RabbitNode>, n: u64, started: I
     assert_eq!(depths.len(), ours.len(), "{depths:?}");
     println!("SUITE reconnect faults: {}", injected.join(" "));
     s.print_with_log(&topic.name);
+    drop(run);
     topic.cleanup().await;
+}
+
+/// The depth of every queue on `node`, asked off the async runtime (`rabbitmqctl` blocks).
+async fn queue_depths(node: &Arc<chassis_testkit::RabbitNode>) -> Vec<(String, u64)> {
+    let node = node.clone();
+    tokio::task::spawn_blocking(move || node.queue_depths())
+        .await
+        .unwrap()
 }

@@ -153,6 +153,32 @@ pub async fn sqlite_pool(dir: &tempfile::TempDir) -> SqlitePool {
         .expect("open sqlite")
 }
 
+/// A migrated SQLite outbox on a database file in `dir`.
+pub async fn sqlite_outbox(
+    dir: &tempfile::TempDir,
+) -> chassis_messaging::sql::outbox::SqliteOutbox {
+    let outbox = chassis_messaging::sql::outbox::SqliteOutbox::new(sqlite_pool(dir).await);
+    outbox.migrate().await.unwrap();
+    outbox
+}
+
+/// Installs the chassis subscriber of service `name`, its log written to `logs`, as the
+/// global default. Global, in a test binary of its own: a thread-local default subscriber
+/// races with other tests' threads over tracing's per-callsite interest cache.
+pub fn global_telemetry(
+    name: &str,
+    logs: chassis_observability::logging::CaptureWriter,
+) -> chassis_observability::TelemetryGuard {
+    let (dispatch, telemetry) =
+        chassis_observability::Telemetry::builder(chassis_core::ServiceInfo::new(name, "1.0.0"))
+            .ignore_env()
+            .make_writer(logs)
+            .build()
+            .unwrap();
+    tracing::dispatcher::set_global_default(dispatch).expect("the only subscriber");
+    telemetry
+}
+
 /// Polls `check` every 20 ms until it is true or `within` elapsed; returns the last result.
 pub async fn eventually<F, Fut>(within: Duration, mut check: F) -> bool
 where

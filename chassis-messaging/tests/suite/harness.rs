@@ -18,7 +18,7 @@ use chassis_messaging::sql::inbox::{Inbox, idempotent};
 use chassis_observability::logging::CaptureWriter;
 use futures_util::StreamExt;
 use futures_util::future::BoxFuture;
-use lapin::options::{ExchangeDeleteOptions, QueueDeclareOptions, QueueDeleteOptions};
+use lapin::options::QueueDeclareOptions;
 use lapin::types::FieldTable;
 use sqlx::SqlitePool;
 use tokio_util::sync::CancellationToken;
@@ -199,32 +199,7 @@ impl Topic {
 
     /// Deletes every queue and exchange of the topic and closes its connection.
     pub async fn cleanup(self) {
-        let ch = self
-            .conn
-            .create_channel()
-            .await
-            .expect("channel for cleanup");
-        for q in &self.queues {
-            for name in q.all_queues() {
-                let _ = ch
-                    .queue_delete(name.as_str().into(), QueueDeleteOptions::default())
-                    .await;
-            }
-            let _ = ch
-                .exchange_delete(
-                    q.dead_letter_exchange().as_str().into(),
-                    ExchangeDeleteOptions::default(),
-                )
-                .await;
-        }
-        let _ = ch
-            .exchange_delete(
-                self.exchange.as_str().into(),
-                ExchangeDeleteOptions::default(),
-            )
-            .await;
-        let _ = ch.close(200, "cleanup".into()).await;
-        self.conn.close().await;
+        crate::support::delete_topology(self.conn, &self.exchange, &self.queues).await;
     }
 }
 

@@ -68,23 +68,7 @@ impl Fixture {
 
     /// Deletes every queue and exchange of the fixture and closes the connection.
     pub async fn cleanup(self) {
-        let ch = self
-            .conn
-            .create_channel()
-            .await
-            .expect("channel for cleanup");
-        for q in self.queue.all_queues() {
-            let _ = ch
-                .queue_delete(q.as_str().into(), QueueDeleteOptions::default())
-                .await;
-        }
-        for e in [self.exchange.clone(), self.queue.dead_letter_exchange()] {
-            let _ = ch
-                .exchange_delete(e.as_str().into(), ExchangeDeleteOptions::default())
-                .await;
-        }
-        let _ = ch.close(200, "cleanup".into()).await;
-        self.conn.close().await;
+        delete_topology(self.conn, &self.exchange, std::slice::from_ref(&self.queue)).await;
     }
 
     /// Takes every message currently in `queue` (acking them), waiting until `expected` arrived
@@ -183,4 +167,26 @@ pub fn header_str(m: &lapin::message::BasicGetMessage, key: &str) -> Option<Stri
         lapin::types::AMQPValue::LongInt(i) => Some(i.to_string()),
         _ => None,
     }
+}
+
+/// Deletes `exchange`, every queue of `queues` (work queue, dead-letter queue, retry tiers) and
+/// each one's dead-letter exchange, then closes `conn`. Errors are ignored: a test cleans up
+/// what it can, also after a failure.
+pub async fn delete_topology(conn: Connection, exchange: &str, queues: &[QueueConfig]) {
+    let ch = conn.create_channel().await.expect("channel for cleanup");
+    for q in queues {
+        for name in q.all_queues() {
+            let _ = ch
+                .queue_delete(name.as_str().into(), QueueDeleteOptions::default())
+                .await;
+        }
+    }
+    let exchanges = queues.iter().map(QueueConfig::dead_letter_exchange);
+    for e in exchanges.chain([exchange.to_owned()]) {
+        let _ = ch
+            .exchange_delete(e.as_str().into(), ExchangeDeleteOptions::default())
+            .await;
+    }
+    let _ = ch.close(200, "cleanup".into()).await;
+    conn.close().await;
 }
