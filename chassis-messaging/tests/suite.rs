@@ -55,7 +55,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use chassis_messaging::amqp::consumer::{Consumer, ConsumerConfig, ConsumerHandle, Outcome};
+use chassis_messaging::amqp::consumer::{Consumer, ConsumerConfig, Outcome};
 use chassis_messaging::amqp::incoming::{ATTEMPT_HEADER, FAILURE_REASON_HEADER};
 use chassis_messaging::amqp::publisher::{Publisher, PublisherConfig};
 use chassis_messaging::amqp::topology::{QueueConfig, RetryPolicy};
@@ -91,7 +91,7 @@ async fn start_consumer(
     queue: &QueueConfig,
     config: ConsumerConfig,
     handler: impl chassis_messaging::amqp::consumer::Handler,
-) -> ConsumerHandle {
+) -> Consumer {
     Consumer::start(conn, queue.clone(), config, handler)
         .await
         .expect("start consumer")
@@ -159,18 +159,13 @@ impl<'t> Run<'t> {
         worker: &str,
         config: ConsumerConfig,
         decide: Decide,
-    ) -> ConsumerHandle {
+    ) -> Consumer {
         let handler = applying(&self.effects, "svc", worker, self.tally.clone(), decide);
         start_consumer(conn, self.topic.queue(), config, handler).await
     }
 
     /// [`Run::consumer_on`] the topic's own connection.
-    async fn consumer(
-        &self,
-        worker: &str,
-        config: ConsumerConfig,
-        decide: Decide,
-    ) -> ConsumerHandle {
+    async fn consumer(&self, worker: &str, config: ConsumerConfig, decide: Decide) -> Consumer {
         self.consumer_on(&self.topic.conn, worker, config, decide)
             .await
     }
@@ -637,7 +632,7 @@ impl Group {
         queue: &QueueConfig,
         worker: &str,
         config: ConsumerConfig,
-    ) -> ConsumerHandle {
+    ) -> Consumer {
         let handler = applying(
             &self.effects,
             self.name,

@@ -168,7 +168,7 @@ pub async fn sqlite_outbox(
 pub fn global_telemetry(
     name: &str,
     logs: chassis_observability::logging::CaptureWriter,
-) -> chassis_observability::TelemetryGuard {
+) -> chassis_observability::Telemetry {
     let (dispatch, telemetry) =
         chassis_observability::Telemetry::builder(chassis_core::ServiceInfo::new(name, "1.0.0"))
             .ignore_env()
