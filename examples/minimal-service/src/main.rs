@@ -4,12 +4,13 @@
 //! your domain. It uses every chassis piece:
 //!
 //! - **telemetry**: JSON logs with trace ids, OpenTelemetry (set `OTEL_EXPORTER_OTLP_ENDPOINT`),
-//!   Prometheus metrics at `/metrics`;
+//!   Prometheus metrics at `/metrics` on the admin port;
 //! - **HTTP**: axum routes inside the standard layers (request id, trace, RED metrics labelled
 //!   by route, access log, timeout, load shedding, body limit, panic -> 500), answers and errors
 //!   in the chassis JSON envelope;
 //! - **health**: `/health/live`, `/health/ready` (the database; RabbitMQ shows as degraded, not
-//!   as not ready: writes go to the outbox), `/health/startup`;
+//!   as not ready: writes go to the outbox), `/health/startup`, served with `/metrics` on the
+//!   **admin port** only, so the public port serves the API alone;
 //! - **messaging**: `POST /greetings` writes a row and its event in one transaction (the
 //!   **outbox**); the relay publishes it with confirms; an **inbox** consumer applies each event
 //!   once. The service starts and takes writes while RabbitMQ is away, and catches up after;
@@ -17,7 +18,8 @@
 //!   readiness, stops intake, drains requests and handlers, lets the relay finish its batch,
 //!   closes RabbitMQ and the database, and flushes telemetry (a second signal forces the exit).
 //!
-//! Environment: `HTTP_ADDR` (default `127.0.0.1:8095`), `DATABASE_URL` (SQLite, default
+//! Environment: `HTTP_ADDR` (default `127.0.0.1:8095`), `ADMIN_ADDR` (probes and `/metrics`,
+//! default `127.0.0.1:9095`; keep it off the public network), `DATABASE_URL` (SQLite, default
 //! `sqlite://minimal.db`), `AMQP_URL`, `MINIMAL_PREFIX` (prefix of the exchange/queue names),
 //! `PRE_STOP_DELAY` (e.g. `5s` on Kubernetes), `DRAIN_TIMEOUT`, and the access log's
 //! `ACCESS_LOG_SAMPLE`, `ACCESS_LOG_SLOW_MS` and `ACCESS_LOG_CLIENT_ERRORS`. For PostgreSQL use a
@@ -26,6 +28,7 @@
 //! ```text
 //! curl -XPOST localhost:8095/greetings -d '{"name":"ada"}' -H 'content-type: application/json'
 //! curl localhost:8095/greetings     # {"success":true,"data":{"created":1,"processed":1},…}
+//! curl localhost:9095/health/ready  # the admin port: probes and /metrics
 //! ```
 
 use std::sync::Arc;
@@ -46,7 +49,6 @@ use chassis_messaging::{
 use chassis_observability::Telemetry;
 use serde::{Deserialize, Serialize};
 use sqlx::{Sqlite, SqlitePool, Transaction};
-use tower::ServiceBuilder;
 
 /// The event this service emits (and, to show the inbox, consumes).
 #[derive(Debug, Serialize, Deserialize)]
@@ -100,7 +102,8 @@ async fn main() -> Result<(), BoxError> {
     let handler = idempotent(inbox, |msg, tx| Box::pin(apply(msg, tx)));
     let consumer = ConsumerComponent::new(&conn, queue.clone(), ConsumerConfig::default(), handler);
 
-    // 4. HTTP: routes inside the standard layers; probes and /metrics in front of them.
+    // 4. HTTP: routes inside the standard layers on HTTP_ADDR; probes and /metrics on the
+    //    admin port (ADMIN_ADDR), not on the public one.
     let routes = Router::new().route("/greetings", get(count).post(create));
     let routes = routes.with_state(Ctx {
         pool: pool.clone(),
@@ -108,10 +111,10 @@ async fn main() -> Result<(), BoxError> {
         exchange,
     });
     let probes = HealthLayer::new(app.health().clone()).prometheus(telemetry.prometheus_handle());
-    let service = ServiceBuilder::new()
-        .layer(probes)
-        .service(routes.layer(StandardLayers::from_env()?));
-    let addr = env("HTTP_ADDR", "127.0.0.1:8095").parse()?;
+    let service = routes.layer(StandardLayers::from_env()?);
+    let config = ServerConfig::default()
+        .bind(env("HTTP_ADDR", "127.0.0.1:8095").parse()?)
+        .admin(env("ADMIN_ADDR", "127.0.0.1:9095").parse()?);
 
     // 5. Run: start in this order; on SIGTERM stop in stages (intake, relay, broker, pool, telemetry).
     app.component(telemetry)
@@ -119,7 +122,7 @@ async fn main() -> Result<(), BoxError> {
         .component(conn.component().declare(topology.queue(queue)))
         .component(relay.into_component())
         .component(consumer)
-        .component(HttpServer::new(ServerConfig::default().bind(addr), service))
+        .component(HttpServer::new(config, service).probes(probes))
         .run()
         .await?;
     Ok(())

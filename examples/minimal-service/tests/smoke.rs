@@ -16,8 +16,14 @@ async fn greeting_goes_through_outbox_broker_and_inbox_then_shuts_down_gracefull
     let svc = Service::start(&node.url(), "smoke.");
     svc.up(Duration::from_secs(30)).await;
     let get = |path: &str| svc.http.get(format!("{}{path}", svc.base)).send();
-    let live: Value = get("/health/live").await.unwrap().json().await.unwrap();
+    let admin = |path: &str| svc.http.get(format!("{}{path}", svc.admin)).send();
+    let live: Value = admin("/health/live").await.unwrap().json().await.unwrap();
     assert_eq!(live["status"], "UP");
+    // The public port serves the API alone: probes and metrics are on the admin port.
+    for path in ["/metrics", "/health/live", "/health/ready"] {
+        let status = get(path).await.unwrap().status();
+        assert_eq!(status, 404, "{path} on the public port");
+    }
 
     // A validation error is the chassis JSON error body.
     assert_eq!(svc.greet("").await, 400);
@@ -40,7 +46,7 @@ async fn greeting_goes_through_outbox_broker_and_inbox_then_shuts_down_gracefull
     svc.processed(1, Duration::from_secs(20)).await;
 
     // The standard layers sit inside the router, so each sample carries its route.
-    let metrics = get("/metrics").await.unwrap().text().await.unwrap();
+    let metrics = admin("/metrics").await.unwrap().text().await.unwrap();
     assert!(
         metrics.contains(r#"http_route="/greetings""#),
         "RED metrics without the route:\n{metrics}"

@@ -136,7 +136,10 @@ impl Drop for RabbitNode {
 /// The template's binary, running with its own database and names.
 pub struct Service {
     pub child: tokio::process::Child,
+    /// The public port: the API.
     pub base: String,
+    /// The admin port: probes and `/metrics`.
+    pub admin: String,
     pub http: reqwest::Client,
     _dir: tempfile::TempDir,
 }
@@ -170,9 +173,11 @@ impl Service {
         dir: tempfile::TempDir,
         vars: &[(&str, &str)],
     ) -> Self {
+        let admin_port = free_port();
         let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_minimal-service"))
             .envs(vars.iter().copied())
             .env("HTTP_ADDR", format!("127.0.0.1:{port}"))
+            .env("ADMIN_ADDR", format!("127.0.0.1:{admin_port}"))
             .env("DATABASE_URL", database_url)
             .env("AMQP_URL", amqp_url)
             .env("MINIMAL_PREFIX", prefix)
@@ -185,18 +190,19 @@ impl Service {
         Self {
             child,
             base: format!("http://127.0.0.1:{port}"),
+            admin: format!("http://127.0.0.1:{admin_port}"),
             http: reqwest::Client::new(),
             _dir: dir,
         }
     }
 
-    /// Waits until `/health/ready` answers 200, returning its body.
+    /// Waits until `/health/ready` (on the admin port) answers 200, returning its body.
     pub async fn ready(&self, within: Duration) -> Value {
         let deadline = Instant::now() + within;
         loop {
             let answer = self
                 .http
-                .get(format!("{}/health/ready", self.base))
+                .get(format!("{}/health/ready", self.admin))
                 .send()
                 .await;
             if let Ok(r) = answer
