@@ -75,7 +75,8 @@ fn retry(max_attempts: u32) -> RetryConfig {
     RetryConfig::new("default")
         .max_attempts(max_attempts)
         .backoff(
-            Backoff::exponential(Duration::from_millis(100), Duration::from_secs(10))
+            Backoff::exponential(Duration::from_millis(100))
+                .max(Duration::from_secs(10))
                 .jitter(Jitter::None),
         )
         .budget(RetryBudgetConfig::disabled())
@@ -327,7 +328,8 @@ fn policy_loads_from_toml() {
                 .max_attempts(4)
                 .deadline(Duration::from_secs(1))
                 .backoff(
-                    Backoff::exponential(Duration::from_millis(20), Duration::from_millis(200))
+                    Backoff::exponential(Duration::from_millis(20))
+                        .max(Duration::from_millis(200))
                         .jitter(Jitter::Decorrelated),
                 )
                 .budget(RetryBudgetConfig::new(Duration::from_secs(5), 2, 0.1)),

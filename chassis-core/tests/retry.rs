@@ -79,7 +79,8 @@ impl<R> Service<R> for Scripted {
 }
 
 fn no_jitter(base_ms: u64) -> Backoff {
-    Backoff::exponential(Duration::from_millis(base_ms), Duration::from_secs(60))
+    Backoff::exponential(Duration::from_millis(base_ms))
+        .max(Duration::from_secs(60))
         .jitter(Jitter::None)
 }
 
@@ -367,7 +368,7 @@ async fn single_attempt_policy_passes_errors_through() {
 #[tokio::test(start_paused = true)]
 async fn full_jitter_waits_stay_within_the_exponential_ceiling() {
     let down = Scripted::new(&[Step::Fail]);
-    let backoff = Backoff::exponential(ms(100), ms(250));
+    let backoff = Backoff::exponential(ms(100)).max(ms(250));
     let svc = BackoffRetryLayer::new(config(5).backoff(backoff))
         .unwrap()
         .layer(down.clone());

@@ -128,7 +128,8 @@ fn fast_retry(max_attempts: u32) -> RetryConfig {
     RetryConfig::new("test")
         .max_attempts(max_attempts)
         .backoff(
-            Backoff::exponential(Duration::from_millis(5), Duration::from_millis(20))
+            Backoff::exponential(Duration::from_millis(5))
+                .max(Duration::from_millis(20))
                 .jitter(Jitter::None),
         )
         .budget(RetryBudgetConfig::disabled())

@@ -27,7 +27,8 @@ fn retrying_policy() -> ResiliencePolicy {
             RetryConfig::new("tls")
                 .max_attempts(3)
                 .backoff(
-                    Backoff::exponential(Duration::from_millis(5), Duration::from_millis(20))
+                    Backoff::exponential(Duration::from_millis(5))
+                        .max(Duration::from_millis(20))
                         .jitter(Jitter::None),
                 )
                 // No budget: only the classifier can stop a retry.

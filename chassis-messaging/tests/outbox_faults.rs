@@ -826,7 +826,8 @@ fn loop_relay_config() -> RelayConfig {
         .publish_timeout(Duration::from_millis(800))
         .lease(Duration::from_secs(1))
         .poll_interval(Duration::from_millis(50))
-        .backoff(Duration::from_millis(50), Duration::from_secs(1))
+        .backoff_initial(Duration::from_millis(50))
+        .backoff_max(Duration::from_secs(1))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -209,8 +209,9 @@ async fn concurrent_writers_every_event_arrives_in_subject_order() {
 async fn broker_connection_closed_during_relay_everything_committed_arrives() {
     let (_dir, outbox, broker) = setup("sqlite-conn-kill").await;
     let token = CancellationToken::new();
-    let config =
-        RelayConfig::default().backoff(Duration::from_millis(50), Duration::from_millis(500));
+    let config = RelayConfig::default()
+        .backoff_initial(Duration::from_millis(50))
+        .backoff_max(Duration::from_millis(500));
     let relay = Relay::new(outbox.clone(), broker.publisher.clone(), config)
         .unwrap()
         .spawn(token.clone());
@@ -516,7 +517,8 @@ async fn broker_down_rows_stay_pending_relay_backs_off_then_resumes() {
         calls_while_down: AtomicUsize::new(0),
     });
     let config = RelayConfig::default()
-        .backoff(Duration::from_millis(50), Duration::from_millis(400))
+        .backoff_initial(Duration::from_millis(50))
+        .backoff_max(Duration::from_millis(400))
         .max_attempts(2);
     let token = CancellationToken::new();
     let relay = Relay::new(outbox.clone(), switch.clone(), config)
@@ -607,7 +609,8 @@ async fn broker_fails_with_two_batches_in_flight_nothing_lost_order_kept() {
     let config = RelayConfig::default()
         .batch_size(batch)
         .batches_in_flight(2)
-        .backoff(Duration::from_millis(50), Duration::from_millis(500));
+        .backoff_initial(Duration::from_millis(50))
+        .backoff_max(Duration::from_millis(500));
     let token = CancellationToken::new();
     let relay = Relay::new(outbox.clone(), probe.clone(), config)
         .unwrap()

@@ -110,7 +110,8 @@ async fn accepted_is_sent_and_counted_refused_is_parked<DB: OutboxDatabase>(
         RelayConfig::default()
             .max_attempts(3)
             .retry_delay(Duration::from_millis(20))
-            .backoff(Duration::from_millis(10), Duration::from_millis(50)),
+            .backoff_initial(Duration::from_millis(10))
+            .backoff_max(Duration::from_millis(50)),
     )
     .unwrap();
     let mut total = BatchReport::default();

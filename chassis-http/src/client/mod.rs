@@ -56,7 +56,7 @@
 //!         ResiliencePolicy::new()
 //!             .timeout(Duration::from_millis(500))
 //!             .retry(RetryConfig::new("inventory").max_attempts(3).backoff(
-//!                 Backoff::exponential(Duration::from_millis(50), Duration::from_secs(1)),
+//!                 Backoff::exponential(Duration::from_millis(50)).max(Duration::from_secs(1)),
 //!             )),
 //!     )
 //!     .build()?;

@@ -121,10 +121,15 @@ impl ConnectionConfig {
         self
     }
 
-    /// Sets the reconnect backoff bounds.
-    pub fn backoff(mut self, min: Duration, max: Duration) -> Self {
-        self.min_backoff = min;
-        self.max_backoff = max;
+    /// Sets [`min_backoff`](Self::min_backoff).
+    pub fn min_backoff(mut self, d: Duration) -> Self {
+        self.min_backoff = d;
+        self
+    }
+
+    /// Sets [`max_backoff`](Self::max_backoff).
+    pub fn max_backoff(mut self, d: Duration) -> Self {
+        self.max_backoff = d;
         self
     }
 
@@ -590,7 +595,8 @@ mod tests {
     #[test]
     fn backoff_is_bounded_and_jittered() {
         let c = ConnectionConfig::new("amqp://127.0.0.1", "t")
-            .backoff(Duration::from_millis(100), Duration::from_secs(2));
+            .min_backoff(Duration::from_millis(100))
+            .max_backoff(Duration::from_secs(2));
         for f in 0..30 {
             let d = backoff_delay(&c, f);
             let cap = Duration::from_millis(100)
@@ -609,7 +615,8 @@ mod tests {
         );
         assert!(
             ConnectionConfig::new("amqp://127.0.0.1", "t")
-                .backoff(Duration::from_secs(2), Duration::from_secs(1))
+                .min_backoff(Duration::from_secs(2))
+                .max_backoff(Duration::from_secs(1))
                 .validate()
                 .is_err()
         );

@@ -60,6 +60,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::future::BoxFuture;
+use serde::Deserialize;
 use sqlx::{Pool, Transaction};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -188,6 +189,43 @@ impl<T> Processed<T> {
     }
 }
 
+/// How [`Inbox::spawn_retention`] deletes old ids. Deserializes from e.g.
+/// `{ keep = "7d", interval = "1h" }`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct InboxRetention {
+    /// How long a processed id is kept; a redelivery after that is processed again, so keep
+    /// ids longer than any redelivery can take. Defaults to 7 days.
+    #[serde(with = "humantime_serde")]
+    pub keep: Duration,
+    /// How often old ids are deleted. Defaults to 1 h.
+    #[serde(with = "humantime_serde")]
+    pub interval: Duration,
+}
+
+impl Default for InboxRetention {
+    fn default() -> Self {
+        Self {
+            keep: Duration::from_secs(7 * 24 * 3600),
+            interval: Duration::from_secs(3600),
+        }
+    }
+}
+
+impl InboxRetention {
+    /// Sets [`keep`](Self::keep).
+    pub fn keep(mut self, d: Duration) -> Self {
+        self.keep = d;
+        self
+    }
+
+    /// Sets [`interval`](Self::interval).
+    pub fn interval(mut self, d: Duration) -> Self {
+        self.interval = d;
+        self
+    }
+}
+
 /// The idempotent-consumer guard of one consumer (handler) on one database. Cheap to clone.
 pub struct Inbox<DB: sqlx::Database> {
     pool: Pool<DB>,
@@ -295,17 +333,18 @@ impl<DB: InboxDatabase> Inbox<DB> {
         DB::purge(&self.pool, cutoff).await
     }
 
-    /// Runs [`purge`](Self::purge) every `interval` until `token` is cancelled.
+    /// Runs [`purge`](Self::purge) of the ids older than [`InboxRetention::keep`] every
+    /// [`InboxRetention::interval`] until `token` is cancelled.
     pub fn spawn_retention(
         &self,
-        retention: Duration,
-        interval: Duration,
+        retention: InboxRetention,
         token: CancellationToken,
     ) -> JoinHandle<()> {
         let inbox = self.clone();
+        let InboxRetention { keep, interval } = retention;
         tokio::spawn(async move {
             loop {
-                match inbox.purge(retention).await {
+                match inbox.purge(keep).await {
                     Ok(n) if n > 0 => tracing::debug!(deleted = n, "inbox retention"),
                     Ok(_) => {}
                     Err(err) => tracing::warn!(error = %err, "inbox retention failed"),

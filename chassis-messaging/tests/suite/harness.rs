@@ -73,7 +73,8 @@ pub fn warnings_about(name: &str) -> BTreeMap<String, usize> {
 pub fn connection_config(url: &str, name: &str) -> ConnectionConfig {
     ConnectionConfig::new(url, name)
         .operation_timeout(Duration::from_secs(5))
-        .backoff(Duration::from_millis(50), Duration::from_millis(500))
+        .min_backoff(Duration::from_millis(50))
+        .max_backoff(Duration::from_millis(500))
 }
 
 pub async fn connect_to(url: &str, name: &str) -> Connection {

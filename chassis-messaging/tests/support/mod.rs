@@ -19,7 +19,8 @@ pub fn unique(prefix: &str) -> String {
 pub async fn connect(name: &str) -> Connection {
     let cfg = ConnectionConfig::new(amqp_url(), name)
         .operation_timeout(Duration::from_secs(5))
-        .backoff(Duration::from_millis(50), Duration::from_millis(500));
+        .min_backoff(Duration::from_millis(50))
+        .max_backoff(Duration::from_millis(500));
     Connection::connect(cfg).await.expect("connect to RabbitMQ")
 }
 

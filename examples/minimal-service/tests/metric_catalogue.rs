@@ -227,7 +227,8 @@ fn fast_retry(name: &str, attempts: u32) -> RetryConfig {
     RetryConfig::new(name)
         .max_attempts(attempts)
         .backoff(
-            Backoff::exponential(Duration::from_millis(5), Duration::from_millis(20))
+            Backoff::exponential(Duration::from_millis(5))
+                .max(Duration::from_millis(20))
                 .jitter(Jitter::None),
         )
         .budget(RetryBudgetConfig::disabled())
@@ -454,7 +455,8 @@ async fn every_emitted_metric_is_catalogued_and_every_catalogued_one_is_emitted(
         RelayConfig::default()
             .max_attempts(2)
             .retry_delay(Duration::from_millis(20))
-            .backoff(Duration::from_millis(10), Duration::from_millis(50))
+            .backoff_initial(Duration::from_millis(10))
+            .backoff_max(Duration::from_millis(50))
             .poll_interval(Duration::from_millis(20))
             .stats_interval(Duration::from_millis(50)),
     )

@@ -65,13 +65,19 @@ fn nanos(d: Duration) -> u64 {
 }
 
 impl Backoff {
-    /// Exponential backoff from `base`, capped at `max`, with full jitter.
-    pub fn exponential(base: Duration, max: Duration) -> Self {
+    /// Exponential backoff from `base`, capped at 10 s (see [`max`](Self::max)), with full
+    /// jitter.
+    pub fn exponential(base: Duration) -> Self {
         Self {
             base,
-            max,
-            jitter: Jitter::Full,
+            ..Self::default()
         }
+    }
+
+    /// Sets the longest wait. Defaults to 10 s.
+    pub fn max(mut self, max: Duration) -> Self {
+        self.max = max;
+        self
     }
 
     /// Sets the jitter. Defaults to [`Jitter::Full`].
@@ -125,7 +131,9 @@ mod tests {
 
     #[test]
     fn no_jitter_doubles_up_to_the_cap() {
-        let b = Backoff::exponential(ms(100), ms(1000)).jitter(Jitter::None);
+        let b = Backoff::exponential(ms(100))
+            .max(ms(1000))
+            .jitter(Jitter::None);
         let mut rng = StdRng::seed_from_u64(1);
         let waits: Vec<_> = (0..6).map(|n| b.delay(n, ms(100), &mut rng)).collect();
         assert_eq!(
@@ -137,8 +145,8 @@ mod tests {
 
     #[test]
     fn base_above_max_is_invalid() {
-        assert!(Backoff::exponential(ms(10), ms(5)).validate().is_err());
-        assert!(Backoff::exponential(ms(5), ms(5)).validate().is_ok());
+        assert!(Backoff::exponential(ms(10)).max(ms(5)).validate().is_err());
+        assert!(Backoff::exponential(ms(5)).max(ms(5)).validate().is_ok());
     }
 
     proptest! {
@@ -146,7 +154,7 @@ mod tests {
         fn full_jitter_stays_in_zero_to_capped_exponential(
             base in 0u64..10_000, cap in 0u64..100_000, retry in 0u32..80, seed: u64,
         ) {
-            let b = Backoff::exponential(ms(base), ms(base.max(cap)));
+            let b = Backoff::exponential(ms(base)).max(ms(base.max(cap)));
             let mut rng = StdRng::seed_from_u64(seed);
             let d = b.delay(retry, ms(base), &mut rng);
             let ceiling = (u128::from(base) << retry.min(70)).min(u128::from(base.max(cap)));
@@ -158,7 +166,7 @@ mod tests {
             base in 0u64..10_000, cap in 0u64..100_000, steps in 1usize..30, seed: u64,
         ) {
             let cap = base.max(cap);
-            let b = Backoff::exponential(ms(base), ms(cap)).jitter(Jitter::Decorrelated);
+            let b = Backoff::exponential(ms(base)).max(ms(cap)).jitter(Jitter::Decorrelated);
             let mut rng = StdRng::seed_from_u64(seed);
             let mut prev = ms(base);
             for n in 0..steps {

@@ -92,7 +92,7 @@
 //! let layer = BackoffRetryLayer::new(
 //!     RetryConfig::new("inventory")
 //!         .max_attempts(3)
-//!         .backoff(Backoff::exponential(Duration::from_millis(10), Duration::from_secs(1)))
+//!         .backoff(Backoff::exponential(Duration::from_millis(10)).max(Duration::from_secs(1)))
 //!         .attempt_timeout(Duration::from_millis(200))
 //!         .deadline(Duration::from_secs(2)),
 //! )

@@ -141,10 +141,14 @@ impl RelayConfig {
         self.retry_delay = d;
         self
     }
-    /// Sets [`backoff_initial`](Self::backoff_initial) and [`backoff_max`](Self::backoff_max).
-    pub fn backoff(mut self, initial: Duration, max: Duration) -> Self {
-        self.backoff_initial = initial;
-        self.backoff_max = max;
+    /// Sets [`backoff_initial`](Self::backoff_initial).
+    pub fn backoff_initial(mut self, d: Duration) -> Self {
+        self.backoff_initial = d;
+        self
+    }
+    /// Sets [`backoff_max`](Self::backoff_max).
+    pub fn backoff_max(mut self, d: Duration) -> Self {
+        self.backoff_max = d;
         self
     }
     /// Sets [`lease`](Self::lease).
@@ -1058,7 +1062,8 @@ mod tests {
     fn row_retry_delay_grows_and_caps() {
         let config = RelayConfig::default()
             .retry_delay(Duration::from_secs(1))
-            .backoff(Duration::from_millis(100), Duration::from_secs(5));
+            .backoff_initial(Duration::from_millis(100))
+            .backoff_max(Duration::from_secs(5));
         let delays: Vec<u64> = (1..=5).map(|a| retry_delay(&config, a).as_secs()).collect();
         assert_eq!(delays, vec![1, 2, 4, 5, 5]);
     }
