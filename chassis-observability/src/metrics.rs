@@ -46,7 +46,7 @@ use crate::config::MetricsConfig;
 
 /// Builds a Prometheus recorder with the configured buckets, without installing it and without
 /// any HTTP listener. Call [`PrometheusRecorder::handle`] for rendering, and run
-/// [`PrometheusHandle::run_upkeep`] now and then (the telemetry guard does this every 5 s).
+/// [`PrometheusHandle::run_upkeep`] now and then ([`Telemetry`](crate::Telemetry) does this every 5 s).
 pub fn build_recorder(config: &MetricsConfig) -> Result<PrometheusRecorder, Error> {
     config.validate()?;
     let bad = |e: metrics_exporter_prometheus::BuildError| Error::invalid_config(e.to_string());
@@ -172,6 +172,40 @@ mod tests {
             text.contains(r#"otel_spans_dropped_total{reason="queue_full"} 2"#),
             "{text}"
         );
+    }
+
+    /// What `names::preregister` relies on: the exporter renders a registered series that was
+    /// never updated, a histogram with every bucket, `_sum` and `_count` at 0.
+    #[test]
+    fn preregistered_series_are_rendered_at_zero() {
+        let recorder = build_recorder(&MetricsConfig::default()).unwrap();
+        ::metrics::with_local_recorder(&recorder, || {
+            describe_all();
+            names::preregister(
+                names::MESSAGING_PROCESS_DURATION,
+                &[(names::labels::MESSAGING_DESTINATION_NAME, "orders")],
+            );
+            names::preregister(names::OUTBOX_RELAY_ERRORS, &[]);
+            names::preregister(names::HTTP_SERVER_ACTIVE_REQUESTS, &[]);
+        });
+        let text = recorder.handle().render();
+        for outcome in ["ack", "retry", "reject"] {
+            let labels = format!(r#"messaging_destination_name="orders",outcome="{outcome}""#);
+            for sample in [
+                format!("messaging_process_duration_seconds_bucket{{{labels},le=\"0.005\"}} 0\n"),
+                format!("messaging_process_duration_seconds_bucket{{{labels},le=\"+Inf\"}} 0\n"),
+                format!("messaging_process_duration_seconds_sum{{{labels}}} 0\n"),
+                format!("messaging_process_duration_seconds_count{{{labels}}} 0\n"),
+            ] {
+                assert!(text.contains(&sample), "{sample}\n{text}");
+            }
+        }
+        for error in ["transient", "message", "database"] {
+            let sample = format!("outbox_relay_errors_total{{error_type=\"{error}\"}} 0\n");
+            assert!(text.contains(&sample), "{sample}\n{text}");
+        }
+        let sample = "http_server_active_requests{http_request_method=\"_OTHER\"} 0\n";
+        assert!(text.contains(sample), "{text}");
     }
 
     #[test]

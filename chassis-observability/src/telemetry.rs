@@ -431,6 +431,10 @@ impl TelemetryBuilder {
             // writer thread keeps it up to date.
             ::metrics::counter!(crate::metrics::names::LOG_LINES_DROPPED)
                 .absolute(guard.dropped_log_lines());
+            // Likewise the dropped spans, one series per reason, when spans are exported.
+            if guard.exporting {
+                crate::metrics::names::preregister(crate::metrics::names::OTEL_SPANS_DROPPED, &[]);
+            }
         }
         if let Err(e) = dispatch.try_init() {
             // `try_init` sets the subscriber first, then the `log` bridge: if the subscriber is

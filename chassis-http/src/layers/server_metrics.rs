@@ -207,7 +207,7 @@ impl Handles {
 }
 
 /// Layer adding [`ServerMetricsService`]. The services it makes share one cache of metric handles.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct ServerMetricsLayer {
     handles: Arc<Handles>,
 }
@@ -219,9 +219,21 @@ impl fmt::Debug for ServerMetricsLayer {
 }
 
 impl ServerMetricsLayer {
-    /// The layer.
+    /// The layer. It registers [`HTTP_SERVER_ACTIVE_REQUESTS`] at 0 for every method label
+    /// with the recorder in effect, so the gauge is there from the first scrape; the duration
+    /// histogram, labelled by route and status code, appears with the first request.
     pub fn new() -> Self {
-        Self::default()
+        chassis_core::metric_catalogue::preregister(HTTP_SERVER_ACTIVE_REQUESTS, &[]);
+        Self {
+            handles: Arc::default(),
+        }
+    }
+}
+
+impl Default for ServerMetricsLayer {
+    /// [`new`](Self::new).
+    fn default() -> Self {
+        Self::new()
     }
 }
 

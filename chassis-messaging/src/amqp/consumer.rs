@@ -58,7 +58,10 @@
 //! parent is the producer's context extracted from the headers, so the trace crosses the
 //! broker. Metrics: `messaging_client_consumed_messages_total`, `messaging_process_duration_seconds`,
 //! `messaging_client_acked_messages_total`, `messaging_client_retried_messages_total`,
-//! `messaging_client_dead_lettered_messages_total`.
+//! `messaging_client_dead_lettered_messages_total`. All but the last are registered at 0 for
+//! the queue when the consumer starts (the duration histogram for each outcome), so they are
+//! scraped before the first delivery; dead letters carry their reason as `error.type` and
+//! appear with the first one.
 //!
 //! # Example
 //! ```no_run
@@ -430,6 +433,21 @@ impl Consumer {
             return Err(Error::invalid_config(
                 "consumer: concurrency and prefetch must be positive",
             ));
+        }
+        // The queue's series at 0 from the first scrape, each outcome of the duration
+        // histogram included; dead letters are labelled with their reason and appear with
+        // the first one.
+        let destination = [(
+            names::labels::MESSAGING_DESTINATION_NAME,
+            queue.name.as_str(),
+        )];
+        for metric in [
+            names::MESSAGING_CLIENT_CONSUMED_MESSAGES,
+            names::MESSAGING_CLIENT_ACKED_MESSAGES,
+            names::MESSAGING_CLIENT_RETRIED_MESSAGES,
+            names::MESSAGING_PROCESS_DURATION,
+        ] {
+            names::preregister(metric, &destination);
         }
         let ctx = Arc::new(Ctx {
             publisher: Publisher::new(conn, config.publisher.clone())?,

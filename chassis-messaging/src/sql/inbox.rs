@@ -261,11 +261,15 @@ impl<DB: InboxDatabase> Inbox<DB> {
     pub const DEFAULT_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
 
     /// An inbox for the consumer named `consumer` (e.g. the queue or handler name) on `pool`.
+    /// Its counters ([`INBOX_PROCESSED`](crate::sql::metrics::INBOX_PROCESSED),
+    /// [`INBOX_DUPLICATES`](crate::sql::metrics::INBOX_DUPLICATES), labelled with `consumer`)
+    /// are registered at 0 here.
     pub fn new(pool: Pool<DB>, consumer: impl Into<String>) -> Self {
-        Self {
-            pool,
-            consumer: consumer.into().into(),
-        }
+        let consumer: Arc<str> = consumer.into().into();
+        let destination = [(names::labels::MESSAGING_DESTINATION_NAME, &*consumer)];
+        names::preregister(names::INBOX_PROCESSED, &destination);
+        names::preregister(names::INBOX_DUPLICATES, &destination);
+        Self { pool, consumer }
     }
 
     /// The pool.

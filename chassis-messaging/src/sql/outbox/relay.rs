@@ -488,10 +488,23 @@ impl<S: std::fmt::Debug, P: ?Sized> std::fmt::Debug for Relay<S, P> {
 impl<S: OutboxStore, P: Publish + ?Sized + 'static> Relay<S, P> {
     /// A relay draining `store` into `publisher`.
     ///
+    /// The relay's counters and its latency histogram are registered at 0 here; the
+    /// pending, parked and oldest-age gauges are set from the store by the first refresh, as
+    /// the relay starts running (a placeholder 0 before it would claim an empty outbox).
+    ///
     /// # Errors
     /// [`ErrorKind::InvalidConfig`] when `config` does not [`validate`](RelayConfig::validate).
     pub fn new(store: S, publisher: Arc<P>, config: RelayConfig) -> Result<Self> {
         config.validate()?;
+        for metric in [
+            names::OUTBOX_RELAY_ERRORS,
+            names::OUTBOX_PUBLISHED,
+            names::OUTBOX_UNROUTABLE,
+            names::OUTBOX_PARKED_MESSAGES,
+            names::OUTBOX_PUBLISH_LATENCY,
+        ] {
+            names::preregister(metric, &[]);
+        }
         Ok(Self {
             store,
             publisher,
