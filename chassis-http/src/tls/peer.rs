@@ -319,20 +319,7 @@ pub struct RequirePeer<S> {
 }
 
 impl<S> RequirePeer<S> {
-    /// The inner service.
-    pub fn get_ref(&self) -> &S {
-        &self.inner
-    }
-
-    /// The inner service, mutably.
-    pub fn get_mut(&mut self) -> &mut S {
-        &mut self.inner
-    }
-
-    /// The inner service, unwrapped.
-    pub fn into_inner(self) -> S {
-        self.inner
-    }
+    chassis_core::__define_inner_service_accessors!();
 }
 
 #[cold]
