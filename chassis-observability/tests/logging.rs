@@ -1,9 +1,12 @@
 //! Log capture: JSON line shape, trace correlation, redaction, formats and filtering.
 
+mod support;
+
 use chassis_core::ServiceInfo;
 use chassis_observability::logging::CaptureWriter;
 use chassis_observability::{LogFormat, Secret, Telemetry};
 use opentelemetry::trace::TraceContextExt as _;
+use support::captured;
 use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 
 fn service() -> ServiceInfo {
@@ -12,20 +15,20 @@ fn service() -> ServiceInfo {
     s
 }
 
-fn capture(
-    format: LogFormat,
-    filter: &str,
-) -> (
-    tracing::Dispatch,
-    chassis_observability::Telemetry,
-    CaptureWriter,
-) {
+fn capture(format: LogFormat, filter: &str) -> (tracing::Dispatch, Telemetry, CaptureWriter) {
+    captured(
+        Telemetry::builder(service())
+            .log_format(format)
+            .log_filter(filter),
+    )
+}
+
+/// Telemetry whose JSON lines go through the non-blocking batching writer into the capture.
+fn batched() -> (tracing::Dispatch, Telemetry, CaptureWriter) {
     let logs = CaptureWriter::new();
     let (dispatch, guard) = Telemetry::builder(service())
         .ignore_env()
-        .log_format(format)
-        .log_filter(filter)
-        .make_writer(logs.clone())
+        .writer(logs.clone())
         .build()
         .unwrap();
     (dispatch, guard, logs)
@@ -218,12 +221,7 @@ fn invalid_filter_is_a_typed_error() {
 
 #[tokio::test]
 async fn non_blocking_writer_flushes_on_shutdown() {
-    let logs = CaptureWriter::new();
-    let (dispatch, guard) = Telemetry::builder(service())
-        .ignore_env()
-        .writer(logs.clone())
-        .build()
-        .unwrap();
+    let (dispatch, guard, logs) = batched();
     tracing::dispatcher::with_default(&dispatch, || {
         for i in 0..100 {
             tracing::info!(i, "line");
@@ -240,12 +238,7 @@ async fn non_blocking_writer_flushes_on_shutdown() {
 
 #[test]
 fn non_blocking_writer_flushes_on_drop() {
-    let logs = CaptureWriter::new();
-    let (dispatch, guard) = Telemetry::builder(service())
-        .ignore_env()
-        .writer(logs.clone())
-        .build()
-        .unwrap();
+    let (dispatch, guard, logs) = batched();
     tracing::dispatcher::with_default(&dispatch, || tracing::info!("before drop"));
     drop(dispatch);
     drop(guard);

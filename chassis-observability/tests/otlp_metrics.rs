@@ -13,7 +13,7 @@ use chassis_observability::logging::CaptureWriter;
 use chassis_observability::{ErrorKind, Telemetry};
 use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
 use opentelemetry_proto::tonic::metrics::v1::{metric, number_data_point};
-use support::{Receiver, attr};
+use support::{Receiver, assert_child_passed, attr, run_env_child};
 
 fn config(endpoint: &str) -> TelemetryConfig {
     let mut c = TelemetryConfig::default();
@@ -161,29 +161,25 @@ async fn grpc_for_metrics_is_a_typed_error() {
 /// Runs the `env_child` test of this binary in a child process with `vars` (and no other
 /// `OTEL_*` variable), and asserts that it passed.
 async fn run_child(case: &str, vars: &[(&str, &str)]) {
-    let mut cmd = tokio::process::Command::new(std::env::current_exe().unwrap());
-    cmd.args([
-        "env_child",
-        "--exact",
-        "--ignored",
-        "--nocapture",
-        "--test-threads=1",
-    ]);
-    for (k, _) in std::env::vars() {
-        if k.starts_with("OTEL_") {
-            cmd.env_remove(k);
-        }
+    let case_var = [("CHASSIS_OTLP_METRICS_CASE", case)];
+    let vars = case_var.iter().chain(vars).copied();
+    let out = run_env_child(|k| k.starts_with("OTEL_"), vars).await;
+    assert_child_passed(case, &out);
+}
+
+/// Takes the next push off `receiver` and asserts the resource attributes `want` on it, then
+/// drops any further pushes of the same child.
+fn assert_pushed_resource(receiver: &mut Receiver, want: &[(&str, &str)]) {
+    let request = receiver.metrics.try_recv().expect("the child pushed");
+    let resource = request.resource_metrics[0].resource.as_ref().unwrap();
+    for (key, value) in want {
+        assert_eq!(
+            attr(&resource.attributes, key).as_deref(),
+            Some(*value),
+            "{key}"
+        );
     }
-    cmd.env("CHASSIS_OTLP_METRICS_CASE", case)
-        .envs(vars.iter().copied());
-    let out = cmd.output().await.unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(out.status.success(), "{case}: {text}");
-    assert!(text.contains("1 passed"), "the child ran {case}: {text}");
+    while receiver.metrics.try_recv().is_ok() {}
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -209,17 +205,13 @@ async fn environment_variables_configure_the_metrics_push() {
         ],
     )
     .await;
-    let request = receiver.metrics.try_recv().expect("the child pushed");
-    let resource = request.resource_metrics[0].resource.as_ref().unwrap();
-    assert_eq!(
-        attr(&resource.attributes, "service.name").as_deref(),
-        Some("from-env")
+    assert_pushed_resource(
+        &mut receiver,
+        &[
+            ("service.name", "from-env"),
+            ("k8s.namespace.name", "shop eu"),
+        ],
     );
-    assert_eq!(
-        attr(&resource.attributes, "k8s.namespace.name").as_deref(),
-        Some("shop eu")
-    );
-    while receiver.metrics.try_recv().is_ok() {}
 
     // The signal-specific endpoint, used as is; without OTEL_SERVICE_NAME the attribute wins
     // over the name given in code.
@@ -238,13 +230,7 @@ async fn environment_variables_configure_the_metrics_push() {
         ],
     )
     .await;
-    let request = receiver.metrics.try_recv().expect("the child pushed");
-    let resource = request.resource_metrics[0].resource.as_ref().unwrap();
-    assert_eq!(
-        attr(&resource.attributes, "service.name").as_deref(),
-        Some("from-attributes")
-    );
-    while receiver.metrics.try_recv().is_ok() {}
+    assert_pushed_resource(&mut receiver, &[("service.name", "from-attributes")]);
 
     // The default (`none`) and OTEL_SDK_DISABLED push nothing.
     for vars in [

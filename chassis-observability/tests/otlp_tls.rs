@@ -31,8 +31,10 @@ use rcgen::{
 use rustls::RootCertStore;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use rustls::server::WebPkiClientVerifier;
-use tokio::net::TcpListener;
+use support::{Background, assert_child_passed, run_env_child};
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
+use tokio_rustls::server::TlsStream;
 
 /// A throwaway PKI in its own directory: a CA, a server certificate for 127.0.0.1 and a client
 /// certificate, all as PEM files.
@@ -161,45 +163,59 @@ enum Event {
 struct TlsReceiver {
     addr: SocketAddr,
     events: mpsc::UnboundedReceiver<Event>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Drop for TlsReceiver {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
+    _task: Background,
 }
 
 impl TlsReceiver {
     async fn start(config: Arc<rustls::ServerConfig>) -> Self {
+        Self::serve(config, |tls, client_certificate, tx| async move {
+            let svc = service_fn(move |req: Request<Incoming>| {
+                let tx = tx.clone();
+                async move { Ok::<_, Infallible>(record(req, client_certificate, &tx).await) }
+            });
+            let _ = http1::Builder::new()
+                .serve_connection(TokioIo::new(tls), svc)
+                .await;
+        })
+        .await
+    }
+
+    /// Accepts TLS connections with `config` until dropped: a failed handshake is an event; an
+    /// established connection goes to `serve` with whether the client presented a certificate.
+    async fn serve<F, Fut>(config: Arc<rustls::ServerConfig>, serve: F) -> Self
+    where
+        F: Fn(TlsStream<TcpStream>, bool, mpsc::UnboundedSender<Event>) -> Fut
+            + Send
+            + Sync
+            + 'static,
+        Fut: std::future::Future<Output = ()> + Send + 'static,
+    {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let acceptor = tokio_rustls::TlsAcceptor::from(config);
         let (tx, events) = mpsc::unbounded_channel();
+        let serve = Arc::new(serve);
         let task = tokio::spawn(async move {
             while let Ok((tcp, _)) = listener.accept().await {
-                let acceptor = acceptor.clone();
-                let tx = tx.clone();
+                let (acceptor, tx, serve) = (acceptor.clone(), tx.clone(), serve.clone());
                 tokio::spawn(async move {
-                    let tls = match acceptor.accept(tcp).await {
-                        Ok(tls) => tls,
+                    match acceptor.accept(tcp).await {
+                        Ok(tls) => {
+                            let client_certificate = tls.get_ref().1.peer_certificates().is_some();
+                            serve(tls, client_certificate, tx).await;
+                        }
                         Err(e) => {
                             let _ = tx.send(Event::HandshakeFailed(e.to_string()));
-                            return;
                         }
-                    };
-                    let client_certificate = tls.get_ref().1.peer_certificates().is_some();
-                    let svc = service_fn(move |req: Request<Incoming>| {
-                        let tx = tx.clone();
-                        async move { Ok::<_, Infallible>(record(req, client_certificate, &tx).await) }
-                    });
-                    let _ = http1::Builder::new()
-                        .serve_connection(TokioIo::new(tls), svc)
-                        .await;
+                    }
                 });
             }
         });
-        Self { addr, events, task }
+        Self {
+            addr,
+            events,
+            _task: Background(task),
+        }
     }
 
     fn endpoint(&self) -> String {
@@ -496,34 +512,12 @@ async fn unusable_tls_files_are_typed_errors_naming_the_file() {
 }
 
 /// Runs the `env_child` test of this binary in a child process with `vars` (and no other
-/// `OTEL_*` variable) and returns its output.
-async fn run_child(case: &str, vars: &[(&str, &str)]) -> std::process::Output {
-    let mut cmd = tokio::process::Command::new(std::env::current_exe().unwrap());
-    cmd.args([
-        "env_child",
-        "--exact",
-        "--ignored",
-        "--nocapture",
-        "--test-threads=1",
-    ]);
-    for (k, _) in std::env::vars() {
-        if k.starts_with("OTEL_") {
-            cmd.env_remove(k);
-        }
-    }
-    cmd.env("CHASSIS_OTLP_TLS_CASE", case)
-        .envs(vars.iter().copied());
-    cmd.output().await.unwrap()
-}
-
-fn assert_child_passed(out: &std::process::Output) {
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(out.status.success(), "{text}");
-    assert!(text.contains("1 passed"), "the child ran its case: {text}");
+/// `OTEL_*` variable), and asserts that it passed.
+async fn run_child(case: &str, vars: &[(&str, &str)]) {
+    let case_var = [("CHASSIS_OTLP_TLS_CASE", case)];
+    let vars = case_var.iter().chain(vars).copied();
+    let out = run_env_child(|k| k.starts_with("OTEL_"), vars).await;
+    assert_child_passed(case, &out);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -536,7 +530,7 @@ async fn environment_variables_configure_tls_and_headers() {
     let key = pki.client_key_file.display().to_string();
 
     // (a) + mTLS: CA, client certificate and headers from the variables.
-    let out = run_child(
+    run_child(
         "export",
         &[
             ("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint),
@@ -551,7 +545,6 @@ async fn environment_variables_configure_tls_and_headers() {
         ],
     )
     .await;
-    assert_child_passed(&out);
     let received = receiver.exports();
     assert!(span_names(&received).contains(&"from-env".to_owned()));
     for r in &received {
@@ -566,7 +559,7 @@ async fn environment_variables_configure_tls_and_headers() {
 
     // (b) Without the client certificate, with `init` (a global subscriber, so the exporter
     // task's warning is captured): init succeeds, the failure is logged once and counted.
-    let out = run_child(
+    run_child(
         "no-client-cert",
         &[
             ("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint),
@@ -574,13 +567,12 @@ async fn environment_variables_configure_tls_and_headers() {
         ],
     )
     .await;
-    assert_child_passed(&out);
     receiver.handshake_failure().await;
     assert!(receiver.exports().is_empty());
 
     // (d) Malformed headers and a missing CA file: typed init errors naming the variable, and
     // nothing reaches the collector.
-    let out = run_child(
+    run_child(
         "bad-headers",
         &[
             ("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint),
@@ -589,9 +581,8 @@ async fn environment_variables_configure_tls_and_headers() {
         ],
     )
     .await;
-    assert_child_passed(&out);
     let missing = pki.dir.join("missing-ca.pem").display().to_string();
-    let out = run_child(
+    run_child(
         "missing-ca",
         &[
             ("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint),
@@ -602,7 +593,6 @@ async fn environment_variables_configure_tls_and_headers() {
         ],
     )
     .await;
-    assert_child_passed(&out);
     assert!(receiver.drain().is_empty());
 }
 
@@ -706,58 +696,39 @@ mod grpc {
     async fn start(config: rustls::ServerConfig) -> TlsReceiver {
         let mut config = config;
         config.alpn_protocols = vec![b"h2".to_vec()];
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
-        let (tx, events) = mpsc::unbounded_channel();
-        let task = tokio::spawn(async move {
-            while let Ok((tcp, _)) = listener.accept().await {
-                let acceptor = acceptor.clone();
+        TlsReceiver::serve(Arc::new(config), |tls, client_certificate, tx| async move {
+            let svc = service_fn(move |req: Request<Incoming>| {
                 let tx = tx.clone();
-                tokio::spawn(async move {
-                    let tls = match acceptor.accept(tcp).await {
-                        Ok(tls) => tls,
-                        Err(e) => {
-                            let _ = tx.send(Event::HandshakeFailed(e.to_string()));
-                            return;
-                        }
-                    };
-                    let client_certificate = tls.get_ref().1.peer_certificates().is_some();
-                    let svc = service_fn(move |req: Request<Incoming>| {
-                        let tx = tx.clone();
-                        async move {
-                            let ok = req.uri().path()
-                                == "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
-                            let (parts, body) = req.into_parts();
-                            let body = body.collect().await.unwrap().to_bytes();
-                            // One gRPC message: flag, 4-byte length, protobuf.
-                            if ok
-                                && body.len() >= 5
-                                && body[0] == 0
-                                && let Ok(request) =
-                                    ExportTraceServiceRequest::decode(body.slice(5..))
-                            {
-                                let _ = tx.send(Event::Export(Box::new(Received {
-                                    headers: parts.headers,
-                                    request,
-                                    client_certificate,
-                                })));
-                            }
-                            let mut resp = Response::new(GrpcOk(0));
-                            resp.headers_mut().insert(
-                                "content-type",
-                                http::HeaderValue::from_static("application/grpc"),
-                            );
-                            Ok::<_, Infallible>(resp)
-                        }
-                    });
-                    let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-                        .serve_connection(TokioIo::new(tls), svc)
-                        .await;
-                });
-            }
-        });
-        TlsReceiver { addr, events, task }
+                async move {
+                    let ok = req.uri().path()
+                        == "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
+                    let (parts, body) = req.into_parts();
+                    let body = body.collect().await.unwrap().to_bytes();
+                    // One gRPC message: flag, 4-byte length, protobuf.
+                    if ok
+                        && body.len() >= 5
+                        && body[0] == 0
+                        && let Ok(request) = ExportTraceServiceRequest::decode(body.slice(5..))
+                    {
+                        let _ = tx.send(Event::Export(Box::new(Received {
+                            headers: parts.headers,
+                            request,
+                            client_certificate,
+                        })));
+                    }
+                    let mut resp = Response::new(GrpcOk(0));
+                    resp.headers_mut().insert(
+                        "content-type",
+                        http::HeaderValue::from_static("application/grpc"),
+                    );
+                    Ok::<_, Infallible>(resp)
+                }
+            });
+            let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                .serve_connection(TokioIo::new(tls), svc)
+                .await;
+        })
+        .await
     }
 
     fn grpc_config(endpoint: &str, tls: OtlpTlsConfig) -> TelemetryConfig {

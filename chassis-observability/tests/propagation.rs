@@ -1,33 +1,21 @@
 //! A context created in one "service", carried in headers, continued in another.
 
-use std::collections::BTreeMap;
+mod support;
 
 use chassis_core::ServiceInfo;
 use chassis_observability::Telemetry;
 use chassis_observability::logging::CaptureWriter;
 use chassis_observability::propagation::{
-    Extractor, HeaderExtractor, HeaderInjector, Injector, extract_context, inject_context,
-    inject_current,
+    HeaderExtractor, HeaderInjector, extract_context, inject_context, inject_current,
 };
 use opentelemetry::baggage::BaggageExt as _;
 use opentelemetry::trace::TraceContextExt as _;
 use opentelemetry::{Context, KeyValue};
+use support::{MessageHeaders, captured};
 use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 
-fn service(
-    name: &str,
-) -> (
-    tracing::Dispatch,
-    chassis_observability::Telemetry,
-    CaptureWriter,
-) {
-    let logs = CaptureWriter::new();
-    let (d, g) = Telemetry::builder(ServiceInfo::new(name, "1.0.0"))
-        .ignore_env()
-        .make_writer(logs.clone())
-        .build()
-        .unwrap();
-    (d, g, logs)
+fn service(name: &str) -> (tracing::Dispatch, Telemetry, CaptureWriter) {
+    captured(Telemetry::builder(ServiceInfo::new(name, "1.0.0")))
 }
 
 #[test]
@@ -73,25 +61,6 @@ fn http_headers_carry_the_trace_to_another_service() {
     let line: serde_json::Value = serde_json::from_str(&b_logs.lines()[0]).unwrap();
     assert_eq!(line["trace_id"], a_trace.to_string());
     assert_eq!(line["span_id"], b_span.to_string());
-}
-
-/// A message-header map like chassis-messaging's AMQP headers.
-#[derive(Default)]
-struct MessageHeaders(BTreeMap<String, String>);
-
-impl Injector for MessageHeaders {
-    fn set(&mut self, key: &str, value: String) {
-        self.0.insert(key.to_owned(), value);
-    }
-}
-
-impl Extractor for MessageHeaders {
-    fn get(&self, key: &str) -> Option<&str> {
-        self.0.get(key).map(String::as_str)
-    }
-    fn keys(&self) -> Vec<&str> {
-        self.0.keys().map(String::as_str).collect()
-    }
 }
 
 #[test]

@@ -2,7 +2,8 @@
 //! with sentry-types.
 #![cfg(feature = "sentry")]
 
-use std::convert::Infallible;
+mod support;
+
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -15,12 +16,10 @@ use chassis_observability::propagation::{
 use chassis_observability::{Secret, Telemetry};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
-use hyper::server::conn::http1;
-use hyper::service::service_fn;
 use hyper::{Request, Response};
-use hyper_util::rt::TokioIo;
 use opentelemetry::trace::TraceContextExt as _;
 use sentry_types::protocol::v7::{Context, Envelope, Event, Level};
+use support::{Background, assert_child_passed, http1_server, run_env_child};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tracing_opentelemetry::OpenTelemetrySpanExt as _;
@@ -36,56 +35,36 @@ struct Received {
 struct SentryEndpoint {
     addr: SocketAddr,
     requests: mpsc::UnboundedReceiver<Received>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Drop for SentryEndpoint {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
+    _server: Background,
 }
 
 impl SentryEndpoint {
     async fn start() -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
         let (tx, requests) = mpsc::unbounded_channel();
-        let task = tokio::spawn(async move {
-            loop {
-                let Ok((stream, _)) = listener.accept().await else {
-                    return;
-                };
-                let tx = tx.clone();
-                tokio::spawn(async move {
-                    let service = service_fn(move |req: Request<Incoming>| {
-                        let tx = tx.clone();
-                        async move {
-                            let path = req.uri().path().to_owned();
-                            let auth = req
-                                .headers()
-                                .get("x-sentry-auth")
-                                .map(|v| v.to_str().unwrap().to_owned())
-                                .unwrap_or_default();
-                            let body = req.into_body().collect().await.unwrap().to_bytes();
-                            let envelope = Envelope::from_slice(&body).expect("a valid envelope");
-                            let _ = tx.send(Received {
-                                path,
-                                auth,
-                                envelope,
-                            });
-                            Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"{}"))))
-                        }
-                    });
-                    let _ = http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await;
+        let (addr, server) = http1_server(move |req: Request<Incoming>| {
+            let tx = tx.clone();
+            async move {
+                let path = req.uri().path().to_owned();
+                let auth = req
+                    .headers()
+                    .get("x-sentry-auth")
+                    .map(|v| v.to_str().unwrap().to_owned())
+                    .unwrap_or_default();
+                let body = req.into_body().collect().await.unwrap().to_bytes();
+                let envelope = Envelope::from_slice(&body).expect("a valid envelope");
+                let _ = tx.send(Received {
+                    path,
+                    auth,
+                    envelope,
                 });
+                Response::new(Full::new(Bytes::from_static(b"{}")))
             }
-        });
+        })
+        .await;
         Self {
             addr,
             requests,
-            task,
+            _server: server,
         }
     }
 
@@ -326,30 +305,12 @@ async fn env_child() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn environment_variables_configure_sentry() {
     let mut endpoint = SentryEndpoint::start().await;
-    let run = |vars: Vec<(&'static str, String)>| {
-        let mut cmd = tokio::process::Command::new(std::env::current_exe().unwrap());
-        cmd.args([
-            "env_child",
-            "--exact",
-            "--ignored",
-            "--nocapture",
-            "--test-threads=1",
-        ]);
-        for (k, _) in std::env::vars() {
-            if k.starts_with("SENTRY_") || k.starts_with("OTEL_") || k == "DEPLOYMENT_ENVIRONMENT" {
-                cmd.env_remove(k);
-            }
-        }
-        cmd.envs(vars);
-        async move {
-            let out = cmd.output().await.unwrap();
-            let text = format!(
-                "{}{}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            );
-            assert!(out.status.success() && text.contains("1 passed"), "{text}");
-        }
+    let run = async |vars: Vec<(&'static str, String)>| {
+        let cleared = |k: &str| {
+            k.starts_with("SENTRY_") || k.starts_with("OTEL_") || k == "DEPLOYMENT_ENVIRONMENT"
+        };
+        let out = run_env_child(cleared, vars).await;
+        assert_child_passed("env_child", &out);
     };
 
     // Defaults from the service identity.

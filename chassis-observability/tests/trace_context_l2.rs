@@ -2,33 +2,21 @@
 //! own spans send on. Rules are quoted from https://www.w3.org/TR/trace-context-2/ by section
 //! title.
 
-use std::collections::BTreeMap;
+mod support;
 
 use chassis_core::ServiceInfo;
 use chassis_observability::Telemetry;
 use chassis_observability::logging::CaptureWriter;
 use chassis_observability::propagation::{
-    Extractor, HeaderExtractor, HeaderInjector, Injector, extract_context, inject_current,
+    HeaderExtractor, HeaderInjector, Injector, extract_context, inject_current,
 };
+use support::{MessageHeaders, captured};
 use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 
 const TRACE_ID: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
 
-fn service(
-    filter: &str,
-) -> (
-    tracing::Dispatch,
-    chassis_observability::Telemetry,
-    CaptureWriter,
-) {
-    let logs = CaptureWriter::new();
-    let (d, g) = Telemetry::builder(ServiceInfo::new("l2", "1.0.0"))
-        .ignore_env()
-        .log_filter(filter)
-        .make_writer(logs.clone())
-        .build()
-        .unwrap();
-    (d, g, logs)
+fn service(filter: &str) -> (tracing::Dispatch, Telemetry, CaptureWriter) {
+    captured(Telemetry::builder(ServiceInfo::new("l2", "1.0.0")).log_filter(filter))
 }
 
 fn request(pairs: &[(&str, &str)]) -> http::HeaderMap {
@@ -89,25 +77,6 @@ fn the_random_flag_follows_the_received_trace_id_sampled_or_not() {
             "the parent-id is this service's"
         );
         assert_eq!(field(sent, 3), flags, "received {tp}, sent {sent:?}");
-    }
-}
-
-/// Message headers like chassis-messaging's AMQP carrier.
-#[derive(Default)]
-struct MessageHeaders(BTreeMap<String, String>);
-
-impl Injector for MessageHeaders {
-    fn set(&mut self, key: &str, value: String) {
-        self.0.insert(key.to_owned(), value);
-    }
-}
-
-impl Extractor for MessageHeaders {
-    fn get(&self, key: &str) -> Option<&str> {
-        self.0.get(key).map(String::as_str)
-    }
-    fn keys(&self) -> Vec<&str> {
-        self.0.keys().map(String::as_str).collect()
     }
 }
 

@@ -25,76 +25,49 @@ pub struct Receiver {
     pub addr: SocketAddr,
     pub requests: mpsc::UnboundedReceiver<ExportTraceServiceRequest>,
     pub metrics: mpsc::UnboundedReceiver<ExportMetricsServiceRequest>,
-    task: tokio::task::JoinHandle<()>,
+    _server: Background,
 }
 
-impl Drop for Receiver {
-    fn drop(&mut self) {
-        self.task.abort();
+/// Decodes `bytes` as a `T` and sends it on `tx`: 200, or 400 if it does not decode.
+fn forward<T: Message + Default>(bytes: Bytes, tx: &mpsc::UnboundedSender<T>) -> StatusCode {
+    match T::decode(bytes) {
+        Ok(decoded) => {
+            let _ = tx.send(decoded);
+            StatusCode::OK
+        }
+        Err(_) => StatusCode::BAD_REQUEST,
     }
 }
 
 impl Receiver {
     pub async fn start() -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
         let (tx, requests) = mpsc::unbounded_channel();
         let (metrics_tx, metrics) = mpsc::unbounded_channel();
-        let task = tokio::spawn(async move {
-            loop {
-                let Ok((stream, _)) = listener.accept().await else {
-                    return;
+        let (addr, server) = http1_server(move |req: Request<Incoming>| {
+            let (tx, metrics_tx) = (tx.clone(), metrics_tx.clone());
+            async move {
+                let ok = req.method() == hyper::Method::POST
+                    && req.headers()["content-type"] == "application/x-protobuf";
+                let path = req.uri().path().to_owned();
+                let body = req.into_body().collect().await.map(|b| b.to_bytes());
+                let status = match body {
+                    Ok(bytes) if ok && path == "/v1/traces" => forward(bytes, &tx),
+                    Ok(bytes) if ok && path == "/v1/metrics" => forward(bytes, &metrics_tx),
+                    _ => StatusCode::NOT_FOUND,
                 };
-                let tx = tx.clone();
-                let metrics_tx = metrics_tx.clone();
-                tokio::spawn(async move {
-                    let svc = service_fn(move |req: Request<Incoming>| {
-                        let tx = tx.clone();
-                        let metrics_tx = metrics_tx.clone();
-                        async move {
-                            let ok = req.method() == hyper::Method::POST
-                                && req.headers()["content-type"] == "application/x-protobuf";
-                            let path = req.uri().path().to_owned();
-                            let body = req.into_body().collect().await.map(|b| b.to_bytes());
-                            let status = match body {
-                                Ok(bytes) if ok && path == "/v1/traces" => {
-                                    match ExportTraceServiceRequest::decode(bytes) {
-                                        Ok(decoded) => {
-                                            let _ = tx.send(decoded);
-                                            StatusCode::OK
-                                        }
-                                        Err(_) => StatusCode::BAD_REQUEST,
-                                    }
-                                }
-                                Ok(bytes) if ok && path == "/v1/metrics" => {
-                                    match ExportMetricsServiceRequest::decode(bytes) {
-                                        Ok(decoded) => {
-                                            let _ = metrics_tx.send(decoded);
-                                            StatusCode::OK
-                                        }
-                                        Err(_) => StatusCode::BAD_REQUEST,
-                                    }
-                                }
-                                _ => StatusCode::NOT_FOUND,
-                            };
-                            let mut resp = Response::new(Full::new(Bytes::new()));
-                            *resp.status_mut() = status;
-                            resp.headers_mut()
-                                .insert("content-type", "application/x-protobuf".parse().unwrap());
-                            Ok::<_, Infallible>(resp)
-                        }
-                    });
-                    let _ = http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), svc)
-                        .await;
-                });
+                let mut resp = Response::new(Full::new(Bytes::new()));
+                *resp.status_mut() = status;
+                resp.headers_mut()
+                    .insert("content-type", "application/x-protobuf".parse().unwrap());
+                resp
             }
-        });
+        })
+        .await;
         Self {
             addr,
             requests,
             metrics,
-            task,
+            _server: server,
         }
     }
 
@@ -151,4 +124,117 @@ pub fn attr(attrs: &[KeyValue], key: &str) -> Option<String> {
 
 pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A background task (a test server's accept loop) aborted when dropped, so a server lives as
+/// long as the value that owns it.
+pub struct Background(pub tokio::task::JoinHandle<()>);
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// An HTTP/1.1 server on 127.0.0.1:<ephemeral>, each request answered by `handle`; it stops
+/// when the returned [`Background`] is dropped.
+pub async fn http1_server<F, Fut>(handle: F) -> (SocketAddr, Background)
+where
+    F: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: std::future::Future<Output = Response<Full<Bytes>>> + Send + 'static,
+{
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let task = tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let handle = handle.clone();
+            tokio::spawn(async move {
+                let svc = service_fn(move |req: Request<Incoming>| {
+                    let answer = handle(req);
+                    async move { Ok::<_, Infallible>(answer.await) }
+                });
+                let _ = http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    (addr, Background(task))
+}
+
+/// Runs the ignored `env_child` test of this binary in a child process with the variables
+/// `vars` and none of the parent's variables for which `cleared` is true (so the child sees
+/// only what the case sets).
+pub async fn run_env_child<K, V>(
+    cleared: impl Fn(&str) -> bool,
+    vars: impl IntoIterator<Item = (K, V)>,
+) -> std::process::Output
+where
+    K: AsRef<std::ffi::OsStr>,
+    V: AsRef<std::ffi::OsStr>,
+{
+    let mut cmd = tokio::process::Command::new(std::env::current_exe().unwrap());
+    cmd.args([
+        "env_child",
+        "--exact",
+        "--ignored",
+        "--nocapture",
+        "--test-threads=1",
+    ]);
+    for (k, _) in std::env::vars() {
+        if cleared(&k) {
+            cmd.env_remove(k);
+        }
+    }
+    cmd.envs(vars);
+    cmd.output().await.unwrap()
+}
+
+/// Asserts that the child process of case `case` exited successfully having run its test.
+pub fn assert_child_passed(case: &str, out: &std::process::Output) {
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{case}: {text}");
+    assert!(text.contains("1 passed"), "the child ran {case}: {text}");
+}
+
+/// Builds `builder`, the environment ignored, with its log lines captured (written directly,
+/// one line at a time).
+pub fn captured(
+    builder: chassis_observability::TelemetryBuilder,
+) -> (
+    tracing::Dispatch,
+    chassis_observability::Telemetry,
+    chassis_observability::logging::CaptureWriter,
+) {
+    let logs = chassis_observability::logging::CaptureWriter::new();
+    let (dispatch, telemetry) = builder
+        .ignore_env()
+        .make_writer(logs.clone())
+        .build()
+        .unwrap();
+    (dispatch, telemetry, logs)
+}
+
+/// A message-header map like chassis-messaging's AMQP headers: a carrier of its own for
+/// `inject_context` and `extract_context`.
+#[derive(Default)]
+pub struct MessageHeaders(pub std::collections::BTreeMap<String, String>);
+
+impl chassis_observability::propagation::Injector for MessageHeaders {
+    fn set(&mut self, key: &str, value: String) {
+        self.0.insert(key.to_owned(), value);
+    }
+}
+
+impl chassis_observability::propagation::Extractor for MessageHeaders {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).map(String::as_str)
+    }
+    fn keys(&self) -> Vec<&str> {
+        self.0.keys().map(String::as_str).collect()
+    }
 }
