@@ -7,24 +7,14 @@
 //! of kind [`ErrorKind::BulkheadFull`] instead of queueing
 //! forever. With `max_wait` zero it rejects at once (load shedding).
 //!
-//! # Why not tower's limit layers
+//! While the bulkhead has room, taking and returning a permit is one atomic operation each, with
+//! no allocation and no lock; only a call that has to wait allocates the future that waits at
+//! most `max_wait`. Once calls wait, freed permits go to them in arrival order, and a new call
+//! queues behind them.
 //!
-//! `tower::limit::ConcurrencyLimit` waits for a permit *forever* (an overloaded downstream turns
-//! into an unbounded queue of callers), and `tower::load_shed::LoadShed` over it rejects
-//! *immediately* with an untyped `Overloaded`. Neither is a bounded wait with a typed rejection,
-//! so this layer adds just that: a fast path of one atomic operation to take a permit and one
-//! to give it back, with no allocation and no lock, and, only when the bulkhead is full, one
-//! boxed future waiting at most `max_wait` for a permit to be given back.
-//!
-//! The permits are a counter in front of a `tokio::sync::Semaphore`: the semaphore takes its
-//! waiter list's mutex on every release, waiters or not, which made the bulkhead the most
-//! expensive resilience layer per call. The counter serves calls while nobody waits; once
-//! calls wait, freed permits go through the semaphore, so waiters are served in arrival order
-//! and a new call queues behind them, as with the semaphore alone.
-//!
-//! Like `LoadShed`, a rejection is reported from the response future, not from `poll_ready`, so
-//! `poll_ready` only fails when the inner service does, and the service stays usable under
-//! axum, `Buffer` and `ServiceExt::oneshot`.
+//! A rejection is reported from the response future, not from `poll_ready`, so `poll_ready`
+//! only fails when the inner service does, and the service stays usable under axum, `Buffer`
+//! and `ServiceExt::oneshot`.
 //!
 //! # Example
 //!

@@ -9,15 +9,11 @@
 //! [`ErrorKind::RateLimited { retry_after }`](crate::ErrorKind::RateLimited), saying when the
 //! next permit is due.
 //!
-//! # Why not `tower::limit::RateLimit`
+//! # One quota for every clone
 //!
-//! tower's rate limiter keeps its window inside each service value, so clones (as axum makes per
-//! request, or as a client hands out) each get their own full quota, and when the quota is spent
-//! its `poll_ready` blocks until the window ends, however long that is, with no typed rejection.
-//! This layer shares one limiter across all services and clones, bounds the wait and rejects
-//! with a typed, actionable error.
-//!
-//! Like `tower::load_shed`, a rejection is reported by the response future, so `poll_ready` only
+//! The limiter belongs to the layer: every service it builds, and every clone of those (axum
+//! clones a service per request), draws from the same quota. A call waits at most `max_wait`
+//! for its permit, and a rejection is reported by the response future, so `poll_ready` only
 //! fails when the inner service does.
 //!
 //! # Example

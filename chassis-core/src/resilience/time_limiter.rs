@@ -6,26 +6,16 @@
 //! the inner future on timeout cancels the call (so a circuit breaker around it records the
 //! cancellation as its classifier says).
 //!
-//! # Why not `tower::timeout::Timeout`
+//! The limit can be switched off ([`TimeLimiterLayer::optional`] with `None`): calls then pass
+//! through unchanged, so a stack that may or may not bound its calls keeps one concrete type.
 //!
-//! tower's timeout fails with its own `tower::timeout::error::Elapsed`, which says neither how
-//! long was waited nor fits the one error type every chassis layer shares; mapping it would need
-//! a second future wrapper and a downcast of every error. The future here is the same
-//! twenty-line race between the call and a [`tokio::time::Sleep`] that tower's is, but yields the
-//! typed error directly, and it can be *disabled* ([`TimeLimiterLayer::optional`] with `None`) so
-//! that composed stacks (the retry layer, the [`policy`](super::policy)) keep one concrete type
-//! whether or not a timeout is configured.
+//! # When the clock starts
 //!
-//! # The timer is armed lazily
-//!
-//! tower's timeout reads the clock and creates a timer in `call`, for every call. Here the
-//! timer is created the first time the call is polled and is not finished: a call that
+//! The timer is created the first time the call is polled and is not finished: a call that
 //! completes on its first poll (a cache hit, an error returned at once, a rejection by an inner
-//! layer) costs no clock read and no timer, and the future stays small (the timer is boxed, 8
-//! bytes instead of tokio's 112-byte `Sleep` inline, which every enclosing future would carry
-//! and copy). The duration therefore counts from the call's first poll that had to wait; a
-//! poll runs to its end in any case (no timer can interrupt it), so only the futures created
-//! and left unpolled for a while see a difference, and for them this is the honest count.
+//! layer) reads no clock and arms no timer, and the future carries the timer boxed (8 bytes). The
+//! duration therefore counts from the call's first poll that had to wait; only a future created
+//! and then left unpolled for a while sees the difference.
 //!
 //! # Example
 //!

@@ -20,20 +20,10 @@
 //! are written as `"[REDACTED]"`; a field named like one of the keys above is written as
 //! `field.<name>`.
 //!
-//! # Why a hand-written layer
+//! # Cost
 //!
-//! Not tracing-subscriber's `fmt::format::Json`: that formatter can neither add constant
-//! resource fields (`service.name`, ...) nor the OpenTelemetry ids (they live in
-//! tracing-opentelemetry's span extension, not in span fields), it nests fields under `"fields"`
-//! and spans under `"spans"` instead of the flat OTel naming, and it has no hook to redact a
-//! field by name.
-//!
-//! Not a `FormatEvent` inside tracing-subscriber's `fmt::Layer` either, which is what the chassis
-//! used until 2026-12: that layer formats every new span's fields into a `String` stored in the
-//! span (the JSON line never uses them), formats each event into a `String` of its own and then
-//! asks a `MakeWriter` for a writer per event. A log line is on the path of every request (the
-//! access log), so [`JsonLayer`] is a `Layer` doing only `on_event`, and does it without a heap
-//! allocation once its thread is warm:
+//! A log line is on the path of every request (the access log), so [`JsonLayer`] is a `Layer`
+//! doing only `on_event`, and does it without a heap allocation once its thread is warm:
 //!
 //! - the line is written into a per-thread buffer that is reused; the message goes straight
 //!   into it and the other fields into a second reused buffer, escaped as they are written;

@@ -87,28 +87,6 @@
 //! cost more than the rest of the breaker. Use [`MonotonicClock`] for sub-10 ms slow-call
 //! thresholds and [`TokioClock`] (via [`CircuitBreakerLayer::with_clock`]) in tests with
 //! tokio's paused time.
-//!
-//! # Compared with `failsafe`
-//!
-//! [`failsafe`] is a compact breaker whose policies (consecutive failures, success rate over a
-//! time window) decide when to open, with jittered backoff for the open wait — this module
-//! reuses its [`failsafe::backoff`] sequences for [`OpenStateBackoff`]. It does not cover what
-//! a service chassis needs, so the breaker goes beyond it:
-//!
-//! - failsafe's half-open state lets *every* call through and the first outcome decides;
-//!   here exactly `permitted_number_of_calls_in_half_open_state` probes pass, excess calls are
-//!   rejected, and the probes' failure and slow-call rates decide;
-//! - failsafe has no slow-call accounting and no count-based window (its rate policy is an
-//!   exponentially weighted success rate over a time window, or consecutive failures);
-//! - its failure predicate sees only errors, not responses (an HTTP 503 arrives as `Ok`), and a
-//!   call whose future is dropped never reports, so a dropped half-open call is simply lost;
-//! - it has no tower `Layer`/`Service`, no typed rejection carrying the remaining wait, no
-//!   forced states, no metrics and no subscribable transition events (only an `Instrument`
-//!   callback);
-//! - its backoff works in whole seconds and panics on sub-second values; the configuration here
-//!   is validated up front instead;
-//! - failsafe takes a mutex twice per call; this breaker's closed path is lock-free (see the
-//!   `breaker` benchmark in `benches/`, which runs both side by side).
 
 mod classifier;
 mod config;

@@ -45,15 +45,6 @@ use crate::{Error, ErrorKind};
 /// `u64`, at most about 7 MB; the `keyed_rate_limit_memory` test pushes a million distinct
 /// keys through a limiter of 10,000 and checks both the slot count and the resident set.
 ///
-/// # Why not governor
-///
-/// governor's keyed limiter (a `DashMap` of GCRA states) is fast, but it never forgets a key
-/// unless the owner calls `retain_recent` over the whole map, so memory grows with every
-/// distinct key (an attacker's random API keys included), and it has no asynchronous,
-/// fallible interface a Redis-backed limiter could share. This limiter bounds its memory by
-/// itself, lazily per shard, and implements the same [`RateLimitBackend`] as the Redis one.
-/// Its check is as fast (see the `keyed_rate_limit` benchmark in `benches/`, which runs both).
-///
 /// # Time
 ///
 /// The default clock is the [`CoarseClock`] (one atomic read, about a millisecond behind real

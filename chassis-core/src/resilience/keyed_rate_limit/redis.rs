@@ -1,13 +1,4 @@
 //! The Redis backend: one GCRA per key in Redis, shared by every replica.
-//!
-//! # Why redis-rs
-//!
-//! redis-rs is the client most of the ecosystem uses and the one already built with this
-//! workspace's lock file; its `Script` runs `EVALSHA` and, when a (restarted or flushed) server
-//! answers `NOSCRIPT`, loads the script and retries, and its `ConnectionManager` reconnects in
-//! the background after a connection breaks. fred offers the same and more (pools, cluster
-//! routing, its own reconnect policy), at the cost of a second client API and a larger build;
-//! one multiplexed connection per limiter is all a one-command-per-check limiter needs.
 
 use std::fmt;
 use std::sync::Arc;

@@ -40,24 +40,12 @@
 //! out (or the budget or deadline stop them, or the request cannot be copied), because turning it
 //! into an error would lose it; the `retry_attempts_total` counter still records why.
 //!
-//! # Why not tower's `Retry` service
+//! # Cost
 //!
-//! This layer first ran tower's `Retry` with a custom [`Policy`](tower::retry::Policy). Four
-//! things made it write the attempt loop itself (about a hundred lines, in `future.rs`):
-//!
-//! - tower's future skips the policy altogether when the request cannot be cloned, so a
-//!   non-cloneable request's failure would pass through untyped;
-//! - it cannot bound an attempt *in flight* by an overall deadline, nor say how many attempts
-//!   a deadline cut short: the attempt count lives in its private policy copy;
-//! - every call clones the service and the policy twice (tower's `Retry::call` clones itself
-//!   into the future, and the readied service has to be swapped out first);
-//! - the backoff `Sleep` (112 bytes) sits inline in every call's future, retried or not.
-//!
-//! The loop here keeps the attempt count and the deadline in the future itself, clones the
-//! service once per call, boxes the backoff timer (only retries pay for it), and starts the
-//! deadline's clock lazily: on the first poll that has to wait, or at the first retry
-//! decision, so a call that completes at once reads no clock and arms no timer. The budget is
-//! tower's [`Budget`] trait, implemented by [`RetryBudget`].
+//! A call clones the service once, for the attempts after the first; the backoff timer is
+//! allocated only when a retry waits; the deadline's clock starts on the first poll that has to
+//! wait, or at the first retry decision, so a call that completes at once reads no clock and arms
+//! no timer. The budget is tower's [`Budget`] trait, implemented by [`RetryBudget`].
 //!
 //! # Observability
 //!
