@@ -111,27 +111,13 @@ pub enum ErrorKind {
     ShutdownForced,
 }
 
-/// The error of every `chassis-core` layer: an [`ErrorKind`] plus, where there is one, the
-/// underlying error as its source.
-pub struct Error {
-    kind: ErrorKind,
-    source: Option<BoxError>,
+crate::__define_error! {
+    /// The error of every `chassis-core` layer: an [`ErrorKind`] plus, where there is one, the
+    /// underlying error as its source.
+    pub struct Error(ErrorKind);
 }
 
 impl Error {
-    /// Builds an error of `kind` without a source.
-    pub fn new(kind: ErrorKind) -> Self {
-        Self { kind, source: None }
-    }
-
-    /// Builds an error of `kind` caused by `source`.
-    pub fn with_source(kind: ErrorKind, source: impl Into<BoxError>) -> Self {
-        Self {
-            kind,
-            source: Some(source.into()),
-        }
-    }
-
     /// Shorthand for [`ErrorKind::Timeout`].
     pub fn timeout(after: Duration) -> Self {
         Self::new(ErrorKind::Timeout { after })
@@ -147,11 +133,6 @@ impl Error {
         Self::new(ErrorKind::InvalidConfig {
             reason: reason.into(),
         })
-    }
-
-    /// What happened.
-    pub fn kind(&self) -> &ErrorKind {
-        &self.kind
     }
 
     /// The underlying error (for retries: the last attempt's error), if any.
@@ -207,17 +188,6 @@ impl Error {
             | ErrorKind::RateLimited { retry_after, .. } => Some(*retry_after),
             _ => None,
         }
-    }
-}
-
-impl fmt::Debug for Error {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let mut d = f.debug_struct("Error");
-        d.field("kind", &self.kind);
-        if let Some(source) = &self.source {
-            d.field("source", source);
-        }
-        d.finish()
     }
 }
 
@@ -297,14 +267,6 @@ impl Error {
             Some(source) => write!(f, ": {source}"),
             None => Ok(()),
         }
-    }
-}
-
-impl std::error::Error for Error {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        self.source
-            .as_deref()
-            .map(|e| e as &(dyn std::error::Error + 'static))
     }
 }
 

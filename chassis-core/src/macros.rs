@@ -30,7 +30,162 @@ macro_rules! __define_inner_service_accessors {
     };
 }
 
+/// The common part of the chassis's opaque error types: a struct holding a `#[non_exhaustive]`
+/// kind and, where there is one, the boxed error that caused it.
+///
+/// `pub struct Error(ErrorKind);` generates the struct, `new(kind)`, `with_source(kind,
+/// source)`, `kind()`, `Debug` (the kind, then the source when there is one) and
+/// `std::error::Error` with `source()`. `display` says how the error shows: `kind` is the
+/// kind's own `Display`; `kind_and_source` adds `: source` when there is one; without a
+/// `display` line the type writes `Display` by hand (its message needs more than the kind).
+///
+/// A type with fields of its own lists them in braces after the kind; it then writes its
+/// constructors and `Display` by hand, since they are what fills and shows those fields.
+///
+/// Per-type extras (shorthand constructors, classification such as `is_transient`) stay
+/// hand-written beside the macro; they may read the fields `kind` and `source`.
+///
+/// ```
+/// use std::fmt;
+///
+/// #[derive(Debug)]
+/// #[non_exhaustive]
+/// pub enum ErrorKind {
+///     Connection,
+/// }
+///
+/// impl fmt::Display for ErrorKind {
+///     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+///         f.write_str("connection failed")
+///     }
+/// }
+///
+/// chassis_core::__define_error! {
+///     /// The error of this crate.
+///     pub struct Error(ErrorKind);
+///     display = kind_and_source;
+/// }
+///
+/// chassis_core::__define_error! {
+///     /// An error that names the peer it happened with.
+///     pub struct PeerError(ErrorKind) {
+///         peer: String,
+///     }
+/// }
+///
+/// impl fmt::Display for PeerError {
+///     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+///         write!(f, "{}: {}", self.peer, self.kind())
+///     }
+/// }
+///
+/// let err = Error::with_source(ErrorKind::Connection, std::io::Error::other("reset"));
+/// assert_eq!(err.to_string(), "connection failed: reset");
+/// assert!(std::error::Error::source(&err).is_some());
+/// assert!(matches!(Error::new(ErrorKind::Connection).kind(), ErrorKind::Connection));
+///
+/// let err = PeerError { kind: ErrorKind::Connection, peer: "db".into(), source: None };
+/// assert_eq!(err.to_string(), "db: connection failed");
+/// ```
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __define_error {
+    (
+        $(#[$meta:meta])*
+        $vis:vis struct $name:ident($kind:ty) {
+            $( $(#[$fmeta:meta])* $field:ident : $fty:ty ),* $(,)?
+        }
+    ) => {
+        $(#[$meta])*
+        $vis struct $name {
+            kind: $kind,
+            $( $(#[$fmeta])* $field: $fty, )*
+            source: ::core::option::Option<$crate::BoxError>,
+        }
+
+        $crate::__define_error!(@common $name, $kind, [$($field)*]);
+    };
+    (
+        $(#[$meta:meta])*
+        $vis:vis struct $name:ident($kind:ty);
+        $(display = $display:ident;)?
+    ) => {
+        $(#[$meta])*
+        $vis struct $name {
+            kind: $kind,
+            source: ::core::option::Option<$crate::BoxError>,
+        }
+
+        impl $name {
+            /// Builds an error of `kind` without a source.
+            pub fn new(kind: $kind) -> Self {
+                Self { kind, source: None }
+            }
+
+            /// Builds an error of `kind` caused by `source`.
+            pub fn with_source(kind: $kind, source: impl Into<$crate::BoxError>) -> Self {
+                Self {
+                    kind,
+                    source: Some(source.into()),
+                }
+            }
+        }
+
+        $crate::__define_error!(@common $name, $kind, []);
+        $( $crate::__define_error!(@display $display $name); )?
+    };
+    (@common $name:ident, $kind:ty, [$($field:ident)*]) => {
+        impl $name {
+            /// What happened.
+            pub fn kind(&self) -> &$kind {
+                &self.kind
+            }
+        }
+
+        impl ::core::fmt::Debug for $name {
+            fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+                let mut d = f.debug_struct(stringify!($name));
+                d.field("kind", &self.kind);
+                $( d.field(stringify!($field), &self.$field); )*
+                if let Some(source) = &self.source {
+                    d.field("source", source);
+                }
+                d.finish()
+            }
+        }
+
+        impl ::std::error::Error for $name {
+            fn source(&self) -> Option<&(dyn ::std::error::Error + 'static)> {
+                self.source
+                    .as_deref()
+                    .map(|e| e as &(dyn ::std::error::Error + 'static))
+            }
+        }
+    };
+    (@display kind $name:ident) => {
+        impl ::core::fmt::Display for $name {
+            fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+                ::core::fmt::Display::fmt(&self.kind, f)
+            }
+        }
+    };
+    (@display kind_and_source $name:ident) => {
+        impl ::core::fmt::Display for $name {
+            fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+                ::core::fmt::Display::fmt(&self.kind, f)?;
+                if let Some(source) = &self.source {
+                    write!(f, ": {source}")?;
+                }
+                Ok(())
+            }
+        }
+    };
+}
+
 #[cfg(test)]
+// The macros generate `pub` items, as the public types that use them need; here they sit in a
+// private module.
+#[allow(unreachable_pub)]
 mod tests {
     struct Wrapper<S> {
         inner: S,
@@ -65,5 +220,85 @@ mod tests {
         let mut d = Dropping { inner: 1_u8 };
         *d.get_mut() += 1;
         assert_eq!(*d.get_ref(), 2);
+    }
+
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub enum TestKind {
+        Broken,
+        Late { after_ms: u64 },
+    }
+
+    impl std::fmt::Display for TestKind {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            match self {
+                Self::Broken => f.write_str("broken"),
+                Self::Late { after_ms } => write!(f, "late by {after_ms}ms"),
+            }
+        }
+    }
+
+    crate::__define_error! {
+        /// With the source in the message.
+        pub struct Chained(TestKind);
+        display = kind_and_source;
+    }
+
+    crate::__define_error! {
+        /// The kind alone in the message.
+        pub struct Plain(TestKind);
+        display = kind;
+    }
+
+    crate::__define_error! {
+        /// A field of its own, constructors and `Display` by hand.
+        pub struct Named(TestKind) {
+            name: String,
+        }
+    }
+
+    impl std::fmt::Display for Named {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "{}: {}", self.name, self.kind)
+        }
+    }
+
+    #[test]
+    fn error_macro_builds_kind_source_and_messages() {
+        use std::error::Error as _;
+
+        let plain = Chained::new(TestKind::Late { after_ms: 5 });
+        assert_eq!(plain.kind(), &TestKind::Late { after_ms: 5 });
+        assert!(plain.source().is_none());
+        assert_eq!(plain.to_string(), "late by 5ms");
+        assert_eq!(
+            format!("{plain:?}"),
+            "Chained { kind: Late { after_ms: 5 } }"
+        );
+
+        let caused = Chained::with_source(TestKind::Broken, std::io::Error::other("reset"));
+        assert_eq!(caused.to_string(), "broken: reset");
+        assert_eq!(
+            caused.source().map(|e| e.to_string()).as_deref(),
+            Some("reset")
+        );
+        assert_eq!(
+            format!("{caused:?}"),
+            "Chained { kind: Broken, source: Custom { kind: Other, error: \"reset\" } }"
+        );
+
+        let quiet = Plain::with_source(TestKind::Broken, std::io::Error::other("reset"));
+        assert_eq!(quiet.to_string(), "broken");
+        assert!(quiet.source().is_some());
+        assert_eq!(Plain::new(TestKind::Broken).kind(), &TestKind::Broken);
+
+        let boxed: crate::BoxError = Box::new(Named {
+            kind: TestKind::Broken,
+            name: "db".to_owned(),
+            source: None,
+        });
+        let named = boxed.downcast_ref::<Named>().expect("a Named error");
+        assert_eq!(named.kind(), &TestKind::Broken);
+        assert_eq!(named.to_string(), "db: broken");
+        assert_eq!(format!("{named:?}"), "Named { kind: Broken, name: \"db\" }");
     }
 }

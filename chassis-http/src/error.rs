@@ -559,13 +559,12 @@ pub struct ErrorDetail {
     pub details: Option<serde_json::Value>,
 }
 
-/// The error of the chassis-http server runner (binding, configuration).
-///
-/// Request-level failures are not errors of this kind: they are answered with [`ApiError`].
-#[derive(Debug)]
-pub struct Error {
-    kind: ErrorKind,
-    source: Option<BoxError>,
+chassis_core::__define_error! {
+    /// The error of the chassis-http server runner (binding, configuration).
+    ///
+    /// Request-level failures are not errors of this kind: they are answered with [`ApiError`].
+    pub struct Error(ErrorKind);
+    display = kind_and_source;
 }
 
 /// What went wrong in the server runner.
@@ -597,50 +596,19 @@ pub enum ErrorKind {
     },
 }
 
-impl Error {
-    /// An error of `kind` caused by `source`.
-    pub fn with_source(kind: ErrorKind, source: impl Into<BoxError>) -> Self {
-        Self {
-            kind,
-            source: Some(source.into()),
-        }
-    }
-
-    /// An error of `kind` without a source.
-    pub fn new(kind: ErrorKind) -> Self {
-        Self { kind, source: None }
-    }
-
-    /// What happened.
-    pub fn kind(&self) -> &ErrorKind {
-        &self.kind
-    }
-}
-
-impl fmt::Display for Error {
+/// The message of an [`Error`] without its source.
+impl fmt::Display for ErrorKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match &self.kind {
-            ErrorKind::Bind { addr } => write!(f, "cannot bind {addr}")?,
-            ErrorKind::AdminBind { addr } => write!(
+        match self {
+            Self::Bind { addr } => write!(f, "cannot bind {addr}"),
+            Self::AdminBind { addr } => write!(
                 f,
                 "cannot bind the admin listener (probes, metrics) to {addr}"
-            )?,
-            ErrorKind::Io => write!(f, "listener I/O error")?,
-            ErrorKind::InvalidConfig { reason } => write!(f, "invalid configuration: {reason}")?,
-            ErrorKind::Tls { reason } => write!(f, "TLS setup failed: {reason}")?,
+            ),
+            Self::Io => write!(f, "listener I/O error"),
+            Self::InvalidConfig { reason } => write!(f, "invalid configuration: {reason}"),
+            Self::Tls { reason } => write!(f, "TLS setup failed: {reason}"),
         }
-        if let Some(source) = &self.source {
-            write!(f, ": {source}")?;
-        }
-        Ok(())
-    }
-}
-
-impl std::error::Error for Error {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        self.source
-            .as_deref()
-            .map(|e| e as &(dyn std::error::Error + 'static))
     }
 }
 

@@ -73,27 +73,14 @@ pub enum ErrorKind {
     },
 }
 
-/// The error of every `chassis-messaging` operation: an [`ErrorKind`] plus, where there is one,
-/// the underlying error as its source.
-pub struct Error {
-    kind: ErrorKind,
-    source: Option<BoxError>,
+chassis_core::__define_error! {
+    /// The error of every `chassis-messaging` operation: an [`ErrorKind`] plus, where there is
+    /// one, the underlying error as its source.
+    pub struct Error(ErrorKind);
+    display = kind_and_source;
 }
 
 impl Error {
-    /// Builds an error of `kind` without a source.
-    pub fn new(kind: ErrorKind) -> Self {
-        Self { kind, source: None }
-    }
-
-    /// Builds an error of `kind` caused by `source`.
-    pub fn with_source(kind: ErrorKind, source: impl Into<BoxError>) -> Self {
-        Self {
-            kind,
-            source: Some(source.into()),
-        }
-    }
-
     /// Shorthand for [`ErrorKind::Connection`] caused by `source`.
     pub fn connection(source: impl Into<BoxError>) -> Self {
         Self::with_source(ErrorKind::Connection, source)
@@ -138,11 +125,6 @@ impl Error {
         Self::new(ErrorKind::Shutdown)
     }
 
-    /// What happened.
-    pub fn kind(&self) -> &ErrorKind {
-        &self.kind
-    }
-
     /// Takes the underlying error out.
     pub fn into_source(self) -> Option<BoxError> {
         self.source
@@ -162,52 +144,30 @@ impl Error {
     }
 }
 
-impl fmt::Debug for Error {
+/// The message of an [`Error`] without its source.
+impl fmt::Display for ErrorKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let mut d = f.debug_struct("Error");
-        d.field("kind", &self.kind);
-        if let Some(source) = &self.source {
-            d.field("source", source);
-        }
-        d.finish()
-    }
-}
-
-impl fmt::Display for Error {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match &self.kind {
-            ErrorKind::Connection => f.write_str("broker connection failed")?,
-            ErrorKind::Timeout { operation, after } => {
-                write!(f, "{operation} timed out after {}ms", after.as_millis())?
+        match self {
+            Self::Connection => f.write_str("broker connection failed"),
+            Self::Timeout { operation, after } => {
+                write!(f, "{operation} timed out after {}ms", after.as_millis())
             }
-            ErrorKind::Nacked => f.write_str("the broker nacked the message")?,
-            ErrorKind::Unroutable {
+            Self::Nacked => f.write_str("the broker nacked the message"),
+            Self::Unroutable {
                 exchange,
                 routing_key,
             } => write!(
                 f,
                 "message to exchange '{exchange}' with routing key '{routing_key}' was unroutable"
-            )?,
-            ErrorKind::Decode { reason } => write!(f, "cannot decode message: {reason}")?,
-            ErrorKind::Validation { reason } => write!(f, "invalid message: {reason}")?,
-            ErrorKind::Topology => f.write_str("declaring the broker topology failed")?,
-            ErrorKind::Database => f.write_str("database operation failed")?,
-            ErrorKind::Serialization => f.write_str("cannot serialize payload")?,
-            ErrorKind::Shutdown => f.write_str("shutting down")?,
-            ErrorKind::InvalidConfig { reason } => write!(f, "invalid configuration: {reason}")?,
+            ),
+            Self::Decode { reason } => write!(f, "cannot decode message: {reason}"),
+            Self::Validation { reason } => write!(f, "invalid message: {reason}"),
+            Self::Topology => f.write_str("declaring the broker topology failed"),
+            Self::Database => f.write_str("database operation failed"),
+            Self::Serialization => f.write_str("cannot serialize payload"),
+            Self::Shutdown => f.write_str("shutting down"),
+            Self::InvalidConfig { reason } => write!(f, "invalid configuration: {reason}"),
         }
-        if let Some(source) = &self.source {
-            write!(f, ": {source}")?;
-        }
-        Ok(())
-    }
-}
-
-impl std::error::Error for Error {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        self.source
-            .as_deref()
-            .map(|e| e as &(dyn std::error::Error + 'static))
     }
 }
 

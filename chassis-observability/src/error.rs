@@ -9,8 +9,6 @@
 use std::fmt;
 use std::time::Duration;
 
-use chassis_core::BoxError;
-
 use crate::config::OtlpProtocol;
 
 /// What went wrong while setting up or shutting down telemetry.
@@ -62,44 +60,26 @@ pub enum ErrorKind {
     },
 }
 
-/// The error of chassis-observability: an [`ErrorKind`] plus, where there is one, the underlying
-/// error as [`source`](std::error::Error::source).
-#[derive(Debug)]
-pub struct Error {
-    kind: ErrorKind,
-    source: Option<BoxError>,
+chassis_core::__define_error! {
+    /// The error of chassis-observability: an [`ErrorKind`] plus, where there is one, the
+    /// underlying error as [`source`](std::error::Error::source).
+    pub struct Error(ErrorKind);
+    display = kind;
 }
 
 impl Error {
-    /// An error of `kind` without a source.
-    pub fn new(kind: ErrorKind) -> Self {
-        Self { kind, source: None }
-    }
-
-    /// An error of `kind` caused by `source`.
-    pub fn with_source(kind: ErrorKind, source: impl Into<BoxError>) -> Self {
-        Self {
-            kind,
-            source: Some(source.into()),
-        }
-    }
-
     /// An [`ErrorKind::InvalidConfig`] error.
     pub fn invalid_config(reason: impl Into<String>) -> Self {
         Self::new(ErrorKind::InvalidConfig {
             reason: reason.into(),
         })
     }
-
-    /// What went wrong.
-    pub fn kind(&self) -> &ErrorKind {
-        &self.kind
-    }
 }
 
-impl fmt::Display for Error {
+/// The message of an [`Error`] (its source is not part of it).
+impl fmt::Display for ErrorKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match &self.kind {
+        match self {
             ErrorKind::GlobalSubscriberExists => {
                 f.write_str("a global tracing subscriber is already installed")
             }
@@ -123,13 +103,5 @@ impl fmt::Display for Error {
             }
             ErrorKind::Shutdown { reason } => write!(f, "telemetry shutdown failed: {reason}"),
         }
-    }
-}
-
-impl std::error::Error for Error {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        self.source
-            .as_deref()
-            .map(|e| e as &(dyn std::error::Error + 'static))
     }
 }

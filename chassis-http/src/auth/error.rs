@@ -8,7 +8,6 @@ use http::header::{HeaderValue, WWW_AUTHENTICATE};
 use jsonwebtoken::Algorithm;
 
 use crate::error::ApiError;
-use chassis_core::BoxError;
 
 /// What went wrong in bearer-token auth (service tokens and end-user tokens).
 ///
@@ -116,27 +115,41 @@ pub enum AuthErrorKind {
     },
 }
 
-/// The error of the [`auth`](crate::auth) module: an [`AuthErrorKind`] plus, where there is one,
-/// the underlying error as its source.
-pub struct AuthError {
-    kind: AuthErrorKind,
-    source: Option<BoxError>,
+impl AuthErrorKind {
+    /// See [`AuthError::reason`].
+    fn reason(&self) -> &'static str {
+        match self {
+            AuthErrorKind::MissingToken => "missing token",
+            AuthErrorKind::MalformedHeader => "malformed authorization header",
+            AuthErrorKind::MalformedToken => "malformed token",
+            AuthErrorKind::UnknownKey { .. } => "unknown key id",
+            AuthErrorKind::AlgorithmMismatch { .. } => "algorithm does not match the key",
+            AuthErrorKind::InvalidSignature => "invalid signature",
+            AuthErrorKind::MissingClaim { .. } => "missing or malformed claim",
+            AuthErrorKind::InvalidClaim { .. } => "malformed claim",
+            AuthErrorKind::Expired => "token expired",
+            AuthErrorKind::NotYetValid => "token not yet valid",
+            AuthErrorKind::LifetimeTooLong => "token lifetime too long",
+            AuthErrorKind::UntrustedIssuer { .. } => "untrusted issuer",
+            AuthErrorKind::WrongAudience => "token not issued for this service",
+            AuthErrorKind::InsufficientScope { .. } => "insufficient scope",
+            AuthErrorKind::InvalidKey { .. } => "invalid key",
+            AuthErrorKind::RsaKeySize { .. } => "RSA key size outside 2048..=4096 bits",
+            AuthErrorKind::KeySetUnavailable { .. } => "key set unavailable",
+            AuthErrorKind::Signing => "signing failed",
+            AuthErrorKind::InvalidConfig { .. } => "invalid configuration",
+        }
+    }
+}
+
+chassis_core::__define_error! {
+    /// The error of the [`auth`](crate::auth) module: an [`AuthErrorKind`] plus, where there is
+    /// one, the underlying error as its source.
+    pub struct AuthError(AuthErrorKind);
+    display = kind;
 }
 
 impl AuthError {
-    /// Builds an error of `kind` without a source.
-    pub fn new(kind: AuthErrorKind) -> Self {
-        Self { kind, source: None }
-    }
-
-    /// Builds an error of `kind` caused by `source`.
-    pub fn with_source(kind: AuthErrorKind, source: impl Into<BoxError>) -> Self {
-        Self {
-            kind,
-            source: Some(source.into()),
-        }
-    }
-
     pub(crate) fn invalid_key(reason: impl Into<String>) -> Self {
         Self::new(AuthErrorKind::InvalidKey {
             reason: reason.into(),
@@ -147,11 +160,6 @@ impl AuthError {
         Self::new(AuthErrorKind::InvalidConfig {
             reason: reason.into(),
         })
-    }
-
-    /// What happened.
-    pub fn kind(&self) -> &AuthErrorKind {
-        &self.kind
     }
 
     /// The HTTP status a server answers this failure with (see the table on [`AuthErrorKind`]):
@@ -229,27 +237,7 @@ impl AuthError {
 
     /// A short reason, safe to log: it never contains token or key material.
     pub fn reason(&self) -> &'static str {
-        match self.kind {
-            AuthErrorKind::MissingToken => "missing token",
-            AuthErrorKind::MalformedHeader => "malformed authorization header",
-            AuthErrorKind::MalformedToken => "malformed token",
-            AuthErrorKind::UnknownKey { .. } => "unknown key id",
-            AuthErrorKind::AlgorithmMismatch { .. } => "algorithm does not match the key",
-            AuthErrorKind::InvalidSignature => "invalid signature",
-            AuthErrorKind::MissingClaim { .. } => "missing or malformed claim",
-            AuthErrorKind::InvalidClaim { .. } => "malformed claim",
-            AuthErrorKind::Expired => "token expired",
-            AuthErrorKind::NotYetValid => "token not yet valid",
-            AuthErrorKind::LifetimeTooLong => "token lifetime too long",
-            AuthErrorKind::UntrustedIssuer { .. } => "untrusted issuer",
-            AuthErrorKind::WrongAudience => "token not issued for this service",
-            AuthErrorKind::InsufficientScope { .. } => "insufficient scope",
-            AuthErrorKind::InvalidKey { .. } => "invalid key",
-            AuthErrorKind::RsaKeySize { .. } => "RSA key size outside 2048..=4096 bits",
-            AuthErrorKind::KeySetUnavailable { .. } => "key set unavailable",
-            AuthErrorKind::Signing => "signing failed",
-            AuthErrorKind::InvalidConfig { .. } => "invalid configuration",
-        }
+        self.kind.reason()
     }
 
     /// Whether this is a verification failure of the caller's request or token (as opposed to a
@@ -322,20 +310,10 @@ pub(crate) fn sanitize(value: &str) -> String {
         .collect()
 }
 
-impl fmt::Debug for AuthError {
+/// The message of an [`AuthError`] (its source is not part of it).
+impl fmt::Display for AuthErrorKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let mut d = f.debug_struct("AuthError");
-        d.field("kind", &self.kind);
-        if let Some(source) = &self.source {
-            d.field("source", source);
-        }
-        d.finish()
-    }
-}
-
-impl fmt::Display for AuthError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match &self.kind {
+        match self {
             AuthErrorKind::UnknownKey { kid: Some(kid) } => write!(f, "unknown key id '{kid}'"),
             AuthErrorKind::AlgorithmMismatch { expected, found } => write!(
                 f,
@@ -366,14 +344,6 @@ impl fmt::Display for AuthError {
             }
             _ => f.write_str(self.reason()),
         }
-    }
-}
-
-impl std::error::Error for AuthError {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        self.source
-            .as_deref()
-            .map(|e| e as &(dyn std::error::Error + 'static))
     }
 }
 

@@ -245,15 +245,15 @@ impl fmt::Display for TlsFailure {
     }
 }
 
-/// The error of [`HttpClient`](super::HttpClient).
-pub struct ClientError {
-    kind: ClientErrorKind,
-    downstream: String,
-    attempts: u32,
-    retries_exhausted: bool,
-    /// The status of an answer that arrived but whose body could not be read or decoded.
-    answered: Option<StatusCode>,
-    source: Option<BoxError>,
+chassis_core::__define_error! {
+    /// The error of [`HttpClient`](super::HttpClient).
+    pub struct ClientError(ClientErrorKind) {
+        downstream: String,
+        attempts: u32,
+        retries_exhausted: bool,
+        /// The status of an answer that arrived but whose body could not be read or decoded.
+        answered: Option<StatusCode>,
+    }
 }
 
 impl ClientError {
@@ -412,11 +412,6 @@ impl ClientError {
         Self::new(kind, downstream).with_source(err)
     }
 
-    /// What happened.
-    pub fn kind(&self) -> &ClientErrorKind {
-        &self.kind
-    }
-
     /// The downstream's name (as configured on the client).
     pub fn downstream(&self) -> &str {
         &self.downstream
@@ -481,23 +476,6 @@ impl ClientError {
     }
 }
 
-impl fmt::Debug for ClientError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let mut d = f.debug_struct("ClientError");
-        d.field("kind", &self.kind)
-            .field("downstream", &self.downstream)
-            .field("attempts", &self.attempts)
-            .field("retries_exhausted", &self.retries_exhausted);
-        if let Some(status) = self.answered {
-            d.field("answered", &status);
-        }
-        if let Some(source) = &self.source {
-            d.field("source", source);
-        }
-        d.finish()
-    }
-}
-
 impl fmt::Display for ClientError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let name = &self.downstream;
@@ -536,14 +514,6 @@ impl fmt::Display for ClientError {
             write!(f, " ({} attempts)", self.attempts)?;
         }
         Ok(())
-    }
-}
-
-impl std::error::Error for ClientError {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        self.source
-            .as_deref()
-            .map(|e| e as &(dyn std::error::Error + 'static))
     }
 }
 
