@@ -1,7 +1,8 @@
 //! What a shop service reads from its environment: [`Shop`] (its name, the namespace of its
-//! exchanges and queues, its database and broker) and the HTTP address ([`server_config`]).
+//! exchanges and queues, its database and broker) and the HTTP addresses ([`server_config`]).
 //!
-//! `HTTP_ADDR` (default `127.0.0.1:<the service's port>`), `DATABASE_URL` (default
+//! `HTTP_ADDR` (default `127.0.0.1:<the service's port>`), `ADMIN_ADDR` (the admin listener:
+//! probes and `/metrics`; default `127.0.0.1:<the service's port + 1000>`), `DATABASE_URL` (default
 //! `sqlite://<DATA_DIR or .>/<service>.db`), `AMQP_URL` (default the local broker),
 //! `SHOP_NAMESPACE` (a prefix of every exchange and queue name, so several systems share one
 //! broker), `CONSUMER_CONCURRENCY` (default 8).
@@ -33,21 +34,31 @@ pub fn env(key: &str, default: &str) -> String {
         .unwrap_or_else(|| default.into())
 }
 
-/// The HTTP server's configuration: `HTTP_ADDR` or `127.0.0.1:<default_port>`; in-flight
-/// requests get 10 s to finish at shutdown; HTTPS when `TLS_CERT_FILE` is set (see
-/// [`crate::tls`]).
+/// The HTTP server's configuration: `HTTP_ADDR` or `127.0.0.1:<default_port>`; the admin
+/// listener, which alone serves the probes and `/metrics`, at `ADMIN_ADDR` or
+/// `127.0.0.1:<default_port + 1000>` (gateway 9080, orders 9081, …); in-flight requests get
+/// 10 s to finish at shutdown; HTTPS when `TLS_CERT_FILE` is set (see [`crate::tls`]; the
+/// admin listener stays plain HTTP).
 pub fn server_config(default_port: u16) -> Result<ServerConfig, BoxError> {
     let addr: SocketAddr = env("HTTP_ADDR", &format!("127.0.0.1:{default_port}"))
         .parse()
         .map_err(|e| format!("HTTP_ADDR: {e}"))?;
+    let admin_port = default_port.saturating_add(ADMIN_PORT_OFFSET);
+    let admin: SocketAddr = env("ADMIN_ADDR", &format!("127.0.0.1:{admin_port}"))
+        .parse()
+        .map_err(|e| format!("ADMIN_ADDR: {e}"))?;
     let config = ServerConfig::default()
         .bind(addr)
+        .admin(admin)
         .drain_timeout(Duration::from_secs(10));
     Ok(match crate::tls::server_tls()? {
         Some(tls) => config.tls(tls),
         None => config,
     })
 }
+
+/// A service's default admin port is its HTTP port plus this (8080 -> 9080).
+pub const ADMIN_PORT_OFFSET: u16 = 1000;
 
 /// Histogram buckets (seconds) of every shop service: 0.1 ms to 30 s, about 25% apart below
 /// 0.1 s. The chassis default (the OpenTelemetry duration buckets, 5 ms and up) puts most of a

@@ -289,7 +289,8 @@ async fn authenticate(State(gw): State<Gateway>, mut req: Request, next: Next) -
 }
 
 /// The public API's routes in the chassis standard layers, with the request body limited to
-/// [`MAX_API_BODY_BYTES`]. Probes and `/metrics` go in front of it.
+/// [`MAX_API_BODY_BYTES`]. Probes and `/metrics` are not here: the server serves them on its
+/// admin port only (see `main.rs`), so this public router answers them 404.
 pub fn router(gateway: Gateway) -> Router {
     Router::new()
         .route("/api/v1/orders", post(place_order))

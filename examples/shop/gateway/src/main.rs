@@ -6,7 +6,8 @@
 //! inventory or notifications with the resilient client and a service token (see
 //! `shop_gateway::api` and `shop_gateway::downstream`).
 //!
-//! Environment: `HTTP_ADDR` (default `127.0.0.1:8080`), `GATEWAY_API_KEYS` (`key:client,…`,
+//! Environment: `HTTP_ADDR` (default `127.0.0.1:8080`), `ADMIN_ADDR` (probes and
+//! `/metrics`, default `127.0.0.1:9080`), `GATEWAY_API_KEYS` (`key:client,…`,
 //! default `demo-key-0001:demo`), `GATEWAY_RATE_LIMIT` (requests/s per key, default 500),
 //! `ORDERS_URL`, `INVENTORY_URL`, `NOTIFICATIONS_URL`, `PAYMENTS_URL`, optionally `ORDERS_POLICY`,
 //! `INVENTORY_POLICY`, `NOTIFICATIONS_POLICY` (a JSON `ResiliencePolicy` per downstream,
@@ -27,12 +28,13 @@ use shop_gateway::downstream;
 use shop_gateway::keys::ApiKeys;
 use shop_gateway::rate_limit::KeyedRateLimiter;
 use shop_gateway::users::UserAuthConfig;
-use tower::ServiceBuilder;
 
 const HELP: &str = "\
 shop-gateway: the shop's public API (configured from the environment)
 
-  HTTP_ADDR              listen address (default 127.0.0.1:8080)
+  HTTP_ADDR              listen address of the public API (default 127.0.0.1:8080)
+  ADMIN_ADDR             listen address of the probes and /metrics (default 127.0.0.1:9080);
+                         keep it off the public network
   GATEWAY_API_KEYS       trusted clients' API keys, `key:client,...` (default demo-key-0001:demo);
                          a request with one has full access
   GATEWAY_RATE_LIMIT     requests per second per client or user (default 500)
@@ -100,15 +102,14 @@ async fn run() -> Result<(), BoxError> {
     }
 
     // 3. HTTP: the public API in the standard layers (request bodies limited, see
-    //    `shop_gateway::api`); probes and /metrics in front of them.
+    //    `shop_gateway::api`); probes and /metrics on the admin port only (`ADMIN_ADDR`), never
+    //    on this public one.
     let probes = HealthLayer::new(app.health().clone()).prometheus(telemetry.prometheus_handle());
-    let service = ServiceBuilder::new()
-        .layer(probes)
-        .service(api::router(gateway));
+    let service = api::router(gateway);
 
     // 4. Run: on SIGTERM readiness fails, the listener closes, requests drain, telemetry flushes.
     app.component(telemetry)
-        .component(HttpServer::new(server_config(8080)?, service))
+        .component(HttpServer::new(server_config(8080)?, service).probes(probes))
         .run()
         .await?;
     Ok(())

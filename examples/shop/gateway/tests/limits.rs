@@ -120,9 +120,10 @@ fn free_port() -> u16 {
 /// The gateway binary with `orders_url` as its orders service.
 async fn gateway(orders_url: &str) -> (tokio::process::Child, String) {
     let key = SigningKey::generate_ed25519().unwrap();
-    let port = free_port();
+    let (port, admin_port) = (free_port(), free_port());
     let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_shop-gateway"))
         .env("HTTP_ADDR", format!("127.0.0.1:{port}"))
+        .env("ADMIN_ADDR", format!("127.0.0.1:{admin_port}"))
         .env("GATEWAY_API_KEYS", format!("{KEY}:limits"))
         .env("ORDERS_URL", orders_url)
         .env("SERVICE_TOKEN_PRIVATE_KEY", key.to_pkcs8_pem().unwrap())
@@ -134,16 +135,24 @@ async fn gateway(orders_url: &str) -> (tokio::process::Child, String) {
         .spawn()
         .unwrap();
     let base = format!("http://127.0.0.1:{port}");
+    let admin = format!("http://127.0.0.1:{admin_port}");
     let http = reqwest::Client::new();
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let ready = http.get(format!("{base}/health/ready")).send().await;
+        let ready = http.get(format!("{admin}/health/ready")).send().await;
         if ready.is_ok_and(|r| r.status().is_success()) {
             break;
         }
         assert!(Instant::now() < deadline, "the gateway did not get ready");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    // The public port never publishes the metrics or the probes: they are on the admin port.
+    for path in ["/metrics", "/health/ready", "/health/live"] {
+        let public = http.get(format!("{base}{path}")).send().await.unwrap();
+        assert_eq!(public.status(), 404, "{path} on the gateway's public port");
+    }
+    let metrics = http.get(format!("{admin}/metrics")).send().await.unwrap();
+    assert_eq!(metrics.status(), 200);
     (child, base)
 }
 

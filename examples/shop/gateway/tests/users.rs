@@ -149,10 +149,11 @@ impl Idp {
 
 /// The gateway binary in front of `services`, with `env` added; its base URL.
 async fn gateway(services: &str, service_key: &SigningKey, env: &[(&str, &str)]) -> Gateway {
-    let port = free_port();
+    let (port, admin_port) = (free_port(), free_port());
     let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_shop-gateway"));
     command
         .env("HTTP_ADDR", format!("127.0.0.1:{port}"))
+        .env("ADMIN_ADDR", format!("127.0.0.1:{admin_port}"))
         .env("GATEWAY_API_KEYS", format!("{API_KEY}:tools"))
         .env("ORDERS_URL", services)
         .env("INVENTORY_URL", services)
@@ -176,7 +177,10 @@ async fn gateway(services: &str, service_key: &SigningKey, env: &[(&str, &str)])
     let http = reqwest::Client::new();
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let ready = http.get(format!("{base}/health/ready")).send().await;
+        let ready = http
+            .get(format!("http://127.0.0.1:{admin_port}/health/ready"))
+            .send()
+            .await;
         if ready.is_ok_and(|r| r.status().is_success()) {
             break;
         }
@@ -471,6 +475,7 @@ async fn a_misconfigured_identity_provider_stops_the_start() {
         let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_shop-gateway"));
         command
             .env("HTTP_ADDR", format!("127.0.0.1:{}", free_port()))
+            .env("ADMIN_ADDR", format!("127.0.0.1:{}", free_port()))
             .env("GATEWAY_API_KEYS", format!("{API_KEY}:tools"))
             .env(
                 "SERVICE_TOKEN_PRIVATE_KEY",

@@ -9,7 +9,8 @@
 //! anything is written); HTTP
 //! (`GET /internal/products`, `GET /internal/reservations/{order_id}`, behind service tokens).
 //!
-//! Environment: `HTTP_ADDR` (default `127.0.0.1:8082`), `DATABASE_URL`, `DATA_DIR`, `AMQP_URL`,
+//! Environment: `HTTP_ADDR` (default `127.0.0.1:8082`), `ADMIN_ADDR` (probes and
+//! `/metrics`, default `127.0.0.1:9082`), `DATABASE_URL`, `DATA_DIR`, `AMQP_URL`,
 //! `SHOP_NAMESPACE`, `CONSUMER_CONCURRENCY` (see `shop_common::service`),
 //! `INVENTORY_SEED=sku:name:price_cents:stock,…`, `SERVICE_TOKEN_PUBLIC_KEY`, and the
 //! chassis' `LOG_FORMAT`, `RUST_LOG`, `OTEL_EXPORTER_OTLP_ENDPOINT`, `PRE_STOP_DELAY`, ….
@@ -37,7 +38,6 @@ use shop_common::limits;
 use shop_common::service::{env, server_config};
 use shop_common::{Shop, auth};
 use shop_inventory::domain::{self, Product};
-use tower::ServiceBuilder;
 
 fn main() -> Result<(), BoxError> {
     // One runtime thread unless SHOP_RUNTIME_THREADS says otherwise (see `shop_common::service::runtime`).
@@ -84,9 +84,7 @@ async fn run() -> Result<(), BoxError> {
     )?
     .with_state(db.clone());
     let probes = HealthLayer::new(app.health().clone()).prometheus(telemetry.prometheus_handle());
-    let service = ServiceBuilder::new()
-        .layer(probes)
-        .service(routes.layer(StandardLayers::new()));
+    let service = routes.layer(StandardLayers::new());
 
     // 5. Run: start in this order; on SIGTERM stop in stages.
     app.component(telemetry)
@@ -96,7 +94,7 @@ async fn run() -> Result<(), BoxError> {
         .component(relay)
         .component(reserver)
         .component(releaser)
-        .component(HttpServer::new(server_config(8082)?, service))
+        .component(HttpServer::new(server_config(8082)?, service).probes(probes))
         .run()
         .await?;
     Ok(())

@@ -71,6 +71,7 @@ async fn an_event_with_an_oversized_field_is_dead_lettered_and_not_applied() {
     let mut inventory = tokio::process::Command::new(env!("CARGO_BIN_EXE_shop-inventory"))
         .env_remove("DATABASE_URL")
         .env("HTTP_ADDR", format!("127.0.0.1:{port}"))
+        .env("ADMIN_ADDR", format!("127.0.0.1:{}", free_port()))
         .env("DATA_DIR", dir.path())
         .env("AMQP_URL", &broker_url)
         .env("SHOP_NAMESPACE", &namespace)

@@ -363,7 +363,7 @@ pub const HOPS: &[HopSpec] = &[
 /// Every service's parsed `/metrics`, by service.
 pub type Scrape = BTreeMap<String, Vec<Series>>;
 
-/// Scrapes `/metrics` of each `(service, base url)` with `http`; a service that does not
+/// Scrapes `/metrics` of each `(service, admin base url)` with `http`; a service that does not
 /// answer is left out (its hops then show no samples).
 pub async fn scrape(http: &reqwest::Client, services: &[(String, String)]) -> Scrape {
     let mut out = Scrape::new();

@@ -2,7 +2,7 @@
 //!
 //! Runs the whole shop on one machine: checks that RabbitMQ (and PostgreSQL) answer, builds the
 //! service binaries (`cargo build`), starts each service as its own process with its environment
-//! (ports, its own database — a SQLite file per service in a run directory, or a PostgreSQL
+//! (ports — the API's, and an admin port for the probes and `/metrics` —, its own database — a SQLite file per service in a run directory, or a PostgreSQL
 //! database per service on one server, see [`Database`] —, `AMQP_URL`, service-token keys),
 //! waits until every `/health/ready` is green, drives a demo workload through the gateway, stops
 //! the services gracefully and deletes the run's exchanges and queues.
@@ -304,6 +304,9 @@ pub struct SystemConfig {
     pub database: Database,
     /// Ports by service; `None` picks free ports.
     pub ports: Option<BTreeMap<&'static str, u16>>,
+    /// Admin ports (probes and `/metrics`, `ADMIN_ADDR`) of the chassis services, every
+    /// service but the payment provider; `None` picks free ports.
+    pub admin_ports: Option<BTreeMap<&'static str, u16>>,
     /// Prefix of every exchange and queue (isolates systems sharing a broker); ends with `.`.
     pub namespace: String,
     /// The broker.
@@ -333,6 +336,7 @@ impl SystemConfig {
             run_dir,
             database: Database::Sqlite,
             ports: None,
+            admin_ports: None,
             namespace: format!("shop-{}.", &uuid::Uuid::new_v4().simple().to_string()[..8]),
             amqp_url: default_amqp_url(),
             provider_failure_rate: 0.0,
@@ -346,8 +350,16 @@ impl SystemConfig {
     }
 
     /// The standard ports 8080.. (gateway 8080, orders 8081, inventory 8082, payments 8083,
-    /// notifications 8084, payment-provider 8090).
+    /// notifications 8084, payment-provider 8090), and the admin ports 9080.. (gateway 9080,
+    /// orders 9081, inventory 9082, payments 9083, notifications 9084).
     pub fn standard_ports(mut self) -> Self {
+        self.admin_ports = Some(BTreeMap::from([
+            ("gateway", 9080),
+            ("orders", 9081),
+            ("inventory", 9082),
+            ("payments", 9083),
+            ("notifications", 9084),
+        ]));
         self.ports = Some(BTreeMap::from([
             ("gateway", 8080),
             ("orders", 8081),
@@ -365,6 +377,9 @@ struct Proc {
     child: Option<Child>,
     env: Vec<(String, String)>,
     url: String,
+    /// Where the probes and `/metrics` are: the admin port (plain HTTP), or `url` for the
+    /// payment provider.
+    admin_url: String,
 }
 
 /// How long [`System::stop`] lets the services drain before it kills what is left.
@@ -405,6 +420,14 @@ impl System {
         let ports: BTreeMap<&'static str, u16> = match &config.ports {
             Some(p) => p.clone(),
             None => SERVICES.iter().map(|s| (*s, free_port())).collect(),
+        };
+        let admin_ports: BTreeMap<&'static str, u16> = match &config.admin_ports {
+            Some(p) => p.clone(),
+            None => SERVICES
+                .iter()
+                .filter(|s| **s != "payment-provider")
+                .map(|s| (*s, free_port()))
+                .collect(),
         };
         let pki = if config.tls {
             Some(tls::ShopPki::generate(config.run_dir.join("tls"))?)
@@ -468,6 +491,15 @@ impl System {
                     env.push(("DATABASE_URL".into(), url));
                 }
             }
+            // The chassis services serve their probes and `/metrics` on an admin port of
+            // their own, in plain HTTP also with `--tls`; the provider serves its probes itself.
+            let admin_url = match admin_ports.get(service) {
+                Some(port) => {
+                    env.push(("ADMIN_ADDR".into(), format!("127.0.0.1:{port}")));
+                    format!("http://127.0.0.1:{port}")
+                }
+                None => url(service),
+            };
             if let Some(pki) = &pki {
                 env.extend(pki.env(service));
             }
@@ -478,6 +510,7 @@ impl System {
                     child: None,
                     env,
                     url: url(service),
+                    admin_url,
                 },
             );
         }
@@ -521,7 +554,8 @@ impl System {
         Ok(())
     }
 
-    /// Waits until `/health/ready` of `only` (or of every service) answers 200.
+    /// Waits until `/health/ready` of `only` (or of every service) answers 200 on its
+    /// [admin URL](Self::admin_url).
     pub async fn wait_ready(&mut self, only: Option<&str>) -> Result<(), BoxError> {
         let http = tls::http_client(self.pki.as_ref())?.build()?;
         let deadline = Instant::now() + self.config.ready_timeout;
@@ -536,7 +570,7 @@ impl System {
                     return Err(format!("{name} exited during startup ({status}); see {name}.log in the run directory").into());
                 }
                 let ready = http
-                    .get(format!("{}/health/ready", proc.url))
+                    .get(format!("{}/health/ready", proc.admin_url))
                     .timeout(Duration::from_secs(2))
                     .send()
                     .await
@@ -571,6 +605,12 @@ impl System {
     /// The base URL of a service.
     pub fn url(&self, service: &str) -> &str {
         self.procs.get(service).map_or("", |p| p.url.as_str())
+    }
+
+    /// The base URL of a service's probes and `/metrics`: its admin port (plain HTTP, also
+    /// with [`SystemConfig::tls`]); the payment provider's [`url`](Self::url).
+    pub fn admin_url(&self, service: &str) -> &str {
+        self.procs.get(service).map_or("", |p| p.admin_url.as_str())
     }
 
     /// The run directory (databases, `<service>.log`).

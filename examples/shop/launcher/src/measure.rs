@@ -74,7 +74,7 @@ pub async fn run(
     }
     let endpoints: Vec<(String, String)> = crate::SERVICES
         .iter()
-        .map(|s| ((*s).to_owned(), system.url(s).to_owned()))
+        .map(|s| ((*s).to_owned(), system.admin_url(s).to_owned()))
         .collect();
     let ticks = cpu::ticks_per_second();
     let http = crate::tls::http_client(system.pki())?.build()?;

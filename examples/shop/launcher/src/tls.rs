@@ -12,7 +12,8 @@
 //!
 //! The launcher's own calls (readiness, `/metrics` scrapes, the workload through the gateway)
 //! go through [`ShopPki::http_client`]: it trusts only the shop's CA and presents the
-//! launcher's certificate.
+//! launcher's certificate. Readiness and scrapes reach the chassis services on their admin
+//! ports, which stay plain HTTP (`System::admin_url`).
 
 use std::path::{Path, PathBuf};
 

@@ -71,13 +71,18 @@ fn compose_has_the_broker_the_database_and_every_service() {
             "{name}: DATABASE_URL"
         );
         assert!(env["HTTP_ADDR"].is_string(), "{name}: no HTTP_ADDR");
+        assert!(env["ADMIN_ADDR"].is_string(), "{name}: no ADMIN_ADDR");
+        // The probes are on the admin port only: the API port answers them 404.
+        let admin = admin_port(compose, name);
+        assert_ne!(admin, http_port(compose, name), "{name}");
         let test = &services[&Value::from(name)]["healthcheck"]["test"];
+        let ready = format!("http://127.0.0.1:{admin}/health/ready");
         assert!(
             test.as_sequence()
                 .unwrap()
                 .iter()
-                .any(|t| t.as_str().is_some_and(|s| s.ends_with("/health/ready"))),
-            "{name}: healthcheck is not on /health/ready"
+                .any(|t| t.as_str() == Some(ready.as_str())),
+            "{name}: healthcheck is not on {ready}"
         );
     }
 }
@@ -93,6 +98,7 @@ fn every_deployment_has_probes_on_the_chassis_paths_an_image_and_resources() {
     assert!(files.len() >= 7, "{files:?}");
     let mut deployments = Vec::new();
     let mut services = Vec::new();
+    let mut service_docs = Vec::new();
     let mut kinds = Vec::new();
     for f in &files {
         for doc in docs(f) {
@@ -105,7 +111,10 @@ fn every_deployment_has_probes_on_the_chassis_paths_an_image_and_resources() {
             let name = doc["metadata"]["name"].as_str().unwrap().to_owned();
             match kind.as_str() {
                 "Deployment" => deployments.push((name, doc.clone())),
-                "Service" => services.push(name),
+                "Service" => {
+                    services.push(name);
+                    service_docs.push(doc.clone());
+                }
                 _ => {}
             }
             kinds.push(kind);
@@ -151,6 +160,16 @@ fn every_deployment_has_probes_on_the_chassis_paths_an_image_and_resources() {
             c["resources"]["requests"]["memory"].is_string(),
             "{name}: memory request"
         );
+        // Probes and scrapes on the admin port, which the Service does not expose.
+        let admin_port = container_env(c, "ADMIN_ADDR")
+            .and_then(|a| a.rsplit(':').next().map(str::to_owned))
+            .unwrap_or_else(|| panic!("{name}: no ADMIN_ADDR"));
+        let ports = c["ports"].as_sequence().unwrap();
+        assert!(
+            ports.iter().any(|p| p["name"].as_str() == Some("admin")
+                && p["containerPort"].as_u64().map(|p| p.to_string()) == Some(admin_port.clone())),
+            "{name}: no container port `admin` on {admin_port}"
+        );
         for (probe, path) in [
             ("livenessProbe", "/health/live"),
             ("readinessProbe", "/health/ready"),
@@ -160,6 +179,28 @@ fn every_deployment_has_probes_on_the_chassis_paths_an_image_and_resources() {
                 c[probe]["httpGet"]["path"].as_str(),
                 Some(path),
                 "{name}: {probe}"
+            );
+            assert_eq!(
+                c[probe]["httpGet"]["port"].as_str(),
+                Some("admin"),
+                "{name}: {probe} not on the admin port"
+            );
+        }
+        let annotations = &d["spec"]["template"]["metadata"]["annotations"];
+        assert_eq!(
+            annotations["prometheus.io/port"].as_str(),
+            Some(admin_port.as_str()),
+            "{name}: Prometheus scrapes another port than the admin one"
+        );
+        let service = service_docs
+            .iter()
+            .find(|s| s["metadata"]["name"].as_str() == Some(name))
+            .unwrap();
+        for port in service["spec"]["ports"].as_sequence().unwrap() {
+            assert_ne!(
+                port["targetPort"].as_str(),
+                Some("admin"),
+                "{name}: the Service exposes the admin port"
             );
         }
         let labels = &d["spec"]["template"]["metadata"]["labels"];
@@ -433,13 +474,15 @@ fn dockerfile_parsing_follows_continuations_and_stages() {
 }
 
 /// The TLS overlay: every service serves HTTPS with its own certificate and key from the
-/// mounted directory, calls the others over HTTPS, checks its health over HTTPS, and the files
+/// mounted directory, calls the others over HTTPS, checks its health on its plain-HTTP admin
+/// port (the payment provider, which has none, over HTTPS), and the files
 /// it names are the ones `shop-launcher --write-certs` writes, with the Compose host names in
 /// the certificates.
 #[test]
 fn the_compose_tls_overlay_names_the_files_the_launcher_writes() {
     let mut overlay = docs(&deploy_dir().join("compose.tls.yaml")).remove(0);
     overlay.apply_merge().expect("the `<<` merge keys resolve");
+    let plain = compose();
     let services = overlay["services"].as_mapping().expect("services");
     let dir = tempfile::tempdir().unwrap();
     let pki = shop_launcher::tls::ShopPki::generate(dir.path()).unwrap();
@@ -468,10 +511,13 @@ fn the_compose_tls_overlay_names_the_files_the_launcher_writes() {
             .iter()
             .filter_map(Value::as_str)
             .collect();
+        let expected = if *name == "payment-provider" {
+            format!("https://{name}:")
+        } else {
+            format!("http://127.0.0.1:{}/", admin_port(&plain, name))
+        };
         assert!(
-            check
-                .last()
-                .is_some_and(|url| url.starts_with(&format!("https://{name}:"))),
+            check.last().is_some_and(|url| url.starts_with(&expected)),
             "{name}: {check:?}"
         );
         // Every file the overlay names exists in what the launcher writes.
@@ -522,6 +568,24 @@ fn compose() -> Value {
     let mut compose = docs(&deploy_dir().join("compose.yaml")).remove(0);
     compose.apply_merge().expect("the `<<` merge keys resolve");
     compose
+}
+
+/// The value of the environment variable `key` of a Kubernetes container, if set literally.
+fn container_env(container: &Value, key: &str) -> Option<String> {
+    container["env"]
+        .as_sequence()?
+        .iter()
+        .find(|e| e["name"].as_str() == Some(key))?["value"]
+        .as_str()
+        .map(str::to_owned)
+}
+
+/// The port of a service's `ADMIN_ADDR` (`0.0.0.0:9081` -> `9081`): its probes and `/metrics`.
+fn admin_port(compose: &Value, service: &str) -> String {
+    let addr = compose["services"][service]["environment"]["ADMIN_ADDR"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{service}: no ADMIN_ADDR"));
+    addr.rsplit(':').next().unwrap().to_owned()
 }
 
 /// The host port of a service's `HTTP_ADDR` (`0.0.0.0:8081` -> `8081`).
@@ -590,7 +654,7 @@ fn compose_runs_the_observability_stack_with_the_files_it_mounts() {
 }
 
 #[test]
-fn prometheus_scrapes_every_service_on_its_http_port() {
+fn prometheus_scrapes_every_service_on_its_admin_port() {
     let compose = compose();
     let prometheus = &docs(&deploy_dir().join("prometheus/prometheus.yml"))[0];
     let jobs = prometheus["scrape_configs"].as_sequence().unwrap();
@@ -612,7 +676,7 @@ fn prometheus_scrapes_every_service_on_its_http_port() {
             .flat_map(|c| c["targets"].as_sequence().unwrap())
             .filter_map(Value::as_str)
             .collect();
-        let expected = format!("{name}:{}", http_port(&compose, name));
+        let expected = format!("{name}:{}", admin_port(&compose, name));
         assert_eq!(targets, vec![expected.as_str()], "{name}");
     }
 }

@@ -370,7 +370,7 @@ async fn provider_outage_opens_the_breaker_and_the_system_recovers() {
         "the breaker never opened: {reasons:?}"
     );
     let metrics = http
-        .get(format!("{}/metrics", sys.url("payments")))
+        .get(format!("{}/metrics", sys.admin_url("payments")))
         .send()
         .await
         .unwrap()
@@ -703,7 +703,8 @@ async fn the_shop_over_tls_with_mtls_between_its_services() {
     }
     let pki = sys.pki().expect("certificates generated").clone();
 
-    // The workload, and every hop measured through mTLS scrapes of `/metrics`.
+    // The workload, and every hop measured through scrapes of `/metrics` on the admin ports
+    // (plain HTTP there, HTTPS on the API ports).
     let config = WorkloadConfig {
         orders: 40,
         concurrency: 8,
@@ -777,29 +778,40 @@ async fn the_shop_over_tls_with_mtls_between_its_services() {
     // A client trusting the shop's CA but holding no certificate of its own.
     let anonymous = tls_client(&pki, false);
     let refused = anonymous
-        .get(format!("{}/health/live", sys.url("orders")))
+        .get(format!("{}/internal/stats", sys.url("orders")))
         .send()
         .await;
     assert!(
         refused.is_err(),
         "orders served a caller without a certificate: {refused:?}"
     );
+    // The gateway takes it; the probes are not on its public port.
     let served = anonymous
         .get(format!("{}/health/live", sys.url("gateway")))
         .send()
         .await
         .unwrap();
-    assert_eq!(served.status(), 200);
+    assert_eq!(served.status(), 404);
+    // They are on the admin ports, in plain HTTP.
+    for service in ["gateway", "orders"] {
+        let live = reqwest::Client::new()
+            .get(format!("{}/health/live", sys.admin_url(service)))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(live.status(), 200, "{service}");
+    }
 
-    // The launcher's certificate is from the shop's CA, so it gets a connection (probes
-    // answer), but it is not the gateway's: the internal API refuses it, whatever the token.
+    // The launcher's certificate is from the shop's CA, so it gets a connection (an unknown
+    // path is a 404), but it is not the gateway's: the internal API refuses it, whatever the
+    // token.
     let launcher = tls_client(&pki, true);
     let live = launcher
         .get(format!("{}/health/live", sys.url("orders")))
         .send()
         .await
         .unwrap();
-    assert_eq!(live.status(), 200);
+    assert_eq!(live.status(), 404);
     let internal = launcher
         .get(format!("{}/internal/stats", sys.url("orders")))
         .send()

@@ -65,7 +65,8 @@ fn prometheus_binary() -> PathBuf {
 }
 
 /// The committed scrape configuration with this system's ports: the same job names (the
-/// dashboards' `service` is the job), every target on loopback, scraped every second.
+/// dashboards' `service` is the job), every target on loopback at the service's admin port
+/// (where the chassis serves `/metrics`), scraped every second.
 fn scrape_config(system: &System) -> String {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/prometheus/prometheus.yml");
     let mut config: Yaml = serde_yaml::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
@@ -75,7 +76,8 @@ fn scrape_config(system: &System) -> String {
     assert!(!jobs.is_empty());
     for job in jobs {
         let name = job["job_name"].as_str().unwrap().to_owned();
-        let url = system.url(&name);
+        let url = system.admin_url(&name);
+        assert_ne!(url, system.url(&name), "{name}: no admin port");
         let target = url
             .strip_prefix("http://")
             .unwrap_or_else(|| panic!("{name}: {url} is not plain HTTP"));
@@ -239,6 +241,32 @@ async fn every_dashboard_query_returns_data_from_the_real_prometheus() {
         .wait_for("count(up == 1)", 5.0, Duration::from_secs(20))
         .await;
 
+    // `/metrics` (and the probes) on the admin ports only: the gateway's public port, the one
+    // end users reach, must not publish them.
+    let http = reqwest::Client::new();
+    for path in ["/metrics", "/health/ready"] {
+        let public = http
+            .get(format!("{}{path}", sys.url("gateway")))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            public.status(),
+            404,
+            "{path} served on the gateway's public port"
+        );
+    }
+    let admin = http
+        .get(format!("{}/metrics", sys.admin_url("gateway")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(admin.status(), 200);
+    assert_eq!(
+        admin.headers()["content-type"],
+        chassis_http::health::PROMETHEUS_CONTENT_TYPE
+    );
+
     // The workload, one order paid with the always-declined card (a 402 from the provider, a
     // compensation), then client errors at the gateway: an unknown order and a wrong key.
     let gateway = sys.url("gateway");
@@ -254,7 +282,6 @@ async fn every_dashboard_query_returns_data_from_the_real_prometheus() {
     .await
     .unwrap();
     assert_eq!(summary.finished(), 40, "{summary}");
-    let http = reqwest::Client::new();
     let declined = json!({"customer_id": "c-prometheus", "items": [{"sku": "tea", "quantity": 1}], "payment_method": "card_declined"});
     let (status, body) = place(&http, gateway, KEY, &declined, None).await.unwrap();
     assert_eq!(status, 202, "{body}");

@@ -6,7 +6,8 @@
 //! HTTP (`GET /api/v1/notifications?order_id=…`, behind service tokens). It publishes nothing,
 //! so it runs no outbox relay.
 //!
-//! Environment: `HTTP_ADDR` (default `127.0.0.1:8084`), `DATABASE_URL`, `DATA_DIR`, `AMQP_URL`,
+//! Environment: `HTTP_ADDR` (default `127.0.0.1:8084`), `ADMIN_ADDR` (probes and
+//! `/metrics`, default `127.0.0.1:9084`), `DATABASE_URL`, `DATA_DIR`, `AMQP_URL`,
 //! `SHOP_NAMESPACE`, `CONSUMER_CONCURRENCY` (see `shop_common::service`),
 //! `SERVICE_TOKEN_PUBLIC_KEY`, and the chassis' `LOG_FORMAT`, `RUST_LOG`,
 //! `OTEL_EXPORTER_OTLP_ENDPOINT`, `PRE_STOP_DELAY`, ….
@@ -28,7 +29,6 @@ use shop_common::events::{
 use shop_common::service::server_config;
 use shop_common::{Shop, auth};
 use shop_notifications::domain::{self, Notification};
-use tower::ServiceBuilder;
 
 #[derive(Debug, serde::Deserialize)]
 struct ListQuery {
@@ -74,16 +74,14 @@ async fn run() -> Result<(), BoxError> {
     )?
     .with_state(db.clone());
     let probes = HealthLayer::new(app.health().clone()).prometheus(telemetry.prometheus_handle());
-    let service = ServiceBuilder::new()
-        .layer(probes)
-        .service(routes.layer(StandardLayers::new()));
+    let service = routes.layer(StandardLayers::new());
 
     // 5. Run: start in this order; on SIGTERM stop in stages.
     app.component(telemetry)
         .component(db.component(domain::SCHEMA))
         .component(conn.component().declare(topology))
         .component(notifier)
-        .component(HttpServer::new(server_config(8084)?, service))
+        .component(HttpServer::new(server_config(8084)?, service).probes(probes))
         .run()
         .await?;
     Ok(())

@@ -8,7 +8,8 @@
 //! N ms: see `shop_orders::waiters`), `GET /internal/stats`, behind service tokens). Orders are
 //! accepted while RabbitMQ is away: they wait in the outbox.
 //!
-//! Environment: `HTTP_ADDR` (default `127.0.0.1:8081`), `DATABASE_URL`, `DATA_DIR`, `AMQP_URL`,
+//! Environment: `HTTP_ADDR` (default `127.0.0.1:8081`), `ADMIN_ADDR` (probes and
+//! `/metrics`, default `127.0.0.1:9081`), `DATABASE_URL`, `DATA_DIR`, `AMQP_URL`,
 //! `SHOP_NAMESPACE`, `CONSUMER_CONCURRENCY` (see `shop_common::service`),
 //! `SAGA_STEP_TIMEOUT_MS` (default 30000), `SERVICE_TOKEN_PUBLIC_KEY`, and the chassis'
 //! `LOG_FORMAT`, `RUST_LOG`, `OTEL_EXPORTER_OTLP_ENDPOINT`, `PRE_STOP_DELAY`, `DRAIN_TIMEOUT`, ….
@@ -39,7 +40,6 @@ use shop_common::service::{env, server_config};
 use shop_common::{Shop, auth};
 use shop_orders::saga::{self, NewOrder};
 use shop_orders::waiters::{self, Waiters};
-use tower::ServiceBuilder;
 
 #[derive(Clone)]
 struct Ctx {
@@ -132,9 +132,7 @@ async fn run() -> Result<(), BoxError> {
     )?
     .with_state(ctx);
     let probes = HealthLayer::new(app.health().clone()).prometheus(telemetry.prometheus_handle());
-    let service = ServiceBuilder::new()
-        .layer(probes)
-        .service(routes.layer(StandardLayers::new()));
+    let service = routes.layer(StandardLayers::new());
 
     // 5. Run: start in this order; on SIGTERM stop in stages.
     app.component(telemetry)
@@ -143,7 +141,7 @@ async fn run() -> Result<(), BoxError> {
         .component(relay)
         .component(saga)
         .component(timeouts)
-        .component(HttpServer::new(server_config(8081)?, service))
+        .component(HttpServer::new(server_config(8081)?, service).probes(probes))
         .run()
         .await?;
     Ok(())

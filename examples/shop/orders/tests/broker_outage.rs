@@ -84,11 +84,13 @@ async fn takes_orders_while_the_broker_is_away_and_sends_them_when_it_is_back() 
     let token = issuer.issue("orders", &["orders:write"]).unwrap();
 
     let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
+    let (port, admin_port) = (free_port(), free_port());
     let base = format!("http://127.0.0.1:{port}");
+    let admin = format!("http://127.0.0.1:{admin_port}");
     let mut orders = tokio::process::Command::new(env!("CARGO_BIN_EXE_shop-orders"))
         .env_remove("DATABASE_URL")
         .env("HTTP_ADDR", format!("127.0.0.1:{port}"))
+        .env("ADMIN_ADDR", format!("127.0.0.1:{admin_port}"))
         .env("DATA_DIR", dir.path())
         .env("AMQP_URL", &proxied_url)
         .env("SHOP_NAMESPACE", &namespace)
@@ -104,7 +106,11 @@ async fn takes_orders_while_the_broker_is_away_and_sends_them_when_it_is_back() 
 
     // No broker: ready, degraded (RabbitMQ down but optional), and taking orders.
     let ready: Value = until("readiness", async || {
-        let r = http.get(format!("{base}/health/ready")).send().await.ok()?;
+        let r = http
+            .get(format!("{admin}/health/ready"))
+            .send()
+            .await
+            .ok()?;
         r.status().is_success().then_some(())?;
         r.json().await.ok()
     })

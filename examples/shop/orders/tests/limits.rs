@@ -53,11 +53,12 @@ impl System {
         let token = issuer.issue("orders", &["orders:write"]).unwrap();
 
         let dir = tempfile::tempdir().unwrap();
-        let port = free_port();
+        let (port, admin_port) = (free_port(), free_port());
         let orders_url = format!("http://127.0.0.1:{port}");
         let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_shop-orders"))
             .env_remove("DATABASE_URL")
             .env("HTTP_ADDR", format!("127.0.0.1:{port}"))
+            .env("ADMIN_ADDR", format!("127.0.0.1:{admin_port}"))
             .env("DATA_DIR", dir.path())
             .env(
                 "AMQP_URL",
@@ -88,7 +89,10 @@ impl System {
         let http = reqwest::Client::new();
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
-            let ready = http.get(format!("{orders_url}/health/ready")).send().await;
+            let ready = http
+                .get(format!("http://127.0.0.1:{admin_port}/health/ready"))
+                .send()
+                .await;
             if ready.is_ok_and(|r| r.status().is_success()) {
                 break;
             }

@@ -8,7 +8,8 @@
 //! (`shop_common::limits`) is dead-lettered by `shop_common::events::decode` before the provider
 //! is called or anything is written; HTTP (`GET /internal/payments/{order_id}`).
 //!
-//! Environment: `HTTP_ADDR` (default `127.0.0.1:8083`), `DATABASE_URL`, `DATA_DIR`, `AMQP_URL`,
+//! Environment: `HTTP_ADDR` (default `127.0.0.1:8083`), `ADMIN_ADDR` (probes and
+//! `/metrics`, default `127.0.0.1:9083`), `DATABASE_URL`, `DATA_DIR`, `AMQP_URL`,
 //! `SHOP_NAMESPACE`, `CONSUMER_CONCURRENCY` (see `shop_common::service`), `PROVIDER_URL`
 //! (default `http://127.0.0.1:8090`), `PROVIDER_POLICY` (a JSON `ResiliencePolicy`), and the
 //! chassis' `LOG_FORMAT`, `RUST_LOG`, `OTEL_EXPORTER_OTLP_ENDPOINT`, `PRE_STOP_DELAY`, ….
@@ -36,7 +37,6 @@ use shop_common::limits;
 use shop_common::service::{env, server_config};
 use shop_payments::domain::{self, ChargeOutcome};
 use shop_payments::provider::{ProviderClient, ProviderReply};
-use tower::ServiceBuilder;
 
 #[derive(Clone)]
 struct Ctx {
@@ -97,9 +97,7 @@ async fn run() -> Result<(), BoxError> {
     )?
     .with_state(db.clone());
     let probes = HealthLayer::new(app.health().clone()).prometheus(telemetry.prometheus_handle());
-    let service = ServiceBuilder::new()
-        .layer(probes)
-        .service(routes.layer(StandardLayers::new()));
+    let service = routes.layer(StandardLayers::new());
 
     // 5. Run: start in this order; on SIGTERM stop in stages.
     app.component(telemetry)
@@ -108,7 +106,7 @@ async fn run() -> Result<(), BoxError> {
         .component(relay)
         .component(charger)
         .component(refunder)
-        .component(HttpServer::new(server_config(8083)?, service))
+        .component(HttpServer::new(server_config(8083)?, service).probes(probes))
         .run()
         .await?;
     Ok(())

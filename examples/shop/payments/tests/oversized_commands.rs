@@ -68,6 +68,7 @@ async fn a_command_with_an_oversized_field_is_dead_lettered_before_the_provider_
         .env("SERVICE_TOKEN_KID", "shop-1")
         .env_remove("DATABASE_URL")
         .env("HTTP_ADDR", format!("127.0.0.1:{port}"))
+        .env("ADMIN_ADDR", format!("127.0.0.1:{}", free_port()))
         .env("DATA_DIR", dir.path())
         .env("AMQP_URL", &broker_url)
         .env("SHOP_NAMESPACE", &namespace)
