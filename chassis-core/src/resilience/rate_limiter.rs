@@ -309,20 +309,7 @@ impl<S: fmt::Debug> fmt::Debug for RateLimiter<S> {
 }
 
 impl<S> RateLimiter<S> {
-    /// The wrapped service.
-    pub fn get_ref(&self) -> &S {
-        &self.inner
-    }
-
-    /// The wrapped service, mutably.
-    pub fn get_mut(&mut self) -> &mut S {
-        &mut self.inner
-    }
-
-    /// Unwraps the inner service.
-    pub fn into_inner(self) -> S {
-        self.inner
-    }
+    crate::__define_inner_service_accessors!();
 }
 
 impl<S, Req> Service<Req> for RateLimiter<S>

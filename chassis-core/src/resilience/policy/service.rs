@@ -137,15 +137,7 @@ impl<S, RC, H, K, BC> Resilient<S, RC, H, K, BC> {
         }
     }
 
-    /// The wrapped service.
-    pub fn get_ref(&self) -> &S {
-        &self.inner
-    }
-
-    /// The wrapped service, mutably.
-    pub fn get_mut(&mut self) -> &mut S {
-        &mut self.inner
-    }
+    crate::__define_inner_service_accessors!(borrow);
 
     /// A reference to the parts for one call's future.
     #[inline]

@@ -527,20 +527,7 @@ impl<S: fmt::Debug, C, H, K> fmt::Debug for BackoffRetry<S, C, H, K> {
 }
 
 impl<S, C, H, K> BackoffRetry<S, C, H, K> {
-    /// The wrapped service.
-    pub fn get_ref(&self) -> &S {
-        &self.inner
-    }
-
-    /// The wrapped service, mutably.
-    pub fn get_mut(&mut self) -> &mut S {
-        &mut self.inner
-    }
-
-    /// Unwraps the inner service.
-    pub fn into_inner(self) -> S {
-        self.inner
-    }
+    crate::__define_inner_service_accessors!();
 }
 
 impl<S, Req, C, H, K> Service<Req> for BackoffRetry<S, C, H, K>
