@@ -9,14 +9,10 @@
 //! the span exporter. The Prometheus endpoint keeps working as before; a last export runs on
 //! [`Telemetry::shutdown`](crate::Telemetry::shutdown).
 //!
-//! # Why a snapshot of the Prometheus recorder
+//! # What is pushed
 //!
-//! The chassis records through the `metrics` crate facade, which has one global recorder: the
-//! Prometheus recorder. Feeding the OpenTelemetry SDK's metrics pipeline as well would need a
-//! second recorder behind a fan-out and a bridge for every instrument kind, and each recording
-//! on the hot path would then be done twice. Reading the recorder's snapshot costs nothing
-//! between exports, keeps one source of truth (both endpoints show the same numbers), and the
-//! conversion is direct: counters become cumulative monotonic sums, gauges gauges, histograms
+//! A snapshot of the Prometheus recorder, so both endpoints show the same numbers and nothing
+//! is recorded twice: counters become cumulative monotonic sums, gauges gauges, histograms
 //! explicit-bucket histograms with cumulative temporality (the buckets are the configured
 //! ones), summaries summaries. Names and labels stay as Prometheus shows them.
 //!
