@@ -69,7 +69,8 @@ use crate::config::{OtlpProtocol, Sampling, TracingConfig};
 use crate::metrics::names;
 use crate::{Error, ErrorKind};
 
-/// Counters of the export pipeline, shared by the processor, the exporter and the guard.
+/// Counters of the export pipeline, shared by the processor, the exporter and
+/// [`Telemetry`](crate::Telemetry).
 #[derive(Debug, Default)]
 pub struct ExportStats {
     dropped: AtomicU64,

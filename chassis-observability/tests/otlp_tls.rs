@@ -296,7 +296,7 @@ async fn export_one_span(
     config: TelemetryConfig,
     name: &'static str,
     logs: &CaptureWriter,
-) -> TelemetryGuardStats {
+) -> TelemetryStats {
     let (dispatch, guard) = Telemetry::builder(ServiceInfo::new("orders", "1.0.0"))
         .ignore_env()
         .config(config)
@@ -312,12 +312,12 @@ async fn export_one_span(
 
 /// The export counters after shutdown.
 #[derive(Debug)]
-struct TelemetryGuardStats {
+struct TelemetryStats {
     exported: u64,
     dropped: u64,
 }
 
-async fn finish(guard: Telemetry) -> TelemetryGuardStats {
+async fn finish(guard: Telemetry) -> TelemetryStats {
     let stats = guard.export_stats();
     let result = tokio::time::timeout(
         Duration::from_secs(15),
@@ -329,7 +329,7 @@ async fn finish(guard: Telemetry) -> TelemetryGuardStats {
     if let Err(e) = result {
         assert!(matches!(e.kind(), ErrorKind::Shutdown { .. }), "{e}");
     }
-    TelemetryGuardStats {
+    TelemetryStats {
         exported: stats.exported(),
         dropped: stats.dropped(),
     }

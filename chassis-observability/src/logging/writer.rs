@@ -20,7 +20,7 @@
 //! # When the buffer is full
 //!
 //! The buffer is bounded in lines and in bytes (whichever is reached first). A line that does not
-//! fit is dropped, whole, and counted ([`BatchWriter::dropped_lines`]; the telemetry guard
+//! fit is dropped, whole, and counted ([`BatchWriter::dropped_lines`]; [`Telemetry`](crate::Telemetry)
 //! exports the count as the `log_lines_dropped_total` counter): logging never blocks or slows the
 //! service when the output (a pipe, a log shipper) is slow or stuck. Lines the output fails to
 //! take (an I/O error) are counted as dropped too.
