@@ -14,9 +14,9 @@
 //! | `OTEL_EXPORTER_OTLP_PROTOCOL` / `OTEL_EXPORTER_OTLP_TRACES_PROTOCOL` | `http/protobuf` or `grpc` (with the `grpc` feature); `http/json` is refused by `init` |
 //! | `OTEL_EXPORTER_OTLP_TIMEOUT` / `OTEL_EXPORTER_OTLP_TRACES_TIMEOUT` | timeout of one span export, ms ([`TracingConfig::export_timeout`]; wins over `OTEL_BSP_EXPORT_TIMEOUT`) |
 //! | `OTEL_METRICS_EXPORTER` | `otlp` also pushes the metrics over OTLP ([`OtlpMetricsConfig::enabled`]); `none` / `prometheus` (the default) serve Prometheus only |
-//! | `OTEL_EXPORTER_OTLP_METRICS_ENDPOINT` | full metrics URL ([`OtlpMetricsConfig::endpoint`]); else `OTEL_EXPORTER_OTLP_ENDPOINT` plus `/v1/metrics` |
+//! | `OTEL_EXPORTER_OTLP_METRICS_ENDPOINT` | full metrics URL ([`OtlpMetricsConfig::endpoint`]); else `OTEL_EXPORTER_OTLP_ENDPOINT`, plus `/v1/metrics` over HTTP, as is over gRPC |
 //! | `OTEL_EXPORTER_OTLP_METRICS_HEADERS` | headers of the metrics push, else `OTEL_EXPORTER_OTLP_HEADERS` ([`OtlpMetricsConfig::headers`], over [`TracingConfig::headers`]) |
-//! | `OTEL_EXPORTER_OTLP_METRICS_PROTOCOL` | `http/protobuf` (the only protocol implemented for metrics) |
+//! | `OTEL_EXPORTER_OTLP_METRICS_PROTOCOL` | protocol of the metrics push, else `OTEL_EXPORTER_OTLP_PROTOCOL`: `http/protobuf` or `grpc` (with the `grpc` feature); `http/json` is refused by `init` |
 //! | `OTEL_EXPORTER_OTLP_METRICS_TIMEOUT` | timeout of one metrics push, ms, else `OTEL_EXPORTER_OTLP_TIMEOUT` ([`OtlpMetricsConfig::timeout`]) |
 //! | `OTEL_METRIC_EXPORT_INTERVAL` | time between two metrics pushes, ms ([`OtlpMetricsConfig::interval`], default 60000) |
 //! | `OTEL_EXPORTER_OTLP_HEADERS` / `OTEL_EXPORTER_OTLP_TRACES_HEADERS` | `k=v,k2=v2` (percent-encoded values) sent with every export ([`TracingConfig::headers`]) |
@@ -479,11 +479,14 @@ pub struct OtlpMetricsConfig {
     /// Push metrics over OTLP (`OTEL_METRICS_EXPORTER=otlp`). Defaults to `false`: Prometheus only.
     pub enabled: bool,
     /// Full metrics URL, used as is (`OTEL_EXPORTER_OTLP_METRICS_ENDPOINT`). Defaults to none:
-    /// [`TracingConfig::endpoint`] plus `/v1/metrics`.
+    /// [`TracingConfig::endpoint`], plus `/v1/metrics` over HTTP/protobuf and as is over gRPC
+    /// (`http://collector:4317`).
     pub endpoint: Option<String>,
-    /// Wire protocol (`OTEL_EXPORTER_OTLP_METRICS_PROTOCOL`). Defaults to none:
-    /// [`TracingConfig::protocol`]. Only [`OtlpProtocol::HttpProtobuf`] is implemented for
-    /// metrics.
+    /// Wire protocol (`OTEL_EXPORTER_OTLP_METRICS_PROTOCOL`, else `OTEL_EXPORTER_OTLP_PROTOCOL`).
+    /// Defaults to none: [`TracingConfig::protocol`]. [`OtlpProtocol::Grpc`] needs the crate
+    /// feature `grpc`, [`OtlpProtocol::HttpProtobuf`] the feature `otlp-http`; `http/json` is not
+    /// a protocol this crate speaks (an [`ErrorKind::InvalidConfig`](crate::ErrorKind::InvalidConfig)
+    /// error).
     pub protocol: Option<OtlpProtocol>,
     /// Time between two pushes (`OTEL_METRIC_EXPORT_INTERVAL`, in ms). Defaults to 60 s.
     #[serde(with = "humantime_serde")]
@@ -700,7 +703,9 @@ impl TelemetryConfig {
     }
 
     /// The URL metrics are pushed to over OTLP, or `None` when the push is off: the configured
-    /// [`OtlpMetricsConfig::endpoint`], else [`TracingConfig::endpoint`] plus `/v1/metrics`.
+    /// [`OtlpMetricsConfig::endpoint`], else [`TracingConfig::endpoint`], plus `/v1/metrics`
+    /// over HTTP/protobuf and as is over gRPC (the OTLP exporter specification: a gRPC endpoint
+    /// has no per-signal path, the service is named by the gRPC method).
     pub fn resolved_metrics_endpoint(&self) -> Option<String> {
         if !self.metrics.otlp.enabled {
             return None;
@@ -715,7 +720,7 @@ impl TelemetryConfig {
             return Some(full.to_owned());
         }
         let base = self.tracing.endpoint.as_deref().filter(|s| !s.is_empty())?;
-        Some(format!("{}/v1/metrics", base.trim_end_matches('/')))
+        Some(metrics_url(base, self.metrics_protocol()))
     }
 
     /// The protocol of the metrics push: [`OtlpMetricsConfig::protocol`], else the traces'.
@@ -862,12 +867,22 @@ impl TelemetryConfig {
                 Ok(p) => m.protocol = Some(p),
                 Err(e) => warnings.push(e.to_string()),
             }
+        } else if let Some(v) = var("OTEL_EXPORTER_OTLP_PROTOCOL") {
+            // The generic variable is the metrics' too, whatever `_TRACES_PROTOCOL` says. An
+            // invalid value was already reported for the traces unless they had their own.
+            match v.parse() {
+                Ok(p) => m.protocol = Some(p),
+                Err(e) if var("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL").is_some() => {
+                    warnings.push(e.to_string());
+                }
+                Err(_) => {}
+            }
         }
         if let Some(v) = var("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT") {
             m.endpoint = Some(v);
         } else if let Some(v) = var("OTEL_EXPORTER_OTLP_ENDPOINT") {
             // Set here too: `OTEL_TRACES_EXPORTER=none` clears the traces' endpoint.
-            m.endpoint = Some(format!("{}/v1/metrics", v.trim().trim_end_matches('/')));
+            m.endpoint = Some(metrics_url(v.trim(), m.protocol.unwrap_or(t.protocol)));
         }
         let file = |name: &str| {
             var(&format!("OTEL_EXPORTER_OTLP_TRACES_{name}"))
@@ -885,6 +900,15 @@ impl TelemetryConfig {
         }
         self.sentry.apply_env(&var, &mut warnings);
         warnings
+    }
+}
+
+/// The metrics URL of the collector base URL `base`: `/v1/metrics` appended over HTTP/protobuf;
+/// `base` as is over gRPC, whose requests name the service in their path.
+fn metrics_url(base: &str, protocol: OtlpProtocol) -> String {
+    match protocol {
+        OtlpProtocol::HttpProtobuf => format!("{}/v1/metrics", base.trim_end_matches('/')),
+        OtlpProtocol::Grpc => base.to_owned(),
     }
 }
 
@@ -1315,6 +1339,64 @@ mod tests {
                 .contains("OTEL_EXPORTER_OTLP_METRICS_HEADERS"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn grpc_metrics_endpoint_has_no_signal_path() {
+        // The generic protocol and endpoint: port 4317 as is, no `/v1/metrics`.
+        let mut c = TelemetryConfig::default();
+        let w = c.apply_env(env(&[
+            ("OTEL_METRICS_EXPORTER", "otlp"),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
+            ("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "http/protobuf"),
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4317"),
+        ]));
+        assert!(w.is_empty(), "{w:?}");
+        assert_eq!(c.tracing.protocol, OtlpProtocol::HttpProtobuf);
+        assert_eq!(c.metrics_protocol(), OtlpProtocol::Grpc);
+        assert_eq!(
+            c.resolved_metrics_endpoint().as_deref(),
+            Some("http://c:4317")
+        );
+        assert_eq!(
+            c.tracing.resolved_traces_endpoint().as_deref(),
+            Some("http://c:4317/v1/traces")
+        );
+
+        // The metrics-specific protocol over the traces' one.
+        let mut c = TelemetryConfig::default();
+        c.apply_env(env(&[
+            ("OTEL_METRICS_EXPORTER", "otlp"),
+            ("OTEL_EXPORTER_OTLP_METRICS_PROTOCOL", "grpc"),
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "https://c:4317/"),
+        ]));
+        assert_eq!(c.tracing.protocol, OtlpProtocol::HttpProtobuf);
+        assert_eq!(
+            c.resolved_metrics_endpoint().as_deref(),
+            Some("https://c:4317/")
+        );
+
+        // From a file: the traces' base as is.
+        let mut c = TelemetryConfig::default();
+        c.tracing.endpoint = Some("http://file:4317".into());
+        c.metrics.otlp.enabled = true;
+        c.metrics.otlp.protocol = Some(OtlpProtocol::Grpc);
+        assert_eq!(
+            c.resolved_metrics_endpoint().as_deref(),
+            Some("http://file:4317")
+        );
+        c.metrics.otlp.protocol = None;
+        c.tracing.protocol = OtlpProtocol::Grpc;
+        assert_eq!(
+            c.resolved_metrics_endpoint().as_deref(),
+            Some("http://file:4317")
+        );
+
+        // An invalid generic protocol is reported once, by the traces.
+        let mut c = TelemetryConfig::default();
+        let w = c.apply_env(env(&[("OTEL_EXPORTER_OTLP_PROTOCOL", "grcp")]));
+        assert_eq!(w.len(), 1, "{w:?}");
+        assert_eq!(c.metrics.otlp.protocol, None);
     }
 
     #[test]

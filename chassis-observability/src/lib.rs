@@ -21,8 +21,9 @@
 //!   tags and trace id; `sentry-trace` propagation.
 //! - [`metrics`]: the Prometheus recorder and [`metrics::names`], the catalogue of every metric
 //!   the chassis emits.
-//! - `otlp_metrics` (feature `otlp-http`): the same metrics pushed over OTLP/HTTP
-//!   (`OTEL_METRICS_EXPORTER=otlp`), converted from the Prometheus recorder's snapshot.
+//! - `otlp_metrics` (feature `otlp-http` or `grpc`): the same metrics pushed over OTLP, as
+//!   HTTP/protobuf or gRPC (`OTEL_METRICS_EXPORTER=otlp`), converted from the Prometheus
+//!   recorder's snapshot.
 //! - [`log_level`]: reading and changing the log filter at run time (an admin endpoint).
 //! - [`error`]: [`Error`] / [`ErrorKind`].
 //!
@@ -63,8 +64,8 @@
 //! ## Features
 //! | feature | default | what it adds |
 //! |---|---|---|
-//! | `otlp-http` | yes | OTLP span export over HTTP/protobuf (port 4318) with hyper, to `http://` and `https://` collectors (rustls, ring provider) |
-//! | `grpc` | no | OTLP span export over gRPC (tonic, port 4317), to `http://` and `https://` collectors (tonic's rustls, ring provider) |
+//! | `otlp-http` | yes | OTLP export of spans and the metrics push over HTTP/protobuf (port 4318) with hyper, to `http://` and `https://` collectors (rustls, ring provider) |
+//! | `grpc` | no | OTLP export of spans and the metrics push over gRPC (tonic, port 4317), to `http://` and `https://` collectors (tonic's rustls, ring provider) |
 //! | `sentry` | no | ERROR events to Sentry when `SENTRY_DSN` is set (release `name@version`, environment, service tags, trace id), breadcrumbs, `sentry-trace` propagation; sent over hyper + rustls (ring), no reqwest |
 //!
 //! TLS comes with each transport: an `https://` endpoint just works, verified against the
@@ -92,8 +93,8 @@ pub mod error;
 pub mod log_level;
 pub mod logging;
 pub mod metrics;
-#[cfg(feature = "otlp-http")]
-#[cfg_attr(docsrs, doc(cfg(feature = "otlp-http")))]
+#[cfg(any(feature = "otlp-http", feature = "grpc"))]
+#[cfg_attr(docsrs, doc(cfg(any(feature = "otlp-http", feature = "grpc"))))]
 pub mod otlp_metrics;
 pub mod propagation;
 pub mod redact;

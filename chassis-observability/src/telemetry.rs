@@ -237,7 +237,7 @@ impl TelemetryBuilder {
         } else {
             None
         };
-        #[cfg(feature = "otlp-http")]
+        #[cfg(any(feature = "otlp-http", feature = "grpc"))]
         let metrics_exporter = match &recorder {
             Some(recorder) => {
                 crate::trace::build_metrics_exporter(&service, &config, recorder.handle())?
@@ -245,12 +245,11 @@ impl TelemetryBuilder {
             }
             None => None,
         };
-        #[cfg(not(feature = "otlp-http"))]
+        #[cfg(not(any(feature = "otlp-http", feature = "grpc")))]
         if config.metrics.enabled && config.resolved_metrics_endpoint().is_some() {
-            return Err(Error::new(ErrorKind::TransportNotEnabled {
-                protocol: OtlpProtocol::HttpProtobuf,
-                feature: "otlp-http",
-            }));
+            return Err(crate::trace::transport_not_enabled(
+                config.metrics_protocol(),
+            ));
         }
         // After the metrics exporter: a provider with a batch processor dropped because of a
         // later error would wait for its exporter task, which a current-thread runtime that is
@@ -380,7 +379,7 @@ impl TelemetryBuilder {
             }))
         });
 
-        #[cfg(feature = "otlp-http")]
+        #[cfg(any(feature = "otlp-http", feature = "grpc"))]
         let metrics_export = metrics_exporter.map(|exporter| {
             let task = Arc::clone(&exporter).spawn(config.metrics.otlp.interval);
             (exporter, task)
@@ -391,7 +390,7 @@ impl TelemetryBuilder {
             Telemetry {
                 service,
                 log_level: crate::log_level::LogLevelHandle::new(filter_handle),
-                #[cfg(feature = "otlp-http")]
+                #[cfg(any(feature = "otlp-http", feature = "grpc"))]
                 metrics_export,
                 provider,
                 stats,
@@ -560,7 +559,7 @@ fn resolve_identity(service: &mut ServiceInfo, config: &TelemetryConfig) {
 pub struct Telemetry {
     service: ServiceInfo,
     log_level: crate::log_level::LogLevelHandle,
-    #[cfg(feature = "otlp-http")]
+    #[cfg(any(feature = "otlp-http", feature = "grpc"))]
     metrics_export: Option<(
         Arc<crate::otlp_metrics::OtlpMetricsExporter>,
         tokio::task::JoinHandle<()>,
@@ -629,8 +628,8 @@ impl Telemetry {
 
     /// The OTLP metrics push, when enabled (see [`crate::otlp_metrics`]): its
     /// [`export`](crate::otlp_metrics::OtlpMetricsExporter::export) pushes a snapshot now.
-    #[cfg(feature = "otlp-http")]
-    #[cfg_attr(docsrs, doc(cfg(feature = "otlp-http")))]
+    #[cfg(any(feature = "otlp-http", feature = "grpc"))]
+    #[cfg_attr(docsrs, doc(cfg(any(feature = "otlp-http", feature = "grpc"))))]
     pub fn metrics_exporter(&self) -> Option<&crate::otlp_metrics::OtlpMetricsExporter> {
         self.metrics_export.as_ref().map(|(e, _)| &**e)
     }
@@ -732,7 +731,7 @@ impl Telemetry {
             task.abort();
         }
         let started = std::time::Instant::now();
-        #[cfg(feature = "otlp-http")]
+        #[cfg(any(feature = "otlp-http", feature = "grpc"))]
         if let Some((exporter, task)) = self.metrics_export.take() {
             // The last values, so a short-lived process still reports; bounded by the deadline.
             task.abort();
@@ -838,7 +837,7 @@ impl Drop for Telemetry {
         if let Some(task) = self.upkeep.take() {
             task.abort();
         }
-        #[cfg(feature = "otlp-http")]
+        #[cfg(any(feature = "otlp-http", feature = "grpc"))]
         if let Some((_, task)) = self.metrics_export.take() {
             task.abort();
         }

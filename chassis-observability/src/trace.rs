@@ -177,7 +177,7 @@ fn transport_feature(protocol: OtlpProtocol) -> (&'static str, bool) {
 }
 
 /// The error for OTLP export over `protocol` in a build without its transport.
-fn transport_not_enabled(protocol: OtlpProtocol) -> Error {
+pub(crate) fn transport_not_enabled(protocol: OtlpProtocol) -> Error {
     let (feature, _) = transport_feature(protocol);
     Error::new(ErrorKind::TransportNotEnabled { protocol, feature })
 }
@@ -352,40 +352,36 @@ pub(crate) fn hyper_client(
     ))
 }
 
-/// The OTLP/HTTP metrics exporter of `config` (see [`crate::otlp_metrics`]), or `None` when the
-/// push is off. Fails when the protocol is not HTTP/protobuf, the URL is invalid or the TLS files
-/// cannot be used.
-#[cfg(feature = "otlp-http")]
+/// The OTLP metrics exporter of `config` (see [`crate::otlp_metrics`]), or `None` when the push
+/// is off. Fails when the protocol's transport is not compiled in, the URL is invalid, there is
+/// no tokio runtime, or the TLS files cannot be used.
+#[cfg(any(feature = "otlp-http", feature = "grpc"))]
 pub(crate) fn build_metrics_exporter(
     service: &ServiceInfo,
     config: &crate::TelemetryConfig,
     handle: crate::metrics::PrometheusHandle,
 ) -> Result<Option<crate::otlp_metrics::OtlpMetricsExporter>, Error> {
+    use crate::otlp_metrics::Transport;
     let Some(url) = config.resolved_metrics_endpoint() else {
         return Ok(None);
     };
     let protocol = config.metrics_protocol();
-    if protocol != OtlpProtocol::HttpProtobuf {
-        return Err(Error::invalid_config(format!(
-            "metrics over OTLP: protocol {} is not implemented for metrics, use http/protobuf \
-             (metrics.otlp.protocol / OTEL_EXPORTER_OTLP_METRICS_PROTOCOL)",
-            protocol.as_str()
-        )));
-    }
-    let https = url
-        .parse::<http::Uri>()
-        .ok()
-        .filter(|u| u.host().is_some())
-        .ok_or_else(|| {
-            Error::invalid_config(format!("OTLP metrics endpoint {url:?} is not a URL"))
-        })?
-        .scheme()
-        == Some(&http::uri::Scheme::HTTPS);
+    transport_enabled(protocol)?;
+    // Both transports take `http://` and `https://` URLs only; `collector:4317` would parse as
+    // an authority and fail at every export instead of here.
+    let https = match url.parse::<http::Uri>() {
+        Ok(u) if u.host().is_some() && u.scheme_str() == Some("https") => true,
+        Ok(u) if u.host().is_some() && u.scheme_str() == Some("http") => false,
+        _ => {
+            return Err(Error::invalid_config(format!(
+                "OTLP metrics endpoint {url:?} is not an http:// or https:// URL"
+            )));
+        }
+    };
     if tokio::runtime::Handle::try_current().is_err() {
         return Err(Error::new(ErrorKind::NoRuntime));
     }
     let tls = crate::tls::TlsMaterial::load(&config.tracing.tls, https)?;
-    let client = hyper_client(&tls, config.metrics.otlp.timeout)?;
     let mut merged: std::collections::BTreeMap<String, &str> = config
         .tracing
         .headers
@@ -413,11 +409,24 @@ pub(crate) fn build_metrics_exporter(
         };
         headers.push((name, value));
     }
+    let timeout = config.metrics.otlp.timeout;
+    let transport = match protocol {
+        #[cfg(feature = "otlp-http")]
+        OtlpProtocol::HttpProtobuf => {
+            Transport::http(Arc::new(hyper_client(&tls, timeout)?), headers)
+        }
+        #[cfg(feature = "grpc")]
+        OtlpProtocol::Grpc => {
+            Transport::grpc(&url, https.then(|| tls.tonic_config()), headers, timeout)?
+        }
+        // Checked by `transport_enabled` above (no arm left when both features are on).
+        #[allow(unreachable_patterns)]
+        protocol => return Err(transport_not_enabled(protocol)),
+    };
     Ok(Some(crate::otlp_metrics::OtlpMetricsExporter::new(
         handle,
-        Arc::new(client),
+        transport,
         url,
-        headers,
         &resource(service, &config.tracing),
     )))
 }
@@ -716,6 +725,35 @@ mod tests {
         // Without an endpoint nothing is exported and nothing is refused.
         let config = TracingConfig::default();
         assert!(build_tracer_provider(&ServiceInfo::new("a", "1"), &config).is_ok());
+    }
+
+    // The metrics push over a protocol whose transport is left out of this build: a typed error
+    // naming the feature (from `build_metrics_exporter`, or from telemetry init without any
+    // transport).
+    #[cfg(not(all(feature = "otlp-http", feature = "grpc")))]
+    #[tokio::test]
+    async fn metrics_push_without_its_transport_is_a_typed_error() {
+        let protocol = if cfg!(feature = "otlp-http") {
+            OtlpProtocol::Grpc
+        } else {
+            OtlpProtocol::HttpProtobuf
+        };
+        let mut config = crate::TelemetryConfig::default();
+        config.metrics.otlp.enabled = true;
+        config.metrics.otlp.endpoint = Some("http://127.0.0.1:4317".into());
+        config.metrics.otlp.protocol = Some(protocol);
+        let err = crate::Telemetry::builder(ServiceInfo::new("a", "1"))
+            .ignore_env()
+            .config(config)
+            .make_writer(crate::logging::CaptureWriter::new())
+            .build()
+            .unwrap_err();
+        let (feature, enabled) = transport_feature(protocol);
+        assert!(!enabled);
+        assert_eq!(
+            err.kind(),
+            &ErrorKind::TransportNotEnabled { protocol, feature }
+        );
     }
 
     #[cfg(feature = "otlp-http")]
