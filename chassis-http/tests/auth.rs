@@ -3,6 +3,8 @@
 //! from PEM and JWKS, JWKS refetch and rotation against a real JWKS server, the client layer's
 //! caching, and a real axum server with a real client.
 
+mod common;
+
 use std::convert::Infallible;
 use std::io::Write as _;
 use std::net::SocketAddr;
@@ -20,6 +22,7 @@ use chassis_http::auth::{
     RequireServiceTokenLayer, ServiceIdentity, ServiceTokenSource, SigningKey, TokenIssuer,
     TokenVerifier, VerificationKey,
 };
+use common::LogBuffer;
 use http::header::{AUTHORIZATION, WWW_AUTHENTICATE};
 use http::{HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
@@ -417,75 +420,71 @@ async fn a_header_alg_other_than_the_keys_is_rejected() {
     }
 }
 
-#[tokio::test]
-async fn expired_token_is_rejected() {
+/// For every key kind: the token `mint` makes with that kind's key (and an issuer with it
+/// that the verifier trusts) is answered 401 `invalid_token` with `reason`.
+async fn rejected_with_every_key_kind(
+    reason: &str,
+    mint: impl Fn(&TokenIssuer, &SigningKey) -> String,
+) {
     for kind in KEY_KINDS {
-        let issuer = issuer_with(key(kind));
+        let key = key(kind);
+        let issuer = issuer_with(key.clone());
         let verifier = verifier_for(issuer.key_set());
-        let token = issuer
-            .issue_at("billing", &[], SystemTime::now() - Duration::from_secs(600))
-            .unwrap();
-        let result = call_with_token(&verifier, token.as_str()).await;
+        let token = mint(&issuer, &key);
+        let result = call_with_token(&verifier, &token).await;
         assert_invalid_token(&result);
-        assert_eq!(
-            result.2["error"]["details"]["reason"], "token_expired",
-            "{kind:?}"
-        );
+        assert_eq!(result.2["error"]["details"]["reason"], reason, "{kind:?}");
     }
 }
 
 #[tokio::test]
+async fn expired_token_is_rejected() {
+    rejected_with_every_key_kind("token_expired", |issuer, _| {
+        let at = SystemTime::now() - Duration::from_secs(600);
+        issuer
+            .issue_at("billing", &[], at)
+            .unwrap()
+            .as_str()
+            .to_owned()
+    })
+    .await;
+}
+
+#[tokio::test]
 async fn not_yet_valid_token_is_rejected() {
-    for kind in KEY_KINDS {
-        let issuer = issuer_with(key(kind));
-        let verifier = verifier_for(issuer.key_set());
-        let token = issuer
-            .issue_at("billing", &[], SystemTime::now() + Duration::from_secs(300))
-            .unwrap();
-        let result = call_with_token(&verifier, token.as_str()).await;
-        assert_invalid_token(&result);
-        assert_eq!(
-            result.2["error"]["details"]["reason"], "token_not_yet_valid",
-            "{kind:?}"
-        );
-    }
+    rejected_with_every_key_kind("token_not_yet_valid", |issuer, _| {
+        let at = SystemTime::now() + Duration::from_secs(300);
+        issuer
+            .issue_at("billing", &[], at)
+            .unwrap()
+            .as_str()
+            .to_owned()
+    })
+    .await;
 }
 
 /// A token minted for another service is an invalid token here: 401 `invalid_token`
 /// (RFC 6750 §3.1), not 403.
 #[tokio::test]
 async fn wrong_audience_is_an_invalid_token() {
-    for kind in KEY_KINDS {
-        let issuer = issuer_with(key(kind));
-        let verifier = verifier_for(issuer.key_set());
+    rejected_with_every_key_kind("wrong_audience", |issuer, _| {
         let token = issuer.issue("shipping", &["invoices:write"]).unwrap();
-        let result = call_with_token(&verifier, token.as_str()).await;
-        assert_invalid_token(&result);
-        assert_eq!(
-            result.2["error"]["details"]["reason"], "wrong_audience",
-            "{kind:?}"
-        );
-    }
+        token.as_str().to_owned()
+    })
+    .await;
 }
 
 #[tokio::test]
 async fn untrusted_issuer_is_rejected_even_with_a_known_key() {
-    for kind in KEY_KINDS {
-        let key = key(kind);
-        let verifier = verifier_for(issuer_with(key.clone()).key_set());
+    rejected_with_every_key_kind("untrusted_issuer", |_, key| {
         let mallory = TokenIssuer::builder("orders")
             .issuer("mallory")
-            .signing_key(key)
+            .signing_key(key.clone())
             .build()
             .unwrap();
-        let token = mallory.issue("billing", &[]).unwrap();
-        let result = call_with_token(&verifier, token.as_str()).await;
-        assert_invalid_token(&result);
-        assert_eq!(
-            result.2["error"]["details"]["reason"], "untrusted_issuer",
-            "{kind:?}"
-        );
-    }
+        mallory.issue("billing", &[]).unwrap().as_str().to_owned()
+    })
+    .await;
 }
 
 #[tokio::test]
@@ -866,6 +865,31 @@ async fn serve(router: Router) -> SocketAddr {
     addr
 }
 
+/// A verifier for audience `billing` trusting issuer `orders`, with the keys of `source`.
+fn jwks_verifier(source: JwksKeySource) -> TokenVerifier {
+    TokenVerifier::builder("billing")
+        .trust_issuer("orders")
+        .jwks(source)
+        .build()
+        .unwrap()
+}
+
+/// Serves `issuer`'s JWKS at `path` on loopback: its URL, and the number of fetches so far.
+async fn counted_jwks(issuer: &TokenIssuer, path: &'static str) -> (String, Arc<AtomicUsize>) {
+    let fetches = Arc::new(AtomicUsize::new(0));
+    let counter = fetches.clone();
+    let jwks = issuer.jwks_service();
+    let router = Router::new().route_service(
+        path,
+        service_fn(move |req: Request<axum::body::Body>| {
+            counter.fetch_add(1, Ordering::SeqCst);
+            jwks.clone().oneshot(req)
+        }),
+    );
+    let addr = serve(router).await;
+    (format!("http://{addr}{path}"), fetches)
+}
+
 #[tokio::test]
 async fn jwks_from_a_file() {
     let issuer = issuer_with(SigningKey::generate_ed25519().unwrap());
@@ -873,11 +897,7 @@ async fn jwks_from_a_file() {
     file.write_all(issuer.jwks_json().as_bytes()).unwrap();
     let source = JwksKeySource::from_file(file.path()).load().await.unwrap();
     assert_eq!(source.keys().len(), 1);
-    let verifier = TokenVerifier::builder("billing")
-        .trust_issuer("orders")
-        .jwks(source)
-        .build()
-        .unwrap();
+    let verifier = jwks_verifier(source);
     let token = issuer.issue("billing", &[]).unwrap();
     assert!(verifier.verify(token.as_str()).await.is_ok());
     assert!(
@@ -925,11 +945,7 @@ async fn jwks_with_rsa_keys_from_an_identity_provider() {
         Algorithm::RS256
     );
     assert_eq!(keys.get("rsa-ps256").unwrap().algorithm(), Algorithm::PS256);
-    let verifier = TokenVerifier::builder("billing")
-        .trust_issuer("orders")
-        .jwks(source)
-        .build()
-        .unwrap();
+    let verifier = jwks_verifier(source);
     for signer in [&rs, &ps, &es] {
         let token = issuer_with(signer.clone()).issue("billing", &[]).unwrap();
         let identity = verifier.verify(token.as_str()).await;
@@ -960,30 +976,16 @@ async fn jwks_with_rsa_keys_from_an_identity_provider() {
 #[tokio::test]
 async fn jwks_url_refetches_once_on_unknown_kid_and_follows_rotation() {
     let issuer = issuer_with(SigningKey::generate_ed25519().unwrap());
-    let fetches = Arc::new(AtomicUsize::new(0));
-    let counter = fetches.clone();
-    let jwks = issuer.jwks_service();
-    let router = Router::new().route_service(
-        "/.well-known/jwks.json",
-        service_fn(move |req: Request<axum::body::Body>| {
-            counter.fetch_add(1, Ordering::SeqCst);
-            jwks.clone().oneshot(req)
-        }),
-    );
-    let addr = serve(router).await;
+    let (url, fetches) = counted_jwks(&issuer, "/.well-known/jwks.json").await;
     let min_refetch = Duration::from_secs(2);
-    let source = JwksKeySource::from_url(&format!("http://{addr}/.well-known/jwks.json"))
+    let source = JwksKeySource::from_url(&url)
         .unwrap()
         .min_refetch_interval(min_refetch)
         .load()
         .await
         .unwrap();
     assert_eq!(fetches.load(Ordering::SeqCst), 1);
-    let verifier = TokenVerifier::builder("billing")
-        .trust_issuer("orders")
-        .jwks(source)
-        .build()
-        .unwrap();
+    let verifier = jwks_verifier(source);
 
     // Known key: no fetch.
     let token = issuer.issue("billing", &[]).unwrap();
@@ -1017,30 +1019,16 @@ async fn jwks_url_refetches_once_on_unknown_kid_and_follows_rotation() {
 #[tokio::test]
 async fn jwks_refreshes_periodically_in_the_background() {
     let issuer = issuer_with(SigningKey::generate_ed25519().unwrap());
-    let fetches = Arc::new(AtomicUsize::new(0));
-    let counter = fetches.clone();
-    let jwks = issuer.jwks_service();
-    let router = Router::new().route_service(
-        "/jwks",
-        service_fn(move |req: Request<axum::body::Body>| {
-            counter.fetch_add(1, Ordering::SeqCst);
-            jwks.clone().oneshot(req)
-        }),
-    );
-    let addr = serve(router).await;
+    let (url, fetches) = counted_jwks(&issuer, "/jwks").await;
     let refresh = Duration::from_millis(200);
-    let source = JwksKeySource::from_url(&format!("http://{addr}/jwks"))
+    let source = JwksKeySource::from_url(&url)
         .unwrap()
         .refresh_interval(refresh)
         .min_refetch_interval(refresh)
         .load()
         .await
         .unwrap();
-    let verifier = TokenVerifier::builder("billing")
-        .trust_issuer("orders")
-        .jwks(source.clone())
-        .build()
-        .unwrap();
+    let verifier = jwks_verifier(source.clone());
     let token = issuer.issue("billing", &[]).unwrap();
     issuer.rotate(SigningKey::generate_es256().unwrap());
     let new_kid = issuer.active_kid();
@@ -1118,19 +1106,6 @@ fn token_source_rejects_bad_configuration() {
 
 // ---------------------------------------------------------------------------------------------
 // Real server, real client, under axum; and nothing secret in the logs
-
-#[derive(Clone, Default)]
-struct LogBuffer(Arc<Mutex<Vec<u8>>>);
-
-impl std::io::Write for LogBuffer {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
 
 #[tokio::test]
 async fn real_server_with_axum_and_real_client() {
@@ -1263,7 +1238,7 @@ async fn real_server_with_axum_and_real_client() {
         Some(&format!("Bearer {}", expired.as_str())),
     )
     .await;
-    let text = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
+    let text = logs.text();
     assert!(text.contains("token expired"), "{text}");
     assert!(!text.contains(&signature), "a token leaked into the logs");
     assert!(!text.contains(expired.as_str()));

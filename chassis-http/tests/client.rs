@@ -1,6 +1,8 @@
 //! The resilient client against a misbehaving test server on 127.0.0.1: retries, idempotency,
 //! Retry-After, the breaker, timeouts, refused connections, and what reaches the server.
 
+mod common;
+
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -19,6 +21,7 @@ use chassis_core::resilience::policy::ResiliencePolicy;
 use chassis_core::resilience::retry::{Backoff, Jitter, RetryBudgetConfig, RetryConfig};
 use chassis_http::auth::{ServiceTokenSource, SigningKey, TokenIssuer, TokenVerifier};
 use chassis_http::client::{AllowRetry, ClientErrorKind, HttpClient};
+use common::LogBuffer;
 use http::{Method, Request};
 use http_body_util::Full;
 use opentelemetry::trace::{SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState};
@@ -504,25 +507,12 @@ async fn traceparent_and_service_token_reach_the_server_and_metrics_are_recorded
     assert!(text.contains("http_response_status_code=\"200\""), "{text}");
 
     // One client span per attempt, with the semantic-convention fields.
-    let spans = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
+    let spans = logs.text();
     assert!(spans.contains("HTTP client request"), "{spans}");
     assert!(spans.contains("otel.kind=\"client\""), "{spans}");
     assert!(spans.contains("http.request.method=GET"), "{spans}");
     assert!(spans.contains("http.response.status_code=200"), "{spans}");
     assert!(!spans.contains(token), "the token must not be logged");
-}
-
-#[derive(Clone, Default)]
-struct LogBuffer(Arc<Mutex<Vec<u8>>>);
-
-impl std::io::Write for LogBuffer {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
 }
 
 #[tokio::test]

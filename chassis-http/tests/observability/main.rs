@@ -7,7 +7,6 @@ mod support;
 
 use std::time::Duration;
 
-use chassis_core::health::HealthRegistry;
 use chassis_http::layers::StandardLayers;
 use chassis_http::server::Server;
 use http::{Request, StatusCode};
@@ -16,15 +15,7 @@ use opentelemetry::trace::{SpanKind, Status as OtelStatus, TracerProvider as _};
 use support::*;
 use tracing_subscriber::layer::SubscriberExt;
 
-const TRACE_ID: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
 const PARENT_SPAN_ID: &str = "00f067aa0ba902b7";
-const TRACEPARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
-
-fn started_registry() -> HealthRegistry {
-    let registry = HealthRegistry::with_cache_ttl(Duration::ZERO);
-    registry.mark_started();
-    registry
-}
 
 #[tokio::test]
 async fn traceparent_trace_id_reaches_error_body_and_server_span() {
@@ -128,12 +119,7 @@ async fn access_log_line_per_request() {
     let logs = LogBuffer::default();
     let _guard = json_logs_into(&logs);
 
-    let server = start_app(
-        StandardLayers::new(),
-        started_registry(),
-        AppState::default(),
-    )
-    .await;
+    let server = start_default_app().await;
     let req = Request::get(format!("http://{}/hello?x=1", server.addr))
         .header("x-request-id", "log-me-1")
         .header("traceparent", TRACEPARENT)
@@ -190,25 +176,31 @@ async fn sampled_access_log_keeps_every_error() {
     assert_eq!(statuses, [404, 500], "{:#?}", logs.lines());
 }
 
-#[tokio::test]
-async fn access_log_line_has_one_trace_id_under_the_chassis_json_format() {
+/// The chassis subscriber (JSON lines at `info` into the returned capture) as this thread's
+/// default, with the callsite interest recomputed for it.
+fn chassis_subscriber() -> (
+    chassis_observability::Telemetry,
+    tracing::dispatcher::DefaultGuard,
+    chassis_observability::logging::CaptureWriter,
+) {
     let capture = chassis_observability::logging::CaptureWriter::new();
-    let (dispatch, _telemetry) =
+    let (dispatch, telemetry) =
         chassis_observability::Telemetry::builder(chassis_core::ServiceInfo::new("shop", "1.0.0"))
             .ignore_env()
             .log_filter("info")
             .make_writer(capture.clone())
             .build()
             .unwrap();
-    let _guard = tracing::dispatcher::set_default(&dispatch);
+    let guard = tracing::dispatcher::set_default(&dispatch);
     tracing::callsite::rebuild_interest_cache();
+    (telemetry, guard, capture)
+}
 
-    let server = start_app(
-        StandardLayers::new(),
-        started_registry(),
-        AppState::default(),
-    )
-    .await;
+#[tokio::test]
+async fn access_log_line_has_one_trace_id_under_the_chassis_json_format() {
+    let (_telemetry, _guard, capture) = chassis_subscriber();
+
+    let server = start_default_app().await;
     let req = Request::get(format!("http://{}/hello", server.addr))
         .header("traceparent", TRACEPARENT)
         .body(Full::default())
@@ -236,23 +228,9 @@ async fn access_log_line_has_one_trace_id_under_the_chassis_json_format() {
 /// carries its own span's id under the request's trace.
 #[tokio::test]
 async fn spans_reach_opentelemetry_under_the_chassis_subscriber() {
-    let capture = chassis_observability::logging::CaptureWriter::new();
-    let (dispatch, _telemetry) =
-        chassis_observability::Telemetry::builder(chassis_core::ServiceInfo::new("shop", "1.0.0"))
-            .ignore_env()
-            .log_filter("info")
-            .make_writer(capture.clone())
-            .build()
-            .unwrap();
-    let _guard = tracing::dispatcher::set_default(&dispatch);
-    tracing::callsite::rebuild_interest_cache();
+    let (_telemetry, _guard, capture) = chassis_subscriber();
 
-    let server = start_app(
-        StandardLayers::new(),
-        started_registry(),
-        AppState::default(),
-    )
-    .await;
+    let server = start_default_app().await;
     for _ in 0..2 {
         assert_eq!(
             get(&client(), server.addr, "/traced").await.status,

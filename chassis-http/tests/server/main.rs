@@ -16,23 +16,9 @@ use http_body_util::{Full, StreamBody};
 use support::*;
 use tower::ServiceBuilder;
 
-const TRACE_ID: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
-const TRACEPARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
-
-fn started_registry() -> HealthRegistry {
-    let registry = HealthRegistry::with_cache_ttl(Duration::ZERO);
-    registry.mark_started();
-    registry
-}
-
 #[tokio::test]
 async fn request_id_is_generated_propagated_and_echoed() {
-    let server = start_app(
-        StandardLayers::new(),
-        started_registry(),
-        AppState::default(),
-    )
-    .await;
+    let server = start_default_app().await;
     let client = client();
 
     let reply = get(&client, server.addr, "/request-id").await;
@@ -163,12 +149,7 @@ async fn concurrency_limit_sheds_with_503_and_retry_after() {
 
 #[tokio::test]
 async fn panic_becomes_500_and_the_server_keeps_serving() {
-    let server = start_app(
-        StandardLayers::new(),
-        started_registry(),
-        AppState::default(),
-    )
-    .await;
+    let server = start_default_app().await;
     let client = client();
     let reply = get(&client, server.addr, "/panic").await;
     let body = reply.error_body(StatusCode::INTERNAL_SERVER_ERROR, "internal_error");
@@ -457,12 +438,7 @@ async fn shutdown_returns_within_the_drain_deadline() {
 
 #[tokio::test]
 async fn h2c_prior_knowledge() {
-    let server = start_app(
-        StandardLayers::new(),
-        started_registry(),
-        AppState::default(),
-    )
-    .await;
+    let server = start_default_app().await;
     let client = h2_client();
     let reply = get(&client, server.addr, "/hello").await;
     assert_eq!(reply.version, Version::HTTP_2);

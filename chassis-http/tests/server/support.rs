@@ -1,8 +1,13 @@
 //! Shared helpers: a real server on 127.0.0.1:0, a real hyper-util client, a test app.
 #![allow(dead_code)]
 
+#[path = "../common/mod.rs"]
+mod common;
+#[allow(unused_imports)] // not every test binary captures logs
+pub(crate) use common::LogBuffer;
+
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
@@ -26,6 +31,10 @@ use hyper_util::rt::TokioExecutor;
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tower::ServiceBuilder;
+
+/// A W3C `traceparent` the tests send, and its trace id.
+pub(crate) const TRACEPARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+pub(crate) const TRACE_ID: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
 
 pub(crate) type TestClient = Client<HttpConnector, Full<Bytes>>;
 
@@ -238,34 +247,20 @@ pub(crate) async fn start_app(
     start(server, service).await
 }
 
-/// A `MakeWriter` collecting log output in memory.
-#[derive(Clone, Default)]
-pub(crate) struct LogBuffer(pub(crate) Arc<Mutex<Vec<u8>>>);
-
-impl LogBuffer {
-    pub(crate) fn lines(&self) -> Vec<serde_json::Value> {
-        let bytes = self.0.lock().unwrap().clone();
-        String::from_utf8(bytes)
-            .unwrap()
-            .lines()
-            .map(|l| serde_json::from_str(l).unwrap())
-            .collect()
-    }
+/// The test app with the standard layers and a started health registry: the server most
+/// tests start.
+pub(crate) async fn start_default_app() -> TestServer {
+    start_app(
+        StandardLayers::new(),
+        started_registry(),
+        AppState::default(),
+    )
+    .await
 }
 
-impl std::io::Write for LogBuffer {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for LogBuffer {
-    type Writer = LogBuffer;
-    fn make_writer(&'a self) -> Self::Writer {
-        self.clone()
-    }
+/// The default health registry of a test server: started, no result cache.
+pub(crate) fn started_registry() -> HealthRegistry {
+    let registry = HealthRegistry::with_cache_ttl(Duration::ZERO);
+    registry.mark_started();
+    registry
 }
