@@ -44,20 +44,18 @@
 //! ```
 
 use std::fmt;
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering::*};
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
-use pin_project_lite::pin_project;
 use serde::Deserialize;
 use tokio::sync::Semaphore;
 use tokio_util::sync::ReusableBoxFuture;
 use tower_layer::Layer;
 use tower_service::Service;
 
+pub use super::future::ResponseFuture;
 use crate::metric_catalogue as names;
 use crate::{BoxError, Error, ErrorKind};
 
@@ -272,7 +270,7 @@ pub(crate) async fn wait_for_permit(shared: Arc<Shared>) -> bool {
 }
 
 /// A permit held by a call; given back when dropped.
-struct Permit(Arc<Shared>);
+pub(crate) struct Permit(Arc<Shared>);
 
 impl Drop for Permit {
     #[inline]
@@ -438,20 +436,11 @@ where
 
     fn call(&mut self, req: Req) -> Self::Future {
         match std::mem::replace(&mut self.state, State::Idle) {
-            State::Acquired(permit) => ResponseFuture {
-                kind: Kind::Called {
-                    inner: self.inner.call(req),
-                    _permit: permit,
-                },
-            },
+            State::Acquired(permit) => ResponseFuture::called(self.inner.call(req), Some(permit)),
             State::Rejected => {
                 self.shared.rejected.increment(1);
                 tracing::debug!(bulkhead = %self.shared.name, "bulkhead full: call rejected");
-                ResponseFuture {
-                    kind: Kind::Rejected {
-                        error: Some(self.shared.rejection()),
-                    },
-                }
+                ResponseFuture::rejected(self.shared.rejection())
             }
             State::Idle | State::Waiting(_) => {
                 panic!("Bulkhead::call without a successful poll_ready (tower Service contract)")
@@ -460,56 +449,11 @@ where
     }
 }
 
-pin_project! {
-    /// Response future of [`Bulkhead`]: holds the permit until the call completes or is dropped.
-    pub struct ResponseFuture<F> {
-        #[pin]
-        kind: Kind<F>,
-    }
-}
-
-pin_project! {
-    #[project = KindProj]
-    enum Kind<F> {
-        Called { #[pin] inner: F, _permit: Permit },
-        Rejected { error: Option<Error> },
-    }
-}
-
-impl<F> fmt::Debug for ResponseFuture<F> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let kind = match self.kind {
-            Kind::Called { .. } => "called",
-            Kind::Rejected { .. } => "rejected",
-        };
-        f.debug_struct("ResponseFuture")
-            .field("kind", &kind)
-            .finish()
-    }
-}
-
-impl<F, T, E> Future for ResponseFuture<F>
-where
-    F: Future<Output = Result<T, E>>,
-    E: Into<BoxError>,
-{
-    type Output = Result<T, BoxError>;
-
-    #[inline]
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        match self.project().kind.project() {
-            KindProj::Called { inner, .. } => inner.poll(cx).map_err(Into::into),
-            KindProj::Rejected { error } => Poll::Ready(Err(error
-                .take()
-                .expect("bulkhead ResponseFuture polled after completion")
-                .into())),
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::future::Future;
+    use std::pin::Pin;
     use std::sync::atomic::AtomicUsize;
     use tower::{ServiceExt, service_fn};
 

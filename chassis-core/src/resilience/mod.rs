@@ -20,4 +20,5 @@ pub mod rate_limiter;
 pub mod retry;
 pub mod time_limiter;
 
+mod future;
 mod striped;

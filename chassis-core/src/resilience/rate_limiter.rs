@@ -46,12 +46,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
-use pin_project_lite::pin_project;
 use serde::Deserialize;
 use tokio::time::{Instant, Sleep};
 use tower_layer::Layer;
 use tower_service::Service;
 
+pub use super::future::ResponseFuture;
 use crate::metric_catalogue as names;
 use crate::{BoxError, Error, ErrorKind};
 
@@ -346,70 +346,15 @@ where
 
     fn call(&mut self, req: Req) -> Self::Future {
         match std::mem::replace(&mut self.state, State::Idle) {
-            State::Acquired => ResponseFuture {
-                kind: Kind::Called {
-                    inner: self.inner.call(req),
-                },
-            },
+            State::Acquired => ResponseFuture::called(self.inner.call(req), None),
             State::Rejected(retry_after) => {
                 self.limiter.rejected.increment(1);
                 tracing::debug!(rate_limiter = %self.limiter.name, ?retry_after, "rate limited: call rejected");
-                ResponseFuture {
-                    kind: Kind::Rejected {
-                        error: Some(self.limiter.rejection(retry_after)),
-                    },
-                }
+                ResponseFuture::rejected(self.limiter.rejection(retry_after))
             }
             State::Idle | State::Waiting(_) => {
                 panic!("RateLimiter::call without a successful poll_ready (tower Service contract)")
             }
-        }
-    }
-}
-
-pin_project! {
-    /// Response future of [`RateLimiter`].
-    pub struct ResponseFuture<F> {
-        #[pin]
-        kind: Kind<F>,
-    }
-}
-
-pin_project! {
-    #[project = KindProj]
-    enum Kind<F> {
-        Called { #[pin] inner: F },
-        Rejected { error: Option<Error> },
-    }
-}
-
-impl<F> fmt::Debug for ResponseFuture<F> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let kind = match self.kind {
-            Kind::Called { .. } => "called",
-            Kind::Rejected { .. } => "rejected",
-        };
-        f.debug_struct("ResponseFuture")
-            .field("kind", &kind)
-            .finish()
-    }
-}
-
-impl<F, T, E> Future for ResponseFuture<F>
-where
-    F: Future<Output = Result<T, E>>,
-    E: Into<BoxError>,
-{
-    type Output = Result<T, BoxError>;
-
-    #[inline]
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        match self.project().kind.project() {
-            KindProj::Called { inner } => inner.poll(cx).map_err(Into::into),
-            KindProj::Rejected { error } => Poll::Ready(Err(error
-                .take()
-                .expect("rate limit ResponseFuture polled after completion")
-                .into())),
         }
     }
 }
