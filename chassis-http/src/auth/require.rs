@@ -15,7 +15,7 @@ use tower_service::Service;
 use super::claims::{ServiceIdentity, check_scope};
 use super::error::{AuthError, AuthErrorKind};
 use super::future::ResponseFuture;
-use super::verifier::{Checked, TokenVerifier};
+use super::verifier::{Checked, TokenVerifier, Verified};
 use crate::body::{Body, boxed};
 use chassis_core::BoxError;
 
@@ -187,41 +187,95 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, mut req: Request<ReqBody>) -> Self::Future {
-        let token = match bearer_token(&req) {
-            Ok(token) => token,
-            Err(err) => return ResponseFuture::rejected(self.layer.reject(&err, None)),
-        };
-        match self.layer.verifier.check(&token) {
-            Checked::Done(Ok(verified)) => match self.layer.authorize(&req, verified.identity) {
-                Ok(identity) => {
-                    req.extensions_mut().insert(identity);
-                    ResponseFuture::inner(self.inner.call(req))
-                }
-                Err(response) => ResponseFuture::rejected(*response),
-            },
-            Checked::Done(Err(err)) => ResponseFuture::rejected(self.layer.reject(&err, None)),
-            Checked::NeedsRefetch => {
-                // NOTE: `poll_ready` readied `self.inner`; the call happens later, after the
-                // refetch, so the ready service moves into the future and a fresh clone stays.
-                let clone = self.inner.clone();
-                let mut inner = std::mem::replace(&mut self.inner, clone);
-                let layer = self.layer.clone();
-                ResponseFuture::boxed(Box::pin(async move {
-                    let identity = layer.verifier.verify_after_refetch(&token).await;
-                    let identity = match identity {
-                        Ok(verified) => layer.authorize(&req, verified.identity),
-                        Err(err) => Err(Box::new(layer.reject(&err, None))),
-                    };
-                    match identity {
-                        Ok(identity) => {
-                            req.extensions_mut().insert(identity);
-                            inner.call(req).await.map(|r| r.map(boxed))
-                        }
-                        Err(response) => Ok(*response),
-                    }
-                }))
+    fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
+        call_with_bearer(&mut self.inner, &self.layer, req)
+    }
+}
+
+/// What a bearer-token layer makes of a request's token: the extension a verified token
+/// grants, or the answer that refuses it.
+pub(crate) trait BearerAuth: Clone + Send + 'static {
+    /// Inserted into the request when the token is accepted.
+    type Extension: Clone + Send + Sync + 'static;
+
+    fn verifier(&self) -> &TokenVerifier;
+
+    /// The answer to a request whose token is missing or malformed.
+    fn reject(&self, err: &AuthError) -> Response<Body>;
+
+    /// The extension for the verification result of the request's token, or the answer.
+    fn admit<B>(
+        &self,
+        req: &Request<B>,
+        verified: Result<Verified, AuthError>,
+    ) -> Result<Self::Extension, Box<Response<Body>>>;
+}
+
+/// Calls `inner` with `req` once `auth` accepts its bearer token, or answers for `auth`.
+pub(crate) fn call_with_bearer<S, A, ReqBody, ResBody>(
+    inner: &mut S,
+    auth: &A,
+    mut req: Request<ReqBody>,
+) -> ResponseFuture<S::Future, S::Error>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    A: BearerAuth,
+    ReqBody: Send + 'static,
+    ResBody: http_body::Body<Data = Bytes> + Send + 'static,
+    ResBody::Error: Into<BoxError>,
+{
+    let token = match bearer_token(&req) {
+        Ok(token) => token,
+        Err(err) => return ResponseFuture::rejected(auth.reject(&err)),
+    };
+    match auth.verifier().check(&token) {
+        Checked::Done(verified) => match auth.admit(&req, verified) {
+            Ok(extension) => {
+                req.extensions_mut().insert(extension);
+                ResponseFuture::inner(inner.call(req))
             }
+            Err(response) => ResponseFuture::rejected(*response),
+        },
+        Checked::NeedsRefetch => {
+            // NOTE: `poll_ready` readied `inner`; the call happens later, after the refetch,
+            // so the ready service moves into the future and a fresh clone stays.
+            let clone = inner.clone();
+            let mut ready = std::mem::replace(inner, clone);
+            let auth = auth.clone();
+            ResponseFuture::boxed(Box::pin(async move {
+                let verified = auth.verifier().verify_after_refetch(&token).await;
+                match auth.admit(&req, verified) {
+                    Ok(extension) => {
+                        req.extensions_mut().insert(extension);
+                        ready.call(req).await.map(|r| r.map(boxed))
+                    }
+                    Err(response) => Ok(*response),
+                }
+            }))
+        }
+    }
+}
+
+impl BearerAuth for RequireServiceTokenLayer {
+    type Extension = ServiceIdentity;
+
+    fn verifier(&self) -> &TokenVerifier {
+        &self.verifier
+    }
+
+    fn reject(&self, err: &AuthError) -> Response<Body> {
+        self.refuse(err, None)
+    }
+
+    fn admit<B>(
+        &self,
+        req: &Request<B>,
+        verified: Result<Verified, AuthError>,
+    ) -> Result<ServiceIdentity, Box<Response<Body>>> {
+        match verified {
+            Ok(verified) => self.authorize(req, verified.identity),
+            Err(err) => Err(Box::new(self.refuse(&err, None))),
         }
     }
 }
@@ -239,10 +293,10 @@ impl RequireServiceTokenLayer {
             return Ok(identity);
         }
         let err = AuthError::new(AuthErrorKind::InsufficientScope { missing });
-        Err(Box::new(self.reject(&err, Some((&identity, &required)))))
+        Err(Box::new(self.refuse(&err, Some((&identity, &required)))))
     }
 
-    fn reject(
+    fn refuse(
         &self,
         err: &AuthError,
         scope: Option<(&ServiceIdentity, &[&str])>,

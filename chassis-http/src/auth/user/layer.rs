@@ -14,9 +14,9 @@ use super::principal::UserPrincipal;
 use super::rbac::RbacConfig;
 use crate::auth::error::AuthError;
 use crate::auth::future::ResponseFuture;
-use crate::auth::require::{bearer_token, log_rejection};
-use crate::auth::verifier::{Checked, TokenVerifier, Verified};
-use crate::body::{Body, boxed};
+use crate::auth::require::{BearerAuth, call_with_bearer, log_rejection};
+use crate::auth::verifier::{TokenVerifier, Verified};
+use crate::body::Body;
 use chassis_core::BoxError;
 
 /// Requires a valid end-user token on every request and inserts its [`UserPrincipal`]; see the
@@ -78,9 +78,24 @@ impl RequireUserTokenLayer {
         let verified = self.verifier.verify_token(token).await?;
         self.rbac.principal(&verified)
     }
+}
 
-    fn principal(
+impl BearerAuth for RequireUserTokenLayer {
+    type Extension = UserPrincipal;
+
+    fn verifier(&self) -> &TokenVerifier {
+        &self.verifier
+    }
+
+    fn reject(&self, err: &AuthError) -> Response<Body> {
+        log_rejection("user token", err, None);
+        err.to_api_error_with(Some(&self.realm), &[], "missingPermissions")
+            .into_response()
+    }
+
+    fn admit<B>(
         &self,
+        _req: &Request<B>,
         verified: Result<Verified, AuthError>,
     ) -> Result<UserPrincipal, Box<Response<Body>>> {
         match verified.and_then(|v| self.rbac.principal(&v)) {
@@ -90,12 +105,6 @@ impl RequireUserTokenLayer {
             }
             Err(err) => Err(Box::new(self.reject(&err))),
         }
-    }
-
-    fn reject(&self, err: &AuthError) -> Response<Body> {
-        log_rejection("user token", err, None);
-        err.to_api_error_with(Some(&self.realm), &[], "missingPermissions")
-            .into_response()
     }
 }
 
@@ -147,36 +156,7 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, mut req: Request<ReqBody>) -> Self::Future {
-        let token = match bearer_token(&req) {
-            Ok(token) => token,
-            Err(err) => return ResponseFuture::rejected(self.layer.reject(&err)),
-        };
-        match self.layer.verifier.check(&token) {
-            Checked::Done(verified) => match self.layer.principal(verified) {
-                Ok(principal) => {
-                    req.extensions_mut().insert(principal);
-                    ResponseFuture::inner(self.inner.call(req))
-                }
-                Err(response) => ResponseFuture::rejected(*response),
-            },
-            Checked::NeedsRefetch => {
-                // NOTE: `poll_ready` readied `self.inner`; the call happens after the refetch,
-                // so the ready service moves into the future and a fresh clone stays.
-                let clone = self.inner.clone();
-                let mut inner = std::mem::replace(&mut self.inner, clone);
-                let layer = self.layer.clone();
-                ResponseFuture::boxed(Box::pin(async move {
-                    let verified = layer.verifier.verify_after_refetch(&token).await;
-                    match layer.principal(verified) {
-                        Ok(principal) => {
-                            req.extensions_mut().insert(principal);
-                            inner.call(req).await.map(|r| r.map(boxed))
-                        }
-                        Err(response) => Ok(*response),
-                    }
-                }))
-            }
-        }
+    fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
+        call_with_bearer(&mut self.inner, &self.layer, req)
     }
 }
