@@ -87,6 +87,7 @@ pub mod body;
 pub mod client;
 pub mod error;
 pub mod health;
+pub mod idempotency;
 pub mod layers;
 pub mod response;
 pub mod server;

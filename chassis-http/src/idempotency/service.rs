@@ -1,0 +1,506 @@
+//! [`Idempotency`]: the service of the idempotency layer.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, header};
+use http_body::Body as _;
+use http_body_util::BodyExt;
+use tokio::time::Instant;
+use tower_service::Service;
+
+use super::body::{RequestBody, Resumed};
+use super::future::ResponseFuture;
+use super::layer::Settings;
+use super::store::{Begin, Fingerprint, Lock, StoreKey, StoredResponse};
+use super::{IDEMPOTENCY_KEY, IDEMPOTENT_BODY_OMITTED, IDEMPOTENT_REPLAYED, codes};
+use crate::body::{Body, BoxError, boxed, full};
+use crate::error::ApiError;
+use crate::layers::guard::LengthLimitError;
+
+const TARGET: &str = "chassis_http::idempotency";
+
+/// Makes requests carrying an `Idempotency-Key` take effect once; see the
+/// [module docs](super).
+#[derive(Clone)]
+pub struct Idempotency<S> {
+    inner: S,
+    settings: Arc<Settings>,
+}
+
+impl<S> std::fmt::Debug for Idempotency<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Idempotency")
+            .field("settings", &self.settings)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S> Idempotency<S> {
+    pub(crate) fn new(inner: S, settings: Arc<Settings>) -> Self {
+        Self { inner, settings }
+    }
+
+    chassis_core::__define_inner_service_accessors!();
+}
+
+impl<S, ReqB, ResB> Service<Request<ReqB>> for Idempotency<S>
+where
+    S: Service<Request<RequestBody<ReqB>>, Response = Response<ResB>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+    ReqB: http_body::Body<Data = Bytes> + Send + 'static,
+    ReqB::Error: Into<BoxError>,
+    ResB: http_body::Body<Data = Bytes> + Send + 'static,
+    ResB::Error: Into<BoxError>,
+{
+    type Response = Response<Body>;
+    type Error = S::Error;
+    type Future = ResponseFuture<S::Future, S::Error>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<ReqB>) -> Self::Future {
+        let settings = &self.settings;
+        if !settings.methods.contains(req.method()) {
+            return ResponseFuture::inner(self.inner.call(req.map(RequestBody::streaming)));
+        }
+        let key = match parse_key(req.headers(), settings.max_key_length) {
+            Ok(Some(key)) => key,
+            Ok(None) if settings.required => {
+                return ResponseFuture::answered(
+                    ApiError::new(
+                        StatusCode::BAD_REQUEST,
+                        codes::KEY_MISSING,
+                        "this request needs an Idempotency-Key header",
+                    )
+                    .into_response(),
+                );
+            }
+            Ok(None) => {
+                return ResponseFuture::inner(self.inner.call(req.map(RequestBody::streaming)));
+            }
+            Err(err) => return ResponseFuture::answered(err.into_response()),
+        };
+        // NOTE: `poll_ready` readied `self.inner`; the call happens after the store lookups, so
+        // the ready service moves into the future and a fresh clone stays.
+        let clone = self.inner.clone();
+        let inner = std::mem::replace(&mut self.inner, clone);
+        ResponseFuture::keyed(Box::pin(keyed(settings.clone(), inner, req, key)))
+    }
+}
+
+/// The `Idempotency-Key` of `headers`: `None` without one, a 400 for a malformed one.
+///
+/// The draft's form is a structured-field string (`"..."`, with `\"` and `\\` escapes); a bare
+/// value of visible ASCII is taken as the key too.
+fn parse_key(headers: &HeaderMap, max_len: usize) -> Result<Option<String>, ApiError> {
+    let mut values = headers.get_all(IDEMPOTENCY_KEY).iter();
+    let Some(value) = values.next() else {
+        return Ok(None);
+    };
+    let invalid = |why: &str| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            codes::KEY_INVALID,
+            format!("invalid Idempotency-Key: {why}"),
+        )
+    };
+    if values.next().is_some() {
+        return Err(invalid("sent more than once"));
+    }
+    let raw = value.as_bytes().trim_ascii();
+    let key = if let Some(quoted) = raw.strip_prefix(b"\"") {
+        let mut key = String::with_capacity(quoted.len());
+        let mut chars = quoted.iter();
+        loop {
+            match chars.next() {
+                None => return Err(invalid("unterminated string")),
+                Some(b'"') => break,
+                Some(b'\\') => match chars.next() {
+                    Some(&c @ (b'"' | b'\\')) => key.push(c as char),
+                    _ => return Err(invalid("bad escape")),
+                },
+                Some(&c) if (0x20..0x7f).contains(&c) => key.push(c as char),
+                Some(_) => return Err(invalid("not printable ASCII")),
+            }
+        }
+        if chars.next().is_some() {
+            return Err(invalid("text after the closing quote"));
+        }
+        key
+    } else {
+        if !raw.iter().all(|c| (0x21..0x7f).contains(c)) {
+            return Err(invalid("not visible ASCII"));
+        }
+        String::from_utf8_lossy(raw).into_owned()
+    };
+    if key.is_empty() {
+        return Err(invalid("empty"));
+    }
+    if key.len() > max_len {
+        return Err(invalid(&format!("longer than {max_len} characters")));
+    }
+    Ok(Some(key))
+}
+
+/// A keyed request: read the body, look the key up, run or answer, keep the response.
+async fn keyed<S, ReqB, ResB>(
+    settings: Arc<Settings>,
+    mut inner: S,
+    req: Request<ReqB>,
+    key: String,
+) -> Result<Response<Body>, S::Error>
+where
+    S: Service<Request<RequestBody<ReqB>>, Response = Response<ResB>>,
+    ReqB: http_body::Body<Data = Bytes>,
+    ReqB::Error: Into<BoxError>,
+    ResB: http_body::Body<Data = Bytes> + Send + 'static,
+    ResB::Error: Into<BoxError>,
+{
+    let (parts, body) = req.into_parts();
+    let body = match read_request(body, settings.max_request_bytes).await {
+        Ok(body) => body,
+        Err(err) => return Ok(err.into_response()),
+    };
+    let scope = settings.scope.as_ref().and_then(|s| s.scope(&parts));
+    let key = StoreKey::new(scope, key);
+    let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+    let fingerprint = Fingerprint::of(&parts.method, path, &body);
+    let lock = match acquire(&settings, &key, &fingerprint).await {
+        Ok(lock) => lock,
+        Err(answer) => return Ok(answer),
+    };
+    let result = inner
+        .call(Request::from_parts(parts, RequestBody::buffered(body)))
+        .await;
+    let response = match result {
+        Ok(response) => response,
+        Err(err) => {
+            release(&settings, &key, &lock, "the service failed").await;
+            return Err(err);
+        }
+    };
+    let status = response.status();
+    if !kept(status) {
+        release(&settings, &key, &lock, status.as_str()).await;
+        return Ok(response.map(boxed));
+    }
+    let (parts, body) = response.into_parts();
+    let (body, stored_body) = match read_response(boxed(body), settings.max_response_bytes).await {
+        Read::Whole(resumed, bytes) => (resumed, Some(bytes)),
+        Read::TooLarge(resumed) => {
+            if settings.warned_large.swap(true, Ordering::Relaxed) {
+                tracing::debug!(target: TARGET, key = key.key(), limit = settings.max_response_bytes, "response too large to keep; replays send its status and headers only");
+            } else {
+                tracing::warn!(target: TARGET, key = key.key(), limit = settings.max_response_bytes, "response too large to keep; replays send its status and headers only (logged once)");
+            }
+            (resumed, None)
+        }
+        Read::Failed(resumed) => {
+            release(&settings, &key, &lock, "the response body failed").await;
+            return Ok(Response::from_parts(parts, boxed(resumed)));
+        }
+    };
+    let record = StoredResponse::new(
+        fingerprint,
+        status,
+        storable_headers(&parts.headers, stored_body.is_none()),
+        stored_body.clone().unwrap_or_default(),
+        stored_body.is_none(),
+    );
+    match settings
+        .store
+        .complete(&key, &lock, &record, settings.ttl)
+        .await
+    {
+        Ok(true) => {}
+        Ok(false) => tracing::warn!(
+            target: TARGET,
+            key = key.key(),
+            lock_ttl = ?settings.lock_ttl,
+            "the key's lock expired before the response was kept; a retry will run again"
+        ),
+        Err(err) => tracing::error!(
+            target: TARGET,
+            key = key.key(),
+            error = %err,
+            "the response could not be kept; a retry will run again once the lock expires"
+        ),
+    }
+    Ok(Response::from_parts(parts, boxed(body)))
+}
+
+/// Whether a response with `status` is kept and replayed. A server error, a request timeout
+/// and a rate limit say the request did not (fully) take effect: the key is released instead.
+fn kept(status: StatusCode) -> bool {
+    !(status.is_server_error()
+        || status == StatusCode::REQUEST_TIMEOUT
+        || status == StatusCode::TOO_MANY_REQUESTS)
+}
+
+/// Takes the key's lock, or the answer to send instead (a replay, 409, 422, 503).
+async fn acquire(
+    settings: &Settings,
+    key: &StoreKey,
+    fingerprint: &Fingerprint,
+) -> Result<Lock, Response<Body>> {
+    let deadline = settings
+        .wait_in_flight
+        .and_then(|wait| Instant::now().checked_add(wait));
+    let mut pause = Duration::from_millis(10);
+    loop {
+        let found = settings
+            .store
+            .begin(key, fingerprint, settings.lock_ttl)
+            .await;
+        match found {
+            Ok(Begin::Acquired(lock)) => return Ok(lock),
+            Ok(Begin::Completed(stored)) if stored.fingerprint() == fingerprint => {
+                tracing::debug!(target: TARGET, key = key.key(), "replaying the stored response");
+                return Err(replay(&stored));
+            }
+            Ok(Begin::Completed(_)) => return Err(reused()),
+            Ok(Begin::InFlight { fingerprint: held }) if held != *fingerprint => {
+                return Err(reused());
+            }
+            Ok(Begin::InFlight { .. }) => {
+                let now = Instant::now();
+                match deadline {
+                    Some(deadline) if now < deadline => {
+                        // Poll the store: a Redis store has no way to wake this request when
+                        // the other finishes, and a short wait is what this option is for.
+                        tokio::time::sleep(pause.min(deadline - now)).await;
+                        pause = (pause * 2).min(Duration::from_millis(250));
+                    }
+                    _ => return Err(in_flight()),
+                }
+            }
+            Err(err) => {
+                tracing::warn!(target: TARGET, key = key.key(), error = %err, "idempotency store unavailable: request refused");
+                return Err(err.to_api_error().into_response());
+            }
+        }
+    }
+}
+
+async fn release(settings: &Settings, key: &StoreKey, lock: &Lock, why: &str) {
+    match settings.store.release(key, lock).await {
+        Ok(_) => {
+            tracing::debug!(target: TARGET, key = key.key(), why, "request failed: key released for a retry");
+        }
+        Err(err) => tracing::warn!(
+            target: TARGET,
+            key = key.key(),
+            error = %err,
+            "the key could not be released; a retry gets 409 until the lock expires"
+        ),
+    }
+}
+
+fn replay(stored: &StoredResponse) -> Response<Body> {
+    let mut response = Response::new(full(stored.body().clone()));
+    *response.status_mut() = stored.status();
+    *response.headers_mut() = stored.headers().clone();
+    let headers = response.headers_mut();
+    headers.insert(IDEMPOTENT_REPLAYED, HeaderValue::from_static("true"));
+    if stored.body_omitted() {
+        headers.insert(IDEMPOTENT_BODY_OMITTED, HeaderValue::from_static("true"));
+    }
+    response
+}
+
+fn reused() -> Response<Body> {
+    ApiError::new(
+        StatusCode::UNPROCESSABLE_ENTITY,
+        codes::KEY_REUSED,
+        "this Idempotency-Key was used for a different request",
+    )
+    .into_response()
+}
+
+fn in_flight() -> Response<Body> {
+    ApiError::new(
+        StatusCode::CONFLICT,
+        codes::KEY_IN_FLIGHT,
+        "a request with this Idempotency-Key is still being processed",
+    )
+    .with_retry_after(Duration::from_secs(1))
+    .into_response()
+}
+
+/// The headers a replay repeats: not the hop-by-hop ones (RFC 9110 §7.6.1, and those the
+/// `Connection` field names), not `Content-Length` (the replay's body sets it), and, without a
+/// body, none describing it.
+fn storable_headers(headers: &HeaderMap, body_omitted: bool) -> HeaderMap {
+    let named: Vec<String> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|name| name.trim().to_ascii_lowercase())
+        .collect();
+    let mut kept = HeaderMap::with_capacity(headers.len());
+    for (name, value) in headers {
+        let hop_by_hop = matches!(
+            name.as_str(),
+            "connection"
+                | "keep-alive"
+                | "proxy-connection"
+                | "proxy-authenticate"
+                | "proxy-authorization"
+                | "te"
+                | "trailer"
+                | "transfer-encoding"
+                | "upgrade"
+                | "content-length"
+        ) || named.iter().any(|n| n == name.as_str());
+        let describes_body = matches!(
+            name.as_str(),
+            "content-type" | "content-encoding" | "content-range" | "etag"
+        );
+        if hop_by_hop || (body_omitted && describes_body) {
+            continue;
+        }
+        kept.append(name.clone(), value.clone());
+    }
+    kept
+}
+
+/// Reads a keyed request's body, up to `limit` bytes.
+async fn read_request<B>(body: B, limit: usize) -> Result<Bytes, ApiError>
+where
+    B: http_body::Body<Data = Bytes>,
+    B::Error: Into<BoxError>,
+{
+    let mut body = std::pin::pin!(body);
+    if body.size_hint().lower() > limit as u64 {
+        return Err(ApiError::payload_too_large(limit));
+    }
+    let mut buf = BytesMut::new();
+    while let Some(frame) = body.as_mut().frame().await {
+        let frame = frame.map_err(|err| {
+            let err: BoxError = err.into();
+            // The guard's body limit answers for itself (it turns the answer into its 413).
+            if let Some(limited) = err.downcast_ref::<LengthLimitError>() {
+                return ApiError::payload_too_large(limited.limit());
+            }
+            tracing::debug!(target: TARGET, error = %err, "request body could not be read");
+            ApiError::bad_request("the request body could not be read")
+        })?;
+        if let Ok(data) = frame.into_data() {
+            if buf.len() + data.len() > limit {
+                return Err(ApiError::payload_too_large(limit));
+            }
+            buf.extend_from_slice(&data);
+        }
+    }
+    Ok(buf.freeze())
+}
+
+enum Read {
+    /// The whole body, within the limit: the body to send and the bytes to keep.
+    Whole(Resumed, Bytes),
+    /// Over the limit: what was read, and the rest.
+    TooLarge(Resumed),
+    /// The body failed: what was read, then its error.
+    Failed(Resumed),
+}
+
+/// Reads a response body up to `limit` bytes to keep it; a larger one is read no further.
+async fn read_response(mut body: Body, limit: usize) -> Read {
+    let resumed = |prefix: Bytes, trailers, error, rest| Resumed {
+        prefix: Some(prefix),
+        trailers,
+        error,
+        rest,
+    };
+    if body.size_hint().lower() > limit as u64 {
+        return Read::TooLarge(resumed(Bytes::new(), None, None, Some(body)));
+    }
+    let mut buf = BytesMut::new();
+    let mut trailers: Option<HeaderMap> = None;
+    while let Some(frame) = body.frame().await {
+        let frame = match frame {
+            Ok(frame) => frame,
+            Err(err) => return Read::Failed(resumed(buf.freeze(), trailers, Some(err), None)),
+        };
+        match frame.into_data() {
+            Ok(data) => {
+                if buf.len() + data.len() > limit {
+                    buf.extend_from_slice(&data);
+                    return Read::TooLarge(resumed(buf.freeze(), trailers, None, Some(body)));
+                }
+                buf.extend_from_slice(&data);
+            }
+            Err(frame) => {
+                if let Ok(t) = frame.into_trailers() {
+                    trailers.get_or_insert_with(HeaderMap::new).extend(t);
+                }
+            }
+        }
+    }
+    let bytes = buf.freeze();
+    Read::Whole(resumed(bytes.clone(), trailers, None, None), bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(value: &'static str) -> Result<Option<String>, String> {
+        let mut headers = HeaderMap::new();
+        headers.insert(IDEMPOTENCY_KEY, HeaderValue::from_static(value));
+        parse_key(&headers, 10).map_err(|e| e.message().to_owned())
+    }
+
+    #[test]
+    fn keys_as_structured_strings_or_bare() {
+        assert_eq!(key("\"abc\"").unwrap().as_deref(), Some("abc"));
+        assert_eq!(key("abc-123").unwrap().as_deref(), Some("abc-123"));
+        assert_eq!(
+            key(" \"a \\\"b\\\\\" ").unwrap().as_deref(),
+            Some("a \"b\\")
+        );
+        assert!(parse_key(&HeaderMap::new(), 10).unwrap().is_none());
+        for bad in [
+            "",
+            "\"\"",
+            "\"abc",
+            "\"a\"b",
+            "a b",
+            "\"a\\b\"",
+            "01234567890",
+        ] {
+            assert!(key(bad).is_err(), "{bad:?}");
+        }
+        let mut two = HeaderMap::new();
+        two.append(IDEMPOTENCY_KEY, HeaderValue::from_static("a"));
+        two.append(IDEMPOTENCY_KEY, HeaderValue::from_static("b"));
+        assert_eq!(parse_key(&two, 10).unwrap_err().code(), codes::KEY_INVALID);
+    }
+
+    #[test]
+    fn hop_by_hop_fields_are_not_kept() {
+        let mut headers = HeaderMap::new();
+        headers.insert("connection", HeaderValue::from_static("x-private, close"));
+        headers.insert("x-private", HeaderValue::from_static("1"));
+        headers.insert("transfer-encoding", HeaderValue::from_static("chunked"));
+        headers.insert("content-length", HeaderValue::from_static("4"));
+        headers.insert("content-type", HeaderValue::from_static("text/plain"));
+        headers.insert("location", HeaderValue::from_static("/orders/7"));
+        let kept = storable_headers(&headers, false);
+        let names: Vec<_> = kept.keys().map(|n| n.as_str()).collect();
+        assert_eq!(names, ["content-type", "location"]);
+        let kept = storable_headers(&headers, true);
+        assert_eq!(
+            kept.keys().map(|n| n.as_str()).collect::<Vec<_>>(),
+            ["location"]
+        );
+    }
+}
