@@ -42,7 +42,7 @@ use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use chassis_core::ServiceInfo;
@@ -61,7 +61,10 @@ use tower::ServiceBuilder;
 
 mod load_support;
 
-use load_support::{complete_response, cpu_per_request, fmt_opt, median, server_cpu};
+use load_support::{
+    LoadArgs, bind_pair, client_runtime, complete_response, cpu_per_request, fmt_opt,
+    measure_window, median, round_order, server_cpu,
+};
 
 /// What is installed around the chassis server in one row; see the module docs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -104,18 +107,7 @@ impl Row {
 
 #[derive(Debug)]
 struct Args {
-    /// Keep-alive connections driven concurrently.
-    connections: usize,
-    /// Measurement time per server per round.
-    duration: Duration,
-    /// Rounds (bare then chassis on even rounds, chassis then bare on odd ones).
-    rounds: usize,
-    /// Worker threads of the server runtime.
-    server_threads: usize,
-    /// The row to run in this process; `None` runs `rows` as child processes.
-    row: Option<Row>,
-    /// The rows to run when no `row` is given.
-    rows: Vec<Row>,
+    load: LoadArgs<Row>,
     /// Whether the Prometheus recorder is installed in the `no-subscriber` row.
     metrics: bool,
     /// Let `Telemetry::builder` read `RUST_LOG`, `LOG_FORMAT` and `OTEL_*` as a service does
@@ -128,56 +120,49 @@ struct Args {
     /// profiling one server at a time (`valgrind --tool=callgrind`, `perf record`), not for
     /// the ratio.
     only: Option<String>,
-    /// The arguments, to hand to the child processes.
-    raw: Vec<String>,
+}
+
+impl std::ops::Deref for Args {
+    type Target = LoadArgs<Row>;
+
+    fn deref(&self) -> &LoadArgs<Row> {
+        &self.load
+    }
 }
 
 impl Args {
     fn parse() -> Self {
-        let mut args = Args {
-            connections: 32,
-            duration: Duration::from_secs(3),
-            rounds: 5,
-            server_threads: 1,
-            row: None,
-            rows: ALL_ROWS.to_vec(),
-            metrics: true,
-            telemetry_env: false,
-            layers_only: false,
-            only: None,
-            raw: std::env::args().skip(1).collect(),
-        };
-        let mut it = args.raw.clone().into_iter();
-        while let Some(arg) = it.next() {
-            let mut value = || it.next().unwrap_or_else(|| panic!("{arg} needs a value"));
-            match arg.as_str() {
-                "--connections" => args.connections = value().parse().expect("a number"),
-                "--duration-ms" => {
-                    args.duration = Duration::from_millis(value().parse().expect("a number"))
-                }
-                "--rounds" => args.rounds = value().parse().expect("a number"),
-                "--server-threads" => args.server_threads = value().parse().expect("a number"),
-                "--row" => args.row = Some(Row::parse(&value())),
-                "--rows" => args.rows = value().split(',').map(Row::parse).collect(),
-                "--no-metrics" => args.metrics = false,
-                "--telemetry-env" => args.telemetry_env = true,
-                "--layers-only" => args.layers_only = true,
+        let (mut metrics, mut telemetry_env, mut layers_only, mut only) =
+            (true, false, false, None);
+        let mut load = LoadArgs::parse(
+            Duration::from_secs(3),
+            &ALL_ROWS,
+            Row::parse,
+            |arg, value| match arg {
+                "--no-metrics" => metrics = false,
+                "--telemetry-env" => telemetry_env = true,
+                "--layers-only" => layers_only = true,
                 "--only" => {
                     let server = value();
                     assert!(
                         server == "bare" || server == "chassis",
                         "--only bare|chassis, not {server}"
                     );
-                    args.only = Some(server);
+                    only = Some(server);
                 }
-                // `cargo bench` passes `--bench` to harness-less targets.
                 _ => {}
-            }
+            },
+        );
+        if only.is_some() && load.row.is_none() {
+            load.row = Some(Row::Telemetry);
         }
-        if args.only.is_some() && args.row.is_none() {
-            args.row = Some(Row::Telemetry);
+        Args {
+            load,
+            metrics,
+            telemetry_env,
+            layers_only,
+            only,
         }
-        args
     }
 }
 
@@ -193,30 +178,20 @@ async fn hello_limited<B>(
     Ok(http::Response::new(Full::new(Bytes::from_static(b"hello"))))
 }
 
-async fn serve_bare(listener: TcpListener) {
-    let builder = Arc::new(auto::Builder::new(TokioExecutor::new()));
-    loop {
-        let Ok((stream, _)) = listener.accept().await else {
-            continue;
-        };
-        let _ = stream.set_nodelay(true);
-        let builder = builder.clone();
-        tokio::spawn(async move {
-            let service = TowerToHyperService::new(tower::service_fn(hello));
-            let _ = builder
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
-        });
-    }
-}
-
-async fn serve_layers_on_bare_runner(listener: TcpListener, layers: StandardLayers) {
-    let registry = HealthRegistry::new();
-    registry.mark_started();
-    let service = ServiceBuilder::new()
-        .layer(HealthLayer::new(registry))
-        .layer(layers)
-        .service(tower::service_fn(hello_limited));
+/// hyper-util's connection builder (HTTP/1.1 and h2) serving `service` on every connection
+/// `listener` accepts: the runner without the chassis's.
+async fn serve_on_bare_runner<S, B>(listener: TcpListener, service: S)
+where
+    S: tower::Service<http::Request<hyper::body::Incoming>, Response = http::Response<B>>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     let builder = Arc::new(auto::Builder::new(TokioExecutor::new()));
     loop {
         let Ok((stream, _)) = listener.accept().await else {
@@ -231,6 +206,20 @@ async fn serve_layers_on_bare_runner(listener: TcpListener, layers: StandardLaye
                 .await;
         });
     }
+}
+
+async fn serve_bare(listener: TcpListener) {
+    serve_on_bare_runner(listener, tower::service_fn(hello)).await;
+}
+
+async fn serve_layers_on_bare_runner(listener: TcpListener, layers: StandardLayers) {
+    let registry = HealthRegistry::new();
+    registry.mark_started();
+    let service = ServiceBuilder::new()
+        .layer(HealthLayer::new(registry))
+        .layer(layers)
+        .service(tower::service_fn(hello_limited));
+    serve_on_bare_runner(listener, service).await;
 }
 
 async fn serve_chassis(listener: TcpListener, layers: StandardLayers) {
@@ -301,28 +290,10 @@ fn fmt_cpu(us: Option<f64>) -> String {
 /// Drives `connections` connections against `addr` for `duration`; returns requests/s during
 /// the measured window, non-200 responses, and all requests sent (warm-up included).
 async fn measure(addr: SocketAddr, connections: usize, duration: Duration) -> (f64, u64, u64) {
-    let stop = Arc::new(AtomicBool::new(false));
-    let done = Arc::new(AtomicU64::new(0));
-    let bad = Arc::new(AtomicU64::new(0));
-    let tasks: Vec<_> = (0..connections)
-        .map(|_| tokio::spawn(drive(addr, stop.clone(), done.clone(), bad.clone())))
-        .collect();
-    // Warm-up: let every connection get going before counting.
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let start_count = done.load(Ordering::Relaxed);
-    let start = Instant::now();
-    tokio::time::sleep(duration).await;
-    let count = done.load(Ordering::Relaxed) - start_count;
-    let elapsed = start.elapsed();
-    stop.store(true, Ordering::Relaxed);
-    for task in tasks {
-        task.await.expect("driver task");
-    }
-    (
-        count as f64 / elapsed.as_secs_f64(),
-        bad.load(Ordering::Relaxed),
-        done.load(Ordering::Relaxed),
-    )
+    measure_window(connections, duration, |c| {
+        tokio::spawn(drive(addr, c.stop, c.done, c.bad))
+    })
+    .await
 }
 
 /// Server CPU before a measurement: (worker thread, process but the load generator).
@@ -362,11 +333,7 @@ fn main() {
         run_rows(&args);
         return;
     };
-    let server_rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(args.server_threads)
-        .enable_all()
-        .build()
-        .expect("server runtime");
+    let server_rt = args.server_runtime();
     // Kept alive for the whole run: dropping it flushes and stops the log writer.
     let _telemetry = match row {
         Row::Telemetry | Row::TelemetrySampled => {
@@ -394,23 +361,16 @@ fn main() {
         }
     };
 
-    let (bare_addr, chassis_addr) = server_rt.block_on(async {
-        let bare = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let chassis = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let addrs = (bare.local_addr().unwrap(), chassis.local_addr().unwrap());
+    let (bare_addr, chassis_addr) = bind_pair(&server_rt, |bare, chassis| {
         tokio::spawn(serve_bare(bare));
         if args.layers_only {
             tokio::spawn(serve_layers_on_bare_runner(chassis, row.layers()));
         } else {
             tokio::spawn(serve_chassis(chassis, row.layers()));
         }
-        addrs
     });
 
-    let client_rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("client runtime");
+    let client_rt = client_runtime();
     println!(
         "row={} connections={} duration={:?} rounds={} server_threads={} metrics={} layers_only={} \
          telemetry_env={}",
@@ -450,14 +410,9 @@ fn main() {
     let (mut worker_bare, mut worker_chassis) = (Vec::new(), Vec::new());
     let (mut process_bare, mut process_chassis) = (Vec::new(), Vec::new());
     for round in 0..args.rounds {
-        let order = if round % 2 == 0 {
-            [("bare", bare_addr), ("chassis", chassis_addr)]
-        } else {
-            [("chassis", chassis_addr), ("bare", bare_addr)]
-        };
         let (mut bare, mut chassis) = (0.0, 0.0);
         let (mut bare_cpu, mut chassis_cpu) = ((None, None), (None, None));
-        for (name, addr) in order {
+        for (name, addr) in round_order(round, bare_addr, chassis_addr) {
             let mark = CpuMark::now(&server_rt);
             let (rps, bad, total) =
                 client_rt.block_on(measure(addr, args.connections, args.duration));
@@ -497,29 +452,26 @@ fn main() {
         chassis_total / bare_total,
         median_ratio,
     );
-    println!(
-        "server CPU per request (median of rounds, us): worker bare {} chassis {} (bare/chassis {}), \
-         process bare {} chassis {} (bare/chassis {})",
+    let ratio = |b: Option<f64>, c: Option<f64>| fmt_opt(b.zip(c).map(|(b, c)| b / c), 3);
+    let [wb, wc, wr, pb, pc, pr] = [
         fmt_opt(wb, 2),
         fmt_opt(wc, 2),
-        fmt_opt(wb.zip(wc).map(|(b, c)| b / c), 3),
+        ratio(wb, wc),
         fmt_opt(pb, 2),
         fmt_opt(pc, 2),
-        fmt_opt(pb.zip(pc).map(|(b, c)| b / c), 3),
+        ratio(pb, pc),
+    ];
+    println!(
+        "server CPU per request (median of rounds, us): worker bare {wb} chassis {wc} \
+         (bare/chassis {wr}), process bare {pb} chassis {pc} (bare/chassis {pr})",
     );
     println!(
-        "SUMMARY | {} | {:.0} | {:.0} | {:.3} | {:.3} | {} | {} | {} | {} | {} | {} |",
+        "SUMMARY | {} | {:.0} | {:.0} | {:.3} | {:.3} | {wb} | {wc} | {wr} | {pb} | {pc} | {pr} |",
         row.name(),
         bare_total / n,
         chassis_total / n,
         chassis_total / bare_total,
         median_ratio,
-        fmt_opt(wb, 2),
-        fmt_opt(wc, 2),
-        fmt_opt(wb.zip(wc).map(|(b, c)| b / c), 3),
-        fmt_opt(pb, 2),
-        fmt_opt(pc, 2),
-        fmt_opt(pb.zip(pc).map(|(b, c)| b / c), 3),
     );
     drop(server_rt);
 }

@@ -40,7 +40,7 @@ use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use chassis_core::ServiceInfo;
@@ -64,7 +64,10 @@ use tower::ServiceBuilder;
 
 mod load_support;
 
-use load_support::{complete_response, cpu_per_request, fmt_opt, median, server_cpu};
+use load_support::{
+    LoadArgs, bind_pair, client_runtime, complete_response, cpu_per_request, fmt_opt,
+    measure_window, median, round_order, server_cpu,
+};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Row {
@@ -106,47 +109,7 @@ impl Mode {
     }
 }
 
-#[derive(Debug)]
-struct Args {
-    connections: usize,
-    duration: Duration,
-    rounds: usize,
-    server_threads: usize,
-    row: Option<Row>,
-    rows: Vec<Row>,
-    raw: Vec<String>,
-}
-
-impl Args {
-    fn parse() -> Self {
-        let mut args = Args {
-            connections: 32,
-            duration: Duration::from_secs(2),
-            rounds: 5,
-            server_threads: 1,
-            row: None,
-            rows: ALL_ROWS.to_vec(),
-            raw: std::env::args().skip(1).collect(),
-        };
-        let mut it = args.raw.clone().into_iter();
-        while let Some(arg) = it.next() {
-            let mut value = || it.next().unwrap_or_else(|| panic!("{arg} needs a value"));
-            match arg.as_str() {
-                "--connections" => args.connections = value().parse().expect("a number"),
-                "--duration-ms" => {
-                    args.duration = Duration::from_millis(value().parse().expect("a number"))
-                }
-                "--rounds" => args.rounds = value().parse().expect("a number"),
-                "--server-threads" => args.server_threads = value().parse().expect("a number"),
-                "--row" => args.row = Some(Row::parse(&value())),
-                "--rows" => args.rows = value().split(',').map(Row::parse).collect(),
-                // `cargo bench` passes `--bench` to harness-less targets.
-                _ => {}
-            }
-        }
-        args
-    }
-}
+type Args = LoadArgs<Row>;
 
 async fn hello<B>(_req: http::Request<B>) -> Result<http::Response<Full<Bytes>>, Infallible> {
     Ok(http::Response::new(Full::new(Bytes::from_static(b"hello"))))
@@ -363,36 +326,10 @@ async fn measure(
     duration: Duration,
 ) -> (f64, u64, u64) {
     let connector = tokio_rustls::TlsConnector::from(client_config());
-    let stop = Arc::new(AtomicBool::new(false));
-    let done = Arc::new(AtomicU64::new(0));
-    let bad = Arc::new(AtomicU64::new(0));
-    let tasks: Vec<_> = (0..connections)
-        .map(|_| {
-            tokio::spawn(drive(
-                mode,
-                addr,
-                connector.clone(),
-                stop.clone(),
-                done.clone(),
-                bad.clone(),
-            ))
-        })
-        .collect();
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let start_count = done.load(Ordering::Relaxed);
-    let start = Instant::now();
-    tokio::time::sleep(duration).await;
-    let count = done.load(Ordering::Relaxed) - start_count;
-    let elapsed = start.elapsed();
-    stop.store(true, Ordering::Relaxed);
-    for task in tasks {
-        task.await.expect("driver task");
-    }
-    (
-        count as f64 / elapsed.as_secs_f64(),
-        bad.load(Ordering::Relaxed),
-        done.load(Ordering::Relaxed),
-    )
+    measure_window(connections, duration, |c| {
+        tokio::spawn(drive(mode, addr, connector.clone(), c.stop, c.done, c.bad))
+    })
+    .await
 }
 
 /// Runs every row of `args.rows` as a child process and prints their summaries as a table.
@@ -405,16 +342,12 @@ fn run_rows(args: &Args) {
 }
 
 fn main() {
-    let args = Args::parse();
+    let args = Args::parse(Duration::from_secs(2), &ALL_ROWS, Row::parse, |_, _| {});
     let Some(row) = args.row else {
         run_rows(&args);
         return;
     };
-    let server_rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(args.server_threads)
-        .enable_all()
-        .build()
-        .expect("server runtime");
+    let server_rt = args.server_runtime();
     let _telemetry = match row {
         Row::Telemetry => Some(server_rt.block_on(async {
             Telemetry::builder(ServiceInfo::new("https-load", "1.0.0"))
@@ -432,19 +365,12 @@ fn main() {
     };
 
     let identity = Identity::generate();
-    let (bare_addr, chassis_addr) = server_rt.block_on(async {
-        let bare = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let chassis = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let addrs = (bare.local_addr().unwrap(), chassis.local_addr().unwrap());
+    let (bare_addr, chassis_addr) = bind_pair(&server_rt, |bare, chassis| {
         tokio::spawn(serve_bare(bare, identity.bare_config()));
         tokio::spawn(serve_chassis(chassis, identity.chassis_config()));
-        addrs
     });
 
-    let client_rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("client runtime");
+    let client_rt = client_runtime();
     println!(
         "row={} connections={} duration={:?} rounds={} server_threads={}",
         row.name(),
@@ -458,14 +384,9 @@ fn main() {
         let mut ratios = Vec::new();
         let (mut cpu_bare, mut cpu_chassis) = (Vec::new(), Vec::new());
         for round in 0..args.rounds {
-            let order = if round % 2 == 0 {
-                [("bare", bare_addr), ("chassis", chassis_addr)]
-            } else {
-                [("chassis", chassis_addr), ("bare", bare_addr)]
-            };
             let (mut bare, mut chassis) = (0.0, 0.0);
             let (mut bare_cpu, mut chassis_cpu) = (None, None);
-            for (name, addr) in order {
+            for (name, addr) in round_order(round, bare_addr, chassis_addr) {
                 let before = server_cpu(&server_rt);
                 let (rate, bad, total) =
                     client_rt.block_on(measure(mode, addr, args.connections, args.duration));

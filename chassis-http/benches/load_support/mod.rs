@@ -86,3 +86,145 @@ pub(crate) fn run_rows<'a>(raw: &[String], rows: impl IntoIterator<Item = &'a st
         println!("{summary}");
     }
 }
+
+/// The settings both benches take: `--connections`, `--duration-ms`, `--rounds`,
+/// `--server-threads`, `--row` and `--rows`.
+#[derive(Debug)]
+pub(crate) struct LoadArgs<R> {
+    /// Keep-alive connections driven concurrently.
+    pub(crate) connections: usize,
+    /// Measurement time per server per round.
+    pub(crate) duration: Duration,
+    /// Rounds (bare then chassis on even rounds, chassis then bare on odd ones).
+    pub(crate) rounds: usize,
+    /// Worker threads of the server runtime.
+    pub(crate) server_threads: usize,
+    /// The row to run in this process; `None` runs `rows` as child processes.
+    pub(crate) row: Option<R>,
+    /// The rows to run when no `row` is given.
+    pub(crate) rows: Vec<R>,
+    /// The arguments, to hand to the child processes.
+    pub(crate) raw: Vec<String>,
+}
+
+impl<R: Clone> LoadArgs<R> {
+    /// Parses the process arguments, each row named as `parse_row` reads it. Any other flag goes
+    /// to `other` with a function that takes its value; unknown flags are ignored (`cargo bench`
+    /// passes `--bench` to harness-less targets).
+    pub(crate) fn parse(
+        duration: Duration,
+        all_rows: &[R],
+        parse_row: fn(&str) -> R,
+        mut other: impl FnMut(&str, &mut dyn FnMut() -> String),
+    ) -> Self {
+        let mut args = LoadArgs {
+            connections: 32,
+            duration,
+            rounds: 5,
+            server_threads: 1,
+            row: None,
+            rows: all_rows.to_vec(),
+            raw: std::env::args().skip(1).collect(),
+        };
+        let mut it = args.raw.clone().into_iter();
+        while let Some(arg) = it.next() {
+            let mut value = || it.next().unwrap_or_else(|| panic!("{arg} needs a value"));
+            match arg.as_str() {
+                "--connections" => args.connections = value().parse().expect("a number"),
+                "--duration-ms" => {
+                    args.duration = Duration::from_millis(value().parse().expect("a number"))
+                }
+                "--rounds" => args.rounds = value().parse().expect("a number"),
+                "--server-threads" => args.server_threads = value().parse().expect("a number"),
+                "--row" => args.row = Some(parse_row(&value())),
+                "--rows" => args.rows = value().split(',').map(parse_row).collect(),
+                _ => other(&arg, &mut value),
+            }
+        }
+        args
+    }
+
+    /// The runtime the two servers share, with `server_threads` workers.
+    pub(crate) fn server_runtime(&self) -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(self.server_threads)
+            .enable_all()
+            .build()
+            .expect("server runtime")
+    }
+}
+
+/// The load generator's runtime: one thread, apart from the servers'.
+pub(crate) fn client_runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("client runtime")
+}
+
+/// Binds two listeners on loopback in `rt` and hands them to `spawn` (the bare server's first);
+/// returns their addresses in the same order.
+pub(crate) fn bind_pair(
+    rt: &tokio::runtime::Runtime,
+    spawn: impl FnOnce(tokio::net::TcpListener, tokio::net::TcpListener),
+) -> (std::net::SocketAddr, std::net::SocketAddr) {
+    rt.block_on(async {
+        let bare = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let chassis = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addrs = (bare.local_addr().unwrap(), chassis.local_addr().unwrap());
+        spawn(bare, chassis);
+        addrs
+    })
+}
+
+/// The order the two servers are measured in during `round`: bare first on even rounds,
+/// chassis first on odd ones, so neither always runs on a warmer machine.
+pub(crate) fn round_order<A: Copy>(round: usize, bare: A, chassis: A) -> [(&'static str, A); 2] {
+    if round.is_multiple_of(2) {
+        [("bare", bare), ("chassis", chassis)]
+    } else {
+        [("chassis", chassis), ("bare", bare)]
+    }
+}
+
+/// The counters a load generator's connections share: stop when `stop` is set; count each
+/// answered request in `done`, each non-200 one also in `bad`.
+#[derive(Clone, Default)]
+pub(crate) struct Counters {
+    pub(crate) stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    pub(crate) done: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    pub(crate) bad: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
+/// Starts `connections` drivers with `spawn`, lets them warm up for 300 ms, then counts for
+/// `duration`; returns the rate during that window, non-200 responses, and all requests (warm-up
+/// included).
+pub(crate) async fn measure_window(
+    connections: usize,
+    duration: Duration,
+    spawn: impl Fn(Counters) -> tokio::task::JoinHandle<()>,
+) -> (f64, u64, u64) {
+    use std::sync::atomic::Ordering;
+    let counters = Counters::default();
+    let tasks: Vec<_> = (0..connections).map(|_| spawn(counters.clone())).collect();
+    // Warm-up: let every connection get going before counting.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let start_count = counters.done.load(Ordering::Relaxed);
+    let start = std::time::Instant::now();
+    tokio::time::sleep(duration).await;
+    let count = counters.done.load(Ordering::Relaxed) - start_count;
+    let elapsed = start.elapsed();
+    counters.stop.store(true, Ordering::Relaxed);
+    for task in tasks {
+        task.await.expect("driver task");
+    }
+    (
+        count as f64 / elapsed.as_secs_f64(),
+        counters.bad.load(Ordering::Relaxed),
+        counters.done.load(Ordering::Relaxed),
+    )
+}
