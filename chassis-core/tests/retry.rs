@@ -95,6 +95,21 @@ fn chassis(err: BoxError) -> Error {
     Error::from_boxed(err).expect("a chassis error")
 }
 
+/// Two attempts at most, behind a retry budget of `reserve` retries per second over `window`
+/// plus `ratio` retries per call.
+fn budgeted(window: Duration, reserve: u32, ratio: f32) -> BackoffRetryLayer {
+    BackoffRetryLayer::new(config(2).budget(RetryBudgetConfig::new(window, reserve, ratio)))
+        .unwrap()
+}
+
+/// The chassis error of a call that ran out of its 1 s deadline after `attempts` attempts.
+fn deadline_exceeded(err: BoxError, attempts: u32) -> Error {
+    let err = chassis(err);
+    let after = Duration::from_secs(1);
+    assert_eq!(err.kind(), &ErrorKind::DeadlineExceeded { after, attempts });
+    err
+}
+
 fn ms(v: u64) -> Duration {
     Duration::from_millis(v)
 }
@@ -173,14 +188,7 @@ async fn deadline_cuts_an_attempt_in_flight() {
         .unwrap()
         .layer(down.clone());
     let start = Instant::now();
-    let err = chassis(svc.oneshot(()).await.unwrap_err());
-    assert_eq!(
-        err.kind(),
-        &ErrorKind::DeadlineExceeded {
-            after: Duration::from_secs(1),
-            attempts: 2
-        }
-    );
+    deadline_exceeded(svc.oneshot(()).await.unwrap_err(), 2);
     assert_eq!(start.elapsed(), Duration::from_secs(1));
 }
 
@@ -208,14 +216,7 @@ async fn a_wait_past_the_deadline_is_not_started() {
         .unwrap()
         .layer(down.clone());
     let start = Instant::now();
-    let err = chassis(svc.oneshot(()).await.unwrap_err());
-    assert_eq!(
-        err.kind(),
-        &ErrorKind::DeadlineExceeded {
-            after: Duration::from_secs(1),
-            attempts: 4
-        }
-    );
+    let err = deadline_exceeded(svc.oneshot(()).await.unwrap_err(), 4);
     assert_eq!(err.last_error().unwrap().to_string(), "attempt 4 failed");
     assert_eq!(start.elapsed(), ms(700));
     assert_eq!(down.calls(), 4);
@@ -225,13 +226,7 @@ async fn a_wait_past_the_deadline_is_not_started() {
 async fn budget_stops_retries_when_spent_and_they_resume_after_it_refills() {
     // No deposits count (ratio 0): only the reserve of 2 retries per 1 s window. The budget
     // reads tokio's (paused) clock, so `advance` moves its window.
-    let layer = BackoffRetryLayer::new(config(2).budget(RetryBudgetConfig::new(
-        Duration::from_secs(1),
-        2,
-        0.0,
-    )))
-    .unwrap()
-    .with_clock(TokioClock::new());
+    let layer = budgeted(Duration::from_secs(1), 2, 0.0).with_clock(TokioClock::new());
     let down = Scripted::new(&[Step::Fail]);
     let svc = layer.layer(down.clone());
 
@@ -255,12 +250,7 @@ async fn budget_stops_retries_when_spent_and_they_resume_after_it_refills() {
 #[tokio::test(start_paused = true)]
 async fn successful_calls_fund_retries() {
     // No reserve; every 2 calls fund 1 retry (ratio 0.5).
-    let layer = BackoffRetryLayer::new(config(2).budget(RetryBudgetConfig::new(
-        Duration::from_secs(10),
-        0,
-        0.5,
-    )))
-    .unwrap();
+    let layer = budgeted(Duration::from_secs(10), 0, 0.5);
     let failing = layer.layer(Scripted::new(&[Step::Fail]));
     let err = chassis(failing.clone().oneshot(()).await.unwrap_err());
     assert_eq!(err.kind(), &ErrorKind::RetryBudgetExhausted { attempts: 1 });
