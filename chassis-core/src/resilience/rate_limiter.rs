@@ -120,34 +120,38 @@ impl RateLimiterConfig {
     }
 
     fn effective_burst(&self) -> u32 {
-        if self.burst == 0 {
-            self.rate
-        } else {
-            self.burst
-        }
+        effective_burst(self.rate, self.burst)
     }
 
     /// Checks the configuration.
     pub fn validate(&self) -> Result<(), Error> {
-        let bad = |why: &str| {
-            Err(Error::invalid_config(format!(
+        match rate_problem(self.rate, self.period) {
+            Some(why) => Err(Error::invalid_config(format!(
                 "rate limiter '{}': {why}",
                 self.name
-            )))
-        };
-        if self.rate == 0 {
-            return bad("rate must be at least 1");
+            ))),
+            None => Ok(()),
         }
-        if self.period.is_zero() {
-            return bad("period must be positive");
-        }
-        if self.period.as_nanos() / u128::from(self.rate) == 0 {
-            return bad("rate / period exceeds one call per nanosecond");
-        }
-        if self.period > Duration::from_secs(86_400 * 365) {
-            return bad("period must be at most a year");
-        }
-        Ok(())
+    }
+}
+
+/// The burst of a limiter configured with `burst` (0: as many calls as `rate`).
+pub(crate) fn effective_burst(rate: u32, burst: u32) -> u32 {
+    if burst == 0 { rate } else { burst }
+}
+
+/// What is wrong with `rate` calls per `period`, for a limiter's `validate`.
+pub(crate) fn rate_problem(rate: u32, period: Duration) -> Option<&'static str> {
+    if rate == 0 {
+        Some("rate must be at least 1")
+    } else if period.is_zero() {
+        Some("period must be positive")
+    } else if period.as_nanos() / u128::from(rate) == 0 {
+        Some("rate / period exceeds one call per nanosecond")
+    } else if period > Duration::from_secs(86_400 * 365) {
+        Some("period must be at most a year")
+    } else {
+        None
     }
 }
 

@@ -68,6 +68,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use super::rate_limiter;
 use crate::Error;
 
 pub use self::future::ResponseFuture;
@@ -154,37 +155,20 @@ impl KeyedRateLimitConfig {
     }
 
     pub(crate) fn effective_burst(&self) -> u32 {
-        if self.burst == 0 {
-            self.rate
-        } else {
-            self.burst
-        }
+        rate_limiter::effective_burst(self.rate, self.burst)
     }
 
     /// Checks the configuration.
     pub fn validate(&self) -> Result<(), Error> {
-        let bad = |why: &str| {
-            Err(Error::invalid_config(format!(
+        let problem = rate_limiter::rate_problem(self.rate, self.period)
+            .or((self.max_keys == 0).then_some("max_keys must be at least 1"));
+        match problem {
+            Some(why) => Err(Error::invalid_config(format!(
                 "keyed rate limiter '{}': {why}",
                 self.name
-            )))
-        };
-        if self.rate == 0 {
-            return bad("rate must be at least 1");
+            ))),
+            None => Ok(()),
         }
-        if self.period.is_zero() {
-            return bad("period must be positive");
-        }
-        if self.period.as_nanos() / u128::from(self.rate) == 0 {
-            return bad("rate / period exceeds one call per nanosecond");
-        }
-        if self.period > Duration::from_secs(86_400 * 365) {
-            return bad("period must be at most a year");
-        }
-        if self.max_keys == 0 {
-            return bad("max_keys must be at least 1");
-        }
-        Ok(())
     }
 }
 
