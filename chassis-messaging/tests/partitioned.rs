@@ -118,6 +118,30 @@ async fn wait_started(log: &Mutex<Log>, n: usize, within: Duration) {
     }
 }
 
+/// A fixture named `test` whose queue retries once, after `retry_ms`.
+async fn fixture(test: &str, retry_ms: u64) -> Fixture {
+    Fixture::new(
+        test,
+        RetryPolicy::with_delays([Duration::from_millis(retry_ms)]),
+    )
+    .await
+}
+
+/// Starts a consumer of the fixture's queue with `lanes` handlers at once, partitioned by the
+/// messages' subject.
+async fn partitioned_consumer(
+    fx: &Fixture,
+    lanes: usize,
+    prefetch: u16,
+    handler: impl chassis_messaging::amqp::consumer::Handler,
+) -> Result<Consumer, chassis_messaging::Error> {
+    let config = ConsumerConfig::default()
+        .concurrency(lanes)
+        .prefetch(prefetch)
+        .partition_by_subject();
+    Consumer::start(&fx.conn, fx.queue.clone(), config, handler).await
+}
+
 /// Consumes the fixture's queue with `config` until `total` messages were handled, each
 /// handler sleeping 0–2 ms; returns the log and the time from start to the last handler.
 async fn consume_all(fx: &Fixture, config: ConsumerConfig, total: usize) -> (Log, Duration) {
@@ -163,11 +187,7 @@ async fn ten_thousand_messages_over_a_hundred_keys_keep_per_key_order_exactly_on
     const KEYS: usize = 100;
     const PER_KEY: u64 = 100;
     let total = KEYS * PER_KEY as usize;
-    let fx = Fixture::new(
-        "partitioned",
-        RetryPolicy::with_delays([Duration::from_millis(200)]),
-    )
-    .await;
+    let fx = fixture("partitioned", 200).await;
     let keys: Vec<String> = (0..KEYS).map(key).collect();
     let expected: Vec<u64> = (0..PER_KEY).collect();
 
@@ -229,11 +249,7 @@ async fn ten_thousand_messages_over_a_hundred_keys_keep_per_key_order_exactly_on
 async fn a_slow_key_holds_up_only_its_own_lane() {
     const SLOW_COUNT: u64 = 25;
     const PER_KEY: u64 = 20;
-    let fx = Fixture::new(
-        "partitioned-slow",
-        RetryPolicy::with_delays([Duration::from_millis(200)]),
-    )
-    .await;
+    let fx = fixture("partitioned-slow", 200).await;
     let slow = key(0);
     let slow_lane = lane_of(slow.as_str(), LANES);
     let others: Vec<String> = (1..100)
@@ -264,42 +280,34 @@ async fn a_slow_key_holds_up_only_its_own_lane() {
     let p = Arc::clone(&progress);
     let slow_key = slow.clone();
     let started = Instant::now();
-    let consumer = Consumer::start(
-        &fx.conn,
-        fx.queue.clone(),
-        ConsumerConfig::default()
-            .concurrency(LANES)
-            .prefetch(PREFETCH)
-            .partition_by_subject(),
-        move |msg: IncomingMessage| {
-            let (p, slow_key) = (Arc::clone(&p), slow_key.clone());
-            async move {
-                let (k, seq) = body_of(&msg);
-                let pause = if k == slow_key {
-                    Duration::from_millis(200)
-                } else {
-                    Duration::from_micros(rand::rng().random_range(0..=2000u64))
-                };
-                tokio::time::sleep(pause).await;
-                let mut p = p.lock().unwrap();
-                p.order.entry(k.clone()).or_default().push(seq);
-                *p.done.entry(k.clone()).or_default() += 1;
-                if k == slow_key {
-                    if p.done[&k] == SLOW_COUNT {
-                        p.slow_finished = Some(Instant::now());
-                    }
-                } else {
-                    p.others_left -= 1;
-                    if p.others_left == 0 {
-                        p.slow_done_when_others_finished =
-                            Some(p.done.get(&slow_key).copied().unwrap_or(0));
-                        p.others_finished = Some(Instant::now());
-                    }
+    let consumer = partitioned_consumer(&fx, LANES, PREFETCH, move |msg: IncomingMessage| {
+        let (p, slow_key) = (Arc::clone(&p), slow_key.clone());
+        async move {
+            let (k, seq) = body_of(&msg);
+            let pause = if k == slow_key {
+                Duration::from_millis(200)
+            } else {
+                Duration::from_micros(rand::rng().random_range(0..=2000u64))
+            };
+            tokio::time::sleep(pause).await;
+            let mut p = p.lock().unwrap();
+            p.order.entry(k.clone()).or_default().push(seq);
+            *p.done.entry(k.clone()).or_default() += 1;
+            if k == slow_key {
+                if p.done[&k] == SLOW_COUNT {
+                    p.slow_finished = Some(Instant::now());
                 }
-                Outcome::Ack
+            } else {
+                p.others_left -= 1;
+                if p.others_left == 0 {
+                    p.slow_done_when_others_finished =
+                        Some(p.done.get(&slow_key).copied().unwrap_or(0));
+                    p.others_finished = Some(Instant::now());
+                }
             }
-        },
-    )
+            Outcome::Ack
+        }
+    })
     .await
     .expect("start consumer");
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -346,35 +354,23 @@ async fn a_slow_key_holds_up_only_its_own_lane() {
 /// settles exactly once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_retried_message_leaves_its_lane_and_later_ones_go_ahead() {
-    let fx = Fixture::new(
-        "partitioned-retry",
-        RetryPolicy::with_delays([Duration::from_millis(300)]),
-    )
-    .await;
+    let fx = fixture("partitioned-retry", 300).await;
     let keys = vec![key(1), key(2)];
     publish(&fx, &keys, 10).await;
     let log = Arc::new(Mutex::new(Log::default()));
     let l = Arc::clone(&log);
-    let consumer = Consumer::start(
-        &fx.conn,
-        fx.queue.clone(),
-        ConsumerConfig::default()
-            .concurrency(4)
-            .prefetch(16)
-            .partition_by_subject(),
-        move |msg: IncomingMessage| {
-            let log = Arc::clone(&l);
-            async move {
-                let (k, seq) = log.lock().unwrap().start(&msg);
-                log.lock().unwrap().finish(&k, seq);
-                if k == "order-001" && seq == 3 && msg.attempt() == 1 {
-                    Outcome::retry("not yet")
-                } else {
-                    Outcome::Ack
-                }
+    let consumer = partitioned_consumer(&fx, 4, 16, move |msg: IncomingMessage| {
+        let log = Arc::clone(&l);
+        async move {
+            let (k, seq) = log.lock().unwrap().start(&msg);
+            log.lock().unwrap().finish(&k, seq);
+            if k == "order-001" && seq == 3 && msg.attempt() == 1 {
+                Outcome::retry("not yet")
+            } else {
+                Outcome::Ack
             }
-        },
-    )
+        }
+    })
     .await
     .expect("start consumer");
     wait_started(&log, 21, Duration::from_secs(20)).await;
@@ -401,11 +397,7 @@ async fn a_retried_message_leaves_its_lane_and_later_ones_go_ahead() {
 /// all four to have started, only complete if they ran on four lanes at once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn messages_without_a_key_spread_over_idle_lanes() {
-    let fx = Fixture::new(
-        "partitioned-keyless",
-        RetryPolicy::with_delays([Duration::from_millis(200)]),
-    )
-    .await;
+    let fx = fixture("partitioned-keyless", 200).await;
     let publisher = Publisher::new(&fx.conn, PublisherConfig::default()).unwrap();
     for i in 0..4u64 {
         let event = Envelope::new(
@@ -420,22 +412,14 @@ async fn messages_without_a_key_spread_over_idle_lanes() {
     }
     let barrier = Arc::new(tokio::sync::Barrier::new(4));
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-    let consumer = Consumer::start(
-        &fx.conn,
-        fx.queue.clone(),
-        ConsumerConfig::default()
-            .concurrency(4)
-            .prefetch(16)
-            .partition_by_subject(),
-        move |msg: IncomingMessage| {
-            let (barrier, tx) = (Arc::clone(&barrier), tx.clone());
-            async move {
-                barrier.wait().await;
-                let _ = tx.send(body_of(&msg).1);
-                Outcome::Ack
-            }
-        },
-    )
+    let consumer = partitioned_consumer(&fx, 4, 16, move |msg: IncomingMessage| {
+        let (barrier, tx) = (Arc::clone(&barrier), tx.clone());
+        async move {
+            barrier.wait().await;
+            let _ = tx.send(body_of(&msg).1);
+            Outcome::Ack
+        }
+    })
     .await
     .expect("start consumer");
     let mut got = BTreeSet::new();
