@@ -8,10 +8,30 @@
 //! deadline ([`ConnectionConfig::operation_timeout`]): nothing waits forever on a dead
 //! connection.
 //!
+//! Topology can also vanish while the connection stays up: an operator deletes a queue or an
+//! exchange, or the broker restarts with fresh state under the same address (then the
+//! reconnect re-declares it anyway). Consumers and publishers notice (a consumer cancelled by
+//! the broker with `basic.cancel`, a consume or publish failing with 404 `NOT_FOUND`, a
+//! message returned unroutable) and have the connection declare the registered topologies
+//! again, once for all of them and at most once a second, before they subscribe again or
+//! publish again.
+//!
 //! The state is observable ([`Connection::state`], [`Connection::subscribe`]) and
 //! [`Connection::health_check`] turns it into a readiness check. Each connection carries the
 //! `connection_name` client property, so operators (and tests) can find it with
 //! `rabbitmqctl list_connections name client_properties`.
+//!
+//! # Several brokers: fail-over between the nodes of a cluster
+//! [`ConnectionConfig::url`] plus [`ConnectionConfig::urls`] list the brokers (typically the
+//! nodes of one RabbitMQ cluster) in order of preference; [`ConnectionConfig::from_env`] reads
+//! them from `AMQP_URLS` (comma-separated) or `AMQP_URL`. The supervisor connects to the first
+//! one that answers. When the connection is lost it tries the node it was on once more (a
+//! forced close leaves the node up), then the next ones in order, wrapping around: between two
+//! nodes of one round it waits [`ConnectionConfig::min_backoff`] (jittered), after a whole
+//! round that failed the usual doubling backoff. [`Connection::broker`] says which node the
+//! connection is on. Topology is re-declared on the new node as after any reconnect; quorum
+//! queues (the default) keep their messages when a node dies, classic queues only live on
+//! the node that declared them.
 //!
 //! lapin 4.12.3's own auto-recovery (`enable_auto_recover`) works against the broker here
 //! for a forced close (`tests/lapin_recovery.rs` pins that down: publishing resumes, the
@@ -43,7 +63,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use chassis_core::BoxError;
 use chassis_core::health::{BoxFuture, HealthCheck};
@@ -55,7 +75,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::amqp::topology::{TopologyConfig, Unroutable, strictest};
+use crate::amqp::topology::{QueueConfig, TopologyConfig, Unroutable, strictest};
 use crate::error::{Error, ErrorKind};
 
 /// Connection settings.
@@ -63,8 +83,14 @@ use crate::error::{Error, ErrorKind};
 #[serde(deny_unknown_fields)]
 pub struct ConnectionConfig {
     /// AMQP URI, e.g. `amqp://guest:guest@127.0.0.1:5672/%2f` (add `?heartbeat=10` to detect
-    /// dead TCP connections faster).
+    /// dead TCP connections faster): the first broker tried. May be empty when
+    /// [`urls`](Self::urls) lists the brokers.
+    #[serde(default)]
     pub url: String,
+    /// Further brokers (the other nodes of the cluster), tried in order after
+    /// [`url`](Self::url) when it does not answer or its connection is lost. Defaults to none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub urls: Vec<String>,
     /// The `connection_name` client property shown by the broker.
     pub connection_name: String,
     /// Deadline of one connection attempt. Defaults to 10 s.
@@ -100,6 +126,7 @@ impl ConnectionConfig {
     pub fn new(url: impl Into<String>, name: impl Into<String>) -> Self {
         Self {
             url: url.into(),
+            urls: Vec::new(),
             connection_name: name.into(),
             connect_timeout: d10(),
             initial_connect_timeout: d30(),
@@ -107,6 +134,50 @@ impl ConnectionConfig {
             min_backoff: d100ms(),
             max_backoff: d10(),
         }
+    }
+
+    /// Settings for several brokers, tried in this order, with connection name `name`.
+    pub fn with_urls<I, S>(urls: I, name: impl Into<String>) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        let mut urls = urls.into_iter().map(Into::into);
+        let first = urls.next().unwrap_or_default();
+        Self {
+            urls: urls.collect(),
+            ..Self::new(first, name)
+        }
+    }
+
+    /// Settings from the environment: `AMQP_URLS` (comma-separated, blanks around the commas
+    /// ignored) if set and not empty, else `AMQP_URL`, else the local broker
+    /// `amqp://guest:guest@127.0.0.1:5672/%2f`.
+    pub fn from_env(name: impl Into<String>) -> Self {
+        let list = std::env::var("AMQP_URLS").unwrap_or_default();
+        let urls = parse_url_list(&list);
+        if urls.is_empty() {
+            let url = std::env::var("AMQP_URL")
+                .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".to_owned());
+            Self::new(url, name)
+        } else {
+            Self::with_urls(urls, name)
+        }
+    }
+
+    /// Adds a broker tried after the ones listed so far.
+    pub fn fallback_url(mut self, url: impl Into<String>) -> Self {
+        self.urls.push(url.into());
+        self
+    }
+
+    /// Every broker, in the order they are tried: [`url`](Self::url) (if not empty), then
+    /// [`urls`](Self::urls).
+    pub fn brokers(&self) -> Vec<&str> {
+        std::iter::once(self.url.as_str())
+            .filter(|u| !u.is_empty())
+            .chain(self.urls.iter().map(String::as_str))
+            .collect()
     }
 
     /// Sets [`operation_timeout`](Self::operation_timeout).
@@ -142,11 +213,32 @@ impl ConnectionConfig {
         if self.operation_timeout.is_zero() || self.connect_timeout.is_zero() {
             return Err(Error::invalid_config("timeouts must be positive"));
         }
-        self.url
-            .parse::<lapin::uri::AMQPUri>()
-            .map_err(|e| Error::invalid_config(format!("bad AMQP url: {e}")))?;
+        let brokers = self.brokers();
+        if brokers.is_empty() {
+            return Err(Error::invalid_config("no broker url"));
+        }
+        for url in brokers {
+            url.parse::<lapin::uri::AMQPUri>()
+                .map_err(|e| Error::invalid_config(format!("bad AMQP url: {e}")))?;
+        }
         Ok(())
     }
+}
+
+fn parse_url_list(list: &str) -> Vec<String> {
+    list.split(',')
+        .map(str::trim)
+        .filter(|u| !u.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
+/// `host:port` of an AMQP URL, for logs: never the credentials.
+fn endpoint(url: &str) -> String {
+    url.parse::<lapin::uri::AMQPUri>().map_or_else(
+        |_| "<bad url>".to_owned(),
+        |u| format!("{}:{}", u.authority.host, u.authority.port),
+    )
 }
 
 /// Where the connection is in its life.
@@ -166,6 +258,8 @@ pub enum ConnectionState {
 pub(crate) struct Live {
     pub(crate) conn: Arc<lapin::Connection>,
     pub(crate) generation: u64,
+    /// `host:port` of the broker it is connected to.
+    pub(crate) broker: Arc<str>,
 }
 
 struct Shared {
@@ -176,7 +270,17 @@ struct Shared {
     shutdown: CancellationToken,
     supervisor: Mutex<Option<JoinHandle<()>>>,
     channel_ids: AtomicU64,
+    /// When the last [`Connection::repair_topology`] declaration started; the async lock
+    /// makes concurrent repairs wait for one declaration.
+    repaired: tokio::sync::Mutex<Option<Instant>>,
+    /// Counts the repairs that declared something, for consumers to subscribe again.
+    repairs: watch::Sender<u64>,
 }
+
+/// Shortest time between two topology repairs that nobody asked for since the last one: a
+/// publisher returned unroutable messages over and over (an exchange nobody binds to) must
+/// not re-declare everything per message.
+const REPAIR_MIN_GAP: Duration = Duration::from_secs(1);
 
 /// A supervised, self-healing AMQP connection. Cheap to clone (clones share it).
 #[derive(Clone)]
@@ -241,10 +345,22 @@ impl Connection {
             shutdown: CancellationToken::new(),
             supervisor: Mutex::new(None),
             channel_ids: AtomicU64::new(0),
+            repaired: tokio::sync::Mutex::new(None),
+            repairs: watch::channel(0).0,
         });
         let handle = tokio::spawn(supervise(Arc::clone(&shared)));
         *lock(&shared.supervisor) = Some(handle);
         Ok(Self { shared })
+    }
+
+    /// `host:port` of the broker the connection is on now (one of
+    /// [`ConnectionConfig::brokers`]); `None` while disconnected.
+    pub fn broker(&self) -> Option<String> {
+        self.shared
+            .live
+            .borrow()
+            .as_ref()
+            .map(|l| l.broker.to_string())
     }
 
     /// The current state.
@@ -338,6 +454,70 @@ impl Connection {
             }
         });
         Ok(())
+    }
+
+    /// Declares the registered topologies again on the live connection, for a consumer the
+    /// broker cancelled (its queue was deleted) or a publish that found its exchange missing
+    /// (404) or no queue bound (an unroutable return): somebody deleted part of the topology
+    /// behind the chassis's back, or the broker came back without its data. Declarations are
+    /// idempotent, so repairing an intact topology costs only the round trips.
+    ///
+    /// Concurrent callers wait for one declaration: a caller whose failure (at `failed_at`)
+    /// predates a declaration that already ran returns `Ok(true)` at once. Otherwise at most
+    /// one declaration runs per [`REPAIR_MIN_GAP`]; within it the call returns `Ok(false)`.
+    /// `queue` (a consumer's own) is declared as well when no registered topology has it.
+    /// `Ok(true)` means the topology was declared after `failed_at`: trying again may work.
+    pub(crate) async fn repair_topology(
+        &self,
+        failed_at: Instant,
+        queue: Option<&QueueConfig>,
+    ) -> Result<bool, Error> {
+        let timeout = self.shared.config.operation_timeout;
+        let own = queue.filter(|q| {
+            !lock(&self.shared.topologies)
+                .iter()
+                .any(|t| t.queues.iter().any(|r| r.name == q.name))
+        });
+        let mut last = self.shared.repaired.lock().await;
+        let done = match *last {
+            Some(at) if at >= failed_at => true,
+            Some(at) if at.elapsed() < REPAIR_MIN_GAP => return Ok(false),
+            _ => false,
+        };
+        if done && own.is_none() {
+            return Ok(true);
+        }
+        let started = Instant::now();
+        let mut topologies = if done {
+            Vec::new()
+        } else {
+            lock(&self.shared.topologies).clone()
+        };
+        topologies.extend(own.map(|q| TopologyConfig::new().queue(q.clone())));
+        let ch = self.open_channel().await?;
+        let mut res = Ok(());
+        for t in &topologies {
+            res = t.declare(&ch.channel, timeout).await;
+            if res.is_err() {
+                break;
+            }
+        }
+        self.close_channel(&ch.channel).await;
+        res?;
+        if !done {
+            *last = Some(started);
+        }
+        self.shared.repairs.send_modify(|n| *n += 1);
+        tracing::info!(connection = %self.shared.config.connection_name, topologies = topologies.len(), "topology declared again");
+        Ok(true)
+    }
+
+    /// Changes with every [`repair_topology`](Self::repair_topology) that declared something.
+    /// Consumers subscribe again then: a quorum queue deleted and declared again under the
+    /// same name keeps the old consumer registered on RabbitMQ 3.10 without sending it
+    /// `basic.cancel` or any delivery, so only a fresh subscription consumes it.
+    pub(crate) fn repairs(&self) -> watch::Receiver<u64> {
+        self.shared.repairs.subscribe()
     }
 
     /// Opens a raw lapin channel on the current connection, waiting (up to the operation
@@ -449,27 +629,31 @@ async fn supervise(shared: Arc<Shared>) {
     let mut failures: u32 = 0;
     let mut generation: u64 = 0;
     let name = config.connection_name.clone();
+    let brokers: Vec<String> = config.brokers().into_iter().map(str::to_owned).collect();
+    let mut rotation = Rotation::new(brokers.len());
     loop {
         if shared.shutdown.is_cancelled() {
             break;
         }
+        let url = &brokers[rotation.current];
+        let broker = endpoint(url);
         let props = ConnectionProperties::default().with_connection_name(name.clone().into());
         let attempt = tokio::select! {
             _ = shared.shutdown.cancelled() => break,
-            r = tokio::time::timeout(config.connect_timeout, lapin::Connection::connect(&config.url, props)) => r,
+            r = tokio::time::timeout(config.connect_timeout, lapin::Connection::connect(url, props)) => r,
         };
         let conn = match attempt {
             Ok(Ok(conn)) => Arc::new(conn),
             Ok(Err(e)) => {
-                tracing::warn!(connection = %name, error = %e, "RabbitMQ connection attempt failed");
-                failures += 1;
-                sleep_or_shutdown(&shared, backoff_delay(config, failures)).await;
+                tracing::warn!(connection = %name, %broker, error = %e, "RabbitMQ connection attempt failed");
+                let delay = rotation.failed(config, &mut failures);
+                sleep_or_shutdown(&shared, delay).await;
                 continue;
             }
             Err(_) => {
-                tracing::warn!(connection = %name, "RabbitMQ connection attempt timed out");
-                failures += 1;
-                sleep_or_shutdown(&shared, backoff_delay(config, failures)).await;
+                tracing::warn!(connection = %name, %broker, "RabbitMQ connection attempt timed out");
+                let delay = rotation.failed(config, &mut failures);
+                sleep_or_shutdown(&shared, delay).await;
                 continue;
             }
         };
@@ -482,18 +666,20 @@ async fn supervise(shared: Arc<Shared>) {
                 conn.close(320, "topology failed".into()),
             )
             .await;
-            failures += 1;
-            sleep_or_shutdown(&shared, backoff_delay(config, failures)).await;
+            let delay = rotation.failed(config, &mut failures);
+            sleep_or_shutdown(&shared, delay).await;
             continue;
         }
         generation += 1;
         failures = 0;
+        rotation.connected();
         shared.live.send_replace(Some(Live {
             conn: Arc::clone(&conn),
             generation,
+            broker: Arc::from(broker.as_str()),
         }));
         shared.state.send_replace(ConnectionState::Connected);
-        tracing::info!(connection = %name, generation, "RabbitMQ connected");
+        tracing::info!(connection = %name, %broker, generation, "RabbitMQ connected");
 
         let mut poll = tokio::time::interval(Duration::from_millis(250));
         let lost_reason = loop {
@@ -536,6 +722,43 @@ async fn supervise(shared: Arc<Shared>) {
     }
     shared.live.send_replace(None);
     shared.state.send_replace(ConnectionState::Closed);
+}
+
+/// Which broker to try next. A round starts at the broker of the last good connection (or the
+/// first one) and goes through the list once, wrapping around.
+#[derive(Debug)]
+struct Rotation {
+    len: usize,
+    current: usize,
+    round_start: usize,
+}
+
+impl Rotation {
+    fn new(len: usize) -> Self {
+        Self {
+            len: len.max(1),
+            current: 0,
+            round_start: 0,
+        }
+    }
+
+    /// The connection to `current` is up: a later loss starts the next round there.
+    fn connected(&mut self) {
+        self.round_start = self.current;
+    }
+
+    /// The attempt on `current` failed: moves on to the next broker and returns how long to
+    /// wait first: the shortest backoff within a round, the doubling one after a whole round
+    /// failed (counted in `failures`).
+    fn failed(&mut self, config: &ConnectionConfig, failures: &mut u32) -> Duration {
+        self.current = (self.current + 1) % self.len;
+        if self.current == self.round_start {
+            *failures += 1;
+            backoff_delay(config, *failures)
+        } else {
+            backoff_delay(config, 0)
+        }
+    }
 }
 
 async fn sleep_or_shutdown(shared: &Shared, d: Duration) {
@@ -604,6 +827,74 @@ mod tests {
                 .min(Duration::from_secs(2));
             assert!(d >= cap / 2 && d <= cap, "{f}: {d:?} vs {cap:?}");
         }
+    }
+
+    #[test]
+    fn brokers_come_from_url_urls_and_the_environment_list() {
+        let c = ConnectionConfig::with_urls(["amqp://a:5701", "amqp://b:5702"], "t")
+            .fallback_url("amqp://c:5703");
+        assert_eq!(
+            c.brokers(),
+            ["amqp://a:5701", "amqp://b:5702", "amqp://c:5703"]
+        );
+        c.validate().unwrap();
+        assert_eq!(
+            ConnectionConfig::new("amqp://a", "t").brokers(),
+            ["amqp://a"]
+        );
+        assert!(
+            ConnectionConfig::with_urls(Vec::<String>::new(), "t")
+                .validate()
+                .is_err()
+        );
+        assert!(
+            ConnectionConfig::new("amqp://a", "t")
+                .fallback_url("not a url::")
+                .validate()
+                .is_err()
+        );
+        assert_eq!(
+            parse_url_list(" amqp://a:1 ,amqp://b:2,, "),
+            ["amqp://a:1", "amqp://b:2"]
+        );
+        let parsed: ConnectionConfig =
+            serde_json::from_str(r#"{"urls": ["amqp://a", "amqp://b"], "connection_name": "t"}"#)
+                .unwrap();
+        assert_eq!(parsed.brokers(), ["amqp://a", "amqp://b"]);
+        assert_eq!(
+            endpoint("amqp://guest:secret@10.0.0.1:5701/%2f"),
+            "10.0.0.1:5701"
+        );
+    }
+
+    #[test]
+    fn rotation_tries_every_broker_before_backing_off() {
+        let c = ConnectionConfig::new("amqp://a", "t")
+            .min_backoff(Duration::from_millis(100))
+            .max_backoff(Duration::from_secs(60));
+        let mut r = Rotation::new(3);
+        let mut failures = 0;
+        // First round: 0 fails, 1 fails, 2 fails -> back at 0 with one failed round.
+        assert!(r.failed(&c, &mut failures) <= Duration::from_millis(100));
+        assert_eq!((r.current, failures), (1, 0));
+        r.failed(&c, &mut failures);
+        assert_eq!((r.current, failures), (2, 0));
+        let d = r.failed(&c, &mut failures);
+        assert_eq!((r.current, failures), (0, 1));
+        assert!(d >= Duration::from_millis(100), "{d:?}");
+        // Connected on 1: after a loss, 1 is tried first, then 2, 0, and the round ends at 1.
+        r.failed(&c, &mut failures);
+        r.connected();
+        failures = 0;
+        r.failed(&c, &mut failures);
+        assert_eq!((r.current, failures), (2, 0));
+        r.failed(&c, &mut failures);
+        assert_eq!((r.current, failures), (0, 0));
+        r.failed(&c, &mut failures);
+        assert_eq!((r.current, failures), (1, 1));
+        let mut single = Rotation::new(1);
+        single.failed(&c, &mut failures);
+        assert_eq!((single.current, failures), (0, 2));
     }
 
     #[test]

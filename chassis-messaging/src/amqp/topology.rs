@@ -6,11 +6,12 @@
 //! | Name                | What                                                                 |
 //! |---------------------|----------------------------------------------------------------------|
 //! | `Q.dlx`             | direct exchange receiving `Q`'s dead letters                         |
-//! | `Q.dlq`             | durable classic queue bound to `Q.dlx` with key `Q`: the dead-letter queue |
-//! | `Q.retry.<delay>`   | one durable classic queue per retry tier, `x-message-ttl = delay`, dead-lettering back to `Q` through the default exchange (routing key `Q`) |
+//! | `Q.dlq`             | durable queue bound to `Q.dlx` with key `Q`: the dead-letter queue |
+//! | `Q.retry.<delay>`   | one durable queue per retry tier, `x-message-ttl = delay`, dead-lettering back to `Q` through the default exchange (routing key `Q`) |
 //!
-//! Retry tiers are TTL queues, so they work on any RabbitMQ 3.8+ without the delayed-message
-//! plugin; one queue per delay because per-message expiry suffers head-of-line blocking.
+//! Retry tiers are TTL queues, so they need no delayed-message plugin; one queue per delay
+//! because per-message expiry suffers head-of-line blocking. `Q.dlq` and the tiers are quorum
+//! queues when `Q` is (see [below](#replicated-retry-path-the-type-of-the-dead-letter-and-retry-tier-queues)).
 //! The consumer publishes a retried message to the tier queue directly (default exchange), so a
 //! retry reaches only `Q` and not the other queues bound to the original exchange.
 //!
@@ -20,25 +21,33 @@
 //! `basic.reject` without requeue) is dead-lettered, never silently dropped. Classic queues
 //! get the same dead-letter arguments (classic queues have no delivery limit).
 //!
-//! # Why the dead-letter and retry-tier queues are classic
-//! Only the consumer queue `Q` follows [`QueueConfig::queue_type`] (quorum by default); `Q.dlq`
-//! and the `Q.retry.<delay>` tiers are always durable classic queues, on purpose:
-//! - **Retry tiers** rely on `x-message-ttl` plus dead-lettering on expiry. On classic queues
-//!   that works on every RabbitMQ from 3.8 on, which the retry design promises (no plugin, any
-//!   3.8+ broker); quorum queues only support message TTL from 3.10, and dead-letter expired
-//!   messages at most once unless `dead-letter-strategy = at-least-once` (3.10+, which also
-//!   requires `x-overflow = reject-publish`). On the 3.10.8 broker the chassis is tested
-//!   against, classic TTL queues are the verified path (a message comes back after the delay
-//!   with `x-death` reason `expired`). A tier queue has no consumer and holds a message only
-//!   for its delay, so it needs neither replication nor a delivery limit.
-//! - **The dead-letter queue** is a parking lot read by operators: it has no consumer, so the
-//!   quorum features that matter for `Q` (delivery limit, poison-message protection) do not
-//!   apply, and declaring it classic keeps the topology identical on every supported broker
-//!   version. It is durable and its messages persistent, so it survives broker restarts; in a
-//!   multi-node cluster it lives on one node (not replicated), which is the trade-off.
+//! # Replicated retry path: the type of the dead-letter and retry-tier queues
+//! `Q.dlq` and the `Q.retry.<delay>` tiers have the type [`QueueConfig::retry_queue_type`],
+//! which defaults to the type of `Q`: with a quorum `Q` (the default) they are quorum queues
+//! too, so a message waiting for its retry, or parked in the dead-letter queue, survives the
+//! loss of a cluster node just like one in `Q`. A quorum tier is declared with
+//! `x-message-ttl`, `x-dead-letter-strategy = at-least-once` and `x-overflow =
+//! reject-publish` (at-least-once dead-lettering requires that overflow mode): the broker
+//! moves an expired message back to `Q` and removes it from the tier only once `Q` has
+//! confirmed it, so a node failure during the move duplicates at worst (which the inbox
+//! absorbs) and never drops it. A classic tier (or a classic `Q`) dead-letters at most once.
 //!
-//! Changing either to quorum later would need new queue names: RabbitMQ refuses to redeclare an
-//! existing queue with a different `x-queue-type`.
+//! Broker versions: message TTL on quorum queues and at-least-once dead-lettering need
+//! RabbitMQ 3.10 or later (verified on 3.10.8: a message comes back from a quorum tier after
+//! its delay with `x-death` reason `expired`). On 3.8 or 3.9 set
+//! [`retry_queue_type`](QueueConfig::retry_queue_type) to [`QueueType::Classic`]: classic
+//! TTL queues work on every 3.8+, with the trade-off that a waiting retry lives on one node.
+//! A tier has no consumer and holds a message only for its delay, so it needs no delivery
+//! limit; the dead-letter queue is a parking lot read by operators and has none either.
+//!
+//! `Q` itself dead-letters to `Q.dlq` (delivery limit reached, or a reject without requeue)
+//! at most once: at-least-once would need `x-overflow = reject-publish` on `Q`, which
+//! changes how a full `Q` behaves for publishers.
+//!
+//! RabbitMQ refuses to redeclare an existing queue with a different `x-queue-type` (or
+//! other arguments): a deployment whose `Q.dlq` and tiers were created classic keeps
+//! declaring them classic with `retry_queue_type = "classic"`, or moves its queues to new
+//! names.
 //!
 //! # Unroutable messages: [`Unroutable`] per exchange
 //! The [`Publisher`](crate::amqp::publisher::Publisher) publishes every message with the
@@ -86,6 +95,7 @@
 //! "#).unwrap();
 //! let q = &config.queues[0];
 //! assert_eq!(q.queue_type, QueueType::Quorum);
+//! assert_eq!(q.effective_retry_queue_type(), QueueType::Quorum);
 //! assert_eq!(q.retry.delays, [Duration::from_secs(1), Duration::from_secs(10), Duration::from_secs(60)]);
 //! assert_eq!(q.dead_letter_queue(), "billing.orders.dlq");
 //! assert_eq!(q.retry_queue(Duration::from_secs(10)), "billing.orders.retry.10000ms");
@@ -200,6 +210,16 @@ pub enum QueueType {
     Classic,
 }
 
+impl QueueType {
+    /// The `x-queue-type` argument.
+    fn as_arg(self) -> &'static str {
+        match self {
+            Self::Quorum => "quorum",
+            Self::Classic => "classic",
+        }
+    }
+}
+
 /// A binding of a queue to an exchange.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -230,6 +250,10 @@ pub struct QueueConfig {
     /// decide. Defaults to 20.
     #[serde(default = "default_delivery_limit")]
     pub delivery_limit: u32,
+    /// Type of the dead-letter queue and the retry tiers. Defaults to the type of this queue
+    /// (quorum tiers need RabbitMQ 3.10+, see the [module docs](self)).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_queue_type: Option<QueueType>,
 }
 
 /// Retry tiers of a queue.
@@ -358,7 +382,20 @@ impl QueueConfig {
             bindings: Vec::new(),
             retry: RetryPolicy::default(),
             delivery_limit: default_delivery_limit(),
+            retry_queue_type: None,
         }
+    }
+
+    /// Sets the type of the dead-letter queue and the retry tiers (by default the type of
+    /// this queue).
+    pub fn retry_queue_type(mut self, t: QueueType) -> Self {
+        self.retry_queue_type = Some(t);
+        self
+    }
+
+    /// The type the dead-letter queue and the retry tiers are declared with.
+    pub fn effective_retry_queue_type(&self) -> QueueType {
+        self.retry_queue_type.unwrap_or(self.queue_type)
     }
 
     /// Adds a binding.
@@ -560,8 +597,9 @@ impl TopologyConfig {
                 )),
             )
             .await?;
+            let side_type = q.effective_retry_queue_type();
             let mut dlq_args = FieldTable::default();
-            dlq_args.insert("x-queue-type".into(), long("classic"));
+            dlq_args.insert("x-queue-type".into(), long(side_type.as_arg()));
             bounded(
                 "queue.declare",
                 timeout,
@@ -591,14 +629,14 @@ impl TopologyConfig {
             args.insert("x-dead-letter-routing-key".into(), long(&q.name));
             match q.queue_type {
                 QueueType::Quorum => {
-                    args.insert("x-queue-type".into(), long("quorum"));
+                    args.insert("x-queue-type".into(), long(q.queue_type.as_arg()));
                     args.insert(
                         "x-delivery-limit".into(),
                         AMQPValue::LongLongInt(i64::from(q.delivery_limit)),
                     );
                 }
                 QueueType::Classic => {
-                    args.insert("x-queue-type".into(), long("classic"));
+                    args.insert("x-queue-type".into(), long(q.queue_type.as_arg()));
                 }
             }
             bounded(
@@ -631,7 +669,13 @@ impl TopologyConfig {
             delays.dedup();
             for d in delays {
                 let mut targs = FieldTable::default();
-                targs.insert("x-queue-type".into(), long("classic"));
+                targs.insert("x-queue-type".into(), long(side_type.as_arg()));
+                if side_type == QueueType::Quorum {
+                    // Moved back to `Q` only once `Q` has it: a node failure in between
+                    // duplicates instead of dropping. The broker requires reject-publish.
+                    targs.insert("x-dead-letter-strategy".into(), long("at-least-once"));
+                    targs.insert("x-overflow".into(), long("reject-publish"));
+                }
                 targs.insert(
                     "x-message-ttl".into(),
                     AMQPValue::LongLongInt(i64::try_from(d.as_millis()).unwrap_or(i64::MAX)),
@@ -655,6 +699,16 @@ impl TopologyConfig {
         }
         Ok(())
     }
+}
+
+/// Whether the broker answered `e` with 404 `NOT_FOUND` (a queue or exchange that does not
+/// exist; the broker closes the channel).
+pub(crate) fn is_not_found(e: &lapin::Error) -> bool {
+    matches!(e.kind(), lapin::ErrorKind::ProtocolError(amqp)
+    if matches!(
+        amqp.kind(),
+        lapin::protocol::AMQPErrorKind::Soft(lapin::protocol::AMQPSoftError::NOTFOUND)
+    ))
 }
 
 type LapinFuture<'a> =
