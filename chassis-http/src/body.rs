@@ -64,6 +64,13 @@ fn try_downcast<T: 'static, K: 'static>(k: K) -> Result<T, K> {
     }
 }
 
+/// The JSON a response's body holds, for the crate's unit tests.
+#[cfg(test)]
+pub(crate) async fn json_of(response: http::Response<Body>) -> serde_json::Value {
+    let bytes = response.into_body().collect().await.unwrap().to_bytes();
+    serde_json::from_slice(&bytes).unwrap()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

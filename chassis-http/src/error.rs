@@ -640,13 +640,9 @@ pub fn current_trace_id() -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use http_body_util::BodyExt;
     use std::sync::Arc;
 
-    async fn json(response: http::Response<Body>) -> serde_json::Value {
-        let bytes = response.into_body().collect().await.unwrap().to_bytes();
-        serde_json::from_slice(&bytes).unwrap()
-    }
+    use crate::body::json_of as json;
 
     #[tokio::test]
     async fn body_shape_and_headers() {

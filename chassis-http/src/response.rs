@@ -297,14 +297,9 @@ fn internal(err: &dyn fmt::Display, context: &dyn fmt::Display, at: &Location<'_
 mod tests {
     use std::sync::{Arc, Mutex};
 
-    use http_body_util::BodyExt;
-
     use super::*;
 
-    async fn json(response: http::Response<Body>) -> serde_json::Value {
-        let bytes = response.into_body().collect().await.unwrap().to_bytes();
-        serde_json::from_slice(&bytes).unwrap()
-    }
+    use crate::body::json_of as json;
 
     #[tokio::test]
     async fn envelope_status_headers_and_trace_id() {
