@@ -43,6 +43,8 @@
 //! | [`MESSAGING_CLIENT_ACKED_MESSAGES`] | `messaging_client_acked_messages_total` | counter | `messaging.client.acked.messages` | `{message}` | `messaging.destination.name` |
 //! | [`MESSAGING_CLIENT_RETRIED_MESSAGES`] | `messaging_client_retried_messages_total` | counter | `messaging.client.retried.messages` | `{message}` | `messaging.destination.name` |
 //! | [`MESSAGING_CLIENT_DEAD_LETTERED_MESSAGES`] | `messaging_client_dead_lettered_messages_total` | counter | `messaging.client.dead_lettered.messages` | `{message}` | `messaging.destination.name`, `error.type` |
+//! | [`MESSAGING_QUEUE_MESSAGES_READY`] | `messaging_queue_messages_ready` | gauge | `messaging.queue.messages_ready` | `{message}` | `messaging.destination.name` |
+//! | [`MESSAGING_CONSUMER_UNACKED_MESSAGES`] | `messaging_consumer_unacked_messages` | gauge | `messaging.consumer.unacked_messages` | `{message}` | `messaging.destination.name` |
 //! | [`CIRCUIT_BREAKER_STATE`] | `circuit_breaker_state` | gauge | `circuit_breaker.state` | `1` | `name` |
 //! | [`CIRCUIT_BREAKER_CALLS`] | `circuit_breaker_calls_total` | counter | `circuit_breaker.calls` | `{call}` | `name`, `outcome` |
 //! | [`RETRY_ATTEMPTS`] | `retry_attempts_total` | counter | `retry.attempts` | `{attempt}` | `name`, `outcome` |
@@ -271,6 +273,10 @@ pub const MESSAGING_CLIENT_RETRIED_MESSAGES: &str = "messaging_client_retried_me
 /// Messages sent to the dead-letter queue.
 pub const MESSAGING_CLIENT_DEAD_LETTERED_MESSAGES: &str =
     "messaging_client_dead_lettered_messages_total";
+/// Messages ready in a consumed queue (waiting for a consumer), as the consumer last polled it.
+pub const MESSAGING_QUEUE_MESSAGES_READY: &str = "messaging_queue_messages_ready";
+/// Deliveries a consumer holds and has not settled yet (prefetched or being handled).
+pub const MESSAGING_CONSUMER_UNACKED_MESSAGES: &str = "messaging_consumer_unacked_messages";
 /// Circuit breaker state: 0 closed, 1 open, 2 half-open, 3 forced open, 4 forced closed.
 pub const CIRCUIT_BREAKER_STATE: &str = "circuit_breaker_state";
 /// Calls seen by a circuit breaker, by `outcome`.
@@ -459,6 +465,22 @@ pub const ALL: &[Metric] = &[
         unit: "{message}",
         labels: &[open(MESSAGING_DESTINATION_NAME), open(ERROR_TYPE)],
         description: "Messages sent to the dead-letter queue; error.type is the reason's prefix.",
+    },
+    Metric {
+        name: MESSAGING_QUEUE_MESSAGES_READY,
+        otel_name: "messaging.queue.messages_ready",
+        kind: Kind::Gauge,
+        unit: "{message}",
+        labels: &[open(MESSAGING_DESTINATION_NAME)],
+        description: "Messages ready in a consumed queue, from the consumer's periodic passive queue.declare.",
+    },
+    Metric {
+        name: MESSAGING_CONSUMER_UNACKED_MESSAGES,
+        otel_name: "messaging.consumer.unacked_messages",
+        kind: Kind::Gauge,
+        unit: "{message}",
+        labels: &[open(MESSAGING_DESTINATION_NAME)],
+        description: "Deliveries a consumer holds unsettled: prefetched or being handled.",
     },
     Metric {
         name: CIRCUIT_BREAKER_STATE,
@@ -675,7 +697,7 @@ mod tests {
                 }
             }
         }
-        assert_eq!(ALL.len(), 27);
+        assert_eq!(ALL.len(), 29);
     }
 
     /// What a debugging recorder holds: (name, sorted labels) -> value as text.

@@ -104,6 +104,20 @@ impl RabbitNode {
         wait_port(self.port, false, Duration::from_secs(30));
     }
 
+    /// Removes the node's data (its Mnesia and message stores: users, queues, exchanges,
+    /// messages), so that the next [`start`](Self::start) boots it fresh on the same name and
+    /// port, like a broker replaced by a new one. Call it while the node is stopped.
+    pub fn wipe(&self) {
+        let data = self.dir.join("mnesia");
+        let _ = std::fs::remove_dir_all(&data);
+        std::fs::create_dir_all(&data).expect("node data directory");
+        let _ = Command::new("chown")
+            .args(["-R", "rabbitmq:rabbitmq"])
+            .arg(&data)
+            .stderr(Stdio::null())
+            .status();
+    }
+
     /// Stops the broker application only (`rabbitmqctl stop_app`): every connection is closed
     /// and the port refuses new ones, while the VM stays up for a quick `start_app`.
     pub fn stop_app(&self) {

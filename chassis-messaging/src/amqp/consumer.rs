@@ -54,6 +54,26 @@
 //! replaced. When the channel or connection is lost the consumer re-subscribes on a new
 //! channel as soon as the [`Connection`] is back.
 //!
+//! **Topology deleted under it**: when its queue is deleted (by an operator, or gone with a
+//! broker that restarted with fresh state), the broker cancels the consumer (`basic.cancel`,
+//! classic queues), the queue-depth poll finds it missing (404 `NOT_FOUND`; a deleted quorum
+//! queue sends no cancel on RabbitMQ 3.10) or the next `basic.consume` is refused with 404;
+//! the consumer then has the [`Connection`] declare its registered topologies again (and the
+//! consumer's own [`QueueConfig`] when none of them has the queue), retrying with backoff,
+//! and subscribes again. Every consumer of the connection subscribes again after such a
+//! repair, whoever asked for it (a publisher that found a queue missing, too): a quorum queue
+//! declared again under its old name keeps the old subscription registered but never
+//! delivers to it. A quorum queue deleted and declared again by someone else between two
+//! polls is the one case this does not catch; the depth poll interval bounds the others. Messages that were in the deleted queue are gone with it; everything published
+//! after the queue is back is consumed.
+//!
+//! **Lag**: two gauges per queue, registered at 0 when the consumer starts:
+//! `messaging_queue_messages_ready` (messages waiting in the queue, from a passive
+//! `queue.declare` on a channel of its own every
+//! [`queue_depth_interval`](ConsumerConfig::queue_depth_interval)) and
+//! `messaging_consumer_unacked_messages` (deliveries this consumer holds unsettled, prefetched
+//! or being handled).
+//!
 //! Each delivery runs in a consumer span `"{queue} process"` (`otel.kind = consumer`) whose
 //! parent is the producer's context extracted from the headers, so the trace crosses the
 //! broker. Metrics: `messaging_client_consumed_messages_total`, `messaging_process_duration_seconds`,
@@ -101,6 +121,7 @@ use futures_util::future::BoxFuture;
 use futures_util::{FutureExt, StreamExt};
 use lapin::options::{
     BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions,
+    QueueDeclareOptions,
 };
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{Acker, BasicProperties};
@@ -113,15 +134,15 @@ use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
-use crate::amqp::connection::Connection;
+use crate::amqp::connection::{Connection, ManagedChannel};
 use crate::amqp::incoming::{
     ATTEMPT_HEADER, FAILURE_REASON_HEADER, IncomingMessage, ORIGINAL_EXCHANGE_HEADER,
     ORIGINAL_ROUTING_KEY_HEADER,
 };
 use crate::amqp::publisher::{Publisher, PublisherConfig};
-use crate::amqp::topology::QueueConfig;
+use crate::amqp::topology::{QueueConfig, is_not_found};
 use crate::envelope::Envelope;
-use crate::error::Error;
+use crate::error::{Error, ErrorKind};
 
 // The lane dispatcher lives in `amqp/partition.rs`, beside this file, but is a part of the
 // consumer (it runs the consumer's `process` on the consumer's context).
@@ -287,6 +308,10 @@ pub struct ConsumerConfig {
     /// Defaults to none: handlers run concurrently in any order.
     #[serde(default)]
     pub partition: Partitioning,
+    /// How often the queue's ready messages are polled (passive `queue.declare`) for the
+    /// `messaging_queue_messages_ready` gauge; zero turns polling off. Defaults to 15 s.
+    #[serde(with = "humantime_serde", default = "default_queue_depth_interval")]
+    pub queue_depth_interval: Duration,
 }
 
 fn default_prefetch() -> u16 {
@@ -298,6 +323,9 @@ fn default_concurrency() -> usize {
 fn default_shutdown_timeout() -> Duration {
     Duration::from_secs(30)
 }
+fn default_queue_depth_interval() -> Duration {
+    Duration::from_secs(15)
+}
 
 impl Default for ConsumerConfig {
     fn default() -> Self {
@@ -307,6 +335,7 @@ impl Default for ConsumerConfig {
             shutdown_timeout: default_shutdown_timeout(),
             publisher: PublisherConfig::default(),
             partition: Partitioning::none(),
+            queue_depth_interval: default_queue_depth_interval(),
         }
     }
 }
@@ -325,6 +354,11 @@ impl ConsumerConfig {
     /// Sets [`shutdown_timeout`](Self::shutdown_timeout).
     pub fn shutdown_timeout(mut self, d: Duration) -> Self {
         self.shutdown_timeout = d;
+        self
+    }
+    /// Sets [`queue_depth_interval`](Self::queue_depth_interval).
+    pub fn queue_depth_interval(mut self, d: Duration) -> Self {
+        self.queue_depth_interval = d;
         self
     }
     /// Handles the messages of one CloudEvents subject (the `cloudEvents:subject` header) one
@@ -378,6 +412,8 @@ struct Ctx {
     publisher: Publisher,
     current_channel: AtomicU64,
     op_timeout: Duration,
+    /// `messaging_consumer_unacked_messages` of the queue.
+    unacked: metrics::Gauge,
 }
 
 impl Consumer {
@@ -446,15 +482,20 @@ impl Consumer {
             names::MESSAGING_CLIENT_ACKED_MESSAGES,
             names::MESSAGING_CLIENT_RETRIED_MESSAGES,
             names::MESSAGING_PROCESS_DURATION,
+            names::MESSAGING_QUEUE_MESSAGES_READY,
+            names::MESSAGING_CONSUMER_UNACKED_MESSAGES,
         ] {
             names::preregister(metric, &destination);
         }
+        let unacked = metrics::gauge!(names::MESSAGING_CONSUMER_UNACKED_MESSAGES,
+            names::labels::MESSAGING_DESTINATION_NAME => queue.name.clone());
         let ctx = Arc::new(Ctx {
             publisher: Publisher::new(conn, config.publisher.clone())?,
             queue,
             handler: Box::new(handler),
             current_channel: AtomicU64::new(0),
             op_timeout: conn.config().operation_timeout,
+            unacked,
         });
         let cancel = CancellationToken::new();
         let task = tokio::spawn(run(
@@ -502,7 +543,7 @@ async fn subscribe(
     conn: &Connection,
     ctx: &Ctx,
     config: &ConsumerConfig,
-) -> Result<(crate::amqp::connection::ManagedChannel, lapin::Consumer), Error> {
+) -> Result<(ManagedChannel, lapin::Consumer), Error> {
     let ch = conn.open_channel().await?;
     let t = ctx.op_timeout;
     match tokio::time::timeout(
@@ -524,6 +565,11 @@ async fn subscribe(
     );
     match tokio::time::timeout(t, consume).await {
         Ok(Ok(c)) => Ok((ch, c)),
+        // The queue is missing: the caller repairs the topology.
+        Ok(Err(e)) if is_not_found(&e) => {
+            conn.close_channel(&ch.channel).await;
+            Err(Error::with_source(ErrorKind::Topology, e))
+        }
         Ok(Err(e)) => Err(Error::connection(e)),
         Err(_) => Err(Error::timeout("basic.consume", t)),
     }
@@ -553,16 +599,53 @@ async fn run(
     let mut failures: u32 = 0;
     let conn_closed = conn.shutdown_token();
     let mut last_channel = None;
+    // Stops the depth poller whichever way this task ends.
+    let _depth = (!config.queue_depth_interval.is_zero()).then(|| {
+        let stop = CancellationToken::new();
+        tokio::spawn(poll_depth(
+            conn.clone(),
+            ctx.queue.clone(),
+            config.queue_depth_interval,
+            ctx.op_timeout,
+            stop.clone(),
+        ));
+        stop.drop_guard()
+    });
+    // Set when the queue went missing (the broker cancelled the consumer, or refused to
+    // subscribe with 404): the topology is declared again before the next subscription.
+    let mut missing_since: Option<Instant> = None;
+    let mut repairs = conn.repairs();
     'outer: loop {
         if cancel.is_cancelled() || conn_closed.is_cancelled() {
             break;
         }
-        let (ch, mut stream) = match subscribe(&conn, &ctx, &config).await {
+        let repaired = match missing_since {
+            None => Ok(()),
+            Some(at) => match conn.repair_topology(at, Some(&ctx.queue)).await {
+                Ok(true) => {
+                    missing_since = None;
+                    Ok(())
+                }
+                Ok(false) => Err(None),
+                Err(e) => Err(Some(e)),
+            },
+        };
+        // Repairs before this subscription need no other one.
+        repairs.borrow_and_update();
+        let subscribed = match repaired {
+            Ok(()) => subscribe(&conn, &ctx, &config).await,
+            Err(None) => Err(Error::new(ErrorKind::Topology)),
+            Err(Some(e)) => Err(e),
+        };
+        let (ch, mut stream) = match subscribed {
             Ok(v) => v,
             Err(e) => {
                 if let Some(tx) = first.take() {
                     let _ = tx.send(Err(e));
                     return;
+                }
+                if missing_since.is_none() && matches!(e.kind(), ErrorKind::Topology) {
+                    missing_since = Some(Instant::now());
                 }
                 tracing::warn!(queue = %ctx.queue.name, error = %e, "subscribing failed; retrying");
                 failures = failures.saturating_add(1);
@@ -605,10 +688,17 @@ async fn run(
                     break 'outer;
                 }
                 n = stream.next() => n,
+                // The topology was declared again: the queue may be a new one this
+                // subscription is not attached to (see `Connection::repairs`).
+                Ok(()) = repairs.changed() => {
+                    tracing::info!(queue = %ctx.queue.name, "topology declared again; re-subscribing");
+                    let _ = tokio::time::timeout(ctx.op_timeout, ch.channel.basic_cancel(tag.clone(), BasicCancelOptions::default())).await;
+                    break;
+                }
             };
             match next {
                 Some(Ok(delivery)) => {
-                    let delivered = Delivered::new(ch.id, delivery);
+                    let delivered = Delivered::new(ch.id, delivery, &ctx.unacked);
                     if let Some(lanes) = lanes.as_mut() {
                         // Waits only while the key's lane queue is full; shutdown still
                         // interrupts (the delivery then returns with the channel).
@@ -634,7 +724,9 @@ async fn run(
                     break;
                 }
                 None => {
-                    tracing::warn!(queue = %ctx.queue.name, "consumer cancelled by the broker; re-subscribing");
+                    // The broker cancels a consumer whose queue was deleted: declare it again.
+                    tracing::warn!(queue = %ctx.queue.name, "consumer cancelled by the broker; declaring the topology again and re-subscribing");
+                    missing_since = Some(Instant::now());
                     break;
                 }
             }
@@ -673,10 +765,28 @@ struct Delivered {
     delivery_tag: u64,
     msg: IncomingMessage,
     acker: Acker,
+    _unacked: Unacked,
+}
+
+/// Counts a delivery in `messaging_consumer_unacked_messages` from its arrival until it is
+/// settled or dropped unsettled (skipped after a reconnect, dropped with a lane at shutdown).
+struct Unacked(metrics::Gauge);
+
+impl Unacked {
+    fn new(gauge: &metrics::Gauge) -> Self {
+        gauge.increment(1.0);
+        Self(gauge.clone())
+    }
+}
+
+impl Drop for Unacked {
+    fn drop(&mut self) {
+        self.0.decrement(1.0);
+    }
 }
 
 impl Delivered {
-    fn new(channel_id: u64, delivery: lapin::message::Delivery) -> Self {
+    fn new(channel_id: u64, delivery: lapin::message::Delivery, unacked: &metrics::Gauge) -> Self {
         let lapin::message::Delivery {
             delivery_tag,
             exchange,
@@ -698,6 +808,7 @@ impl Delivered {
             delivery_tag,
             msg,
             acker,
+            _unacked: Unacked::new(unacked),
         }
     }
 }
@@ -708,6 +819,7 @@ async fn process(ctx: &Ctx, delivered: Delivered) {
         delivery_tag,
         msg,
         acker,
+        _unacked: unacked,
     } = delivered;
     let queue = ctx.queue.name.as_str();
     let span = tracing::info_span!(
@@ -745,6 +857,77 @@ async fn process(ctx: &Ctx, delivered: Delivered) {
     settle(ctx, channel_id, &acker, &msg, outcome)
         .instrument(span)
         .await;
+    drop(unacked);
+}
+
+/// Sets `messaging_queue_messages_ready` of the queue every `interval` from a passive
+/// `queue.declare` (its `message-count` counts ready messages only), on a channel of its own:
+/// a 404 for a deleted queue closes the channel it is asked on, and must not close the
+/// consumer's. The gauge keeps its last value while the broker cannot be asked.
+async fn poll_depth(
+    conn: Connection,
+    config: QueueConfig,
+    interval: Duration,
+    op_timeout: Duration,
+    stop: CancellationToken,
+) {
+    let queue = config.name.as_str();
+    let gauge = metrics::gauge!(names::MESSAGING_QUEUE_MESSAGES_READY,
+        names::labels::MESSAGING_DESTINATION_NAME => queue.to_owned());
+    let shutdown = conn.shutdown_token();
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut channel: Option<ManagedChannel> = None;
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => break,
+            _ = shutdown.cancelled() => break,
+            _ = tick.tick() => {}
+        }
+        let ch = match channel.take() {
+            Some(ch) if ch.channel.status().connected() => ch,
+            _ => match conn.open_channel().await {
+                Ok(ch) => ch,
+                Err(e) => {
+                    tracing::debug!(queue, error = %e, "queue depth: no channel");
+                    continue;
+                }
+            },
+        };
+        let declare = ch.channel.queue_declare(
+            ShortString::from(queue),
+            QueueDeclareOptions {
+                passive: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        );
+        match tokio::time::timeout(op_timeout, declare).await {
+            Ok(Ok(q)) => {
+                gauge.set(f64::from(q.message_count()));
+                channel = Some(ch);
+            }
+            Ok(Err(e)) => {
+                tracing::debug!(queue, error = %e, "queue depth: passive queue.declare failed");
+                conn.close_channel(&ch.channel).await;
+                // The queue is gone. A deleted classic queue cancels its consumer, a quorum
+                // queue (RabbitMQ 3.10) does not: declare it again here, which makes the
+                // consumer subscribe again.
+                if is_not_found(&e)
+                    && let Err(e) = conn.repair_topology(Instant::now(), Some(&config)).await
+                {
+                    tracing::warn!(queue, error = %e, "declaring the topology again failed");
+                }
+            }
+            Err(_) => {
+                tracing::debug!(queue, "queue depth: passive queue.declare timed out");
+                conn.close_channel(&ch.channel).await;
+            }
+        }
+    }
+    if let Some(ch) = channel {
+        conn.close_channel(&ch.channel).await;
+    }
 }
 
 async fn settle(

@@ -17,7 +17,11 @@
 //!   [`PublisherConfig::confirm_timeout`] is [`ErrorKind::Timeout`] — never a hang;
 //! - **self-healing**: a lost channel or connection fails the publishes in flight (they may or
 //!   may not have reached the broker: the caller retries, consumers deduplicate) and the next
-//!   publish opens a fresh channel once the [`Connection`] is back;
+//!   publish opens a fresh channel once the [`Connection`] is back. A publish that finds its
+//!   exchange missing (404 `NOT_FOUND`) or comes back unroutable has the connection declare its
+//!   registered topology again (once for all publishers and consumers, at most once a second)
+//!   and is published once more, so an exchange or queue deleted behind the service's back
+//!   costs one failed attempt, not an outage;
 //! - **traced**: each publish records a producer span `"{exchange} publish"` with the
 //!   OpenTelemetry messaging attributes (`messaging.system = rabbitmq`,
 //!   `messaging.destination.name`, `messaging.rabbitmq.destination.routing_key`,
@@ -56,7 +60,7 @@ use tracing::Instrument;
 
 use crate::amqp::connection::{Connection, ManagedChannel};
 use crate::amqp::headers::{FieldTableInjector, to_field_table};
-use crate::amqp::topology::Unroutable;
+use crate::amqp::topology::{Unroutable, is_not_found};
 use crate::envelope::Envelope;
 use crate::error::{Error, ErrorKind};
 use crate::message::OutgoingMessage;
@@ -414,7 +418,41 @@ impl Publisher {
             .cloned()
     }
 
+    /// Publishes once; when the exchange is missing (404) or the message came back unroutable,
+    /// has the connection declare its topology again and, if that happened since this publish
+    /// started, publishes once more. Neither failure put the message in any queue, so the
+    /// second copy is the only one (a publish in flight on the same channel when the broker
+    /// closed it with the 404 fails, and its caller's retry may duplicate it, as with any
+    /// lost channel).
     async fn send(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        body: &[u8],
+        props: BasicProperties,
+    ) -> Result<Routing, Error> {
+        let started = Instant::now();
+        let err = match self
+            .send_once(exchange, routing_key, body, props.clone())
+            .await
+        {
+            Err(e) if matches!(e.kind(), ErrorKind::Unroutable { .. } | ErrorKind::Topology) => e,
+            other => return other,
+        };
+        match self.inner.conn.repair_topology(started, None).await {
+            Ok(true) => {
+                tracing::debug!(exchange, routing_key, error = %err, "topology declared again; publishing again");
+                self.send_once(exchange, routing_key, body, props).await
+            }
+            Ok(false) => Err(err),
+            Err(repair) => {
+                tracing::warn!(exchange, error = %repair, "declaring the topology again failed");
+                Err(err)
+            }
+        }
+    }
+
+    async fn send_once(
         &self,
         exchange: &str,
         routing_key: &str,
@@ -499,12 +537,7 @@ impl Publish for Publisher {
 }
 
 fn map_lapin(e: lapin::Error) -> Error {
-    if let lapin::ErrorKind::ProtocolError(amqp) = e.kind()
-        && matches!(
-            amqp.kind(),
-            lapin::protocol::AMQPErrorKind::Soft(lapin::protocol::AMQPSoftError::NOTFOUND)
-        )
-    {
+    if is_not_found(&e) {
         // Typically: the exchange does not exist (the broker closed the channel).
         return Error::with_source(ErrorKind::Topology, e);
     }
