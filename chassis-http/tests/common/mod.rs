@@ -39,3 +39,28 @@ impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for LogBuffer {
         self.clone()
     }
 }
+
+/// Reads from `stream` until the server closes it and returns what it sent and how long after
+/// `started` it closed; panics, naming `context`, once `limit` has passed since `started`.
+pub(crate) async fn read_until_closed(
+    stream: &mut tokio::net::TcpStream,
+    started: std::time::Instant,
+    limit: std::time::Duration,
+    context: &str,
+) -> (Vec<u8>, std::time::Duration) {
+    use tokio::io::AsyncReadExt;
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 1024];
+    loop {
+        let read = tokio::time::timeout(
+            limit.saturating_sub(started.elapsed()),
+            stream.read(&mut buf),
+        )
+        .await
+        .unwrap_or_else(|_| panic!("still open after {limit:?}: {context}"));
+        match read {
+            Ok(0) | Err(_) => return (seen, started.elapsed()),
+            Ok(n) => seen.extend_from_slice(&buf[..n]),
+        }
+    }
+}

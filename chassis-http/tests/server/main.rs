@@ -480,30 +480,6 @@ async fn connection_limit_holds_extra_connections_in_the_backlog() {
     server.stop().await;
 }
 
-/// Reads until the server closes the connection (or `limit` passes); returns what it sent and
-/// how long that took.
-async fn read_until_closed(
-    stream: &mut tokio::net::TcpStream,
-    limit: Duration,
-) -> (Vec<u8>, Duration) {
-    use tokio::io::AsyncReadExt;
-    let started = Instant::now();
-    let mut seen = Vec::new();
-    let mut buf = [0u8; 1024];
-    loop {
-        let read = tokio::time::timeout(
-            limit.saturating_sub(started.elapsed()),
-            stream.read(&mut buf),
-        )
-        .await
-        .expect("the server did not close the connection in time");
-        match read {
-            Ok(0) | Err(_) => return (seen, started.elapsed()),
-            Ok(n) => seen.extend_from_slice(&buf[..n]),
-        }
-    }
-}
-
 #[tokio::test]
 async fn a_request_head_that_never_completes_is_cut_off_after_the_header_read_timeout() {
     use tokio::io::AsyncWriteExt;
@@ -516,7 +492,13 @@ async fn a_request_head_that_never_completes_is_cut_off_after_the_header_read_ti
     slow.write_all(b"GET /hello HTTP/1.1\r\nhost: test\r\n")
         .await
         .unwrap();
-    let (sent, took) = read_until_closed(&mut slow, Duration::from_secs(5)).await;
+    let (sent, took) = read_until_closed(
+        &mut slow,
+        Instant::now(),
+        Duration::from_secs(5),
+        "slow connection",
+    )
+    .await;
     assert!(
         took >= timeout - Duration::from_millis(50),
         "closed after {took:?}"
@@ -532,7 +514,13 @@ async fn a_request_head_that_never_completes_is_cut_off_after_the_header_read_ti
     idle.write_all(b"GET /hello HTTP/1.1\r\nhost: test\r\n\r\n")
         .await
         .unwrap();
-    let (sent, took) = read_until_closed(&mut idle, Duration::from_secs(5)).await;
+    let (sent, took) = read_until_closed(
+        &mut idle,
+        Instant::now(),
+        Duration::from_secs(5),
+        "idle connection",
+    )
+    .await;
     assert!(
         String::from_utf8_lossy(&sent).ends_with("hello"),
         "{sent:?}"

@@ -3,8 +3,8 @@
 
 #[path = "../common/mod.rs"]
 mod common;
-#[allow(unused_imports)] // not every test binary captures logs
-pub(crate) use common::LogBuffer;
+#[allow(unused_imports)] // not every test binary uses every helper
+pub(crate) use common::{LogBuffer, read_until_closed};
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -2,6 +2,9 @@
 //! a well-behaved HTTP library sees (unknown routes and methods outside the standard layers,
 //! oversized and malformed request heads, connections that never send a request).
 
+#[path = "../common/mod.rs"]
+mod common;
+
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -11,6 +14,7 @@ use bytes::Bytes;
 use chassis_core::shutdown::Shutdown;
 use chassis_http::layers::StandardLayers;
 use chassis_http::server::{Server, ServerConfig};
+use common::read_until_closed;
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
@@ -257,20 +261,11 @@ async fn closed_after(addr: SocketAddr, first: &[u8], limit: Duration) -> Durati
     let mut stream = TcpStream::connect(addr).await.unwrap();
     let started = Instant::now();
     stream.write_all(first).await.unwrap();
-    let mut buf = [0u8; 1024];
-    loop {
-        let read = tokio::time::timeout(
-            limit.saturating_sub(started.elapsed()),
-            stream.read(&mut buf),
-        )
+    // h2: the server sends its SETTINGS (and a GOAWAY); what it sent is not looked at.
+    let context = format!("sent {first:?}");
+    read_until_closed(&mut stream, started, limit, &context)
         .await
-        .unwrap_or_else(|_| panic!("still open after {limit:?} (sent {first:?})"));
-        match read {
-            Ok(0) | Err(_) => return started.elapsed(),
-            // h2: the server's SETTINGS (and a GOAWAY); keep reading until it closes.
-            Ok(_) => {}
-        }
-    }
+        .1
 }
 
 #[tokio::test]
