@@ -26,6 +26,10 @@
 //! - [`body`]: [`Body`], the boxed response body of the chassis layers.
 //! - [`auth`]: service-to-service JWTs (issuer, key sets/JWKS, verify and attach layers).
 //! - [`client`]: the resilient HTTP client for calling other services.
+//! - [`idempotency`]: the `Idempotency-Key` header (IETF draft, as Stripe uses it): a retried
+//!   `POST`/`PATCH` replays the first response instead of running again, 422 for a key reused
+//!   with another request, 409 for one still running; an in-memory store, or Redis (feature
+//!   `redis`) shared by every replica.
 //! - [`admin`]: `GET`/`PUT /admin/loggers`, reading and changing a running service's log
 //!   filter, behind a service token with the `admin` scope.
 //! - [`tls`] (feature `tls`): HTTPS for the server and the client, certificate reload, client
@@ -78,6 +82,7 @@
 //! |---|---|---|
 //! | `tls` | yes | HTTPS for the server runner and the client, on rustls with the ring provider: [`tls`] (certificate rotation, client certificates, the peer's identity; webpki or native roots) |
 //! | `axum` | no | axum's `MatchedPath` as the route of spans and metrics; [`ApiResponse`] and [`ApiError`] as axum responses (pulls in axum) |
+//! | `redis` | no | the [`idempotency`] layer's Redis store (`RedisStore`: redis-rs, a lock by `SET NX PX`, a timeout and a circuit breaker per call), so every replica replays the others' responses |
 
 #![cfg_attr(docsrs, feature(doc_cfg))]
 

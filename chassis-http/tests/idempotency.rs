@@ -30,6 +30,7 @@ use tower::ServiceBuilder;
 struct App {
     runs: Arc<AtomicUsize>,
     flaky: Arc<AtomicUsize>,
+    sleepy: Arc<AtomicUsize>,
     /// `/slow` meets the test here once it runs, then waits at `release`.
     entered: Arc<Barrier>,
     release: Arc<Barrier>,
@@ -40,6 +41,7 @@ impl App {
         Self {
             runs: Arc::default(),
             flaky: Arc::default(),
+            sleepy: Arc::default(),
             entered: Arc::new(Barrier::new(2)),
             release: Arc::new(Barrier::new(2)),
         }
@@ -66,6 +68,14 @@ impl App {
                 (StatusCode::CREATED, json!({ "run": n }).to_string())
             }
         }
+        /// Takes 5 s the first time, no time after.
+        async fn sleepy(State(app): State<App>) -> (StatusCode, String) {
+            let n = app.sleepy.fetch_add(1, Ordering::SeqCst) + 1;
+            if n == 1 {
+                tokio::time::sleep(Duration::from_secs(5)).await;
+            }
+            (StatusCode::CREATED, json!({ "run": n }).to_string())
+        }
         async fn slow(State(app): State<App>) -> (StatusCode, String) {
             app.entered.wait().await;
             app.release.wait().await;
@@ -83,6 +93,7 @@ impl App {
             .route("/orders", post(orders).patch(orders).put(orders))
             .route("/flaky", post(flaky))
             .route("/slow", post(slow))
+            .route("/sleepy", post(sleepy))
             .route("/big", post(big))
             .with_state(self.clone())
     }
@@ -90,11 +101,16 @@ impl App {
 
 /// Serves `app` behind the standard layers and `layer` on a free loopback port.
 async fn serve(layer: IdempotencyLayer, app: &App) -> SocketAddr {
+    serve_with(StandardLayers::new(), layer, app).await
+}
+
+/// Serves `app` behind `layers` and `layer` on a free loopback port.
+async fn serve_with(layers: StandardLayers, layer: IdempotencyLayer, app: &App) -> SocketAddr {
     let config = ServerConfig::default().bind("127.0.0.1:0".parse().unwrap());
     let server = Server::bind(config).await.unwrap().handle_signals(false);
     let addr = server.local_addr();
     let service = ServiceBuilder::new()
-        .layer(StandardLayers::new())
+        .layer(layers)
         .layer(layer)
         .service(app.router());
     tokio::spawn(server.serve(service));
@@ -312,6 +328,30 @@ mod cases {
         assert_eq!(app.flaky.load(Ordering::SeqCst), 2);
     }
 
+    pub(super) async fn a_cancelled_request_releases_its_key(store: Arc<dyn IdempotencyStore>) {
+        let app = App::new();
+        let layers = StandardLayers::new().timeout(Duration::from_millis(200));
+        // A lock far longer than the test: only the release frees the key.
+        let addr = serve_with(
+            layers,
+            layer(&store).lock_ttl(Duration::from_secs(60)),
+            &app,
+        )
+        .await;
+        let timed_out = post_keyed(addr, "/sleepy", "cancel-1", "x").await;
+        assert_eq!(timed_out.status, StatusCode::GATEWAY_TIMEOUT);
+        // The release runs in a task of its own once the handler's future is dropped.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let retried = post_keyed(addr, "/sleepy", "cancel-1", "x").await;
+        assert_eq!(retried.status, StatusCode::CREATED, "{retried:?}");
+        assert_eq!(retried.json()["run"], 2);
+        assert!(
+            post_keyed(addr, "/sleepy", "cancel-1", "x")
+                .await
+                .replayed()
+        );
+    }
+
     pub(super) async fn responses_expire_after_the_ttl(store: Arc<dyn IdempotencyStore>) {
         let app = App::new();
         let addr = serve(layer(&store).ttl(Duration::from_millis(300)), &app).await;
@@ -431,6 +471,7 @@ store_cases!(memory:
     a_key_in_flight_is_409,
     a_key_in_flight_is_waited_for,
     a_failed_request_releases_its_key,
+    a_cancelled_request_releases_its_key,
     responses_expire_after_the_ttl,
     size_limits,
     malformed_and_missing_keys,
@@ -443,6 +484,7 @@ store_cases!(redis:
     a_key_in_flight_is_409,
     a_key_in_flight_is_waited_for,
     a_failed_request_releases_its_key,
+    a_cancelled_request_releases_its_key,
     responses_expire_after_the_ttl,
     size_limits,
     malformed_and_missing_keys,

@@ -30,7 +30,8 @@
 //!    `Idempotent-Body-Omitted: true`. Response trailers are not kept.
 //!
 //! A request that failed is not kept: a `5xx` response, an error of the inner service, a
-//! response body that fails while being read, and the statuses that say the request was not
+//! response body that fails while being read, a request cancelled while it runs (the client
+//! went away, or the guard's timeout dropped the handler), and the statuses that say it was not
 //! processed (`408 Request Timeout`, `429 Too Many Requests`) *release* the key, so the client's
 //! retry with the same key runs again. This follows the draft's advice that a retry of a
 //! failed request be possible, and Stripe's practice of not saving results of requests that

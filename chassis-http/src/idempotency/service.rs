@@ -176,6 +176,11 @@ where
         Ok(lock) => lock,
         Err(answer) => return Ok(answer),
     };
+    let mut guard = ReleaseOnDrop {
+        settings: settings.clone(),
+        key: key.clone(),
+        lock: Some(lock.clone()),
+    };
     let result = inner
         .call(Request::from_parts(parts, RequestBody::buffered(body)))
         .await;
@@ -183,12 +188,14 @@ where
         Ok(response) => response,
         Err(err) => {
             release(&settings, &key, &lock, "the service failed").await;
+            guard.disarm();
             return Err(err);
         }
     };
     let status = response.status();
     if !kept(status) {
         release(&settings, &key, &lock, status.as_str()).await;
+        guard.disarm();
         return Ok(response.map(boxed));
     }
     let (parts, body) = response.into_parts();
@@ -204,6 +211,7 @@ where
         }
         Read::Failed(resumed) => {
             release(&settings, &key, &lock, "the response body failed").await;
+            guard.disarm();
             return Ok(Response::from_parts(parts, boxed(resumed)));
         }
     };
@@ -233,7 +241,40 @@ where
             "the response could not be kept; a retry will run again once the lock expires"
         ),
     }
+    guard.disarm();
     Ok(Response::from_parts(parts, boxed(body)))
+}
+
+/// Releases the key when a keyed request's future is dropped while it holds the lock: the
+/// client went away, or the guard's timeout cancelled the handler. Like any failed request,
+/// the client may then retry at once rather than meet a 409 until the lock expires.
+struct ReleaseOnDrop {
+    settings: Arc<Settings>,
+    key: StoreKey,
+    lock: Option<Lock>,
+}
+
+impl ReleaseOnDrop {
+    /// The request finished: the key is completed or released already.
+    fn disarm(&mut self) {
+        self.lock = None;
+    }
+}
+
+impl Drop for ReleaseOnDrop {
+    fn drop(&mut self) {
+        let Some(lock) = self.lock.take() else {
+            return;
+        };
+        // Without a runtime (dropped at shutdown) the lock expires by itself.
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            let settings = self.settings.clone();
+            let key = self.key.clone();
+            runtime.spawn(async move {
+                release(&settings, &key, &lock, "the request was cancelled").await;
+            });
+        }
+    }
 }
 
 /// Whether a response with `status` is kept and replayed. A server error, a request timeout
