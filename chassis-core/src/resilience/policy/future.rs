@@ -12,18 +12,9 @@ use tower_service::Service;
 use super::service::{Parts, PartsRef};
 use crate::resilience::circuit_breaker::{Classify, Outcome as BreakerOutcome, RawPermit};
 use crate::resilience::retry::{
-    AttemptPolicy, CloneRequest, Outcome, RetryAfter, RetryClassifier, deadline_error, finish_once,
+    CloneRequest, Outcome, RetryAfter, RetryClassifier, Retrying, after_attempt, deadline_error,
 };
 use crate::{BoxError, Error};
-
-/// What a call needs for the attempts after the first.
-pub(crate) struct Retrying<S, Req, RC, H, K> {
-    /// A clone of the service, polled ready before each further attempt.
-    pub(crate) service: S,
-    pub(crate) policy: AttemptPolicy<Req, RC, H, K>,
-    /// The copy of the request the next attempt sends.
-    pub(crate) request: Option<Req>,
-}
 
 /// What a call holds until its future is dropped: its reference to the parts, the bulkhead
 /// permit, and the breaker permits (of the attempt in flight, or taken for the next attempt
@@ -195,7 +186,7 @@ where
         let mut this = self.project();
         let held = &mut *this.held;
         loop {
-            let mut result = match this.state.as_mut().project() {
+            let result = match this.state.as_mut().project() {
                 StateProj::Called { fut, timer } => match fut.poll(cx) {
                     Poll::Ready(result) => result.map_err(Into::into),
                     Poll::Pending => {
@@ -282,23 +273,17 @@ where
             let Some(shared) = &parts.retry else {
                 return Poll::Ready(result);
             };
-            let Some(retry) = this.retry.as_mut() else {
-                return Poll::Ready(finish_once(shared, *this.not_cloneable, result));
-            };
-            if retry.request.is_none() && retry.policy.may_retry(shared) {
-                // Another attempt is allowed but the request could not be copied.
-                return Poll::Ready(finish_once(shared, true, result));
-            }
-            // The policy starts the deadline's clock if it must check a backoff against it
-            // before the call ever waited.
-            retry.policy.deadline = *this.deadline_at;
-            let decision = retry.policy.decide(shared, &mut result);
-            *this.deadline_at = retry.policy.deadline;
-            match decision {
-                Some(sleep) => this.state.set(State::Waiting {
+            match after_attempt(
+                this.retry.as_mut(),
+                shared,
+                *this.not_cloneable,
+                this.deadline_at,
+                result,
+            ) {
+                Ok(sleep) => this.state.set(State::Waiting {
                     sleep: Box::pin(sleep),
                 }),
-                None => return Poll::Ready(result),
+                Err(result) => return Poll::Ready(result),
             }
         }
         // The call has to wait: start the deadline's clock and timer if not yet done.

@@ -11,7 +11,7 @@ use tokio::time::Sleep;
 use tokio_util::sync::ReusableBoxFuture;
 use tower_service::Service;
 
-use super::future::{Held, ResponseFuture, Retrying};
+use super::future::{Held, ResponseFuture};
 use crate::BoxError;
 use crate::resilience::bulkhead::{self, wait_for_permit};
 use crate::resilience::circuit_breaker::{
@@ -20,7 +20,7 @@ use crate::resilience::circuit_breaker::{
 use crate::resilience::rate_limiter::Limiter;
 use crate::resilience::retry::{
     self, AttemptPolicy, CloneRequest, CloneWithClone, DefaultRetryClassifier, NoRetryAfter,
-    RetryAfter, RetryClassifier,
+    RetryAfter, RetryClassifier, Retrying,
 };
 
 /// What every call of one wrapped service (and its clones) shares: each configured part's

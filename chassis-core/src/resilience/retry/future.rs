@@ -38,13 +38,14 @@ pin_project! {
     }
 }
 
-/// What a call needs for the attempts after the first.
+/// What a call needs for the attempts after the first (of [`BackoffRetry`](super::BackoffRetry)
+/// and of the resilient policy alike).
 pub(crate) struct Retrying<S, Req, C, H, K> {
     /// A clone of the service, polled ready before each further attempt.
-    service: S,
-    policy: AttemptPolicy<Req, C, H, K>,
+    pub(crate) service: S,
+    pub(crate) policy: AttemptPolicy<Req, C, H, K>,
     /// The copy of the request the next attempt sends.
-    request: Option<Req>,
+    pub(crate) request: Option<Req>,
 }
 
 impl<S, Req, C, H, K> Retrying<S, Req, C, H, K> {
@@ -111,6 +112,36 @@ where
     }
 }
 
+/// What follows a finished attempt: `Ok` with the backoff before the next attempt, or `Err`
+/// with the call's result (rewritten to a typed give-up error where the policy gave up).
+/// `retry` is `None` when only one attempt can be made; `deadline_at` is the call's deadline
+/// once its clock has started.
+pub(crate) fn after_attempt<S, Req, C, H, K, T>(
+    retry: Option<&mut Retrying<S, Req, C, H, K>>,
+    shared: &Shared<C, H, K>,
+    not_cloneable: bool,
+    deadline_at: &mut Option<Instant>,
+    mut result: Result<T, BoxError>,
+) -> Result<Sleep, Result<T, BoxError>>
+where
+    C: RetryClassifier<T>,
+    H: RetryAfter<T>,
+{
+    let Some(retry) = retry else {
+        return Err(finish_once(shared, not_cloneable, result));
+    };
+    if retry.request.is_none() && retry.policy.may_retry(shared) {
+        // Another attempt is allowed but the request could not be copied.
+        return Err(finish_once(shared, true, result));
+    }
+    // The policy starts the deadline's clock if it must check a backoff against it before the
+    // call ever waited.
+    retry.policy.deadline = *deadline_at;
+    let decision = retry.policy.decide(shared, &mut result);
+    *deadline_at = retry.policy.deadline;
+    decision.ok_or(result)
+}
+
 /// The single-attempt outcome: what a call that cannot retry returns, and what it records.
 pub(crate) fn finish_once<C, H, K, T>(
     shared: &Shared<C, H, K>,
@@ -168,24 +199,17 @@ where
                     let Poll::Ready(result) = fut.poll(cx) else {
                         break;
                     };
-                    let mut result = result.map_err(Into::into);
-                    let Some(retry) = this.retry.as_mut() else {
-                        return Poll::Ready(finish_once(shared, *this.not_cloneable, result));
-                    };
-                    if retry.request.is_none() && retry.policy.may_retry(shared) {
-                        // Another attempt is allowed but the request could not be copied.
-                        return Poll::Ready(finish_once(shared, true, result));
-                    }
-                    // The policy starts the deadline's clock if it must check a backoff
-                    // against it before the call ever waited.
-                    retry.policy.deadline = *this.deadline_at;
-                    let decision = retry.policy.decide(shared, &mut result);
-                    *this.deadline_at = retry.policy.deadline;
-                    match decision {
-                        Some(sleep) => this.state.set(State::Waiting {
+                    match after_attempt(
+                        this.retry.as_mut(),
+                        shared,
+                        *this.not_cloneable,
+                        this.deadline_at,
+                        result.map_err(Into::into),
+                    ) {
+                        Ok(sleep) => this.state.set(State::Waiting {
                             sleep: Box::pin(sleep),
                         }),
-                        None => return Poll::Ready(result),
+                        Err(result) => return Poll::Ready(result),
                     }
                 }
                 StateProj::Waiting { sleep } => {

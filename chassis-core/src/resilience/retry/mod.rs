@@ -108,10 +108,8 @@ pub use classify::{
     CloneRequest, CloneWithClone, DefaultRetryClassifier, NoRetryAfter, RetryAfter, RetryClassifier,
 };
 pub use future::ResponseFuture;
-pub(crate) use future::{deadline_error, finish_once};
+pub(crate) use future::{Retrying, after_attempt, deadline_error};
 pub(crate) use policy::{AttemptPolicy, Outcome};
-
-use self::future::Retrying;
 
 use std::fmt;
 use std::sync::Arc;
