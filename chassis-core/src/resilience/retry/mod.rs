@@ -410,6 +410,25 @@ impl<C, H, K> BackoffRetryLayer<C, H, K> {
 
     /// Replaces the classifier deciding which outcomes are retried.
     pub fn with_classifier<C2>(self, classifier: C2) -> BackoffRetryLayer<C2, H, K> {
+        self.map_hooks(|_, retry_after, cloner| (classifier, retry_after, cloner))
+    }
+
+    /// Sets the hook extracting server-given delays (e.g. HTTP `Retry-After`).
+    pub fn with_retry_after<H2>(self, retry_after: H2) -> BackoffRetryLayer<C, H2, K> {
+        self.map_hooks(|classifier, _, cloner| (classifier, retry_after, cloner))
+    }
+
+    /// Replaces how requests are copied for the next attempt.
+    pub fn with_cloner<K2>(self, cloner: K2) -> BackoffRetryLayer<C, H, K2> {
+        self.map_hooks(|classifier, retry_after, _| (classifier, retry_after, cloner))
+    }
+
+    /// The same layer with its classifier, `Retry-After` hook and cloner passed through `f`.
+    fn map_hooks<C2, H2, K2>(
+        self,
+        f: impl FnOnce(C, H, K) -> (C2, H2, K2),
+    ) -> BackoffRetryLayer<C2, H2, K2> {
+        let (classifier, retry_after, cloner) = f(self.classifier, self.retry_after, self.cloner);
         BackoffRetryLayer {
             name: self.name,
             max_attempts: self.max_attempts,
@@ -419,41 +438,7 @@ impl<C, H, K> BackoffRetryLayer<C, H, K> {
             budget_config: self.budget_config,
             budget: self.budget,
             classifier,
-            retry_after: self.retry_after,
-            cloner: self.cloner,
-            counters: self.counters,
-        }
-    }
-
-    /// Sets the hook extracting server-given delays (e.g. HTTP `Retry-After`).
-    pub fn with_retry_after<H2>(self, retry_after: H2) -> BackoffRetryLayer<C, H2, K> {
-        BackoffRetryLayer {
-            name: self.name,
-            max_attempts: self.max_attempts,
-            backoff: self.backoff,
-            attempt_timeout: self.attempt_timeout,
-            deadline: self.deadline,
-            budget_config: self.budget_config,
-            budget: self.budget,
-            classifier: self.classifier,
             retry_after,
-            cloner: self.cloner,
-            counters: self.counters,
-        }
-    }
-
-    /// Replaces how requests are copied for the next attempt.
-    pub fn with_cloner<K2>(self, cloner: K2) -> BackoffRetryLayer<C, H, K2> {
-        BackoffRetryLayer {
-            name: self.name,
-            max_attempts: self.max_attempts,
-            backoff: self.backoff,
-            attempt_timeout: self.attempt_timeout,
-            deadline: self.deadline,
-            budget_config: self.budget_config,
-            budget: self.budget,
-            classifier: self.classifier,
-            retry_after: self.retry_after,
             cloner,
             counters: self.counters,
         }
