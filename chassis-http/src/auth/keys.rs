@@ -178,16 +178,7 @@ impl SigningKey {
 
     /// Loads a private key from a PEM file (see [`from_pem`](Self::from_pem)).
     pub fn from_pem_file(path: impl AsRef<Path>) -> Result<Self, AuthError> {
-        let path = path.as_ref();
-        let pem = std::fs::read(path).map_err(|e| {
-            AuthError::with_source(
-                AuthErrorKind::InvalidKey {
-                    reason: format!("cannot read {}", path.display()),
-                },
-                e,
-            )
-        })?;
-        Self::from_pem(pem)
+        Self::from_pem(read_key_file(path.as_ref())?)
     }
 
     /// Loads a private key from the environment variable `var`, which holds the PEM text
@@ -587,16 +578,7 @@ impl VerificationKey {
         kid: impl Into<String>,
         path: impl AsRef<Path>,
     ) -> Result<Self, AuthError> {
-        let path = path.as_ref();
-        let pem = std::fs::read(path).map_err(|e| {
-            AuthError::with_source(
-                AuthErrorKind::InvalidKey {
-                    reason: format!("cannot read {}", path.display()),
-                },
-                e,
-            )
-        })?;
-        Self::from_public_pem(kid, pem)
+        Self::from_public_pem(kid, read_key_file(path.as_ref())?)
     }
 
     /// Loads a public key from the environment variable `var`, which holds SPKI PEM text (see
@@ -872,6 +854,19 @@ fn pem_encode(label: &str, der: &[u8]) -> String {
     }
     out.push_str(&format!("-----END {label}-----\n"));
     out
+}
+
+/// The bytes of the key file at `path`; an unreadable file is an
+/// [`InvalidKey`](AuthErrorKind::InvalidKey) error naming it.
+fn read_key_file(path: &Path) -> Result<Vec<u8>, AuthError> {
+    std::fs::read(path).map_err(|e| {
+        AuthError::with_source(
+            AuthErrorKind::InvalidKey {
+                reason: format!("cannot read {}", path.display()),
+            },
+            e,
+        )
+    })
 }
 
 #[cfg(test)]

@@ -55,16 +55,25 @@ fn tls_error(reason: String, source: Option<rustls_pki_types::pem::Error>) -> Er
 /// bundle). An unreadable file, a malformed PEM section or a file without any certificate is an
 /// [`ErrorKind::Tls`] error naming the file.
 pub fn certs_from_pem_file(path: impl AsRef<Path>) -> Result<Vec<CertificateDer<'static>>, Error> {
-    let path = path.as_ref();
+    from_pem_file(path.as_ref(), "certificate", certs_from_pem)
+}
+
+/// Reads the PEM file at `path` (a `what` file, for the message) and parses it with `parse`;
+/// both failures name the file.
+fn from_pem_file<T>(
+    path: &Path,
+    what: &str,
+    parse: impl FnOnce(&[u8]) -> Result<T, Error>,
+) -> Result<T, Error> {
     let bytes = std::fs::read(path).map_err(|e| {
         Error::with_source(
             ErrorKind::Tls {
-                reason: format!("cannot read certificate file {}", path.display()),
+                reason: format!("cannot read {what} file {}", path.display()),
             },
             e,
         )
     })?;
-    certs_from_pem(&bytes).map_err(|e| {
+    parse(&bytes).map_err(|e| {
         let reason = match e.kind() {
             ErrorKind::Tls { reason } => format!("{}: {reason}", path.display()),
             _ => path.display().to_string(),
@@ -88,22 +97,7 @@ pub fn certs_from_pem(pem: &[u8]) -> Result<Vec<CertificateDer<'static>>, Error>
 /// found). An unreadable file or one without a key is an [`ErrorKind::Tls`] error naming the
 /// file.
 pub fn private_key_from_pem_file(path: impl AsRef<Path>) -> Result<PrivateKeyDer<'static>, Error> {
-    let path = path.as_ref();
-    let bytes = std::fs::read(path).map_err(|e| {
-        Error::with_source(
-            ErrorKind::Tls {
-                reason: format!("cannot read private key file {}", path.display()),
-            },
-            e,
-        )
-    })?;
-    private_key_from_pem(&bytes).map_err(|e| {
-        let reason = match e.kind() {
-            ErrorKind::Tls { reason } => format!("{}: {reason}", path.display()),
-            _ => path.display().to_string(),
-        };
-        tls_error(reason, None)
-    })
+    from_pem_file(path.as_ref(), "private key", private_key_from_pem)
 }
 
 /// Reads the private key of PEM bytes; see [`private_key_from_pem_file`].
