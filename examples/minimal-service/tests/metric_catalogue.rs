@@ -2,8 +2,8 @@
 //! component (HTTP server layers with an error and a shed request, the HTTP client with retry
 //! and circuit breaker, bulkhead and rate-limit rejections, the outbox relay on SQLite
 //! publishing and parking through the real RabbitMQ, a consumer that acks, retries and
-//! dead-letters, an inbox that sees a duplicate, span export to a dead collector), scrapes
-//! `/metrics`, and checks that
+//! dead-letters (and polls its queue's depth), an inbox that sees a duplicate, span export to
+//! a dead collector), scrapes `/metrics`, and checks that
 //!
 //! - every scraped family is in the catalogue, with the catalogue's type, `# HELP` text, labels
 //!   and (where closed) label values;
@@ -247,7 +247,9 @@ async fn every_emitted_metric_is_catalogued_and_every_catalogued_one_is_emitted(
     let inbox = Inbox::new(pool.clone(), queue.name.clone());
     inbox.migrate().await.unwrap();
     let handler = idempotent(inbox, |msg, tx| Box::pin(on_message(msg, tx)));
-    let consumer = Consumer::start(&conn, queue.clone(), ConsumerConfig::default(), handler)
+    // Polling the queue depth often, so the ready gauge is read from the broker in this run.
+    let consumer_config = ConsumerConfig::default().queue_depth_interval(Duration::from_millis(50));
+    let consumer = Consumer::start(&conn, queue.clone(), consumer_config, handler)
         .await
         .expect("consumer");
     for (id, body) in [
@@ -335,6 +337,22 @@ async fn every_emitted_metric_is_catalogued_and_every_catalogued_one_is_emitted(
         "the catalogue and the exposition disagree:\n{}\n\n{text}",
         problems.join("\n")
     );
+    // The lag gauges of the queue: ready messages as polled, and nothing held unsettled once
+    // the consumer has shut down (every delivery counted in was counted out).
+    for series in [
+        format!(
+            "{}{{messaging_destination_name=\"{}\"}} ",
+            names::MESSAGING_QUEUE_MESSAGES_READY,
+            queue.name
+        ),
+        format!(
+            "{}{{messaging_destination_name=\"{}\"}} 0\n",
+            names::MESSAGING_CONSUMER_UNACKED_MESSAGES,
+            queue.name
+        ),
+    ] {
+        assert!(text.contains(&series), "{series:?} not scraped\n\n{text}");
+    }
     let findings = promtool_findings(&text);
     assert!(
         findings.is_empty(),

@@ -188,6 +188,14 @@ async fn components_register_their_series_at_zero_before_any_traffic() {
             &[(labels::MESSAGING_DESTINATION_NAME, queue_name)],
         ),
         (
+            names::MESSAGING_QUEUE_MESSAGES_READY,
+            &[(labels::MESSAGING_DESTINATION_NAME, queue_name)],
+        ),
+        (
+            names::MESSAGING_CONSUMER_UNACKED_MESSAGES,
+            &[(labels::MESSAGING_DESTINATION_NAME, queue_name)],
+        ),
+        (
             names::INBOX_PROCESSED,
             &[(labels::MESSAGING_DESTINATION_NAME, "work-handler")],
         ),
