@@ -22,7 +22,7 @@ use chassis_http::auth::{
     RequireServiceTokenLayer, ServiceIdentity, ServiceTokenSource, SigningKey, TokenIssuer,
     TokenVerifier, VerificationKey,
 };
-use common::LogBuffer;
+use common::{LogBuffer, status_challenge_body};
 use http::header::{AUTHORIZATION, WWW_AUTHENTICATE};
 use http::{HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
@@ -77,12 +77,7 @@ async fn call(
         .oneshot(req.body(Full::default()).unwrap())
         .await
         .unwrap();
-    let status = response.status();
-    let challenge = response
-        .headers()
-        .get(WWW_AUTHENTICATE)
-        .map(|v| v.to_str().unwrap().to_owned());
-    let bytes = response.into_body().collect().await.unwrap().to_bytes();
+    let (status, challenge, bytes) = status_challenge_body(response).await;
     (status, challenge, serde_json::from_slice(&bytes).unwrap())
 }
 
@@ -660,12 +655,7 @@ async fn call_with_headers(
         .oneshot(req.body(Full::default()).unwrap())
         .await
         .unwrap();
-    let status = response.status();
-    let challenge = response
-        .headers()
-        .get(WWW_AUTHENTICATE)
-        .map(|v| v.to_str().unwrap().to_owned());
-    let bytes = response.into_body().collect().await.unwrap().to_bytes();
+    let (status, challenge, bytes) = status_challenge_body(response).await;
     (status, challenge, serde_json::from_slice(&bytes).unwrap())
 }
 

@@ -4,6 +4,8 @@
 //! an edited roles claim, an expired token, MicroProfile's `groups` claim and a handler-level
 //! ownership check.
 
+mod common;
+
 use std::convert::Infallible;
 use std::io::Write as _;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -18,9 +20,9 @@ use chassis_http::auth::user::{
     RbacConfig, RequirePermissionLayer, RequireUserTokenLayer, UserPrincipal,
 };
 use chassis_http::auth::{AuthErrorKind, JwksKeySource, SigningKey, TokenVerifier};
-use http::header::{AUTHORIZATION, WWW_AUTHENTICATE};
+use common::status_challenge_body;
+use http::header::AUTHORIZATION;
 use http::{Method, Request, StatusCode};
-use http_body_util::BodyExt;
 use serde_json::{Value, json};
 use tempfile::NamedTempFile;
 use tower::ServiceExt;
@@ -155,12 +157,7 @@ async fn call(app: &Router, method: Method, path: &str, token: Option<&str>) -> 
         .oneshot(req.body(axum::body::Body::empty()).unwrap())
         .await
         .unwrap();
-    let status = response.status();
-    let challenge = response
-        .headers()
-        .get(WWW_AUTHENTICATE)
-        .map(|v| v.to_str().unwrap().to_owned());
-    let bytes = response.into_body().collect().await.unwrap().to_bytes();
+    let (status, challenge, bytes) = status_challenge_body(response).await;
     let body = serde_json::from_slice(&bytes)
         .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()));
     Answer {

@@ -64,3 +64,21 @@ pub(crate) async fn read_until_closed(
         }
     }
 }
+
+/// The status of `response`, its `WWW-Authenticate` header and its whole body.
+pub(crate) async fn status_challenge_body<B>(
+    response: http::Response<B>,
+) -> (http::StatusCode, Option<String>, bytes::Bytes)
+where
+    B: hyper::body::Body,
+    B::Error: std::fmt::Debug,
+{
+    use http_body_util::BodyExt;
+    let status = response.status();
+    let challenge = response
+        .headers()
+        .get(http::header::WWW_AUTHENTICATE)
+        .map(|v| v.to_str().unwrap().to_owned());
+    let bytes = response.into_body().collect().await.unwrap().to_bytes();
+    (status, challenge, bytes)
+}
