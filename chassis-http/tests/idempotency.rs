@@ -425,8 +425,41 @@ mod cases {
     }
 }
 
-async fn memory() -> Arc<dyn IdempotencyStore> {
-    Arc::new(MemoryStore::new())
+/// A store for one test, and the Redis key prefix to clean up after it.
+struct Fixture {
+    store: Arc<dyn IdempotencyStore>,
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    prefix: Option<String>,
+}
+
+impl Fixture {
+    /// Deletes the test's keys from the shared Redis (kept responses live 24 h otherwise).
+    async fn cleanup(self) {
+        #[cfg(feature = "redis")]
+        if let Some(prefix) = self.prefix {
+            let client = ::redis::Client::open(REDIS).unwrap();
+            let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+            let keys: Vec<String> = ::redis::cmd("KEYS")
+                .arg(format!("{prefix}*"))
+                .query_async(&mut conn)
+                .await
+                .unwrap();
+            if !keys.is_empty() {
+                let _: () = ::redis::cmd("DEL")
+                    .arg(&keys)
+                    .query_async(&mut conn)
+                    .await
+                    .unwrap();
+            }
+        }
+    }
+}
+
+async fn memory() -> Fixture {
+    Fixture {
+        store: Arc::new(MemoryStore::new()),
+        prefix: None,
+    }
 }
 
 #[cfg(feature = "redis")]
@@ -434,8 +467,12 @@ const REDIS: &str = "redis://127.0.0.1:6379";
 
 /// A Redis store on the shared Redis, under a prefix no other test uses.
 #[cfg(feature = "redis")]
-async fn redis() -> Arc<dyn IdempotencyStore> {
-    Arc::new(redis_store(REDIS, &unique_prefix()).await)
+async fn redis() -> Fixture {
+    let prefix = unique_prefix();
+    Fixture {
+        store: Arc::new(redis_store(REDIS, &prefix).await),
+        prefix: Some(prefix),
+    }
 }
 
 #[cfg(feature = "redis")]
@@ -458,7 +495,9 @@ macro_rules! store_cases {
             $(
                 #[tokio::test]
                 async fn $case() {
-                    super::cases::$case(super::$store().await).await;
+                    let fixture = super::$store().await;
+                    super::cases::$case(fixture.store.clone()).await;
+                    fixture.cleanup().await;
                 }
             )+
         }
@@ -525,6 +564,12 @@ async fn replicas_sharing_redis_replay_each_others_responses() {
     assert!(replay.replayed());
     assert_eq!(replay.body, running.body);
     assert_eq!(app.runs(), 2);
+    Fixture {
+        store: Arc::new(MemoryStore::new()),
+        prefix: Some(prefix),
+    }
+    .cleanup()
+    .await;
 }
 
 /// Redis down: keyed requests get a prompt 503 with the JSON body and do not run; requests
