@@ -452,7 +452,7 @@ fn truncate_kid(mut kid: String) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::auth::{SigningKey, TokenIssuer};
+    use crate::auth::{IssuedToken, SigningKey, TokenIssuer};
 
     fn setup() -> (TokenIssuer, TokenVerifier) {
         let key = SigningKey::generate_ed25519().unwrap();
@@ -468,39 +468,39 @@ mod tests {
         (issuer, verifier)
     }
 
+    /// A token for `billing` whose expiry passed `secs` seconds ago.
+    fn expired_since(issuer: &TokenIssuer, secs: u64) -> IssuedToken {
+        let issued = SystemTime::now() - issuer.ttl() - Duration::from_secs(secs);
+        issuer.issue_at("billing", &[], issued).unwrap()
+    }
+
+    /// A token for `billing` issued `secs` seconds from now.
+    fn issued_in(issuer: &TokenIssuer, secs: u64) -> IssuedToken {
+        issuer
+            .issue_at(
+                "billing",
+                &[],
+                SystemTime::now() + Duration::from_secs(secs),
+            )
+            .unwrap()
+    }
+
     #[tokio::test]
     async fn leeway_applies_to_exp_and_nbf() {
         let (issuer, verifier) = setup();
-        let ttl = issuer.ttl();
         // Expired 10 s ago: inside the 30 s leeway.
-        let t = issuer
-            .issue_at(
-                "billing",
-                &[],
-                SystemTime::now() - ttl - Duration::from_secs(10),
-            )
-            .unwrap();
+        let t = expired_since(&issuer, 10);
         assert!(verifier.verify(t.as_str()).await.is_ok());
         // Expired 60 s ago: outside.
-        let t = issuer
-            .issue_at(
-                "billing",
-                &[],
-                SystemTime::now() - ttl - Duration::from_secs(60),
-            )
-            .unwrap();
+        let t = expired_since(&issuer, 60);
         assert_eq!(
             verifier.verify(t.as_str()).await.unwrap_err().kind(),
             &AuthErrorKind::Expired
         );
         // Issued 10 s in the future: inside the leeway; 120 s: outside.
-        let t = issuer
-            .issue_at("billing", &[], SystemTime::now() + Duration::from_secs(10))
-            .unwrap();
+        let t = issued_in(&issuer, 10);
         assert!(verifier.verify(t.as_str()).await.is_ok());
-        let t = issuer
-            .issue_at("billing", &[], SystemTime::now() + Duration::from_secs(120))
-            .unwrap();
+        let t = issued_in(&issuer, 120);
         assert_eq!(
             verifier.verify(t.as_str()).await.unwrap_err().kind(),
             &AuthErrorKind::NotYetValid
@@ -510,15 +510,8 @@ mod tests {
     #[tokio::test]
     async fn an_accepted_token_is_remembered_until_it_expires() {
         let (issuer, verifier) = setup();
-        let ttl = issuer.ttl();
         // Expired 10 s ago, inside the 30 s leeway: accepted, and remembered.
-        let t = issuer
-            .issue_at(
-                "billing",
-                &[],
-                SystemTime::now() - ttl - Duration::from_secs(10),
-            )
-            .unwrap();
+        let t = expired_since(&issuer, 10);
         let first = verifier.verify(t.as_str()).await.unwrap();
         assert_eq!(verifier.inner.verified.lock().unwrap().len(), 1);
         let now = unix_seconds(SystemTime::now());
