@@ -273,8 +273,9 @@ struct Shared {
     /// When the last [`Connection::repair_topology`] declaration started; the async lock
     /// makes concurrent repairs wait for one declaration.
     repaired: tokio::sync::Mutex<Option<Instant>>,
-    /// Counts the repairs that declared something, for consumers to subscribe again.
-    repairs: watch::Sender<u64>,
+    /// The queues the last topology repair found missing and declared again, for their
+    /// consumers to subscribe again (see [`Connection::repairs`]).
+    repairs: watch::Sender<Arc<[String]>>,
 }
 
 /// Shortest time between two topology repairs that nobody asked for since the last one: a
@@ -346,7 +347,7 @@ impl Connection {
             supervisor: Mutex::new(None),
             channel_ids: AtomicU64::new(0),
             repaired: tokio::sync::Mutex::new(None),
-            repairs: watch::channel(0).0,
+            repairs: watch::channel(Arc::from(Vec::new())).0,
         });
         let handle = tokio::spawn(supervise(Arc::clone(&shared)));
         *lock(&shared.supervisor) = Some(handle);
@@ -494,6 +495,11 @@ impl Connection {
             lock(&self.shared.topologies).clone()
         };
         topologies.extend(own.map(|q| TopologyConfig::new().queue(q.clone())));
+        let names: Vec<String> = topologies
+            .iter()
+            .flat_map(|t| t.queues.iter().map(|q| q.name.clone()))
+            .collect();
+        let missing = self.missing_queues(names).await?;
         let ch = self.open_channel().await?;
         let mut res = Ok(());
         for t in &topologies {
@@ -507,16 +513,50 @@ impl Connection {
         if !done {
             *last = Some(started);
         }
-        self.shared.repairs.send_modify(|n| *n += 1);
-        tracing::info!(connection = %self.shared.config.connection_name, topologies = topologies.len(), "topology declared again");
+        tracing::info!(connection = %self.shared.config.connection_name, topologies = topologies.len(), ?missing, "topology declared again");
+        if !missing.is_empty() {
+            self.shared.repairs.send_replace(Arc::from(missing));
+        }
         Ok(true)
     }
 
-    /// Changes with every [`repair_topology`](Self::repair_topology) that declared something.
-    /// Consumers subscribe again then: a quorum queue deleted and declared again under the
-    /// same name keeps the old consumer registered on RabbitMQ 3.10 without sending it
-    /// `basic.cancel` or any delivery, so only a fresh subscription consumes it.
-    pub(crate) fn repairs(&self) -> watch::Receiver<u64> {
+    /// Which of `queues` do not exist, by passive `queue.declare` (a 404 closes the channel,
+    /// so each missing queue costs a new one).
+    async fn missing_queues(&self, queues: Vec<String>) -> Result<Vec<String>, Error> {
+        let timeout = self.shared.config.operation_timeout;
+        let passive = lapin::options::QueueDeclareOptions {
+            passive: true,
+            ..Default::default()
+        };
+        let mut missing = Vec::new();
+        let mut ch = self.open_channel().await?;
+        for name in queues {
+            let declare = ch.channel.queue_declare(
+                name.as_str().into(),
+                passive,
+                lapin::types::FieldTable::default(),
+            );
+            match tokio::time::timeout(timeout, declare).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) if crate::amqp::topology::is_not_found(&e) => {
+                    missing.push(name);
+                    self.close_channel(&ch.channel).await;
+                    ch = self.open_channel().await?;
+                }
+                Ok(Err(e)) => return Err(Error::connection(e)),
+                Err(_) => return Err(Error::timeout("queue.declare", timeout)),
+            }
+        }
+        self.close_channel(&ch.channel).await;
+        Ok(missing)
+    }
+
+    /// The queues the last [`repair_topology`](Self::repair_topology) found missing and
+    /// declared again. Their consumers subscribe again: a quorum queue deleted and declared
+    /// again under the same name keeps the old consumer registered on RabbitMQ 3.10 without
+    /// sending it `basic.cancel` or any delivery, so only a fresh subscription consumes it.
+    /// Consumers of queues that were there keep their subscription (and their deliveries).
+    pub(crate) fn repairs(&self) -> watch::Receiver<Arc<[String]>> {
         self.shared.repairs.subscribe()
     }
 

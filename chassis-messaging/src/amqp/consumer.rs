@@ -60,10 +60,10 @@
 //! queue sends no cancel on RabbitMQ 3.10) or the next `basic.consume` is refused with 404;
 //! the consumer then has the [`Connection`] declare its registered topologies again (and the
 //! consumer's own [`QueueConfig`] when none of them has the queue), retrying with backoff,
-//! and subscribes again. Every consumer of the connection subscribes again after such a
-//! repair, whoever asked for it (a publisher that found a queue missing, too): a quorum queue
-//! declared again under its old name keeps the old subscription registered but never
-//! delivers to it. A quorum queue deleted and declared again by someone else between two
+//! and subscribes again. A repair finds out which queues were missing, and their consumers
+//! subscribe again whoever asked for it (a publisher that found a queue missing, too): a
+//! quorum queue declared again under its old name keeps the old subscription registered but
+//! never delivers to it. A quorum queue deleted and declared again by someone else between two
 //! polls is the one case this does not catch; the depth poll interval bounds the others. Messages that were in the deleted queue are gone with it; everything published
 //! after the queue is back is consumed.
 //!
@@ -691,7 +691,10 @@ async fn run(
                 // The topology was declared again: the queue may be a new one this
                 // subscription is not attached to (see `Connection::repairs`).
                 Ok(()) = repairs.changed() => {
-                    tracing::info!(queue = %ctx.queue.name, "topology declared again; re-subscribing");
+                    if !repairs.borrow_and_update().contains(&ctx.queue.name) {
+                        continue;
+                    }
+                    tracing::info!(queue = %ctx.queue.name, "queue declared again; re-subscribing");
                     let _ = tokio::time::timeout(ctx.op_timeout, ch.channel.basic_cancel(tag.clone(), BasicCancelOptions::default())).await;
                     break;
                 }
