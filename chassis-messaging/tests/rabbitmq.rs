@@ -50,22 +50,105 @@ async fn forwarding_consumer(
     fx: &Fixture,
     config: ConsumerConfig,
 ) -> (Consumer, mpsc::UnboundedReceiver<Envelope<Payload>>) {
+    typed_tap(fx, config, |e| (Some(e), Outcome::Ack)).await
+}
+
+/// Starts a consumer of decoded events; `tap` runs inside the handler (so a panic in it is a
+/// panicking handler), its `Some` value goes to the channel and its outcome settles the event.
+async fn typed_tap<T: Send + 'static>(
+    fx: &Fixture,
+    config: ConsumerConfig,
+    tap: impl Fn(Envelope<Payload>) -> (Option<T>, Outcome) + Send + Sync + 'static,
+) -> (Consumer, mpsc::UnboundedReceiver<T>) {
     let (tx, rx) = mpsc::unbounded_channel();
+    let tap = Arc::new(tap);
     let handle = Consumer::start(
         &fx.conn,
         fx.queue.clone(),
         config,
         typed(move |e: Envelope<Payload>| {
-            let tx = tx.clone();
+            let (tx, tap) = (tx.clone(), Arc::clone(&tap));
             async move {
-                let _ = tx.send(e);
-                Outcome::Ack
+                let (value, outcome) = tap(e);
+                if let Some(v) = value {
+                    let _ = tx.send(v);
+                }
+                outcome
             }
         }),
     )
     .await
     .expect("start consumer");
     (handle, rx)
+}
+
+/// Starts a consumer of raw messages sending what `tap` takes from each one to a channel and
+/// settling the message with the outcome `tap` chose.
+async fn raw_tap<T: Send + 'static>(
+    fx: &Fixture,
+    tap: impl Fn(IncomingMessage) -> (T, Outcome) + Send + Sync + 'static,
+) -> (Consumer, mpsc::UnboundedReceiver<T>) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let handle = Consumer::start(
+        &fx.conn,
+        fx.queue.clone(),
+        ConsumerConfig::default(),
+        move |m: IncomingMessage| {
+            let (value, outcome) = tap(m);
+            let _ = tx.send(value);
+            async move { outcome }
+        },
+    )
+    .await
+    .expect("start consumer");
+    (handle, rx)
+}
+
+fn publisher(fx: &Fixture) -> Publisher {
+    Publisher::new(&fx.conn, PublisherConfig::default()).unwrap()
+}
+
+/// Publishes `event(seq, key)` to the fixture's exchange and waits for its confirm.
+async fn publish_event(publisher: &Publisher, fx: &Fixture, seq: u64, key: &str) {
+    publisher
+        .publish(event(seq, key).to_message(fx.exchange.clone()).unwrap())
+        .await
+        .unwrap();
+}
+
+/// Publishes a raw message to `exchange` with routing key `key`.
+async fn publish_raw(
+    publisher: &Publisher,
+    exchange: impl Into<String>,
+    key: &str,
+    body: &[u8],
+) -> Result<(), chassis_messaging::error::Error> {
+    publisher
+        .publish(OutgoingMessage::new(exchange.into(), key, body.to_vec()))
+        .await
+}
+
+/// Every metric of the recorder: name, labels, value.
+fn metric_entries(
+    snapshotter: &metrics_util::debugging::Snapshotter,
+) -> Vec<(
+    String,
+    BTreeMap<String, String>,
+    metrics_util::debugging::DebugValue,
+)> {
+    snapshotter
+        .snapshot()
+        .into_vec()
+        .into_iter()
+        .map(|(key, _, _, value)| {
+            let labels = key
+                .key()
+                .labels()
+                .map(|l| (l.key().to_owned(), l.value().to_owned()))
+                .collect();
+            (key.key().name().to_owned(), labels, value)
+        })
+        .collect()
 }
 
 async fn recv_n<T>(rx: &mut mpsc::UnboundedReceiver<T>, n: usize, within: Duration) -> Vec<T> {
@@ -85,7 +168,7 @@ async fn publish_subscribe_many_with_payloads_and_headers_intact() {
     let fx = Fixture::new("pubsub", short_tiers()).await;
     assert_eq!(fx.conn.state(), ConnectionState::Connected);
     assert!(fx.conn.health_check().check().await.is_ok());
-    let publisher = Publisher::new(&fx.conn, PublisherConfig::default()).unwrap();
+    let publisher = publisher(&fx);
     let (consumer, mut rx) = forwarding_consumer(&fx, ConsumerConfig::default()).await;
 
     let sent: Vec<Envelope<Payload>> = (0..300)
@@ -115,22 +198,8 @@ async fn publish_subscribe_many_with_payloads_and_headers_intact() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn raw_headers_and_properties_survive() {
     let fx = Fixture::new("headers", short_tiers()).await;
-    let publisher = Publisher::new(&fx.conn, PublisherConfig::default()).unwrap();
-    let (tx, mut rx) = mpsc::unbounded_channel::<IncomingMessage>();
-    let consumer = Consumer::start(
-        &fx.conn,
-        fx.queue.clone(),
-        ConsumerConfig::default(),
-        move |m: IncomingMessage| {
-            let tx = tx.clone();
-            async move {
-                let _ = tx.send(m);
-                Outcome::Ack
-            }
-        },
-    )
-    .await
-    .unwrap();
+    let publisher = publisher(&fx);
+    let (consumer, mut rx) = raw_tap(&fx, |m| (m, Outcome::Ack)).await;
     let mut msg = OutgoingMessage::new(fx.exchange.clone(), "k.1", b"\x00\x01binary".to_vec())
         .content_type("application/octet-stream")
         .message_id("m-1")
@@ -164,7 +233,7 @@ async fn raw_headers_and_properties_survive() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn over_long_short_strings_are_refused_and_the_publisher_lives_on() {
     let fx = Fixture::new("shortstr", short_tiers()).await;
-    let publisher = Publisher::new(&fx.conn, PublisherConfig::default()).unwrap();
+    let publisher = publisher(&fx);
     let long = "x".repeat(256);
     let base = OutgoingMessage::new(fx.exchange.clone(), "k.1", b"{}".to_vec());
     let mut cases = vec![
@@ -236,30 +305,18 @@ async fn concurrent_publishers_and_consumers_lose_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retry_leads_to_redelivery_through_the_delay_tier() {
     let fx = Fixture::new("retry", short_tiers()).await;
-    let publisher = Publisher::new(&fx.conn, PublisherConfig::default()).unwrap();
-    let (tx, mut rx) = mpsc::unbounded_channel::<(u32, Instant, String)>();
-    let consumer = Consumer::start(
-        &fx.conn,
-        fx.queue.clone(),
-        ConsumerConfig::default(),
-        move |m: IncomingMessage| {
-            let tx = tx.clone();
-            async move {
-                let _ = tx.send((m.attempt(), Instant::now(), m.routing_key().to_owned()));
-                if m.attempt() == 1 {
-                    Outcome::retry("not yet")
-                } else {
-                    Outcome::Ack
-                }
-            }
-        },
-    )
-    .await
-    .unwrap();
-    publisher
-        .publish(event(1, "retry").to_message(fx.exchange.clone()).unwrap())
-        .await
-        .unwrap();
+    let publisher = publisher(&fx);
+    let (consumer, mut rx) = raw_tap(&fx, |m| {
+        let outcome = if m.attempt() == 1 {
+            Outcome::retry("not yet")
+        } else {
+            Outcome::Ack
+        };
+        let seen = (m.attempt(), Instant::now(), m.routing_key().to_owned());
+        (seen, outcome)
+    })
+    .await;
+    publish_event(&publisher, &fx, 1, "retry").await;
     let got = recv_n(&mut rx, 2, Duration::from_secs(10)).await;
     assert_eq!(got.len(), 2, "delivered twice");
     assert_eq!((got[0].0, got[1].0), (1, 2));
@@ -290,7 +347,7 @@ async fn retry_leads_to_redelivery_through_the_delay_tier() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn consumer_closed_and_reopened_resumes_with_nothing_lost() {
     let fx = Fixture::new("reopen", short_tiers()).await;
-    let publisher = Publisher::new(&fx.conn, PublisherConfig::default()).unwrap();
+    let publisher = publisher(&fx);
     let publish_range = |range: std::ops::Range<u64>| {
         let publisher = publisher.clone();
         let exchange = fx.exchange.clone();
@@ -335,14 +392,11 @@ async fn consumer_closed_and_reopened_resumes_with_nothing_lost() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn per_routing_key_order_under_a_single_consumer() {
     let fx = Fixture::new("order", short_tiers()).await;
-    let publisher = Publisher::new(&fx.conn, PublisherConfig::default()).unwrap();
+    let publisher = publisher(&fx);
     // Published in order (each awaited), interleaving three keys.
     for i in 0..150u64 {
         let key = ["x", "y", "z"][(i % 3) as usize];
-        publisher
-            .publish(event(i, key).to_message(fx.exchange.clone()).unwrap())
-            .await
-            .unwrap();
+        publish_event(&publisher, &fx, i, key).await;
     }
     let (consumer, mut rx) =
         forwarding_consumer(&fx, ConsumerConfig::default().prefetch(1).concurrency(1)).await;
@@ -374,12 +428,7 @@ async fn accepting_exchange_turns_a_return_into_unrouted() {
     let recorder = DebuggingRecorder::new();
     let snapshotter = recorder.snapshotter();
     let _local = metrics::set_default_local_recorder(&recorder);
-    let fx = Fixture::with_queue("accept-unroutable", |q| {
-        let mut q = q;
-        q.bindings[0].routing_key = "only.this".into();
-        q
-    })
-    .await;
+    let fx = Fixture::with_binding("accept-unroutable", "only.this", |q| q).await;
     let audit = format!("{}.audit", fx.name);
     fx.conn
         .declare(
@@ -388,7 +437,7 @@ async fn accepting_exchange_turns_a_return_into_unrouted() {
         )
         .await
         .unwrap();
-    let publisher = Publisher::new(&fx.conn, PublisherConfig::default()).unwrap();
+    let publisher = publisher(&fx);
     let routed = publisher
         .publish_routed(OutgoingMessage::new(
             audit.clone(),
@@ -426,23 +475,15 @@ async fn accepting_exchange_turns_a_return_into_unrouted() {
     assert_eq!(routed, Routing::Queued);
 
     let mut unrouted = 0;
-    for (key, _, _, value) in snapshotter.snapshot().into_vec() {
-        let outcome = key
-            .key()
-            .labels()
-            .find(|l| l.key() == names::labels::OUTCOME)
-            .map(|l| l.value().to_owned());
-        let dest = key
-            .key()
-            .labels()
-            .find(|l| l.key() == names::labels::MESSAGING_DESTINATION_NAME)
-            .map(|l| l.value().to_owned());
+    for (name, labels, value) in metric_entries(&snapshotter) {
+        let outcome = labels.get(names::labels::OUTCOME);
+        let dest = labels.get(names::labels::MESSAGING_DESTINATION_NAME);
         if let (true, Some("unrouted"), DebugValue::Histogram(h)) = (
-            key.key().name() == names::MESSAGING_PUBLISH_DURATION,
-            outcome.as_deref(),
+            name == names::MESSAGING_PUBLISH_DURATION,
+            outcome.map(String::as_str),
             value,
         ) {
-            assert_eq!(dest.as_deref(), Some(audit.as_str()));
+            assert_eq!(dest.map(String::as_str), Some(audit.as_str()));
             unrouted += h.len();
         }
     }
@@ -457,20 +498,10 @@ async fn accepting_exchange_turns_a_return_into_unrouted() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unroutable_and_missing_exchange_are_typed_errors() {
-    let fx = Fixture::with_queue("unroutable", |q| {
-        // Only one binding key, so other keys are unroutable.
-        let mut q = q;
-        q.bindings[0].routing_key = "only.this".into();
-        q
-    })
-    .await;
-    let publisher = Publisher::new(&fx.conn, PublisherConfig::default()).unwrap();
-    let err = publisher
-        .publish(OutgoingMessage::new(
-            fx.exchange.clone(),
-            "something.else",
-            b"{}".to_vec(),
-        ))
+    // Only one binding key, so other keys are unroutable.
+    let fx = Fixture::with_binding("unroutable", "only.this", |q| q).await;
+    let publisher = publisher(&fx);
+    let err = publish_raw(&publisher, &fx.exchange, "something.else", b"{}")
         .await
         .unwrap_err();
     assert!(
@@ -478,30 +509,15 @@ async fn unroutable_and_missing_exchange_are_typed_errors() {
         "{err:?}"
     );
     // The publisher keeps working after the return.
-    publisher
-        .publish(OutgoingMessage::new(
-            fx.exchange.clone(),
-            "only.this",
-            b"{}".to_vec(),
-        ))
+    publish_raw(&publisher, &fx.exchange, "only.this", b"{}")
         .await
         .unwrap();
-    let err = publisher
-        .publish(OutgoingMessage::new(
-            format!("{}.missing", fx.name),
-            "k",
-            b"{}".to_vec(),
-        ))
+    let err = publish_raw(&publisher, format!("{}.missing", fx.name), "k", b"{}")
         .await
         .unwrap_err();
     assert!(matches!(err.kind(), ErrorKind::Topology), "{err:?}");
     // ... and after the broker closed its channel for the missing exchange.
-    publisher
-        .publish(OutgoingMessage::new(
-            fx.exchange.clone(),
-            "only.this",
-            b"{}".to_vec(),
-        ))
+    publish_raw(&publisher, &fx.exchange, "only.this", b"{}")
         .await
         .unwrap();
     fx.cleanup().await;
@@ -515,40 +531,25 @@ async fn poison_message_goes_to_dlq_after_configured_attempts_while_others_flow(
             .max_attempts(3),
     )
     .await;
-    let publisher = Publisher::new(&fx.conn, PublisherConfig::default()).unwrap();
+    let publisher = publisher(&fx);
     let attempts = Arc::new(Mutex::new(Vec::new()));
-    let (tx, mut rx) = mpsc::unbounded_channel::<u64>();
     let a = Arc::clone(&attempts);
-    let consumer = Consumer::start(
-        &fx.conn,
-        fx.queue.clone(),
-        ConsumerConfig::default().concurrency(4),
-        typed(move |e: Envelope<Payload>| {
-            let tx = tx.clone();
-            let a = Arc::clone(&a);
-            async move {
-                if e.data.key == "poison" {
-                    a.lock().unwrap().push(Instant::now());
-                    Outcome::retry("cannot process poison")
-                } else {
-                    let _ = tx.send(e.data.seq);
-                    Outcome::Ack
-                }
-            }
-        }),
-    )
-    .await
-    .unwrap();
+    let (consumer, mut rx) = typed_tap(&fx, ConsumerConfig::default().concurrency(4), move |e| {
+        if e.data.key == "poison" {
+            a.lock().unwrap().push(Instant::now());
+            (None, Outcome::retry("cannot process poison"))
+        } else {
+            (Some(e.data.seq), Outcome::Ack)
+        }
+    })
+    .await;
     let poison = event(999, "poison");
     publisher
         .publish(poison.to_message(fx.exchange.clone()).unwrap())
         .await
         .unwrap();
     for i in 0..50 {
-        publisher
-            .publish(event(i, "good").to_message(fx.exchange.clone()).unwrap())
-            .await
-            .unwrap();
+        publish_event(&publisher, &fx, i, "good").await;
     }
     let good = recv_n(&mut rx, 50, Duration::from_secs(10)).await;
     assert_eq!(good.len(), 50, "other messages keep flowing");
@@ -581,15 +582,10 @@ async fn poison_message_goes_to_dlq_after_configured_attempts_while_others_flow(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn undecodable_message_is_dead_lettered_with_reason_and_consumer_continues() {
     let fx = Fixture::new("undecodable", short_tiers()).await;
-    let publisher = Publisher::new(&fx.conn, PublisherConfig::default()).unwrap();
+    let publisher = publisher(&fx);
     let (consumer, mut rx) = forwarding_consumer(&fx, ConsumerConfig::default()).await;
     // Not an event: no CloudEvents headers.
-    publisher
-        .publish(OutgoingMessage::new(
-            fx.exchange.clone(),
-            "junk",
-            b"not json".to_vec(),
-        ))
+    publish_raw(&publisher, &fx.exchange, "junk", b"not json")
         .await
         .unwrap();
     // An event whose payload has the wrong shape.
@@ -630,32 +626,15 @@ async fn panicking_handler_does_not_kill_the_consumer() {
         RetryPolicy::with_delays([Duration::from_millis(100)]).max_attempts(2),
     )
     .await;
-    let publisher = Publisher::new(&fx.conn, PublisherConfig::default()).unwrap();
-    let (tx, mut rx) = mpsc::unbounded_channel::<u64>();
-    let consumer = Consumer::start(
-        &fx.conn,
-        fx.queue.clone(),
-        ConsumerConfig::default(),
-        typed(move |e: Envelope<Payload>| {
-            let tx = tx.clone();
-            async move {
-                assert_ne!(e.data.key, "boom", "handler bug");
-                let _ = tx.send(e.data.seq);
-                Outcome::Ack
-            }
-        }),
-    )
-    .await
-    .unwrap();
-    publisher
-        .publish(event(0, "boom").to_message(fx.exchange.clone()).unwrap())
-        .await
-        .unwrap();
+    let publisher = publisher(&fx);
+    let (consumer, mut rx) = typed_tap(&fx, ConsumerConfig::default(), |e| {
+        assert_ne!(e.data.key, "boom", "handler bug");
+        (Some(e.data.seq), Outcome::Ack)
+    })
+    .await;
+    publish_event(&publisher, &fx, 0, "boom").await;
     for i in 1..=20 {
-        publisher
-            .publish(event(i, "ok").to_message(fx.exchange.clone()).unwrap())
-            .await
-            .unwrap();
+        publish_event(&publisher, &fx, i, "ok").await;
     }
     assert_eq!(recv_n(&mut rx, 20, Duration::from_secs(10)).await.len(), 20);
     let dead = fx
@@ -678,25 +657,12 @@ async fn trace_id_crosses_the_broker() {
         SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState,
     };
     let fx = Fixture::new("trace", short_tiers()).await;
-    let publisher = Publisher::new(&fx.conn, PublisherConfig::default()).unwrap();
-    let (tx, mut rx) = mpsc::unbounded_channel::<(TraceId, Option<HeaderValue>)>();
-    let consumer = Consumer::start(
-        &fx.conn,
-        fx.queue.clone(),
-        ConsumerConfig::default(),
-        move |m: IncomingMessage| {
-            let tx = tx.clone();
-            async move {
-                let _ = tx.send((
-                    m.trace_context().span().span_context().trace_id(),
-                    m.header("traceparent").cloned(),
-                ));
-                Outcome::Ack
-            }
-        },
-    )
-    .await
-    .unwrap();
+    let publisher = publisher(&fx);
+    let (consumer, mut rx) = raw_tap(&fx, |m| {
+        let trace_id = m.trace_context().span().span_context().trace_id();
+        ((trace_id, m.header("traceparent").cloned()), Outcome::Ack)
+    })
+    .await;
     let trace_id = TraceId::from_hex("0af7651916cd43dd8448eb211c80319c").unwrap();
     let sc = SpanContext::new(
         trace_id,
@@ -801,10 +767,7 @@ async fn connection_force_closed_mid_stream_loses_no_confirmed_message() {
         failed.lock().unwrap()
     );
     // The publisher works again after the outage.
-    publisher
-        .publish(event(total, "k").to_message(fx.exchange.clone()).unwrap())
-        .await
-        .unwrap();
+    publish_event(&publisher, &fx, total, "k").await;
     consumer.shutdown().await;
     fx.cleanup().await;
 }
@@ -812,7 +775,7 @@ async fn connection_force_closed_mid_stream_loses_no_confirmed_message() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_lets_in_flight_handlers_finish_and_state_is_closed() {
     let fx = Fixture::new("shutdown", short_tiers()).await;
-    let publisher = Publisher::new(&fx.conn, PublisherConfig::default()).unwrap();
+    let publisher = publisher(&fx);
     let (started_tx, mut started_rx) = mpsc::unbounded_channel::<()>();
     let finished = Arc::new(Mutex::new(0));
     let f = Arc::clone(&finished);
@@ -834,10 +797,7 @@ async fn shutdown_lets_in_flight_handlers_finish_and_state_is_closed() {
     .await
     .unwrap();
     for i in 0..2 {
-        publisher
-            .publish(event(i, "s").to_message(fx.exchange.clone()).unwrap())
-            .await
-            .unwrap();
+        publish_event(&publisher, &fx, i, "s").await;
     }
     assert_eq!(
         recv_n(&mut started_rx, 2, Duration::from_secs(10))
@@ -885,7 +845,7 @@ async fn ack_of_a_delivery_from_before_a_reconnect_never_goes_out_on_the_new_cha
             .expect("consumer alive")
     }
     let fx = Fixture::new("stale-ack", short_tiers()).await;
-    let publisher = Publisher::new(&fx.conn, PublisherConfig::default()).unwrap();
+    let publisher = publisher(&fx);
     let (release_stale, stale_gate) = tokio::sync::watch::channel(false);
     let (release_second, second_gate) = tokio::sync::watch::channel(false);
     let (tx, mut rx) = mpsc::unbounded_channel::<(u64, bool)>();
@@ -989,7 +949,7 @@ async fn publisher_metrics_per_destination_and_outcome() {
     let snapshotter = recorder.snapshotter();
     let _local = metrics::set_default_local_recorder(&recorder);
     let fx = Fixture::new("pub-metrics", short_tiers()).await;
-    let publisher = Publisher::new(&fx.conn, PublisherConfig::default()).unwrap();
+    let publisher = publisher(&fx);
     for seq in 0..3 {
         let msg = event(seq, "k").to_message(fx.exchange.clone()).unwrap();
         publisher.publish(msg).await.unwrap();
@@ -1000,17 +960,12 @@ async fn publisher_metrics_per_destination_and_outcome() {
 
     let mut sent = HashMap::new();
     let mut durations = HashMap::new();
-    for (key, _, _, value) in snapshotter.snapshot().into_vec() {
-        let labels: BTreeMap<String, String> = key
-            .key()
-            .labels()
-            .map(|l| (l.key().to_owned(), l.value().to_owned()))
-            .collect();
+    for (name, labels, value) in metric_entries(&snapshotter) {
         let dest = labels
             .get(names::labels::MESSAGING_DESTINATION_NAME)
             .cloned()
             .unwrap_or_default();
-        match (key.key().name(), value) {
+        match (name.as_str(), value) {
             (n, DebugValue::Counter(c)) if n == names::MESSAGING_CLIENT_SENT_MESSAGES => {
                 sent.insert(dest, c);
             }
