@@ -3,7 +3,7 @@
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
-use std::task::{Context, Poll, ready};
+use std::task::{Context, Poll};
 
 use pin_project_lite::pin_project;
 use tokio::time::{Instant, Sleep};
@@ -12,7 +12,7 @@ use tower_service::Service;
 use super::service::{Parts, PartsRef};
 use crate::resilience::circuit_breaker::{Classify, Outcome as BreakerOutcome, RawPermit};
 use crate::resilience::retry::{
-    CloneRequest, Outcome, RetryAfter, RetryClassifier, Retrying, after_attempt, deadline_error,
+    CloneRequest, RetryAfter, RetryClassifier, Retrying, after_attempt, poll_deadline,
 };
 use crate::{BoxError, Error};
 
@@ -286,23 +286,17 @@ where
                 Err(result) => return Poll::Ready(result),
             }
         }
-        // The call has to wait: start the deadline's clock and timer if not yet done.
+        // The call has to wait: the overall deadline runs.
         let Some(shared) = &held.parts.retry else {
             return Poll::Pending;
         };
-        let Some(after) = shared.deadline else {
-            return Poll::Pending;
-        };
-        let at = *this
-            .deadline_at
-            .get_or_insert_with(|| Instant::now() + after);
-        let timer = this
-            .timer
-            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(at)));
-        ready!(timer.as_mut().poll(cx));
-        let attempts = this.retry.as_ref().map_or(1, |r| r.policy.attempt);
-        shared.record(Outcome::Deadline);
-        tracing::warn!(retry = %shared.name, ?after, attempts, "retry deadline exceeded");
-        Poll::Ready(Err(deadline_error(after, attempts)))
+        poll_deadline(
+            shared,
+            this.retry.as_ref(),
+            this.deadline_at,
+            this.timer,
+            cx,
+        )
+        .map(Err)
     }
 }

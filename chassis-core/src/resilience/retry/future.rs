@@ -5,7 +5,6 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, ready};
-use std::time::Duration;
 
 use pin_project_lite::pin_project;
 use tokio::time::{Instant, Sleep};
@@ -239,24 +238,34 @@ where
                 }
             }
         }
-        // The call has to wait: start the deadline's clock and timer if not yet done.
-        let Some(after) = shared.deadline else {
-            return Poll::Pending;
-        };
-        let at = *this
-            .deadline_at
-            .get_or_insert_with(|| Instant::now() + after);
-        let timer = this
-            .timer
-            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(at)));
-        ready!(timer.as_mut().poll(cx));
-        let attempts = this.retry.as_ref().map_or(1, |r| r.policy.attempt);
-        shared.record(Outcome::Deadline);
-        tracing::warn!(retry = %shared.name, ?after, attempts, "retry deadline exceeded");
-        Poll::Ready(Err(deadline_error(after, attempts)))
+        poll_deadline(
+            shared,
+            this.retry.as_ref(),
+            this.deadline_at,
+            this.timer,
+            cx,
+        )
+        .map(Err)
     }
 }
 
-pub(crate) fn deadline_error(after: Duration, attempts: u32) -> BoxError {
-    Error::new(ErrorKind::DeadlineExceeded { after, attempts }).into()
+/// For a call that has to wait: starts the overall deadline's clock and timer if not yet done,
+/// and is ready with the deadline error once it elapses (never, without a deadline).
+pub(crate) fn poll_deadline<S, Req, C, H, K>(
+    shared: &Shared<C, H, K>,
+    retry: Option<&Retrying<S, Req, C, H, K>>,
+    deadline_at: &mut Option<Instant>,
+    timer: &mut Option<Pin<Box<Sleep>>>,
+    cx: &mut Context<'_>,
+) -> Poll<BoxError> {
+    let Some(after) = shared.deadline else {
+        return Poll::Pending;
+    };
+    let at = *deadline_at.get_or_insert_with(|| Instant::now() + after);
+    let timer = timer.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(at)));
+    ready!(timer.as_mut().poll(cx));
+    let attempts = retry.map_or(1, |r| r.policy.attempt);
+    shared.record(Outcome::Deadline);
+    tracing::warn!(retry = %shared.name, ?after, attempts, "retry deadline exceeded");
+    Poll::Ready(Error::new(ErrorKind::DeadlineExceeded { after, attempts }).into())
 }

@@ -108,7 +108,7 @@ pub use classify::{
     CloneRequest, CloneWithClone, DefaultRetryClassifier, NoRetryAfter, RetryAfter, RetryClassifier,
 };
 pub use future::ResponseFuture;
-pub(crate) use future::{Retrying, after_attempt, deadline_error};
+pub(crate) use future::{Retrying, after_attempt, poll_deadline};
 pub(crate) use policy::{AttemptPolicy, Outcome};
 
 use std::fmt;
