@@ -3,7 +3,6 @@
 
 mod outbox_support;
 
-use std::collections::HashSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -12,26 +11,19 @@ use chassis_messaging::amqp::publisher::{Publisher, PublisherConfig};
 use chassis_messaging::error::Error;
 use chassis_messaging::message::OutgoingMessage;
 use chassis_messaging::sql::inbox::{Inbox, Processed};
-use chassis_messaging::sql::outbox::{OutboxStore, PgOutbox, Relay, RelayConfig};
+use chassis_messaging::sql::outbox::{OutboxStore, PgOutbox, RelayConfig};
 use outbox_support::*;
 use tokio_util::sync::CancellationToken;
 
 async fn setup(test: &str, connections: u32) -> (PgSchema, PgOutbox, Broker) {
     let db = PgSchema::new(connections).await;
-    let outbox = PgOutbox::new(db.pool.clone());
-    outbox.migrate().await.unwrap();
-    outbox.migrate().await.expect("migrations are idempotent");
-    chassis_core::health::HealthCheck::check(&outbox)
-        .await
-        .expect("the database health check passes");
+    let outbox = migrated(PgOutbox::new(db.pool.clone())).await;
     (db, outbox, Broker::new(test).await)
 }
 
+/// Committed with no in-process signal: relays wake through LISTEN/NOTIFY.
 async fn enqueue_committed(outbox: &PgOutbox, msg: &OutgoingMessage) -> String {
-    let mut tx = outbox.pool().begin().await.unwrap();
-    let id = outbox.enqueue(&mut tx, msg).await.unwrap();
-    tx.commit().await.unwrap(); // no in-process signal: relays wake through LISTEN/NOTIFY
-    id
+    outbox_support::enqueue_committed(outbox, msg, Commit::Plain).await
 }
 
 async fn row_id(conn: &mut sqlx::PgConnection, message_id: &str) -> i64 {
@@ -47,9 +39,7 @@ async fn commit_arrives_rollback_never_and_notify_wakes_the_relay() {
     let (db, outbox, broker) = setup("pg-commit", 4).await;
     let config = RelayConfig::default().poll_interval(Duration::from_secs(60));
     let token = CancellationToken::new();
-    let relay = Relay::new(outbox.clone(), broker.publisher.clone(), config)
-        .unwrap()
-        .spawn(token.clone());
+    let relay = spawn_relay(&outbox, broker.publisher.clone(), config, &token);
     tokio::time::sleep(Duration::from_millis(500)).await; // the relay is idle, LISTENing
 
     let committed = enqueue_committed(&outbox, &broker.event("order-1", 1)).await;
@@ -69,12 +59,7 @@ async fn commit_arrives_rollback_never_and_notify_wakes_the_relay() {
         broker.drain(1, Duration::from_millis(300)).await.is_empty(),
         "nothing else arrives"
     );
-    assert!(
-        eventually(Duration::from_secs(5), || async {
-            outbox.stats().await.unwrap().pending == 0
-        })
-        .await
-    );
+    assert_drained(&outbox).await;
     assert_eq!(outbox.purge_sent(i64::MAX).await.unwrap(), 2);
     let messages: i64 = sqlx::query_scalar("SELECT count(*) FROM chassis_outbox_messages")
         .fetch_one(outbox.pool())
@@ -85,8 +70,7 @@ async fn commit_arrives_rollback_never_and_notify_wakes_the_relay() {
         "retention deletes the rows' messages with them"
     );
 
-    token.cancel();
-    relay.await.unwrap();
+    stop_relays(token, [relay]).await;
     broker.cleanup().await;
     db.drop().await;
 }
@@ -114,16 +98,18 @@ async fn two_relays_concurrent_writers_every_event_arrives_in_subject_order() {
     let second_publisher =
         Arc::new(Publisher::new(&broker.conn, PublisherConfig::default()).unwrap());
     let relays = [
-        Relay::new(
-            PgOutbox::new(db.pool.clone()),
+        spawn_relay(
+            &PgOutbox::new(db.pool.clone()),
             broker.publisher.clone(),
             config.clone(),
-        )
-        .unwrap()
-        .spawn(token.clone()),
-        Relay::new(PgOutbox::new(db.pool.clone()), second_publisher, config)
-            .unwrap()
-            .spawn(token.clone()),
+            &token,
+        ),
+        spawn_relay(
+            &PgOutbox::new(db.pool.clone()),
+            second_publisher,
+            config,
+            &token,
+        ),
     ];
 
     let writers: Vec<_> = (0..4)
@@ -143,13 +129,7 @@ async fn two_relays_concurrent_writers_every_event_arrives_in_subject_order() {
                     .fetch_one(&mut *tx)
                     .await
                     .unwrap();
-                    let msg = OutgoingMessage::new(
-                        exchange.clone(),
-                        "event.happened",
-                        serde_json::to_vec(&serde_json::json!({"subject": subject, "seq": seq}))
-                            .unwrap(),
-                    )
-                    .header("cloudEvents:subject", subject.as_str());
+                    let msg = counter_event(&exchange, subject, seq);
                     outbox.enqueue(&mut tx, &msg).await.unwrap();
                     tx.commit().await.unwrap();
                 }
@@ -159,19 +139,12 @@ async fn two_relays_concurrent_writers_every_event_arrives_in_subject_order() {
     for w in writers {
         w.await.unwrap();
     }
-    let received = broker.drain(200, Duration::from_secs(25)).await;
-    assert_eq!(received.len(), 200);
-    let unique: HashSet<_> = received.iter().map(|r| r.message_id.clone()).collect();
-    assert_eq!(unique.len(), 200);
-    assert_per_subject_order(&received);
+    assert_each_arrives_once_in_subject_order(&broker, 200, Duration::from_secs(25)).await;
     assert!(
         broker.drain(1, Duration::from_millis(300)).await.is_empty(),
         "no duplicates"
     );
-    token.cancel();
-    for r in relays {
-        r.await.unwrap();
-    }
+    stop_relays(token, relays).await;
     broker.cleanup().await;
     db.drop().await;
 }
@@ -180,13 +153,12 @@ async fn two_relays_concurrent_writers_every_event_arrives_in_subject_order() {
 async fn late_committing_transaction_is_not_skipped() {
     let (db, outbox, broker) = setup("pg-late", 6).await;
     let token = CancellationToken::new();
-    let relay = Relay::new(
-        outbox.clone(),
+    let relay = spawn_relay(
+        &outbox,
         broker.publisher.clone(),
         RelayConfig::default(),
-    )
-    .unwrap()
-    .spawn(token.clone());
+        &token,
+    );
 
     // T1 writes first (smaller id) but commits last.
     let mut late = outbox.pool().begin().await.unwrap();
@@ -209,8 +181,7 @@ async fn late_committing_transaction_is_not_skipped() {
     assert_eq!(second.len(), 1, "the late row is published too");
     assert_eq!(second[0].message_id, late_id);
 
-    token.cancel();
-    relay.await.unwrap();
+    stop_relays(token, [relay]).await;
     broker.cleanup().await;
     db.drop().await;
 }
@@ -246,13 +217,12 @@ async fn writers_of_one_subject_serialize_so_ids_follow_commit_order() {
     drop(conn);
 
     let token = CancellationToken::new();
-    let relay = Relay::new(
-        outbox.clone(),
+    let relay = spawn_relay(
+        &outbox,
         broker.publisher.clone(),
         RelayConfig::default(),
-    )
-    .unwrap()
-    .spawn(token.clone());
+        &token,
+    );
     let received = broker.drain(2, Duration::from_secs(10)).await;
     assert_eq!(
         received
@@ -261,8 +231,7 @@ async fn writers_of_one_subject_serialize_so_ids_follow_commit_order() {
             .collect::<Vec<_>>(),
         vec![first_id, second_id]
     );
-    token.cancel();
-    relay.await.unwrap();
+    stop_relays(token, [relay]).await;
     broker.cleanup().await;
     db.drop().await;
 }
@@ -284,9 +253,7 @@ async fn relay_killed_between_confirm_and_mark_rolls_back_and_the_inbox_absorbs_
         confirmed_then_hung: AtomicUsize::new(0),
     });
     let token = CancellationToken::new();
-    let doomed = Relay::new(outbox.clone(), crashing.clone(), RelayConfig::default())
-        .unwrap()
-        .spawn(token.clone());
+    let doomed = spawn_relay(&outbox, crashing.clone(), RelayConfig::default(), &token);
     assert!(
         eventually(Duration::from_secs(10), || async {
             crashing.confirmed_then_hung.load(Ordering::SeqCst) == 10
@@ -297,13 +264,12 @@ async fn relay_killed_between_confirm_and_mark_rolls_back_and_the_inbox_absorbs_
     let _ = doomed.await;
 
     // The dead relay's transaction rolls back: a new relay republishes at once.
-    let relay = Relay::new(
-        outbox.clone(),
+    let relay = spawn_relay(
+        &outbox,
         broker.publisher.clone(),
         RelayConfig::default(),
-    )
-    .unwrap()
-    .spawn(token.clone());
+        &token,
+    );
     let received = broker.drain(20, Duration::from_secs(15)).await;
     assert_eq!(
         received.len(),
@@ -343,15 +309,9 @@ async fn relay_killed_between_confirm_and_mark_rolls_back_and_the_inbox_absorbs_
         (10, 10, 10),
         "the business effect happened once per event"
     );
-    assert!(
-        eventually(Duration::from_secs(5), || async {
-            outbox.stats().await.unwrap().pending == 0
-        })
-        .await
-    );
+    assert_drained(&outbox).await;
 
-    token.cancel();
-    relay.await.unwrap();
+    stop_relays(token, [relay]).await;
     broker.cleanup().await;
     db.drop().await;
 }
@@ -361,26 +321,7 @@ async fn relay_killed_between_confirm_and_mark_rolls_back_and_the_inbox_absorbs_
 #[tokio::test]
 async fn overlapping_batches_never_publish_a_subject_ahead_of_its_unconfirmed_rows() {
     let (db, outbox, broker) = setup("pg-overlap", 6).await;
-    let events = mixed_events(&broker, 300, 3, 2);
-    let mut tx = outbox.pool().begin().await.unwrap();
-    let mut ids = Vec::new();
-    for msg in &events {
-        ids.push(outbox.enqueue(&mut tx, msg).await.unwrap());
-    }
-    tx.commit().await.unwrap();
-    let (ids, unordered) = split_unordered(ids, &events);
-
-    let probe = Probe::new(broker.publisher.clone(), Duration::from_millis(10));
-    let batch = 25;
-    let config = RelayConfig::default()
-        .batch_size(batch)
-        .batches_in_flight(2);
-    let relay = Relay::new(outbox.clone(), probe.clone(), config).unwrap();
-    let report = relay.run_until_idle().await.unwrap();
-    assert_eq!(report.sent, 300, "{report:?}");
-    probe.assert_overlapped_in_order(batch);
-    assert_all_arrive_in_subject_order(&broker, &ids, &unordered).await;
-    assert_eq!(outbox.stats().await.unwrap().pending, 0);
+    assert_overlapping_batches_keep_subject_order(&outbox, &broker, 300).await;
     broker.cleanup().await;
     db.drop().await;
 }

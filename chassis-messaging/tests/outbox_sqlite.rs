@@ -22,35 +22,13 @@ use tokio_util::sync::CancellationToken;
 
 async fn setup(test: &str) -> (tempfile::TempDir, SqliteOutbox, Broker) {
     let dir = tempfile::tempdir().unwrap();
-    let pool = sqlite_pool(&dir).await;
-    let outbox = SqliteOutbox::new(pool);
-    outbox.migrate().await.unwrap();
-    outbox.migrate().await.expect("migrations are idempotent");
-    chassis_core::health::HealthCheck::check(&outbox)
-        .await
-        .expect("the database health check passes");
+    let outbox = migrated(SqliteOutbox::new(sqlite_pool(&dir).await)).await;
     (dir, outbox, Broker::new(test).await)
 }
 
+/// Committed through the outbox, which wakes the relays of this process.
 async fn enqueue_committed(outbox: &SqliteOutbox, msg: &OutgoingMessage) -> String {
-    let mut tx = outbox.pool().begin().await.unwrap();
-    let id = outbox.enqueue(&mut tx, msg).await.unwrap();
-    outbox.commit(tx).await.unwrap();
-    id
-}
-
-/// Enqueues `events` in one transaction; returns their ids, and those without a subject.
-async fn enqueue_all(
-    outbox: &SqliteOutbox,
-    events: &[OutgoingMessage],
-) -> (HashSet<String>, HashSet<String>) {
-    let mut tx = outbox.pool().begin().await.unwrap();
-    let mut ids = Vec::new();
-    for msg in events {
-        ids.push(outbox.enqueue(&mut tx, msg).await.unwrap());
-    }
-    tx.commit().await.unwrap();
-    split_unordered(ids, events)
+    outbox_support::enqueue_committed(outbox, msg, Commit::Signalled).await
 }
 
 #[tokio::test]
@@ -63,9 +41,7 @@ async fn commit_arrives_rollback_never_and_commit_wakes_the_relay() {
     // Polling is effectively off: only the commit signal can wake the relay in time.
     let config = RelayConfig::default().poll_interval(Duration::from_secs(60));
     let token = CancellationToken::new();
-    let relay = Relay::new(outbox.clone(), broker.publisher.clone(), config)
-        .unwrap()
-        .spawn(token.clone());
+    let relay = spawn_relay(&outbox, broker.publisher.clone(), config, &token);
     tokio::time::sleep(Duration::from_millis(200)).await; // the relay is idle, waiting
 
     let mut tx = outbox.pool().begin().await.unwrap();
@@ -132,8 +108,7 @@ async fn commit_arrives_rollback_never_and_commit_wakes_the_relay() {
         .unwrap();
     assert_eq!(messages, 0, "and their messages with them");
 
-    token.cancel();
-    relay.await.unwrap();
+    stop_relays(token, [relay]).await;
     broker.cleanup().await;
 }
 
@@ -176,13 +151,7 @@ async fn concurrent_writers_every_event_arrives_in_subject_order() {
                         .fetch_one(&mut *tx)
                         .await
                         .unwrap();
-                let msg = OutgoingMessage::new(
-                    exchange.clone(),
-                    "event.happened",
-                    serde_json::to_vec(&serde_json::json!({"subject": subject, "seq": seq}))
-                        .unwrap(),
-                )
-                .header("cloudEvents:subject", subject.as_str());
+                let msg = counter_event(&exchange, subject, seq);
                 outbox.enqueue(&mut tx, &msg).await.unwrap();
                 outbox.commit(tx).await.unwrap();
             }
@@ -191,12 +160,7 @@ async fn concurrent_writers_every_event_arrives_in_subject_order() {
     for w in writers.collect::<Vec<_>>() {
         w.await.unwrap();
     }
-    let received = broker.drain(200, Duration::from_secs(20)).await;
-    assert_eq!(received.len(), 200);
-    let unique: std::collections::HashSet<_> =
-        received.iter().map(|r| r.message_id.clone()).collect();
-    assert_eq!(unique.len(), 200);
-    assert_per_subject_order(&received);
+    assert_each_arrives_once_in_subject_order(&broker, 200, Duration::from_secs(20)).await;
     shutdown.trigger();
     assert!(
         shutdown.drain(Duration::from_secs(5)).await,
@@ -212,9 +176,7 @@ async fn broker_connection_closed_during_relay_everything_committed_arrives() {
     let config = RelayConfig::default()
         .backoff_initial(Duration::from_millis(50))
         .backoff_max(Duration::from_millis(500));
-    let relay = Relay::new(outbox.clone(), broker.publisher.clone(), config)
-        .unwrap()
-        .spawn(token.clone());
+    let relay = spawn_relay(&outbox, broker.publisher.clone(), config, &token);
 
     let writer = {
         let outbox = outbox.clone();
@@ -256,14 +218,8 @@ async fn broker_connection_closed_during_relay_everything_committed_arrives() {
         expected.len()
     );
     assert_per_subject_order(&received);
-    assert!(
-        eventually(Duration::from_secs(5), || async {
-            outbox.stats().await.unwrap().pending == 0
-        })
-        .await
-    );
-    token.cancel();
-    relay.await.unwrap();
+    assert_drained(&outbox).await;
+    stop_relays(token, [relay]).await;
     broker.cleanup().await;
 }
 
@@ -333,9 +289,7 @@ async fn relay_killed_between_confirm_and_mark_duplicates_are_absorbed_by_the_in
         .publish_timeout(Duration::from_secs(3))
         .lease(Duration::from_secs(4));
     let token = CancellationToken::new();
-    let doomed = Relay::new(outbox.clone(), crashing.clone(), config.clone())
-        .unwrap()
-        .spawn(token.clone());
+    let doomed = spawn_relay(&outbox, crashing.clone(), config.clone(), &token);
     assert!(
         eventually(Duration::from_secs(10), || async {
             crashing.confirmed_then_hung.load(Ordering::SeqCst) == 20
@@ -351,9 +305,7 @@ async fn relay_killed_between_confirm_and_mark_duplicates_are_absorbed_by_the_in
         "nothing was marked"
     );
 
-    let relay = Relay::new(outbox.clone(), broker.publisher.clone(), config)
-        .unwrap()
-        .spawn(token.clone());
+    let relay = spawn_relay(&outbox, broker.publisher.clone(), config, &token);
     let effects_done = eventually(Duration::from_secs(20), || async {
         let (n,): (i64,) = sqlx::query_as("SELECT count(*) FROM effects")
             .fetch_one(outbox.pool())
@@ -388,8 +340,7 @@ async fn relay_killed_between_confirm_and_mark_duplicates_are_absorbed_by_the_in
         "duplicates never reached the business handler"
     );
 
-    token.cancel();
-    relay.await.unwrap();
+    stop_relays(token, [relay]).await;
     consumer.shutdown().await;
     broker.cleanup().await;
 }
@@ -431,16 +382,13 @@ async fn unroutable_row_is_parked_after_max_attempts_and_its_subject_moves_on() 
         .retry_delay(Duration::from_millis(50))
         .poll_interval(Duration::from_millis(50));
     let token = CancellationToken::new();
-    let relay = Relay::new(outbox.clone(), recording.clone(), config)
-        .unwrap()
-        .spawn(token.clone());
+    let relay = spawn_relay(&outbox, recording.clone(), config, &token);
 
     let received = broker.drain(2, Duration::from_secs(10)).await;
     let mut seqs: Vec<u64> = received.iter().map(|r| r.seq).collect();
     seqs.sort();
     assert_eq!(seqs, vec![2, 3]);
-    token.cancel();
-    relay.await.unwrap();
+    stop_relays(token, [relay]).await;
 
     let parked = outbox.parked(10).await.unwrap();
     assert_eq!(parked.len(), 1);
@@ -521,9 +469,7 @@ async fn broker_down_rows_stay_pending_relay_backs_off_then_resumes() {
         .backoff_max(Duration::from_millis(400))
         .max_attempts(2);
     let token = CancellationToken::new();
-    let relay = Relay::new(outbox.clone(), switch.clone(), config)
-        .unwrap()
-        .spawn(token.clone());
+    let relay = spawn_relay(&outbox, switch.clone(), config, &token);
     tokio::time::sleep(Duration::from_millis(1500)).await;
 
     let calls = switch.calls_while_down.load(Ordering::SeqCst);
@@ -552,8 +498,7 @@ async fn broker_down_rows_stay_pending_relay_backs_off_then_resumes() {
         received.iter().map(|r| r.seq).collect::<Vec<_>>(),
         vec![1, 2, 3, 4, 5]
     );
-    token.cancel();
-    relay.await.unwrap();
+    stop_relays(token, [relay]).await;
     broker.cleanup().await;
 }
 
@@ -577,21 +522,7 @@ async fn health_check_pings_the_database() {
 #[tokio::test]
 async fn overlapping_batches_never_publish_a_subject_ahead_of_its_unconfirmed_rows() {
     let (_dir, outbox, broker) = setup("sqlite-overlap").await;
-    let events = mixed_events(&broker, 400, 3, 2);
-    let (ids, unordered) = enqueue_all(&outbox, &events).await;
-
-    let probe = Probe::new(broker.publisher.clone(), Duration::from_millis(10));
-    let batch = 25;
-    let config = RelayConfig::default()
-        .batch_size(batch)
-        .batches_in_flight(2);
-    let relay = Relay::new(outbox.clone(), probe.clone(), config).unwrap();
-    let report = relay.run_until_idle().await.unwrap();
-    assert_eq!(report.sent, 400, "{report:?}");
-    assert_eq!(report.transient_error, None);
-    probe.assert_overlapped_in_order(batch);
-    assert_eq!(outbox.stats().await.unwrap().pending, 0);
-    assert_all_arrive_in_subject_order(&broker, &ids, &unordered).await;
+    assert_overlapping_batches_keep_subject_order(&outbox, &broker, 400).await;
     broker.cleanup().await;
 }
 
@@ -612,9 +543,7 @@ async fn broker_fails_with_two_batches_in_flight_nothing_lost_order_kept() {
         .backoff_initial(Duration::from_millis(50))
         .backoff_max(Duration::from_millis(500));
     let token = CancellationToken::new();
-    let relay = Relay::new(outbox.clone(), probe.clone(), config)
-        .unwrap()
-        .spawn(token.clone());
+    let relay = spawn_relay(&outbox, probe.clone(), config, &token);
     // The relay claims its second batch right after the first, so once the first confirms
     // arrive both are in flight: the second's subjectless rows publishing, its other rows
     // linked behind the first batch's rows of their subjects.
@@ -638,8 +567,7 @@ async fn broker_fails_with_two_batches_in_flight_nothing_lost_order_kept() {
         .await
     );
     probe.snapshot(|s| assert!(s.violations.is_empty(), "{:?}", s.violations));
-    token.cancel();
-    relay.await.unwrap();
+    stop_relays(token, [relay]).await;
     broker.cleanup().await;
 }
 

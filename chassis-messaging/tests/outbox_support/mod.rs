@@ -14,12 +14,14 @@ mod broker_support;
 #[allow(unused_imports)] // not every test binary uses every helper
 pub use broker_support::{Fixture, amqp_url, kill_connection, unique};
 
+use chassis_messaging::amqp::publisher::Publish;
 use chassis_messaging::amqp::publisher::{Publisher, PublisherConfig};
 use chassis_messaging::amqp::topology::QueueType;
 use chassis_messaging::message::OutgoingMessage;
-use chassis_messaging::sql::outbox::OutboxStore;
+use chassis_messaging::sql::outbox::{Outbox, OutboxDatabase, OutboxStore, Relay, RelayConfig};
 use lapin::options::{BasicAckOptions, BasicGetOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions};
+use tokio_util::sync::CancellationToken;
 
 pub fn database_url() -> String {
     std::env::var("DATABASE_URL")
@@ -536,4 +538,134 @@ pub async fn the_old_row_is_published<S: OutboxStore>(outbox: S, broker: &Broker
     let received = broker.drain(1, Duration::from_secs(10)).await;
     assert_eq!(received[0].message_id, "old-row");
     assert_eq!(received[0].seq, 1, "the body survived the move");
+}
+
+/// `outbox` migrated (twice: the migrations are idempotent), its health check passing.
+pub async fn migrated<DB: OutboxDatabase>(outbox: Outbox<DB>) -> Outbox<DB> {
+    outbox.migrate().await.unwrap();
+    outbox.migrate().await.expect("migrations are idempotent");
+    chassis_core::health::HealthCheck::check(&outbox)
+        .await
+        .expect("the database health check passes");
+    outbox
+}
+
+/// How [`enqueue_committed`] commits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Commit {
+    /// Through `Outbox::commit`, which also wakes the relays of this process.
+    Signalled,
+    /// The transaction's own commit: only the database (PostgreSQL `NOTIFY`) can wake a relay.
+    Plain,
+}
+
+/// Enqueues `msg` in a transaction of its own and commits it; returns its message id.
+pub async fn enqueue_committed<DB: OutboxDatabase>(
+    outbox: &Outbox<DB>,
+    msg: &OutgoingMessage,
+    commit: Commit,
+) -> String {
+    let mut tx = outbox.pool().begin().await.unwrap();
+    let id = outbox.enqueue(&mut tx, msg).await.unwrap();
+    match commit {
+        Commit::Signalled => outbox.commit(tx).await.unwrap(),
+        Commit::Plain => tx.commit().await.unwrap(),
+    }
+    id
+}
+
+/// Enqueues `events` in one transaction; returns their ids, and those without a subject.
+pub async fn enqueue_all<DB: OutboxDatabase>(
+    outbox: &Outbox<DB>,
+    events: &[OutgoingMessage],
+) -> (HashSet<String>, HashSet<String>) {
+    let mut tx = outbox.pool().begin().await.unwrap();
+    let mut ids = Vec::new();
+    for msg in events {
+        ids.push(outbox.enqueue(&mut tx, msg).await.unwrap());
+    }
+    tx.commit().await.unwrap();
+    split_unordered(ids, events)
+}
+
+/// Spawns a relay of `outbox` through `publisher`, running until `token` is cancelled.
+pub fn spawn_relay<S: OutboxStore, P: Publish + ?Sized + 'static>(
+    outbox: &S,
+    publisher: Arc<P>,
+    config: RelayConfig,
+    token: &CancellationToken,
+) -> tokio::task::JoinHandle<()> {
+    Relay::new(outbox.clone(), publisher, config)
+        .unwrap()
+        .spawn(token.clone())
+}
+
+/// Cancels `token` and waits for each relay to stop.
+pub async fn stop_relays(
+    token: CancellationToken,
+    relays: impl IntoIterator<Item = tokio::task::JoinHandle<()>>,
+) {
+    token.cancel();
+    for relay in relays {
+        relay.await.unwrap();
+    }
+}
+
+/// Asserts that `outbox` has no pending row within 5 s.
+pub async fn assert_drained<S: OutboxStore>(outbox: &S) {
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            outbox.stats().await.unwrap().pending == 0
+        })
+        .await,
+        "every row was published"
+    );
+}
+
+/// The event the counter writers enqueue: `seq` is the subject's counter after their update.
+pub fn counter_event(exchange: &str, subject: &str, seq: i64) -> OutgoingMessage {
+    OutgoingMessage::new(
+        exchange.to_owned(),
+        "event.happened",
+        serde_json::to_vec(&serde_json::json!({"subject": subject, "seq": seq})).unwrap(),
+    )
+    .header("cloudEvents:subject", subject)
+}
+
+/// Drains `n` messages within `within`: all arrive, each once, in subject order.
+pub async fn assert_each_arrives_once_in_subject_order(
+    broker: &Broker,
+    n: usize,
+    within: Duration,
+) {
+    let received = broker.drain(n, within).await;
+    assert_eq!(received.len(), n);
+    let unique: HashSet<_> = received.iter().map(|r| r.message_id.clone()).collect();
+    assert_eq!(unique.len(), n);
+    assert_per_subject_order(&received);
+}
+
+/// `n` mixed events enqueued at once, relayed until idle with two batches of 25 in flight
+/// behind a slow publisher: the batches overlap, yet no subject is published ahead of its
+/// unconfirmed rows and everything arrives.
+pub async fn assert_overlapping_batches_keep_subject_order<DB: OutboxDatabase>(
+    outbox: &Outbox<DB>,
+    broker: &Broker,
+    n: u64,
+) {
+    let events = mixed_events(broker, n, 3, 2);
+    let (ids, unordered) = enqueue_all(outbox, &events).await;
+
+    let probe = Probe::new(broker.publisher.clone(), Duration::from_millis(10));
+    let batch = 25;
+    let config = RelayConfig::default()
+        .batch_size(batch)
+        .batches_in_flight(2);
+    let relay = Relay::new(outbox.clone(), probe.clone(), config).unwrap();
+    let report = relay.run_until_idle().await.unwrap();
+    assert_eq!(report.sent, n as usize, "{report:?}");
+    assert_eq!(report.transient_error, None);
+    probe.assert_overlapped_in_order(batch);
+    assert_eq!(outbox.stats().await.unwrap().pending, 0);
+    assert_all_arrive_in_subject_order(broker, &ids, &unordered).await;
 }
