@@ -12,7 +12,19 @@
 //!   (the order's `customer_id` is the token's `sub`), an admin reads every order.
 //!
 //! Neither: 401 with `WWW-Authenticate: Bearer realm="shop"`. The rate limit applies per API
-//! key's client or per user.
+//! key's client or per user ([`crate::rate_limit`]; in Redis when the gateway has replicas):
+//! `429 rate_limited` with `Retry-After`, `RateLimit-Policy` and `RateLimit`.
+//!
+//! # Idempotent order placement
+//!
+//! `POST /api/v1/orders` with an `Idempotency-Key` goes through the chassis idempotency layer
+//! (`chassis_http::idempotency`), keyed per caller (two clients may choose the same key): a
+//! retry of a placement that was answered replays that answer with `Idempotent-Replayed: true`
+//! and does not reach orders again, also when it reaches another replica of the gateway (the
+//! keys are in Redis then); a retry while the first still runs is `409
+//! idempotency_key_in_flight` (or waits for it, see `GATEWAY_IDEMPOTENCY_WAIT`); the same key
+//! with another body is `422 idempotency_key_reused`. The key is also sent on to orders, which
+//! applies the placement once by itself. A replay does not count against the rate limit.
 //!
 //! | route | behind it |
 //! |---|---|
@@ -107,9 +119,11 @@ use shop_common::events::Item;
 use shop_common::limits;
 use tower::{Layer, ServiceExt};
 
+use chassis_http::idempotency::{IdempotencyLayer, MemoryStore};
+
 use crate::downstream::{self, WriteAnswer};
 use crate::keys::ApiKeys;
-use crate::rate_limit::KeyedRateLimiter;
+use crate::rate_limit::CallerLimiter;
 use crate::users::permissions;
 
 pub use shop_common::limits::MAX_API_BODY_BYTES;
@@ -120,7 +134,9 @@ pub use shop_common::limits::MAX_API_BODY_BYTES;
 pub struct Gateway {
     keys: ApiKeys,
     users: Option<RequireUserTokenLayer>,
-    limiter: Arc<KeyedRateLimiter>,
+    limiter: Arc<CallerLimiter>,
+    /// The `Idempotency-Key` layer of order placement.
+    idempotency: IdempotencyLayer,
     orders: HttpClient,
     inventory: HttpClient,
     notifications: HttpClient,
@@ -187,10 +203,11 @@ fn unauthorized() -> ApiError {
 }
 
 impl Gateway {
-    /// The gateway over these keys, limiter and downstream clients.
+    /// The gateway over these keys, limiter and downstream clients, with idempotency keys kept
+    /// in memory (see [`with_idempotency`](Self::with_idempotency)).
     pub fn new(
         keys: ApiKeys,
-        limiter: KeyedRateLimiter,
+        limiter: CallerLimiter,
         orders: HttpClient,
         inventory: HttpClient,
         notifications: HttpClient,
@@ -199,6 +216,7 @@ impl Gateway {
             keys,
             users: None,
             limiter: Arc::new(limiter),
+            idempotency: idempotency_layer(IdempotencyLayer::new(MemoryStore::new())),
             orders,
             inventory,
             notifications,
@@ -218,17 +236,19 @@ impl Gateway {
         self
     }
 
+    /// Keeps the idempotency keys of order placement with `layer` (e.g. on a Redis store shared
+    /// by the replicas); the gateway sets the scope (per caller), methods and size limits.
+    pub fn with_idempotency(mut self, layer: IdempotencyLayer) -> Self {
+        self.idempotency = idempotency_layer(layer);
+        self
+    }
+
     /// Rate limits the caller (per API key client, per user).
-    fn admit(&self, caller: &Caller) -> Result<(), ApiError> {
-        if let Err(retry_after) = self.limiter.check(&caller.scope()) {
-            return Err(ApiError::new(
-                StatusCode::TOO_MANY_REQUESTS,
-                chassis_http::error::codes::RATE_LIMITED,
-                "rate limit exceeded",
-            )
-            .with_retry_after(retry_after));
-        }
-        Ok(())
+    async fn admit(&self, caller: &Caller) -> Result<(), ApiError> {
+        self.limiter
+            .check(&caller.scope())
+            .await
+            .map_err(|e| ApiError::from_core(&e))
     }
 
     /// Sends a read `req` to `svc` (the client adds the service token, the trace context and
@@ -252,6 +272,22 @@ impl Gateway {
             downstream::to_api_error(&e)
         })
     }
+}
+
+/// `layer` scoped per caller (API key client or user, as [`authenticate`] found it), on `POST`
+/// only, with the gateway's key and body limits.
+fn idempotency_layer(layer: IdempotencyLayer) -> IdempotencyLayer {
+    layer
+        .methods([http::Method::POST])
+        .max_key_length(limits::MAX_IDEMPOTENCY_KEY_LEN)
+        .max_request_bytes(MAX_API_BODY_BYTES)
+        .scope(|parts: &Parts| {
+            if let Some(ApiClient(client)) = parts.extensions.get::<ApiClient>() {
+                return Some(client.clone());
+            }
+            let user = parts.extensions.get::<UserPrincipal>()?;
+            Some(format!("user:{}", user.subject))
+        })
 }
 
 /// A downstream's JSON answer, relayed with its status.
@@ -294,6 +330,8 @@ async fn authenticate(State(gw): State<Gateway>, mut req: Request, next: Next) -
 pub fn router(gateway: Gateway) -> Router {
     Router::new()
         .route("/api/v1/orders", post(place_order))
+        // Inside the authentication (added below, so it runs first): the scope reads the caller.
+        .route_layer(gateway.idempotency.clone())
         .route("/api/v1/orders/{id}", get(get_order))
         .route("/api/v1/orders/{id}/details", get(order_details))
         .route("/api/v1/products", get(products))
@@ -337,7 +375,7 @@ async fn place_order(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    gw.admit(&caller)?;
+    gw.admit(&caller).await?;
     caller.require(permissions::ORDERS_WRITE)?;
     let client = caller.scope();
     let order: PlaceOrder = serde_json::from_slice(&body).map_err(|e| {
@@ -467,7 +505,7 @@ async fn get_order(
     Path(id): Path<String>,
     Query(q): Query<WaitQuery>,
 ) -> Result<Response, ApiError> {
-    gw.admit(&caller)?;
+    gw.admit(&caller).await?;
     let own_only = own_orders_only(&caller)?;
     if !valid_order_id(&id) {
         return Err(ApiError::bad_request("invalid order id"));
@@ -517,7 +555,7 @@ async fn order_details(
     caller: Caller,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    gw.admit(&caller)?;
+    gw.admit(&caller).await?;
     let own_only = own_orders_only(&caller)?;
     if !valid_order_id(&id) {
         return Err(ApiError::bad_request("invalid order id"));
@@ -603,7 +641,7 @@ fn data_of(body: &[u8]) -> Option<Value> {
 }
 
 async fn products(State(gw): State<Gateway>, caller: Caller) -> Result<Response, ApiError> {
-    gw.admit(&caller)?;
+    gw.admit(&caller).await?;
     caller.require(permissions::PRODUCTS_READ)?;
     gw.call(&gw.inventory, get_request("/internal/products".into())?)
         .await
@@ -614,7 +652,7 @@ async fn notifications(
     caller: Caller,
     RawQuery(q): RawQuery,
 ) -> Result<Response, ApiError> {
-    gw.admit(&caller)?;
+    gw.admit(&caller).await?;
     caller.require(permissions::NOTIFICATIONS_READ)?;
     let query = q.map(|q| format!("?{q}")).unwrap_or_default();
     gw.call(

@@ -10,7 +10,7 @@
 //! - [`downstream`]: the resilient clients to the services and the mapping of their errors to
 //!   the chassis JSON error body.
 //! - [`keys`]: API keys from configuration.
-//! - [`rate_limit`]: a token bucket per API key.
+//! - [`rate_limit`]: the rate limit per caller (the chassis keyed limiter, in memory or Redis).
 //! - [`users`]: end-user tokens (the identity provider's JWKS, issuer, audience) and the role
 //!   map, from the environment.
 

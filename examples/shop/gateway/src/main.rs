@@ -9,6 +9,9 @@
 //! Environment: `HTTP_ADDR` (default `127.0.0.1:8080`), `ADMIN_ADDR` (probes and
 //! `/metrics`, default `127.0.0.1:9080`), `GATEWAY_API_KEYS` (`key:client,…`,
 //! default `demo-key-0001:demo`), `GATEWAY_RATE_LIMIT` (requests/s per key, default 500),
+//! `GATEWAY_RATE_BURST`, `GATEWAY_RATE_LIMIT_FAIL`, `REDIS_URL` (the rate limit and the
+//! idempotency keys shared by replicas; in memory without it), `GATEWAY_REDIS_PREFIX`,
+//! `GATEWAY_IDEMPOTENCY_TTL`, `GATEWAY_IDEMPOTENCY_WAIT`,
 //! `ORDERS_URL`, `INVENTORY_URL`, `NOTIFICATIONS_URL`, `PAYMENTS_URL`, optionally `ORDERS_POLICY`,
 //! `INVENTORY_POLICY`, `NOTIFICATIONS_POLICY` (a JSON `ResiliencePolicy` per downstream,
 //! default `shop_gateway::downstream::default_policy`), `SERVICE_TOKEN_PRIVATE_KEY`, the
@@ -20,13 +23,14 @@ use chassis_core::lifecycle::{App, LifecycleConfig};
 use chassis_core::resilience::policy::ResiliencePolicy;
 use chassis_core::{BoxError, ServiceInfo};
 use chassis_http::health::HealthLayer;
+use chassis_http::idempotency::{IdempotencyLayer, MemoryStore, RedisStore, RedisStoreConfig};
 use chassis_http::server::HttpServer;
 use shop_common::auth;
 use shop_common::service::{env, server_config};
 use shop_gateway::api::{self, Gateway};
 use shop_gateway::downstream;
 use shop_gateway::keys::ApiKeys;
-use shop_gateway::rate_limit::KeyedRateLimiter;
+use shop_gateway::rate_limit::{CallerLimiter, RateLimitSettings};
 use shop_gateway::users::UserAuthConfig;
 
 const HELP: &str = "\
@@ -38,6 +42,15 @@ shop-gateway: the shop's public API (configured from the environment)
   GATEWAY_API_KEYS       trusted clients' API keys, `key:client,...` (default demo-key-0001:demo);
                          a request with one has full access
   GATEWAY_RATE_LIMIT     requests per second per client or user (default 500)
+  GATEWAY_RATE_BURST     requests a client or user may make at once (default: the rate)
+  GATEWAY_RATE_LIMIT_FAIL  `open` (admit) or `closed` (429) while Redis cannot answer (default open)
+  REDIS_URL              Redis keeping the rate limits and the idempotency keys, shared by every
+                         replica (default: unset, both in this process's memory)
+  GATEWAY_REDIS_PREFIX   prefix of the gateway's Redis keys (default shop:gateway:)
+  GATEWAY_IDEMPOTENCY_TTL   seconds an order placement's answer is kept for its Idempotency-Key
+                         (default 86400)
+  GATEWAY_IDEMPOTENCY_WAIT  milliseconds a retry waits for the same key's first request still
+                         running before answering 409 (default 0: answer 409 at once)
   GATEWAY_USER_JWKS      the identity provider's JWKS (a file path, or an http:// or https:// URL);
                          when set, end users' bearer JWTs are accepted too (default: unset, API keys only)
   GATEWAY_USER_ISSUER    the `iss` user tokens must carry (required with GATEWAY_USER_JWKS)
@@ -80,8 +93,30 @@ async fn run() -> Result<(), BoxError> {
     let telemetry = shop_common::service::telemetry(info)?;
     let app = App::new("gateway").config(LifecycleConfig::from_env()?);
 
-    // 2. The API keys, the user tokens, the rate limiter and a resilient client per downstream.
-    let rate: f64 = env("GATEWAY_RATE_LIMIT", "500").parse()?;
+    // 2. The API keys, the user tokens, the rate limiter, the idempotency keys and a resilient
+    //    client per downstream. With REDIS_URL the limits and keys are in Redis, shared by every
+    //    replica; a Redis that does not answer stops the start.
+    let limits = RateLimitSettings::from_env()?;
+    let ttl: u64 = env("GATEWAY_IDEMPOTENCY_TTL", "86400").parse()?;
+    let wait: u64 = env("GATEWAY_IDEMPOTENCY_WAIT", "0").parse()?;
+    let (limiter, idempotency) = match std::env::var("REDIS_URL").ok().filter(|u| !u.is_empty()) {
+        Some(url) => {
+            let prefix = env("GATEWAY_REDIS_PREFIX", "shop:gateway:");
+            let limiter = CallerLimiter::redis(&limits, &url, &format!("{prefix}rl:")).await?;
+            let store =
+                RedisStore::connect(RedisStoreConfig::new(&url).prefix(format!("{prefix}idem:")))
+                    .await?;
+            tracing::info!(rate = limits.rate, burst = limits.burst, fail_mode = ?limits.fail_mode, %prefix, "rate limits and idempotency keys in Redis");
+            (limiter, IdempotencyLayer::new(store))
+        }
+        None => (
+            CallerLimiter::memory(&limits)?,
+            IdempotencyLayer::new(MemoryStore::new()),
+        ),
+    };
+    let idempotency = idempotency
+        .ttl(std::time::Duration::from_secs(ttl.max(1)))
+        .wait_in_flight((wait > 0).then(|| std::time::Duration::from_millis(wait)));
     let tokens = auth::issuer_from_env()?;
     let client = |name: &str, default_url: &str| {
         let url = env(&format!("{}_URL", name.to_ascii_uppercase()), default_url);
@@ -89,12 +124,13 @@ async fn run() -> Result<(), BoxError> {
     };
     let mut gateway = Gateway::new(
         ApiKeys::parse(&env("GATEWAY_API_KEYS", "demo-key-0001:demo"))?,
-        KeyedRateLimiter::new(rate, u32::try_from(rate as i64).unwrap_or(u32::MAX).max(1)),
+        limiter,
         client("orders", "http://127.0.0.1:8081")?,
         client("inventory", "http://127.0.0.1:8082")?,
         client("notifications", "http://127.0.0.1:8084")?,
     )
-    .with_payments(client("payments", "http://127.0.0.1:8083")?);
+    .with_payments(client("payments", "http://127.0.0.1:8083")?)
+    .with_idempotency(idempotency);
     // End users' tokens, when an identity provider is configured (its JWKS must load).
     if let Some(users) = UserAuthConfig::from_env()? {
         tracing::info!(jwks = %users.jwks, issuer = %users.issuer, audience = %users.audience, "accepting end-user tokens");

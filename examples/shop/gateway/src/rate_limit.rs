@@ -1,140 +1,137 @@
-//! A token bucket per caller (API key client or end user): `rate` requests per second with
-//! bursts up to `burst`.
+//! The per-caller rate limit (API key client or end user): the chassis keyed limiter
+//! (`chassis_core::resilience::keyed_rate_limit`, GCRA), in this process's memory or, when
+//! the gateway runs as several replicas, in Redis so that every replica draws on one limit per
+//! caller.
 //!
-//! The chassis rate limiter meters one downstream; a gateway needs one bucket per caller, so this
-//! keyed map sits in front of the handlers. Refill is computed lazily from elapsed (tokio) time,
-//! so it is tested with the paused clock. End users make the set of keys open-ended: once the
-//! map holds [`PRUNE_AT`] buckets, the full ones (idle long enough to refill, so no different
-//! from a new bucket) are dropped, and the next pruning waits until the map has doubled.
+//! A rejection is a `chassis_core::Error` of kind `RateLimited`; the gateway answers it with
+//! `ApiError::from_core`: `429 rate_limited` with `Retry-After`, `RateLimit-Policy` and
+//! `RateLimit`.
+//!
+//! Configuration (environment, see [`RateLimitSettings::from_env`]): `GATEWAY_RATE_LIMIT`
+//! (requests per second per caller, default 500), `GATEWAY_RATE_BURST` (default: the rate),
+//! `GATEWAY_RATE_LIMIT_FAIL` (`open` or `closed`: what a check answers while Redis cannot,
+//! default `open`).
 //!
 //! # Example
 //! ```
-//! use shop_gateway::rate_limit::KeyedRateLimiter;
+//! use shop_gateway::rate_limit::{CallerLimiter, RateLimitSettings};
 //!
-//! let limiter = KeyedRateLimiter::new(1.0, 2);
-//! assert!(limiter.check("a").is_ok());
-//! assert!(limiter.check("a").is_ok());
-//! assert!(limiter.check("a").is_err(), "burst of 2 used up");
-//! assert!(limiter.check("b").is_ok(), "other keys have their own bucket");
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() {
+//! let limiter = CallerLimiter::memory(&RateLimitSettings::new(1, 2)).unwrap();
+//! assert!(limiter.check("a").await.is_ok());
+//! assert!(limiter.check("a").await.is_ok());
+//! assert!(limiter.check("a").await.is_err(), "burst of 2 used up");
+//! assert!(limiter.check("b").await.is_ok(), "other keys have their own limit");
+//! # }
 //! ```
 
-use std::collections::HashMap;
-use std::sync::Mutex;
-use std::time::Duration;
+use chassis_core::resilience::keyed_rate_limit::{
+    FailMode, KeyedRateLimitConfig, KeyedRateLimiter, RateLimitBackend, RedisRateLimitConfig,
+    RedisRateLimiter,
+};
+use chassis_core::{BoxError, Error};
 
-use tokio::time::Instant;
+/// The limit's name, in the `RateLimit-Policy` header and the limiter's metrics.
+pub const POLICY: &str = "gateway-caller";
 
-#[derive(Debug)]
-struct Bucket {
-    tokens: f64,
-    updated: Instant,
+/// The limit every caller gets, and what to do while Redis is unavailable.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RateLimitSettings {
+    /// Requests per second per caller.
+    pub rate: u32,
+    /// Requests a caller may make at once after a quiet spell.
+    pub burst: u32,
+    /// With Redis: admit (`Open`) or refuse (`Closed`) while Redis cannot answer.
+    pub fail_mode: FailMode,
 }
 
-/// Token buckets by key.
-#[derive(Debug)]
-pub struct KeyedRateLimiter {
-    rate: f64,
-    burst: f64,
-    state: Mutex<State>,
-}
-
-/// Buckets held before idle ones are dropped.
-pub const PRUNE_AT: usize = 4096;
-
-#[derive(Debug)]
-struct State {
-    buckets: HashMap<String, Bucket>,
-    /// Prune when the map reaches this many buckets.
-    prune_at: usize,
-}
-
-impl KeyedRateLimiter {
-    /// `rate` tokens per second, at most `burst` stored.
-    pub fn new(rate: f64, burst: u32) -> Self {
+impl RateLimitSettings {
+    /// `rate` per second with bursts of `burst`, failing open.
+    pub fn new(rate: u32, burst: u32) -> Self {
         Self {
-            rate: rate.max(0.001),
-            burst: f64::from(burst.max(1)),
-            state: Mutex::new(State {
-                buckets: HashMap::new(),
-                prune_at: PRUNE_AT,
-            }),
+            rate,
+            burst,
+            fail_mode: FailMode::Open,
         }
     }
 
-    /// Takes a token for `key`; `Err(retry_after)` when the bucket is empty.
-    pub fn check(&self, key: &str) -> Result<(), Duration> {
-        let now = Instant::now();
-        let mut state = self.state.lock().expect("rate limiter lock");
-        if state.buckets.len() >= state.prune_at && !state.buckets.contains_key(key) {
-            let (rate, burst) = (self.rate, self.burst);
-            state.buckets.retain(|_, b| {
-                b.tokens + now.duration_since(b.updated).as_secs_f64() * rate < burst
-            });
-            state.prune_at = (state.buckets.len() * 2).max(PRUNE_AT);
-        }
-        let b = state.buckets.entry(key.to_owned()).or_insert(Bucket {
-            tokens: self.burst,
-            updated: now,
-        });
-        let elapsed = now.duration_since(b.updated).as_secs_f64();
-        b.tokens = (b.tokens + elapsed * self.rate).min(self.burst);
-        b.updated = now;
-        if b.tokens >= 1.0 {
-            b.tokens -= 1.0;
-            Ok(())
-        } else {
-            Err(Duration::from_secs_f64((1.0 - b.tokens) / self.rate))
-        }
+    /// `GATEWAY_RATE_LIMIT` (default 500), `GATEWAY_RATE_BURST` (default the rate),
+    /// `GATEWAY_RATE_LIMIT_FAIL` (`open`, the default, or `closed`).
+    pub fn from_env() -> Result<Self, BoxError> {
+        let var = |k: &str| std::env::var(k).ok().filter(|v| !v.trim().is_empty());
+        let number = |k: &str, v: String| {
+            v.trim()
+                .parse::<u32>()
+                .ok()
+                .filter(|n| *n > 0)
+                .ok_or_else(|| format!("{k} must be a whole number of at least 1, not {v:?}"))
+        };
+        let rate = match var("GATEWAY_RATE_LIMIT") {
+            Some(v) => number("GATEWAY_RATE_LIMIT", v)?,
+            None => 500,
+        };
+        let burst = match var("GATEWAY_RATE_BURST") {
+            Some(v) => number("GATEWAY_RATE_BURST", v)?,
+            None => rate,
+        };
+        let fail_mode = match var("GATEWAY_RATE_LIMIT_FAIL").as_deref().map(str::trim) {
+            None | Some("open") => FailMode::Open,
+            Some("closed") => FailMode::Closed,
+            Some(other) => {
+                return Err(format!(
+                    "GATEWAY_RATE_LIMIT_FAIL must be `open` or `closed`, not {other:?}"
+                )
+                .into());
+            }
+        };
+        Ok(Self {
+            rate,
+            burst,
+            fail_mode,
+        })
+    }
+
+    fn limit(&self) -> KeyedRateLimitConfig {
+        KeyedRateLimitConfig::new(POLICY)
+            .rate(self.rate)
+            .burst(self.burst)
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+/// The limiter of the callers: in memory (one replica) or in Redis (shared by the replicas).
+#[derive(Clone, Debug)]
+pub enum CallerLimiter {
+    /// This process's memory: each replica limits on its own.
+    Memory(KeyedRateLimiter<String>),
+    /// Redis: one limit per caller across every replica pointing at it.
+    Redis(RedisRateLimiter),
+}
 
-    #[tokio::test(start_paused = true)]
-    async fn refills_at_the_configured_rate() {
-        let l = KeyedRateLimiter::new(10.0, 5);
-        for _ in 0..5 {
-            l.check("k").unwrap();
-        }
-        let wait = l.check("k").unwrap_err();
-        assert!(
-            wait > Duration::from_millis(90) && wait <= Duration::from_millis(100),
-            "{wait:?}"
-        );
-        tokio::time::advance(Duration::from_millis(100)).await;
-        l.check("k").unwrap();
-        assert!(l.check("k").is_err());
-        // A long pause refills to the burst, not beyond.
-        tokio::time::advance(Duration::from_secs(60)).await;
-        for _ in 0..5 {
-            l.check("k").unwrap();
-        }
-        assert!(l.check("k").is_err());
+impl CallerLimiter {
+    /// An in-memory limiter.
+    pub fn memory(settings: &RateLimitSettings) -> Result<Self, Error> {
+        Ok(Self::Memory(KeyedRateLimiter::new(settings.limit())?))
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn idle_buckets_are_dropped_once_there_are_many() {
-        let l = KeyedRateLimiter::new(10.0, 2);
-        l.check("busy").unwrap();
-        l.check("busy").unwrap();
-        for i in 0..PRUNE_AT - 1 {
-            l.check(&format!("user:{i}")).unwrap();
+    /// A limiter on the Redis at `url`, its keys under `prefix`; fails when Redis does not
+    /// answer within the connect timeout, so a misconfigured gateway does not start.
+    pub async fn redis(
+        settings: &RateLimitSettings,
+        url: &str,
+        prefix: &str,
+    ) -> Result<Self, Error> {
+        let config = RedisRateLimitConfig::new(settings.limit(), url)
+            .prefix(prefix)
+            .on_unavailable(settings.fail_mode);
+        Ok(Self::Redis(RedisRateLimiter::connect(config).await?))
+    }
+
+    /// Takes a permit for one request of `caller`; a `RateLimited` error when it has none.
+    pub async fn check(&self, caller: &str) -> Result<(), Error> {
+        match self {
+            Self::Memory(limiter) => limiter.check(&caller.to_owned()),
+            Self::Redis(limiter) => RateLimitBackend::check(limiter, caller).await,
         }
-        assert_eq!(l.state.lock().unwrap().buckets.len(), PRUNE_AT);
-        // A second later every bucket has refilled but the busy one, which is drained again.
-        tokio::time::advance(Duration::from_millis(1000)).await;
-        l.check("busy").unwrap();
-        l.check("busy").unwrap();
-        l.check("newcomer").unwrap();
-        let state = l.state.lock().unwrap();
-        assert_eq!(
-            state.buckets.len(),
-            2,
-            "only the busy bucket and the new one stay"
-        );
-        assert!(state.buckets["busy"].tokens < 1.0, "its state is kept");
-        assert_eq!(state.prune_at, PRUNE_AT);
     }
 }

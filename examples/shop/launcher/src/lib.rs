@@ -4,8 +4,10 @@
 //! service binaries (`cargo build`), starts each service as its own process with its environment
 //! (ports — the API's, and an admin port for the probes and `/metrics` —, its own database — a SQLite file per service in a run directory, or a PostgreSQL
 //! database per service on one server, see [`Database`] —, `AMQP_URL`, service-token keys),
-//! waits until every `/health/ready` is green, drives a demo workload through the gateway, stops
-//! the services gracefully and deletes the run's exchanges and queues.
+//! waits until every `/health/ready` is green, drives a demo workload through the gateway (or
+//! round-robin through several gateway replicas sharing a Redis, see
+//! [`SystemConfig::gateway_replicas`]), stops the services gracefully and deletes the run's
+//! exchanges and queues.
 //!
 //! The library is what the binary and the end-to-end tests share:
 //! - [`preflight`]: the broker and the database server answer before anything starts (a local
@@ -326,6 +328,12 @@ pub struct SystemConfig {
     /// Every service on HTTPS with mTLS between them, with certificates generated into
     /// `<run dir>/tls` (see [`tls`]).
     pub tls: bool,
+    /// The Redis every gateway keeps its rate limits and idempotency keys in (`REDIS_URL`,
+    /// under a prefix of the run's namespace); `None` keeps them in each gateway's memory.
+    pub redis_url: Option<String>,
+    /// Gateway processes, each on its own ports (`gateway`, `gateway-2`, …). More than one
+    /// needs [`redis_url`](Self::redis_url): limits kept per process would not be shared.
+    pub gateway_replicas: usize,
 }
 
 impl SystemConfig {
@@ -346,6 +354,8 @@ impl SystemConfig {
             extra_env: Vec::new(),
             ready_timeout: Duration::from_secs(60),
             tls: false,
+            redis_url: None,
+            gateway_replicas: 1,
         }
     }
 
@@ -374,6 +384,8 @@ impl SystemConfig {
 
 #[derive(Debug)]
 struct Proc {
+    /// The service this process runs (`gateway` for every gateway replica).
+    service: &'static str,
     child: Option<Child>,
     env: Vec<(String, String)>,
     url: String,
@@ -408,6 +420,18 @@ impl System {
     /// Starts every service without waiting for it to get ready (see [`System::wait_ready`]):
     /// the caller keeps the system, so it can stop it gracefully however the wait ends.
     pub async fn launch(config: SystemConfig) -> Result<System, BoxError> {
+        if config.gateway_replicas == 0 {
+            return Err("at least one gateway is needed".into());
+        }
+        if config.gateway_replicas > 1 && config.redis_url.is_none() {
+            return Err(format!(
+                "{} gateway replicas need a Redis (--redis URL): each would keep its own rate \
+                 limits and idempotency keys, so a client would get {} times its limit and a \
+                 retry reaching another replica would place its order again",
+                config.gateway_replicas, config.gateway_replicas
+            )
+            .into());
+        }
         std::fs::create_dir_all(&config.run_dir)?;
         create_databases(&config.database).await?;
         let databases_to_drop = matches!(
@@ -462,6 +486,14 @@ impl System {
                     ));
                 }
                 "gateway" => {
+                    if let Some(redis) = &config.redis_url {
+                        env.push(("REDIS_URL".into(), redis.clone()));
+                        // The run's own keys: systems sharing a Redis do not share limits.
+                        env.push((
+                            "GATEWAY_REDIS_PREFIX".into(),
+                            format!("{}gateway:", config.namespace),
+                        ));
+                    }
                     env.push(("GATEWAY_API_KEYS".into(), config.api_keys.clone()));
                     env.push(("GATEWAY_RATE_LIMIT".into(), "100000".into()));
                     env.push(("SERVICE_TOKEN_PRIVATE_KEY".into(), private_pem.clone()));
@@ -507,10 +539,37 @@ impl System {
             procs.insert(
                 service,
                 Proc {
+                    service,
                     child: None,
                     env,
                     url: url(service),
                     admin_url,
+                },
+            );
+        }
+        // Further gateways: the first one's environment on ports of their own.
+        for replica in 2..=config.gateway_replicas {
+            // The process names are `&'static str` like the services'; a launch leaks these few
+            // bytes once.
+            let name: &'static str = Box::leak(format!("gateway-{replica}").into_boxed_str());
+            let (port, admin_port) = (free_port(), free_port());
+            let first = &procs["gateway"];
+            let mut env = first.env.clone();
+            for (key, value) in &mut env {
+                match key.as_str() {
+                    "HTTP_ADDR" => *value = format!("127.0.0.1:{port}"),
+                    "ADMIN_ADDR" => *value = format!("127.0.0.1:{admin_port}"),
+                    _ => {}
+                }
+            }
+            procs.insert(
+                name,
+                Proc {
+                    service: "gateway",
+                    child: None,
+                    env,
+                    url: format!("{scheme}://127.0.0.1:{port}"),
+                    admin_url: format!("http://127.0.0.1:{admin_port}"),
                 },
             );
         }
@@ -520,19 +579,30 @@ impl System {
             databases_to_drop,
             pki,
         };
-        for service in SERVICES {
-            system.spawn(service)?;
+        let names: Vec<&'static str> = SERVICES
+            .into_iter()
+            .chain(
+                system
+                    .procs
+                    .keys()
+                    .copied()
+                    .filter(|n| !SERVICES.contains(n)),
+            )
+            .collect();
+        for name in names {
+            system.spawn(name)?;
         }
         Ok(system)
     }
 
-    fn spawn(&mut self, service: &'static str) -> Result<(), BoxError> {
-        let bin = self.config.bin_dir.join(binary_name(service));
+    /// Starts the process `name` (a service, or a further gateway `gateway-N`).
+    fn spawn(&mut self, name: &'static str) -> Result<(), BoxError> {
+        let proc = self.procs.get_mut(name).ok_or("unknown service")?;
+        let bin = self.config.bin_dir.join(binary_name(proc.service));
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
-            .open(self.config.run_dir.join(format!("{service}.log")))?;
-        let proc = self.procs.get_mut(service).ok_or("unknown service")?;
+            .open(self.config.run_dir.join(format!("{name}.log")))?;
         let child = Command::new(&bin)
             // Each service of a launched system gets its own database: a SQLite file in the run
             // directory, or its own PostgreSQL database (DATABASE_URL in its env). An inherited
@@ -602,7 +672,25 @@ impl System {
             .collect()
     }
 
-    /// The base URL of a service.
+    /// The base URLs of every gateway process (one unless
+    /// [`SystemConfig::gateway_replicas`]), the first being [`url("gateway")`](Self::url).
+    pub fn gateway_urls(&self) -> Vec<&str> {
+        let mut urls: Vec<(&str, &str)> = self
+            .procs
+            .iter()
+            .filter(|(_, p)| p.service == "gateway")
+            .map(|(name, p)| (*name, p.url.as_str()))
+            .collect();
+        // `gateway` first, then `gateway-2`, `gateway-3`, … in number order.
+        urls.sort_by_key(|(name, _)| {
+            name.strip_prefix("gateway-")
+                .and_then(|n| n.parse::<usize>().ok())
+                .unwrap_or(1)
+        });
+        urls.into_iter().map(|(_, url)| url).collect()
+    }
+
+    /// The base URL of a service (or of the process `gateway-N`).
     pub fn url(&self, service: &str) -> &str {
         self.procs.get(service).map_or("", |p| p.url.as_str())
     }
@@ -676,16 +764,18 @@ impl System {
     pub async fn stop_within(mut self, drain: Duration) -> Vec<String> {
         let deadline = tokio::time::Instant::now() + drain;
         let mut unclean = Vec::new();
-        let mut children: Vec<(&'static str, Child)> = SERVICES
-            .iter()
-            .rev()
-            .filter_map(|s| Some((*s, self.procs.get_mut(s)?.child.take()?)))
-            .collect();
-        let mut waves = Vec::new();
-        if let Some(i) = children.iter().position(|(s, _)| *s == "gateway") {
-            waves.push(vec![children.remove(i)]);
-        }
-        waves.push(children);
+        let (gateways, others): (Vec<_>, Vec<_>) = self
+            .procs
+            .iter_mut()
+            .filter_map(|(name, p)| Some((*name, p.service, p.child.take()?)))
+            .partition(|(_, service, _)| *service == "gateway");
+        let strip = |procs: Vec<(&'static str, &'static str, Child)>| {
+            procs
+                .into_iter()
+                .map(|(name, _, child)| (name, child))
+                .collect::<Vec<_>>()
+        };
+        let waves = [strip(gateways), strip(others)];
         for wave in waves {
             sigterm(&wave.iter().map(|(_, c)| c).collect::<Vec<_>>()).await;
             let mut waiting = JoinSet::new();

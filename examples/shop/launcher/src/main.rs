@@ -4,6 +4,9 @@
 //! `shop_launcher::measure`), stops everything and deletes the run's exchanges and queues (or keeps
 //! the system running with `--keep-running` until SIGINT/SIGTERM). `--database
 //! postgres[=URL]` runs every service on its own PostgreSQL database instead of a SQLite file.
+//! `--redis URL --gateway-replicas N` starts N gateways, each on its own ports, keeping their
+//! per-caller rate limits and idempotency keys in that Redis, and sends the workload round-robin
+//! across them (N > 1 without `--redis` is refused: the limits would not be shared).
 //!
 //! SIGINT (Ctrl-C) and SIGTERM stop it at any point: the build is abandoned, or every service
 //! gets SIGTERM and drains (at most 30 s, then SIGKILL), and the topology is deleted. A second
@@ -105,6 +108,14 @@ struct Args {
     /// Names of the PostgreSQL databases: `<prefix>_<service>`.
     #[arg(long, default_value = "shop")]
     database_prefix: String,
+    /// A Redis (`redis://host:port`) where every gateway keeps its per-caller rate limits and
+    /// idempotency keys (under the run's namespace), so they hold across gateway replicas.
+    #[arg(long, value_name = "URL")]
+    redis: Option<String>,
+    /// Gateway processes to start, each on its own ports; the workload goes round-robin
+    /// across them. More than one needs --redis.
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    gateway_replicas: usize,
 }
 
 /// SIGINT and SIGTERM, installed at the start so that neither kills the launcher before it
@@ -153,6 +164,18 @@ async fn main() -> ExitCode {
 async fn run(args: Args) -> Result<ExitCode, BoxError> {
     if !(0.0..=1.0).contains(&args.provider_failure_rate) {
         return Err("--provider-failure-rate must be within 0..=1".into());
+    }
+    if args.gateway_replicas == 0 {
+        return Err("--gateway-replicas must be at least 1".into());
+    }
+    if args.gateway_replicas > 1 && args.redis.is_none() {
+        return Err(format!(
+            "--gateway-replicas {} needs --redis URL: without a shared Redis each gateway keeps \
+             its own rate limits (a client would get {} times its limit) and its own idempotency \
+             keys (a retry reaching another gateway would place its order again)",
+            args.gateway_replicas, args.gateway_replicas
+        )
+        .into());
     }
     if let Some(dir) = &args.write_certs {
         let pki = shop_launcher::tls::ShopPki::generate(dir)?;
@@ -229,8 +252,11 @@ async fn run(args: Args) -> Result<ExitCode, BoxError> {
         config = config.standard_ports();
     }
     config.tls = args.tls;
+    config.redis_url = args.redis.clone();
+    config.gateway_replicas = args.gateway_replicas;
     eprintln!(
-        "starting 6 processes (logs and databases in {}, exchanges and queues {}*)…",
+        "starting {} processes (logs and databases in {}, exchanges and queues {}*)…",
+        5 + args.gateway_replicas,
         run_dir.display(),
         config.namespace
     );
@@ -246,7 +272,10 @@ async fn run(args: Args) -> Result<ExitCode, BoxError> {
         signal = signals.recv() => outcome = Outcome::Interrupted(signal),
     }
     if matches!(outcome, Outcome::Done(Ok(()))) {
-        eprintln!("all services ready; gateway at {}", system.url("gateway"));
+        eprintln!(
+            "all services ready; gateway at {}",
+            system.gateway_urls().join(", ")
+        );
         outcome = drive(&system, &args, &mut signals).await;
     }
     if let Outcome::Interrupted(signal) = outcome {

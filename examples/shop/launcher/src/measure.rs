@@ -80,7 +80,8 @@ pub async fn run(
     let http = crate::tls::http_client(system.pki())?.build()?;
     let scraped_before = hops::scrape(&http, &endpoints).await;
     let cpu_before = cpu::sample(&pids);
-    let summary = workload::run(system.url("gateway"), config, progress).await?;
+    // Round-robin across the gateway replicas, when there are several.
+    let summary = workload::run_across(&system.gateway_urls(), config, progress).await?;
     let cpu_after = cpu::sample(&pids);
     let scraped_after = hops::scrape(&http, &endpoints).await;
     Ok(Measured {

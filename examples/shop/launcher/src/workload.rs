@@ -244,6 +244,19 @@ pub async fn run(
     config: &WorkloadConfig,
     progress: Option<ProgressBar>,
 ) -> Result<Summary, BoxError> {
+    run_across(&[gateway], config, progress).await
+}
+
+/// Runs the workload across the gateways at `gateways` (replicas of one gateway), round-robin:
+/// order `i` is placed and polled through `gateways[i % n]`.
+pub async fn run_across(
+    gateways: &[&str],
+    config: &WorkloadConfig,
+    progress: Option<ProgressBar>,
+) -> Result<Summary, BoxError> {
+    if gateways.is_empty() {
+        return Err("no gateway to send the workload to".into());
+    }
     let http = crate::tls::http_client(config.tls.as_ref())?
         .pool_max_idle_per_host(config.concurrency * 2)
         .build()?;
@@ -254,7 +267,7 @@ pub async fn run(
         let permit = permits.clone().acquire_owned().await?;
         let (http, gateway, config, progress) = (
             http.clone(),
-            gateway.to_owned(),
+            gateways[i % gateways.len()].to_owned(),
             config.clone(),
             progress.clone(),
         );

@@ -17,7 +17,7 @@ use shop_common::limits::{
 use shop_gateway::api::{self, Gateway};
 use shop_gateway::downstream;
 use shop_gateway::keys::ApiKeys;
-use shop_gateway::rate_limit::KeyedRateLimiter;
+use shop_gateway::rate_limit::{CallerLimiter, RateLimitSettings};
 
 const API_KEY: &str = "orders-limits-key";
 
@@ -77,7 +77,7 @@ impl System {
         let unused = format!("http://127.0.0.1:{}", free_port());
         let gateway = Gateway::new(
             ApiKeys::parse(&format!("{API_KEY}:limits")).unwrap(),
-            KeyedRateLimiter::new(1000.0, 1000),
+            CallerLimiter::memory(&RateLimitSettings::new(1000, 1000)).unwrap(),
             downstream::client("orders", &orders_url, &issuer, None).unwrap(),
             downstream::client("inventory", &unused, &issuer, None).unwrap(),
             downstream::client("notifications", &unused, &issuer, None).unwrap(),
