@@ -95,7 +95,9 @@ pub mod health;
 pub mod idempotency;
 pub mod layers;
 pub mod response;
+pub mod response_cache;
 pub mod server;
+mod stored;
 #[cfg(feature = "tls")]
 #[cfg_attr(docsrs, doc(cfg(feature = "tls")))]
 pub mod tls;

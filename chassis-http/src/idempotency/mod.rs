@@ -116,7 +116,6 @@
 //! ```
 
 mod body;
-mod future;
 mod layer;
 mod memory;
 #[cfg(feature = "redis")]
@@ -125,7 +124,6 @@ mod service;
 mod store;
 
 pub use self::body::RequestBody;
-pub use self::future::ResponseFuture;
 pub use self::layer::{IdempotencyConfig, IdempotencyLayer, KeyScope};
 pub use self::memory::{MemoryStore, MemoryStoreStats};
 #[cfg(feature = "redis")]
@@ -136,6 +134,7 @@ pub use self::store::{
     Begin, Fingerprint, IdempotencyStore, Lock, StoreError, StoreErrorKind, StoreKey,
     StoredResponse,
 };
+pub use crate::stored::ResponseFuture;
 
 /// The request header carrying the key.
 pub const IDEMPOTENCY_KEY: http::HeaderName = http::HeaderName::from_static("idempotency-key");

@@ -4,17 +4,19 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use chassis_core::resilience::circuit_breaker::{
-    CircuitBreakerConfig, CircuitBreakerHandle, Outcome, SlidingWindowType,
-};
+use chassis_core::resilience::circuit_breaker::CircuitBreakerHandle;
 use futures_util::future::BoxFuture;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use serde::Deserialize;
+use redis::aio::ConnectionManager;
 
 use super::store::{
     Begin, Fingerprint, IdempotencyStore, Lock, StoreError, StoreErrorKind, StoreKey,
     StoredResponse,
 };
+pub use crate::stored::redis::RedisStoreConfig;
+use crate::stored::redis::{RedisBackend, millis};
+
+/// The store's namespace after the configured prefix.
+const NAMESPACE: &str = "idem:";
 
 /// The lock: `SET NX PX`, and when the key is taken, its value, in one atomic step.
 ///
@@ -45,114 +47,10 @@ end
 return 0
 ";
 
-/// Configuration of a [`RedisStore`]. Deserializes from e.g.
-///
-/// ```toml
-/// url = "redis://redis.internal:6379"
-/// prefix = "orders:idem:"
-/// timeout = "200ms"
-/// [breaker]
-/// name = "redis-idempotency"
-/// minimum_number_of_calls = 10
-/// ```
-#[derive(Clone, Debug, PartialEq, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct RedisStoreConfig {
-    /// The Redis server. Defaults to `redis://127.0.0.1:6379`.
-    pub url: String,
-    /// Prepended to every key, so services sharing a Redis do not collide. Defaults to
-    /// `"chassis:idem:"`; make it unique per service (e.g. `"orders:idem:"`).
-    pub prefix: String,
-    /// How long one call may wait for Redis before it fails (and the request is answered 503).
-    /// Defaults to 200 ms.
-    #[serde(with = "humantime_serde")]
-    pub timeout: Duration,
-    /// How long [`RedisStore::connect`] waits for the first connection. Defaults to 5 s.
-    #[serde(with = "humantime_serde")]
-    pub connect_timeout: Duration,
-    /// The circuit breaker around Redis: once it opens, calls fail at once instead of waiting
-    /// for their timeout, until a probe succeeds. Defaults to a count window of 20 calls,
-    /// opening at 50 % failures after 10 calls, for 5 s, with 2 probes.
-    pub breaker: CircuitBreakerConfig,
-}
-
-impl Default for RedisStoreConfig {
-    fn default() -> Self {
-        Self {
-            url: "redis://127.0.0.1:6379".to_owned(),
-            prefix: "chassis:idem:".to_owned(),
-            timeout: Duration::from_millis(200),
-            connect_timeout: Duration::from_secs(5),
-            breaker: CircuitBreakerConfig::new("redis-idempotency")
-                .sliding_window(SlidingWindowType::CountBased, 20)
-                .minimum_number_of_calls(10)
-                .failure_rate_threshold(50.0)
-                .wait_duration_in_open_state(Duration::from_secs(5))
-                .permitted_number_of_calls_in_half_open_state(2),
-        }
-    }
-}
-
-impl RedisStoreConfig {
-    /// The default configuration with the Redis at `url`.
-    pub fn new(url: impl Into<String>) -> Self {
-        Self {
-            url: url.into(),
-            ..Self::default()
-        }
-    }
-
-    /// Sets the key prefix. Defaults to `"chassis:idem:"`.
-    pub fn prefix(mut self, prefix: impl Into<String>) -> Self {
-        self.prefix = prefix.into();
-        self
-    }
-
-    /// Sets the timeout of one call. Defaults to 200 ms.
-    pub fn timeout(mut self, timeout: Duration) -> Self {
-        self.timeout = timeout;
-        self
-    }
-
-    /// Sets the timeout of the first connection. Defaults to 5 s.
-    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
-        self.connect_timeout = timeout;
-        self
-    }
-
-    /// Sets the circuit breaker around Redis.
-    pub fn breaker(mut self, breaker: CircuitBreakerConfig) -> Self {
-        self.breaker = breaker;
-        self
-    }
-
-    /// Checks the configuration.
-    pub fn validate(&self) -> Result<(), StoreError> {
-        self.breaker
-            .validate()
-            .map_err(|e| invalid("breaker rejected", e))?;
-        if self.timeout.is_zero() {
-            return Err(StoreError::new(StoreErrorKind::InvalidConfig {
-                reason: "timeout must be positive".to_owned(),
-            }));
-        }
-        Ok(())
-    }
-}
-
-fn invalid(reason: &str, source: impl Into<chassis_core::BoxError>) -> StoreError {
-    StoreError::with_source(
-        StoreErrorKind::InvalidConfig {
-            reason: reason.to_owned(),
-        },
-        source,
-    )
-}
-
 /// An [`IdempotencyStore`] in Redis, shared by every replica, so a retry that reaches another
 /// replica replays the response of the first.
 ///
-/// A key is `prefix + scope + key` ([`StoreKey`]'s `Display`). [`begin`](IdempotencyStore::begin)
+/// A key is `prefix + "idem:" + scope + key` ([`StoreKey`]'s `Display`). [`begin`](IdempotencyStore::begin)
 /// takes the lock with `SET NX PX` (the lock expires after the layer's lock time to live, so a
 /// replica that dies mid-request frees its keys); completing and releasing compare the lock's
 /// random token first, in a Lua script, so a holder whose lock expired touches nothing. A
@@ -171,7 +69,7 @@ fn invalid(reason: &str, source: impl Into<chassis_core::BoxError>) -> StoreErro
 ///
 /// # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
 /// let store = RedisStore::connect(
-///     RedisStoreConfig::new("redis://127.0.0.1:6379").prefix("orders:idem:"),
+///     RedisStoreConfig::new("redis://127.0.0.1:6379").prefix("orders:"),
 /// )
 /// .await?;
 /// let layer = IdempotencyLayer::new(store);
@@ -183,10 +81,7 @@ pub struct RedisStore {
 }
 
 struct Inner {
-    prefix: String,
-    timeout: Duration,
-    breaker: CircuitBreakerHandle,
-    connection: ConnectionManager,
+    backend: RedisBackend,
     begin: redis::Script,
     complete: redis::Script,
     release: redis::Script,
@@ -195,9 +90,7 @@ struct Inner {
 impl fmt::Debug for RedisStore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RedisStore")
-            .field("prefix", &self.inner.prefix)
-            .field("timeout", &self.inner.timeout)
-            .field("breaker", &self.inner.breaker.state())
+            .field("backend", &self.inner.backend)
             .finish()
     }
 }
@@ -210,27 +103,9 @@ impl RedisStore {
     /// reached. Once connected, the connection is re-established in the background whenever it
     /// breaks.
     pub async fn connect(config: RedisStoreConfig) -> Result<Self, StoreError> {
-        config.validate()?;
-        let client =
-            redis::Client::open(config.url.as_str()).map_err(|e| invalid("bad redis url", e))?;
-        let manager_config = ConnectionManagerConfig::new()
-            .set_connection_timeout(config.timeout.max(Duration::from_millis(100)))
-            .set_response_timeout(config.timeout)
-            .set_number_of_retries(1)
-            .set_max_delay(500);
-        let unavailable = || StoreErrorKind::Unavailable { store: "redis" };
-        let connection = tokio::time::timeout(
-            config.connect_timeout,
-            ConnectionManager::new_with_config(client, manager_config),
-        )
-        .await
-        .map_err(|_| {
-            StoreError::new(StoreErrorKind::Timeout {
-                after: config.connect_timeout,
-            })
-        })?
-        .map_err(|e| StoreError::with_source(unavailable(), e))?;
-        Self::with_connection(connection, config)
+        Ok(Self::with_backend(
+            RedisBackend::connect(config, NAMESPACE).await?,
+        ))
     }
 
     /// Builds the store on an existing connection (e.g. one a service shares between its Redis
@@ -239,30 +114,30 @@ impl RedisStore {
         connection: ConnectionManager,
         config: RedisStoreConfig,
     ) -> Result<Self, StoreError> {
-        config.validate()?;
-        let breaker = CircuitBreakerHandle::new(config.breaker)
-            .map_err(|e| invalid("breaker rejected", e))?;
-        Ok(Self {
+        Ok(Self::with_backend(RedisBackend::with_connection(
+            connection, config, NAMESPACE,
+        )?))
+    }
+
+    fn with_backend(backend: RedisBackend) -> Self {
+        Self {
             inner: Arc::new(Inner {
-                prefix: config.prefix,
-                timeout: config.timeout,
-                breaker,
-                connection,
+                backend,
                 begin: redis::Script::new(BEGIN_SCRIPT),
                 complete: redis::Script::new(COMPLETE_SCRIPT),
                 release: redis::Script::new(RELEASE_SCRIPT),
             }),
-        })
+        }
     }
 
     /// The circuit breaker around Redis (to read its state).
     pub fn breaker(&self) -> &CircuitBreakerHandle {
-        &self.inner.breaker
+        &self.inner.backend.breaker
     }
 
     /// The Redis key of `key`: the prefix followed by the scoped key.
     pub fn redis_key(&self, key: &StoreKey) -> String {
-        format!("{}{key}", self.inner.prefix)
+        format!("{}{key}", self.inner.backend.prefix)
     }
 
     /// Runs `invocation` under the breaker and the timeout.
@@ -270,45 +145,13 @@ impl RedisStore {
         &self,
         invocation: redis::ScriptInvocation<'_>,
     ) -> Result<T, StoreError> {
-        let inner = &self.inner;
-        let permit = inner.breaker.try_acquire().map_err(|open| {
-            StoreError::with_source(StoreErrorKind::Unavailable { store: "redis" }, open)
-        })?;
-        let mut connection = inner.connection.clone();
-        let reply =
-            tokio::time::timeout(inner.timeout, invocation.invoke_async::<T>(&mut connection))
-                .await;
-        match reply {
-            Ok(Ok(value)) => {
-                permit.record(Outcome::Success);
-                Ok(value)
-            }
-            Ok(Err(e)) => {
-                permit.record(Outcome::Failure);
-                // The connection's own response timeout (set to ours) may fire first: report it
-                // as the same timeout.
-                let kind = if e.is_timeout() {
-                    StoreErrorKind::Timeout {
-                        after: inner.timeout,
-                    }
-                } else {
-                    StoreErrorKind::Unavailable { store: "redis" }
-                };
-                Err(StoreError::with_source(kind, e))
-            }
-            Err(_elapsed) => {
-                permit.record(Outcome::Failure);
-                Err(StoreError::new(StoreErrorKind::Timeout {
-                    after: inner.timeout,
-                }))
-            }
-        }
+        self.inner
+            .backend
+            .call(
+                |mut connection| async move { invocation.invoke_async::<T>(&mut connection).await },
+            )
+            .await
     }
-}
-
-/// Milliseconds for `PX`: at least 1 (Redis refuses 0).
-fn millis(d: Duration) -> u64 {
-    u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1)
 }
 
 impl IdempotencyStore for RedisStore {

@@ -6,20 +6,20 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, header};
+use http::{HeaderMap, HeaderValue, Request, Response, StatusCode};
 use http_body::Body as _;
 use http_body_util::BodyExt;
 use tokio::time::Instant;
 use tower_service::Service;
 
-use super::body::{RequestBody, Resumed};
-use super::future::ResponseFuture;
+use super::body::RequestBody;
 use super::layer::Settings;
 use super::store::{Begin, Fingerprint, Lock, StoreKey, StoredResponse};
 use super::{IDEMPOTENCY_KEY, IDEMPOTENT_BODY_OMITTED, IDEMPOTENT_REPLAYED, codes};
 use crate::body::{Body, BoxError, boxed, full};
 use crate::error::ApiError;
 use crate::layers::guard::LengthLimitError;
+use crate::stored::{Read, ResponseFuture, StoreError, read_response, storable_headers};
 
 const TARGET: &str = "chassis_http::idempotency";
 
@@ -324,7 +324,7 @@ async fn acquire(
             }
             Err(err) => {
                 tracing::warn!(target: TARGET, key = key.key(), error = %err, "idempotency store unavailable: request refused");
-                return Err(err.to_api_error().into_response());
+                return Err(store_unavailable(&err).into_response());
             }
         }
     }
@@ -356,6 +356,16 @@ fn replay(stored: &StoredResponse) -> Response<Body> {
     response
 }
 
+/// The `503 idempotency_store_unavailable` answer to a store that cannot answer.
+fn store_unavailable(err: &StoreError) -> ApiError {
+    ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        codes::STORE_UNAVAILABLE,
+        "the idempotency store is unavailable; retry later with the same key",
+    )
+    .with_retry_after(err.retry_after())
+}
+
 fn reused() -> Response<Body> {
     ApiError::new(
         StatusCode::UNPROCESSABLE_ENTITY,
@@ -373,44 +383,6 @@ fn in_flight() -> Response<Body> {
     )
     .with_retry_after(Duration::from_secs(1))
     .into_response()
-}
-
-/// The headers a replay repeats: not the hop-by-hop ones (RFC 9110 §7.6.1, and those the
-/// `Connection` field names), not `Content-Length` (the replay's body sets it), and, without a
-/// body, none describing it.
-fn storable_headers(headers: &HeaderMap, body_omitted: bool) -> HeaderMap {
-    let named: Vec<String> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(|name| name.trim().to_ascii_lowercase())
-        .collect();
-    let mut kept = HeaderMap::with_capacity(headers.len());
-    for (name, value) in headers {
-        let hop_by_hop = matches!(
-            name.as_str(),
-            "connection"
-                | "keep-alive"
-                | "proxy-connection"
-                | "proxy-authenticate"
-                | "proxy-authorization"
-                | "te"
-                | "trailer"
-                | "transfer-encoding"
-                | "upgrade"
-                | "content-length"
-        ) || named.iter().any(|n| n == name.as_str());
-        let describes_body = matches!(
-            name.as_str(),
-            "content-type" | "content-encoding" | "content-range" | "etag"
-        );
-        if hop_by_hop || (body_omitted && describes_body) {
-            continue;
-        }
-        kept.append(name.clone(), value.clone());
-    }
-    kept
 }
 
 /// Reads a keyed request's body, up to `limit` bytes.
@@ -442,52 +414,6 @@ where
         }
     }
     Ok(buf.freeze())
-}
-
-enum Read {
-    /// The whole body, within the limit: the body to send and the bytes to keep.
-    Whole(Resumed, Bytes),
-    /// Over the limit: what was read, and the rest.
-    TooLarge(Resumed),
-    /// The body failed: what was read, then its error.
-    Failed(Resumed),
-}
-
-/// Reads a response body up to `limit` bytes to keep it; a larger one is read no further.
-async fn read_response(mut body: Body, limit: usize) -> Read {
-    let resumed = |prefix: Bytes, trailers, error, rest| Resumed {
-        prefix: Some(prefix),
-        trailers,
-        error,
-        rest,
-    };
-    if body.size_hint().lower() > limit as u64 {
-        return Read::TooLarge(resumed(Bytes::new(), None, None, Some(body)));
-    }
-    let mut buf = BytesMut::new();
-    let mut trailers: Option<HeaderMap> = None;
-    while let Some(frame) = body.frame().await {
-        let frame = match frame {
-            Ok(frame) => frame,
-            Err(err) => return Read::Failed(resumed(buf.freeze(), trailers, Some(err), None)),
-        };
-        match frame.into_data() {
-            Ok(data) => {
-                if buf.len() + data.len() > limit {
-                    buf.extend_from_slice(&data);
-                    return Read::TooLarge(resumed(buf.freeze(), trailers, None, Some(body)));
-                }
-                buf.extend_from_slice(&data);
-            }
-            Err(frame) => {
-                if let Ok(t) = frame.into_trailers() {
-                    trailers.get_or_insert_with(HeaderMap::new).extend(t);
-                }
-            }
-        }
-    }
-    let bytes = buf.freeze();
-    Read::Whole(resumed(bytes.clone(), trailers, None, None), bytes)
 }
 
 #[cfg(test)]
@@ -524,24 +450,5 @@ mod tests {
         two.append(IDEMPOTENCY_KEY, HeaderValue::from_static("a"));
         two.append(IDEMPOTENCY_KEY, HeaderValue::from_static("b"));
         assert_eq!(parse_key(&two, 10).unwrap_err().code(), codes::KEY_INVALID);
-    }
-
-    #[test]
-    fn hop_by_hop_fields_are_not_kept() {
-        let mut headers = HeaderMap::new();
-        headers.insert("connection", HeaderValue::from_static("x-private, close"));
-        headers.insert("x-private", HeaderValue::from_static("1"));
-        headers.insert("transfer-encoding", HeaderValue::from_static("chunked"));
-        headers.insert("content-length", HeaderValue::from_static("4"));
-        headers.insert("content-type", HeaderValue::from_static("text/plain"));
-        headers.insert("location", HeaderValue::from_static("/orders/7"));
-        let kept = storable_headers(&headers, false);
-        let names: Vec<_> = kept.keys().map(|n| n.as_str()).collect();
-        assert_eq!(names, ["content-type", "location"]);
-        let kept = storable_headers(&headers, true);
-        assert_eq!(
-            kept.keys().map(|n| n.as_str()).collect::<Vec<_>>(),
-            ["location"]
-        );
     }
 }

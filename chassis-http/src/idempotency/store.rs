@@ -7,9 +7,10 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::future::BoxFuture;
-use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
+use http::{HeaderMap, StatusCode};
 
-use crate::error::ApiError;
+use crate::stored::codec::{Reader, response_size, write_response};
+pub use crate::stored::{StoreError, StoreErrorKind};
 
 /// Where the keys and the responses of an [`IdempotencyLayer`](super::IdempotencyLayer) live.
 ///
@@ -259,7 +260,8 @@ impl fmt::Debug for StoredResponse {
 }
 
 const RECORD_TAG: u8 = b'C';
-const RECORD_VERSION: u8 = 1;
+// Version 2: the omitted-body flag before the status.
+const RECORD_VERSION: u8 = 2;
 
 impl StoredResponse {
     /// A response to keep. `body_omitted` says the body was too large to keep (`body` is then
@@ -307,33 +309,18 @@ impl StoredResponse {
 
     /// Bytes held: the body and the header fields (what a memory bound counts).
     pub fn size(&self) -> usize {
-        self.body.len()
-            + self
-                .headers
-                .iter()
-                .map(|(n, v)| n.as_str().len() + v.len() + 2)
-                .sum::<usize>()
-            + 64
+        response_size(&self.headers, &self.body)
     }
 
-    /// The response as bytes: `C`, a format version, the fingerprint, the status, the header
-    /// fields and the body, lengths big-endian.
+    /// The response as bytes: `C`, a format version, the fingerprint, whether the body was
+    /// omitted, then the status, the header fields and the body, lengths big-endian.
     pub fn encode(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(self.size() + 48);
         out.push(RECORD_TAG);
         out.push(RECORD_VERSION);
         out.extend_from_slice(&self.fingerprint.0);
-        out.extend_from_slice(&self.status.as_u16().to_be_bytes());
         out.push(u8::from(self.body_omitted));
-        out.extend_from_slice(&(self.headers.len() as u32).to_be_bytes());
-        for (name, value) in &self.headers {
-            out.extend_from_slice(&(name.as_str().len() as u32).to_be_bytes());
-            out.extend_from_slice(name.as_str().as_bytes());
-            out.extend_from_slice(&(value.len() as u32).to_be_bytes());
-            out.extend_from_slice(value.as_bytes());
-        }
-        out.extend_from_slice(&(self.body.len() as u32).to_be_bytes());
-        out.extend_from_slice(&self.body);
+        write_response(&mut out, self.status, &self.headers, &self.body);
         out
     }
 
@@ -344,22 +331,8 @@ impl StoredResponse {
             return None;
         }
         let fingerprint = Fingerprint(r.take(32)?.try_into().ok()?);
-        let status = StatusCode::from_u16(u16::from_be_bytes(r.take(2)?.try_into().ok()?)).ok()?;
         let body_omitted = r.take(1)? != [0];
-        let count = r.u32()?;
-        let mut headers = HeaderMap::new();
-        for _ in 0..count {
-            let len = r.u32()?;
-            let name = HeaderName::from_bytes(r.take(len)?).ok()?;
-            let len = r.u32()?;
-            let value = HeaderValue::from_bytes(r.take(len)?).ok()?;
-            headers.append(name, value);
-        }
-        let len = r.u32()?;
-        let body = Bytes::copy_from_slice(r.take(len)?);
-        if !r.0.is_empty() {
-            return None;
-        }
+        let (status, headers, body) = r.response()?;
         Some(Self {
             fingerprint,
             status,
@@ -370,110 +343,10 @@ impl StoredResponse {
     }
 }
 
-struct Reader<'a>(&'a [u8]);
-
-impl<'a> Reader<'a> {
-    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
-        if self.0.len() < n {
-            return None;
-        }
-        let (head, rest) = self.0.split_at(n);
-        self.0 = rest;
-        Some(head)
-    }
-
-    fn u32(&mut self) -> Option<usize> {
-        Some(u32::from_be_bytes(self.take(4)?.try_into().ok()?) as usize)
-    }
-}
-
-/// What went wrong in an [`IdempotencyStore`].
-#[derive(Debug, Clone, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum StoreErrorKind {
-    /// The store could not be reached or refused the command (the cause is the source); also
-    /// while the circuit breaker around it is open.
-    Unavailable {
-        /// Which store (`"redis"`, `"memory"`).
-        store: &'static str,
-    },
-    /// The store did not answer within `after`.
-    Timeout {
-        /// The time allowed for one call.
-        after: Duration,
-    },
-    /// Every entry of a bounded store holds an in-flight request; no key can be taken until
-    /// one completes or expires.
-    Full {
-        /// The bound.
-        max_entries: usize,
-    },
-    /// A stored value could not be read back (written by something else under the key).
-    Corrupt,
-    /// A configuration value was rejected.
-    InvalidConfig {
-        /// What is wrong with it.
-        reason: String,
-    },
-}
-
-impl fmt::Display for StoreErrorKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Self::Unavailable { store } => write!(f, "idempotency store ({store}) unavailable"),
-            Self::Timeout { after } => write!(
-                f,
-                "idempotency store did not answer within {}ms",
-                after.as_millis()
-            ),
-            Self::Full { max_entries } => write!(
-                f,
-                "idempotency store full: all {max_entries} entries are requests in flight"
-            ),
-            Self::Corrupt => write!(f, "idempotency store holds a value it cannot read"),
-            Self::InvalidConfig { reason } => {
-                write!(f, "invalid idempotency store configuration: {reason}")
-            }
-        }
-    }
-}
-
-chassis_core::__define_error! {
-    /// The error of an [`IdempotencyStore`]. The layer answers it `503
-    /// idempotency_store_unavailable` with a `Retry-After` (the breaker's, when it is open),
-    /// never running the request without its key.
-    pub struct StoreError(StoreErrorKind);
-    display = kind_and_source;
-}
-
-impl StoreError {
-    /// When to try again: the open breaker's wait if the store's breaker rejected the call,
-    /// else one second.
-    pub fn retry_after(&self) -> Duration {
-        self.source
-            .as_deref()
-            .and_then(|source| {
-                chassis_core::Error::find_in(source as &(dyn std::error::Error + 'static))
-            })
-            .and_then(chassis_core::Error::retry_after)
-            .filter(|d| !d.is_zero())
-            .unwrap_or(Duration::from_secs(1))
-    }
-
-    /// The `503 idempotency_store_unavailable` answer.
-    pub fn to_api_error(&self) -> ApiError {
-        ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            super::codes::STORE_UNAVAILABLE,
-            "the idempotency store is unavailable; retry later with the same key",
-        )
-        .with_retry_after(self.retry_after())
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http::HeaderValue;
 
     #[test]
     fn responses_round_trip_through_bytes() {

@@ -1,4 +1,4 @@
-//! [`ResponseFuture`] of the idempotency service.
+//! [`ResponseFuture`] of the services that keep responses.
 
 use std::fmt;
 use std::future::Future;
@@ -13,10 +13,12 @@ use pin_project_lite::pin_project;
 use crate::body::{Body, BoxError, boxed};
 
 pin_project! {
-    /// Response future of [`Idempotency`](super::Idempotency): the inner service's future for a
-    /// request the layer passes through, an answer the layer gave at once (a malformed key), or,
-    /// for a keyed request, the boxed sequence of store calls, the inner call and the response's
-    /// keeping. The box is only paid by keyed requests, which wait on the store anyway.
+    /// Response future of [`Idempotency`](crate::idempotency::Idempotency) and
+    /// [`ResponseCache`](crate::response_cache::ResponseCache): the inner service's future for
+    /// a request the layer passes through, an answer the layer gave at once (a malformed
+    /// idempotency key), or, for a request the layer handles, the boxed sequence of store
+    /// calls, the inner call and the response's keeping. The box is only paid by those, which
+    /// wait on the store anyway.
     pub struct ResponseFuture<F, E> {
         #[pin]
         state: State<F, E>,

@@ -1,0 +1,207 @@
+//! [`MemoryCacheStore`]: cached responses in this process's memory, bounded, expiring.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::future::ready;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+use futures_util::future::BoxFuture;
+use tokio::time::Instant;
+
+use super::store::{CacheKey, CacheStore, CachedResponse};
+use crate::stored::StoreError;
+
+/// A [`CacheStore`] in this process's memory: each replica caches for itself.
+///
+/// Bounded by entries ([`max_entries`](Self::max_entries), default 10,000) and by the bytes of
+/// the responses ([`max_bytes`](Self::max_bytes), default 64 MiB); when full, the responses
+/// closest to expiry go first. Expiry uses tokio's clock. Cheap to clone; clones share the
+/// entries.
+///
+/// ```
+/// use chassis_http::response_cache::{MemoryCacheStore, ResponseCacheLayer};
+///
+/// let store = MemoryCacheStore::new().max_entries(1_000).max_bytes(8 << 20);
+/// let layer = ResponseCacheLayer::new(store.clone());
+/// assert_eq!(store.len(), 0);
+/// # let _ = layer;
+/// ```
+#[derive(Clone)]
+pub struct MemoryCacheStore {
+    inner: Arc<Mutex<State>>,
+    max_entries: usize,
+    max_bytes: usize,
+}
+
+#[derive(Default)]
+struct State {
+    map: HashMap<CacheKey, ((Instant, u64), Arc<CachedResponse>)>,
+    /// Every entry by expiry, for expiring and evicting in order.
+    expiry: BTreeMap<(Instant, u64), CacheKey>,
+    seq: u64,
+    bytes: usize,
+}
+
+impl Default for MemoryCacheStore {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl fmt::Debug for MemoryCacheStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MemoryCacheStore")
+            .field("max_entries", &self.max_entries)
+            .field("max_bytes", &self.max_bytes)
+            .field("len", &self.len())
+            .finish()
+    }
+}
+
+impl MemoryCacheStore {
+    /// An empty store with the default bounds.
+    pub fn new() -> Self {
+        Self {
+            inner: Arc::default(),
+            max_entries: 10_000,
+            max_bytes: 64 << 20,
+        }
+    }
+
+    /// Responses held at most (at least 1). Defaults to 10,000.
+    pub fn max_entries(mut self, max: usize) -> Self {
+        self.max_entries = max.max(1);
+        self
+    }
+
+    /// Bytes of responses held at most. Defaults to 64 MiB.
+    pub fn max_bytes(mut self, max: usize) -> Self {
+        self.max_bytes = max;
+        self
+    }
+
+    /// Responses held (expired ones included until the next call drops them).
+    pub fn len(&self) -> usize {
+        self.lock().map.len()
+    }
+
+    /// Whether no response is held.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // The critical sections leave the maps consistent at every step that can panic.
+        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn get_now(&self, key: &CacheKey) -> Option<Arc<CachedResponse>> {
+        let mut state = self.lock();
+        state.expire(Instant::now());
+        state.map.get(key).map(|(_, response)| response.clone())
+    }
+
+    fn put_now(&self, key: &CacheKey, response: &CachedResponse) {
+        let now = Instant::now();
+        let mut state = self.lock();
+        state.expire(now);
+        state.remove(key);
+        state.seq += 1;
+        let at = (now + response.ttl(), state.seq);
+        state.bytes += response.size();
+        state.expiry.insert(at, key.clone());
+        state
+            .map
+            .insert(key.clone(), (at, Arc::new(response.clone())));
+        while state.map.len() > self.max_entries || state.bytes > self.max_bytes {
+            let Some((_, victim)) = state.expiry.pop_first() else {
+                break;
+            };
+            state.remove(&victim);
+        }
+    }
+}
+
+impl State {
+    fn remove(&mut self, key: &CacheKey) {
+        if let Some((at, response)) = self.map.remove(key) {
+            self.expiry.remove(&at);
+            self.bytes -= response.size();
+        }
+    }
+
+    /// Drops every entry expired at `now`.
+    fn expire(&mut self, now: Instant) {
+        while let Some(entry) = self.expiry.first_entry() {
+            if entry.key().0 > now {
+                break;
+            }
+            let key = entry.remove();
+            if let Some((_, response)) = self.map.remove(&key) {
+                self.bytes -= response.size();
+            }
+        }
+    }
+}
+
+impl CacheStore for MemoryCacheStore {
+    fn get<'a>(
+        &'a self,
+        key: &'a CacheKey,
+    ) -> BoxFuture<'a, Result<Option<Arc<CachedResponse>>, StoreError>> {
+        Box::pin(ready(Ok(self.get_now(key))))
+    }
+
+    fn put<'a>(
+        &'a self,
+        key: &'a CacheKey,
+        response: &'a CachedResponse,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        self.put_now(key, response);
+        Box::pin(ready(Ok(())))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+    use http::{HeaderMap, Method, StatusCode};
+    use std::time::{Duration, SystemTime};
+
+    fn response(body: &'static [u8], ttl: u64) -> CachedResponse {
+        CachedResponse::new(
+            StatusCode::OK,
+            HeaderMap::new(),
+            Bytes::from_static(body),
+            SystemTime::now(),
+            Duration::from_secs(ttl),
+        )
+    }
+
+    fn key(path: &str) -> CacheKey {
+        CacheKey::of(&Method::GET, path, &[], None)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn expires_and_stays_within_its_bounds() {
+        let store = MemoryCacheStore::new().max_entries(2).max_bytes(300);
+        store.put(&key("/a"), &response(b"a", 10)).await.unwrap();
+        store.put(&key("/b"), &response(b"b", 20)).await.unwrap();
+        store.put(&key("/c"), &response(b"c", 30)).await.unwrap();
+        assert!(
+            store.get(&key("/a")).await.unwrap().is_none(),
+            "evicted first"
+        );
+        assert_eq!(store.get(&key("/b")).await.unwrap().unwrap().body(), "b");
+        tokio::time::advance(Duration::from_secs(21)).await;
+        assert!(store.get(&key("/b")).await.unwrap().is_none(), "expired");
+        assert_eq!(store.len(), 1);
+        store
+            .put(&key("/d"), &response(&[b'.'; 250], 60))
+            .await
+            .unwrap();
+        assert_eq!(store.len(), 1, "the byte bound evicted /c");
+        assert!(store.get(&key("/d")).await.unwrap().is_some());
+    }
+}
