@@ -275,7 +275,8 @@ pub const MESSAGING_CLIENT_DEAD_LETTERED_MESSAGES: &str =
     "messaging_client_dead_lettered_messages_total";
 /// Messages ready in a consumed queue (waiting for a consumer), as the consumer last polled it.
 pub const MESSAGING_QUEUE_MESSAGES_READY: &str = "messaging_queue_messages_ready";
-/// Deliveries a consumer holds and has not settled yet (prefetched or being handled).
+/// Deliveries a consumer has taken from its channel and not settled yet (being handled, or
+/// waiting for a handler or a lane).
 pub const MESSAGING_CONSUMER_UNACKED_MESSAGES: &str = "messaging_consumer_unacked_messages";
 /// Circuit breaker state: 0 closed, 1 open, 2 half-open, 3 forced open, 4 forced closed.
 pub const CIRCUIT_BREAKER_STATE: &str = "circuit_breaker_state";
@@ -480,7 +481,7 @@ pub const ALL: &[Metric] = &[
         kind: Kind::Gauge,
         unit: "{message}",
         labels: &[open(MESSAGING_DESTINATION_NAME)],
-        description: "Deliveries a consumer holds unsettled: prefetched or being handled.",
+        description: "Deliveries a consumer has taken in and not settled: being handled, or waiting for a handler or a lane.",
     },
     Metric {
         name: CIRCUIT_BREAKER_STATE,

@@ -71,8 +71,9 @@
 //! `messaging_queue_messages_ready` (messages waiting in the queue, from a passive
 //! `queue.declare` on a channel of its own every
 //! [`queue_depth_interval`](ConsumerConfig::queue_depth_interval)) and
-//! `messaging_consumer_unacked_messages` (deliveries this consumer holds unsettled, prefetched
-//! or being handled).
+//! `messaging_consumer_unacked_messages` (deliveries this consumer has taken from its channel
+//! and not settled: being handled, or waiting for a handler or a lane; what the broker has
+//! pushed beyond that, up to the prefetch, still waits inside lapin and is not counted).
 //!
 //! Each delivery runs in a consumer span `"{queue} process"` (`otel.kind = consumer`) whose
 //! parent is the producer's context extracted from the headers, so the trace crosses the
