@@ -15,7 +15,16 @@ use outbox_support::*;
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 async fn sqlite_inbox(dir: &tempfile::TempDir) -> Inbox<sqlx::Sqlite> {
-    let pool = sqlite_pool(dir).await;
+    effects_inbox(sqlite_pool(dir).await).await
+}
+
+/// The migrated inbox of consumer `reserve` on `pool`, beside an `effects` table its handlers
+/// write to.
+async fn effects_inbox<DB: InboxDatabase>(pool: sqlx::Pool<DB>) -> Inbox<DB>
+where
+    for<'c> &'c sqlx::Pool<DB>: sqlx::Executor<'c, Database = DB>,
+    DB::Arguments: sqlx::IntoArguments<DB>,
+{
     let inbox = Inbox::new(pool.clone(), "reserve");
     inbox.migrate().await.unwrap();
     sqlx::query("CREATE TABLE effects (message_id TEXT NOT NULL)")
@@ -23,6 +32,54 @@ async fn sqlite_inbox(dir: &tempfile::TempDir) -> Inbox<sqlx::Sqlite> {
         .await
         .unwrap();
     inbox
+}
+
+/// Processes message `m-1`: the handler writes its effect, holds its transaction open for
+/// `hold`, then returns `result`.
+async fn process_m1<DB: InboxDatabase, T: Send + 'static>(
+    inbox: &Inbox<DB>,
+    hold: Duration,
+    result: Result<T, BoxError>,
+) -> Result<Processed<T>, BoxError>
+where
+    for<'c> &'c mut DB::Connection: sqlx::Executor<'c, Database = DB>,
+    DB::Arguments: sqlx::IntoArguments<DB>,
+{
+    inbox
+        .process("m-1", |tx| {
+            Box::pin(async move {
+                sqlx::query("INSERT INTO effects VALUES ('m-1')")
+                    .execute(&mut **tx)
+                    .await?;
+                if !hold.is_zero() {
+                    tokio::time::sleep(hold).await;
+                }
+                result
+            })
+        })
+        .await
+}
+
+/// Four concurrent deliveries of `m-1`, each holding its transaction for `hold`: returns how
+/// many were processed (not skipped as duplicates).
+async fn concurrent_m1<DB: InboxDatabase>(inbox: &Inbox<DB>, hold: Duration) -> usize
+where
+    for<'c> &'c mut DB::Connection: sqlx::Executor<'c, Database = DB>,
+    DB::Arguments: sqlx::IntoArguments<DB>,
+{
+    let tasks: Vec<_> = (0..4)
+        .map(|_| {
+            let inbox = inbox.clone();
+            tokio::spawn(async move { process_m1(&inbox, hold, Ok(())).await.unwrap() })
+        })
+        .collect();
+    let mut done = 0;
+    for t in tasks {
+        if !t.await.unwrap().is_duplicate() {
+            done += 1;
+        }
+    }
+    done
 }
 
 async fn effects<DB: InboxDatabase>(inbox: &Inbox<DB>) -> i64
@@ -45,15 +102,7 @@ async fn sqlite_duplicate_is_skipped_and_the_effect_happens_once() {
     let mut outcomes = Vec::new();
     for _ in 0..3 {
         outcomes.push(
-            inbox
-                .process("m-1", |tx| {
-                    Box::pin(async move {
-                        sqlx::query("INSERT INTO effects VALUES ('m-1')")
-                            .execute(&mut **tx)
-                            .await?;
-                        Ok::<_, BoxError>("applied")
-                    })
-                })
+            process_m1(&inbox, Duration::ZERO, Ok("applied"))
                 .await
                 .unwrap(),
         );
@@ -76,29 +125,11 @@ async fn sqlite_duplicate_is_skipped_and_the_effect_happens_once() {
 async fn sqlite_failed_handler_rolls_back_its_writes_and_the_id() {
     let dir = tempfile::tempdir().unwrap();
     let inbox = sqlite_inbox(&dir).await;
-    let failed = inbox
-        .process("m-1", |tx| {
-            Box::pin(async move {
-                sqlx::query("INSERT INTO effects VALUES ('m-1')")
-                    .execute(&mut **tx)
-                    .await?;
-                Err::<(), BoxError>("downstream refused".into())
-            })
-        })
-        .await;
+    let failed =
+        process_m1::<_, ()>(&inbox, Duration::ZERO, Err("downstream refused".into())).await;
     assert_eq!(failed.unwrap_err().to_string(), "downstream refused");
     assert_eq!(effects(&inbox).await, 0, "the handler's write rolled back");
-    let retried = inbox
-        .process("m-1", |tx| {
-            Box::pin(async move {
-                sqlx::query("INSERT INTO effects VALUES ('m-1')")
-                    .execute(&mut **tx)
-                    .await?;
-                Ok::<_, BoxError>(())
-            })
-        })
-        .await
-        .unwrap();
+    let retried = process_m1(&inbox, Duration::ZERO, Ok(())).await.unwrap();
     assert_eq!(retried, Processed::Done(()), "the redelivery is processed");
     assert_eq!(effects(&inbox).await, 1);
 }
@@ -107,32 +138,7 @@ async fn sqlite_failed_handler_rolls_back_its_writes_and_the_id() {
 async fn sqlite_concurrent_duplicates_apply_once() {
     let dir = tempfile::tempdir().unwrap();
     let inbox = sqlite_inbox(&dir).await;
-    let tasks: Vec<_> = (0..4)
-        .map(|_| {
-            let inbox = inbox.clone();
-            tokio::spawn(async move {
-                inbox
-                    .process("m-1", |tx| {
-                        Box::pin(async move {
-                            sqlx::query("INSERT INTO effects VALUES ('m-1')")
-                                .execute(&mut **tx)
-                                .await?;
-                            tokio::time::sleep(Duration::from_millis(50)).await;
-                            Ok::<_, BoxError>(())
-                        })
-                    })
-                    .await
-                    .unwrap()
-            })
-        })
-        .collect();
-    let mut done = 0;
-    for t in tasks {
-        if !t.await.unwrap().is_duplicate() {
-            done += 1;
-        }
-    }
-    assert_eq!(done, 1);
+    assert_eq!(concurrent_m1(&inbox, Duration::from_millis(50)).await, 1);
     assert_eq!(effects(&inbox).await, 1);
 }
 
@@ -220,56 +226,18 @@ mod postgres {
 
     async fn pg_inbox() -> (PgSchema, Inbox<sqlx::Postgres>) {
         let db = PgSchema::new(8).await;
-        let inbox = Inbox::new(db.pool.clone(), "reserve");
-        inbox.migrate().await.unwrap();
-        sqlx::query("CREATE TABLE effects (message_id TEXT NOT NULL)")
-            .execute(&db.pool)
-            .await
-            .unwrap();
+        let inbox = effects_inbox(db.pool.clone()).await;
         (db, inbox)
     }
 
     #[tokio::test]
     async fn pg_concurrent_duplicates_apply_once_and_failures_roll_back() {
         let (db, inbox) = pg_inbox().await;
-        let failed = inbox
-            .process("m-1", |tx| {
-                Box::pin(async move {
-                    sqlx::query("INSERT INTO effects VALUES ('m-1')")
-                        .execute(&mut **tx)
-                        .await?;
-                    Err::<(), BoxError>("refused".into())
-                })
-            })
-            .await;
+        let failed = process_m1::<_, ()>(&inbox, Duration::ZERO, Err("refused".into())).await;
         assert!(failed.is_err());
-        let tasks: Vec<_> = (0..4)
-            .map(|_| {
-                let inbox = inbox.clone();
-                tokio::spawn(async move {
-                    inbox
-                        .process("m-1", |tx| {
-                            Box::pin(async move {
-                                sqlx::query("INSERT INTO effects VALUES ('m-1')")
-                                    .execute(&mut **tx)
-                                    .await?;
-                                tokio::time::sleep(Duration::from_millis(100)).await;
-                                Ok::<_, BoxError>(())
-                            })
-                        })
-                        .await
-                        .unwrap()
-                })
-            })
-            .collect();
-        let mut done = 0;
-        for t in tasks {
-            if !t.await.unwrap().is_duplicate() {
-                done += 1;
-            }
-        }
         assert_eq!(
-            done, 1,
+            concurrent_m1(&inbox, Duration::from_millis(100)).await,
+            1,
             "the concurrent duplicates waited for the first and skipped"
         );
         assert_eq!(effects(&inbox).await, 1);

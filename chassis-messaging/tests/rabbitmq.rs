@@ -128,6 +128,20 @@ async fn publish_raw(
         .await
 }
 
+/// A recorder installed for this thread (the test runs on a current-thread runtime); it lives
+/// for the rest of the test process.
+fn local_recorder() -> (
+    metrics_util::debugging::Snapshotter,
+    metrics::LocalRecorderGuard<'static>,
+) {
+    let recorder: &'static _ =
+        Box::leak(Box::new(metrics_util::debugging::DebuggingRecorder::new()));
+    (
+        recorder.snapshotter(),
+        metrics::set_default_local_recorder(recorder),
+    )
+}
+
 /// Every metric of the recorder: name, labels, value.
 fn metric_entries(
     snapshotter: &metrics_util::debugging::Snapshotter,
@@ -423,11 +437,9 @@ async fn accepting_exchange_turns_a_return_into_unrouted() {
     use chassis_messaging::amqp::publisher::Routing;
     use chassis_messaging::amqp::topology::{ExchangeConfig, TopologyConfig, Unroutable};
     use chassis_observability::metrics::names;
-    use metrics_util::debugging::{DebugValue, DebuggingRecorder};
+    use metrics_util::debugging::DebugValue;
 
-    let recorder = DebuggingRecorder::new();
-    let snapshotter = recorder.snapshotter();
-    let _local = metrics::set_default_local_recorder(&recorder);
+    let (snapshotter, _local) = local_recorder();
     let fx = Fixture::with_binding("accept-unroutable", "only.this", |q| q).await;
     let audit = format!("{}.audit", fx.name);
     fx.conn
@@ -943,11 +955,9 @@ async fn ack_of_a_delivery_from_before_a_reconnect_never_goes_out_on_the_new_cha
 #[tokio::test(flavor = "current_thread")]
 async fn publisher_metrics_per_destination_and_outcome() {
     use chassis_observability::metrics::names;
-    use metrics_util::debugging::{DebugValue, DebuggingRecorder};
+    use metrics_util::debugging::DebugValue;
 
-    let recorder = DebuggingRecorder::new();
-    let snapshotter = recorder.snapshotter();
-    let _local = metrics::set_default_local_recorder(&recorder);
+    let (snapshotter, _local) = local_recorder();
     let fx = Fixture::new("pub-metrics", short_tiers()).await;
     let publisher = publisher(&fx);
     for seq in 0..3 {
