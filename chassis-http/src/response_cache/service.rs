@@ -165,7 +165,10 @@ where
                 match found {
                     Some(hit) if hit.age(now) < hit.ttl() => {
                         let age = hit.age(now);
-                        if asked.max_age.is_none_or(|max| age.as_secs() <= max) {
+                        if asked
+                            .max_age
+                            .is_none_or(|max| age <= Duration::from_secs(max))
+                        {
                             tracing::debug!(target: TARGET, key = %key, "cache hit");
                             return Ok(replay(&hit, age));
                         }
