@@ -15,23 +15,7 @@ use outbox_support::*;
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 async fn sqlite_inbox(dir: &tempfile::TempDir) -> Inbox<sqlx::Sqlite> {
-    effects_inbox(sqlite_pool(dir).await).await
-}
-
-/// The migrated inbox of consumer `reserve` on `pool`, beside an `effects` table its handlers
-/// write to.
-async fn effects_inbox<DB: InboxDatabase>(pool: sqlx::Pool<DB>) -> Inbox<DB>
-where
-    for<'c> &'c sqlx::Pool<DB>: sqlx::Executor<'c, Database = DB>,
-    DB::Arguments: sqlx::IntoArguments<DB>,
-{
-    let inbox = Inbox::new(pool.clone(), "reserve");
-    inbox.migrate().await.unwrap();
-    sqlx::query("CREATE TABLE effects (message_id TEXT NOT NULL)")
-        .execute(&pool)
-        .await
-        .unwrap();
-    inbox
+    effects_inbox(sqlite_pool(dir).await, "reserve").await
 }
 
 /// Processes message `m-1`: the handler writes its effect, holds its transaction open for
@@ -226,7 +210,7 @@ mod postgres {
 
     async fn pg_inbox() -> (PgSchema, Inbox<sqlx::Postgres>) {
         let db = PgSchema::new(8).await;
-        let inbox = effects_inbox(db.pool.clone()).await;
+        let inbox = effects_inbox(db.pool.clone(), "reserve").await;
         (db, inbox)
     }
 

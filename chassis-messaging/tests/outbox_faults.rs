@@ -65,7 +65,7 @@ use chassis_messaging::amqp::publisher::{Publisher, PublisherConfig};
 #[cfg(feature = "postgres")]
 use chassis_messaging::error::Error;
 use chassis_messaging::message::OutgoingMessage;
-use chassis_messaging::sql::inbox::{Inbox, idempotent};
+use chassis_messaging::sql::inbox::idempotent;
 use chassis_messaging::sql::outbox::{OutboxStore, Relay, RelayConfig, SqliteOutbox};
 use chassis_messaging::sql::sqlite_pool;
 use chassis_testkit::ChildGuard;
@@ -137,12 +137,7 @@ impl Applier {
     async fn start(broker: &Broker) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let pool = sqlite_pool(&sqlite_url(&dir.path().join("inbox.db"))).unwrap();
-        let inbox = Inbox::new(pool.clone(), "outbox-faults");
-        inbox.migrate().await.unwrap();
-        sqlx::query("CREATE TABLE effects (message_id TEXT NOT NULL)")
-            .execute(&pool)
-            .await
-            .unwrap();
+        let inbox = outbox_support::effects_inbox(pool.clone(), "outbox-faults").await;
         let apply = Arc::new(idempotent(inbox, |msg: IncomingMessage, tx| {
             Box::pin(async move {
                 let applied = sqlx::query("INSERT INTO effects (message_id) VALUES (?1)")

@@ -6,18 +6,30 @@ mod outbox_support;
 
 use std::time::Duration;
 
-use chassis_messaging::message::OutgoingMessage;
-use chassis_messaging::sql::outbox::{OutboxStore, Relay, RelayConfig, SqliteOutbox};
+use chassis_messaging::sql::outbox::{OutboxStore, RelayConfig, SqliteOutbox};
 use chassis_observability::logging::CaptureWriter;
 use outbox_support::*;
 use tokio_util::sync::CancellationToken;
 
 const WARNING: &str = "outbox has parked rows that need attention";
 
-async fn enqueue_committed(outbox: &SqliteOutbox, msg: &OutgoingMessage) {
-    let mut tx = outbox.pool().begin().await.unwrap();
-    outbox.enqueue(&mut tx, msg).await.unwrap();
-    outbox.commit(tx).await.unwrap();
+/// Waits until `parked` rows are parked and the warning was logged `parked` times.
+async fn assert_parked_and_reported(outbox: &SqliteOutbox, capture: &CaptureWriter, parked: i64) {
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            outbox.stats().await.unwrap().parked == parked
+        })
+        .await,
+        "{parked} rows are parked"
+    );
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            warnings(capture) == parked as usize
+        })
+        .await,
+        "the parked count {parked} is reported: {:#?}",
+        capture.lines()
+    );
 }
 
 fn warnings(capture: &CaptureWriter) -> usize {
@@ -42,49 +54,23 @@ async fn parked_warning_is_logged_once_per_change_of_the_count() {
         event.routing_key = "nobody.listens".into();
         event
     };
-    enqueue_committed(&outbox, &poison(1)).await;
+    enqueue_committed(&outbox, &poison(1), Commit::Signalled).await;
 
     let stats_interval = Duration::from_millis(40);
     let token = CancellationToken::new();
-    let relay = Relay::new(
-        outbox.clone(),
-        broker.publisher.clone(),
-        RelayConfig::default()
-            .max_attempts(1)
-            .poll_interval(Duration::from_millis(20))
-            .stats_interval(stats_interval),
-    )
-    .unwrap()
-    .spawn(token.clone());
+    let config = RelayConfig::default()
+        .max_attempts(1)
+        .poll_interval(Duration::from_millis(20))
+        .stats_interval(stats_interval);
+    let relay = spawn_relay(&outbox, broker.publisher.clone(), config, &token);
 
-    assert!(
-        eventually(Duration::from_secs(10), || async {
-            outbox.stats().await.unwrap().parked == 1
-        })
-        .await,
-        "the first row is parked"
-    );
-    assert!(
-        eventually(Duration::from_secs(5), || async { warnings(&capture) == 1 }).await,
-        "the new parked count is reported"
-    );
+    assert_parked_and_reported(&outbox, &capture, 1).await;
     // Many refreshes with the same count: no repetition.
     tokio::time::sleep(stats_interval * 15).await;
     assert_eq!(warnings(&capture), 1, "{:#?}", capture.lines());
 
-    enqueue_committed(&outbox, &poison(2)).await;
-    assert!(
-        eventually(Duration::from_secs(10), || async {
-            outbox.stats().await.unwrap().parked == 2
-        })
-        .await,
-        "the second row is parked"
-    );
-    assert!(
-        eventually(Duration::from_secs(5), || async { warnings(&capture) == 2 }).await,
-        "the changed count is reported: {:#?}",
-        capture.lines()
-    );
+    enqueue_committed(&outbox, &poison(2), Commit::Signalled).await;
+    assert_parked_and_reported(&outbox, &capture, 2).await;
     tokio::time::sleep(stats_interval * 15).await;
     assert_eq!(warnings(&capture), 2, "{:#?}", capture.lines());
     assert!(
@@ -116,7 +102,6 @@ async fn parked_warning_is_logged_once_per_change_of_the_count() {
     tokio::time::sleep(stats_interval * 10).await;
     assert_eq!((warnings(&capture), cleared(&capture)), (2, 1));
 
-    token.cancel();
-    relay.await.unwrap();
+    stop_relays(token, [relay]).await;
     broker.cleanup().await;
 }

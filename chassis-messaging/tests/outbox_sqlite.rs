@@ -44,26 +44,23 @@ async fn commit_arrives_rollback_never_and_commit_wakes_the_relay() {
     let relay = spawn_relay(&outbox, broker.publisher.clone(), config, &token);
     tokio::time::sleep(Duration::from_millis(200)).await; // the relay is idle, waiting
 
-    let mut tx = outbox.pool().begin().await.unwrap();
-    sqlx::query("INSERT INTO orders (id) VALUES (1)")
-        .execute(&mut *tx)
-        .await
-        .unwrap();
-    let committed = outbox
-        .enqueue(&mut tx, &broker.event("order-1", 1))
-        .await
-        .unwrap();
+    // An order and its event in one transaction.
+    let place_order = |id: i64| {
+        let (outbox, event) = (outbox.clone(), broker.event(&format!("order-{id}"), 1));
+        async move {
+            let mut tx = outbox.pool().begin().await.unwrap();
+            sqlx::query("INSERT INTO orders (id) VALUES (?1)")
+                .bind(id)
+                .execute(&mut *tx)
+                .await
+                .unwrap();
+            let message_id = outbox.enqueue(&mut tx, &event).await.unwrap();
+            (tx, message_id)
+        }
+    };
+    let (tx, committed) = place_order(1).await;
     outbox.commit(tx).await.unwrap();
-
-    let mut tx = outbox.pool().begin().await.unwrap();
-    sqlx::query("INSERT INTO orders (id) VALUES (2)")
-        .execute(&mut *tx)
-        .await
-        .unwrap();
-    let rolled_back = outbox
-        .enqueue(&mut tx, &broker.event("order-2", 1))
-        .await
-        .unwrap();
+    let (tx, rolled_back) = place_order(2).await;
     tx.rollback().await.unwrap();
 
     // An envelope goes in the same way (its subject orders it, its id is the message id).

@@ -17,8 +17,11 @@ pub use broker_support::{Fixture, amqp_url, kill_connection, unique};
 use chassis_messaging::amqp::publisher::Publish;
 use chassis_messaging::amqp::publisher::{Publisher, PublisherConfig};
 use chassis_messaging::amqp::topology::QueueType;
+use chassis_messaging::error::Error;
 use chassis_messaging::message::OutgoingMessage;
+use chassis_messaging::sql::inbox::{Inbox, InboxDatabase};
 use chassis_messaging::sql::outbox::{Outbox, OutboxDatabase, OutboxStore, Relay, RelayConfig};
+use futures_util::future::BoxFuture;
 use lapin::options::{BasicAckOptions, BasicGetOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions};
 use tokio_util::sync::CancellationToken;
@@ -372,11 +375,8 @@ impl Drop for InFlight<'_> {
     }
 }
 
-impl chassis_messaging::amqp::publisher::Publish for Probe {
-    fn publish(
-        &self,
-        msg: OutgoingMessage,
-    ) -> futures_util::future::BoxFuture<'_, Result<(), chassis_messaging::error::Error>> {
+impl Publish for Probe {
+    fn publish(&self, msg: OutgoingMessage) -> BoxFuture<'_, Result<(), Error>> {
         Box::pin(async move {
             let subject = match msg.headers.get("cloudEvents:subject") {
                 Some(chassis_messaging::message::HeaderValue::String(s)) => Some(s.clone()),
@@ -426,11 +426,8 @@ pub struct CrashAfterConfirm {
     pub confirmed_then_hung: std::sync::atomic::AtomicUsize,
 }
 
-impl chassis_messaging::amqp::publisher::Publish for CrashAfterConfirm {
-    fn publish(
-        &self,
-        msg: OutgoingMessage,
-    ) -> futures_util::future::BoxFuture<'_, Result<(), chassis_messaging::error::Error>> {
+impl Publish for CrashAfterConfirm {
+    fn publish(&self, msg: OutgoingMessage) -> BoxFuture<'_, Result<(), Error>> {
         Box::pin(async move {
             self.inner.publish(msg).await?;
             self.confirmed_then_hung
@@ -538,6 +535,22 @@ pub async fn the_old_row_is_published<S: OutboxStore>(outbox: S, broker: &Broker
     let received = broker.drain(1, Duration::from_secs(10)).await;
     assert_eq!(received[0].message_id, "old-row");
     assert_eq!(received[0].seq, 1, "the body survived the move");
+}
+
+/// The migrated inbox of `consumer` on `pool`, beside an `effects` table (`message_id`) its
+/// handlers write to.
+pub async fn effects_inbox<DB: InboxDatabase>(pool: sqlx::Pool<DB>, consumer: &str) -> Inbox<DB>
+where
+    for<'c> &'c sqlx::Pool<DB>: sqlx::Executor<'c, Database = DB>,
+    DB::Arguments: sqlx::IntoArguments<DB>,
+{
+    let inbox = Inbox::new(pool.clone(), consumer);
+    inbox.migrate().await.unwrap();
+    sqlx::query("CREATE TABLE effects (message_id TEXT NOT NULL)")
+        .execute(&pool)
+        .await
+        .unwrap();
+    inbox
 }
 
 /// `outbox` migrated (twice: the migrations are idempotent), its health check passing.
