@@ -198,7 +198,7 @@ mod tests {
         assert!(store.get(&key("/b")).await.unwrap().is_none(), "expired");
         assert_eq!(store.len(), 1);
         store
-            .put(&key("/d"), &response(&[b'.'; 250], 60))
+            .put(&key("/d"), &response(&[b'.'; 200], 60))
             .await
             .unwrap();
         assert_eq!(store.len(), 1, "the byte bound evicted /c");
