@@ -4,7 +4,7 @@
 mod outbox_support;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use chassis_messaging::amqp::publisher::{Publisher, PublisherConfig};
@@ -19,6 +19,11 @@ async fn setup(test: &str, connections: u32) -> (PgSchema, PgOutbox, Broker) {
     let db = PgSchema::new(connections).await;
     let outbox = migrated(PgOutbox::new(db.pool.clone())).await;
     (db, outbox, Broker::new(test).await)
+}
+
+async fn cleanup(broker: Broker, db: PgSchema) {
+    broker.cleanup().await;
+    db.drop().await;
 }
 
 /// Committed with no in-process signal: relays wake through LISTEN/NOTIFY.
@@ -51,14 +56,7 @@ async fn commit_arrives_rollback_never_and_notify_wakes_the_relay() {
     tx.rollback().await.unwrap();
     let barrier = enqueue_committed(&outbox, &broker.event("order-3", 1)).await;
 
-    let received = broker.drain(2, Duration::from_secs(10)).await;
-    let ids: Vec<&str> = received.iter().map(|r| r.message_id.as_str()).collect();
-    assert_eq!(ids, vec![committed.as_str(), barrier.as_str()]);
-    assert!(!ids.contains(&rolled_back.as_str()));
-    assert!(
-        broker.drain(1, Duration::from_millis(300)).await.is_empty(),
-        "nothing else arrives"
-    );
+    assert_exactly_these_arrive(&broker, &[&committed, &barrier], &rolled_back).await;
     assert_drained(&outbox).await;
     assert_eq!(outbox.purge_sent(i64::MAX).await.unwrap(), 2);
     let messages: i64 = sqlx::query_scalar("SELECT count(*) FROM chassis_outbox_messages")
@@ -71,25 +69,13 @@ async fn commit_arrives_rollback_never_and_notify_wakes_the_relay() {
     );
 
     stop_relays(token, [relay]).await;
-    broker.cleanup().await;
-    db.drop().await;
+    cleanup(broker, db).await;
 }
 
 #[tokio::test]
 async fn two_relays_concurrent_writers_every_event_arrives_in_subject_order() {
     let (db, outbox, broker) = setup("pg-two-relays", 12).await;
-    sqlx::query("CREATE TABLE counters (subject TEXT PRIMARY KEY, n BIGINT NOT NULL)")
-        .execute(outbox.pool())
-        .await
-        .unwrap();
-    let subjects: Vec<String> = (0..5).map(|i| format!("agg-{i}")).collect();
-    for s in &subjects {
-        sqlx::query("INSERT INTO counters VALUES ($1, 0)")
-            .bind(s)
-            .execute(outbox.pool())
-            .await
-            .unwrap();
-    }
+    let subjects = create_counters(outbox.pool()).await;
     let token = CancellationToken::new();
     let config = RelayConfig::default()
         .batch_size(8)
@@ -112,41 +98,31 @@ async fn two_relays_concurrent_writers_every_event_arrives_in_subject_order() {
         ),
     ];
 
-    let writers: Vec<_> = (0..4)
-        .map(|w| {
-            let outbox = outbox.clone();
-            let subjects = subjects.clone();
-            let exchange = broker.exchange.clone();
-            tokio::spawn(async move {
-                for i in 0..50usize {
-                    let subject = &subjects[(i + w) % subjects.len()];
-                    let mut tx = outbox.pool().begin().await.unwrap();
-                    // The business write locks the aggregate's row: seq is commit order.
-                    let seq: i64 = sqlx::query_scalar(
-                        "UPDATE counters SET n = n + 1 WHERE subject = $1 RETURNING n",
-                    )
-                    .bind(subject)
+    let exchange = broker.exchange.clone();
+    run_writers(&subjects, move |subject| {
+        let (outbox, exchange) = (outbox.clone(), exchange.clone());
+        async move {
+            let mut tx = outbox.pool().begin().await.unwrap();
+            // The business write locks the aggregate's row: seq is commit order.
+            let seq: i64 =
+                sqlx::query_scalar("UPDATE counters SET n = n + 1 WHERE subject = $1 RETURNING n")
+                    .bind(&subject)
                     .fetch_one(&mut *tx)
                     .await
                     .unwrap();
-                    let msg = counter_event(&exchange, subject, seq);
-                    outbox.enqueue(&mut tx, &msg).await.unwrap();
-                    tx.commit().await.unwrap();
-                }
-            })
-        })
-        .collect();
-    for w in writers {
-        w.await.unwrap();
-    }
+            let msg = counter_event(&exchange, &subject, seq);
+            outbox.enqueue(&mut tx, &msg).await.unwrap();
+            tx.commit().await.unwrap();
+        }
+    })
+    .await;
     assert_each_arrives_once_in_subject_order(&broker, 200, Duration::from_secs(25)).await;
     assert!(
         broker.drain(1, Duration::from_millis(300)).await.is_empty(),
         "no duplicates"
     );
     stop_relays(token, relays).await;
-    broker.cleanup().await;
-    db.drop().await;
+    cleanup(broker, db).await;
 }
 
 #[tokio::test]
@@ -182,8 +158,7 @@ async fn late_committing_transaction_is_not_skipped() {
     assert_eq!(second[0].message_id, late_id);
 
     stop_relays(token, [relay]).await;
-    broker.cleanup().await;
-    db.drop().await;
+    cleanup(broker, db).await;
 }
 
 #[tokio::test]
@@ -232,8 +207,7 @@ async fn writers_of_one_subject_serialize_so_ids_follow_commit_order() {
         vec![first_id, second_id]
     );
     stop_relays(token, [relay]).await;
-    broker.cleanup().await;
-    db.drop().await;
+    cleanup(broker, db).await;
 }
 
 #[tokio::test]
@@ -248,10 +222,7 @@ async fn relay_killed_between_confirm_and_mark_rolls_back_and_the_inbox_absorbs_
     for i in 1..=10u64 {
         enqueue_committed(&outbox, &broker.event(&format!("agg-{i}"), i)).await;
     }
-    let crashing = Arc::new(CrashAfterConfirm {
-        inner: broker.publisher.clone(),
-        confirmed_then_hung: AtomicUsize::new(0),
-    });
+    let crashing = CrashAfterConfirm::new(broker.publisher.clone());
     let token = CancellationToken::new();
     let doomed = spawn_relay(&outbox, crashing.clone(), RelayConfig::default(), &token);
     assert!(
@@ -312,8 +283,7 @@ async fn relay_killed_between_confirm_and_mark_rolls_back_and_the_inbox_absorbs_
     assert_drained(&outbox).await;
 
     stop_relays(token, [relay]).await;
-    broker.cleanup().await;
-    db.drop().await;
+    cleanup(broker, db).await;
 }
 
 /// Two batches in flight on PostgreSQL: the second claim runs while the first batch's rows are
@@ -322,8 +292,7 @@ async fn relay_killed_between_confirm_and_mark_rolls_back_and_the_inbox_absorbs_
 async fn overlapping_batches_never_publish_a_subject_ahead_of_its_unconfirmed_rows() {
     let (db, outbox, broker) = setup("pg-overlap", 6).await;
     assert_overlapping_batches_keep_subject_order(&outbox, &broker, 300).await;
-    broker.cleanup().await;
-    db.drop().await;
+    cleanup(broker, db).await;
 }
 
 /// A later row of a subject claimed while the subject's earlier rows are still in flight (in
@@ -336,8 +305,7 @@ async fn rows_linked_behind_a_failing_row_wait_until_it_is_parked() {
         enqueue_committed(&outbox, &event).await;
     }
     assert_linked_rows_wait_for_a_failing_predecessor(outbox, &broker).await;
-    broker.cleanup().await;
-    schema.drop().await;
+    cleanup(broker, schema).await;
 }
 
 #[tokio::test]
@@ -370,6 +338,5 @@ async fn rows_written_before_the_message_table_split_are_migrated_and_published(
     let outbox = PgOutbox::new(db.pool.clone());
     outbox.migrate().await.expect("the old layout migrates");
     the_old_row_is_published(outbox, &broker).await;
-    broker.cleanup().await;
-    db.drop().await;
+    cleanup(broker, db).await;
 }

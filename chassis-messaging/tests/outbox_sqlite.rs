@@ -77,14 +77,7 @@ async fn commit_arrives_rollback_never_and_commit_wakes_the_relay() {
         .unwrap();
     outbox.commit(tx).await.unwrap();
     assert_eq!(barrier, envelope.id.to_string());
-    let received = broker.drain(2, Duration::from_secs(10)).await;
-    let ids: Vec<&str> = received.iter().map(|r| r.message_id.as_str()).collect();
-    assert_eq!(ids, vec![committed.as_str(), barrier.as_str()]);
-    assert!(!ids.contains(&rolled_back.as_str()));
-    assert!(
-        broker.drain(1, Duration::from_millis(300)).await.is_empty(),
-        "nothing else arrives"
-    );
+    assert_exactly_these_arrive(&broker, &[&committed, &barrier], &rolled_back).await;
 
     let stats = outbox.stats().await.unwrap();
     assert_eq!((stats.pending, stats.parked), (0, 0));
@@ -112,18 +105,7 @@ async fn commit_arrives_rollback_never_and_commit_wakes_the_relay() {
 #[tokio::test]
 async fn concurrent_writers_every_event_arrives_in_subject_order() {
     let (_dir, outbox, broker) = setup("sqlite-order").await;
-    sqlx::query("CREATE TABLE counters (subject TEXT PRIMARY KEY, n INTEGER NOT NULL)")
-        .execute(outbox.pool())
-        .await
-        .unwrap();
-    let subjects: Vec<String> = (0..5).map(|i| format!("agg-{i}")).collect();
-    for s in &subjects {
-        sqlx::query("INSERT INTO counters VALUES (?1, 0)")
-            .bind(s)
-            .execute(outbox.pool())
-            .await
-            .unwrap();
-    }
+    let subjects = create_counters(outbox.pool()).await;
     // Run as a service would: tracked by the shutdown controller.
     let shutdown = chassis_core::shutdown::Shutdown::new();
     Relay::new(
@@ -134,29 +116,23 @@ async fn concurrent_writers_every_event_arrives_in_subject_order() {
     .unwrap()
     .spawn_with(&shutdown);
 
-    let writers = (0..4).map(|w| {
-        let outbox = outbox.clone();
-        let subjects = subjects.clone();
-        let exchange = broker.exchange.clone();
-        tokio::spawn(async move {
-            for i in 0..50usize {
-                let subject = &subjects[(i + w) % subjects.len()];
-                let mut tx = outbox.pool().begin_with("BEGIN IMMEDIATE").await.unwrap();
-                let (seq,): (i64,) =
-                    sqlx::query_as("UPDATE counters SET n = n + 1 WHERE subject = ?1 RETURNING n")
-                        .bind(subject)
-                        .fetch_one(&mut *tx)
-                        .await
-                        .unwrap();
-                let msg = counter_event(&exchange, subject, seq);
-                outbox.enqueue(&mut tx, &msg).await.unwrap();
-                outbox.commit(tx).await.unwrap();
-            }
-        })
-    });
-    for w in writers.collect::<Vec<_>>() {
-        w.await.unwrap();
-    }
+    let exchange = broker.exchange.clone();
+    run_writers(&subjects, move |subject| {
+        let (outbox, exchange) = (outbox.clone(), exchange.clone());
+        async move {
+            let mut tx = outbox.pool().begin_with("BEGIN IMMEDIATE").await.unwrap();
+            let (seq,): (i64,) =
+                sqlx::query_as("UPDATE counters SET n = n + 1 WHERE subject = ?1 RETURNING n")
+                    .bind(&subject)
+                    .fetch_one(&mut *tx)
+                    .await
+                    .unwrap();
+            let msg = counter_event(&exchange, &subject, seq);
+            outbox.enqueue(&mut tx, &msg).await.unwrap();
+            outbox.commit(tx).await.unwrap();
+        }
+    })
+    .await;
     assert_each_arrives_once_in_subject_order(&broker, 200, Duration::from_secs(20)).await;
     shutdown.trigger();
     assert!(
@@ -272,10 +248,7 @@ async fn relay_killed_between_confirm_and_mark_duplicates_are_absorbed_by_the_in
     for i in 1..=20u64 {
         enqueue_committed(&outbox, &broker.event(&format!("agg-{i}"), i)).await;
     }
-    let crashing = Arc::new(CrashAfterConfirm {
-        inner: broker.publisher.clone(),
-        confirmed_then_hung: AtomicUsize::new(0),
-    });
+    let crashing = CrashAfterConfirm::new(broker.publisher.clone());
     // Two batches of 10 in flight (the default `batches_in_flight`): all 20 rows are confirmed
     // and none is marked when the relay dies.
     let config = RelayConfig::default()

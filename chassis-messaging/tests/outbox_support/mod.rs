@@ -426,6 +426,15 @@ pub struct CrashAfterConfirm {
     pub confirmed_then_hung: std::sync::atomic::AtomicUsize,
 }
 
+impl CrashAfterConfirm {
+    pub fn new(inner: Arc<Publisher>) -> Arc<Self> {
+        Arc::new(Self {
+            inner,
+            confirmed_then_hung: std::sync::atomic::AtomicUsize::new(0),
+        })
+    }
+}
+
 impl Publish for CrashAfterConfirm {
     fn publish(&self, msg: OutgoingMessage) -> BoxFuture<'_, Result<(), Error>> {
         Box::pin(async move {
@@ -551,6 +560,56 @@ where
         .await
         .unwrap();
     inbox
+}
+
+/// A `counters` table with one row (at 0) per subject; returns the subjects.
+pub async fn create_counters<DB: sqlx::Database>(pool: &sqlx::Pool<DB>) -> Vec<String>
+where
+    for<'c> &'c sqlx::Pool<DB>: sqlx::Executor<'c, Database = DB>,
+{
+    sqlx::raw_sql(
+        "CREATE TABLE counters (subject TEXT PRIMARY KEY, n BIGINT NOT NULL); \
+         INSERT INTO counters VALUES ('agg-0', 0), ('agg-1', 0), ('agg-2', 0), ('agg-3', 0), \
+         ('agg-4', 0)",
+    )
+    .execute(pool)
+    .await
+    .unwrap();
+    (0..5).map(|i| format!("agg-{i}")).collect()
+}
+
+/// Four writers of 50 events each over `subjects` (writer `w` starts at subject `w`), all at
+/// once; `write(subject)` commits one event of that subject.
+pub async fn run_writers<F, Fut>(subjects: &[String], write: F)
+where
+    F: Fn(String) -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let writers: Vec<_> = (0..4)
+        .map(|w| {
+            let (subjects, write) = (subjects.to_vec(), write.clone());
+            tokio::spawn(async move {
+                for i in 0..50usize {
+                    write(subjects[(i + w) % subjects.len()].clone()).await;
+                }
+            })
+        })
+        .collect();
+    for w in writers {
+        w.await.unwrap();
+    }
+}
+
+/// Drains: exactly `expected` arrive, in that order, `rolled_back` never, nothing else.
+pub async fn assert_exactly_these_arrive(broker: &Broker, expected: &[&str], rolled_back: &str) {
+    let received = broker.drain(expected.len(), Duration::from_secs(10)).await;
+    let ids: Vec<&str> = received.iter().map(|r| r.message_id.as_str()).collect();
+    assert_eq!(ids, expected);
+    assert!(!ids.contains(&rolled_back));
+    assert!(
+        broker.drain(1, Duration::from_millis(300)).await.is_empty(),
+        "nothing else arrives"
+    );
 }
 
 /// `outbox` migrated (twice: the migrations are idempotent), its health check passing.
