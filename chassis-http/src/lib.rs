@@ -30,6 +30,10 @@
 //!   `POST`/`PATCH` replays the first response instead of running again, 422 for a key reused
 //!   with another request, 409 for one still running; an in-memory store, or Redis (feature
 //!   `redis`) shared by every replica.
+//! - [`response_cache`]: a cache of `GET`/`HEAD` responses honouring `Cache-Control` (of the
+//!   response and of the request), keyed by method, path, query, chosen header fields and an
+//!   optional scope, with `Age` and an RFC 9211 `Cache-Status`; an in-memory store, or Redis
+//!   (feature `redis`). A store that fails passes requests to the handler.
 //! - [`admin`]: `GET`/`PUT /admin/loggers`, reading and changing a running service's log
 //!   filter, behind a service token with the `admin` scope.
 //! - [`tls`] (feature `tls`): HTTPS for the server and the client, certificate reload, client
@@ -82,7 +86,7 @@
 //! |---|---|---|
 //! | `tls` | yes | HTTPS for the server runner and the client, on rustls with the ring provider: [`tls`] (certificate rotation, client certificates, the peer's identity; webpki or native roots) |
 //! | `axum` | no | axum's `MatchedPath` as the route of spans and metrics; [`ApiResponse`] and [`ApiError`] as axum responses (pulls in axum) |
-//! | `redis` | no | the [`idempotency`] layer's Redis store (`RedisStore`: redis-rs, a lock by `SET NX PX`, a timeout and a circuit breaker per call), so every replica replays the others' responses |
+//! | `redis` | no | the Redis stores of the [`idempotency`] layer (`RedisStore`: redis-rs, a lock by `SET NX PX`, a timeout and a circuit breaker per call), so every replica replays the others' responses, and of the [`response_cache`] (`RedisCacheStore`, the same connection handling), so every replica hits the others' entries |
 
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
