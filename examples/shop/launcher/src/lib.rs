@@ -755,9 +755,9 @@ impl System {
         self.stop_within(DRAIN_TIMEOUT).await
     }
 
-    /// Stops every service gracefully: SIGTERM to the gateway first, so no new order gets in,
-    /// and once it has drained its in-flight requests (which still reach the services behind
-    /// it), SIGTERM to all the others at once, which drain in parallel. Whatever still runs
+    /// Stops every service gracefully: SIGTERM to the gateways first, so no new order gets in,
+    /// and once they have drained their in-flight requests (which still reach the services
+    /// behind them), SIGTERM to all the others at once, which drain in parallel. Whatever still runs
     /// when `drain` has passed since the call is killed (SIGKILL). Returns the services (of those
     /// still running) that did not exit by themselves with success. Drops the PostgreSQL
     /// databases if configured to.
