@@ -101,18 +101,10 @@ async fn two_relays_concurrent_writers_every_event_arrives_in_subject_order() {
     let exchange = broker.exchange.clone();
     run_writers(&subjects, move |subject| {
         let (outbox, exchange) = (outbox.clone(), exchange.clone());
+        // The business write locks the aggregate's row: seq is commit order.
+        let update = "UPDATE counters SET n = n + 1 WHERE subject = $1 RETURNING n";
         async move {
-            let mut tx = outbox.pool().begin().await.unwrap();
-            // The business write locks the aggregate's row: seq is commit order.
-            let seq: i64 =
-                sqlx::query_scalar("UPDATE counters SET n = n + 1 WHERE subject = $1 RETURNING n")
-                    .bind(&subject)
-                    .fetch_one(&mut *tx)
-                    .await
-                    .unwrap();
-            let msg = counter_event(&exchange, &subject, seq);
-            outbox.enqueue(&mut tx, &msg).await.unwrap();
-            tx.commit().await.unwrap();
+            write_counter_event(&outbox, &exchange, subject, "BEGIN", update, Commit::Plain).await;
         }
     })
     .await;

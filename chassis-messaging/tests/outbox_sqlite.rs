@@ -119,17 +119,18 @@ async fn concurrent_writers_every_event_arrives_in_subject_order() {
     let exchange = broker.exchange.clone();
     run_writers(&subjects, move |subject| {
         let (outbox, exchange) = (outbox.clone(), exchange.clone());
+        let update = "UPDATE counters SET n = n + 1 WHERE subject = ?1 RETURNING n";
         async move {
-            let mut tx = outbox.pool().begin_with("BEGIN IMMEDIATE").await.unwrap();
-            let (seq,): (i64,) =
-                sqlx::query_as("UPDATE counters SET n = n + 1 WHERE subject = ?1 RETURNING n")
-                    .bind(&subject)
-                    .fetch_one(&mut *tx)
-                    .await
-                    .unwrap();
-            let msg = counter_event(&exchange, &subject, seq);
-            outbox.enqueue(&mut tx, &msg).await.unwrap();
-            outbox.commit(tx).await.unwrap();
+            let begin = "BEGIN IMMEDIATE";
+            write_counter_event(
+                &outbox,
+                &exchange,
+                subject,
+                begin,
+                update,
+                Commit::Signalled,
+            )
+            .await;
         }
     })
     .await;

@@ -600,6 +600,36 @@ where
     }
 }
 
+/// One counter writer's transaction: opened with `begin`, the subject's counter incremented by
+/// `update` (whose one parameter is the subject, returning the new count), the event carrying
+/// that count enqueued, committed as `commit` says.
+pub async fn write_counter_event<DB: OutboxDatabase>(
+    outbox: &Outbox<DB>,
+    exchange: &str,
+    subject: String,
+    begin: &'static str,
+    update: &'static str,
+    commit: Commit,
+) where
+    for<'c> &'c mut DB::Connection: sqlx::Executor<'c, Database = DB>,
+    DB::Arguments: sqlx::IntoArguments<DB>,
+    (i64,): for<'r> sqlx::FromRow<'r, DB::Row>,
+    String: for<'q> sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+{
+    let mut tx = outbox.pool().begin_with(begin).await.unwrap();
+    let (seq,): (i64,) = sqlx::query_as(update)
+        .bind(subject.clone())
+        .fetch_one(&mut *tx)
+        .await
+        .unwrap();
+    let msg = counter_event(exchange, &subject, seq);
+    outbox.enqueue(&mut tx, &msg).await.unwrap();
+    match commit {
+        Commit::Signalled => outbox.commit(tx).await.unwrap(),
+        Commit::Plain => tx.commit().await.unwrap(),
+    }
+}
+
 /// Drains: exactly `expected` arrive, in that order, `rolled_back` never, nothing else.
 pub async fn assert_exactly_these_arrive(broker: &Broker, expected: &[&str], rolled_back: &str) {
     let received = broker.drain(expected.len(), Duration::from_secs(10)).await;
