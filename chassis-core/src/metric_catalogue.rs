@@ -171,7 +171,7 @@ pub fn find(name: &str) -> Option<&'static Metric> {
 /// what the catalogue lists. Series with an open label the component does not know up front
 /// (a route, a status code, the exchange of each publish, a dead-letter reason) cannot be
 /// pre-registered and appear on first use. Like any `metrics` registration, this goes to the
-/// recorder installed at the time: install it (`Telemetry::init`) before building components.
+/// recorder installed at the time: install it (`Telemetry::builder(..).init()`) before building components.
 ///
 /// A `name` missing from the catalogue, a label of `fixed` the metric does not have, a value
 /// outside a closed set, or an open label without a value is a bug at the call site: it
