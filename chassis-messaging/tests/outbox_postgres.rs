@@ -21,6 +21,19 @@ async fn setup(test: &str, connections: u32) -> (PgSchema, PgOutbox, Broker) {
     (db, outbox, Broker::new(test).await)
 }
 
+fn default_relay(
+    outbox: &PgOutbox,
+    broker: &Broker,
+    token: &CancellationToken,
+) -> tokio::task::JoinHandle<()> {
+    spawn_relay(
+        outbox,
+        broker.publisher.clone(),
+        RelayConfig::default(),
+        token,
+    )
+}
+
 async fn cleanup(broker: Broker, db: PgSchema) {
     broker.cleanup().await;
     db.drop().await;
@@ -121,12 +134,7 @@ async fn two_relays_concurrent_writers_every_event_arrives_in_subject_order() {
 async fn late_committing_transaction_is_not_skipped() {
     let (db, outbox, broker) = setup("pg-late", 6).await;
     let token = CancellationToken::new();
-    let relay = spawn_relay(
-        &outbox,
-        broker.publisher.clone(),
-        RelayConfig::default(),
-        &token,
-    );
+    let relay = default_relay(&outbox, &broker, &token);
 
     // T1 writes first (smaller id) but commits last.
     let mut late = outbox.pool().begin().await.unwrap();
@@ -184,12 +192,7 @@ async fn writers_of_one_subject_serialize_so_ids_follow_commit_order() {
     drop(conn);
 
     let token = CancellationToken::new();
-    let relay = spawn_relay(
-        &outbox,
-        broker.publisher.clone(),
-        RelayConfig::default(),
-        &token,
-    );
+    let relay = default_relay(&outbox, &broker, &token);
     let received = broker.drain(2, Duration::from_secs(10)).await;
     assert_eq!(
         received
@@ -227,12 +230,7 @@ async fn relay_killed_between_confirm_and_mark_rolls_back_and_the_inbox_absorbs_
     let _ = doomed.await;
 
     // The dead relay's transaction rolls back: a new relay republishes at once.
-    let relay = spawn_relay(
-        &outbox,
-        broker.publisher.clone(),
-        RelayConfig::default(),
-        &token,
-    );
+    let relay = default_relay(&outbox, &broker, &token);
     let received = broker.drain(20, Duration::from_secs(15)).await;
     assert_eq!(
         received.len(),
@@ -312,20 +310,10 @@ async fn rows_written_before_the_message_table_split_are_migrated_and_published(
     .unwrap();
     let broker = Broker::new("pg-migrate").await;
     let event = broker.event("agg-1", 1);
-    sqlx::query(
-        "INSERT INTO chassis_outbox (subject, exchange, routing_key, message_id, content_type, \
-         headers, body, created_at, available_at) \
-         VALUES ($1, $2, $3, 'old-row', $4, $5::jsonb, $6, 1, 1)",
-    )
-    .bind("agg-1")
-    .bind(&event.exchange)
-    .bind(&event.routing_key)
-    .bind(event.content_type.as_deref())
-    .bind(serde_json::to_string(&event.headers).unwrap())
-    .bind(&event.body)
-    .execute(&db.pool)
-    .await
-    .unwrap();
+    let insert = "INSERT INTO chassis_outbox (subject, exchange, routing_key, message_id, \
+         content_type, headers, body, created_at, available_at) \
+         VALUES ($1, $2, $3, 'old-row', $4, $5::jsonb, $6, 1, 1)";
+    insert_old_row(&db.pool, insert, &event).await;
 
     let outbox = PgOutbox::new(db.pool.clone());
     outbox.migrate().await.expect("the old layout migrates");

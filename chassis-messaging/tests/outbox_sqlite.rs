@@ -630,19 +630,10 @@ async fn rows_written_before_the_message_table_split_are_migrated_and_published(
     .unwrap();
     let broker = Broker::new("sqlite-migrate").await;
     let event = broker.event("agg-1", 1);
-    sqlx::query(
-        "INSERT INTO chassis_outbox (subject, exchange, routing_key, message_id, content_type, \
-         headers, body, created_at, available_at) VALUES (?1, ?2, ?3, 'old-row', ?4, ?5, ?6, 1, 1)",
-    )
-    .bind("agg-1")
-    .bind(&event.exchange)
-    .bind(&event.routing_key)
-    .bind(event.content_type.as_deref())
-    .bind(serde_json::to_string(&event.headers).unwrap())
-    .bind(&event.body)
-    .execute(&pool)
-    .await
-    .unwrap();
+    let insert = "INSERT INTO chassis_outbox (subject, exchange, routing_key, message_id, \
+         content_type, headers, body, created_at, available_at) \
+         VALUES (?1, ?2, ?3, 'old-row', ?4, ?5, ?6, 1, 1)";
+    insert_old_row(&pool, insert, &event).await;
 
     let outbox = SqliteOutbox::new(pool);
     outbox.migrate().await.expect("the old layout migrates");

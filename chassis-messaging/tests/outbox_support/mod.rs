@@ -630,6 +630,32 @@ pub async fn write_counter_event<DB: OutboxDatabase>(
     }
 }
 
+/// Inserts `event` as a pending row of subject `agg-1` and message id `old-row` in the layout
+/// the first migration left, with `insert`, whose parameters are subject, exchange, routing
+/// key, content type, headers (JSON) and body.
+pub async fn insert_old_row<DB: sqlx::Database>(
+    pool: &sqlx::Pool<DB>,
+    insert: &'static str,
+    event: &OutgoingMessage,
+) where
+    for<'c> &'c sqlx::Pool<DB>: sqlx::Executor<'c, Database = DB>,
+    DB::Arguments: sqlx::IntoArguments<DB>,
+    String: for<'q> sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    Option<String>: for<'q> sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    Vec<u8>: for<'q> sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+{
+    sqlx::query(insert)
+        .bind("agg-1".to_owned())
+        .bind(event.exchange.clone())
+        .bind(event.routing_key.clone())
+        .bind(event.content_type.clone())
+        .bind(serde_json::to_string(&event.headers).unwrap())
+        .bind(event.body.clone())
+        .execute(pool)
+        .await
+        .unwrap();
+}
+
 /// Drains: exactly `expected` arrive, in that order, `rolled_back` never, nothing else.
 pub async fn assert_exactly_these_arrive(broker: &Broker, expected: &[&str], rolled_back: &str) {
     let received = broker.drain(expected.len(), Duration::from_secs(10)).await;
