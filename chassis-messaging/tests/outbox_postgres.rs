@@ -301,19 +301,9 @@ async fn rows_linked_behind_a_failing_row_wait_until_it_is_parked() {
 #[tokio::test]
 async fn rows_written_before_the_message_table_split_are_migrated_and_published() {
     let db = PgSchema::new(4).await;
-    // A schema as the first migration left it, with a pending row in the old layout.
-    sqlx::raw_sql(include_str!(
-        "../migrations/postgres/20261122000001_chassis_outbox_inbox.sql"
-    ))
-    .execute(&db.pool)
-    .await
-    .unwrap();
     let broker = Broker::new("pg-migrate").await;
-    let event = broker.event("agg-1", 1);
-    let insert = "INSERT INTO chassis_outbox (subject, exchange, routing_key, message_id, \
-         content_type, headers, body, created_at, available_at) \
-         VALUES ($1, $2, $3, 'old-row', $4, $5::jsonb, $6, 1, 1)";
-    insert_old_row(&db.pool, insert, &event).await;
+    // A schema as the first migration left it, with a pending row in the old layout.
+    old_layout_with_a_pending_row(&db.pool, &broker.event("agg-1", 1)).await;
 
     let outbox = PgOutbox::new(db.pool.clone());
     outbox.migrate().await.expect("the old layout migrates");

@@ -621,19 +621,9 @@ async fn undecodable_row_is_parked_at_once_and_the_rest_of_the_batch_is_publishe
 async fn rows_written_before_the_message_table_split_are_migrated_and_published() {
     let dir = tempfile::tempdir().unwrap();
     let pool = sqlite_pool(&dir).await;
-    // A database as the first migration left it, with a pending row in the old layout.
-    sqlx::raw_sql(include_str!(
-        "../migrations/sqlite/20261122000001_chassis_outbox_inbox.sql"
-    ))
-    .execute(&pool)
-    .await
-    .unwrap();
     let broker = Broker::new("sqlite-migrate").await;
-    let event = broker.event("agg-1", 1);
-    let insert = "INSERT INTO chassis_outbox (subject, exchange, routing_key, message_id, \
-         content_type, headers, body, created_at, available_at) \
-         VALUES (?1, ?2, ?3, 'old-row', ?4, ?5, ?6, 1, 1)";
-    insert_old_row(&pool, insert, &event).await;
+    // A database as the first migration left it, with a pending row in the old layout.
+    old_layout_with_a_pending_row(&pool, &broker.event("agg-1", 1)).await;
 
     let outbox = SqliteOutbox::new(pool);
     outbox.migrate().await.expect("the old layout migrates");

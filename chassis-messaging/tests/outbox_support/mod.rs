@@ -630,12 +630,10 @@ pub async fn write_counter_event<DB: OutboxDatabase>(
     }
 }
 
-/// Inserts `event` as a pending row of subject `agg-1` and message id `old-row` in the layout
-/// the first migration left, with `insert`, whose parameters are subject, exchange, routing
-/// key, content type, headers (JSON) and body.
-pub async fn insert_old_row<DB: sqlx::Database>(
+/// Creates the tables as the first migration left them (PostgreSQL or SQLite, by `DB`) and
+/// inserts `event` there as a pending row of subject `agg-1` and message id `old-row`.
+pub async fn old_layout_with_a_pending_row<DB: sqlx::Database>(
     pool: &sqlx::Pool<DB>,
-    insert: &'static str,
     event: &OutgoingMessage,
 ) where
     for<'c> &'c sqlx::Pool<DB>: sqlx::Executor<'c, Database = DB>,
@@ -644,6 +642,22 @@ pub async fn insert_old_row<DB: sqlx::Database>(
     Option<String>: for<'q> sqlx::Encode<'q, DB> + sqlx::Type<DB>,
     Vec<u8>: for<'q> sqlx::Encode<'q, DB> + sqlx::Type<DB>,
 {
+    let (first_migration, insert) = if DB::NAME == "PostgreSQL" {
+        (
+            include_str!("../../migrations/postgres/20261122000001_chassis_outbox_inbox.sql"),
+            "INSERT INTO chassis_outbox (subject, exchange, routing_key, message_id, \
+             content_type, headers, body, created_at, available_at) \
+             VALUES ($1, $2, $3, 'old-row', $4, $5::jsonb, $6, 1, 1)",
+        )
+    } else {
+        (
+            include_str!("../../migrations/sqlite/20261122000001_chassis_outbox_inbox.sql"),
+            "INSERT INTO chassis_outbox (subject, exchange, routing_key, message_id, \
+             content_type, headers, body, created_at, available_at) \
+             VALUES (?1, ?2, ?3, 'old-row', ?4, ?5, ?6, 1, 1)",
+        )
+    };
+    sqlx::raw_sql(first_migration).execute(pool).await.unwrap();
     sqlx::query(insert)
         .bind("agg-1".to_owned())
         .bind(event.exchange.clone())
