@@ -321,6 +321,25 @@ impl Publish for Counting {
 }
 
 /// Outbox rows by status.
+/// The outbox holds `rows` rows, every one `sent` (none pending or parked).
+fn assert_all_sent(status: &HashMap<String, i64>, rows: usize) {
+    let expected = HashMap::from([("sent".to_owned(), i64::try_from(rows).unwrap())]);
+    assert_eq!(*status, expected, "every row sent, none pending or parked");
+}
+
+async fn teardown(applier: Applier, broker: Broker, pool: SqlitePool) {
+    applier.stop().await;
+    broker.cleanup().await;
+    pool.close().await;
+}
+
+/// Runs `body` on a runtime of its own if this process is the child `name`; else nothing.
+fn run_child(name: &str, body: impl std::future::Future<Output = ()>) {
+    if let Some(rt) = child_runtime(name) {
+        rt.block_on(body);
+    }
+}
+
 async fn statuses(pool: &SqlitePool) -> HashMap<String, i64> {
     sqlx::query_as::<_, (String, i64)>("SELECT status, count(*) FROM chassis_outbox GROUP BY 1")
         .fetch_all(pool)
@@ -758,15 +777,8 @@ async fn sqlite_writer_killed_mid_transaction() {
         "at least one kill landed inside a transaction (else nothing was proven)"
     );
     assert!(all_applied, "every committed row applied");
-    assert_eq!(
-        status,
-        HashMap::from([("sent".to_owned(), i64::try_from(expected.len()).unwrap())]),
-        "every row sent, none pending or parked"
-    );
-
-    applier.stop().await;
-    broker.cleanup().await;
-    pool.close().await;
+    assert_all_sent(&status, expected.len());
+    teardown(applier, broker, pool).await;
 }
 
 /// The writer child: business rows and their outbox rows in one transaction each, until it is
@@ -775,10 +787,7 @@ async fn sqlite_writer_killed_mid_transaction() {
 #[test]
 #[ignore = "a child process of sqlite_writer_killed_mid_transaction; does nothing on its own"]
 fn child_sqlite_writer() {
-    let Some(rt) = child_runtime("child_sqlite_writer") else {
-        return;
-    };
-    rt.block_on(async {
+    run_child("child_sqlite_writer", async {
         let pool = sqlite_pool(&child_env("FAULT_DB")).unwrap();
         let outbox = SqliteOutbox::new(pool.clone());
         let run = child_env("FAULT_RUN");
@@ -915,25 +924,15 @@ async fn relay_killed_9_in_a_loop() {
     );
     assert!(all_applied, "every row applied");
     assert_eq!((stats.pending, stats.parked), (0, 0), "nothing left unsent");
-    assert_eq!(
-        status,
-        HashMap::from([("sent".to_owned(), i64::try_from(rows).unwrap())]),
-        "every row marked sent"
-    );
-
-    applier.stop().await;
-    broker.cleanup().await;
-    pool.close().await;
+    assert_all_sent(&status, rows);
+    teardown(applier, broker, pool).await;
 }
 
 /// The relay child: runs a relay over the SQLite outbox until it is killed.
 #[test]
 #[ignore = "a child process of relay_killed_9_in_a_loop; does nothing on its own"]
 fn child_relay() {
-    let Some(rt) = child_runtime("child_relay") else {
-        return;
-    };
-    rt.block_on(async {
+    run_child("child_relay", async {
         let conn = Connection::connect(ConnectionConfig::new(
             child_env("FAULT_AMQP_URL"),
             "outbox-faults-relay-child",

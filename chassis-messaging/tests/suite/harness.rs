@@ -254,39 +254,35 @@ impl Effects {
         (rows as u64, distinct as u64)
     }
 
+    /// The rows `select` (with `consumer` as its one parameter) returns.
+    async fn rows_of<T>(&self, select: &'static str, consumer: &str) -> Vec<T>
+    where
+        T: for<'r> sqlx::FromRow<'r, sqlx::sqlite::SqliteRow> + Send + Unpin,
+    {
+        sqlx::query_as(select)
+            .bind(consumer)
+            .fetch_all(&self.pool)
+            .await
+            .unwrap_or_else(|e| panic!("{select}: {e}"))
+    }
+
     pub async fn applied_ids(&self, consumer: &str) -> HashSet<String> {
-        sqlx::query_scalar::<_, String>(
-            "SELECT DISTINCT message_id FROM effects WHERE consumer = ?1",
-        )
-        .bind(consumer)
-        .fetch_all(&self.pool)
-        .await
-        .expect("applied ids")
-        .into_iter()
-        .collect()
+        let select = "SELECT DISTINCT message_id FROM effects WHERE consumer = ?1";
+        let ids: Vec<(String,)> = self.rows_of(select, consumer).await;
+        ids.into_iter().map(|(id,)| id).collect()
     }
 
     /// `(worker, rows)` of `consumer`.
     pub async fn by_worker(&self, consumer: &str) -> HashMap<String, u64> {
-        sqlx::query_as::<_, (String, i64)>(
-            "SELECT worker, count(*) FROM effects WHERE consumer = ?1 GROUP BY worker",
-        )
-        .bind(consumer)
-        .fetch_all(&self.pool)
-        .await
-        .expect("effects by worker")
-        .into_iter()
-        .map(|(w, n)| (w, n as u64))
-        .collect()
+        let select = "SELECT worker, count(*) FROM effects WHERE consumer = ?1 GROUP BY worker";
+        let rows: Vec<(String, i64)> = self.rows_of(select, consumer).await;
+        rows.into_iter().map(|(w, n)| (w, n as u64)).collect()
     }
 
     /// `(subject, seq)` of `consumer` in the order the effects were applied.
     pub async fn in_applied_order(&self, consumer: &str) -> Vec<(String, i64)> {
-        sqlx::query_as("SELECT subject, seq FROM effects WHERE consumer = ?1 ORDER BY id")
-            .bind(consumer)
-            .fetch_all(&self.pool)
-            .await
-            .expect("effects in order")
+        let select = "SELECT subject, seq FROM effects WHERE consumer = ?1 ORDER BY id";
+        self.rows_of(select, consumer).await
     }
 
     /// Waits until `consumer` applied `expected` distinct messages (or `within` elapsed);
