@@ -327,6 +327,24 @@ fn assert_all_sent(status: &HashMap<String, i64>, rows: usize) {
     assert_eq!(*status, expected, "every row sent, none pending or parked");
 }
 
+/// A migrated SQLite outbox in file `name` of a new temp dir: the dir, the file, its pool and
+/// the outbox.
+async fn outbox_file(
+    name: &str,
+) -> (
+    tempfile::TempDir,
+    std::path::PathBuf,
+    SqlitePool,
+    SqliteOutbox,
+) {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join(name);
+    let pool = sqlite_pool(&sqlite_url(&db)).unwrap();
+    let outbox = SqliteOutbox::new(pool.clone());
+    outbox.migrate().await.unwrap();
+    (dir, db, pool, outbox)
+}
+
 async fn teardown(applier: Applier, broker: Broker, pool: SqlitePool) {
     applier.stop().await;
     broker.cleanup().await;
@@ -653,11 +671,7 @@ async fn sqlite_writer_killed_mid_transaction() {
     let seed = seed();
     let mut rng = StdRng::seed_from_u64(seed);
     let started = Instant::now();
-    let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("orders.db");
-    let pool = sqlite_pool(&sqlite_url(&db)).unwrap();
-    let outbox = SqliteOutbox::new(pool.clone());
-    outbox.migrate().await.unwrap();
+    let (_dir, db, pool, outbox) = outbox_file("orders.db").await;
     sqlx::query("CREATE TABLE orders (id TEXT PRIMARY KEY)")
         .execute(&pool)
         .await
@@ -841,11 +855,7 @@ async fn relay_killed_9_in_a_loop() {
     let seed = seed();
     let mut rng = StdRng::seed_from_u64(seed);
     let started = Instant::now();
-    let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("outbox.db");
-    let pool = sqlite_pool(&sqlite_url(&db)).unwrap();
-    let outbox = SqliteOutbox::new(pool.clone());
-    outbox.migrate().await.unwrap();
+    let (_dir, db, pool, outbox) = outbox_file("outbox.db").await;
     let broker = Broker::new("faults-relay").await;
     let applier = Applier::start(&broker).await;
 
