@@ -2,7 +2,8 @@
 //! engine here): the Compose file, the Kubernetes manifests, that the Dockerfile builds and
 //! installs every binary they run, and the observability stack (Prometheus scrapes every
 //! service, the collector forwards spans to Jaeger, the Grafana dashboards parse, use
-//! provisioned datasources and query only metrics and labels of the chassis's catalogue).
+//! provisioned datasources and query only metrics and labels of the chassis's catalogue), and
+//! that gateway replicas share their rate limits and Idempotency-Keys through Redis.
 
 mod grafana;
 
@@ -38,6 +39,9 @@ const SERVICES: [&str; 5] = [
 
 /// The observability services of the Compose file.
 const OBSERVABILITY: [&str; 4] = ["otel-collector", "jaeger", "prometheus", "grafana"];
+
+/// Deployments of the Kubernetes manifests that run a third-party image, not a shop binary.
+const K8S_THIRD_PARTY: [&str; 1] = ["redis"];
 
 #[test]
 fn compose_has_the_broker_the_database_and_every_service() {
@@ -127,6 +131,14 @@ fn every_deployment_has_probes_on_the_chassis_paths_an_image_and_resources() {
             .as_sequence()
             .unwrap()
         {
+            if K8S_THIRD_PARTY.contains(&name.as_str()) {
+                let image = c["image"].as_str().unwrap_or_default();
+                assert!(
+                    image.contains(':') && !image.ends_with(":latest"),
+                    "{name}: a pinned image, not {image:?}"
+                );
+                continue;
+            }
             assert!(
                 c["image"]
                     .as_str()
@@ -409,9 +421,9 @@ fn the_dockerfile_builds_every_binary_compose_runs() {
     for (name, svc) in services {
         let name = name.as_str().unwrap();
         if svc["build"].is_null() {
-            // A third-party image (RabbitMQ, PostgreSQL, the observability stack).
+            // A third-party image (RabbitMQ, PostgreSQL, Redis, the observability stack).
             assert!(
-                ["rabbitmq", "postgres"]
+                ["rabbitmq", "postgres", "redis"]
                     .iter()
                     .chain(OBSERVABILITY.iter())
                     .any(|n| *n == name),
@@ -928,4 +940,384 @@ fn the_promql_reader_finds_metrics_matchers_and_grouping() {
         r.read,
         BTreeSet::from(["http_response_status_code".to_owned()])
     );
+}
+
+/// Every document of the Kubernetes manifests, files in name order.
+fn k8s_docs() -> Vec<Value> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(deploy_dir().join("k8s"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
+        .collect();
+    files.sort();
+    files.iter().flat_map(|f| docs(f)).collect()
+}
+
+/// The manifest of `kind` named `name` (in any namespace when `namespace` is `None`).
+fn k8s_object<'a>(
+    manifests: &'a [Value],
+    kind: &str,
+    name: &str,
+    namespace: Option<&str>,
+) -> Option<&'a Value> {
+    manifests.iter().find(|d| {
+        d["kind"].as_str() == Some(kind)
+            && d["metadata"]["name"].as_str() == Some(name)
+            && namespace.is_none_or(|ns| d["metadata"]["namespace"].as_str() == Some(ns))
+    })
+}
+
+/// The value `key` has in a ConfigMap's `data` or a Secret's `stringData` / `data` (base64).
+fn k8s_config_value(manifests: &[Value], kind: &str, name: &str, key: &str) -> Option<String> {
+    use base64::Engine as _;
+    let object = k8s_object(manifests, kind, name, None)?;
+    if let Some(v) = object["stringData"][key].as_str() {
+        return Some(v.to_owned());
+    }
+    let v = object["data"][key].as_str()?;
+    if kind == "Secret" {
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(v.trim())
+            .unwrap_or_else(|e| panic!("Secret {name}: {key} is not base64: {e}"));
+        return Some(String::from_utf8(bytes).unwrap());
+    }
+    Some(v.to_owned())
+}
+
+/// The value of a container's environment variable `key`, resolved as the kubelet does: an
+/// `env` entry (literal, or `valueFrom` a ConfigMap / Secret key) wins over `envFrom`. `None`
+/// when it is not set, or names a ConfigMap or Secret key the manifests do not have.
+fn k8s_env(manifests: &[Value], container: &Value, key: &str) -> Option<String> {
+    let entry = container["env"]
+        .as_sequence()
+        .and_then(|env| env.iter().find(|e| e["name"].as_str() == Some(key)));
+    if let Some(entry) = entry {
+        if let Some(v) = entry["value"].as_str() {
+            return Some(v.to_owned());
+        }
+        let from = &entry["valueFrom"];
+        for (field, kind) in [("configMapKeyRef", "ConfigMap"), ("secretKeyRef", "Secret")] {
+            let r = &from[field];
+            if let (Some(name), Some(k)) = (r["name"].as_str(), r["key"].as_str()) {
+                return k8s_config_value(manifests, kind, name, k);
+            }
+        }
+        return None;
+    }
+    container["envFrom"]
+        .as_sequence()?
+        .iter()
+        .find_map(|source| {
+            [("configMapRef", "ConfigMap"), ("secretRef", "Secret")]
+                .into_iter()
+                .find_map(|(field, kind)| {
+                    let name = source[field]["name"].as_str()?;
+                    k8s_config_value(manifests, kind, name, key)
+                })
+        })
+}
+
+/// The host and port of a `redis://` or `rediss://` URL (6379 when it names none).
+fn redis_host_port(url: &str) -> Result<(String, u16), String> {
+    let rest = url
+        .strip_prefix("redis://")
+        .or_else(|| url.strip_prefix("rediss://"))
+        .ok_or_else(|| format!("REDIS_URL {url:?} is not a redis:// or rediss:// URL"))?;
+    let authority = rest.split('/').next().unwrap_or_default();
+    let host_port = authority.rsplit('@').next().unwrap_or_default();
+    let (host, port) = match host_port.rsplit_once(':') {
+        Some((h, p)) => (
+            h,
+            p.parse()
+                .map_err(|_| format!("REDIS_URL {url:?}: port {p:?}"))?,
+        ),
+        None => (host_port, 6379),
+    };
+    if host.is_empty() {
+        return Err(format!("REDIS_URL {url:?} names no host"));
+    }
+    Ok((host.to_owned(), port))
+}
+
+/// Why the gateway's Kubernetes replicas would not share their rate limits and
+/// Idempotency-Keys: more than one replica (the Deployment's, or an autoscaler's maximum)
+/// without `REDIS_URL`, or a `REDIS_URL` naming a Service of the manifests' namespaces that is
+/// not there, on another port, or selecting no pod.
+fn k8s_gateway_redis_problem(manifests: &[Value]) -> Result<(), String> {
+    let gateway =
+        k8s_object(manifests, "Deployment", "gateway", None).ok_or("no gateway Deployment")?;
+    let namespace = gateway["metadata"]["namespace"]
+        .as_str()
+        .unwrap_or("default");
+    // An absent `replicas` is one.
+    let replicas = gateway["spec"]["replicas"].as_u64().unwrap_or(1);
+    let autoscaled = manifests
+        .iter()
+        .filter(|d| {
+            d["kind"].as_str() == Some("HorizontalPodAutoscaler")
+                && d["spec"]["scaleTargetRef"]["kind"].as_str() == Some("Deployment")
+                && d["spec"]["scaleTargetRef"]["name"].as_str() == Some("gateway")
+        })
+        .filter_map(|d| d["spec"]["maxReplicas"].as_u64())
+        .max()
+        .unwrap_or(0);
+    let most = replicas.max(autoscaled);
+    let containers = gateway["spec"]["template"]["spec"]["containers"]
+        .as_sequence()
+        .ok_or("the gateway Deployment has no containers")?;
+    let container = containers
+        .iter()
+        .find(|c| entry_binary(c).as_deref() == Some("shop-gateway"))
+        .ok_or("no container of the gateway Deployment runs shop-gateway")?;
+    let Some(url) = k8s_env(manifests, container, "REDIS_URL") else {
+        return if most > 1 {
+            Err(format!(
+                "the gateway runs up to {most} replicas without REDIS_URL: each would keep its \
+                 own rate limits and Idempotency-Keys"
+            ))
+        } else {
+            Ok(())
+        };
+    };
+    let (host, port) = redis_host_port(&url)?;
+    // `name`, `name.ns`, `name.ns.svc[.cluster.local]` with a namespace of the manifests is a
+    // Service of this deployment; anything else is a Redis outside it.
+    let labels: Vec<&str> = host.split('.').collect();
+    let namespaces: BTreeSet<&str> = manifests
+        .iter()
+        .filter_map(|d| d["metadata"]["namespace"].as_str())
+        .collect();
+    let service_ns = match labels.as_slice() {
+        [_] => Some(namespace),
+        [_, ns] | [_, ns, "svc"] | [_, ns, "svc", "cluster", "local"]
+            if namespaces.contains(ns) =>
+        {
+            Some(*ns)
+        }
+        _ => None,
+    };
+    let Some(service_ns) = service_ns else {
+        return Ok(());
+    };
+    let service = k8s_object(manifests, "Service", labels[0], Some(service_ns))
+        .ok_or_else(|| format!("REDIS_URL {url}: no Service {}.{service_ns}", labels[0]))?;
+    let ports = service["spec"]["ports"]
+        .as_sequence()
+        .cloned()
+        .unwrap_or_default();
+    if !ports
+        .iter()
+        .any(|p| p["port"].as_u64() == Some(u64::from(port)))
+    {
+        return Err(format!(
+            "REDIS_URL {url}: Service {} has no port {port}",
+            labels[0]
+        ));
+    }
+    let selector = service["spec"]["selector"]
+        .as_mapping()
+        .ok_or_else(|| format!("Service {}: no selector", labels[0]))?;
+    let selected = manifests.iter().any(|d| {
+        d["kind"].as_str() == Some("Deployment")
+            && d["metadata"]["namespace"].as_str() == Some(service_ns)
+            && d["spec"]["replicas"].as_u64().unwrap_or(1) >= 1
+            && selector
+                .iter()
+                .all(|(k, v)| d["spec"]["template"]["metadata"]["labels"].get(k) == Some(v))
+    });
+    if !selected {
+        return Err(format!(
+            "REDIS_URL {url}: Service {} selects no Deployment",
+            labels[0]
+        ));
+    }
+    Ok(())
+}
+
+/// Why Compose's gateway would not keep its rate limits and Idempotency-Keys in Redis: no
+/// `REDIS_URL`, one naming no service of the file, or a gateway that does not wait for that
+/// service's health check (the gateway does not start while Redis does not answer).
+fn compose_gateway_redis_problem(compose: &Value) -> Result<(), String> {
+    let gateway = &compose["services"]["gateway"];
+    let url = gateway["environment"]["REDIS_URL"]
+        .as_str()
+        .ok_or("compose's gateway has no REDIS_URL")?;
+    let (host, port) = redis_host_port(url)?;
+    let redis = &compose["services"][host.as_str()];
+    if !redis.is_mapping() {
+        return Err(format!("REDIS_URL {url}: no Compose service {host}"));
+    }
+    if !redis["image"]
+        .as_str()
+        .is_some_and(|i| i.starts_with("redis:"))
+    {
+        return Err(format!("{host}: not the official Redis image"));
+    }
+    let command: Vec<&str> = redis["command"]
+        .as_sequence()
+        .map(|c| c.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default();
+    let listens = command
+        .windows(2)
+        .find(|w| w[0] == "--port")
+        .map_or(Some("6379"), |w| Some(w[1]));
+    if listens != Some(port.to_string().as_str()) {
+        return Err(format!("REDIS_URL {url}: {host} listens on {listens:?}"));
+    }
+    if redis["healthcheck"]["test"]
+        .as_sequence()
+        .is_none_or(|t| t.is_empty())
+    {
+        return Err(format!("{host} has no health check"));
+    }
+    let condition = gateway["depends_on"][host.as_str()]["condition"].as_str();
+    if condition != Some("service_healthy") {
+        return Err(format!(
+            "the gateway does not wait for {host} to be healthy (depends_on: {:?})",
+            gateway["depends_on"]
+        ));
+    }
+    Ok(())
+}
+
+#[test]
+fn gateway_replicas_share_their_limits_and_keys_through_redis() {
+    let manifests = k8s_docs();
+    k8s_gateway_redis_problem(&manifests).unwrap();
+    let gateway = k8s_object(&manifests, "Deployment", "gateway", None).unwrap();
+    assert!(
+        gateway["spec"]["replicas"].as_u64().unwrap() >= 2,
+        "the gateway should run several replicas"
+    );
+    let redis = k8s_object(&manifests, "Deployment", "redis", Some("shop")).unwrap();
+    let c = &redis["spec"]["template"]["spec"]["containers"][0];
+    assert_eq!(c["image"].as_str(), Some("redis:7-alpine"));
+    for probe in ["livenessProbe", "readinessProbe"] {
+        let command: Vec<&str> = c[probe]["exec"]["command"]
+            .as_sequence()
+            .unwrap_or_else(|| panic!("redis: no exec {probe}"))
+            .iter()
+            .filter_map(Value::as_str)
+            .collect();
+        assert_eq!(command, ["redis-cli", "ping"], "redis: {probe}");
+    }
+    compose_gateway_redis_problem(&compose()).unwrap();
+    let compose = compose();
+    let redis = &compose["services"]["redis"];
+    assert_eq!(redis["image"].as_str(), Some("redis:7-alpine"));
+    let test: Vec<&str> = redis["healthcheck"]["test"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    assert_eq!(test, ["CMD", "redis-cli", "ping"]);
+    assert_eq!(
+        compose["services"]["gateway"]["environment"]["REDIS_URL"].as_str(),
+        Some("redis://redis:6379")
+    );
+}
+
+/// The gateway container of the manifests' gateway Deployment, to edit.
+fn gateway_container(manifests: &mut [Value]) -> &mut Value {
+    let gateway = manifests
+        .iter_mut()
+        .find(|d| {
+            d["kind"].as_str() == Some("Deployment")
+                && d["metadata"]["name"].as_str() == Some("gateway")
+        })
+        .unwrap();
+    &mut gateway["spec"]["template"]["spec"]["containers"][0]
+}
+
+fn set_replicas(manifests: &mut [Value], replicas: u64) {
+    for d in manifests.iter_mut() {
+        if d["kind"].as_str() == Some("Deployment")
+            && d["metadata"]["name"].as_str() == Some("gateway")
+        {
+            d["spec"]["replicas"] = Value::from(replicas);
+        }
+    }
+}
+
+#[test]
+fn the_redis_checks_catch_replicas_without_a_shared_store() {
+    let manifests = k8s_docs();
+    // Several replicas without REDIS_URL.
+    let mut without = manifests.clone();
+    gateway_container(&mut without)["env"]
+        .as_sequence_mut()
+        .unwrap()
+        .retain(|e| e["name"].as_str() != Some("REDIS_URL"));
+    let err = k8s_gateway_redis_problem(&without).unwrap_err();
+    assert!(err.contains("without REDIS_URL"), "{err}");
+    // One replica needs none; an autoscaler that may add some does.
+    set_replicas(&mut without, 1);
+    k8s_gateway_redis_problem(&without).unwrap();
+    let hpa: Value = serde_yaml::from_str(
+        "apiVersion: autoscaling/v2\nkind: HorizontalPodAutoscaler\nmetadata: { name: gateway, namespace: shop }\nspec:\n  scaleTargetRef: { apiVersion: apps/v1, kind: Deployment, name: gateway }\n  minReplicas: 1\n  maxReplicas: 4\n",
+    )
+    .unwrap();
+    without.push(hpa);
+    assert!(k8s_gateway_redis_problem(&without).is_err());
+    // From the ConfigMap through envFrom, as the kubelet resolves it.
+    let mut from_config = without.clone();
+    for d in from_config.iter_mut() {
+        if d["kind"].as_str() == Some("ConfigMap") {
+            d["data"]["REDIS_URL"] = Value::from("redis://redis.shop.svc.cluster.local:6379");
+        }
+    }
+    k8s_gateway_redis_problem(&from_config).unwrap();
+    // A Service that is not there, or on another port.
+    for url in [
+        "redis://cache.shop:6379",
+        "redis://redis:6380",
+        "http://redis:6379",
+    ] {
+        let mut wrong = manifests.clone();
+        for e in gateway_container(&mut wrong)["env"]
+            .as_sequence_mut()
+            .unwrap()
+        {
+            if e["name"].as_str() == Some("REDIS_URL") {
+                e["value"] = Value::from(url);
+            }
+        }
+        assert!(k8s_gateway_redis_problem(&wrong).is_err(), "{url}");
+    }
+    // A Redis outside the cluster is not checked against the manifests.
+    let mut external = manifests.clone();
+    for e in gateway_container(&mut external)["env"]
+        .as_sequence_mut()
+        .unwrap()
+    {
+        if e["name"].as_str() == Some("REDIS_URL") {
+            e["value"] = Value::from("rediss://:secret@cache.example.com:6380/0");
+        }
+    }
+    k8s_gateway_redis_problem(&external).unwrap();
+
+    let compose = compose();
+    let mut no_url = compose.clone();
+    no_url["services"]["gateway"]["environment"]
+        .as_mapping_mut()
+        .unwrap()
+        .remove("REDIS_URL");
+    assert!(compose_gateway_redis_problem(&no_url).is_err());
+    let mut no_dependency = compose.clone();
+    no_dependency["services"]["gateway"]["depends_on"]
+        .as_mapping_mut()
+        .unwrap()
+        .remove("redis");
+    assert!(compose_gateway_redis_problem(&no_dependency).is_err());
+    let mut started_only = compose.clone();
+    started_only["services"]["gateway"]["depends_on"]["redis"]["condition"] =
+        Value::from("service_started");
+    assert!(compose_gateway_redis_problem(&started_only).is_err());
+    let mut no_service = compose;
+    no_service["services"]
+        .as_mapping_mut()
+        .unwrap()
+        .remove("redis");
+    assert!(compose_gateway_redis_problem(&no_service).is_err());
 }
