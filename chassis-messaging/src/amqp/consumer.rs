@@ -422,7 +422,7 @@ impl Consumer {
     /// [`Connection::declare`]) and returns once the first subscription is active.
     ///
     /// # Errors
-    /// [`ErrorKind::InvalidConfig`](crate::error::ErrorKind::InvalidConfig) for a zero
+    /// [`ErrorKind::InvalidConfig`] for a zero
     /// concurrency or prefetch; a connection, timeout or broker error if the first
     /// subscription fails (for example the queue does not exist).
     pub async fn start(
@@ -448,7 +448,7 @@ impl Consumer {
     /// so a service can start while the broker is away.
     ///
     /// # Errors
-    /// [`ErrorKind::InvalidConfig`](crate::error::ErrorKind::InvalidConfig) for a zero
+    /// [`ErrorKind::InvalidConfig`] for a zero
     /// concurrency or prefetch.
     pub fn spawn(
         conn: &Connection,
