@@ -12,8 +12,8 @@ use chassis_observability::config::TelemetryConfig;
 use chassis_observability::logging::CaptureWriter;
 use chassis_observability::{ErrorKind, Telemetry};
 use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
-use opentelemetry_proto::tonic::metrics::v1::{metric, number_data_point};
-use support::{Receiver, assert_child_passed, attr, run_env_child};
+use opentelemetry_proto::tonic::metrics::v1::metric;
+use support::{Receiver, assert_child_passed, attr, counter, run_env_child};
 
 fn config(endpoint: &str) -> TelemetryConfig {
     let mut c = TelemetryConfig::default();
@@ -21,22 +21,6 @@ fn config(endpoint: &str) -> TelemetryConfig {
     c.metrics.otlp.enabled = true;
     c.metrics.otlp.interval = Duration::from_millis(100);
     c
-}
-
-/// The value of counter `name` in `request`, if it is there.
-fn counter(request: &ExportMetricsServiceRequest, name: &str) -> Option<f64> {
-    let metric = request.resource_metrics[0].scope_metrics[0]
-        .metrics
-        .iter()
-        .find(|m| m.name == name)?;
-    let Some(metric::Data::Sum(sum)) = &metric.data else {
-        panic!("{name} is not a sum: {metric:?}")
-    };
-    assert!(sum.is_monotonic);
-    match sum.data_points[0].value {
-        Some(number_data_point::Value::AsDouble(v)) => Some(v),
-        other => panic!("{other:?}"),
-    }
 }
 
 /// Waits (at most 10 s) for a metrics request in which `name` is `value`.

@@ -24,7 +24,7 @@ use opentelemetry_proto::tonic::collector::metrics::v1::{
     ExportMetricsServiceRequest, ExportMetricsServiceResponse,
 };
 use opentelemetry_proto::tonic::metrics::v1::{metric, number_data_point};
-use support::{assert_child_passed, attr, run_env_child};
+use support::{assert_child_passed, attr, counter, run_env_child};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 
@@ -145,22 +145,6 @@ macro_rules! build {
             .unwrap()
             .1
     };
-}
-
-/// The value of counter `name` in `request`, if it is there.
-fn counter(request: &ExportMetricsServiceRequest, name: &str) -> Option<f64> {
-    let metric = request.resource_metrics[0].scope_metrics[0]
-        .metrics
-        .iter()
-        .find(|m| m.name == name)?;
-    let Some(metric::Data::Sum(sum)) = &metric.data else {
-        panic!("{name} is not a sum: {metric:?}")
-    };
-    assert!(sum.is_monotonic);
-    match sum.data_points[0].value {
-        Some(number_data_point::Value::AsDouble(v)) => Some(v),
-        other => panic!("{other:?}"),
-    }
 }
 
 /// Waits (at most 10 s) for an export in which counter `name` is `value`.

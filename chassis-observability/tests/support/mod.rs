@@ -238,3 +238,21 @@ impl chassis_observability::propagation::Extractor for MessageHeaders {
         self.0.keys().map(String::as_str).collect()
     }
 }
+
+/// The value of counter `name` in `request`, if it is there.
+pub fn counter(request: &ExportMetricsServiceRequest, name: &str) -> Option<f64> {
+    let metric = request.resource_metrics[0].scope_metrics[0]
+        .metrics
+        .iter()
+        .find(|m| m.name == name)?;
+    let Some(opentelemetry_proto::tonic::metrics::v1::metric::Data::Sum(sum)) = &metric.data else {
+        panic!("{name} is not a sum: {metric:?}")
+    };
+    assert!(sum.is_monotonic);
+    match sum.data_points[0].value {
+        Some(opentelemetry_proto::tonic::metrics::v1::number_data_point::Value::AsDouble(v)) => {
+            Some(v)
+        }
+        other => panic!("{other:?}"),
+    }
+}
