@@ -1,6 +1,5 @@
 //! [`MemoryStore`]: keys and responses in this process's memory, bounded, expiring.
 
-use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::future::ready;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -13,6 +12,7 @@ use super::store::{
     Begin, Fingerprint, IdempotencyStore, Lock, StoreError, StoreErrorKind, StoreKey,
     StoredResponse,
 };
+use crate::stored::{ExpiringMap, Held};
 
 /// An [`IdempotencyStore`] in this process's memory: for one replica, or tests.
 ///
@@ -57,17 +57,8 @@ pub struct MemoryStoreStats {
 
 #[derive(Default)]
 struct State {
-    map: HashMap<StoreKey, Entry>,
-    /// Every entry by expiry, for expiring and evicting in order.
-    expiry: BTreeMap<(Instant, u64), StoreKey>,
-    seq: u64,
-    bytes: usize,
+    entries: ExpiringMap<StoreKey, Value>,
     evicted: u64,
-}
-
-struct Entry {
-    at: (Instant, u64),
-    value: Value,
 }
 
 enum Value {
@@ -117,8 +108,8 @@ impl MemoryStore {
     pub fn stats(&self) -> MemoryStoreStats {
         let state = self.lock();
         MemoryStoreStats {
-            entries: state.map.len(),
-            bytes: state.bytes,
+            entries: state.entries.len(),
+            bytes: state.entries.bytes(),
             evicted: state.evicted,
         }
     }
@@ -136,22 +127,24 @@ impl MemoryStore {
     ) -> Result<Begin, StoreError> {
         let now = Instant::now();
         let mut state = self.lock();
-        state.expire(now);
-        if let Some(entry) = state.map.get(key) {
-            return Ok(match &entry.value {
+        state.entries.expire(now);
+        if let Some(value) = state.entries.get(key) {
+            return Ok(match value {
                 Value::InFlight(lock) => Begin::InFlight {
                     fingerprint: *lock.fingerprint(),
                 },
                 Value::Completed(response) => Begin::Completed(response.clone()),
             });
         }
-        if state.map.len() >= self.max_entries && !state.evict_one() {
+        if state.entries.len() >= self.max_entries && !state.evict_one() {
             return Err(StoreError::new(StoreErrorKind::Full {
                 max_entries: self.max_entries,
             }));
         }
         let lock = Lock::new(*fingerprint);
-        state.insert(key.clone(), now + lock_ttl, Value::InFlight(lock.clone()));
+        state
+            .entries
+            .insert(key.clone(), now + lock_ttl, Value::InFlight(lock.clone()));
         Ok(Begin::Acquired(lock))
     }
 
@@ -164,17 +157,16 @@ impl MemoryStore {
     ) -> bool {
         let now = Instant::now();
         let mut state = self.lock();
-        state.expire(now);
+        state.entries.expire(now);
         if !state.holds(key, lock) {
             return false;
         }
-        state.remove(key);
-        state.insert(
+        state.entries.insert(
             key.clone(),
             now + ttl,
             Value::Completed(Arc::new(response.clone())),
         );
-        while state.bytes > self.max_bytes && state.evict_one() {}
+        while state.entries.bytes() > self.max_bytes && state.evict_one() {}
         true
     }
 
@@ -183,67 +175,35 @@ impl MemoryStore {
         if !state.holds(key, lock) {
             return false;
         }
-        state.remove(key);
+        state.entries.remove(key);
         true
+    }
+}
+
+impl Held for Value {
+    fn size(&self) -> usize {
+        match self {
+            Value::InFlight(_) => 0,
+            Value::Completed(response) => response.size(),
+        }
+    }
+
+    /// In-flight locks are never evicted: the request holding one is still running.
+    fn evictable(&self) -> bool {
+        matches!(self, Value::Completed(_))
     }
 }
 
 impl State {
     fn holds(&self, key: &StoreKey, lock: &Lock) -> bool {
-        matches!(self.map.get(key), Some(Entry { value: Value::InFlight(held), .. }) if held == lock)
-    }
-
-    fn insert(&mut self, key: StoreKey, expires: Instant, value: Value) {
-        self.seq += 1;
-        let at = (expires, self.seq);
-        if let Value::Completed(response) = &value {
-            self.bytes += response.size();
-        }
-        self.expiry.insert(at, key.clone());
-        self.map.insert(key, Entry { at, value });
-    }
-
-    fn remove(&mut self, key: &StoreKey) {
-        if let Some(entry) = self.map.remove(key) {
-            self.expiry.remove(&entry.at);
-            if let Value::Completed(response) = entry.value {
-                self.bytes -= response.size();
-            }
-        }
-    }
-
-    /// Drops every entry expired at `now`.
-    fn expire(&mut self, now: Instant) {
-        while let Some(entry) = self.expiry.first_entry() {
-            if entry.key().0 > now {
-                break;
-            }
-            let key = entry.remove();
-            if let Some(entry) = self.map.remove(&key)
-                && let Value::Completed(response) = entry.value
-            {
-                self.bytes -= response.size();
-            }
-        }
+        matches!(self.entries.get(key), Some(Value::InFlight(held)) if held == lock)
     }
 
     /// Forgets the completed entry closest to expiry; `false` if every entry is in flight.
     fn evict_one(&mut self) -> bool {
-        let victim = self.expiry.values().find(|key| {
-            matches!(
-                self.map.get(*key),
-                Some(Entry {
-                    value: Value::Completed(_),
-                    ..
-                })
-            )
-        });
-        let Some(key) = victim.cloned() else {
-            return false;
-        };
-        self.remove(&key);
-        self.evicted += 1;
-        true
+        let evicted = self.entries.evict_one();
+        self.evicted += u64::from(evicted);
+        evicted
     }
 }
 

@@ -1,6 +1,5 @@
 //! [`MemoryCacheStore`]: cached responses in this process's memory, bounded, expiring.
 
-use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::future::ready;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -9,7 +8,7 @@ use futures_util::future::BoxFuture;
 use tokio::time::Instant;
 
 use super::store::{CacheKey, CacheStore, CachedResponse};
-use crate::stored::StoreError;
+use crate::stored::{ExpiringMap, Held, StoreError};
 
 /// A [`CacheStore`] in this process's memory: each replica caches for itself.
 ///
@@ -33,13 +32,12 @@ pub struct MemoryCacheStore {
     max_bytes: usize,
 }
 
-#[derive(Default)]
-struct State {
-    map: HashMap<CacheKey, ((Instant, u64), Arc<CachedResponse>)>,
-    /// Every entry by expiry, for expiring and evicting in order.
-    expiry: BTreeMap<(Instant, u64), CacheKey>,
-    seq: u64,
-    bytes: usize,
+type State = ExpiringMap<CacheKey, Arc<CachedResponse>>;
+
+impl Held for Arc<CachedResponse> {
+    fn size(&self) -> usize {
+        CachedResponse::size(self)
+    }
 }
 
 impl Default for MemoryCacheStore {
@@ -82,7 +80,7 @@ impl MemoryCacheStore {
 
     /// Responses held (expired ones included until the next call drops them).
     pub fn len(&self) -> usize {
-        self.lock().map.len()
+        self.lock().len()
     }
 
     /// Whether no response is held.
@@ -98,49 +96,21 @@ impl MemoryCacheStore {
     fn get_now(&self, key: &CacheKey) -> Option<Arc<CachedResponse>> {
         let mut state = self.lock();
         state.expire(Instant::now());
-        state.map.get(key).map(|(_, response)| response.clone())
+        state.get(key).cloned()
     }
 
     fn put_now(&self, key: &CacheKey, response: &CachedResponse) {
         let now = Instant::now();
         let mut state = self.lock();
         state.expire(now);
-        state.remove(key);
-        state.seq += 1;
-        let at = (now + response.ttl(), state.seq);
-        state.bytes += response.size();
-        state.expiry.insert(at, key.clone());
-        state
-            .map
-            .insert(key.clone(), (at, Arc::new(response.clone())));
-        while state.map.len() > self.max_entries || state.bytes > self.max_bytes {
-            let Some((_, victim)) = state.expiry.pop_first() else {
-                break;
-            };
-            state.remove(&victim);
-        }
-    }
-}
-
-impl State {
-    fn remove(&mut self, key: &CacheKey) {
-        if let Some((at, response)) = self.map.remove(key) {
-            self.expiry.remove(&at);
-            self.bytes -= response.size();
-        }
-    }
-
-    /// Drops every entry expired at `now`.
-    fn expire(&mut self, now: Instant) {
-        while let Some(entry) = self.expiry.first_entry() {
-            if entry.key().0 > now {
-                break;
-            }
-            let key = entry.remove();
-            if let Some((_, response)) = self.map.remove(&key) {
-                self.bytes -= response.size();
-            }
-        }
+        state.insert(
+            key.clone(),
+            now + response.ttl(),
+            Arc::new(response.clone()),
+        );
+        while (state.len() > self.max_entries || state.bytes() > self.max_bytes)
+            && state.evict_one()
+        {}
     }
 }
 
