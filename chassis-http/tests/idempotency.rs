@@ -5,6 +5,8 @@
 //! a key prefix of its own per test); with Redis, two servers sharing one store replay each
 //! other's responses, and a Redis of the test's own that is killed makes requests a prompt 503.
 
+mod common;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -437,20 +439,7 @@ impl Fixture {
     async fn cleanup(self) {
         #[cfg(feature = "redis")]
         if let Some(prefix) = self.prefix {
-            let client = ::redis::Client::open(REDIS).unwrap();
-            let mut conn = client.get_multiplexed_async_connection().await.unwrap();
-            let keys: Vec<String> = ::redis::cmd("KEYS")
-                .arg(format!("{prefix}*"))
-                .query_async(&mut conn)
-                .await
-                .unwrap();
-            if !keys.is_empty() {
-                let _: () = ::redis::cmd("DEL")
-                    .arg(&keys)
-                    .query_async(&mut conn)
-                    .await
-                    .unwrap();
-            }
+            common::delete_redis_keys(REDIS, &prefix).await;
         }
     }
 }

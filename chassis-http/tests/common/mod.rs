@@ -82,3 +82,23 @@ where
     let bytes = response.into_body().collect().await.unwrap().to_bytes();
     (status, challenge, bytes)
 }
+
+/// Deletes every key under `prefix` from the Redis at `url` (a test's own keys on the shared
+/// Redis).
+#[cfg(feature = "redis")]
+pub(crate) async fn delete_redis_keys(url: &str, prefix: &str) {
+    let client = ::redis::Client::open(url).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let keys: Vec<String> = ::redis::cmd("KEYS")
+        .arg(format!("{prefix}*"))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    if !keys.is_empty() {
+        let _: () = ::redis::cmd("DEL")
+            .arg(&keys)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+    }
+}
