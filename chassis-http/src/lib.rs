@@ -95,6 +95,7 @@ pub mod auth;
 pub mod body;
 pub mod client;
 pub mod error;
+mod future;
 pub mod health;
 pub mod idempotency;
 pub mod layers;

@@ -78,7 +78,6 @@
 mod attach;
 mod claims;
 mod error;
-mod future;
 mod issuer;
 mod jwks;
 mod keys;
@@ -86,13 +85,13 @@ mod require;
 pub mod user;
 mod verifier;
 
+pub use crate::future::ResponseFuture as RequireServiceTokenFuture;
 pub use attach::{
     AddServiceToken, AddServiceTokenLayer, DEFAULT_RENEW_FRACTION,
     ResponseFuture as AddServiceTokenFuture, ServiceTokenSource,
 };
 pub use claims::{ServiceClaims, ServiceIdentity};
 pub use error::{AuthError, AuthErrorKind};
-pub use future::ResponseFuture as RequireServiceTokenFuture;
 pub use issuer::{DEFAULT_TOKEN_TTL, IssuedToken, JwksService, TokenIssuer, TokenIssuerBuilder};
 pub use jwks::{JwksKeySource, JwksKeySourceBuilder};
 pub use keys::{

@@ -14,9 +14,9 @@ use tower_service::Service;
 
 use super::claims::{ServiceIdentity, check_scope};
 use super::error::{AuthError, AuthErrorKind};
-use super::future::ResponseFuture;
 use super::verifier::{Checked, TokenVerifier, Verified};
 use crate::body::{Body, boxed};
+use crate::future::ResponseFuture;
 use chassis_core::BoxError;
 
 /// Scopes required for matching requests.
@@ -227,7 +227,7 @@ where
 {
     let token = match bearer_token(&req) {
         Ok(token) => token,
-        Err(err) => return ResponseFuture::rejected(auth.reject(&err)),
+        Err(err) => return ResponseFuture::answered(auth.reject(&err)),
     };
     match auth.verifier().check(&token) {
         Checked::Done(verified) => match auth.admit(&req, verified) {
@@ -235,7 +235,7 @@ where
                 req.extensions_mut().insert(extension);
                 ResponseFuture::inner(inner.call(req))
             }
-            Err(response) => ResponseFuture::rejected(*response),
+            Err(response) => ResponseFuture::answered(*response),
         },
         Checked::NeedsRefetch => {
             // NOTE: `poll_ready` readied `inner`; the call happens later, after the refetch,

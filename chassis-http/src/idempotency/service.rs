@@ -91,7 +91,7 @@ where
         // the ready service moves into the future and a fresh clone stays.
         let clone = self.inner.clone();
         let inner = std::mem::replace(&mut self.inner, clone);
-        ResponseFuture::keyed(Box::pin(keyed(settings.clone(), inner, req, key)))
+        ResponseFuture::boxed(Box::pin(keyed(settings.clone(), inner, req, key)))
     }
 }
 

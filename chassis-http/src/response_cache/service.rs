@@ -65,7 +65,7 @@ where
         // the ready service moves into the future and a fresh clone stays.
         let clone = self.inner.clone();
         let inner = std::mem::replace(&mut self.inner, clone);
-        ResponseFuture::keyed(Box::pin(cached(self.settings.clone(), inner, req)))
+        ResponseFuture::boxed(Box::pin(cached(self.settings.clone(), inner, req)))
     }
 }
 

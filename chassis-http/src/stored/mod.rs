@@ -1,13 +1,11 @@
 //! What the layers that keep responses share ([`idempotency`](crate::idempotency) and
 //! [`response_cache`](crate::response_cache)): reading a response body up to a limit, the header
-//! fields worth keeping, the byte layout of a kept response, the bounded expiring map of the in-memory stores, the store error, the response
-//! future, and the Redis connection under a timeout and a circuit breaker.
+//! fields worth keeping, the byte layout of a kept response, the bounded expiring map of the in-memory stores, the store error, and the Redis connection under a timeout and a circuit breaker.
 
 mod body;
 pub(crate) mod codec;
 mod error;
 mod expiring;
-mod future;
 mod headers;
 #[cfg(feature = "redis")]
 pub(crate) mod redis;
@@ -15,5 +13,5 @@ pub(crate) mod redis;
 pub(crate) use self::body::{Read, read_response};
 pub use self::error::{StoreError, StoreErrorKind};
 pub(crate) use self::expiring::{ExpiringMap, Held};
-pub use self::future::ResponseFuture;
 pub(crate) use self::headers::storable_headers;
+pub use crate::future::ResponseFuture;

@@ -13,10 +13,10 @@ use tower_service::Service;
 use super::principal::UserPrincipal;
 use super::rbac::RbacConfig;
 use crate::auth::error::AuthError;
-use crate::auth::future::ResponseFuture;
 use crate::auth::require::{BearerAuth, call_with_bearer, log_rejection};
 use crate::auth::verifier::{TokenVerifier, Verified};
 use crate::body::Body;
+use crate::future::ResponseFuture;
 use chassis_core::BoxError;
 
 /// Requires a valid end-user token on every request and inserts its [`UserPrincipal`]; see the

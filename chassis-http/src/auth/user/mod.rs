@@ -92,7 +92,7 @@ mod permission;
 mod principal;
 mod rbac;
 
-pub use crate::auth::future::ResponseFuture;
+pub use crate::future::ResponseFuture;
 pub use layer::{RequireUserToken, RequireUserTokenLayer};
 pub use permission::{RequirePermission, RequirePermissionLayer};
 pub use principal::UserPrincipal;

@@ -12,9 +12,9 @@ use tower_service::Service;
 use super::principal::UserPrincipal;
 use crate::auth::claims::check_scope;
 use crate::auth::error::{AuthError, AuthErrorKind};
-use crate::auth::future::ResponseFuture;
 use crate::auth::require::log_rejection;
 use crate::body::Body;
+use crate::future::ResponseFuture;
 use chassis_core::BoxError;
 
 /// Requires every request to carry a [`UserPrincipal`] with all of these permissions.
@@ -115,7 +115,7 @@ where
     fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
         match self.layer.check(req.extensions().get::<UserPrincipal>()) {
             Ok(()) => ResponseFuture::inner(self.inner.call(req)),
-            Err(response) => ResponseFuture::rejected(*response),
+            Err(response) => ResponseFuture::answered(*response),
         }
     }
 }

@@ -1,4 +1,6 @@
-//! [`ResponseFuture`] of the services that keep responses.
+//! [`ResponseFuture`]: the response future of the layers that either pass a request on, answer
+//! it themselves, or run a boxed sequence of their own around the inner call (the bearer-token
+//! layers, the idempotency and response-cache layers).
 
 use std::fmt;
 use std::future::Future;
@@ -13,12 +15,15 @@ use pin_project_lite::pin_project;
 use crate::body::{Body, BoxError, boxed};
 
 pin_project! {
-    /// Response future of [`Idempotency`](crate::idempotency::Idempotency) and
+    /// Response future of [`RequireServiceToken`](crate::auth::RequireServiceToken),
+    /// [`RequireUserToken`](crate::auth::user::RequireUserToken),
+    /// [`RequirePermission`](crate::auth::user::RequirePermission),
+    /// [`Idempotency`](crate::idempotency::Idempotency) and
     /// [`ResponseCache`](crate::response_cache::ResponseCache): the inner service's future for
-    /// a request the layer passes through, an answer the layer gave at once (a malformed
-    /// idempotency key), or, for a request the layer handles, the boxed sequence of store
-    /// calls, the inner call and the response's keeping. The box is only paid by those, which
-    /// wait on the store anyway.
+    /// a request the layer passes through, an answer the layer gave at once (a rejection, a
+    /// malformed idempotency key), or a boxed future for the requests that must wait on
+    /// something first (a JWKS refetch, the store's calls around the inner call). Only those
+    /// pay for the box, and they wait on I/O anyway.
     pub struct ResponseFuture<F, E> {
         #[pin]
         state: State<F, E>,
@@ -29,7 +34,7 @@ pin_project! {
     #[project = StateProj]
     enum State<F, E> {
         Inner { #[pin] future: F },
-        Keyed { future: BoxFuture<'static, Result<Response<Body>, E>> },
+        Boxed { future: BoxFuture<'static, Result<Response<Body>, E>> },
         Answered { response: Option<Response<Body>> },
     }
 }
@@ -41,9 +46,9 @@ impl<F, E> ResponseFuture<F, E> {
         }
     }
 
-    pub(crate) fn keyed(future: BoxFuture<'static, Result<Response<Body>, E>>) -> Self {
+    pub(crate) fn boxed(future: BoxFuture<'static, Result<Response<Body>, E>>) -> Self {
         Self {
-            state: State::Keyed { future },
+            state: State::Boxed { future },
         }
     }
 
@@ -76,7 +81,7 @@ where
                 let response = ready!(future.poll(cx))?;
                 Poll::Ready(Ok(response.map(boxed)))
             }
-            StateProj::Keyed { future } => future.as_mut().poll(cx),
+            StateProj::Boxed { future } => future.as_mut().poll(cx),
             StateProj::Answered { response } => Poll::Ready(Ok(response
                 .take()
                 .expect("ResponseFuture polled after completion"))),
