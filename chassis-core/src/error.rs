@@ -109,6 +109,20 @@ pub enum ErrorKind {
     },
     /// A second stop signal cut the graceful shutdown short.
     ShutdownForced,
+    /// A [control](crate::control) action was refused: unknown to the component, or its
+    /// parameters are wrong. Nothing changed.
+    InvalidAction {
+        /// The component's name.
+        component: String,
+        /// What is wrong with the action.
+        reason: String,
+    },
+    /// A [control](crate::control) action was valid but could not be carried out (its
+    /// database or broker failed); the cause is the source.
+    ActionFailed {
+        /// The component's name.
+        component: String,
+    },
 }
 
 crate::__define_error! {
@@ -255,6 +269,13 @@ impl fmt::Display for Error {
             ),
             ErrorKind::ShutdownForced => {
                 write!(f, "shutdown forced by a second stop signal")
+            }
+            ErrorKind::InvalidAction { component, reason } => {
+                write!(f, "invalid action on '{component}': {reason}")
+            }
+            ErrorKind::ActionFailed { component } => {
+                write!(f, "action on '{component}' failed")?;
+                self.write_cause(f)
             }
         }
     }

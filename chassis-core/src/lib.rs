@@ -8,6 +8,9 @@
 //!   [`ResiliencePolicy`](resilience::policy::ResiliencePolicy) that stacks them.
 //! - [`error`]: [`Error`] and [`ErrorKind`], what every layer fails with.
 //! - [`health`]: health checks, the registry that runs them, readiness/liveness/startup reports.
+//! - [`control`]: the control registry: a service's breakers, bulkheads, rate limiters, retry
+//!   budgets and other [`Controllable`](control::Controllable) parts, read and steered by
+//!   name, with a live feed of their states and rates (served by `chassis-http`'s admin API).
 //! - [`shutdown`]: the shutdown signal and the drain tracker.
 //! - [`lifecycle`]: [`App`](lifecycle::App), the runner that starts a service's components,
 //!   marks it ready and stops it in the order that loses nothing.
@@ -28,6 +31,7 @@
 
 mod macros;
 
+pub mod control;
 pub mod error;
 pub mod health;
 pub mod lifecycle;

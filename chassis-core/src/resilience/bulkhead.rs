@@ -129,7 +129,7 @@ pub(crate) struct Shared {
     max_concurrent: usize,
     pub(crate) max_wait: Duration,
     pub(crate) pool: Pool,
-    pub(crate) rejected: metrics::Counter,
+    pub(crate) rejected: super::rejections::Rejections,
 }
 
 impl Shared {
@@ -307,7 +307,9 @@ impl BulkheadLayer {
         names::preregister(names::BULKHEAD_REJECTED, &[(names::labels::NAME, &name)]);
         Ok(Self {
             shared: Arc::new(Shared {
-                rejected: metrics::counter!(names::BULKHEAD_REJECTED, names::labels::NAME => name.to_string()),
+                rejected: super::rejections::Rejections::new(
+                    metrics::counter!(names::BULKHEAD_REJECTED, names::labels::NAME => name.to_string()),
+                ),
                 name,
                 max_concurrent: config.max_concurrent,
                 max_wait: config.max_wait,
@@ -324,6 +326,16 @@ impl BulkheadLayer {
     /// The name of this bulkhead.
     pub fn name(&self) -> &str {
         &self.shared.name
+    }
+
+    /// The number of permits, `max_concurrent`.
+    pub fn max_concurrent(&self) -> usize {
+        self.shared.max_concurrent
+    }
+
+    /// Calls rejected since the bulkhead was built.
+    pub fn rejected_calls(&self) -> u64 {
+        self.shared.rejected.total()
     }
 }
 

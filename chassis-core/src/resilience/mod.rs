@@ -21,4 +21,5 @@ pub mod retry;
 pub mod time_limiter;
 
 mod future;
+mod rejections;
 mod striped;

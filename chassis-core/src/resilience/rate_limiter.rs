@@ -165,7 +165,7 @@ pub(crate) struct Limiter {
     epoch: Instant,
     /// Theoretical arrival time of the next call, in nanoseconds since `epoch`.
     tat: AtomicU64,
-    pub(crate) rejected: metrics::Counter,
+    pub(crate) rejected: super::rejections::Rejections,
 }
 
 impl Limiter {
@@ -233,7 +233,9 @@ impl RateLimiterLayer {
         names::preregister(names::RATE_LIMIT_REJECTED, &[(names::labels::NAME, &name)]);
         Ok(Self {
             limiter: Arc::new(Limiter {
-                rejected: metrics::counter!(names::RATE_LIMIT_REJECTED, names::labels::NAME => name.to_string()),
+                rejected: super::rejections::Rejections::new(
+                    metrics::counter!(names::RATE_LIMIT_REJECTED, names::labels::NAME => name.to_string()),
+                ),
                 name,
                 interval,
                 tolerance,
@@ -256,6 +258,27 @@ impl RateLimiterLayer {
     /// The name of this limiter.
     pub fn name(&self) -> &str {
         &self.limiter.name
+    }
+
+    /// How many calls may start at once after a quiet spell: the configured `burst` (or
+    /// `rate` without one).
+    pub fn burst(&self) -> u64 {
+        self.limiter.tolerance / self.limiter.interval + 1
+    }
+
+    /// Permits that could be taken right now without waiting (at most [`burst`](Self::burst)).
+    /// Reads the limiter, takes nothing.
+    pub fn available_permits(&self) -> u64 {
+        let limiter = &self.limiter;
+        let now = u64::try_from(limiter.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        let ahead = limiter.tat.load(Ordering::Relaxed).saturating_sub(now);
+        self.burst()
+            .saturating_sub(ahead.div_ceil(limiter.interval))
+    }
+
+    /// Calls rejected since the limiter was built.
+    pub fn rejected_calls(&self) -> u64 {
+        self.limiter.rejected.total()
     }
 }
 

@@ -104,6 +104,16 @@ impl RetryBudget {
             .sum()
     }
 
+    /// Retries the budget would allow right now.
+    pub fn available_retries(&self) -> u64 {
+        u64::try_from(self.balance(self.slot()) / self.withdraw_amount.max(1)).unwrap_or(0)
+    }
+
+    /// Retries spent within the budget's window (its `ttl`).
+    pub fn spent_retries(&self) -> u64 {
+        u64::try_from(Self::sum(&self.withdrawals, self.slot())).unwrap_or(0)
+    }
+
     /// The balance now, in withdraw units (how many retries it allows is
     /// `balance / withdraw_amount`).
     fn balance(&self, slot: u64) -> i64 {

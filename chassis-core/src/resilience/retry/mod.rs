@@ -408,6 +408,12 @@ impl<C, H, K> BackoffRetryLayer<C, H, K> {
         self.budget.as_deref()
     }
 
+    /// The shared retry budget as an owned handle (e.g. for the
+    /// [control registry](crate::control::ControlRegistry)), if budgets are enabled.
+    pub fn budget_handle(&self) -> Option<Arc<RetryBudget>> {
+        self.budget.clone()
+    }
+
     /// Replaces the classifier deciding which outcomes are retried.
     pub fn with_classifier<C2>(self, classifier: C2) -> BackoffRetryLayer<C2, H, K> {
         self.map_hooks(|_, retry_after, cloner| (classifier, retry_after, cloner))
