@@ -36,6 +36,11 @@
 //!   (feature `redis`). A store that fails passes requests to the handler.
 //! - [`admin`]: `GET`/`PUT /admin/loggers`, reading and changing a running service's log
 //!   filter, behind a service token with the `admin` scope.
+//! - [`control`]: the admin API over `chassis_core::control::ControlRegistry`: breakers,
+//!   bulkheads, rate limits, retry budgets, health, outbox and consumers, read, steered and
+//!   streamed (Server-Sent Events), behind the `admin` scope.
+//! - [`dashboard`]: the resilience dashboard page (embedded HTML/JS/CSS) aggregating the admin
+//!   streams of several services through a proxy.
 //! - [`tls`] (feature `tls`): HTTPS for the server and the client, certificate reload, client
 //!   certificates and the peer's identity.
 //!
@@ -94,6 +99,8 @@ pub mod admin;
 pub mod auth;
 pub mod body;
 pub mod client;
+pub mod control;
+pub mod dashboard;
 pub mod error;
 mod future;
 pub mod health;
