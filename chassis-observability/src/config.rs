@@ -7,6 +7,7 @@
 //! |---|---|
 //! | `LOG_FORMAT` | `json`, `pretty` or `compact` ([`LogConfig::format`]) |
 //! | `RUST_LOG` | the [`EnvFilter`](tracing_subscriber::EnvFilter) directives ([`LogConfig::filter`]) |
+//! | `LOG_SPAN_FIELDS` | `true`/`false`: whether JSON lines carry their spans' fields ([`LogConfig::span_fields`]) |
 //! | `OTEL_SERVICE_NAME` | `service.name` (wins over `OTEL_RESOURCE_ATTRIBUTES`) |
 //! | `OTEL_RESOURCE_ATTRIBUTES` | `k=v,k2=v2` (percent-encoded values) merged into the resource |
 //! | `OTEL_EXPORTER_OTLP_ENDPOINT` | collector base URL; `/v1/traces` is appended for HTTP |
@@ -151,6 +152,11 @@ pub struct LogConfig {
     /// writing them: the most a line waits when the output keeps up. Defaults to 5 ms.
     #[serde(with = "humantime_serde")]
     pub flush_interval: Duration,
+    /// Whether each JSON line carries the fields of the spans it is logged in (the request id,
+    /// the route, ...), formatted once per span (see
+    /// [`JsonLayer::span_fields`](crate::logging::JsonLayer::span_fields)). Defaults to `true`:
+    /// a line that can be read without its trace is worth the few hundred nanoseconds per span.
+    pub span_fields: bool,
 }
 
 impl Default for LogConfig {
@@ -162,6 +168,7 @@ impl Default for LogConfig {
             buffered_lines_limit: 128_000,
             buffered_bytes_limit: 16 << 20,
             flush_interval: Duration::from_millis(5),
+            span_fields: true,
         }
     }
 }
@@ -768,6 +775,16 @@ impl TelemetryConfig {
         }
         if let Some(v) = var("RUST_LOG") {
             self.log.filter = v;
+        }
+        if let Some(v) = var("LOG_SPAN_FIELDS") {
+            match v.trim().to_ascii_lowercase().as_str() {
+                "true" | "1" | "on" => self.log.span_fields = true,
+                "false" | "0" | "off" => self.log.span_fields = false,
+                _ => warn(Err(Error::invalid_config(format!(
+                    "LOG_SPAN_FIELDS={v:?}: expected true or false; keeping {}",
+                    self.log.span_fields
+                )))),
+            }
         }
 
         let t = &mut self.tracing;
@@ -1589,6 +1606,18 @@ mod tests {
         assert_eq!(log.buffered_lines_limit, 1000);
         assert_eq!(log.buffered_bytes_limit, 65536);
         assert_eq!(log.flush_interval, Duration::from_millis(20));
+        assert!(log.span_fields);
+        let log: LogConfig = serde_json::from_str(r#"{"span_fields":false}"#).unwrap();
+        assert!(!log.span_fields);
+        let mut off = TelemetryConfig::default();
+        assert!(off.apply_env(env(&[("LOG_SPAN_FIELDS", "off")])).is_empty());
+        assert!(!off.log.span_fields);
+        let warnings = off.apply_env(env(&[("LOG_SPAN_FIELDS", "maybe")]));
+        assert!(
+            warnings[0].contains("LOG_SPAN_FIELDS=\"maybe\""),
+            "{warnings:?}"
+        );
+        assert!(!off.log.span_fields);
         assert_eq!(
             c.metrics.buckets_for_metric["outbox_pending"],
             vec![1.0, 10.0, 100.0]

@@ -86,6 +86,14 @@ impl TelemetryBuilder {
         self
     }
 
+    /// Whether JSON lines carry the fields of the spans they are logged in (see
+    /// [`LogConfig::span_fields`](crate::config::LogConfig::span_fields)); `LOG_SPAN_FIELDS`
+    /// wins. Defaults to `true`.
+    pub fn log_span_fields(mut self, on: bool) -> Self {
+        self.config.log.span_fields = on;
+        self
+    }
+
     /// OTLP collector base URL (`/v1/traces` is appended for HTTP). Defaults to none: no export.
     pub fn otlp_endpoint(mut self, endpoint: impl Into<String>) -> Self {
         self.config.tracing.endpoint = Some(endpoint.into());
@@ -281,7 +289,8 @@ impl TelemetryBuilder {
                 let layer = match sink {
                     LogSink::Batch(w) => JsonLayer::batched(&service, w),
                     LogSink::Direct(w) => JsonLayer::new(&service, w),
-                };
+                }
+                .span_fields(config.log.span_fields);
                 dispatch_slot = Some(layer.dispatch_slot());
                 layer.boxed()
             }

@@ -116,6 +116,76 @@ fn nested_spans_and_explicit_parents_correlate_to_the_right_span() {
 }
 
 #[test]
+fn span_fields_reach_every_line_inside_the_span_once() {
+    let (dispatch, _guard, logs) = capture(LogFormat::Json, "info");
+    tracing::dispatcher::with_default(&dispatch, || {
+        let request = tracing::info_span!(
+            "HTTP request",
+            otel.name = "GET /orders",
+            request_id = "r-1",
+            url.path = "/orders",
+            api_token = "s3cret",
+            http.response.status_code = tracing::field::Empty,
+        );
+        let _r = request.enter();
+        let work = tracing::info_span!("load", url.path = "/orders/7", order.id = 7_u64);
+        work.in_scope(|| {
+            tracing::info!("loaded");
+            // The event's own field wins over the span's.
+            tracing::info!(order.id = 8_u64, "event wins");
+        });
+        request.record("http.response.status_code", 200_i64);
+        request.record("request_id", "r-2");
+        tracing::info!("after record");
+        tracing::info!(request_id = "r-3", "access");
+    });
+    let raw = logs.lines();
+    let lines = json_lines(&logs);
+    assert_eq!(lines.len(), 4, "{raw:#?}");
+    // Inside the inner span: the outer span's fields, the inner one's path over the outer's.
+    assert_eq!(lines[0]["request_id"], "r-1");
+    assert_eq!(lines[0]["url.path"], "/orders/7");
+    assert_eq!(lines[0]["order.id"], 7);
+    assert_eq!(lines[0]["api_token"], "[REDACTED]");
+    assert_eq!(lines[0]["span.name"], "load");
+    assert_eq!(lines[1]["order.id"], 8);
+    // A value recorded later replaces the earlier one; an event field of the same name wins.
+    assert_eq!(lines[2]["url.path"], "/orders");
+    assert_eq!(lines[2]["http.response.status_code"], 200);
+    assert_eq!(lines[2]["request_id"], "r-2");
+    assert_eq!(lines[2]["span.name"], "HTTP request");
+    assert!(lines[2].get("order.id").is_none(), "{}", raw[2]);
+    assert_eq!(lines[3]["request_id"], "r-3");
+    assert_eq!(lines[3]["http.response.status_code"], 200);
+    for line in &raw {
+        assert!(
+            !line.contains("s3cret") && !line.contains("otel.name"),
+            "{line}"
+        );
+        // Counted in the text: a JSON parser would keep one of two equal keys silently.
+        for key in ["\"request_id\"", "\"url.path\"", "\"order.id\""] {
+            assert!(line.matches(key).count() <= 1, "{key} twice: {line}");
+        }
+    }
+}
+
+#[test]
+fn span_fields_can_be_turned_off() {
+    let (dispatch, _guard, logs) = captured(
+        Telemetry::builder(service())
+            .log_filter("info")
+            .log_span_fields(false),
+    );
+    tracing::dispatcher::with_default(&dispatch, || {
+        let span = tracing::info_span!("request", request_id = "r-1");
+        span.in_scope(|| tracing::info!("inside"));
+    });
+    let lines = json_lines(&logs);
+    assert_eq!(lines[0]["span.name"], "request");
+    assert!(lines[0].get("request_id").is_none(), "{}", lines[0]);
+}
+
+#[test]
 fn sensitive_values_never_reach_the_json_output() {
     let (dispatch, _guard, logs) = capture(LogFormat::Json, "info");
     tracing::dispatcher::with_default(&dispatch, || {

@@ -2,7 +2,7 @@
 //! `fmt::Write`, so `Debug`/`Display` values are escaped as they are formatted, without an
 //! intermediate `String`), integers and hex ids.
 
-use std::fmt;
+use std::fmt::{self, Write as _};
 
 /// `ESCAPE[b]` is 0 when byte `b` is copied as is, otherwise the character after the backslash
 /// (`u` for the `\u00XX` form).
@@ -135,6 +135,29 @@ pub(crate) fn push_u64(out: &mut Vec<u8>, mut v: u64) {
     out.extend_from_slice(&digits[i..]);
 }
 
+/// Appends `v` as a JSON number (serde_json's shortest round-trip formatting, several times
+/// faster than `core::fmt`'s), or as a string when it is NaN or infinite, which JSON numbers
+/// cannot be.
+pub(crate) fn push_f64(out: &mut Vec<u8>, v: f64) {
+    if v.is_finite() {
+        let _ = serde_json::to_writer(&mut *out, &v);
+    } else {
+        let _ = write!(Raw(out), "\"{v}\"");
+    }
+}
+
+/// Appends an error and its chain of sources as one JSON string, the way operators read it.
+pub(crate) fn push_error(out: &mut Vec<u8>, error: &(dyn std::error::Error + 'static)) {
+    out.push(b'"');
+    let _ = write!(Escaped(out), "{error}");
+    let mut source = error.source();
+    while let Some(s) = source {
+        let _ = write!(Escaped(out), ": {s}");
+        source = s.source();
+    }
+    out.push(b'"');
+}
+
 /// Appends `v` in decimal.
 pub(crate) fn push_i64(out: &mut Vec<u8>, v: i64) {
     if v < 0 {
@@ -167,7 +190,6 @@ pub(crate) fn push_hex<const N: usize>(out: &mut Vec<u8>, bytes: [u8; N]) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::fmt::Write as _;
 
     fn text(f: impl FnOnce(&mut Vec<u8>)) -> String {
         let mut v = Vec::new();

@@ -9,13 +9,17 @@ use std::sync::{Arc, OnceLock};
 use opentelemetry::trace::{SpanId, TraceContextExt, TraceFlags, TraceId};
 use tracing::dispatcher::WeakDispatch;
 use tracing::field::{Field, Visit};
+use tracing::span::{Attributes, Id, Record};
 use tracing::{Event, Level, Subscriber};
 use tracing_subscriber::fmt::MakeWriter;
 use tracing_subscriber::fmt::writer::BoxMakeWriter;
 use tracing_subscriber::layer::Context;
 use tracing_subscriber::registry::LookupSpan;
 
-use super::format::{Escaped, Raw, escape_into, push_hex, push_i64, push_str, push_u64};
+use super::format::{
+    Escaped, Raw, escape_into, push_error, push_f64, push_hex, push_i64, push_str, push_u64,
+};
+use super::span_fields::{SpanFields, name_bit};
 use super::timestamp::TimestampCache;
 use super::writer::BatchWriter;
 use crate::redact::{REDACTED, is_sensitive_field};
@@ -59,6 +63,8 @@ pub struct JsonLayer {
     /// The dispatcher this layer runs in, to look up the OpenTelemetry context of an event's
     /// explicit parent span (see `otel_ids`).
     dispatch: Arc<OnceLock<WeakDispatch>>,
+    /// Whether lines carry their spans' fields (see [`JsonLayer::span_fields`]).
+    span_fields: bool,
 }
 
 impl fmt::Debug for JsonLayer {
@@ -72,6 +78,7 @@ impl fmt::Debug for JsonLayer {
                     Sink::Direct(_) => "direct",
                 },
             )
+            .field("span_fields", &self.span_fields)
             .finish_non_exhaustive()
     }
 }
@@ -122,7 +129,21 @@ impl JsonLayer {
             resource: resource.into_boxed_slice(),
             sink,
             dispatch: Arc::new(OnceLock::new()),
+            span_fields: true,
         }
+    }
+
+    /// Whether each line carries the fields of the spans it is logged in (the event's span and
+    /// its ancestors), at the top level beside the event's own fields. Defaults to `true`.
+    ///
+    /// A span's fields are formatted once, when the span is created or records a field, and
+    /// kept with the span; each line copies them. An event's own field wins over a span field
+    /// of the same name, an inner span's over an outer one's. `otel.*` fields are not written.
+    /// Off, lines carry only the span's name (`span.name`) and the trace ids, and spans cost the
+    /// layer nothing.
+    pub fn span_fields(mut self, on: bool) -> Self {
+        self.span_fields = on;
+        self
     }
 
     /// Tells the layer which dispatcher it is part of. Called by the telemetry builder once the
@@ -193,6 +214,8 @@ struct Scratch {
     fields: Vec<u8>,
     /// A `log.target` field (events from the `log` bridge), as a JSON string.
     log_target: Vec<u8>,
+    /// The names of the fields the event wrote, for the span fields they override.
+    written_names: Vec<&'static str>,
     time: TimestampCache,
     names: NameCache,
 }
@@ -205,6 +228,40 @@ impl<S> tracing_subscriber::Layer<S> for JsonLayer
 where
     S: Subscriber + for<'a> LookupSpan<'a>,
 {
+    fn on_new_span(&self, attrs: &Attributes<'_>, id: &Id, ctx: Context<'_, S>) {
+        if !self.span_fields {
+            return;
+        }
+        let Some(span) = ctx.span(id) else { return };
+        let own = SpanFields::of(|visitor| attrs.record(visitor));
+        let fields = match span.parent() {
+            Some(parent) => match parent.extensions().get::<SpanFields>() {
+                Some(inherited) => own.inherit(inherited),
+                None => own,
+            },
+            None => own,
+        };
+        if !fields.is_empty() {
+            span.extensions_mut().insert(fields);
+        }
+    }
+
+    fn on_record(&self, id: &Id, values: &Record<'_>, ctx: Context<'_, S>) {
+        if !self.span_fields {
+            return;
+        }
+        let Some(span) = ctx.span(id) else { return };
+        let recorded = SpanFields::of(|visitor| values.record(visitor));
+        if recorded.is_empty() {
+            return;
+        }
+        let mut extensions = span.extensions_mut();
+        match extensions.get_mut::<SpanFields>() {
+            Some(fields) => fields.update(recorded),
+            None => extensions.insert(recorded),
+        }
+    }
+
     fn on_register_dispatch(&self, subscriber: &tracing::Dispatch) {
         // Composed by hand (not in a `Vec` of layers, which does not pass this on), the layer
         // learns its dispatcher here; the telemetry builder sets it explicitly.
@@ -215,6 +272,7 @@ where
         let format = |scratch: &mut Scratch| {
             self.format(event, &ctx, scratch);
             self.emit(&scratch.line, event.metadata());
+            scratch.written_names.clear();
             for buf in [
                 &mut scratch.line,
                 &mut scratch.fields,
@@ -250,14 +308,21 @@ impl JsonLayer {
         S: Subscriber + for<'a> LookupSpan<'a>,
     {
         let meta = event.metadata();
-        // Only the name of the event's span is written. For a contextual event it comes from
-        // the registry's current span without looking up the span's data (`event_span` would).
-        let (span_name, explicit_parent) = if event.is_contextual() {
-            (ctx.current_span().metadata().map(|m| m.name()), None)
+        // The event's span: the current one, or its explicit parent. Without span fields only
+        // its name is written, which for a contextual event comes from the registry's current
+        // span without looking up the span's data.
+        let (span_name, span) = if event.is_contextual() {
+            if self.span_fields {
+                let span = ctx.lookup_current();
+                (span.as_ref().map(|s| s.name()), span)
+            } else {
+                (ctx.current_span().metadata().map(|m| m.name()), None)
+            }
         } else {
             let parent = event.parent().and_then(|id| ctx.span(id));
             (parent.as_ref().map(|s| s.name()), parent)
         };
+        let explicit_parent = span.as_ref().filter(|_| !event.is_contextual());
         // The OpenTelemetry context: for a contextual event it is the context
         // tracing-opentelemetry attached when the current span was entered (read in place, not
         // cloned); for an event with an explicit parent, that parent's context, looked up
@@ -266,7 +331,7 @@ impl JsonLayer {
         let ids = if event.is_contextual() {
             opentelemetry::Context::map_current(ids_of)
         } else {
-            explicit_parent.as_ref().and_then(|span| {
+            explicit_parent.and_then(|span| {
                 let dispatch = self.dispatch.get()?.upgrade()?;
                 ids_of(&tracing_opentelemetry::get_otel_context(
                     &span.id(),
@@ -279,6 +344,7 @@ impl JsonLayer {
             line,
             fields,
             log_target,
+            written_names,
             time,
             names,
         } = scratch;
@@ -292,9 +358,12 @@ impl JsonLayer {
             fields,
             log_target,
             names,
+            written_names,
+            written_bits: 0,
             written_ids: ids.map(|(t, s, _)| (t, s)),
         };
         event.record(&mut visitor);
+        let written_bits = visitor.written_bits;
         if line.len() == body_start {
             line.extend_from_slice(b"\"\"");
         }
@@ -321,6 +390,12 @@ impl JsonLayer {
             line.extend_from_slice(b",\"span.name\":");
             push_str(line, name);
         }
+        if self.span_fields
+            && let Some(span) = &span
+            && let Some(span_fields) = span.extensions().get::<SpanFields>()
+        {
+            span_fields.write_to(line, written_names, written_bits);
+        }
         line.extend_from_slice(fields);
         line.extend_from_slice(b"}\n");
     }
@@ -329,7 +404,7 @@ impl JsonLayer {
 /// What the layer does with a field, by name; decided once per name and thread (see
 /// [`NameCache`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum NameKind {
+pub(crate) enum NameKind {
     /// `message`: the body.
     Message,
     /// `log.target` of the tracing-log bridge: the target.
@@ -347,7 +422,7 @@ enum NameKind {
 }
 
 impl NameKind {
-    fn of(name: &str) -> Self {
+    pub(crate) fn of(name: &str) -> Self {
         match name {
             "message" => Self::Message,
             "log.target" => Self::LogTarget,
@@ -362,16 +437,22 @@ impl NameKind {
     /// The bytes written before the value: `,"name":`, `,"field.name":` for a reserved name, and
     /// the whole `,"name":"[REDACTED]"` for a sensitive one.
     fn key(self, name: &str) -> Box<[u8]> {
-        let mut key = b",\"".to_vec();
-        if RESERVED.contains(&name) {
-            key.extend_from_slice(b"field.");
-        }
-        escape_into(&mut key, name);
-        key.extend_from_slice(b"\":");
-        if self == Self::Sensitive {
-            push_str(&mut key, REDACTED);
-        }
+        let mut key = Vec::new();
+        self.write_key(name, &mut key);
         key.into_boxed_slice()
+    }
+
+    /// Appends what [`key`](Self::key) returns.
+    pub(crate) fn write_key(self, name: &str, out: &mut Vec<u8>) {
+        out.extend_from_slice(b",\"");
+        if RESERVED.contains(&name) {
+            out.extend_from_slice(b"field.");
+        }
+        escape_into(out, name);
+        out.extend_from_slice(b"\":");
+        if self == Self::Sensitive {
+            push_str(out, REDACTED);
+        }
     }
 }
 
@@ -381,6 +462,8 @@ struct Slot {
     len: usize,
     kind: NameKind,
     key: Box<[u8]>,
+    /// [`name_bit`] of the name.
+    bit: u64,
 }
 
 /// A small direct-mapped cache of [`NameKind`]s and key bytes by field name. Field names are
@@ -400,13 +483,21 @@ impl Default for NameCache {
                 len: 0,
                 kind: NameKind::Plain,
                 key: Box::default(),
+                bit: 0,
             }),
         }
     }
 }
 
 impl NameCache {
+    #[cfg(test)]
     fn get(&mut self, name: &'static str) -> (NameKind, &[u8]) {
+        let (kind, key, _) = self.get_with_bit(name);
+        (kind, key)
+    }
+
+    /// [`get`](Self::get) and the name's [`name_bit`].
+    fn get_with_bit(&mut self, name: &'static str) -> (NameKind, &[u8], u64) {
         let addr = name.as_ptr() as usize;
         let slot = &mut self.slots[((addr >> 3) ^ (addr >> 9)) % 64];
         if slot.addr != addr || slot.len != name.len() || slot.key.is_empty() {
@@ -416,9 +507,10 @@ impl NameCache {
                 len: name.len(),
                 kind,
                 key: kind.key(name),
+                bit: name_bit(name),
             };
         }
-        (slot.kind, &slot.key)
+        (slot.kind, &slot.key, slot.bit)
     }
 }
 
@@ -442,14 +534,41 @@ struct JsonVisitor<'a> {
     fields: &'a mut Vec<u8>,
     log_target: &'a mut Vec<u8>,
     names: &'a mut NameCache,
+    /// The names of the fields written with a key, and the union of their [`name_bit`]s.
+    written_names: &'a mut Vec<&'static str>,
+    written_bits: u64,
     /// The trace and span id the layer writes at the top level, if any.
     written_ids: Option<(TraceId, SpanId)>,
+}
+
+/// Looks `name` up in `names` and, when the field is written with a key of its own, notes it
+/// in `written` and `bits`: a span field of that name is then left out of the line.
+fn classify<'n>(
+    names: &'n mut NameCache,
+    written: &mut Vec<&'static str>,
+    bits: &mut u64,
+    name: &'static str,
+) -> (NameKind, &'n [u8]) {
+    let (kind, key, bit) = names.get_with_bit(name);
+    if matches!(
+        kind,
+        NameKind::Plain | NameKind::Sensitive | NameKind::TraceId | NameKind::SpanId
+    ) {
+        written.push(name);
+        *bits |= bit;
+    }
+    (kind, key)
 }
 
 impl JsonVisitor<'_> {
     /// Writes the key of a field whose value is not text; returns whether the value follows.
     fn key(&mut self, field: &Field) -> bool {
-        let (kind, key) = self.names.get(field.name());
+        let (kind, key) = classify(
+            self.names,
+            self.written_names,
+            &mut self.written_bits,
+            field.name(),
+        );
         match kind {
             NameKind::LogTarget | NameKind::Skipped => false,
             NameKind::Sensitive => {
@@ -473,7 +592,12 @@ impl JsonVisitor<'_> {
 
 impl Visit for JsonVisitor<'_> {
     fn record_str(&mut self, field: &Field, value: &str) {
-        let (kind, key) = self.names.get(field.name());
+        let (kind, key) = classify(
+            self.names,
+            self.written_names,
+            &mut self.written_bits,
+            field.name(),
+        );
         match kind {
             NameKind::Message => push_str(self.body, value),
             NameKind::LogTarget => push_str(self.log_target, value),
@@ -488,7 +612,12 @@ impl Visit for JsonVisitor<'_> {
     }
 
     fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
-        let (kind, key) = self.names.get(field.name());
+        let (kind, key) = classify(
+            self.names,
+            self.written_names,
+            &mut self.written_bits,
+            field.name(),
+        );
         match kind {
             NameKind::Message => Self::debug_str(self.body, value),
             NameKind::LogTarget => Self::debug_str(self.log_target, value),
@@ -541,14 +670,7 @@ impl Visit for JsonVisitor<'_> {
 
     fn record_f64(&mut self, field: &Field, value: f64) {
         if self.key(field) {
-            if value.is_finite() {
-                // serde_json's shortest round-trip float formatting, several times faster than
-                // `core::fmt`'s.
-                let _ = serde_json::to_writer(&mut *self.fields, &value);
-            } else {
-                // NaN / inf are not JSON numbers.
-                let _ = write!(Raw(self.fields), "\"{value}\"");
-            }
+            push_f64(self.fields, value);
         }
     }
 
@@ -561,15 +683,7 @@ impl Visit for JsonVisitor<'_> {
 
     fn record_error(&mut self, field: &Field, value: &(dyn std::error::Error + 'static)) {
         if self.key(field) {
-            // The error and its chain, the way operators want to read it.
-            self.fields.push(b'"');
-            let _ = write!(Escaped(self.fields), "{value}");
-            let mut source = value.source();
-            while let Some(s) = source {
-                let _ = write!(Escaped(self.fields), ": {s}");
-                source = s.source();
-            }
-            self.fields.push(b'"');
+            push_error(self.fields, value);
         }
     }
 }
