@@ -16,6 +16,7 @@
 //! | `subject`        | `subject`             | header `cloudEvents:subject` (absent when `None`)          |
 //! | `datacontenttype`| `datacontenttype`     | property `content_type` (binary mode: not a header)        |
 //! | `dataschema`     | `dataschema`          | header `cloudEvents:dataschema` (absent when `None`)       |
+//! | `version`        | extension `eventversion` | header `cloudEvents:eventversion` (decimal string; absent on decode = 1) |
 //! | `correlation_id` | extension `correlationid` | header `cloudEvents:correlationid` and property `correlation_id` |
 //! | `causation_id`   | extension `causationid`   | header `cloudEvents:causationid`                       |
 //! | `data`           | `data`                | the body (JSON)                                             |
@@ -26,6 +27,10 @@
 //! content type must be JSON. Failures are typed ([`ErrorKind::Validation`] for attributes,
 //! [`ErrorKind::Decode`] for the body) and the consumer dead-letters such a message with the
 //! reason in the `x-chassis-failure-reason` header.
+//!
+//! Every event carries the version of its payload's schema (1 unless set); how consumers
+//! read the versions they know, upcast older ones and dead-letter the rest is in
+//! [`version`](crate::version).
 //!
 //! [CloudEvents AMQP protocol binding]: https://github.com/cloudevents/spec/blob/v1.0.2/cloudevents/bindings/amqp-protocol-binding.md
 //!
@@ -79,6 +84,9 @@ pub const DATASCHEMA: &str = "cloudEvents:dataschema";
 pub const CORRELATIONID: &str = "cloudEvents:correlationid";
 /// `cloudEvents:causationid` (extension).
 pub const CAUSATIONID: &str = "cloudEvents:causationid";
+/// `cloudEvents:eventversion` (extension): the payload's schema version, see
+/// [`version`](crate::version).
+pub const EVENTVERSION: &str = "cloudEvents:eventversion";
 /// The only CloudEvents spec version produced and accepted.
 pub const SPEC_VERSION: &str = "1.0";
 /// Default `datacontenttype`.
@@ -105,6 +113,9 @@ pub struct Envelope<T> {
     pub correlation_id: Option<String>,
     /// Id of the message that caused this one.
     pub causation_id: Option<String>,
+    /// Version of the payload's schema (CloudEvents extension `eventversion`), at least 1.
+    /// Defaults to 1; an event received without the attribute is version 1.
+    pub version: u32,
     /// The payload.
     pub data: T,
 }
@@ -122,6 +133,7 @@ impl<T> Envelope<T> {
             dataschema: None,
             correlation_id: None,
             causation_id: None,
+            version: 1,
             data,
         }
     }
@@ -135,6 +147,13 @@ impl<T> Envelope<T> {
     /// Sets the data schema (and so the payload version).
     pub fn dataschema(mut self, schema: impl Into<String>) -> Self {
         self.dataschema = Some(schema.into());
+        self
+    }
+
+    /// Sets the payload's schema version (see [`version`](crate::version)); 0 is kept as 1,
+    /// the first version.
+    pub fn version(mut self, version: u32) -> Self {
+        self.version = version.max(1);
         self
     }
 
@@ -175,6 +194,7 @@ impl<T> Envelope<T> {
             dataschema: self.dataschema,
             correlation_id: self.correlation_id,
             causation_id: self.causation_id,
+            version: self.version,
             data: f(self.data),
         }
     }
@@ -195,7 +215,8 @@ impl<T: Serialize> Envelope<T> {
             .header(ID, self.id.to_string())
             .header(TYPE, self.kind.clone())
             .header(SOURCE, self.source.clone())
-            .header(TIME, self.time.to_rfc3339_opts(SecondsFormat::AutoSi, true));
+            .header(TIME, self.time.to_rfc3339_opts(SecondsFormat::AutoSi, true))
+            .header(EVENTVERSION, self.version.to_string());
         msg.kind = Some(self.kind.clone());
         msg.timestamp = u64::try_from(self.time.timestamp()).ok();
         msg.correlation_id = self.correlation_id.clone();
@@ -244,6 +265,30 @@ fn required(msg: Received<'_>, name: &str) -> Result<String, Error> {
     }
 }
 
+/// The `eventversion` attribute: 1 when absent (events from before versions, or from
+/// producers that do not version), otherwise a positive integer (as a decimal string, or an
+/// integer header from another client).
+fn version_of(msg: Received<'_>) -> Result<u32, Error> {
+    let invalid = |v: &dyn std::fmt::Debug| {
+        Error::validation(format!(
+            "{EVENTVERSION} must be a positive integer, got {v:?}"
+        ))
+    };
+    match msg.headers.get(EVENTVERSION) {
+        None => Ok(1),
+        Some(HeaderValue::String(s)) => s
+            .parse::<u32>()
+            .ok()
+            .filter(|v| *v >= 1)
+            .ok_or_else(|| invalid(s)),
+        Some(HeaderValue::Int(n)) => u32::try_from(*n)
+            .ok()
+            .filter(|v| *v >= 1)
+            .ok_or_else(|| invalid(n)),
+        Some(other) => Err(invalid(other)),
+    }
+}
+
 impl<T: DeserializeOwned> Envelope<T> {
     /// Decodes and validates a received message (see
     /// [`IncomingMessage::decode`](crate::amqp::incoming::IncomingMessage::decode)).
@@ -253,6 +298,27 @@ impl<T: DeserializeOwned> Envelope<T> {
     /// `specversion`, no `id`/`type`/`source`, bad `time`, non-JSON content type),
     /// [`ErrorKind::Decode`] when the body is not the expected JSON payload.
     pub(crate) fn decode(msg: Received<'_>) -> Result<Self, Error> {
+        Self::decode_with(msg, |_, _, body| {
+            serde_json::from_slice(body).map_err(|e| {
+                Error::with_source(
+                    ErrorKind::Decode {
+                        reason: format!("body is not a valid {}: {e}", std::any::type_name::<T>()),
+                    },
+                    e,
+                )
+            })
+        })
+    }
+}
+
+impl<T> Envelope<T> {
+    /// Validates the attributes, then reads the payload with `data(type, version, body)`: the
+    /// attributes are checked before the body is looked at, so a version check sees only
+    /// valid events.
+    pub(crate) fn decode_with(
+        msg: Received<'_>,
+        data: impl FnOnce(&str, u32, &[u8]) -> Result<T, Error>,
+    ) -> Result<Self, Error> {
         let specversion = required(msg, SPECVERSION)?;
         if specversion != SPEC_VERSION {
             return Err(Error::validation(format!(
@@ -288,14 +354,8 @@ impl<T: DeserializeOwned> Envelope<T> {
                 "unsupported datacontenttype {datacontenttype:?} (expected JSON)"
             )));
         }
-        let data = serde_json::from_slice(msg.body).map_err(|e| {
-            Error::with_source(
-                ErrorKind::Decode {
-                    reason: format!("body is not a valid {}: {e}", std::any::type_name::<T>()),
-                },
-                e,
-            )
-        })?;
+        let version = version_of(msg)?;
+        let data = data(&kind, version, msg.body)?;
         Ok(Self {
             id,
             kind,
@@ -307,6 +367,7 @@ impl<T: DeserializeOwned> Envelope<T> {
             correlation_id: string_header(msg, CORRELATIONID)?
                 .or_else(|| msg.correlation_id.map(str::to_owned)),
             causation_id: string_header(msg, CAUSATIONID)?,
+            version,
             data,
         })
     }
@@ -348,6 +409,7 @@ mod tests {
         assert_eq!(h("cloudEvents:dataschema"), "urn:schema:b:v2");
         assert_eq!(h("cloudEvents:correlationid"), "corr-1");
         assert_eq!(h("cloudEvents:causationid"), cause.id.to_string());
+        assert_eq!(h("cloudEvents:eventversion"), "1");
         assert!(DateTime::parse_from_rfc3339(&h("cloudEvents:time")).is_ok());
         assert!(!msg.headers.contains_key("cloudEvents:datacontenttype"));
         assert_eq!(ev.id.get_version_num(), 7);
@@ -371,6 +433,21 @@ mod tests {
             timestamp: msg.timestamp,
             body: &msg.body,
         })
+    }
+
+    #[test]
+    fn version_travels_and_defaults_to_one() {
+        let ev = Envelope::new("s", "t", Payload { n: 1 }).version(3);
+        assert_eq!(decode(ev.to_message("x").unwrap()).unwrap().version, 3);
+        // An event from before versions (or from a producer that does not set one) is version 1.
+        let mut m = valid();
+        m.headers.remove(EVENTVERSION);
+        assert_eq!(decode(m).unwrap().version, 1);
+        assert_eq!(
+            decode(valid().header(EVENTVERSION, 2_i64)).unwrap().version,
+            2
+        );
+        assert_eq!(Envelope::new("s", "t", ()).version(0).version, 1);
     }
 
     #[test]
@@ -430,6 +507,14 @@ mod tests {
             if let Ok(ev) = decoded {
                 assert_eq!(decode(ev.to_message("x").unwrap()).unwrap(), ev);
             }
+        }
+
+        for bad in ["0", "-1", "v2", ""] {
+            let m = valid().header(EVENTVERSION, bad);
+            assert!(
+                matches!(decode(m).unwrap_err().kind(), ErrorKind::Validation { reason } if reason.contains("eventversion")),
+                "{bad:?}"
+            );
         }
 
         let mut m = valid();

@@ -58,6 +58,16 @@ pub enum ErrorKind {
         /// Why.
         reason: String,
     },
+    /// A valid event whose payload version this reader does not know (neither its own nor
+    /// one it upcasts from); see [`version`](crate::version).
+    UnsupportedVersion {
+        /// The event's CloudEvents `type`.
+        event_type: String,
+        /// The version it carries.
+        version: u32,
+        /// The versions this reader accepts, ascending.
+        readable: Vec<u32>,
+    },
     /// Declaring or binding exchanges and queues failed (or the topology config is invalid).
     Topology,
     /// The outbox/inbox database failed.
@@ -162,6 +172,14 @@ impl fmt::Display for ErrorKind {
             ),
             Self::Decode { reason } => write!(f, "cannot decode message: {reason}"),
             Self::Validation { reason } => write!(f, "invalid message: {reason}"),
+            Self::UnsupportedVersion {
+                event_type,
+                version,
+                readable,
+            } => write!(
+                f,
+                "unsupported event version: {event_type} version {version}, this consumer reads versions {readable:?}"
+            ),
             Self::Topology => f.write_str("declaring the broker topology failed"),
             Self::Database => f.write_str("database operation failed"),
             Self::Serialization => f.write_str("cannot serialize payload"),

@@ -23,6 +23,8 @@
 //! - Shared by both:
 //!   - [`message`]: [`OutgoingMessage`], a message in its wire form.
 //!   - [`envelope`]: [`Envelope`], a typed CloudEvents 1.0 event and its AMQP mapping.
+//!   - [`version`]: event versions: [`Versioned`] payloads, upcasting older versions, and
+//!     [`versioned`] handlers that dead-letter versions they do not know.
 //!   - [`error`]: [`Error`] and [`ErrorKind`](error::ErrorKind).
 //!   - [`memory`]: an in-memory transport for users' unit tests, with a
 //!     [`TestHarness`](memory::TestHarness) to await what was published, consumed and
@@ -81,6 +83,7 @@ pub mod lifecycle;
 pub mod memory;
 pub mod message;
 pub mod sql;
+pub mod version;
 
 pub use amqp::connection::{Connection, ConnectionConfig};
 pub use amqp::consumer::{Consumer, ConsumerConfig, Outcome, typed};
@@ -92,6 +95,7 @@ pub use error::Error;
 pub use message::OutgoingMessage;
 pub use sql::inbox::{Inbox, idempotent};
 pub use sql::outbox::{Outbox, Relay, RelayConfig};
+pub use version::{Versioned, versioned};
 
 // The README's example is compiled and run as a doctest, so the crate's front page stays true.
 #[cfg(doctest)]

@@ -7,6 +7,11 @@
 //! wants published as [`Emit`]s; consumers read payloads with [`decode`] and answer a transient
 //! failure with [`retry`] (both give the chassis `Outcome` directly).
 //!
+//! Every payload type has a version ([`Versioned`]), sent as the CloudEvents extension
+//! `eventversion` ([`Emit`] sets it from the payload type); [`decode`] reads the versions a
+//! payload type knows and dead-letters the others with the reason. [`InventoryReserved`] is at
+//! version 2 and still reads version 1 ([`InventoryReservedV1`], upcast).
+//!
 //! The saga (run by `orders`):
 //! ```text
 //! order.placed ──► inventory ──► inventory.reserved ──► orders ──► payment.charge ──► payments
@@ -31,8 +36,8 @@
 //! assert_eq!(ORDER_PLACED, "order.placed");
 //! ```
 
-use chassis_messaging::{Envelope, IncomingMessage, Outcome};
-use serde::de::DeserializeOwned;
+use chassis_messaging::error::ErrorKind;
+use chassis_messaging::{Envelope, IncomingMessage, Outcome, Versioned};
 use serde::{Deserialize, Serialize};
 
 use crate::limits::{
@@ -71,15 +76,19 @@ pub const CMD_PAYMENT_REFUND: &str = "payment.refund";
 /// Command: release the order's reservation, if any (`orders` -> `inventory`).
 pub const CMD_INVENTORY_RELEASE: &str = "inventory.release";
 
-/// Decodes a message's chassis envelope and checks its payload's limits ([`Validate`]). An
-/// undecodable message, or one with a field outside its limit, can never succeed: it is
+/// Decodes a message's chassis envelope by its version (`T`'s own, or an older one `T`
+/// upcasts) and checks its payload's limits ([`Validate`]). An undecodable message, one of a
+/// version `T` does not read, or one with a field outside its limit, can never succeed: it is
 /// rejected, and the chassis consumer dead-letters it (`<queue>.dlq`, the reason in
 /// `x-chassis-failure-reason`) and logs it once, before the handler writes anything.
-pub fn decode<T: DeserializeOwned + Validate>(msg: &IncomingMessage) -> Result<T, Outcome> {
+pub fn decode<T: Versioned + Validate>(msg: &IncomingMessage) -> Result<T, Outcome> {
     let data = msg
-        .decode::<T>()
+        .decode_versioned::<T>()
         .map(|e| e.data)
-        .map_err(|e| Outcome::reject(format!("undecodable: {e}")))?;
+        .map_err(|e| match e.kind() {
+            ErrorKind::UnsupportedVersion { .. } => Outcome::reject(e.to_string()),
+            _ => Outcome::reject(format!("undecodable: {e}")),
+        })?;
     data.validate()
         .map_err(|e| Outcome::reject(format!("invalid {}: {e}", msg.routing_key())))?;
     Ok(data)
@@ -119,7 +128,7 @@ pub struct OrderPlaced {
     pub payment_method: String,
 }
 
-/// `inventory.reserved`.
+/// `inventory.reserved`, version 2 (the current one).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct InventoryReserved {
     /// The order.
@@ -127,6 +136,59 @@ pub struct InventoryReserved {
     /// Total price of the reserved items, in cents (the amount to charge).
     pub amount_cents: i64,
 }
+
+/// `inventory.reserved`, version 1: the amount in currency units as a JSON number. Floating
+/// point money rounds (0.1 + 0.2), so version 2 carries integer cents; consumers still read
+/// version 1 through [`InventoryReserved`]'s upcast, rounding to the nearest cent.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct InventoryReservedV1 {
+    /// The order.
+    pub order_id: String,
+    /// Total price in currency units, e.g. `4.5`.
+    pub amount: f64,
+}
+
+impl Versioned for InventoryReserved {
+    const VERSION: u32 = 2;
+    const UPCASTS_FROM: &'static [u32] = &[1];
+
+    fn upcast(from: u32, data: serde_json::Value) -> Result<Self, serde_json::Error> {
+        debug_assert_eq!(from, 1, "only version 1 is listed");
+        let v1: InventoryReservedV1 = serde_json::from_value(data)?;
+        let cents = (v1.amount * 100.0).round();
+        if !cents.is_finite() || cents.abs() > i64::MAX as f64 {
+            return Err(serde::de::Error::custom(format_args!(
+                "amount {} is not a price",
+                v1.amount
+            )));
+        }
+        Ok(Self {
+            order_id: v1.order_id,
+            amount_cents: cents as i64,
+        })
+    }
+}
+
+/// Every other payload is at its first version: none has changed incompatibly yet.
+macro_rules! first_version {
+    ($($t:ty),* $(,)?) => {
+        $(impl Versioned for $t {
+            const VERSION: u32 = 1;
+        })*
+    };
+}
+
+first_version!(
+    OrderPlaced,
+    InventoryRejected,
+    InventoryReleased,
+    ChargePayment,
+    Compensate,
+    PaymentSucceeded,
+    PaymentFailed,
+    PaymentRefunded,
+    OrderFinished,
+);
 
 /// `inventory.rejected`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -215,6 +277,8 @@ pub struct Emit {
     pub exchange: &'static str,
     /// The type, also the routing key.
     pub kind: &'static str,
+    /// The payload type's version ([`Versioned::VERSION`]).
+    pub version: u32,
     /// The aggregate (order id).
     pub subject: String,
     /// The JSON payload.
@@ -222,18 +286,23 @@ pub struct Emit {
 }
 
 impl Emit {
-    /// An event on `shop.events`.
-    pub fn event(kind: &'static str, subject: &str, payload: &impl Serialize) -> Self {
+    /// An event on `shop.events`, at the payload type's version.
+    pub fn event<P: Versioned + Serialize>(kind: &'static str, subject: &str, payload: &P) -> Self {
         Self {
             exchange: EVENTS_EXCHANGE,
             kind,
+            version: P::VERSION,
             subject: subject.to_owned(),
             payload: serde_json::to_value(payload).expect("payloads serialise"),
         }
     }
 
-    /// A command on `shop.commands`.
-    pub fn command(kind: &'static str, subject: &str, payload: &impl Serialize) -> Self {
+    /// A command on `shop.commands`, at the payload type's version.
+    pub fn command<P: Versioned + Serialize>(
+        kind: &'static str,
+        subject: &str,
+        payload: &P,
+    ) -> Self {
         Self {
             exchange: COMMANDS_EXCHANGE,
             ..Self::event(kind, subject, payload)
@@ -244,6 +313,7 @@ impl Emit {
     /// as subject (the outbox's ordering key) and correlation id, caused by the message `cause`.
     pub fn envelope(&self, service: &str, cause: Option<&str>) -> Envelope<&serde_json::Value> {
         let envelope = Envelope::new(format!("/shop/{service}"), self.kind, &self.payload)
+            .version(self.version)
             .subject(self.subject.clone())
             .correlation_id(self.subject.clone());
         match cause {
@@ -343,6 +413,74 @@ impl Validate for serde_json::Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use chassis_messaging::envelope::EVENTVERSION;
+
+    fn reserved_message(version: Option<u32>, payload: serde_json::Value) -> IncomingMessage {
+        let mut msg = Envelope::new("/shop/inventory", INVENTORY_RESERVED, payload)
+            .subject("o-1")
+            .to_message(EVENTS_EXCHANGE)
+            .unwrap();
+        match version {
+            Some(v) => msg
+                .headers
+                .insert(EVENTVERSION.into(), v.to_string().into()),
+            None => msg.headers.remove(EVENTVERSION),
+        };
+        IncomingMessage::from_outgoing(msg)
+    }
+
+    #[test]
+    fn inventory_reserved_reads_version_1_and_2_and_refuses_3() {
+        let emitted = Emit::event(
+            INVENTORY_RESERVED,
+            "o-1",
+            &InventoryReserved {
+                order_id: "o-1".into(),
+                amount_cents: 450,
+            },
+        );
+        assert_eq!(emitted.version, 2);
+        let wire = emitted
+            .envelope("inventory", None)
+            .to_message(EVENTS_EXCHANGE)
+            .unwrap();
+        let v2: InventoryReserved = decode(&IncomingMessage::from_outgoing(wire)).unwrap();
+        assert_eq!(v2.amount_cents, 450);
+
+        // An inventory from before version 2 (with or without the attribute).
+        for version in [Some(1), None] {
+            let v1 = reserved_message(
+                version,
+                serde_json::json!({"order_id": "o-1", "amount": 4.35}),
+            );
+            let read: InventoryReserved = decode(&v1).unwrap();
+            assert_eq!(read.amount_cents, 435, "{version:?}");
+        }
+
+        let v3 = reserved_message(Some(3), serde_json::json!({"order_id": "o-1"}));
+        match decode::<InventoryReserved>(&v3) {
+            Err(Outcome::Reject { reason }) => assert!(
+                reason
+                    .contains("inventory.reserved version 3, this consumer reads versions [1, 2]"),
+                "{reason}"
+            ),
+            other => panic!("{other:?}"),
+        }
+        // A version-1 event with a version-2 body is not guessed at.
+        let wrong = reserved_message(
+            Some(1),
+            serde_json::json!({"order_id": "o-1", "amount_cents": 1}),
+        );
+        assert!(matches!(
+            decode::<InventoryReserved>(&wrong),
+            Err(Outcome::Reject { .. })
+        ));
+        // Every other payload is at version 1 and refuses version 2.
+        let placed = reserved_message(Some(2), serde_json::json!({}));
+        assert!(
+            matches!(decode::<OrderPlaced>(&placed), Err(Outcome::Reject { reason }) if reason.contains("reads versions [1]"))
+        );
+    }
 
     #[test]
     fn payloads_check_their_fields() {
