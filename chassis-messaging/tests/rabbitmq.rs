@@ -536,6 +536,68 @@ async fn unroutable_and_missing_exchange_are_typed_errors() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_nacked_publish_is_published_again_until_the_queue_takes_it() {
+    use lapin::options::{BasicGetOptions, QueueDeclareOptions, QueueDeleteOptions};
+    use lapin::types::{AMQPValue, FieldTable, LongString};
+
+    // A queue that takes one message and nacks every further publish while it is full.
+    let full = support::unique("nacked");
+    let raw = lapin::Connection::connect(&support::amqp_url(), Default::default())
+        .await
+        .unwrap();
+    let ch = raw.create_channel().await.unwrap();
+    let mut args = FieldTable::default();
+    args.insert("x-max-length".into(), AMQPValue::LongLongInt(1));
+    args.insert(
+        "x-overflow".into(),
+        AMQPValue::LongString(LongString::from("reject-publish".as_bytes())),
+    );
+    ch.queue_declare(full.as_str().into(), QueueDeclareOptions::default(), args)
+        .await
+        .unwrap();
+    let conn = support::connect("nacked").await;
+    let short = PublisherConfig::default().confirm_timeout(Duration::from_millis(800));
+    let publisher = Publisher::new(&conn, short).unwrap();
+    publish_raw(&publisher, "", &full, b"first").await.unwrap();
+    // Still full when the confirm timeout has passed: the nack is the answer.
+    let err = publish_raw(&publisher, "", &full, b"refused")
+        .await
+        .unwrap_err();
+    assert!(matches!(err.kind(), ErrorKind::Nacked), "{err:?}");
+
+    // Room is made while a publish is being nacked: one of its next attempts gets in.
+    let patient = Publisher::new(&conn, PublisherConfig::default()).unwrap();
+    let pending = {
+        let full = full.clone();
+        tokio::spawn(async move { publish_raw(&patient, "", &full, b"second").await })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let get = |ch: lapin::Channel, q: String| async move {
+        ch.basic_get(q.as_str().into(), BasicGetOptions { no_ack: true })
+            .await
+            .unwrap()
+            .map(|m| m.delivery.data)
+    };
+    assert_eq!(
+        get(ch.clone(), full.clone()).await.as_deref(),
+        Some(&b"first"[..])
+    );
+    pending
+        .await
+        .unwrap()
+        .expect("published once the queue had room");
+    assert_eq!(
+        get(ch.clone(), full.clone()).await.as_deref(),
+        Some(&b"second"[..])
+    );
+    let _ = ch
+        .queue_delete(full.as_str().into(), QueueDeleteOptions::default())
+        .await;
+    let _ = raw.close(200, "done".into()).await;
+    conn.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn poison_message_goes_to_dlq_after_configured_attempts_while_others_flow() {
     let fx = Fixture::new(
         "poison",

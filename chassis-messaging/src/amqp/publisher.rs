@@ -12,9 +12,17 @@
 //!   declared [`Unroutable::Accept`] (publish/subscribe where nobody subscribing is normal):
 //!   then the publish succeeds as [`Routing::Unrouted`] (see
 //!   [`Publish::publish_routed`] and the
-//!   [topology docs](crate::amqp::topology#unroutable-messages-unroutable-per-exchange)); a nack is
-//!   [`ErrorKind::Nacked`]; a confirm that does not arrive within
+//!   [topology docs](crate::amqp::topology#unroutable-messages-unroutable-per-exchange)); a
+//!   nacked message is published again on a fresh channel, with a growing pause (50 ms
+//!   doubling to 1 s), until [`PublisherConfig::confirm_timeout`] has passed since the publish
+//!   started, and is [`ErrorKind::Nacked`] after that; a confirm that does not arrive within
 //!   [`PublisherConfig::confirm_timeout`] is [`ErrorKind::Timeout`] — never a hang;
+//! - **fail-over of quorum queues**: right after a cluster node dies, a RabbitMQ 3.10 channel
+//!   that first publishes to a quorum queue whose leader was on that node can have every
+//!   publish to the queue nacked for the rest of its life (it looked the leader up once, before
+//!   the election). Publishing again on a fresh channel is what gets through once a new leader
+//!   is elected (seconds); the retired channel is closed after the confirms still in flight on
+//!   it had their time;
 //! - **self-healing**: a lost channel or connection fails the publishes in flight (they may or
 //!   may not have reached the broker: the caller retries, consumers deduplicate) and the next
 //!   publish opens a fresh channel once the [`Connection`] is back. A publish that finds its
@@ -119,7 +127,8 @@ pub struct PublisherConfig {
     /// Most unconfirmed messages in flight; further publishes wait for a slot. Defaults to 1000.
     #[serde(default = "default_window")]
     pub max_in_flight: usize,
-    /// Deadline for the broker's confirm (and for waiting for a window slot). Defaults to 10 s.
+    /// Deadline for the broker's confirm (and for waiting for a window slot, and for
+    /// publishing a nacked message again). Defaults to 10 s.
     #[serde(with = "humantime_serde", default = "default_confirm_timeout")]
     pub confirm_timeout: Duration,
 }
@@ -433,7 +442,7 @@ impl Publisher {
     ) -> Result<Routing, Error> {
         let started = Instant::now();
         let err = match self
-            .send_once(exchange, routing_key, body, props.clone())
+            .send_until_accepted(started, exchange, routing_key, body, props.clone())
             .await
         {
             Err(e) if matches!(e.kind(), ErrorKind::Unroutable { .. } | ErrorKind::Topology) => e,
@@ -442,7 +451,8 @@ impl Publisher {
         match self.inner.conn.repair_topology(started, None).await {
             Ok(true) => {
                 tracing::debug!(exchange, routing_key, error = %err, "topology declared again; publishing again");
-                self.send_once(exchange, routing_key, body, props).await
+                self.send_until_accepted(started, exchange, routing_key, body, props)
+                    .await
             }
             Ok(false) => Err(err),
             Err(repair) => {
@@ -450,6 +460,77 @@ impl Publisher {
                 Err(err)
             }
         }
+    }
+
+    /// Publishes once and, while the broker nacks, again on a fresh channel with a growing
+    /// pause, until [`PublisherConfig::confirm_timeout`] has passed since `started`.
+    ///
+    /// Why a fresh channel: a RabbitMQ channel looks a quorum queue's leader up once, the
+    /// first time it publishes to the queue, and RabbitMQ 3.10 keeps that answer. A channel
+    /// that first published while the cluster still named a dead node as the leader (right
+    /// after that node died, before the election) has every later publish to the queue
+    /// nacked, for as long as the channel lives, even once a new leader runs. A new channel
+    /// looks the leader up again. A nack also means a full queue with `x-overflow =
+    /// reject-publish`; then the pause is the back-pressure. A nacked message was not taken
+    /// by the broker, so publishing it again adds no copy, except when it was routed to
+    /// several queues and only some of them refused it: consumers deduplicate.
+    async fn send_until_accepted(
+        &self,
+        started: Instant,
+        exchange: &str,
+        routing_key: &str,
+        body: &[u8],
+        props: BasicProperties,
+    ) -> Result<Routing, Error> {
+        let budget = self.inner.config.confirm_timeout;
+        let mut pause = NACK_MIN_PAUSE;
+        loop {
+            let err = match self
+                .send_once(exchange, routing_key, body, props.clone())
+                .await
+            {
+                // `send_once` retired the channel that nacked.
+                Err(e) if matches!(e.kind(), ErrorKind::Nacked) => e,
+                other => return other,
+            };
+            if started.elapsed() + pause >= budget
+                || self.inner.conn.shutdown_token().is_cancelled()
+            {
+                return Err(err);
+            }
+            tracing::debug!(
+                exchange,
+                routing_key,
+                ?pause,
+                "publish nacked; publishing again on a fresh channel"
+            );
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(NACK_MAX_PAUSE);
+        }
+    }
+
+    /// Stops handing `channel` out to new publishes (the next one opens a fresh channel) and
+    /// closes it once the confirms of the publishes still in flight on it had their time.
+    fn retire(&self, channel: &Arc<ManagedChannel>) {
+        {
+            let mut current = self
+                .inner
+                .current
+                .write()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            // Publishes nacked together retire the channel once, not its successor.
+            match current.as_ref() {
+                Some(c) if c.id == channel.id => *current = None,
+                _ => return,
+            }
+        }
+        let conn = self.inner.conn.clone();
+        let channel = Arc::clone(channel);
+        let grace = self.inner.config.confirm_timeout;
+        tokio::spawn(async move {
+            tokio::time::sleep(grace).await;
+            conn.close_channel(&channel.channel).await;
+        });
     }
 
     async fn send_once(
@@ -519,7 +600,10 @@ impl Publisher {
             Confirmation::Ack(Some(_returned)) | Confirmation::Nack(Some(_returned)) => {
                 Err(Error::unroutable(exchange, routing_key))
             }
-            Confirmation::Nack(None) => Err(Error::new(ErrorKind::Nacked)),
+            Confirmation::Nack(None) => {
+                self.retire(&ch);
+                Err(Error::new(ErrorKind::Nacked))
+            }
             Confirmation::NotRequested => Err(Error::connection(
                 "publisher confirms are not enabled on the channel",
             )),
@@ -535,6 +619,11 @@ impl Publish for Publisher {
         Box::pin(self.publish_message_routed(msg))
     }
 }
+
+/// First pause before a nacked message is published again; it doubles up to
+/// [`NACK_MAX_PAUSE`]. A quorum queue's new leader is usually elected within seconds.
+const NACK_MIN_PAUSE: Duration = Duration::from_millis(50);
+const NACK_MAX_PAUSE: Duration = Duration::from_secs(1);
 
 fn map_lapin(e: lapin::Error) -> Error {
     if is_not_found(&e) {
