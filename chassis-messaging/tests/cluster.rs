@@ -5,7 +5,10 @@
 //!   and publishing and consuming resume there;
 //! - confirmed messages published to a quorum queue while the node of the consumer and of
 //!   the queue's leader is killed and restarted are all consumed through the SQLite inbox,
-//!   each effect applied once.
+//!   each effect applied once (a tenth of them on their way through the queue's quorum
+//!   retry tier when the node dies); so are the messages that were waiting in a quorum retry tier
+//!   whose leader was on that node, and the ones parked in its quorum dead-letter queue stay
+//!   there, none lost.
 //!
 //! Each test starts its own cluster (about 25 s on two cores) with its own node names, ports
 //! and directories, and stops it whatever happens (a guard whose `Drop` runs
@@ -13,7 +16,7 @@
 //! `CLUSTER_TEST_MESSAGES` (default 3000), e.g.
 //! `CLUSTER_TEST_MESSAGES=20000 cargo test -p chassis-messaging --all-features --test cluster`.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
@@ -103,6 +106,11 @@ impl Cluster {
         format!("127.0.0.1:{}", self.base_port + i as u16 - 1)
     }
 
+    /// The Erlang node name of node `i` (1-based), as `rabbitmqctl` reports it.
+    fn node_name(&self, i: usize) -> String {
+        format!("{}c{i}@localhost", self.prefix)
+    }
+
     /// Node `i` (1-based) whose AMQP endpoint is `endpoint`.
     fn node_of(&self, endpoint: &str) -> usize {
         (1..=NODES)
@@ -172,11 +180,7 @@ fn topology(exchange: &str, queue: &QueueConfig) -> TopologyConfig {
         .queue(queue.clone())
 }
 
-/// Run: `cargo test -p chassis-messaging --all-features --test cluster -- --ignored`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "flaky on RabbitMQ 3.10.8: after the publisher's node (also the queue leader's) is \
-            killed, its new channel on a surviving node sometimes has every publish to the quorum \
-            queue nacked for over a minute; passed once in three runs (fail-over in 0.2 s)"]
 async fn publishing_and_consuming_fail_over_to_another_node_when_the_node_dies() {
     let _serial = SERIAL.lock().await;
     let cluster = Cluster::start();
@@ -332,20 +336,15 @@ async fn confirmed_messages_survive_a_killed_and_restarted_node_exactly_once() {
         .execute(&pool)
         .await
         .unwrap();
+    // Every tenth message goes through the retry tier once, so messages are on their way
+    // between the tier and the queue (both led from node 1) when node 1 dies.
     let handler = idempotent(inbox, |msg, tx| {
         Box::pin(async move {
-            let Ok(event) = msg.decode::<Payload>() else {
-                return Outcome::reject("undecodable");
-            };
-            let res = sqlx::query("INSERT INTO effects (message_id, seq) VALUES (?1, ?2)")
-                .bind(msg.message_id().unwrap_or_default())
-                .bind(i64::try_from(event.data.seq).unwrap())
-                .execute(&mut **tx)
-                .await;
-            match res {
-                Ok(_) => Outcome::Ack,
-                Err(e) => Outcome::retry(e.to_string()),
+            let first = msg.attempt() == 1;
+            if first && msg.decode::<Payload>().is_ok_and(|e| e.data.seq % 10 == 0) {
+                return Outcome::retry("once through the retry tier");
             }
+            apply_effect(msg, tx).await
         })
     });
     let consumer = Consumer::start(
@@ -362,6 +361,77 @@ async fn confirmed_messages_survive_a_killed_and_restarted_node_exactly_once() {
         PublisherConfig::default().confirm_timeout(Duration::from_secs(10)),
     )
     .unwrap();
+
+    // A second queue whose messages wait in its retry tier, or sit in its dead-letter queue,
+    // when node 1 dies: even sequence numbers are retried once (and applied on their second
+    // attempt), odd ones are rejected to the dead-letter queue.
+    let parked = QueueConfig::new("parked.q")
+        .bind("parked.ex", "#")
+        .retry(RetryPolicy::with_delays([PARKED_DELAY]).max_attempts(3));
+    sub_conn
+        .declare(topology("parked.ex", &parked))
+        .await
+        .unwrap();
+    let parked_inbox = Inbox::new(pool.clone(), "cluster-parked");
+    parked_inbox.migrate().await.unwrap();
+    let parked_consumer = Consumer::start(
+        &sub_conn,
+        parked.clone(),
+        ConsumerConfig::default().prefetch(50).concurrency(4),
+        idempotent(parked_inbox, |msg, tx| {
+            Box::pin(async move {
+                let Ok(event) = msg.decode::<Payload>() else {
+                    return Outcome::reject("undecodable");
+                };
+                match (msg.attempt(), event.data.seq % 2) {
+                    (1, 0) => Outcome::retry("waits in the retry tier"),
+                    (1, _) => Outcome::reject("parked in the dead-letter queue"),
+                    _ => apply_effect(msg, tx).await,
+                }
+            })
+        }),
+    )
+    .await
+    .unwrap();
+    let mut to_retry = BTreeSet::new();
+    let mut to_park = BTreeSet::new();
+    for seq in 0..PARKED {
+        let event = Envelope::new("test", "t.n", Payload { seq });
+        publisher
+            .publish_envelope("parked.ex", &event)
+            .await
+            .expect("publish to the parked queue");
+        if seq % 2 == 0 {
+            to_retry.insert(event.id.to_string());
+        } else {
+            to_park.insert(event.id.to_string());
+        }
+    }
+    let tier = parked.retry_queue(PARKED_DELAY);
+    let dlq = parked.dead_letter_queue();
+    let parked_at = Instant::now();
+    loop {
+        let depths = queue_column(&cluster, "messages");
+        let depth = |q: &str| depths.get(q).and_then(|d| d.parse::<u64>().ok());
+        if depth(&tier) == Some(PARKED / 2) && depth(&dlq) == Some(PARKED / 2) {
+            break;
+        }
+        assert!(
+            parked_at.elapsed() < PARKED_DELAY,
+            "the retries and the parked messages did not arrive in {tier} and {dlq}: {depths:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Their leaders are on node 1 (declared from there), so the kill below moves them.
+    let leaders = queue_column(&cluster, "leader");
+    for q in [&tier, &dlq] {
+        assert_eq!(
+            leaders.get(q.as_str()).map(String::as_str),
+            Some(cluster.node_name(1).as_str()),
+            "leader of {q}"
+        );
+    }
+
     let confirmed = Arc::new(Mutex::new(BTreeSet::<String>::new()));
     let failed = Arc::new(Mutex::new(Vec::<String>::new()));
     let producer = {
@@ -422,6 +492,12 @@ async fn confirmed_messages_survive_a_killed_and_restarted_node_exactly_once() {
     // The script blocks; keep the runtime's other worker serving the consumer meanwhile.
     tokio::task::block_in_place(|| cluster.kill(1));
     let killed_at = Instant::now();
+    // A precondition, not a timing claim: the retries were still waiting in the tier.
+    assert!(
+        killed_at < parked_at + PARKED_DELAY,
+        "node 1 was killed only after the retry tier's delay ({PARKED_DELAY:?}) passed; \
+         raise PARKED_DELAY"
+    );
     wait_confirmed(2 * total / 3).await;
     let recovered_after = killed_at.elapsed();
     assert_ne!(sub_conn.broker(), Some(cluster.endpoint(1)));
@@ -429,7 +505,7 @@ async fn confirmed_messages_survive_a_killed_and_restarted_node_exactly_once() {
     producer.await.unwrap();
     let confirmed = confirmed.lock().unwrap().clone();
 
-    // Every confirmed message is applied, each exactly once.
+    // Every confirmed message is applied, each exactly once, and so is every retried one.
     let deadline = Instant::now() + Duration::from_secs(120);
     let applied = loop {
         let ids: BTreeSet<String> = sqlx::query_scalar("SELECT DISTINCT message_id FROM effects")
@@ -438,12 +514,36 @@ async fn confirmed_messages_survive_a_killed_and_restarted_node_exactly_once() {
             .unwrap()
             .into_iter()
             .collect();
-        if confirmed.is_subset(&ids) || Instant::now() > deadline {
+        if (confirmed.is_subset(&ids) && to_retry.is_subset(&ids)) || Instant::now() > deadline {
             break ids;
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
+    let settled_after = killed_at.elapsed();
     let lost: Vec<&String> = confirmed.difference(&applied).take(10).collect();
+    let retries_lost = to_retry.difference(&applied).count();
+    // The dead-letter queue still holds every parked message (and only those: a rejected
+    // message is never applied).
+    let in_dlq = drain_ids(&cluster.urls()[1], &dlq).await;
+    let parked_lost = to_park.difference(&in_dlq).count();
+    eprintln!(
+        "{} retries waiting in {tier} at the kill: {} applied after it; {} parked in {dlq}: {} \
+         still there after the restart",
+        to_retry.len(),
+        to_retry.len() - retries_lost,
+        to_park.len(),
+        to_park.len() - parked_lost
+    );
+    assert_eq!(retries_lost, 0, "retries that never came back from {tier}");
+    assert_eq!(parked_lost, 0, "parked messages lost from {dlq}");
+    assert!(
+        in_dlq.is_subset(&to_park),
+        "only rejected messages in {dlq}"
+    );
+    assert!(
+        to_park.is_disjoint(&applied),
+        "a rejected message was applied"
+    );
     let (rows, distinct): (i64, i64) =
         sqlx::query_as("SELECT count(*), count(DISTINCT message_id) FROM effects")
             .fetch_one(&pool)
@@ -453,7 +553,8 @@ async fn confirmed_messages_survive_a_killed_and_restarted_node_exactly_once() {
     let failures = failed.len();
     eprintln!(
         "{total} published: {} confirmed, {failures} failed (during the kill), {distinct} \
-         applied, {rows} effect rows; publishing resumed {recovered_after:?} after the kill",
+         applied, {rows} effect rows; publishing resumed {recovered_after:?} after the kill, \
+         effects counted {settled_after:?} after it",
         confirmed.len()
     );
     assert!(lost.is_empty(), "confirmed but never applied: {lost:?}");
@@ -475,6 +576,71 @@ async fn confirmed_messages_survive_a_killed_and_restarted_node_exactly_once() {
         "dead-letter queue is empty: {depths}"
     );
     consumer.shutdown().await;
+    parked_consumer.shutdown().await;
     pub_conn.close().await;
     sub_conn.close().await;
+}
+
+/// Messages of the second queue of the node-kill test; half wait in its retry tier, half in
+/// its dead-letter queue.
+const PARKED: u64 = 200;
+
+/// The retry tier's delay: long enough that the retries still wait there when node 1 is
+/// killed (a few seconds after they arrived), short enough to keep the test short.
+const PARKED_DELAY: Duration = Duration::from_secs(15);
+
+/// Records the effect of `msg` in the `effects` table within the inbox transaction.
+async fn apply_effect(
+    msg: chassis_messaging::amqp::incoming::IncomingMessage,
+    tx: &mut sqlx::Transaction<'static, sqlx::Sqlite>,
+) -> Outcome {
+    let Ok(event) = msg.decode::<Payload>() else {
+        return Outcome::reject("undecodable");
+    };
+    let res = sqlx::query("INSERT INTO effects (message_id, seq) VALUES (?1, ?2)")
+        .bind(msg.message_id().unwrap_or_default())
+        .bind(i64::try_from(event.data.seq).unwrap())
+        .execute(&mut **tx)
+        .await;
+    match res {
+        Ok(_) => Outcome::Ack,
+        Err(e) => Outcome::retry(e.to_string()),
+    }
+}
+
+/// `name -> value of column` for every queue, as `rabbitmqctl list_queues` on node 2 reports
+/// them.
+fn queue_column(cluster: &Cluster, column: &str) -> BTreeMap<String, String> {
+    cluster
+        .ctl(2, &["list_queues", "--no-table-headers", "name", column])
+        .lines()
+        .filter_map(|l| {
+            let mut parts = l.split_whitespace();
+            Some((parts.next()?.to_owned(), parts.next()?.to_owned()))
+        })
+        .collect()
+}
+
+/// Takes every message out of `queue` (through its own connection to `url`) and returns
+/// their message ids.
+async fn drain_ids(url: &str, queue: &str) -> BTreeSet<String> {
+    let conn = lapin::Connection::connect(url, lapin::ConnectionProperties::default())
+        .await
+        .expect("connect to read the queue");
+    let channel = conn.create_channel().await.expect("channel");
+    let mut ids = BTreeSet::new();
+    while let Some(got) = channel
+        .basic_get(
+            queue.into(),
+            lapin::options::BasicGetOptions { no_ack: true },
+        )
+        .await
+        .expect("basic.get")
+    {
+        if let Some(id) = got.delivery.properties.message_id() {
+            ids.insert(id.to_string());
+        }
+    }
+    let _ = conn.close(200, "read".into()).await;
+    ids
 }

@@ -40,6 +40,17 @@
 //! A tier has no consumer and holds a message only for its delay, so it needs no delivery
 //! limit; the dead-letter queue is a parking lot read by operators and has none either.
 //!
+//! Broker setting for clusters: RabbitMQ moves an expired message out of a quorum tier with a
+//! dead-letter worker that runs on the tier's leader and waits for `Q`'s confirm. When a node
+//! dies while it moves messages (the tier's or `Q`'s leader on it), the worker sends the
+//! unconfirmed ones again only after `dead_letter_worker_publisher_confirm_timeout`, 180 s by
+//! default, and on 3.10 a move that found `Q`'s leader gone keeps being refused until then:
+//! the retries are safe, but late by up to three minutes. Lower it in every node's
+//! `advanced.config` (it has no `rabbitmq.conf` key), e.g.
+//! `[{rabbit, [{dead_letter_worker_publisher_confirm_timeout, 5000}]}].`; a message whose
+//! confirm only came late is then moved twice, which the inbox absorbs.
+//! `scripts/rabbitmq-cluster` starts its nodes with 5 s.
+//!
 //! `Q` itself dead-letters to `Q.dlq` (delivery limit reached, or a reject without requeue)
 //! at most once: at-least-once would need `x-overflow = reject-publish` on `Q`, which
 //! changes how a full `Q` behaves for publishers.
