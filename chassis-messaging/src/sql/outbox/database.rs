@@ -59,6 +59,14 @@ pub trait OutboxDatabase: SchemaDatabase {
     /// many.
     fn requeue_parked(pool: &Pool<Self>, now_ms: i64) -> impl Future<Output = Result<u64>> + Send;
 
+    /// Puts the parked row `id` back to pending, as [`requeue_parked`](Self::requeue_parked);
+    /// `false` when no parked row has that id.
+    fn requeue_parked_row(
+        pool: &Pool<Self>,
+        id: i64,
+        now_ms: i64,
+    ) -> impl Future<Output = Result<bool>> + Send;
+
     /// [`OutboxStore::claim`] on this database.
     fn claim(
         pool: &Pool<Self>,
@@ -256,6 +264,14 @@ impl<DB: OutboxDatabase> Outbox<DB> {
     /// fixed, e.g. the missing binding declared). Returns how many rows were requeued.
     pub async fn requeue_parked(&self) -> Result<u64> {
         let requeued = DB::requeue_parked(&self.pool, now_ms()).await?;
+        self.notify_committed();
+        Ok(requeued)
+    }
+
+    /// Puts the parked row `id` back to pending with a fresh attempt count; `false` when no
+    /// parked row has that id (already requeued, sent, or never parked).
+    pub async fn requeue_parked_row(&self, id: i64) -> Result<bool> {
+        let requeued = DB::requeue_parked_row(&self.pool, id, now_ms()).await?;
         self.notify_committed();
         Ok(requeued)
     }

@@ -138,6 +138,7 @@
 //! # }
 //! ```
 
+mod control;
 mod database;
 #[cfg(feature = "postgres")]
 #[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]

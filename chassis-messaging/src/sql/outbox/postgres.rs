@@ -153,6 +153,19 @@ impl OutboxDatabase for Postgres {
         Ok(done.rows_affected())
     }
 
+    async fn requeue_parked_row(pool: &PgPool, id: i64, now: i64) -> Result<bool> {
+        let done = sqlx::query(
+            "UPDATE chassis_outbox SET status = 'pending', attempts = 0, available_at = $1 \
+             WHERE status = 'parked' AND id = $2",
+        )
+        .bind(now)
+        .bind(id)
+        .execute(pool)
+        .await
+        .map_err(db_err)?;
+        Ok(done.rows_affected() == 1)
+    }
+
     async fn claim(
         pool: &PgPool,
         _state: &(),

@@ -277,6 +277,19 @@ impl OutboxDatabase for Sqlite {
         Ok(done.rows_affected())
     }
 
+    async fn requeue_parked_row(pool: &SqlitePool, id: i64, now: i64) -> Result<bool> {
+        let done = sqlx::query(
+            "UPDATE chassis_outbox SET status = 'pending', attempts = 0, available_at = ?1, \
+             locked_until = NULL, lock_owner = NULL WHERE status = 'parked' AND id = ?2",
+        )
+        .bind(now)
+        .bind(id)
+        .execute(pool)
+        .await
+        .map_err(db_err)?;
+        Ok(done.rows_affected() == 1)
+    }
+
     async fn claim(
         pool: &SqlitePool,
         state: &SqliteState,
