@@ -29,6 +29,8 @@
 //!   - [`memory`]: an in-memory transport for users' unit tests, with a
 //!     [`TestHarness`](memory::TestHarness) to await what was published, consumed and
 //!     dead-lettered.
+//! - [`saga`]: the saga building block: persisted state machines driven by events and
+//!   database-scheduled timeouts, with compensations, on the outbox and the inbox.
 //! - [`lifecycle`]: the connection, consumers and relay as components of a service's
 //!   [`App`](chassis_core::lifecycle::App), which starts and stops them in order.
 //!
@@ -82,6 +84,7 @@ pub mod error;
 pub mod lifecycle;
 pub mod memory;
 pub mod message;
+pub mod saga;
 pub mod sql;
 pub mod version;
 

@@ -1,0 +1,385 @@
+//! The saga building block on a real SQLite file and (feature `postgres`) the real PostgreSQL,
+//! one schema per test: transitions, compensations newest first, redelivered events applied
+//! once, timeouts that fire once, only in their state, and after a restart.
+
+mod outbox_support;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chassis_messaging::amqp::consumer::{Handler, Outcome};
+use chassis_messaging::amqp::incoming::IncomingMessage;
+use chassis_messaging::amqp::topology::{ExchangeConfig, QueueConfig, TopologyConfig};
+use chassis_messaging::envelope::{Envelope, SUBJECT};
+use chassis_messaging::memory::MemoryBroker;
+use chassis_messaging::message::HeaderValue;
+use chassis_messaging::saga::{Saga, SagaConfig, SagaDatabase, SagaDefinition};
+use chassis_messaging::sql::outbox::{Outbox, Relay, RelayConfig};
+use chassis_messaging::version::Versioned;
+use outbox_support::*;
+use serde::{Deserialize, Serialize};
+use tokio_util::sync::CancellationToken;
+
+const COMMANDS: &str = "saga-test.commands";
+
+#[derive(Debug, Default, PartialEq, Serialize, Deserialize)]
+struct Order {
+    amount_cents: i64,
+    charge_id: Option<String>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct Reserved {
+    amount_cents: i64,
+}
+impl Versioned for Reserved {
+    const VERSION: u32 = 1;
+}
+
+#[derive(Serialize, Deserialize)]
+struct Charged {
+    charge_id: String,
+}
+impl Versioned for Charged {
+    const VERSION: u32 = 1;
+}
+
+#[derive(Serialize, Deserialize)]
+struct Declined {
+    reason: String,
+}
+impl Versioned for Declined {
+    const VERSION: u32 = 1;
+}
+
+fn command(kind: &str) -> Envelope<serde_json::Value> {
+    Envelope::new("test/orders", kind, serde_json::json!({}))
+}
+
+/// Reserve, then charge (the reservation's release registered as its compensation, the
+/// charge bounded by the `payment` timeout); charged completes, declined or the timeout fail.
+/// Each event is read in one state only.
+fn definition(payment_timeout: Duration) -> SagaDefinition<Order> {
+    SagaDefinition::<Order>::new("order")
+        .initially("stock.reserved", move |step, e: Envelope<Reserved>| {
+            step.data_mut().amount_cents = e.data.amount_cents;
+            step.compensate_with_event(COMMANDS, command("stock.release"))
+                .unwrap();
+            step.send_event(COMMANDS, command("payment.charge"))
+                .unwrap();
+            step.schedule("payment", payment_timeout);
+            step.transition_to("Charging");
+        })
+        .during(
+            "Charging",
+            "payment.charged",
+            |step, e: Envelope<Charged>| {
+                step.data_mut().charge_id = Some(e.data.charge_id);
+                step.send_event(COMMANDS, command("order.confirm")).unwrap();
+                step.complete();
+            },
+        )
+        .during(
+            "Charging",
+            "payment.declined",
+            |step, e: Envelope<Declined>| step.fail(e.data.reason),
+        )
+        .on_timeout("Charging", "payment", |step| {
+            step.compensate_with_event(COMMANDS, command("payment.refund"))
+                .unwrap();
+            step.fail("payment timed out");
+        })
+}
+
+fn event<T: Serialize>(kind: &str, order: &str, data: T) -> IncomingMessage {
+    let e = Envelope::new("test/others", kind, data).subject(order);
+    IncomingMessage::from_outgoing(e.to_message("saga-test.events").unwrap())
+}
+
+async fn saga_on<DB: SagaDatabase>(
+    pool: sqlx::Pool<DB>,
+    payment_timeout: Duration,
+) -> Saga<DB, Order> {
+    let config = SagaConfig::default().poll_interval(Duration::from_millis(50));
+    let saga = Saga::new(definition(payment_timeout), Outbox::new(pool), config).unwrap();
+    saga.migrate().await.unwrap();
+    saga
+}
+
+/// Relays everything the outbox holds to an in-memory broker and returns the routing keys
+/// per saga instance (the subject), in publishing order.
+async fn sent<DB: SagaDatabase>(pool: &sqlx::Pool<DB>) -> BTreeMap<String, Vec<String>> {
+    let broker = Arc::new(MemoryBroker::new());
+    broker
+        .declare(
+            &TopologyConfig::new()
+                .exchange(ExchangeConfig::topic(COMMANDS))
+                .queue(QueueConfig::new("all-commands").bind(COMMANDS, "#")),
+        )
+        .unwrap();
+    let relay = Relay::new(
+        Outbox::new(pool.clone()),
+        broker.clone(),
+        RelayConfig::default(),
+    )
+    .unwrap();
+    relay.run_until_idle().await.unwrap();
+    let mut per_saga = BTreeMap::<String, Vec<String>>::new();
+    for msg in broker.published() {
+        let subject = match msg.headers.get(SUBJECT) {
+            Some(HeaderValue::String(s)) => s.clone(),
+            other => panic!("no subject: {other:?}"),
+        };
+        per_saga.entry(subject).or_default().push(msg.routing_key);
+    }
+    per_saga
+}
+
+fn expect(per_saga: &[(&str, &[&str])]) -> BTreeMap<String, Vec<String>> {
+    per_saga
+        .iter()
+        .map(|(id, keys)| (id.to_string(), keys.iter().map(|k| k.to_string()).collect()))
+        .collect()
+}
+
+async fn transitions_compensations_and_redelivery<DB: SagaDatabase>(pool: sqlx::Pool<DB>) {
+    let saga = saga_on(pool.clone(), Duration::from_secs(60)).await;
+    let handler = saga.handler();
+
+    // Order 1: reserved (delivered twice), then declined: the release goes out.
+    let reserved = event("stock.reserved", "o-1", Reserved { amount_cents: 450 });
+    assert_eq!(handler.handle(reserved.clone()).await, Outcome::Ack);
+    assert_eq!(handler.handle(reserved).await, Outcome::Ack, "redelivery");
+    let o1 = saga.get("o-1").await.unwrap().unwrap();
+    assert_eq!((o1.state.as_str(), o1.version), ("Charging", 1));
+    assert_eq!((o1.data.amount_cents, o1.compensations), (450, 1));
+    let declined = event(
+        "payment.declined",
+        "o-1",
+        Declined {
+            reason: "card_declined".into(),
+        },
+    );
+    assert_eq!(handler.handle(declined.clone()).await, Outcome::Ack);
+    assert_eq!(handler.handle(declined).await, Outcome::Ack, "redelivery");
+    let o1 = saga.get("o-1").await.unwrap().unwrap();
+    assert_eq!(o1.state, "Failed");
+    assert_eq!(o1.failure.as_deref(), Some("card_declined"));
+    assert!(o1.finished);
+    assert_eq!((o1.version, o1.compensations), (2, 0));
+    // A late answer for an ended saga changes nothing.
+    let late = event(
+        "payment.charged",
+        "o-1",
+        Charged {
+            charge_id: "ch-late".into(),
+        },
+    );
+    assert_eq!(handler.handle(late).await, Outcome::Ack);
+    assert_eq!(saga.get("o-1").await.unwrap().unwrap().version, 2);
+
+    // Order 2: an event its state does not handle is ignored; charged completes and drops
+    // the compensation.
+    let early = event(
+        "payment.charged",
+        "o-2",
+        Charged {
+            charge_id: "ch-early".into(),
+        },
+    );
+    assert_eq!(handler.handle(early).await, Outcome::Ack);
+    assert!(
+        saga.get("o-2").await.unwrap().is_none(),
+        "not started by it"
+    );
+    let reserved = event("stock.reserved", "o-2", Reserved { amount_cents: 100 });
+    assert_eq!(handler.handle(reserved).await, Outcome::Ack);
+    let charged = event(
+        "payment.charged",
+        "o-2",
+        Charged {
+            charge_id: "ch-2".into(),
+        },
+    );
+    assert_eq!(handler.handle(charged).await, Outcome::Ack);
+    let o2 = saga.get("o-2").await.unwrap().unwrap();
+    assert_eq!(o2.state, "Completed");
+    assert_eq!(o2.data.charge_id.as_deref(), Some("ch-2"));
+    assert_eq!((o2.failure, o2.compensations), (None, 0));
+
+    // Messages it cannot place are rejected: no subject, or a version it does not read.
+    let orphan = IncomingMessage::from_outgoing(
+        Envelope::new("test", "stock.reserved", Reserved { amount_cents: 1 })
+            .to_message("saga-test.events")
+            .unwrap(),
+    );
+    assert!(
+        matches!(handler.handle(orphan).await, Outcome::Reject { reason } if reason.contains("correlates to no instance"))
+    );
+    let future = IncomingMessage::from_outgoing(
+        Envelope::new("test", "stock.reserved", Reserved { amount_cents: 1 })
+            .subject("o-3")
+            .version(2)
+            .to_message("saga-test.events")
+            .unwrap(),
+    );
+    assert!(
+        matches!(handler.handle(future).await, Outcome::Reject { reason } if reason.contains("version 2"))
+    );
+    assert!(saga.get("o-3").await.unwrap().is_none());
+
+    // Each transition's messages once; the failure sent the registered release.
+    assert_eq!(
+        sent(&pool).await,
+        expect(&[
+            ("o-1", &["payment.charge", "stock.release"]),
+            ("o-2", &["payment.charge", "order.confirm"]),
+        ])
+    );
+    // Every timeout went with its saga.
+    assert!(saga.fire_due().await.unwrap().is_empty());
+}
+
+/// Timeouts due at once: one fires in its state (compensations newest first), one whose
+/// saga moved on is dropped unrun, and a second look fires nothing.
+async fn timeouts_fire_once_and_only_in_their_state<DB: SagaDatabase>(pool: sqlx::Pool<DB>) {
+    let saga = saga_on(pool.clone(), Duration::ZERO).await;
+    let handler = saga.handler();
+    for order in ["o-late", "o-paid"] {
+        let reserved = event("stock.reserved", order, Reserved { amount_cents: 5 });
+        assert_eq!(handler.handle(reserved).await, Outcome::Ack);
+    }
+    let charged = event(
+        "payment.charged",
+        "o-paid",
+        Charged {
+            charge_id: "ch".into(),
+        },
+    );
+    assert_eq!(handler.handle(charged).await, Outcome::Ack);
+
+    let fired = saga.fire_due().await.unwrap();
+    assert_eq!(fired.len(), 1, "{fired:?}");
+    assert_eq!(
+        (fired[0].saga_id.as_str(), fired[0].from.as_str()),
+        ("o-late", "Charging")
+    );
+    assert!(fired[0].finished);
+    assert!(saga.fire_due().await.unwrap().is_empty(), "fired once");
+    let late = saga.get("o-late").await.unwrap().unwrap();
+    assert_eq!(
+        (late.state.as_str(), late.failure.as_deref()),
+        ("Failed", Some("payment timed out"))
+    );
+    assert_eq!(
+        saga.get("o-paid").await.unwrap().unwrap().state,
+        "Completed"
+    );
+    assert_eq!(
+        sent(&pool).await,
+        expect(&[
+            (
+                "o-late",
+                &["payment.charge", "payment.refund", "stock.release"]
+            ),
+            ("o-paid", &["payment.charge", "order.confirm"]),
+        ]),
+        "the timeout's refund, then the reservation's release: newest first"
+    );
+}
+
+/// A timeout scheduled by a process that then stops fires in the next one: it lives in the
+/// database, not in a timer.
+async fn a_timeout_survives_a_restart<DB: SagaDatabase>(
+    first: sqlx::Pool<DB>,
+    reopen: impl AsyncFnOnce() -> sqlx::Pool<DB>,
+) {
+    let saga = saga_on(first.clone(), Duration::from_millis(300)).await;
+    let reserved = event("stock.reserved", "o-1", Reserved { amount_cents: 5 });
+    assert_eq!(saga.handler().handle(reserved).await, Outcome::Ack);
+    // The process stops before the timeout is due; nothing ran its timeouts.
+    drop(saga);
+    first.close().await;
+
+    let pool = reopen().await;
+    let saga = saga_on(pool.clone(), Duration::from_millis(300)).await;
+    assert_eq!(saga.get("o-1").await.unwrap().unwrap().state, "Charging");
+    let token = CancellationToken::new();
+    let timeouts = tokio::spawn(saga.clone().run_timeouts(token.clone()));
+    let failed = eventually(Duration::from_secs(10), || async {
+        saga.get("o-1").await.unwrap().unwrap().state == "Failed"
+    })
+    .await;
+    token.cancel();
+    timeouts.await.unwrap();
+    assert!(failed, "the timeout fired after the restart");
+    let o1 = saga.get("o-1").await.unwrap().unwrap();
+    assert_eq!(
+        (o1.failure.as_deref(), o1.version),
+        (Some("payment timed out"), 2)
+    );
+    assert_eq!(
+        sent(&pool).await,
+        expect(&[(
+            "o-1",
+            &["payment.charge", "payment.refund", "stock.release"]
+        )])
+    );
+}
+
+#[tokio::test]
+async fn sqlite_transitions_compensations_and_redelivery() {
+    let dir = tempfile::tempdir().unwrap();
+    transitions_compensations_and_redelivery(sqlite_pool(&dir).await).await;
+}
+
+#[tokio::test]
+async fn sqlite_timeouts_fire_once_and_only_in_their_state() {
+    let dir = tempfile::tempdir().unwrap();
+    timeouts_fire_once_and_only_in_their_state(sqlite_pool(&dir).await).await;
+}
+
+#[tokio::test]
+async fn sqlite_a_timeout_survives_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = sqlite_pool(&dir).await;
+    a_timeout_survives_a_restart(first, async || sqlite_pool(&dir).await).await;
+}
+
+#[cfg(feature = "postgres")]
+mod postgres {
+    use super::*;
+
+    #[tokio::test]
+    async fn postgres_transitions_compensations_and_redelivery() {
+        let db = PgSchema::new(4).await;
+        transitions_compensations_and_redelivery(db.pool.clone()).await;
+        db.drop().await;
+    }
+
+    #[tokio::test]
+    async fn postgres_timeouts_fire_once_and_only_in_their_state() {
+        let db = PgSchema::new(4).await;
+        timeouts_fire_once_and_only_in_their_state(db.pool.clone()).await;
+        db.drop().await;
+    }
+
+    #[tokio::test]
+    async fn postgres_a_timeout_survives_a_restart() {
+        use std::str::FromStr;
+        let db = PgSchema::new(4).await;
+        let schema = db.schema.clone();
+        a_timeout_survives_a_restart(db.pool.clone(), async || {
+            let options =
+                sqlx::postgres::PgConnectOptions::from_str(&database_url()).expect("DATABASE_URL");
+            sqlx::postgres::PgPoolOptions::new()
+                .max_connections(4)
+                .connect_with(options.options([("search_path", schema.as_str())]))
+                .await
+                .expect("connect to PostgreSQL")
+        })
+        .await;
+        db.drop().await;
+    }
+}
