@@ -46,6 +46,14 @@ pub enum ErrorKind {
         /// How long the call waited for a permit before it was rejected.
         max_wait: Duration,
     },
+    /// The adaptive concurrency limit `name` had `limit` calls in flight: the call was shed at
+    /// once, before the downstream's latency grew.
+    ConcurrencyLimited {
+        /// Name of the limiter, as configured.
+        name: Arc<str>,
+        /// The limit in effect when the call was shed.
+        limit: usize,
+    },
     /// The rate limiter `name` had no permit; one becomes available after `retry_after`.
     RateLimited {
         /// Name of the rate limiter, as configured.
@@ -177,12 +185,14 @@ impl Error {
     }
 
     /// Whether this error means the call was rejected before reaching the downstream service
-    /// (open circuit, full bulkhead, rate limit): the downstream saw no load from it.
+    /// (open circuit, full bulkhead, adaptive limit, rate limit): the downstream saw no load
+    /// from it.
     pub fn is_rejection(&self) -> bool {
         matches!(
             self.kind,
             ErrorKind::CircuitOpen { .. }
                 | ErrorKind::BulkheadFull { .. }
+                | ErrorKind::ConcurrencyLimited { .. }
                 | ErrorKind::RateLimited { .. }
         )
     }
@@ -221,6 +231,10 @@ impl fmt::Display for Error {
                 f,
                 "bulkhead '{name}' is full ({max_concurrent} calls in flight, waited {}ms)",
                 max_wait.as_millis()
+            ),
+            ErrorKind::ConcurrencyLimited { name, limit } => write!(
+                f,
+                "adaptive limit '{name}' reached ({limit} calls in flight): call shed"
             ),
             ErrorKind::RateLimited { name, retry_after } => write!(
                 f,

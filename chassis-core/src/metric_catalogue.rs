@@ -49,6 +49,9 @@
 //! | [`CIRCUIT_BREAKER_CALLS`] | `circuit_breaker_calls_total` | counter | `circuit_breaker.calls` | `{call}` | `name`, `outcome` |
 //! | [`RETRY_ATTEMPTS`] | `retry_attempts_total` | counter | `retry.attempts` | `{attempt}` | `name`, `outcome` |
 //! | [`BULKHEAD_REJECTED`] | `bulkhead_rejected_total` | counter | `bulkhead.rejected` | `{call}` | `name` |
+//! | [`ADAPTIVE_LIMIT_LIMIT`] | `adaptive_limit_limit` | gauge | `adaptive_limit.limit` | `{call}` | `name` |
+//! | [`ADAPTIVE_LIMIT_IN_FLIGHT`] | `adaptive_limit_in_flight` | gauge | `adaptive_limit.in_flight` | `{call}` | `name` |
+//! | [`ADAPTIVE_LIMIT_REJECTED`] | `adaptive_limit_rejected_total` | counter | `adaptive_limit.rejected` | `{call}` | `name` |
 //! | [`RATE_LIMIT_REJECTED`] | `rate_limit_rejected_total` | counter | `rate_limit.rejected` | `{call}` | `name` |
 //! | [`OUTBOX_PENDING`] | `outbox_pending` | gauge | `outbox.pending` | `{message}` | — |
 //! | [`OUTBOX_OLDEST_PENDING_AGE`] | `outbox_oldest_pending_age_seconds` | gauge | `outbox.oldest_pending_age` | `s` | — |
@@ -286,6 +289,12 @@ pub const CIRCUIT_BREAKER_CALLS: &str = "circuit_breaker_calls_total";
 pub const RETRY_ATTEMPTS: &str = "retry_attempts_total";
 /// Calls a bulkhead turned away (no permit within its wait).
 pub const BULKHEAD_REJECTED: &str = "bulkhead_rejected_total";
+/// Concurrent calls an adaptive limit admits right now.
+pub const ADAPTIVE_LIMIT_LIMIT: &str = "adaptive_limit_limit";
+/// Calls in flight under an adaptive limit (as of its last finished call).
+pub const ADAPTIVE_LIMIT_IN_FLIGHT: &str = "adaptive_limit_in_flight";
+/// Calls an adaptive limit shed.
+pub const ADAPTIVE_LIMIT_REJECTED: &str = "adaptive_limit_rejected_total";
 /// Calls a rate limiter turned away.
 pub const RATE_LIMIT_REJECTED: &str = "rate_limit_rejected_total";
 /// Outbox messages not yet published.
@@ -542,6 +551,30 @@ pub const ALL: &[Metric] = &[
         description: "Calls a bulkhead rejected because no permit was free within its wait.",
     },
     Metric {
+        name: ADAPTIVE_LIMIT_LIMIT,
+        otel_name: "adaptive_limit.limit",
+        kind: Kind::Gauge,
+        unit: "{call}",
+        labels: &[open(NAME)],
+        description: "Concurrent calls an adaptive concurrency limit admits, as its algorithm last set it.",
+    },
+    Metric {
+        name: ADAPTIVE_LIMIT_IN_FLIGHT,
+        otel_name: "adaptive_limit.in_flight",
+        kind: Kind::Gauge,
+        unit: "{call}",
+        labels: &[open(NAME)],
+        description: "Calls in flight under an adaptive concurrency limit, as of its last finished call.",
+    },
+    Metric {
+        name: ADAPTIVE_LIMIT_REJECTED,
+        otel_name: "adaptive_limit.rejected",
+        kind: Kind::Counter,
+        unit: "{call}",
+        labels: &[open(NAME)],
+        description: "Calls an adaptive concurrency limit shed because its limit was reached.",
+    },
+    Metric {
         name: RATE_LIMIT_REJECTED,
         otel_name: "rate_limit.rejected",
         kind: Kind::Counter,
@@ -698,7 +731,7 @@ mod tests {
                 }
             }
         }
-        assert_eq!(ALL.len(), 29);
+        assert_eq!(ALL.len(), 32);
     }
 
     /// What a debugging recorder holds: (name, sorted labels) -> value as text.

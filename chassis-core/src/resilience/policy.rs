@@ -10,7 +10,7 @@
 //! # The order, outermost first
 //!
 //! ```text
-//! rate limit → bulkhead → retry (overall deadline, budget) → circuit breaker → attempt timeout → service
+//! rate limit → bulkhead → adaptive limit → retry (overall deadline, budget) → circuit breaker → attempt timeout → service
 //! ```
 //!
 //! - **Rate limit outermost**: it meters *calls* as the caller makes them; a call is admitted
@@ -19,6 +19,12 @@
 //! - **Bulkhead outside retry**: a call holds *one* concurrency permit for its whole life,
 //!   backoff waits included, so retries cannot make a call take several slots, and a full
 //!   bulkhead rejects before any attempt starts.
+//! - **Adaptive limit after the bulkhead, outside retry**: like the bulkhead it counts *calls*
+//!   (a call and its retries are one slot), and its latency sample is the call's as the caller
+//!   meets it, retries and backoff included: a dependency that needs retries is a slower one,
+//!   and the limit shrinks before callers queue. A call that ends in a timeout or the overall
+//!   deadline is its overload signal (a drop). It sheds at once (no wait: a wait is the queue it
+//!   prevents), so a bounded bulkhead wait in front of it still smooths bursts.
 //! - **Retry outside the breaker**: the breaker sees and records *every attempt*, so a failing
 //!   downstream trips it as fast as it fails, and once it is open the next retry's `poll_ready`
 //!   is rejected at once with `CircuitOpen` (never sent downstream) and the default retry
@@ -76,6 +82,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use tower_layer::Layer;
 
+use super::adaptive_limit::{AdaptiveLimitConfig, AdaptiveLimitLayer};
 use super::bulkhead::{BulkheadConfig, BulkheadLayer};
 use super::circuit_breaker::{
     CircuitBreakerConfig, CircuitBreakerHandle, CircuitBreakerLayer, Clock, DefaultClassifier,
@@ -105,6 +112,7 @@ use service::Parts;
 /// timeout = "300ms"
 /// rate_limit      = { rate = 200, period = "1s", burst = 50 }
 /// bulkhead        = { max_concurrent = 16, max_wait = "50ms" }
+/// adaptive_limit  = { initial_limit = 20, max_limit = 200, algorithm = { kind = "vegas" } }
 /// retry           = { max_attempts = 3, deadline = "1s" }
 /// circuit_breaker = { failure_rate_threshold = 50.0, wait_duration_in_open_state = "5s" }
 /// ```
@@ -121,6 +129,8 @@ pub struct ResiliencePolicy {
     pub rate_limit: Option<RateLimiterConfig>,
     /// Bulkhead, outside retry. Defaults to none.
     pub bulkhead: Option<BulkheadConfig>,
+    /// Adaptive concurrency limit, after the bulkhead and outside retry. Defaults to none.
+    pub adaptive_limit: Option<AdaptiveLimitConfig>,
     /// Retry with overall deadline and budget, outside the breaker. Defaults to none.
     pub retry: Option<RetryConfig>,
     /// Circuit breaker, seeing each attempt. Defaults to none.
@@ -154,6 +164,12 @@ impl ResiliencePolicy {
     /// Adds a bulkhead.
     pub fn bulkhead(mut self, config: BulkheadConfig) -> Self {
         self.bulkhead = Some(config);
+        self
+    }
+
+    /// Adds an adaptive concurrency limit.
+    pub fn adaptive_limit(mut self, config: AdaptiveLimitConfig) -> Self {
+        self.adaptive_limit = Some(config);
         self
     }
 
@@ -221,6 +237,16 @@ impl ResiliencePolicy {
             }
             None => None,
         };
+        let adaptive_limit = match &self.adaptive_limit {
+            Some(config) => {
+                let mut config = config.clone();
+                if let Some(name) = named(&config.name) {
+                    config.name = name;
+                }
+                Some(AdaptiveLimitLayer::new(config)?)
+            }
+            None => None,
+        };
         let rate_limit = match &self.rate_limit {
             Some(config) => {
                 let mut config = config.clone();
@@ -236,13 +262,15 @@ impl ResiliencePolicy {
             circuit_breaker,
             retry,
             bulkhead,
+            adaptive_limit,
             rate_limit,
         })
     }
 }
 
 /// The layer a [`ResiliencePolicy`] builds: wraps a service in
-/// `rate limit → bulkhead → retry → circuit breaker → attempt timeout` (the parts configured).
+/// `rate limit → bulkhead → adaptive limit → retry → circuit breaker → attempt timeout` (the
+/// parts configured).
 ///
 /// Type parameters, all with defaults: the retry's
 /// [`RetryClassifier`](super::retry::RetryClassifier) `RC`, its
@@ -262,6 +290,7 @@ pub struct ResilienceLayer<
     circuit_breaker: Option<CircuitBreakerLayer<BC>>,
     retry: Option<BackoffRetryLayer<RC, H, K>>,
     bulkhead: Option<BulkheadLayer>,
+    adaptive_limit: Option<AdaptiveLimitLayer>,
     rate_limit: Option<RateLimiterLayer>,
 }
 
@@ -270,6 +299,7 @@ impl<RC, H, K, BC> fmt::Debug for ResilienceLayer<RC, H, K, BC> {
         f.debug_struct("ResilienceLayer")
             .field("rate_limit", &self.rate_limit)
             .field("bulkhead", &self.bulkhead)
+            .field("adaptive_limit", &self.adaptive_limit)
             .field("retry", &self.retry)
             .field(
                 "circuit_breaker",
@@ -291,6 +321,7 @@ impl<RC, H, K, BC> ResilienceLayer<RC, H, K, BC> {
             circuit_breaker: self.circuit_breaker,
             retry: self.retry.map(|r| r.with_classifier(classifier)),
             bulkhead: self.bulkhead,
+            adaptive_limit: self.adaptive_limit,
             rate_limit: self.rate_limit,
         }
     }
@@ -302,6 +333,7 @@ impl<RC, H, K, BC> ResilienceLayer<RC, H, K, BC> {
             circuit_breaker: self.circuit_breaker,
             retry: self.retry.map(|r| r.with_retry_after(hook)),
             bulkhead: self.bulkhead,
+            adaptive_limit: self.adaptive_limit,
             rate_limit: self.rate_limit,
         }
     }
@@ -313,6 +345,7 @@ impl<RC, H, K, BC> ResilienceLayer<RC, H, K, BC> {
             circuit_breaker: self.circuit_breaker,
             retry: self.retry.map(|r| r.with_cloner(cloner)),
             bulkhead: self.bulkhead,
+            adaptive_limit: self.adaptive_limit,
             rate_limit: self.rate_limit,
         }
     }
@@ -324,6 +357,7 @@ impl<RC, H, K, BC> ResilienceLayer<RC, H, K, BC> {
             circuit_breaker: self.circuit_breaker.map(|b| b.with_classifier(classifier)),
             retry: self.retry,
             bulkhead: self.bulkhead,
+            adaptive_limit: self.adaptive_limit,
             rate_limit: self.rate_limit,
         }
     }
@@ -362,6 +396,12 @@ impl<RC, H, K, BC> ResilienceLayer<RC, H, K, BC> {
         self.bulkhead.as_ref()
     }
 
+    /// The adaptive concurrency limit, if the policy has one (its
+    /// [`snapshot`](AdaptiveLimitLayer::snapshot): current limit, calls in flight).
+    pub fn adaptive_limit(&self) -> Option<&AdaptiveLimitLayer> {
+        self.adaptive_limit.as_ref()
+    }
+
     /// The rate limiter layer, if the policy has one.
     pub fn rate_limit(&self) -> Option<&RateLimiterLayer> {
         self.rate_limit.as_ref()
@@ -391,6 +431,7 @@ where
         let parts = Parts {
             rate_limit: self.rate_limit.as_ref().map(|l| l.limiter.clone()),
             bulkhead: self.bulkhead.as_ref().map(|b| b.shared.clone()),
+            adaptive_limit: self.adaptive_limit.as_ref().map(|l| l.limiter.clone()),
             retry: self.retry.as_ref().map(BackoffRetryLayer::shared),
             breaker: self
                 .circuit_breaker

@@ -10,6 +10,7 @@ use tokio::time::{Instant, Sleep};
 use tower_service::Service;
 
 use super::service::{Parts, PartsRef};
+use crate::resilience::adaptive_limit::{Ending, Token};
 use crate::resilience::circuit_breaker::{Classify, Outcome as BreakerOutcome, RawPermit};
 use crate::resilience::retry::{
     CloneRequest, RetryAfter, RetryClassifier, Retrying, after_attempt, poll_deadline,
@@ -24,6 +25,8 @@ use crate::{BoxError, Error};
 pub(crate) struct Held<RC, H, K, BC> {
     pub(crate) parts: PartsRef<Parts<RC, H, K, BC>>,
     pub(crate) bulkhead: bool,
+    /// The adaptive limit's slot, finished with the call's outcome.
+    pub(crate) admission: Option<Token>,
     pub(crate) running: Option<RawPermit>,
     pub(crate) cancelled: BreakerOutcome,
     ready: Option<RawPermit>,
@@ -34,6 +37,7 @@ impl<RC, H, K, BC> Held<RC, H, K, BC> {
         Self {
             parts,
             bulkhead: false,
+            admission: None,
             running: None,
             cancelled: BreakerOutcome::Failure,
             ready: None,
@@ -55,6 +59,18 @@ impl<RC, H, K, BC> Drop for Held<RC, H, K, BC> {
             && let Some(bulkhead) = &self.parts.bulkhead
         {
             bulkhead.pool.give_back();
+        }
+        // Still held: the call was cancelled (or ended in a rejection), which is no sample.
+        self.finish_admission(Ending::Ignored);
+    }
+}
+
+impl<RC, H, K, BC> Held<RC, H, K, BC> {
+    /// Gives the adaptive limit's slot back, with how the call ended.
+    #[inline]
+    fn finish_admission(&mut self, ending: Ending) {
+        if let (Some(token), Some(limiter)) = (self.admission.take(), &self.parts.adaptive_limit) {
+            limiter.release(token, ending);
         }
     }
 }
@@ -271,6 +287,7 @@ where
                 breaker.record(permit, classifier.classify(result.as_ref()));
             }
             let Some(shared) = &parts.retry else {
+                held.finish_admission(Ending::of(&result));
                 return Poll::Ready(result);
             };
             match after_attempt(
@@ -283,20 +300,26 @@ where
                 Ok(sleep) => this.state.set(State::Waiting {
                     sleep: Box::pin(sleep),
                 }),
-                Err(result) => return Poll::Ready(result),
+                Err(result) => {
+                    held.finish_admission(Ending::of(&result));
+                    return Poll::Ready(result);
+                }
             }
         }
         // The call has to wait: the overall deadline runs.
         let Some(shared) = &held.parts.retry else {
             return Poll::Pending;
         };
-        poll_deadline(
+        let expired = poll_deadline(
             shared,
             this.retry.as_ref(),
             this.deadline_at,
             this.timer,
             cx,
-        )
-        .map(Err)
+        );
+        if expired.is_ready() {
+            held.finish_admission(Ending::Dropped);
+        }
+        expired.map(Err)
     }
 }

@@ -13,6 +13,7 @@ use tower_service::Service;
 
 use super::future::{Held, ResponseFuture};
 use crate::BoxError;
+use crate::resilience::adaptive_limit::{self, Token};
 use crate::resilience::bulkhead::{self, wait_for_permit};
 use crate::resilience::circuit_breaker::{
     BreakerShared, Classify, DefaultClassifier, Outcome as BreakerOutcome, RawPermit,
@@ -29,6 +30,7 @@ use crate::resilience::retry::{
 pub(crate) struct Parts<RC, H, K, BC> {
     pub(crate) rate_limit: Option<Arc<Limiter>>,
     pub(crate) bulkhead: Option<Arc<bulkhead::Shared>>,
+    pub(crate) adaptive_limit: Option<Arc<adaptive_limit::Limiter>>,
     pub(crate) retry: Option<retry::Shared<RC, H, K>>,
     pub(crate) breaker: Option<(Arc<BreakerShared>, BC)>,
     pub(crate) attempt_timeout: Option<Duration>,
@@ -121,6 +123,8 @@ pub struct Resilient<
     own: OwnRef<Parts<RC, H, K, BC>>,
     rate: RateState,
     bulk: BulkState,
+    /// The adaptive limit's admission for the next call: `Some(None)` when it is shed.
+    admission: Option<Option<Token>>,
     /// The breaker's permit taken in `poll_ready`, waiting for `call`.
     breaker_permit: Option<RawPermit>,
 }
@@ -133,6 +137,7 @@ impl<S, RC, H, K, BC> Resilient<S, RC, H, K, BC> {
             own: OwnRef::Unused,
             rate: RateState::Idle,
             bulk: BulkState::Idle,
+            admission: None,
             breaker_permit: None,
         }
     }
@@ -168,6 +173,11 @@ impl<S, RC, H, K, BC> Drop for Resilient<S, RC, H, K, BC> {
         if let (BulkState::Acquired, Some(bulkhead)) = (&self.bulk, self.parts.bulkhead.as_ref()) {
             bulkhead.pool.give_back();
         }
+        if let (Some(Some(token)), Some(limiter)) =
+            (self.admission.take(), self.parts.adaptive_limit.as_ref())
+        {
+            limiter.release(token, adaptive_limit::Ending::Ignored);
+        }
     }
 }
 
@@ -186,6 +196,10 @@ impl<S: fmt::Debug, RC, H, K, BC> fmt::Debug for Resilient<S, RC, H, K, BC> {
             .field("inner", &self.inner)
             .field("rate_limit", &parts.rate_limit.as_ref().map(|l| &l.name))
             .field("bulkhead", &parts.bulkhead.as_ref().map(|b| &b.name))
+            .field(
+                "adaptive_limit",
+                &parts.adaptive_limit.as_ref().map(|l| &l.name),
+            )
             .field("retry", &parts.retry.as_ref().map(|r| &r.name))
             .field("circuit_breaker", &parts.breaker.is_some())
             .field("attempt_timeout", &parts.attempt_timeout)
@@ -259,6 +273,18 @@ where
                 }
             }
         }
+        // Adaptive limit: one slot for the call's whole life, as the bulkhead's; never waits.
+        if let Some(limiter) = &parts.adaptive_limit
+            && self.admission.is_none()
+        {
+            let admission = limiter.try_acquire();
+            // NOTE: `call` sees `Some(None)` and fails the call without touching the rest.
+            let shed = admission.is_none();
+            self.admission = Some(admission);
+            if shed {
+                return Poll::Ready(Ok(()));
+            }
+        }
         // The breaker, asked for the first attempt (retries ask again in the future).
         if let Some((breaker, _)) = &parts.breaker
             && self.breaker_permit.is_none()
@@ -318,6 +344,20 @@ where
                         "Bulkhead::call without a successful poll_ready (tower Service contract)"
                     )
                 }
+            }
+        }
+        if let Some(limiter) = &held.parts.adaptive_limit {
+            match self.admission.take() {
+                Some(Some(token)) => held.admission = Some(token),
+                Some(None) => {
+                    limiter.rejected.increment(1);
+                    tracing::debug!(adaptive_limit = %limiter.name, "adaptive limit reached: call shed");
+                    let error = limiter.rejection();
+                    return ResponseFuture::rejected(held, error.into());
+                }
+                None => panic!(
+                    "AdaptiveLimit::call without a successful poll_ready (tower Service contract)"
+                ),
             }
         }
         let (retry, not_cloneable) = match &held.parts.retry {
