@@ -31,6 +31,7 @@
 
 pub mod connection;
 pub mod consumer;
+pub mod control;
 pub mod headers;
 pub mod incoming;
 pub mod publisher;

@@ -1,0 +1,342 @@
+//! A consumer's queues as a [`Controllable`] of the control registry: the depth of the work
+//! queue, of each retry tier and of the dead-letter queue, the handler's in-flight count and
+//! handled/failed rates, and `requeue_dlq`, which moves dead-lettered messages back to the work
+//! queue.
+//!
+//! [`counted`] wraps the consumer's handler to count what it does (two atomic adds per
+//! message); [`QueueControl`] reads the queues with passive `queue.declare`s on one channel
+//! of its own and carries out the action.
+//!
+//! `requeue_dlq` with `{"id": "<message id>"}` moves the dead-lettered messages with that
+//! message id; without an id, every message in the DLQ when the action starts. Each moved
+//! message is published to the work queue (through the default exchange, with publisher
+//! confirms) without the broker's dead-lettering headers and the chassis's attempt and
+//! failure-reason headers, so it starts over; only after its confirm is it acked off the DLQ
+//! (a crash in between leaves a copy in both, which the inbox makes harmless). Each move is
+//! logged at WARN on target `chassis_messaging::control` with the message id: the audit line.
+//! The action is idempotent: a moved message is no longer in the DLQ.
+//!
+//! ```no_run
+//! # async fn example(conn: chassis_messaging::amqp::connection::Connection,
+//! #     queue: chassis_messaging::amqp::topology::QueueConfig) {
+//! use chassis_core::control::ControlRegistry;
+//! use chassis_messaging::amqp::control::{QueueControl, counted};
+//! use chassis_messaging::amqp::consumer::Outcome;
+//!
+//! let (handler, stats) = counted(|_msg| async { Outcome::Ack });
+//! // Consumer::spawn(&conn, queue.clone(), config, handler)
+//! let control = ControlRegistry::new("orders");
+//! control.register(queue.name.clone(), QueueControl::new(conn, queue).stats(stats));
+//! # }
+//! ```
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
+use std::time::Duration;
+
+use chassis_core::Error;
+use chassis_core::control::{Controllable, action_failed, invalid_action, unknown_action};
+use futures_util::future::BoxFuture;
+use lapin::options::{
+    BasicAckOptions, BasicGetOptions, BasicNackOptions, BasicPublishOptions, ConfirmSelectOptions,
+    QueueDeclareOptions,
+};
+use lapin::types::{FieldTable, ShortString};
+use serde_json::{Value, json};
+use tokio::sync::Mutex;
+
+use crate::amqp::connection::{Connection, ManagedChannel};
+use crate::amqp::consumer::{Handler, Outcome};
+use crate::amqp::incoming::{ATTEMPT_HEADER, FAILURE_REASON_HEADER, IncomingMessage};
+use crate::amqp::topology::QueueConfig;
+
+#[derive(Debug, Default)]
+struct Counts {
+    in_flight: AtomicI64,
+    handled: AtomicU64,
+    failed: AtomicU64,
+}
+
+/// What a [`counted`] handler did, shared with its [`QueueControl`].
+#[derive(Debug, Clone, Default)]
+pub struct HandlerStats(Arc<Counts>);
+
+/// A [`Handler`] counting its messages in flight, handled (acked) and failed (retried or
+/// rejected); see [`counted`].
+#[derive(Debug)]
+pub struct Counted<H> {
+    inner: H,
+    stats: HandlerStats,
+}
+
+/// Wraps `handler` so that its in-flight, handled and failed messages are counted for a
+/// [`QueueControl`].
+pub fn counted<H: Handler>(handler: H) -> (Counted<H>, HandlerStats) {
+    let stats = HandlerStats::default();
+    (
+        Counted {
+            inner: handler,
+            stats: stats.clone(),
+        },
+        stats,
+    )
+}
+
+impl<H: Handler> Handler for Counted<H> {
+    fn handle(&self, msg: IncomingMessage) -> BoxFuture<'static, Outcome> {
+        let counts = self.stats.0.clone();
+        counts.in_flight.fetch_add(1, Relaxed);
+        let outcome = self.inner.handle(msg);
+        Box::pin(async move {
+            // Counted down however the future ends (a panic is the consumer's to catch).
+            struct Leave(Arc<Counts>);
+            impl Drop for Leave {
+                fn drop(&mut self) {
+                    self.0.in_flight.fetch_sub(1, Relaxed);
+                }
+            }
+            let _leave = Leave(counts.clone());
+            let outcome = outcome.await;
+            match outcome {
+                Outcome::Ack => counts.handled.fetch_add(1, Relaxed),
+                _ => counts.failed.fetch_add(1, Relaxed),
+            };
+            outcome
+        })
+    }
+}
+
+/// A consumer's queues in the control registry (see the [module docs](self)).
+pub struct QueueControl {
+    conn: Connection,
+    queue: QueueConfig,
+    stats: Option<HandlerStats>,
+    channel: Mutex<Option<ManagedChannel>>,
+}
+
+impl std::fmt::Debug for QueueControl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("QueueControl")
+            .field("queue", &self.queue.name)
+            .finish_non_exhaustive()
+    }
+}
+
+const ACTIONS: &[&str] = &["requeue_dlq"];
+
+/// Longest wait for one broker operation of a snapshot or an action.
+const OP_TIMEOUT: Duration = Duration::from_secs(5);
+
+impl QueueControl {
+    /// Reads (and acts on) `queue`'s work queue, retry tiers and dead-letter queue through
+    /// `conn`.
+    pub fn new(conn: Connection, queue: QueueConfig) -> Self {
+        Self {
+            conn,
+            queue,
+            stats: None,
+            channel: Mutex::new(None),
+        }
+    }
+
+    /// Shows the counts of the consumer's [`counted`] handler. Defaults to none (depths only).
+    pub fn stats(mut self, stats: HandlerStats) -> Self {
+        self.stats = Some(stats);
+        self
+    }
+
+    /// The shared channel, opened (again) when there is none or the broker closed it (a
+    /// passive declare of a missing queue closes it).
+    async fn channel(&self) -> Result<lapin::Channel, crate::error::Error> {
+        let mut slot = self.channel.lock().await;
+        if let Some(ch) = slot.as_ref()
+            && ch.channel.status().connected()
+        {
+            return Ok(ch.channel.clone());
+        }
+        let ch = self.conn.open_channel().await?;
+        let channel = ch.channel.clone();
+        *slot = Some(ch);
+        Ok(channel)
+    }
+
+    async fn depth(&self, queue: &str) -> Option<u32> {
+        let channel = self.channel().await.ok()?;
+        let declare = channel.queue_declare(
+            ShortString::from(queue),
+            QueueDeclareOptions {
+                passive: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        );
+        match tokio::time::timeout(OP_TIMEOUT, declare).await {
+            Ok(Ok(q)) => Some(q.message_count()),
+            _ => None,
+        }
+    }
+
+    async fn requeue_dlq(&self, id: Option<&str>) -> Result<u64, BoxedError> {
+        let dlq = self.queue.dead_letter_queue();
+        // A channel of its own: confirms must not mix with the snapshot channel's declares.
+        let ch = self.conn.open_channel().await?;
+        let result = self.move_messages(&ch.channel, &dlq, id).await;
+        self.conn.close_channel(&ch.channel).await;
+        result
+    }
+
+    async fn move_messages(
+        &self,
+        channel: &lapin::Channel,
+        dlq: &str,
+        id: Option<&str>,
+    ) -> Result<u64, BoxedError> {
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await?;
+        // Only what is in the DLQ now: messages dead-lettered meanwhile wait for the next call.
+        let Some(depth) = self.depth(dlq).await else {
+            return Err(format!("cannot read the depth of {dlq}").into());
+        };
+        let mut moved = 0;
+        let mut skipped = Vec::new();
+        for _ in 0..depth {
+            let got = tokio::time::timeout(
+                OP_TIMEOUT,
+                channel.basic_get(dlq.into(), BasicGetOptions::default()),
+            )
+            .await
+            .map_err(|_| "basic.get timed out")??;
+            let Some(message) = got else { break };
+            let delivery = message.delivery;
+            let message_id = delivery
+                .properties
+                .message_id()
+                .as_ref()
+                .map(|m| m.as_str().to_owned());
+            if id.is_some() && message_id.as_deref() != id {
+                skipped.push(delivery.acker);
+                continue;
+            }
+            let mut headers = FieldTable::default();
+            if let Some(old) = delivery.properties.headers() {
+                for (k, v) in old.inner() {
+                    let k = k.as_str();
+                    if k == "x-death"
+                        || k.starts_with("x-first-death")
+                        || k.starts_with("x-last-death")
+                        || k == "x-delivery-count"
+                        || k == ATTEMPT_HEADER
+                        || k == FAILURE_REASON_HEADER
+                    {
+                        continue;
+                    }
+                    headers.insert(k.into(), v.clone());
+                }
+            }
+            let properties = delivery.properties.clone().with_headers(headers);
+            let confirm = channel
+                .basic_publish(
+                    "".into(),
+                    self.queue.name.as_str().into(),
+                    BasicPublishOptions::default(),
+                    &delivery.data,
+                    properties,
+                )
+                .await?;
+            let confirmation = tokio::time::timeout(OP_TIMEOUT, confirm)
+                .await
+                .map_err(|_| "publisher confirm timed out")??;
+            if confirmation.is_nack() {
+                return Err(format!("the broker refused the copy of {message_id:?}").into());
+            }
+            delivery.acker.ack(BasicAckOptions::default()).await?;
+            moved += 1;
+            tracing::warn!(
+                target: "chassis_messaging::control",
+                queue = %self.queue.name,
+                message_id = message_id.as_deref().unwrap_or("-"),
+                "dead-lettered message moved back to the work queue"
+            );
+        }
+        for acker in skipped {
+            acker
+                .nack(BasicNackOptions {
+                    requeue: true,
+                    ..Default::default()
+                })
+                .await?;
+        }
+        Ok(moved)
+    }
+}
+
+type BoxedError = Box<dyn std::error::Error + Send + Sync>;
+
+impl Controllable for QueueControl {
+    fn kind(&self) -> &'static str {
+        "consumer"
+    }
+
+    fn actions(&self) -> &'static [&'static str] {
+        ACTIONS
+    }
+
+    fn snapshot(&self) -> BoxFuture<'_, Value> {
+        Box::pin(async move {
+            let depth = self.depth(&self.queue.name).await;
+            let dlq_depth = self.depth(&self.queue.dead_letter_queue()).await;
+            let mut retry_depth = None::<u64>;
+            for name in self.queue.all_queues().iter().skip(2) {
+                if let Some(d) = self.depth(name).await {
+                    retry_depth = Some(retry_depth.unwrap_or(0) + u64::from(d));
+                }
+            }
+            let mut state = json!({
+                "queue": self.queue.name,
+                "depth": depth,
+                "retry_depth": retry_depth.unwrap_or(0),
+                "dlq_depth": dlq_depth,
+            });
+            if let Some(stats) = &self.stats {
+                let counts = &stats.0;
+                state["in_flight"] = counts.in_flight.load(Relaxed).max(0).into();
+                state["counters"] = json!({
+                    "handled": counts.handled.load(Relaxed),
+                    "failed": counts.failed.load(Relaxed),
+                });
+            }
+            state
+        })
+    }
+
+    fn act<'a>(&'a self, action: &'a str, params: &'a Value) -> BoxFuture<'a, Result<(), Error>> {
+        Box::pin(async move {
+            if action != "requeue_dlq" {
+                return Err(unknown_action(&self.queue.name, action, ACTIONS));
+            }
+            let id = match params.get("id") {
+                None | Some(Value::Null) => None,
+                Some(Value::String(id)) if !id.is_empty() => Some(id.as_str()),
+                Some(_) => {
+                    return Err(invalid_action(
+                        &self.queue.name,
+                        "id must be a message id (a non-empty string)",
+                    ));
+                }
+            };
+            let moved = self
+                .requeue_dlq(id)
+                .await
+                .map_err(|e| action_failed(&self.queue.name, e))?;
+            tracing::warn!(
+                target: "chassis_messaging::control",
+                queue = %self.queue.name,
+                id = id.unwrap_or("*"),
+                moved,
+                "dead-letter queue requeued"
+            );
+            Ok(())
+        })
+    }
+}
