@@ -328,6 +328,70 @@ async fn a_timeout_survives_a_restart<DB: SagaDatabase>(
     );
 }
 
+/// Two replicas on one database: each due timeout fires once between them, and of two
+/// answers racing for one instance exactly one moves it.
+async fn replicas_race_and_each_transition_happens_once<DB: SagaDatabase>(pool: sqlx::Pool<DB>) {
+    let a = saga_on(pool.clone(), Duration::ZERO).await;
+    let b = saga_on(pool.clone(), Duration::ZERO).await;
+    let orders: Vec<String> = (0..8).map(|i| format!("o-{i}")).collect();
+    for id in &orders {
+        let reserved = event("stock.reserved", id, Reserved { amount_cents: 1 });
+        assert_eq!(a.handler().handle(reserved).await, Outcome::Ack);
+    }
+    let (fired_a, fired_b) = tokio::join!(a.fire_due(), b.fire_due());
+    let mut fired: Vec<String> = fired_a
+        .unwrap()
+        .into_iter()
+        .chain(fired_b.unwrap())
+        .map(|t| t.saga_id)
+        .collect();
+    fired.sort();
+    let mut expected = orders.clone();
+    expected.sort();
+    assert_eq!(fired, expected, "each timeout fired by exactly one replica");
+
+    // Charged and declined at once, on two replicas: one wins, the other finds it ended.
+    let reserved = event("stock.reserved", "o-race", Reserved { amount_cents: 1 });
+    let c = saga_on(pool.clone(), Duration::from_secs(60)).await;
+    let d = saga_on(pool.clone(), Duration::from_secs(60)).await;
+    assert_eq!(c.handler().handle(reserved).await, Outcome::Ack);
+    let charged = event(
+        "payment.charged",
+        "o-race",
+        Charged {
+            charge_id: "ch".into(),
+        },
+    );
+    let declined = event(
+        "payment.declined",
+        "o-race",
+        Declined {
+            reason: "card_declined".into(),
+        },
+    );
+    let (hc, hd) = (c.handler(), d.handler());
+    let (oc, od) = tokio::join!(hc.handle(charged), hd.handle(declined));
+    // The loser waited for the winner's transaction (PostgreSQL: the row lock; SQLite: the
+    // write lock) and then found the saga ended: acked, nothing to retry.
+    assert_eq!((oc, od), (Outcome::Ack, Outcome::Ack));
+    let raced = c.get("o-race").await.unwrap().unwrap();
+    assert!(raced.finished);
+    assert_eq!(raced.version, 2, "one transition after the start");
+    let keys = &sent(&pool).await["o-race"];
+    let expected: &[&str] = if raced.state == "Completed" {
+        &["payment.charge", "order.confirm"]
+    } else {
+        &["payment.charge", "stock.release"]
+    };
+    assert_eq!(keys, expected);
+}
+
+#[tokio::test]
+async fn sqlite_replicas_race_and_each_transition_happens_once() {
+    let dir = tempfile::tempdir().unwrap();
+    replicas_race_and_each_transition_happens_once(sqlite_pool(&dir).await).await;
+}
+
 #[tokio::test]
 async fn sqlite_transitions_compensations_and_redelivery() {
     let dir = tempfile::tempdir().unwrap();
@@ -362,6 +426,13 @@ mod postgres {
     async fn postgres_timeouts_fire_once_and_only_in_their_state() {
         let db = PgSchema::new(4).await;
         timeouts_fire_once_and_only_in_their_state(db.pool.clone()).await;
+        db.drop().await;
+    }
+
+    #[tokio::test]
+    async fn postgres_replicas_race_and_each_transition_happens_once() {
+        let db = PgSchema::new(8).await;
+        replicas_race_and_each_transition_happens_once(db.pool.clone()).await;
         db.drop().await;
     }
 
