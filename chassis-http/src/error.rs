@@ -278,8 +278,8 @@ impl ApiError {
     }
 
     /// Maps an error of a chassis-core resilience layer:
-    /// `Timeout`/`DeadlineExceeded` -> 504, `CircuitOpen`/`BulkheadFull` -> 503 with
-    /// `Retry-After`, `RateLimited` -> 429 with `Retry-After`, `RetriesExhausted`/
+    /// `Timeout`/`DeadlineExceeded` -> 504, `CircuitOpen`/`BulkheadFull`/`ConcurrencyLimited`
+    /// -> 503 with `Retry-After`, `RateLimited` -> 429 with `Retry-After`, `RetriesExhausted`/
     /// `RetryBudgetExhausted` -> 502, anything else -> 500.
     pub fn from_core(err: &chassis_core::Error) -> Self {
         match err.kind() {
@@ -298,6 +298,14 @@ impl ApiError {
                 err.to_string(),
             )
             .with_retry_after((*max_wait).max(Duration::from_secs(1))),
+            // Shed by an adaptive limit: the server is at capacity now; a second is long enough
+            // for the calls in flight to finish.
+            CoreErrorKind::ConcurrencyLimited { .. } => Self::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                codes::OVERLOADED,
+                err.to_string(),
+            )
+            .with_retry_after(Duration::from_secs(1)),
             CoreErrorKind::RateLimited { name, retry_after } => {
                 let api = Self::new(
                     StatusCode::TOO_MANY_REQUESTS,

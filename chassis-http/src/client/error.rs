@@ -356,7 +356,7 @@ impl ClientError {
                 ErrorKind::CircuitOpen { retry_after, .. } => Some(ClientErrorKind::CircuitOpen {
                     retry_after: *retry_after,
                 }),
-                ErrorKind::BulkheadFull { .. } => {
+                ErrorKind::BulkheadFull { .. } | ErrorKind::ConcurrencyLimited { .. } => {
                     Some(ClientErrorKind::Overloaded { retry_after: None })
                 }
                 ErrorKind::RateLimited { retry_after, .. } => Some(ClientErrorKind::Overloaded {

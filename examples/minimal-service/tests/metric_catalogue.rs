@@ -1,6 +1,6 @@
 //! The metric catalogue against what the chassis really emits: one process drives every
-//! component (HTTP server layers with an error and a shed request, the HTTP client with retry
-//! and circuit breaker, bulkhead and rate-limit rejections, the outbox relay on SQLite
+//! component (HTTP server layers with an error and a shed request, the gRPC server layers, the HTTP client with retry
+//! and circuit breaker, bulkhead, adaptive-limit and rate-limit rejections, the outbox relay on SQLite
 //! publishing and parking through the real RabbitMQ, a consumer that acks, retries and
 //! dead-letters (and polls its queue's depth), an inbox that sees a duplicate, span export to
 //! a dead collector), scrapes `/metrics`, and checks that
@@ -23,6 +23,7 @@ use axum::http::StatusCode;
 use axum::routing::get;
 use chassis_core::ServiceInfo;
 use chassis_core::metric_catalogue as names;
+use chassis_core::resilience::adaptive_limit::AdaptiveLimitConfig;
 use chassis_core::resilience::bulkhead::BulkheadConfig;
 use chassis_core::resilience::circuit_breaker::{CircuitBreakerConfig, SlidingWindowType};
 use chassis_core::resilience::policy::ResiliencePolicy;
@@ -30,6 +31,7 @@ use chassis_core::resilience::rate_limiter::RateLimiterConfig;
 use chassis_core::resilience::retry::{Backoff, Jitter, RetryBudgetConfig, RetryConfig};
 use chassis_core::shutdown::Shutdown;
 use chassis_http::client::HttpClient;
+use chassis_http::grpc::{GrpcClient, GrpcHealth, GrpcLayers, GrpcRouter};
 use chassis_http::layers::StandardLayers;
 use chassis_messaging::amqp::topology::RetryPolicy;
 use chassis_messaging::sql::outbox::OutboxStore;
@@ -141,7 +143,7 @@ async fn every_emitted_metric_is_catalogued_and_every_catalogued_one_is_emitted(
     let server = tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
 
     // HTTP client: retries then a success, an error, a breaker that opens and rejects, a
-    // bulkhead and a rate limiter that turn calls away.
+    // bulkhead, an adaptive limit and a rate limiter that turn calls away.
     let client = |name: &str, policy| {
         HttpClient::builder(name)
             .base_url(&base)
@@ -195,11 +197,40 @@ async fn every_emitted_metric_is_catalogued_and_every_catalogued_one_is_emitted(
                 .max_wait(Duration::ZERO),
         ),
     );
+    // An adaptive limit held at one call: the slow call takes it.
+    let adaptive = client(
+        "adaptive",
+        ResiliencePolicy::new().adaptive_limit(
+            AdaptiveLimitConfig::new("adaptive")
+                .initial_limit(1)
+                .min_limit(1)
+                .max_limit(1),
+        ),
+    );
+    let in_flight = r#"http_server_active_requests{http_request_method="GET"} 1"#;
+    let slow = {
+        let adaptive = adaptive.clone();
+        tokio::spawn(async move { adaptive.get_json::<Value>("/slow").await })
+    };
+    assert!(
+        settle(Duration::from_secs(10), async || handle
+            .render()
+            .contains(in_flight))
+        .await,
+        "the slow request reaches the server"
+    );
+    assert!(
+        adaptive
+            .get_json::<Value>("/ok")
+            .await
+            .unwrap_err()
+            .is_rejection()
+    );
+    let _ = slow.await.unwrap();
     let slow = {
         let bulkhead = bulkhead.clone();
         tokio::spawn(async move { bulkhead.get_json::<Value>("/slow").await })
     };
-    let in_flight = r#"http_server_active_requests{http_request_method="GET"} 1"#;
     assert!(
         settle(Duration::from_secs(10), async || handle
             .render()
@@ -219,6 +250,30 @@ async fn every_emitted_metric_is_catalogued_and_every_catalogued_one_is_emitted(
     let shed = plain.get_json::<Value>("/ok").await.unwrap_err();
     assert_eq!(shed.status().map(|s| s.as_u16()), Some(503), "{shed}");
     let _ = slow.await.unwrap();
+
+    // gRPC server: one call through the chassis gRPC layers (the health service's Check).
+    let grpc_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let grpc_url = format!("http://{}", grpc_listener.local_addr().unwrap());
+    let grpc_router = GrpcRouter::new()
+        .add_service(GrpcHealth::new(chassis_core::health::HealthRegistry::new()).into_service());
+    let grpc_server = chassis_http::server::Server::from_listener(
+        grpc_listener,
+        chassis_http::server::ServerConfig::default(),
+    )
+    .unwrap()
+    .handle_signals(false);
+    let grpc_shutdown = grpc_server.shutdown_handle();
+    let grpc_task =
+        tokio::spawn(grpc_server.serve(tower::Layer::layer(&GrpcLayers::new(), grpc_router)));
+    let grpc_client = GrpcClient::builder("catalogue-grpc", grpc_url)
+        .build()
+        .unwrap();
+    tonic_health::pb::health_client::HealthClient::new(grpc_client)
+        .check(tonic_health::pb::HealthCheckRequest::default())
+        .await
+        .expect("a gRPC health answer");
+    grpc_shutdown.trigger();
+    grpc_task.await.unwrap().unwrap();
 
     // Messaging: an exchange with a queue (retry tier and dead-letter queue), an exchange that
     // accepts unroutable messages, and one without a queue that does not (its rows are parked).
