@@ -45,7 +45,9 @@
 //!
 //! A handler that panics counts as a retryable failure; the consumer keeps going. Messages that
 //! are not valid chassis events are dead-lettered by [`typed`] handlers with the decode or
-//! validation error as reason.
+//! validation error as reason, and events of a version a
+//! [`versioned`](crate::version::versioned) handler does not read with
+//! `unsupported event version: <type> version <n>, …` as reason.
 //!
 //! **No loss, no wrong acks**: the republish is confirmed by the broker *before* the original
 //! is acked (a crash in between gives a duplicate, never a loss). Each delivery remembers the
