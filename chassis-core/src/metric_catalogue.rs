@@ -36,6 +36,7 @@
 //! | [`HTTP_SERVER_REQUEST_DURATION`] | `http_server_request_duration_seconds` | histogram | `http.server.request.duration` | `s` | `http.request.method`, `http.route` (when known), `http.response.status_code` |
 //! | [`HTTP_SERVER_ACTIVE_REQUESTS`] | `http_server_active_requests` | gauge | `http.server.active_requests` | `{request}` | `http.request.method` |
 //! | [`HTTP_CLIENT_REQUEST_DURATION`] | `http_client_request_duration_seconds` | histogram | `http.client.request.duration` | `s` | `http.request.method`, `server.address`, `server.port`, `http.response.status_code` (with a response), `error.type` (on error) |
+//! | [`RPC_SERVER_CALL_DURATION`] | `rpc_server_call_duration_seconds` | histogram | `rpc.server.call.duration` | `s` | `rpc.system`, `rpc.service`, `rpc.method`, `rpc.grpc.status_code` |
 //! | [`MESSAGING_PUBLISH_DURATION`] | `messaging_publish_duration_seconds` | histogram | `messaging.publish.duration` | `s` | `messaging.destination.name`, `outcome` |
 //! | [`MESSAGING_PROCESS_DURATION`] | `messaging_process_duration_seconds` | histogram | `messaging.process.duration` | `s` | `messaging.destination.name`, `outcome` |
 //! | [`MESSAGING_CLIENT_SENT_MESSAGES`] | `messaging_client_sent_messages_total` | counter | `messaging.client.sent.messages` | `{message}` | `messaging.destination.name` |
@@ -261,6 +262,8 @@ pub const HTTP_SERVER_REQUEST_DURATION: &str = "http_server_request_duration_sec
 pub const HTTP_SERVER_ACTIVE_REQUESTS: &str = "http_server_active_requests";
 /// Duration of HTTP client requests (one series per attempt).
 pub const HTTP_CLIENT_REQUEST_DURATION: &str = "http_client_request_duration_seconds";
+/// Duration of gRPC server calls, until the last message and the status are sent.
+pub const RPC_SERVER_CALL_DURATION: &str = "rpc_server_call_duration_seconds";
 /// Time from publish to broker confirm.
 pub const MESSAGING_PUBLISH_DURATION: &str = "messaging_publish_duration_seconds";
 /// Time a consumer handler spent on one message.
@@ -338,6 +341,14 @@ pub mod labels {
     pub const SERVER_PORT: &str = "server.port";
     /// Exchange or queue (semconv `messaging.destination.name`).
     pub const MESSAGING_DESTINATION_NAME: &str = "messaging.destination.name";
+    /// RPC system (semconv `rpc.system`): `grpc`.
+    pub const RPC_SYSTEM: &str = "rpc.system";
+    /// Full name of the called RPC service (semconv `rpc.service`): `inventory.v1.Inventory`.
+    pub const RPC_SERVICE: &str = "rpc.service";
+    /// Name of the called RPC method (semconv `rpc.method`): `Reserve`.
+    pub const RPC_METHOD: &str = "rpc.method";
+    /// gRPC status code as a number (semconv `rpc.grpc.status_code`): `0` for OK.
+    pub const RPC_GRPC_STATUS_CODE: &str = "rpc.grpc.status_code";
     /// Error class (semconv `error.type`).
     pub const ERROR_TYPE: &str = "error.type";
     /// Name of a breaker, retry policy, bulkhead or rate limiter.
@@ -364,6 +375,11 @@ const SERVER_METHODS: &[&str] = &[
     "GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS", "TRACE", "CONNECT", "_OTHER",
 ];
 
+/// The gRPC status codes, 0 (`OK`) to 16 (`UNAUTHENTICATED`), as `rpc.grpc.status_code` records them.
+const GRPC_STATUS_CODES: &[&str] = &[
+    "0", "1", "2", "3", "4", "5", "6", "7", "8", "9", "10", "11", "12", "13", "14", "15", "16",
+];
+
 use labels::*;
 
 /// Every metric of the catalogue.
@@ -387,6 +403,19 @@ pub const ALL: &[Metric] = &[
         unit: "{request}",
         labels: &[closed(HTTP_REQUEST_METHOD, SERVER_METHODS)],
         description: "HTTP server requests whose response head is not ready yet.",
+    },
+    Metric {
+        name: RPC_SERVER_CALL_DURATION,
+        otel_name: "rpc.server.call.duration",
+        kind: Kind::Histogram,
+        unit: "s",
+        labels: &[
+            closed(RPC_SYSTEM, &["grpc"]),
+            open(RPC_SERVICE),
+            open(RPC_METHOD),
+            closed(RPC_GRPC_STATUS_CODE, GRPC_STATUS_CODES),
+        ],
+        description: "Duration of gRPC server calls, until the last message and the status are sent.",
     },
     Metric {
         name: HTTP_CLIENT_REQUEST_DURATION,
@@ -731,7 +760,7 @@ mod tests {
                 }
             }
         }
-        assert_eq!(ALL.len(), 32);
+        assert_eq!(ALL.len(), 33);
     }
 
     /// What a debugging recorder holds: (name, sorted labels) -> value as text.

@@ -41,6 +41,8 @@
 //!   streamed (Server-Sent Events), behind the `admin` scope.
 //! - [`dashboard`]: the resilience dashboard page (embedded HTML/JS/CSS) aggregating the admin
 //!   streams of several services through a proxy.
+//! - [`grpc`] (feature `grpc`): tonic services behind gRPC-aware chassis layers, the
+//!   `grpc.health.v1` service from the health registry, and a resilient gRPC client.
 //! - [`tls`] (feature `tls`): HTTPS for the server and the client, certificate reload, client
 //!   certificates and the peer's identity.
 //!
@@ -91,6 +93,7 @@
 //! |---|---|---|
 //! | `tls` | yes | HTTPS for the server runner and the client, on rustls with the ring provider: [`tls`] (certificate rotation, client certificates, the peer's identity; webpki or native roots) |
 //! | `axum` | no | axum's `MatchedPath` as the route of spans and metrics; [`ApiResponse`] and [`ApiError`] as axum responses (pulls in axum) |
+//! | `grpc` | no | gRPC as a transport: [`grpc`] (tonic services behind the chassis layers, `grpc.health.v1`, a resilient client; pulls in tonic, tonic-health and prost, no protoc) |
 //! | `redis` | no | the Redis stores of the [`idempotency`] layer (`RedisStore`: redis-rs, a lock by `SET NX PX`, a timeout and a circuit breaker per call), so every replica replays the others' responses, and of the [`response_cache`] (`RedisCacheStore`, the same connection handling), so every replica hits the others' entries |
 
 #![cfg_attr(docsrs, feature(doc_cfg))]
@@ -103,6 +106,9 @@ pub mod control;
 pub mod dashboard;
 pub mod error;
 mod future;
+#[cfg(feature = "grpc")]
+#[cfg_attr(docsrs, doc(cfg(feature = "grpc")))]
+pub mod grpc;
 pub mod health;
 pub mod idempotency;
 pub mod layers;

@@ -1,5 +1,5 @@
 //! The metric catalogue against what the chassis really emits: one process drives every
-//! component (HTTP server layers with an error and a shed request, the HTTP client with retry
+//! component (HTTP server layers with an error and a shed request, the gRPC server layers, the HTTP client with retry
 //! and circuit breaker, bulkhead, adaptive-limit and rate-limit rejections, the outbox relay on SQLite
 //! publishing and parking through the real RabbitMQ, a consumer that acks, retries and
 //! dead-letters (and polls its queue's depth), an inbox that sees a duplicate, span export to
@@ -31,6 +31,7 @@ use chassis_core::resilience::rate_limiter::RateLimiterConfig;
 use chassis_core::resilience::retry::{Backoff, Jitter, RetryBudgetConfig, RetryConfig};
 use chassis_core::shutdown::Shutdown;
 use chassis_http::client::HttpClient;
+use chassis_http::grpc::{GrpcClient, GrpcHealth, GrpcLayers, GrpcRouter};
 use chassis_http::layers::StandardLayers;
 use chassis_messaging::amqp::topology::RetryPolicy;
 use chassis_messaging::sql::outbox::OutboxStore;
@@ -249,6 +250,30 @@ async fn every_emitted_metric_is_catalogued_and_every_catalogued_one_is_emitted(
     let shed = plain.get_json::<Value>("/ok").await.unwrap_err();
     assert_eq!(shed.status().map(|s| s.as_u16()), Some(503), "{shed}");
     let _ = slow.await.unwrap();
+
+    // gRPC server: one call through the chassis gRPC layers (the health service's Check).
+    let grpc_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let grpc_url = format!("http://{}", grpc_listener.local_addr().unwrap());
+    let grpc_router = GrpcRouter::new()
+        .add_service(GrpcHealth::new(chassis_core::health::HealthRegistry::new()).into_service());
+    let grpc_server = chassis_http::server::Server::from_listener(
+        grpc_listener,
+        chassis_http::server::ServerConfig::default(),
+    )
+    .unwrap()
+    .handle_signals(false);
+    let grpc_shutdown = grpc_server.shutdown_handle();
+    let grpc_task =
+        tokio::spawn(grpc_server.serve(tower::Layer::layer(&GrpcLayers::new(), grpc_router)));
+    let grpc_client = GrpcClient::builder("catalogue-grpc", grpc_url)
+        .build()
+        .unwrap();
+    tonic_health::pb::health_client::HealthClient::new(grpc_client)
+        .check(tonic_health::pb::HealthCheckRequest::default())
+        .await
+        .expect("a gRPC health answer");
+    grpc_shutdown.trigger();
+    grpc_task.await.unwrap().unwrap();
 
     // Messaging: an exchange with a queue (retry tier and dead-letter queue), an exchange that
     // accepts unroutable messages, and one without a queue that does not (its rows are parked).

@@ -1,0 +1,308 @@
+//! [`GrpcClient`] and its builder; see the [module docs](super).
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use chassis_core::BoxError;
+use chassis_core::resilience::policy::ResiliencePolicy;
+use chassis_observability::propagation::{HeaderInjector, inject_context};
+use http::header::AUTHORIZATION;
+use http::{Request, Response};
+use http_body_util::BodyExt as _;
+use tonic::Code;
+use tonic::transport::{Channel, Endpoint};
+use tower::ServiceExt as _;
+use tower::util::BoxCloneSyncService;
+use tower_layer::Layer as _;
+use tower_service::Service;
+use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+
+use super::policy::{
+    AttemptBody, BufferedRequests, GrpcBreakerClassifier, GrpcRetryClassifier, IdempotentMethods,
+    status_for_error,
+};
+use crate::auth::ServiceTokenSource;
+use crate::error::{Error, ErrorKind};
+use crate::grpc::deadline::{GRPC_TIMEOUT, grpc_timeout_value, parse_grpc_timeout};
+#[cfg(feature = "tls")]
+use crate::tls::client::ClientTlsConfig;
+
+/// The largest request message buffered for retries; a larger one fails with
+/// `RESOURCE_EXHAUSTED` (as a server would refuse it). 4 MiB, tonic's default message limit.
+const MAX_BUFFERED_REQUEST: usize = 4 << 20;
+
+type Stack = BoxCloneSyncService<Request<AttemptBody>, Response<tonic::body::Body>, BoxError>;
+
+/// A resilient gRPC channel to one downstream service; see the [module docs](super).
+#[derive(Clone)]
+pub struct GrpcClient {
+    name: Arc<str>,
+    stack: Stack,
+    idempotent: IdempotentMethods,
+}
+
+impl std::fmt::Debug for GrpcClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GrpcClient")
+            .field("name", &self.name)
+            .field("idempotent", &self.idempotent)
+            .finish_non_exhaustive()
+    }
+}
+
+impl GrpcClient {
+    /// A builder for a client of the service `name` at `endpoint` (`http://host:port`, or
+    /// `https://` with the `tls` feature).
+    pub fn builder(name: impl Into<String>, endpoint: impl Into<String>) -> GrpcClientBuilder {
+        GrpcClientBuilder {
+            name: name.into(),
+            endpoint: endpoint.into(),
+            policy: ResiliencePolicy::new(),
+            idempotent: IdempotentMethods::default(),
+            retry_codes: vec![Code::Unavailable],
+            connect_timeout: Duration::from_secs(5),
+            token: None,
+            #[cfg(feature = "tls")]
+            tls: None,
+        }
+    }
+
+    /// The downstream service's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+}
+
+/// Settings of a [`GrpcClient`].
+#[derive(Debug)]
+pub struct GrpcClientBuilder {
+    name: String,
+    endpoint: String,
+    policy: ResiliencePolicy,
+    idempotent: IdempotentMethods,
+    retry_codes: Vec<Code>,
+    connect_timeout: Duration,
+    token: Option<ServiceTokenSource>,
+    #[cfg(feature = "tls")]
+    tls: Option<ClientTlsConfig>,
+}
+
+impl GrpcClientBuilder {
+    /// The resilience policy (timeout per attempt, retry, breaker, bulkhead, rate limit).
+    /// Defaults to none of them.
+    pub fn policy(mut self, policy: ResiliencePolicy) -> Self {
+        self.policy = policy;
+        self
+    }
+
+    /// Declares a method (`/pkg.Service/Method`) or every method of a service
+    /// (`/pkg.Service/`) safe to call more than once, so the policy's retry applies to it.
+    /// Defaults to none: without it no call is retried.
+    pub fn idempotent(mut self, path: &str) -> Self {
+        self.idempotent.insert(path);
+        self
+    }
+
+    /// The status codes an idempotent call is retried on. Defaults to `UNAVAILABLE`.
+    pub fn retry_codes(mut self, codes: &[Code]) -> Self {
+        self.retry_codes = codes.to_vec();
+        self
+    }
+
+    /// How long opening a connection may take. Defaults to 5 s.
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
+        self
+    }
+
+    /// Attaches a service token for the downstream to every attempt. Defaults to none.
+    pub fn service_token(mut self, source: ServiceTokenSource) -> Self {
+        self.token = Some(source);
+        self
+    }
+
+    /// TLS for `https://` endpoints. Defaults to webpki roots (an `https://` endpoint without
+    /// this setting gets [`ClientTlsConfig::new`]).
+    #[cfg(feature = "tls")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "tls")))]
+    pub fn tls(mut self, tls: ClientTlsConfig) -> Self {
+        self.tls = Some(tls);
+        self
+    }
+
+    /// Validates the settings and builds the client. It connects lazily, on the first call.
+    ///
+    /// # Errors
+    /// [`ErrorKind::InvalidConfig`] for an empty name, an endpoint that is not a URI or an
+    /// invalid policy; [`ErrorKind::Tls`] when the TLS settings cannot be used.
+    pub fn build(self) -> Result<GrpcClient, Error> {
+        let invalid = |reason: String| Error::new(ErrorKind::InvalidConfig { reason });
+        if self.name.is_empty() {
+            return Err(invalid("a gRPC client needs a name".into()));
+        }
+        let endpoint = Endpoint::from_shared(self.endpoint.clone())
+            .map_err(|e| invalid(format!("invalid endpoint {:?}: {e}", self.endpoint)))?
+            .connect_timeout(self.connect_timeout);
+        let channel = self.channel(endpoint)?;
+        let mut policy = self.policy;
+        if policy.name.is_none() {
+            policy.name = Some(self.name.clone());
+        }
+        let layer = policy
+            .build()
+            .map_err(|e| invalid(format!("invalid resilience policy: {e}")))?;
+        let attempt = Attempt {
+            channel,
+            token: self.token,
+            timeout: layer.attempt_timeout(),
+        };
+        let deadline_per_attempt = attempt.timeout.is_some();
+        let layer = layer
+            .with_retry_classifier(GrpcRetryClassifier {
+                codes: self.retry_codes.into(),
+                deadline_per_attempt,
+            })
+            .with_request_cloner(BufferedRequests)
+            .with_breaker_classifier(GrpcBreakerClassifier);
+        Ok(GrpcClient {
+            name: self.name.into(),
+            stack: BoxCloneSyncService::new(layer.layer(attempt)),
+            idempotent: self.idempotent,
+        })
+    }
+
+    #[cfg(feature = "tls")]
+    fn channel(&self, endpoint: Endpoint) -> Result<Channel, Error> {
+        if !self.endpoint.starts_with("https://") && self.tls.is_none() {
+            return Ok(endpoint.connect_lazy());
+        }
+        let mut http = hyper_util::client::legacy::connect::HttpConnector::new();
+        http.set_connect_timeout(Some(self.connect_timeout));
+        http.set_nodelay(true);
+        let connector = self
+            .tls
+            .clone()
+            .unwrap_or_default()
+            .http2(true)
+            .https_connector(http)?;
+        Ok(endpoint.connect_with_connector_lazy(connector))
+    }
+
+    #[cfg(not(feature = "tls"))]
+    fn channel(&self, endpoint: Endpoint) -> Result<Channel, Error> {
+        Ok(endpoint.connect_lazy())
+    }
+}
+
+impl Service<Request<tonic::body::Body>> for GrpcClient {
+    type Response = Response<tonic::body::Body>;
+    type Error = BoxError;
+    type Future = ResponseFuture;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        // Each call drives a clone of the stack (`oneshot`), which waits for the bulkhead and
+        // rejects on an open breaker with a status.
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<tonic::body::Body>) -> Self::Future {
+        let stack = self.stack.clone();
+        let repeatable = self.idempotent.allows(req.uri().path());
+        ResponseFuture {
+            inner: Box::pin(async move {
+                let req = if repeatable {
+                    let (parts, body) = req.into_parts();
+                    let bytes = http_body_util::Limited::new(body, MAX_BUFFERED_REQUEST)
+                        .collect()
+                        .await
+                        .map_err(|e| {
+                            Box::new(tonic::Status::resource_exhausted(format!(
+                                "request not buffered for retries: {e}"
+                            ))) as BoxError
+                        })?
+                        .to_bytes();
+                    Request::from_parts(parts, AttemptBody::Buffered(bytes))
+                } else {
+                    req.map(AttemptBody::Once)
+                };
+                stack
+                    .oneshot(req)
+                    .await
+                    .map_err(|e| Box::new(status_for_error(e)) as BoxError)
+            }),
+        }
+    }
+}
+
+/// The response future of [`GrpcClient`] (boxed: the call may first buffer its message).
+pub struct ResponseFuture {
+    inner: Pin<Box<dyn Future<Output = Result<Response<tonic::body::Body>, BoxError>> + Send>>,
+}
+
+impl std::fmt::Debug for ResponseFuture {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ResponseFuture").finish_non_exhaustive()
+    }
+}
+
+impl Future for ResponseFuture {
+    type Output = Result<Response<tonic::body::Body>, BoxError>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        self.inner.as_mut().poll(cx)
+    }
+}
+
+/// One attempt on the wire: deadline, trace context and token, then the channel.
+#[derive(Clone)]
+struct Attempt {
+    channel: Channel,
+    token: Option<ServiceTokenSource>,
+    timeout: Option<Duration>,
+}
+
+impl Service<Request<AttemptBody>> for Attempt {
+    type Response = Response<tonic::body::Body>;
+    type Error = BoxError;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, BoxError>> + Send>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<AttemptBody>) -> Self::Future {
+        let (mut parts, body) = req.into_parts();
+        let body = match body {
+            AttemptBody::Buffered(bytes) => tonic::body::Body::new(
+                http_body_util::Full::new(bytes).map_err(|never| match never {}),
+            ),
+            AttemptBody::Once(body) => body,
+        };
+        let asked = parts.headers.get(GRPC_TIMEOUT).and_then(parse_grpc_timeout);
+        let deadline = match (asked, self.timeout) {
+            (Some(a), Some(t)) => Some(a.min(t)),
+            (a, t) => a.or(t),
+        };
+        if let Some(deadline) = deadline {
+            parts
+                .headers
+                .insert(GRPC_TIMEOUT, grpc_timeout_value(deadline));
+        }
+        inject_context(
+            &tracing::Span::current().context(),
+            &mut HeaderInjector(&mut parts.headers),
+        );
+        let token = self.token.as_ref().map(ServiceTokenSource::bearer_header);
+        let channel = self.channel.clone();
+        Box::pin(async move {
+            if let Some(token) = token {
+                parts.headers.insert(AUTHORIZATION, token?);
+            }
+            let req = Request::from_parts(parts, body);
+            channel.oneshot(req).await.map_err(Into::into)
+        })
+    }
+}
