@@ -422,7 +422,7 @@ where
     /// earliest timeout is due, this process schedules one, or
     /// [`SagaConfig::poll_interval`] passed. Timeouts live in the database, so those due
     /// while no process ran fire on the next start. Run it as a
-    /// [`lifecycle::task`](crate::lifecycle::task) of the service's app.
+    /// [`lifecycle::task`](chassis_core::lifecycle::task) of the service's app.
     pub async fn run_timeouts(self, token: CancellationToken) {
         let poll = self.inner.config.poll_interval;
         loop {
