@@ -143,7 +143,13 @@ fn main() {
         .handle_signals(false);
         let url = format!("http://{}/admin/control/stream", server.admin_addr().unwrap());
         let stop = server.shutdown_handle();
-        tokio::spawn(server.serve(axum_free_app()));
+        // The application port serves nothing: the service is idle.
+        let app = tower::service_fn(|_req: http::Request<hyper::body::Incoming>| {
+            std::future::ready(Ok::<_, std::convert::Infallible>(http::Response::new(
+                Empty::<Bytes>::new(),
+            )))
+        });
+        tokio::spawn(server.serve(app));
 
         let idle = window(seconds).await;
         let mut child = tokio::process::Command::new(std::env::current_exe().unwrap())
@@ -163,13 +169,4 @@ fn main() {
             streaming - idle
         );
     });
-}
-
-/// The application port's service: nothing (the service is idle).
-fn axum_free_app() -> tower::util::ServiceFn<
-    fn(
-        http::Request<hyper::body::Incoming>,
-    ) -> std::future::Ready<Result<http::Response<Empty<Bytes>>, std::convert::Infallible>>,
-> {
-    tower::service_fn(|_| std::future::ready(Ok(http::Response::new(Empty::new()))))
 }
