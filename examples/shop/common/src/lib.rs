@@ -11,12 +11,14 @@
 //!   relay and inbox consumers on it;
 //! - [`events`]: the event and command payloads travelling on `shop.events` / `shop.commands`,
 //!   with their routing keys;
+//! - [`admin`]: the admin API (the chassis control registry) on the admin listener;
 //! - [`auth`]: service tokens (the gateway signs, the internal APIs verify);
 //! - [`limits`]: the size limits of everything a client controls, checked by every service,
 //!   and the typed error ([`FieldError`](limits::FieldError), a 422 on an API);
 //! - [`tls`]: HTTPS and mTLS between the services, from `TLS_CERT_FILE`, `TLS_KEY_FILE`,
 //!   `TLS_CA_FILE` and `TLS_CLIENT_AUTH`.
 
+pub mod admin;
 pub mod auth;
 pub mod db;
 pub mod events;

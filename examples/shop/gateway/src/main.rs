@@ -118,9 +118,14 @@ async fn run() -> Result<(), BoxError> {
         .ttl(std::time::Duration::from_secs(ttl.max(1)))
         .wait_in_flight((wait > 0).then(|| std::time::Duration::from_millis(wait)));
     let tokens = auth::issuer_from_env()?;
+    let control = shop_common::admin::registry("gateway", app.health());
     let client = |name: &str, default_url: &str| {
         let url = env(&format!("{}_URL", name.to_ascii_uppercase()), default_url);
-        downstream::client(name, &url, &tokens, policy(name)?)
+        let client = downstream::client(name, &url, &tokens, policy(name)?)?;
+        if let Some(breaker) = client.circuit_breaker() {
+            control.register_breaker(breaker.clone());
+        }
+        Ok::<_, BoxError>(client)
     };
     let mut gateway = Gateway::new(
         ApiKeys::parse(&env("GATEWAY_API_KEYS", "demo-key-0001:demo"))?,
@@ -145,7 +150,10 @@ async fn run() -> Result<(), BoxError> {
 
     // 4. Run: on SIGTERM readiness fails, the listener closes, requests drain, telemetry flushes.
     app.component(telemetry)
-        .component(HttpServer::new(server_config(8080)?, service).probes(probes))
+        .component(shop_common::admin::with_admin(
+            HttpServer::new(server_config(8080)?, service).probes(probes),
+            control,
+        )?)
         .run()
         .await?;
     Ok(())

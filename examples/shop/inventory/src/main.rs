@@ -83,6 +83,7 @@ async fn run() -> Result<(), BoxError> {
         &["gateway"],
     )?
     .with_state(db.clone());
+    let control = shop_common::admin::registry("inventory", app.health());
     let probes = HealthLayer::new(app.health().clone()).prometheus(telemetry.prometheus_handle());
     let service = routes.layer(StandardLayers::new());
 
@@ -94,7 +95,10 @@ async fn run() -> Result<(), BoxError> {
         .component(relay)
         .component(reserver)
         .component(releaser)
-        .component(HttpServer::new(server_config(8082)?, service).probes(probes))
+        .component(shop_common::admin::with_admin(
+            HttpServer::new(server_config(8082)?, service).probes(probes),
+            control,
+        )?)
         .run()
         .await?;
     Ok(())

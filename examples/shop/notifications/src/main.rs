@@ -73,6 +73,7 @@ async fn run() -> Result<(), BoxError> {
         &["gateway"],
     )?
     .with_state(db.clone());
+    let control = shop_common::admin::registry("notifications", app.health());
     let probes = HealthLayer::new(app.health().clone()).prometheus(telemetry.prometheus_handle());
     let service = routes.layer(StandardLayers::new());
 
@@ -81,7 +82,10 @@ async fn run() -> Result<(), BoxError> {
         .component(db.component(domain::SCHEMA))
         .component(conn.component().declare(topology))
         .component(notifier)
-        .component(HttpServer::new(server_config(8084)?, service).probes(probes))
+        .component(shop_common::admin::with_admin(
+            HttpServer::new(server_config(8084)?, service).probes(probes),
+            control,
+        )?)
         .run()
         .await?;
     Ok(())

@@ -131,6 +131,7 @@ async fn run() -> Result<(), BoxError> {
         &["gateway"],
     )?
     .with_state(ctx);
+    let control = shop_common::admin::registry("orders", app.health());
     let probes = HealthLayer::new(app.health().clone()).prometheus(telemetry.prometheus_handle());
     let service = routes.layer(StandardLayers::new());
 
@@ -141,7 +142,10 @@ async fn run() -> Result<(), BoxError> {
         .component(relay)
         .component(saga)
         .component(timeouts)
-        .component(HttpServer::new(server_config(8081)?, service).probes(probes))
+        .component(shop_common::admin::with_admin(
+            HttpServer::new(server_config(8081)?, service).probes(probes),
+            control,
+        )?)
         .run()
         .await?;
     Ok(())

@@ -64,6 +64,7 @@ async fn run() -> Result<(), BoxError> {
         json => serde_json::from_str(json)?,
     };
     let provider = ProviderClient::new(&env("PROVIDER_URL", "http://127.0.0.1:8090"), &policy)?;
+    let provider_breaker = provider.breaker().cloned();
     let ctx = Ctx {
         shop: shop.clone(),
         db: db.clone(),
@@ -96,6 +97,10 @@ async fn run() -> Result<(), BoxError> {
         &["gateway"],
     )?
     .with_state(db.clone());
+    let control = shop_common::admin::registry("payments", app.health());
+    if let Some(breaker) = provider_breaker {
+        control.register_breaker(breaker);
+    }
     let probes = HealthLayer::new(app.health().clone()).prometheus(telemetry.prometheus_handle());
     let service = routes.layer(StandardLayers::new());
 
@@ -106,7 +111,10 @@ async fn run() -> Result<(), BoxError> {
         .component(relay)
         .component(charger)
         .component(refunder)
-        .component(HttpServer::new(server_config(8083)?, service).probes(probes))
+        .component(shop_common::admin::with_admin(
+            HttpServer::new(server_config(8083)?, service).probes(probes),
+            control,
+        )?)
         .run()
         .await?;
     Ok(())
