@@ -35,6 +35,23 @@
 //! - **The overall deadline** belongs to the retry layer and bounds the whole call, waits and
 //!   attempts included; a backoff that would end past it is not started.
 //!
+//! Two layers go around and inside the policy's stack, as typed layers of their own (they
+//! need the request and response types, which a config file cannot name):
+//!
+//! ```text
+//! fallback → [ the policy's stack … attempt timeout ] → hedge → service
+//! ```
+//!
+//! - **[Fallback](super::fallback) outermost**: it sees the stack's final word (retries
+//!   exhausted, breaker open, shed, rate limited) and answers the errors it was given; its
+//!   answer is not retried, not counted by the breaker as the dependency's success, and holds
+//!   no bulkhead or limit slot.
+//! - **[Hedge](super::hedge) innermost, inside the attempt timeout**: the hedged pair is one
+//!   attempt, so the timeout bounds both, the breaker records the pair's outcome (what the
+//!   caller met) and an open breaker sends neither; retries retry the pair. Hedges spend the
+//!   retry layer's budget ([`ResilienceLayer::retry`] → `budget_handle`), so a slow outage,
+//!   where every call would be hedged, cannot double the load.
+//!
 //! Every layer fails with a [`chassis_core::Error`](crate::Error) boxed as
 //! [`BoxError`](crate::BoxError); inner errors pass through boxed.
 //!
