@@ -701,6 +701,23 @@ impl System {
         self.procs.get(service).map_or("", |p| p.admin_url.as_str())
     }
 
+    /// A service token for every service's admin API (`chassis_http::control`): audience
+    /// `admin`, scope `admin`, signed with the run's key as the gateway's tokens are.
+    pub fn admin_token(&self) -> Result<String, BoxError> {
+        let gateway = self.procs.get("gateway").ok_or("no gateway")?;
+        let pem = gateway
+            .env
+            .iter()
+            .find(|(k, _)| k == "SERVICE_TOKEN_PRIVATE_KEY")
+            .map(|(_, v)| v)
+            .ok_or("the gateway has no signing key")?;
+        let key = chassis_http::auth::SigningKey::from_pem(pem)?.with_kid("shop-launcher-1")?;
+        let issuer = chassis_http::auth::TokenIssuer::builder("gateway")
+            .signing_key(key)
+            .build()?;
+        Ok(issuer.issue("admin", &["admin"])?.as_str().to_owned())
+    }
+
     /// The run directory (databases, `<service>.log`).
     pub fn run_dir(&self) -> &Path {
         &self.config.run_dir
