@@ -229,12 +229,37 @@ async fn transitions_compensations_and_redelivery<DB: SagaDatabase>(pool: sqlx::
     );
     assert!(saga.get("o-3").await.unwrap().is_none());
 
+    // An instance started in the caller's transaction (as an HTTP handler would, with its
+    // own writes), then moved by an event; starting it twice fails.
+    let mut tx = pool.begin().await.unwrap();
+    let started = saga
+        .start(&mut *tx, "o-4", Order::default(), |step| {
+            step.send_event(COMMANDS, command("stock.reserve")).unwrap();
+            step.transition_to("Reserving");
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        (started.from.as_str(), started.to.as_str()),
+        ("Initial", "Reserving")
+    );
+    tx.commit().await.unwrap();
+    let mut tx = pool.begin().await.unwrap();
+    assert!(
+        saga.start(&mut *tx, "o-4", Order::default(), |_| {})
+            .await
+            .is_err()
+    );
+    drop(tx);
+    assert_eq!(saga.get("o-4").await.unwrap().unwrap().state, "Reserving");
+
     // Each transition's messages once; the failure sent the registered release.
     assert_eq!(
         sent(&pool).await,
         expect(&[
             ("o-1", &["payment.charge", "stock.release"]),
             ("o-2", &["payment.charge", "order.confirm"]),
+            ("o-4", &["stock.reserve"]),
         ])
     );
     // Every timeout went with its saga.

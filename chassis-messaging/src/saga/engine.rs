@@ -141,10 +141,8 @@ where
     /// events are deduplicated by an inbox named `saga:<name>`.
     ///
     /// # Errors
-    /// [`ErrorKind::InvalidConfig`] when the definition has no name or no handler in
-    /// [`INITIAL`] (nothing could start an instance through an event and
-    /// [`start`](Self::start) is the only way in: allowed, but a timeout-only saga must
-    /// still be named), or `config.batch` is 0.
+    /// [`ErrorKind::InvalidConfig`] when the definition's name is empty or `config.batch`
+    /// is 0.
     pub fn new(
         definition: SagaDefinition<D>,
         outbox: Outbox<DB>,
@@ -244,7 +242,12 @@ where
                 def.name
             )));
         };
-        let event_type = msg.kind().unwrap_or(msg.routing_key()).to_owned();
+        // The CloudEvents type; a producer that sets none is matched by the AMQP type or,
+        // last, the routing key (the chassis's envelope makes all three the same).
+        let event_type = match msg.header(crate::envelope::TYPE) {
+            Some(crate::message::HeaderValue::String(t)) => t.clone(),
+            _ => msg.kind().unwrap_or(msg.routing_key()).to_owned(),
+        };
         let stored = DB::load_saga(conn, &def.name, &id).await?;
         let (state, data, compensations) = match &stored {
             Some(row) if row.finished_at.is_some() => return Ok(None),
