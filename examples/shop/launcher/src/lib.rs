@@ -5,9 +5,9 @@
 //! (ports — the API's, and an admin port for the probes and `/metrics` —, its own database — a SQLite file per service in a run directory, or a PostgreSQL
 //! database per service on one server, see [`Database`] —, `AMQP_URL`, service-token keys),
 //! waits until every `/health/ready` is green, drives a demo workload through the gateway (or
-//! round-robin through several gateway replicas sharing a Redis, see
-//! [`SystemConfig::gateway_replicas`]), stops the services gracefully and deletes the run's
-//! exchanges and queues.
+//! round-robin through several gateway replicas sharing a Redis), stops the services gracefully
+//! and deletes the run's exchanges and queues. Any service but the payment provider can run as
+//! several replicas ([`SystemConfig::replicas`], see [`replicas`]).
 //!
 //! The library is what the binary and the end-to-end tests share:
 //! - [`preflight`]: the broker and the database server answer before anything starts (a local
@@ -17,6 +17,8 @@
 //! - [`measure`]: the workload with CPU time per order per process ([`cpu`], from `/proc`) and
 //!   p50/p99 per hop ([`hops`], from the services' `/metrics`);
 //! - [`cleanup`]: delete every exchange and queue of a run's namespace once its services stopped;
+//! - [`replicas`]: several processes of a service, and a front door spreading its callers'
+//!   connections over them;
 //! - [`tls`]: `--tls`, a development CA and a certificate per service, and the launcher's own
 //!   HTTPS client.
 //!
@@ -47,6 +49,7 @@ pub mod cpu;
 pub mod hops;
 pub mod measure;
 pub mod preflight;
+pub mod replicas;
 pub mod tls;
 pub mod workload;
 
@@ -331,9 +334,11 @@ pub struct SystemConfig {
     /// The Redis every gateway keeps its rate limits and idempotency keys in (`REDIS_URL`,
     /// under a prefix of the run's namespace); `None` keeps them in each gateway's memory.
     pub redis_url: Option<String>,
-    /// Gateway processes, each on its own ports (`gateway`, `gateway-2`, …). More than one
-    /// needs [`redis_url`](Self::redis_url): limits kept per process would not be shared.
-    pub gateway_replicas: usize,
+    /// Processes per service (absent: one), each on its own ports (`orders`, `orders-2`, …;
+    /// see [`replicas`]). More than one gateway needs [`redis_url`](Self::redis_url) (limits
+    /// kept per process would not be shared), more than one of a service with a database needs
+    /// PostgreSQL ([`replicas::check`]).
+    pub replicas: BTreeMap<&'static str, usize>,
 }
 
 impl SystemConfig {
@@ -355,7 +360,7 @@ impl SystemConfig {
             ready_timeout: Duration::from_secs(60),
             tls: false,
             redis_url: None,
-            gateway_replicas: 1,
+            replicas: BTreeMap::new(),
         }
     }
 
@@ -406,6 +411,8 @@ pub struct System {
     databases_to_drop: bool,
     /// The run's certificates, with [`SystemConfig::tls`].
     pki: Option<tls::ShopPki>,
+    /// The address in front of each replicated service but the gateway.
+    front_doors: BTreeMap<&'static str, (replicas::FrontDoor, String)>,
 }
 
 impl System {
@@ -420,18 +427,11 @@ impl System {
     /// Starts every service without waiting for it to get ready (see [`System::wait_ready`]):
     /// the caller keeps the system, so it can stop it gracefully however the wait ends.
     pub async fn launch(config: SystemConfig) -> Result<System, BoxError> {
-        if config.gateway_replicas == 0 {
-            return Err("at least one gateway is needed".into());
-        }
-        if config.gateway_replicas > 1 && config.redis_url.is_none() {
-            return Err(format!(
-                "{} gateway replicas need a Redis (--redis URL): each would keep its own rate \
-                 limits and idempotency keys, so a client would get {} times its limit and a \
-                 retry reaching another replica would place its order again",
-                config.gateway_replicas, config.gateway_replicas
-            )
-            .into());
-        }
+        replicas::check(
+            &config.replicas,
+            config.redis_url.is_some(),
+            &config.database,
+        )?;
         std::fs::create_dir_all(&config.run_dir)?;
         create_databases(&config.database).await?;
         let databases_to_drop = matches!(
@@ -547,37 +547,60 @@ impl System {
                 },
             );
         }
-        // Further gateways: the first one's environment on ports of their own.
-        for replica in 2..=config.gateway_replicas {
-            // The process names are `&'static str` like the services'; a launch leaks these few
-            // bytes once.
-            let name: &'static str = Box::leak(format!("gateway-{replica}").into_boxed_str());
-            let (port, admin_port) = (free_port(), free_port());
-            let first = &procs["gateway"];
-            let mut env = first.env.clone();
-            for (key, value) in &mut env {
-                match key.as_str() {
-                    "HTTP_ADDR" => *value = format!("127.0.0.1:{port}"),
-                    "ADMIN_ADDR" => *value = format!("127.0.0.1:{admin_port}"),
-                    _ => {}
-                }
+        // Further replicas: the first one's environment on ports of their own.
+        let mut front_doors = BTreeMap::new();
+        for (&service, &count) in &config.replicas {
+            if count < 2 {
+                continue;
             }
-            procs.insert(
-                name,
-                Proc {
-                    service: "gateway",
-                    child: None,
-                    env,
-                    url: format!("{scheme}://127.0.0.1:{port}"),
-                    admin_url: format!("http://127.0.0.1:{admin_port}"),
-                },
-            );
+            let mut replica_addrs = Vec::new();
+            for index in 1..=count {
+                let name = replicas::process_name(service, index);
+                // The service's own port belongs to its front door (but for the gateways,
+                // which their caller reaches one by one).
+                let port = if index == 1 && service == "gateway" {
+                    ports[service]
+                } else {
+                    free_port()
+                };
+                let admin_port = match (index, admin_ports.get(service)) {
+                    (1, Some(p)) => *p,
+                    _ => free_port(),
+                };
+                let mut env = procs[service].env.clone();
+                for (key, value) in &mut env {
+                    match key.as_str() {
+                        "HTTP_ADDR" => *value = format!("127.0.0.1:{port}"),
+                        "ADMIN_ADDR" => *value = format!("127.0.0.1:{admin_port}"),
+                        _ => {}
+                    }
+                }
+                replica_addrs.push(std::net::SocketAddr::from(([127, 0, 0, 1], port)));
+                procs.insert(
+                    name,
+                    Proc {
+                        service,
+                        child: None,
+                        env,
+                        url: format!("{scheme}://127.0.0.1:{port}"),
+                        admin_url: format!("http://127.0.0.1:{admin_port}"),
+                    },
+                );
+            }
+            if service != "gateway" {
+                let addr = std::net::SocketAddr::from(([127, 0, 0, 1], ports[service]));
+                let door = replicas::FrontDoor::bind(addr, replica_addrs)
+                    .await
+                    .map_err(|e| format!("front door of {service} on {addr}: {e}"))?;
+                front_doors.insert(service, (door, url(service)));
+            }
         }
         let mut system = System {
             config,
             procs,
             databases_to_drop,
             pki,
+            front_doors,
         };
         let names: Vec<&'static str> = SERVICES
             .into_iter()
@@ -673,7 +696,7 @@ impl System {
     }
 
     /// The base URLs of every gateway process (one unless
-    /// [`SystemConfig::gateway_replicas`]), the first being [`url("gateway")`](Self::url).
+    /// [`SystemConfig::replicas`] says more), the first being [`url("gateway")`](Self::url).
     pub fn gateway_urls(&self) -> Vec<&str> {
         let mut urls: Vec<(&str, &str)> = self
             .procs
@@ -690,9 +713,33 @@ impl System {
         urls.into_iter().map(|(_, url)| url).collect()
     }
 
-    /// The base URL of a service (or of the process `gateway-N`).
+    /// The base URL of a service: its front door when it has replicas (the gateway's first
+    /// replica); the URL of one process with a process name (`orders-2`).
     pub fn url(&self, service: &str) -> &str {
+        if let Some((_, url)) = self.front_doors.get(service) {
+            return url;
+        }
         self.procs.get(service).map_or("", |p| p.url.as_str())
+    }
+
+    /// The processes of `service`: its name, then `<service>-2`, `<service>-3`, … (one unless
+    /// [`SystemConfig::replicas`] says more).
+    pub fn processes(&self, service: &str) -> Vec<&'static str> {
+        let mut names: Vec<(usize, &'static str)> = self
+            .procs
+            .iter()
+            .filter(|(_, p)| p.service == service)
+            .map(|(name, _)| {
+                let index = name
+                    .strip_prefix(service)
+                    .and_then(|n| n.strip_prefix('-'))
+                    .and_then(|n| n.parse().ok())
+                    .unwrap_or(1);
+                (index, *name)
+            })
+            .collect();
+        names.sort_unstable();
+        names.into_iter().map(|(_, name)| name).collect()
     }
 
     /// The base URL of a service's probes and `/metrics`: its admin port (plain HTTP, also

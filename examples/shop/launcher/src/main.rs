@@ -7,6 +7,9 @@
 //! `--redis URL --gateway-replicas N` starts N gateways, each on its own ports, keeping their
 //! per-caller rate limits and idempotency keys in that Redis, and sends the workload round-robin
 //! across them (N > 1 without `--redis` is refused: the limits would not be shared).
+//! `--replicas orders=3,inventory=2,…` runs several processes of any service but the payment
+//! provider, the gateways' calls spread over them (see `shop_launcher::replicas`); more than one
+//! of a service with a database needs `--database postgres`, more than one gateway `--redis`.
 //!
 //! SIGINT (Ctrl-C) and SIGTERM stop it at any point: the build is abandoned, or every service
 //! gets SIGTERM and drains (at most 30 s, then SIGKILL), and the topology is deleted. A second
@@ -113,9 +116,15 @@ struct Args {
     #[arg(long, value_name = "URL")]
     redis: Option<String>,
     /// Gateway processes to start, each on its own ports; the workload goes round-robin
-    /// across them. More than one needs --redis.
-    #[arg(long, value_name = "N", default_value_t = 1)]
-    gateway_replicas: usize,
+    /// across them. More than one needs --redis. The same as `--replicas gateway=N`.
+    #[arg(long, value_name = "N")]
+    gateway_replicas: Option<usize>,
+    /// Processes per service, `service=N,…` (e.g. `orders=3,inventory=2,payments=2`), each on
+    /// its own ports, the calls to a service spread over its replicas. More than one of a
+    /// service with a database needs --database postgres, more than one gateway --redis; the
+    /// payment provider has one.
+    #[arg(long, value_name = "SERVICE=N,...", value_parser = shop_launcher::replicas::parse)]
+    replicas: Option<std::collections::BTreeMap<&'static str, usize>>,
 }
 
 /// SIGINT and SIGTERM, installed at the start so that neither kills the launcher before it
@@ -165,18 +174,16 @@ async fn run(args: Args) -> Result<ExitCode, BoxError> {
     if !(0.0..=1.0).contains(&args.provider_failure_rate) {
         return Err("--provider-failure-rate must be within 0..=1".into());
     }
-    if args.gateway_replicas == 0 {
-        return Err("--gateway-replicas must be at least 1".into());
+    let mut replicas = args.replicas.clone().unwrap_or_default();
+    if let Some(n) = args.gateway_replicas {
+        replicas.insert("gateway", n);
     }
-    if args.gateway_replicas > 1 && args.redis.is_none() {
-        return Err(format!(
-            "--gateway-replicas {} needs --redis URL: without a shared Redis each gateway keeps \
-             its own rate limits (a client would get {} times its limit) and its own idempotency \
-             keys (a retry reaching another gateway would place its order again)",
-            args.gateway_replicas, args.gateway_replicas
-        )
-        .into());
-    }
+    // Refused before anything is built or started.
+    let database = match &args.database {
+        DatabaseArg::Sqlite => Database::Sqlite,
+        DatabaseArg::Postgres(url) => Database::postgres(url.clone(), args.database_prefix.clone()),
+    };
+    shop_launcher::replicas::check(&replicas, args.redis.is_some(), &database)?;
     if let Some(dir) = &args.write_certs {
         let pki = shop_launcher::tls::ShopPki::generate(dir)?;
         eprintln!(
@@ -253,10 +260,14 @@ async fn run(args: Args) -> Result<ExitCode, BoxError> {
     }
     config.tls = args.tls;
     config.redis_url = args.redis.clone();
-    config.gateway_replicas = args.gateway_replicas;
+    let processes: usize = shop_launcher::SERVICES
+        .iter()
+        .map(|s| replicas.get(s).copied().unwrap_or(1))
+        .sum();
+    config.replicas = replicas;
     eprintln!(
         "starting {} processes (logs and databases in {}, exchanges and queues {}*)…",
-        5 + args.gateway_replicas,
+        processes,
         run_dir.display(),
         config.namespace
     );
