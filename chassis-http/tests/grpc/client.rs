@@ -14,7 +14,7 @@ use chassis_http::grpc::{GrpcClient, GrpcLayers, GrpcRouter};
 use tonic::Code;
 use tower::Layer as _;
 
-use super::support::{Echo, EchoClient, EchoServer, Running, msg, serve};
+use super::support::{Echo, EchoClient, EchoServer, Running, msg, serve, serve_with};
 
 async fn echo_server() -> (Arc<Echo>, Running) {
     let echo = Arc::new(Echo::default());
@@ -148,4 +148,48 @@ async fn an_unreachable_server_is_unavailable() {
         .unwrap();
     let status = EchoClient::new(client).say(msg("hello")).await.unwrap_err();
     assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+}
+
+#[cfg(feature = "tls")]
+#[tokio::test]
+async fn https_endpoints_share_the_http_clients_tls_settings() {
+    use chassis_http::server::ServerConfig;
+    use chassis_http::tls::client::{ClientTlsConfig, TrustRoots};
+    use chassis_http::tls::server::ServerTlsConfig;
+
+    let ca = chassis_testkit::TestCa::new("grpc test CA");
+    let leaf = ca
+        .leaf("localhost")
+        .ip("127.0.0.1".parse().unwrap())
+        .issue();
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = leaf.write(dir.path(), "server");
+    let echo = Arc::new(Echo::default());
+    let router = GrpcRouter::new().add_service(EchoServer(Arc::clone(&echo)));
+    let config = ServerConfig::default().tls(ServerTlsConfig::new(cert, key));
+    let server = serve_with(config, GrpcLayers::new().layer(router), None).await;
+    let url = format!("https://127.0.0.1:{}", server.addr.port());
+
+    let trusting = GrpcClient::builder("echo", &url)
+        .tls(
+            ClientTlsConfig::new()
+                .roots(TrustRoots::None)
+                .add_ca_pem(ca.cert_pem().as_bytes().to_vec()),
+        )
+        .build()
+        .unwrap();
+    let reply = EchoClient::new(trusting)
+        .say(msg("over tls"))
+        .await
+        .unwrap();
+    assert_eq!(reply.into_inner().text, "over tls");
+
+    // The default roots do not know the test CA: the handshake fails, nothing is called.
+    let default_roots = GrpcClient::builder("echo", &url).build().unwrap();
+    let status = EchoClient::new(default_roots)
+        .say(msg("x"))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    assert_eq!(echo.calls.load(Ordering::SeqCst), 1);
 }

@@ -253,7 +253,26 @@ where
     B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
     B::Error: Into<chassis_core::BoxError>,
 {
-    let config = ServerConfig::default()
+    serve_with(ServerConfig::default(), service, registry).await
+}
+
+/// [`serve`] with `config` (its address and drain timeout replaced).
+pub(crate) async fn serve_with<S, B>(
+    config: ServerConfig,
+    service: S,
+    registry: Option<HealthRegistry>,
+) -> Running
+where
+    S: tower::Service<http::Request<hyper::body::Incoming>, Response = http::Response<B>>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<chassis_core::BoxError>,
+    B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
+    B::Error: Into<chassis_core::BoxError>,
+{
+    let config = config
         .bind("127.0.0.1:0".parse().unwrap())
         .drain_timeout(Duration::from_secs(5));
     let shutdown = Shutdown::new();
