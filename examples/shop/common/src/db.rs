@@ -42,7 +42,7 @@ use chassis_messaging::sql::inbox::{Claim, InboxDatabase};
 use chassis_messaging::sql::outbox::OutboxDatabase;
 use chassis_messaging::{
     Connection, Error, Inbox, IncomingMessage, Outbox, Outcome, Publisher, PublisherConfig,
-    QueueConfig, Relay, RelayConfig,
+    QueueConfig, Relay,
 };
 use futures_util::future::BoxFuture;
 use sqlx::postgres::{PgConnection, PgPoolOptions, PgRow};
@@ -188,11 +188,13 @@ impl Db {
         either!(self, Db, |o| Box::new(o.component().schema(schema)))
     }
 
-    /// The outbox relay, publishing on `conn`, as a lifecycle component.
-    pub fn relay(&self, conn: &Connection) -> Result<Box<dyn Component>, Error> {
+    /// The outbox relay, publishing on `conn`, as a lifecycle component, with the settings of
+    /// [`relay_config`](crate::service::relay_config) (`OUTBOX_RELAY`).
+    pub fn relay(&self, conn: &Connection) -> Result<Box<dyn Component>, BoxError> {
+        let config = crate::service::relay_config()?;
         let publisher = Arc::new(Publisher::new(conn, PublisherConfig::default())?);
         either!(self, Db, |o| {
-            let relay = Relay::new(o.clone(), publisher, RelayConfig::default())?;
+            let relay = Relay::new(o.clone(), publisher, config)?;
             Ok(Box::new(relay.into_component()))
         })
     }

@@ -5,7 +5,8 @@
 //! probes and `/metrics`; default `127.0.0.1:<the service's port + 1000>`), `DATABASE_URL` (default
 //! `sqlite://<DATA_DIR or .>/<service>.db`), `AMQP_URL` (default the local broker),
 //! `SHOP_NAMESPACE` (a prefix of every exchange and queue name, so several systems share one
-//! broker), `CONSUMER_CONCURRENCY` (default 8).
+//! broker), `CONSUMER_CONCURRENCY` (default 8), `OUTBOX_RELAY` (the outbox relay's settings:
+//! [`relay_config`]).
 //!
 //! [`runtime`] is the tokio runtime every shop service runs on (`SHOP_RUNTIME_THREADS`, default
 //! 1). [`telemetry`] is the chassis telemetry with the shop's histogram buckets
@@ -18,8 +19,8 @@ use std::time::Duration;
 use chassis_core::{BoxError, ServiceInfo};
 use chassis_http::server::ServerConfig;
 use chassis_messaging::{
-    Connection, ConnectionConfig, ConsumerConfig, ExchangeConfig, QueueConfig, TopologyConfig,
-    Unroutable,
+    Connection, ConnectionConfig, ConsumerConfig, ExchangeConfig, QueueConfig, RelayConfig,
+    TopologyConfig, Unroutable,
 };
 use chassis_observability::Telemetry;
 
@@ -110,6 +111,31 @@ pub fn telemetry(info: ServiceInfo) -> Result<Telemetry, BoxError> {
         "From the sender's outbox write of a message to the start of its handler here, by consumer."
     );
     Ok(guard)
+}
+
+/// The outbox relay's settings: the chassis defaults ([`RelayConfig::default`]) with the fields
+/// of the JSON object in `OUTBOX_RELAY` over them (`RelayConfig`'s field names, durations in
+/// humantime form), e.g. `OUTBOX_RELAY='{"batches_in_flight": 1, "sent_retention": "0s"}'`.
+/// An unknown field or a value that does not parse is an error, so a typo stops the service at
+/// start instead of being ignored.
+///
+/// # Example
+/// ```
+/// // With OUTBOX_RELAY unset: the chassis defaults.
+/// let config = shop_common::service::relay_config().unwrap();
+/// assert_eq!(config, chassis_messaging::RelayConfig::default());
+/// ```
+pub fn relay_config() -> Result<RelayConfig, BoxError> {
+    relay_config_from(&env("OUTBOX_RELAY", "{}"))
+}
+
+fn relay_config_from(json: &str) -> Result<RelayConfig, BoxError> {
+    let config: RelayConfig =
+        serde_json::from_str(json).map_err(|e| format!("OUTBOX_RELAY {json:?}: {e}"))?;
+    config
+        .validate()
+        .map_err(|e| format!("OUTBOX_RELAY {json:?}: {e}"))?;
+    Ok(config)
 }
 
 /// A shop service: its name and the namespace prefixed to its exchange and queue names.
@@ -217,6 +243,19 @@ mod tests {
         let exchanges = shop.topology().exchanges;
         let names: Vec<_> = exchanges.iter().map(|e| e.name.as_str()).collect();
         assert_eq!(names, ["ns.shop.events", "ns.shop.commands"]);
+    }
+
+    #[test]
+    fn relay_settings_come_over_the_chassis_defaults_and_typos_are_refused() {
+        let config =
+            relay_config_from(r#"{"batches_in_flight": 1, "sent_retention": "0s"}"#).unwrap();
+        assert_eq!(config.batches_in_flight, 1);
+        assert_eq!(config.sent_retention, Duration::ZERO);
+        assert_eq!(config.batch_size, RelayConfig::default().batch_size);
+        assert_eq!(relay_config_from("{}").unwrap(), RelayConfig::default());
+        let typo = relay_config_from(r#"{"batches_in_fligth": 1}"#).unwrap_err();
+        assert!(typo.to_string().contains("batches_in_fligth"), "{typo}");
+        assert!(relay_config_from(r#"{"batch_size": 0}"#).is_err());
     }
 
     #[test]
