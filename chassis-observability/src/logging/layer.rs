@@ -224,6 +224,23 @@ thread_local! {
     static SCRATCH: RefCell<Scratch> = RefCell::new(Scratch::default());
 }
 
+/// Runs `f` with the thread's name cache, or a fresh one when it is in use or gone.
+fn with_names<R>(f: impl FnOnce(&mut NameCache) -> R) -> R {
+    let mut f = Some(f);
+    let done = SCRATCH
+        .try_with(|cell| {
+            cell.try_borrow_mut()
+                .ok()
+                .map(|mut scratch| (f.take().expect("called once"))(&mut scratch.names))
+        })
+        .ok()
+        .flatten();
+    match done {
+        Some(r) => r,
+        None => (f.take().expect("not called"))(&mut NameCache::default()),
+    }
+}
+
 impl<S> tracing_subscriber::Layer<S> for JsonLayer
 where
     S: Subscriber + for<'a> LookupSpan<'a>,
@@ -233,7 +250,8 @@ where
             return;
         }
         let Some(span) = ctx.span(id) else { return };
-        let own = SpanFields::of(|visitor| attrs.record(visitor));
+        let present = attrs.values().len();
+        let own = with_names(|names| SpanFields::of(names, present, |v| attrs.record(v)));
         let fields = match span.parent() {
             Some(parent) => match parent.extensions().get::<SpanFields>() {
                 Some(inherited) => own.inherit(inherited),
@@ -251,7 +269,8 @@ where
             return;
         }
         let Some(span) = ctx.span(id) else { return };
-        let recorded = SpanFields::of(|visitor| values.record(visitor));
+        let recorded =
+            with_names(|names| SpanFields::of(names, values.len(), |v| values.record(v)));
         if recorded.is_empty() {
             return;
         }
@@ -443,7 +462,7 @@ impl NameKind {
     }
 
     /// Appends what [`key`](Self::key) returns.
-    pub(crate) fn write_key(self, name: &str, out: &mut Vec<u8>) {
+    fn write_key(self, name: &str, out: &mut Vec<u8>) {
         out.extend_from_slice(b",\"");
         if RESERVED.contains(&name) {
             out.extend_from_slice(b"field.");
@@ -466,12 +485,14 @@ struct Slot {
     bit: u64,
 }
 
-/// A small direct-mapped cache of [`NameKind`]s and key bytes by field name. Field names are
-/// `&'static str`s of callsite metadata, so a name is identified by its address and length; a
-/// line's fields are classified with a lookup each instead of the redaction pattern scan (a dozen
-/// substring searches per field), and each key is one copy of bytes escaped once. A collision
-/// only evicts: the entry is computed again.
-struct NameCache {
+/// A small two-way set-associative cache of [`NameKind`]s and key bytes by field name. Field
+/// names are `&'static str`s of callsite metadata, so a name is identified by its address and
+/// length; a line's fields (and a span's) are classified with a lookup each instead of the
+/// redaction pattern scan (a dozen substring searches per field), and each key is one copy of
+/// bytes escaped once. Two ways per set, so that two names of one event that hash alike do not
+/// evict each other on every line (a direct-mapped cache did, for some binaries' layouts); a
+/// third evicts the least recently used, which is computed again when next seen.
+pub(crate) struct NameCache {
     slots: [Slot; 64],
 }
 
@@ -497,19 +518,29 @@ impl NameCache {
     }
 
     /// [`get`](Self::get) and the name's [`name_bit`].
-    fn get_with_bit(&mut self, name: &'static str) -> (NameKind, &[u8], u64) {
+    pub(crate) fn get_with_bit(&mut self, name: &'static str) -> (NameKind, &[u8], u64) {
         let addr = name.as_ptr() as usize;
-        let slot = &mut self.slots[((addr >> 3) ^ (addr >> 9)) % 64];
-        if slot.addr != addr || slot.len != name.len() || slot.key.is_empty() {
-            let kind = NameKind::of(name);
-            *slot = Slot {
-                addr,
-                len: name.len(),
-                kind,
-                key: kind.key(name),
-                bit: name_bit(name),
-            };
+        // Fibonacci hashing: nearby addresses (names of one callsite) land in different sets.
+        let set = (addr.wrapping_mul(0x9e37_79b9_7f4a_7c15_u64 as usize) >> (usize::BITS - 5)) * 2;
+        let ways = &mut self.slots[set..set + 2];
+        let holds =
+            |slot: &Slot| slot.addr == addr && slot.len == name.len() && !slot.key.is_empty();
+        if !holds(&ways[0]) {
+            // The most recently used way first: a hit in the second moves it there, a miss
+            // moves the first one down and takes its place.
+            ways.swap(0, 1);
+            if !holds(&ways[0]) {
+                let kind = NameKind::of(name);
+                ways[0] = Slot {
+                    addr,
+                    len: name.len(),
+                    kind,
+                    key: kind.key(name),
+                    bit: name_bit(name),
+                };
+            }
         }
+        let slot = &ways[0];
         (slot.kind, &slot.key, slot.bit)
     }
 }

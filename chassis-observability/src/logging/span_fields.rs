@@ -20,7 +20,7 @@ use std::fmt::{self, Write as _};
 use tracing::field::{Field, Visit};
 
 use super::format::{Escaped, Raw, push_f64, push_i64, push_str, push_u64};
-use super::layer::NameKind;
+use super::layer::{NameCache, NameKind};
 
 /// A name's bit in the 64-bit filter an event builds of its own field names: a span field
 /// whose bit is not set cannot repeat an event field, and is copied without a name comparison.
@@ -55,9 +55,22 @@ pub(crate) struct SpanFields {
 
 impl SpanFields {
     /// The fields `record` visits (a span's attributes or a later `record` call).
-    pub(crate) fn of(record: impl FnOnce(&mut dyn Visit)) -> Self {
-        let mut fields = Self::default();
-        record(&mut SpanVisitor(&mut fields));
+    /// `expected` is how many fields there may be: the buffers are sized once for them (growing
+    /// them field by field cost more than formatting the fields).
+    pub(crate) fn of(
+        names: &mut NameCache,
+        expected: usize,
+        record: impl FnOnce(&mut dyn Visit),
+    ) -> Self {
+        let mut fields = Self {
+            bytes: Vec::with_capacity(expected * 48),
+            entries: Vec::with_capacity(expected),
+            bits: 0,
+        };
+        record(&mut SpanVisitor {
+            fields: &mut fields,
+            names,
+        });
         fields
     }
 
@@ -146,25 +159,27 @@ impl SpanFields {
 }
 
 /// Writes a span's fields into a [`SpanFields`], one entry per field.
-struct SpanVisitor<'a>(&'a mut SpanFields);
+struct SpanVisitor<'a> {
+    fields: &'a mut SpanFields,
+    /// The thread's cache of field names' kinds and keys, shared with the events.
+    names: &'a mut NameCache,
+}
 
 impl SpanVisitor<'_> {
     /// Writes the key and, unless the name is sensitive, the value `write` appends.
     fn field(&mut self, field: &Field, write: impl FnOnce(&mut Vec<u8>)) {
         let name = field.name();
-        let kind = match NameKind::of(name) {
-            NameKind::LogTarget | NameKind::Skipped => return,
-            _ if name.starts_with("otel.") => return,
-            // Not the body here: a span's `message` is a field like any other.
-            NameKind::Message => NameKind::Plain,
-            kind => kind,
-        };
-        let bit = name_bit(name);
-        let fields = &mut *self.0;
+        // The cached key is the one events write: `field.` before a reserved name, the whole
+        // `"[REDACTED]"` for a sensitive one; a span's `message` is a field like any other.
+        let (kind, key, bit) = self.names.get_with_bit(name);
+        if matches!(kind, NameKind::LogTarget | NameKind::Skipped) || name.starts_with("otel.") {
+            return;
+        }
+        let fields = &mut *self.fields;
         // A name recorded twice in one call keeps its last value.
         fields.remove(name, bit);
         let start = fields.bytes.len();
-        kind.write_key(name, &mut fields.bytes);
+        fields.bytes.extend_from_slice(key);
         if kind != NameKind::Sensitive {
             write(&mut fields.bytes);
         }
