@@ -3,14 +3,17 @@
 //! - `disabled_event`: a `debug!` below the `info` filter of the chassis subscriber, vs the same
 //!   macro with no subscriber at all, vs an empty closure.
 //! - `json_line`: one enabled `info!` with four fields and a sensitive one inside a span that has
-//!   an OpenTelemetry context, written by the chassis JSON layer (service identity + trace/span
-//!   ids + redaction) through the real batching writer to `io::sink` (the line is still fully
+//!   two fields and an OpenTelemetry context, written by the chassis JSON layer (service identity
+//!   + trace/span ids + the span's fields + redaction) through the real batching writer to
+//!   `io::sink` (the line is still fully
 //!   formatted and copied into the writer's buffer; the writer thread hands batches to the sink),
 //!   and by the same layer directly to `io::sink`; vs tracing-subscriber's stock JSON formatter
 //!   (`tracing_subscriber::fmt().json()`, same span and fields, an OpenTelemetry context
 //!   attached; it formats into its own buffer before writing, so `io::sink` does not skip the
 //!   work; it cannot write the ids nor redact); vs a bare `writeln!` of a comparable line into a
-//!   reused `String`.
+//!   reused `String`. Then, per iteration a new span (two fields) entered, the same event
+//!   logged in it and the span closed, by the chassis layer with its span fields on and off: what
+//!   formatting the span's fields once per span costs.
 //! - `propagation`: inject + extract of a span context through an `http::HeaderMap` with the
 //!   chassis (strict W3C) propagator, vs the SDK's `TraceContextPropagator`, vs inserting and
 //!   reading back a constant header.
@@ -53,6 +56,15 @@ fn chassis_batched_dispatch() -> (tracing::Dispatch, chassis_observability::Tele
         .expect("telemetry builds")
 }
 
+/// The span of the measured event, with two fields every line inside it carries.
+fn request_span() -> tracing::Span {
+    tracing::info_span!(
+        "request",
+        request_id = black_box("4f1c2a9e"),
+        http.route = "/orders"
+    )
+}
+
 /// The measured event: four fields and a redacted one.
 fn order_placed() {
     tracing::info!(
@@ -92,7 +104,7 @@ fn json_line(c: &mut Criterion) {
             line.clear();
             writeln!(
                 line,
-                r#"{{"timestamp":"2026-11-22T02:40:00.123456Z","severity_text":"INFO","body":"order placed","order.id":{},"amount":{},"customer":"{}","express":{}}}"#,
+                r#"{{"timestamp":"2026-11-22T02:40:00.123456Z","severity_text":"INFO","body":"order placed","request_id":"4f1c2a9e","http.route":"/orders","order.id":{},"amount":{},"customer":"{}","express":{}}}"#,
                 black_box(42_u64),
                 black_box(19.99_f64),
                 black_box("ann"),
@@ -122,23 +134,42 @@ fn json_line(c: &mut Criterion) {
         g.bench_function(format!("stock_tracing_subscriber_json/{round}"), |b| {
             tracing::dispatcher::with_default(&stock, || {
                 let _cx = otel_cx.clone().attach();
-                let span = tracing::info_span!("request");
+                let span = request_span();
                 let _e = span.enter();
                 b.iter(order_placed)
             })
         });
         g.bench_function(format!("chassis_json_batched_writer/{round}"), |b| {
             tracing::dispatcher::with_default(&batched, || {
-                let span = tracing::info_span!("request");
+                let span = request_span();
                 let _e = span.enter();
                 b.iter(order_placed)
             })
         });
         g.bench_function(format!("chassis_json_direct_sink/{round}"), |b| {
             tracing::dispatcher::with_default(&direct, || {
-                let span = tracing::info_span!("request");
+                let span = request_span();
                 let _e = span.enter();
                 b.iter(order_placed)
+            })
+        });
+    }
+    // A span per line: its fields formatted once for this one line (the worst case), or not
+    // at all.
+    let (no_span_fields, _guard) = Telemetry::builder(ServiceInfo::new("bench", "1.0.0"))
+        .ignore_env()
+        .log_filter("info")
+        .log_span_fields(false)
+        .make_writer(io::sink)
+        .build()
+        .expect("telemetry builds");
+    for (name, dispatch) in [
+        ("chassis_span_and_line_direct_sink", &direct),
+        ("chassis_span_and_line_no_span_fields", &no_span_fields),
+    ] {
+        g.bench_function(name, |b| {
+            tracing::dispatcher::with_default(dispatch, || {
+                b.iter(|| request_span().in_scope(order_placed))
             })
         });
     }
