@@ -1,7 +1,9 @@
 //! The adaptive concurrency limit against a simulated downstream with a fixed concurrency
 //! capacity (a FIFO of `capacity` slots, 40-60 ms of work per call), driven by more callers
 //! than it can serve, in tokio's paused time: the limit settles at the capacity, follows it
-//! down when capacity drops and back up when it returns.
+//! down when capacity drops and back up when it returns. Every call is timed
+//! (`sample_every(1)`), so a sample is a finished call; the default times one in four, which
+//! one test checks converges too, in four times the calls.
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::*};
 use std::sync::{Arc, Mutex};
@@ -147,7 +149,8 @@ async fn vegas_converges_to_the_capacity_follows_a_drop_and_recovers() {
         AdaptiveLimitConfig::new("vegas")
             .algorithm(LimitAlgorithm::vegas())
             .initial_limit(50)
-            .max_limit(200),
+            .max_limit(200)
+            .sample_every(1),
     )
     .unwrap();
     let downstream = Downstream::new(20);
@@ -169,12 +172,29 @@ async fn vegas_grows_from_a_low_start_to_the_capacity() {
     let layer = AdaptiveLimitLayer::new(
         AdaptiveLimitConfig::new("vegas-up")
             .initial_limit(2)
-            .max_limit(200),
+            .max_limit(200)
+            .sample_every(1),
     )
     .unwrap();
     let downstream = Downstream::new(30);
     let run = Run::start(&layer, &downstream);
     settles_at(&run, 30, "capacity 30 from limit 2").await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn vegas_with_the_default_sampling_converges_in_four_times_the_calls() {
+    let layer = AdaptiveLimitLayer::new(
+        AdaptiveLimitConfig::new("vegas-sampled")
+            .initial_limit(50)
+            .max_limit(200),
+    )
+    .unwrap();
+    let downstream = Downstream::new(20);
+    let run = Run::start(&layer, &downstream);
+    run.next(4 * SETTLE).await;
+    let limits = run.next(OBSERVE).await;
+    let within = share_within(&limits, 20, 32);
+    assert!(within >= 0.9, "{:.0} %: {limits:?}", within * 100.0);
 }
 
 #[tokio::test(start_paused = true)]
@@ -186,7 +206,8 @@ async fn aimd_with_a_latency_threshold_stays_near_the_capacity() {
                 latency_threshold: Some(Duration::from_millis(80)),
             })
             .initial_limit(5)
-            .max_limit(200),
+            .max_limit(200)
+            .sample_every(1),
     )
     .unwrap();
     let downstream = Downstream::new(20);
@@ -203,7 +224,8 @@ async fn timeouts_are_drops_that_shrink_the_limit() {
     let layer = AdaptiveLimitLayer::new(
         AdaptiveLimitConfig::new("drops")
             .algorithm(LimitAlgorithm::aimd())
-            .initial_limit(40),
+            .initial_limit(40)
+            .sample_every(1),
     )
     .unwrap();
     let timing_out = service_fn(|()| async {

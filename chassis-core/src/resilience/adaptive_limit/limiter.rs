@@ -2,7 +2,7 @@
 //! its configuration, the calls in flight, the limit, and the estimator that moves it.
 
 use std::fmt;
-use std::sync::atomic::{AtomicUsize, Ordering::*};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::*};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use serde::Deserialize;
@@ -27,6 +27,11 @@ pub struct AdaptiveLimitConfig {
     pub min_limit: usize,
     /// The limit never goes above this. Defaults to 1000.
     pub max_limit: usize,
+    /// One call in this many is timed and fed to the algorithm; the others only count in
+    /// flight. Timing a call (two clock reads and the algorithm's lock) costs several times
+    /// what admitting it does, and the algorithm needs a trend, not every call. Defaults to
+    /// 4; 1 times every call.
+    pub sample_every: u32,
 }
 
 impl Default for AdaptiveLimitConfig {
@@ -37,6 +42,7 @@ impl Default for AdaptiveLimitConfig {
             initial_limit: 20,
             min_limit: 1,
             max_limit: 1000,
+            sample_every: 4,
         }
     }
 }
@@ -74,6 +80,12 @@ impl AdaptiveLimitConfig {
         self
     }
 
+    /// Times one call in `n`. Defaults to 4.
+    pub fn sample_every(mut self, n: u32) -> Self {
+        self.sample_every = n;
+        self
+    }
+
     /// Checks the configuration.
     pub fn validate(&self) -> Result<(), Error> {
         let fail = |reason: String| {
@@ -84,6 +96,12 @@ impl AdaptiveLimitConfig {
         };
         if self.min_limit == 0 {
             return fail("min_limit must be at least 1".into());
+        }
+        if self.sample_every == 0 {
+            return fail("sample_every must be at least 1".into());
+        }
+        if self.max_limit > u32::MAX as usize {
+            return fail(format!("max_limit must be at most {}", u32::MAX));
         }
         if !(self.min_limit <= self.initial_limit && self.initial_limit <= self.max_limit) {
             return fail(format!(
@@ -118,18 +136,22 @@ impl Ending {
     }
 }
 
-/// What a call holds while it runs: when it started and how many were in flight then.
+/// What a call holds while it runs: when it started, if it is timed, and how many were in
+/// flight then.
 #[derive(Debug)]
 pub(crate) struct Token {
-    started: Instant,
-    in_flight: usize,
+    started: Option<Instant>,
+    in_flight: u32,
 }
 
 /// The limiter's state shared by every service and clone of one layer.
 pub(crate) struct Limiter {
     pub(crate) name: Arc<str>,
-    in_flight: AtomicUsize,
+    /// Calls admitted so far (high 32 bits, wrapping) and in flight (low 32 bits), in one word
+    /// so admission is one compare-and-swap and picks the calls to time.
+    admitted: AtomicU64,
     limit: AtomicUsize,
+    sample_every: u32,
     estimator: Mutex<Estimator>,
     limit_gauge: metrics::Gauge,
     in_flight_gauge: metrics::Gauge,
@@ -141,7 +163,7 @@ impl fmt::Debug for Limiter {
         f.debug_struct("Limiter")
             .field("name", &self.name)
             .field("limit", &self.limit.load(Relaxed))
-            .field("in_flight", &self.in_flight.load(Relaxed))
+            .field("in_flight", &self.in_flight())
             .finish()
     }
 }
@@ -160,8 +182,9 @@ impl Limiter {
         let limit_gauge = gauge(names::ADAPTIVE_LIMIT_LIMIT);
         limit_gauge.set(config.initial_limit as f64);
         Ok(Self {
-            in_flight: AtomicUsize::new(0),
+            admitted: AtomicU64::new(0),
             limit: AtomicUsize::new(config.initial_limit),
+            sample_every: config.sample_every,
             estimator: Mutex::new(Estimator::new(
                 config.algorithm,
                 config.initial_limit,
@@ -179,38 +202,51 @@ impl Limiter {
     #[inline]
     pub(crate) fn try_acquire(&self) -> Option<Token> {
         let limit = self.limit.load(Relaxed);
-        let mut n = self.in_flight.load(Relaxed);
+        let mut word = self.admitted.load(Relaxed);
         loop {
-            if n >= limit {
+            let in_flight = word as u32;
+            if in_flight as usize >= limit {
                 return None;
             }
-            match self
-                .in_flight
-                .compare_exchange_weak(n, n + 1, AcqRel, Relaxed)
-            {
+            match self.admitted.compare_exchange_weak(
+                word,
+                word.wrapping_add((1 << 32) + 1),
+                AcqRel,
+                Relaxed,
+            ) {
                 Ok(_) => break,
-                Err(actual) => n = actual,
+                Err(actual) => word = actual,
             }
         }
+        let timed = ((word >> 32) as u32).is_multiple_of(self.sample_every);
         Some(Token {
-            started: Instant::now(),
-            in_flight: n + 1,
+            started: timed.then(Instant::now),
+            in_flight: word as u32 + 1,
         })
+    }
+
+    fn in_flight(&self) -> usize {
+        self.admitted.load(Relaxed) as u32 as usize
     }
 
     /// Ends a call admitted with `token`; a sample or a drop moves the limit.
     #[inline]
     pub(crate) fn release(&self, token: Token, ending: Ending) {
-        let in_flight = self.in_flight.fetch_sub(1, AcqRel) - 1;
+        // Only the low half counts calls in flight, and it never goes below zero, so the
+        // subtraction never borrows from the admissions above it.
+        let in_flight = (self.admitted.fetch_sub(1, AcqRel) as u32).saturating_sub(1);
+        let Some(started) = token.started else {
+            return;
+        };
         if ending == Ending::Ignored {
             return;
         }
         let now = Instant::now();
         let sample = Sample {
-            rtt: now.saturating_duration_since(token.started),
-            in_flight: token.in_flight,
+            rtt: now.saturating_duration_since(started),
+            in_flight: token.in_flight as usize,
             dropped: ending == Ending::Dropped,
-            started: token.started,
+            started,
         };
         let limit = self
             .estimator
@@ -235,7 +271,7 @@ impl Limiter {
     pub(crate) fn snapshot(&self) -> LimitSnapshot {
         LimitSnapshot {
             limit: self.limit.load(Relaxed),
-            in_flight: self.in_flight.load(Relaxed),
+            in_flight: self.in_flight(),
         }
     }
 }

@@ -24,8 +24,10 @@
 //! - **server side**, in front of the handlers, so a server sheds the excess with a fast
 //!   rejection instead of answering everyone late.
 //!
-//! Admission is one compare-and-swap on the calls in flight; a finished call takes the
-//! estimator's lock once to move the limit. [`AdaptiveLimitLayer::snapshot`] (or a
+//! Admission is one compare-and-swap on the calls in flight; one call in
+//! [`sample_every`](AdaptiveLimitConfig::sample_every) (4 by default) is timed and takes the
+//! estimator's lock once when it finishes, to move the limit: timing every call would cost
+//! several times the admission, and the algorithm needs a trend, not every call. [`AdaptiveLimitLayer::snapshot`] (or a
 //! [`AdaptiveLimitHandle`]) reads the limit and the calls in flight with two atomic loads.
 //! Metrics, label `name`: `adaptive_limit_limit`, `adaptive_limit_in_flight` (as of the last
 //! finished call) and `adaptive_limit_rejected_total`.
@@ -46,7 +48,8 @@
 //!     AdaptiveLimitConfig::new("inventory")
 //!         .algorithm(LimitAlgorithm::aimd())
 //!         .initial_limit(1)
-//!         .max_limit(100),
+//!         .max_limit(100)
+//!         .sample_every(1),
 //! )
 //! .unwrap();
 //! let slow = service_fn(|_: ()| async {
