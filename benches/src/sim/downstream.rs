@@ -26,6 +26,30 @@ pub struct Outage {
     /// Extra latency added to every call during the outage (a slow, not dead, dependency).
     #[serde(default, with = "humantime_serde")]
     pub extra_latency: Duration,
+    /// Concurrent calls served at normal latency during the outage (a lost replica, a smaller
+    /// pool). Defaults to the downstream's `capacity`.
+    #[serde(default)]
+    pub capacity: Option<usize>,
+    /// After `end`, the outage fades linearly over this long (failure rate, extra latency and
+    /// lost capacity alike): a slow recovery. Defaults to zero (ends at once).
+    #[serde(default, with = "humantime_serde")]
+    pub ramp_down: Duration,
+}
+
+impl Outage {
+    /// How much of the outage is in effect at `now`: 1 inside it, fading to 0 over the
+    /// ramp-down, 0 outside.
+    pub fn weight(&self, now: Duration) -> f64 {
+        if now < self.start {
+            0.0
+        } else if now < self.end {
+            1.0
+        } else if now < self.end + self.ramp_down {
+            1.0 - (now - self.end).as_secs_f64() / self.ramp_down.as_secs_f64()
+        } else {
+            0.0
+        }
+    }
 }
 
 fn one() -> f64 {
@@ -151,18 +175,25 @@ impl Downstream {
             .config
             .outages
             .iter()
-            .find(|o| now >= o.start && now < o.end);
-        let failure_rate = outage.map_or(self.config.failure_rate, |o| o.failure_rate);
+            .map(|o| (o, o.weight(now)))
+            .find(|(_, w)| *w > 0.0);
+        let base = self.config.failure_rate;
+        let failure_rate = outage.map_or(base, |(o, w)| base + (o.failure_rate - base) * w);
+        let capacity = outage.map_or(self.config.capacity, |(o, w)| {
+            let lost =
+                self.config.capacity as f64 - o.capacity.unwrap_or(self.config.capacity) as f64;
+            (self.config.capacity as f64 - lost * w).round() as usize
+        });
         let fails = state.rng.random_bool(failure_rate.clamp(0.0, 1.0));
         // Box-Muller for a standard normal sample.
         let u1: f64 = state.rng.random_range(f64::EPSILON..1.0);
         let u2: f64 = state.rng.random();
         let z = (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos();
         let mut latency = self.config.latency_p50.mul_f64((self.sigma * z).exp());
-        let overload = state.in_flight.saturating_sub(self.config.capacity);
+        let overload = state.in_flight.saturating_sub(capacity);
         latency += self.config.overload_penalty * overload as u32;
-        if let Some(o) = outage {
-            latency += o.extra_latency;
+        if let Some((o, w)) = outage {
+            latency += o.extra_latency.mul_f64(w);
         }
         (latency, fails)
     }

@@ -8,6 +8,12 @@
 //! loads — so the numbers transfer. [`report`] turns the runs into a summary (success rate,
 //! p50/p95/p99 latency seen by callers, attempts per request, time from outage start to breaker
 //! open and from outage end to recovery), a per-second CSV timeline and an SVG chart.
+//! [`search`] tunes a policy's parameters for one or several scenarios against a weighted
+//! objective.
+//!
+//! The scenario library is `benches/scenarios/*.toml`: full outage, partial brownout, latency
+//! spike, capacity drop, slow recovery, metastable retry storm (and `outage.toml`, two outages
+//! in one run).
 //!
 //! # Example
 //! ```
@@ -37,16 +43,18 @@
 pub mod downstream;
 pub mod report;
 pub mod run;
+pub mod search;
 
 use std::time::Duration;
 
 use chassis_core::resilience::clock::TokioClock;
+use chassis_core::resilience::hedge::{HedgeConfig, HedgeLayer};
 use chassis_core::resilience::policy::ResiliencePolicy;
 use serde::Deserialize;
 use tower::Layer;
 use tower::util::BoxCloneSyncService;
 
-use downstream::DownstreamConfig;
+use downstream::{DownstreamConfig, SimRequest};
 use report::{Bucket, Summary};
 
 /// A named client policy to compare.
@@ -54,9 +62,67 @@ use report::{Bucket, Summary};
 pub struct NamedPolicy {
     /// Label in the reports.
     pub name: String,
+    /// Hedging of every (simulated, idempotent) call, inside the attempt timeout and spending
+    /// the policy's retry budget, as a service would stack it. Defaults to none.
+    #[serde(default)]
+    pub hedge: Option<HedgeConfig>,
     /// The policy, exactly as a service would configure it.
     #[serde(flatten)]
     pub policy: ResiliencePolicy,
+}
+
+impl NamedPolicy {
+    /// Runs this policy once against `scenario`'s downstream and traffic, in virtual time.
+    pub fn run(&self, scenario: &Scenario) -> Result<(Summary, Vec<Bucket>), chassis_core::Error> {
+        let policy = self.policy.clone();
+        let hedge = self.hedge.clone();
+        let result = run::run_paused(async {
+            // Built inside the paused runtime so the policy's clocks are the virtual ones.
+            // The breaker's and the retry budget's default clock is a real coarse clock; in
+            // virtual time they must read tokio's paused clock, or their windows and waits
+            // would never move.
+            let layer = policy.build()?.with_clock(TokioClock::new());
+            let hedge = match hedge {
+                Some(config) => {
+                    let hedge = HedgeLayer::new(config, every_call as fn(&SimRequest) -> bool)?;
+                    Some(match layer.retry().and_then(|r| r.budget_handle()) {
+                        Some(budget) => hedge.with_retry_budget(budget),
+                        None => hedge,
+                    })
+                }
+                None => None,
+            };
+            Ok::<_, chassis_core::Error>(
+                run::drive(
+                    scenario.downstream.clone(),
+                    scenario.seed,
+                    scenario.rate,
+                    scenario.duration,
+                    move |downstream| match hedge {
+                        Some(hedge) => {
+                            BoxCloneSyncService::new(layer.layer(hedge.layer(downstream)))
+                        }
+                        None => BoxCloneSyncService::new(layer.layer(downstream)),
+                    },
+                )
+                .await,
+            )
+        })?;
+        Ok((
+            report::summarize(
+                &self.name,
+                &result,
+                scenario.rate,
+                &scenario.downstream.outages,
+            ),
+            report::timeline(&result, scenario.duration.as_secs()),
+        ))
+    }
+}
+
+/// The simulated calls are reads: every one may be hedged.
+fn every_call(_: &SimRequest) -> bool {
+    true
 }
 
 /// One simulation: traffic, downstream behaviour, and the policies to compare.
@@ -105,34 +171,9 @@ impl Scenario {
         let mut summaries = Vec::new();
         let mut timelines = Vec::new();
         for named in &self.policies {
-            let policy = named.policy.clone();
-            let result = run::run_paused(async {
-                // Built inside the paused runtime so the policy's clocks are the virtual ones.
-                // The breaker's and the retry budget's default clock is a real coarse clock; in
-                // virtual time they must read tokio's paused clock, or their windows and waits
-                // would never move.
-                let layer = policy.build()?.with_clock(TokioClock::new());
-                Ok::<_, chassis_core::Error>(
-                    run::drive(
-                        self.downstream.clone(),
-                        self.seed,
-                        self.rate,
-                        self.duration,
-                        move |downstream| BoxCloneSyncService::new(layer.layer(downstream)),
-                    )
-                    .await,
-                )
-            })?;
-            summaries.push(report::summarize(
-                &named.name,
-                &result,
-                self.rate,
-                &self.downstream.outages,
-            ));
-            timelines.push((
-                named.name.clone(),
-                report::timeline(&result, self.duration.as_secs()),
-            ));
+            let (summary, timeline) = named.run(self)?;
+            summaries.push(summary);
+            timelines.push((named.name.clone(), timeline));
         }
         Ok(ScenarioResults {
             summaries,

@@ -253,12 +253,6 @@ pub fn chart_svg(
             RGBColor(255, 200, 200).mix(0.4).filled(),
         )))?;
     }
-    load.draw_series(DashedLineSeries::new(
-        (0..seconds).map(|s| (s, rate.round() as u64)),
-        6,
-        4,
-        BLACK.stroke_width(1),
-    ))?;
     for (i, (name, buckets)) in timelines.iter().enumerate() {
         let color = palette[i % palette.len()];
         load.draw_series(LineSeries::new(
@@ -268,6 +262,18 @@ pub fn chart_svg(
         .label(name.as_str())
         .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2)));
     }
+    // Drawn last, over the policies' lines: a policy making one attempt per request runs
+    // exactly along the offered load and used to hide the line drawn under it. One segment
+    // over the whole run, so the dashes are not restarted every second.
+    let offered = rate.round() as u64;
+    load.draw_series(DashedLineSeries::new(
+        [(0, offered), (seconds, offered)],
+        8,
+        6,
+        BLACK.stroke_width(2),
+    ))?
+    .label("offered load")
+    .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], BLACK.stroke_width(1)));
     load.configure_series_labels()
         .background_style(WHITE.mix(0.8))
         .border_style(BLACK)

@@ -25,7 +25,8 @@ pub enum Outcome {
     Failed,
     /// A timeout or deadline reached the caller.
     TimedOut,
-    /// The breaker, bulkhead or rate limiter rejected the call without reaching the downstream.
+    /// The bulkhead, adaptive limit or rate limiter rejected the call without reaching the
+    /// downstream.
     Rejected,
     /// The breaker specifically was open.
     CircuitOpen,
@@ -56,9 +57,11 @@ fn classify(result: &Result<(), BoxError>) -> Outcome {
         Ok(()) => Outcome::Success,
         Err(err) => match Error::find_in(err.as_ref()).map(Error::kind) {
             Some(ErrorKind::CircuitOpen { .. }) => Outcome::CircuitOpen,
-            Some(ErrorKind::BulkheadFull { .. } | ErrorKind::RateLimited { .. }) => {
-                Outcome::Rejected
-            }
+            Some(
+                ErrorKind::BulkheadFull { .. }
+                | ErrorKind::ConcurrencyLimited { .. }
+                | ErrorKind::RateLimited { .. },
+            ) => Outcome::Rejected,
             Some(ErrorKind::Timeout { .. } | ErrorKind::DeadlineExceeded { .. }) => {
                 Outcome::TimedOut
             }
