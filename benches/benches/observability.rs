@@ -3,10 +3,10 @@
 //! - `disabled_event`: a `debug!` below the `info` filter of the chassis subscriber, vs the same
 //!   macro with no subscriber at all, vs an empty closure.
 //! - `json_line`: one enabled `info!` with four fields and a sensitive one inside a span that has
-//!   two fields and an OpenTelemetry context, written by the chassis JSON layer (service identity
-//!   + trace/span ids + the span's fields + redaction) through the real batching writer to
-//!   `io::sink` (the line is still fully
-//!   formatted and copied into the writer's buffer; the writer thread hands batches to the sink),
+//!   two fields and an OpenTelemetry context, written by the chassis JSON layer (service
+//!   identity, trace/span ids, the span's fields, redaction) through the real batching writer to
+//!   `io::sink` (the line is still fully formatted and copied into the writer's buffer; the
+//!   writer thread hands batches to the sink),
 //!   and by the same layer directly to `io::sink`; vs tracing-subscriber's stock JSON formatter
 //!   (`tracing_subscriber::fmt().json()`, same span and fields, an OpenTelemetry context
 //!   attached; it formats into its own buffer before writing, so `io::sink` does not skip the
