@@ -220,6 +220,15 @@ async fn access_log_line_has_one_trace_id_under_the_chassis_json_format() {
     assert_eq!(line["trace_id"], TRACE_ID);
     assert_eq!(line["body"], "request completed");
     assert_eq!(line["status"], 200);
+    // The server span's fields ride along, formatted once per request; the event's own
+    // `request_id` is not repeated by the span's.
+    assert_eq!(line["url.path"], "/hello");
+    assert_eq!(line["http.request.method"], "GET");
+    assert!(
+        lines[0].matches(r#""request_id""#).count() <= 1,
+        "{}",
+        lines[0]
+    );
 }
 
 /// Under the chassis subscriber, whose OpenTelemetry layer has a filter of its own (info events
