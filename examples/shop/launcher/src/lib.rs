@@ -397,6 +397,9 @@ struct Proc {
     /// Where the probes and `/metrics` are: the admin port (plain HTTP), or `url` for the
     /// payment provider.
     admin_url: String,
+    /// A further replica not started yet: it starts once the first one of its service is
+    /// ready ([`System::wait_ready`]).
+    deferred: bool,
 }
 
 /// How long [`System::stop`] lets the services drain before it kills what is left.
@@ -544,6 +547,7 @@ impl System {
                     env,
                     url: url(service),
                     admin_url,
+                    deferred: false,
                 },
             );
         }
@@ -584,6 +588,10 @@ impl System {
                         env,
                         url: format!("{scheme}://127.0.0.1:{port}"),
                         admin_url: format!("http://127.0.0.1:{admin_port}"),
+                        // Replicas starting together on a fresh database would race to create
+                        // its tables (PostgreSQL's `CREATE TABLE IF NOT EXISTS` is not safe
+                        // against a concurrent one); the first creates them alone.
+                        deferred: index > 1,
                     },
                 );
             }
@@ -613,7 +621,9 @@ impl System {
             )
             .collect();
         for name in names {
-            system.spawn(name)?;
+            if !system.procs[name].deferred {
+                system.spawn(name)?;
+            }
         }
         Ok(system)
     }
@@ -648,12 +658,34 @@ impl System {
     }
 
     /// Waits until `/health/ready` of `only` (or of every service) answers 200 on its
-    /// [admin URL](Self::admin_url).
+    /// [admin URL](Self::admin_url). Further replicas are started once the started processes
+    /// are ready.
     pub async fn wait_ready(&mut self, only: Option<&str>) -> Result<(), BoxError> {
+        self.wait_started_ready(only).await?;
+        let deferred: Vec<&'static str> = self
+            .procs
+            .iter()
+            .filter(|(name, p)| p.deferred && only.is_none_or(|o| o == **name))
+            .map(|(name, _)| *name)
+            .collect();
+        if deferred.is_empty() {
+            return Ok(());
+        }
+        for name in deferred {
+            if let Some(p) = self.procs.get_mut(name) {
+                p.deferred = false;
+            }
+            self.spawn(name)?;
+        }
+        self.wait_started_ready(only).await
+    }
+
+    /// [`wait_ready`](Self::wait_ready) of the processes not deferred.
+    async fn wait_started_ready(&mut self, only: Option<&str>) -> Result<(), BoxError> {
         let http = tls::http_client(self.pki.as_ref())?.build()?;
         let deadline = Instant::now() + self.config.ready_timeout;
         for (name, proc) in &mut self.procs {
-            if only.is_some_and(|o| o != *name) {
+            if only.is_some_and(|o| o != *name) || proc.deferred {
                 continue;
             }
             loop {
