@@ -29,8 +29,9 @@ pub struct AdaptiveLimitConfig {
     pub max_limit: usize,
     /// One call in this many is timed and fed to the algorithm; the others only count in
     /// flight. Timing a call (two clock reads and the algorithm's lock) costs several times
-    /// what admitting it does, and the algorithm needs a trend, not every call. Defaults to
-    /// 4; 1 times every call.
+    /// what admitting it does, and the algorithm needs a trend, not every call. Rounded up to
+    /// a power of two (a mask picks the calls; a division would cost a fifth of an untimed
+    /// call). Defaults to 8; 1 times every call.
     pub sample_every: u32,
 }
 
@@ -42,7 +43,7 @@ impl Default for AdaptiveLimitConfig {
             initial_limit: 20,
             min_limit: 1,
             max_limit: 1000,
-            sample_every: 4,
+            sample_every: 8,
         }
     }
 }
@@ -80,7 +81,7 @@ impl AdaptiveLimitConfig {
         self
     }
 
-    /// Times one call in `n`. Defaults to 4.
+    /// Times one call in `n`. Defaults to 8.
     pub fn sample_every(mut self, n: u32) -> Self {
         self.sample_every = n;
         self
@@ -99,6 +100,9 @@ impl AdaptiveLimitConfig {
         }
         if self.sample_every == 0 {
             return fail("sample_every must be at least 1".into());
+        }
+        if self.sample_every > 1 << 31 {
+            return fail("sample_every must be at most 2^31".into());
         }
         if self.max_limit > u32::MAX as usize {
             return fail(format!("max_limit must be at most {}", u32::MAX));
@@ -151,7 +155,8 @@ pub(crate) struct Limiter {
     /// so admission is one compare-and-swap and picks the calls to time.
     admitted: AtomicU64,
     limit: AtomicUsize,
-    sample_every: u32,
+    /// `sample_every` rounded up to a power of two, minus one.
+    sample_mask: u32,
     estimator: Mutex<Estimator>,
     limit_gauge: metrics::Gauge,
     in_flight_gauge: metrics::Gauge,
@@ -184,7 +189,7 @@ impl Limiter {
         Ok(Self {
             admitted: AtomicU64::new(0),
             limit: AtomicUsize::new(config.initial_limit),
-            sample_every: config.sample_every,
+            sample_mask: config.sample_every.next_power_of_two() - 1,
             estimator: Mutex::new(Estimator::new(
                 config.algorithm,
                 config.initial_limit,
@@ -218,7 +223,7 @@ impl Limiter {
                 Err(actual) => word = actual,
             }
         }
-        let timed = ((word >> 32) as u32).is_multiple_of(self.sample_every);
+        let timed = (word >> 32) as u32 & self.sample_mask == 0;
         Some(Token {
             started: timed.then(Instant::now),
             in_flight: word as u32 + 1,

@@ -25,7 +25,7 @@
 //!   rejection instead of answering everyone late.
 //!
 //! Admission is one compare-and-swap on the calls in flight; one call in
-//! [`sample_every`](AdaptiveLimitConfig::sample_every) (4 by default) is timed and takes the
+//! [`sample_every`](AdaptiveLimitConfig::sample_every) (8 by default) is timed and takes the
 //! estimator's lock once when it finishes, to move the limit: timing every call would cost
 //! several times the admission, and the algorithm needs a trend, not every call. [`AdaptiveLimitLayer::snapshot`] (or a
 //! [`AdaptiveLimitHandle`]) reads the limit and the calls in flight with two atomic loads.
