@@ -48,7 +48,7 @@ impl FirstHangs {
             let n = this.calls.fetch_add(1, SeqCst);
             let (cancelled, finished) = (this.first_cancelled.clone(), this.first_finished.clone());
             async move {
-                if n % 2 == 0 {
+                if n.is_multiple_of(2) {
                     let guard = Cancelled(cancelled);
                     tokio::time::sleep(Duration::from_secs(10)).await;
                     finished.store(true, SeqCst);
