@@ -1,10 +1,13 @@
 //! Messaging throughput against the local RabbitMQ: confirmed publishes of the chassis
 //! `Publisher` vs raw lapin with pipelined confirms (same window, same run), on a durable quorum
-//! queue and a durable classic queue; then consume-and-ack throughput with prefetch 100.
+//! queue and a durable classic queue; then consume-and-ack throughput with prefetch 100; then
+//! the partitioned consumer (per subject, 100 keys) against the unordered one, both with
+//! concurrency 8 and an acking handler, in alternating rounds.
 //!
-//! Run: `cargo bench -p chassis-benches --bench messaging` (env: `AMQP_URL`, `MSG_BENCH_N`
+//! Run: `cargo bench -p chassis-benches --bench messaging` (args: `publish` or `partitioned` to
+//! run one case only, both by default; env: `AMQP_URL`, `MSG_BENCH_N`
 //! messages per run (default 20000), `MSG_BENCH_WINDOW` (default 1000), `MSG_BENCH_ROUNDS`
-//! (default 2), `MSG_BENCH_DEADLINE_SECS` per measured round (default 300), `MSG_BENCH_ONLY`
+//! (default 2; the partitioned case runs at least 3), `MSG_BENCH_DEADLINE_SECS` per measured round (default 300), `MSG_BENCH_ONLY`
 //! `raw`|`chassis` to profile one side's publishing). Prints msg/s; see
 //! benches/README.md for recorded figures.
 
@@ -21,6 +24,7 @@ use chassis_messaging::amqp::publisher::{Publish, Publisher, PublisherConfig};
 use chassis_messaging::amqp::topology::{
     ExchangeConfig, QueueConfig, QueueType, RetryPolicy, TopologyConfig,
 };
+use chassis_messaging::envelope::SUBJECT;
 use chassis_messaging::message::OutgoingMessage;
 use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
@@ -58,12 +62,12 @@ async fn with_cpu(n: usize, fut: impl std::future::Future<Output = f64>) -> (f64
     (rate, (process_cpu_secs() - before) * 1e6 / n as f64)
 }
 
+/// Publishes `n` messages, the `i`th built by `msg(i)`, at most `window` unconfirmed at once.
 async fn chassis_publish(
     publisher: &Publisher,
-    exchange: &str,
     n: usize,
     window: usize,
-    body: &[u8],
+    msg: impl Fn(usize) -> OutgoingMessage,
 ) -> f64 {
     let start = Instant::now();
     // Through the `Publish` trait (a boxed future per message), as the outbox relay and most
@@ -71,11 +75,11 @@ async fn chassis_publish(
     let mut inflight: FuturesUnordered<
         futures_util::future::BoxFuture<'_, Result<(), chassis_messaging::error::Error>>,
     > = FuturesUnordered::new();
-    for _ in 0..n {
+    for i in 0..n {
         if inflight.len() >= window {
             inflight.next().await.unwrap().expect("confirmed");
         }
-        inflight.push(publisher.publish(OutgoingMessage::new(exchange, "bench", body.to_vec())));
+        inflight.push(publisher.publish(msg(i)));
     }
     while let Some(r) = inflight.next().await {
         r.expect("confirmed");
@@ -83,25 +87,26 @@ async fn chassis_publish(
     n as f64 / start.elapsed().as_secs_f64()
 }
 
-async fn chassis_consume(conn: &Connection, queue: &QueueConfig, n: usize) -> f64 {
+/// Drains `n` messages with a chassis consumer configured by `config`, the handler acking at once.
+async fn chassis_consume(
+    conn: &Connection,
+    queue: &QueueConfig,
+    config: ConsumerConfig,
+    n: usize,
+) -> f64 {
     let count = Arc::new(AtomicUsize::new(0));
     let done = Arc::new(tokio::sync::Notify::new());
     let (c, d) = (Arc::clone(&count), Arc::clone(&done));
     let start = Instant::now();
-    let consumer = Consumer::start(
-        conn,
-        queue.clone(),
-        ConsumerConfig::default().prefetch(100),
-        move |_m: IncomingMessage| {
-            let (c, d) = (Arc::clone(&c), Arc::clone(&d));
-            async move {
-                if c.fetch_add(1, Ordering::SeqCst) + 1 == n {
-                    d.notify_one();
-                }
-                Outcome::Ack
+    let consumer = Consumer::start(conn, queue.clone(), config, move |_m: IncomingMessage| {
+        let (c, d) = (Arc::clone(&c), Arc::clone(&d));
+        async move {
+            if c.fetch_add(1, Ordering::SeqCst) + 1 == n {
+                d.notify_one();
             }
-        },
-    )
+            Outcome::Ack
+        }
+    })
     .await
     .expect("consumer");
     tokio::time::timeout(Duration::from_secs(300), done.notified())
@@ -110,6 +115,114 @@ async fn chassis_consume(conn: &Connection, queue: &QueueConfig, n: usize) -> f6
     let rate = n as f64 / start.elapsed().as_secs_f64();
     consumer.shutdown().await;
     rate
+}
+
+/// Declares a fresh topic exchange bound to a fresh queue of type `qt`, named after a new id.
+async fn fresh_queue(conn: &Connection, qt: QueueType) -> (String, QueueConfig) {
+    let id = uuid::Uuid::new_v4().simple().to_string();
+    let exchange = format!("bench.{id}.ex");
+    let queue = QueueConfig::new(format!("bench.{id}.q"))
+        .queue_type(qt)
+        .bind(exchange.clone(), "#")
+        .retry(RetryPolicy::with_delays([Duration::from_secs(1)]));
+    conn.declare(
+        TopologyConfig::new()
+            .exchange(ExchangeConfig::topic(exchange.clone()))
+            .queue(queue.clone()),
+    )
+    .await
+    .expect("declare");
+    (exchange, queue)
+}
+
+/// Deletes what [`fresh_queue`] declared, retry tiers and dead-letter exchange included.
+async fn delete_queue(admin: &lapin::Channel, exchange: &str, queue: &QueueConfig) {
+    for q in queue.all_queues() {
+        let _ = admin
+            .queue_delete(q.as_str().into(), QueueDeleteOptions::default())
+            .await;
+    }
+    for e in [exchange.to_owned(), queue.dead_letter_exchange()] {
+        let _ = admin
+            .exchange_delete(e.as_str().into(), ExchangeDeleteOptions::default())
+            .await;
+    }
+}
+
+/// The median of `v` (the upper one for an even count), NaN when empty.
+fn median(v: &[f64]) -> f64 {
+    let mut v = v.to_vec();
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
+}
+
+/// The partitioned consumer (per subject) against the unordered one with the same concurrency
+/// and prefetch, on a fresh quorum queue refilled before each drain with `n` messages spread
+/// round-robin over `KEYS` subjects. Each round drains once with either, their order swapped
+/// every round so neither always meets the queue right after its refill.
+async fn partitioned_vs_unordered(
+    conn: &Connection,
+    publisher: &Publisher,
+    n: usize,
+    window: usize,
+    rounds: usize,
+    body: &[u8],
+) {
+    const KEYS: usize = 100;
+    const CONCURRENCY: usize = 8;
+    const PREFETCH: u16 = 100;
+    let keys: Vec<String> = (0..KEYS).map(|k| format!("order-{k:03}")).collect();
+    let (exchange, queue) = fresh_queue(conn, QueueType::Quorum).await;
+    let admin = conn.create_channel().await.unwrap();
+    let fill = || {
+        chassis_publish(publisher, n, window, |i| {
+            OutgoingMessage::new(&exchange, "bench", body.to_vec())
+                .header(SUBJECT, keys[i % KEYS].as_str())
+        })
+    };
+    let unordered = ConsumerConfig::default()
+        .concurrency(CONCURRENCY)
+        .prefetch(PREFETCH);
+    let partitioned = unordered.clone().partition_by_subject();
+    println!(
+        "partitioned vs unordered consumer: {n} messages over {KEYS} subjects, quorum queue, \
+         concurrency {CONCURRENCY}, prefetch {PREFETCH}, handler acks, rounds: {rounds}"
+    );
+    // Unmeasured warm-up of the fresh quorum queue and of both consumer paths.
+    for config in [unordered.clone(), partitioned.clone()] {
+        bounded("fill", fill()).await;
+        bounded("warm-up consume", chassis_consume(conn, &queue, config, n)).await;
+    }
+    let (mut un, mut part, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
+    for round in 0..rounds {
+        let drain = async |config: &ConsumerConfig, what: &str| {
+            bounded("fill", fill()).await;
+            bounded(what, chassis_consume(conn, &queue, config.clone(), n)).await
+        };
+        let (u, p) = if round % 2 == 0 {
+            let u = drain(&unordered, "unordered consume").await;
+            (u, drain(&partitioned, "partitioned consume").await)
+        } else {
+            let p = drain(&partitioned, "partitioned consume").await;
+            (drain(&unordered, "unordered consume").await, p)
+        };
+        println!(
+            "round {}: unordered {u:.0} msg/s, partitioned {p:.0} msg/s, ratio {:.3}",
+            round + 1,
+            p / u
+        );
+        un.push(u);
+        part.push(p);
+        ratios.push(p / u);
+    }
+    println!(
+        "partitioned/unordered: median round ratio {:.3} (target >= 0.9); median rates: \
+         unordered {:.0} msg/s, partitioned {:.0} msg/s",
+        median(&ratios),
+        median(&un),
+        median(&part)
+    );
+    delete_queue(&admin, &exchange, &queue).await;
 }
 
 async fn raw_consume(url: &str, queue: &str, n: usize) -> f64 {
@@ -162,6 +275,14 @@ async fn main() {
     // `raw` or `chassis`: publish rounds of one side only, for profiling (`perf record`);
     // no ratio is meaningful then.
     let only = std::env::var("MSG_BENCH_ONLY").ok();
+    // A case name among the arguments (`cargo bench … -- partitioned`) runs that case only.
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let cases = ["publish", "partitioned"];
+    let picked: Vec<&str> = cases
+        .into_iter()
+        .filter(|c| args.iter().any(|a| a == c))
+        .collect();
+    let run = |case: &str| picked.is_empty() || picked.contains(&case);
     let body = vec![b'x'; 256];
     let conn = Connection::connect(ConnectionConfig::new(url.clone(), "bench-chassis"))
         .await
@@ -171,20 +292,14 @@ async fn main() {
     println!(
         "messages per run: {n}, window: {window}, body: 256 B, persistent, mandatory, rounds: {rounds}"
     );
-    for qt in [QueueType::Quorum, QueueType::Classic] {
-        let id = uuid::Uuid::new_v4().simple().to_string();
-        let exchange = format!("bench.{id}.ex");
-        let queue = QueueConfig::new(format!("bench.{id}.q"))
-            .queue_type(qt)
-            .bind(exchange.clone(), "#")
-            .retry(RetryPolicy::with_delays([Duration::from_secs(1)]));
-        conn.declare(
-            TopologyConfig::new()
-                .exchange(ExchangeConfig::topic(exchange.clone()))
-                .queue(queue.clone()),
-        )
-        .await
-        .expect("declare");
+    let publish_queue_types = if run("publish") {
+        vec![QueueType::Quorum, QueueType::Classic]
+    } else {
+        Vec::new()
+    };
+    for qt in publish_queue_types {
+        let (exchange, queue) = fresh_queue(&conn, qt).await;
+        let bench_msg = |_| OutgoingMessage::new(&exchange, "bench", body.to_vec());
         let admin = conn.create_channel().await.unwrap();
         // Unmeasured warm-up, so the first measured round (raw lapin's) does not pay for a
         // cold queue (a fresh quorum queue's first thousands of messages are slower).
@@ -245,7 +360,7 @@ async fn main() {
             ours.push(
                 bounded(
                     "chassis publish",
-                    with_cpu(n, chassis_publish(&publisher, &exchange, n, window, &body)),
+                    with_cpu(n, chassis_publish(&publisher, n, window, bench_msg)),
                 )
                 .await,
             );
@@ -263,16 +378,12 @@ async fn main() {
         // Each round runs raw and chassis back to back, so the median of the per-round ratios
         // is the least disturbed by the broker's own drift (quorum-queue log segments, GC).
         let baseline = if rc >= rs { &raw } else { &raw_seq };
-        let mut per_round: Vec<f64> = ours
+        let per_round: Vec<f64> = ours
             .iter()
             .zip(baseline)
             .map(|(o, r)| 100.0 * o.0 / r.0)
             .collect();
-        per_round.sort_by(f64::total_cmp);
-        let median = per_round
-            .get(per_round.len() / 2)
-            .copied()
-            .unwrap_or(f64::NAN);
+        let median = median(&per_round);
         println!(
             "{qt:?} publish confirmed: raw lapin concurrent {rc:.0} msg/s {:?} ({:.1} us CPU/msg), \
              sequential sends {rs:.0} msg/s {:?} ({:.1} us CPU/msg); \
@@ -288,33 +399,23 @@ async fn main() {
         );
         if only.is_none() {
             // Consume-and-ack, prefetch 100.
-            bounded(
-                "fill",
-                chassis_publish(&publisher, &exchange, n, window, &body),
+            bounded("fill", chassis_publish(&publisher, n, window, bench_msg)).await;
+            let oc = bounded(
+                "chassis consume",
+                chassis_consume(&conn, &queue, ConsumerConfig::default().prefetch(100), n),
             )
             .await;
-            let oc = bounded("chassis consume", chassis_consume(&conn, &queue, n)).await;
-            bounded(
-                "fill",
-                chassis_publish(&publisher, &exchange, n, window, &body),
-            )
-            .await;
+            bounded("fill", chassis_publish(&publisher, n, window, bench_msg)).await;
             let rc = bounded("raw lapin consume", raw_consume(&url, &queue.name, n)).await;
             println!(
                 "{qt:?} consume+ack prefetch 100: raw lapin {rc:.0} msg/s, chassis Consumer {oc:.0} msg/s, ratio {:.1}%",
                 100.0 * oc / rc
             );
         }
-        for q in queue.all_queues() {
-            let _ = admin
-                .queue_delete(q.as_str().into(), QueueDeleteOptions::default())
-                .await;
-        }
-        for e in [exchange.clone(), queue.dead_letter_exchange()] {
-            let _ = admin
-                .exchange_delete(e.as_str().into(), ExchangeDeleteOptions::default())
-                .await;
-        }
+        delete_queue(&admin, &exchange, &queue).await;
+    }
+    if run("partitioned") {
+        partitioned_vs_unordered(&conn, &publisher, n, window, rounds.max(3), &body).await;
     }
     conn.close().await;
 }
