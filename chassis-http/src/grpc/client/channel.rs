@@ -188,12 +188,58 @@ impl GrpcClientBuilder {
             .unwrap_or_default()
             .http2(true)
             .https_connector(http)?;
-        Ok(endpoint.connect_with_connector_lazy(connector))
+        let Some(rest) = self.endpoint.strip_prefix("https://") else {
+            return Ok(endpoint.connect_with_connector_lazy(connector));
+        };
+        // tonic sees `http://`, the connector gets `https://` back: see `HttpsScheme`.
+        let endpoint = Endpoint::from_shared(format!("http://{rest}"))
+            .map_err(|e| {
+                Error::new(ErrorKind::InvalidConfig {
+                    reason: format!("invalid endpoint {:?}: {e}", self.endpoint),
+                })
+            })?
+            .connect_timeout(self.connect_timeout);
+        Ok(endpoint.connect_with_connector_lazy(HttpsScheme(connector)))
     }
 
     #[cfg(not(feature = "tls"))]
     fn channel(&self, endpoint: Endpoint) -> Result<Channel, Error> {
         Ok(endpoint.connect_lazy())
+    }
+}
+
+/// A connector that puts the `https` scheme back on the URI tonic hands it.
+///
+/// Why: as soon as any crate in a build enables one of tonic's TLS features (OTLP over gRPC
+/// does), tonic refuses an `https://` endpoint that lacks tonic's own TLS settings, even when
+/// the connector does the TLS. The chassis's TLS settings are [`ClientTlsConfig`] (the same
+/// roots, client certificate and ring provider as the HTTP client), so the TLS stays in the
+/// connector: tonic is given the endpoint as `http://` and this wrapper restores `https` before
+/// the rustls connector sees the URI. Requests then carry `:scheme http` inside the TLS
+/// connection, which servers do not act on.
+#[cfg(feature = "tls")]
+#[derive(Clone, Debug)]
+struct HttpsScheme<C>(C);
+
+#[cfg(feature = "tls")]
+impl<C: Service<http::Uri>> Service<http::Uri> for HttpsScheme<C> {
+    type Response = C::Response;
+    type Error = C::Error;
+    type Future = C::Future;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.0.poll_ready(cx)
+    }
+
+    fn call(&mut self, uri: http::Uri) -> Self::Future {
+        let mut parts = uri.clone().into_parts();
+        parts.scheme = Some(http::uri::Scheme::HTTPS);
+        if parts.path_and_query.is_none() {
+            parts.path_and_query = Some(http::uri::PathAndQuery::from_static("/"));
+        }
+        // With a scheme and a path, only a URI without an authority fails here; such a URI
+        // cannot be connected to at all, so passing it on unchanged downgrades nothing.
+        self.0.call(http::Uri::from_parts(parts).unwrap_or(uri))
     }
 }
 
