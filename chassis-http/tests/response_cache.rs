@@ -454,18 +454,22 @@ async fn redis_down_requests_are_still_served() {
     }
 
     redis.start();
+    // Stored again, then served from the cache. Both are awaited: on a loaded machine the
+    // first calls to the restarted Redis may still exceed the store's 200 ms timeout (a miss
+    // that is served, as above).
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let mut stored = false;
     loop {
         let reply = get_path(addr, "/plain").await;
         assert_eq!(reply.status, StatusCode::OK);
-        if reply.cache_status() == "chassis; fwd=miss; stored" {
+        stored |= reply.cache_status() == "chassis; fwd=miss; stored";
+        if stored && reply.hit() {
             break;
         }
         assert!(
             tokio::time::Instant::now() < deadline,
-            "responses are cached again once Redis is back"
+            "responses are cached again once Redis is back (stored: {stored})"
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    assert!(get_path(addr, "/plain").await.hit());
 }
