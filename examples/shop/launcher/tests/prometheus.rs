@@ -31,6 +31,16 @@ const RATE_INTERVAL: &str = "1m";
 const NO_DATA_EXPECTED: &[(&str, &str, &str)] = &[
     (
         "shop-resilience-messaging.json",
+        "Adaptive concurrency limit",
+        "no shop service configures an adaptive limit (a chassis option, off by default)",
+    ),
+    (
+        "shop-resilience-messaging.json",
+        "gRPC server calls",
+        "the shop's services speak HTTP and AMQP; the panel is for services that serve gRPC",
+    ),
+    (
+        "shop-resilience-messaging.json",
         "Outbox relay errors and parked rows",
         "the relay neither fails nor parks a row while the broker and the database are up",
     ),
