@@ -8,10 +8,10 @@
 //! with the component's new state.
 //!
 //! The registry knows no protocol: `chassis-http` serves it on the admin listener (with the
-//! `admin` scope), the way it serves the [`HealthRegistry`](crate::health::HealthRegistry). It
+//! `admin` scope), the way it serves the [`HealthRegistry`]. It
 //! is filled explicitly, when the service builds its parts
 //! ([`register_policy`](ControlRegistry::register_policy) takes every part of a
-//! [`ResilienceLayer`](crate::resilience::policy::ResilienceLayer)), so nothing is added to a
+//! [`ResilienceLayer`]), so nothing is added to a
 //! call's path: reading a state reads the atomics the components keep anyway.
 //!
 //! [`ControlRegistry::subscribe`] gives a live feed of the whole registry: one sampler task
