@@ -1,7 +1,10 @@
 //! Where sagas live: the `chassis_saga` and `chassis_saga_timeout` tables on SQLite and
 //! PostgreSQL, and the statements the engine runs on them.
 // Without a database feature nothing implements the trait.
-#![cfg_attr(not(any(feature = "sqlite", feature = "postgres")), allow(dead_code))]
+#![cfg_attr(
+    not(any(feature = "sqlite", feature = "postgres")),
+    allow(dead_code, unused_imports, unused_macros)
+)]
 
 use std::future::Future;
 
