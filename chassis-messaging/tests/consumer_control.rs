@@ -1,6 +1,6 @@
 //! A consumer's queues in the control registry, on the real RabbitMQ: dead-lettered messages
 //! moved back to the work queue (one by id, then all), each processed once through the inbox,
-//! and the action idempotent.
+//! and the action idempotent; the state lists the dead-lettered messages without moving them.
 
 mod outbox_support;
 
@@ -97,6 +97,20 @@ async fn dead_lettered_messages_move_back_and_are_processed_once() {
     assert_eq!(before["counters"]["failed"], 2, "{before}");
     assert_eq!(before["in_flight"], 0, "{before}");
     assert_eq!(before["retry_depth"], 0, "{before}");
+    // Listed by id with the reason, and given back: reading them moved nothing.
+    let mut listed: Vec<&str> = before["dlq_messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_str().unwrap())
+        .collect();
+    listed.sort_unstable();
+    assert_eq!(listed, ["m-1", "m-2"], "{before}");
+    assert_eq!(
+        before["dlq_messages"][0]["reason"], "cannot handle it yet",
+        "{before}"
+    );
+    assert_eq!(state(&control, &queue).await["dlq_depth"], 2);
 
     broken.store(false, Ordering::SeqCst);
     for _ in 0..2 {
@@ -117,7 +131,9 @@ async fn dead_lettered_messages_move_back_and_are_processed_once() {
         );
     }
     assert_eq!(effects(&pool, "m-2").await, 0, "m-2 stays in the DLQ");
-    assert_eq!(state(&control, &queue).await["dlq_depth"], 1);
+    let one_left = state(&control, &queue).await;
+    assert_eq!(one_left["dlq_depth"], 1);
+    assert_eq!(one_left["dlq_messages"][0]["id"], "m-2", "{one_left}");
 
     control
         .act("consumer", &queue, "requeue_dlq", &json!({}))

@@ -16,6 +16,14 @@
 //! logged at WARN on target `chassis_messaging::control` with the message id: the audit line.
 //! The action is idempotent: a moved message is no longer in the DLQ.
 //!
+//! The state lists the first dead-lettered messages (`dlq_messages`: message id, the
+//! chassis's failure reason, the broker's death reason), so an operator can move one back by
+//! its id. The listing reads them with `basic.get` and gives them straight back (one
+//! `basic.nack` with requeue; the DLQ has no delivery limit nor dead-letter exchange, so
+//! nothing is lost by reading), only while the DLQ is not empty, and again only when its depth
+//! changes or the listing is a few seconds old. Listing and moving take turns, so a move never
+//! misses a message the listing holds at that moment.
+//!
 //! ```no_run
 //! # async fn example(conn: chassis_messaging::amqp::connection::Connection,
 //! #     queue: chassis_messaging::amqp::topology::QueueConfig) {
@@ -32,7 +40,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use chassis_core::Error;
 use chassis_core::control::{Controllable, action_failed, invalid_action, unknown_action};
@@ -112,6 +120,15 @@ pub struct QueueControl {
     queue: QueueConfig,
     stats: Option<HandlerStats>,
     channel: Mutex<Option<ManagedChannel>>,
+    /// The last listing of the DLQ; its lock also keeps listing and moving apart.
+    dlq: Mutex<Option<Listing>>,
+}
+
+/// Dead-lettered messages as the state last listed them.
+struct Listing {
+    depth: u32,
+    at: Instant,
+    messages: Vec<Value>,
 }
 
 impl std::fmt::Debug for QueueControl {
@@ -127,6 +144,13 @@ const ACTIONS: &[&str] = &["requeue_dlq"];
 /// Longest wait for one broker operation of a snapshot or an action.
 const OP_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// Dead-lettered messages listed in the state (the oldest first): enough to act on one by id,
+/// bounded for the feed.
+const DLQ_LISTED: u32 = 10;
+
+/// How long a listing of the DLQ is shown again while the DLQ's depth stays the same.
+const DLQ_LISTING_AGE: Duration = Duration::from_secs(5);
+
 impl QueueControl {
     /// Reads (and acts on) `queue`'s work queue, retry tiers and dead-letter queue through
     /// `conn`.
@@ -136,6 +160,7 @@ impl QueueControl {
             queue,
             stats: None,
             channel: Mutex::new(None),
+            dlq: Mutex::new(None),
         }
     }
 
@@ -176,7 +201,114 @@ impl QueueControl {
         }
     }
 
+    /// The DLQ's depth and its first messages (see the [module docs](self)), read together
+    /// under the listing's lock, so no snapshot of this control sees the DLQ while a listing
+    /// holds its messages.
+    async fn dlq_state(&self) -> (Option<u32>, Vec<Value>) {
+        let dlq = self.queue.dead_letter_queue();
+        let mut last = self.dlq.lock().await;
+        let Some(depth) = self.depth(&dlq).await else {
+            return (None, Vec::new());
+        };
+        if let Some(listing) = last.as_ref()
+            && listing.depth == depth
+            && listing.at.elapsed() < DLQ_LISTING_AGE
+        {
+            return (Some(depth), listing.messages.clone());
+        }
+        let messages = if depth == 0 {
+            Vec::new()
+        } else {
+            let read = self.read_dlq(depth.min(DLQ_LISTED)).await;
+            // The broker counts the messages given back a moment after the nack (a quorum
+            // queue applies it through its log): wait for them, so the next reader of the
+            // depth (a snapshot, a move) sees them all.
+            let back = tokio::time::Instant::now() + Duration::from_secs(2);
+            while tokio::time::Instant::now() < back
+                && self.depth(&dlq).await.is_some_and(|d| d < depth)
+            {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            match read {
+                Ok(messages) => messages,
+                // Listed again at the next snapshot; the depth still says how many there are.
+                Err(_) => return (Some(depth), Vec::new()),
+            }
+        };
+        *last = Some(Listing {
+            depth,
+            at: Instant::now(),
+            messages: messages.clone(),
+        });
+        (Some(depth), messages)
+    }
+
+    /// Reads up to `n` messages off the DLQ and gives them all back.
+    async fn read_dlq(&self, n: u32) -> Result<Vec<Value>, BoxedError> {
+        let dlq = self.queue.dead_letter_queue();
+        let ch = self.conn.open_channel().await?;
+        let mut messages = Vec::new();
+        let mut last = None;
+        let read = async {
+            for _ in 0..n {
+                let got = tokio::time::timeout(
+                    OP_TIMEOUT,
+                    ch.channel
+                        .basic_get(dlq.as_str().into(), BasicGetOptions::default()),
+                )
+                .await
+                .map_err(|_| "basic.get timed out")??;
+                let Some(message) = got else { break };
+                let delivery = message.delivery;
+                let properties = &delivery.properties;
+                let header = |name: &str| {
+                    properties
+                        .headers()
+                        .as_ref()
+                        .and_then(|h| h.inner().get(name))
+                        .and_then(|v| match v {
+                            lapin::types::AMQPValue::LongString(s) => {
+                                Some(String::from_utf8_lossy(s.as_bytes()).into_owned())
+                            }
+                            lapin::types::AMQPValue::ShortString(s) => Some(s.as_str().to_owned()),
+                            _ => None,
+                        })
+                };
+                messages.push(json!({
+                    "id": properties.message_id().as_ref().map(|m| m.as_str()),
+                    "type": properties.kind().as_ref().map(|m| m.as_str()),
+                    "reason": header(FAILURE_REASON_HEADER),
+                    "death": header("x-first-death-reason"),
+                }));
+                last = Some(delivery.acker);
+            }
+            Ok::<_, BoxedError>(())
+        }
+        .await;
+        // One nack for all: every message read goes back to the DLQ (its order may change; a
+        // DLQ's order means nothing to a consumer, as nobody consumes it).
+        let given_back = match last {
+            Some(acker) => acker
+                .nack(BasicNackOptions {
+                    multiple: true,
+                    requeue: true,
+                })
+                .await
+                .map(drop)
+                .map_err(BoxedError::from),
+            None => Ok(()),
+        };
+        // Closing the channel would give them back too, should the nack have failed.
+        self.conn.close_channel(&ch.channel).await;
+        read?;
+        given_back?;
+        Ok(messages)
+    }
+
     async fn requeue_dlq(&self, id: Option<&str>) -> Result<u64, BoxedError> {
+        // Not while a listing holds messages; the next snapshot lists the DLQ afresh.
+        let mut listing = self.dlq.lock().await;
+        *listing = None;
         let dlq = self.queue.dead_letter_queue();
         // A channel of its own: confirms must not mix with the snapshot channel's declares.
         let ch = self.conn.open_channel().await?;
@@ -285,7 +417,7 @@ impl Controllable for QueueControl {
     fn snapshot(&self) -> BoxFuture<'_, Value> {
         Box::pin(async move {
             let depth = self.depth(&self.queue.name).await;
-            let dlq_depth = self.depth(&self.queue.dead_letter_queue()).await;
+            let (dlq_depth, dlq_messages) = self.dlq_state().await;
             let mut retry_depth = None::<u64>;
             for name in self.queue.all_queues().iter().skip(2) {
                 if let Some(d) = self.depth(name).await {
@@ -297,6 +429,7 @@ impl Controllable for QueueControl {
                 "depth": depth,
                 "retry_depth": retry_depth.unwrap_or(0),
                 "dlq_depth": dlq_depth,
+                "dlq_messages": dlq_messages,
             });
             if let Some(stats) = &self.stats {
                 let counts = &stats.0;
