@@ -6,6 +6,7 @@
 //! | the AMQP connection | [`Connection::component`] | Transport | registers its health check; waits for the broker (up to [`attach_timeout`](ConnectionComponent::attach_timeout), 3 s, or [`initial_connect_timeout`](crate::ConnectionConfig::initial_connect_timeout) when [`required`](ConnectionComponent::required)) and declares the topology, else leaves both to the background | closes the connection |
 //! | a consumer | [`ConsumerComponent::new`] | Intake | subscribes in the background (retrying until the broker and the queue are there) | `basic.cancel` with the other intakes, then waits for its in-flight handlers |
 //! | the outbox relay | [`Relay::into_component`] | Worker | runs the relay | finishes the batches in flight (their confirms recorded), then returns |
+//! | a saga | [`Saga::component`](crate::saga::Saga::component) | Worker | creates the saga tables, then fires due timeouts | stops firing timeouts |
 //! | the database | [`Outbox::component`] | Resource | migrates the outbox/inbox tables and the service's schema, registers the database as a required readiness check | closes the pool |
 //!
 //! # The broker is not a start-up dependency of an outbox service

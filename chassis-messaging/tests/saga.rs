@@ -1,19 +1,22 @@
 //! The saga building block on a real SQLite file and (feature `postgres`) the real PostgreSQL,
 //! one schema per test: transitions, compensations newest first, redelivered events applied
-//! once, timeouts that fire once, only in their state, and after a restart.
+//! once, timeouts that fire once, only in their state, and after a restart; a read model
+//! projected in each transition's transaction, committed transitions announced, refused
+//! events written nowhere.
 
 mod outbox_support;
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chassis_messaging::amqp::consumer::{Handler, Outcome};
 use chassis_messaging::amqp::incoming::IncomingMessage;
 use chassis_messaging::amqp::topology::{ExchangeConfig, QueueConfig, TopologyConfig};
 use chassis_messaging::envelope::{Envelope, SUBJECT};
+use chassis_messaging::error::{Error, ErrorKind};
 use chassis_messaging::memory::MemoryBroker;
-use chassis_messaging::message::HeaderValue;
+use chassis_messaging::message::{HeaderValue, OutgoingMessage};
 use chassis_messaging::saga::{Saga, SagaConfig, SagaDatabase, SagaDefinition};
 use chassis_messaging::sql::outbox::{Outbox, Relay, RelayConfig};
 use chassis_messaging::version::Versioned;
@@ -63,6 +66,9 @@ fn command(kind: &str) -> Envelope<serde_json::Value> {
 fn definition(payment_timeout: Duration) -> SagaDefinition<Order> {
     SagaDefinition::<Order>::new("order")
         .initially("stock.reserved", move |step, e: Envelope<Reserved>| {
+            if e.data.amount_cents < 0 {
+                return step.reject("amount_cents must not be negative");
+            }
             step.data_mut().amount_cents = e.data.amount_cents;
             step.compensate_with_event(COMMANDS, command("stock.release"))
                 .unwrap();
@@ -86,9 +92,17 @@ fn definition(payment_timeout: Duration) -> SagaDefinition<Order> {
             |step, e: Envelope<Declined>| step.fail(e.data.reason),
         )
         .on_timeout("Charging", "payment", |step| {
-            step.compensate_with_event(COMMANDS, command("payment.refund"))
-                .unwrap();
+            step.compensate("refund");
             step.fail("payment timed out");
+        })
+        // Made when the saga fails, so it can say why.
+        .compensation("refund", |step, reason| {
+            let refund = Envelope::new(
+                "test/orders",
+                "payment.refund",
+                serde_json::json!({ "reason": reason }),
+            );
+            step.send_event(COMMANDS, refund).unwrap();
         })
 }
 
@@ -107,9 +121,9 @@ async fn saga_on<DB: SagaDatabase>(
     saga
 }
 
-/// Relays everything the outbox holds to an in-memory broker and returns the routing keys
-/// per saga instance (the subject), in publishing order.
-async fn sent<DB: SagaDatabase>(pool: &sqlx::Pool<DB>) -> BTreeMap<String, Vec<String>> {
+/// Relays everything the outbox holds to an in-memory broker and returns it, in publishing
+/// order.
+async fn published<DB: SagaDatabase>(pool: &sqlx::Pool<DB>) -> Vec<OutgoingMessage> {
     let broker = Arc::new(MemoryBroker::new());
     broker
         .declare(
@@ -125,8 +139,14 @@ async fn sent<DB: SagaDatabase>(pool: &sqlx::Pool<DB>) -> BTreeMap<String, Vec<S
     )
     .unwrap();
     relay.run_until_idle().await.unwrap();
+    broker.published()
+}
+
+/// Relays everything the outbox holds and returns the routing keys per saga instance (the
+/// subject), in publishing order.
+async fn sent<DB: SagaDatabase>(pool: &sqlx::Pool<DB>) -> BTreeMap<String, Vec<String>> {
     let mut per_saga = BTreeMap::<String, Vec<String>>::new();
-    for msg in broker.published() {
+    for msg in published(pool).await {
         let subject = match msg.headers.get(SUBJECT) {
             Some(HeaderValue::String(s)) => s.clone(),
             other => panic!("no subject: {other:?}"),
@@ -411,6 +431,168 @@ async fn replicas_race_and_each_transition_happens_once<DB: SagaDatabase>(pool: 
     assert_eq!(keys, expected);
 }
 
+type View = Option<(String, Option<String>, i64, i64)>;
+
+/// The saga with a projection into `order_view` (state, failure, compensations sent,
+/// version), which refuses a charge id of `ch-poison` (to show a projection's error undoing
+/// its transition), and a reader of the view: SQL is per database, so a macro.
+macro_rules! with_view {
+    ($pool:expr) => {{
+        let pool = $pool;
+        sqlx::raw_sql(
+            "CREATE TABLE order_view (id TEXT PRIMARY KEY, state TEXT NOT NULL, failure TEXT, \
+             compensated BIGINT NOT NULL, version BIGINT NOT NULL)",
+        )
+        .execute(&pool)
+        .await
+        .unwrap();
+        let saga = saga_on(pool.clone(), Duration::ZERO)
+            .await
+            .project(|conn, t, order| {
+                Box::pin(async move {
+                    if order.data.charge_id.as_deref() == Some("ch-poison") {
+                        return Err(Error::validation("the view refuses ch-poison"));
+                    }
+                    sqlx::query(
+                        "INSERT INTO order_view (id, state, failure, compensated, version) \
+                         VALUES ($1, $2, $3, $4, $5) ON CONFLICT (id) DO UPDATE SET \
+                         state = excluded.state, failure = excluded.failure, \
+                         compensated = order_view.compensated + excluded.compensated, \
+                         version = excluded.version",
+                    )
+                    .bind(&order.id)
+                    .bind(&order.state)
+                    .bind(&order.failure)
+                    .bind(t.compensated as i64)
+                    .bind(order.version)
+                    .execute(&mut *conn)
+                    .await
+                    .map_err(|e| Error::with_source(ErrorKind::Database, e))?;
+                    Ok(())
+                })
+            });
+        let view = move |id: &'static str| {
+            let pool = pool.clone();
+            async move {
+                let row: View = sqlx::query_as(
+                    "SELECT state, failure, compensated, version FROM order_view WHERE id = $1",
+                )
+                .bind(id)
+                .fetch_optional(&pool)
+                .await
+                .unwrap();
+                row
+            }
+        };
+        (saga, view)
+    }};
+}
+
+/// Each transition (event, timeout) updates the read model in its own transaction and is
+/// announced once committed; a refused event and a projection's error write nothing.
+async fn a_read_model_follows_each_transition<DB: SagaDatabase, F>(
+    pool: sqlx::Pool<DB>,
+    saga: Saga<DB, Order>,
+    view: impl Fn(&'static str) -> F,
+) where
+    F: Future<Output = View>,
+{
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let saga = saga.on_committed({
+        let seen = seen.clone();
+        move |t| {
+            let mut seen = seen.lock().unwrap();
+            seen.push((t.saga_id.clone(), t.to.clone(), t.compensated));
+        }
+    });
+    let handler = saga.handler();
+    for order in ["o-1", "o-2"] {
+        let reserved = event("stock.reserved", order, Reserved { amount_cents: 5 });
+        assert_eq!(handler.handle(reserved).await, Outcome::Ack);
+    }
+    assert_eq!(view("o-1").await, Some(("Charging".into(), None, 0, 1)));
+
+    // Refused by the transition: rejected with the reason, nothing written or announced.
+    let negative = event("stock.reserved", "o-neg", Reserved { amount_cents: -1 });
+    assert!(
+        matches!(handler.handle(negative).await, Outcome::Reject { reason } if reason.contains("must not be negative"))
+    );
+    assert!(saga.get("o-neg").await.unwrap().is_none());
+    assert_eq!(view("o-neg").await, None);
+    let mut tx = pool.begin().await.unwrap();
+    let refused = saga
+        .start(&mut *tx, "o-neg", Order::default(), |step| {
+            step.reject("not today")
+        })
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(refused.kind(), ErrorKind::Validation { .. }),
+        "{refused}"
+    );
+    drop(tx);
+
+    // Refused by the projection: the transition is undone with it (still Charging, no
+    // confirmation sent).
+    let poison = event(
+        "payment.charged",
+        "o-2",
+        Charged {
+            charge_id: "ch-poison".into(),
+        },
+    );
+    assert!(matches!(
+        handler.handle(poison).await,
+        Outcome::Reject { .. }
+    ));
+    let o2 = saga.get("o-2").await.unwrap().unwrap();
+    assert_eq!((o2.state.as_str(), o2.version), ("Charging", 1));
+    assert_eq!(view("o-2").await, Some(("Charging".into(), None, 0, 1)));
+
+    // Both payment timeouts fire: the view shows the failure and the two compensations.
+    assert_eq!(saga.fire_due().await.unwrap().len(), 2);
+    assert_eq!(
+        view("o-1").await,
+        Some(("Failed".into(), Some("payment timed out".into()), 2, 2))
+    );
+    let mut seen = seen.lock().unwrap().clone();
+    seen.sort();
+    let expected = [
+        ("o-1", "Charging", 0),
+        ("o-2", "Charging", 0),
+        ("o-1", "Failed", 2),
+        ("o-2", "Failed", 2),
+    ];
+    let mut expected: Vec<_> = expected
+        .iter()
+        .map(|(id, to, n)| (id.to_string(), to.to_string(), *n))
+        .collect();
+    expected.sort();
+    assert_eq!(
+        seen, expected,
+        "each transition announced once, after its commit"
+    );
+    let refunds: Vec<serde_json::Value> = published(&pool)
+        .await
+        .iter()
+        .filter(|m| m.routing_key == "payment.refund")
+        .map(|m| serde_json::from_slice(&m.body).unwrap())
+        .collect();
+    assert_eq!(
+        refunds,
+        vec![serde_json::json!({ "reason": "payment timed out" }); 2],
+        "the compensation step was given the failure's reason"
+    );
+}
+
+#[tokio::test]
+async fn sqlite_a_read_model_follows_each_transition() {
+    let dir = tempfile::tempdir().unwrap();
+    let pool = sqlite_pool(&dir).await;
+    let (saga, view) = with_view!(pool.clone());
+    a_read_model_follows_each_transition(pool, saga, view).await;
+}
+
 #[tokio::test]
 async fn sqlite_replicas_race_and_each_transition_happens_once() {
     let dir = tempfile::tempdir().unwrap();
@@ -458,6 +640,14 @@ mod postgres {
     async fn postgres_replicas_race_and_each_transition_happens_once() {
         let db = PgSchema::new(8).await;
         replicas_race_and_each_transition_happens_once(db.pool.clone()).await;
+        db.drop().await;
+    }
+
+    #[tokio::test]
+    async fn postgres_a_read_model_follows_each_transition() {
+        let db = PgSchema::new(4).await;
+        let (saga, view) = with_view!(db.pool.clone());
+        a_read_model_follows_each_transition(db.pool.clone(), saga, view).await;
         db.drop().await;
     }
 

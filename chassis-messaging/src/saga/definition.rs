@@ -23,6 +23,16 @@ pub const FAILED: &str = "Failed";
 type EventFn<D> =
     Arc<dyn Fn(&mut Step<'_, D>, &IncomingMessage) -> Result<(), Error> + Send + Sync>;
 type TimeoutFn<D> = Arc<dyn Fn(&mut Step<'_, D>) + Send + Sync>;
+pub(crate) type CompensationFn<D> = Arc<dyn Fn(&mut Step<'_, D>, &str) + Send + Sync>;
+
+/// A compensation registered with an instance: a message ready to send, or the name of a
+/// compensation step of the definition, run when the saga fails (kept as JSON with the row).
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[serde(untagged)]
+pub(crate) enum Compensation {
+    Message(OutgoingMessage),
+    Step(String),
+}
 type CorrelateFn = Arc<dyn Fn(&IncomingMessage) -> Option<String> + Send + Sync>;
 
 /// A saga's states and transitions, built once at startup and run by a
@@ -36,6 +46,7 @@ pub struct SagaDefinition<D> {
     pub(crate) name: Arc<str>,
     pub(crate) events: HashMap<(String, String), EventFn<D>>,
     pub(crate) timeouts: HashMap<(String, String), TimeoutFn<D>>,
+    pub(crate) compensations: HashMap<String, CompensationFn<D>>,
     pub(crate) correlate: CorrelateFn,
 }
 
@@ -45,10 +56,13 @@ impl<D> fmt::Debug for SagaDefinition<D> {
         events.sort();
         let mut timeouts: Vec<_> = self.timeouts.keys().collect();
         timeouts.sort();
+        let mut compensations: Vec<_> = self.compensations.keys().collect();
+        compensations.sort();
         f.debug_struct("SagaDefinition")
             .field("name", &self.name)
             .field("events", &events)
             .field("timeouts", &timeouts)
+            .field("compensations", &compensations)
             .finish_non_exhaustive()
     }
 }
@@ -69,6 +83,7 @@ impl<D: Send + 'static> SagaDefinition<D> {
             name: name.into().into(),
             events: HashMap::new(),
             timeouts: HashMap::new(),
+            compensations: HashMap::new(),
             correlate: Arc::new(subject_of),
         }
     }
@@ -118,6 +133,19 @@ impl<D: Send + 'static> SagaDefinition<D> {
         self
     }
 
+    /// A compensation step named `name`: registered by a transition with
+    /// [`Step::compensate`], it runs when the saga fails, given the failure's reason, and
+    /// sends what undoes the step (e.g. a release command that carries the reason). Use it
+    /// when the undoing message depends on how the saga failed; otherwise
+    /// [`Step::compensate_with`] registers the message itself.
+    pub fn compensation<F>(mut self, name: &str, f: F) -> Self
+    where
+        F: Fn(&mut Step<'_, D>, &str) + Send + Sync + 'static,
+    {
+        self.compensations.insert(name.to_owned(), Arc::new(f));
+        self
+    }
+
     /// How an event finds its instance: `f` returns the instance id, `None` for a message
     /// that belongs to none (rejected). Defaults to the CloudEvents `subject`.
     pub fn correlate_by<F>(mut self, f: F) -> Self
@@ -147,8 +175,9 @@ pub struct Step<'a, D> {
     pub(crate) sends: Vec<OutgoingMessage>,
     pub(crate) schedules: Vec<(String, Duration)>,
     pub(crate) cancels: Vec<String>,
-    pub(crate) compensations: Vec<OutgoingMessage>,
+    pub(crate) compensations: Vec<Compensation>,
     pub(crate) finish: Option<Finish>,
+    pub(crate) rejected: Option<String>,
 }
 
 impl<'a, D> Step<'a, D> {
@@ -230,7 +259,16 @@ impl<'a, D> Step<'a, D> {
     /// in reverse order); if it [`complete`](Self::complete)s, they are dropped. They are
     /// kept with the instance, so a restart forgets none.
     pub fn compensate_with(&mut self, msg: OutgoingMessage) {
-        self.compensations.push(msg);
+        self.compensations.push(Compensation::Message(msg));
+    }
+
+    /// Registers the definition's compensation step `name`
+    /// ([`SagaDefinition::compensation`]) as the undoing of what this step did: like
+    /// [`compensate_with`](Self::compensate_with), but the message is made when the saga
+    /// fails, from its data and the failure's reason. A name the definition lacks fails the
+    /// failing transition (an error, the event rejected).
+    pub fn compensate(&mut self, name: impl Into<String>) {
+        self.compensations.push(Compensation::Step(name.into()));
     }
 
     /// [`compensate_with`](Self::compensate_with) an event, linked like
@@ -271,5 +309,16 @@ impl<'a, D> Step<'a, D> {
     /// newest first, its timeouts cancelled, and later events for it are acked unhandled.
     pub fn fail(&mut self, reason: impl Into<String>) {
         self.finish = Some(Finish::Failed(reason.into()));
+    }
+
+    /// Refuses the event this step was given (a payload that decodes but breaks a rule of
+    /// the application, e.g. a field over its limit): nothing the step did is written, the
+    /// instance stays as it was, and the message is rejected with `reason` (dead-lettered by
+    /// the consumer) rather than retried, since it would fail the same way every time.
+    /// [`Saga::start`](super::Saga::start) returns it as an
+    /// [`ErrorKind::Validation`](crate::error::ErrorKind::Validation) error; a timeout that
+    /// rejects is dropped with the reason logged.
+    pub fn reject(&mut self, reason: impl Into<String>) {
+        self.rejected = Some(reason.into());
     }
 }

@@ -12,12 +12,14 @@ use sqlx::Transaction;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use super::definition::{COMPLETED, FAILED, Finish, INITIAL, SagaDefinition, Step};
+use super::definition::{COMPLETED, Compensation, FAILED, Finish, INITIAL, SagaDefinition, Step};
 use super::store::{DueTimeout, SagaDatabase, StoredSaga};
+use chassis_core::BoxError;
+use chassis_core::lifecycle::{Component, Context, Stage};
+
 use crate::amqp::consumer::{Handler, Outcome};
 use crate::amqp::incoming::IncomingMessage;
 use crate::error::{Error, ErrorKind, Result};
-use crate::message::OutgoingMessage;
 use crate::sql::inbox::{Claim, Inbox, InboxDatabase};
 use crate::sql::outbox::Outbox;
 use crate::sql::schema::{db_err, now_ms};
@@ -71,6 +73,9 @@ pub struct Transition {
     pub to: String,
     /// Whether the saga ended (completed or failed).
     pub finished: bool,
+    /// How many compensating messages this transition sent (those registered so far, when
+    /// it failed the saga; otherwise 0).
+    pub compensated: usize,
 }
 
 /// An instance as stored, read with [`Saga::get`].
@@ -101,15 +106,32 @@ struct Inner<DB: SagaDatabase, D> {
     scheduled: Notify,
 }
 
+/// A projection: writes what a transition did into the application's own tables, in the
+/// transition's transaction.
+type ProjectFn<DB, D> = Arc<
+    dyn for<'c> Fn(
+            &'c mut <DB as sqlx::Database>::Connection,
+            &'c Transition,
+            &'c SagaInstance<D>,
+        ) -> BoxFuture<'c, Result<()>>
+        + Send
+        + Sync,
+>;
+type CommittedFn = Arc<dyn Fn(&Transition) + Send + Sync>;
+
 /// A saga type running on one database: applies events and fires timeouts. Cheap to clone.
 pub struct Saga<DB: SagaDatabase, D> {
     inner: Arc<Inner<DB, D>>,
+    project: Option<ProjectFn<DB, D>>,
+    committed: Option<CommittedFn>,
 }
 
 impl<DB: SagaDatabase, D> Clone for Saga<DB, D> {
     fn clone(&self) -> Self {
         Self {
             inner: self.inner.clone(),
+            project: self.project.clone(),
+            committed: self.committed.clone(),
         }
     }
 }
@@ -165,7 +187,61 @@ where
                 config,
                 scheduled: Notify::new(),
             }),
+            project: None,
+            committed: None,
         })
+    }
+
+    /// Keeps a read model of the instances in the application's own tables: `f` runs after
+    /// every transition (started, event, timeout) in its transaction, with the transition and
+    /// the instance as written, so the read model and the saga never disagree; an error rolls
+    /// the whole transition back (an event is retried, a timeout stays due). Set it before
+    /// making [`handler`](Self::handler)s or running timeouts: they use the saga as it was.
+    pub fn project<F>(mut self, f: F) -> Self
+    where
+        F: for<'c> Fn(
+                &'c mut DB::Connection,
+                &'c Transition,
+                &'c SagaInstance<D>,
+            ) -> BoxFuture<'c, Result<()>>
+            + Send
+            + Sync
+            + 'static,
+    {
+        self.project = Some(Arc::new(f));
+        self
+    }
+
+    /// Calls `f` with each transition once the saga committed it: those of its
+    /// [`handler`](Self::handler)s and of its timeouts (a transition written in the caller's
+    /// transaction, [`start`](Self::start) or [`apply`](Self::apply), is the caller's to
+    /// announce). For what must wait for durability, e.g. waking requests that wait for an
+    /// instance to end. Set it like [`project`](Self::project).
+    pub fn on_committed<F>(mut self, f: F) -> Self
+    where
+        F: Fn(&Transition) + Send + Sync + 'static,
+    {
+        self.committed = Some(Arc::new(f));
+        self
+    }
+
+    fn committed(&self, transition: &Transition) {
+        if let Some(f) = &self.committed {
+            f(transition);
+        }
+    }
+
+    /// The saga as a lifecycle component named `saga:<name>`, in [`Stage::Worker`]: at start
+    /// it creates the saga tables ([`migrate`](Self::migrate)), then fires timeouts
+    /// ([`run_timeouts`](Self::run_timeouts)) until its stage stops. Register it after the
+    /// database and before the consumers and servers that apply events or start instances.
+    pub fn component(&self) -> SagaComponent<DB, D> {
+        SagaComponent {
+            name: format!("saga:{}", self.name()),
+            saga: self.clone(),
+            stop: CancellationToken::new(),
+            timeouts: None,
+        }
     }
 
     /// The saga type's name.
@@ -189,7 +265,7 @@ where
         let Some(row) = DB::load_saga(&mut *conn, self.name(), id).await? else {
             return Ok(None);
         };
-        let compensations: Vec<OutgoingMessage> =
+        let compensations: Vec<Compensation> =
             serde_json::from_str(&row.compensations).map_err(|e| corrupt("compensations", e))?;
         Ok(Some(SagaInstance {
             id: id.to_owned(),
@@ -217,6 +293,9 @@ where
     ) -> Result<Transition> {
         let mut step = new_step(id, INITIAL.to_owned(), data, Vec::new(), None);
         f(&mut step);
+        if let Some(reason) = step.rejected {
+            return Err(Error::validation(reason));
+        }
         self.write(conn, None, step, INITIAL.to_owned()).await
     }
 
@@ -260,12 +339,15 @@ where
         };
         let mut step = new_step(&id, state.clone(), data, compensations, Some(msg));
         handler(&mut step, msg)?;
+        if let Some(reason) = step.rejected {
+            return Err(Error::validation(reason));
+        }
         self.write(conn, stored.as_ref(), step, state)
             .await
             .map(Some)
     }
 
-    fn read(&self, row: &StoredSaga) -> Result<(String, D, Vec<OutgoingMessage>)> {
+    fn read(&self, row: &StoredSaga) -> Result<(String, D, Vec<Compensation>)> {
         Ok((
             row.state.clone(),
             serde_json::from_str(&row.data).map_err(|e| corrupt("data", e))?,
@@ -288,7 +370,8 @@ where
         let Step {
             saga_id,
             state,
-            data,
+            mut data,
+            cause,
             sends,
             schedules,
             cancels,
@@ -299,13 +382,34 @@ where
         for msg in &sends {
             outbox.enqueue(conn, msg).await?;
         }
+        let mut compensated = 0;
         let (state, failure) = match finish {
             None => (state, None),
             Some(Finish::Completed) => (COMPLETED.to_owned(), None),
             Some(Finish::Failed(reason)) => {
-                for msg in compensations.iter().rev() {
-                    outbox.enqueue(conn, msg).await?;
+                for compensation in compensations.iter().rev() {
+                    match compensation {
+                        Compensation::Message(msg) => {
+                            outbox.enqueue(conn, msg).await?;
+                        }
+                        Compensation::Step(name) => {
+                            let Some(f) = def.compensations.get(name) else {
+                                return Err(Error::invalid_config(format!(
+                                    "saga {} has no compensation step `{name}`",
+                                    def.name
+                                )));
+                            };
+                            let mut undo =
+                                new_step(saga_id, FAILED.to_owned(), data, Vec::new(), cause);
+                            f(&mut undo, &reason);
+                            data = undo.data;
+                            for msg in &undo.sends {
+                                outbox.enqueue(conn, msg).await?;
+                            }
+                        }
+                    }
                 }
+                compensated = compensations.len();
                 (FAILED.to_owned(), Some(reason))
             }
         };
@@ -347,12 +451,26 @@ where
             }
         }
         tracing::debug!(saga = %def.name, %saga_id, %from, to = %state, finished, "saga transition");
-        Ok(Transition {
+        let transition = Transition {
             saga_id: saga_id.to_owned(),
             from,
-            to: state,
+            to: state.clone(),
             finished,
-        })
+            compensated,
+        };
+        if let Some(project) = &self.project {
+            let instance = SagaInstance {
+                id: saga_id.to_owned(),
+                state,
+                data,
+                failure: row.failure,
+                finished,
+                compensations: compensations.len(),
+                version: row.version,
+            };
+            project(conn, &transition, &instance).await?;
+        }
+        Ok(transition)
     }
 
     /// A consumer [`Handler`] that applies each message once: the message id is recorded in
@@ -416,8 +534,14 @@ where
         let (state, data, compensations) = self.read(&row)?;
         let mut step = new_step(&timeout.saga_id, state.clone(), data, compensations, None);
         handler(&mut step);
+        if let Some(reason) = step.rejected {
+            tracing::warn!(saga = %def.name, saga_id = %timeout.saga_id, timeout = %timeout.name, %reason, "saga timeout rejected; dropped");
+            self.inner.outbox.commit(tx).await?;
+            return Ok(None);
+        }
         let transition = self.write(&mut *tx, Some(&row), step, state).await?;
         self.inner.outbox.commit(tx).await?;
+        self.committed(&transition);
         Ok(Some(transition))
     }
 
@@ -462,7 +586,7 @@ fn new_step<'a, D>(
     saga_id: &'a str,
     state: String,
     data: D,
-    compensations: Vec<OutgoingMessage>,
+    compensations: Vec<Compensation>,
     cause: Option<&'a IncomingMessage>,
 ) -> Step<'a, D> {
     Step {
@@ -475,6 +599,7 @@ fn new_step<'a, D>(
         cancels: Vec::new(),
         compensations,
         finish: None,
+        rejected: None,
     }
 }
 
@@ -511,13 +636,68 @@ where
             };
             // Dropping the transaction on an error rolls back the transition and the id.
             match saga.apply(&mut *tx, &msg).await {
-                Ok(_) => match saga.inner.outbox.commit(tx).await {
-                    Ok(()) => Outcome::Ack,
+                Ok(transition) => match saga.inner.outbox.commit(tx).await {
+                    Ok(()) => {
+                        if let Some(transition) = transition {
+                            saga.committed(&transition);
+                        }
+                        Outcome::Ack
+                    }
                     Err(err) => Outcome::retry(format!("saga commit: {err}")),
                 },
                 Err(err) if err.is_transient() => Outcome::retry(err.to_string()),
                 Err(err) => Outcome::reject(err.to_string()),
             }
+        })
+    }
+}
+
+/// A [`Saga`] as a lifecycle component; see [`Saga::component`].
+pub struct SagaComponent<DB: SagaDatabase, D> {
+    name: String,
+    saga: Saga<DB, D>,
+    stop: CancellationToken,
+    timeouts: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl<DB: SagaDatabase, D> std::fmt::Debug for SagaComponent<DB, D> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SagaComponent")
+            .field("name", &self.name)
+            .field("running", &self.timeouts.is_some())
+            .finish()
+    }
+}
+
+impl<DB, D> Component for SagaComponent<DB, D>
+where
+    DB: SagaDatabase,
+    D: Serialize + DeserializeOwned + Default + Send + Sync + 'static,
+{
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn stage(&self) -> Stage {
+        Stage::Worker
+    }
+
+    fn start(&mut self, _ctx: Context) -> BoxFuture<'_, std::result::Result<(), BoxError>> {
+        Box::pin(async move {
+            self.saga.migrate().await?;
+            let timeouts = self.saga.clone().run_timeouts(self.stop.clone());
+            self.timeouts = Some(tokio::spawn(timeouts));
+            Ok(())
+        })
+    }
+
+    fn stop(&mut self, _deadline: Duration) -> BoxFuture<'_, std::result::Result<(), BoxError>> {
+        Box::pin(async move {
+            self.stop.cancel();
+            if let Some(timeouts) = self.timeouts.take() {
+                timeouts.await?;
+            }
+            Ok(())
         })
     }
 }

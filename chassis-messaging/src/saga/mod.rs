@@ -26,8 +26,17 @@
 //!   a transaction that deletes it, so it fires once, and a timeout due while the service
 //!   was down fires when it is back. A timeout fires only in the state it was scheduled in.
 //! - **Compensation**: [`Step::compensate_with`] registers the message that undoes what a
-//!   step asked for; [`Step::fail`] sends those registered so far, newest first, in the
-//!   failing transition's transaction; [`Step::complete`] drops them.
+//!   step asked for, or [`Step::compensate`] a compensation step of the definition
+//!   ([`SagaDefinition::compensation`]) that makes it when the saga fails, from the failure's
+//!   reason; [`Step::fail`] sends those registered so far, newest first, in the failing
+//!   transition's transaction; [`Step::complete`] drops them.
+//! - **Read models and notifications**: [`Saga::project`] writes what each transition did
+//!   into the application's own tables in the transition's transaction (the view an API
+//!   serves); [`Saga::on_committed`] hears of each transition once it is durable.
+//! - **Refusals**: a transition may [`reject`](Step::reject) its event (a payload breaking an
+//!   application rule): nothing is written and the message is dead-lettered with the reason.
+//! - **Lifecycle**: [`Saga::component`] creates the tables at start and fires timeouts until
+//!   the service stops.
 //! - **Versions**: events are read with
 //!   [`IncomingMessage::decode_versioned`](crate::IncomingMessage::decode_versioned), so a transition sees every version it
 //!   reads as the current payload type, and a version it does not read is dead-lettered.
@@ -95,5 +104,5 @@ mod engine;
 pub mod store;
 
 pub use definition::{COMPLETED, FAILED, INITIAL, SagaDefinition, Step};
-pub use engine::{Saga, SagaConfig, SagaHandler, SagaInstance, Transition};
+pub use engine::{Saga, SagaComponent, SagaConfig, SagaHandler, SagaInstance, Transition};
 pub use store::SagaDatabase;
