@@ -1,6 +1,6 @@
 //! The simulator's numbers mean what the README says they mean.
 
-use chassis_benches::sim::Scenario;
+use chassis_benches::sim::{Scenario, Simulate};
 
 const SCENARIO: &str = r#"
 duration = "40s"

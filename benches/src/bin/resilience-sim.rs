@@ -19,7 +19,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use chassis_benches::sim::search::{Objective, SearchSpace, search};
-use chassis_benches::sim::{Scenario, report};
+use chassis_benches::sim::{Scenario, Simulate, report};
 use clap::Parser;
 
 /// Command-line flags; the scenario file holds everything else.
@@ -73,10 +73,7 @@ fn main() -> ExitCode {
 }
 
 fn load(path: &PathBuf, args: &Args) -> Result<Scenario, Box<dyn std::error::Error>> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    let mut scenario: Scenario =
-        toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+    let mut scenario = Scenario::load(path)?;
     if let Some(rate) = args.rate {
         scenario.rate = rate;
     }

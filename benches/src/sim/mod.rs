@@ -13,11 +13,14 @@
 //!
 //! The scenario library is `benches/scenarios/*.toml`: full outage, partial brownout, latency
 //! spike, capacity drop, slow recovery, metastable retry storm (and `outage.toml`, two outages
-//! in one run).
+//! in one run). The format and the downstream model live in the `chassis-scenario` crate
+//! (re-exported here), which the shop's payment-provider stand-in shares to play the same
+//! scenarios on its real HTTP endpoint; [`live`] runs the shop's payments client against it and
+//! sets what it measured beside what the simulator predicts (binary `sim-vs-real`).
 //!
 //! # Example
 //! ```
-//! use chassis_benches::sim::Scenario;
+//! use chassis_benches::sim::{Scenario, Simulate};
 //!
 //! let scenario: Scenario = toml::from_str(r#"
 //!     duration = "20s"
@@ -41,119 +44,84 @@
 //! ```
 
 pub mod downstream;
+pub mod live;
 pub mod report;
 pub mod run;
 pub mod search;
 
-use std::time::Duration;
-
 use chassis_core::resilience::clock::TokioClock;
-use chassis_core::resilience::hedge::{HedgeConfig, HedgeLayer};
-use chassis_core::resilience::policy::ResiliencePolicy;
-use serde::Deserialize;
+use chassis_core::resilience::hedge::HedgeLayer;
 use tower::Layer;
 use tower::util::BoxCloneSyncService;
 
-use downstream::{DownstreamConfig, SimRequest};
+pub use chassis_scenario::{NamedPolicy, Scenario, ScenarioError};
+
+use downstream::SimRequest;
 use report::{Bucket, Summary};
 
-/// A named client policy to compare.
-#[derive(Debug, Clone, Deserialize)]
-pub struct NamedPolicy {
-    /// Label in the reports.
-    pub name: String,
-    /// Hedging of every (simulated, idempotent) call, inside the attempt timeout and spending
-    /// the policy's retry budget, as a service would stack it. Defaults to none.
-    #[serde(default)]
-    pub hedge: Option<HedgeConfig>,
-    /// The policy, exactly as a service would configure it.
-    #[serde(flatten)]
-    pub policy: ResiliencePolicy,
+/// Runs a `chassis-scenario` [`Scenario`] in the simulator.
+pub trait Simulate {
+    /// Runs every policy in virtual time. Fails if a policy does not validate.
+    fn run(&self) -> Result<ScenarioResults, chassis_core::Error>;
+
+    /// Runs `named` once against the scenario's downstream and traffic, in virtual time (it
+    /// need not be one of the scenario's own policies).
+    fn run_policy(
+        &self,
+        named: &NamedPolicy,
+    ) -> Result<(Summary, Vec<Bucket>), chassis_core::Error>;
 }
 
-impl NamedPolicy {
-    /// Runs this policy once against `scenario`'s downstream and traffic, in virtual time.
-    pub fn run(&self, scenario: &Scenario) -> Result<(Summary, Vec<Bucket>), chassis_core::Error> {
-        let policy = self.policy.clone();
-        let hedge = self.hedge.clone();
-        let result = run::run_paused(async {
-            // Built inside the paused runtime so the policy's clocks are the virtual ones.
-            // The breaker's and the retry budget's default clock is a real coarse clock; in
-            // virtual time they must read tokio's paused clock, or their windows and waits
-            // would never move.
-            let layer = policy.build()?.with_clock(TokioClock::new());
-            let hedge = match hedge {
-                Some(config) => {
-                    let hedge = HedgeLayer::new(config, every_call as fn(&SimRequest) -> bool)?;
-                    Some(match layer.retry().and_then(|r| r.budget_handle()) {
-                        Some(budget) => hedge.with_retry_budget(budget),
-                        None => hedge,
-                    })
-                }
-                None => None,
-            };
-            Ok::<_, chassis_core::Error>(
-                run::drive(
-                    scenario.downstream.clone(),
-                    scenario.seed,
-                    scenario.rate,
-                    scenario.duration,
-                    move |downstream| match hedge {
-                        Some(hedge) => {
-                            BoxCloneSyncService::new(layer.layer(hedge.layer(downstream)))
-                        }
-                        None => BoxCloneSyncService::new(layer.layer(downstream)),
-                    },
-                )
-                .await,
-            )
-        })?;
-        Ok((
-            report::summarize(
-                &self.name,
-                &result,
+fn run_policy(
+    named: &NamedPolicy,
+    scenario: &Scenario,
+) -> Result<(Summary, Vec<Bucket>), chassis_core::Error> {
+    let policy = named.policy.clone();
+    let hedge = named.hedge.clone();
+    let result = run::run_paused(async {
+        // Built inside the paused runtime so the policy's clocks are the virtual ones.
+        // The breaker's and the retry budget's default clock is a real coarse clock; in
+        // virtual time they must read tokio's paused clock, or their windows and waits
+        // would never move.
+        let layer = policy.build()?.with_clock(TokioClock::new());
+        let hedge = match hedge {
+            Some(config) => {
+                let hedge = HedgeLayer::new(config, every_call as fn(&SimRequest) -> bool)?;
+                Some(match layer.retry().and_then(|r| r.budget_handle()) {
+                    Some(budget) => hedge.with_retry_budget(budget),
+                    None => hedge,
+                })
+            }
+            None => None,
+        };
+        Ok::<_, chassis_core::Error>(
+            run::drive(
+                scenario.downstream.clone(),
+                scenario.seed,
                 scenario.rate,
-                &scenario.downstream.outages,
-            ),
-            report::timeline(&result, scenario.duration.as_secs()),
-        ))
-    }
+                scenario.duration,
+                move |downstream| match hedge {
+                    Some(hedge) => BoxCloneSyncService::new(layer.layer(hedge.layer(downstream))),
+                    None => BoxCloneSyncService::new(layer.layer(downstream)),
+                },
+            )
+            .await,
+        )
+    })?;
+    Ok((
+        report::summarize(
+            &named.name,
+            &result,
+            scenario.rate,
+            &scenario.downstream.outages,
+        ),
+        report::timeline(&result, scenario.duration.as_secs()),
+    ))
 }
 
 /// The simulated calls are reads: every one may be hedged.
 fn every_call(_: &SimRequest) -> bool {
     true
-}
-
-/// One simulation: traffic, downstream behaviour, and the policies to compare.
-#[derive(Debug, Clone, Deserialize)]
-pub struct Scenario {
-    /// Simulated duration. Defaults to 120 s.
-    #[serde(default = "default_duration", with = "humantime_serde")]
-    pub duration: Duration,
-    /// Caller requests per second. Defaults to 100.
-    #[serde(default = "default_rate")]
-    pub rate: f64,
-    /// Seed of the downstream's randomness (failures, latencies), so every policy meets the
-    /// same downstream and a run is reproducible. Jittered backoff inside a policy draws from
-    /// the thread's RNG, so those figures vary slightly between runs. Defaults to 42.
-    #[serde(default = "default_seed")]
-    pub seed: u64,
-    /// The downstream's behaviour.
-    #[serde(default)]
-    pub downstream: DownstreamConfig,
-    /// The policies to compare, each run against an identical downstream (same seed).
-    pub policies: Vec<NamedPolicy>,
-}
-
-fn default_duration() -> Duration {
-    Duration::from_secs(120)
-}
-fn default_rate() -> f64 {
-    100.0
-}
-fn default_seed() -> u64 {
-    42
 }
 
 /// The results of a scenario.
@@ -165,13 +133,12 @@ pub struct ScenarioResults {
     pub timelines: Vec<(String, Vec<Bucket>)>,
 }
 
-impl Scenario {
-    /// Runs every policy in virtual time. Fails if a policy does not validate.
-    pub fn run(&self) -> Result<ScenarioResults, chassis_core::Error> {
+impl Simulate for Scenario {
+    fn run(&self) -> Result<ScenarioResults, chassis_core::Error> {
         let mut summaries = Vec::new();
         let mut timelines = Vec::new();
         for named in &self.policies {
-            let (summary, timeline) = named.run(self)?;
+            let (summary, timeline) = run_policy(named, self)?;
             summaries.push(summary);
             timelines.push((named.name.clone(), timeline));
         }
@@ -179,5 +146,12 @@ impl Scenario {
             summaries,
             timelines,
         })
+    }
+
+    fn run_policy(
+        &self,
+        named: &NamedPolicy,
+    ) -> Result<(Summary, Vec<Bucket>), chassis_core::Error> {
+        run_policy(named, self)
     }
 }

@@ -46,7 +46,7 @@ use rand::seq::SliceRandom;
 use serde::Deserialize;
 
 use super::report::{Bucket, Summary};
-use super::{NamedPolicy, Scenario};
+use super::{NamedPolicy, Scenario, Simulate};
 
 /// What makes a policy good: a weighted sum, per scenario, of its caller success rate (higher is
 /// better), its callers' p99 latency and its load amplification (lower is better).
@@ -264,7 +264,7 @@ pub fn search(
         let mut total = 0.0;
         let mut within = true;
         for scenario in scenarios {
-            let (summary, timeline) = policy.run(scenario)?;
+            let (summary, timeline) = scenario.run_policy(&policy)?;
             match objective.score(&summary) {
                 Some(score) => total += score,
                 None => within = false,

@@ -11,7 +11,24 @@
 //! - **latency**: every charge waits this long before answering;
 //! - **outages**: windows relative to process start (`--outages 10s+5s,60s+10s`) or toggled with
 //!   `POST /admin/outage`; during an outage every API call answers `503` with `Retry-After`;
-//! - the payment method [`DECLINED_METHOD`] (`"card_declined"`) is always declined with `402`.
+//! - the payment method [`DECLINED_METHOD`] (`"card_declined"`) is always declined with `402`;
+//! - **a scenario** of the resilience simulator (`benches/scenarios/*.toml`, `--scenario`, or
+//!   `PUT /admin/scenario`): see [Playing a scenario](#playing-a-scenario).
+//!
+//! ## Playing a scenario
+//! [`ProviderState::play`] makes charges follow a simulator scenario's downstream instead of the
+//! failure rate and latency above: each charge waits the latency the scenario's model draws
+//! (log-normal around its median and p99, plus the outage windows' extra latency and the
+//! overload penalty for charges in flight beyond its capacity), then fails with `500` with the
+//! scenario's failure probability at that moment. The model is the simulator's own
+//! ([`chassis_scenario::DownstreamModel`]), so a client run against the stand-in can be compared
+//! with the simulator's prediction for the same scenario; the scenario's clock starts when play
+//! starts. A charge dropped while it waits (the client timed out) leaves the model's in-flight
+//! count, as in the simulator. [`ProviderState::playback_calls`] lists when each charge request
+//! arrived, which is the attempts a client made. `--scenario file.toml [--time-scale 0.5]` plays
+//! from start-up; `PUT /admin/scenario` with `{"seed":42,"downstream":{...}}` (the scenario's
+//! `[downstream]` table as JSON) starts one at run time, `DELETE` stops it, `GET` tells its
+//! elapsed time and calls.
 //!
 //! ## Ledger
 //! By default the provider keeps its charges and idempotency keys in memory, which is enough for
@@ -43,6 +60,7 @@
 //! - `GET /v1/stats`: counters (charges, declines, refunds, injected failures, outage rejections).
 //! - `GET|PUT /admin/config` (`{"failure_rate":0.1,"ambiguous_failure_rate":0.0,"latency_ms":20}`),
 //!   `POST /admin/outage` (`{"active":true}` or `{"active":true,"for_ms":5000}`, `{"active":false}`).
+//! - `GET|PUT|DELETE /admin/scenario`: the scenario being played (see above).
 //! - `GET /health/live`, `GET /health/ready`.
 //!
 //! ## Example
@@ -65,6 +83,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use chassis_scenario::{CallPlan, DownstreamConfig, DownstreamModel};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
@@ -307,6 +326,18 @@ struct Inner {
     /// `Some(None)`: outage until turned off; `Some(Some(t))`: until `t`.
     manual_outage: Mutex<Option<Option<Instant>>>,
     store: Mutex<Store>,
+    playback: Mutex<Option<Playback>>,
+}
+
+/// A scenario being played: the simulator's downstream model on the real clock.
+#[derive(Debug)]
+struct Playback {
+    model: DownstreamModel,
+    started: Instant,
+    /// When each charge request arrived, since `started`.
+    calls: Vec<Duration>,
+    /// Tells a charge's in-flight guard whether the playback it began in is still this one.
+    generation: u64,
 }
 
 /// Shared state of the provider (cheap to clone).
@@ -325,6 +356,7 @@ impl ProviderState {
                 windows,
                 manual_outage: Mutex::new(None),
                 store: Mutex::new(Store::default()),
+                playback: Mutex::new(None),
             }),
         }
     }
@@ -399,6 +431,60 @@ impl ProviderState {
         self
     }
 
+    /// Starts playing a simulator scenario's downstream (see the
+    /// [crate docs](crate#playing-a-scenario)), its clock starting now; replaces a scenario
+    /// already playing. `seed` seeds the model's draws.
+    pub fn play(&self, downstream: DownstreamConfig, seed: u64) {
+        let mut playback = self.inner.playback.lock().expect("playback lock");
+        let generation = playback.as_ref().map_or(0, |p| p.generation + 1);
+        *playback = Some(Playback {
+            model: DownstreamModel::new(downstream, seed),
+            started: Instant::now(),
+            calls: Vec::new(),
+            generation,
+        });
+    }
+
+    /// Stops playing a scenario: charges follow the [`Behaviour`] again.
+    pub fn stop_playing(&self) {
+        *self.inner.playback.lock().expect("playback lock") = None;
+    }
+
+    /// When each charge request arrived since the scenario started playing (every attempt of
+    /// every client, replays and refusals included); empty when none plays.
+    pub fn playback_calls(&self) -> Vec<Duration> {
+        self.inner
+            .playback
+            .lock()
+            .expect("playback lock")
+            .as_ref()
+            .map(|p| p.calls.clone())
+            .unwrap_or_default()
+    }
+
+    /// Records a charge request's arrival, if a scenario plays.
+    fn playback_arrival(&self) {
+        if let Some(p) = self.inner.playback.lock().expect("playback lock").as_mut() {
+            let at = p.started.elapsed();
+            p.calls.push(at);
+        }
+    }
+
+    /// The plan of a charge about to be processed, if a scenario plays, with the guard that
+    /// keeps it in the model's in-flight count.
+    fn playback_begin(&self) -> Option<(CallPlan, PlaybackCall<'_>)> {
+        let mut playback = self.inner.playback.lock().expect("playback lock");
+        let p = playback.as_mut()?;
+        let plan = p.model.begin(p.started.elapsed());
+        Some((
+            plan,
+            PlaybackCall {
+                state: self,
+                generation: p.generation,
+            },
+        ))
+    }
+
     /// The current counters.
     pub fn stats(&self) -> Stats {
         self.inner.store.lock().expect("store lock").stats
@@ -452,6 +538,10 @@ pub fn app(state: ProviderState) -> Router {
         .route("/v1/stats", get(stats))
         .route("/admin/config", get(get_config).put(put_config))
         .route("/admin/outage", post(set_outage))
+        .route(
+            "/admin/scenario",
+            get(get_scenario).put(put_scenario).delete(delete_scenario),
+        )
         .route("/health/live", get(health))
         .route("/health/ready", get(health))
         .with_state(state)
@@ -483,6 +573,7 @@ async fn create_charge(
     headers: HeaderMap,
     Json(req): Json<ChargeRequest>,
 ) -> Response {
+    state.playback_arrival();
     if let Some(resp) = state.reject_if_outage() {
         return resp;
     }
@@ -548,14 +639,27 @@ async fn create_charge(
         key: Some(&key),
     };
     let behaviour = *state.inner.behaviour.lock().expect("behaviour lock");
-    if behaviour.latency_ms > 0 {
-        tokio::time::sleep(Duration::from_millis(behaviour.latency_ms)).await;
+    let planned = state.playback_begin();
+    match &planned {
+        Some((plan, _)) => tokio::time::sleep(plan.latency).await,
+        None if behaviour.latency_ms > 0 => {
+            tokio::time::sleep(Duration::from_millis(behaviour.latency_ms)).await;
+        }
+        None => {}
     }
     // No await from here on: the request can no longer be dropped half-way.
     mark.key = None;
     drop(mark);
+    let (fails, ambiguous_failure_rate) = match planned {
+        // The call leaves the model's in-flight count when its wait is over, as in the simulator.
+        Some((plan, _leave)) => (plan.fails, 0.0),
+        None => (
+            rand::random::<f64>() < behaviour.failure_rate,
+            behaviour.ambiguous_failure_rate,
+        ),
+    };
     let mut store = state.inner.store.lock().expect("store lock");
-    if rand::random::<f64>() < behaviour.failure_rate {
+    if fails {
         store.keys.remove(&key);
         store.stats.failures_injected += 1;
         return error(
@@ -599,7 +703,7 @@ async fn create_charge(
             "the ledger could not be written",
         );
     }
-    if rand::random::<f64>() < behaviour.ambiguous_failure_rate {
+    if rand::random::<f64>() < ambiguous_failure_rate {
         store.stats.failures_injected += 1;
         return error(
             StatusCode::INTERNAL_SERVER_ERROR,
@@ -630,6 +734,29 @@ impl Drop for InFlightMark<'_> {
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         if matches!(store.keys.get(key), Some(KeyEntry::InFlight { .. })) {
             store.keys.remove(key);
+        }
+    }
+}
+
+/// A played charge in the scenario model's in-flight count, leaving it when dropped: when its
+/// wait is over, or with the request if the client hung up mid-wait.
+struct PlaybackCall<'a> {
+    state: &'a ProviderState,
+    generation: u64,
+}
+
+impl Drop for PlaybackCall<'_> {
+    fn drop(&mut self) {
+        let mut playback = self
+            .state
+            .inner
+            .playback
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(p) = playback.as_mut()
+            && p.generation == self.generation
+        {
+            p.model.end();
         }
     }
 }
@@ -717,6 +844,54 @@ async fn set_outage(
         (true, Some(ms)) => Some(Some(Instant::now() + Duration::from_millis(ms))),
     };
     Json(json!({ "outage_active": req.active }))
+}
+
+/// Body of `PUT /admin/scenario`: a simulator scenario's `[downstream]` table and seed.
+#[derive(Debug, Deserialize)]
+struct PlayRequest {
+    #[serde(default = "default_seed")]
+    seed: u64,
+    downstream: DownstreamConfig,
+}
+
+fn default_seed() -> u64 {
+    42
+}
+
+async fn put_scenario(
+    State(state): State<ProviderState>,
+    Json(req): Json<PlayRequest>,
+) -> Response {
+    let valid = |r: f64| (0.0..=1.0).contains(&r);
+    if !valid(req.downstream.failure_rate)
+        || !req.downstream.outages.iter().all(|o| valid(o.failure_rate))
+    {
+        return error(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_rate",
+            "failure rates must be within 0..=1",
+        );
+    }
+    state.play(req.downstream, req.seed);
+    Json(json!({ "playing": true })).into_response()
+}
+
+async fn get_scenario(State(state): State<ProviderState>) -> Json<Value> {
+    let playback = state.inner.playback.lock().expect("playback lock");
+    Json(match playback.as_ref() {
+        Some(p) => json!({
+            "playing": true,
+            "elapsed_ms": u64::try_from(p.started.elapsed().as_millis()).unwrap_or(u64::MAX),
+            "calls": p.calls.len(),
+            "in_flight": p.model.in_flight(),
+        }),
+        None => json!({ "playing": false }),
+    })
+}
+
+async fn delete_scenario(State(state): State<ProviderState>) -> Json<Value> {
+    state.stop_playing();
+    Json(json!({ "playing": false }))
 }
 
 async fn health() -> Json<Value> {

@@ -1,5 +1,6 @@
 //! The payment-provider binary: `shop-payment-provider --addr 127.0.0.1:8090 --failure-rate 0.1
-//! [--ledger provider-ledger.jsonl]`.
+//! [--ledger provider-ledger.jsonl]`, or playing a simulator scenario:
+//! `shop-payment-provider --scenario benches/scenarios/partial-brownout.toml --time-scale 0.5`.
 
 use std::net::SocketAddr;
 
@@ -33,6 +34,14 @@ struct Args {
     /// idempotency window (e.g. `24h`, `10m`); `0` keeps them for ever.
     #[arg(long, env = "PROVIDER_RETENTION", default_value = "24h")]
     retention: String,
+    /// Play this resilience-simulator scenario (TOML) from start-up: its downstream's latency,
+    /// failure rate, capacity and outage windows replace the failure rate and latency above.
+    #[arg(long, env = "PROVIDER_SCENARIO")]
+    scenario: Option<std::path::PathBuf>,
+    /// With `--scenario`: multiply the scenario's timeline (duration, outage windows) by this,
+    /// e.g. `0.5` plays a 60 s scenario in 30 s.
+    #[arg(long, env = "PROVIDER_TIME_SCALE", default_value_t = 1.0)]
+    time_scale: f64,
     /// Serve HTTPS with this certificate chain (PEM), with `--tls-key`; reloaded when the file
     /// changes. Plain HTTP without it.
     #[arg(long, env = "TLS_CERT_FILE", requires = "tls_key")]
@@ -61,6 +70,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             return Err(format!("rates must be within 0..=1, got {rate}").into());
         }
     }
+    let scenario = match &args.scenario {
+        Some(path) => Some(chassis_scenario::Scenario::load(path)?.time_scaled(args.time_scale)?),
+        None => None,
+    };
     let behaviour = Behaviour {
         failure_rate: args.failure_rate,
         ambiguous_failure_rate: args.ambiguous_failure_rate,
@@ -77,6 +90,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     } else {
         state.with_retention(retention)
     };
+    if let Some(scenario) = scenario {
+        tracing::info!(scenario = ?args.scenario, time_scale = args.time_scale, "playing a scenario");
+        state.play(scenario.downstream, scenario.seed);
+    }
     tracing::info!(addr = %listener.local_addr()?, ?behaviour, ledger = ?args.ledger, tls = args.tls_cert.is_some(), "payment provider listening");
     if let (Some(cert), Some(key)) = (args.tls_cert, args.tls_key) {
         // HTTPS through the chassis server runner, which handles SIGTERM/SIGINT itself. The
