@@ -179,10 +179,17 @@ impl HealthLayer {
 
     /// Serves `/metrics` from `handle` (e.g. `Telemetry::prometheus_handle()`, an
     /// `Option`: `None` when metrics are off). Without it the metrics path goes to the inner
-    /// service.
+    /// service. Given to a [`Server`](crate::server::Server), `/metrics` is served on its admin
+    /// listener; without one the server refuses to start unless
+    /// [`ServerConfig::public_metrics`](crate::server::ServerConfig::public_metrics) is set.
     pub fn prometheus(self, handle: impl Into<Option<PrometheusHandle>>) -> Self {
         let handle = handle.into();
         self.update(|s| s.prometheus = handle)
+    }
+
+    /// Whether this layer answers `/metrics`.
+    pub(crate) fn serves_metrics(&self) -> bool {
+        self.shared.active && self.shared.prometheus.is_some()
     }
 }
 

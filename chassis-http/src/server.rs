@@ -69,8 +69,12 @@
 //! The application's port then serves the application only: no probe, no `/metrics`, so a
 //! public port does not publish the service's metrics or its dependencies' health. Point
 //! Kubernetes probes, load-balancer health checks and Prometheus at the admin port, and keep
-//! that port off the public network. Without `admin` the probes are served on the
-//! application's port, in front of the application.
+//! that port off the public network. Without `admin` the liveness, readiness and startup
+//! probes are served on the application's port, in front of the application, but `/metrics`
+//! is not: a server given [`HealthLayer::prometheus`] probes and no admin listener refuses to
+//! start ([`ErrorKind::InvalidConfig`]) unless [`ServerConfig::public_metrics`] says the
+//! application's port may publish the metrics (a port only the cluster reaches). So a service
+//! never publishes its metrics on a public port by default.
 //!
 //! The admin listener speaks plain HTTP (also when the main port is HTTPS), with the main
 //! port's limits and timeouts; it is bound with the main one (a failure is
@@ -188,8 +192,15 @@ pub struct ServerConfig {
     /// Address of the admin listener, which serves the [probes](Server::probes) (with
     /// `/metrics`) and the [admin routes](Server::admin_service) apart from the application
     /// (see [the admin listener](self#the-admin-listener)). Defaults to none: the probes are
-    /// served on [`bind`](Self::bind) in front of the application.
+    /// served on [`bind`](Self::bind) in front of the application, and `/metrics` is refused
+    /// unless [`public_metrics`](Self::public_metrics) is set.
     pub admin: Option<SocketAddr>,
+    /// Without an [`admin`](Self::admin) listener, serve `/metrics` (from
+    /// [`HealthLayer::prometheus`]) on [`bind`](Self::bind), the application's port. Defaults to
+    /// `false`: metrics are served on the admin listener only, and probes with a Prometheus
+    /// handle but no admin listener are an [`ErrorKind::InvalidConfig`] at start, so a public
+    /// port never publishes them by accident. Ignored when `admin` is set.
+    pub public_metrics: bool,
 }
 
 impl Default for ServerConfig {
@@ -204,6 +215,7 @@ impl Default for ServerConfig {
             #[cfg(feature = "tls")]
             tls: None,
             admin: None,
+            public_metrics: false,
         }
     }
 }
@@ -276,9 +288,18 @@ impl ServerConfig {
 
     /// Serves the probes, `/metrics` and the admin routes on a listener of their own at
     /// `addr`, and not on [`bind`](Self::bind). Defaults to none (the probes are served on
-    /// `bind`).
+    /// `bind`, `/metrics` only with [`public_metrics`](Self::public_metrics)).
     pub fn admin(mut self, addr: SocketAddr) -> Self {
         self.admin = Some(addr);
+        self
+    }
+
+    /// Without an admin listener, serves `/metrics` on [`bind`](Self::bind), the
+    /// application's port, next to the probes. Defaults to `false` (see
+    /// [`public_metrics`](Self::public_metrics)'s field); only for a port that the public
+    /// cannot reach.
+    pub fn public_metrics(mut self, enabled: bool) -> Self {
+        self.public_metrics = enabled;
         self
     }
 
@@ -363,11 +384,26 @@ impl Extras {
     }
 
     /// Checks that what was given fits `admin` (the admin address, if any): admin routes need
-    /// an admin listener, and an admin listener needs something to serve.
-    pub(crate) fn check(&self, admin: Option<SocketAddr>) -> Result<(), Error> {
+    /// an admin listener, an admin listener needs something to serve, and `/metrics` goes on
+    /// the application's port only when `public_metrics` allows it.
+    pub(crate) fn check(
+        &self,
+        admin: Option<SocketAddr>,
+        public_metrics: bool,
+    ) -> Result<(), Error> {
         let reason = match admin {
             None if self.admin_routes.is_some() => {
                 "admin routes are served on the admin listener: set ServerConfig::admin"
+            }
+            None if !public_metrics
+                && self
+                    .probes
+                    .as_ref()
+                    .is_some_and(HealthLayer::serves_metrics) =>
+            {
+                "the probes serve /metrics, which would publish the metrics on the application's \
+                 port: set ServerConfig::admin to serve them on the admin listener, or \
+                 ServerConfig::public_metrics if this port is not public"
             }
             Some(_) if self.probes.is_none() && self.admin_routes.is_none() => {
                 "ServerConfig::admin is set but the server has no probes or admin routes to serve there"
@@ -590,7 +626,7 @@ impl Server {
             #[cfg(feature = "tls")]
             tls,
         } = self;
-        extras.check(admin.as_ref().map(|(_, addr)| *addr))?;
+        extras.check(admin.as_ref().map(|(_, addr)| *addr), config.public_metrics)?;
         let signals = handle_signals.then(|| shutdown.listen_for_signals());
         let service = extras.main_layer(admin.is_some()).layer(service);
 

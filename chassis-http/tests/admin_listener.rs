@@ -108,24 +108,63 @@ async fn metrics_and_probes_are_served_on_the_admin_port_only() {
 }
 
 #[tokio::test]
-async fn without_an_admin_address_the_probes_are_in_front_of_the_application() {
-    let config = ServerConfig::default().bind(LOOPBACK_ANY.parse().unwrap());
-    let server = Server::bind(config)
+async fn without_an_admin_address_the_probes_are_in_front_of_the_application_but_not_metrics() {
+    let no_admin = || ServerConfig::default().bind(LOOPBACK_ANY.parse().unwrap());
+
+    // The probes alone: served on the main port, and /metrics is the application's path.
+    let server = Server::bind(no_admin())
         .await
         .unwrap()
-        .probes(HealthLayer::new(started_registry()).prometheus(prometheus()))
+        .probes(HealthLayer::new(started_registry()))
         .handle_signals(false);
     assert_eq!(server.admin_addr(), None);
     let main = server.local_addr();
     let stop = server.shutdown_handle();
     let serving = tokio::spawn(server.serve(app()));
+    assert_eq!(get(main, "/health/ready").await.0, 200);
+    assert_eq!(get(main, "/metrics").await.0, 404);
+    assert_eq!(get(main, "/").await, (200, "app".to_owned()));
+    stop.trigger();
+    serving.await.unwrap().unwrap();
 
+    // Probes with /metrics and no admin listener: refused, by the server and the component,
+    // rather than publishing the metrics on the application's (public) port.
+    let err = Server::bind(no_admin())
+        .await
+        .unwrap()
+        .probes(HealthLayer::new(started_registry()).prometheus(prometheus()))
+        .handle_signals(false)
+        .serve(app())
+        .await
+        .expect_err("/metrics on the main port by default");
     assert!(
-        get(main, "/metrics")
-            .await
-            .1
-            .contains("admin_listener_test_total 3")
+        matches!(err.kind(), ErrorKind::InvalidConfig { reason }
+            if reason.contains("ServerConfig::admin") && reason.contains("ServerConfig::public_metrics")),
+        "{err}"
     );
+    let err = App::new("t")
+        .handle_signals(false)
+        .component(
+            HttpServer::new(no_admin(), app())
+                .probes(HealthLayer::new(HealthRegistry::new()).prometheus(prometheus())),
+        )
+        .run()
+        .await
+        .expect_err("the component's start must fail");
+    assert!(err.to_string().contains("public_metrics"), "{err:#}");
+
+    // Asked for: /metrics in front of the application on the main port.
+    let server = Server::bind(no_admin().public_metrics(true))
+        .await
+        .unwrap()
+        .probes(HealthLayer::new(started_registry()).prometheus(prometheus()))
+        .handle_signals(false);
+    let main = server.local_addr();
+    let stop = server.shutdown_handle();
+    let serving = tokio::spawn(server.serve(app()));
+    let (status, body) = get(main, "/metrics").await;
+    assert_eq!(status, 200);
+    assert!(body.contains("admin_listener_test_total 3"), "{body}");
     assert_eq!(get(main, "/health/ready").await.0, 200);
     assert_eq!(get(main, "/").await, (200, "app".to_owned()));
     stop.trigger();
@@ -287,4 +326,11 @@ fn the_admin_address_is_read_from_config_files() {
     assert_eq!(config.admin, Some("0.0.0.0:9090".parse().unwrap()));
     let config: ServerConfig = serde_json::from_str(r#"{"bind":"0.0.0.0:8080"}"#).unwrap();
     assert_eq!(config.admin, None, "defaults to none");
+    assert!(
+        !config.public_metrics,
+        "metrics stay off the main port by default"
+    );
+    let config: ServerConfig =
+        serde_json::from_str(r#"{"bind":"0.0.0.0:8080","public_metrics":true}"#).unwrap();
+    assert!(config.public_metrics);
 }

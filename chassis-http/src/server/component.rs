@@ -167,7 +167,8 @@ where
         Box::pin(async move {
             let service = self.service.take().ok_or("HTTP server started twice")?;
             // Before binding: a misconfiguration fails the start, not the running server.
-            self.extras.check(self.config.admin)?;
+            self.extras
+                .check(self.config.admin, self.config.public_metrics)?;
             // The app owns readiness and the pre-stop delay.
             let config = self.config.clone().pre_stop_delay(Duration::ZERO);
             let server = match self.listener.take() {
