@@ -37,6 +37,7 @@
 //! | [`HTTP_SERVER_ACTIVE_REQUESTS`] | `http_server_active_requests` | gauge | `http.server.active_requests` | `{request}` | `http.request.method` |
 //! | [`HTTP_CLIENT_REQUEST_DURATION`] | `http_client_request_duration_seconds` | histogram | `http.client.request.duration` | `s` | `http.request.method`, `server.address`, `server.port`, `http.response.status_code` (with a response), `error.type` (on error) |
 //! | [`RPC_SERVER_CALL_DURATION`] | `rpc_server_call_duration_seconds` | histogram | `rpc.server.call.duration` | `s` | `rpc.system`, `rpc.service`, `rpc.method`, `rpc.grpc.status_code` |
+//! | [`RPC_CLIENT_CALL_DURATION`] | `rpc_client_call_duration_seconds` | histogram | `rpc.client.call.duration` | `s` | `rpc.system`, `rpc.service`, `rpc.method`, `rpc.grpc.status_code` |
 //! | [`MESSAGING_PUBLISH_DURATION`] | `messaging_publish_duration_seconds` | histogram | `messaging.publish.duration` | `s` | `messaging.destination.name`, `outcome` |
 //! | [`MESSAGING_PROCESS_DURATION`] | `messaging_process_duration_seconds` | histogram | `messaging.process.duration` | `s` | `messaging.destination.name`, `outcome` |
 //! | [`MESSAGING_CLIENT_SENT_MESSAGES`] | `messaging_client_sent_messages_total` | counter | `messaging.client.sent.messages` | `{message}` | `messaging.destination.name` |
@@ -264,6 +265,8 @@ pub const HTTP_SERVER_ACTIVE_REQUESTS: &str = "http_server_active_requests";
 pub const HTTP_CLIENT_REQUEST_DURATION: &str = "http_client_request_duration_seconds";
 /// Duration of gRPC server calls, until the last message and the status are sent.
 pub const RPC_SERVER_CALL_DURATION: &str = "rpc_server_call_duration_seconds";
+/// Duration of gRPC client calls (one series per attempt), until the status is received.
+pub const RPC_CLIENT_CALL_DURATION: &str = "rpc_client_call_duration_seconds";
 /// Time from publish to broker confirm.
 pub const MESSAGING_PUBLISH_DURATION: &str = "messaging_publish_duration_seconds";
 /// Time a consumer handler spent on one message.
@@ -416,6 +419,19 @@ pub const ALL: &[Metric] = &[
             closed(RPC_GRPC_STATUS_CODE, GRPC_STATUS_CODES),
         ],
         description: "Duration of gRPC server calls, until the last message and the status are sent.",
+    },
+    Metric {
+        name: RPC_CLIENT_CALL_DURATION,
+        otel_name: "rpc.client.call.duration",
+        kind: Kind::Histogram,
+        unit: "s",
+        labels: &[
+            closed(RPC_SYSTEM, &["grpc"]),
+            open(RPC_SERVICE),
+            open(RPC_METHOD),
+            closed(RPC_GRPC_STATUS_CODE, GRPC_STATUS_CODES),
+        ],
+        description: "Duration of gRPC client calls (one series per attempt), until the status is received.",
     },
     Metric {
         name: HTTP_CLIENT_REQUEST_DURATION,

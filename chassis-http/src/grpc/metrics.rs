@@ -99,13 +99,7 @@ where
 
     fn call(&mut self, req: Request<ReqB>) -> Self::Future {
         let (service, method) = rpc_names(req.uri().path()).unwrap_or(("_OTHER", "_OTHER"));
-        let call = Call {
-            service: service.to_owned(),
-            method: method.to_owned(),
-            start: Instant::now(),
-            code: None,
-            recorded: false,
-        };
+        let call = Call::new(names::RPC_SERVER_CALL_DURATION, service, method, None);
         ResponseFuture {
             inner: self.inner.call(req),
             call: Some(call),
@@ -113,23 +107,58 @@ where
     }
 }
 
-/// One call's labels and start, recorded once: when its status is known, or on drop.
+/// One call's labels and start, recorded once: when its status is known, or on drop. The
+/// client's attempts ([`GrpcClient`](super::GrpcClient)) are recorded the same way, into their
+/// own histogram and their client span.
 #[derive(Debug)]
-struct Call {
+pub(crate) struct Call {
+    metric: &'static str,
     service: String,
     method: String,
     start: Instant,
     code: Option<Code>,
     recorded: bool,
+    span: Option<tracing::Span>,
 }
 
 impl Call {
+    /// A call starting now, to be recorded into the histogram `metric` and, with `span`, as
+    /// the span's `rpc.grpc.status_code` (and `otel.status_code` `ERROR` for a code other than
+    /// `OK`).
+    pub(crate) fn new(
+        metric: &'static str,
+        service: &str,
+        method: &str,
+        span: Option<tracing::Span>,
+    ) -> Self {
+        Self {
+            metric,
+            service: service.to_owned(),
+            method: method.to_owned(),
+            start: Instant::now(),
+            code: None,
+            recorded: false,
+            span,
+        }
+    }
+
+    /// Sets the code recorded if the call ends without a status of its own (a transport error).
+    pub(crate) fn failed(&mut self, code: Code) {
+        self.code = Some(code);
+    }
+
     fn record(&mut self, code: Code) {
         if std::mem::replace(&mut self.recorded, true) {
             return;
         }
+        if let Some(span) = &self.span {
+            span.record("rpc.grpc.status_code", code as i32);
+            if code != Code::Ok {
+                span.record("otel.status_code", "ERROR");
+            }
+        }
         ::metrics::histogram!(
-            names::RPC_SERVER_CALL_DURATION,
+            self.metric,
             labels::RPC_SYSTEM => "grpc",
             labels::RPC_SERVICE => std::mem::take(&mut self.service),
             labels::RPC_METHOD => std::mem::take(&mut self.method),
@@ -175,19 +204,29 @@ where
         let this = self.project();
         let result = ready!(this.inner.poll(cx));
         let mut call = this.call.take().expect("polled after completion");
-        let response = match result {
-            Ok(response) => response,
+        match result {
+            Ok(response) => Poll::Ready(Ok(observed(response, call))),
             Err(err) => {
                 call.code = Some(Code::Internal);
-                return Poll::Ready(Err(err));
+                Poll::Ready(Err(err))
             }
-        };
-        if let Some(code) = grpc_code(response.headers()) {
-            call.code = Some(code);
-            return Poll::Ready(Ok(response.map(boxed)));
         }
-        Poll::Ready(Ok(response.map(|body| boxed(StatusBody { body, call }))))
     }
+}
+
+/// `response` with `call` recorded: at once for a trailers-only answer (the status in the
+/// head), else when the body's trailers or its end pass.
+pub(crate) fn observed<B>(response: Response<B>, mut call: Call) -> Response<Body>
+where
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    if let Some(code) = grpc_code(response.headers()) {
+        call.code = Some(code);
+        call.record(code);
+        return response.map(boxed);
+    }
+    response.map(|body| boxed(StatusBody { body, call }))
 }
 
 pin_project! {

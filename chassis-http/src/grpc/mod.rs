@@ -19,6 +19,7 @@
 //! - [`GrpcMetricsLayer`] (in [`metrics`]), `rpc_server_call_duration_seconds`;
 //! - [`GrpcRouter`] and [`Multiplex`] (in [`router`]);
 //! - [`GrpcHealth`] (in [`health`]);
+//! - [`GrpcReflection`] (in [`reflection`], feature `grpc-reflection`), `grpc.reflection.v1`;
 //! - status codes on the wire (in [`code`]).
 //!
 //! # Identity and context
@@ -57,6 +58,9 @@ pub mod deadline;
 pub mod health;
 pub mod layers;
 pub mod metrics;
+#[cfg(feature = "grpc-reflection")]
+#[cfg_attr(docsrs, doc(cfg(feature = "grpc-reflection")))]
+pub mod reflection;
 pub mod router;
 pub mod status_mapping;
 
@@ -65,5 +69,7 @@ pub use deadline::GrpcDeadlineLayer;
 pub use health::GrpcHealth;
 pub use layers::GrpcLayers;
 pub use metrics::GrpcMetricsLayer;
+#[cfg(feature = "grpc-reflection")]
+pub use reflection::GrpcReflection;
 pub use router::{GrpcRouter, Multiplex};
 pub use status_mapping::StatusMappingLayer;

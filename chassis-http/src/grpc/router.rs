@@ -85,9 +85,24 @@ impl<B: Send + 'static> GrpcRouter<B> {
 
     /// Serves `service` for the calls to `/<S::NAME>/...`; a second service of the same name
     /// replaces the first.
-    pub fn add_service<S, ResB>(mut self, service: S) -> Self
+    pub fn add_service<S, ResB>(self, service: S) -> Self
     where
         S: Service<Request<B>, Response = Response<ResB>> + NamedService,
+        S: Clone + Send + Sync + 'static,
+        S::Future: Send + 'static,
+        S::Error: Into<BoxError>,
+        ResB: http_body::Body<Data = Bytes> + Send + 'static,
+        ResB::Error: Into<BoxError>,
+    {
+        self.route(S::NAME, service)
+    }
+
+    /// Serves `service` for the calls to `/<name>/...`: a tonic service wrapped in layers of
+    /// its own (a service token required for it but not for the health service beside it), which
+    /// is no longer a [`NamedService`]. A second service of the same name replaces the first.
+    pub fn route<S, ResB>(mut self, name: &'static str, service: S) -> Self
+    where
+        S: Service<Request<B>, Response = Response<ResB>>,
         S: Clone + Send + Sync + 'static,
         S::Future: Send + 'static,
         S::Error: Into<BoxError>,
@@ -99,7 +114,7 @@ impl<B: Send + 'static> GrpcRouter<B> {
                 .map_response(|res: Response<ResB>| res.map(boxed))
                 .map_err(Into::into),
         );
-        Arc::make_mut(&mut self.routes).insert(S::NAME, route);
+        Arc::make_mut(&mut self.routes).insert(name, route);
         self
     }
 }

@@ -1,9 +1,12 @@
 //! gRPC through the chassis: a real tonic client against tonic services served by the chassis
 //! [`Server`](chassis_http::server::Server) behind [`GrpcLayers`](chassis_http::grpc::GrpcLayers),
-//! the `grpc.health.v1` service following readiness, and the resilient client against a real
-//! server.
+//! the `grpc.health.v1` service following readiness, the resilient client against a real
+//! server with its spans and metrics, and the reflection option.
 
 mod client;
 mod health;
+#[cfg(feature = "grpc-reflection")]
+mod reflection;
 mod server;
 mod support;
+mod telemetry;

@@ -1,5 +1,5 @@
 //! The metric catalogue against what the chassis really emits: one process drives every
-//! component (HTTP server layers with an error and a shed request, the gRPC server layers, the HTTP client with retry
+//! component (HTTP server layers with an error and a shed request, the gRPC server layers and client, the HTTP client with retry
 //! and circuit breaker, bulkhead, adaptive-limit and rate-limit rejections, the outbox relay on SQLite
 //! publishing and parking through the real RabbitMQ, a consumer that acks, retries and
 //! dead-letters (and polls its queue's depth), an inbox that sees a duplicate, span export to

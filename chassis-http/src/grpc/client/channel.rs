@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use chassis_core::BoxError;
 use chassis_core::resilience::policy::ResiliencePolicy;
-use chassis_observability::propagation::{HeaderInjector, inject_context};
+use chassis_observability::propagation::{HeaderInjector, inject_current};
 use http::header::AUTHORIZATION;
 use http::{Request, Response};
 use http_body_util::BodyExt as _;
@@ -18,7 +18,6 @@ use tower::ServiceExt as _;
 use tower::util::BoxCloneSyncService;
 use tower_layer::Layer as _;
 use tower_service::Service;
-use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 
 use super::policy::{
     AttemptBody, BufferedRequests, GrpcBreakerClassifier, GrpcRetryClassifier, IdempotentMethods,
@@ -27,8 +26,11 @@ use super::policy::{
 use crate::auth::ServiceTokenSource;
 use crate::error::{Error, ErrorKind};
 use crate::grpc::deadline::{GRPC_TIMEOUT, grpc_timeout_value, parse_grpc_timeout};
+use crate::grpc::metrics::{Call, observed, rpc_names};
 #[cfg(feature = "tls")]
 use crate::tls::client::ClientTlsConfig;
+use chassis_core::metric_catalogue as names;
+use tracing::Instrument as _;
 
 /// The largest request message buffered for retries; a larger one fails with
 /// `RESOURCE_EXHAUSTED` (as a server would refuse it). 4 MiB, tonic's default message limit.
@@ -154,8 +156,16 @@ impl GrpcClientBuilder {
         let layer = policy
             .build()
             .map_err(|e| invalid(format!("invalid resilience policy: {e}")))?;
+        // The calls' URIs are paths only (the channel adds the origin): the host is known here.
+        let host = self
+            .endpoint
+            .parse::<http::Uri>()
+            .ok()
+            .and_then(|uri| uri.host().map(Arc::from))
+            .unwrap_or_else(|| Arc::from(""));
         let attempt = Attempt {
             channel,
+            host,
             token: self.token,
             timeout: layer.attempt_timeout(),
         };
@@ -306,6 +316,8 @@ impl Future for ResponseFuture {
 #[derive(Clone)]
 struct Attempt {
     channel: Channel,
+    /// The endpoint's host, the client span's `server.address`.
+    host: Arc<str>,
     token: Option<ServiceTokenSource>,
     timeout: Option<Duration>,
 }
@@ -337,18 +349,46 @@ impl Service<Request<AttemptBody>> for Attempt {
                 .headers
                 .insert(GRPC_TIMEOUT, grpc_timeout_value(deadline));
         }
-        inject_context(
-            &tracing::Span::current().context(),
-            &mut HeaderInjector(&mut parts.headers),
+        let (service, method) = rpc_names(parts.uri.path()).unwrap_or(("_OTHER", "_OTHER"));
+        // One client span per attempt (OpenTelemetry RPC conventions), the parent of the
+        // server's span: its context is the one sent.
+        let span = tracing::info_span!(
+            "grpc.client",
+            otel.name = %format_args!("{service}/{method}"),
+            otel.kind = "client",
+            otel.status_code = tracing::field::Empty,
+            rpc.system = "grpc",
+            rpc.service = service,
+            rpc.method = method,
+            rpc.grpc.status_code = tracing::field::Empty,
+            server.address = &*self.host,
+        );
+        span.in_scope(|| inject_current(&mut HeaderInjector(&mut parts.headers)));
+        let mut call = Call::new(
+            names::RPC_CLIENT_CALL_DURATION,
+            service,
+            method,
+            Some(span.clone()),
         );
         let token = self.token.as_ref().map(ServiceTokenSource::bearer_header);
         let channel = self.channel.clone();
-        Box::pin(async move {
-            if let Some(token) = token {
-                parts.headers.insert(AUTHORIZATION, token?);
+        Box::pin(
+            async move {
+                if let Some(token) = token {
+                    parts.headers.insert(AUTHORIZATION, token?);
+                }
+                let req = Request::from_parts(parts, body);
+                match channel.oneshot(req).await {
+                    Ok(response) => Ok(observed(response, call).map(tonic::body::Body::new)),
+                    Err(err) => {
+                        // No answer: the call could not be made (what tonic reports as
+                        // UNAVAILABLE).
+                        call.failed(Code::Unavailable);
+                        Err(err.into())
+                    }
+                }
             }
-            let req = Request::from_parts(parts, body);
-            channel.oneshot(req).await.map_err(Into::into)
-        })
+            .instrument(span),
+        )
     }
 }

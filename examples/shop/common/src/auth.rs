@@ -6,6 +6,10 @@
 //! default `shop-1`). The launcher generates a fresh pair per run; Compose and Kubernetes take them
 //! from a secret.
 //!
+//! The orders service calls the inventory's gRPC API with tokens of its own (issuer `orders`):
+//! `ORDERS_TOKEN_PRIVATE_KEY` for orders, `ORDERS_TOKEN_PUBLIC_KEY` for inventory, a second
+//! pair the launcher generates as well.
+//!
 //! # Example
 //! ```
 //! # #[tokio::main(flavor = "current_thread")]
@@ -57,6 +61,49 @@ pub fn issuer_from_env() -> Result<TokenIssuer, BoxError> {
         |_| "SERVICE_TOKEN_PRIVATE_KEY (PKCS#8 PEM) is required; the launcher generates one",
     )?;
     issuer_from_pem(&pem, &kid())
+}
+
+/// The issuer of the orders service's own tokens: its calls to the inventory's gRPC API.
+pub const ORDERS_ISSUER: &str = "orders";
+/// The key id of the orders service's tokens.
+pub const ORDERS_KID: &str = "orders-1";
+
+/// The orders service's issuer (`iss` = `sub` = `orders`, key id [`ORDERS_KID`]) from
+/// `ORDERS_TOKEN_PRIVATE_KEY` (PKCS#8 PEM), or `None` when it is unset. The orders service
+/// has a key of its own, so a verifier can tell its calls from the gateway's and the
+/// gateway's key stays with the gateway.
+pub fn orders_issuer_from_env() -> Result<Option<TokenIssuer>, BoxError> {
+    let Some(pem) = std::env::var("ORDERS_TOKEN_PRIVATE_KEY")
+        .ok()
+        .filter(|p| !p.is_empty())
+    else {
+        return Ok(None);
+    };
+    let key = SigningKey::from_pem(&pem)?.with_kid(ORDERS_KID)?;
+    Ok(Some(
+        TokenIssuer::builder(ORDERS_ISSUER)
+            .signing_key(key)
+            .build()?,
+    ))
+}
+
+/// The server layer for `audience` admitting the orders service's tokens
+/// (`ORDERS_TOKEN_PUBLIC_KEY`, SPKI PEM), or `None` when that key is unset.
+pub fn require_orders_from_env(
+    audience: &str,
+) -> Result<Option<RequireServiceTokenLayer>, BoxError> {
+    let Some(pem) = std::env::var("ORDERS_TOKEN_PUBLIC_KEY")
+        .ok()
+        .filter(|p| !p.is_empty())
+    else {
+        return Ok(None);
+    };
+    let key = VerificationKey::from_public_pem(ORDERS_KID, &pem)?;
+    let verifier = TokenVerifier::builder(audience)
+        .trust_issuer(ORDERS_ISSUER)
+        .keys(KeySet::new().with(key))
+        .build()?;
+    Ok(Some(RequireServiceTokenLayer::new(verifier)))
 }
 
 /// The server layer for `audience` from `SERVICE_TOKEN_PUBLIC_KEY`: 401 without a valid token

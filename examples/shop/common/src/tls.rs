@@ -91,15 +91,25 @@ pub fn only_callers<S>(routes: Router<S>, callers: &[&str]) -> Result<Router<S>,
 where
     S: Clone + Send + Sync + 'static,
 {
+    Ok(match callers_layer(callers)? {
+        Some(layer) => routes.layer(layer),
+        None => routes,
+    })
+}
+
+/// The layer of [`only_callers`] for any service (the inventory's gRPC service lets only the
+/// orders service through), or `None` when the server does not verify client certificates.
+pub fn callers_layer(callers: &[&str]) -> Result<Option<RequirePeerLayer>, BoxError> {
     if server_tls()?.is_none() || ClientAuth::from_env()? == ClientAuth::None {
-        return Ok(routes);
+        return Ok(None);
     }
-    let layer = callers
-        .iter()
-        .fold(RequirePeerLayer::new(), |layer, caller| {
-            layer.allow_uri(identity(caller))
-        });
-    Ok(routes.layer(layer))
+    Ok(Some(
+        callers
+            .iter()
+            .fold(RequirePeerLayer::new(), |layer, caller| {
+                layer.allow_uri(identity(caller))
+            }),
+    ))
 }
 
 /// The TLS settings of calls to other services, or `None` when `TLS_CA_FILE` is unset: only

@@ -177,6 +177,23 @@ pub async fn reservation_status(db: &Db, order_id: &str) -> Result<Option<String
     )
 }
 
+/// An order's reservation as decided: its status and, for a rejection or a release, why.
+pub async fn reservation(
+    db: &Db,
+    order_id: &str,
+) -> Result<Option<(String, Option<String>)>, sqlx::Error> {
+    match db
+        .fetch_optional(
+            "SELECT status, reason FROM reservations WHERE order_id = $1",
+            &[order_id.into()],
+        )
+        .await?
+    {
+        Some(r) => Ok(Some((r.get("status")?, r.get("reason")?))),
+        None => Ok(None),
+    }
+}
+
 /// Reserves every line of `order` or none, in `tx`. Returns the event to publish
 /// (`inventory.reserved` or `inventory.rejected`), or nothing if the order was decided before.
 pub async fn reserve(tx: &mut Tx<'_>, order: &OrderPlaced) -> Result<Vec<Emit>, sqlx::Error> {

@@ -2,8 +2,12 @@
 //!
 //! Owns the catalogue and its stock. Consumes `order.placed` (reserve) and the `inventory.release`
 //! command (compensation), emits `inventory.reserved` / `inventory.rejected` /
-//! `inventory.released` through the outbox, serves `GET /internal/products`.
+//! `inventory.released` through the outbox, serves `GET /internal/products` and, over gRPC,
+//! `inventory.v1.Inventory` (products and reservations; the contract is
+//! `examples/shop/proto/inventory.proto`).
 //!
-//! - [`domain`]: the SQL and the rules (atomic reservation, no overselling, idempotent release).
+//! - [`domain`]: the SQL and the rules (atomic reservation, no overselling, idempotent release);
+//! - [`grpc`]: the gRPC API.
 
 pub mod domain;
+pub mod grpc;

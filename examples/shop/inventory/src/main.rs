@@ -7,12 +7,15 @@
 //! `order.placed`, release on the `inventory.release` command; a message with a field outside
 //! its limit, `shop_common::limits`, is dead-lettered by `shop_common::events::decode` before
 //! anything is written); HTTP
-//! (`GET /internal/products`, `GET /internal/reservations/{order_id}`, behind service tokens).
+//! (`GET /internal/products`, `GET /internal/reservations/{order_id}`, behind service tokens)
+//! and, on the same port, gRPC (`grpc.health.v1`, reflection; `inventory.v1.Inventory` for the orders
+//! service, see `shop_inventory::grpc`, when `ORDERS_TOKEN_PUBLIC_KEY` is set).
 //!
 //! Environment: `HTTP_ADDR` (default `127.0.0.1:8082`), `ADMIN_ADDR` (probes and
 //! `/metrics`, default `127.0.0.1:9082`), `DATABASE_URL`, `DATA_DIR`, `AMQP_URL`,
 //! `SHOP_NAMESPACE`, `CONSUMER_CONCURRENCY` (see `shop_common::service`),
-//! `INVENTORY_SEED=sku:name:price_cents:stock,…`, `SERVICE_TOKEN_PUBLIC_KEY`, and the
+//! `INVENTORY_SEED=sku:name:price_cents:stock,…`, `SERVICE_TOKEN_PUBLIC_KEY`,
+//! `ORDERS_TOKEN_PUBLIC_KEY` (the orders service's tokens for the gRPC API), and the
 //! chassis' `LOG_FORMAT`, `RUST_LOG`, `OTEL_EXPORTER_OTLP_ENDPOINT`, `PRE_STOP_DELAY`, ….
 
 use std::time::Duration;
@@ -23,6 +26,7 @@ use axum::routing::get;
 use chassis_core::health::BoxFuture;
 use chassis_core::lifecycle::{App, Component, Context, LifecycleConfig, Stage};
 use chassis_core::{BoxError, ServiceInfo};
+use chassis_http::grpc::{GrpcHealth, GrpcLayers, GrpcReflection, GrpcRouter, Multiplex};
 use chassis_http::health::HealthLayer;
 use chassis_http::layers::StandardLayers;
 use chassis_http::server::HttpServer;
@@ -38,6 +42,9 @@ use shop_common::limits;
 use shop_common::service::{env, server_config};
 use shop_common::{Shop, auth};
 use shop_inventory::domain::{self, Product};
+use shop_inventory::grpc::InventoryApi;
+use shop_proto::methods;
+use tower::Layer as _;
 
 fn main() -> Result<(), BoxError> {
     // One runtime thread unless SHOP_RUNTIME_THREADS says otherwise (see `shop_common::service::runtime`).
@@ -85,7 +92,32 @@ async fn run() -> Result<(), BoxError> {
     .with_state(db.clone());
     let control = shop_common::admin::registry("inventory", app.health());
     let probes = HealthLayer::new(app.health().clone()).prometheus(telemetry.prometheus_handle());
-    let service = routes.layer(StandardLayers::new());
+    // gRPC on the same port (HTTP/2; `Multiplex` tells the two apart by content type):
+    // grpc.health.v1 from the same health registry as the probes, and `inventory.v1.Inventory`
+    // for the orders service, behind its service token (and, with mTLS, its certificate).
+    // Reflection lets grpcurl and other tools call it without the .proto file.
+    let mut grpc = GrpcRouter::new()
+        .add_service(
+            GrpcHealth::new(app.health().clone())
+                .service(methods::INVENTORY)
+                .into_service(),
+        )
+        .add_service(
+            GrpcReflection::new()
+                .file_descriptor_set(shop_proto::FILE_DESCRIPTOR_SET)
+                .into_service()?,
+        );
+    if let Some(orders_token) = auth::require_orders_from_env("inventory")? {
+        let api = InventoryApi::new(db.clone()).into_server();
+        grpc = match shop_common::tls::callers_layer(&["orders"])? {
+            Some(peer) => grpc.route(methods::INVENTORY, orders_token.layer(peer.layer(api))),
+            None => grpc.route(methods::INVENTORY, orders_token.layer(api)),
+        };
+    }
+    let service = Multiplex::new(
+        routes.layer(StandardLayers::new()),
+        GrpcLayers::new().layer(grpc),
+    );
 
     // 5. Run: start in this order; on SIGTERM stop in stages.
     app.component(telemetry)

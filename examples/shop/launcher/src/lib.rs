@@ -469,6 +469,14 @@ impl System {
         let public_pem = key
             .public_key_pem()
             .ok_or("no public PEM for the generated key")?;
+        // The orders service's own key, for its gRPC calls to the inventory.
+        let orders_key = chassis_http::auth::SigningKey::generate_ed25519()?;
+        let orders_private_pem = orders_key
+            .to_pkcs8_pem()
+            .ok_or("no PEM for the generated key")?;
+        let orders_public_pem = orders_key
+            .public_key_pem()
+            .ok_or("no public PEM for the generated key")?;
         let mut procs = BTreeMap::new();
         for service in SERVICES {
             let mut env: Vec<(String, String)> = vec![
@@ -506,11 +514,19 @@ impl System {
                     env.push(("PAYMENTS_URL".into(), url("payments")));
                 }
                 "payments" => env.push(("PROVIDER_URL".into(), url("payment-provider"))),
-                "orders" => env.push((
-                    "SAGA_STEP_TIMEOUT_MS".into(),
-                    config.step_timeout.as_millis().to_string(),
-                )),
+                "orders" => {
+                    env.push((
+                        "SAGA_STEP_TIMEOUT_MS".into(),
+                        config.step_timeout.as_millis().to_string(),
+                    ));
+                    env.push(("INVENTORY_URL".into(), url("inventory")));
+                    env.push((
+                        "ORDERS_TOKEN_PRIVATE_KEY".into(),
+                        orders_private_pem.clone(),
+                    ));
+                }
                 "inventory" => {
+                    env.push(("ORDERS_TOKEN_PUBLIC_KEY".into(), orders_public_pem.clone()));
                     if let Some(seed) = &config.inventory_seed {
                         env.push(("INVENTORY_SEED".into(), seed.clone()));
                     }
@@ -795,6 +811,23 @@ impl System {
             .signing_key(key)
             .build()?;
         Ok(issuer.issue("admin", &["admin"])?.as_str().to_owned())
+    }
+
+    /// A service token signed as the orders service signs its calls to the inventory's gRPC
+    /// API: issuer `orders`, for `audience`.
+    pub fn orders_token(&self, audience: &str) -> Result<String, BoxError> {
+        let orders = self.procs.get("orders").ok_or("no orders service")?;
+        let pem = orders
+            .env
+            .iter()
+            .find(|(k, _)| k == "ORDERS_TOKEN_PRIVATE_KEY")
+            .map(|(_, v)| v)
+            .ok_or("the orders service has no signing key")?;
+        let key = chassis_http::auth::SigningKey::from_pem(pem)?.with_kid("orders-1")?;
+        let issuer = chassis_http::auth::TokenIssuer::builder("orders")
+            .signing_key(key)
+            .build()?;
+        Ok(issuer.issue(audience, &[])?.as_str().to_owned())
     }
 
     /// The run directory (databases, `<service>.log`).

@@ -36,11 +36,6 @@ const NO_DATA_EXPECTED: &[(&str, &str, &str)] = &[
     ),
     (
         "shop-resilience-messaging.json",
-        "gRPC server calls",
-        "the shop's services speak HTTP and AMQP; the panel is for services that serve gRPC",
-    ),
-    (
-        "shop-resilience-messaging.json",
         "Outbox relay errors and parked rows",
         "the relay neither fails nor parks a row while the broker and the database are up",
     ),

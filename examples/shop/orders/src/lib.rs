@@ -6,8 +6,10 @@
 //! transition is one database transaction that also writes the next message into the outbox, so
 //! the saga resumes from the database after a restart.
 //!
+//! - [`catalogue`]: the inventory's check of an order's products at placement, over gRPC;
 //! - [`saga`]: the state machine and its SQL;
 //! - [`waiters`]: requests waiting for an order's final status (long polling).
 
+pub mod catalogue;
 pub mod saga;
 pub mod waiters;

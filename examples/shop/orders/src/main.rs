@@ -6,12 +6,16 @@
 //! through the inbox); the timeout sweeper; HTTP (`POST /internal/orders`,
 //! `GET /internal/orders/{id}` (with `?wait_ms=N`, answered once the order is final or after
 //! N ms: see `shop_orders::waiters`), `GET /internal/stats`, behind service tokens). Orders are
-//! accepted while RabbitMQ is away: they wait in the outbox.
+//! accepted while RabbitMQ is away: they wait in the outbox. With `INVENTORY_URL`, a placement
+//! first asks the inventory over gRPC whether its products exist (`shop_orders::catalogue`;
+//! accepted unchecked while the inventory is away).
 //!
 //! Environment: `HTTP_ADDR` (default `127.0.0.1:8081`), `ADMIN_ADDR` (probes and
 //! `/metrics`, default `127.0.0.1:9081`), `DATABASE_URL`, `DATA_DIR`, `AMQP_URL`,
 //! `SHOP_NAMESPACE`, `CONSUMER_CONCURRENCY` (see `shop_common::service`),
-//! `SAGA_STEP_TIMEOUT_MS` (default 30000), `SERVICE_TOKEN_PUBLIC_KEY`, and the chassis'
+//! `SAGA_STEP_TIMEOUT_MS` (default 30000), `SERVICE_TOKEN_PUBLIC_KEY`, `INVENTORY_URL` and
+//! `ORDERS_TOKEN_PRIVATE_KEY` (the inventory's gRPC API and the key of orders' own tokens
+//! for it), and the chassis'
 //! `LOG_FORMAT`, `RUST_LOG`, `OTEL_EXPORTER_OTLP_ENDPOINT`, `PRE_STOP_DELAY`, `DRAIN_TIMEOUT`, ….
 
 use std::time::Duration;
@@ -38,6 +42,7 @@ use shop_common::events::{
 use shop_common::limits;
 use shop_common::service::{env, server_config};
 use shop_common::{Shop, auth};
+use shop_orders::catalogue::Catalogue;
 use shop_orders::saga::{self, NewOrder};
 use shop_orders::waiters::{self, Waiters};
 
@@ -47,6 +52,8 @@ struct Ctx {
     db: Db,
     step_timeout_ms: i64,
     waiters: Waiters,
+    /// The inventory's product check at placement (gRPC), when `INVENTORY_URL` is set.
+    catalogue: Option<Catalogue>,
 }
 
 /// Wakes the requests waiting for the orders that `emits` (just committed) announce as final.
@@ -87,6 +94,7 @@ async fn run() -> Result<(), BoxError> {
         db: db.clone(),
         step_timeout_ms,
         waiters: waiters.clone(),
+        catalogue: Catalogue::from_env()?,
     };
 
     // 3. RabbitMQ, attached in the background: topology, relay, the saga's replies.
@@ -198,6 +206,10 @@ async fn place(State(ctx): State<Ctx>, headers: HeaderMap, body: Bytes) -> ApiRe
         tracing::info!(field = e.field(), error = %e, "order refused");
         ApiError::from(e)
     })?;
+    // Every line must name a product (the inventory over gRPC; unchecked when it is away).
+    if let Some(catalogue) = &ctx.catalogue {
+        catalogue.admit(&new.items).await?;
+    }
     let key = match headers.get("idempotency-key").map(|v| v.to_str()) {
         Some(Ok(key)) => {
             limits::check_required(
