@@ -21,6 +21,8 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::resilience::keyed_rate_limit::RateLimitInfo;
+
 /// A type-erased error, as used at every tower middleware boundary.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 
@@ -133,13 +135,68 @@ pub enum ErrorKind {
     },
 }
 
-crate::__define_error! {
-    /// The error of every `chassis-core` layer: an [`ErrorKind`] plus, where there is one, the
-    /// underlying error as its source.
-    pub struct Error(ErrorKind);
+/// The error of every `chassis-core` layer: an [`ErrorKind`] plus, where there is one, the
+/// underlying error as its source.
+//
+// Written out rather than through `__define_error!`, whose errors hold any source boxed: a
+// keyed rate limiter's rejection carries its quota inline (see `Source`).
+pub struct Error {
+    kind: ErrorKind,
+    source: Source,
+}
+
+/// What caused an [`Error`].
+///
+/// A keyed rate limiter's quota is kept inline rather than boxed: a limiter under abuse
+/// rejects most of its calls, and a rejection that allocates and frees costs more than the
+/// check that made it. It is boxed only if the caller takes it out ([`Error::into_source`]).
+enum Source {
+    None,
+    Boxed(BoxError),
+    Quota(RateLimitInfo),
+}
+
+impl Source {
+    fn as_ref(&self) -> Option<&(dyn std::error::Error + Send + Sync + 'static)> {
+        match self {
+            Self::None => None,
+            Self::Boxed(e) => Some(e.as_ref()),
+            Self::Quota(q) => Some(q),
+        }
+    }
 }
 
 impl Error {
+    /// Builds an error of `kind` without a source.
+    pub fn new(kind: ErrorKind) -> Self {
+        Self {
+            kind,
+            source: Source::None,
+        }
+    }
+
+    /// Builds an error of `kind` caused by `source`.
+    pub fn with_source(kind: ErrorKind, source: impl Into<BoxError>) -> Self {
+        Self {
+            kind,
+            source: Source::Boxed(source.into()),
+        }
+    }
+
+    /// A keyed rate limiter's rejection: [`ErrorKind::RateLimited`] with the key's `quota` as
+    /// the source. The same error as `with_source(kind, quota)`, without allocating: the quota
+    /// is kept inline.
+    pub fn rate_limited(name: Arc<str>, retry_after: Duration, quota: RateLimitInfo) -> Self {
+        Self {
+            kind: ErrorKind::RateLimited { name, retry_after },
+            source: Source::Quota(quota),
+        }
+    }
+
+    /// What happened.
+    pub fn kind(&self) -> &ErrorKind {
+        &self.kind
+    }
     /// Shorthand for [`ErrorKind::Timeout`].
     pub fn timeout(after: Duration) -> Self {
         Self::new(ErrorKind::Timeout { after })
@@ -159,12 +216,16 @@ impl Error {
 
     /// The underlying error (for retries: the last attempt's error), if any.
     pub fn last_error(&self) -> Option<&(dyn std::error::Error + Send + Sync + 'static)> {
-        self.source.as_deref()
+        self.source.as_ref()
     }
 
     /// Takes the underlying error out.
     pub fn into_source(self) -> Option<BoxError> {
-        self.source
+        match self.source {
+            Source::None => None,
+            Source::Boxed(e) => Some(e),
+            Source::Quota(q) => Some(Box::new(q)),
+        }
     }
 
     /// Recovers a chassis error from a boxed middleware error, or gives the box back.
@@ -215,6 +276,25 @@ impl Error {
     }
 }
 
+impl fmt::Debug for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut d = f.debug_struct("Error");
+        d.field("kind", &self.kind);
+        if let Some(source) = self.source.as_ref() {
+            d.field("source", &source);
+        }
+        d.finish()
+    }
+}
+
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.source
+            .as_ref()
+            .map(|e| e as &(dyn std::error::Error + 'static))
+    }
+}
+
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.kind {
@@ -249,7 +329,7 @@ impl fmt::Display for Error {
             ),
             ErrorKind::RetriesExhausted { attempts } => {
                 write!(f, "all {attempts} attempt(s) failed")?;
-                if let Some(source) = &self.source {
+                if let Some(source) = self.source.as_ref() {
                     write!(f, "; last error: {source}")?;
                 }
                 Ok(())
@@ -298,7 +378,7 @@ impl fmt::Display for Error {
 impl Error {
     /// `: cause` for the lifecycle kinds, whose message is nothing without it.
     fn write_cause(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match &self.source {
+        match self.source.as_ref() {
             Some(source) => write!(f, ": {source}"),
             None => Ok(()),
         }

@@ -10,10 +10,10 @@ use std::time::Duration;
 
 use super::gcra::Gcra;
 use super::{KeyedRateLimitConfig, RateLimitBackend, RateLimitInfo};
+use crate::Error;
 use crate::metric_catalogue as names;
 use crate::resilience::clock::{Clock, ClockSource, CoarseClock};
 use crate::resilience::striped::{Padded, stripe_count, stripe_index};
-use crate::{Error, ErrorKind};
 
 /// A rate limit per key, kept in this process's memory.
 ///
@@ -71,9 +71,9 @@ type Shard<K> = Mutex<HashMap<K, u64>>;
 
 struct Inner<K> {
     name: Arc<str>,
-    /// Copies of `name` in allocations of their own, one per thread stripe: a rejection's error
-    /// holds the name, and cloning one shared `Arc` from every thread would make its reference
-    /// count a cache line all rejecting threads write.
+    /// Copies of `name` in allocations of their own, one per thread stripe, on cache lines of
+    /// their own: a rejection's error holds the name, and cloning one shared `Arc` from every
+    /// thread would make its reference count a cache line all rejecting threads write.
     names: Box<[Padded<Arc<str>>]>,
     gcra: Gcra,
     clock: ClockSource,
@@ -157,9 +157,7 @@ impl<K: Hash + Eq + Clone> KeyedRateLimiter<K> {
         Ok(Self {
             inner: Arc::new(Inner {
                 rejected: metrics::counter!(names::RATE_LIMIT_REJECTED, names::labels::NAME => name.to_string()),
-                names: (0..stripe_count())
-                    .map(|_| Padded(Arc::from(&*name)))
-                    .collect(),
+                names: spread_copies(&name, stripe_count()),
                 name,
                 gcra,
                 clock: ClockSource::from_clock(clock),
@@ -175,8 +173,9 @@ impl<K: Hash + Eq + Clone> KeyedRateLimiter<K> {
         })
     }
 
-    /// Takes one permit for `key` now. Fails with [`ErrorKind::RateLimited`] saying when the
-    /// key's next permit is due, with the key's [`RateLimitInfo`] as the source.
+    /// Takes one permit for `key` now. Fails with [`ErrorKind::RateLimited`](crate::ErrorKind::RateLimited) saying when the
+    /// key's next permit is due, with the key's [`RateLimitInfo`] as the source. A rejection
+    /// allocates nothing (the quota is held inline in the error, see [`Error::rate_limited`]).
     #[inline]
     pub fn check(&self, key: &K) -> Result<(), Error> {
         match self.inner.acquire(key) {
@@ -236,6 +235,37 @@ impl<K> KeyedRateLimiter<K> {
             evicted_live: self.inner.evicted_live.load(Ordering::Relaxed),
         }
     }
+}
+
+/// `n` copies of `name`, no two of whose allocations share a 128-byte line (the reference
+/// counts sit at the start of each). Copies the allocator places too close to one already
+/// kept (small allocations made in a row usually sit side by side) are set aside while
+/// looking, then freed.
+fn spread_copies(name: &str, n: usize) -> Box<[Padded<Arc<str>>]> {
+    const LINE: usize = 128;
+    // The lines an `Arc<str>`'s allocation touches: its two counts, then the text.
+    let lines = |a: &Arc<str>| {
+        let text = Arc::as_ptr(a).cast::<u8>() as usize;
+        let start = text.saturating_sub(2 * size_of::<usize>());
+        (start / LINE)..=((text + a.len()) / LINE)
+    };
+    let mut kept: Vec<Arc<str>> = Vec::with_capacity(n);
+    let mut set_aside = Vec::new();
+    while kept.len() < n {
+        let copy: Arc<str> = Arc::from(name);
+        let mine = lines(&copy);
+        let apart = kept.iter().all(|k| {
+            let theirs = lines(k);
+            mine.end() < theirs.start() || theirs.end() < mine.start()
+        });
+        // Bounded search: an allocator that never spreads them gets the copies as they come.
+        if apart || set_aside.len() >= 64 * n {
+            kept.push(copy);
+        } else {
+            set_aside.push(copy);
+        }
+    }
+    kept.into_iter().map(Padded).collect()
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -310,11 +340,10 @@ impl<K> Inner<K> {
         let retry_after = Duration::from_nanos(retry_after);
         tracing::debug!(rate_limiter = %self.name, ?retry_after, "rate limited: call rejected");
         let name = &self.names[stripe_index(self.names.len())];
-        Error::with_source(
-            ErrorKind::RateLimited {
-                name: Arc::clone(name),
-                retry_after,
-            },
+        // The quota is kept inline in the error: a rejection allocates nothing.
+        Error::rate_limited(
+            Arc::clone(name),
+            retry_after,
             RateLimitInfo {
                 limit: self.gcra.burst,
                 window: self.gcra.window(1),
@@ -442,6 +471,20 @@ mod tests {
         tokio::time::advance(Duration::from_millis(101)).await;
         assert_eq!(l.sweep(), 100);
         assert_eq!(l.stats().keys, 0);
+    }
+
+    #[test]
+    fn name_copies_do_not_share_cache_lines() {
+        let copies = spread_copies("bench", 8);
+        assert_eq!(copies.len(), 8);
+        let mut lines: Vec<usize> = copies
+            .iter()
+            .map(|c| (Arc::as_ptr(&c.0).cast::<u8>() as usize - 16) / 128)
+            .collect();
+        lines.sort_unstable();
+        lines.dedup();
+        assert_eq!(lines.len(), 8, "two copies' counts on one line");
+        assert!(copies.iter().all(|c| &*c.0 == "bench"));
     }
 
     #[test]

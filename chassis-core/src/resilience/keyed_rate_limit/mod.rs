@@ -179,7 +179,8 @@ impl KeyedRateLimitConfig {
 /// It is the [`source`](std::error::Error::source) of the [`ErrorKind::RateLimited`](crate::ErrorKind::RateLimited)
 /// error a keyed limiter rejects with; [`RateLimitInfo::of`] finds it. The policy's name is the
 /// limiter's, in the error kind (not repeated here, so a rejection costs one reference count
-/// on the shared name, not two).
+/// on the shared name, not two). [`Error::rate_limited`] holds it inline in the error, so
+/// rejecting allocates nothing; a backend of one's own builds its rejections with it too.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RateLimitInfo {
     /// Quota units (calls) a key has at most: the burst.

@@ -357,11 +357,9 @@ impl Inner {
         let micros = |us: i64| Duration::from_micros(u64::try_from(us).unwrap_or(0));
         let retry_after = micros(retry_after_us);
         tracing::debug!(rate_limiter = %self.name, ?retry_after, "rate limited: call rejected");
-        Error::with_source(
-            ErrorKind::RateLimited {
-                name: self.name.clone(),
-                retry_after,
-            },
+        Error::rate_limited(
+            self.name.clone(),
+            retry_after,
             RateLimitInfo {
                 limit: self.gcra.burst,
                 window: self.gcra.window(1_000),
