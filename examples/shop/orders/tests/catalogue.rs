@@ -38,7 +38,7 @@ async fn inventory(trusted: &SigningKey) -> (String, Shutdown) {
     .await
     .unwrap();
     let key =
-        VerificationKey::from_public_pem("orders-1", &trusted.public_key_pem().unwrap()).unwrap();
+        VerificationKey::from_public_pem("orders-1", trusted.public_key_pem().unwrap()).unwrap();
     let verifier = TokenVerifier::builder("inventory")
         .trust_issuer("orders")
         .keys(KeySet::new().with(key))
