@@ -6,9 +6,12 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use chassis_core::BoxError;
+use chassis_core::control::ControlRegistry;
+use chassis_core::resilience::bulkhead::BulkheadLayer;
 use chassis_core::resilience::circuit_breaker::{CircuitBreakerConfig, CircuitBreakerHandle};
 use chassis_core::resilience::policy::ResiliencePolicy;
-use chassis_core::resilience::retry::RetryConfig;
+use chassis_core::resilience::rate_limiter::RateLimiterLayer;
+use chassis_core::resilience::retry::{RetryBudget, RetryConfig};
 use http::header::{ACCEPT, CONTENT_TYPE, HeaderName, HeaderValue};
 use http::uri::{PathAndQuery, Scheme};
 use http::{HeaderMap, Method, Request, Response, Uri};
@@ -57,6 +60,10 @@ struct ClientInner {
     base: Option<Uri>,
     default_headers: HeaderMap,
     breaker: Option<CircuitBreakerHandle>,
+    /// The policy's parts with a state, for [`HttpClient::register_control`].
+    bulkhead: Option<BulkheadLayer>,
+    rate_limit: Option<RateLimiterLayer>,
+    retry_budget: Option<(String, Arc<RetryBudget>)>,
     max_response_bytes: usize,
 }
 
@@ -121,6 +128,24 @@ impl HttpClient {
     /// The circuit breaker guarding this downstream, if the policy has one.
     pub fn circuit_breaker(&self) -> Option<&CircuitBreakerHandle> {
         self.inner.breaker.as_ref()
+    }
+
+    /// Registers the parts of the client's policy that have a state (its breaker, bulkhead,
+    /// rate limiter and retry budget, each under its configured name) in `control`, as
+    /// [`ControlRegistry::register_policy`] does for a policy layer.
+    pub fn register_control(&self, control: &ControlRegistry) {
+        if let Some(breaker) = &self.inner.breaker {
+            control.register_breaker(breaker.clone());
+        }
+        if let Some(bulkhead) = &self.inner.bulkhead {
+            control.register_bulkhead(bulkhead.clone());
+        }
+        if let Some(limiter) = &self.inner.rate_limit {
+            control.register_rate_limiter(limiter.clone());
+        }
+        if let Some((name, budget)) = &self.inner.retry_budget {
+            control.register_retry_budget(name.clone(), budget.clone());
+        }
     }
 
     /// Sends `req` through the policy and returns the response whatever its status; only
@@ -477,6 +502,11 @@ impl HttpClientBuilder {
             })
             .with_breaker_classifier(HttpBreakerClassifier);
         let breaker = layer.circuit_breaker();
+        let bulkhead = layer.bulkhead().cloned();
+        let rate_limit = layer.rate_limit().cloned();
+        let retry_budget = layer
+            .retry()
+            .and_then(|r| Some((r.name().to_owned(), r.budget_handle()?)));
         let hyper = match self.hyper {
             Some(hyper) => {
                 #[cfg(feature = "tls")]
@@ -519,9 +549,63 @@ impl HttpClientBuilder {
                 base,
                 default_headers: self.default_headers,
                 breaker,
+                bulkhead,
+                rate_limit,
+                retry_budget,
                 max_response_bytes: self.max_response_bytes,
             }),
             stack,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use chassis_core::resilience::bulkhead::BulkheadConfig;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn the_policy_parts_with_a_state_are_registered() {
+        let policy = HttpClientBuilder::default_policy("inventory")
+            .bulkhead(BulkheadConfig::new("inventory").max_concurrent(4));
+        let client = HttpClient::builder("inventory")
+            .policy(policy)
+            .build()
+            .unwrap();
+        let control = ControlRegistry::new("orders");
+        client.register_control(&control);
+        let snapshot = control.snapshot().await;
+        let mut kinds: Vec<_> = snapshot["components"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| {
+                format!(
+                    "{}/{}",
+                    c["kind"].as_str().unwrap(),
+                    c["name"].as_str().unwrap()
+                )
+            })
+            .collect();
+        kinds.sort();
+        assert_eq!(
+            kinds,
+            [
+                "breaker/inventory",
+                "bulkhead/inventory",
+                "retry_budget/inventory"
+            ]
+        );
+        // The registered breaker is the client's own.
+        control
+            .act("breaker", "inventory", "force_open", &serde_json::json!({}))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            client.circuit_breaker().unwrap().state().as_str(),
+            "forced_open"
+        );
     }
 }

@@ -107,12 +107,36 @@
       case "outbox":
         return { text: "pending " + s.pending + " · oldest " + fmt(s.oldest_age_secs, 1) + " s · parked " + s.parked };
       case "consumer":
-        return { text: "in flight " + s.in_flight + " · retrying " + s.retry_depth + " · DLQ " + s.dlq_depth +
-          " · " + fmt((component.rates || {}).handled, 1) + "/s" };
+        return { text: "queued " + fmt(s.depth) + " · in flight " + fmt(s.in_flight) + " · retrying " +
+          fmt(s.retry_depth) + " · DLQ " + fmt(s.dlq_depth) + " · " + fmt((component.rates || {}).handled, 1) + "/s",
+          state: s.dlq_depth ? "dead_letters" : undefined };
       default:
         return { text: JSON.stringify(s) };
     }
   }
+
+  // The rows of a component that can be acted on one by one: an outbox's parked rows (requeue
+  // one by its row id), a consumer's dead-lettered messages (move one back by its message id).
+  function items(component) {
+    var s = component.state || {};
+    if (component.kind === "outbox") {
+      return (s.parked_rows || []).map(function (r) {
+        return { id: String(r.id), action: "requeue", button: "requeue",
+          label: "#" + r.id + " " + (r.subject || ""),
+          detail: "attempts " + fmt(r.attempts) + (r.last_error ? " · " + r.last_error : "") };
+      });
+    }
+    if (component.kind === "consumer") {
+      return (s.dlq_messages || []).filter(function (m) { return m.id; }).map(function (m) {
+        return { id: m.id, action: "requeue_dlq", button: "move back", label: m.id,
+          detail: [m.type, m.reason || m.death].filter(function (x) { return x; }).join(" · ") };
+      });
+    }
+    return [];
+  }
+
+  // The all-at-once actions of components that also have per-row ones say so.
+  var LABELS = { requeue: "requeue all parked", requeue_dlq: "move all DLQ back" };
 
   var GROUPS = [["breaker", "Circuit breakers"], ["bulkhead", "Bulkheads"], ["rate_limiter", "Rate limits"],
     ["retry_budget", "Retry budgets"], ["outbox", "Outbox"], ["consumer", "Consumers"], ["health", "Health"]];
@@ -145,9 +169,17 @@
           "data-state": d.state || "" }, [label, state, component.rates ? sparkline(history) : el("span", {})]);
         var actions = (component.actions || []).map(function (a) {
           return el("button", { type: "button", "data-action": a, "data-kind": component.kind,
-            "data-name": component.name, text: a.replace(/_/g, " ") });
+            "data-name": component.name, text: LABELS[a] || a.replace(/_/g, " ") });
         });
         if (actions.length) row.appendChild(el("div", { "class": "actions" }, actions));
+        var list = items(component).map(function (item) {
+          return el("div", { "class": "item", "data-id": item.id }, [
+            el("div", {}, [el("div", { "class": "item-label", text: item.label }),
+              el("div", { "class": "figures", text: item.detail })]),
+            el("button", { type: "button", "data-action": item.action, "data-kind": component.kind,
+              "data-name": component.name, "data-id": item.id, text: item.button })]);
+        });
+        if (list.length) row.appendChild(el("div", { "class": "items" }, list));
         body.appendChild(row);
       });
     });
