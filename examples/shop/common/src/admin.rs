@@ -1,5 +1,6 @@
-//! The admin API of a shop service: the chassis control registry (its breakers, health checks,
-//! ...) served on the admin listener by `chassis_http::control::ControlService`, behind a
+//! The admin API of a shop service: the chassis control registry (its breakers, retry
+//! budgets, health checks, outbox, consumers' queues, ...; a service with a [`Shop`](crate::Shop)
+//! takes its registry from [`Shop::control`](crate::Shop::control)) served on the admin listener by `chassis_http::control::ControlService`, behind a
 //! service token of audience [`AUDIENCE`] with the `admin` scope, signed by the gateway's key.
 //! The launcher's `--keep-running` dashboard reads every service's API with one such token.
 //!
@@ -27,7 +28,8 @@ use chassis_http::server::HttpServer;
 /// The audience of admin tokens: one operator token reaches every service.
 pub const AUDIENCE: &str = "admin";
 
-/// The control registry of `service`, with its health checks registered.
+/// The control registry of `service`, with its health checks registered (for a service
+/// without a [`Shop`](crate::Shop): the gateway).
 pub fn registry(service: &str, health: &HealthRegistry) -> ControlRegistry {
     let control = ControlRegistry::new(service);
     control.register_health(health.clone());

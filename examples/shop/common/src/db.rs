@@ -36,6 +36,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chassis_core::BoxError;
+use chassis_core::control::ControlRegistry;
 use chassis_core::lifecycle::Component;
 use chassis_messaging::lifecycle::ConsumerComponent;
 use chassis_messaging::sql::inbox::{Claim, InboxDatabase};
@@ -180,6 +181,14 @@ impl Db {
             return Ok(Db::Postgres(Outbox::new(pool)));
         }
         Ok(Db::Sqlite(Outbox::new(sqlite_pool(url)?)))
+    }
+
+    /// Registers the outbox in `control` as `outbox` (see `chassis_messaging::sql::outbox`'s
+    /// control module: backlog, parked rows, `requeue`).
+    pub fn register_outbox(&self, control: &ControlRegistry) {
+        either!(self, Db, |o| {
+            control.register("outbox", o.clone());
+        })
     }
 
     /// The database as a lifecycle component: migrates the chassis tables, runs `schema`,
@@ -492,12 +501,13 @@ where
     let inbox = Inbox::new(outbox.pool().clone(), inbox);
     let config = shop.consumer_config();
     // What the chassis `idempotent` handler does (claim the id, run the handler in the same
-    // transaction, commit, count it), written out so the commit is timed and the relay woken.
+    // transaction, commit, count it), written out so the commit is timed and the relay woken;
+    // counted, with the queue in the service's control registry.
     Box::new(ConsumerComponent::new(
         conn,
-        queue,
+        queue.clone(),
         config,
-        move |msg: IncomingMessage| {
+        shop.controlled(conn, &queue, move |msg: IncomingMessage| {
             let (handler, after, out, names, inbox) = (
                 handler.clone(),
                 after.clone(),
@@ -538,7 +548,7 @@ where
                 after(&emits);
                 Outcome::Ack
             }
-        },
+        }),
     ))
 }
 

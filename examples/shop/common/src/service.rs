@@ -8,6 +8,11 @@
 //! broker), `CONSUMER_CONCURRENCY` (default 8), `OUTBOX_RELAY` (the outbox relay's settings:
 //! [`relay_config`]).
 //!
+//! [`Shop`] also holds the service's control registry (`chassis_core::control`): what it builds
+//! through [`Shop`] registers itself there, the outbox of [`Shop::database`] and every consumer
+//! of [`Db::consumer`](crate::db::Db::consumer) or [`Shop::controlled`], so the admin API
+//! ([`crate::admin`]) shows their backlogs and dead-letter queues with their actions.
+//!
 //! [`runtime`] is the tokio runtime every shop service runs on (`SHOP_RUNTIME_THREADS`, default
 //! 1). [`telemetry`] is the chassis telemetry with the shop's histogram buckets
 //! ([`LATENCY_BUCKETS`]), fine enough for the launcher's per-hop breakdown.
@@ -16,8 +21,12 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use chassis_core::control::ControlRegistry;
+use chassis_core::health::HealthRegistry;
 use chassis_core::{BoxError, ServiceInfo};
 use chassis_http::server::ServerConfig;
+use chassis_messaging::amqp::consumer::Handler;
+use chassis_messaging::amqp::control::{Counted, QueueControl, counted};
 use chassis_messaging::{
     Connection, ConnectionConfig, ConsumerConfig, ExchangeConfig, QueueConfig, RelayConfig,
     TopologyConfig, Unroutable,
@@ -138,21 +147,53 @@ fn relay_config_from(json: &str) -> Result<RelayConfig, BoxError> {
     Ok(config)
 }
 
-/// A shop service: its name and the namespace prefixed to its exchange and queue names.
-/// Cheap to clone.
+/// A shop service: its name, the namespace prefixed to its exchange and queue names, and its
+/// control registry. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct Shop {
     service: &'static str,
     namespace: Arc<str>,
+    control: ControlRegistry,
 }
 
 impl Shop {
     /// The service `service` (`orders`, …) in the namespace `SHOP_NAMESPACE`.
     pub fn from_env(service: &'static str) -> Self {
+        Self::new(service, &env("SHOP_NAMESPACE", ""))
+    }
+
+    fn new(service: &'static str, namespace: &str) -> Self {
         Self {
             service,
-            namespace: env("SHOP_NAMESPACE", "").into(),
+            namespace: namespace.into(),
+            control: ControlRegistry::new(service),
         }
+    }
+
+    /// The service's control registry, for the admin API ([`crate::admin::with_admin`]), with
+    /// `health`'s checks registered: its outbox and consumers are in it once built (see the
+    /// [module docs](self)); add the service's breakers and other policies.
+    pub fn control(&self, health: &HealthRegistry) -> ControlRegistry {
+        self.control.register_health(health.clone());
+        self.control.clone()
+    }
+
+    /// `handler`, counted, with `queue`'s depths, retry tiers and dead-letter queue registered
+    /// in the service's control registry (`requeue_dlq` moves dead-lettered messages back),
+    /// for a consumer built without [`Db::consumer`](crate::db::Db::consumer), which does this
+    /// itself.
+    pub fn controlled<H: Handler>(
+        &self,
+        conn: &Connection,
+        queue: &QueueConfig,
+        handler: H,
+    ) -> Counted<H> {
+        let (handler, stats) = counted(handler);
+        self.control.register(
+            queue.name.clone(),
+            QueueControl::new(conn.clone(), queue.clone()).stats(stats),
+        );
+        handler
     }
 
     /// The service name.
@@ -215,14 +256,18 @@ impl Shop {
             .partition_by_subject()
     }
 
-    /// The database `DATABASE_URL`, by default the SQLite file `<DATA_DIR>/<service>.db`.
+    /// The database `DATABASE_URL`, by default the SQLite file `<DATA_DIR>/<service>.db`; its
+    /// outbox is registered in the control registry as `outbox` (pending rows, the oldest
+    /// one's age, parked rows; `requeue` puts parked rows back).
     pub fn database(&self) -> Result<Db, BoxError> {
         let dir = std::path::PathBuf::from(env("DATA_DIR", "."));
         let file = dir.join(format!("{}.db", self.service));
-        Db::open(&env(
+        let db = Db::open(&env(
             "DATABASE_URL",
             &format!("sqlite://{}", file.display()),
-        ))
+        ))?;
+        db.register_outbox(&self.control);
+        Ok(db)
     }
 }
 
@@ -232,10 +277,7 @@ mod tests {
 
     #[test]
     fn names_carry_the_namespace() {
-        let shop = Shop {
-            service: "orders",
-            namespace: "ns.".into(),
-        };
+        let shop = Shop::new("orders", "ns.");
         let queue = shop.queue("saga", &[(EVENTS_EXCHANGE, "payment.failed")]);
         assert_eq!(queue.name, "ns.orders.saga");
         assert_eq!(queue.bindings[0].exchange, "ns.shop.events");

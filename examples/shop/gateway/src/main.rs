@@ -122,9 +122,7 @@ async fn run() -> Result<(), BoxError> {
     let client = |name: &str, default_url: &str| {
         let url = env(&format!("{}_URL", name.to_ascii_uppercase()), default_url);
         let client = downstream::client(name, &url, &tokens, policy(name)?)?;
-        if let Some(breaker) = client.circuit_breaker() {
-            control.register_breaker(breaker.clone());
-        }
+        client.register_control(&control);
         Ok::<_, BoxError>(client)
     };
     let mut gateway = Gateway::new(

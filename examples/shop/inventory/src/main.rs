@@ -90,7 +90,7 @@ async fn run() -> Result<(), BoxError> {
         &["gateway"],
     )?
     .with_state(db.clone());
-    let control = shop_common::admin::registry("inventory", app.health());
+    let control = shop.control(app.health());
     let probes = HealthLayer::new(app.health().clone()).prometheus(telemetry.prometheus_handle());
     // gRPC on the same port (HTTP/2; `Multiplex` tells the two apart by content type):
     // grpc.health.v1 from the same health registry as the probes, and `inventory.v1.Inventory`

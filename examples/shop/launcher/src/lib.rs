@@ -813,6 +813,34 @@ impl System {
         Ok(issuer.issue("admin", &["admin"])?.as_str().to_owned())
     }
 
+    /// Serves the resilience dashboard (`chassis_http::dashboard`) over the admin APIs of every
+    /// chassis service on a free local port, until the runtime ends; its URL, with an
+    /// [`admin_token`](Self::admin_token) in the fragment (which the browser keeps to itself).
+    /// `--keep-running` prints it; `tests/dashboard.rs` opens it in a browser.
+    pub async fn serve_dashboard(&self) -> Result<String, BoxError> {
+        let mut page = chassis_http::dashboard::DashboardService::new();
+        for service in [
+            "gateway",
+            "orders",
+            "inventory",
+            "payments",
+            "notifications",
+        ] {
+            page = page.service(service, self.admin_url(service))?;
+        }
+        let config = chassis_http::server::ServerConfig::default().bind("127.0.0.1:0".parse()?);
+        let server = chassis_http::server::Server::bind(config)
+            .await?
+            .handle_signals(false);
+        let url = format!(
+            "http://{}/dashboard#token={}",
+            server.local_addr(),
+            self.admin_token()?
+        );
+        tokio::spawn(server.serve(page));
+        Ok(url)
+    }
+
     /// A service token signed as the orders service signs its calls to the inventory's gRPC
     /// API: issuer `orders`, for `audience`.
     pub fn orders_token(&self, audience: &str) -> Result<String, BoxError> {

@@ -310,33 +310,6 @@ enum Outcome {
     Interrupted(&'static str),
 }
 
-/// Serves the resilience dashboard over the admin APIs of every chassis service on a free
-/// local port, until the launcher exits; its URL, with an admin token in the fragment (which
-/// the browser keeps to itself).
-async fn dashboard(system: &System) -> Result<String, BoxError> {
-    let mut page = chassis_http::dashboard::DashboardService::new();
-    for service in [
-        "gateway",
-        "orders",
-        "inventory",
-        "payments",
-        "notifications",
-    ] {
-        page = page.service(service, system.admin_url(service))?;
-    }
-    let config = chassis_http::server::ServerConfig::default().bind("127.0.0.1:0".parse()?);
-    let server = chassis_http::server::Server::bind(config)
-        .await?
-        .handle_signals(false);
-    let url = format!(
-        "http://{}/dashboard#token={}",
-        server.local_addr(),
-        system.admin_token()?
-    );
-    tokio::spawn(server.serve(page));
-    Ok(url)
-}
-
 /// The workload, then with `--keep-running` the wait for a signal.
 async fn drive(system: &System, args: &Args, signals: &mut Signals) -> Outcome {
     let bar = ProgressBar::new(args.orders as u64);
@@ -374,7 +347,7 @@ async fn drive(system: &System, args: &Args, signals: &mut Signals) -> Outcome {
             "system running (gateway {}, API key demo-key-0001); Ctrl-C or SIGTERM stops it",
             system.url("gateway")
         );
-        match dashboard(system).await {
+        match system.serve_dashboard().await {
             Ok(url) => eprintln!("resilience dashboard: {url}"),
             Err(e) => eprintln!("no dashboard: {e}"),
         }

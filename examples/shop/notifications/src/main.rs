@@ -73,7 +73,7 @@ async fn run() -> Result<(), BoxError> {
         &["gateway"],
     )?
     .with_state(db.clone());
-    let control = shop_common::admin::registry("notifications", app.health());
+    let control = shop.control(app.health());
     let probes = HealthLayer::new(app.health().clone()).prometheus(telemetry.prometheus_handle());
     let service = routes.layer(StandardLayers::new());
 

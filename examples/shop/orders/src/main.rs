@@ -102,7 +102,7 @@ async fn run() -> Result<(), BoxError> {
     );
     let topology = shop.topology().queue(replies.clone());
     let relay = db.relay(&conn)?;
-    let handler = order_saga.handler();
+    let handler = shop.controlled(&conn, &replies, order_saga.handler());
     let consumer = ConsumerComponent::new(&conn, replies, shop.consumer_config(), handler);
 
     // 4. HTTP: the internal API behind service tokens, in the standard layers.
@@ -116,7 +116,7 @@ async fn run() -> Result<(), BoxError> {
         &["gateway"],
     )?
     .with_state(ctx);
-    let control = shop_common::admin::registry("orders", app.health());
+    let control = shop.control(app.health());
     let probes = HealthLayer::new(app.health().clone()).prometheus(telemetry.prometheus_handle());
     let service = routes.layer(StandardLayers::new());
 

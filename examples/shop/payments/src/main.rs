@@ -80,9 +80,8 @@ async fn run() -> Result<(), BoxError> {
         .queue(charges.clone())
         .queue(refunds.clone());
     let relay = db.relay(&conn)?;
-    let charger = ConsumerComponent::new(&conn, charges, shop.consumer_config(), move |msg| {
-        charge(ctx.clone(), msg)
-    });
+    let charge_handler = shop.controlled(&conn, &charges, move |msg| charge(ctx.clone(), msg));
+    let charger = ConsumerComponent::new(&conn, charges, shop.consumer_config(), charge_handler);
     let refunder = db.consumer(&shop, &conn, refunds, "payments.refund", move |msg, tx| {
         Box::pin(refund(provider.clone(), msg, tx))
     });
@@ -97,7 +96,7 @@ async fn run() -> Result<(), BoxError> {
         &["gateway"],
     )?
     .with_state(db.clone());
-    let control = shop_common::admin::registry("payments", app.health());
+    let control = shop.control(app.health());
     if let Some(breaker) = provider_breaker {
         control.register_breaker(breaker);
     }
