@@ -406,3 +406,61 @@ async fn answers_older_than_the_retention_window_are_forgotten() {
     assert_eq!(post("last", "r-last").await.unwrap().status(), 201);
     assert_eq!(listed("bulk").await, 0);
 }
+
+#[tokio::test]
+async fn plays_a_simulator_scenario_set_at_run_time() {
+    let (base, state) = start(Behaviour::default()).await;
+    let c = reqwest::Client::new();
+    // Hard down for the first 400 ms (each failure after 30 ms), then 30 ms per charge and no
+    // failures: the scenario's downstream, not the behaviour, decides.
+    let play = c
+        .put(format!("{base}/admin/scenario"))
+        .json(&json!({"seed": 3, "downstream": {
+            "failure_rate": 0.0, "latency_p50": "30ms", "latency_p99": "30ms",
+            "outages": [{"start": "0s", "end": "400ms"}]
+        }}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(play.status(), 200);
+    let post = |key: &'static str| {
+        c.post(format!("{base}/v1/charges"))
+            .header("idempotency-key", key)
+            .json(&charge(key, "card_ok"))
+            .send()
+    };
+    let started = std::time::Instant::now();
+    let down = post("p1").await.unwrap();
+    assert_eq!(down.status(), 500);
+    assert!(started.elapsed() >= std::time::Duration::from_millis(30));
+    tokio::time::sleep(std::time::Duration::from_millis(450)).await;
+    let up = post("p1").await.unwrap();
+    assert_eq!(up.status(), 201);
+    let status: Value = c
+        .get(format!("{base}/admin/scenario"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(status["playing"], true);
+    assert_eq!(status["calls"], 2);
+    assert_eq!(status["in_flight"], 0);
+    assert_eq!(state.playback_calls().len(), 2);
+    assert_eq!(state.stats().failures_injected, 1);
+    // A failure rate outside 0..=1 is refused; stopping hands charges back to the behaviour.
+    let bad = c
+        .put(format!("{base}/admin/scenario"))
+        .json(&json!({"downstream": {"failure_rate": 2.0}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad.status(), 422);
+    c.delete(format!("{base}/admin/scenario"))
+        .send()
+        .await
+        .unwrap();
+    assert!(state.playback_calls().is_empty());
+    assert_eq!(post("p2").await.unwrap().status(), 201);
+}
