@@ -765,7 +765,11 @@ mod tests {
             (CONFIRMED, STEP_DONE, Some("ch_1"), Some(900))
         );
         assert!(o.finished_ms.is_some());
-        assert_eq!(*finished.lock().unwrap(), [&id], "announced once committed");
+        assert_eq!(
+            *finished.lock().unwrap(),
+            [id.as_str()],
+            "announced once committed"
+        );
         assert_eq!(
             count_by_status(&db).await.unwrap(),
             vec![(CONFIRMED.to_owned(), 1)]
@@ -852,7 +856,7 @@ mod tests {
         // A late success after the failure changes nothing.
         assert_eq!(handle(&saga, paid(&id)).await, Outcome::Ack);
         assert_eq!(order(&db, &id).await.status, FAILED);
-        assert_eq!(*finished.lock().unwrap(), [&id]);
+        assert_eq!(*finished.lock().unwrap(), [id.as_str()]);
         let sent = sent(&db).await;
         assert_eq!(
             kinds(&sent, &id),
