@@ -2,9 +2,11 @@
 //! dependency in full (nothing inherited from the workspace), so a copy needs only its
 //! chassis `path`s pointed at a checkout (or, once published, nothing at all).
 //!
-//! The copy, renamed as a user would, builds with this workspace's lock file and target
-//! directory, so it compiles only itself (and what its own feature set changes), not the whole
-//! tree again.
+//! The copy, renamed as a user would, is checked (`cargo check`: resolved, type-checked and
+//! borrow-checked, everything but code generation and linking, which do not depend on where
+//! the manifest lives) with this workspace's lock file and target directory, so it compiles
+//! only itself and what its own feature set changes, not the whole tree again. A full build of
+//! the copy would take minutes of the test suite for what the check already proves.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -25,7 +27,7 @@ fn copy_dir(from: &Path, to: &Path) {
 }
 
 #[test]
-fn a_copy_outside_the_workspace_builds_after_pointing_its_paths() {
+fn a_copy_outside_the_workspace_compiles_after_pointing_its_paths() {
     let template = Path::new(env!("CARGO_MANIFEST_DIR"));
     let workspace: PathBuf = template.join("../..").canonicalize().unwrap();
     let outside = tempfile::tempdir().unwrap();
@@ -55,14 +57,14 @@ fn a_copy_outside_the_workspace_builds_after_pointing_its_paths() {
         .map(PathBuf::from)
         .unwrap_or_else(|| workspace.join("target"));
     let out = Command::new(env!("CARGO"))
-        .args(["build", "--offline", "--bins", "--quiet"])
+        .args(["check", "--offline", "--bins", "--quiet"])
         .current_dir(&copy)
         .env("CARGO_TARGET_DIR", &target)
         .output()
         .expect("cargo runs");
     assert!(
         out.status.success(),
-        "the copied template did not build:\n{}",
+        "the copied template did not compile:\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
 }
