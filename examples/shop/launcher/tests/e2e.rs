@@ -15,7 +15,10 @@ use shop_launcher::{Database, System, SystemConfig, build_services, cleanup, mea
 const KEY: &str = "demo-key-0001";
 /// The issuer of the end users' tokens in the TLS test.
 const IDP: &str = "https://idp.test/realms/shop";
-const SEED: &str = "tea:Green tea:450:1000,scarce:Scarce teapot:9900:2,last:Last units:500:3";
+/// The products the tests order by name, and the three plentiful ones the workload orders
+/// (orders refuses an order naming a product the catalogue does not have).
+const SEED: &str = "tea:Green tea:450:1000,mug:Mug:1200:1000,kettle:Kettle:3900:1000,\
+scarce:Scarce teapot:9900:2,last:Last units:500:3";
 
 static BUILD: OnceLock<std::path::PathBuf> = OnceLock::new();
 static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
@@ -458,10 +461,13 @@ async fn orders_killed_mid_saga_every_order_finishes_and_nothing_is_charged_twic
     tokio::time::sleep(Duration::from_millis(500)).await;
     sys.restart("orders").await.unwrap();
     let mut confirmed = 0;
+    let mut others = Vec::new();
     for id in &ids {
         let o = final_state(&http, &sys, id).await;
         if o["status"] == "CONFIRMED" {
             confirmed += 1;
+        } else {
+            others.push(o.to_string());
         }
         let charges: Value = http
             .get(format!(
@@ -482,7 +488,7 @@ async fn orders_killed_mid_saga_every_order_finishes_and_nothing_is_charged_twic
     assert_eq!(
         confirmed,
         ids.len(),
-        "every order should still be confirmed"
+        "every order should still be confirmed; the others: {others:#?}"
     );
     assert_eq!(
         provider_stats(&http, &sys).await["charges"]
