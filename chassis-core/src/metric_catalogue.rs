@@ -776,7 +776,7 @@ mod tests {
                 }
             }
         }
-        assert_eq!(ALL.len(), 33);
+        assert_eq!(ALL.len(), 34);
     }
 
     /// What a debugging recorder holds: (name, sorted labels) -> value as text.
