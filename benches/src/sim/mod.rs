@@ -4,7 +4,7 @@
 //! a capacity beyond which it slows down, and outage windows is driven at a fixed request rate
 //! (open loop, like real traffic) in *virtual* time: tokio's paused clock jumps from timer to
 //! timer, so two simulated minutes take well under a second. Each client policy in the
-//! [`Scenario`] is a real [`ResiliencePolicy`] from chassis-core — the same config a service
+//! [`Scenario`] is a real [`ResiliencePolicy`](chassis_core::resilience::policy::ResiliencePolicy) from chassis-core — the same config a service
 //! loads — so the numbers transfer. [`report`] turns the runs into a summary (success rate,
 //! p50/p95/p99 latency seen by callers, attempts per request, time from outage start to breaker
 //! open and from outage end to recovery), a per-second CSV timeline and an SVG chart.
