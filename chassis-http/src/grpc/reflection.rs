@@ -17,7 +17,8 @@
 //!
 //! # fn main() -> Result<(), chassis_http::error::Error> {
 //! # const MY_DESCRIPTORS: &[u8] = &[];
-//! let routes = GrpcRouter::new()
+//! // The request body type is usually inferred from the server the routes are given to.
+//! let routes = GrpcRouter::<tonic::body::Body>::new()
 //!     .add_service(GrpcHealth::new(HealthRegistry::new()).into_service())
 //!     .add_service(GrpcReflection::new().file_descriptor_set(MY_DESCRIPTORS).into_service()?);
 //! let _service = GrpcLayers::new().layer(routes);
