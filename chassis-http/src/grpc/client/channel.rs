@@ -137,6 +137,9 @@ impl GrpcClientBuilder {
 
     /// Validates the settings and builds the client. It connects lazily, on the first call.
     ///
+    /// # Panics
+    /// Outside a Tokio runtime: the channel spawns its connection task on the current one.
+    ///
     /// # Errors
     /// [`ErrorKind::InvalidConfig`] for an empty name, an endpoint that is not a URI or an
     /// invalid policy; [`ErrorKind::Tls`] when the TLS settings cannot be used.

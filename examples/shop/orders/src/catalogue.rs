@@ -21,10 +21,14 @@
 //! use chassis_http::auth::{SigningKey, TokenIssuer};
 //! use shop_orders::catalogue::Catalogue;
 //!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() {
+//! // The channel connects lazily, on the runtime it is built in.
 //! let key = SigningKey::generate_ed25519().unwrap();
 //! let issuer = TokenIssuer::builder("orders").signing_key(key).build().unwrap();
 //! let catalogue = Catalogue::new("http://127.0.0.1:8082", issuer, None).unwrap();
 //! assert_eq!(catalogue.client().name(), "inventory");
+//! # }
 //! ```
 
 use chassis_core::BoxError;
