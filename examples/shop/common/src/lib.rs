@@ -15,6 +15,8 @@
 //! - [`auth`]: service tokens (the gateway signs, the internal APIs verify);
 //! - [`limits`]: the size limits of everything a client controls, checked by every service,
 //!   and the typed error ([`FieldError`](limits::FieldError), a 422 on an API);
+//! - [`pact`]: the provider states of the contract tests (`POST /_pact/state`, mounted only
+//!   with `SHOP_PACT_STATES=1`);
 //! - [`tls`]: HTTPS and mTLS between the services, from `TLS_CERT_FILE`, `TLS_KEY_FILE`,
 //!   `TLS_CA_FILE` and `TLS_CLIENT_AUTH`.
 
@@ -23,6 +25,7 @@ pub mod auth;
 pub mod db;
 pub mod events;
 pub mod limits;
+pub mod pact;
 pub mod service;
 pub mod tls;
 

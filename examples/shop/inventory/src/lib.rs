@@ -7,7 +7,9 @@
 //! `examples/shop/proto/inventory.proto`).
 //!
 //! - [`domain`]: the SQL and the rules (atomic reservation, no overselling, idempotent release);
-//! - [`grpc`]: the gRPC API.
+//! - [`grpc`]: the gRPC API;
+//! - [`pact_states`]: the provider states of the contract tests (`SHOP_PACT_STATES=1`).
 
 pub mod domain;
 pub mod grpc;
+pub mod pact_states;

@@ -89,7 +89,12 @@ async fn run() -> Result<(), BoxError> {
             .layer(auth::require_from_env("inventory")?),
         &["gateway"],
     )?
-    .with_state(db.clone());
+    .with_state(db.clone())
+    // Contract tests' provider states, only with SHOP_PACT_STATES=1 (see `shop_common::pact`).
+    .merge(shop_common::pact::routes({
+        let db = db.clone();
+        move |change| shop_inventory::pact_states::setup(db.clone(), change)
+    }));
     let control = shop.control(app.health());
     let probes = HealthLayer::new(app.health().clone()).prometheus(telemetry.prometheus_handle());
     // gRPC on the same port (HTTP/2; `Multiplex` tells the two apart by content type):

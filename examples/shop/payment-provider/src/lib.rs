@@ -72,6 +72,8 @@
 //! # let _ = router;
 //! ```
 
+mod pact_states;
+
 use std::collections::{HashMap, VecDeque};
 use std::io::{BufRead as _, Write as _};
 
@@ -532,7 +534,13 @@ impl ProviderState {
 
 /// Builds the provider's router.
 pub fn app(state: ProviderState) -> Router {
-    Router::new()
+    // The contract tests' provider states, only with SHOP_PACT_STATES=1 (see `pact_states`).
+    let states = if pact_states::enabled() {
+        pact_states::routes()
+    } else {
+        Router::new()
+    };
+    states
         .route("/v1/charges", post(create_charge).get(list_charges))
         .route("/v1/charges/{id}/refund", post(refund_charge))
         .route("/v1/stats", get(stats))

@@ -95,7 +95,12 @@ async fn run() -> Result<(), BoxError> {
             .layer(shop_common::auth::require_from_env("payments")?),
         &["gateway"],
     )?
-    .with_state(db.clone());
+    .with_state(db.clone())
+    // Contract tests' provider states, only with SHOP_PACT_STATES=1 (see `shop_common::pact`).
+    .merge(shop_common::pact::routes({
+        let db = db.clone();
+        move |change| shop_payments::pact_states::setup(db.clone(), change)
+    }));
     let control = shop.control(app.health());
     if let Some(breaker) = provider_breaker {
         control.register_breaker(breaker);
