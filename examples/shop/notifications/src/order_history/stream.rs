@@ -32,8 +32,8 @@ use chassis_messaging::amqp::connection::ConnectionState;
 use chassis_messaging::amqp::headers::from_field_table;
 use chassis_messaging::message::OutgoingMessage;
 use chassis_messaging::{Connection, IncomingMessage};
-use futures_util::StreamExt as _;
 use futures_util::future::BoxFuture;
+use futures_util::{FutureExt as _, StreamExt as _};
 use lapin::BasicProperties;
 use lapin::options::{
     BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
@@ -285,10 +285,13 @@ async fn read_to_marker(
         )
         .await?;
     let mut done = Replayed::default();
-    loop {
-        let delivery = match tokio::time::timeout(stream.idle_timeout, consumer.next()).await {
-            Ok(Some(Ok(d))) => d,
-            Ok(Some(Err(e))) => return Err(e.into()),
+    // What is already delivered is applied in one transaction (up to the prefetch), then
+    // acknowledged at once: a replay costs a commit per batch, not per event.
+    let mut batch = Vec::with_capacity(usize::from(stream.prefetch));
+    let mut caught_up = false;
+    while !caught_up {
+        let first = match tokio::time::timeout(stream.idle_timeout, consumer.next()).await {
+            Ok(Some(d)) => d,
             Ok(None) => return Err("the stream consumer was cancelled".into()),
             Err(_) => {
                 return Err(format!(
@@ -298,36 +301,46 @@ async fn read_to_marker(
                 .into());
             }
         };
-        let props = &delivery.properties;
-        let is_marker = props.kind().as_ref().is_some_and(|k| k.as_str() == MARKER);
-        if is_marker {
-            delivery.acker.ack(BasicAckOptions::default()).await?;
-            if props
-                .message_id()
-                .as_ref()
-                .is_some_and(|id| id.as_str() == marker)
-            {
-                break;
+        batch.push(first?);
+        while batch.len() < usize::from(stream.prefetch) {
+            match consumer.next().now_or_never() {
+                Some(Some(d)) => batch.push(d?),
+                Some(None) => return Err("the stream consumer was cancelled".into()),
+                None => break,
             }
-            continue;
         }
-        done.read += 1;
-        match projection::event_of(&incoming(&delivery)) {
-            Ok(Some(event)) => {
-                let mut txn = db.begin().await?;
-                let applied = projection::apply(&mut txn.tx(), &event).await?;
-                txn.commit().await?;
-                if applied {
-                    done.applied += 1;
-                    metrics::counter!(super::APPLIED, "source" => "replay").increment(1);
-                } else {
-                    done.duplicates += 1;
+        let mut txn = db.begin().await?;
+        let mut applied = 0;
+        for delivery in &batch {
+            let props = &delivery.properties;
+            if props.kind().as_ref().is_some_and(|k| k.as_str() == MARKER) {
+                // Ours ends the replay; those of earlier replays are skipped.
+                if props
+                    .message_id()
+                    .as_ref()
+                    .is_some_and(|id| id.as_str() == marker)
+                {
+                    caught_up = true;
+                    break;
                 }
+                continue;
             }
-            Ok(None) | Err(_) => done.skipped += 1,
+            done.read += 1;
+            match projection::event_of(&incoming(delivery)) {
+                Ok(Some(event)) if projection::apply(&mut txn.tx(), &event).await? => {
+                    applied += 1;
+                }
+                Ok(Some(_)) => done.duplicates += 1,
+                Ok(None) | Err(_) => done.skipped += 1,
+            }
         }
+        txn.commit().await?;
+        done.applied += applied;
+        metrics::counter!(super::APPLIED, "source" => "replay").increment(applied);
         // A stream keeps its messages: the ack only returns the prefetch credit.
-        delivery.acker.ack(BasicAckOptions::default()).await?;
+        let last = batch.last().expect("one delivery at least");
+        last.acker.ack(BasicAckOptions { multiple: true }).await?;
+        batch.clear();
     }
     let _ = ch
         .basic_cancel(tag.as_str().into(), BasicCancelOptions::default())
