@@ -18,9 +18,9 @@
 //! ```
 
 use std::fmt;
-use std::sync::Arc;
 use std::time::Duration;
 
+use crate::name::ComponentName;
 use crate::resilience::keyed_rate_limit::RateLimitInfo;
 
 /// A type-erased error, as used at every tower middleware boundary.
@@ -34,7 +34,7 @@ pub enum ErrorKind {
     /// rejects calls for about `retry_after` more.
     CircuitOpen {
         /// Name of the breaker, as configured.
-        name: Arc<str>,
+        name: ComponentName,
         /// Time left until the breaker lets a probe call through.
         retry_after: Duration,
     },
@@ -42,7 +42,7 @@ pub enum ErrorKind {
     /// `max_wait`.
     BulkheadFull {
         /// Name of the bulkhead, as configured.
-        name: Arc<str>,
+        name: ComponentName,
         /// The concurrency limit that was reached.
         max_concurrent: usize,
         /// How long the call waited for a permit before it was rejected.
@@ -52,14 +52,14 @@ pub enum ErrorKind {
     /// once, before the downstream's latency grew.
     ConcurrencyLimited {
         /// Name of the limiter, as configured.
-        name: Arc<str>,
+        name: ComponentName,
         /// The limit in effect when the call was shed.
         limit: usize,
     },
     /// The rate limiter `name` had no permit; one becomes available after `retry_after`.
     RateLimited {
         /// Name of the rate limiter, as configured.
-        name: Arc<str>,
+        name: ComponentName,
         /// Time until the next permit.
         retry_after: Duration,
     },
@@ -186,7 +186,7 @@ impl Error {
     /// A keyed rate limiter's rejection: [`ErrorKind::RateLimited`] with the key's `quota` as
     /// the source. The same error as `with_source(kind, quota)`, without allocating: the quota
     /// is kept inline.
-    pub fn rate_limited(name: Arc<str>, retry_after: Duration, quota: RateLimitInfo) -> Self {
+    pub fn rate_limited(name: ComponentName, retry_after: Duration, quota: RateLimitInfo) -> Self {
         Self {
             kind: ErrorKind::RateLimited { name, retry_after },
             source: Source::Quota(quota),
@@ -203,7 +203,7 @@ impl Error {
     }
 
     /// Shorthand for [`ErrorKind::CircuitOpen`].
-    pub fn circuit_open(name: Arc<str>, retry_after: Duration) -> Self {
+    pub fn circuit_open(name: ComponentName, retry_after: Duration) -> Self {
         Self::new(ErrorKind::CircuitOpen { name, retry_after })
     }
 

@@ -36,11 +36,13 @@ pub mod error;
 pub mod health;
 pub mod lifecycle;
 pub mod metric_catalogue;
+pub mod name;
 pub mod resilience;
 pub mod service;
 pub mod shutdown;
 
 pub use error::{BoxError, Error, ErrorKind};
+pub use name::ComponentName;
 pub use service::ServiceInfo;
 
 // The README's example is compiled and run as a doctest, so the crate's front page stays true.

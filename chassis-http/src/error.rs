@@ -648,7 +648,6 @@ pub fn current_trace_id() -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::Arc;
 
     use crate::body::json_of as json;
 
@@ -734,7 +733,7 @@ mod tests {
 
     #[test]
     fn maps_core_errors() {
-        let name: Arc<str> = "payments".into();
+        let name = chassis_core::ComponentName::new("payments");
         let cases = [
             (
                 chassis_core::Error::timeout(Duration::from_millis(5)),
@@ -742,13 +741,13 @@ mod tests {
                 None,
             ),
             (
-                chassis_core::Error::circuit_open(name.clone(), Duration::from_millis(1500)),
+                chassis_core::Error::circuit_open(name, Duration::from_millis(1500)),
                 StatusCode::SERVICE_UNAVAILABLE,
                 Some("2"),
             ),
             (
                 chassis_core::Error::new(CoreErrorKind::BulkheadFull {
-                    name: name.clone(),
+                    name,
                     max_concurrent: 4,
                     max_wait: Duration::ZERO,
                 }),

@@ -57,7 +57,7 @@ use tower_service::Service;
 
 pub use super::future::ResponseFuture;
 use crate::metric_catalogue as names;
-use crate::{BoxError, Error, ErrorKind};
+use crate::{BoxError, ComponentName, Error, ErrorKind};
 
 /// Configuration of a bulkhead. Deserializes from e.g.
 /// `{ name = "db", max_concurrent = 16, max_wait = "100ms" }`.
@@ -125,7 +125,7 @@ impl BulkheadConfig {
 }
 
 pub(crate) struct Shared {
-    pub(crate) name: Arc<str>,
+    pub(crate) name: ComponentName,
     max_concurrent: usize,
     pub(crate) max_wait: Duration,
     pub(crate) pool: Pool,
@@ -135,7 +135,7 @@ pub(crate) struct Shared {
 impl Shared {
     pub(crate) fn rejection(&self) -> Error {
         Error::new(ErrorKind::BulkheadFull {
-            name: self.name.clone(),
+            name: self.name,
             max_concurrent: self.max_concurrent,
             max_wait: self.max_wait,
         })
@@ -303,7 +303,7 @@ impl BulkheadLayer {
     /// call is rejected: install the metrics recorder before building layers.
     pub fn new(config: BulkheadConfig) -> Result<Self, Error> {
         config.validate()?;
-        let name: Arc<str> = config.name.into();
+        let name = ComponentName::new(&config.name);
         names::preregister(names::BULKHEAD_REJECTED, &[(names::labels::NAME, &name)]);
         Ok(Self {
             shared: Arc::new(Shared {

@@ -53,7 +53,7 @@ use tower_service::Service;
 
 pub use super::future::ResponseFuture;
 use crate::metric_catalogue as names;
-use crate::{BoxError, Error, ErrorKind};
+use crate::{BoxError, ComponentName, Error, ErrorKind};
 
 /// Configuration of a rate limiter. Deserializes from e.g.
 /// `{ name = "api", rate = 100, period = "1s", burst = 20, max_wait = "50ms" }`.
@@ -156,7 +156,7 @@ pub(crate) fn rate_problem(rate: u32, period: Duration) -> Option<&'static str> 
 }
 
 pub(crate) struct Limiter {
-    pub(crate) name: Arc<str>,
+    pub(crate) name: ComponentName,
     /// Nanoseconds between two permits at the steady rate.
     interval: u64,
     /// How far ahead of `now` the theoretical arrival time may run: `interval * (burst - 1)`.
@@ -196,7 +196,7 @@ impl Limiter {
 
     pub(crate) fn rejection(&self, retry_after: u64) -> Error {
         Error::new(ErrorKind::RateLimited {
-            name: self.name.clone(),
+            name: self.name,
             retry_after: Duration::from_nanos(retry_after),
         })
     }
@@ -229,7 +229,7 @@ impl RateLimiterLayer {
         let interval = u64::try_from(config.period.as_nanos() / u128::from(config.rate))
             .map_err(|_| Error::invalid_config("rate limiter period too long"))?;
         let tolerance = interval.saturating_mul(u64::from(config.effective_burst() - 1));
-        let name: Arc<str> = config.name.into();
+        let name = ComponentName::new(&config.name);
         names::preregister(names::RATE_LIMIT_REJECTED, &[(names::labels::NAME, &name)]);
         Ok(Self {
             limiter: Arc::new(Limiter {

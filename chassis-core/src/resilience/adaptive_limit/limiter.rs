@@ -10,7 +10,7 @@ use tokio::time::Instant;
 
 use super::algorithm::{Estimator, LimitAlgorithm, Sample};
 use crate::metric_catalogue as names;
-use crate::{BoxError, Error, ErrorKind};
+use crate::{BoxError, ComponentName, Error, ErrorKind};
 
 /// Configuration of an adaptive concurrency limit. Deserializes from e.g.
 /// `{ name = "payments", initial_limit = 20, max_limit = 200, algorithm = { kind = "vegas" } }`.
@@ -150,7 +150,7 @@ pub(crate) struct Token {
 
 /// The limiter's state shared by every service and clone of one layer.
 pub(crate) struct Limiter {
-    pub(crate) name: Arc<str>,
+    pub(crate) name: ComponentName,
     /// Calls admitted so far (high 32 bits, wrapping) and in flight (low 32 bits), in one word
     /// so admission is one compare-and-swap and picks the calls to time.
     admitted: AtomicU64,
@@ -177,7 +177,7 @@ impl Limiter {
     /// Validates `config`, registers the metrics at their starting values.
     pub(crate) fn new(config: AdaptiveLimitConfig) -> Result<Self, Error> {
         config.validate()?;
-        let name: Arc<str> = config.name.into();
+        let name = ComponentName::new(&config.name);
         let label = [(names::labels::NAME, &*name)];
         names::preregister(names::ADAPTIVE_LIMIT_LIMIT, &label);
         names::preregister(names::ADAPTIVE_LIMIT_IN_FLIGHT, &label);
@@ -268,7 +268,7 @@ impl Limiter {
     /// The rejection of a call shed at the current limit.
     pub(crate) fn rejection(&self) -> Error {
         Error::new(ErrorKind::ConcurrencyLimited {
-            name: self.name.clone(),
+            name: self.name,
             limit: self.limit.load(Relaxed),
         })
     }

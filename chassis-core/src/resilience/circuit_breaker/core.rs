@@ -10,9 +10,9 @@ use tokio::sync::broadcast;
 use super::classifier::Outcome;
 use super::config::{CircuitBreakerConfig, Jitter, SlidingWindowType};
 use super::window::{CountWindow, FAILED, PRESENT, Padded, SLOW, TimeWindow, Window, WindowCounts};
-use crate::Error;
 use crate::metric_catalogue as names;
 use crate::resilience::clock::{Clock, ClockSource, CoarseClock};
+use crate::{ComponentName, Error};
 
 /// The state of a breaker.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -123,7 +123,7 @@ pub enum TransitionReason {
 #[non_exhaustive]
 pub struct StateTransition {
     /// The breaker's name.
-    pub name: Arc<str>,
+    pub name: ComponentName,
     /// State before.
     pub from: State,
     /// State after.
@@ -206,7 +206,7 @@ struct Metrics {
 impl Metrics {
     /// The handles, every catalogued outcome registered at 0 (the state gauge is set by the
     /// caller).
-    fn new(name: &Arc<str>) -> Self {
+    fn new(name: &ComponentName) -> Self {
         names::preregister(names::CIRCUIT_BREAKER_CALLS, &[(names::labels::NAME, name)]);
         let calls = |outcome: &'static str| metrics::counter!(names::CIRCUIT_BREAKER_CALLS, names::labels::NAME => name.to_string(), names::labels::OUTCOME => outcome);
         Self {
@@ -236,7 +236,7 @@ pub(crate) struct Shared {
     probes: Padded<Probes>,
     not_permitted: Padded<AtomicU64>,
     clock: ClockSource,
-    name: Arc<str>,
+    name: ComponentName,
     settings: Settings,
     transitions: Mutex<Transitions>,
     events: broadcast::Sender<StateTransition>,
@@ -265,7 +265,7 @@ pub(crate) struct RawPermit {
 impl Shared {
     fn new(config: CircuitBreakerConfig, clock: ClockSource) -> Result<Self, Error> {
         config.validate()?;
-        let name: Arc<str> = Arc::from(config.name.as_str());
+        let name = ComponentName::new(&config.name);
         let now = clock.now_nanos();
         let window = match config.sliding_window_type {
             SlidingWindowType::CountBased => {
@@ -373,7 +373,7 @@ impl Shared {
     fn reject(&self, retry_after: Duration) -> Error {
         self.not_permitted.fetch_add(1, Relaxed);
         self.metrics.not_permitted.increment(1);
-        Error::circuit_open(self.name.clone(), retry_after)
+        Error::circuit_open(self.name, retry_after)
     }
 
     /// Records the outcome of a call let through by `permit`.
@@ -553,7 +553,7 @@ impl Shared {
         }
         // No subscriber is not an error.
         let _ = self.events.send(StateTransition {
-            name: self.name.clone(),
+            name: self.name,
             from,
             to,
             reason,

@@ -10,10 +10,10 @@ use std::time::Duration;
 
 use super::gcra::Gcra;
 use super::{KeyedRateLimitConfig, RateLimitBackend, RateLimitInfo};
-use crate::Error;
 use crate::metric_catalogue as names;
 use crate::resilience::clock::{Clock, ClockSource, CoarseClock};
-use crate::resilience::striped::{Padded, stripe_count, stripe_index};
+use crate::resilience::striped::Padded;
+use crate::{ComponentName, Error};
 
 /// A rate limit per key, kept in this process's memory.
 ///
@@ -70,11 +70,7 @@ pub struct KeyedRateLimiter<K> {
 type Shard<K> = Mutex<HashMap<K, u64>>;
 
 struct Inner<K> {
-    name: Arc<str>,
-    /// Copies of `name` in allocations of their own, one per thread stripe, on cache lines of
-    /// their own: a rejection's error holds the name, and cloning one shared `Arc` from every
-    /// thread would make its reference count a cache line all rejecting threads write.
-    names: Box<[Padded<Arc<str>>]>,
+    name: ComponentName,
     gcra: Gcra,
     clock: ClockSource,
     shards: Box<[Padded<Shard<K>>]>,
@@ -152,12 +148,11 @@ impl<K: Hash + Eq + Clone> KeyedRateLimiter<K> {
             config.max_keys.next_power_of_two() / 2
         };
         let shards = default_shards().min(max_shards).max(1);
-        let name: Arc<str> = config.name.into();
+        let name = ComponentName::new(&config.name);
         names::preregister(names::RATE_LIMIT_REJECTED, &[(names::labels::NAME, &name)]);
         Ok(Self {
             inner: Arc::new(Inner {
                 rejected: metrics::counter!(names::RATE_LIMIT_REJECTED, names::labels::NAME => name.to_string()),
-                names: spread_copies(&name, stripe_count()),
                 name,
                 gcra,
                 clock: ClockSource::from_clock(clock),
@@ -237,37 +232,6 @@ impl<K> KeyedRateLimiter<K> {
     }
 }
 
-/// `n` copies of `name`, no two of whose allocations share a 128-byte line (the reference
-/// counts sit at the start of each). Copies the allocator places too close to one already
-/// kept (small allocations made in a row usually sit side by side) are set aside while
-/// looking, then freed.
-fn spread_copies(name: &str, n: usize) -> Box<[Padded<Arc<str>>]> {
-    const LINE: usize = 128;
-    // The lines an `Arc<str>`'s allocation touches: its two counts, then the text.
-    let lines = |a: &Arc<str>| {
-        let text = Arc::as_ptr(a).cast::<u8>() as usize;
-        let start = text.saturating_sub(2 * size_of::<usize>());
-        (start / LINE)..=((text + a.len()) / LINE)
-    };
-    let mut kept: Vec<Arc<str>> = Vec::with_capacity(n);
-    let mut set_aside = Vec::new();
-    while kept.len() < n {
-        let copy: Arc<str> = Arc::from(name);
-        let mine = lines(&copy);
-        let apart = kept.iter().all(|k| {
-            let theirs = lines(k);
-            mine.end() < theirs.start() || theirs.end() < mine.start()
-        });
-        // Bounded search: an allocator that never spreads them gets the copies as they come.
-        if apart || set_aside.len() >= 64 * n {
-            kept.push(copy);
-        } else {
-            set_aside.push(copy);
-        }
-    }
-    kept.into_iter().map(Padded).collect()
-}
-
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // A panic while a shard was locked cannot leave a TAT half-written (it is one u64 store),
     // so a poisoned shard is still consistent.
@@ -339,10 +303,10 @@ impl<K> Inner<K> {
         self.rejected.increment(1);
         let retry_after = Duration::from_nanos(retry_after);
         tracing::debug!(rate_limiter = %self.name, ?retry_after, "rate limited: call rejected");
-        let name = &self.names[stripe_index(self.names.len())];
-        // The quota is kept inline in the error: a rejection allocates nothing.
+        // The quota is kept inline in the error and the name is interned: a rejection
+        // allocates nothing and touches no shared reference count.
         Error::rate_limited(
-            Arc::clone(name),
+            self.name,
             retry_after,
             RateLimitInfo {
                 limit: self.gcra.burst,
@@ -471,20 +435,6 @@ mod tests {
         tokio::time::advance(Duration::from_millis(101)).await;
         assert_eq!(l.sweep(), 100);
         assert_eq!(l.stats().keys, 0);
-    }
-
-    #[test]
-    fn name_copies_do_not_share_cache_lines() {
-        let copies = spread_copies("bench", 8);
-        assert_eq!(copies.len(), 8);
-        let mut lines: Vec<usize> = copies
-            .iter()
-            .map(|c| (Arc::as_ptr(&c.0).cast::<u8>() as usize - 16) / 128)
-            .collect();
-        lines.sort_unstable();
-        lines.dedup();
-        assert_eq!(lines.len(), 8, "two copies' counts on one line");
-        assert!(copies.iter().all(|c| &*c.0 == "bench"));
     }
 
     #[test]

@@ -14,7 +14,7 @@ use crate::metric_catalogue as names;
 use crate::resilience::circuit_breaker::{
     CircuitBreakerConfig, CircuitBreakerHandle, Outcome, SlidingWindowType,
 };
-use crate::{BoxError, Error, ErrorKind};
+use crate::{BoxError, ComponentName, Error, ErrorKind};
 
 /// The GCRA of [`gcra`](super::gcra) in one atomic step, on Redis's clock (`TIME`), so that
 /// replicas whose clocks differ still agree. Times are in microseconds; the TAT is stored as
@@ -189,7 +189,7 @@ pub struct RedisRateLimiter {
 }
 
 struct Inner {
-    name: Arc<str>,
+    name: ComponentName,
     gcra: Gcra,
     prefix: String,
     timeout: Duration,
@@ -258,7 +258,7 @@ impl RedisRateLimiter {
         config.validate()?;
         let gcra = Gcra::from_config(&config.limit)?.to_micros();
         let breaker = CircuitBreakerHandle::new(config.breaker)?;
-        let name: Arc<str> = config.limit.name.into();
+        let name = ComponentName::new(&config.limit.name);
         names::preregister(names::RATE_LIMIT_REJECTED, &[(names::labels::NAME, &name)]);
         Ok(Self {
             inner: Arc::new(Inner {
@@ -358,7 +358,7 @@ impl Inner {
         let retry_after = micros(retry_after_us);
         tracing::debug!(rate_limiter = %self.name, ?retry_after, "rate limited: call rejected");
         Error::rate_limited(
-            self.name.clone(),
+            self.name,
             retry_after,
             RateLimitInfo {
                 limit: self.gcra.burst,
@@ -389,7 +389,7 @@ impl Inner {
                     .unwrap_or(Duration::from_secs(1));
                 Err(Error::with_source(
                     ErrorKind::RateLimited {
-                        name: self.name.clone(),
+                        name: self.name,
                         retry_after,
                     },
                     cause,
