@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use chassis_messaging::amqp::consumer::{Handler, Outcome};
 use chassis_messaging::amqp::incoming::IncomingMessage;
+use chassis_messaging::amqp::publisher::Publish;
 use chassis_messaging::amqp::topology::{ExchangeConfig, QueueConfig, TopologyConfig};
 use chassis_messaging::envelope::{Envelope, SUBJECT};
 use chassis_messaging::error::{Error, ErrorKind};
@@ -616,6 +617,145 @@ async fn sqlite_a_timeout_survives_a_restart() {
     let dir = tempfile::tempdir().unwrap();
     let first = sqlite_pool(&dir).await;
     a_timeout_survives_a_restart(first, async || sqlite_pool(&dir).await).await;
+}
+
+/// The memory broker with every command bound to one queue.
+fn commands_broker() -> Arc<MemoryBroker> {
+    let broker = Arc::new(MemoryBroker::new());
+    broker
+        .declare(
+            &TopologyConfig::new()
+                .exchange(ExchangeConfig::topic(COMMANDS))
+                .queue(QueueConfig::new("all-commands").bind(COMMANDS, "#")),
+        )
+        .unwrap();
+    broker
+}
+
+fn routing_keys(broker: &MemoryBroker) -> Vec<String> {
+    broker
+        .published()
+        .into_iter()
+        .map(|m| m.routing_key)
+        .collect()
+}
+
+/// A process killed while its relay had an instance's command in flight (reserved, maybe
+/// published, not yet recorded): the instance's next command, written after the restart,
+/// waits behind it. It must go out within seconds (the dead relay's lease is short, a live
+/// relay renews its own), not after a lease as long as a step's timeout, which would fail a
+/// healthy instance on the timeout while its reply was held up.
+#[tokio::test]
+async fn sqlite_a_killed_relay_holds_up_an_instances_next_command_only_briefly() {
+    use chassis_messaging::sql::outbox::OutboxStore;
+    let dir = tempfile::tempdir().unwrap();
+    let pool = sqlite_pool(&dir).await;
+    let saga = saga_on(pool.clone(), Duration::from_secs(60)).await;
+    let handler = saga.handler();
+    let reserved = event("stock.reserved", "o-1", Reserved { amount_cents: 450 });
+    assert_eq!(handler.handle(reserved).await, Outcome::Ack);
+    // The killed process's relay: it reserved the charge with the default lease, then died.
+    let dead = Outbox::new(pool.clone());
+    let lease = RelayConfig::default().lease;
+    let (_claim, rows) = dead
+        .claim(100, lease, &std::collections::HashSet::new())
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), 1, "the charge is reserved by the dead relay");
+    drop(dead);
+    // After the restart: the charge's reply completes the order, whose confirmation follows
+    // the charge (one subject, in order).
+    let charged = event(
+        "payment.charged",
+        "o-1",
+        Charged {
+            charge_id: "ch".into(),
+        },
+    );
+    assert_eq!(handler.handle(charged).await, Outcome::Ack);
+    let broker = commands_broker();
+    let relay = Relay::new(
+        Outbox::new(pool.clone()),
+        broker.clone(),
+        RelayConfig::default(),
+    );
+    let token = CancellationToken::new();
+    let running = relay.unwrap().spawn(token.clone());
+    let started = tokio::time::Instant::now();
+    let out = eventually(Duration::from_secs(10), || {
+        let published = routing_keys(&broker);
+        async move { published.len() == 2 }
+    })
+    .await;
+    token.cancel();
+    running.await.unwrap();
+    assert!(
+        out,
+        "after {:?} the new relay published only {:?}",
+        started.elapsed(),
+        routing_keys(&broker)
+    );
+    assert_eq!(
+        routing_keys(&broker),
+        ["payment.charge", "order.confirm"],
+        "the charge again (the inbox absorbs it), then the confirmation"
+    );
+}
+
+/// Publishes to the memory broker after `delay`: a broker slow to confirm.
+struct SlowBroker {
+    inner: Arc<MemoryBroker>,
+    delay: Duration,
+}
+
+impl Publish for SlowBroker {
+    fn publish(
+        &self,
+        msg: OutgoingMessage,
+    ) -> futures_util::future::BoxFuture<'_, Result<(), Error>> {
+        Box::pin(async move {
+            tokio::time::sleep(self.delay).await;
+            self.inner.publish(msg).await
+        })
+    }
+}
+
+/// A live relay whose publish outlasts the lease keeps its rows (it renews the lease while
+/// they travel): a second relay on the database does not send an instance's command again.
+#[tokio::test]
+async fn sqlite_a_live_relay_keeps_a_command_in_flight_longer_than_its_lease() {
+    let dir = tempfile::tempdir().unwrap();
+    let pool = sqlite_pool(&dir).await;
+    let saga = saga_on(pool.clone(), Duration::from_secs(60)).await;
+    let reserved = event("stock.reserved", "o-1", Reserved { amount_cents: 450 });
+    assert_eq!(saga.handler().handle(reserved).await, Outcome::Ack);
+    let config = RelayConfig::default()
+        .lease(Duration::from_millis(300))
+        .publish_timeout(Duration::from_secs(5));
+    let broker = commands_broker();
+    let slow = Arc::new(SlowBroker {
+        inner: broker.clone(),
+        delay: Duration::from_millis(1500),
+    });
+    let token = CancellationToken::new();
+    let first = Relay::new(Outbox::new(pool.clone()), slow, config.clone()).unwrap();
+    let first = first.spawn(token.clone());
+    // The second relay starts once the first one reserved the charge.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let second = Relay::new(Outbox::new(pool.clone()), broker.clone(), config).unwrap();
+    let second = second.spawn(token.clone());
+    let sent = eventually(Duration::from_secs(5), || {
+        let published = routing_keys(&broker);
+        async move { !published.is_empty() }
+    })
+    .await;
+    // Longer than the lease again, for a second relay that took the rows over to publish.
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    token.cancel();
+    first.await.unwrap();
+    second.await.unwrap();
+    assert!(sent, "the charge was published");
+    assert_eq!(routing_keys(&broker), ["payment.charge"], "published once");
 }
 
 #[cfg(feature = "postgres")]

@@ -76,6 +76,18 @@ pub trait OutboxDatabase: SchemaDatabase {
         held: &HashSet<i64>,
     ) -> impl Future<Output = Result<(Self::Claim, Vec<PendingRow>)>> + Send;
 
+    /// [`OutboxStore::renew`] on this database; by default nothing (reservations that end
+    /// with their holder, as PostgreSQL's row locks do).
+    fn renew(
+        pool: &Pool<Self>,
+        state: &Self::State,
+        held: &HashSet<i64>,
+        lease: Duration,
+    ) -> impl Future<Output = Result<()>> + Send {
+        let _ = (pool, state, held, lease);
+        async { Ok(()) }
+    }
+
     /// [`OutboxStore::finish`] on this database.
     fn finish(
         pool: &Pool<Self>,
@@ -287,6 +299,14 @@ impl<DB: OutboxDatabase> OutboxStore for Outbox<DB> {
         held: &HashSet<i64>,
     ) -> impl Future<Output = Result<(DB::Claim, Vec<PendingRow>)>> + Send {
         DB::claim(&self.pool, &self.state, limit, lease, held)
+    }
+
+    fn renew(
+        &self,
+        held: &HashSet<i64>,
+        lease: Duration,
+    ) -> impl Future<Output = Result<()>> + Send {
+        DB::renew(&self.pool, &self.state, held, lease)
     }
 
     fn finish(

@@ -62,8 +62,8 @@
 //! - **Several relays on one database**: PostgreSQL relays lock their batch with
 //!   `SELECT … FOR UPDATE SKIP LOCKED` inside a transaction that also records the outcome
 //!   (a crash rolls back: the rows are pending again); SQLite relays take a lease
-//!   ([`RelayConfig::lease`]). A row held by another relay blocks the rest of its subject, so
-//!   order holds across relays.
+//!   ([`RelayConfig::lease`], renewed while the rows are in flight). A row held by another
+//!   relay blocks the rest of its subject, so order holds across relays.
 //! - **Broker down**: a transient failure (connection lost, nack, confirm timeout) leaves the
 //!   rows pending and untouched; the relay backs off with jittered exponential delays
 //!   ([`RelayConfig::backoff_initial`] to [`RelayConfig::backoff_max`]) and resumes. Nothing is

@@ -75,8 +75,10 @@ pub struct RelayConfig {
     #[serde(with = "humantime_serde")]
     pub backoff_max: Duration,
     /// How long a SQLite relay's reservation of a batch lasts before another relay may take
-    /// the rows over (the reserving relay is presumed dead). Must exceed `publish_timeout`.
-    /// PostgreSQL uses row locks instead. Defaults to 30 s.
+    /// the rows over (the reserving relay is presumed dead). [`Relay::run`] renews it every
+    /// third of it while the batch is in flight, so it bounds how long a relay that died
+    /// (a killed process) holds up its rows' subjects, not how long a publish may take;
+    /// [`Relay::run_once`] does not renew. PostgreSQL uses row locks instead. Defaults to 5 s.
     #[serde(with = "humantime_serde")]
     pub lease: Duration,
     /// How long confirmed rows are kept (status `sent`) before retention deletes them; zero
@@ -102,7 +104,7 @@ impl Default for RelayConfig {
             retry_delay: Duration::from_secs(1),
             backoff_initial: Duration::from_millis(100),
             backoff_max: Duration::from_secs(30),
-            lease: Duration::from_secs(30),
+            lease: Duration::from_secs(5),
             sent_retention: Duration::from_secs(3600),
             cleanup_interval: Duration::from_secs(60),
             stats_interval: Duration::from_secs(5),
@@ -193,6 +195,7 @@ impl RelayConfig {
             ("backoff_initial", self.backoff_initial),
             ("cleanup_interval", self.cleanup_interval),
             ("stats_interval", self.stats_interval),
+            ("lease", self.lease),
         ] {
             if d.is_zero() {
                 return bad(&format!("{name} must be positive"));
@@ -200,9 +203,6 @@ impl RelayConfig {
         }
         if self.backoff_max < self.backoff_initial {
             return bad("backoff_max must be at least backoff_initial");
-        }
-        if self.lease <= self.publish_timeout {
-            return bad("lease must exceed publish_timeout");
         }
         Ok(())
     }
@@ -620,6 +620,8 @@ impl<S: OutboxStore, P: Publish + ?Sized + 'static> Relay<S, P> {
 
     /// Claims, publishes and records one batch. [`run`](Self::run) pipelines batches instead
     /// (see [`run_until_idle`](Self::run_until_idle)); tests and tools may call this directly.
+    /// It does not renew the batch's lease (SQLite): a publish slower than
+    /// [`RelayConfig::lease`] may let another relay publish the rows too.
     ///
     /// # Errors
     /// [`ErrorKind::Database`] when the store failed (nothing was marked; rows stay pending).
@@ -687,7 +689,36 @@ impl<S: OutboxStore, P: Publish + ?Sized + 'static> Relay<S, P> {
         // would spin.
         let mut wait_for_batch = false;
         let mut idle = false;
+        // The rows in flight stay reserved for as long as they travel: a third of the lease
+        // before it runs out, it is renewed (SQLite; a no-op where locks end with their
+        // holder), while the batches keep being driven (one may hold the write queue).
+        let renew_every = self.config.lease / 3;
+        let mut renew_at = Instant::now() + renew_every;
         loop {
+            if !held.rows.is_empty() && Instant::now() >= renew_at {
+                let mut finished = Vec::new();
+                let renewed = {
+                    let renew = self.store.renew(&held.rows, self.config.lease);
+                    tokio::pin!(renew);
+                    loop {
+                        tokio::select! {
+                            biased;
+                            renewed = &mut renew => break renewed,
+                            Some((keys, done)) = in_flight.next() => {
+                                absorb(&mut total, &mut error, done);
+                                finished.push(keys);
+                            }
+                        }
+                    }
+                };
+                if let Err(err) = renewed {
+                    tracing::warn!(error = %err, "outbox relay: renewing the lease of the rows in flight failed");
+                }
+                for keys in finished {
+                    held.forget(keys);
+                }
+                renew_at = Instant::now() + renew_every;
+            }
             let stopping = total.transient_error.is_some()
                 || error.is_some()
                 || token.is_some_and(CancellationToken::is_cancelled)
@@ -736,6 +767,10 @@ impl<S: OutboxStore, P: Publish + ?Sized + 'static> Relay<S, P> {
                         // may have blocked the claim, so claim again before calling it idle.
                     }
                     Ok((claim, rows)) => {
+                        if held.rows.is_empty() {
+                            // The first rows in flight: leased just now.
+                            renew_at = Instant::now() + renew_every;
+                        }
                         // A short batch took everything that was due: another claim right
                         // away would come back empty (and on SQLite take the write lock for
                         // nothing). Pipelining pays off under a backlog, where batches are full.
@@ -755,13 +790,19 @@ impl<S: OutboxStore, P: Publish + ?Sized + 'static> Relay<S, P> {
                 }
                 continue;
             }
-            match in_flight.next().await {
-                Some((keys, done)) => {
+            let next = tokio::select! {
+                next = in_flight.next() => Some(next),
+                () = tokio::time::sleep_until(renew_at), if !held.rows.is_empty() => None,
+            };
+            match next {
+                Some(Some((keys, done))) => {
                     absorb(&mut total, &mut error, done);
                     held.forget(keys);
                     wait_for_batch = false;
                 }
-                None => break,
+                Some(None) => break,
+                // Time to renew the lease (at the top of the loop).
+                None => {}
             }
         }
         let end = if total.transient_error.is_some() {
@@ -1093,7 +1134,7 @@ mod tests {
         );
         assert!(
             RelayConfig::default()
-                .lease(Duration::from_secs(1))
+                .lease(Duration::ZERO)
                 .validate()
                 .is_err()
         );

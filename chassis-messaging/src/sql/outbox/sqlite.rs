@@ -7,9 +7,10 @@
 //! batch travels to the broker. The claim reads its whole batch as one row (a JSON array), and
 //! the outcomes are recorded by a statement or two that each commit on their own; one relay's
 //! claims and records queue in-process for SQLite's single write lock instead of polling for
-//! it. A relay that dies leaves its lease to expire (default 30 s); the rows are then published
-//! again by whichever relay claims them (a duplicate the inbox absorbs). Use WAL mode
-//! (`SqliteConnectOptions::journal_mode(Wal)`) for concurrent readers.
+//! it. A running relay renews the leases of its batches in flight; one that dies leaves them to
+//! expire (default 5 s); the rows are then published again by whichever relay claims them (a
+//! duplicate the inbox absorbs). Use WAL mode (`SqliteConnectOptions::journal_mode(Wal)`) for
+//! concurrent readers.
 //!
 //! SQLite has no cross-connection notification: after committing, call
 //! [`Outbox::notify_committed`] (or commit with [`Outbox::commit`]) so this process's relay
@@ -370,6 +371,33 @@ impl OutboxDatabase for Sqlite {
         .map_err(db_err)?;
         tx.commit().await.map_err(db_err)?;
         Ok(((), kept))
+    }
+
+    async fn renew(
+        pool: &SqlitePool,
+        state: &SqliteState,
+        held: &HashSet<i64>,
+        lease: Duration,
+    ) -> Result<()> {
+        if held.is_empty() {
+            return Ok(());
+        }
+        let until = now_ms().saturating_add(i64::try_from(lease.as_millis()).unwrap_or(i64::MAX));
+        // Only rows still pending and reserved by this relay: a row recorded, released or
+        // taken over by another relay (its lease ran out) is left alone.
+        let _writer = state.writer.lock().await;
+        sqlx::query(
+            "UPDATE chassis_outbox SET locked_until = ?1 \
+             WHERE id IN (SELECT value FROM json_each(?2)) AND lock_owner = ?3 \
+             AND status = 'pending'",
+        )
+        .bind(until)
+        .bind(json_ids(held.iter().copied()))
+        .bind(&*state.owner)
+        .execute(pool)
+        .await
+        .map_err(db_err)?;
+        Ok(())
     }
 
     async fn finish(

@@ -132,6 +132,20 @@ pub trait OutboxStore: Clone + Send + Sync + 'static {
         held: &HashSet<i64>,
     ) -> impl Future<Output = Result<(Self::Claim, Vec<PendingRow>)>> + Send;
 
+    /// Extends the reservation of the rows in `held` that this relay still holds (pending,
+    /// reserved by it) to `lease` from now. A relay calls it while batches are in flight, so a
+    /// short lease keeps a live relay's rows and still frees a dead relay's rows soon. Stores
+    /// whose reservations end with their holder (PostgreSQL's row locks) need nothing: the
+    /// default does nothing.
+    fn renew(
+        &self,
+        held: &HashSet<i64>,
+        lease: Duration,
+    ) -> impl Future<Output = Result<()>> + Send {
+        let _ = (held, lease);
+        async { Ok(()) }
+    }
+
     /// Records what happened to the claimed rows and releases the claim.
     fn finish(
         &self,
