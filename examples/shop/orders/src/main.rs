@@ -2,8 +2,9 @@
 //!
 //! It runs, in start order: telemetry; the database (the orders schema and the chassis
 //! outbox/inbox tables); RabbitMQ, attached in the background (the shop's exchanges and the
-//! `orders.saga` queue); the outbox relay; the saga consumer (inventory and payment replies,
-//! through the inbox); the timeout sweeper; HTTP (`POST /internal/orders`,
+//! `orders.saga` queue); the outbox relay; the order saga (`shop_orders::saga`: its tables, and
+//! its step timeouts fired from the database); the saga consumer (inventory and payment
+//! replies, each applied once); HTTP (`POST /internal/orders`,
 //! `GET /internal/orders/{id}` (with `?wait_ms=N`, answered once the order is final or after
 //! N ms: see `shop_orders::waiters`), `GET /internal/stats`, behind service tokens). Orders are
 //! accepted while RabbitMQ is away: they wait in the outbox. With `INVENTORY_URL`, a placement
@@ -26,43 +27,32 @@ use axum::extract::{Path, Query, State};
 use axum::http::header::LOCATION;
 use axum::http::{HeaderMap, HeaderValue};
 use axum::routing::{get, post};
-use chassis_core::lifecycle::{App, LifecycleConfig, Stage, task};
+use chassis_core::lifecycle::{App, LifecycleConfig};
 use chassis_core::{BoxError, ServiceInfo};
 use chassis_http::health::HealthLayer;
 use chassis_http::layers::StandardLayers;
 use chassis_http::server::HttpServer;
 use chassis_http::{ApiError, ApiResponse, ApiResult, ResultExt};
-use chassis_messaging::{IncomingMessage, Outcome};
+use chassis_messaging::lifecycle::ConsumerComponent;
 use serde_json::{Map, Value};
-use shop_common::db::{Db, Tx, now_ms};
+use shop_common::db::Db;
 use shop_common::events::{
-    EVENTS_EXCHANGE, Emit, INVENTORY_REJECTED, INVENTORY_RESERVED, ORDER_CONFIRMED, ORDER_FAILED,
-    PAYMENT_FAILED, PAYMENT_SUCCEEDED, decode, retry,
+    EVENTS_EXCHANGE, INVENTORY_REJECTED, INVENTORY_RESERVED, PAYMENT_FAILED, PAYMENT_SUCCEEDED,
 };
 use shop_common::limits;
 use shop_common::service::{env, server_config};
 use shop_common::{Shop, auth};
 use shop_orders::catalogue::Catalogue;
-use shop_orders::saga::{self, NewOrder};
+use shop_orders::saga::{self, NewOrder, OrderSaga};
 use shop_orders::waiters::{self, Waiters};
 
 #[derive(Clone)]
 struct Ctx {
-    shop: Shop,
     db: Db,
-    step_timeout_ms: i64,
+    saga: OrderSaga,
     waiters: Waiters,
     /// The inventory's product check at placement (gRPC), when `INVENTORY_URL` is set.
     catalogue: Option<Catalogue>,
-}
-
-/// Wakes the requests waiting for the orders that `emits` (just committed) announce as final.
-fn announce(waiters: &Waiters, emits: &[Emit]) {
-    for e in emits {
-        if e.kind == ORDER_CONFIRMED || e.kind == ORDER_FAILED {
-            waiters.finished(&e.subject);
-        }
-    }
 }
 
 /// `?wait_ms=N`: answer once the order is final, or after N ms (capped at `waiters::MAX_WAIT`).
@@ -82,17 +72,19 @@ async fn run() -> Result<(), BoxError> {
     let telemetry = shop_common::service::telemetry(info.clone())?;
     let app = App::new("orders").config(LifecycleConfig::from_env()?);
     let shop = Shop::from_env("orders");
-    let step_timeout_ms = env("SAGA_STEP_TIMEOUT_MS", "30000")
+    let step_timeout = env("SAGA_STEP_TIMEOUT_MS", "30000")
         .parse()
-        .unwrap_or(30_000);
+        .map_or(Duration::from_secs(30), Duration::from_millis);
 
     // 2. The database (opened at start) with its outbox.
     let db = shop.database()?;
     let waiters = Waiters::default();
+    // An order ended by a reply or a timeout wakes the requests waiting for it.
+    let finished = waiters.clone();
+    let order_saga = OrderSaga::new(&db, &shop, step_timeout, move |id| finished.finished(id))?;
     let ctx = Ctx {
-        shop: shop.clone(),
         db: db.clone(),
-        step_timeout_ms,
+        saga: order_saga.clone(),
         waiters: waiters.clone(),
         catalogue: Catalogue::from_env()?,
     };
@@ -110,23 +102,8 @@ async fn run() -> Result<(), BoxError> {
     );
     let topology = shop.topology().queue(replies.clone());
     let relay = db.relay(&conn)?;
-    let saga = db.consumer_then(
-        &shop,
-        &conn,
-        replies,
-        "orders.saga",
-        move |msg, tx| Box::pin(on_reply(msg, tx, step_timeout_ms)),
-        move |emits| announce(&waiters, emits),
-    );
-    let sweeper = ctx.clone();
-    let timeouts = task("saga-timeouts", Stage::Worker, |stop| async move {
-        // Fails overdue steps once a second, and right after a restart.
-        while !stop.is_cancelled() {
-            expire_overdue(&sweeper).await;
-            let _ = tokio::time::timeout(Duration::from_secs(1), stop.cancelled()).await;
-        }
-        Ok(())
-    });
+    let handler = shop.controlled(&conn, &replies, order_saga.handler());
+    let consumer = ConsumerComponent::new(&conn, replies, shop.consumer_config(), handler);
 
     // 4. HTTP: the internal API behind service tokens, in the standard layers.
     // With mTLS, only the gateway's certificate gets through as well.
@@ -146,10 +123,10 @@ async fn run() -> Result<(), BoxError> {
     // 5. Run: start in this order; on SIGTERM stop in stages.
     app.component(telemetry)
         .component(db.component(saga::SCHEMA))
+        .component(order_saga.component())
         .component(conn.component().declare(topology))
         .component(relay)
-        .component(saga)
-        .component(timeouts)
+        .component(consumer)
         .component(shop_common::admin::with_admin(
             HttpServer::new(server_config(8081)?, service).probes(probes),
             control,
@@ -157,42 +134,6 @@ async fn run() -> Result<(), BoxError> {
         .run()
         .await?;
     Ok(())
-}
-
-/// A reply to the saga (inventory, payments), applied once through the inbox.
-async fn on_reply(
-    msg: IncomingMessage,
-    mut tx: Tx<'_>,
-    timeout: i64,
-) -> Result<Vec<Emit>, Outcome> {
-    let tx = &mut tx;
-    let emits = match msg.routing_key() {
-        INVENTORY_RESERVED => saga::on_inventory_reserved(tx, &decode(&msg)?, timeout).await,
-        INVENTORY_REJECTED => saga::on_inventory_rejected(tx, &decode(&msg)?).await,
-        PAYMENT_SUCCEEDED => saga::on_payment_succeeded(tx, &decode(&msg)?).await,
-        PAYMENT_FAILED => saga::on_payment_failed(tx, &decode(&msg)?).await,
-        other => return Err(Outcome::reject(format!("unexpected routing key `{other}`"))),
-    };
-    emits.map_err(retry)
-}
-
-/// One sweep: fails the overdue saga steps (at most 100) with their compensations.
-async fn expire_overdue(ctx: &Ctx) {
-    let swept = async {
-        let mut txn = ctx.db.begin().await?;
-        let (ids, emits) = saga::expire_overdue(&mut txn.tx(), now_ms(), 100).await?;
-        txn.emit(&ctx.shop, &emits, None).await?;
-        txn.commit().await?;
-        announce(&ctx.waiters, &emits);
-        Ok::<_, BoxError>(ids)
-    };
-    match swept.await {
-        Ok(ids) if !ids.is_empty() => {
-            tracing::warn!(count = ids.len(), ?ids, "saga steps timed out")
-        }
-        Ok(_) => {}
-        Err(e) => tracing::warn!(error = %e, "timeout sweep failed"),
-    }
 }
 
 /// `POST /internal/orders`: 202 with the order and `Location: /internal/orders/{id}`. A body
@@ -226,14 +167,7 @@ async fn place(State(ctx): State<Ctx>, headers: HeaderMap, body: Bytes) -> ApiRe
         }
         None => None,
     };
-    let mut txn = ctx.db.begin().await.or_internal()?;
-    let placed = saga::place(&mut txn.tx(), &new, key, ctx.step_timeout_ms)
-        .await
-        .or_internal()?;
-    txn.emit(&ctx.shop, &placed.emits, None)
-        .await
-        .or_internal()?;
-    txn.commit().await.or_internal()?;
+    let placed = ctx.saga.place(&new, key).await.or_internal()?;
     if placed.created {
         tracing::info!(order_id = %placed.order.id, "order placed");
     }

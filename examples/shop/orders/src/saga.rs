@@ -1,63 +1,69 @@
-//! The order saga: a persisted state machine (orchestration).
+//! The order saga on the chassis saga building block ([`chassis_messaging::saga`]).
 //!
 //! ```text
-//!            place                inventory.reserved            payment.succeeded
-//!  (none) ─────────► PENDING/RESERVING ───────────► PENDING/CHARGING ───────────► CONFIRMED
-//!                          │ inventory.rejected          │ payment.failed
-//!                          │ or step timeout             │ or step timeout
-//!                          ▼                             ▼
-//!                   FAILED(reason)          FAILED(reason) + compensations
+//!          place                 inventory.reserved             payment.succeeded
+//!  (none) ──────► RESERVING ─────────────────────► CHARGING ─────────────────────► CONFIRMED
+//!                    │ inventory.rejected              │ payment.failed
+//!                    │ or step timeout                 │ or step timeout
+//!                    ▼                                 ▼
+//!             FAILED(reason)                  FAILED(reason) + compensations
 //! ```
 //!
-//! Each transition is a conditional `UPDATE … WHERE id = $ AND status = 'PENDING' AND step = $`
-//! inside the caller's transaction, so a late reply and the timeout sweeper can race and exactly
-//! one of them wins; the loser changes nothing. The commands a transition sends (charge, refund,
-//! release) and the events it announces are returned as [`Emit`]s for the caller to put into the
-//! outbox *in the same transaction*: after a crash the saga continues from what was committed.
+//! [`definition`] is the whole state machine. The building block writes each transition in one
+//! transaction (saga row, outbox messages, step timeout, the reply's inbox id), ignores late
+//! and duplicate replies, and fires step timeouts from the database, also after a restart.
+//! Compensations are registered when the step they undo is asked for (`inventory.reserved`:
+//! the release; a charge timing out: the refund) and sent newest first, with the failure's
+//! reason, when the order fails; each is idempotent on the receiving side, and inventory and
+//! payments refuse a reservation or charge arriving after its release or refund.
 //!
-//! Compensations: a failed payment releases the reservation; a timed-out charge refunds (the
-//! payments service refunds only if it charged, and refuses a charge arriving after its refund)
-//! and releases; a timed-out reservation releases (inventory refuses a reservation arriving after
-//! its release). Every compensation is idempotent on the receiving side.
+//! The `orders` table is the read model the API serves: [`OrderSaga::place`] writes it with the
+//! items and the idempotency key (`UNIQUE`: two requests racing with one key make one order)
+//! and starts the saga in the same transaction; [`project`] updates it in every transition's.
 //!
 //! # Example
 //! ```
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() -> Result<(), chassis_core::BoxError> {
-//! use shop_common::db::Db;
-//! use shop_common::events::{Item, InventoryReserved, PaymentSucceeded};
-//! use shop_orders::saga::{self, NewOrder};
+//! use std::time::Duration;
+//! use shop_common::{Shop, db::Db, events::Item};
+//! use shop_orders::saga::{self, NewOrder, OrderSaga};
 //!
 //! let db = Db::open("sqlite::memory:")?;
-//! saga::migrate(&db).await?;
-//! let new = NewOrder {
-//!     customer_id: "c-1".into(),
-//!     items: vec![Item { sku: "tea".into(), quantity: 1 }],
-//!     payment_method: "card_ok".into(),
-//! };
-//! let mut txn = db.begin().await?;
-//! let placed = saga::place(&mut txn.tx(), &new, None, 30_000).await?;
-//! txn.commit().await?;
-//! let id = placed.order.id.clone();
-//!
-//! let mut txn = db.begin().await?;
-//! saga::on_inventory_reserved(&mut txn.tx(), &InventoryReserved { order_id: id.clone(), amount_cents: 450 }, 30_000).await?;
-//! saga::on_payment_succeeded(&mut txn.tx(), &PaymentSucceeded { order_id: id.clone(), charge_id: "ch_1".into(), amount_cents: 450 }).await?;
-//! txn.commit().await?;
-//! assert_eq!(saga::get(&db, &id).await?.unwrap().status, "CONFIRMED");
+//! db.execute_script(saga::SCHEMA).await?;
+//! let orders = OrderSaga::new(&db, &Shop::from_env("orders"), Duration::from_secs(30), |_| {})?;
+//! orders.migrate().await?;
+//! let items = vec![Item { sku: "tea".into(), quantity: 1 }];
+//! let new = NewOrder { customer_id: "c-1".into(), items, payment_method: "card_ok".into() };
+//! let placed = orders.place(&new, Some("key-1")).await?;
+//! assert_eq!((placed.created, placed.order.status.as_str()), (true, saga::PENDING));
+//! // The same key again: the same order, nothing sent twice.
+//! let again = orders.place(&new, Some("key-1")).await?;
+//! assert_eq!((again.created, again.order.id), (false, placed.order.id));
 //! # Ok(()) }
 //! ```
 
+use std::time::Duration;
+
+use chassis_messaging::amqp::consumer::Handler;
+use chassis_messaging::error::{Error, ErrorKind};
+use chassis_messaging::saga::{
+    Saga, SagaConfig, SagaDatabase, SagaDefinition, SagaInstance, Step, Transition,
+};
+use chassis_messaging::{Envelope, IncomingMessage, Versioned};
+use futures_util::future::BoxFuture;
 use serde::{Deserialize, Serialize};
-use shop_common::db::{Db, Row, Tx, now_ms};
+use shop_common::Shop;
+use shop_common::db::{Db, Row, Tx, Txn, now_ms};
 use shop_common::events::{
     CMD_INVENTORY_RELEASE, CMD_PAYMENT_CHARGE, CMD_PAYMENT_REFUND, ChargePayment, Compensate, Emit,
-    InventoryRejected, InventoryReserved, Item, ORDER_CONFIRMED, ORDER_FAILED, ORDER_PLACED,
-    OrderFinished, OrderPlaced, PaymentFailed, PaymentSucceeded,
+    INVENTORY_REJECTED, INVENTORY_RESERVED, InventoryRejected, InventoryReserved, Item,
+    ORDER_CONFIRMED, ORDER_FAILED, ORDER_PLACED, OrderFinished, OrderPlaced, PAYMENT_FAILED,
+    PAYMENT_SUCCEEDED, PaymentFailed, PaymentSucceeded, Validate,
 };
 use shop_common::limits::{self, FieldError};
 
-/// The orders schema (portable SQL).
+/// The read model (portable SQL): an order and its lines as the API serves them.
 pub const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS orders (
     id TEXT PRIMARY KEY,
@@ -70,12 +76,10 @@ CREATE TABLE IF NOT EXISTS orders (
     amount_cents BIGINT,
     charge_id TEXT,
     compensations BIGINT NOT NULL DEFAULT 0,
-    step_deadline_ms BIGINT,
     created_ms BIGINT NOT NULL,
     updated_ms BIGINT NOT NULL,
     finished_ms BIGINT
 );
-CREATE INDEX IF NOT EXISTS orders_pending_deadline ON orders (status, step_deadline_ms);
 CREATE TABLE IF NOT EXISTS order_items (
     order_id TEXT NOT NULL,
     sku TEXT NOT NULL,
@@ -83,23 +87,22 @@ CREATE TABLE IF NOT EXISTS order_items (
     PRIMARY KEY (order_id, sku)
 )";
 
+/// The saga type's name (its rows in `chassis_saga`, its inbox `saga:order`).
+pub const SAGA: &str = "order";
 /// Order status: the saga is running.
 pub const PENDING: &str = "PENDING";
 /// Order status: paid and reserved.
 pub const CONFIRMED: &str = "CONFIRMED";
 /// Order status: failed, see `reason`.
 pub const FAILED: &str = "FAILED";
-/// Saga step: waiting for inventory.
+/// Saga state and step: waiting for inventory.
 pub const STEP_RESERVING: &str = "RESERVING";
-/// Saga step: waiting for payments.
+/// Saga state and step: waiting for payments.
 pub const STEP_CHARGING: &str = "CHARGING";
 /// Saga step: finished.
 pub const STEP_DONE: &str = "DONE";
-
-/// Creates the tables.
-pub async fn migrate(db: &Db) -> Result<(), sqlx::Error> {
-    db.execute_script(SCHEMA).await
-}
+/// The timeout bounding each step.
+const STEP_TIMEOUT: &str = "step";
 
 /// What a customer orders.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -135,7 +138,7 @@ impl NewOrder {
     }
 }
 
-/// An order as stored.
+/// An order as the API serves it (the read model).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Order {
     /// Order id (UUID v7).
@@ -164,7 +167,363 @@ pub struct Order {
     pub items: Vec<Item>,
 }
 
-fn order_from(row: &Row, items: Vec<Item>) -> Result<Order, sqlx::Error> {
+/// What the saga keeps of an order: what its transitions need.
+#[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OrderData {
+    /// The customer (for `order.confirmed` / `order.failed`).
+    pub customer_id: String,
+    /// The payment method (for `payment.charge`).
+    pub payment_method: String,
+    /// Known once reserved.
+    pub amount_cents: Option<i64>,
+    /// Known once paid.
+    pub charge_id: Option<String>,
+}
+
+/// Sends `emit` (an event or a command of the shop) from a transition.
+fn send(shop: &Shop, step: &mut Step<'_, OrderData>, emit: &Emit) {
+    let envelope = emit.envelope(shop.service(), None);
+    if let Err(e) = step.send_event(&shop.name(emit.exchange), envelope) {
+        // A JSON value always serializes; should it not, nothing of the step is written.
+        step.reject(e.to_string());
+    }
+}
+
+/// Ends the order: `order.confirmed`, or `order.failed` with `reason` (and the compensations).
+fn finish(shop: &Shop, step: &mut Step<'_, OrderData>, reason: Option<&str>) {
+    let (status, kind) = match reason {
+        Some(_) => (FAILED, ORDER_FAILED),
+        None => (CONFIRMED, ORDER_CONFIRMED),
+    };
+    let order_id = step.id().to_owned();
+    let finished = OrderFinished {
+        order_id: order_id.clone(),
+        customer_id: step.data().customer_id.clone(),
+        status: status.to_owned(),
+        reason: reason.map(str::to_owned),
+    };
+    send(shop, step, &Emit::event(kind, &order_id, &finished));
+    match reason {
+        Some(reason) => step.fail(reason),
+        None => step.complete(),
+    }
+}
+
+/// A transition on a reply of type `E`, given its payload once it passes its limits
+/// ([`Validate`]); one outside them is refused (dead-lettered with the field named).
+fn on<E: Versioned + Validate + 'static>(
+    shop: &Shop,
+    f: impl Fn(&Shop, &mut Step<'_, OrderData>, E) + Send + Sync + 'static,
+) -> impl Fn(&mut Step<'_, OrderData>, Envelope<E>) + Send + Sync + 'static {
+    let shop = shop.clone();
+    move |step: &mut Step<'_, OrderData>, e: Envelope<E>| match e.data.validate() {
+        Ok(()) => f(&shop, step, e.data),
+        Err(err) => step.reject(format!("invalid {}: {err}", e.kind)),
+    }
+}
+
+/// The order saga: each step bounded by `step_timeout`; messages go to `shop`'s exchanges.
+pub fn definition(shop: &Shop, step_timeout: Duration) -> SagaDefinition<OrderData> {
+    let definition = SagaDefinition::new(SAGA)
+        .during(
+            STEP_RESERVING,
+            INVENTORY_RESERVED,
+            on(shop, move |shop, step, e: InventoryReserved| {
+                step.data_mut().amount_cents = Some(e.amount_cents);
+                step.compensate(CMD_INVENTORY_RELEASE);
+                let charge = ChargePayment {
+                    order_id: e.order_id.clone(),
+                    amount_cents: e.amount_cents,
+                    payment_method: step.data().payment_method.clone(),
+                };
+                send(
+                    shop,
+                    step,
+                    &Emit::command(CMD_PAYMENT_CHARGE, &e.order_id, &charge),
+                );
+                step.transition_to(STEP_CHARGING);
+                // Scheduled again in the new state: the charge has a step's time too.
+                step.schedule(STEP_TIMEOUT, step_timeout);
+            }),
+        )
+        .during(
+            STEP_RESERVING,
+            INVENTORY_REJECTED,
+            on(shop, |shop, step, e: InventoryRejected| {
+                finish(shop, step, Some(&e.reason))
+            }),
+        )
+        .during(
+            STEP_CHARGING,
+            PAYMENT_SUCCEEDED,
+            on(shop, |shop, step, e: PaymentSucceeded| {
+                step.data_mut().charge_id = Some(e.charge_id);
+                finish(shop, step, None);
+            }),
+        )
+        .during(
+            STEP_CHARGING,
+            PAYMENT_FAILED,
+            on(shop, |shop, step, e: PaymentFailed| {
+                finish(shop, step, Some(&e.reason))
+            }),
+        );
+    // A step timing out fails the order, undoing what the step may have done (registered
+    // here); the compensation steps make the release and the refund with the failure's reason.
+    let timeouts = [
+        (STEP_RESERVING, CMD_INVENTORY_RELEASE, "inventory_timeout"),
+        (STEP_CHARGING, CMD_PAYMENT_REFUND, "payment_timeout"),
+    ];
+    timeouts
+        .into_iter()
+        .fold(definition, |definition, (state, undo, reason)| {
+            let (on_timeout, on_failure) = (shop.clone(), shop.clone());
+            definition
+            .on_timeout(state, STEP_TIMEOUT, move |step| {
+                tracing::warn!(order_id = %step.id(), step = state, reason, "saga step timed out");
+                step.compensate(undo);
+                finish(&on_timeout, step, Some(reason));
+            })
+            .compensation(undo, move |step, reason| {
+                let (order_id, reason) = (step.id().to_owned(), reason.to_owned());
+                let why = Compensate { order_id: order_id.clone(), reason };
+                send(&on_failure, step, &Emit::command(undo, &order_id, &why));
+            })
+        })
+}
+
+/// Writes what a transition did into the read model, in its transaction.
+fn project<'c>(
+    mut tx: Tx<'c>,
+    t: &'c Transition,
+    saga: &'c SagaInstance<OrderData>,
+) -> BoxFuture<'c, Result<(), Error>> {
+    Box::pin(async move {
+        let (status, step) = match (saga.finished, saga.failure.is_some()) {
+            (false, _) => (PENDING, saga.state.as_str()),
+            (true, false) => (CONFIRMED, STEP_DONE),
+            (true, true) => (FAILED, STEP_DONE),
+        };
+        let now = now_ms();
+        tx.execute(
+            "UPDATE orders SET status = $1, step = $2, reason = $3, amount_cents = $4, charge_id = $5, \
+             compensations = compensations + $6, updated_ms = $7, finished_ms = $8 WHERE id = $9",
+            &[
+                status.into(),
+                step.into(),
+                saga.failure.as_deref().into(),
+                saga.data.amount_cents.into(),
+                saga.data.charge_id.as_deref().into(),
+                i64::try_from(t.compensated).unwrap_or(i64::MAX).into(),
+                now.into(),
+                saga.finished.then_some(now).into(),
+                saga.id.as_str().into(),
+            ],
+        )
+        .await
+        .map_err(|e| Error::with_source(ErrorKind::Database, e))?;
+        Ok(())
+    })
+}
+
+/// The result of [`OrderSaga::place`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct Placed {
+    /// The order (the existing one when the idempotency key was seen before).
+    pub order: Order,
+    /// `false` when the idempotency key matched an existing order.
+    pub created: bool,
+}
+
+/// The order saga on the service's database (SQLite or PostgreSQL, as [`Db`]), with the read
+/// model. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct OrderSaga {
+    db: Db,
+    shop: Shop,
+    step_timeout: Duration,
+    engine: Engine,
+}
+
+#[derive(Debug, Clone)]
+enum Engine {
+    Sqlite(Saga<sqlx::Sqlite, OrderData>),
+    Postgres(Saga<sqlx::Postgres, OrderData>),
+}
+
+/// The same code for either database.
+macro_rules! either {
+    ($engine:expr, |$s:ident| $body:expr) => {
+        match $engine {
+            Engine::Sqlite($s) => $body,
+            Engine::Postgres($s) => $body,
+        }
+    };
+}
+
+fn build<DB: SagaDatabase>(
+    outbox: &chassis_messaging::Outbox<DB>,
+    definition: SagaDefinition<OrderData>,
+    finished: impl Fn(&str) + Send + Sync + 'static,
+) -> Result<Saga<DB, OrderData>, Error>
+where
+    for<'c> Tx<'c>: From<&'c mut DB::Connection>,
+{
+    Ok(
+        Saga::new(definition, outbox.clone(), SagaConfig::default())?
+            .project(|conn, t, saga| project(Tx::from(conn), t, saga))
+            .on_committed(move |t| {
+                if t.finished {
+                    finished(&t.saga_id);
+                }
+            }),
+    )
+}
+
+impl OrderSaga {
+    /// The saga of [`definition`] on `db`; `finished` is called with an order's id once a
+    /// transition that ended it (by a reply or a timeout) committed.
+    pub fn new(
+        db: &Db,
+        shop: &Shop,
+        step_timeout: Duration,
+        finished: impl Fn(&str) + Send + Sync + 'static,
+    ) -> Result<Self, Error> {
+        let definition = definition(shop, step_timeout);
+        let engine = match db {
+            Db::Sqlite(o) => Engine::Sqlite(build(o, definition, finished)?),
+            Db::Postgres(o) => Engine::Postgres(build(o, definition, finished)?),
+        };
+        Ok(Self {
+            db: db.clone(),
+            shop: shop.clone(),
+            step_timeout,
+            engine,
+        })
+    }
+
+    /// Creates the saga tables (and the outbox's); the [`component`](Self::component) does
+    /// at start.
+    pub async fn migrate(&self) -> Result<(), Error> {
+        either!(&self.engine, |s| s.migrate().await)
+    }
+
+    /// The lifecycle component: creates the saga tables at start, fires step timeouts until
+    /// stop.
+    pub fn component(&self) -> Box<dyn chassis_core::lifecycle::Component> {
+        either!(&self.engine, |s| Box::new(s.component()))
+    }
+
+    /// The consumer handler of the replies (inventory, payments): each applied once.
+    pub fn handler(&self) -> impl Handler + use<> {
+        let engine = self.engine.clone();
+        move |msg: IncomingMessage| {
+            shop_common::db::record_wait("orders.saga", &msg);
+            either!(&engine, |s| s.handler().handle(msg))
+        }
+    }
+
+    /// Fires the step timeouts due now (the [`component`](Self::component) does it
+    /// continuously); returns how many fired.
+    pub async fn fire_due(&self) -> Result<usize, Error> {
+        either!(&self.engine, |s| Ok(s.fire_due().await?.len()))
+    }
+
+    /// Places an order: the read model row (`PENDING`/`RESERVING`) and its lines, and the
+    /// saga started in the same transaction: `order.placed` (which inventory reserves on)
+    /// sent, the step timeout scheduled. With an `idempotency_key` seen before, returns the
+    /// existing order and sends nothing, even when two requests race (the key is `UNIQUE`).
+    pub async fn place(&self, new: &NewOrder, key: Option<&str>) -> Result<Placed, Error> {
+        let db = |e| Error::with_source(ErrorKind::Database, e);
+        let mut txn = self.db.begin().await?;
+        let id = uuid::Uuid::now_v7().to_string();
+        // The key's order, new or not (the no-op update makes `RETURNING` name the existing one).
+        let insert = "INSERT INTO orders (id, customer_id, payment_method, idempotency_key, status, \
+            step, created_ms, updated_ms) VALUES ($1, $2, $3, $4, $5, $6, $7, $7) ON CONFLICT \
+            (idempotency_key) DO UPDATE SET idempotency_key = excluded.idempotency_key RETURNING id";
+        let (customer, method) = (&new.customer_id, &new.payment_method);
+        let args = [(&id).into(), customer.into(), method.into(), key.into()];
+        let args = [
+            &args[..],
+            &[PENDING.into(), STEP_RESERVING.into(), now_ms().into()],
+        ]
+        .concat();
+        let row = txn.tx().fetch_optional(insert, &args).await.map_err(db)?;
+        let order_id: String = row
+            .ok_or(sqlx::Error::RowNotFound)
+            .and_then(|r| r.get("id"))
+            .map_err(db)?;
+        let created = order_id == id;
+        if created {
+            let items = new.merged_items();
+            for item in &items {
+                let line = [(&id).into(), (&item.sku).into(), item.quantity.into()];
+                let sql = "INSERT INTO order_items (order_id, sku, quantity) VALUES ($1, $2, $3)";
+                txn.tx().execute(sql, &line).await.map_err(db)?;
+            }
+            let (shop, timeout) = (&self.shop, self.step_timeout);
+            let placed = OrderPlaced {
+                order_id: id.clone(),
+                customer_id: customer.clone(),
+                items,
+                payment_method: method.clone(),
+            };
+            let data = OrderData {
+                customer_id: customer.clone(),
+                payment_method: method.clone(),
+                ..OrderData::default()
+            };
+            let start = |step: &mut Step<'_, OrderData>| {
+                send(shop, step, &Emit::event(ORDER_PLACED, &id, &placed));
+                step.schedule(STEP_TIMEOUT, timeout);
+                step.transition_to(STEP_RESERVING);
+            };
+            match (&self.engine, &mut txn) {
+                (Engine::Sqlite(s), Txn::Sqlite(tx, _)) => s.start(tx, &id, data, start).await?,
+                (Engine::Postgres(s), Txn::Postgres(tx, _)) => {
+                    s.start(tx, &id, data, start).await?
+                }
+                _ => {
+                    return Err(Error::invalid_config(
+                        "saga and transaction on different databases",
+                    ));
+                }
+            };
+        }
+        let order = read(txn.tx(), &order_id).await.map_err(db)?;
+        let order = order.ok_or_else(|| db(sqlx::Error::RowNotFound))?;
+        txn.commit().await?;
+        Ok(Placed { order, created })
+    }
+}
+
+const ORDER_COLUMNS: &str = "SELECT id, customer_id, status, step, reason, payment_method, \
+     amount_cents, charge_id, compensations, created_ms, finished_ms FROM orders WHERE id = $1";
+
+/// Reads an order with its lines (in a transaction, or on a connection of the pool).
+async fn read(mut tx: Tx<'_>, id: &str) -> Result<Option<Order>, sqlx::Error> {
+    let Some(row) = tx.fetch_optional(ORDER_COLUMNS, &[id.into()]).await? else {
+        return Ok(None);
+    };
+    let items = tx
+        .fetch_all(
+            "SELECT sku, quantity FROM order_items WHERE order_id = $1 ORDER BY sku",
+            &[id.into()],
+        )
+        .await?;
+    order_from(&row, &items).map(Some)
+}
+
+fn order_from(row: &Row, items: &[Row]) -> Result<Order, sqlx::Error> {
+    let items = items
+        .iter()
+        .map(|r| {
+            Ok(Item {
+                sku: r.get("sku")?,
+                quantity: r.get("quantity")?,
+            })
+        })
+        .collect::<Result<_, sqlx::Error>>()?;
     Ok(Order {
         id: row.get("id")?,
         customer_id: row.get("customer_id")?,
@@ -181,377 +540,15 @@ fn order_from(row: &Row, items: Vec<Item>) -> Result<Order, sqlx::Error> {
     })
 }
 
-fn items_from(rows: &[Row]) -> Result<Vec<Item>, sqlx::Error> {
-    rows.iter()
-        .map(|r| {
-            Ok(Item {
-                sku: r.get("sku")?,
-                quantity: r.get("quantity")?,
-            })
-        })
-        .collect()
-}
-
-/// Reads an order with its items.
+/// Reads an order with its lines.
 pub async fn get(db: &Db, id: &str) -> Result<Option<Order>, sqlx::Error> {
-    // `ORDER_COLUMNS` is a constant: the statement is static text.
-    let Some(row) = db
-        .fetch_optional(
-            "SELECT id, customer_id, status, step, reason, payment_method, amount_cents, charge_id, \
-             compensations, created_ms, finished_ms FROM orders WHERE id = $1",
-            &[id.into()],
-        )
-        .await?
-    else {
-        return Ok(None);
-    };
-    let items = db
-        .fetch_all(
-            "SELECT sku, quantity FROM order_items WHERE order_id = $1 ORDER BY sku",
-            &[id.into()],
-        )
-        .await?;
-    Ok(Some(order_from(&row, items_from(&items)?)?))
-}
-
-async fn get_in(tx: &mut Tx<'_>, id: &str) -> Result<Option<Order>, sqlx::Error> {
-    let Some(row) = tx
-        .fetch_optional(
-            "SELECT id, customer_id, status, step, reason, payment_method, amount_cents, charge_id, \
-             compensations, created_ms, finished_ms FROM orders WHERE id = $1",
-            &[id.into()],
-        )
-        .await?
-    else {
-        return Ok(None);
-    };
-    let items = tx
-        .fetch_all(
-            "SELECT sku, quantity FROM order_items WHERE order_id = $1 ORDER BY sku",
-            &[id.into()],
-        )
-        .await?;
-    Ok(Some(order_from(&row, items_from(&items)?)?))
-}
-
-/// The result of [`place`].
-#[derive(Debug, Clone, PartialEq)]
-pub struct Placed {
-    /// The order (the existing one when the idempotency key was seen before).
-    pub order: Order,
-    /// `false` when the idempotency key matched an existing order.
-    pub created: bool,
-    /// What to put into the outbox (`order.placed`), empty for a replay.
-    pub emits: Vec<Emit>,
-}
-
-/// Places an order: `PENDING`/`RESERVING` with a deadline `step_timeout_ms` from now, and
-/// `order.placed` (which inventory reserves on). With an `idempotency_key` seen before, returns
-/// the existing order and emits nothing — even when two requests race (the key is `UNIQUE`).
-pub async fn place(
-    tx: &mut Tx<'_>,
-    new: &NewOrder,
-    idempotency_key: Option<&str>,
-    step_timeout_ms: i64,
-) -> Result<Placed, sqlx::Error> {
-    let id = uuid::Uuid::now_v7().to_string();
-    let now = now_ms();
-    let inserted = tx
-        .execute(
-            "INSERT INTO orders (id, customer_id, payment_method, idempotency_key, status, step, compensations, \
-             step_deadline_ms, created_ms, updated_ms) VALUES ($1, $2, $3, $4, $5, $6, 0, $7, $8, $8) \
-             ON CONFLICT (idempotency_key) DO NOTHING",
-            &[
-                (&id).into(),
-                (&new.customer_id).into(),
-                (&new.payment_method).into(),
-                idempotency_key.into(),
-                PENDING.into(),
-                STEP_RESERVING.into(),
-                (now + step_timeout_ms).into(),
-                now.into(),
-            ],
-        )
-        .await?;
-    if inserted == 0 {
-        let key = idempotency_key.unwrap_or_default();
-        let row = tx
-            .fetch_optional(
-                "SELECT id FROM orders WHERE idempotency_key = $1",
-                &[key.into()],
-            )
-            .await?;
-        let existing_id = row.ok_or(sqlx::Error::RowNotFound)?.get::<String>("id")?;
-        let order = get_in(tx, &existing_id)
-            .await?
-            .ok_or(sqlx::Error::RowNotFound)?;
-        return Ok(Placed {
-            order,
-            created: false,
-            emits: Vec::new(),
-        });
+    match db {
+        Db::Sqlite(o) => read(Tx::from(&mut *o.pool().acquire().await?), id).await,
+        Db::Postgres(o) => read(Tx::from(&mut *o.pool().acquire().await?), id).await,
     }
-    let items = new.merged_items();
-    for item in &items {
-        tx.execute(
-            "INSERT INTO order_items (order_id, sku, quantity) VALUES ($1, $2, $3)",
-            &[(&id).into(), (&item.sku).into(), item.quantity.into()],
-        )
-        .await?;
-    }
-    let event = OrderPlaced {
-        order_id: id.clone(),
-        customer_id: new.customer_id.clone(),
-        items: items.clone(),
-        payment_method: new.payment_method.clone(),
-    };
-    let order = Order {
-        id: id.clone(),
-        customer_id: new.customer_id.clone(),
-        status: PENDING.into(),
-        step: STEP_RESERVING.into(),
-        reason: None,
-        payment_method: new.payment_method.clone(),
-        amount_cents: None,
-        charge_id: None,
-        compensations: 0,
-        created_ms: now,
-        finished_ms: None,
-        items,
-    };
-    Ok(Placed {
-        order,
-        created: true,
-        emits: vec![Emit::event(ORDER_PLACED, &id, &event)],
-    })
 }
 
-/// Moves `id` from `PENDING`/`from_step` to a final status; `false` if another transition won.
-async fn finish(
-    tx: &mut Tx<'_>,
-    id: &str,
-    from_step: &str,
-    status: &str,
-    reason: Option<&str>,
-    compensations: i64,
-    charge_id: Option<&str>,
-) -> Result<bool, sqlx::Error> {
-    let now = now_ms();
-    let n = tx
-        .execute(
-            "UPDATE orders SET status = $1, step = $2, reason = $3, compensations = compensations + $4, \
-             charge_id = COALESCE($5, charge_id), step_deadline_ms = NULL, updated_ms = $6, finished_ms = $6 \
-             WHERE id = $7 AND status = $8 AND step = $9",
-            &[
-                status.into(),
-                STEP_DONE.into(),
-                reason.into(),
-                compensations.into(),
-                charge_id.into(),
-                now.into(),
-                id.into(),
-                PENDING.into(),
-                from_step.into(),
-            ],
-        )
-        .await?;
-    Ok(n == 1)
-}
-
-async fn finished_event(
-    tx: &mut Tx<'_>,
-    id: &str,
-    status: &str,
-    reason: Option<&str>,
-) -> Result<Emit, sqlx::Error> {
-    let customer_id = tx
-        .fetch_optional("SELECT customer_id FROM orders WHERE id = $1", &[id.into()])
-        .await?
-        .ok_or(sqlx::Error::RowNotFound)?
-        .get::<String>("customer_id")?;
-    let e = OrderFinished {
-        order_id: id.to_owned(),
-        customer_id,
-        status: status.to_owned(),
-        reason: reason.map(str::to_owned),
-    };
-    Ok(Emit::event(
-        if status == CONFIRMED {
-            ORDER_CONFIRMED
-        } else {
-            ORDER_FAILED
-        },
-        id,
-        &e,
-    ))
-}
-
-/// `inventory.reserved`: RESERVING -> CHARGING, sends `payment.charge`.
-pub async fn on_inventory_reserved(
-    tx: &mut Tx<'_>,
-    e: &InventoryReserved,
-    step_timeout_ms: i64,
-) -> Result<Vec<Emit>, sqlx::Error> {
-    let now = now_ms();
-    let n = tx
-        .execute(
-            "UPDATE orders SET step = $1, amount_cents = $2, step_deadline_ms = $3, updated_ms = $4 \
-             WHERE id = $5 AND status = $6 AND step = $7",
-            &[
-                STEP_CHARGING.into(),
-                e.amount_cents.into(),
-                (now + step_timeout_ms).into(),
-                now.into(),
-                (&e.order_id).into(),
-                PENDING.into(),
-                STEP_RESERVING.into(),
-            ],
-        )
-        .await?;
-    if n == 0 {
-        // Late or duplicate: the timeout already released the reservation (inventory refuses or
-        // undoes it), nothing to do.
-        return Ok(Vec::new());
-    }
-    let method = tx
-        .fetch_optional(
-            "SELECT payment_method FROM orders WHERE id = $1",
-            &[(&e.order_id).into()],
-        )
-        .await?
-        .ok_or(sqlx::Error::RowNotFound)?
-        .get::<String>("payment_method")?;
-    let cmd = ChargePayment {
-        order_id: e.order_id.clone(),
-        amount_cents: e.amount_cents,
-        payment_method: method,
-    };
-    Ok(vec![Emit::command(CMD_PAYMENT_CHARGE, &e.order_id, &cmd)])
-}
-
-/// `inventory.rejected`: RESERVING -> FAILED(reason), announces `order.failed`.
-pub async fn on_inventory_rejected(
-    tx: &mut Tx<'_>,
-    e: &InventoryRejected,
-) -> Result<Vec<Emit>, sqlx::Error> {
-    if !finish(
-        tx,
-        &e.order_id,
-        STEP_RESERVING,
-        FAILED,
-        Some(&e.reason),
-        0,
-        None,
-    )
-    .await?
-    {
-        return Ok(Vec::new());
-    }
-    Ok(vec![
-        finished_event(tx, &e.order_id, FAILED, Some(&e.reason)).await?,
-    ])
-}
-
-/// `payment.succeeded`: CHARGING -> CONFIRMED, announces `order.confirmed`.
-pub async fn on_payment_succeeded(
-    tx: &mut Tx<'_>,
-    e: &PaymentSucceeded,
-) -> Result<Vec<Emit>, sqlx::Error> {
-    if !finish(
-        tx,
-        &e.order_id,
-        STEP_CHARGING,
-        CONFIRMED,
-        None,
-        0,
-        Some(&e.charge_id),
-    )
-    .await?
-    {
-        // Late: the charge timed out and a refund was already commanded.
-        return Ok(Vec::new());
-    }
-    Ok(vec![
-        finished_event(tx, &e.order_id, CONFIRMED, None).await?,
-    ])
-}
-
-/// `payment.failed`: CHARGING -> FAILED(reason), compensates with `inventory.release`.
-pub async fn on_payment_failed(
-    tx: &mut Tx<'_>,
-    e: &PaymentFailed,
-) -> Result<Vec<Emit>, sqlx::Error> {
-    if !finish(
-        tx,
-        &e.order_id,
-        STEP_CHARGING,
-        FAILED,
-        Some(&e.reason),
-        1,
-        None,
-    )
-    .await?
-    {
-        return Ok(Vec::new());
-    }
-    let release = Compensate {
-        order_id: e.order_id.clone(),
-        reason: e.reason.clone(),
-    };
-    Ok(vec![
-        Emit::command(CMD_INVENTORY_RELEASE, &e.order_id, &release),
-        finished_event(tx, &e.order_id, FAILED, Some(&e.reason)).await?,
-    ])
-}
-
-/// Fails every `PENDING` order whose step deadline is before `now_ms` (at most `limit`),
-/// compensating what its step may have done. Returns the ids failed and what to emit.
-pub async fn expire_overdue(
-    tx: &mut Tx<'_>,
-    now_ms: i64,
-    limit: i64,
-) -> Result<(Vec<String>, Vec<Emit>), sqlx::Error> {
-    let rows = tx
-        .fetch_all(
-            "SELECT id, step FROM orders WHERE status = $1 AND step_deadline_ms < $2 ORDER BY step_deadline_ms LIMIT $3",
-            &[PENDING.into(), now_ms.into(), limit.into()],
-        )
-        .await?;
-    let mut ids = Vec::new();
-    let mut emits = Vec::new();
-    for row in rows {
-        let (id, step) = (row.get::<String>("id")?, row.get::<String>("step")?);
-        let (reason, mut comp) = if step == STEP_CHARGING {
-            let refund = Compensate {
-                order_id: id.clone(),
-                reason: "payment_timeout".into(),
-            };
-            (
-                "payment_timeout",
-                vec![Emit::command(CMD_PAYMENT_REFUND, &id, &refund)],
-            )
-        } else {
-            ("inventory_timeout", Vec::new())
-        };
-        comp.push(Emit::command(
-            CMD_INVENTORY_RELEASE,
-            &id,
-            &Compensate {
-                order_id: id.clone(),
-                reason: reason.into(),
-            },
-        ));
-        let count = i64::try_from(comp.len()).unwrap_or(i64::MAX);
-        if finish(tx, &id, &step, FAILED, Some(reason), count, None).await? {
-            emits.extend(comp);
-            emits.push(finished_event(tx, &id, FAILED, Some(reason)).await?);
-            ids.push(id);
-        }
-    }
-    Ok((ids, emits))
-}
-
-/// Counts orders by status (for the service's gauges and the launcher's summary).
+/// Counts orders by status (for the service's stats and the launcher's summary).
 pub async fn count_by_status(db: &Db) -> Result<Vec<(String, i64)>, sqlx::Error> {
     db.fetch_all(
         "SELECT status, COUNT(*) AS n FROM orders GROUP BY status ORDER BY status",
@@ -565,60 +562,145 @@ pub async fn count_by_status(db: &Db) -> Result<Vec<(String, i64)>, sqlx::Error>
 
 #[cfg(test)]
 mod tests {
-    use super::*;
-    use shop_common::events::{COMMANDS_EXCHANGE, INVENTORY_RELEASED};
+    use std::sync::{Arc, Mutex};
 
-    async fn db() -> (tempfile::TempDir, Db) {
+    use chassis_messaging::amqp::consumer::Outcome;
+    use chassis_messaging::amqp::topology::{ExchangeConfig, QueueConfig, TopologyConfig};
+    use chassis_messaging::memory::MemoryBroker;
+    use chassis_messaging::sql::outbox::OutboxDatabase;
+    use chassis_messaging::{Outbox, Relay, RelayConfig};
+    use serde_json::{Value, json};
+    use shop_common::events::{COMMANDS_EXCHANGE, EVENTS_EXCHANGE};
+
+    use super::*;
+
+    async fn sqlite() -> (tempfile::TempDir, Db) {
         let dir = tempfile::tempdir().unwrap();
-        let db = Db::open(&format!(
-            "sqlite://{}",
-            dir.path().join("orders.db").display()
-        ))
+        let url = format!("sqlite://{}", dir.path().join("orders.db").display());
+        (dir, Db::open(&url).unwrap())
+    }
+
+    type Finished = Arc<Mutex<Vec<String>>>;
+
+    /// The saga on `db` (tables created), and the ids it announced as finished.
+    async fn saga_on(db: &Db, step_timeout: Duration) -> (OrderSaga, Finished) {
+        db.execute_script(SCHEMA).await.unwrap();
+        let finished = Finished::default();
+        let seen = finished.clone();
+        let shop = Shop::from_env("orders");
+        let saga = OrderSaga::new(db, &shop, step_timeout, move |id| {
+            seen.lock().unwrap().push(id.to_owned())
+        })
         .unwrap();
-        migrate(&db).await.unwrap();
-        (dir, db)
+        saga.migrate().await.unwrap();
+        (saga, finished)
     }
 
     fn new_order() -> NewOrder {
+        let item = |sku: &str, quantity| Item {
+            sku: sku.into(),
+            quantity,
+        };
         NewOrder {
             customer_id: "c1".into(),
-            items: vec![
-                Item {
-                    sku: "b".into(),
-                    quantity: 1,
-                },
-                Item {
-                    sku: "a".into(),
-                    quantity: 2,
-                },
-                Item {
-                    sku: "b".into(),
-                    quantity: 1,
-                },
-            ],
+            items: vec![item("b", 1), item("a", 2), item("b", 1)],
             payment_method: "card_ok".into(),
         }
     }
 
-    async fn place_one(db: &Db, key: Option<&str>, timeout: i64) -> Placed {
-        let mut txn = db.begin().await.unwrap();
-        let p = place(&mut txn.tx(), &new_order(), key, timeout)
-            .await
-            .unwrap();
-        txn.commit().await.unwrap();
-        p
+    async fn place(saga: &OrderSaga, key: Option<&str>) -> String {
+        saga.place(&new_order(), key).await.unwrap().order.id
     }
 
-    macro_rules! step {
-        ($db:expr, |$tx:ident| $call:expr) => {{
-            let mut t = $db.begin().await.unwrap();
-            let e = {
-                let $tx = &mut t.tx();
-                $call.await.unwrap()
+    /// A reply as inventory or payments send it.
+    fn reply<P: Versioned + Serialize>(
+        kind: &'static str,
+        id: &str,
+        payload: &P,
+    ) -> IncomingMessage {
+        let emit = Emit::event(kind, id, payload);
+        let exchange = Shop::from_env("orders").name(EVENTS_EXCHANGE);
+        IncomingMessage::from_outgoing(emit.envelope("others", None).to_message(&exchange).unwrap())
+    }
+
+    async fn handle(saga: &OrderSaga, msg: IncomingMessage) -> Outcome {
+        saga.handler().handle(msg).await
+    }
+
+    fn reserved(id: &str, amount_cents: i64) -> IncomingMessage {
+        let e = InventoryReserved {
+            order_id: id.into(),
+            amount_cents,
+        };
+        reply(INVENTORY_RESERVED, id, &e)
+    }
+
+    fn paid(id: &str) -> IncomingMessage {
+        let e = PaymentSucceeded {
+            order_id: id.into(),
+            charge_id: "ch_1".into(),
+            amount_cents: 900,
+        };
+        reply(PAYMENT_SUCCEEDED, id, &e)
+    }
+
+    fn declined(id: &str, reason: &str) -> IncomingMessage {
+        let e = PaymentFailed {
+            order_id: id.into(),
+            reason: reason.into(),
+        };
+        reply(PAYMENT_FAILED, id, &e)
+    }
+
+    async fn order(db: &Db, id: &str) -> Order {
+        get(db, id).await.unwrap().unwrap()
+    }
+
+    /// Relays what the outbox holds; returns (order, type, payload) in publishing order.
+    async fn sent(db: &Db) -> Vec<(String, String, Value)> {
+        async fn relay<DB: OutboxDatabase>(outbox: &Outbox<DB>) -> Vec<(String, String, Value)> {
+            let shop = Shop::from_env("orders");
+            let mut topology = TopologyConfig::new();
+            for (i, exchange) in [EVENTS_EXCHANGE, COMMANDS_EXCHANGE].iter().enumerate() {
+                let exchange = shop.name(exchange);
+                topology = topology
+                    .exchange(ExchangeConfig::topic(&exchange))
+                    .queue(QueueConfig::new(format!("all-{i}")).bind(exchange, "#"));
+            }
+            let broker = Arc::new(MemoryBroker::new());
+            broker.declare(&topology).unwrap();
+            let relay = Relay::new(outbox.clone(), broker.clone(), RelayConfig::default());
+            relay.unwrap().run_until_idle().await.unwrap();
+            let subject = |m: &chassis_messaging::OutgoingMessage| match m
+                .headers
+                .get(chassis_messaging::envelope::SUBJECT)
+            {
+                Some(chassis_messaging::message::HeaderValue::String(s)) => s.clone(),
+                other => panic!("no subject: {other:?}"),
             };
-            t.commit().await.unwrap();
-            e
-        }};
+            broker
+                .published()
+                .iter()
+                .map(|m| {
+                    (
+                        subject(m),
+                        m.routing_key.clone(),
+                        serde_json::from_slice(&m.body).unwrap(),
+                    )
+                })
+                .collect()
+        }
+        match db {
+            Db::Sqlite(o) => relay(o).await,
+            Db::Postgres(o) => relay(o).await,
+        }
+    }
+
+    fn kinds<'a>(sent: &'a [(String, String, Value)], id: &str) -> Vec<&'a str> {
+        sent.iter()
+            .filter(|(order, ..)| order == id)
+            .map(|(_, kind, _)| kind.as_str())
+            .collect()
     }
 
     #[test]
@@ -643,157 +725,194 @@ mod tests {
 
     #[tokio::test]
     async fn happy_path_reaches_confirmed_and_ignores_duplicates() {
-        let (_d, db) = db().await;
-        let p = place_one(&db, None, 30_000).await;
-        assert!(p.created);
-        assert_eq!(p.emits[0].kind, ORDER_PLACED);
+        let (_dir, db) = sqlite().await;
+        let (saga, finished) = saga_on(&db, Duration::from_secs(30)).await;
+        let placed = saga.place(&new_order(), None).await.unwrap();
+        assert!(placed.created);
+        let merged = vec![
+            Item {
+                sku: "a".into(),
+                quantity: 2,
+            },
+            Item {
+                sku: "b".into(),
+                quantity: 2,
+            },
+        ];
+        assert_eq!(placed.order.items, merged);
+        let id = placed.order.id.clone();
+        assert_eq!(order(&db, &id).await, placed.order, "the read model");
+        let reserved = reserved(&id, 900);
+        assert_eq!(handle(&saga, reserved.clone()).await, Outcome::Ack);
+        // Redelivered, and sent again under a new id: neither moves the order twice.
+        assert_eq!(handle(&saga, reserved).await, Outcome::Ack);
+        assert_eq!(handle(&saga, self::reserved(&id, 1)).await, Outcome::Ack);
+        let o = order(&db, &id).await;
         assert_eq!(
-            p.order.items,
-            vec![
-                Item {
-                    sku: "a".into(),
-                    quantity: 2
-                },
-                Item {
-                    sku: "b".into(),
-                    quantity: 2
-                }
-            ]
+            (o.status.as_str(), o.step.as_str(), o.amount_cents),
+            (PENDING, STEP_CHARGING, Some(900))
         );
-        let id = p.order.id.clone();
-        let reserved = InventoryReserved {
-            order_id: id.clone(),
-            amount_cents: 900,
-        };
-        let e = step!(db, |tx| on_inventory_reserved(tx, &reserved, 30_000));
+        assert!(finished.lock().unwrap().is_empty());
+        assert_eq!(handle(&saga, paid(&id)).await, Outcome::Ack);
+        let o = order(&db, &id).await;
         assert_eq!(
-            (e[0].exchange, e[0].kind),
-            (COMMANDS_EXCHANGE, CMD_PAYMENT_CHARGE)
-        );
-        assert_eq!(e[0].payload["amount_cents"], 900);
-        assert_eq!(e[0].payload["payment_method"], "card_ok");
-        // A duplicate reply is a no-op.
-        assert!(step!(db, |tx| on_inventory_reserved(tx, &reserved, 30_000)).is_empty());
-        let paid = PaymentSucceeded {
-            order_id: id.clone(),
-            charge_id: "ch_1".into(),
-            amount_cents: 900,
-        };
-        let e = step!(db, |tx| on_payment_succeeded(tx, &paid));
-        assert_eq!(e[0].kind, ORDER_CONFIRMED);
-        assert_eq!(e[0].payload["customer_id"], "c1");
-        let o = get(&db, &id).await.unwrap().unwrap();
-        assert_eq!(
-            (o.status.as_str(), o.charge_id.as_deref(), o.amount_cents),
-            (CONFIRMED, Some("ch_1"), Some(900))
+            (
+                o.status.as_str(),
+                o.step.as_str(),
+                o.charge_id.as_deref(),
+                o.amount_cents
+            ),
+            (CONFIRMED, STEP_DONE, Some("ch_1"), Some(900))
         );
         assert!(o.finished_ms.is_some());
+        assert_eq!(
+            *finished.lock().unwrap(),
+            [id.as_str()],
+            "announced once committed"
+        );
         assert_eq!(
             count_by_status(&db).await.unwrap(),
             vec![(CONFIRMED.to_owned(), 1)]
         );
+
+        let sent = sent(&db).await;
+        assert_eq!(
+            kinds(&sent, &id),
+            [ORDER_PLACED, CMD_PAYMENT_CHARGE, ORDER_CONFIRMED]
+        );
+        assert_eq!(
+            sent[0].2["items"],
+            json!([{"sku": "a", "quantity": 2}, {"sku": "b", "quantity": 2}])
+        );
+        assert_eq!(
+            sent[1].2,
+            json!({"order_id": id, "amount_cents": 900, "payment_method": "card_ok"})
+        );
+        assert_eq!(
+            sent[2].2,
+            json!({"order_id": id, "customer_id": "c1", "status": CONFIRMED, "reason": null})
+        );
     }
 
     #[tokio::test]
-    async fn the_saga_runs_on_postgres_too() {
-        let db = shop_common::db::postgres_test_db().await.unwrap();
-        migrate(&db).await.unwrap();
-        let a = place_one(&db, Some("pg-key"), 30_000).await;
-        let b = place_one(&db, Some("pg-key"), 30_000).await;
-        assert_eq!(a.order.id, b.order.id);
-        let id = a.order.id;
-        let reserved = InventoryReserved {
-            order_id: id.clone(),
-            amount_cents: 900,
-        };
-        assert_eq!(
-            step!(db, |tx| on_inventory_reserved(tx, &reserved, 30_000)).len(),
-            1
+    async fn inventory_reserved_version_1_is_upcast_and_bad_replies_are_refused() {
+        let (_dir, db) = sqlite().await;
+        let (saga, _) = saga_on(&db, Duration::from_secs(30)).await;
+        let id = place(&saga, None).await;
+        // A payment reason over its limit: refused (dead-lettered), the order untouched.
+        let bad = reply(
+            PAYMENT_FAILED,
+            &id,
+            &PaymentFailed {
+                order_id: id.clone(),
+                reason: "r".repeat(limits::MAX_REASON_LEN + 1),
+            },
         );
-        let failed = PaymentFailed {
-            order_id: id.clone(),
-            reason: "card_declined".into(),
+        let reserved_v1 = {
+            let v1 = shop_common::events::InventoryReservedV1 {
+                order_id: id.clone(),
+                amount: 4.35,
+            };
+            let exchange = Shop::from_env("orders").name(EVENTS_EXCHANGE);
+            let envelope = Envelope::new("/shop/inventory", INVENTORY_RESERVED, v1)
+                .version(1)
+                .subject(id.clone());
+            IncomingMessage::from_outgoing(envelope.to_message(&exchange).unwrap())
         };
-        assert_eq!(step!(db, |tx| on_payment_failed(tx, &failed)).len(), 2);
-        let o = get(&db, &id).await.unwrap().unwrap();
-        assert_eq!(
-            (o.status.as_str(), o.compensations, o.items.len()),
-            (FAILED, 1, 2)
-        );
-        let mut txn = db.begin().await.unwrap();
+        assert_eq!(handle(&saga, reserved_v1).await, Outcome::Ack);
+        assert_eq!(order(&db, &id).await.amount_cents, Some(435));
         assert!(
-            expire_overdue(&mut txn.tx(), now_ms() + 60_000, 10)
-                .await
-                .unwrap()
-                .0
-                .is_empty()
+            matches!(handle(&saga, bad).await, Outcome::Reject { reason } if reason.contains("reason"))
         );
-        txn.commit().await.unwrap();
+        assert_eq!(order(&db, &id).await.status, PENDING);
+        let future = {
+            let exchange = Shop::from_env("orders").name(EVENTS_EXCHANGE);
+            let envelope = Envelope::new("/shop/payments", PAYMENT_SUCCEEDED, json!({}))
+                .version(2)
+                .subject(id.clone());
+            IncomingMessage::from_outgoing(envelope.to_message(&exchange).unwrap())
+        };
+        assert!(
+            matches!(handle(&saga, future).await, Outcome::Reject { reason } if reason.contains("version 2"))
+        );
+        assert_eq!(order(&db, &id).await.step, STEP_CHARGING);
     }
 
     #[tokio::test]
     async fn declined_payment_fails_and_releases_the_reservation() {
-        let (_d, db) = db().await;
-        let id = place_one(&db, None, 30_000).await.order.id;
-        let reserved = InventoryReserved {
-            order_id: id.clone(),
-            amount_cents: 900,
-        };
-        step!(db, |tx| on_inventory_reserved(tx, &reserved, 30_000));
-        let failed = PaymentFailed {
-            order_id: id.clone(),
-            reason: "card_declined".into(),
-        };
-        let e = step!(db, |tx| on_payment_failed(tx, &failed));
+        let (_dir, db) = sqlite().await;
+        let (saga, finished) = saga_on(&db, Duration::from_secs(30)).await;
+        let id = place(&saga, None).await;
+        assert_eq!(handle(&saga, reserved(&id, 900)).await, Outcome::Ack);
         assert_eq!(
-            e.iter().map(|e| e.kind).collect::<Vec<_>>(),
-            vec![CMD_INVENTORY_RELEASE, ORDER_FAILED]
+            handle(&saga, declined(&id, "card_declined")).await,
+            Outcome::Ack
         );
-        let o = get(&db, &id).await.unwrap().unwrap();
+        let o = order(&db, &id).await;
         assert_eq!(
             (o.status.as_str(), o.reason.as_deref(), o.compensations),
             (FAILED, Some("card_declined"), 1)
         );
-        // A late success after failure changes nothing.
-        let paid = PaymentSucceeded {
-            order_id: id.clone(),
-            charge_id: "ch".into(),
-            amount_cents: 900,
-        };
-        assert!(step!(db, |tx| on_payment_succeeded(tx, &paid)).is_empty());
-        assert_eq!(get(&db, &id).await.unwrap().unwrap().status, FAILED);
-        assert_ne!(INVENTORY_RELEASED, CMD_INVENTORY_RELEASE);
+        // A late success after the failure changes nothing.
+        assert_eq!(handle(&saga, paid(&id)).await, Outcome::Ack);
+        assert_eq!(order(&db, &id).await.status, FAILED);
+        assert_eq!(*finished.lock().unwrap(), [id.as_str()]);
+        let sent = sent(&db).await;
+        assert_eq!(
+            kinds(&sent, &id),
+            [
+                ORDER_PLACED,
+                CMD_PAYMENT_CHARGE,
+                ORDER_FAILED,
+                CMD_INVENTORY_RELEASE
+            ]
+        );
+        assert_eq!(
+            sent[3].2,
+            json!({"order_id": id, "reason": "card_declined"})
+        );
     }
 
     #[tokio::test]
     async fn out_of_stock_fails_without_compensation() {
-        let (_d, db) = db().await;
-        let id = place_one(&db, None, 30_000).await.order.id;
+        let (_dir, db) = sqlite().await;
+        let (saga, _) = saga_on(&db, Duration::from_secs(30)).await;
+        let id = place(&saga, None).await;
         let rejected = InventoryRejected {
             order_id: id.clone(),
             reason: "out_of_stock".into(),
             sku: "a".into(),
         };
-        let e = step!(db, |tx| on_inventory_rejected(tx, &rejected));
-        assert_eq!(e[0].kind, ORDER_FAILED);
-        assert_eq!(e[0].payload["reason"], "out_of_stock");
-        let o = get(&db, &id).await.unwrap().unwrap();
+        assert_eq!(
+            handle(&saga, reply(INVENTORY_REJECTED, &id, &rejected)).await,
+            Outcome::Ack
+        );
+        let o = order(&db, &id).await;
         assert_eq!(
             (o.reason.as_deref(), o.compensations),
             (Some("out_of_stock"), 0)
         );
+        let sent = sent(&db).await;
+        assert_eq!(kinds(&sent, &id), [ORDER_PLACED, ORDER_FAILED]);
+        assert_eq!(sent[1].2["reason"], "out_of_stock");
     }
 
     #[tokio::test]
     async fn same_idempotency_key_returns_the_same_order() {
-        let (_d, db) = db().await;
-        let a = place_one(&db, Some("client-1:key-1"), 30_000).await;
-        let b = place_one(&db, Some("client-1:key-1"), 30_000).await;
+        let (_dir, db) = sqlite().await;
+        let (saga, _) = saga_on(&db, Duration::from_secs(30)).await;
+        let a = saga
+            .place(&new_order(), Some("client-1:key-1"))
+            .await
+            .unwrap();
+        let b = saga
+            .place(&new_order(), Some("client-1:key-1"))
+            .await
+            .unwrap();
         assert!(a.created && !b.created);
-        assert!(b.emits.is_empty());
-        assert_eq!(a.order.id, b.order.id);
-        let c = place_one(&db, Some("client-1:key-2"), 30_000).await;
-        assert_ne!(a.order.id, c.order.id);
+        assert_eq!(a.order, b.order);
+        let c = place(&saga, Some("client-1:key-2")).await;
+        assert_ne!(a.order.id, c);
         let total: i64 = count_by_status(&db)
             .await
             .unwrap()
@@ -801,63 +920,103 @@ mod tests {
             .map(|(_, n)| n)
             .sum();
         assert_eq!(total, 2);
+        // One `order.placed` per order, none for the replay.
+        let sent = sent(&db).await;
+        assert_eq!(
+            (kinds(&sent, &a.order.id), kinds(&sent, &c)),
+            (vec![ORDER_PLACED], vec![ORDER_PLACED])
+        );
     }
 
     #[tokio::test]
     async fn overdue_steps_fail_with_compensation_and_late_replies_are_ignored() {
-        let (_d, db) = db().await;
-        let reserving = place_one(&db, None, 1_000).await.order.id;
-        let charging = place_one(&db, None, 1_000).await.order.id;
-        let reserved = InventoryReserved {
-            order_id: charging.clone(),
-            amount_cents: 100,
-        };
-        step!(db, |tx| on_inventory_reserved(tx, &reserved, 1_000));
-        let fresh = place_one(&db, None, 3_600_000).await.order.id;
+        let (_dir, db) = sqlite().await;
+        let (saga, finished) = saga_on(&db, Duration::ZERO).await;
+        let reserving = place(&saga, None).await;
+        let charging = place(&saga, None).await;
+        assert_eq!(handle(&saga, reserved(&charging, 100)).await, Outcome::Ack);
+        let (patient, _) = saga_on(&db, Duration::from_secs(3600)).await;
+        let fresh = place(&patient, None).await;
 
-        let mut txn = db.begin().await.unwrap();
-        let (ids, emits) = expire_overdue(&mut txn.tx(), now_ms() + 2_000, 100)
-            .await
-            .unwrap();
-        txn.commit().await.unwrap();
-        assert_eq!(ids.len(), 2);
-        assert!(!ids.contains(&fresh));
-        let kinds: Vec<(&str, &str)> = emits.iter().map(|e| (e.subject.as_str(), e.kind)).collect();
-        assert!(kinds.contains(&(charging.as_str(), CMD_PAYMENT_REFUND)));
-        assert!(kinds.contains(&(charging.as_str(), CMD_INVENTORY_RELEASE)));
-        assert!(kinds.contains(&(reserving.as_str(), CMD_INVENTORY_RELEASE)));
-        assert!(!kinds.contains(&(reserving.as_str(), CMD_PAYMENT_REFUND)));
-        let o = get(&db, &charging).await.unwrap().unwrap();
+        assert_eq!(saga.fire_due().await.unwrap(), 2);
+        let o = order(&db, &charging).await;
         assert_eq!(
             (o.reason.as_deref(), o.compensations),
             (Some("payment_timeout"), 2)
         );
+        let o = order(&db, &reserving).await;
         assert_eq!(
-            get(&db, &reserving)
-                .await
-                .unwrap()
-                .unwrap()
-                .reason
-                .as_deref(),
-            Some("inventory_timeout")
+            (o.reason.as_deref(), o.compensations),
+            (Some("inventory_timeout"), 1)
         );
-        // The late payment does not resurrect the order.
-        let paid = PaymentSucceeded {
-            order_id: charging.clone(),
-            charge_id: "ch".into(),
-            amount_cents: 100,
-        };
-        assert!(step!(db, |tx| on_payment_succeeded(tx, &paid)).is_empty());
-        assert_eq!(get(&db, &fresh).await.unwrap().unwrap().status, PENDING);
-        // A second sweep finds nothing.
-        let mut txn = db.begin().await.unwrap();
-        assert!(
-            expire_overdue(&mut txn.tx(), now_ms() + 2_000, 100)
-                .await
-                .unwrap()
-                .0
-                .is_empty()
+        let mut ended = finished.lock().unwrap().clone();
+        ended.sort();
+        let mut expected = vec![reserving.clone(), charging.clone()];
+        expected.sort();
+        assert_eq!(ended, expected);
+        // The late payment does not resurrect the order; the fresh one waits.
+        assert_eq!(handle(&saga, paid(&charging)).await, Outcome::Ack);
+        assert_eq!(order(&db, &charging).await.status, FAILED);
+        assert_eq!(order(&db, &fresh).await.status, PENDING);
+        assert_eq!(saga.fire_due().await.unwrap(), 0, "each timeout fires once");
+
+        let sent = sent(&db).await;
+        assert_eq!(
+            kinds(&sent, &charging),
+            [
+                ORDER_PLACED,
+                CMD_PAYMENT_CHARGE,
+                ORDER_FAILED,
+                CMD_PAYMENT_REFUND,
+                CMD_INVENTORY_RELEASE
+            ],
+            "refund, then release: newest first"
         );
-        txn.commit().await.unwrap();
+        assert_eq!(
+            kinds(&sent, &reserving),
+            [ORDER_PLACED, ORDER_FAILED, CMD_INVENTORY_RELEASE]
+        );
+        let reasons: Vec<&Value> = sent
+            .iter()
+            .filter(|(o, k, _)| {
+                o == &charging && k.as_str() != ORDER_PLACED && k.as_str() != CMD_PAYMENT_CHARGE
+            })
+            .map(|(_, _, p)| &p["reason"])
+            .collect();
+        assert_eq!(reasons, [&json!("payment_timeout"); 3]);
+    }
+
+    #[tokio::test]
+    async fn the_saga_runs_on_postgres_too() {
+        let db = shop_common::db::postgres_test_db().await.unwrap();
+        let (saga, _) = saga_on(&db, Duration::from_secs(30)).await;
+        let a = saga.place(&new_order(), Some("pg-key")).await.unwrap();
+        let b = saga.place(&new_order(), Some("pg-key")).await.unwrap();
+        assert_eq!(a.order.id, b.order.id);
+        let id = a.order.id;
+        assert_eq!(handle(&saga, reserved(&id, 900)).await, Outcome::Ack);
+        assert_eq!(
+            handle(&saga, declined(&id, "card_declined")).await,
+            Outcome::Ack
+        );
+        let o = order(&db, &id).await;
+        assert_eq!(
+            (o.status.as_str(), o.compensations, o.items.len()),
+            (FAILED, 1, 2)
+        );
+        assert_eq!(
+            saga.fire_due().await.unwrap(),
+            0,
+            "no timeout outlives its saga"
+        );
+        assert_eq!(
+            kinds(&sent(&db).await, &id),
+            [
+                ORDER_PLACED,
+                CMD_PAYMENT_CHARGE,
+                ORDER_FAILED,
+                CMD_INVENTORY_RELEASE
+            ]
+        );
     }
 }
