@@ -17,6 +17,9 @@
 //!   its request is sent, and the answer must match the pact. A mismatch fails the test with
 //!   the verifier's report.
 //!
+//! - Messages (events and commands on RabbitMQ) have pacts of their own, Pact V4 asynchronous
+//!   messages: see [`messages`].
+//!
 //! The internal APIs want the gateway's service token: a pact does not carry one (the token is
 //! the transport's business and changes on every run), so [`verify`] adds a valid one to every
 //! request it replays.
@@ -36,6 +39,8 @@ use pact_verifier::{
     FilterInfo, PactSource, ProviderInfo, ProviderTransport, VerificationOptions,
     verify_provider_async,
 };
+
+pub mod messages;
 
 pub use pact_consumer;
 pub use pact_verifier;
