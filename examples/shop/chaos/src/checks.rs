@@ -609,7 +609,7 @@ pub fn evaluate(evidence: &Evidence, clients: &[OrderRecord], namespace: &str) -
     // 6. Every queue drained (dead-letter queues apart: see 7).
     let mut queues = Invariant::new("every work and retry queue empty");
     for (name, n) in &evidence.queues {
-        if name.starts_with(namespace) && !name.ends_with(".dlq") {
+        if is_work_queue(name, namespace) {
             queues.check(*n == 0, || format!("{name} holds {n} messages"));
         }
     }
@@ -672,9 +672,30 @@ pub fn violations_text(invariant: &Invariant, max: usize) -> String {
     out
 }
 
+/// Whether `name` is one of the run's work or retry queues, which a quiet shop has drained:
+/// in the run's namespace, and neither a dead-letter queue (its messages stay for a person to
+/// read; checked on their own) nor a stream queue (`*.stream`: a log the order-history read
+/// model replays, which keeps every message until its retention drops it).
+pub fn is_work_queue(name: &str, namespace: &str) -> bool {
+    name.starts_with(namespace) && !name.ends_with(".dlq") && !name.ends_with(".stream")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn work_queues_exclude_dead_letters_streams_and_other_runs() {
+        let ns = "shop-1a2b";
+        assert!(is_work_queue("shop-1a2b.orders.replies", ns));
+        assert!(is_work_queue("shop-1a2b.payments.commands.retry.1", ns));
+        assert!(!is_work_queue("shop-1a2b.orders.replies.dlq", ns));
+        assert!(!is_work_queue(
+            "shop-1a2b.notifications.order-history.stream",
+            ns
+        ));
+        assert!(!is_work_queue("shop-ffff.orders.replies", ns));
+    }
 
     fn order(id: &str, status: &str, reason: Option<&str>, charge: Option<&str>) -> OrderRow {
         OrderRow {

@@ -497,7 +497,7 @@ async fn quiescent(
     Ok(!queues.is_empty()
         && queues
             .iter()
-            .filter(|(q, _)| q.starts_with(namespace) && !q.ends_with(".dlq"))
+            .filter(|(q, _)| checks::is_work_queue(q, namespace))
             .all(|(_, n)| *n == 0))
 }
 

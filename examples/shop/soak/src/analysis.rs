@@ -216,10 +216,12 @@ pub fn analyse(
         .collect()
 }
 
-/// Per queue: its largest and its last depth.
+/// Per queue: its largest and its last depth. Stream queues (`*.stream`, the log the
+/// order-history read model replays) are left out: they keep every message by design, so their
+/// depth says nothing about a backlog.
 pub fn queue_depths(rows: &[Sample]) -> BTreeMap<String, (u64, u64)> {
     let mut out: BTreeMap<String, (u64, u64)> = BTreeMap::new();
-    for r in rows {
+    for r in rows.iter().filter(|r| !r.name.ends_with(".stream")) {
         if let Some(m) = r.messages() {
             let e = out.entry(r.name.clone()).or_default();
             e.0 = e.0.max(m);
@@ -376,6 +378,12 @@ mod tests {
         }
         assert!(text.contains("10.0,queue,ns.orders.events,,,,,4"));
         assert_eq!(queue_depths(&rows)["ns.orders.events"], (4, 4));
+        rows.push(Sample::queue(
+            10.0,
+            "ns.notifications.order-history.stream",
+            900,
+        ));
+        assert!(!queue_depths(&rows).contains_key("ns.notifications.order-history.stream"));
         let mut summary = Vec::new();
         write_summary_csv(&mut summary, &analyse(&rows, 0.0, 10.0, &["orders"])).unwrap();
         let summary = String::from_utf8(summary).unwrap();
