@@ -141,7 +141,7 @@ impl MessagePact {
         to_incoming(&message.contents)
     }
 
-    /// Writes the pact to [`file`], replacing what was there. The file's content depends only
+    /// Writes the pact to [`file()`], replacing what was there. The file's content depends only
     /// on the messages: a re-run without changes leaves it as it is.
     pub fn write(&self) {
         let path = file(&self.consumer, &self.provider);

@@ -19,7 +19,7 @@
 //!
 //! The `orders` table is the read model the API serves: [`OrderSaga::place`] writes it with the
 //! items and the idempotency key (`UNIQUE`: two requests racing with one key make one order)
-//! and starts the saga in the same transaction; [`project`] updates it in every transition's.
+//! and starts the saga in the same transaction; `project` updates it in every transition's.
 //!
 //! # Example
 //! ```
