@@ -37,6 +37,7 @@ use pact_models::path_exp::DocPath;
 use pact_models::v4::async_message::AsynchronousMessage;
 use pact_models::v4::message_parts::MessageContents;
 use serde_json::{Value, json};
+use shop_common::events::Emit;
 
 use crate::pacts_dir;
 
@@ -270,6 +271,21 @@ pub async fn mismatches(expected: &AsynchronousMessage, actual: &OutgoingMessage
     by_key.sort_by(|a, b| a.0.cmp(&b.0));
     found.extend(by_key.into_iter().flat_map(|(_, m)| m));
     found.iter().map(Mismatch::description).collect()
+}
+
+/// [`verify`] for a provider whose messages are the events its domain code returned: `emits`
+/// pairs each interaction's description with its [`Emit`], which is published as the outbox
+/// would (the envelope of `provider` with `cause` as the causing message's id).
+pub async fn verify_emits(provider: &str, cause: Option<&str>, emits: &[(&str, Emit)]) {
+    verify(provider, |description| {
+        let (_, emit) = emits.iter().find(|(d, _)| *d == description)?;
+        Some(
+            emit.envelope(provider, cause)
+                .to_message(emit.exchange)
+                .expect("a message"),
+        )
+    })
+    .await;
 }
 
 /// Matches what `provider` publishes against every message pact naming it as provider

@@ -60,13 +60,10 @@ async fn honours_its_message_pacts() {
         ("stock could not be reserved for an order", rejected),
         ("the reservation of an order was released", released),
     ];
-    shop_contract::messages::verify("inventory", |description| {
-        let (_, emit) = emits.iter().find(|(d, _)| *d == description)?;
-        Some(
-            emit.envelope("inventory", Some("0193a5c0-2222-7000-8000-000000000001"))
-                .to_message(emit.exchange)
-                .expect("a message"),
-        )
-    })
+    shop_contract::messages::verify_emits(
+        "inventory",
+        Some("0193a5c0-2222-7000-8000-000000000001"),
+        &emits,
+    )
     .await;
 }

@@ -65,13 +65,10 @@ async fn honours_its_message_pacts() {
         ("a payment failed", failed),
         ("a payment was refunded", refunded),
     ];
-    shop_contract::messages::verify("payments", |description| {
-        let (_, emit) = emits.iter().find(|(d, _)| *d == description)?;
-        Some(
-            emit.envelope("payments", Some("0193a5c0-3333-7000-8000-000000000001"))
-                .to_message(emit.exchange)
-                .expect("a message"),
-        )
-    })
+    shop_contract::messages::verify_emits(
+        "payments",
+        Some("0193a5c0-3333-7000-8000-000000000001"),
+        &emits,
+    )
     .await;
 }
