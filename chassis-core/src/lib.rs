@@ -45,6 +45,12 @@ pub use error::{BoxError, Error, ErrorKind};
 pub use name::ComponentName;
 pub use service::ServiceInfo;
 
+/// Paths the exported macros name; not part of the public API.
+#[doc(hidden)]
+pub mod __private {
+    pub use tower_layer::Layer;
+}
+
 // The README's example is compiled and run as a doctest, so the crate's front page stays true.
 #[cfg(doctest)]
 #[doc = include_str!("../README.md")]

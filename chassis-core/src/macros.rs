@@ -182,6 +182,181 @@ macro_rules! __define_error {
     };
 }
 
+/// Builder setters that store their argument in the field of the same name and return `self`.
+///
+/// Use inside an `impl` block of a builder or configuration type. Each entry is the setter's
+/// docs, then `name: Type` (stores the value), `name: Some(Type)` (stores `Some(value)`, for a
+/// field of type `Option<Type>`) or `name: into Type` (takes `impl Into<Type>`). A setter
+/// whose body does more (validation, clamping, two fields) stays hand-written.
+///
+/// ```
+/// use std::time::Duration;
+///
+/// #[derive(Debug, Default)]
+/// pub struct PoolConfig {
+///     name: String,
+///     size: usize,
+///     idle: Option<Duration>,
+/// }
+///
+/// impl PoolConfig {
+///     chassis_core::__builder_setters! {
+///         /// Names the pool.
+///         name: into String,
+///         /// Sets the pool's size.
+///         size: usize,
+///         /// Closes connections idle this long.
+///         idle: Some(Duration),
+///     }
+/// }
+///
+/// let c = PoolConfig::default().name("db").size(4).idle(Duration::from_secs(1));
+/// assert_eq!((c.name.as_str(), c.size, c.idle), ("db", 4, Some(Duration::from_secs(1))));
+/// ```
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __builder_setters {
+    () => {};
+    ($(#[$m:meta])* $name:ident : Some($ty:ty) $(, $($rest:tt)*)?) => {
+        $(#[$m])*
+        pub fn $name(mut self, $name: $ty) -> Self {
+            self.$name = ::core::option::Option::Some($name);
+            self
+        }
+        $( $crate::__builder_setters!($($rest)*); )?
+    };
+    ($(#[$m:meta])* $name:ident : into $ty:ty $(, $($rest:tt)*)?) => {
+        $(#[$m])*
+        pub fn $name(mut self, $name: impl ::core::convert::Into<$ty>) -> Self {
+            self.$name = $name.into();
+            self
+        }
+        $( $crate::__builder_setters!($($rest)*); )?
+    };
+    ($(#[$m:meta])* $name:ident : $ty:ty $(, $($rest:tt)*)?) => {
+        $(#[$m])*
+        pub fn $name(mut self, $name: $ty) -> Self {
+            self.$name = $name;
+            self
+        }
+        $( $crate::__builder_setters!($($rest)*); )?
+    };
+}
+
+/// `impl tower::Layer` for a layer whose service is `Service { inner, ..fields }`, each field
+/// cloned from the layer's field of the same name.
+///
+/// `Layer => Service { a, b }`; a layer with generics lists them first: `<T: Clone> Layer<T>
+/// => Service<T> { a }` (the service's own type parameter for the wrapped service is always
+/// `S`, its last one). A layer that builds its service in any other way writes its impl by
+/// hand.
+///
+/// ```
+/// #[derive(Clone)]
+/// pub struct TagLayer {
+///     tag: &'static str,
+/// }
+///
+/// pub struct Tag<S> {
+///     inner: S,
+///     tag: &'static str,
+/// }
+///
+/// chassis_core::__impl_layer!(TagLayer => Tag { tag });
+///
+/// use tower::Layer;
+/// let svc = TagLayer { tag: "a" }.layer(());
+/// assert_eq!(svc.tag, "a");
+/// # let () = svc.inner;
+/// ```
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __impl_layer {
+    ($layer:ident => $service:ident { $($field:ident),* $(,)? }) => {
+        impl<S> $crate::__private::Layer<S> for $layer {
+            type Service = $service<S>;
+
+            fn layer(&self, inner: S) -> Self::Service {
+                $service {
+                    inner,
+                    $( $field: ::core::clone::Clone::clone(&self.$field), )*
+                }
+            }
+        }
+    };
+    (<$($g:ident $(: $bound:path)?),+> $layer:ident<$($lg:ident),+>
+        => $service:ident<$($sg:ident),+> { $($field:ident),* $(,)? }) => {
+        impl<$($g $(: $bound)?,)+ S> $crate::__private::Layer<S> for $layer<$($lg),+> {
+            type Service = $service<$($sg,)+ S>;
+
+            fn layer(&self, inner: S) -> Self::Service {
+                $service {
+                    inner,
+                    $( $field: ::core::clone::Clone::clone(&self.$field), )*
+                }
+            }
+        }
+    };
+}
+
+/// The `poll_ready` of a middleware service that is ready when its wrapped service `inner`
+/// is. Use inside `impl Service for ..`, whose `Error` is the wrapped service's (or converts
+/// from it with `From`: write `(into)`).
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __forward_poll_ready {
+    () => {
+        #[inline]
+        fn poll_ready(
+            &mut self,
+            cx: &mut ::core::task::Context<'_>,
+        ) -> ::core::task::Poll<::core::result::Result<(), Self::Error>> {
+            self.inner.poll_ready(cx)
+        }
+    };
+    (into) => {
+        #[inline]
+        fn poll_ready(
+            &mut self,
+            cx: &mut ::core::task::Context<'_>,
+        ) -> ::core::task::Poll<::core::result::Result<(), Self::Error>> {
+            self.inner
+                .poll_ready(cx)
+                .map_err(::core::convert::Into::into)
+        }
+    };
+}
+
+/// A `Debug` impl that shows the listed fields and marks the rest as left out
+/// (`finish_non_exhaustive`): for types holding a field with no `Debug` (a closure, a key, a
+/// client) or one not worth printing.
+///
+/// ```
+/// pub struct Client {
+///     name: String,
+///     secret: Vec<u8>,
+/// }
+///
+/// chassis_core::__debug_fields!(Client { name });
+///
+/// let c = Client { name: "a".into(), secret: vec![1] };
+/// assert_eq!(format!("{c:?}"), r#"Client { name: "a", .. }"#);
+/// # let _ = c.secret;
+/// ```
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __debug_fields {
+    ($(<$($g:ident),+>)? $ty:ident { $($field:ident),* $(,)? }) => {
+        impl$(<$($g),+>)? ::core::fmt::Debug for $ty$(<$($g),+>)? {
+            fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+                f.debug_struct(::core::stringify!($ty))
+                    $( .field(::core::stringify!($field), &self.$field) )*
+                    .finish_non_exhaustive()
+            }
+        }
+    };
+}
+
 #[cfg(test)]
 // The macros generate `pub` items, as the public types that use them need; here they sit in a
 // private module.
