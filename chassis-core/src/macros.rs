@@ -186,8 +186,10 @@ macro_rules! __define_error {
 ///
 /// Use inside an `impl` block of a builder or configuration type. Each entry is the setter's
 /// docs, then `name: Type` (stores the value), `name: Some(Type)` (stores `Some(value)`, for a
-/// field of type `Option<Type>`) or `name: into Type` (takes `impl Into<Type>`). A setter
-/// whose body does more (validation, clamping, two fields) stays hand-written.
+/// field of type `Option<Type>`) or `name: into Type` (takes `impl Into<Type>`). The argument
+/// is called after the field unless named in parentheses: `name(arg): Type` (likewise with
+/// `Some` and `into`). A setter whose body does more (validation, clamping, two fields) stays
+/// hand-written.
 ///
 /// ```
 /// use std::time::Duration;
@@ -197,6 +199,7 @@ macro_rules! __define_error {
 ///     name: String,
 ///     size: usize,
 ///     idle: Option<Duration>,
+///     retries: u32,
 /// }
 ///
 /// impl PoolConfig {
@@ -207,16 +210,43 @@ macro_rules! __define_error {
 ///         size: usize,
 ///         /// Closes connections idle this long.
 ///         idle: Some(Duration),
+///         /// Retries a failed checkout `n` times.
+///         retries(n): u32,
 ///     }
 /// }
 ///
-/// let c = PoolConfig::default().name("db").size(4).idle(Duration::from_secs(1));
+/// let c = PoolConfig::default().name("db").size(4).idle(Duration::from_secs(1)).retries(2);
 /// assert_eq!((c.name.as_str(), c.size, c.idle), ("db", 4, Some(Duration::from_secs(1))));
+/// assert_eq!(c.retries, 2);
 /// ```
 #[doc(hidden)]
 #[macro_export]
 macro_rules! __builder_setters {
     () => {};
+    ($(#[$m:meta])* $name:ident($arg:ident) : Some($ty:ty) $(, $($rest:tt)*)?) => {
+        $(#[$m])*
+        pub fn $name(mut self, $arg: $ty) -> Self {
+            self.$name = ::core::option::Option::Some($arg);
+            self
+        }
+        $( $crate::__builder_setters!($($rest)*); )?
+    };
+    ($(#[$m:meta])* $name:ident($arg:ident) : into $ty:ty $(, $($rest:tt)*)?) => {
+        $(#[$m])*
+        pub fn $name(mut self, $arg: impl ::core::convert::Into<$ty>) -> Self {
+            self.$name = $arg.into();
+            self
+        }
+        $( $crate::__builder_setters!($($rest)*); )?
+    };
+    ($(#[$m:meta])* $name:ident($arg:ident) : $ty:ty $(, $($rest:tt)*)?) => {
+        $(#[$m])*
+        pub fn $name(mut self, $arg: $ty) -> Self {
+            self.$name = $arg;
+            self
+        }
+        $( $crate::__builder_setters!($($rest)*); )?
+    };
     ($(#[$m:meta])* $name:ident : Some($ty:ty) $(, $($rest:tt)*)?) => {
         $(#[$m])*
         pub fn $name(mut self, $name: $ty) -> Self {
@@ -240,6 +270,37 @@ macro_rules! __builder_setters {
             self
         }
         $( $crate::__builder_setters!($($rest)*); )?
+    };
+}
+
+/// The `new(name)` of a configuration type with a `name: String` field and a `Default`: the
+/// default configuration under that name. Use inside the type's `impl` block.
+///
+/// ```
+/// #[derive(Debug, Default)]
+/// pub struct PoolConfig {
+///     name: String,
+///     size: usize,
+/// }
+///
+/// impl PoolConfig {
+///     chassis_core::__named_config_new!();
+/// }
+///
+/// let c = PoolConfig::new("db");
+/// assert_eq!((c.name.as_str(), c.size), ("db", 0));
+/// ```
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __named_config_new {
+    () => {
+        /// A default configuration named `name`.
+        pub fn new(name: impl ::core::convert::Into<::std::string::String>) -> Self {
+            Self {
+                name: name.into(),
+                ..::core::default::Default::default()
+            }
+        }
     };
 }
 

@@ -58,22 +58,13 @@ impl Default for LifecycleConfig {
 }
 
 impl LifecycleConfig {
-    /// Per-component start deadline. Defaults to 30 s.
-    pub fn start_timeout(mut self, d: Duration) -> Self {
-        self.start_timeout = d;
-        self
-    }
-
-    /// Pre-stop delay. Defaults to 0.
-    pub fn pre_stop_delay(mut self, d: Duration) -> Self {
-        self.pre_stop_delay = d;
-        self
-    }
-
-    /// Intake drain deadline. Defaults to 30 s.
-    pub fn drain_timeout(mut self, d: Duration) -> Self {
-        self.drain_timeout = d;
-        self
+    crate::__builder_setters! {
+        /// Per-component start deadline. Defaults to 30 s.
+        start_timeout(d): Duration,
+        /// Pre-stop delay. Defaults to 0.
+        pre_stop_delay(d): Duration,
+        /// Intake drain deadline. Defaults to 30 s.
+        drain_timeout(d): Duration,
     }
 
     /// Sets the deadline of `stage`'s phase.
@@ -211,17 +202,12 @@ impl App {
         self.shutdown.clone()
     }
 
-    /// The start and shutdown deadlines. Defaults to [`LifecycleConfig::default`].
-    pub fn config(mut self, config: LifecycleConfig) -> Self {
-        self.config = config;
-        self
-    }
-
-    /// Whether SIGTERM/SIGINT stop the app (a second one forces the stop). Defaults to
-    /// `true`.
-    pub fn handle_signals(mut self, enabled: bool) -> Self {
-        self.handle_signals = enabled;
-        self
+    crate::__builder_setters! {
+        /// The start and shutdown deadlines. Defaults to [`LifecycleConfig::default`].
+        config: LifecycleConfig,
+        /// Whether SIGTERM/SIGINT stop the app (a second one forces the stop). Defaults to
+        /// `true`.
+        handle_signals(enabled): bool,
     }
 
     /// Runs `hook` before the first component starts (migrations, say); an error stops the

@@ -85,24 +85,13 @@ impl Default for BulkheadConfig {
 }
 
 impl BulkheadConfig {
-    /// A default configuration named `name`.
-    pub fn new(name: impl Into<String>) -> Self {
-        Self {
-            name: name.into(),
-            ..Self::default()
-        }
-    }
+    crate::__named_config_new!();
 
-    /// Sets the maximum number of concurrent calls. Defaults to 64.
-    pub fn max_concurrent(mut self, max_concurrent: usize) -> Self {
-        self.max_concurrent = max_concurrent;
-        self
-    }
-
-    /// Sets how long a call waits for a permit. Defaults to zero.
-    pub fn max_wait(mut self, max_wait: Duration) -> Self {
-        self.max_wait = max_wait;
-        self
+    crate::__builder_setters! {
+        /// Sets the maximum number of concurrent calls. Defaults to 64.
+        max_concurrent: usize,
+        /// Sets how long a call waits for a permit. Defaults to zero.
+        max_wait: Duration,
     }
 
     /// Checks the configuration.

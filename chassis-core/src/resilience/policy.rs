@@ -166,40 +166,19 @@ impl ResiliencePolicy {
         self
     }
 
-    /// Sets the per-attempt timeout.
-    pub fn timeout(mut self, timeout: Duration) -> Self {
-        self.timeout = Some(timeout);
-        self
-    }
-
-    /// Adds a rate limiter.
-    pub fn rate_limit(mut self, config: RateLimiterConfig) -> Self {
-        self.rate_limit = Some(config);
-        self
-    }
-
-    /// Adds a bulkhead.
-    pub fn bulkhead(mut self, config: BulkheadConfig) -> Self {
-        self.bulkhead = Some(config);
-        self
-    }
-
-    /// Adds an adaptive concurrency limit.
-    pub fn adaptive_limit(mut self, config: AdaptiveLimitConfig) -> Self {
-        self.adaptive_limit = Some(config);
-        self
-    }
-
-    /// Adds retries.
-    pub fn retry(mut self, config: RetryConfig) -> Self {
-        self.retry = Some(config);
-        self
-    }
-
-    /// Adds a circuit breaker.
-    pub fn circuit_breaker(mut self, config: CircuitBreakerConfig) -> Self {
-        self.circuit_breaker = Some(config);
-        self
+    crate::__builder_setters! {
+        /// Sets the per-attempt timeout.
+        timeout: Some(Duration),
+        /// Adds a rate limiter.
+        rate_limit(config): Some(RateLimiterConfig),
+        /// Adds a bulkhead.
+        bulkhead(config): Some(BulkheadConfig),
+        /// Adds an adaptive concurrency limit.
+        adaptive_limit(config): Some(AdaptiveLimitConfig),
+        /// Adds retries.
+        retry(config): Some(RetryConfig),
+        /// Adds a circuit breaker.
+        circuit_breaker(config): Some(CircuitBreakerConfig),
     }
 
     /// Validates the policy and creates its shared state. Fails with

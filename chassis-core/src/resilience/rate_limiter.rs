@@ -87,36 +87,17 @@ impl Default for RateLimiterConfig {
 }
 
 impl RateLimiterConfig {
-    /// A default configuration named `name`.
-    pub fn new(name: impl Into<String>) -> Self {
-        Self {
-            name: name.into(),
-            ..Self::default()
-        }
-    }
+    crate::__named_config_new!();
 
-    /// Sets the calls admitted per period. Defaults to 100.
-    pub fn rate(mut self, rate: u32) -> Self {
-        self.rate = rate;
-        self
-    }
-
-    /// Sets the period of `rate`. Defaults to one second.
-    pub fn period(mut self, period: Duration) -> Self {
-        self.period = period;
-        self
-    }
-
-    /// Sets the burst size. Defaults to `rate`.
-    pub fn burst(mut self, burst: u32) -> Self {
-        self.burst = burst;
-        self
-    }
-
-    /// Sets how long a call may wait for a permit. Defaults to zero.
-    pub fn max_wait(mut self, max_wait: Duration) -> Self {
-        self.max_wait = max_wait;
-        self
+    crate::__builder_setters! {
+        /// Sets the calls admitted per period. Defaults to 100.
+        rate: u32,
+        /// Sets the period of `rate`. Defaults to one second.
+        period: Duration,
+        /// Sets the burst size. Defaults to `rate`.
+        burst: u32,
+        /// Sets how long a call may wait for a permit. Defaults to zero.
+        max_wait: Duration,
     }
 
     fn effective_burst(&self) -> u32 {

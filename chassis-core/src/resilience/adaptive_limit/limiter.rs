@@ -49,42 +49,19 @@ impl Default for AdaptiveLimitConfig {
 }
 
 impl AdaptiveLimitConfig {
-    /// A default configuration named `name`.
-    pub fn new(name: impl Into<String>) -> Self {
-        Self {
-            name: name.into(),
-            ..Self::default()
-        }
-    }
+    crate::__named_config_new!();
 
-    /// Sets the algorithm. Defaults to Vegas.
-    pub fn algorithm(mut self, algorithm: LimitAlgorithm) -> Self {
-        self.algorithm = algorithm;
-        self
-    }
-
-    /// Sets the starting limit. Defaults to 20.
-    pub fn initial_limit(mut self, limit: usize) -> Self {
-        self.initial_limit = limit;
-        self
-    }
-
-    /// Sets the lowest limit. Defaults to 1.
-    pub fn min_limit(mut self, limit: usize) -> Self {
-        self.min_limit = limit;
-        self
-    }
-
-    /// Sets the highest limit. Defaults to 1000.
-    pub fn max_limit(mut self, limit: usize) -> Self {
-        self.max_limit = limit;
-        self
-    }
-
-    /// Times one call in `n`. Defaults to 8.
-    pub fn sample_every(mut self, n: u32) -> Self {
-        self.sample_every = n;
-        self
+    crate::__builder_setters! {
+        /// Sets the algorithm. Defaults to Vegas.
+        algorithm: LimitAlgorithm,
+        /// Sets the starting limit. Defaults to 20.
+        initial_limit(limit): usize,
+        /// Sets the lowest limit. Defaults to 1.
+        min_limit(limit): usize,
+        /// Sets the highest limit. Defaults to 1000.
+        max_limit(limit): usize,
+        /// Times one call in `n`. Defaults to 8.
+        sample_every(n): u32,
     }
 
     /// Checks the configuration.

@@ -62,10 +62,9 @@ impl OpenStateBackoff {
         }
     }
 
-    /// Sets the jitter. Defaults to [`Jitter::Equal`].
-    pub fn jitter(mut self, jitter: Jitter) -> Self {
-        self.jitter = jitter;
-        self
+    crate::__builder_setters! {
+        /// Sets the jitter. Defaults to [`Jitter::Equal`].
+        jitter: Jitter,
     }
 }
 
@@ -139,10 +138,9 @@ impl CircuitBreakerConfig {
         Self::default().name(name)
     }
 
-    /// Name of the breaker, used in errors, events, logs and metric labels. Defaults to `"default"`.
-    pub fn name(mut self, name: impl Into<String>) -> Self {
-        self.name = name.into();
-        self
+    crate::__builder_setters! {
+        /// Name of the breaker, used in errors, events, logs and metric labels. Defaults to `"default"`.
+        name: into String,
     }
 
     /// The configured name.
@@ -150,24 +148,15 @@ impl CircuitBreakerConfig {
         &self.name
     }
 
-    /// Failure rate, in percent (0 < x ≤ 100), at or above which the breaker opens.
-    /// Defaults to 50.
-    pub fn failure_rate_threshold(mut self, percent: f32) -> Self {
-        self.failure_rate_threshold = percent;
-        self
-    }
-
-    /// Rate of slow calls, in percent (0 < x ≤ 100), at or above which the breaker opens.
-    /// Defaults to 100.
-    pub fn slow_call_rate_threshold(mut self, percent: f32) -> Self {
-        self.slow_call_rate_threshold = percent;
-        self
-    }
-
-    /// Calls taking at least this long count as slow. Defaults to 60 s.
-    pub fn slow_call_duration_threshold(mut self, duration: Duration) -> Self {
-        self.slow_call_duration_threshold = duration;
-        self
+    crate::__builder_setters! {
+        /// Failure rate, in percent (0 < x ≤ 100), at or above which the breaker opens.
+        /// Defaults to 50.
+        failure_rate_threshold(percent): f32,
+        /// Rate of slow calls, in percent (0 < x ≤ 100), at or above which the breaker opens.
+        /// Defaults to 100.
+        slow_call_rate_threshold(percent): f32,
+        /// Calls taking at least this long count as slow. Defaults to 60 s.
+        slow_call_duration_threshold(duration): Duration,
     }
 
     /// Window type and size (calls for [`SlidingWindowType::CountBased`], seconds for
@@ -178,38 +167,21 @@ impl CircuitBreakerConfig {
         self
     }
 
-    /// Calls the window must hold before the rates are evaluated. Defaults to 100. For a
-    /// count-based window a value above the window size is lowered to it (as in Resilience4j).
-    pub fn minimum_number_of_calls(mut self, calls: u32) -> Self {
-        self.minimum_number_of_calls = calls;
-        self
-    }
-
-    /// How long the breaker stays open before letting probes through. Defaults to 60 s.
-    pub fn wait_duration_in_open_state(mut self, wait: Duration) -> Self {
-        self.wait_duration_in_open_state = wait;
-        self
-    }
-
-    /// Lets the open-state wait grow on repeated trips. Defaults to none (constant wait).
-    pub fn open_state_backoff(mut self, backoff: OpenStateBackoff) -> Self {
-        self.open_state_backoff = Some(backoff);
-        self
-    }
-
-    /// How many probe calls half-open state lets through; further calls are rejected until
-    /// the probes decide. Defaults to 10.
-    pub fn permitted_number_of_calls_in_half_open_state(mut self, calls: u32) -> Self {
-        self.permitted_number_of_calls_in_half_open_state = calls;
-        self
-    }
-
-    /// If set, a breaker half-open for longer than this (its probes did not all complete) opens
-    /// again on the next call. Defaults to none (wait for the probes; a dropped probe still
-    /// counts, so the breaker cannot get stuck).
-    pub fn max_wait_duration_in_half_open_state(mut self, wait: Duration) -> Self {
-        self.max_wait_duration_in_half_open_state = Some(wait);
-        self
+    crate::__builder_setters! {
+        /// Calls the window must hold before the rates are evaluated. Defaults to 100. For a
+        /// count-based window a value above the window size is lowered to it (as in Resilience4j).
+        minimum_number_of_calls(calls): u32,
+        /// How long the breaker stays open before letting probes through. Defaults to 60 s.
+        wait_duration_in_open_state(wait): Duration,
+        /// Lets the open-state wait grow on repeated trips. Defaults to none (constant wait).
+        open_state_backoff(backoff): Some(OpenStateBackoff),
+        /// How many probe calls half-open state lets through; further calls are rejected until
+        /// the probes decide. Defaults to 10.
+        permitted_number_of_calls_in_half_open_state(calls): u32,
+        /// If set, a breaker half-open for longer than this (its probes did not all complete) opens
+        /// again on the next call. Defaults to none (wait for the probes; a dropped probe still
+        /// counts, so the breaker cannot get stuck).
+        max_wait_duration_in_half_open_state(wait): Some(Duration),
     }
 
     /// Checks every value; [`ErrorKind::InvalidConfig`](crate::ErrorKind::InvalidConfig) says

@@ -37,24 +37,13 @@ impl Default for HedgeConfig {
 }
 
 impl HedgeConfig {
-    /// A default configuration named `name`.
-    pub fn new(name: impl Into<String>) -> Self {
-        Self {
-            name: name.into(),
-            ..Self::default()
-        }
-    }
+    crate::__named_config_new!();
 
-    /// Sets the fixed delay (the floor, with a percentile). Defaults to 50 ms.
-    pub fn delay(mut self, delay: Duration) -> Self {
-        self.delay = delay;
-        self
-    }
-
-    /// Hedges after this percentile of recent latencies. Defaults to none (fixed delay).
-    pub fn percentile(mut self, percentile: f64) -> Self {
-        self.percentile = Some(percentile);
-        self
+    crate::__builder_setters! {
+        /// Sets the fixed delay (the floor, with a percentile). Defaults to 50 ms.
+        delay: Duration,
+        /// Hedges after this percentile of recent latencies. Defaults to none (fixed delay).
+        percentile: Some(f64),
     }
 
     /// Checks the configuration.

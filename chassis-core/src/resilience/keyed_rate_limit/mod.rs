@@ -122,36 +122,17 @@ impl Default for KeyedRateLimitConfig {
 }
 
 impl KeyedRateLimitConfig {
-    /// A default configuration named `name`.
-    pub fn new(name: impl Into<String>) -> Self {
-        Self {
-            name: name.into(),
-            ..Self::default()
-        }
-    }
+    crate::__named_config_new!();
 
-    /// Sets the calls admitted per period and key. Defaults to 100.
-    pub fn rate(mut self, rate: u32) -> Self {
-        self.rate = rate;
-        self
-    }
-
-    /// Sets the period of `rate`. Defaults to one second.
-    pub fn period(mut self, period: Duration) -> Self {
-        self.period = period;
-        self
-    }
-
-    /// Sets the burst size. Defaults to `rate`.
-    pub fn burst(mut self, burst: u32) -> Self {
-        self.burst = burst;
-        self
-    }
-
-    /// Sets how many keys the in-memory limiter remembers at most. Defaults to 100,000.
-    pub fn max_keys(mut self, max_keys: usize) -> Self {
-        self.max_keys = max_keys;
-        self
+    crate::__builder_setters! {
+        /// Sets the calls admitted per period and key. Defaults to 100.
+        rate: u32,
+        /// Sets the period of `rate`. Defaults to one second.
+        period: Duration,
+        /// Sets the burst size. Defaults to `rate`.
+        burst: u32,
+        /// Sets how many keys the in-memory limiter remembers at most. Defaults to 100,000.
+        max_keys: usize,
     }
 
     pub(crate) fn effective_burst(&self) -> u32 {

@@ -112,34 +112,17 @@ impl RedisRateLimitConfig {
         }
     }
 
-    /// Sets the key prefix. Defaults to `"chassis:rl:"`.
-    pub fn prefix(mut self, prefix: impl Into<String>) -> Self {
-        self.prefix = prefix.into();
-        self
-    }
-
-    /// Sets the timeout of one check. Defaults to 50 ms.
-    pub fn timeout(mut self, timeout: Duration) -> Self {
-        self.timeout = timeout;
-        self
-    }
-
-    /// Sets the timeout of the first connection. Defaults to 5 s.
-    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
-        self.connect_timeout = timeout;
-        self
-    }
-
-    /// Sets what checks answer while Redis is unavailable. Defaults to [`FailMode::Open`].
-    pub fn on_unavailable(mut self, mode: FailMode) -> Self {
-        self.on_unavailable = mode;
-        self
-    }
-
-    /// Sets the circuit breaker around Redis.
-    pub fn breaker(mut self, breaker: CircuitBreakerConfig) -> Self {
-        self.breaker = breaker;
-        self
+    crate::__builder_setters! {
+        /// Sets the key prefix. Defaults to `"chassis:rl:"`.
+        prefix: into String,
+        /// Sets the timeout of one check. Defaults to 50 ms.
+        timeout: Duration,
+        /// Sets the timeout of the first connection. Defaults to 5 s.
+        connect_timeout(timeout): Duration,
+        /// Sets what checks answer while Redis is unavailable. Defaults to [`FailMode::Open`].
+        on_unavailable(mode): FailMode,
+        /// Sets the circuit breaker around Redis.
+        breaker: CircuitBreakerConfig,
     }
 
     /// Checks the configuration.

@@ -74,16 +74,11 @@ impl Backoff {
         }
     }
 
-    /// Sets the longest wait. Defaults to 10 s.
-    pub fn max(mut self, max: Duration) -> Self {
-        self.max = max;
-        self
-    }
-
-    /// Sets the jitter. Defaults to [`Jitter::Full`].
-    pub fn jitter(mut self, jitter: Jitter) -> Self {
-        self.jitter = jitter;
-        self
+    crate::__builder_setters! {
+        /// Sets the longest wait. Defaults to 10 s.
+        max: Duration,
+        /// Sets the jitter. Defaults to [`Jitter::Full`].
+        jitter: Jitter,
     }
 
     /// Checks that `base <= max`.

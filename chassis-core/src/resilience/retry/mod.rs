@@ -253,42 +253,19 @@ impl Default for RetryConfig {
 }
 
 impl RetryConfig {
-    /// A default configuration named `name`.
-    pub fn new(name: impl Into<String>) -> Self {
-        Self {
-            name: name.into(),
-            ..Self::default()
-        }
-    }
+    crate::__named_config_new!();
 
-    /// Sets the attempts per call (first call included). Defaults to 3.
-    pub fn max_attempts(mut self, max_attempts: u32) -> Self {
-        self.max_attempts = max_attempts;
-        self
-    }
-
-    /// Sets the backoff. Defaults to [`Backoff::default`].
-    pub fn backoff(mut self, backoff: Backoff) -> Self {
-        self.backoff = backoff;
-        self
-    }
-
-    /// Bounds each attempt. Defaults to no bound.
-    pub fn attempt_timeout(mut self, timeout: Duration) -> Self {
-        self.attempt_timeout = Some(timeout);
-        self
-    }
-
-    /// Bounds the whole call. Defaults to no bound.
-    pub fn deadline(mut self, deadline: Duration) -> Self {
-        self.deadline = Some(deadline);
-        self
-    }
-
-    /// Sets the retry budget. Defaults to [`RetryBudgetConfig::default`].
-    pub fn budget(mut self, budget: RetryBudgetConfig) -> Self {
-        self.budget = budget;
-        self
+    crate::__builder_setters! {
+        /// Sets the attempts per call (first call included). Defaults to 3.
+        max_attempts: u32,
+        /// Sets the backoff. Defaults to [`Backoff::default`].
+        backoff: Backoff,
+        /// Bounds each attempt. Defaults to no bound.
+        attempt_timeout(timeout): Some(Duration),
+        /// Bounds the whole call. Defaults to no bound.
+        deadline: Some(Duration),
+        /// Sets the retry budget. Defaults to [`RetryBudgetConfig::default`].
+        budget: RetryBudgetConfig,
     }
 
     /// Checks the configuration.
