@@ -193,15 +193,7 @@ impl HealthLayer {
     }
 }
 
-impl<S> Layer<S> for HealthLayer {
-    type Service = HealthService<S>;
-    fn layer(&self, inner: S) -> Self::Service {
-        HealthService {
-            inner,
-            shared: self.shared.clone(),
-        }
-    }
-}
+chassis_core::__impl_layer!(HealthLayer => HealthService { shared });
 
 /// Answers the probe paths and passes everything else on; see the [module docs](self).
 #[derive(Debug, Clone)]
@@ -291,10 +283,7 @@ where
     type Error = S::Error;
     type Future = ResponseFuture<S::Future>;
 
-    #[inline]
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
+    chassis_core::__forward_poll_ready!();
 
     #[inline]
     fn call(&mut self, req: Request<ReqB>) -> Self::Future {

@@ -38,7 +38,6 @@ use http::{HeaderValue, Request, Response};
 use pin_project_lite::pin_project;
 use tokio::time::Sleep;
 use tonic::Code;
-use tower_layer::Layer;
 use tower_service::Service;
 
 use super::code::status_response;
@@ -118,16 +117,7 @@ impl GrpcDeadlineLayer {
     }
 }
 
-impl<S> Layer<S> for GrpcDeadlineLayer {
-    type Service = GrpcDeadline<S>;
-
-    fn layer(&self, inner: S) -> Self::Service {
-        GrpcDeadline {
-            inner,
-            max: self.max,
-        }
-    }
-}
+chassis_core::__impl_layer!(GrpcDeadlineLayer => GrpcDeadline { max });
 
 /// The service of [`GrpcDeadlineLayer`].
 #[derive(Debug, Clone)]
@@ -150,10 +140,7 @@ where
     type Error = S::Error;
     type Future = ResponseFuture<S::Future>;
 
-    #[inline]
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
+    chassis_core::__forward_poll_ready!();
 
     fn call(&mut self, req: Request<ReqB>) -> Self::Future {
         let asked = req.headers().get(GRPC_TIMEOUT).and_then(parse_grpc_timeout);
@@ -253,7 +240,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn the_shorter_of_caller_deadline_and_bound_wins() {
-        use tower::{ServiceExt, service_fn};
+        use tower::{Layer, ServiceExt, service_fn};
         let slow = service_fn(|_req: Request<()>| async {
             tokio::time::sleep(Duration::from_secs(10)).await;
             Ok::<_, std::convert::Infallible>(Response::new(crate::body::empty()))

@@ -38,7 +38,6 @@ use http::{Request, Response};
 use http_body::Frame;
 use pin_project_lite::pin_project;
 use tonic::Code;
-use tower_layer::Layer;
 use tower_service::Service;
 
 use super::code::{code_label, grpc_code};
@@ -57,13 +56,7 @@ impl GrpcMetricsLayer {
     }
 }
 
-impl<S> Layer<S> for GrpcMetricsLayer {
-    type Service = GrpcMetrics<S>;
-
-    fn layer(&self, inner: S) -> Self::Service {
-        GrpcMetrics { inner }
-    }
-}
+chassis_core::__impl_layer!(GrpcMetricsLayer => GrpcMetrics {  });
 
 /// The service of [`GrpcMetricsLayer`].
 #[derive(Debug, Clone)]
@@ -92,10 +85,7 @@ where
     type Error = S::Error;
     type Future = ResponseFuture<S::Future>;
 
-    #[inline]
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
+    chassis_core::__forward_poll_ready!();
 
     fn call(&mut self, req: Request<ReqB>) -> Self::Future {
         let (service, method) = rpc_names(req.uri().path()).unwrap_or(("_OTHER", "_OTHER"));

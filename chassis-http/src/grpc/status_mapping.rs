@@ -39,7 +39,6 @@ use http::header::{CONTENT_LENGTH, CONTENT_TYPE};
 use http::{Request, Response, StatusCode};
 use http_body_util::BodyExt as _;
 use pin_project_lite::pin_project;
-use tower_layer::Layer;
 use tower_service::Service;
 
 use super::code::{code_for_error, status_response};
@@ -63,13 +62,7 @@ impl StatusMappingLayer {
     }
 }
 
-impl<S> Layer<S> for StatusMappingLayer {
-    type Service = StatusMapping<S>;
-
-    fn layer(&self, inner: S) -> Self::Service {
-        StatusMapping { inner }
-    }
-}
+chassis_core::__impl_layer!(StatusMappingLayer => StatusMapping {  });
 
 /// The service of [`StatusMappingLayer`].
 #[derive(Debug, Clone)]
@@ -91,10 +84,7 @@ where
     type Error = S::Error;
     type Future = ResponseFuture<S::Future>;
 
-    #[inline]
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
+    chassis_core::__forward_poll_ready!();
 
     #[inline]
     fn call(&mut self, req: Request<ReqB>) -> Self::Future {
@@ -205,7 +195,7 @@ mod tests {
     use std::convert::Infallible;
     use std::time::Duration;
     use tonic::Code;
-    use tower::{ServiceExt, service_fn};
+    use tower::{Layer, ServiceExt, service_fn};
 
     async fn mapped(answer: Response<Body>) -> Response<Body> {
         let answer = std::sync::Mutex::new(Some(answer));

@@ -75,7 +75,6 @@ use http::{Method, Request, Response, Uri};
 use opentelemetry::trace::TraceId;
 use pin_project_lite::pin_project;
 use serde::Deserialize;
-use tower_layer::Layer;
 use tower_service::Service;
 
 use super::request_id::RequestId;
@@ -255,15 +254,7 @@ impl AccessLogLayer {
     }
 }
 
-impl<S> Layer<S> for AccessLogLayer {
-    type Service = AccessLogService<S>;
-    fn layer(&self, inner: S) -> Self::Service {
-        AccessLogService {
-            inner,
-            policy: self.policy.clone(),
-        }
-    }
-}
+chassis_core::__impl_layer!(AccessLogLayer => AccessLogService { policy });
 
 /// Logs the requests its [`AccessLogConfig`] selects; see the [module docs](self).
 #[derive(Debug, Clone)]
@@ -284,10 +275,7 @@ where
     type Error = S::Error;
     type Future = ResponseFuture<S::Future>;
 
-    #[inline]
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
+    chassis_core::__forward_poll_ready!();
 
     #[inline]
     fn call(&mut self, req: Request<ReqB>) -> Self::Future {
@@ -428,7 +416,7 @@ mod tests {
     use super::*;
     use chassis_observability::logging::CaptureWriter;
     use std::convert::Infallible;
-    use tower::{ServiceExt, service_fn};
+    use tower::{Layer, ServiceExt, service_fn};
 
     /// Answers with the status in the path (`/404`), 200 for anything else.
     async fn status_from_path(req: Request<()>) -> Result<Response<()>, Infallible> {

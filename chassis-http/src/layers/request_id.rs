@@ -35,7 +35,6 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use http::{HeaderName, HeaderValue, Request, Response};
 use pin_project_lite::pin_project;
-use tower_layer::Layer;
 use tower_service::Service;
 
 /// The `x-request-id` header.
@@ -152,15 +151,7 @@ impl RequestIdLayer {
     }
 }
 
-impl<S> Layer<S> for RequestIdLayer {
-    type Service = RequestIdService<S>;
-    fn layer(&self, inner: S) -> Self::Service {
-        RequestIdService {
-            inner,
-            header: self.header.clone(),
-        }
-    }
-}
+chassis_core::__impl_layer!(RequestIdLayer => RequestIdService { header });
 
 /// Sets, stores and echoes the request id; see the [module docs](self).
 #[derive(Debug, Clone)]
@@ -181,10 +172,7 @@ where
     type Error = S::Error;
     type Future = ResponseFuture<S::Future>;
 
-    #[inline]
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
+    chassis_core::__forward_poll_ready!();
 
     #[inline]
     fn call(&mut self, mut req: Request<ReqB>) -> Self::Future {
@@ -241,7 +229,7 @@ where
 mod tests {
     use super::*;
     use std::convert::Infallible;
-    use tower::{ServiceExt, service_fn};
+    use tower::{Layer, ServiceExt, service_fn};
 
     async fn echo(req: Request<()>) -> Result<Response<String>, Infallible> {
         let id = req.extensions().get::<RequestId>().unwrap();

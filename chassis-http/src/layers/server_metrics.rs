@@ -49,7 +49,6 @@ use std::time::Instant;
 use ::metrics::{Gauge, Histogram, Recorder, SharedString};
 use http::{Method, Request, Response};
 use pin_project_lite::pin_project;
-use tower_layer::Layer;
 use tower_service::Service;
 
 use super::{RouteTemplate, status_str};
@@ -237,15 +236,7 @@ impl Default for ServerMetricsLayer {
     }
 }
 
-impl<S> Layer<S> for ServerMetricsLayer {
-    type Service = ServerMetricsService<S>;
-    fn layer(&self, inner: S) -> Self::Service {
-        ServerMetricsService {
-            inner,
-            handles: self.handles.clone(),
-        }
-    }
-}
+chassis_core::__impl_layer!(ServerMetricsLayer => ServerMetricsService { handles });
 
 /// Records the RED metrics of each request; see the [module docs](self).
 #[derive(Clone)]
@@ -274,10 +265,7 @@ where
     type Error = S::Error;
     type Future = ResponseFuture<S::Future>;
 
-    #[inline]
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
+    chassis_core::__forward_poll_ready!();
 
     #[inline]
     fn call(&mut self, req: Request<ReqB>) -> Self::Future {
@@ -364,7 +352,7 @@ where
 mod tests {
     use super::*;
     use std::convert::Infallible;
-    use tower::{ServiceExt, service_fn};
+    use tower::{Layer, ServiceExt, service_fn};
 
     #[tokio::test]
     async fn cached_handles_follow_the_recorder_in_effect() {

@@ -62,7 +62,6 @@ use http::{HeaderName, Request, Response, header};
 use opentelemetry::trace::{TraceContextExt, TraceId};
 use pin_project_lite::pin_project;
 use tokio::task::futures::TaskLocalFuture;
-use tower_layer::Layer;
 use tower_service::Service;
 use tracing::Span;
 use tracing::field::Empty;
@@ -88,12 +87,7 @@ impl ServerSpanLayer {
     }
 }
 
-impl<S> Layer<S> for ServerSpanLayer {
-    type Service = ServerSpanService<S>;
-    fn layer(&self, inner: S) -> Self::Service {
-        ServerSpanService { inner }
-    }
-}
+chassis_core::__impl_layer!(ServerSpanLayer => ServerSpanService {  });
 
 /// Extracts the trace context and runs the request in a server span; see the
 /// [module docs](self).
@@ -174,10 +168,7 @@ where
     type Error = S::Error;
     type Future = ResponseFuture<S::Future>;
 
-    #[inline]
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
+    chassis_core::__forward_poll_ready!();
 
     #[inline]
     fn call(&mut self, req: Request<ReqB>) -> Self::Future {
