@@ -309,8 +309,8 @@ macro_rules! __named_config_new {
 ///
 /// `Layer => Service { a, b }`; a layer with generics lists them first: `<T: Clone> Layer<T>
 /// => Service<T> { a }` (the service's own type parameter for the wrapped service is always
-/// `S`, its last one). A layer that builds its service in any other way writes its impl by
-/// hand.
+/// `S`, its last one, or its first when written out: `<T: Clone> Layer<T> => Service<S, T> { a }`).
+/// A layer that builds its service in any other way writes its impl by hand.
 ///
 /// ```
 /// #[derive(Clone)]
@@ -329,6 +329,22 @@ macro_rules! __named_config_new {
 /// let svc = TagLayer { tag: "a" }.layer(());
 /// assert_eq!(svc.tag, "a");
 /// # let () = svc.inner;
+///
+/// #[derive(Clone)]
+/// pub struct PickLayer<P> {
+///     pick: P,
+/// }
+///
+/// pub struct Pick<S, P> {
+///     inner: S,
+///     pick: P,
+/// }
+///
+/// chassis_core::__impl_layer!(<P: Clone> PickLayer<P> => Pick<S, P> { pick });
+///
+/// let svc = PickLayer { pick: 2_u8 }.layer(());
+/// assert_eq!(svc.pick, 2);
+/// # let () = svc.inner;
 /// ```
 #[doc(hidden)]
 #[macro_export]
@@ -336,6 +352,19 @@ macro_rules! __impl_layer {
     ($layer:ident => $service:ident { $($field:ident),* $(,)? }) => {
         impl<S> $crate::__private::Layer<S> for $layer {
             type Service = $service<S>;
+
+            fn layer(&self, inner: S) -> Self::Service {
+                $service {
+                    inner,
+                    $( $field: ::core::clone::Clone::clone(&self.$field), )*
+                }
+            }
+        }
+    };
+    (<$($g:ident $(: $bound:path)?),+> $layer:ident<$($lg:ident),+>
+        => $service:ident<S, $($sg:ident),+> { $($field:ident),* $(,)? }) => {
+        impl<$($g $(: $bound)?,)+ S> $crate::__private::Layer<S> for $layer<$($lg),+> {
+            type Service = $service<S, $($sg),+>;
 
             fn layer(&self, inner: S) -> Self::Service {
                 $service {

@@ -383,6 +383,14 @@ const GRPC_STATUS_CODES: &[&str] = &[
     "0", "1", "2", "3", "4", "5", "6", "7", "8", "9", "10", "11", "12", "13", "14", "15", "16",
 ];
 
+/// The labels of a gRPC call's duration, on the server and on the client alike.
+const RPC_CALL_LABELS: &[Label] = &[
+    closed(RPC_SYSTEM, &["grpc"]),
+    open(RPC_SERVICE),
+    open(RPC_METHOD),
+    closed(RPC_GRPC_STATUS_CODE, GRPC_STATUS_CODES),
+];
+
 use labels::*;
 
 /// Every metric of the catalogue.
@@ -412,12 +420,7 @@ pub const ALL: &[Metric] = &[
         otel_name: "rpc.server.call.duration",
         kind: Kind::Histogram,
         unit: "s",
-        labels: &[
-            closed(RPC_SYSTEM, &["grpc"]),
-            open(RPC_SERVICE),
-            open(RPC_METHOD),
-            closed(RPC_GRPC_STATUS_CODE, GRPC_STATUS_CODES),
-        ],
+        labels: RPC_CALL_LABELS,
         description: "Duration of gRPC server calls, until the last message and the status are sent.",
     },
     Metric {
@@ -425,12 +428,7 @@ pub const ALL: &[Metric] = &[
         otel_name: "rpc.client.call.duration",
         kind: Kind::Histogram,
         unit: "s",
-        labels: &[
-            closed(RPC_SYSTEM, &["grpc"]),
-            open(RPC_SERVICE),
-            open(RPC_METHOD),
-            closed(RPC_GRPC_STATUS_CODE, GRPC_STATUS_CODES),
-        ],
+        labels: RPC_CALL_LABELS,
         description: "Duration of gRPC client calls (one series per attempt), until the status is received.",
     },
     Metric {

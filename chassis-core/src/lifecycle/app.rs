@@ -125,6 +125,22 @@ impl LifecycleConfig {
 
 type Hook = Box<dyn FnOnce() -> BoxFuture<'static, Result<(), BoxError>> + Send>;
 
+/// `App` methods that each add a hook to the list of [`Hooks`] of their name.
+macro_rules! add_hook {
+    ($($(#[$doc:meta])* $list:ident;)*) => {$(
+        $(#[$doc])*
+        pub fn $list<F, Fut>(mut self, hook: F) -> Self
+        where
+            F: FnOnce() -> Fut + Send + 'static,
+            Fut: Future<Output = Result<(), BoxError>> + Send + 'static,
+        {
+            let hook: Hook = Box::new(move || Box::pin(hook()));
+            self.hooks.$list.push(hook);
+            self
+        }
+    )*};
+}
+
 #[derive(Default)]
 struct Hooks {
     before_start: Vec<Hook>,
@@ -210,45 +226,16 @@ impl App {
         handle_signals(enabled): bool,
     }
 
-    /// Runs `hook` before the first component starts (migrations, say); an error stops the
-    /// start like a component's.
-    pub fn before_start<F, Fut>(mut self, hook: F) -> Self
-    where
-        F: FnOnce() -> Fut + Send + 'static,
-        Fut: Future<Output = Result<(), BoxError>> + Send + 'static,
-    {
-        self.hooks.before_start.push(boxed(hook));
-        self
-    }
-
-    /// Runs `hook` once every component started, before the app reports itself started.
-    pub fn after_start<F, Fut>(mut self, hook: F) -> Self
-    where
-        F: FnOnce() -> Fut + Send + 'static,
-        Fut: Future<Output = Result<(), BoxError>> + Send + 'static,
-    {
-        self.hooks.after_start.push(boxed(hook));
-        self
-    }
-
-    /// Runs `hook` when shutdown begins, right after readiness turned red.
-    pub fn before_stop<F, Fut>(mut self, hook: F) -> Self
-    where
-        F: FnOnce() -> Fut + Send + 'static,
-        Fut: Future<Output = Result<(), BoxError>> + Send + 'static,
-    {
-        self.hooks.before_stop.push(boxed(hook));
-        self
-    }
-
-    /// Runs `hook` once every component but telemetry stopped.
-    pub fn after_stop<F, Fut>(mut self, hook: F) -> Self
-    where
-        F: FnOnce() -> Fut + Send + 'static,
-        Fut: Future<Output = Result<(), BoxError>> + Send + 'static,
-    {
-        self.hooks.after_stop.push(boxed(hook));
-        self
+    add_hook! {
+        /// Runs `hook` before the first component starts (migrations, say); an error stops the
+        /// start like a component's.
+        before_start;
+        /// Runs `hook` once every component started, before the app reports itself started.
+        after_start;
+        /// Runs `hook` when shutdown begins, right after readiness turned red.
+        before_stop;
+        /// Runs `hook` once every component but telemetry stopped.
+        after_stop;
     }
 
     /// Starts every component, runs until the stop signal, then shuts down in stages; see the
@@ -429,14 +416,6 @@ fn report(name: &str, outcome: Result<(), Error>) -> Result<(), Error> {
         Err(e) => eprintln!("{name}: stopped with error: {e}"),
     }
     outcome
-}
-
-fn boxed<F, Fut>(hook: F) -> Hook
-where
-    F: FnOnce() -> Fut + Send + 'static,
-    Fut: Future<Output = Result<(), BoxError>> + Send + 'static,
-{
-    Box::new(move || Box::pin(hook()))
 }
 
 async fn run_hooks(which: &str, hooks: &mut Vec<Hook>) {

@@ -184,75 +184,34 @@ impl ResiliencePolicy {
     /// Validates the policy and creates its shared state. Fails with
     /// [`ErrorKind::InvalidConfig`](crate::ErrorKind::InvalidConfig) if any part is invalid.
     pub fn build(&self) -> Result<ResilienceLayer, Error> {
-        let named = |n: &str| -> Option<String> {
-            match &self.name {
-                Some(name) if n == "default" => Some(name.clone()),
-                _ => None,
-            }
-        };
         let mut attempt_timeout = self.timeout;
-        let retry = match &self.retry {
-            Some(config) => {
-                let mut config = config.clone();
-                if let Some(name) = named(&config.name) {
-                    config.name = name;
-                }
-                let mut layer = BackoffRetryLayer::new(config)?;
-                if let Some(t) = layer.take_attempt_timeout() {
-                    if attempt_timeout.is_some_and(|own| own != t) {
-                        return Err(Error::invalid_config(
-                            "policy: set either `timeout` or `retry.attempt_timeout`, not both",
-                        ));
-                    }
-                    attempt_timeout = Some(t);
-                }
-                Some(layer)
+        let mut retry = self.part(&self.retry, |c| &mut c.name, BackoffRetryLayer::new)?;
+        if let Some(t) = retry
+            .as_mut()
+            .and_then(BackoffRetryLayer::take_attempt_timeout)
+        {
+            if attempt_timeout.is_some_and(|own| own != t) {
+                return Err(Error::invalid_config(
+                    "policy: set either `timeout` or `retry.attempt_timeout`, not both",
+                ));
             }
-            None => None,
-        };
+            attempt_timeout = Some(t);
+        }
         if attempt_timeout == Some(Duration::ZERO) {
             return Err(Error::invalid_config("policy: timeout must be positive"));
         }
-        let circuit_breaker = match &self.circuit_breaker {
-            Some(config) => {
-                let mut config = config.clone();
-                if let Some(name) = named(config.get_name()) {
-                    config = config.name(name);
-                }
-                Some(CircuitBreakerLayer::new(config)?)
-            }
-            None => None,
-        };
-        let bulkhead = match &self.bulkhead {
-            Some(config) => {
-                let mut config = config.clone();
-                if let Some(name) = named(&config.name) {
-                    config.name = name;
-                }
-                Some(BulkheadLayer::new(config)?)
-            }
-            None => None,
-        };
-        let adaptive_limit = match &self.adaptive_limit {
-            Some(config) => {
-                let mut config = config.clone();
-                if let Some(name) = named(&config.name) {
-                    config.name = name;
-                }
-                Some(AdaptiveLimitLayer::new(config)?)
-            }
-            None => None,
-        };
-        let rate_limit = match &self.rate_limit {
-            Some(config) => {
-                let mut config = config.clone();
-                if let Some(name) = named(&config.name) {
-                    config.name = name;
-                }
-                Some(RateLimiterLayer::new(config)?)
-            }
-            None => None,
-        };
+        let circuit_breaker = self.part(
+            &self.circuit_breaker,
+            |c| &mut c.name,
+            CircuitBreakerLayer::new,
+        )?;
+        let bulkhead = self.part(&self.bulkhead, |c| &mut c.name, BulkheadLayer::new)?;
+        let adaptive_limit = self.part(
+            &self.adaptive_limit,
+            |c| &mut c.name,
+            AdaptiveLimitLayer::new,
+        )?;
+        let rate_limit = self.part(&self.rate_limit, |c| &mut c.name, RateLimiterLayer::new)?;
         Ok(ResilienceLayer {
             timeout: TimeLimiterLayer::optional(attempt_timeout),
             circuit_breaker,
@@ -261,6 +220,26 @@ impl ResiliencePolicy {
             adaptive_limit,
             rate_limit,
         })
+    }
+
+    /// The layer of a configured part: `config` renamed to the policy's name while still
+    /// called `"default"`, then built by `layer`. `name` picks the configuration's name.
+    fn part<C: Clone, L>(
+        &self,
+        config: &Option<C>,
+        name: fn(&mut C) -> &mut String,
+        layer: impl FnOnce(C) -> Result<L, Error>,
+    ) -> Result<Option<L>, Error> {
+        let Some(config) = config else {
+            return Ok(None);
+        };
+        let mut config = config.clone();
+        if let Some(policy_name) = &self.name
+            && name(&mut config) == "default"
+        {
+            policy_name.clone_into(name(&mut config));
+        }
+        layer(config).map(Some)
     }
 }
 

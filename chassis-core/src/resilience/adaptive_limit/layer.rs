@@ -1,6 +1,5 @@
 //! [`AdaptiveLimitLayer`]: holds one limiter and wraps services in it.
 
-use std::fmt;
 use std::sync::Arc;
 
 use tower_layer::Layer;
@@ -11,17 +10,9 @@ use crate::Error;
 
 /// Builds [`AdaptiveLimit`] services that all share one limiter: one layer stands for one
 /// downstream (client side) or one server (server side).
-#[derive(Clone)]
+#[derive(Clone, Debug)]
 pub struct AdaptiveLimitLayer {
     pub(crate) limiter: Arc<Limiter>,
-}
-
-impl fmt::Debug for AdaptiveLimitLayer {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("AdaptiveLimitLayer")
-            .field("limiter", &self.limiter)
-            .finish()
-    }
 }
 
 impl AdaptiveLimitLayer {

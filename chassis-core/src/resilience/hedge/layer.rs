@@ -5,8 +5,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
-use tower_layer::Layer;
-
 use super::config::{HedgeConfig, Latencies};
 use super::service::Hedge;
 use crate::Error;
@@ -112,15 +110,8 @@ impl<P, K> HedgeLayer<P, K> {
     }
 }
 
-impl<S, P: Clone, K: Clone> Layer<S> for HedgeLayer<P, K> {
-    type Service = Hedge<S, P, K>;
-
-    fn layer(&self, inner: S) -> Self::Service {
-        Hedge {
-            inner,
-            shared: self.shared.clone(),
-            predicate: self.predicate.clone(),
-            cloner: self.cloner.clone(),
-        }
-    }
-}
+crate::__impl_layer!(<P: Clone, K: Clone> HedgeLayer<P, K> => Hedge<S, P, K> {
+    shared,
+    predicate,
+    cloner,
+});
