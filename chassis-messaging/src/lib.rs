@@ -86,6 +86,8 @@ pub mod memory;
 pub mod message;
 pub mod saga;
 pub mod sql;
+#[cfg(test)]
+mod test_support;
 pub mod version;
 
 pub use amqp::connection::{Connection, ConnectionConfig};

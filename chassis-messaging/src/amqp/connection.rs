@@ -180,28 +180,15 @@ impl ConnectionConfig {
             .collect()
     }
 
-    /// Sets [`operation_timeout`](Self::operation_timeout).
-    pub fn operation_timeout(mut self, d: Duration) -> Self {
-        self.operation_timeout = d;
-        self
-    }
-
-    /// Sets [`initial_connect_timeout`](Self::initial_connect_timeout).
-    pub fn initial_connect_timeout(mut self, d: Duration) -> Self {
-        self.initial_connect_timeout = d;
-        self
-    }
-
-    /// Sets [`min_backoff`](Self::min_backoff).
-    pub fn min_backoff(mut self, d: Duration) -> Self {
-        self.min_backoff = d;
-        self
-    }
-
-    /// Sets [`max_backoff`](Self::max_backoff).
-    pub fn max_backoff(mut self, d: Duration) -> Self {
-        self.max_backoff = d;
-        self
+    chassis_core::__builder_setters! {
+        /// Sets [`operation_timeout`](Self::operation_timeout).
+        operation_timeout: Duration,
+        /// Sets [`initial_connect_timeout`](Self::initial_connect_timeout).
+        initial_connect_timeout: Duration,
+        /// Sets [`min_backoff`](Self::min_backoff).
+        min_backoff: Duration,
+        /// Sets [`max_backoff`](Self::max_backoff).
+        max_backoff: Duration,
     }
 
     fn validate(&self) -> Result<(), Error> {

@@ -292,77 +292,50 @@ fn panicked(panic: &(dyn std::any::Any + Send)) -> Outcome {
 
 /// Consumer settings.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct ConsumerConfig {
     /// Unacked deliveries the broker may push ahead (`basic.qos`). Defaults to 100.
-    #[serde(default = "default_prefetch")]
     pub prefetch: u16,
     /// Handlers running at once. Defaults to 16.
-    #[serde(default = "default_concurrency")]
     pub concurrency: usize,
     /// How long [`Consumer::shutdown`] lets in-flight handlers finish. Defaults to 30 s.
-    #[serde(with = "humantime_serde", default = "default_shutdown_timeout")]
+    #[serde(with = "humantime_serde")]
     pub shutdown_timeout: Duration,
     /// Publisher settings for retry and dead-letter republishing.
-    #[serde(default)]
     pub publisher: PublisherConfig,
     /// Per-key order: `"none"` or `"subject"` in configuration, or a key computed in code with
     /// [`partition_by`](Self::partition_by); see the [module docs](self#per-key-order-partitioned-consumers).
     /// Defaults to none: handlers run concurrently in any order.
-    #[serde(default)]
     pub partition: Partitioning,
     /// How often the queue's ready messages are polled (passive `queue.declare`) for the
     /// `messaging_queue_messages_ready` gauge; zero turns polling off. Defaults to 15 s.
-    #[serde(with = "humantime_serde", default = "default_queue_depth_interval")]
+    #[serde(with = "humantime_serde")]
     pub queue_depth_interval: Duration,
-}
-
-fn default_prefetch() -> u16 {
-    100
-}
-fn default_concurrency() -> usize {
-    16
-}
-fn default_shutdown_timeout() -> Duration {
-    Duration::from_secs(30)
-}
-fn default_queue_depth_interval() -> Duration {
-    Duration::from_secs(15)
 }
 
 impl Default for ConsumerConfig {
     fn default() -> Self {
         Self {
-            prefetch: default_prefetch(),
-            concurrency: default_concurrency(),
-            shutdown_timeout: default_shutdown_timeout(),
+            prefetch: 100,
+            concurrency: 16,
+            shutdown_timeout: Duration::from_secs(30),
             publisher: PublisherConfig::default(),
             partition: Partitioning::none(),
-            queue_depth_interval: default_queue_depth_interval(),
+            queue_depth_interval: Duration::from_secs(15),
         }
     }
 }
 
 impl ConsumerConfig {
-    /// Sets [`prefetch`](Self::prefetch).
-    pub fn prefetch(mut self, n: u16) -> Self {
-        self.prefetch = n;
-        self
-    }
-    /// Sets [`concurrency`](Self::concurrency).
-    pub fn concurrency(mut self, n: usize) -> Self {
-        self.concurrency = n;
-        self
-    }
-    /// Sets [`shutdown_timeout`](Self::shutdown_timeout).
-    pub fn shutdown_timeout(mut self, d: Duration) -> Self {
-        self.shutdown_timeout = d;
-        self
-    }
-    /// Sets [`queue_depth_interval`](Self::queue_depth_interval).
-    pub fn queue_depth_interval(mut self, d: Duration) -> Self {
-        self.queue_depth_interval = d;
-        self
+    chassis_core::__builder_setters! {
+        /// Sets [`prefetch`](Self::prefetch).
+        prefetch: u16,
+        /// Sets [`concurrency`](Self::concurrency).
+        concurrency: usize,
+        /// Sets [`shutdown_timeout`](Self::shutdown_timeout).
+        shutdown_timeout: Duration,
+        /// Sets [`queue_depth_interval`](Self::queue_depth_interval).
+        queue_depth_interval: Duration,
     }
     /// Handles the messages of one CloudEvents subject (the `cloudEvents:subject` header) one
     /// at a time, in arrival order, with [`concurrency`](Self::concurrency) subjects at once;

@@ -164,10 +164,9 @@ impl QueueControl {
         }
     }
 
-    /// Shows the counts of the consumer's [`counted`] handler. Defaults to none (depths only).
-    pub fn stats(mut self, stats: HandlerStats) -> Self {
-        self.stats = Some(stats);
-        self
+    chassis_core::__builder_setters! {
+        /// Shows the counts of the consumer's [`counted`] handler. Defaults to none (depths only).
+        stats: Some(HandlerStats),
     }
 
     /// The shared channel, opened (again) when there is none or the broker closed it (a

@@ -130,10 +130,7 @@ impl Injector for FieldTableInjector<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use opentelemetry::Context;
-    use opentelemetry::trace::{
-        SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState,
-    };
+    use opentelemetry::trace::TraceContextExt;
 
     #[test]
     fn over_long_header_names_are_left_out() {
@@ -164,14 +161,7 @@ mod tests {
         let table = to_field_table(&h);
         assert_eq!(from_field_table(&table), h);
 
-        let sc = SpanContext::new(
-            TraceId::from_hex("4bf92f3577b34da6a3ce929d0e0e4736").unwrap(),
-            SpanId::from_hex("00f067aa0ba902b7").unwrap(),
-            TraceFlags::SAMPLED,
-            true,
-            TraceState::default(),
-        );
-        let cx = Context::new().with_remote_span_context(sc.clone());
+        let cx = crate::test_support::sampled_context();
         let mut table = FieldTable::default();
         chassis_observability::propagation::inject_context(
             &cx,
@@ -180,6 +170,9 @@ mod tests {
         let headers = from_field_table(&table);
         let back =
             chassis_observability::propagation::extract_context(&HeaderMapExtractor(&headers));
-        assert_eq!(back.span().span_context().trace_id(), sc.trace_id());
+        assert_eq!(
+            back.span().span_context().trace_id(),
+            cx.span().span_context().trace_id()
+        );
     }
 }

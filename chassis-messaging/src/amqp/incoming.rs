@@ -256,23 +256,12 @@ impl IncomingMessage {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use opentelemetry::trace::{
-        SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState,
-    };
+    use opentelemetry::trace::{TraceContextExt, TraceId};
 
     #[test]
     fn trace_context_comes_from_the_headers_only() {
-        let current = SpanContext::new(
-            TraceId::from_hex("4bf92f3577b34da6a3ce929d0e0e4736").unwrap(),
-            SpanId::from_hex("00f067aa0ba902b7").unwrap(),
-            TraceFlags::SAMPLED,
-            false,
-            TraceState::default(),
-        );
         // The handler runs inside some context: a message without headers must not inherit it.
-        let _guard = opentelemetry::Context::new()
-            .with_remote_span_context(current)
-            .attach();
+        let _guard = crate::test_support::sampled_context().attach();
         let bare = IncomingMessage::from_outgoing(OutgoingMessage::new("x", "y", vec![]));
         assert!(!bare.trace_context().span().span_context().is_valid());
 

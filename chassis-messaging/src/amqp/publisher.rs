@@ -122,43 +122,31 @@ impl<P: Publish + ?Sized> Publish for Arc<P> {
 
 /// Publisher settings.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct PublisherConfig {
     /// Most unconfirmed messages in flight; further publishes wait for a slot. Defaults to 1000.
-    #[serde(default = "default_window")]
     pub max_in_flight: usize,
     /// Deadline for the broker's confirm (and for waiting for a window slot, and for
     /// publishing a nacked message again). Defaults to 10 s.
-    #[serde(with = "humantime_serde", default = "default_confirm_timeout")]
+    #[serde(with = "humantime_serde")]
     pub confirm_timeout: Duration,
-}
-
-fn default_window() -> usize {
-    1000
-}
-fn default_confirm_timeout() -> Duration {
-    Duration::from_secs(10)
 }
 
 impl Default for PublisherConfig {
     fn default() -> Self {
         Self {
-            max_in_flight: default_window(),
-            confirm_timeout: default_confirm_timeout(),
+            max_in_flight: 1000,
+            confirm_timeout: Duration::from_secs(10),
         }
     }
 }
 
 impl PublisherConfig {
-    /// Sets [`max_in_flight`](Self::max_in_flight).
-    pub fn max_in_flight(mut self, n: usize) -> Self {
-        self.max_in_flight = n;
-        self
-    }
-    /// Sets [`confirm_timeout`](Self::confirm_timeout).
-    pub fn confirm_timeout(mut self, d: Duration) -> Self {
-        self.confirm_timeout = d;
-        self
+    chassis_core::__builder_setters! {
+        /// Sets [`max_in_flight`](Self::max_in_flight).
+        max_in_flight: usize,
+        /// Sets [`confirm_timeout`](Self::confirm_timeout).
+        confirm_timeout: Duration,
     }
 }
 

@@ -175,10 +175,9 @@ impl ExchangeConfig {
         }
     }
 
-    /// Sets what a message that no queue is bound for means.
-    pub fn unroutable(mut self, policy: Unroutable) -> Self {
-        self.unroutable = policy;
-        self
+    chassis_core::__builder_setters! {
+        /// Sets what a message that no queue is bound for means.
+        unroutable: Unroutable,
     }
 }
 
@@ -300,10 +299,9 @@ impl RetryPolicy {
         }
     }
 
-    /// Sets the total attempt limit.
-    pub fn max_attempts(mut self, n: u32) -> Self {
-        self.max_attempts = Some(n);
-        self
+    chassis_core::__builder_setters! {
+        /// Sets the total attempt limit.
+        max_attempts: Some(u32),
     }
 
     /// The effective total attempt limit.
@@ -397,11 +395,10 @@ impl QueueConfig {
         }
     }
 
-    /// Sets the type of the dead-letter queue and the retry tiers (by default the type of
-    /// this queue).
-    pub fn retry_queue_type(mut self, t: QueueType) -> Self {
-        self.retry_queue_type = Some(t);
-        self
+    chassis_core::__builder_setters! {
+        /// Sets the type of the dead-letter queue and the retry tiers (by default the type of
+        /// this queue).
+        retry_queue_type: Some(QueueType),
     }
 
     /// The type the dead-letter queue and the retry tiers are declared with.
@@ -418,22 +415,13 @@ impl QueueConfig {
         self
     }
 
-    /// Sets the queue type.
-    pub fn queue_type(mut self, t: QueueType) -> Self {
-        self.queue_type = t;
-        self
-    }
-
-    /// Sets the retry policy.
-    pub fn retry(mut self, retry: RetryPolicy) -> Self {
-        self.retry = retry;
-        self
-    }
-
-    /// Sets the quorum delivery limit.
-    pub fn delivery_limit(mut self, n: u32) -> Self {
-        self.delivery_limit = n;
-        self
+    chassis_core::__builder_setters! {
+        /// Sets the queue type.
+        queue_type: QueueType,
+        /// Sets the retry policy.
+        retry: RetryPolicy,
+        /// Sets the quorum delivery limit.
+        delivery_limit: u32,
     }
 
     /// Name of the dead-letter exchange: `<name>.dlx`.

@@ -48,16 +48,11 @@ impl Default for SagaConfig {
 }
 
 impl SagaConfig {
-    /// Sets [`poll_interval`](Self::poll_interval).
-    pub fn poll_interval(mut self, d: Duration) -> Self {
-        self.poll_interval = d;
-        self
-    }
-
-    /// Sets [`batch`](Self::batch).
-    pub fn batch(mut self, n: u32) -> Self {
-        self.batch = n;
-        self
+    chassis_core::__builder_setters! {
+        /// Sets [`poll_interval`](Self::poll_interval).
+        poll_interval: Duration,
+        /// Sets [`batch`](Self::batch).
+        batch: u32,
     }
 }
 

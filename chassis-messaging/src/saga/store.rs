@@ -10,10 +10,10 @@ use std::future::Future;
 
 use sqlx::Pool;
 
-use crate::error::{Error, ErrorKind, Result};
+use crate::error::Result;
 use crate::sql::inbox::InboxDatabase;
 use crate::sql::outbox::OutboxDatabase;
-use crate::sql::schema::db_err;
+use crate::sql::schema::{db_err, execute, run_migrations};
 
 /// The table the saga migrations are tracked in (apart from the outbox's and the
 /// application's, so each evolves on its own).
@@ -129,203 +129,183 @@ pub trait SagaDatabase: OutboxDatabase + InboxDatabase {
 // parameters too); only PostgreSQL locks the loaded row, as SQLite's `BEGIN IMMEDIATE` (the
 // inbox's transaction) already holds the database's write lock.
 macro_rules! saga_database {
-    ($db:ty, $dir:literal, $lock:literal) => {
-        impl SagaDatabase for $db {
-            async fn migrate_sagas(pool: &Pool<Self>) -> Result<()> {
-                let mut migrator = sqlx::migrate!($dir);
-                migrator.dangerous_set_table_name(SAGA_MIGRATIONS_TABLE);
-                migrator
-                    .run(pool)
-                    .await
-                    .map_err(|e| Error::with_source(ErrorKind::Database, e))
+    ($module:ident, $db:ty, $dir:literal, $lock:literal) => {
+        mod $module {
+            use super::*;
+
+            /// Writes an instance's row with `sql`, whose parameters are the saga type and id,
+            /// the row's columns (`$3` to `$7`), now and `finished_at`; the rows it changed.
+            async fn write_saga(
+                conn: &mut <$db as sqlx::Database>::Connection,
+                sql: &'static str,
+                saga_type: &str,
+                saga_id: &str,
+                row: &StoredSaga,
+                now_ms: i64,
+            ) -> Result<u64> {
+                execute!(
+                    &mut *conn,
+                    sql,
+                    saga_type,
+                    saga_id,
+                    &row.state,
+                    &row.data,
+                    &row.compensations,
+                    &row.failure,
+                    row.version,
+                    now_ms,
+                    row.finished_at,
+                )
             }
 
-            async fn load_saga<'c>(
-                conn: &'c mut Self::Connection,
-                saga_type: &'c str,
-                saga_id: &'c str,
-            ) -> Result<Option<StoredSaga>> {
-                let row: Option<(String, String, String, Option<String>, i64, Option<i64>)> =
-                    sqlx::query_as(concat!(
-                        "SELECT state, data, compensations, failure, version, finished_at \
-                         FROM chassis_saga WHERE saga_type = $1 AND saga_id = $2",
-                        $lock
+            impl SagaDatabase for $db {
+                async fn migrate_sagas(pool: &Pool<Self>) -> Result<()> {
+                    run_migrations(sqlx::migrate!($dir), SAGA_MIGRATIONS_TABLE, pool).await
+                }
+
+                async fn load_saga<'c>(
+                    conn: &'c mut Self::Connection,
+                    saga_type: &'c str,
+                    saga_id: &'c str,
+                ) -> Result<Option<StoredSaga>> {
+                    let row: Option<(String, String, String, Option<String>, i64, Option<i64>)> =
+                        sqlx::query_as(concat!(
+                            "SELECT state, data, compensations, failure, version, finished_at \
+                             FROM chassis_saga WHERE saga_type = $1 AND saga_id = $2",
+                            $lock
+                        ))
+                        .bind(saga_type)
+                        .bind(saga_id)
+                        .fetch_optional(&mut *conn)
+                        .await
+                        .map_err(db_err)?;
+                    Ok(row.map(
+                        |(state, data, compensations, failure, version, finished_at)| StoredSaga {
+                            state,
+                            data,
+                            compensations,
+                            failure,
+                            version,
+                            finished_at,
+                        },
                     ))
+                }
+
+                async fn insert_saga<'c>(
+                    conn: &'c mut Self::Connection,
+                    saga_type: &'c str,
+                    saga_id: &'c str,
+                    row: &'c StoredSaga,
+                    now_ms: i64,
+                ) -> Result<()> {
+                    let sql = "INSERT INTO chassis_saga (saga_type, saga_id, state, data, \
+                               compensations, failure, version, created_at, updated_at, \
+                               finished_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8, $9)";
+                    write_saga(conn, sql, saga_type, saga_id, row, now_ms).await?;
+                    Ok(())
+                }
+
+                async fn update_saga<'c>(
+                    conn: &'c mut Self::Connection,
+                    saga_type: &'c str,
+                    saga_id: &'c str,
+                    row: &'c StoredSaga,
+                    now_ms: i64,
+                ) -> Result<bool> {
+                    let sql = "UPDATE chassis_saga SET state = $3, data = $4, compensations = $5, \
+                               failure = $6, version = $7, updated_at = $8, finished_at = $9 \
+                               WHERE saga_type = $1 AND saga_id = $2 AND version = $7 - 1";
+                    Ok(write_saga(conn, sql, saga_type, saga_id, row, now_ms).await? == 1)
+                }
+
+                async fn schedule_timeout<'c>(
+                    conn: &'c mut Self::Connection,
+                    saga_type: &'c str,
+                    saga_id: &'c str,
+                    name: &'c str,
+                    state: &'c str,
+                    due_at: i64,
+                ) -> Result<()> {
+                    let sql = "INSERT INTO chassis_saga_timeout (saga_type, saga_id, name, state, \
+                               due_at) VALUES ($1, $2, $3, $4, $5) \
+                               ON CONFLICT (saga_type, saga_id, name) \
+                               DO UPDATE SET state = excluded.state, due_at = excluded.due_at";
+                    execute!(&mut *conn, sql, saga_type, saga_id, name, state, due_at)?;
+                    Ok(())
+                }
+
+                async fn cancel_timeouts<'c>(
+                    conn: &'c mut Self::Connection,
+                    saga_type: &'c str,
+                    saga_id: &'c str,
+                    name: Option<&'c str>,
+                ) -> Result<()> {
+                    let sql = "DELETE FROM chassis_saga_timeout WHERE saga_type = $1 \
+                               AND saga_id = $2 AND ($3 IS NULL OR name = $3)";
+                    execute!(&mut *conn, sql, saga_type, saga_id, name)?;
+                    Ok(())
+                }
+
+                async fn take_timeout<'c>(
+                    conn: &'c mut Self::Connection,
+                    saga_type: &'c str,
+                    due: &'c DueTimeout,
+                ) -> Result<bool> {
+                    let sql = "DELETE FROM chassis_saga_timeout WHERE saga_type = $1 \
+                               AND saga_id = $2 AND name = $3 AND due_at = $4";
+                    let taken =
+                        execute!(&mut *conn, sql, saga_type, &due.saga_id, &due.name, due.due_at)?;
+                    Ok(taken == 1)
+                }
+
+                async fn due_timeouts(
+                    pool: &Pool<Self>,
+                    saga_type: &str,
+                    now_ms: i64,
+                    limit: i64,
+                ) -> Result<Vec<DueTimeout>> {
+                    let rows: Vec<(String, String, String, i64)> = sqlx::query_as(
+                        "SELECT saga_id, name, state, due_at FROM chassis_saga_timeout \
+                         WHERE saga_type = $1 AND due_at <= $2 ORDER BY due_at LIMIT $3",
+                    )
                     .bind(saga_type)
-                    .bind(saga_id)
-                    .fetch_optional(&mut *conn)
+                    .bind(now_ms)
+                    .bind(limit)
+                    .fetch_all(pool)
                     .await
                     .map_err(db_err)?;
-                Ok(row.map(
-                    |(state, data, compensations, failure, version, finished_at)| StoredSaga {
-                        state,
-                        data,
-                        compensations,
-                        failure,
-                        version,
-                        finished_at,
-                    },
-                ))
-            }
+                    Ok(rows
+                        .into_iter()
+                        .map(|(saga_id, name, state, due_at)| DueTimeout {
+                            saga_id,
+                            name,
+                            state,
+                            due_at,
+                        })
+                        .collect())
+                }
 
-            async fn insert_saga<'c>(
-                conn: &'c mut Self::Connection,
-                saga_type: &'c str,
-                saga_id: &'c str,
-                row: &'c StoredSaga,
-                now_ms: i64,
-            ) -> Result<()> {
-                sqlx::query(
-                    "INSERT INTO chassis_saga (saga_type, saga_id, state, data, compensations, \
-                     failure, version, created_at, updated_at, finished_at) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8, $9)",
-                )
-                .bind(saga_type)
-                .bind(saga_id)
-                .bind(&row.state)
-                .bind(&row.data)
-                .bind(&row.compensations)
-                .bind(&row.failure)
-                .bind(row.version)
-                .bind(now_ms)
-                .bind(row.finished_at)
-                .execute(&mut *conn)
-                .await
-                .map_err(db_err)?;
-                Ok(())
-            }
-
-            async fn update_saga<'c>(
-                conn: &'c mut Self::Connection,
-                saga_type: &'c str,
-                saga_id: &'c str,
-                row: &'c StoredSaga,
-                now_ms: i64,
-            ) -> Result<bool> {
-                let done = sqlx::query(
-                    "UPDATE chassis_saga SET state = $3, data = $4, compensations = $5, \
-                     failure = $6, version = $7, updated_at = $8, finished_at = $9 \
-                     WHERE saga_type = $1 AND saga_id = $2 AND version = $7 - 1",
-                )
-                .bind(saga_type)
-                .bind(saga_id)
-                .bind(&row.state)
-                .bind(&row.data)
-                .bind(&row.compensations)
-                .bind(&row.failure)
-                .bind(row.version)
-                .bind(now_ms)
-                .bind(row.finished_at)
-                .execute(&mut *conn)
-                .await
-                .map_err(db_err)?;
-                Ok(done.rows_affected() == 1)
-            }
-
-            async fn schedule_timeout<'c>(
-                conn: &'c mut Self::Connection,
-                saga_type: &'c str,
-                saga_id: &'c str,
-                name: &'c str,
-                state: &'c str,
-                due_at: i64,
-            ) -> Result<()> {
-                sqlx::query(
-                    "INSERT INTO chassis_saga_timeout (saga_type, saga_id, name, state, due_at) \
-                     VALUES ($1, $2, $3, $4, $5) ON CONFLICT (saga_type, saga_id, name) \
-                     DO UPDATE SET state = excluded.state, due_at = excluded.due_at",
-                )
-                .bind(saga_type)
-                .bind(saga_id)
-                .bind(name)
-                .bind(state)
-                .bind(due_at)
-                .execute(&mut *conn)
-                .await
-                .map_err(db_err)?;
-                Ok(())
-            }
-
-            async fn cancel_timeouts<'c>(
-                conn: &'c mut Self::Connection,
-                saga_type: &'c str,
-                saga_id: &'c str,
-                name: Option<&'c str>,
-            ) -> Result<()> {
-                sqlx::query(
-                    "DELETE FROM chassis_saga_timeout WHERE saga_type = $1 AND saga_id = $2 \
-                     AND ($3 IS NULL OR name = $3)",
-                )
-                .bind(saga_type)
-                .bind(saga_id)
-                .bind(name)
-                .execute(&mut *conn)
-                .await
-                .map_err(db_err)?;
-                Ok(())
-            }
-
-            async fn take_timeout<'c>(
-                conn: &'c mut Self::Connection,
-                saga_type: &'c str,
-                due: &'c DueTimeout,
-            ) -> Result<bool> {
-                let done = sqlx::query(
-                    "DELETE FROM chassis_saga_timeout WHERE saga_type = $1 AND saga_id = $2 \
-                     AND name = $3 AND due_at = $4",
-                )
-                .bind(saga_type)
-                .bind(&due.saga_id)
-                .bind(&due.name)
-                .bind(due.due_at)
-                .execute(&mut *conn)
-                .await
-                .map_err(db_err)?;
-                Ok(done.rows_affected() == 1)
-            }
-
-            async fn due_timeouts(
-                pool: &Pool<Self>,
-                saga_type: &str,
-                now_ms: i64,
-                limit: i64,
-            ) -> Result<Vec<DueTimeout>> {
-                let rows: Vec<(String, String, String, i64)> = sqlx::query_as(
-                    "SELECT saga_id, name, state, due_at FROM chassis_saga_timeout \
-                     WHERE saga_type = $1 AND due_at <= $2 ORDER BY due_at LIMIT $3",
-                )
-                .bind(saga_type)
-                .bind(now_ms)
-                .bind(limit)
-                .fetch_all(pool)
-                .await
-                .map_err(db_err)?;
-                Ok(rows
-                    .into_iter()
-                    .map(|(saga_id, name, state, due_at)| DueTimeout {
-                        saga_id,
-                        name,
-                        state,
-                        due_at,
-                    })
-                    .collect())
-            }
-
-            async fn next_due(pool: &Pool<Self>, saga_type: &str) -> Result<Option<i64>> {
-                let (next,): (Option<i64>,) = sqlx::query_as(
-                    "SELECT min(due_at) FROM chassis_saga_timeout WHERE saga_type = $1",
-                )
-                .bind(saga_type)
-                .fetch_one(pool)
-                .await
-                .map_err(db_err)?;
-                Ok(next)
+                async fn next_due(pool: &Pool<Self>, saga_type: &str) -> Result<Option<i64>> {
+                    let (next,): (Option<i64>,) = sqlx::query_as(
+                        "SELECT min(due_at) FROM chassis_saga_timeout WHERE saga_type = $1",
+                    )
+                    .bind(saga_type)
+                    .fetch_one(pool)
+                    .await
+                    .map_err(db_err)?;
+                    Ok(next)
+                }
             }
         }
     };
 }
 
 #[cfg(feature = "sqlite")]
-saga_database!(sqlx::Sqlite, "./migrations/saga/sqlite", "");
+saga_database!(sqlite, sqlx::Sqlite, "./migrations/saga/sqlite", "");
 #[cfg(feature = "postgres")]
-saga_database!(sqlx::Postgres, "./migrations/saga/postgres", " FOR UPDATE");
+saga_database!(
+    postgres,
+    sqlx::Postgres,
+    "./migrations/saga/postgres",
+    " FOR UPDATE"
+);

@@ -65,6 +65,8 @@ use sqlx::{Pool, Transaction};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+use super::schema::execute;
 use super::schema::{SchemaDatabase, db_err, now_ms};
 use crate::amqp::consumer::{Handler, Outcome};
 use crate::amqp::incoming::IncomingMessage;
@@ -89,41 +91,39 @@ pub trait InboxDatabase: SchemaDatabase {
     fn purge(pool: &Pool<Self>, before_ms: i64) -> impl Future<Output = Result<u64>> + Send;
 }
 
+// Recording and purging are the same statements on both databases (SQLite reads `$n` as
+// numbered parameters too); only how the transaction begins differs.
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+macro_rules! inbox_statements {
+    () => {
+        async fn record<'c>(
+            tx: &'c mut Transaction<'static, Self>,
+            consumer: &'c str,
+            message_id: &'c str,
+            now_ms: i64,
+        ) -> Result<bool> {
+            let sql = "INSERT INTO chassis_inbox (consumer, message_id, processed_at) \
+                       VALUES ($1, $2, $3) ON CONFLICT DO NOTHING";
+            Ok(execute!(&mut **tx, sql, consumer, message_id, now_ms)? == 1)
+        }
+
+        async fn purge(pool: &Pool<Self>, before_ms: i64) -> Result<u64> {
+            execute!(
+                pool,
+                "DELETE FROM chassis_inbox WHERE processed_at < $1",
+                before_ms
+            )
+        }
+    };
+}
+
 #[cfg(feature = "sqlite")]
 impl InboxDatabase for sqlx::Sqlite {
     async fn begin(pool: &Pool<Self>) -> Result<Transaction<'static, Self>> {
         pool.begin_with("BEGIN IMMEDIATE").await.map_err(db_err)
     }
 
-    async fn record<'c>(
-        tx: &'c mut Transaction<'static, Self>,
-        consumer: &'c str,
-        message_id: &'c str,
-        now_ms: i64,
-    ) -> Result<bool> {
-        {
-            let done = sqlx::query(
-                "INSERT INTO chassis_inbox (consumer, message_id, processed_at) VALUES (?1, ?2, ?3) \
-                 ON CONFLICT DO NOTHING",
-            )
-            .bind(consumer)
-            .bind(message_id)
-            .bind(now_ms)
-            .execute(&mut **tx)
-            .await
-            .map_err(db_err)?;
-            Ok(done.rows_affected() == 1)
-        }
-    }
-
-    async fn purge(pool: &Pool<Self>, before_ms: i64) -> Result<u64> {
-        let done = sqlx::query("DELETE FROM chassis_inbox WHERE processed_at < ?1")
-            .bind(before_ms)
-            .execute(pool)
-            .await
-            .map_err(db_err)?;
-        Ok(done.rows_affected())
-    }
+    inbox_statements!();
 }
 
 #[cfg(feature = "postgres")]
@@ -132,35 +132,7 @@ impl InboxDatabase for sqlx::Postgres {
         pool.begin().await.map_err(db_err)
     }
 
-    async fn record<'c>(
-        tx: &'c mut Transaction<'static, Self>,
-        consumer: &'c str,
-        message_id: &'c str,
-        now_ms: i64,
-    ) -> Result<bool> {
-        {
-            let done = sqlx::query(
-                "INSERT INTO chassis_inbox (consumer, message_id, processed_at) VALUES ($1, $2, $3) \
-                 ON CONFLICT DO NOTHING",
-            )
-            .bind(consumer)
-            .bind(message_id)
-            .bind(now_ms)
-            .execute(&mut **tx)
-            .await
-            .map_err(db_err)?;
-            Ok(done.rows_affected() == 1)
-        }
-    }
-
-    async fn purge(pool: &Pool<Self>, before_ms: i64) -> Result<u64> {
-        let done = sqlx::query("DELETE FROM chassis_inbox WHERE processed_at < $1")
-            .bind(before_ms)
-            .execute(pool)
-            .await
-            .map_err(db_err)?;
-        Ok(done.rows_affected())
-    }
+    inbox_statements!();
 }
 
 /// What [`Inbox::begin`] found.
@@ -213,16 +185,11 @@ impl Default for InboxRetention {
 }
 
 impl InboxRetention {
-    /// Sets [`keep`](Self::keep).
-    pub fn keep(mut self, d: Duration) -> Self {
-        self.keep = d;
-        self
-    }
-
-    /// Sets [`interval`](Self::interval).
-    pub fn interval(mut self, d: Duration) -> Self {
-        self.interval = d;
-        self
+    chassis_core::__builder_setters! {
+        /// Sets [`keep`](Self::keep).
+        keep: Duration,
+        /// Sets [`interval`](Self::interval).
+        interval: Duration,
     }
 }
 

@@ -37,12 +37,16 @@
 //! # }
 //! ```
 // Without a database feature nothing writes rows.
-#![cfg_attr(not(any(feature = "sqlite", feature = "postgres")), allow(dead_code))]
+#![cfg_attr(
+    not(any(feature = "sqlite", feature = "postgres")),
+    allow(dead_code, unused_macros)
+)]
 
 use std::future::Future;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use sqlx::Pool;
+use sqlx::migrate::{Migrate, Migrator};
 
 use crate::error::{Error, ErrorKind, Result};
 
@@ -71,25 +75,34 @@ pub async fn migrate<DB: SchemaDatabase>(pool: &Pool<DB>) -> Result<()> {
 #[cfg(feature = "sqlite")]
 impl SchemaDatabase for sqlx::Sqlite {
     async fn migrate(pool: &Pool<Self>) -> Result<()> {
-        let mut migrator = sqlx::migrate!("./migrations/sqlite");
-        migrator.dangerous_set_table_name(MIGRATIONS_TABLE);
-        migrator
-            .run(pool)
-            .await
-            .map_err(|e| Error::with_source(ErrorKind::Database, e))
+        let migrator = sqlx::migrate!("./migrations/sqlite");
+        run_migrations(migrator, MIGRATIONS_TABLE, pool).await
     }
 }
 
 #[cfg(feature = "postgres")]
 impl SchemaDatabase for sqlx::Postgres {
     async fn migrate(pool: &Pool<Self>) -> Result<()> {
-        let mut migrator = sqlx::migrate!("./migrations/postgres");
-        migrator.dangerous_set_table_name(MIGRATIONS_TABLE);
-        migrator
-            .run(pool)
-            .await
-            .map_err(|e| Error::with_source(ErrorKind::Database, e))
+        let migrator = sqlx::migrate!("./migrations/postgres");
+        run_migrations(migrator, MIGRATIONS_TABLE, pool).await
     }
+}
+
+/// Runs `migrator`'s migrations on `pool`, tracking them in `table`.
+pub(crate) async fn run_migrations<DB>(
+    mut migrator: Migrator,
+    table: &'static str,
+    pool: &Pool<DB>,
+) -> Result<()>
+where
+    DB: sqlx::Database,
+    DB::Connection: Migrate,
+{
+    migrator.dangerous_set_table_name(table);
+    migrator
+        .run(pool)
+        .await
+        .map_err(|e| Error::with_source(ErrorKind::Database, e))
 }
 
 /// Now, as Unix epoch milliseconds: the unit of every timestamp column.
@@ -104,3 +117,18 @@ pub(crate) fn now_ms() -> i64 {
 pub(crate) fn db_err(err: sqlx::Error) -> Error {
     Error::with_source(ErrorKind::Database, err)
 }
+
+/// Runs the statement `sql` on `executor` (a pool, or `&mut *conn`) with the arguments bound
+/// in order (`$1`, `$2`, ...): `Ok` with the number of rows it changed, or the
+/// [`ErrorKind::Database`] error.
+macro_rules! execute {
+    ($executor:expr, $sql:expr $(, $arg:expr)* $(,)?) => {
+        sqlx::query($sql)
+            $(.bind($arg))*
+            .execute($executor)
+            .await
+            .map(|done| done.rows_affected())
+            .map_err($crate::sql::schema::db_err)
+    };
+}
+pub(crate) use execute;

@@ -137,6 +137,113 @@ pub struct NewRow<'a> {
     pub created_at_ms: i64,
 }
 
+/// Runs the insert `sql` with a [`NewRow`]'s columns bound as `$1` to `$11`: subject,
+/// exchange, routing key, message id, type, content type, correlation id, timestamp,
+/// headers (JSON), body, created at.
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+macro_rules! insert_row {
+    ($conn:expr, $sql:expr, $row:expr) => {{
+        let row: &NewRow<'_> = $row;
+        let msg = row.message;
+        $crate::sql::schema::execute!(
+            $conn,
+            $sql,
+            row.subject,
+            &msg.exchange,
+            &msg.routing_key,
+            row.message_id,
+            msg.kind.as_deref(),
+            msg.content_type.as_deref(),
+            msg.correlation_id.as_deref(),
+            row.timestamp,
+            sqlx::types::Json(row.headers),
+            &msg.body,
+            row.created_at_ms,
+        )
+    }};
+}
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+pub(super) use insert_row;
+
+// The methods whose statements are the same on both databases (SQLite reads `$n` as numbered
+// parameters too). `requeue_clears` is what else a requeued row's SET clause clears (SQLite's
+// lease); `purge_also` the statements `purge_sent` runs after deleting the sent rows, with the
+// same cutoff as `$1`.
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+macro_rules! shared_methods {
+    (requeue_clears: $clears:literal, purge_also: [$($purge_also:literal),*]) => {
+        async fn purge_sent(
+            pool: &sqlx::Pool<Self>,
+            sent_before_ms: i64,
+        ) -> $crate::error::Result<u64> {
+            let purged = $crate::sql::schema::execute!(
+                pool,
+                "DELETE FROM chassis_outbox WHERE status = 'sent' AND sent_at < $1",
+                sent_before_ms
+            )?;
+            $( $crate::sql::schema::execute!(pool, $purge_also, sent_before_ms)?; )*
+            Ok(purged)
+        }
+
+        async fn parked(
+            pool: &sqlx::Pool<Self>,
+            limit: i64,
+        ) -> $crate::error::Result<Vec<$crate::sql::outbox::ParkedRow>> {
+            let rows = sqlx::query(
+                "SELECT id, subject, message_id, attempts, last_error, created_at \
+                 FROM chassis_outbox WHERE status = 'parked' ORDER BY id LIMIT $1",
+            )
+            .bind(limit)
+            .fetch_all(pool)
+            .await
+            .map_err($crate::sql::schema::db_err)?;
+            rows.iter()
+                .map($crate::sql::outbox::store::parked_row)
+                .collect::<std::result::Result<_, _>>()
+                .map_err($crate::sql::schema::db_err)
+        }
+
+        async fn requeue_parked(pool: &sqlx::Pool<Self>, now: i64) -> $crate::error::Result<u64> {
+            let sql = concat!(
+                "UPDATE chassis_outbox SET status = 'pending', attempts = 0, available_at = $1",
+                $clears,
+                " WHERE status = 'parked'"
+            );
+            $crate::sql::schema::execute!(pool, sql, now)
+        }
+
+        async fn requeue_parked_row(
+            pool: &sqlx::Pool<Self>,
+            id: i64,
+            now: i64,
+        ) -> $crate::error::Result<bool> {
+            let sql = concat!(
+                "UPDATE chassis_outbox SET status = 'pending', attempts = 0, available_at = $1",
+                $clears,
+                " WHERE status = 'parked' AND id = $2"
+            );
+            Ok($crate::sql::schema::execute!(pool, sql, now, id)? == 1)
+        }
+
+        async fn stats(
+            pool: &sqlx::Pool<Self>,
+        ) -> $crate::error::Result<$crate::sql::outbox::OutboxStats> {
+            let rows = sqlx::query($crate::sql::outbox::store::STATS_SQL)
+                .fetch_all(pool)
+                .await
+                .map_err($crate::sql::schema::db_err)?;
+            $crate::sql::outbox::store::stats_from_rows(&rows).map_err($crate::sql::schema::db_err)
+        }
+
+        async fn ping(pool: &sqlx::Pool<Self>) -> std::result::Result<(), sqlx::Error> {
+            sqlx::query("SELECT 1").execute(pool).await?;
+            Ok(())
+        }
+    };
+}
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+pub(super) use shared_methods;
+
 /// The outbox on one database. Cheap to clone: clones share the pool and the commit signal.
 ///
 /// `Outbox<Sqlite>` is also `SqliteOutbox`, `Outbox<Postgres>` `PgOutbox`; what only one

@@ -47,18 +47,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use sqlx::postgres::{PgConnection, PgListener, PgPool, Postgres};
-use sqlx::types::Json;
 use sqlx::{Row, Transaction};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use super::database::{NewRow, Outbox, OutboxDatabase};
+use super::database::{NewRow, Outbox, OutboxDatabase, insert_row, shared_methods};
 use super::store::{
-    OutboxStats, ParkedRow, PendingRow, RowOutcome, STATS_SQL, STATUS_PARKED, STATUS_PENDING,
-    SentPolicy, heads_only, parked_row, pending_row, stats_from_rows,
+    PendingRow, RowOutcome, STATUS_PARKED, STATUS_PENDING, SentPolicy, heads_only, pending_row,
 };
 use crate::error::Result;
-use crate::sql::schema::{db_err, now_ms};
+use crate::sql::schema::{db_err, execute, now_ms};
 
 /// The outbox on a PostgreSQL database.
 pub type PgOutbox = Outbox<Postgres>;
@@ -90,81 +88,28 @@ impl OutboxDatabase for Postgres {
     fn new_state() {}
 
     async fn insert(conn: &mut PgConnection, row: &NewRow<'_>) -> Result<()> {
-        let msg = row.message;
         if let Some(subject) = row.subject {
-            sqlx::query(
-                "INSERT INTO chassis_outbox_subjects (subject, last_enqueued_at) VALUES ($1, $2) \
-                 ON CONFLICT (subject) DO UPDATE SET last_enqueued_at = EXCLUDED.last_enqueued_at",
-            )
-            .bind(subject)
-            .bind(row.created_at_ms)
-            .execute(&mut *conn)
-            .await
-            .map_err(db_err)?;
+            let sql = "INSERT INTO chassis_outbox_subjects (subject, last_enqueued_at) \
+                       VALUES ($1, $2) ON CONFLICT (subject) \
+                       DO UPDATE SET last_enqueued_at = EXCLUDED.last_enqueued_at";
+            execute!(&mut *conn, sql, subject, row.created_at_ms)?;
         }
-        sqlx::query(
-            "WITH row AS (INSERT INTO chassis_outbox (subject, message_id, created_at, \
-             available_at) VALUES ($1, $4, $11, $11) RETURNING id) \
-             INSERT INTO chassis_outbox_messages (id, exchange, routing_key, amqp_type, \
-             content_type, correlation_id, amqp_timestamp, headers, body) \
-             SELECT id, $2, $3, $5, $6, $7, $8, $9, $10 FROM row",
-        )
-        .bind(row.subject)
-        .bind(&msg.exchange)
-        .bind(&msg.routing_key)
-        .bind(row.message_id)
-        .bind(msg.kind.as_deref())
-        .bind(msg.content_type.as_deref())
-        .bind(msg.correlation_id.as_deref())
-        .bind(row.timestamp)
-        .bind(Json(row.headers))
-        .bind(&msg.body)
-        .bind(row.created_at_ms)
-        .execute(&mut *conn)
-        .await
-        .map_err(db_err)?;
+        let sql = "WITH row AS (INSERT INTO chassis_outbox (subject, message_id, created_at, \
+                   available_at) VALUES ($1, $4, $11, $11) RETURNING id) \
+                   INSERT INTO chassis_outbox_messages (id, exchange, routing_key, amqp_type, \
+                   content_type, correlation_id, amqp_timestamp, headers, body) \
+                   SELECT id, $2, $3, $5, $6, $7, $8, $9, $10 FROM row";
+        insert_row!(&mut *conn, sql, row)?;
         Ok(())
     }
 
-    async fn parked(pool: &PgPool, limit: i64) -> Result<Vec<ParkedRow>> {
-        let rows = sqlx::query(
-            "SELECT id, subject, message_id, attempts, last_error, created_at FROM chassis_outbox \
-             WHERE status = 'parked' ORDER BY id LIMIT $1",
-        )
-        .bind(limit)
-        .fetch_all(pool)
-        .await
-        .map_err(db_err)?;
-        rows.iter()
-            .map(parked_row)
-            .collect::<std::result::Result<_, _>>()
-            .map_err(db_err)
-    }
-
-    async fn requeue_parked(pool: &PgPool, now: i64) -> Result<u64> {
-        let done = sqlx::query(
-            "UPDATE chassis_outbox SET status = 'pending', attempts = 0, available_at = $1 \
-             WHERE status = 'parked'",
-        )
-        .bind(now)
-        .execute(pool)
-        .await
-        .map_err(db_err)?;
-        Ok(done.rows_affected())
-    }
-
-    async fn requeue_parked_row(pool: &PgPool, id: i64, now: i64) -> Result<bool> {
-        let done = sqlx::query(
-            "UPDATE chassis_outbox SET status = 'pending', attempts = 0, available_at = $1 \
-             WHERE status = 'parked' AND id = $2",
-        )
-        .bind(now)
-        .bind(id)
-        .execute(pool)
-        .await
-        .map_err(db_err)?;
-        Ok(done.rows_affected() == 1)
-    }
+    shared_methods!(
+        requeue_clears: "",
+        // A subject row being upserted right now is locked; the DELETE waits and then
+        // re-checks `last_enqueued_at`, which the upsert just refreshed, so a live subject is
+        // never lost.
+        purge_also: ["DELETE FROM chassis_outbox_subjects WHERE last_enqueued_at < $1"]
+    );
 
     async fn claim(
         pool: &PgPool,
@@ -324,30 +269,6 @@ impl OutboxDatabase for Postgres {
         tx.commit().await.map_err(db_err)
     }
 
-    async fn stats(pool: &PgPool) -> Result<OutboxStats> {
-        let rows = sqlx::query(STATS_SQL)
-            .fetch_all(pool)
-            .await
-            .map_err(db_err)?;
-        stats_from_rows(&rows).map_err(db_err)
-    }
-
-    async fn purge_sent(pool: &PgPool, sent_before_ms: i64) -> Result<u64> {
-        let done = sqlx::query("DELETE FROM chassis_outbox WHERE status = 'sent' AND sent_at < $1")
-            .bind(sent_before_ms)
-            .execute(pool)
-            .await
-            .map_err(db_err)?;
-        // A subject row being upserted right now is locked; the DELETE waits and then re-checks
-        // `last_enqueued_at`, which the upsert just refreshed, so a live subject is never lost.
-        sqlx::query("DELETE FROM chassis_outbox_subjects WHERE last_enqueued_at < $1")
-            .bind(sent_before_ms)
-            .execute(pool)
-            .await
-            .map_err(db_err)?;
-        Ok(done.rows_affected())
-    }
-
     async fn watch(pool: &PgPool, notify: Arc<Notify>, token: CancellationToken) {
         let retry = Duration::from_secs(1);
         loop {
@@ -367,11 +288,6 @@ impl OutboxDatabase for Postgres {
                 }
             }
         }
-    }
-
-    async fn ping(pool: &PgPool) -> std::result::Result<(), sqlx::Error> {
-        sqlx::query("SELECT 1").execute(pool).await?;
-        Ok(())
     }
 }
 

@@ -113,65 +113,31 @@ impl Default for RelayConfig {
 }
 
 impl RelayConfig {
-    /// Sets [`batch_size`](Self::batch_size).
-    pub fn batch_size(mut self, n: usize) -> Self {
-        self.batch_size = n;
-        self
-    }
-    /// Sets [`batches_in_flight`](Self::batches_in_flight).
-    pub fn batches_in_flight(mut self, n: usize) -> Self {
-        self.batches_in_flight = n;
-        self
-    }
-    /// Sets [`poll_interval`](Self::poll_interval).
-    pub fn poll_interval(mut self, d: Duration) -> Self {
-        self.poll_interval = d;
-        self
-    }
-    /// Sets [`publish_timeout`](Self::publish_timeout).
-    pub fn publish_timeout(mut self, d: Duration) -> Self {
-        self.publish_timeout = d;
-        self
-    }
-    /// Sets [`max_attempts`](Self::max_attempts).
-    pub fn max_attempts(mut self, n: u32) -> Self {
-        self.max_attempts = n;
-        self
-    }
-    /// Sets [`retry_delay`](Self::retry_delay).
-    pub fn retry_delay(mut self, d: Duration) -> Self {
-        self.retry_delay = d;
-        self
-    }
-    /// Sets [`backoff_initial`](Self::backoff_initial).
-    pub fn backoff_initial(mut self, d: Duration) -> Self {
-        self.backoff_initial = d;
-        self
-    }
-    /// Sets [`backoff_max`](Self::backoff_max).
-    pub fn backoff_max(mut self, d: Duration) -> Self {
-        self.backoff_max = d;
-        self
-    }
-    /// Sets [`lease`](Self::lease).
-    pub fn lease(mut self, d: Duration) -> Self {
-        self.lease = d;
-        self
-    }
-    /// Sets [`sent_retention`](Self::sent_retention).
-    pub fn sent_retention(mut self, d: Duration) -> Self {
-        self.sent_retention = d;
-        self
-    }
-    /// Sets [`cleanup_interval`](Self::cleanup_interval).
-    pub fn cleanup_interval(mut self, d: Duration) -> Self {
-        self.cleanup_interval = d;
-        self
-    }
-    /// Sets [`stats_interval`](Self::stats_interval).
-    pub fn stats_interval(mut self, d: Duration) -> Self {
-        self.stats_interval = d;
-        self
+    chassis_core::__builder_setters! {
+        /// Sets [`batch_size`](Self::batch_size).
+        batch_size: usize,
+        /// Sets [`batches_in_flight`](Self::batches_in_flight).
+        batches_in_flight: usize,
+        /// Sets [`poll_interval`](Self::poll_interval).
+        poll_interval: Duration,
+        /// Sets [`publish_timeout`](Self::publish_timeout).
+        publish_timeout: Duration,
+        /// Sets [`max_attempts`](Self::max_attempts).
+        max_attempts: u32,
+        /// Sets [`retry_delay`](Self::retry_delay).
+        retry_delay: Duration,
+        /// Sets [`backoff_initial`](Self::backoff_initial).
+        backoff_initial: Duration,
+        /// Sets [`backoff_max`](Self::backoff_max).
+        backoff_max: Duration,
+        /// Sets [`lease`](Self::lease).
+        lease: Duration,
+        /// Sets [`sent_retention`](Self::sent_retention).
+        sent_retention: Duration,
+        /// Sets [`cleanup_interval`](Self::cleanup_interval).
+        cleanup_interval: Duration,
+        /// Sets [`stats_interval`](Self::stats_interval).
+        stats_interval: Duration,
     }
 
     /// Checks the values are usable.

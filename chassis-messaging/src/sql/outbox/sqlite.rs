@@ -42,10 +42,9 @@ use sqlx::sqlite::{Sqlite, SqliteConnection, SqlitePool};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use super::database::{NewRow, Outbox, OutboxDatabase};
+use super::database::{NewRow, Outbox, OutboxDatabase, insert_row, shared_methods};
 use super::store::{
-    OutboxStats, ParkedRow, PendingRow, RowOutcome, STATS_SQL, STATUS_PARKED, STATUS_PENDING,
-    SentPolicy, message_from_parts, parked_row, stats_from_rows,
+    PendingRow, RowOutcome, STATUS_PARKED, STATUS_PENDING, SentPolicy, StoredMessage,
 };
 use crate::error::{Error, ErrorKind, Result};
 use crate::sql::schema::{db_err, now_ms};
@@ -89,22 +88,8 @@ impl SqliteOutbox {
 }
 
 /// One claimed row as the claim's `json_array` lists it: the bookkeeping columns, then the
-/// message's (body in hex).
-type BatchRow = (
-    i64,
-    Option<String>,
-    i64,
-    i32,
-    String,
-    String,
-    String,
-    Option<String>,
-    Option<String>,
-    Option<String>,
-    Option<i64>,
-    String,
-    String,
-);
+/// message's (an array of their own), then its body in hex.
+type BatchRow = (i64, Option<String>, i64, i32, StoredMessage, String);
 
 /// Parses one of the claim's JSON arrays; the shape is the claim's own SQL, so a mismatch is a
 /// database error (not one row's).
@@ -127,38 +112,12 @@ fn decode_batch(json: &str) -> Result<Vec<PendingRow>> {
     let mut rows: Vec<PendingRow> = rows
         .into_iter()
         .map(
-            |(
+            |(id, subject, created_at_ms, attempts, stored, body)| PendingRow {
                 id,
                 subject,
                 created_at_ms,
                 attempts,
-                exchange,
-                routing_key,
-                message_id,
-                kind,
-                content_type,
-                correlation_id,
-                timestamp,
-                headers,
-                body,
-            )| PendingRow {
-                id,
-                subject,
-                created_at_ms,
-                attempts,
-                message: from_hex(&body).and_then(|body| {
-                    message_from_parts(
-                        exchange,
-                        routing_key,
-                        message_id,
-                        kind,
-                        content_type,
-                        correlation_id,
-                        timestamp,
-                        &headers,
-                        body,
-                    )
-                }),
+                message: from_hex(&body).and_then(|body| stored.into_message(body)),
             },
         )
         .collect();
@@ -224,72 +183,20 @@ impl OutboxDatabase for Sqlite {
     }
 
     async fn insert(conn: &mut SqliteConnection, row: &NewRow<'_>) -> Result<()> {
-        let msg = row.message;
-        let headers = serde_json::to_string(row.headers)?;
         // The bookkeeping row, then its message under the same id (one round trip).
-        sqlx::query(
-            "INSERT INTO chassis_outbox (subject, message_id, created_at, available_at) \
-             VALUES (?1, ?4, ?11, ?11); \
-             INSERT INTO chassis_outbox_messages (id, exchange, routing_key, amqp_type, \
-             content_type, correlation_id, amqp_timestamp, headers, body) \
-             VALUES (last_insert_rowid(), ?2, ?3, ?5, ?6, ?7, ?8, ?9, ?10)",
-        )
-        .bind(row.subject)
-        .bind(&msg.exchange)
-        .bind(&msg.routing_key)
-        .bind(row.message_id)
-        .bind(msg.kind.as_deref())
-        .bind(msg.content_type.as_deref())
-        .bind(msg.correlation_id.as_deref())
-        .bind(row.timestamp)
-        .bind(headers)
-        .bind(&msg.body)
-        .bind(row.created_at_ms)
-        .execute(&mut *conn)
-        .await
-        .map_err(db_err)?;
+        let sql = "INSERT INTO chassis_outbox (subject, message_id, created_at, available_at) \
+                   VALUES ($1, $4, $11, $11); \
+                   INSERT INTO chassis_outbox_messages (id, exchange, routing_key, amqp_type, \
+                   content_type, correlation_id, amqp_timestamp, headers, body) \
+                   VALUES (last_insert_rowid(), $2, $3, $5, $6, $7, $8, $9, $10)";
+        insert_row!(&mut *conn, sql, row)?;
         Ok(())
     }
 
-    async fn parked(pool: &SqlitePool, limit: i64) -> Result<Vec<ParkedRow>> {
-        let rows = sqlx::query(
-            "SELECT id, subject, message_id, attempts, last_error, created_at FROM chassis_outbox \
-             WHERE status = 'parked' ORDER BY id LIMIT ?1",
-        )
-        .bind(limit)
-        .fetch_all(pool)
-        .await
-        .map_err(db_err)?;
-        rows.iter()
-            .map(parked_row)
-            .collect::<std::result::Result<_, _>>()
-            .map_err(db_err)
-    }
-
-    async fn requeue_parked(pool: &SqlitePool, now: i64) -> Result<u64> {
-        let done = sqlx::query(
-            "UPDATE chassis_outbox SET status = 'pending', attempts = 0, available_at = ?1, \
-             locked_until = NULL, lock_owner = NULL WHERE status = 'parked'",
-        )
-        .bind(now)
-        .execute(pool)
-        .await
-        .map_err(db_err)?;
-        Ok(done.rows_affected())
-    }
-
-    async fn requeue_parked_row(pool: &SqlitePool, id: i64, now: i64) -> Result<bool> {
-        let done = sqlx::query(
-            "UPDATE chassis_outbox SET status = 'pending', attempts = 0, available_at = ?1, \
-             locked_until = NULL, lock_owner = NULL WHERE status = 'parked' AND id = ?2",
-        )
-        .bind(now)
-        .bind(id)
-        .execute(pool)
-        .await
-        .map_err(db_err)?;
-        Ok(done.rows_affected() == 1)
-    }
+    shared_methods!(
+        requeue_clears: ", locked_until = NULL, lock_owner = NULL",
+        purge_also: []
+    );
 
     async fn claim(
         pool: &SqlitePool,
@@ -348,8 +255,8 @@ impl OutboxDatabase for Sqlite {
         let ids = json_ids(ids.into_iter());
         let batch: Option<String> = sqlx::query_scalar(
             "SELECT json_group_array(json_array(o.id, o.subject, o.created_at, o.attempts, \
-             m.exchange, m.routing_key, o.message_id, m.amqp_type, m.content_type, \
-             m.correlation_id, m.amqp_timestamp, m.headers, hex(m.body))) \
+             json_array(m.exchange, m.routing_key, o.message_id, m.amqp_type, m.content_type, \
+             m.correlation_id, m.amqp_timestamp, m.headers), hex(m.body))) \
              FROM chassis_outbox o JOIN chassis_outbox_messages m ON m.id = o.id \
              WHERE o.id IN (SELECT value FROM json_each(?1))",
         )
@@ -489,30 +396,8 @@ impl OutboxDatabase for Sqlite {
         Ok(())
     }
 
-    async fn stats(pool: &SqlitePool) -> Result<OutboxStats> {
-        let rows = sqlx::query(STATS_SQL)
-            .fetch_all(pool)
-            .await
-            .map_err(db_err)?;
-        stats_from_rows(&rows).map_err(db_err)
-    }
-
-    async fn purge_sent(pool: &SqlitePool, sent_before_ms: i64) -> Result<u64> {
-        let done = sqlx::query("DELETE FROM chassis_outbox WHERE status = 'sent' AND sent_at < ?1")
-            .bind(sent_before_ms)
-            .execute(pool)
-            .await
-            .map_err(db_err)?;
-        Ok(done.rows_affected())
-    }
-
     // No cross-connection notification: the relay wakes on `notify_committed` and polls.
     async fn watch(_pool: &SqlitePool, _notify: Arc<Notify>, _token: CancellationToken) {}
-
-    async fn ping(pool: &SqlitePool) -> std::result::Result<(), sqlx::Error> {
-        sqlx::query("SELECT 1").execute(pool).await?;
-        Ok(())
-    }
 }
 
 #[cfg(test)]
@@ -549,10 +434,10 @@ mod tests {
     #[test]
     fn batch_rows_come_back_in_id_order_and_a_damaged_message_fails_alone() {
         let json = r#"[
-            [7, "a", 100, 0, "ex", "rk", "m7", null, "application/json", null, null, "{}", "6869"],
-            [3, null, 90, 2, "ex", "rk", "m3", "t", null, "c", 5, "{\"h\":\"v\"}", ""],
-            [9, "b", 110, 0, "ex", "rk", "m9", null, null, null, null, "{oops", "00"],
-            [8, "b", 105, 0, "ex", "rk", "m8", null, null, null, null, "{}", "XY"]
+            [7, "a", 100, 0, ["ex", "rk", "m7", null, "application/json", null, null, "{}"], "6869"],
+            [3, null, 90, 2, ["ex", "rk", "m3", "t", null, "c", 5, "{\"h\":\"v\"}"], ""],
+            [9, "b", 110, 0, ["ex", "rk", "m9", null, null, null, null, "{oops"], "00"],
+            [8, "b", 105, 0, ["ex", "rk", "m8", null, null, null, null, "{}"], "XY"]
         ]"#;
         let rows = decode_batch(json).unwrap();
         assert_eq!(rows.iter().map(|r| r.id).collect::<Vec<_>>(), [3, 7, 8, 9]);

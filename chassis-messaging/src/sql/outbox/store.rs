@@ -265,56 +265,65 @@ where
     for<'r> String: Decode<'r, R::Database> + Type<R::Database>,
     for<'r> Vec<u8>: Decode<'r, R::Database> + Type<R::Database>,
 {
-    let headers: String = row.try_get(9)?;
+    let stored = StoredMessage {
+        exchange: row.try_get(2)?,
+        routing_key: row.try_get(3)?,
+        message_id: row.try_get(4)?,
+        kind: row.try_get(5)?,
+        content_type: row.try_get(6)?,
+        correlation_id: row.try_get(7)?,
+        timestamp: row.try_get(8)?,
+        headers: row.try_get(9)?,
+    };
     Ok(PendingRow {
         id: row.try_get(0)?,
         subject: row.try_get(1)?,
-        message: message_from_parts(
-            row.try_get(2)?,
-            row.try_get(3)?,
-            row.try_get(4)?,
-            row.try_get(5)?,
-            row.try_get(6)?,
-            row.try_get(7)?,
-            row.try_get(8)?,
-            &headers,
-            row.try_get(10)?,
-        ),
+        message: stored.into_message(row.try_get(10)?),
         created_at_ms: row.try_get(11)?,
         attempts: row.try_get(12)?,
     })
 }
 
-/// Rebuilds a message from the columns of a row.
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn message_from_parts(
-    exchange: String,
-    routing_key: String,
-    message_id: String,
-    kind: Option<String>,
-    content_type: Option<String>,
-    correlation_id: Option<String>,
-    timestamp: Option<i64>,
-    headers: &str,
-    body: Vec<u8>,
-) -> std::result::Result<OutgoingMessage, String> {
-    let headers: BTreeMap<String, HeaderValue> =
-        serde_json::from_str(headers).map_err(|e| format!("stored headers are invalid: {e}"))?;
-    let timestamp = match timestamp {
-        Some(t) => Some(u64::try_from(t).map_err(|_| format!("stored timestamp {t} is negative"))?),
-        None => None,
-    };
-    Ok(OutgoingMessage {
-        exchange,
-        routing_key,
-        message_id: Some(message_id),
-        kind,
-        content_type,
-        correlation_id,
-        timestamp,
-        headers,
-        body,
-    })
+/// A stored message's columns but its body, in the order the claims read them (headers as
+/// JSON text); the SQLite claim reads them as one JSON array.
+#[derive(Debug, serde::Deserialize)]
+pub(crate) struct StoredMessage {
+    pub(crate) exchange: String,
+    pub(crate) routing_key: String,
+    pub(crate) message_id: String,
+    pub(crate) kind: Option<String>,
+    pub(crate) content_type: Option<String>,
+    pub(crate) correlation_id: Option<String>,
+    pub(crate) timestamp: Option<i64>,
+    pub(crate) headers: String,
+}
+
+impl StoredMessage {
+    /// Rebuilds the message, with `body`.
+    pub(crate) fn into_message(
+        self,
+        body: Vec<u8>,
+    ) -> std::result::Result<OutgoingMessage, String> {
+        let headers: BTreeMap<String, HeaderValue> = serde_json::from_str(&self.headers)
+            .map_err(|e| format!("stored headers are invalid: {e}"))?;
+        let timestamp = match self.timestamp {
+            Some(t) => {
+                Some(u64::try_from(t).map_err(|_| format!("stored timestamp {t} is negative"))?)
+            }
+            None => None,
+        };
+        Ok(OutgoingMessage {
+            exchange: self.exchange,
+            routing_key: self.routing_key,
+            message_id: Some(self.message_id),
+            kind: self.kind,
+            content_type: self.content_type,
+            correlation_id: self.correlation_id,
+            timestamp,
+            headers,
+            body,
+        })
+    }
 }
 
 /// Keeps only the candidates that are heads of their subject.
@@ -462,23 +471,13 @@ pub(crate) mod tests {
 
     #[test]
     fn stored_headers_capture_the_current_trace_unless_one_is_set() {
-        use opentelemetry::trace::{SpanContext, SpanId, TraceFlags, TraceId, TraceState};
         let msg = OutgoingMessage::new("x", "y", vec![]).header("a", "b");
         assert!(
             matches!(stored_headers(&msg), Cow::Borrowed(_)),
             "no context, no change"
         );
 
-        let sc = SpanContext::new(
-            TraceId::from_hex("4bf92f3577b34da6a3ce929d0e0e4736").unwrap(),
-            SpanId::from_hex("00f067aa0ba902b7").unwrap(),
-            TraceFlags::SAMPLED,
-            true,
-            TraceState::default(),
-        );
-        let _guard = opentelemetry::Context::new()
-            .with_remote_span_context(sc)
-            .attach();
+        let _guard = crate::test_support::sampled_context().attach();
         let stored = stored_headers(&msg);
         assert_eq!(
             stored[TRACEPARENT],
@@ -499,33 +498,22 @@ pub(crate) mod tests {
 
     #[test]
     fn stored_parts_round_trip() {
-        let msg = message_from_parts(
-            "ex".into(),
-            "rk".into(),
-            "id".into(),
-            Some("t".into()),
-            None,
-            None,
-            Some(5),
-            r#"{"a":"b","n":1,"f":true}"#,
-            b"body".to_vec(),
-        )
-        .unwrap();
+        let stored = |headers: &str| StoredMessage {
+            exchange: "ex".into(),
+            routing_key: "rk".into(),
+            message_id: "id".into(),
+            kind: Some("t".into()),
+            content_type: None,
+            correlation_id: None,
+            timestamp: Some(5),
+            headers: headers.into(),
+        };
+        let msg = stored(r#"{"a":"b","n":1,"f":true}"#)
+            .into_message(b"body".to_vec())
+            .unwrap();
         assert_eq!(msg.headers["n"], HeaderValue::Int(1));
         assert_eq!(msg.timestamp, Some(5));
-        assert!(
-            message_from_parts(
-                "e".into(),
-                "r".into(),
-                "i".into(),
-                None,
-                None,
-                None,
-                None,
-                "{",
-                vec![]
-            )
-            .is_err()
-        );
+        assert_eq!(msg.message_id.as_deref(), Some("id"));
+        assert!(stored("{").into_message(vec![]).is_err());
     }
 }
