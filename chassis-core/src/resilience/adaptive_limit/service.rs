@@ -88,7 +88,7 @@ where
             Admission::Shed => {
                 self.limiter.rejected.increment(1);
                 tracing::debug!(adaptive_limit = %self.limiter.name, "adaptive limit reached: call shed");
-                ResponseFuture::shed(self.limiter.rejection())
+                ResponseFuture::rejected(self.limiter.rejection())
             }
             Admission::Undecided => {
                 panic!(
