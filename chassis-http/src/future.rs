@@ -1,6 +1,8 @@
-//! [`ResponseFuture`]: the response future of the layers that either pass a request on, answer
-//! it themselves, or run a boxed sequence of their own around the inner call (the bearer-token
-//! layers, the idempotency and response-cache layers).
+//! The response futures shared by several layers: [`ResponseFuture`], for the layers that
+//! either pass a request on, answer it themselves, or run a boxed sequence of their own around
+//! the inner call (the bearer-token layers, the idempotency and response-cache layers); and
+//! [`Finishing`], for the layers that do their part once the inner service's future completes
+//! (request id, access log, RED metrics, gRPC metrics).
 
 use std::fmt;
 use std::future::Future;
@@ -85,6 +87,105 @@ where
             StateProj::Answered { response } => Poll::Ready(Ok(response
                 .take()
                 .expect("ResponseFuture polled after completion"))),
+        }
+    }
+}
+
+/// A layer's part in a request once the inner service's future has completed: it sees (and may
+/// change) the result. What must happen once is kept in an `Option` the hook takes; what must
+/// happen when the future is dropped before completing (the client went away), in the hook's
+/// `Drop`.
+pub trait Finish<T> {
+    /// What the layer's future completes with.
+    type Output;
+
+    /// The layer's future's output for the inner future's `result`.
+    fn finish(&mut self, result: T) -> Self::Output;
+}
+
+pin_project! {
+    /// The inner service's future, whose result goes through the layer's hook `H`: the
+    /// response future of the layers that add to a request on its way out (a header, a log
+    /// line, a metric) without holding it up.
+    pub struct Finishing<F, H> {
+        #[pin]
+        inner: F,
+        hook: H,
+    }
+}
+
+impl<F, H> Finishing<F, H> {
+    pub(crate) fn new(inner: F, hook: H) -> Self {
+        Self { inner, hook }
+    }
+}
+
+impl<F, H> fmt::Debug for Finishing<F, H> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ResponseFuture").finish_non_exhaustive()
+    }
+}
+
+impl<F, H> Future for Finishing<F, H>
+where
+    F: Future,
+    H: Finish<F::Output>,
+{
+    type Output = H::Output;
+
+    #[inline]
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let result = ready!(this.inner.poll(cx));
+        Poll::Ready(this.hook.finish(result))
+    }
+}
+
+/// A layer that only reads how a request ended (a log line, a metric): the status of the
+/// response, 500 for an error of the inner service.
+pub trait OnStatus: Sized {
+    /// The request ended with `status`.
+    fn on_status(self, status: u16);
+
+    /// The request's future was dropped before it completed (the client went away).
+    fn on_drop(self) {}
+}
+
+/// The [`Finish`] hook of an [`OnStatus`] layer: the result passes through unchanged. `None`
+/// when the layer has nothing to do for this request.
+pub struct Observe<H: OnStatus>(Option<H>);
+
+impl<H: OnStatus> fmt::Debug for Observe<H> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Observe").finish_non_exhaustive()
+    }
+}
+
+impl<H: OnStatus> Observe<H> {
+    pub(crate) fn new(hook: Option<H>) -> Self {
+        Self(hook)
+    }
+}
+
+impl<H: OnStatus, B, E> Finish<Result<Response<B>, E>> for Observe<H> {
+    type Output = Result<Response<B>, E>;
+
+    #[inline]
+    fn finish(&mut self, result: Result<Response<B>, E>) -> Self::Output {
+        if let Some(hook) = self.0.take() {
+            hook.on_status(match &result {
+                Ok(response) => response.status().as_u16(),
+                Err(_) => 500,
+            });
+        }
+        result
+    }
+}
+
+impl<H: OnStatus> Drop for Observe<H> {
+    fn drop(&mut self) {
+        if let Some(hook) = self.0.take() {
+            hook.on_drop();
         }
     }
 }

@@ -27,7 +27,6 @@
 //! # }
 //! ```
 
-use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 use std::time::Instant;
@@ -42,6 +41,7 @@ use tower_service::Service;
 
 use super::code::{code_label, grpc_code};
 use crate::body::{Body, BoxError, boxed};
+use crate::future::{Finish, Finishing};
 
 /// Records `rpc_server_call_duration_seconds`; see the [module docs](self).
 #[derive(Debug, Clone, Copy, Default)]
@@ -90,10 +90,7 @@ where
     fn call(&mut self, req: Request<ReqB>) -> Self::Future {
         let (service, method) = rpc_names(req.uri().path()).unwrap_or(("_OTHER", "_OTHER"));
         let call = Call::new(names::RPC_SERVER_CALL_DURATION, service, method, None);
-        ResponseFuture {
-            inner: self.inner.call(req),
-            call: Some(call),
-        }
+        Finishing::new(self.inner.call(req), hook::Recording(Some(call)))
     }
 }
 
@@ -165,40 +162,29 @@ impl Drop for Call {
     }
 }
 
-pin_project! {
-    /// The response future of [`GrpcMetrics`].
-    pub struct ResponseFuture<F> {
-        #[pin]
-        inner: F,
-        call: Option<Call>,
-    }
+/// The response future of [`GrpcMetrics`].
+pub type ResponseFuture<F> = Finishing<F, hook::Recording>;
+
+mod hook {
+    /// The call to record, once the response's status is known.
+    #[derive(Debug)]
+    pub struct Recording(pub(super) Option<super::Call>);
 }
 
-impl<F> std::fmt::Debug for ResponseFuture<F> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ResponseFuture")
-            .field("call", &self.call)
-            .finish_non_exhaustive()
-    }
-}
-
-impl<F, ResB, E> Future for ResponseFuture<F>
+impl<ResB, E> Finish<Result<Response<ResB>, E>> for hook::Recording
 where
-    F: Future<Output = Result<Response<ResB>, E>>,
     ResB: http_body::Body<Data = Bytes> + Send + 'static,
     ResB::Error: Into<BoxError>,
 {
     type Output = Result<Response<Body>, E>;
 
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let this = self.project();
-        let result = ready!(this.inner.poll(cx));
-        let mut call = this.call.take().expect("polled after completion");
+    fn finish(&mut self, result: Result<Response<ResB>, E>) -> Self::Output {
+        let mut call = self.0.take().expect("polled after completion");
         match result {
-            Ok(response) => Poll::Ready(Ok(observed(response, call))),
+            Ok(response) => Ok(observed(response, call)),
             Err(err) => {
                 call.code = Some(Code::Internal);
-                Poll::Ready(Err(err))
+                Err(err)
             }
         }
     }

@@ -63,22 +63,19 @@
 //! # }
 //! ```
 
-use std::fmt;
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::task::{Context, Poll, ready};
 use std::time::{Duration, Instant};
 
 use http::{Method, Request, Response, Uri};
 use opentelemetry::trace::TraceId;
-use pin_project_lite::pin_project;
 use serde::Deserialize;
 use tower_service::Service;
 
+use self::hook::Entry;
 use super::request_id::RequestId;
 use crate::error::{Error, ErrorKind, REQUEST_TRACE_ID};
+use crate::future::{Finishing, Observe, OnStatus};
 
 /// Target of the access-log events.
 pub const ACCESS_LOG_TARGET: &str = "chassis_http::access";
@@ -296,23 +293,27 @@ where
                 policy: self.policy.clone(),
             })
         });
-        ResponseFuture {
-            inner: self.inner.call(req),
-            entry,
-        }
+        Finishing::new(self.inner.call(req), Observe::new(entry))
     }
 }
 
-struct Entry {
-    start: Instant,
-    method: Method,
-    uri: Uri,
-    request_id: Option<RequestId>,
-    policy: Arc<Policy>,
+mod hook {
+    use super::*;
+
+    /// A request that may get a line: written when its response head is ready, or with 499
+    /// when its future is dropped first.
+    #[derive(Debug)]
+    pub struct Entry {
+        pub(super) start: Instant,
+        pub(super) method: Method,
+        pub(super) uri: Uri,
+        pub(super) request_id: Option<RequestId>,
+        pub(super) policy: Arc<Policy>,
+    }
 }
 
-impl Entry {
-    fn finish(self, status: u16) {
+impl OnStatus for Box<Entry> {
+    fn on_status(self, status: u16) {
         let elapsed = self.start.elapsed();
         if !self.policy.should_log(status, elapsed) {
             return;
@@ -330,6 +331,10 @@ impl Entry {
             trace_id,
             "request completed"
         );
+    }
+
+    fn on_drop(self) {
+        self.on_status(499);
     }
 }
 
@@ -368,48 +373,8 @@ fn trace_id_hex(id: TraceId, buf: &mut [u8; 32]) -> &str {
     std::str::from_utf8(buf).expect("hex digits are ASCII")
 }
 
-pin_project! {
-    /// Response future of [`AccessLogService`].
-    pub struct ResponseFuture<F> {
-        #[pin]
-        inner: F,
-        entry: Option<Box<Entry>>,
-    }
-
-    impl<F> PinnedDrop for ResponseFuture<F> {
-        fn drop(this: Pin<&mut Self>) {
-            if let Some(entry) = this.project().entry.take() {
-                entry.finish(499);
-            }
-        }
-    }
-}
-
-impl<F> fmt::Debug for ResponseFuture<F> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ResponseFuture").finish_non_exhaustive()
-    }
-}
-
-impl<F, ResB, E> Future for ResponseFuture<F>
-where
-    F: Future<Output = Result<Response<ResB>, E>>,
-{
-    type Output = Result<Response<ResB>, E>;
-
-    #[inline]
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let this = self.project();
-        let result = ready!(this.inner.poll(cx));
-        if let Some(entry) = this.entry.take() {
-            entry.finish(match &result {
-                Ok(res) => res.status().as_u16(),
-                Err(_) => 500,
-            });
-        }
-        Poll::Ready(result)
-    }
-}
+/// Response future of [`AccessLogService`].
+pub type ResponseFuture<F> = Finishing<F, Observe<Box<Entry>>>;
 
 #[cfg(test)]
 mod tests {

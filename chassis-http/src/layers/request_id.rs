@@ -28,14 +28,12 @@
 
 use std::cell::Cell;
 use std::fmt;
-use std::future::Future;
-use std::pin::Pin;
-use std::task::{Context, Poll, ready};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use http::{HeaderName, HeaderValue, Request, Response};
-use pin_project_lite::pin_project;
 use tower_service::Service;
+
+use crate::future::{Finish, Finishing};
 
 /// The `x-request-id` header.
 pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -186,42 +184,30 @@ where
         };
         let value = id.0.clone();
         req.extensions_mut().insert(id);
-        ResponseFuture {
-            inner: self.inner.call(req),
-            header: Some((self.header.clone(), value)),
-        }
+        let echo = hook::EchoId(Some((self.header.clone(), value)));
+        Finishing::new(self.inner.call(req), echo)
     }
 }
 
-pin_project! {
-    /// Response future of [`RequestIdService`].
-    pub struct ResponseFuture<F> {
-        #[pin]
-        inner: F,
-        header: Option<(HeaderName, HeaderValue)>,
-    }
+/// Response future of [`RequestIdService`].
+pub type ResponseFuture<F> = Finishing<F, hook::EchoId>;
+
+mod hook {
+    /// The id header to set on the response, unless the handler set it itself.
+    #[derive(Debug)]
+    pub struct EchoId(pub(super) Option<(super::HeaderName, super::HeaderValue)>);
 }
 
-impl<F> fmt::Debug for ResponseFuture<F> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ResponseFuture").finish_non_exhaustive()
-    }
-}
-
-impl<F, ResB, E> Future for ResponseFuture<F>
-where
-    F: Future<Output = Result<Response<ResB>, E>>,
-{
+impl<ResB, E> Finish<Result<Response<ResB>, E>> for hook::EchoId {
     type Output = Result<Response<ResB>, E>;
 
     #[inline]
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let this = self.project();
-        let mut res = ready!(this.inner.poll(cx))?;
-        if let Some((name, value)) = this.header.take() {
+    fn finish(&mut self, result: Result<Response<ResB>, E>) -> Self::Output {
+        let mut res = result?;
+        if let Some((name, value)) = self.0.take() {
             res.headers_mut().entry(name).or_insert(value);
         }
-        Poll::Ready(Ok(res))
+        Ok(res)
     }
 }
 

@@ -40,18 +40,16 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::{Arc, PoisonError, RwLock};
-use std::task::{Context, Poll, ready};
 use std::time::Instant;
 
 use ::metrics::{Gauge, Histogram, Recorder, SharedString};
 use http::{Method, Request, Response};
-use pin_project_lite::pin_project;
 use tower_service::Service;
 
+use self::hook::Pending;
 use super::{RouteTemplate, status_str};
+use crate::future::{Finishing, Observe, OnStatus};
 
 use chassis_core::metric_catalogue::labels::{
     HTTP_REQUEST_METHOD, HTTP_RESPONSE_STATUS_CODE, HTTP_ROUTE,
@@ -273,16 +271,14 @@ where
         let route = RouteTemplate::of(req.extensions());
         let active = self.handles.active_requests(method);
         active.increment(1.0);
-        ResponseFuture {
-            inner: self.inner.call(req),
-            state: Some(Pending {
-                start: Instant::now(),
-                method,
-                route,
-                handles: self.handles.clone(),
-                active: ActiveGuard(active),
-            }),
-        }
+        let pending = Pending {
+            start: Instant::now(),
+            method,
+            route,
+            handles: self.handles.clone(),
+            active: ActiveGuard(active),
+        };
+        Finishing::new(self.inner.call(req), Observe::new(Some(pending)))
     }
 }
 
@@ -294,59 +290,43 @@ impl Drop for ActiveGuard {
     }
 }
 
-struct Pending {
-    start: Instant,
-    method: usize,
-    route: Option<RouteTemplate>,
-    handles: Arc<Handles>,
-    // Decrements the gauge when the request completes or is dropped (client went away).
-    #[allow(dead_code)]
-    active: ActiveGuard,
+mod hook {
+    use super::*;
+
+    /// A request being counted: its duration recorded when the response head is ready; the
+    /// active-requests gauge decremented then or when its future is dropped first.
+    pub struct Pending {
+        pub(super) start: Instant,
+        pub(super) method: usize,
+        pub(super) route: Option<RouteTemplate>,
+        pub(super) handles: Arc<Handles>,
+        // Decrements the gauge when the request completes or is dropped (client went away).
+        #[allow(dead_code)]
+        pub(super) active: ActiveGuard,
+    }
+
+    chassis_core::__debug_fields!(Pending {
+        start,
+        method,
+        route
+    });
 }
 
-pin_project! {
-    /// Response future of [`ServerMetricsService`].
-    pub struct ResponseFuture<F> {
-        #[pin]
-        inner: F,
-        state: Option<Pending>,
+impl OnStatus for Pending {
+    fn on_status(self, status: u16) {
+        let elapsed = self.start.elapsed().as_secs_f64();
+        self.handles
+            .request_duration(
+                self.method,
+                self.route.as_ref().map(RouteTemplate::as_str),
+                status,
+            )
+            .record(elapsed);
     }
 }
 
-impl<F> fmt::Debug for ResponseFuture<F> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ResponseFuture").finish_non_exhaustive()
-    }
-}
-
-impl<F, ResB, E> Future for ResponseFuture<F>
-where
-    F: Future<Output = Result<Response<ResB>, E>>,
-{
-    type Output = Result<Response<ResB>, E>;
-
-    #[inline]
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let this = self.project();
-        let result = ready!(this.inner.poll(cx));
-        if let Some(pending) = this.state.take() {
-            let status = match &result {
-                Ok(res) => res.status().as_u16(),
-                Err(_) => 500,
-            };
-            let elapsed = pending.start.elapsed().as_secs_f64();
-            pending
-                .handles
-                .request_duration(
-                    pending.method,
-                    pending.route.as_ref().map(RouteTemplate::as_str),
-                    status,
-                )
-                .record(elapsed);
-        }
-        Poll::Ready(result)
-    }
-}
+/// Response future of [`ServerMetricsService`].
+pub type ResponseFuture<F> = Finishing<F, Observe<Pending>>;
 
 #[cfg(test)]
 mod tests {
