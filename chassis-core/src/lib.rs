@@ -49,6 +49,7 @@ pub use service::ServiceInfo;
 #[doc(hidden)]
 pub mod __private {
     pub use tower_layer::Layer;
+    pub use tower_service::Service;
 }
 
 // The README's example is compiled and run as a doctest, so the crate's front page stays true.

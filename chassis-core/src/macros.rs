@@ -389,6 +389,58 @@ macro_rules! __impl_layer {
     };
 }
 
+/// The `impl Service<Req>` of a middleware service `Name<S>` that boxes its errors: it wraps
+/// an `S: Service<Req>` whose error converts into [`BoxError`](crate::BoxError), answers with
+/// `S::Response` and fails with `BoxError`. The caller gives the future type and the bodies
+/// of `poll_ready` and `call`, in which `S` and `Req` name the wrapped service's and the
+/// request's types. A service with other bounds or generics writes its impl by hand.
+///
+/// ```
+/// use std::task::{Context, Poll};
+/// use chassis_core::BoxError;
+/// use futures_util::TryFutureExt;
+/// use futures_util::future::ErrInto;
+/// use tower::{Service, ServiceExt, service_fn};
+///
+/// pub struct Boxing<S> {
+///     inner: S,
+/// }
+///
+/// chassis_core::__impl_boxed_service!(Boxing => ErrInto<S::Future, BoxError> {
+///     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+///         self.inner.poll_ready(cx).map_err(Into::into)
+///     }
+///
+///     fn call(&mut self, req: Req) -> Self::Future {
+///         self.inner.call(req).err_into()
+///     }
+/// });
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// let svc = Boxing { inner: service_fn(|()| async { Err::<(), _>(std::io::Error::other("x")) }) };
+/// let err: BoxError = svc.oneshot(()).await.unwrap_err();
+/// assert_eq!(err.to_string(), "x");
+/// # }
+/// ```
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __impl_boxed_service {
+    ($service:ident => $future:ty { $($body:tt)* }) => {
+        impl<S, Req> $crate::__private::Service<Req> for $service<S>
+        where
+            S: $crate::__private::Service<Req>,
+            S::Error: ::core::convert::Into<$crate::BoxError>,
+        {
+            type Response = S::Response;
+            type Error = $crate::BoxError;
+            type Future = $future;
+
+            $($body)*
+        }
+    };
+}
+
 /// The `poll_ready` of a middleware service that is ready when its wrapped service `inner`
 /// is. Use inside `impl Service for ..`, whose `Error` is the wrapped service's (or converts
 /// from it with `From`: write `(into)`).

@@ -53,11 +53,10 @@ use serde::Deserialize;
 use tokio::sync::Semaphore;
 use tokio_util::sync::ReusableBoxFuture;
 use tower_layer::Layer;
-use tower_service::Service;
 
 pub use super::future::ResponseFuture;
 use crate::metric_catalogue as names;
-use crate::{BoxError, ComponentName, Error, ErrorKind};
+use crate::{ComponentName, Error, ErrorKind};
 
 /// Configuration of a bulkhead. Deserializes from e.g.
 /// `{ name = "db", max_concurrent = 16, max_wait = "100ms" }`.
@@ -416,15 +415,7 @@ impl<S> Bulkhead<S> {
     }
 }
 
-impl<S, Req> Service<Req> for Bulkhead<S>
-where
-    S: Service<Req>,
-    S::Error: Into<BoxError>,
-{
-    type Response = S::Response;
-    type Error = BoxError;
-    type Future = ResponseFuture<S::Future>;
-
+crate::__impl_boxed_service!(Bulkhead => ResponseFuture<S::Future> {
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         if !ready!(self.poll_permit(cx)) {
             // NOTE: `call` sees `Rejected` and fails the call without touching `inner`.
@@ -448,15 +439,16 @@ where
             }
         }
     }
-}
+});
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::BoxError;
     use std::future::Future;
     use std::pin::Pin;
     use std::sync::atomic::AtomicUsize;
-    use tower::{ServiceExt, service_fn};
+    use tower::{Service, ServiceExt, service_fn};
 
     fn layer(max: usize, wait: Duration) -> BulkheadLayer {
         BulkheadLayer::new(BulkheadConfig::new("t").max_concurrent(max).max_wait(wait)).unwrap()

@@ -49,11 +49,10 @@ use std::time::Duration;
 use serde::Deserialize;
 use tokio::time::{Instant, Sleep};
 use tower_layer::Layer;
-use tower_service::Service;
 
 pub use super::future::ResponseFuture;
 use crate::metric_catalogue as names;
-use crate::{BoxError, ComponentName, Error, ErrorKind};
+use crate::{ComponentName, Error, ErrorKind};
 
 /// Configuration of a rate limiter. Deserializes from e.g.
 /// `{ name = "api", rate = 100, period = "1s", burst = 20, max_wait = "50ms" }`.
@@ -320,15 +319,7 @@ impl<S> RateLimiter<S> {
     crate::__define_inner_service_accessors!();
 }
 
-impl<S, Req> Service<Req> for RateLimiter<S>
-where
-    S: Service<Req>,
-    S::Error: Into<BoxError>,
-{
-    type Response = S::Response;
-    type Error = BoxError;
-    type Future = ResponseFuture<S::Future>;
-
+crate::__impl_boxed_service!(RateLimiter => ResponseFuture<S::Future> {
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         loop {
             match &mut self.state {
@@ -365,7 +356,7 @@ where
             }
         }
     }
-}
+});
 
 #[cfg(test)]
 mod tests {

@@ -49,7 +49,6 @@ use std::time::Duration;
 use pin_project_lite::pin_project;
 use tokio::time::Sleep;
 use tower_layer::Layer;
-use tower_service::Service;
 
 use crate::{BoxError, Error};
 
@@ -107,15 +106,7 @@ impl<S> TimeLimiter<S> {
     crate::__define_inner_service_accessors!();
 }
 
-impl<S, Req> Service<Req> for TimeLimiter<S>
-where
-    S: Service<Req>,
-    S::Error: Into<BoxError>,
-{
-    type Response = S::Response;
-    type Error = BoxError;
-    type Future = ResponseFuture<S::Future>;
-
+crate::__impl_boxed_service!(TimeLimiter => ResponseFuture<S::Future> {
     #[inline]
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         // The timeout bounds the call only: waiting for readiness is bounded by whatever
@@ -131,7 +122,7 @@ where
             after: self.after,
         }
     }
-}
+});
 
 pin_project! {
     /// Response future of [`TimeLimiter`].
@@ -184,7 +175,7 @@ where
 mod tests {
     use super::*;
     use crate::ErrorKind;
-    use tower::{ServiceExt, service_fn};
+    use tower::{Service, ServiceExt, service_fn};
 
     fn sleeper(d: Duration) -> impl Service<(), Response = &'static str, Error = BoxError> + Clone {
         service_fn(move |()| async move {

@@ -4,11 +4,8 @@ use std::fmt;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use tower_service::Service;
-
 use super::future::ResponseFuture;
 use super::limiter::{Limiter, Permit};
-use crate::BoxError;
 
 /// The admission decided in `poll_ready`, waiting for `call`.
 enum Admission {
@@ -57,15 +54,7 @@ impl<S: fmt::Debug> fmt::Debug for AdaptiveLimit<S> {
     }
 }
 
-impl<S, Req> Service<Req> for AdaptiveLimit<S>
-where
-    S: Service<Req>,
-    S::Error: Into<BoxError>,
-{
-    type Response = S::Response;
-    type Error = BoxError;
-    type Future = ResponseFuture<S::Future>;
-
+crate::__impl_boxed_service!(AdaptiveLimit => ResponseFuture<S::Future> {
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         if let Admission::Undecided = self.admission {
             self.admission = match self.limiter.try_acquire() {
@@ -97,4 +86,4 @@ where
             }
         }
     }
-}
+});
