@@ -15,15 +15,13 @@ use std::time::Duration;
 use axum::Router;
 use axum::extract::State;
 use axum::routing::post;
-use bytes::Bytes;
 use chassis_http::idempotency::{IdempotencyLayer, IdempotencyStore, MemoryStore};
 use chassis_http::layers::StandardLayers;
-use chassis_http::server::{Server, ServerConfig};
-use http::{HeaderMap, Method, Request, StatusCode};
-use http_body_util::{BodyExt, Full};
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
-use serde_json::{Value, json};
+use common::stores::{self, Reply, big_body, send, store_cases};
+#[cfg(feature = "redis")]
+use common::stores::{REDIS, unique_prefix};
+use http::{HeaderMap, Method, StatusCode};
+use serde_json::json;
 use tokio::sync::Barrier;
 use tower::ServiceBuilder;
 
@@ -84,12 +82,9 @@ impl App {
             let run = app.runs.fetch_add(1, Ordering::SeqCst) + 1;
             (StatusCode::CREATED, json!({ "run": run }).to_string())
         }
-        /// 4 KiB in four chunks of unknown total length: the layer reads past its limit.
         async fn big(State(app): State<App>) -> axum::body::Body {
             app.runs.fetch_add(1, Ordering::SeqCst);
-            let chunks = [b'a', b'b', b'c', b'd']
-                .map(|c| Ok::<_, std::convert::Infallible>(Bytes::from(vec![c; 1024])));
-            axum::body::Body::from_stream(futures_util::stream::iter(chunks))
+            big_body()
         }
         Router::new()
             .route("/orders", post(orders).patch(orders).put(orders))
@@ -108,15 +103,13 @@ async fn serve(layer: IdempotencyLayer, app: &App) -> SocketAddr {
 
 /// Serves `app` behind `layers` and `layer` on a free loopback port.
 async fn serve_with(layers: StandardLayers, layer: IdempotencyLayer, app: &App) -> SocketAddr {
-    let config = ServerConfig::default().bind("127.0.0.1:0".parse().unwrap());
-    let server = Server::bind(config).await.unwrap().handle_signals(false);
-    let addr = server.local_addr();
-    let service = ServiceBuilder::new()
-        .layer(layers)
-        .layer(layer)
-        .service(app.router());
-    tokio::spawn(server.serve(service));
-    addr
+    stores::serve(
+        ServiceBuilder::new()
+            .layer(layers)
+            .layer(layer)
+            .service(app.router()),
+    )
+    .await
 }
 
 /// The scope of a request: its `x-api-key`.
@@ -133,58 +126,11 @@ fn layer(store: &Arc<dyn IdempotencyStore>) -> IdempotencyLayer {
     IdempotencyLayer::with_store(store.clone()).scope(api_key)
 }
 
-#[derive(Debug)]
-struct Reply {
-    status: StatusCode,
-    headers: HeaderMap,
-    body: Bytes,
-}
-
 impl Reply {
-    fn json(&self) -> Value {
-        serde_json::from_slice(&self.body)
-            .unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", self.body))
-    }
-
-    fn code(&self) -> String {
-        self.json()["error"]["code"]
-            .as_str()
-            .unwrap_or("")
-            .to_owned()
-    }
-
     fn replayed(&self) -> bool {
         self.headers
             .get("idempotent-replayed")
             .is_some_and(|v| v == "true")
-    }
-}
-
-/// One request on a fresh client: `method path` with the headers and the body.
-async fn send(
-    addr: SocketAddr,
-    method: Method,
-    path: &str,
-    headers: &[(&str, &str)],
-    body: &str,
-) -> Reply {
-    let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
-    let mut req = Request::builder()
-        .method(method)
-        .uri(format!("http://{addr}{path}"));
-    for (name, value) in headers {
-        req = req.header(*name, *value);
-    }
-    let req = req.body(Full::new(Bytes::from(body.to_owned()))).unwrap();
-    let res = tokio::time::timeout(Duration::from_secs(10), client.request(req))
-        .await
-        .expect("an answer within 10 s")
-        .unwrap();
-    let (parts, body) = res.into_parts();
-    Reply {
-        status: parts.status,
-        headers: parts.headers,
-        body: body.collect().await.unwrap().to_bytes(),
     }
 }
 
@@ -427,22 +373,7 @@ mod cases {
     }
 }
 
-/// A store for one test, and the Redis key prefix to clean up after it.
-struct Fixture {
-    store: Arc<dyn IdempotencyStore>,
-    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
-    prefix: Option<String>,
-}
-
-impl Fixture {
-    /// Deletes the test's keys from the shared Redis (kept responses live 24 h otherwise).
-    async fn cleanup(self) {
-        #[cfg(feature = "redis")]
-        if let Some(prefix) = self.prefix {
-            common::delete_redis_keys(REDIS, &prefix).await;
-        }
-    }
-}
+type Fixture = stores::Fixture<dyn IdempotencyStore>;
 
 async fn memory() -> Fixture {
     Fixture {
@@ -451,22 +382,14 @@ async fn memory() -> Fixture {
     }
 }
 
-#[cfg(feature = "redis")]
-const REDIS: &str = "redis://127.0.0.1:6379";
-
 /// A Redis store on the shared Redis, under a prefix no other test uses.
 #[cfg(feature = "redis")]
 async fn redis() -> Fixture {
-    let prefix = unique_prefix();
+    let prefix = unique_prefix("idem");
     Fixture {
         store: Arc::new(redis_store(REDIS, &prefix).await),
         prefix: Some(prefix),
     }
-}
-
-#[cfg(feature = "redis")]
-fn unique_prefix() -> String {
-    format!("test:idem:{}:", uuid::Uuid::new_v4().simple())
 }
 
 #[cfg(feature = "redis")]
@@ -477,36 +400,7 @@ async fn redis_store(url: &str, prefix: &str) -> chassis_http::idempotency::Redi
         .expect("the Redis on 127.0.0.1:6379")
 }
 
-/// One test per case and store.
-macro_rules! store_cases {
-    ($store:ident: $($case:ident),+ $(,)?) => {
-        mod $store {
-            $(
-                #[tokio::test]
-                async fn $case() {
-                    let fixture = super::$store().await;
-                    super::cases::$case(fixture.store.clone()).await;
-                    fixture.cleanup().await;
-                }
-            )+
-        }
-    };
-}
-
-store_cases!(memory:
-    replays_the_first_response,
-    a_reused_key_is_422,
-    a_key_in_flight_is_409,
-    a_key_in_flight_is_waited_for,
-    a_failed_request_releases_its_key,
-    a_cancelled_request_releases_its_key,
-    responses_expire_after_the_ttl,
-    size_limits,
-    malformed_and_missing_keys,
-);
-
-#[cfg(feature = "redis")]
-store_cases!(redis:
+store_cases!(
     replays_the_first_response,
     a_reused_key_is_422,
     a_key_in_flight_is_409,
@@ -524,7 +418,7 @@ store_cases!(redis:
 #[cfg(feature = "redis")]
 #[tokio::test]
 async fn replicas_sharing_redis_replay_each_others_responses() {
-    let prefix = unique_prefix();
+    let prefix = unique_prefix("idem");
     let app = App::new(); // one handler state: it counts the runs of both replicas
     let replica = |store| IdempotencyLayer::new(store).scope(api_key);
     let a = serve(replica(redis_store(REDIS, &prefix).await), &app).await;
@@ -568,7 +462,7 @@ async fn replicas_sharing_redis_replay_each_others_responses() {
 async fn redis_down_is_a_prompt_503() {
     let redis = chassis_testkit::RedisServer::start_new();
     let app = App::new();
-    let store = redis_store(&redis.url(), &unique_prefix()).await;
+    let store = redis_store(&redis.url(), &unique_prefix("idem")).await;
     let addr = serve(IdempotencyLayer::new(store), &app).await;
     assert_eq!(
         post_keyed(addr, "/orders", "d-1", "a").await.status,

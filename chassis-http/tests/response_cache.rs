@@ -16,14 +16,12 @@ use std::time::Duration;
 use axum::Router;
 use axum::extract::State;
 use axum::routing::get;
-use bytes::Bytes;
 use chassis_http::layers::StandardLayers;
 use chassis_http::response_cache::{CacheStore, MemoryCacheStore, ResponseCacheLayer};
-use chassis_http::server::{Server, ServerConfig};
-use http::{HeaderMap, Method, Request, StatusCode, header};
-use http_body_util::{BodyExt, Empty};
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
+use common::stores::{self, Reply, big_body, store_cases};
+#[cfg(feature = "redis")]
+use common::stores::{REDIS, unique_prefix};
+use http::{HeaderMap, Method, StatusCode, header};
 use tower::ServiceBuilder;
 
 /// Counts the handler's runs.
@@ -79,12 +77,9 @@ impl App {
                 .to_owned();
             format!("run {} in {lang}", run(&app))
         }
-        /// 4 KiB in four chunks of unknown total length: the layer reads past its limit.
         async fn big(State(app): State<App>) -> axum::body::Body {
             run(&app);
-            let chunks = [b'a', b'b', b'c', b'd']
-                .map(|c| Ok::<_, std::convert::Infallible>(Bytes::from(vec![c; 1024])));
-            axum::body::Body::from_stream(futures_util::stream::iter(chunks))
+            big_body()
         }
         Router::new()
             .route("/plain", get(plain))
@@ -100,22 +95,13 @@ impl App {
 
 /// Serves `app` behind the standard layers and `layer` on a free loopback port.
 async fn serve(layer: ResponseCacheLayer, app: &App) -> SocketAddr {
-    let config = ServerConfig::default().bind("127.0.0.1:0".parse().unwrap());
-    let server = Server::bind(config).await.unwrap().handle_signals(false);
-    let addr = server.local_addr();
-    let service = ServiceBuilder::new()
-        .layer(StandardLayers::new())
-        .layer(layer)
-        .service(app.router());
-    tokio::spawn(server.serve(service));
-    addr
-}
-
-#[derive(Debug)]
-struct Reply {
-    status: StatusCode,
-    headers: HeaderMap,
-    body: Bytes,
+    stores::serve(
+        ServiceBuilder::new()
+            .layer(StandardLayers::new())
+            .layer(layer)
+            .service(app.router()),
+    )
+    .await
 }
 
 impl Reply {
@@ -128,34 +114,11 @@ impl Reply {
     fn hit(&self) -> bool {
         self.cache_status().starts_with("chassis; hit")
     }
-
-    fn text(&self) -> &str {
-        std::str::from_utf8(&self.body).unwrap()
-    }
 }
 
-/// One request on a fresh client.
+/// One request on a fresh client, without a body.
 async fn send(addr: SocketAddr, method: Method, path: &str, headers: &[(&str, &str)]) -> Reply {
-    let client = Client::builder(TokioExecutor::new()).build_http::<Empty<Bytes>>();
-    let mut req = Request::builder()
-        .method(method)
-        .uri(format!("http://{addr}{path}"));
-    for (name, value) in headers {
-        req = req.header(*name, *value);
-    }
-    let res = tokio::time::timeout(
-        Duration::from_secs(10),
-        client.request(req.body(Empty::new()).unwrap()),
-    )
-    .await
-    .expect("an answer within 10 s")
-    .unwrap();
-    let (parts, body) = res.into_parts();
-    Reply {
-        status: parts.status,
-        headers: parts.headers,
-        body: body.collect().await.unwrap().to_bytes(),
-    }
+    stores::send(addr, method, path, headers, "").await
 }
 
 async fn get_path(addr: SocketAddr, path: &str) -> Reply {
@@ -316,22 +279,7 @@ mod cases {
     }
 }
 
-/// A store for one test, and the Redis key prefix to clean up after it.
-struct Fixture {
-    store: Arc<dyn CacheStore>,
-    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
-    prefix: Option<String>,
-}
-
-impl Fixture {
-    /// Deletes the test's keys from the shared Redis.
-    async fn cleanup(self) {
-        #[cfg(feature = "redis")]
-        if let Some(prefix) = self.prefix {
-            common::delete_redis_keys(REDIS, &prefix).await;
-        }
-    }
-}
+type Fixture = stores::Fixture<dyn CacheStore>;
 
 async fn memory() -> Fixture {
     Fixture {
@@ -340,13 +288,10 @@ async fn memory() -> Fixture {
     }
 }
 
-#[cfg(feature = "redis")]
-const REDIS: &str = "redis://127.0.0.1:6379";
-
 /// A Redis store on the shared Redis, under a prefix no other test uses.
 #[cfg(feature = "redis")]
 async fn redis() -> Fixture {
-    let prefix = format!("test:cache:{}:", uuid::Uuid::new_v4().simple());
+    let prefix = unique_prefix("cache");
     Fixture {
         store: Arc::new(redis_store(REDIS, &prefix).await),
         prefix: Some(prefix),
@@ -361,34 +306,7 @@ async fn redis_store(url: &str, prefix: &str) -> chassis_http::response_cache::R
         .expect("the Redis on 127.0.0.1:6379")
 }
 
-/// One test per case and store.
-macro_rules! store_cases {
-    ($store:ident: $($case:ident),+ $(,)?) => {
-        mod $store {
-            $(
-                #[tokio::test]
-                async fn $case() {
-                    let fixture = super::$store().await;
-                    super::cases::$case(fixture.store.clone()).await;
-                    fixture.cleanup().await;
-                }
-            )+
-        }
-    };
-}
-
-store_cases!(memory:
-    hits_do_not_run_the_handler,
-    expires_after_the_default_ttl,
-    max_age_sets_the_ttl,
-    no_store_and_private_are_not_kept,
-    request_no_cache_bypasses,
-    vary_headers_keep_variants_apart,
-    bodies_over_the_limit_are_not_kept,
-);
-
-#[cfg(feature = "redis")]
-store_cases!(redis:
+store_cases!(
     hits_do_not_run_the_handler,
     expires_after_the_default_ttl,
     max_age_sets_the_ttl,

@@ -12,7 +12,6 @@ use http::Request;
 use http::header::{AUTHORIZATION, HeaderValue};
 use pin_project_lite::pin_project;
 use tokio::time::Instant;
-use tower_layer::Layer;
 use tower_service::Service;
 
 use super::claims::check_scope;
@@ -149,16 +148,7 @@ impl AddServiceTokenLayer {
     }
 }
 
-impl<S> Layer<S> for AddServiceTokenLayer {
-    type Service = AddServiceToken<S>;
-
-    fn layer(&self, inner: S) -> Self::Service {
-        AddServiceToken {
-            inner,
-            source: self.source.clone(),
-        }
-    }
-}
+chassis_core::__impl_layer!(AddServiceTokenLayer => AddServiceToken { source });
 
 /// The service of [`AddServiceTokenLayer`].
 #[derive(Clone, Debug)]
@@ -180,9 +170,7 @@ where
     type Error = BoxError;
     type Future = ResponseFuture<S::Future>;
 
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx).map_err(Into::into)
-    }
+    chassis_core::__forward_poll_ready!(into);
 
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
         if !req.headers().contains_key(AUTHORIZATION) {
@@ -222,11 +210,7 @@ pin_project! {
     }
 }
 
-impl<F> fmt::Debug for ResponseFuture<F> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ResponseFuture").finish_non_exhaustive()
-    }
-}
+chassis_core::__debug_fields!(<F> ResponseFuture {});
 
 impl<F, T, E> Future for ResponseFuture<F>
 where

@@ -116,28 +116,30 @@ pub enum AuthErrorKind {
 }
 
 impl AuthErrorKind {
-    /// See [`AuthError::reason`].
-    fn reason(&self) -> &'static str {
+    /// The words of [`AuthError::reason`] and the code of [`AuthError::reason_code`].
+    fn reason_and_code(&self) -> (&'static str, &'static str) {
         match self {
-            AuthErrorKind::MissingToken => "missing token",
-            AuthErrorKind::MalformedHeader => "malformed authorization header",
-            AuthErrorKind::MalformedToken => "malformed token",
-            AuthErrorKind::UnknownKey { .. } => "unknown key id",
-            AuthErrorKind::AlgorithmMismatch { .. } => "algorithm does not match the key",
-            AuthErrorKind::InvalidSignature => "invalid signature",
-            AuthErrorKind::MissingClaim { .. } => "missing or malformed claim",
-            AuthErrorKind::InvalidClaim { .. } => "malformed claim",
-            AuthErrorKind::Expired => "token expired",
-            AuthErrorKind::NotYetValid => "token not yet valid",
-            AuthErrorKind::LifetimeTooLong => "token lifetime too long",
-            AuthErrorKind::UntrustedIssuer { .. } => "untrusted issuer",
-            AuthErrorKind::WrongAudience => "token not issued for this service",
-            AuthErrorKind::InsufficientScope { .. } => "insufficient scope",
-            AuthErrorKind::InvalidKey { .. } => "invalid key",
-            AuthErrorKind::RsaKeySize { .. } => "RSA key size outside 2048..=4096 bits",
-            AuthErrorKind::KeySetUnavailable { .. } => "key set unavailable",
-            AuthErrorKind::Signing => "signing failed",
-            AuthErrorKind::InvalidConfig { .. } => "invalid configuration",
+            Self::MissingToken => ("missing token", "missing_token"),
+            Self::MalformedHeader => ("malformed authorization header", "malformed_authorization"),
+            Self::MalformedToken => ("malformed token", "malformed_token"),
+            Self::UnknownKey { .. } => ("unknown key id", "unknown_key"),
+            Self::AlgorithmMismatch { .. } => {
+                ("algorithm does not match the key", "algorithm_mismatch")
+            }
+            Self::InvalidSignature => ("invalid signature", "invalid_signature"),
+            Self::MissingClaim { .. } => ("missing or malformed claim", "missing_claim"),
+            Self::InvalidClaim { .. } => ("malformed claim", "invalid_claim"),
+            Self::Expired => ("token expired", "token_expired"),
+            Self::NotYetValid => ("token not yet valid", "token_not_yet_valid"),
+            Self::LifetimeTooLong => ("token lifetime too long", "token_lifetime_too_long"),
+            Self::UntrustedIssuer { .. } => ("untrusted issuer", "untrusted_issuer"),
+            Self::WrongAudience => ("token not issued for this service", "wrong_audience"),
+            Self::InsufficientScope { .. } => ("insufficient scope", "insufficient_scope"),
+            Self::InvalidKey { .. } => ("invalid key", "invalid_key"),
+            Self::RsaKeySize { .. } => ("RSA key size outside 2048..=4096 bits", "rsa_key_size"),
+            Self::KeySetUnavailable { .. } => ("key set unavailable", "key_set_unavailable"),
+            Self::Signing => ("signing failed", "signing_failed"),
+            Self::InvalidConfig { .. } => ("invalid configuration", "invalid_config"),
         }
     }
 }
@@ -212,32 +214,12 @@ impl AuthError {
     /// `wrong_audience`, `untrusted_issuer`, `invalid_signature`, … Sent as `details.reason`
     /// of the JSON error body, so a client can tell "refresh the token" from "wrong token".
     pub fn reason_code(&self) -> &'static str {
-        match self.kind {
-            AuthErrorKind::MissingToken => "missing_token",
-            AuthErrorKind::MalformedHeader => "malformed_authorization",
-            AuthErrorKind::MalformedToken => "malformed_token",
-            AuthErrorKind::UnknownKey { .. } => "unknown_key",
-            AuthErrorKind::AlgorithmMismatch { .. } => "algorithm_mismatch",
-            AuthErrorKind::InvalidSignature => "invalid_signature",
-            AuthErrorKind::MissingClaim { .. } => "missing_claim",
-            AuthErrorKind::InvalidClaim { .. } => "invalid_claim",
-            AuthErrorKind::Expired => "token_expired",
-            AuthErrorKind::NotYetValid => "token_not_yet_valid",
-            AuthErrorKind::LifetimeTooLong => "token_lifetime_too_long",
-            AuthErrorKind::UntrustedIssuer { .. } => "untrusted_issuer",
-            AuthErrorKind::WrongAudience => "wrong_audience",
-            AuthErrorKind::InsufficientScope { .. } => "insufficient_scope",
-            AuthErrorKind::InvalidKey { .. } => "invalid_key",
-            AuthErrorKind::RsaKeySize { .. } => "rsa_key_size",
-            AuthErrorKind::KeySetUnavailable { .. } => "key_set_unavailable",
-            AuthErrorKind::Signing => "signing_failed",
-            AuthErrorKind::InvalidConfig { .. } => "invalid_config",
-        }
+        self.kind.reason_and_code().1
     }
 
     /// A short reason, safe to log: it never contains token or key material.
     pub fn reason(&self) -> &'static str {
-        self.kind.reason()
+        self.kind.reason_and_code().0
     }
 
     /// Whether this is a verification failure of the caller's request or token (as opposed to a
@@ -342,7 +324,7 @@ impl fmt::Display for AuthErrorKind {
             AuthErrorKind::InvalidConfig { reason } => {
                 write!(f, "invalid auth configuration: {reason}")
             }
-            _ => f.write_str(self.reason()),
+            _ => f.write_str(self.reason_and_code().0),
         }
     }
 }

@@ -106,11 +106,10 @@ impl TokenIssuerBuilder {
         self
     }
 
-    /// Token lifetime. Defaults to 5 minutes ([`DEFAULT_TOKEN_TTL`]); must be between 1 second
-    /// and 1 hour.
-    pub fn ttl(mut self, ttl: Duration) -> Self {
-        self.ttl = ttl;
-        self
+    chassis_core::__builder_setters! {
+        /// Token lifetime. Defaults to 5 minutes ([`DEFAULT_TOKEN_TTL`]); must be between 1 second
+        /// and 1 hour.
+        ttl: Duration,
     }
 
     /// Also publish `key`'s public half in the JWKS without signing with it (the previous key

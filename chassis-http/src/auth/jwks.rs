@@ -69,15 +69,11 @@ pub struct JwksKeySourceBuilder {
     fetch_timeout: Duration,
 }
 
-impl fmt::Debug for JwksKeySourceBuilder {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("JwksKeySourceBuilder")
-            .field("location", &self.location)
-            .field("refresh_interval", &self.refresh_interval)
-            .field("min_refetch_interval", &self.min_refetch_interval)
-            .finish_non_exhaustive()
-    }
-}
+chassis_core::__debug_fields!(JwksKeySourceBuilder {
+    location,
+    refresh_interval,
+    min_refetch_interval
+});
 
 impl JwksKeySource {
     /// Keys from a JWKS file (e.g. a mounted Kubernetes secret or config map), re-read on refresh.
@@ -309,23 +305,14 @@ impl JwksKeySourceBuilder {
         }
     }
 
-    /// Bound on one fetch of the document. Defaults to 5 seconds.
-    pub fn fetch_timeout(mut self, timeout: Duration) -> Self {
-        self.fetch_timeout = timeout;
-        self
-    }
-
-    /// How old the keys may get before a background refresh. Defaults to 5 minutes.
-    pub fn refresh_interval(mut self, interval: Duration) -> Self {
-        self.refresh_interval = interval;
-        self
-    }
-
-    /// Minimum time between two fetch attempts triggered by unknown key ids (or refreshes).
-    /// Defaults to 30 seconds.
-    pub fn min_refetch_interval(mut self, interval: Duration) -> Self {
-        self.min_refetch_interval = interval;
-        self
+    chassis_core::__builder_setters! {
+        /// Bound on one fetch of the document. Defaults to 5 seconds.
+        fetch_timeout: Duration,
+        /// How old the keys may get before a background refresh. Defaults to 5 minutes.
+        refresh_interval: Duration,
+        /// Minimum time between two fetch attempts triggered by unknown key ids (or refreshes).
+        /// Defaults to 30 seconds.
+        min_refetch_interval: Duration,
     }
 
     /// Loads the document once and returns the source; fails when it cannot be loaded, so a

@@ -627,14 +627,7 @@ impl VerificationKey {
     }
 }
 
-impl fmt::Debug for VerificationKey {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("VerificationKey")
-            .field("kid", &self.kid)
-            .field("alg", &self.alg)
-            .finish_non_exhaustive()
-    }
-}
+chassis_core::__debug_fields!(VerificationKey { kid, alg });
 
 /// Verification keys by key id.
 ///

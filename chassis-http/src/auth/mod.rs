@@ -82,6 +82,7 @@ mod issuer;
 mod jwks;
 mod keys;
 mod require;
+mod service;
 pub mod user;
 mod verifier;
 

@@ -2,14 +2,11 @@
 //! checks the scopes the route requires and hands the verified [`ServiceIdentity`] to the
 //! handler as a request extension.
 
-use std::fmt;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use http::header::AUTHORIZATION;
 use http::{Method, Request, Response};
-use tower_layer::Layer;
 use tower_service::Service;
 
 use super::claims::{ServiceIdentity, check_scope};
@@ -140,57 +137,9 @@ fn validated<'a>(scopes: &'a [&'a str]) -> impl Iterator<Item = String> + 'a {
     })
 }
 
-impl fmt::Debug for RequireServiceTokenLayer {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("RequireServiceTokenLayer")
-            .field("verifier", &self.verifier)
-            .field("scopes", &self.scopes)
-            .finish()
-    }
-}
+chassis_core::__debug_fields!(RequireServiceTokenLayer { verifier, scopes });
 
-impl<S> Layer<S> for RequireServiceTokenLayer {
-    type Service = RequireServiceToken<S>;
-
-    fn layer(&self, inner: S) -> Self::Service {
-        RequireServiceToken {
-            inner,
-            layer: self.clone(),
-        }
-    }
-}
-
-/// The service of [`RequireServiceTokenLayer`].
-#[derive(Clone, Debug)]
-pub struct RequireServiceToken<S> {
-    inner: S,
-    layer: RequireServiceTokenLayer,
-}
-
-impl<S> RequireServiceToken<S> {
-    chassis_core::__define_inner_service_accessors!();
-}
-
-impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for RequireServiceToken<S>
-where
-    S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone + Send + 'static,
-    S::Future: Send + 'static,
-    ReqBody: Send + 'static,
-    ResBody: http_body::Body<Data = Bytes> + Send + 'static,
-    ResBody::Error: Into<BoxError>,
-{
-    type Response = Response<Body>;
-    type Error = S::Error;
-    type Future = ResponseFuture<S::Future, S::Error>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
-        call_with_bearer(&mut self.inner, &self.layer, req)
-    }
-}
+super::service::bearer_service!(RequireServiceTokenLayer => RequireServiceToken);
 
 /// What a bearer-token layer makes of a request's token: the extension a verified token
 /// grants, or the answer that refuses it.

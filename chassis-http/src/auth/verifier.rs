@@ -90,12 +90,11 @@ pub struct TokenVerifierBuilder {
 }
 
 impl TokenVerifierBuilder {
-    /// Whether a token without a `jti` claim is refused. Defaults to `true`: service tokens
-    /// always carry one. Set it to `false` for end-user tokens of identity providers that issue
-    /// none (the identity's `jti` is then empty).
-    pub fn require_jti(mut self, required: bool) -> Self {
-        self.require_jti = required;
-        self
+    chassis_core::__builder_setters! {
+        /// Whether a token without a `jti` claim is refused. Defaults to `true`: service tokens
+        /// always carry one. Set it to `false` for end-user tokens of identity providers that issue
+        /// none (the identity's `jti` is then empty).
+        require_jti: bool,
     }
 
     /// Accepts tokens issued by `issuer`. At least one issuer is required.
@@ -114,11 +113,10 @@ impl TokenVerifierBuilder {
         self
     }
 
-    /// Clock-skew allowance for `exp`, `nbf` and `iat`. Defaults to 30 seconds
-    /// ([`DEFAULT_LEEWAY`]).
-    pub fn leeway(mut self, leeway: Duration) -> Self {
-        self.leeway = leeway;
-        self
+    chassis_core::__builder_setters! {
+        /// Clock-skew allowance for `exp`, `nbf` and `iat`. Defaults to 30 seconds
+        /// ([`DEFAULT_LEEWAY`]).
+        leeway: Duration,
     }
 
     /// Longest accepted token lifetime (`exp - iat`): service tokens are meant to be short-lived.

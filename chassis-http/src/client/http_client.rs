@@ -373,12 +373,11 @@ impl HttpClientBuilder {
         self
     }
 
-    /// The resilience policy (timeout per attempt, retry with backoff and budget, breaker,
-    /// bulkhead, rate limit). Defaults to [`HttpClientBuilder::default_policy`]: 10 s per
-    /// attempt, 3 attempts with the default backoff and budget, and a default breaker.
-    pub fn policy(mut self, policy: ResiliencePolicy) -> Self {
-        self.policy = Some(policy);
-        self
+    chassis_core::__builder_setters! {
+        /// The resilience policy (timeout per attempt, retry with backoff and budget, breaker,
+        /// bulkhead, rate limit). Defaults to [`HttpClientBuilder::default_policy`]: 10 s per
+        /// attempt, 3 attempts with the default backoff and budget, and a default breaker.
+        policy: Some(ResiliencePolicy),
     }
 
     /// Attaches a service token from `source` to every attempt.
@@ -387,24 +386,15 @@ impl HttpClientBuilder {
         self
     }
 
-    /// Retry non-idempotent methods (POST, PATCH) too, even without an `Idempotency-Key`.
-    /// Defaults to false.
-    pub fn retry_non_idempotent(mut self, yes: bool) -> Self {
-        self.retry_non_idempotent = yes;
-        self
-    }
-
-    /// The longest `Retry-After` (on 429/503) still honoured by waiting and retrying; a longer
-    /// one ends the call with the response. Defaults to 30 seconds.
-    pub fn max_retry_after(mut self, max: Duration) -> Self {
-        self.max_retry_after = max;
-        self
-    }
-
-    /// Largest response body the buffering helpers read. Defaults to 16 MiB.
-    pub fn max_response_bytes(mut self, max: usize) -> Self {
-        self.max_response_bytes = max;
-        self
+    chassis_core::__builder_setters! {
+        /// Retry non-idempotent methods (POST, PATCH) too, even without an `Idempotency-Key`.
+        /// Defaults to false.
+        retry_non_idempotent: bool,
+        /// The longest `Retry-After` (on 429/503) still honoured by waiting and retrying; a longer
+        /// one ends the call with the response. Defaults to 30 seconds.
+        max_retry_after: Duration,
+        /// Largest response body the buffering helpers read. Defaults to 16 MiB.
+        max_response_bytes: usize,
     }
 
     /// A header sent with every request (unless the request sets it).
@@ -413,27 +403,22 @@ impl HttpClientBuilder {
         self
     }
 
-    /// TCP connect timeout of the built-in connector. Defaults to 5 seconds. (The TLS
-    /// handshake that follows is bounded by the policy's attempt timeout.)
-    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
-        self.connect_timeout = timeout;
-        self
-    }
-
-    /// The TLS settings of `https://` calls: trusted roots, extra CAs, a client certificate
-    /// (mTLS), HTTP/2 by ALPN. Defaults to [`ClientTlsConfig::default`]: webpki roots, no
-    /// client certificate, `h2` and `http/1.1` offered. `http://` URLs keep working.
-    ///
-    /// The files it names are read by [`build`](Self::build), which fails (with
-    /// [`ClientErrorKind::InvalidRequest`]) when they cannot be used. A handshake that fails
-    /// ends the call with [`ClientErrorKind::Tls`], without retries.
-    ///
-    /// [`ClientTlsConfig::default`]: crate::tls::client::ClientTlsConfig::default
-    #[cfg(feature = "tls")]
-    #[cfg_attr(docsrs, doc(cfg(feature = "tls")))]
-    pub fn tls(mut self, config: crate::tls::client::ClientTlsConfig) -> Self {
-        self.tls = Some(config);
-        self
+    chassis_core::__builder_setters! {
+        /// TCP connect timeout of the built-in connector. Defaults to 5 seconds. (The TLS
+        /// handshake that follows is bounded by the policy's attempt timeout.)
+        connect_timeout: Duration,
+        /// The TLS settings of `https://` calls: trusted roots, extra CAs, a client certificate
+        /// (mTLS), HTTP/2 by ALPN. Defaults to [`ClientTlsConfig::default`]: webpki roots, no
+        /// client certificate, `h2` and `http/1.1` offered. `http://` URLs keep working.
+        ///
+        /// The files it names are read by [`build`](Self::build), which fails (with
+        /// [`ClientErrorKind::InvalidRequest`]) when they cannot be used. A handshake that fails
+        /// ends the call with [`ClientErrorKind::Tls`], without retries.
+        ///
+        /// [`ClientTlsConfig::default`]: crate::tls::client::ClientTlsConfig::default
+        #[cfg(feature = "tls")]
+        #[cfg_attr(docsrs, doc(cfg(feature = "tls")))]
+        tls: Some(crate::tls::client::ClientTlsConfig),
     }
 
     /// Uses this hyper-util client (and its connection pool) instead of a new one; its

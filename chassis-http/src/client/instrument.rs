@@ -6,7 +6,6 @@
 //! wire — gets its own span (with `http.request.resend_count` on retries), its own
 //! `traceparent` and its own measurement, as the conventions ask.
 
-use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -19,7 +18,6 @@ use chassis_observability::propagation::{HeaderInjector, inject_current};
 use http::header::AUTHORIZATION;
 use http::{Request, Response};
 use pin_project_lite::pin_project;
-use tower_layer::Layer;
 use tower_service::Service;
 use tracing::Span;
 
@@ -43,17 +41,7 @@ pub(crate) struct InstrumentLayer {
     pub(crate) token: Option<ServiceTokenSource>,
 }
 
-impl<S> Layer<S> for InstrumentLayer {
-    type Service = Instrument<S>;
-
-    fn layer(&self, inner: S) -> Self::Service {
-        Instrument {
-            inner,
-            downstream: self.downstream.clone(),
-            token: self.token.clone(),
-        }
-    }
-}
+chassis_core::__impl_layer!(InstrumentLayer => Instrument { downstream, token });
 
 #[derive(Clone, Debug)]
 pub(crate) struct Instrument<S> {
@@ -71,9 +59,7 @@ where
     type Error = BoxError;
     type Future = AttemptFuture<S::Future>;
 
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx).map_err(Into::into)
-    }
+    chassis_core::__forward_poll_ready!(into);
 
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
         let attempt = req
@@ -176,14 +162,7 @@ impl Record {
     }
 }
 
-impl fmt::Debug for Record {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Record")
-            .field("method", &self.method)
-            .field("host", &self.host)
-            .finish_non_exhaustive()
-    }
-}
+chassis_core::__debug_fields!(Record { method, host });
 
 pin_project! {
     /// Response future of one attempt.

@@ -8,11 +8,11 @@ use std::time::Duration;
 use http::Method;
 use http::request::Parts;
 use serde::Deserialize;
-use tower_layer::Layer;
 
 use super::service::Idempotency;
 use super::store::IdempotencyStore;
-use crate::error::{Error, ErrorKind};
+use crate::error::Error;
+use crate::stored::{invalid_config, parse_all, settings_layer};
 
 /// Names the client a request comes from, so that keys are unique per client rather than
 /// across all clients: an API key, the authenticated principal an auth layer put in the
@@ -84,12 +84,16 @@ impl Default for IdempotencyConfig {
     }
 }
 
-/// Layer adding [`Idempotency`]; see the [module docs](super).
-///
-/// Cheap to clone; every service it makes shares the store.
-#[derive(Clone)]
-pub struct IdempotencyLayer {
-    pub(crate) settings: Arc<Settings>,
+settings_layer! {
+    /// Layer adding [`Idempotency`]; see the [module docs](super).
+    ///
+    /// Cheap to clone; every service it makes shares the store.
+    pub struct IdempotencyLayer => Idempotency;
+    /// Keys and responses in `store`, with the defaults of [`IdempotencyConfig`]: `POST` and
+    /// `PATCH`, responses kept 24 h, locks of 60 s, request bodies up to 1 MiB, responses kept
+    /// up to 64 KiB, keys up to 255 characters, optional, 409 at once for a key in flight, no
+    /// scope.
+    pub fn new(store: impl IdempotencyStore);
 }
 
 #[derive(Clone)]
@@ -106,12 +110,6 @@ pub(crate) struct Settings {
     pub(crate) wait_in_flight: Option<Duration>,
     /// Set once a response too large to keep has been logged at WARN.
     pub(crate) warned_large: Arc<AtomicBool>,
-}
-
-impl fmt::Debug for IdempotencyLayer {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        self.settings.fmt(f)
-    }
 }
 
 impl fmt::Debug for Settings {
@@ -131,14 +129,6 @@ impl fmt::Debug for Settings {
 }
 
 impl IdempotencyLayer {
-    /// Keys and responses in `store`, with the defaults of [`IdempotencyConfig`]: `POST` and
-    /// `PATCH`, responses kept 24 h, locks of 60 s, request bodies up to 1 MiB, responses kept
-    /// up to 64 KiB, keys up to 255 characters, optional, 409 at once for a key in flight, no
-    /// scope.
-    pub fn new(store: impl IdempotencyStore) -> Self {
-        Self::with_store(Arc::new(store))
-    }
-
     /// As [`new`](Self::new), with a store already shared.
     pub fn with_store(store: Arc<dyn IdempotencyStore>) -> Self {
         let config = IdempotencyConfig::default();
@@ -159,23 +149,20 @@ impl IdempotencyLayer {
         }
     }
 
-    /// The layer `config` describes, over `store`. Fails with [`ErrorKind::InvalidConfig`] for
+    /// The layer `config` describes, over `store`. Fails with
+    /// [`ErrorKind::InvalidConfig`](crate::error::ErrorKind::InvalidConfig) for
     /// a method that is not one, or a zero time to live.
     pub fn from_config(
         store: impl IdempotencyStore,
         config: &IdempotencyConfig,
     ) -> Result<Self, Error> {
-        let invalid = |reason: String| Error::new(ErrorKind::InvalidConfig { reason });
-        let methods = config
-            .methods
-            .iter()
-            .map(|m| {
-                Method::from_bytes(m.to_ascii_uppercase().as_bytes())
-                    .map_err(|_| invalid(format!("idempotency: '{m}' is not an HTTP method")))
-            })
-            .collect::<Result<Vec<_>, _>>()?;
+        let methods = parse_all(
+            &config.methods,
+            |m| Method::from_bytes(m.to_ascii_uppercase().as_bytes()),
+            |m| format!("idempotency: '{m}' is not an HTTP method"),
+        )?;
         if config.ttl.is_zero() || config.lock_ttl.is_zero() {
-            return Err(invalid(
+            return Err(invalid_config(
                 "idempotency: ttl and lock_ttl must be positive".to_owned(),
             ));
         }
@@ -188,10 +175,6 @@ impl IdempotencyLayer {
             .max_key_length(config.max_key_length)
             .required(config.required)
             .wait_in_flight(config.wait_in_flight))
-    }
-
-    fn settings(&mut self) -> &mut Settings {
-        Arc::make_mut(&mut self.settings)
     }
 
     /// The methods whose requests the layer handles; others pass through. Defaults to `POST`
@@ -259,17 +242,10 @@ impl IdempotencyLayer {
     }
 }
 
-impl<S> Layer<S> for IdempotencyLayer {
-    type Service = Idempotency<S>;
-
-    fn layer(&self, inner: S) -> Self::Service {
-        Idempotency::new(inner, self.settings.clone())
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::error::ErrorKind;
     use crate::idempotency::MemoryStore;
 
     #[test]

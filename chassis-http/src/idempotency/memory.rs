@@ -1,8 +1,7 @@
 //! [`MemoryStore`]: keys and responses in this process's memory, bounded, expiring.
 
-use std::fmt;
 use std::future::ready;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::future::BoxFuture;
@@ -12,35 +11,37 @@ use super::store::{
     Begin, Fingerprint, IdempotencyStore, Lock, StoreError, StoreErrorKind, StoreKey,
     StoredResponse,
 };
-use crate::stored::{ExpiringMap, Held};
+use crate::stored::{ExpiringMap, Held, memory_store};
 
-/// An [`IdempotencyStore`] in this process's memory: for one replica, or tests.
-///
-/// Each replica of a service keeps its own keys, so a retry that reaches another replica runs
-/// again; use the Redis store when a service has more than one.
-///
-/// Bounded by entries ([`max_entries`](Self::max_entries), default 10,000) and by the bytes of
-/// the stored responses ([`max_bytes`](Self::max_bytes), default 64 MiB). Expired entries go
-/// first; when the store is still full, the completed responses closest to expiry are
-/// forgotten early (a retry of one of them would run again; counted in
-/// [`MemoryStoreStats::evicted`]). In-flight locks are never evicted: when every entry is one,
-/// [`begin`](IdempotencyStore::begin) fails with [`StoreErrorKind::Full`].
-///
-/// Time is tokio's clock, so tests can pause it. Cheap to clone; clones share the entries.
-///
-/// ```
-/// use chassis_http::idempotency::{IdempotencyLayer, MemoryStore};
-///
-/// let store = MemoryStore::new().max_entries(1_000).max_bytes(8 << 20);
-/// let layer = IdempotencyLayer::new(store.clone());
-/// assert_eq!(store.stats().entries, 0);
-/// # let _ = layer;
-/// ```
-#[derive(Clone)]
-pub struct MemoryStore {
-    inner: Arc<Mutex<State>>,
-    max_entries: usize,
-    max_bytes: usize,
+memory_store! {
+    /// An [`IdempotencyStore`] in this process's memory: for one replica, or tests.
+    ///
+    /// Each replica of a service keeps its own keys, so a retry that reaches another replica runs
+    /// again; use the Redis store when a service has more than one.
+    ///
+    /// Bounded by entries ([`max_entries`](Self::max_entries), default 10,000) and by the bytes of
+    /// the stored responses ([`max_bytes`](Self::max_bytes), default 64 MiB). Expired entries go
+    /// first; when the store is still full, the completed responses closest to expiry are
+    /// forgotten early (a retry of one of them would run again; counted in
+    /// [`MemoryStoreStats::evicted`]). In-flight locks are never evicted: when every entry is one,
+    /// [`begin`](IdempotencyStore::begin) fails with [`StoreErrorKind::Full`].
+    ///
+    /// Time is tokio's clock, so tests can pause it. Cheap to clone; clones share the entries.
+    ///
+    /// ```
+    /// use chassis_http::idempotency::{IdempotencyLayer, MemoryStore};
+    ///
+    /// let store = MemoryStore::new().max_entries(1_000).max_bytes(8 << 20);
+    /// let layer = IdempotencyLayer::new(store.clone());
+    /// assert_eq!(store.stats().entries, 0);
+    /// # let _ = layer;
+    /// ```
+    pub struct MemoryStore(State);
+    debug = stats;
+    /// Keys held at most, in flight or completed (at least 1). Defaults to 10,000.
+    max_entries;
+    /// Bytes of stored responses held at most. Defaults to 64 MiB.
+    max_bytes;
 }
 
 /// Sizes and counters of a [`MemoryStore`].
@@ -66,44 +67,7 @@ enum Value {
     Completed(Arc<StoredResponse>),
 }
 
-impl Default for MemoryStore {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-impl fmt::Debug for MemoryStore {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("MemoryStore")
-            .field("max_entries", &self.max_entries)
-            .field("max_bytes", &self.max_bytes)
-            .field("stats", &self.stats())
-            .finish()
-    }
-}
-
 impl MemoryStore {
-    /// An empty store with the default bounds.
-    pub fn new() -> Self {
-        Self {
-            inner: Arc::default(),
-            max_entries: 10_000,
-            max_bytes: 64 << 20,
-        }
-    }
-
-    /// Keys held at most, in flight or completed (at least 1). Defaults to 10,000.
-    pub fn max_entries(mut self, max: usize) -> Self {
-        self.max_entries = max.max(1);
-        self
-    }
-
-    /// Bytes of stored responses held at most. Defaults to 64 MiB.
-    pub fn max_bytes(mut self, max: usize) -> Self {
-        self.max_bytes = max;
-        self
-    }
-
     /// Current sizes and counters.
     pub fn stats(&self) -> MemoryStoreStats {
         let state = self.lock();
@@ -112,11 +76,6 @@ impl MemoryStore {
             bytes: state.entries.bytes(),
             evicted: state.evicted,
         }
-    }
-
-    fn lock(&self) -> MutexGuard<'_, State> {
-        // The critical sections leave the maps consistent at every step that can panic.
-        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     fn begin_now(

@@ -2,7 +2,6 @@
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
@@ -31,13 +30,7 @@ pub struct Idempotency<S> {
     settings: Arc<Settings>,
 }
 
-impl<S> std::fmt::Debug for Idempotency<S> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Idempotency")
-            .field("settings", &self.settings)
-            .finish_non_exhaustive()
-    }
-}
+chassis_core::__debug_fields!(<S> Idempotency { settings });
 
 impl<S> Idempotency<S> {
     pub(crate) fn new(inner: S, settings: Arc<Settings>) -> Self {
@@ -61,9 +54,7 @@ where
     type Error = S::Error;
     type Future = ResponseFuture<S::Future, S::Error>;
 
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
+    chassis_core::__forward_poll_ready!();
 
     fn call(&mut self, req: Request<ReqB>) -> Self::Future {
         let settings = &self.settings;

@@ -7,12 +7,12 @@ use std::time::Duration;
 
 use http::HeaderName;
 use serde::Deserialize;
-use tower_layer::Layer;
 
 use super::service::ResponseCache;
 use super::store::CacheStore;
-use crate::error::{Error, ErrorKind};
+use crate::error::Error;
 use crate::idempotency::KeyScope;
+use crate::stored::{invalid_config, parse_all, settings_layer};
 
 /// What an operator tunes in a [`ResponseCacheLayer`]. Deserializes from e.g.
 ///
@@ -48,12 +48,15 @@ impl Default for ResponseCacheConfig {
     }
 }
 
-/// Layer adding [`ResponseCache`]; see the [module docs](super).
-///
-/// Cheap to clone; every service it makes shares the store.
-#[derive(Clone)]
-pub struct ResponseCacheLayer {
-    pub(crate) settings: Arc<Settings>,
+settings_layer! {
+    /// Layer adding [`ResponseCache`]; see the [module docs](super).
+    ///
+    /// Cheap to clone; every service it makes shares the store.
+    pub struct ResponseCacheLayer => ResponseCache;
+    /// Responses in `store`, with the defaults of [`ResponseCacheConfig`]: fresh 60 s unless
+    /// the response says otherwise, bodies up to 1 MiB, no varying fields, a shared cache, no
+    /// scope.
+    pub fn new(store: impl CacheStore);
 }
 
 #[derive(Clone)]
@@ -66,12 +69,6 @@ pub(crate) struct Settings {
     pub(crate) private: bool,
     /// Set while the store fails, so an outage is logged once at WARN.
     pub(crate) store_down: Arc<AtomicBool>,
-}
-
-impl fmt::Debug for ResponseCacheLayer {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        self.settings.fmt(f)
-    }
 }
 
 impl fmt::Debug for Settings {
@@ -87,13 +84,6 @@ impl fmt::Debug for Settings {
 }
 
 impl ResponseCacheLayer {
-    /// Responses in `store`, with the defaults of [`ResponseCacheConfig`]: fresh 60 s unless
-    /// the response says otherwise, bodies up to 1 MiB, no varying fields, a shared cache, no
-    /// scope.
-    pub fn new(store: impl CacheStore) -> Self {
-        Self::with_store(Arc::new(store))
-    }
-
     /// As [`new`](Self::new), with a store already shared.
     pub fn with_store(store: Arc<dyn CacheStore>) -> Self {
         let config = ResponseCacheConfig::default();
@@ -110,23 +100,20 @@ impl ResponseCacheLayer {
         }
     }
 
-    /// The layer `config` describes, over `store`. Fails with [`ErrorKind::InvalidConfig`] for
+    /// The layer `config` describes, over `store`. Fails with
+    /// [`ErrorKind::InvalidConfig`](crate::error::ErrorKind::InvalidConfig) for
     /// a `vary` entry that is not a header name, or a zero default time to live.
     pub fn from_config(
         store: impl CacheStore,
         config: &ResponseCacheConfig,
     ) -> Result<Self, Error> {
-        let invalid = |reason: String| Error::new(ErrorKind::InvalidConfig { reason });
-        let vary = config
-            .vary
-            .iter()
-            .map(|name| {
-                HeaderName::from_bytes(name.to_ascii_lowercase().as_bytes())
-                    .map_err(|_| invalid(format!("response cache: '{name}' is not a header name")))
-            })
-            .collect::<Result<Vec<_>, _>>()?;
+        let vary = parse_all(
+            &config.vary,
+            |name| HeaderName::from_bytes(name.to_ascii_lowercase().as_bytes()),
+            |name| format!("response cache: '{name}' is not a header name"),
+        )?;
         if config.default_ttl.is_zero() {
-            return Err(invalid(
+            return Err(invalid_config(
                 "response cache: default_ttl must be positive".to_owned(),
             ));
         }
@@ -135,10 +122,6 @@ impl ResponseCacheLayer {
             .max_body_bytes(config.max_body_bytes)
             .vary(vary)
             .private(config.private))
-    }
-
-    fn settings(&mut self) -> &mut Settings {
-        Arc::make_mut(&mut self.settings)
     }
 
     /// How long a response without `max-age`/`s-maxage` stays fresh (at least 1 ms). Defaults
@@ -178,14 +161,6 @@ impl ResponseCacheLayer {
     pub fn private(mut self, private: bool) -> Self {
         self.settings().private = private;
         self
-    }
-}
-
-impl<S> Layer<S> for ResponseCacheLayer {
-    type Service = ResponseCache<S>;
-
-    fn layer(&self, inner: S) -> Self::Service {
-        ResponseCache::new(inner, self.settings.clone())
     }
 }
 

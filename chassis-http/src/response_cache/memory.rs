@@ -1,35 +1,36 @@
 //! [`MemoryCacheStore`]: cached responses in this process's memory, bounded, expiring.
 
-use std::fmt;
 use std::future::ready;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::Arc;
 
 use futures_util::future::BoxFuture;
 use tokio::time::Instant;
 
 use super::store::{CacheKey, CacheStore, CachedResponse};
-use crate::stored::{ExpiringMap, Held, StoreError};
+use crate::stored::{ExpiringMap, Held, StoreError, memory_store};
 
-/// A [`CacheStore`] in this process's memory: each replica caches for itself.
-///
-/// Bounded by entries ([`max_entries`](Self::max_entries), default 10,000) and by the bytes of
-/// the responses ([`max_bytes`](Self::max_bytes), default 64 MiB); when full, the responses
-/// closest to expiry go first. Expiry uses tokio's clock. Cheap to clone; clones share the
-/// entries.
-///
-/// ```
-/// use chassis_http::response_cache::{MemoryCacheStore, ResponseCacheLayer};
-///
-/// let store = MemoryCacheStore::new().max_entries(1_000).max_bytes(8 << 20);
-/// let layer = ResponseCacheLayer::new(store.clone());
-/// assert_eq!(store.len(), 0);
-/// # let _ = layer;
-/// ```
-#[derive(Clone)]
-pub struct MemoryCacheStore {
-    inner: Arc<Mutex<State>>,
-    max_entries: usize,
-    max_bytes: usize,
+memory_store! {
+    /// A [`CacheStore`] in this process's memory: each replica caches for itself.
+    ///
+    /// Bounded by entries ([`max_entries`](Self::max_entries), default 10,000) and by the bytes of
+    /// the responses ([`max_bytes`](Self::max_bytes), default 64 MiB); when full, the responses
+    /// closest to expiry go first. Expiry uses tokio's clock. Cheap to clone; clones share the
+    /// entries.
+    ///
+    /// ```
+    /// use chassis_http::response_cache::{MemoryCacheStore, ResponseCacheLayer};
+    ///
+    /// let store = MemoryCacheStore::new().max_entries(1_000).max_bytes(8 << 20);
+    /// let layer = ResponseCacheLayer::new(store.clone());
+    /// assert_eq!(store.len(), 0);
+    /// # let _ = layer;
+    /// ```
+    pub struct MemoryCacheStore(State);
+    debug = len;
+    /// Responses held at most (at least 1). Defaults to 10,000.
+    max_entries;
+    /// Bytes of responses held at most. Defaults to 64 MiB.
+    max_bytes;
 }
 
 type State = ExpiringMap<CacheKey, Arc<CachedResponse>>;
@@ -40,44 +41,7 @@ impl Held for Arc<CachedResponse> {
     }
 }
 
-impl Default for MemoryCacheStore {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-impl fmt::Debug for MemoryCacheStore {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("MemoryCacheStore")
-            .field("max_entries", &self.max_entries)
-            .field("max_bytes", &self.max_bytes)
-            .field("len", &self.len())
-            .finish()
-    }
-}
-
 impl MemoryCacheStore {
-    /// An empty store with the default bounds.
-    pub fn new() -> Self {
-        Self {
-            inner: Arc::default(),
-            max_entries: 10_000,
-            max_bytes: 64 << 20,
-        }
-    }
-
-    /// Responses held at most (at least 1). Defaults to 10,000.
-    pub fn max_entries(mut self, max: usize) -> Self {
-        self.max_entries = max.max(1);
-        self
-    }
-
-    /// Bytes of responses held at most. Defaults to 64 MiB.
-    pub fn max_bytes(mut self, max: usize) -> Self {
-        self.max_bytes = max;
-        self
-    }
-
     /// Responses held (expired ones included until the next call drops them).
     pub fn len(&self) -> usize {
         self.lock().len()
@@ -86,11 +50,6 @@ impl MemoryCacheStore {
     /// Whether no response is held.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
-    }
-
-    fn lock(&self) -> MutexGuard<'_, State> {
-        // The critical sections leave the maps consistent at every step that can panic.
-        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     fn get_now(&self, key: &CacheKey) -> Option<Arc<CachedResponse>> {

@@ -2,7 +2,6 @@
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
@@ -24,13 +23,7 @@ pub struct ResponseCache<S> {
     settings: Arc<Settings>,
 }
 
-impl<S> std::fmt::Debug for ResponseCache<S> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ResponseCache")
-            .field("settings", &self.settings)
-            .finish_non_exhaustive()
-    }
-}
+chassis_core::__debug_fields!(<S> ResponseCache { settings });
 
 impl<S> ResponseCache<S> {
     pub(crate) fn new(inner: S, settings: Arc<Settings>) -> Self {
@@ -53,9 +46,7 @@ where
     type Error = S::Error;
     type Future = ResponseFuture<S::Future, S::Error>;
 
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
+    chassis_core::__forward_poll_ready!();
 
     fn call(&mut self, req: Request<ReqB>) -> Self::Future {
         if !matches!(*req.method(), Method::GET | Method::HEAD) {

@@ -7,6 +7,8 @@ pub(crate) mod codec;
 mod error;
 mod expiring;
 mod headers;
+mod layer;
+mod memory;
 #[cfg(feature = "redis")]
 pub(crate) mod redis;
 
@@ -14,4 +16,6 @@ pub(crate) use self::body::{Read, read_response};
 pub use self::error::{StoreError, StoreErrorKind};
 pub(crate) use self::expiring::{ExpiringMap, Held};
 pub(crate) use self::headers::storable_headers;
+pub(crate) use self::layer::{invalid_config, parse_all, settings_layer};
+pub(crate) use self::memory::memory_store;
 pub use crate::future::ResponseFuture;

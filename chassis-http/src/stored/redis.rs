@@ -73,28 +73,15 @@ impl RedisStoreConfig {
         }
     }
 
-    /// Sets the key prefix. Defaults to `"chassis:"`.
-    pub fn prefix(mut self, prefix: impl Into<String>) -> Self {
-        self.prefix = prefix.into();
-        self
-    }
-
-    /// Sets the timeout of one call. Defaults to 200 ms.
-    pub fn timeout(mut self, timeout: Duration) -> Self {
-        self.timeout = timeout;
-        self
-    }
-
-    /// Sets the timeout of the first connection. Defaults to 5 s.
-    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
-        self.connect_timeout = timeout;
-        self
-    }
-
-    /// Sets the circuit breaker around Redis.
-    pub fn breaker(mut self, breaker: CircuitBreakerConfig) -> Self {
-        self.breaker = breaker;
-        self
+    chassis_core::__builder_setters! {
+        /// Sets the key prefix. Defaults to `"chassis:"`.
+        prefix: into String,
+        /// Sets the timeout of one call. Defaults to 200 ms.
+        timeout: Duration,
+        /// Sets the timeout of the first connection. Defaults to 5 s.
+        connect_timeout: Duration,
+        /// Sets the circuit breaker around Redis.
+        breaker: CircuitBreakerConfig,
     }
 
     /// Checks the configuration.

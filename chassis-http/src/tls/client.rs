@@ -180,12 +180,11 @@ impl ClientTlsConfig {
         Self::default()
     }
 
-    /// The roots trusted before the extra CAs. Defaults to [`TrustRoots::Webpki`]; with
-    /// [`TrustRoots::None`] only the CAs added with [`add_ca_file`](Self::add_ca_file) and
-    /// [`add_ca_pem`](Self::add_ca_pem) are trusted.
-    pub fn roots(mut self, roots: TrustRoots) -> Self {
-        self.roots = roots;
-        self
+    chassis_core::__builder_setters! {
+        /// The roots trusted before the extra CAs. Defaults to [`TrustRoots::Webpki`]; with
+        /// [`TrustRoots::None`] only the CAs added with [`add_ca_file`](Self::add_ca_file) and
+        /// [`add_ca_pem`](Self::add_ca_pem) are trusted.
+        roots: TrustRoots,
     }
 
     /// Trusts the CA certificates of the PEM bundle `path` too (read by
@@ -229,11 +228,10 @@ impl ClientTlsConfig {
         self
     }
 
-    /// Whether HTTP/2 is offered by ALPN (`h2`, then `http/1.1`); with `false` only
-    /// `http/1.1` is. Defaults to `true`: the server's choice decides.
-    pub fn http2(mut self, yes: bool) -> Self {
-        self.http2 = yes;
-        self
+    chassis_core::__builder_setters! {
+        /// Whether HTTP/2 is offered by ALPN (`h2`, then `http/1.1`); with `false` only
+        /// `http/1.1` is. Defaults to `true`: the server's choice decides.
+        http2: bool,
     }
 
     /// Reads the roots, CA bundles and client certificate and builds the rustls client

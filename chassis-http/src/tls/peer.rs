@@ -45,7 +45,6 @@ use bytes::Bytes;
 use http::{Request, Response};
 use pin_project_lite::pin_project;
 use rustls_pki_types::CertificateDer;
-use tower_layer::Layer;
 use tower_service::Service;
 
 use crate::body::{Body, BoxError, boxed};
@@ -300,16 +299,7 @@ impl RequirePeerLayer {
     }
 }
 
-impl<S> Layer<S> for RequirePeerLayer {
-    type Service = RequirePeer<S>;
-
-    fn layer(&self, inner: S) -> Self::Service {
-        RequirePeer {
-            inner,
-            allowed: self.allowed.clone(),
-        }
-    }
-}
+chassis_core::__impl_layer!(RequirePeerLayer => RequirePeer { allowed });
 
 /// The service of a [`RequirePeerLayer`].
 #[derive(Debug, Clone)]
@@ -347,9 +337,7 @@ where
     type Error = S::Error;
     type Future = ResponseFuture<S::Future>;
 
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
+    chassis_core::__forward_poll_ready!();
 
     fn call(&mut self, req: Request<ReqB>) -> Self::Future {
         let peer = req.extensions().get::<PeerIdentity>();
@@ -389,11 +377,7 @@ pin_project! {
     }
 }
 
-impl<F> fmt::Debug for ResponseFuture<F> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ResponseFuture").finish_non_exhaustive()
-    }
-}
+chassis_core::__debug_fields!(<F> ResponseFuture {});
 
 impl<F, ResB, E> Future for ResponseFuture<F>
 where
@@ -421,7 +405,7 @@ mod tests {
     use std::convert::Infallible;
 
     use http_body_util::BodyExt;
-    use tower::ServiceExt;
+    use tower::{Layer, ServiceExt};
 
     use super::*;
 

@@ -66,7 +66,6 @@
 //! assert!(config.tls.is_some());
 //! ```
 
-use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::{Duration, SystemTime};
@@ -154,10 +153,9 @@ impl ServerTlsConfig {
         self
     }
 
-    /// How often the certificate, key and CA files are checked for changes. Defaults to 10 s.
-    pub fn reload_interval(mut self, interval: Duration) -> Self {
-        self.reload_interval = interval;
-        self
+    chassis_core::__builder_setters! {
+        /// How often the certificate, key and CA files are checked for changes. Defaults to 10 s.
+        reload_interval: Duration,
     }
 
     pub(crate) fn validate(&self) -> Result<(), Error> {
@@ -304,13 +302,7 @@ pub(crate) struct ServerTls {
     watched: std::sync::Mutex<(Watched, Option<Watched>)>,
 }
 
-impl fmt::Debug for ServerTls {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ServerTls")
-            .field("settings", &self.settings)
-            .finish_non_exhaustive()
-    }
-}
+chassis_core::__debug_fields!(ServerTls { settings });
 
 impl ServerTls {
     /// Reads the files of `settings`: a missing or bad certificate, key or CA bundle is an

@@ -4,6 +4,8 @@
 
 use std::sync::{Arc, Mutex};
 
+pub(crate) mod stores;
+
 /// A `MakeWriter` (and `io::Write`) collecting log output in memory.
 #[derive(Clone, Default)]
 pub(crate) struct LogBuffer(pub(crate) Arc<Mutex<Vec<u8>>>);

@@ -1,23 +1,16 @@
 //! [`RequireUserTokenLayer`]: verifies an end user's bearer JWT and inserts the
 //! [`UserPrincipal`] with its roles and permissions.
 
-use std::fmt;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 
-use bytes::Bytes;
 use http::{Request, Response};
-use tower_layer::Layer;
-use tower_service::Service;
 
 use super::principal::UserPrincipal;
 use super::rbac::RbacConfig;
 use crate::auth::error::AuthError;
-use crate::auth::require::{BearerAuth, call_with_bearer, log_rejection};
+use crate::auth::require::{BearerAuth, log_rejection};
 use crate::auth::verifier::{TokenVerifier, Verified};
 use crate::body::Body;
-use crate::future::ResponseFuture;
-use chassis_core::BoxError;
 
 /// Requires a valid end-user token on every request and inserts its [`UserPrincipal`]; see the
 /// [module docs](super).
@@ -33,7 +26,7 @@ use chassis_core::BoxError;
 ///
 /// It checks no permission itself: add [`RequirePermissionLayer`](super::RequirePermissionLayer)
 /// per route, or call [`UserPrincipal::require`] in the handler (403 `insufficient_scope`).
-#[derive(Clone)]
+#[derive(Clone, Debug)]
 pub struct RequireUserTokenLayer {
     verifier: TokenVerifier,
     rbac: Arc<RbacConfig>,
@@ -108,55 +101,4 @@ impl BearerAuth for RequireUserTokenLayer {
     }
 }
 
-impl fmt::Debug for RequireUserTokenLayer {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("RequireUserTokenLayer")
-            .field("verifier", &self.verifier)
-            .field("rbac", &self.rbac)
-            .field("realm", &self.realm)
-            .finish()
-    }
-}
-
-impl<S> Layer<S> for RequireUserTokenLayer {
-    type Service = RequireUserToken<S>;
-
-    fn layer(&self, inner: S) -> Self::Service {
-        RequireUserToken {
-            inner,
-            layer: self.clone(),
-        }
-    }
-}
-
-/// The service of [`RequireUserTokenLayer`].
-#[derive(Clone, Debug)]
-pub struct RequireUserToken<S> {
-    inner: S,
-    layer: RequireUserTokenLayer,
-}
-
-impl<S> RequireUserToken<S> {
-    chassis_core::__define_inner_service_accessors!();
-}
-
-impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for RequireUserToken<S>
-where
-    S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone + Send + 'static,
-    S::Future: Send + 'static,
-    ReqBody: Send + 'static,
-    ResBody: http_body::Body<Data = Bytes> + Send + 'static,
-    ResBody::Error: Into<BoxError>,
-{
-    type Response = Response<Body>;
-    type Error = S::Error;
-    type Future = ResponseFuture<S::Future, S::Error>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
-        call_with_bearer(&mut self.inner, &self.layer, req)
-    }
-}
+crate::auth::service::bearer_service!(RequireUserTokenLayer => RequireUserToken);

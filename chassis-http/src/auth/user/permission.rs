@@ -2,11 +2,9 @@
 //! [`RequireUserTokenLayer`](super::RequireUserTokenLayer) inserted.
 
 use std::sync::Arc;
-use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use http::{Request, Response};
-use tower_layer::Layer;
 use tower_service::Service;
 
 use super::principal::UserPrincipal;
@@ -76,27 +74,7 @@ impl RequirePermissionLayer {
     }
 }
 
-impl<S> Layer<S> for RequirePermissionLayer {
-    type Service = RequirePermission<S>;
-
-    fn layer(&self, inner: S) -> Self::Service {
-        RequirePermission {
-            inner,
-            layer: self.clone(),
-        }
-    }
-}
-
-/// The service of [`RequirePermissionLayer`].
-#[derive(Clone, Debug)]
-pub struct RequirePermission<S> {
-    inner: S,
-    layer: RequirePermissionLayer,
-}
-
-impl<S> RequirePermission<S> {
-    chassis_core::__define_inner_service_accessors!();
-}
+crate::auth::service::layer_service!(RequirePermissionLayer => RequirePermission);
 
 impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for RequirePermission<S>
 where
@@ -108,9 +86,7 @@ where
     type Error = S::Error;
     type Future = ResponseFuture<S::Future, S::Error>;
 
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
+    chassis_core::__forward_poll_ready!();
 
     fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
         match self.layer.check(req.extensions().get::<UserPrincipal>()) {
