@@ -165,12 +165,16 @@ impl Signals {
 mod tests {
     use super::*;
 
+    /// A shutdown with one tracked task that runs for `work`.
+    fn tracking(work: Duration) -> Shutdown {
+        let shutdown = Shutdown::new();
+        shutdown.tracker().spawn(tokio::time::sleep(work));
+        shutdown
+    }
+
     #[tokio::test(start_paused = true)]
     async fn drain_respects_deadline() {
-        let shutdown = Shutdown::new();
-        shutdown
-            .tracker()
-            .spawn(tokio::time::sleep(Duration::from_secs(10)));
+        let shutdown = tracking(Duration::from_secs(10));
         shutdown.trigger();
         assert!(shutdown.is_triggered());
         assert!(!shutdown.drain(Duration::from_secs(1)).await);
@@ -178,10 +182,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn drain_waits_for_work() {
-        let shutdown = Shutdown::new();
-        shutdown
-            .tracker()
-            .spawn(tokio::time::sleep(Duration::from_millis(300)));
+        let shutdown = tracking(Duration::from_millis(300));
         let start = tokio::time::Instant::now();
         assert!(shutdown.drain(Duration::from_secs(5)).await);
         assert_eq!(start.elapsed(), Duration::from_millis(300));

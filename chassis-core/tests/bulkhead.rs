@@ -5,6 +5,7 @@ use std::time::Duration;
 use chassis_core::resilience::bulkhead::{BulkheadConfig, BulkheadLayer};
 use chassis_core::resilience::rate_limiter::{RateLimiterConfig, RateLimiterLayer};
 use chassis_core::{BoxError, Error, ErrorKind};
+use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tower::{Layer, Service, ServiceExt, service_fn};
 
@@ -15,6 +16,17 @@ fn sleeper(
         tokio::time::sleep(d).await;
         Ok::<_, BoxError>(())
     })
+}
+
+/// Starts a call of `svc` in the background and lets it run until it waits (holding its
+/// permit, if it got one).
+async fn start_call<S>(svc: &S) -> JoinHandle<Result<(), BoxError>>
+where
+    S: Service<(), Response = (), Error = BoxError, Future: Send> + Clone + Send + 'static,
+{
+    let call = tokio::spawn(svc.clone().oneshot(()));
+    tokio::task::yield_now().await;
+    call
 }
 
 fn bulkhead(max: usize, wait_ms: u64) -> BulkheadLayer {
@@ -30,8 +42,7 @@ fn bulkhead(max: usize, wait_ms: u64) -> BulkheadLayer {
 async fn waits_no_longer_than_max_wait_then_rejects_typed() {
     let layer = bulkhead(1, 200);
     let svc = layer.layer(sleeper(Duration::from_secs(1)));
-    let busy = tokio::spawn(svc.clone().oneshot(()));
-    tokio::task::yield_now().await;
+    let busy = start_call(&svc).await;
     assert_eq!(layer.available_permits(), 0);
 
     let start = Instant::now();
@@ -53,8 +64,7 @@ async fn waits_no_longer_than_max_wait_then_rejects_typed() {
 async fn a_permit_freed_within_the_wait_is_taken() {
     let layer = bulkhead(1, 500);
     let svc = layer.layer(sleeper(Duration::from_millis(300)));
-    let busy = tokio::spawn(svc.clone().oneshot(()));
-    tokio::task::yield_now().await;
+    let busy = start_call(&svc).await;
     let start = Instant::now();
     svc.clone().oneshot(()).await.unwrap();
     // Waited 300 ms for the permit, then ran 300 ms.
@@ -77,8 +87,7 @@ async fn zero_wait_rejects_at_once_and_a_dropped_call_frees_its_permit() {
     ));
     drop(fa); // cancelled, e.g. by an outer timeout
     assert_eq!(layer.available_permits(), 1);
-    let c = tokio::spawn(svc.clone().oneshot(()));
-    tokio::task::yield_now().await;
+    let c = start_call(&svc).await;
     assert_eq!(layer.available_permits(), 0);
     drop(fb);
     c.abort();

@@ -6,8 +6,9 @@ use std::time::Duration;
 
 use chassis_core::resilience::clock::TokioClock;
 use chassis_core::resilience::retry::{
-    Backoff, BackoffRetryLayer, Jitter, RetryBudgetConfig, RetryConfig,
+    Backoff, BackoffRetry, BackoffRetryLayer, Jitter, RetryBudgetConfig, RetryConfig,
 };
+use chassis_core::resilience::time_limiter::TimeLimiter;
 use chassis_core::{BoxError, Error, ErrorKind};
 use tokio::time::Instant;
 use tower::{Layer, Service, ServiceExt, service_fn};
@@ -91,6 +92,11 @@ fn config(max_attempts: u32) -> RetryConfig {
         .budget(RetryBudgetConfig::disabled())
 }
 
+/// The retry of `config` around `down`, which the caller keeps to count the attempts.
+fn retrying(config: RetryConfig, down: &Scripted) -> BackoffRetry<TimeLimiter<Scripted>> {
+    BackoffRetryLayer::new(config).unwrap().layer(down.clone())
+}
+
 fn chassis(err: BoxError) -> Error {
     Error::from_boxed(err).expect("a chassis error")
 }
@@ -117,9 +123,7 @@ fn ms(v: u64) -> Duration {
 #[tokio::test(start_paused = true)]
 async fn retries_with_exponential_backoff_until_success() {
     let down = Scripted::new(&[Step::Fail, Step::Fail, Step::Ok(7)]);
-    let svc = BackoffRetryLayer::new(config(4))
-        .unwrap()
-        .layer(down.clone());
+    let svc = retrying(config(4), &down);
     assert_eq!(svc.oneshot(()).await.unwrap(), 7);
     assert_eq!(down.calls(), 3);
     // Waits of 100 ms then 200 ms between the attempts.
@@ -129,9 +133,7 @@ async fn retries_with_exponential_backoff_until_success() {
 #[tokio::test(start_paused = true)]
 async fn exhaustion_is_typed_and_keeps_the_last_error() {
     let down = Scripted::new(&[Step::Fail]);
-    let svc = BackoffRetryLayer::new(config(3))
-        .unwrap()
-        .layer(down.clone());
+    let svc = retrying(config(3), &down);
     let err = chassis(svc.oneshot(()).await.unwrap_err());
     assert_eq!(err.kind(), &ErrorKind::RetriesExhausted { attempts: 3 });
     assert_eq!(err.last_error().unwrap().to_string(), "attempt 3 failed");
@@ -159,9 +161,7 @@ async fn rejections_are_not_retried_by_default() {
 #[tokio::test(start_paused = true)]
 async fn a_slow_attempt_times_out_and_the_next_succeeds() {
     let down = Scripted::new(&[Step::Sleep(Duration::from_secs(30)), Step::Ok(1)]);
-    let svc = BackoffRetryLayer::new(config(3).attempt_timeout(ms(500)))
-        .unwrap()
-        .layer(down.clone());
+    let svc = retrying(config(3).attempt_timeout(ms(500)), &down);
     let start = Instant::now();
     assert_eq!(svc.oneshot(()).await.unwrap(), 1);
     assert_eq!(down.calls(), 2);
@@ -171,9 +171,7 @@ async fn a_slow_attempt_times_out_and_the_next_succeeds() {
 #[tokio::test(start_paused = true)]
 async fn every_attempt_timing_out_exhausts_with_the_timeout_as_source() {
     let down = Scripted::new(&[Step::Sleep(Duration::from_secs(30))]);
-    let svc = BackoffRetryLayer::new(config(2).attempt_timeout(ms(500)))
-        .unwrap()
-        .layer(down.clone());
+    let svc = retrying(config(2).attempt_timeout(ms(500)), &down);
     let err = chassis(svc.oneshot(()).await.unwrap_err());
     assert_eq!(err.kind(), &ErrorKind::RetriesExhausted { attempts: 2 });
     let last = Error::find_in(err.last_error().unwrap()).unwrap();
@@ -184,9 +182,7 @@ async fn every_attempt_timing_out_exhausts_with_the_timeout_as_source() {
 async fn deadline_cuts_an_attempt_in_flight() {
     // Attempt 1 fails at once, attempt 2 (after 100 ms) hangs: the 1 s deadline ends it.
     let down = Scripted::new(&[Step::Fail, Step::Sleep(Duration::from_secs(60))]);
-    let svc = BackoffRetryLayer::new(config(5).deadline(Duration::from_secs(1)))
-        .unwrap()
-        .layer(down.clone());
+    let svc = retrying(config(5).deadline(Duration::from_secs(1)), &down);
     let start = Instant::now();
     deadline_exceeded(svc.oneshot(()).await.unwrap_err(), 2);
     assert_eq!(start.elapsed(), Duration::from_secs(1));
@@ -197,9 +193,7 @@ async fn the_deadline_counts_from_the_first_poll_that_waits() {
     // A first attempt that hangs 900 ms, under a 1 s deadline, in a future left unpolled for
     // 5 s after `call`: the deadline's clock starts when the call first waits, not at `call`.
     let down = Scripted::new(&[Step::Sleep(ms(900)), Step::Ok(7)]);
-    let mut svc = BackoffRetryLayer::new(config(3).deadline(Duration::from_secs(1)))
-        .unwrap()
-        .layer(down.clone());
+    let mut svc = retrying(config(3).deadline(Duration::from_secs(1)), &down);
     let call = ServiceExt::<()>::ready(&mut svc).await.unwrap().call(());
     tokio::time::advance(Duration::from_secs(5)).await;
     let start = Instant::now();
@@ -212,9 +206,7 @@ async fn the_deadline_counts_from_the_first_poll_that_waits() {
 async fn a_wait_past_the_deadline_is_not_started() {
     // Attempts start at 0, 100, 300 and 700 ms; the next wait (800 ms) would end past 1 s.
     let down = Scripted::new(&[Step::Fail]);
-    let svc = BackoffRetryLayer::new(config(10).deadline(Duration::from_secs(1)))
-        .unwrap()
-        .layer(down.clone());
+    let svc = retrying(config(10).deadline(Duration::from_secs(1)), &down);
     let start = Instant::now();
     let err = deadline_exceeded(svc.oneshot(()).await.unwrap_err(), 4);
     assert_eq!(err.last_error().unwrap().to_string(), "attempt 4 failed");
@@ -346,9 +338,7 @@ async fn a_retryable_response_is_returned_when_attempts_run_out() {
 #[tokio::test(start_paused = true)]
 async fn single_attempt_policy_passes_errors_through() {
     let down = Scripted::new(&[Step::Fail]);
-    let svc = BackoffRetryLayer::new(config(1))
-        .unwrap()
-        .layer(down.clone());
+    let svc = retrying(config(1), &down);
     let err = svc.oneshot(()).await.unwrap_err();
     assert_eq!(err.to_string(), "attempt 1 failed");
     assert!(Error::find_in(err.as_ref()).is_none());
@@ -359,9 +349,7 @@ async fn single_attempt_policy_passes_errors_through() {
 async fn full_jitter_waits_stay_within_the_exponential_ceiling() {
     let down = Scripted::new(&[Step::Fail]);
     let backoff = Backoff::exponential(ms(100)).max(ms(250));
-    let svc = BackoffRetryLayer::new(config(5).backoff(backoff))
-        .unwrap()
-        .layer(down.clone());
+    let svc = retrying(config(5).backoff(backoff), &down);
     let _ = svc.oneshot(()).await.unwrap_err();
     let starts = down.starts();
     let waits: Vec<_> = starts.windows(2).map(|w| w[1] - w[0]).collect();

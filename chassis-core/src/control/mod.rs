@@ -338,6 +338,11 @@ mod tests {
             .unwrap()
     }
 
+    /// The state the registry shows of its `kind` component called "inventory".
+    async fn inventory_state(control: &ControlRegistry, kind: &str) -> Value {
+        control.component(kind, "inventory").await.unwrap()["state"].take()
+    }
+
     #[tokio::test]
     async fn a_policy_registers_each_part_with_its_state() {
         let layer = policy_layer();
@@ -354,40 +359,28 @@ mod tests {
             kinds,
             ["breaker", "bulkhead", "rate_limiter", "retry_budget"]
         );
-        let bulkhead = control.component("bulkhead", "inventory").await.unwrap();
-        assert_eq!(bulkhead["state"]["capacity"], 3);
-        assert_eq!(bulkhead["state"]["in_use"], 0);
-        let limiter = control
-            .component("rate_limiter", "inventory")
-            .await
-            .unwrap();
-        assert_eq!(limiter["state"]["capacity"], 10);
-        assert_eq!(limiter["state"]["available"], 10);
+        let bulkhead = inventory_state(&control, "bulkhead").await;
+        assert_eq!(bulkhead["capacity"], 3);
+        assert_eq!(bulkhead["in_use"], 0);
+        let limiter = inventory_state(&control, "rate_limiter").await;
+        assert_eq!(limiter["capacity"], 10);
+        assert_eq!(limiter["available"], 10);
         assert!(control.component("breaker", "payments").await.is_none());
 
         layer.rate_limit().unwrap().try_acquire().unwrap();
         layer.rate_limit().unwrap().try_acquire().unwrap();
-        let limiter = control
-            .component("rate_limiter", "inventory")
-            .await
-            .unwrap();
-        assert_eq!(limiter["state"]["available"], 8);
-        assert_eq!(limiter["state"]["in_use"], 2);
+        let limiter = inventory_state(&control, "rate_limiter").await;
+        assert_eq!(limiter["available"], 8);
+        assert_eq!(limiter["in_use"], 2);
 
         let budget = layer.retry().unwrap().budget_handle().unwrap();
-        let before = control
-            .component("retry_budget", "inventory")
-            .await
-            .unwrap();
+        let before = inventory_state(&control, "retry_budget").await;
         assert!(tower::retry::budget::Budget::withdraw(&*budget));
-        let after = control
-            .component("retry_budget", "inventory")
-            .await
-            .unwrap();
-        assert_eq!(after["state"]["spent"], 1);
+        let after = inventory_state(&control, "retry_budget").await;
+        assert_eq!(after["spent"], 1);
         assert_eq!(
-            after["state"]["balance"].as_u64().unwrap() + 1,
-            before["state"]["balance"].as_u64().unwrap()
+            after["balance"].as_u64().unwrap() + 1,
+            before["balance"].as_u64().unwrap()
         );
     }
 

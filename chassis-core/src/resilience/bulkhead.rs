@@ -454,6 +454,25 @@ mod tests {
         BulkheadLayer::new(BulkheadConfig::new("t").max_concurrent(max).max_wait(wait)).unwrap()
     }
 
+    /// A downstream that answers at once.
+    fn answering() -> impl Service<(), Response = (), Error = BoxError, Future: Send> + Clone + Send
+    {
+        service_fn(|()| async { Ok::<_, BoxError>(()) })
+    }
+
+    /// A clone of `svc`, readied: it holds one of the bulkhead's permits until dropped.
+    async fn ready_clone<S>(svc: &S) -> S
+    where
+        S: Service<()> + Clone,
+        S::Error: fmt::Debug,
+    {
+        let mut ready = svc.clone();
+        std::future::poll_fn(|cx| ready.poll_ready(cx))
+            .await
+            .unwrap();
+        ready
+    }
+
     /// Counts the calls running at once (and the most seen).
     #[derive(Clone)]
     struct Counting {
@@ -512,33 +531,21 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_waiter_that_gave_up_leaves_nothing_behind() {
         let layer = layer(1, Duration::from_millis(100));
-        let svc = layer.layer(service_fn(|()| async { Ok::<_, BoxError>(()) }));
-        let mut holder = svc.clone();
-        std::future::poll_fn(|cx| holder.poll_ready(cx))
-            .await
-            .unwrap();
+        let svc = layer.layer(answering());
+        let holder = ready_clone(&svc).await;
         // The holder's permit is never used: the next call waits 100 ms, then is rejected.
         assert!(svc.clone().oneshot(()).await.is_err());
         assert_eq!(layer.shared.pool.waiting.load(SeqCst), 0);
         drop(holder);
         assert_eq!(layer.available_permits(), 1);
-        assert!(matches!(
-            layer
-                .layer(service_fn(|()| async { Ok::<_, BoxError>(()) }))
-                .oneshot(())
-                .await,
-            Ok(())
-        ));
+        assert!(matches!(layer.layer(answering()).oneshot(()).await, Ok(())));
     }
 
     #[tokio::test(start_paused = true)]
     async fn a_new_call_queues_behind_a_waiting_one() {
         let layer = layer(1, Duration::from_secs(1));
-        let svc = layer.layer(service_fn(|()| async { Ok::<_, BoxError>(()) }));
-        let mut holder = svc.clone();
-        std::future::poll_fn(|cx| holder.poll_ready(cx))
-            .await
-            .unwrap();
+        let svc = layer.layer(answering());
+        let holder = ready_clone(&svc).await;
         let waiter = tokio::spawn(svc.clone().oneshot(()));
         tokio::task::yield_now().await;
         assert_eq!(layer.shared.pool.waiting.load(SeqCst), 1);
