@@ -102,6 +102,8 @@ pub mod redact;
 #[cfg_attr(docsrs, doc(cfg(feature = "sentry")))]
 pub mod sentry;
 pub mod telemetry;
+#[cfg(test)]
+mod test_support;
 #[cfg(any(feature = "otlp-http", feature = "grpc"))]
 mod tls;
 pub mod trace;

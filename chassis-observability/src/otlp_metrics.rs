@@ -391,6 +391,11 @@ enum Kind {
 /// One series' labels, sorted by name (the Prometheus text output's order).
 type Labels = Vec<(String, String)>;
 
+/// One data point per series of a family, each built by `point`.
+fn points<T>(series: &BTreeMap<Labels, Series>, point: impl Fn(&Labels, &Series) -> T) -> Vec<T> {
+    series.iter().map(|(l, s)| point(l, s)).collect()
+}
+
 #[derive(Default)]
 struct Series {
     value: f64,
@@ -509,46 +514,36 @@ pub fn prometheus_text_to_otlp(
             };
             let data = match family.kind {
                 Kind::Counter => metric::Data::Sum(Sum {
-                    data_points: family.series.iter().map(|(l, s)| number(l, s)).collect(),
+                    data_points: points(&family.series, number),
                     aggregation_temporality: cumulative,
                     is_monotonic: true,
                 }),
                 Kind::Gauge => metric::Data::Gauge(Gauge {
-                    data_points: family
-                        .series
-                        .iter()
-                        .map(|(l, s)| NumberDataPoint {
-                            start_time_unix_nano: 0,
-                            ..number(l, s)
-                        })
-                        .collect(),
+                    data_points: points(&family.series, |l, s| NumberDataPoint {
+                        start_time_unix_nano: 0,
+                        ..number(l, s)
+                    }),
                 }),
                 Kind::Histogram => metric::Data::Histogram(Histogram {
-                    data_points: family
-                        .series
-                        .iter()
-                        .map(|(l, s)| histogram_point(attrs(l), s, start_unix_nano, now_unix_nano))
-                        .collect(),
+                    data_points: points(&family.series, |l, s| {
+                        histogram_point(attrs(l), s, start_unix_nano, now_unix_nano)
+                    }),
                     aggregation_temporality: cumulative,
                 }),
                 Kind::Summary => metric::Data::Summary(Summary {
-                    data_points: family
-                        .series
-                        .iter()
-                        .map(|(l, s)| SummaryDataPoint {
-                            attributes: attrs(l),
-                            start_time_unix_nano: start_unix_nano,
-                            time_unix_nano: now_unix_nano,
-                            count: s.count as u64,
-                            sum: s.sum,
-                            quantile_values: s
-                                .points
-                                .iter()
-                                .map(|&(quantile, value)| ValueAtQuantile { quantile, value })
-                                .collect(),
-                            flags: 0,
-                        })
-                        .collect(),
+                    data_points: points(&family.series, |l, s| SummaryDataPoint {
+                        attributes: attrs(l),
+                        start_time_unix_nano: start_unix_nano,
+                        time_unix_nano: now_unix_nano,
+                        count: s.count as u64,
+                        sum: s.sum,
+                        quantile_values: s
+                            .points
+                            .iter()
+                            .map(|&(quantile, value)| ValueAtQuantile { quantile, value })
+                            .collect(),
+                        flags: 0,
+                    }),
                 }),
             };
             Metric {

@@ -1177,12 +1177,11 @@ mod tests {
         let mut map: HashMap<String, String> = HashMap::new();
         inject_context(&Context::new(), &mut map);
         assert!(map.is_empty());
-        let sc = SpanContext::new(
-            TraceId::from_hex("4bf92f3577b34da6a3ce929d0e0e4736").unwrap(),
-            SpanId::from_hex("00f067aa0ba902b7").unwrap(),
+        let sc = crate::test_support::span_context(
+            "4bf92f3577b34da6a3ce929d0e0e4736",
+            "00f067aa0ba902b7",
             TraceFlags::new(0xff),
             true,
-            TraceState::default(),
         );
         inject_context(&Context::new().with_remote_span_context(sc), &mut map);
         // "Other Flags": "Vendors MUST set those to zero"; sampled and random-trace-id stay.
@@ -1257,12 +1256,11 @@ mod tests {
             "traceparent",
             "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-02",
         )])));
-        let child = SpanContext::new(
-            TraceId::from_hex("4bf92f3577b34da6a3ce929d0e0e4736").unwrap(),
-            SpanId::from_hex("b7ad6b7169203331").unwrap(),
+        let child = crate::test_support::span_context(
+            "4bf92f3577b34da6a3ce929d0e0e4736",
+            "b7ad6b7169203331",
             TraceFlags::default(),
             false,
-            TraceState::default(),
         );
         let out = inject_map(&remote.with_remote_span_context(child));
         assert_eq!(
@@ -1273,12 +1271,11 @@ mod tests {
         // ... and "If the flag is unset in the incoming traceparent header, it MUST also be
         // unset", even for a local span (which otherwise counts as a trace started here).
         let remote = extract_context(&HeaderExtractor(&headers(&[("traceparent", VALID)])));
-        let child = SpanContext::new(
-            TraceId::from_hex("4bf92f3577b34da6a3ce929d0e0e4736").unwrap(),
-            SpanId::from_hex("b7ad6b7169203331").unwrap(),
+        let child = crate::test_support::span_context(
+            "4bf92f3577b34da6a3ce929d0e0e4736",
+            "b7ad6b7169203331",
             TraceFlags::SAMPLED,
             false,
-            TraceState::default(),
         );
         let out = inject_map(&remote.with_remote_span_context(child));
         assert_eq!(flags_of(&out["traceparent"]), "01");
@@ -1290,12 +1287,11 @@ mod tests {
         // pseudo-randomly) generated, the random-trace-id flag SHOULD be set to 1": a local span
         // with no received parent in its context belongs to a trace the SDK's random id
         // generator started.
-        let local = SpanContext::new(
-            TraceId::from_hex("0af7651916cd43dd8448eb211c80319c").unwrap(),
-            SpanId::from_hex("b7ad6b7169203331").unwrap(),
+        let local = crate::test_support::span_context(
+            "0af7651916cd43dd8448eb211c80319c",
+            "b7ad6b7169203331",
             TraceFlags::default(),
             false,
-            TraceState::default(),
         );
         let out = inject_map(&Context::new().with_remote_span_context(local.clone()));
         assert_eq!(flags_of(&out["traceparent"]), "02");

@@ -679,12 +679,11 @@ mod tests {
         assert_eq!(p.fields().collect::<Vec<_>>(), [SENTRY_TRACE]);
 
         // A context that already has a span keeps it.
-        let other = SpanContext::new(
-            TraceId::from_hex("0af7651916cd43dd8448eb211c80319c").unwrap(),
-            SpanId::from_hex("b7ad6b7169203331").unwrap(),
+        let other = crate::test_support::span_context(
+            "0af7651916cd43dd8448eb211c80319c",
+            "b7ad6b7169203331",
             TraceFlags::SAMPLED,
             true,
-            TraceState::default(),
         );
         let base = opentelemetry::Context::new().with_remote_span_context(other.clone());
         let kept = p.extract_with_context(&base, &carrier);

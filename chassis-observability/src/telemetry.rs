@@ -57,15 +57,11 @@ pub struct TelemetryBuilder {
     install_recorder: bool,
 }
 
-impl std::fmt::Debug for TelemetryBuilder {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TelemetryBuilder")
-            .field("service", &self.service)
-            .field("config", &self.config)
-            .field("use_env", &self.use_env)
-            .finish_non_exhaustive()
-    }
-}
+chassis_core::__debug_fields!(TelemetryBuilder {
+    service,
+    config,
+    use_env
+});
 
 impl TelemetryBuilder {
     /// Replaces the whole configuration. Defaults to [`TelemetryConfig::default`].
@@ -587,15 +583,11 @@ pub struct Telemetry {
     done: bool,
 }
 
-impl std::fmt::Debug for Telemetry {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Telemetry")
-            .field("service", &self.service)
-            .field("exporting", &self.exporting)
-            .field("stats", &self.stats)
-            .finish_non_exhaustive()
-    }
-}
+chassis_core::__debug_fields!(Telemetry {
+    service,
+    exporting,
+    stats
+});
 
 impl Telemetry {
     /// A builder for the given service, with [`TelemetryConfig::default`] and the environment

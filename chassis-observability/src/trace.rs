@@ -163,7 +163,13 @@ pub fn build_tracer_provider(
         if tokio::runtime::Handle::try_current().is_err() {
             return Err(Error::new(ErrorKind::NoRuntime));
         }
-        builder = with_otlp_pipeline(builder, config, endpoint, &stats)?;
+        #[cfg(any(feature = "otlp-http", feature = "grpc"))]
+        {
+            builder = with_otlp_pipeline(builder, config, endpoint, &stats)?;
+        }
+        // No transport compiled in: `transport_enabled` refused every protocol above.
+        #[cfg(not(any(feature = "otlp-http", feature = "grpc")))]
+        let _ = (endpoint, &mut builder);
     }
     Ok((builder.build(), stats))
 }
@@ -230,17 +236,6 @@ fn with_otlp_pipeline(
         limit: config.max_queue_size,
         stats: Arc::clone(stats),
     }))
-}
-
-/// No transport compiled in: there is no exporter to build, whatever the protocol.
-#[cfg(not(any(feature = "otlp-http", feature = "grpc")))]
-fn with_otlp_pipeline(
-    _builder: opentelemetry_sdk::trace::TracerProviderBuilder,
-    config: &TracingConfig,
-    _endpoint: String,
-    _stats: &Arc<ExportStats>,
-) -> Result<opentelemetry_sdk::trace::TracerProviderBuilder, Error> {
-    Err(transport_not_enabled(config.protocol))
 }
 
 #[cfg(any(feature = "otlp-http", feature = "grpc"))]
@@ -688,6 +683,22 @@ mod tests {
         drop(provider);
     }
 
+    /// The error building a tracer provider for `config` fails with, which says that
+    /// `protocol`'s transport, the feature `feature`, is left out of this build.
+    #[cfg(not(all(feature = "otlp-http", feature = "grpc")))]
+    fn transport_not_enabled(
+        config: &TracingConfig,
+        protocol: OtlpProtocol,
+        feature: &'static str,
+    ) -> crate::Error {
+        let err = build_tracer_provider(&ServiceInfo::new("a", "1"), config).unwrap_err();
+        assert_eq!(
+            err.kind(),
+            &ErrorKind::TransportNotEnabled { protocol, feature }
+        );
+        err
+    }
+
     #[cfg(not(feature = "grpc"))]
     #[tokio::test]
     async fn grpc_without_the_feature_is_a_typed_error() {
@@ -696,14 +707,7 @@ mod tests {
             protocol: OtlpProtocol::Grpc,
             ..TracingConfig::default()
         };
-        let err = build_tracer_provider(&ServiceInfo::new("a", "1"), &config).unwrap_err();
-        assert_eq!(
-            err.kind(),
-            &ErrorKind::TransportNotEnabled {
-                protocol: OtlpProtocol::Grpc,
-                feature: "grpc"
-            }
-        );
+        let err = transport_not_enabled(&config, OtlpProtocol::Grpc, "grpc");
         assert!(err.to_string().contains("`grpc` feature"), "{err}");
     }
 
@@ -714,14 +718,7 @@ mod tests {
             endpoint: Some("http://127.0.0.1:4318".into()),
             ..TracingConfig::default()
         };
-        let err = build_tracer_provider(&ServiceInfo::new("a", "1"), &config).unwrap_err();
-        assert_eq!(
-            err.kind(),
-            &ErrorKind::TransportNotEnabled {
-                protocol: OtlpProtocol::HttpProtobuf,
-                feature: "otlp-http"
-            }
-        );
+        transport_not_enabled(&config, OtlpProtocol::HttpProtobuf, "otlp-http");
         // Without an endpoint nothing is exported and nothing is refused.
         let config = TracingConfig::default();
         assert!(build_tracer_provider(&ServiceInfo::new("a", "1"), &config).is_ok());

@@ -37,7 +37,7 @@ use opentelemetry_proto::tonic::collector::trace::v1::{
 };
 use opentelemetry_proto::tonic::common::v1::KeyValue;
 use prost::Message;
-use support::{Background, assert_child_passed, attr, counter, http1_server, run_env_child};
+use support::{Background, attr, counter, http1_server, run_otel_child};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tonic::codegen::Service as _;
@@ -124,11 +124,7 @@ impl Collector {
 
     /// Every export received so far.
     fn drain(&mut self) -> Vec<Export> {
-        let mut out = Vec::new();
-        while let Ok(e) = self.exports.try_recv() {
-            out.push(e);
-        }
-        out
+        support::drain(&mut self.exports)
     }
 
     /// OTLP/HTTP (protobuf): `POST /v1/traces` and `POST /v1/metrics`.
@@ -262,10 +258,7 @@ async fn silent_endpoint() -> (String, Background) {
 
 /// Runs the child `case` with `vars` (and no other `OTEL_*` variable) and asserts it passed.
 async fn run_child(case: &str, vars: &[(&str, &str)]) {
-    let case_var = [("CHASSIS_OTEL_ENV_CASE", case)];
-    let vars = case_var.iter().chain(vars).copied();
-    let out = run_env_child(|k| k.starts_with("OTEL_"), vars).await;
-    assert_child_passed(case, &out);
+    run_otel_child("CHASSIS_OTEL_ENV_CASE", case, vars).await;
 }
 
 /// The exports of one child that sent a span and the counter: one of each signal at least,
@@ -287,6 +280,16 @@ fn by_signal(exports: Vec<Export>) -> (Vec<Export>, Vec<Export>) {
     (traces, metrics)
 }
 
+/// Runs the child that exports both signals to `collector` with `vars` (besides [`BOTH`] and
+/// the endpoint); what `collector` received, by signal.
+async fn export(collector: &mut Collector, vars: &[(&str, &str)]) -> (Vec<Export>, Vec<Export>) {
+    let endpoint = collector.endpoint();
+    let mut vars = with(vars);
+    vars.push(("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint));
+    run_child("export", &vars).await;
+    by_signal(collector.drain())
+}
+
 /// The variables every case that exports both signals sets: the metrics push on (pushed at
 /// shutdown, the interval too long to push before).
 const BOTH: [(&str, &str); 2] = [
@@ -301,38 +304,31 @@ fn with<'a>(vars: &[(&'a str, &'a str)]) -> Vec<(&'a str, &'a str)> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn headers_generic_and_per_signal_reach_the_collector() {
     let mut collector = Collector::http().await;
-    let endpoint = collector.endpoint();
 
     // OTEL_EXPORTER_OTLP_HEADERS: on both signals, percent-decoded.
-    run_child(
-        "export",
-        &with(&[
-            ("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint),
-            (
-                "OTEL_EXPORTER_OTLP_HEADERS",
-                "x-tenant=shop%20eu,authorization=Bearer%20abc",
-            ),
-        ]),
+    let (traces, metrics) = export(
+        &mut collector,
+        &[(
+            "OTEL_EXPORTER_OTLP_HEADERS",
+            "x-tenant=shop%20eu,authorization=Bearer%20abc",
+        )],
     )
     .await;
-    let (traces, metrics) = by_signal(collector.drain());
     for e in traces.iter().chain(&metrics) {
         assert_eq!(e.headers["x-tenant"], "shop eu", "{e:?}");
         assert_eq!(e.headers["authorization"], "Bearer abc", "{e:?}");
     }
 
     // OTEL_EXPORTER_OTLP_{TRACES,METRICS}_HEADERS: each signal its own, over the generic one.
-    run_child(
-        "export",
-        &with(&[
-            ("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint),
+    let (traces, metrics) = export(
+        &mut collector,
+        &[
             ("OTEL_EXPORTER_OTLP_HEADERS", "x-generic=1"),
             ("OTEL_EXPORTER_OTLP_TRACES_HEADERS", "x-signal=traces"),
             ("OTEL_EXPORTER_OTLP_METRICS_HEADERS", "x-signal=metrics"),
-        ]),
+        ],
     )
     .await;
-    let (traces, metrics) = by_signal(collector.drain());
     for (exports, signal) in [(&traces, "traces"), (&metrics, "metrics")] {
         for e in exports {
             assert_eq!(e.headers["x-signal"], signal, "{e:?}");
@@ -344,19 +340,14 @@ async fn headers_generic_and_per_signal_reach_the_collector() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn resource_attributes_describe_both_signals() {
     let mut collector = Collector::http().await;
-    let endpoint = collector.endpoint();
-    run_child(
-        "export",
-        &with(&[
-            ("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint),
-            (
-                "OTEL_RESOURCE_ATTRIBUTES",
-                "deployment.environment.name=staging,k8s.namespace.name=shop%20eu,service.name=from-attributes",
-            ),
-        ]),
+    let (traces, metrics) = export(
+        &mut collector,
+        &[(
+            "OTEL_RESOURCE_ATTRIBUTES",
+            "deployment.environment.name=staging,k8s.namespace.name=shop%20eu,service.name=from-attributes",
+        )],
     )
     .await;
-    let (traces, metrics) = by_signal(collector.drain());
     for e in traces.iter().chain(&metrics) {
         let a = |key| attr(&e.resource, key);
         assert_eq!(a("deployment.environment.name").as_deref(), Some("staging"));
@@ -373,16 +364,14 @@ async fn protocol_generic_and_per_signal_selects_grpc_or_http() {
 
     // OTEL_EXPORTER_OTLP_PROTOCOL=grpc: both signals over gRPC, to the endpoint as is, with
     // the headers as metadata.
-    run_child(
-        "export",
-        &with(&[
+    let (traces, metrics) = export(
+        &mut grpc,
+        &[
             ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
-            ("OTEL_EXPORTER_OTLP_ENDPOINT", &grpc.endpoint()),
             ("OTEL_EXPORTER_OTLP_HEADERS", "x-tenant=grpc"),
-        ]),
+        ],
     )
     .await;
-    let (traces, metrics) = by_signal(grpc.drain());
     for e in traces.iter().chain(&metrics) {
         assert!(e.grpc, "{e:?}");
         assert_eq!(e.headers["x-tenant"], "grpc", "{e:?}");

@@ -12,7 +12,7 @@ use chassis_observability::propagation::{
 };
 use chassis_observability::{ErrorKind, Telemetry};
 use opentelemetry::trace::TraceContextExt as _;
-use support::{Receiver, attr, hex, spans};
+use support::{Receiver, attr, captured, hex, spans};
 use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 
 fn config(endpoint: &str) -> TelemetryConfig {
@@ -170,17 +170,12 @@ async fn dead_endpoint() -> String {
 // `max_queue_size` spans are queued and the rest dropped.
 #[tokio::test]
 async fn missing_collector_drops_and_counts_with_one_warning() {
-    let logs = CaptureWriter::new();
     let mut c = config(&dead_endpoint().await);
     c.tracing.max_queue_size = 4;
     c.tracing.scheduled_delay = Duration::from_secs(60);
     c.tracing.export_timeout = Duration::from_secs(2);
-    let (dispatch, guard) = Telemetry::builder(ServiceInfo::new("orders", "1"))
-        .ignore_env()
-        .config(c)
-        .make_writer(logs.clone())
-        .build()
-        .unwrap();
+    let (dispatch, guard, logs) =
+        captured(Telemetry::builder(ServiceInfo::new("orders", "1")).config(c));
     // Spans end on this thread, so the drop counter lands in the (not installed) recorder.
     let recorder = guard.metrics_recorder().unwrap();
     metrics::with_local_recorder(recorder, || {
@@ -205,13 +200,7 @@ async fn missing_collector_drops_and_counts_with_one_warning() {
 
     // Shutdown tries to export the 4 queued spans: connection refused, counted, not fatal.
     let stats = guard.export_stats();
-    let result = tokio::time::timeout(
-        Duration::from_secs(10),
-        guard.shutdown(Duration::from_secs(5)),
-    )
-    .await
-    .expect("shutdown must honour its deadline");
-    assert!(result.is_ok() || matches!(result.unwrap_err().kind(), ErrorKind::Shutdown { .. }));
+    support::shut_down(guard, Duration::from_secs(5)).await;
     assert_eq!(stats.dropped(), 10, "4 more lost to the failed export");
     assert_eq!(stats.exported(), 0);
 }
@@ -230,12 +219,8 @@ async fn slow_collector_never_blocks_and_shutdown_meets_its_deadline() {
     let mut c = config(&format!("http://{addr}"));
     c.tracing.export_timeout = Duration::from_secs(3);
     c.tracing.max_queue_size = 16;
-    let (dispatch, guard) = Telemetry::builder(ServiceInfo::new("orders", "1"))
-        .ignore_env()
-        .config(c)
-        .make_writer(CaptureWriter::new())
-        .build()
-        .unwrap();
+    let (dispatch, guard, _logs) =
+        captured(Telemetry::builder(ServiceInfo::new("orders", "1")).config(c));
     tracing::dispatcher::with_default(&dispatch, || {
         for i in 0..1000 {
             tracing::info_span!("work", i).in_scope(|| {});
@@ -262,13 +247,9 @@ async fn slow_collector_never_blocks_and_shutdown_meets_its_deadline() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn warnings_and_errors_become_span_events_info_lines_stay_in_the_log() {
     let mut receiver = Receiver::start().await;
-    let logs = CaptureWriter::new();
-    let (dispatch, guard) = Telemetry::builder(ServiceInfo::new("orders", "1"))
-        .ignore_env()
-        .config(config(&receiver.endpoint()))
-        .make_writer(logs.clone())
-        .build()
-        .unwrap();
+    let (dispatch, guard, logs) = captured(
+        Telemetry::builder(ServiceInfo::new("orders", "1")).config(config(&receiver.endpoint())),
+    );
     tracing::dispatcher::with_default(&dispatch, || {
         tracing::info_span!("checkout").in_scope(|| {
             tracing::info!("informed");
@@ -319,13 +300,11 @@ async fn warnings_and_errors_become_span_events_info_lines_stay_in_the_log() {
 async fn span_details_are_off_by_default_and_exported_when_asked_for() {
     let mut receiver = Receiver::start().await;
     for details in [false, true] {
-        let (dispatch, guard) = Telemetry::builder(ServiceInfo::new("orders", "1"))
-            .ignore_env()
-            .config(config(&receiver.endpoint()))
-            .span_details(details)
-            .make_writer(CaptureWriter::new())
-            .build()
-            .unwrap();
+        let (dispatch, guard, _logs) = captured(
+            Telemetry::builder(ServiceInfo::new("orders", "1"))
+                .config(config(&receiver.endpoint()))
+                .span_details(details),
+        );
         let name = format!("details {details}");
         tracing::dispatcher::with_default(&dispatch, || {
             tracing::info_span!("work", order.id = 7_i64).in_scope(|| {});

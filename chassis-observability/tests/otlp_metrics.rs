@@ -13,7 +13,7 @@ use chassis_observability::logging::CaptureWriter;
 use chassis_observability::{ErrorKind, Telemetry};
 use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
 use opentelemetry_proto::tonic::metrics::v1::metric;
-use support::{Receiver, assert_child_passed, attr, counter, run_env_child};
+use support::{Receiver, assert_resource, captured, counter, find_metric, run_otel_child};
 
 fn config(endpoint: &str) -> TelemetryConfig {
     let mut c = TelemetryConfig::default();
@@ -40,13 +40,11 @@ async fn wait_for(receiver: &mut Receiver, name: &str, value: f64) -> ExportMetr
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_are_pushed_periodically_with_the_resource() {
     let mut receiver = Receiver::start().await;
-    let (_dispatch, guard) = Telemetry::builder(ServiceInfo::new("orders", "1.2.0"))
-        .ignore_env()
-        .config(config(&receiver.endpoint()))
-        .resource_attribute("cloud.region", "eu-west-1")
-        .make_writer(CaptureWriter::new())
-        .build()
-        .unwrap();
+    let (_dispatch, guard, _logs) = captured(
+        Telemetry::builder(ServiceInfo::new("orders", "1.2.0"))
+            .config(config(&receiver.endpoint()))
+            .resource_attribute("cloud.region", "eu-west-1"),
+    );
     assert_eq!(
         guard.metrics_exporter().unwrap().url(),
         format!("{}/v1/metrics", receiver.endpoint())
@@ -59,17 +57,11 @@ async fn metrics_are_pushed_periodically_with_the_resource() {
     });
 
     let request = wait_for(&mut receiver, "jobs_done_total", 3.0).await;
-    let resource = request.resource_metrics[0].resource.as_ref().unwrap();
-    assert_eq!(
-        attr(&resource.attributes, "service.name").as_deref(),
-        Some("orders")
+    assert_resource(
+        &request,
+        &[("service.name", "orders"), ("cloud.region", "eu-west-1")],
     );
-    assert_eq!(
-        attr(&resource.attributes, "cloud.region").as_deref(),
-        Some("eu-west-1")
-    );
-    let metrics = &request.resource_metrics[0].scope_metrics[0].metrics;
-    let histogram = metrics.iter().find(|m| m.name == "job_seconds").unwrap();
+    let histogram = find_metric(&request, "job_seconds").unwrap();
     let Some(metric::Data::Histogram(h)) = &histogram.data else {
         panic!("{histogram:?}")
     };
@@ -99,12 +91,8 @@ async fn shutdown_pushes_the_last_values_and_nothing_is_pushed_by_default() {
     let mut receiver = Receiver::start().await;
     let mut c = config(&receiver.endpoint());
     c.metrics.otlp.interval = Duration::from_secs(3600);
-    let (_dispatch, guard) = Telemetry::builder(ServiceInfo::new("batch", "1"))
-        .ignore_env()
-        .config(c)
-        .make_writer(CaptureWriter::new())
-        .build()
-        .unwrap();
+    let (_dispatch, guard, _logs) =
+        captured(Telemetry::builder(ServiceInfo::new("batch", "1")).config(c));
     metrics::with_local_recorder(guard.metrics_recorder().unwrap(), || {
         metrics::counter!("rows_total").increment(7);
     });
@@ -115,12 +103,8 @@ async fn shutdown_pushes_the_last_values_and_nothing_is_pushed_by_default() {
     // Without `metrics.otlp.enabled`, the traces' endpoint does not turn the push on.
     let mut c = TelemetryConfig::default();
     c.tracing.endpoint = Some(receiver.endpoint());
-    let (_dispatch, guard) = Telemetry::builder(ServiceInfo::new("batch", "1"))
-        .ignore_env()
-        .config(c)
-        .make_writer(CaptureWriter::new())
-        .build()
-        .unwrap();
+    let (_dispatch, guard, _logs) =
+        captured(Telemetry::builder(ServiceInfo::new("batch", "1")).config(c));
     assert!(guard.metrics_exporter().is_none());
     guard.shutdown(Duration::from_secs(5)).await.unwrap();
     assert!(receiver.metrics.try_recv().is_err());
@@ -133,12 +117,7 @@ async fn grpc_for_metrics_without_the_feature_is_a_typed_error() {
     use chassis_observability::config::OtlpProtocol;
     let mut c = config("http://127.0.0.1:4317");
     c.metrics.otlp.protocol = Some(OtlpProtocol::Grpc);
-    let err = Telemetry::builder(ServiceInfo::new("a", "1"))
-        .ignore_env()
-        .config(c)
-        .make_writer(CaptureWriter::new())
-        .build()
-        .unwrap_err();
+    let err = support::build_error(Telemetry::builder(ServiceInfo::new("a", "1")).config(c));
     assert_eq!(
         err.kind(),
         &ErrorKind::TransportNotEnabled {
@@ -152,24 +131,14 @@ async fn grpc_for_metrics_without_the_feature_is_a_typed_error() {
 /// Runs the `env_child` test of this binary in a child process with `vars` (and no other
 /// `OTEL_*` variable), and asserts that it passed.
 async fn run_child(case: &str, vars: &[(&str, &str)]) {
-    let case_var = [("CHASSIS_OTLP_METRICS_CASE", case)];
-    let vars = case_var.iter().chain(vars).copied();
-    let out = run_env_child(|k| k.starts_with("OTEL_"), vars).await;
-    assert_child_passed(case, &out);
+    run_otel_child("CHASSIS_OTLP_METRICS_CASE", case, vars).await;
 }
 
 /// Takes the next push off `receiver` and asserts the resource attributes `want` on it, then
 /// drops any further pushes of the same child.
 fn assert_pushed_resource(receiver: &mut Receiver, want: &[(&str, &str)]) {
     let request = receiver.metrics.try_recv().expect("the child pushed");
-    let resource = request.resource_metrics[0].resource.as_ref().unwrap();
-    for (key, value) in want {
-        assert_eq!(
-            attr(&resource.attributes, key).as_deref(),
-            Some(*value),
-            "{key}"
-        );
-    }
+    assert_resource(&request, want);
     while receiver.metrics.try_recv().is_ok() {}
 }
 

@@ -24,7 +24,9 @@ use opentelemetry_proto::tonic::collector::metrics::v1::{
     ExportMetricsServiceRequest, ExportMetricsServiceResponse,
 };
 use opentelemetry_proto::tonic::metrics::v1::{metric, number_data_point};
-use support::{assert_child_passed, attr, counter, run_env_child};
+use support::{
+    assert_child_passed, assert_resource, build_error, counter, find_metric, run_env_child,
+};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 
@@ -147,6 +149,20 @@ macro_rules! build {
     };
 }
 
+/// Pushes the metrics once, which must fail with an [`ErrorKind::Exporter`] error; its reason.
+async fn failed_push(guard: &Telemetry) -> String {
+    let err = guard
+        .metrics_exporter()
+        .unwrap()
+        .export()
+        .await
+        .unwrap_err();
+    let ErrorKind::Exporter { reason } = err.kind() else {
+        panic!("{err}")
+    };
+    reason.to_string()
+}
+
 /// Waits (at most 10 s) for an export in which counter `name` is `value`.
 async fn wait_for(receiver: &mut GrpcReceiver, name: &str, value: f64) -> Received {
     tokio::time::timeout(Duration::from_secs(10), async {
@@ -213,26 +229,17 @@ async fn metrics_arrive_over_grpc_with_the_resource_values_and_metadata() {
         "the default 10 s timeout"
     );
     let request = &received.request;
-    let resource = request.resource_metrics[0].resource.as_ref().unwrap();
-    assert_eq!(
-        attr(&resource.attributes, "service.name").as_deref(),
-        Some("orders")
-    );
-    assert_eq!(
-        attr(&resource.attributes, "service.version").as_deref(),
-        Some("1.2.0")
-    );
-    assert_eq!(
-        attr(&resource.attributes, "cloud.region").as_deref(),
-        Some("eu-west-1")
+    assert_resource(
+        request,
+        &[
+            ("service.name", "orders"),
+            ("service.version", "1.2.0"),
+            ("cloud.region", "eu-west-1"),
+        ],
     );
     let scope = &request.resource_metrics[0].scope_metrics[0];
     assert_eq!(scope.scope.as_ref().unwrap().name, "chassis");
-    let histogram = scope
-        .metrics
-        .iter()
-        .find(|m| m.name == "job_seconds")
-        .unwrap();
+    let histogram = find_metric(request, "job_seconds").unwrap();
     let Some(metric::Data::Histogram(h)) = &histogram.data else {
         panic!("{histogram:?}")
     };
@@ -242,11 +249,7 @@ async fn metrics_arrive_over_grpc_with_the_resource_values_and_metadata() {
     assert_eq!(point.bucket_counts[bucket_of(0.02)], 1);
     assert_eq!(point.bucket_counts[bucket_of(3.0)], 1);
     assert_eq!(point.bucket_counts.iter().sum::<u64>(), 2);
-    let gauge = scope
-        .metrics
-        .iter()
-        .find(|m| m.name == "jobs_in_flight")
-        .unwrap();
+    let gauge = find_metric(request, "jobs_in_flight").unwrap();
     let Some(metric::Data::Gauge(g)) = &gauge.data else {
         panic!("{gauge:?}")
     };
@@ -273,15 +276,7 @@ async fn metrics_arrive_over_grpc_with_the_resource_values_and_metadata() {
 async fn an_error_status_is_an_exporter_error_naming_the_code() {
     let mut receiver = GrpcReceiver::start(Answer::Status(tonic::Code::ResourceExhausted)).await;
     let guard = build!(config(&receiver.endpoint()));
-    let err = guard
-        .metrics_exporter()
-        .unwrap()
-        .export()
-        .await
-        .unwrap_err();
-    let ErrorKind::Exporter { reason } = err.kind() else {
-        panic!("{err}")
-    };
+    let reason = failed_push(&guard).await;
     assert!(reason.contains("ResourceExhausted (8)"), "{reason}");
     assert!(reason.contains("collector is full"), "{reason}");
     assert!(reason.contains(&receiver.endpoint()), "{reason}");
@@ -297,16 +292,8 @@ async fn a_collector_that_never_answers_fails_within_the_timeout() {
     c.metrics.otlp.timeout = Duration::from_millis(300);
     let guard = build!(c);
     let started = Instant::now();
-    let err = guard
-        .metrics_exporter()
-        .unwrap()
-        .export()
-        .await
-        .unwrap_err();
+    let reason = failed_push(&guard).await;
     let elapsed = started.elapsed();
-    let ErrorKind::Exporter { reason } = err.kind() else {
-        panic!("{err}")
-    };
     assert!(reason.contains("no answer within 300ms"), "{reason}");
     assert!(
         elapsed >= Duration::from_millis(290) && elapsed < Duration::from_secs(3),
@@ -334,27 +321,16 @@ async fn an_unreachable_collector_does_not_block_init_and_fails_the_export() {
     let started = Instant::now();
     let guard = build!(config(&format!("http://{addr}")));
     assert!(started.elapsed() < Duration::from_secs(1));
-    let err = guard
-        .metrics_exporter()
-        .unwrap()
-        .export()
-        .await
-        .unwrap_err();
-    let ErrorKind::Exporter { reason } = err.kind() else {
-        panic!("{err}")
-    };
+    let reason = failed_push(&guard).await;
     assert!(reason.contains("Unavailable (14)"), "{reason}");
     guard.shutdown(Duration::from_secs(5)).await.unwrap();
 }
 
 #[tokio::test]
 async fn an_invalid_grpc_endpoint_is_a_config_error() {
-    let err = Telemetry::builder(ServiceInfo::new("a", "1"))
-        .ignore_env()
-        .config(config("collector:4317"))
-        .make_writer(CaptureWriter::new())
-        .build()
-        .unwrap_err();
+    let err = build_error(
+        Telemetry::builder(ServiceInfo::new("a", "1")).config(config("collector:4317")),
+    );
     assert!(
         matches!(err.kind(), ErrorKind::InvalidConfig { reason } if reason.contains("collector:4317")),
         "{err}"
@@ -462,13 +438,7 @@ async fn metrics_arrive_over_grpc_with_tls_and_a_client_certificate() {
     c.tracing.tls.cert_file = None;
     c.tracing.tls.key_file = None;
     let guard = build!(c);
-    let err = guard
-        .metrics_exporter()
-        .unwrap()
-        .export()
-        .await
-        .unwrap_err();
-    assert!(matches!(err.kind(), ErrorKind::Exporter { .. }), "{err}");
+    failed_push(&guard).await;
     assert!(receiver.received.try_recv().is_err());
 }
 
@@ -493,14 +463,7 @@ async fn environment_variables_select_grpc_for_the_metrics_push() {
     assert_child_passed("grpc", &out);
     let received = wait_for(&mut receiver, "child_total", 1.0).await;
     assert_eq!(metadata(&received, "x-key").as_deref(), Some("from env"));
-    let resource = received.request.resource_metrics[0]
-        .resource
-        .as_ref()
-        .unwrap();
-    assert_eq!(
-        attr(&resource.attributes, "service.name").as_deref(),
-        Some("from-env")
-    );
+    assert_resource(&received.request, &[("service.name", "from-env")]);
 }
 
 /// Not a test of its own: the child process of

@@ -31,7 +31,7 @@ use rcgen::{
 use rustls::RootCertStore;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use rustls::server::WebPkiClientVerifier;
-use support::{Background, assert_child_passed, run_env_child};
+use support::{Background, captured, run_otel_child};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio_rustls::server::TlsStream;
@@ -223,11 +223,7 @@ impl TlsReceiver {
     }
 
     fn drain(&mut self) -> Vec<Event> {
-        let mut out = Vec::new();
-        while let Ok(e) = self.events.try_recv() {
-            out.push(e);
-        }
-        out
+        support::drain(&mut self.events)
     }
 
     fn exports(&mut self) -> Vec<Received> {
@@ -319,16 +315,7 @@ struct TelemetryStats {
 
 async fn finish(guard: Telemetry) -> TelemetryStats {
     let stats = guard.export_stats();
-    let result = tokio::time::timeout(
-        Duration::from_secs(15),
-        guard.shutdown(Duration::from_secs(10)),
-    )
-    .await
-    .expect("shutdown honours its deadline");
-    // A failed last export is reported by the SDK's shutdown; either way nothing panics.
-    if let Err(e) = result {
-        assert!(matches!(e.kind(), ErrorKind::Shutdown { .. }), "{e}");
-    }
+    support::shut_down(guard, Duration::from_secs(10)).await;
     TelemetryStats {
         exported: stats.exported(),
         dropped: stats.dropped(),
@@ -347,15 +334,13 @@ fn span_names(received: &[Received]) -> Vec<String> {
 async fn https_export_trusts_the_configured_ca_and_sends_the_headers() {
     let pki = Pki::new("ca");
     let mut receiver = TlsReceiver::start(pki.server_config(false)).await;
-    let (dispatch, guard) = Telemetry::builder(ServiceInfo::new("orders", "1.0.0"))
-        .ignore_env()
-        .config(config(&receiver.endpoint(), OtlpTlsConfig::default()))
-        .otlp_tls(pki.tls(false))
-        .otlp_header("Authorization", "Bearer t0ken")
-        .otlp_header("x-tenant", "shop")
-        .make_writer(CaptureWriter::new())
-        .build()
-        .unwrap();
+    let (dispatch, guard, _logs) = captured(
+        Telemetry::builder(ServiceInfo::new("orders", "1.0.0"))
+            .config(config(&receiver.endpoint(), OtlpTlsConfig::default()))
+            .otlp_tls(pki.tls(false))
+            .otlp_header("Authorization", "Bearer t0ken")
+            .otlp_header("x-tenant", "shop"),
+    );
     tracing::dispatcher::with_default(&dispatch, || {
         tracing::info_span!("checkout").in_scope(|| {});
     });
@@ -514,10 +499,7 @@ async fn unusable_tls_files_are_typed_errors_naming_the_file() {
 /// Runs the `env_child` test of this binary in a child process with `vars` (and no other
 /// `OTEL_*` variable), and asserts that it passed.
 async fn run_child(case: &str, vars: &[(&str, &str)]) {
-    let case_var = [("CHASSIS_OTLP_TLS_CASE", case)];
-    let vars = case_var.iter().chain(vars).copied();
-    let out = run_env_child(|k| k.starts_with("OTEL_"), vars).await;
-    assert_child_passed(case, &out);
+    run_otel_child("CHASSIS_OTLP_TLS_CASE", case, vars).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -92,6 +92,13 @@ fn needs_escape(word: u64) -> bool {
     less_than_0x20 | quote | backslash != 0
 }
 
+/// Writes `value`'s `Debug` text as a JSON string into `out`.
+pub(crate) fn debug_str(out: &mut Vec<u8>, value: &dyn fmt::Debug) {
+    out.push(b'"');
+    let _ = write!(Escaped(out), "{value:?}");
+    out.push(b'"');
+}
+
 /// Appends `s` as a JSON string literal, quotes included.
 pub(crate) fn push_str(out: &mut Vec<u8>, s: &str) {
     out.push(b'"');

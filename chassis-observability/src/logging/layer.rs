@@ -17,7 +17,7 @@ use tracing_subscriber::layer::Context;
 use tracing_subscriber::registry::LookupSpan;
 
 use super::format::{
-    Escaped, Raw, escape_into, push_error, push_f64, push_hex, push_i64, push_str, push_u64,
+    Raw, debug_str, escape_into, push_error, push_f64, push_hex, push_i64, push_str, push_u64,
 };
 use super::span_fields::{SpanFields, name_bit};
 use super::timestamp::TimestampCache;
@@ -376,13 +376,15 @@ impl JsonLayer {
             body: line,
             fields,
             log_target,
-            names,
-            written_names,
-            written_bits: 0,
+            names: FieldNames {
+                cache: names,
+                written: written_names,
+                bits: 0,
+            },
             written_ids: ids.map(|(t, s, _)| (t, s)),
         };
         event.record(&mut visitor);
-        let written_bits = visitor.written_bits;
+        let written_bits = visitor.names.bits;
         if line.len() == body_start {
             line.extend_from_slice(b"\"\"");
         }
@@ -564,42 +566,40 @@ struct JsonVisitor<'a> {
     body: &'a mut Vec<u8>,
     fields: &'a mut Vec<u8>,
     log_target: &'a mut Vec<u8>,
-    names: &'a mut NameCache,
-    /// The names of the fields written with a key, and the union of their [`name_bit`]s.
-    written_names: &'a mut Vec<&'static str>,
-    written_bits: u64,
+    names: FieldNames<'a>,
     /// The trace and span id the layer writes at the top level, if any.
     written_ids: Option<(TraceId, SpanId)>,
 }
 
-/// Looks `name` up in `names` and, when the field is written with a key of its own, notes it
-/// in `written` and `bits`: a span field of that name is then left out of the line.
-fn classify<'n>(
-    names: &'n mut NameCache,
-    written: &mut Vec<&'static str>,
-    bits: &mut u64,
-    name: &'static str,
-) -> (NameKind, &'n [u8]) {
-    let (kind, key, bit) = names.get_with_bit(name);
-    if matches!(
-        kind,
-        NameKind::Plain | NameKind::Sensitive | NameKind::TraceId | NameKind::SpanId
-    ) {
-        written.push(name);
-        *bits |= bit;
+/// An event's field names: their keys, and the names written so far.
+struct FieldNames<'a> {
+    cache: &'a mut NameCache,
+    /// The names of the fields written with a key, and the union of their [`name_bit`]s.
+    written: &'a mut Vec<&'static str>,
+    bits: u64,
+}
+
+impl FieldNames<'_> {
+    /// Looks `field`'s name up and, when the field is written with a key of its own, notes it
+    /// in `written` and `bits`: a span field of that name is then left out of the line.
+    fn classify(&mut self, field: &Field) -> (NameKind, &[u8]) {
+        let name = field.name();
+        let (kind, key, bit) = self.cache.get_with_bit(name);
+        if matches!(
+            kind,
+            NameKind::Plain | NameKind::Sensitive | NameKind::TraceId | NameKind::SpanId
+        ) {
+            self.written.push(name);
+            self.bits |= bit;
+        }
+        (kind, key)
     }
-    (kind, key)
 }
 
 impl JsonVisitor<'_> {
     /// Writes the key of a field whose value is not text; returns whether the value follows.
     fn key(&mut self, field: &Field) -> bool {
-        let (kind, key) = classify(
-            self.names,
-            self.written_names,
-            &mut self.written_bits,
-            field.name(),
-        );
+        let (kind, key) = self.names.classify(field);
         match kind {
             NameKind::LogTarget | NameKind::Skipped => false,
             NameKind::Sensitive => {
@@ -612,23 +612,11 @@ impl JsonVisitor<'_> {
             }
         }
     }
-
-    /// Writes `value`'s `Debug` text as a JSON string into `out`.
-    fn debug_str(out: &mut Vec<u8>, value: &dyn fmt::Debug) {
-        out.push(b'"');
-        let _ = write!(Escaped(out), "{value:?}");
-        out.push(b'"');
-    }
 }
 
 impl Visit for JsonVisitor<'_> {
     fn record_str(&mut self, field: &Field, value: &str) {
-        let (kind, key) = classify(
-            self.names,
-            self.written_names,
-            &mut self.written_bits,
-            field.name(),
-        );
+        let (kind, key) = self.names.classify(field);
         match kind {
             NameKind::Message => push_str(self.body, value),
             NameKind::LogTarget => push_str(self.log_target, value),
@@ -643,15 +631,10 @@ impl Visit for JsonVisitor<'_> {
     }
 
     fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
-        let (kind, key) = classify(
-            self.names,
-            self.written_names,
-            &mut self.written_bits,
-            field.name(),
-        );
+        let (kind, key) = self.names.classify(field);
         match kind {
-            NameKind::Message => Self::debug_str(self.body, value),
-            NameKind::LogTarget => Self::debug_str(self.log_target, value),
+            NameKind::Message => debug_str(self.body, value),
+            NameKind::LogTarget => debug_str(self.log_target, value),
             NameKind::Skipped => {}
             NameKind::Sensitive => self.fields.extend_from_slice(key),
             // `trace_id = %id`: written, then compared as the text it was written as; a repeat
@@ -660,7 +643,7 @@ impl Visit for JsonVisitor<'_> {
                 let start = self.fields.len();
                 self.fields.extend_from_slice(key);
                 let value_start = self.fields.len();
-                Self::debug_str(self.fields, value);
+                debug_str(self.fields, value);
                 let written = &self.fields[value_start + 1..self.fields.len() - 1];
                 let repeats = std::str::from_utf8(written)
                     .is_ok_and(|text| repeats_written_id(kind, text, self.written_ids));
@@ -670,7 +653,7 @@ impl Visit for JsonVisitor<'_> {
             }
             _ => {
                 self.fields.extend_from_slice(key);
-                Self::debug_str(self.fields, value);
+                debug_str(self.fields, value);
             }
         }
     }

@@ -19,7 +19,7 @@ use std::fmt::{self, Write as _};
 
 use tracing::field::{Field, Visit};
 
-use super::format::{Escaped, Raw, push_f64, push_i64, push_str, push_u64};
+use super::format::{Raw, debug_str, push_f64, push_i64, push_str, push_u64};
 use super::layer::{NameCache, NameKind};
 
 /// A name's bit in the 64-bit filter an event builds of its own field names: a span field
@@ -129,8 +129,13 @@ impl SpanFields {
     }
 
     fn push(&mut self, name: &'static str, bit: u64, text: &[u8]) {
+        self.push_with(name, bit, |bytes| bytes.extend_from_slice(text));
+    }
+
+    /// Adds the entry of `name`: the bytes `write` appends.
+    fn push_with(&mut self, name: &'static str, bit: u64, write: impl FnOnce(&mut Vec<u8>)) {
         let start = self.bytes.len();
-        self.bytes.extend_from_slice(text);
+        write(&mut self.bytes);
         self.entries.push(Entry {
             name,
             bit,
@@ -178,25 +183,13 @@ impl SpanVisitor<'_> {
         let fields = &mut *self.fields;
         // A name recorded twice in one call keeps its last value.
         fields.remove(name, bit);
-        let start = fields.bytes.len();
-        fields.bytes.extend_from_slice(key);
-        if kind != NameKind::Sensitive {
-            write(&mut fields.bytes);
-        }
-        fields.entries.push(Entry {
-            name,
-            bit,
-            start,
-            end: fields.bytes.len(),
+        fields.push_with(name, bit, |bytes| {
+            bytes.extend_from_slice(key);
+            if kind != NameKind::Sensitive {
+                write(bytes);
+            }
         });
-        fields.bits |= bit;
     }
-}
-
-fn debug_str(out: &mut Vec<u8>, value: &dyn fmt::Debug) {
-    out.push(b'"');
-    let _ = write!(Escaped(out), "{value:?}");
-    out.push(b'"');
 }
 
 impl Visit for SpanVisitor<'_> {

@@ -77,11 +77,33 @@ impl Receiver {
 
     /// Every request received so far.
     pub fn drain(&mut self) -> Vec<ExportTraceServiceRequest> {
-        let mut out = Vec::new();
-        while let Ok(r) = self.requests.try_recv() {
-            out.push(r);
-        }
-        out
+        drain(&mut self.requests)
+    }
+}
+
+/// Everything `rx` holds so far.
+pub fn drain<T>(rx: &mut mpsc::UnboundedReceiver<T>) -> Vec<T> {
+    let mut out = Vec::new();
+    while let Ok(item) = rx.try_recv() {
+        out.push(item);
+    }
+    out
+}
+
+/// Shuts `telemetry` down with `deadline`, which it must meet (give or take 5 s). A failed last
+/// export may be reported (`ErrorKind::Shutdown`); any other error fails the test.
+pub async fn shut_down(telemetry: chassis_observability::Telemetry, deadline: std::time::Duration) {
+    let result = tokio::time::timeout(
+        deadline + std::time::Duration::from_secs(5),
+        telemetry.shutdown(deadline),
+    )
+    .await
+    .expect("shutdown honours its deadline");
+    if let Err(e) = result {
+        assert!(
+            matches!(e.kind(), chassis_observability::ErrorKind::Shutdown { .. }),
+            "{e}"
+        );
     }
 }
 
@@ -190,6 +212,15 @@ where
     cmd.output().await.unwrap()
 }
 
+/// Runs the `env_child` case `case` (named to the child in the variable `case_var`) with
+/// `vars` and no other `OTEL_*` variable, and asserts that it passed.
+pub async fn run_otel_child(case_var: &str, case: &str, vars: &[(&str, &str)]) {
+    let case_var = [(case_var, case)];
+    let vars = case_var.iter().chain(vars).copied();
+    let out = run_env_child(|k| k.starts_with("OTEL_"), vars).await;
+    assert_child_passed(case, &out);
+}
+
 /// Asserts that the child process of case `case` exited successfully having run its test.
 pub fn assert_child_passed(case: &str, out: &std::process::Output) {
     let text = format!(
@@ -219,6 +250,18 @@ pub fn captured(
     (dispatch, telemetry, logs)
 }
 
+/// The error building `builder` fails with, the environment ignored and its log lines
+/// captured (as [`captured`] builds it).
+pub fn build_error(
+    builder: chassis_observability::TelemetryBuilder,
+) -> chassis_observability::Error {
+    builder
+        .ignore_env()
+        .make_writer(chassis_observability::logging::CaptureWriter::new())
+        .build()
+        .unwrap_err()
+}
+
 /// A message-header map like chassis-messaging's AMQP headers: a carrier of its own for
 /// `inject_context` and `extract_context`.
 #[derive(Default)]
@@ -239,12 +282,32 @@ impl chassis_observability::propagation::Extractor for MessageHeaders {
     }
 }
 
-/// The value of counter `name` in `request`, if it is there.
-pub fn counter(request: &ExportMetricsServiceRequest, name: &str) -> Option<f64> {
-    let metric = request.resource_metrics[0].scope_metrics[0]
+/// Asserts the resource attributes `want` on the first resource of `request`.
+pub fn assert_resource(request: &ExportMetricsServiceRequest, want: &[(&str, &str)]) {
+    let resource = request.resource_metrics[0].resource.as_ref().unwrap();
+    for (key, value) in want {
+        assert_eq!(
+            attr(&resource.attributes, key).as_deref(),
+            Some(*value),
+            "{key}"
+        );
+    }
+}
+
+/// Metric `name` of `request` (of its first resource and scope), if it is there.
+pub fn find_metric<'a>(
+    request: &'a ExportMetricsServiceRequest,
+    name: &str,
+) -> Option<&'a opentelemetry_proto::tonic::metrics::v1::Metric> {
+    request.resource_metrics[0].scope_metrics[0]
         .metrics
         .iter()
-        .find(|m| m.name == name)?;
+        .find(|m| m.name == name)
+}
+
+/// The value of counter `name` in `request`, if it is there.
+pub fn counter(request: &ExportMetricsServiceRequest, name: &str) -> Option<f64> {
+    let metric = find_metric(request, name)?;
     let Some(opentelemetry_proto::tonic::metrics::v1::metric::Data::Sum(sum)) = &metric.data else {
         panic!("{name} is not a sum: {metric:?}")
     };
