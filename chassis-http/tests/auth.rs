@@ -415,6 +415,15 @@ async fn a_header_alg_other_than_the_keys_is_rejected() {
     }
 }
 
+/// A token for `billing` without scopes, issued at `at`.
+fn issued_at(issuer: &TokenIssuer, at: SystemTime) -> String {
+    issuer
+        .issue_at("billing", &[], at)
+        .unwrap()
+        .as_str()
+        .to_owned()
+}
+
 /// For every key kind: the token `mint` makes with that kind's key (and an issuer with it
 /// that the verifier trusts) is answered 401 `invalid_token` with `reason`.
 async fn rejected_with_every_key_kind(
@@ -435,12 +444,7 @@ async fn rejected_with_every_key_kind(
 #[tokio::test]
 async fn expired_token_is_rejected() {
     rejected_with_every_key_kind("token_expired", |issuer, _| {
-        let at = SystemTime::now() - Duration::from_secs(600);
-        issuer
-            .issue_at("billing", &[], at)
-            .unwrap()
-            .as_str()
-            .to_owned()
+        issued_at(issuer, SystemTime::now() - Duration::from_secs(600))
     })
     .await;
 }
@@ -448,12 +452,7 @@ async fn expired_token_is_rejected() {
 #[tokio::test]
 async fn not_yet_valid_token_is_rejected() {
     rejected_with_every_key_kind("token_not_yet_valid", |issuer, _| {
-        let at = SystemTime::now() + Duration::from_secs(300);
-        issuer
-            .issue_at("billing", &[], at)
-            .unwrap()
-            .as_str()
-            .to_owned()
+        issued_at(issuer, SystemTime::now() + Duration::from_secs(300))
     })
     .await;
 }

@@ -440,24 +440,11 @@ async fn status_4xx_carries_the_body_and_is_not_retried() {
 
 #[tokio::test]
 async fn traceparent_and_service_token_reach_the_server_and_metrics_are_recorded() {
-    let recorder = chassis_observability::metrics::build_recorder(
-        &chassis_observability::config::MetricsConfig::default(),
-    )
-    .unwrap();
+    let recorder = common::recorder();
     let handle = recorder.handle();
     let _metrics = metrics::set_default_local_recorder(&recorder);
     let logs = LogBuffer::default();
-    let writer = logs.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::INFO)
-        .with_span_events(tracing_subscriber::fmt::format::FmtSpan::CLOSE)
-        .with_ansi(false)
-        .with_writer(move || writer.clone())
-        .finish();
-    let _tracing = tracing::subscriber::set_default(subscriber);
-    // Callsites another test thread registered while this subscriber was being set can keep a
-    // stale "disabled" interest (tracing caches it process-wide): recompute it now.
-    tracing::callsite::rebuild_interest_cache();
+    let _tracing = common::log_spans_to(&logs);
 
     let seen = Seen::default();
     let base = misbehaving_server(seen.clone()).await;

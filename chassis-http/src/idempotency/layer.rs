@@ -9,7 +9,6 @@ use http::Method;
 use http::request::Parts;
 use serde::Deserialize;
 
-use super::service::Idempotency;
 use super::store::IdempotencyStore;
 use crate::error::Error;
 use crate::stored::{invalid_config, parse_all, settings_layer};
@@ -88,12 +87,15 @@ settings_layer! {
     /// Layer adding [`Idempotency`]; see the [module docs](super).
     ///
     /// Cheap to clone; every service it makes shares the store.
-    pub struct IdempotencyLayer => Idempotency;
+    pub struct IdempotencyLayer;
     /// Keys and responses in `store`, with the defaults of [`IdempotencyConfig`]: `POST` and
     /// `PATCH`, responses kept 24 h, locks of 60 s, request bodies up to 1 MiB, responses kept
     /// up to 64 KiB, keys up to 255 characters, optional, 409 at once for a key in flight, no
     /// scope.
     pub fn new(store: impl IdempotencyStore);
+    /// Makes requests carrying an `Idempotency-Key` take effect once; see the
+    /// [module docs](super).
+    pub struct Idempotency<S>;
 }
 
 #[derive(Clone)]

@@ -124,12 +124,11 @@ mod service;
 mod store;
 
 pub use self::body::RequestBody;
-pub use self::layer::{IdempotencyConfig, IdempotencyLayer, KeyScope};
+pub use self::layer::{Idempotency, IdempotencyConfig, IdempotencyLayer, KeyScope};
 pub use self::memory::{MemoryStore, MemoryStoreStats};
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub use self::redis::{RedisStore, RedisStoreConfig};
-pub use self::service::Idempotency;
 pub use self::store::{
     Begin, Fingerprint, IdempotencyStore, Lock, StoreError, StoreErrorKind, StoreKey,
     StoredResponse,

@@ -12,7 +12,7 @@ use tokio::time::Instant;
 use tower_service::Service;
 
 use super::body::RequestBody;
-use super::layer::Settings;
+use super::layer::{Idempotency, Settings};
 use super::store::{Begin, Fingerprint, Lock, StoreKey, StoredResponse};
 use super::{IDEMPOTENCY_KEY, IDEMPOTENT_BODY_OMITTED, IDEMPOTENT_REPLAYED, codes};
 use crate::body::{Body, BoxError, boxed, full};
@@ -21,24 +21,6 @@ use crate::layers::guard::LengthLimitError;
 use crate::stored::{Read, ResponseFuture, StoreError, read_response, storable_headers};
 
 const TARGET: &str = "chassis_http::idempotency";
-
-/// Makes requests carrying an `Idempotency-Key` take effect once; see the
-/// [module docs](super).
-#[derive(Clone)]
-pub struct Idempotency<S> {
-    inner: S,
-    settings: Arc<Settings>,
-}
-
-chassis_core::__debug_fields!(<S> Idempotency { settings });
-
-impl<S> Idempotency<S> {
-    pub(crate) fn new(inner: S, settings: Arc<Settings>) -> Self {
-        Self { inner, settings }
-    }
-
-    chassis_core::__define_inner_service_accessors!();
-}
 
 impl<S, ReqB, ResB> Service<Request<ReqB>> for Idempotency<S>
 where

@@ -8,7 +8,6 @@ use std::time::Duration;
 use http::HeaderName;
 use serde::Deserialize;
 
-use super::service::ResponseCache;
 use super::store::CacheStore;
 use crate::error::Error;
 use crate::idempotency::KeyScope;
@@ -52,11 +51,13 @@ settings_layer! {
     /// Layer adding [`ResponseCache`]; see the [module docs](super).
     ///
     /// Cheap to clone; every service it makes shares the store.
-    pub struct ResponseCacheLayer => ResponseCache;
+    pub struct ResponseCacheLayer;
     /// Responses in `store`, with the defaults of [`ResponseCacheConfig`]: fresh 60 s unless
     /// the response says otherwise, bodies up to 1 MiB, no varying fields, a shared cache, no
     /// scope.
     pub fn new(store: impl CacheStore);
+    /// Serves `GET` and `HEAD` responses from a cache; see the [module docs](super).
+    pub struct ResponseCache<S>;
 }
 
 #[derive(Clone)]

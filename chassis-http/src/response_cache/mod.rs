@@ -110,12 +110,11 @@ mod redis;
 mod service;
 mod store;
 
-pub use self::layer::{ResponseCacheConfig, ResponseCacheLayer};
+pub use self::layer::{ResponseCache, ResponseCacheConfig, ResponseCacheLayer};
 pub use self::memory::MemoryCacheStore;
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub use self::redis::RedisCacheStore;
-pub use self::service::ResponseCache;
 pub use self::store::{CacheKey, CacheStore, CachedResponse};
 pub use crate::idempotency::KeyScope;
 #[cfg(feature = "redis")]

@@ -8,30 +8,13 @@ use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Method, Request, Response, header};
 use tower_service::Service;
 
-use super::layer::Settings;
+use super::layer::{ResponseCache, Settings};
 use super::store::{CacheKey, CachedResponse};
 use super::{CACHE_STATUS, cacheable};
 use crate::body::{Body, BoxError, boxed, full};
 use crate::stored::{Read, ResponseFuture, read_response, storable_headers};
 
 const TARGET: &str = "chassis_http::response_cache";
-
-/// Serves `GET` and `HEAD` responses from a cache; see the [module docs](super).
-#[derive(Clone)]
-pub struct ResponseCache<S> {
-    inner: S,
-    settings: Arc<Settings>,
-}
-
-chassis_core::__debug_fields!(<S> ResponseCache { settings });
-
-impl<S> ResponseCache<S> {
-    pub(crate) fn new(inner: S, settings: Arc<Settings>) -> Self {
-        Self { inner, settings }
-    }
-
-    chassis_core::__define_inner_service_accessors!();
-}
 
 impl<S, ReqB, ResB> Service<Request<ReqB>> for ResponseCache<S>
 where

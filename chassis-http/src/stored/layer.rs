@@ -3,17 +3,20 @@
 
 use crate::error::{Error, ErrorKind};
 
-/// The layer `$layer`: its `Settings` (the module's own type of that name, with a `Debug`
-/// named after the layer) behind an `Arc` every service it makes shares. Generates the
-/// struct, its `Debug`, `new` (documented by the attributes before it), the private
-/// `settings` that setters change through, and the `Layer` that wraps a service in
-/// `$service::new(inner, settings)`.
+/// The layer `$layer` and its service `$service`, which share the layer's `Settings` (the
+/// module's own type of that name, with a `Debug` named after the layer) behind an `Arc`.
+/// Generates both structs with their `Debug`, the layer's `new` (documented by the attributes
+/// before it) and the private `settings` that its setters change through, the `Layer`, and
+/// the service's inner-service accessors. The service's fields are visible to the module's
+/// siblings, where its `Service` impl lives.
 macro_rules! settings_layer {
     (
         $(#[$meta:meta])*
-        pub struct $layer:ident => $service:ident;
+        pub struct $layer:ident;
         $(#[$new:meta])*
         pub fn new(store: impl $store:ident);
+        $(#[$smeta:meta])*
+        pub struct $service:ident<S>;
     ) => {
         $(#[$meta])*
         #[derive(Clone)]
@@ -42,8 +45,24 @@ macro_rules! settings_layer {
             type Service = $service<S>;
 
             fn layer(&self, inner: S) -> Self::Service {
-                $service::new(inner, self.settings.clone())
+                $service {
+                    inner,
+                    settings: self.settings.clone(),
+                }
             }
+        }
+
+        $(#[$smeta])*
+        #[derive(Clone)]
+        pub struct $service<S> {
+            pub(super) inner: S,
+            pub(super) settings: ::std::sync::Arc<Settings>,
+        }
+
+        chassis_core::__debug_fields!(<S> $service { settings });
+
+        impl<S> $service<S> {
+            chassis_core::__define_inner_service_accessors!();
         }
     };
 }

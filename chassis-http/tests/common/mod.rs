@@ -42,6 +42,32 @@ impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for LogBuffer {
     }
 }
 
+/// A Prometheus recorder with the chassis's metric settings, for
+/// `metrics::set_default_local_recorder`.
+pub(crate) fn recorder() -> metrics_exporter_prometheus::PrometheusRecorder {
+    chassis_observability::metrics::build_recorder(
+        &chassis_observability::config::MetricsConfig::default(),
+    )
+    .unwrap()
+}
+
+/// Writes this thread's INFO events and closed spans, without colours, to `logs` until the
+/// guard drops.
+pub(crate) fn log_spans_to(logs: &LogBuffer) -> tracing::subscriber::DefaultGuard {
+    let writer = logs.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::INFO)
+        .with_span_events(tracing_subscriber::fmt::format::FmtSpan::CLOSE)
+        .with_ansi(false)
+        .with_writer(move || writer.clone())
+        .finish();
+    let guard = tracing::subscriber::set_default(subscriber);
+    // Callsites another test thread registered while this subscriber was being set can keep a
+    // stale "disabled" interest (tracing caches it process-wide): recompute it now.
+    tracing::callsite::rebuild_interest_cache();
+    guard
+}
+
 /// Reads from `stream` until the server closes it and returns what it sent and how long after
 /// `started` it closed; panics, naming `context`, once `limit` has passed since `started`.
 pub(crate) async fn read_until_closed(

@@ -59,15 +59,7 @@ async fn a_breaker_forced_open_over_the_api_rejects_calls_until_reset() {
     assert_eq!(health["state"]["checks"][0]["status"], "UP");
     assert!(health["state"]["checks"][0]["latency_ms"].is_number());
 
-    service
-        .client
-        .execute(
-            http::Request::get("/stock")
-                .body(Default::default())
-                .unwrap(),
-        )
-        .await
-        .unwrap();
+    service.get_stock().await.unwrap();
 
     // Forcing open twice leaves the same state, and each answer is that state.
     for _ in 0..2 {
@@ -81,15 +73,7 @@ async fn a_breaker_forced_open_over_the_api_rejects_calls_until_reset() {
         assert_eq!(status, StatusCode::OK, "{state}");
         assert_eq!(state["state"]["state"], "forced_open");
     }
-    let err = service
-        .client
-        .execute(
-            http::Request::get("/stock")
-                .body(Default::default())
-                .unwrap(),
-        )
-        .await
-        .unwrap_err();
+    let err = service.get_stock().await.unwrap_err();
     assert!(
         matches!(err.kind(), ClientErrorKind::CircuitOpen { .. }),
         "{err}"
@@ -100,15 +84,7 @@ async fn a_breaker_forced_open_over_the_api_rejects_calls_until_reset() {
     let (status, state) = call("POST", &format!("{url}/breaker/inventory/reset"), token, "").await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(state["state"]["state"], "closed");
-    service
-        .client
-        .execute(
-            http::Request::get("/stock")
-                .body(Default::default())
-                .unwrap(),
-        )
-        .await
-        .unwrap();
+    service.get_stock().await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -58,6 +58,19 @@ pub(crate) struct TestService {
 }
 
 impl TestService {
+    /// `GET /stock` on the downstream through the service's client (and its breaker).
+    pub(crate) async fn get_stock(
+        &self,
+    ) -> Result<http::Response<Bytes>, chassis_http::client::ClientError> {
+        self.client
+            .execute(
+                http::Request::get("/stock")
+                    .body(Default::default())
+                    .unwrap(),
+            )
+            .await
+    }
+
     /// Starts the downstream and the service `name`, whose admin API trusts `keys`.
     pub(crate) async fn start(name: &str, keys: KeySet) -> Self {
         let downstream = Server::bind(config(false))

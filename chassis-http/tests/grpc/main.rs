@@ -4,6 +4,8 @@
 //! server with its spans and metrics, and the reflection option.
 
 mod client;
+#[path = "../common/mod.rs"]
+mod common;
 mod health;
 #[cfg(feature = "grpc-reflection")]
 mod reflection;

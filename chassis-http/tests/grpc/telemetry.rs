@@ -1,7 +1,7 @@
 //! The client's telemetry: one client span per attempt with the `rpc.*` fields, the trace
 //! context sent under it, and `rpc_client_call_duration_seconds` by method and status code.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use chassis_http::grpc::{GrpcClient, GrpcLayers, GrpcRouter};
 use opentelemetry::trace::{SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState};
@@ -9,40 +9,17 @@ use tonic::Code;
 use tower::Layer as _;
 
 use super::support::{Echo, EchoClient, EchoServer, msg, serve};
+use crate::common::{LogBuffer, log_spans_to, recorder};
 
 const TRACE_ID: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
 
-#[derive(Clone, Default)]
-struct Logs(Arc<Mutex<Vec<u8>>>);
-
-impl std::io::Write for Logs {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
 #[tokio::test(flavor = "current_thread")]
 async fn each_attempt_has_a_client_span_and_a_duration_sample() {
-    let recorder = chassis_observability::metrics::build_recorder(
-        &chassis_observability::config::MetricsConfig::default(),
-    )
-    .unwrap();
+    let recorder = recorder();
     let handle = recorder.handle();
     let _metrics = metrics::set_default_local_recorder(&recorder);
-    let logs = Logs::default();
-    let writer = logs.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::INFO)
-        .with_span_events(tracing_subscriber::fmt::format::FmtSpan::CLOSE)
-        .with_ansi(false)
-        .with_writer(move || writer.clone())
-        .finish();
-    let _tracing = tracing::subscriber::set_default(subscriber);
-    tracing::callsite::rebuild_interest_cache();
+    let logs = LogBuffer::default();
+    let _tracing = log_spans_to(&logs);
 
     let router = GrpcRouter::new().add_service(EchoServer(Arc::new(Echo::default())));
     let server = serve(GrpcLayers::new().layer(router), None).await;
@@ -81,7 +58,7 @@ async fn each_attempt_has_a_client_span_and_a_duration_sample() {
     assert_eq!(samples("0"), ["1"], "{text}");
     assert_eq!(samples("5"), ["1"], "{text}");
 
-    let spans = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
+    let spans = logs.text();
     let client_spans: Vec<&str> = spans
         .lines()
         .filter(|l| l.contains("grpc.client") && l.contains("close"))

@@ -480,22 +480,28 @@ async fn connection_limit_holds_extra_connections_in_the_backlog() {
     server.stop().await;
 }
 
+/// Writes `bytes` on a new connection to `addr`, then waits (5 s at most) for the server to
+/// close it: what the server sent, and how long after the write it closed.
+async fn write_and_wait_for_close(
+    addr: std::net::SocketAddr,
+    bytes: &[u8],
+    context: &str,
+) -> (Vec<u8>, Duration) {
+    use tokio::io::AsyncWriteExt;
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream.write_all(bytes).await.unwrap();
+    read_until_closed(&mut stream, Instant::now(), Duration::from_secs(5), context).await
+}
+
 #[tokio::test]
 async fn a_request_head_that_never_completes_is_cut_off_after_the_header_read_timeout() {
-    use tokio::io::AsyncWriteExt;
-
     let timeout = Duration::from_millis(400);
     let server = start_standard(test_config().header_read_timeout(timeout)).await;
 
     // Slowloris: half a request head, then nothing.
-    let mut slow = tokio::net::TcpStream::connect(server.addr).await.unwrap();
-    slow.write_all(b"GET /hello HTTP/1.1\r\nhost: test\r\n")
-        .await
-        .unwrap();
-    let (sent, took) = read_until_closed(
-        &mut slow,
-        Instant::now(),
-        Duration::from_secs(5),
+    let (sent, took) = write_and_wait_for_close(
+        server.addr,
+        b"GET /hello HTTP/1.1\r\nhost: test\r\n",
         "slow connection",
     )
     .await;
@@ -510,14 +516,9 @@ async fn a_request_head_that_never_completes_is_cut_off_after_the_header_read_ti
 
     // A keep-alive connection that goes quiet after a request is closed the same way, and a
     // prompt request on it was served normally.
-    let mut idle = tokio::net::TcpStream::connect(server.addr).await.unwrap();
-    idle.write_all(b"GET /hello HTTP/1.1\r\nhost: test\r\n\r\n")
-        .await
-        .unwrap();
-    let (sent, took) = read_until_closed(
-        &mut idle,
-        Instant::now(),
-        Duration::from_secs(5),
+    let (sent, took) = write_and_wait_for_close(
+        server.addr,
+        b"GET /hello HTTP/1.1\r\nhost: test\r\n\r\n",
         "idle connection",
     )
     .await;
