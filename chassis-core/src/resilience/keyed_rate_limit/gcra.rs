@@ -11,8 +11,8 @@
 
 use std::time::Duration;
 
-use super::KeyedRateLimitConfig;
-use crate::Error;
+use super::{KeyedRateLimitConfig, RateLimitInfo};
+use crate::{ComponentName, Error};
 
 /// Emission interval and tolerance of one limit, in the backend's time unit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -81,6 +81,36 @@ impl Gcra {
             self.interval
                 .saturating_mul(u64::from(self.burst))
                 .saturating_mul(unit_nanos),
+        )
+    }
+
+    /// The rejection of a call by the limiter `name`, which counts it in `rejected`: the key
+    /// admits a call again after `retry_after` and has its full burst again after
+    /// `reset_after`, both in this GCRA's time unit of `unit_nanos` nanoseconds.
+    #[cold]
+    pub(crate) fn rejection(
+        &self,
+        name: ComponentName,
+        rejected: &metrics::Counter,
+        unit_nanos: u64,
+        retry_after: u64,
+        reset_after: u64,
+    ) -> Error {
+        rejected.increment(1);
+        let duration = |units: u64| Duration::from_nanos(units.saturating_mul(unit_nanos));
+        let retry_after = duration(retry_after);
+        tracing::debug!(rate_limiter = %name, ?retry_after, "rate limited: call rejected");
+        // The quota is kept inline in the error and the name is interned: a rejection
+        // allocates nothing and touches no shared reference count.
+        Error::rate_limited(
+            name,
+            retry_after,
+            RateLimitInfo {
+                limit: self.burst,
+                window: self.window(unit_nanos),
+                remaining: self.remaining(reset_after),
+                reset_after: duration(reset_after),
+            },
         )
     }
 }

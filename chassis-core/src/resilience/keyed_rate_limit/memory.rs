@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use super::gcra::Gcra;
-use super::{KeyedRateLimitConfig, RateLimitBackend, RateLimitInfo};
+use super::{KeyedRateLimitConfig, RateLimitBackend};
 use crate::metric_catalogue as names;
 use crate::resilience::clock::{Clock, ClockSource, CoarseClock};
 use crate::resilience::striped::Padded;
@@ -169,7 +169,7 @@ impl<K: Hash + Eq + Clone> KeyedRateLimiter<K> {
     }
 
     /// Takes one permit for `key` now. Fails with [`ErrorKind::RateLimited`](crate::ErrorKind::RateLimited) saying when the
-    /// key's next permit is due, with the key's [`RateLimitInfo`] as the source. A rejection
+    /// key's next permit is due, with the key's [`RateLimitInfo`](super::RateLimitInfo) as the source. A rejection
     /// allocates nothing (the quota is held inline in the error, see [`Error::rate_limited`]).
     #[inline]
     pub fn check(&self, key: &K) -> Result<(), Error> {
@@ -300,21 +300,8 @@ impl<K: Hash + Eq + Clone> Inner<K> {
 impl<K> Inner<K> {
     #[cold]
     fn rejection(&self, retry_after: u64, reset_after: u64) -> Error {
-        self.rejected.increment(1);
-        let retry_after = Duration::from_nanos(retry_after);
-        tracing::debug!(rate_limiter = %self.name, ?retry_after, "rate limited: call rejected");
-        // The quota is kept inline in the error and the name is interned: a rejection
-        // allocates nothing and touches no shared reference count.
-        Error::rate_limited(
-            self.name,
-            retry_after,
-            RateLimitInfo {
-                limit: self.gcra.burst,
-                window: self.gcra.window(1),
-                remaining: self.gcra.remaining(reset_after),
-                reset_after: Duration::from_nanos(reset_after),
-            },
-        )
+        self.gcra
+            .rejection(self.name, &self.rejected, 1, retry_after, reset_after)
     }
 }
 

@@ -110,12 +110,20 @@ pub struct KeyedRateLimitConfig {
 }
 
 impl Default for KeyedRateLimitConfig {
+    /// The defaults of [`RateLimiterConfig`](rate_limiter::RateLimiterConfig), for each key.
     fn default() -> Self {
+        let rate_limiter::RateLimiterConfig {
+            name,
+            rate,
+            period,
+            burst,
+            ..
+        } = rate_limiter::RateLimiterConfig::default();
         Self {
-            name: "default".to_owned(),
-            rate: 100,
-            period: Duration::from_secs(1),
-            burst: 0,
+            name,
+            rate,
+            period,
+            burst,
             max_keys: 100_000,
         }
     }

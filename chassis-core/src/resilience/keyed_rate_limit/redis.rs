@@ -9,7 +9,7 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use serde::Deserialize;
 
 use super::gcra::Gcra;
-use super::{FailMode, KeyedRateLimitConfig, RateLimitBackend, RateLimitInfo};
+use super::{FailMode, KeyedRateLimitConfig, RateLimitBackend};
 use crate::metric_catalogue as names;
 use crate::resilience::circuit_breaker::{
     CircuitBreakerConfig, CircuitBreakerHandle, Outcome, SlidingWindowType,
@@ -281,7 +281,7 @@ impl RedisRateLimiter {
     }
 
     /// Takes one permit for `key`. Fails with [`ErrorKind::RateLimited`] (the key's
-    /// [`RateLimitInfo`] as source) when the key is over its limit, and, with
+    /// [`RateLimitInfo`](super::RateLimitInfo) as source) when the key is over its limit, and, with
     /// [`FailMode::Closed`], while Redis is unavailable (the failure as source).
     pub async fn check(&self, key: impl fmt::Display) -> Result<(), Error> {
         Inner::check(self.inner.clone(), self.redis_key(key)).await
@@ -336,21 +336,13 @@ impl Inner {
     }
 
     fn rejection(&self, retry_after_us: i64, reset_after_us: i64) -> Error {
-        self.rejected.increment(1);
-        let micros = |us: i64| Duration::from_micros(u64::try_from(us).unwrap_or(0));
-        let retry_after = micros(retry_after_us);
-        tracing::debug!(rate_limiter = %self.name, ?retry_after, "rate limited: call rejected");
-        Error::rate_limited(
+        let micros = |us: i64| u64::try_from(us).unwrap_or(0);
+        self.gcra.rejection(
             self.name,
-            retry_after,
-            RateLimitInfo {
-                limit: self.gcra.burst,
-                window: self.gcra.window(1_000),
-                remaining: self
-                    .gcra
-                    .remaining(u64::try_from(reset_after_us).unwrap_or(0)),
-                reset_after: micros(reset_after_us),
-            },
+            &self.rejected,
+            1_000,
+            micros(retry_after_us),
+            micros(reset_after_us),
         )
     }
 
