@@ -436,25 +436,16 @@ mod tests {
     use crate::amqp::consumer::typed;
     use crate::amqp::topology::{ExchangeConfig, RetryPolicy};
     use crate::envelope::Envelope;
+    use crate::test_support::order_topology;
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::time::Duration;
 
     fn broker() -> MemoryBroker {
         let b = MemoryBroker::new();
-        b.declare(
-            &TopologyConfig::new()
-                .exchange(ExchangeConfig::topic("ev"))
-                .queue(
-                    QueueConfig::new("q")
-                        .bind("ev", "order.*")
-                        .retry(RetryPolicy::with_delays([
-                            Duration::from_millis(10),
-                            Duration::from_millis(20),
-                        ])),
-                )
-                .queue(QueueConfig::new("all").bind("ev", "#")),
-        )
-        .unwrap();
+        let retry =
+            RetryPolicy::with_delays([Duration::from_millis(10), Duration::from_millis(20)]);
+        b.declare(&order_topology(retry).queue(QueueConfig::new("all").bind("ev", "#")))
+            .unwrap();
         b
     }
 

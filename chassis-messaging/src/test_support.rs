@@ -1,5 +1,6 @@
 //! What the unit tests of several modules share.
 
+use crate::amqp::topology::{ExchangeConfig, QueueConfig, RetryPolicy, TopologyConfig};
 use opentelemetry::trace::{
     SpanContext, SpanId, TraceContextExt as _, TraceFlags, TraceId, TraceState,
 };
@@ -14,4 +15,12 @@ pub(crate) fn sampled_context() -> opentelemetry::Context {
         true,
         TraceState::default(),
     ))
+}
+
+/// The topology of the in-memory broker's tests: the topic exchange `ev` and the queue `q`
+/// bound to `order.*`, retrying with `retry`.
+pub(crate) fn order_topology(retry: RetryPolicy) -> TopologyConfig {
+    TopologyConfig::new()
+        .exchange(ExchangeConfig::topic("ev"))
+        .queue(QueueConfig::new("q").bind("ev", "order.*").retry(retry))
 }

@@ -119,19 +119,19 @@ impl Cluster {
     }
 
     fn kill(&self, i: usize) {
-        let out = self.script(&["kill", &i.to_string()]);
-        assert!(
-            out.status.success(),
-            "kill node {i}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        self.node_action("kill", i);
     }
 
     fn restart(&self, i: usize) {
-        let out = self.script(&["restart", &i.to_string()]);
+        self.node_action("restart", i);
+    }
+
+    /// Runs the cluster script's `action` (kill, restart) on node `i`, which must succeed.
+    fn node_action(&self, action: &str, i: usize) {
+        let out = self.script(&[action, &i.to_string()]);
         assert!(
             out.status.success(),
-            "restart node {i}: {}",
+            "{action} node {i}: {}",
             String::from_utf8_lossy(&out.stderr)
         );
     }

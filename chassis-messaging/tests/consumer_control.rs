@@ -8,7 +8,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use chassis_core::ErrorKind;
 use chassis_core::control::ControlRegistry;
 use chassis_messaging::amqp::consumer::{Consumer, ConsumerConfig, Outcome};
 use chassis_messaging::amqp::control::{QueueControl, counted};
@@ -151,15 +150,14 @@ async fn dead_lettered_messages_move_back_and_are_processed_once() {
     assert_eq!(after["counters"]["handled"], 2, "{after}");
     assert_eq!(effects(&pool, "m-1").await, 1, "processed once");
 
-    let refused = control
-        .act("consumer", &queue, "requeue_dlq", &json!({ "id": 7 }))
-        .await
-        .unwrap()
-        .unwrap_err();
-    assert!(
-        matches!(refused.kind(), ErrorKind::InvalidAction { .. }),
-        "{refused}"
-    );
+    assert_refused(
+        &control,
+        "consumer",
+        &queue,
+        "requeue_dlq",
+        json!({ "id": 7 }),
+    )
+    .await;
 
     consumer.shutdown().await;
     fx.cleanup().await;

@@ -274,22 +274,15 @@ mod tests {
     use crate::amqp::consumer::typed;
     use crate::amqp::incoming::{ATTEMPT_HEADER, FAILURE_REASON_HEADER};
     use crate::amqp::publisher::Publish;
-    use crate::amqp::topology::{ExchangeConfig, QueueConfig, RetryPolicy, TopologyConfig};
+    use crate::amqp::topology::RetryPolicy;
     use crate::envelope::Envelope;
     use crate::message::{HeaderValue, OutgoingMessage};
+    use crate::test_support::order_topology;
 
     fn broker() -> MemoryBroker {
         let b = MemoryBroker::new();
-        b.declare(
-            &TopologyConfig::new()
-                .exchange(ExchangeConfig::topic("ev"))
-                .queue(
-                    QueueConfig::new("q")
-                        .bind("ev", "order.*")
-                        .retry(RetryPolicy::with_delays([Duration::from_secs(1)]).max_attempts(3)),
-                ),
-        )
-        .unwrap();
+        let retry = RetryPolicy::with_delays([Duration::from_secs(1)]).max_attempts(3);
+        b.declare(&order_topology(retry)).unwrap();
         b
     }
 

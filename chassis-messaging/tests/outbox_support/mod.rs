@@ -811,3 +811,26 @@ pub async fn assert_overlapping_batches_keep_subject_order<DB: OutboxDatabase>(
     assert_eq!(outbox.stats().await.unwrap().pending, 0);
     assert_all_arrive_in_subject_order(broker, &ids, &unordered).await;
 }
+
+/// Asserts that `control` refuses `action` (with `args`) on the `kind` named `name` as an
+/// invalid action.
+pub async fn assert_refused(
+    control: &chassis_core::control::ControlRegistry,
+    kind: &str,
+    name: &str,
+    action: &str,
+    args: serde_json::Value,
+) {
+    let refused = control
+        .act(kind, name, action, &args)
+        .await
+        .unwrap()
+        .unwrap_err();
+    assert!(
+        matches!(
+            refused.kind(),
+            chassis_core::ErrorKind::InvalidAction { .. }
+        ),
+        "{action}: {refused}"
+    );
+}

@@ -387,6 +387,13 @@ pub(crate) mod tests {
         }
     }
 
+    /// The pending rows `(subject, id)` a claim reads for the head rule.
+    fn pending(rows: &[(&str, i64)]) -> Vec<(String, i64)> {
+        rows.iter()
+            .map(|&(subject, id)| (subject.to_owned(), id))
+            .collect()
+    }
+
     fn ids(rows: &[PendingRow]) -> Vec<i64> {
         rows.iter().map(|r| r.id).collect()
     }
@@ -401,13 +408,7 @@ pub(crate) mod tests {
             row(5, Some("b")),
             row(6, None),
         ];
-        let pending = vec![
-            ("a".to_owned(), 1),
-            ("b".to_owned(), 2),
-            ("a".to_owned(), 3),
-            ("a".to_owned(), 4),
-            ("b".to_owned(), 5),
-        ];
+        let pending = pending(&[("a", 1), ("b", 2), ("a", 3), ("a", 4), ("b", 5)]);
         assert_eq!(
             ids(&heads_only(candidates, &pending, &HashSet::new())),
             vec![1, 3, 4, 6]
@@ -418,11 +419,7 @@ pub(crate) mod tests {
     fn a_gap_blocks_the_rest_of_the_subject() {
         // a: 1 claimed, 2 pending but not claimed (backing off), 3 claimed -> only 1.
         let candidates = vec![row(1, Some("a")), row(3, Some("a"))];
-        let pending = vec![
-            ("a".to_owned(), 1),
-            ("a".to_owned(), 2),
-            ("a".to_owned(), 3),
-        ];
+        let pending = pending(&[("a", 1), ("a", 2), ("a", 3)]);
         assert_eq!(
             ids(&heads_only(candidates, &pending, &HashSet::new())),
             vec![1]
@@ -434,14 +431,7 @@ pub(crate) mod tests {
         // a: 1 and 2 in flight in this relay's earlier batches, 3 and 4 claimed now;
         // b: 5 reserved elsewhere (not held), 6 claimed -> blocked.
         let candidates = vec![row(3, Some("a")), row(4, Some("a")), row(6, Some("b"))];
-        let pending = vec![
-            ("a".to_owned(), 1),
-            ("a".to_owned(), 2),
-            ("a".to_owned(), 3),
-            ("a".to_owned(), 4),
-            ("b".to_owned(), 5),
-            ("b".to_owned(), 6),
-        ];
+        let pending = pending(&[("a", 1), ("a", 2), ("a", 3), ("a", 4), ("b", 5), ("b", 6)]);
         let held: HashSet<i64> = [1, 2].into();
         assert_eq!(
             ids(&heads_only(candidates.clone(), &pending, &held)),
