@@ -45,15 +45,10 @@
 //! # }
 //! ```
 
-use std::convert::Infallible;
-use std::task::{Context, Poll};
-
 use bytes::Bytes;
 use chassis_observability::log_level::LogLevelHandle;
-use futures_util::future::BoxFuture;
 use http::{Method, Request, Response, StatusCode, header};
 use http_body_util::{BodyExt as _, Limited};
-use tower_service::Service;
 
 use crate::ApiError;
 use crate::auth::{RequireServiceToken, RequireServiceTokenLayer, TokenVerifier};
@@ -120,68 +115,54 @@ impl LogLevelService {
     }
 }
 
-impl<B> Service<Request<B>> for LogLevelService
-where
-    B: http_body::Body<Data = Bytes> + Send + 'static,
-    B::Error: Into<BoxError>,
-{
-    type Response = Response<Body>;
-    type Error = Infallible;
-    type Future = BoxFuture<'static, Result<Response<Body>, Infallible>>;
-
-    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, req: Request<B>) -> Self::Future {
-        let this = self.clone();
-        Box::pin(async move {
-            if req.uri().path() != this.path {
-                return Ok(ApiError::not_found("no such admin endpoint").into_response());
-            }
-            match *req.method() {
-                Method::GET | Method::HEAD => Ok(this.level_response(StatusCode::OK)),
-                Method::PUT | Method::POST => {
-                    let body = match Limited::new(req.into_body(), MAX_BODY).collect().await {
-                        Ok(body) => body.to_bytes(),
-                        Err(e) => {
-                            return Ok(ApiError::bad_request(format!(
-                                "cannot read the request body: {e}"
-                            ))
-                            .into_response());
-                        }
-                    };
-                    let set: SetLevel = match serde_json::from_slice(&body) {
-                        Ok(set) => set,
-                        Err(e) => {
-                            return Ok(ApiError::bad_request(format!(
-                                "expected {{\"level\": \"<directives>\"}}: {e}"
-                            ))
-                            .into_response());
-                        }
-                    };
-                    match this.handle.set_log_level(&set.level) {
-                        Ok(()) => {
-                            tracing::info!(
-                                target: "chassis_http::admin",
-                                level = %set.level,
-                                "log filter changed"
-                            );
-                            Ok(this.level_response(StatusCode::OK))
-                        }
-                        Err(e) => Ok(ApiError::bad_request(e.to_string()).into_response()),
+impl LogLevelService {
+    async fn answer<B>(self, req: Request<B>) -> Response<Body>
+    where
+        B: http_body::Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<BoxError>,
+    {
+        if req.uri().path() != self.path {
+            return ApiError::not_found("no such admin endpoint").into_response();
+        }
+        match *req.method() {
+            Method::GET | Method::HEAD => self.level_response(StatusCode::OK),
+            Method::PUT | Method::POST => {
+                let body = match Limited::new(req.into_body(), MAX_BODY).collect().await {
+                    Ok(body) => body.to_bytes(),
+                    Err(e) => {
+                        return ApiError::bad_request(format!("cannot read the request body: {e}"))
+                            .into_response();
                     }
+                };
+                let set: SetLevel = match serde_json::from_slice(&body) {
+                    Ok(set) => set,
+                    Err(e) => {
+                        return ApiError::bad_request(format!(
+                            "expected {{\"level\": \"<directives>\"}}: {e}"
+                        ))
+                        .into_response();
+                    }
+                };
+                match self.handle.set_log_level(&set.level) {
+                    Ok(()) => {
+                        tracing::info!(
+                            target: "chassis_http::admin",
+                            level = %set.level,
+                            "log filter changed"
+                        );
+                        self.level_response(StatusCode::OK)
+                    }
+                    Err(e) => ApiError::bad_request(e.to_string()).into_response(),
                 }
-                _ => Ok(ApiError::from_status(
-                    StatusCode::METHOD_NOT_ALLOWED,
-                    "use GET, PUT or POST",
-                )
+            }
+            _ => ApiError::from_status(StatusCode::METHOD_NOT_ALLOWED, "use GET, PUT or POST")
                 .with_header(
                     header::ALLOW,
                     http::HeaderValue::from_static("GET, PUT, POST"),
                 )
-                .into_response()),
-            }
-        })
+                .into_response(),
+        }
     }
 }
+
+crate::middleware::impl_endpoint!(LogLevelService);

@@ -59,15 +59,12 @@
 //! # }
 //! ```
 
-use std::convert::Infallible;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use chassis_core::ErrorKind as CoreErrorKind;
 use chassis_core::control::ControlRegistry;
 use chassis_observability::log_level::LogLevelHandle;
-use futures_util::future::BoxFuture;
 use http::{HeaderValue, Method, Request, Response, StatusCode, header};
 use http_body::Frame;
 use http_body_util::{BodyExt as _, Limited, StreamBody};
@@ -322,21 +319,4 @@ fn no_such_component(kind: &str, name: &str) -> ApiError {
     ApiError::not_found(format!("no component {kind}/{name}"))
 }
 
-impl<B> Service<Request<B>> for ControlService
-where
-    B: http_body::Body<Data = Bytes> + Send + 'static,
-    B::Error: Into<BoxError>,
-{
-    type Response = Response<Body>;
-    type Error = Infallible;
-    type Future = BoxFuture<'static, Result<Response<Body>, Infallible>>;
-
-    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, req: Request<B>) -> Self::Future {
-        let this = self.clone();
-        Box::pin(async move { Ok(this.answer(req).await) })
-    }
-}
+crate::middleware::impl_endpoint!(ControlService);

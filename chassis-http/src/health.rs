@@ -273,17 +273,8 @@ async fn answer(shared: Arc<Shared>, endpoint: Endpoint, method: Method) -> Resp
     }
 }
 
-impl<S, ReqB, ResB> Service<Request<ReqB>> for HealthService<S>
-where
-    S: Service<Request<ReqB>, Response = Response<ResB>>,
-    ResB: http_body::Body<Data = Bytes> + Send + 'static,
-    ResB::Error: Into<BoxError>,
-{
-    type Response = Response<Body>;
-    type Error = S::Error;
-    type Future = ResponseFuture<S::Future>;
-
-    chassis_core::__forward_poll_ready!();
+crate::middleware::impl_middleware! {
+    boxed, own_accessors, HealthService => ResponseFuture;
 
     #[inline]
     fn call(&mut self, req: Request<ReqB>) -> Self::Future {

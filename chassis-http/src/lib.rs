@@ -106,6 +106,7 @@ pub mod control;
 pub mod dashboard;
 pub mod error;
 mod future;
+mod middleware;
 #[cfg(feature = "grpc")]
 #[cfg_attr(docsrs, doc(cfg(feature = "grpc")))]
 pub mod grpc;

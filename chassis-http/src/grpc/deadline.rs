@@ -38,7 +38,6 @@ use http::{HeaderValue, Request, Response};
 use pin_project_lite::pin_project;
 use tokio::time::Sleep;
 use tonic::Code;
-use tower_service::Service;
 
 use super::code::status_response;
 use crate::body::{Body, BoxError, boxed};
@@ -126,21 +125,8 @@ pub struct GrpcDeadline<S> {
     max: Option<Duration>,
 }
 
-impl<S> GrpcDeadline<S> {
-    chassis_core::__define_inner_service_accessors!();
-}
-
-impl<S, ReqB, ResB> Service<Request<ReqB>> for GrpcDeadline<S>
-where
-    S: Service<Request<ReqB>, Response = Response<ResB>>,
-    ResB: http_body::Body<Data = Bytes> + Send + 'static,
-    ResB::Error: Into<BoxError>,
-{
-    type Response = Response<Body>;
-    type Error = S::Error;
-    type Future = ResponseFuture<S::Future>;
-
-    chassis_core::__forward_poll_ready!();
+crate::middleware::impl_middleware! {
+    boxed, GrpcDeadline => ResponseFuture;
 
     fn call(&mut self, req: Request<ReqB>) -> Self::Future {
         let asked = req.headers().get(GRPC_TIMEOUT).and_then(parse_grpc_timeout);

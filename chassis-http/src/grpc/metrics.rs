@@ -37,7 +37,6 @@ use http::{Request, Response};
 use http_body::Frame;
 use pin_project_lite::pin_project;
 use tonic::Code;
-use tower_service::Service;
 
 use super::code::{code_label, grpc_code};
 use crate::body::{Body, BoxError, boxed};
@@ -64,10 +63,6 @@ pub struct GrpcMetrics<S> {
     inner: S,
 }
 
-impl<S> GrpcMetrics<S> {
-    chassis_core::__define_inner_service_accessors!();
-}
-
 /// `(service, method)` of a gRPC path `/<service>/<method>`.
 pub(crate) fn rpc_names(path: &str) -> Option<(&str, &str)> {
     let (service, method) = path.strip_prefix('/')?.split_once('/')?;
@@ -75,17 +70,8 @@ pub(crate) fn rpc_names(path: &str) -> Option<(&str, &str)> {
         .then_some((service, method))
 }
 
-impl<S, ReqB, ResB> Service<Request<ReqB>> for GrpcMetrics<S>
-where
-    S: Service<Request<ReqB>, Response = Response<ResB>>,
-    ResB: http_body::Body<Data = Bytes> + Send + 'static,
-    ResB::Error: Into<BoxError>,
-{
-    type Response = Response<Body>;
-    type Error = S::Error;
-    type Future = ResponseFuture<S::Future>;
-
-    chassis_core::__forward_poll_ready!();
+crate::middleware::impl_middleware! {
+    boxed, GrpcMetrics => ResponseFuture;
 
     fn call(&mut self, req: Request<ReqB>) -> Self::Future {
         let (service, method) = rpc_names(req.uri().path()).unwrap_or(("_OTHER", "_OTHER"));

@@ -39,7 +39,6 @@ use http::header::{CONTENT_LENGTH, CONTENT_TYPE};
 use http::{Request, Response, StatusCode};
 use http_body_util::BodyExt as _;
 use pin_project_lite::pin_project;
-use tower_service::Service;
 
 use super::code::{code_for_error, status_response};
 use crate::body::{Body, BoxError, boxed};
@@ -70,21 +69,8 @@ pub struct StatusMapping<S> {
     inner: S,
 }
 
-impl<S> StatusMapping<S> {
-    chassis_core::__define_inner_service_accessors!();
-}
-
-impl<S, ReqB, ResB> Service<Request<ReqB>> for StatusMapping<S>
-where
-    S: Service<Request<ReqB>, Response = Response<ResB>>,
-    ResB: http_body::Body<Data = Bytes> + Send + 'static,
-    ResB::Error: Into<BoxError>,
-{
-    type Response = Response<Body>;
-    type Error = S::Error;
-    type Future = ResponseFuture<S::Future>;
-
-    chassis_core::__forward_poll_ready!();
+crate::middleware::impl_middleware! {
+    boxed, StatusMapping => ResponseFuture;
 
     #[inline]
     fn call(&mut self, req: Request<ReqB>) -> Self::Future {

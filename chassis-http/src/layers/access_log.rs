@@ -67,10 +67,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use http::{Method, Request, Response, Uri};
+use http::{Method, Request, Uri};
 use opentelemetry::trace::TraceId;
 use serde::Deserialize;
-use tower_service::Service;
 
 use self::hook::Entry;
 use super::request_id::RequestId;
@@ -260,19 +259,8 @@ pub struct AccessLogService<S> {
     policy: Arc<Policy>,
 }
 
-impl<S> AccessLogService<S> {
-    chassis_core::__define_inner_service_accessors!();
-}
-
-impl<S, ReqB, ResB> Service<Request<ReqB>> for AccessLogService<S>
-where
-    S: Service<Request<ReqB>, Response = Response<ResB>>,
-{
-    type Response = Response<ResB>;
-    type Error = S::Error;
-    type Future = ResponseFuture<S::Future>;
-
-    chassis_core::__forward_poll_ready!();
+crate::middleware::impl_middleware! {
+    AccessLogService => ResponseFuture;
 
     #[inline]
     fn call(&mut self, req: Request<ReqB>) -> Self::Future {
@@ -380,6 +368,7 @@ pub type ResponseFuture<F> = Finishing<F, Observe<Box<Entry>>>;
 mod tests {
     use super::*;
     use chassis_observability::logging::CaptureWriter;
+    use http::Response;
     use std::convert::Infallible;
     use tower::{Layer, ServiceExt, service_fn};
 

@@ -31,7 +31,6 @@ use std::fmt;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use http::{HeaderName, HeaderValue, Request, Response};
-use tower_service::Service;
 
 use crate::future::{Finish, Finishing};
 
@@ -158,19 +157,8 @@ pub struct RequestIdService<S> {
     header: HeaderName,
 }
 
-impl<S> RequestIdService<S> {
-    chassis_core::__define_inner_service_accessors!();
-}
-
-impl<S, ReqB, ResB> Service<Request<ReqB>> for RequestIdService<S>
-where
-    S: Service<Request<ReqB>, Response = Response<ResB>>,
-{
-    type Response = Response<ResB>;
-    type Error = S::Error;
-    type Future = ResponseFuture<S::Future>;
-
-    chassis_core::__forward_poll_ready!();
+crate::middleware::impl_middleware! {
+    RequestIdService => ResponseFuture;
 
     #[inline]
     fn call(&mut self, mut req: Request<ReqB>) -> Self::Future {

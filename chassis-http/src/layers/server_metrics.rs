@@ -44,8 +44,7 @@ use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Instant;
 
 use ::metrics::{Gauge, Histogram, Recorder, SharedString};
-use http::{Method, Request, Response};
-use tower_service::Service;
+use http::{Method, Request};
 
 use self::hook::Pending;
 use super::{RouteTemplate, status_str};
@@ -251,19 +250,8 @@ impl<S: fmt::Debug> fmt::Debug for ServerMetricsService<S> {
     }
 }
 
-impl<S> ServerMetricsService<S> {
-    chassis_core::__define_inner_service_accessors!();
-}
-
-impl<S, ReqB, ResB> Service<Request<ReqB>> for ServerMetricsService<S>
-where
-    S: Service<Request<ReqB>, Response = Response<ResB>>,
-{
-    type Response = Response<ResB>;
-    type Error = S::Error;
-    type Future = ResponseFuture<S::Future>;
-
-    chassis_core::__forward_poll_ready!();
+crate::middleware::impl_middleware! {
+    ServerMetricsService => ResponseFuture;
 
     #[inline]
     fn call(&mut self, req: Request<ReqB>) -> Self::Future {
@@ -331,6 +319,7 @@ pub type ResponseFuture<F> = Finishing<F, Observe<Pending>>;
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http::Response;
     use std::convert::Infallible;
     use tower::{Layer, ServiceExt, service_fn};
 

@@ -62,7 +62,6 @@ use http::{HeaderName, Request, Response, header};
 use opentelemetry::trace::{TraceContextExt, TraceId};
 use pin_project_lite::pin_project;
 use tokio::task::futures::TaskLocalFuture;
-use tower_service::Service;
 use tracing::Span;
 use tracing::field::Empty;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
@@ -94,10 +93,6 @@ chassis_core::__impl_layer!(ServerSpanLayer => ServerSpanService {  });
 #[derive(Debug, Clone)]
 pub struct ServerSpanService<S> {
     inner: S,
-}
-
-impl<S> ServerSpanService<S> {
-    chassis_core::__define_inner_service_accessors!();
 }
 
 fn server_address<B>(req: &Request<B>) -> Option<&str> {
@@ -160,15 +155,8 @@ pub(crate) fn server_span<B>(req: &Request<B>) -> Span {
     span
 }
 
-impl<S, ReqB, ResB> Service<Request<ReqB>> for ServerSpanService<S>
-where
-    S: Service<Request<ReqB>, Response = Response<ResB>>,
-{
-    type Response = Response<ResB>;
-    type Error = S::Error;
-    type Future = ResponseFuture<S::Future>;
-
-    chassis_core::__forward_poll_ready!();
+crate::middleware::impl_middleware! {
+    ServerSpanService => ResponseFuture;
 
     #[inline]
     fn call(&mut self, req: Request<ReqB>) -> Self::Future {
