@@ -1,9 +1,10 @@
 //! `/admin/loggers`: reading and changing the log filter of a running service, behind a service
 //! token with the `admin` scope.
 
+mod common;
+
 use chassis_core::ServiceInfo;
 use chassis_http::admin::LogLevelService;
-use chassis_http::auth::{SigningKey, TokenIssuer, TokenVerifier};
 use chassis_observability::Telemetry;
 use chassis_observability::logging::CaptureWriter;
 use http::{Request, StatusCode};
@@ -66,15 +67,7 @@ async fn the_log_filter_changes_at_run_time_with_an_admin_token() {
         .build()
         .unwrap();
 
-    let issuer = TokenIssuer::builder("ops")
-        .signing_key(SigningKey::generate_ed25519().unwrap())
-        .build()
-        .unwrap();
-    let verifier = TokenVerifier::builder("orders")
-        .trust_issuer("ops")
-        .keys(issuer.key_set())
-        .build()
-        .unwrap();
+    let (issuer, verifier) = common::issuer_and_verifier("ops", "orders");
     let admin = serve(LogLevelService::protected(
         telemetry.log_level_handle(),
         verifier,

@@ -19,7 +19,7 @@ use chassis_core::resilience::circuit_breaker::{
 };
 use chassis_core::resilience::policy::ResiliencePolicy;
 use chassis_core::resilience::retry::{Backoff, Jitter, RetryBudgetConfig, RetryConfig};
-use chassis_http::auth::{ServiceTokenSource, SigningKey, TokenIssuer, TokenVerifier};
+use chassis_http::auth::ServiceTokenSource;
 use chassis_http::client::{AllowRetry, ClientErrorKind, HttpClient};
 use common::LogBuffer;
 use http::{Method, Request};
@@ -448,15 +448,7 @@ async fn traceparent_and_service_token_reach_the_server_and_metrics_are_recorded
 
     let seen = Seen::default();
     let base = misbehaving_server(seen.clone()).await;
-    let issuer = TokenIssuer::builder("orders")
-        .signing_key(SigningKey::generate_ed25519().unwrap())
-        .build()
-        .unwrap();
-    let verifier = TokenVerifier::builder("downstream")
-        .trust_issuer("orders")
-        .keys(issuer.key_set())
-        .build()
-        .unwrap();
+    let (issuer, verifier) = common::issuer_and_verifier("orders", "downstream");
     let client = HttpClient::builder("downstream")
         .base_url(&base)
         .service_token(ServiceTokenSource::new(issuer, "downstream", &["echo:read"]).unwrap())

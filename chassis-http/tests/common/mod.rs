@@ -42,6 +42,53 @@ impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for LogBuffer {
     }
 }
 
+/// A service the chassis server can serve, answering with bodies of type `B` (which must be
+/// `Body<Data = Bytes> + Send + 'static` with an error that converts into a `BoxError`).
+pub(crate) trait Servable<B>:
+    tower::Service<
+        http::Request<hyper::body::Incoming>,
+        Response = http::Response<B>,
+        Future: Send + 'static,
+        Error: Into<chassis_core::BoxError>,
+    > + Clone
+    + Send
+    + 'static
+{
+}
+
+impl<S, B> Servable<B> for S where
+    S: tower::Service<
+            http::Request<hyper::body::Incoming>,
+            Response = http::Response<B>,
+            Future: Send + 'static,
+            Error: Into<chassis_core::BoxError>,
+        > + Clone
+        + Send
+        + 'static
+{
+}
+
+/// An issuer `subject` signing with a new Ed25519 key, and a verifier of tokens for
+/// `audience` that trusts it and its keys.
+pub(crate) fn issuer_and_verifier(
+    subject: &str,
+    audience: &str,
+) -> (
+    chassis_http::auth::TokenIssuer,
+    chassis_http::auth::TokenVerifier,
+) {
+    let issuer = chassis_http::auth::TokenIssuer::builder(subject)
+        .signing_key(chassis_http::auth::SigningKey::generate_ed25519().unwrap())
+        .build()
+        .unwrap();
+    let verifier = chassis_http::auth::TokenVerifier::builder(audience)
+        .trust_issuer(subject)
+        .keys(issuer.key_set())
+        .build()
+        .unwrap();
+    (issuer, verifier)
+}
+
 /// A Prometheus recorder with the chassis's metric settings, for
 /// `metrics::set_default_local_recorder`.
 pub(crate) fn recorder() -> metrics_exporter_prometheus::PrometheusRecorder {

@@ -20,12 +20,7 @@ pub(crate) const REDIS: &str = "redis://127.0.0.1:6379";
 /// Serves `service` on a free loopback port.
 pub(crate) async fn serve<S, B>(service: S) -> SocketAddr
 where
-    S: tower::Service<Request<hyper::body::Incoming>, Response = http::Response<B>>
-        + Clone
-        + Send
-        + 'static,
-    S::Future: Send + 'static,
-    S::Error: Into<chassis_core::BoxError>,
+    S: super::Servable<B>,
     B: http_body::Body<Data = Bytes> + Send + 'static,
     B::Error: Into<chassis_core::BoxError>,
 {

@@ -6,9 +6,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
-use chassis_http::auth::{
-    RequireServiceTokenLayer, ServiceTokenSource, SigningKey, TokenIssuer, TokenVerifier,
-};
+use chassis_http::auth::{RequireServiceTokenLayer, ServiceTokenSource};
 use chassis_http::grpc::code::TRACE_ID_KEY;
 use chassis_http::grpc::{GrpcClient, GrpcLayers, GrpcRouter, Multiplex};
 use chassis_http::layers::StandardLayers;
@@ -176,15 +174,7 @@ async fn calls_over_the_limit_are_resource_exhausted() {
 
 #[tokio::test]
 async fn service_tokens_are_verified_with_per_method_scopes() {
-    let issuer = TokenIssuer::builder("orders")
-        .signing_key(SigningKey::generate_ed25519().unwrap())
-        .build()
-        .unwrap();
-    let verifier = TokenVerifier::builder("echo")
-        .trust_issuer("orders")
-        .keys(issuer.key_set())
-        .build()
-        .unwrap();
+    let (issuer, verifier) = crate::common::issuer_and_verifier("orders", "echo");
     let (_echo, router) = echo();
     let auth = RequireServiceTokenLayer::new(verifier)
         .require_scopes_for("/echo.v1.Echo/Say", &["echo:say"]);

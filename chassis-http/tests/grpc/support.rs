@@ -244,12 +244,7 @@ impl Drop for Running {
 
 pub(crate) async fn serve<S, B>(service: S, registry: Option<HealthRegistry>) -> Running
 where
-    S: tower::Service<http::Request<hyper::body::Incoming>, Response = http::Response<B>>
-        + Clone
-        + Send
-        + 'static,
-    S::Future: Send + 'static,
-    S::Error: Into<chassis_core::BoxError>,
+    S: crate::common::Servable<B>,
     B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
     B::Error: Into<chassis_core::BoxError>,
 {
@@ -263,12 +258,7 @@ pub(crate) async fn serve_with<S, B>(
     registry: Option<HealthRegistry>,
 ) -> Running
 where
-    S: tower::Service<http::Request<hyper::body::Incoming>, Response = http::Response<B>>
-        + Clone
-        + Send
-        + 'static,
-    S::Future: Send + 'static,
-    S::Error: Into<chassis_core::BoxError>,
+    S: crate::common::Servable<B>,
     B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
     B::Error: Into<chassis_core::BoxError>,
 {

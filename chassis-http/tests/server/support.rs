@@ -24,7 +24,6 @@ use chassis_http::layers::request_id::RequestId;
 use chassis_http::server::{ServeOutcome, Server, ServerConfig};
 use http::{HeaderMap, Request, StatusCode, Version};
 use http_body_util::{BodyExt, Full};
-use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
@@ -205,9 +204,7 @@ pub(crate) fn test_config() -> ServerConfig {
 /// Binds 127.0.0.1:0 and serves `service` in a task.
 pub(crate) async fn start<S, B>(server: Server, service: S) -> TestServer
 where
-    S: tower::Service<Request<Incoming>, Response = http::Response<B>> + Clone + Send + 'static,
-    S::Future: Send + 'static,
-    S::Error: Into<chassis_core::BoxError>,
+    S: common::Servable<B>,
     B: http_body::Body<Data = Bytes> + Send + 'static,
     B::Error: Into<chassis_core::BoxError>,
 {
