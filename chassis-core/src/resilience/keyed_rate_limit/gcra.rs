@@ -12,6 +12,7 @@
 use std::time::Duration;
 
 use super::{KeyedRateLimitConfig, RateLimitInfo};
+use crate::metric_catalogue as names;
 use crate::{ComponentName, Error};
 
 /// Emission interval and tolerance of one limit, in the backend's time unit.
@@ -112,6 +113,29 @@ impl Gcra {
                 reset_after: duration(reset_after),
             },
         )
+    }
+}
+
+/// What a keyed limiter holds whatever its backend: its name, its GCRA (in nanoseconds) and
+/// the counter of its rejections.
+pub(crate) struct Limit {
+    pub(crate) name: ComponentName,
+    pub(crate) gcra: Gcra,
+    pub(crate) rejected: metrics::Counter,
+}
+
+impl Limit {
+    /// Validates `config` and registers the metric (`rate_limit_rejected_total`, label `name`)
+    /// at 0.
+    pub(crate) fn new(config: &KeyedRateLimitConfig) -> Result<Self, Error> {
+        let gcra = Gcra::from_config(config)?;
+        let name = ComponentName::new(&config.name);
+        names::preregister(names::RATE_LIMIT_REJECTED, &[(names::labels::NAME, &name)]);
+        Ok(Self {
+            rejected: metrics::counter!(names::RATE_LIMIT_REJECTED, names::labels::NAME => name.to_string()),
+            name,
+            gcra,
+        })
     }
 }
 

@@ -8,9 +8,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
-use super::gcra::Gcra;
+use super::gcra::{Gcra, Limit};
 use super::{KeyedRateLimitConfig, RateLimitBackend};
-use crate::metric_catalogue as names;
 use crate::resilience::clock::{Clock, ClockSource, CoarseClock};
 use crate::resilience::striped::Padded;
 use crate::{ComponentName, Error};
@@ -140,7 +139,11 @@ impl<K: Hash + Eq + Clone> KeyedRateLimiter<K> {
 
     /// Like [`new`](Self::new), reading time from `clock`.
     pub fn with_clock(config: KeyedRateLimitConfig, clock: impl Clock) -> Result<Self, Error> {
-        let gcra = Gcra::from_config(&config)?;
+        let Limit {
+            name,
+            gcra,
+            rejected,
+        } = Limit::new(&config)?;
         // At most `max_keys` shards, so that each may hold at least one key.
         let max_shards = if config.max_keys.is_power_of_two() {
             config.max_keys
@@ -148,11 +151,9 @@ impl<K: Hash + Eq + Clone> KeyedRateLimiter<K> {
             config.max_keys.next_power_of_two() / 2
         };
         let shards = default_shards().min(max_shards).max(1);
-        let name = ComponentName::new(&config.name);
-        names::preregister(names::RATE_LIMIT_REJECTED, &[(names::labels::NAME, &name)]);
         Ok(Self {
             inner: Arc::new(Inner {
-                rejected: metrics::counter!(names::RATE_LIMIT_REJECTED, names::labels::NAME => name.to_string()),
+                rejected,
                 name,
                 gcra,
                 clock: ClockSource::from_clock(clock),

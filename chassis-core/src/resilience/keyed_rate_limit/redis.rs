@@ -8,9 +8,8 @@ use futures_util::future::BoxFuture;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use serde::Deserialize;
 
-use super::gcra::Gcra;
+use super::gcra::{Gcra, Limit};
 use super::{FailMode, KeyedRateLimitConfig, RateLimitBackend};
-use crate::metric_catalogue as names;
 use crate::resilience::circuit_breaker::{
     CircuitBreakerConfig, CircuitBreakerHandle, Outcome, SlidingWindowType,
 };
@@ -239,15 +238,17 @@ impl RedisRateLimiter {
         config: RedisRateLimitConfig,
     ) -> Result<Self, Error> {
         config.validate()?;
-        let gcra = Gcra::from_config(&config.limit)?.to_micros();
+        let Limit {
+            name,
+            gcra,
+            rejected,
+        } = Limit::new(&config.limit)?;
         let breaker = CircuitBreakerHandle::new(config.breaker)?;
-        let name = ComponentName::new(&config.limit.name);
-        names::preregister(names::RATE_LIMIT_REJECTED, &[(names::labels::NAME, &name)]);
         Ok(Self {
             inner: Arc::new(Inner {
-                rejected: metrics::counter!(names::RATE_LIMIT_REJECTED, names::labels::NAME => name.to_string()),
+                rejected,
                 name,
-                gcra,
+                gcra: gcra.to_micros(),
                 prefix: config.prefix,
                 timeout: config.timeout,
                 on_unavailable: config.on_unavailable,
