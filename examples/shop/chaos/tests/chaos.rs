@@ -10,11 +10,11 @@
 use std::time::{Duration, Instant};
 
 use shop_chaos::{ChaosConfig, run};
-use shop_launcher::{SERVICES, build_services};
+use shop_launcher::{SERVICES, build_services_for_tests};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_shop_keeps_its_invariants_through_kills_and_a_broker_restart() {
-    let bin_dir = build_services(false).expect("cargo build of the services");
+    let bin_dir = build_services_for_tests().expect("cargo build of the services");
     let dir = tempfile::tempdir().unwrap();
     let mut config = ChaosConfig::new(bin_dir, dir.path().to_path_buf());
     config.seed = std::env::var("SHOP_CHAOS_SEED")

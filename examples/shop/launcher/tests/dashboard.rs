@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use base64::Engine as _;
 use serde_json::{Value, json};
 use shop_launcher::workload::{place, wait_final};
-use shop_launcher::{System, SystemConfig, build_services, cleanup, free_port};
+use shop_launcher::{System, SystemConfig, build_services_for_tests, cleanup, free_port};
 
 const KEY: &str = "demo-key-0001";
 const SERVICES: [&str; 5] = [
@@ -245,7 +245,7 @@ async fn wait_for_log(system: &System, service: &str, needles: &[&str], within: 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_dashboard_of_a_running_shop_shows_and_steers_every_service() {
-    let bin = build_services(false).expect("cargo build of the services");
+    let bin = build_services_for_tests().expect("cargo build of the services");
     let dir = tempfile::tempdir().unwrap();
     let mut config = SystemConfig::new(bin, dir.path().to_path_buf());
     // An unroutable command is parked at its first attempt, not after five with backoff.

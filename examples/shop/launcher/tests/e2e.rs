@@ -10,7 +10,7 @@ use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde_json::{Value, json};
 use shop_launcher::workload::{WorkloadConfig, percentile, place, wait_final};
-use shop_launcher::{Database, System, SystemConfig, build_services, cleanup, measure};
+use shop_launcher::{Database, System, SystemConfig, build_services_for_tests, cleanup, measure};
 
 const KEY: &str = "demo-key-0001";
 /// The issuer of the end users' tokens in the TLS test.
@@ -25,7 +25,7 @@ static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 
 async fn start(tweak: impl FnOnce(&mut SystemConfig)) -> (System, tempfile::TempDir) {
     let bin = BUILD
-        .get_or_init(|| build_services(false).expect("cargo build of the services"))
+        .get_or_init(|| build_services_for_tests().expect("cargo build of the services"))
         .clone();
     let dir = tempfile::tempdir().unwrap();
     let mut config = SystemConfig::new(bin, dir.path().to_path_buf());

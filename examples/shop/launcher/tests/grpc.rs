@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 use shop_launcher::workload::{place, wait_final};
-use shop_launcher::{System, SystemConfig, build_services, cleanup, workspace_root};
+use shop_launcher::{System, SystemConfig, build_services_for_tests, cleanup, workspace_root};
 
 const KEY: &str = "demo-key-0001";
 const SEED: &str = "tea:Green tea:450:1000";
@@ -24,7 +24,7 @@ static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 
 async fn start() -> (System, tempfile::TempDir) {
     let bin = BUILD
-        .get_or_init(|| build_services(false).expect("cargo build of the services"))
+        .get_or_init(|| build_services_for_tests().expect("cargo build of the services"))
         .clone();
     let dir = tempfile::tempdir().unwrap();
     let mut config = SystemConfig::new(bin, dir.path().to_path_buf());

@@ -10,7 +10,7 @@ use std::process::{ExitStatus, Stdio};
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use shop_launcher::{build_services, cleanup, default_amqp_url};
+use shop_launcher::{build_services_for_tests, cleanup, default_amqp_url};
 use support::listed;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
@@ -22,7 +22,7 @@ static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 /// The launcher under test, next to the service binaries (it runs with `--no-build`).
 fn launcher() -> PathBuf {
     let bins = BUILD
-        .get_or_init(|| build_services(false).expect("cargo build of the services"))
+        .get_or_init(|| build_services_for_tests().expect("cargo build of the services"))
         .canonicalize()
         .unwrap();
     let exe = PathBuf::from(env!("CARGO_BIN_EXE_shop-launcher"));

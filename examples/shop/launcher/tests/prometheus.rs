@@ -18,7 +18,7 @@ use chassis_testkit::{ChildGuard, free_port};
 use serde_json::{Value, json};
 use serde_yaml::Value as Yaml;
 use shop_launcher::workload::{self, WorkloadConfig, place, wait_final};
-use shop_launcher::{System, SystemConfig, build_services, cleanup};
+use shop_launcher::{System, SystemConfig, build_services_for_tests, cleanup};
 
 const KEY: &str = "demo-key-0001";
 
@@ -228,7 +228,7 @@ fn expand(expr: &str) -> String {
 async fn every_dashboard_query_returns_data_from_the_real_prometheus() {
     // Before anything starts: a missing binary fails at once, with the install hint.
     prometheus_binary();
-    let bin = build_services(false).expect("cargo build of the services");
+    let bin = build_services_for_tests().expect("cargo build of the services");
     let dir = tempfile::tempdir().unwrap();
     let mut config = SystemConfig::new(bin, dir.path().join("run"));
     // No collector here (none is packaged for this machine; traces are checked in the Compose

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 use shop_launcher::replicas::{self, ReplicasError};
 use shop_launcher::workload::{WorkloadConfig, place, run_across, wait_final};
-use shop_launcher::{Database, System, SystemConfig, build_services, cleanup};
+use shop_launcher::{Database, System, SystemConfig, build_services_for_tests, cleanup};
 
 /// One system at a time: each test runs a dozen processes.
 static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
@@ -53,7 +53,7 @@ async fn replicas_share_the_rate_limit_and_the_idempotency_keys() {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let dir = tempfile::tempdir().unwrap();
     let mut config = SystemConfig::new(
-        build_services(false).expect("cargo build of the services"),
+        build_services_for_tests().expect("cargo build of the services"),
         dir.path().to_path_buf(),
     );
     config.inventory_seed = Some("tea:Green tea:450:1000".into());
@@ -352,7 +352,7 @@ async fn replicas_lose_one_each_to_sigkill_and_every_order_finishes_with_its_eff
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let dir = tempfile::tempdir().unwrap();
     let mut config = SystemConfig::new(
-        build_services(false).expect("cargo build of the services"),
+        build_services_for_tests().expect("cargo build of the services"),
         dir.path().to_path_buf(),
     );
     config.replicas = replicas::parse("orders=3,inventory=2,payments=2").unwrap();

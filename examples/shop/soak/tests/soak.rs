@@ -5,11 +5,11 @@
 use std::path::PathBuf;
 use std::process::Command;
 
-use shop_launcher::{SERVICES, build_services};
+use shop_launcher::{SERVICES, build_services_for_tests};
 
 #[test]
 fn a_short_soak_writes_samples_chart_and_summary() {
-    let bins = build_services(false).expect("cargo build of the services");
+    let bins = build_services_for_tests().expect("cargo build of the services");
     let out = tempfile::tempdir().unwrap();
     let run = Command::new(PathBuf::from(env!("CARGO_BIN_EXE_shop-soak")))
         .args(["--rate", "10", "--duration", "30s", "--sample", "5s"])
