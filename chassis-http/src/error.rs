@@ -467,23 +467,51 @@ impl ApiError {
     }
 }
 
+/// A `Debug` for `$ty`, a handle on shared state in `self.inner`: the struct named after the
+/// type with the listed fields of `self.inner`, then (after `;`) the values the closures
+/// compute from `self`, in that order. A list that ends in `..` marks the struct as having
+/// more (`finish_non_exhaustive`).
+macro_rules! debug_inner {
+    ($ty:ident { $($field:ident),+ , .. }) => {
+        $crate::error::debug_inner!(@impl $ty, finish_non_exhaustive, { $($field),+ });
+    };
+    ($ty:ident { $($field:ident),* $(; $($name:ident = |$this:ident| $value:expr),* $(,)?)? }) => {
+        $crate::error::debug_inner!(@impl $ty, finish, {
+            $($field),* $(; $($name = |$this| $value),*)?
+        });
+    };
+    (@impl $ty:ident, $finish:ident, {
+        $($field:ident),* $(; $($name:ident = |$this:ident| $value:expr),*)?
+    }) => {
+        impl ::std::fmt::Debug for $ty {
+            fn fmt(&self, f: &mut ::std::fmt::Formatter<'_>) -> ::std::fmt::Result {
+                let mut d = f.debug_struct(stringify!($ty));
+                $( d.field(stringify!($field), &self.inner.$field); )*
+                $($(
+                    let $this = self;
+                    d.field(stringify!($name), &$value);
+                )*)?
+                d.$finish()
+            }
+        }
+    };
+}
+
+pub(crate) use debug_inner;
+
 /// `Retry-After` value for `d`: whole seconds, rounded up, at least 1.
 pub(crate) fn retry_after_value(d: Duration) -> HeaderValue {
     let secs = d.as_secs() + u64::from(d.subsec_nanos() > 0);
     HeaderValue::from(secs.max(1))
 }
 
-impl fmt::Debug for ApiError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ApiError")
-            .field("status", &self.inner.status)
-            .field("code", &self.inner.code)
-            .field("message", &self.inner.message)
-            .field("details", &self.inner.details)
-            .field("retry_after", &self.inner.retry_after)
-            .finish()
-    }
-}
+debug_inner!(ApiError {
+    status,
+    code,
+    message,
+    details,
+    retry_after
+});
 
 impl fmt::Display for ApiError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

@@ -323,16 +323,10 @@ impl TokenIssuer {
     }
 }
 
-impl fmt::Debug for TokenIssuer {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("TokenIssuer")
-            .field("issuer", &self.inner.issuer)
-            .field("subject", &self.inner.subject)
-            .field("ttl", &self.inner.ttl)
-            .field("active_kid", &self.active_kid())
-            .finish()
-    }
-}
+crate::error::debug_inner!(TokenIssuer {
+    issuer, subject, ttl;
+    active_kid = |issuer| issuer.active_kid(),
+});
 
 /// Serves the issuer's JWKS document; see [`TokenIssuer::jwks_service`].
 #[derive(Clone, Debug)]

@@ -1,6 +1,5 @@
 //! [`JwksKeySource`]: verification keys from a JWKS document.
 
-use std::fmt;
 use std::future::Future;
 use std::path::PathBuf;
 use std::pin::Pin;
@@ -283,16 +282,10 @@ impl JwksKeySource {
     }
 }
 
-impl fmt::Debug for JwksKeySource {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("JwksKeySource")
-            .field("location", &self.inner.location)
-            .field("refresh_interval", &self.inner.refresh_interval)
-            .field("min_refetch_interval", &self.inner.min_refetch_interval)
-            .field("kids", &self.keys().kids().collect::<Vec<_>>())
-            .finish()
-    }
-}
+crate::error::debug_inner!(JwksKeySource {
+    location, refresh_interval, min_refetch_interval;
+    kids = |source| source.keys().kids().collect::<Vec<_>>(),
+});
 
 impl JwksKeySourceBuilder {
     fn new(location: String, fetch: Fetcher) -> Self {

@@ -368,14 +368,7 @@ impl SigningKey {
     }
 }
 
-impl fmt::Debug for SigningKey {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("SigningKey")
-            .field("kid", &self.inner.kid)
-            .field("alg", &self.inner.alg)
-            .finish_non_exhaustive()
-    }
-}
+crate::error::debug_inner!(SigningKey { kid, alg, .. });
 
 /// A key that verifies tokens: a key id, the one algorithm it accepts, and the key.
 ///

@@ -2,7 +2,6 @@
 //! caller's [`ServiceIdentity`] (and, for the end-user layer, the verified claims).
 
 use std::collections::{HashSet, VecDeque};
-use std::fmt;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
@@ -404,18 +403,14 @@ impl TokenVerifier {
     }
 }
 
-impl fmt::Debug for TokenVerifier {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("TokenVerifier")
-            .field("audience", &self.inner.audience)
-            .field("issuers", &self.inner.issuers)
-            .field("leeway", &self.inner.leeway)
-            .field("max_lifetime", &self.inner.max_lifetime)
-            .field("require_jti", &self.inner.require_jti)
-            .field("keys", &self.inner.keys)
-            .finish()
-    }
-}
+crate::error::debug_inner!(TokenVerifier {
+    audience,
+    issuers,
+    leeway,
+    max_lifetime,
+    require_jti,
+    keys
+});
 
 fn parse_header(token: &str) -> Result<jsonwebtoken::Header, AuthError> {
     let malformed = || AuthError::new(AuthErrorKind::MalformedToken);

@@ -35,7 +35,6 @@
 //!     .route("/stock", axum::routing::get(|| async { "open to every client" }));
 //! ```
 
-use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -66,14 +65,11 @@ struct Inner {
     certificate: CertificateDer<'static>,
 }
 
-impl fmt::Debug for PeerIdentity {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("PeerIdentity")
-            .field("uris", &self.inner.uris)
-            .field("dns_names", &self.inner.dns_names)
-            .finish_non_exhaustive()
-    }
-}
+crate::error::debug_inner!(PeerIdentity {
+    uris,
+    dns_names,
+    ..
+});
 
 impl PeerIdentity {
     /// The identity named by the subject alternative names of `certificate` (DER), a client's

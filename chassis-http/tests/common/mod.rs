@@ -56,15 +56,12 @@ pub(crate) trait Servable<B>:
 {
 }
 
-impl<S, B> Servable<B> for S where
-    S: tower::Service<
-            http::Request<hyper::body::Incoming>,
-            Response = http::Response<B>,
-            Future: Send + 'static,
-            Error: Into<chassis_core::BoxError>,
-        > + Clone
-        + Send
-        + 'static
+impl<S, B> Servable<B> for S
+where
+    S: tower::Service<http::Request<hyper::body::Incoming>, Response = http::Response<B>>,
+    S: Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<chassis_core::BoxError>,
 {
 }
 
