@@ -239,25 +239,13 @@ where
                         unreachable!("only a retrying call waits for readiness");
                     };
                     let parts = &*held.parts;
-                    if let Some((breaker, _)) = &parts.breaker
-                        && held.ready.is_none()
-                    {
-                        match breaker.try_acquire() {
-                            Ok(permit) => held.ready = Some(permit),
-                            // An open breaker ends the call with its rejection.
-                            Err(rejected) => return Poll::Ready(Err(rejected.into())),
-                        }
-                    }
-                    match retry.service.poll_ready(cx) {
+                    match parts.poll_attempt_ready::<Req, _>(
+                        &mut held.ready,
+                        &mut retry.service,
+                        cx,
+                    ) {
                         Poll::Pending => break,
-                        Poll::Ready(Err(err)) => {
-                            if let (Some(permit), Some((breaker, _))) =
-                                (held.ready.take(), parts.breaker.as_ref())
-                            {
-                                breaker.release(permit);
-                            }
-                            return Poll::Ready(Err(err.into()));
-                        }
+                        Poll::Ready(Err(err)) => return Poll::Ready(Err(err)),
                         Poll::Ready(Ok(())) => {}
                     }
                     let Some(request) = retry.request.take() else {

@@ -36,6 +36,38 @@ pub(crate) struct Parts<RC, H, K, BC> {
     pub(crate) attempt_timeout: Option<Duration>,
 }
 
+impl<RC, H, K, BC> Parts<RC, H, K, BC> {
+    /// Gets an attempt ready: a breaker permit taken into `permit` (kept there while `service`
+    /// is not ready, for the attempt to use), then `service`'s readiness. An open breaker ends
+    /// the call with its rejection; a service that fails to get ready hands the permit back
+    /// unrecorded, as no attempt follows.
+    pub(crate) fn poll_attempt_ready<Req, S>(
+        &self,
+        permit: &mut Option<RawPermit>,
+        service: &mut S,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<(), BoxError>>
+    where
+        S: Service<Req>,
+        S::Error: Into<BoxError>,
+    {
+        if let Some((breaker, _)) = &self.breaker
+            && permit.is_none()
+        {
+            *permit = Some(breaker.try_acquire()?);
+        }
+        match ready!(service.poll_ready(cx)) {
+            Ok(()) => Poll::Ready(Ok(())),
+            Err(err) => {
+                if let (Some(unused), Some((breaker, _))) = (permit.take(), &self.breaker) {
+                    breaker.release(unused);
+                }
+                Poll::Ready(Err(err.into()))
+            }
+        }
+    }
+}
+
 /// A call's reference to the [`Parts`]: the shared one, or its service clone's own (see
 /// [`Resilient`], "One reference count per clone").
 pub(crate) enum PartsRef<P> {
@@ -286,29 +318,9 @@ where
             }
         }
         // The breaker, asked for the first attempt (retries ask again in the future).
-        if let Some((breaker, _)) = &parts.breaker
-            && self.breaker_permit.is_none()
-        {
-            match breaker.try_acquire() {
-                Ok(permit) => self.breaker_permit = Some(permit),
-                Err(rejected) => return Poll::Ready(Err(rejected.into())),
-            }
-        }
         // NOTE: the permits stay here while the inner service is not ready, and `call` relies
         // on finding them.
-        match self.inner.poll_ready(cx) {
-            Poll::Ready(Ok(())) => Poll::Ready(Ok(())),
-            Poll::Pending => Poll::Pending,
-            Poll::Ready(Err(e)) => {
-                // No call will follow: hand the breaker's permit back unrecorded.
-                if let (Some(permit), Some((breaker, _))) =
-                    (self.breaker_permit.take(), parts.breaker.as_ref())
-                {
-                    breaker.release(permit);
-                }
-                Poll::Ready(Err(e.into()))
-            }
-        }
+        parts.poll_attempt_ready::<Req, _>(&mut self.breaker_permit, &mut self.inner, cx)
     }
 
     fn call(&mut self, req: Req) -> Self::Future {
