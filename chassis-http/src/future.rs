@@ -2,7 +2,9 @@
 //! either pass a request on, answer it themselves, or run a boxed sequence of their own around
 //! the inner call (the bearer-token layers, the idempotency and response-cache layers); and
 //! [`Finishing`], for the layers that do their part once the inner service's future completes
-//! (request id, access log, RED metrics, gRPC metrics).
+//! (request id, access log, RED metrics, gRPC metrics); and [`Answering`], for the layers that
+//! answer some requests themselves with a future of their own, before or after the inner call
+//! (the health probes, the gRPC status mapping).
 
 use std::fmt;
 use std::future::Future;
@@ -186,6 +188,93 @@ impl<H: OnStatus> Drop for Observe<H> {
     fn drop(&mut self) {
         if let Some(hook) = self.0.take() {
             hook.on_drop();
+        }
+    }
+}
+
+/// The future of a layer's own answer: boxed, since only the requests a layer answers itself
+/// pay for it.
+pub(crate) type AnswerFuture = Pin<Box<dyn Future<Output = Response<Body>> + Send + 'static>>;
+
+/// What a layer does with the inner service's response: pass it on (its body boxed), or
+/// answer in its place with a future of its own (which may read the response).
+pub trait Divert<B> {
+    /// The response to pass on, or the future answering in its place.
+    fn divert(&mut self, response: Response<B>) -> Result<Response<Body>, AnswerFuture>;
+}
+
+/// The [`Divert`] of a layer that passes every response of the inner service on.
+#[derive(Debug)]
+pub struct PassOn;
+
+impl<B> Divert<B> for PassOn
+where
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    #[inline]
+    fn divert(&mut self, response: Response<B>) -> Result<Response<Body>, AnswerFuture> {
+        Ok(response.map(boxed))
+    }
+}
+
+pin_project! {
+    /// The inner service's future, its response passed on or diverted by `H`, or the layer's
+    /// own answer.
+    pub struct Answering<F, H> {
+        #[pin]
+        state: AnsweringState<F, H>,
+    }
+}
+
+pin_project! {
+    #[project = AnsweringProj]
+    enum AnsweringState<F, H> {
+        Inner { #[pin] future: F, divert: H },
+        Answer { future: AnswerFuture },
+    }
+}
+
+impl<F, H> Answering<F, H> {
+    pub(crate) fn inner(future: F, divert: H) -> Self {
+        Self {
+            state: AnsweringState::Inner { future, divert },
+        }
+    }
+
+    pub(crate) fn answer(future: AnswerFuture) -> Self {
+        Self {
+            state: AnsweringState::Answer { future },
+        }
+    }
+}
+
+impl<F, H> fmt::Debug for Answering<F, H> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ResponseFuture").finish_non_exhaustive()
+    }
+}
+
+impl<F, H, B, E> Future for Answering<F, H>
+where
+    F: Future<Output = Result<Response<B>, E>>,
+    H: Divert<B>,
+{
+    type Output = Result<Response<Body>, E>;
+
+    #[inline]
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut state = self.project().state;
+        loop {
+            match state.as_mut().project() {
+                AnsweringProj::Inner { future, divert } => {
+                    match divert.divert(ready!(future.poll(cx))?) {
+                        Ok(response) => return Poll::Ready(Ok(response)),
+                        Err(answer) => state.set(AnsweringState::Answer { future: answer }),
+                    }
+                }
+                AnsweringProj::Answer { future } => return future.as_mut().poll(cx).map(Ok),
+            }
         }
     }
 }

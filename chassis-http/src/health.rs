@@ -49,22 +49,19 @@
 
 use std::convert::Infallible;
 use std::fmt;
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll, ready};
+use std::task::{Context, Poll};
 
-use bytes::Bytes;
 use chassis_core::health::{HealthRegistry, HealthReport, Status};
 use http::{HeaderValue, Method, Request, Response, StatusCode, header};
 use metrics_exporter_prometheus::PrometheusHandle;
-use pin_project_lite::pin_project;
 use serde::Deserialize;
 use tower_layer::Layer;
 use tower_service::Service;
 
-use crate::body::{Body, BoxError, boxed, full};
+use crate::body::{Body, full};
 use crate::error::ApiError;
+use crate::future::{Answering, PassOn};
 
 /// Content type of the Prometheus text exposition format.
 pub const PROMETHEUS_CONTENT_TYPE: &str = "text/plain; version=0.0.4";
@@ -279,63 +276,18 @@ crate::middleware::impl_middleware! {
     #[inline]
     fn call(&mut self, req: Request<ReqB>) -> Self::Future {
         match self.shared.endpoint(req.uri().path()) {
-            Some(endpoint) => ResponseFuture {
-                state: State::Probe {
-                    future: Box::pin(answer(self.shared.clone(), endpoint, req.method().clone())),
-                },
-            },
-            None => ResponseFuture {
-                state: State::Inner {
-                    future: self.inner.call(req),
-                },
-            },
+            Some(endpoint) => Answering::answer(Box::pin(answer(
+                self.shared.clone(),
+                endpoint,
+                req.method().clone(),
+            ))),
+            None => Answering::inner(self.inner.call(req), PassOn),
         }
     }
 }
 
-type ProbeFuture = Pin<Box<dyn Future<Output = Response<Body>> + Send + 'static>>;
-
-pin_project! {
-    /// Response future of [`HealthService`].
-    pub struct ResponseFuture<F> {
-        #[pin]
-        state: State<F>,
-    }
-}
-
-pin_project! {
-    #[project = StateProj]
-    enum State<F> {
-        Inner { #[pin] future: F },
-        Probe { future: ProbeFuture },
-    }
-}
-
-impl<F> fmt::Debug for ResponseFuture<F> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ResponseFuture").finish_non_exhaustive()
-    }
-}
-
-impl<F, ResB, E> Future for ResponseFuture<F>
-where
-    F: Future<Output = Result<Response<ResB>, E>>,
-    ResB: http_body::Body<Data = Bytes> + Send + 'static,
-    ResB::Error: Into<BoxError>,
-{
-    type Output = Result<Response<Body>, E>;
-
-    #[inline]
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        match self.project().state.project() {
-            StateProj::Inner { future } => {
-                let result = ready!(future.poll(cx));
-                Poll::Ready(result.map(|res| res.map(boxed)))
-            }
-            StateProj::Probe { future } => Poll::Ready(Ok(ready!(future.as_mut().poll(cx)))),
-        }
-    }
-}
+/// Response future of [`HealthService`].
+pub type ResponseFuture<F> = Answering<F, PassOn>;
 
 /// A standalone service answering only the probes (404 for anything else), for serving them
 /// on a separate port. The server does this itself on its admin listener (see

@@ -30,19 +30,15 @@
 //! # }
 //! ```
 
-use std::future::Future;
-use std::pin::Pin;
-use std::task::{Context, Poll, ready};
-
 use bytes::Bytes;
 use http::header::{CONTENT_LENGTH, CONTENT_TYPE};
 use http::{Request, Response, StatusCode};
 use http_body_util::BodyExt as _;
-use pin_project_lite::pin_project;
 
 use super::code::{code_for_error, status_response};
 use crate::body::{Body, BoxError, boxed};
 use crate::error::current_trace_id;
+use crate::future::{AnswerFuture, Answering, Divert};
 
 /// Error bodies longer than this are not read for their message (the chassis's are far
 /// shorter); the status alone then decides the code.
@@ -74,66 +70,34 @@ crate::middleware::impl_middleware! {
 
     #[inline]
     fn call(&mut self, req: Request<ReqB>) -> Self::Future {
-        ResponseFuture {
-            state: State::Inner {
-                future: self.inner.call(req),
-            },
-        }
+        Answering::inner(self.inner.call(req), hook::ErrorsToStatus)
     }
 }
 
-type Reading = Pin<Box<dyn Future<Output = Response<Body>> + Send>>;
+/// The response future of [`StatusMapping`].
+pub type ResponseFuture<F> = Answering<F, hook::ErrorsToStatus>;
 
-pin_project! {
-    /// The response future of [`StatusMapping`].
-    pub struct ResponseFuture<F> {
-        #[pin]
-        state: State<F>,
-    }
+mod hook {
+    /// Passes successful responses on; answers an error answer with its gRPC status.
+    #[derive(Debug)]
+    pub struct ErrorsToStatus;
 }
 
-pin_project! {
-    #[project = StateProj]
-    enum State<F> {
-        Inner { #[pin] future: F },
-        // Error answers only: reading the (complete, small) JSON body for message and trace id.
-        Reading { future: Reading },
-    }
-}
-
-impl<F> std::fmt::Debug for ResponseFuture<F> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ResponseFuture").finish_non_exhaustive()
-    }
-}
-
-impl<F, ResB, E> Future for ResponseFuture<F>
+impl<ResB> Divert<ResB> for hook::ErrorsToStatus
 where
-    F: Future<Output = Result<Response<ResB>, E>>,
     ResB: http_body::Body<Data = Bytes> + Send + 'static,
     ResB::Error: Into<BoxError>,
 {
-    type Output = Result<Response<Body>, E>;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let mut state = self.project().state;
-        loop {
-            match state.as_mut().project() {
-                StateProj::Inner { future } => {
-                    let response = ready!(future.poll(cx))?;
-                    if response.status().as_u16() < 400 {
-                        return Poll::Ready(Ok(response.map(boxed)));
-                    }
-                    // The request's trace id is read here, inside its span; the body's
-                    // `traceId` is preferred when it has one.
-                    let trace_id = current_trace_id();
-                    state.set(State::Reading {
-                        future: Box::pin(to_status(response, trace_id)),
-                    });
-                }
-                StateProj::Reading { future } => return future.as_mut().poll(cx).map(Ok),
-            }
+    #[inline]
+    fn divert(&mut self, response: Response<ResB>) -> Result<Response<Body>, AnswerFuture> {
+        if response.status().as_u16() < 400 {
+            return Ok(response.map(boxed));
         }
+        // Error answers only: the (complete, small) JSON body is read for message and trace
+        // id. The request's trace id is read here, inside its span; the body's `traceId` is
+        // preferred when it has one.
+        let trace_id = current_trace_id();
+        Err(Box::pin(to_status(response, trace_id)))
     }
 }
 
