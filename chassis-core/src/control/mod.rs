@@ -384,6 +384,14 @@ mod tests {
         );
     }
 
+    /// Asks the registry's breaker called "inventory" to do `action`.
+    async fn act_on_breaker(control: &ControlRegistry, action: &str) -> Result<Value, Error> {
+        control
+            .act("breaker", "inventory", action, &json!({}))
+            .await
+            .expect("the breaker is registered")
+    }
+
     #[tokio::test]
     async fn breaker_actions_are_idempotent_and_answer_the_new_state() {
         let layer = policy_layer();
@@ -391,25 +399,13 @@ mod tests {
         let control = ControlRegistry::new("orders");
         control.register_policy(&layer);
         for _ in 0..2 {
-            let state = control
-                .act("breaker", "inventory", "force_open", &json!({}))
-                .await
-                .unwrap()
-                .unwrap();
+            let state = act_on_breaker(&control, "force_open").await.unwrap();
             assert_eq!(state["state"]["state"], "forced_open");
             assert_eq!(breaker.state(), State::ForcedOpen);
         }
-        let state = control
-            .act("breaker", "inventory", "reset", &json!({}))
-            .await
-            .unwrap()
-            .unwrap();
+        let state = act_on_breaker(&control, "reset").await.unwrap();
         assert_eq!(state["state"]["state"], "closed");
-        let err = control
-            .act("breaker", "inventory", "explode", &json!({}))
-            .await
-            .unwrap()
-            .unwrap_err();
+        let err = act_on_breaker(&control, "explode").await.unwrap_err();
         assert!(matches!(err.kind(), crate::ErrorKind::InvalidAction { .. }));
         assert_eq!(breaker.state(), State::Closed);
     }
