@@ -157,16 +157,11 @@ impl<T> Envelope<T> {
         self
     }
 
-    /// Sets the correlation id.
-    pub fn correlation_id(mut self, id: impl Into<String>) -> Self {
-        self.correlation_id = Some(id.into());
-        self
-    }
-
-    /// Sets the causation id.
-    pub fn causation_id(mut self, id: impl Into<String>) -> Self {
-        self.causation_id = Some(id.into());
-        self
+    optional_string_setters! {
+        /// Sets the correlation id.
+        correlation_id(id);
+        /// Sets the causation id.
+        causation_id(id);
     }
 
     /// Marks this event as caused by `cause`: the causation id becomes `cause.id` and the

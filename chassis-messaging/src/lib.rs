@@ -78,6 +78,20 @@
 
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+/// Builder setters that store `Some(value.into())` in the `Option<String>` field of the same
+/// name: each entry is the setter's docs, then `name(argument)`.
+macro_rules! optional_string_setters {
+    ($($(#[$m:meta])* $name:ident($arg:ident);)*) => {
+        $(
+            $(#[$m])*
+            pub fn $name(mut self, $arg: impl Into<String>) -> Self {
+                self.$name = Some($arg.into());
+                self
+            }
+        )*
+    };
+}
+
 pub mod amqp;
 pub mod envelope;
 pub mod error;

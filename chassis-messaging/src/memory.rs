@@ -449,6 +449,12 @@ mod tests {
         b
     }
 
+    /// What publishing an empty message to `exchange` with `key` fails with.
+    async fn publish_error(b: &MemoryBroker, exchange: &str, key: &str) -> ErrorKind {
+        let msg = OutgoingMessage::new(exchange, key, vec![]);
+        b.publish(msg).await.unwrap_err().kind().clone()
+    }
+
     #[test]
     fn topic_matching() {
         assert!(topic_matches("order.*", "order.placed"));
@@ -472,16 +478,11 @@ mod tests {
             .await
             .unwrap();
         assert_eq!((b.pending("q"), b.pending("all")), (1, 2));
-        let e = b
-            .publish(OutgoingMessage::new("", "nope", vec![]))
-            .await
-            .unwrap_err();
-        assert!(matches!(e.kind(), ErrorKind::Unroutable { .. }));
-        let e = b
-            .publish(OutgoingMessage::new("missing", "k", vec![]))
-            .await
-            .unwrap_err();
-        assert!(matches!(e.kind(), ErrorKind::Topology));
+        assert!(matches!(
+            publish_error(&b, "", "nope").await,
+            ErrorKind::Unroutable { .. }
+        ));
+        assert_eq!(publish_error(&b, "missing", "k").await, ErrorKind::Topology);
         b.publish(OutgoingMessage::new("", "q", b"3".to_vec()))
             .await
             .unwrap();

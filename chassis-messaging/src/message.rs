@@ -103,15 +103,10 @@ impl OutgoingMessage {
         self
     }
 
-    /// Sets the `content_type` property.
-    pub fn content_type(mut self, content_type: impl Into<String>) -> Self {
-        self.content_type = Some(content_type.into());
-        self
-    }
-
-    /// Sets the `message_id` property.
-    pub fn message_id(mut self, id: impl Into<String>) -> Self {
-        self.message_id = Some(id.into());
-        self
+    optional_string_setters! {
+        /// Sets the `content_type` property.
+        content_type(content_type);
+        /// Sets the `message_id` property.
+        message_id(id);
     }
 }

@@ -16,6 +16,8 @@
 //! `CLUSTER_TEST_MESSAGES` (default 3000), e.g.
 //! `CLUSTER_TEST_MESSAGES=20000 cargo test -p chassis-messaging --all-features --test cluster`.
 
+mod outbox_support;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::TcpListener;
 use std::path::PathBuf;
@@ -31,6 +33,7 @@ use chassis_messaging::amqp::topology::{
 };
 use chassis_messaging::envelope::Envelope;
 use chassis_messaging::sql::inbox::{Inbox, idempotent};
+use outbox_support::{effects_inbox_with, strings};
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
@@ -330,12 +333,8 @@ async fn confirmed_messages_survive_a_killed_and_restarted_node_exactly_once() {
         db.path().join("effects.db").display()
     ))
     .unwrap();
-    let inbox = Inbox::new(pool.clone(), "cluster-test");
-    inbox.migrate().await.unwrap();
-    sqlx::query("CREATE TABLE effects (message_id TEXT NOT NULL, seq INTEGER NOT NULL)")
-        .execute(&pool)
-        .await
-        .unwrap();
+    let columns = "message_id TEXT NOT NULL, seq INTEGER NOT NULL";
+    let inbox = effects_inbox_with(pool.clone(), "cluster-test", columns).await;
     // Every tenth message goes through the retry tier once, so messages are on their way
     // between the tier and the queue (both led from node 1) when node 1 dies.
     let handler = idempotent(inbox, |msg, tx| {
@@ -508,12 +507,7 @@ async fn confirmed_messages_survive_a_killed_and_restarted_node_exactly_once() {
     // Every confirmed message is applied, each exactly once, and so is every retried one.
     let deadline = Instant::now() + Duration::from_secs(120);
     let applied = loop {
-        let ids: BTreeSet<String> = sqlx::query_scalar("SELECT DISTINCT message_id FROM effects")
-            .fetch_all(&pool)
-            .await
-            .unwrap()
-            .into_iter()
-            .collect();
+        let ids: BTreeSet<String> = strings(&pool, "SELECT DISTINCT message_id FROM effects").await;
         if (confirmed.is_subset(&ids) && to_retry.is_subset(&ids)) || Instant::now() > deadline {
             break ids;
         }

@@ -9,11 +9,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use chassis_core::control::ControlRegistry;
-use chassis_messaging::amqp::consumer::{Consumer, ConsumerConfig, Outcome};
+use chassis_messaging::amqp::consumer::Outcome;
 use chassis_messaging::amqp::control::{QueueControl, counted};
 use chassis_messaging::amqp::publisher::{Publish, Publisher, PublisherConfig};
 use chassis_messaging::message::OutgoingMessage;
-use chassis_messaging::sql::inbox::{Inbox, idempotent};
+use chassis_messaging::sql::inbox::idempotent;
 use outbox_support::*;
 use serde_json::{Value, json};
 
@@ -34,12 +34,7 @@ async fn dead_lettered_messages_move_back_and_are_processed_once() {
     let fx = Fixture::with_queue("consumer-control", |q| q).await;
     let dir = tempfile::tempdir().unwrap();
     let pool = sqlite_pool(&dir).await;
-    let inbox = Inbox::new(pool.clone(), "effects");
-    inbox.migrate().await.unwrap();
-    sqlx::query("CREATE TABLE effects (message_id TEXT NOT NULL)")
-        .execute(&pool)
-        .await
-        .unwrap();
+    let inbox = effects_inbox(pool.clone(), "effects").await;
 
     // Rejected (to the DLQ) until the "fix" is deployed.
     let broken = Arc::new(AtomicBool::new(true));
@@ -63,14 +58,7 @@ async fn dead_lettered_messages_move_back_and_are_processed_once() {
         })
     };
     let (handler, stats) = counted(handler);
-    let consumer = Consumer::start(
-        &fx.conn,
-        fx.queue.clone(),
-        ConsumerConfig::default(),
-        handler,
-    )
-    .await
-    .unwrap();
+    let consumer = fx.consume(handler).await;
     let publisher = Publisher::new(&fx.conn, PublisherConfig::default()).unwrap();
     for id in ["m-1", "m-2"] {
         let msg = OutgoingMessage::new(fx.exchange.clone(), "orders.created", b"{}".to_vec())

@@ -7,14 +7,14 @@ mod support;
 
 use std::time::Duration;
 
-use chassis_messaging::amqp::consumer::{Consumer, ConsumerConfig, Outcome};
+use chassis_messaging::amqp::consumer::Outcome;
 use chassis_messaging::amqp::incoming::FAILURE_REASON_HEADER;
 use chassis_messaging::amqp::publisher::{Publish, Publisher, PublisherConfig};
 use chassis_messaging::amqp::topology::RetryPolicy;
 use chassis_messaging::envelope::{EVENTVERSION, Envelope};
 use chassis_messaging::version::{Versioned, versioned};
 use serde::{Deserialize, Serialize};
-use support::{Fixture, header_str};
+use support::{Fixture, header_str, recv_n};
 use tokio::sync::mpsc;
 
 /// Version 1: the name in two fields.
@@ -54,20 +54,15 @@ async fn a_v2_consumer_reads_v1_and_v2_and_dead_letters_v3_with_the_reason() {
     .await;
     let publisher = Publisher::new(&fx.conn, PublisherConfig::default()).unwrap();
     let (tx, mut rx) = mpsc::unbounded_channel();
-    let consumer = Consumer::start(
-        &fx.conn,
-        fx.queue.clone(),
-        ConsumerConfig::default(),
-        versioned(move |e: Envelope<Named>| {
+    let consumer = fx
+        .consume(versioned(move |e: Envelope<Named>| {
             let tx = tx.clone();
             async move {
                 tx.send((e.version, e.data)).unwrap();
                 Outcome::Ack
             }
-        }),
-    )
-    .await
-    .unwrap();
+        }))
+        .await;
 
     let v1 = Envelope::new(
         "test/old",
@@ -116,14 +111,7 @@ async fn a_v2_consumer_reads_v1_and_v2_and_dead_letters_v3_with_the_reason() {
         .await
         .unwrap();
 
-    let mut read = Vec::new();
-    while read.len() < 3 {
-        let got = tokio::time::timeout(Duration::from_secs(10), rx.recv())
-            .await
-            .expect("the readable versions arrive")
-            .unwrap();
-        read.push(got);
-    }
+    let mut read = recv_n(&mut rx, 3, "the readable versions").await;
     read.sort_by_key(|(_, n)| n.seq);
     let names: Vec<(u32, &str)> = read.iter().map(|(v, n)| (*v, n.name.as_str())).collect();
     assert_eq!(

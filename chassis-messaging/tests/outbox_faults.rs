@@ -71,7 +71,7 @@ use chassis_messaging::sql::sqlite_pool;
 use chassis_testkit::ChildGuard;
 #[cfg(feature = "postgres")]
 use futures_util::future::BoxFuture;
-use outbox_support::{Broker, amqp_url};
+use outbox_support::{Broker, amqp_url, strings};
 use rand::rngs::StdRng;
 use rand::{Rng as _, SeedableRng as _};
 use sqlx::SqlitePool;
@@ -745,12 +745,7 @@ async fn sqlite_writer_killed_mid_transaction() {
         .iter()
         .flat_map(|o| (0..EVENTS_PER_ORDER).map(move |k| format!("{o}-e{k}")))
         .collect();
-    let in_outbox: HashSet<String> = sqlx::query_scalar("SELECT message_id FROM chassis_outbox")
-        .fetch_all(&pool)
-        .await
-        .unwrap()
-        .into_iter()
-        .collect();
+    let in_outbox: HashSet<String> = strings(&pool, "SELECT message_id FROM chassis_outbox").await;
     let integrity: String = sqlx::query_scalar("PRAGMA integrity_check")
         .fetch_one(&pool)
         .await

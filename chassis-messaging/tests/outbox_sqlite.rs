@@ -8,11 +8,11 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use chassis_messaging::amqp::consumer::{Consumer, ConsumerConfig, Outcome};
+use chassis_messaging::amqp::consumer::Outcome;
 use chassis_messaging::amqp::publisher::{Publish, Publisher};
 use chassis_messaging::error::Error;
 use chassis_messaging::message::OutgoingMessage;
-use chassis_messaging::sql::inbox::{Inbox, idempotent};
+use chassis_messaging::sql::inbox::idempotent;
 use chassis_messaging::sql::outbox::{
     OutboxStore, Relay, RelayConfig, RowOutcome, SentPolicy, SqliteOutbox,
 };
@@ -200,12 +200,8 @@ async fn broker_connection_closed_during_relay_everything_committed_arrives() {
 #[tokio::test]
 async fn relay_killed_between_confirm_and_mark_duplicates_are_absorbed_by_the_inbox() {
     let (_dir, outbox, broker) = setup("sqlite-crash").await;
-    let inbox = Inbox::new(outbox.pool().clone(), "effects");
-    inbox.migrate().await.unwrap();
-    sqlx::query("CREATE TABLE effects (message_id TEXT NOT NULL, seq INTEGER NOT NULL)")
-        .execute(outbox.pool())
-        .await
-        .unwrap();
+    let columns = "message_id TEXT NOT NULL, seq INTEGER NOT NULL";
+    let inbox = effects_inbox_with(outbox.pool().clone(), "effects", columns).await;
     let deliveries = Arc::new(AtomicUsize::new(0));
     let handler = {
         let deliveries = deliveries.clone();
@@ -237,14 +233,7 @@ async fn relay_killed_between_confirm_and_mark_duplicates_are_absorbed_by_the_in
             async move { chassis_messaging::amqp::consumer::Handler::handle(&*handler, msg).await }
         }
     };
-    let consumer = Consumer::start(
-        &broker.conn,
-        broker.queue.clone(),
-        ConsumerConfig::default(),
-        counting,
-    )
-    .await
-    .unwrap();
+    let consumer = broker.consume(counting).await;
 
     for i in 1..=20u64 {
         enqueue_committed(&outbox, &broker.event(&format!("agg-{i}"), i)).await;

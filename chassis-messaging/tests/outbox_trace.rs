@@ -3,9 +3,7 @@
 
 mod outbox_support;
 
-use std::time::Duration;
-
-use chassis_messaging::amqp::consumer::{Consumer, ConsumerConfig, Outcome};
+use chassis_messaging::amqp::consumer::Outcome;
 use chassis_messaging::message::OutgoingMessage;
 use chassis_messaging::sql::outbox::{Relay, RelayConfig, SqliteOutbox};
 use outbox_support::*;
@@ -33,11 +31,8 @@ async fn relay_continues_the_trace_of_the_span_that_enqueued() {
     let outbox = sqlite_outbox(&dir).await;
     let broker = Broker::new("sqlite-trace").await;
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(u64, TraceId, SpanId)>();
-    let consumer = Consumer::start(
-        &broker.conn,
-        broker.queue.clone(),
-        ConsumerConfig::default(),
-        move |m: IncomingMessage| {
+    let consumer = broker
+        .consume(move |m: IncomingMessage| {
             let tx = tx.clone();
             async move {
                 let body: serde_json::Value = serde_json::from_slice(m.body()).unwrap();
@@ -45,10 +40,8 @@ async fn relay_continues_the_trace_of_the_span_that_enqueued() {
                 let _ = tx.send((body["seq"].as_u64().unwrap(), sc.trace_id(), sc.span_id()));
                 Outcome::Ack
             }
-        },
-    )
-    .await
-    .unwrap();
+        })
+        .await;
 
     // 1: enqueued inside a span (an HTTP handler, say); 2: enqueued outside any span.
     let handler_span = tracing::info_span!("place order");
@@ -71,14 +64,7 @@ async fn relay_continues_the_trace_of_the_span_that_enqueued() {
     let report = relay.run_once().instrument(unrelated).await.unwrap();
     assert_eq!(report.sent, 2);
 
-    let mut got = Vec::new();
-    while got.len() < 2 {
-        let item = tokio::time::timeout(Duration::from_secs(10), rx.recv())
-            .await
-            .expect("both messages consumed")
-            .unwrap();
-        got.push(item);
-    }
+    let mut got = recv_n(&mut rx, 2, "both messages").await;
     got.sort_by_key(|(seq, _, _)| *seq);
     let (_, trace_1, parent_1) = got[0];
     assert_eq!(

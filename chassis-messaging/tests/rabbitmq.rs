@@ -89,18 +89,13 @@ async fn raw_tap<T: Send + 'static>(
     tap: impl Fn(IncomingMessage) -> (T, Outcome) + Send + Sync + 'static,
 ) -> (Consumer, mpsc::UnboundedReceiver<T>) {
     let (tx, rx) = mpsc::unbounded_channel();
-    let handle = Consumer::start(
-        &fx.conn,
-        fx.queue.clone(),
-        ConsumerConfig::default(),
-        move |m: IncomingMessage| {
+    let handle = fx
+        .consume(move |m: IncomingMessage| {
             let (value, outcome) = tap(m);
             let _ = tx.send(value);
             async move { outcome }
-        },
-    )
-    .await
-    .expect("start consumer");
+        })
+        .await;
     (handle, rx)
 }
 

@@ -762,22 +762,7 @@ enum Fault {
 async fn reconnect() {
     let n = messages();
     let started = Instant::now();
-    let node = Arc::new(chassis_testkit::RabbitNode::new("suite-reconnect"));
-    {
-        let node = node.clone();
-        tokio::task::spawn_blocking(move || node.start())
-            .await
-            .expect("node started");
-    }
-    let res = AssertUnwindSafe(reconnect_on(node.clone(), n, started))
-        .catch_unwind()
-        .await;
-    tokio::task::spawn_blocking(move || drop(node))
-        .await
-        .expect("node stopped");
-    if let Err(panic) = res {
-        std::panic::resume_unwind(panic);
-    }
+    support::on_own_node("suite-reconnect", |node| reconnect_on(node, n, started)).await;
 }
 
 async fn reconnect_on(node: Arc<chassis_testkit::RabbitNode>, n: u64, started: Instant) {

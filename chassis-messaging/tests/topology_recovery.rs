@@ -22,7 +22,6 @@ use chassis_messaging::{
     Consumer, ConsumerConfig, IncomingMessage, Outcome, OutgoingMessage, Publish, Publisher,
     PublisherConfig,
 };
-use futures_util::FutureExt;
 use lapin::options::{ExchangeDeleteOptions, QueueDeleteOptions};
 use support::Fixture;
 
@@ -217,22 +216,7 @@ async fn an_unroutable_return_declares_the_deleted_queue_again() {
 /// queue declared outside it both come back; what is confirmed afterwards is consumed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn consumers_come_back_after_the_broker_restarts_with_fresh_state() {
-    let node = Arc::new(chassis_testkit::RabbitNode::new("topology-fresh"));
-    {
-        let node = node.clone();
-        tokio::task::spawn_blocking(move || node.start())
-            .await
-            .expect("node started");
-    }
-    let res = std::panic::AssertUnwindSafe(fresh_state_on(node.clone()))
-        .catch_unwind()
-        .await;
-    tokio::task::spawn_blocking(move || drop(node))
-        .await
-        .expect("node stopped");
-    if let Err(panic) = res {
-        std::panic::resume_unwind(panic);
-    }
+    support::on_own_node("topology-fresh", fresh_state_on).await;
 }
 
 async fn fresh_state_on(node: Arc<chassis_testkit::RabbitNode>) {

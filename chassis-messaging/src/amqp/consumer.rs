@@ -124,7 +124,6 @@ use futures_util::future::BoxFuture;
 use futures_util::{FutureExt, StreamExt};
 use lapin::options::{
     BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions,
-    QueueDeclareOptions,
 };
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{Acker, BasicProperties};
@@ -140,10 +139,10 @@ use tracing_opentelemetry::OpenTelemetrySpanExt;
 use crate::amqp::connection::{Connection, ManagedChannel};
 use crate::amqp::incoming::{
     ATTEMPT_HEADER, FAILURE_REASON_HEADER, IncomingMessage, ORIGINAL_EXCHANGE_HEADER,
-    ORIGINAL_ROUTING_KEY_HEADER,
+    ORIGINAL_ROUTING_KEY_HEADER, is_dead_letter_header,
 };
 use crate::amqp::publisher::{Publisher, PublisherConfig};
-use crate::amqp::topology::{QueueConfig, is_not_found};
+use crate::amqp::topology::{QueueConfig, is_not_found, passive_declare};
 use crate::envelope::Envelope;
 use crate::error::{Error, ErrorKind};
 
@@ -278,6 +277,28 @@ pub(crate) async fn run_handler(handler: &dyn Handler, msg: IncomingMessage) -> 
         Ok(outcome) => outcome,
         Err(panic) => panicked(&*panic),
     }
+}
+
+/// `fut`'s output, or `None` once `cancel` is cancelled (looked at first).
+async fn unless_cancelled<T>(
+    cancel: &CancellationToken,
+    fut: impl Future<Output = T>,
+) -> Option<T> {
+    tokio::select! {
+        biased;
+        _ = cancel.cancelled() => None,
+        out = fut => Some(out),
+    }
+}
+
+/// Cancels the subscription `tag` on `channel`, waiting at most `timeout` for the broker (the
+/// channel is closed next either way).
+async fn cancel_subscription(channel: &lapin::Channel, tag: &ShortString, timeout: Duration) {
+    let _ = tokio::time::timeout(
+        timeout,
+        channel.basic_cancel(tag.clone(), BasicCancelOptions::default()),
+    )
+    .await;
 }
 
 fn panicked(panic: &(dyn std::any::Any + Send)) -> Outcome {
@@ -643,23 +664,20 @@ async fn run(
             let permit = if lanes.is_some() {
                 None
             } else {
-                tokio::select! {
-                    biased;
-                    _ = cancel.cancelled() => {
-                        let _ = tokio::time::timeout(ctx.op_timeout, ch.channel.basic_cancel(tag.clone(), BasicCancelOptions::default())).await;
+                match unless_cancelled(&cancel, Arc::clone(&permits).acquire_owned()).await {
+                    Some(Ok(p)) => Some(p),
+                    Some(Err(_)) => break 'outer,
+                    None => {
+                        cancel_subscription(&ch.channel, &tag, ctx.op_timeout).await;
                         last_channel = Some(ch);
                         break 'outer;
                     }
-                    p = Arc::clone(&permits).acquire_owned() => match p {
-                        Ok(p) => Some(p),
-                        Err(_) => break 'outer,
-                    },
                 }
             };
             let next = tokio::select! {
                 biased;
                 _ = cancel.cancelled() => {
-                    let _ = tokio::time::timeout(ctx.op_timeout, ch.channel.basic_cancel(tag.clone(), BasicCancelOptions::default())).await;
+                    cancel_subscription(&ch.channel, &tag, ctx.op_timeout).await;
                     last_channel = Some(ch);
                     break 'outer;
                 }
@@ -671,7 +689,7 @@ async fn run(
                         continue;
                     }
                     tracing::info!(queue = %ctx.queue.name, "queue declared again; re-subscribing");
-                    let _ = tokio::time::timeout(ctx.op_timeout, ch.channel.basic_cancel(tag.clone(), BasicCancelOptions::default())).await;
+                    cancel_subscription(&ch.channel, &tag, ctx.op_timeout).await;
                     break;
                 }
             };
@@ -681,14 +699,13 @@ async fn run(
                     if let Some(lanes) = lanes.as_mut() {
                         // Waits only while the key's lane queue is full; shutdown still
                         // interrupts (the delivery then returns with the channel).
-                        tokio::select! {
-                            biased;
-                            _ = cancel.cancelled() => {
-                                let _ = tokio::time::timeout(ctx.op_timeout, ch.channel.basic_cancel(tag.clone(), BasicCancelOptions::default())).await;
-                                last_channel = Some(ch);
-                                break 'outer;
-                            }
-                            () = lanes.dispatch(delivered) => {}
+                        if unless_cancelled(&cancel, lanes.dispatch(delivered))
+                            .await
+                            .is_none()
+                        {
+                            cancel_subscription(&ch.channel, &tag, ctx.op_timeout).await;
+                            last_channel = Some(ch);
+                            break 'outer;
                         }
                     } else {
                         let ctx = Arc::clone(&ctx);
@@ -873,20 +890,12 @@ async fn poll_depth(
                 }
             },
         };
-        let declare = ch.channel.queue_declare(
-            ShortString::from(queue),
-            QueueDeclareOptions {
-                passive: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        );
-        match tokio::time::timeout(op_timeout, declare).await {
-            Ok(Ok(q)) => {
+        match passive_declare(&ch.channel, queue, op_timeout).await {
+            Some(Ok(q)) => {
                 gauge.set(f64::from(q.message_count()));
                 channel = Some(ch);
             }
-            Ok(Err(e)) => {
+            Some(Err(e)) => {
                 tracing::debug!(queue, error = %e, "queue depth: passive queue.declare failed");
                 conn.close_channel(&ch.channel).await;
                 // The queue is gone. A deleted classic queue cancels its consumer, a quorum
@@ -898,7 +907,7 @@ async fn poll_depth(
                     tracing::warn!(queue, error = %e, "declaring the topology again failed");
                 }
             }
-            Err(_) => {
+            None => {
                 tracing::debug!(queue, "queue depth: passive queue.declare timed out");
                 conn.close_channel(&ch.channel).await;
             }
@@ -1000,15 +1009,9 @@ fn republish_props(msg: &IncomingMessage, attempt: u32, reason: &str) -> BasicPr
     let mut headers = FieldTable::default();
     if let Some(old) = props.headers() {
         for (k, v) in old.inner() {
-            let k_str = k.as_str();
-            if k_str == "x-death"
-                || k_str.starts_with("x-first-death")
-                || k_str.starts_with("x-last-death")
-                || k_str == "x-delivery-count"
-            {
-                continue;
+            if !is_dead_letter_header(k.as_str()) {
+                headers.insert(k.clone(), v.clone());
             }
-            headers.insert(k.clone(), v.clone());
         }
     }
     let long = |s: &str| AMQPValue::LongString(LongString::from(s.as_bytes()));

@@ -47,16 +47,17 @@ use chassis_core::control::{Controllable, action_failed, invalid_action, unknown
 use futures_util::future::BoxFuture;
 use lapin::options::{
     BasicAckOptions, BasicGetOptions, BasicNackOptions, BasicPublishOptions, ConfirmSelectOptions,
-    QueueDeclareOptions,
 };
-use lapin::types::{FieldTable, ShortString};
+use lapin::types::FieldTable;
 use serde_json::{Value, json};
 use tokio::sync::Mutex;
 
 use crate::amqp::connection::{Connection, ManagedChannel};
 use crate::amqp::consumer::{Handler, Outcome};
-use crate::amqp::incoming::{ATTEMPT_HEADER, FAILURE_REASON_HEADER, IncomingMessage};
-use crate::amqp::topology::QueueConfig;
+use crate::amqp::incoming::{
+    ATTEMPT_HEADER, FAILURE_REASON_HEADER, IncomingMessage, is_dead_letter_header,
+};
+use crate::amqp::topology::{QueueConfig, passive_declare};
 
 #[derive(Debug, Default)]
 struct Counts {
@@ -186,16 +187,8 @@ impl QueueControl {
 
     async fn depth(&self, queue: &str) -> Option<u32> {
         let channel = self.channel().await.ok()?;
-        let declare = channel.queue_declare(
-            ShortString::from(queue),
-            QueueDeclareOptions {
-                passive: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        );
-        match tokio::time::timeout(OP_TIMEOUT, declare).await {
-            Ok(Ok(q)) => Some(q.message_count()),
+        match passive_declare(&channel, queue, OP_TIMEOUT).await {
+            Some(Ok(q)) => Some(q.message_count()),
             _ => None,
         }
     }
@@ -353,12 +346,8 @@ impl QueueControl {
             if let Some(old) = delivery.properties.headers() {
                 for (k, v) in old.inner() {
                     let k = k.as_str();
-                    if k == "x-death"
-                        || k.starts_with("x-first-death")
-                        || k.starts_with("x-last-death")
-                        || k == "x-delivery-count"
-                        || k == ATTEMPT_HEADER
-                        || k == FAILURE_REASON_HEADER
+                    // The copy starts over: no broker bookkeeping, no attempt count.
+                    if is_dead_letter_header(k) || k == ATTEMPT_HEADER || k == FAILURE_REASON_HEADER
                     {
                         continue;
                     }

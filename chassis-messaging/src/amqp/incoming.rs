@@ -55,6 +55,15 @@ struct Inner {
     raw: Option<BasicProperties>,
 }
 
+/// Whether `name` is a header of the broker's dead-lettering bookkeeping (`x-death` and the
+/// like), which a copy published again leaves out.
+pub(crate) fn is_dead_letter_header(name: &str) -> bool {
+    name == "x-death"
+        || name.starts_with("x-first-death")
+        || name.starts_with("x-last-death")
+        || name == "x-delivery-count"
+}
+
 fn attempt_of(headers: &BTreeMap<String, HeaderValue>) -> u32 {
     match headers.get(ATTEMPT_HEADER) {
         Some(HeaderValue::Int(n)) if *n >= 1 => u32::try_from(*n).unwrap_or(u32::MAX),

@@ -554,74 +554,24 @@ impl TopologyConfig {
     /// exists with different arguments), or [`ErrorKind::Timeout`].
     pub async fn declare(&self, channel: &Channel, timeout: Duration) -> Result<(), Error> {
         self.validate()?;
+        let declare = Declarer { channel, timeout };
         for e in &self.exchanges {
             let kind = match e.kind {
                 ExchangeType::Topic => ExchangeKind::Topic,
                 ExchangeType::Direct => ExchangeKind::Direct,
                 ExchangeType::Fanout => ExchangeKind::Fanout,
             };
-            bounded(
-                "exchange.declare",
-                timeout,
-                Box::pin(channel.exchange_declare(
-                    ShortString::from(e.name.as_str()),
-                    kind,
-                    ExchangeDeclareOptions {
-                        durable: e.durable,
-                        ..Default::default()
-                    },
-                    FieldTable::default(),
-                )),
-            )
-            .await?;
+            declare.exchange(&e.name, kind, e.durable).await?;
         }
         for q in &self.queues {
             let dlx = q.dead_letter_exchange();
             let dlq = q.dead_letter_queue();
-            let durable = QueueDeclareOptions {
-                durable: true,
-                ..Default::default()
-            };
-            bounded(
-                "exchange.declare",
-                timeout,
-                Box::pin(channel.exchange_declare(
-                    ShortString::from(dlx.as_str()),
-                    ExchangeKind::Direct,
-                    ExchangeDeclareOptions {
-                        durable: true,
-                        ..Default::default()
-                    },
-                    FieldTable::default(),
-                )),
-            )
-            .await?;
+            declare.exchange(&dlx, ExchangeKind::Direct, true).await?;
             let side_type = q.effective_retry_queue_type();
             let mut dlq_args = FieldTable::default();
             dlq_args.insert("x-queue-type".into(), long(side_type.as_arg()));
-            bounded(
-                "queue.declare",
-                timeout,
-                Box::pin(async {
-                    channel
-                        .queue_declare(ShortString::from(dlq.as_str()), durable, dlq_args)
-                        .await
-                        .map(drop)
-                }),
-            )
-            .await?;
-            bounded(
-                "queue.bind",
-                timeout,
-                Box::pin(channel.queue_bind(
-                    ShortString::from(dlq.as_str()),
-                    ShortString::from(dlx.as_str()),
-                    ShortString::from(q.name.as_str()),
-                    QueueBindOptions::default(),
-                    FieldTable::default(),
-                )),
-            )
-            .await?;
+            declare.queue(&dlq, dlq_args).await?;
+            declare.bind(&dlq, &dlx, &q.name).await?;
 
             let mut args = FieldTable::default();
             args.insert("x-dead-letter-exchange".into(), long(&dlx));
@@ -638,30 +588,9 @@ impl TopologyConfig {
                     args.insert("x-queue-type".into(), long(q.queue_type.as_arg()));
                 }
             }
-            bounded(
-                "queue.declare",
-                timeout,
-                Box::pin(async {
-                    channel
-                        .queue_declare(ShortString::from(q.name.as_str()), durable, args)
-                        .await
-                        .map(drop)
-                }),
-            )
-            .await?;
+            declare.queue(&q.name, args).await?;
             for b in &q.bindings {
-                bounded(
-                    "queue.bind",
-                    timeout,
-                    Box::pin(channel.queue_bind(
-                        ShortString::from(q.name.as_str()),
-                        ShortString::from(b.exchange.as_str()),
-                        ShortString::from(b.routing_key.as_str()),
-                        QueueBindOptions::default(),
-                        FieldTable::default(),
-                    )),
-                )
-                .await?;
+                declare.bind(&q.name, &b.exchange, &b.routing_key).await?;
             }
             let mut delays = q.retry.delays.clone();
             delays.sort();
@@ -683,21 +612,26 @@ impl TopologyConfig {
                 targs.insert("x-dead-letter-exchange".into(), long(""));
                 targs.insert("x-dead-letter-routing-key".into(), long(&q.name));
                 let name = q.retry_queue(d);
-                bounded(
-                    "queue.declare",
-                    timeout,
-                    Box::pin(async {
-                        channel
-                            .queue_declare(ShortString::from(name.as_str()), durable, targs)
-                            .await
-                            .map(drop)
-                    }),
-                )
-                .await?;
+                declare.queue(&name, targs).await?;
             }
         }
         Ok(())
     }
+}
+
+/// A passive `queue.declare` of `queue` on `channel` (the queue as the broker has it, its
+/// message count included; never created), bounded by `timeout`: `None` when it timed out.
+pub(crate) async fn passive_declare(
+    channel: &Channel,
+    queue: &str,
+    timeout: Duration,
+) -> Option<lapin::Result<lapin::Queue>> {
+    let options = QueueDeclareOptions {
+        passive: true,
+        ..Default::default()
+    };
+    let declare = channel.queue_declare(ShortString::from(queue), options, FieldTable::default());
+    tokio::time::timeout(timeout, declare).await.ok()
 }
 
 /// Whether the broker answered `e` with 404 `NOT_FOUND` (a queue or exchange that does not
@@ -708,6 +642,56 @@ pub(crate) fn is_not_found(e: &lapin::Error) -> bool {
         amqp.kind(),
         lapin::protocol::AMQPErrorKind::Soft(lapin::protocol::AMQPSoftError::NOTFOUND)
     ))
+}
+
+/// Declares on one channel, each broker operation bounded by `timeout`.
+struct Declarer<'a> {
+    channel: &'a Channel,
+    timeout: Duration,
+}
+
+impl Declarer<'_> {
+    async fn exchange(&self, name: &str, kind: ExchangeKind, durable: bool) -> Result<(), Error> {
+        let options = ExchangeDeclareOptions {
+            durable,
+            ..Default::default()
+        };
+        let declare = self.channel.exchange_declare(
+            ShortString::from(name),
+            kind,
+            options,
+            FieldTable::default(),
+        );
+        bounded("exchange.declare", self.timeout, Box::pin(declare)).await
+    }
+
+    /// A durable queue with the arguments `args`.
+    async fn queue(&self, name: &str, args: FieldTable) -> Result<(), Error> {
+        let options = QueueDeclareOptions {
+            durable: true,
+            ..Default::default()
+        };
+        let declare = self
+            .channel
+            .queue_declare(ShortString::from(name), options, args);
+        bounded(
+            "queue.declare",
+            self.timeout,
+            Box::pin(async { declare.await.map(drop) }),
+        )
+        .await
+    }
+
+    async fn bind(&self, queue: &str, exchange: &str, routing_key: &str) -> Result<(), Error> {
+        let bind = self.channel.queue_bind(
+            ShortString::from(queue),
+            ShortString::from(exchange),
+            ShortString::from(routing_key),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        );
+        bounded("queue.bind", self.timeout, Box::pin(bind)).await
+    }
 }
 
 type LapinFuture<'a> =

@@ -121,36 +121,48 @@ impl TestHarness {
 
     /// Every message published, routed or not, as a consumer would receive it.
     pub fn published(&self) -> Observed<'_, IncomingMessage> {
-        Observed {
-            broker: &self.broker,
-            list: "published",
-            get: |st, i| {
+        self.observe(
+            "published",
+            |st, i| {
                 st.published
                     .get(i)
                     .cloned()
                     .map(IncomingMessage::from_outgoing)
             },
-            len: |st| st.published.len(),
-        }
+            |st| st.published.len(),
+        )
     }
 
     /// Every handler invocation, with its outcome.
     pub fn consumed(&self) -> Observed<'_, Consumed> {
-        Observed {
-            broker: &self.broker,
-            list: "consumed",
-            get: |st, i| st.consumed.get(i).cloned(),
-            len: |st| st.consumed.len(),
-        }
+        self.observe(
+            "consumed",
+            |st, i| st.consumed.get(i).cloned(),
+            |st| st.consumed.len(),
+        )
     }
 
     /// Every message dead-lettered, with its queue and reason.
     pub fn dead_lettered(&self) -> Observed<'_, DeadLettered> {
+        self.observe(
+            "dead_lettered",
+            |st, i| st.dead_lettered.get(i).cloned(),
+            |st| st.dead_lettered.len(),
+        )
+    }
+
+    /// The list `list` of the broker's state, read with `get` and `len`.
+    fn observe<T>(
+        &self,
+        list: &'static str,
+        get: fn(&State, usize) -> Option<T>,
+        len: fn(&State) -> usize,
+    ) -> Observed<'_, T> {
         Observed {
             broker: &self.broker,
-            list: "dead_lettered",
-            get: |st, i| st.dead_lettered.get(i).cloned(),
-            len: |st| st.dead_lettered.len(),
+            list,
+            get,
+            len,
         }
     }
 }

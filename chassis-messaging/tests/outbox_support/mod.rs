@@ -12,7 +12,7 @@ use std::time::Duration;
 #[path = "../support/mod.rs"]
 mod broker_support;
 #[allow(unused_imports)] // not every test binary uses every helper
-pub use broker_support::{Fixture, amqp_url, kill_connection, unique};
+pub use broker_support::{Fixture, amqp_url, kill_connection, recv_n, unique};
 
 use chassis_messaging::amqp::publisher::Publish;
 use chassis_messaging::amqp::publisher::{Publisher, PublisherConfig};
@@ -553,9 +553,24 @@ where
     for<'c> &'c sqlx::Pool<DB>: sqlx::Executor<'c, Database = DB>,
     DB::Arguments: sqlx::IntoArguments<DB>,
 {
+    effects_inbox_with(pool, consumer, "message_id TEXT NOT NULL").await
+}
+
+/// Like [`effects_inbox`], the `effects` table created with `columns` (no unique key, so an
+/// effect applied twice shows up as two rows).
+pub async fn effects_inbox_with<DB: InboxDatabase>(
+    pool: sqlx::Pool<DB>,
+    consumer: &str,
+    columns: &str,
+) -> Inbox<DB>
+where
+    for<'c> &'c sqlx::Pool<DB>: sqlx::Executor<'c, Database = DB>,
+    DB::Arguments: sqlx::IntoArguments<DB>,
+{
     let inbox = Inbox::new(pool.clone(), consumer);
     inbox.migrate().await.unwrap();
-    sqlx::query("CREATE TABLE effects (message_id TEXT NOT NULL)")
+    let create = format!("CREATE TABLE effects ({columns})");
+    sqlx::query(sqlx::AssertSqlSafe(create))
         .execute(&pool)
         .await
         .unwrap();
@@ -833,4 +848,14 @@ pub async fn assert_refused(
         ),
         "{action}: {refused}"
     );
+}
+
+/// The strings the one-column query `sql` selects from `pool`.
+pub async fn strings<C: FromIterator<String>>(pool: &SqlitePool, sql: &'static str) -> C {
+    sqlx::query_scalar::<_, String>(sql)
+        .fetch_all(pool)
+        .await
+        .unwrap()
+        .into_iter()
+        .collect()
 }

@@ -67,6 +67,21 @@ impl Fixture {
         }
     }
 
+    /// A consumer of the fixture's queue, with the default settings, running `handler`.
+    pub async fn consume(
+        &self,
+        handler: impl chassis_messaging::amqp::consumer::Handler,
+    ) -> chassis_messaging::Consumer {
+        chassis_messaging::Consumer::start(
+            &self.conn,
+            self.queue.clone(),
+            chassis_messaging::ConsumerConfig::default(),
+            handler,
+        )
+        .await
+        .expect("consumer started")
+    }
+
     /// Deletes every queue and exchange of the fixture and closes the connection.
     pub async fn cleanup(self) {
         delete_topology(self.conn, &self.exchange, std::slice::from_ref(&self.queue)).await;
@@ -190,4 +205,49 @@ pub async fn delete_topology(conn: Connection, exchange: &str, queues: &[QueueCo
     }
     let _ = ch.close(200, "cleanup".into()).await;
     conn.close().await;
+}
+
+/// Takes `n` items off `rx`, waiting at most 10 s for each; `what` names them when one does not
+/// come.
+pub async fn recv_n<T>(
+    rx: &mut tokio::sync::mpsc::UnboundedReceiver<T>,
+    n: usize,
+    what: &str,
+) -> Vec<T> {
+    let mut out = Vec::with_capacity(n);
+    while out.len() < n {
+        let item = tokio::time::timeout(Duration::from_secs(10), rx.recv())
+            .await
+            .unwrap_or_else(|_| panic!("{what} arrive"))
+            .unwrap();
+        out.push(item);
+    }
+    out
+}
+
+/// Starts a RabbitMQ node of the test's own, `name`, runs `test` on it and stops the node, also
+/// when `test` panics (the panic then goes on once the node is stopped).
+pub async fn on_own_node<F, Fut>(name: &str, test: F)
+where
+    F: FnOnce(std::sync::Arc<chassis_testkit::RabbitNode>) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    use futures_util::FutureExt as _;
+
+    let node = std::sync::Arc::new(chassis_testkit::RabbitNode::new(name));
+    {
+        let node = node.clone();
+        tokio::task::spawn_blocking(move || node.start())
+            .await
+            .expect("node started");
+    }
+    let res = std::panic::AssertUnwindSafe(test(node.clone()))
+        .catch_unwind()
+        .await;
+    tokio::task::spawn_blocking(move || drop(node))
+        .await
+        .expect("node stopped");
+    if let Err(panic) = res {
+        std::panic::resume_unwind(panic);
+    }
 }

@@ -228,6 +228,31 @@ enum PumpEnd {
     Interrupted,
 }
 
+/// Awaits `fut` while the batches in flight go on: each that ends meanwhile is absorbed into
+/// `total` and `error`, and its keys are added to `finished` (for the caller to forget).
+async fn driving<T, K, S>(
+    fut: impl Future<Output = T>,
+    in_flight: &mut S,
+    total: &mut BatchReport,
+    error: &mut Option<Error>,
+    finished: &mut Vec<K>,
+) -> T
+where
+    S: futures_util::Stream<Item = (K, Result<BatchReport>)> + Unpin,
+{
+    tokio::pin!(fut);
+    loop {
+        tokio::select! {
+            biased;
+            out = &mut fut => return out,
+            Some((keys, done)) = in_flight.next() => {
+                absorb(total, error, done);
+                finished.push(keys);
+            }
+        }
+    }
+}
+
 /// Adds one finished batch to the pump's running totals.
 fn absorb(total: &mut BatchReport, error: &mut Option<Error>, done: Result<BatchReport>) {
     match done {
@@ -663,20 +688,9 @@ impl<S: OutboxStore, P: Publish + ?Sized + 'static> Relay<S, P> {
         loop {
             if !held.rows.is_empty() && Instant::now() >= renew_at {
                 let mut finished = Vec::new();
-                let renewed = {
-                    let renew = self.store.renew(&held.rows, self.config.lease);
-                    tokio::pin!(renew);
-                    loop {
-                        tokio::select! {
-                            biased;
-                            renewed = &mut renew => break renewed,
-                            Some((keys, done)) = in_flight.next() => {
-                                absorb(&mut total, &mut error, done);
-                                finished.push(keys);
-                            }
-                        }
-                    }
-                };
+                let renew = self.store.renew(&held.rows, self.config.lease);
+                let renewed =
+                    driving(renew, &mut in_flight, &mut total, &mut error, &mut finished).await;
                 if let Err(err) = renewed {
                     tracing::warn!(error = %err, "outbox relay: renewing the lease of the rows in flight failed");
                 }
@@ -698,22 +712,11 @@ impl<S: OutboxStore, P: Publish + ?Sized + 'static> Relay<S, P> {
                 // are linked: the claim was told their rows are held, so a claimed row may
                 // have to wait for (or be released because of) one of their outcomes.
                 let mut finished = Vec::new();
-                let claimed = {
-                    let claim =
-                        self.store
-                            .claim(self.config.batch_size, self.config.lease, &held.rows);
-                    tokio::pin!(claim);
-                    loop {
-                        tokio::select! {
-                            biased;
-                            claimed = &mut claim => break claimed,
-                            Some((keys, done)) = in_flight.next() => {
-                                absorb(&mut total, &mut error, done);
-                                finished.push(keys);
-                            }
-                        }
-                    }
-                };
+                let claim = self
+                    .store
+                    .claim(self.config.batch_size, self.config.lease, &held.rows);
+                let claimed =
+                    driving(claim, &mut in_flight, &mut total, &mut error, &mut finished).await;
                 let finished_meanwhile = !finished.is_empty();
                 match claimed {
                     Ok((claim, rows)) if rows.is_empty() => {
