@@ -138,6 +138,36 @@ use tower::util::BoxCloneService;
 use tower_layer::Layer as _;
 use tower_service::Service;
 
+/// The `probes` and `admin_service` setters of [`Server`] and [`HttpServer`], which hand what
+/// they are given to the builder's `extras`; each builder gives its own docs.
+macro_rules! extras_setters {
+    ($(#[$probes:meta])* probes, $(#[$admin:meta])* admin_service $(,)?) => {
+        $(#[$probes])*
+        pub fn probes(mut self, probes: crate::health::HealthLayer) -> Self {
+            self.extras.probes(probes);
+            self
+        }
+
+        $(#[$admin])*
+        pub fn admin_service<A, B>(mut self, service: A) -> Self
+        where
+            A: ::tower_service::Service<
+                    ::http::Request<::hyper::body::Incoming>,
+                    Response = ::http::Response<B>,
+                > + Clone
+                + Send
+                + 'static,
+            A::Future: Send + 'static,
+            A::Error: Into<crate::body::BoxError>,
+            B: ::http_body::Body<Data = ::bytes::Bytes> + Send + 'static,
+            B::Error: Into<crate::body::BoxError>,
+        {
+            self.extras.admin_service(service);
+            self
+        }
+    };
+}
+
 mod component;
 mod connection_service;
 mod connections;
@@ -240,67 +270,34 @@ fn protocol_limits(max_header_bytes: usize) -> (usize, u32) {
 }
 
 impl ServerConfig {
-    /// Address to listen on. Defaults to `0.0.0.0:8080`.
-    pub fn bind(mut self, addr: SocketAddr) -> Self {
-        self.bind = addr;
-        self
-    }
-
-    /// Drain deadline. Defaults to 30 s.
-    pub fn drain_timeout(mut self, timeout: Duration) -> Self {
-        self.drain_timeout = timeout;
-        self
-    }
-
-    /// Pre-stop delay. Defaults to 0.
-    pub fn pre_stop_delay(mut self, delay: Duration) -> Self {
-        self.pre_stop_delay = delay;
-        self
-    }
-
-    /// Maximum open connections. Defaults to 10 000.
-    pub fn max_connections(mut self, max: usize) -> Self {
-        self.max_connections = max;
-        self
-    }
-
-    /// HTTP/1 request head timeout, and the time a new connection has to deliver its first
-    /// request. Defaults to 30 s.
-    pub fn header_read_timeout(mut self, timeout: Duration) -> Self {
-        self.header_read_timeout = timeout;
-        self
-    }
-
-    /// Most bytes of header fields per request, answered 431 beyond. Defaults to 16 KiB.
-    pub fn max_header_bytes(mut self, max: usize) -> Self {
-        self.max_header_bytes = max;
-        self
-    }
-
-    /// Serves HTTPS with `tls` (see [`crate::tls::server`]). Defaults to plain HTTP/1.1 and
-    /// h2c.
-    #[cfg(feature = "tls")]
-    #[cfg_attr(docsrs, doc(cfg(feature = "tls")))]
-    pub fn tls(mut self, tls: ServerTlsConfig) -> Self {
-        self.tls = Some(tls);
-        self
-    }
-
-    /// Serves the probes, `/metrics` and the admin routes on a listener of their own at
-    /// `addr`, and not on [`bind`](Self::bind). Defaults to none (the probes are served on
-    /// `bind`, `/metrics` only with [`public_metrics`](Self::public_metrics)).
-    pub fn admin(mut self, addr: SocketAddr) -> Self {
-        self.admin = Some(addr);
-        self
-    }
-
-    /// Without an admin listener, serves `/metrics` on [`bind`](Self::bind), the
-    /// application's port, next to the probes. Defaults to `false` (see
-    /// [`public_metrics`](Self::public_metrics)'s field); only for a port that the public
-    /// cannot reach.
-    pub fn public_metrics(mut self, enabled: bool) -> Self {
-        self.public_metrics = enabled;
-        self
+    chassis_core::__builder_setters! {
+        /// Address to listen on. Defaults to `0.0.0.0:8080`.
+        bind(addr): SocketAddr,
+        /// Drain deadline. Defaults to 30 s.
+        drain_timeout(timeout): Duration,
+        /// Pre-stop delay. Defaults to 0.
+        pre_stop_delay(delay): Duration,
+        /// Maximum open connections. Defaults to 10 000.
+        max_connections(max): usize,
+        /// HTTP/1 request head timeout, and the time a new connection has to deliver its first
+        /// request. Defaults to 30 s.
+        header_read_timeout(timeout): Duration,
+        /// Most bytes of header fields per request, answered 431 beyond. Defaults to 16 KiB.
+        max_header_bytes(max): usize,
+        /// Serves HTTPS with `tls` (see [`crate::tls::server`]). Defaults to plain HTTP/1.1 and
+        /// h2c.
+        #[cfg(feature = "tls")]
+        #[cfg_attr(docsrs, doc(cfg(feature = "tls")))]
+        tls: Some(ServerTlsConfig),
+        /// Serves the probes, `/metrics` and the admin routes on a listener of their own at
+        /// `addr`, and not on [`bind`](Self::bind). Defaults to none (the probes are served on
+        /// `bind`, `/metrics` only with [`public_metrics`](Self::public_metrics)).
+        admin(addr): Some(SocketAddr),
+        /// Without an admin listener, serves `/metrics` on [`bind`](Self::bind), the
+        /// application's port, next to the probes. Defaults to `false` (see
+        /// [`public_metrics`](Self::public_metrics)'s field); only for a port that the public
+        /// cannot reach.
+        public_metrics(enabled): bool,
     }
 
     fn validate(&self) -> Result<(), Error> {
@@ -536,28 +533,16 @@ impl Server {
         self.admin.as_ref().map(|(_, addr)| *addr)
     }
 
-    /// Serves `probes` (liveness, readiness, startup, and `/metrics` with
-    /// [`HealthLayer::prometheus`]): on the admin listener with [`ServerConfig::admin`], in
-    /// front of the application otherwise. Defaults to none.
-    pub fn probes(mut self, probes: HealthLayer) -> Self {
-        self.extras.probes(probes);
-        self
-    }
-
-    /// Serves `service` on the admin listener, behind the probes: every request that is not
-    /// a probe (e.g. [`LogLevelService`](crate::admin::LogLevelService)'s
-    /// `/admin/loggers`). Needs [`ServerConfig::admin`]: without it
-    /// [`serve`](Self::serve) fails with [`ErrorKind::InvalidConfig`]. Defaults to none (404).
-    pub fn admin_service<A, B>(mut self, service: A) -> Self
-    where
-        A: Service<http::Request<Incoming>, Response = http::Response<B>> + Clone + Send + 'static,
-        A::Future: Send + 'static,
-        A::Error: Into<BoxError>,
-        B: http_body::Body<Data = Bytes> + Send + 'static,
-        B::Error: Into<BoxError>,
-    {
-        self.extras.admin_service(service);
-        self
+    extras_setters! {
+        /// Serves `probes` (liveness, readiness, startup, and `/metrics` with
+        /// [`HealthLayer::prometheus`]): on the admin listener with [`ServerConfig::admin`], in
+        /// front of the application otherwise. Defaults to none.
+        probes,
+        /// Serves `service` on the admin listener, behind the probes: every request that is not
+        /// a probe (e.g. [`LogLevelService`](crate::admin::LogLevelService)'s
+        /// `/admin/loggers`). Needs [`ServerConfig::admin`]: without it
+        /// [`serve`](Self::serve) fails with [`ErrorKind::InvalidConfig`]. Defaults to none (404).
+        admin_service,
     }
 
     pub(crate) fn extras(mut self, extras: Extras) -> Self {
@@ -565,11 +550,10 @@ impl Server {
         self
     }
 
-    /// Shuts down when `shutdown` is triggered. Defaults to a fresh [`Shutdown`] (see
-    /// [`shutdown_handle`](Self::shutdown_handle)).
-    pub fn shutdown(mut self, shutdown: Shutdown) -> Self {
-        self.shutdown = shutdown;
-        self
+    chassis_core::__builder_setters! {
+        /// Shuts down when `shutdown` is triggered. Defaults to a fresh [`Shutdown`] (see
+        /// [`shutdown_handle`](Self::shutdown_handle)).
+        shutdown: Shutdown,
     }
 
     /// The [`Shutdown`] that stops this server; trigger it to shut down from code.
@@ -577,11 +561,10 @@ impl Server {
         self.shutdown.clone()
     }
 
-    /// Marks `registry` as shutting down first thing on shutdown, so readiness fails before
-    /// the listener closes. Defaults to none.
-    pub fn health(mut self, registry: HealthRegistry) -> Self {
-        self.health = Some(registry);
-        self
+    chassis_core::__builder_setters! {
+        /// Marks `registry` as shutting down first thing on shutdown, so readiness fails before
+        /// the listener closes. Defaults to none.
+        health(registry): Some(HealthRegistry),
     }
 
     /// Runs `hook` after the connections drained, before [`serve`](Self::serve) returns
@@ -595,10 +578,9 @@ impl Server {
         self
     }
 
-    /// Whether SIGTERM/SIGINT trigger the shutdown. Defaults to `true`.
-    pub fn handle_signals(mut self, enabled: bool) -> Self {
-        self.handle_signals = enabled;
-        self
+    chassis_core::__builder_setters! {
+        /// Whether SIGTERM/SIGINT trigger the shutdown. Defaults to `true`.
+        handle_signals(enabled): bool,
     }
 
     /// Serves `service` until shutdown, then drains; see the [module docs](self).

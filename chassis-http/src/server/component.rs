@@ -18,7 +18,6 @@ use tower_service::Service;
 use super::{Extras, ServeOutcome, Server, ServerConfig};
 use crate::body::BoxError;
 use crate::error::Error;
-use crate::health::HealthLayer;
 
 /// An HTTP [`Server`] run by a [`chassis_core::lifecycle::App`], in [`Stage::Intake`].
 ///
@@ -105,33 +104,20 @@ impl<S> HttpServer<S> {
         }
     }
 
-    /// The component's name in logs and errors. Defaults to `"http"`.
-    pub fn name(mut self, name: impl Into<String>) -> Self {
-        self.name = name.into();
-        self
+    chassis_core::__builder_setters! {
+        /// The component's name in logs and errors. Defaults to `"http"`.
+        name: into String,
     }
 
-    /// Serves `probes` (with `/metrics` if given a Prometheus handle): on the admin listener
-    /// with [`ServerConfig::admin`], in front of `service` otherwise. Defaults to none. See
-    /// [`Server::probes`].
-    pub fn probes(mut self, probes: HealthLayer) -> Self {
-        self.extras.probes(probes);
-        self
-    }
-
-    /// Serves `service` on the admin listener behind the probes (e.g.
-    /// [`LogLevelService`](crate::admin::LogLevelService)); needs [`ServerConfig::admin`], or
-    /// the start fails. Defaults to none (404). See [`Server::admin_service`].
-    pub fn admin_service<A, B>(mut self, service: A) -> Self
-    where
-        A: Service<http::Request<Incoming>, Response = http::Response<B>> + Clone + Send + 'static,
-        A::Future: Send + 'static,
-        A::Error: Into<BoxError>,
-        B: http_body::Body<Data = Bytes> + Send + 'static,
-        B::Error: Into<BoxError>,
-    {
-        self.extras.admin_service(service);
-        self
+    extras_setters! {
+        /// Serves `probes` (with `/metrics` if given a Prometheus handle): on the admin listener
+        /// with [`ServerConfig::admin`], in front of `service` otherwise. Defaults to none. See
+        /// [`Server::probes`].
+        probes,
+        /// Serves `service` on the admin listener behind the probes (e.g.
+        /// [`LogLevelService`](crate::admin::LogLevelService)); needs [`ServerConfig::admin`], or
+        /// the start fails. Defaults to none (404). See [`Server::admin_service`].
+        admin_service,
     }
 
     /// The bound address, once started; shared, so it can be read after the component moved
