@@ -7,8 +7,7 @@ use chassis_core::ServiceInfo;
 use chassis_http::admin::LogLevelService;
 use chassis_observability::Telemetry;
 use chassis_observability::logging::CaptureWriter;
-use http::{Request, StatusCode};
-use http_body_util::BodyExt as _;
+use http::StatusCode;
 
 /// One callsite, so the test also shows its cached interest being rebuilt on a change.
 fn probe(n: u32) {
@@ -32,29 +31,14 @@ async fn serve(service: chassis_http::auth::RequireServiceToken<LogLevelService>
     url
 }
 
+/// `method` on the loggers endpoint of the admin API at `url`: status and JSON body.
 async fn call(
     url: &str,
     method: &str,
     token: Option<&str>,
     body: &str,
 ) -> (StatusCode, serde_json::Value) {
-    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-        .build_http::<http_body_util::Full<bytes::Bytes>>();
-    let mut req = Request::builder()
-        .method(method)
-        .uri(format!("{url}/admin/loggers"));
-    if let Some(token) = token {
-        req = req.header("authorization", format!("Bearer {token}"));
-    }
-    let response = client
-        .request(req.body(body.to_owned().into()).unwrap())
-        .await
-        .unwrap();
-    let status = response.status();
-    let bytes = response.into_body().collect().await.unwrap().to_bytes();
-    let json = serde_json::from_slice(&bytes)
-        .unwrap_or_else(|e| panic!("{status}: not JSON ({e}): {bytes:?}"));
-    (status, json)
+    common::call_json(method, &format!("{url}/admin/loggers"), token, body).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

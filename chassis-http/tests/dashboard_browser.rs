@@ -6,6 +6,7 @@
 //!
 //! Needs Debian's `chromium` and `chromium-driver` (`.ci/run` installs them).
 
+mod common;
 #[path = "control/support.rs"]
 mod support;
 
@@ -16,9 +17,10 @@ use base64::Engine as _;
 use bytes::Bytes;
 use chassis_http::dashboard::DashboardService;
 use chassis_http::server::{Server, ServerConfig};
+use common::call_json as call;
 use http_body_util::{BodyExt as _, Full};
 use serde_json::{Value, json};
-use support::{ADMIN_AUDIENCE, TestService, call, issuer};
+use support::{ADMIN_AUDIENCE, TestService, issuer};
 
 /// Kills chromedriver (and so its browser) whatever happens.
 struct Driver {

@@ -9,7 +9,7 @@ use bytes::Bytes;
 use futures_util::future::BoxFuture;
 use http::{HeaderMap, StatusCode};
 
-use crate::stored::codec::{Reader, response_size, write_response};
+use crate::stored::codec::{Reader, debug_response, response_accessors, write_response};
 pub use crate::stored::{StoreError, StoreErrorKind};
 
 /// Where the keys and the responses of an [`IdempotencyLayer`](super::IdempotencyLayer) live.
@@ -249,13 +249,10 @@ pub struct StoredResponse {
 
 impl fmt::Debug for StoredResponse {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("StoredResponse")
-            .field("fingerprint", &self.fingerprint)
-            .field("status", &self.status)
-            .field("headers", &self.headers.len())
-            .field("body_len", &self.body.len())
-            .field("body_omitted", &self.body_omitted)
-            .finish()
+        let mut d = f.debug_struct("StoredResponse");
+        d.field("fingerprint", &self.fingerprint);
+        debug_response(&mut d, self.status, &self.headers, &self.body);
+        d.field("body_omitted", &self.body_omitted).finish()
     }
 }
 
@@ -287,29 +284,13 @@ impl StoredResponse {
         &self.fingerprint
     }
 
-    /// The status.
-    pub fn status(&self) -> StatusCode {
-        self.status
-    }
-
-    /// The headers.
-    pub fn headers(&self) -> &HeaderMap {
-        &self.headers
-    }
-
-    /// The body (empty when it was omitted).
-    pub fn body(&self) -> &Bytes {
-        &self.body
+    response_accessors! {
+        /// The body (empty when it was omitted).
     }
 
     /// Whether the body was too large to keep.
     pub fn body_omitted(&self) -> bool {
         self.body_omitted
-    }
-
-    /// Bytes held: the body and the header fields (what a memory bound counts).
-    pub fn size(&self) -> usize {
-        response_size(&self.headers, &self.body)
     }
 
     /// The response as bytes: `C`, a format version, the fingerprint, whether the body was

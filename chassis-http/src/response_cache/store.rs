@@ -11,7 +11,7 @@ use http::{HeaderMap, StatusCode};
 
 use crate::idempotency::Fingerprint;
 use crate::stored::StoreError;
-use crate::stored::codec::{Reader, response_size, write_response};
+use crate::stored::codec::{Reader, debug_response, response_accessors, write_response};
 
 /// Where a [`ResponseCacheLayer`](super::ResponseCacheLayer) keeps its responses.
 ///
@@ -127,11 +127,9 @@ pub struct CachedResponse {
 
 impl fmt::Debug for CachedResponse {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("CachedResponse")
-            .field("status", &self.status)
-            .field("headers", &self.headers.len())
-            .field("body_len", &self.body.len())
-            .field("stored_at", &self.stored_at)
+        let mut d = f.debug_struct("CachedResponse");
+        debug_response(&mut d, self.status, &self.headers, &self.body);
+        d.field("stored_at", &self.stored_at)
             .field("ttl", &self.ttl)
             .finish()
     }
@@ -158,19 +156,8 @@ impl CachedResponse {
         }
     }
 
-    /// The status.
-    pub fn status(&self) -> StatusCode {
-        self.status
-    }
-
-    /// The headers.
-    pub fn headers(&self) -> &HeaderMap {
-        &self.headers
-    }
-
-    /// The body.
-    pub fn body(&self) -> &Bytes {
-        &self.body
+    response_accessors! {
+        /// The body.
     }
 
     /// When it was stored.
@@ -186,11 +173,6 @@ impl CachedResponse {
     /// Its age at `now` (zero if the clock went back).
     pub fn age(&self, now: SystemTime) -> Duration {
         now.duration_since(self.stored_at).unwrap_or_default()
-    }
-
-    /// Bytes held: the body and the header fields (what a memory bound counts).
-    pub fn size(&self) -> usize {
-        response_size(&self.headers, &self.body)
     }
 
     /// The response as bytes: `R`, a format version, the time stored and the time to live in

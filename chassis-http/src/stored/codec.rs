@@ -64,6 +64,46 @@ impl<'a> Reader<'a> {
     }
 }
 
+/// The accessors of a kept response's fields `status`, `headers` and `body`, and its `size`.
+/// Use inside the `impl` of the type that keeps them; the attributes document `body`.
+macro_rules! response_accessors {
+    ($(#[$body_doc:meta])*) => {
+        /// The status.
+        pub fn status(&self) -> ::http::StatusCode {
+            self.status
+        }
+
+        /// The headers.
+        pub fn headers(&self) -> &::http::HeaderMap {
+            &self.headers
+        }
+
+        $(#[$body_doc])*
+        pub fn body(&self) -> &::bytes::Bytes {
+            &self.body
+        }
+
+        /// Bytes held: the body and the header fields (what a memory bound counts).
+        pub fn size(&self) -> usize {
+            $crate::stored::codec::response_size(&self.headers, &self.body)
+        }
+    };
+}
+
+pub(crate) use response_accessors;
+
+/// Adds a kept response's `status`, the number of its `headers` and its `body_len` to `d`.
+pub(crate) fn debug_response(
+    d: &mut std::fmt::DebugStruct<'_, '_>,
+    status: StatusCode,
+    headers: &HeaderMap,
+    body: &[u8],
+) {
+    d.field("status", &status)
+        .field("headers", &headers.len())
+        .field("body_len", &body.len());
+}
+
 /// Bytes a kept response holds in memory: its body and header fields, and a fixed overhead.
 pub(crate) fn response_size(headers: &HeaderMap, body: &[u8]) -> usize {
     body.len()

@@ -137,6 +137,33 @@ pub(crate) async fn read_until_closed(
     }
 }
 
+/// `method url` with an optional bearer token and body: status and JSON body.
+pub(crate) async fn call_json(
+    method: &str,
+    url: &str,
+    token: Option<&str>,
+    body: &str,
+) -> (http::StatusCode, serde_json::Value) {
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<http_body_util::Full<bytes::Bytes>>();
+    let mut req = http::Request::builder().method(method).uri(url);
+    if let Some(token) = token {
+        req = req.header("authorization", format!("Bearer {token}"));
+    }
+    let response = client
+        .request(req.body(body.to_owned().into()).unwrap())
+        .await
+        .unwrap();
+    let status = response.status();
+    let bytes = http_body_util::BodyExt::collect(response.into_body())
+        .await
+        .unwrap()
+        .to_bytes();
+    let json = serde_json::from_slice(&bytes)
+        .unwrap_or_else(|e| panic!("{status}: not JSON ({e}): {bytes:?}"));
+    (status, json)
+}
+
 /// The status of `response`, its `WWW-Authenticate` header and its whole body.
 pub(crate) async fn status_challenge_body<B>(
     response: http::Response<B>,

@@ -2,12 +2,15 @@
 //! HTTP while its client calls a real downstream, the tokens it asks for, its error bodies and
 //! its event stream.
 
+#[path = "../common/mod.rs"]
+mod common;
 mod support;
 
 use chassis_http::client::ClientErrorKind;
+use common::call_json as call;
 use http::StatusCode;
 use http_body_util::BodyExt as _;
-use support::{ADMIN_AUDIENCE, TestService, call, issuer};
+use support::{ADMIN_AUDIENCE, TestService, issuer};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_token_is_401_and_a_token_without_the_admin_scope_403() {

@@ -16,8 +16,6 @@ use chassis_http::auth::{KeySet, SigningKey, TokenIssuer, TokenVerifier};
 use chassis_http::client::HttpClient;
 use chassis_http::control::ControlService;
 use chassis_http::server::{Server, ServerConfig};
-use http::{Request, StatusCode};
-use http_body_util::{BodyExt as _, Full};
 
 /// The audience of every admin token: one operator token reaches every service.
 pub(crate) const ADMIN_AUDIENCE: &str = "admin";
@@ -131,28 +129,4 @@ impl Drop for TestService {
             stop.trigger();
         }
     }
-}
-
-/// `method url` with an optional bearer token and body: status and JSON body.
-pub(crate) async fn call(
-    method: &str,
-    url: &str,
-    token: Option<&str>,
-    body: &str,
-) -> (StatusCode, serde_json::Value) {
-    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-        .build_http::<Full<Bytes>>();
-    let mut req = Request::builder().method(method).uri(url);
-    if let Some(token) = token {
-        req = req.header("authorization", format!("Bearer {token}"));
-    }
-    let response = client
-        .request(req.body(Full::new(Bytes::from(body.to_owned()))).unwrap())
-        .await
-        .unwrap();
-    let status = response.status();
-    let bytes = response.into_body().collect().await.unwrap().to_bytes();
-    let json = serde_json::from_slice(&bytes)
-        .unwrap_or_else(|e| panic!("{status}: not JSON ({e}): {bytes:?}"));
-    (status, json)
 }
