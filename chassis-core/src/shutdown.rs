@@ -165,7 +165,7 @@ impl Signals {
 mod tests {
     use super::*;
 
-    /// A shutdown with one tracked task that runs for `work`.
+    /// A shutdown whose tracker runs one sleep of `work`.
     fn tracking(work: Duration) -> Shutdown {
         let shutdown = Shutdown::new();
         shutdown.tracker().spawn(tokio::time::sleep(work));

@@ -139,7 +139,8 @@ impl CircuitBreakerConfig {
     }
 
     crate::__builder_setters! {
-        /// Name of the breaker, used in errors, events, logs and metric labels. Defaults to `"default"`.
+        /// Name of the breaker, used in errors, events, logs and metric labels. Defaults to
+        /// `"default"`.
         name: into String,
     }
 
