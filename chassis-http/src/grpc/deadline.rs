@@ -155,13 +155,7 @@ pin_project! {
     }
 }
 
-impl<F> std::fmt::Debug for ResponseFuture<F> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ResponseFuture")
-            .field("timeout", &self.timeout)
-            .finish_non_exhaustive()
-    }
-}
+chassis_core::__debug_fields!(<F> ResponseFuture { timeout });
 
 impl<F, ResB, E> Future for ResponseFuture<F>
 where

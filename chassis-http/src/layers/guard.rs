@@ -78,7 +78,6 @@
 //! ```
 
 use std::convert::Infallible;
-use std::fmt;
 use std::future::Future;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::pin::Pin;
@@ -371,13 +370,7 @@ impl<F> GuardFuture<F> {
     }
 }
 
-impl<F> fmt::Debug for GuardFuture<F> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("GuardFuture")
-            .field("timeout", &self.timeout)
-            .finish_non_exhaustive()
-    }
-}
+chassis_core::__debug_fields!(<F> GuardFuture { timeout });
 
 impl<F, ResB, E> Future for GuardFuture<F>
 where

@@ -235,6 +235,21 @@ impl Default for StandardLayers {
     }
 }
 
+/// Setters of [`StandardLayers`] that record their value in its config and hand it to its
+/// guard, whose setter of the same name applies it.
+macro_rules! guard_setters {
+    ($($(#[$m:meta])* $name:ident($arg:ident): $ty:ty),* $(,)?) => {
+        $(
+            $(#[$m])*
+            pub fn $name(mut self, $arg: $ty) -> Self {
+                self.config.$name = $arg;
+                self.guard = self.guard.$name($arg);
+                self
+            }
+        )*
+    };
+}
+
 impl StandardLayers {
     /// The stack with the defaults of [`StandardLayersConfig`].
     pub fn new() -> Self {
@@ -263,32 +278,15 @@ impl StandardLayers {
         }
     }
 
-    /// Request timeout. Defaults to 30 s.
-    pub fn timeout(mut self, timeout: Duration) -> Self {
-        self.config.timeout = timeout;
-        self.guard = self.guard.timeout(timeout);
-        self
-    }
-
-    /// Maximum request body size in bytes. Defaults to 2 MiB.
-    pub fn body_limit(mut self, limit: usize) -> Self {
-        self.config.body_limit = limit;
-        self.guard = self.guard.body_limit(limit);
-        self
-    }
-
-    /// Maximum concurrent requests; more are shed with 503. Defaults to 1024.
-    pub fn max_in_flight(mut self, max: usize) -> Self {
-        self.config.max_in_flight = max;
-        self.guard = self.guard.max_in_flight(max);
-        self
-    }
-
-    /// `Retry-After` of shed requests. Defaults to 1 s.
-    pub fn retry_after(mut self, retry_after: Duration) -> Self {
-        self.config.retry_after = retry_after;
-        self.guard = self.guard.retry_after(retry_after);
-        self
+    guard_setters! {
+        /// Request timeout. Defaults to 30 s.
+        timeout(timeout): Duration,
+        /// Maximum request body size in bytes. Defaults to 2 MiB.
+        body_limit(limit): usize,
+        /// Maximum concurrent requests; more are shed with 503. Defaults to 1024.
+        max_in_flight(max): usize,
+        /// `Retry-After` of shed requests. Defaults to 1 s.
+        retry_after(retry_after): Duration,
     }
 
     /// Which requests get an access-log line. Defaults to every one

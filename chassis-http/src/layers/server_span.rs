@@ -52,7 +52,6 @@
 //! # }
 //! ```
 
-use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
@@ -208,13 +207,7 @@ pin_project! {
     }
 }
 
-impl<F> fmt::Debug for ResponseFuture<F> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ResponseFuture")
-            .field("span", &self.span)
-            .finish_non_exhaustive()
-    }
-}
+chassis_core::__debug_fields!(<F> ResponseFuture { span });
 
 impl<F, ResB, E> Future for ResponseFuture<F>
 where

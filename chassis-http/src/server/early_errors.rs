@@ -110,6 +110,21 @@ impl<T: Write + Unpin> EarlyErrorIo<T> {
         }
         Poll::Ready(Ok(()))
     }
+
+    /// Sends `answer` in place of hyper's `written` bytes, which count as written; the
+    /// rewritten ones go out now or at the next write, flush or shutdown.
+    fn answer_instead(
+        &mut self,
+        cx: &mut Context<'_>,
+        answer: Bytes,
+        written: usize,
+    ) -> Poll<io::Result<usize>> {
+        self.pending = answer;
+        if let Poll::Ready(Err(e)) = self.poll_pending(cx) {
+            return Poll::Ready(Err(e));
+        }
+        Poll::Ready(Ok(written))
+    }
 }
 
 impl<T: Read + Unpin> Read for EarlyErrorIo<T> {
@@ -132,13 +147,7 @@ impl<T: Write + Unpin> Write for EarlyErrorIo<T> {
     ) -> Poll<io::Result<usize>> {
         std::task::ready!(self.poll_pending(cx))?;
         if let Some(answer) = rewrite(buf) {
-            self.pending = answer;
-            // hyper's bytes count as written; the rewritten ones go out now or at the next
-            // write, flush or shutdown.
-            if let Poll::Ready(Err(e)) = self.poll_pending(cx) {
-                return Poll::Ready(Err(e));
-            }
-            return Poll::Ready(Ok(buf.len()));
+            return self.answer_instead(cx, answer, buf.len());
         }
         Pin::new(&mut self.inner).poll_write(cx, buf)
     }
@@ -156,11 +165,7 @@ impl<T: Write + Unpin> Write for EarlyErrorIo<T> {
             && let Some(answer) = rewrite(first)
             && bufs.iter().filter(|b| !b.is_empty()).count() == 1
         {
-            self.pending = answer;
-            if let Poll::Ready(Err(e)) = self.poll_pending(cx) {
-                return Poll::Ready(Err(e));
-            }
-            return Poll::Ready(Ok(first.len()));
+            return self.answer_instead(cx, answer, first.len());
         }
         Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
     }
