@@ -86,6 +86,24 @@ pub(crate) fn issuer_and_verifier(
     (issuer, verifier)
 }
 
+/// A health check named `name` that passes while `up` holds `true` and fails with "connection
+/// refused" otherwise.
+pub(crate) fn switched_check(
+    name: &str,
+    up: Arc<std::sync::atomic::AtomicBool>,
+) -> impl chassis_core::health::HealthCheck {
+    chassis_core::health::fn_check(name, move || {
+        let up = up.load(std::sync::atomic::Ordering::SeqCst);
+        async move {
+            if up {
+                Ok(())
+            } else {
+                Err("connection refused".into())
+            }
+        }
+    })
+}
+
 /// A Prometheus recorder with the chassis's metric settings, for
 /// `metrics::set_default_local_recorder`.
 pub(crate) fn recorder() -> metrics_exporter_prometheus::PrometheusRecorder {

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use chassis_core::health::{CheckOptions, HealthRegistry, fn_check};
+use chassis_core::health::{CheckOptions, HealthRegistry};
 use chassis_http::grpc::{GrpcHealth, GrpcLayers, GrpcRouter};
 use std::sync::atomic::{AtomicBool, Ordering};
 use tonic::Code;
@@ -27,18 +27,8 @@ fn check(service: &str) -> HealthCheckRequest {
 async fn check_and_watch_follow_readiness_until_shutdown() {
     let registry = HealthRegistry::new();
     let db_up = Arc::new(AtomicBool::new(true));
-    let up = Arc::clone(&db_up);
     registry.register(
-        fn_check("db", move || {
-            let up = up.load(Ordering::SeqCst);
-            async move {
-                if up {
-                    Ok(())
-                } else {
-                    Err("connection refused".into())
-                }
-            }
-        }),
+        crate::common::switched_check("db", Arc::clone(&db_up)),
         CheckOptions::required(),
     );
     let health = GrpcHealth::new(registry.clone())

@@ -178,14 +178,19 @@ where
         }
     }
 
+    /// Waits until the channel takes a call; `Unknown` if it fails instead.
+    async fn wait_ready(&mut self) -> Result<(), Status> {
+        self.inner
+            .ready()
+            .await
+            .map_err(|e| Status::unknown(format!("not ready: {}", e.into())))
+    }
+
     pub(crate) async fn say(
         &mut self,
         req: impl tonic::IntoRequest<Msg>,
     ) -> Result<Response<Msg>, Status> {
-        self.inner
-            .ready()
-            .await
-            .map_err(|e| Status::unknown(format!("not ready: {}", e.into())))?;
+        self.wait_ready().await?;
         let path = http::uri::PathAndQuery::from_static("/echo.v1.Echo/Say");
         self.inner
             .unary(req.into_request(), path, tonic_prost::ProstCodec::default())
@@ -196,10 +201,7 @@ where
         &mut self,
         n: usize,
     ) -> Result<Response<tonic::codec::Streaming<Msg>>, Status> {
-        self.inner
-            .ready()
-            .await
-            .map_err(|e| Status::unknown(format!("not ready: {}", e.into())))?;
+        self.wait_ready().await?;
         let path = http::uri::PathAndQuery::from_static("/echo.v1.Echo/Count");
         self.inner
             .server_streaming(

@@ -174,19 +174,7 @@ async fn health_states_and_metrics() {
     let cache_ok = Arc::new(AtomicBool::new(true));
     let db_ok = Arc::new(AtomicBool::new(true));
     let (c, d) = (cache_ok.clone(), db_ok.clone());
-    registry.register(
-        fn_check("database", move || {
-            let ok = d.load(Ordering::SeqCst);
-            async move {
-                if ok {
-                    Ok(())
-                } else {
-                    Err("connection refused".into())
-                }
-            }
-        }),
-        CheckOptions::required(),
-    );
+    registry.register(switched_check("database", d), CheckOptions::required());
     registry.register(
         fn_check("cache", move || {
             let ok = c.load(Ordering::SeqCst);

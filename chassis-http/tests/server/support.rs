@@ -4,7 +4,7 @@
 #[path = "../common/mod.rs"]
 mod common;
 #[allow(unused_imports)] // not every test binary uses every helper
-pub(crate) use common::{LogBuffer, read_until_closed};
+pub(crate) use common::{LogBuffer, read_until_closed, switched_check};
 
 use std::net::SocketAddr;
 use std::sync::Arc;
