@@ -53,6 +53,13 @@ fn app() -> axum::Router {
 }
 
 /// `GET path` on a fresh connection: the status and the body.
+/// `/metrics` on `addr` answers 200 with the test's counter.
+async fn assert_metrics_served(addr: SocketAddr) {
+    let (status, body) = get(addr, "/metrics").await;
+    assert_eq!(status, 200);
+    assert!(body.contains("admin_listener_test_total 3"), "{body}");
+}
+
 async fn get(addr: SocketAddr, path: &str) -> (u16, String) {
     let mut conn = tokio::net::TcpStream::connect(addr).await.unwrap();
     let request = format!("GET {path} HTTP/1.1\r\nhost: test\r\nconnection: close\r\n\r\n");
@@ -85,9 +92,7 @@ async fn metrics_and_probes_are_served_on_the_admin_port_only() {
     let stop = server.shutdown_handle();
     let serving = tokio::spawn(server.serve(app()));
 
-    let (status, body) = get(admin, "/metrics").await;
-    assert_eq!(status, 200);
-    assert!(body.contains("admin_listener_test_total 3"), "{body}");
+    assert_metrics_served(admin).await;
     assert_eq!(get(admin, "/health/live").await.0, 200);
     assert_eq!(get(admin, "/health/ready").await.0, 200);
     assert_eq!(get(admin, "/health/startup").await.0, 200);
@@ -162,9 +167,7 @@ async fn without_an_admin_address_the_probes_are_in_front_of_the_application_but
     let main = server.local_addr();
     let stop = server.shutdown_handle();
     let serving = tokio::spawn(server.serve(app()));
-    let (status, body) = get(main, "/metrics").await;
-    assert_eq!(status, 200);
-    assert!(body.contains("admin_listener_test_total 3"), "{body}");
+    assert_metrics_served(main).await;
     assert_eq!(get(main, "/health/ready").await.0, 200);
     assert_eq!(get(main, "/").await, (200, "app".to_owned()));
     stop.trigger();

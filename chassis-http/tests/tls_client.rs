@@ -56,6 +56,13 @@ async fn get(client: &HttpClient, url: &str) -> Result<http::Response<Bytes>, Cl
     client.execute(req).await
 }
 
+/// A call on `client` to `url` fails in the TLS handshake with `failure`, without a retry.
+async fn assert_refused_once(client: &HttpClient, url: &str, failure: TlsFailure) {
+    let err = get(client, url).await.unwrap_err();
+    assert_eq!(tls_failure(&err), failure, "{err:?}");
+    assert_eq!(err.attempts(), 1, "{err:?}");
+}
+
 fn tls_failure(err: &ClientError) -> TlsFailure {
     match err.kind() {
         ClientErrorKind::Tls(failure) => *failure,
@@ -219,26 +226,24 @@ async fn client_certificate_is_presented_and_required(h2: bool) {
 
     // Without one: the server requires it.
     let without = client(Some(trusting(&ca)));
-    let err = get(&without, &server.url("/")).await.unwrap_err();
-    assert_eq!(
-        tls_failure(&err),
+    assert_refused_once(
+        &without,
+        &server.url("/"),
         TlsFailure::ClientCertificateRequired,
-        "{err:?}"
-    );
-    assert_eq!(err.attempts(), 1, "{err:?}");
+    )
+    .await;
 
     // With a certificate of another CA: rejected.
     let stranger = Ca::new("other CA").client_cert("mallory.internal");
     let wrong = client(Some(
         trusting(&ca).client_cert_pem(stranger.cert_pem.clone(), stranger.key_pem.clone()),
     ));
-    let err = get(&wrong, &server.url("/")).await.unwrap_err();
-    assert_eq!(
-        tls_failure(&err),
+    assert_refused_once(
+        &wrong,
+        &server.url("/"),
         TlsFailure::ClientCertificateRejected,
-        "{err:?}"
-    );
-    assert_eq!(err.attempts(), 1, "{err:?}");
+    )
+    .await;
     // The server refused both handshakes, once each: no retries.
     assert_eq!(server.failed_handshakes(), 2);
     assert_eq!(server.connections(), 3);
