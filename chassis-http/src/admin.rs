@@ -52,7 +52,7 @@ use http_body_util::{BodyExt as _, Limited};
 
 use crate::ApiError;
 use crate::auth::{RequireServiceToken, RequireServiceTokenLayer, TokenVerifier};
-use crate::body::{Body, BoxError, full};
+use crate::body::{Body, BoxError, full, typed_response};
 
 /// The path [`LogLevelService`] answers at unless told otherwise.
 pub const LOGGERS_PATH: &str = "/admin/loggers";
@@ -105,13 +105,7 @@ impl LogLevelService {
 
     fn level_response(&self, status: StatusCode) -> Response<Body> {
         let body = serde_json::json!({ "level": self.handle.log_level() }).to_string();
-        let mut response = Response::new(full(body));
-        *response.status_mut() = status;
-        response.headers_mut().insert(
-            header::CONTENT_TYPE,
-            http::HeaderValue::from_static("application/json"),
-        );
-        response
+        typed_response(status, "application/json", None, full(body))
     }
 }
 

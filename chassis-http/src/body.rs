@@ -24,6 +24,7 @@
 use std::any::Any;
 
 use bytes::Bytes;
+use http::{HeaderValue, Response, StatusCode, header};
 use http_body_util::{BodyExt, Empty, Full, combinators::UnsyncBoxBody};
 
 pub use chassis_core::BoxError;
@@ -41,6 +42,27 @@ where
         Ok(body) => body,
         Err(body) => body.map_err(Into::into).boxed_unsync(),
     }
+}
+
+/// A response of `status` whose `body` is of `content_type`, with the `Cache-Control`
+/// `cache_control` when one is given: the answers the chassis's endpoints write themselves.
+pub(crate) fn typed_response(
+    status: StatusCode,
+    content_type: &'static str,
+    cache_control: Option<&'static str>,
+    body: Body,
+) -> Response<Body> {
+    let mut response = Response::new(body);
+    *response.status_mut() = status;
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    if let Some(cache_control) = cache_control {
+        headers.insert(
+            header::CACHE_CONTROL,
+            HeaderValue::from_static(cache_control),
+        );
+    }
+    response
 }
 
 /// A [`Body`] holding `bytes` in one frame.

@@ -65,7 +65,7 @@ use bytes::Bytes;
 use chassis_core::ErrorKind as CoreErrorKind;
 use chassis_core::control::ControlRegistry;
 use chassis_observability::log_level::LogLevelHandle;
-use http::{HeaderValue, Method, Request, Response, StatusCode, header};
+use http::{Method, Request, Response, StatusCode};
 use http_body::Frame;
 use http_body_util::{BodyExt as _, Limited, StreamBody};
 use tower_service::Service;
@@ -73,7 +73,7 @@ use tower_service::Service;
 use crate::ApiError;
 use crate::admin::{ADMIN_SCOPE, LogLevelService};
 use crate::auth::{RequireServiceToken, RequireServiceTokenLayer, ServiceIdentity, TokenVerifier};
-use crate::body::{Body, BoxError, full};
+use crate::body::{Body, BoxError, full, typed_response};
 
 /// The prefix [`ControlService`] answers under unless told otherwise.
 pub const CONTROL_PATH: &str = "/admin/control";
@@ -147,15 +147,12 @@ fn error_response<B>(req: &Request<B>, error: ApiError) -> Response<Body> {
 }
 
 fn json_response(value: &serde_json::Value) -> Response<Body> {
-    let mut response = Response::new(full(value.to_string()));
-    response.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    response
-        .headers_mut()
-        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    response
+    typed_response(
+        StatusCode::OK,
+        "application/json",
+        Some("no-store"),
+        full(value.to_string()),
+    )
 }
 
 /// The bytes of a frame, shared with every other subscriber (no copy per client).
@@ -183,14 +180,12 @@ fn stream_response(registry: &ControlRegistry) -> Response<Body> {
         ))
     });
     let body = StreamBody::new(futures_util::StreamExt::flatten(frames));
-    let mut response = Response::new(crate::body::boxed(body));
-    let headers = response.headers_mut();
-    headers.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/event-stream"),
-    );
-    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    response
+    typed_response(
+        StatusCode::OK,
+        "text/event-stream",
+        Some("no-store"),
+        crate::body::boxed(body),
+    )
 }
 
 impl ControlService {

@@ -59,7 +59,7 @@ use serde::Deserialize;
 use tower_layer::Layer;
 use tower_service::Service;
 
-use crate::body::{Body, full};
+use crate::body::{Body, full, typed_response};
 use crate::error::ApiError;
 use crate::future::{Answering, PassOn};
 
@@ -216,19 +216,12 @@ impl<S> HealthService<S> {
 
 fn report_response(report: &HealthReport, ok: bool) -> Response<Body> {
     let json = serde_json::to_vec(report).unwrap_or_default();
-    let mut response = Response::new(full(json));
-    *response.status_mut() = if ok {
+    let status = if ok {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
-    let headers = response.headers_mut();
-    headers.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    response
+    typed_response(status, "application/json", Some("no-store"), full(json))
 }
 
 async fn answer(shared: Arc<Shared>, endpoint: Endpoint, method: Method) -> Response<Body> {
@@ -260,12 +253,7 @@ async fn answer(shared: Arc<Shared>, endpoint: Endpoint, method: Method) -> Resp
                 .as_ref()
                 .map(PrometheusHandle::render)
                 .unwrap_or_default();
-            let mut response = Response::new(full(text));
-            response.headers_mut().insert(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static(PROMETHEUS_CONTENT_TYPE),
-            );
-            response
+            typed_response(StatusCode::OK, PROMETHEUS_CONTENT_TYPE, None, full(text))
         }
     }
 }

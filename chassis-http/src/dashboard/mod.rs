@@ -40,14 +40,14 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use http::{HeaderValue, Method, Request, Response, StatusCode, Uri, header};
+use http::{Method, Request, Response, StatusCode, Uri, header};
 use http_body_util::{BodyExt as _, Full, Limited};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 
 use crate::ApiError;
-use crate::body::{Body, BoxError, boxed, full};
+use crate::body::{Body, BoxError, boxed, full, typed_response};
 use crate::control::CONTROL_PATH;
 
 /// The prefix [`DashboardService`] answers under unless told otherwise.
@@ -155,14 +155,7 @@ impl DashboardService {
     }
 
     fn asset(content_type: &'static str, body: impl Into<Bytes>) -> Response<Body> {
-        let mut response = Response::new(full(body));
-        response
-            .headers_mut()
-            .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
-        response
-            .headers_mut()
-            .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-        response
+        typed_response(StatusCode::OK, content_type, Some("no-cache"), full(body))
     }
 
     async fn answer<B>(self, req: Request<B>) -> Response<Body>

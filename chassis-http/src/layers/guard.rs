@@ -673,6 +673,24 @@ mod tests {
         assert_eq!(future.await.unwrap().status(), StatusCode::OK);
     }
 
+    /// A handler whose future panics with `message` when polled.
+    fn panics_in_future(
+        message: &'static str,
+    ) -> impl Service<
+        Request<LimitedBody<Full<Bytes>>>,
+        Response = Response<Full<Bytes>>,
+        Error = Infallible,
+        Future: Send + 'static,
+    > + Send
+    + 'static {
+        tower::service_fn(move |_req: Request<LimitedBody<Full<Bytes>>>| async move {
+            if true {
+                panic!("{message}");
+            }
+            Ok::<_, Infallible>(Response::new(Full::<Bytes>::default()))
+        })
+    }
+
     #[tokio::test]
     async fn a_panic_in_call_or_in_the_future_becomes_a_500() {
         let in_call = GuardLayer::errors_only().catch_panic(true).layer(tower::service_fn(
@@ -693,14 +711,7 @@ mod tests {
 
         let in_future = GuardLayer::errors_only()
             .catch_panic(true)
-            .layer(tower::service_fn(
-                |_req: Request<LimitedBody<Full<Bytes>>>| async {
-                    if true {
-                        panic!("bug in the future");
-                    }
-                    Ok::<_, Infallible>(Response::new(Full::<Bytes>::default()))
-                },
-            ));
+            .layer(panics_in_future("bug in the future"));
         let res = in_future
             .oneshot(Request::new(Full::default()))
             .await
@@ -712,14 +723,7 @@ mod tests {
     async fn without_catch_panic_the_panic_unwinds() {
         let svc = GuardLayer::new()
             .catch_panic(false)
-            .layer(tower::service_fn(
-                |_req: Request<LimitedBody<Full<Bytes>>>| async {
-                    if true {
-                        panic!("not caught");
-                    }
-                    Ok::<_, Infallible>(Response::new(Full::<Bytes>::default()))
-                },
-            ));
+            .layer(panics_in_future("not caught"));
         let task = tokio::spawn(svc.oneshot(Request::new(Full::default())));
         assert!(task.await.unwrap_err().is_panic());
     }

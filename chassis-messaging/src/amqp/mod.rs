@@ -35,4 +35,5 @@ pub mod control;
 pub mod headers;
 pub mod incoming;
 pub mod publisher;
+mod returns;
 pub mod topology;

@@ -68,6 +68,7 @@ use tracing::Instrument;
 
 use crate::amqp::connection::{Connection, ManagedChannel};
 use crate::amqp::headers::{FieldTableInjector, to_field_table};
+use crate::amqp::returns::{self, ReturnLedger};
 use crate::amqp::topology::{Unroutable, is_not_found};
 use crate::envelope::Envelope;
 use crate::error::{Error, ErrorKind};
@@ -167,6 +168,8 @@ struct Inner {
     /// Metric handles per destination, so the hot path does not rebuild label sets and look
     /// them up in the recorder's registry for every message.
     metrics: RwLock<HashMap<String, DestinationMetrics>>,
+    /// Returns lapin handed to another publish's confirm (see [`super::returns`]).
+    returns: ReturnLedger,
 }
 
 /// The handles a successful publish to one destination records into.
@@ -239,6 +242,7 @@ impl Publisher {
                 current: RwLock::new(None),
                 reopen: tokio::sync::Mutex::new(()),
                 metrics: RwLock::new(HashMap::new()),
+                returns: ReturnLedger::default(),
             }),
         })
     }
@@ -575,26 +579,49 @@ impl Publisher {
             confirmation = confirm => confirmation.map_err(map_lapin)?,
             () = &mut timer => return Err(Error::timeout("publish confirm", confirm_timeout)),
         };
-        match confirmation {
-            Confirmation::Ack(None) => Ok(Routing::Queued),
+        let (acked, returned) = match confirmation {
+            Confirmation::Ack(returned) => (true, returned),
+            Confirmation::Nack(returned) => (false, returned),
+            Confirmation::NotRequested => {
+                return Err(Error::connection(
+                    "publisher confirms are not enabled on the channel",
+                ));
+            }
+        };
+        // A return is this message's only if its content says so: lapin may hand a return
+        // to another publish confirmed in the same batch (see `returns`).
+        let own_return = match returned {
+            Some(r) if returns::is_for(&r, exchange, routing_key, body) => {
+                self.inner.returns.seen();
+                true
+            }
+            Some(r) => {
+                self.inner.returns.record(&r);
+                self.inner
+                    .returns
+                    .returned_elsewhere(exchange, routing_key, body)
+                    .await
+            }
+            None => {
+                self.inner
+                    .returns
+                    .returned_elsewhere(exchange, routing_key, body)
+                    .await
+            }
+        };
+        match (acked, own_return) {
+            (true, false) => Ok(Routing::Queued),
             // Still published `mandatory` on accepting exchanges: the return is what tells
             // `Unrouted` from `Queued` (for the relay's count), and the policy is looked up
             // only here, off the common path.
-            Confirmation::Ack(Some(_returned))
-                if self.inner.conn.unroutable_policy(exchange) == Unroutable::Accept =>
-            {
+            (true, true) if self.inner.conn.unroutable_policy(exchange) == Unroutable::Accept => {
                 Ok(Routing::Unrouted)
             }
-            Confirmation::Ack(Some(_returned)) | Confirmation::Nack(Some(_returned)) => {
-                Err(Error::unroutable(exchange, routing_key))
-            }
-            Confirmation::Nack(None) => {
+            (_, true) => Err(Error::unroutable(exchange, routing_key)),
+            (false, false) => {
                 self.retire(&ch);
                 Err(Error::new(ErrorKind::Nacked))
             }
-            Confirmation::NotRequested => Err(Error::connection(
-                "publisher confirms are not enabled on the channel",
-            )),
         }
     }
 }
