@@ -12,7 +12,10 @@
 //!   declared [`Unroutable::Accept`] (publish/subscribe where nobody subscribing is normal):
 //!   then the publish succeeds as [`Routing::Unrouted`] (see
 //!   [`Publish::publish_routed`] and the
-//!   [topology docs](crate::amqp::topology#unroutable-messages-unroutable-per-exchange)); a
+//!   [topology docs](crate::amqp::topology#unroutable-messages-unroutable-per-exchange)). A
+//!   return is matched to its message by exchange, routing key and body, not by which
+//!   confirm lapin attached it to (under a batch of acks, that can be another publish's), so
+//!   among many publishes in flight each learns its own outcome; a
 //!   nacked message is published again on a fresh channel, with a growing pause (50 ms
 //!   doubling to 1 s), until [`PublisherConfig::confirm_timeout`] has passed since the publish
 //!   started, and is [`ErrorKind::Nacked`] after that; a confirm that does not arrive within
