@@ -23,13 +23,13 @@ use lapin::types::FieldTable;
 use sqlx::SqlitePool;
 use tokio_util::sync::CancellationToken;
 
-/// Messages per volume case: `SUITE_MESSAGES`, 10 000 unless set.
+/// Messages per volume case: `SUITE_MESSAGES`, 2 000 unless set (the full run sets 10 000).
 pub fn messages() -> u64 {
     std::env::var("SUITE_MESSAGES")
         .ok()
         .and_then(|v| v.parse().ok())
         .filter(|n| *n > 0)
-        .unwrap_or(10_000)
+        .unwrap_or(2_000)
 }
 
 /// The log of the whole test binary, captured (installed as the global subscriber on first
