@@ -35,6 +35,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 
 use bytes::Bytes;
+use futures_util::future::Either;
 use http::{Request, Response, header::CONTENT_TYPE};
 use pin_project_lite::pin_project;
 use tonic::Code;
@@ -138,16 +139,12 @@ impl<B: Send + 'static> Service<Request<B>> for GrpcRouter<B> {
             .and_then(|path| path.split_once('/'))
             .map(|(service, _)| service);
         let state = match service.and_then(|name| self.routes.get(name)) {
-            Some(route) => RouteState::Routed {
-                future: route.clone().oneshot(req),
-            },
-            None => RouteState::Unimplemented {
-                answer: Some(status_response(
-                    Code::Unimplemented,
-                    &format!("no service at {}", req.uri().path()),
-                    None,
-                )),
-            },
+            Some(route) => Either::Left(route.clone().oneshot(req)),
+            None => Either::Right(std::future::ready(Ok(status_response(
+                Code::Unimplemented,
+                &format!("no service at {}", req.uri().path()),
+                None,
+            )))),
         };
         RouteFuture { state }
     }
@@ -156,37 +153,22 @@ impl<B: Send + 'static> Service<Request<B>> for GrpcRouter<B> {
 pin_project! {
     /// The response future of [`GrpcRouter`].
     pub struct RouteFuture<B> {
+        // Handed to a service, or answered `UNIMPLEMENTED` (no such service).
         #[pin]
-        state: RouteState<B>,
+        state: Either<
+            tower::util::Oneshot<Route<B>, Request<B>>,
+            std::future::Ready<Result<Response<Body>, BoxError>>,
+        >,
     }
 }
 
-pin_project! {
-    #[project = RouteProj]
-    enum RouteState<B> {
-        // Handed to a service.
-        Routed { #[pin] future: tower::util::Oneshot<Route<B>, Request<B>> },
-        // No such service.
-        Unimplemented { answer: Option<Response<Body>> },
-    }
-}
-
-impl<B> std::fmt::Debug for RouteFuture<B> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RouteFuture").finish_non_exhaustive()
-    }
-}
+chassis_core::__debug_fields!(<B> RouteFuture {});
 
 impl<B> Future for RouteFuture<B> {
     type Output = Result<Response<Body>, BoxError>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        match self.project().state.project() {
-            RouteProj::Routed { future } => future.poll(cx),
-            RouteProj::Unimplemented { answer } => {
-                Poll::Ready(Ok(answer.take().expect("polled after completion")))
-            }
-        }
+        self.project().state.poll(cx)
     }
 }
 
@@ -236,13 +218,9 @@ where
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
         let state = if is_grpc(&req) {
-            MultiplexState::Grpc {
-                future: self.grpc.call(req),
-            }
+            Either::Right(self.grpc.call(req))
         } else {
-            MultiplexState::Rest {
-                future: self.rest.call(req),
-            }
+            Either::Left(self.rest.call(req))
         };
         MultiplexFuture { state }
     }
@@ -251,26 +229,13 @@ where
 pin_project! {
     /// The response future of [`Multiplex`].
     pub struct MultiplexFuture<RF, GF> {
+        // A plain HTTP request, or a gRPC call.
         #[pin]
-        state: MultiplexState<RF, GF>,
+        state: Either<RF, GF>,
     }
 }
 
-pin_project! {
-    #[project = MultiplexProj]
-    enum MultiplexState<RF, GF> {
-        // A plain HTTP request.
-        Rest { #[pin] future: RF },
-        // A gRPC call.
-        Grpc { #[pin] future: GF },
-    }
-}
-
-impl<RF, GF> std::fmt::Debug for MultiplexFuture<RF, GF> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("MultiplexFuture").finish_non_exhaustive()
-    }
-}
+chassis_core::__debug_fields!(<RF, GF> MultiplexFuture {});
 
 impl<RF, GF, RB, GB, RE, GE> Future for MultiplexFuture<RF, GF>
 where
@@ -286,11 +251,11 @@ where
     type Output = Result<Response<Body>, BoxError>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        match self.project().state.project() {
-            MultiplexProj::Rest { future } => future
+        match self.project().state.as_pin_mut() {
+            Either::Left(rest) => rest
                 .poll(cx)
                 .map(|r| r.map(|res| res.map(boxed)).map_err(Into::into)),
-            MultiplexProj::Grpc { future } => future
+            Either::Right(grpc) => grpc
                 .poll(cx)
                 .map(|r| r.map(|res| res.map(boxed)).map_err(Into::into)),
         }
