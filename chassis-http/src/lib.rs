@@ -106,13 +106,13 @@ pub mod control;
 pub mod dashboard;
 pub mod error;
 mod future;
-mod middleware;
 #[cfg(feature = "grpc")]
 #[cfg_attr(docsrs, doc(cfg(feature = "grpc")))]
 pub mod grpc;
 pub mod health;
 pub mod idempotency;
 pub mod layers;
+mod middleware;
 pub mod response;
 pub mod response_cache;
 pub mod server;
