@@ -145,11 +145,27 @@ impl PgCluster {
         if let Some(pid) = self.postmaster_pid() {
             // The whole server at once, as a machine crash or the OOM killer would: the
             // postmaster's children first (killed after it, they would be reparented out of
-            // reach and keep the shared memory a new postmaster needs).
-            let _ = Command::new("pkill")
-                .args(["-9", "-P", &pid.to_string()])
-                .status();
-            let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+            // reach and keep the shared memory a new postmaster needs). The postmaster is
+            // stopped meanwhile: running, it sees a child die, starts crash recovery and forks
+            // new children between the two kills, which then outlive it and hold the shared
+            // memory ("pre-existing shared memory block is still in use" on the next start).
+            let pid_arg = pid.to_string();
+            let _ = Command::new("kill").args(["-STOP", &pid_arg]).status();
+            let children: Vec<u32> = Command::new("pgrep")
+                .args(["-P", &pid_arg])
+                .output()
+                .map(|o| {
+                    String::from_utf8_lossy(&o.stdout)
+                        .lines()
+                        .filter_map(|l| l.trim().parse().ok())
+                        .collect()
+                })
+                .unwrap_or_default();
+            let _ = Command::new("pkill").args(["-9", "-P", &pid_arg]).status();
+            for child in children {
+                wait_dead(child);
+            }
+            let _ = Command::new("kill").args(["-9", &pid_arg]).status();
             wait_dead(pid);
             // A dead postmaster whose parent has not reaped it yet still "exists" for the
             // next postmaster's lock-file check (in containers whose first process does not reap
