@@ -27,7 +27,7 @@
 //! # async fn run() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
 //! use shop_launcher::{System, SystemConfig, build_services, workload};
 //!
-//! let bin_dir = build_services_for_tests()?;
+//! let bin_dir = build_services(false)?;
 //! let system = System::start(SystemConfig::new(bin_dir, std::env::temp_dir().join("shop-run"))).await?;
 //! let summary = workload::run(system.url("gateway"), &workload::WorkloadConfig::default(), None).await?;
 //! println!("{summary}");
@@ -233,6 +233,37 @@ pub fn binary_name(service: &str) -> String {
     format!("shop-{service}")
 }
 
+/// The `CARGO` this process runs under (or `cargo`), without the variables cargo sets for the
+/// package it runs (`CARGO_PKG_*`, `CARGO_MANIFEST_DIR`, `CARGO_BIN_EXE_*`, ...).
+///
+/// Cargo compares the environment variables a crate read at compile time (`env!`, such as
+/// clap's `CARGO_PKG_DESCRIPTION`) with its own environment. A build started from a test or
+/// from `cargo run` would find another package's values there, take every such crate for
+/// stale and compile it again (and again from the next test of another package).
+fn cargo_command() -> std::process::Command {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut cmd = std::process::Command::new(cargo);
+    for (key, _) in std::env::vars_os() {
+        let Some(key) = key.to_str() else { continue };
+        let set_by_cargo = key.starts_with("CARGO_PKG_")
+            || key.starts_with("CARGO_BIN_EXE_")
+            || matches!(
+                key,
+                "CARGO_MANIFEST_DIR"
+                    | "CARGO_MANIFEST_PATH"
+                    | "CARGO_CRATE_NAME"
+                    | "CARGO_BIN_NAME"
+                    | "CARGO_PRIMARY_PACKAGE"
+                    | "CARGO_TARGET_TMPDIR"
+                    | "OUT_DIR"
+            );
+        if set_by_cargo {
+            cmd.env_remove(key);
+        }
+    }
+    cmd
+}
+
 /// The `cargo build` of every service binary (release or debug), run from the workspace root
 /// with the `CARGO` the launcher runs under.
 ///
@@ -244,8 +275,7 @@ pub fn binary_name(service: &str) -> String {
 /// before, resolved ~100 shared crates, tokio and sqlx among them, to other feature sets and
 /// compiled them a second time.)
 pub fn build_command(release: bool) -> std::process::Command {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let mut cmd = std::process::Command::new(cargo);
+    let mut cmd = cargo_command();
     cmd.arg("build").arg("--quiet");
     if release {
         cmd.arg("--release");
@@ -269,8 +299,7 @@ pub fn build_command(release: bool) -> std::process::Command {
 /// time (3.5 minutes on 2 cores, 2026-12-07). Run from a single test file, it builds the
 /// workspace's test targets once, as the README's command would.
 pub fn test_build_command() -> std::process::Command {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let mut cmd = std::process::Command::new(cargo);
+    let mut cmd = cargo_command();
     cmd.args([
         "build",
         "--quiet",
