@@ -17,6 +17,7 @@ use base64::Engine as _;
 use bytes::Bytes;
 use chassis_http::dashboard::DashboardService;
 use chassis_http::server::{Server, ServerConfig};
+use chassis_testkit::free_port;
 use common::call_json as call;
 use http_body_util::{BodyExt as _, Full};
 use serde_json::{Value, json};
@@ -34,14 +35,6 @@ impl Drop for Driver {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 fn find(names: &[&str]) -> String {

@@ -70,13 +70,9 @@ pub async fn write_lock() -> tokio::sync::MutexGuard<'static, ()> {
     LOCK.lock().await
 }
 
-/// A free loopback port.
+/// A free loopback port, below the ephemeral range (see [`chassis_testkit::free_port`]).
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind a loopback port")
-        .local_addr()
-        .expect("its address")
-        .port()
+    chassis_testkit::free_port()
 }
 
 /// Waits until `url` answers 2xx, for at most 30 s.

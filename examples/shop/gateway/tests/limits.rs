@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use chassis_http::auth::SigningKey;
 use serde_json::{Value, json};
 use shop_common::limits::{MAX_API_BODY_BYTES, MAX_CUSTOMER_ID_LEN, MAX_SKU_LEN};
+use shop_contract::free_port;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -107,14 +108,6 @@ async fn upstream() -> (String, Arc<AtomicUsize>) {
         }
     });
     (url, hits)
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// The gateway binary with `orders_url` as its orders service.

@@ -10,17 +10,10 @@ use std::time::{Duration, Instant};
 
 use chassis_core::metric_catalogue::{self as names, labels};
 use chassis_http::auth::SigningKey;
+use shop_contract::free_port;
 
 const API_KEY: &str = "metrics-test-key";
 const DOWNSTREAMS: [&str; 4] = ["orders", "inventory", "notifications", "payments"];
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 /// One sample of a scrape: its labels (Prometheus spelling) and value.
 #[derive(Debug)]

@@ -21,6 +21,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use chassis_http::auth::{RequireServiceTokenLayer, SigningKey};
 use serde_json::{Value, json};
 use shop_common::auth::verifier_from_pem;
+use shop_contract::free_port;
 use tempfile::NamedTempFile;
 
 const API_KEY: &str = "users-test-key";
@@ -100,14 +101,6 @@ async fn order(State(orders): State<Orders>, Path(id): Path<String>) -> impl Int
             ),
         ),
     }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// The identity provider: its key and its JWKS document in a file.

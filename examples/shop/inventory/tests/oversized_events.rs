@@ -13,16 +13,9 @@ use chassis_messaging::{
 };
 use serde_json::Value;
 use shop_common::events::{COMMANDS_EXCHANGE, EVENTS_EXCHANGE, Item, ORDER_PLACED, OrderPlaced};
+use shop_contract::free_port;
 
 const MINUTE: Duration = Duration::from_secs(60);
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 async fn until<T>(what: &str, mut probe: impl AsyncFnMut() -> Option<T>) -> T {
     let deadline = Instant::now() + MINUTE;

@@ -36,7 +36,6 @@
 //! ```
 
 use std::collections::BTreeMap;
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
@@ -354,12 +353,22 @@ pub fn default_amqp_url() -> String {
         .unwrap_or_else(|| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
 }
 
-/// A free TCP port on loopback.
+/// A free TCP port on loopback, below the ephemeral range (see [`chassis_testkit::free_port`]):
+/// the system starts many processes whose connections would otherwise take their ports.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .unwrap_or(0)
+    chassis_testkit::free_port()
+}
+
+/// The last `lines` lines of a service's log, for an error that says why it stopped (the run
+/// directory is often a temporary one, gone by the time someone reads the error).
+fn log_tail(path: &Path, lines: usize) -> String {
+    match std::fs::read_to_string(path) {
+        Ok(text) => {
+            let all: Vec<&str> = text.lines().collect();
+            all[all.len().saturating_sub(lines)..].join("\n")
+        }
+        Err(e) => format!("({} unreadable: {e})", path.display()),
+    }
 }
 
 /// How to start the system.
@@ -772,7 +781,12 @@ impl System {
                 if let Some(child) = proc.child.as_mut()
                     && let Some(status) = child.try_wait()?
                 {
-                    return Err(format!("{name} exited during startup ({status}); see {name}.log in the run directory").into());
+                    let log = self.config.run_dir.join(format!("{name}.log"));
+                    return Err(format!(
+                        "{name} exited during startup ({status}); the end of {name}.log:\n{}",
+                        log_tail(&log, 20)
+                    )
+                    .into());
                 }
                 let ready = http
                     .get(format!("{}/health/ready", proc.admin_url))

@@ -28,6 +28,7 @@ use shop_common::events::{
     ORDER_PLACED, OrderFinished, OrderPlaced, PAYMENT_FAILED, PAYMENT_SUCCEEDED, PaymentFailed,
     PaymentSucceeded,
 };
+use shop_contract::free_port;
 use shop_notifications::order_history::projection::{self, OrderHistory};
 
 const MINUTE: Duration = Duration::from_secs(60);
@@ -266,14 +267,6 @@ async fn the_projection_gives_the_same_rows_in_any_order_and_absorbs_repeats_on_
 
 // ---------------------------------------------------------------------------------------------
 // The service.
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 async fn until<T>(what: &str, mut probe: impl AsyncFnMut() -> Option<T>) -> T {
     let deadline = Instant::now() + MINUTE;

@@ -15,17 +15,10 @@ use chassis_messaging::{
 };
 use serde_json::{Value, json};
 use shop_common::events::{EVENTS_EXCHANGE, INVENTORY_REJECTED, InventoryRejected, ORDER_PLACED};
+use shop_contract::free_port;
 use tokio::net::{TcpListener, TcpStream};
 
 const MINUTE: Duration = Duration::from_secs(60);
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 /// The broker's URL and its `host:port`.
 fn broker() -> (String, String) {

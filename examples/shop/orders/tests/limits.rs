@@ -14,20 +14,13 @@ use serde_json::{Map, Value, json};
 use shop_common::limits::{
     MAX_CUSTOMER_ID_LEN, MAX_PAYMENT_METHOD_LEN, MAX_SCOPED_IDEMPOTENCY_KEY_LEN, MAX_SKU_LEN,
 };
+use shop_contract::free_port;
 use shop_gateway::api::{self, Gateway};
 use shop_gateway::downstream;
 use shop_gateway::keys::ApiKeys;
 use shop_gateway::rate_limit::{CallerLimiter, RateLimitSettings};
 
 const API_KEY: &str = "orders-limits-key";
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 fn order(customer_id: &str) -> Value {
     json!({"customer_id": customer_id, "items": [{"sku": "tea", "quantity": 1}], "payment_method": "card_ok"})
