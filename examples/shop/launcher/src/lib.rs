@@ -43,6 +43,7 @@ use std::time::{Duration, Instant};
 use tokio::process::{Child, Command};
 use tokio::task::JoinSet;
 
+pub mod affinity;
 pub mod cleanup;
 pub mod cpu;
 pub mod hops;
@@ -412,6 +413,9 @@ pub struct SystemConfig {
     /// kept per process would not be shared), more than one of a service with a database needs
     /// PostgreSQL ([`replicas::check`]).
     pub replicas: BTreeMap<&'static str, usize>,
+    /// Which CPU each process runs on (default: each on one CPU, round-robin; see
+    /// [`affinity`]).
+    pub cpu_placement: affinity::CpuPlacement,
 }
 
 impl SystemConfig {
@@ -434,6 +438,7 @@ impl SystemConfig {
             tls: false,
             redis_url: None,
             replicas: BTreeMap::new(),
+            cpu_placement: affinity::CpuPlacement::default(),
         }
     }
 
@@ -473,6 +478,8 @@ struct Proc {
     /// A further replica not started yet: it starts once the first one of its service is
     /// ready ([`System::wait_ready`]).
     deferred: bool,
+    /// The CPU it is pinned to (assigned at its first start, kept across restarts), if any.
+    cpu: Option<usize>,
 }
 
 /// How long [`System::stop`] lets the services drain before it kills what is left.
@@ -489,6 +496,8 @@ pub struct System {
     pki: Option<tls::ShopPki>,
     /// The address in front of each replicated service but the gateway.
     front_doors: BTreeMap<&'static str, (replicas::FrontDoor, String)>,
+    /// Hands out the CPU of each process at its first start.
+    placer: affinity::Placer,
 }
 
 impl System {
@@ -637,6 +646,7 @@ impl System {
                     url: url(service),
                     admin_url,
                     deferred: false,
+                    cpu: None,
                 },
             );
         }
@@ -681,6 +691,7 @@ impl System {
                         // its tables (PostgreSQL's `CREATE TABLE IF NOT EXISTS` is not safe
                         // against a concurrent one); the first creates them alone.
                         deferred: index > 1,
+                        cpu: None,
                     },
                 );
             }
@@ -692,12 +703,14 @@ impl System {
                 front_doors.insert(service, (door, url(service)));
             }
         }
+        let placer = affinity::Placer::new(config.cpu_placement);
         let mut system = System {
             config,
             procs,
             databases_to_drop,
             pki,
             front_doors,
+            placer,
         };
         let names: Vec<&'static str> = SERVICES
             .into_iter()
@@ -725,7 +738,20 @@ impl System {
             .create(true)
             .append(true)
             .open(self.config.run_dir.join(format!("{name}.log")))?;
-        let child = Command::new(&bin)
+        if proc.cpu.is_none() {
+            proc.cpu = self.placer.next_cpu();
+        }
+        // Pinned through `taskset`, which sets the affinity and execs the service: the child's
+        // pid is the service's.
+        let mut command = match proc.cpu {
+            Some(cpu) => {
+                let mut c = Command::new("taskset");
+                c.arg("-c").arg(cpu.to_string()).arg(&bin);
+                c
+            }
+            None => Command::new(&bin),
+        };
+        let child = command
             // Each service of a launched system gets its own database: a SQLite file in the run
             // directory, or its own PostgreSQL database (DATABASE_URL in its env). An inherited
             // DATABASE_URL (CI exports one for the crates' PostgreSQL tests) would point every
@@ -811,6 +837,15 @@ impl System {
     /// The run's certificates when the services serve HTTPS ([`SystemConfig::tls`]).
     pub fn pki(&self) -> Option<&tls::ShopPki> {
         self.pki.as_ref()
+    }
+
+    /// The CPU each started process is pinned to ([`SystemConfig::cpu_placement`]); empty
+    /// when none is.
+    pub fn cpus(&self) -> Vec<(String, usize)> {
+        self.procs
+            .iter()
+            .filter_map(|(name, p)| Some(((*name).to_owned(), p.cpu?)))
+            .collect()
     }
 
     /// The pid of every running service process.

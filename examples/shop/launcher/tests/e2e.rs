@@ -138,6 +138,33 @@ async fn the_shop_end_to_end() {
     let (mut sys, _dir) = start(|_| {}).await;
     let http = reqwest::Client::new();
 
+    // Each process pinned to one CPU, round-robin over the launcher's (the default placement),
+    // wherever there are two CPUs or more to spread over and `taskset` to pin with.
+    let allowed = shop_launcher::affinity::allowed_cpus().unwrap_or_default();
+    let taskset = std::process::Command::new("taskset")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if allowed.len() >= 2 && taskset {
+        let cpus: std::collections::BTreeMap<String, usize> = sys.cpus().into_iter().collect();
+        let pids = sys.pids();
+        assert_eq!(cpus.len(), pids.len(), "every process placed: {cpus:?}");
+        let used: std::collections::BTreeSet<usize> = cpus.values().copied().collect();
+        assert_eq!(
+            used.len(),
+            allowed.len().min(pids.len()),
+            "spread: {cpus:?}"
+        );
+        for (name, pid) in pids {
+            let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+            assert_eq!(
+                shop_launcher::affinity::allowed_cpus_of(&status),
+                Some(vec![cpus[&name]]),
+                "{name} runs on its CPU only"
+            );
+        }
+    }
+
     // Happy path: CONFIRMED, one charge, one notification.
     let id = place_ok(&http, &sys, &order("tea", 2, "card_ok"), None).await;
     let o = final_state(&http, &sys, &id).await;
