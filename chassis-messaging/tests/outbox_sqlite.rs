@@ -716,4 +716,24 @@ async fn a_claim_stops_at_claim_bytes_but_always_takes_one_row() {
         vec![vec![400, 400, 400], vec![400, 400, 5000]],
         "rows in id order, capped by bytes, none lost"
     );
+
+    // A cap below any message: one row per batch, never none.
+    let tight = SqliteOutbox::new(outbox.pool().clone()).claim_bytes(1);
+    let mut tx = outbox.pool().begin().await.unwrap();
+    for body in [vec![1; 10], vec![2; 10]] {
+        outbox
+            .enqueue(&mut tx, &OutgoingMessage::new("ex", "rk", body))
+            .await
+            .unwrap();
+    }
+    tx.commit().await.unwrap();
+    let mut held = HashSet::new();
+    for expected in [1u8, 2] {
+        let ((), rows) = tight.claim(100, lease, &held).await.unwrap();
+        assert_eq!(rows.len(), 1, "one row per batch");
+        assert_eq!(rows[0].message.as_ref().unwrap().body, vec![expected; 10]);
+        held.extend(rows.iter().map(|r| r.id));
+    }
+    let ((), rows) = tight.claim(100, lease, &held).await.unwrap();
+    assert!(rows.is_empty(), "the first outbox's leases are left alone");
 }

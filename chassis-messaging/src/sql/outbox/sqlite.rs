@@ -2,10 +2,10 @@
 //!
 //! SQLite has a single writer, so transactions commit in the order they took the write lock
 //! and row ids (`AUTOINCREMENT`) follow commit order; no extra ordering bookkeeping is needed.
-//! Relays reserve rows with a *lease* (`locked_until`, `lock_owner`) in a short
-//! `BEGIN IMMEDIATE` transaction and publish outside it, so writers are never blocked while a
-//! batch travels to the broker. The claim reads its whole batch as one row (a JSON array), and
-//! the outcomes are recorded by a statement or two that each commit on their own; one relay's
+//! Relays reserve rows with a *lease* (`locked_until`, `lock_owner`) by one `UPDATE` and
+//! publish outside it, so writers are never blocked while a batch travels to the broker. The
+//! claim leases its batch and reads it back as one row (a JSON array) in a single round trip
+//! to sqlx's worker thread, and the outcomes are recorded by a statement or two that each commit on their own; one relay's
 //! claims and records queue in-process for SQLite's single write lock instead of polling for
 //! it. A running relay renews the leases of its batches in flight; one that dies leaves them to
 //! expire (default 5 s); the rows are then published again by whichever relay claims them (a
@@ -36,6 +36,7 @@
 
 use std::collections::HashSet;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
 use sqlx::sqlite::{Sqlite, SqliteConnection, SqlitePool};
@@ -73,6 +74,26 @@ pub struct SqliteState {
     writer: Arc<tokio::sync::Mutex<()>>,
     /// See [`claim_bytes`](SqliteOutbox::claim_bytes).
     claim_bytes: i64,
+    /// The last lease end this outbox wrote (ms), shared by clones: see
+    /// [`next_lease_end`](Self::next_lease_end).
+    last_lease_end: Arc<AtomicI64>,
+}
+
+impl SqliteState {
+    /// The end of a lease of `lease` from now, later than any this outbox handed out before.
+    /// The claim finds the rows it has just leased by owner and lease end, so no two writes of
+    /// the lease by one relay (claims, renewals) may share an end; a millisecond later than
+    /// asked is no change to a lease.
+    fn next_lease_end(&self, lease: Duration) -> i64 {
+        let wanted = now_ms().saturating_add(i64::try_from(lease.as_millis()).unwrap_or(i64::MAX));
+        let previous = self
+            .last_lease_end
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |last| {
+                Some(wanted.max(last.saturating_add(1)))
+            })
+            .unwrap_or_else(|last| last);
+        wanted.max(previous.saturating_add(1))
+    }
 }
 
 impl SqliteOutbox {
@@ -126,23 +147,6 @@ fn decode_batch(json: &str) -> Result<Vec<PendingRow>> {
     Ok(rows)
 }
 
-/// The ids of the claim's first query (`[id, size]` pairs) a batch keeps: in id order, while
-/// the sizes before a row add up to less than `max_bytes` (so at least the first).
-fn within_bytes(json: &str, max_bytes: i64) -> Result<Vec<i64>> {
-    let mut rows: Vec<(i64, i64)> = claim_json(json)?;
-    rows.sort_unstable_by_key(|(id, _)| *id);
-    let mut before = 0i64;
-    Ok(rows
-        .into_iter()
-        .take_while(|(_, size)| {
-            let keep = before < max_bytes;
-            before = before.saturating_add(*size);
-            keep
-        })
-        .map(|(id, _)| id)
-        .collect())
-}
-
 /// Decodes SQLite's `hex()` (upper-case digits).
 fn from_hex(hex: &str) -> std::result::Result<Vec<u8>, String> {
     fn digit(c: u8) -> Option<u8> {
@@ -179,6 +183,7 @@ impl OutboxDatabase for Sqlite {
             owner: uuid::Uuid::now_v7().to_string().into(),
             writer: Arc::new(tokio::sync::Mutex::new(())),
             claim_bytes: i64::try_from(DEFAULT_CLAIM_BYTES).unwrap_or(i64::MAX),
+            last_lease_end: Arc::new(AtomicI64::new(0)),
         }
     }
 
@@ -207,76 +212,65 @@ impl OutboxDatabase for Sqlite {
     ) -> Result<((), Vec<PendingRow>)> {
         let now = now_ms();
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        // One statement applies the head rule exactly (see `OutboxStore::claim`), inside the
-        // write lock, so nothing changes between reading and leasing. A candidate is pending,
-        // due, unleased, not held already (a held row whose batch released it is still this
-        // relay's until the batch is forgotten), and has no earlier pending row of its subject
-        // that waits for its retry time or is leased by someone else (another relay, or a
-        // batch of this one not in `held`). Then every earlier pending row of its subject is
-        // either held, or itself a candidate: it passes the same tests (whatever blocked it
-        // would block the later row too) and, having a smaller id, comes first in the result,
-        // within the LIMIT. (The `json_each` lists are uncorrelated: SQLite builds each once
-        // per statement.)
-        // IMMEDIATE takes the write lock up front: a deferred transaction upgrading from read
-        // to write could fail with SQLITE_BUSY instead of waiting.
+        // One round trip to sqlx's worker thread, two statements, each committing on its own.
+        //
+        // The UPDATE leases the batch. It applies the head rule exactly (see
+        // `OutboxStore::claim`) and, being a write in autocommit mode, takes SQLite's write lock
+        // before it reads (as `BEGIN IMMEDIATE` would; the busy timeout applies), so nothing
+        // changes between choosing and leasing. A candidate is pending, due, unleased, not held
+        // already (a held row whose batch released it is still this relay's until the batch is
+        // forgotten), and has no earlier pending row of its subject that waits for its retry
+        // time or is leased by someone else (another relay, or a batch of this one not in
+        // `held`). Then every earlier pending row of its subject is either held, or itself a
+        // candidate: it passes the same tests (whatever blocked it would block the later row
+        // too) and, having a smaller id, comes first, within the LIMIT. The batch then stops at
+        // `claim_bytes` of messages counted in id order, the row that reaches it included:
+        // SQLite refuses strings over 1 GB and the SELECT returns the batch as one. (The
+        // `json_each` lists are uncorrelated: SQLite builds each once per statement.)
+        //
+        // The SELECT reads what the UPDATE leased: this relay's rows with this claim's lease
+        // end, which no other write of this relay shares (`next_lease_end`). The rows are
+        // leased, so nothing else changes them in between. It returns one row, a JSON array:
+        // sqlx's SQLite driver hands rows over one at a time from its worker thread, and a
+        // 500-row batch as 500 rows cost 500 cross-thread wake-ups and 6 500 owned column
+        // values, about as much CPU as the query itself; bodies come in hex (`decode_batch`).
+        //
+        // Before: `BEGIN IMMEDIATE`, two SELECTs, the UPDATE and `COMMIT`, five round trips
+        // to the worker thread. In a service each round trip is two context switches, which
+        // the profile of the shop showed as its largest cost.
+        let until = state.next_lease_end(lease);
         let _writer = state.writer.lock().await;
-        let mut tx = pool.begin_with("BEGIN IMMEDIATE").await.map_err(db_err)?;
-        // Each query returns one row (a JSON array): sqlx's SQLite driver hands rows over one
-        // at a time from its worker thread, and a 500-row batch cost 500 cross-thread wake-ups
-        // and 6 500 owned column values, about as much CPU as the query itself. First the
-        // batch's ids and message sizes (the head rule, no message read yet), then the
-        // messages of the rows kept, bodies in hex (see `decode_batch`). SQLite refuses
-        // strings over 1 GB, so a batch also stops at `claim_bytes` of messages, counted in id
-        // order; its first row always goes, whatever its size.
-        let sizes: Option<String> = sqlx::query_scalar(
-            "SELECT json_group_array(json_array(id, size)) FROM (SELECT o.id, \
-             length(m.body) + length(m.headers) AS size FROM chassis_outbox o \
-             JOIN chassis_outbox_messages m ON m.id = o.id \
-             WHERE status = 'pending' AND available_at <= ?1 \
-             AND (locked_until IS NULL OR locked_until <= ?1) \
-             AND o.id NOT IN (SELECT value FROM json_each(?3)) \
-             AND NOT EXISTS (SELECT 1 FROM chassis_outbox p WHERE p.status = 'pending' \
-                AND p.subject = o.subject AND p.id < o.id \
-                AND (p.available_at > ?1 OR (p.locked_until > ?1 \
-                     AND p.id NOT IN (SELECT value FROM json_each(?3))))) \
-             ORDER BY o.id LIMIT ?2)",
+        let batch: Option<String> = sqlx::query_scalar(
+            "UPDATE chassis_outbox SET locked_until = ?4, lock_owner = ?5 \
+             WHERE id IN (SELECT id FROM (SELECT id, coalesce(sum(size) OVER (ORDER BY id \
+                ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING), 0) AS before \
+                FROM (SELECT o.id, length(m.body) + length(m.headers) AS size \
+                  FROM chassis_outbox o JOIN chassis_outbox_messages m ON m.id = o.id \
+                  WHERE status = 'pending' AND available_at <= ?1 \
+                  AND (locked_until IS NULL OR locked_until <= ?1) \
+                  AND o.id NOT IN (SELECT value FROM json_each(?3)) \
+                  AND NOT EXISTS (SELECT 1 FROM chassis_outbox p WHERE p.status = 'pending' \
+                     AND p.subject = o.subject AND p.id < o.id \
+                     AND (p.available_at > ?1 OR (p.locked_until > ?1 \
+                          AND p.id NOT IN (SELECT value FROM json_each(?3))))) \
+                  ORDER BY o.id LIMIT ?2)) \
+                WHERE before < ?6); \
+             SELECT json_group_array(json_array(o.id, o.subject, o.created_at, o.attempts, \
+             json_array(m.exchange, m.routing_key, o.message_id, m.amqp_type, m.content_type, \
+             m.correlation_id, m.amqp_timestamp, m.headers), hex(m.body))) \
+             FROM chassis_outbox o JOIN chassis_outbox_messages m ON m.id = o.id \
+             WHERE o.lock_owner = ?5 AND o.locked_until = ?4 AND o.status = 'pending'",
         )
         .bind(now)
         .bind(limit)
         .bind(json_ids(held.iter().copied()))
-        .fetch_one(&mut *tx)
-        .await
-        .map_err(db_err)?;
-        let ids = within_bytes(sizes.as_deref().unwrap_or("[]"), state.claim_bytes)?;
-        if ids.is_empty() {
-            tx.commit().await.map_err(db_err)?;
-            return Ok(((), Vec::new()));
-        }
-        let ids = json_ids(ids.into_iter());
-        let batch: Option<String> = sqlx::query_scalar(
-            "SELECT json_group_array(json_array(o.id, o.subject, o.created_at, o.attempts, \
-             json_array(m.exchange, m.routing_key, o.message_id, m.amqp_type, m.content_type, \
-             m.correlation_id, m.amqp_timestamp, m.headers), hex(m.body))) \
-             FROM chassis_outbox o JOIN chassis_outbox_messages m ON m.id = o.id \
-             WHERE o.id IN (SELECT value FROM json_each(?1))",
-        )
-        .bind(&ids)
-        .fetch_one(&mut *tx)
+        .bind(until)
+        .bind(&*state.owner)
+        .bind(state.claim_bytes)
+        .fetch_one(pool)
         .await
         .map_err(db_err)?;
         let kept = decode_batch(batch.as_deref().unwrap_or("[]"))?;
-        let until = now.saturating_add(i64::try_from(lease.as_millis()).unwrap_or(i64::MAX));
-        sqlx::query(
-            "UPDATE chassis_outbox SET locked_until = ?1, lock_owner = ?2 \
-             WHERE id IN (SELECT value FROM json_each(?3))",
-        )
-        .bind(until)
-        .bind(&*state.owner)
-        .bind(ids)
-        .execute(&mut *tx)
-        .await
-        .map_err(db_err)?;
-        tx.commit().await.map_err(db_err)?;
         Ok(((), kept))
     }
 
@@ -289,7 +283,7 @@ impl OutboxDatabase for Sqlite {
         if held.is_empty() {
             return Ok(());
         }
-        let until = now_ms().saturating_add(i64::try_from(lease.as_millis()).unwrap_or(i64::MAX));
+        let until = state.next_lease_end(lease);
         // Only rows still pending and reserved by this relay: a row recorded, released or
         // taken over by another relay (its lease ran out) is left alone.
         let _writer = state.writer.lock().await;
@@ -405,22 +399,25 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_batch_keeps_rows_while_the_bytes_before_them_stay_under_the_cap() {
-        let json = "[[3, 600], [1, 400], [2, 500], [4, 1]]";
-        assert_eq!(
-            within_bytes(json, 1000).unwrap(),
-            [1, 2, 3],
-            "400 + 500 < 1000"
+    fn lease_ends_never_repeat_within_one_outbox_and_its_clones() {
+        let state = <Sqlite as OutboxDatabase>::new_state();
+        let clone = state.clone();
+        let lease = Duration::from_secs(5);
+        let ends: Vec<i64> = (0..1000)
+            .map(|i| {
+                if i % 2 == 0 {
+                    state.next_lease_end(lease)
+                } else {
+                    clone.next_lease_end(lease)
+                }
+            })
+            .collect();
+        assert!(ends.windows(2).all(|w| w[0] < w[1]), "strictly increasing");
+        let soon = now_ms() + 5_000;
+        assert!(
+            ends[0] <= soon && ends[0] > soon - 1_000,
+            "a lease from now"
         );
-        assert_eq!(within_bytes(json, 900).unwrap(), [1, 2]);
-        assert_eq!(
-            within_bytes(json, 1).unwrap(),
-            [1],
-            "the first row always goes"
-        );
-        assert_eq!(within_bytes(json, i64::MAX).unwrap(), [1, 2, 3, 4]);
-        assert!(within_bytes("[]", 10).unwrap().is_empty());
-        assert!(within_bytes("[[1]]", 10).is_err());
     }
 
     #[test]
