@@ -619,6 +619,45 @@ async fn sqlite_a_timeout_survives_a_restart() {
     a_timeout_survives_a_restart(first, async || sqlite_pool(&dir).await).await;
 }
 
+/// A timeout scheduled while the loop sleeps fires when due, not at the next poll: the loop
+/// moves its wake-up to the due time it is told of (here 300 ms, with a 60 s poll interval).
+#[tokio::test]
+async fn sqlite_a_timeout_scheduled_while_the_loop_sleeps_fires_when_due() {
+    let dir = tempfile::tempdir().unwrap();
+    let pool = sqlite_pool(&dir).await;
+    let config = SagaConfig::default().poll_interval(Duration::from_secs(60));
+    let saga = Saga::new(
+        definition(Duration::from_millis(300)),
+        Outbox::new(pool.clone()),
+        config,
+    )
+    .unwrap();
+    saga.migrate().await.unwrap();
+    let token = CancellationToken::new();
+    let timeouts = tokio::spawn(saga.clone().run_timeouts(token.clone()));
+    // Let the loop's first look find nothing and go to sleep for the poll interval.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let started = std::time::Instant::now();
+    let reserved = event("stock.reserved", "o-1", Reserved { amount_cents: 5 });
+    assert_eq!(saga.handler().handle(reserved).await, Outcome::Ack);
+    let failed = eventually(Duration::from_secs(10), || async {
+        saga.get("o-1").await.unwrap().unwrap().state == "Failed"
+    })
+    .await;
+    let took = started.elapsed();
+    token.cancel();
+    timeouts.await.unwrap();
+    assert!(failed, "the timeout fired");
+    assert!(
+        took >= Duration::from_millis(300),
+        "not before it is due: {took:?}"
+    );
+    assert!(
+        took < Duration::from_secs(10),
+        "long before the poll: {took:?}"
+    );
+}
+
 /// The memory broker with every command bound to one queue.
 fn commands_broker() -> Arc<MemoryBroker> {
     let broker = Arc::new(MemoryBroker::new());

@@ -9,6 +9,7 @@ use serde::Deserialize;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use sqlx::Transaction;
+use std::sync::atomic::{AtomicI64, Ordering};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
@@ -99,6 +100,10 @@ struct Inner<DB: SagaDatabase, D> {
     inbox: Inbox<DB>,
     config: SagaConfig,
     scheduled: Notify,
+    /// The earliest due time (ms) scheduled by this process since the timeout loop last
+    /// looked, `i64::MAX` for none: the loop moves its wake-up earlier by it instead of
+    /// querying the table on every schedule.
+    earliest_scheduled: AtomicI64,
 }
 
 /// A projection: writes what a transition did into the application's own tables, in the
@@ -181,6 +186,7 @@ where
                 inbox,
                 config,
                 scheduled: Notify::new(),
+                earliest_scheduled: AtomicI64::new(i64::MAX),
             }),
             project: None,
             committed: None,
@@ -440,6 +446,9 @@ where
             for (name, after) in &schedules {
                 let due = now.saturating_add(i64::try_from(after.as_millis()).unwrap_or(i64::MAX));
                 DB::schedule_timeout(conn, &def.name, saga_id, name, &state, due).await?;
+                self.inner
+                    .earliest_scheduled
+                    .fetch_min(due, Ordering::AcqRel);
             }
             if !schedules.is_empty() {
                 self.inner.scheduled.notify_one();
@@ -545,6 +554,10 @@ where
     /// [`SagaConfig::poll_interval`] passed. Timeouts live in the database, so those due
     /// while no process ran fire on the next start. Run it as a
     /// [`lifecycle::task`](chassis_core::lifecycle::task) of the service's app.
+    ///
+    /// A timeout scheduled here only moves the next wake-up earlier when it is due before it:
+    /// the loop knows its due time, so it does not look at the table again for it (a saga
+    /// usually schedules a step timeout at every step, and each look is two queries).
     pub async fn run_timeouts(self, token: CancellationToken) {
         let poll = self.inner.config.poll_interval;
         loop {
@@ -555,10 +568,22 @@ where
                     poll
                 }
             };
-            tokio::select! {
-                () = token.cancelled() => return,
-                () = self.inner.scheduled.notified() => {}
-                () = tokio::time::sleep(wait) => {}
+            let mut wake = tokio::time::Instant::now() + wait;
+            loop {
+                tokio::select! {
+                    () = token.cancelled() => return,
+                    () = self.inner.scheduled.notified() => {}
+                    () = tokio::time::sleep_until(wake) => break,
+                }
+                let due = self
+                    .inner
+                    .earliest_scheduled
+                    .swap(i64::MAX, Ordering::AcqRel);
+                if due == i64::MAX {
+                    continue;
+                }
+                let from_now = Duration::from_millis(u64::try_from(due - now_ms()).unwrap_or(0));
+                wake = wake.min(tokio::time::Instant::now() + from_now);
             }
         }
     }
