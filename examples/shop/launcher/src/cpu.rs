@@ -135,6 +135,90 @@ pub fn sample(pids: &[(String, u32)]) -> Vec<(String, CpuTime)> {
         .collect()
 }
 
+/// The voluntary and involuntary context switches in a `/proc/<pid>/task/<tid>/status` text.
+pub fn parse_switches(status: &str) -> Option<u64> {
+    let count = |key: &str| -> Option<u64> {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(key))?
+            .trim()
+            .parse()
+            .ok()
+    };
+    Some(count("voluntary_ctxt_switches:")? + count("nonvoluntary_ctxt_switches:")?)
+}
+
+/// The context switches of every thread of process `pid` so far (the kernel counts them per
+/// thread; a thread that already exited is no longer counted).
+///
+/// A service's threads hand work to each other (the runtime thread and sqlx's SQLite worker
+/// thread: two switches per statement), so switches per order count those hand-offs far more
+/// steadily than CPU time measures their cost.
+pub fn context_switches(pid: u32) -> Option<u64> {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).ok()?;
+    let mut total = 0;
+    for task in tasks.flatten() {
+        if let Ok(status) = std::fs::read_to_string(task.path().join("status")) {
+            total += parse_switches(&status).unwrap_or(0);
+        }
+    }
+    Some(total)
+}
+
+/// Reads the [`context_switches`] of every process of `pids`; one that is gone is left out.
+pub fn sample_switches(pids: &[(String, u32)]) -> Vec<(String, u64)> {
+    pids.iter()
+        .filter_map(|(name, pid)| Some((name.clone(), context_switches(*pid)?)))
+        .collect()
+}
+
+/// Context switches per order, per process and in total, between two [`sample_switches`].
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct SwitchReport {
+    /// Per process (in the order of the first sample): switches during the workload.
+    pub switches: Vec<(String, u64)>,
+    /// Orders that reached a final status.
+    pub orders: usize,
+}
+
+impl SwitchReport {
+    /// The switches of each process from `before` to `after` (processes in both only), for
+    /// `orders` finished orders.
+    pub fn between(before: &[(String, u64)], after: &[(String, u64)], orders: usize) -> Self {
+        let switches = before
+            .iter()
+            .filter_map(|(name, b)| {
+                let (_, a) = after.iter().find(|(n, _)| n == name)?;
+                Some((name.clone(), a.saturating_sub(*b)))
+            })
+            .collect();
+        Self { switches, orders }
+    }
+
+    /// Switches per order of all processes together.
+    pub fn total_per_order(&self) -> Option<f64> {
+        (self.orders > 0 && !self.switches.is_empty())
+            .then(|| self.switches.iter().map(|(_, n)| *n as f64).sum::<f64>() / self.orders as f64)
+    }
+}
+
+impl fmt::Display for SwitchReport {
+    /// `switches/order    310 (orders 120, …)`, largest first.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let Some(total) = self.total_per_order() else {
+            return write!(f, "switches/order     - (no finished orders)");
+        };
+        let mut parts: Vec<(&str, f64)> = self
+            .switches
+            .iter()
+            .map(|(n, c)| (n.as_str(), *c as f64 / self.orders as f64))
+            .collect();
+        parts.sort_by(|a, b| b.1.total_cmp(&a.1));
+        let parts: Vec<String> = parts.iter().map(|(n, c)| format!("{n} {c:.0}")).collect();
+        write!(f, "switches/order     {total:.0} ({})", parts.join(", "))
+    }
+}
+
 /// CPU time per order, per process and in total, between two [`sample`]s.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct CpuReport {
@@ -277,6 +361,29 @@ mod tests {
         let none = CpuReport::between(&before, &after, 100, 0);
         assert_eq!(none.total_ms_per_order(), None);
         assert!(none.to_string().contains("no finished orders"));
+    }
+
+    #[test]
+    fn switches_add_both_kinds_per_thread_and_per_order() {
+        let status = "Name:\tx\nvoluntary_ctxt_switches:\t120\nnonvoluntary_ctxt_switches:\t7\n";
+        assert_eq!(parse_switches(status), Some(127));
+        assert_eq!(parse_switches("Name:\tx\n"), None);
+        // This process: its threads together have switched at least once (sleeping does).
+        let before = context_switches(std::process::id()).unwrap();
+        std::thread::sleep(Duration::from_millis(5));
+        assert!(context_switches(std::process::id()).unwrap() > before);
+
+        let before = vec![("orders".to_owned(), 100), ("gone".to_owned(), 5)];
+        let after = vec![("orders".to_owned(), 700), ("rabbitmq".to_owned(), 50)];
+        let r = SwitchReport::between(&before, &after, 20);
+        assert_eq!(r.switches, vec![("orders".to_owned(), 600)]);
+        assert_eq!(r.total_per_order(), Some(30.0));
+        assert_eq!(r.to_string(), "switches/order     30 (orders 30)");
+        assert!(
+            SwitchReport::between(&before, &after, 0)
+                .to_string()
+                .contains("no finished orders")
+        );
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! The workload with its costs: [`run`] drives [`workload::run`] and, around it, samples every
-//! process's CPU time ([`cpu`]) and scrapes every service's histograms ([`hops`]), so the
-//! summary says how much CPU an order took in each process and where its time went.
+//! process's CPU time and context switches ([`cpu`]) and scrapes every service's histograms
+//! ([`hops`]), so the summary says how much CPU an order took in each process, how often its
+//! threads handed work to each other, and where its time went.
 //!
 //! Order of the samples: scrape, then CPU, then the workload, then CPU, then scrape, so the
 //! scrapes' own cost (rendering `/metrics`) stays outside the CPU figures.
@@ -12,7 +13,7 @@
 //! use shop_launcher::workload::WorkloadConfig;
 //!
 //! let measured = measure::run(system, &WorkloadConfig::default(), None).await?;
-//! println!("{measured}"); // the summary, CPU per order, the per-hop table
+//! println!("{measured}"); // the summary, CPU and switches per order, the per-hop table
 //! # Ok(()) }
 //! ```
 
@@ -20,7 +21,7 @@ use std::fmt;
 
 use indicatif::ProgressBar;
 
-use crate::cpu::{self, CpuReport};
+use crate::cpu::{self, CpuReport, SwitchReport};
 use crate::hops::{self, HopReport};
 use crate::preflight::Endpoint;
 use crate::workload::{self, Summary, WorkloadConfig};
@@ -33,6 +34,8 @@ pub struct Measured {
     pub summary: Summary,
     /// CPU per order of each service process and the broker.
     pub cpu: CpuReport,
+    /// Context switches per order of each service process and the broker.
+    pub switches: SwitchReport,
     /// Whether the broker's CPU is included (a local broker whose pid was found).
     pub broker_measured: bool,
     /// Per-hop latencies.
@@ -49,7 +52,7 @@ impl fmt::Display for Measured {
                 " (RabbitMQ not measured: not local, or its pid not found)"
             )?;
         }
-        write!(f, "\n{}", self.hops)
+        write!(f, "\n{}\n{}", self.switches, self.hops)
     }
 }
 
@@ -79,13 +82,16 @@ pub async fn run(
     let ticks = cpu::ticks_per_second();
     let http = crate::tls::http_client(system.pki())?.build()?;
     let scraped_before = hops::scrape(&http, &endpoints).await;
+    let switches_before = cpu::sample_switches(&pids);
     let cpu_before = cpu::sample(&pids);
     // Round-robin across the gateway replicas, when there are several.
     let summary = workload::run_across(&system.gateway_urls(), config, progress).await?;
     let cpu_after = cpu::sample(&pids);
+    let switches_after = cpu::sample_switches(&pids);
     let scraped_after = hops::scrape(&http, &endpoints).await;
     Ok(Measured {
         cpu: CpuReport::between(&cpu_before, &cpu_after, ticks, summary.finished()),
+        switches: SwitchReport::between(&switches_before, &switches_after, summary.finished()),
         broker_measured: broker.is_some(),
         hops: HopReport::between(&scraped_before, &scraped_after),
         summary,

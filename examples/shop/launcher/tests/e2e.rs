@@ -559,6 +559,27 @@ async fn the_summary_says_how_much_cpu_an_order_takes_and_where_its_time_goes() 
         .filter_map(|p| measured.cpu.ms_per_order(p))
         .sum();
     assert!((total - sum).abs() < 1e-9, "{text}");
+    // Context switches: every process switched (each order crosses all of them), and the
+    // services that keep a database switch at least twice per statement of an order's
+    // transactions: far more than once per order.
+    assert!(text.contains("switches/order"), "{text}");
+    let switches: std::collections::BTreeMap<&str, u64> = measured
+        .switches
+        .switches
+        .iter()
+        .map(|(n, c)| (n.as_str(), *c))
+        .collect();
+    for process in shop_launcher::SERVICES
+        .iter()
+        .copied()
+        .chain([measure::BROKER])
+    {
+        assert!(
+            switches.get(process).is_some_and(|&c| c > 0),
+            "{process}\n{text}"
+        );
+    }
+    assert!(switches["orders"] > 60 * 4, "{text}");
 
     // Hops: every one was seen, at least once per order where each order passes it once, and
     // none is slower than the whole placement -> final time.
