@@ -6,7 +6,9 @@
 //!   has its effect once).
 //! - [`schema`]: the migrations both share, on either database.
 //! - [`metrics`]: the names of the metrics both record.
-//! - [`sqlite_pool`]: a SQLite pool set up for them (WAL, busy timeout, a few connections).
+//! - [`sqlite_pool`], [`postgres_pool`]: pools set up for them (SQLite: WAL, busy timeout, a
+//!   few connections; both: a connection checked on acquire only after sitting idle,
+//!   [`check_when_idle`]).
 //!
 //! Each is generic over the database (`Outbox<DB>`, `Inbox<DB>`), implemented for
 //! [`sqlx::Sqlite`] (feature `sqlite`, the default) and [`sqlx::Postgres`] (feature
@@ -35,10 +37,13 @@
 pub mod inbox;
 pub mod metrics;
 pub mod outbox;
-#[cfg(feature = "sqlite")]
 mod pool;
 pub mod schema;
 
+#[cfg(feature = "postgres")]
+#[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
+pub use pool::postgres_pool;
 #[cfg(feature = "sqlite")]
 #[cfg_attr(docsrs, doc(cfg(feature = "sqlite")))]
 pub use pool::sqlite_pool;
+pub use pool::{IDLE_CHECK_AFTER, check_when_idle};

@@ -46,7 +46,7 @@ use chassis_messaging::{
     QueueConfig, Relay,
 };
 use futures_util::future::BoxFuture;
-use sqlx::postgres::{PgConnection, PgPoolOptions, PgRow};
+use sqlx::postgres::{PgConnection, PgRow};
 use sqlx::sqlite::{SqliteConnection, SqliteRow};
 use sqlx::{Postgres, Row as _, Sqlite, Transaction};
 
@@ -174,10 +174,7 @@ impl Db {
     pub fn open(url: &str) -> Result<Db, BoxError> {
         if url.starts_with("postgres://") || url.starts_with("postgresql://") {
             // The relay holds one connection for LISTEN and one per batch in flight.
-            let pool = PgPoolOptions::new()
-                .max_connections(10)
-                .acquire_timeout(Duration::from_secs(10))
-                .connect_lazy(url)?;
+            let pool = chassis_messaging::sql::postgres_pool(url, 10)?;
             return Ok(Db::Postgres(Outbox::new(pool)));
         }
         Ok(Db::Sqlite(Outbox::new(sqlite_pool(url)?)))
@@ -318,6 +315,9 @@ impl Db {
 /// worker thread (each connection has its own) instead of four waking each other. Reads
 /// (`GET` of an order, the relay's claim) queue behind writes as well; each takes well under a
 /// millisecond. An in-memory database exists per connection, so it needs exactly one anyway.
+/// As the chassis pools, it checks a connection on acquire only after it sat idle
+/// (`chassis_messaging::sql::check_when_idle`: sqlx's default ping on every acquire was one
+/// more round trip to the worker thread per transaction).
 pub fn sqlite_pool(url: &str) -> Result<sqlx::SqlitePool, BoxError> {
     use std::str::FromStr as _;
     let options = sqlx::sqlite::SqliteConnectOptions::from_str(url)
@@ -334,10 +334,12 @@ pub fn sqlite_pool(url: &str) -> Result<sqlx::SqlitePool, BoxError> {
             .parse()
             .unwrap_or(1)
     };
-    Ok(sqlx::sqlite::SqlitePoolOptions::new()
-        .max_connections(max)
-        .acquire_timeout(Duration::from_secs(30))
-        .connect_lazy_with(options))
+    Ok(
+        chassis_messaging::sql::check_when_idle(sqlx::sqlite::SqlitePoolOptions::new())
+            .max_connections(max)
+            .acquire_timeout(Duration::from_secs(30))
+            .connect_lazy_with(options),
+    )
 }
 
 /// A transaction owned by the caller ([`Db::begin`], [`Db::claim`]), with its outbox.
