@@ -86,7 +86,8 @@ pub fn sqlite_pool(url: &str) -> Result<sqlx::SqlitePool> {
         .connect_lazy_with(options))
 }
 
-/// A pool on the PostgreSQL database at `url`, connecting lazily (as [`sqlite_pool`]), with
+/// A pool on the PostgreSQL database at `url`, connecting lazily (as [`sqlite_pool`]; like any
+/// sqlx pool, it is made inside a Tokio runtime), with
 /// at most `max_connections` (a relay holds one for LISTEN and one per batch in flight), a
 /// 10 s acquire timeout, and connections checked on acquire only after sitting idle
 /// ([`check_when_idle`]).
@@ -96,9 +97,13 @@ pub fn sqlite_pool(url: &str) -> Result<sqlx::SqlitePool> {
 ///
 /// # Example
 /// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), chassis_messaging::Error> {
 /// let pool = chassis_messaging::sql::postgres_pool("postgres://postgres@127.0.0.1:5432/test", 10)?;
+/// assert!(!pool.options().get_test_before_acquire(), "pinged only after sitting idle");
 /// let outbox = chassis_messaging::Outbox::new(pool); // nothing connects before the first use
-/// # Ok::<(), chassis_messaging::Error>(())
+/// # let _ = outbox;
+/// # Ok(()) }
 /// ```
 #[cfg(feature = "postgres")]
 pub fn postgres_pool(url: &str, max_connections: u32) -> Result<sqlx::PgPool> {

@@ -208,15 +208,25 @@ impl fmt::Display for SwitchReport {
         let Some(total) = self.total_per_order() else {
             return write!(f, "switches/order     - (no finished orders)");
         };
-        let mut parts: Vec<(&str, f64)> = self
-            .switches
-            .iter()
-            .map(|(n, c)| (n.as_str(), *c as f64 / self.orders as f64))
-            .collect();
-        parts.sort_by(|a, b| b.1.total_cmp(&a.1));
-        let parts: Vec<String> = parts.iter().map(|(n, c)| format!("{n} {c:.0}")).collect();
-        write!(f, "switches/order     {total:.0} ({})", parts.join(", "))
+        let parts = largest_first(
+            self.switches
+                .iter()
+                .map(|(n, c)| (n.as_str(), *c as f64 / self.orders as f64)),
+            0,
+        );
+        write!(f, "switches/order     {total:.0} ({parts})")
     }
+}
+
+/// `name value, …`, the largest value first, each with `decimals` decimals.
+fn largest_first<'a>(parts: impl Iterator<Item = (&'a str, f64)>, decimals: usize) -> String {
+    let mut parts: Vec<(&str, f64)> = parts.collect();
+    parts.sort_by(|a, b| b.1.total_cmp(&a.1));
+    let parts: Vec<String> = parts
+        .iter()
+        .map(|(n, v)| format!("{n} {v:.decimals$}"))
+        .collect();
+    parts.join(", ")
 }
 
 /// CPU time per order, per process and in total, between two [`sample`]s.
@@ -270,14 +280,13 @@ impl fmt::Display for CpuReport {
         let Some(total) = self.total_ms_per_order() else {
             return write!(f, "CPU per order      - (no finished orders)");
         };
-        let mut parts: Vec<(&str, f64)> = self
-            .used_ms
-            .iter()
-            .map(|(n, ms)| (n.as_str(), ms / self.orders as f64))
-            .collect();
-        parts.sort_by(|a, b| b.1.total_cmp(&a.1));
-        let parts: Vec<String> = parts.iter().map(|(n, ms)| format!("{n} {ms:.2}")).collect();
-        write!(f, "CPU per order      {total:.2} ms ({})", parts.join(", "))
+        let parts = largest_first(
+            self.used_ms
+                .iter()
+                .map(|(n, ms)| (n.as_str(), ms / self.orders as f64)),
+            2,
+        );
+        write!(f, "CPU per order      {total:.2} ms ({parts})")
     }
 }
 
