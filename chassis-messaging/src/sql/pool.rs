@@ -132,11 +132,12 @@ mod tests {
 
     /// A pooled PostgreSQL connection whose backend is terminated while it sits in the pool
     /// (as a server restart or an idle-killing proxy would): past the idle threshold the
-    /// acquire pings it, drops it and hands out a new one; within it, nothing is checked and
-    /// the dead connection fails the statement that uses it.
+    /// acquire pings it, drops it and hands out a new one. (Within the threshold nothing is
+    /// checked; whether the dead connection then fails the next statement depends on when
+    /// sqlx reads the server's termination notice, so that side is not asserted.)
     #[cfg(feature = "postgres")]
     #[tokio::test]
-    async fn an_idle_connection_is_pinged_on_acquire_and_a_busy_one_is_not() {
+    async fn an_idle_connection_is_pinged_on_acquire_and_replaced_when_dead() {
         let url = std::env::var("DATABASE_URL")
             .ok()
             .filter(|u| u.starts_with("postgres"))
@@ -147,31 +148,27 @@ mod tests {
                 .fetch_one(&pool)
                 .await
         };
-        for (after, survives) in [
-            (Duration::from_millis(100), true),
-            (Duration::from_secs(3600), false),
-        ] {
-            let pool = check_idle_after(PoolOptions::<sqlx::Postgres>::new(), after)
-                .max_connections(1)
-                .connect(&url)
-                .await
-                .unwrap();
-            let pid = backend(pool.clone()).await.unwrap();
-            let killed: bool = sqlx::query_scalar("SELECT pg_terminate_backend($1)")
-                .bind(pid)
-                .fetch_one(&admin)
-                .await
-                .unwrap();
-            assert!(killed);
-            tokio::time::sleep(Duration::from_millis(300)).await;
-            let next = backend(pool.clone()).await;
-            if survives {
-                let next = next.expect("the dead connection was replaced");
-                assert_ne!(next, pid, "a new backend");
-            } else {
-                assert!(next.is_err(), "not checked within the threshold: {next:?}");
-            }
-            pool.close().await;
-        }
+        let pool = check_idle_after(
+            PoolOptions::<sqlx::Postgres>::new(),
+            Duration::from_millis(100),
+        )
+        .max_connections(1)
+        .connect(&url)
+        .await
+        .unwrap();
+        assert!(!pool.options().get_test_before_acquire());
+        let pid = backend(pool.clone()).await.unwrap();
+        let killed: bool = sqlx::query_scalar("SELECT pg_terminate_backend($1)")
+            .bind(pid)
+            .fetch_one(&admin)
+            .await
+            .unwrap();
+        assert!(killed);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let next = backend(pool.clone())
+            .await
+            .expect("the dead connection was replaced");
+        assert_ne!(next, pid, "a new backend");
+        pool.close().await;
     }
 }
