@@ -229,8 +229,9 @@ impl OutboxDatabase for Sqlite {
         // `json_each` lists are uncorrelated: SQLite builds each once per statement.)
         //
         // The SELECT reads what the UPDATE leased: this relay's rows with this claim's lease
-        // end, which no other write of this relay shares (`next_lease_end`). The rows are
-        // leased, so nothing else changes them in between. It returns one row, a JSON array:
+        // end, which no other write of this relay shares (`next_lease_end`), through the
+        // `chassis_outbox_leased` index, so it reads the batch only, whatever the backlog. The
+        // rows are leased, so nothing else changes them in between. It returns one row, a JSON array:
         // sqlx's SQLite driver hands rows over one at a time from its worker thread, and a
         // 500-row batch as 500 rows cost 500 cross-thread wake-ups and 6 500 owned column
         // values, about as much CPU as the query itself; bodies come in hex (`decode_batch`).
