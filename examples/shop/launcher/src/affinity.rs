@@ -6,10 +6,10 @@
 //! threads sit on different CPUs, each hand-off wakes the other CPU with an inter-processor
 //! interrupt, which in a virtual machine is a trip through the hypervisor; on one CPU the
 //! woken thread simply runs when the waker blocks for its answer. Profiled on a 2-core VM
-//! (`perf record -e cpu-clock -g`), the kernel's context-switch path took about a third of a
-//! service's CPU, and placing each service on one CPU took the shop's CPU per order from
-//! 14.5-15.4 ms to 9.2-11.0 ms and its throughput from 109-111 to 145-168 orders/s
-//! (`benches/README.md`, 2026-12-07).
+//! (`perf record -e cpu-clock -g`), the kernel's context-switch path took 35-45 % of a
+//! service's CPU; placing each service on one CPU took the shop's CPU per order from
+//! 11.3-12.2 ms to 8.8-9.8 ms and its throughput from 140-151 to 166-185 orders/s, alternated
+//! in one sitting (`benches/README.md`, 2026-12-07).
 //!
 //! [`CpuPlacement::Spread`] (the default) pins each process, all its threads, to one of the CPUs
 //! the launcher may use (`Cpus_allowed_list` of `/proc/self/status`), round-robin in start

@@ -127,7 +127,7 @@ struct Args {
     replicas: Option<std::collections::BTreeMap<&'static str, usize>>,
     /// `spread`: each process (all its threads) on one CPU, round-robin over the CPUs the
     /// launcher may use, which saves the cross-CPU wake-ups of a service's threads handing work
-    /// to each other (about a third less CPU per order on a 2-core VM); `inherit`: every
+    /// to each other (about a fifth less CPU per order on a 2-core VM); `inherit`: every
     /// process may run anywhere.
     #[arg(long, default_value = "spread", value_name = "spread|inherit")]
     cpu_placement: shop_launcher::affinity::CpuPlacement,

@@ -599,11 +599,22 @@ async fn the_summary_says_how_much_cpu_an_order_takes_and_where_its_time_goes() 
         "gateway POST /api/v1/orders",
         "orders POST /internal/orders",
         "written -> handler inventory.reserve",
-        "written -> handler notifications",
     ] {
         let hop = measured.hops.hop(once_per_order).unwrap();
         assert!(hop.count >= 60, "{once_per_order}: {}\n{text}", hop.count);
     }
+    // Notifications hear of an order after its final status is committed, and the summary
+    // scrapes right after the last order became final: up to one event per order in flight
+    // (concurrency 8) may be handled after the scrape.
+    let notified = measured
+        .hops
+        .hop("written -> handler notifications")
+        .unwrap();
+    assert!(
+        notified.count >= 60 - 8,
+        "notifications: {}\n{text}",
+        notified.count
+    );
     stop(sys).await;
 }
 
