@@ -185,21 +185,33 @@ async fn writers_of_one_subject_serialize_so_ids_follow_commit_order() {
         !second.is_finished(),
         "the second writer of agg-1 waits for the first"
     );
+    // The first writer enqueues again while the second waits: had the second drawn its id
+    // before waiting for the subject's lock, that id would sit between the first writer's
+    // two, and the relay would publish the second writer's event in the middle of them.
+    let first_again_id = outbox
+        .enqueue(&mut first, &broker.event("agg-1", 3))
+        .await
+        .unwrap();
     first.commit().await.unwrap();
     let second_id = second.await.unwrap();
     let mut conn = outbox.pool().acquire().await.unwrap();
-    assert!(row_id(&mut conn, &first_id).await < row_id(&mut conn, &second_id).await);
+    let ids = [
+        row_id(&mut conn, &first_id).await,
+        row_id(&mut conn, &first_again_id).await,
+        row_id(&mut conn, &second_id).await,
+    ];
+    assert!(ids[0] < ids[1] && ids[1] < ids[2], "ids {ids:?}");
     drop(conn);
 
     let token = CancellationToken::new();
     let relay = default_relay(&outbox, &broker, &token);
-    let received = broker.drain(2, Duration::from_secs(10)).await;
+    let received = broker.drain(3, Duration::from_secs(10)).await;
     assert_eq!(
         received
             .iter()
             .map(|r| r.message_id.clone())
             .collect::<Vec<_>>(),
-        vec![first_id, second_id]
+        vec![first_id, first_again_id, second_id]
     );
     stop_relays(token, [relay]).await;
     cleanup(broker, db).await;

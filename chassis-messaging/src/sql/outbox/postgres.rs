@@ -9,7 +9,8 @@
 //!   pending row in id order, so a row whose transaction committed late (with an id smaller
 //!   than rows already published) is simply still pending and is picked up by the next batch.
 //! - **Per-subject commit order**: `enqueue` first upserts the subject's row in
-//!   `chassis_outbox_subjects`, taking its row lock until the writing transaction ends. Two
+//!   `chassis_outbox_subjects` (in the same statement as the row's insert, which depends on
+//!   it), taking its row lock until the writing transaction ends. Two
 //!   transactions enqueueing events of one subject therefore serialize, and the later one draws
 //!   its id only after the earlier one committed: within a subject, id order is commit order,
 //!   without assuming anything about the application's own locking. A relay publishes a row
@@ -56,7 +57,7 @@ use super::store::{
     PendingRow, RowOutcome, STATUS_PARKED, STATUS_PENDING, SentPolicy, heads_only, pending_row,
 };
 use crate::error::Result;
-use crate::sql::schema::{db_err, execute, now_ms};
+use crate::sql::schema::{db_err, now_ms};
 
 /// The outbox on a PostgreSQL database.
 pub type PgOutbox = Outbox<Postgres>;
@@ -88,17 +89,27 @@ impl OutboxDatabase for Postgres {
     fn new_state() {}
 
     async fn insert(conn: &mut PgConnection, row: &NewRow<'_>) -> Result<()> {
-        if let Some(subject) = row.subject {
-            let sql = "INSERT INTO chassis_outbox_subjects (subject, last_enqueued_at) \
-                       VALUES ($1, $2) ON CONFLICT (subject) \
-                       DO UPDATE SET last_enqueued_at = EXCLUDED.last_enqueued_at";
-            execute!(&mut *conn, sql, subject, row.created_at_ms)?;
-        }
-        let sql = "WITH row AS (INSERT INTO chassis_outbox (subject, message_id, created_at, \
-                   available_at) VALUES ($1, $4, $11, $11) RETURNING id) \
-                   INSERT INTO chassis_outbox_messages (id, exchange, routing_key, amqp_type, \
-                   content_type, correlation_id, amqp_timestamp, headers, body) \
-                   SELECT id, $2, $3, $5, $6, $7, $8, $9, $10 FROM row";
+        // One statement, one round trip. With a subject, the subject's row is upserted first
+        // and the outbox row is built from what that upsert returns: the INSERT cannot form
+        // its row (nor draw its id from the sequence, a column default evaluated per row)
+        // before the upsert has produced it, that is before it holds the subject's row lock.
+        // The id is therefore drawn under the lock, as with two separate statements.
+        let sql = if row.subject.is_some() {
+            "WITH s AS (INSERT INTO chassis_outbox_subjects (subject, last_enqueued_at) \
+             VALUES ($1, $11) ON CONFLICT (subject) \
+             DO UPDATE SET last_enqueued_at = EXCLUDED.last_enqueued_at RETURNING subject), \
+             row AS (INSERT INTO chassis_outbox (subject, message_id, created_at, available_at) \
+             SELECT s.subject, $4, $11, $11 FROM s RETURNING id) \
+             INSERT INTO chassis_outbox_messages (id, exchange, routing_key, amqp_type, \
+             content_type, correlation_id, amqp_timestamp, headers, body) \
+             SELECT id, $2, $3, $5, $6, $7, $8, $9, $10 FROM row"
+        } else {
+            "WITH row AS (INSERT INTO chassis_outbox (subject, message_id, created_at, \
+             available_at) VALUES ($1, $4, $11, $11) RETURNING id) \
+             INSERT INTO chassis_outbox_messages (id, exchange, routing_key, amqp_type, \
+             content_type, correlation_id, amqp_timestamp, headers, body) \
+             SELECT id, $2, $3, $5, $6, $7, $8, $9, $10 FROM row"
+        };
         insert_row!(&mut *conn, sql, row)?;
         Ok(())
     }
