@@ -51,23 +51,80 @@ impl CpuTime {
 /// parentheses and may itself contain spaces and parentheses, so the fields are counted from
 /// the last `)`.
 pub fn parse_stat(stat: &str) -> Result<CpuTime, BoxError> {
+    let field = stat_fields(stat)?;
+    Ok(CpuTime {
+        utime: field(14)?,
+        stime: field(15)?,
+    })
+}
+
+/// Numeric field `n` (1-based, as `man 5 proc` counts) of a `/proc/<pid>/stat` text.
+fn stat_fields(stat: &str) -> Result<impl Fn(usize) -> Result<u64, BoxError> + '_, BoxError> {
     let rest = stat
         .rfind(')')
         .map(|i| &stat[i + 1..])
         .ok_or("no `(comm)` in /proc/<pid>/stat")?;
     // After the `)`: field 3 (state) is index 0, so field n is index n - 3.
     let fields: Vec<&str> = rest.split_whitespace().collect();
-    let field = |n: usize| -> Result<u64, BoxError> {
+    Ok(move |n: usize| -> Result<u64, BoxError> {
         let v = fields
             .get(n - 3)
             .ok_or_else(|| format!("/proc/<pid>/stat has no field {n}"))?;
         Ok(v.parse()
             .map_err(|e| format!("/proc/<pid>/stat field {n} {v:?}: {e}"))?)
-    };
-    Ok(CpuTime {
-        utime: field(14)?,
-        stime: field(15)?,
     })
+}
+
+/// The parent's pid (field 4) in the text of `/proc/<pid>/stat`.
+pub fn parent_pid(stat: &str) -> Option<u32> {
+    u32::try_from(stat_fields(stat).ok()?(4).ok()?).ok()
+}
+
+/// What a server's process tree has used: the root's own CPU time and that of its children
+/// that were waited for (`cutime`, `cstime`), plus each live child's, from the texts of
+/// `/proc/<pid>/stat` of the root and of every process (`others`; those whose parent, field 4,
+/// is not `root` are ignored).
+///
+/// A server that forks a process per connection (PostgreSQL) is measured whole this way: a
+/// child's CPU time counts while it lives and, once it exited and was reaped, in the root's
+/// children totals, so the difference of two readings is what the tree used in between.
+pub fn parse_tree<'a>(
+    root: u32,
+    root_stat: &str,
+    others: impl IntoIterator<Item = &'a str>,
+) -> Result<CpuTime, BoxError> {
+    let field = stat_fields(root_stat)?;
+    let mut total = CpuTime {
+        utime: field(14)? + field(16)?,
+        stime: field(15)? + field(17)?,
+    };
+    for stat in others {
+        let Ok(field) = stat_fields(stat) else {
+            continue;
+        };
+        if field(4).ok() == Some(u64::from(root)) {
+            total.utime += field(14).unwrap_or(0);
+            total.stime += field(15).unwrap_or(0);
+        }
+    }
+    Ok(total)
+}
+
+/// The CPU time so far of process `root` and its children (see [`parse_tree`]).
+pub fn read_tree(root: u32) -> Result<CpuTime, BoxError> {
+    let root_stat = std::fs::read_to_string(format!("/proc/{root}/stat"))
+        .map_err(|e| format!("reading /proc/{root}/stat: {e}"))?;
+    let others: Vec<String> = std::fs::read_dir("/proc")?
+        .filter_map(|entry| {
+            let name = entry.ok()?.file_name();
+            let pid: u32 = name.to_str()?.parse().ok()?;
+            // A process may exit between the listing and the read: left out.
+            (pid != root)
+                .then(|| std::fs::read_to_string(format!("/proc/{pid}/stat")).ok())
+                .flatten()
+        })
+        .collect();
+    parse_tree(root, &root_stat, others.iter().map(String::as_str))
 }
 
 /// The CPU time of process `pid` so far.
@@ -293,6 +350,39 @@ impl fmt::Display for CpuReport {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_tree_is_its_root_its_reaped_children_and_its_live_children() {
+        // Root 100: 5 + 3 of its own, 40 + 20 of children it waited for.
+        let root = "100 (postgres) S 1 100 100 0 -1 0 0 0 0 0 5 3 40 20 20 0 1 0 1 0 0";
+        let others = [
+            // A backend of the root: counted.
+            "201 (postgres) S 100 100 100 0 -1 0 0 0 0 0 7 2 0 0 20 0 1 0 1 0 0",
+            // A process of another parent (another server, a client): not counted.
+            "202 (postgres) S 1 202 202 0 -1 0 0 0 0 0 900 900 0 0 20 0 1 0 1 0 0",
+            // Unreadable (it exited while being read): skipped.
+            "203 (postg",
+        ];
+        assert_eq!(parent_pid(others[0]), Some(100));
+        assert_eq!(parent_pid(others[2]), None);
+        let t = parse_tree(100, root, others).unwrap();
+        assert_eq!((t.utime, t.stime), (5 + 40 + 7, 3 + 20 + 2));
+        assert!(parse_tree(100, "garbage", others).is_err());
+    }
+
+    #[test]
+    fn a_reaped_child_stays_in_its_parents_tree() {
+        let me = std::process::id();
+        let children = || read_tree(me).unwrap().total() - read(me).unwrap().total();
+        let before = children();
+        // A child that burns some CPU, then exits and is waited for.
+        let status = std::process::Command::new("sh")
+            .args(["-c", "i=0; while [ $i -lt 300000 ]; do i=$((i+1)); done"])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        assert!(children() > before, "the child's CPU time is in the tree");
+    }
 
     #[test]
     fn fields_are_counted_after_the_last_parenthesis() {

@@ -222,6 +222,27 @@ async fn server_and_databases(
     Ok(Some((connect_server(server_url).await?, names)))
 }
 
+/// The pid of the local PostgreSQL server's postmaster, for a PostgreSQL launch on a loopback
+/// server: the parent of the backend serving a connection of ours (`pg_backend_pid()`), which
+/// needs no access to the server's files. `None` for SQLite, a remote server, or when the
+/// server does not answer.
+pub async fn database_server_pid(db: &Database) -> Option<u32> {
+    let Database::Postgres { server_url, .. } = db else {
+        return None;
+    };
+    if !preflight::Endpoint::parse(server_url, 5432).is_ok_and(|e| e.is_loopback()) {
+        return None;
+    }
+    let mut conn = connect_server(server_url).await.ok()?;
+    let backend: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
+        .fetch_one(&mut conn)
+        .await
+        .ok()?;
+    let stat = std::fs::read_to_string(format!("/proc/{backend}/stat")).ok()?;
+    let _ = sqlx::Connection::close(conn).await;
+    cpu::parent_pid(&stat)
+}
+
 async fn connect_server(url: &str) -> Result<sqlx::PgConnection, BoxError> {
     <sqlx::PgConnection as sqlx::Connection>::connect(url)
         .await

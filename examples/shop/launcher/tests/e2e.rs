@@ -551,6 +551,9 @@ async fn the_summary_says_how_much_cpu_an_order_takes_and_where_its_time_goes() 
         assert!(ms.is_some_and(|ms| ms > 0.0), "{process}: {ms:?}\n{text}");
     }
     assert!(measured.broker_measured, "{text}");
+    // On SQLite the database work is inside the services' figures: no server line.
+    assert_eq!(measured.database_server_ms, None, "{text}");
+    assert!(!text.contains("PostgreSQL server"), "{text}");
     let total = measured.cpu.total_ms_per_order().unwrap();
     let sum: f64 = shop_launcher::SERVICES
         .iter()
@@ -719,6 +722,22 @@ async fn the_shop_on_postgresql() {
         .filter(|e| e.file_name().to_string_lossy().ends_with(".db"))
         .collect();
     assert!(sqlite_files.is_empty(), "{sqlite_files:?}");
+
+    // A measured run: the local server's CPU per order is on a line of its own.
+    let config = WorkloadConfig {
+        orders: 20,
+        concurrency: 4,
+        ..WorkloadConfig::default()
+    };
+    let measured = measure::run(&sys, &config, None).await.unwrap();
+    let text = measured.to_string();
+    assert_eq!(measured.summary.finished(), 20, "{text}");
+    let server_ms = measured.database_server_ms;
+    assert!(
+        server_ms.is_some_and(|ms| ms > 0.0),
+        "{server_ms:?}\n{text}"
+    );
+    assert!(text.contains("PostgreSQL server"), "{text}");
 
     let database = sys.database().clone();
     let unclean = stop(sys).await;
