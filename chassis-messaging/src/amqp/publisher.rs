@@ -437,7 +437,7 @@ impl Publisher {
     ) -> Result<Routing, Error> {
         let started = Instant::now();
         let err = match self
-            .send_until_accepted(started, exchange, routing_key, body, props.clone())
+            .send_until_accepted(started, exchange, routing_key, body, &props)
             .await
         {
             Err(e) if matches!(e.kind(), ErrorKind::Unroutable { .. } | ErrorKind::Topology) => e,
@@ -446,7 +446,7 @@ impl Publisher {
         match self.inner.conn.repair_topology(started, None).await {
             Ok(true) => {
                 tracing::debug!(exchange, routing_key, error = %err, "topology declared again; publishing again");
-                self.send_until_accepted(started, exchange, routing_key, body, props)
+                self.send_until_accepted(started, exchange, routing_key, body, &props)
                     .await
             }
             Ok(false) => Err(err),
@@ -475,13 +475,13 @@ impl Publisher {
         exchange: &str,
         routing_key: &str,
         body: &[u8],
-        props: BasicProperties,
+        props: &BasicProperties,
     ) -> Result<Routing, Error> {
         let budget = self.inner.config.confirm_timeout;
         let mut pause = NACK_MIN_PAUSE;
         loop {
             let err = match self
-                .send_once(exchange, routing_key, body, props.clone())
+                .send_once(exchange, routing_key, body, props)
                 .await
             {
                 // `send_once` retired the channel that nacked.
@@ -533,7 +533,7 @@ impl Publisher {
         exchange: &str,
         routing_key: &str,
         body: &[u8],
-        props: BasicProperties,
+        props: &BasicProperties,
     ) -> Result<Routing, Error> {
         let confirm_timeout = self.inner.config.confirm_timeout;
         let shutdown = self.inner.conn.shutdown_token();
@@ -563,7 +563,10 @@ impl Publisher {
                 ..Default::default()
             },
             body,
-            props,
+            // The one copy of a publish attempt (the header table and the short strings):
+            // lapin takes the properties by value, and a nacked or re-declared publish sends
+            // them again.
+            props.clone(),
         );
         // One timer for both phases: `operation_timeout` for handing the message to the
         // broker, then, reset, `confirm_timeout` for its confirm.
