@@ -480,10 +480,7 @@ impl Publisher {
         let budget = self.inner.config.confirm_timeout;
         let mut pause = NACK_MIN_PAUSE;
         loop {
-            let err = match self
-                .send_once(exchange, routing_key, body, props)
-                .await
-            {
+            let err = match self.send_once(exchange, routing_key, body, props).await {
                 // `send_once` retired the channel that nacked.
                 Err(e) if matches!(e.kind(), ErrorKind::Nacked) => e,
                 other => return other,
