@@ -9,7 +9,7 @@
 //! Environment: `HTTP_ADDR` (default `127.0.0.1:8080`), `ADMIN_ADDR` (probes and
 //! `/metrics`, default `127.0.0.1:9080`), `GATEWAY_API_KEYS` (`key:client,…`,
 //! default `demo-key-0001:demo`), `GATEWAY_RATE_LIMIT` (requests/s per key, default 500),
-//! `GATEWAY_RATE_BURST`, `GATEWAY_RATE_LIMIT_FAIL`, `REDIS_URL` (the rate limit and the
+//! `GATEWAY_RATE_BURST`, `GATEWAY_RATE_LIMIT_FAIL`, `GATEWAY_RATE_LIMIT_TIMEOUT_MS`, `REDIS_URL` (the rate limit and the
 //! idempotency keys shared by replicas; in memory without it), `GATEWAY_REDIS_PREFIX`,
 //! `GATEWAY_IDEMPOTENCY_TTL`, `GATEWAY_IDEMPOTENCY_WAIT`,
 //! `ORDERS_URL`, `INVENTORY_URL`, `NOTIFICATIONS_URL`, `PAYMENTS_URL`, optionally `ORDERS_POLICY`,
@@ -44,6 +44,7 @@ shop-gateway: the shop's public API (configured from the environment)
   GATEWAY_RATE_LIMIT     requests per second per client or user (default 500)
   GATEWAY_RATE_BURST     requests a client or user may make at once (default: the rate)
   GATEWAY_RATE_LIMIT_FAIL  `open` (admit) or `closed` (429) while Redis cannot answer (default open)
+  GATEWAY_RATE_LIMIT_TIMEOUT_MS  milliseconds a check waits for Redis (default 50)
   REDIS_URL              Redis keeping the rate limits and the idempotency keys, shared by every
                          replica (default: unset, both in this process's memory)
   GATEWAY_REDIS_PREFIX   prefix of the gateway's Redis keys (default shop:gateway:)

@@ -10,7 +10,8 @@
 //! Configuration (environment, see [`RateLimitSettings::from_env`]): `GATEWAY_RATE_LIMIT`
 //! (requests per second per caller, default 500), `GATEWAY_RATE_BURST` (default: the rate),
 //! `GATEWAY_RATE_LIMIT_FAIL` (`open` or `closed`: what a check answers while Redis cannot,
-//! default `open`).
+//! default `open`), `GATEWAY_RATE_LIMIT_TIMEOUT_MS` (how long a check waits for Redis before it
+//! counts as unanswered, default 50).
 //!
 //! # Example
 //! ```
@@ -31,9 +32,13 @@ use chassis_core::resilience::keyed_rate_limit::{
     RedisRateLimiter,
 };
 use chassis_core::{BoxError, Error};
+use std::time::Duration;
 
 /// The limit's name, in the `RateLimit-Policy` header and the limiter's metrics.
 pub const POLICY: &str = "gateway-caller";
+
+/// How long a check waits for Redis by default: the chassis limiter's default.
+pub const DEFAULT_REDIS_TIMEOUT: Duration = Duration::from_millis(50);
 
 /// The limit every caller gets, and what to do while Redis is unavailable.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -44,6 +49,10 @@ pub struct RateLimitSettings {
     pub burst: u32,
     /// With Redis: admit (`Open`) or refuse (`Closed`) while Redis cannot answer.
     pub fail_mode: FailMode,
+    /// With Redis: how long one check waits for its answer. Checks that time out count
+    /// towards the limiter's circuit breaker, which then answers with `fail_mode` for a while
+    /// without asking Redis.
+    pub redis_timeout: Duration,
 }
 
 impl RateLimitSettings {
@@ -53,13 +62,20 @@ impl RateLimitSettings {
             rate,
             burst,
             fail_mode: FailMode::Open,
+            redis_timeout: DEFAULT_REDIS_TIMEOUT,
         }
     }
 
     /// `GATEWAY_RATE_LIMIT` (default 500), `GATEWAY_RATE_BURST` (default the rate),
-    /// `GATEWAY_RATE_LIMIT_FAIL` (`open`, the default, or `closed`).
+    /// `GATEWAY_RATE_LIMIT_FAIL` (`open`, the default, or `closed`),
+    /// `GATEWAY_RATE_LIMIT_TIMEOUT_MS` (default 50).
     pub fn from_env() -> Result<Self, BoxError> {
-        let var = |k: &str| std::env::var(k).ok().filter(|v| !v.trim().is_empty());
+        Self::from_vars(|k| std::env::var(k).ok())
+    }
+
+    /// [`from_env`](Self::from_env) reading its variables through `var`.
+    pub fn from_vars(var: impl Fn(&str) -> Option<String>) -> Result<Self, BoxError> {
+        let var = |k: &str| var(k).filter(|v| !v.trim().is_empty());
         let number = |k: &str, v: String| {
             v.trim()
                 .parse::<u32>()
@@ -85,10 +101,15 @@ impl RateLimitSettings {
                 .into());
             }
         };
+        let redis_timeout = match var("GATEWAY_RATE_LIMIT_TIMEOUT_MS") {
+            Some(v) => Duration::from_millis(number("GATEWAY_RATE_LIMIT_TIMEOUT_MS", v)?.into()),
+            None => DEFAULT_REDIS_TIMEOUT,
+        };
         Ok(Self {
             rate,
             burst,
             fail_mode,
+            redis_timeout,
         })
     }
 
@@ -123,7 +144,8 @@ impl CallerLimiter {
     ) -> Result<Self, Error> {
         let config = RedisRateLimitConfig::new(settings.limit(), url)
             .prefix(prefix)
-            .on_unavailable(settings.fail_mode);
+            .on_unavailable(settings.fail_mode)
+            .timeout(settings.redis_timeout);
         Ok(Self::Redis(RedisRateLimiter::connect(config).await?))
     }
 
@@ -132,6 +154,41 @@ impl CallerLimiter {
         match self {
             Self::Memory(limiter) => limiter.check(&caller.to_owned()),
             Self::Redis(limiter) => RateLimitBackend::check(limiter, caller).await,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vars<'a>(pairs: &'a [(&'a str, &'a str)]) -> impl Fn(&str) -> Option<String> + 'a {
+        move |k| {
+            pairs
+                .iter()
+                .find(|(name, _)| *name == k)
+                .map(|(_, v)| (*v).to_owned())
+        }
+    }
+
+    #[test]
+    fn settings_default_and_read_their_variables() {
+        let d = RateLimitSettings::from_vars(vars(&[])).unwrap();
+        assert_eq!(d, RateLimitSettings::new(500, 500));
+        assert_eq!(d.redis_timeout, Duration::from_millis(50));
+        let s = RateLimitSettings::from_vars(vars(&[
+            ("GATEWAY_RATE_LIMIT", "20"),
+            ("GATEWAY_RATE_LIMIT_FAIL", "closed"),
+            ("GATEWAY_RATE_LIMIT_TIMEOUT_MS", "750"),
+        ]))
+        .unwrap();
+        assert_eq!((s.rate, s.burst, s.fail_mode), (20, 20, FailMode::Closed));
+        assert_eq!(s.redis_timeout, Duration::from_millis(750));
+        for bad in ["0", "soon", "-5"] {
+            let err = RateLimitSettings::from_vars(vars(&[("GATEWAY_RATE_LIMIT_TIMEOUT_MS", bad)]))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("GATEWAY_RATE_LIMIT_TIMEOUT_MS"), "{err}");
         }
     }
 }

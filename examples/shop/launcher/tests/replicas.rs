@@ -61,6 +61,10 @@ async fn replicas_share_the_rate_limit_and_the_idempotency_keys() {
     config.extra_env = vec![
         ("GATEWAY_RATE_LIMIT".into(), RATE.to_string()),
         ("GATEWAY_RATE_BURST".into(), BURST.to_string()),
+        // Debug builds on a loaded test machine can take longer than the default 50 ms to
+        // hear from Redis; checks that time out open the limiter's breaker, which then admits
+        // everything (fail open) and leaves nothing to measure here.
+        ("GATEWAY_RATE_LIMIT_TIMEOUT_MS".into(), "1000".into()),
         // The run's idempotency keys leave the shared Redis soon after the test.
         ("GATEWAY_IDEMPOTENCY_TTL".into(), "120".into()),
     ];
