@@ -94,21 +94,29 @@ impl OutboxDatabase for Postgres {
         // its row (nor draw its id from the sequence, a column default evaluated per row)
         // before the upsert has produced it, that is before it holds the subject's row lock.
         // The id is therefore drawn under the lock, as with two separate statements.
+        // The message of the row the `row` CTE inserted.
+        macro_rules! insert_message {
+            () => {
+                "INSERT INTO chassis_outbox_messages (id, exchange, routing_key, amqp_type, \
+                 content_type, correlation_id, amqp_timestamp, headers, body) \
+                 SELECT id, $2, $3, $5, $6, $7, $8, $9, $10 FROM row"
+            };
+        }
         let sql = if row.subject.is_some() {
-            "WITH s AS (INSERT INTO chassis_outbox_subjects (subject, last_enqueued_at) \
-             VALUES ($1, $11) ON CONFLICT (subject) \
-             DO UPDATE SET last_enqueued_at = EXCLUDED.last_enqueued_at RETURNING subject), \
-             row AS (INSERT INTO chassis_outbox (subject, message_id, created_at, available_at) \
-             SELECT s.subject, $4, $11, $11 FROM s RETURNING id) \
-             INSERT INTO chassis_outbox_messages (id, exchange, routing_key, amqp_type, \
-             content_type, correlation_id, amqp_timestamp, headers, body) \
-             SELECT id, $2, $3, $5, $6, $7, $8, $9, $10 FROM row"
+            concat!(
+                "WITH s AS (INSERT INTO chassis_outbox_subjects (subject, last_enqueued_at) \
+                 VALUES ($1, $11) ON CONFLICT (subject) \
+                 DO UPDATE SET last_enqueued_at = EXCLUDED.last_enqueued_at RETURNING subject), \
+                 row AS (INSERT INTO chassis_outbox (subject, message_id, created_at, \
+                 available_at) SELECT s.subject, $4, $11, $11 FROM s RETURNING id) ",
+                insert_message!()
+            )
         } else {
-            "WITH row AS (INSERT INTO chassis_outbox (subject, message_id, created_at, \
-             available_at) VALUES ($1, $4, $11, $11) RETURNING id) \
-             INSERT INTO chassis_outbox_messages (id, exchange, routing_key, amqp_type, \
-             content_type, correlation_id, amqp_timestamp, headers, body) \
-             SELECT id, $2, $3, $5, $6, $7, $8, $9, $10 FROM row"
+            concat!(
+                "WITH row AS (INSERT INTO chassis_outbox (subject, message_id, created_at, \
+                 available_at) VALUES ($1, $4, $11, $11) RETURNING id) ",
+                insert_message!()
+            )
         };
         insert_row!(&mut *conn, sql, row)?;
         Ok(())
