@@ -65,6 +65,7 @@
 //! | [`OUTBOX_UNROUTABLE`] | `outbox_unroutable_total` | counter | `outbox.unroutable` | `{message}` | — |
 //! | [`INBOX_DUPLICATES`] | `inbox_duplicates_total` | counter | `inbox.duplicates` | `{message}` | `messaging.destination.name` |
 //! | [`INBOX_PROCESSED`] | `inbox_processed_total` | counter | `inbox.processed` | `{message}` | `messaging.destination.name` |
+//! | [`INBOX_TRANSACTIONS`] | `inbox_transactions_total` | counter | `inbox.transactions` | `{transaction}` | `messaging.destination.name` |
 //! | [`OTEL_SPANS_DROPPED`] | `otel_spans_dropped_total` | counter | `otel.spans.dropped` | `{span}` | `reason` |
 //! | [`LOG_LINES_DROPPED`] | `log_lines_dropped_total` | counter | `log.lines.dropped` | `{line}` | — |
 //!
@@ -324,6 +325,9 @@ pub const OUTBOX_UNROUTABLE: &str = "outbox_unroutable_total";
 pub const INBOX_DUPLICATES: &str = "inbox_duplicates_total";
 /// Incoming messages an inbox processed and committed (first delivery).
 pub const INBOX_PROCESSED: &str = "inbox_processed_total";
+/// Transactions an inbox committed itself (one per message without a group commit, one per
+/// batch with one): `inbox_processed_total` over this is the messages per commit.
+pub const INBOX_TRANSACTIONS: &str = "inbox_transactions_total";
 /// Spans dropped before export, by `reason`.
 pub const OTEL_SPANS_DROPPED: &str = "otel_spans_dropped_total";
 /// Log lines dropped because the log writer's buffer was full or its output failed.
@@ -704,6 +708,14 @@ pub const ALL: &[Metric] = &[
         unit: "{message}",
         labels: &[open(MESSAGING_DESTINATION_NAME)],
         description: "Incoming messages an inbox processed and committed.",
+    },
+    Metric {
+        name: INBOX_TRANSACTIONS,
+        otel_name: "inbox.transactions",
+        kind: Kind::Counter,
+        unit: "{transaction}",
+        labels: &[open(MESSAGING_DESTINATION_NAME)],
+        description: "Transactions an inbox committed (a group commit's batches count once each).",
     },
     Metric {
         name: OTEL_SPANS_DROPPED,

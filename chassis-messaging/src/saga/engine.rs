@@ -21,7 +21,8 @@ use chassis_core::lifecycle::{Component, Context, Stage};
 use crate::amqp::consumer::{Handler, Outcome};
 use crate::amqp::incoming::IncomingMessage;
 use crate::error::{Error, ErrorKind, Result};
-use crate::sql::inbox::{Claim, Inbox, InboxDatabase};
+use crate::sql::group_commit::{GroupCommit, GroupCommitConfig};
+use crate::sql::inbox::{Claim, Inbox, InboxDatabase, Processed};
 use crate::sql::outbox::Outbox;
 use crate::sql::schema::{db_err, now_ms};
 
@@ -484,7 +485,10 @@ where
     /// instance, cannot be decoded or have a version the handler does not read are rejected
     /// (dead-lettered with the reason).
     pub fn handler(&self) -> SagaHandler<DB, D> {
-        SagaHandler { saga: self.clone() }
+        SagaHandler {
+            saga: self.clone(),
+            group: None,
+        }
     }
 
     /// Fires the timeouts due now (at most [`SagaConfig::batch`]); returns the transitions
@@ -626,6 +630,50 @@ fn new_step<'a, D>(
 /// The consumer [`Handler`] of a [`Saga`]; see [`Saga::handler`].
 pub struct SagaHandler<DB: SagaDatabase, D> {
     saga: Saga<DB, D>,
+    group: Option<GroupCommit<DB>>,
+}
+
+impl<DB, D> SagaHandler<DB, D>
+where
+    DB: SagaDatabase,
+    D: Serialize + DeserializeOwned + Default + Send + Sync + 'static,
+{
+    /// Applies the events handed over together in one transaction (a [`GroupCommit`] of the
+    /// saga's inbox; a consumer with a [`concurrency`](crate::amqp::consumer::ConsumerConfig::concurrency)
+    /// above 1 hands several over at once). Each event's outcome is what it would be alone:
+    /// one that fails rolls the batch back and the others are applied again without it.
+    ///
+    /// # Errors
+    /// [`ErrorKind::InvalidConfig`] when `config` does not validate.
+    pub fn group_commit(mut self, config: GroupCommitConfig) -> Result<Self> {
+        self.group = Some(self.saga.inner.inbox.group_commit(config)?);
+        Ok(self)
+    }
+}
+
+/// Why a grouped event was not acked.
+enum Unapplied {
+    /// The transition failed (transient: retried; otherwise rejected).
+    Saga(Error),
+    /// The inbox's shared transaction failed.
+    Inbox(Error),
+}
+
+impl From<Error> for Unapplied {
+    fn from(err: Error) -> Self {
+        Self::Inbox(err)
+    }
+}
+
+/// Gives a closure the higher-ranked signature [`GroupCommit::process`] takes.
+fn grouped<DB, W>(work: W) -> W
+where
+    DB: sqlx::Database,
+    W: for<'c> Fn(
+        &'c mut Transaction<'static, DB>,
+    ) -> BoxFuture<'c, std::result::Result<Option<Transition>, Unapplied>>,
+{
+    work
 }
 
 impl<DB: SagaDatabase, D> std::fmt::Debug for SagaHandler<DB, D> {
@@ -643,6 +691,40 @@ where
 {
     fn handle(&self, msg: IncomingMessage) -> BoxFuture<'static, Outcome> {
         let saga = self.saga.clone();
+        if let Some(group) = self.group.clone() {
+            return Box::pin(async move {
+                let Some(message_id) = msg.message_id().map(str::to_owned) else {
+                    return Outcome::reject(
+                        "message has no message_id; the saga cannot deduplicate it",
+                    );
+                };
+                let work = {
+                    let saga = saga.clone();
+                    grouped(move |tx: &mut Transaction<'static, DB>| {
+                        let (saga, msg) = (saga.clone(), msg.clone());
+                        Box::pin(async move {
+                            saga.apply(&mut **tx, &msg).await.map_err(Unapplied::Saga)
+                        })
+                            as BoxFuture<'_, std::result::Result<Option<Transition>, Unapplied>>
+                    })
+                };
+                match group.process(&message_id, work).await {
+                    Ok(Processed::Done(transition)) => {
+                        saga.inner.outbox.notify_committed();
+                        if let Some(transition) = transition {
+                            saga.committed(&transition);
+                        }
+                        Outcome::Ack
+                    }
+                    Ok(Processed::Duplicate) => Outcome::Ack,
+                    Err(Unapplied::Saga(err)) if err.is_transient() => {
+                        Outcome::retry(err.to_string())
+                    }
+                    Err(Unapplied::Saga(err)) => Outcome::reject(err.to_string()),
+                    Err(Unapplied::Inbox(err)) => Outcome::retry(format!("saga inbox: {err}")),
+                }
+            });
+        }
         Box::pin(async move {
             let Some(message_id) = msg.message_id().map(str::to_owned) else {
                 return Outcome::reject(

@@ -65,6 +65,7 @@ use sqlx::{Pool, Transaction};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use super::group_commit::{GroupCommit, GroupCommitConfig};
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
 use super::schema::execute;
 use super::schema::{SchemaDatabase, db_err, now_ms};
@@ -133,6 +134,14 @@ impl InboxDatabase for sqlx::Postgres {
     }
 
     inbox_statements!();
+}
+
+/// Counts one committed inbox transaction that processed `messages` messages.
+pub(crate) fn count_commit(consumer: &str, messages: u64) {
+    let destination = names::labels::MESSAGING_DESTINATION_NAME;
+    metrics::counter!(names::INBOX_TRANSACTIONS, destination => consumer.to_owned()).increment(1);
+    metrics::counter!(names::INBOX_PROCESSED, destination => consumer.to_owned())
+        .increment(messages);
 }
 
 /// What [`Inbox::begin`] found.
@@ -229,13 +238,15 @@ impl<DB: InboxDatabase> Inbox<DB> {
 
     /// An inbox for the consumer named `consumer` (e.g. the queue or handler name) on `pool`.
     /// Its counters ([`INBOX_PROCESSED`](crate::sql::metrics::INBOX_PROCESSED),
-    /// [`INBOX_DUPLICATES`](crate::sql::metrics::INBOX_DUPLICATES), labelled with `consumer`)
+    /// [`INBOX_DUPLICATES`](crate::sql::metrics::INBOX_DUPLICATES),
+    /// [`INBOX_TRANSACTIONS`](crate::sql::metrics::INBOX_TRANSACTIONS), labelled with `consumer`)
     /// are registered at 0 here.
     pub fn new(pool: Pool<DB>, consumer: impl Into<String>) -> Self {
         let consumer: Arc<str> = consumer.into().into();
         let destination = [(names::labels::MESSAGING_DESTINATION_NAME, &*consumer)];
         names::preregister(names::INBOX_PROCESSED, &destination);
         names::preregister(names::INBOX_DUPLICATES, &destination);
+        names::preregister(names::INBOX_TRANSACTIONS, &destination);
         Self { pool, consumer }
     }
 
@@ -292,9 +303,24 @@ impl<DB: InboxDatabase> Inbox<DB> {
         };
         let value = handler(&mut tx).await?;
         tx.commit().await.map_err(db_err)?;
-        metrics::counter!(names::INBOX_PROCESSED, names::labels::MESSAGING_DESTINATION_NAME => self.consumer.to_string())
-            .increment(1);
+        count_commit(&self.consumer, 1);
         Ok(Processed::Done(value))
+    }
+
+    /// A [`GroupCommit`] of this inbox: messages handed to it together share one transaction
+    /// (see [`group_commit`](super::group_commit)). Starts its batch tasks on the current Tokio
+    /// runtime.
+    ///
+    /// # Errors
+    /// [`ErrorKind::InvalidConfig`](crate::error::ErrorKind::InvalidConfig) when `config` does not
+    /// [validate](GroupCommitConfig::validate).
+    pub fn group_commit(&self, config: GroupCommitConfig) -> Result<GroupCommit<DB>> {
+        config.validate()?;
+        Ok(GroupCommit::start(
+            self.pool.clone(),
+            self.consumer.clone(),
+            config,
+        ))
     }
 
     /// Deletes ids (of every consumer) processed more than `older_than` ago; returns how many.
@@ -334,6 +360,7 @@ impl<DB: InboxDatabase> Inbox<DB> {
 pub struct IdempotentHandler<DB: sqlx::Database, F> {
     inbox: Inbox<DB>,
     f: Arc<F>,
+    group: Option<GroupCommit<DB>>,
 }
 
 impl<DB: sqlx::Database, F> std::fmt::Debug for IdempotentHandler<DB, F> {
@@ -385,7 +412,47 @@ where
     IdempotentHandler {
         inbox,
         f: Arc::new(f),
+        group: None,
     }
+}
+
+impl<DB: InboxDatabase, F> IdempotentHandler<DB, F> {
+    /// Handles the deliveries that arrive together in one transaction (a
+    /// [`GroupCommit`]; useful with a consumer
+    /// [`concurrency`](crate::amqp::consumer::ConsumerConfig::concurrency) above 1, which is
+    /// what hands several deliveries over at once). Each delivery's outcome is what it would be
+    /// alone: `Retry`/`Reject` of one message rolls the batch back and the others run again
+    /// without it, so `f` may run more than once for a delivery.
+    ///
+    /// # Errors
+    /// [`ErrorKind::InvalidConfig`](crate::error::ErrorKind::InvalidConfig) when `config` does not
+    /// validate.
+    pub fn group_commit(mut self, config: GroupCommitConfig) -> Result<Self> {
+        self.group = Some(self.inbox.group_commit(config)?);
+        Ok(self)
+    }
+}
+
+/// Why a grouped delivery was not acked.
+enum Unacked {
+    Handler(Outcome),
+    Inbox(Error),
+}
+
+impl From<Error> for Unacked {
+    fn from(err: Error) -> Self {
+        Self::Inbox(err)
+    }
+}
+
+/// Pins down the higher-ranked signature [`GroupCommit::process`] takes, which a closure's
+/// inferred type would not have.
+fn grouped_work<DB, T, E, W>(work: W) -> W
+where
+    DB: sqlx::Database,
+    W: for<'c> Fn(&'c mut Transaction<'static, DB>) -> BoxFuture<'c, Result<T, E>>,
+{
+    work
 }
 
 impl<DB, F> Handler for IdempotentHandler<DB, F>
@@ -399,6 +466,29 @@ where
     fn handle(&self, msg: IncomingMessage) -> BoxFuture<'static, Outcome> {
         let inbox = self.inbox.clone();
         let f = self.f.clone();
+        if let Some(group) = self.group.clone() {
+            return Box::pin(async move {
+                let Some(message_id) = msg.message_id().map(str::to_owned) else {
+                    return Outcome::reject(
+                        "message has no message_id; the inbox cannot deduplicate it",
+                    );
+                };
+                let work = grouped_work(move |tx: &mut Transaction<'static, DB>| {
+                    let (f, msg) = (f.clone(), msg.clone());
+                    Box::pin(async move {
+                        match f(msg, tx).await {
+                            Outcome::Ack => Ok(()),
+                            other => Err(Unacked::Handler(other)),
+                        }
+                    }) as BoxFuture<'_, Result<(), Unacked>>
+                });
+                match group.process(&message_id, work).await {
+                    Ok(_) => Outcome::Ack,
+                    Err(Unacked::Handler(outcome)) => outcome,
+                    Err(Unacked::Inbox(err)) => Outcome::retry(format!("inbox: {err}")),
+                }
+            });
+        }
         Box::pin(async move {
             let Some(message_id) = msg.message_id().map(str::to_owned) else {
                 return Outcome::reject(
@@ -417,8 +507,7 @@ where
             }
             match tx.commit().await {
                 Ok(()) => {
-                    metrics::counter!(names::INBOX_PROCESSED, names::labels::MESSAGING_DESTINATION_NAME => inbox.consumer.to_string())
-                        .increment(1);
+                    count_commit(&inbox.consumer, 1);
                     Outcome::Ack
                 }
                 Err(err) => Outcome::retry(format!("inbox commit failed: {err}")),

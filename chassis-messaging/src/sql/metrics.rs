@@ -14,6 +14,7 @@
 //! | [`OUTBOX_UNROUTABLE`] (`outbox_unroutable_total`) | counter, rows confirmed but routed to no queue, on exchanges declared [`Unroutable::Accept`](crate::amqp::topology::Unroutable::Accept) (also counted in [`OUTBOX_PUBLISHED`]) | — |
 //! | [`INBOX_DUPLICATES`] (`inbox_duplicates_total`) | counter, duplicate deliveries skipped | `messaging.destination.name` = the inbox's consumer name |
 //! | [`INBOX_PROCESSED`] (`inbox_processed_total`) | counter, first deliveries processed and committed | `messaging.destination.name` = the inbox's consumer name |
+//! | [`INBOX_TRANSACTIONS`] (`inbox_transactions_total`) | counter, transactions the inbox committed (with a [group commit](super::group_commit), one per batch) | `messaging.destination.name` = the inbox's consumer name |
 //!
 //! # Example
 //! ```
@@ -25,7 +26,7 @@
 //! ```
 
 pub use chassis_observability::metrics::names::{
-    INBOX_DUPLICATES, INBOX_PROCESSED, OUTBOX_OLDEST_PENDING_AGE, OUTBOX_PARKED,
-    OUTBOX_PARKED_MESSAGES, OUTBOX_PENDING, OUTBOX_PUBLISH_LATENCY, OUTBOX_PUBLISHED,
-    OUTBOX_RELAY_ERRORS, OUTBOX_UNROUTABLE,
+    INBOX_DUPLICATES, INBOX_PROCESSED, INBOX_TRANSACTIONS, OUTBOX_OLDEST_PENDING_AGE,
+    OUTBOX_PARKED, OUTBOX_PARKED_MESSAGES, OUTBOX_PENDING, OUTBOX_PUBLISH_LATENCY,
+    OUTBOX_PUBLISHED, OUTBOX_RELAY_ERRORS, OUTBOX_UNROUTABLE,
 };

@@ -4,6 +4,8 @@
 //!   if and only if the transaction that wrote it committed), and its [`Relay`](outbox::Relay).
 //! - [`inbox`]: [`Inbox`](inbox::Inbox), the idempotent-consumer guard (a redelivered message
 //!   has its effect once).
+//! - [`group_commit`]: [`GroupCommit`](group_commit::GroupCommit), an inbox's messages that
+//!   arrive together handled in one transaction.
 //! - [`schema`]: the migrations both share, on either database.
 //! - [`metrics`]: the names of the metrics both record.
 //! - [`sqlite_pool`], [`postgres_pool`]: pools set up for them (SQLite: WAL, busy timeout, a
@@ -34,6 +36,7 @@
 //! # }
 //! ```
 
+pub mod group_commit;
 pub mod inbox;
 pub mod metrics;
 pub mod outbox;

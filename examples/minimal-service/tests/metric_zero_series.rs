@@ -203,6 +203,10 @@ async fn components_register_their_series_at_zero_before_any_traffic() {
             names::INBOX_DUPLICATES,
             &[(labels::MESSAGING_DESTINATION_NAME, "work-handler")],
         ),
+        (
+            names::INBOX_TRANSACTIONS,
+            &[(labels::MESSAGING_DESTINATION_NAME, "work-handler")],
+        ),
         (names::OUTBOX_RELAY_ERRORS, &[]),
         (names::OUTBOX_PUBLISHED, &[]),
         (names::OUTBOX_UNROUTABLE, &[]),

@@ -7,11 +7,12 @@
 //! module is the one place that matches on the database, and each match runs the same code on
 //! either (the `either!` macro). The lifecycle pieces come from the chassis as they are:
 //! [`Db::component`] is the outbox's database component, [`Db::relay`] its relay, and
-//! [`Db::consumer`] an inbox consumer (the chassis [`Inbox`], as its `idempotent` handler uses
-//! it) whose handler gets a [`Tx`] and returns the [`Emit`]s to enqueue in the same transaction.
+//! [`Db::consumer`] an inbox consumer (the chassis [`Inbox`] with a group commit, as its
+//! `idempotent` handler uses them: the messages handed over together share one transaction)
+//! whose handler gets a [`Tx`] and returns the [`Emit`]s to enqueue in the same transaction.
 //!
 //! Two histograms of the shop's own, for the launcher's per-hop breakdown: [`COMMIT_DURATION`]
-//! (every commit of a [`Txn`] and of a consumer's inbox transaction) and [`MESSAGE_WAIT`] (from
+//! (every commit of a [`Txn`]) and [`MESSAGE_WAIT`] (from
 //! the sender writing a message, its envelope's `time`, to its handler starting here).
 //!
 //! # Example
@@ -39,7 +40,7 @@ use chassis_core::BoxError;
 use chassis_core::control::ControlRegistry;
 use chassis_core::lifecycle::Component;
 use chassis_messaging::lifecycle::ConsumerComponent;
-use chassis_messaging::sql::inbox::{Claim, InboxDatabase};
+use chassis_messaging::sql::inbox::{Claim, InboxDatabase, Processed};
 use chassis_messaging::sql::outbox::OutboxDatabase;
 use chassis_messaging::{
     Connection, Error, Inbox, IncomingMessage, Outbox, Outcome, Publisher, PublisherConfig,
@@ -53,8 +54,9 @@ use sqlx::{Postgres, Row as _, Sqlite, Transaction};
 use crate::Shop;
 use crate::events::Emit;
 
-/// Histogram (seconds): one commit of a shop transaction ([`Txn::commit`], a consumer's inbox
-/// transaction).
+/// Histogram (seconds): one commit of a shop transaction ([`Txn::commit`]: a request's
+/// transaction, or payments' inbox transaction after its provider call). The inbox consumers'
+/// shared transactions commit inside the chassis group commit and are not in it.
 pub const COMMIT_DURATION: &str = "shop_db_commit_duration_seconds";
 /// Histogram (seconds), label `consumer` (the inbox name, e.g. `orders.saga`): from the moment
 /// the sender wrote the message into its outbox (the envelope's `time`, inside its transaction)
@@ -79,14 +81,6 @@ pub fn record_wait(consumer: &str, msg: &IncomingMessage) {
         metrics::histogram!(MESSAGE_WAIT, "consumer" => consumer.to_owned())
             .record(waited.as_secs_f64());
     }
-}
-
-/// Commits `tx`, recording [`COMMIT_DURATION`].
-async fn timed_commit<DB: sqlx::Database>(tx: Transaction<'static, DB>) -> Result<(), sqlx::Error> {
-    let start = std::time::Instant::now();
-    tx.commit().await?;
-    metrics::histogram!(COMMIT_DURATION).record(start.elapsed().as_secs_f64());
-    Ok(())
 }
 
 /// The same code in the arm of each database (each arm compiles for its own types).
@@ -208,7 +202,12 @@ impl Db {
     /// A consumer of `queue` through the inbox named `inbox`: `handler` runs once per message,
     /// in the transaction that records its id, and the [`Emit`]s it returns are enqueued in the
     /// same transaction (caused by the message); `Err(outcome)` rolls back and retries or
-    /// rejects.
+    /// rejects. Messages handled at the same time share one transaction
+    /// (`INBOX_GROUP_COMMIT`, [`inbox_group_config`](crate::service::inbox_group_config)), so
+    /// a handler may run again for a message when another message of its batch failed.
+    ///
+    /// # Errors
+    /// An invalid `INBOX_GROUP_COMMIT`.
     pub fn consumer<F>(
         &self,
         shop: &Shop,
@@ -216,7 +215,7 @@ impl Db {
         queue: QueueConfig,
         inbox: &str,
         handler: F,
-    ) -> Box<dyn Component>
+    ) -> Result<Box<dyn Component>, BoxError>
     where
         F: for<'c> Fn(IncomingMessage, Tx<'c>) -> BoxFuture<'c, Result<Vec<Emit>, Outcome>>
             + Send
@@ -236,7 +235,7 @@ impl Db {
         inbox: &str,
         handler: F,
         after: A,
-    ) -> Box<dyn Component>
+    ) -> Result<Box<dyn Component>, BoxError>
     where
         F: for<'c> Fn(IncomingMessage, Tx<'c>) -> BoxFuture<'c, Result<Vec<Emit>, Outcome>>
             + Send
@@ -488,7 +487,7 @@ fn consumer<DB, F, A>(
     inbox: &str,
     handler: F,
     after: A,
-) -> Box<dyn Component>
+) -> Result<Box<dyn Component>, BoxError>
 where
     DB: OutboxDatabase + InboxDatabase,
     for<'c> Tx<'c>: From<&'c mut DB::Connection>,
@@ -500,58 +499,97 @@ where
 {
     let (handler, after) = (Arc::new(handler), Arc::new(after));
     let (out, names) = (outbox.clone(), shop.clone());
-    let inbox = Inbox::new(outbox.pool().clone(), inbox);
+    // The messages handed over together (the consumer runs `CONSUMER_CONCURRENCY` at once)
+    // share one transaction: the inbox ids, the handlers' writes and their outgoing events.
+    let group = Inbox::new(outbox.pool().clone(), inbox)
+        .group_commit(crate::service::inbox_group_config()?)?;
     let config = shop.consumer_config();
-    // What the chassis `idempotent` handler does (claim the id, run the handler in the same
-    // transaction, commit, count it), written out so the commit is timed and the relay woken;
-    // counted, with the queue in the service's control registry.
-    Box::new(ConsumerComponent::new(
+    // What the chassis `idempotent` handler does with a group commit (claim the id, run the
+    // handler in the shared transaction, commit, count it), written out so the handler's
+    // events are enqueued in the same transaction and the relay woken; counted, with the
+    // queue in the service's control registry.
+    Ok(Box::new(ConsumerComponent::new(
         conn,
         queue.clone(),
         config,
         shop.controlled(conn, &queue, move |msg: IncomingMessage| {
-            let (handler, after, out, names, inbox) = (
+            let (handler, after, out, names, group) = (
                 handler.clone(),
                 after.clone(),
                 out.clone(),
                 names.clone(),
-                inbox.clone(),
+                group.clone(),
             );
             async move {
-                record_wait(inbox.consumer(), &msg);
+                record_wait(group.consumer(), &msg);
                 let Some(id) = msg.message_id().map(str::to_owned) else {
                     return Outcome::reject(
                         "message has no message_id; the inbox cannot deduplicate it",
                     );
                 };
-                let mut tx = match inbox.begin(&id).await {
-                    Ok(Claim::New(tx)) => tx,
-                    Ok(Claim::Duplicate) => return Outcome::Ack,
-                    Err(e) => return Outcome::retry(format!("inbox: {e}")),
+                let work = {
+                    let (out, id) = (out.clone(), id.clone());
+                    grouped(move |tx: &mut Transaction<'static, DB>| {
+                        let (handler, out, names, msg, id) = (
+                            handler.clone(),
+                            out.clone(),
+                            names.clone(),
+                            msg.clone(),
+                            id.clone(),
+                        );
+                        Box::pin(async move {
+                            // An error rolls the batch back: these writes and the inbox id too.
+                            let emits = handler(msg, Tx::from(&mut **tx))
+                                .await
+                                .map_err(Unacked::Handler)?;
+                            enqueue(&out, &mut **tx, &names, &emits, Some(&id))
+                                .await
+                                .map_err(|e| {
+                                    Unacked::Handler(Outcome::retry(format!("outbox: {e}")))
+                                })?;
+                            Ok(emits)
+                        }) as BoxFuture<'_, Result<Vec<Emit>, Unacked>>
+                    })
                 };
-                // An error drops the transaction: the writes and the inbox id roll back.
-                let emits = match handler(msg, Tx::from(&mut *tx)).await {
-                    Ok(emits) => emits,
-                    Err(outcome) => return outcome,
-                };
-                if let Err(e) = enqueue(&out, &mut *tx, &names, &emits, Some(&id)).await {
-                    return Outcome::retry(format!("outbox: {e}"));
+                match group.process(&id, work).await {
+                    Ok(Processed::Done(emits)) => {
+                        if !emits.is_empty() {
+                            // Something to publish: wake the relay now (SQLite has no commit
+                            // signal).
+                            out.notify_committed();
+                        }
+                        after(&emits);
+                        Outcome::Ack
+                    }
+                    Ok(Processed::Duplicate) => Outcome::Ack,
+                    Err(Unacked::Handler(outcome)) => outcome,
+                    Err(Unacked::Inbox(e)) => Outcome::retry(format!("inbox: {e}")),
                 }
-                if let Err(e) = timed_commit(tx).await {
-                    return Outcome::retry(format!("inbox commit failed: {e}"));
-                }
-                metrics::counter!(chassis_messaging::sql::metrics::INBOX_PROCESSED,
-                "messaging.destination.name" => inbox.consumer().to_owned())
-                .increment(1);
-                if !emits.is_empty() {
-                    // Something to publish: wake the relay now (SQLite has no commit signal).
-                    out.notify_committed();
-                }
-                after(&emits);
-                Outcome::Ack
             }
         }),
-    ))
+    )))
+}
+
+/// Why a consumer's message was not acked: its handler's outcome, or the inbox's transaction.
+enum Unacked {
+    Handler(Outcome),
+    Inbox(Error),
+}
+
+impl From<Error> for Unacked {
+    fn from(err: Error) -> Self {
+        Self::Inbox(err)
+    }
+}
+
+/// Gives a closure the higher-ranked signature `GroupCommit::process` takes (an inferred
+/// closure type would tie the transaction's borrow to one lifetime).
+fn grouped<DB, W>(work: W) -> W
+where
+    DB: sqlx::Database,
+    W: for<'c> Fn(&'c mut Transaction<'static, DB>) -> BoxFuture<'c, Result<Vec<Emit>, Unacked>>,
+{
+    work
 }
 
 /// A fresh, empty PostgreSQL schema for one test: on `DATABASE_URL` (default

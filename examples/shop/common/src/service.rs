@@ -6,7 +6,8 @@
 //! `sqlite://<DATA_DIR or .>/<service>.db`), `AMQP_URL` (default the local broker),
 //! `SHOP_NAMESPACE` (a prefix of every exchange and queue name, so several systems share one
 //! broker), `CONSUMER_CONCURRENCY` (default 8), `OUTBOX_RELAY` (the outbox relay's settings:
-//! [`relay_config`]).
+//! [`relay_config`]), `INBOX_GROUP_COMMIT` (how inbox consumers share transactions:
+//! [`inbox_group_config`]).
 //!
 //! [`Shop`] also holds the service's control registry (`chassis_core::control`): what it builds
 //! through [`Shop`] registers itself there, the outbox of [`Shop::database`] and every consumer
@@ -27,6 +28,7 @@ use chassis_core::{BoxError, ServiceInfo};
 use chassis_http::server::ServerConfig;
 use chassis_messaging::amqp::consumer::Handler;
 use chassis_messaging::amqp::control::{Counted, QueueControl, counted};
+use chassis_messaging::sql::group_commit::GroupCommitConfig;
 use chassis_messaging::{
     Connection, ConnectionConfig, ConsumerConfig, ExchangeConfig, QueueConfig, RelayConfig,
     TopologyConfig, Unroutable,
@@ -144,6 +146,31 @@ fn relay_config_from(json: &str) -> Result<RelayConfig, BoxError> {
     config
         .validate()
         .map_err(|e| format!("OUTBOX_RELAY {json:?}: {e}"))?;
+    Ok(config)
+}
+
+/// How each inbox consumer groups its messages into transactions: the chassis defaults
+/// ([`GroupCommitConfig::default`]: up to 32 messages per transaction, one transaction at a
+/// time) with the fields of the JSON object in `INBOX_GROUP_COMMIT` over them, e.g.
+/// `INBOX_GROUP_COMMIT='{"max_batch": 1}'` for one transaction per message. Unknown fields and
+/// invalid values are refused, as in [`relay_config`].
+///
+/// # Example
+/// ```
+/// // With INBOX_GROUP_COMMIT unset: the chassis defaults.
+/// let config = shop_common::service::inbox_group_config().unwrap();
+/// assert_eq!(config, chassis_messaging::sql::group_commit::GroupCommitConfig::default());
+/// ```
+pub fn inbox_group_config() -> Result<GroupCommitConfig, BoxError> {
+    inbox_group_config_from(&env("INBOX_GROUP_COMMIT", "{}"))
+}
+
+fn inbox_group_config_from(json: &str) -> Result<GroupCommitConfig, BoxError> {
+    let config: GroupCommitConfig =
+        serde_json::from_str(json).map_err(|e| format!("INBOX_GROUP_COMMIT {json:?}: {e}"))?;
+    config
+        .validate()
+        .map_err(|e| format!("INBOX_GROUP_COMMIT {json:?}: {e}"))?;
     Ok(config)
 }
 
@@ -298,6 +325,23 @@ mod tests {
         let typo = relay_config_from(r#"{"batches_in_fligth": 1}"#).unwrap_err();
         assert!(typo.to_string().contains("batches_in_fligth"), "{typo}");
         assert!(relay_config_from(r#"{"batch_size": 0}"#).is_err());
+    }
+
+    #[test]
+    fn inbox_group_settings_come_over_the_chassis_defaults_and_typos_are_refused() {
+        let config = inbox_group_config_from(r#"{"max_batch": 1}"#).unwrap();
+        assert_eq!(config.max_batch, 1);
+        assert_eq!(
+            config.batches_in_flight,
+            GroupCommitConfig::default().batches_in_flight
+        );
+        assert_eq!(
+            inbox_group_config_from("{}").unwrap(),
+            GroupCommitConfig::default()
+        );
+        let typo = inbox_group_config_from(r#"{"max_bacth": 1}"#).unwrap_err();
+        assert!(typo.to_string().contains("max_bacth"), "{typo}");
+        assert!(inbox_group_config_from(r#"{"max_batch": 0}"#).is_err());
     }
 
     #[test]

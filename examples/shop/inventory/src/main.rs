@@ -74,11 +74,11 @@ async fn run() -> Result<(), BoxError> {
     // Saga step 1: reserve on `order.placed`.
     let reserver = db.consumer(&shop, &conn, placed, "inventory.reserve", |msg, tx| {
         Box::pin(reserve(msg, tx))
-    });
+    })?;
     // Compensation: release on the `inventory.release` command.
     let releaser = db.consumer(&shop, &conn, release, "inventory.release", |msg, tx| {
         Box::pin(release_reservation(msg, tx))
-    });
+    })?;
 
     // 4. HTTP: the internal API behind service tokens, in the standard layers.
     // With mTLS, only the gateway's certificate gets through as well.

@@ -82,7 +82,7 @@ async fn run() -> Result<(), BoxError> {
     let topology = shop.topology().queue(finished.clone());
     let notifier = db.consumer(&shop, &conn, finished, "notifications.orders", |msg, tx| {
         Box::pin(notify(msg, tx))
-    });
+    })?;
     // The order-history read model: its own queue and inbox on every saga event, and the
     // stream it is rebuilt from, bound to the same keys.
     let bindings: Vec<_> = projection::EVENT_KINDS
@@ -97,7 +97,7 @@ async fn run() -> Result<(), BoxError> {
         history_queue,
         "notifications.order-history",
         |msg, tx| Box::pin(order_history::project(msg, tx)),
-    );
+    )?;
     let stream = StreamConfig::new(
         shop.name("notifications.order-history.stream"),
         shop.name(EVENTS_EXCHANGE),

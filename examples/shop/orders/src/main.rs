@@ -102,7 +102,7 @@ async fn run() -> Result<(), BoxError> {
     );
     let topology = shop.topology().queue(replies.clone());
     let relay = db.relay(&conn)?;
-    let handler = shop.controlled(&conn, &replies, order_saga.handler());
+    let handler = shop.controlled(&conn, &replies, order_saga.handler()?);
     let consumer = ConsumerComponent::new(&conn, replies, shop.consumer_config(), handler);
 
     // 4. HTTP: the internal API behind service tokens, in the standard layers.

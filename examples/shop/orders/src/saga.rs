@@ -48,7 +48,7 @@ use std::time::Duration;
 use chassis_messaging::amqp::consumer::Handler;
 use chassis_messaging::error::{Error, ErrorKind};
 use chassis_messaging::saga::{
-    Saga, SagaConfig, SagaDatabase, SagaDefinition, SagaInstance, Step, Transition,
+    Saga, SagaConfig, SagaDatabase, SagaDefinition, SagaHandler, SagaInstance, Step, Transition,
 };
 use chassis_messaging::{Envelope, IncomingMessage, Versioned};
 use futures_util::future::BoxFuture;
@@ -351,6 +351,12 @@ enum Engine {
     Postgres(Saga<sqlx::Postgres, OrderData>),
 }
 
+/// The saga's consumer handler on either database.
+enum EngineHandler {
+    Sqlite(SagaHandler<sqlx::Sqlite, OrderData>),
+    Postgres(SagaHandler<sqlx::Postgres, OrderData>),
+}
+
 /// The same code for either database.
 macro_rules! either {
     ($engine:expr, |$s:ident| $body:expr) => {
@@ -414,13 +420,25 @@ impl OrderSaga {
         either!(&self.engine, |s| Box::new(s.component()))
     }
 
-    /// The consumer handler of the replies (inventory, payments): each applied once.
-    pub fn handler(&self) -> impl Handler + use<> {
-        let engine = self.engine.clone();
-        move |msg: IncomingMessage| {
+    /// The consumer handler of the replies (inventory, payments): each applied once; the
+    /// replies handled at the same time share one transaction (`INBOX_GROUP_COMMIT`, see
+    /// [`inbox_group_config`](shop_common::service::inbox_group_config)).
+    ///
+    /// # Errors
+    /// An invalid `INBOX_GROUP_COMMIT`.
+    pub fn handler(&self) -> Result<impl Handler + use<>, chassis_core::BoxError> {
+        let config = shop_common::service::inbox_group_config()?;
+        let handler = match &self.engine {
+            Engine::Sqlite(s) => EngineHandler::Sqlite(s.handler().group_commit(config)?),
+            Engine::Postgres(s) => EngineHandler::Postgres(s.handler().group_commit(config)?),
+        };
+        Ok(move |msg: IncomingMessage| {
             shop_common::db::record_wait("orders.saga", &msg);
-            either!(&engine, |s| s.handler().handle(msg))
-        }
+            match &handler {
+                EngineHandler::Sqlite(h) => h.handle(msg),
+                EngineHandler::Postgres(h) => h.handle(msg),
+            }
+        })
     }
 
     /// Fires the step timeouts due now (the [`component`](Self::component) does it
@@ -622,7 +640,7 @@ mod tests {
     }
 
     async fn handle(saga: &OrderSaga, msg: IncomingMessage) -> Outcome {
-        saga.handler().handle(msg).await
+        saga.handler().unwrap().handle(msg).await
     }
 
     fn reserved(id: &str, amount_cents: i64) -> IncomingMessage {

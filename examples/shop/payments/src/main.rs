@@ -84,7 +84,7 @@ async fn run() -> Result<(), BoxError> {
     let charger = ConsumerComponent::new(&conn, charges, shop.consumer_config(), charge_handler);
     let refunder = db.consumer(&shop, &conn, refunds, "payments.refund", move |msg, tx| {
         Box::pin(refund(provider.clone(), msg, tx))
-    });
+    })?;
 
     // 4. HTTP: the internal API behind the gateway's service tokens (it reads payments for the
     //    order details), in the standard layers. With mTLS, only the gateway's certificate gets
