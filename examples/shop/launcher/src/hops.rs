@@ -60,16 +60,31 @@ pub struct Series {
     pub buckets: Vec<(f64, f64)>,
 }
 
-/// Parses the `_bucket` lines of a Prometheus text exposition into series.
+/// Parses the `_bucket` lines of a Prometheus text exposition into series, and the lines of
+/// counters (`…_total{…} value`) as series with only a `+Inf` bucket: a counter reads as a
+/// histogram whose [`count`](Histogram::count) is its value.
 pub fn parse(text: &str) -> Vec<Series> {
     let mut out: Vec<Series> = Vec::new();
     for line in text.lines() {
+        if line.starts_with('#') {
+            continue;
+        }
+        if let Some((name, rest)) = line.split_once("_total{") {
+            let Some((labels, after)) = parse_labels(rest) else {
+                continue;
+            };
+            if let Some(value) = after.split_whitespace().next().and_then(|v| v.parse().ok()) {
+                out.push(Series {
+                    name: format!("{name}_total"),
+                    labels,
+                    buckets: vec![(f64::INFINITY, value)],
+                });
+            }
+            continue;
+        }
         let Some((name, rest)) = line.split_once("_bucket{") else {
             continue;
         };
-        if name.starts_with('#') {
-            continue;
-        }
         let Some((mut labels, after)) = parse_labels(rest) else {
             continue;
         };
@@ -360,6 +375,33 @@ pub const HOPS: &[HopSpec] = &[
     },
 ];
 
+/// The inbox consumers whose commits the summary counts: `(service, inbox name)`.
+pub const INBOXES: &[(&str, &str)] = &[
+    ("inventory", "inventory.reserve"),
+    ("orders", "saga:order"),
+    ("notifications", "notifications.orders"),
+    ("notifications", "notifications.order-history"),
+];
+
+/// What one inbox committed during the run: with a group commit several messages share a
+/// transaction.
+#[derive(Debug, Clone, PartialEq)]
+pub struct InboxCommits {
+    /// The inbox's consumer name.
+    pub consumer: &'static str,
+    /// Messages processed (`inbox_processed_total`).
+    pub messages: u64,
+    /// Transactions that committed them (`inbox_transactions_total`).
+    pub transactions: u64,
+}
+
+impl InboxCommits {
+    /// Messages per transaction, when there was one.
+    pub fn per_commit(&self) -> Option<f64> {
+        (self.transactions > 0).then(|| self.messages as f64 / self.transactions as f64)
+    }
+}
+
 /// Every service's parsed `/metrics`, by service.
 pub type Scrape = BTreeMap<String, Vec<Series>>;
 
@@ -402,6 +444,8 @@ pub struct Hop {
 pub struct HopReport {
     /// The hops, in [`HOPS`] order.
     pub hops: Vec<Hop>,
+    /// The inboxes' commits, in [`INBOXES`] order.
+    pub inboxes: Vec<InboxCommits>,
 }
 
 impl HopReport {
@@ -427,7 +471,24 @@ impl HopReport {
                 }
             })
             .collect();
-        Self { hops }
+        let inboxes = INBOXES
+            .iter()
+            .map(|(service, consumer)| {
+                let counted = |name: &str| {
+                    let filter = [("messaging_destination_name", *consumer)];
+                    let read = |s: &Scrape| {
+                        Histogram::merged(s.get(*service).unwrap_or(&empty), name, &filter)
+                    };
+                    read(after).since(&read(before)).count()
+                };
+                InboxCommits {
+                    consumer,
+                    messages: counted("inbox_processed_total"),
+                    transactions: counted("inbox_transactions_total"),
+                }
+            })
+            .collect();
+        Self { hops, inboxes }
     }
 
     /// The hop called `label`.
@@ -454,6 +515,19 @@ impl fmt::Display for HopReport {
             )?;
             if i + 1 < self.hops.len() {
                 writeln!(f)?;
+            }
+        }
+        if self.inboxes.iter().any(|i| i.transactions > 0) {
+            write!(f, "\nmessages per inbox commit (group commit)")?;
+            for i in self.inboxes.iter().filter(|i| i.transactions > 0) {
+                write!(
+                    f,
+                    "\n  {:<36} {:>9.2} ({} in {})",
+                    i.consumer,
+                    i.per_commit().unwrap_or_default(),
+                    i.messages,
+                    i.transactions
+                )?;
             }
         }
         Ok(())
@@ -542,5 +616,34 @@ http_server_request_duration_seconds_bucket{http_request_method="GET",http_route
         let text = report.to_string();
         assert!(text.contains("gateway POST /api/v1/orders"), "{text}");
         assert!(text.contains("3.0 ms"), "{text}");
+        assert!(!text.contains("inbox commit"), "no inbox counted: {text}");
+    }
+
+    #[test]
+    fn inbox_commits_are_the_counters_difference_per_consumer() {
+        let text = |processed: u32, transactions: u32| {
+            format!(
+                "# TYPE inbox_processed_total counter\n\
+                 inbox_processed_total{{messaging_destination_name=\"inventory.reserve\"}} {processed}\n\
+                 inbox_processed_total{{messaging_destination_name=\"inventory.release\"}} 7\n\
+                 inbox_transactions_total{{messaging_destination_name=\"inventory.reserve\"}} {transactions}\n\
+                 inbox_transactions_total{{messaging_destination_name=\"inventory.release\"}} 7\n"
+            )
+        };
+        let scrape = |t: String| Scrape::from([("inventory".to_owned(), parse(&t))]);
+        let report = HopReport::between(&scrape(text(10, 10)), &scrape(text(110, 50)));
+        let reserve = &report.inboxes[0];
+        assert_eq!((reserve.messages, reserve.transactions), (100, 40));
+        assert_eq!(reserve.per_commit(), Some(2.5));
+        assert_eq!(
+            report.inboxes[1].per_commit(),
+            None,
+            "orders was not scraped"
+        );
+        let text = report.to_string();
+        assert!(
+            text.contains("messages per inbox commit") && text.contains("2.50 (100 in 40)"),
+            "{text}"
+        );
     }
 }

@@ -618,6 +618,15 @@ async fn the_summary_says_how_much_cpu_an_order_takes_and_where_its_time_goes() 
         "notifications: {}\n{text}",
         notified.count
     );
+    // Every order reserves once through inventory's inbox, in at most one commit per message
+    // (a group commit shares them).
+    let reserve = &measured.hops.inboxes[0];
+    assert_eq!(reserve.consumer, "inventory.reserve");
+    assert!(
+        reserve.messages >= 60 && (1..=reserve.messages).contains(&reserve.transactions),
+        "{reserve:?}\n{text}"
+    );
+    assert!(text.contains("messages per inbox commit"), "{text}");
     stop(sys).await;
 }
 
