@@ -28,10 +28,14 @@
 //! | HTTP gateway -> orders | gateway | `http_client_request_duration_seconds`, POST |
 //! | orders, `POST /internal/orders` | orders | `http_server_request_duration_seconds` |
 //! | HTTP payments -> provider | payments | `http_client_request_duration_seconds` |
-//! | DB commit | each service with a database | `shop_db_commit_duration_seconds` |
+//! | DB commit | orders (placing), payments (the charge's inbox transaction) | `shop_db_commit_duration_seconds` |
 //! | outbox write -> broker confirm | orders, inventory, payments | `outbox_publish_latency_seconds` |
 //! | message written -> handler starts | each consumer | `shop_message_wait_seconds` |
 //! | handling (inbox, writes, commit) | each consumer | `messaging_process_duration_seconds` |
+//!
+//! The inbox consumers' transactions are the chassis group commit's, several messages each: the
+//! summary counts them instead (`inbox_processed_total` over `inbox_transactions_total`, per
+//! consumer in [`INBOXES`]: messages per commit).
 //!
 //! # Example
 //! ```
@@ -302,12 +306,6 @@ pub const HOPS: &[HopSpec] = &[
         filter: &[("messaging_destination_name", "~.inventory.order-placed")],
     },
     HopSpec {
-        label: "DB commit inventory",
-        service: "inventory",
-        metric: COMMIT,
-        filter: &[],
-    },
-    HopSpec {
         label: "outbox write -> confirm inventory",
         service: "inventory",
         metric: OUTBOX,
@@ -366,12 +364,6 @@ pub const HOPS: &[HopSpec] = &[
         service: "notifications",
         metric: PROCESS,
         filter: &[("messaging_destination_name", "~.notifications.orders")],
-    },
-    HopSpec {
-        label: "DB commit notifications",
-        service: "notifications",
-        metric: COMMIT,
-        filter: &[],
     },
 ];
 

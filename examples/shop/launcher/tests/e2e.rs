@@ -608,7 +608,7 @@ async fn the_summary_says_how_much_cpu_an_order_takes_and_where_its_time_goes() 
     }
     // Notifications hear of an order after its final status is committed, and the summary
     // scrapes right after the last order became final: up to one event per order in flight
-    // (concurrency 8) may be handled after the scrape.
+    // (the workload's concurrency, 8) may be handled after the scrape.
     let notified = measured
         .hops
         .hop("written -> handler notifications")
