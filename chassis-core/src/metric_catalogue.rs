@@ -786,7 +786,7 @@ mod tests {
                 }
             }
         }
-        assert_eq!(ALL.len(), 34);
+        assert_eq!(ALL.len(), 35);
     }
 
     /// What a debugging recorder holds: (name, sorted labels) -> value as text.
