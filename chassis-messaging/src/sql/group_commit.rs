@@ -114,7 +114,12 @@ pub struct GroupCommitConfig {
     /// [`batches_in_flight`](Self::batches_in_flight)).
     pub max_batch: usize,
     /// How many batches run at once, each in its own transaction on its own connection.
-    /// Defaults to 1.
+    /// Defaults to 1. More than one pays only when the handlers write disjoint rows: a batch
+    /// holds the row locks of all its messages until it commits, so two batches that update the
+    /// same rows in different orders deadlock, and PostgreSQL aborts one of them after its
+    /// `deadlock_timeout` (1 s by default; the failed message goes to its retry tier). In the
+    /// shop, whose reservations all update the same few stock rows, 2 gave 37 orders/s and a p95
+    /// of 3 s against 114-122 orders/s and 0.4 s with 1.
     pub batches_in_flight: usize,
 }
 
