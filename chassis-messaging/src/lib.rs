@@ -18,6 +18,8 @@
 //! - [`sql`], the database side (SQLite, PostgreSQL):
 //!   - [`sql::outbox`]: the transactional outbox, [`Outbox<DB>`](Outbox), and its [`Relay`].
 //!   - [`sql::inbox`]: the idempotent consumer guard, [`Inbox<DB>`](Inbox).
+//!   - [`sql::group_commit`]: an inbox's deliveries that arrive together handled in one
+//!     transaction.
 //!   - [`sql::schema`]: the migrations the outbox and the inbox share.
 //!   - [`sql::metrics`]: the names of the metrics they record.
 //! - Shared by both:
