@@ -13,7 +13,7 @@ use chassis_messaging::amqp::consumer::{Handler, Outcome};
 use chassis_messaging::amqp::incoming::IncomingMessage;
 use chassis_messaging::error::{Error, ErrorKind};
 use chassis_messaging::message::OutgoingMessage;
-use chassis_messaging::sql::group_commit::{GroupCommit, GroupCommitConfig};
+use chassis_messaging::sql::group_commit::{self, GroupCommit, GroupCommitConfig};
 use chassis_messaging::sql::inbox::{Inbox, InboxDatabase, Processed, idempotent};
 use futures_util::FutureExt as _;
 use futures_util::future::BoxFuture;
@@ -33,17 +33,6 @@ impl From<Error> for Failure {
     fn from(err: Error) -> Self {
         Self::Inbox(err.kind().clone())
     }
-}
-
-/// Gives a closure the higher-ranked signature `GroupCommit::process` takes.
-fn grouped<DB, W>(work: W) -> W
-where
-    DB: sqlx::Database,
-    W: for<'c> Fn(
-        &'c mut sqlx::Transaction<'static, DB>,
-    ) -> BoxFuture<'c, Result<&'static str, Failure>>,
-{
-    work
 }
 
 /// The work of message `id`: counts the call, writes its effect, then succeeds, or fails when
@@ -109,7 +98,7 @@ where
     let slot = Arc::new(Mutex::new(Some((started_tx, released))));
     let group = group.clone();
     let gate = tokio::spawn(async move {
-        let work = grouped(move |tx: &mut sqlx::Transaction<'static, DB>| {
+        let work = group_commit::work(move |tx: &mut sqlx::Transaction<'static, DB>| {
             let slot = slot.clone();
             Box::pin(async move {
                 sqlx::query("INSERT INTO effects VALUES ('gate')")
@@ -130,6 +119,26 @@ where
     (release, gate)
 }
 
+/// A group on `pool`'s inbox (with the `effects` table), held as [`hold`] does.
+async fn held<DB: InboxDatabase>(
+    pool: sqlx::Pool<DB>,
+) -> (
+    GroupCommit<DB>,
+    Calls,
+    oneshot::Sender<()>,
+    tokio::task::JoinHandle<Processed<&'static str>>,
+)
+where
+    for<'c> &'c mut DB::Connection: sqlx::Executor<'c, Database = DB>,
+    for<'c> &'c sqlx::Pool<DB>: sqlx::Executor<'c, Database = DB>,
+    DB::Arguments: sqlx::IntoArguments<DB>,
+{
+    let inbox = effects_inbox(pool, "reserve").await;
+    let group = inbox.group_commit(GroupCommitConfig::default()).unwrap();
+    let (release, gate) = hold(&group).await;
+    (group, Calls::default(), release, gate)
+}
+
 /// Five deliveries queued behind a running batch (`a`, `b`, `c` which fails, `d`, then `a`
 /// again): `c` fails alone, `a` and `b` ran in the same transaction as `c` (rolled back with
 /// it, so they ran twice) and committed in the next one with `d`; the second `a` is skipped.
@@ -140,10 +149,7 @@ where
     (String,): for<'r> sqlx::FromRow<'r, DB::Row>,
     DB::Arguments: sqlx::IntoArguments<DB>,
 {
-    let inbox = effects_inbox(pool.clone(), "reserve").await;
-    let group = inbox.group_commit(GroupCommitConfig::default()).unwrap();
-    let calls = Calls::default();
-    let (release, gate) = hold(&group).await;
+    let (group, calls, release, gate) = held(pool.clone()).await;
     // `join!` polls in order, and each `process` queues its message on its first poll.
     let (a, b, c, d, again, ()) = tokio::join!(
         group.process("a", work::<DB>("a", &calls, false)),
@@ -204,11 +210,8 @@ where
     (String,): for<'r> sqlx::FromRow<'r, DB::Row>,
     DB::Arguments: sqlx::IntoArguments<DB>,
 {
-    let inbox = effects_inbox(pool.clone(), "reserve").await;
-    let group = inbox.group_commit(GroupCommitConfig::default()).unwrap();
-    let calls = Calls::default();
-    let (release, gate) = hold(&group).await;
-    let panicking = grouped(move |_tx: &mut sqlx::Transaction<'static, DB>| {
+    let (group, calls, release, gate) = held(pool.clone()).await;
+    let panicking = group_commit::work(move |_tx: &mut sqlx::Transaction<'static, DB>| {
         Box::pin(async move {
             panic!("handler bug");
             #[allow(unreachable_code)]
@@ -255,24 +258,6 @@ fn incoming(id: &str, body: &str) -> IncomingMessage {
     let mut msg = OutgoingMessage::new("ex", "event.happened", body.as_bytes().to_vec());
     msg.message_id = Some(id.to_owned());
     IncomingMessage::from_outgoing(msg)
-}
-
-#[tokio::test]
-async fn sqlite_a_batch_survives_one_failure() {
-    let dir = tempfile::tempdir().unwrap();
-    a_batch_survives_one_failure(sqlite_pool(&dir).await).await;
-}
-
-#[tokio::test]
-async fn sqlite_a_panic_stays_with_its_message() {
-    let dir = tempfile::tempdir().unwrap();
-    a_panic_stays_with_its_message(sqlite_pool(&dir).await).await;
-}
-
-#[tokio::test]
-async fn sqlite_a_failing_transaction_fails_the_whole_batch() {
-    let dir = tempfile::tempdir().unwrap();
-    a_failing_transaction_fails_the_whole_batch(sqlite_pool(&dir).await).await;
 }
 
 #[tokio::test]
@@ -330,28 +315,36 @@ async fn an_invalid_config_is_refused() {
     );
 }
 
-#[cfg(feature = "postgres")]
-mod postgres {
-    use super::*;
+/// Each scenario as a test per database: in `sqlite` on a fresh SQLite file, and (feature
+/// `postgres`) in `postgres` in a fresh schema of the test server.
+macro_rules! on_each_database {
+    ($($scenario:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test]
+                async fn $scenario() {
+                    let dir = tempfile::tempdir().unwrap();
+                    super::$scenario(super::sqlite_pool(&dir).await).await;
+                }
+            )*
+        }
 
-    #[tokio::test]
-    async fn pg_a_batch_survives_one_failure() {
-        let db = PgSchema::new(4).await;
-        a_batch_survives_one_failure(db.pool.clone()).await;
-        db.drop().await;
-    }
-
-    #[tokio::test]
-    async fn pg_a_panic_stays_with_its_message() {
-        let db = PgSchema::new(4).await;
-        a_panic_stays_with_its_message(db.pool.clone()).await;
-        db.drop().await;
-    }
-
-    #[tokio::test]
-    async fn pg_a_failing_transaction_fails_the_whole_batch() {
-        let db = PgSchema::new(4).await;
-        a_failing_transaction_fails_the_whole_batch(db.pool.clone()).await;
-        db.drop().await;
-    }
+        #[cfg(feature = "postgres")]
+        mod postgres {
+            $(
+                #[tokio::test]
+                async fn $scenario() {
+                    let db = super::PgSchema::new(4).await;
+                    super::$scenario(db.pool.clone()).await;
+                    db.drop().await;
+                }
+            )*
+        }
+    };
 }
+
+on_each_database!(
+    a_batch_survives_one_failure,
+    a_panic_stays_with_its_message,
+    a_failing_transaction_fails_the_whole_batch,
+);

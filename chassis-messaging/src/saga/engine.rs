@@ -21,7 +21,7 @@ use chassis_core::lifecycle::{Component, Context, Stage};
 use crate::amqp::consumer::{Handler, Outcome};
 use crate::amqp::incoming::IncomingMessage;
 use crate::error::{Error, ErrorKind, Result};
-use crate::sql::group_commit::{GroupCommit, GroupCommitConfig};
+use crate::sql::group_commit::{self, GroupCommit, GroupCommitConfig};
 use crate::sql::inbox::{Claim, Inbox, InboxDatabase, Processed};
 use crate::sql::outbox::Outbox;
 use crate::sql::schema::{db_err, now_ms};
@@ -665,21 +665,11 @@ impl From<Error> for Unapplied {
     }
 }
 
-/// Gives a closure the higher-ranked signature [`GroupCommit::process`] takes.
-fn grouped<DB, W>(work: W) -> W
-where
-    DB: sqlx::Database,
-    W: for<'c> Fn(
-        &'c mut Transaction<'static, DB>,
-    ) -> BoxFuture<'c, std::result::Result<Option<Transition>, Unapplied>>,
-{
-    work
-}
-
 impl<DB: SagaDatabase, D> std::fmt::Debug for SagaHandler<DB, D> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SagaHandler")
             .field("saga", &self.saga.inner.definition.name)
+            .field("group_commit", &self.group.is_some())
             .finish()
     }
 }
@@ -700,7 +690,7 @@ where
                 };
                 let work = {
                     let saga = saga.clone();
-                    grouped(move |tx: &mut Transaction<'static, DB>| {
+                    group_commit::work(move |tx: &mut Transaction<'static, DB>| {
                         let (saga, msg) = (saga.clone(), msg.clone());
                         Box::pin(async move {
                             saga.apply(&mut **tx, &msg).await.map_err(Unapplied::Saga)

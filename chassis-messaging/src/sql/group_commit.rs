@@ -102,6 +102,7 @@ use tracing::Instrument as _;
 
 use super::inbox::{InboxDatabase, Processed, count_commit};
 use super::schema::{db_err, now_ms};
+use crate::amqp::consumer::Outcome;
 use crate::error::{Error, ErrorKind, Result};
 use chassis_observability::metrics::names;
 
@@ -211,8 +212,9 @@ impl<DB: InboxDatabase> GroupCommit<DB> {
     /// beside it, which records the id and commits with the work's writes when every handler
     /// of the batch returned `Ok`. A duplicate skips `work`. `work` may run more than once (when
     /// another message of its batch fails, the batch runs again without that one). A closure
-    /// written in the call gets the higher-ranked signature by inference; one returned from a
-    /// function needs it spelled out as the return type (the module example's `reserve`).
+    /// written in the call gets the higher-ranked signature by inference; one built beforehand
+    /// needs [`work`] or the signature spelled out as a return type (the module example's
+    /// `reserve`).
     ///
     /// # Errors
     /// The work's error (its writes and its id rolled back), or a database error converted
@@ -244,6 +246,44 @@ impl<DB: InboxDatabase> GroupCommit<DB> {
             Ok(Reply::Done(result)) => result,
             Ok(Reply::Panicked(panic)) => std::panic::resume_unwind(panic),
             Err(_) => Err(Error::shutdown().into()),
+        }
+    }
+}
+
+/// Gives a closure the higher-ranked signature [`GroupCommit::process`] takes. A closure
+/// written in the call gets it by inference; one built beforehand (moved into another closure,
+/// or returned from a function) needs this, or the signature spelled out.
+pub fn work<DB, T, E, W>(work: W) -> W
+where
+    DB: sqlx::Database,
+    W: for<'c> Fn(&'c mut Transaction<'static, DB>) -> BoxFuture<'c, Result<T, E>>,
+{
+    work
+}
+
+/// Why a consumer's grouped delivery was not acked: its handler's [`Outcome`], or the inbox's
+/// shared transaction. The error type of a consumer's work with [`GroupCommit::process`].
+#[derive(Debug)]
+pub enum Unacked {
+    /// The handler's own outcome (`Retry` or `Reject`).
+    Handler(Outcome),
+    /// The batch's `BEGIN`, inbox insert or `COMMIT` failed (or the group is gone).
+    Inbox(Error),
+}
+
+impl From<Error> for Unacked {
+    fn from(err: Error) -> Self {
+        Self::Inbox(err)
+    }
+}
+
+impl Unacked {
+    /// What the consumer does with the delivery: the handler's outcome, or a retry when the
+    /// inbox's transaction failed (nothing of the message committed).
+    pub fn into_outcome(self) -> Outcome {
+        match self {
+            Self::Handler(outcome) => outcome,
+            Self::Inbox(err) => Outcome::retry(format!("inbox: {err}")),
         }
     }
 }

@@ -65,7 +65,7 @@ use sqlx::{Pool, Transaction};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use super::group_commit::{GroupCommit, GroupCommitConfig};
+use super::group_commit::{self, GroupCommit, GroupCommitConfig, Unacked};
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
 use super::schema::execute;
 use super::schema::{SchemaDatabase, db_err, now_ms};
@@ -433,28 +433,6 @@ impl<DB: InboxDatabase, F> IdempotentHandler<DB, F> {
     }
 }
 
-/// Why a grouped delivery was not acked.
-enum Unacked {
-    Handler(Outcome),
-    Inbox(Error),
-}
-
-impl From<Error> for Unacked {
-    fn from(err: Error) -> Self {
-        Self::Inbox(err)
-    }
-}
-
-/// Pins down the higher-ranked signature [`GroupCommit::process`] takes, which a closure's
-/// inferred type would not have.
-fn grouped_work<DB, T, E, W>(work: W) -> W
-where
-    DB: sqlx::Database,
-    W: for<'c> Fn(&'c mut Transaction<'static, DB>) -> BoxFuture<'c, Result<T, E>>,
-{
-    work
-}
-
 impl<DB, F> Handler for IdempotentHandler<DB, F>
 where
     DB: InboxDatabase,
@@ -473,7 +451,7 @@ where
                         "message has no message_id; the inbox cannot deduplicate it",
                     );
                 };
-                let work = grouped_work(move |tx: &mut Transaction<'static, DB>| {
+                let work = group_commit::work(move |tx: &mut Transaction<'static, DB>| {
                     let (f, msg) = (f.clone(), msg.clone());
                     Box::pin(async move {
                         match f(msg, tx).await {
@@ -484,8 +462,7 @@ where
                 });
                 match group.process(&message_id, work).await {
                     Ok(_) => Outcome::Ack,
-                    Err(Unacked::Handler(outcome)) => outcome,
-                    Err(Unacked::Inbox(err)) => Outcome::retry(format!("inbox: {err}")),
+                    Err(unacked) => unacked.into_outcome(),
                 }
             });
         }

@@ -40,6 +40,7 @@ use chassis_core::BoxError;
 use chassis_core::control::ControlRegistry;
 use chassis_core::lifecycle::Component;
 use chassis_messaging::lifecycle::ConsumerComponent;
+use chassis_messaging::sql::group_commit::{self, Unacked};
 use chassis_messaging::sql::inbox::{Claim, InboxDatabase, Processed};
 use chassis_messaging::sql::outbox::OutboxDatabase;
 use chassis_messaging::{
@@ -529,7 +530,7 @@ where
                 };
                 let work = {
                     let (out, id) = (out.clone(), id.clone());
-                    grouped(move |tx: &mut Transaction<'static, DB>| {
+                    group_commit::work(move |tx: &mut Transaction<'static, DB>| {
                         let (handler, out, names, msg, id) = (
                             handler.clone(),
                             out.clone(),
@@ -562,34 +563,11 @@ where
                         Outcome::Ack
                     }
                     Ok(Processed::Duplicate) => Outcome::Ack,
-                    Err(Unacked::Handler(outcome)) => outcome,
-                    Err(Unacked::Inbox(e)) => Outcome::retry(format!("inbox: {e}")),
+                    Err(unacked) => unacked.into_outcome(),
                 }
             }
         }),
     )))
-}
-
-/// Why a consumer's message was not acked: its handler's outcome, or the inbox's transaction.
-enum Unacked {
-    Handler(Outcome),
-    Inbox(Error),
-}
-
-impl From<Error> for Unacked {
-    fn from(err: Error) -> Self {
-        Self::Inbox(err)
-    }
-}
-
-/// Gives a closure the higher-ranked signature `GroupCommit::process` takes (an inferred
-/// closure type would tie the transaction's borrow to one lifetime).
-fn grouped<DB, W>(work: W) -> W
-where
-    DB: sqlx::Database,
-    W: for<'c> Fn(&'c mut Transaction<'static, DB>) -> BoxFuture<'c, Result<Vec<Emit>, Unacked>>,
-{
-    work
 }
 
 /// A fresh, empty PostgreSQL schema for one test: on `DATABASE_URL` (default
