@@ -308,7 +308,7 @@ impl<DB: InboxDatabase> Inbox<DB> {
     }
 
     /// A [`GroupCommit`] of this inbox: messages handed to it together share one transaction
-    /// (see [`group_commit`](super::group_commit)). Starts its batch tasks on the current Tokio
+    /// (see [`group_commit`]). Starts its batch tasks on the current Tokio
     /// runtime.
     ///
     /// # Errors
