@@ -40,7 +40,7 @@ use chassis_core::BoxError;
 use chassis_core::control::ControlRegistry;
 use chassis_core::lifecycle::Component;
 use chassis_messaging::lifecycle::ConsumerComponent;
-use chassis_messaging::sql::group_commit::{self, Unacked};
+use chassis_messaging::sql::group_commit::{self, GroupCommit, Unacked};
 use chassis_messaging::sql::inbox::{Claim, InboxDatabase, Processed};
 use chassis_messaging::sql::outbox::OutboxDatabase;
 use chassis_messaging::{
@@ -56,8 +56,8 @@ use crate::Shop;
 use crate::events::Emit;
 
 /// Histogram (seconds): one commit of a shop transaction ([`Txn::commit`]: a request's
-/// transaction, or payments' inbox transaction after its provider call). The inbox consumers'
-/// shared transactions commit inside the chassis group commit and are not in it.
+/// transaction). The inbox consumers' shared transactions commit inside the chassis group
+/// commit and are not in it.
 pub const COMMIT_DURATION: &str = "shop_db_commit_duration_seconds";
 /// Histogram (seconds), label `consumer` (the inbox name, e.g. `orders.saga`): from the moment
 /// the sender wrote the message into its outbox (the envelope's `time`, inside its transaction)
@@ -228,6 +228,9 @@ impl Db {
 
     /// [`consumer`](Self::consumer), calling `after` with the [`Emit`]s of each message once
     /// its transaction committed (to tell waiting requests about what just became durable).
+    ///
+    /// # Errors
+    /// An invalid `INBOX_GROUP_COMMIT`.
     pub fn consumer_then<F, A>(
         &self,
         shop: &Shop,
@@ -244,9 +247,67 @@ impl Db {
             + 'static,
         A: Fn(&[Emit]) + Send + Sync + 'static,
     {
-        either!(self, Db, |o| consumer(
-            o, shop, conn, queue, inbox, handler, after
-        ))
+        // The messages handed over together (the consumer runs `CONSUMER_CONCURRENCY` at once)
+        // share one transaction: the inbox ids, the handlers' writes and their outgoing events.
+        let group = self.inbox_group(shop, inbox)?;
+        let (handler, after) = (Arc::new(handler), Arc::new(after));
+        // What the chassis `idempotent` handler does with a group commit, with the handler's
+        // events enqueued in the same transaction and the relay woken; counted, with the queue
+        // in the service's control registry.
+        Ok(Box::new(ConsumerComponent::new(
+            conn,
+            queue.clone(),
+            shop.consumer_config(),
+            shop.controlled(conn, &queue, move |msg: IncomingMessage| {
+                let (handler, after, group) = (handler.clone(), after.clone(), group.clone());
+                async move {
+                    record_wait(group.consumer(), &msg);
+                    let Some(id) = msg.message_id().map(str::to_owned) else {
+                        return Outcome::reject(
+                            "message has no message_id; the inbox cannot deduplicate it",
+                        );
+                    };
+                    let processed = group
+                        .process(&id, move |tx| {
+                            let (handler, msg) = (handler.clone(), msg.clone());
+                            Box::pin(async move { Ok(((), handler(msg, tx).await?)) })
+                        })
+                        .await;
+                    match processed {
+                        Ok(Some(((), emits))) => {
+                            after(&emits);
+                            Outcome::Ack
+                        }
+                        Ok(None) => Outcome::Ack,
+                        Err(outcome) => outcome,
+                    }
+                }
+            }),
+        )))
+    }
+
+    /// The group commit of the inbox named `inbox` (its settings from `INBOX_GROUP_COMMIT`),
+    /// for a handler that does something outside the transaction before it records the
+    /// message (payments calls the provider); [`consumer`](Self::consumer) makes its own.
+    ///
+    /// # Errors
+    /// An invalid `INBOX_GROUP_COMMIT`.
+    pub fn inbox_group(&self, shop: &Shop, inbox: &str) -> Result<InboxGroup, BoxError> {
+        let config = crate::service::inbox_group_config()?;
+        let on = match self {
+            Db::Sqlite(o) => GroupOn::Sqlite(
+                Inbox::new(o.pool().clone(), inbox).group_commit(config)?,
+                o.clone(),
+            ),
+            Db::Postgres(o) => GroupOn::Postgres(
+                Inbox::new(o.pool().clone(), inbox).group_commit(config)?,
+                o.clone(),
+            ),
+        };
+        Ok(InboxGroup {
+            on,
+            shop: shop.clone(),
+        })
     }
 
     /// Begins a transaction (SQLite: `BEGIN IMMEDIATE`, so writers queue for the lock).
@@ -480,94 +541,108 @@ async fn enqueue<DB: OutboxDatabase>(
     Ok(())
 }
 
-fn consumer<DB, F, A>(
-    outbox: &Outbox<DB>,
+/// An inbox's group commit on either database ([`Db::inbox_group`]): the messages handed over
+/// together share one transaction, which records their ids, runs their work and enqueues the
+/// [`Emit`]s the work returns (caused by the message); the relay is woken once it committed.
+/// Cheap to clone.
+#[derive(Clone)]
+pub struct InboxGroup {
+    on: GroupOn,
+    shop: Shop,
+}
+
+#[derive(Clone)]
+enum GroupOn {
+    Sqlite(GroupCommit<Sqlite>, Outbox<Sqlite>),
+    Postgres(GroupCommit<Postgres>, Outbox<Postgres>),
+}
+
+impl std::fmt::Debug for InboxGroup {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("InboxGroup")
+            .field("consumer", &self.consumer())
+            .finish_non_exhaustive()
+    }
+}
+
+impl InboxGroup {
+    /// The inbox's consumer name.
+    pub fn consumer(&self) -> &str {
+        match &self.on {
+            GroupOn::Sqlite(group, _) => group.consumer(),
+            GroupOn::Postgres(group, _) => group.consumer(),
+        }
+    }
+
+    /// Runs `work` once per `message_id`, in a transaction shared with the messages handed over
+    /// beside it, and enqueues the [`Emit`]s it returns in the same transaction; the value and
+    /// the emits once it committed, `None` when the message was processed before. `work` may
+    /// run more than once (another message of its batch failed: the batch ran again without it).
+    ///
+    /// # Errors
+    /// The work's outcome (its writes and the id rolled back), or a retry when the shared
+    /// transaction failed.
+    pub async fn process<T, F>(
+        &self,
+        message_id: &str,
+        work: F,
+    ) -> Result<Option<(T, Vec<Emit>)>, Outcome>
+    where
+        F: for<'c> Fn(Tx<'c>) -> BoxFuture<'c, Result<(T, Vec<Emit>), Outcome>>
+            + Send
+            + Sync
+            + 'static,
+        T: Send + 'static,
+    {
+        let work = Arc::new(work);
+        match &self.on {
+            GroupOn::Sqlite(group, out) => grouped(group, out, &self.shop, message_id, work).await,
+            GroupOn::Postgres(group, out) => {
+                grouped(group, out, &self.shop, message_id, work).await
+            }
+        }
+    }
+}
+
+/// [`InboxGroup::process`] on one database.
+async fn grouped<DB, T, F>(
+    group: &GroupCommit<DB>,
+    out: &Outbox<DB>,
     shop: &Shop,
-    conn: &Connection,
-    queue: QueueConfig,
-    inbox: &str,
-    handler: F,
-    after: A,
-) -> Result<Box<dyn Component>, BoxError>
+    id: &str,
+    work: Arc<F>,
+) -> Result<Option<(T, Vec<Emit>)>, Outcome>
 where
     DB: OutboxDatabase + InboxDatabase,
     for<'c> Tx<'c>: From<&'c mut DB::Connection>,
-    F: for<'c> Fn(IncomingMessage, Tx<'c>) -> BoxFuture<'c, Result<Vec<Emit>, Outcome>>
-        + Send
-        + Sync
-        + 'static,
-    A: Fn(&[Emit]) + Send + Sync + 'static,
+    F: for<'c> Fn(Tx<'c>) -> BoxFuture<'c, Result<(T, Vec<Emit>), Outcome>> + Send + Sync + 'static,
+    T: Send + 'static,
 {
-    let (handler, after) = (Arc::new(handler), Arc::new(after));
-    let (out, names) = (outbox.clone(), shop.clone());
-    // The messages handed over together (the consumer runs `CONSUMER_CONCURRENCY` at once)
-    // share one transaction: the inbox ids, the handlers' writes and their outgoing events.
-    let group = Inbox::new(outbox.pool().clone(), inbox)
-        .group_commit(crate::service::inbox_group_config()?)?;
-    let config = shop.consumer_config();
-    // What the chassis `idempotent` handler does with a group commit (claim the id, run the
-    // handler in the shared transaction, commit, count it), written out so the handler's
-    // events are enqueued in the same transaction and the relay woken; counted, with the
-    // queue in the service's control registry.
-    Ok(Box::new(ConsumerComponent::new(
-        conn,
-        queue.clone(),
-        config,
-        shop.controlled(conn, &queue, move |msg: IncomingMessage| {
-            let (handler, after, out, names, group) = (
-                handler.clone(),
-                after.clone(),
-                out.clone(),
-                names.clone(),
-                group.clone(),
-            );
-            async move {
-                record_wait(group.consumer(), &msg);
-                let Some(id) = msg.message_id().map(str::to_owned) else {
-                    return Outcome::reject(
-                        "message has no message_id; the inbox cannot deduplicate it",
-                    );
-                };
-                let work = {
-                    let (out, id) = (out.clone(), id.clone());
-                    group_commit::work(move |tx: &mut Transaction<'static, DB>| {
-                        let (handler, out, names, msg, id) = (
-                            handler.clone(),
-                            out.clone(),
-                            names.clone(),
-                            msg.clone(),
-                            id.clone(),
-                        );
-                        Box::pin(async move {
-                            // An error rolls the batch back: these writes and the inbox id too.
-                            let emits = handler(msg, Tx::from(&mut **tx))
-                                .await
-                                .map_err(Unacked::Handler)?;
-                            enqueue(&out, &mut **tx, &names, &emits, Some(&id))
-                                .await
-                                .map_err(|e| {
-                                    Unacked::Handler(Outcome::retry(format!("outbox: {e}")))
-                                })?;
-                            Ok(emits)
-                        }) as BoxFuture<'_, Result<Vec<Emit>, Unacked>>
-                    })
-                };
-                match group.process(&id, work).await {
-                    Ok(Processed::Done(emits)) => {
-                        if !emits.is_empty() {
-                            // Something to publish: wake the relay now (SQLite has no commit
-                            // signal).
-                            out.notify_committed();
-                        }
-                        after(&emits);
-                        Outcome::Ack
-                    }
-                    Ok(Processed::Duplicate) => Outcome::Ack,
-                    Err(unacked) => unacked.into_outcome(),
-                }
+    let step = {
+        let (out, shop, id) = (out.clone(), shop.clone(), id.to_owned());
+        group_commit::work(move |tx: &mut Transaction<'static, DB>| {
+            let (work, out, shop, id) = (work.clone(), out.clone(), shop.clone(), id.clone());
+            Box::pin(async move {
+                // An error rolls the batch back: these writes and the inbox id too.
+                let (value, emits) = work(Tx::from(&mut **tx)).await.map_err(Unacked::Handler)?;
+                enqueue(&out, &mut **tx, &shop, &emits, Some(&id))
+                    .await
+                    .map_err(|e| Unacked::Handler(Outcome::retry(format!("outbox: {e}"))))?;
+                Ok((value, emits))
+            }) as BoxFuture<'_, Result<(T, Vec<Emit>), Unacked>>
+        })
+    };
+    match group.process(id, step).await {
+        Ok(Processed::Done((value, emits))) => {
+            if !emits.is_empty() {
+                // Something to publish: wake the relay now (SQLite has no commit signal).
+                out.notify_committed();
             }
-        }),
-    )))
+            Ok(Some((value, emits)))
+        }
+        Ok(Processed::Duplicate) => Ok(None),
+        Err(unacked) => Err(unacked.into_outcome()),
+    }
 }
 
 /// A fresh, empty PostgreSQL schema for one test: on `DATABASE_URL` (default

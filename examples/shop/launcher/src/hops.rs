@@ -28,7 +28,7 @@
 //! | HTTP gateway -> orders | gateway | `http_client_request_duration_seconds`, POST |
 //! | orders, `POST /internal/orders` | orders | `http_server_request_duration_seconds` |
 //! | HTTP payments -> provider | payments | `http_client_request_duration_seconds` |
-//! | DB commit | orders (placing), payments (the charge's inbox transaction) | `shop_db_commit_duration_seconds` |
+//! | DB commit | orders (placing an order) | `shop_db_commit_duration_seconds` |
 //! | outbox write -> broker confirm | orders, inventory, payments | `outbox_publish_latency_seconds` |
 //! | message written -> handler starts | each consumer | `shop_message_wait_seconds` |
 //! | handling (inbox, writes, commit) | each consumer | `messaging_process_duration_seconds` |
@@ -342,12 +342,6 @@ pub const HOPS: &[HopSpec] = &[
         filter: &[],
     },
     HopSpec {
-        label: "DB commit payments",
-        service: "payments",
-        metric: COMMIT,
-        filter: &[],
-    },
-    HopSpec {
         label: "outbox write -> confirm payments",
         service: "payments",
         metric: OUTBOX,
@@ -373,6 +367,7 @@ pub const INBOXES: &[(&str, &str)] = &[
     ("orders", "saga:order"),
     ("notifications", "notifications.orders"),
     ("notifications", "notifications.order-history"),
+    ("payments", "payments.charge"),
 ];
 
 /// What one inbox committed during the run: with a group commit several messages share a

@@ -28,7 +28,7 @@ use chassis_messaging::lifecycle::ConsumerComponent;
 use chassis_messaging::{IncomingMessage, Outcome};
 use serde_json::{Value, json};
 use shop_common::Shop;
-use shop_common::db::{Db, Tx};
+use shop_common::db::{Db, InboxGroup, Tx};
 use shop_common::events::{
     CMD_PAYMENT_CHARGE, CMD_PAYMENT_REFUND, COMMANDS_EXCHANGE, ChargePayment, Compensate, Emit,
     decode, retry,
@@ -43,6 +43,8 @@ struct Ctx {
     shop: Shop,
     db: Db,
     provider: ProviderClient,
+    /// The charges' inbox: the charges recorded at the same time share a transaction.
+    charges: InboxGroup,
 }
 
 fn main() -> Result<(), BoxError> {
@@ -69,6 +71,7 @@ async fn run() -> Result<(), BoxError> {
         shop: shop.clone(),
         db: db.clone(),
         provider: provider.clone(),
+        charges: db.inbox_group(&shop, "payments.charge")?,
     };
 
     // 3. RabbitMQ, attached in the background: topology, relay, the two command consumers.
@@ -125,9 +128,10 @@ async fn run() -> Result<(), BoxError> {
 }
 
 /// `payment.charge`. The provider call cannot sit inside a database transaction (it is slow
-/// and remote, and on SQLite the transaction holds the write lock), so this handler claims the
-/// message in the inbox itself, after the call ([`Db::claim`]); a redelivery calls the provider
-/// again with the same idempotency key, which replays the first answer.
+/// and remote, and on SQLite the transaction holds the write lock), so this handler records
+/// the message in the inbox after the call, through the charges' group commit
+/// ([`InboxGroup`]: the charges recorded at the same time share a transaction); a redelivery
+/// calls the provider again with the same idempotency key, which replays the first answer.
 async fn charge(ctx: Ctx, msg: IncomingMessage) -> Outcome {
     charge_once(&ctx, &msg).await.err().unwrap_or(Outcome::Ack)
 }
@@ -173,18 +177,26 @@ async fn charge_once(ctx: &Ctx, msg: &IncomingMessage) -> Result<(), Outcome> {
             }
         }
     };
-    let Some(mut txn) = ctx.db.claim("payments.charge", id).await.map_err(retry)? else {
+    // Recorded in a transaction shared with the other charges recorded at the same time.
+    let recorded = {
+        let (cmd, outcome) = (cmd.clone(), outcome.clone());
+        ctx.charges
+            .process(id, move |mut tx| {
+                let (cmd, outcome) = (cmd.clone(), outcome.clone());
+                Box::pin(async move {
+                    let recorded = domain::record_charge(&mut tx, &cmd, &outcome)
+                        .await
+                        .map_err(retry)?;
+                    Ok((recorded.refund_now, recorded.emits))
+                })
+            })
+            .await?
+    };
+    let Some((refund_now, _)) = recorded else {
         return Ok(());
     };
-    let recorded = domain::record_charge(&mut txn.tx(), &cmd, &outcome)
-        .await
-        .map_err(retry)?;
     tracing::info!(order_id = %cmd.order_id, ?outcome, "payment recorded");
-    txn.emit(&ctx.shop, &recorded.emits, Some(id))
-        .await
-        .map_err(retry)?;
-    txn.commit().await.map_err(retry)?;
-    if let Some(charge_id) = recorded.refund_now {
+    if let Some(charge_id) = refund_now {
         // The order was cancelled while we were charging: give the money back now.
         ctx.provider
             .refund(&charge_id)
