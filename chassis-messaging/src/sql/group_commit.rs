@@ -191,8 +191,9 @@ impl<DB: InboxDatabase> GroupCommit<DB> {
             tokio::spawn(async move {
                 let mut batch = Vec::with_capacity(max_batch);
                 loop {
-                    // One task at a time takes what has queued; the others wait for the lock
-                    // while it runs its batch, so a batch is never split between two tasks.
+                    // One task at a time takes what has queued (the lock is held only while
+                    // receiving, so a batch is never split between two tasks); with more
+                    // than one in flight, the next task takes what queues while this one runs.
                     if rx.lock().await.recv_many(&mut batch, max_batch).await == 0 {
                         return;
                     }
